@@ -1,0 +1,192 @@
+"""The Brain Tumor MRI Dataset layout: ROOT/Training/<class>/*, ROOT/Testing/<class>/*.
+
+Class names come from the folder names, sorted. Problems a user can fix are collected as one-line messages
+(`DatasetIndex.problems`); only a layout that cannot be trained on at all raises.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tumor_edge.errors import DatasetError, InputImageError
+from tumor_edge.progress import progress
+from tumor_edge.runtime.image import is_scan_file
+from tumor_edge.runtime.preprocess import Preprocessing, load_resized
+
+TRAIN_DIR = "Training"
+TEST_DIR = "Testing"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    classes: list[str]
+    train: list[Sample]
+    test: list[Sample]
+    problems: list[str] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split, samples in (("Training", self.train), ("Testing", self.test)):
+            c = Counter(s.label for s in samples)
+            out[split] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+        return out
+
+    def counts_table(self) -> str:
+        counts = self.counts()
+        width = max(len(c) for c in self.classes) + 2
+        lines = [f"{'class':<{width}}{'Training':>10}{'Testing':>10}"]
+        for name in self.classes:
+            lines.append(f"{name:<{width}}{counts['Training'][name]:>10}{counts['Testing'][name]:>10}")
+        lines.append(f"{'total':<{width}}{len(self.train):>10}{len(self.test):>10}")
+        return "\n".join(lines)
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    scans, ignored = [], []
+    for p in sorted(class_dir.rglob("*")):
+        if p.is_file():
+            (scans if is_scan_file(p) else ignored).append(p)
+    return scans, ignored
+
+
+def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
+    """Index a dataset folder; raise only when there is nothing to train on."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError("dataset folder not found", root)
+    train_dir, test_dir = root / TRAIN_DIR, root / TEST_DIR
+    if not train_dir.is_dir():
+        raise DatasetError(f"missing split folder '{TRAIN_DIR}/' (expected {TRAIN_DIR}/<class>/*.jpg)", root)
+    if require_test and not test_dir.is_dir():
+        raise DatasetError(f"missing split folder '{TEST_DIR}/' (expected {TEST_DIR}/<class>/*.jpg)", root)
+    train_classes = _class_dirs(train_dir)
+    if not train_classes:
+        raise DatasetError("no class folders", train_dir)
+    problems: list[str] = []
+    classes = train_classes
+    if test_dir.is_dir():
+        test_classes = _class_dirs(test_dir)
+        if test_classes != train_classes:
+            only_train = sorted(set(train_classes) - set(test_classes))
+            only_test = sorted(set(test_classes) - set(train_classes))
+            raise DatasetError(
+                "class folders differ between Training and Testing"
+                + (f"; only in Training: {', '.join(only_train)}" if only_train else "")
+                + (f"; only in Testing: {', '.join(only_test)}" if only_test else ""),
+                root,
+            )
+    if len(classes) < 2:
+        raise DatasetError(f"need at least 2 classes, found {len(classes)}", train_dir)
+    index = DatasetIndex(root, classes, [], [], problems)
+    for split_dir, bucket in ((train_dir, index.train), (test_dir, index.test)):
+        if not split_dir.is_dir():
+            continue
+        for label, name in enumerate(classes):
+            scans, ignored = _files(split_dir / name)
+            index.ignored.extend(ignored)
+            if not scans:
+                problems.append(f"{split_dir / name}: empty class folder (no images)")
+            bucket.extend(Sample(p, label) for p in scans)
+    empty_train = [c for i, c in enumerate(classes) if not any(s.label == i for s in index.train)]
+    if empty_train:
+        raise DatasetError(f"no training images for class(es): {', '.join(empty_train)}", train_dir)
+    return index
+
+
+def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(kept, held_out): `fraction` of each class held out, at least one per class when it has two or more."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    rng = random.Random(seed)
+    kept, held = [], []
+    by_label: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_label.setdefault(s.label, []).append(s)
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda s: str(s.path))
+        rng.shuffle(group)
+        n_held = int(round(len(group) * fraction))
+        if fraction > 0 and n_held == 0 and len(group) >= 2:
+            n_held = 1
+        held.extend(group[:n_held])
+        kept.extend(group[n_held:])
+    return kept, held
+
+
+@dataclass
+class LoadedPixels:
+    """Decoded, resized pixels of the samples that could be read, and one line for each that could not."""
+
+    pixels: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int32 (N,)
+    samples: list[Sample]
+    failures: list[str]
+
+
+def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "loading images",
+                show_progress: bool = True, workers: int = 2) -> LoadedPixels:
+    """Decode every sample with the runtime's own preprocessing; unreadable files are reported, not fatal."""
+
+    def load(sample: Sample) -> np.ndarray | str:
+        try:
+            return load_resized(sample.path, spec)
+        except InputImageError as err:
+            return str(err)
+
+    out = np.empty((len(samples), spec.height, spec.width, 3), dtype=np.uint8)
+    keep: list[int] = []
+    failures: list[str] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(load, samples)
+        for i, result in enumerate(progress(results, label, length=len(samples), enabled=show_progress)):
+            if isinstance(result, str):
+                failures.append(result)
+            else:
+                out[len(keep)] = result
+                keep.append(i)
+    kept = [samples[i] for i in keep]
+    return LoadedPixels(out[: len(keep)], np.array([s.label for s in kept], dtype=np.int32), kept, failures)
+
+
+def write_split(path: Path, root: Path, classes: Sequence[str], splits: dict[str, Sequence[Sample]],
+                seed: int, val_fraction: float) -> None:
+    """split.json: which file went where, relative to the dataset root, so a run can be reproduced."""
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            return str(p.resolve())
+
+    data = {"root": str(root.resolve()), "classes": list(classes), "seed": seed, "val_split": val_fraction,
+            **{name: [[rel(s.path), s.label] for s in samples] for name, samples in splits.items()}}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def read_split(path: Path, name: str, root: Path | None = None) -> tuple[list[str], list[Sample]]:
+    """(classes, samples) of one split ("train", "val" or "test") of a run's split.json."""
+    data = json.loads(Path(path).read_text())
+    base = Path(root) if root else Path(data["root"])
+    samples = [Sample((base / rel) if not Path(rel).is_absolute() else Path(rel), int(label))
+               for rel, label in data.get(name, [])]
+    return list(data["classes"]), samples
