@@ -1,0 +1,79 @@
+"""Click commands `train` and `evaluate`. Only click at import time; TensorFlow loads inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [runs/<timestamp>].")
+@click.option("--image-size", type=click.IntRange(min=75), default=299, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True,
+              help="'imagenet' (downloaded once by Keras), 'none' (from scratch), or a weights file.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Phase 1: head only (pretrained) or the whole network (from scratch).")
+@click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Phase 2 (pretrained only): upper base layers at a lower learning rate.")
+@click.option("--fine-tune-from", type=click.IntRange(min=0), default=249, show_default=True,
+              help="First InceptionV3 layer index unfrozen in phase 2.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--fine-tune-learning-rate", type=float, default=1e-5, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=0.3, show_default=True)
+@click.option("--bn-momentum", type=click.FloatRange(0, 1), default=None,
+              help="BatchNorm momentum (short from-scratch runs want ~0.9) [Keras' 0.99].")
+@click.option("--val-split", type=click.FloatRange(0, 0.9), default=0.15, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--monitor", type=click.Choice(["val_loss", "val_auc", "val_accuracy"]), default="val_loss",
+              show_default=True, help="What picks the best checkpoint.")
+@click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--dedup", is_flag=True, help="Drop test images that duplicate training images.")
+@click.option("--no-augment", is_flag=True, help="Disable all augmentation.")
+@click.option("--rotation", type=click.FloatRange(0, 0.5), default=0.04, show_default=True,
+              help="Random rotation, fraction of a full turn (0 disables).")
+@click.option("--shift", type=click.FloatRange(0, 0.5), default=0.08, show_default=True)
+@click.option("--zoom", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
+@click.option("--contrast", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
+@click.option("--strategy", type=click.Choice(["auto", "mirrored", "default"]), default="auto",
+              show_default=True, help="auto: MirroredStrategy when several GPUs are visible.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="auto: on with a GPU.")
+@click.option("--deterministic", is_flag=True, help="Deterministic TensorFlow ops (slower).")
+@click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
+def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: int, fine_tune_epochs: int,
+          fine_tune_from: int, batch_size: int, learning_rate: float, fine_tune_learning_rate: float,
+          dropout: float, bn_momentum: float | None, val_split: float, seed: int, monitor: str, patience: int,
+          dedup: bool, no_augment: bool, rotation: float, shift: float, zoom: float, contrast: float,
+          no_flip: bool, strategy: str, mixed_precision: str, deterministic: bool, force: bool) -> None:
+    """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
+    from tumor_edge.train.augment import AugmentConfig
+    from tumor_edge.train.fit import TrainConfig, run_training
+
+    augment = AugmentConfig(rotation=rotation, shift=shift, flip=not no_flip, zoom=zoom, contrast=contrast,
+                            enabled=not no_augment)
+    run_training(TrainConfig(
+        data=data, out=out, image_size=image_size, weights=weights, epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, batch_size=batch_size,
+        learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout,
+        bn_momentum=bn_momentum, val_split=val_split, seed=seed, monitor=monitor, patience=patience,
+        dedup=dedup, augment=augment, strategy=strategy, mixed_precision=mixed_precision,
+        deterministic=deterministic, force=force))
+
+
+@click.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Evaluate on DATA/Testing instead of the run's own test split.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="[RUN/evaluation...]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing evaluation folder.")
+def evaluate(run: Path, data: Path | None, out: Path | None, batch_size: int, force: bool) -> None:
+    """Re-run the evaluation of a training RUN, on its test split or another dataset folder."""
+    from tumor_edge.train.evaluate import evaluate_run, format_metrics
+
+    metrics = evaluate_run(run, data, out, force, batch_size)
+    click.echo(format_metrics(metrics))

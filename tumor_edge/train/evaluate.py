@@ -1,0 +1,91 @@
+"""Final evaluation of a trained model on a held-out split: metrics.json and the pictures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge.data.dataset import Sample, discover, load_pixels, read_split
+from tumor_edge.errors import DatasetError, ModelError, OutputExistsError
+from tumor_edge.metrics import classification_metrics
+from tumor_edge.runtime.preprocess import Preprocessing
+from tumor_edge.train import plots
+from tumor_edge.train.pipeline import predict_probabilities
+
+
+def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], spec: Preprocessing,
+                     out_dir: Path, batch_size: int = 32, name: str = "test") -> dict[str, Any]:
+    """Predict in file order and score; write <name>-metrics to metrics.json and ROC / confusion PNGs."""
+    if not samples:
+        raise DatasetError(f"no images to evaluate in the {name} split")
+    loaded = load_pixels(samples, spec, label=f"loading {name} images")
+    for failure in loaded.failures:
+        print(f"skipped: {failure}")
+    probs = predict_probabilities(model, loaded.pixels, batch_size)
+    metrics = classification_metrics(loaded.labels, probs, classes)
+    metrics["split"] = name
+    metrics["skipped_files"] = loaded.failures
+    plots.plot_roc(loaded.labels, probs, classes, out_dir / "roc.png",
+                   f"One-vs-rest ROC ({name}, n={len(loaded.labels)})")
+    plots.plot_confusion(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
+                         f"Confusion matrix ({name}, n={len(loaded.labels)})")
+    np.savez_compressed(out_dir / f"{name}_predictions.npz", labels=loaded.labels, probabilities=probs,
+                        files=np.array([str(s.path) for s in loaded.samples]))
+    return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    auc = metrics.get("macro_auc")
+    lines = [f"{metrics.get('split', 'test')}: n={metrics['n']}  accuracy={metrics['accuracy']:.4f}  "
+             f"macro AUC={auc:.4f}" if auc is not None else f"accuracy={metrics['accuracy']:.4f}",
+             f"{'class':<14}{'precision':>10}{'recall':>9}{'f1':>8}{'auc':>8}{'n':>6}"]
+    for name, m in metrics["per_class"].items():
+        a = f"{m['auc']:.3f}" if m["auc"] is not None else "-"
+        lines.append(f"{name:<14}{m['precision']:>10.3f}{m['recall']:>9.3f}{m['f1']:>8.3f}{a:>8}{m['support']:>6}")
+    lines.append("confusion matrix (rows true, columns predicted): " + json.dumps(metrics["confusion_matrix"]))
+    return "\n".join(lines)
+
+
+def load_run_model(run_dir: Path):
+    import keras
+
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise ModelError("no model.keras in this run folder", run_dir)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:
+        raise ModelError(f"cannot load the Keras model ({str(err).splitlines()[0][:200]})", path) from err
+
+
+def evaluate_run(run_dir: Path, data_root: Path | None, out_dir: Path | None, force: bool = False,
+                 batch_size: int = 32) -> dict[str, Any]:
+    """`tumor-edge evaluate`: the run's model on its own test split, or on the Testing/ of another folder."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ModelError("not a tumor-edge run folder: no config.json", run_dir)
+    config = json.loads(config_path.read_text())
+    classes = config["classes"]
+    spec = Preprocessing.from_dict(config["preprocessing"])
+    if data_root is None:
+        _, samples = read_split(run_dir / "split.json", "test")
+        name = "test"
+    else:
+        index = discover(data_root)
+        if index.classes != classes:
+            raise DatasetError(f"classes {index.classes} differ from the model's {classes}", data_root)
+        samples, name = index.test, f"Testing of {Path(data_root).name}"
+    out_dir = Path(out_dir) if out_dir else run_dir / ("evaluation" if data_root is None else
+                                                       f"evaluation-{Path(data_root).name}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise OutputExistsError("evaluation folder exists; pass --force to overwrite or --out elsewhere", out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_samples(load_run_model(run_dir), samples, classes, spec, out_dir, batch_size, "test")
+    metrics["split"] = name
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,101 @@
+"""InceptionV3 classifier whose graph takes raw RGB 0..255 pixels.
+
+The InceptionV3 scaling (x/127.5 - 1) is a layer inside the model, so every exported file takes the same
+un-scaled pixels and the bundle's preprocessing is just "decode, resize": nothing left to drift on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tumor_edge.errors import TumorEdgeError
+
+MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
+IMAGENET_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int
+    image_size: int = 299
+    weights: str | None = "imagenet"  # "imagenet", None, or a path to InceptionV3 (no-top) weights
+    dropout: float = 0.3
+    bn_momentum: float | None = None  # None keeps Keras' 0.99; short from-scratch runs want ~0.9
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """Normalise --weights; fail early with advice rather than deep inside Keras."""
+    if weights is None or str(weights).lower() in ("none", "random", ""):
+        return None
+    if str(weights).lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise TumorEdgeError("weights file not found (use --weights imagenet, none, or a .h5/.weights.h5 file)",
+                             path)
+    return str(path)
+
+
+def _base(config: ModelConfig, weights: str | None):
+    import keras
+
+    shape = (config.image_size, config.image_size, 3)
+    try:
+        return keras.applications.InceptionV3(include_top=False, weights=weights, input_shape=shape)
+    except Exception as err:  # Keras raises a bare Exception on a failed download
+        if weights == "imagenet" and ("URL fetch failure" in str(err) or "urlopen" in str(err).lower()):
+            raise TumorEdgeError(
+                "could not download the ImageNet weights for InceptionV3 (no internet?): train from scratch with "
+                f"--weights none, or pass --weights PATH/{IMAGENET_NOTOP_FILE} (Keras caches it under "
+                "~/.keras/models/ once downloaded)"
+            ) from err
+        if weights not in (None, "imagenet"):
+            raise TumorEdgeError(f"cannot load these weights into InceptionV3 ({str(err).splitlines()[0][:200]})",
+                                 weights) from err
+        raise
+
+
+def build_classifier(num_classes: int, image_size: int = 299, weights: str | None = None, dropout: float = 0.3,
+                     bn_momentum: float | None = None):
+    """Rescaling -> InceptionV3 (no top) -> global average pooling -> dropout -> softmax (float32).
+
+    With pretrained weights the base runs with BatchNorm in inference mode (`training=False`), so fine-tuning
+    never disturbs the ImageNet statistics; from scratch BatchNorm must learn its statistics, so it trains.
+    """
+    import keras
+
+    if image_size < MIN_IMAGE_SIZE:
+        raise TumorEdgeError(f"--image-size must be at least {MIN_IMAGE_SIZE} for InceptionV3, got {image_size}")
+    config = ModelConfig(num_classes, image_size, resolve_weights(weights), dropout, bn_momentum)
+    base = _base(config, config.weights)
+    if config.bn_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.bn_momentum
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="inception_scaling")(inputs)
+    x = base(x, training=False) if config.weights is not None else base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="tumor_edge_inception_v3")
+    model.pretrained = config.weights is not None  # read by the fitting schedule
+    return model
+
+
+def base_of(model):
+    """The InceptionV3 sub-model inside a classifier built by build_classifier."""
+    return model.get_layer("inception_v3")
+
+
+def set_fine_tune(model, fine_tune_from: int | None) -> int:
+    """Freeze the base below layer index `fine_tune_from` (None: freeze all). Returns trainable base layers."""
+    base = base_of(model)
+    if fine_tune_from is None:
+        base.trainable = False
+        return 0
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= fine_tune_from
+    return sum(1 for layer in base.layers if layer.trainable)
