@@ -1,8 +1,10 @@
 """Exact and near-duplicate images shared between Training and Testing.
 
-The public Brain Tumor MRI Dataset holds such pairs; each one inflates test accuracy. A 64-bit perceptual hash
-(DCT of a 32x32 grey thumbnail, as pHash) finds re-encoded, resized or slightly shifted copies; a content
-sha256 finds byte-identical ones.
+The public Brain Tumor MRI Dataset holds such pairs; each one inflates test accuracy. A 255-bit perceptual hash
+(signs of the 16x16 lowest DCT frequencies of a 64x64 grey thumbnail, as pHash but finer, since MRI slices
+are alike at 8x8) finds re-encoded, resized or slightly shifted copies; a content sha256 finds byte-identical
+ones. Measured on generated slices: copies resized and re-encoded at JPEG quality 70 land within 6 bits,
+distinct images at 36 or more.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from tumor_edge.errors import InputImageError
 from tumor_edge.progress import progress
 from tumor_edge.runtime.image import load_rgb
 
-HASH_SIZE = 8
-THUMB = 32
-DEFAULT_MAX_DISTANCE = 4  # of 64 bits; re-encoded or resized copies land at 0-2, different slices far above
+HASH_SIZE = 16
+THUMB = 64
+DEFAULT_MAX_DISTANCE = 12  # of 255 bits
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -37,25 +39,26 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT = _dct_matrix(THUMB)
 
 
-def perceptual_hash(image: Image.Image) -> int:
+def perceptual_hash(image: Image.Image) -> np.ndarray:
+    """Packed bits (uint8 array) of the hash."""
     grey = np.asarray(image.convert("L").resize((THUMB, THUMB), Image.Resampling.LANCZOS), dtype=np.float64)
     coeffs = (_DCT @ grey @ _DCT.T)[:HASH_SIZE, :HASH_SIZE].ravel()
     bits = coeffs[1:] > np.median(coeffs[1:])  # DC term left out: it is overall brightness
-    return int(sum(1 << i for i, b in enumerate(bits) if b))
+    return np.packbits(bits)
 
 
 @dataclass(frozen=True)
 class HashedImage:
     path: Path
     sha256: str
-    phash: int
+    phash: np.ndarray
 
 
 @dataclass(frozen=True)
 class DuplicatePair:
     test: Path
     train: Path
-    distance: int  # 0 with exact=True: identical bytes
+    distance: int  # -1: identical bytes
 
     @property
     def exact(self) -> bool:
@@ -84,13 +87,13 @@ def find_cross_split_duplicates(train: Sequence[HashedImage], test: Sequence[Has
     if not train or not test:
         return []
     by_sha = {h.sha256: h.path for h in train}
-    train_hashes = np.array([h.phash for h in train], dtype=np.uint64)
+    train_hashes = np.stack([h.phash for h in train])
     pairs = []
     for t in test:
         if t.sha256 in by_sha:
             pairs.append(DuplicatePair(t.path, by_sha[t.sha256], -1))
             continue
-        distances = np.bitwise_count(train_hashes ^ np.uint64(t.phash))
+        distances = np.bitwise_count(train_hashes ^ t.phash).sum(axis=1)
         j = int(np.argmin(distances))
         if distances[j] <= max_distance:
             pairs.append(DuplicatePair(t.path, train[j].path, int(distances[j])))

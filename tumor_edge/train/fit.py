@@ -133,6 +133,8 @@ def _callbacks(config: TrainConfig, out: Path, checkpoint):
 
 def run_training(config: TrainConfig) -> Path:
     """Train, checkpoint and evaluate; returns the run folder. Printing goes to stdout, as Keras' does."""
+    import warnings
+
     import keras
 
     from tumor_edge.train.augment import build_augmenter
@@ -141,6 +143,8 @@ def run_training(config: TrainConfig) -> Path:
     from tumor_edge.train.pipeline import make_dataset
     from tumor_edge.train.plots import plot_history
 
+    # Keras warns that fit's default shuffle=True is ignored for a tf.data input; ours shuffles itself.
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     resolve_weights(config.weights)  # a bad weights path fails before anything is written
     index = discover(config.data)
     out = prepare_out_dir(config.out, config.force)
