@@ -145,7 +145,11 @@ def run_training(config: TrainConfig) -> Path:
 
     # Keras warns that fit's default shuffle=True is ignored for a tf.data input; ours shuffles itself.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    resolve_weights(config.weights)  # a bad weights path fails before anything is written
+    # A bad weights path or an offline ImageNet download fails before anything is written.
+    if resolve_weights(config.weights) == "imagenet":
+        from tumor_edge.train.model import ensure_imagenet_weights
+
+        ensure_imagenet_weights()
     index = discover(config.data)
     out = prepare_out_dir(config.out, config.force)
     started = time.time()

@@ -37,20 +37,39 @@ def resolve_weights(weights: str | None) -> str | None:
     return str(path)
 
 
+IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
+                      + IMAGENET_NOTOP_FILE)
+IMAGENET_NOTOP_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"
+
+
+def ensure_imagenet_weights() -> Path:
+    """Fetch (or find in Keras' cache) the ImageNet no-top weights before anything is written.
+
+    The only network access tumor-edge ever makes, and only when the user asks for ImageNet weights.
+    """
+    from keras.utils import get_file
+
+    try:
+        return Path(get_file(IMAGENET_NOTOP_FILE, IMAGENET_NOTOP_URL, cache_subdir="models",
+                             file_hash=IMAGENET_NOTOP_MD5))
+    except Exception as err:  # Keras raises a bare Exception("URL fetch failure ...")
+        raise TumorEdgeError(
+            "could not download the ImageNet weights for InceptionV3 (no internet?): train from scratch with "
+            f"--weights none, or pass --weights PATH/{IMAGENET_NOTOP_FILE} (Keras caches it under "
+            f"~/.keras/models/ once downloaded) [{str(err).splitlines()[0][:120]}]"
+        ) from err
+
+
 def _base(config: ModelConfig, weights: str | None):
     import keras
 
     shape = (config.image_size, config.image_size, 3)
+    if weights == "imagenet":
+        weights = str(ensure_imagenet_weights())
     try:
         return keras.applications.InceptionV3(include_top=False, weights=weights, input_shape=shape)
-    except Exception as err:  # Keras raises a bare Exception on a failed download
-        if weights == "imagenet" and ("URL fetch failure" in str(err) or "urlopen" in str(err).lower()):
-            raise TumorEdgeError(
-                "could not download the ImageNet weights for InceptionV3 (no internet?): train from scratch with "
-                f"--weights none, or pass --weights PATH/{IMAGENET_NOTOP_FILE} (Keras caches it under "
-                "~/.keras/models/ once downloaded)"
-            ) from err
-        if weights not in (None, "imagenet"):
+    except Exception as err:
+        if weights is not None:
             raise TumorEdgeError(f"cannot load these weights into InceptionV3 ({str(err).splitlines()[0][:200]})",
                                  weights) from err
         raise
