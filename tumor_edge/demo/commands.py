@@ -1,0 +1,44 @@
+"""Click commands `demo-data` and `demo`. Only click at import time; numpy, scipy, nibabel and TensorFlow load
+inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("demo-data")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--per-class", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Images per class, Training and Testing together.")
+@click.option("--size", type=click.IntRange(32, 2048), default=256, show_default=True,
+              help="Typical image edge in pixels; each image's width and height vary around it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same volumes: same files.")
+@click.option("--volume", "volumes", multiple=True, type=click.Path(path_type=Path),
+              help="A T1 NIfTI volume (head or skull-stripped brain) to slice too; repeatable.")
+@click.option("--test-volume", default=None,
+              help="Name (file stem) of the volume held out for Testing [the last one].")
+@click.option("--test-fraction", type=click.FloatRange(0.05, 0.9), default=0.25, show_default=True)
+@click.option("--no-builtin", is_flag=True, help="Use only the --volume files, not the packaged templates.")
+@click.option("--force", is_flag=True, help="Replace demo data already in OUT.")
+def demo_data(out: Path, per_class: int, size: int, seed: int, volumes: tuple[Path, ...], test_volume: str | None,
+              test_fraction: float, no_builtin: bool, force: bool) -> None:
+    """Write synthetic demo data to OUT: real MRI anatomy with simulated tumours, in the public dataset layout.
+
+    Slices of the MNI152 template (nilearn) and the Colin27 head (Debian mricron-data, when installed) in
+    three planes, with gliomas, meningiomas and pituitary masses drawn where each grows. Testing comes from
+    anatomy Training never saw. Synthetic: for trying the pipeline, not for judging a model.
+    """
+    from tumor_edge.demo.generate import DemoDataConfig, generate, make_plan, resolve_volumes
+
+    config = DemoDataConfig(out=out, per_class=per_class, size=size, seed=seed, volumes=volumes,
+                            test_fraction=test_fraction, test_volume=test_volume, builtin=not no_builtin,
+                            force=force)
+    root = generate(config)
+    plan = make_plan(config, resolve_volumes(config))
+    n_train, n_test = config.counts
+    held = (f"Testing from volume '{plan.test_source.name}'" if plan.test_source is not None
+            else "Testing from a held-out slab of slice positions")
+    click.echo(f"wrote {len(config.classes) * (n_train + n_test)} synthetic scans to {root} "
+               f"({n_train} Training + {n_test} Testing per class; {held}); see {root / 'DATASET.md'}")
