@@ -23,6 +23,12 @@ SCHEMA_VERSION = 1
 # Keys written into an ONNX file's metadata_props so a lone .onnx classifies correctly on its own.
 ONNX_META_KEY = "tumor_edge"
 
+# A pre-optimised twin of an .onnx file (see backends.save_optimized_model): "model_int8.onnx" ->
+# "model_int8.ort.onnx". Export writes it beside its source; the runtime loads it instead when it was made for the
+# same machine, skipping onnxruntime's graph optimisation at start-up. Export may list it in `models` with
+# extra {"ort_optimized_from": "model_int8.onnx"}; it is never the default model itself.
+OPTIMIZED_SUFFIX = ".ort.onnx"
+
 # Which file a runtime picks when the caller names a bundle but not a file: smallest that proved parity first.
 DEFAULT_MODEL_PREFERENCE = ("model_int8.onnx", "model_fp32.onnx", "model_int8.tflite", "model_fp16.tflite",
                             "model_fp32.tflite")
@@ -127,9 +133,20 @@ class BundleMetadata:
         for name in DEFAULT_MODEL_PREFERENCE:
             if name in self.models:
                 return name
-        if not self.models:
+        plain = [name for name in self.models if not is_optimized_name(name)]
+        if not plain:
             raise ModelError("bundle lists no models")
-        return next(iter(self.models))
+        return plain[0]
+
+
+def optimized_model_name(name: str) -> str:
+    """The file name of the pre-optimised twin of an .onnx model file."""
+    stem = name[:-len(".onnx")] if name.lower().endswith(".onnx") else name
+    return stem + OPTIMIZED_SUFFIX
+
+
+def is_optimized_name(name: str) -> bool:
+    return name.lower().endswith(OPTIMIZED_SUFFIX)
 
 
 def sha256_file(path: Path) -> str:

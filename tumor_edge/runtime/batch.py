@@ -1,0 +1,136 @@
+"""Streaming, fault-tolerant batch classification: thousands of scans, some of them bad.
+
+Files are decoded in a few threads (Pillow and numpy release the GIL while decoding and resizing) a bounded
+distance ahead of inference, so memory stays flat however many files there are; each result is yielded in input
+order as soon as its batch is done. A file that cannot be read becomes a `Failure` in the stream instead of an
+exception, so one corrupt scan never stops a night's batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tumor_edge.errors import TumorEdgeError
+from tumor_edge.runtime.image import load_rgb_frames
+from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
+
+if TYPE_CHECKING:
+    from tumor_edge.runtime.classifier import Classifier, Prediction
+
+DEFAULT_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be classified: `message` is the one line to show (it names the file)."""
+
+    source: str
+    message: str
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+    ok = False
+
+    def to_dict(self) -> dict:
+        return {"file": self.source, "error": self.message}
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """The outcome of decoding one file: its frames' pixels, or why it failed."""
+
+    source: str
+    pixels: list[tuple[np.ndarray, int | None, int | None]]  # (uint8 HxWx3, frame, frame_count)
+    failure: Failure | None = None
+
+
+def decode_file(path: str | Path, spec: Preprocessing, frames: str = "middle") -> _Decoded:
+    """Decode and resize one file for the model, never raising for a bad file."""
+    source = str(path)
+    try:
+        decoded = load_rgb_frames(Path(path), frames)
+        pixels = [(resize_rgb(f.image, spec), f.index if f.count > 1 else None, f.count if f.count > 1 else None)
+                  for f in decoded]
+        return _Decoded(source, pixels)
+    except TumorEdgeError as err:
+        return _Decoded(source, [], Failure(source, str(err), err))
+    except MemoryError as err:
+        return _Decoded(source, [], Failure(source, f"{source}: out of memory while decoding", err))
+    except Exception as err:  # a decoder bug on a hostile file must not end the batch
+        message = f"{source}: unexpected {type(err).__name__} while decoding ({str(err)[:200]})"
+        return _Decoded(source, [], Failure(source, message, err))
+
+
+def _decoded_in_order(paths: Iterable[str | Path], decode: Callable[[str | Path], _Decoded], workers: int,
+                      lookahead: int) -> Iterator[_Decoded]:
+    """Decode in `workers` threads at most `lookahead` files ahead, yielding in input order."""
+    if workers <= 0:
+        for path in paths:
+            yield decode(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tumor-edge-decode") as pool:
+        pending: deque = deque()
+        try:
+            for path in paths:
+                pending.append(pool.submit(decode, path))
+                if len(pending) >= lookahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the consumer stopped early (Ctrl-C, break): drop queued work
+                future.cancel()
+
+
+def iter_predictions(classifier: Classifier, paths: Iterable[str | Path], batch_size: int = 16,
+                     frames: str = "middle", workers: int | None = None) -> Iterator[Prediction | Failure]:
+    """A Prediction or a Failure for each image (each frame with frames="all"), in input order.
+
+    Results come a batch at a time; a failure waits for the batch its neighbours are in, so the order holds.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if workers is None:
+        workers = DEFAULT_WORKERS
+    if isinstance(paths, Sequence) and len(paths) <= 1:
+        workers = 0  # one file: a thread pool would only add start-up time
+    spec = classifier.preprocessing
+
+    def decode(path: str | Path) -> _Decoded:
+        return decode_file(path, spec, frames)
+
+    queue: list[tuple[str, np.ndarray | Failure, int | None, int | None]] = []
+    images = 0
+
+    def flush() -> Iterator[Prediction | Failure]:
+        nonlocal images
+        if images:
+            probs = iter(classifier.infer(np.stack([p for _, p, _, _ in queue if not isinstance(p, Failure)])))
+        for source, item, frame, count in queue:
+            if isinstance(item, Failure):
+                yield item
+            else:
+                yield classifier.to_prediction(next(probs), source, frame, count)
+        queue.clear()
+        images = 0
+
+    for decoded in _decoded_in_order(paths, decode, workers, lookahead=max(2 * batch_size, 2 * workers)):
+        if decoded.failure is not None:
+            queue.append((decoded.source, decoded.failure, None, None))
+            if images == 0:  # nothing waiting on inference: report it now
+                yield from flush()
+            continue
+        for pixels, frame, count in decoded.pixels:
+            queue.append((decoded.source, pixels, frame, count))
+            images += 1
+            if images >= batch_size:
+                yield from flush()
+    yield from flush()
+
