@@ -16,3 +16,20 @@ from tests.toydata import make_toy_dataset  # noqa: E402
 def toy_dataset(tmp_path_factory) -> Path:
     """ROOT/Training/<class>/*.jpg and ROOT/Testing/<class>/*.jpg, four classes, 80 px, learnable."""
     return make_toy_dataset(tmp_path_factory.mktemp("toy") / "data")
+
+
+@pytest.fixture(scope="session")
+def train_dataset(tmp_path_factory) -> Path:
+    """A larger toy set for the one model the session trains: enough steps for BatchNorm to settle."""
+    return make_toy_dataset(tmp_path_factory.mktemp("train-data") / "data", train_per_class=48,
+                            test_per_class=10, size=80, seed=7)
+
+
+@pytest.fixture(scope="session")
+def trained_run(train_dataset, tmp_path_factory) -> Path:
+    """One tiny InceptionV3 (75 px, from scratch) trained once per session; ~90 % test accuracy on toy data."""
+    from tumor_edge.train.fit import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    return run_training(TrainConfig(data=train_dataset, out=out, image_size=75, weights="none", epochs=4,
+                                    batch_size=16, bn_momentum=0.8, seed=1, verbose=2))
