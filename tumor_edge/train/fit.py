@@ -227,6 +227,13 @@ def run_training(config: TrainConfig) -> Path:
 
     keras.mixed_precision.set_global_policy("float32")
     best = keras.models.load_model(out / "model.keras", compile=False)
+    if use_mp:
+        # Variables are float32 under mixed precision; only the compute dtype differs. Re-saving the best
+        # checkpoint in a float32 graph keeps float16 casts out of the exported CPU/edge models.
+        float32_model = build_classifier(n_classes, config.image_size, None, config.dropout)
+        float32_model.set_weights(best.get_weights())
+        float32_model.save(out / "model.keras")
+        best = float32_model
     plot_history(out / "history.csv", out / "training_curves.png")
     metrics = evaluate_samples(best, test, index.classes, spec, out, config.batch_size, "test")
     metrics["deduplicated_test_images"] = deduped
