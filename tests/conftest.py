@@ -33,3 +33,11 @@ def trained_run(train_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     return run_training(TrainConfig(data=train_dataset, out=out, image_size=75, weights="none", epochs=4,
                                     batch_size=16, bn_momentum=0.8, seed=1, verbose=2))
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """Small realistic data: real MRI template slices with simulated lesions (synthetic), tiny size and count."""
+    from tumor_edge.demo.generate import generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", per_class=8, size=96, seed=0)

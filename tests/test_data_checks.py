@@ -95,3 +95,28 @@ def test_stratified_split_is_seeded_and_stratified(small_dataset):
     assert a_val == b_val and len(a_keep) + len(a_val) == len(index.train)
     assert sorted(np.bincount([s.label for s in a_val]).tolist()) == [2, 2, 2, 2]
     assert not {s.path for s in a_keep} & {s.path for s in a_val}
+
+
+def test_check_on_realistic_demo_data_is_clean(demo_dataset):
+    """Held-out anatomy in Testing: no duplicates across splits, no problems, counts per class printed."""
+    result = run_cli("data", "check", str(demo_dataset))
+    assert result.exit_code == 0, result.output
+    assert "duplicates: none between Training and Testing" in result.output
+    assert "problem:" not in result.output
+    index = discover(demo_dataset)
+    assert index.classes == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert all(n > 0 for split in index.counts().values() for n in split.values())
+
+
+def test_train_dedup_flag_drops_planted_copies(demo_dataset, tmp_path):
+    from tumor_edge.train.fit import drop_test_duplicates
+
+    root = tmp_path / "ds"
+    shutil.copytree(demo_dataset, root)
+    src = sorted((root / "Training" / "meningioma").iterdir())[0]
+    shutil.copy(src, root / "Testing" / "meningioma" / "planted.jpg")
+    index = discover(root)
+    kept, dropped = drop_test_duplicates(index)
+    assert dropped == 1
+    assert len(kept) == len(index.test) - 1
+    assert all(s.path.name != "planted.jpg" for s in kept)
