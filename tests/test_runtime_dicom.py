@@ -112,3 +112,13 @@ def test_truncated_pixel_data(tmp_path):
     with pytest.raises(InputImageError) as info:
         read_dicom(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file\n" * 20, bytes(range(256)) * 12])
+def test_non_dicom_named_dcm(tmp_path, content):
+    path = tmp_path / "fake.dcm"
+    path.write_bytes(content)
+    with pytest.raises(InputImageError) as info:
+        load_rgb(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and ("not a DICOM file" in message or "unreadable DICOM" in message)

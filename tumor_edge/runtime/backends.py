@@ -62,6 +62,9 @@ class BackendOptions:
     # Load the pre-optimised sibling (`model_int8.ort.onnx` beside `model_int8.onnx`) when it was made for this
     # machine and onnxruntime version: it skips the graph optimisation at load (-75 ms for InceptionV3 int8).
     use_optimized: bool = True
+    # Whether idle intra-op threads busy-wait for the next run. Spinning shaves microseconds off back-to-back
+    # runs on an otherwise idle CPU but burns a core that decoding (or a neighbour) could use; off by default.
+    spin: bool = False
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -86,6 +89,7 @@ def _session_options(ort, options: BackendOptions, level: str):
         so.inter_op_num_threads = 1
     so.graph_optimization_level = _ort_level(ort, level)
     so.enable_cpu_mem_arena = bool(options.memory_arena)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     so.log_severity_level = 3
     return so
 

@@ -6,7 +6,6 @@ this module is the single definition of the format for both sides.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -150,6 +149,9 @@ def is_optimized_name(name: str) -> bool:
 
 
 def sha256_file(path: Path) -> str:
+    # hashlib loads OpenSSL (+3.6 MB resident): imported here, where export needs it, not on every classify.
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

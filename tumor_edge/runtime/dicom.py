@@ -135,8 +135,14 @@ def _read_dataset(path: Path) -> Any:
         try:
             return pydicom.dcmread(str(path))
         except InvalidDicomError:
-            # A .dcm without the 128-byte preamble is still common in research exports.
-            return pydicom.dcmread(str(path), force=True)
+            # A .dcm without the 128-byte preamble is still common in research exports; but forcing makes
+            # pydicom "read" any bytes, so insist on the elements every image object has.
+            ds = pydicom.dcmread(str(path), force=True)
+            if not any(tag in ds for tag in ("SOPClassUID", "Rows", "PixelData", "Modality")):
+                raise InputImageError("not a DICOM file (no DICM marker and no image elements)", path) from None
+            return ds
+    except InputImageError:
+        raise
     except Exception as err:  # pydicom raises many types (EOFError, struct.error, ...) on damaged files
         raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {_short(err)})", path) from err
 
