@@ -1,0 +1,175 @@
+"""Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
+
+A small launcher (`python -m tumor_edge.bench.coldstart MODEL IMAGE --launch`) spawns the probe
+`python -m tumor_edge.bench.coldstart MODEL IMAGE`, timestamps the spawn, reads the probe's first stdout line
+(the result) and takes the time then; peak RSS comes from the kernel's accounting of the reaped probe
+(`os.wait4`), so nothing in the probe has to measure itself. A `.keras` file is loaded with Keras
+in the child (the reference a device would not run) and needs `--bundle` for its preprocessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ColdStart:
+    """Cold-start figures of one model file over `runs` fresh processes."""
+
+    format: str
+    file: str
+    runs: int
+    median_s: float
+    min_s: float
+    max_s: float
+    peak_rss_mb: float  # median over runs of the child's ru_maxrss
+    child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _maxrss_mb(rusage: Any) -> float:
+    # Linux reports kilobytes, macOS bytes.
+    return rusage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def _child_command(model: Path, image: Path, threads: int | None, bundle: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "tumor_edge.bench.coldstart", str(model), str(image)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if bundle:
+        cmd += ["--bundle", str(bundle)]
+    return cmd
+
+
+def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Path | None = None,
+               timeout: float = 600.0) -> tuple[float, float, dict[str, Any]]:
+    """(seconds from spawn to first result, peak RSS MB, the child's JSON line) of one fresh process.
+
+    The child is spawned by a small launcher process, not by the caller: Linux carries the spawning process's
+    RSS high-water mark into the child's ru_maxrss across fork/vfork + exec, so a child of the (large)
+    harness would report the harness's memory. The launcher is a bare Python (~10 MB), far below any child.
+    """
+    cmd = [*_child_command(model, image, threads, bundle), "--launch"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines()
+        raise RuntimeError(f"cold start failed on {model} (exit {proc.returncode}): "
+                           f"{tail[-1] if tail else 'no output'}")
+    data = json.loads(lines[-1])
+    return data["first_result_s"], data["peak_rss_mb"], data["child"]
+
+
+def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
+    """Spawn `cmd`, time spawn -> first stdout line, reap it with wait4 for its peak RSS."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    with tempfile.TemporaryFile() as err_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, env=env, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        first_result = time.perf_counter() - start
+        proc.stdout.read()
+        proc.stdout.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, rusage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
+        if proc.returncode != 0 or not line.strip():
+            err_file.seek(0)
+            tail = err_file.read().decode(errors="replace").strip().splitlines()
+            sys.stderr.write((tail[-1] if tail else f"exit {proc.returncode}, no output") + "\n")
+            raise SystemExit(1)
+    return {"first_result_s": first_result, "peak_rss_mb": _maxrss_mb(rusage), "child": json.loads(line)}
+
+
+def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, threads: int | None = None,
+                       bundle: Path | None = None) -> ColdStart:
+    """Spawn `runs` fresh processes; the first also warms the file cache, as on a device after boot."""
+    samples = [spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
+    times = [s[0] for s in samples]
+    median_index = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
+    return ColdStart(key, Path(model).name, len(samples), statistics.median(times), min(times), max(times),
+                     statistics.median(s[1] for s in samples), samples[median_index][2].get("timing", {}))
+
+
+# ---- the child ---------------------------------------------------------------------------------------------
+
+
+def _classify_runtime(model: Path, image: Path, threads: int | None) -> tuple[str, dict[str, float]]:
+    t0 = time.perf_counter()
+    from tumor_edge.runtime import BackendOptions, Classifier
+
+    t1 = time.perf_counter()
+    clf = Classifier.from_bundle(model, options=BackendOptions(threads=threads))
+    t2 = time.perf_counter()
+    label = clf.predict(image).label
+    t3 = time.perf_counter()
+    return label, {"import_s": t1 - t0, "load_s": t2 - t1, "first_inference_s": t3 - t2}
+
+
+def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path | None) -> tuple[str, dict]:
+    from tumor_edge.runtime.bundle import BundleMetadata
+    from tumor_edge.runtime.preprocess import preprocess_image
+
+    if bundle is None:
+        raise SystemExit("a .keras model needs --bundle for its preprocessing and classes")
+    meta = BundleMetadata.read(bundle)
+    t0 = time.perf_counter()
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    t1 = time.perf_counter()
+    net = keras.models.load_model(model, compile=False)
+    t2 = time.perf_counter()
+    probs = net.predict_on_batch(preprocess_image(image, meta.preprocessing)[None])
+    label = meta.classes[int(probs[0].argmax())]
+    t3 = time.perf_counter()
+    return label, {"import_s": t1 - t0, "load_s": t2 - t1, "first_inference_s": t3 - t2}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="classify one image in a fresh process (cold-start probe)")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (for a .keras model)")
+    parser.add_argument("--launch", action="store_true",
+                        help="act as the launcher: spawn the probe, print its timing and peak RSS as JSON")
+    args = parser.parse_args(argv)
+    if args.launch:
+        print(json.dumps(_launch(_child_command(args.model, args.image, args.threads, args.bundle))), flush=True)
+        return
+    if args.model.suffix == ".keras":
+        label, timing = _classify_keras(args.model, args.image, args.threads, args.bundle)
+    else:
+        label, timing = _classify_runtime(args.model, args.image, args.threads)
+    print(json.dumps({"label": label, "timing": timing}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""`tumor-edge bench`: latency of every file of a bundle (and the Keras reference), cold start, the machine.
+
+Imports only click at module level; the harness loads when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not items or any(i < 1 for i in items):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return list(dict.fromkeys(items))
+
+
+def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@click.command()
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder or one of its model files (default: $TUMOR_EDGE_MODEL, else the last export).")
+@click.option("--formats", callback=_str_list, default=None,
+              help="Comma-separated formats to time, e.g. onnx-fp32,onnx-int8,tflite-fp32,keras (default: all).")
+@click.option("--threads", callback=_int_list, default="1,2", show_default=True, help="Thread counts.")
+@click.option("--batch", "batches", callback=_int_list, default="1,8", show_default=True, help="Batch sizes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Warm-up runs.")
+@click.option("--min-runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed runs at least, per configuration.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Timed seconds at least, per configuration.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Folder of scans to feed (default: the run's test split, else synthetic phantoms).")
+@click.option("--image-count", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Distinct images cycled through.")
+@click.option("--run", "run", type=click.Path(path_type=Path), default=None,
+              help="Training run folder (or its model.keras) for the Keras reference "
+                   "(default: the bundle's provenance).")
+@click.option("--no-keras", is_flag=True, help="Skip the Keras reference even when TensorFlow is installed.")
+@click.option("--cold-runs", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Fresh processes per format for cold start (0: skip).")
+@click.option("--no-ceiling", is_flag=True, help="Skip the float32 matmul ceiling measurement.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the full record (with every timing) as JSON; also OUT.md and OUT.png unless named.")
+@click.option("--markdown", "md_out", type=click.Path(path_type=Path), default=None, help="Markdown report.")
+@click.option("--chart", "chart_out", type=click.Path(path_type=Path), default=None,
+              help="PNG chart (latency by format and threads; needs matplotlib).")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="A saved --json record: print each figure's ratio to it and flag regressions.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Slowdown beyond which a figure counts as a regression (0.10 = 10 %).")
+@click.option("--fail-on-regression", is_flag=True, help="Exit with status 4 when a regression is flagged.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def bench(model: Path | None, formats: list[str] | None, threads: list[int], batches: list[int], warmup: int,
+          min_runs: int, min_seconds: float, images: Path | None, image_count: int, run: Path | None,
+          no_keras: bool, cold_runs: int, no_ceiling: bool, json_out: Path | None, md_out: Path | None,
+          chart_out: Path | None, baseline: Path | None, tolerance: float, fail_on_regression: bool,
+          force: bool, quiet: bool) -> None:
+    """Time every file of a bundle through the runtime, with the Keras model as the reference.
+
+    Warm-up, then at least --min-runs runs and --min-seconds seconds per format, thread count and batch size;
+    reports min/p50/p90/p99/mean/std and images/s, ratios to Keras and to ONNX fp32, the achieved GMAC/s
+    against this machine's matmul ceiling, cold start and peak memory, and the machine itself.
+    """
+    from tumor_edge.bench.output import run_command
+
+    run_command(model=model, formats=formats, threads=threads, batches=batches, warmup=warmup,
+                min_runs=min_runs, min_seconds=min_seconds, images=images, image_count=image_count, run=run,
+                keras=not no_keras, cold_runs=cold_runs, ceiling=not no_ceiling, json_out=json_out,
+                md_out=md_out, chart_out=chart_out, baseline=baseline, tolerance=tolerance,
+                fail_on_regression=fail_on_regression, force=force, quiet=quiet)

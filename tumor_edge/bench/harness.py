@@ -1,0 +1,257 @@
+"""`run_bench(BenchConfig) -> dict`: the whole benchmark of one bundle, as one JSON-ready record.
+
+Order of work: the machine and its matmul ceiling, the inputs (real scans, prepared once), then for each thread
+count every format at every batch size back to back (so a burst of load on a shared machine hits all formats
+alike), then cold starts. Figures derived from the timings (statistics, ratios, rates, goals) are computed by
+pure functions in stats.py and analysis.py.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tumor_edge import __version__
+from tumor_edge.bench.analysis import add_rates, add_ratios, check_goals
+from tumor_edge.bench.ceiling import measure_ceiling
+from tumor_edge.bench.coldstart import measure_cold_start
+from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
+from tumor_edge.bench.machine import load_average, machine_info
+from tumor_edge.bench.macs import count_macs
+from tumor_edge.bench.stats import summarize
+from tumor_edge.bench.targets import KERAS_KEY, TIMERS, Target, engine_missing, target_for
+from tumor_edge.bench.timing import RunPlan
+from tumor_edge.errors import ModelError, TumorEdgeError
+from tumor_edge.progress import progress
+from tumor_edge.runtime.bundle import METADATA_FILE, BundleMetadata, is_optimized_name
+
+SCHEMA = "tumor-edge-bench/1"
+
+# Provenance keys under which export may record the training run folder (first match wins).
+RUN_KEYS = ("run_dir", "run", "source_run", "run_folder", "training_run")
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run needs; the CLI and benchmarks/run_suite.py both fill it."""
+
+    model: Path  # a bundle folder, or one model file of a bundle (or a lone .onnx with embedded metadata)
+    formats: list[str] | None = None  # None: every file of the bundle, plus Keras when at hand
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    plan: RunPlan = field(default_factory=RunPlan)
+    images: Path | None = None  # a folder of scans; default: the run's test split, else synthetic
+    image_count: int = 16
+    run: Path | None = None  # the training run folder or its model.keras; default: from bundle provenance
+    keras: bool = True
+    cold_start: bool = True
+    cold_runs: int = 3
+    ceiling: bool = True
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        if not self.threads or any(t < 1 for t in self.threads):
+            raise ValueError(f"thread counts must be positive integers, got {self.threads}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ValueError(f"batch sizes must be positive integers, got {self.batches}")
+        if self.image_count < 1:
+            raise ValueError(f"image count must be at least 1, got {self.image_count}")
+
+
+@dataclass
+class Subject:
+    """The bundle being benchmarked, resolved: metadata, the files to time, and the Keras reference."""
+
+    metadata: BundleMetadata
+    bundle_dir: Path | None
+    targets: list[Target]
+    run_dir: Path | None
+    skipped: list[dict[str, str]]
+
+
+def _key(fmt: str, precision: str, taken: set[str], name: str) -> str:
+    key = f"{fmt}-{precision}"
+    return key if key not in taken else f"{key}:{name}"
+
+
+def _find_run(config: BenchConfig, metadata: BundleMetadata) -> tuple[Path | None, Path | None]:
+    """(run folder or None, model.keras or None) from --run or the bundle's provenance."""
+    candidates: list[Path] = []
+    if config.run is not None:
+        candidates.append(Path(config.run))
+    else:
+        for key in RUN_KEYS:
+            value = metadata.provenance.get(key)
+            if isinstance(value, str) and value:
+                candidates.append(Path(value))
+    for candidate in candidates:
+        if candidate.suffix == ".keras" and candidate.is_file():
+            return candidate.parent, candidate
+        if (candidate / "model.keras").is_file():
+            return candidate, candidate / "model.keras"
+    if config.run is not None:
+        raise ModelError("no model.keras here (expected a run folder or a .keras file)", config.run)
+    return (candidates[0] if candidates and candidates[0].is_dir() else None), None
+
+
+def resolve_subject(config: BenchConfig) -> Subject:
+    path = config.model
+    if not path.exists():
+        raise ModelError("no such bundle or model file", path)
+    if path.is_dir():
+        bundle_dir: Path | None = path
+        metadata = BundleMetadata.read(path)
+        # Pre-optimised twins (model_int8.ort.onnx) are the same model: the backend loads one in place of its
+        # source where it fits this machine, so they are not timed separately.
+        files = [(name, entry.format, entry.precision) for name, entry in metadata.models.items()
+                 if not is_optimized_name(name)]
+    else:
+        if (path.parent / METADATA_FILE).is_file():
+            bundle_dir, metadata = path.parent, BundleMetadata.read(path.parent)
+        elif path.suffix.lower() == ".onnx":
+            from tumor_edge.runtime.classifier import read_onnx_metadata
+
+            bundle_dir, metadata = None, read_onnx_metadata(path)
+        else:
+            raise ModelError(f"no {METADATA_FILE} beside this model file; pass the bundle folder", path)
+        entry = metadata.models.get(path.name)
+        fmt = entry.format if entry else path.suffix.lstrip(".").lower()
+        files = [(path.name, fmt, entry.precision if entry else "fp32")]
+    base = path if path.is_dir() else path.parent
+    targets: list[Target] = []
+    skipped: list[dict[str, str]] = []
+    taken: set[str] = set()
+    for name, fmt, precision in files:
+        file = base / name
+        key = _key(fmt, precision, taken, name)
+        taken.add(key)
+        if not file.is_file():
+            raise ModelError(f"bundle lists {name} but the file is missing", base)
+        missing = engine_missing(file)
+        if missing:
+            skipped.append({"format": key, "file": name, "reason": missing})
+            continue
+        targets.append(target_for(key, file, precision))
+    run_dir, keras_file = _find_run(config, metadata)
+    if config.keras:
+        if keras_file is None:
+            skipped.append({"format": KERAS_KEY, "file": "model.keras",
+                            "reason": "the training run is not at hand (pass --run RUN)"})
+        elif engine_missing(keras_file):
+            skipped.append({"format": KERAS_KEY, "file": keras_file.name, "reason": engine_missing(keras_file)})
+        else:
+            targets.insert(0, target_for(KERAS_KEY, keras_file, "fp32"))
+    if config.formats is not None:
+        available = {t.key for t in targets} | {s["format"] for s in skipped}
+        unknown = [f for f in config.formats if f not in available]
+        if unknown:
+            raise ModelError(f"format(s) {', '.join(unknown)} not in this bundle; it has "
+                             f"{', '.join(sorted(available))}", path)
+        targets = [t for t in targets if t.key in config.formats]
+        skipped = [s for s in skipped if s["format"] in config.formats]
+    if not targets:
+        raise ModelError("nothing to benchmark here: " + "; ".join(f"{s['format']}: {s['reason']}"
+                                                                     for s in skipped), path)
+    return Subject(metadata, bundle_dir, targets, run_dir, skipped)
+
+
+def _image_pool(config: BenchConfig, subject: Subject) -> ImagePool:
+    spec = subject.metadata.preprocessing
+    if config.images is not None:
+        return pool_from_folder(config.images, spec, config.image_count)
+    if subject.run_dir is not None:
+        pool = pool_from_run(subject.run_dir, spec, config.image_count)
+        if pool is not None:
+            return pool
+    return synthetic_pool(spec, config.image_count)
+
+
+def _macs(subject: Subject) -> int | None:
+    """MACs per image from the bundle's fp32 ONNX (else any ONNX); all formats share the architecture."""
+    onnx_targets = sorted((t for t in subject.targets if t.path.suffix == ".onnx"),
+                          key=lambda t: t.precision != "fp32")
+    if not onnx_targets and subject.bundle_dir is not None:
+        onnx_targets = [target_for("onnx", p, "?") for p in sorted(subject.bundle_dir.glob("*.onnx"))]
+    for target in onnx_targets:
+        macs = count_macs(target.path)
+        if macs:
+            return macs
+    return None
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Benchmark a bundle; returns the JSON-ready record (see README's bench section for the fields)."""
+    started = time.perf_counter()
+    subject = resolve_subject(config)
+    machine = machine_info()
+    classes = len(subject.metadata.classes)
+    pool = _image_pool(config, subject)
+    inputs = pool.model_inputs(subject.metadata.preprocessing)
+    ceilings = [measure_ceiling(t) for t in config.threads] if config.ceiling else []
+    macs = _macs(subject)
+    rows: list[dict[str, Any]] = []
+    cold: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-bench-") as tmp:
+        workdir = Path(tmp)
+        plan_items = [(threads, target) for threads in config.threads for target in subject.targets]
+        for threads, target in progress(plan_items, "benchmarking", enabled=config.show_progress):
+            try:
+                timing = TIMERS[target.engine](target, threads, inputs, config.batches, config.plan, classes,
+                                               workdir)
+            except RuntimeError as err:  # a child process failed: keep going, report it
+                subject.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
+                continue
+            for batch, timings in timing.timings.items():
+                stats = summarize(timings, batch)
+                rows.append({"format": target.key, "file": target.path.name, "loaded_file": timing.loaded_file,
+                             "engine": target.engine,
+                             "precision": target.precision, "threads": threads, "batch": batch,
+                             "load_s": timing.load_s, **stats.to_dict(), "timings_ms": [t * 1e3 for t in timings]})
+        if config.cold_start:
+            probe = write_probe_image(pool, workdir)
+            cold_targets = [t for t in subject.targets if t.key not in {s["format"] for s in subject.skipped}]
+            for target in progress(cold_targets, "cold starts", enabled=config.show_progress):
+                try:
+                    result = measure_cold_start(target.key, target.path, probe, config.cold_runs,
+                                                threads=max(config.threads),
+                                                bundle=subject.bundle_dir if target.engine == KERAS_KEY else None)
+                    cold.append(result.to_dict())
+                except (RuntimeError, TumorEdgeError) as err:
+                    subject.skipped.append({"format": target.key, "file": target.path.name,
+                                            "reason": f"cold start: {err}"})
+    add_ratios(rows)
+    add_rates(rows, macs, {c.threads: c.median_gmacs for c in ceilings})
+    goal_threads = max(config.threads)
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tumor_edge_version": __version__,
+        "machine": machine,
+        "load_average_end": load_average(),
+        "settings": {"threads": config.threads, "batches": config.batches, **asdict(config.plan),
+                     "image_count": config.image_count, "cold_runs": config.cold_runs,
+                     "timer": "time.perf_counter_ns around each call; inputs prepared before timing"},
+        "model": {
+            "source": str(config.model),
+            "name": subject.metadata.name,
+            "classes": subject.metadata.classes,
+            "input_hw": list(subject.metadata.preprocessing.size),
+            "macs_per_image": macs,
+            "gmac_per_image": macs / 1e9 if macs else None,
+            "keras_reference": next((str(t.path) for t in subject.targets if t.engine == KERAS_KEY), None),
+            "inputs": pool.source,
+            "files": {t.key: {"file": t.path.name, "engine": t.engine, "size_bytes": t.path.stat().st_size}
+                      for t in subject.targets},
+        },
+        "ceiling": [c.to_dict() for c in ceilings],
+        "results": rows,
+        "cold_start": cold,
+        "goals": check_goals(rows, goal_threads),
+        "skipped": subject.skipped,
+        "duration_s": time.perf_counter() - started,
+    }

@@ -1,0 +1,161 @@
+"""What the figures were measured on: CPU model, cores, the instruction sets that decide int8 speed, OS,
+Python and library versions, and the load average (the machine may be shared).
+
+Versions come from package metadata, never from importing the package: asking for TensorFlow's version must
+not cost TensorFlow's import.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Instruction-set flags that decide how fast fp32, fp16 and int8 kernels can be, as /proc/cpuinfo names them.
+# x86: AVX2/FMA (the fp32 baseline), AVX-512, VNNI (int8 dot products: avx512_vnni, avx_vnni), AMX (tile
+# matrix units). ARM: asimddp (SDOT/UDOT, int8 dot product), i8mm (int8 matrix multiply), fphp/asimdhp (fp16).
+SIMD_FLAGS: dict[str, tuple[str, ...]] = {
+    "x86": ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+            "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"),
+    "arm": ("asimd", "asimddp", "i8mm", "fphp", "asimdhp", "bf16", "sve", "sve2"),
+}
+
+# What int8 inference can use, strongest first: flag -> description.
+INT8_ACCELERATION: tuple[tuple[str, str], ...] = (
+    ("amx_int8", "AMX-INT8 tile units"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("i8mm", "ARM i8mm"),
+    ("asimddp", "ARM dot product (SDOT/UDOT)"),
+)
+
+# Distribution names to report; the first that is installed wins for each label.
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "litert": ("ai-edge-litert", "ai-edge-litert-nightly", "tflite-runtime"),
+    "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-aarch64"),
+    "keras": ("keras",),
+    "onnx": ("onnx",),
+    "tumor-edge": ("tumor-edge",),
+}
+
+
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> list[dict[str, str]]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    blocks = []
+    for block in text.strip().split("\n\n"):
+        entry = {}
+        for line in block.splitlines():
+            if ":" in line:
+                key, _, value = line.partition(":")
+                entry[key.strip().lower()] = value.strip()
+        if entry:
+            blocks.append(entry)
+    return blocks
+
+
+def cpu_model(blocks: list[dict[str, str]]) -> str:
+    for key in ("model name", "hardware", "model", "cpu model", "processor"):
+        for block in blocks:
+            value = block.get(key, "")
+            if value and not value.isdigit():
+                return value
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(blocks: list[dict[str, str]]) -> set[str]:
+    for block in blocks:
+        raw = block.get("flags") or block.get("features")
+        if raw:
+            return set(raw.split())
+    return set()
+
+
+def cpu_flag_set() -> set[str]:
+    """This machine's instruction-set flags, as /proc/cpuinfo names them (empty where unreadable)."""
+    return cpu_flags(_cpuinfo())
+
+
+def physical_cores(blocks: list[dict[str, str]]) -> int | None:
+    pairs = {(b.get("physical id"), b.get("core id")) for b in blocks if "core id" in b}
+    return len(pairs) or None
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for label, names in PACKAGES.items():
+        out[label] = None
+        for name in names:
+            try:
+                out[label] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def _isa_family() -> str:
+    machine = platform.machine().lower()
+    return "arm" if machine.startswith(("arm", "aarch64")) else "x86"
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """A JSON-ready description of this machine for a benchmark record."""
+    blocks = _cpuinfo()
+    flags = cpu_flags(blocks)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    int8 = [desc for flag, desc in INT8_ACCELERATION if flag in flags]
+    mem_total = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu_model": cpu_model(blocks),
+        "cpu_id": " ".join(f"{k}={blocks[0][k]}" for k in ("vendor_id", "cpu family", "model", "stepping")
+                           if blocks and k in blocks[0]) or None,
+        "architecture": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "physical_cores": physical_cores(blocks),
+        "virtualized": "hypervisor" in flags,
+        "simd": {flag: flag in flags for flag in SIMD_FLAGS[_isa_family()]},
+        "int8_acceleration": int8 or ["none (no VNNI/AMX/dot-product instructions: int8 saves size, "
+                                      "not necessarily time)"],
+        "memory_gib": mem_total,
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "packages": package_versions(),
+        "load_average": load_average(),
+    }
+
+
+def machine_summary(info: dict[str, Any]) -> str:
+    """One line for the screen and the Markdown report."""
+    present = [flag for flag, on in info.get("simd", {}).items() if on]
+    interesting = [f for f in present if f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                               "asimddp", "i8mm", "sve")]
+    pk = info.get("packages", {})
+    return (f"{info.get('cpu_model')} ({info.get('usable_cpus')} usable CPUs"
+            f"{', VM' if info.get('virtualized') else ''}; {' '.join(interesting) or 'no AVX2'}); "
+            f"int8: {', '.join(info.get('int8_acceleration', []))}; {info.get('os')}; Python {info.get('python')}; "
+            f"onnxruntime {pk.get('onnxruntime')}, LiteRT {pk.get('litert')}, TensorFlow {pk.get('tensorflow')}")

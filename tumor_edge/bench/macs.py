@@ -1,0 +1,93 @@
+"""Multiply-accumulates per image, counted from an ONNX graph, so an achieved GMAC/s can be set against the
+machine's matmul ceiling for any model and input size (InceptionV3 at 299x299 is ~5.7 GMAC).
+
+Counts Conv, ConvInteger, QLinearConv, MatMul, MatMulInteger, QLinearMatMul and Gemm, the layers that carry
+>99 % of a CNN's arithmetic, after ONNX shape inference with the batch fixed to 1. Needs the `onnx` package
+(the train extra); without it the count is None and the report leaves the ceiling fraction out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Shape = list[int]
+
+# op type -> (index of the data input, index of the weight input); the rest of the node's inputs don't matter.
+_CONV_INPUTS: dict[str, tuple[int, int]] = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3)}
+_MATMUL_INPUTS: dict[str, tuple[int, int]] = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
+
+
+def _conv_macs(node: Any, shapes: dict[str, Shape]) -> int:
+    _, w_index = _CONV_INPUTS[node.op_type]
+    weight, out = shapes.get(node.input[w_index]), shapes.get(node.output[0])
+    if not weight or not out or len(out) < 3:
+        raise ValueError(f"shape of {node.op_type} {node.name!r} unknown")
+    # weight: (C_out, C_in / group, k...), out: (N, C_out, spatial...): each output element costs
+    # C_in/group * prod(k) multiply-accumulates.
+    return math.prod(out) * math.prod(weight[1:])
+
+
+def _matmul_macs(node: Any, shapes: dict[str, Shape]) -> int:
+    a_index, _ = _MATMUL_INPUTS[node.op_type]
+    a, out = shapes.get(node.input[a_index]), shapes.get(node.output[0])
+    if not a or not out:
+        raise ValueError(f"shape of {node.op_type} {node.name!r} unknown")
+    return math.prod(out) * a[-1]
+
+
+def _gemm_macs(node: Any, shapes: dict[str, Shape]) -> int:
+    a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+    if not a or not out:
+        raise ValueError(f"shape of Gemm {node.name!r} unknown")
+    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+    k = a[0] if trans_a else a[-1]
+    return math.prod(out) * k
+
+
+COUNTERS: dict[str, Callable[[Any, dict[str, Shape]], int]] = {
+    **{op: _conv_macs for op in _CONV_INPUTS},
+    **{op: _matmul_macs for op in _MATMUL_INPUTS},
+    "Gemm": _gemm_macs,
+}
+
+
+def _shape_table(model: Any) -> dict[str, Shape]:
+    from onnx import numpy_helper
+
+    shapes: dict[str, Shape] = {}
+    graph = model.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = [int(d.dim_value) for d in dims]
+    for init in graph.initializer:
+        shapes[init.name] = list(numpy_helper.to_array(init).shape) if not init.dims else list(init.dims)
+    return shapes
+
+
+def count_macs(path: str | Path) -> int | None:
+    """Multiply-accumulates for one image through the ONNX model at `path`; None when it cannot be counted."""
+    try:
+        import onnx
+        from onnx import shape_inference
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path))
+        for inp in model.graph.input:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = 1  # the dynamic batch: count one image
+        model = shape_inference.infer_shapes(model)
+        shapes = _shape_table(model)
+        total = 0
+        for node in model.graph.node:
+            counter = COUNTERS.get(node.op_type)
+            if counter is not None:
+                total += counter(node, shapes)
+        return total
+    except Exception:  # protobuf DecodeError, onnx InferenceError, a missing shape: all mean "cannot count"
+        return None
