@@ -93,6 +93,7 @@ def test_options_threads_and_providers(bundle, scans):
     clf = Classifier.from_bundle(bundle, options=BackendOptions(threads=1, providers=["auto"]))
     assert clf.predict(scans[2]).label == "notumor"
     assert clf.backend.providers[-1] == "CPUExecutionProvider"
+    assert "AzureExecutionProvider" not in resolve_providers(["auto"])[0]
     use, missing = resolve_providers(["CUDA", "cpu"])
     assert use == ["CPUExecutionProvider"] and missing == ["CUDAExecutionProvider"]
     with pytest.raises(ValueError):

@@ -37,6 +37,9 @@ class Backend(Protocol):
 # onnxruntime graph optimisation levels by the names users pass.
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
 
+# Providers "auto" leaves out: they are not local compute devices (Azure sends requests to a remote endpoint).
+NOT_AUTO_PROVIDERS = frozenset({"AzureExecutionProvider"})
+
 # Key, in a pre-optimised model's metadata_props, of a JSON record saying where and how it was optimised.
 OPTIMIZED_META_KEY = "tumor_edge.ort_optimized"
 
@@ -105,7 +108,7 @@ def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[
     wanted: list[str] = []
     for name in requested:
         if name.lower() == "auto":
-            wanted.extend(available)
+            wanted.extend(a for a in available if a not in NOT_AUTO_PROVIDERS)
             continue
         full = name if name.endswith("ExecutionProvider") else f"{name}ExecutionProvider"
         match = next((a for a in available if a.lower() == full.lower()), None)
