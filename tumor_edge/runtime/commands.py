@@ -28,7 +28,7 @@ MAX_LISTED_FAILURES = 20
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=None, help="Show the K most likely classes.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Inference threads (default: all physical cores).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per inference call.")
 @click.option("--frames", type=click.Choice(["middle", "all"]), default="middle", show_default=True,
               help="Multi-frame DICOM: classify the middle frame or every frame.")
