@@ -19,7 +19,8 @@ MAX_LISTED_FAILURES = 20
 @click.option("-m", "--model", metavar="BUNDLE_OR_FILE",
               help="Bundle folder, a model file in one (BUNDLE/model_fp32.onnx, .tflite), or a lone .onnx "
                    "with tumor-edge metadata. Default: $TUMOR_EDGE_MODEL, else the bundle `tumor-edge export` "
-                   "wrote last (recorded in ~/.local/state/tumor-edge/last_bundle).")
+                   "wrote last (recorded in $XDG_STATE_HOME/tumor-edge/last_bundle, by default "
+                   "~/.local/state/tumor-edge/last_bundle).")
 @click.option("--model-file", metavar="NAME", help="Which file of the bundle to run (default: the metadata's "
               "preferred one, int8 ONNX first).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout (failures as {\"file\", \"error\"}).")
