@@ -1,0 +1,62 @@
+"""Fast checks of export's building blocks (no conversion): sample selection, the entropy threshold port, the
+output folder rules."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumor_edge.data.dataset import Sample
+from tumor_edge.errors import OutputExistsError
+from tumor_edge.export.exporter import prepare_out_dir
+from tumor_edge.export.samples import stratified_subset
+
+
+def test_stratified_subset_keeps_class_proportions_and_is_deterministic():
+    samples = [Sample(Path(f"c{label}/{i}.jpg"), label) for label, n in ((0, 60), (1, 30), (2, 10))
+               for i in range(n)]
+    subset = stratified_subset(samples, 20, seed=1)
+    assert len(subset) == 20 and len({s.path for s in subset}) == 20
+    assert Counter(s.label for s in subset) == {0: 12, 1: 6, 2: 2}
+    assert subset == stratified_subset(list(reversed(samples)), 20, seed=1)
+    assert stratified_subset(samples, None, seed=1) == samples
+    assert len(stratified_subset(samples, 500, seed=1)) == 100
+
+
+@pytest.mark.parametrize("bins", [256, 400])
+def test_entropy_threshold_matches_onnxruntime(bins):
+    """The vectorised KL search must give onnxruntime's thresholds exactly."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from tumor_edge.export.quantize import entropy_threshold
+
+    rng = np.random.default_rng(bins)
+    for _ in range(3):
+        x = np.concatenate([np.maximum(rng.normal(0.5, 1.5, 50_000), 0), rng.standard_cauchy(500) * 0.3])
+        x = x.astype(np.float32)
+        t = np.float32(np.abs(x).max())
+        hist, edges = np.histogram(x, bins, range=(-t, t))
+        histogram = (hist, edges.astype(np.float32), x.min(), x.max(), t)
+        expected = HistogramCollector("entropy", False, bins, 128, 99.999, "same").get_entropy_threshold(
+            histogram, 128)
+        got = entropy_threshold(histogram, 128)
+        assert float(got[0]) == float(expected[0]) and float(got[1]) == float(expected[1])
+
+
+def test_out_dir_needs_force_and_force_spares_foreign_files(tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model_fp32.onnx").write_bytes(b"old")
+    (out / "metadata.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="--force"):
+        prepare_out_dir(out, force=False)
+    prepare_out_dir(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    file_path = tmp_path / "file"
+    file_path.write_text("x")
+    with pytest.raises(OutputExistsError, match="not a folder"):
+        prepare_out_dir(file_path, force=True)

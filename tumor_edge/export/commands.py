@@ -1,0 +1,111 @@
+"""`tumor-edge export`: only click at import time; TensorFlow, tf2onnx and onnx load inside the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+SCALING_CHOICES = ("none", "unit", "symmetric", "caffe", "torch")
+RESIZE_CHOICES = ("bilinear", "bicubic", "nearest", "lanczos")
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--int8", is_flag=True, help="Also int8: ONNX static QDQ and full-integer TFLite (needs calibration "
+              "images from the training split).")
+@click.option("--fp16", is_flag=True, help="Also float16: TFLite and ONNX.")
+@click.option("--formats", default="onnx,tflite", show_default=True, help="Comma-separated: onnx, tflite.")
+@click.option("--force", is_flag=True, help="Overwrite the bundle files in an existing --out folder.")
+@click.option("--classes", help="Foreign model: class names in output order, comma-separated.")
+@click.option("--image-size", type=click.IntRange(min=1), help="Foreign model: input size (square) if not fixed.")
+@click.option("--preprocess", type=click.Choice(SCALING_CHOICES),
+              help="Foreign model: input scaling (unit = x/255, symmetric = x/127.5-1 as Inception/Xception, "
+                   "caffe/torch = ImageNet mean-std, none = raw 0..255). With a run folder: an override.")
+@click.option("--resize", type=click.Choice(RESIZE_CHOICES), help="Resize filter [the run's, or bilinear].")
+@click.option("--output", "output_type", type=click.Choice(["auto", "probabilities", "logits"]), default="auto",
+              show_default=True, help="What the model outputs; logits get a softmax appended.")
+@click.option("--calib-data", type=click.Path(path_type=Path),
+              help="Calibration images: a dataset root (uses Training/) or a folder of class folders "
+                   "[the run's training split].")
+@click.option("--calib-count", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Calibration images (stratified subset).")
+@click.option("--select-count", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Validation images the int8 calibration methods are compared on.")
+@click.option("--calib-methods", default="minmax,entropy,percentile", show_default=True,
+              help="onnxruntime calibration methods to try for ONNX int8; the best on validation is kept.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="ONNX int8 weight scales.")
+@click.option("--reduce-range", is_flag=True,
+              help="ONNX int8 with 7-bit weights (for AVX2-only CPUs without VNNI; costs accuracy).")
+@click.option("--test-data", type=click.Path(path_type=Path),
+              help="Parity images: a dataset root (uses Testing/) or a folder of class folders "
+                   "[the run's test split].")
+@click.option("--test-count", type=click.IntRange(min=1), default=None,
+              help="Use a stratified subset of this many test images for parity [all].")
+@click.option("--no-parity", is_flag=True,
+              help="Skip the parity proof (recorded in metadata as not proven; for benchmarks only).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Percentage points of test accuracy a file may lose against Keras.")
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Macro one-vs-rest AUC a file may lose against Keras.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Top-1 agreement with Keras required of fp32/fp16 files.")
+@click.option("--tflite-full-integer", is_flag=True,
+              help="int8 TFLite with int8 input/output and an int8 softmax (for accelerators that need every op "
+                   "int8; probabilities then come in steps of 1/256).")
+@click.option("--no-optimize", is_flag=True, help="Do not write pre-optimised ONNX twins (*.ort.onnx).")
+@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stratified subsets.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def export(ctx: click.Context, source: Path, out: Path, int8: bool, fp16: bool, formats: str, force: bool,
+           classes: str | None, image_size: int | None, preprocess: str | None, resize: str | None,
+           output_type: str, calib_data: Path | None, calib_count: int, select_count: int, calib_methods: str,
+           per_channel: bool, reduce_range: bool, test_data: Path | None, test_count: int | None,
+           no_parity: bool, max_accuracy_drop: float, max_auc_drop: float, min_agreement: float,
+           tflite_full_integer: bool, no_optimize: bool, opset: int, seed: int, quiet: bool) -> None:
+    """Export SOURCE (a training run folder, or a .keras/.h5 file or SavedModel made elsewhere) to a model
+    bundle: ONNX fp32 (+int8/fp16), TFLite fp32 (+int8/fp16), metadata.json, and a parity report proving that
+    every file, run by the runtime from the test images, agrees with the Keras model.
+
+    Exit status 3 when parity fails (the files are kept for inspection).
+    """
+    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.export.exporter import ExportConfig, export_bundle
+    from tumor_edge.export.parity import ParityThresholds
+    from tumor_edge.export.quantize import QuantizationConfig
+
+    debug = bool(ctx.obj and ctx.obj.get("debug"))
+    try:
+        quantization = QuantizationConfig(methods=tuple(_csv(calib_methods) or ()), per_channel=per_channel,
+                                          reduce_range=reduce_range, seed=seed)
+    except ValueError as err:
+        raise TumorEdgeError(f"--calib-methods: {err}") from err
+    config = ExportConfig(
+        source=source, out=out, formats=tuple(_csv(formats) or ()), int8=int8, fp16=fp16, force=force,
+        classes=_csv(classes), image_size=image_size, preprocess=preprocess, resize=resize, output=output_type,
+        calib_data=calib_data, calib_count=calib_count, select_count=select_count, test_data=test_data,
+        test_count=test_count, parity=not no_parity,
+        thresholds=ParityThresholds(max_accuracy_drop=max_accuracy_drop, max_auc_drop=max_auc_drop,
+                                    min_agreement=min_agreement),
+        quantization=quantization, optimize_onnx=not no_optimize, tflite_full_integer=tflite_full_integer,
+        opset=opset, seed=seed,
+        show_progress=not quiet, debug=debug)
+    try:
+        result = export_bundle(config)
+    except TumorEdgeError as err:
+        table = getattr(err, "table", None)
+        if table:
+            click.echo(table)
+        raise
+    click.echo(result.table)
+    state = "parity proven" if result.parity is not None else "parity NOT proven (--no-parity)"
+    click.echo(f"bundle: {result.out} ({state}; {result.seconds:.0f} s)")
