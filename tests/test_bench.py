@@ -16,7 +16,7 @@ import pytest
 from tumor_edge.bench.analysis import add_rates, add_ratios, check_goals
 from tumor_edge.bench.compare import compare_records, load_record
 from tumor_edge.bench.stats import percentile, summarize
-from tumor_edge.bench.timing import RunPlan, measure
+from tumor_edge.bench.timing import RunPlan, measure, measure_interleaved
 from tumor_edge.errors import TumorEdgeError
 
 SIZE = 32
@@ -73,6 +73,25 @@ def test_measure_warms_up_then_runs_at_least_n_and_s():
     assert sum(timings) >= 0.05 and len(timings) >= 10
     with pytest.raises(ValueError):
         RunPlan(min_runs=0)
+
+
+def test_interleaved_rounds_alternate_and_each_call_meets_the_plan():
+    order: list[str] = []
+
+    def call(key: str, seconds: float):
+        def run(i: int) -> float:
+            order.append(key)
+            return seconds  # a call reports its own duration (as the Keras worker does)
+        return run
+
+    # Durations exact in binary, so the seconds add up without rounding.
+    timings = measure_interleaved({"fast": call("fast", 1 / 64), "slow": call("slow", 1 / 8)},
+                                  RunPlan(warmup=1, min_runs=3, min_seconds=0.25))
+    assert order[:2] == ["fast", "slow"]  # warm-up: one each
+    assert order[2:8] == ["fast", "slow", "slow", "fast", "fast", "slow"]  # the start rotates each round
+    assert len(timings["slow"]) == 3  # min_runs: 3 runs (0.375 s >= 0.25 s)
+    assert len(timings["fast"]) == 16  # min_seconds: 0.25 s at 1/64 s a run, alone once slow was done
+    assert order[8:] == ["fast"] * 13
 
 
 def _row(fmt, threads, batch, p50):

@@ -1,9 +1,10 @@
 """`run_bench(BenchConfig) -> dict`: the whole benchmark of one bundle, as one JSON-ready record.
 
 Order of work: the machine and its matmul ceiling, the inputs (real scans, prepared once), then for each thread
-count every format at every batch size back to back (so a burst of load on a shared machine hits all formats
-alike), then cold starts. Figures derived from the timings (statistics, ratios, rates, goals) are computed by
-pure functions in stats.py and analysis.py.
+count all formats opened together and, per batch size, measured interleaved run by run (so a burst of load on
+a shared machine hits all formats alike and the ratios between them hold), then cold starts. Figures derived
+from the timings (statistics, ratios, rates, goals) are computed by pure functions in stats.py and
+analysis.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, 
 from tumor_edge.bench.machine import load_average, machine_info
 from tumor_edge.bench.macs import count_macs
 from tumor_edge.bench.stats import summarize
-from tumor_edge.bench.targets import KERAS_KEY, TIMERS, Target, engine_missing, target_for
-from tumor_edge.bench.timing import RunPlan
+from tumor_edge.bench.targets import KERAS_KEY, Session, Target, engine_missing, open_session, target_for
+from tumor_edge.bench.timing import RunPlan, measure_interleaved
 from tumor_edge.errors import ModelError, TumorEdgeError
 from tumor_edge.progress import progress
 from tumor_edge.runtime.bundle import METADATA_FILE, BundleMetadata, is_optimized_name
@@ -72,6 +73,10 @@ class Subject:
     targets: list[Target]
     run_dir: Path | None
     skipped: list[dict[str, str]]
+
+    @property
+    def by_key(self) -> dict[str, Target]:
+        return {t.key: t for t in self.targets}
 
 
 def _key(fmt: str, precision: str, taken: set[str], name: str) -> str:
@@ -184,6 +189,24 @@ def _macs(subject: Subject) -> int | None:
     return None
 
 
+def _open_sessions(subject: Subject, threads: int, inputs, classes: int, workdir: Path) -> dict[str, Session]:
+    """Every target opened at this thread count; one that fails to open is reported and left out."""
+    sessions: dict[str, Session] = {}
+    for target in subject.targets:
+        try:
+            sessions[target.key] = open_session(target, threads, inputs, classes, workdir)
+        except RuntimeError as err:  # a worker process failed (TensorFlow missing pieces, out of memory)
+            subject.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
+    return sessions
+
+
+def _row(target: Target, session: Session, threads: int, batch: int, timings: list[float]) -> dict[str, Any]:
+    stats = summarize(timings, batch)
+    return {"format": target.key, "file": target.path.name, "loaded_file": session.loaded_file,
+            "engine": target.engine, "precision": target.precision, "threads": threads, "batch": batch,
+            "load_s": session.load_s, **stats.to_dict(), "timings_ms": [t * 1e3 for t in timings]}
+
+
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Benchmark a bundle; returns the JSON-ready record (see README's bench section for the fields)."""
     started = time.perf_counter()
@@ -198,20 +221,22 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     cold: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tumor-edge-bench-") as tmp:
         workdir = Path(tmp)
-        plan_items = [(threads, target) for threads in config.threads for target in subject.targets]
-        for threads, target in progress(plan_items, "benchmarking", enabled=config.show_progress):
+        steps = [(threads, batch) for threads in config.threads for batch in config.batches]
+        bar = iter(progress(steps, "benchmarking", enabled=config.show_progress))
+        for threads in config.threads:
+            sessions = _open_sessions(subject, threads, inputs, classes, workdir)
             try:
-                timing = TIMERS[target.engine](target, threads, inputs, config.batches, config.plan, classes,
-                                               workdir)
-            except RuntimeError as err:  # a child process failed: keep going, report it
-                subject.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
-                continue
-            for batch, timings in timing.timings.items():
-                stats = summarize(timings, batch)
-                rows.append({"format": target.key, "file": target.path.name, "loaded_file": timing.loaded_file,
-                             "engine": target.engine,
-                             "precision": target.precision, "threads": threads, "batch": batch,
-                             "load_s": timing.load_s, **stats.to_dict(), "timings_ms": [t * 1e3 for t in timings]})
+                for batch in config.batches:
+                    next(bar, None)
+                    for session in sessions.values():
+                        session.prepare(batch)
+                    timings = measure_interleaved({k: s.timed_call for k, s in sessions.items()}, config.plan)
+                    for key, session in sessions.items():
+                        rows.append(_row(subject.by_key[key], session, threads, batch, timings[key]))
+            finally:
+                for session in sessions.values():
+                    session.close()
+        next(bar, None)
         if config.cold_start:
             probe = write_probe_image(pool, workdir)
             cold_targets = [t for t in subject.targets if t.key not in {s["format"] for s in subject.skipped}]
@@ -235,7 +260,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "load_average_end": load_average(),
         "settings": {"threads": config.threads, "batches": config.batches, **asdict(config.plan),
                      "image_count": config.image_count, "cold_runs": config.cold_runs,
-                     "timer": "time.perf_counter_ns around each call; inputs prepared before timing"},
+                     "timer": "perf_counter_ns around each call; inputs prepared before timing",
+                     "schedule": "interleaved: one run of each format in turn until each has its runs and seconds"},
         "model": {
             "source": str(config.model),
             "name": subject.metadata.name,

@@ -9,6 +9,8 @@ the fallback and the tests' quick path. TensorFlow is imported inside the functi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -145,7 +147,8 @@ def export_random_bundle(run_dir: Path, bundle_dir: Path, files: Sequence[str] =
     for name in files:
         fmt, precision, convert = CONVERTERS[name]
         start = time.perf_counter()
-        convert(model, bundle_dir / name, spec, calib)
+        with contextlib.redirect_stdout(io.StringIO()):  # the TFLite converter prints every captured tensor
+            convert(model, bundle_dir / name, spec, calib)
         models[name] = describe_file(bundle_dir / name, fmt, precision)
         if log:
             log(f"exported {name} in {time.perf_counter() - start:.0f} s")

@@ -114,20 +114,22 @@ def render_text(record: Record) -> str:
     return "\n".join(parts)
 
 
-def render_markdown(record: Record, chart: str | None = None) -> str:
+def render_markdown(record: Record, chart: str | None = None, level: int = 1, title: str | None = None) -> str:
+    """The record as Markdown; `level` sets the heading depth so the history README can embed it."""
+    h = "#" * level
     rows = [[cell(r) for _, cell in RESULT_COLUMNS] for r in _sorted_rows(record)]
-    parts = [f"# tumor-edge benchmark, {record['created']}", "",
+    parts = [f"{h} {title or 'tumor-edge benchmark, ' + record['created']}", "",
              *(f"- {line}" for line in _header_lines(record)), "",
              "Latency per call (one call = one batch); ratios are p50 over the reference's p50 at the same "
              "threads and batch; GMAC/s at the p50, as a fraction of the float32 matmul ceiling.", "",
              _md_table([h for h, _ in RESULT_COLUMNS], rows)]
     if record.get("cold_start"):
         cold = [[cell(c) for _, cell in COLD_COLUMNS] for c in record["cold_start"]]
-        parts += ["", "## Cold start", "", _md_table([h for h, _ in COLD_COLUMNS], cold)]
+        parts += ["", f"{h}# Cold start", "", _md_table([h for h, _ in COLD_COLUMNS], cold)]
     if record.get("goals"):
-        parts += ["", "## Goals", "", *(f"- {line}" for line in _goal_lines(record))]
+        parts += ["", f"{h}# Goals", "", *(f"- {line}" for line in _goal_lines(record))]
     if record.get("skipped"):
-        parts += ["", "## Skipped", "", *(f"- {s['format']} ({s['file']}): {s['reason']}"
+        parts += ["", f"{h}# Skipped", "", *(f"- {s['format']} ({s['file']}): {s['reason']}"
                                           for s in record["skipped"])]
     if chart:
         parts += ["", f"![latency by format and threads]({chart})"]

@@ -1,23 +1,22 @@
 """What gets timed: each file of a bundle through the runtime, and the Keras model as the reference.
 
-A registry keyed by engine kind: runtime files are timed in this process through `open_backend` (exactly what
-`classify` runs), the Keras reference in a TensorFlow child process (keras_worker), so the harness itself never
-imports TensorFlow.
+A registry keyed by engine: runtime files are opened in this process through `open_backend` (exactly what
+`classify` runs), the Keras reference in a TensorFlow worker process (keras_worker), so the harness itself never
+imports TensorFlow. Every engine gives the same session interface, so the harness can interleave their runs.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from tumor_edge.bench.inputs import make_batches
-from tumor_edge.bench.timing import RunPlan, measure
 from tumor_edge.errors import ModelError
 from tumor_edge.runtime.backends import BackendOptions, open_backend
 
@@ -32,55 +31,82 @@ class Target:
     precision: str
 
 
-@dataclass
-class TargetTiming:
-    """Per-call seconds for each batch size at one thread count, and the time to open the model."""
+class Session(Protocol):
+    """One target opened at one thread count."""
 
-    load_s: float
-    timings: dict[int, list[float]] = field(default_factory=dict)
-    loaded_file: str | None = None  # what actually ran (onnxruntime may load a pre-optimised twin)
+    load_s: float  # time to open the model (a warm process; cold start is measured separately)
+    loaded_file: str  # what actually runs (onnxruntime may load a pre-optimised twin)
 
+    def prepare(self, batch: int) -> None:
+        """Build the batches of this size, run one and check the output."""
 
-def _check_output(target: Target, out: np.ndarray, batch: int, classes: int) -> None:
-    if out.shape != (batch, classes) or not np.all(np.isfinite(out)):
-        raise ModelError(f"unexpected output {out.shape} (finite: {bool(np.all(np.isfinite(out)))}); "
-                         f"expected ({batch}, {classes})", target.path)
+    def timed_call(self, i: int) -> float:
+        """Run batch number i (rotating through the prepared batches); its duration in seconds."""
 
-
-def time_runtime(target: Target, threads: int, inputs: np.ndarray, batches: list[int], plan: RunPlan,
-                 classes: int, workdir: Path) -> TargetTiming:
-    start = time.perf_counter()
-    backend = open_backend(target.path, BackendOptions(threads=threads))
-    result = TargetTiming(time.perf_counter() - start,
-                          loaded_file=Path(getattr(backend, "loaded_path", target.path)).name)
-    for b in batches:
-        feeds = make_batches(inputs, b)
-        _check_output(target, backend.run(feeds[0]), b, classes)
-        result.timings[b] = measure(lambda i, fs=feeds: backend.run(fs[i % len(fs)]), plan)
-    return result
+    def close(self) -> None: ...
 
 
-def time_keras(target: Target, threads: int, inputs: np.ndarray, batches: list[int], plan: RunPlan,
-               classes: int, workdir: Path) -> TargetTiming:
-    from tumor_edge.bench.keras_worker import KerasSpec, run_keras_reference
-
-    inputs_path = workdir / "inputs.npy"
-    if not inputs_path.is_file():
-        np.save(inputs_path, inputs)
-    out = Path(tempfile.mkstemp(suffix=".json", dir=workdir)[1])
-    out.unlink()
-    data = run_keras_reference(KerasSpec(str(target.path), str(inputs_path), threads, list(batches), plan.warmup,
-                                         plan.min_runs, plan.min_seconds, str(out)))
-    if data["output_shape"][-1:] != [classes]:
-        raise ModelError(f"Keras model gives output {data['output_shape']}, expected {classes} classes",
+def _check_output(target: Target, shape: tuple[int, ...], finite: bool, batch: int, classes: int) -> None:
+    if tuple(shape) != (batch, classes) or not finite:
+        raise ModelError(f"unexpected output {tuple(shape)} (finite: {finite}); expected ({batch}, {classes})",
                          target.path)
-    return TargetTiming(data["load_s"], data["timings"], target.path.name)
 
 
-TIMERS: dict[str, Callable[..., TargetTiming]] = {
-    "onnxruntime": time_runtime,
-    "litert": time_runtime,
-    KERAS_KEY: time_keras,
+class RuntimeSession:
+    """A bundle file through the device runtime, in this process."""
+
+    def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
+        self.target, self.inputs, self.classes = target, inputs, classes
+        start = time.perf_counter()
+        self.backend = open_backend(target.path, BackendOptions(threads=threads))
+        self.load_s = time.perf_counter() - start
+        self.loaded_file = Path(getattr(self.backend, "loaded_path", target.path)).name
+        self.feeds: list[np.ndarray] = []
+
+    def prepare(self, batch: int) -> None:
+        self.feeds = make_batches(self.inputs, batch)
+        out = self.backend.run(self.feeds[0])
+        _check_output(self.target, out.shape, bool(np.all(np.isfinite(out))), batch, self.classes)
+
+    def timed_call(self, i: int) -> float:
+        x = self.feeds[i % len(self.feeds)]
+        start = time.perf_counter_ns()
+        self.backend.run(x)
+        return (time.perf_counter_ns() - start) / 1e9
+
+    def close(self) -> None:
+        self.backend = None
+
+
+class KerasReferenceSession:
+    """The Keras model in a TensorFlow worker process with its own thread pool size."""
+
+    def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
+        from tumor_edge.bench.keras_worker import KerasSession, KerasSpec
+
+        self.target, self.classes = target, classes
+        inputs_path = workdir / "inputs.npy"
+        if not inputs_path.is_file():
+            np.save(inputs_path, inputs)
+        self.worker = KerasSession(KerasSpec(str(target.path), str(inputs_path), threads), workdir)
+        self.load_s = self.worker.load_s
+        self.loaded_file = target.path.name
+
+    def prepare(self, batch: int) -> None:
+        shape = self.worker.ask(f"prepare {batch}")["output_shape"]
+        _check_output(self.target, tuple(shape), True, batch, self.classes)
+
+    def timed_call(self, i: int) -> float:
+        return float(self.worker.ask(f"run {i}")["seconds"])
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+SESSIONS: dict[str, Callable[..., Session]] = {
+    "onnxruntime": RuntimeSession,
+    "litert": RuntimeSession,
+    KERAS_KEY: KerasReferenceSession,
 }
 
 # Which engine runs each file suffix, and which Python package it needs (None: always installed).
@@ -90,6 +116,8 @@ ENGINE_BY_SUFFIX: dict[str, tuple[str, str | None]] = {
     ".keras": (KERAS_KEY, "tensorflow"),
 }
 
+INSTALL_HINTS = {"ai_edge_litert": "pip install 'tumor-edge[tflite]'", "tensorflow": "pip install 'tumor-edge[train]'"}
+
 
 def engine_missing(path: Path) -> str | None:
     """Why this file cannot be timed here (its engine is not installed), or None."""
@@ -97,10 +125,12 @@ def engine_missing(path: Path) -> str | None:
     if engine is None:
         return f"no engine for {path.suffix!r} files"
     if module and importlib.util.find_spec(module) is None:
-        hint = {"ai_edge_litert": "pip install 'tumor-edge[tflite]'",
-                "tensorflow": "pip install 'tumor-edge[train]'"}[module]
-        return f"{module} is not installed ({hint})"
+        return f"{module} is not installed ({INSTALL_HINTS[module]})"
     return None
+
+
+def open_session(target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path) -> Session:
+    return SESSIONS[target.engine](target, threads, inputs, classes, workdir)
 
 
 def target_for(key: str, path: Path, precision: str) -> Target:

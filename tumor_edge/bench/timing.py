@@ -1,7 +1,10 @@
 """The measuring loop: warm-up, then at least N runs and at least S seconds (LiteRT benchmark_model's rule).
 
-Only wall time of the call itself is recorded (perf_counter_ns around it); inputs are prepared beforehand so
-decoding and resizing never land in an inference figure.
+Formats are measured interleaved: one run of each in turn, round after round, until each has its N runs and
+S seconds. On a shared or throttling machine a burst of load then hits every format alike, so the ratios
+between formats measured in the same run stay meaningful even when the absolute figures are disturbed.
+Each timed call reports its own duration (perf_counter_ns around the inference alone; a worker process times
+itself), so nothing but the inference lands in a figure.
 """
 
 from __future__ import annotations
@@ -28,24 +31,46 @@ class RunPlan:
             raise ValueError(f"minimum seconds must be 0 or more, got {self.min_seconds}")
 
 
-def measure(call: Callable[[int], object], plan: RunPlan) -> list[float]:
-    """Time `call(i)` (i = the run's index, used to rotate inputs) and return per-call seconds.
+# A timed call: run number in, that run's duration in seconds out.
+TimedCall = Callable[[int], float]
 
-    Warm-up calls are made and discarded first: they absorb lazy allocation, kernel selection and caches, which
-    cold start measures separately.
-    """
-    for i in range(plan.warmup):
-        call(i)
-    timings: list[float] = []
-    min_ns = int(plan.min_seconds * 1e9)
+
+def timed(call: Callable[[int], object]) -> TimedCall:
+    """Wrap `call(i)` so it returns its own wall time in seconds."""
     clock = time.perf_counter_ns
-    spent = 0
-    i = plan.warmup
-    while len(timings) < plan.min_runs or spent < min_ns:
+
+    def run(i: int) -> float:
         start = clock()
         call(i)
-        elapsed = clock() - start
-        timings.append(elapsed / 1e9)
-        spent += elapsed
-        i += 1
-    return timings
+        return (clock() - start) / 1e9
+
+    return run
+
+
+def measure_interleaved(calls: dict[str, TimedCall], plan: RunPlan) -> dict[str, list[float]]:
+    """Per-run seconds for each call: `plan.warmup` untimed runs each, then rounds of one run each.
+
+    A call leaves the rotation once it has `min_runs` runs and `min_seconds` of timed runs; the starting
+    position rotates every round so no format always runs right after the same neighbour.
+    """
+    for i in range(plan.warmup):
+        for call in calls.values():
+            call(i)
+    timings: dict[str, list[float]] = {key: [] for key in calls}
+    spent: dict[str, float] = dict.fromkeys(calls, 0.0)
+    round_no = 0
+    while True:
+        pending = [k for k in calls if len(timings[k]) < plan.min_runs or spent[k] < plan.min_seconds]
+        if not pending:
+            return timings
+        shift = round_no % len(pending)
+        for key in pending[shift:] + pending[:shift]:
+            seconds = calls[key](plan.warmup + len(timings[key]))
+            timings[key].append(seconds)
+            spent[key] += seconds
+        round_no += 1
+
+
+def measure(call: Callable[[int], object], plan: RunPlan) -> list[float]:
+    """Per-run seconds of one call (i = the run's index, used to rotate inputs), warm-up runs discarded."""
+    return measure_interleaved({"call": timed(call)}, plan)["call"]

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""The standard latency suite: 299x299 InceptionV3, every format, threads 1 and 2, batch 1 and 8.
+
+    python benchmarks/run_suite.py                   # random-weight stand-in, exported here (latency only)
+    python benchmarks/run_suite.py --bundle BUNDLE   # a trained bundle (its run folder gives the Keras reference)
+
+Latency does not depend on the weights' values, so without a bundle the script builds the project's classifier
+with random weights, saves it as a run folder and exports it (cached under --workdir for the next run). Each run
+is recorded as benchmarks/results/<date>-<commit>.json (with the machine and load average), compared with the
+previous record, and benchmarks/README.md is regenerated with the latest figures and the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from tumor_edge.bench.compare import compare_records, render_comparison  # noqa: E402
+from tumor_edge.bench.harness import BenchConfig, run_bench  # noqa: E402
+from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path  # noqa: E402
+from tumor_edge.bench.machine import load_average  # noqa: E402
+from tumor_edge.bench.report import render_chart, render_text  # noqa: E402
+from tumor_edge.bench.timing import RunPlan  # noqa: E402
+
+STANDARD = {"image_size": 299, "threads": [1, 2], "batches": [1, 8], "warmup": 2, "min_runs": 10,
+            "min_seconds": 2.0, "cold_runs": 3, "image_count": 16}
+
+INTRO = """# Benchmarks
+
+The standard latency suite of `tumor-edge bench`: InceptionV3 at 299x299, every exported format (ONNX fp32/int8
+through onnxruntime, TFLite fp32/fp16/int8 through LiteRT) and the Keras model itself as the reference (a
+`tf.function`, never eager), at 1 and 2 threads, batch 1 and 8. Warm-up runs first, then at least 10 runs and
+2 s per configuration; inputs are preprocessed images (never zeros), prepared before timing. Cold start is a
+fresh process from spawn to its first result for one image file, with that process's peak RSS (from the
+kernel's accounting of the reaped child). The float32 matmul ceiling is a 2048^3 numpy/BLAS matmul in a fresh
+process per thread count; each format's achieved GMAC/s (MACs counted from the ONNX graph) is shown as a
+fraction of it (int8 can exceed 1: the ceiling is the float32 rate).
+
+Run it: `python benchmarks/run_suite.py` (a random-weight stand-in of the real architecture; latency does not
+depend on the weights) or `python benchmarks/run_suite.py --bundle BUNDLE --run RUN` for a trained model.
+Each run appends a record `results/<date>-<commit>.json` (every timing, the machine, the load average) and
+regenerates this file. Compare any run with a saved one: `tumor-edge bench --baseline results/<file>.json`.
+
+The machine these figures come from may be shared (the load average at start and end is recorded): figures
+taken under load are slower and noisier, so compare runs with similar load, or rerun."""
+
+
+def git_commit(repo: Path) -> tuple[str | None, bool]:
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no",
+                                     "--", "tumor_edge"], capture_output=True, text=True, check=True).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return None, False
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> list[float] | None:
+    """Wait (up to max_wait s) until the 1-minute load average drops below threshold; return the last reading."""
+    deadline = time.monotonic() + max_wait
+    load = load_average()
+    while load and load[0] >= threshold and time.monotonic() < deadline:
+        print(f"load average {load[0]:.2f} >= {threshold}: waiting", file=sys.stderr)
+        time.sleep(15)
+        load = load_average()
+    return load
+
+
+def stand_in_bundle(workdir: Path, image_size: int, log) -> tuple[Path, float]:
+    """A random-weight InceptionV3 run folder + bundle under workdir, reused when already there."""
+    from tumor_edge.bench.random_bundle import ALL_FILES, export_random_bundle, write_random_run
+
+    run_dir, bundle_dir = workdir / "run", workdir / "bundle"
+    start = time.perf_counter()
+    if (bundle_dir / "metadata.json").is_file() and all((bundle_dir / f).is_file() for f in ALL_FILES):
+        log(f"reusing the stand-in bundle in {bundle_dir}")
+        return bundle_dir, 0.0
+    log(f"building a random-weight {image_size}px classifier and exporting it to {bundle_dir}")
+    write_random_run(run_dir, image_size)
+    export_random_bundle(run_dir, bundle_dir, log=log)
+    return bundle_dir, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, help="a trained bundle (default: a random-weight stand-in)")
+    parser.add_argument("--run", type=Path, help="the bundle's training run folder (Keras reference)")
+    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "tumor-edge" / "bench-standin",
+                        help="where the stand-in bundle is built and kept for the next run")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="the results history folder")
+    parser.add_argument("--readme", type=Path, default=HERE / "README.md")
+    parser.add_argument("--image-size", type=int, default=STANDARD["image_size"])
+    parser.add_argument("--min-runs", type=int, default=STANDARD["min_runs"])
+    parser.add_argument("--min-seconds", type=float, default=STANDARD["min_seconds"])
+    parser.add_argument("--quiet-load", type=float, default=None,
+                        help="wait until the 1-minute load average is below this before timing")
+    parser.add_argument("--max-wait", type=float, default=600.0, help="longest wait for --quiet-load (s)")
+    parser.add_argument("--tolerance", type=float, default=0.10, help="regression tolerance vs the previous run")
+    parser.add_argument("--note", default="", help="a remark stored with the record (e.g. what else was running)")
+    parser.add_argument("--dry-run", action="store_true", help="run, print, but record nothing")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+    started = time.perf_counter()
+    export_s = 0.0
+    bundle = args.bundle
+    if bundle is None:
+        bundle, export_s = stand_in_bundle(args.workdir.expanduser() / f"{args.image_size}px", args.image_size,
+                                           log)
+    if args.quiet_load is not None:
+        wait_for_quiet(args.quiet_load, args.max_wait)
+    config = BenchConfig(model=bundle, threads=STANDARD["threads"], batches=STANDARD["batches"],
+                         plan=RunPlan(STANDARD["warmup"], args.min_runs, args.min_seconds),
+                         image_count=STANDARD["image_count"], run=args.run, cold_runs=STANDARD["cold_runs"])
+    record = run_bench(config)
+    commit, dirty = git_commit(HERE.parent)
+    record["suite"] = {
+        "name": "standard", "commit": commit, "dirty": dirty, "stand_in": args.bundle is None,
+        "settings": {**STANDARD, "image_size": args.image_size, "min_runs": args.min_runs,
+                     "min_seconds": args.min_seconds},
+        "bench_s": record["duration_s"], "export_s": export_s, "total_s": time.perf_counter() - started,
+        "load_average_start": record["machine"].get("load_average"), "load_average_end": load_average(),
+        "note": args.note,
+    }
+    print(render_text(record))
+    history = load_history(args.results)
+    if history:
+        previous_path, previous = history[-1]
+        print()
+        print(render_comparison(compare_records(record, previous, args.tolerance), previous_path, args.tolerance))
+    print(f"suite: bench {record['duration_s']:.0f} s, export {export_s:.0f} s, "
+          f"total {record['suite']['total_s']:.0f} s")
+    if args.dry_run:
+        return 0
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = unique_path(args.results, result_name(record))
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    chart = render_chart(record, args.results / "latest.png")
+    history = load_history(args.results)
+    chart_ref = None
+    if chart is not None:
+        chart_ref = os.path.relpath(chart, args.readme.parent)
+    args.readme.write_text(render_readme(history, INTRO, chart_ref))
+    log(f"recorded {path} and regenerated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
