@@ -232,8 +232,9 @@ def run_training(config: TrainConfig) -> Path:
         # checkpoint in a float32 graph keeps float16 casts out of the exported CPU/edge models.
         float32_model = build_classifier(n_classes, config.image_size, None, config.dropout)
         float32_model.set_weights(best.get_weights())
-        float32_model.save(out / "model.keras")
         best = float32_model
+    # Re-saved without the optimizer state the checkpoint carried (Adam's moments triple the file).
+    best.save(out / "model.keras")
     plot_history(out / "history.csv", out / "training_curves.png")
     metrics = evaluate_samples(best, test, index.classes, spec, out, config.batch_size, "test")
     metrics["deduplicated_test_images"] = deduped
