@@ -77,10 +77,15 @@ def builtin_volumes() -> list[VolumeSource]:
 
 
 def user_volume(path: Path, taken: set[str]) -> VolumeSource:
-    """A volume the user passed; its name is the file stem, made unique among `taken`."""
+    """A volume the user passed; its name is the packaged template's when it is one, else the file stem,
+    made unique among `taken`."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError("volume file not found", path)
+    for name, (finder, description) in BUILTIN_VOLUMES.items():
+        found = finder()
+        if found is not None and found.resolve() == path.resolve() and name not in taken:
+            return VolumeSource(name, path, description)
     stem = path.name.split(".")[0] or "volume"
     name, k = stem, 2
     while name in taken:

@@ -18,7 +18,7 @@ import click
 @click.option("--volume", "volumes", multiple=True, type=click.Path(path_type=Path),
               help="A T1 NIfTI volume (head or skull-stripped brain) to slice too; repeatable.")
 @click.option("--test-volume", default=None,
-              help="Name (file stem) of the volume held out for Testing [the last one].")
+              help="Name (file stem) of the volume held out for Testing [the first: mni152].")
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.9), default=0.25, show_default=True)
 @click.option("--no-builtin", is_flag=True, help="Use only the --volume files, not the packaged templates.")
 @click.option("--force", is_flag=True, help="Replace demo data already in OUT.")
@@ -42,3 +42,21 @@ def demo_data(out: Path, per_class: int, size: int, seed: int, volumes: tuple[Pa
             else "Testing from a held-out slab of slice positions")
     click.echo(f"wrote {len(config.classes) * (n_train + n_test)} synthetic scans to {root} "
                f"({n_train} Training + {n_test} Testing per class; {held}); see {root / 'DATASET.md'}")
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-workdir"), show_default=True,
+              help="Where every artefact goes; rerunning reuses the stages already complete there.")
+@click.option("--profile", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Sizes: 'cpu' finishes in about 10 minutes on 2 cores; 'gpu' trains larger; auto picks.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Redo every stage, even those already complete.")
+def demo(workdir: Path, profile: str, seed: int, force: bool) -> None:
+    """End to end on synthetic demo data: generate, train, export (int8 too), classify, benchmark, summarise.
+
+    The data is SYNTHETIC (real MRI templates, simulated tumours): this shows the pipeline working, not a
+    model fit for patients. `tumor-edge train PATH` on a real dataset is the real thing.
+    """
+    from tumor_edge.demo.pipeline import DemoConfig, run_demo
+
+    run_demo(DemoConfig(workdir=workdir, profile=profile, seed=seed, force=force))

@@ -39,7 +39,7 @@ class DemoDataConfig:
     seed: int = 0
     volumes: tuple[Path, ...] = ()
     test_fraction: float = 0.25
-    test_volume: str | None = None  # name of the held-out volume; default the last one
+    test_volume: str | None = None  # name of the held-out volume; default the first (MNI152 when installed)
     builtin: bool = True  # include the packaged volumes (MNI152 from nilearn, Colin27 from mricron-data)
     force: bool = False
     show_progress: bool = True
@@ -91,6 +91,8 @@ class Plan:
 def resolve_volumes(config: DemoDataConfig) -> list[VolumeSource]:
     sources = builtin_volumes() if config.builtin else []
     for path in config.volumes:
+        if any(Path(path).resolve() == s.path.resolve() for s in sources):
+            continue  # a packaged volume passed again
         sources.append(user_volume(Path(path), {s.name for s in sources}))
     if not sources:
         raise DatasetError("no brain volume available: install the train extra (nilearn ships the MNI152 "
@@ -102,7 +104,9 @@ def make_plan(config: DemoDataConfig, sources: list[VolumeSource]) -> Plan:
     n_train, n_test = config.counts
     if len(sources) >= 2:
         if config.test_volume is None:
-            test_source = sources[-1]
+            # The first volume: with the packaged ones, Training gets the real head (Colin27, with its skull,
+            # orbits and scalp) and Testing the MNI152 average brain.
+            test_source = sources[0]
         else:
             matches = [s for s in sources if config.test_volume in (s.name, str(s.path))]
             if not matches:

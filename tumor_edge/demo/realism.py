@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.demo.anatomy import Anatomy
-from tumor_edge.demo.slicing import PLANES, Framing, Plane, rotation
+from tumor_edge.demo.slicing import PLANES, AnatomyVariation, Framing, Plane, rotation
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Realism:
     noise: float  # Rician noise sigma, fraction of full scale
     blur: float  # Gaussian sigma in pixels at 256 px
     jpeg_quality: int
+    anatomy: AnatomyVariation
 
     @classmethod
     def random(cls, size: int, rng: np.random.Generator) -> Realism:
@@ -52,7 +53,7 @@ class Realism:
             contrast=float(rng.uniform(0.85, 1.15)), brightness=float(rng.uniform(-0.04, 0.04)),
             bias=float(rng.uniform(0.0, 0.3)), noise=float(rng.uniform(0.004, 0.04)),
             blur=float(rng.uniform(0.0, 1.0)) if rng.random() < 0.6 else 0.0,
-            jpeg_quality=int(rng.integers(70, 97)),
+            jpeg_quality=int(rng.integers(70, 97)), anatomy=AnatomyVariation.random(rng),
         )
 
     def tilt(self, plane_name: str) -> np.ndarray:

@@ -88,7 +88,8 @@ def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSeq
     plane, pituitary, position = choose_plane(anat, plane_name, realism.tilt(plane_name), lesion_rng, slab)
     lesion = PAINTERS[class_name].place(anat, plane, pituitary, lesion_rng)
     framing = realism.framing(anat, plane)
-    sample = cut(anat, plane, framing, real_rng, lesion.mass_effect if lesion is not None else None)
+    sample = cut(anat, plane, framing, real_rng, lesion.mass_effect if lesion is not None else None,
+                 realism.anatomy)
     if lesion is not None:
         lesion.paint(sample, texture_rng)
     grey = realism.finish(sample.image, real_rng)

@@ -225,23 +225,60 @@ def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator)
     return (up - up.mean()) / (up.std() + 1e-6)
 
 
+@dataclass(frozen=True)
+class AnatomyVariation:
+    """Class-independent changes to the anatomy itself, so a model learns lesions rather than one brain:
+    a smooth deformation, a remapped tissue contrast, and (for heads) sometimes a redrawn scalp and skull."""
+
+    deform_mm: float  # amplitude of a smooth random displacement
+    deform_scale_mm: float  # its feature size
+    curve: tuple[float, ...]  # output levels at CURVE_KNOTS: monotone tissue-contrast remapping
+    redraw_head: bool
+
+    CURVE_KNOTS = (0.0, 0.12, 0.35, 0.55, 0.78, 1.0, 3.0)
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> AnatomyVariation:
+        knots = np.asarray(cls.CURVE_KNOTS)
+        levels = np.maximum.accumulate(knots * np.exp(rng.normal(0.0, 0.12, len(knots))))
+        levels[0] = 0.0
+        return cls(deform_mm=float(rng.uniform(0.0, 4.0)), deform_scale_mm=float(rng.uniform(20.0, 45.0)),
+                   curve=tuple(float(v) for v in levels), redraw_head=bool(rng.random() < 0.3))
+
+    def displacement(self, shape: tuple[int, int], spacing: float, rng: np.random.Generator) -> np.ndarray:
+        sigma = self.deform_scale_mm / spacing
+        return self.deform_mm * np.stack([smooth_noise(shape, sigma, rng) for _ in range(3)], axis=-1)
+
+    def remap(self, image: np.ndarray) -> np.ndarray:
+        return np.interp(image, self.CURVE_KNOTS, self.curve).astype(np.float32)
+
+
 def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
-        mass_effect: MassEffect | None = None) -> SliceSample:
-    """Sample the slice (with the drawn head for a skull-stripped volume, and the lesion's mass effect)."""
+        mass_effect: MassEffect | None = None, variation: AnatomyVariation | None = None) -> SliceSample:
+    """Sample the slice: anatomy (deformed and remapped by `variation`), a drawn head for a skull-stripped
+    volume, and the lesion's mass effect. The lesion itself is painted afterwards, on `points`."""
     points = framing.points(plane)
     u, v = framing.axes(plane)
-    depth = sample_depth(anat, points)
+    read_at = points
+    if variation is not None and variation.deform_mm > 0:
+        read_at = points + variation.displacement(points.shape[:2], framing.spacing, rng)
+    depth = sample_depth(anat, read_at)
     sample = SliceSample(np.zeros(points.shape[:-1], np.float32), depth, points, framing.spacing,
                          framing.corner(plane), u, v, plane.n)
-    read_at = points
     if mass_effect is not None and mass_effect.strength > 0:
         window = sample.window(mass_effect.centre, 2.5 * mass_effect.reach)
         if window is not None:
-            read_at = points.copy()
-            read_at[window] = warp(points[window], depth[window], mass_effect)
+            read_at = read_at.copy()
+            read_at[window] = warp(read_at[window], depth[window], mass_effect)
             sample.depth = depth = sample_depth(anat, read_at)
-    sample.image = _sample(anat.image, read_at, cval=0.0).astype(np.float32)
-    if anat.synthetic_head:
+    image = _sample(anat.image, read_at, cval=0.0).astype(np.float32)
+    if variation is not None:
+        image = variation.remap(image)
+    draw_head = anat.synthetic_head or (variation is not None and variation.redraw_head)
+    if draw_head and not anat.synthetic_head:  # strip the real scalp and skull first
+        image = image * np.clip((depth + 1.0) / 2.0, 0.0, 1.0)
+    sample.image = image
+    if draw_head:
         shell = HeadShell.random(rng)
         sample.image = np.maximum(sample.image, shell.render(-depth, rng))
         skull_base(anat, sample, read_at, rng)

@@ -1,0 +1,293 @@
+"""`tumor-edge demo`: demo data -> train -> export (int8 too) -> classify held-out scans -> benchmark -> summary.
+
+Each stage writes into the work folder and leaves a marker (`.stages/<stage>.json`) with its parameters and
+results once it is complete; a rerun skips every stage whose marker matches, so an interrupted demo resumes
+where it stopped. A stage that runs again invalidates the stages after it. Stages call the other parts' Python
+APIs (`run_training`, `export_bundle`, `Classifier`, `run_bench`), the same code the CLI commands run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tumor_edge.errors import OutputExistsError, TumorEdgeError
+
+STAGE_DIR = ".stages"
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """Sizes chosen for the hardware: the CPU one finishes in about ten minutes on two cores."""
+
+    name: str
+    per_class: int  # demo images per class (Training + Testing)
+    data_size: int  # demo image edge, px
+    image_size: int  # model input, px
+    epochs: int
+    batch_size: int
+    bn_momentum: float
+    learning_rate: float
+    bench_seconds: float
+
+    def describe(self) -> str:
+        return (f"profile {self.name}: {self.per_class} images/class, InceptionV3 from scratch at "
+                f"{self.image_size} px, {self.epochs} epochs, batch {self.batch_size}")
+
+
+# name -> profile. `auto` picks "gpu" when TensorFlow sees a GPU.
+PROFILES: dict[str, DemoProfile] = {
+    "cpu": DemoProfile("cpu", per_class=280, data_size=128, image_size=96, epochs=8, batch_size=16,
+                       bn_momentum=0.9, learning_rate=1e-3, bench_seconds=1.0),
+    "gpu": DemoProfile("gpu", per_class=1000, data_size=256, image_size=224, epochs=20, batch_size=32,
+                       bn_momentum=0.95, learning_rate=1e-3, bench_seconds=2.0),
+}
+
+
+@dataclass
+class DemoConfig:
+    workdir: Path = Path("demo-workdir")
+    profile: str = "auto"
+    seed: int = 0
+    force: bool = False  # rerun every stage, even complete ones
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        if self.profile != "auto" and self.profile not in PROFILES:
+            raise TumorEdgeError(f"unknown demo profile {self.profile!r}; choose auto, {', '.join(PROFILES)}")
+
+
+@dataclass
+class DemoContext:
+    config: DemoConfig
+    profile: DemoProfile
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def workdir(self) -> Path:
+        return self.config.workdir
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def run(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def bundle(self) -> Path:
+        return self.workdir / "bundle"
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _gpu_count() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def choose_profile(name: str) -> DemoProfile:
+    if name != "auto":
+        return PROFILES[name]
+    return PROFILES["gpu" if _gpu_count() else "cpu"]
+
+
+# --------------------------------------------------------------------------------------------------- stages
+
+
+def stage_data(ctx: DemoContext) -> dict[str, Any]:
+    from tumor_edge.demo.generate import DemoDataConfig, generate, is_demo_dataset, make_plan, resolve_volumes
+
+    if ctx.data.exists() and any(ctx.data.iterdir()) and not is_demo_dataset(ctx.data):
+        raise OutputExistsError("holds something other than demo data; choose another --workdir", ctx.data)
+    p = ctx.profile
+    config = DemoDataConfig(out=ctx.data, per_class=p.per_class, size=p.data_size, seed=ctx.config.seed,
+                            force=True, show_progress=ctx.config.show_progress)
+    generate(config)
+    plan = make_plan(config, resolve_volumes(config))
+    n_train, n_test = config.counts
+    held = (f"a volume Training never saw ({plan.test_source.name})" if plan.test_source is not None
+            else "a slab of slice positions Training never saw (only one volume installed)")
+    return {"path": str(ctx.data), "train_per_class": n_train, "test_per_class": n_test,
+            "volumes": [s.name for s in plan.sources], "held_out": held}
+
+
+def stage_train(ctx: DemoContext) -> dict[str, Any]:
+    from tumor_edge.train.fit import TrainConfig, run_training
+
+    p = ctx.profile
+    run = run_training(TrainConfig(
+        data=ctx.data, out=ctx.run, image_size=p.image_size, weights="none", epochs=p.epochs,
+        batch_size=p.batch_size, learning_rate=p.learning_rate, bn_momentum=p.bn_momentum,
+        monitor="val_accuracy", patience=p.epochs, seed=ctx.config.seed, force=True,
+        verbose=1 if sys.stdout.isatty() else 2))
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {"path": str(run), "accuracy": metrics["accuracy"], "macro_auc": metrics.get("macro_auc"),
+            "n_test": metrics.get("n"), "per_class": {k: v.get("recall") for k, v in metrics["per_class"].items()}}
+
+
+def stage_export(ctx: DemoContext) -> dict[str, Any]:
+    from tumor_edge.errors import ParityError
+    from tumor_edge.export.exporter import ExportConfig, export_bundle
+
+    config = ExportConfig(source=ctx.run, out=ctx.bundle, int8=True, force=True,
+                          show_progress=ctx.config.show_progress)
+    try:
+        result = export_bundle(config)
+        table, passed, failure = result.table, True, None
+    except ParityError as err:  # the files are kept; the demo reports the failure and goes on
+        table, passed, failure = getattr(err, "table", ""), False, str(err)
+    click.echo(table)
+    files = sorted(p.name for p in ctx.bundle.iterdir() if p.suffix in (".onnx", ".tflite"))
+    return {"path": str(ctx.bundle), "table": table, "parity_passed": passed, "parity_failure": failure,
+            "files": files}
+
+
+def _held_out_examples(ctx: DemoContext, per_class: int = 2) -> list[tuple[Path, str]]:
+    from tumor_edge.data.dataset import discover
+
+    index = discover(ctx.data)
+    picks: list[tuple[Path, str]] = []
+    for label, name in enumerate(index.classes):
+        picks.extend((s.path, name) for s in [s for s in index.test if s.label == label][:per_class])
+    return picks
+
+
+def stage_classify(ctx: DemoContext) -> dict[str, Any]:
+    from tumor_edge.runtime import Classifier
+
+    classifier = Classifier.from_bundle(ctx.bundle)
+    rows = []
+    for path, truth in _held_out_examples(ctx):
+        pred = classifier.predict(path)
+        rows.append({"file": str(path.relative_to(ctx.data)), "true": truth, "predicted": pred.label,
+                     "confidence": round(pred.confidence, 3)})
+    lines = [f"classified {len(rows)} held-out scans with {classifier.model_path.name} (runtime, no TensorFlow):"]
+    lines += [f"  {r['file']:<38} true {r['true']:<11} predicted {r['predicted']:<11} {r['confidence']:.2f}"
+              + ("" if r["true"] == r["predicted"] else "  <- wrong") for r in rows]
+    click.echo("\n".join(lines))
+    (ctx.workdir / "classify.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return {"model": classifier.model_path.name, "rows": rows,
+            "correct": sum(r["true"] == r["predicted"] for r in rows)}
+
+
+def stage_bench(ctx: DemoContext) -> dict[str, Any]:
+    from tumor_edge.bench.harness import BenchConfig, run_bench
+    from tumor_edge.bench.report import render_markdown, render_text
+    from tumor_edge.bench.timing import RunPlan
+
+    record = run_bench(BenchConfig(
+        model=ctx.bundle, threads=[2], batches=[1], plan=RunPlan(2, 10, ctx.profile.bench_seconds),
+        images=ctx.data / "Testing", image_count=8, keras=False, cold_start=False, ceiling=False,
+        show_progress=ctx.config.show_progress))
+    click.echo(render_text(record))
+    (ctx.workdir / "bench.json").write_text(json.dumps(record, indent=1) + "\n")
+    (ctx.workdir / "bench.md").write_text(render_markdown(record, None))
+    latency = {}
+    for row in record["results"]:
+        key = row.get("format") or row.get("key")
+        p50 = row.get("p50_ms")
+        if key is not None and p50 is not None:
+            latency[key] = {"p50_ms": p50, "p90_ms": row.get("p90_ms"), "size_bytes": row.get("size_bytes")}
+    return {"path": str(ctx.workdir / "bench.json"), "latency": latency,
+            "cpu": record.get("machine", {}).get("cpu_model")}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str
+    run: Callable[[DemoContext], dict[str, Any]]
+    outputs: Callable[[DemoContext], list[Path]]  # must exist for a marker to count
+
+
+STAGES: list[Stage] = [
+    Stage("data", "generating synthetic demo data", stage_data, lambda c: [c.data / "DATASET.md"]),
+    Stage("train", "training InceptionV3 from scratch", stage_train,
+          lambda c: [c.run / "model.keras", c.run / "metrics.json"]),
+    Stage("export", "exporting ONNX and TFLite (fp32, int8) with parity", stage_export,
+          lambda c: [c.bundle / "metadata.json"]),
+    Stage("classify", "classifying held-out scans with the runtime", stage_classify,
+          lambda c: [c.workdir / "classify.json"]),
+    Stage("bench", "benchmarking latency", stage_bench, lambda c: [c.workdir / "bench.json"]),
+]
+
+
+def _params(ctx: DemoContext) -> dict[str, Any]:
+    return {"profile": asdict(ctx.profile), "seed": ctx.config.seed}
+
+
+def _marker(ctx: DemoContext, stage: Stage) -> Path:
+    return ctx.workdir / STAGE_DIR / f"{stage.name}.json"
+
+
+def _complete(ctx: DemoContext, stage: Stage) -> dict[str, Any] | None:
+    """The stage's recorded result when its marker matches these parameters and its outputs exist."""
+    try:
+        marker = json.loads(_marker(ctx, stage).read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("params") != _params(ctx) or not all(p.exists() for p in stage.outputs(ctx)):
+        return None
+    ctx.timings[stage.name] = marker.get("seconds", 0.0)
+    return marker.get("result")
+
+
+def _check_workdir(workdir: Path) -> None:
+    """The work folder is the demo's: refuse a non-empty folder the demo did not make."""
+    if workdir.exists() and not workdir.is_dir():
+        raise OutputExistsError("exists and is not a folder", workdir)
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / STAGE_DIR).is_dir():
+        raise OutputExistsError("folder exists and was not made by `tumor-edge demo`; choose another --workdir",
+                                workdir)
+
+
+def run_demo(config: DemoConfig) -> DemoContext:
+    """Run (or resume) every stage, then write and print the summary."""
+    started = time.perf_counter()
+    _check_workdir(config.workdir)
+    profile = choose_profile(config.profile)
+    ctx = DemoContext(config, profile)
+    (ctx.workdir / STAGE_DIR).mkdir(parents=True, exist_ok=True)
+    _say(f"tumor-edge demo in {ctx.workdir} ({profile.describe()}). SYNTHETIC data: a pipeline demo, not a "
+         "diagnostic model.")
+    rerun = config.force
+    for number, stage in enumerate(STAGES, 1):
+        result = None if rerun else _complete(ctx, stage)
+        if result is not None:
+            ctx.results[stage.name] = result
+            ctx.skipped.append(stage.name)
+            _say(f"[{number}/{len(STAGES)}] {stage.title}: already complete, reusing {stage.outputs(ctx)[0]}")
+            continue
+        rerun = True  # every later stage depends on this one's output
+        _marker(ctx, stage).unlink(missing_ok=True)
+        _say(f"[{number}/{len(STAGES)}] {stage.title} ...")
+        t0 = time.perf_counter()
+        result = stage.run(ctx)
+        ctx.timings[stage.name] = round(time.perf_counter() - t0, 1)
+        ctx.results[stage.name] = result
+        _marker(ctx, stage).write_text(json.dumps(
+            {"params": _params(ctx), "seconds": ctx.timings[stage.name], "result": result}, indent=1) + "\n")
+    ctx.timings["this run"] = round(time.perf_counter() - started, 1)
+    from tumor_edge.demo.summary import render_summary
+
+    text = render_summary(ctx)
+    (ctx.workdir / "SUMMARY.md").write_text(text)
+    click.echo("\n" + text)
+    return ctx
+
+

@@ -1,0 +1,77 @@
+"""The closing summary of `tumor-edge demo` (also written to WORKDIR/SUMMARY.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tumor_edge.demo.pipeline import DemoContext
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def render_summary(ctx: DemoContext) -> str:
+    r = ctx.results
+    data, train, export = r.get("data", {}), r.get("train", {}), r.get("export", {})
+    classify, bench = r.get("classify", {}), r.get("bench", {})
+    total = sum(v for k, v in ctx.timings.items() if k != "this run")
+    lines = [
+        "# tumor-edge demo: summary",
+        "",
+        "**SYNTHETIC DATA.** These figures come from slices of real MRI templates with simulated tumours, made "
+        "by `tumor-edge demo-data`. They show that the pipeline works end to end; they say nothing about how a "
+        "model does on patients. The real thing: `tumor-edge train PATH` on a real dataset folder "
+        "(`PATH/Training/<class>/`, `PATH/Testing/<class>/`). Research tool, not a diagnostic device.",
+        "",
+        f"{ctx.profile.describe()}; stages took {_minutes(total)} in all"
+        + (f" (reused: {', '.join(ctx.skipped)})" if ctx.skipped else "") + ".",
+        "",
+        "## Where everything is",
+        f"- demo data: `{data.get('path')}` ({data.get('train_per_class')} Training + "
+        f"{data.get('test_per_class')} Testing images per class; Testing from {data.get('held_out')}; "
+        "see its DATASET.md)",
+        f"- training run: `{train.get('path')}` (model.keras, metrics.json, history.csv, ROC/confusion/curve PNGs)",
+        f"- model bundle: `{export.get('path')}` ({', '.join(export.get('files', []))}, metadata.json, "
+        "parity.md)",
+        f"- held-out classifications: `{ctx.workdir / 'classify.json'}`; latency: `{bench.get('path')}` and "
+        "bench.md",
+        "",
+        "## Test accuracy (held-out anatomy, Keras model)",
+        f"accuracy {_pct(train.get('accuracy'))}, macro one-vs-rest AUC "
+        f"{'n/a' if train.get('macro_auc') is None else format(train['macro_auc'], '.3f')} on "
+        f"{train.get('n_test')} test scans; recall per class: "
+        + ", ".join(f"{k} {_pct(v)}" for k, v in train.get("per_class", {}).items()),
+        "",
+        "## Parity of the exported files (through the runtime, on the test split)",
+        "passed" if export.get("parity_passed") else f"FAILED: {export.get('parity_failure')}",
+        "",
+        "```",
+        (export.get("table") or "(no table)").rstrip(),
+        "```",
+        "",
+        "## Latency per format (batch 1, 2 threads)",
+    ]
+    latency = bench.get("latency", {})
+    if latency:
+        lines += ["| format | p50 ms | p90 ms |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} |" if v.get("p90_ms") is not None
+                  else f"| {k} | {v['p50_ms']:.2f} | |" for k, v in latency.items()]
+        if bench.get("cpu"):
+            lines.append(f"\non {bench['cpu']}")
+    else:
+        lines.append("(no latency figures)")
+    rows = classify.get("rows", [])
+    lines += ["", f"## Held-out scans classified with {classify.get('model')} "
+                  f"({classify.get('correct', 0)}/{len(rows)} correct)"]
+    lines += [f"- `{row['file']}`: true {row['true']}, predicted {row['predicted']} ({row['confidence']:.2f})"
+              for row in rows]
+    lines += ["", "## Stage times", *[f"- {k}: {_minutes(v)}" for k, v in ctx.timings.items()], "",
+              "Next: `tumor-edge classify SCAN.jpg` uses this bundle; `tumor-edge bench --model "
+              f"{export.get('path')}` times it fully; `tumor-edge train PATH` trains on real data.", ""]
+    return "\n".join(lines)
