@@ -29,6 +29,7 @@ from tumor_edge.bench.history import load_history, render_readme, result_name, u
 from tumor_edge.bench.machine import load_average  # noqa: E402
 from tumor_edge.bench.report import render_chart, render_text  # noqa: E402
 from tumor_edge.bench.timing import RunPlan  # noqa: E402
+from tumor_edge.errors import TumorEdgeError  # noqa: E402
 
 STANDARD = {"image_size": 299, "threads": [1, 2], "batches": [1, 8], "warmup": 2, "min_runs": 10,
             "min_seconds": 2.0, "cold_runs": 3, "image_count": 16}
@@ -75,18 +76,60 @@ def wait_for_quiet(threshold: float, max_wait: float) -> list[float] | None:
     return load
 
 
-def stand_in_bundle(workdir: Path, image_size: int, log) -> tuple[Path, float]:
-    """A random-weight InceptionV3 run folder + bundle under workdir, reused when already there."""
-    from tumor_edge.bench.random_bundle import ALL_FILES, export_random_bundle, write_random_run
+def bundle_complete(bundle_dir: Path, image_size: int) -> bool:
+    """Whether a stand-in bundle from an earlier run is there, whole, and of this image size."""
+    try:
+        meta = json.loads((bundle_dir / "metadata.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    files = meta.get("models", {})
+    return (meta.get("preprocessing", {}).get("height") == image_size and len(files) >= 5
+            and all((bundle_dir / name).is_file() for name in files))
 
-    run_dir, bundle_dir = workdir / "run", workdir / "bundle"
-    start = time.perf_counter()
-    if (bundle_dir / "metadata.json").is_file() and all((bundle_dir / f).is_file() for f in ALL_FILES):
+
+def export_with_project(run_dir: Path, bundle_dir: Path, workdir: Path) -> None:
+    """`tumor-edge export` itself (every format, int8 and fp16), parity off: random weights prove nothing."""
+    from tumor_edge.export.exporter import ExportConfig, export_bundle
+    from tumor_edge.export.quantize import QuantizationConfig
+
+    # export records its bundle as the user's last one; a random-weight stand-in must not become that.
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(workdir / "state")
+    try:
+        export_bundle(ExportConfig(source=run_dir, out=bundle_dir, int8=True, fp16=True, parity=False, force=True,
+                                   calib_count=32, select_count=8,
+                                   quantization=QuantizationConfig(methods=("minmax",))))
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_STATE_HOME", None)
+        else:
+            os.environ["XDG_STATE_HOME"] = saved
+
+
+def stand_in_bundle(workdir: Path, image_size: int, exporter: str, log) -> tuple[Path, float]:
+    """A random-weight classifier, demo images for calibration and inputs, and its bundle, under workdir;
+    reused when a complete one is already there."""
+    from tumor_edge.bench.random_bundle import export_random_bundle, write_random_run
+
+    data, run_dir, bundle_dir = workdir / "data", workdir / "run", workdir / "bundle"
+    if bundle_complete(bundle_dir, image_size) and (run_dir / "model.keras").is_file():
         log(f"reusing the stand-in bundle in {bundle_dir}")
         return bundle_dir, 0.0
-    log(f"building a random-weight {image_size}px classifier and exporting it to {bundle_dir}")
-    write_random_run(run_dir, image_size)
-    export_random_bundle(run_dir, bundle_dir, log=log)
+    start = time.perf_counter()
+    log(f"building a random-weight {image_size}px classifier and exporting it to {bundle_dir} ({exporter})")
+    data_root = None
+    try:
+        from tumor_edge.demo.generate import generate_demo_dataset
+
+        data_root = generate_demo_dataset(data, per_class=16, size=image_size, seed=0, force=True,
+                                          show_progress=False)
+    except (ImportError, OSError, TumorEdgeError) as err:
+        log(f"no demo images ({err}); synthetic phantoms instead")
+    write_random_run(run_dir, image_size, data_root=data_root)
+    if exporter == "project" and data_root is not None:
+        export_with_project(run_dir, bundle_dir, workdir)
+    else:
+        export_random_bundle(run_dir, bundle_dir, log=log)
     return bundle_dir, time.perf_counter() - start
 
 
@@ -99,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results", help="the results history folder")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md")
     parser.add_argument("--image-size", type=int, default=STANDARD["image_size"])
+    parser.add_argument("--exporter", choices=("project", "standin"), default="project",
+                        help="make the stand-in bundle with `tumor-edge export` (default) or the bench's own "
+                             "minimal converter")
     parser.add_argument("--min-runs", type=int, default=STANDARD["min_runs"])
     parser.add_argument("--min-seconds", type=float, default=STANDARD["min_seconds"])
     parser.add_argument("--quiet-load", type=float, default=None,
@@ -115,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     export_s = 0.0
     bundle = args.bundle
     if bundle is None:
-        bundle, export_s = stand_in_bundle(args.workdir.expanduser() / f"{args.image_size}px", args.image_size,
-                                           log)
+        bundle, export_s = stand_in_bundle(args.workdir.expanduser() / f"{args.image_size}px-{args.exporter}",
+                                           args.image_size, args.exporter, log)
     if args.quiet_load is not None:
         wait_for_quiet(args.quiet_load, args.max_wait)
     config = BenchConfig(model=bundle, threads=STANDARD["threads"], batches=STANDARD["batches"],
@@ -125,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     record = run_bench(config)
     commit, dirty = git_commit(HERE.parent)
     record["suite"] = {
-        "name": "standard", "commit": commit, "dirty": dirty, "stand_in": args.bundle is None,
+        "name": "standard", "commit": commit, "dirty": dirty,
+        "stand_in": f"random weights, exported with {args.exporter}" if args.bundle is None else None,
         "settings": {**STANDARD, "image_size": args.image_size, "min_runs": args.min_runs,
                      "min_seconds": args.min_seconds},
         "bench_s": record["duration_s"], "export_s": export_s, "total_s": time.perf_counter() - started,

@@ -45,16 +45,31 @@ def build_random_model(image_size: int, num_classes: int = len(CLASSES), seed: i
     return build_classifier(num_classes, image_size, weights=None)
 
 
-def write_random_run(run_dir: Path, image_size: int, classes: Sequence[str] = CLASSES, seed: int = 0) -> Path:
-    """A run folder (model.keras + config.json) holding an untrained classifier."""
+def write_random_run(run_dir: Path, image_size: int, classes: Sequence[str] = CLASSES, seed: int = 0,
+                     data_root: Path | None = None) -> Path:
+    """A run folder (model.keras + config.json) holding an untrained classifier.
+
+    With `data_root` (a dataset folder with Training/ and Testing/) it also gets a split.json, so export finds
+    calibration images and bench feeds the test split, as with a trained run.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = build_random_model(image_size, len(classes), seed)
     model.save(run_dir / "model.keras")
     spec = Preprocessing(image_size, image_size, "bilinear", "none")
-    (run_dir / "config.json").write_text(json.dumps({
-        "classes": list(classes), "image_size": image_size, "preprocessing": spec.to_dict(),
-        "weights": None, "note": RANDOM_NOTE}, indent=2) + "\n")
+    config = {"classes": list(classes), "image_size": image_size, "preprocessing": spec.to_dict(),
+              "weights": None, "note": RANDOM_NOTE}
+    if data_root is not None:
+        from tumor_edge.data.dataset import discover, stratified_split, write_split
+
+        index = discover(data_root)
+        if list(index.classes) != list(classes):
+            raise ValueError(f"{data_root}: classes {index.classes} differ from {list(classes)}")
+        train, val = stratified_split(index.train, 0.25, seed)
+        write_split(run_dir / "split.json", Path(data_root), index.classes,
+                    {"train": train, "val": val, "test": index.test}, seed, 0.25)
+        config["data_root"] = str(Path(data_root).resolve())
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return run_dir
 
 
