@@ -41,3 +41,21 @@ def demo_dataset(tmp_path_factory) -> Path:
     from tumor_edge.demo.generate import generate_demo_dataset
 
     return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", per_class=8, size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported once per session to every format (ONNX and TFLite, fp32/fp16/int8), parity proven.
+
+    DESIGN.md's thresholds, except the accuracy drop: the toy test split has 40 images, so one image is 2.5
+    points. The last-bundle marker goes to a temporary state folder, not the user's home.
+    """
+    from tumor_edge.export.exporter import ExportConfig, export_bundle
+    from tumor_edge.export.parity import ParityThresholds
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        export_bundle(ExportConfig(source=trained_run, out=out, int8=True, fp16=True, show_progress=False,
+                                   thresholds=ParityThresholds(max_accuracy_drop=5.0, max_auc_drop=0.02)))
+    return out

@@ -43,7 +43,6 @@ from tumor_edge.runtime.bundle import (
     describe_file,
     remember_last_bundle,
 )
-from tumor_edge.runtime.preprocess import scale
 
 FORMATS = ("onnx", "tflite")
 
@@ -125,6 +124,7 @@ class ExportContext:
     out: Path
     work: Path
     results: dict[str, ExportedFile] = field(default_factory=dict)
+    background: dict[str, Any] = field(default_factory=dict)  # file -> job with wait() / cancel()
     _saved_model: Path | None = None
     _calibration: Any = None
     _validation: Any = None
@@ -216,18 +216,16 @@ def _tflite_fp16(ctx: ExportContext, dst: Path) -> dict[str, Any]:
 
 
 def _tflite_int8(ctx: ExportContext, dst: Path) -> dict[str, Any]:
-    from tumor_edge.export.tflite_export import export_tflite_int8
+    """Starts the conversion in a background process (see tflite_export.BackgroundInt8); joined at the end."""
+    import numpy as np
+
+    from tumor_edge.export.tflite_export import BackgroundInt8
 
     pixels = ctx.calibration().pixels
-    spec = ctx.spec
-    saved_model = ctx.saved_model()
-
-    def representative():
-        for i in range(len(pixels)):
-            yield [scale(pixels[i:i + 1], spec)]
-
+    npy = ctx.work / "calibration_pixels.npy"
+    np.save(npy, pixels)
     full = ctx.config.tflite_full_integer
-    export_tflite_int8(saved_model, dst, representative, full_integer=full)
+    ctx.background[dst.name] = BackgroundInt8(ctx.saved_model(), npy, ctx.spec.to_dict(), dst, full)
     if full:
         return {"io": "int8", "quantization": "full integer (TFLITE_BUILTINS_INT8)",
                 "calibration_images": int(len(pixels))}
@@ -242,6 +240,7 @@ class FormatExporter:
     file: str
     needs: str | None  # the flag that enables it: "int8", "fp16" or None (always)
     run: Callable[[ExportContext, Path], dict[str, Any]]
+    background: bool = False  # `run` starts a job in ctx.background; it is joined after the other steps
 
 
 EXPORTERS: tuple[FormatExporter, ...] = (
@@ -250,14 +249,16 @@ EXPORTERS: tuple[FormatExporter, ...] = (
     FormatExporter("onnx", "int8", "model_int8.onnx", "int8", _onnx_int8),
     FormatExporter("tflite", "fp32", "model_fp32.tflite", None, _tflite_fp32),
     FormatExporter("tflite", "fp16", "model_fp16.tflite", "fp16", _tflite_fp16),
-    FormatExporter("tflite", "int8", "model_int8.tflite", "int8", _tflite_int8),
+    FormatExporter("tflite", "int8", "model_int8.tflite", "int8", _tflite_int8, background=True),
 )
 BUNDLE_FILES = tuple(e.file for e in EXPORTERS)
 
 
 def selected_exporters(config: ExportConfig) -> list[FormatExporter]:
+    """The exporters the flags ask for, background jobs first so they overlap everything else."""
     flags = {"int8": config.int8, "fp16": config.fp16}
-    return [e for e in EXPORTERS if e.format in config.formats and (e.needs is None or flags[e.needs])]
+    chosen = [e for e in EXPORTERS if e.format in config.formats and (e.needs is None or flags[e.needs])]
+    return sorted(chosen, key=lambda e: not e.background)
 
 
 def _run_step(ctx: ExportContext, exporter: FormatExporter) -> ExportedFile:
@@ -277,6 +278,20 @@ def _run_step(ctx: ExportContext, exporter: FormatExporter) -> ExportedFile:
     row.seconds = time.perf_counter() - t0
     ctx.results[exporter.file] = row
     return row
+
+
+def _join_background(ctx: ExportContext) -> None:
+    for name, job in list(ctx.background.items()):
+        row = ctx.results[name]
+        t0 = time.perf_counter()
+        try:
+            job.wait()
+        except Exception as err:  # the child's error line
+            (ctx.out / name).unlink(missing_ok=True)
+            row.status = f"failed: {_first_line(err)}"
+        row.seconds += time.perf_counter() - t0  # start-up plus the time the rest of the export did not hide
+        row.extra["background"] = True
+        del ctx.background[name]
 
 
 # ---------------------------------------------------------------------------------------------- the bundle
@@ -427,8 +442,14 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     exporters = selected_exporters(config)
     with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as work:
         ctx = ExportContext(config, source, out, Path(work))
-        rows = [_run_step(ctx, e) for e in progress(exporters, "exporting", length=len(exporters),
-                                                    enabled=config.show_progress)]
+        try:
+            rows = [_run_step(ctx, e) for e in progress(exporters, "exporting", length=len(exporters),
+                                                        enabled=config.show_progress)]
+            _join_background(ctx)
+        finally:
+            for job in ctx.background.values():
+                job.cancel()
+        rows = [ctx.results[e.file] for e in EXPORTERS if e.file in ctx.results]
     failed = [r for r in rows if not r.ok]
     parity_state = "not proven: exported with --no-parity" if not config.parity else "pending"
     metadata = _metadata(source, config, parity_state)

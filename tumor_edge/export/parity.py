@@ -166,6 +166,7 @@ def run_parity(bundle: Path, model, reference_spec: Preprocessing, files: Sequen
     if len(loaded.labels) == 0:
         first = loaded.failures[0] if loaded.failures else "no test images"
         raise DatasetError(f"no readable test images ({first})")
+    keras_probabilities(model, loaded.pixels[:1], reference_spec)  # warm-up: graph tracing is not latency
     t0 = time.perf_counter()
     reference = keras_probabilities(model, loaded.pixels, reference_spec)
     ref_metrics = _metrics(loaded.labels, reference, classes)

@@ -1,0 +1,152 @@
+"""The session's one export (`exported_bundle`: the tiny trained InceptionV3 run, every format, --int8 --fp16):
+its files, metadata, parity report, and an independent check that the runtime reproduces Keras from image files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumor_edge.runtime.bundle import sha256_file
+
+pytestmark = pytest.mark.slow
+
+FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_fp32.tflite", "model_fp16.tflite",
+         "model_int8.tflite")
+
+
+@pytest.fixture(scope="module")
+def metadata(exported_bundle) -> dict:
+    return json.loads((exported_bundle / "metadata.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def parity(exported_bundle) -> dict:
+    return json.loads((exported_bundle / "parity.json").read_text())
+
+
+def test_every_format_is_written_with_size_and_hash(exported_bundle, metadata):
+    models = metadata["models"]
+    for name in FILES:
+        path = exported_bundle / name
+        assert path.is_file(), name
+        assert models[name]["size_bytes"] == path.stat().st_size
+        assert models[name]["sha256"] == sha256_file(path)
+        assert models[name]["parity"] == "pass"
+    fp32 = models["model_fp32.onnx"]["size_bytes"]
+    for name in ("model_int8.onnx", "model_int8.tflite"):
+        assert models[name]["size_bytes"] < 0.3 * fp32, f"{name} should be about a quarter of fp32"
+    for name in ("model_fp16.onnx", "model_fp16.tflite"):
+        assert models[name]["size_bytes"] < 0.55 * fp32
+    twins = [n for n, e in models.items() if "ort_optimized_from" in e]
+    for twin in twins:
+        assert (exported_bundle / twin).is_file() and models[twin]["ort_optimized_from"] in models
+
+
+def test_metadata_contract(trained_run, metadata):
+    run_config = json.loads((trained_run / "config.json").read_text())
+    assert metadata["classes"] == run_config["classes"]
+    assert metadata["preprocessing"]["scaling"] == run_config["preprocessing"]["scaling"] == "none"
+    assert metadata["preprocessing"]["height"] == 75
+    assert metadata["input"]["layout"] == "NHWC" and metadata["input"]["shape"] == [None, 75, 75, 3]
+    assert metadata["output"]["type"] == "probabilities"
+    assert "not a diagnostic device" in metadata["intended_use"]
+    prov = metadata["provenance"]
+    assert prov["data_fingerprint"] == run_config["data_fingerprint"]
+    assert prov["run_dir"] == str(trained_run.resolve())
+    assert prov["parity"] == "proven"
+    for package in ("tumor_edge", "tf2onnx", "onnx", "onnxruntime", "keras"):
+        assert prov["versions"].get(package), package
+    assert prov["exported"][:2] == "20"
+    assert metadata["metrics"]["parity"]["passed"] is True
+
+
+def test_calibration_methods_were_compared_on_validation(metadata):
+    calib = metadata["metrics"]["onnx_int8_calibration"]
+    methods = [c["method"] for c in calib["candidates"]]
+    assert methods == ["minmax", "entropy", "percentile"]
+    assert calib["chosen"] in methods and calib["validation_images"] > 0
+    assert metadata["models"]["model_int8.onnx"]["calibration"] == calib["chosen"]
+    ref = calib["reference"]
+
+    def loss(c):  # the documented order: accuracy lost, AUC lost, disagreement, mean probability shift
+        return (round(max(0.0, ref["accuracy"] - c["accuracy"]), 9),
+                round(max(0.0, ref["macro_auc"] - c["macro_auc"]), 9), round(1 - c["agreement"], 9),
+                c["mean_abs_diff"])
+
+    assert min(calib["candidates"], key=loss)["method"] == calib["chosen"]
+    assert calib["calibration_images"] > 100  # the training split, never the test split
+    assert any("Softmax" in n for n in calib["float_nodes"])
+
+
+def test_parity_report_within_tolerance(exported_bundle, parity):
+    files = parity["files"]
+    assert set(FILES) <= set(files) and parity["n_images"] == 40
+    for name in ("model_fp32.onnx", "model_fp32.tflite"):
+        assert files[name]["max_abs_diff"] < 1e-4 and files[name]["agreement"] == 1.0, name
+    for name in ("model_fp16.onnx", "model_fp16.tflite"):
+        assert files[name]["max_abs_diff"] < 5e-3 and files[name]["agreement"] == 1.0, name
+    for name in ("model_int8.onnx", "model_int8.tflite"):
+        assert files[name]["agreement"] >= 0.9, name
+        assert abs(files[name]["delta_accuracy_points"]) <= 5.0, name
+        assert abs(files[name]["delta_auc"]) <= 0.02, name
+    keras_acc = parity["keras"]["accuracy"]
+    assert keras_acc > 0.6, "the shared trained run should be well above chance, or parity means little"
+    md = (exported_bundle / "parity.md").read_text()
+    assert "Result: PASS" in md and all(name in md for name in FILES)
+
+
+def test_runtime_reproduces_keras_from_image_files(trained_run, exported_bundle):
+    """Recompute, outside parity.py: Keras through the training pipeline vs each file through Classifier."""
+    import keras
+
+    from tumor_edge.data.dataset import load_pixels, read_split
+    from tumor_edge.runtime.classifier import Classifier
+    from tumor_edge.runtime.preprocess import Preprocessing
+    from tumor_edge.train.pipeline import predict_probabilities
+
+    config = json.loads((trained_run / "config.json").read_text())
+    spec = Preprocessing.from_dict(config["preprocessing"])
+    _, test = read_split(trained_run / "split.json", "test")
+    test = test[::5]
+    model = keras.models.load_model(trained_run / "model.keras", compile=False)
+    expected = predict_probabilities(model, load_pixels(test, spec, show_progress=False).pixels)
+    tolerance = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.25}
+    for name in FILES:
+        clf = Classifier.from_bundle(exported_bundle, model_file=name)
+        got = np.array([[p.probabilities[c] for c in clf.classes] for p in clf.predict_batch([s.path for s in test])])
+        precision = name.split("_")[1].split(".")[0]
+        np.testing.assert_allclose(got, expected, atol=tolerance[precision], err_msg=name)
+        if precision != "int8":
+            assert (got.argmax(1) == expected.argmax(1)).all(), name
+
+
+def test_lone_onnx_file_carries_its_metadata(exported_bundle, tmp_path):
+    from tumor_edge.runtime.classifier import Classifier
+
+    lone = tmp_path / "alone.onnx"
+    shutil.copy(exported_bundle / "model_int8.onnx", lone)
+    clf = Classifier.from_bundle(lone)
+    bundled = Classifier.from_bundle(exported_bundle, model_file="model_int8.onnx")
+    assert clf.classes == bundled.classes and clf.preprocessing == bundled.preprocessing
+    image = next(Path(json.loads((exported_bundle / "metadata.json").read_text())["provenance"]["data_root"])
+                 .glob("Testing/*/*.jpg"))
+    a, b = clf.predict(image), bundled.predict(image)
+    assert a.label == b.label
+    assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in clf.classes) < 1e-5
+
+
+def test_onnx_has_dynamic_batch(exported_bundle):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(exported_bundle / "model_fp32.onnx"), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    assert not isinstance(shape[0], int) and shape[1:] == [75, 75, 3]
+    for n in (1, 3):
+        out = session.run(None, {session.get_inputs()[0].name: np.zeros((n, 75, 75, 3), np.float32)})[0]
+        assert out.shape == (n, 4)
+        np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-5)
