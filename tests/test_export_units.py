@@ -60,3 +60,26 @@ def test_out_dir_needs_force_and_force_spares_foreign_files(tmp_path):
     file_path.write_text("x")
     with pytest.raises(OutputExistsError, match="not a folder"):
         prepare_out_dir(file_path, force=True)
+
+
+def test_float_average_pools_rewrite_keeps_outputs():
+    """count_include_pad=0 pools become count_include_pad=1 pools times a border correction: same numbers."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tumor_edge.export.quantize import float_average_pools
+
+    pool = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[1, 1],
+                            pads=[1, 1, 1, 1], count_include_pad=0)
+    graph = helper.make_graph([pool], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 7, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 7, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(model)
+    x = np.random.default_rng(0).normal(size=(1, 2, 7, 5)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    kept = float_average_pools(model)
+    assert kept == ["pool", "pool__pad_correct"]
+    assert [n.op_type for n in model.graph.node] == ["AveragePool", "Mul"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
