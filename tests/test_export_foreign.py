@@ -47,6 +47,13 @@ def logits_model(toy_dataset, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def state_home(tmp_path, monkeypatch) -> Path:
+    """Where `export` records the last bundle for `classify`: a temporary folder, never the user's home."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state" / "tumor-edge" / "last_bundle"
+
+
 def _invoke(args: list[str]):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -56,7 +63,7 @@ def _stderr(result) -> str:
 
 
 @pytest.mark.slow
-def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dataset, tmp_path):
+def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dataset, tmp_path, state_home):
     """Logits + symmetric preprocessing: the runtime must give softmax(Keras logits) from the image files."""
     import keras
 
@@ -69,6 +76,7 @@ def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dat
                       "--preprocess", "symmetric", "--test-data", toy_dataset / "Testing",
                       "--calib-data", toy_dataset, "--int8", "--quiet"])
     assert result.exit_code == 0, result.output
+    assert state_home.read_text().strip() == str(out.resolve())  # `classify` with no flags uses it
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["preprocessing"]["scaling"] == "symmetric"
     assert meta["output"]["type"] == "probabilities"
@@ -96,7 +104,7 @@ def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dat
 
 
 @pytest.mark.slow
-def test_planted_preprocessing_mismatch_fails_parity(logits_model, toy_dataset, tmp_path):
+def test_planted_preprocessing_mismatch_fails_parity(logits_model, toy_dataset, tmp_path, state_home):
     """A run whose bundle declares other scaling than training used: parity fails, exit 3, files kept."""
     run = tmp_path / "run"
     run.mkdir()
@@ -118,6 +126,27 @@ def test_planted_preprocessing_mismatch_fails_parity(logits_model, toy_dataset, 
     assert parity["passed"] is False and parity["files"]["model_fp32.onnx"]["passed"] is False
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["provenance"]["parity"] == "failed"
+    assert not state_home.exists(), "a bundle that failed parity must not become the default for classify"
+
+
+@pytest.mark.slow
+def test_no_parity_is_recorded_and_force_overwrites_only_bundle_files(logits_model, tmp_path):
+    out = tmp_path / "bundle"
+    args = ["export", logits_model, "--out", out, "--classes", ",".join(CLASSES), "--preprocess", "symmetric",
+            "--formats", "onnx", "--no-parity", "--no-optimize", "--quiet"]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "parity NOT proven" in _stderr(result)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["provenance"]["parity"].startswith("not proven")
+    assert meta["metrics"]["parity"]["proven"] is False
+    assert meta["models"]["model_fp32.onnx"]["parity"] == "not checked"
+    assert not (out / "parity.json").exists()
+    (out / "notes.txt").write_text("mine")
+    assert _invoke(args).exit_code != 0  # exists: refused without --force
+    result = _invoke(args + ["--force"])
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model_fp32.onnx").is_file()
 
 
 # ------------------------------------------------------------------------------------------ one-line errors

@@ -195,14 +195,15 @@ def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
 
     rows = []
     if keras_row is not None:
-        rows.append(["keras", keras_row.get("file", "model.keras"), fmt(keras_row.get("size_mb"), ".1f"),
+        size = keras_row.get("size_mb")
+        rows.append(["keras", keras_row.get("file", "model.keras"), _megabytes(None if size is None else size * 1e6),
                      fmt(keras_row.get("accuracy"), ".4f"), fmt(keras_row.get("macro_auc"), ".4f"), "-", "-", "-",
                      "-", fmt(keras_row.get("ms_per_image"), ".1f"), "reference"])
     by_file = {f.file: f for f in report.files} if report else {}
     for entry in entries:
         f = by_file.get(entry["file"])
         label = f"{entry['format']} {entry['precision']}"
-        size = f"{entry['size_bytes'] / 1e6:.1f}"
+        size = _megabytes(entry["size_bytes"])
         if f is None:
             rows.append([label, entry["file"], size] + ["-"] * 7 + [entry.get("status", "not checked")])
             continue
@@ -211,6 +212,13 @@ def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
                      fmt(f.delta_accuracy_points, "+.2f"), fmt(f.delta_auc, "+.4f"), fmt(f.agreement, ".4f"),
                      fmt(f.max_abs_diff, ".4f"), fmt(f.ms_per_image, ".1f"), status])
     return rows
+
+
+def _megabytes(size_bytes: float | None) -> str:
+    if size_bytes is None:
+        return "-"
+    mb = size_bytes / 1e6
+    return f"{mb:.1f}" if mb >= 1 else f"{mb:.3f}"
 
 
 def render_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
