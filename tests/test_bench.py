@@ -116,6 +116,13 @@ def test_ratios_rates_and_goals():
     assert goals["ONNX int8 vs ONNX fp32"]["passed"]
     rows[1]["p50_ms"] = 50.0
     assert not {g["name"]: g for g in check_goals(rows, 2)}["ONNX fp32 vs Keras (tf.function)"]["passed"]
+    # Feasibility: 0.45x of Keras's 100 ms is 45 ms; 2 GMAC in 45 ms is 44.4 GMAC/s.
+    rows[1]["precision"] = "fp32"
+    goal = {g["name"]: g for g in check_goals(rows, 2, 1, 2_000_000_000, 40.0)}["ONNX fp32 vs Keras (tf.function)"]
+    assert goal["required_ceiling_fraction"] == pytest.approx(2.0 / 0.045 / 40.0)
+    assert goal["reachable_in_fp32"] is False
+    goal = {g["name"]: g for g in check_goals(rows, 2, 1, 2_000_000_000, 50.0)}["ONNX fp32 vs Keras (tf.function)"]
+    assert goal["reachable_in_fp32"] is True
 
 
 def test_compare_flags_only_the_planted_regression():
@@ -372,3 +379,28 @@ def test_harness_and_cli_import_no_tensorflow():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_history_readme_lists_runs_oldest_first_with_ratio_to_previous(record, tmp_path):
+    from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path
+
+    results = tmp_path / "results"
+    results.mkdir()
+    first = copy.deepcopy(record)
+    first["created"], first["suite"] = "2026-01-01T00:00:00+00:00", {"commit": "a" * 40, "total_s": 500.0}
+    second = copy.deepcopy(record)
+    second["created"], second["suite"] = "2026-01-02T00:00:00+00:00", {"commit": "b" * 40, "dirty": True}
+    for row in second["results"]:
+        row["p50_ms"] *= 2  # the later run is twice as slow
+    for rec in (second, first):  # written out of order: the history sorts by creation time
+        path = unique_path(results, result_name(rec))
+        path.write_text(json.dumps(rec))
+    assert result_name(first) == "2026-01-01-aaaaaaaaaa"
+    assert unique_path(results, result_name(first)).name == "2026-01-01-aaaaaaaaaa-2.json"
+    history = load_history(results)
+    assert [p.name for p, _ in history] == ["2026-01-01-aaaaaaaaaa.json", "2026-01-02-bbbbbbbbbb.json"]
+    text = render_readme(history, "# Benchmarks", "results/latest.png")
+    rows = [line for line in text.splitlines() if line.startswith("| 2026-01-0")]
+    assert len(rows) == 2 and "aaaaaaaaaa |" in rows[0] and "bbbbbbbbbb+ |" in rows[1]
+    assert rows[0].count(" - |") >= 1 and "| 2.00x |" in rows[1]  # no previous run; then twice as slow
+    assert "## Latest: 2026-01-02" in text and "![latency" in text and "## History" in text

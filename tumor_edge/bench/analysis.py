@@ -59,16 +59,29 @@ GOALS: tuple[Goal, ...] = (
 )
 
 
-def check_goals(rows: list[Row], threads: int, batch: int = 1) -> list[Row]:
-    """Each target evaluated at (threads, batch) where both formats were measured."""
+def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: int | None = None,
+                ceiling_gmacs: float | None = None) -> list[Row]:
+    """Each goal evaluated at (threads, batch) where both formats were measured.
+
+    With the MAC count and the float32 ceiling, a goal also says what fraction of the ceiling its numerator
+    would have to reach (`required_ceiling_fraction`): above 1 for a float32 numerator, the goal is beyond this
+    machine's float32 arithmetic, whatever the engine does (the reference is already that close to the limit).
+    """
     index = _index(rows)
     out = []
-    for target in GOALS:
-        num = index.get((target.numerator, threads, batch))
-        den = index.get((target.denominator, threads, batch))
+    for goal in GOALS:
+        num = index.get((goal.numerator, threads, batch))
+        den = index.get((goal.denominator, threads, batch))
         if not num or not den:
             continue
         ratio = num["p50_ms"] / den["p50_ms"]
-        out.append({**target.to_dict(), "threads": threads, "batch": batch, "numerator_p50_ms": num["p50_ms"],
-                    "denominator_p50_ms": den["p50_ms"], "ratio": ratio, "passed": ratio <= target.limit})
+        entry = {**goal.to_dict(), "threads": threads, "batch": batch, "numerator_p50_ms": num["p50_ms"],
+                 "denominator_p50_ms": den["p50_ms"], "ratio": ratio, "passed": ratio <= goal.limit,
+                 "required_ceiling_fraction": None, "reachable_in_fp32": None}
+        if macs_per_image and ceiling_gmacs:
+            needed_gmacs = macs_per_image * batch / (goal.limit * den["p50_ms"] / 1000.0) / 1e9
+            entry["required_ceiling_fraction"] = needed_gmacs / ceiling_gmacs
+            if num.get("precision") == "fp32":
+                entry["reachable_in_fp32"] = needed_gmacs <= ceiling_gmacs
+        out.append(entry)
     return out

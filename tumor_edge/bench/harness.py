@@ -281,7 +281,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "ceiling_passes": [c.to_dict() for c in passes],
         "results": rows,
         "cold_start": cold,
-        "goals": check_goals(rows, goal_threads),
+        "goals": check_goals(rows, goal_threads, 1, macs,
+                             next((c.best_gmacs for c in ceilings if c.threads == goal_threads), None)),
         "skipped": subject.skipped,
         "duration_s": time.perf_counter() - started,
     }

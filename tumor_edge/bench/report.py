@@ -78,10 +78,20 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _goal_lines(record: Record) -> list[str]:
-    return [f"{'PASS' if g['passed'] else 'FAIL'}  {g['name']}: {g['ratio']:.2f}x (goal <= {g['limit']:.2f}x; "
+def _goal_line(g: dict) -> str:
+    line = (f"{'PASS' if g['passed'] else 'FAIL'}  {g['name']}: {g['ratio']:.2f}x (goal <= {g['limit']:.2f}x; "
             f"{_ms(g['numerator_p50_ms'])} / {_ms(g['denominator_p50_ms'])} ms p50, batch {g['batch']}, "
-            f"{g['threads']} threads)" for g in record.get("goals", [])]
+            f"{g['threads']} threads)")
+    need = g.get("required_ceiling_fraction")
+    if need is not None:
+        line += f"; meeting it needs {need:.0%} of the float32 matmul ceiling"
+        if g.get("reachable_in_fp32") is False:
+            line += ": beyond this machine's float32 arithmetic"
+    return line
+
+
+def _goal_lines(record: Record) -> list[str]:
+    return [_goal_line(g) for g in record.get("goals", [])]
 
 
 def _header_lines(record: Record) -> list[str]:
