@@ -32,7 +32,7 @@ class ColdStart:
     median_s: float
     min_s: float
     max_s: float
-    peak_rss_mb: float  # median over runs of the child's ru_maxrss
+    peak_rss_mb: float | None  # median over runs of the child's ru_maxrss (None where the OS has no wait4)
     child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,23 +84,29 @@ def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
         first_result = time.perf_counter() - start
         proc.stdout.read()
         proc.stdout.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, rusage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
+        if not hasattr(os, "wait4"):  # Windows: no kernel accounting of the child to read
+            proc.wait(timeout=timeout)
+            status, rusage = None, None
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, rusage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.005)
+        if status is not None:
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
         if proc.returncode != 0 or not line.strip():
             err_file.seek(0)
             tail = err_file.read().decode(errors="replace").strip().splitlines()
             sys.stderr.write((tail[-1] if tail else f"exit {proc.returncode}, no output") + "\n")
             raise SystemExit(1)
-    return {"first_result_s": first_result, "peak_rss_mb": _maxrss_mb(rusage), "child": json.loads(line)}
+    return {"first_result_s": first_result, "peak_rss_mb": _maxrss_mb(rusage) if rusage else None,
+            "child": json.loads(line)}
 
 
 def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, threads: int | None = None,
@@ -108,9 +114,10 @@ def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, thread
     """Spawn `runs` fresh processes; the first also warms the file cache, as on a device after boot."""
     samples = [spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
     times = [s[0] for s in samples]
+    rss = sorted(s[1] for s in samples if s[1] is not None)
     median_index = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
     return ColdStart(key, Path(model).name, len(samples), statistics.median(times), min(times), max(times),
-                     statistics.median(s[1] for s in samples), samples[median_index][2].get("timing", {}))
+                     rss[len(rss) // 2] if rss else None, samples[median_index][2].get("timing", {}))
 
 
 # ---- the child ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def _isa_family() -> str:
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
+    except (OSError, AttributeError):  # Windows has no load average
         return None
 
 
