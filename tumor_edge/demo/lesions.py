@@ -112,7 +112,7 @@ class PituitaryLesion:
     def random(cls, anat: Anatomy, rng: np.random.Generator) -> PituitaryLesion:
         s = anat.scale
         centre = anat.sella + rng.normal(0, [1.0, 1.5, 1.5]) * s
-        r1 = rng.uniform(7.0, 13.0) * s
+        r1 = rng.uniform(8.0, 14.0) * s
         sellar = Blob.random(centre, r1, rng, irregularity=0.08, elongation=0.15)
         supra = None
         top = centre
@@ -123,7 +123,7 @@ class PituitaryLesion:
         if rng.random() < 0.15:
             cyst = Blob.random(centre + rng.normal(0, 1.0, 3), r1 * rng.uniform(0.25, 0.45), rng, irregularity=0.1)
         effect = MassEffect(top, reach=1.6 * r1, strength=rng.uniform(0.1, 0.3)) if supra is not None else None
-        return cls(sellar, supra, rng.uniform(0.95, 1.2), cyst, effect)
+        return cls(sellar, supra, rng.uniform(1.1, 1.4), cyst, effect)
 
     def extent(self, normal: np.ndarray) -> tuple[float, float]:
         lo, hi = self.sellar.extent(normal)
@@ -188,7 +188,7 @@ class GliomaPainter:
     def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
               rng: np.random.Generator) -> GliomaLesion:
         s = anat.scale
-        r = rng.uniform(12.0, 26.0) * s
+        r = rng.uniform(14.0, 28.0) * s
         sites = anat.glioma_sites
         dist = np.abs(plane.distance(sites))
         near = sites[dist < 0.4 * r]
@@ -205,7 +205,7 @@ class GliomaPainter:
         oedema = Blob.random(centre + rng.normal(0, 0.2 * r, 3), r * rng.uniform(1.5, 2.3), rng,
                              irregularity=0.6, elongation=0.35, harmonics=7)
         effect = MassEffect(centre, reach=1.8 * r, strength=rng.uniform(0.1, 0.3))
-        return GliomaLesion(rim, core, oedema, rim_level=rng.uniform(1.0, 1.3), core_level=rng.uniform(0.1, 0.3),
+        return GliomaLesion(rim, core, oedema, rim_level=rng.uniform(1.15, 1.5), core_level=rng.uniform(0.1, 0.3),
                             oedema_drop=rng.uniform(0.25, 0.5), mass_effect=effect)
 
 
@@ -254,7 +254,7 @@ class MeningiomaPainter:
     def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
               rng: np.random.Generator) -> MeningiomaLesion:
         s = anat.scale
-        r = rng.uniform(10.0, 24.0) * s
+        r = rng.uniform(12.0, 26.0) * s
         falx_near = anat.falx_sites[np.abs(plane.distance(anat.falx_sites)) < 0.4 * r]
         if len(falx_near) and rng.random() < 0.3:
             base = falx_near[rng.integers(len(falx_near))]
@@ -272,7 +272,7 @@ class MeningiomaPainter:
         blob = Blob.random(centre, r, rng, irregularity=0.08, elongation=0.2, harmonics=3)
         effect = MassEffect(centre, reach=1.7 * r, strength=rng.uniform(0.15, 0.35))
         has_tail = rng.random() < 0.6
-        return MeningiomaLesion(blob, base, normal, level=rng.uniform(1.0, 1.25),
+        return MeningiomaLesion(blob, base, normal, level=rng.uniform(1.15, 1.45),
                                 cleft=rng.uniform(0.3, 0.7) if rng.random() < 0.5 else 0.0,
                                 tail_length=r * rng.uniform(1.3, 2.0) if has_tail else 0.0,
                                 tail_level=rng.uniform(0.6, 0.9), mass_effect=effect)

@@ -49,7 +49,7 @@ class Realism:
             zoom=float(rng.uniform(1.12, 1.45)), shift=(float(rng.uniform(-0.05, 0.05)),
                                                         float(rng.uniform(-0.05, 0.05))),
             width=max(width, 16), height=max(height, 16), flip_lr=bool(rng.random() < 0.5),
-            white=float(rng.uniform(0.9, 1.25)), gamma=float(rng.uniform(0.75, 1.35)),
+            white=float(rng.uniform(1.0, 1.4)), gamma=float(rng.uniform(0.75, 1.35)),
             contrast=float(rng.uniform(0.85, 1.15)), brightness=float(rng.uniform(-0.04, 0.04)),
             bias=float(rng.uniform(0.0, 0.3)), noise=float(rng.uniform(0.004, 0.04)),
             blur=float(rng.uniform(0.0, 1.0)) if rng.random() < 0.6 else 0.0,

@@ -20,7 +20,7 @@ def render_summary(ctx: DemoContext) -> str:
     r = ctx.results
     data, train, export = r.get("data", {}), r.get("train", {}), r.get("export", {})
     classify, bench = r.get("classify", {}), r.get("bench", {})
-    total = sum(v for k, v in ctx.timings.items() if k != "this run")
+    total = sum(v for k, v in ctx.timings.items() if k != "this invocation")
     lines = [
         "# tumor-edge demo: summary",
         "",
