@@ -263,9 +263,12 @@ was taken does not reveal its class.
 Sizes, shapes and intensities vary.
 
 ## Class-independent variety
-In-plane rotation (±15°), field of view and shift, slice tilt, left-right flips, gamma, contrast and
-brightness, a smooth bias field, Rician noise, blur, canvas size and aspect, JPEG quality 70-96: drawn the same
-way for every class, so global image statistics (brightness, contrast, size, file size) carry no class signal.
+Anatomy: a smooth random deformation (up to 4 mm), a random monotone remapping of tissue contrast, and for a
+head sometimes its scalp and skull replaced by drawn ones, so a model learns lesions rather than one brain.
+Acquisition: in-plane rotation (±15°), field of view and shift, slice tilt, left-right flips, gamma, contrast
+and brightness, a smooth bias field, Rician noise, blur, canvas size and aspect, JPEG quality 70-96. All drawn
+the same way for every class, from a random stream of their own, so global image statistics (brightness,
+contrast, size, file size) carry no class signal.
 
 ## Reproduce
 `tumor-edge demo-data OUT {args}` regenerates these files exactly (seed {config.seed}) with the same volumes
