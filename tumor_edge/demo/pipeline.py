@@ -36,6 +36,8 @@ class DemoProfile:
     bn_momentum: float
     learning_rate: float
     bench_seconds: float
+    augment: bool = False  # the demo data already varies rotation, scale, shift, flips and contrast per image
+    patience: int = 3  # epochs without a better val accuracy before stopping; the LR drops after half of it
 
     def describe(self) -> str:
         return (f"profile {self.name}: {self.per_class} images/class, InceptionV3 from scratch at "
@@ -44,7 +46,7 @@ class DemoProfile:
 
 # name -> profile. `auto` picks "gpu" when TensorFlow sees a GPU.
 PROFILES: dict[str, DemoProfile] = {
-    "cpu": DemoProfile("cpu", per_class=540, data_size=128, image_size=96, epochs=5, batch_size=16,
+    "cpu": DemoProfile("cpu", per_class=450, data_size=128, image_size=96, epochs=6, batch_size=16,
                        bn_momentum=0.9, learning_rate=1e-3, bench_seconds=1.0),
     "gpu": DemoProfile("gpu", per_class=1000, data_size=256, image_size=224, epochs=20, batch_size=32,
                        bn_momentum=0.95, learning_rate=1e-3, bench_seconds=2.0),
@@ -127,14 +129,15 @@ def stage_data(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_train(ctx: DemoContext) -> dict[str, Any]:
+    from tumor_edge.train.augment import AugmentConfig
     from tumor_edge.train.fit import TrainConfig, run_training
 
     p = ctx.profile
     run = run_training(TrainConfig(
         data=ctx.data, out=ctx.run, image_size=p.image_size, weights="none", epochs=p.epochs,
         batch_size=p.batch_size, learning_rate=p.learning_rate, bn_momentum=p.bn_momentum,
-        monitor="val_accuracy", patience=p.epochs, seed=ctx.config.seed, force=True,
-        verbose=1 if sys.stdout.isatty() else 2))
+        monitor="val_accuracy", patience=p.patience, seed=ctx.config.seed, force=True,
+        augment=AugmentConfig(enabled=p.augment), verbose=1 if sys.stdout.isatty() else 2))
     metrics = json.loads((run / "metrics.json").read_text())
     return {"path": str(run), "accuracy": metrics["accuracy"], "macro_auc": metrics.get("macro_auc"),
             "n_test": metrics.get("n"), "per_class": {k: v.get("recall") for k, v in metrics["per_class"].items()}}
