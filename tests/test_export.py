@@ -73,10 +73,9 @@ def test_calibration_methods_were_compared_on_validation(metadata):
     assert metadata["models"]["model_int8.onnx"]["calibration"] == calib["chosen"]
     ref = calib["reference"]
 
-    def loss(c):  # the documented order: accuracy lost, AUC lost, disagreement, mean probability shift
-        return (round(max(0.0, ref["accuracy"] - c["accuracy"]), 9),
-                round(max(0.0, ref["macro_auc"] - c["macro_auc"]), 9), round(1 - c["agreement"], 9),
-                c["mean_abs_diff"])
+    def loss(c):  # the documented order: disagreement, accuracy lost, AUC lost, mean probability shift
+        return (round(1 - c["agreement"], 9), round(max(0.0, ref["accuracy"] - c["accuracy"]), 9),
+                round(max(0.0, ref["macro_auc"] - c["macro_auc"]), 9), c["mean_abs_diff"])
 
     assert min(calib["candidates"], key=loss)["method"] == calib["chosen"]
     assert calib["calibration_images"] > 100  # the training split, never the test split
