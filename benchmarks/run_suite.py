@@ -36,22 +36,32 @@ STANDARD = {"image_size": 299, "threads": [1, 2], "batches": [1, 8], "warmup": 2
 
 INTRO = """# Benchmarks
 
-The standard latency suite of `tumor-edge bench`: InceptionV3 at 299x299, every exported format (ONNX fp32/int8
-through onnxruntime, TFLite fp32/fp16/int8 through LiteRT) and the Keras model itself as the reference (a
-`tf.function`, never eager), at 1 and 2 threads, batch 1 and 8. Warm-up runs first, then at least 10 runs and
-2 s per configuration; inputs are preprocessed images (never zeros), prepared before timing. Cold start is a
-fresh process from spawn to its first result for one image file, with that process's peak RSS (from the
-kernel's accounting of the reaped child). The float32 matmul ceiling is a 2048^3 numpy/BLAS matmul in a fresh
-process per thread count; each format's achieved GMAC/s (MACs counted from the ONNX graph) is shown as a
-fraction of it (int8 can exceed 1: the ceiling is the float32 rate).
+The standard latency suite of `tumor-edge bench`: InceptionV3 at 299x299, every file of the bundle (ONNX
+fp32/fp16/int8 through onnxruntime, TFLite fp32/fp16/int8 through LiteRT) and the Keras model itself as the
+reference (a `tf.function`, never eager), at 1 and 2 threads, batch 1 and 8.
 
-Run it: `python benchmarks/run_suite.py` (a random-weight stand-in of the real architecture; latency does not
-depend on the weights) or `python benchmarks/run_suite.py --bundle BUNDLE --run RUN` for a trained model.
-Each run appends a record `results/<date>-<commit>.json` (every timing, the machine, the load average) and
-regenerates this file. Compare any run with a saved one: `tumor-edge bench --baseline results/<file>.json`.
+How it measures (LiteRT benchmark_model / onnxruntime perf test / MLPerf SingleStream): warm-up runs first, then
+at least 10 runs and 2 s per configuration, formats interleaved run by run so a burst of load hits all alike;
+inputs are decoded, resized test-split images (never zeros), prepared before timing; min, p50, p90, p99, mean,
+std (sample) and images/s per configuration. Cold start is a fresh process from spawn to its first result for
+one image file, with that process's peak RSS from the kernel's accounting of the reaped child (3 processes per
+file, 1 for Keras). The float32 ceiling is a 2048^3 numpy/BLAS matmul in a fresh process per thread count,
+before and after the formats (the best is kept: load only slows it); each format's achieved GMAC/s (MACs
+counted from the ONNX graph: 5.71 GMAC per 299x299 image) is shown as a fraction of it, and each goal says
+what fraction of the ceiling meeting it would take. int8 can exceed 1: the ceiling is the float32 rate.
+
+Goals (batch 1, 299x299, 2 threads): ONNX fp32 p50 <= 0.45x Keras and <= 0.8x LiteRT fp32; ONNX int8 no slower
+than ONNX fp32.
+
+Run it: `python benchmarks/run_suite.py` (a random-weight stand-in of the real architecture exported with
+`tumor-edge export` on demo images; latency does not depend on the weights; built once, then reused) or
+`python benchmarks/run_suite.py --bundle BUNDLE --run RUN` for a trained model. Each run adds a record
+`results/<date>-<commit>.json` (every timing, the machine, the load average) and regenerates this file.
+Compare any run with a saved one: `tumor-edge bench --baseline benchmarks/results/<file>.json`.
 
 The machine these figures come from may be shared (the load average at start and end is recorded): figures
-taken under load are slower and noisier, so compare runs with similar load, or rerun."""
+taken under load are slower and noisier, 2-thread ones most, so compare runs with similar load, or rerun
+(`--quiet-load 1.0` waits for a quiet machine)."""
 
 
 def git_commit(repo: Path) -> tuple[str | None, bool]:

@@ -51,6 +51,7 @@ class BenchConfig:
     keras: bool = True
     cold_start: bool = True
     cold_runs: int = 3
+    keras_cold_runs: int = 1  # TensorFlow's cold start takes 10-25 s; one sample says what matters
     ceiling: bool = True
     show_progress: bool = True
 
@@ -242,7 +243,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             cold_targets = [t for t in subject.targets if t.key not in {s["format"] for s in subject.skipped}]
             for target in progress(cold_targets, "cold starts", enabled=config.show_progress):
                 try:
-                    result = measure_cold_start(target.key, target.path, probe, config.cold_runs,
+                    runs = min(config.cold_runs, config.keras_cold_runs) if target.engine == KERAS_KEY \
+                        else config.cold_runs
+                    result = measure_cold_start(target.key, target.path, probe, runs,
                                                 threads=max(config.threads),
                                                 bundle=subject.bundle_dir if target.engine == KERAS_KEY else None)
                     cold.append(result.to_dict())
@@ -263,6 +266,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "load_average_end": load_average(),
         "settings": {"threads": config.threads, "batches": config.batches, **asdict(config.plan),
                      "image_count": config.image_count, "cold_runs": config.cold_runs,
+                     "keras_cold_runs": min(config.cold_runs, config.keras_cold_runs),
                      "timer": "perf_counter_ns around each call; inputs prepared before timing",
                      "schedule": "interleaved: one run of each format in turn until each has its runs and seconds"},
         "model": {
