@@ -180,7 +180,10 @@ def render_chart(record: Record, path: Path) -> Path | None:
         ax.set_ylabel("p50 ms per image (whisker: p90)")
         ax.set_title(f"batch {batch}")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{record['model']['input_hw'][0]} px, {record['machine'].get('cpu_model')}", fontsize=9)
+    load = record["machine"].get("load_average")
+    fig.suptitle(f"{record['model']['input_hw'][0]} px, {record['machine'].get('cpu_model')}, "
+                 f"{record['machine'].get('usable_cpus')} CPUs; {str(record.get('created', ''))[:16]}"
+                 + (f"; load average {load[0]:.1f}" if load else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
