@@ -163,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.10, help="regression tolerance vs the previous run")
     parser.add_argument("--note", default="", help="a remark stored with the record (e.g. what else was running)")
     parser.add_argument("--dry-run", action="store_true", help="run, print, but record nothing")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="only regenerate the README from the recorded results")
     args = parser.parse_args(argv)
+    if args.readme_only:
+        write_readme(args.results, args.readme, args.results / "latest.png")
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
@@ -173,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     if bundle is None:
         bundle, export_s = stand_in_bundle(args.workdir.expanduser() / f"{args.image_size}px-{args.exporter}",
                                            args.image_size, args.exporter, log)
+    waited = time.perf_counter()
     if args.quiet_load is not None:
         wait_for_quiet(args.quiet_load, args.max_wait)
+    waited = time.perf_counter() - waited
     config = BenchConfig(model=bundle, threads=STANDARD["threads"], batches=STANDARD["batches"],
                          plan=RunPlan(STANDARD["warmup"], args.min_runs, args.min_seconds),
                          image_count=STANDARD["image_count"], run=args.run, cold_runs=STANDARD["cold_runs"])
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "stand_in": f"random weights, exported with {args.exporter}" if args.bundle is None else None,
         "settings": {**STANDARD, "image_size": args.image_size, "min_runs": args.min_runs,
                      "min_seconds": args.min_seconds},
-        "bench_s": record["duration_s"], "export_s": export_s, "total_s": time.perf_counter() - started,
+        "bench_s": record["duration_s"], "export_s": export_s, "waited_for_quiet_s": waited,
+        "total_s": time.perf_counter() - started - waited,
         "load_average_start": record["machine"].get("load_average"), "load_average_end": load_average(),
         "note": args.note,
     }
@@ -196,20 +204,21 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(render_comparison(compare_records(record, previous, args.tolerance), previous_path, args.tolerance))
     print(f"suite: bench {record['duration_s']:.0f} s, export {export_s:.0f} s, "
-          f"total {record['suite']['total_s']:.0f} s")
+          f"total {record['suite']['total_s']:.0f} s (plus {waited:.0f} s waiting for a quiet machine)")
     if args.dry_run:
         return 0
     args.results.mkdir(parents=True, exist_ok=True)
     path = unique_path(args.results, result_name(record))
     path.write_text(json.dumps(record, indent=1) + "\n")
     chart = render_chart(record, args.results / "latest.png")
-    history = load_history(args.results)
-    chart_ref = None
-    if chart is not None:
-        chart_ref = os.path.relpath(chart, args.readme.parent)
-    args.readme.write_text(render_readme(history, INTRO, chart_ref))
+    write_readme(args.results, args.readme, chart)
     log(f"recorded {path} and regenerated {args.readme}")
     return 0
+
+
+def write_readme(results: Path, readme: Path, chart: Path | None) -> None:
+    chart_ref = os.path.relpath(chart, readme.parent) if chart is not None and chart.is_file() else None
+    readme.write_text(render_readme(load_history(results), INTRO, chart_ref))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _goal_line(g: dict) -> str:
             f"{_ms(g['numerator_p50_ms'])} / {_ms(g['denominator_p50_ms'])} ms p50, batch {g['batch']}, "
             f"{g['threads']} threads)")
     need = g.get("required_ceiling_fraction")
-    if need is not None:
+    if need is not None and g.get("reachable_in_fp32") is not None:  # a float32 numerator: bound by the ceiling
         line += f"; meeting it needs {need:.0%} of the float32 matmul ceiling"
         if g.get("reachable_in_fp32") is False:
             line += ": beyond this machine's float32 arithmetic"
