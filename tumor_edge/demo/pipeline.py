@@ -46,7 +46,7 @@ class DemoProfile:
 
 # name -> profile. `auto` picks "gpu" when TensorFlow sees a GPU.
 PROFILES: dict[str, DemoProfile] = {
-    "cpu": DemoProfile("cpu", per_class=450, data_size=128, image_size=96, epochs=6, batch_size=16,
+    "cpu": DemoProfile("cpu", per_class=450, data_size=128, image_size=96, epochs=8, batch_size=16,
                        bn_momentum=0.9, learning_rate=1e-3, bench_seconds=1.0),
     "gpu": DemoProfile("gpu", per_class=1000, data_size=256, image_size=224, epochs=20, batch_size=32,
                        bn_momentum=0.95, learning_rate=1e-3, bench_seconds=2.0),
