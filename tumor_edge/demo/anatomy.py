@@ -9,7 +9,6 @@ registration. Only numpy, scipy.ndimage and nibabel: no TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,12 +92,6 @@ def user_volume(path: Path, taken: set[str]) -> VolumeSource:
     return VolumeSource(name, path, f"user volume {path.name}")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

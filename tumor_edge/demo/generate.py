@@ -16,11 +16,12 @@ import numpy as np
 
 from tumor_edge import __version__
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR
-from tumor_edge.demo.anatomy import VolumeSource, builtin_volumes, file_sha256, load_anatomy, user_volume
+from tumor_edge.demo.anatomy import VolumeSource, builtin_volumes, load_anatomy, user_volume
 from tumor_edge.demo.lesions import CLASS_PREFIX, PAINTERS
 from tumor_edge.demo.scan import make_scan, slab_filter, slab_thresholds
 from tumor_edge.errors import DatasetError, OutputExistsError
 from tumor_edge.progress import progress
+from tumor_edge.runtime.bundle import sha256_file
 
 DATASET_CARD = "DATASET.md"
 MANIFEST = "manifest.csv"
@@ -213,7 +214,7 @@ def read_manifest(root: Path) -> list[dict[str, str]]:
 def dataset_card(config: DemoDataConfig, plan: Plan) -> str:
     n_train, n_test = config.counts
     volumes = "\n".join(
-        f"- `{s.name}`: {s.description}; `{s.path}` (sha256 `{file_sha256(s.path)[:16]}…`)"
+        f"- `{s.name}`: {s.description}; `{s.path}` (sha256 `{sha256_file(s.path)[:16]}…`)"
         + (" — **Testing only**" if s is plan.test_source else "") for s in plan.sources)
     if plan.test_source is not None:
         held_out = (f"Testing comes only from `{plan.test_source.name}`, a volume Training never saw; Training "
