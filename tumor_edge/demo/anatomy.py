@@ -92,8 +92,6 @@ def user_volume(path: Path, taken: set[str]) -> VolumeSource:
     return VolumeSource(name, path, f"user volume {path.name}")
 
 
-
-
 @dataclass
 class Anatomy:
     """A prepared volume: intensities, brain depth map, landmarks and where each lesion type may sit.
