@@ -26,10 +26,10 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 from tumor_edge.bench.compare import compare_records, render_comparison  # noqa: E402
 from tumor_edge.bench.harness import BenchConfig, run_bench  # noqa: E402
 from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path  # noqa: E402
-from tumor_edge.bench.machine import load_average  # noqa: E402
 from tumor_edge.bench.report import render_chart, render_text  # noqa: E402
 from tumor_edge.bench.timing import RunPlan  # noqa: E402
 from tumor_edge.errors import TumorEdgeError  # noqa: E402
+from tumor_edge.machine import load_average  # noqa: E402
 
 STANDARD = {"image_size": 299, "threads": [1, 2], "batches": [1, 8], "warmup": 2, "min_runs": 10,
             "min_seconds": 2.0, "cold_runs": 3, "image_count": 16}

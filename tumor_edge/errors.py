@@ -1,4 +1,8 @@
-"""One error type whose message is the single line a user sees; the CLI prints it and exits non-zero."""
+"""One error family whose message is the single line a user sees; the CLI prints it and exits non-zero.
+
+Library code raises these (never bare ValueError for a user's mistake) with messages that make sense to a
+library user; the CLI may add its own flag names around them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,14 @@ class TumorEdgeError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
+        self.reason = message
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class ConfigError(TumorEdgeError, ValueError):
+    """An option, argument or configuration value that is not allowed (also a ValueError for library callers)."""
+
+    exit_code = 2
 
 
 class InputImageError(TumorEdgeError):
@@ -21,6 +32,14 @@ class InputImageError(TumorEdgeError):
 
 class ModelError(TumorEdgeError):
     """A model file or bundle that is missing, unreadable or inconsistent with its metadata."""
+
+
+class BundleIntegrityError(ModelError):
+    """A bundle whose files do not match what its metadata promises (hash, size, path outside the bundle)."""
+
+
+class MissingExtraError(TumorEdgeError):
+    """A command or format needs an optional dependency that is not installed; the message names the extra."""
 
 
 class DatasetError(TumorEdgeError):
@@ -34,4 +53,10 @@ class ParityError(TumorEdgeError):
 
 
 class OutputExistsError(TumorEdgeError):
-    """Refusal to overwrite something the user made without --force."""
+    """Refusal to overwrite something the user made without force."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's text (third-party errors run to pages), else its type name."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(err).__name__

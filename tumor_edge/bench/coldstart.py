@@ -136,7 +136,7 @@ def _classify_runtime(model: Path, image: Path, threads: int | None) -> tuple[st
 
 
 def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path | None) -> tuple[str, dict]:
-    from tumor_edge.runtime.bundle import BundleMetadata
+    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.runtime.preprocess import preprocess_image
 
     if bundle is None:

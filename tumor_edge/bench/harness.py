@@ -21,14 +21,14 @@ from tumor_edge.bench.analysis import add_rates, add_ratios, check_goals
 from tumor_edge.bench.ceiling import measure_ceiling, merge_ceilings
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
-from tumor_edge.bench.machine import load_average, machine_info
 from tumor_edge.bench.macs import count_macs
 from tumor_edge.bench.stats import summarize
 from tumor_edge.bench.targets import KERAS_KEY, Session, Target, engine_missing, open_session, target_for
 from tumor_edge.bench.timing import RunPlan, measure_interleaved
+from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, is_optimized_name
 from tumor_edge.errors import ModelError, TumorEdgeError
+from tumor_edge.machine import load_average, machine_info
 from tumor_edge.progress import progress
-from tumor_edge.runtime.bundle import METADATA_FILE, BundleMetadata, is_optimized_name
 
 SCHEMA = "tumor-edge-bench/1"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tumor_edge.bench.inputs import synthetic_pool
-from tumor_edge.runtime.bundle import BundleMetadata, ModelEntry, describe_file
+from tumor_edge.contracts.bundle import BundleMetadata, ModelEntry, describe_file
 from tumor_edge.runtime.preprocess import Preprocessing
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -98,7 +98,7 @@ def _onnx_int8(model, out: Path, spec: Preprocessing, calib: np.ndarray) -> None
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tumor_edge.bench.machine import cpu_flag_set
+    from tumor_edge.machine import cpu_flag_set
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

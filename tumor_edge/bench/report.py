@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.bench.machine import machine_summary
+from tumor_edge.machine import machine_summary
 
 Record = dict[str, Any]
 

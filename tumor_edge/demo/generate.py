@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from tumor_edge import __version__
+from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR
 from tumor_edge.demo.anatomy import VolumeSource, builtin_volumes, load_anatomy, user_volume
 from tumor_edge.demo.lesions import CLASS_PREFIX, PAINTERS
 from tumor_edge.demo.scan import make_scan, slab_filter, slab_thresholds
 from tumor_edge.errors import DatasetError, OutputExistsError
 from tumor_edge.progress import progress
-from tumor_edge.runtime.bundle import sha256_file
 
 DATASET_CARD = "DATASET.md"
 MANIFEST = "manifest.csv"

@@ -9,7 +9,6 @@ parity through the runtime; write metadata.json, parity.json and parity.md; prin
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,10 +20,16 @@ from typing import Any
 import click
 
 from tumor_edge import __version__
-from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError
+from tumor_edge.contracts.bundle import (
+    BUNDLE_DOCUMENTS,
+    BundleMetadata,
+    ModelEntry,
+    describe_file,
+)
+from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
+from tumor_edge.contracts.state import remember_last_bundle
+from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.parity import (
-    PARITY_JSON,
-    PARITY_MD,
     ParityReport,
     ParityThresholds,
     render_table,
@@ -35,14 +40,9 @@ from tumor_edge.export.parity import (
 from tumor_edge.export.quantize import QuantizationConfig
 from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource, SourceOptions, load_source
+from tumor_edge.machine import host, package_versions
+from tumor_edge.outdir import prepare_out_dir as _prepare
 from tumor_edge.progress import progress
-from tumor_edge.runtime.bundle import (
-    METADATA_FILE,
-    BundleMetadata,
-    ModelEntry,
-    describe_file,
-    remember_last_bundle,
-)
 
 FORMATS = ("onnx", "tflite")
 
@@ -274,7 +274,7 @@ def _run_step(ctx: ExportContext, exporter: FormatExporter) -> ExportedFile:
         if ctx.config.debug:
             raise
         dst.unlink(missing_ok=True)
-        row.status = f"failed: {_first_line(err)}"
+        row.status = f"failed: {first_line(err)}"
     row.seconds = time.perf_counter() - t0
     ctx.results[exporter.file] = row
     return row
@@ -288,7 +288,7 @@ def _join_background(ctx: ExportContext) -> None:
             job.wait()
         except Exception as err:  # the child's error line
             (ctx.out / name).unlink(missing_ok=True)
-            row.status = f"failed: {_first_line(err)}"
+            row.status = f"failed: {first_line(err)}"
         row.seconds += time.perf_counter() - t0  # start-up plus the time the rest of the export did not hide
         row.extra["background"] = True
         del ctx.background[name]
@@ -298,52 +298,13 @@ def _join_background(ctx: ExportContext) -> None:
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse to touch a non-empty folder without --force; with it, remove only files a bundle consists of."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError("exists and is not a folder", out)
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError("bundle folder exists and is not empty; pass --force to overwrite it", out)
-        for path in out.iterdir():
-            if path.is_file() and _is_bundle_file(path.name):
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse a non-empty folder without force; with it, remove only files a bundle consists of."""
+    _prepare(out, force, _is_bundle_file, "bundle")
 
 
 def _is_bundle_file(name: str) -> bool:
-    return (name in BUNDLE_FILES or name in (METADATA_FILE, PARITY_JSON, PARITY_MD)
+    return (name in BUNDLE_MODEL_FILES or name in BUNDLE_DOCUMENTS
             or (name.startswith("model_") and name.endswith((".onnx", ".tflite"))))
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"tumor_edge": __version__, "python": platform.python_version()}
-    for dist in ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
-                 "numpy"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
-def host() -> dict[str, str]:
-    info = {"platform": platform.platform(), "machine": platform.machine()}
-    try:
-        from tumor_edge.runtime.backends import machine_target
-
-        info["isa"] = machine_target().get("isa", "")
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def provenance(source: ModelSource, config: ExportConfig, parity_state: str) -> dict[str, Any]:
@@ -357,7 +318,7 @@ def provenance(source: ModelSource, config: ExportConfig, parity_state: str) -> 
         "data_root": run.get("data_root"),
         "trained": run.get("created"),
         "training_versions": run.get("versions"),
-        "versions": versions(),
+        "versions": package_versions(),
         "host": host(),
         "output": {"model_output": source.source_output, "decided_by": source.output_decided_by,
                    "softmax_appended": source.softmax_appended},
@@ -383,8 +344,8 @@ def _stamp_onnx_files(ctx: ExportContext, metadata: BundleMetadata) -> None:
 def _optimize_onnx_files(ctx: ExportContext) -> list[ExportedFile]:
     """Pre-optimised twins (runtime.backends.save_optimized_model), when the runtime offers it."""
     try:
+        from tumor_edge.contracts.bundle import optimized_model_name
         from tumor_edge.runtime import backends
-        from tumor_edge.runtime.bundle import optimized_model_name
     except ImportError:
         return []
     save = getattr(backends, "save_optimized_model", None)
@@ -526,10 +487,6 @@ def _check_images(source: ModelSource, config: ExportConfig) -> None:
                            "parity needs test images: pass --test-data (or --no-parity to skip the proof)",
                            source.path)
 
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return (lines[0][:200] if lines else type(err).__name__)
 
 
 __all__ = ["EXPORTERS", "ExportConfig", "ExportResult", "ExportedFile", "FormatExporter", "export_bundle",

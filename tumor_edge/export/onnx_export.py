@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tumor_edge.runtime.bundle import ONNX_META_KEY, BundleMetadata, ModelEntry
+from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, ModelEntry
 
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17

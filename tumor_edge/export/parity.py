@@ -17,12 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.contracts.bundle import PARITY_JSON, PARITY_MD
 from tumor_edge.errors import ParityError
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.runtime.preprocess import Preprocessing, scale
-
-PARITY_JSON = "parity.json"
-PARITY_MD = "parity.md"
 
 
 @dataclass

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, read_split, stratified_split
 from tumor_edge.errors import DatasetError, ModelError, TumorEdgeError
 from tumor_edge.export.samples import SampleSet, folder_samples, require_images
-from tumor_edge.runtime.bundle import sha256_file
 from tumor_edge.runtime.preprocess import RESIZE_METHODS, SCALINGS, Preprocessing
 
 RUN_MODEL = "model.keras"

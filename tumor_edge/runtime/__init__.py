@@ -14,7 +14,7 @@ _EXPORTS = {
     "BackendOptions": "tumor_edge.runtime.backends",
     "open_backend": "tumor_edge.runtime.backends",
     "save_optimized_model": "tumor_edge.runtime.backends",
-    "BundleMetadata": "tumor_edge.runtime.bundle",
+    "BundleMetadata": "tumor_edge.contracts.bundle",
     "Classifier": "tumor_edge.runtime.classifier",
     "Prediction": "tumor_edge.runtime.classifier",
     "Failure": "tumor_edge.runtime.batch",
@@ -25,9 +25,9 @@ __all__ = ["BackendOptions", "BundleMetadata", "Classifier", "Failure", "Predict
            "open_backend", "save_optimized_model"]
 
 if TYPE_CHECKING:
+    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.runtime.backends import BackendOptions, open_backend, save_optimized_model
     from tumor_edge.runtime.batch import Failure
-    from tumor_edge.runtime.bundle import BundleMetadata
     from tumor_edge.runtime.classifier import Classifier, Prediction
     from tumor_edge.runtime.preprocess import Preprocessing
 

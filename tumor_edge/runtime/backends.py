@@ -6,7 +6,6 @@ the model's input scale and returns the raw float32 output (probabilities or log
 
 from __future__ import annotations
 
-import functools
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,8 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from tumor_edge.errors import ModelError
-from tumor_edge.runtime.bundle import is_optimized_name, optimized_model_name
+from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name
+from tumor_edge.errors import ConfigError, ModelError, first_line
+from tumor_edge.machine import cpu_isa
 
 
 class Backend(Protocol):
@@ -71,9 +71,9 @@ class BackendOptions:
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
-            raise ValueError(f"optimization must be one of {OPTIMIZATION_LEVELS}, not {self.optimization!r}")
+            raise ConfigError(f"optimization must be one of {OPTIMIZATION_LEVELS}, not {self.optimization!r}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, not {self.threads}")
+            raise ConfigError(f"threads must be at least 1, not {self.threads}")
 
 
 def _ort_level(ort, name: str):
@@ -125,24 +125,7 @@ def machine_target() -> dict[str, str]:
     its widest vector extension (the NCHWc block size and the int8 kernels follow it)."""
     import onnxruntime as ort
 
-    return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": _cpu_isa()}
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_isa() -> str:
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        return "unknown"
-    for isa in ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "asimddp", "asimd", "sse4_2"):
-        if isa in flags:
-            return isa
-    return "baseline" if flags else "unknown"
+    return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}
 
 
 def optimized_sibling(path: Path) -> Path:
@@ -178,7 +161,7 @@ class OnnxBackend:
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise ModelError(f"onnxruntime cannot load this model ({_first_line(err)})", path) from err
+            raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", path) from err
 
     def _load_optimized(self, ort, twin: Path, options: BackendOptions):
         """The pre-optimised twin if it was made for this machine (else None: the caller loads the original)."""
@@ -199,7 +182,7 @@ class OnnxBackend:
         try:
             session = ort.InferenceSession(str(twin), sess_options=so, providers=self.providers)
         except Exception as err:
-            _log("ignoring %s: %s", twin, _first_line(err))
+            _log("ignoring %s: %s", twin, first_line(err))
             return None
         self.loaded_path = twin
         return session
@@ -234,14 +217,14 @@ def save_optimized_model(src: Path, dst: Path, threads: int | None = None, level
 
     src, dst = Path(src), Path(dst)
     if level not in ("all", "extended"):
-        raise ValueError(f"level must be 'all' or 'extended', not {level!r}")
+        raise ConfigError(f"level must be 'all' or 'extended', not {level!r}")
     options = BackendOptions(threads=threads, optimization=level)
     so = _session_options(ort, options, level)
     so.optimized_model_filepath = str(dst)
     try:
         ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as err:
-        raise ModelError(f"onnxruntime cannot optimise this model ({_first_line(err)})", src) from err
+        raise ModelError(f"onnxruntime cannot optimise this model ({first_line(err)})", src) from err
     record = {"level": level, "source": src.name, "source_size": src.stat().st_size,
               "target": machine_target(), "onnxruntime": ort.__version__}
     append_metadata_prop(dst, OPTIMIZED_META_KEY, json.dumps(record, sort_keys=True))
@@ -327,7 +310,7 @@ class LiteRTBackend:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=options.threads or None)
             self.interpreter.allocate_tensors()
         except Exception as err:  # ValueError, RuntimeError; flatbuffer errors on a damaged file
-            raise ModelError(f"LiteRT cannot load this model ({_first_line(err)})", self.path) from err
+            raise ModelError(f"LiteRT cannot load this model ({first_line(err)})", self.path) from err
         self._batch = int(self.interpreter.get_input_details()[0]["shape"][0])
         self.input_shape = [int(d) for d in self.interpreter.get_input_details()[0]["shape"]]
         self.loaded_path = self.path
@@ -377,8 +360,3 @@ def open_backend(path: str | Path, options: BackendOptions | None = None) -> Bac
     if factory is None:
         raise ModelError(f"unsupported model format {path.suffix!r}; expected one of {sorted(BACKENDS)}", path)
     return factory(path, options or BackendOptions())
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__

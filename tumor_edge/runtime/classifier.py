@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image
 
+from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata
 from tumor_edge.errors import ModelError
 from tumor_edge.runtime.backends import Backend, BackendOptions, open_backend
-from tumor_edge.runtime.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata
 from tumor_edge.runtime.image import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import load_resized, resize_rgb, scale
 

@@ -53,9 +53,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     from tumor_edge import RESEARCH_NOTICE
+    from tumor_edge.contracts.state import resolve_model_path
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
-    from tumor_edge.runtime.bundle import resolve_model_path
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.inputs import expand_inputs
     from tumor_edge.runtime.output import WRITERS

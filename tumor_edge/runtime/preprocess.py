@@ -1,20 +1,20 @@
-"""The preprocessing contract: what turns a decoded scan into the model's input tensor.
+"""Applying the preprocessing spec: decoded scan -> the model's input tensor.
 
-A `Preprocessing` is stored in every bundle's metadata.json and in every run's config.json; training, parity and
-the device all call `preprocess_image` with it, so the pixels a model saw in training are the pixels it sees on
-the device.
+The spec itself (`Preprocessing`, the names of resize filters and scalings) is a contract and lives in
+`tumor_edge.contracts.preprocessing`; this module maps each name to the code that applies it. Training, parity
+and the device all call these functions, so the pixels a model saw in training are the pixels it sees on the
+device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from tumor_edge.contracts.preprocessing import SCALING_DESCRIPTIONS, Preprocessing
 from tumor_edge.runtime.image import load_rgb
 
 RESIZE_METHODS: dict[str, int] = {
@@ -49,56 +49,15 @@ def _scale_torch(x: np.ndarray) -> np.ndarray:
     return (x / np.float32(255.0) - _IMAGENET_MEAN) / _IMAGENET_STD
 
 
-# name -> (function on float32 RGB 0..255, human description). A registry, so a new convention is one line.
+# name -> (function on float32 RGB 0..255, human description). A registry, so a new convention is one line here
+# and one in the contract's SCALING_DESCRIPTIONS.
 SCALINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
-    "none": (_scale_none, "float32 RGB 0..255, as decoded (the model scales inside its graph)"),
-    "unit": (_scale_unit, "x / 255 -> 0..1"),
-    "symmetric": (_scale_symmetric, "x / 127.5 - 1 -> -1..1 (Keras Inception/Xception preprocess_input)"),
-    "caffe": (_scale_caffe, "RGB->BGR, minus ImageNet BGR mean (Keras ResNet/VGG preprocess_input)"),
-    "torch": (_scale_torch, "x / 255, minus ImageNet mean, over ImageNet std"),
+    name: (fn, SCALING_DESCRIPTIONS[name])
+    for name, fn in (("none", _scale_none), ("unit", _scale_unit), ("symmetric", _scale_symmetric),
+                     ("caffe", _scale_caffe), ("torch", _scale_torch))
 }
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything between a decoded 8-bit RGB scan and the float32 NHWC tensor a model takes."""
-
-    height: int
-    width: int
-    resize: str = "bilinear"
-    scaling: str = "none"
-    color_mode: str = "RGB"
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_METHODS:
-            raise ValueError(f"unknown resize method {self.resize!r}; choose from {sorted(RESIZE_METHODS)}")
-        if self.scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {self.scaling!r}; choose from {sorted(SCALINGS)}")
-        if self.height < 1 or self.width < 1:
-            raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.height, self.width)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["description"] = (
-            f"decode to 8-bit RGB (EXIF orientation applied; 16-bit/float min-max scaled), resize to "
-            f"{self.width}x{self.height} with Pillow {self.resize} (no aspect preservation), float32, "
-            f"scaling '{self.scaling}': {SCALINGS[self.scaling][1]}"
-        )
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(
-            height=int(data["height"]),
-            width=int(data["width"]),
-            resize=data.get("resize", "bilinear"),
-            scaling=data.get("scaling", "none"),
-            color_mode=data.get("color_mode", "RGB"),
-        )
+__all__ = ["RESIZE_METHODS", "SCALINGS", "Preprocessing", "load_resized", "preprocess_image", "resize_rgb", "scale"]
 
 
 def resize_rgb(image: Image.Image, spec: Preprocessing) -> np.ndarray:

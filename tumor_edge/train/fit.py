@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tumor_edge import __version__
+from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import (
     DatasetIndex,
     Sample,
@@ -21,7 +20,9 @@ from tumor_edge.data.dataset import (
     stratified_split,
     write_split,
 )
-from tumor_edge.errors import DatasetError, OutputExistsError
+from tumor_edge.errors import DatasetError
+from tumor_edge.machine import package_versions
+from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime.preprocess import Preprocessing
 from tumor_edge.train.augment import AugmentConfig
 
@@ -59,14 +60,10 @@ class TrainConfig:
         return data
 
 
-def prepare_out_dir(out: Path | None, force: bool) -> Path:
+def prepare_run_dir(out: Path | None, force: bool) -> Path:
+    """The run folder (`runs/<timestamp>` by default); with force, only a run's own files are replaced."""
     out = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError("run folder exists and is not empty; pass --force to overwrite it", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return prepare_out_dir(out, force, RunFolder.FILE_NAMES, "run")
 
 
 def data_fingerprint(index: DatasetIndex) -> str:
@@ -79,13 +76,8 @@ def data_fingerprint(index: DatasetIndex) -> str:
     return digest.hexdigest()
 
 
-def versions() -> dict[str, str]:
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    return {"tumor_edge": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform()}
+def versions() -> dict[str, str | None]:
+    return {**package_versions(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def select_strategy(name: str):
@@ -151,7 +143,7 @@ def run_training(config: TrainConfig) -> Path:
 
         ensure_imagenet_weights()
     index = discover(config.data)
-    out = prepare_out_dir(config.out, config.force)
+    out = prepare_run_dir(config.out, config.force)
     started = time.time()
     print(f"dataset {index.root}: {len(index.classes)} classes\n{index.counts_table()}")
     for problem in index.problems:
@@ -240,23 +232,22 @@ def run_training(config: TrainConfig) -> Path:
     metrics["deduplicated_test_images"] = deduped
     metrics["best_checkpoint_by"] = monitor
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    run_config = {
-        "classes": index.classes,
-        "image_size": config.image_size,
-        "preprocessing": spec.to_dict(),
-        "output": "probabilities",
-        "data_root": str(index.root.resolve()),
-        "data_fingerprint": data_fingerprint(index),
-        "counts": index.counts(),
-        "train_config": config.to_dict(),
-        "phases": phases,
-        "device": device,
-        "mixed_precision": bool(use_mp),
-        "fit_seconds": round(fit_seconds, 1),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
-    }
-    (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    run = RunFolder(out)
+    RunConfig(
+        classes=index.classes,
+        preprocessing=spec,
+        output="probabilities",
+        data_root=str(index.root.resolve()),
+        data_fingerprint=data_fingerprint(index),
+        counts=index.counts(),
+        train_config=config.to_dict(),
+        phases=phases,
+        device=device,
+        mixed_precision=bool(use_mp),
+        fit_seconds=round(fit_seconds, 1),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=versions(),
+    ).write(run.config)
     print(format_metrics(metrics))
     print(f"run folder: {out}")
     return out

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from tests.test_runtime_fixtures import (
+from tests.runtime.models import (
     CLASSES,
     SIZE,
     make_bundle,
@@ -19,15 +19,10 @@ from tests.test_runtime_fixtures import (
     save_quadrant,
     write_dicom,
 )
+from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.errors import ModelError
 from tumor_edge.runtime import BackendOptions, Classifier, Failure, Prediction
 from tumor_edge.runtime.backends import resolve_providers
-from tumor_edge.runtime.bundle import BundleMetadata
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
 
 
 @pytest.fixture(scope="module")

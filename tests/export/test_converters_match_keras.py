@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_runtime_fixtures import CLASSES, quadrant_image, save_quadrant
+from tests.runtime.models import CLASSES, quadrant_image, save_quadrant
+from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, describe_file
 from tumor_edge.runtime import Classifier
-from tumor_edge.runtime.bundle import ONNX_META_KEY, BundleMetadata, describe_file
 from tumor_edge.runtime.preprocess import Preprocessing, load_resized
 
 pytestmark = pytest.mark.slow

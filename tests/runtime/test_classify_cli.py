@@ -11,7 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from tests.test_runtime_fixtures import (
+from tests.runtime.models import (
     CLASSES,
     make_bundle,
     png_bomb,
@@ -23,12 +23,7 @@ from tests.test_runtime_fixtures import (
 )
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.cli import main
-from tumor_edge.runtime.bundle import remember_last_bundle
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+from tumor_edge.contracts.state import remember_last_bundle
 
 
 @pytest.fixture(scope="module")

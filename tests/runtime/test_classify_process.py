@@ -18,7 +18,7 @@ import PIL
 import pytest
 
 import tumor_edge
-from tests.test_runtime_fixtures import make_bundle, png_bomb, quadrant_image, save_quadrant, write_dicom
+from tests.runtime.models import make_bundle, png_bomb, quadrant_image, save_quadrant, write_dicom
 
 HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "tf_keras", "jax", "torch")
 

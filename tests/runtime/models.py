@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 from PIL import Image
 
-from tumor_edge.runtime.bundle import ONNX_META_KEY, BundleMetadata, describe_file
+from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, describe_file
 from tumor_edge.runtime.preprocess import Preprocessing
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]

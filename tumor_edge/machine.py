@@ -1,5 +1,8 @@
-"""What the figures were measured on: CPU model, cores, the instruction sets that decide int8 speed, OS,
-Python and library versions, and the load average (the machine may be shared).
+"""This machine: CPU model, cores, the instruction sets that decide int8 speed, OS, Python and library
+versions, and the load average (the machine may be shared).
+
+One module for every part that describes the machine: bench records, export provenance, training run configs,
+`tumor-edge env`, and the runtime's cache key for optimised models. TensorFlow-free.
 
 Versions come from package metadata, never from importing the package: asking for TensorFlow's version must
 not cost TensorFlow's import.
@@ -7,6 +10,7 @@ not cost TensorFlow's import.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -40,6 +44,8 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-aarch64"),
     "keras": ("keras",),
     "onnx": ("onnx",),
+    "tf2onnx": ("tf2onnx",),
+    "pillow": ("pillow",),
     "tumor-edge": ("tumor-edge",),
 }
 
@@ -78,6 +84,23 @@ def cpu_flags(blocks: list[dict[str, str]]) -> set[str]:
     return set()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_isa() -> str:
+    """The widest instruction-set extension that decides which onnxruntime kernels run here (NCHWc block size,
+    int8 kernels): what an optimised model graph depends on besides the onnxruntime version."""
+    flags = cpu_flag_set()
+    for isa in ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "asimddp", "asimd", "sse4_2"):
+        if isa in flags:
+            return isa
+    return "baseline" if flags else "unknown"
+
+
+def int8_acceleration(flags: set[str] | None = None) -> list[str]:
+    """What int8 inference can use on this CPU, strongest first (empty: none)."""
+    flags = cpu_flag_set() if flags is None else flags
+    return [desc for flag, desc in INT8_ACCELERATION if flag in flags]
+
+
 def cpu_flag_set() -> set[str]:
     """This machine's instruction-set flags, as /proc/cpuinfo names them (empty where unreadable)."""
     return cpu_flags(_cpuinfo())
@@ -101,6 +124,12 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def host() -> dict[str, str]:
+    """The short description stored in bundles and run folders: platform, architecture, CPU and its ISA."""
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(_cpuinfo()),
+            "isa": cpu_isa()}
+
+
 def _isa_family() -> str:
     machine = platform.machine().lower()
     return "arm" if machine.startswith(("arm", "aarch64")) else "x86"
@@ -121,7 +150,7 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    int8 = [desc for flag, desc in INT8_ACCELERATION if flag in flags]
+    int8 = int8_acceleration(flags)
     mem_total = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -198,7 +198,7 @@ def test_count_macs_matches_the_hand_count(tiny_onnx, exported_bundle):
 def _run_model(bundle: Path):
     import keras
 
-    from tumor_edge.runtime.bundle import BundleMetadata
+    from tumor_edge.contracts.bundle import BundleMetadata
 
     return keras.models.load_model(Path(BundleMetadata.read(bundle).provenance["run_dir"]) / "model.keras",
                                    compile=False)
@@ -225,7 +225,7 @@ def _keras_macs(model) -> int:
 
 
 def _bundle_formats(bundle: Path) -> set[str]:
-    from tumor_edge.runtime.bundle import BundleMetadata, is_optimized_name
+    from tumor_edge.contracts.bundle import BundleMetadata, is_optimized_name
 
     meta = BundleMetadata.read(bundle)
     return {f"{e.format}-{e.precision}" for name, e in meta.models.items() if not is_optimized_name(name)}

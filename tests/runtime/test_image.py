@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_runtime_fixtures import png_bomb, quadrant_image, write_dicom
+from tests.runtime.models import png_bomb, quadrant_image, write_dicom
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.image import is_dicom_file, is_scan_file, load_rgb, load_rgb_frames
 from tumor_edge.runtime.inputs import expand_inputs

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_runtime_fixtures import write_dicom
+from tests.runtime.models import write_dicom
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.dicom import read_dicom, read_dicom_frames
 from tumor_edge.runtime.image import load_rgb, load_rgb_frames

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_edge.runtime.bundle import sha256_file
+from tumor_edge.contracts.bundle import sha256_file
 
 pytestmark = pytest.mark.slow
 

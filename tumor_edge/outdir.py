@@ -1,0 +1,30 @@
+"""The one rule for output folders, shared by every command that writes one (train, export, bench, demo).
+
+A folder that exists and holds anything is refused unless the caller says force; with force, only the files
+this tool writes there are removed, never anything else the user keeps beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from tumor_edge.errors import OutputExistsError
+
+
+def prepare_out_dir(out: Path, force: bool, owned: Collection[str] | Callable[[str], bool], what: str) -> Path:
+    """Make `out` ready to write: refuse a non-empty folder without `force`; with it, delete the files `owned`
+    names (a collection of file names, or a predicate on a name) and keep everything else."""
+    out = Path(out)
+    is_owned = owned if callable(owned) else (lambda name, names=frozenset(owned): name in names)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError("exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{what} folder exists and is not empty; pass --force (force=True in Python) "
+                                    "to overwrite it", out)
+        for path in out.iterdir():
+            if (path.is_file() or path.is_symlink()) and is_owned(path.name):
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
