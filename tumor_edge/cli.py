@@ -55,17 +55,6 @@ class LazyGroup(click.Group):
                 sys.exit(error.exit_code)
             raise
 
-
-def _missing_extra(err: ModuleNotFoundError, command: str | None) -> Exception:
-    """A missing optional dependency becomes one line naming the extra to install; any other missing module
-    (a bug) stays the original error."""
-    extra = extra_for(err.name, command)
-    if extra is None:
-        return err
-    what = f"`tumor-edge {command}`" if command else "this command"
-    return MissingExtraError(f"{what} needs the `{extra}` extra ({err.name} is not installed): "
-                             f"pip install 'tumor-edge[{extra}]'")
-
     def invoke(self, ctx: click.Context):
         try:
             try:
@@ -80,6 +69,17 @@ def _missing_extra(err: ModuleNotFoundError, command: str | None) -> Exception:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _missing_extra(err: ModuleNotFoundError, command: str | None) -> Exception:
+    """A missing optional dependency becomes one line naming the extra to install; any other missing module
+    (a bug) stays the original error."""
+    extra = extra_for(err.name, command)
+    if extra is None:
+        return err
+    what = f"`tumor-edge {command}`" if command else "this command"
+    return MissingExtraError(f"{what} needs the `{extra}` extra ({err.name} is not installed): "
+                             f"pip install 'tumor-edge[{extra}]'")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -30,6 +30,8 @@ D = {f.name: f.default for f in fields(ServeConfig)}
               help="Inferences at once (each already uses --threads cores).")
 @click.option("--queue", type=click.IntRange(min=0), default=D["queue"], show_default=True,
               help="Requests allowed to wait for an inference; more get 503 with Retry-After.")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=D["read_timeout_s"], show_default=True,
+              help="Seconds a client may take to send its upload (408 beyond).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: all cores).")
 @click.option("--providers", metavar="LIST", default=None,
               help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU), or 'auto'. Default: CPU.")
@@ -37,7 +39,7 @@ D = {f.name: f.default for f in fields(ServeConfig)}
               help="Multi-frame DICOM default (a request may say ?frames=).")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, model_file: str | None, host: str, port: int, token: str | None,
-          insecure: bool, max_body_mb: float, concurrency: int, queue: int, threads: int | None,
+          insecure: bool, max_body_mb: float, concurrency: int, queue: int, read_timeout: float, threads: int | None,
           providers: str | None, frames: str) -> None:
     """Serve the classifier over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
 
@@ -49,5 +51,6 @@ def serve(ctx: click.Context, model: str | None, model_file: str | None, host: s
     provider_list = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     run(ServeConfig(model=model, model_file=model_file, host=host, port=port, token=token or None,
                     insecure=insecure, max_body_mb=max_body_mb, concurrency=concurrency, queue=queue,
+                    read_timeout_s=read_timeout,
                     threads=threads, providers=provider_list, frames=frames,
                     debug=bool(ctx.obj and ctx.obj.get("debug"))))
