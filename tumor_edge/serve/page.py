@@ -142,7 +142,7 @@ input.addEventListener('change', () => { if (input.files.length) send(input.file
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>tumor-edge</title><style>{style}</style></head>
+<title>tumor-edge</title><link rel="icon" href="data:,"><style>{style}</style></head>
 <body>
 <header><h1>tumor-edge: brain-MRI slice classifier</h1>
 <p class="notice" id="notice">{notice}</p></header>
