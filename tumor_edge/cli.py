@@ -6,6 +6,8 @@ Each subpackage owns its commands in a `commands.py` that imports only click at 
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import importlib.abc
 import importlib.util
@@ -18,7 +20,7 @@ import warnings
 import click
 
 from tumor_edge import __version__
-from tumor_edge.envcmd.extras import extra_for
+from tumor_edge.envcmd.extras import COMMAND_NEEDS, extra_for, missing_for
 from tumor_edge.errors import MissingExtraError, TumorEdgeError
 
 # command name -> "module:attribute". A registry instead of imports, so each command costs only what it uses.
@@ -47,7 +49,7 @@ class LazyGroup(click.Group):
             return None
         module_name, attr = target.split(":")
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            return _checking_extra(getattr(importlib.import_module(module_name), attr), cmd_name)
         except ModuleNotFoundError as err:
             error = _missing_extra(err, cmd_name)
             if isinstance(error, MissingExtraError) and not (ctx.obj or {}).get("debug"):
@@ -69,6 +71,28 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _checking_extra(command: click.Command, name: str) -> click.Command:
+    """The command, made to check its extra's modules after parsing (so --help still works) and before its own
+    work."""
+    if name not in COMMAND_NEEDS or command.callback is None:
+        return command
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        lacking = missing_for(name)
+        if lacking:
+            extra, modules = lacking
+            raise MissingExtraError(f"`tumor-edge {name}` needs the `{extra}` extra ({', '.join(modules)} "
+                                    f"{'is' if len(modules) == 1 else 'are'} not installed): "
+                                    f"pip install 'tumor-edge[{extra}]'")
+        return callback(*args, **kwargs)
+
+    wrapped = copy.copy(command)
+    wrapped.callback = checked
+    return wrapped
 
 
 def _missing_extra(err: ModuleNotFoundError, command: str | None) -> Exception:

@@ -15,17 +15,23 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "nifti": ("nibabel",),
 }
 
-# command -> the extra it needs beyond the runtime install (commands not listed need none)
-COMMAND_EXTRAS: dict[str, str] = {
-    "train": "train", "evaluate": "train", "export": "train", "demo": "train", "demo-data": "train",
-    "serve": "serve",
+# command -> (the extra it needs beyond the runtime install, the modules checked before it starts); commands not
+# listed need none. The check runs before the command's own work, so `train` on the runtime install says which
+# extra to install at once instead of after reading a dataset.
+COMMAND_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train": ("train", ("tensorflow", "keras")),
+    "evaluate": ("train", ("tensorflow", "keras", "sklearn")),
+    "export": ("train", ("tensorflow", "tf2onnx", "onnx")),
+    "demo": ("train", ("tensorflow", "keras", "nibabel", "scipy", "sklearn")),
+    "demo-data": ("train", ("nibabel", "scipy")),
+    "serve": ("serve", ("starlette", "uvicorn", "python_multipart")),
 }
 
 
 def extra_for(module: str | None, command: str | None = None) -> str | None:
     """The extra that provides top-level `module` (the command's own extra first), None if no extra does."""
     top = (module or "").split(".")[0]
-    own = COMMAND_EXTRAS.get(command or "")
+    own = COMMAND_NEEDS.get(command or "", (None, ()))[0]
     if own and top in EXTRAS[own]:
         return own
     return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
@@ -37,6 +43,13 @@ def installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def missing_for(command: str) -> tuple[str, list[str]] | None:
+    """(extra, missing modules) when `command` cannot run on this install, else None."""
+    extra, modules = COMMAND_NEEDS.get(command, (None, ()))
+    missing = [m for m in modules if not installed(m)]
+    return (extra, missing) if extra and missing else None
 
 
 def extras_present() -> dict[str, dict[str, bool]]:
