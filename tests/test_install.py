@@ -167,3 +167,15 @@ def test_wheel_in_a_fresh_venv_without_tensorflow(wheel, scan_and_bundle, tmp_pa
     env = _run([str(cli), "env", "--json"], cwd=tmp_path)
     assert env.returncode == 0, env.stderr
     assert json.loads(env.stdout)["extras"]["train"] is False
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_license(wheel):
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    license_files = [n for n in names if n.endswith("LICENSE")]
+    assert license_files, names
+    text = zipfile.ZipFile(wheel).read(license_files[0]).decode()
+    assert "Apache License" in text and "Version 2.0" in text
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"

@@ -90,3 +90,14 @@ def test_admission_refuses_beyond_capacity_and_frees_places():
             assert gate.admitted == 1
 
     asyncio.run(scenario())
+
+
+def test_the_server_never_imports_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, tumor_edge.cli, tumor_edge.serve.app, tumor_edge.serve.server, tumor_edge.serve.commands; "
+            "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnx') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
