@@ -73,9 +73,10 @@ class OnnxBackend:
 
     def _optimized_session(self, ort, options: BackendOptions, sha256: str | None):
         """A session from an optimised form of the model (twin, cache hit, or built now); None: load plainly."""
+        twin_check = "sha256" if options.verify_hashes else "size"
         if is_optimized_name(self.path.name):  # a twin named directly: use it where it was made, else plainly
             record = read_optimized_record(self.path) or {}
-            ok, why = usable_optimized(self.path, record.get("source_sha256", ""), options.verify_hashes)
+            ok, why = usable_optimized(self.path, record.get("source_sha256", ""), twin_check)
             if ok and ok.get("level") == "all":
                 self.source_kind = "twin"
                 return self._try_load(ort, self.path, options, "none")
@@ -86,7 +87,7 @@ class OnnxBackend:
             return None  # the plain load reports the unreadable file
         twin = optimized_sibling(self.path)
         if twin.is_file():
-            record, why = usable_optimized(twin, digest, options.verify_hashes)
+            record, why = usable_optimized(twin, digest, twin_check)
             session = None
             if record is None:
                 log.info("ignoring %s: %s", twin, why)
@@ -99,7 +100,7 @@ class OnnxBackend:
             return None
         entry = cache.entry_path(digest, options)
         if entry.is_file():
-            record, why = usable_optimized(entry, digest, options.verify_hashes)
+            record, why = usable_optimized(entry, digest, "crc32" if options.verify_hashes else "size")
             session = self._try_load(ort, entry, options, "none") if record else None
             if session is not None:
                 self.loaded_path, self.source_kind = entry, "cache-hit"

@@ -5,12 +5,15 @@ load; saving that graph once (`SessionOptions.optimized_model_filepath`) and loa
 skips the work (-75 ms for InceptionV3 int8). Such a file is only right for the exact model it was made from and
 for this onnxruntime version and CPU, so each one carries a record, appended as a metadata_props entry:
 
-    {"level", "source", "source_size", "source_sha256", "target": machine_target(), "body_size", "body_sha256"}
+    {"level", "source", "source_size", "source_sha256", "target": machine_target(), "body_size", "body_sha256",
+     "body_crc32"}
 
 `source_sha256` binds it to one model file (0.1.0 compared sizes only, so a stale or foreign twin of the same
-size was loaded); `body_sha256` is the hash of the file's bytes before the record, so a damaged or altered
-optimised file is detected, not run. The device cache (tumor_edge.runtime.cache) and the twins old bundles carry
-share this format and this check.
+size was loaded); `body_sha256` / `body_crc32` cover the file's bytes before the record, so a damaged or altered
+optimised file is detected, not run. A twin found inside a bundle (untrusted, like the bundle) is checked with
+sha256; an entry of the device's own cache (private to the user, written by this runtime) with CRC32, which
+catches damage (a torn copy, a bad disk) at half sha256's cost on the cold-start path: whoever can forge an entry
+there can already replace tumor-edge itself.
 """
 
 from __future__ import annotations
@@ -42,9 +45,13 @@ def read_optimized_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def usable_optimized(path: Path, source_sha256: str, check_body: bool = True) -> tuple[dict | None, str]:
+BODY_CHECKS = ("sha256", "crc32", "size")
+
+
+def usable_optimized(path: Path, source_sha256: str, check: str = "sha256") -> tuple[dict | None, str]:
     """(record, "") when `path` is an intact optimised form of the model whose sha256 is `source_sha256`, made
-    for this machine; else (None, why not). Never raises: a bad optimised file is only a slower start."""
+    for this machine; else (None, why not). `check`: how the body is verified ("size" only checks the length).
+    Never raises: a bad optimised file is only a slower start."""
     path = Path(path)
     record = read_optimized_record(path)
     if record is None:
@@ -63,24 +70,33 @@ def usable_optimized(path: Path, source_sha256: str, check_body: bool = True) ->
         return None, first_line(err)
     if not isinstance(body_size, int) or size != body_size + len(encode_metadata_prop(OPTIMIZED_META_KEY, raw)):
         return None, "truncated or extended after it was made"
-    if check_body and _sha256_prefix(path, body_size) != record.get("body_sha256"):
-        return None, "damaged: its sha256 differs from its record"
+    if check != "size" and _digest_prefix(path, body_size, check) != record.get(f"body_{check}"):
+        return None, f"damaged: its {check} differs from its record"
     return record, ""
 
 
-def _sha256_prefix(path: Path, size: int) -> str:
-    import hashlib
+def _digest_prefix(path: Path, size: int, kind: str) -> str:
+    """sha256 or CRC32 (hex) of the first `size` bytes of a file, read in 1 MB blocks."""
+    import zlib
 
-    digest = hashlib.sha256()
+    digest = None
+    crc = 0
+    if kind == "sha256":
+        import hashlib
+
+        digest = hashlib.sha256()
     with open(path, "rb") as fh:
         left = size
         while left > 0:
             block = fh.read(min(left, 1 << 20))
             if not block:
                 break
-            digest.update(block)
+            if digest is not None:
+                digest.update(block)
+            else:
+                crc = zlib.crc32(block, crc)
             left -= len(block)
-    return digest.hexdigest()
+    return digest.hexdigest() if digest is not None else f"{crc:08x}"
 
 
 def build_optimized(ort, src: Path, dst: Path, options: BackendOptions, source_sha256: str,
@@ -100,7 +116,8 @@ def build_optimized(ort, src: Path, dst: Path, options: BackendOptions, source_s
         body_size = tmp.stat().st_size
         record = {"level": level, "source": src.name, "source_size": src.stat().st_size,
                   "source_sha256": source_sha256, "target": machine_target(), "onnxruntime": ort.__version__,
-                  "body_size": body_size, "body_sha256": _sha256_prefix(tmp, body_size)}
+                  "body_size": body_size, "body_sha256": _digest_prefix(tmp, body_size, "sha256"),
+                  "body_crc32": _digest_prefix(tmp, body_size, "crc32")}
         append_metadata_prop(tmp, OPTIMIZED_META_KEY, json.dumps(record, sort_keys=True))
         os.replace(tmp, dst)
     finally:

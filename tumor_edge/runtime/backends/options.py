@@ -3,6 +3,7 @@ the machine target an optimised onnxruntime graph is tied to."""
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,11 @@ def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[
 def machine_target() -> dict[str, str]:
     """What a fully optimised onnxruntime graph depends on: the onnxruntime version, the CPU architecture and
     its widest vector extension (the NCHWc block size and the int8 kernels follow it)."""
+    return dict(_machine_target())
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per process
     import onnxruntime as ort
 
     return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}
