@@ -47,28 +47,39 @@ def test_second_load_is_a_cache_hit(fresh_bundle, cache):
     plain = Classifier.from_bundle(fresh_bundle, options=BackendOptions(use_optimized=False))
     assert plain.model_path == fresh_bundle / "model_fp32.onnx"
     assert np.allclose(second.infer(_pixels()), plain.infer(_pixels()), atol=1e-6)
-    assert not [p for p in entry.parent.iterdir() if p.name.endswith(".tmp")]  # written atomically
+    assert not [p for p in entry.parent.parent.iterdir() if p.name.endswith(".tmp")]  # written atomically
 
 
-@pytest.mark.parametrize("damage", ["garbage", "flipped byte", "truncated", "empty"])
+@pytest.mark.parametrize("damage", ["garbage", "flipped weight", "flipped graph byte", "truncated", "empty",
+                                    "weights missing"])
 def test_corrupted_entry_is_ignored_and_rebuilt(fresh_bundle, cache, damage):
     Classifier.from_bundle(fresh_bundle)
     entry = entry_path(_sha(fresh_bundle))
-    data = bytearray(entry.read_bytes())
+    weights = entry.parent / "weights.bin"
+    assert weights.is_file() and entry.stat().st_size < weights.stat().st_size  # initializers live beside it
+    target = weights if damage in ("flipped weight", "weights missing") else entry
+    data = bytearray(target.read_bytes())
     if damage == "garbage":
         data = bytearray(b"\x08\x07junk" * 50) + data[-600:]  # the record survives, the model does not
-    elif damage == "flipped byte":
+    elif damage == "flipped weight":
         at = data.find(np.float32(0.05 / (16 * 16 * 3)).tobytes())
+        assert at >= 0
         data[at + 3] ^= 0x7F  # still a loadable model, with one wrong weight
+    elif damage == "flipped graph byte":
+        data[len(data) // 3] ^= 0x01
     elif damage == "truncated":
         data = data[: len(data) // 2]
     else:
         data = bytearray()
-    entry.write_bytes(bytes(data))
+    if damage == "weights missing":
+        weights.unlink()
+    else:
+        target.write_bytes(bytes(data))
     clf = Classifier.from_bundle(fresh_bundle)
     assert clf.backend.source_kind == "cache-built"
     assert [p.label for p in clf.predict_batch(list(_pixels()))] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert Classifier.from_bundle(fresh_bundle).backend.source_kind == "cache-hit"
+    assert not [p for p in entry.parent.parent.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_foreign_or_stale_entry_is_never_loaded(tmp_path, cache):
@@ -84,8 +95,9 @@ def test_foreign_or_stale_entry_is_never_loaded(tmp_path, cache):
     meta.write(other)
     Classifier.from_bundle(other)
     entry = entry_path(_sha(mine))
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    entry.write_bytes(entry_path(_sha(other)).read_bytes())  # the other model's entry, under my sha256
+    import shutil
+
+    shutil.copytree(entry_path(_sha(other)).parent, entry.parent)  # the other model's entry, under my sha256
     clf = Classifier.from_bundle(mine)
     assert clf.backend.source_kind == "cache-built"
     assert clf.predict(_pixels()[0]).label == "glioma"

@@ -5,7 +5,9 @@ doubling the bundle and useless on any other CPU). Instead each device saves onn
 first time it loads a model and later loads that, skipping the optimisation (the cold-start lever measured in
 NOTES.md). Entries are keyed by what the optimised graph depends on: the source model's sha256 and the machine
 target (onnxruntime version, CPU architecture, ISA), so a changed model, an upgraded onnxruntime or a moved disk
-never loads a wrong entry.
+never loads a wrong entry. Each entry is a folder: the optimised graph (`model.onnx`, with a record binding it
+to its source, see tumor_edge.runtime.backends.optimized) and its initializers (`weights.bin`), which
+onnxruntime maps instead of copying (lower peak memory at load).
 
 Where: `$TUMOR_EDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/tumor-edge`, else `~/.cache/tumor-edge`. Off with
 `TUMOR_EDGE_NO_CACHE=1` or `BackendOptions(cache=False)`. Entries are written atomically (temp file + rename), so
@@ -15,7 +17,6 @@ damaged entry) only costs the speed-up: it is logged and the plain model runs.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -24,9 +25,6 @@ from tumor_edge.runtime.backends.options import BackendOptions, machine_target
 CACHE_DIR_ENV = "TUMOR_EDGE_CACHE_DIR"
 NO_CACHE_ENV = "TUMOR_EDGE_NO_CACHE"
 APP_DIR = "tumor-edge"
-
-log = logging.getLogger("tumor_edge.runtime")
-
 
 def cache_enabled(options: BackendOptions) -> bool:
     return options.cache and os.environ.get(NO_CACHE_ENV, "") in ("", "0")
@@ -50,14 +48,19 @@ def target_folder_name(target: dict[str, str] | None = None) -> str:
     return "onnxruntime-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in safe)
 
 
+ENTRY_MODEL = "model.onnx"
+
+
 def entry_path(source_sha256: str, options: BackendOptions | None = None) -> Path:
-    """Where the optimised form of the model whose sha256 is `source_sha256` lives on this machine."""
-    return cache_root(options) / target_folder_name() / f"{source_sha256}.onnx"
+    """The optimised form of the model whose sha256 is `source_sha256`, on this machine: one folder per entry,
+    `<root>/<target>/<sha256>/model.onnx` with its initializers in `weights.bin` beside it."""
+    return cache_root(options) / target_folder_name() / source_sha256 / ENTRY_MODEL
 
 
 def prepare_folder(path: Path) -> Path:
-    """Create the entry's folder (private to this user) and return it; OSError when that is not possible."""
-    folder = path.parent
+    """Create the folder that holds the entries (private to this user) and return it; OSError when that is not
+    possible. The entry's own folder is made by the atomic rename that installs it."""
+    folder = path.parent.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cache folder {folder} is not writable")

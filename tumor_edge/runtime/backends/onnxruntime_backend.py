@@ -11,7 +11,6 @@ to the next, logged, never an error):
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,13 @@ from tumor_edge.runtime.backends.optimized import build_optimized, read_optimize
 from tumor_edge.runtime.backends.options import BackendOptions, resolve_providers, session_options
 from tumor_edge.runtime.backends.protocol import hw_of
 
-log = logging.getLogger("tumor_edge.runtime")
+
+def _log(message: str, *args: object) -> None:
+    """Why an optimised form was not used (INFO on the "tumor_edge.runtime" logger). `logging` is imported only
+    here: it costs start-up time and memory on every classify otherwise."""
+    import logging
+
+    logging.getLogger("tumor_edge.runtime").info(message, *args)
 
 
 def optimized_sibling(path: Path) -> Path:
@@ -68,7 +73,7 @@ class OnnxBackend:
             return ort.InferenceSession(str(path), sess_options=session_options(ort, options, level),
                                         providers=self.providers)
         except Exception as err:
-            log.info("ignoring optimised model %s: %s", path, first_line(err))
+            _log("ignoring optimised model %s: %s", path, first_line(err))
             return None
 
     def _optimized_session(self, ort, options: BackendOptions, sha256: str | None):
@@ -90,7 +95,7 @@ class OnnxBackend:
             record, why = usable_optimized(twin, digest, twin_check)
             session = None
             if record is None:
-                log.info("ignoring %s: %s", twin, why)
+                _log("ignoring %s: %s", twin, why)
             else:
                 session = self._try_load(ort, twin, options, "none" if record["level"] == "all" else "all")
             if session is not None:
@@ -105,15 +110,15 @@ class OnnxBackend:
             if session is not None:
                 self.loaded_path, self.source_kind = entry, "cache-hit"
                 return session
-            log.info("rebuilding cache entry %s: %s", entry, why or "onnxruntime cannot load it")
+            _log("rebuilding cache entry %s: %s", entry, why or "onnxruntime cannot load it")
         try:
             cache.prepare_folder(entry)
-            session = build_optimized(ort, self.path, entry, options, digest, self.providers)
+            session = build_optimized(ort, self.path, entry, options, digest, self.providers, external_weights=True)
         except OSError as err:
-            log.info("not caching %s: %s", self.path, first_line(err))
+            _log("not caching %s: %s", self.path, first_line(err))
             return None
         except Exception as err:  # the model itself cannot load: the plain load says so as a ModelError
-            log.info("cannot optimise %s: %s", self.path, first_line(err))
+            _log("cannot optimise %s: %s", self.path, first_line(err))
             return None
         self.source_kind = "cache-built"
         return session

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ from tumor_edge.runtime.backends.options import BackendOptions, machine_target, 
 # Key, in an optimised model's metadata_props, of the JSON record above.
 OPTIMIZED_META_KEY = "tumor_edge.ort_optimized"
 SAVABLE_LEVELS = ("all", "extended")
+# The initializers of a cached optimised model live in this file beside it: onnxruntime maps such external data
+# instead of copying it out of the parsed model, which lowers peak memory at load (InceptionV3 int8 at 299 px:
+# 95 MB instead of 100-108 MB, measured in a bare onnxruntime process).
+WEIGHTS_FILE = "weights.bin"
 
 
 def read_optimized_record(path: Path) -> dict[str, Any] | None:
@@ -72,7 +76,28 @@ def usable_optimized(path: Path, source_sha256: str, check: str = "sha256") -> t
         return None, "truncated or extended after it was made"
     if check != "size" and _digest_prefix(path, body_size, check) != record.get(f"body_{check}"):
         return None, f"damaged: its {check} differs from its record"
+    weights = record.get("weights")
+    if weights is not None:
+        why = _check_weights(path.parent, weights, check)
+        if why:
+            return None, why
     return record, ""
+
+
+def _check_weights(folder: Path, weights: Any, check: str) -> str:
+    """'' when the external weights file a record names is intact, else why not."""
+    if not isinstance(weights, dict) or weights.get("file") != WEIGHTS_FILE:
+        return "its weights record is invalid"
+    path = folder / WEIGHTS_FILE
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return f"its {WEIGHTS_FILE} is missing"
+    if size != weights.get("size"):
+        return f"its {WEIGHTS_FILE} is truncated or replaced"
+    if check != "size" and _digest_prefix(path, size, check) != weights.get(check):
+        return f"its {WEIGHTS_FILE} is damaged ({check} differs)"
+    return ""
 
 
 def _digest_prefix(path: Path, size: int, kind: str) -> str:
@@ -100,28 +125,59 @@ def _digest_prefix(path: Path, size: int, kind: str) -> str:
 
 
 def build_optimized(ort, src: Path, dst: Path, options: BackendOptions, source_sha256: str,
-                    providers: list[str] | None = None, level: str = "all"):
-    """Create a session for `src` at `level` that also writes its optimised graph to `dst`, atomically (a temp
-    file in dst's folder, the record appended, then renamed), and return the session: the first use of a
-    model pays for the optimisation once, as it would without a cache, and later loads skip it.
+                    providers: list[str] | None = None, level: str = "all", external_weights: bool = False):
+    """Create a session for `src` at `level` that also writes its optimised graph to `dst`, and return the
+    session: the first use of a model pays for the optimisation once, as it would without a cache, and later
+    loads skip it.
 
-    Raises OSError when dst's folder cannot be written and onnxruntime's errors when it cannot load `src`.
+    Atomic: everything is written under a temporary name in dst's folder, the record appended, then renamed into
+    place. With `external_weights` the initializers go to WEIGHTS_FILE beside the model, and the unit renamed
+    into place is dst's whole folder (one entry of the cache), which must hold nothing else.
+    Raises OSError when the folder cannot be written and onnxruntime's errors when it cannot load `src`.
     """
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    token = f"{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    if external_weights:
+        final_dir = dst.parent
+        work_dir = final_dir.with_name(f".{final_dir.name}.{token}")
+        work_dir.mkdir(mode=0o700)
+        tmp = work_dir / dst.name
+    else:
+        work_dir = None
+        tmp = dst.with_name(f".{dst.name}.{token}")
     try:
         so = session_options(ort, options, level)
         so.optimized_model_filepath = str(tmp)
+        if external_weights:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS_FILE)
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         session = ort.InferenceSession(str(src), sess_options=so, providers=providers or ["CPUExecutionProvider"])
         body_size = tmp.stat().st_size
         record = {"level": level, "source": src.name, "source_size": src.stat().st_size,
                   "source_sha256": source_sha256, "target": machine_target(), "onnxruntime": ort.__version__,
                   "body_size": body_size, "body_sha256": _digest_prefix(tmp, body_size, "sha256"),
                   "body_crc32": _digest_prefix(tmp, body_size, "crc32")}
+        weights = tmp.parent / WEIGHTS_FILE
+        if external_weights and weights.is_file():
+            size = weights.stat().st_size
+            record["weights"] = {"file": WEIGHTS_FILE, "size": size, "sha256": _digest_prefix(weights, size, "sha256"),
+                                 "crc32": _digest_prefix(weights, size, "crc32")}
         append_metadata_prop(tmp, OPTIMIZED_META_KEY, json.dumps(record, sort_keys=True))
-        os.replace(tmp, dst)
+        if work_dir is None:
+            os.replace(tmp, dst)
+        else:
+            if final_dir.exists():  # a damaged or stale entry: replaced whole
+                shutil.rmtree(final_dir, ignore_errors=True)
+            try:
+                os.rename(work_dir, final_dir)
+            except OSError:
+                if not final_dir.is_dir():  # else another process just installed the same entry: keep theirs
+                    raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return session
 
 

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tumor_edge.errors import ConfigError
-from tumor_edge.machine import cpu_isa
 
 # onnxruntime graph optimisation levels by the names users pass.
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
@@ -107,5 +106,8 @@ def machine_target() -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per process
     import onnxruntime as ort
+
+    # tumor_edge.machine pulls in importlib.metadata (+ zipfile, email): imported only when a target is needed.
+    from tumor_edge.machine import cpu_isa
 
     return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}
