@@ -84,6 +84,11 @@ def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.nd
     return generator(reference.seed, reference.count, spec.height, spec.width)
 
 
+def reference_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    """Probabilities (count, classes) for the reference images, a few at a time (bounded memory at 299 px)."""
+    return np.concatenate([classifier.infer(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
 def listed_models(metadata: BundleMetadata) -> list[str]:
     """The bundle's models, without the optimised twins 0.1 bundles listed."""
     return [name for name in metadata.models if not is_optimized_name(name)]
@@ -102,7 +107,7 @@ def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: in
     reference = ReferenceSet(DEFAULT_GENERATOR, seed, count)
     images = reference_images(reference, metadata)
     for name in listed_models(metadata):
-        probs = Classifier.from_bundle(bundle_dir, model_file=name).infer(images)
+        probs = reference_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
         reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(probs, np.float64)]
     reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
     metadata.reference = reference

@@ -83,7 +83,7 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
 
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import reference_images
+    from tumor_edge.runtime.reference import reference_images, reference_outputs
 
     reference = metadata.reference
     if reference is None:
@@ -105,7 +105,7 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
             report.problems.append(f"{path}: no reference outputs recorded for this file")
             continue
         try:
-            got = Classifier.from_bundle(bundle_dir, model_file=name).infer(images)
+            got = reference_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue
