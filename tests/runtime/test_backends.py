@@ -65,6 +65,9 @@ def test_protocol_is_complete_without_getattr(bundle):
     outputs = backend.run(np.zeros((2, 32, 32, 3), np.float32))
     assert isinstance(outputs, list) and len(outputs) == 1 and outputs[0].shape == (2, 4)
     assert ONNX_META_KEY in backend.metadata_props()
+    assert backend.providers == ["CPUExecutionProvider"] and backend.missing_providers == []
+    for member in Backend.__annotations__:  # every protocol attribute is set (no caller needs getattr)
+        assert hasattr(backend, member), member
 
 
 def test_bad_options_are_config_errors():

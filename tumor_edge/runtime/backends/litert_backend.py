@@ -25,6 +25,8 @@ class LiteRTBackend:
                                     path) from err
         self.path = Path(path)
         self.loaded_path = self.path
+        self.providers: list[str] = []  # LiteRT picks its own delegates (XNNPACK on CPU)
+        self.missing_providers: list[str] = []
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=options.threads or None)
             self.interpreter.allocate_tensors()

@@ -21,6 +21,8 @@ class Backend(Protocol):
     loaded_path: Path  # the file actually running (an optimised form of `path`, or `path` itself)
     input_shape: list  # the declared input shape; ints, or None/str where dynamic
     output_names: list[str]  # every model output, in model order (what `run` returns, in the same order)
+    providers: list[str]  # what executes it, in priority order (onnxruntime execution providers; [] for LiteRT)
+    missing_providers: list[str]  # providers the caller asked for that this installation lacks
 
     def input_hw(self) -> tuple[int | None, int | None]:
         """The (height, width) the model file declares, None where dynamic."""
