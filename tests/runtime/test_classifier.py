@@ -341,8 +341,12 @@ def test_iter_predictions_takes_one_path_as_one_file(clf, scans):
     """Finding: iter_predictions("file.jpg") iterated the name's characters."""
     assert [r.label for r in clf.iter_predictions(str(scans[1]))] == ["meningioma"]
     assert [r.label for r in clf.iter_predictions(scans[2])] == ["notumor"]
-    with pytest.raises(ValueError):
+    from tumor_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError):
         list(clf.iter_predictions(scans, batch_size=0))
+    with pytest.raises(ConfigError):  # once, not as a failure per file
+        list(clf.iter_predictions(scans, frames="first"))
 
 
 def test_failures_keep_no_decoded_image_alive(tmp_path, monkeypatch):

@@ -121,6 +121,8 @@ def iter_predictions(classifier: Classifier, paths: Iterable[str | Path], batch_
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+    if not (frames in ("middle", "all") or isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
+        raise ConfigError(f"frames must be 'middle', 'all' or a frame index, not {frames!r}")
     if isinstance(paths, (str, Path)):
         paths = [paths]  # one file, not its name's characters
     if workers is None:
