@@ -190,3 +190,40 @@ def test_save_optimized_model_reports_bad_source(tmp_path):
 
 def test_quadrant_model_helper_still_builds():
     assert quadrant_model().graph.output[0].name == "probs"
+
+
+@pytest.fixture(scope="module")
+def two_output_tflite(tmp_path_factory):
+    """A real two-output Keras model converted to .tflite: [scores (N, 4), heatmap (N, 16, 16)]."""
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    image = keras.Input((16, 16, 3), name="image")
+    scores = keras.layers.Dense(4, activation="softmax", name="scores")(keras.layers.Flatten()(image))
+    heatmap = keras.layers.Lambda(lambda x: tf.reduce_mean(x, axis=-1), name="heatmap")(image)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(image, [scores, heatmap]))
+    folder = tmp_path_factory.mktemp("tflite") / "bundle"
+    folder.mkdir()
+    (folder / "model_fp32.tflite").write_bytes(converter.convert())
+    from tumor_edge.contracts.bundle import OutputSpec
+    from tumor_edge.contracts.preprocessing import Preprocessing
+
+    meta = BundleMetadata(["glioma", "meningioma", "notumor", "pituitary"], Preprocessing(16, 16),
+                          extra_outputs={"heatmap": OutputSpec("heatmap", 1, "mean")})
+    meta.models = {"model_fp32.tflite": describe_file(folder / "model_fp32.tflite", "tflite", "fp32")}
+    meta.write(folder)
+    return folder
+
+
+def test_litert_returns_every_output_in_model_order(two_output_tflite):
+    """Finding while splitting: LiteRT lists a converted model's outputs as [heatmap, scores]; taken in that
+    order, metadata's roles would swap."""
+    backend = open_backend(two_output_tflite / "model_fp32.tflite")
+    assert isinstance(backend, Backend) and backend.name == "litert" and backend.metadata_props() == {}
+    assert backend.input_hw() == (16, 16) and backend.providers == []
+    outputs = backend.run(np.full((3, 16, 16, 3), 7.0, np.float32))
+    assert [o.shape for o in outputs] == [(3, 4), (3, 16, 16)]
+    assert np.allclose(outputs[1], 7.0)
+    prediction = Classifier.from_bundle(two_output_tflite).predict(quadrant_image(0, 16))
+    assert prediction.outputs["heatmap"].shape == (16, 16)
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ class LiteRTBackend:
         self._input = details[0]
         self._batch = int(self._input["shape"][0])
         self.input_shape = [int(d) for d in self._input["shape"]]
-        self.output_names = [o["name"] for o in self.interpreter.get_output_details()]
+        self._outputs = model_order(self.interpreter)
+        self.output_names = [o["name"] for o in self._outputs]
 
     def input_hw(self) -> tuple[int | None, int | None]:
         return hw_of(self.input_shape)
@@ -66,10 +68,33 @@ class LiteRTBackend:
         self.interpreter.set_tensor(inp["index"], batch)
         self.interpreter.invoke()
         results = []
-        for out in self.interpreter.get_output_details():
+        for out in self._outputs:
             result = self.interpreter.get_tensor(out["index"])
             if out["dtype"] in (np.int8, np.uint8):
                 scale, zero = out["quantization"]
                 result = (result.astype(np.float32) - zero) * scale
             results.append(np.asarray(result, dtype=np.float32))
         return results
+
+
+def model_order(interpreter) -> list[dict]:
+    """The output details in the model's own output order. LiteRT lists a converted model's outputs in its
+    own order (a Keras model's [scores, heatmap] came back as [heatmap, scores]), so roles taken by index from
+    metadata would swap. The order is recovered from the signature's keys ("output_0", "output_1", ...: Keras'
+    convention) or else from the tensors' ":k" suffixes (TensorFlow's function-output index); a model offering
+    neither keeps LiteRT's order."""
+    details = list(interpreter.get_output_details())
+    if len(details) < 2:
+        return details
+    by_index = {d["index"]: d for d in details}
+    try:
+        runner_outputs = interpreter.get_signature_runner().get_output_details()
+    except (ValueError, RuntimeError, AttributeError):  # no (or several) signatures
+        runner_outputs = {}
+    keyed = {int(m.group(1)): d["index"] for k, d in runner_outputs.items() if (m := re.fullmatch(r"output_(\d+)", k))}
+    if len(keyed) == len(details) and set(keyed.values()) == set(by_index):
+        return [by_index[keyed[k]] for k in sorted(keyed)]
+    suffixes = [re.fullmatch(r"(.*):(\d+)", d["name"]) for d in details]
+    if all(suffixes) and len({m.group(1) for m in suffixes}) == 1:
+        return [d for _, d in sorted(zip((int(m.group(2)) for m in suffixes), details), key=lambda t: t[0])]
+    return details
