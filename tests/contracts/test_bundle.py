@@ -85,3 +85,96 @@ def test_symlink_out_of_the_bundle_is_refused(tmp_path):
         member_path(bundle, "model.onnx")
     (bundle / "ok.onnx").write_bytes(b"x")
     assert member_path(bundle, "ok.onnx") == bundle.resolve() / "ok.onnx"
+
+
+# ---- property tests: any JSON, any bytes -> BundleMetadata or one ModelError, never another exception --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=20)
+_FIELDS = ("schema_version", "classes", "preprocessing", "output", "outputs", "models", "provenance", "metrics",
+           "name", "intended_use", "reference")
+
+
+def _read_or_model_error(data) -> None:
+    try:
+        meta = BundleMetadata.from_dict(data)
+    except ModelError as err:
+        assert "\n" not in str(err)
+        return
+    assert meta.classes and len(set(meta.classes)) == len(meta.classes)
+    BundleMetadata.from_dict(meta.to_dict())  # what reads back writes back
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_json)
+def test_any_json_is_metadata_or_a_model_error(data):
+    _read_or_model_error(data)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_FIELDS), _json, st.sampled_from(["top", "preprocessing", "model", "outputs", "reference"]))
+def test_valid_metadata_with_one_field_replaced(key, value, where):
+    data = _metadata(extra_outputs={"heatmap": OutputSpec("heatmap", 1, "map")}).to_dict()
+    data["reference"] = {"generator": "g", "seed": 1, "count": 1, "outputs": {"model_fp32.onnx": [[0.25] * 4]}}
+    if where == "top":
+        data[key] = value
+    elif where == "preprocessing":
+        data["preprocessing"][key if key in ("height", "width") else "scaling"] = value
+    elif where == "model":
+        data["models"]["model_fp32.onnx"][key if key in ("size_bytes", "sha256") else "precision"] = value
+    elif where == "outputs":
+        data["outputs"]["heatmap" if key != "classes" else "scores"] = value
+    else:
+        data["reference"][key if key in ("seed", "count") else "outputs"] = value
+    _read_or_model_error(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_metadata_bytes_read_or_fail_in_one_line(tmp_path_factory, raw):
+    folder = tmp_path_factory.mktemp("meta")
+    (folder / "metadata.json").write_bytes(raw)
+    try:
+        BundleMetadata.read(folder)
+    except ModelError as err:
+        assert "\n" not in str(err)
+
+
+def test_deeply_nested_metadata_is_one_line(tmp_path):
+    (tmp_path / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python recurses
+    with pytest.raises(ModelError) as err:
+        BundleMetadata.read(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda d: {**d, "outputs": ["heatmap"]}, "'outputs' must be an object"),
+    (lambda d: {**d, "outputs": {"heatmap": {"index": 0}}}, "index"),
+    (lambda d: {**d, "outputs": {"a": {"index": 1}, "b": {"index": 1}}}, "reuses output index 1"),
+    (lambda d: {**d, "outputs": {"../x": {"index": 1}}}, "output roles"),
+    (lambda d: {**d, "name": ["x"]}, "'name' must be a string"),
+    (lambda d: {**d, "models": {"m.tflite": {"format": "onnx", "precision": "fp32"}}}, "does not end in .onnx"),
+    (lambda d: {**d, "reference": {"generator": "g", "seed": 1, "count": 2,
+                                   "outputs": {"model_fp32.onnx": [[0.25] * 4]}}}, "2 rows"),
+    (lambda d: {**d, "reference": {"generator": "g", "seed": 1, "count": 1, "outputs": {"x.onnx": [[0.25] * 4]}}},
+     "does not list"),
+    (lambda d: {**d, "reference": {"generator": "g", "seed": -1, "count": 1, "outputs": {}}}, "seed"),
+])
+def test_new_schema_checks(change, needle):
+    with pytest.raises(ModelError) as err:
+        BundleMetadata.from_dict(change(_metadata().to_dict()))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reference_round_trips(tmp_path):
+    from tumor_edge.contracts.bundle import ReferenceSet
+
+    meta = _metadata()
+    meta.reference = ReferenceSet("tumor-edge-blobs-v1", 7, 1, {"model_fp32.onnx": [[0.1, 0.2, 0.3, 0.4]]},
+                                  {"isa": "avx2"})
+    meta.write(tmp_path)
+    assert BundleMetadata.read(tmp_path).reference == meta.reference

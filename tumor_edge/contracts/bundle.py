@@ -5,8 +5,9 @@ files and its metadata schema (field names follow MONAI's bundle metadata where 
 the schema field by field, so hostile or damaged metadata becomes one line naming the field, never a traceback
 or a silently wrong label.
 
-Schema versions: 1 (tumor-edge 0.1) and 2 (0.2: adds `outputs`, the role of each model output). A version-1
-bundle reads as a version-2 bundle whose only output is the class scores.
+Schema versions: 1 (tumor-edge 0.1) and 2 (0.2: adds `outputs`, the role of each model output, and
+`reference`, the outputs every model gave on a small generated input set, which `tumor-edge verify` reproduces on
+a device). A version-1 bundle reads as a version-2 bundle whose only output is the class scores.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, ENGINES
 from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
-from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError
+from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 
 METADATA_FILE = "metadata.json"
 PARITY_JSON = "parity.json"
@@ -46,6 +47,26 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MAX_CLASSES = 1000
 MAX_MODEL_BYTES = 8 << 30
 MAX_METADATA_BYTES = 16 << 20
+MAX_REFERENCE_IMAGES = 256
+MAX_OUTPUT_INDEX = 64
+
+
+@dataclass
+class ReferenceSet:
+    """The outputs each model of a bundle gave, on the export machine, for `count` images that any machine can
+    regenerate bit for bit from (`generator`, `seed`) at the model's input size: so a device can prove its own
+    kernels (AVX2, VNNI, ARM) reproduce the export machine's results without any patient image in the bundle.
+    `outputs` maps a model file name to its class probabilities, one row per image."""
+
+    generator: str
+    seed: int
+    count: int
+    outputs: dict[str, list[list[float]]] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # where the outputs were computed (CPU, ISA, versions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator, "seed": self.seed, "count": self.count, "outputs": self.outputs,
+                "machine": self.machine}
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,7 @@ class BundleMetadata:
     name: str = "tumor-edge brain MRI classifier"
     intended_use: str = RESEARCH_NOTICE
     extra_outputs: dict[str, OutputSpec] = field(default_factory=dict)  # role -> spec, beyond the scores
+    reference: ReferenceSet | None = None  # outputs on generated inputs, for `verify` (None: not recorded)
 
     @property
     def outputs(self) -> dict[str, OutputSpec]:
@@ -107,7 +129,7 @@ class BundleMetadata:
                 "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "task": "image classification (brain MRI slice, one label of: " + ", ".join(self.classes) + ")",
@@ -122,12 +144,17 @@ class BundleMetadata:
             "metrics": self.metrics,
             "intended_use": self.intended_use,
         }
+        if self.reference is not None:
+            data["reference"] = self.reference.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: Path | None = None) -> BundleMetadata:
         """Validate and read metadata; any problem is a ModelError naming the field."""
         try:
             return _parse(data)
+        except RecursionError as err:  # JSON nested deeper than Python recurses
+            raise ModelError("invalid tumor-edge metadata: nested too deeply", source) from err
         except ConfigError as err:
             raise ModelError(f"invalid tumor-edge metadata: {err.reason}", source) from err
 
@@ -145,8 +172,8 @@ class BundleMetadata:
             if path.stat().st_size > MAX_METADATA_BYTES:
                 raise ModelError(f"metadata is larger than {MAX_METADATA_BYTES >> 20} MB", path)
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelError(f"unreadable metadata ({err})", path) from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
         return cls.from_dict(data, path)
 
     def default_model(self) -> str:
@@ -186,24 +213,17 @@ def _parse(data: Any) -> BundleMetadata:
     classes = _require(data, "classes", list)
     if not classes or len(classes) > MAX_CLASSES:
         raise ConfigError(f"field 'classes' must list 1 to {MAX_CLASSES} names, not {len(classes)}")
-    if not all(isinstance(c, str) and c.strip() for c in classes):
-        raise ConfigError("field 'classes' must hold non-empty strings")
+    if not all(isinstance(c, str) and c.strip() and len(c) <= 200 for c in classes):
+        raise ConfigError("field 'classes' must hold non-empty strings of at most 200 characters")
     if len(set(classes)) != len(classes):
         raise ConfigError("field 'classes' names a class twice")
-    preprocessing = Preprocessing.from_dict(_require(data, "preprocessing", dict))
+    preprocessing = _preprocessing(_require(data, "preprocessing", dict))
     output = data.get("output", "probabilities")
     if isinstance(output, dict):
         output = output.get("type", "probabilities")
-    if output not in OUTPUT_TYPES:
-        raise ConfigError(f"field 'output.type' must be one of {', '.join(OUTPUT_TYPES)}, not {output!r}")
-    extra_outputs = {}
-    for role, spec in (data.get("outputs") or {}).items():
-        if role == "scores":
-            continue
-        if not isinstance(spec, dict) or not isinstance(spec.get("index"), int) or spec["index"] < 1:
-            raise ConfigError(f"field 'outputs.{role}' must be an object with a whole 'index' of 1 or more")
-        extra_outputs[str(role)] = OutputSpec(str(role), spec["index"], str(spec.get("type", "")),
-                                              str(spec.get("description", "")))
+    if not isinstance(output, str) or output not in OUTPUT_TYPES:
+        raise ConfigError(f"field 'output.type' must be one of {', '.join(OUTPUT_TYPES)}, not {output!r}"[:300])
+    extra_outputs = _parse_outputs(data.get("outputs"), output)
     models = {}
     raw_models = _require(data, "models", dict) if "models" in data else {}
     for name, entry in raw_models.items():
@@ -211,22 +231,103 @@ def _parse(data: Any) -> BundleMetadata:
     for key in ("provenance", "metrics"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"field '{key}' must be an object")
+    for key in ("name", "intended_use"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"field '{key}' must be a string")
+    reference = _parse_reference(data["reference"], models, len(classes)) if data.get("reference") else None
     return BundleMetadata(
         classes=list(classes), preprocessing=preprocessing, output=output, models=models,
         provenance=dict(data.get("provenance") or {}), metrics=dict(data.get("metrics") or {}),
         name=str(data.get("name", BundleMetadata.name)), intended_use=str(data.get("intended_use", RESEARCH_NOTICE)),
-        extra_outputs=extra_outputs)
+        extra_outputs=extra_outputs, reference=reference)
+
+
+def _preprocessing(data: dict) -> Preprocessing:
+    try:
+        return Preprocessing.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"field 'preprocessing': {err.reason}") from err
+    except (TypeError, ValueError, OverflowError) as err:  # values the spec's own checks do not anticipate
+        raise ConfigError(f"field 'preprocessing' is invalid ({first_line(err)})") from err
+
+
+def _parse_outputs(raw: Any, scores_type: str) -> dict[str, OutputSpec]:
+    """`outputs`: role -> {index, type, description}. The scores stay at the role 'scores'; other roles are
+    free names (a heatmap, features) at distinct indices."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"field 'outputs' must be an object, not {type(raw).__name__}")
+    extra: dict[str, OutputSpec] = {}
+    used = {0}
+    for role, spec in raw.items():
+        where = f"outputs.{str(role)[:40]}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"field '{where}' must be an object")
+        if role == "scores":
+            if spec.get("index", 0) != 0 or spec.get("type", scores_type) != scores_type:
+                raise ConfigError("field 'outputs.scores' must be output 0 of the type 'output' names")
+            continue
+        if not role or len(role) > 40 or not all(c.isalnum() or c in "_-" for c in role):
+            raise ConfigError(f"field '{where}': output roles are short names of letters, digits, '_' or '-'")
+        index = spec.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= MAX_OUTPUT_INDEX:
+            raise ConfigError(f"field '{where}' must be an object with a whole 'index' from 1 to {MAX_OUTPUT_INDEX}")
+        if index in used:
+            raise ConfigError(f"field '{where}' reuses output index {index}")
+        used.add(index)
+        for key in ("type", "description"):
+            if key in spec and not isinstance(spec[key], str):
+                raise ConfigError(f"field '{where}.{key}' must be a string")
+        extra[role] = OutputSpec(role, index, spec.get("type", ""), spec.get("description", ""))
+    return extra
+
+
+def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int) -> ReferenceSet:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"field 'reference' must be an object, not {type(raw).__name__}")
+    generator = _require(raw, "generator", str, "reference.")
+    seed = _require(raw, "seed", int, "reference.")
+    count = _require(raw, "count", int, "reference.")
+    if not 0 <= seed < 2 ** 63:
+        raise ConfigError("field 'reference.seed' must be from 0 to 2**63-1")
+    if not 1 <= count <= MAX_REFERENCE_IMAGES:
+        raise ConfigError(f"field 'reference.count' must be from 1 to {MAX_REFERENCE_IMAGES}")
+    outputs = _require(raw, "outputs", dict, "reference.")
+    clean: dict[str, list[list[float]]] = {}
+    for name, rows in outputs.items():
+        if name not in models:
+            raise ConfigError(f"field 'reference.outputs' names {str(name)[:80]!r}, which 'models' does not list")
+        if (not isinstance(rows, list) or len(rows) != count
+                or not all(isinstance(r, list) and len(r) == n_classes and all(_is_probability(v) for v in r)
+                           for r in rows)):
+            raise ConfigError(f"field 'reference.outputs.{name}' must hold {count} rows of {n_classes} "
+                              f"probabilities")
+        clean[name] = [[float(v) for v in r] for r in rows]
+    machine = raw.get("machine", {})
+    if not isinstance(machine, dict):
+        raise ConfigError("field 'reference.machine' must be an object")
+    return ReferenceSet(generator, seed, count, clean, machine)
+
+
+def _is_probability(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def _parse_entry(name: str, entry: Any) -> ModelEntry:
     where = f"models.{name}."
-    check_member_name(name)
+    try:
+        check_member_name(name)
+    except BundleIntegrityError as err:
+        raise ConfigError(f"field 'models': {err.reason}") from err
     if not isinstance(entry, dict):
         raise ConfigError(f"field 'models.{name}' must be an object")
     entry = dict(entry)
     fmt = _require(entry, "format", str, where)
     if fmt not in {s.lstrip(".") for s in ENGINES.values()}:
-        raise ConfigError(f"field '{where}format' names an unknown format {fmt!r}")
+        raise ConfigError(f"field '{where}format' names an unknown format {fmt[:40]!r}")
+    if not name.lower().endswith("." + fmt):
+        raise ConfigError(f"field '{where}format' is {fmt!r} but the file name does not end in .{fmt}")
     precision = _require(entry, "precision", str, where)
     if precision not in PRECISIONS:
         raise ConfigError(f"field '{where}precision' must be one of {', '.join(PRECISIONS)}")
@@ -237,6 +338,9 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     if not isinstance(digest, str) or digest and (len(digest) != 64 or not _is_hex(digest)):
         raise ConfigError(f"field '{where}sha256' must be 64 hexadecimal digits")
     entry.pop("format"), entry.pop("precision")
+    for key in ("ort_optimized_from",):
+        if key in entry and not isinstance(entry[key], str):
+            raise ConfigError(f"field '{where}{key}' must be a string")
     return ModelEntry(name, fmt, precision, size, digest.lower(), entry)
 
 
@@ -261,6 +365,38 @@ def member_path(bundle_dir: Path, name: str) -> Path:
     if path.parent != root:
         raise BundleIntegrityError(f"{name} resolves outside the bundle folder", bundle_dir)
     return root / name
+
+
+def check_model_file(bundle_dir: Path, name: str, metadata: BundleMetadata, check_hash: bool = True
+                     ) -> tuple[Path, str]:
+    """(path, sha256) of a model listed in the bundle, after proving it is the file the metadata describes:
+    a plain name confined to the folder, listed, present, of the recorded size and (unless `check_hash` is off)
+    the recorded sha256. Anything else is a one-line BundleIntegrityError (or ModelError when absent) raised
+    before the model is opened, so a tampered, truncated or swapped model never produces a result. The sha256
+    returned is the recorded one (verified unless check_hash is off)."""
+    bundle_dir = Path(bundle_dir)
+    entry = metadata.models.get(name) if isinstance(name, str) else None
+    path = member_path(bundle_dir, name)
+    if entry is None:
+        if path.is_file():
+            raise BundleIntegrityError(f"{name} is not listed in {METADATA_FILE}, so its integrity cannot be "
+                                       f"checked; refusing to run it", bundle_dir)
+        raise ModelError(f"no model file {name} in this bundle (metadata does not list it)", bundle_dir)
+    if not path.is_file():
+        raise ModelError(f"no model file {name} in this bundle (metadata lists it)", bundle_dir)
+    if not entry.sha256:
+        raise BundleIntegrityError(f"{METADATA_FILE} records no sha256 for it; refusing to run an unverifiable "
+                                   f"model", path)
+    size = path.stat().st_size
+    if entry.size_bytes and size != entry.size_bytes:
+        raise BundleIntegrityError(f"is {size} bytes but {METADATA_FILE} records {entry.size_bytes} (truncated or "
+                                   f"replaced?); refusing to run it", path)
+    if check_hash:
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise BundleIntegrityError(f"sha256 {digest[:12]}… differs from the {entry.sha256[:12]}… in "
+                                       f"{METADATA_FILE} (tampered or damaged); refusing to run it", path)
+    return path, entry.sha256
 
 
 # ---------------------------------------------------------------------------------------------- file facts

@@ -19,10 +19,12 @@ _EXPORTS = {
     "Prediction": "tumor_edge.runtime.classifier",
     "Failure": "tumor_edge.runtime.batch",
     "Preprocessing": "tumor_edge.runtime.preprocess",
+    "verify_bundle": "tumor_edge.runtime.verify",
+    "record_reference": "tumor_edge.runtime.reference",
 }
 
 __all__ = ["BackendOptions", "BundleMetadata", "Classifier", "Failure", "Prediction", "Preprocessing",
-           "open_backend", "save_optimized_model"]
+           "open_backend", "record_reference", "save_optimized_model", "verify_bundle"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.batch import Failure
     from tumor_edge.runtime.classifier import Classifier, Prediction
     from tumor_edge.runtime.preprocess import Preprocessing
+    from tumor_edge.runtime.reference import record_reference
+    from tumor_edge.runtime.verify import verify_bundle
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,9 @@
 Files are decoded in a few threads (Pillow and numpy release the GIL while decoding and resizing) a bounded
 distance ahead of inference, so memory stays flat however many files there are; each result is yielded in input
 order as soon as its batch is done. A file that cannot be read becomes a `Failure` in the stream instead of an
-exception, so one corrupt scan never stops a night's batch.
+exception, so one corrupt scan never stops a night's batch. A failure keeps its message and its exception, but
+none of the local variables of the traceback's frames: they hold the partly decoded image (60 truncated
+9-megapixel JPEGs kept ~2 GB alive in 0.1.0). The traceback itself (file names and lines, for `--debug`) stays.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.errors import ConfigError, InputImageError, TumorEdgeError
 from tumor_edge.runtime.image import load_rgb_frames
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
 
@@ -39,6 +41,28 @@ class Failure:
     def to_dict(self) -> dict:
         return {"file": self.source, "error": self.message}
 
+    def exception(self) -> TumorEdgeError:
+        """The error to raise for callers that stop at the first bad file (an InputImageError unless the
+        decoder raised another tumor-edge error)."""
+        if isinstance(self.error, TumorEdgeError):
+            return self.error
+        return InputImageError(self.message.removeprefix(f"{self.source}: "), self.source)
+
+
+def detached(err: BaseException) -> BaseException:
+    """`err` with the frames of every traceback in its cause/context chain cleared of their local variables
+    (`traceback.clear_frames`), so keeping the exception keeps no half-decoded image alive; the tracebacks still
+    print (file, line, function) for `--debug`."""
+    import traceback
+
+    seen: set[int] = set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        traceback.clear_frames(node.__traceback__)
+        node = node.__cause__ or node.__context__
+    return err
+
 
 @dataclass(frozen=True)
 class _Decoded:
@@ -58,12 +82,12 @@ def decode_file(path: str | Path, spec: Preprocessing, frames: str = "middle") -
                   for f in decoded]
         return _Decoded(source, pixels)
     except TumorEdgeError as err:
-        return _Decoded(source, [], Failure(source, str(err), err))
+        return _Decoded(source, [], Failure(source, str(err), detached(err)))
     except MemoryError as err:
-        return _Decoded(source, [], Failure(source, f"{source}: out of memory while decoding", err))
+        return _Decoded(source, [], Failure(source, f"{source}: out of memory while decoding", detached(err)))
     except Exception as err:  # a decoder bug on a hostile file must not end the batch
         message = f"{source}: unexpected {type(err).__name__} while decoding ({str(err)[:200]})"
-        return _Decoded(source, [], Failure(source, message, err))
+        return _Decoded(source, [], Failure(source, message, detached(err)))
 
 
 def _decoded_in_order(paths: Iterable[str | Path], decode: Callable[[str | Path], _Decoded], workers: int,
@@ -95,8 +119,12 @@ def iter_predictions(classifier: Classifier, paths: Iterable[str | Path], batch_
 
     Results come a batch at a time; a failure waits for the batch its neighbours are in, so the order holds.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+    if not (frames in ("middle", "all") or isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
+        raise ConfigError(f"frames must be 'middle', 'all' or a frame index, not {frames!r}")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]  # one file, not its name's characters
     if workers is None:
         workers = DEFAULT_WORKERS
     if isinstance(paths, Sequence) and len(paths) <= 1:
@@ -112,12 +140,10 @@ def iter_predictions(classifier: Classifier, paths: Iterable[str | Path], batch_
     def flush() -> Iterator[Prediction | Failure]:
         nonlocal images
         if images:
-            probs = iter(classifier.infer(np.stack([p for _, p, _, _ in queue if not isinstance(p, Failure)])))
-        for source, item, frame, count in queue:
-            if isinstance(item, Failure):
-                yield item
-            else:
-                yield classifier.to_prediction(next(probs), source, frame, count)
+            ready = [(p, (source, frame, count)) for source, p, frame, count in queue if not isinstance(p, Failure)]
+            predictions = iter(classifier.predictions(np.stack([p for p, _ in ready]), [i for _, i in ready]))
+        for _, item, _, _ in queue:
+            yield item if isinstance(item, Failure) else next(predictions)
         queue.clear()
         images = 0
 

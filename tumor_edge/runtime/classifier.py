@@ -1,31 +1,38 @@
-"""The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`."""
+"""The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`.
+
+One prediction path: files are decoded by `batch.decode_file` (the runtime's `load_rgb_frames` -> resize) and
+classified batch by batch in `batch.iter_predictions`; `predict`, `predict_batch` and export's parity
+(`probabilities_for_files`) all go through it, so a DICOM series or a multi-frame file is read the same way
+everywhere. A bundle's model file is checked against the sha256 its metadata records before it is loaded.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
 
-from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata
-from tumor_edge.errors import ModelError
-from tumor_edge.runtime.backends import Backend, BackendOptions, open_backend
+from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata, check_model_file
+from tumor_edge.errors import ConfigError, ModelError
+from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
 from tumor_edge.runtime.image import pil_to_rgb, to_uint8
-from tumor_edge.runtime.preprocess import load_resized, resize_rgb, scale
+from tumor_edge.runtime.preprocess import resize_rgb, scale
 
 if TYPE_CHECKING:
     from tumor_edge.runtime.batch import Failure
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One classified image: the winning label and every class's probability."""
+    """One classified image: the winning label, every class's probability, and any further model outputs."""
 
     label: str
     index: int
@@ -33,6 +40,8 @@ class Prediction:
     source: str | None = None
     frame: int | None = None  # 0-based frame of a multi-frame file (DICOM series), None for single images
     frame_count: int | None = None
+    # Outputs beyond the class scores, by the role metadata gives them (e.g. "heatmap"): this image's slice.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     ok = True  # Failure.ok is False: lets stream consumers branch without isinstance
 
@@ -49,6 +58,8 @@ class Prediction:
         if self.frame is not None:
             data["frame"] = self.frame
             data["frames"] = self.frame_count
+        if self.outputs:
+            data["outputs"] = {role: np.asarray(value).tolist() for role, value in self.outputs.items()}
         return data
 
 
@@ -72,22 +83,13 @@ def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
 
 def read_onnx_metadata(path: Path) -> BundleMetadata:
     """The tumor-edge metadata of a lone .onnx file (loads it without optimisation just to read it)."""
-    import onnxruntime as ort
-
-    try:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        meta = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_modelmeta()
-    except Exception as err:
-        raise ModelError(f"onnxruntime cannot load this model ({str(err).splitlines()[0][:200]})", path) from err
-    return metadata_from_props(dict(meta.custom_metadata_map), Path(path))
+    return metadata_from_props(open_backend(path, BackendOptions(optimization="none")).metadata_props(), Path(path))
 
 
 def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
     """Refuse a model whose declared input disagrees with the preprocessing its metadata promises."""
     spec = metadata.preprocessing
-    shape = list(getattr(backend, "input_shape", None) or [])
+    shape = list(backend.input_shape or [])
     if shape and len(shape) != 4:
         raise ModelError(f"model input has rank {len(shape)} ({shape}); expected NHWC images", backend.path)
     if len(shape) == 4 and isinstance(shape[3], int) and shape[3] != 3:
@@ -99,15 +101,36 @@ def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
                          backend.path)
 
 
+def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
+    """Every output role the metadata names must exist in the model."""
+    count = len(backend.output_names)
+    for role, spec in metadata.outputs.items():
+        if spec.index >= count:
+            raise ModelError(f"metadata puts output '{role}' at index {spec.index}, but the model has {count} "
+                             f"output{'s' if count != 1 else ''}", backend.path)
+
+
+def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
+                      options: BackendOptions | None = None) -> Backend:
+    """Load a model listed in a bundle after checking it is the file the metadata describes (confined to the
+    folder, same size, same sha256): a tampered or truncated model never produces a result."""
+    options = options or BackendOptions()
+    engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first, before hashing
+    path, digest = check_model_file(bundle_dir, name, metadata, check_hash=options.verify_hashes)
+    return open_backend(path, options, sha256=digest or None)
+
+
 class Classifier:
-    """A model file plus the metadata that says how to feed it and read its output."""
+    """A model file plus the metadata that says how to feed it and read its outputs."""
 
     def __init__(self, backend: Backend, metadata: BundleMetadata):
         self.backend = backend
         self.metadata = metadata
         self.classes = list(metadata.classes)
         self.preprocessing = metadata.preprocessing
+        self.output_specs = metadata.outputs  # role -> OutputSpec, "scores" first
         check_input_shape(backend, metadata)
+        check_outputs(backend, metadata)
 
     @classmethod
     def from_bundle(cls, path: str | Path, model_file: str | None = None,
@@ -119,16 +142,13 @@ class Classifier:
         if path.is_dir():
             metadata = BundleMetadata.read(path)
             name = model_file or metadata.default_model()
-            model_path = path / name
-            if not model_path.is_file():
-                listed = "lists" if name in metadata.models else "does not list"
-                raise ModelError(f"no model file {name} in this bundle (metadata {listed} it)", path)
-            return cls(open_backend(model_path, options), metadata)
+            return cls(open_bundle_model(path, name, metadata, options), metadata)
         if model_file:
-            raise ModelError("--model-file picks a file inside a bundle folder; --model names a file already",
+            raise ModelError("a model file name picks a file inside a bundle folder, and this is a file already",
                              path)
         if (path.parent / METADATA_FILE).is_file():
-            return cls(open_backend(path, options), BundleMetadata.read(path.parent))
+            metadata = BundleMetadata.read(path.parent)
+            return cls(open_bundle_model(path.parent, path.name, metadata, options), metadata)
         if path.suffix.lower() == ".onnx":
             backend = open_backend(path, options)
             # The session just created holds the metadata_props: no second load to read them.
@@ -137,60 +157,98 @@ class Classifier:
 
     @property
     def model_path(self) -> Path:
-        """The file actually running (a pre-optimised twin of the requested one, when it was usable)."""
-        return Path(getattr(self.backend, "loaded_path", self.backend.path))
+        """The file actually running (the cached optimised form of the requested one, when there is one)."""
+        return self.backend.loaded_path
 
-    def _pixels(self, item: ImageInput) -> np.ndarray:
+    # ---- pixels in, outputs out ------------------------------------------------------------------------
+
+    def infer_outputs(self, batch_pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, 3) -> every output by role: "scores" as probabilities (N, classes), the others raw."""
+        raw = self.backend.run(scale(batch_pixels, self.preprocessing))
+        n = len(batch_pixels)
+        out: dict[str, np.ndarray] = {}
+        for role, spec in self.output_specs.items():
+            value = raw[spec.index]
+            if role == SCORES:
+                if value.ndim != 2 or value.shape != (n, len(self.classes)):
+                    raise ModelError(f"model gives output of shape {value.shape} but its metadata names "
+                                     f"{len(self.classes)} classes", self.backend.path)
+                value = softmax(value) if spec.type == "logits" else value
+            elif value.ndim == 0 or value.shape[0] != n:
+                raise ModelError(f"model output '{role}' has shape {value.shape}, not one row per image",
+                                 self.backend.path)
+            out[role] = value
+        return out
+
+    def infer(self, batch_pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> probabilities (N, classes)."""
+        return self.infer_outputs(batch_pixels)[SCORES]
+
+    def to_prediction(self, probs: np.ndarray, source: str | None, frame: int | None = None,
+                      frame_count: int | None = None, outputs: dict[str, np.ndarray] | None = None) -> Prediction:
+        index = int(np.argmax(probs))
+        return Prediction(self.classes[index], index, {c: float(p) for c, p in zip(self.classes, probs)},
+                          source, frame, frame_count, dict(outputs or {}))
+
+    _to_prediction = to_prediction  # older name, kept for callers
+
+    def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]]
+                    ) -> list[Prediction]:
+        """Classify a batch of model-sized pixels; `items` gives each image's (source, frame, frame_count)."""
+        outputs = self.infer_outputs(batch_pixels)
+        extra = {role: value for role, value in outputs.items() if role != SCORES}
+        return [self.to_prediction(outputs[SCORES][i], source, frame, count,
+                                   {role: value[i] for role, value in extra.items()})
+                for i, (source, frame, count) in enumerate(items)]
+
+    def _array_pixels(self, item: Image.Image | np.ndarray) -> np.ndarray:
         spec = self.preprocessing
-        if isinstance(item, (str, Path)):
-            return load_resized(item, spec)
         if isinstance(item, Image.Image):
             return resize_rgb(pil_to_rgb(item), spec)
         array = np.asarray(item)
         if array.dtype != np.uint8:
             if not np.issubdtype(array.dtype, np.integer):
-                raise ValueError("array input must be integer pixels (uint8 RGB, or a 16-bit grey scan); "
-                                 "scale float images to 0..255 uint8 yourself")
+                raise ConfigError("array input must be integer pixels (uint8 RGB, or a 16-bit grey scan); "
+                                  "scale float images to 0..255 uint8 yourself")
             array = to_uint8(array)  # 16-bit scans: min-max, as for 16-bit image files
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)
         if array.ndim != 3 or array.shape[-1] not in (3, 4):
-            raise ValueError(f"array input must be (H, W), (H, W, 3) or (H, W, 4), not {array.shape}")
+            raise ConfigError(f"array input must be (H, W), (H, W, 3) or (H, W, 4), not {array.shape}")
         if array.shape[:2] != spec.size:
             return resize_rgb(Image.fromarray(np.ascontiguousarray(array[..., :3])), spec)
         return array[..., :3]
 
-    def infer(self, batch_pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> probabilities (N, classes)."""
-        raw = self.backend.run(scale(batch_pixels, self.preprocessing))
-        if raw.ndim != 2 or raw.shape[-1] != len(self.classes):
-            raise ModelError(f"model gives output of shape {raw.shape} but its metadata names "
-                             f"{len(self.classes)} classes", self.backend.path)
-        return softmax(raw) if self.metadata.output == "logits" else raw
-
-    def to_prediction(self, probs: np.ndarray, source: str | None, frame: int | None = None,
-                      frame_count: int | None = None) -> Prediction:
-        index = int(np.argmax(probs))
-        return Prediction(self.classes[index], index, {c: float(p) for c, p in zip(self.classes, probs)},
-                          source, frame, frame_count)
-
-    _to_prediction = to_prediction  # older name, kept for callers
+    # ---- the public calls -------------------------------------------------------------------------------
 
     def predict(self, item: ImageInput) -> Prediction:
-        """One image (path, Pillow image or array); a multi-frame DICOM gives its middle frame."""
-        probs = self.infer(self._pixels(item)[None])[0]
-        return self.to_prediction(probs, str(item) if isinstance(item, (str, Path)) else None)
+        """One image (path, Pillow image or array); a multi-frame file gives its middle frame."""
+        return self.predict_batch([item])[0]
 
     def predict_batch(self, items: Sequence[ImageInput]) -> list[Prediction]:
-        """All items must be readable; `iter_predictions` is the fault-tolerant streaming variant."""
+        """All items must be readable (the first bad file raises InputImageError); `iter_predictions` is the
+        fault-tolerant streaming variant. Files go through the same decoding as `iter_predictions`."""
+        from tumor_edge.runtime.batch import decode_file
+
+        if isinstance(items, (str, Path, Image.Image, np.ndarray)):
+            items = [items]
         if not items:
             return []
-        probs = self.infer(np.stack([self._pixels(item) for item in items]))
-        return [self.to_prediction(p, str(i) if isinstance(i, (str, Path)) else None)
-                for p, i in zip(probs, items)]
+        pixels, sources = [], []
+        for item in items:
+            if isinstance(item, (str, Path)):
+                decoded = decode_file(item, self.preprocessing, "middle")
+                if decoded.failure is not None:
+                    raise decoded.failure.exception()
+                pixels.append(decoded.pixels[0][0])
+                sources.append((decoded.source, None, None))
+            else:
+                pixels.append(self._array_pixels(item))
+                sources.append((None, None, None))
+        return self.predictions(np.stack(pixels), sources)
 
-    def iter_predictions(self, paths: Iterable[str | Path], batch_size: int = 16, frames: str = "middle",
-                         workers: int | None = None) -> Iterator[Prediction | Failure]:
+    def iter_predictions(self, paths: Iterable[str | Path] | str | Path, batch_size: int = 16,
+                         frames: str = "middle", workers: int | None = None) -> Iterator[Prediction | Failure]:
         """Stream a Prediction or a Failure per image, in input order, batch by batch; bad files never stop it.
 
         `frames`: "middle" or "all" frames of multi-frame DICOM files. `workers`: decoding threads (default 2;
@@ -200,15 +258,15 @@ class Classifier:
 
         return iter_predictions(self, paths, batch_size=batch_size, frames=frames, workers=workers)
 
-    def predict_proba_files(self, paths: Iterable[Path], batch_size: int = 16) -> np.ndarray:
-        """Probabilities for image files, in order; used by parity and evaluation (errors propagate)."""
-        out = []
-        chunk: list[np.ndarray] = []
-        for path in paths:
-            chunk.append(load_resized(path, self.preprocessing))
-            if len(chunk) == batch_size:
-                out.append(self.infer(np.stack(chunk)))
-                chunk = []
-        if chunk:
-            out.append(self.infer(np.stack(chunk)))
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+    def probabilities_for_files(self, paths: Iterable[str | Path], batch_size: int = 16) -> np.ndarray:
+        """Probabilities (N, classes) for image files, in order, through `iter_predictions` exactly as
+        `classify` runs them (export's parity and `verify --data` use this). The first unreadable file raises
+        its InputImageError: a parity number over a silently shortened list would be wrong."""
+        rows = []
+        for result in self.iter_predictions(paths, batch_size=batch_size, frames="middle"):
+            if not result.ok:
+                raise result.exception()
+            rows.append([result.probabilities[c] for c in self.classes])
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(self.classes))
+
+    predict_proba_files = probabilities_for_files  # older name, kept for callers

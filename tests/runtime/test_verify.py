@@ -1,0 +1,112 @@
+"""`tumor-edge verify`: schema, integrity, reproduction of export's reference outputs, accuracy on local data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.runtime.models import CLASSES, make_bundle, save_quadrant
+from tumor_edge.cli import main
+from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.runtime.reference import DEFAULT_COUNT, brain_blobs
+from tumor_edge.runtime.verify import record_reference, verify_bundle
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUMOR_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def recorded(tmp_path):
+    bundle = make_bundle(tmp_path / "b")
+    record_reference(bundle)
+    return bundle
+
+
+def _verify(*args):
+    result = CliRunner().invoke(main, ["verify", *map(str, args)])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_reference_images_are_the_same_on_every_machine():
+    """A fixed digest: the generator must never change what a stored (name, seed) produces."""
+    images = brain_blobs(1, 2, 32, 40)
+    assert images.shape == (2, 32, 40, 3) and images.dtype == np.uint8
+    assert hashlib.sha256(images.tobytes()).hexdigest() == (
+        "e78235ff43123f30b6d402bdd3919c470fce7116685ab3ae7db9195c323845e1")
+    assert not np.array_equal(brain_blobs(2, 1, 32, 40)[0], images[0])
+    assert 20 < images.mean() < 200 and images.std() > 20  # not blank: a head on a dark background
+
+
+def test_record_reference_then_verify_passes(recorded):
+    meta = BundleMetadata.read(recorded)
+    assert meta.reference.count == DEFAULT_COUNT and len(meta.reference.outputs["model_fp32.onnx"]) == DEFAULT_COUNT
+    assert meta.reference.machine["isa"]
+    result = _verify(recorded)
+    assert result.exit_code == 0, result.output
+    assert "reproduce: ok  model_fp32.onnx: top-1 agreement 16/16" in result.stdout
+    assert "all checks passed" in result.stdout and "research tool" in result.stderr
+
+
+def test_other_devices_results_are_a_problem(recorded):
+    data = json.loads((recorded / "metadata.json").read_text())
+    rows = data["reference"]["outputs"]["model_fp32.onnx"]
+    rows[3] = rows[3][::-1]  # as if the export machine had computed something else for image 3
+    (recorded / "metadata.json").write_text(json.dumps(data))
+    result = _verify(recorded)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not reproduce" in errors[0] and "model_fp32.onnx" in errors[0]
+    assert _verify(recorded, "--tolerance", "1").exit_code == 0
+
+
+def test_tampered_model_fails_integrity(recorded):
+    path = recorded / "model_fp32.onnx"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = _verify(recorded)
+    assert result.exit_code == 1 and "sha256" in result.stderr and str(path) in result.stderr
+
+
+def test_bundle_without_reference_or_with_bad_metadata(tmp_path):
+    bundle = make_bundle(tmp_path / "old")
+    result = _verify(bundle)
+    assert result.exit_code == 1 and "no reference outputs recorded" in result.stderr
+    (bundle / "metadata.json").write_text(json.dumps({"classes": "glioma", "preprocessing": {}}))
+    result = _verify(bundle)
+    assert result.exit_code == 1 and "'classes' must be a list" in result.stderr
+    assert _verify(tmp_path / "nothing").exit_code == 1
+
+
+def test_data_reproves_accuracy(recorded, tmp_path):
+    data = tmp_path / "data"
+    for q, name in enumerate(CLASSES):
+        for i in range(2):
+            save_quadrant(data / "Testing" / name / f"{i}.png", q)
+    (data / "Testing" / "notumor" / "notes.txt").write_text("not a scan")
+    os.mkfifo(data / "Testing" / "glioma" / "pipe.png")  # never opened: verify must not hang on it
+    report = verify_bundle(recorded, data=data)
+    assert report.ok, report.problems
+    assert report.files["model_fp32.onnx"]["accuracy"] == 1.0 and report.files["model_fp32.onnx"]["n_images"] == 8
+
+    meta = BundleMetadata.read(recorded)
+    meta.metrics = {"parity": {"thresholds": {"max_accuracy_drop": 1.0},
+                               "files": {"model_fp32.onnx": {"accuracy": 1.0}}}}
+    meta.write(recorded)
+    (data / "Testing" / "glioma").rename(data / "Testing" / "tmp")  # swap two labels: accuracy falls to 50 %
+    (data / "Testing" / "meningioma").rename(data / "Testing" / "glioma")
+    (data / "Testing" / "tmp").rename(data / "Testing" / "meningioma")
+    result = _verify(recorded, "--data", data)
+    assert result.exit_code == 1 and "accuracy 50.0% on 8 local scans (export measured 100.0%" in result.stderr
+
+    (data / "Testing" / "other").mkdir()
+    assert any("not classes of this bundle" in p for p in verify_bundle(recorded, data=data).problems)
+    assert any("no labelled scans" in p for p in verify_bundle(recorded, data=tmp_path / "b").problems)

@@ -1,0 +1,136 @@
+"""The onnxruntime backend: the runtime's own engine, with the optimised form of each model cached per device.
+
+Which file a session is made from, in order (CPU provider and optimisation "all" only; any problem falls through
+to the next, logged, never an error):
+1. a twin inside an old bundle (`model_int8.ort.onnx` beside `model_int8.onnx`) bound by its record to this
+   file's sha256 and made for this machine;
+2. this device's cache entry for the model's sha256 (tumor_edge.runtime.cache);
+3. the model itself, optimising at load and saving the result as the cache entry for the next run;
+4. the model itself, plain (cache off, unwritable, or the save failed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name, sha256_file
+from tumor_edge.errors import ModelError, first_line
+from tumor_edge.runtime import cache
+from tumor_edge.runtime.backends.optimized import build_optimized, read_optimized_record, usable_optimized
+from tumor_edge.runtime.backends.options import BackendOptions, resolve_providers, session_options
+from tumor_edge.runtime.backends.protocol import hw_of
+
+
+def _log(message: str, *args: object) -> None:
+    """Why an optimised form was not used (INFO on the "tumor_edge.runtime" logger). `logging` is imported only
+    here: it costs start-up time and memory on every classify otherwise."""
+    import logging
+
+    logging.getLogger("tumor_edge.runtime").info(message, *args)
+
+
+def optimized_sibling(path: Path) -> Path:
+    """Where a 0.1-style bundle keeps the pre-optimised copy of an .onnx file."""
+    return path.with_name(optimized_model_name(path.name))
+
+
+class OnnxBackend:
+    """An onnxruntime InferenceSession over one .onnx file; returns every model output."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.loaded_path = self.path
+        self.providers, self.missing_providers = resolve_providers(options.providers)
+        # How the session was made: "plain", "twin", "cache-hit", "cache-built" (for logs, bench and tests).
+        self.source_kind = "plain"
+        session = None
+        if options.use_optimized and self.providers == ["CPUExecutionProvider"] and options.optimization == "all":
+            session = self._optimized_session(ort, options, sha256)
+        if session is None:
+            session = self._create(ort, self.path, session_options(ort, options, options.optimization))
+        self.session = session
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"expected one image input, the model has {len(inputs)}", self.path)
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def _create(self, ort, path: Path, so):
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+            raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", path) from err
+
+    def _try_load(self, ort, path: Path, options: BackendOptions, level: str):
+        try:
+            return ort.InferenceSession(str(path), sess_options=session_options(ort, options, level),
+                                        providers=self.providers)
+        except Exception as err:
+            _log("ignoring optimised model %s: %s", path, first_line(err))
+            return None
+
+    def _optimized_session(self, ort, options: BackendOptions, sha256: str | None):
+        """A session from an optimised form of the model (twin, cache hit, or built now); None: load plainly."""
+        twin_check = "sha256" if options.verify_hashes else "size"
+        if is_optimized_name(self.path.name):  # a twin named directly: use it where it was made, else plainly
+            record = read_optimized_record(self.path) or {}
+            ok, why = usable_optimized(self.path, record.get("source_sha256", ""), twin_check)
+            if ok and ok.get("level") == "all":
+                self.source_kind = "twin"
+                return self._try_load(ort, self.path, options, "none")
+            return None
+        try:
+            digest = sha256 or sha256_file(self.path)
+        except OSError:
+            return None  # the plain load reports the unreadable file
+        twin = optimized_sibling(self.path)
+        if twin.is_file():
+            record, why = usable_optimized(twin, digest, twin_check)
+            session = None
+            if record is None:
+                _log("ignoring %s: %s", twin, why)
+            else:
+                session = self._try_load(ort, twin, options, "none" if record["level"] == "all" else "all")
+            if session is not None:
+                self.loaded_path, self.source_kind = twin, "twin"
+                return session
+        if not cache.cache_enabled(options):
+            return None
+        entry = cache.entry_path(digest, options)
+        if entry.is_file():
+            record, why = usable_optimized(entry, digest, "crc32" if options.verify_hashes else "size")
+            session = self._try_load(ort, entry, options, "none") if record else None
+            if session is not None:
+                self.loaded_path, self.source_kind = entry, "cache-hit"
+                return session
+            _log("rebuilding cache entry %s: %s", entry, why or "onnxruntime cannot load it")
+        try:
+            cache.prepare_folder(entry)
+            session = build_optimized(ort, self.path, entry, options, digest, self.providers, external_weights=True)
+        except OSError as err:
+            _log("not caching %s: %s", self.path, first_line(err))
+            return None
+        except Exception as err:  # the model itself cannot load: the plain load says so as a ModelError
+            _log("cannot optimise %s: %s", self.path, first_line(err))
+            return None
+        self.source_kind = "cache-built"
+        return session
+
+    def metadata_props(self) -> dict[str, str]:
+        """The model's own metadata_props (where a lone exported .onnx carries its tumor-edge metadata)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def input_hw(self) -> tuple[int | None, int | None]:
+        return hw_of(self.input_shape)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        outputs = self.session.run(self.output_names, {self.input_name: batch})
+        return [np.asarray(out, dtype=np.float32) for out in outputs]

@@ -1,0 +1,113 @@
+"""How to run a model: the options every backend takes, onnxruntime session options and provider choice, and
+the machine target an optimised onnxruntime graph is tied to."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tumor_edge.errors import ConfigError
+
+# onnxruntime graph optimisation levels by the names users pass.
+OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
+
+# Providers "auto" leaves out: they are not local compute devices (Azure sends requests to a remote endpoint).
+NOT_AUTO_PROVIDERS = frozenset({"AzureExecutionProvider"})
+
+
+@dataclass
+class BackendOptions:
+    """How to run a model file. The defaults are the ones measured fastest to a first result on a small CPU."""
+
+    threads: int | None = None  # None: the engine's default (all physical cores)
+    providers: Sequence[str] | None = None  # onnxruntime execution providers, in priority order; CPU by default
+    optimization: str = "all"  # onnxruntime graph optimisation: "all" | "extended" | "basic" | "none"
+    # onnxruntime's CPU memory arena keeps freed blocks for reuse; for a one-shot classify it only raises peak
+    # memory (measured: -16 MB peak RSS with InceptionV3 int8, same latency), so it is off unless asked for.
+    memory_arena: bool = False
+    # Use the optimised form of an .onnx model (built on this device at first use and cached, or a bound twin an
+    # older bundle carries): it skips the graph optimisation at load (-75 ms for InceptionV3 int8).
+    use_optimized: bool = True
+    # Whether idle intra-op threads busy-wait for the next run. Spinning shaves microseconds off back-to-back
+    # runs on an otherwise idle CPU but burns a core that decoding (or a neighbour) could use; off by default.
+    spin: bool = False
+    # Where optimised models are cached (None: $TUMOR_EDGE_CACHE_DIR, else $XDG_CACHE_HOME/tumor-edge, else
+    # ~/.cache/tumor-edge). The cache is also off when TUMOR_EDGE_NO_CACHE is set.
+    cache_dir: str | None = None
+    cache: bool = True
+    # Check sha256 hashes: a bundle model against its metadata (in Classifier.from_bundle) and an optimised
+    # form against its own record. Off only to measure what the check costs.
+    verify_hashes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise ConfigError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, "
+                              f"not {self.optimization!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a whole number of at least 1, not {self.threads!r}")
+        if isinstance(self.providers, str):
+            self.providers = [self.providers]  # "CPU" is one provider, not three letters
+
+
+def ort_level(ort, name: str):
+    return {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[name]
+
+
+def session_options(ort, options: BackendOptions, level: str):
+    """onnxruntime SessionOptions for `options`, at optimisation `level` (which may differ from the option's:
+    an already optimised graph loads with "none")."""
+    so = ort.SessionOptions()
+    if options.threads:
+        so.intra_op_num_threads = int(options.threads)
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort_level(ort, level)
+    so.enable_cpu_mem_arena = bool(options.memory_arena)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(providers to use, requested ones this onnxruntime build lacks). "auto" means every available one in
+    onnxruntime's own priority order (CUDA, CoreML, ... before CPU). CPU is always the last resort."""
+    import onnxruntime as ort
+
+    if not requested:
+        return ["CPUExecutionProvider"], []
+    available = list(ort.get_available_providers())
+    wanted: list[str] = []
+    for name in requested:
+        if name.lower() == "auto":
+            wanted.extend(a for a in available if a not in NOT_AUTO_PROVIDERS)
+            continue
+        full = name if name.endswith("ExecutionProvider") else f"{name}ExecutionProvider"
+        match = next((a for a in available if a.lower() == full.lower()), None)
+        wanted.append(match or full)
+    use = [p for p in dict.fromkeys(wanted) if p in available]
+    missing = [p for p in dict.fromkeys(wanted) if p not in available]
+    if "CPUExecutionProvider" not in use:
+        use.append("CPUExecutionProvider")
+    return use, missing
+
+
+def machine_target() -> dict[str, str]:
+    """What a fully optimised onnxruntime graph depends on: the onnxruntime version, the CPU architecture and
+    its widest vector extension (the NCHWc block size and the int8 kernels follow it)."""
+    return dict(_machine_target())
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per process
+    import onnxruntime as ort
+
+    # tumor_edge.machine pulls in importlib.metadata (+ zipfile, email): imported only when a target is needed.
+    from tumor_edge.machine import cpu_isa
+
+    return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}

@@ -1,0 +1,235 @@
+"""`tumor-edge verify BUNDLE [--data DIR]`: is this bundle intact, and does this device reproduce it?
+
+1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
+2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
+3. Reproduction: the reference images export recorded outputs for are regenerated here (tumor_edge.runtime.
+   reference: bit-exact on any machine, no patient data) and each model's probabilities are compared: per file,
+   top-1 agreement and the largest probability difference, against a tolerance per precision. Different CPUs
+   (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this shows whether they do here.
+4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
+   labelled scans, which must stay within the export's parity tolerance of what export measured.
+
+Exit status: 0 all checks passed; 1 any problem (each is one `error:` line naming the file); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from tumor_edge.runtime.reference import record_reference
+
+__all__ = ["DEFAULT_TOLERANCE", "VerifyReport", "record_reference", "verify", "verify_bundle"]
+
+# Largest probability difference accepted between the export machine and this device, per precision. fp32 and
+# fp16 differ only by summation order between kernels; int8 kernels differ between ISAs (e.g. AVX2's 16-bit
+# intermediate saturation vs VNNI) and deserve a looser, still meaningful bound.
+DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 5e-3, "int8": 0.05}
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # points, when the bundle's parity record names none
+
+
+@dataclass
+class VerifyReport:
+    """What verify found: report lines (stdout) and problems (one line each; any problem fails)."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolerance: float | None = None,
+                  batch_size: int = 16) -> VerifyReport:
+    """Run every check; never raises for a bad bundle (each problem is a line of the report)."""
+    from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
+    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.runtime.reference import listed_models
+
+    bundle_dir = Path(bundle_dir)
+    report = VerifyReport()
+    try:
+        metadata = BundleMetadata.read(bundle_dir)
+    except TumorEdgeError as err:
+        report.problems.append(str(err))
+        return report
+    report.lines.append(f"schema: ok ({len(metadata.classes)} classes, {len(metadata.models)} files)")
+    intact = []
+    for name in metadata.models:  # every listed file, 0.1 twins included: a bound twin may run in its place
+        try:
+            check_model_file(bundle_dir, name, metadata)
+        except TumorEdgeError as err:
+            report.problems.append(str(err))
+            continue
+        intact.append(name)
+        report.lines.append(f"integrity: ok  {name} (sha256 {metadata.models[name].sha256[:12]}…)")
+    intact = [name for name in listed_models(metadata) if name in intact]
+    if not listed_models(metadata):
+        report.problems.append(f"{bundle_dir}: the bundle lists no models")
+    _check_reference(bundle_dir, metadata, intact, tolerance, report)
+    if data is not None:
+        _check_data(bundle_dir, metadata, intact, Path(data), batch_size, report)
+    return report
+
+
+def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
+                     report: VerifyReport) -> None:
+    import numpy as np
+
+    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.runtime.classifier import Classifier
+    from tumor_edge.runtime.reference import reference_images, reference_outputs
+
+    reference = metadata.reference
+    if reference is None:
+        report.problems.append(f"{bundle_dir}: no reference outputs recorded (exported before tumor-edge 0.2?): "
+                               f"this device's results cannot be compared with the export machine's")
+        return
+    try:
+        images = reference_images(reference, metadata)
+    except TumorEdgeError as err:
+        report.problems.append(f"{bundle_dir}: {err}")
+        return
+    made_on = reference.machine.get("cpu") or reference.machine.get("isa") or "the export machine"
+    report.lines.append(f"reference: {reference.count} generated images ({reference.generator}, seed "
+                        f"{reference.seed}); recorded on {made_on}")
+    for name in names:
+        expected = reference.outputs.get(name)
+        path = bundle_dir / name
+        if expected is None:
+            report.problems.append(f"{path}: no reference outputs recorded for this file")
+            continue
+        try:
+            got = reference_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
+        except TumorEdgeError as err:
+            report.problems.append(str(err))
+            continue
+        want = np.asarray(expected, dtype=np.float64)
+        diff = float(np.max(np.abs(got.astype(np.float64) - want)))
+        agree = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1)))
+        limit = tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(metadata.models[name].precision, 1e-3)
+        good = bool(np.isfinite(diff)) and diff <= limit
+        report.files.setdefault(name, {}).update(agreement=agree / reference.count, max_abs_diff=diff, limit=limit)
+        line = (f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})")
+        if good:
+            report.lines.append(f"reproduce: ok  {line}")
+        else:
+            report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: {line}")
+
+
+def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, problems) of a labelled folder: ROOT/Testing/<class>/... or ROOT/<class>/..., regular
+    files only (a FIFO or device is never opened), hidden names skipped, sorted."""
+    from tumor_edge.runtime.image import DICOM_SUFFIXES, IMAGE_SUFFIXES
+
+    base = root / "Testing" if (root / "Testing").is_dir() else root
+    problems: list[str] = []
+    if not base.is_dir():
+        return [], [], [f"{root}: not a folder"]
+    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [p.name for p in folders if p.name not in classes]
+    if unknown:
+        problems.append(f"{base}: folders {', '.join(unknown)} are not classes of this bundle "
+                        f"({', '.join(classes)})")
+    files, labels = [], []
+
+    def unreadable(err: OSError) -> None:  # an unreadable subfolder is a problem, never skipped silently
+        problems.append(f"{err.filename}: cannot read ({err.strerror})")
+
+    for folder in folders:
+        if folder.name not in classes:
+            continue
+        for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                path = Path(dirpath) / name
+                suffix = path.suffix.lower()
+                if name.startswith(".") or suffix not in IMAGE_SUFFIXES | DICOM_SUFFIXES:
+                    continue
+                if path.is_file():  # follows links; False for FIFOs, sockets and devices
+                    files.append(path)
+                    labels.append(classes.index(folder.name))
+    if not files:
+        problems.append(f"{base}: no labelled scans (expected <class>/ folders named {', '.join(classes)})")
+    return files, labels, problems
+
+
+def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_size: int,
+                report: VerifyReport) -> None:
+    import numpy as np
+
+    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.runtime.classifier import Classifier
+
+    files, labels, problems = labelled_files(root, list(metadata.classes))
+    report.problems.extend(problems)
+    if not files:
+        return
+    parity = metadata.metrics.get("parity") if isinstance(metadata.metrics.get("parity"), dict) else {}
+    drop = (parity.get("thresholds") or {}).get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP)
+    recorded = parity.get("files") or {}
+    truth = np.asarray(labels)
+    for name in names:
+        try:
+            clf = Classifier.from_bundle(bundle_dir, model_file=name)
+        except TumorEdgeError as err:
+            report.problems.append(str(err))
+            continue
+        predicted, unreadable = [], []
+        for result in clf.iter_predictions(files, batch_size=batch_size):
+            if result.ok:
+                predicted.append(result.index)
+            else:
+                predicted.append(-1)
+                unreadable.append(result.message)
+        accuracy = float(np.mean(np.asarray(predicted) == truth))
+        report.files.setdefault(name, {}).update(accuracy=accuracy, n_images=len(files))
+        line = f"{name}: accuracy {100 * accuracy:.1f}% on {len(files)} local scans"
+        for message in unreadable[:5]:
+            report.problems.append(f"unreadable scan: {message}")
+        if len(unreadable) > 5:
+            report.problems.append(f"{root}: {len(unreadable) - 5} more unreadable scans")
+        before = (recorded.get(name) or {}).get("accuracy")
+        if isinstance(before, (int, float)):
+            line += f" (export measured {100 * before:.1f}%, tolerance {drop:g} points)"
+            if 100 * (before - accuracy) > drop + 1e-9:
+                report.problems.append(f"{bundle_dir / name}: {line}")
+                continue
+        report.lines.append(f"data: ok  {line}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=None,
+              help="Largest accepted probability difference from the recorded outputs (default per precision: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ").")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int) -> None:
+    """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
+    (and, with --data, the accuracy on local labelled scans).
+
+    Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
+    diagnostic device.
+    """
+    from tumor_edge import RESEARCH_NOTICE
+
+    click.echo(f"note: {RESEARCH_NOTICE}", err=True)
+    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size)
+    for line in report.lines:
+        click.echo(line)
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    if report.ok:
+        click.echo(f"verify: {bundle}: all checks passed on this device")
+        return
+    click.echo(f"verify: {bundle}: {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}",
+               err=True)
+    sys.exit(1)
