@@ -21,7 +21,7 @@ MAX_PIXELS = 64_000_000  # one frame: width x height
 MAX_DECODED_BYTES = 256 * 1024 * 1024  # one file: width x height x channels x bytes/sample x frames decoded
 MAX_FRAMES = 1024  # frames of one file classified with frames="all"
 MAX_FILE_BYTES = 2 * MAX_DECODED_BYTES  # a file bigger than this cannot decode under the cap (DICOM reads it all)
-BLOCK_PIXELS = 1 << 20  # row blocks of about this many pixels for float work (8 MB of float64)
+BLOCK_PIXELS = 1 << 18  # blocks of about this many pixels for float work (2 MB of float64)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def check_inflated_size(fh: BinaryIO, path: str | Path, limit: int = MAX_DECODED
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
-    chunk = 1 << 16
+    chunk = 1 << 20
     while True:
         data = fh.read(chunk)
         if not data:

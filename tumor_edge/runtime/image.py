@@ -92,9 +92,12 @@ def _scale_uint8(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
     flat, flat_out = array.reshape(-1), out.reshape(-1)
     factor = 255.0 / (hi - lo)
     for start in range(0, flat.size, BLOCK_PIXELS):
-        block = flat[start:start + BLOCK_PIXELS].astype(np.float64)
-        block = np.clip((block - lo) * factor + 0.5, 0, 255)
-        block[~np.isfinite(block)] = 0
+        block = flat[start:start + BLOCK_PIXELS].astype(np.float64)  # in place from here: one block alive
+        block -= lo
+        block *= factor
+        block += 0.5
+        np.clip(block, 0, 255, out=block)
+        block[np.isnan(block)] = 0
         flat_out[start:start + BLOCK_PIXELS] = block.astype(np.uint8)
     return out
 
