@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 
@@ -25,6 +26,25 @@ MR_STORAGE = b"1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = b"1.2.840.10008.1.2.1"
 DEFLATED_LE = b"1.2.840.10008.1.2.1.99"
 _LONG_VRS = {b"OB", b"OW", b"UN", b"SQ", b"UT"}
+
+
+def within(seconds: float, fn, *args):
+    """fn(*args) in a daemon thread; a call still blocked after `seconds` fails the test (and stays blocked)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed back to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{getattr(fn, '__name__', fn)} blocked for over {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def make_fifo(path: Path) -> Path:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import tracemalloc
 
 import numpy as np
@@ -33,6 +32,7 @@ from tests.runtime.hostile import (
     nan_bundle,
     run_classify,
     unprivileged_runner,
+    within,
     world_readable_folder,
 )
 from tests.runtime.models import make_bundle, quadrant_image, save_quadrant, write_dicom
@@ -55,25 +55,6 @@ def cli(*args):
 
 def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def within(seconds: float, fn, *args):
-    """fn(*args) in a daemon thread; a call still blocked after `seconds` fails the test (and stays blocked)."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as err:  # noqa: BLE001 - handed back to the test
-            box["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{getattr(fn, '__name__', fn)} blocked for over {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 # ---- special files are never opened ------------------------------------------------------------------------
