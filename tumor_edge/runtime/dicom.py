@@ -18,7 +18,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
-from tumor_edge.runtime.image import FRAME_CHOICES, select_frames
+from tumor_edge.runtime.image import FRAME_CHOICES, release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
 __all__ = ["FRAME_CHOICES", "DicomFrame", "read_dicom", "read_dicom_frames"]
@@ -233,6 +233,7 @@ def _read_dataset(path: Path) -> Any:
     except InputImageError:
         raise
     except Exception as err:  # pydicom raises many types (EOFError, struct.error, ...) on damaged files
+        release_frames(err)
         raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {_short(err)})", path) from err
 
 
@@ -241,6 +242,7 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
     try:
         return np.asarray(ds.pixel_array)
     except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
+        release_frames(err)
         raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {_short(err)}); "
                               "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
 

@@ -10,6 +10,7 @@ non-finite pixels) are reported on the `tumor_edge.input` logger as warnings; th
 from __future__ import annotations
 
 import logging
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,20 @@ def _pil_size(image: Image.Image, frames: int = 1) -> Decoded:
     return Decoded(width, height, channels, sample, frames)
 
 
+def release_frames(err: BaseException) -> None:
+    """Drop the local variables of the finished frames in an exception's traceback (and its causes').
+
+    A decoder that fails half-way leaves its partly decoded image referenced from its frame (Pillow's decoder
+    holds the image core): while a batch keeps the error to report it, that memory would stay alive, 36 MB for a
+    truncated 9-megapixel JPEG. Cleared frames keep their file and line, so --debug still shows the traceback.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
 def _decode_error(err: Exception, path: Path) -> InputImageError:
     """A Pillow failure as the one line a user sees."""
     if isinstance(err, InputImageError):
@@ -231,7 +246,8 @@ def _pil_frames(path: Path, frames: str | int) -> list[Frame]:
             return out
         except Exception as err:
             if image is not None:
-                image.close()  # frees the partly decoded pixels even if the traceback outlives this call
+                image.close()
+            release_frames(err)
             raise _decode_error(err, path) from err
 
 
