@@ -423,3 +423,25 @@ def test_frames_all_is_capped(tmp_path):
     path = dicom_claiming(tmp_path / "many.dcm", 2, 2, 5000, payload=b"\0" * (2 * 2 * 2 * 5000))
     with pytest.raises(InputImageError, match="limited to 1024 frames"):
         load_rgb_frames(path, "all")
+
+
+def test_a_failed_decode_keeps_no_pixels_alive(tmp_path):
+    """A batch keeps each failure's error to report it; 0.1.0's errors kept Pillow's frames, whose decoder held
+    the partly decoded image (36 MB for a truncated 9-MP JPEG: 60 of them reached ~2 GB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(quadrant_image(0, 256)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(InputImageError, match="truncated") as info:
+        load_rgb(path)
+    held, err = [], info.value
+    while err is not None:
+        tb = err.__traceback__
+        while tb is not None:
+            held.extend((tb.tb_frame.f_code.co_filename, value) for value in tb.tb_frame.f_locals.values())
+            tb = tb.tb_next
+        err = err.__cause__
+    pil_locals = [value for filename, value in held if f"{os.sep}PIL{os.sep}" in filename]
+    assert pil_locals == []  # Pillow's finished frames were cleared (file and line stay for --debug)
+    images = [value for _, value in held if isinstance(value, Image.Image)]
+    assert images and all(type(image._im).__name__ == "DeferredError" for image in images)  # closed: core freed
