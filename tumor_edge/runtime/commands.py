@@ -89,7 +89,8 @@ def _detach_stdout() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per inference call.")
 @click.option("--frames", type=click.Choice(["middle", "all"]), default="middle", show_default=True,
-              help="Multi-frame DICOM: classify the middle frame or every frame.")
+              help="Multi-frame files (DICOM series, multi-page TIFF, animated GIF): classify the middle frame or "
+                   "every frame (at most 1024 a file).")
 @click.option("--providers", metavar="LIST", default=None,
               help="onnxruntime execution providers in priority order, comma-separated (e.g. CUDA,CPU), or "
                    "'auto' for every one this onnxruntime build has. Default: CPU.")
