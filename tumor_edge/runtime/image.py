@@ -112,12 +112,16 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return _scale_uint8(array, lo, hi)
 
 
-def pil_to_rgb(image: Image.Image, path: str | Path | None = None) -> Image.Image:
+def pil_to_rgb(image: Image.Image, path: str | Path | None = None, owned: bool = False) -> Image.Image:
     """Any Pillow mode (grey, 16-bit, float, palette, RGBA, CMYK) to 8-bit RGB, EXIF orientation applied.
 
-    With `path`, an image without a single finite value is an InputImageError and partly non-finite or
-    constant ones are logged as warnings naming the file."""
-    image = ImageOps.exif_transpose(image)
+    With `path`, an image without a single finite value is an InputImageError and partly non-finite ones are
+    logged as warnings naming the file. `owned`: the caller's image may be changed in place (the decoders' own
+    images: a full-size copy less at the peak); the result may then be `image` itself."""
+    if owned:
+        ImageOps.exif_transpose(image, in_place=True)
+    else:
+        image = ImageOps.exif_transpose(image)
     if image.mode in HIGH_BIT_MODES:
         array = np.asarray(image)
         lo, hi, finite = _finite_range(array)
@@ -129,7 +133,7 @@ def pil_to_rgb(image: Image.Image, path: str | Path | None = None) -> Image.Imag
         return Image.fromarray(_scale_uint8(array, lo, hi)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
         # Transparent regions become black, the background of an MRI slice.
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode != "RGB":
@@ -237,7 +241,7 @@ def _pil_frames(path: Path, frames: str | int) -> list[Frame]:
                 check_total(total, path)
                 image.load()
                 label = f"frame {index} of {count}" if count > 1 else None
-                rgb = _rgb_or_error(image, path)  # a new image: exif_transpose copies
+                rgb = _rgb_or_error(image, path, owned=count == 1)  # frames of one file: copies
                 warn_if_constant(rgb, path, label)
                 out.append(Frame(rgb, index, count))
             if count > 1 and frames == "middle":
@@ -280,9 +284,9 @@ def load_rgb(path: str | Path) -> Image.Image:
     return load_rgb_frames(path, "middle")[0].image
 
 
-def _rgb_or_error(image: Image.Image, path: Path) -> Image.Image:
+def _rgb_or_error(image: Image.Image, path: Path, owned: bool = False) -> Image.Image:
     try:
-        return pil_to_rgb(image, path)
+        return pil_to_rgb(image, path, owned)
     except InputImageError:
         raise
     except (OSError, ValueError, SyntaxError) as err:  # e.g. a LAB TIFF, a broken EXIF block
