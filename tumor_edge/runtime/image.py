@@ -209,8 +209,6 @@ def release_frames(err: BaseException) -> None:
 
 def _decode_error(err: Exception, path: Path) -> InputImageError:
     """A Pillow failure as the one line a user sees."""
-    if isinstance(err, InputImageError):
-        return err
     if isinstance(err, Image.DecompressionBombError):
         return InputImageError(f"image too large to be a scan ({err})", path)
     if isinstance(err, UnidentifiedImageError):
@@ -245,13 +243,15 @@ def _pil_frames(path: Path, frames: str | int) -> list[Frame]:
                 warn_if_constant(rgb, path, label)
                 out.append(Frame(rgb, index, count))
             if count > 1 and frames == "middle":
-                log.warning("%s: holds %d frames; classifying frame %d (--frames all classifies each)", path,
-                            count, indices[0])
+                log.warning("%s: holds %d frames; classifying the middle one, frame %d (all frames can be "
+                            "asked for)", path, count, indices[0])
             return out
         except Exception as err:
             if image is not None:
                 image.close()
             release_frames(err)
+            if isinstance(err, InputImageError):
+                raise
             raise _decode_error(err, path) from err
 
 
