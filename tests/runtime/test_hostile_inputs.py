@@ -223,6 +223,8 @@ def test_unreadable_subfolder_is_reported(shared):
     assert result.returncode == 2, result.stderr  # 0.1.0: skipped silently, exit 0
     (line,) = errors(result.stderr)
     assert str(hidden) in line and "cannot read this folder" in line and "permission denied" in line
+    alone = _run_unprivileged(shared, hidden, shared / "scans" / "a.png")  # named directly: one line too
+    assert alone.returncode == 2 and [hidden.as_posix() in line for line in errors(alone.stderr)] == [True]
 
 
 # ---- CSV, JSON and the terminal stay well-formed whatever the names ------------------------------------------

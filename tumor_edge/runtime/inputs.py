@@ -54,8 +54,9 @@ def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
         if not is_dir:
             out.files.append(path)
             continue
+        reported = len(out.problems)
         found = _walk(path, out.problems)
-        if not found:
+        if not found and len(out.problems) == reported:  # an unreadable folder is reported once, as that
             out.problems.append(InputProblem(str(path), "no scan files in this folder"))
         out.files.extend(found)
     return out
