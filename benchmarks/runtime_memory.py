@@ -91,13 +91,15 @@ def make_set(folder: Path, originals: dict[str, Path], files: int, bad_fraction:
 
 def run_classify(paths: list[Path], bundle: Path, pythonpath: str | None) -> dict:
     """The command in a child process; its own peak RSS from wait4 (not the maximum over all children)."""
-    env = dict(os.environ, PYTHONPATH=pythonpath or str(HERE.parent))
+    tree = pythonpath or str(HERE.parent)
+    env = dict(os.environ, PYTHONPATH=tree)
     env.pop("TUMOR_EDGE_MODEL", None)
     command = [sys.executable, "-m", "tumor_edge.cli", "classify", *map(str, paths), "-m", str(bundle), "--json",
                "--no-progress"]
     start = time.perf_counter()
     with open(os.devnull, "w") as sink, tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=sink, stderr=errors, env=env)
+        # cwd = the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+        process = subprocess.Popen(command, stdout=sink, stderr=errors, env=env, cwd=tree)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         errors.seek(0)
