@@ -360,8 +360,6 @@ def test_a_model_emitting_nan_gives_no_label_and_json_stays_strict(tmp_path):
     assert all("label" not in r and "not a number" in r["error"] for r in rows) and len(rows) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="the NaN check belongs to the prediction path (classifier.py, runtime "
-                                       "engineer): see the runtime-input report's patch")
 def test_library_refuses_a_nan_prediction(tmp_path):
     from tumor_edge.runtime.classifier import Classifier
 
@@ -370,8 +368,6 @@ def test_library_refuses_a_nan_prediction(tmp_path):
     assert len(results) == 1 and not results[0].ok
 
 
-@pytest.mark.xfail(strict=True, reason="batch.iter_predictions iterates a lone path's characters (runtime "
-                                       "engineer's batch.py): see the runtime-input report's patch")
 def test_iter_predictions_takes_a_single_path(bundle, tmp_path):
     from tumor_edge.runtime.classifier import Classifier
 

@@ -136,7 +136,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
                              else None)
     classifier = Classifier.from_bundle(resolve_model_path(model), model_file=model_file, options=options)
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    missing = getattr(classifier.backend, "missing_providers", [])
+    missing = classifier.backend.missing_providers
     if missing:
         click.echo(f"note: this onnxruntime has no {', '.join(missing)}; running on "
                    f"{', '.join(classifier.backend.providers)}", err=True)
