@@ -48,8 +48,9 @@ inputs are decoded, resized test-split images (never zeros), prepared before tim
 std (sample) and images/s per configuration. Cold start is a fresh process from spawn to its first result for
 one image file, with that process's peak RSS from the kernel's accounting of the reaped child (3 processes per
 file, 1 for Keras). Two matmul ceilings, each measured in a fresh process per thread count before and after
-the formats (the best is kept: load only slows it): float32, a 2048^3 numpy/BLAS matmul, and int8, a 1024^3
-uint8 x int8 `MatMulInteger` through onnxruntime itself (MLAS's integer GEMM, the kernels a QDQ model's
+the formats (the best is kept: load only slows it), each 1024^3 (short runs, so that on a shared machine the best
+of many finds the moments the cores were free): float32, a numpy/BLAS matmul, and int8, a uint8 x int8
+`MatMulInteger` through onnxruntime itself (MLAS's integer GEMM, the kernels a QDQ model's
 QLinearConv runs on). Each format's achieved GMAC/s (MACs counted from the ONNX graph: 5.71 GMAC per 299x299
 image) is shown as a fraction of the ceiling of its own arithmetic: fp32 and fp16 files against the float32
 one, int8 files against the int8 one; each goal says what fraction of that ceiling meeting it would take.

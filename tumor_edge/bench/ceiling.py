@@ -1,8 +1,8 @@
 """The machine's matrix-multiply ceilings (GMAC/s): what each format's achieved rate is set against.
 
 Two ceilings, one per kind of arithmetic a bundle's files run:
-- fp32: a large square (2048^3) float32 numpy matmul through the BLAS numpy was built with (sgemm).
-- int8: a large square (1024^3) `MatMulInteger` (uint8 x int8 -> int32) through onnxruntime itself, i.e. MLAS's u8s8
+- fp32: a large square float32 numpy matmul through the BLAS numpy was built with (sgemm).
+- int8: a large square `MatMulInteger` (uint8 x int8 -> int32) through onnxruntime itself, i.e. MLAS's u8s8
   GEMM, the kernel family behind the QLinearConv/QLinearMatMul that a QDQ int8 model becomes on the CPU (VNNI
   dot products where the CPU has them, AMX tiles where onnxruntime uses them). An int8 file's rate set against
   the float32 rate says little (it can exceed 1); against the int8 ceiling it says how much of the machine's
@@ -29,7 +29,11 @@ from typing import Any
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-DEFAULT_SIZE = 2048  # the float32 matmul: 8.6 GMAC, ~0.1 s a run at 2 threads on a VNNI Xeon
+# n of the n x n x n matmuls: 1 GMAC, operands of 1-4 MB (beyond L2), a few ms to ~15 ms a run. Short runs
+# matter on a shared machine: the best of many short runs finds the moments the cores were free, while every
+# run of a 2048^3 float32 matmul (~0.1-0.3 s) is cut into by other processes' time slices. (Earlier records
+# used 2048^3 for the float32 ceiling.)
+DEFAULT_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def int8_matmul_model(size: int) -> bytes:
     return model.SerializeToString()
 
 
-def int8_matmul_rate(size: int = 1024, min_seconds: float = 1.5, min_runs: int = 5,
+def int8_matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
                      threads: int | None = None) -> tuple[float, float, int]:
     """(median, best) GMAC/s of onnxruntime's uint8 x int8 n x n MatMulInteger with `threads` intra-op threads
     (as the runtime's BackendOptions set them), and the number of timed runs. Full-range random operands: the
@@ -112,12 +116,10 @@ def int8_matmul_rate(size: int = 1024, min_seconds: float = 1.5, min_runs: int =
     return _time_rate(lambda: session.run(None, feeds), float(size) ** 3, min_seconds, min_runs)
 
 
-# precision -> (what measures it, its rate function, the Python module it needs, its matrix size). The int8
-# matmul runs ~3-4x faster than the float32 one, so it takes 1024^3 (1 MB operands, a few ms a run): each run
-# stays short, and on a shared machine the best of many short runs finds the moments the cores were free.
-KINDS: dict[str, tuple[str, Callable[..., tuple[float, float, int]], str, int]] = {
-    "fp32": ("numpy BLAS float32 matmul", matmul_rate, "numpy", DEFAULT_SIZE),
-    "int8": ("onnxruntime MatMulInteger uint8 x int8", int8_matmul_rate, "onnx", 1024),
+# precision -> (what measures it, its rate function, the Python module it needs)
+KINDS: dict[str, tuple[str, Callable[..., tuple[float, float, int]], str]] = {
+    "fp32": ("numpy BLAS float32 matmul", matmul_rate, "numpy"),
+    "int8": ("onnxruntime MatMulInteger uint8 x int8", int8_matmul_rate, "onnx"),
 }
 PRECISIONS: tuple[str, ...] = tuple(KINDS)
 
@@ -136,18 +138,15 @@ class CeilingRun:
     unavailable: dict[str, str]
 
 
-def measure_ceilings(threads: int, precisions: Iterable[str] = PRECISIONS, size: int | None = None,
+def measure_ceilings(threads: int, precisions: Iterable[str] = PRECISIONS, size: int = DEFAULT_SIZE,
                      min_seconds: float = 1.5, timeout: float = 180.0) -> CeilingRun:
-    """Every ceiling kind at `threads`, in one child process whose BLAS and onnxruntime use that many threads
-    (`size`: one matrix size for all kinds; None: each kind's own)."""
+    """Every ceiling kind at `threads`, in one child process whose BLAS and onnxruntime use that many threads."""
     precisions = list(precisions)
     env = dict(os.environ)
     for var in THREAD_VARIABLES:
         env[var] = str(threads)
-    cmd = [sys.executable, "-m", "tumor_edge.bench.ceiling", "--threads", str(threads), "--seconds",
-           str(min_seconds), "--precisions", ",".join(precisions)]
-    if size is not None:
-        cmd += ["--size", str(size)]
+    cmd = [sys.executable, "-m", "tumor_edge.bench.ceiling", "--threads", str(threads), "--size", str(size),
+           "--seconds", str(min_seconds), "--precisions", ",".join(precisions)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"matmul ceiling child failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -191,19 +190,18 @@ def ceiling_table(ceilings: list[Ceiling] | list[dict[str, Any]]) -> dict[str, d
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="matmul GMAC/s per precision (run with thread variables set)")
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--size", type=int, default=None, help="matrix size n (default: each kind's own)")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     args = parser.parse_args(argv)
     for precision in [p for p in args.precisions.split(",") if p]:
-        engine, rate, module, default_size = KINDS[precision]
-        size = args.size or default_size
+        engine, rate, module = KINDS[precision]
         try:
-            median, best, runs = rate(size, args.seconds, threads=args.threads)
+            median, best, runs = rate(args.size, args.seconds, threads=args.threads)
         except ImportError as err:
             print(json.dumps({"unavailable": precision, "reason": f"{module} is not installed ({err})"}))
             continue
-        print(json.dumps(Ceiling(args.threads, size, runs, median, best, precision, engine).to_dict()),
+        print(json.dumps(Ceiling(args.threads, args.size, runs, median, best, precision, engine).to_dict()),
               flush=True)
 
 
