@@ -6,14 +6,22 @@ Each subpackage owns its commands in a `commands.py` that imports only click at 
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
+import importlib.abc
+import importlib.util
+import logging
 import os
 import sys
+import tempfile
+import warnings
 
 import click
 
 from tumor_edge import __version__
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.envcmd.extras import COMMAND_NEEDS, extra_for, missing_for
+from tumor_edge.errors import MissingExtraError, TumorEdgeError
 
 # command name -> "module:attribute". A registry instead of imports, so each command costs only what it uses.
 COMMANDS: dict[str, str] = {
@@ -26,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "bench": "tumor_edge.bench.commands:bench",
     "demo-data": "tumor_edge.demo.commands:demo_data",
     "demo": "tumor_edge.demo.commands:demo",
+    "serve": "tumor_edge.serve.commands:serve",
+    "env": "tumor_edge.envcmd.commands:env",
 }
 
 
@@ -38,11 +48,21 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        try:
+            return _checking_extra(getattr(importlib.import_module(module_name), attr), cmd_name)
+        except ModuleNotFoundError as err:
+            error = _missing_extra(err, cmd_name)
+            if isinstance(error, MissingExtraError) and not (ctx.obj or {}).get("debug"):
+                click.echo(f"error: {error}", err=True)
+                sys.exit(error.exit_code)
+            raise
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except ModuleNotFoundError as err:
+                raise _missing_extra(err, ctx.invoked_subcommand) from err
         except TumorEdgeError as err:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -51,6 +71,39 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _checking_extra(command: click.Command, name: str) -> click.Command:
+    """The command, made to check its extra's modules after parsing (so --help still works) and before its own
+    work."""
+    if name not in COMMAND_NEEDS or command.callback is None:
+        return command
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        lacking = missing_for(name)
+        if lacking:
+            extra, modules = lacking
+            raise MissingExtraError(f"`tumor-edge {name}` needs the `{extra}` extra ({', '.join(modules)} "
+                                    f"{'is' if len(modules) == 1 else 'are'} not installed): "
+                                    f"pip install 'tumor-edge[{extra}]'")
+        return callback(*args, **kwargs)
+
+    wrapped = copy.copy(command)
+    wrapped.callback = checked
+    return wrapped
+
+
+def _missing_extra(err: ModuleNotFoundError, command: str | None) -> Exception:
+    """A missing optional dependency becomes one line naming the extra to install; any other missing module
+    (a bug) stays the original error."""
+    extra = extra_for(err.name, command)
+    if extra is None:
+        return err
+    what = f"`tumor-edge {command}`" if command else "this command"
+    return MissingExtraError(f"{what} needs the `{extra}` extra ({err.name} is not installed): "
+                             f"pip install 'tumor-edge[{extra}]'")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,8 +118,71 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if not debug:
-        # TensorFlow's C++ start-up chatter is noise for users; --debug keeps it.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        quiet_tensorflow()
+
+
+# ------------------------------------------------------------------ TensorFlow's start-up noise (not with --debug)
+
+NOISY_PACKAGES = r"(tensorflow|keras|tf2onnx|tf_keras|absl|google\.protobuf)(\.|$)"
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Imports `tensorflow` with the process's stderr (fd 2) captured: TensorFlow's native libraries print
+    "All log messages before absl::InitializeLog()" and oneDNN notes while loading, before TF_CPP_MIN_LOG_LEVEL
+    is read, so no environment variable silences them. The capture is replayed if the import fails."""
+
+    def __init__(self) -> None:
+        self._finding = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow" or self._finding:
+            return None
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            except BaseException:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                os.write(2, capture.read())
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    def __getattr__(self, name):  # is_package, get_code, ... as the real loader has them
+        return getattr(self.loader, name)
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ logs, its start-up notes, absl's logging and library warnings off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not any(isinstance(f, _QuietImport) for f in sys.meta_path) and "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietImport())
+    for name in ("absl", "tensorflow", "tf2onnx", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=NOISY_PACKAGES)
 
 
 if __name__ == "__main__":

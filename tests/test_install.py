@@ -1,0 +1,181 @@
+"""Installs anywhere: declared dependencies match the imports, and the wheel installs in a fresh venv without
+TensorFlow (latest and lowest allowed versions of the runtime's dependencies) and classifies a scan there.
+
+The venv tests build the wheel (`pip wheel --no-deps .`) and install it from the package registry, as a user
+would (CI has the registry); they are marked slow (a minute or two each).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import venv
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tumor_edge.envcmd.extras import COMMAND_NEEDS, EXTRAS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="tomllib (Python 3.11+) or tomli is needed to read pyproject")
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+INSTALL_TIMEOUT_S = 600
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(req: str) -> str:
+    return _norm(re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0])
+
+
+def declared() -> dict[str, set[str]]:
+    """group ('core' or an extra) -> normalised distribution names."""
+    groups = {"core": {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}}
+    for extra, reqs in PYPROJECT["project"]["optional-dependencies"].items():
+        groups[extra] = {_requirement_name(r) for r in reqs if not r.startswith("tumor-edge")}
+    return groups
+
+
+def third_party_imports() -> dict[str, list[str]]:
+    """top-level module -> the package files importing it (function-level imports included)."""
+    found: dict[str, list[str]] = {}
+    stdlib = set(sys.stdlib_module_names)
+    for path in sorted((REPO / "tumor_edge").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in stdlib and top != "tumor_edge":
+                    found.setdefault(top, []).append(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_third_party_import_is_declared():
+    """Each imported package's distribution is a dependency or in an extra (e.g. the demo's scipy)."""
+    dists = metadata.packages_distributions()
+    everything = set().union(*declared().values())
+    undeclared = {}
+    for module, files in third_party_imports().items():
+        names = {_norm(d) for d in dists.get(module, [module])}
+        if not names & everything:
+            undeclared[module] = sorted(set(files))[:3]
+    assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_extras_registry_matches_pyproject():
+    """`tumor-edge env` and the missing-extra message name the extra that really provides each module."""
+    dists = metadata.packages_distributions()
+    groups = declared()
+    for extra, modules in EXTRAS.items():
+        assert extra in groups, f"extra {extra} is not in pyproject"
+        for module in modules:
+            names = {_norm(d) for d in dists.get(module, [module])}
+            assert names & groups[extra], f"{module} is not provided by the {extra} extra"
+    assert {extra for extra, _ in COMMAND_NEEDS.values()} <= set(groups)
+
+
+def test_lower_bounds_cover_the_apis_used():
+    """An API newer than a declared lower bound: `data check` calls np.bitwise_count (NumPy 2.0)."""
+    uses_bitwise_count = any("bitwise_count" in p.read_text() for p in (REPO / "tumor_edge").rglob("*.py"))
+    bounds = {_requirement_name(r): r for r in PYPROJECT["project"]["dependencies"]}
+    if uses_bitwise_count:
+        floor = re.search(r">=\s*([\d.]+)", bounds["numpy"]).group(1)
+        assert int(floor.split(".")[0]) >= 2, f"np.bitwise_count needs NumPy 2, but pyproject allows {bounds['numpy']}"
+
+
+# ------------------------------------------------------------------------------------------ fresh venvs (slow)
+
+
+def lowest_pins() -> list[str]:
+    """`name==X` for every `name>=X` runtime dependency: the oldest install pyproject allows."""
+    pins = []
+    for req in PYPROJECT["project"]["dependencies"]:
+        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*>=\s*([\w.]+)\s*$", req)
+        assert match, f"runtime dependency without a plain lower bound: {req}"
+        pins.append(f"{match.group(1)}=={match.group(2)}")
+    return pins
+
+
+def _run(cmd: list[str], timeout: float = INSTALL_TIMEOUT_S, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "TUMOR_EDGE_MODEL")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)])
+    assert build.returncode == 0, build.stderr[-2000:]
+    (found,) = out.glob("tumor_edge-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def scan_and_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
+    from tests.runtime.models import make_bundle, save_quadrant
+
+    root = tmp_path_factory.mktemp("install-data")
+    dataset = root / "dataset"
+    for offset, split in ((0, "Training"), (4, "Testing")):  # no byte-identical pair: near-duplicate search runs
+        for quadrant, name in enumerate(("glioma", "meningioma")):
+            for i in range(2):
+                save_quadrant(dataset / split / name / f"{i}.png", quadrant, size=48 + 8 * i + offset)
+    return save_quadrant(root / "scan.png", 3), make_bundle(root / "bundle"), dataset
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("versions", ["latest", "lowest"])
+def test_wheel_in_a_fresh_venv_without_tensorflow(wheel, scan_and_bundle, tmp_path, versions):
+    scan, bundle, dataset = scan_and_bundle
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py, cli = env_dir / "bin" / "python", env_dir / "bin" / "tumor-edge"
+    pins = lowest_pins() if versions == "lowest" else []
+    install = _run([str(py), "-m", "pip", "install", "-q", "--only-binary", ":all:", str(wheel), *pins])
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert _run([str(py), "-c", "import tensorflow"]).returncode != 0, "TensorFlow is visible in the runtime venv"
+
+    classify = _run([str(cli), "classify", "--json", "--model", str(bundle), str(scan)], cwd=tmp_path)
+    assert classify.returncode == 0, classify.stderr
+    assert json.loads(classify.stdout)["label"] == "pituitary"
+
+    check = _run([str(cli), "data", "check", str(dataset)], cwd=tmp_path)
+    assert check.returncode == 0 and "Traceback" not in check.stderr, check.stderr[-2000:]
+
+    train = _run([str(cli), "train", str(dataset)], cwd=tmp_path)
+    assert train.returncode == 1
+    assert train.stderr.strip().splitlines() == [
+        "error: `tumor-edge train` needs the `train` extra (tensorflow, keras are not installed): "
+        "pip install 'tumor-edge[train]'"]
+
+    env = _run([str(cli), "env", "--json"], cwd=tmp_path)
+    assert env.returncode == 0, env.stderr
+    assert json.loads(env.stdout)["extras"]["train"] is False
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_license(wheel):
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    license_files = [n for n in names if n.endswith("LICENSE")]
+    assert license_files, names
+    text = zipfile.ZipFile(wheel).read(license_files[0]).decode()
+    assert "Apache License" in text and "Version 2.0" in text
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"

@@ -1,0 +1,57 @@
+"""The optional extras and the modules each brings: one table for `tumor-edge env`, the CLI's missing-extra
+message and the test that declared dependencies match imports. Imports nothing heavy."""
+
+from __future__ import annotations
+
+import importlib.util
+
+# extra -> the top-level modules it provides (import names, not distribution names)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib", "nibabel", "nilearn", "scipy",
+              "sympy"),
+    "tflite": ("ai_edge_litert",),
+    "dicom": ("pydicom",),
+    "serve": ("starlette", "uvicorn", "python_multipart"),
+    "nifti": ("nibabel",),
+}
+
+# command -> (the extra it needs beyond the runtime install, the modules checked before it starts); commands not
+# listed need none. The check runs before the command's own work, so `train` on the runtime install says which
+# extra to install at once instead of after reading a dataset.
+COMMAND_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train": ("train", ("tensorflow", "keras")),
+    "evaluate": ("train", ("tensorflow", "keras", "sklearn")),
+    "export": ("train", ("tensorflow", "tf2onnx", "onnx")),
+    "demo": ("train", ("tensorflow", "keras", "nibabel", "scipy", "sklearn")),
+    "demo-data": ("train", ("nibabel", "scipy")),
+    "serve": ("serve", ("starlette", "uvicorn", "python_multipart")),
+}
+
+
+def extra_for(module: str | None, command: str | None = None) -> str | None:
+    """The extra that provides top-level `module` (the command's own extra first), None if no extra does."""
+    top = (module or "").split(".")[0]
+    own = COMMAND_NEEDS.get(command or "", (None, ()))[0]
+    if own and top in EXTRAS[own]:
+        return own
+    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (found, not imported: `env` must not pay for TensorFlow's start)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_for(command: str) -> tuple[str, list[str]] | None:
+    """(extra, missing modules) when `command` cannot run on this install, else None."""
+    extra, modules = COMMAND_NEEDS.get(command, (None, ()))
+    missing = [m for m in modules if not installed(m)]
+    return (extra, missing) if extra and missing else None
+
+
+def extras_present() -> dict[str, dict[str, bool]]:
+    """extra -> {module: installed}."""
+    return {extra: {m: installed(m) for m in modules} for extra, modules in EXTRAS.items()}

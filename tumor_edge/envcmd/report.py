@@ -1,0 +1,72 @@
+"""What `tumor-edge env` reports: versions, CPU instruction sets, onnxruntime's providers and the choice made,
+the extras present. Everything a bug report needs, gathered without importing TensorFlow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tumor_edge import __version__
+from tumor_edge.envcmd.extras import extras_present
+from tumor_edge.machine import machine_info
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                 "DmlExecutionProvider", "CoreMLExecutionProvider", "OpenVINOExecutionProvider")
+GPU_HINT = ("to use an NVIDIA GPU: pip uninstall -y onnxruntime && pip install onnxruntime-gpu, then "
+            "`tumor-edge classify --providers CUDA,CPU ...` (or --providers auto); classify prints a note when a "
+            "requested provider is missing and runs on the CPU instead")
+
+
+def onnxruntime_info() -> dict[str, Any]:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        return {"installed": False, "error": str(err)}
+    available = list(ort.get_available_providers())
+    accelerators = [p for p in available if p in GPU_PROVIDERS]
+    return {
+        "installed": True,
+        "version": ort.__version__,
+        "device": ort.get_device(),
+        "available_providers": available,
+        "default_choice": ["CPUExecutionProvider"],
+        "auto_choice": accelerators + ["CPUExecutionProvider"],
+        "gpu_hint": None if accelerators else GPU_HINT,
+    }
+
+
+def environment() -> dict[str, Any]:
+    info = machine_info()
+    return {"tumor_edge": __version__, "machine": info, "onnxruntime": onnxruntime_info(),
+            "extras": {extra: all(mods.values()) for extra, mods in extras_present().items()},
+            "extra_modules": extras_present()}
+
+
+def format_text(env: dict[str, Any]) -> str:
+    m = env["machine"]
+    simd = [flag for flag, on in m.get("simd", {}).items() if on]
+    ort = env["onnxruntime"]
+    lines = [
+        f"tumor-edge      {env['tumor_edge']}",
+        f"python          {m.get('python')}  ({m.get('os')})",
+        f"cpu             {m.get('cpu_model')}  ({m.get('usable_cpus')} usable of {m.get('logical_cpus')} "
+        f"logical, {m.get('physical_cores')} physical{', virtual machine' if m.get('virtualized') else ''})",
+        f"instruction set {' '.join(simd) or 'none of the tracked extensions'}",
+        f"int8 speed-up   {'; '.join(m.get('int8_acceleration', []))}",
+        f"memory          {m.get('memory_gib')} GiB",
+        "packages        " + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items() if v),
+    ]
+    if ort.get("installed"):
+        lines += [
+            f"onnxruntime     {ort['version']} ({ort['device']}); providers: {', '.join(ort['available_providers'])}",
+            f"provider choice default: {', '.join(ort['default_choice'])}; --providers auto: "
+            f"{', '.join(ort['auto_choice'])}",
+        ]
+        if ort["gpu_hint"]:
+            lines.append(f"gpu             {ort['gpu_hint']}")
+    else:
+        lines.append(f"onnxruntime     NOT INSTALLED ({ort['error']})")
+    for extra, mods in env["extra_modules"].items():
+        missing = [name for name, ok in mods.items() if not ok]
+        state = "present" if not missing else f"missing {', '.join(missing)} (pip install 'tumor-edge[{extra}]')"
+        lines.append(f"extra {extra:<9} {state}")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""The ASGI application: routes, bearer-token check, admission, and JSON for every error.
+
+Every response a client can get from this app is JSON with an `error` reason when it is not a success (404,
+405, 413, 503, a crash included); a traceback never leaves the process (it goes to the server's stderr with
+--debug).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from tumor_edge import RESEARCH_NOTICE, __version__
+from tumor_edge.errors import first_line
+from tumor_edge.serve.admission import Admission, Busy
+from tumor_edge.serve.config import ServeConfig
+from tumor_edge.serve.errors import HttpError
+from tumor_edge.serve.inference import classify_bytes, model_description
+from tumor_edge.serve.openapi import openapi_document
+from tumor_edge.serve.page import PAGE_CSP, render_page
+from tumor_edge.serve.upload import parse_upload, read_body
+
+log = logging.getLogger("tumor_edge.serve")
+RETRY_AFTER_S = 1
+FRAME_CHOICES = ("middle", "all")
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Research-Notice": RESEARCH_NOTICE,
+                  "Cache-Control": "no-store"}
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers={**COMMON_HEADERS, **(headers or {})})
+
+
+def create_app(classifier: Any, model_path: Path, config: ServeConfig) -> Starlette:
+    """An app serving `classifier` (already loaded: a broken bundle fails before the port opens)."""
+    admission = Admission(config.concurrency, config.queue)
+    model_info = model_description(classifier, classifier.metadata, model_path)
+    expected = f"Bearer {config.token}".encode() if config.token else None
+
+    def authorize(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise HttpError(401, "missing or wrong bearer token (send `Authorization: Bearer <token>`)",
+                            {"WWW-Authenticate": "Bearer"})
+
+    async def page(request: Request) -> Response:
+        headers = {**COMMON_HEADERS, "Content-Security-Policy": PAGE_CSP}
+        return HTMLResponse(render_page(classifier.classes, bool(expected)), headers=headers)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__, "busy": admission.admitted},
+                            headers=COMMON_HEADERS)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(config), headers=COMMON_HEADERS)
+
+    async def model(request: Request) -> Response:
+        authorize(request)
+        return JSONResponse(model_info, headers=COMMON_HEADERS)
+
+    async def classify(request: Request) -> Response:
+        authorize(request)
+        frames = request.query_params.get("frames", config.frames)
+        if frames not in FRAME_CHOICES:
+            raise HttpError(400, f"frames must be one of {', '.join(FRAME_CHOICES)}, not {frames!r}")
+        try:
+            async with admission.enter():
+                body = await read_body(request, config.max_body_bytes, config.read_timeout_s)
+                upload = parse_upload(body, request.headers.get("content-type", ""),
+                                      request.query_params.get("filename"),
+                                      request.headers.get("content-disposition"))
+                del body
+                async with admission.slot():
+                    outcome = await anyio.to_thread.run_sync(classify_bytes, classifier, upload.data,
+                                                             upload.filename, frames)
+        except Busy:
+            raise HttpError(503, f"busy: {admission.capacity} requests already in progress or queued; "
+                                 f"retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}) from None
+        except HttpError:
+            raise
+        except Exception as err:  # a model error: answered here, so the server logs one line, not a traceback
+            return await on_crash(request, err)
+        if outcome.failed:
+            failure = next(r for r in outcome.results if "error" in r)
+            return JSONResponse(failure, status_code=422, headers=COMMON_HEADERS)
+        body_out: Any = outcome.results if frames == "all" else outcome.results[0]
+        return JSONResponse(body_out, headers=COMMON_HEADERS)
+
+    async def on_http_error(request: Request, err: HttpError) -> Response:
+        return error_response(err.status, err.reason, err.headers)
+
+    async def on_starlette_error(request: Request, err: HTTPException) -> Response:
+        reasons = {404: f"no such endpoint: {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}
+        return error_response(err.status_code, reasons.get(err.status_code, str(err.detail)),
+                              dict(err.headers or {}))
+
+    async def on_crash(request: Request, err: Exception) -> Response:
+        # The client gets one line; the server's operator gets the traceback with --debug.
+        log.error("%s %s failed: %s", request.method, request.url.path, first_line(err))
+        if config.debug:
+            traceback.print_exception(err, file=sys.stderr)
+        return error_response(500, f"internal error: {first_line(err)}")
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/model", model, methods=["GET"]),
+        Route("/v1/classify", classify, methods=["POST"]),
+    ]
+    handlers = {HttpError: on_http_error, HTTPException: on_starlette_error, Exception: on_crash}
+    return Starlette(routes=routes, exception_handlers=handlers)

@@ -1,0 +1,66 @@
+"""What `tumor-edge serve` is told, and the one rule about where it may listen.
+
+The defaults are the safe ones: loopback only, a body limit that fits any single MRI slice or a modest DICOM
+series, one inference at a time (onnxruntime already uses every core for one request) and a short queue.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from tumor_edge.errors import ConfigError
+
+TOKEN_ENV = "TUMOR_EDGE_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Options of the server; click reads its defaults from here."""
+
+    model: str | None = None
+    model_file: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    insecure: bool = False
+    max_body_mb: float = 32.0
+    concurrency: int = 1  # inferences at once
+    queue: int = 16  # requests waiting for an inference slot before 503
+    read_timeout_s: float = 30.0  # a client slower than this to send its body gets 408
+    threads: int | None = None
+    providers: tuple[str, ...] | None = None
+    frames: str = "middle"
+    debug: bool = False
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def validate(self) -> None:
+        if self.concurrency < 1 or self.queue < 0:
+            raise ConfigError("concurrency must be at least 1 and the queue at least 0")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("the body size limit must be at least 1 KiB")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not between 0 and 65535")
+        check_bind(self.host, self.token, self.insecure)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only reaches this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def check_bind(host: str, token: str | None, insecure: bool) -> None:
+    """Listening beyond this machine exposes scans and compute to the network: it needs a token, or the user's
+    explicit word that the network is trusted."""
+    if is_loopback(host) or token or insecure:
+        return
+    raise ConfigError(f"refusing to listen on {host} (not loopback) without a bearer token: pass --token "
+                      f"(or set {TOKEN_ENV}), or --insecure if this network is trusted")

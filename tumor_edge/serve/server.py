@@ -1,0 +1,53 @@
+"""Load the model, open the socket, run uvicorn: the model is loaded (and a broken bundle refused) before the
+port opens, so a client never reaches a half-started server; the URL is printed once the socket is bound (with
+--port 0 that is how a caller learns the port)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+
+from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.errors import TumorEdgeError, first_line
+from tumor_edge.serve.config import ServeConfig
+
+
+def open_socket(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as err:
+        sock.close()
+        raise TumorEdgeError(f"cannot listen on {host}:{port} ({err.strerror or first_line(err)})") from err
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: ServeConfig) -> None:
+    import uvicorn
+
+    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.runtime import BackendOptions, Classifier
+    from tumor_edge.serve.app import create_app
+
+    config.validate()
+    model_path = resolve_model_path(config.model)
+    options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None)
+    classifier = Classifier.from_bundle(model_path, model_file=config.model_file, options=options)
+    app = create_app(classifier, model_path, config)
+    sock = open_socket(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"note: {RESEARCH_NOTICE}", file=sys.stderr)
+    print(f"serving {classifier.model_path.name} ({', '.join(classifier.classes)}) on http://{shown}:{port}/ "
+          f"(page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops", file=sys.stderr,
+          flush=True)
+    uv_config = uvicorn.Config(app, log_level="debug" if config.debug else "warning", access_log=config.debug,
+                               server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5)
+    uvicorn.Server(uv_config).run(sockets=[sock])
