@@ -4,6 +4,8 @@ ceilings; the machine described."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from tumor_edge.bench.analysis import GOALS, INT8_PAIR
 from tumor_edge.bench.ceiling import PRECISIONS
 from tumor_edge.contracts.bundle import BundleMetadata, is_optimized_name
 from tumor_edge.contracts.formats import format_of
+from tumor_edge.contracts.run_folder import RunFolder
 
 
 def bundle_formats(bundle) -> set[str]:
@@ -27,7 +30,8 @@ def test_every_format_thread_and_batch_is_timed(record, exported_bundle):
     assert not any(is_optimized_name(r["file"]) for r in record["results"])
     assert all(r["loaded_file"] for r in record["results"])
     assert all(r["runs"] >= 5 for r in record["results"])
-    assert record["model"]["keras_reference"].endswith("model.keras")
+    run = RunFolder(Path(BundleMetadata.read(exported_bundle).provenance["run_dir"]))
+    assert record["model"]["keras_reference"] == str(run.model)
     assert record["model"]["inputs"].startswith("test split of")  # real images, not zeros
 
 
