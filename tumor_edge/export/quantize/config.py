@@ -62,6 +62,7 @@ class QuantizationConfig:
     methods: tuple[str, ...] = CALIBRATION_METHODS
     per_channel: bool = True
     reduce_range: bool | None = None  # None: decided by this CPU (default_reduce_range)
+    activations: str = "uint8"  # "uint8" (onnxruntime's x86 int8 kernels are u8 x s8) or "int8"
     keep_head_float: bool = True
     float_average_pools: bool = True  # see graph.float_average_pools(): a third of int8 latency otherwise
     batch_size: int = 4  # calibration batch: every tensor is a graph output, ~270 MB an image at 299 px
@@ -78,6 +79,8 @@ class QuantizationConfig:
         if unknown or not self.methods:
             raise ConfigError(f"calibration methods must be among {', '.join(CALIBRATION_METHODS)}, "
                               f"not {', '.join(unknown) or 'none'}")
+        if self.activations not in ("uint8", "int8"):
+            raise ConfigError(f"activations must be uint8 or int8, not {self.activations!r}")
         if self.max_probes < 1 or self.probe_images < 1 or self.batch_size < 1:
             raise ConfigError("max_probes, probe_images and batch_size must be at least 1")
 

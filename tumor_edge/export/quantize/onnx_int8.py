@@ -56,7 +56,8 @@ def quantize_with_ranges(src: Path, dst: Path, method: str, tensors_range, confi
                    "percentile": CalibrationMethod.Percentile}[method]
     with quiet_stdout():
         quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                        reduce_range=config.resolved_reduce_range(), activation_type=QuantType.QUInt8,
+                        reduce_range=config.resolved_reduce_range(),
+                        activation_type=QuantType.QUInt8 if config.activations == "uint8" else QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method_enum,
                         nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
     cache.unlink(missing_ok=True)
