@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 from tumor_edge.contracts.preprocessing import Preprocessing  # noqa: E402
 from tumor_edge.export.quantize import QuantizationConfig, collect_ranges  # noqa: E402
 from tumor_edge.export.quantize.graph import (  # noqa: E402
+    depthwise_average_pools,
     float_average_pools,
     head_nodes,
     int8_nodes,
@@ -37,36 +38,44 @@ from tumor_edge.export.quantize.graph import (  # noqa: E402
 from tumor_edge.export.quantize.onnx_int8 import quantize_with_ranges  # noqa: E402
 from tumor_edge.machine import load_average, machine_info, machine_summary  # noqa: E402
 
-# name -> (config changes, float average pools); the first is the project default on this CPU.
-VARIANTS: dict[str, tuple[dict, bool]] = {
-    "int8 default": ({}, True),
-    "int8 per-tensor": ({"per_channel": False}, True),
-    "int8 reduce_range": ({"reduce_range": True}, True),
-    "int8 s8 activations": ({"activations": "int8"}, True),
-    "int8 QDQ avg pools": ({}, False),
+# name -> config changes; the first is the project default on this CPU.
+VARIANTS: dict[str, dict] = {
+    "int8 default": {},
+    "int8 per-tensor": {"per_channel": False},
+    "int8 reduce_range": {"reduce_range": True},
+    "int8 s8 activations": {"activations": "int8"},
+    "int8 float avg pools": {"average_pools": "float"},
+    "int8 QDQ avg pools": {"average_pools": "int8"},
 }
 
 
 def build_variants(work: Path, calib: np.ndarray, spec: Preprocessing) -> dict[str, Path]:
+    """One calibration (on the depthwise-pool graph, whose tensors include every other variant's), then each
+    variant quantized from its own prepared graph."""
     import onnx
 
     out = {name: work / f"model_{name.replace(' ', '_')}.onnx" for name in VARIANTS}
     if all(p.is_file() for p in out.values()):
         return out
     plain = preprocess_for_quantization(work / "model_fp32.onnx", work / "model_fp32.pre.onnx")
-    model = onnx.load(str(plain))
-    head = head_nodes(model)
-    pools = float_average_pools(model)
-    rewritten = work / "model_fp32.pre.pools.onnx"
-    onnx.save(model, str(rewritten))
+    sources: dict[str, tuple[Path, list[str]]] = {}
+    for pools in ("depthwise", "float", "int8"):
+        model = onnx.load(str(plain))
+        exclude = head_nodes(model)
+        if pools == "float":
+            exclude += float_average_pools(model)
+        elif pools == "depthwise":
+            depthwise_average_pools(model)
+        sources[pools] = (work / f"model_fp32.pre.{pools}.onnx", exclude)
+        onnx.save(model, str(sources[pools][0]))
     base = QuantizationConfig(methods=("minmax",), reduce_range=False)
     t0 = time.perf_counter()
-    ranges = collect_ranges(rewritten, calib, spec, base, work, show_progress=False)["minmax"]
+    ranges = collect_ranges(sources["depthwise"][0], calib, spec, base, work, show_progress=False)["minmax"]
     print(f"calibration ({len(calib)} images): {time.perf_counter() - t0:.1f} s", flush=True)
-    for name, (changes, float_pools) in VARIANTS.items():
+    for name, changes in VARIANTS.items():
         t0 = time.perf_counter()
         config = replace(base, **changes)
-        src, exclude = (rewritten, head + pools) if float_pools else (plain, head)
+        src, exclude = sources[config.average_pools]
         quantize_with_ranges(src, out[name], "minmax", ranges, config, exclude, work)
         print(f"{name}: quantized in {time.perf_counter() - t0:.1f} s", flush=True)
     return out
@@ -237,7 +246,7 @@ def main() -> None:
     import onnx
 
     graphs = {}
-    for name in ("int8 default", "int8 QDQ avg pools"):
+    for name in ("int8 default", "int8 float avg pools", "int8 QDQ avg pools"):
         graphs[name] = inspect_graph(variants[name], args.work, pixels)
         graphs[name]["int8_nodes"] = len(int8_nodes(onnx.load(str(variants[name]))))
     graphs["onnx fp32"] = inspect_graph(args.work / "model_fp32.onnx", args.work, pixels)

@@ -187,3 +187,43 @@ def test_reduce_range_follows_the_cpu():
     assert default_reduce_range(set()) is False
     assert QuantizationConfig(reduce_range=True).resolved_reduce_range() is True
     assert QuantizationConfig(reduce_range=False).resolved_reduce_range() is False
+
+
+@pytest.mark.parametrize("pads, strides, include_pad", [([1, 1, 1, 1], [1, 1], 0), ([0, 0, 0, 0], [2, 2], 0),
+                                                         ([1, 1, 1, 1], [2, 2], 1)])
+def test_depthwise_average_pools_keep_outputs_and_quantize_closely(tmp_path, pads, strides, include_pad):
+    """Average pools become depthwise convs (+ a border factor): the same numbers in float, and in int8 within
+    the roundings of the input and the output (the border factors are exact in uint8)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+    from tumor_edge.export.quantize import QuantizationConfig, quantize_with_ranges
+    from tumor_edge.export.quantize.graph import depthwise_average_pools
+    from tumor_edge.export.quantize.scoring import session
+
+    pool = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=strides,
+                            pads=pads, count_include_pad=include_pad)
+    graph = helper.make_graph([pool], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.random.default_rng(0).uniform(0, 1, (1, 4, 9, 7)).astype(np.float32)
+    before = session(model).run(None, {"x": x})[0]
+    assert depthwise_average_pools(model) == 1
+    assert "AveragePool" not in {n.op_type for n in model.graph.node}
+    np.testing.assert_allclose(session(model).run(None, {"x": x})[0], before, atol=1e-6)
+    onnx.save(model, str(tmp_path / "dw.onnx"))
+    # Exact ranges of every tensor on this input, as calibration would find them.
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = [o for n in model.graph.node for o in n.output if o != "y"]
+    probe.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names])
+    values = dict(zip(["y", *names], session(probe).run(None, {"x": x}))) | {"x": x}
+    ranges = TensorsData(CalibrationMethod.MinMax, {n: (np.float32(min(0, v.min())), np.float32(max(0, v.max())))
+                                                    for n, v in values.items()})
+    config = QuantizationConfig(methods=("minmax",))
+    q = quantize_with_ranges(tmp_path / "dw.onnx", tmp_path / "dw_int8.onnx", "minmax", ranges, config, [], tmp_path)
+    assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(q)).graph.node}
+    got = session(q).run(None, {"x": x})[0]
+    out_step, in_step = values["y"].max() / 255, 1 / 255
+    assert np.abs(got - before).max() <= out_step + in_step  # an output rounding, a (mostly averaged) input one

@@ -2,7 +2,8 @@
 the CPU-dependent parts of the recipe.
 
 The recipe (measured in benchmarks/quant_speed.py, results in benchmarks/results/quant-*.md): QDQ format, uint8
-activations, int8 per-channel weights, the classifier head and padded average pools in float. `reduce_range`
+activations (int8 activations ran 2x slower: onnxruntime's x86 kernels are u8 x s8), int8 per-channel weights,
+the classifier head in float, average pools as int8 depthwise convolutions. `reduce_range`
 (7-bit weights) is only for x86 CPUs without VNNI/AMX: there `vpmaddubsw` adds two u8*s8 products into a
 saturating int16, and 7-bit weights keep that sum from overflowing; with VNNI (`vpdpbusd`, 32-bit accumulate),
 AMX or ARM dot products the full 8-bit range is exact, as accurate and as fast, so it is the default there.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from tumor_edge.errors import ConfigError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+AVERAGE_POOLS = ("depthwise", "float", "int8")
 
 # Instruction sets with int8 dot products that accumulate in 32 bits: no int16 saturation, no need for 7 bits.
 EXACT_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
@@ -64,7 +66,9 @@ class QuantizationConfig:
     reduce_range: bool | None = None  # None: decided by this CPU (default_reduce_range)
     activations: str = "uint8"  # "uint8" (onnxruntime's x86 int8 kernels are u8 x s8) or "int8"
     keep_head_float: bool = True
-    float_average_pools: bool = True  # see graph.float_average_pools(): a third of int8 latency otherwise
+    # How average pools run: "depthwise" (int8 depthwise conv, graph.depthwise_average_pools: fastest),
+    # "float" (graph.float_average_pools), "int8" (onnxruntime's QLinearAveragePool: slowest).
+    average_pools: str = "depthwise"
     batch_size: int = 4  # calibration batch: every tensor is a graph output, ~270 MB an image at 299 px
     percentile: float = 99.999
     seed: int = 0
@@ -79,6 +83,8 @@ class QuantizationConfig:
         if unknown or not self.methods:
             raise ConfigError(f"calibration methods must be among {', '.join(CALIBRATION_METHODS)}, "
                               f"not {', '.join(unknown) or 'none'}")
+        if self.average_pools not in AVERAGE_POOLS:
+            raise ConfigError(f"average_pools must be one of {', '.join(AVERAGE_POOLS)}, not {self.average_pools!r}")
         if self.activations not in ("uint8", "int8"):
             raise ConfigError(f"activations must be uint8 or int8, not {self.activations!r}")
         if self.max_probes < 1 or self.probe_images < 1 or self.batch_size < 1:

@@ -19,7 +19,12 @@ import numpy as np
 
 from tumor_edge.export.quantize.calibration import collect_ranges, quiet_stdout
 from tumor_edge.export.quantize.config import QuantizationConfig
-from tumor_edge.export.quantize.graph import float_average_pools, head_nodes, preprocess_for_quantization
+from tumor_edge.export.quantize.graph import (
+    depthwise_average_pools,
+    float_average_pools,
+    head_nodes,
+    preprocess_for_quantization,
+)
 from tumor_edge.export.quantize.scoring import CandidateScore, probabilities, score
 from tumor_edge.runtime.preprocess import Preprocessing
 
@@ -77,8 +82,9 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
     prepared = preprocess_for_quantization(fp32_path, work_dir / "model_fp32.pre.onnx")
     model = onnx.load(str(prepared))
     head = head_nodes(model) if config.keep_head_float else []
-    pools = float_average_pools(model) if config.float_average_pools else []
-    if pools:
+    pools = float_average_pools(model) if config.average_pools == "float" else []
+    depthwise = depthwise_average_pools(model) if config.average_pools == "depthwise" else 0
+    if pools or depthwise:
         onnx.save(model, str(prepared))
     exclude = head + pools
     timings["pre_process"] = time.perf_counter() - t0
