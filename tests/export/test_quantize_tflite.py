@@ -46,7 +46,8 @@ def saved_outlier(tmp_path_factory):
 
 
 def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
-    from tumor_edge.export.tflite_int8 import float_reference, tflite_int8_accuracy_aware, tflite_probabilities
+    """Through the background job the exporter uses (a spawned process), report returned as a dict."""
+    from tumor_edge.export.tflite_int8 import BackgroundTfliteInt8, float_reference, tflite_probabilities
 
     saved, folder = saved_outlier
     spec = Preprocessing(SIZE, SIZE, scaling="unit")
@@ -55,14 +56,15 @@ def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
     assert len(set(reference.argmax(1))) == 4
     labels = reference.argmax(1)
     dst = folder / "model_int8.tflite"
-    report = tflite_int8_accuracy_aware(saved, dst, _pixels(48, 1), val, labels, 4, spec, work_dir=folder)
+    report = BackgroundTfliteInt8(saved, dst, _pixels(48, 1), val, labels, 4, spec, folder).wait()
 
-    assert {c["method"] for c in report.candidates} == {"per-channel", "per-tensor"}
-    assert all(c["agreement"] < 0.9 for c in report.candidates), report.candidates  # naive int8 breaks
-    assert report.holds and report.steps[-1]["agreement"] >= 0.995
-    units = [f["unit"] for f in report.float_nodes]
-    assert len(units) == 1 and "conv2" in units[0], report.float_nodes
-    assert any("conv1" in n for n in report.float_nodes[0]["denylisted_nodes"])  # its input's producer too
+    assert {c["method"] for c in report["candidates"]} == {"per-channel", "per-tensor"}
+    assert all(c["agreement"] < 0.9 for c in report["candidates"]), report["candidates"]  # naive int8 breaks
+    assert report["holds"] and report["steps"][-1]["agreement"] >= 0.995
+    units = [f["unit"] for f in report["float_nodes"]]
+    assert len(units) == 1 and "conv2" in units[0], report["float_nodes"]
+    assert any("conv1" in n for n in report["float_nodes"][0]["denylisted_nodes"])  # its input's producer too
     probs = tflite_probabilities(dst.read_bytes(), val, spec, folder)
     assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.995
-    assert report.to_dict()["float_ops"] == ["SOFTMAX"]
+    assert report["float_ops"] == ["SOFTMAX"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model_int8.tflite", "saved_model"]  # nothing left over

@@ -30,7 +30,7 @@ import numpy as np
 
 from tumor_edge.export.quantize.config import ParityGoal
 from tumor_edge.export.quantize.scoring import CandidateScore, score
-from tumor_edge.export.quantize.sensitivity import _schedule, focus_indices
+from tumor_edge.export.quantize.sensitivity import fallback_schedule, focus_indices
 from tumor_edge.runtime.preprocess import Preprocessing, scale
 
 FLOAT_OPS = ("SOFTMAX",)  # a full-integer softmax rounds probabilities to multiples of 1/256
@@ -212,7 +212,7 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
     ranked += [u for u, _ in units[config.max_probes:]]
     nodes_of = dict(units)
     model, chosen = None, []
-    for k in _schedule(len(ranked)):
+    for k in fallback_schedule(len(ranked)):
         nodes = sorted({n for u in ranked[:k] for n in nodes_of[u]})
         candidate = quantizer.quantize(per_channel, nodes)
         current = score(f"{k} float", tflite_probabilities(candidate, pixels, spec, work_dir), reference, labels,
@@ -239,3 +239,73 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
 def _finish(report: TfliteInt8Report, timings: dict[str, float]) -> TfliteInt8Report:
     report.seconds = {k: round(v, 2) for k, v in timings.items()}
     return report
+
+
+# ------------------------------------------------------------------------------------- background job
+# TFLite's calibrator runs the float model single-threaded (~0.6 CPU-s per 299 px image) and holds the GIL; a
+# spawned process overlaps it with the ONNX work. Same contract as tflite_export.BackgroundInt8 (wait/cancel),
+# plus `wait()` returns the report.
+
+
+def _worker(saved_model: str, arrays_npz: str, spec: dict, n_classes: int, dst: str, result_file: str) -> None:
+    import json
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        arrays = np.load(arrays_npz)
+        val = arrays.get("val_pixels")
+        labels = arrays.get("val_labels")
+        report = tflite_int8_accuracy_aware(Path(saved_model), Path(dst), arrays["calib_pixels"], val, labels,
+                                            n_classes, Preprocessing.from_dict(spec), work_dir=Path(dst).parent)
+        outcome = {"ok": True, "report": report.to_dict()}
+    except Exception as err:  # reported to the parent as the step's failure line
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        outcome = {"ok": False, "error": f"{type(err).__name__}: {lines[0][:200] if lines else ''}"}
+    Path(result_file).write_text(json.dumps(outcome, default=float))
+
+
+class BackgroundTfliteInt8:
+    """`tflite_int8_accuracy_aware` in a spawned process. `wait()` returns its report as a dict (or raises
+    RuntimeError with the child's error line); `cancel()` stops it."""
+
+    def __init__(self, saved_model: Path, dst: Path, calib_pixels: np.ndarray, val_pixels: np.ndarray | None,
+                 val_labels: np.ndarray | None, n_classes: int, spec: Preprocessing, work_dir: Path):
+        import multiprocessing
+
+        arrays = {"calib_pixels": calib_pixels}
+        if val_pixels is not None and val_labels is not None:
+            arrays |= {"val_pixels": val_pixels, "val_labels": val_labels}
+        self.arrays = work_dir / f"{dst.stem}.inputs.npz"
+        np.savez(self.arrays, **arrays)
+        self.result_file = work_dir / f"{dst.stem}.result.json"
+        self.result_file.unlink(missing_ok=True)
+        context = multiprocessing.get_context("spawn")  # fork after TensorFlow has started threads is unsafe
+        self.process = context.Process(
+            target=_worker, daemon=True, name="tumor-edge-tflite-int8",
+            args=(str(saved_model), str(self.arrays), spec.to_dict(), n_classes, str(dst), str(self.result_file)))
+        self.process.start()
+
+    def wait(self) -> dict[str, Any]:
+        import json
+
+        self.process.join()
+        try:
+            outcome = json.loads(self.result_file.read_text())
+        except (OSError, ValueError):
+            outcome = {"ok": False, "error": f"converter process died (exit code {self.process.exitcode})"}
+        finally:
+            self._clean()
+        if not outcome.get("ok"):
+            raise RuntimeError(outcome.get("error") or "TFLite int8 conversion failed")
+        return outcome["report"]
+
+    def cancel(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+        self._clean()
+
+    def _clean(self) -> None:
+        self.result_file.unlink(missing_ok=True)
+        self.arrays.unlink(missing_ok=True)

@@ -73,7 +73,7 @@ def focus_indices(probs: np.ndarray, reference: np.ndarray, count: int) -> np.nd
     return np.sort(order[:count])
 
 
-def _schedule(n: int) -> list[int]:
+def fallback_schedule(n: int) -> list[int]:
     """1, 2, 3, 4, 6, 8, 12, 16, 24, ... n: about 2 log2(n) steps from one node to all of them."""
     sizes, p = [1, 2, 3], 4
     while p < n:
@@ -156,7 +156,7 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     by_unit = {p.unit: p for p in probes}
 
     previous, chosen, final = 0, order, None
-    for k in _schedule(len(order)):
+    for k in fallback_schedule(len(order)):
         current = search.full_score(order[:k])
         fails = current.failures(ref_score, config.goal)
         result.steps.append({"float_nodes": k, **_brief(current), "goal_missed": fails})
