@@ -143,6 +143,23 @@ def test_accuracy_aware_off_ships_the_naive_model(outlier):
     assert np.mean(_run(dst, val, spec).argmax(1) == reference.argmax(1)) < 0.9
 
 
+def test_fallback_stops_where_int8_would_lose_its_speed(outlier):
+    """When the goal needs more of the int8 work in float than max_float_mac_fraction allows, the search says
+    the goal was NOT met (the parity gate decides) instead of quietly shipping a float model called int8."""
+    from tumor_edge.export.quantize import QuantizationConfig, quantize_onnx_int8
+
+    folder, spec, fp32, calib, val, labels, reference = outlier
+    work = folder / "work_capped"
+    work.mkdir()
+    dst = folder / "capped_int8.onnx"
+    config = QuantizationConfig(methods=("minmax",), max_float_mac_fraction=0.05)  # conv2 is 9 % of the MACs
+    report = quantize_onnx_int8(fp32, dst, calib, val, labels, 4, spec, config, work, False)
+    aware = report.accuracy_aware
+    assert aware["holds"] is False and "NOT met" in aware["outcome"] and "5%" in aware["stopped"]
+    assert aware["float_nodes"] == [] and "conv2" not in report.float_nodes
+    assert np.mean(_run(dst, val, spec).argmax(1) == reference.argmax(1)) < 0.9
+
+
 def test_keep_float_gives_the_node_float_inputs_which_nodes_to_exclude_cannot(outlier, tmp_path):
     """Why the search rewrites the QDQ graph instead of passing nodes_to_exclude to quantize_static: excluding
     conv2 (even with the ReLU quantize_static folds in front of it) leaves the Q/DQ pair on conv1's output, the

@@ -77,6 +77,7 @@ class QuantizationConfig:
     goal: ParityGoal = ParityGoal()
     max_probes: int = 24  # sensitivity measurements (one int8 model each) per stage: blocks, then nodes
     probe_images: int = 48  # validation images a probe runs on: the flipped and most shifted first
+    max_float_mac_fraction: float = 0.3  # float fallback stops here: int8 must stay >= ~1.8x faster than fp32
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in CALIBRATION_METHODS]

@@ -162,13 +162,15 @@ def _fallback(report: QuantizationReport, chosen: Path, prepared: Path, val_pixe
     timings["accuracy_aware"] = time.perf_counter() - t0
     report.accuracy_aware = result.to_dict()
     if result.model is None:
-        report.accuracy_aware["outcome"] = "naive int8 met the goal: no node needed float"
+        report.accuracy_aware["outcome"] = ("naive int8 met the goal: no node needed float" if result.holds else
+                                            f"goal NOT met: {result.stopped}")
         return chosen
     names = [f["node"] for f in result.float_nodes]
     report.float_nodes += names
     report.float_reasons["accuracy-aware fallback (most sensitive on validation, see accuracy_aware)"] = \
         ", ".join(names)
     report.accuracy_aware["outcome"] = (
-        f"{len(names)} node(s) kept float ({result.float_mac_fraction:.1%} of the quantizable MACs); "
-        f"goal {'met' if result.holds else 'NOT met'} on {report.validation_images} validation images")
+        f"{len(names)} node(s) kept float ({result.float_mac_fraction:.1%} of the int8 MACs); "
+        f"goal {'met' if result.holds else 'NOT met'} on {report.validation_images} validation images"
+        + (f" ({result.stopped})" if result.stopped else ""))
     return result.model
