@@ -46,6 +46,7 @@ class TfliteInt8Config:
     max_probes: int = 24
     probe_images: int = 48
     batch_size: int = 16
+    max_float_fraction: float = 0.3  # of the weighted ops: beyond it int8 loses its speed, the search stops
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TfliteInt8Report:
     probes: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     holds: bool | None = None
+    stopped: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +215,10 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
     nodes_of = dict(units)
     model, chosen = None, []
     for k in fallback_schedule(len(ranked)):
+        if k > config.max_float_fraction * len(ranked):
+            report.stopped = (f"the goal needs more than {config.max_float_fraction:.0%} of the weighted ops in "
+                              "float (int8 would lose its speed): the goal is NOT met")
+            break
         nodes = sorted({n for u in ranked[:k] for n in nodes_of[u]})
         candidate = quantizer.quantize(per_channel, nodes)
         current = score(f"{k} float", tflite_probabilities(candidate, pixels, spec, work_dir), reference, labels,
