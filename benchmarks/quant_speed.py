@@ -206,6 +206,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=299)
     parser.add_argument("--rounds", type=int, default=20, help="timed runs per format at batch 1 (batch 8: 1/3)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--only", help="comma-separated formats to time (default: all), e.g. "
+                        "'onnx fp32,int8 default,litert int8' for more rounds in the same time")
+    parser.add_argument("--no-inspect", action="store_true", help="skip the optimised-graph / profile section")
     args = parser.parse_args()
     if not (args.work / "model_int8.tflite").is_file():
         subprocess.run([sys.executable, str(HERE / "quant_build.py"), "--work", str(args.work),
@@ -221,6 +224,9 @@ def main() -> None:
                **{name: (path, False) for name, path in variants.items()},
                "int8 default, spinning": (variants["int8 default"], True),
                "litert int8": (args.work / "model_int8.tflite", False)}
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")} | {"litert int8"}
+        formats = {name: value for name, value in formats.items() if name in wanted}
     ceilings = {t: matmul_ceiling(t) for t in (1, 2)}
     rows = []
     for threads in (1, 2):
@@ -246,10 +252,11 @@ def main() -> None:
     import onnx
 
     graphs = {}
-    for name in ("int8 default", "int8 float avg pools", "int8 QDQ avg pools"):
+    for name in () if args.no_inspect else ("int8 default", "int8 float avg pools", "int8 QDQ avg pools"):
         graphs[name] = inspect_graph(variants[name], args.work, pixels)
         graphs[name]["int8_nodes"] = len(int8_nodes(onnx.load(str(variants[name]))))
-    graphs["onnx fp32"] = inspect_graph(args.work / "model_fp32.onnx", args.work, pixels)
+    if not args.no_inspect:
+        graphs["onnx fp32"] = inspect_graph(args.work / "model_fp32.onnx", args.work, pixels)
     info = machine_info()
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info,
               "machine_summary": machine_summary(info), "load_start": load_start, "load_end": load_average(),
