@@ -2,9 +2,12 @@
 the CPU-dependent parts of the recipe.
 
 The recipe (measured in benchmarks/quant_speed.py, results in benchmarks/results/quant-*.md): QDQ format, uint8
-activations (int8 activations ran 2x slower: onnxruntime's x86 kernels are u8 x s8), int8 per-channel weights,
-the classifier head in float, average pools as int8 depthwise convolutions. `reduce_range`
-(7-bit weights) is only for x86 CPUs without VNNI/AMX: there `vpmaddubsw` adds two u8*s8 products into a
+activations (int8 activations ran 2-3x slower: onnxruntime's x86 kernels are u8 x s8), int8 per-channel weights,
+the classifier head in float, average pools as int8 depthwise convolutions. On an AVX-512 VNNI Xeon (299 px
+InceptionV3, load ~6, quant-2026-11-27-0833.md) that runs at 0.58-0.67x LiteRT int8's latency and 0.22-0.33x
+onnxruntime fp32's, at batch 1 and 8, 1 and 2 threads; QDQ average pools were 1.0x LiteRT, float pools 0.64-0.89x.
+Per-tensor weights were as fast or faster in 3 of 4 configurations but keep less accuracy: per-channel stays.
+`reduce_range` (7-bit weights) is only for x86 CPUs without VNNI/AMX: there `vpmaddubsw` adds two u8*s8 products into a
 saturating int16, and 7-bit weights keep that sum from overflowing; with VNNI (`vpdpbusd`, 32-bit accumulate),
 AMX or ARM dot products the full 8-bit range is exact, as accurate and as fast, so it is the default there.
 """
