@@ -244,3 +244,15 @@ def test_depthwise_average_pools_keep_outputs_and_quantize_closely(tmp_path, pad
     got = session(q).run(None, {"x": x})[0]
     out_step, in_step = values["y"].max() / 255, 1 / 255
     assert np.abs(got - before).max() <= out_step + in_step  # an output rounding, a (mostly averaged) input one
+
+
+def test_fallback_schedule_and_focus_images():
+    from tumor_edge.export.quantize.sensitivity import fallback_schedule, focus_indices
+
+    assert fallback_schedule(1) == [1]
+    assert fallback_schedule(5) == [1, 2, 3, 4, 5]
+    assert fallback_schedule(140) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 140]
+    reference = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.25, 0.75], [0.5, 0.5], [0.1, 0.9]])
+    # flipped ones first (1 and 4), then the largest shift (2): returned in image order
+    assert focus_indices(probs, reference, 3).tolist() == [1, 2, 4]
