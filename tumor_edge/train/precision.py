@@ -3,8 +3,9 @@
 `auto` picks what the hardware runs fast: float16 on NVIDIA GPUs (tensor cores), bfloat16 where the CPU has
 AMX bfloat16 tiles and there is no GPU, float32 otherwise. AVX512_BF16 alone is not enough: on a 2-core Xeon
 with AVX512_BF16 but no AMX, an InceptionV3 training step at 96 px ran 2.4x slower under mixed_bfloat16 than
-in float32 (TensorFlow 2.21, oneDNN; benchmarks/training_precision.py), so auto leaves such CPUs in float32. Variables stay float32 in
-every policy; only the compute dtype changes, so the saved model is re-built in float32 for export.
+in float32 (TensorFlow 2.21, oneDNN; benchmarks/training_precision.py), so auto leaves such CPUs in float32.
+Variables stay float32 in every policy; only the compute dtype changes, so the saved model is re-built in
+float32 for export.
 """
 
 from __future__ import annotations
