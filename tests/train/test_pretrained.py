@@ -33,6 +33,7 @@ def test_phase_two_won_and_is_recorded(pretrained_run):
     config = json.loads((run / "config.json").read_text())
     assert [p["phase"] for p in config["phases"]] == ["head", "fine-tune"]
     assert config["best_checkpoint"]["best_phase"] == "fine-tune", config["best_checkpoint"]
+    assert config["best_checkpoint"]["monitor"] == "loss"  # no validation part
     assert "phase 2 starts from phase 1's best epoch" in output
     assert all(p["steps_skipped"] == 0 and p["updates_applied"] == p["steps"] > 0 for p in config["phases"])
     assert config["precision"]["policy"] == "float32"
