@@ -62,22 +62,22 @@ class PeakSampler(threading.Thread):
         self.pid, self.interval = pid, interval
         self.peak_tree = self.peak_root = 0
         self.timeline: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.perf_counter()
 
     def run(self) -> None:
         last = -10.0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             tree, root = tree_rss(self.pid)
             self.peak_tree, self.peak_root = max(self.peak_tree, tree), max(self.peak_root, root)
             now = time.perf_counter() - self._t0
             if now - last >= 5:
                 self.timeline.append((round(now, 1), tree))
                 last = now
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

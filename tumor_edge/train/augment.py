@@ -1,6 +1,6 @@
 """On-the-fly augmentation: Keras preprocessing layers in the training graph, active in training only.
 
-They run where the model runs (tumor_edge.train.model.training_model), in float32 whatever the mixed precision
+They run where the model runs (tumor_edge.train.trainer.training_model), in float32 whatever the mixed precision
 policy (image resampling in float16 loses pixel levels), and are not part of the saved classifier.
 """
 

@@ -93,10 +93,16 @@ def run_training(config: TrainConfig) -> Path | None:
         fitted = fit_phases(config, dist, train_cache, val_cache, len(index.classes),
                             run.model if run else None, run.history if run else None)
     fit_seconds = time.time() - started
+    path = None
+    if run is not None:
+        path = _finish(config, run, index, test, spec, fitted, dist, precision, leaks, fit_seconds)
+    if dist.kind == "multi-worker":
+        from tumor_edge.train.trainer import barrier
+
+        barrier(dist.strategy)
     if run is None:
         print(f"{dist.task} done; the chief writes the run folder")
-        return None
-    return _finish(config, run, index, test, spec, fitted, dist, precision, leaks, fit_seconds)
+    return path
 
 
 def _finish(config: TrainConfig, run: RunFolder, index, test, spec, fitted, dist, precision, leaks,

@@ -127,17 +127,3 @@ def set_fine_tune(model, fine_tune_from: int | None) -> int:
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= fine_tune_from and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(1 for layer in base.layers if layer.trainable)
-
-
-def training_model(classifier, augmenter):
-    """What `fit` runs: the augmentation layers (active in training only) feeding the classifier.
-
-    Augmentation then runs where the model runs (on the GPU when there is one) on batches that arrive as uint8
-    and are cast inside the graph. The classifier alone is what gets saved and exported.
-    """
-    import keras
-
-    if augmenter is None:
-        return classifier
-    inputs = keras.Input(classifier.input_shape[1:], dtype="float32", name="image")
-    return keras.Model(inputs, classifier(augmenter(inputs)), name="training")

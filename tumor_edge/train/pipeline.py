@@ -3,7 +3,7 @@
 Images are decoded and resized once (tumor_edge.data.cache, the exact code the device runs) into a file; a
 batch is read back by index in parallel map calls. Batches stay uint8 (a quarter of float32's bytes) until the
 model's graph casts them, on the accelerator when there is one; augmentation runs there too, as layers of the
-training model (tumor_edge.train.model.training_model). Under a distribution strategy each input pipeline
+training model (tumor_edge.train.trainer.training_model). Under a distribution strategy each input pipeline
 (one per worker) reads its own shard of the images and batches by the per-replica batch size.
 """
 

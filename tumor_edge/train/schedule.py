@@ -49,7 +49,8 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
                checkpoint: Path | None, history_csv: Path | None) -> FitResult:
     """Build, fit both phases, restore the best weights. `checkpoint`/`history_csv` are None off the chief."""
     from tumor_edge.train.augment import build_augmenter
-    from tumor_edge.train.model import build_classifier, set_fine_tune, training_model
+    from tumor_edge.train.model import build_classifier, set_fine_tune
+    from tumor_edge.train.trainer import training_model
 
     strategy = dist.strategy
     global_batch = config.batch_size * dist.replicas
@@ -71,7 +72,7 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
         pretrained = classifier.pretrained
         if pretrained:
             set_fine_tune(classifier, None)
-        model = training_model(classifier, build_augmenter(config.augment, config.seed))
+        model = training_model(classifier, build_augmenter(config.augment, config.seed), many_workers)
         compile_model(model, config.learning_rate, num_classes)
     best = BestWeights(classifier, monitor, save_model(checkpoint) if checkpoint is not None else None)
     counter = StepCounter()
