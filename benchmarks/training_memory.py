@@ -1,13 +1,14 @@
 """Does training memory grow with the dataset? Peak RSS of `tumor-edge train` on N and 10*N images.
 
-    python benchmarks/training_memory.py [--images 1800] [--factor 10] [--image-size 96] [--seconds 120]
+    python benchmarks/training_memory.py [--images 1800] [--factor 10] [--image-size 96] [--seconds 300]
         [--tree /work/main] [--out benchmarks/results/training-memory]
 
 Generates two toy datasets (tests/toydata.py: N and factor*N images, 80 % Training) once, then runs
 `tumor-edge train` on each from scratch and samples the process's RSS from start until `--seconds` after the
-first training step is under way (everything that scales with the dataset, decoding and the input pipeline,
-is allocated before that), then stops it. `--tree DIR` runs another checkout's code (e.g. the last release)
-for a before/after comparison on the same machine and load. Writes <out>.json and <out>.md.
+fitting starts (the "phase 1:" line; everything that scales with the dataset, decoding and the input
+pipeline, is allocated before it, and the seconds after it cover tracing and the first steps), then stops
+it. `--tree DIR` runs another checkout's code (e.g. the last release) for a before/after comparison on the
+same machine and load. Writes <out>.json and <out>.md.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def measure(data: Path, tree: Path, image_size: int, seconds: float, out_dir: Pa
         try:
             while proc.poll() is None:
                 time.sleep(1)
-                if fit_started is None and "Epoch 1/1" in log.read_text(errors="replace"):
+                if fit_started is None and "phase 1:" in log.read_text(errors="replace"):
                     fit_started = time.perf_counter()
                 if fit_started is not None and time.perf_counter() - fit_started > seconds:
                     break
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1800, help="the demo's: 450 per class")
     parser.add_argument("--factor", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--work", type=Path, default=Path("/tmp/tumor-edge-training-memory"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training-memory"))

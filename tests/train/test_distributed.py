@@ -36,8 +36,9 @@ def _free_ports(n: int) -> list[int]:
 
 def _env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-            "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": ""}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}  # TensorFlow parses even an empty one
+    return {**env, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _assert_run_loads_and_evaluates(run: Path, tmp_path: Path) -> dict:
