@@ -143,7 +143,8 @@ def stage_train(ctx: DemoContext) -> dict[str, Any]:
         data=ctx.data, out=ctx.run, image_size=p.image_size, weights="none", epochs=p.epochs,
         batch_size=p.batch_size, learning_rate=p.learning_rate, bn_momentum=p.bn_momentum,
         monitor="val_accuracy", patience=p.patience, seed=ctx.config.seed, force=True,
-        augment=AugmentConfig(enabled=p.augment), verbose=1 if sys.stdout.isatty() else 2))
+        augment=AugmentConfig(enabled=p.augment), verbose=1 if sys.stdout.isatty() else 2,
+        show_progress=ctx.config.show_progress))
     metrics = RunFolder(run).read_metrics()
     return {"path": str(run), "accuracy": metrics["accuracy"], "macro_auc": metrics.get("macro_auc"),
             "n_test": metrics.get("n"), "per_class": {k: v.get("recall") for k, v in metrics["per_class"].items()}}

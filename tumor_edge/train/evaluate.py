@@ -22,7 +22,7 @@ from tumor_edge.train.pipeline import predict_chunks
 
 def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], spec: Preprocessing,
                      out_dir: Path, batch_size: int = 32, name: str = "test",
-                     cache_dir: Path | None = None) -> dict[str, Any]:
+                     cache_dir: Path | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Predict in file order and score; write <name>-metrics to metrics.json and ROC / confusion PNGs.
 
     Images stream through a pixel cache file, so memory does not grow with the size of the split.
@@ -30,7 +30,8 @@ def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], s
     if not samples:
         raise DatasetError(f"no images to evaluate in the {name} split")
     with tempfile.TemporaryDirectory(prefix="tumor-edge-pixels-", dir=cache_dir) as tmp:
-        cache = build_pixel_cache(samples, spec, Path(tmp) / f"{name}.u8", f"decoding {name} images")
+        cache = build_pixel_cache(samples, spec, Path(tmp) / f"{name}.u8", f"decoding {name} images",
+                                  show_progress)
         for failure in cache.failures:
             print(f"skipped: {failure}")
         if not cache.count:

@@ -122,7 +122,7 @@ def _finish(config: TrainConfig, run: RunFolder, index, test, spec, fitted, dist
     best.save(run.model)
     plot_history(run.history, run.curves_png)
     metrics = evaluate_samples(best, test, index.classes, spec, run.path, config.batch_size, "test",
-                               cache_dir=config.cache_dir)
+                               cache_dir=config.cache_dir, show_progress=config.show_progress)
     metrics["deduplicated_test_images"] = len(leaks.test) if config.dedup else 0
     metrics["best_checkpoint_by"] = fitted.monitor
     run.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
