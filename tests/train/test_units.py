@@ -16,7 +16,7 @@ from tumor_edge.train.precision import choose_precision
 @pytest.mark.parametrize(("requested", "gpus", "flags", "policy"), [
     ("auto", 1, set(), "mixed_float16"),
     ("auto", 0, {"avx512f", "amx_bf16", "amx_tile"}, "mixed_bfloat16"),
-    ("auto", 0, {"avx512f", "avx512_bf16"}, "float32"),  # measured slower than float32 without AMX
+    ("auto", 0, {"avx512f", "avx512_bf16"}, "float32"),  # measured no faster than float32 without AMX
     ("auto", 0, {"avx2"}, "float32"),
     ("off", 1, {"amx_bf16"}, "float32"),
     ("bfloat16", 0, set(), "mixed_bfloat16"),
