@@ -11,22 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_edge.contracts.bundle import sha256_file
+from tumor_edge.contracts.bundle import BUNDLE_DOCUMENTS, METADATA_FILE, PARITY_JSON, PARITY_MD, sha256_file
+from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
 
 pytestmark = pytest.mark.slow
 
-FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_fp32.tflite", "model_fp16.tflite",
-         "model_int8.tflite")
+FILES = BUNDLE_MODEL_FILES  # the fixture exports every row of the format table
 
 
 @pytest.fixture(scope="module")
 def metadata(exported_bundle) -> dict:
-    return json.loads((exported_bundle / "metadata.json").read_text())
+    return json.loads((exported_bundle / METADATA_FILE).read_text())
 
 
 @pytest.fixture(scope="module")
 def parity(exported_bundle) -> dict:
-    return json.loads((exported_bundle / "parity.json").read_text())
+    return json.loads((exported_bundle / PARITY_JSON).read_text())
 
 
 def test_every_format_is_written_with_size_and_hash(exported_bundle, metadata):
@@ -42,9 +42,18 @@ def test_every_format_is_written_with_size_and_hash(exported_bundle, metadata):
         assert models[name]["size_bytes"] < 0.3 * fp32, f"{name} should be about a quarter of fp32"
     for name in ("model_fp16.onnx", "model_fp16.tflite"):
         assert models[name]["size_bytes"] < 0.55 * fp32
-    twins = [n for n, e in models.items() if "ort_optimized_from" in e]
-    for twin in twins:
-        assert (exported_bundle / twin).is_file() and models[twin]["ort_optimized_from"] in models
+
+
+
+def test_bundle_holds_models_not_machine_specific_files(exported_bundle, metadata):
+    """Issue 13: no pre-optimised twins (*.ort.onnx) or anything else made for the export machine; the runtime
+    builds and caches the optimised form on each device."""
+    present = {p.name for p in exported_bundle.iterdir()}
+    assert present == set(FILES) | {METADATA_FILE, PARITY_JSON, PARITY_MD}, present
+    assert present <= set(BUNDLE_MODEL_FILES) | set(BUNDLE_DOCUMENTS)
+    assert set(metadata["models"]) == set(FILES)
+    for entry in metadata["models"].values():
+        assert "ort_optimized_from" not in entry and "optimized_for" not in entry
 
 
 def test_metadata_contract(trained_run, metadata):
@@ -98,7 +107,7 @@ def test_parity_report_within_tolerance(exported_bundle, parity):
         assert files[name]["passed"] is True, name
     keras_acc = parity["keras"]["accuracy"]
     assert keras_acc > 0.6, "the shared trained run should be well above chance, or parity means little"
-    md = (exported_bundle / "parity.md").read_text()
+    md = (exported_bundle / PARITY_MD).read_text()
     assert "Result: PASS" in md and all(name in md for name in FILES)
 
 
@@ -138,7 +147,7 @@ def test_lone_onnx_file_carries_its_metadata(exported_bundle, tmp_path):
     clf = Classifier.from_bundle(lone)
     bundled = Classifier.from_bundle(exported_bundle, model_file="model_int8.onnx")
     assert clf.classes == bundled.classes and clf.preprocessing == bundled.preprocessing
-    image = next(Path(json.loads((exported_bundle / "metadata.json").read_text())["provenance"]["data_root"])
+    image = next(Path(json.loads((exported_bundle / METADATA_FILE).read_text())["provenance"]["data_root"])
                  .glob("Testing/*/*.jpg"))
     a, b = clf.predict(image), bundled.predict(image)
     assert a.label == b.label

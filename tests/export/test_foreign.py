@@ -114,7 +114,7 @@ def test_planted_preprocessing_mismatch_fails_parity(logits_model, toy_dataset, 
         "preprocessing": {"height": SIZE, "width": SIZE, "resize": "bilinear", "scaling": "symmetric"}}))
     out = tmp_path / "bundle"
     # The model was trained on x/127.5-1; the bundle is told x/255 (a classic Keras preprocess_input mix-up).
-    result = _invoke(["export", run, "--out", out, "--preprocess", "unit", "--formats", "onnx", "--no-optimize",
+    result = _invoke(["export", run, "--out", out, "--preprocess", "unit", "--formats", "onnx",
                       "--test-data", toy_dataset, "--quiet"])
     assert result.exit_code == 3, result.output
     err = _stderr(result)
@@ -133,7 +133,7 @@ def test_planted_preprocessing_mismatch_fails_parity(logits_model, toy_dataset, 
 def test_no_parity_is_recorded_and_force_overwrites_only_bundle_files(logits_model, tmp_path):
     out = tmp_path / "bundle"
     args = ["export", logits_model, "--out", out, "--classes", ",".join(CLASSES), "--preprocess", "symmetric",
-            "--formats", "onnx", "--no-parity", "--no-optimize", "--quiet"]
+            "--formats", "onnx", "--no-parity", "--quiet"]
     result = _invoke(args)
     assert result.exit_code == 0, result.output
     assert "parity NOT proven" in _stderr(result)

@@ -11,7 +11,7 @@ import pytest
 
 from tumor_edge.data.dataset import Sample
 from tumor_edge.errors import OutputExistsError
-from tumor_edge.export.exporter import prepare_out_dir
+from tumor_edge.export.bundle_writer import prepare_out_dir
 from tumor_edge.export.samples import stratified_subset
 
 
@@ -52,6 +52,7 @@ def test_out_dir_needs_force_and_force_spares_foreign_files(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "model_fp32.onnx").write_bytes(b"old")
     (out / "metadata.json").write_text("{}")
+    (out / "model_int8.ort.onnx").write_bytes(b"0.1 twin")
     with pytest.raises(OutputExistsError, match="--force"):
         prepare_out_dir(out, force=False)
     prepare_out_dir(out, force=True)

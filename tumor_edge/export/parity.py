@@ -1,14 +1,14 @@
 """Parity: every exported file, run by the runtime's own code from the test image files, against Keras.
 
 The Keras reference goes through the training pipeline (the runtime's decode/resize via `load_pixels`, the
-run's preprocessing, `model.predict`); each exported file goes through `Classifier.from_bundle(...)
-.predict_proba_files(paths)`, exactly what a device does. A difference in decoding, resizing, colour handling
+run's preprocessing, `model.predict`); each exported file goes through `Classifier.from_bundle(...)`
+and its streaming prediction path from the file paths (`device_probabilities`), exactly what `classify` does on a
+device. A difference in decoding, resizing, colour handling
 or scaling between the two therefore shows up here as lost agreement.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import PARITY_JSON, PARITY_MD
-from tumor_edge.errors import ParityError
+from tumor_edge.contracts.bundle import PARITY_MD
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.runtime.preprocess import Preprocessing, scale
 
@@ -41,7 +40,6 @@ class FileParity:
     format: str
     precision: str
     size_bytes: int
-    ran: str = ""  # the file onnxruntime actually loaded (a pre-optimised twin, when there is one)
     accuracy: float = 0.0
     macro_auc: float | None = None
     per_class_recall: dict[str, float] = field(default_factory=dict)
@@ -92,6 +90,23 @@ class ParityReport:
                 "files": {f.file: {k: getattr(f, k) for k in keep} for f in self.files}}
 
 
+def device_probabilities(clf, paths: Sequence[Path], batch_size: int) -> np.ndarray:
+    """Probabilities for image files through the runtime's streaming prediction path, the one `classify` uses
+    (decode, DICOM frame choice, preprocessing, backend): the one place parity calls the runtime.
+
+    A file the runtime cannot read here was readable for the Keras reference, so it is an error, not a skip.
+    """
+    from tumor_edge.errors import InputImageError
+
+    classes = list(clf.classes)
+    rows = []
+    for result in clf.iter_predictions(paths, batch_size=batch_size, frames="middle"):
+        if not result.ok:
+            raise InputImageError(result.message)
+        rows.append([result.probabilities[c] for c in classes])
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(classes))
+
+
 def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 32,
                         chunk: int = 256) -> np.ndarray:
     """The training pipeline's view: uint8 pixels, scaled per the run's preprocessing, `model.predict`."""
@@ -117,9 +132,8 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row = FileParity(name, fmt, precision, path.stat().st_size if path.exists() else 0)
     try:
         clf = Classifier.from_bundle(bundle, model_file=name)
-        row.ran = Path(getattr(clf.backend, "loaded_path", path)).name
         t0 = time.perf_counter()
-        probs = clf.predict_proba_files(paths, batch_size=batch_size)
+        probs = device_probabilities(clf, paths, batch_size)
         row.ms_per_image = 1000.0 * (time.perf_counter() - t0) / max(1, len(paths))
     except TumorEdgeError as err:
         row.passed, row.error = False, str(err)
@@ -176,97 +190,3 @@ def run_parity(bundle: Path, model, reference_spec: Preprocessing, files: Sequen
                                                  enabled=show_progress)]
     return ParityReport(test_origin, len(paths), loaded.failures, ref_metrics, rows, thresholds, list(classes),
                         batch_size)
-
-
-# ---------------------------------------------------------------------------------------------- reports
-
-
-TABLE_COLUMNS = ("format", "file", "size MB", "accuracy", "macro AUC", "Δ acc (pts)", "Δ AUC", "agreement",
-                 "max |Δp|", "ms/img", "status")
-
-
-def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
-               entries: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Rows of the final table: Keras first, then each exported file (parity columns '-' when not run)."""
-    def fmt(value, spec, none="-"):
-        return none if value is None else format(value, spec)
-
-    rows = []
-    if keras_row is not None:
-        size = keras_row.get("size_mb")
-        rows.append(["keras", keras_row.get("file", "model.keras"), _megabytes(None if size is None else size * 1e6),
-                     fmt(keras_row.get("accuracy"), ".4f"), fmt(keras_row.get("macro_auc"), ".4f"), "-", "-", "-",
-                     "-", fmt(keras_row.get("ms_per_image"), ".1f"), "reference"])
-    by_file = {f.file: f for f in report.files} if report else {}
-    for entry in entries:
-        f = by_file.get(entry["file"])
-        label = f"{entry['format']} {entry['precision']}"
-        size = _megabytes(entry["size_bytes"])
-        if f is None:
-            rows.append([label, entry["file"], size] + ["-"] * 7 + [entry.get("status", "not checked")])
-            continue
-        status = "pass" if f.passed else "FAIL"
-        rows.append([label, f.file, size, fmt(f.accuracy, ".4f"), fmt(f.macro_auc, ".4f"),
-                     fmt(f.delta_accuracy_points, "+.2f"), fmt(f.delta_auc, "+.4f"), fmt(f.agreement, ".4f"),
-                     fmt(f.max_abs_diff, ".4f"), fmt(f.ms_per_image, ".1f"), status])
-    return rows
-
-
-def _megabytes(size_bytes: float | None) -> str:
-    if size_bytes is None:
-        return "-"
-    mb = size_bytes / 1e6
-    return f"{mb:.1f}" if mb >= 1 else f"{mb:.3f}"
-
-
-def render_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
-    line = "  ".join(str(c).ljust(w) for c, w in zip(columns, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
-    t = report.thresholds
-    lines = [
-        "# Parity report",
-        "",
-        f"Test images: {report.n_images} from {report.test_origin}"
-        + (f" ({len(report.skipped)} unreadable, skipped)" if report.skipped else "") + ".",
-        "Keras: the training pipeline (runtime decode/resize, run preprocessing, `model.predict`). Exported "
-        "files: the runtime's `Classifier` from the image files (decode, preprocess, onnxruntime / LiteRT), "
-        f"batch {report.batch_size}; ms/img includes decoding.",
-        "",
-        f"Thresholds: accuracy drop at most {t.max_accuracy_drop:g} points, macro AUC drop at most "
-        f"{t.max_auc_drop:g}, top-1 agreement at least {100 * t.min_agreement:g}% for "
-        f"{'/'.join(t.agreement_precisions)} files.",
-        "",
-        f"**Result: {'PASS' if report.passed else 'FAIL'}**",
-        "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "|" + "---|" * len(TABLE_COLUMNS),
-    ]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
-    lines += ["", "## Recall per class", "", "| file | " + " | ".join(report.classes) + " |",
-              "|" + "---|" * (len(report.classes) + 1)]
-    ref = report.reference["per_class"]
-    lines.append("| keras | " + " | ".join(f"{ref[c]['recall']:.3f}" for c in report.classes) + " |")
-    for f in report.files:
-        if f.per_class_recall:
-            lines.append(f"| {f.file} | " + " | ".join(f"{f.per_class_recall[c]:.3f}" for c in report.classes)
-                         + " |")
-    failures = [f for f in report.files if not f.passed]
-    if failures:
-        lines += ["", "## Failures", ""] + [f"- `{f.file}`: {'; '.join(f.failures)}" for f in failures]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(bundle: Path, report: ParityReport, rows: Sequence[Sequence[str]]) -> None:
-    (bundle / PARITY_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    (bundle / PARITY_MD).write_text(render_markdown(report, rows))
-
-
-def raise_if_failed(bundle: Path, report: ParityReport) -> None:
-    if not report.passed:
-        raise ParityError(report.failure_line(bundle))
