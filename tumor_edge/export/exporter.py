@@ -22,8 +22,10 @@ from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, Parit
 from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import ExportContext, ExportedFile
-from tumor_edge.export.parity import ParityReport, run_parity
+from tumor_edge.export.isolate import call
+from tumor_edge.export.parity import ParityReport, keras_reference, run_parity
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
+from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.provenance import provenance
 from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource, SourceOptions, load_source, needs_option
@@ -51,38 +53,41 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.force:
         raise needs_option(OutputExistsError("bundle folder exists and is not empty; pass --force (force=True in "
                                              "Python) to overwrite it", out), "force")
-    source = load_source(config.source, SourceOptions(
-        classes=config.classes, image_size=config.image_size, preprocess=config.preprocess, resize=config.resize,
-        output=config.output, calib_data=config.calib_data, test_data=config.test_data, seed=config.seed))
-    warnings = list(source.warnings)
-    _check_images(source, config)
-    if not config.parity:
-        warnings.append("parity NOT proven: the exported files were not checked against Keras")
-    for line in warnings:
-        log.warning("warning: %s", line)
-    prepare_out_dir(out, config.force)
-    with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as work:
-        ctx = ExportContext(config, source, out, Path(work))
-        rows = run_steps(ctx, config.selected())
-    failed = [r for r in rows if not r.ok]
-    metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
-                              output="probabilities",
-                              provenance=provenance(source, "pending" if config.parity else
-                                                    "not proven: exported without parity"))
-    stamp_onnx_files(out, rows, metadata)
-    metadata.models = model_entries(out, rows, None)
-    metadata.write(out)  # a bundle that classifies even if parity is interrupted (it says "pending")
-    report = None
-    if config.parity and metadata.models:
-        checked = [r for r in rows if r.ok]
-        samples = stratified_subset(source.test.samples, config.test_count, config.seed)
-        log.info("export step parity start")
-        report = run_parity(out, source.model, source.reference_preprocessing,
-                            [(r.file, r.format, r.precision) for r in checked], samples, source.test.origin,
-                            source.classes, config.thresholds, config.batch_size, config.show_progress)
-        log.info("export step parity done")
-        metadata.provenance["parity"] = "proven" if report.passed else "failed"
-    verdicts = {f.file: "pass" if f.passed else "fail" for f in report.files} if report else None
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp:
+        work = Path(tmp)
+        options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
+                                resize=config.resize, output=config.output, calib_data=config.calib_data,
+                                test_data=config.test_data, seed=config.seed)
+        # In a child: loading and checking the model is this process's only use of TensorFlow otherwise.
+        source = call(load_source, (config.source, options), work, _isolated(config), "load")
+        warnings = list(source.warnings)
+        _check_images(source, config)
+        if not config.parity:
+            warnings.append("parity NOT proven: the exported files were not checked against Keras")
+        for line in warnings:
+            log.warning("warning: %s", line)
+        prepare_out_dir(out, config.force)
+        rows = run_steps(ExportContext(config, source, out, work), config.selected())
+        failed = [r for r in rows if not r.ok]
+        metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
+                                  output="probabilities",
+                                  provenance=provenance(source, "pending" if config.parity else
+                                                        "not proven: exported without parity"))
+        stamp_onnx_files(out, rows, metadata)
+        metadata.models = model_entries(out, rows, None)
+        metadata.write(out)  # a bundle that classifies even if parity is interrupted (it says "pending")
+        report = None
+        if config.parity and metadata.models:
+            log.info("export step parity start")
+            report = run_parity(out, lambda pixels: _keras_reference(source, pixels, work, config),
+                                source.reference_preprocessing, [(r.file, r.format, r.precision) for r in rows
+                                                                 if r.ok],
+                                stratified_subset(source.test.samples, config.test_count, config.seed),
+                                source.test.origin, source.classes, config.thresholds, config.batch_size,
+                                config.show_progress)
+            log.info("export step parity done")
+            metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
+    verdicts = {f.file: f.verdict for f in report.files} if report else None
     metadata.models = model_entries(out, rows, verdicts)
     metadata.metrics = {"parity": report.summary() if report else
                         {"passed": None, "proven": False, "reason": "exported without parity"},
@@ -103,13 +108,36 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     if failed:
         error = ModelError("export failed for " + "; ".join(f"{r.file} ({r.status})" for r in failed)
                            + f" (other files kept in {out})")
-    elif report is not None and not report.passed:
+    elif report is not None and report.verdict == FAIL:
         error = ParityError(report.failure_line(out))
+    elif report is not None and report.verdict == NOT_PROVEN and not config.allow_unproven:
+        error = needs_option(ParityError(report.failure_line(out) + "; accept it with allow_unproven"),
+                             "allow_unproven")
+    if report is not None and report.verdict == NOT_PROVEN and error is None:
+        log.warning("warning: %s", report.failure_line(out))
     if error is not None:
         error.table = table  # the CLI prints it before the error line: the numbers behind the failure
         raise error
     remember_last_bundle(out)
     return result
+
+
+def _isolated(config: ExportConfig) -> bool:
+    return config.isolate and not config.debug
+
+
+def _keras_reference(source: ModelSource, pixels, work: Path, config: ExportConfig):
+    """The Keras model's probabilities on the test pixels, computed in a child process (TensorFlow's memory
+    goes with it)."""
+    import numpy as np
+
+    npy = work / "test_pixels.npy"
+    np.save(npy, pixels)
+    try:
+        return call(keras_reference, (source, npy, source.reference_preprocessing), work, _isolated(config),
+                    "keras-reference")
+    finally:
+        npy.unlink(missing_ok=True)
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ or scaling between the two therefore shows up here as lost agreement.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,18 +18,21 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.contracts.bundle import PARITY_MD
+from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.runtime.preprocess import Preprocessing, scale
 
 
 @dataclass
 class ParityThresholds:
-    """What fails an export (defaults from DESIGN.md)."""
+    """The tolerances a file must be proven within (defaults from DESIGN.md), and how sure the proof must be."""
 
     max_accuracy_drop: float = 1.0  # percentage points below Keras
     max_auc_drop: float = 0.01  # macro one-vs-rest AUC below Keras
     min_agreement: float = 0.99  # top-1 agreement with Keras, for the precisions below
     agreement_precisions: tuple[str, ...] = ("fp32", "fp16")
+    confidence: float = 0.95  # of the intervals the verdicts rest on (export/parity_stats.py)
+    resamples: int = 2000  # paired bootstrap resamples
 
 
 @dataclass
@@ -49,9 +52,15 @@ class FileParity:
     max_abs_diff: float = 0.0
     mean_abs_diff: float = 0.0
     ms_per_image: float = 0.0
-    passed: bool = True
-    failures: list[str] = field(default_factory=list)
+    verdict: str = PASS  # pass | fail | not proven (export/parity_stats.py)
+    failures: list[str] = field(default_factory=list)  # why it failed, or why it is not proven
+    images_needed: int | None = None  # for "not proven": test images that would prove it at the observed rates
+    statistics: dict[str, Any] = field(default_factory=dict)  # intervals, McNemar
     error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
 
 
 @dataclass
@@ -66,25 +75,40 @@ class ParityReport:
     batch_size: int
 
     @property
+    def verdict(self) -> str:
+        """fail if any file fails, else not proven if any is not proven, else pass."""
+        verdicts = {f.verdict for f in self.files}
+        return FAIL if FAIL in verdicts else NOT_PROVEN if NOT_PROVEN in verdicts else PASS
+
+    @property
     def passed(self) -> bool:
-        return all(f.passed for f in self.files)
+        return self.verdict == PASS
 
     def failure_line(self, bundle: Path) -> str:
-        parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if not f.passed]
-        return (f"parity failed: {' | '.join(parts)} (files kept in {bundle} for inspection; see "
-                f"{bundle / PARITY_MD})")
+        if self.verdict == FAIL:
+            parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == FAIL]
+            head = "parity failed"
+        else:
+            parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == NOT_PROVEN]
+            needed = [f.images_needed for f in self.files if f.verdict == NOT_PROVEN]
+            head = (f"parity not proven on {self.n_images} test images ("
+                    + ("no test size would prove it at the observed rates" if None in needed
+                       else f"about {max(needed)} would prove it at the observed rates") + ")")
+        return f"{head}: {' | '.join(parts)} (files kept in {bundle}; see {bundle / PARITY_MD})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "test_data": self.test_origin, "n_images": self.n_images,
+        return {"passed": self.passed, "verdict": self.verdict, "test_data": self.test_origin,
+                "n_images": self.n_images,
                 "skipped_unreadable": self.skipped, "classes": self.classes, "batch_size": self.batch_size,
                 "thresholds": asdict(self.thresholds), "keras": self.reference,
-                "files": {f.file: asdict(f) for f in self.files}}
+                "files": {f.file: {**asdict(f), "passed": f.passed} for f in self.files}}
 
     def summary(self) -> dict[str, Any]:
         """The part metadata.json keeps (per-file numbers, no confusion matrices)."""
         keep = ("accuracy", "macro_auc", "delta_accuracy_points", "delta_auc", "agreement", "max_abs_diff",
-                "passed", "failures")
-        return {"passed": self.passed, "test_data": self.test_origin, "n_images": self.n_images,
+                "passed", "verdict", "failures", "images_needed")
+        return {"passed": self.passed, "verdict": self.verdict, "test_data": self.test_origin,
+                "n_images": self.n_images,
                 "thresholds": asdict(self.thresholds),
                 "keras": {k: self.reference[k] for k in ("accuracy", "macro_auc")},
                 "files": {f.file: {k: getattr(f, k) for k in keep} for f in self.files}}
@@ -136,7 +160,7 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
         probs = device_probabilities(clf, paths, batch_size)
         row.ms_per_image = 1000.0 * (time.perf_counter() - t0) / max(1, len(paths))
     except TumorEdgeError as err:
-        row.passed, row.error = False, str(err)
+        row.verdict, row.error = FAIL, str(err)
         row.failures.append(f"could not run: {err}")
         return row
     m = _metrics(labels, probs, classes)
@@ -148,28 +172,42 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row.agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
     diff = np.abs(probs - reference)
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
-    _judge(row, ref_metrics, thresholds)
+    _judge(row, labels, reference, probs, len(classes), thresholds)
     return row
 
 
-def _judge(row: FileParity, ref: dict[str, Any], t: ParityThresholds) -> None:
-    drop = -row.delta_accuracy_points
-    if drop > t.max_accuracy_drop + 1e-9:
-        row.failures.append(f"accuracy {100 * row.accuracy:.1f}% is {drop:.1f} points below Keras' "
-                            f"{100 * ref['accuracy']:.1f}% (limit {t.max_accuracy_drop:g})")
-    if row.delta_auc is not None and -row.delta_auc > t.max_auc_drop + 1e-12:
-        row.failures.append(f"macro AUC {row.macro_auc:.4f} is {-row.delta_auc:.4f} below Keras' "
-                            f"{ref['macro_auc']:.4f} (limit {t.max_auc_drop:g})")
-    if row.precision in t.agreement_precisions and row.agreement < t.min_agreement - 1e-12:
-        row.failures.append(f"top-1 agreement with Keras {100 * row.agreement:.1f}% is under "
-                            f"{100 * t.min_agreement:g}% (max probability difference {row.max_abs_diff:.3f})")
-    row.passed = not row.failures
+def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classes: int,
+           t: ParityThresholds) -> None:
+    stats = judge(labels, reference, probs, n_classes, max_accuracy_drop=t.max_accuracy_drop / 100.0,
+                  max_auc_drop=t.max_auc_drop,
+                  min_agreement=t.min_agreement if row.precision in t.agreement_precisions else None,
+                  confidence=t.confidence, resamples=t.resamples)
+    row.verdict, row.failures, row.images_needed = stats.verdict, list(stats.reasons), stats.images_needed
+    if row.verdict == FAIL and any("agreement" in r for r in row.failures):
+        row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
+    row.statistics = stats.to_dict()
 
 
-def run_parity(bundle: Path, model, reference_spec: Preprocessing, files: Sequence[tuple[str, str, str]],
-               samples, test_origin: str, classes: Sequence[str], thresholds: ParityThresholds,
-               batch_size: int = 16, show_progress: bool = True) -> ParityReport:
-    """Evaluate Keras and every (file, format, precision) of the bundle on the test samples."""
+def keras_reference(model_of, pixels_npy: Path, spec: Preprocessing) -> tuple[np.ndarray, float]:
+    """(Keras probabilities, ms per image) for uint8 pixels saved as .npy; `model_of` has a `.model` (a
+    ModelSource). A module-level function so that export can run it in a child process of its own."""
+    model = model_of.model
+    pixels = np.load(pixels_npy, mmap_mode="r")
+    keras_probabilities(model, np.asarray(pixels[:1]), spec)  # warm-up: graph tracing is not latency
+    t0 = time.perf_counter()
+    probs = keras_probabilities(model, pixels, spec)
+    return probs, 1000.0 * (time.perf_counter() - t0) / max(1, len(pixels))
+
+
+def run_parity(bundle: Path, reference: Callable[[np.ndarray], tuple[np.ndarray, float]],
+               reference_spec: Preprocessing, files: Sequence[tuple[str, str, str]], samples, test_origin: str,
+               classes: Sequence[str], thresholds: ParityThresholds, batch_size: int = 16,
+               show_progress: bool = True) -> ParityReport:
+    """Evaluate the reference and every (file, format, precision) of the bundle on the test samples.
+
+    `reference(pixels)` gives the Keras model's probabilities and its ms per image for the test pixels, decoded
+    here with the training pipeline's preprocessing (export runs it in a child process: see export/isolate.py).
+    """
     from tumor_edge.data.dataset import load_pixels
     from tumor_edge.errors import DatasetError
     from tumor_edge.progress import progress
@@ -178,13 +216,11 @@ def run_parity(bundle: Path, model, reference_spec: Preprocessing, files: Sequen
     if len(loaded.labels) == 0:
         first = loaded.failures[0] if loaded.failures else "no test images"
         raise DatasetError(f"no readable test images ({first})")
-    keras_probabilities(model, loaded.pixels[:1], reference_spec)  # warm-up: graph tracing is not latency
-    t0 = time.perf_counter()
-    reference = keras_probabilities(model, loaded.pixels, reference_spec)
-    ref_metrics = _metrics(loaded.labels, reference, classes)
-    ref_metrics["ms_per_image"] = 1000.0 * (time.perf_counter() - t0) / len(loaded.labels)
+    probs, ms_per_image = reference(loaded.pixels)
+    ref_metrics = _metrics(loaded.labels, probs, classes)
+    ref_metrics["ms_per_image"] = ms_per_image
     paths = [s.path for s in loaded.samples]
-    rows = [evaluate_file(bundle, name, fmt, precision, paths, loaded.labels, reference, ref_metrics, classes,
+    rows = [evaluate_file(bundle, name, fmt, precision, paths, loaded.labels, probs, ref_metrics, classes,
                           thresholds, batch_size)
             for name, fmt, precision in progress(files, "parity: exported files", length=len(files),
                                                  enabled=show_progress)]

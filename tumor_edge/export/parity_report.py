@@ -34,7 +34,7 @@ def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
         if f is None:
             rows.append([label, entry["file"], size] + ["-"] * 7 + [entry.get("status", "not checked")])
             continue
-        status = "pass" if f.passed else "FAIL"
+        status = {"pass": "pass", "fail": "FAIL"}.get(f.verdict, f.verdict)
         rows.append([label, f.file, size, fmt(f.accuracy, ".4f"), fmt(f.macro_auc, ".4f"),
                      fmt(f.delta_accuracy_points, "+.2f"), fmt(f.delta_auc, "+.4f"), fmt(f.agreement, ".4f"),
                      fmt(f.max_abs_diff, ".4f"), fmt(f.ms_per_image, ".1f"), status])
@@ -71,7 +71,11 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
         f"{t.max_auc_drop:g}, top-1 agreement at least {100 * t.min_agreement:g}% for "
         f"{'/'.join(t.agreement_precisions)} files.",
         "",
-        f"**Result: {'PASS' if report.passed else 'FAIL'}**",
+        f"Verdicts at {100 * t.confidence:g}% confidence (Wilson intervals, paired bootstrap of "
+        f"{t.resamples} resamples, exact McNemar): pass = every tolerance proven; fail = evidence of a breach "
+        "(or agreement under the minimum); not proven = the test set is too small to tell.",
+        "",
+        f"**Result: {report.verdict.upper()}**",
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),
@@ -85,10 +89,41 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
         if f.per_class_recall:
             lines.append(f"| {f.file} | " + " | ".join(f"{f.per_class_recall[c]:.3f}" for c in report.classes)
                          + " |")
+    lines += _statistics_table(report)
     failures = [f for f in report.files if not f.passed]
     if failures:
-        lines += ["", "## Failures", ""] + [f"- `{f.file}`: {'; '.join(f.failures)}" for f in failures]
+        lines += ["", "## Failed or not proven", ""]
+        for f in failures:
+            needed = ""
+            if f.verdict == "not proven":
+                needed = (f" (about {f.images_needed} test images would prove it at the observed rates)"
+                          if f.images_needed else " (no test size would prove it at the observed rates)")
+            lines.append(f"- `{f.file}` {f.verdict}: {'; '.join(f.failures)}{needed}")
     return "\n".join(lines) + "\n"
+
+
+def _interval(pair, scale: float = 1.0, spec: str = ".3f") -> str:
+    low, high = pair
+    return f"[{format(scale * low, spec)}, {format(scale * high, spec)}]"
+
+
+def _statistics_table(report: ParityReport) -> list[str]:
+    pct = f"{100 * report.thresholds.confidence:g}%"
+    lines = ["", "## Intervals and tests", "",
+             f"| file | verdict | accuracy {pct} (Wilson) | Δ accuracy pts {pct} (bootstrap) | "
+             f"Δ macro AUC {pct} (bootstrap) | agreement {pct} (Wilson) | McNemar b/c | McNemar p | "
+             "images needed |", "|" + "---|" * 9]
+    for f in report.files:
+        s = f.statistics
+        if not s:
+            lines.append(f"| {f.file} | {f.verdict} | - | - | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {f.file} | {f.verdict} | {_interval(s['accuracy_ci'])} | "
+            f"{_interval(s['accuracy_diff_ci'], 100.0, '+.2f')} | {_interval(s['macro_auc_diff_ci'], 1.0, '+.4f')} | "
+            f"{_interval(s['agreement_ci'])} | {s['ref_right_file_wrong']}/{s['ref_wrong_file_right']} | "
+            f"{s['mcnemar_p']:.3g} | {f.images_needed if f.images_needed else '-'} |")
+    return lines
 
 
 def write_reports(bundle: Path, report: ParityReport, rows: Sequence[Sequence[str]]) -> None:

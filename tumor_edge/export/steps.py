@@ -1,8 +1,10 @@
 """The one wrapper every converter runs through: start it (in a child process or here), time it, log it, and turn
 its exception into a failed row, so one failing format never costs the others (the final table shows why).
 
-Rows the table marks `background` start first and run in their own process while the others convert (TFLite's
-int8 calibrator is single-threaded and the longest step; overlapping it with the rest uses the second core).
+With `overlap`, rows the table marks `background` start first and run in their own process while the others
+convert (TFLite's int8 calibrator is single-threaded and the longest step; overlapping it with the rest uses the
+second core). Off by default: two TensorFlow converters at once double the peak memory (measured at 299 px:
+about 1.7 GB each), and the export's budget is 3 GB (issue 13; benchmarks/export_memory.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class _Running:
         kind = InlineJob if (ctx.config.debug or not ctx.config.isolate) else ChildJob
         self.job = None
         try:
-            self.job = kind(fmt.converter, ctx, self.dst)
+            self.job = kind(fmt.converter, (ctx, self.dst), ctx.work, fmt.key)
         except Exception as err:  # an inline converter fails while starting; a child reports in wait()
             if ctx.config.debug:
                 raise
@@ -63,7 +65,7 @@ class _Running:
 
 def run_steps(ctx: ExportContext, formats: Sequence[ModelFormat]) -> list[ExportedFile]:
     """Convert every format; rows come back in table order."""
-    background = [f for f in formats if f.background and f.needs is None]
+    background = [f for f in formats if f.background and f.needs is None] if ctx.config.overlap else []
     foreground = [f for f in formats if f not in background]
     started: list[_Running] = []
     try:
