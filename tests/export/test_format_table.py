@@ -32,6 +32,24 @@ def test_cli_choices_and_options_come_from_the_table():
             if fmt.enabled_by == option:
                 assert fmt.file in params[option].help
     assert params["formats"].default == ",".join(CONTAINERS)
+    config = ExportConfig(source=Path("m"), out=Path("o"))
+    for name in ("calib_count", "select_count", "opset", "seed"):
+        assert params[name].default == getattr(config, name), name
+    for name in ("max_accuracy_drop", "max_auc_drop", "min_agreement", "confidence"):
+        assert params[name].default == getattr(config.thresholds, name), name
+
+
+def test_export_help_is_light():
+    """The table and the config defaults the CLI reads load neither numpy nor TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tumor_edge.cli import main\n"
+            "try: main(['export', '--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('numpy', 'tensorflow', 'onnx', 'onnxruntime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--allow-unproven" in result.stdout, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_config_selects_rows_by_container_and_option():

@@ -1,6 +1,6 @@
 """`tumor-edge export`: a thin click layer over `ExportConfig`. Format choices and the options that add formats
-come from the format table (contracts/formats.py), defaults from the config dataclasses; only click and the
-TensorFlow-free contracts load at import time, TensorFlow, tf2onnx and onnx inside the command."""
+come from the format table (contracts/formats.py), defaults from the config dataclasses; only click, the
+contracts and export/config.py (no numpy) load at import time, TensorFlow, tf2onnx and onnx inside the command."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import click
 
 from tumor_edge.contracts.formats import CONTAINERS, ENABLING_OPTIONS, FORMATS
 from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES
+from tumor_edge.export.config import OUTPUT_CHOICES, ExportConfig, ParityThresholds
 
-OUTPUT_CHOICES = ("auto", "probabilities", "logits")
+_DEFAULT = ExportConfig.default
+_LIMITS = ParityThresholds()
 _PRECISION_WORDS = {"int8": "int8 (needs calibration images from the training split)", "fp16": "float16"}
 
 
@@ -55,9 +57,9 @@ def _flag_for(err) -> str | None:
 @click.option("--calib-data", type=click.Path(path_type=Path),
               help="Calibration images: a dataset root (uses Training/) or a folder of class folders "
                    "[the run's training split].")
-@click.option("--calib-count", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--calib-count", type=click.IntRange(min=1), default=_DEFAULT("calib_count"), show_default=True,
               help="Calibration images (stratified subset).")
-@click.option("--select-count", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--select-count", type=click.IntRange(min=1), default=_DEFAULT("select_count"), show_default=True,
               help="Validation images the int8 calibration methods are compared on.")
 @click.option("--calib-methods", default="minmax,entropy,percentile", show_default=True,
               help="onnxruntime calibration methods to try for ONNX int8; the best on validation is kept.")
@@ -71,16 +73,16 @@ def _flag_for(err) -> str | None:
               help="Use a stratified subset of this many test images for parity [all].")
 @click.option("--no-parity", is_flag=True,
               help="Skip the parity proof (recorded in metadata as not proven; for benchmarks only).")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=_LIMITS.max_accuracy_drop, show_default=True,
               help="Percentage points of test accuracy a file may lose against Keras.")
-@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=0.01, show_default=True,
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=_LIMITS.max_auc_drop, show_default=True,
               help="Macro one-vs-rest AUC a file may lose against Keras.")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=_LIMITS.min_agreement, show_default=True,
               help="Top-1 agreement with Keras required of fp32/fp16 files.")
 @click.option("--allow-unproven", is_flag=True,
               help="Accept files whose parity the test set is too small to prove (verdict 'not proven'; the "
                    "report says how many images would prove it). Failures still fail.")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.9999), default=0.95, show_default=True,
+@click.option("--confidence", type=click.FloatRange(0.5, 0.9999), default=_LIMITS.confidence, show_default=True,
               help="Confidence of the parity intervals the verdicts rest on.")
 @click.option("--tflite-full-integer", is_flag=True,
               help="int8 TFLite with int8 input/output and an int8 softmax (for accelerators that need every op "
@@ -92,8 +94,8 @@ def _flag_for(err) -> str | None:
 @click.option("--overlap", is_flag=True,
               help="Run the slowest converter (TFLite int8 calibration) alongside the others: faster with two free "
                    "cores, about twice the peak memory.")
-@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stratified subsets.")
+@click.option("--opset", type=click.IntRange(min=13), default=_DEFAULT("opset"), show_default=True)
+@click.option("--seed", type=int, default=_DEFAULT("seed"), show_default=True, help="Seed of the stratified subsets.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def export(ctx: click.Context, source: Path, out: Path, formats: str, force: bool, classes: str | None,
@@ -110,9 +112,7 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
     Exit status 3 when parity fails (the files are kept for inspection).
     """
     from tumor_edge.errors import ConfigError, TumorEdgeError
-    from tumor_edge.export.config import ExportConfig
     from tumor_edge.export.exporter import export_bundle
-    from tumor_edge.export.parity import ParityThresholds
     from tumor_edge.export.quantize import QuantizationConfig
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))

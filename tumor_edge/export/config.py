@@ -9,10 +9,27 @@ from typing import Any
 
 from tumor_edge.contracts.formats import CONTAINERS, ENABLING_OPTIONS, ModelFormat, select
 from tumor_edge.errors import ConfigError
-from tumor_edge.export.parity import ParityThresholds
-from tumor_edge.export.quantize import QuantizationConfig
 
 OUTPUT_CHOICES = ("auto", "probabilities", "logits")
+
+
+@dataclass
+class ParityThresholds:
+    """The tolerances a file must be proven within (defaults from DESIGN.md), and how sure the proof must be."""
+
+    max_accuracy_drop: float = 1.0  # percentage points below Keras
+    max_auc_drop: float = 0.01  # macro one-vs-rest AUC below Keras
+    min_agreement: float = 0.99  # top-1 agreement with Keras, for the precisions below
+    agreement_precisions: tuple[str, ...] = ("fp32", "fp16")
+    confidence: float = 0.95  # of the intervals the verdicts rest on (export/parity_stats.py)
+    resamples: int = 2000  # paired bootstrap resamples
+
+
+def _default_quantization():
+    # quantize.py imports numpy: loaded when a config is made, not when the CLI reads this module's defaults.
+    from tumor_edge.export.quantize import QuantizationConfig
+
+    return QuantizationConfig()
 
 
 @dataclass
@@ -41,7 +58,7 @@ class ExportConfig:
     parity: bool = True
     thresholds: ParityThresholds = field(default_factory=ParityThresholds)
     allow_unproven: bool = False  # accept a bundle whose parity the test set is too small to prove
-    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    quantization: Any = field(default_factory=_default_quantization)  # export.quantize.QuantizationConfig
     tflite_full_integer: bool = False  # int8 TFLite with int8 I/O and an int8 softmax (accelerators)
     opset: int = 17
     seed: int = 0
@@ -88,4 +105,4 @@ class ExportConfig:
         raise KeyError(name)
 
 
-__all__ = ["ExportConfig", "OUTPUT_CHOICES"]
+__all__ = ["ExportConfig", "OUTPUT_CHOICES", "ParityThresholds"]

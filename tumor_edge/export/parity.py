@@ -18,21 +18,10 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.contracts.bundle import PARITY_MD
+from tumor_edge.export.config import ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.runtime.preprocess import Preprocessing, scale
-
-
-@dataclass
-class ParityThresholds:
-    """The tolerances a file must be proven within (defaults from DESIGN.md), and how sure the proof must be."""
-
-    max_accuracy_drop: float = 1.0  # percentage points below Keras
-    max_auc_drop: float = 0.01  # macro one-vs-rest AUC below Keras
-    min_agreement: float = 0.99  # top-1 agreement with Keras, for the precisions below
-    agreement_precisions: tuple[str, ...] = ("fp32", "fp16")
-    confidence: float = 0.95  # of the intervals the verdicts rest on (export/parity_stats.py)
-    resamples: int = 2000  # paired bootstrap resamples
 
 
 @dataclass
