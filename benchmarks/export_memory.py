@@ -13,7 +13,8 @@ status 3 (parity failed) still counts as a finished run here, since the memory a
     python benchmarks/export_memory.py --work /tmp/export-mem                    # default options
     python benchmarks/export_memory.py --work /tmp/export-mem -- --int8 --fp16   # every format
 
-Prints one JSON object (peaks in MB, seconds) and, with --json, also writes it to a file.
+Prints one JSON object (peaks in MB, wall seconds, and the CPU seconds of the whole process tree, which a loaded
+machine does not inflate) and, with --json, also writes it to a file.
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ def run_export(run_dir: Path, bundle: Path, options: list[str], interval: float)
                "format='%(message)s'); from tumor_edge.cli import main; main()",
                "export", str(run_dir), "--out", str(bundle), "--force", "--quiet", *options]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    import resource
+
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     sampler = Sampler(proc.pid, interval)
@@ -184,9 +188,13 @@ def run_export(run_dir: Path, bundle: Path, options: list[str], interval: float)
     proc.wait()
     seconds = time.perf_counter() - t0
     sampler.stop()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the export and every child it waited for
+    cpu_seconds = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     mb = 1 << 20
     return {
         "options": options, "exit_code": proc.returncode, "seconds": round(seconds, 1),
+        # CPU time of the whole tree: what the wall time would be on one free core, whatever else runs beside.
+        "cpu_seconds": round(cpu_seconds, 1),
         "peak_rss_mb": round(sampler.peak / mb), "processes_at_once": sampler.max_processes,
         "peak_by_step_mb": {k: round(v / mb) for k, v in sampler.by_step.items()},
         "step_seconds": steps,
