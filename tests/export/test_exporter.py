@@ -68,7 +68,7 @@ def test_metadata_contract(trained_run, metadata):
     assert prov["data_fingerprint"] == run_config["data_fingerprint"]
     assert prov["run_dir"] == str(trained_run.resolve())
     assert prov["parity"] in ("proven", "not proven")
-    for package in ("tumor_edge", "tf2onnx", "onnx", "onnxruntime", "keras"):
+    for package in ("tumor-edge", "tf2onnx", "onnx", "onnxruntime", "keras"):
         assert prov["versions"].get(package), package
     assert prov["exported"][:2] == "20"
     assert metadata["metrics"]["parity"]["verdict"] in ("pass", "not proven")

@@ -18,12 +18,12 @@ from tumor_edge.contracts.bundle import (
     is_optimized_name,
     optimized_model_name,
 )
-from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
+from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES, FORMATS
 from tumor_edge.export.context import ExportedFile
 from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
 
 # 0.1 bundles carried machine-specific "*.ort.onnx" twins; `--force` removes them with the rest.
-_LEGACY_TWINS = frozenset(optimized_model_name(f) for f in BUNDLE_MODEL_FILES if f.endswith(".onnx"))
+_LEGACY_TWINS = frozenset(optimized_model_name(f.file) for f in FORMATS if f.engine == "onnxruntime")
 
 
 def is_bundle_file(name: str) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from tumor_edge.contracts.formats import BY_KEY, ModelFormat
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig
+from tumor_edge.export.foreign import SAVED_MODEL_FILE
 from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource
 
@@ -93,7 +94,7 @@ class ExportContext:
 
         path = self.work / "saved_model"
         with _made_once(path):
-            if not (path / "saved_model.pb").is_file():
+            if not (path / SAVED_MODEL_FILE).is_file():
                 export_saved_model(self.model, path)
         return path
 

@@ -11,6 +11,13 @@ from tumor_edge.export.source import ModelSource
 from tumor_edge.machine import host, package_versions
 
 
+def versions() -> dict[str, str | None]:
+    """tumor_edge.machine's package versions; tumor-edge's own from the code when it runs from a checkout."""
+    found = package_versions()
+    found["tumor-edge"] = found.get("tumor-edge") or __version__
+    return found
+
+
 def provenance(source: ModelSource, parity_state: str) -> dict[str, Any]:
     run = source.run_config
     return {
@@ -22,7 +29,7 @@ def provenance(source: ModelSource, parity_state: str) -> dict[str, Any]:
         "data_root": run.data_root if run else None,
         "trained": run.created if run else None,
         "training_versions": run.versions if run else None,
-        "versions": package_versions(),
+        "versions": versions(),
         "host": host(),
         "output": {"model_output": source.source_output, "decided_by": source.output_decided_by,
                    "softmax_appended": source.softmax_appended},
