@@ -77,10 +77,10 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
         "",
         f"**Result: {report.verdict.upper()}**",
         "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "| " + " | ".join(_cell(c) for c in TABLE_COLUMNS) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),
     ]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
     lines += ["", "## Recall per class", "", "| file | " + " | ".join(report.classes) + " |",
               "|" + "---|" * (len(report.classes) + 1)]
     ref = report.reference["per_class"]
@@ -100,6 +100,11 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
                           if f.images_needed else " (no test size would prove it at the observed rates)")
             lines.append(f"- `{f.file}` {f.verdict}: {'; '.join(f.failures)}{needed}")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    """A Markdown table cell: a literal '|' would split it."""
+    return str(value).replace("|", "\\|")
 
 
 def _interval(pair, scale: float = 1.0, spec: str = ".3f") -> str:
