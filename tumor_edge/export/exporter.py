@@ -111,7 +111,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     elif report is not None and report.verdict == FAIL:
         error = ParityError(report.failure_line(out))
     elif report is not None and report.verdict == NOT_PROVEN and not config.allow_unproven:
-        error = needs_option(ParityError(report.failure_line(out) + "; accept it with allow_unproven"),
+        error = needs_option(ParityError(report.failure_line(out) + "; allowing unproven parity accepts it"),
                              "allow_unproven")
     if report is not None and report.verdict == NOT_PROVEN and error is None:
         log.warning("warning: %s", report.failure_line(out))
