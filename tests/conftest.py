@@ -51,7 +51,9 @@ def exported_bundle(trained_run, tmp_path_factory) -> Path:
     has 40 images (one image is 2.5 points) and a tiny 4-epoch model has near-ties that int8 may flip. 40 images
     cannot prove a 1-point tolerance, so verdicts "not proven" are accepted (allow_unproven). The failing side of
     parity is tested on its own (a planted mismatch). The last-bundle marker goes to a temporary state folder,
-    not the user's home.
+    not the user's home. Converters run in this process (isolate=False): a child per converter costs a TensorFlow
+    start each (~40 s in all) and buys memory this 75 px model does not need; tests/export/test_foreign.py and
+    test_format_table.py cover the default, isolated path.
     """
     from tumor_edge.export.exporter import ExportConfig, export_bundle
     from tumor_edge.export.parity import ParityThresholds
@@ -61,5 +63,5 @@ def exported_bundle(trained_run, tmp_path_factory) -> Path:
         mp.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         export_bundle(ExportConfig(source=trained_run, out=out, int8=True, fp16=True, show_progress=False,
                                    thresholds=ParityThresholds(max_accuracy_drop=10.0, max_auc_drop=0.05),
-                                   allow_unproven=True))
+                                   allow_unproven=True, isolate=False))
     return out
