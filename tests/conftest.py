@@ -12,6 +12,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tests.toydata import make_toy_dataset  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_model_cache(tmp_path_factory):
+    """The runtime caches optimised models under ~/.cache/tumor-edge; the tests (and the processes they start,
+    which inherit the variable) use a folder of their own."""
+    os.environ["TUMOR_EDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+
+
 @pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory) -> Path:
     """ROOT/Training/<class>/*.jpg and ROOT/Testing/<class>/*.jpg, four classes, 80 px, learnable."""

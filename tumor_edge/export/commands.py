@@ -64,8 +64,10 @@ def _flag_for(err) -> str | None:
 @click.option("--calib-methods", default="minmax,entropy,percentile", show_default=True,
               help="onnxruntime calibration methods to try for ONNX int8; the best on validation is kept.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="ONNX int8 weight scales.")
-@click.option("--reduce-range", is_flag=True,
-              help="ONNX int8 with 7-bit weights (for AVX2-only CPUs without VNNI; costs accuracy).")
+@click.option("--reduce-range/--full-range", default=None,
+              help="ONNX int8 weights: 7-bit (x86 without VNNI/AMX) or full 8-bit [decided by this CPU].")
+@click.option("--no-accuracy-aware", is_flag=True,
+              help="Ship the best calibration method's int8 as is, without the float fallback for sensitive nodes.")
 @click.option("--test-data", type=click.Path(path_type=Path),
               help="Parity images: a dataset root (uses Testing/) or a folder of class folders "
                    "[the run's test split].")
@@ -101,7 +103,8 @@ def _flag_for(err) -> str | None:
 def export(ctx: click.Context, source: Path, out: Path, formats: str, force: bool, classes: str | None,
            image_size: int | None, preprocess: str | None, resize: str | None, output_type: str,
            calib_data: Path | None, calib_count: int, select_count: int, calib_methods: str, per_channel: bool,
-           reduce_range: bool, test_data: Path | None, test_count: int | None, no_parity: bool,
+           reduce_range: bool | None, no_accuracy_aware: bool, test_data: Path | None, test_count: int | None,
+           no_parity: bool,
            max_accuracy_drop: float, max_auc_drop: float, min_agreement: float, allow_unproven: bool,
            confidence: float, tflite_full_integer: bool, no_optimize: bool, in_process: bool, overlap: bool,
            opset: int, seed: int, quiet: bool, **enabling: bool) -> None:
@@ -121,7 +124,8 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
                    "twins (the runtime builds and caches them on each device)", err=True)
     try:
         quantization = QuantizationConfig(methods=tuple(_csv(calib_methods) or ()), per_channel=per_channel,
-                                          reduce_range=reduce_range, seed=seed)
+                                          reduce_range=reduce_range, accuracy_aware=not no_accuracy_aware,
+                                          seed=seed)
     except ValueError as err:
         raise ConfigError(f"--calib-methods: {err}") from err
     handler = _echo_warnings()

@@ -95,6 +95,13 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     metadata.provenance["export_seconds"] = round(time.perf_counter() - started, 1)
     metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 1) for r in rows}
     metadata.write(out)
+    if metadata.models:
+        # Reference outputs on generated images, for `tumor-edge verify` on any device. Last: it checks the final
+        # model files against the final metadata.json, then adds `reference` to it.
+        from tumor_edge.runtime.verify import record_reference
+
+        record_reference(out)
+        metadata = BundleMetadata.read(out)
     table = render_table(table_rows(report, _keras_row(source, report), [
         {"file": r.file, "format": r.format, "precision": r.precision,
          "size_bytes": (out / r.file).stat().st_size if r.ok else 0,

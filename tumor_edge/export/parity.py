@@ -109,15 +109,7 @@ def device_probabilities(clf, paths: Sequence[Path], batch_size: int) -> np.ndar
 
     A file the runtime cannot read here was readable for the Keras reference, so it is an error, not a skip.
     """
-    from tumor_edge.errors import InputImageError
-
-    classes = list(clf.classes)
-    rows = []
-    for result in clf.iter_predictions(paths, batch_size=batch_size, frames="middle"):
-        if not result.ok:
-            raise InputImageError(result.message)
-        rows.append([result.probabilities[c] for c in classes])
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(classes))
+    return clf.probabilities_for_files(paths, batch_size=batch_size)
 
 
 def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 32,

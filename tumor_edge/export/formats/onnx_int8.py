@@ -1,5 +1,6 @@
-"""ONNX int8 from the fp32 ONNX file: onnxruntime static QDQ quantization (export/quantize.py), calibrated on the
-training split and with the calibration method chosen on the validation split."""
+"""ONNX int8 from the fp32 ONNX file: onnxruntime static QDQ quantization (export/quantize/), calibrated on the
+training split, the calibration method chosen on the validation split, and the most sensitive nodes kept in float
+until the parity goal holds (accuracy-aware)."""
 
 from __future__ import annotations
 
@@ -18,5 +19,6 @@ def convert(ctx, dst: Path) -> dict[str, Any]:
                                 ctx.config.show_progress)
     q = ctx.config.quantization
     return {"quantization": "onnxruntime static, QDQ", "calibration": report.chosen,
-            "per_channel": q.per_channel, "reduce_range": q.reduce_range, "activations": "uint8",
-            "weights": "int8", "float_nodes": report.float_nodes, "_report": report.to_dict()}
+            "per_channel": q.per_channel, "reduce_range": report.config["reduce_range"],
+            "activations": q.activations, "weights": "int8", "average_pools": q.average_pools,
+            "float_nodes": report.float_nodes, "float_reasons": report.float_reasons, "_report": report.to_dict()}
