@@ -72,6 +72,13 @@ def _shape_table(model: Any) -> dict[str, Shape]:
 
 def count_macs(path: str | Path) -> int | None:
     """Multiply-accumulates for one image through the ONNX model at `path`; None when it cannot be counted."""
+    per_node = macs_by_node(path)
+    return None if per_node is None else sum(per_node.values())
+
+
+def macs_by_node(path: str | Path) -> dict[str, int] | None:
+    """Multiply-accumulates for one image, per Conv/MatMul/Gemm node name; None when they cannot be counted.
+    Int8 files can hold more than their float twin: quantization may turn average pools into depthwise convs."""
     try:
         import onnx
         from onnx import shape_inference
@@ -85,11 +92,11 @@ def count_macs(path: str | Path) -> int | None:
                 dims[0].dim_value = 1  # the dynamic batch: count one image
         model = shape_inference.infer_shapes(model)
         shapes = _shape_table(model)
-        total = 0
-        for node in model.graph.node:
+        out: dict[str, int] = {}
+        for i, node in enumerate(model.graph.node):
             counter = COUNTERS.get(node.op_type)
             if counter is not None:
-                total += counter(node, shapes)
-        return total
+                out[node.name or f"{node.op_type}_{i}"] = counter(node, shapes)
+        return out
     except Exception:  # protobuf DecodeError, onnx InferenceError, a missing shape: all mean "cannot count"
         return None

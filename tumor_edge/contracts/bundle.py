@@ -155,8 +155,8 @@ class BundleMetadata:
             return _parse(data)
         except RecursionError as err:  # JSON nested deeper than Python recurses
             raise ModelError("invalid tumor-edge metadata: nested too deeply", source) from err
-        except ConfigError as err:
-            raise ModelError(f"invalid tumor-edge metadata: {err.reason}", source) from err
+        except ConfigError as err:  # field names come from the file: escape them so the error stays one line
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", source) from err
 
     def write(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / METADATA_FILE
@@ -342,6 +342,11 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
         if key in entry and not isinstance(entry[key], str):
             raise ConfigError(f"field '{where}{key}' must be a string")
     return ModelEntry(name, fmt, precision, size, digest.lower(), entry)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, escapes) written as Python escapes: safe on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _is_hex(text: str) -> bool:
