@@ -29,9 +29,10 @@ import threading
 import time
 from pathlib import Path
 
+from proctree import rss, tree_pids  # benchmarks/proctree.py: run as `python benchmarks/export_memory.py`
+
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 STEP_LINE = re.compile(r"export step (?P<step>\S+) (?P<what>start|done|failed)")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # ------------------------------------------------------------------------------------------------ the inputs
@@ -85,28 +86,6 @@ def make_run(work: Path, image_size: int, per_class: int, test_per_class: int) -
 # ------------------------------------------------------------------------------------------------ sampling
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -137,12 +116,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            tree, pids, stack = _children(), [], [self.root]
-            while stack:
-                pid = stack.pop()
-                pids.append(pid)
-                stack.extend(tree.get(pid, ()))
-            sizes = {pid: _rss(pid) for pid in pids}
+            sizes = {pid: rss(pid) for pid in tree_pids(self.root)}
             total = sum(sizes.values())
             step = self.step
             self.peak = max(self.peak, total)
