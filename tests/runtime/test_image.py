@@ -227,3 +227,27 @@ def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
         sample[position] = data.draw(st.integers(0, 255), label="byte")
     cut = data.draw(st.integers(1, len(sample)), label="length")
     _decode_or_clean_error(bytes(sample[:cut]), suffix)
+
+
+def test_an_input_type_is_one_decoder_entry(tmp_path, monkeypatch, bundle):
+    """A new input type is one entry in image.DECODERS: walking, decoding and classifying all pick it up."""
+    from tumor_edge.runtime import Classifier, image
+    from tumor_edge.runtime.inputs import expand_inputs
+
+    def raw_frames(path, frames):  # a made-up format: 2 bytes of side length, then grey pixels
+        data = path.read_bytes()
+        side = int.from_bytes(data[:2], "little")
+        grey = np.frombuffer(data[2:2 + side * side], np.uint8).reshape(side, side)
+        return [image.Frame(Image.fromarray(grey).convert("RGB"), 0, 1)]
+
+    raw = image.Decoder("raw", frozenset({".raw"}), raw_frames)
+    monkeypatch.setattr(image, "DECODERS", (raw, *image.DECODERS))
+    monkeypatch.setattr(image, "SCAN_SUFFIXES", image.SCAN_SUFFIXES | raw.suffixes)
+    scan = quadrant_image(3)[..., 0]
+    path = tmp_path / "scans" / "a.raw"
+    path.parent.mkdir()
+    path.write_bytes(len(scan).to_bytes(2, "little") + scan.tobytes())
+    assert image.is_scan_file(path) and expand_inputs([path.parent]) == [path]
+    assert np.array_equal(np.asarray(load_rgb(path))[..., 0], scan)
+    [result] = Classifier.from_bundle(bundle).iter_predictions([path])
+    assert result.ok and result.label == "pituitary"

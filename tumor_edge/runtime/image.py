@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
-from tumor_edge.errors import InputImageError
+from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import (
     BLOCK_PIXELS,
     MAX_DECODED_BYTES,
@@ -46,17 +47,15 @@ HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 log = logging.getLogger("tumor_edge.input")
 
-__all__ = ["DICOM_SUFFIXES", "FRAME_CHOICES", "IMAGE_SUFFIXES", "MAX_DECODED_BYTES", "MAX_PIXELS", "Frame",
-           "is_dicom_file", "is_scan_file", "load_rgb", "load_rgb_frames", "pil_to_rgb", "select_frames",
-           "to_uint8"]
+__all__ = ["DECODERS", "DICOM_SUFFIXES", "FRAME_CHOICES", "IMAGE_SUFFIXES", "MAX_DECODED_BYTES", "MAX_PIXELS",
+           "SCAN_SUFFIXES", "Decoder", "Frame", "decoder_for", "is_dicom_file", "is_scan_file", "load_rgb",
+           "load_rgb_frames", "pil_to_rgb", "select_frames", "to_uint8"]
 
 
 def is_dicom_file(path: Path) -> bool:
     """DICOM files may lack a suffix; the 'DICM' magic at byte 128 identifies them (special files: never)."""
     path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    return read_head(path, 132)[128:132] == b"DICM"
+    return path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(path)
 
 
 def is_scan_file(path: Path) -> bool:
@@ -66,9 +65,9 @@ def is_scan_file(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+    if suffix in SCAN_SUFFIXES:
         return True
-    return suffix == "" and is_dicom_file(path)
+    return suffix == "" and any(d.sniff is not None and d.sniff(path) for d in DECODERS)
 
 
 def _finite_range(array: np.ndarray) -> tuple[float, float, int]:
@@ -255,27 +254,62 @@ def _pil_frames(path: Path, frames: str | int) -> list[Frame]:
             raise _decode_error(err, path) from err
 
 
+def _dicom_frames(path: Path, frames: str | int) -> list[Frame]:
+    from tumor_edge.runtime.dicom import read_dicom_frames
+
+    out = []
+    for f in read_dicom_frames(path, frames):
+        rgb = Image.fromarray(f.pixels).convert("RGB")
+        frame = Frame(rgb, f.index, f.count)
+        warn_if_constant(rgb, path, frame.label)
+        out.append(frame)
+    return out
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    return read_head(path, 132)[128:132] == b"DICM"
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """One input type: the suffixes it claims, how to recognise one of its files by content (DICOM files often
+    have no suffix), and how to decode a file into frames. Adding an input type is one entry in DECODERS; every
+    consumer (classify, parity, verify, serve, training) decodes through `load_rgb_frames`, so all get it."""
+
+    name: str
+    suffixes: frozenset[str]
+    decode: Callable[[Path, str | int], list[Frame]]
+    sniff: Callable[[Path], bool] | None = None
+
+
+# In order: the first whose suffix or content matches decodes the file; Pillow (last) takes everything else and
+# reports a file that is no image.
+DECODERS: tuple[Decoder, ...] = (
+    Decoder("dicom", DICOM_SUFFIXES, _dicom_frames, _has_dicom_magic),
+    Decoder("image", IMAGE_SUFFIXES, _pil_frames),
+)
+SCAN_SUFFIXES: frozenset[str] = frozenset().union(*(d.suffixes for d in DECODERS))
+
+
+def decoder_for(path: Path) -> Decoder:
+    suffix = path.suffix.lower()
+    for decoder in DECODERS:
+        if suffix in decoder.suffixes or (decoder.sniff is not None and decoder.sniff(path)):
+            return decoder
+    return DECODERS[-1]
+
+
 def load_rgb_frames(path: str | Path, frames: str | int = "middle") -> list[Frame]:
     """The frames of a scan file to classify: one for ordinary images; the middle or all frames of a DICOM
     series, a multi-page TIFF or an animated GIF (the same choice for every multi-frame kind)."""
     path = Path(path)
     if not (frames in FRAME_CHOICES or (isinstance(frames, int) and not isinstance(frames, bool))):
-        raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
     info = stat_regular(path)
     if info.st_size == 0:
         raise InputImageError("empty file (0 bytes)", path)
     check_file_size(info.st_size, path)
-    if is_dicom_file(path):
-        from tumor_edge.runtime.dicom import read_dicom_frames
-
-        out = []
-        for f in read_dicom_frames(path, frames):
-            rgb = Image.fromarray(f.pixels).convert("RGB")
-            frame = Frame(rgb, f.index, f.count)
-            warn_if_constant(rgb, path, frame.label)
-            out.append(frame)
-        return out
-    return _pil_frames(path, frames)
+    return decoder_for(path).decode(path, frames)
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -13,10 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tumor_edge.runtime.image import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_scan_file
+from tumor_edge.runtime.image import SCAN_SUFFIXES, is_scan_file
 from tumor_edge.runtime.special_files import file_kind, reason
-
-SCAN_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 
 
 @dataclass(frozen=True)

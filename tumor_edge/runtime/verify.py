@@ -126,7 +126,7 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
 def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int], list[str]]:
     """(files, labels, problems) of a labelled folder: ROOT/Testing/<class>/... or ROOT/<class>/..., regular
     files only (a FIFO or device is never opened), hidden names skipped, sorted."""
-    from tumor_edge.runtime.image import DICOM_SUFFIXES, IMAGE_SUFFIXES
+    from tumor_edge.runtime.image import SCAN_SUFFIXES
 
     base = root / "Testing" if (root / "Testing").is_dir() else root
     problems: list[str] = []
@@ -150,7 +150,7 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
             for name in sorted(names):
                 path = Path(dirpath) / name
                 suffix = path.suffix.lower()
-                if name.startswith(".") or suffix not in IMAGE_SUFFIXES | DICOM_SUFFIXES:
+                if name.startswith(".") or suffix not in SCAN_SUFFIXES:
                     continue
                 if path.is_file():  # follows links; False for FIFOs, sockets and devices
                     files.append(path)
