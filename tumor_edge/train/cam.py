@@ -40,6 +40,7 @@ NO_HEAD_MESSAGE = ("this model's head is not global average pooling followed by 
 @dataclass
 class CamHead:
     features: Any  # symbolic tensor (N, h, w, C): the last conv map
+    pooled: Any  # symbolic tensor (N, C): its global average
     dense: Any  # the Dense layer giving the class scores
     activation: str  # "softmax" | "linear"
 
@@ -93,7 +94,7 @@ def find_cam_head(model) -> CamHead:
     features = layer.input
     if len(features.shape) != 4 or features.shape[1] is None or features.shape[2] is None:
         raise refuse(f"the pooled map has shape {tuple(features.shape)}, not a fixed (N, h, w, C)")
-    return CamHead(features, dense, activation)
+    return CamHead(features, layer.output, dense, activation)
 
 
 def _cam_layer(head: CamHead):
@@ -120,6 +121,38 @@ def heatmap_model(model):
     head = find_cam_head(model)
     cam = _cam_layer(head)(head.features)
     return keras.Model(model.inputs, [model.outputs[0], cam], name=f"{model.name}_with_heatmap")
+
+
+def features_model(model):
+    """The pooled features (N, C) the dense head reads: what the Mahalanobis OOD score is fitted on."""
+    import keras
+
+    head = find_cam_head(model)
+    return keras.Model(model.inputs, head.pooled, name=f"{model.name}_features")
+
+
+def trust_model(model, ood=None):
+    """The model export converts: [scores, heatmap] and, given a fitted `MahalanobisOod`, a third output
+    "ood_features" = (pooled - mean) @ projection (a dense layer), so the device scores OOD with no big
+    matrices. Raises NoCamHeadError for a model without a GAP + dense head."""
+    import keras
+    import numpy as np
+
+    from tumor_edge.calibration.mahalanobis import OOD_ROLE
+
+    head = find_cam_head(model)
+    outputs = [model.outputs[0], _cam_layer(head)(head.features)]
+    if ood is not None:
+        channels = int(head.pooled.shape[-1])
+        if ood.projection.shape[0] != channels:
+            raise NoCamHeadError(f"the OOD parameters were fitted on {ood.projection.shape[0]} features, but this "
+                                 f"model pools {channels}")
+        dense = keras.layers.Dense(ood.dims, dtype="float32", name=OOD_ROLE)
+        dense.build((None, channels))
+        projection = ood.projection.astype(np.float32)
+        dense.set_weights([projection, (-ood.mean @ ood.projection).astype(np.float32)])
+        outputs.append(dense(head.pooled))
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_trust")
 
 
 def logits_model(model):
