@@ -24,7 +24,7 @@ class InputCheckLimits:
     max_colour: float = 12.0  # mean |R-G| + |G-B| + |B-R| / 3 over pixels, in grey levels; JPEG grey ~0-2
     min_contrast: float = 4.0  # standard deviation in grey levels; below: blank or constant
     min_neighbour_correlation: float = 0.5  # lag-1 correlation of adjacent pixels; white noise ~0
-    min_dark_fraction: float = 0.05  # share of pixels in the darkest 15 % of the grey range (air around a head)
+    min_dark_fraction: float = 0.25  # share of the image's outer ring (6 %) in the darkest 15 % of its grey range
 
 
 DEFAULT_LIMITS = InputCheckLimits()
@@ -56,7 +56,10 @@ def pixel_stats(rgb: np.ndarray) -> PixelStats:
     horizontal = _correlation(grey[:, :-1].ravel(), grey[:, 1:].ravel()) if grey.shape[1] > 1 else 1.0
     vertical = _correlation(grey[:-1].ravel(), grey[1:].ravel()) if grey.shape[0] > 1 else 1.0
     lo, hi = float(grey.min()), float(grey.max())
-    dark = float(np.mean(grey <= lo + 0.15 * (hi - lo))) if hi > lo else 1.0
+    ring = max(1, round(0.06 * min(grey.shape)))
+    border = np.concatenate([grey[:ring].ravel(), grey[-ring:].ravel(), grey[:, :ring].ravel(),
+                             grey[:, -ring:].ravel()])
+    dark = float(np.mean(border <= lo + 0.15 * (hi - lo))) if hi > lo else 1.0
     return PixelStats(colour, contrast, min(horizontal, vertical), dark)
 
 
@@ -65,14 +68,13 @@ def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -
     s = pixel_stats(rgb)
     if s.contrast < limits.min_contrast:
         return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
-    reasons = []
-    if s.colour > limits.max_colour:
-        reasons.append(f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are "
-                       f"grey; is this a photograph?")
     if s.neighbour_correlation < limits.min_neighbour_correlation:
-        reasons.append(f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real "
-                       f"images > {limits.min_neighbour_correlation})")
-    elif s.dark_fraction < limits.min_dark_fraction:
-        reasons.append(f"no dark background ({100 * s.dark_fraction:.1f} % of pixels near black): an MRI slice "
-                       f"shows the head surrounded by air")
-    return reasons
+        return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
+                f"> {limits.min_neighbour_correlation})"]
+    if s.colour > limits.max_colour:
+        return [f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are grey; "
+                f"is this a photograph?"]
+    if s.dark_fraction < limits.min_dark_fraction:
+        return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
+                f"slice shows the head surrounded by air"]
+    return []
