@@ -1,0 +1,72 @@
+"""The trust model (scores, heatmap, ood_features) converts with the product's own converters, and the
+runtime's backends give Keras' outputs back from every file: ONNX fp32 and TFLite fp32 to float rounding,
+TFLite int8 close.
+
+int8 heatmaps: the mean per-map correlation with Keras' was 0.926 on this 16-channel toy CNN, the same with the
+heatmap layer kept in float (measured): the error comes from the int8 conv features it reads, and averages
+out over many channels. So this test holds the toy model to 0.9; the issue's 0.95 goal is for the product's
+2048-channel InceptionV3, measured per file by export's parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trust_models import blob_cnn, blob_images
+from tumor_edge.calibration.mahalanobis import fit_mahalanobis, score_projected
+from tumor_edge.runtime.backends import BackendOptions, open_backend
+
+pytest.importorskip("tf2onnx")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from tumor_edge.export.onnx_export import export_onnx_fp32
+    from tumor_edge.export.tflite_export import export_saved_model, export_tflite_fp32, export_tflite_int8
+    from tumor_edge.train.cam import features_model, trust_model
+
+    cnn, train = blob_cnn()
+    val = blob_images(200, seed=21)
+    ood = fit_mahalanobis(features_model(cnn).predict(val.pixels.astype(np.float32), verbose=0), val.labels)
+    model = trust_model(cnn, ood)
+    out = tmp_path_factory.mktemp("trust")
+    size = train.pixels.shape[1]
+
+    def representative():
+        for image in train.pixels[:64]:
+            yield [image[None].astype(np.float32)]
+
+    saved = export_saved_model(model, out / "saved")
+    files = {"onnx fp32": export_onnx_fp32(model, size, size, out / "model.onnx"),
+             "tflite fp32": export_tflite_fp32(saved, out / "model.tflite"),
+             "tflite int8": export_tflite_int8(saved, out / "model_int8.tflite", representative)}
+    return model, ood, files
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float((a @ b) / np.sqrt((a @ a) * (b @ b)))
+
+
+@pytest.mark.parametrize("name", ["onnx fp32", "tflite fp32", "tflite int8"])
+def test_every_file_gives_keras_outputs(converted, name):
+    model, ood, files = converted
+    x = blob_images(24, seed=31).pixels.astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    backend = open_backend(files[name], BackendOptions(cache=False))
+    got = backend.run(x)
+    assert [g.shape for g in got] == [e.shape for e in expected], "outputs in the Keras model's order"
+    scores, cam, z = got
+    if name.endswith("fp32"):
+        for g, e in zip(got, expected):  # float32 rounding, relative to each output's scale
+            np.testing.assert_allclose(g, e, rtol=0, atol=2e-4 * float(np.abs(e).max()) + 1e-5)
+        return
+    correlation = np.mean([_correlation(cam[i, ..., k], expected[1][i, ..., k]) for i in range(len(x))
+                           for k in range(cam.shape[-1])])
+    assert correlation >= 0.9, correlation
+    assert np.mean(scores.argmax(1) == expected[0].argmax(1)) >= 0.95
+    keras_scores, int8_scores = score_projected(expected[2], ood.centres), score_projected(z, ood.centres)
+    # OOD flags: int8 rounding moves in-distribution distances a little (see mahalanobis.EIGEN_FLOOR)
+    assert np.mean((int8_scores > ood.threshold) == (keras_scores > ood.threshold)) >= 0.85
+    noise = np.random.default_rng(0).integers(0, 256, x.shape).astype(np.float32)
+    assert np.all(score_projected(backend.run(noise)[2], ood.centres) > ood.threshold)
