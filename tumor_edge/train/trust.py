@@ -1,0 +1,75 @@
+"""At the end of `train`: fit temperature scaling and the out-of-distribution score on the validation split,
+and measure both on data they were not fitted on (the test split; generated out-of-distribution sets).
+
+Returns the figures a run records (RunConfig extra keys "calibration" and "ood"); writes a reliability diagram
+and the OOD parameters (`MahalanobisOod.save`) where the caller says. The validation split is what model
+selection already used, never the test split, so the test figures stay honest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge.calibration import calibration_summary, fit_temperature
+from tumor_edge.calibration.mahalanobis import fit_mahalanobis
+from tumor_edge.calibration.ood_fit import DEFAULT_TPR
+from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.plots import reliability_diagram
+from tumor_edge.errors import ConfigError
+from tumor_edge.runtime.ood_checks import input_warnings
+from tumor_edge.train.cam import NoCamHeadError, features_model
+from tumor_edge.train.pipeline import predict_probabilities
+
+OOD_SET_SIZE = 50
+
+
+def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray | None,
+                    test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
+    """Temperature on validation; ECE/NLL before and after on validation and (the honest figure) on test."""
+    fit = fit_temperature(val_probs, val_labels)
+    record = {"method": "temperature scaling", "temperature": fit.temperature, "fitted_on": fit.count,
+              "validation": calibration_summary(val_probs, val_labels, fit)}
+    if test_probs is not None and test_labels is not None and len(test_labels):
+        record["test"] = calibration_summary(test_probs, test_labels, fit)
+        if reliability_png is not None:
+            reliability_diagram(test_probs, test_labels, fit.temperature, reliability_png,
+                                title=f"test split, n = {len(test_labels)}")
+            record["reliability_diagram"] = Path(reliability_png).name
+    # The card and the bundle read these at the top level: the test split's when there is one.
+    shown = record.get("test", record["validation"])
+    record.update({k: shown[k] for k in ("bins", "ece_before", "ece_after", "nll_before", "nll_after")})
+    record["ece_measured_on"] = "test" if "test" in record else "validation"
+    return record
+
+
+def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray | None,
+            params_path: Path, batch_size: int = 32, tpr: float = DEFAULT_TPR, seed: int = 0) -> dict[str, Any]:
+    """Mahalanobis on pooled features (fitted on validation, saved to `params_path`), measured on the test
+    split (false alarms) and on generated sets (detection), beside the input checks' rates on the same sets."""
+    try:
+        features = features_model(model)
+    except NoCamHeadError as err:
+        return {"score": None, "skipped": err.reason}
+    try:
+        fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels, tpr=tpr)
+    except ConfigError as err:
+        return {"score": None, "skipped": err.reason}
+    fit.save(params_path)
+    record = fit.summary()
+    record.pop("centres")  # the bundle carries them; the run keeps them in the saved parameters
+    record["parameters"] = Path(params_path).name
+    size = tuple(val_pixels.shape[1:3])
+    sets = {"test split (in distribution)": test_pixels} if test_pixels is not None and len(test_pixels) else {}
+    sets.update(generated_sets(OOD_SET_SIZE, size, seed, scans=test_pixels))
+    evaluation = {}
+    for name, pixels in sets.items():
+        flagged = fit.flags(predict_probabilities(features, pixels, batch_size))
+        checks = np.array([bool(input_warnings(p)) for p in pixels])
+        evaluation[name] = {"count": int(len(pixels)), "flagged": float(np.mean(flagged)),
+                            "input_checks_flagged": float(np.mean(checks)),
+                            "either_flagged": float(np.mean(flagged | checks))}
+    record["evaluation"] = evaluation
+    return record
