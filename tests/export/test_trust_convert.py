@@ -14,6 +14,7 @@ import pytest
 
 from tests.trust_models import blob_cnn, blob_images
 from tumor_edge.calibration.mahalanobis import fit_mahalanobis, score_projected
+from tumor_edge.export.trust_outputs import map_correlation, trust_export
 from tumor_edge.runtime.backends import BackendOptions, open_backend
 
 pytest.importorskip("tf2onnx")
@@ -23,13 +24,15 @@ pytest.importorskip("tf2onnx")
 def converted(tmp_path_factory):
     from tumor_edge.export.onnx_export import export_onnx_fp32
     from tumor_edge.export.tflite_export import export_saved_model, export_tflite_fp32, export_tflite_int8
-    from tumor_edge.train.cam import features_model, trust_model
+    from tumor_edge.train.cam import features_model
 
     cnn, train = blob_cnn()
     val = blob_images(200, seed=21)
     ood = fit_mahalanobis(features_model(cnn).predict(val.pixels.astype(np.float32), verbose=0), val.labels)
-    model = trust_model(cnn, ood)
     out = tmp_path_factory.mktemp("trust")
+    exported = trust_export(cnn, {"calibration": {"temperature": 1.5}}, ood.save(out / "ood.npz"))
+    model = exported.model
+    assert [s.index for s in exported.extra_outputs.values()] == [1, 2] and exported.ood["dims"] == ood.dims
     size = train.pixels.shape[1]
 
     def representative():
@@ -41,11 +44,6 @@ def converted(tmp_path_factory):
              "tflite fp32": export_tflite_fp32(saved, out / "model.tflite"),
              "tflite int8": export_tflite_int8(saved, out / "model_int8.tflite", representative)}
     return model, ood, files
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    return float((a @ b) / np.sqrt((a @ a) * (b @ b)))
 
 
 @pytest.mark.parametrize("name", ["onnx fp32", "tflite fp32", "tflite int8"])
@@ -61,8 +59,7 @@ def test_every_file_gives_keras_outputs(converted, name):
         for g, e in zip(got, expected):  # float32 rounding, relative to each output's scale
             np.testing.assert_allclose(g, e, rtol=0, atol=2e-4 * float(np.abs(e).max()) + 1e-5)
         return
-    correlation = np.mean([_correlation(cam[i, ..., k], expected[1][i, ..., k]) for i in range(len(x))
-                           for k in range(cam.shape[-1])])
+    correlation = map_correlation(expected[1], cam)
     assert correlation >= 0.9, correlation
     assert np.mean(scores.argmax(1) == expected[0].argmax(1)) >= 0.95
     keras_scores, int8_scores = score_projected(expected[2], ood.centres), score_projected(z, ood.centres)
@@ -70,3 +67,35 @@ def test_every_file_gives_keras_outputs(converted, name):
     assert np.mean((int8_scores > ood.threshold) == (keras_scores > ood.threshold)) >= 0.85
     noise = np.random.default_rng(0).integers(0, 256, x.shape).astype(np.float32)
     assert np.all(score_projected(backend.run(noise)[2], ood.centres) > ood.threshold)
+
+
+def test_metadata_with_trust_outputs_is_valid_and_round_trips(converted, tmp_path):
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.contracts.preprocessing import Preprocessing
+
+    cnn = blob_cnn()[0]
+    exported = trust_export(cnn, {}, None)
+    meta = BundleMetadata(["none", "lesion"], Preprocessing(32, 32), extra_outputs=exported.extra_outputs)
+    again = BundleMetadata.from_dict(meta.to_dict())
+    assert again.outputs["heatmap"].index == 1 and "ood_features" not in again.outputs
+    assert exported.ood is None and len(exported.model.outputs) == 2
+
+
+def test_foreign_head_is_exported_without_heatmap_and_says_why():
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs)))
+    exported = trust_export(model)
+    assert exported.model is model and not exported.extra_outputs
+    assert "not global average pooling followed by one dense layer" in exported.notes[0]
+
+
+def test_map_correlation_leaves_out_flat_maps():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3, 4, 4, 2))
+    assert map_correlation(ref, ref) == pytest.approx(1.0)
+    assert map_correlation(ref, -ref) == pytest.approx(-1.0)
+    flat = ref.copy()
+    flat[..., 1] = 7.0
+    assert map_correlation(flat, flat + rng.normal(size=flat.shape)) < 1.0
