@@ -99,3 +99,48 @@ def test_map_correlation_leaves_out_flat_maps():
     flat = ref.copy()
     flat[..., 1] = 7.0
     assert map_correlation(flat, flat + rng.normal(size=flat.shape)) < 1.0
+
+
+def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
+    """A bundle of the converted ONNX file: the runtime's Classifier returns each scan's heatmap (role from the
+    metadata), and HeatmapWriter draws it over the scan, hottest where the planted lesion is."""
+    import shutil
+
+    from PIL import Image
+
+    from tumor_edge.contracts.bundle import BundleMetadata, describe_file
+    from tumor_edge.contracts.preprocessing import Preprocessing
+    from tumor_edge.errors import OutputExistsError
+    from tumor_edge.runtime.classifier import Classifier
+    from tumor_edge.runtime.heatmap_files import HeatmapWriter
+
+    model, ood, files = converted
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(files["onnx fp32"], bundle / "model_fp32.onnx")
+    exported = trust_export(blob_cnn()[0], {}, None)
+    meta = BundleMetadata(["none", "lesion"], Preprocessing(32, 32), extra_outputs=exported.extra_outputs,
+                          models={"model_fp32.onnx": describe_file(bundle / "model_fp32.onnx", "onnx", "fp32")})
+    meta.write(bundle)
+    scans = blob_images(8, seed=51)
+    paths = []
+    for i, pixels in enumerate(scans.pixels):
+        paths.append(tmp_path / "scans" / f"scan {i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(paths[-1])
+    writer = HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32))
+    predictions = Classifier.from_bundle(bundle).predict_batch(paths)
+    written = [writer.write(p) for p in predictions]
+    assert all(p.outputs["heatmap"].shape == (16, 16, 2) for p in predictions)
+    assert [w.name for w in written][:2] == ["00000_scan_0_heatmap.png", "00001_scan_1_heatmap.png"]
+    for i in np.flatnonzero(scans.labels == 1):
+        assert predictions[i].label == "lesion"
+        picture = np.asarray(Image.open(written[i]).convert("RGB")).astype(int)
+        left = (picture.shape[1] - 32) // 2  # the scan sits centred above the caption strip
+        overlay = picture[:32, left:left + 32]
+        redness = overlay[..., 0] - overlay[..., 2]
+        r, c = np.unravel_index(np.argmax(redness), redness.shape)
+        assert np.hypot(r - scans.centres[i][0], c - scans.centres[i][1]) <= 4, (i, (r, c), scans.centres[i])
+    with pytest.raises(OutputExistsError):
+        HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32))
+    HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32), force=True)
