@@ -5,7 +5,8 @@
     python benchmarks/run_suite.py --bundle BUNDLE   # a trained bundle (its run folder gives the Keras reference)
 
 Latency does not depend on the weights' values, so without a bundle the script builds the project's classifier
-with random weights, saves it as a run folder and exports it (cached under --workdir for the next run). Each run
+with random weights, saves it as a run folder and exports it with `tumor-edge export` itself (benchmarks/
+standin.py; cached under --workdir for the next run, --rebuild-stand-in after export changes). Each run
 is recorded as benchmarks/results/<date>-<commit>.json (with the machine and load average), compared with the
 previous record, and benchmarks/README.md is regenerated with the latest figures and the history.
 """
@@ -23,12 +24,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
+from benchmarks.standin import QUICK_EXPORT_ARGS, stand_in_bundle  # noqa: E402
+from tumor_edge.bench.chart import render_chart  # noqa: E402
 from tumor_edge.bench.compare import compare_records, render_comparison  # noqa: E402
 from tumor_edge.bench.harness import BenchConfig, run_bench  # noqa: E402
 from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path  # noqa: E402
-from tumor_edge.bench.report import render_chart, render_text  # noqa: E402
+from tumor_edge.bench.report import render_text  # noqa: E402
 from tumor_edge.bench.timing import RunPlan  # noqa: E402
-from tumor_edge.errors import TumorEdgeError  # noqa: E402
 from tumor_edge.machine import load_average  # noqa: E402
 
 STANDARD = {"image_size": 299, "threads": [1, 2], "batches": [1, 8], "warmup": 2, "min_runs": 10,
@@ -45,16 +47,21 @@ at least 10 runs and 2 s per configuration, formats interleaved run by run so a 
 inputs are decoded, resized test-split images (never zeros), prepared before timing; min, p50, p90, p99, mean,
 std (sample) and images/s per configuration. Cold start is a fresh process from spawn to its first result for
 one image file, with that process's peak RSS from the kernel's accounting of the reaped child (3 processes per
-file, 1 for Keras). The float32 ceiling is a 2048^3 numpy/BLAS matmul in a fresh process per thread count,
-before and after the formats (the best is kept: load only slows it); each format's achieved GMAC/s (MACs
-counted from the ONNX graph: 5.71 GMAC per 299x299 image) is shown as a fraction of it, and each goal says
-what fraction of the ceiling meeting it would take. int8 can exceed 1: the ceiling is the float32 rate.
+file, 1 for Keras). Two matmul ceilings, each measured in a fresh process per thread count before and after
+the formats (the best is kept: load only slows it), each 1024^3 (short runs, so that on a shared machine the best
+of many finds the moments the cores were free): float32, a numpy/BLAS matmul, and int8, a uint8 x int8
+`MatMulInteger` through onnxruntime itself (MLAS's integer GEMM, the kernels a QDQ model's
+QLinearConv runs on). Each format's achieved GMAC/s (MACs counted from the ONNX graph: 5.71 GMAC per 299x299
+image) is shown as a fraction of the ceiling of its own arithmetic: fp32 and fp16 files against the float32
+one, int8 files against the int8 one; each goal says what fraction of that ceiling meeting it would take.
+The int8 table sets onnxruntime's int8 against LiteRT's at every thread count and batch.
 
 Goals (batch 1, 299x299, 2 threads): ONNX fp32 p50 <= 0.45x Keras and <= 0.8x LiteRT fp32; ONNX int8 no slower
-than ONNX fp32.
+than ONNX fp32, nor than LiteRT int8.
 
-Run it: `python benchmarks/run_suite.py` (a random-weight stand-in of the real architecture exported with
-`tumor-edge export` on demo images; latency does not depend on the weights; built once, then reused) or
+Run it: `python benchmarks/run_suite.py` (a random-weight stand-in of the real architecture exported by
+`tumor-edge export --int8 --fp16 --no-parity` itself, calibrated on demo images, so it is exactly what users get;
+latency does not depend on the weights; built once, then reused: `--rebuild-stand-in` after export changes) or
 `python benchmarks/run_suite.py --bundle BUNDLE --run RUN` for a trained model. Each run adds a record
 `results/<date>-<commit>.json` (every timing, the machine, the load average) and regenerates this file.
 Compare any run with a saved one: `tumor-edge bench --baseline benchmarks/results/<file>.json`.
@@ -86,75 +93,24 @@ def wait_for_quiet(threshold: float, max_wait: float) -> list[float] | None:
     return load
 
 
-def bundle_complete(bundle_dir: Path, image_size: int) -> bool:
-    """Whether a stand-in bundle from an earlier run is there, whole, and of this image size."""
-    try:
-        meta = json.loads((bundle_dir / "metadata.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    files = meta.get("models", {})
-    return (meta.get("preprocessing", {}).get("height") == image_size and len(files) >= 5
-            and all((bundle_dir / name).is_file() for name in files))
-
-
-def export_with_project(run_dir: Path, bundle_dir: Path, workdir: Path) -> None:
-    """`tumor-edge export` itself (every format, int8 and fp16), parity off: random weights prove nothing."""
-    from tumor_edge.export.exporter import ExportConfig, export_bundle
-    from tumor_edge.export.quantize import QuantizationConfig
-
-    # export records its bundle as the user's last one; a random-weight stand-in must not become that.
-    saved = os.environ.get("XDG_STATE_HOME")
-    os.environ["XDG_STATE_HOME"] = str(workdir / "state")
-    try:
-        export_bundle(ExportConfig(source=run_dir, out=bundle_dir, int8=True, fp16=True, parity=False, force=True,
-                                   calib_count=32, select_count=8,
-                                   quantization=QuantizationConfig(methods=("minmax",))))
-    finally:
-        if saved is None:
-            os.environ.pop("XDG_STATE_HOME", None)
-        else:
-            os.environ["XDG_STATE_HOME"] = saved
-
-
-def stand_in_bundle(workdir: Path, image_size: int, exporter: str, log) -> tuple[Path, float]:
-    """A random-weight classifier, demo images for calibration and inputs, and its bundle, under workdir;
-    reused when a complete one is already there."""
-    from tumor_edge.bench.random_bundle import export_random_bundle, write_random_run
-
-    data, run_dir, bundle_dir = workdir / "data", workdir / "run", workdir / "bundle"
-    if bundle_complete(bundle_dir, image_size) and (run_dir / "model.keras").is_file():
-        log(f"reusing the stand-in bundle in {bundle_dir}")
-        return bundle_dir, 0.0
-    start = time.perf_counter()
-    log(f"building a random-weight {image_size}px classifier and exporting it to {bundle_dir} ({exporter})")
-    data_root = None
-    try:
-        from tumor_edge.demo.generate import generate_demo_dataset
-
-        data_root = generate_demo_dataset(data, per_class=16, size=image_size, seed=0, force=True,
-                                          show_progress=False)
-    except (ImportError, OSError, TumorEdgeError) as err:
-        log(f"no demo images ({err}); synthetic phantoms instead")
-    write_random_run(run_dir, image_size, data_root=data_root)
-    if exporter == "project" and data_root is not None:
-        export_with_project(run_dir, bundle_dir, workdir)
-    else:
-        export_random_bundle(run_dir, bundle_dir, log=log)
-    return bundle_dir, time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, help="a trained bundle (default: a random-weight stand-in)")
     parser.add_argument("--run", type=Path, help="the bundle's training run folder (Keras reference)")
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "tumor-edge" / "bench-standin",
+    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "tumor-edge-bench" / "stand-in",
                         help="where the stand-in bundle is built and kept for the next run")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="the results history folder")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md")
     parser.add_argument("--image-size", type=int, default=STANDARD["image_size"])
-    parser.add_argument("--exporter", choices=("project", "standin"), default="project",
-                        help="make the stand-in bundle with `tumor-edge export` (default) or the bench's own "
-                             "minimal converter")
+    parser.add_argument("--rebuild-stand-in", action="store_true",
+                        help="export the stand-in again even when a complete one is cached (after export changes)")
+    parser.add_argument("--export-args", default=" ".join(QUICK_EXPORT_ARGS),
+                        help="extra `tumor-edge export` options for the stand-in (quoted, space-separated)")
+    parser.add_argument("--threads", default=",".join(map(str, STANDARD["threads"])),
+                        help="comma-separated thread counts (a shortened run may drop some)")
+    parser.add_argument("--batches", default=",".join(map(str, STANDARD["batches"])),
+                        help="comma-separated batch sizes")
+    parser.add_argument("--cold-runs", type=int, default=STANDARD["cold_runs"])
     parser.add_argument("--min-runs", type=int, default=STANDARD["min_runs"])
     parser.add_argument("--min-seconds", type=float, default=STANDARD["min_seconds"])
     parser.add_argument("--quiet-load", type=float, default=None,
@@ -174,24 +130,29 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     export_s = 0.0
-    bundle = args.bundle
+    bundle, run = args.bundle, args.run
     if bundle is None:
-        bundle, export_s = stand_in_bundle(args.workdir.expanduser() / f"{args.image_size}px-{args.exporter}",
-                                           args.image_size, args.exporter, log)
+        bundle, run, export_s = stand_in_bundle(args.workdir.expanduser() / f"{args.image_size}px", args.image_size,
+                                                log, args.rebuild_stand_in, args.export_args.split())
     waited = time.perf_counter()
     if args.quiet_load is not None:
         wait_for_quiet(args.quiet_load, args.max_wait)
     waited = time.perf_counter() - waited
-    config = BenchConfig(model=bundle, threads=STANDARD["threads"], batches=STANDARD["batches"],
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    config = BenchConfig(model=bundle, threads=threads, batches=batches,
                          plan=RunPlan(STANDARD["warmup"], args.min_runs, args.min_seconds),
-                         image_count=STANDARD["image_count"], run=args.run, cold_runs=STANDARD["cold_runs"])
+                         image_count=STANDARD["image_count"], run=run, cold_start=args.cold_runs > 0,
+                         cold_runs=max(1, args.cold_runs))
     record = run_bench(config)
     commit, dirty = git_commit(HERE.parent)
     record["suite"] = {
         "name": "standard", "commit": commit, "dirty": dirty,
-        "stand_in": f"random weights, exported with {args.exporter}" if args.bundle is None else None,
+        "stand_in": ("random weights, exported by `tumor-edge export --int8 --fp16 --no-parity "
+                     f"{args.export_args}`") if args.bundle is None else None,
         "settings": {**STANDARD, "image_size": args.image_size, "min_runs": args.min_runs,
-                     "min_seconds": args.min_seconds},
+                     "min_seconds": args.min_seconds, "threads": threads, "batches": batches,
+                     "cold_runs": args.cold_runs},
         "bench_s": record["duration_s"], "export_s": export_s, "waited_for_quiet_s": waited,
         "total_s": time.perf_counter() - started - waited,
         "load_average_start": record["machine"].get("load_average"), "load_average_end": load_average(),

@@ -78,14 +78,16 @@ def test_json_lines_and_top_k(bundle, scans, state):
 def test_csv(bundle, scans, state):
     result = run(scans, "--model", bundle, "--csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["file", "frame", "label", "confidence", *CLASSES]
-    assert len(rows) == 5 and rows[3]["label"] == "notumor"
+    assert list(rows[0]) == ["file", "frame", "label", "confidence", *CLASSES, "error"]
+    assert len(rows) == 5 and rows[3]["label"] == "notumor" and not any(r["error"] for r in rows)
     assert abs(sum(float(rows[0][c]) for c in CLASSES) - 1) < 1e-4
 
 
 def test_json_and_csv_together_is_a_usage_error(bundle, scans, state):
     result = run(scans, "--model", bundle, "--csv", "--json")
-    assert result.exit_code == 2 and "choose one" in result.stderr
+    assert result.exit_code == 1 and "choose one" in result.stderr  # 1: nothing ran; 2 is "some files failed"
+    bad_option = run(scans, "--model", bundle, "--top-k", "0")
+    assert bad_option.exit_code == 1 and "--top-k" in bad_option.stderr
 
 
 def test_default_model_from_environment_then_last_export(bundle, scans, state, monkeypatch, tmp_path):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from tests.runtime.models import png_bomb, quadrant_image, write_dicom
@@ -166,3 +169,61 @@ def test_single_image_has_one_frame(tmp_path):
     Image.fromarray(quadrant_image(0, 16)).save(tmp_path / "a.png")
     frames = load_rgb_frames(tmp_path / "a.png", "all")
     assert len(frames) == 1 and frames[0].label is None
+
+
+# ---- property-based: any bytes under any scan name decode or fail in one line, never otherwise -------------
+
+
+def _samples() -> dict[str, bytes]:
+    """Small valid files of each kind, to mutate (random bytes alone rarely get past the magic numbers)."""
+    out = {}
+    for fmt, suffix in (("PNG", ".png"), ("JPEG", ".jpg"), ("GIF", ".gif"), ("TIFF", ".tif"), ("BMP", ".bmp")):
+        buffer = io.BytesIO()
+        Image.fromarray(quadrant_image(1, 8)).save(buffer, fmt)
+        out[suffix] = buffer.getvalue()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        frames = np.stack([quadrant_image(q, 8, grey=False).astype(np.uint16) for q in (0, 1)])
+        out[".dcm"] = write_dicom(Path(folder) / "a.dcm", frames, window=(100, 200)).read_bytes()
+    return out
+
+
+SAMPLES = _samples()
+MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff", ".gif": b"GIF89a", ".tif": b"II*\x00",
+         ".dcm": b"\x00" * 128 + b"DICM", "": b"\x00" * 128 + b"DICM"}
+
+
+def _decode_or_clean_error(data: bytes, suffix: str) -> None:
+    import tempfile
+
+    from tests.runtime.hostile import within
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"scan{suffix}"
+        path.write_bytes(data)
+        try:
+            frames = within(20, load_rgb_frames, path, "all")  # never a hang
+        except InputImageError as err:
+            assert "\n" not in str(err) and str(path) in str(err)
+            return
+        assert frames and all(f.image.mode == "RGB" and min(f.image.size) > 0 for f in frames)
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=60, deadline=None)
+@given(suffix=st.sampled_from(sorted(MAGIC)), magic=st.booleans(), body=st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_fail_in_one_line(suffix, magic, body):
+    _decode_or_clean_error((MAGIC[suffix] if magic else b"") + body, suffix)
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=80, deadline=None)
+@given(suffix=st.sampled_from(sorted(SAMPLES)), data=st.data())
+def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
+    sample = bytearray(SAMPLES[suffix])
+    for _ in range(data.draw(st.integers(1, 6), label="mutations")):
+        position = data.draw(st.integers(0, len(sample) - 1), label="position")
+        sample[position] = data.draw(st.integers(0, 255), label="byte")
+    cut = data.draw(st.integers(1, len(sample)), label="length")
+    _decode_or_clean_error(bytes(sample[:cut]), suffix)

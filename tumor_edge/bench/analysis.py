@@ -1,12 +1,17 @@
 """Derived figures over recorded results: ratios to the Keras reference and to ONNX fp32, achieved GMAC/s as a
-fraction of the matmul ceiling, and the performance targets. Pure functions over the result rows."""
+fraction of the ceiling of the file's own arithmetic (fp32 files the float32 matmul, int8 files onnxruntime's
+integer matmul), head-to-head tables of two engines, and the performance goals. Pure functions over the rows."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tumor_edge.bench.ceiling import ceiling_precision
+
 Row = dict[str, Any]
+# precision -> threads -> GMAC/s (see ceiling.ceiling_table)
+Ceilings = dict[str, dict[int, float]]
 
 REFERENCE_COLUMNS: dict[str, str] = {"vs_keras": "keras", "vs_onnx_fp32": "onnx-fp32"}
 
@@ -24,19 +29,42 @@ def add_ratios(rows: list[Row]) -> None:
             row[column] = row["p50_ms"] / ref["p50_ms"] if ref and ref["p50_ms"] > 0 else None
 
 
-def add_rates(rows: list[Row], macs_per_image: int | None, ceilings: dict[int, float]) -> None:
-    """Achieved GMAC/s at the p50 and its fraction of the float32 matmul ceiling at the same thread count.
+def achieved_gmacs(macs_per_image: int, batch: int, p50_ms: float) -> float:
+    return macs_per_image * batch / (p50_ms / 1000.0) / 1e9
 
-    int8 formats can exceed 1.0: the ceiling is the float32 rate, the one every format is compared with.
-    """
+
+def add_rates(rows: list[Row], macs_per_image: int | None, ceilings: Ceilings) -> None:
+    """Achieved GMAC/s at the p50 and its fraction of the ceiling of the row's arithmetic at the same thread
+    count: `ceiling_precision` names that ceiling ("fp32" or "int8"), `ceiling_fraction` is the fraction (None
+    where either is unknown)."""
     for row in rows:
+        kind = ceiling_precision(row.get("precision", "fp32"))
+        row["ceiling_precision"] = kind
         if not macs_per_image:
             row["gmacs"] = row["ceiling_fraction"] = None
             continue
-        gmacs = macs_per_image * row["batch"] / (row["p50_ms"] / 1000.0) / 1e9
-        ceiling = ceilings.get(row["threads"])
+        gmacs = achieved_gmacs(macs_per_image, row["batch"], row["p50_ms"])
+        ceiling = ceilings.get(kind, {}).get(row["threads"])
         row["gmacs"] = gmacs
         row["ceiling_fraction"] = gmacs / ceiling if ceiling else None
+
+
+def head_to_head(rows: list[Row], left: str, right: str) -> list[Row]:
+    """Two formats side by side at every (threads, batch) where both ran: p50s, left/right, and each one's
+    fraction of its own ceiling. The int8 table of onnxruntime against LiteRT is head_to_head(rows,
+    "onnx-int8", "tflite-int8")."""
+    index = _index(rows)
+    out = []
+    for (fmt, threads, batch), a in sorted(index.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        b = index.get((right, threads, batch))
+        if fmt != left or b is None:
+            continue
+        out.append({"left": left, "right": right, "threads": threads, "batch": batch,
+                    "left_p50_ms": a["p50_ms"], "right_p50_ms": b["p50_ms"],
+                    "ratio": a["p50_ms"] / b["p50_ms"] if b["p50_ms"] > 0 else None,
+                    "left_ceiling_fraction": a.get("ceiling_fraction"),
+                    "right_ceiling_fraction": b.get("ceiling_fraction")})
+    return out
 
 
 @dataclass(frozen=True)
@@ -56,16 +84,21 @@ GOALS: tuple[Goal, ...] = (
     Goal("ONNX fp32 vs Keras (tf.function)", "onnx-fp32", "keras", 0.45),
     Goal("ONNX fp32 vs LiteRT fp32", "onnx-fp32", "tflite-fp32", 0.80),
     Goal("ONNX int8 vs ONNX fp32", "onnx-int8", "onnx-fp32", 1.00),
+    Goal("ONNX int8 vs LiteRT int8", "onnx-int8", "tflite-int8", 1.00),
 )
+
+# The int8 engines compared in the report's head-to-head table.
+INT8_PAIR = ("onnx-int8", "tflite-int8")
 
 
 def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: int | None = None,
-                ceiling_gmacs: float | None = None) -> list[Row]:
+                ceilings: dict[str, float] | None = None) -> list[Row]:
     """Each goal evaluated at (threads, batch) where both formats were measured.
 
-    With the MAC count and the float32 ceiling, a goal also says what fraction of the ceiling its numerator
-    would have to reach (`required_ceiling_fraction`): above 1 for a float32 numerator, the goal is beyond this
-    machine's float32 arithmetic, whatever the engine does (the reference is already that close to the limit).
+    With the MAC count and the ceilings at `threads` (precision -> GMAC/s), a goal also says what fraction of
+    its numerator's own ceiling the numerator would have to reach (`required_ceiling_fraction`, against
+    `ceiling_precision`); above 1 (`reachable` False) the goal is beyond this machine's arithmetic of that
+    kind, whatever the engine does.
     """
     index = _index(rows)
     out = []
@@ -75,13 +108,14 @@ def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: i
         if not num or not den:
             continue
         ratio = num["p50_ms"] / den["p50_ms"]
+        kind = ceiling_precision(num.get("precision", "fp32"))
         entry = {**goal.to_dict(), "threads": threads, "batch": batch, "numerator_p50_ms": num["p50_ms"],
                  "denominator_p50_ms": den["p50_ms"], "ratio": ratio, "passed": ratio <= goal.limit,
-                 "required_ceiling_fraction": None, "reachable_in_fp32": None}
-        if macs_per_image and ceiling_gmacs:
-            needed_gmacs = macs_per_image * batch / (goal.limit * den["p50_ms"] / 1000.0) / 1e9
-            entry["required_ceiling_fraction"] = needed_gmacs / ceiling_gmacs
-            if num.get("precision") == "fp32":
-                entry["reachable_in_fp32"] = needed_gmacs <= ceiling_gmacs
+                 "ceiling_precision": kind, "required_ceiling_fraction": None, "reachable": None}
+        ceiling = (ceilings or {}).get(kind)
+        if macs_per_image and ceiling:
+            needed_gmacs = achieved_gmacs(macs_per_image, batch, goal.limit * den["p50_ms"])
+            entry["required_ceiling_fraction"] = needed_gmacs / ceiling
+            entry["reachable"] = needed_gmacs <= ceiling
         out.append(entry)
     return out

@@ -1,6 +1,6 @@
 """`tumor-edge bench`: latency of every file of a bundle (and the Keras reference), cold start, the machine.
 
-Imports only click at module level; the harness loads when the command runs.
+Imports only click and the format table at module level; the harness loads when the command runs.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
+from tumor_edge.contracts.formats import BY_KEY
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -28,7 +30,7 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
               help="Bundle folder or one of its model files (default: $TUMOR_EDGE_MODEL, else the last export).")
 @click.option("--formats", callback=_str_list, default=None,
-              help="Comma-separated formats to time, e.g. onnx-fp32,onnx-int8,tflite-fp32,keras (default: all).")
+              help=f"Comma-separated formats to time, among {','.join(BY_KEY)},keras (default: all the bundle has).")
 @click.option("--threads", callback=_int_list, default="1,2", show_default=True, help="Thread counts.")
 @click.option("--batch", "batches", callback=_int_list, default="1,8", show_default=True, help="Batch sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Warm-up runs.")
@@ -46,7 +48,7 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--no-keras", is_flag=True, help="Skip the Keras reference even when TensorFlow is installed.")
 @click.option("--cold-runs", type=click.IntRange(min=0), default=3, show_default=True,
               help="Fresh processes per format for cold start (0: skip).")
-@click.option("--no-ceiling", is_flag=True, help="Skip the float32 matmul ceiling measurement.")
+@click.option("--no-ceiling", is_flag=True, help="Skip the float32 and int8 matmul ceiling measurements.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Write the full record (with every timing) as JSON; also OUT.md and OUT.png unless named.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), default=None, help="Markdown report.")
@@ -68,7 +70,8 @@ def bench(model: Path | None, formats: list[str] | None, threads: list[int], bat
 
     Warm-up, then at least --min-runs runs and --min-seconds seconds per format, thread count and batch size;
     reports min/p50/p90/p99/mean/std and images/s, ratios to Keras and to ONNX fp32, the achieved GMAC/s
-    against this machine's matmul ceiling, cold start and peak memory, and the machine itself.
+    against this machine's matmul ceiling of the same arithmetic (float32, or onnxruntime's int8), onnxruntime
+    int8 against LiteRT int8, cold start and peak memory, and the machine itself.
     """
     from tumor_edge.bench.output import run_command
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.errors import ConfigError, TumorEdgeError
 
 Record = dict[str, Any]
 
@@ -71,7 +71,7 @@ def _pairs(record: Record) -> dict[tuple[str, str], float]:
 def compare_records(current: Record, baseline: Record, tolerance: float = 0.10) -> list[Comparison]:
     """Every figure present in both records, with its ratio current/baseline."""
     if tolerance < 0:
-        raise ValueError(f"tolerance must be 0 or more, got {tolerance}")
+        raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
     now, base = _pairs(current), _pairs(baseline)
     out = []
     for key, value in now.items():

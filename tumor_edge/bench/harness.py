@@ -17,23 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import __version__
-from tumor_edge.bench.analysis import add_rates, add_ratios, check_goals
-from tumor_edge.bench.ceiling import measure_ceiling, merge_ceilings
+from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, head_to_head
+from tumor_edge.bench.ceiling import Ceiling, ceiling_table, measure_ceilings, merge_ceilings
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
 from tumor_edge.bench.macs import count_macs
 from tumor_edge.bench.stats import summarize
-from tumor_edge.bench.targets import KERAS_KEY, Session, Target, engine_missing, open_session, target_for
+from tumor_edge.bench.subject import Subject, resolve_subject
+from tumor_edge.bench.targets import KERAS_KEY, Session, Target, open_session
 from tumor_edge.bench.timing import RunPlan, measure_interleaved
-from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, is_optimized_name
-from tumor_edge.errors import ModelError, TumorEdgeError
+from tumor_edge.contracts.formats import ENGINES
+from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
 from tumor_edge.progress import progress
 
 SCHEMA = "tumor-edge-bench/1"
-
-# Provenance keys under which export may record the training run folder (first match wins).
-RUN_KEYS = ("run_dir", "run", "source_run", "run_folder", "training_run")
 
 
 @dataclass
@@ -52,118 +50,17 @@ class BenchConfig:
     cold_start: bool = True
     cold_runs: int = 3
     keras_cold_runs: int = 1  # TensorFlow's cold start takes 10-25 s; one sample says what matters
-    ceiling: bool = True
+    ceiling: bool = True  # the float32 and int8 matmul ceilings, before and after the formats
     show_progress: bool = True
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
         if not self.threads or any(t < 1 for t in self.threads):
-            raise ValueError(f"thread counts must be positive integers, got {self.threads}")
+            raise ConfigError(f"thread counts must be positive integers, got {self.threads}")
         if not self.batches or any(b < 1 for b in self.batches):
-            raise ValueError(f"batch sizes must be positive integers, got {self.batches}")
+            raise ConfigError(f"batch sizes must be positive integers, got {self.batches}")
         if self.image_count < 1:
-            raise ValueError(f"image count must be at least 1, got {self.image_count}")
-
-
-@dataclass
-class Subject:
-    """The bundle being benchmarked, resolved: metadata, the files to time, and the Keras reference."""
-
-    metadata: BundleMetadata
-    bundle_dir: Path | None
-    targets: list[Target]
-    run_dir: Path | None
-    skipped: list[dict[str, str]]
-
-    @property
-    def by_key(self) -> dict[str, Target]:
-        return {t.key: t for t in self.targets}
-
-
-def _key(fmt: str, precision: str, taken: set[str], name: str) -> str:
-    key = f"{fmt}-{precision}"
-    return key if key not in taken else f"{key}:{name}"
-
-
-def _find_run(config: BenchConfig, metadata: BundleMetadata) -> tuple[Path | None, Path | None]:
-    """(run folder or None, model.keras or None) from --run or the bundle's provenance."""
-    candidates: list[Path] = []
-    if config.run is not None:
-        candidates.append(Path(config.run))
-    else:
-        for key in RUN_KEYS:
-            value = metadata.provenance.get(key)
-            if isinstance(value, str) and value:
-                candidates.append(Path(value))
-    for candidate in candidates:
-        if candidate.suffix == ".keras" and candidate.is_file():
-            return candidate.parent, candidate
-        if (candidate / "model.keras").is_file():
-            return candidate, candidate / "model.keras"
-    if config.run is not None:
-        raise ModelError("no model.keras here (expected a run folder or a .keras file)", config.run)
-    return (candidates[0] if candidates and candidates[0].is_dir() else None), None
-
-
-def resolve_subject(config: BenchConfig) -> Subject:
-    path = config.model
-    if not path.exists():
-        raise ModelError("no such bundle or model file", path)
-    if path.is_dir():
-        bundle_dir: Path | None = path
-        metadata = BundleMetadata.read(path)
-        # Pre-optimised twins (model_int8.ort.onnx) are the same model: the backend loads one in place of its
-        # source where it fits this machine, so they are not timed separately.
-        files = [(name, entry.format, entry.precision) for name, entry in metadata.models.items()
-                 if not is_optimized_name(name)]
-    else:
-        if (path.parent / METADATA_FILE).is_file():
-            bundle_dir, metadata = path.parent, BundleMetadata.read(path.parent)
-        elif path.suffix.lower() == ".onnx":
-            from tumor_edge.runtime.classifier import read_onnx_metadata
-
-            bundle_dir, metadata = None, read_onnx_metadata(path)
-        else:
-            raise ModelError(f"no {METADATA_FILE} beside this model file; pass the bundle folder", path)
-        entry = metadata.models.get(path.name)
-        fmt = entry.format if entry else path.suffix.lstrip(".").lower()
-        files = [(path.name, fmt, entry.precision if entry else "fp32")]
-    base = path if path.is_dir() else path.parent
-    targets: list[Target] = []
-    skipped: list[dict[str, str]] = []
-    taken: set[str] = set()
-    for name, fmt, precision in files:
-        file = base / name
-        key = _key(fmt, precision, taken, name)
-        taken.add(key)
-        if not file.is_file():
-            raise ModelError(f"bundle lists {name} but the file is missing", base)
-        missing = engine_missing(file)
-        if missing:
-            skipped.append({"format": key, "file": name, "reason": missing})
-            continue
-        targets.append(target_for(key, file, precision))
-    run_dir, keras_file = _find_run(config, metadata)
-    if config.keras:
-        if keras_file is None:
-            skipped.append({"format": KERAS_KEY, "file": "model.keras",
-                            "reason": "the training run is not at hand (pass --run RUN)"})
-        elif engine_missing(keras_file):
-            skipped.append({"format": KERAS_KEY, "file": keras_file.name, "reason": engine_missing(keras_file)})
-        else:
-            targets.insert(0, target_for(KERAS_KEY, keras_file, "fp32"))
-    if config.formats is not None:
-        available = {t.key for t in targets} | {s["format"] for s in skipped}
-        unknown = [f for f in config.formats if f not in available]
-        if unknown:
-            raise ModelError(f"format(s) {', '.join(unknown)} not in this bundle; it has "
-                             f"{', '.join(sorted(available))}", path)
-        targets = [t for t in targets if t.key in config.formats]
-        skipped = [s for s in skipped if s["format"] in config.formats]
-    if not targets:
-        raise ModelError("nothing to benchmark here: " + "; ".join(f"{s['format']}: {s['reason']}"
-                                                                     for s in skipped), path)
-    return Subject(metadata, bundle_dir, targets, run_dir, skipped)
+            raise ConfigError(f"image count must be at least 1, got {self.image_count}")
 
 
 def _image_pool(config: BenchConfig, subject: Subject) -> ImagePool:
@@ -178,16 +75,30 @@ def _image_pool(config: BenchConfig, subject: Subject) -> ImagePool:
 
 
 def _macs(subject: Subject) -> int | None:
-    """MACs per image from the bundle's fp32 ONNX (else any ONNX); all formats share the architecture."""
-    onnx_targets = sorted((t for t in subject.targets if t.path.suffix == ".onnx"),
-                          key=lambda t: t.precision != "fp32")
-    if not onnx_targets and subject.bundle_dir is not None:
-        onnx_targets = [target_for("onnx", p, "?") for p in sorted(subject.bundle_dir.glob("*.onnx"))]
-    for target in onnx_targets:
-        macs = count_macs(target.path)
+    """MACs per image from the bundle's fp32 ONNX (else any ONNX file it lists); all formats share the
+    architecture."""
+    suffix = ENGINES["onnxruntime"]
+    candidates = sorted((t for t in subject.targets if t.path.suffix.lower() == suffix),
+                        key=lambda t: t.precision != "fp32")
+    paths = [t.path for t in candidates]
+    if not paths and subject.bundle_dir is not None:
+        paths = [subject.bundle_dir / name for name in subject.metadata.models if name.lower().endswith(suffix)]
+    for path in paths:
+        macs = count_macs(path)
         if macs:
             return macs
     return None
+
+
+def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceiling]:
+    """Every ceiling kind at every thread count (a fresh process each); kinds this machine cannot measure are
+    noted in `unavailable`."""
+    out: list[Ceiling] = []
+    for t in threads:
+        run = measure_ceilings(t)
+        out += run.ceilings
+        unavailable.update(run.unavailable)
+    return out
 
 
 def _open_sessions(subject: Subject, threads: int, inputs, classes: int, workdir: Path) -> dict[str, Session]:
@@ -196,7 +107,7 @@ def _open_sessions(subject: Subject, threads: int, inputs, classes: int, workdir
     for target in subject.targets:
         try:
             sessions[target.key] = open_session(target, threads, inputs, classes, workdir)
-        except RuntimeError as err:  # a worker process failed (TensorFlow missing pieces, out of memory)
+        except (RuntimeError, MissingExtraError) as err:  # a worker failed; an engine's package is missing
             subject.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
     return sessions
 
@@ -211,12 +122,13 @@ def _row(target: Target, session: Session, threads: int, batch: int, timings: li
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Benchmark a bundle; returns the JSON-ready record (see README's bench section for the fields)."""
     started = time.perf_counter()
-    subject = resolve_subject(config)
+    subject = resolve_subject(config.model, config.run, config.keras, config.formats)
     machine = machine_info()
     classes = len(subject.metadata.classes)
     pool = _image_pool(config, subject)
     inputs = pool.model_inputs(subject.metadata.preprocessing)
-    passes = [measure_ceiling(t) for t in config.threads] if config.ceiling else []
+    unavailable: dict[str, str] = {}
+    passes = _ceiling_pass(config.threads, unavailable) if config.ceiling else []
     macs = _macs(subject)
     rows: list[dict[str, Any]] = []
     cold: list[dict[str, Any]] = []
@@ -253,10 +165,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                     subject.skipped.append({"format": target.key, "file": target.path.name,
                                             "reason": f"cold start: {err}"})
     if config.ceiling:  # again after the formats: the best of both passes is the ceiling
-        passes += [measure_ceiling(t) for t in config.threads]
+        passes += _ceiling_pass(config.threads, unavailable)
     ceilings = merge_ceilings(passes)
+    table = ceiling_table(ceilings)
     add_ratios(rows)
-    add_rates(rows, macs, {c.threads: c.best_gmacs for c in ceilings})
+    add_rates(rows, macs, table)
     goal_threads = max(config.threads)
     return {
         "schema": SCHEMA,
@@ -283,10 +196,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         },
         "ceiling": [c.to_dict() for c in ceilings],
         "ceiling_passes": [c.to_dict() for c in passes],
+        "ceiling_unavailable": unavailable,
         "results": rows,
+        "int8_engines": head_to_head(rows, *INT8_PAIR),
         "cold_start": cold,
         "goals": check_goals(rows, goal_threads, 1, macs,
-                             next((c.best_gmacs for c in ceilings if c.threads == goal_threads), None)),
+                             {kind: by_threads[goal_threads] for kind, by_threads in table.items()
+                              if goal_threads in by_threads}),
         "skipped": subject.skipped,
         "duration_s": time.perf_counter() - started,
     }

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.bench.report import _ms, _ratio, render_markdown
+from tumor_edge.bench.report import _ms, _pct, _ratio, render_markdown
 
 Record = dict[str, Any]
 
@@ -53,11 +53,25 @@ def load_history(folder: Path) -> list[tuple[Path, Record]]:
     return sorted(out, key=lambda item: (item[1].get("created", ""), item[0].name))
 
 
-def _p50(record: Record, fmt: str, threads: int, batch: int = 1) -> float | None:
+def _row(record: Record, fmt: str, threads: int, batch: int = 1) -> dict[str, Any] | None:
     for row in record.get("results", []):
         if row["format"] == fmt and row["threads"] == threads and row["batch"] == batch:
-            return row["p50_ms"]
+            return row
     return None
+
+
+def _p50(record: Record, fmt: str, threads: int, batch: int = 1) -> float | None:
+    row = _row(record, fmt, threads, batch)
+    return row["p50_ms"] if row else None
+
+
+def _fraction(record: Record, fmt: str, threads: int) -> str:
+    """The row's fraction of its own ceiling, where the record says which ceiling that is (records from before
+    the int8 ceiling set int8 rows against the float32 one: not comparable, left out)."""
+    row = _row(record, fmt, threads)
+    if not row or row.get("ceiling_fraction") is None or "ceiling_precision" not in row:
+        return "-"
+    return _pct(row["ceiling_fraction"])
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -66,7 +80,9 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 def history_table(history: list[tuple[Path, Record]], folder_link: str = "results") -> str:
     headers = ["date", "commit", "CPU", "threads", "load 1/5 min", *(f"{t} p50 ms" for t, _ in HEADLINE),
-               "fp32 / Keras", "fp32 / LiteRT fp32", "int8 / fp32", "ONNX fp32 vs previous", "suite s", "record"]
+               "fp32 / Keras", "fp32 / LiteRT fp32", "int8 / fp32", "ONNX int8 / LiteRT int8",
+               "ONNX fp32 of fp32 ceiling", "ONNX int8 of int8 ceiling", "ONNX fp32 vs previous", "suite s",
+               "record"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     previous: Record | None = None
     for path, rec in history:
@@ -85,6 +101,9 @@ def history_table(history: list[tuple[Path, Record]], folder_link: str = "result
             _ratio(_div(p50["onnx-fp32"], p50["keras"])),
             _ratio(_div(p50["onnx-fp32"], p50["tflite-fp32"])),
             _ratio(_div(p50["onnx-int8"], p50["onnx-fp32"])),
+            _ratio(_div(p50["onnx-int8"], p50["tflite-int8"])),
+            _fraction(rec, "onnx-fp32", threads),
+            _fraction(rec, "onnx-int8", threads),
             _ratio(_div(p50["onnx-fp32"], prev_fp32)),
             f"{rec.get('suite', {}).get('total_s', rec.get('duration_s', 0)):.0f}",
             f"[{path.name}]({folder_link}/{path.name})",

@@ -8,14 +8,14 @@ prepared before timing starts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tumor_edge.errors import DatasetError
+from tumor_edge.contracts.run_folder import RunFolder
+from tumor_edge.errors import ConfigError, DatasetError, TumorEdgeError
 from tumor_edge.runtime.image import is_scan_file
 from tumor_edge.runtime.preprocess import Preprocessing, scale
 
@@ -60,15 +60,15 @@ def pool_from_run(run_dir: Path, spec: Preprocessing, count: int) -> ImagePool |
     """The first `count` images of the run's test split, classes in turn; None when the files are not at hand."""
     from tumor_edge.data.dataset import read_split
 
-    split = Path(run_dir) / "split.json"
-    if not split.is_file():
+    run = RunFolder(run_dir)
+    if not run.split.is_file():
         return None
     try:
-        _, samples = read_split(split, "test")
-        if not samples or not samples[0].path.exists():
-            root = json.loads((Path(run_dir) / "config.json").read_text()).get("data_root")
-            _, samples = read_split(split, "test", Path(root)) if root else (None, [])
-    except (OSError, KeyError, ValueError, TypeError):
+        _, samples = read_split(run.split, "test")
+        if not samples or not samples[0].path.exists():  # the dataset moved: the run config knows its root
+            root = run.read_config().data_root
+            _, samples = read_split(run.split, "test", Path(root)) if root else (None, [])
+    except (OSError, KeyError, ValueError, TypeError, TumorEdgeError):
         return None
     samples = [s for s in _round_robin(samples, count) if s.path.is_file()]
     if not samples:
@@ -127,7 +127,7 @@ def make_batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
     """Contiguous float32 batches cycling through the pool, so successive runs see different images."""
     n = len(inputs)
     if n == 0:
-        raise ValueError("no inputs")
+        raise ConfigError("no inputs to batch")
     count = max(1, -(-n // batch))
     return [np.ascontiguousarray(inputs[[(j * batch + k) % n for k in range(batch)]], dtype=np.float32)
             for j in range(count)]

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.errors import ModelError
+
 Shape = list[int]
 
 # op type -> (index of the data input, index of the weight input); the rest of the node's inputs don't matter.
@@ -24,7 +26,7 @@ def _conv_macs(node: Any, shapes: dict[str, Shape]) -> int:
     _, w_index = _CONV_INPUTS[node.op_type]
     weight, out = shapes.get(node.input[w_index]), shapes.get(node.output[0])
     if not weight or not out or len(out) < 3:
-        raise ValueError(f"shape of {node.op_type} {node.name!r} unknown")
+        raise ModelError(f"shape of {node.op_type} {node.name!r} unknown")
     # weight: (C_out, C_in / group, k...), out: (N, C_out, spatial...): each output element costs
     # C_in/group * prod(k) multiply-accumulates.
     return math.prod(out) * math.prod(weight[1:])
@@ -34,14 +36,14 @@ def _matmul_macs(node: Any, shapes: dict[str, Shape]) -> int:
     a_index, _ = _MATMUL_INPUTS[node.op_type]
     a, out = shapes.get(node.input[a_index]), shapes.get(node.output[0])
     if not a or not out:
-        raise ValueError(f"shape of {node.op_type} {node.name!r} unknown")
+        raise ModelError(f"shape of {node.op_type} {node.name!r} unknown")
     return math.prod(out) * a[-1]
 
 
 def _gemm_macs(node: Any, shapes: dict[str, Shape]) -> int:
     a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
     if not a or not out:
-        raise ValueError(f"shape of Gemm {node.name!r} unknown")
+        raise ModelError(f"shape of Gemm {node.name!r} unknown")
     trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
     k = a[0] if trans_a else a[-1]
     return math.prod(out) * k

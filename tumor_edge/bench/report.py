@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tumor_edge.machine import machine_summary
@@ -30,6 +29,11 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _of_ceiling(fraction: float | None, precision: str | None) -> str:
+    """"82% fp32": the fraction and which ceiling (records from before the int8 ceiling: the float32 one)."""
+    return "-" if fraction is None else f"{_pct(fraction)} {precision or 'fp32'}"
+
+
 # (header, cell) per column of the results table; one list serves the screen and Markdown.
 RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("format", lambda r: r["format"]),
@@ -46,7 +50,17 @@ RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("vs Keras", lambda r: _ratio(r.get("vs_keras"))),
     ("vs ONNX fp32", lambda r: _ratio(r.get("vs_onnx_fp32"))),
     ("GMAC/s", lambda r: _num(r.get("gmacs"))),
-    ("of ceiling", lambda r: _pct(r.get("ceiling_fraction"))),
+    ("of its ceiling", lambda r: _of_ceiling(r.get("ceiling_fraction"), r.get("ceiling_precision"))),
+]
+
+INT8_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("threads", lambda r: str(r["threads"])),
+    ("batch", lambda r: str(r["batch"])),
+    ("onnxruntime int8 p50 ms", lambda r: _ms(r["left_p50_ms"])),
+    ("LiteRT int8 p50 ms", lambda r: _ms(r["right_p50_ms"])),
+    ("onnxruntime / LiteRT", lambda r: _ratio(r["ratio"])),
+    ("onnxruntime of int8 ceiling", lambda r: _pct(r["left_ceiling_fraction"])),
+    ("LiteRT of int8 ceiling", lambda r: _pct(r["right_ceiling_fraction"])),
 ]
 
 COLD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
@@ -83,10 +97,12 @@ def _goal_line(g: dict) -> str:
             f"{_ms(g['numerator_p50_ms'])} / {_ms(g['denominator_p50_ms'])} ms p50, batch {g['batch']}, "
             f"{g['threads']} threads)")
     need = g.get("required_ceiling_fraction")
-    if need is not None and g.get("reachable_in_fp32") is not None:  # a float32 numerator: bound by the ceiling
-        line += f"; meeting it needs {need:.0%} of the float32 matmul ceiling"
-        if g.get("reachable_in_fp32") is False:
-            line += ": beyond this machine's float32 arithmetic"
+    reachable = g.get("reachable", g.get("reachable_in_fp32"))  # older records: float32 numerators only
+    if need is not None and reachable is not None:
+        kind = g.get("ceiling_precision", "fp32")
+        line += f"; meeting it needs {need:.0%} of the {kind} matmul ceiling"
+        if reachable is False:
+            line += f": beyond this machine's {kind} arithmetic"
     return line
 
 
@@ -97,16 +113,28 @@ def _goal_lines(record: Record) -> list[str]:
 def _header_lines(record: Record) -> list[str]:
     model = record["model"]
     gmac = model.get("gmac_per_image")
-    ceilings = ", ".join(f"{c['threads']} thr {c['best_gmacs']:.1f}" for c in record.get("ceiling", []))
     load = record["machine"].get("load_average")
     return [
         f"machine: {machine_summary(record['machine'])}",
         f"model: {model['source']} ({model['input_hw'][0]}x{model['input_hw'][1]}, "
         f"{_num(gmac, '.2f')} GMAC/image); inputs: {model['inputs']}",
-        f"float32 matmul ceiling (best GMAC/s of {len(record.get('ceiling_passes', []))} passes): "
-        f"{ceilings or 'not measured'}; load average at start "
-        f"{load}, at end {record.get('load_average_end')}",
+        *_ceiling_lines(record),
+        f"load average at start {load}, at end {record.get('load_average_end')}",
     ]
+
+
+def _ceiling_lines(record: Record) -> list[str]:
+    """One line per ceiling kind: its best GMAC/s per thread count and what measured it."""
+    by_kind: dict[str, list[dict]] = {}
+    for c in record.get("ceiling", []):
+        by_kind.setdefault(c.get("precision", "fp32"), []).append(c)
+    passes = len({c["threads"] for c in record.get("ceiling_passes", [])}) or 1
+    rounds = len(record.get("ceiling_passes", [])) // max(1, len(by_kind)) // passes
+    lines = [f"{kind} matmul ceiling ({cs[0].get('engine', 'numpy BLAS float32 matmul')}, {cs[0]['size']}^3, "
+             f"best GMAC/s of {rounds} passes): "
+             + ", ".join(f"{c['threads']} thr {c['best_gmacs']:.1f}" for c in cs) for kind, cs in by_kind.items()]
+    lines += [f"{kind} ceiling not measured: {why}" for kind, why in record.get("ceiling_unavailable", {}).items()]
+    return lines or ["matmul ceilings not measured"]
 
 
 def render_text(record: Record) -> str:
@@ -117,6 +145,10 @@ def render_text(record: Record) -> str:
         cold = [[cell(c) for _, cell in COLD_COLUMNS] for c in record["cold_start"]]
         parts += ["", "cold start (fresh process to first result, one image):",
                   _text_table([h for h, _ in COLD_COLUMNS], cold)]
+    if record.get("int8_engines"):
+        rows = [[cell(r) for _, cell in INT8_COLUMNS] for r in record["int8_engines"]]
+        parts += ["", "int8 engines (p50 per call; each as a fraction of the int8 matmul ceiling):",
+                  _text_table([h for h, _ in INT8_COLUMNS], rows)]
     if record.get("goals"):
         parts += ["", *_goal_lines(record)]
     for s in record.get("skipped", []):
@@ -132,12 +164,18 @@ def render_markdown(record: Record, chart: str | None = None, level: int = 1, ti
     parts = [f"{h} {title or 'tumor-edge benchmark, ' + record['created']}", "",
              *(f"- {line}" for line in _header_lines(record)), "",
              "Latency per call (one call = one batch); ratios are p50 over the reference's p50 at the same "
-             "threads and batch; GMAC/s at the p50, as a fraction of the float32 matmul ceiling (int8 can exceed it).",
+             "threads and batch; GMAC/s at the p50, as a fraction of the matmul ceiling of the file's own "
+             "arithmetic (int8 files: onnxruntime's integer matmul; fp32 and fp16 files: the float32 matmul).",
              "",
              _md_table([h for h, _ in RESULT_COLUMNS], rows)]
     if record.get("cold_start"):
         cold = [[cell(c) for _, cell in COLD_COLUMNS] for c in record["cold_start"]]
         parts += ["", f"{h}# Cold start", "", _md_table([h for h, _ in COLD_COLUMNS], cold)]
+    if record.get("int8_engines"):
+        int8 = [[cell(r) for _, cell in INT8_COLUMNS] for r in record["int8_engines"]]
+        parts += ["", f"{h}# int8 engines: onnxruntime against LiteRT", "",
+                  "p50 per call; each engine's achieved GMAC/s as a fraction of the int8 matmul ceiling at the "
+                  "same threads.", "", _md_table([h for h, _ in INT8_COLUMNS], int8)]
     if record.get("goals"):
         parts += ["", f"{h}# Goals", "", *(f"- {line}" for line in _goal_lines(record))]
     if record.get("skipped"):
@@ -146,45 +184,3 @@ def render_markdown(record: Record, chart: str | None = None, level: int = 1, ti
     if chart:
         parts += ["", f"![latency by format and threads]({chart})"]
     return "\n".join(parts) + "\n"
-
-
-def render_chart(record: Record, path: Path) -> Path | None:
-    """Bars of p50 latency per image by format, one group per thread count, one panel per batch size; the
-    whisker reaches the p90. None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = record["results"]
-    batches = sorted({r["batch"] for r in rows})
-    threads = sorted({r["threads"] for r in rows})
-    formats = list(dict.fromkeys(r["format"] for r in rows))
-    index = {(r["format"], r["threads"], r["batch"]): r for r in rows}
-    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
-    width = 0.8 / max(1, len(threads))
-    for ax, batch in zip(axes[0], batches):
-        for j, t in enumerate(threads):
-            xs, heights, errs = [], [], []
-            for i, fmt in enumerate(formats):
-                row = index.get((fmt, t, batch))
-                if row:
-                    xs.append(i + (j - (len(threads) - 1) / 2) * width)
-                    heights.append(row["p50_ms"] / batch)
-                    errs.append((row["p90_ms"] - row["p50_ms"]) / batch)
-            ax.bar(xs, heights, width, yerr=[[0] * len(errs), errs], capsize=2, label=f"{t} thread(s)")
-        ax.set_xticks(range(len(formats)))
-        ax.set_xticklabels(formats, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("p50 ms per image (whisker: p90)")
-        ax.set_title(f"batch {batch}")
-        ax.legend(fontsize=8)
-    load = record["machine"].get("load_average")
-    fig.suptitle(f"{record['model']['input_hw'][0]} px, {record['machine'].get('cpu_model')}, "
-                 f"{record['machine'].get('usable_cpus')} CPUs; {str(record.get('created', ''))[:16]}"
-                 + (f"; load average {load[0]:.1f}" if load else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

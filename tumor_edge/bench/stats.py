@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tumor_edge.errors import ConfigError
+
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation between closest ranks.
@@ -19,9 +21,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     latency tools report, so figures compare across tools.
     """
     if not sorted_values:
-        raise ValueError("percentile of no values")
+        raise ConfigError("percentile of no values")
     if not 0.0 <= q <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {q}")
+        raise ConfigError(f"percentile must be in [0, 100], got {q}")
     h = (len(sorted_values) - 1) * q / 100.0
     lo = math.floor(h)
     hi = min(lo + 1, len(sorted_values) - 1)
@@ -61,9 +63,9 @@ class LatencyStats:
 def summarize(timings_s: Sequence[float], batch: int = 1) -> LatencyStats:
     """Summarise per-call wall times (seconds) of calls that each processed `batch` images."""
     if not timings_s:
-        raise ValueError("no timings to summarise")
+        raise ConfigError("no timings to summarise")
     if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise ConfigError(f"batch must be at least 1, got {batch}")
     values = sorted(float(t) * 1000.0 for t in timings_s)
     n = len(values)
     total_ms = math.fsum(values)

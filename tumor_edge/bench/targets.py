@@ -17,10 +17,12 @@ from typing import Protocol
 import numpy as np
 
 from tumor_edge.bench.inputs import make_batches
+from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
 from tumor_edge.errors import ModelError
 from tumor_edge.runtime.backends import BackendOptions, open_backend
 
 KERAS_KEY = "keras"
+KERAS_SUFFIX = ".keras"
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Session(Protocol):
     """One target opened at one thread count."""
 
     load_s: float  # time to open the model (a warm process; cold start is measured separately)
-    loaded_file: str  # what actually runs (onnxruntime may load a pre-optimised twin)
+    loaded_file: str  # what actually runs (the runtime may load an optimised form it built on this device)
 
     def prepare(self, batch: int) -> None:
         """Build the batches of this size, run one and check the output."""
@@ -103,29 +105,35 @@ class KerasReferenceSession:
         self.worker.close()
 
 
+# Engine -> how a target of it is opened. Every engine of the format table runs through the device runtime in
+# this process; "keras" (the reference, not a bundle format) in a TensorFlow worker process.
 SESSIONS: dict[str, Callable[..., Session]] = {
-    "onnxruntime": RuntimeSession,
-    "litert": RuntimeSession,
+    **dict.fromkeys(ENGINES, RuntimeSession),
     KERAS_KEY: KerasReferenceSession,
 }
 
-# Which engine runs each file suffix, and which Python package it needs (None: always installed).
-ENGINE_BY_SUFFIX: dict[str, tuple[str, str | None]] = {
-    ".onnx": ("onnxruntime", None),
-    ".tflite": ("litert", "ai_edge_litert"),
-    ".keras": (KERAS_KEY, "tensorflow"),
+# Python packages an engine needs beyond the runtime's own (absent here: always installed with tumor-edge).
+ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
+    "litert": ("ai_edge_litert", "pip install 'tumor-edge[tflite]'"),
+    KERAS_KEY: ("tensorflow", "pip install 'tumor-edge[train]'"),
 }
 
-INSTALL_HINTS = {"ai_edge_litert": "pip install 'tumor-edge[tflite]'", "tensorflow": "pip install 'tumor-edge[train]'"}
+
+def engine_of(path: Path) -> str | None:
+    """The engine that runs this file: the format table's, by suffix, or the Keras reference for .keras."""
+    if path.suffix.lower() == KERAS_SUFFIX:
+        return KERAS_KEY
+    return engine_for_suffix(path.suffix)
 
 
 def engine_missing(path: Path) -> str | None:
-    """Why this file cannot be timed here (its engine is not installed), or None."""
-    engine, module = ENGINE_BY_SUFFIX.get(path.suffix.lower(), (None, None))
+    """Why this file cannot be timed here (no engine runs it, or its engine is not installed), or None."""
+    engine = engine_of(path)
     if engine is None:
         return f"no engine for {path.suffix!r} files"
+    module, hint = ENGINE_PACKAGES.get(engine, (None, ""))
     if module and importlib.util.find_spec(module) is None:
-        return f"{module} is not installed ({INSTALL_HINTS[module]})"
+        return f"{module} is not installed ({hint})"
     return None
 
 
@@ -134,5 +142,7 @@ def open_session(target: Target, threads: int, inputs: np.ndarray, classes: int,
 
 
 def target_for(key: str, path: Path, precision: str) -> Target:
-    engine, _ = ENGINE_BY_SUFFIX[path.suffix.lower()]
+    engine = engine_of(path)
+    if engine is None:
+        raise ModelError(f"no engine for {path.suffix!r} files", path)
     return Target(key, path, engine, precision)

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tumor_edge.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -24,11 +26,11 @@ class RunPlan:
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
-            raise ValueError(f"warm-up runs must be 0 or more, got {self.warmup}")
+            raise ConfigError(f"warm-up runs must be 0 or more, got {self.warmup}")
         if self.min_runs < 1:
-            raise ValueError(f"minimum runs must be at least 1, got {self.min_runs}")
+            raise ConfigError(f"minimum runs must be at least 1, got {self.min_runs}")
         if self.min_seconds < 0:
-            raise ValueError(f"minimum seconds must be 0 or more, got {self.min_seconds}")
+            raise ConfigError(f"minimum seconds must be 0 or more, got {self.min_seconds}")
 
 
 # A timed call: run number in, that run's duration in seconds out.

@@ -193,13 +193,27 @@ class Classifier:
     _to_prediction = to_prediction  # older name, kept for callers
 
     def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]]
-                    ) -> list[Prediction]:
-        """Classify a batch of model-sized pixels; `items` gives each image's (source, frame, frame_count)."""
+                    ) -> list[Prediction | Failure]:
+        """Classify a batch of model-sized pixels; `items` gives each image's (source, frame, frame_count). An
+        image whose class scores are not finite becomes a Failure: no label is better than a wrong one."""
+        from tumor_edge.runtime.batch import Failure
+
         outputs = self.infer_outputs(batch_pixels)
         extra = {role: value for role, value in outputs.items() if role != SCORES}
-        return [self.to_prediction(outputs[SCORES][i], source, frame, count,
-                                   {role: value[i] for role, value in extra.items()})
-                for i, (source, frame, count) in enumerate(items)]
+        results: list[Prediction | Failure] = []
+        for i, (source, frame, count) in enumerate(items):
+            row = outputs[SCORES][i]
+            if not np.all(np.isfinite(row)):  # a broken model must give no label (nor a bare NaN in JSON)
+                where = source or "image"
+                where = where if frame is None else f"{where} [frame {frame}]"
+                results.append(Failure(source or "image", f"{where}: the model's output is not a number (NaN or "
+                                                          "infinite) for this image; no label given",
+                                       ModelError("the model's output is not a number (NaN or infinite) for "
+                                                  f"{where}; no label given", self.backend.path)))
+                continue
+            results.append(self.to_prediction(row, source, frame, count,
+                                              {role: value[i] for role, value in extra.items()}))
+        return results
 
     def _array_pixels(self, item: Image.Image | np.ndarray) -> np.ndarray:
         spec = self.preprocessing
@@ -245,7 +259,11 @@ class Classifier:
             else:
                 pixels.append(self._array_pixels(item))
                 sources.append((None, None, None))
-        return self.predictions(np.stack(pixels), sources)
+        results = self.predictions(np.stack(pixels), sources)
+        for result in results:
+            if not result.ok:
+                raise result.exception()
+        return results
 
     def iter_predictions(self, paths: Iterable[str | Path] | str | Path, batch_size: int = 16,
                          frames: str = "middle", workers: int | None = None) -> Iterator[Prediction | Failure]:

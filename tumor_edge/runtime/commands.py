@@ -2,20 +2,77 @@
 
 Only click is imported here at module level; numpy, Pillow and onnxruntime load inside the command, so
 `tumor-edge --help` stays instant and the first result of a one-image run comes as early as possible.
+
+Exit statuses (one scheme, tested in tests/runtime/test_hostile_inputs.py):
+  0  every file was classified (warnings about degenerate images may have been printed);
+  1  nothing useful could run: a usage error, a model or bundle error, no scan files found, results that
+     could not be written (disk full) or a reader that went away (`| head`, quietly);
+  2  the batch ran but some inputs failed (each reported in one `error:` line; the others were classified);
+  130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
 FORMATS = ("table", "json", "csv")
 MAX_LISTED_FAILURES = 20
+EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 2
 
 
-@click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+class ClassifyCommand(click.Command):
+    """Usage errors exit 1 like every other error that stops the run before it starts; 2 means some inputs
+    failed and the rest were classified, and a script must be able to tell the two apart."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            err.exit_code = EXIT_FATAL
+            raise
+
+
+class _WarningEcho(logging.Handler):
+    """Warnings about inputs (tumor_edge.input) as `warning:` lines on stderr, one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tumor_edge.runtime.output import one_line
+
+        click.echo(f"warning: {one_line(record.getMessage())}", err=True)
+
+
+@contextmanager
+def _input_warnings() -> Iterator[None]:
+    logger = logging.getLogger("tumor_edge.input")
+    handler, propagate = _WarningEcho(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again (Python's documented
+    recipe for SIGPIPE); harmless where stdout has no file descriptor (tests)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except Exception:  # no descriptor (OSError, ValueError, io.UnsupportedOperation): nothing to protect
+        pass
+
+
+@click.command(cls=ClassifyCommand)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str, readable=False))
 @click.option("-m", "--model", metavar="BUNDLE_OR_FILE",
               help="Bundle folder, a model file in one (BUNDLE/model_fp32.onnx, .tflite), or a lone .onnx "
                    "with tumor-edge metadata. Default: $TUMOR_EDGE_MODEL, else the bundle `tumor-edge export` "
@@ -32,7 +89,8 @@ MAX_LISTED_FAILURES = 20
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per inference call.")
 @click.option("--frames", type=click.Choice(["middle", "all"]), default="middle", show_default=True,
-              help="Multi-frame DICOM: classify the middle frame or every frame.")
+              help="Multi-frame files (DICOM series, multi-page TIFF, animated GIF): classify the middle frame or "
+                   "every frame (at most 1024 a file).")
 @click.option("--providers", metavar="LIST", default=None,
               help="onnxruntime execution providers in priority order, comma-separated (e.g. CUDA,CPU), or "
                    "'auto' for every one this onnxruntime build has. Default: CPU.")
@@ -46,43 +104,88 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
              providers: str | None, workers: int, show_progress: bool | None) -> None:
     """Classify brain-MRI scans: image files or folders (recursed).
 
-    JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF and DICOM (.dcm or suffix-less; needs the `dicom`
-    extra). Unreadable files are reported and skipped; the exit code is 2 if any failed. Research tool, not a
-    diagnostic device.
+    JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF and DICOM (.dcm or suffix-less; needs the
+    `dicom` extra). Unreadable, special (FIFO, device) and oversized files are reported in one line each and
+    skipped. Exit status: 0 all classified, 2 some inputs failed, 1 nothing could run (usage, model, output
+    error). Research tool, not a diagnostic device.
     """
     if as_json and as_csv:
-        raise click.UsageError("choose one of --json and --csv")
+        usage = click.UsageError("choose one of --json and --csv", ctx)
+        usage.exit_code = EXIT_FATAL
+        raise usage
     from tumor_edge import RESEARCH_NOTICE
     from tumor_edge.contracts.state import resolve_model_path
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
+    from tumor_edge.runtime.batch import Failure
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.inputs import expand_inputs
-    from tumor_edge.runtime.output import WRITERS
+    from tumor_edge.runtime.inputs import scan_inputs
+    from tumor_edge.runtime.output import WRITERS, OutputError, one_line
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
-    files = expand_inputs(paths)
-    if not files:
-        raise TumorEdgeError(f"no scan files found in {', '.join(paths)}")
+
+    scanned = scan_inputs(paths)
+    problems = [Failure(p.source, p.message) for p in scanned.problems]
+    if not scanned.files:
+        for problem in problems:
+            click.echo(f"error: {one_line(problem.message)}", err=True)
+        raise TumorEdgeError(f"no scan files found in {', '.join(one_line(p) for p in paths)}")
+    files = scanned.files
     options = BackendOptions(threads=threads,
                              providers=[p.strip() for p in providers.split(",") if p.strip()] if providers
                              else None)
     classifier = Classifier.from_bundle(resolve_model_path(model), model_file=model_file, options=options)
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    missing = getattr(classifier.backend, "missing_providers", [])
+    missing = classifier.backend.missing_providers
     if missing:
         click.echo(f"note: this onnxruntime has no {', '.join(missing)}; running on "
                    f"{', '.join(classifier.backend.providers)}", err=True)
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
-    width = min(max(len(str(f)) for f in files), 60)
+    width = min(max(len(one_line(str(f))) for f in files), 60)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # a class name the terminal cannot show: escaped
     writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width)
-    writer.header()
-    stream = classifier.iter_predictions(files, batch_size=batch_size, frames=frames, workers=workers)
-    failures = _run(stream, writer, len(files), show_progress, debug)
-    _summary(failures, len(files))
+    try:
+        with _input_warnings():
+            writer.header()
+            for problem in problems:
+                _report(problem, writer, debug)
+            stream = classifier.iter_predictions(files, batch_size=batch_size, frames=frames, workers=workers)
+            failures = problems + _run(stream, writer, len(files), show_progress, debug)
+    except BrokenPipeError:
+        _detach_stdout()  # the reader has all it wanted (`| head`): stop quietly
+        sys.exit(EXIT_FATAL)
+    except OutputError:
+        _detach_stdout()
+        raise
+    _summary(failures, len(files) + len(problems))
     if failures:
-        ctx.exit(2)
+        ctx.exit(EXIT_SOME_FAILED)
+
+
+def _report(failure, writer, debug: bool) -> None:
+    """A failure on stdout (JSON, CSV rows) and as one `error:` line on stderr (traceback with --debug)."""
+    from tumor_edge.runtime.output import one_line
+
+    writer.failure(failure)
+    click.echo(f"error: {one_line(failure.message)}", err=True)
+    if debug and failure.error is not None:
+        import traceback
+
+        traceback.print_exception(failure.error, file=sys.stderr)
+
+
+def _refuse_non_finite(result):
+    """A prediction whose probabilities are NaN or infinite becomes a failure: no label from garbage."""
+    from tumor_edge.runtime.batch import Failure
+    from tumor_edge.runtime.output import is_finite
+
+    if not result.ok or is_finite(result):
+        return result
+    where = result.source if result.frame is None else f"{result.source} [frame {result.frame}]"
+    return Failure(result.source, f"{where}: the model's output is not a number (NaN or infinite) for this "
+                                  "image; no label given")
 
 
 def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool) -> list:
@@ -98,16 +201,12 @@ def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool) 
         for result in stream:
             if clear:
                 sys.stderr.write("\r\033[K")
+            result = _refuse_non_finite(result)
             if result.ok:
                 writer.prediction(result)
             else:
                 failures.append(result)
-                writer.failure(result)
-                click.echo(f"error: {result.message}", err=True)
-                if debug and result.error is not None:
-                    import traceback
-
-                    traceback.print_exception(result.error, file=sys.stderr)
+                _report(result, writer, debug)
             if result.source != previous:  # one tick per file, whatever its number of frames
                 previous = result.source
                 next(bar, None)
@@ -120,11 +219,13 @@ def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool) 
 
 
 def _summary(failures: list, n_files: int) -> None:
+    from tumor_edge.runtime.output import one_line
+
     if not failures:
         return
     sources = list(dict.fromkeys(f.source for f in failures))
     click.echo(f"{len(sources)} of {n_files} files failed and were skipped:", err=True)
     for failure in failures[:MAX_LISTED_FAILURES]:
-        click.echo(f"  {failure.message}", err=True)
+        click.echo(f"  {one_line(failure.message)}", err=True)
     if len(failures) > MAX_LISTED_FAILURES:
         click.echo(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more", err=True)

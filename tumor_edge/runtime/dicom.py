@@ -8,17 +8,24 @@ inverted so that bright always means high signal, as in the JPEG scans the model
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from tumor_edge.errors import InputImageError
+from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
+from tumor_edge.runtime.image import FRAME_CHOICES, release_frames, select_frames
+from tumor_edge.runtime.special_files import open_regular
 
-# Which frames of a multi-frame file (an enhanced MR series, a cine) to classify.
-FRAME_CHOICES = ("middle", "all")
+__all__ = ["FRAME_CHOICES", "DicomFrame", "read_dicom", "read_dicom_frames"]
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
+# Explicit-VR value representations whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,13 @@ def _lookup(ds: Any, frame: int, sequence: str, name: str) -> Any:
     return value if value is not None else getattr(ds, name, None)
 
 
-def _modality(ds: Any, frame: int, pixels: np.ndarray) -> np.ndarray:
+def _rescale(ds: Any, frame: int) -> tuple[float | None, float | None]:
     slope = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
     intercept = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+    return slope, intercept
+
+
+def _modality(pixels: np.ndarray, slope: float | None, intercept: float | None) -> np.ndarray:
     values = pixels.astype(np.float64)
     if slope is not None and slope != 0:
         values = values * slope
@@ -99,30 +110,104 @@ def _modality(ds: Any, frame: int, pixels: np.ndarray) -> np.ndarray:
     return values
 
 
-def _min_max(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(values)), float(np.max(values))
+def _range(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
+    """Min and max over blocks; NaN anywhere propagates, as np.min over the whole frame would."""
+    lows, highs = zip(*((np.min(b), np.max(b)) for b in blocks))
+    return float(np.min(lows)), float(np.max(highs))
+
+
+def _min_max(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros(values.shape, dtype=np.float64)
     return (values - lo) * (255.0 / (hi - lo))
 
 
 def _to_display(ds: Any, frame: int, stored: np.ndarray) -> np.ndarray:
-    """Stored values of one frame (H, W) or (H, W, 3) -> uint8 (H, W) as a viewer shows them."""
+    """Stored values of one frame (H, W) or (H, W, 3) -> uint8 (H, W) as a viewer shows them.
+
+    Works in blocks of rows (the min-max range first, over all blocks), so a large frame never has several
+    full-size float64 copies alive: same values as the whole-frame computation, a fraction of the memory."""
+    height, width = stored.shape[:2]
+    out = np.empty((height, width), dtype=np.uint8)
+    blocks = row_blocks(height, width)
     if stored.ndim == 3:  # colour DICOM (pydicom gives RGB): luminance, as Pillow's "L" conversion does
-        grey = stored[..., 0] * 0.299 + stored[..., 1] * 0.587 + stored[..., 2] * 0.114
-        return np.clip(_min_max(grey) + 0.5, 0, 255).astype(np.uint8)
-    values = _modality(ds, frame, stored)
+        def grey(rows: slice) -> np.ndarray:
+            return stored[rows, :, 0] * 0.299 + stored[rows, :, 1] * 0.587 + stored[rows, :, 2] * 0.114
+
+        lo, hi = _range(grey(b) for b in blocks)
+        for rows in blocks:
+            out[rows] = np.clip(_min_max(grey(rows), lo, hi) + 0.5, 0, 255).astype(np.uint8)
+        return out
+    slope, intercept = _rescale(ds, frame)
     center = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+    window_width = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     function = str(_lookup(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
     window = VOI_FUNCTIONS.get(function, _linear)
-    if center is not None and width is not None and width > 1.0:
-        display = window(values, center, width)
-    else:
-        display = _min_max(values)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        display = 255.0 - display  # MONOCHROME1: low values are bright; the model expects bright = high
-    return np.clip(display + 0.5, 0, 255).astype(np.uint8)
+    windowed = center is not None and window_width is not None and window_width > 1.0
+    if not windowed:
+        lo, hi = _range(_modality(stored[b], slope, intercept) for b in blocks)
+    invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    for rows in blocks:
+        values = _modality(stored[rows], slope, intercept)
+        display = window(values, center, window_width) if windowed else _min_max(values, lo, hi)
+        if invert:
+            display = 255.0 - display  # MONOCHROME1: low values are bright; the model expects bright = high
+        out[rows] = np.clip(display + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _transfer_syntax(fh: BinaryIO) -> tuple[str | None, int]:
+    """The file meta group's TransferSyntaxUID and where the dataset starts, read by hand (a few hundred bytes)
+    so that a deflated dataset can be measured before pydicom inflates all of it at once."""
+    head = fh.read(132)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None, 0
+    position, syntax = 132, None
+    while True:
+        header = fh.read(8)
+        if len(header) < 8 or struct.unpack("<H", header[:2])[0] != 2:
+            return syntax, position
+        element, vr = struct.unpack("<H", header[2:4])[0], header[4:6]
+        if vr in _LONG_VRS:
+            extra = fh.read(4)
+            if len(extra) < 4:
+                return syntax, position
+            length, size = struct.unpack("<I", extra)[0], 12
+        else:
+            length, size = struct.unpack("<H", header[6:8])[0], 8
+        if length > 65536:  # meta elements are short; this is not a meta group we understand
+            return syntax, position
+        value = fh.read(length)
+        if element == 0x0010:
+            syntax = value.rstrip(b"\x00 ").decode("ascii", "replace")
+        position += size + length
+
+
+def _check_deflated(fh: BinaryIO, path: Path) -> None:
+    syntax, start = _transfer_syntax(fh)
+    if syntax == DEFLATED:
+        fh.seek(start)
+        check_inflated_size(fh, path)
+    fh.seek(0)
+
+
+def _check_header(ds: Any, path: Path) -> None:
+    """Refuse, from the header alone, pixel data that would decode beyond the caps (or to nothing)."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputImageError("DICOM file has no pixel data (a report, structured data or a header only)", path)
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(getattr(ds, "BitsAllocated", 8) or 8)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise InputImageError(f"DICOM header has no usable image size ({_short(err) or type(err).__name__})",
+                              path) from None
+    if "FloatPixelData" in ds:
+        bits = 32
+    elif "DoubleFloatPixelData" in ds:
+        bits = 64
+    check_decoded(Decoded(columns, rows, max(samples, 1), max(1, -(-bits // 8)), max(frames, 1)), path)
 
 
 def _read_dataset(path: Path) -> Any:
@@ -132,27 +217,32 @@ def _read_dataset(path: Path) -> Any:
     from pydicom.errors import InvalidDicomError
 
     try:
-        try:
-            return pydicom.dcmread(str(path))
-        except InvalidDicomError:
-            # A .dcm without the 128-byte preamble is still common in research exports; but forcing makes
-            # pydicom "read" any bytes, so insist on the elements every image object has.
-            ds = pydicom.dcmread(str(path), force=True)
-            if not any(tag in ds for tag in ("SOPClassUID", "Rows", "PixelData", "Modality")):
-                raise InputImageError("not a DICOM file (no DICM marker and no image elements)", path) from None
-            return ds
+        with open_regular(path) as fh:
+            _check_deflated(fh, path)
+            try:
+                return pydicom.dcmread(fh)
+            except InvalidDicomError:
+                # A .dcm without the 128-byte preamble is still common in research exports; but forcing makes
+                # pydicom "read" any bytes, so insist on the elements every image object has.
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, force=True)
+                if not any(tag in ds for tag in ("SOPClassUID", "Rows", "PixelData", "Modality")):
+                    raise InputImageError("not a DICOM file (no DICM marker and no image elements)",
+                                          path) from None
+                return ds
     except InputImageError:
         raise
     except Exception as err:  # pydicom raises many types (EOFError, struct.error, ...) on damaged files
+        release_frames(err)
         raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {_short(err)})", path) from err
 
 
 def _pixel_array(ds: Any, path: Path) -> np.ndarray:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputImageError("DICOM file has no pixel data (a report, structured data or a header only)", path)
+    _check_header(ds, path)
     try:
         return np.asarray(ds.pixel_array)
     except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
+        release_frames(err)
         raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {_short(err)}); "
                               "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
 
@@ -166,18 +256,6 @@ def _frame_count(ds: Any, pixels: np.ndarray) -> int:
     grey_stack = pixels.ndim == 3 and samples == 1
     colour_stack = pixels.ndim == 4
     return declared if declared > 1 and (grey_stack or colour_stack) else 1
-
-
-def _select(frames: str | int, count: int, path: Path) -> list[int]:
-    if frames == "all":
-        return list(range(count))
-    if frames == "middle":
-        return [count // 2]
-    if isinstance(frames, int) and not isinstance(frames, bool):
-        if not 0 <= frames < count:
-            raise InputImageError(f"no frame {frames}: the file holds {count}", path)
-        return [frames]
-    raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
 
 
 def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[DicomFrame]:
@@ -197,7 +275,7 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     if count == 1 and not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
         pixels = pixels[0]  # a declared single frame stored with a leading axis
     out = []
-    for i in _select(frames, count, path):
+    for i in select_frames(frames, count, path):
         stored = pixels if count == 1 else pixels[i]
         out.append(DicomFrame(_to_display(ds, i, stored[..., :3] if stored.ndim == 3 else stored), i, count))
     return out

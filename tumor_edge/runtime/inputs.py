@@ -1,27 +1,120 @@
-"""Command-line PATH arguments to the list of scan files to classify."""
+"""Command-line PATH arguments to the list of scan files to classify, and the problems found on the way.
+
+Nothing the user named may vanish without a word: a folder that cannot be entered, a FIFO or device among the
+scans, a folder named like an image, a folder with no scans at all each become a problem the batch reports next
+to the files that failed to decode. Special files are recognised by `stat` and never opened.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tumor_edge.runtime.image import is_scan_file
+from tumor_edge.runtime.image import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_scan_file
+from tumor_edge.runtime.special_files import file_kind, reason
+
+SCAN_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """A path that yields no scan and why: `message` is the one line to show (it names the path)."""
+
+    source: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+@dataclass
+class ScannedInputs:
+    """The scan files to classify (in order) and the problems met while finding them."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+
+
+def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
+    """Files as given (whatever their suffix, whatever their kind: a wrong one is reported when decoding, which
+    never opens a special file), folders walked for scan files in sorted order (hidden files and folders
+    skipped, symbolic links to folders followed once). A named path that does not exist or cannot be reached is
+    kept, so that the batch reports it as a failure with the others instead of stopping before it starts."""
+    out = ScannedInputs()
+    for raw in paths:
+        path = Path(raw)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:
+            is_dir = False  # missing, or under a folder that cannot be entered: decoding says which
+        if not is_dir:
+            out.files.append(path)
+            continue
+        reported = len(out.problems)
+        found = _walk(path, out.problems)
+        if not found and len(out.problems) == reported:  # an unreadable folder is reported once, as that
+            out.problems.append(InputProblem(str(path), "no scan files in this folder"))
+        out.files.extend(found)
+    return out
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given (whatever their suffix: a wrong one is reported when decoding), folders recursed for scan
-    files in sorted order (hidden files and folders skipped). A path that does not exist is kept, so that the
-    batch reports it as a failure with the others instead of stopping before it starts."""
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_dir():
-            out.append(path)
+    """Only the files of `scan_inputs` (callers that report problems use `scan_inputs` itself)."""
+    return scan_inputs(paths).files
+
+
+def _walk(top: Path, problems: list[InputProblem]) -> list[Path]:
+    """Scan files under `top`, sorted; problems appended. An explicit stack, so no depth is too deep."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:  # a symbolic link back up the tree
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                names = sorted(entry.name for entry in entries)
+        except OSError as err:
+            problems.append(InputProblem(str(folder), f"cannot read this folder ({reason(err)}); "
+                                                      "the scans in it were skipped"))
             continue
-        found: list[Path] = []
-        for folder, dirs, files in os.walk(path):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend(p for p in (Path(folder) / name for name in files) if is_scan_file(p))
-        out.extend(sorted(found))
-    return out
+        before, subfolders = len(found), 0
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = folder / name
+            kind = _kind(path)
+            if kind == "folder":
+                stack.append(path)
+                subfolders += 1
+            elif kind == "file":
+                if is_scan_file(path):
+                    found.append(path)
+            elif kind == "missing":
+                if path.suffix.lower() in SCAN_SUFFIXES:
+                    found.append(path)  # a dangling link named like a scan: decoding reports it
+            else:
+                problems.append(InputProblem(str(path), f"is {kind}, not a regular file: skipped, not opened"))
+        if folder != top and folder.suffix.lower() in SCAN_SUFFIXES and len(found) == before and not subfolders:
+            problems.append(InputProblem(str(folder), "is a folder named like a scan, and holds no scans"))
+    return sorted(found)
+
+
+def _kind(path: Path) -> str:
+    """'file', 'folder', 'missing' (dangling link, vanished) or the words for a special file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return file_kind(mode)

@@ -1,20 +1,73 @@
 """How `classify` prints results: a table for people, JSON lines or CSV for scripts. One writer per format in a
-registry; each streams a row per result to stdout as it comes, so a pipe sees results before the batch ends."""
+registry; each streams a row per result to stdout as it comes, so a pipe sees results before the batch ends.
+
+Machine-readable output stays well-formed whatever the file names: names that are not valid UTF-8 are written
+with backslash escapes (never a crash half-way through a batch), CSV cells are quoted and never start a
+spreadsheet formula, JSON never holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
+import os
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from tumor_edge.errors import TumorEdgeError
 from tumor_edge.runtime.batch import Failure
 from tumor_edge.runtime.classifier import Prediction
 
+# OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class OutputError(TumorEdgeError):
+    """Results could not be written (disk full, a closed file); the batch cannot usefully go on."""
+
+
+def display_name(text: str | None) -> str:
+    """A file name as valid Unicode text: undecodable bytes (kept by Python as lone surrogates) become \\xNN."""
+    if text is None:
+        return "<array>"
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+# C0 control characters (newline, carriage return, escape sequences...) as visible escapes, so that a file name
+# can never split a table row or an error line, nor drive the terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def one_line(text: str | None) -> str:
+    """Text for a terminal line: valid Unicode (see `display_name`) with control characters escaped."""
+    return display_name(text).translate(_CONTROL)
+
+
+def csv_cell(value: object) -> str:
+    """A text cell that a spreadsheet shows as text: OWASP's leading single quote before a formula start."""
+    text = display_name(str(value))
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def is_finite(result: Prediction) -> bool:
+    """Whether every probability is a number: a model that emits NaN must not produce a label."""
+    return all(math.isfinite(p) for p in result.probabilities.values())
+
+
+def failure_reason(result: Failure) -> str:
+    """The failure's message without the file name it starts with (the file has its own column)."""
+    prefix = f"{result.source}: "
+    return result.message[len(prefix):] if result.message.startswith(prefix) else result.message
+
 
 def _where(result: Prediction) -> str:
-    source = result.source or "<array>"
+    source = one_line(result.source)
     if result.frame is not None:
         return f"{source} [frame {result.frame} of {result.frame_count}]"
     return source
@@ -39,8 +92,13 @@ class Writer:
         return False
 
     def _line(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): the command exits quietly
+        except OSError as err:
+            raise OutputError(f"cannot write the results ({(err.strerror or str(err)).lower()})") from err
 
 
 class TableWriter(Writer):
@@ -54,40 +112,52 @@ class TableWriter(Writer):
     def prediction(self, result: Prediction) -> None:
         k = self.top_k or len(self.classes)
         others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
-        self._line(f"{_where(result):<{self.file_width}}  {result.label:<{self.label_width}}  "
+        self._line(f"{_where(result):<{self.file_width}}  {one_line(result.label):<{self.label_width}}  "
                    f"{result.confidence:6.3f}  {others}".rstrip())
 
 
 class JsonLinesWriter(Writer):
-    """One JSON object a line; failures too ({"file", "error"}), so a script sees every input accounted for."""
+    """One JSON object a line; failures too ({"file", "error"}), so a script sees every input accounted for.
+    NaN or infinity is refused (strict JSON parsers reject them): the caller turns such results into failures."""
+
+    def _json(self, data: dict) -> None:
+        data["file"] = display_name(data.get("file"))
+        self._line(json.dumps(data, allow_nan=False))
 
     def prediction(self, result: Prediction) -> None:
         data = result.to_dict()
         if self.top_k:
             data["top_k"] = [[label, p] for label, p in result.top_k(self.top_k)]
-        self._line(json.dumps(data))
+        self._json(data)
 
     def failure(self, result: Failure) -> bool:
-        self._line(json.dumps(result.to_dict()))
+        self._json(result.to_dict())
         return True
 
 
 class CsvWriter(Writer):
-    """file, frame, label, confidence, then a probability column per class (fixed columns; failures on
-    stderr only)."""
+    """file, frame, label, confidence, a probability column per class, then error (empty unless the file
+    failed). Cells with a comma, quote, CR or LF are quoted (RFC 4180), so every name stays one cell."""
 
     def _row(self, values: list) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="").writerow(values)
-        self._line(buffer.getvalue())
+        # QUOTE_MINIMAL quotes a cell holding any character of the line terminator: with "\r\n" both CR and LF
+        # (with "" neither, and a name with a newline split the row).
+        csv.writer(buffer, lineterminator="\r\n").writerow(values)
+        self._line(buffer.getvalue()[:-2])
 
     def header(self) -> None:
-        self._row(["file", "frame", "label", "confidence", *self.classes])
+        self._row(["file", "frame", "label", "confidence", *(csv_cell(c) for c in self.classes), "error"])
 
     def prediction(self, result: Prediction) -> None:
         frame = "" if result.frame is None else result.frame
-        self._row([result.source, frame, result.label, f"{result.confidence:.6f}",
-                   *(f"{result.probabilities[c]:.6f}" for c in self.classes)])
+        self._row([csv_cell(result.source), frame, csv_cell(result.label), f"{result.confidence:.6f}",
+                   *(f"{result.probabilities[c]:.6f}" for c in self.classes), ""])
+
+    def failure(self, result: Failure) -> bool:
+        self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)),
+                   csv_cell(failure_reason(result))])
+        return True
 
 
 WRITERS: dict[str, Callable[..., Writer]] = {

@@ -104,7 +104,12 @@ class OnnxBackend:
         if not cache.cache_enabled(options):
             return None
         entry = cache.entry_path(digest, options)
-        if entry.is_file():
+        try:  # a cache this user cannot enter (made by another user, 0700) is no cache, never an error
+            exists = entry.is_file()
+        except OSError as err:
+            _log("not using the cache for %s: %s", self.path, first_line(err))
+            return None
+        if exists:
             record, why = usable_optimized(entry, digest, "crc32" if options.verify_hashes else "size")
             session = self._try_load(ort, entry, options, "none") if record else None
             if session is not None:

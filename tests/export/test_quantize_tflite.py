@@ -1,0 +1,70 @@
+"""Accuracy-aware TFLite int8 (tumor_edge.export.tflite_int8) on a tiny Keras model whose naive int8 breaks:
+the same outlier construction as test_quantize_accuracy_aware (a conv output channel offset by +200 next to
+~0.1-sized colour channels; int8 activations are per tensor), converted through the real TFLite converter and
+run through the runtime's LiteRT backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.export.test_quantize_accuracy_aware import SIZE, _pixels
+from tumor_edge.contracts.preprocessing import Preprocessing
+
+
+def _keras_outlier_model():
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    conv1 = keras.layers.Conv2D(3, 1, activation="relu", name="conv1")
+    conv2 = keras.layers.Conv2D(3, 1, activation="relu", name="conv2")
+    conv3 = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="conv3")
+    dense = keras.layers.Dense(4, activation="softmax", name="head")
+    x = conv3(conv2(conv1(inputs)))
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(x)))
+    w1 = np.zeros((1, 1, 3, 3), np.float32)  # HWIO
+    w1[0, 0, :, 0] = 10 / 3
+    w1[0, 0, :, 1] = [1, 0, -1]
+    w1[0, 0, :, 2] = [-1, 0, 1]
+    conv1.set_weights([w1, np.array([200, 0, 0], np.float32)])
+    conv2.set_weights([np.diag([1.0, 10.0, 10.0]).astype(np.float32).reshape(1, 1, 3, 3),
+                       np.array([-205, 0, 0], np.float32)])
+    w4 = np.zeros((3, 3, 3, 3), np.float32)
+    w4[:, :, np.arange(3), np.arange(3)] = 1 / 9
+    conv3.set_weights([w4, np.zeros(3, np.float32)])
+    bright, hue = np.array([-1, -1, 1, 1], np.float32), np.array([1, -1, 1, -1], np.float32)
+    dense.set_weights([(np.stack([bright, hue, -hue]) * 5).astype(np.float32), (-bright * 5).astype(np.float32)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_outlier(tmp_path_factory):
+    from tumor_edge.export.tflite_export import export_saved_model
+
+    folder = tmp_path_factory.mktemp("tflite_outlier")
+    return export_saved_model(_keras_outlier_model(), folder / "saved_model"), folder
+
+
+def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
+    """Through the background job the exporter uses (a spawned process), report returned as a dict."""
+    from tumor_edge.export.tflite_int8 import BackgroundTfliteInt8, float_reference, tflite_probabilities
+
+    saved, folder = saved_outlier
+    spec = Preprocessing(SIZE, SIZE, scaling="unit")
+    val = _pixels(120, 2)
+    reference = float_reference(saved, val, spec)
+    assert len(set(reference.argmax(1))) == 4
+    labels = reference.argmax(1)
+    dst = folder / "model_int8.tflite"
+    report = BackgroundTfliteInt8(saved, dst, _pixels(48, 1), val, labels, 4, spec, folder).wait()
+
+    assert {c["method"] for c in report["candidates"]} == {"per-channel", "per-tensor"}
+    assert all(c["agreement"] < 0.9 for c in report["candidates"]), report["candidates"]  # naive int8 breaks
+    assert report["holds"] and report["steps"][-1]["agreement"] >= 0.995
+    units = [f["unit"] for f in report["float_nodes"]]
+    assert len(units) == 1 and "conv2" in units[0], report["float_nodes"]
+    assert any("conv1" in n for n in report["float_nodes"][0]["denylisted_nodes"])  # its input's producer too
+    probs = tflite_probabilities(dst.read_bytes(), val, spec, folder)
+    assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.995
+    assert report["float_ops"] == ["SOFTMAX"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model_int8.tflite", "saved_model"]  # nothing left over

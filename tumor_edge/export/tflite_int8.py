@@ -1,0 +1,317 @@
+"""Accuracy-aware TFLite int8: choose the converter's options on validation agreement, then keep the most
+sensitive ops in float (selective quantization) until the int8 model meets the parity goal against the float
+SavedModel.
+
+The converter allows less than onnxruntime: one calibration (its own min/max), int8 activations, and two knobs
+that matter, per-channel weights (`_experimental_disable_per_channel`) and op/node denylists. Both are applied
+by TensorFlow's `QuantizationDebugger`, which calibrates once and re-quantizes the calibrated model for each
+option set (seconds, not the minutes a calibration takes at 299 px), so trying options is affordable.
+
+The sensitivity unit is an op together with the op producing its activation input: TFLite quantizes a tensor
+where it is produced, so an op denylisted alone still reads an int8 tensor (the outlier-dominated range that
+hurt in the first place). Each unit is probed on the focus images (flipped first, then most shifted), ranked,
+and added greedily (1, 2, 3, 4, 6, 8, ... units) with a full validation score per step, as for ONNX
+(tumor_edge.export.quantize.sensitivity).
+
+Entry point for the exporter: `tflite_int8_accuracy_aware(saved_model, dst, calib_pixels, val_pixels,
+val_labels, n_classes, spec, config, work_dir)` -> `TfliteInt8Report` (`.to_dict()` for metadata).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge.export.quantize.config import ParityGoal
+from tumor_edge.export.quantize.scoring import CandidateScore, score
+from tumor_edge.export.quantize.sensitivity import fallback_schedule, focus_indices
+from tumor_edge.runtime.preprocess import Preprocessing, scale
+
+FLOAT_OPS = ("SOFTMAX",)  # a full-integer softmax rounds probabilities to multiples of 1/256
+# Ops whose weights make them the int8 work of a CNN: the candidates for a float fallback.
+WEIGHTED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"})
+
+
+@dataclass
+class TfliteInt8Config:
+    per_channel_options: tuple[bool, ...] = (True, False)  # weight scales tried (per-channel, per-tensor)
+    accuracy_aware: bool = True
+    goal: ParityGoal = ParityGoal()
+    max_probes: int = 24
+    probe_images: int = 48
+    batch_size: int = 16
+    max_float_fraction: float = 0.3  # of the weighted ops: beyond it int8 loses its speed, the search stops
+
+
+@dataclass
+class TfliteInt8Report:
+    chosen: str
+    why: str
+    calibration_images: int
+    validation_images: int
+    reference: dict[str, Any] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=lambda: list(FLOAT_OPS))
+    float_nodes: list[dict[str, Any]] = field(default_factory=list)  # denylisted output tensors, with why
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    holds: bool | None = None
+    stopped: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def representative_dataset(pixels: np.ndarray, spec: Preprocessing) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The converter's representative dataset: each uint8 image scaled as the model expects, batch 1."""
+    def generate():
+        for i in range(len(pixels)):
+            yield [scale(pixels[i:i + 1], spec)]
+    return generate
+
+
+def float_reference(saved_model: Path, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 16) -> np.ndarray:
+    """The SavedModel's own float probabilities (its serving signature, i.e. the Keras model)."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        result = fn(tf.constant(scale(pixels[start:start + batch_size], spec)))
+        out.append(np.asarray(next(iter(result.values())), dtype=np.float32))
+    return np.concatenate(out)
+
+
+def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, work_dir: Path,
+                         batch_size: int = 16) -> np.ndarray:
+    """Through the runtime's own LiteRT backend (int8 I/O handled as on a device)."""
+    from tumor_edge.runtime.backends import BackendOptions, open_backend
+
+    path = work_dir / "tflite_int8_candidate.tflite"
+    path.write_bytes(model)
+    try:
+        backend = open_backend(path, BackendOptions())
+        return np.concatenate([backend.run(scale(pixels[s:s + batch_size], spec))
+                               for s in range(0, len(pixels), batch_size)])
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class _Quantizer:
+    """One calibration, many quantizations: TensorFlow's QuantizationDebugger around the converter."""
+
+    def __init__(self, saved_model: Path, representative):
+        import tensorflow as tf
+
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        self.tf = tf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its internal tf.lite.Interpreter warns it is deprecated
+            self.debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative,
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS)))
+
+    def quantize(self, per_channel: bool, denylisted_nodes: list[str] | None = None) -> bytes:
+        self.debugger.converter._experimental_disable_per_channel = not per_channel
+        # get_nondebug_quantized_model() re-quantizes the calibrated model with the debugger's current options.
+        # Assigned to the attribute, not through the `options` setter: the setter also rebuilds the debug model,
+        # which costs a quantization more and refuses a model with every verifiable op denylisted.
+        self.debugger._debug_options = self.tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=list(FLOAT_OPS), denylisted_nodes=list(denylisted_nodes or []))
+        return self.debugger.get_nondebug_quantized_model()
+
+    def units(self) -> list[tuple[str, list[str]]]:
+        """(label, output tensor names to denylist) per weighted op: the op and its activation's producer."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_content=self.debugger.calibrated_model)
+        names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+        ops = interp._get_ops_details()  # the public API has no op list; the debugger uses the same call
+        producer = {out: op for op in ops for out in op["outputs"]}
+        units = []
+        for op in ops:
+            if op["op_name"] not in WEIGHTED_OPS or not op["outputs"]:
+                continue
+            nodes = [names[op["outputs"][0]]]
+            source = producer.get(op["inputs"][0]) if len(op["inputs"]) else None
+            if source is not None and source["outputs"]:
+                nodes.append(names[source["outputs"][0]])
+            units.append((names[op["outputs"][0]], nodes))
+        return units
+
+
+def tflite_int8_accuracy_aware(saved_model: Path, dst: Path, calib_pixels: np.ndarray,
+                               val_pixels: np.ndarray | None, val_labels: np.ndarray | None, n_classes: int,
+                               spec: Preprocessing, config: TfliteInt8Config | None = None,
+                               work_dir: Path | None = None) -> TfliteInt8Report:
+    """Write the int8 TFLite file at `dst` (float32 I/O, SOFTMAX float) and say which options and which float
+    fallbacks made it, scored against the SavedModel's float outputs on the validation images."""
+    config = config or TfliteInt8Config()
+    work_dir = work_dir or dst.parent
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    quantizer = _Quantizer(saved_model, representative_dataset(calib_pixels, spec))
+    timings["calibration"] = time.perf_counter() - t0
+    report = TfliteInt8Report(chosen="", why="", calibration_images=len(calib_pixels),
+                              validation_images=0 if val_pixels is None else len(val_pixels), seconds=timings)
+    label = {True: "per-channel", False: "per-tensor"}
+    if val_pixels is None or len(val_pixels) == 0:
+        per_channel = config.per_channel_options[0]
+        dst.write_bytes(quantizer.quantize(per_channel))
+        report.chosen, report.why = label[per_channel], "no validation images to compare options on"
+        return _finish(report, timings)
+    t0 = time.perf_counter()
+    reference = float_reference(saved_model, val_pixels, spec, config.batch_size)
+    ref = score("float", reference, reference, val_labels, n_classes)
+    report.reference = asdict(ref)
+    scored: dict[bool, tuple[CandidateScore, bytes, np.ndarray]] = {}
+    for per_channel in config.per_channel_options:
+        model = quantizer.quantize(per_channel)
+        probs = tflite_probabilities(model, val_pixels, spec, work_dir, config.batch_size)
+        scored[per_channel] = (score(label[per_channel], probs, reference, val_labels, n_classes), model, probs)
+        report.candidates.append(asdict(scored[per_channel][0]))
+    per_channel = min(scored, key=lambda k: scored[k][0].loss_key(ref))
+    best, model, probs = scored[per_channel]
+    report.chosen = label[per_channel]
+    report.why = "least loss against the float SavedModel on the validation images (agreement first)"
+    timings["selection"] = time.perf_counter() - t0
+    report.holds = not best.failures(ref, config.goal)
+    if config.accuracy_aware and not report.holds:
+        t0 = time.perf_counter()
+        model = _fallback(report, quantizer, per_channel, probs, reference, ref, val_pixels, val_labels,
+                          n_classes, spec, config, work_dir) or model
+        timings["accuracy_aware"] = time.perf_counter() - t0
+    dst.write_bytes(model)
+    return _finish(report, timings)
+
+
+def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool, naive: np.ndarray,
+              reference: np.ndarray, ref: CandidateScore, pixels: np.ndarray, labels: np.ndarray | None,
+              n_classes: int, spec: Preprocessing, config: TfliteInt8Config, work_dir: Path) -> bytes | None:
+    focus = focus_indices(naive, reference, config.probe_images)
+    units = quantizer.units()
+    if len(units) > config.max_probes:  # probe the units nearest the output first: the likeliest to flip
+        units = units[-config.max_probes:] + units[:-config.max_probes]
+    probes = []
+    for unit, nodes in units[:config.max_probes]:
+        probs = tflite_probabilities(quantizer.quantize(per_channel, nodes), pixels[focus], spec, work_dir)
+        agreement = float(np.mean(probs.argmax(1) == reference[focus].argmax(1)))
+        diff = np.abs(probs - reference[focus])
+        probes.append({"unit": unit, "nodes": nodes, "agreement": agreement, "max_abs_diff": float(diff.max()),
+                       "mean_abs_diff": float(diff.mean())})
+    report.probes = probes
+    ranked = [p["unit"] for p in sorted(probes, key=lambda p: (-p["agreement"], p["mean_abs_diff"]))]
+    ranked += [u for u, _ in units[config.max_probes:]]
+    nodes_of = dict(units)
+    model, chosen = None, []
+    for k in fallback_schedule(len(ranked)):
+        if k > config.max_float_fraction * len(ranked):
+            report.stopped = (f"the goal needs more than {config.max_float_fraction:.0%} of the weighted ops in "
+                              "float (int8 would lose its speed): the goal is NOT met")
+            break
+        nodes = sorted({n for u in ranked[:k] for n in nodes_of[u]})
+        candidate = quantizer.quantize(per_channel, nodes)
+        current = score(f"{k} float", tflite_probabilities(candidate, pixels, spec, work_dir), reference, labels,
+                        n_classes)
+        fails = current.failures(ref, config.goal)
+        report.steps.append({"float_units": k, "agreement": current.agreement, "accuracy": current.accuracy,
+                             "macro_auc": current.macro_auc, "max_abs_diff": current.max_abs_diff,
+                             "goal_missed": fails})
+        model, chosen = candidate, ranked[:k]
+        if not fails:
+            report.holds = True
+            break
+    by_unit = {p["unit"]: p for p in probes}
+    for rank, unit in enumerate(chosen):
+        probe = by_unit.get(unit)
+        why = f"sensitivity rank {rank + 1} of {len(ranked)}"
+        if probe:
+            why += (f": with it (and its input's producer) float, the focus images' agreement became "
+                    f"{probe['agreement']:.1%}")
+        report.float_nodes.append({"unit": unit, "denylisted_nodes": nodes_of[unit], "why": why})
+    return model
+
+
+def _finish(report: TfliteInt8Report, timings: dict[str, float]) -> TfliteInt8Report:
+    report.seconds = {k: round(v, 2) for k, v in timings.items()}
+    return report
+
+
+# ------------------------------------------------------------------------------------- background job
+# TFLite's calibrator runs the float model single-threaded (~0.6 CPU-s per 299 px image) and holds the GIL; a
+# spawned process overlaps it with the ONNX work. Same contract as tflite_export.BackgroundInt8 (wait/cancel),
+# plus `wait()` returns the report.
+
+
+def _worker(saved_model: str, arrays_npz: str, spec: dict, n_classes: int, dst: str, result_file: str) -> None:
+    import json
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        arrays = np.load(arrays_npz)
+        val = arrays.get("val_pixels")
+        labels = arrays.get("val_labels")
+        report = tflite_int8_accuracy_aware(Path(saved_model), Path(dst), arrays["calib_pixels"], val, labels,
+                                            n_classes, Preprocessing.from_dict(spec), work_dir=Path(dst).parent)
+        outcome = {"ok": True, "report": report.to_dict()}
+    except Exception as err:  # reported to the parent as the step's failure line
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        outcome = {"ok": False, "error": f"{type(err).__name__}: {lines[0][:200] if lines else ''}"}
+    Path(result_file).write_text(json.dumps(outcome, default=float))
+
+
+class BackgroundTfliteInt8:
+    """`tflite_int8_accuracy_aware` in a spawned process. `wait()` returns its report as a dict (or raises
+    RuntimeError with the child's error line); `cancel()` stops it."""
+
+    def __init__(self, saved_model: Path, dst: Path, calib_pixels: np.ndarray, val_pixels: np.ndarray | None,
+                 val_labels: np.ndarray | None, n_classes: int, spec: Preprocessing, work_dir: Path):
+        import multiprocessing
+
+        arrays = {"calib_pixels": calib_pixels}
+        if val_pixels is not None and val_labels is not None:
+            arrays |= {"val_pixels": val_pixels, "val_labels": val_labels}
+        self.arrays = work_dir / f"{dst.stem}.inputs.npz"
+        np.savez(self.arrays, **arrays)
+        self.result_file = work_dir / f"{dst.stem}.result.json"
+        self.result_file.unlink(missing_ok=True)
+        context = multiprocessing.get_context("spawn")  # fork after TensorFlow has started threads is unsafe
+        self.process = context.Process(
+            target=_worker, daemon=True, name="tumor-edge-tflite-int8",
+            args=(str(saved_model), str(self.arrays), spec.to_dict(), n_classes, str(dst), str(self.result_file)))
+        self.process.start()
+
+    def wait(self) -> dict[str, Any]:
+        import json
+
+        self.process.join()
+        try:
+            outcome = json.loads(self.result_file.read_text())
+        except (OSError, ValueError):
+            outcome = {"ok": False, "error": f"converter process died (exit code {self.process.exitcode})"}
+        finally:
+            self._clean()
+        if not outcome.get("ok"):
+            raise RuntimeError(outcome.get("error") or "TFLite int8 conversion failed")
+        return outcome["report"]
+
+    def cancel(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+        self._clean()
+
+    def _clean(self) -> None:
+        self.result_file.unlink(missing_ok=True)
+        self.arrays.unlink(missing_ok=True)
