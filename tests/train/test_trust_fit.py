@@ -52,3 +52,19 @@ def test_fit_ood_skips_a_head_without_pooling(tmp_path):
     record = fit_ood(model, x, np.arange(30) % 2, None, tmp_path / "ood.npz")
     assert record["score"] is None and "global average pooling" in record["skipped"]
     assert not (tmp_path / "ood.npz").exists()
+
+
+def test_fit_trust_for_run_and_its_printout(tmp_path):
+    from tumor_edge.train.trust import describe_trust, fit_trust_for_run
+
+    cnn = blob_cnn()[0]
+    val, test = blob_images(60, seed=61), blob_images(40, seed=62)
+    record = fit_trust_for_run(cnn, val.pixels, val.labels, test.pixels, test.labels, tmp_path / "rel.png",
+                               tmp_path / "ood.npz")
+    assert record["calibration"]["fitted_on"] == 60 and record["calibration"]["ece_measured_on"] == "test"
+    assert record["ood"]["score"] == "mahalanobis" and (tmp_path / "ood.npz").is_file()
+    text = describe_trust(record)
+    assert text.startswith("calibration: T = ") and "uniform noise 100 %" in text
+    small = fit_trust_for_run(cnn, val.pixels[:5], val.labels[:5], test.pixels, test.labels, tmp_path / "r2.png",
+                              tmp_path / "o2.npz")
+    assert "at least 20" in small["ood"]["skipped"] and "not fitted" in describe_trust(small)

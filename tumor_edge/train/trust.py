@@ -73,3 +73,37 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
                             "either_flagged": float(np.mean(flagged | checks))}
     record["evaluation"] = evaluation
     return record
+
+
+def fit_trust_for_run(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray,
+                      test_labels: np.ndarray, reliability_png: Path, ood_params: Path,
+                      batch_size: int = 32) -> dict[str, Any]:
+    """Both fits for a finished run: {"calibration": ..., "ood": ...} for metrics.json and the run config.
+    A run without a usable validation split records why nothing was fitted instead of failing the run."""
+    if len(val_labels) < 20:
+        why = f"{len(val_labels)} validation images; at least 20 are needed"
+        return {"calibration": {"method": None, "skipped": why}, "ood": {"score": None, "skipped": why}}
+    val_probs = predict_probabilities(model, val_pixels, batch_size)
+    test_probs = predict_probabilities(model, test_pixels, batch_size) if len(test_labels) else None
+    calibration = fit_calibration(val_probs, val_labels, test_probs, test_labels, reliability_png)
+    ood = fit_ood(model, val_pixels, val_labels, test_pixels, ood_params, batch_size)
+    return {"calibration": calibration, "ood": ood}
+
+
+def describe_trust(record: dict[str, Any]) -> str:
+    """Two lines for train's printout."""
+    cal, ood = record.get("calibration") or {}, record.get("ood") or {}
+    lines = []
+    if cal.get("temperature") is not None:
+        lines.append(f"calibration: T = {cal['temperature']:.3g}; ECE on {cal['ece_measured_on']} "
+                     f"{100 * cal['ece_before']:.1f} % -> {100 * cal['ece_after']:.1f} %")
+    else:
+        lines.append(f"calibration: not fitted ({cal.get('skipped', 'no figures')})")
+    if ood.get("score"):
+        ev = ood.get("evaluation", {})
+        rates = ", ".join(f"{name} {100 * r['either_flagged']:.0f} %" for name, r in ev.items())
+        lines.append(f"out-of-distribution: {ood['score']} threshold {ood['threshold']:.3g} (passes "
+                     f"{100 * ood['tpr']:.0f} % of validation scans); flagged: {rates}")
+    else:
+        lines.append(f"out-of-distribution: no feature-space check ({ood.get('skipped', 'no figures')})")
+    return "\n".join(lines)
