@@ -11,7 +11,7 @@ import pytest
 
 from tumor_edge.data.dataset import Sample
 from tumor_edge.errors import OutputExistsError
-from tumor_edge.export.exporter import prepare_out_dir
+from tumor_edge.export.bundle_writer import prepare_out_dir
 from tumor_edge.export.samples import stratified_subset
 
 
@@ -52,6 +52,7 @@ def test_out_dir_needs_force_and_force_spares_foreign_files(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "model_fp32.onnx").write_bytes(b"old")
     (out / "metadata.json").write_text("{}")
+    (out / "model_int8.ort.onnx").write_bytes(b"0.1 twin")
     with pytest.raises(OutputExistsError, match="--force"):
         prepare_out_dir(out, force=False)
     prepare_out_dir(out, force=True)
@@ -83,3 +84,16 @@ def test_float_average_pools_rewrite_keeps_outputs():
     assert [n.op_type for n in model.graph.node] == ["AveragePool", "Mul"]
     after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+
+
+def test_collecting_optimizers_are_tf2onnx_own_in_the_same_order():
+    """The memory fix for tf2onnx (a garbage collection before each optimizer pass) must not change the passes."""
+    pytest.importorskip("tf2onnx")
+    from tf2onnx.optimizer import _get_optimizers
+
+    from tumor_edge.export.onnx_export import collecting_optimizers
+
+    ours, theirs = collecting_optimizers(), _get_optimizers()
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert type(ours[name]()) is type(theirs[name]()), name

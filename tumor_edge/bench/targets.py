@@ -62,12 +62,12 @@ class RuntimeSession:
         start = time.perf_counter()
         self.backend = open_backend(target.path, BackendOptions(threads=threads))
         self.load_s = time.perf_counter() - start
-        self.loaded_file = Path(getattr(self.backend, "loaded_path", target.path)).name
+        self.loaded_file = self.backend.loaded_path.name
         self.feeds: list[np.ndarray] = []
 
     def prepare(self, batch: int) -> None:
         self.feeds = make_batches(self.inputs, batch)
-        out = self.backend.run(self.feeds[0])
+        out = self.backend.run(self.feeds[0])[0]  # backends return every output; the class scores come first
         _check_output(self.target, out.shape, bool(np.all(np.isfinite(out))), batch, self.classes)
 
     def timed_call(self, i: int) -> float:

@@ -21,8 +21,35 @@ def export_onnx_fp32(model, height: int, width: int, dst: Path, opset: int = DEF
     import tf2onnx
 
     spec = (tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_NAME),)
-    tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(dst))
+    tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(dst),
+                               optimizers=collecting_optimizers())
     return dst
+
+
+def collecting_optimizers() -> dict | None:
+    """tf2onnx's own graph optimizers, each preceded by a garbage collection.
+
+    Why: before every optimizer pass tf2onnx deep-copies the whole graph (to roll back an optimizer that
+    fails), and the discarded copies are reference cycles that Python's collector does not reach on its own
+    during the conversion. At 299 px InceptionV3 each copy holds ~165 MB and there are ~30 passes: the
+    conversion grew from 2.4 to 7.7 GB resident (measured: benchmarks/export_memory.py and a per-pass trace).
+    Collecting before each pass keeps it at 2.6 GB and changes nothing in the result (same optimizers, same
+    order). None (tf2onnx's defaults, uncollected) if this tf2onnx keeps its optimizer list elsewhere.
+    """
+    import gc
+
+    try:
+        from tf2onnx.optimizer import _get_optimizers
+    except ImportError:
+        return None
+
+    def collected(factory):
+        def make():
+            gc.collect()
+            return factory()
+        return make
+
+    return {name: collected(factory) for name, factory in _get_optimizers().items()}
 
 
 def export_onnx_fp16(src: Path, dst: Path) -> Path:

@@ -1,36 +1,27 @@
 """Parity: every exported file, run by the runtime's own code from the test image files, against Keras.
 
 The Keras reference goes through the training pipeline (the runtime's decode/resize via `load_pixels`, the
-run's preprocessing, `model.predict`); each exported file goes through `Classifier.from_bundle(...)
-.predict_proba_files(paths)`, exactly what a device does. A difference in decoding, resizing, colour handling
+run's preprocessing, `model.predict`); each exported file goes through `Classifier.from_bundle(...)`
+and its streaming prediction path from the file paths (`device_probabilities`), exactly what `classify` does on a
+device. A difference in decoding, resizing, colour handling
 or scaling between the two therefore shows up here as lost agreement.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import PARITY_JSON, PARITY_MD
-from tumor_edge.errors import ParityError
+from tumor_edge.contracts.bundle import PARITY_MD
+from tumor_edge.export.config import ParityThresholds
+from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.runtime.preprocess import Preprocessing, scale
-
-
-@dataclass
-class ParityThresholds:
-    """What fails an export (defaults from DESIGN.md)."""
-
-    max_accuracy_drop: float = 1.0  # percentage points below Keras
-    max_auc_drop: float = 0.01  # macro one-vs-rest AUC below Keras
-    min_agreement: float = 0.99  # top-1 agreement with Keras, for the precisions below
-    agreement_precisions: tuple[str, ...] = ("fp32", "fp16")
 
 
 @dataclass
@@ -41,7 +32,6 @@ class FileParity:
     format: str
     precision: str
     size_bytes: int
-    ran: str = ""  # the file onnxruntime actually loaded (a pre-optimised twin, when there is one)
     accuracy: float = 0.0
     macro_auc: float | None = None
     per_class_recall: dict[str, float] = field(default_factory=dict)
@@ -51,9 +41,15 @@ class FileParity:
     max_abs_diff: float = 0.0
     mean_abs_diff: float = 0.0
     ms_per_image: float = 0.0
-    passed: bool = True
-    failures: list[str] = field(default_factory=list)
+    verdict: str = PASS  # pass | fail | not proven (export/parity_stats.py)
+    failures: list[str] = field(default_factory=list)  # why it failed, or why it is not proven
+    images_needed: int | None = None  # for "not proven": test images that would prove it at the observed rates
+    statistics: dict[str, Any] = field(default_factory=dict)  # intervals, McNemar
     error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
 
 
 @dataclass
@@ -68,28 +64,52 @@ class ParityReport:
     batch_size: int
 
     @property
+    def verdict(self) -> str:
+        """fail if any file fails, else not proven if any is not proven, else pass."""
+        verdicts = {f.verdict for f in self.files}
+        return FAIL if FAIL in verdicts else NOT_PROVEN if NOT_PROVEN in verdicts else PASS
+
+    @property
     def passed(self) -> bool:
-        return all(f.passed for f in self.files)
+        return self.verdict == PASS
 
     def failure_line(self, bundle: Path) -> str:
-        parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if not f.passed]
-        return (f"parity failed: {' | '.join(parts)} (files kept in {bundle} for inspection; see "
-                f"{bundle / PARITY_MD})")
+        if self.verdict == FAIL:
+            parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == FAIL]
+            head = "parity failed"
+        else:
+            parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == NOT_PROVEN]
+            needed = [f.images_needed for f in self.files if f.verdict == NOT_PROVEN]
+            head = (f"parity not proven on {self.n_images} test images ("
+                    + ("no test size would prove it at the observed rates" if None in needed
+                       else f"about {max(needed)} would prove it at the observed rates") + ")")
+        return f"{head}: {' | '.join(parts)} (files kept in {bundle}; see {bundle / PARITY_MD})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "test_data": self.test_origin, "n_images": self.n_images,
+        return {"passed": self.passed, "verdict": self.verdict, "test_data": self.test_origin,
+                "n_images": self.n_images,
                 "skipped_unreadable": self.skipped, "classes": self.classes, "batch_size": self.batch_size,
                 "thresholds": asdict(self.thresholds), "keras": self.reference,
-                "files": {f.file: asdict(f) for f in self.files}}
+                "files": {f.file: {**asdict(f), "passed": f.passed} for f in self.files}}
 
     def summary(self) -> dict[str, Any]:
         """The part metadata.json keeps (per-file numbers, no confusion matrices)."""
         keep = ("accuracy", "macro_auc", "delta_accuracy_points", "delta_auc", "agreement", "max_abs_diff",
-                "passed", "failures")
-        return {"passed": self.passed, "test_data": self.test_origin, "n_images": self.n_images,
+                "passed", "verdict", "failures", "images_needed")
+        return {"passed": self.passed, "verdict": self.verdict, "test_data": self.test_origin,
+                "n_images": self.n_images,
                 "thresholds": asdict(self.thresholds),
                 "keras": {k: self.reference[k] for k in ("accuracy", "macro_auc")},
                 "files": {f.file: {k: getattr(f, k) for k in keep} for f in self.files}}
+
+
+def device_probabilities(clf, paths: Sequence[Path], batch_size: int) -> np.ndarray:
+    """Probabilities for image files through the runtime's streaming prediction path, the one `classify` uses
+    (decode, DICOM frame choice, preprocessing, backend): the one place parity calls the runtime.
+
+    A file the runtime cannot read here was readable for the Keras reference, so it is an error, not a skip.
+    """
+    return clf.probabilities_for_files(paths, batch_size=batch_size)
 
 
 def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 32,
@@ -117,12 +137,11 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row = FileParity(name, fmt, precision, path.stat().st_size if path.exists() else 0)
     try:
         clf = Classifier.from_bundle(bundle, model_file=name)
-        row.ran = Path(getattr(clf.backend, "loaded_path", path)).name
         t0 = time.perf_counter()
-        probs = clf.predict_proba_files(paths, batch_size=batch_size)
+        probs = device_probabilities(clf, paths, batch_size)
         row.ms_per_image = 1000.0 * (time.perf_counter() - t0) / max(1, len(paths))
     except TumorEdgeError as err:
-        row.passed, row.error = False, str(err)
+        row.verdict, row.error = FAIL, str(err)
         row.failures.append(f"could not run: {err}")
         return row
     m = _metrics(labels, probs, classes)
@@ -134,28 +153,42 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row.agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
     diff = np.abs(probs - reference)
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
-    _judge(row, ref_metrics, thresholds)
+    _judge(row, labels, reference, probs, len(classes), thresholds)
     return row
 
 
-def _judge(row: FileParity, ref: dict[str, Any], t: ParityThresholds) -> None:
-    drop = -row.delta_accuracy_points
-    if drop > t.max_accuracy_drop + 1e-9:
-        row.failures.append(f"accuracy {100 * row.accuracy:.1f}% is {drop:.1f} points below Keras' "
-                            f"{100 * ref['accuracy']:.1f}% (limit {t.max_accuracy_drop:g})")
-    if row.delta_auc is not None and -row.delta_auc > t.max_auc_drop + 1e-12:
-        row.failures.append(f"macro AUC {row.macro_auc:.4f} is {-row.delta_auc:.4f} below Keras' "
-                            f"{ref['macro_auc']:.4f} (limit {t.max_auc_drop:g})")
-    if row.precision in t.agreement_precisions and row.agreement < t.min_agreement - 1e-12:
-        row.failures.append(f"top-1 agreement with Keras {100 * row.agreement:.1f}% is under "
-                            f"{100 * t.min_agreement:g}% (max probability difference {row.max_abs_diff:.3f})")
-    row.passed = not row.failures
+def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classes: int,
+           t: ParityThresholds) -> None:
+    stats = judge(labels, reference, probs, n_classes, max_accuracy_drop=t.max_accuracy_drop / 100.0,
+                  max_auc_drop=t.max_auc_drop,
+                  min_agreement=t.min_agreement if row.precision in t.agreement_precisions else None,
+                  confidence=t.confidence, resamples=t.resamples)
+    row.verdict, row.failures, row.images_needed = stats.verdict, list(stats.reasons), stats.images_needed
+    if row.verdict == FAIL and any("agreement" in r for r in row.failures):
+        row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
+    row.statistics = stats.to_dict()
 
 
-def run_parity(bundle: Path, model, reference_spec: Preprocessing, files: Sequence[tuple[str, str, str]],
-               samples, test_origin: str, classes: Sequence[str], thresholds: ParityThresholds,
-               batch_size: int = 16, show_progress: bool = True) -> ParityReport:
-    """Evaluate Keras and every (file, format, precision) of the bundle on the test samples."""
+def keras_reference(model_of, pixels_npy: Path, spec: Preprocessing) -> tuple[np.ndarray, float]:
+    """(Keras probabilities, ms per image) for uint8 pixels saved as .npy; `model_of` has a `.model` (a
+    ModelSource). A module-level function so that export can run it in a child process of its own."""
+    model = model_of.model
+    pixels = np.load(pixels_npy, mmap_mode="r")
+    keras_probabilities(model, np.asarray(pixels[:1]), spec)  # warm-up: graph tracing is not latency
+    t0 = time.perf_counter()
+    probs = keras_probabilities(model, pixels, spec)
+    return probs, 1000.0 * (time.perf_counter() - t0) / max(1, len(pixels))
+
+
+def run_parity(bundle: Path, reference: Callable[[np.ndarray], tuple[np.ndarray, float]],
+               reference_spec: Preprocessing, files: Sequence[tuple[str, str, str]], samples, test_origin: str,
+               classes: Sequence[str], thresholds: ParityThresholds, batch_size: int = 16,
+               show_progress: bool = True) -> ParityReport:
+    """Evaluate the reference and every (file, format, precision) of the bundle on the test samples.
+
+    `reference(pixels)` gives the Keras model's probabilities and its ms per image for the test pixels, decoded
+    here with the training pipeline's preprocessing (export runs it in a child process: see export/isolate.py).
+    """
     from tumor_edge.data.dataset import load_pixels
     from tumor_edge.errors import DatasetError
     from tumor_edge.progress import progress
@@ -164,109 +197,13 @@ def run_parity(bundle: Path, model, reference_spec: Preprocessing, files: Sequen
     if len(loaded.labels) == 0:
         first = loaded.failures[0] if loaded.failures else "no test images"
         raise DatasetError(f"no readable test images ({first})")
-    keras_probabilities(model, loaded.pixels[:1], reference_spec)  # warm-up: graph tracing is not latency
-    t0 = time.perf_counter()
-    reference = keras_probabilities(model, loaded.pixels, reference_spec)
-    ref_metrics = _metrics(loaded.labels, reference, classes)
-    ref_metrics["ms_per_image"] = 1000.0 * (time.perf_counter() - t0) / len(loaded.labels)
+    probs, ms_per_image = reference(loaded.pixels)
+    ref_metrics = _metrics(loaded.labels, probs, classes)
+    ref_metrics["ms_per_image"] = ms_per_image
     paths = [s.path for s in loaded.samples]
-    rows = [evaluate_file(bundle, name, fmt, precision, paths, loaded.labels, reference, ref_metrics, classes,
+    rows = [evaluate_file(bundle, name, fmt, precision, paths, loaded.labels, probs, ref_metrics, classes,
                           thresholds, batch_size)
             for name, fmt, precision in progress(files, "parity: exported files", length=len(files),
                                                  enabled=show_progress)]
     return ParityReport(test_origin, len(paths), loaded.failures, ref_metrics, rows, thresholds, list(classes),
                         batch_size)
-
-
-# ---------------------------------------------------------------------------------------------- reports
-
-
-TABLE_COLUMNS = ("format", "file", "size MB", "accuracy", "macro AUC", "Δ acc (pts)", "Δ AUC", "agreement",
-                 "max |Δp|", "ms/img", "status")
-
-
-def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
-               entries: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Rows of the final table: Keras first, then each exported file (parity columns '-' when not run)."""
-    def fmt(value, spec, none="-"):
-        return none if value is None else format(value, spec)
-
-    rows = []
-    if keras_row is not None:
-        size = keras_row.get("size_mb")
-        rows.append(["keras", keras_row.get("file", "model.keras"), _megabytes(None if size is None else size * 1e6),
-                     fmt(keras_row.get("accuracy"), ".4f"), fmt(keras_row.get("macro_auc"), ".4f"), "-", "-", "-",
-                     "-", fmt(keras_row.get("ms_per_image"), ".1f"), "reference"])
-    by_file = {f.file: f for f in report.files} if report else {}
-    for entry in entries:
-        f = by_file.get(entry["file"])
-        label = f"{entry['format']} {entry['precision']}"
-        size = _megabytes(entry["size_bytes"])
-        if f is None:
-            rows.append([label, entry["file"], size] + ["-"] * 7 + [entry.get("status", "not checked")])
-            continue
-        status = "pass" if f.passed else "FAIL"
-        rows.append([label, f.file, size, fmt(f.accuracy, ".4f"), fmt(f.macro_auc, ".4f"),
-                     fmt(f.delta_accuracy_points, "+.2f"), fmt(f.delta_auc, "+.4f"), fmt(f.agreement, ".4f"),
-                     fmt(f.max_abs_diff, ".4f"), fmt(f.ms_per_image, ".1f"), status])
-    return rows
-
-
-def _megabytes(size_bytes: float | None) -> str:
-    if size_bytes is None:
-        return "-"
-    mb = size_bytes / 1e6
-    return f"{mb:.1f}" if mb >= 1 else f"{mb:.3f}"
-
-
-def render_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
-    line = "  ".join(str(c).ljust(w) for c, w in zip(columns, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
-    t = report.thresholds
-    lines = [
-        "# Parity report",
-        "",
-        f"Test images: {report.n_images} from {report.test_origin}"
-        + (f" ({len(report.skipped)} unreadable, skipped)" if report.skipped else "") + ".",
-        "Keras: the training pipeline (runtime decode/resize, run preprocessing, `model.predict`). Exported "
-        "files: the runtime's `Classifier` from the image files (decode, preprocess, onnxruntime / LiteRT), "
-        f"batch {report.batch_size}; ms/img includes decoding.",
-        "",
-        f"Thresholds: accuracy drop at most {t.max_accuracy_drop:g} points, macro AUC drop at most "
-        f"{t.max_auc_drop:g}, top-1 agreement at least {100 * t.min_agreement:g}% for "
-        f"{'/'.join(t.agreement_precisions)} files.",
-        "",
-        f"**Result: {'PASS' if report.passed else 'FAIL'}**",
-        "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "|" + "---|" * len(TABLE_COLUMNS),
-    ]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
-    lines += ["", "## Recall per class", "", "| file | " + " | ".join(report.classes) + " |",
-              "|" + "---|" * (len(report.classes) + 1)]
-    ref = report.reference["per_class"]
-    lines.append("| keras | " + " | ".join(f"{ref[c]['recall']:.3f}" for c in report.classes) + " |")
-    for f in report.files:
-        if f.per_class_recall:
-            lines.append(f"| {f.file} | " + " | ".join(f"{f.per_class_recall[c]:.3f}" for c in report.classes)
-                         + " |")
-    failures = [f for f in report.files if not f.passed]
-    if failures:
-        lines += ["", "## Failures", ""] + [f"- `{f.file}`: {'; '.join(f.failures)}" for f in failures]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(bundle: Path, report: ParityReport, rows: Sequence[Sequence[str]]) -> None:
-    (bundle / PARITY_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    (bundle / PARITY_MD).write_text(render_markdown(report, rows))
-
-
-def raise_if_failed(bundle: Path, report: ParityReport) -> None:
-    if not report.passed:
-        raise ParityError(report.failure_line(bundle))

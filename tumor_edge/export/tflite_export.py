@@ -1,7 +1,9 @@
 """TFLite files through the route that works with Keras 3: `model.export()` to a SavedModel, then
 `tf.lite.TFLiteConverter.from_saved_model` (fp32, fp16 weights, and int8).
 
-The SavedModel is written once per export and shared by the three conversions.
+The SavedModel is written once per export and shared by the three conversions. TFLite's int8 calibrator runs the
+float model single-threaded with logging kernels (~0.6 CPU-s per 299 px image), the longest step of an export:
+the format table marks that row `background`, so it runs in its own process while the rest converts.
 """
 
 from __future__ import annotations
@@ -81,66 +83,15 @@ def export_tflite_int8(saved_model: Path, dst: Path,
     return _write(data, dst)
 
 
-# ------------------------------------------------------------------------------------- background int8 job
-# TFLite's calibrator runs the float model single-threaded with logging kernels: ~0.6 CPU-s per 299 px image,
-# two minutes for 200 images, the longest step of an export. It holds the GIL, so a thread would not overlap it
-# with the ONNX work; a spawned process does, on the core the rest of the export leaves idle much of the time.
+def representative_from_npy(pixels_npy: Path, spec) -> tuple[Callable[[], Iterator[list[np.ndarray]]], int]:
+    """A representative dataset over uint8 pixels saved as .npy, read through a memory map one image at a time
+    and scaled as the model expects, so calibration never holds a float copy of every image."""
+    from tumor_edge.runtime.preprocess import scale
 
+    pixels = np.load(pixels_npy, mmap_mode="r")
 
-def _int8_worker(saved_model: str, pixels_npy: str, spec: dict, dst: str, full_integer: bool,
-                 result_file: str) -> None:
-    import json
-    import os
+    def representative():
+        for i in range(len(pixels)):
+            yield [scale(np.asarray(pixels[i:i + 1]), spec)]
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tumor_edge.runtime.preprocess import Preprocessing, scale
-
-    try:
-        pixels = np.load(pixels_npy)
-        preprocessing = Preprocessing.from_dict(spec)
-
-        def representative():
-            for i in range(len(pixels)):
-                yield [scale(pixels[i:i + 1], preprocessing)]
-
-        export_tflite_int8(Path(saved_model), Path(dst), representative, full_integer)
-        outcome = {"ok": True}
-    except Exception as err:  # reported to the parent as the step's failure line
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        outcome = {"ok": False, "error": f"{type(err).__name__}: {lines[0][:200] if lines else ''}"}
-    Path(result_file).write_text(json.dumps(outcome))
-
-
-class BackgroundInt8:
-    """`export_tflite_int8` in a spawned process; `wait()` raises with the child's error line if it failed."""
-
-    def __init__(self, saved_model: Path, pixels_npy: Path, spec: dict, dst: Path, full_integer: bool):
-        import multiprocessing
-
-        self.result_file = Path(str(dst) + ".result.json")
-        self.result_file.unlink(missing_ok=True)
-        self.dst = dst
-        context = multiprocessing.get_context("spawn")  # fork after TensorFlow has started threads is unsafe
-        self.process = context.Process(
-            target=_int8_worker, daemon=True, name="tumor-edge-tflite-int8",
-            args=(str(saved_model), str(pixels_npy), spec, str(dst), full_integer, str(self.result_file)))
-        self.process.start()
-
-    def wait(self) -> None:
-        import json
-
-        self.process.join()
-        try:
-            outcome = json.loads(self.result_file.read_text())
-        except (OSError, ValueError):
-            outcome = {"ok": False, "error": f"converter process died (exit code {self.process.exitcode})"}
-        finally:
-            self.result_file.unlink(missing_ok=True)
-        if not outcome.get("ok"):
-            raise RuntimeError(outcome.get("error") or "TFLite int8 conversion failed")
-
-    def cancel(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=10)
-        self.result_file.unlink(missing_ok=True)
+    return representative, int(len(pixels))

@@ -98,7 +98,7 @@ def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, 
     path.write_bytes(model)
     try:
         backend = open_backend(path, BackendOptions())
-        return np.concatenate([backend.run(scale(pixels[s:s + batch_size], spec))
+        return np.concatenate([backend.run(scale(pixels[s:s + batch_size], spec))[0]  # the class scores
                                for s in range(0, len(pixels), batch_size)])
     finally:
         path.unlink(missing_ok=True)

@@ -1,0 +1,127 @@
+"""Parity statistics against direct computations (scipy, scikit-learn, the defining equations), and the three
+verdicts on the cases issue 12 names: one flipped image of 17 is not a failure but not a proof either."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tumor_edge.export.parity_stats import (
+    FAIL,
+    NOT_PROVEN,
+    PASS,
+    images_to_bound_rate,
+    judge,
+    macro_auc_batch,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilson_interval,
+    z_value,
+)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 17), (16, 17), (17, 17), (5, 40), (390, 400), (1, 1311)])
+def test_wilson_bounds_solve_the_score_equation(k, n):
+    """At each bound p (inside (0, 1)): (k/n - p)^2 = z^2 p (1 - p) / n, the interval's definition."""
+    z = z_value(0.95)
+    assert z == pytest.approx(1.959964, abs=1e-6)
+    low, high = wilson_interval(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+    for p in (low, high):
+        if 0.0 < p < 1.0:
+            assert (k / n - p) ** 2 == pytest.approx(z * z * p * (1 - p) / n, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (1, 0), (0, 5), (3, 9), (12, 11), (40, 10)])
+def test_mcnemar_exact_is_the_binomial_test(b, c):
+    from scipy.stats import binomtest
+
+    expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+    assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def _data(n: int, seed: int, flip: float = 0.1):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    reference = rng.dirichlet(np.ones(4), n)
+    reference[np.arange(n), labels] += 0.6  # a decent model
+    reference /= reference.sum(1, keepdims=True)
+    probs = np.clip(reference + rng.normal(0, flip, reference.shape), 1e-6, None)
+    return labels, reference, probs / probs.sum(1, keepdims=True)
+
+
+def test_rank_auc_matches_sklearn_including_ties():
+    from tumor_edge.metrics import one_vs_rest_auc
+
+    labels, reference, _ = _data(60, 1)
+    reference = np.round(reference, 1)  # many ties
+    rng = np.random.default_rng(2)
+    idx = rng.integers(0, 60, (5, 60))
+    got = macro_auc_batch(labels[idx], reference[idx], 4)
+    for row, i in zip(got, idx):
+        assert row == pytest.approx(one_vs_rest_auc(labels[i], reference[i], 4)[1], abs=1e-12)
+
+
+def test_paired_bootstrap_matches_a_direct_loop():
+    from tumor_edge.metrics import one_vs_rest_auc
+
+    labels, reference, probs = _data(50, 3)
+    got = paired_bootstrap(labels, reference, probs, 4, resamples=300, seed=7, chunk=300)
+    rng = np.random.default_rng(7)
+    idx = rng.integers(0, 50, (300, 50))
+    acc = [np.mean(probs[i].argmax(1) == labels[i]) - np.mean(reference[i].argmax(1) == labels[i]) for i in idx]
+    auc = [one_vs_rest_auc(labels[i], probs[i], 4)[1] - one_vs_rest_auc(labels[i], reference[i], 4)[1] for i in idx]
+    assert got["accuracy_diff"] == pytest.approx(tuple(np.percentile(acc, [2.5, 97.5])), abs=1e-12)
+    assert got["macro_auc_diff"] == pytest.approx(tuple(np.percentile(auc, [2.5, 97.5])), abs=1e-12)
+
+
+def test_images_needed_is_the_smallest_count_that_proves():
+    n = images_to_bound_rate(0.0, 0.01, 0.95)
+    assert wilson_interval(0, n)[1] <= 0.01 < wilson_interval(0, n - 1)[1]
+    assert n == math.ceil(z_value(0.95) ** 2 * 0.99 / 0.01)  # closed form for zero errors: z^2 (1 - t) / t
+    assert images_to_bound_rate(0.02, 0.01, 0.95) is None  # the observed rate itself breaks the tolerance
+
+
+def _one_flipped(n: int):
+    labels = np.arange(n) % 4
+    reference = np.full((n, 4), 0.1)
+    reference[np.arange(n), labels] = 0.7
+    probs = reference.copy()
+    probs[0] = np.roll(probs[0], 1)  # the file gets image 0 wrong
+    return labels, reference, probs
+
+
+def test_one_flip_in_17_is_not_proven_and_says_how_many_images_would_do():
+    labels, reference, probs = _one_flipped(17)
+    stats = judge(labels, reference, probs, 4, max_accuracy_drop=0.01, max_auc_drop=0.01, min_agreement=None)
+    assert stats.verdict == NOT_PROVEN, stats.reasons
+    assert (stats.ref_right_file_wrong, stats.ref_wrong_file_right) == (1, 0)
+    assert stats.mcnemar_p == 1.0
+    assert stats.images_needed is None  # 1 of 17 lost is 5.9 points: no test size proves 1 point at that rate
+    labels, reference, probs = _one_flipped(400)
+    stats = judge(labels, reference, probs, 4, max_accuracy_drop=0.01, max_auc_drop=0.01, min_agreement=None)
+    assert stats.verdict == NOT_PROVEN and stats.images_needed > 400
+    assert wilson_interval(round(stats.images_needed / 400), stats.images_needed)[1] <= 0.01
+
+
+def test_identical_outputs_pass_once_the_test_set_is_large_enough():
+    labels, reference, _ = _one_flipped(400)
+    stats = judge(labels, reference, reference.copy(), 4, max_accuracy_drop=0.01, max_auc_drop=0.01,
+                  min_agreement=0.99)
+    assert stats.verdict == PASS and stats.accuracy_drop_upper <= 0.01
+    small = judge(labels[:40], reference[:40], reference[:40].copy(), 4, max_accuracy_drop=0.01,
+                  max_auc_drop=0.01, min_agreement=0.99)
+    assert small.verdict == NOT_PROVEN and small.images_needed == images_to_bound_rate(0.0, 0.01, 0.95)
+
+
+def test_evidence_of_a_breach_fails():
+    labels, reference, _ = _one_flipped(200)
+    probs = reference.copy()
+    probs[:60] = np.roll(probs[:60], 1, axis=1)  # 30 % of the images lost
+    stats = judge(labels, reference, probs, 4, max_accuracy_drop=0.01, max_auc_drop=0.01, min_agreement=None)
+    assert stats.verdict == FAIL and any("accuracy drop at least" in r for r in stats.reasons)
+    assert stats.mcnemar_p < 1e-10
+    agreement = judge(labels, reference, probs, 4, max_accuracy_drop=1.0, max_auc_drop=1.0, min_agreement=0.99)
+    assert agreement.verdict == FAIL and "agreement" in agreement.reasons[0]
