@@ -114,6 +114,8 @@ class TableWriter(Writer):
         others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
         self._line(f"{_where(result):<{self.file_width}}  {one_line(result.label):<{self.label_width}}  "
                    f"{result.confidence:6.3f}  {others}".rstrip())
+        for warning in result.warnings:
+            self._line(f"  warning: {one_line(warning)}")
 
 
 class JsonLinesWriter(Writer):

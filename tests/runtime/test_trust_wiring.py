@@ -1,0 +1,73 @@
+"""The runtime applies a bundle's trust fields: temperature-scaled probabilities, warnings for scans that are
+not what the model knows, and a clear refusal of --heatmap for a model without a heatmap output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.runtime.models import make_bundle, quadrant_image, save_quadrant
+from tumor_edge.calibration import apply_temperature
+from tumor_edge.cli import main
+from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.errors import ModelError
+from tumor_edge.runtime.classifier import Classifier
+
+
+def _with_fields(bundle, **fields):
+    meta = json.loads((bundle / "metadata.json").read_text())
+    meta.update(fields)
+    (bundle / "metadata.json").write_text(json.dumps(meta))
+    return bundle
+
+
+def test_temperature_from_the_bundle_scales_probabilities(fresh_bundle, tmp_path):
+    images = [quadrant_image(q) for q in range(4)]
+    raw = Classifier.from_bundle(fresh_bundle).predict_batch(images)
+    calibrated = Classifier.from_bundle(_with_fields(fresh_bundle, calibration={"temperature": 2.5}))
+    for before, after in zip(raw, calibrated.predict_batch(images)):
+        expected = apply_temperature(np.array([list(before.probabilities.values())], np.float32), 2.5)[0]
+        np.testing.assert_allclose(list(after.probabilities.values()), expected, rtol=1e-5)
+        assert after.label == before.label
+    assert BundleMetadata.read(fresh_bundle).calibration == {"temperature": 2.5}
+
+
+@pytest.mark.parametrize("fields, match", [({"calibration": {"temperature": -1}}, "calibration.temperature"),
+                                           ({"ood": {"score": "mahalanobis", "centres": "x", "threshold": 1}},
+                                            "ood.centres"),
+                                           ({"calibration": [1]}, "'calibration' must be an object")])
+def test_malformed_trust_fields_are_one_line_model_errors(fresh_bundle, fields, match):
+    with pytest.raises(ModelError, match=match):
+        Classifier.from_bundle(_with_fields(fresh_bundle, **fields))
+
+
+def test_scans_that_are_not_mri_slices_get_warnings(bundle):
+    clf = Classifier.from_bundle(bundle)
+    blank, noise = np.zeros((64, 64, 3), np.uint8), np.random.default_rng(0).integers(0, 256, (64, 64, 3))
+    ok, flat, noisy = clf.predict_batch([quadrant_image(1), blank, noise.astype(np.uint8)])
+    assert ok.warnings == () and "warnings" not in ok.to_dict()
+    assert flat.warnings[0].startswith("blank") and noisy.warnings[0].startswith("looks like noise")
+    assert flat.to_dict()["warnings"] == list(flat.warnings)
+
+
+def test_table_prints_warnings_and_heatmap_needs_a_heatmap_output(bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    blank = save_quadrant(tmp_path / "scans" / "a.png", 0)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "scans" / "blank.png")
+    result = CliRunner().invoke(main, ["classify", "-m", str(bundle), str(blank.parent)])
+    assert result.exit_code == 0, result.output
+    assert "  warning: blank or constant image" in result.output
+    result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--heatmap", str(tmp_path / "maps"),
+                                       str(blank)])
+    assert result.exit_code != 0 and "this model has no heatmap output" in result.output
+    assert not (tmp_path / "maps").exists()
+
+
+def test_old_bundles_without_trust_fields_still_load(tmp_path):
+    clf = Classifier.from_bundle(make_bundle(tmp_path / "old"))
+    assert clf.trust.temperature is None and not clf.trust.has_ood
