@@ -123,6 +123,15 @@ def _callbacks(config: TrainConfig, out: Path, checkpoint):
     ]
 
 
+def _fit_trust(model, val_px, test_samples, spec, run: RunFolder, batch_size: int) -> dict[str, Any]:
+    """Temperature and OOD fit on the validation split, measured on the test split (tumor_edge.train.trust)."""
+    from tumor_edge.train.trust import fit_trust_for_run
+
+    test_px = load_pixels(test_samples, spec, "loading test images for calibration")
+    return fit_trust_for_run(model, val_px.pixels, val_px.labels, test_px.pixels, test_px.labels,
+                             run.reliability_png, run.ood_params, batch_size)
+
+
 def run_training(config: TrainConfig) -> Path:
     """Train, checkpoint and evaluate; returns the run folder. Printing goes to stdout, as Keras' does."""
     import warnings
@@ -134,6 +143,7 @@ def run_training(config: TrainConfig) -> Path:
     from tumor_edge.train.model import build_classifier, resolve_weights, set_fine_tune
     from tumor_edge.train.pipeline import make_dataset
     from tumor_edge.train.plots import plot_history
+    from tumor_edge.train.trust import describe_trust
 
     # Keras warns that fit's default shuffle=True is ignored for a tf.data input; ours shuffles itself.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -231,8 +241,10 @@ def run_training(config: TrainConfig) -> Path:
     metrics = evaluate_samples(best, test, index.classes, spec, out, config.batch_size, "test")
     metrics["deduplicated_test_images"] = deduped
     metrics["best_checkpoint_by"] = monitor
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run = RunFolder(out)
+    trust = _fit_trust(best, val_px, test, spec, run, config.batch_size)
+    metrics.update(trust)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     RunConfig(
         classes=index.classes,
         preprocessing=spec,
@@ -247,7 +259,9 @@ def run_training(config: TrainConfig) -> Path:
         fit_seconds=round(fit_seconds, 1),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=versions(),
+        extra=trust,
     ).write(run.config)
     print(format_metrics(metrics))
+    print(describe_trust(trust))
     print(f"run folder: {out}")
     return out
