@@ -79,6 +79,8 @@ def test_metadata_with_trust_outputs_is_valid_and_round_trips(converted, tmp_pat
     again = BundleMetadata.from_dict(meta.to_dict())
     assert again.outputs["heatmap"].index == 1 and "ood_features" not in again.outputs
     assert exported.ood is None and len(exported.model.outputs) == 2
+    skipped = trust_export(cnn, {"calibration": {"method": None, "skipped": "16 validation images"}})
+    assert skipped.calibration is None and skipped.notes == ["no calibration: 16 validation images"]
 
 
 def test_foreign_head_is_exported_without_heatmap_and_says_why():

@@ -121,8 +121,9 @@ def _evaluation(parity: Mapping[str, Any]) -> list[str]:
 
 
 def _calibration(cal: Mapping[str, Any] | None) -> list[str]:
-    if not cal:
-        return ["## Calibration", "", f"Temperature scaling: {NOT_RECORDED}.", ""]
+    if not cal or cal.get("temperature") is None:
+        why = f" ({cal['skipped']})" if cal and cal.get("skipped") else ""
+        return ["## Calibration", "", f"Temperature scaling: {NOT_RECORDED}{why}.", ""]
     return ["## Calibration", "",
             f"{cal.get('method', 'temperature scaling')} fitted on {cal.get('fitted_on', '?')} validation images: "
             f"T = {_num(cal.get('temperature'), '.4g')}; the runtime divides log-probabilities by T.", "",

@@ -36,7 +36,10 @@ def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Pat
     from tumor_edge.train.cam import NoCamHeadError, find_cam_head, heatmap_output_spec, trust_model
 
     run_extra = run_extra or {}
-    result = TrustExport(model, calibration=run_extra.get("calibration"))
+    calibration = run_extra.get("calibration") or {}
+    result = TrustExport(model, calibration=calibration if calibration.get("temperature") is not None else None)
+    if calibration.get("skipped"):
+        result.notes.append(f"no calibration: {calibration['skipped']}")
     if not heatmaps:
         result.notes.append("heatmaps not requested")
         return result
