@@ -39,7 +39,8 @@ def quadrant_bundle_with_figures(tmp_path):
                                                                 "delta_accuracy_points": 0.0, "delta_auc": 0.0,
                                                                 "agreement": 1.0, "verdict": "not proven"}}}}
     meta["ood"] = {"score": "mahalanobis", "threshold": 55.5, "tpr": 0.95, "measured_tpr": 0.955, "count": 200,
-                   "evaluation": {"noise": {"count": 100, "flagged": 1.0}}}
+                   "evaluation": {"noise": {"count": 100, "flagged": 1.0, "input_checks_flagged": 0.98,
+                                                  "either_flagged": 1.0}}}
     BundleMetadata.from_dict(meta)  # still valid metadata (extra keys are the new fields)
     return bundle, meta
 
@@ -61,7 +62,8 @@ def test_card_has_every_section_and_the_metadata_numbers(quadrant_bundle_with_fi
     lo, hi = wilson(meta["metrics"]["parity"]["keras"]["accuracy"], 40)
     assert f"{lo:.4f}–{hi:.4f}, n = 40" in card
     assert "| model_fp32.onnx |" in card and "not proven" in card
-    assert "threshold 55.5 fitted on 200 validation images" in card and "| noise | 100 | 100.0 % |" in card
+    assert "threshold 55.5 fitted on 200 validation images" in card
+    assert "| noise | 100 | 100.0 % | 98.0 % | 100.0 % |" in card
     assert "This bundle's models give no heatmap output." in card
 
 

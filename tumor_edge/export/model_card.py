@@ -174,8 +174,11 @@ def _ood(ood: Mapping[str, Any] | None) -> list[str]:
             f"{_pct(ood.get('tpr'))} of them (out-of-fold: {_pct(ood.get('measured_tpr'))})."]
     rates = ood.get("evaluation") or {}
     if rates:
-        out += ["", "| set | images | flagged |", "|---|---|---|"]
-        out += [f"| {name} | {r.get('count', '?')} | {_pct(r.get('flagged'))} |" for name, r in rates.items()]
+        out += ["", "Measured at the end of training (generated sets are synthetic; the in-distribution row is "
+                "the false-alarm rate):", "",
+                "| set | images | feature check | input checks | either |", "|---|---|---|---|---|"]
+        out += [f"| {name} | {r.get('count', '?')} | {_pct(r.get('flagged'))} | {_pct(r.get('input_checks_flagged'))}"
+                f" | {_pct(r.get('either_flagged'))} |" for name, r in rates.items()]
     return out + [""]
 
 
