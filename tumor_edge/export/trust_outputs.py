@@ -80,3 +80,32 @@ def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float:
     if not keep.any():
         return 1.0
     return float(np.mean(np.where(norm[keep] > 0, (a * b).sum(1)[keep] / np.maximum(norm[keep], 1e-300), 0.0)))
+
+
+def keras_heatmaps(model_of, pixels_npy: Path, spec) -> np.ndarray:
+    """The Keras trust model's heatmaps (N, h, w, classes) for uint8 pixels saved as .npy; `model_of` has a
+    `.converted_model` (a ModelSource). Module-level, so export can run it in a child process of its own."""
+    from tumor_edge.runtime.preprocess import scale
+
+    model = model_of.converted_model
+    pixels = np.load(pixels_npy, mmap_mode="r")
+    maps = [np.asarray(model.predict(scale(np.asarray(pixels[s:s + 16]), spec), verbose=0)[1], np.float32)
+            for s in range(0, len(pixels), 16)]
+    return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
+
+
+def heatmap_parity(bundle: Path, files: list[str], reference: np.ndarray, pixels: np.ndarray,
+                   batch_size: int = 16) -> dict[str, float]:
+    """Per exported file: the mean correlation of its heatmaps (through the runtime's Classifier, as a device
+    computes them) with the Keras model's `reference` maps on the same pixels."""
+    from tumor_edge.runtime.classifier import Classifier
+
+    result = {}
+    for name in files:
+        clf = Classifier.from_bundle(bundle, model_file=name)
+        if "heatmap" not in clf.output_specs:
+            continue
+        maps = np.concatenate([clf.infer_outputs(np.asarray(pixels[s:s + batch_size]))["heatmap"]
+                               for s in range(0, len(pixels), batch_size)])
+        result[name] = round(map_correlation(reference, maps), 4)
+    return result
