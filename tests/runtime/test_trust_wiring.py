@@ -71,3 +71,26 @@ def test_table_prints_warnings_and_heatmap_needs_a_heatmap_output(bundle, tmp_pa
 def test_old_bundles_without_trust_fields_still_load(tmp_path):
     clf = Classifier.from_bundle(make_bundle(tmp_path / "old"))
     assert clf.trust.temperature is None and not clf.trust.has_ood
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_abstain_gives_no_label_to_a_warned_scan(bundle, tmp_path, monkeypatch, fmt):
+    from PIL import Image
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    good = save_quadrant(tmp_path / "scans" / "a.png", 0)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "scans" / "blank.png")
+    flags = {"table": [], "json": ["--json"], "csv": ["--csv"]}[fmt]
+    result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--abstain", *flags, str(good.parent)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if "blank.png" in line or "a.png" in line]
+    if fmt == "json":
+        rows = {json.loads(line)["file"].rsplit("/", 1)[-1]: json.loads(line) for line in lines}
+        assert rows["blank.png"]["label"] is None and rows["blank.png"]["abstained"] is True
+        assert rows["blank.png"]["warnings"] and rows["a.png"]["label"] == "glioma"
+    elif fmt == "csv":
+        blank = next(line for line in lines if "blank.png" in line).split(",")
+        assert blank[2] == "" and blank[3] == ""
+    else:
+        blank = next(line for line in lines if "blank.png" in line).split()
+        assert blank[1] == "-" and blank[2] == "-"

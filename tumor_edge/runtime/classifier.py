@@ -46,6 +46,7 @@ class Prediction:
     # Why this image may not be what the model knows (input checks, feature distance); empty when none.
     warnings: tuple[str, ...] = ()
     heatmap_png: str | None = None  # where `classify --heatmap DIR` wrote its overlay
+    abstained: bool = False  # `classify --abstain`: a warned image is given no label (probabilities kept)
 
     ok = True  # Failure.ok is False: lets stream consumers branch without isinstance
 
@@ -62,6 +63,8 @@ class Prediction:
         if self.frame is not None:
             data["frame"] = self.frame
             data["frames"] = self.frame_count
+        if self.abstained:
+            data.update(label=None, confidence=None, abstained=True)
         if self.warnings:
             data["warnings"] = list(self.warnings)
         if self.heatmap_png is not None:

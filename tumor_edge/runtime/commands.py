@@ -100,12 +100,14 @@ def _detach_stdout() -> None:
               help="Write an overlay PNG per scan (where the model saw evidence for its class) into DIR; JSON "
                    "gives each PNG's path. Needs a bundle exported with heatmaps.")
 @click.option("--force", is_flag=True, help="With --heatmap: replace the overlay PNGs already in DIR.")
+@click.option("--abstain", is_flag=True, help="Give no label for a scan with a warning (not a brain MRI slice, "
+              "or unlike the training scans); its probabilities and warnings are still shown.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, model_file: str | None,
              as_json: bool, as_csv: bool, top_k: int | None, threads: int | None, batch_size: int, frames: str,
-             providers: str | None, workers: int, heatmap_dir: str | None, force: bool,
+             providers: str | None, workers: int, heatmap_dir: str | None, force: bool, abstain: bool,
              show_progress: bool | None) -> None:
     """Classify brain-MRI scans: image files or folders (recursed).
 
@@ -167,7 +169,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
             for problem in problems:
                 _report(problem, writer, debug)
             stream = classifier.iter_predictions(files, batch_size=batch_size, frames=frames, workers=workers)
-            failures = problems + _run(stream, writer, len(files), show_progress, debug, heatmaps)
+            failures = problems + _run(stream, writer, len(files), show_progress, debug, heatmaps, abstain)
     except BrokenPipeError:
         _detach_stdout()  # the reader has all it wanted (`| head`): stop quietly
         sys.exit(EXIT_FATAL)
@@ -203,7 +205,8 @@ def _refuse_non_finite(result):
                                   "image; no label given")
 
 
-def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool, heatmaps=None) -> list:
+def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool, heatmaps=None,
+         abstain: bool = False) -> list:
     """Write every result as it comes; return the failures. Failures also go to stderr at once."""
     from tumor_edge.progress import progress
 
@@ -220,6 +223,10 @@ def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool, 
             if result.ok:
                 if heatmaps is not None:
                     result = _with_heatmap(heatmaps, result)
+                if abstain and result.warnings:
+                    import dataclasses
+
+                    result = dataclasses.replace(result, abstained=True)
                 writer.prediction(result)
             else:
                 failures.append(result)

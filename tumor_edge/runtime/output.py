@@ -112,8 +112,8 @@ class TableWriter(Writer):
     def prediction(self, result: Prediction) -> None:
         k = self.top_k or len(self.classes)
         others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
-        self._line(f"{_where(result):<{self.file_width}}  {one_line(result.label):<{self.label_width}}  "
-                   f"{result.confidence:6.3f}  {others}".rstrip())
+        label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
+        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip())
         for warning in result.warnings:
             self._line(f"  warning: {one_line(warning)}")
 
@@ -153,7 +153,8 @@ class CsvWriter(Writer):
 
     def prediction(self, result: Prediction) -> None:
         frame = "" if result.frame is None else result.frame
-        self._row([csv_cell(result.source), frame, csv_cell(result.label), f"{result.confidence:.6f}",
+        label, confidence = ("", "") if result.abstained else (csv_cell(result.label), f"{result.confidence:.6f}")
+        self._row([csv_cell(result.source), frame, label, confidence,
                    *(f"{result.probabilities[c]:.6f}" for c in self.classes), ""])
 
     def failure(self, result: Failure) -> bool:
