@@ -61,7 +61,8 @@ def test_table_prints_warnings_and_heatmap_needs_a_heatmap_output(bundle, tmp_pa
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "scans" / "blank.png")
     result = CliRunner().invoke(main, ["classify", "-m", str(bundle), str(blank.parent)])
     assert result.exit_code == 0, result.output
-    assert "  warning: blank or constant image" in result.output
+    row = next(line for line in result.stdout.splitlines() if "blank.png" in line)
+    assert row.endswith("]") and "  [warning: blank or constant image" in row
     result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--heatmap", str(tmp_path / "maps"),
                                        str(blank)])
     assert result.exit_code != 0 and "this model has no heatmap output" in result.output

@@ -113,9 +113,10 @@ class TableWriter(Writer):
         k = self.top_k or len(self.classes)
         others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
         label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
-        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip())
-        for warning in result.warnings:
-            self._line(f"  warning: {one_line(warning)}")
+        # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
+        warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
+        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip()
+                   + warned)
 
 
 class JsonLinesWriter(Writer):
