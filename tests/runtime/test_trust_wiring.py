@@ -95,3 +95,53 @@ def test_abstain_gives_no_label_to_a_warned_scan(bundle, tmp_path, monkeypatch, 
     else:
         blank = next(line for line in lines if "blank.png" in line).split()
         assert blank[1] == "-" and blank[2] == "-"
+
+
+def test_classify_heatmap_writes_overlays_and_json_says_where(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tests.runtime.heatmap_models import make_heatmap_bundle
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    bundle = make_heatmap_bundle(tmp_path / "hb")
+    scans = [save_quadrant(tmp_path / "scans" / f"q{q}.png", q) for q in range(4)]
+    result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--json", "--heatmap", str(tmp_path / "maps"),
+                                       *map(str, scans)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 4
+    for q, row in enumerate(rows):
+        png = tmp_path / "maps" / f"{q:05d}_q{q}_heatmap.png"
+        assert row["heatmap_png"] == str(png) and png.is_file()
+        picture = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        left = (picture.shape[1] - 32) // 2
+        red = picture[:32, left:left + 32, 0] - picture[:32, left:left + 32, 2]
+        r, c = np.unravel_index(np.argmax(red), red.shape)
+        assert (r >= 16, c >= 16) == (q >= 2, q % 2 == 1), (q, r, c)  # hottest in the class's own quadrant
+    again = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--heatmap", str(tmp_path / "maps"),
+                                      str(scans[0])])
+    assert again.exit_code != 0 and "--force" in again.output
+    forced = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--heatmap", str(tmp_path / "maps"),
+                                       "--force", str(scans[0])])
+    assert forced.exit_code == 0 and len(list((tmp_path / "maps").iterdir())) == 1
+
+
+def test_serve_result_carries_the_predicted_class_map_and_warnings(tmp_path):
+    """What the web page draws: `heatmap` as the predicted class's 2-D map; `warnings` as given."""
+    import io
+
+    from PIL import Image
+
+    from tests.runtime.heatmap_models import make_heatmap_bundle
+    from tumor_edge.serve.inference import classify_bytes
+
+    clf = Classifier.from_bundle(make_heatmap_bundle(tmp_path / "hb"))
+    buffer = io.BytesIO()
+    Image.fromarray(quadrant_image(3)).save(buffer, format="PNG")
+    item = classify_bytes(clf, buffer.getvalue(), "scan.png").results[0]
+    heatmap = np.array(item["heatmap"])
+    assert item["label"] == "pituitary" and heatmap.shape == (32, 32)
+    assert heatmap[16:, 16:].mean() > heatmap[:16, :16].mean()
+    blank = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(blank, format="PNG")
+    assert classify_bytes(clf, blank.getvalue(), "blank.png").results[0]["warnings"][0].startswith("blank")
