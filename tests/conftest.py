@@ -31,8 +31,10 @@ def trained_run(train_dataset, tmp_path_factory) -> Path:
     from tumor_edge.train.fit import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("run") / "run"
+    # float32 pinned: `auto` would pick bfloat16 on a CI runner with AMX, and the fixture must not vary by machine
     return run_training(TrainConfig(data=train_dataset, out=out, image_size=75, weights="none", epochs=4,
-                                    batch_size=16, bn_momentum=0.8, seed=1, verbose=2))
+                                    batch_size=16, bn_momentum=0.8, seed=1, verbose=2, mixed_precision="off",
+                                    show_progress=False))
 
 
 @pytest.fixture(scope="session")

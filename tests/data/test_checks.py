@@ -106,17 +106,3 @@ def test_check_on_realistic_demo_data_is_clean(demo_dataset):
     index = discover(demo_dataset)
     assert index.classes == ["glioma", "meningioma", "notumor", "pituitary"]
     assert all(n > 0 for split in index.counts().values() for n in split.values())
-
-
-def test_train_dedup_flag_drops_planted_copies(demo_dataset, tmp_path):
-    from tumor_edge.train.fit import drop_test_duplicates
-
-    root = tmp_path / "ds"
-    shutil.copytree(demo_dataset, root)
-    src = sorted((root / "Training" / "meningioma").iterdir())[0]
-    shutil.copy(src, root / "Testing" / "meningioma" / "planted.jpg")
-    index = discover(root)
-    kept, dropped = drop_test_duplicates(index)
-    assert dropped == 1
-    assert len(kept) == len(index.test) - 1
-    assert all(s.path.name != "planted.jpg" for s in kept)

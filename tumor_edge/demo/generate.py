@@ -103,17 +103,15 @@ def resolve_volumes(config: DemoDataConfig) -> list[VolumeSource]:
 
 def make_plan(config: DemoDataConfig, sources: list[VolumeSource]) -> Plan:
     n_train, n_test = config.counts
+    # Checked whatever the number of volumes: with one volume a misspelt name was silently ignored.
+    matches = [s for s in sources if config.test_volume in (s.name, str(s.path))]
+    if config.test_volume is not None and not matches:
+        raise DatasetError(f"--test-volume {config.test_volume!r} is none of the volumes: "
+                           f"{', '.join(s.name for s in sources)}")
     if len(sources) >= 2:
-        if config.test_volume is None:
-            # The first volume: with the packaged ones, Training gets the real head (Colin27, with its skull,
-            # orbits and scalp) and Testing the MNI152 average brain.
-            test_source = sources[0]
-        else:
-            matches = [s for s in sources if config.test_volume in (s.name, str(s.path))]
-            if not matches:
-                raise DatasetError(f"--test-volume {config.test_volume!r} is none of the volumes: "
-                                   f"{', '.join(s.name for s in sources)}")
-            test_source = matches[0]
+        # By default the first volume: with the packaged ones, Training gets the real head (Colin27, with its
+        # skull, orbits and scalp) and Testing the MNI152 average brain.
+        test_source = sources[0] if config.test_volume is None else matches[0]
         train_sources = [s for s in sources if s is not test_source]
         thresholds = None
     else:

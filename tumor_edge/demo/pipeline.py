@@ -18,6 +18,9 @@ from typing import Any
 
 import click
 
+from tumor_edge.contracts.bundle import METADATA_FILE
+from tumor_edge.contracts.run_folder import RunFolder
+from tumor_edge.demo.isolate import run_isolated
 from tumor_edge.errors import OutputExistsError, TumorEdgeError
 
 STAGE_DIR = ".stages"
@@ -44,10 +47,11 @@ class DemoProfile:
                 f"{self.image_size} px, {self.epochs} epochs, batch {self.batch_size}")
 
 
-# name -> profile. `auto` picks "gpu" when TensorFlow sees a GPU. Measured (cpu, 2-core shared Xeon, load ~3.5):
-# 12 min 44 s wall, 82.8 % accuracy and macro AUC 0.963 on the held-out MNI152 volume, every export in parity.
+# name -> profile. `auto` picks "gpu" when the NVIDIA driver lists a GPU. Measured (cpu, 2-core shared Xeon,
+# load 2-4, benchmarks/demo_memory.py): 12.4 min wall (training 9.4 min, export 2.3 min), 85.5 % accuracy and
+# macro AUC 0.965 on the held-out MNI152 volume, every export in parity; 8 epochs had reached 84.4 %.
 PROFILES: dict[str, DemoProfile] = {
-    "cpu": DemoProfile("cpu", per_class=450, data_size=128, image_size=96, epochs=8, batch_size=16,
+    "cpu": DemoProfile("cpu", per_class=450, data_size=128, image_size=96, epochs=10, batch_size=16,
                        bn_momentum=0.9, learning_rate=1e-3, bench_seconds=1.0),
     "gpu": DemoProfile("gpu", per_class=1000, data_size=256, image_size=224, epochs=20, batch_size=32,
                        bn_momentum=0.95, learning_rate=1e-3, bench_seconds=2.0),
@@ -98,9 +102,11 @@ def _say(message: str) -> None:
 
 
 def _gpu_count() -> int:
-    import tensorflow as tf
+    """NVIDIA GPUs the driver lists; without importing TensorFlow (a GB of resident memory) in this process."""
+    from pathlib import Path
 
-    return len(tf.config.list_physical_devices("GPU"))
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 0
 
 
 def choose_profile(name: str) -> DemoProfile:
@@ -138,8 +144,9 @@ def stage_train(ctx: DemoContext) -> dict[str, Any]:
         data=ctx.data, out=ctx.run, image_size=p.image_size, weights="none", epochs=p.epochs,
         batch_size=p.batch_size, learning_rate=p.learning_rate, bn_momentum=p.bn_momentum,
         monitor="val_accuracy", patience=p.patience, seed=ctx.config.seed, force=True,
-        augment=AugmentConfig(enabled=p.augment), verbose=1 if sys.stdout.isatty() else 2))
-    metrics = json.loads((run / "metrics.json").read_text())
+        augment=AugmentConfig(enabled=p.augment), verbose=1 if sys.stdout.isatty() else 2,
+        show_progress=ctx.config.show_progress))
+    metrics = RunFolder(run).read_metrics()
     return {"path": str(run), "accuracy": metrics["accuracy"], "macro_auc": metrics.get("macro_auc"),
             "n_test": metrics.get("n"), "per_class": {k: v.get("recall") for k, v in metrics["per_class"].items()}}
 
@@ -217,14 +224,15 @@ class Stage:
     title: str
     run: Callable[[DemoContext], dict[str, Any]]
     outputs: Callable[[DemoContext], list[Path]]  # must exist for a marker to count
+    isolated: bool = False  # runs in a child process (tumor_edge.demo.isolate): what it allocates is freed
 
 
 STAGES: list[Stage] = [
     Stage("data", "generating synthetic demo data", stage_data, lambda c: [c.data / "DATASET.md"]),
     Stage("train", "training InceptionV3 from scratch", stage_train,
-          lambda c: [c.run / "model.keras", c.run / "metrics.json"]),
+          lambda c: [RunFolder(c.run).model, RunFolder(c.run).metrics], isolated=True),
     Stage("export", "exporting ONNX and TFLite (fp32, int8) with parity", stage_export,
-          lambda c: [c.bundle / "metadata.json"]),
+          lambda c: [c.bundle / METADATA_FILE], isolated=True),
     Stage("classify", "classifying held-out scans with the runtime", stage_classify,
           lambda c: [c.workdir / "classify.json"]),
     Stage("bench", "benchmarking latency", stage_bench, lambda c: [c.workdir / "bench.json"]),
@@ -281,7 +289,7 @@ def run_demo(config: DemoConfig) -> DemoContext:
         _marker(ctx, stage).unlink(missing_ok=True)
         _say(f"[{number}/{len(STAGES)}] {stage.title} ...")
         t0 = time.perf_counter()
-        result = stage.run(ctx)
+        result = run_isolated(stage.run, ctx) if stage.isolated else stage.run(ctx)
         ctx.timings[stage.name] = round(time.perf_counter() - t0, 1)
         ctx.results[stage.name] = result
         _marker(ctx, stage).write_text(json.dumps(

@@ -36,7 +36,7 @@ def render_summary(ctx: DemoContext) -> str:
         f"- demo data: `{data.get('path')}` ({data.get('train_per_class')} Training + "
         f"{data.get('test_per_class')} Testing images per class; Testing from {data.get('held_out')}; "
         "see its DATASET.md)",
-        f"- training run: `{train.get('path')}` (model.keras, metrics.json, history.csv, ROC/confusion/curve PNGs)",
+        f"- training run: `{train.get('path')}` (the model, its metrics, history and ROC/confusion/curve PNGs)",
         f"- model bundle: `{export.get('path')}` ({', '.join(export.get('files', []))}, metadata.json, "
         "parity.md)",
         f"- held-out classifications: `{ctx.workdir / 'classify.json'}`; latency: `{bench.get('path')}` and "

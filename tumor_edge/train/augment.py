@@ -1,4 +1,8 @@
-"""On-the-fly augmentation: Keras preprocessing layers in the tf.data pipeline, training batches only."""
+"""On-the-fly augmentation: Keras preprocessing layers in the training graph, active in training only.
+
+They run where the model runs (tumor_edge.train.trainer.training_model), in float32 whatever the mixed precision
+policy (image resampling in float16 loses pixel levels), and are not part of the saved classifier.
+"""
 
 from __future__ import annotations
 
@@ -28,14 +32,16 @@ def build_augmenter(config: AugmentConfig, seed: int):
         return None
     layers = []
     if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"))
     if config.rotation > 0:
-        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed + 1))
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed + 1,
+                                                  dtype="float32"))
     if config.shift > 0:
         layers.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="constant",
-                                                     seed=seed + 2))
+                                                     seed=seed + 2, dtype="float32"))
     if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 3))
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 3, dtype="float32"))
     if config.contrast > 0:
-        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4,
+                                                    dtype="float32"))
     return keras.Sequential(layers, name="augmentation") if layers else None

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from tumor_edge.train.distribute import STRATEGIES
+from tumor_edge.train.precision import CHOICES as PRECISIONS
+
 
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
@@ -30,7 +33,8 @@ import click
 @click.option("--monitor", type=click.Choice(["val_loss", "val_auc", "val_accuracy"]), default="val_loss",
               show_default=True, help="What picks the best checkpoint.")
 @click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--dedup", is_flag=True, help="Drop test images that duplicate training images.")
+@click.option("--dedup", is_flag=True,
+              help="Drop validation and test images that duplicate training images (always reported).")
 @click.option("--no-augment", is_flag=True, help="Disable all augmentation.")
 @click.option("--rotation", type=click.FloatRange(0, 0.5), default=0.04, show_default=True,
               help="Random rotation, fraction of a full turn (0 disables).")
@@ -38,20 +42,33 @@ import click
 @click.option("--zoom", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
 @click.option("--contrast", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
-@click.option("--strategy", type=click.Choice(["auto", "mirrored", "default"]), default="auto",
-              show_default=True, help="auto: MirroredStrategy when several GPUs are visible.")
-@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="auto: on with a GPU.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
+              help="auto: multi-worker when TF_CONFIG (or --worker-hosts) names several workers, mirrored over "
+                   "several GPUs, else one device.")
+@click.option("--worker-hosts", default=None,
+              help="Multi-worker: host:port of every worker, comma-separated, the same on each (sets TF_CONFIG).")
+@click.option("--task-index", type=click.IntRange(min=0), default=None,
+              help="Multi-worker: this worker's position in --worker-hosts (0 is the chief, which writes the run).")
+@click.option("--mixed-precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: float16 on NVIDIA GPUs, bfloat16 on CPUs with AVX512_BF16/AMX, off otherwise.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Where decoded images are cached during the run [system temp folder].")
 @click.option("--deterministic", is_flag=True, help="Deterministic TensorFlow ops (slower).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
 def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: int, fine_tune_epochs: int,
           fine_tune_from: int, batch_size: int, learning_rate: float, fine_tune_learning_rate: float,
           dropout: float, bn_momentum: float | None, val_split: float, seed: int, monitor: str, patience: int,
           dedup: bool, no_augment: bool, rotation: float, shift: float, zoom: float, contrast: float,
-          no_flip: bool, strategy: str, mixed_precision: str, deterministic: bool, force: bool) -> None:
+          no_flip: bool, strategy: str, worker_hosts: str | None, task_index: int | None, mixed_precision: str,
+          cache_dir: Path | None, deterministic: bool, force: bool) -> None:
     """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
+    from tumor_edge.errors import ConfigError
     from tumor_edge.train.augment import AugmentConfig
     from tumor_edge.train.fit import TrainConfig, run_training
+
+    hosts = tuple(h for h in (worker_hosts or "").split(",") if h.strip())
+    if bool(hosts) != (task_index is not None):
+        raise ConfigError("--worker-hosts and --task-index go together")
 
     augment = AugmentConfig(rotation=rotation, shift=shift, flip=not no_flip, zoom=zoom, contrast=contrast,
                             enabled=not no_augment)
@@ -60,8 +77,8 @@ def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: i
         fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, batch_size=batch_size,
         learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout,
         bn_momentum=bn_momentum, val_split=val_split, seed=seed, monitor=monitor, patience=patience,
-        dedup=dedup, augment=augment, strategy=strategy, mixed_precision=mixed_precision,
-        deterministic=deterministic, force=force))
+        dedup=dedup, augment=augment, strategy=strategy, mixed_precision=mixed_precision, worker_hosts=hosts,
+        task_index=task_index, cache_dir=cache_dir, deterministic=deterministic, force=force))
 
 
 @click.command()

@@ -3,38 +3,50 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumor_edge.data.dataset import Sample, discover, load_pixels, read_split
+from tumor_edge.contracts.run_folder import RunConfig, RunFolder
+from tumor_edge.data.cache import build_pixel_cache
+from tumor_edge.data.dataset import Sample, discover, read_split
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.runtime.preprocess import Preprocessing
 from tumor_edge.train import plots
-from tumor_edge.train.pipeline import predict_probabilities
+from tumor_edge.train.pipeline import predict_chunks
 
 
 def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], spec: Preprocessing,
-                     out_dir: Path, batch_size: int = 32, name: str = "test") -> dict[str, Any]:
-    """Predict in file order and score; write <name>-metrics to metrics.json and ROC / confusion PNGs."""
+                     out_dir: Path, batch_size: int = 32, name: str = "test",
+                     cache_dir: Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Predict in file order and score; write <name>-metrics to metrics.json and ROC / confusion PNGs.
+
+    Images stream through a pixel cache file, so memory does not grow with the size of the split.
+    """
     if not samples:
         raise DatasetError(f"no images to evaluate in the {name} split")
-    loaded = load_pixels(samples, spec, label=f"loading {name} images")
-    for failure in loaded.failures:
-        print(f"skipped: {failure}")
-    probs = predict_probabilities(model, loaded.pixels, batch_size)
-    metrics = classification_metrics(loaded.labels, probs, classes)
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-pixels-", dir=cache_dir) as tmp:
+        cache = build_pixel_cache(samples, spec, Path(tmp) / f"{name}.u8", f"decoding {name} images",
+                                  show_progress)
+        for failure in cache.failures:
+            print(f"skipped: {failure}")
+        if not cache.count:
+            raise DatasetError(f"no readable images in the {name} split")
+        probs = predict_chunks(model, cache.chunks(), batch_size)
+    labels = cache.labels
+    metrics = classification_metrics(labels, probs, classes)
     metrics["split"] = name
-    metrics["skipped_files"] = loaded.failures
-    plots.plot_roc(loaded.labels, probs, classes, out_dir / "roc.png",
-                   f"One-vs-rest ROC ({name}, n={len(loaded.labels)})")
-    plots.plot_confusion(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
-                         f"Confusion matrix ({name}, n={len(loaded.labels)})")
-    np.savez_compressed(out_dir / f"{name}_predictions.npz", labels=loaded.labels, probabilities=probs,
-                        files=np.array([str(s.path) for s in loaded.samples]))
+    metrics["skipped_files"] = cache.failures
+    run = RunFolder(out_dir)
+    plots.plot_roc(labels, probs, classes, run.roc_png, f"One-vs-rest ROC ({name}, n={len(labels)})")
+    plots.plot_confusion(metrics["confusion_matrix"], classes, run.confusion_png,
+                         f"Confusion matrix ({name}, n={len(labels)})")
+    np.savez_compressed(run.predictions, labels=labels, probabilities=probs,
+                        files=np.array([str(s.path) for s in cache.samples]))
     return metrics
 
 
@@ -53,9 +65,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 def load_run_model(run_dir: Path):
     import keras
 
-    path = run_dir / "model.keras"
+    path = RunFolder(run_dir).model
     if not path.is_file():
-        raise ModelError("no model.keras in this run folder", run_dir)
+        raise ModelError(f"no {path.name} in this run folder", run_dir)
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as err:
@@ -65,27 +77,26 @@ def load_run_model(run_dir: Path):
 def evaluate_run(run_dir: Path, data_root: Path | None, out_dir: Path | None, force: bool = False,
                  batch_size: int = 32) -> dict[str, Any]:
     """`tumor-edge evaluate`: the run's model on its own test split, or on the Testing/ of another folder."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ModelError("not a tumor-edge run folder: no config.json", run_dir)
-    config = json.loads(config_path.read_text())
-    classes = config["classes"]
-    spec = Preprocessing.from_dict(config["preprocessing"])
+    run = RunFolder(run_dir)
+    if not run.config.is_file():
+        raise ModelError(f"not a tumor-edge run folder: no {run.config.name}", run.path)
+    config = RunConfig.read(run.config)
+    classes = config.classes
     if data_root is None:
-        _, samples = read_split(run_dir / "split.json", "test")
+        _, samples = read_split(run.split, "test")
         name = "test"
     else:
         index = discover(data_root)
         if index.classes != classes:
             raise DatasetError(f"classes {index.classes} differ from the model's {classes}", data_root)
         samples, name = index.test, f"Testing of {Path(data_root).name}"
-    out_dir = Path(out_dir) if out_dir else run_dir / ("evaluation" if data_root is None else
-                                                       f"evaluation-{Path(data_root).name}")
+    out_dir = Path(out_dir) if out_dir else run.path / ("evaluation" if data_root is None else
+                                                        f"evaluation-{Path(data_root).name}")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise OutputExistsError("evaluation folder exists; pass --force to overwrite or --out elsewhere", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_samples(load_run_model(run_dir), samples, classes, spec, out_dir, batch_size, "test")
+    metrics = evaluate_samples(load_run_model(run.path), samples, classes, config.preprocessing, out_dir,
+                               batch_size, "test")
     metrics["split"] = name
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    RunFolder(out_dir).metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

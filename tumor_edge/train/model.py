@@ -79,8 +79,9 @@ def build_classifier(num_classes: int, image_size: int = 299, weights: str | Non
                      bn_momentum: float | None = None):
     """Rescaling -> InceptionV3 (no top) -> global average pooling -> dropout -> softmax (float32).
 
-    With pretrained weights the base runs with BatchNorm in inference mode (`training=False`), so fine-tuning
-    never disturbs the ImageNet statistics; from scratch BatchNorm must learn its statistics, so it trains.
+    With pretrained weights the base's BatchNorm layers are kept non-trainable (see `set_fine_tune`), so they
+    run in inference mode and fine-tuning never disturbs the ImageNet statistics; from scratch BatchNorm must
+    learn its statistics, so it trains.
     """
     import keras
 
@@ -109,12 +110,20 @@ def base_of(model):
 
 
 def set_fine_tune(model, fine_tune_from: int | None) -> int:
-    """Freeze the base below layer index `fine_tune_from` (None: freeze all). Returns trainable base layers."""
+    """Freeze the base below layer index `fine_tune_from` (None: freeze all). Returns trainable base layers.
+
+    BatchNormalization layers stay frozen above the cut too. Keras 3 overrides the `training=False` stored in
+    the functional graph with fit()'s `training=True` (keras-team/keras#20285), so a trainable BatchNorm would
+    normalise with batch statistics and move its moving averages, whereas a non-trainable one runs in inference
+    mode: the pretrained statistics are kept, and training and inference see the same network.
+    """
+    import keras
+
     base = base_of(model)
     if fine_tune_from is None:
         base.trainable = False
         return 0
     base.trainable = True
     for i, layer in enumerate(base.layers):
-        layer.trainable = i >= fine_tune_from
+        layer.trainable = i >= fine_tune_from and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(1 for layer in base.layers if layer.trainable)

@@ -58,6 +58,14 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     return path
 
 
+def _number(text: str | None) -> float:
+    """A CSVLogger cell; Keras writes "NA" for a metric an epoch did not log (e.g. one phase without validation)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def plot_history(history_csv: Path, path: Path) -> Path | None:
     """Loss, accuracy and AUC per epoch, training against validation, from Keras' CSV log."""
     if not history_csv.is_file():
@@ -74,7 +82,7 @@ def plot_history(history_csv: Path, path: Path) -> Path | None:
         for prefix, style in (("", "-"), ("val_", "--")):
             key = prefix + metric
             if key in rows[0]:
-                ax.plot(epochs, [float(r[key]) for r in rows], style, marker="o", ms=3,
+                ax.plot(epochs, [_number(r.get(key)) for r in rows], style, marker="o", ms=3,
                         label="validation" if prefix else "training")
         ax.set(title=metric, xlabel="epoch")
         ax.legend(fontsize=8)

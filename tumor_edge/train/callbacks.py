@@ -1,0 +1,80 @@
+"""Keras callbacks of the fitting schedule: the best checkpoint across both phases, and a step count.
+
+Keras' ModelCheckpoint saves whatever model `fit` runs (here a training wrapper with the augmentation layers),
+keeps the best only on disk (phase 2 must start from phase 1's best, and on a multi-worker run the other workers
+cannot read the chief's disk), and every worker would write. `BestWeights` keeps the best weights in memory on
+every worker, says which epoch and phase won, and lets only the chief write the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+
+def monitor_mode(monitor: str) -> str:
+    return "max" if monitor.endswith(("auc", "accuracy")) else "min"
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Tracks the best `monitor` value over every `fit` it is given to; the classifier's weights at that epoch."""
+
+    def __init__(self, classifier, monitor: str, save: Callable[[object], None] | None = None):
+        super().__init__()
+        self.classifier = classifier
+        self.monitor = monitor
+        self.mode = monitor_mode(monitor)
+        self.save = save  # None on non-chief workers
+        self.phase = ""
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_phase: str | None = None
+        self.weights: list | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or not self._better(float(value)):
+            return
+        self.best, self.best_epoch, self.best_phase = float(value), epoch, self.phase
+        self.weights = self.classifier.get_weights()
+        if self.save is not None:
+            self.save(self.classifier)
+
+    def restore(self) -> bool:
+        """Put the best weights back into the classifier; False when no epoch produced a finite value."""
+        if self.weights is None:
+            return False
+        self.classifier.set_weights(self.weights)
+        return True
+
+    def summary(self) -> dict:
+        return {"monitor": self.monitor, "best_value": self.best,
+                "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
+                "best_phase": self.best_phase}
+
+
+class StepCounter(keras.callbacks.Callback):
+    """Training steps run; the optimizer's `iterations` counts the updates applied (a loss-scale optimizer skips
+    steps whose gradients overflowed), so the difference is the steps skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def save_model(path: Path) -> Callable[[object], None]:
+    def save(model) -> None:
+        model.save(path)
+
+    return save

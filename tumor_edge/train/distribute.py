@@ -1,0 +1,138 @@
+"""Where training runs: one device, several devices of one machine, or several machines.
+
+TensorFlow's own engine does the work: `MirroredStrategy` over the GPUs of a machine (or its logical CPU
+devices), `MultiWorkerMirroredStrategy` over machines described by `TF_CONFIG` (set here from
+`--worker-hosts`/`--task-index` when given). Every worker runs the same program and reads its shard of the
+images; only the chief (worker 0, or the task of type "chief") writes the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tumor_edge.errors import ConfigError
+
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+
+
+def cluster_from_flags(worker_hosts: Sequence[str], task_index: int | None) -> dict[str, Any]:
+    """A TF_CONFIG for `worker_hosts` (host:port each, the same list on every worker) and this worker's index."""
+    hosts = [h.strip() for h in worker_hosts if h.strip()]
+    if not hosts:
+        raise ConfigError("worker hosts must name at least one host:port")
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ConfigError(f"worker host {host!r} is not host:port")
+    if task_index is None or not 0 <= task_index < len(hosts):
+        raise ConfigError(f"task index must be 0..{len(hosts) - 1} for {len(hosts)} worker host(s), "
+                          f"got {task_index}")
+    return {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": task_index}}
+
+
+def read_cluster(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """TF_CONFIG, parsed; None when unset. A malformed one is a configuration error, not a traceback."""
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        cluster, task = config["cluster"], config["task"]
+        workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+        if not isinstance(task["type"], str) or not isinstance(task["index"], int) or workers < 1:
+            raise ValueError("bad task")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"TF_CONFIG is not a valid cluster description ({err})") from err
+    return config
+
+
+def is_chief(cluster: dict[str, Any] | None) -> bool:
+    if cluster is None:
+        return True
+    task = cluster["task"]
+    if "chief" in cluster["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and task["index"] == 0
+
+
+@dataclass
+class Distribution:
+    """The strategy chosen and what it spans, for the banner and config.json."""
+
+    strategy: Any
+    kind: str  # default | mirrored | multi-worker
+    devices: list[str] = field(default_factory=list)
+    gpus: int = 0
+    workers: int = 1
+    task: str = "worker 0"
+    chief: bool = True
+
+    @property
+    def replicas(self) -> int:
+        return int(self.strategy.num_replicas_in_sync)
+
+    @property
+    def distributed(self) -> bool:
+        return self.kind != "default"
+
+    def describe(self) -> str:
+        where = f"{self.workers} worker(s), this is {self.task}{' (chief)' if self.chief else ''}; " \
+            if self.kind == "multi-worker" else ""
+        return (f"{type(self.strategy).__name__} ({self.kind}): {where}{self.replicas} replica(s) on "
+                f"{', '.join(self.devices) or 'CPU'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": type(self.strategy).__name__, "kind": self.kind, "replicas": self.replicas,
+                "devices": self.devices, "gpus": self.gpus, "workers": self.workers, "task": self.task,
+                "chief": self.chief}
+
+
+def _default(tf, gpus) -> Distribution:
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
+    return Distribution(tf.distribute.get_strategy(), "default", devices, len(gpus))
+
+
+def _mirrored(tf, gpus) -> Distribution:
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if not devices:  # logical CPU devices (tf.config.set_logical_device_configuration), or the one CPU
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return Distribution(tf.distribute.MirroredStrategy(devices=devices), "mirrored", devices, len(gpus))
+
+
+def _multi_worker(tf, gpus) -> Distribution:
+    cluster = read_cluster()
+    if cluster is None:
+        raise ConfigError("multi-worker training needs a cluster: set TF_CONFIG, or give the worker hosts and "
+                          "this worker's task index")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    task = cluster["task"]
+    workers = sum(len(cluster["cluster"].get(kind, [])) for kind in ("chief", "worker"))
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/device:CPU:0"]
+    return Distribution(strategy, "multi-worker", devices, len(gpus), workers, f"{task['type']} {task['index']}",
+                        is_chief(cluster))
+
+
+BUILDERS: dict[str, Callable[[Any, list], Distribution]] = {
+    "default": _default, "mirrored": _mirrored, "multi-worker": _multi_worker}
+
+
+def choose_strategy(name: str) -> Distribution:
+    """`auto`: multi-worker when TF_CONFIG names several workers, mirrored over several GPUs, else the default.
+
+    Must run before TensorFlow executes anything: MultiWorkerMirroredStrategy configures the runtime's
+    collectives, which cannot change once it has started.
+    """
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        cluster = read_cluster()
+        several = cluster is not None and sum(len(v) for v in cluster["cluster"].values()) > 1
+        name = "multi-worker" if several else "mirrored" if len(gpus) > 1 else "default"
+    return BUILDERS[name](tf, gpus)

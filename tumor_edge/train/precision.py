@@ -1,0 +1,61 @@
+"""Mixed precision: which Keras dtype policy runs, and whether loss scaling skipped the updates.
+
+`auto` picks what the hardware runs fast: float16 on NVIDIA GPUs (tensor cores), bfloat16 where the CPU has
+AMX bfloat16 tiles and there is no GPU, float32 otherwise. AVX512_BF16 alone is not enough: on a 2-core Xeon
+with AVX512_BF16 but no AMX, an InceptionV3 training step at 96 px took a median 1.35 s under mixed_bfloat16
+against 1.37 s in float32 (rounds alternated on a shared machine; benchmarks/training_precision.py): no
+speed to trade bfloat16's 8-bit mantissa for, so auto leaves such CPUs in float32.
+Variables stay float32 in every policy; only the compute dtype changes, so the saved model is re-built in
+float32 for export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from tumor_edge.errors import ConfigError
+
+# CLI value -> Keras policy name
+POLICIES: dict[str, str] = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+CHOICES = ("auto", *POLICIES)
+BF16_CPU_FLAGS = ("amx_bf16",)  # the module docstring says why avx512_bf16 is not here
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    requested: str  # auto | off | float16 | bfloat16
+    policy: str  # the Keras policy: float32 | mixed_float16 | mixed_bfloat16
+    reason: str
+
+    @property
+    def mixed(self) -> bool:
+        return self.policy != "float32"
+
+
+def _auto(gpus: int, cpu_flags: Collection[str]) -> tuple[str, str]:
+    if gpus:
+        return "float16", "GPU present: float16 (tensor cores)"
+    have = [f for f in BF16_CPU_FLAGS if f in cpu_flags]
+    if have:
+        return "bfloat16", f"no GPU; the CPU has {', '.join(have)}"
+    return "off", "no GPU and no AMX bfloat16 on the CPU"
+
+
+def choose_precision(requested: str, gpus: int, cpu_flags: Collection[str] | None = None) -> PrecisionChoice:
+    """The policy for `requested`; `cpu_flags` defaults to this machine's (tumor_edge.machine)."""
+    if requested not in CHOICES:
+        raise ConfigError(f"unknown mixed precision {requested!r}; choose one of {', '.join(CHOICES)}")
+    if requested != "auto":
+        return PrecisionChoice(requested, POLICIES[requested], "asked for")
+    if cpu_flags is None:
+        from tumor_edge.machine import cpu_flag_set
+
+        cpu_flags = cpu_flag_set()
+    name, reason = _auto(gpus, cpu_flags)
+    return PrecisionChoice(requested, POLICIES[name], reason)
+
+
+def applied_updates(optimizer) -> int:
+    """Updates the optimizer applied so far (a LossScaleOptimizer's `iterations` skips non-finite steps)."""
+    return int(optimizer.iterations.numpy())
