@@ -74,6 +74,25 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "probabi
     return TemperatureFit(round(best, 6), before, after, int(len(labels)))
 
 
+def out_of_fold_gain(scores: np.ndarray, labels: np.ndarray, kind: str = "probabilities", folds: int = 5,
+                     seed: int = 0) -> float:
+    """Mean NLL per image at T = 1 minus at a T fitted without that image (5-fold): > 0 when scaling helps
+    images it was not fitted on. On a few dozen validation images a fitted T can hurt new images (measured: a
+    run with 28 validation images fitted T = 2.5 and its test ECE rose from 6.9 % to 17.5 %)."""
+    probs_like, labels = _check(scores, labels)
+    z = log_scores(probs_like, kind)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    gain = 0.0
+    for part in np.array_split(order, folds):
+        rest = np.setdiff1d(order, part)
+        if len(part) == 0 or len(rest) == 0:
+            continue
+        t = fit_temperature(probs_like[rest], labels[rest], kind).temperature
+        gain += len(part) * (negative_log_likelihood(z[part], labels[part])
+                             - negative_log_likelihood(z[part], labels[part], t))
+    return gain / len(labels)
+
+
 def calibration_summary(scores: np.ndarray, labels: np.ndarray, fit: TemperatureFit,
                         kind: str = "probabilities", bins: int = DEFAULT_BINS) -> dict[str, Any]:
     """The figures a run, a bundle and a model card record: T, and ECE/NLL before and after, on `scores`."""

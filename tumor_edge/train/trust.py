@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration import calibration_summary, fit_temperature
+from tumor_edge.calibration import TemperatureFit, calibration_summary, fit_temperature
 from tumor_edge.calibration.mahalanobis import fit_mahalanobis
 from tumor_edge.calibration.ood_fit import DEFAULT_TPR
 from tumor_edge.calibration.ood_sets import generated_sets
 from tumor_edge.calibration.plots import reliability_diagram
+from tumor_edge.calibration.temperature import out_of_fold_gain
 from tumor_edge.errors import ConfigError
 from tumor_edge.runtime.ood_checks import input_warnings
 from tumor_edge.train.cam import NoCamHeadError, features_model
@@ -30,8 +31,16 @@ def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: n
                     test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
     """Temperature on validation; ECE/NLL before and after on validation and (the honest figure) on test."""
     fit = fit_temperature(val_probs, val_labels)
-    record = {"method": "temperature scaling", "temperature": fit.temperature, "fitted_on": fit.count,
-              "validation": calibration_summary(val_probs, val_labels, fit)}
+    gain = out_of_fold_gain(val_probs, val_labels)
+    record: dict[str, Any] = {"method": "temperature scaling", "fitted_on": fit.count,
+                              "out_of_fold_nll_gain": round(gain, 6)}
+    if gain <= 0:  # scaling did not help validation images it was not fitted on: keep the model's own
+        record["fitted_temperature"] = fit.temperature
+        record["kept_t1_because"] = "a temperature fitted on part of the validation split did not lower the NLL " \
+                                    "of the rest"
+        fit = TemperatureFit(1.0, fit.nll_before, fit.nll_before, fit.count)
+    record["temperature"] = fit.temperature
+    record["validation"] = calibration_summary(val_probs, val_labels, fit)
     if test_probs is not None and test_labels is not None and len(test_labels):
         record["test"] = calibration_summary(test_probs, test_labels, fit)
         if reliability_png is not None:
