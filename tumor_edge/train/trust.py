@@ -103,7 +103,11 @@ def describe_trust(record: dict[str, Any]) -> str:
     """Two lines for train's printout."""
     cal, ood = record.get("calibration") or {}, record.get("ood") or {}
     lines = []
-    if cal.get("temperature") is not None:
+    if cal.get("kept_t1_because"):
+        lines.append(f"calibration: T = 1 kept (the fitted T = {cal['fitted_temperature']:.3g} did not lower the "
+                     f"NLL of validation images it was not fitted on); ECE on {cal['ece_measured_on']} "
+                     f"{100 * cal['ece_before']:.1f} %")
+    elif cal.get("temperature") is not None:
         lines.append(f"calibration: T = {cal['temperature']:.3g}; ECE on {cal['ece_measured_on']} "
                      f"{100 * cal['ece_before']:.1f} % -> {100 * cal['ece_after']:.1f} %")
     else:
