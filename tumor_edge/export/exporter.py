@@ -23,6 +23,7 @@ from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, priv
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import ExportContext, ExportedFile
 from tumor_edge.export.isolate import call
+from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.parity import ParityReport, keras_reference, run_parity
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
@@ -69,8 +70,10 @@ def export_bundle(config: ExportConfig) -> ExportResult:
         prepare_out_dir(out, config.force)
         rows = run_steps(ExportContext(config, source, out, work), config.selected())
         failed = [r for r in rows if not r.ok]
+        trust = source.trust
         metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
-                                  output="probabilities",
+                                  output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
+                                  calibration=trust.calibration if trust else None, ood=trust.ood if trust else None,
                                   provenance=provenance(source, "pending" if config.parity else
                                                         "not proven: exported without parity"))
         stamp_onnx_files(out, rows, metadata)
@@ -102,6 +105,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
 
         record_reference(out)
         metadata = BundleMetadata.read(out)
+    write_model_card(out, metadata.to_dict(), report.to_dict() if report else None)
     table = render_table(table_rows(report, _keras_row(source, report), [
         {"file": r.file, "format": r.format, "precision": r.precision,
          "size_bytes": (out / r.file).stat().st_size if r.ok else 0,
@@ -135,16 +139,22 @@ def _isolated(config: ExportConfig) -> bool:
 
 def _keras_reference(source: ModelSource, pixels, work: Path, config: ExportConfig):
     """The Keras model's probabilities on the test pixels, computed in a child process (TensorFlow's memory
-    goes with it)."""
+    goes with it), temperature-scaled as the bundle's runtime scales them."""
     import numpy as np
 
     npy = work / "test_pixels.npy"
     np.save(npy, pixels)
     try:
-        return call(keras_reference, (source, npy, source.reference_preprocessing), work, _isolated(config),
-                    "keras-reference")
+        probs, ms = call(keras_reference, (source, npy, source.reference_preprocessing), work, _isolated(config),
+                         "keras-reference")
     finally:
         npy.unlink(missing_ok=True)
+    calibration = source.trust.calibration if source.trust else None
+    if calibration:  # the runtime scales by the run's temperature: so is the reference it is compared with
+        from tumor_edge.calibration import apply_temperature
+
+        probs = apply_temperature(probs, calibration["temperature"])
+    return probs, ms
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:
