@@ -95,6 +95,8 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     metadata.metrics = {"parity": report.summary() if report else
                         {"passed": None, "proven": False, "reason": "exported without parity"},
                         **private_reports(rows)}
+    if report is not None and "heatmap" in metadata.extra_outputs:
+        metadata.metrics["heatmap_parity"] = _heatmap_parity(out, source, rows, config)
     metadata.provenance["export_seconds"] = round(time.perf_counter() - started, 1)
     metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 1) for r in rows}
     metadata.write(out)
@@ -155,6 +157,24 @@ def _keras_reference(source: ModelSource, pixels, work: Path, config: ExportConf
 
         probs = apply_temperature(probs, calibration["temperature"])
     return probs, ms
+
+
+def _heatmap_parity(out: Path, source: ModelSource, rows, config: ExportConfig) -> dict[str, float]:
+    """Per file, the mean correlation of its heatmaps with the Keras model's on the parity test images."""
+    import numpy as np
+
+    from tumor_edge.data.dataset import load_pixels
+    from tumor_edge.export.trust_outputs import heatmap_parity, keras_heatmaps
+
+    samples = stratified_subset(source.test.samples, config.test_count, config.seed)
+    pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
+                         show_progress=config.show_progress).pixels
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-heatmaps-") as tmp:
+        npy = Path(tmp) / "pixels.npy"
+        np.save(npy, pixels)
+        reference = call(keras_heatmaps, (source, npy, source.reference_preprocessing), Path(tmp),
+                         _isolated(config), "keras-heatmaps")
+    return heatmap_parity(out, [r.file for r in rows if r.ok], reference, pixels, config.batch_size)
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:
