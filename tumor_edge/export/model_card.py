@@ -11,13 +11,13 @@ regenerate the card.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import MODEL_CARD
+from tumor_edge.export.parity_stats import wilson_interval
 
 NOT_RECORDED = "not recorded"
 SECTIONS = ("Intended use", "Model details", "Classes", "Training data", "Evaluation", "Calibration",
@@ -32,13 +32,9 @@ def _pct(value: Any) -> str:
     return NOT_RECORDED if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
 
 
-def wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (what the card puts beside an accuracy)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def wilson(p: float, n: int) -> tuple[float, float]:
+    """95 % Wilson interval of an accuracy `p` over `n` images (export.parity_stats's, from the count)."""
+    return wilson_interval(round(p * n), n)
 
 
 def _acc_with_ci(acc: Any, n: Any) -> str:
