@@ -156,3 +156,17 @@ def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
     np.testing.assert_allclose(reference, model.predict(scans.pixels.astype(np.float32), verbose=0)[1], atol=1e-4)
     parity = heatmap_parity(bundle, ["model_fp32.onnx"], reference, scans.pixels)
     assert parity["model_fp32.onnx"] > 0.999
+
+
+def test_tflite_int8_float_reference_reads_the_scores_of_a_three_output_model(converted, tmp_path):
+    """The accuracy-aware TFLite int8 search compares against the SavedModel's scores: with heatmap and OOD
+    outputs, the signature's dict listed output_2 first (the exporter failed with a broadcast error)."""
+    from tumor_edge.contracts.preprocessing import Preprocessing
+    from tumor_edge.export.tflite_export import export_saved_model
+    from tumor_edge.export.tflite_int8 import float_reference
+
+    model, _, _ = converted
+    x = blob_images(6, seed=71).pixels
+    saved = export_saved_model(model, tmp_path / "saved")
+    np.testing.assert_allclose(float_reference(saved, x, Preprocessing(32, 32)),
+                               model.predict(x.astype(np.float32), verbose=0)[0], atol=1e-5)
