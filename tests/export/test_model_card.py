@@ -92,3 +92,9 @@ def test_card_from_the_exported_bundle(exported_bundle):
     for name, f in parity["files"].items():
         assert f"| {name} |" in card and f"{f['agreement']:.4f}" in card
     assert _sections_in_order(card) == list(SECTIONS)
+    # the trust fields export wrote: heatmap (and OOD) outputs, per-file heatmap parity, the card itself
+    written = (exported_bundle / MODEL_CARD).read_text()
+    assert _sections_in_order(written) == list(SECTIONS)
+    assert "heatmap" in meta["outputs"] and set(meta["metrics"]["heatmap_parity"]) == set(parity["files"])
+    for name, value in meta["metrics"]["heatmap_parity"].items():
+        assert f"| {name} | {value:.4f} |" in card and f"| {name} | {value:.4f} |" in written
