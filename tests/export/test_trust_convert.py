@@ -101,6 +101,8 @@ def test_map_correlation_leaves_out_flat_maps():
     flat = ref.copy()
     flat[..., 1] = 7.0
     assert map_correlation(flat, flat + rng.normal(size=flat.shape)) < 1.0
+    one_cell = rng.normal(size=(3, 1, 1, 2))  # a 75 px InceptionV3's grid: nothing spatial to compare
+    assert map_correlation(one_cell, one_cell) is None
 
 
 def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):

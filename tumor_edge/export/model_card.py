@@ -153,7 +153,8 @@ def _heatmaps(meta: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
     hp = metrics.get("heatmap_parity") or {}
     if hp:
         out += ["| file | mean correlation with Keras' maps |", "|---|---|"]
-        out += [f"| {name} | {_num(value)} |" for name, value in hp.items()]
+        out += [f"| {name} | {'not measurable (every map is one cell)' if value is None else _num(value)} |"
+                for name, value in hp.items()]
     else:
         out.append(f"Heatmap parity: {NOT_RECORDED}.")
     return out + [""]

@@ -66,9 +66,10 @@ def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Pat
     return result
 
 
-def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float:
+def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float | None:
     """Mean over images and classes of the Pearson correlation between two (N, h, w, classes) heatmaps; maps
-    flat in the reference (no spatial information) are left out."""
+    flat in the reference (no spatial information) are left out. None when every map is flat (a 1 x 1 grid, as
+    a 75 px InceptionV3 has): there is nothing to compare, and 1.0 would claim agreement that was not shown."""
     reference, maps = np.asarray(reference, np.float64), np.asarray(maps, np.float64)
     if reference.shape != maps.shape or reference.ndim != 4:
         raise ConfigError(f"heatmaps of shapes {reference.shape} and {maps.shape} cannot be compared")
@@ -78,7 +79,7 @@ def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float:
     norm = np.sqrt((a * a).sum(1) * (b * b).sum(1))
     keep = (a * a).sum(1) > 1e-12
     if not keep.any():
-        return 1.0
+        return None
     return float(np.mean(np.where(norm[keep] > 0, (a * b).sum(1)[keep] / np.maximum(norm[keep], 1e-300), 0.0)))
 
 
@@ -95,7 +96,7 @@ def keras_heatmaps(model_of, pixels_npy: Path, spec) -> np.ndarray:
 
 
 def heatmap_parity(bundle: Path, files: list[str], reference: np.ndarray, pixels: np.ndarray,
-                   batch_size: int = 16) -> dict[str, float]:
+                   batch_size: int = 16) -> dict[str, float | None]:
     """Per exported file: the mean correlation of its heatmaps (through the runtime's Classifier, as a device
     computes them) with the Keras model's `reference` maps on the same pixels."""
     from tumor_edge.runtime.classifier import Classifier
@@ -107,5 +108,6 @@ def heatmap_parity(bundle: Path, files: list[str], reference: np.ndarray, pixels
             continue
         maps = np.concatenate([clf.infer_outputs(np.asarray(pixels[s:s + batch_size]))["heatmap"]
                                for s in range(0, len(pixels), batch_size)])
-        result[name] = round(map_correlation(reference, maps), 4)
+        value = map_correlation(reference, maps)
+        result[name] = None if value is None else round(value, 4)
     return result
