@@ -172,3 +172,13 @@ def test_tflite_int8_float_reference_reads_the_scores_of_a_three_output_model(co
     saved = export_saved_model(model, tmp_path / "saved")
     np.testing.assert_allclose(float_reference(saved, x, Preprocessing(32, 32)),
                                model.predict(x.astype(np.float32), verbose=0)[0], atol=1e-5)
+
+
+def test_one_cell_maps_are_exported_with_a_note():
+    import keras
+
+    inputs = keras.Input((4, 4, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 4)(inputs))  # a 1 x 1 map
+    exported = trust_export(keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled)))
+    assert "heatmap" in exported.extra_outputs
+    assert any("1 x 1" in note for note in exported.notes)

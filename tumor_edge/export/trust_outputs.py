@@ -58,6 +58,9 @@ def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Pat
         result.notes.append(f"no feature-space OOD check: {run_extra['ood']['skipped']}")
     result.model = trust_model(model, ood)
     result.extra_outputs = {"heatmap": heatmap_output_spec(1, head.grid)}
+    if head.grid == (1, 1):
+        result.notes.append("the last convolution map is 1 x 1 at this input size: heatmaps show no location "
+                            "(InceptionV3 gives 2 x 2 from about 107 px, 8 x 8 at 299 px)")
     if ood is not None:
         result.extra_outputs[OOD_ROLE] = OutputSpec(
             OOD_ROLE, 2, "projected_features", f"pooled features, centred and whitened ({ood.dims} numbers): "
