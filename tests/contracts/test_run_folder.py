@@ -25,7 +25,8 @@ def test_round_trip_keeps_unknown_keys(tmp_path):
 def test_file_names_are_the_properties():
     run = RunFolder("r")
     named = {run.model.name, run.config.name, run.split.name, run.history.name, run.metrics.name,
-             run.predictions.name, run.roc_png.name, run.confusion_png.name, run.curves_png.name}
+             run.predictions.name, run.roc_png.name, run.confusion_png.name, run.curves_png.name,
+             run.reliability_png.name, run.ood_params.name}
     assert named == set(RunFolder.FILE_NAMES)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_edge.contracts.bundle import BUNDLE_DOCUMENTS, METADATA_FILE, PARITY_JSON, PARITY_MD, sha256_file
+from tumor_edge.contracts.bundle import BUNDLE_DOCUMENTS, METADATA_FILE, MODEL_CARD, PARITY_JSON, PARITY_MD, sha256_file
 from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_bundle_holds_models_not_machine_specific_files(exported_bundle, metadat
     """Issue 13: no pre-optimised twins (*.ort.onnx) or anything else made for the export machine; the runtime
     builds and caches the optimised form on each device."""
     present = {p.name for p in exported_bundle.iterdir()}
-    assert present == set(FILES) | {METADATA_FILE, PARITY_JSON, PARITY_MD}, present
+    assert present == set(FILES) | {METADATA_FILE, PARITY_JSON, PARITY_MD, MODEL_CARD}, present
     assert present <= set(BUNDLE_MODEL_FILES) | set(BUNDLE_DOCUMENTS)
     assert set(metadata["models"]) == set(FILES)
     for entry in metadata["models"].values():

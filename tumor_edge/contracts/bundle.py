@@ -116,6 +116,9 @@ class BundleMetadata:
     intended_use: str = RESEARCH_NOTICE
     extra_outputs: dict[str, OutputSpec] = field(default_factory=dict)  # role -> spec, beyond the scores
     reference: ReferenceSet | None = None  # outputs on generated inputs, for `verify` (None: not recorded)
+    # Trust (schema 2, optional; the runtime validates the contents, tumor_edge.runtime.trust):
+    calibration: dict[str, Any] | None = None  # temperature scaling fitted on the validation split, its ECE
+    ood: dict[str, Any] | None = None  # out-of-distribution fit: class centres, threshold, measured rates
 
     @property
     def outputs(self) -> dict[str, OutputSpec]:
@@ -146,6 +149,9 @@ class BundleMetadata:
         }
         if self.reference is not None:
             data["reference"] = self.reference.to_dict()
+        for key in ("calibration", "ood"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
 
     @classmethod
@@ -231,6 +237,9 @@ def _parse(data: Any) -> BundleMetadata:
     for key in ("provenance", "metrics"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"field '{key}' must be an object")
+    for key in ("calibration", "ood"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"field '{key}' must be an object")
     for key in ("name", "intended_use"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"field '{key}' must be a string")
@@ -239,7 +248,8 @@ def _parse(data: Any) -> BundleMetadata:
         classes=list(classes), preprocessing=preprocessing, output=output, models=models,
         provenance=dict(data.get("provenance") or {}), metrics=dict(data.get("metrics") or {}),
         name=str(data.get("name", BundleMetadata.name)), intended_use=str(data.get("intended_use", RESEARCH_NOTICE)),
-        extra_outputs=extra_outputs, reference=reference)
+        extra_outputs=extra_outputs, reference=reference, calibration=data.get("calibration"),
+        ood=data.get("ood"))
 
 
 def _preprocessing(data: dict) -> Preprocessing:

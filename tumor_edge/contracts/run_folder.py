@@ -33,10 +33,13 @@ class RunFolder:
     roc_png = property(lambda self: self.path / "roc.png")
     confusion_png = property(lambda self: self.path / "confusion_matrix.png")
     curves_png = property(lambda self: self.path / "training_curves.png")
+    reliability_png = property(lambda self: self.path / "reliability.png")  # calibration, before/after (test)
+    ood_params = property(lambda self: self.path / "ood.npz")  # OOD fit (tumor_edge.calibration.mahalanobis)
 
     # Everything train writes; `train --force` replaces these and nothing else.
     FILE_NAMES = ("model.keras", "config.json", "split.json", "history.csv", "metrics.json",
-                  "test_predictions.npz", "roc.png", "confusion_matrix.png", "training_curves.png")
+                  "test_predictions.npz", "roc.png", "confusion_matrix.png", "training_curves.png",
+                  "reliability.png", "ood.npz")
 
     def is_run(self) -> bool:
         return self.model.is_file() and self.config.is_file()

@@ -76,8 +76,9 @@ class ExportContext:
 
     @property
     def model(self):
-        """The Keras model that yields probabilities (loaded on first use in each process)."""
-        return self.source.model
+        """The Keras model the converters convert (loaded on first use in each process): probabilities first,
+        then the heatmap and OOD outputs where the head allows (ModelSource.converted_model)."""
+        return self.source.converted_model
 
     def needs_ok(self, key: str) -> Path:
         """The path of the file another row made; a ModelError when that row failed or was not asked for."""

@@ -23,6 +23,7 @@ from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, priv
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import ExportContext, ExportedFile
 from tumor_edge.export.isolate import call
+from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.parity import ParityReport, keras_reference, run_parity
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
@@ -69,8 +70,10 @@ def export_bundle(config: ExportConfig) -> ExportResult:
         prepare_out_dir(out, config.force)
         rows = run_steps(ExportContext(config, source, out, work), config.selected())
         failed = [r for r in rows if not r.ok]
+        trust = source.trust
         metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
-                                  output="probabilities",
+                                  output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
+                                  calibration=trust.calibration if trust else None, ood=trust.ood if trust else None,
                                   provenance=provenance(source, "pending" if config.parity else
                                                         "not proven: exported without parity"))
         stamp_onnx_files(out, rows, metadata)
@@ -92,6 +95,8 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     metadata.metrics = {"parity": report.summary() if report else
                         {"passed": None, "proven": False, "reason": "exported without parity"},
                         **private_reports(rows)}
+    if report is not None and "heatmap" in metadata.extra_outputs:
+        metadata.metrics["heatmap_parity"] = _heatmap_parity(out, source, rows, config)
     metadata.provenance["export_seconds"] = round(time.perf_counter() - started, 1)
     metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 1) for r in rows}
     metadata.write(out)
@@ -102,6 +107,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
 
         record_reference(out)
         metadata = BundleMetadata.read(out)
+    write_model_card(out, metadata.to_dict(), report.to_dict() if report else None)
     table = render_table(table_rows(report, _keras_row(source, report), [
         {"file": r.file, "format": r.format, "precision": r.precision,
          "size_bytes": (out / r.file).stat().st_size if r.ok else 0,
@@ -135,16 +141,40 @@ def _isolated(config: ExportConfig) -> bool:
 
 def _keras_reference(source: ModelSource, pixels, work: Path, config: ExportConfig):
     """The Keras model's probabilities on the test pixels, computed in a child process (TensorFlow's memory
-    goes with it)."""
+    goes with it), temperature-scaled as the bundle's runtime scales them."""
     import numpy as np
 
     npy = work / "test_pixels.npy"
     np.save(npy, pixels)
     try:
-        return call(keras_reference, (source, npy, source.reference_preprocessing), work, _isolated(config),
-                    "keras-reference")
+        probs, ms = call(keras_reference, (source, npy, source.reference_preprocessing), work, _isolated(config),
+                         "keras-reference")
     finally:
         npy.unlink(missing_ok=True)
+    calibration = source.trust.calibration if source.trust else None
+    if calibration:  # the runtime scales by the run's temperature: so is the reference it is compared with
+        from tumor_edge.calibration import apply_temperature
+
+        probs = apply_temperature(probs, calibration["temperature"])
+    return probs, ms
+
+
+def _heatmap_parity(out: Path, source: ModelSource, rows, config: ExportConfig) -> dict[str, float]:
+    """Per file, the mean correlation of its heatmaps with the Keras model's on the parity test images."""
+    import numpy as np
+
+    from tumor_edge.data.dataset import load_pixels
+    from tumor_edge.export.trust_outputs import heatmap_parity, keras_heatmaps
+
+    samples = stratified_subset(source.test.samples, config.test_count, config.seed)
+    pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
+                         show_progress=config.show_progress).pixels
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-heatmaps-") as tmp:
+        npy = Path(tmp) / "pixels.npy"
+        np.save(npy, pixels)
+        reference = call(keras_heatmaps, (source, npy, source.reference_preprocessing), Path(tmp),
+                         _isolated(config), "keras-heatmaps")
+    return heatmap_parity(out, [r.file for r in rows if r.ok], reference, pixels, config.batch_size)
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:

@@ -63,11 +63,13 @@ class ModelSource:
     validation: SampleSet | None = None  # held-out training images (choice of calibration method)
     test: SampleSet | None = None  # parity
     warnings: list[str] = field(default_factory=list)
+    trust: Any = None  # export.trust_outputs.TrustExport without its model: outputs, calibration, OOD, notes
     _raw: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
+    _converted: Any = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_raw": None, "_model": None}  # a child process loads its own
+        return {**self.__dict__, "_raw": None, "_model": None, "_converted": None}  # a child loads its own
 
     @property
     def model_file(self) -> Path:
@@ -93,6 +95,29 @@ class ModelSource:
         return self._model
 
     @property
+    def converted_model(self):
+        """What the converters convert: `model`, plus the heatmap and OOD outputs its head and run allow
+        (export/trust_outputs.py); `model` itself stays the single-output Keras reference."""
+        if self._converted is None:
+            self._converted = self._trust_export().model if self.trust and self.trust.extra_outputs else self.model
+        return self._converted
+
+    def _trust_export(self):
+        from tumor_edge.export.trust_outputs import trust_export
+
+        run = RunFolder(self.run_dir) if self.run_dir else None
+        return trust_export(self.model, self.run_config.extra if self.run_config else {},
+                            run.ood_params if run else None)
+
+    def settle_trust(self) -> ModelSource:
+        """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
+        found = self._trust_export()
+        self._converted, found.model = found.model, None
+        self.trust = found
+        self.warnings.extend(note for note in found.notes if note != "heatmaps not requested")
+        return self
+
+    @property
     def softmax_appended(self) -> bool:
         return self.source_output == "logits"
 
@@ -106,14 +131,14 @@ def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
         raise ModelError("no such run folder or model file", path)
     run = RunFolder(path)
     if path.is_dir() and run.is_run():
-        return _load_run(run, options)
+        return _load_run(run, options).settle_trust()
     if path.is_dir() and (path / SAVED_MODEL_FILE).is_file():
-        return _load_foreign(path, "savedmodel", options)
+        return _load_foreign(path, "savedmodel", options).settle_trust()
     if path.is_dir():
         raise ModelError(f"not a run folder (no {run.model.name} + {run.config.name}) nor a SavedModel "
                          f"(no {SAVED_MODEL_FILE})", path)
     if path.suffix.lower() in KERAS_SUFFIXES:
-        return _load_foreign(path, "keras", options)
+        return _load_foreign(path, "keras", options).settle_trust()
     raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES)} "
                      "or a SavedModel folder", path)
 

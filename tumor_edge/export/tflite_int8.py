@@ -85,7 +85,10 @@ def float_reference(saved_model: Path, pixels: np.ndarray, spec: Preprocessing, 
     out = []
     for start in range(0, len(pixels), batch_size):
         result = fn(tf.constant(scale(pixels[start:start + batch_size], spec)))
-        out.append(np.asarray(next(iter(result.values())), dtype=np.float32))
+        # A model with a heatmap (and OOD) output has several; Keras names them output_0.. and output_0 is the
+        # class scores. The dict's own order is not the model's (it put output_1 first for a 75 px InceptionV3).
+        scores = result["output_0"] if "output_0" in result else next(iter(result.values()))
+        out.append(np.asarray(scores, dtype=np.float32))
     return np.concatenate(out)
 
 

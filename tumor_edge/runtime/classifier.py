@@ -22,6 +22,7 @@ from tumor_edge.errors import ConfigError, ModelError
 from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
 from tumor_edge.runtime.image import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import resize_rgb, scale
+from tumor_edge.runtime.trust import TrustSettings, calibrate, ood_scores, warnings_for
 
 if TYPE_CHECKING:
     from tumor_edge.runtime.batch import Failure
@@ -42,6 +43,10 @@ class Prediction:
     frame_count: int | None = None
     # Outputs beyond the class scores, by the role metadata gives them (e.g. "heatmap"): this image's slice.
     outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # Why this image may not be what the model knows (input checks, feature distance); empty when none.
+    warnings: tuple[str, ...] = ()
+    heatmap_png: str | None = None  # where `classify --heatmap DIR` wrote its overlay
+    abstained: bool = False  # `classify --abstain`: a warned image is given no label (probabilities kept)
 
     ok = True  # Failure.ok is False: lets stream consumers branch without isinstance
 
@@ -58,6 +63,12 @@ class Prediction:
         if self.frame is not None:
             data["frame"] = self.frame
             data["frames"] = self.frame_count
+        if self.abstained:
+            data.update(label=None, confidence=None, abstained=True)
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
+        if self.heatmap_png is not None:
+            data["heatmap_png"] = self.heatmap_png
         if self.outputs:
             data["outputs"] = {role: np.asarray(value).tolist() for role, value in self.outputs.items()}
         return data
@@ -131,6 +142,10 @@ class Classifier:
         self.output_specs = metadata.outputs  # role -> OutputSpec, "scores" first
         check_input_shape(backend, metadata)
         check_outputs(backend, metadata)
+        try:  # calibration temperature and OOD fit from the bundle (none in older bundles)
+            self.trust = TrustSettings.from_fields(metadata.calibration, metadata.ood)
+        except ConfigError as err:
+            raise ModelError(f"invalid tumor-edge metadata: {err.reason}", backend.path) from err
 
     @classmethod
     def from_bundle(cls, path: str | Path, model_file: str | None = None,
@@ -173,7 +188,7 @@ class Classifier:
                 if value.ndim != 2 or value.shape != (n, len(self.classes)):
                     raise ModelError(f"model gives output of shape {value.shape} but its metadata names "
                                      f"{len(self.classes)} classes", self.backend.path)
-                value = softmax(value) if spec.type == "logits" else value
+                value = calibrate(softmax(value) if spec.type == "logits" else value, self.trust)
             elif value.ndim == 0 or value.shape[0] != n:
                 raise ModelError(f"model output '{role}' has shape {value.shape}, not one row per image",
                                  self.backend.path)
@@ -185,10 +200,11 @@ class Classifier:
         return self.infer_outputs(batch_pixels)[SCORES]
 
     def to_prediction(self, probs: np.ndarray, source: str | None, frame: int | None = None,
-                      frame_count: int | None = None, outputs: dict[str, np.ndarray] | None = None) -> Prediction:
+                      frame_count: int | None = None, outputs: dict[str, np.ndarray] | None = None,
+                      warnings: Sequence[str] = ()) -> Prediction:
         index = int(np.argmax(probs))
         return Prediction(self.classes[index], index, {c: float(p) for c, p in zip(self.classes, probs)},
-                          source, frame, frame_count, dict(outputs or {}))
+                          source, frame, frame_count, dict(outputs or {}), tuple(warnings))
 
     _to_prediction = to_prediction  # older name, kept for callers
 
@@ -200,6 +216,7 @@ class Classifier:
 
         outputs = self.infer_outputs(batch_pixels)
         extra = {role: value for role, value in outputs.items() if role != SCORES}
+        distances = ood_scores(extra, self.trust)
         results: list[Prediction | Failure] = []
         for i, (source, frame, count) in enumerate(items):
             row = outputs[SCORES][i]
@@ -211,8 +228,9 @@ class Classifier:
                                        ModelError("the model's output is not a number (NaN or infinite) for "
                                                   f"{where}; no label given", self.backend.path)))
                 continue
+            warnings = warnings_for(batch_pixels[i], None if distances is None else float(distances[i]), self.trust)
             results.append(self.to_prediction(row, source, frame, count,
-                                              {role: value[i] for role, value in extra.items()}))
+                                              {role: value[i] for role, value in extra.items()}, warnings))
         return results
 
     def _array_pixels(self, item: Image.Image | np.ndarray) -> np.ndarray:

@@ -96,12 +96,19 @@ def _detach_stdout() -> None:
                    "'auto' for every one this onnxruntime build has. Default: CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Threads decoding images ahead of inference (0: decode inline).")
+@click.option("--heatmap", "heatmap_dir", metavar="DIR", type=click.Path(path_type=str), default=None,
+              help="Write an overlay PNG per scan (where the model saw evidence for its class) into DIR; JSON "
+                   "gives each PNG's path. Needs a bundle exported with heatmaps.")
+@click.option("--force", is_flag=True, help="With --heatmap: replace the overlay PNGs already in DIR.")
+@click.option("--abstain", is_flag=True, help="Give no label for a scan with a warning (not a brain MRI slice, "
+              "or unlike the training scans); its probabilities and warnings are still shown.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, model_file: str | None,
              as_json: bool, as_csv: bool, top_k: int | None, threads: int | None, batch_size: int, frames: str,
-             providers: str | None, workers: int, show_progress: bool | None) -> None:
+             providers: str | None, workers: int, heatmap_dir: str | None, force: bool, abstain: bool,
+             show_progress: bool | None) -> None:
     """Classify brain-MRI scans: image files or folders (recursed).
 
     JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF and DICOM (.dcm or suffix-less; needs the
@@ -141,6 +148,16 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         click.echo(f"note: this onnxruntime has no {', '.join(missing)}; running on "
                    f"{', '.join(classifier.backend.providers)}", err=True)
 
+    heatmaps = None
+    if heatmap_dir is not None:
+        from tumor_edge.errors import ConfigError
+        from tumor_edge.runtime.heatmap_files import HEATMAP_ROLE, HeatmapWriter
+
+        if HEATMAP_ROLE not in classifier.output_specs:
+            raise ConfigError("--heatmap: this model has no heatmap output (exported without one, or its head is "
+                              "not global average pooling + dense)", classifier.backend.path)
+        heatmaps = HeatmapWriter(heatmap_dir, classifier.preprocessing, force)
+
     fmt = "json" if as_json else "csv" if as_csv else "table"
     width = min(max(len(one_line(str(f))) for f in files), 60)
     if hasattr(sys.stdout, "reconfigure"):
@@ -152,7 +169,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
             for problem in problems:
                 _report(problem, writer, debug)
             stream = classifier.iter_predictions(files, batch_size=batch_size, frames=frames, workers=workers)
-            failures = problems + _run(stream, writer, len(files), show_progress, debug)
+            failures = problems + _run(stream, writer, len(files), show_progress, debug, heatmaps, abstain)
     except BrokenPipeError:
         _detach_stdout()  # the reader has all it wanted (`| head`): stop quietly
         sys.exit(EXIT_FATAL)
@@ -188,7 +205,8 @@ def _refuse_non_finite(result):
                                   "image; no label given")
 
 
-def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool) -> list:
+def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool, heatmaps=None,
+         abstain: bool = False) -> list:
     """Write every result as it comes; return the failures. Failures also go to stderr at once."""
     from tumor_edge.progress import progress
 
@@ -203,6 +221,12 @@ def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool) 
                 sys.stderr.write("\r\033[K")
             result = _refuse_non_finite(result)
             if result.ok:
+                if heatmaps is not None:
+                    result = _with_heatmap(heatmaps, result)
+                if abstain and result.warnings:
+                    import dataclasses
+
+                    result = dataclasses.replace(result, abstained=True)
                 writer.prediction(result)
             else:
                 failures.append(result)
@@ -216,6 +240,20 @@ def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool) 
         bar.close()
         stream.close()
     return failures
+
+
+def _with_heatmap(heatmaps, result):
+    """The prediction with its overlay PNG's path (a scan that cannot be re-read keeps its label, gets no PNG)."""
+    import dataclasses
+
+    from tumor_edge.errors import TumorEdgeError
+
+    try:
+        path = heatmaps.write(result)
+    except TumorEdgeError as err:
+        click.echo(f"warning: {err}", err=True)
+        return result
+    return dataclasses.replace(result, heatmap_png=str(path)) if path is not None else result
 
 
 def _summary(failures: list, n_files: int) -> None:

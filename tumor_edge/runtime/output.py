@@ -112,8 +112,11 @@ class TableWriter(Writer):
     def prediction(self, result: Prediction) -> None:
         k = self.top_k or len(self.classes)
         others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
-        self._line(f"{_where(result):<{self.file_width}}  {one_line(result.label):<{self.label_width}}  "
-                   f"{result.confidence:6.3f}  {others}".rstrip())
+        label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
+        # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
+        warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
+        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip()
+                   + warned)
 
 
 class JsonLinesWriter(Writer):
@@ -151,7 +154,8 @@ class CsvWriter(Writer):
 
     def prediction(self, result: Prediction) -> None:
         frame = "" if result.frame is None else result.frame
-        self._row([csv_cell(result.source), frame, csv_cell(result.label), f"{result.confidence:.6f}",
+        label, confidence = ("", "") if result.abstained else (csv_cell(result.label), f"{result.confidence:.6f}")
+        self._row([csv_cell(result.source), frame, label, confidence,
                    *(f"{result.probabilities[c]:.6f}" for c in self.classes), ""])
 
     def failure(self, result: Failure) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata
 from tumor_edge.errors import first_line
+from tumor_edge.runtime.heatmap_overlay import class_map
 
 # Suffixes worth keeping on the temporary file (DICOM is also recognised by its magic; Pillow by content).
 KEEP_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
@@ -46,6 +47,8 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
             for result in stream:
                 item = result.to_dict()
                 item["file"] = filename
+                if result.ok and "heatmap" in result.outputs:  # the page draws the predicted class's map
+                    item["heatmap"] = class_map(result.outputs["heatmap"], result.index).round(4).tolist()
                 if not result.ok:
                     outcome.failed = True
                     reason = getattr(result.error, "reason", None) or result.message.replace(str(path), filename)

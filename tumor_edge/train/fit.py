@@ -8,9 +8,10 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
-from tumor_edge.data.dataset import discover, stratified_split, write_split
+from tumor_edge.data.dataset import discover, load_pixels, stratified_split, write_split
 from tumor_edge.errors import DatasetError
 from tumor_edge.runtime.preprocess import Preprocessing
 from tumor_edge.train.config import TrainConfig, data_fingerprint, prepare_run_dir, versions
@@ -95,7 +96,7 @@ def run_training(config: TrainConfig) -> Path | None:
     fit_seconds = time.time() - started
     path = None
     if run is not None:
-        path = _finish(config, run, index, test, spec, fitted, dist, precision, leaks, fit_seconds)
+        path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds)
     if dist.kind == "multi-worker":
         from tumor_edge.train.trainer import barrier
 
@@ -105,7 +106,17 @@ def run_training(config: TrainConfig) -> Path | None:
     return path
 
 
-def _finish(config: TrainConfig, run: RunFolder, index, test, spec, fitted, dist, precision, leaks,
+def _fit_trust(model, val, test, spec, run: RunFolder, config: TrainConfig) -> dict[str, Any]:
+    """Temperature and OOD fit on the validation split, measured on the test split (tumor_edge.train.trust)."""
+    from tumor_edge.train.trust import fit_trust_for_run
+
+    val_px = load_pixels(val, spec, "decoding validation images for calibration", config.show_progress)
+    test_px = load_pixels(test, spec, "decoding test images for calibration", config.show_progress)
+    return fit_trust_for_run(model, val_px.pixels, val_px.labels, test_px.pixels, test_px.labels,
+                             run.reliability_png, run.ood_params, config.batch_size)
+
+
+def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted, dist, precision, leaks,
             fit_seconds: float) -> Path:
     """Chief only: save the best weights as a float32 model, evaluate on the test split, write config.json."""
     import keras
@@ -113,6 +124,7 @@ def _finish(config: TrainConfig, run: RunFolder, index, test, spec, fitted, dist
     from tumor_edge.train.evaluate import evaluate_samples, format_metrics
     from tumor_edge.train.model import build_classifier
     from tumor_edge.train.plots import plot_history
+    from tumor_edge.train.trust import describe_trust
 
     # A fresh float32 model outside any strategy: no float16/bfloat16 casts reach the exported CPU/edge models,
     # no optimizer state triples the file, and prediction here runs no collective ops with other workers.
@@ -125,6 +137,8 @@ def _finish(config: TrainConfig, run: RunFolder, index, test, spec, fitted, dist
                                cache_dir=config.cache_dir, show_progress=config.show_progress)
     metrics["deduplicated_test_images"] = len(leaks.test) if config.dedup else 0
     metrics["best_checkpoint_by"] = fitted.monitor
+    trust = _fit_trust(best, val, test, spec, run, config)  # calibration and OOD: validation fit, test figures
+    metrics.update(trust)
     run.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     RunConfig(
         classes=index.classes,
@@ -145,9 +159,10 @@ def _finish(config: TrainConfig, run: RunFolder, index, test, spec, fitted, dist
                              "reason": precision.reason,
                              "steps_skipped": sum(p["steps_skipped"] for p in fitted.phases)},
                "best_checkpoint": fitted.best,
-               "split_leaks": {**leaks.summary(), "dropped": config.dedup}},
+               "split_leaks": {**leaks.summary(), "dropped": config.dedup}, **trust},
     ).write(run.config)
     print(format_metrics(metrics))
+    print(describe_trust(trust))
     print(f"best checkpoint: epoch {fitted.best.get('best_epoch')} ({fitted.best.get('best_phase')}), "
           f"{fitted.monitor} {fitted.best.get('best_value')}")
     print(f"run folder: {run.path}")

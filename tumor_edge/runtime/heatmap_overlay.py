@@ -1,0 +1,110 @@
+"""Heatmap overlay PNGs on the device: a class activation map coloured over the scan it explains.
+
+The model's "heatmap" output (see the bundle's `outputs`) is (h, w, classes) at the last conv map's
+resolution (8 x 8 for a 299 px InceptionV3): each cell's contribution to each class's logit. Here it is
+upsampled to the scan, stretched to its own range, coloured blue (little evidence) to red (most) and blended
+over the grey scan, with the class and the research-only notice written under the picture. Pillow and numpy
+only; no TensorFlow, no matplotlib.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.errors import ConfigError, OutputExistsError
+
+# (position, r, g, b): a jet-like ramp, so hot reads as red in print and on screen.
+_RAMP = np.array([[0.0, 0, 0, 143], [0.125, 0, 0, 255], [0.375, 0, 255, 255], [0.625, 255, 255, 0],
+                  [0.875, 255, 0, 0], [1.0, 128, 0, 0]], dtype=np.float32)
+_CAPTION_PX = 28
+
+
+def logits_from_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """(N, h, w, classes) maps -> (N, classes) logits: the spatial mean of a class map is its logit."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    if heatmap.ndim != 4:
+        raise ConfigError(f"heatmaps must be (N, h, w, classes), not {heatmap.shape}")
+    return heatmap.mean(axis=(1, 2))
+
+
+def class_map(heatmap: np.ndarray, class_index: int) -> np.ndarray:
+    """One class's (h, w) map from an image's (h, w, classes) heatmap (a (h, w) map passes through)."""
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim == 2:
+        return heatmap
+    if heatmap.ndim != 3 or not 0 <= class_index < heatmap.shape[-1]:
+        raise ConfigError(f"heatmap of shape {heatmap.shape} has no class {class_index}")
+    return heatmap[..., class_index]
+
+
+def normalise(cam: np.ndarray) -> np.ndarray:
+    """Stretch to 0..1 over the map's own range (a flat map is all 0: no place stands out)."""
+    lo, hi = float(cam.min()), float(cam.max())
+    return (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
+
+
+def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) -> (height, width) by bilinear interpolation of cell centres (Pillow, float mode)."""
+    height, width = size
+    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+
+
+def colourise(values: np.ndarray) -> np.ndarray:
+    """0..1 -> uint8 RGB along the ramp."""
+    flat = np.clip(values, 0.0, 1.0).ravel()
+    rgb = np.stack([np.interp(flat, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=-1)
+    return rgb.reshape(*values.shape, 3).astype(np.uint8)
+
+
+def overlay(scan_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """The scan (uint8 (H, W, 3) or (H, W)) with the (h, w) map blended over it."""
+    scan = np.asarray(scan_rgb)
+    if scan.ndim == 2:
+        scan = np.repeat(scan[..., None], 3, axis=-1)
+    heat = colourise(normalise(upsample(np.asarray(cam, np.float32), scan.shape[:2])))
+    blended = (1 - alpha) * scan[..., :3].astype(np.float32) + alpha * heat.astype(np.float32)
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def with_caption(image: Image.Image, text: str) -> Image.Image:
+    """The picture with a caption strip under it: which class the map explains, and the research notice."""
+    width = max(image.width, 320)
+    canvas = Image.new("RGB", (width, image.height + 2 * _CAPTION_PX), (0, 0, 0))
+    canvas.paste(image, ((width - image.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, image.height + 3), text[:120], fill=(255, 255, 255))
+    draw.text((4, image.height + _CAPTION_PX + 3), "research tool, not a diagnostic device", fill=(255, 200, 0))
+    return canvas
+
+
+def overlay_name(source: str | None, index: int, frame: int | None = None) -> str:
+    """A safe, unique PNG name for the `index`-th result: its file's stem (characters other than letters,
+    digits, '-', '_' and '.' replaced), the frame of a multi-frame file, and the index against collisions."""
+    stem = Path(source).stem if source else "image"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:80] or "image"
+    suffix = f"_f{frame}" if frame is not None else ""
+    return f"{index:05d}_{stem}{suffix}_heatmap.png"
+
+
+def write_overlay(path: Path, scan_rgb: np.ndarray, heatmap: np.ndarray, class_index: int, caption: str,
+                  force: bool = False) -> Path:
+    """Write one overlay PNG (refusing to replace an existing file unless `force`). Returns its path."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError("exists; pass force to replace it", path)
+    image = with_caption(overlay(scan_rgb, class_map(heatmap, class_index)), caption)
+    image.save(path, format="PNG", pnginfo=_notice())
+    return path
+
+
+def _notice():
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Disclaimer", RESEARCH_NOTICE)
+    return info

@@ -1,0 +1,122 @@
+"""At the end of `train`: fit temperature scaling and the out-of-distribution score on the validation split,
+and measure both on data they were not fitted on (the test split; generated out-of-distribution sets).
+
+Returns the figures a run records (RunConfig extra keys "calibration" and "ood"); writes a reliability diagram
+and the OOD parameters (`MahalanobisOod.save`) where the caller says. The validation split is what model
+selection already used, never the test split, so the test figures stay honest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge.calibration import TemperatureFit, calibration_summary, fit_temperature
+from tumor_edge.calibration.mahalanobis import fit_mahalanobis
+from tumor_edge.calibration.ood_fit import DEFAULT_TPR
+from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.plots import reliability_diagram
+from tumor_edge.calibration.temperature import out_of_fold_gain
+from tumor_edge.errors import ConfigError
+from tumor_edge.runtime.ood_checks import input_warnings
+from tumor_edge.train.cam import NoCamHeadError, features_model
+from tumor_edge.train.pipeline import predict_probabilities
+
+OOD_SET_SIZE = 50
+
+
+def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray | None,
+                    test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
+    """Temperature on validation; ECE/NLL before and after on validation and (the honest figure) on test."""
+    fit = fit_temperature(val_probs, val_labels)
+    gain = out_of_fold_gain(val_probs, val_labels)
+    record: dict[str, Any] = {"method": "temperature scaling", "fitted_on": fit.count,
+                              "out_of_fold_nll_gain": round(gain, 6)}
+    if gain <= 0:  # scaling did not help validation images it was not fitted on: keep the model's own
+        record["fitted_temperature"] = fit.temperature
+        record["kept_t1_because"] = "a temperature fitted on part of the validation split did not lower the NLL " \
+                                    "of the rest"
+        fit = TemperatureFit(1.0, fit.nll_before, fit.nll_before, fit.count)
+    record["temperature"] = fit.temperature
+    record["validation"] = calibration_summary(val_probs, val_labels, fit)
+    if test_probs is not None and test_labels is not None and len(test_labels):
+        record["test"] = calibration_summary(test_probs, test_labels, fit)
+        if reliability_png is not None:
+            reliability_diagram(test_probs, test_labels, fit.temperature, reliability_png,
+                                title=f"test split, n = {len(test_labels)}")
+            record["reliability_diagram"] = Path(reliability_png).name
+    # The card and the bundle read these at the top level: the test split's when there is one.
+    shown = record.get("test", record["validation"])
+    record.update({k: shown[k] for k in ("bins", "ece_before", "ece_after", "nll_before", "nll_after")})
+    record["ece_measured_on"] = "test" if "test" in record else "validation"
+    return record
+
+
+def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray | None,
+            params_path: Path, batch_size: int = 32, tpr: float = DEFAULT_TPR, seed: int = 0) -> dict[str, Any]:
+    """Mahalanobis on pooled features (fitted on validation, saved to `params_path`), measured on the test
+    split (false alarms) and on generated sets (detection), beside the input checks' rates on the same sets."""
+    try:
+        features = features_model(model)
+    except NoCamHeadError as err:
+        return {"score": None, "skipped": err.reason}
+    try:
+        fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels, tpr=tpr)
+    except ConfigError as err:
+        return {"score": None, "skipped": err.reason}
+    fit.save(params_path)
+    record = fit.summary()
+    record.pop("centres")  # the bundle carries them; the run keeps them in the saved parameters
+    record["parameters"] = Path(params_path).name
+    size = tuple(val_pixels.shape[1:3])
+    sets = {"test split (in distribution)": test_pixels} if test_pixels is not None and len(test_pixels) else {}
+    sets.update(generated_sets(OOD_SET_SIZE, size, seed, scans=test_pixels))
+    evaluation = {}
+    for name, pixels in sets.items():
+        flagged = fit.flags(predict_probabilities(features, pixels, batch_size))
+        checks = np.array([bool(input_warnings(p)) for p in pixels])
+        evaluation[name] = {"count": int(len(pixels)), "flagged": float(np.mean(flagged)),
+                            "input_checks_flagged": float(np.mean(checks)),
+                            "either_flagged": float(np.mean(flagged | checks))}
+    record["evaluation"] = evaluation
+    return record
+
+
+def fit_trust_for_run(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray,
+                      test_labels: np.ndarray, reliability_png: Path, ood_params: Path,
+                      batch_size: int = 32) -> dict[str, Any]:
+    """Both fits for a finished run: {"calibration": ..., "ood": ...} for metrics.json and the run config.
+    A run without a usable validation split records why nothing was fitted instead of failing the run."""
+    if len(val_labels) < 20:
+        why = f"{len(val_labels)} validation images; at least 20 are needed"
+        return {"calibration": {"method": None, "skipped": why}, "ood": {"score": None, "skipped": why}}
+    val_probs = predict_probabilities(model, val_pixels, batch_size)
+    test_probs = predict_probabilities(model, test_pixels, batch_size) if len(test_labels) else None
+    calibration = fit_calibration(val_probs, val_labels, test_probs, test_labels, reliability_png)
+    ood = fit_ood(model, val_pixels, val_labels, test_pixels, ood_params, batch_size)
+    return {"calibration": calibration, "ood": ood}
+
+
+def describe_trust(record: dict[str, Any]) -> str:
+    """Two lines for train's printout."""
+    cal, ood = record.get("calibration") or {}, record.get("ood") or {}
+    lines = []
+    if cal.get("kept_t1_because"):
+        lines.append(f"calibration: T = 1 kept (the fitted T = {cal['fitted_temperature']:.3g} did not lower the "
+                     f"NLL of validation images it was not fitted on); ECE on {cal['ece_measured_on']} "
+                     f"{100 * cal['ece_before']:.1f} %")
+    elif cal.get("temperature") is not None:
+        lines.append(f"calibration: T = {cal['temperature']:.3g}; ECE on {cal['ece_measured_on']} "
+                     f"{100 * cal['ece_before']:.1f} % -> {100 * cal['ece_after']:.1f} %")
+    else:
+        lines.append(f"calibration: not fitted ({cal.get('skipped', 'no figures')})")
+    if ood.get("score"):
+        ev = ood.get("evaluation", {})
+        rates = ", ".join(f"{name} {100 * r['either_flagged']:.0f} %" for name, r in ev.items())
+        lines.append(f"out-of-distribution: {ood['score']} threshold {ood['threshold']:.3g} (passes "
+                     f"{100 * ood['tpr']:.0f} % of validation scans); flagged: {rates}")
+    else:
+        lines.append(f"out-of-distribution: no feature-space check ({ood.get('skipped', 'no figures')})")
+    return "\n".join(lines)
