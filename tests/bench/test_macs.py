@@ -19,20 +19,25 @@ def test_count_macs_matches_the_hand_count(tiny_onnx, exported_bundle):
     assert count_macs(tiny_onnx / FP32) == TINY_MACS
     assert count_macs(tiny_onnx / INT8) == TINY_MACS  # QDQ keeps the Conv/MatMul nodes
     assert count_macs(tiny_onnx / METADATA_FILE) is None  # not a model: no count, no crash
-    # The session's InceptionV3, counted independently from its Keras layers. Its int8 file does the same work
-    # plus the depthwise convolutions that stand in for its average pools (export/quantize/graph.py).
-    assert count_macs(exported_bundle / FP32) == _keras_macs(_run_model(exported_bundle))
+    # The session's InceptionV3 as export converts it (with its heatmap and OOD-feature heads), counted
+    # independently from its Keras layers. Its int8 file does the same work plus the depthwise convolutions that
+    # stand in for its average pools (export/quantize/graph.py).
+    assert count_macs(exported_bundle / FP32) == _keras_macs(_converted_model(exported_bundle))
     int8 = macs_by_node(exported_bundle / INT8)
     pools = {name: macs for name, macs in int8.items() if name.endswith("__depthwise")}
     assert pools and all(macs > 0 for macs in pools.values())
     assert sum(int8.values()) - sum(pools.values()) == count_macs(exported_bundle / FP32)
 
 
-def _run_model(bundle: Path):
+def _converted_model(bundle: Path):
+    """The Keras model export converted: the run's classifier plus the trust outputs its head allows."""
     import keras
 
+    from tumor_edge.export.trust_outputs import trust_export
+
     run = RunFolder(Path(BundleMetadata.read(bundle).provenance["run_dir"]))
-    return keras.models.load_model(run.model, compile=False)
+    model = keras.models.load_model(run.model, compile=False)
+    return trust_export(model, run.read_config().extra, run.ood_params).model
 
 
 def _keras_macs(model) -> int:

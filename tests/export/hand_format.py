@@ -20,9 +20,13 @@ def convert(ctx, dst: Path) -> dict[str, Any]:
              helper.make_node("MatMul", ["pooled", "kernel"], ["logits0"]),
              helper.make_node("Add", ["logits0", "bias"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", kernel.shape[1]])]
+    if len(ctx.model.outputs) > 1:  # export asks for the class activation map too: per-pixel logits of the head
+        nodes += [helper.make_node("MatMul", ["image", "kernel"], ["map0"]),
+                  helper.make_node("Add", ["map0", "bias"], ["heatmap"])]
+        outputs.append(helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", h, w, kernel.shape[1]]))
     graph = helper.make_graph(
-        nodes, "hand", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", h, w, 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", kernel.shape[1]])],
+        nodes, "hand", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", h, w, 3])], outputs,
         initializer=[numpy_helper.from_array(kernel, "kernel"), numpy_helper.from_array(bias, "bias")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
