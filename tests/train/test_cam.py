@@ -51,7 +51,9 @@ def test_planted_lesion_lies_in_the_hottest_region_of_its_map(cnn, fresh):
 
 
 def test_head_with_softmax_layer_after_linear_dense_is_accepted(cnn):
-    logits = keras.layers.Dense(2, name="linear_scores")(cnn.get_layer("global_average_pooling2d").output)
+    # By type, not by name: Keras numbers default layer names per process, so earlier tests change them.
+    pooling = next(layer for layer in cnn.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+    logits = keras.layers.Dense(2, name="linear_scores")(pooling.output)
     model = keras.Model(cnn.inputs, keras.layers.Softmax()(logits))
     assert find_cam_head(model).activation == "softmax"
     assert heatmap_model(model).outputs[1].shape[1:] == (BLOB_SIZE // 2, BLOB_SIZE // 2, 2)
