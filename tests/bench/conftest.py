@@ -18,6 +18,8 @@ SIZE = 32
 # MACs of the tiny model below, by hand: conv 3x3 stride 2 (3->8) on 32x32 -> 16x16x8, each 3*3*3 MACs;
 # depthwise 3x3 on 16x16x8, each 9; pointwise 8->16 on 16x16; dense 16->4.
 TINY_MACS = 16 * 16 * 8 * 27 + 16 * 16 * 8 * 9 + 16 * 16 * 16 * 8 + 16 * 4
+# Export adds the class activation map: a 1x1 conv with the dense weights at each of the 16x16 positions.
+TINY_HEATMAP_MACS = 16 * 16 * 16 * 4
 
 
 def tiny_model():
