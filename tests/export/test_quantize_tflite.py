@@ -46,8 +46,8 @@ def saved_outlier(tmp_path_factory):
 
 
 def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
-    """Through the background job the exporter uses (a spawned process), report returned as a dict."""
-    from tumor_edge.export.tflite_int8 import BackgroundTfliteInt8, float_reference, tflite_probabilities
+    """The function the TFLite int8 converter calls (export runs each converter in its own process)."""
+    from tumor_edge.export.tflite_int8 import float_reference, tflite_int8_accuracy_aware, tflite_probabilities
 
     saved, folder = saved_outlier
     spec = Preprocessing(SIZE, SIZE, scaling="unit")
@@ -56,7 +56,8 @@ def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
     assert len(set(reference.argmax(1))) == 4
     labels = reference.argmax(1)
     dst = folder / "model_int8.tflite"
-    report = BackgroundTfliteInt8(saved, dst, _pixels(48, 1), val, labels, 4, spec, folder).wait()
+    report = tflite_int8_accuracy_aware(saved, dst, _pixels(48, 1), val, labels, 4, spec,
+                                        work_dir=folder).to_dict()
 
     assert {c["method"] for c in report["candidates"]} == {"per-channel", "per-tensor"}
     assert all(c["agreement"] < 0.9 for c in report["candidates"]), report["candidates"]  # naive int8 breaks
