@@ -1,21 +1,27 @@
 #!/usr/bin/env python
-"""Cold start of the device runtime with the on-device optimised-model cache (issue 13) and the model hash check
-(issue 11): a fresh process from spawn to its first result for one image, and that process's peak RSS.
+"""Cold start of `tumor-edge classify` with the device's optimised-model cache (issue 13): a fresh process from
+spawn to exit for one image, its peak RSS and its CPU time.
 
-    python benchmarks/coldstart_cache.py --workdir /tmp/coldstart     # builds the model once, then measures
+    python benchmarks/coldstart_cache.py                          # the stand-in bundle, built once, then measured
+    python benchmarks/coldstart_cache.py --compare /tmp/base-tree  # also another source tree, in the same rounds
+    python benchmarks/coldstart_cache.py --importtime              # plus the slowest imports of one classify
 
-The model is the project's architecture at the standard size: a random-weight 299x299 InceptionV3 (4 classes,
-Keras, `weights=None`) converted with tf2onnx and quantized to int8 QDQ with onnxruntime's `quantize_static` on a
-few random images (latency and memory do not depend on the weights' values). It is built once with TensorFlow and
-kept under --workdir as a bundle; the runtime that is measured never imports TensorFlow.
+The model is the standard suite's stand-in (benchmarks/standin.py: the project's own 299 px classifier with random
+weights, exported by `tumor-edge export --int8 --fp16`), run as users run it: `classify --model BUNDLE scan.jpg`
+picks the bundle's int8 ONNX model. It is built once with TensorFlow in a child process under --workdir; the
+processes measured never import TensorFlow.
 
-Cases, each a fresh `python` process (median of --runs; each run gets a cache in the state the case names):
-  no-cache          TUMOR_EDGE_NO_CACHE=1: the plain model, optimised at every load (0.1.0 without twins)
-  first             empty cache: optimise, write the cache entry, classify
-  second            the entry written by a previous run: load it with graph optimisation off
-  twin              0.1.0's way, for the ratio: a bundle carrying a pre-optimised `model_int8.ort.onnx` (cache off)
-and each with the sha256 check of the model file on (the default) and off (`check_integrity=False`).
-Peak RSS is the reaped child's ru_maxrss (the kernel's accounting), so it includes the interpreter.
+Cases, each a fresh process (round robin over --runs, so a burst of load on a shared machine hits every case
+alike; each run gets a cache in the state the case names):
+  cli/second        `python -m tumor_edge.cli classify`, the cache entry written by an earlier run (the goal:
+                    <= 0.25 s and <= 90 MB on an idle machine)
+  cli/no-cache      the same with TUMOR_EDGE_NO_CACHE=1: onnxruntime optimises the graph at every load
+  cli/first         an empty cache: optimise, write the entry, classify
+  api/second        `Classifier.from_bundle(...).predict(...)` in `python -c`, cache warm
+  api/second-nohash the same without the sha256 check of the model file (what the check costs)
+Wall is spawn to exit; CPU is the child's user+sys time (getrusage via wait4), which a loaded machine inflates far
+less than wall; peak RSS is the reaped child's ru_maxrss. Each row gives the 1-minute load average (median over
+its runs) beside its figures: a wall goal is for an idle machine, so compare rows of one run, not runs.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,70 +41,32 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 SIZE = 299
-CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-MODEL = "model_int8.onnx"
 
-# What the measured process runs: the public API, one image file, one result printed.
-CHILD = """
-import json, sys, time
-t0 = float(sys.argv[3])
-t_start = time.time()
+API_CHILD = """
+import sys
 from tumor_edge.runtime.backends import BackendOptions
 from tumor_edge.runtime.classifier import Classifier
-t_import = time.time()
-clf = Classifier.from_bundle(sys.argv[1], options=BackendOptions(verify_hashes=sys.argv[4] == "1"))
-t_load = time.time()
-result = clf.predict(sys.argv[2])
-t_end = time.time()
-print(json.dumps({"label": result.label, "kind": clf.backend.source_kind, "total": t_end - t0,
-                  "startup": t_start - t0, "imports": t_import - t_start, "load": t_load - t_import,
-                  "predict": t_end - t_load}), flush=True)
+clf = Classifier.from_bundle(sys.argv[1], options=BackendOptions(verify_hashes=sys.argv[3] == "1"))
+print(clf.predict(sys.argv[2]).label, clf.backend.source_kind, flush=True)
 """
+
+# case -> (how the child runs, cache state before each run, hash check on)
+CASES: dict[str, tuple[str, str, bool]] = {
+    "cli/second": ("cli", "warm", True),
+    "cli/no-cache": ("cli", "off", True),
+    "cli/first": ("cli", "empty", True),
+    "api/second": ("api", "warm", True),
+    "api/second-nohash": ("api", "warm", False),
+}
 
 
 def build_bundle(workdir: Path) -> Path:
-    """The int8 bundle (built once with TensorFlow, tf2onnx and onnxruntime's quantizer; then reused)."""
-    bundle = workdir / "bundle-int8-299"
-    if (bundle / MODEL).is_file() and (bundle / "metadata.json").is_file():
-        return bundle
-    import numpy as np
+    """The stand-in bundle (benchmarks/standin.py), built in a child so TensorFlow's memory stays there."""
+    from standin import bundle_complete
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import tensorflow as tf
-    import tf2onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from tumor_edge.contracts.bundle import BundleMetadata, describe_file
-    from tumor_edge.contracts.preprocessing import Preprocessing
-
-    work = workdir / "build"
-    work.mkdir(parents=True, exist_ok=True)
-    fp32, pre = work / "model_fp32.onnx", work / "model_pre.onnx"
-    if not fp32.is_file():
-        keras.utils.set_random_seed(0)
-        model = keras.applications.InceptionV3(weights=None, classes=4, input_shape=(SIZE, SIZE, 3))
-        spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="image"),)
-        tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(fp32))
-    if not pre.is_file():
-        quant_pre_process(str(fp32), str(pre))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.Generator(np.random.PCG64(0))
-            self.items = iter([{"image": rng.uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)}
-                               for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    bundle.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(pre), str(bundle / MODEL), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=False)
-    meta = BundleMetadata(list(CLASSES), Preprocessing(SIZE, SIZE, scaling="symmetric"))
-    meta.models = {MODEL: describe_file(bundle / MODEL, "onnx", "int8")}
-    meta.write(bundle)
+    bundle = workdir / "standin" / "bundle"
+    if not bundle_complete(bundle, SIZE):
+        subprocess.run([sys.executable, __file__, "--build-only", str(workdir)], check=True)
     return bundle
 
 
@@ -107,121 +74,136 @@ def scan_image(workdir: Path) -> Path:
     """One 512x512 JPEG slice (the runtime's own synthetic brain-like generator; no patient data)."""
     path = workdir / "scan.jpg"
     if not path.is_file():
-        from PIL import Image
-
-        from tumor_edge.runtime.reference import brain_blobs
-
-        Image.fromarray(brain_blobs(7, 1, 512, 512)[0]).save(path, quality=92)
+        subprocess.run([sys.executable, "-c", "import sys; from PIL import Image; "
+                        "from tumor_edge.runtime.reference import brain_blobs; "
+                        "Image.fromarray(brain_blobs(7, 1, 512, 512)[0]).save(sys.argv[1], quality=92)", str(path)],
+                       check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     return path
 
 
-def one_run(bundle: Path, image: Path, env: dict[str, str], check_hash: bool) -> dict:
-    """A fresh interpreter from spawn to its first result; its peak RSS from the kernel's accounting of the
-    reaped child (os.wait4). This parent stays small (no TensorFlow), so no inherited high-water mark."""
-    with tempfile.TemporaryFile() as errors:
-        t0 = time.time()
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(bundle), str(image), repr(t0),
-                                 "1" if check_hash else "0"], stdout=subprocess.PIPE, stderr=errors, env=env,
-                                cwd=ROOT)
-        out = proc.stdout.read()
-        proc.stdout.close()
-        _, status, rusage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            errors.seek(0)
-            raise SystemExit(f"child failed: {errors.read().decode()[-2000:]}")
-    record = json.loads(out.decode().strip().splitlines()[-1])
-    record["peak_mb"] = rusage.ru_maxrss / 1024
-    record["cpu"] = rusage.ru_utime + rusage.ru_stime  # CPU seconds: far less sensitive to a busy machine
-    return record
+def child_command(how: str, bundle: Path, image: Path, check_hash: bool) -> list[str]:
+    if how == "cli":
+        return [sys.executable, "-m", "tumor_edge.cli", "classify", "--model", str(bundle), str(image)]
+    return [sys.executable, "-c", API_CHILD, str(bundle), str(image), "1" if check_hash else "0"]
 
 
-def twin_bundle(bundle: Path, workdir: Path) -> Path:
-    """A copy of the bundle with a 0.1.0-style pre-optimised twin (listed, as 0.1.0 listed them)."""
-    from tumor_edge.contracts.bundle import BundleMetadata, describe_file, optimized_model_name
-    from tumor_edge.runtime.backends import save_optimized_model
+def one_run(cmd: list[str], env: dict[str, str]) -> dict:
+    """A fresh process from spawn to exit; peak RSS and CPU from the kernel's accounting of the reaped child
+    (os.wait4). This parent stays small (no model, no TensorFlow): Linux carries a parent's RSS high-water mark
+    into its children's ru_maxrss across fork + exec."""
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout.close()
+    proc.stderr.close()
+    if proc.returncode:
+        raise SystemExit(f"child failed ({' '.join(cmd[:5])} ...): {err.decode()[-2000:]}")
+    return {"wall": wall, "cpu": rusage.ru_utime + rusage.ru_stime, "peak_mb": rusage.ru_maxrss / 1024,
+            "load": load, "out": out.decode().strip().splitlines()[-1:]}
 
-    out = workdir / "bundle-int8-299-twin"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(bundle, out)
-    twin = save_optimized_model(out / MODEL, out / optimized_model_name(MODEL))
-    meta = BundleMetadata.read(out)
-    meta.models[twin.name] = describe_file(twin, "onnx", "int8", ort_optimized_from=MODEL)
-    meta.write(out)
-    return out
 
-
-def measure(bundle: Path, image: Path, workdir: Path, runs: int) -> dict[str, dict]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TUMOR_EDGE_")}
-    base["PYTHONPATH"] = str(ROOT)
-    cache = workdir / "cache"
-    # Made in a child: Linux carries a parent's RSS high-water mark into its children's ru_maxrss across
-    # fork + exec, so this process must never load a model itself.
-    twin = Path(subprocess.run([sys.executable, __file__, "--twin-only", str(workdir)], check=True,
-                               capture_output=True, text=True).stdout.strip())
-    cases = [(case, check) for check in (True, False) for case in ("no-cache", "twin", "first", "second")]
-    results: dict[str, list[dict]] = {f"{case}/{'hash' if check else 'no-hash'}": [] for case, check in cases}
-    for _ in range(runs):  # round robin: a burst of load on a shared machine hits every case alike
-        for case, check in cases:
-            env = dict(base, TUMOR_EDGE_CACHE_DIR=str(cache))
-            if case in ("no-cache", "twin"):
-                env["TUMOR_EDGE_NO_CACHE"] = "1"
-            if case == "first":
-                shutil.rmtree(cache, ignore_errors=True)
-            if case == "second" and not any(cache.rglob("*.onnx")):
-                one_run(bundle, image, env, check)  # prime the cache
-            record = one_run(twin if case == "twin" else bundle, image, env, check)
-            results[f"{case}/{'hash' if check else 'no-hash'}"].append(record)
+def measure(trees: dict[str, Path], bundle: Path, image: Path, workdir: Path, runs: int,
+            cases: list[str]) -> dict[str, dict]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TUMOR_EDGE_", "OPENBLAS_", "OMP_"))}
+    results: dict[str, list[dict]] = {f"{tree}:{case}": [] for tree in trees for case in cases}
+    for _ in range(runs):
+        for tree, source in trees.items():
+            cache = workdir / f"cache-{tree}"
+            for case in cases:
+                how, state, check = CASES[case]
+                env = dict(base, PYTHONPATH=str(source), TUMOR_EDGE_CACHE_DIR=str(cache))
+                if state == "off":
+                    env["TUMOR_EDGE_NO_CACHE"] = "1"
+                if state == "empty":
+                    shutil.rmtree(cache, ignore_errors=True)
+                cmd = child_command(how, bundle, image, check)
+                if state == "warm" and not any(cache.rglob("*.onnx")):
+                    one_run(cmd, env)  # prime the cache
+                results[f"{tree}:{case}"].append(one_run(cmd, env))
     return {name: summarize(rows) for name, rows in results.items()}
 
 
 def summarize(rows: list[dict]) -> dict:
-    keys = ("total", "startup", "imports", "load", "predict", "peak_mb", "cpu")
-    out = {k: statistics.median(r[k] for r in rows) for k in keys}
-    out["total_min"] = min(r["total"] for r in rows)
-    out["cpu_min"] = min(r["cpu"] for r in rows)
-    out["kinds"] = sorted({r["kind"] for r in rows})
-    out["runs"] = len(rows)
+    out = {k: statistics.median(r[k] for r in rows) for k in ("wall", "cpu", "peak_mb", "load")}
+    out.update(wall_min=min(r["wall"] for r in rows), cpu_min=min(r["cpu"] for r in rows),
+               peak_max=max(r["peak_mb"] for r in rows), runs=len(rows), out=rows[-1]["out"])
     return out
+
+
+def import_top(source: Path, bundle: Path, image: Path, workdir: Path, top: int) -> list[tuple[float, float, str]]:
+    """(self ms, cumulative ms, module) of the slowest imports of one warm-cache classify (-X importtime)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUMOR_EDGE_", "OPENBLAS_", "OMP_"))}
+    env.update(PYTHONPATH=str(source), TUMOR_EDGE_CACHE_DIR=str(workdir / "cache-importtime"))
+    cmd = [sys.executable, "-X", "importtime", *child_command("cli", bundle, image, True)[1:]]
+    subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=ROOT)  # warm the cache
+    err = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT).stderr
+    rows = []
+    for line in err.splitlines():
+        if line.startswith("import time:") and "|" in line and "self [us]" not in line:
+            own, total, name = line[len("import time:"):].split("|")
+            rows.append((int(own) / 1000, int(total) / 1000, name.strip()))
+    return sorted(rows, reverse=True)[:top]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tumor-edge-coldstart"),
-                        help="where the model is built once and the cache lives")
-    parser.add_argument("--runs", type=int, default=5, help="processes per case (median reported)")
+                        help="where the stand-in is built once and the caches live")
+    parser.add_argument("--runs", type=int, default=7, help="processes per case (median reported)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another source tree (e.g. a checkout of the baseline) measured in the same rounds")
+    parser.add_argument("--importtime", type=int, default=0, metavar="N",
+                        help="also list the N slowest imports (self time) of one classify per tree")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    if not (args.workdir / "bundle-int8-299" / MODEL).is_file():  # build in a child: TensorFlow's memory stays there
-        subprocess.run([sys.executable, __file__, "--build-only", str(args.workdir)], check=True)
-    bundle = args.workdir / "bundle-int8-299"
-    image = scan_image(args.workdir)  # Pillow + numpy only: a few MB, below any child's peak
+    bundle = build_bundle(args.workdir)
+    image = scan_image(args.workdir)
+    trees = {"this": ROOT, **{f"cmp{i}": Path(p).resolve() for i, p in enumerate(args.compare, 1)}}
     from tumor_edge.machine import host, load_average
 
     before = load_average()
-    results = measure(bundle, image, args.workdir, args.runs)
+    results = measure(trees, bundle, image, args.workdir, args.runs, cases)
     after = load_average()
     machine = host()
-    print(f"cold start, int8 ONNX InceptionV3 299 px, one image; {machine['cpu']} ({machine['isa']}); "
-          f"load average {before} -> {after}; median of {args.runs} processes")
-    print("wall seconds from spawn to result (median and min), its parts (median), CPU seconds of the process "
-          "(median and min), peak RSS (median)")
-    print(f"{'case':<18} {'total':>7} {'min':>7} {'startup':>8} {'imports':>8} {'load':>7} {'predict':>8} "
-          f"{'cpu':>6} {'cpu min':>7} {'peak MB':>8}  kind")
+    print(f"cold start, `classify` of one 512 px JPEG, stand-in int8 ONNX 299 px; {machine['cpu']} ({machine['isa']}),"
+          f" {os.cpu_count()} CPUs; load average {before} -> {after}; median of {args.runs} processes per row")
+    for tree, source in trees.items():
+        print(f"  {tree}: {source}")
+    print(f"{'tree:case':<26} {'wall s':>7} {'min':>6} {'cpu s':>6} {'min':>6} {'peak MB':>8} {'max':>6} "
+          f"{'load':>5}  output")
     for name, r in results.items():
-        print(f"{name:<18} {r['total']:7.3f} {r['total_min']:7.3f} {r['startup']:8.3f} {r['imports']:8.3f} "
-              f"{r['load']:7.3f} {r['predict']:8.3f} {r['cpu']:6.3f} {r['cpu_min']:7.3f} {r['peak_mb']:8.1f}  "
-              f"{','.join(r['kinds'])}")
+        print(f"{name:<26} {r['wall']:7.3f} {r['wall_min']:6.3f} {r['cpu']:6.3f} {r['cpu_min']:6.3f} "
+              f"{r['peak_mb']:8.1f} {r['peak_max']:6.1f} {r['load']:5.1f}  {' '.join(r['out'])[:40]}")
+    imports = {}
+    if args.importtime:
+        for tree, source in trees.items():
+            imports[tree] = import_top(source, bundle, image, args.workdir, args.importtime)
+            print(f"\nslowest imports of one classify, {tree} (self ms, cumulative ms; -X importtime inflates both)")
+            for own, total, name in imports[tree]:
+                print(f"  {own:7.1f} {total:8.1f}  {name}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "load_average": [before, after], "results": results},
-                                        indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "load_average": [before, after], "trees":
+                                         {k: str(v) for k, v in trees.items()}, "results": results,
+                                         "imports": imports}, indent=2))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--build-only":
-        print(build_bundle(Path(sys.argv[2])))
-    elif len(sys.argv) == 3 and sys.argv[1] == "--twin-only":
-        print(twin_bundle(Path(sys.argv[2]) / "bundle-int8-299", Path(sys.argv[2])))
+        sys.path.insert(0, str(HERE))
+        from standin import stand_in_bundle
+
+        print(stand_in_bundle(Path(sys.argv[2]) / "standin", SIZE, print)[0])
     else:
+        sys.path.insert(0, str(HERE))
         main()

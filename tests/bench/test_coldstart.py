@@ -11,5 +11,6 @@ def test_cold_start_per_format_with_peak_memory(record, exported_bundle):
     for c in cold.values():
         assert 0 < c["min_s"] <= c["median_s"] < 120
         assert c["child"]["load_s"] >= 0 and c["child"]["first_inference_s"] > 0
+        assert 0 < c["cpu_s"] < 600  # the child's own CPU time, what a loaded machine inflates least
     # The probe's own peak, not the harness's: onnxruntime needs tens of MB, TensorFlow several hundred.
     assert 20 < cold["onnx-fp32"]["peak_rss_mb"] < cold["keras"]["peak_rss_mb"]

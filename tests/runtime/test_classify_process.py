@@ -57,6 +57,42 @@ def test_classify_never_imports_tensorflow(case):
     assert json.loads(last) == {"heavy": [], "onnxruntime": True}  # it did run, and ran light
 
 
+# What `classify` must never load: other extras' packages, and the parts of tumor-edge other commands need.
+NOT_FOR_CLASSIFY = (*HEAVY, "matplotlib", "scipy", "sklearn", "pydicom", "nibabel", "starlette", "uvicorn",
+                    "ai_edge_litert", "onnxruntime.quantization", "onnxruntime.tools",
+                    "tumor_edge.train", "tumor_edge.export", "tumor_edge.bench", "tumor_edge.demo", "tumor_edge.data",
+                    "tumor_edge.serve", "tumor_edge.envcmd.commands", "tumor_edge.runtime.verify",
+                    "tumor_edge.runtime.reference", "tumor_edge.runtime.dicom", "tumor_edge.runtime.heatmap_files",
+                    "tumor_edge.runtime.heatmap_overlay")
+
+
+def test_classify_imports_only_what_it_needs(case, tmp_path):
+    """The import contract of the cold-start path (issue 13), in a real process with a warm model cache: no module
+    of another command or extra, and numpy's BLAS pool left single-threaded (a user's own setting wins)."""
+    root, bundle, scan = case
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        from tumor_edge.cli import main
+        try:
+            main(["classify", {str(scan)!r}, "--model", {str(bundle)!r}, "--json"])
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        banned = {NOT_FOR_CLASSIFY!r}
+        loaded = sorted(m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in banned))
+        print(json.dumps({{"loaded": loaded, "blas": os.environ.get("OPENBLAS_NUM_THREADS"),
+                          "onnxruntime": "onnxruntime" in sys.modules}}))
+    """)
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "TUMOR_EDGE_MODEL")}
+    base["TUMOR_EDGE_CACHE_DIR"] = str(tmp_path / "cache")
+    for blas in (None, "2"):  # the first run also warms the cache for the second
+        env = dict(base, **({"OPENBLAS_NUM_THREADS": blas} if blas else {}))
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        first, last = result.stdout.strip().splitlines()
+        assert json.loads(first)["label"] == "pituitary"
+        assert json.loads(last) == {"loaded": [], "blas": blas or "1", "onnxruntime": True}
+
+
 def test_runtime_api_never_imports_tensorflow(case):
     root, bundle, scan = case
     code = (f"import sys; from tumor_edge.runtime import Classifier; "

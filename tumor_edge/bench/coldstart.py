@@ -33,6 +33,9 @@ class ColdStart:
     min_s: float
     max_s: float
     peak_rss_mb: float | None  # median over runs of the child's ru_maxrss (None where the OS has no wait4)
+    # median over runs of the child's user+sys CPU seconds (None without wait4): a loaded machine inflates wall
+    # time far more than CPU time, so this is the figure to compare across runs of a shared machine
+    cpu_s: float | None = None
     child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,8 +57,9 @@ def _child_command(model: Path, image: Path, threads: int | None, bundle: Path |
 
 
 def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Path | None = None,
-               timeout: float = 600.0) -> tuple[float, float, dict[str, Any]]:
-    """(seconds from spawn to first result, peak RSS MB, the child's JSON line) of one fresh process.
+               timeout: float = 600.0) -> tuple[float, float, dict[str, Any], float | None]:
+    """(seconds from spawn to first result, peak RSS MB, the child's JSON line, its CPU seconds) of one fresh
+    process.
 
     The child is spawned by a small launcher process, not by the caller: Linux carries the spawning process's
     RSS high-water mark into the child's ru_maxrss across fork/vfork + exec, so a child of the (large)
@@ -70,7 +74,7 @@ def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Pat
         raise RuntimeError(f"cold start failed on {model} (exit {proc.returncode}): "
                            f"{tail[-1] if tail else 'no output'}")
     data = json.loads(lines[-1])
-    return data["first_result_s"], data["peak_rss_mb"], data["child"]
+    return data["first_result_s"], data["peak_rss_mb"], data["child"], data.get("cpu_s")
 
 
 def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
@@ -106,7 +110,7 @@ def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
             sys.stderr.write((tail[-1] if tail else f"exit {proc.returncode}, no output") + "\n")
             raise SystemExit(1)
     return {"first_result_s": first_result, "peak_rss_mb": _maxrss_mb(rusage) if rusage else None,
-            "child": json.loads(line)}
+            "cpu_s": rusage.ru_utime + rusage.ru_stime if rusage else None, "child": json.loads(line)}
 
 
 def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, threads: int | None = None,
@@ -115,9 +119,11 @@ def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, thread
     samples = [spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
     times = [s[0] for s in samples]
     rss = sorted(s[1] for s in samples if s[1] is not None)
+    cpu = [s[3] for s in samples if s[3] is not None]
     median_index = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
     return ColdStart(key, Path(model).name, len(samples), statistics.median(times), min(times), max(times),
-                     rss[len(rss) // 2] if rss else None, samples[median_index][2].get("timing", {}))
+                     rss[len(rss) // 2] if rss else None, cpu_s=statistics.median(cpu) if cpu else None,
+                     child=samples[median_index][2].get("timing", {}))
 
 
 # ---- the child ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata, check_model_file
-from tumor_edge.errors import ConfigError, ModelError
+from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
 from tumor_edge.runtime.image import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import resize_rgb, scale
@@ -123,12 +123,36 @@ def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
 
 def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
                       options: BackendOptions | None = None) -> Backend:
-    """Load a model listed in a bundle after checking it is the file the metadata describes (confined to the
-    folder, same size, same sha256): a tampered or truncated model never produces a result."""
+    """Load a model listed in a bundle, checked to be the file the metadata describes (confined to the folder,
+    same size, same sha256): a tampered or truncated model never produces a result.
+
+    The cheap checks come first; the sha256 runs on a second thread while the engine loads this device's cached
+    optimised form of the recorded hash (never the unchecked file: see `open_backend`'s `source_check`), and the
+    backend is returned only once the hash has matched."""
     options = options or BackendOptions()
     engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first, before hashing
-    path, digest = check_model_file(bundle_dir, name, metadata, check_hash=options.verify_hashes)
-    return open_backend(path, options, sha256=digest or None)
+    path, digest = check_model_file(bundle_dir, name, metadata, check_hash=False)
+    if not options.verify_hashes:
+        return open_backend(path, options, sha256=digest or None)
+    from tumor_edge.runtime.background import Background
+
+    hashing = Background(_check_sha256, bundle_dir, name, metadata, path, digest)
+    return open_backend(path, options, sha256=digest, source_check=hashing.result)
+
+
+def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: Path, recorded: str) -> None:
+    """The sha256 half of `check_model_file`, streamed through one reused buffer (it runs on a second thread, see
+    `digest_file`). A mismatch is reported by `check_model_file` itself, which hashes again and raises its
+    one-line BundleIntegrityError: the message has one home, and the rare failure may cost a second read."""
+    from tumor_edge.runtime.backends.optimized import digest_file
+
+    try:
+        actual = digest_file(path)
+    except OSError as err:
+        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
+    if actual != recorded:
+        check_model_file(bundle_dir, name, metadata, check_hash=True)
+        raise BundleIntegrityError("changed while it was checked; refusing to run it", path)
 
 
 class Classifier:

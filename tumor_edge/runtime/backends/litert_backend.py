@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ class LiteRTBackend:
 
     name = "litert"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None):
+    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
+                 source_check: Callable[[], object] | None = None):
+        if source_check is not None:  # LiteRT has no optimised form to load meanwhile: the check comes first
+            source_check()
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:

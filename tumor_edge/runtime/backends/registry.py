@@ -16,7 +16,7 @@ from tumor_edge.runtime.backends.onnxruntime_backend import OnnxBackend
 from tumor_edge.runtime.backends.options import BackendOptions
 from tumor_edge.runtime.backends.protocol import Backend
 
-BackendFactory = Callable[..., Backend]  # (path, options, sha256=None) -> Backend
+BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, source_check=None) -> Backend
 
 ENGINE_BACKENDS: dict[str, BackendFactory] = {
     "onnxruntime": OnnxBackend,
@@ -46,10 +46,15 @@ def engine_of(path: Path) -> str:
     return engine
 
 
-def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None) -> Backend:
-    """Load a model file with the engine its suffix names. `sha256`, when the caller has checked it, is the
-    file's identity for the optimised-model cache (saves hashing it again)."""
+def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None,
+                 source_check: Callable[[], object] | None = None) -> Backend:
+    """Load a model file with the engine its suffix names. `sha256` is the file's identity for the optimised-model
+    cache (saves hashing it again): one the caller has checked, or one it is still checking, in which case
+    `source_check` waits for that check and raises if the file failed it. A backend calls `source_check` before
+    it reads the file itself and before it returns, so a file that fails never runs; until then it may load what
+    is not that file (this device's cached optimised form), which is how the check overlaps the load."""
     path = Path(path)
     if not path.is_file():
         raise ModelError("model file not found", path)
-    return ENGINE_BACKENDS[engine_of(path)](path, options or BackendOptions(), sha256=sha256)
+    return ENGINE_BACKENDS[engine_of(path)](path, options or BackendOptions(), sha256=sha256,
+                                            source_check=source_check)
