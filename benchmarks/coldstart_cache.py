@@ -50,6 +50,21 @@ clf = Classifier.from_bundle(sys.argv[1], options=BackendOptions(verify_hashes=s
 print(clf.predict(sys.argv[2]).label, clf.backend.source_kind, flush=True)
 """
 
+# The floor under any tumor-edge code: onnxruntime alone loading this tree's cache entry and running one image.
+ORT_CHILD = """
+import sys
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+entry = next(Path(sys.argv[1]).rglob("model.onnx"))
+so = ort.SessionOptions()
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+so.enable_cpu_mem_arena = False
+so.enable_mem_pattern = False
+session = ort.InferenceSession(str(entry), so, providers=["CPUExecutionProvider"])
+out = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 299, 299, 3), np.float32)})
+print("scores", out[0].shape, flush=True)
+"""
+
 # case -> (how the child runs, cache state before each run, hash check on)
 CASES: dict[str, tuple[str, str, bool]] = {
     "cli/second": ("cli", "warm", True),
@@ -57,7 +72,10 @@ CASES: dict[str, tuple[str, str, bool]] = {
     "cli/first": ("cli", "empty", True),
     "api/second": ("api", "warm", True),
     "api/second-nohash": ("api", "warm", False),
+    "floor/imports": ("imports", "warm", False),
+    "floor/onnxruntime": ("ort", "warm", False),
 }
+FLOOR = ("imports", "ort")  # measured for the first tree only: no tumor-edge code runs
 
 
 def build_bundle(workdir: Path) -> Path:
@@ -77,23 +95,28 @@ def scan_image(workdir: Path) -> Path:
         subprocess.run([sys.executable, "-c", "import sys; from PIL import Image; "
                         "from tumor_edge.runtime.reference import brain_blobs; "
                         "Image.fromarray(brain_blobs(7, 1, 512, 512)[0]).save(sys.argv[1], quality=92)", str(path)],
-                       check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=path.parent)
     return path
 
 
-def child_command(how: str, bundle: Path, image: Path, check_hash: bool) -> list[str]:
+def child_command(how: str, bundle: Path, image: Path, check_hash: bool, cache: Path | None = None) -> list[str]:
+    if how == "imports":
+        return [sys.executable, "-c", "import numpy, onnxruntime"]
+    if how == "ort":
+        return [sys.executable, "-c", ORT_CHILD, str(cache)]
     if how == "cli":
         return [sys.executable, "-m", "tumor_edge.cli", "classify", "--model", str(bundle), str(image)]
     return [sys.executable, "-c", API_CHILD, str(bundle), str(image), "1" if check_hash else "0"]
 
 
-def one_run(cmd: list[str], env: dict[str, str]) -> dict:
+def one_run(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     """A fresh process from spawn to exit; peak RSS and CPU from the kernel's accounting of the reaped child
     (os.wait4). This parent stays small (no model, no TensorFlow): Linux carries a parent's RSS high-water mark
-    into its children's ru_maxrss across fork + exec."""
+    into its children's ru_maxrss across fork + exec. `cwd` must not be a source tree: `python -m` and `-c` put
+    the working folder first on sys.path, ahead of the PYTHONPATH that picks the tree measured."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, rusage = os.wait4(proc.pid, 0)
@@ -109,23 +132,35 @@ def one_run(cmd: list[str], env: dict[str, str]) -> dict:
 
 def measure(trees: dict[str, Path], bundle: Path, image: Path, workdir: Path, runs: int,
             cases: list[str]) -> dict[str, dict]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("TUMOR_EDGE_", "OPENBLAS_", "OMP_"))}
-    results: dict[str, list[dict]] = {f"{tree}:{case}": [] for tree in trees for case in cases}
-    for _ in range(runs):
+    base = clean_env()
+    first = next(iter(trees))
+    wanted = [(tree, case) for tree in trees for case in cases if tree == first or CASES[case][0] not in FLOOR]
+    results: dict[str, list[dict]] = {f"{tree}:{case}": [] for tree, case in wanted}
+    for round_ in range(runs + 1):  # round 0 only warms: bytecode written, files in the page cache
         for tree, source in trees.items():
             cache = workdir / f"cache-{tree}"
-            for case in cases:
+            for case in [c for t, c in wanted if t == tree]:
                 how, state, check = CASES[case]
                 env = dict(base, PYTHONPATH=str(source), TUMOR_EDGE_CACHE_DIR=str(cache))
                 if state == "off":
                     env["TUMOR_EDGE_NO_CACHE"] = "1"
                 if state == "empty":
                     shutil.rmtree(cache, ignore_errors=True)
-                cmd = child_command(how, bundle, image, check)
+                cmd = child_command(how, bundle, image, check, cache)
                 if state == "warm" and not any(cache.rglob("*.onnx")):
-                    one_run(cmd, env)  # prime the cache
-                results[f"{tree}:{case}"].append(one_run(cmd, env))
+                    one_run(child_command("cli", bundle, image, True), env, workdir)  # prime the cache
+                sample = one_run(cmd, env, workdir)
+                if round_:
+                    results[f"{tree}:{case}"].append(sample)
     return {name: summarize(rows) for name, rows in results.items()}
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without what would bias a child: tumor-edge's own settings, thread-count variables (the
+    CLI sets its own defaults) and PYTHONDONTWRITEBYTECODE (a user's install has bytecode; compiling every
+    module at every start would be measured instead)."""
+    drop = ("TUMOR_EDGE_", "OPENBLAS_", "OMP_", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -137,11 +172,10 @@ def summarize(rows: list[dict]) -> dict:
 
 def import_top(source: Path, bundle: Path, image: Path, workdir: Path, top: int) -> list[tuple[float, float, str]]:
     """(self ms, cumulative ms, module) of the slowest imports of one warm-cache classify (-X importtime)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUMOR_EDGE_", "OPENBLAS_", "OMP_"))}
-    env.update(PYTHONPATH=str(source), TUMOR_EDGE_CACHE_DIR=str(workdir / "cache-importtime"))
+    env = dict(clean_env(), PYTHONPATH=str(source), TUMOR_EDGE_CACHE_DIR=str(workdir / "cache-importtime"))
     cmd = [sys.executable, "-X", "importtime", *child_command("cli", bundle, image, True)[1:]]
-    subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=ROOT)  # warm the cache
-    err = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT).stderr
+    subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=workdir)  # warm the cache
+    err = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=workdir).stderr
     rows = []
     for line in err.splitlines():
         if line.startswith("import time:") and "|" in line and "self [us]" not in line:

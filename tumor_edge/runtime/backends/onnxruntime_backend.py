@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name, sha256_file
+from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import cache
 from tumor_edge.runtime.backends.optimized import (
     body_problem,
     build_optimized,
+    digest_file,
     read_optimized_record,
     usable_optimized,
 )
@@ -106,7 +107,7 @@ class OnnxBackend:
                 return self._try_load(ort, self.path, options, "none")
             return None
         try:
-            digest = sha256 or sha256_file(self.path)
+            digest = sha256 or digest_file(self.path)
         except OSError:
             return None  # the plain load reports the unreadable file
         twin = optimized_sibling(self.path)
