@@ -1,9 +1,10 @@
 """A folder holding one DICOM series (one file a slice) as a volume for `classify` (pydicom, the `dicom` extra).
 
 When a folder is a series: every visible file directly in it is DICOM (by suffix or the DICM marker), it has no
-subfolders, its files are single-frame images, and at least two of them share a SeriesInstanceUID. A folder whose
-DICOM files are each a series of their own is a folder of separate images (classified one by one, as before); a
-folder mixing several multi-file series is refused with a line listing them (pass one series folder each).
+subfolders, its files are single-frame images, and they all share one SeriesInstanceUID (two files at least). A
+folder whose DICOM files are each a series of their own (or carry no SeriesInstanceUID) is a folder of separate
+images (classified one by one, as before); a folder where several files share a series but not all of them
+(two series, or a series and a stray localizer) is refused with a line listing them: one series a folder.
 
 Reading a series: headers first (no pixels), then one stack checked (same size, orientation and pixel spacing in
 every file, distinct positions) and files x rows x columns x bytes checked against the cap, then the slices
@@ -124,15 +125,13 @@ def series_role(folder: Path, files: list[Path]) -> tuple[str, str | None]:
             continue
     if any(h.frames > 1 for h in headers):
         return "images", None  # multi-frame files are volumes of their own (`--frames`)
-    groups = Counter(h.series for h in headers)
-    multi = {uid: n for uid, n in groups.items() if n >= 2}
+    groups = Counter(h.series or f"no SeriesInstanceUID: {h.path.name}" for h in headers)  # never a series
+    multi = {uid: n for uid, n in groups.items() if n >= 2 and not uid.startswith("no SeriesInstanceUID")}
     if not multi:
         return "images", None
-    if len(groups) == 1 and len(headers) == len(files):
-        return "series", None
     if len(groups) == 1:
-        return "series", None  # unreadable files among one series: reading it says which
-    labels = {h.series: h.label for h in headers}
+        return "series", None  # with unreadable files among it, reading the series names them
+    labels = {h.series or f"no SeriesInstanceUID: {h.path.name}": h.label for h in headers}
     listed = [f"{labels[uid]} ({n} file{'s' if n != 1 else ''})" for uid, n in groups.most_common()]
     more = f", and {len(listed) - MAX_LISTED_SERIES} more" if len(listed) > MAX_LISTED_SERIES else ""
     return "refused", (f"holds {len(groups)} DICOM series ({'; '.join(listed[:MAX_LISTED_SERIES])}{more}); "
