@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
-from tests.runtime.models import save_quadrant
 from tests.runtime.volume_files import (
     BOX,
     CENTRE,
@@ -82,7 +82,7 @@ def test_octant_lands_in_the_conventional_quadrant(bundle, volumes, state, name,
     slices, summary = rows[:-1], rows[-1]
     lo, hi = BOX[upper]
     assert [r["slice"] for r in slices] == list(range(lo, hi))  # every slice that holds tissue, RAS order
-    assert all(r["axis"] == axis and r["slices"] > hi for r in slices)
+    assert all(r["axis"] == axis and r["slice_count"] > hi for r in slices)
     # Slices through the octant's side (left is low x in RAS: sagittal slices below the centre; superior and
     # anterior are high z and y) show it in the expected quadrant.
     through = [r for r in slices if (r["slice"] < CENTRE[0] - 1 if upper == 0 else r["slice"] > CENTRE[upper] + 1)]
@@ -107,7 +107,7 @@ def test_slices_spread_over_the_brain_not_the_empty_ends(bundle, volumes, state)
     rows = json_rows(run(volumes["ras"], "-m", bundle, "--slices", "3", "--json"))
     assert [r["slice"] for r in rows[:-1]] == [4, 16, 27] and rows[-1]["slices"] == [4, 16, 27]
     middle = json_rows(run(volumes["ras"], "-m", bundle, "--json"))
-    assert [r["slice"] for r in middle[:-1]] == [15] and middle[0]["slices"] == 32
+    assert [r["slice"] for r in middle[:-1]] == [15] and middle[0]["slice_count"] == 32
     bad = run(volumes["ras"], "-m", bundle, "--slices", "zero")
     assert bad.exit_code == 1 and "--slices" in bad.stderr
 
@@ -123,10 +123,7 @@ def test_table_and_csv_rows_and_summary(bundle, volumes, state, tmp_path):
     summary = lines[-1]
     assert f"{volumes['turned']} [volume: axial, 3 slices]" in summary and "meningioma" in summary
     assert "meningioma in axial slices 27 (1 of 3)" in summary and RESEARCH_NOTICE in summary
-    constant = save_quadrant(tmp_path / "flat.png", 0)
-    constant.write_bytes(b"")  # replaced below by a constant image (a warning in the CSV's warnings column)
-    from PIL import Image
-
+    constant = tmp_path / "flat.png"  # a constant image: its warning goes to the CSV's warnings column
     Image.new("RGB", (40, 40), (90, 90, 90)).save(constant)
     result = run(constant, volumes["ras"], "-m", bundle, "--slices", "3", "--csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -176,11 +173,14 @@ def hostile(tmp_path_factory):
         "huge": (write_raw_nifti(root / "huge.nii", (4000, 4000, 4000), np.float32), "volume too large"),
         "nan": (write_nifti(root / "nan.nii.gz", nan), "no finite voxel values"),
         "mixed sizes": (mixed, "different image sizes"),
+        "voxel sizes": (write_nifti(root / "needle.nii", head(), np.diag([0.001, 50.0, 1.0, 1.0])),
+                        "make axial slices of"),
         "two series": (two, "holds 2 DICOM series (series 3 'T1' (4 files); series 3 'FLAIR' (3 files))"),
     }
 
 
-@pytest.mark.parametrize("kind", ["truncated", "2-D", "5-D", "zero", "huge", "nan", "mixed sizes", "two series"])
+@pytest.mark.parametrize("kind", ["truncated", "2-D", "5-D", "zero", "huge", "nan", "mixed sizes", "two series",
+                                  "voxel sizes"])
 def test_hostile_volume_is_one_line_and_the_batch_goes_on(bundle, volumes, state, hostile, kind):
     path, words = hostile[kind]
     result = run(path, volumes["ras"], "-m", bundle, "--json")

@@ -6,7 +6,7 @@ with backslash escapes (never a crash half-way through a batch), CSV cells are q
 spreadsheet formula, JSON never holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
 
 Volumes (a NIfTI file, a DICOM series folder) give a row per classified slice, shaped like an image row and named
-`brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slices` instead of `frame`), then a volume summary row
+`brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slice_count` instead of `frame`), then a volume summary row
 (JSON: an object with `"summary": "volume"`) carrying the slices that support its class and the research notice.
 """
 
@@ -94,7 +94,7 @@ def _slice_dict(result: Prediction, axis: str) -> dict:
     data = result.to_dict()
     data.pop("frame", None)
     data.pop("frames", None)
-    data.update(axis=axis, slice=result.frame, slices=result.frame_count)
+    data.update(axis=axis, slice=result.frame, slice_count=result.frame_count)
     return data
 
 

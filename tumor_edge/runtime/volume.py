@@ -21,6 +21,7 @@ from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_DECODED_BYTES, MAX_FRAMES
 from tumor_edge.runtime.volume_slices import (
     AXES,
+    MAX_CANVAS_PIXELS,
     BrainBox,
     PlaneAxes,
     display_uint8,
@@ -156,6 +157,11 @@ def plan_slices(volume: Volume, axis: str, slices: str | int) -> SlicePlan:
         raise InputImageError("volume holds nothing but background (no intensity stands out): nothing to "
                               "classify", volume.source)
     axes = PlaneAxes.of(axis)
+    (r0, r1), (c0, c1) = frame_window(box, axes, volume.spacing, volume.shape)
+    if (r1 - r0) * (c1 - c0) > MAX_CANVAS_PIXELS:
+        raise InputImageError(f"voxel sizes {tuple(round(s, 4) for s in volume.spacing)} mm make {axis} slices of "
+                              f"{c1 - c0}x{r1 - r0} voxels (limit {MAX_CANVAS_PIXELS} pixels): a corrupt header?",
+                              volume.source)
     indices = pick_slices(slices, box.lo[axes.normal], box.hi[axes.normal])
     if len(indices) > MAX_FRAMES:
         raise InputImageError(f"{len(indices)} {axis} slices contain brain; classifying all of them is limited "

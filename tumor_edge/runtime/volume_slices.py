@@ -25,12 +25,15 @@ AXES = tuple(PLANES)
 
 WHITE_MATTER_LEVEL = 0.78  # the brain's BRAIN_PERCENTILE intensity is scaled to this
 BRAIN_PERCENTILE = 90.0
-# The demo draws the grey shown as full white uniformly from 1.0..1.4 (and gamma around 1); a real volume is shown
-# at the middle of that draw, so white matter lands where it did in the training scans.
-DISPLAY_WHITE = 1.2
-# The demo frames the brain's in-plane extent times 1.12..1.45 (a field of view a little larger than the brain);
-# a real volume's slices are cropped to the middle of that draw around the brain.
-FRAME_ZOOM = 1.28
+# The demo draws the grey shown as full white from DISPLAY_WHITE_RANGE (and gamma around 1) per scan; a real
+# volume is shown at the middle of that draw, so white matter lands where it did in the training scans.
+DISPLAY_WHITE_RANGE = (1.0, 1.4)
+DISPLAY_WHITE = sum(DISPLAY_WHITE_RANGE) / 2
+# The demo frames the brain's larger in-plane extent times a zoom drawn from FRAME_ZOOM_RANGE (a field of view a
+# little larger than the brain); a real volume's slices are cropped at the middle of that draw around the brain.
+FRAME_ZOOM_RANGE = (1.12, 1.45)
+FRAME_ZOOM = sum(FRAME_ZOOM_RANGE) / 2
+MAX_CANVAS_PIXELS = 16_000_000  # a slice's framed canvas (float32): absurd voxel sizes cannot make it huge
 # A slice "contains brain" when its foreground area is at least this fraction of the largest slice's.
 BRAIN_AREA_FRACTION = 0.1
 FOREGROUND_FRACTION = 0.1  # tissue: above this fraction of the volume's 99th intensity percentile
