@@ -9,7 +9,6 @@ intensity rules are `volume_slices`', the ones the demo's training scans were ma
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
-from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_DECODED_BYTES, MAX_FRAMES
+from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
 from tumor_edge.runtime.volume_slices import (
     AXES,
     MAX_CANVAS_PIXELS,
@@ -30,8 +29,6 @@ from tumor_edge.runtime.volume_slices import (
     pick_slices,
     sample_stride,
 )
-
-log = logging.getLogger("tumor_edge.input")
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_CHOICES = ("middle", "all")  # or a whole number N
@@ -63,20 +60,6 @@ class Volume:
 
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-def check_volume_size(shape: tuple[int, ...], bytes_per_voxel: int, path: str | Path) -> None:
-    """Refuse, before reading a voxel, a volume that is empty, not 3-D, or would decode beyond the cap."""
-    if any(int(s) <= 0 for s in shape):
-        raise InputImageError(f"volume has a zero-size dimension (shape {tuple(shape)})", path)
-    if len(shape) < 3 or any(int(s) < 2 for s in shape[:3]):
-        raise InputImageError(f"not a 3-D volume (shape {tuple(shape)}): classify a single slice as an image "
-                              "file", path)
-    nbytes = int(np.prod([int(s) for s in shape[:3]], dtype=object)) * max(1, int(bytes_per_voxel))
-    if nbytes > MAX_DECODED_BYTES:
-        raise InputImageError(f"volume too large to classify (shape {tuple(shape)[:3]} of {bytes_per_voxel}-byte "
-                              f"voxels decodes to {nbytes} bytes, limit {MAX_DECODED_BYTES}: a corrupt header?)",
-                              path)
 
 
 def parse_slices(value: str | int) -> str | int:
