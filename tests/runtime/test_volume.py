@@ -173,6 +173,8 @@ def hostile(tmp_path_factory):
         "huge": (write_raw_nifti(root / "huge.nii", (4000, 4000, 4000), np.float32), "volume too large"),
         "nan": (write_nifti(root / "nan.nii.gz", nan), "no finite voxel values"),
         "mixed sizes": (mixed, "different image sizes"),
+        "extensions": (write_raw_nifti(root / "offset.nii.gz", (8, 8, 8), vox_offset=2e9, gz=True),
+                       "bytes into the file"),
         "voxel sizes": (write_nifti(root / "needle.nii", head(), np.diag([0.001, 50.0, 1.0, 1.0])),
                         "make axial slices of"),
         "two series": (two, "holds 2 DICOM series (series 3 'T1' (4 files); series 3 'FLAIR' (3 files))"),
@@ -180,7 +182,7 @@ def hostile(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "2-D", "5-D", "zero", "huge", "nan", "mixed sizes", "two series",
-                                  "voxel sizes"])
+                                  "voxel sizes", "extensions"])
 def test_hostile_volume_is_one_line_and_the_batch_goes_on(bundle, volumes, state, hostile, kind):
     path, words = hostile[kind]
     result = run(path, volumes["ras"], "-m", bundle, "--json")

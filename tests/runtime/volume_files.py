@@ -51,8 +51,11 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
     return path
 
 
-def write_raw_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16, data_bytes: int = 64) -> Path:
-    """A .nii whose header claims `shape` followed by only `data_bytes` bytes of voxels."""
+def write_raw_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16, data_bytes: int = 64,
+                    vox_offset: float = 352, gz: bool = False) -> Path:
+    """A .nii whose header claims `shape` (and where the voxels start) followed by only `data_bytes` bytes."""
+    import gzip
+
     import nibabel as nib
 
     header = nib.Nifti1Header()
@@ -60,10 +63,11 @@ def write_raw_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16, data_byt
     header["dim"][0] = len(shape)
     header["dim"][1:1 + len(shape)] = shape
     header["pixdim"][1:1 + len(shape)] = 1.0
-    header["vox_offset"] = 352
+    header["vox_offset"] = vox_offset
     header["magic"] = b"n+1"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * data_bytes)
+    data = header.binaryblock + b"\0" * 4 + b"\0" * data_bytes
+    path.write_bytes(gzip.compress(data) if gz else data)
     return path
 
 

@@ -9,6 +9,7 @@ with the header's scl_slope/scl_inter beside them, and put in RAS order by a vie
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tumor_edge.runtime.volume import Volume
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 
 NIFTI_EXTRA = "nifti"
+MAX_HEADER_BYTES = 16 << 20  # header and extensions before the voxels
 
 
 def _nibabel(path: Path):
@@ -34,6 +36,24 @@ def _nibabel(path: Path):
 def _short(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+
+def _check_offset(fh, path: Path) -> None:
+    """Refuse a header whose voxel offset puts megabytes of "extensions" before the voxels: nibabel reads the
+    extensions whole, and in a .nii.gz a few bytes can inflate to them (the caps count voxels, not extensions)."""
+    head = fh.read(176)
+    for order in ("<", ">"):
+        size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 112:
+            offset = struct.unpack(order + "f", head[108:112])[0]
+        elif size == 540 and len(head) >= 176:
+            offset = struct.unpack(order + "q", head[168:176])[0]
+        else:
+            continue
+        if not offset <= MAX_HEADER_BYTES:  # also NaN
+            raise InputImageError(f"NIfTI header puts the voxels {offset:.0f} bytes into the file (limit "
+                                  f"{MAX_HEADER_BYTES}: a corrupt header?)", path)
+        return
 
 
 def _image(nib, fh, path: Path):
@@ -60,6 +80,7 @@ def read_nifti(path: str | Path) -> Volume:
     with open_regular(path) as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if str(path).lower().endswith(".gz") else raw
         try:
+            _check_offset(stream, path)
             image = _image(nib, stream, path)
             header = image.header
             shape = tuple(int(s) for s in header.get_data_shape())
