@@ -213,3 +213,26 @@ def test_some_nan_voxels_warn_and_classify(bundle, state, tmp_path):
     assert result.exit_code == 0, result.output
     assert "5 of 56320 voxels are NaN or infinite; they are shown black" in result.stderr
     assert "[volume: axial, 1 slice]" in result.stdout
+
+
+@pytest.mark.parametrize("form", ["monochrome1", "rescaled per file", "4-D"])
+def test_stored_forms_give_the_same_volume(bundle, volumes, state, tmp_path, form):
+    """MONOCHROME1 (inverted by the reader), a modality LUT that differs per file, and the first volume of a 4-D
+    NIfTI all give back the plain test head: the same probabilities, slice for slice."""
+    if form == "monochrome1":
+        path, plain = write_series(tmp_path / "m1", 500 - head(np.int32), photometric="MONOCHROME1"), "series"
+    elif form == "rescaled per file":
+        path = write_series(tmp_path / "lut", head(), rescale=[(2.0, -100.0) if k % 2 else (0.5, -10.0)
+                                                                for k in range(head().shape[2])])
+        plain = "series"
+    else:
+        path, plain = write_nifti(tmp_path / "four.nii.gz", np.stack([head(), head()[::-1]], axis=-1)), "ras"
+    result = run(path, "-m", bundle, "--slices", "all", "--json")
+    assert result.exit_code == 0, result.output
+    rows, reference = json_rows(result), json_rows(run(volumes[plain], "-m", bundle, "--slices", "all", "--json"))
+    assert len(rows) == len(reference) and rows[-1]["label"] == "meningioma"
+    for row, ref in zip(rows, reference):
+        assert row.get("slice") == ref.get("slice")
+        assert all(abs(row["probabilities"][c] - ref["probabilities"][c]) < 1e-5 for c in ref["probabilities"])
+    if form == "4-D":
+        assert "a 4-D series of 2 volumes; classifying the first" in result.stderr

@@ -72,10 +72,11 @@ def write_raw_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16, data_byt
 
 
 def write_series(folder: Path, ras: np.ndarray, series_uid: str | None = None, sizes: list | None = None,
-                 description: str = "T1 AX", prefix: str = "im") -> Path:
+                 description: str = "T1 AX", prefix: str = "im", photometric: str = "MONOCHROME2",
+                 rescale: list | None = None) -> Path:
     """An axial DICOM series of `ras` (one file a z slice, LPS patient axes as scanners write them), file
     names in reverse slice order so the reader must sort by ImagePositionPatient. `sizes`: per-slice (rows, cols)
-    to make a broken series."""
+    to make a broken series; `rescale`: per-slice (slope, intercept), the stored values divided accordingly."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -89,7 +90,10 @@ def write_series(folder: Path, ras: np.ndarray, series_uid: str | None = None, s
         pixels = ras[::-1, ::-1, k].T  # (rows: y from anterior to posterior, columns: x from right to left)
         if sizes is not None:
             pixels = np.zeros(sizes[k], dtype=pixels.dtype) + 100
-        path = write_dicom(folder / f"{prefix}{n - k:03d}.dcm", pixels.astype(np.uint16))
+        slope, intercept = rescale[k] if rescale else (1, 0)
+        stored = np.round((pixels.astype(np.float64) - intercept) / slope).astype(np.uint16)
+        path = write_dicom(folder / f"{prefix}{n - k:03d}.dcm", stored, photometric=photometric,
+                           rescale=rescale[k] if rescale else None)
         ds = pydicom.dcmread(path)
         ds.SeriesInstanceUID = uid
         ds.SeriesNumber = 3
