@@ -236,3 +236,12 @@ def test_stored_forms_give_the_same_volume(bundle, volumes, state, tmp_path, for
         assert all(abs(row["probabilities"][c] - ref["probabilities"][c]) < 1e-5 for c in ref["probabilities"])
     if form == "4-D":
         assert "a 4-D series of 2 volumes; classifying the first" in result.stderr
+
+
+def test_axis_choices_are_the_plane_table():
+    """`classify` imports only click at load time, so its --axis choices are written out: they must be PLANES'."""
+    from tumor_edge.runtime.commands import classify
+    from tumor_edge.runtime.volume_slices import AXES
+
+    (axis,) = [p for p in classify.params if p.name == "axis"]
+    assert tuple(axis.type.choices) == AXES
