@@ -78,7 +78,7 @@ def test_json_lines_and_top_k(bundle, scans, state):
 def test_csv(bundle, scans, state):
     result = run(scans, "--model", bundle, "--csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["file", "frame", "label", "confidence", *CLASSES, "error"]
+    assert list(rows[0]) == ["file", "frame", "label", "confidence", *CLASSES, "warnings", "error"]
     assert len(rows) == 5 and rows[3]["label"] == "notumor" and not any(r["error"] for r in rows)
     assert abs(sum(float(rows[0][c]) for c in CLASSES) - 1) < 1e-4
 
@@ -204,3 +204,38 @@ def test_empty_folder_is_an_error(bundle, tmp_path, state):
     (tmp_path / "empty").mkdir()
     result = run(tmp_path / "empty", "-m", bundle)
     assert result.exit_code == 1 and "no scan files found" in result.stderr
+
+
+# ---- volumes among scans: which folders are DICOM series (tests/runtime/test_volume.py has the rest) ---------
+
+
+def test_dicom_folders_of_separate_images_stay_images(bundle, state, tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "singles"
+    for q in range(3):  # each its own series: three images, as before volumes existed
+        path = write_dicom(folder / f"s{q}.dcm", quadrant_image(q, grey=False).astype(np.uint16))
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = generate_uid()
+        ds.save_as(path, enforce_file_format=True)
+    for q in range(2):  # no SeriesInstanceUID at all: never taken for a series
+        write_dicom(tmp_path / "no_uid" / f"n{q}.dcm", quadrant_image(q, grey=False).astype(np.uint16))
+    result = run(folder, tmp_path / "no_uid", "-m", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["label"] for r in rows] == ["glioma", "meningioma", "notumor", "glioma", "meningioma"]
+    assert not any("summary" in r or "slice" in r for r in rows)
+
+
+def test_a_series_found_while_walking_is_one_volume(bundle, scans, state, tmp_path):
+    from tests.runtime.volume_files import head, write_series
+
+    write_series(tmp_path / "study" / "t1", head()[:, :, :8])
+    save_quadrant(tmp_path / "study" / "a.png", 3)
+    result = run(tmp_path / "study", "-m", bundle)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()[1:]
+    assert lines[0].split()[1] == "pituitary" and lines[0].startswith(str(tmp_path / "study" / "a.png"))
+    assert lines[1].startswith(f"{tmp_path / 'study' / 't1'} [axial ")
+    assert lines[2].startswith(f"{tmp_path / 'study' / 't1'} [volume: axial, 1 slice]")

@@ -1,6 +1,7 @@
 """Real brain anatomy for demo data: T1 volumes, their brain masks, and where tumours grow in them.
 
-Every volume is brought to one convention (RAS voxel axes, 1 mm isotropic, white matter near 0.78) and given a
+Every volume is brought to one convention (RAS voxel axes, 1 mm isotropic, white matter near 0.78: the
+runtime's `volume_slices` rule, which `classify` applies to a user's volume too) and given a
 signed distance to the brain surface (`depth`, mm, positive inside) on a 2 mm grid. Landmarks (midline, sella,
 tentorium, falx) are written once in the MNI152 reference frame and carried to each volume through its brain's
 bounding box, so a volume the user passes (a head with skull, or a skull-stripped brain) gets them too, without
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tumor_edge.errors import DatasetError
+from tumor_edge.runtime.volume_slices import white_matter_scale
 
 # Reference frame: the MNI152 2009c brain (mm). Its brain bounding box, measured on the template nilearn ships.
 REF_BRAIN_LO = np.array([-72.0, -107.0, -72.0])
@@ -25,7 +27,6 @@ REF_BRAIN_HI = np.array([72.0, 73.0, 82.0])
 # The pituitary fossa (sella turcica), read off the Colin27 head's mid-sagittal slice (gland at y 0..10, z -25..-35).
 REF_SELLA = np.array([0.0, 4.0, -29.0])
 
-WHITE_MATTER_LEVEL = 0.78  # the brain's 90th intensity percentile is scaled to this
 GRID_MM = 2  # resolution of the depth map and the candidate grids
 
 
@@ -261,11 +262,11 @@ def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
         raise DatasetError(str(err), path) from err
     if brain.sum() < 1000:
         raise DatasetError("found no brain in this volume (is it a T1 head or brain?)", path)
-    level = float(np.percentile(coarse[brain], 90))
-    if level <= 0:
+    scale = white_matter_scale(coarse[brain])
+    if scale <= 0:
         raise DatasetError("brain intensities are not positive", path)
-    image = np.clip(data * (WHITE_MATTER_LEVEL / level), 0, 3).astype(np.float32)
-    coarse = coarse * (WHITE_MATTER_LEVEL / level)
+    image = np.clip(data * scale, 0, 3).astype(np.float32)
+    coarse = coarse * scale
     inside = ndi.distance_transform_edt(brain)
     outside = ndi.distance_transform_edt(~brain)
     depth = ((inside - outside) * GRID_MM).astype(np.float32)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from tumor_edge.demo.anatomy import Anatomy
 from tumor_edge.demo.slicing import PLANES, AnatomyVariation, Framing, Plane, rotation
+from tumor_edge.runtime.volume_slices import DISPLAY_WHITE_RANGE, FRAME_ZOOM_RANGE
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,10 @@ class Realism:
         height = int(round(width * rng.uniform(0.85, 1.18)))
         return cls(
             tilt_u=float(rng.normal(0, 5)), tilt_v=float(rng.normal(0, 5)), angle=float(rng.uniform(-15, 15)),
-            zoom=float(rng.uniform(1.12, 1.45)), shift=(float(rng.uniform(-0.05, 0.05)),
+            zoom=float(rng.uniform(*FRAME_ZOOM_RANGE)), shift=(float(rng.uniform(-0.05, 0.05)),
                                                         float(rng.uniform(-0.05, 0.05))),
             width=max(width, 16), height=max(height, 16), flip_lr=bool(rng.random() < 0.5),
-            white=float(rng.uniform(1.0, 1.4)), gamma=float(rng.uniform(0.75, 1.35)),
+            white=float(rng.uniform(*DISPLAY_WHITE_RANGE)), gamma=float(rng.uniform(0.75, 1.35)),
             contrast=float(rng.uniform(0.85, 1.15)), brightness=float(rng.uniform(-0.04, 0.04)),
             bias=float(rng.uniform(0.0, 0.3)), noise=float(rng.uniform(0.004, 0.04)),
             blur=float(rng.uniform(0.0, 1.0)) if rng.random() < 0.6 else 0.0,

@@ -3,6 +3,9 @@
 A slice is a grid of 3-D points (one per output pixel) sampled with trilinear interpolation, so rotation,
 scale, shift, tilt and canvas size are all one resampling and the lesion painters can work in millimetres on
 the same points.
+
+The plane convention (`PLANES`: radiological display in RAS voxel axes) is the runtime's
+(`tumor_edge.runtime.volume_slices`), so `classify` shows a volume's slices as these training scans were cut.
 """
 
 from __future__ import annotations
@@ -12,14 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
-
-# plane -> (column direction u, row direction v, normal n) in RAS voxel axes, radiological display: the
-# patient's left on the image's right, anterior (axial) or superior (coronal, sagittal) at the top.
-PLANES: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "axial": ((-1, 0, 0), (0, -1, 0), (0, 0, 1)),
-    "coronal": ((-1, 0, 0), (0, 0, -1), (0, 1, 0)),
-    "sagittal": ((0, -1, 0), (0, 0, -1), (1, 0, 0)),
-}
+from tumor_edge.runtime.volume_slices import PLANES  # also imported from here by realism and scan
 
 
 def rotation(axis: np.ndarray, degrees: float) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Size caps every decoder checks from the file's header, before it decodes a single pixel.
 
 A 281 KB deflated DICOM can claim 12000x12000 16-bit pixels and a 248 KB PNG 64 Mpx of 16-bit grey: what costs
-memory is the decoded size, not the file size. So each decoder (Pillow, pydicom, later NIfTI) computes
-width x height x channels x bytes per sample x frames from the header and refuses the file above the cap; the
+memory is the decoded size, not the file size. So each decoder (Pillow, pydicom, NIfTI and DICOM-series volumes)
+computes width x height x channels x bytes per sample x frames (a volume: its three dimensions x bytes per voxel,
+a DICOM series: files x rows x columns x bytes) from the header and refuses the file above the cap; the
 later steps (min-max scaling, the DICOM display pipeline) work in blocks of rows, so the peak memory of one file
 stays a small multiple of its decoded size whatever the format. A brain MRI slice is under 1 Mpx and a whole
 512-slice 512x512 16-bit volume is 256 MiB, so the caps leave real scans far behind.
@@ -10,6 +11,7 @@ stays a small multiple of its decoded size whatever the format. A brain MRI slic
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,20 @@ def check_total(nbytes: int, path: str | Path) -> None:
     if nbytes > MAX_DECODED_BYTES:
         raise InputImageError(f"image too large to be a scan (its frames decode to over {nbytes} bytes, limit "
                               f"{MAX_DECODED_BYTES})", path)
+
+
+def check_volume_size(shape: tuple[int, ...], bytes_per_voxel: int, path: str | Path) -> None:
+    """Refuse, before reading a voxel, a volume that is empty, not 3-D, or would decode beyond the cap."""
+    if any(int(s) <= 0 for s in shape):
+        raise InputImageError(f"volume has a zero-size dimension (shape {tuple(shape)})", path)
+    if len(shape) < 3 or any(int(s) < 2 for s in shape[:3]):
+        raise InputImageError(f"not a 3-D volume (shape {tuple(shape)}): classify a single slice as an image "
+                              "file", path)
+    nbytes = math.prod(int(s) for s in shape[:3]) * max(1, int(bytes_per_voxel))
+    if nbytes > MAX_DECODED_BYTES:
+        raise InputImageError(f"volume too large to classify (shape {tuple(shape)[:3]} of {bytes_per_voxel}-byte "
+                              f"voxels decodes to {nbytes} bytes, limit {MAX_DECODED_BYTES}: a corrupt header?)",
+                              path)
 
 
 def check_file_size(nbytes: int, path: str | Path) -> None:

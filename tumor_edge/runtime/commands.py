@@ -91,6 +91,13 @@ def _detach_stdout() -> None:
 @click.option("--frames", type=click.Choice(["middle", "all"]), default="middle", show_default=True,
               help="Multi-frame files (DICOM series, multi-page TIFF, animated GIF): classify the middle frame or "
                    "every frame (at most 1024 a file).")
+@click.option("--axis", type=click.Choice(["axial", "coronal", "sagittal"]), default="axial", show_default=True,
+              help="Volumes (NIfTI, DICOM series folders): the plane to cut slices in (the volume is first turned "
+                   "to RAS; slices are shown radiologically, as the training scans were).")
+@click.option("--slices", "slice_choice", default="middle", show_default=True, metavar="middle|all|N",
+              callback=lambda ctx, param, value: _slices_option(value),
+              help="Volumes: the middle slice of the brain, every slice that contains brain, or N slices spread "
+                   "evenly over the brain's extent.")
 @click.option("--providers", metavar="LIST", default=None,
               help="onnxruntime execution providers in priority order, comma-separated (e.g. CUDA,CPU), or "
                    "'auto' for every one this onnxruntime build has. Default: CPU.")
@@ -107,14 +114,16 @@ def _detach_stdout() -> None:
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, model_file: str | None,
              as_json: bool, as_csv: bool, top_k: int | None, threads: int | None, batch_size: int, frames: str,
-             providers: str | None, workers: int, heatmap_dir: str | None, force: bool, abstain: bool,
-             show_progress: bool | None) -> None:
-    """Classify brain-MRI scans: image files or folders (recursed).
+             axis: str, slice_choice: str | int, providers: str | None, workers: int, heatmap_dir: str | None,
+             force: bool, abstain: bool, show_progress: bool | None) -> None:
+    """Classify brain-MRI scans: image files, volumes, or folders (recursed).
 
     JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF and DICOM (.dcm or suffix-less; needs the
-    `dicom` extra). Unreadable, special (FIFO, device) and oversized files are reported in one line each and
-    skipped. Exit status: 0 all classified, 2 some inputs failed, 1 nothing could run (usage, model, output
-    error). Research tool, not a diagnostic device.
+    `dicom` extra). Volumes: NIfTI (.nii, .nii.gz; the `nifti` extra) and a folder that is one DICOM series
+    (every file in it DICOM, one SeriesInstanceUID): a row per slice, then a volume summary. Unreadable,
+    special (FIFO, device) and oversized files are reported in one line each and skipped. Exit status: 0 all
+    classified, 2 some inputs failed, 1 nothing could run (usage, model, output error). Research tool, not a
+    diagnostic device.
     """
     if as_json and as_csv:
         usage = click.UsageError("choose one of --json and --csv", ctx)
@@ -162,14 +171,22 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     width = min(max(len(one_line(str(f))) for f in files), 60)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a class name the terminal cannot show: escaped
-    writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width)
+    writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width, RESEARCH_NOTICE)
     try:
         with _input_warnings():
             writer.header()
             for problem in problems:
                 _report(problem, writer, debug)
-            stream = classifier.iter_predictions(files, batch_size=batch_size, frames=frames, workers=workers)
-            failures = problems + _run(stream, writer, len(files), show_progress, debug, heatmaps, abstain)
+            failures = list(problems)
+            with _progress_bar(len(files), show_progress) as bar:
+                for group, is_volume in _groups(files, scanned.is_volume):
+                    if is_volume:
+                        failures += _run_volume(classifier, group[0], writer, bar, debug, axis, slice_choice,
+                                                batch_size, abstain, heatmaps is not None)
+                        continue
+                    stream = classifier.iter_predictions(group, batch_size=batch_size, frames=frames,
+                                                         workers=workers)
+                    failures += _run(stream, writer, bar, debug, heatmaps, abstain)
     except BrokenPipeError:
         _detach_stdout()  # the reader has all it wanted (`| head`): stop quietly
         sys.exit(EXIT_FATAL)
@@ -179,6 +196,89 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     _summary(failures, len(files) + len(problems))
     if failures:
         ctx.exit(EXIT_SOME_FAILED)
+
+
+def _slices_option(value: str) -> str | int:
+    from tumor_edge.errors import ConfigError
+    from tumor_edge.runtime.volume import parse_slices
+
+    try:
+        return parse_slices(value)
+    except ConfigError as err:
+        raise click.BadParameter(err.reason) from None
+
+
+def _groups(files: list, is_volume) -> Iterator[tuple[list, bool]]:
+    """The inputs in order as runs of images (one streaming batch each) and single volumes."""
+    run: list = []
+    for path in files:
+        if is_volume(path):
+            if run:
+                yield run, False
+                run = []
+            yield [path], True
+        else:
+            run.append(path)
+    if run:
+        yield run, False
+
+
+@contextmanager
+def _progress_bar(n_files: int, show_progress: bool | None):
+    """One tick per input (an image file, a multi-frame file or a volume), over all groups."""
+    from tumor_edge.progress import progress
+
+    enabled = show_progress if show_progress is not None else (n_files > 1 and sys.stderr.isatty())
+    bar = _Ticks(progress(range(n_files), "classifying", length=n_files, enabled=enabled),
+                 enabled and sys.stdout.isatty() and sys.stderr.isatty())
+    try:
+        yield bar
+        for _ in bar.bar:
+            pass
+    finally:
+        bar.bar.close()
+
+
+class _Ticks:
+    """The progress bar and whether result rows must first clear its line (rows and bar share the terminal)."""
+
+    def __init__(self, bar, clear: bool):
+        self.bar = bar
+        self.clear = clear
+
+    def before_row(self) -> None:
+        if self.clear:
+            sys.stderr.write("\r\033[K")
+
+    def tick(self) -> None:
+        next(self.bar, None)
+
+
+def _run_volume(classifier, path, writer, bar: _Ticks, debug: bool, axis: str, slices: str | int, batch_size: int,
+                abstain: bool, heatmaps: bool) -> list:
+    """A volume's slice rows and summary; its failure (unreadable, too large...) reported like a file's."""
+    from tumor_edge.runtime.volume_run import classify_volume
+    from tumor_edge.runtime.volume_summary import VolumeSummary
+
+    if heatmaps:
+        click.echo(f"warning: {path}: --heatmap makes overlays for image files only; none for this volume's "
+                   "slices", err=True)
+    failures = []
+    stream = classify_volume(classifier, path, axis, slices, batch_size, abstain)
+    try:
+        for result in stream:
+            bar.before_row()
+            if isinstance(result, VolumeSummary):
+                writer.volume_summary(result)
+            elif result.ok:
+                writer.prediction(result, axis)
+            else:
+                failures.append(result)
+                _report(result, writer, debug)
+    finally:
+        stream.close()
+        bar.tick()
+    return failures
 
 
 def _report(failure, writer, debug: bool) -> None:
@@ -205,20 +305,13 @@ def _refuse_non_finite(result):
                                   "image; no label given")
 
 
-def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool, heatmaps=None,
-         abstain: bool = False) -> list:
+def _run(stream, writer, bar: _Ticks, debug: bool, heatmaps=None, abstain: bool = False) -> list:
     """Write every result as it comes; return the failures. Failures also go to stderr at once."""
-    from tumor_edge.progress import progress
-
-    enabled = show_progress if show_progress is not None else (n_files > 1 and sys.stderr.isatty())
-    bar = progress(range(n_files), "classifying", length=n_files, enabled=enabled)
-    clear = enabled and sys.stdout.isatty() and sys.stderr.isatty()  # rows and bar share the terminal
     failures = []
     previous = None
     try:
         for result in stream:
-            if clear:
-                sys.stderr.write("\r\033[K")
+            bar.before_row()
             result = _refuse_non_finite(result)
             if result.ok:
                 if heatmaps is not None:
@@ -233,11 +326,8 @@ def _run(stream, writer, n_files: int, show_progress: bool | None, debug: bool, 
                 _report(result, writer, debug)
             if result.source != previous:  # one tick per file, whatever its number of frames
                 previous = result.source
-                next(bar, None)
-        for _ in bar:
-            pass
+                bar.tick()
     finally:
-        bar.close()
         stream.close()
     return failures
 

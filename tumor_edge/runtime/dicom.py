@@ -21,7 +21,8 @@ from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size,
 from tumor_edge.runtime.image import FRAME_CHOICES, release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
-__all__ = ["FRAME_CHOICES", "DicomFrame", "read_dicom", "read_dicom_frames"]
+__all__ = ["FRAME_CHOICES", "DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom", "read_dicom_frames",
+           "read_header", "read_stored"]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
 # Explicit-VR value representations whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
@@ -146,7 +147,7 @@ def _to_display(ds: Any, frame: int, stored: np.ndarray) -> np.ndarray:
     windowed = center is not None and window_width is not None and window_width > 1.0
     if not windowed:
         lo, hi = _range(_modality(stored[b], slope, intercept) for b in blocks)
-    invert = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    invert = is_monochrome1(ds)
     for rows in blocks:
         values = _modality(stored[rows], slope, intercept)
         display = window(values, center, window_width) if windowed else _min_max(values, lo, hi)
@@ -210,7 +211,8 @@ def _check_header(ds: Any, path: Path) -> None:
     check_decoded(Decoded(columns, rows, max(samples, 1), max(1, -(-bits // 8)), max(frames, 1)), path)
 
 
-def _read_dataset(path: Path) -> Any:
+def _read_dataset(path: Path, pixels: bool = True) -> Any:
+    """The dataset of a DICOM file (`pixels=False`: the header only, for a series' first pass)."""
     pydicom = _pydicom()
     if pydicom is None:
         raise InputImageError("reading DICOM needs pydicom: pip install 'tumor-edge[dicom]'", path)
@@ -220,12 +222,12 @@ def _read_dataset(path: Path) -> Any:
         with open_regular(path) as fh:
             _check_deflated(fh, path)
             try:
-                return pydicom.dcmread(fh)
+                return pydicom.dcmread(fh, stop_before_pixels=not pixels)
             except InvalidDicomError:
                 # A .dcm without the 128-byte preamble is still common in research exports; but forcing makes
                 # pydicom "read" any bytes, so insist on the elements every image object has.
                 fh.seek(0)
-                ds = pydicom.dcmread(fh, force=True)
+                ds = pydicom.dcmread(fh, force=True, stop_before_pixels=not pixels)
                 if not any(tag in ds for tag in ("SOPClassUID", "Rows", "PixelData", "Modality")):
                     raise InputImageError("not a DICOM file (no DICM marker and no image elements)",
                                           path) from None
@@ -256,6 +258,32 @@ def _frame_count(ds: Any, pixels: np.ndarray) -> int:
     grey_stack = pixels.ndim == 3 and samples == 1
     colour_stack = pixels.ndim == 4
     return declared if declared > 1 and (grey_stack or colour_stack) else 1
+
+
+def read_header(path: str | Path) -> Any:
+    """A DICOM file's dataset without its pixel data (a series folder's first pass: sizes, positions, UIDs)."""
+    return _read_dataset(Path(path), pixels=False)
+
+
+def read_stored(path: str | Path) -> tuple[Any, np.ndarray]:
+    """A single-frame DICOM file's dataset and stored pixel values, after the same header size check as every
+    DICOM read (a series reads its slices one by one through this)."""
+    path = Path(path)
+    ds = _read_dataset(path)
+    return ds, _pixel_array(ds, path)
+
+
+def modality_scaling(ds: Any, frame: int = 0) -> tuple[float, float]:
+    """(slope, intercept) of the modality LUT (RescaleSlope/Intercept, per frame when given): 1 and 0 when absent
+    or unusable, as `_modality` applies them."""
+    slope, intercept = _rescale(ds, frame)
+    return (slope if slope is not None and slope != 0 and np.isfinite(slope) else 1.0,
+            intercept if intercept is not None and np.isfinite(intercept) else 0.0)
+
+
+def is_monochrome1(ds: Any) -> bool:
+    """MONOCHROME1 shows low values bright; a viewer (and this runtime) inverts it so bright means high signal."""
+    return str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
 
 
 def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[DicomFrame]:

@@ -3,6 +3,10 @@
 Nothing the user named may vanish without a word: a folder that cannot be entered, a FIFO or device among the
 scans, a folder named like an image, a folder with no scans at all each become a problem the batch reports next
 to the files that failed to decode. Special files are recognised by `stat` and never opened.
+
+Volumes: NIfTI files (`.nii`, `.nii.gz`) are listed like scans, and a folder that is one DICOM series (every
+visible entry in it a DICOM file, two or more of them sharing a SeriesInstanceUID; see `volume_dicom`) is listed
+as one item, the folder itself, instead of its files. A folder mixing several multi-file series is a problem.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tumor_edge.runtime.image import SCAN_SUFFIXES, is_scan_file
+from tumor_edge.runtime.image import SCAN_SUFFIXES, is_dicom_file, is_scan_file
 from tumor_edge.runtime.special_files import file_kind, reason
+from tumor_edge.runtime.volume import is_nifti
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,11 @@ class ScannedInputs:
 
     files: list[Path] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)
+    series: set[Path] = field(default_factory=set)  # items of `files` that are DICOM series folders
+
+    def is_volume(self, path: Path) -> bool:
+        """Whether `path` (an item of `files`) is classified as a volume: a NIfTI file or a series folder."""
+        return path in self.series or is_nifti(path)
 
 
 def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
@@ -53,7 +63,7 @@ def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
             out.files.append(path)
             continue
         reported = len(out.problems)
-        found = _walk(path, out.problems)
+        found = _walk(path, out.problems, out.series)
         if not found and len(out.problems) == reported:  # an unreadable folder is reported once, as that
             out.problems.append(InputProblem(str(path), "no scan files in this folder"))
         out.files.extend(found)
@@ -65,8 +75,22 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return scan_inputs(paths).files
 
 
-def _walk(top: Path, problems: list[InputProblem]) -> list[Path]:
-    """Scan files under `top`, sorted; problems appended. An explicit stack, so no depth is too deep."""
+def _series_role(folder: Path, names: list[str]) -> tuple[str, str | None]:
+    """Whether `folder` (its visible entry `names`) is a DICOM series: only when every entry is a DICOM file."""
+    if len(names) < 2:
+        return "images", None
+    paths = [folder / name for name in names]
+    if not all(_kind(p) == "file" and is_dicom_file(p) for p in paths):
+        return "images", None
+    from tumor_edge.runtime.volume_dicom import series_role
+
+    return series_role(folder, paths)
+
+
+def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = None) -> list[Path]:
+    """Scan files (and series folders) under `top`, sorted; problems appended. An explicit stack, so no depth is
+    too deep."""
+    series = set() if series is None else series
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
     stack = [top]
@@ -84,6 +108,14 @@ def _walk(top: Path, problems: list[InputProblem]) -> list[Path]:
                                                       "the scans in it were skipped"))
             continue
         before, subfolders = len(found), 0
+        role, why = _series_role(folder, [n for n in names if not n.startswith(".")])
+        if role == "series":
+            found.append(folder)
+            series.add(folder)
+            continue
+        if role == "refused":
+            problems.append(InputProblem(str(folder), f"{why}; its files were skipped"))
+            continue
         for name in names:
             if name.startswith("."):
                 continue
@@ -93,10 +125,10 @@ def _walk(top: Path, problems: list[InputProblem]) -> list[Path]:
                 stack.append(path)
                 subfolders += 1
             elif kind == "file":
-                if is_scan_file(path):
+                if is_scan_file(path) or is_nifti(path):
                     found.append(path)
             elif kind == "missing":
-                if path.suffix.lower() in SCAN_SUFFIXES:
+                if path.suffix.lower() in SCAN_SUFFIXES or is_nifti(path):
                     found.append(path)  # a dangling link named like a scan: decoding reports it
             else:
                 problems.append(InputProblem(str(path), f"is {kind}, not a regular file: skipped, not opened"))

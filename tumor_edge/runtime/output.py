@@ -4,6 +4,10 @@ registry; each streams a row per result to stdout as it comes, so a pipe sees re
 Machine-readable output stays well-formed whatever the file names: names that are not valid UTF-8 are written
 with backslash escapes (never a crash half-way through a batch), CSV cells are quoted and never start a
 spreadsheet formula, JSON never holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
+
+Volumes (a NIfTI file, a DICOM series folder) give a row per classified slice, shaped like an image row and named
+`brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slice_count` instead of `frame`), then a volume summary row
+(JSON: an object with `"summary": "volume"`) carrying the slices that support its class and the research notice.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TextIO
 from tumor_edge.errors import TumorEdgeError
 from tumor_edge.runtime.batch import Failure
 from tumor_edge.runtime.classifier import Prediction
+from tumor_edge.runtime.volume_summary import VolumeSummary
 
 # OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -66,26 +71,51 @@ def failure_reason(result: Failure) -> str:
     return result.message[len(prefix):] if result.message.startswith(prefix) else result.message
 
 
-def _where(result: Prediction) -> str:
+def slice_label(axis: str, index: int | None, count: int | None) -> str:
+    """'axial 45/120': slice 45 (0-based, along the axis in RAS order) of the volume's 120."""
+    return f"{axis} {index}/{count}"
+
+
+def summary_label(summary: VolumeSummary) -> str:
+    n = len(summary.slices)
+    return f"volume: {summary.axis}, {n} slice{'s' if n != 1 else ''}"
+
+
+def _where(result: Prediction, axis: str | None = None) -> str:
     source = one_line(result.source)
+    if axis is not None:
+        return f"{source} [{slice_label(axis, result.frame, result.frame_count)}]"
     if result.frame is not None:
         return f"{source} [frame {result.frame} of {result.frame_count}]"
     return source
 
 
+def _slice_dict(result: Prediction, axis: str) -> dict:
+    data = result.to_dict()
+    data.pop("frame", None)
+    data.pop("frames", None)
+    data.update(axis=axis, slice=result.frame, slice_count=result.frame_count)
+    return data
+
+
 class Writer:
     """Streams results to `out`. `failure` returns True when it wrote the failure to `out` itself."""
 
-    def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int):
+    def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int, notice: str = ""):
         self.out = out
         self.classes = list(classes)
         self.top_k = top_k
         self.file_width = file_width
+        self.notice = notice  # the research-use notice each volume summary carries
 
     def header(self) -> None:
         pass
 
-    def prediction(self, result: Prediction) -> None:
+    def prediction(self, result: Prediction, axis: str | None = None) -> None:
+        """One image's row; with `axis`, the row of a volume's slice (`result.frame` is the slice index)."""
+        raise NotImplementedError
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
         raise NotImplementedError
 
     def failure(self, result: Failure) -> bool:
@@ -109,14 +139,27 @@ class TableWriter(Writer):
         self.label_width = max(label_width, 5)
         self._line(f"{'file':<{self.file_width}}  {'class':<{self.label_width}}  {'prob':>6}  others")
 
-    def prediction(self, result: Prediction) -> None:
+    def prediction(self, result: Prediction, axis: str | None = None) -> None:
         k = self.top_k or len(self.classes)
         others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
         label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
         # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
         warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
-        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip()
-                   + warned)
+        self._line(f"{_where(result, axis):<{self.file_width}}  {label:<{self.label_width}}  {prob}  "
+                   f"{others}".rstrip() + warned)
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        k = self.top_k or len(self.classes)
+        ranked = sorted(summary.probabilities.items(), key=lambda kv: kv[1], reverse=True)
+        if summary.label is None:
+            label, prob, others = "-", "     -", ""
+        else:
+            label, prob = one_line(summary.label), f"{summary.confidence:6.3f}"
+            others = ", ".join([f"{c} {p:.3f}" for c, p in ranked if c != summary.label][:k - 1])
+        notes = "; ".join([summary.support_text(), *summary.warnings, self.notice])
+        where = f"{one_line(summary.source)} [{summary_label(summary)}]"
+        self._line(f"{where:<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip()
+                   + f"  [{one_line(notes)}]")
 
 
 class JsonLinesWriter(Writer):
@@ -127,11 +170,14 @@ class JsonLinesWriter(Writer):
         data["file"] = display_name(data.get("file"))
         self._line(json.dumps(data, allow_nan=False))
 
-    def prediction(self, result: Prediction) -> None:
-        data = result.to_dict()
+    def prediction(self, result: Prediction, axis: str | None = None) -> None:
+        data = result.to_dict() if axis is None else _slice_dict(result, axis)
         if self.top_k:
             data["top_k"] = [[label, p] for label, p in result.top_k(self.top_k)]
         self._json(data)
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        self._json(summary.to_dict(self.notice))
 
     def failure(self, result: Failure) -> bool:
         self._json(result.to_dict())
@@ -139,8 +185,10 @@ class JsonLinesWriter(Writer):
 
 
 class CsvWriter(Writer):
-    """file, frame, label, confidence, a probability column per class, then error (empty unless the file
-    failed). Cells with a comma, quote, CR or LF are quoted (RFC 4180), so every name stays one cell."""
+    """file, frame, label, confidence, a probability column per class, warnings (joined by "; "), then error
+    (empty unless the file failed). Cells with a comma, quote, CR or LF are quoted (RFC 4180), so every name
+    stays one cell. A volume's slice rows say `axial 45/120` in `frame`; its summary row says which slices carry
+    its class there (`volume: axial, 9 slices; glioma in axial slices ...`), the notice in `warnings`."""
 
     def _row(self, values: list) -> None:
         buffer = io.StringIO()
@@ -150,16 +198,27 @@ class CsvWriter(Writer):
         self._line(buffer.getvalue()[:-2])
 
     def header(self) -> None:
-        self._row(["file", "frame", "label", "confidence", *(csv_cell(c) for c in self.classes), "error"])
+        self._row(["file", "frame", "label", "confidence", *(csv_cell(c) for c in self.classes), "warnings",
+                   "error"])
 
-    def prediction(self, result: Prediction) -> None:
+    def prediction(self, result: Prediction, axis: str | None = None) -> None:
         frame = "" if result.frame is None else result.frame
+        if axis is not None:
+            frame = slice_label(axis, result.frame, result.frame_count)
         label, confidence = ("", "") if result.abstained else (csv_cell(result.label), f"{result.confidence:.6f}")
         self._row([csv_cell(result.source), frame, label, confidence,
-                   *(f"{result.probabilities[c]:.6f}" for c in self.classes), ""])
+                   *(f"{result.probabilities[c]:.6f}" for c in self.classes),
+                   csv_cell("; ".join(result.warnings)), ""])
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        label = "" if summary.label is None else csv_cell(summary.label)
+        confidence = "" if summary.confidence is None else f"{summary.confidence:.6f}"
+        self._row([csv_cell(summary.source), csv_cell(f"{summary_label(summary)}; {summary.support_text()}"),
+                   label, confidence, *(f"{summary.probabilities[c]:.6f}" for c in self.classes),
+                   csv_cell("; ".join([*summary.warnings, self.notice])), ""])
 
     def failure(self, result: Failure) -> bool:
-        self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)),
+        self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)), "",
                    csv_cell(failure_reason(result))])
         return True
 

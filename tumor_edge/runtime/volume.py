@@ -1,0 +1,196 @@
+"""Volumes in `classify`: a NIfTI file or a DICOM series folder, cut into slices the model can classify.
+
+A reader (NIfTI or DICOM series, a registry) checks the size its header promises against the caps before it
+reads a voxel, and gives a `Volume`: the stored values in RAS voxel order (a view, no copy) with the modality
+scaling beside them. Slices are made one at a time when the classifier asks for them (`iter_slices`), so a run
+holds the volume plus one batch of model-sized slices, never every slice decoded. The orientation, framing and
+intensity rules are `volume_slices`', the ones the demo's training scans were made with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tumor_edge.errors import ConfigError, InputImageError
+from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
+from tumor_edge.runtime.volume_slices import (
+    AXES,
+    MAX_CANVAS_PIXELS,
+    BrainBox,
+    PlaneAxes,
+    display_uint8,
+    find_brain,
+    frame_window,
+    pick_slices,
+    sample_stride,
+)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SLICE_CHOICES = ("middle", "all")  # or a whole number N
+
+
+@dataclass
+class Volume:
+    """A volume ready to slice: stored values in RAS voxel order, `values = stored * slope + intercept` (slope
+    and intercept broadcast against `stored`: per file for a DICOM series), voxel sizes in mm (RAS order)."""
+
+    source: str
+    stored: np.ndarray  # (X, Y, Z) in RAS order; a view of what was read
+    spacing: tuple[float, float, float]
+    slope: np.ndarray | float = 1.0
+    intercept: np.ndarray | float = 0.0
+    notes: list[str] = field(default_factory=list)  # warnings found while reading (logged once per volume)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.stored.shape[0], self.stored.shape[1], self.stored.shape[2]
+
+    def values(self, index: tuple) -> np.ndarray:
+        """Modality values (float32) of `stored[index]`."""
+        part = self.stored[index].astype(np.float32)
+        slope, intercept = (np.broadcast_to(np.asarray(v, dtype=np.float32), self.stored.shape)[index]
+                            for v in (self.slope, self.intercept))
+        return part * slope + intercept
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def parse_slices(value: str | int) -> str | int:
+    """`--slices`: 'middle', 'all' or a whole number N >= 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
+        return value.lower()
+    else:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
+    if not 1 <= number <= MAX_FRAMES:
+        raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
+    return number
+
+
+# reader name -> function(path) -> Volume; `reader_for` picks one by the path's form.
+def _read_nifti(path: Path) -> Volume:
+    from tumor_edge.runtime.volume_nifti import read_nifti
+
+    return read_nifti(path)
+
+
+def _read_series(path: Path) -> Volume:
+    from tumor_edge.runtime.volume_dicom import read_series
+
+    return read_series(path)
+
+
+READERS: dict[str, Callable[[Path], Volume]] = {"nifti": _read_nifti, "dicom series": _read_series}
+
+
+def reader_for(path: str | Path) -> str:
+    return "nifti" if is_nifti(path) else "dicom series"
+
+
+def read_volume(path: str | Path) -> Volume:
+    return READERS[reader_for(path)](Path(path))
+
+
+@dataclass(frozen=True)
+class VolumeSlice:
+    """One slice to classify: model-sized uint8 RGB pixels and where it is in the volume."""
+
+    pixels: np.ndarray
+    axis: str
+    index: int  # along the normal, RAS voxel index (0 = right, posterior or inferior end)
+    count: int  # slices along the normal
+
+
+@dataclass
+class SlicePlan:
+    """Which slices of a volume `iter_slices` will make, decided from the volume before any slice is cut."""
+
+    volume: Volume
+    axis: str
+    indices: list[int]
+    box: BrainBox
+
+    @property
+    def count(self) -> int:
+        return self.volume.shape[PlaneAxes.of(self.axis).normal]
+
+
+def plan_slices(volume: Volume, axis: str, slices: str | int) -> SlicePlan:
+    """Find the brain (strided sample: bounded time and memory) and choose the slices to classify."""
+    if axis not in AXES:
+        raise ConfigError(f"axis must be one of {', '.join(AXES)}, not {axis!r}")
+    slices = parse_slices(slices)
+    stride = sample_stride(volume.shape)
+    sample = volume.values((slice(None, None, stride),) * 3)
+    _check_finite(volume, sample, stride)
+    box = find_brain(sample, stride, volume.shape)
+    del sample
+    if box is None:
+        raise InputImageError("volume holds nothing but background (no intensity stands out): nothing to "
+                              "classify", volume.source)
+    axes = PlaneAxes.of(axis)
+    (r0, r1), (c0, c1) = frame_window(box, axes, volume.spacing, volume.shape)
+    if (r1 - r0) * (c1 - c0) > MAX_CANVAS_PIXELS:
+        raise InputImageError(f"voxel sizes {tuple(round(s, 4) for s in volume.spacing)} mm make {axis} slices of "
+                              f"{c1 - c0}x{r1 - r0} voxels (limit {MAX_CANVAS_PIXELS} pixels): a corrupt header?",
+                              volume.source)
+    indices = pick_slices(slices, box.lo[axes.normal], box.hi[axes.normal])
+    if len(indices) > MAX_FRAMES:
+        raise InputImageError(f"{len(indices)} {axis} slices contain brain; classifying all of them is limited "
+                              f"to {MAX_FRAMES} (ask for a number of slices)", volume.source)
+    return SlicePlan(volume, axis, indices, box)
+
+
+def _check_finite(volume: Volume, sample: np.ndarray, stride: int) -> None:
+    """All-NaN volumes are refused; some non-finite voxels are shown black with a warning (counted over the
+    whole volume in blocks when the sample finds any)."""
+    if np.issubdtype(volume.stored.dtype, np.integer):
+        return
+    if np.all(np.isfinite(sample)) and stride == 1:
+        return
+    flat = volume.stored.reshape(-1) if volume.stored.flags.c_contiguous else None
+    bad = total = 0
+    if flat is not None:
+        for start in range(0, flat.size, BLOCK_PIXELS):
+            block = flat[start:start + BLOCK_PIXELS]
+            bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+        total = flat.size
+    else:
+        for x in range(volume.shape[0]):
+            plane = volume.stored[x]
+            bad += int(plane.size - np.count_nonzero(np.isfinite(plane)))
+        total = volume.stored.size
+    if bad == total:
+        raise InputImageError("volume holds no finite voxel values (all NaN or infinite)", volume.source)
+    if bad:
+        volume.notes.append(f"{bad} of {total} voxels are NaN or infinite; they are shown black")
+
+
+def iter_slices(plan: SlicePlan, size: tuple[int, int], resize: Callable[[Image.Image], np.ndarray]
+                ) -> Iterator[VolumeSlice]:
+    """The planned slices, one at a time: cropped to the brain's framing, scaled for display, resized by
+    `resize` to the model's (height, width)."""
+    volume, axes = plan.volume, PlaneAxes.of(plan.axis)
+    (r0, r1), (c0, c1) = frame_window(plan.box, axes, volume.spacing, volume.shape)
+    n_rows, n_cols = volume.shape[axes.row_axis], volume.shape[axes.col_axis]
+    for position in plan.indices:
+        canvas = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)  # rows along row_axis, columns col_axis
+        rows = slice(max(r0, 0), min(r1, n_rows))
+        cols = slice(max(c0, 0), min(c1, n_cols))
+        if rows.start < rows.stop and cols.start < cols.stop:
+            part = axes.plane(volume.values(axes.index(position, rows, cols)))
+            canvas[rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0] = part
+        grey = display_uint8(axes.display(canvas), plan.box.scale)
+        image = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB")
+        yield VolumeSlice(resize(image), plan.axis, position, plan.count)

@@ -1,0 +1,85 @@
+"""Classifying one volume: read it, plan its slices, classify them a batch at a time, then summarise.
+
+A generator of results in the order a writer prints them: a Prediction per slice (its `frame` is the slice index,
+`frame_count` the slices along the axis), then the `VolumeSummary`; or a single `Failure` when the volume cannot
+be read (after rows already given, when it breaks half-way). It never raises for a bad file, so a batch goes on.
+Memory: the volume as stored, plus one batch of model-sized slices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+from tumor_edge.errors import ModelError, TumorEdgeError
+from tumor_edge.runtime.batch import Failure, detached
+from tumor_edge.runtime.preprocess import resize_rgb
+from tumor_edge.runtime.volume import iter_slices, plan_slices, read_volume
+from tumor_edge.runtime.volume_summary import VolumeSummary, VolumeVote, summarise
+
+if TYPE_CHECKING:
+    from tumor_edge.runtime.classifier import Classifier, Prediction
+
+log = logging.getLogger("tumor_edge.input")
+
+VolumeResult = Union["Prediction", Failure, VolumeSummary]
+
+
+def _failure(source: str, err: BaseException) -> Failure:
+    if isinstance(err, TumorEdgeError):
+        return Failure(source, str(err), detached(err))
+    if isinstance(err, MemoryError):
+        return Failure(source, f"{source}: out of memory while reading the volume", detached(err))
+    return Failure(source, f"{source}: unexpected {type(err).__name__} while reading the volume ({str(err)[:200]})",
+                   detached(err))
+
+
+def classify_volume(classifier: Classifier, path: str | Path, axis: str = "axial", slices: str | int = "middle",
+                    batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None
+                    ) -> Iterator[VolumeResult]:
+    """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
+    count in the summary."""
+    source = str(path)
+    rows: list[tuple[int, dict[str, float], str | None]] = []
+    try:
+        volume = read_volume(path)
+        plan = plan_slices(volume, axis, slices)
+    except Exception as err:  # TumorEdgeError, MemoryError, a reader bug on a hostile file: one line
+        yield _failure(source, err)
+        return
+    for note in volume.notes:
+        log.warning("%s: %s", source, note)
+    spec = classifier.preprocessing
+    stream = iter_slices(plan, (spec.height, spec.width), lambda image: resize_rgb(image, spec))
+    warned = 0
+    try:
+        while True:
+            batch = [s for _, s in zip(range(batch_size), stream)]
+            if not batch:
+                break
+            results = classifier.predictions(np.stack([s.pixels for s in batch]),
+                                             [(source, s.index, s.count) for s in batch])
+            del batch
+            for result in results:
+                if result.ok:
+                    if abstain and result.warnings:
+                        result = dataclasses.replace(result, abstained=True)
+                    warned += bool(result.warnings)
+                    rows.append((result.frame, result.probabilities, None if result.abstained else result.label))
+                yield result
+    except ModelError:
+        raise  # the model, not this file, is at fault: the run stops as it does for images
+    except Exception as err:
+        yield _failure(source, err)
+        return
+    finally:
+        stream.close()
+    notes = list(volume.notes)
+    if warned:
+        notes.append(f"{warned} of {len(rows)} slices have warnings")
+    yield summarise(source, axis, classifier.classes, rows, plan.count, notes, vote)
