@@ -14,7 +14,6 @@ import functools
 import os
 import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +111,10 @@ def physical_cores(blocks: list[dict[str, str]]) -> int | None:
 
 
 def package_versions() -> dict[str, str | None]:
+    # importlib.metadata brings zipfile, email, csv, socket: ~2 MB and ~10 ms that classify's cache lookup
+    # (cpu_isa) must not pay
+    from importlib import metadata
+
     out: dict[str, str | None] = {}
     for label, names in PACKAGES.items():
         out[label] = None

@@ -58,7 +58,8 @@ def test_classify_never_imports_tensorflow(case):
 
 
 # What `classify` must never load: other extras' packages, and the parts of tumor-edge other commands need.
-NOT_FOR_CLASSIFY = (*HEAVY, "matplotlib", "scipy", "sklearn", "pydicom", "nibabel", "starlette", "uvicorn",
+NOT_FOR_CLASSIFY = (*HEAVY, "importlib.metadata", "email", "zipfile",
+                    "matplotlib", "scipy", "sklearn", "pydicom", "nibabel", "starlette", "uvicorn",
                     "ai_edge_litert", "onnxruntime.quantization", "onnxruntime.tools",
                     "tumor_edge.train", "tumor_edge.export", "tumor_edge.bench", "tumor_edge.demo", "tumor_edge.data",
                     "tumor_edge.serve", "tumor_edge.envcmd.commands", "tumor_edge.runtime.verify",

@@ -69,6 +69,7 @@ COLD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("first result s (median)", lambda c: _num(c["median_s"], ".2f")),
     ("min s", lambda c: _num(c["min_s"], ".2f")),
     ("peak RSS MB", lambda c: _num(c["peak_rss_mb"], ".0f")),
+    ("CPU s", lambda c: _num(c.get("cpu_s"), ".2f")),
     ("import s", lambda c: _num(c.get("child", {}).get("import_s"), ".2f")),
     ("load s", lambda c: _num(c.get("child", {}).get("load_s"), ".2f")),
     ("1st inference s", lambda c: _num(c.get("child", {}).get("first_inference_s"), ".2f")),

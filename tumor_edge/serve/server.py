@@ -38,7 +38,8 @@ def serve(config: ServeConfig) -> None:
 
     config.validate()
     model_path = resolve_model_path(config.model)
-    options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None)
+    options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None,
+                             memory_arena=True)  # a server runs many batches: the arena keeps memory flat
     classifier = Classifier.from_bundle(model_path, model_file=config.model_file, options=options)
     app = create_app(classifier, model_path, config)
     sock = open_socket(config.host, config.port)
