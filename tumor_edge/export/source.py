@@ -1,11 +1,11 @@
-"""What is being exported: a training run folder, or a Keras/SavedModel classifier made elsewhere.
+"""What is being exported: a training run folder, or a Keras/SavedModel/ONNX classifier made elsewhere.
 
 Everything downstream (converters, quantization, parity) works from one `ModelSource`: the model (loaded on first
 use, in whichever process needs it: the source pickles without it, so a converter's child process loads its own),
 the class names in output order, the preprocessing the bundle will declare, the preprocessing the Keras reference
 is evaluated with, and the labelled images to calibrate, select and test on. A run folder says all of this
 itself (`contracts.run_folder`); for a foreign model the user says it and we check what can be checked
-(export/foreign.py, export/outputs.py).
+(export/foreign.py, export/foreign_onnx.py, export/outputs.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, read_split, stratified_split
 from tumor_edge.errors import ConfigError, DatasetError, ModelError
 from tumor_edge.export.foreign import KERAS_SUFFIXES, SAVED_MODEL_FILE, check_io, input_hw, load_model_file
-from tumor_edge.export.outputs import detect_output, settle_output, with_softmax
+from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts
+from tumor_edge.export.outputs import (
+    detect_output,
+    probe_outputs,
+    rows_are_probabilities,
+    settle_output,
+    with_softmax,
+)
 from tumor_edge.export.samples import SampleSet, folder_samples, require_images
 
 OUTPUT_TYPES = ("auto", "probabilities", "logits")
@@ -43,6 +50,7 @@ class SourceOptions:
     preprocess: str | None = None  # a scaling name of contracts.preprocessing
     resize: str | None = None  # a resize method of contracts.preprocessing
     output: str = "auto"  # "auto" | "probabilities" | "logits"
+    layout: str = "auto"  # a foreign ONNX model's input: "auto" | "nchw" | "nhwc"
     calib_data: Path | None = None
     test_data: Path | None = None
     seed: int = 0
@@ -51,7 +59,7 @@ class SourceOptions:
 @dataclass
 class ModelSource:
     path: Path
-    kind: str  # "run" | "keras" | "savedmodel"
+    kind: str  # "run" | "keras" | "savedmodel" | "onnx"
     classes: list[str]
     preprocessing: Preprocessing  # what the bundle declares and the runtime applies
     reference_preprocessing: Preprocessing  # what the Keras reference is evaluated with (the training pipeline)
@@ -64,6 +72,7 @@ class ModelSource:
     test: SampleSet | None = None  # parity
     warnings: list[str] = field(default_factory=list)
     trust: Any = None  # export.trust_outputs.TrustExport without its model: outputs, calibration, OOD, notes
+    onnx: OnnxFacts | None = None  # a foreign ONNX file: its layout, batch, opset (export/foreign_onnx.py)
     _raw: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
     _converted: Any = field(default=None, repr=False)
@@ -82,6 +91,10 @@ class ModelSource:
     @property
     def raw_model(self):
         """The model as saved."""
+        if self._raw is None and self.kind == "onnx":
+            from tumor_edge.export.foreign_onnx import OnnxModel
+
+            self._raw = OnnxModel(self.path, self.onnx)
         if self._raw is None:
             self._raw = load_model_file(self.model_file, "keras" if self.kind == "run" else self.kind,
                                         self.preprocessing.height)
@@ -90,6 +103,8 @@ class ModelSource:
     @property
     def model(self):
         """A Keras model that yields probabilities (a softmax appended to a logit model)."""
+        if self._model is None and self.kind == "onnx":
+            self._model = self.raw_model.with_softmax() if self.softmax_appended else self.raw_model
         if self._model is None:
             self._model = with_softmax(self.raw_model) if self.softmax_appended else self.raw_model
         return self._model
@@ -106,11 +121,29 @@ class ModelSource:
         from tumor_edge.export.trust_outputs import trust_export
 
         run = RunFolder(self.run_dir) if self.run_dir else None
-        return trust_export(self.model, self.run_config.extra if self.run_config else {},
+        return trust_export(self.model, self.run_config.extra if self.run_config else self._foreign_trust(),
                             run.ood_params if run else None)
+
+    def _foreign_trust(self) -> dict[str, Any]:
+        """What train would have recorded, fitted here on the held-back calibration images (foreign models)."""
+        from tumor_edge.export.foreign_trust import NO_FEATURE_OOD_REASON, fit_foreign_calibration
+
+        return {"calibration": fit_foreign_calibration(self), "ood": {"skipped": NO_FEATURE_OOD_REASON}}
 
     def settle_trust(self) -> ModelSource:
         """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
+        if self.kind == "onnx":
+            from tumor_edge.export.foreign_trust import NO_FEATURE_OOD
+            from tumor_edge.export.trust_outputs import TrustExport
+
+            calibration = self._foreign_trust()["calibration"]
+            self.trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None,
+                                     notes=["no heatmaps: an ONNX model made elsewhere has no class-activation head "
+                                            "tumor-edge can read", NO_FEATURE_OOD])
+            if calibration.get("skipped"):
+                self.trust.notes.append(f"no calibration: {calibration['skipped']}")
+            self.warnings.extend(self.trust.notes)
+            return self
         found = self._trust_export()
         self._converted, found.model = found.model, None
         self.trust = found
@@ -139,7 +172,9 @@ def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
                          f"(no {SAVED_MODEL_FILE})", path)
     if path.suffix.lower() in KERAS_SUFFIXES:
         return _load_foreign(path, "keras", options).settle_trust()
-    raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES)} "
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        return _load_onnx(path, options).settle_trust()
+    raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES)} "
                      "or a SavedModel folder", path)
 
 
@@ -197,12 +232,7 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
 
 
 def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
-    if not options.classes:
-        raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
-                           "classes")
-    if not options.preprocess:
-        raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
-                                      f"({', '.join(SCALING_NAMES)})", path), "preprocess")
+    _require_foreign_options(path, options)
     scaling = _choice(options.preprocess, SCALING_NAMES, "scaling")
     resize = _choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
     raw = load_model_file(path, kind, options.image_size)
@@ -232,6 +262,51 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
         return settle_output(source, options.output, "--output", stated=True)
     output, reason = detect_output(raw, source)
     return settle_output(source, output, reason, stated=False)
+
+
+def _load_onnx(path: Path, options: SourceOptions) -> ModelSource:
+    """A foreign ONNX file: checked and described here (export/foreign_onnx.py); converted by the onnx-fp32 row."""
+    from tumor_edge.export.foreign_onnx import inspect_onnx
+
+    _require_foreign_options(path, options)
+    classes = [str(c) for c in options.classes]
+    try:
+        facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
+    except ModelError as err:
+        for words, option in (("give the image size", "image_size"), ("image size given", "image_size"),
+                              ("channels-first", "layout"), ("classes were given", "classes")):
+            if words in err.reason:
+                raise needs_option(err, option) from None
+        raise
+    height = facts.height or options.image_size
+    width = facts.width or options.image_size
+    spec = Preprocessing(height=height, width=width, resize=_choice(options.resize or "bilinear", RESIZE_NAMES,
+                                                                    "resize"),
+                         scaling=_choice(options.preprocess, SCALING_NAMES, "scaling"))
+    calibration = validation = test = None
+    if options.calib_data:
+        calibration, validation = _calibration_from_folder(options.calib_data, classes, options.seed)
+    if options.test_data:
+        test = _test_from_folder(options.test_data, classes)
+    source = ModelSource(
+        path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
+        source_output="probabilities", output_decided_by="", sha256=sha256_file(path), calibration=calibration,
+        validation=validation, test=test, onnx=facts)
+    if options.output != "auto":
+        return settle_output(source, options.output, "--output", stated=True)
+    probs = rows_are_probabilities(probe_outputs(source.raw_model, source))
+    return settle_output(source, "probabilities" if probs else "logits",
+                         "outputs are rows in [0, 1] that sum to 1" if probs
+                         else "outputs are not rows of probabilities", stated=False)
+
+
+def _require_foreign_options(path: Path, options: SourceOptions) -> None:
+    if not options.classes:
+        raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
+                           "classes")
+    if not options.preprocess:
+        raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
+                                      f"({', '.join(SCALING_NAMES)})", path), "preprocess")
 
 
 # ------------------------------------------------------------------------------------------------- samples
