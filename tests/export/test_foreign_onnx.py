@@ -117,10 +117,10 @@ def _cli(*args, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def _export(model: Path, out: Path, data: Path, *extra) -> subprocess.CompletedProcess:
+def _export(model: Path, out: Path, data: Path, *extra, check: bool = True) -> subprocess.CompletedProcess:
     return _cli("export", model, "--out", out, "--classes", ",".join(CLASSES), "--image-size", SIZE,
                 "--preprocess", "torch", "--test-data", data / "Testing", "--calib-data", data, *TOLERANCES,
-                "--quiet", *extra)
+                "--quiet", *extra, check=check)
 
 
 def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(trained, data, tmp_path):
@@ -151,7 +151,12 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(trained, 
     assert fp32["batch"].startswith("dynamic") and fp32["opset"] == onnx.load(str(model)).opset_import[0].version
     assert meta["provenance"]["output"]["model_output"] == "logits"
     assert meta["calibration"]["temperature"] > 0 and "held-out" in meta["calibration"]["fitted_on_data"]
-    assert "heatmap" not in meta["outputs"] and meta.get("ood") is None
+    assert "heatmap" not in meta["outputs"]
+    # OOD from the outputs only: the energy of the logits, computed inside the file, threshold on held-back images
+    assert (meta["outputs"]["ood_score"]["index"], meta["outputs"]["ood_score"]["type"]) == (1, "logit_energy")
+    ood = meta["ood"]
+    assert ood["score"] == "logit_energy" and ood["tpr"] == 0.95 and "held-out" in ood["fitted_on_data"]
+    assert ood["evaluation"]["uniform noise"]["either_flagged"] == 1.0
     # The bundle's file alone: NHWC float input with a dynamic batch, the tumor-edge metadata inside it.
     wrapped = onnx.load(str(out / "model_fp32.onnx"))
     dims = wrapped.graph.input[0].type.tensor_type.shape.dim
@@ -159,6 +164,22 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(trained, 
     assert "tumor_edge" in {p.key for p in wrapped.metadata_props}
     lone = Classifier.from_bundle(out / "model_fp32.onnx")
     assert lone.classes == list(CLASSES)
+    # The energy output of each bundle file is the numpy energy of the original model's logits.
+    from tumor_edge.calibration.output_scores import output_score
+    from tumor_edge.data.dataset import load_pixels
+    from tumor_edge.export.foreign_onnx import OnnxModel, inspect_onnx
+    from tumor_edge.export.samples import folder_samples
+    from tumor_edge.runtime.preprocess import scale
+
+    spec = Classifier.from_bundle(out).preprocessing
+    pixels = load_pixels(folder_samples(data / "Testing", list(CLASSES), "Testing")[:12], spec,
+                         show_progress=False).pixels
+    logits = OnnxModel(model, inspect_onnx(model, len(CLASSES), SIZE)).predict(scale(pixels, spec))
+    expected = output_score(logits, "logit_energy")
+    energies = Classifier.from_bundle(out).infer_outputs(pixels)["ood_score"]  # the default file: int8
+    fp32 = Classifier.from_bundle(out, model_file="model_fp32.onnx").infer_outputs(pixels)["ood_score"]
+    np.testing.assert_allclose(fp32, expected, atol=1e-4)
+    assert np.corrcoef(energies, expected)[0, 1] > 0.9  # int8 shifts the energies (clipped activations)
     # classify uses the bundle; --heatmap says why there is no picture.
     scans = sorted((data / "Testing" / "glioma").iterdir())[:3]
     classified = _cli("classify", "--model", out, "--json", *scans)
@@ -181,14 +202,20 @@ def test_dynamic_batch_nhwc_probabilities_and_hard_coded_batch(trained, data, tm
         "nhwc": (_torch_export(NhwcProbabilities(trained), torch.zeros(1, SIZE, SIZE, 3), tmp_path / "nhwc.onnx"),
                  "nhwc", "probabilities", "dynamic"),
     }
+    ood_kinds = {"logits": "logit_energy", "probabilities": "max_probability"}
     hard = TinyNet(hard_coded_batch=True)
     hard.load_state_dict(trained.state_dict())
     cases["fixed"] = (_torch_export(hard, torch.zeros(1, 3, SIZE, SIZE), tmp_path / "fixed.onnx"), "nchw",
                       "logits", "fixed 1")
     for name, (model, layout, output, batch) in cases.items():
         out = tmp_path / f"bundle-{name}"
-        _export(model, out, data, "--formats", "onnx")
+        if name == "fixed":  # int8 calibrates in batches: that row fails with its reason, fp32 is kept and proven
+            failed = _export(model, out, data, "--formats", "onnx", "--int8", "--in-process", check=False)
+            assert failed.returncode != 0 and "this graph's batch is fixed 1" in failed.stderr, failed.stderr
+        else:
+            _export(model, out, data, "--formats", "onnx", "--in-process")
         meta = json.loads((out / "metadata.json").read_text())
+        assert meta["ood"]["score"] == ood_kinds[output], name
         entry = meta["models"]["model_fp32.onnx"]
         assert (entry["source_layout"], meta["provenance"]["output"]["model_output"]) == (layout, output), name
         assert entry["batch"].startswith(batch), (name, entry["batch"])

@@ -176,8 +176,10 @@ class OnnxModel:
 # ------------------------------------------------------------------------------------------ the bundle's file
 
 
-def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool) -> dict[str, Any]:
-    """Write the bundle-contract form of `src` at `dst`; return the facts metadata records for the file."""
+def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool, ood_score: str | None = None
+                    ) -> dict[str, Any]:
+    """Write the bundle-contract form of `src` at `dst`; return the facts metadata records for the file.
+    `ood_score` (a key of calibration.output_scores.OUTPUT_SCORES) adds that score as output 1."""
     import onnx
     from onnx import helper
 
@@ -197,6 +199,7 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
         graph.input.insert(position, image)
         graph.node.insert(0, transpose)
     output = graph.output[0]
+    score_output = _score_output(model, output.name, ood_score, facts) if ood_score else None
     if append_softmax:
         probs = helper.make_tensor_value_info(PROBABILITIES if PROBABILITIES not in _names(graph)
                                               else "tumor_edge_probabilities", onnx.TensorProto.FLOAT,
@@ -204,7 +207,9 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
         graph.node.append(helper.make_node("Softmax", [output.name], [probs.name], axis=1,
                                            name="tumor_edge_softmax"))
         graph.output.remove(output)
-        graph.output.append(probs)
+        graph.output.insert(0, probs)
+    if score_output is not None:
+        graph.output.append(score_output)
     onnx.checker.check_model(model)
     _write(model, dst)
     batch = "dynamic"
@@ -218,7 +223,28 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
             batch = f"fixed {facts.batch} ({why}): the runtime feeds {facts.batch} image(s) at a time"
     return {"converter": "onnx graph rewrite (tumor-edge)", "opset": facts.opset, "source_layout": facts.layout,
             "layout_decided_by": facts.layout_decided_by, "batch": batch, "softmax_appended": append_softmax,
-            "input_transposed": facts.layout == "nchw"}
+            "input_transposed": facts.layout == "nchw", "ood_output": ood_score}
+
+
+def _score_output(model, scores: str, kind: str, facts: OnnxFacts):
+    """Nodes computing the OOD score from the class scores (logits or probabilities), numpy twin in
+    calibration.output_scores.output_score; returns the new graph output (one number per image)."""
+    import onnx
+    from onnx import helper
+
+    from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
+
+    op = {"logit_energy": "ReduceLogSumExp", "max_probability": "ReduceMax"}[kind]
+    reduced = "tumor_edge_ood_reduced"
+    if facts.opset >= 18:  # axes became an input in opset 18
+        axes = helper.make_tensor("tumor_edge_ood_axes", onnx.TensorProto.INT64, [1], [1])
+        model.graph.initializer.append(axes)
+        node = helper.make_node(op, [scores, axes.name], [reduced], keepdims=0, name="tumor_edge_ood_reduce")
+    else:
+        node = helper.make_node(op, [scores], [reduced], axes=[1], keepdims=0, name="tumor_edge_ood_reduce")
+    name = OUTPUT_SCORE_ROLE if OUTPUT_SCORE_ROLE not in _names(model.graph) else "tumor_edge_ood_score"
+    model.graph.node.extend([node, helper.make_node("Neg", [reduced], [name], name="tumor_edge_ood_score")])
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [facts.batch or BATCH_DIM])
 
 
 def _names(graph) -> set[str]:

@@ -73,6 +73,8 @@ class ModelSource:
     warnings: list[str] = field(default_factory=list)
     trust: Any = None  # export.trust_outputs.TrustExport without its model: outputs, calibration, OOD, notes
     onnx: OnnxFacts | None = None  # a foreign ONNX file: its layout, batch, opset (export/foreign_onnx.py)
+    foreign_fit: dict[str, Any] | None = None  # a foreign model's calibration and OOD fit (export/foreign_trust.py)
+    seed: int = 0
     _raw: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
     _converted: Any = field(default=None, repr=False)
@@ -125,23 +127,34 @@ class ModelSource:
                             run.ood_params if run else None)
 
     def _foreign_trust(self) -> dict[str, Any]:
-        """What train would have recorded, fitted here on the held-back calibration images (foreign models)."""
-        from tumor_edge.export.foreign_trust import NO_FEATURE_OOD_REASON, fit_foreign_calibration
+        """What train would have recorded, fitted once (where the source is loaded) on the held-back calibration
+        images of a foreign model; plain data, so converter processes reuse it."""
+        if self.foreign_fit is None:
+            from tumor_edge.export.foreign_trust import fit_foreign_trust
 
-        return {"calibration": fit_foreign_calibration(self), "ood": {"skipped": NO_FEATURE_OOD_REASON}}
+            self.foreign_fit = fit_foreign_trust(self, self.seed)
+        return self.foreign_fit
 
     def settle_trust(self) -> ModelSource:
         """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
         if self.kind == "onnx":
-            from tumor_edge.export.foreign_trust import NO_FEATURE_OOD
+            from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
+            from tumor_edge.contracts.bundle import OutputSpec
             from tumor_edge.export.trust_outputs import TrustExport
 
-            calibration = self._foreign_trust()["calibration"]
+            fit = self._foreign_trust()
+            calibration, ood = fit["calibration"], fit["ood"]
             self.trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None,
                                      notes=["no heatmaps: an ONNX model made elsewhere has no class-activation head "
-                                            "tumor-edge can read", NO_FEATURE_OOD])
+                                            "tumor-edge can read"])
             if calibration.get("skipped"):
                 self.trust.notes.append(f"no calibration: {calibration['skipped']}")
+            if ood.get("skipped"):
+                self.trust.notes.append(f"no output-score OOD check: {ood['skipped']} (only the input checks apply)")
+            else:
+                self.trust.ood = ood
+                self.trust.extra_outputs = {OUTPUT_SCORE_ROLE: OutputSpec(OUTPUT_SCORE_ROLE, 1, ood["score"],
+                                                                          ood["description"])}
             self.warnings.extend(self.trust.notes)
             return self
         found = self._trust_export()
@@ -257,7 +270,7 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     source = ModelSource(
         path=path, kind=kind, classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=digest, calibration=calibration,
-        validation=validation, test=test, _raw=raw)
+        validation=validation, test=test, seed=options.seed, _raw=raw)
     if options.output != "auto":
         return settle_output(source, options.output, "--output", stated=True)
     output, reason = detect_output(raw, source)
@@ -291,7 +304,7 @@ def _load_onnx(path: Path, options: SourceOptions) -> ModelSource:
     source = ModelSource(
         path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=sha256_file(path), calibration=calibration,
-        validation=validation, test=test, onnx=facts)
+        validation=validation, test=test, onnx=facts, seed=options.seed)
     if options.output != "auto":
         return settle_output(source, options.output, "--output", stated=True)
     probs = rows_are_probabilities(probe_outputs(source.raw_model, source))
