@@ -11,7 +11,8 @@ def convert(ctx, dst: Path) -> dict[str, Any]:
     if ctx.source.kind == "onnx":
         from tumor_edge.export.foreign_onnx import to_bundle_model
 
-        return to_bundle_model(ctx.source.path, dst, ctx.source.onnx, ctx.source.softmax_appended)
+        ood = (ctx.source.trust.ood if ctx.source.trust else None) or {}
+        return to_bundle_model(ctx.source.path, dst, ctx.source.onnx, ctx.source.softmax_appended, ood.get("score"))
     from tumor_edge.export.onnx_export import export_onnx_fp32
 
     export_onnx_fp32(ctx.model, ctx.spec.height, ctx.spec.width, dst, ctx.config.opset)
