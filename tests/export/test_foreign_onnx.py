@@ -157,6 +157,7 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(trained, 
     ood = meta["ood"]
     assert ood["score"] == "logit_energy" and ood["tpr"] == 0.95 and "held-out" in ood["fitted_on_data"]
     assert ood["evaluation"]["uniform noise"]["either_flagged"] == 1.0
+    assert "Output-score check" in (out / "MODEL_CARD.md").read_text()
     # The bundle's file alone: NHWC float input with a dynamic batch, the tumor-edge metadata inside it.
     wrapped = onnx.load(str(out / "model_fp32.onnx"))
     dims = wrapped.graph.input[0].type.tensor_type.shape.dim
