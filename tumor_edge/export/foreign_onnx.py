@@ -51,6 +51,12 @@ class OnnxFacts:
         return asdict(self)
 
 
+def _for_option(error: ModelError, option: str) -> ModelError:
+    """Tag an error with the export option that fixes it (as source.needs_option does); the CLI names its flag."""
+    error.option = option
+    return error
+
+
 def _dim(d) -> int | None:
     return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
 
@@ -95,8 +101,8 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
     if layout == "auto":
         nchw, nhwc = dims[1] == 3, dims[3] == 3
         if nchw == nhwc:
-            raise ModelError(f"cannot tell the input layout from its shape {_shape(dims)}: say channels-first "
-                             f"or channels-last", path)
+            raise _for_option(ModelError(f"cannot tell the input layout from its shape {_shape(dims)}: say "
+                                         "channels-first or channels-last", path), "layout")
         layout, decided = ("nchw" if nchw else "nhwc"), f"input shape {_shape(dims)}"
     else:
         decided = "stated"
@@ -106,10 +112,10 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
                          "are RGB", path)
     for got in (height, width):
         if got is not None and image_size is not None and got != image_size:
-            raise ModelError(f"the model takes {height}x{width} images but the image size given is "
-                             f"{image_size}", path)
+            raise _for_option(ModelError(f"the model takes {height}x{width} images but the image size given is "
+                                         f"{image_size}", path), "image_size")
     if (height is None or width is None) and image_size is None:
-        raise ModelError("the model's input size is not fixed: give the image size", path)
+        raise _for_option(ModelError("the model's input size is not fixed: give the image size", path), "image_size")
     if len(model.graph.output) != 1:
         raise ModelError(f"the model has {len(model.graph.output)} outputs; export needs one (batch, classes)",
                          path)
@@ -118,7 +124,8 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
     if len(out_dims) != 2:
         raise ModelError(f"the model's output has shape {_shape(out_dims)}; expected (batch, classes)", path)
     if out_dims[1] is not None and out_dims[1] != n_classes:
-        raise ModelError(f"the model has {out_dims[1]} outputs but {n_classes} classes were given", path)
+        raise _for_option(ModelError(f"the model has {out_dims[1]} outputs but {n_classes} classes were given", path),
+                          "classes")
     return OnnxFacts(inputs[0].name, out.name, layout, decided, height, width, dims[0], default_opset(model),
                      n_classes)
 

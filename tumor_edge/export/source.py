@@ -21,13 +21,7 @@ from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, read_split, stratified_
 from tumor_edge.errors import ConfigError, DatasetError, ModelError
 from tumor_edge.export.foreign import KERAS_SUFFIXES, SAVED_MODEL_FILE, check_io, input_hw, load_model_file
 from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts
-from tumor_edge.export.outputs import (
-    detect_output,
-    probe_outputs,
-    rows_are_probabilities,
-    settle_output,
-    with_softmax,
-)
+from tumor_edge.export.outputs import detect_output, settle_output, with_softmax
 from tumor_edge.export.samples import SampleSet, folder_samples, require_images
 
 OUTPUT_TYPES = ("auto", "probabilities", "logits")
@@ -138,25 +132,9 @@ class ModelSource:
     def settle_trust(self) -> ModelSource:
         """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
         if self.kind == "onnx":
-            from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
-            from tumor_edge.contracts.bundle import OutputSpec
-            from tumor_edge.export.trust_outputs import TrustExport
+            from tumor_edge.export.source_onnx import settle_onnx_trust
 
-            fit = self._foreign_trust()
-            calibration, ood = fit["calibration"], fit["ood"]
-            self.trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None,
-                                     notes=["no heatmaps: an ONNX model made elsewhere has no class-activation head "
-                                            "tumor-edge can read"])
-            if calibration.get("skipped"):
-                self.trust.notes.append(f"no calibration: {calibration['skipped']}")
-            if ood.get("skipped"):
-                self.trust.notes.append(f"no output-score OOD check: {ood['skipped']} (only the input checks apply)")
-            else:
-                self.trust.ood = ood
-                self.trust.extra_outputs = {OUTPUT_SCORE_ROLE: OutputSpec(OUTPUT_SCORE_ROLE, 1, ood["score"],
-                                                                          ood["description"])}
-            self.warnings.extend(self.trust.notes)
-            return self
+            return settle_onnx_trust(self)
         found = self._trust_export()
         self._converted, found.model = found.model, None
         self.trust = found
@@ -186,7 +164,9 @@ def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
     if path.suffix.lower() in KERAS_SUFFIXES:
         return _load_foreign(path, "keras", options).settle_trust()
     if path.suffix.lower() in ONNX_SUFFIXES:
-        return _load_onnx(path, options).settle_trust()
+        from tumor_edge.export.source_onnx import load_onnx_source
+
+        return load_onnx_source(path, options).settle_trust()
     raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES)} "
                      "or a SavedModel folder", path)
 
@@ -208,11 +188,11 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
     # An explicit scaling/resize overrides what the bundle declares; the Keras reference keeps the training
     # pipeline's, so parity shows at once whether the override was a mistake.
     if options.preprocess and options.preprocess != trained_spec.scaling:
-        bundle_spec = replace(bundle_spec, scaling=_choice(options.preprocess, SCALING_NAMES, "scaling"))
+        bundle_spec = replace(bundle_spec, scaling=checked_choice(options.preprocess, SCALING_NAMES, "scaling"))
         warnings.append(f"the scaling '{options.preprocess}' overrides the run's training scaling "
                         f"'{trained_spec.scaling}'; parity will show whether the model agrees")
     if options.resize and options.resize != trained_spec.resize:
-        bundle_spec = replace(bundle_spec, resize=_choice(options.resize, RESIZE_NAMES, "resize"))
+        bundle_spec = replace(bundle_spec, resize=checked_choice(options.resize, RESIZE_NAMES, "resize"))
         warnings.append(f"the resize '{options.resize}' overrides the run's training resize "
                         f"'{trained_spec.resize}'; parity will show whether the model agrees")
     calibration = validation = test = None
@@ -227,10 +207,10 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
         validation = SampleSet(val, f"validation split of {run.split}") if val else None
         test = SampleSet(test_samples, f"test split of {run.split}")
     if options.calib_data:
-        calibration, validation = _calibration_from_folder(options.calib_data, classes, options.seed,
+        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed,
                                                            keep_validation=validation)
     if options.test_data:
-        test = _test_from_folder(options.test_data, classes)
+        test = test_from_folder(options.test_data, classes)
     source = ModelSource(
         path=run.path, kind="run", classes=classes, preprocessing=bundle_spec, reference_preprocessing=trained_spec,
         source_output="probabilities", output_decided_by="run config", sha256=sha256_file(run.model),
@@ -245,9 +225,9 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
 
 
 def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
-    _require_foreign_options(path, options)
-    scaling = _choice(options.preprocess, SCALING_NAMES, "scaling")
-    resize = _choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
+    require_foreign_options(path, options)
+    scaling = checked_choice(options.preprocess, SCALING_NAMES, "scaling")
+    resize = checked_choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
     raw = load_model_file(path, kind, options.image_size)
     height, width = input_hw(raw, path)
     if height is None or width is None:
@@ -263,9 +243,9 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     check_io(raw, path, classes, spec)
     calibration = validation = test = None
     if options.calib_data:
-        calibration, validation = _calibration_from_folder(options.calib_data, classes, options.seed)
+        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed)
     if options.test_data:
-        test = _test_from_folder(options.test_data, classes)
+        test = test_from_folder(options.test_data, classes)
     digest = sha256_file(path) if path.is_file() else sha256_file(path / SAVED_MODEL_FILE)
     source = ModelSource(
         path=path, kind=kind, classes=classes, preprocessing=spec, reference_preprocessing=spec,
@@ -277,43 +257,7 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     return settle_output(source, output, reason, stated=False)
 
 
-def _load_onnx(path: Path, options: SourceOptions) -> ModelSource:
-    """A foreign ONNX file: checked and described here (export/foreign_onnx.py); converted by the onnx-fp32 row."""
-    from tumor_edge.export.foreign_onnx import inspect_onnx
-
-    _require_foreign_options(path, options)
-    classes = [str(c) for c in options.classes]
-    try:
-        facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
-    except ModelError as err:
-        for words, option in (("give the image size", "image_size"), ("image size given", "image_size"),
-                              ("channels-first", "layout"), ("classes were given", "classes")):
-            if words in err.reason:
-                raise needs_option(err, option) from None
-        raise
-    height = facts.height or options.image_size
-    width = facts.width or options.image_size
-    spec = Preprocessing(height=height, width=width, resize=_choice(options.resize or "bilinear", RESIZE_NAMES,
-                                                                    "resize"),
-                         scaling=_choice(options.preprocess, SCALING_NAMES, "scaling"))
-    calibration = validation = test = None
-    if options.calib_data:
-        calibration, validation = _calibration_from_folder(options.calib_data, classes, options.seed)
-    if options.test_data:
-        test = _test_from_folder(options.test_data, classes)
-    source = ModelSource(
-        path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
-        source_output="probabilities", output_decided_by="", sha256=sha256_file(path), calibration=calibration,
-        validation=validation, test=test, onnx=facts, seed=options.seed)
-    if options.output != "auto":
-        return settle_output(source, options.output, "--output", stated=True)
-    probs = rows_are_probabilities(probe_outputs(source.raw_model, source))
-    return settle_output(source, "probabilities" if probs else "logits",
-                         "outputs are rows in [0, 1] that sum to 1" if probs
-                         else "outputs are not rows of probabilities", stated=False)
-
-
-def _require_foreign_options(path: Path, options: SourceOptions) -> None:
+def require_foreign_options(path: Path, options: SourceOptions) -> None:
     if not options.classes:
         raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
                            "classes")
@@ -325,7 +269,7 @@ def _require_foreign_options(path: Path, options: SourceOptions) -> None:
 # ------------------------------------------------------------------------------------------------- samples
 
 
-def _calibration_from_folder(folder: Path, classes: list[str], seed: int,
+def calibration_from_folder(folder: Path, classes: list[str], seed: int,
                              keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
     samples = folder_samples(folder, classes, TRAIN_DIR)
     require_images(samples, "calibration", folder)
@@ -339,16 +283,17 @@ def _calibration_from_folder(folder: Path, classes: list[str], seed: int,
             SampleSet(held, f"{origin} (held-out {FOREIGN_VAL_FRACTION * 100:.0f} %)"))
 
 
-def _test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
+def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
     samples = folder_samples(folder, classes, TEST_DIR)
     require_images(samples, "test", folder)
     return SampleSet(samples, f"test images {folder}")
 
 
-def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ConfigError(f"the {what} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
-__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SourceOptions", "load_source", "needs_option"]
+__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SourceOptions", "calibration_from_folder", "checked_choice",
+           "load_source", "needs_option", "require_foreign_options", "test_from_folder"]
