@@ -149,3 +149,24 @@ def test_output_scores_threshold_and_runtime_reading():
     for kind in OUTPUT_SCORES:
         with pytest.raises(ConfigError, match="ood.threshold"):
             TrustSettings.from_fields(None, {**record, "score": kind, "threshold": "high"})
+
+
+def test_a_nearly_constant_tensor_does_not_break_int8_calibration(tmp_path):
+    """Found exporting a PyTorch CNN (BatchNorm, 240 px): a tensor whose float32 values span a few ulps made
+    numpy's 2048-bin histogram fail ("Too many bins for data range") and the int8 row with it."""
+    from tumor_edge.export.quantize import QuantizationConfig, collect_ranges
+    from tumor_edge.runtime.preprocess import Preprocessing
+
+    scale = numpy_helper.from_array(np.array(1e-9, np.float32), "tiny")
+    offset = numpy_helper.from_array(np.array(3.0, np.float32), "three")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "tiny"], ["small"]), helper.make_node("Add", ["small", "three"], ["near"]),
+         helper.make_node("Relu", ["near"], ["y"])], "near_constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 3])], [scale, offset])
+    path = tmp_path / "near.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    pixels = RNG.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    config = QuantizationConfig(methods=("minmax", "entropy", "percentile"))
+    ranges = collect_ranges(path, pixels, Preprocessing(8, 8, scaling="none"), config, tmp_path, show_progress=False)
+    assert set(ranges) == {"minmax", "entropy", "percentile"}
