@@ -8,12 +8,14 @@ from pathlib import Path
 
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES, Preprocessing
+from tumor_edge.errors import ModelError
 from tumor_edge.export.outputs import probe_outputs, rows_are_probabilities, settle_output
 from tumor_edge.export.source import (
     ModelSource,
     SourceOptions,
     calibration_from_folder,
     checked_choice,
+    needs_option,
     require_foreign_options,
     test_from_folder,
 )
@@ -39,9 +41,13 @@ def load_onnx_source(path: Path, options: SourceOptions) -> ModelSource:
         path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=sha256_file(path), calibration=calibration,
         validation=validation, test=test, onnx=facts, seed=options.seed)
+    probe = probe_outputs(source.raw_model, source)
+    if probe.ndim != 2 or probe.shape[1] != len(classes):  # a dynamic output width is checked on real outputs
+        raise needs_option(ModelError(f"the model gives outputs of shape {probe.shape[1:]} per image but "
+                                      f"{len(classes)} classes were given", path), "classes")
     if options.output != "auto":
         return settle_output(source, options.output, "--output", stated=True)
-    probs = rows_are_probabilities(probe_outputs(source.raw_model, source))
+    probs = rows_are_probabilities(probe)
     return settle_output(source, "probabilities" if probs else "logits",
                          "outputs are rows in [0, 1] that sum to 1" if probs
                          else "outputs are not rows of probabilities", stated=False)
