@@ -93,6 +93,14 @@ def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dat
     expected = softmax(model.predict(scale(load_pixels(index.test, spec, show_progress=False).pixels, spec),
                                      verbose=0).astype(np.float64))
     assert not np.allclose(expected, 0.25, atol=0.05), "the test model should be trained, not uniform"
+    # A foreign model's temperature is fitted at export on the held-back calibration images; the runtime applies it.
+    calibration = meta.get("calibration") or {}
+    assert calibration.get("temperature") or "held-back" in calibration.get("skipped", "")
+    if calibration.get("temperature"):
+        from tumor_edge.calibration import apply_temperature
+
+        assert "held-out" in calibration["fitted_on_data"]
+        expected = apply_temperature(expected, calibration["temperature"])
     for name in ("model_fp32.onnx", "model_fp32.tflite"):
         probs = Classifier.from_bundle(out, model_file=name).predict_proba_files(paths)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

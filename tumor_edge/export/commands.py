@@ -11,7 +11,7 @@ import click
 
 from tumor_edge.contracts.formats import CONTAINERS, ENABLING_OPTIONS, FORMATS
 from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES
-from tumor_edge.export.config import OUTPUT_CHOICES, ExportConfig, ParityThresholds
+from tumor_edge.export.config import LAYOUT_CHOICES, OUTPUT_CHOICES, ExportConfig, ParityThresholds
 
 _DEFAULT = ExportConfig.default
 _LIMITS = ParityThresholds()
@@ -54,6 +54,9 @@ def _flag_for(err) -> str | None:
 @click.option("--resize", type=click.Choice(RESIZE_NAMES), help="Resize filter [the run's, or bilinear].")
 @click.option("--output", "output_type", type=click.Choice(OUTPUT_CHOICES), default="auto", show_default=True,
               help="What the model outputs; logits get a softmax appended.")
+@click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default="auto", show_default=True,
+              help="Foreign ONNX model: its input layout (nchw = channels first, as PyTorch; auto: from its input "
+                   "shape). Bundles are NHWC: an NCHW model gets a transpose at its input.")
 @click.option("--calib-data", type=click.Path(path_type=Path),
               help="Calibration images: a dataset root (uses Training/) or a folder of class folders "
                    "[the run's training split].")
@@ -101,14 +104,14 @@ def _flag_for(err) -> str | None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def export(ctx: click.Context, source: Path, out: Path, formats: str, force: bool, classes: str | None,
-           image_size: int | None, preprocess: str | None, resize: str | None, output_type: str,
+           image_size: int | None, preprocess: str | None, resize: str | None, output_type: str, layout: str,
            calib_data: Path | None, calib_count: int, select_count: int, calib_methods: str, per_channel: bool,
            reduce_range: bool | None, no_accuracy_aware: bool, test_data: Path | None, test_count: int | None,
            no_parity: bool,
            max_accuracy_drop: float, max_auc_drop: float, min_agreement: float, allow_unproven: bool,
            confidence: float, tflite_full_integer: bool, no_optimize: bool, in_process: bool, overlap: bool,
            opset: int, seed: int, quiet: bool, **enabling: bool) -> None:
-    """Export SOURCE (a training run folder, or a .keras/.h5 file or SavedModel made elsewhere) to a model
+    """Export SOURCE (a training run folder, or a .keras/.h5/.onnx file or SavedModel made elsewhere) to a model
     bundle: ONNX and TFLite files (fp32, plus int8/fp16 on request), metadata.json, and a parity report proving
     that every file, run by the runtime from the test images, agrees with the Keras model.
 
@@ -132,7 +135,8 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
     try:
         config = ExportConfig(
             source=source, out=out, formats=tuple(_csv(formats) or ()), force=force, classes=_csv(classes),
-            image_size=image_size, preprocess=preprocess, resize=resize, output=output_type, calib_data=calib_data,
+            image_size=image_size, preprocess=preprocess, resize=resize, output=output_type, layout=layout,
+            calib_data=calib_data,
             calib_count=calib_count, select_count=select_count, test_data=test_data, test_count=test_count,
             parity=not no_parity,
             thresholds=ParityThresholds(max_accuracy_drop=max_accuracy_drop, max_auc_drop=max_auc_drop,

@@ -11,6 +11,7 @@ from tumor_edge.contracts.formats import CONTAINERS, ENABLING_OPTIONS, ModelForm
 from tumor_edge.errors import ConfigError
 
 OUTPUT_CHOICES = ("auto", "probabilities", "logits")
+LAYOUT_CHOICES = ("auto", "nchw", "nhwc")  # a foreign ONNX model's input layout (export/foreign_onnx.py)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ExportConfig:
     preprocess: str | None = None
     resize: str | None = None
     output: str = "auto"  # what the model outputs: one of OUTPUT_CHOICES
+    layout: str = "auto"  # a foreign ONNX model's input: one of LAYOUT_CHOICES ("auto": from its input shape)
     # Images.
     calib_data: Path | None = None
     calib_count: int = 200  # training-split images for int8 calibration (stratified)
@@ -81,6 +83,8 @@ class ExportConfig:
             raise ConfigError(f"formats must be among {', '.join(CONTAINERS)}, not {', '.join(unknown) or 'none'}")
         if self.output not in OUTPUT_CHOICES:
             raise ConfigError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, not {self.output!r}")
+        if self.layout not in LAYOUT_CHOICES:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, not {self.layout!r}")
         for name in ("calib_count", "select_count", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")
@@ -105,4 +109,4 @@ class ExportConfig:
         raise KeyError(name)
 
 
-__all__ = ["ExportConfig", "OUTPUT_CHOICES", "ParityThresholds"]
+__all__ = ["ExportConfig", "LAYOUT_CHOICES", "OUTPUT_CHOICES", "ParityThresholds"]

@@ -28,6 +28,7 @@ from tumor_edge.export.parity import ParityReport, keras_reference, run_parity
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.provenance import provenance
+from tumor_edge.export.routes import in_table_order, is_skipped, no_route, skipped_row
 from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource, SourceOptions, load_source, needs_option
 from tumor_edge.export.steps import run_steps
@@ -57,7 +58,8 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp:
         work = Path(tmp)
         options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
-                                resize=config.resize, output=config.output, calib_data=config.calib_data,
+                                resize=config.resize, output=config.output, layout=config.layout,
+                                calib_data=config.calib_data,
                                 test_data=config.test_data, seed=config.seed)
         # In a child: loading and checking the model is this process's only use of TensorFlow otherwise.
         source = call(load_source, (config.source, options), work, _isolated(config), "load")
@@ -68,8 +70,11 @@ def export_bundle(config: ExportConfig) -> ExportResult:
         for line in warnings:
             log.warning("warning: %s", line)
         prepare_out_dir(out, config.force)
-        rows = run_steps(ExportContext(config, source, out, work), config.selected())
-        failed = [r for r in rows if not r.ok]
+        selected = config.selected()
+        skipped = {f.key: why for f in selected if (why := no_route(source.kind, f))}  # e.g. ONNX -> TFLite
+        rows = run_steps(ExportContext(config, source, out, work), [f for f in selected if f.key not in skipped])
+        rows = in_table_order(rows + [skipped_row(f, skipped[f.key]) for f in selected if f.key in skipped])
+        failed = [r for r in rows if not r.ok and not is_skipped(r)]
         trust = source.trust
         metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
                                   output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
@@ -110,12 +115,13 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     write_model_card(out, metadata.to_dict(), report.to_dict() if report else None)
     table = render_table(table_rows(report, _keras_row(source, report), [
         {"file": r.file, "format": r.format, "precision": r.precision,
-         "size_bytes": (out / r.file).stat().st_size if r.ok else 0,
+         "size_bytes": (out / r.file).stat().st_size if r.ok else None,
          "status": "not checked (no parity)" if r.ok else r.status} for r in rows]))
     if report is not None:
         write_reports(out, report, table_rows(report, _keras_row(source, report), [
             {"file": r.file, "format": r.format, "precision": r.precision,
-             "size_bytes": (out / r.file).stat().st_size} for r in rows if r.ok]))
+             "size_bytes": (out / r.file).stat().st_size if r.ok else None, "status": r.status}
+            for r in rows if r.ok or is_skipped(r)]))
     result = ExportResult(out, metadata, rows, report, table, time.perf_counter() - started, warnings)
     error: TumorEdgeError | None = None
     if failed:
@@ -182,7 +188,8 @@ def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, An
         return None
     model_file = source.model_file
     size = model_file.stat().st_size / 1e6 if model_file.is_file() else None
-    return {"file": model_file.name, "size_mb": size, "accuracy": report.reference["accuracy"],
+    return {"label": "onnx (own)" if source.kind == "onnx" else "keras",  # a foreign ONNX file is its own reference
+            "file": model_file.name, "size_mb": size, "accuracy": report.reference["accuracy"],
             "macro_auc": report.reference["macro_auc"], "ms_per_image": report.reference.get("ms_per_image")}
 
 

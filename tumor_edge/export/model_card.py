@@ -166,12 +166,19 @@ def _ood(ood: Mapping[str, Any] | None) -> list[str]:
            "warning)."]
     if not ood:
         return out + [f"Feature-space check: {NOT_RECORDED}.", ""]
-    out += ["", f"Feature-space check: {ood.get('score', '?')} distance on the model's pooled features, threshold "
-            f"{_num(ood.get('threshold'), '.4g')} fitted on {ood.get('count', '?')} validation images to pass "
-            f"{_pct(ood.get('tpr'))} of them (out-of-fold: {_pct(ood.get('measured_tpr'))})."]
+    fitted = (f"threshold {_num(ood.get('threshold'), '.4g')} fitted on {ood.get('count', '?')} "
+              f"{'held-back calibration' if ood.get('output_role') == 'ood_score' else 'validation'} images to pass "
+              f"{_pct(ood.get('tpr'))} of them")
+    if ood.get("output_role") == "ood_score":  # a score the model computes from its class scores (foreign models)
+        out += ["", f"Output-score check (the model exposes no pooled features): {ood.get('description', '?')}; "
+                f"{fitted} (measured: {_pct(ood.get('measured_tpr'))})."]
+    else:
+        out += ["", f"Feature-space check: {ood.get('score', '?')} distance on the model's pooled features, {fitted} "
+                f"(out-of-fold: {_pct(ood.get('measured_tpr'))})."]
     rates = ood.get("evaluation") or {}
     if rates:
-        out += ["", "Measured at the end of training (generated sets are synthetic; the in-distribution row is "
+        when = "at export" if ood.get("output_role") == "ood_score" else "at the end of training"
+        out += ["", f"Measured {when} (generated sets are synthetic; the in-distribution row is "
                 "the false-alarm rate):", "",
                 "| set | images | feature check | input checks | either |", "|---|---|---|---|---|"]
         out += [f"| {name} | {r.get('count', '?')} | {_pct(r.get('flagged'))} | {_pct(r.get('input_checks_flagged'))}"

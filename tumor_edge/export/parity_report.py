@@ -23,7 +23,8 @@ def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
     rows = []
     if keras_row is not None:
         size = keras_row.get("size_mb")
-        rows.append(["keras", keras_row.get("file", "keras"), _megabytes(None if size is None else size * 1e6),
+        rows.append([keras_row.get("label", "keras"), keras_row.get("file", "keras"),
+                     _megabytes(None if size is None else size * 1e6),
                      fmt(keras_row.get("accuracy"), ".4f"), fmt(keras_row.get("macro_auc"), ".4f"), "-", "-", "-",
                      "-", fmt(keras_row.get("ms_per_image"), ".1f"), "reference"])
     by_file = {f.file: f for f in report.files} if report else {}

@@ -1,11 +1,11 @@
-"""What is being exported: a training run folder, or a Keras/SavedModel classifier made elsewhere.
+"""What is being exported: a training run folder, or a Keras/SavedModel/ONNX classifier made elsewhere.
 
 Everything downstream (converters, quantization, parity) works from one `ModelSource`: the model (loaded on first
 use, in whichever process needs it: the source pickles without it, so a converter's child process loads its own),
 the class names in output order, the preprocessing the bundle will declare, the preprocessing the Keras reference
 is evaluated with, and the labelled images to calibrate, select and test on. A run folder says all of this
 itself (`contracts.run_folder`); for a foreign model the user says it and we check what can be checked
-(export/foreign.py, export/outputs.py).
+(export/foreign.py, export/foreign_onnx.py, export/outputs.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, read_split, stratified_split
 from tumor_edge.errors import ConfigError, DatasetError, ModelError
 from tumor_edge.export.foreign import KERAS_SUFFIXES, SAVED_MODEL_FILE, check_io, input_hw, load_model_file
+from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts
 from tumor_edge.export.outputs import detect_output, settle_output, with_softmax
 from tumor_edge.export.samples import SampleSet, folder_samples, require_images
 
@@ -43,6 +44,7 @@ class SourceOptions:
     preprocess: str | None = None  # a scaling name of contracts.preprocessing
     resize: str | None = None  # a resize method of contracts.preprocessing
     output: str = "auto"  # "auto" | "probabilities" | "logits"
+    layout: str = "auto"  # a foreign ONNX model's input: "auto" | "nchw" | "nhwc"
     calib_data: Path | None = None
     test_data: Path | None = None
     seed: int = 0
@@ -51,7 +53,7 @@ class SourceOptions:
 @dataclass
 class ModelSource:
     path: Path
-    kind: str  # "run" | "keras" | "savedmodel"
+    kind: str  # "run" | "keras" | "savedmodel" | "onnx"
     classes: list[str]
     preprocessing: Preprocessing  # what the bundle declares and the runtime applies
     reference_preprocessing: Preprocessing  # what the Keras reference is evaluated with (the training pipeline)
@@ -64,6 +66,9 @@ class ModelSource:
     test: SampleSet | None = None  # parity
     warnings: list[str] = field(default_factory=list)
     trust: Any = None  # export.trust_outputs.TrustExport without its model: outputs, calibration, OOD, notes
+    onnx: OnnxFacts | None = None  # a foreign ONNX file: its layout, batch, opset (export/foreign_onnx.py)
+    foreign_fit: dict[str, Any] | None = None  # a foreign model's calibration and OOD fit (export/foreign_trust.py)
+    seed: int = 0
     _raw: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
     _converted: Any = field(default=None, repr=False)
@@ -82,6 +87,10 @@ class ModelSource:
     @property
     def raw_model(self):
         """The model as saved."""
+        if self._raw is None and self.kind == "onnx":
+            from tumor_edge.export.foreign_onnx import OnnxModel
+
+            self._raw = OnnxModel(self.path, self.onnx)
         if self._raw is None:
             self._raw = load_model_file(self.model_file, "keras" if self.kind == "run" else self.kind,
                                         self.preprocessing.height)
@@ -90,6 +99,8 @@ class ModelSource:
     @property
     def model(self):
         """A Keras model that yields probabilities (a softmax appended to a logit model)."""
+        if self._model is None and self.kind == "onnx":
+            self._model = self.raw_model.with_softmax() if self.softmax_appended else self.raw_model
         if self._model is None:
             self._model = with_softmax(self.raw_model) if self.softmax_appended else self.raw_model
         return self._model
@@ -106,11 +117,24 @@ class ModelSource:
         from tumor_edge.export.trust_outputs import trust_export
 
         run = RunFolder(self.run_dir) if self.run_dir else None
-        return trust_export(self.model, self.run_config.extra if self.run_config else {},
+        return trust_export(self.model, self.run_config.extra if self.run_config else self._foreign_trust(),
                             run.ood_params if run else None)
+
+    def _foreign_trust(self) -> dict[str, Any]:
+        """What train would have recorded, fitted once (where the source is loaded) on the held-back calibration
+        images of a foreign model; plain data, so converter processes reuse it."""
+        if self.foreign_fit is None:
+            from tumor_edge.export.foreign_trust import fit_foreign_trust
+
+            self.foreign_fit = fit_foreign_trust(self, self.seed)
+        return self.foreign_fit
 
     def settle_trust(self) -> ModelSource:
         """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
+        if self.kind == "onnx":
+            from tumor_edge.export.source_onnx import settle_onnx_trust
+
+            return settle_onnx_trust(self)
         found = self._trust_export()
         self._converted, found.model = found.model, None
         self.trust = found
@@ -139,7 +163,11 @@ def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
                          f"(no {SAVED_MODEL_FILE})", path)
     if path.suffix.lower() in KERAS_SUFFIXES:
         return _load_foreign(path, "keras", options).settle_trust()
-    raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES)} "
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        from tumor_edge.export.source_onnx import load_onnx_source
+
+        return load_onnx_source(path, options).settle_trust()
+    raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES)} "
                      "or a SavedModel folder", path)
 
 
@@ -160,11 +188,11 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
     # An explicit scaling/resize overrides what the bundle declares; the Keras reference keeps the training
     # pipeline's, so parity shows at once whether the override was a mistake.
     if options.preprocess and options.preprocess != trained_spec.scaling:
-        bundle_spec = replace(bundle_spec, scaling=_choice(options.preprocess, SCALING_NAMES, "scaling"))
+        bundle_spec = replace(bundle_spec, scaling=checked_choice(options.preprocess, SCALING_NAMES, "scaling"))
         warnings.append(f"the scaling '{options.preprocess}' overrides the run's training scaling "
                         f"'{trained_spec.scaling}'; parity will show whether the model agrees")
     if options.resize and options.resize != trained_spec.resize:
-        bundle_spec = replace(bundle_spec, resize=_choice(options.resize, RESIZE_NAMES, "resize"))
+        bundle_spec = replace(bundle_spec, resize=checked_choice(options.resize, RESIZE_NAMES, "resize"))
         warnings.append(f"the resize '{options.resize}' overrides the run's training resize "
                         f"'{trained_spec.resize}'; parity will show whether the model agrees")
     calibration = validation = test = None
@@ -179,10 +207,10 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
         validation = SampleSet(val, f"validation split of {run.split}") if val else None
         test = SampleSet(test_samples, f"test split of {run.split}")
     if options.calib_data:
-        calibration, validation = _calibration_from_folder(options.calib_data, classes, options.seed,
+        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed,
                                                            keep_validation=validation)
     if options.test_data:
-        test = _test_from_folder(options.test_data, classes)
+        test = test_from_folder(options.test_data, classes)
     source = ModelSource(
         path=run.path, kind="run", classes=classes, preprocessing=bundle_spec, reference_preprocessing=trained_spec,
         source_output="probabilities", output_decided_by="run config", sha256=sha256_file(run.model),
@@ -197,14 +225,9 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
 
 
 def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
-    if not options.classes:
-        raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
-                           "classes")
-    if not options.preprocess:
-        raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
-                                      f"({', '.join(SCALING_NAMES)})", path), "preprocess")
-    scaling = _choice(options.preprocess, SCALING_NAMES, "scaling")
-    resize = _choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
+    require_foreign_options(path, options)
+    scaling = checked_choice(options.preprocess, SCALING_NAMES, "scaling")
+    resize = checked_choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
     raw = load_model_file(path, kind, options.image_size)
     height, width = input_hw(raw, path)
     if height is None or width is None:
@@ -220,24 +243,33 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     check_io(raw, path, classes, spec)
     calibration = validation = test = None
     if options.calib_data:
-        calibration, validation = _calibration_from_folder(options.calib_data, classes, options.seed)
+        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed)
     if options.test_data:
-        test = _test_from_folder(options.test_data, classes)
+        test = test_from_folder(options.test_data, classes)
     digest = sha256_file(path) if path.is_file() else sha256_file(path / SAVED_MODEL_FILE)
     source = ModelSource(
         path=path, kind=kind, classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=digest, calibration=calibration,
-        validation=validation, test=test, _raw=raw)
+        validation=validation, test=test, seed=options.seed, _raw=raw)
     if options.output != "auto":
         return settle_output(source, options.output, "--output", stated=True)
     output, reason = detect_output(raw, source)
     return settle_output(source, output, reason, stated=False)
 
 
+def require_foreign_options(path: Path, options: SourceOptions) -> None:
+    if not options.classes:
+        raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
+                           "classes")
+    if not options.preprocess:
+        raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
+                                      f"({', '.join(SCALING_NAMES)})", path), "preprocess")
+
+
 # ------------------------------------------------------------------------------------------------- samples
 
 
-def _calibration_from_folder(folder: Path, classes: list[str], seed: int,
+def calibration_from_folder(folder: Path, classes: list[str], seed: int,
                              keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
     samples = folder_samples(folder, classes, TRAIN_DIR)
     require_images(samples, "calibration", folder)
@@ -251,16 +283,17 @@ def _calibration_from_folder(folder: Path, classes: list[str], seed: int,
             SampleSet(held, f"{origin} (held-out {FOREIGN_VAL_FRACTION * 100:.0f} %)"))
 
 
-def _test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
+def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
     samples = folder_samples(folder, classes, TEST_DIR)
     require_images(samples, "test", folder)
     return SampleSet(samples, f"test images {folder}")
 
 
-def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ConfigError(f"the {what} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
-__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SourceOptions", "load_source", "needs_option"]
+__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SourceOptions", "calibration_from_folder", "checked_choice",
+           "load_source", "needs_option", "require_foreign_options", "test_from_folder"]

@@ -167,8 +167,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         from tumor_edge.runtime.heatmap_files import HEATMAP_ROLE, HeatmapWriter
 
         if HEATMAP_ROLE not in classifier.output_specs:
-            raise ConfigError("--heatmap: this model has no heatmap output (exported without one, or its head is "
-                              "not global average pooling + dense)", classifier.backend.path)
+            raise ConfigError("--heatmap: this model has no heatmap output: it has no class-activation head (its "
+                              "head is not global average pooling + dense, it was exported without one, or it was "
+                              "made elsewhere)", classifier.backend.path)
         heatmaps = HeatmapWriter(heatmap_dir, classifier.preprocessing, force)
 
     fmt = "json" if as_json else "csv" if as_csv else "table"

@@ -1,8 +1,9 @@
 """What the device does with a bundle's trust fields: calibrated probabilities and out-of-distribution warnings.
 
-A bundle may record `calibration` (a temperature fitted on the validation split) and `ood` (class centres and a
-threshold for the model's "ood_features" output; see tumor_edge.calibration.mahalanobis). Neither is required:
-an older bundle gets no scaling and only the input checks. Numpy only.
+A bundle may record `calibration` (a temperature fitted on the validation split) and `ood`: class centres and a
+threshold for the model's "ood_features" output (tumor_edge.calibration.mahalanobis), or, for a model made
+elsewhere, a threshold on a score the model file computes itself (tumor_edge.calibration.output_scores). Neither
+is required: an older bundle gets no scaling and only the input checks. Numpy only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration.mahalanobis import OOD_ROLE, score_projected
+from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE, OUTPUT_SCORES
 from tumor_edge.calibration.temperature import T_BOUNDS, apply_temperature
 from tumor_edge.errors import ConfigError
 from tumor_edge.runtime.ood_checks import input_warnings
@@ -28,6 +30,7 @@ class TrustSettings:
     ood_threshold: float | None = None
     ood_role: str = OOD_ROLE
     input_checks: bool = True
+    ood_score: str = "mahalanobis"  # or a key of OUTPUT_SCORES: the model output is the score itself
 
     @classmethod
     def from_fields(cls, calibration: Any = None, ood: Any = None, input_checks: bool = True) -> TrustSettings:
@@ -46,9 +49,11 @@ class TrustSettings:
         if ood is not None:
             if not isinstance(ood, Mapping):
                 raise ConfigError("field 'ood' must be an object")
+            if ood.get("score") in OUTPUT_SCORES:
+                return cls._output_score(temperature, ood, input_checks)
             if ood.get("score") != "mahalanobis":
                 raise ConfigError(f"field 'ood.score' names {str(ood.get('score'))[:40]!r}; this tumor-edge "
-                                  f"knows 'mahalanobis'")
+                                  f"knows 'mahalanobis', {', '.join(repr(k) for k in OUTPUT_SCORES)}")
             try:
                 centres = np.asarray(ood.get("centres"), dtype=np.float64)
             except (TypeError, ValueError) as err:
@@ -63,9 +68,19 @@ class TrustSettings:
                 raise ConfigError("field 'ood.output_role' must be a string")
         return cls(temperature, centres, None if threshold is None else float(threshold), role, input_checks)
 
+    @classmethod
+    def _output_score(cls, temperature: float | None, ood: Mapping, input_checks: bool) -> TrustSettings:
+        threshold = ood.get("threshold")
+        if not _finite(threshold):
+            raise ConfigError("field 'ood.threshold' must be a finite number")
+        role = ood.get("output_role", OUTPUT_SCORE_ROLE)
+        if not isinstance(role, str):
+            raise ConfigError("field 'ood.output_role' must be a string")
+        return cls(temperature, None, float(threshold), role, input_checks, str(ood["score"]))
+
     @property
     def has_ood(self) -> bool:
-        return self.ood_centres is not None
+        return self.ood_centres is not None or self.ood_score in OUTPUT_SCORES
 
 
 def _finite(value: Any) -> bool:
@@ -84,6 +99,8 @@ def ood_scores(outputs: Mapping[str, np.ndarray], settings: TrustSettings) -> np
     z = outputs.get(settings.ood_role)
     if not settings.has_ood or z is None:
         return None
+    if settings.ood_score in OUTPUT_SCORES:  # the model computed it: one number per image
+        return np.asarray(z, dtype=np.float64).reshape(len(z))
     return score_projected(np.asarray(z).reshape(len(z), -1), settings.ood_centres)
 
 
@@ -91,6 +108,7 @@ def warnings_for(pixels: np.ndarray, score: float | None, settings: TrustSetting
     """One image's warnings: the input checks on its (model-sized, uint8 RGB) pixels, then the feature check."""
     found = input_warnings(pixels) if settings.input_checks else []
     if score is not None and settings.ood_threshold is not None and score > settings.ood_threshold:
-        found.append(f"unlike the training scans (feature distance {score:.3g} above the threshold "
+        what = "feature distance" if settings.ood_score == "mahalanobis" else settings.ood_score.replace("_", " ")
+        found.append(f"unlike the training scans ({what} {score:.3g} above the threshold "
                      f"{settings.ood_threshold:.3g} that passes most validation scans)")
     return found

@@ -7,11 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.errors import ModelError
+
 
 def convert(ctx, dst: Path) -> dict[str, Any]:
     from tumor_edge.export.quantize import quantize_onnx_int8
 
     src = ctx.needs_ok("onnx-fp32")
+    batch = str(ctx.results["onnx-fp32"].extra.get("batch", "dynamic"))
+    if batch.startswith("fixed"):  # calibration and method choice run batches (a foreign graph may fix its own)
+        raise ModelError(f"int8 calibration runs batches of images, and this graph's batch is "
+                         f"{batch.split(' (')[0]} (the fp32 file's 'batch' in metadata.json says why)")
     calib = ctx.calibration()
     val = ctx.validation()
     report = quantize_onnx_int8(src, dst, calib.pixels, val.pixels if val else None, val.labels if val else None,

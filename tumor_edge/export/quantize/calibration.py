@@ -159,11 +159,13 @@ def collect_ranges(model_path: Path, pixels: np.ndarray, spec: Preprocessing, co
         return ranges
     entropy_result, percentile_hists = {}, {}
     for name, parts in samples.items():
-        values = np.concatenate(parts)
+        # float64: a tensor whose float32 values span a few ulps (a nearly constant activation) leaves numpy no
+        # room for finite float32 bins ("Too many bins for data range"); the edges go back to float32 below.
+        values = np.concatenate(parts).astype(np.float64)
         low, high = np.float32(lows[name]), np.float32(highs[name])
         if "entropy" in config.methods:
             t = np.float32(max(abs(low), abs(high)))
-            hist, edges = np.histogram(values, ENTROPY_BINS, range=(-t, t) if t > 0 else None)
+            hist, edges = np.histogram(values, ENTROPY_BINS, range=(-float(t), float(t)) if t > 0 else None)
             histogram = (hist, edges.astype(np.float32), low, high, t)
             entropy_result[name] = (*entropy_threshold(histogram, ENTROPY_QUANTIZED_BINS), hist, histogram[1])
         if "percentile" in config.methods:
