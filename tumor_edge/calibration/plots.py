@@ -71,7 +71,8 @@ def reliability_grid(rows: Sequence[tuple[str, np.ndarray, float | None]], label
     """One figure, one row per model (name, raw probabilities, temperature or None): before and after scaling
     side by side, so every exported file's calibration is seen on one page."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), 2, figsize=(9, 3.4 * len(rows) + 0.6), sharey=True, squeeze=False)
+    height = 3.4 * len(rows) + 0.7  # inches; the top 0.7 hold the title and the notice
+    fig, axes = plt.subplots(len(rows), 2, figsize=(9, height), sharey=True, squeeze=False)
     for (name, raw, temperature), pair in zip(rows, axes):
         t = 1.0 if temperature is None else float(temperature)
         before, after = _before_after(t)
@@ -80,7 +81,7 @@ def reliability_grid(rows: Sequence[tuple[str, np.ndarray, float | None]], label
         pair[0].set_ylabel("accuracy")
     axes[0][0].legend(loc="upper left", fontsize=7)
     fig.suptitle((title + "\n" if title else "") + RESEARCH_NOTICE, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))
     path = Path(path)
     fig.savefig(path, dpi=80)
     plt.close(fig)

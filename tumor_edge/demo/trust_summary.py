@@ -79,7 +79,9 @@ def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], d
                  f"{cal.get('ece_measured_on', 'test')} split: {_pct(cal.get('ece_before'))} before, "
                  f"{_pct(cal.get('ece_after'))} after scaling.")
     if cal.get("kept_t1_because"):
-        lines.append(f"(T = 1 kept: {cal['kept_t1_because']}; the fitted T was {cal.get('fitted_temperature')}.)")
+        fitted = cal.get("fitted_temperature")
+        lines.append(f"(T = 1 kept: {cal['kept_t1_because']}"
+                     + (f"; the fitted T was {fitted:.3g}" if isinstance(fitted, (int, float)) else "") + ".)")
     written = []
     if run.predictions.is_file():
         with np.load(run.predictions, allow_pickle=False) as data:
@@ -168,7 +170,14 @@ def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, cou
 
     test_paths = [p for paths in files.values() for p in paths]
     rates = measure_ood_rates(classifier, test_paths, count=count, seed=seed)
-    examples = {name: images[0] for name, images in generated_sets(1, classifier.preprocessing.size, seed).items()}
+    scans = []
+    if test_paths:
+        from tumor_edge.runtime.batch import decode_file
+
+        decoded = decode_file(test_paths[0], classifier.preprocessing, "middle")
+        scans = [decoded.pixels[0][0]] if decoded.failure is None else []
+    examples = {name: images[0] for name, images in generated_sets(
+        1, classifier.preprocessing.size, seed, scans=np.stack(scans) if scans else None).items()}
     path = _ood_figure(rates, examples, out_dir / OOD_PNG)
     check = ("input checks (colour, noise, blank, no dark background) and the feature-space distance fitted on "
              "the validation split" if rates["feature_check"] else "input checks only (no feature-space fit)")

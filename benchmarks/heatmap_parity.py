@@ -1,0 +1,162 @@
+"""Heatmap parity at 299 px: per exported file, the correlation of its class activation maps with the Keras
+model's (issue 12's goal: >= 0.95 for int8 files).
+
+    python benchmarks/heatmap_parity.py [--workdir /tmp/tumor-edge-heatmap-parity] [--train-seconds 600]
+
+An untrained network's maps are a poor proxy (random features, no structure a quantiser must keep), so this
+trains the project's InceptionV3 classifier (`tumor_edge.train.model.build_classifier`, from scratch) briefly on
+generated demo scans (synthetic lesions on real MRI templates) at 299 px, for at most --train-seconds of
+training steps, in a child process; writes it as a run folder (the run-folder contract); exports it with
+`tumor-edge export RUN --int8 --fp16` WITH parity (thresholds loosened: a briefly trained model proves nothing
+about accuracy; the point is the maps), which measures each file's heatmaps through the runtime against the
+Keras model's on the held-out scans (export.trust_outputs.heatmap_parity). Results go to
+benchmarks/results/heatmap-parity-<stamp>.json and .md with the CPU, the load and the model's accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/standin.py
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZE = 299
+GOAL = 0.95
+LOOSE = ("--max-accuracy-drop", "100", "--max-auc-drop", "1", "--min-agreement", "0", "--allow-unproven")
+
+
+class TimeLimit:
+    """Keras callback: stop after `seconds` of training steps (the first step's graph tracing included)."""
+
+    def __new__(cls, seconds: float):
+        import keras
+
+        class _Limit(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.start, self.steps = time.perf_counter(), 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.steps += 1
+                if time.perf_counter() - self.start > seconds:
+                    self.model.stop_training = True
+
+        return _Limit()
+
+
+def train_run(data_root: Path, run_dir: Path, seconds: float, batch: int, seed: int = 0) -> dict:
+    """Train briefly (child process) and write the run folder export reads."""
+    import keras
+    import numpy as np
+
+    from tumor_edge.contracts.preprocessing import Preprocessing
+    from tumor_edge.contracts.run_folder import RunConfig, RunFolder
+    from tumor_edge.data.dataset import discover, load_pixels, stratified_split, write_split
+    from tumor_edge.train.model import build_classifier
+
+    run = RunFolder(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    index = discover(data_root)
+    keras.utils.set_random_seed(seed)
+    spec = Preprocessing(SIZE, SIZE, "bilinear", "none")  # the model rescales inside (build_classifier)
+    train, val = stratified_split(index.train, 0.2, seed)
+    tr = load_pixels(train, spec, "train pixels", show_progress=False)
+    va = load_pixels(val, spec, "val pixels", show_progress=False)
+    model = build_classifier(len(index.classes), SIZE, weights=None, bn_momentum=0.8)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    limit = TimeLimit(seconds)
+    started = time.perf_counter()
+    model.fit(tr.pixels.astype(np.float32), tr.labels, batch_size=batch, epochs=1000, shuffle=True, verbose=2,
+              callbacks=[limit])
+    train_seconds = time.perf_counter() - started
+    val_acc = float(np.mean(model.predict(va.pixels.astype(np.float32), batch_size=16, verbose=0).argmax(1)
+                            == va.labels))
+    model.save(run.model)
+    write_split(run.split, index.root, index.classes, {"train": train, "val": val, "test": index.test}, seed, 0.2)
+    facts = {"train_seconds": round(train_seconds, 1), "steps": limit.steps, "batch": batch,
+             "train_images": len(tr.labels), "val_accuracy": round(val_acc, 4)}
+    RunConfig(classes=list(index.classes), preprocessing=spec, data_root=str(index.root.resolve()),
+              counts=index.counts(), train_config={"weights": None, "bn_momentum": 0.8, **facts},
+              created=datetime.now(timezone.utc).isoformat(),
+              extra={"note": "heatmap-parity stand-in: briefly trained on synthetic demo scans"}).write(run.config)
+    return facts
+
+
+def render(record: dict) -> str:
+    m, t = record["machine"], record["training"]
+    lines = ["# Heatmap parity at 299 px", "",
+             f"{m['cpu']} ({m['isa']}); load average {record['load_average'][0]} -> {record['load_average'][1]}.",
+             f"Model: InceptionV3 from scratch, {t['steps']} steps of batch {t['batch']} ({t['train_seconds']} s) on "
+             f"{t['train_images']} synthetic demo scans; validation accuracy {100 * t['val_accuracy']:.1f} %; "
+             f"Keras test accuracy {record['keras_accuracy']}. Heatmaps: {record['grid']}.",
+             f"Parity test images: {record['n_images']}. Goal: mean map correlation >= {GOAL} (int8).", "",
+             "| file | map correlation with Keras | top-1 agreement | goal |", "|---|---|---|---|"]
+    for name, value in record["heatmap_parity"].items():
+        agreement = record["agreement"].get(name)
+        goal = "-" if value is None else ("met" if value >= GOAL else "NOT met")
+        lines.append(f"| {name} | {'-' if value is None else f'{value:.4f}'} | "
+                     f"{'-' if agreement is None else f'{agreement:.3f}'} | {goal} |")
+    lines += ["", f"Export: {record['export_seconds']:.0f} s (exit {record['export_exit']}). Synthetic data; "
+              "research tool, not a diagnostic device."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tumor-edge-heatmap-parity"))
+    parser.add_argument("--train-seconds", type=float, default=600.0)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--per-class", type=int, default=24, help="demo scans generated per class")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from standin import QUICK_EXPORT_ARGS, make_images
+
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.machine import host, load_average
+
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    before = load_average()
+    run_dir, bundle = work / "run", work / "bundle"
+    if not (run_dir / "model.keras").is_file():
+        data = make_images(work / "data", SIZE, args.per_class, print)
+        subprocess.run([sys.executable, __file__, "--train-only", str(data), str(run_dir), str(args.train_seconds),
+                        str(args.batch)], check=True)
+    facts = json.loads((run_dir / "config.json").read_text())["train_config"]
+    started = time.perf_counter()
+    env = dict(os.environ, XDG_STATE_HOME=str(work / "state"), TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, "-m", "tumor_edge.cli", "export", str(run_dir), "--out", str(bundle), "--int8", "--fp16",
+           "--force", *LOOSE, *QUICK_EXPORT_ARGS]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    print(proc.stdout[-3000:], proc.stderr[-2000:])
+    meta = BundleMetadata.read(bundle)
+    parity = meta.metrics.get("parity") or {}
+    grid = meta.extra_outputs["heatmap"].description if "heatmap" in meta.extra_outputs else "none"
+    record = {"machine": host(), "load_average": [before, load_average()], "training": facts,
+              "heatmap_parity": meta.metrics.get("heatmap_parity") or {},
+              "agreement": {k: v.get("agreement") for k, v in (parity.get("files") or {}).items()},
+              "keras_accuracy": (parity.get("keras") or {}).get("accuracy"), "n_images": parity.get("n_images"),
+              "grid": grid, "export_seconds": time.perf_counter() - started, "export_exit": proc.returncode,
+              "goal": GOAL, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M")
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = args.out / f"heatmap-parity-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    base.with_suffix(".md").write_text(render(record))
+    print(render(record))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--train-only":
+        print(train_run(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])))
+    else:
+        main()
