@@ -90,10 +90,15 @@ def train_run(data_root: Path, run_dir: Path, seconds: float, batch: int, seed: 
     return facts
 
 
+def _load(values) -> str:
+    return "unknown" if not values else " ".join(f"{v:.2f}" for v in values)
+
+
 def render(record: dict) -> str:
     m, t = record["machine"], record["training"]
     lines = ["# Heatmap parity at 299 px", "",
-             f"{m['cpu']} ({m['isa']}); load average {record['load_average'][0]} -> {record['load_average'][1]}.",
+             f"{m['cpu']} ({m['isa']}); load average {_load(record['load_average'][0])} -> "
+             f"{_load(record['load_average'][1])}.",
              f"Model: InceptionV3 from scratch, {t['steps']} steps of batch {t['batch']} ({t['train_seconds']} s) on "
              f"{t['train_images']} synthetic demo scans; validation accuracy {100 * t['val_accuracy']:.1f} %; "
              f"Keras test accuracy {record['keras_accuracy']}. Heatmaps: {record['grid']}.",

@@ -19,14 +19,18 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _load(values) -> str:
+    return "unknown" if not values else " ".join(f"{v:.2f}" for v in values)
+
+
 def render(record: dict) -> str:
     r = record["rates"]
     lines = [f"# OOD warning rates: {record['name']}", "",
              f"Bundle `{record['bundle']}` (file `{record['model']}`, feature-space check: "
              f"{'yes' if r['feature_check'] else 'no: input checks only'}); held-out scans from `{record['data']}`.",
-             f"{record['machine']['cpu']} ({record['machine']['isa']}); load average {record['load_average'][0]} -> "
-             f"{record['load_average'][1]}; {record['seconds']:.0f} s; seed {r['seed']}, {r['per_set']} images a "
-             "generated set.", "",
+             f"{record['machine']['cpu']} ({record['machine']['isa']}); load average "
+             f"{_load(record['load_average'][0])} -> {_load(record['load_average'][1])}; {record['seconds']:.0f} s; "
+             f"seed {r['seed']}, {r['per_set']} images a generated set.", "",
              "| set | images | warned | by input checks | by feature distance |", "|---|---|---|---|---|"]
 
     def pct(v):
