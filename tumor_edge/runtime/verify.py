@@ -270,8 +270,9 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
 @click.option("--tolerance", type=click.FloatRange(0, 1), default=None,
-              help="Largest accepted probability difference from the recorded outputs (default per precision: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ").")
+              help="Largest accepted probability difference from the recorded class scores (default per precision: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + "). Other outputs (heatmap, "
+                   "OOD features) keep their own tolerance, relative to the recorded values' range.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
 def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
