@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_edge.contracts.bundle import BUNDLE_DOCUMENTS, METADATA_FILE, MODEL_CARD, PARITY_JSON, PARITY_MD, sha256_file
+from tumor_edge.contracts.bundle import (
+    BUNDLE_DOCUMENTS,
+    METADATA_FILE,
+    MODEL_CARD,
+    PARITY_JSON,
+    PARITY_MD,
+    RELIABILITY_PNG,
+    sha256_file,
+)
 from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
 
 pytestmark = pytest.mark.slow
@@ -49,7 +57,7 @@ def test_bundle_holds_models_not_machine_specific_files(exported_bundle, metadat
     """Issue 13: no pre-optimised twins (*.ort.onnx) or anything else made for the export machine; the runtime
     builds and caches the optimised form on each device."""
     present = {p.name for p in exported_bundle.iterdir()}
-    assert present == set(FILES) | {METADATA_FILE, PARITY_JSON, PARITY_MD, MODEL_CARD}, present
+    assert present == set(FILES) | {METADATA_FILE, PARITY_JSON, PARITY_MD, MODEL_CARD, RELIABILITY_PNG}, present
     assert present <= set(BUNDLE_MODEL_FILES) | set(BUNDLE_DOCUMENTS)
     assert set(metadata["models"]) == set(FILES)
     for entry in metadata["models"].values():
@@ -131,6 +139,36 @@ def test_parity_carries_intervals_and_verdicts(parity):
         assert d_low - 1e-9 <= row["delta_accuracy_points"] / 100 <= d_high + 1e-9
         if row["verdict"] == "not proven":
             assert row["failures"] and (row["images_needed"] is None or row["images_needed"] > n)
+
+
+def test_parity_reports_calibration_per_file(trained_run, exported_bundle, metadata, parity):
+    """Issue 12: ECE before/after the bundle's temperature for every exported file, recomputed here from the
+    runtime's own probabilities on the same test images; a reliability diagram and the card's table."""
+    from tumor_edge.calibration import apply_temperature, expected_calibration_error
+    from tumor_edge.data.dataset import read_split
+    from tumor_edge.runtime.classifier import Classifier
+
+    _, test = read_split(trained_run / "split.json", "test")
+    labels = np.array([s.label for s in test])
+    temperature = (metadata.get("calibration") or {}).get("temperature")
+    for name in FILES:
+        cal = parity["files"][name]["calibration"]
+        assert cal["bins"] == 15 and cal["images"] == parity["n_images"] == len(test), name
+        assert cal["temperature"] == temperature, name
+    assert set(parity["keras"]["calibration"]) >= {"ece_before", "ece_after"}
+    for name in ("model_fp32.onnx", "model_int8.tflite"):  # a float and an int8 file, recomputed
+        probs = Classifier.from_bundle(exported_bundle, model_file=name).probabilities_for_files(
+            [s.path for s in test])
+        raw = probs if temperature is None else apply_temperature(probs.astype(np.float64), 1.0 / temperature)
+        cal = parity["files"][name]["calibration"]
+        assert cal["ece_after"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-6), name
+        assert cal["ece_before"] == pytest.approx(expected_calibration_error(raw, labels), abs=1e-6), name
+    png = exported_bundle / RELIABILITY_PNG
+    assert parity["reliability_diagram"] == RELIABILITY_PNG and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Calibration per file" in (exported_bundle / PARITY_MD).read_text()
+    card = (exported_bundle / MODEL_CARD).read_text()
+    assert all(f"| {name} | {100 * parity['files'][name]['calibration']['ece_before']:.1f} %" in card for name in FILES)
+    assert metadata["metrics"]["parity"]["files"]["model_int8.onnx"]["calibration"]["bins"] == 15
 
 
 def test_runtime_reproduces_keras_from_image_files(trained_run, exported_bundle):

@@ -67,6 +67,24 @@ def test_card_has_every_section_and_the_metadata_numbers(quadrant_bundle_with_fi
     assert "This bundle's models give no heatmap output." in card
 
 
+def test_card_shows_each_files_calibration(quadrant_bundle_with_figures):
+    """Parity's per-file ECE (before/after the bundle's temperature) is copied into the card's calibration
+    section, beside the run's figures; a parity record without it adds no table."""
+    from tumor_edge.calibration.ece import ece_before_after
+
+    _, meta = quadrant_bundle_with_figures
+    parity = meta["metrics"]["parity"]
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.65, 0.35], [0.35, 0.65]])
+    parity["files"]["model_fp32.onnx"]["calibration"] = ece_before_after(probs, labels, 2.0)
+    card = render_model_card(meta)
+    calibration = card.split("## Calibration")[1].split("## Exported files")[0]
+    after = ece_before_after(probs, labels, 2.0)["ece_after"]
+    assert f"| model_fp32.onnx | 40.0 % | {100 * after:.1f} % |" in calibration and "reliability.png" in calibration
+    del parity["files"]["model_fp32.onnx"]["calibration"]
+    assert "ECE before scaling" not in render_model_card(meta)
+
+
 def test_missing_figures_say_not_recorded(tmp_path):
     meta = json.loads((make_bundle(tmp_path / "b") / "metadata.json").read_text())
     card = render_model_card(meta)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tests.runtime.models import CLASSES, make_bundle, save_quadrant
 from tumor_edge.cli import main
 from tumor_edge.contracts.bundle import BundleMetadata
-from tumor_edge.runtime.reference import DEFAULT_COUNT, brain_blobs
+from tumor_edge.runtime.reference import DEFAULT_COUNT, ROLE_VALUES_PER_FILE, brain_blobs
 from tumor_edge.runtime.verify import record_reference, verify_bundle
 
 
@@ -110,3 +110,70 @@ def test_data_reproves_accuracy(recorded, tmp_path):
     (data / "Testing" / "other").mkdir()
     assert any("not classes of this bundle" in p for p in verify_bundle(recorded, data=data).problems)
     assert any("no labelled scans" in p for p in verify_bundle(recorded, data=tmp_path / "b").problems)
+
+
+@pytest.fixture()
+def heatmap_recorded(tmp_path):
+    from tests.runtime.heatmap_models import make_heatmap_bundle
+
+    bundle = make_heatmap_bundle(tmp_path / "hm", size=8)
+    record_reference(bundle)
+    return bundle
+
+
+def test_reference_covers_every_output_role(heatmap_recorded):
+    """Issue 12: verify re-proves the heatmap too, not only the class scores."""
+    meta = BundleMetadata.read(heatmap_recorded)
+    entry = meta.reference.roles["model_fp32.onnx"]["heatmap"]
+    kept = ROLE_VALUES_PER_FILE // (8 * 8 * 4)  # the first images, as many as fit the per-file budget
+    assert 1 <= kept <= DEFAULT_COUNT and entry["shape"] == [kept, 8, 8, 4] and len(entry["values"]) == kept * 256
+    report = verify_bundle(heatmap_recorded)
+    assert report.ok, report.problems
+    assert report.files["model_fp32.onnx"]["roles"]["heatmap"]["relative_diff"] < 1e-6
+    assert any("model_fp32.onnx heatmap: max |Δ|" in line and line.startswith("reproduce: ok") for line in report.lines)
+
+
+def test_a_changed_heatmap_reference_is_a_problem(heatmap_recorded):
+    data = json.loads((heatmap_recorded / "metadata.json").read_text())
+    values = data["reference"]["roles"]["model_fp32.onnx"]["heatmap"]["values"]
+    spread = max(values) - min(values)
+    values[100] += 0.2 * spread  # as if the export machine's map differed in one cell by a fifth of its range
+    (heatmap_recorded / "metadata.json").write_text(json.dumps(data))
+    result = _verify(heatmap_recorded)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "heatmap" in errors[0] and "does not reproduce" in errors[0], errors
+    assert "reproduce: ok  model_fp32.onnx: top-1 agreement 16/16" in result.stdout  # the scores still match
+
+
+def test_bundle_recorded_with_scores_only_still_verifies(heatmap_recorded):
+    data = json.loads((heatmap_recorded / "metadata.json").read_text())
+    del data["reference"]["roles"]
+    (heatmap_recorded / "metadata.json").write_text(json.dumps(data))
+    result = _verify(heatmap_recorded)
+    assert result.exit_code == 0, result.output
+    assert "class scores only (outputs heatmap were not recorded" in result.stdout
+
+
+def test_large_maps_keep_fewer_images(tmp_path):
+    from tests.runtime.heatmap_models import make_heatmap_bundle
+
+    bundle = make_heatmap_bundle(tmp_path / "big", size=48)  # 9216 numbers an image: one image is kept
+    record_reference(bundle)
+    assert BundleMetadata.read(bundle).reference.roles["model_fp32.onnx"]["heatmap"]["shape"] == [1, 48, 48, 4]
+    assert verify_bundle(bundle).ok
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["roles"].update({"model_fp32.onnx": {"saliency": {"shape": [1], "values": [0.0]}}}),
+     "not an output role"),
+    (lambda r: r["roles"]["model_fp32.onnx"]["heatmap"].update(shape=[1, 8, 8, 4]), "as many finite numbers"),
+    (lambda r: r["roles"]["model_fp32.onnx"]["heatmap"].update(shape=[99, 1]), "images <= 16"),
+    (lambda r: r["roles"].update({"other.onnx": {}}), "which 'models' does not list"),
+])
+def test_bad_role_references_are_one_line_errors(heatmap_recorded, change, message):
+    data = json.loads((heatmap_recorded / "metadata.json").read_text())
+    change(data["reference"])
+    (heatmap_recorded / "metadata.json").write_text(json.dumps(data))
+    result = _verify(heatmap_recorded)
+    assert result.exit_code == 1 and message in result.stderr, result.stderr

@@ -1,8 +1,10 @@
 """Generated out-of-distribution images, to measure (never to fit) how often the checks flag what they should.
 
 Each set is uint8 RGB at the model's input size, reproducible from a seed: uniform colour noise, a constant
-grey, smooth random colour fields (photograph-like: colour and structure, no anatomy), and in-distribution scans
-turned negative (anatomy present, contrast inverted). Synthetic; described by name in every report.
+grey, smooth random colour fields (photograph-like: colour and structure, no anatomy), chest-X-ray-like grey
+radiographs (a torso filling the frame, dark lung fields, ribs, spine: grey anatomy of the wrong kind), and
+in-distribution scans turned negative (anatomy present, contrast inverted). Synthetic; described by name in every
+report.
 """
 
 from __future__ import annotations
@@ -33,10 +35,36 @@ def _colour_fields(n: int, size: tuple[int, int], rng: np.random.Generator) -> n
     return out
 
 
+def _chest_xray_like(n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A frontal chest radiograph's layout: bright soft tissue filling most of the frame, two dark lung fields
+    crossed by bright rib arcs, a bright spine and mediastinum between them; grey, like the scans."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / h, xx / w
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        cy, cx, tilt = rng.uniform(0.5, 0.6), rng.uniform(0.46, 0.54), rng.uniform(-0.04, 0.04)
+        body = ((yy - cy) / 0.75) ** 2 + ((xx - cx) / rng.uniform(0.5, 0.6)) ** 2 < 1
+        value = np.where(body, rng.uniform(150, 190), rng.uniform(10, 40)).astype(np.float32)
+        lungs = np.zeros_like(value, dtype=bool)
+        for side in (-1, 1):
+            ly, lx = cy - 0.05 + tilt * side, cx + side * rng.uniform(0.17, 0.22)
+            lungs |= ((yy - ly) / rng.uniform(0.28, 0.34)) ** 2 + ((xx - lx) / rng.uniform(0.11, 0.15)) ** 2 < 1
+        value = np.where(lungs, value - rng.uniform(80, 110), value)
+        period = rng.uniform(0.07, 0.1)  # ribs: arcs that sag towards the sides
+        ribs = np.mod(yy + 0.9 * (xx - cx) ** 2 + rng.uniform(0, period), period) < 0.3 * period
+        value = np.where(lungs & ribs, value + rng.uniform(35, 55), value)
+        value = np.where(np.abs(xx - cx) < rng.uniform(0.04, 0.06), np.maximum(value, rng.uniform(200, 230)), value)
+        value += rng.normal(0, 3, value.shape).astype(np.float32)
+        out[i] = np.clip(value, 0, 255).astype(np.uint8)[..., None]
+    return out
+
+
 GENERATORS: dict[str, Callable[[int, tuple[int, int], np.random.Generator], np.ndarray]] = {
     "uniform noise": _noise,
     "constant grey": _constant,
     "colour fields": _colour_fields,
+    "chest X-ray-like": _chest_xray_like,
 }
 
 

@@ -1,10 +1,12 @@
-"""Reliability diagram PNG: accuracy against confidence per bin, before and after temperature scaling.
+"""Reliability diagram PNGs: accuracy against confidence per bin, before and after temperature scaling.
 
-matplotlib is imported inside the writer (a training-side extra); nothing else here needs it.
+matplotlib is imported inside the writers (a training-side extra); nothing else here needs it. One panel
+drawer serves both the run's diagram (one model) and the parity report's (one row per exported file).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,38 +16,73 @@ from tumor_edge.calibration.ece import DEFAULT_BINS, expected_calibration_error,
 from tumor_edge.calibration.temperature import apply_temperature
 
 
-def reliability_diagram(scores: np.ndarray, labels: np.ndarray, temperature: float, path: Path,
-                        kind: str = "probabilities", bins: int = DEFAULT_BINS, title: str = "") -> Path:
-    """Two panels (before, after scaling by `temperature`); bars are bin accuracy, the diagonal is perfect
-    calibration, the gap between them is what ECE averages."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("before scaling", apply_temperature(scores, 1.0, kind)),
-              (f"after temperature scaling (T = {temperature:.3g})", apply_temperature(scores, temperature, kind)))
+    return plt
+
+
+def _panel(ax, probs: np.ndarray, labels: np.ndarray, bins: int, name: str) -> None:
+    """Bars are bin accuracy, the diagonal is perfect calibration, the gap between them is what ECE averages."""
+    table = reliability_bins(probs, labels, bins)
+    centres = (table.edges[:-1] + table.edges[1:]) / 2
+    width = 1.0 / bins
+    accuracy = np.nan_to_num(table.accuracy)
+    ax.bar(centres, accuracy, width=width, edgecolor="black", color="#4c72b0", label="accuracy")
+    gap = np.where(table.counts > 0, np.nan_to_num(table.confidence) - accuracy, 0.0)
+    ax.bar(centres, gap, bottom=accuracy, width=width, edgecolor="#c44e52", color="#c44e52", alpha=0.35,
+           label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ece = expected_calibration_error(probs, labels, bins)
+    ax.set_title(f"{name}\nECE {100 * ece:.1f} % ({int(table.counts.sum())} images, {bins} bins)", fontsize=9)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+
+
+def _before_after(temperature: float) -> tuple[str, str]:
+    return "before scaling", f"after temperature scaling (T = {temperature:.3g})"
+
+
+def reliability_diagram(scores: np.ndarray, labels: np.ndarray, temperature: float, path: Path,
+                        kind: str = "probabilities", bins: int = DEFAULT_BINS, title: str = "") -> Path:
+    """Two panels (before, after scaling by `temperature`)."""
+    plt = _pyplot()
+    before, after = _before_after(temperature)
+    panels = ((before, apply_temperature(scores, 1.0, kind)), (after, apply_temperature(scores, temperature, kind)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
     for ax, (name, probs) in zip(axes, panels):
-        table = reliability_bins(probs, labels, bins)
-        centres = (table.edges[:-1] + table.edges[1:]) / 2
-        width = 1.0 / bins
-        accuracy = np.nan_to_num(table.accuracy)
-        ax.bar(centres, accuracy, width=width, edgecolor="black", color="#4c72b0", label="accuracy")
-        gap = np.where(table.counts > 0, np.nan_to_num(table.confidence) - accuracy, 0.0)
-        ax.bar(centres, gap, bottom=accuracy, width=width, edgecolor="#c44e52", color="#c44e52", alpha=0.35,
-               label="gap to confidence")
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-        ece = expected_calibration_error(probs, labels, bins)
-        ax.set_title(f"{name}\nECE {100 * ece:.1f} % ({int(table.counts.sum())} images, {bins} bins)")
-        ax.set_xlabel("confidence (top probability)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        _panel(ax, probs, labels, bins, name)
     axes[0].set_ylabel("accuracy")
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle((title + "\n" if title else "") + RESEARCH_NOTICE, fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reliability_grid(rows: Sequence[tuple[str, np.ndarray, float | None]], labels: np.ndarray, path: Path,
+                     bins: int = DEFAULT_BINS, title: str = "") -> Path:
+    """One figure, one row per model (name, raw probabilities, temperature or None): before and after scaling
+    side by side, so every exported file's calibration is seen on one page."""
+    plt = _pyplot()
+    height = 3.4 * len(rows) + 0.7  # inches; the top 0.7 hold the title and the notice
+    fig, axes = plt.subplots(len(rows), 2, figsize=(9, height), sharey=True, squeeze=False)
+    for (name, raw, temperature), pair in zip(rows, axes):
+        t = 1.0 if temperature is None else float(temperature)
+        before, after = _before_after(t)
+        _panel(pair[0], np.asarray(raw, np.float64), labels, bins, f"{name}: {before}")
+        _panel(pair[1], apply_temperature(np.asarray(raw, np.float64), t), labels, bins, f"{name}: {after}")
+        pair[0].set_ylabel("accuracy")
+    axes[0][0].legend(loc="upper left", fontsize=7)
+    fig.suptitle((title + "\n" if title else "") + RESEARCH_NOTICE, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))
+    path = Path(path)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -27,8 +27,9 @@ METADATA_FILE = "metadata.json"
 PARITY_JSON = "parity.json"
 PARITY_MD = "parity.md"
 MODEL_CARD = "MODEL_CARD.md"
+RELIABILITY_PNG = "reliability.png"  # parity's reliability diagrams: one row per exported file, before/after scaling
 # Files a bundle holds besides its models; `export --force` may replace these and nothing else.
-BUNDLE_DOCUMENTS: tuple[str, ...] = (METADATA_FILE, PARITY_JSON, PARITY_MD, MODEL_CARD)
+BUNDLE_DOCUMENTS: tuple[str, ...] = (METADATA_FILE, PARITY_JSON, PARITY_MD, MODEL_CARD, RELIABILITY_PNG)
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
@@ -48,6 +49,7 @@ MAX_CLASSES = 1000
 MAX_MODEL_BYTES = 8 << 30
 MAX_METADATA_BYTES = 16 << 20
 MAX_REFERENCE_IMAGES = 256
+MAX_REFERENCE_VALUES = 1 << 16  # per file and role: a reference heatmap is a sample, not a dump
 MAX_OUTPUT_INDEX = 64
 
 
@@ -56,17 +58,23 @@ class ReferenceSet:
     """The outputs each model of a bundle gave, on the export machine, for `count` images that any machine can
     regenerate bit for bit from (`generator`, `seed`) at the model's input size: so a device can prove its own
     kernels (AVX2, VNNI, ARM) reproduce the export machine's results without any patient image in the bundle.
-    `outputs` maps a model file name to its class probabilities, one row per image."""
+    `outputs` maps a model file name to its class probabilities, one row per image. `roles` (0.2, optional: older
+    bundles have scores only) maps a file name to its other outputs by role (a heatmap, OOD features), each
+    {"shape": [images, ...], "values": [...]} flattened in C order, for the first `shape[0]` images."""
 
     generator: str
     seed: int
     count: int
     outputs: dict[str, list[list[float]]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)  # where the outputs were computed (CPU, ISA, versions)
+    roles: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator, "seed": self.seed, "count": self.count, "outputs": self.outputs,
+        data = {"generator": self.generator, "seed": self.seed, "count": self.count, "outputs": self.outputs,
                 "machine": self.machine}
+        if self.roles:
+            data["roles"] = self.roles
+        return data
 
 
 @dataclass(frozen=True)
@@ -243,7 +251,8 @@ def _parse(data: Any) -> BundleMetadata:
     for key in ("name", "intended_use"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"field '{key}' must be a string")
-    reference = _parse_reference(data["reference"], models, len(classes)) if data.get("reference") else None
+    reference = (_parse_reference(data["reference"], models, len(classes), set(extra_outputs))
+                 if data.get("reference") else None)
     return BundleMetadata(
         classes=list(classes), preprocessing=preprocessing, output=output, models=models,
         provenance=dict(data.get("provenance") or {}), metrics=dict(data.get("metrics") or {}),
@@ -293,7 +302,8 @@ def _parse_outputs(raw: Any, scores_type: str) -> dict[str, OutputSpec]:
     return extra
 
 
-def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int) -> ReferenceSet:
+def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int, roles: set[str] = frozenset()
+                     ) -> ReferenceSet:
     if not isinstance(raw, dict):
         raise ConfigError(f"field 'reference' must be an object, not {type(raw).__name__}")
     generator = _require(raw, "generator", str, "reference.")
@@ -317,7 +327,47 @@ def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int) ->
     machine = raw.get("machine", {})
     if not isinstance(machine, dict):
         raise ConfigError("field 'reference.machine' must be an object")
-    return ReferenceSet(generator, seed, count, clean, machine)
+    return ReferenceSet(generator, seed, count, clean, machine, _parse_reference_roles(raw.get("roles"), models,
+                                                                                        count, roles))
+
+
+def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, roles: set[str]
+                           ) -> dict[str, dict[str, dict[str, list]]]:
+    """`reference.roles`: file -> role -> {"shape", "values"}; roles must be outputs the metadata declares."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("field 'reference.roles' must be an object")
+    clean: dict[str, dict[str, dict[str, list]]] = {}
+    for name, by_role in raw.items():
+        if name not in models:
+            raise ConfigError(f"field 'reference.roles' names {str(name)[:80]!r}, which 'models' does not list")
+        if not isinstance(by_role, dict):
+            raise ConfigError(f"field 'reference.roles.{name}' must be an object")
+        clean[name] = {}
+        for role, entry in by_role.items():
+            where = f"reference.roles.{name}.{str(role)[:40]}"
+            if role not in roles:
+                raise ConfigError(f"field '{where}' is not an output role 'outputs' declares")
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            values = entry.get("values") if isinstance(entry, dict) else None
+            if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+                    or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
+                raise ConfigError(f"field '{where}' must be {{shape: [images, ...] (images <= {count}), values: "
+                                  f"at most {MAX_REFERENCE_VALUES} numbers}}")
+            size = 1
+            for d in shape:
+                size *= d
+            if size != len(values) or not all(_is_finite(v) for v in values):
+                raise ConfigError(f"field '{where}' must hold as many finite numbers as its shape says")
+            clean[name][role] = {"shape": list(shape), "values": [float(v) for v in values]}
+    return clean
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
 
 
 def _is_probability(value: Any) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.bundle import MODEL_CARD
+from tumor_edge.contracts.bundle import MODEL_CARD, RELIABILITY_PNG
 from tumor_edge.export.parity_stats import wilson_interval
 
 NOT_RECORDED = "not recorded"
@@ -84,6 +84,7 @@ def render_model_card(meta: Mapping[str, Any], parity: Mapping[str, Any] | None 
             f"- Image counts: {json.dumps(counts) if counts else NOT_RECORDED}", ""]
     out += _evaluation(parity)
     out += _calibration(meta.get("calibration") or metrics.get("calibration"))
+    out += _calibration_per_file(parity)
     out += _parity_files(parity)
     out += _heatmaps(meta, metrics)
     out += _ood(meta.get("ood") or metrics.get("ood"))
@@ -127,6 +128,19 @@ def _calibration(cal: Mapping[str, Any] | None) -> list[str]:
             "|---|---|---|",
             f"| before | {_pct(cal.get('ece_before'))} | {_num(cal.get('nll_before'))} |",
             f"| after | {_pct(cal.get('ece_after'))} | {_num(cal.get('nll_after'))} |", ""]
+
+
+def _calibration_per_file(parity: Mapping[str, Any]) -> list[str]:
+    """ECE of every exported file (and Keras) on the parity test images, before and after the bundle's T."""
+    rows = [("keras", (parity.get("keras") or {}).get("calibration"))]
+    rows += [(name, f.get("calibration")) for name, f in (parity.get("files") or {}).items()]
+    rows = [(name, c) for name, c in rows if isinstance(c, Mapping) and "ece_before" in c]
+    if not rows:
+        return []
+    out = [f"Per exported file, on the {parity.get('n_images', '?')} parity test images (reliability diagrams: "
+           f"`{RELIABILITY_PNG}`):", "", "| file | ECE before scaling | ECE after scaling |", "|---|---|---|"]
+    out += [f"| {name} | {_pct(c.get('ece_before'))} | {_pct(c.get('ece_after'))} |" for name, c in rows]
+    return out + [""]
 
 
 def _parity_files(parity: Mapping[str, Any]) -> list[str]:

@@ -5,6 +5,10 @@ run's preprocessing, `model.predict`); each exported file goes through `Classifi
 and its streaming prediction path from the file paths (`device_probabilities`), exactly what `classify` does on a
 device. A difference in decoding, resizing, colour handling
 or scaling between the two therefore shows up here as lost agreement.
+
+Calibration per file: the runtime returns temperature-scaled probabilities (the bundle's T); each file's ECE
+is measured on those and on the same probabilities with the scaling undone (calibration.undo_temperature), so
+the report shows what scaling does for every exported file, int8 included, not only for the Keras model.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import PARITY_MD
+from tumor_edge.calibration.ece import ece_before_after, undo_temperature
+from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata
 from tumor_edge.export.config import ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.metrics import classification_metrics
@@ -45,7 +50,10 @@ class FileParity:
     failures: list[str] = field(default_factory=list)  # why it failed, or why it is not proven
     images_needed: int | None = None  # for "not proven": test images that would prove it at the observed rates
     statistics: dict[str, Any] = field(default_factory=dict)  # intervals, McNemar
+    calibration: dict[str, Any] = field(default_factory=dict)  # ECE before/after the bundle's temperature
     error: str | None = None
+    # The file's probabilities before scaling (for the reliability diagram); not part of the JSON report.
+    raw_probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -62,6 +70,9 @@ class ParityReport:
     thresholds: ParityThresholds
     classes: list[str]
     batch_size: int
+    labels: np.ndarray | None = None  # test labels in file order (for the reliability diagram)
+    reference_raw: np.ndarray | None = None  # Keras probabilities before scaling
+    temperature: float | None = None  # the bundle's calibration temperature (None: not recorded)
 
     @property
     def verdict(self) -> str:
@@ -90,17 +101,21 @@ class ParityReport:
                 "n_images": self.n_images,
                 "skipped_unreadable": self.skipped, "classes": self.classes, "batch_size": self.batch_size,
                 "thresholds": asdict(self.thresholds), "keras": self.reference,
-                "files": {f.file: {**asdict(f), "passed": f.passed} for f in self.files}}
+                "files": {f.file: {**_row_dict(f), "passed": f.passed} for f in self.files}}
 
     def summary(self) -> dict[str, Any]:
         """The part metadata.json keeps (per-file numbers, no confusion matrices)."""
         keep = ("accuracy", "macro_auc", "delta_accuracy_points", "delta_auc", "agreement", "max_abs_diff",
-                "passed", "verdict", "failures", "images_needed")
+                "passed", "verdict", "failures", "images_needed", "calibration")
         return {"passed": self.passed, "verdict": self.verdict, "test_data": self.test_origin,
                 "n_images": self.n_images,
                 "thresholds": asdict(self.thresholds),
                 "keras": {k: self.reference[k] for k in ("accuracy", "macro_auc")},
                 "files": {f.file: {k: getattr(f, k) for k in keep} for f in self.files}}
+
+
+def _row_dict(row: FileParity) -> dict[str, Any]:
+    return {k: v for k, v in asdict(row).items() if k != "raw_probabilities"}
 
 
 def device_probabilities(clf, paths: Sequence[Path], batch_size: int) -> np.ndarray:
@@ -153,6 +168,8 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row.agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
     diff = np.abs(probs - reference)
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
+    row.raw_probabilities = undo_temperature(probs, clf.trust.temperature)
+    row.calibration = ece_before_after(row.raw_probabilities, labels, clf.trust.temperature)
     _judge(row, labels, reference, probs, len(classes), thresholds)
     return row
 
@@ -200,10 +217,20 @@ def run_parity(bundle: Path, reference: Callable[[np.ndarray], tuple[np.ndarray,
     probs, ms_per_image = reference(loaded.pixels)
     ref_metrics = _metrics(loaded.labels, probs, classes)
     ref_metrics["ms_per_image"] = ms_per_image
+    temperature = bundle_temperature(bundle)
+    reference_raw = undo_temperature(probs, temperature)  # export scales the reference as the runtime does
+    ref_metrics["calibration"] = ece_before_after(reference_raw, loaded.labels, temperature)
     paths = [s.path for s in loaded.samples]
     rows = [evaluate_file(bundle, name, fmt, precision, paths, loaded.labels, probs, ref_metrics, classes,
                           thresholds, batch_size)
             for name, fmt, precision in progress(files, "parity: exported files", length=len(files),
                                                  enabled=show_progress)]
     return ParityReport(test_origin, len(paths), loaded.failures, ref_metrics, rows, thresholds, list(classes),
-                        batch_size)
+                        batch_size, np.asarray(loaded.labels), reference_raw, temperature)
+
+
+def bundle_temperature(bundle: Path) -> float | None:
+    """The calibration temperature the bundle's runtime applies (None when it records none)."""
+    calibration = BundleMetadata.read(bundle).calibration or {}
+    t = calibration.get("temperature")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import PARITY_JSON, PARITY_MD
+from tumor_edge.contracts.bundle import PARITY_JSON, PARITY_MD, RELIABILITY_PNG
 from tumor_edge.export.parity import ParityReport
 
 TABLE_COLUMNS = ("format", "file", "size MB", "accuracy", "macro AUC", "Δ acc (pts)", "Δ AUC", "agreement",
@@ -91,6 +91,7 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
             lines.append(f"| {f.file} | " + " | ".join(f"{f.per_class_recall[c]:.3f}" for c in report.classes)
                          + " |")
     lines += _statistics_table(report)
+    lines += _calibration_table(report)
     failures = [f for f in report.files if not f.passed]
     if failures:
         lines += ["", "## Failed or not proven", ""]
@@ -132,6 +133,40 @@ def _statistics_table(report: ParityReport) -> list[str]:
     return lines
 
 
+def _calibration_table(report: ParityReport) -> list[str]:
+    """ECE per file before and after the bundle's temperature (the runtime applies it)."""
+    rows = [("keras", report.reference.get("calibration"))] + [(f.file, f.calibration) for f in report.files]
+    rows = [(name, c) for name, c in rows if c]
+    if not rows:
+        return []
+    t = report.temperature
+    lines = ["", "## Calibration per file", "",
+             ("Temperature scaling: T = " + format(t, ".4g") + ", fitted on the validation split; the runtime applies "
+              "it." if t is not None else "No calibration temperature recorded: the runtime applies none.")
+             + f" Expected calibration error ({rows[0][1]['bins']} bins) on the test images; reliability "
+             f"diagrams in `{RELIABILITY_PNG}`.", "",
+             "| file | ECE before scaling | ECE after scaling |", "|---|---|---|"]
+    lines += [f"| {name} | {100 * c['ece_before']:.2f} % | {100 * c['ece_after']:.2f} % |" for name, c in rows]
+    return lines
+
+
+def write_reliability(bundle: Path, report: ParityReport) -> Path | None:
+    """One figure, a row per model (Keras first, then every file that ran): before and after scaling."""
+    from tumor_edge.calibration.plots import reliability_grid
+
+    rows = [(f.file, f.raw_probabilities, report.temperature) for f in report.files
+            if f.raw_probabilities is not None]
+    if report.labels is None or not len(report.labels) or not rows:
+        return None
+    if report.reference_raw is not None:
+        rows.insert(0, ("keras", report.reference_raw, report.temperature))
+    return reliability_grid(rows, report.labels, bundle / RELIABILITY_PNG,
+                            title=f"parity: {report.n_images} test images from {report.test_origin}")
+
+
 def write_reports(bundle: Path, report: ParityReport, rows: Sequence[Sequence[str]]) -> None:
-    (bundle / PARITY_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    written = write_reliability(bundle, report)
+    data = report.to_dict()
+    data["reliability_diagram"] = written.name if written is not None else None
+    (bundle / PARITY_JSON).write_text(json.dumps(data, indent=2) + "\n")
     (bundle / PARITY_MD).write_text(render_markdown(report, rows))

@@ -1,8 +1,10 @@
 """Reference inputs any machine regenerates bit for bit, and the outputs a bundle's models give on them.
 
-Export records, per model, the class probabilities for a few generated images (no patient data in a bundle);
-`tumor-edge verify` regenerates the same images on a device and compares, so a user learns whether this device's
-kernels (AVX2, VNNI, ARM, another onnxruntime) reproduce the export machine's results.
+Export records, per model, the class probabilities for a few generated images (no patient data in a bundle),
+and every other output the bundle declares (the heatmap, the OOD features) for as many of those images as fit
+ROLE_VALUES_PER_FILE; `tumor-edge verify` regenerates the same images on a device and compares, so a user
+learns whether this device's kernels (AVX2, VNNI, ARM, another onnxruntime) reproduce the export machine's
+results.
 
 Bit-exact everywhere: the only randomness is PCG64's raw 64-bit stream (`random_raw`, fixed by the algorithm,
 unlike numpy's distribution methods, which may change between numpy versions), turned into floats by integer
@@ -17,11 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import BundleMetadata, ReferenceSet, is_optimized_name
+from tumor_edge.contracts.bundle import MAX_REFERENCE_VALUES, BundleMetadata, ReferenceSet, is_optimized_name
 from tumor_edge.errors import ConfigError, MissingExtraError
 
 DEFAULT_SEED = 20261127
 DEFAULT_COUNT = 16
+SCORES = "scores"
+# Values kept per file and non-score role: InceptionV3's 299 px heatmap (8 x 8 x 4) keeps its first 4 images; a
+# larger map keeps fewer (at least one). metadata.json is parsed at every model load (cold start): with all 16
+# images and 7 digits, a 6-file 299 px bundle's metadata.json measured 586 KB.
+ROLE_VALUES_PER_FILE = 1024
+SIGNIFICANT_DIGITS = 6  # relative rounding 5e-7, far below the tightest role tolerance (1e-3 of the range)
 
 
 class _Uniform:
@@ -86,7 +94,28 @@ def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.nd
 
 def reference_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
     """Probabilities (count, classes) for the reference images, a few at a time (bounded memory at 299 px)."""
-    return np.concatenate([classifier.infer(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return reference_role_outputs(classifier, images, batch_size)[SCORES]
+
+
+def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
+    """Every output by role ("scores": probabilities, as the runtime returns them) for the reference images."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        for role, value in classifier.infer_outputs(images[i:i + batch_size]).items():
+            parts.setdefault(role, []).append(np.asarray(value))
+    return {role: np.concatenate(values) for role, values in parts.items()}
+
+
+def role_entry(values: np.ndarray) -> dict[str, list] | None:
+    """{"shape", "values"} of one role's outputs, as many leading images as ROLE_VALUES_PER_FILE allows; None
+    when one image's output alone is too large to record (verify then says the role has no reference)."""
+    values = np.asarray(values, np.float64)
+    per_image = max(1, int(np.prod(values.shape[1:])))
+    keep = max(1, min(len(values), ROLE_VALUES_PER_FILE // per_image))
+    if values.ndim < 1 or not len(values) or keep * per_image > MAX_REFERENCE_VALUES:
+        return None
+    kept = values[:keep]
+    return {"shape": list(kept.shape), "values": [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in kept.ravel()]}
 
 
 def listed_models(metadata: BundleMetadata) -> list[str]:
@@ -111,8 +140,13 @@ def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: in
             classifier = Classifier.from_bundle(bundle_dir, model_file=name)
         except MissingExtraError:  # an engine this machine lacks (LiteRT): verify says that file has no reference
             continue
-        probs = reference_outputs(classifier, images)
-        reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(probs, np.float64)]
+        outputs = reference_role_outputs(classifier, images)
+        reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(outputs[SCORES], np.float64)]
+        roles = {role: role_entry(value) for role, value in outputs.items()
+                 if role != SCORES and np.all(np.isfinite(value))}
+        roles = {role: entry for role, entry in roles.items() if entry is not None}
+        if roles:
+            reference.roles[name] = roles
     reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
     metadata.reference = reference
     metadata.write(bundle_dir)

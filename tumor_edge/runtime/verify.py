@@ -6,6 +6,9 @@
    reference: bit-exact on any machine, no patient data) and each model's probabilities are compared: per file,
    top-1 agreement and the largest probability difference, against a tolerance per precision. Different CPUs
    (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this shows whether they do here.
+   Every other output role recorded (the heatmap, the OOD features) is compared too, with a tolerance per role
+   and precision on the largest difference relative to the recorded values' range (their units are the
+   model's, not probabilities). Bundles recorded with class scores only still verify on those.
 4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
    labelled scans, which must stay within the export's parity tolerance of what export measured.
 
@@ -23,12 +26,22 @@ import click
 
 from tumor_edge.runtime.reference import record_reference
 
-__all__ = ["DEFAULT_TOLERANCE", "VerifyReport", "record_reference", "verify", "verify_bundle"]
+__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "record_reference", "verify", "verify_bundle"]
 
 # Largest probability difference accepted between the export machine and this device, per precision. fp32 and
 # fp16 differ only by summation order between kernels; int8 kernels differ between ISAs (e.g. AVX2's 16-bit
 # intermediate saturation vs VNNI) and deserve a looser, still meaningful bound.
 DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 5e-3, "int8": 0.05}
+# Other output roles: largest |difference| divided by the recorded values' range (max - min), per precision. A
+# heatmap is the class logits spread over the grid and the OOD features a whitened projection: neither is a
+# probability, so an absolute bound would mean something different for every model. One int8 rounding step of
+# an output is about 1/255 of its range; 0.1 allows kernels that round differently along the way and still
+# catches a map or feature vector that is not the recorded one.
+ROLE_TOLERANCE: dict[str, dict[str, float]] = {
+    "heatmap": {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1},
+    "ood_features": {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1},
+}
+OTHER_ROLE_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1}  # roles not named above
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points, when the bundle's parity record names none
 
 
@@ -84,7 +97,7 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
 
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import reference_images, reference_outputs
+    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
 
     reference = metadata.reference
     if reference is None:
@@ -99,6 +112,10 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
     made_on = reference.machine.get("cpu") or reference.machine.get("isa") or "the export machine"
     report.lines.append(f"reference: {reference.count} generated images ({reference.generator}, seed "
                         f"{reference.seed}); recorded on {made_on}")
+    declared = [role for role in metadata.outputs if role != SCORES]
+    if declared and not reference.roles:
+        report.lines.append(f"reference: class scores only (outputs {', '.join(declared)} were not recorded by the "
+                            "tumor-edge that exported this bundle)")
     for name in names:
         expected = reference.outputs.get(name)
         path = bundle_dir / name
@@ -106,10 +123,11 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
             report.problems.append(f"{path}: no reference outputs recorded for this file")
             continue
         try:
-            got = reference_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
+            outputs = reference_role_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue
+        got = outputs[SCORES]
         want = np.asarray(expected, dtype=np.float64)
         diff = float(np.max(np.abs(got.astype(np.float64) - want)))
         agree = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1)))
@@ -118,6 +136,49 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
         report.files.setdefault(name, {}).update(agreement=agree / reference.count, max_abs_diff=diff, limit=limit)
         line = (f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})")
         if good:
+            report.lines.append(f"reproduce: ok  {line}")
+        else:
+            report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: {line}")
+        if reference.roles:
+            _check_roles(path, metadata.models[name].precision, reference.roles.get(name, {}), outputs, declared,
+                         report)
+
+
+def role_difference(recorded: dict, got) -> tuple[float, float]:
+    """(largest |difference|, that divided by the recorded values' range) for one role's recorded images."""
+    import numpy as np
+
+    want = np.asarray(recorded["values"], np.float64).reshape(recorded["shape"])
+    have = np.asarray(got, np.float64)[:want.shape[0]]
+    if have.shape != want.shape:
+        return float("inf"), float("inf")
+    diff = float(np.max(np.abs(have - want))) if want.size else 0.0
+    spread = float(np.ptp(want)) if want.size else 0.0
+    if spread > 0:
+        return diff, diff / spread
+    return diff, 0.0 if diff <= 1e-6 else float("inf")  # constant recorded values: only a tiny change is equal
+
+
+def _check_roles(path: Path, precision: str, recorded: dict, outputs: dict, declared: list[str],
+                 report: VerifyReport) -> None:
+    """Each recorded non-score role of one file against this device's outputs."""
+    import numpy as np
+
+    for role in declared:
+        entry = recorded.get(role)
+        if entry is None:
+            report.lines.append(f"reproduce: --  {path.name} {role}: no reference recorded for this output")
+            continue
+        if role not in outputs:
+            report.problems.append(f"{path}: the model gives no '{role}' output, but the bundle recorded one")
+            continue
+        diff, relative = role_difference(entry, outputs[role])
+        limit = ROLE_TOLERANCE.get(role, OTHER_ROLE_TOLERANCE).get(precision, OTHER_ROLE_TOLERANCE["fp32"])
+        report.files.setdefault(path.name, {}).setdefault("roles", {})[role] = {
+            "max_abs_diff": diff, "relative_diff": relative, "limit": limit, "images": entry["shape"][0]}
+        line = (f"{path.name} {role}: max |Δ| {diff:.2g}, {relative:.2g} of its range on {entry['shape'][0]} images "
+                f"(limit {limit:g})")
+        if bool(np.isfinite(relative)) and relative <= limit:
             report.lines.append(f"reproduce: ok  {line}")
         else:
             report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: {line}")
@@ -209,8 +270,9 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
 @click.option("--tolerance", type=click.FloatRange(0, 1), default=None,
-              help="Largest accepted probability difference from the recorded outputs (default per precision: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ").")
+              help="Largest accepted probability difference from the recorded class scores (default per precision: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + "). Other outputs (heatmap, "
+                   "OOD features) keep their own tolerance, relative to the recorded values' range.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
 def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded

@@ -1,0 +1,224 @@
+"""The demo summary's trust section: calibration, one heatmap per class, and out-of-distribution figures.
+
+Called by the demo after export with the run folder, the bundle and the demo's held-out test folder. Everything
+shown is measured, not asserted: calibration comes from the run's metrics (temperature fitted on the validation
+split, ECE on the test split) with the reliability diagram redrawn from the run's test predictions; each
+heatmap is a correctly classified held-out scan of that class, through the runtime `Classifier` (the bundle's
+default file, as `classify --heatmap` runs it); the OOD rates are the runtime's warnings on generated sets that
+are not brain MRI slices and on the held-out scans (false alarms). Every PNG and the Markdown carry the
+research-use notice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.contracts.run_folder import RunFolder
+from tumor_edge.outdir import prepare_out_dir
+
+CALIBRATION_PNG = "calibration.png"
+OOD_PNG = "ood.png"
+HEATMAP_PREFIX = "heatmap_"
+TRIES_PER_CLASS = 16  # held-out scans tried per class to find a correctly classified one
+
+
+@dataclass
+class TrustSummary:
+    markdown: str
+    files: list[Path] = field(default_factory=list)  # the PNGs written
+    figures: dict[str, Any] = field(default_factory=dict)  # the numbers shown (JSON-ready)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"markdown": self.markdown, "files": [str(p) for p in self.files], "figures": self.figures}
+
+
+def _owned(name: str) -> bool:
+    return name in (CALIBRATION_PNG, OOD_PNG) or (name.startswith(HEATMAP_PREFIX) and name.endswith(".png"))
+
+
+def _model_name(classifier) -> str:
+    """The bundle file running (not the cached optimised form the runtime may have loaded in its place)."""
+    return classifier.metadata.default_model()
+
+
+def _pct(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
+
+
+def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
+    from tumor_edge.runtime.image import SCAN_SUFFIXES
+
+    found = {}
+    for name in classes:
+        folder = Path(test_dir) / name
+        found[name] = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES
+                             and not p.name.startswith(".")) if folder.is_dir() else []
+    return found
+
+
+def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], dict[str, Any], list[Path]]:
+    from tumor_edge.calibration.plots import reliability_diagram
+
+    metrics = run.read_metrics() if run.metrics.is_file() else {}
+    cal = metrics.get("calibration") or {}
+    lines = ["### Calibration", ""]
+    if cal.get("temperature") is None:
+        why = cal.get("skipped", "the run records no calibration")
+        return lines + [f"No temperature scaling: {why}.", ""], {"temperature": None}, []
+    figures = {k: cal.get(k) for k in ("temperature", "fitted_on", "ece_before", "ece_after", "ece_measured_on",
+                                       "bins")}
+    lines.append(f"Temperature scaling fitted on {cal.get('fitted_on', '?')} validation scans: T = "
+                 f"{cal['temperature']:.3g}. Expected calibration error ({cal.get('bins', 15)} bins) on the "
+                 f"{cal.get('ece_measured_on', 'test')} split: {_pct(cal.get('ece_before'))} before, "
+                 f"{_pct(cal.get('ece_after'))} after scaling.")
+    if cal.get("kept_t1_because"):
+        fitted = cal.get("fitted_temperature")
+        lines.append(f"(T = 1 kept: {cal['kept_t1_because']}"
+                     + (f"; the fitted T was {fitted:.3g}" if isinstance(fitted, (int, float)) else "") + ".)")
+    written = []
+    if run.predictions.is_file():
+        with np.load(run.predictions, allow_pickle=False) as data:
+            probs, labels = data["probabilities"], data["labels"]
+        written.append(reliability_diagram(probs, labels, float(cal["temperature"]), out_dir / CALIBRATION_PNG,
+                                           title=f"demo run, held-out test split (n = {len(labels)})"))
+        lines += ["", f"![reliability diagram, before and after scaling]({link}/{CALIBRATION_PNG})"]
+    return lines + [""], figures, written
+
+
+def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
+              ) -> tuple[list[str], dict[str, Any], list[Path]]:
+    from tumor_edge.runtime.batch import decode_file
+    from tumor_edge.runtime.heatmap_overlay import write_overlay
+
+    lines = ["### Heatmaps: one held-out scan per class", ""]
+    if "heatmap" not in classifier.output_specs:
+        return lines + [f"`{_model_name(classifier)}` gives no heatmap output (its head is not global "
+                        "average pooling + dense), so no map is drawn: never an approximate picture.", ""], {}, []
+    lines += [f"Class activation maps computed on the device by `{_model_name(classifier)}` (no TensorFlow): "
+              "red is where the model found the most evidence for the class. Each scan is the first held-out scan "
+              "of its class that the model classified correctly.", "",
+              "| class | scan | predicted | heatmap |", "|---|---|---|---|"]
+    figures, written = {}, []
+    for index, name in enumerate(classifier.classes):
+        tried = files.get(name, [])[:TRIES_PER_CLASS]
+        hit = next((r for r in classifier.iter_predictions(tried, batch_size=8) if r.ok and r.index == index), None)
+        if hit is None:
+            lines.append(f"| {name} | - | none of {len(tried)} held-out scans classified correctly | - |")
+            figures[name] = None
+            continue
+        decoded = decode_file(hit.source, classifier.preprocessing, "middle")
+        if decoded.failure is not None:
+            continue
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60]
+        path = write_overlay(out_dir / f"{HEATMAP_PREFIX}{safe}.png", decoded.pixels[0][0], hit.outputs["heatmap"],
+                             index, f"{name} {hit.confidence:.2f}: evidence for {name} (synthetic demo scan)",
+                             force=True)
+        written.append(path)
+        figures[name] = {"scan": Path(hit.source).name, "confidence": round(hit.confidence, 4), "png": path.name}
+        lines.append(f"| {name} | `{Path(hit.source).name}` | {name} ({hit.confidence:.2f}) | "
+                     f"![{name}]({link}/{path.name}) |")
+    grid = classifier.output_specs["heatmap"]
+    lines += ["", f"Map resolution: {grid.description or 'the last convolution grid'}.", ""]
+    return lines, figures, written
+
+
+def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rates["sets"])
+    fig = plt.figure(figsize=(max(8, 2.1 * len(names)), 6.2))
+    grid = fig.add_gridspec(2, len(names), height_ratios=[1, 1.6])
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(grid[0, i])
+        if name in examples:
+            ax.imshow(examples[name])
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    labels = names + ["held-out scans\n(false alarms)"]
+    values = [100 * (rates["sets"][n]["flagged"] or 0) for n in names] + [100 * (rates["test"]["flagged"] or 0)]
+    colours = ["#4c72b0"] * len(names) + ["#c44e52"]
+    bars = ax.bar(range(len(labels)), values, color=colours)
+    for bar, value in zip(bars, values):
+        ax.text(bar.get_x() + bar.get_width() / 2, value + 1, f"{value:.0f} %", ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("images warned about (%)")
+    ax.set_title("out-of-distribution warnings: generated sets (should be flagged) vs held-out scans (should not)",
+                 fontsize=9)
+    fig.suptitle(RESEARCH_NOTICE + "\nGenerated sets are synthetic.", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, count: int, seed: int
+         ) -> tuple[list[str], dict[str, Any], list[Path]]:
+    from tumor_edge.calibration.ood_sets import generated_sets
+    from tumor_edge.runtime.ood_rates import measure_ood_rates
+
+    test_paths = [p for paths in files.values() for p in paths]
+    rates = measure_ood_rates(classifier, test_paths, count=count, seed=seed)
+    scans = []
+    if test_paths:
+        from tumor_edge.runtime.batch import decode_file
+
+        decoded = decode_file(test_paths[0], classifier.preprocessing, "middle")
+        scans = [decoded.pixels[0][0]] if decoded.failure is None else []
+    examples = {name: images[0] for name, images in generated_sets(
+        1, classifier.preprocessing.size, seed, scans=np.stack(scans) if scans else None).items()}
+    path = _ood_figure(rates, examples, out_dir / OOD_PNG)
+    check = ("input checks (colour, noise, blank, no dark background) and the feature-space distance fitted on "
+             "the validation split" if rates["feature_check"] else "input checks only (no feature-space fit)")
+    lines = ["### Out-of-distribution warnings", "",
+             f"Each image gets a `warning` when {check} say it is not what the model was trained on "
+             "(`classify --abstain` gives such images no label).", "",
+             "| set | images | warned | by input checks | by feature distance |", "|---|---|---|---|---|"]
+    for name, r in rates["sets"].items():
+        lines.append(f"| {name} (generated) | {r['count']} | {_pct(r['flagged'])} | "
+                     f"{_pct(r['input_checks_flagged'])} | {_pct(r['feature_flagged'])} |")
+    t = rates["test"]
+    lines += [f"| held-out test scans (false alarms) | {t['count']} | {_pct(t['flagged'])} | "
+              f"{_pct(t['input_checks_flagged'])} | {_pct(t['feature_flagged'])} |", "",
+              f"![out-of-distribution warnings]({link}/{OOD_PNG})", ""]
+    return lines, rates, [path]
+
+
+def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path | None = None,
+                  link_base: Path | None = None, ood_count: int = 40, seed: int = 0) -> TrustSummary:
+    """Write the trust PNGs to `out_dir` (default: a `trust` folder beside the bundle; only its own PNGs are
+    replaced) and return the Markdown section, with image links relative to `link_base` (default: the parent of
+    `out_dir`, where the demo writes SUMMARY.md)."""
+    from tumor_edge.runtime.classifier import Classifier
+
+    bundle = Path(bundle)
+    out_dir = prepare_out_dir(Path(out_dir) if out_dir is not None else bundle.parent / "trust", True, _owned,
+                              "trust summary")
+    link = Path(os.path.relpath(out_dir, Path(link_base) if link_base is not None else out_dir.parent)).as_posix()
+    classifier = Classifier.from_bundle(bundle)
+    files = _test_files(Path(test_dir), classifier.classes)
+    lines = ["## Trust: how far to believe each prediction", "", f"> **{RESEARCH_NOTICE}** The scans are "
+             "synthetic (real MRI templates with simulated lesions); these figures describe the pipeline, not "
+             "clinical performance.", ""]
+    summary = TrustSummary("")
+    for key, (part, figures, written) in {
+            "calibration": _calibration(RunFolder(run_dir), out_dir, link),
+            "heatmaps": _heatmaps(classifier, files, out_dir, link),
+            "ood": _ood(classifier, files, out_dir, link, ood_count, seed)}.items():
+        lines += part
+        summary.figures[key] = figures
+        summary.files += written
+    summary.figures["model"] = _model_name(classifier)
+    summary.markdown = "\n".join(lines) + "\n"
+    return summary
