@@ -157,6 +157,8 @@ def stage_export(ctx: DemoContext) -> dict[str, Any]:
 
     # A demo's held-out split may be too small to *prove* a 1-point tolerance: "not proven" is reported as such,
     # not as a failure (a real export without --allow-unproven stops there).
+    # Default scheduling, not `overlap`: with ONNX int8 beside the worker's TFLite rows the demo's process tree
+    # peaked at 3.31 GiB (benchmarks/demo_memory.py, 2026-11-27), over the 3 GB budget.
     config = ExportConfig(source=ctx.run, out=ctx.bundle, int8=True, force=True, allow_unproven=True,
                           show_progress=ctx.config.show_progress)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def _child(target: str | Callable, args_file: str, result_file: str) -> None:
     except BaseException as err:  # noqa: BLE001
         outcome = {"ok": False, "error": first_line(err), "type": type(err).__name__}
     else:
+        started = time.perf_counter()
         outcome = _outcome(target, args)
+        outcome["seconds"] = time.perf_counter() - started
     with open(result_file, "wb") as fh:
         pickle.dump(outcome, fh)
 
@@ -85,6 +88,7 @@ class ChildJob:
             pickle.dump(args, fh)
         self._result_file = self._args_file.replace("args-", "result-")
         context = multiprocessing.get_context("spawn")
+        self.seconds: float | None = None
         self.process = context.Process(target=_child, args=(target, self._args_file, self._result_file),
                                        name=f"tumor-edge-export {name}", daemon=True)
         self.process.start()
@@ -100,6 +104,7 @@ class ChildJob:
             outcome = {"ok": False, "error": f"process died with exit code {code}{why}"}
         finally:
             self._cleanup()
+        self.seconds = outcome.get("seconds")  # the time it ran, not the time until someone waited for it
         return _unwrap(outcome)
 
     def cancel(self) -> None:

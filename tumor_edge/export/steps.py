@@ -61,8 +61,8 @@ class _Step:
                 self._fail(err)
         if self.row.ok and not self.dst.is_file():
             self.row.status = "failed: the converter wrote no file"
-        # A worker row's time is the time it ran there, not the time it waited in the worker's queue.
-        seconds = getattr(self.job, "seconds", None) if self.on_worker else None
+        # The time the job ran (in the worker or its child), not the time it queued or waited to be collected.
+        seconds = getattr(self.job, "seconds", None)
         self.row.seconds = seconds if seconds else time.perf_counter() - self.t0
         if not self.on_worker:
             log.info("export step %s %s in %.1f s%s", self.fmt.key, "done" if self.row.ok else "failed",
