@@ -236,7 +236,9 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    Stage("data", "generating synthetic demo data", stage_data, lambda c: [c.data / "DATASET.md"]),
+    # In a child too: the volumes it decodes stayed in this process (0.22 GiB) under the export's peak (2.81 GiB
+    # for the tree, benchmarks/results/demo-2026-11-27.md).
+    Stage("data", "generating synthetic demo data", stage_data, lambda c: [c.data / "DATASET.md"], isolated=True),
     Stage("train", "training InceptionV3 from scratch", stage_train,
           lambda c: [RunFolder(c.run).model, RunFolder(c.run).metrics], isolated=True),
     Stage("export", "exporting ONNX and TFLite (fp32, int8) with parity", stage_export,
