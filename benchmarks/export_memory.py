@@ -33,6 +33,9 @@ from proctree import rss, tree_pids  # benchmarks/proctree.py: run as `python be
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 STEP_LINE = re.compile(r"export step (?P<step>\S+) (?P<what>start|done|failed)")
+# The TensorFlow worker's own account of each job (export/worker.py): wall and CPU seconds, its RSS at the end.
+JOB_LINE = re.compile(r"export job (?P<job>\S+) (?:done|failed) in (?P<s>[\d.]+) s \(CPU (?P<cpu>[\d.]+) s; "
+                      r"worker RSS (?P<rss>\S+) MB at its end, (?P<after>\S+) MB released\)")
 
 
 # ------------------------------------------------------------------------------------------------ the inputs
@@ -146,10 +149,15 @@ def run_export(run_dir: Path, bundle: Path, options: list[str], interval: float)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     sampler = Sampler(proc.pid, interval)
     steps: dict[str, float] = {}
+    jobs: dict[str, dict] = {}
     started: dict[str, float] = {}
     tail: list[str] = []
     for line in proc.stderr:
         tail = (tail + [line.rstrip()])[-30:]
+        job = JOB_LINE.search(line)
+        if job:
+            jobs[job["job"]] = {"seconds": float(job["s"]), "cpu_seconds": float(job["cpu"]),
+                                "rss_end_mb": job["rss"], "rss_after_release_mb": job["after"]}
         match = STEP_LINE.search(line)
         if match:
             now = time.perf_counter() - t0
@@ -172,11 +180,21 @@ def run_export(run_dir: Path, bundle: Path, options: list[str], interval: float)
         "peak_rss_mb": round(sampler.peak / mb), "processes_at_once": sampler.max_processes,
         "peak_by_step_mb": {k: round(v / mb) for k, v in sampler.by_step.items()},
         "step_seconds": steps,
+        "worker_jobs": jobs,
         "peak_by_process_mb": {k: round(v / mb) for k, v in sampler.by_process.items()},
         "timeline_mb": [(t, round(v / mb), s) for t, v, s in sampler.timeline[:: max(1, int(5 / interval))]],
         "stdout_tail": stdout.strip().splitlines()[-12:],
         "stderr_tail": tail if proc.returncode not in (0, 3) else tail[-3:],
     }
+
+
+def _int8_seconds(bundle: Path) -> dict:
+    """Where the int8 converters spent their time, from the reports they leave in the bundle's metadata."""
+    try:
+        metrics = json.loads((bundle / "metadata.json").read_text()).get("metrics", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: v["seconds"] for k, v in metrics.items() if isinstance(v, dict) and isinstance(v.get("seconds"), dict)}
 
 
 def main() -> int:
@@ -203,7 +221,9 @@ def main() -> int:
         sys.stderr.write(made.stderr[-3000:])
         return 1
     run_dir = Path(made.stdout.strip().splitlines()[-1])
-    result = run_export(run_dir, args.work / f"bundle{args.image_size}", args.export_options, args.interval)
+    bundle = args.work / f"bundle{args.image_size}"
+    result = run_export(run_dir, bundle, args.export_options, args.interval)
+    result["int8_seconds"] = _int8_seconds(bundle)
     from tumor_edge.machine import load_average, machine_info
 
     info = machine_info()

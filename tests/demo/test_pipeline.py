@@ -93,3 +93,18 @@ def test_help_says_synthetic_and_points_to_train():
 
 def test_workdir_default_is_relative(tmp_path):
     assert DemoConfig().workdir == Path("demo-workdir")
+
+
+def test_summary_carries_the_trust_section_with_a_heatmap_per_class(tiny_demo):
+    """Issue 12: the demo summary shows calibration, one heatmap per class (PNG) and the OOD figures."""
+    workdir, ctx = tiny_demo
+    text = (workdir / "SUMMARY.md").read_text()
+    assert "## Trust: how far to believe each prediction" in text
+    assert "### Calibration" in text and "### Out-of-distribution warnings" in text
+    assert (workdir / "trust" / "ood.png").is_file()
+    figures = ctx.results["trust"]["figures"]
+    heatmaps = figures.get("heatmaps", {})
+    assert set(heatmaps) == {"glioma", "meningioma", "notumor", "pituitary"}  # a row per class, drawn or why not
+    drawn = [v for v in heatmaps.values() if v]
+    for entry in drawn:  # every map drawn is a PNG linked from the summary
+        assert (workdir / "trust" / entry["png"]).is_file() and entry["png"] in text

@@ -71,6 +71,9 @@ def render_summary(ctx: DemoContext) -> str:
                   f"({classify.get('correct', 0)}/{len(rows)} correct)"]
     lines += [f"- `{row['file']}`: true {row['true']}, predicted {row['predicted']} ({row['confidence']:.2f})"
               for row in rows]
+    trust = r.get("trust", {}).get("markdown")
+    if trust:
+        lines += ["", trust.rstrip()]
     lines += ["", "## Stage times", *[f"- {k}: {_minutes(v)}" for k, v in ctx.timings.items()], "",
               "Next: `tumor-edge classify SCAN.jpg` uses this bundle; `tumor-edge bench --model "
               f"{export.get('path')}` times it fully; `tumor-edge train PATH` trains on real data.", ""]

@@ -95,10 +95,11 @@ def _flag_for(err) -> str | None:
 @click.option("--no-optimize", is_flag=True, hidden=True,
               help="Deprecated, no effect: bundles no longer hold machine-specific optimised twins.")
 @click.option("--in-process", is_flag=True,
-              help="Run the converters in this process instead of one child process each (more memory).")
+              help="Run every step in this process instead of a TensorFlow worker and TensorFlow-free children "
+                   "(more memory).")
 @click.option("--overlap", is_flag=True,
-              help="Run the slowest converter (TFLite int8 calibration) alongside the others: faster with two free "
-                   "cores, about twice the peak memory.")
+              help="Quantize ONNX int8 beside the TFLite conversions: faster with two free cores, about 3 GB peak "
+                   "at 299 px.")
 @click.option("--opset", type=click.IntRange(min=13), default=_DEFAULT("opset"), show_default=True)
 @click.option("--seed", type=int, default=_DEFAULT("seed"), show_default=True, help="Seed of the stratified subsets.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -65,12 +65,12 @@ class ExportConfig:
     opset: int = 17
     seed: int = 0
     batch_size: int = 16
-    # How: each converter in a process of its own, so its memory goes back to the system when it ends (export
-    # peak memory is one converter's, not the sum of all; see benchmarks/export_memory.py). False runs them
-    # in this process (a debugger can step into them).
+    # How: TensorFlow jobs in one worker process that ends before the TensorFlow-free rows (each in its own child)
+    # and parity, so the export's peak is one job's (export/worker.py; benchmarks/export_memory.py). False runs
+    # everything in this process (a debugger can step into it).
     isolate: bool = True
-    # Run the table's background rows (TFLite int8) alongside the others: faster with two free cores, but the
-    # peak memory is then two converters' at once.
+    # Start the TensorFlow-free rows (ONNX int8) beside the worker's TFLite rows: ~12 % faster at 299 px, peak
+    # 2.96 GB measured (benchmarks/results/export-time-2026-11-27.md).
     overlap: bool = False
     show_progress: bool = True
     debug: bool = False  # let a converter's exception propagate with its traceback

@@ -10,6 +10,7 @@ foreground one never build the same thing twice or read a half-written file.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,15 @@ class ExportContext:
 
     @property
     def model(self):
-        """The Keras model the converters convert (loaded on first use in each process): probabilities first,
+        """The Keras model the converters convert (loaded once per process, see `kept`): probabilities first,
         then the heatmap and OOD outputs where the head allows (ModelSource.converted_model)."""
-        return self.source.converted_model
+        return kept(self.source).converted_model
+
+    @property
+    def keras_model(self):
+        """The single-output Keras model (class probabilities): the float reference the int8 files are scored
+        against. Its output is the converted model's first, computed by the same layers."""
+        return kept(self.source).model
 
     def needs_ok(self, key: str) -> Path:
         """The path of the file another row made; a ModelError when that row failed or was not asked for."""
@@ -145,6 +152,78 @@ class ExportContext:
         return Pixels(np.load(path, mmap_mode="r"), labels)
 
 
+# ---------------------------------------------------------------- the model, loaded once per process
+
+# The source this process has loaded the model of (at most one: a library user exporting many models in one
+# process holds one model, not all of them). A source pickles without its model, so every job reaching the
+# export's TensorFlow worker brings a model-less copy; `kept` hands it the loaded one instead of loading again.
+_KEPT: dict[tuple[str, str], ModelSource] = {}
+
+
+def kept(source: ModelSource) -> ModelSource:
+    """This process's loaded twin of `source` (same path and sha256), else `source`, kept from now on."""
+    key = (str(source.path), source.sha256)
+    if key not in _KEPT:
+        _KEPT.clear()
+        _KEPT[key] = source
+    return _KEPT[key]
+
+
+def forget_models() -> None:
+    """Drop the kept model (an in-process export calls it at its end)."""
+    _KEPT.clear()
+
+
+def load_and_keep(path, options) -> ModelSource:
+    """`load_source` in the process that will convert: the loaded model stays here for the jobs that follow."""
+    from tumor_edge.export.source import load_source
+
+    return kept(load_source(path, options))
+
+
+def with_kept_model(target: str, source: ModelSource, *args: Any) -> Any:
+    """`target(source, *args)` with this process's loaded twin of `source` (a job for the worker)."""
+    from tumor_edge.export.isolate import resolve
+
+    return resolve(target)(kept(source), *args)
+
+
+def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, show_progress: bool = False
+                  ) -> dict[str, Any]:
+    """The Keras model's test-set outputs for parity, computed where the model is loaded: probabilities (and ms
+    per image) on the pixels parity decodes with `reference_spec`, and the heatmaps on those `heatmap_spec`
+    decodes (None: no heatmap output). Each comes with a digest of its pixels, so the parent can check it is
+    comparing the same images it decoded itself."""
+    from tumor_edge.data.dataset import load_pixels
+    from tumor_edge.export.parity import keras_probabilities
+    from tumor_edge.runtime.preprocess import scale
+
+    model = kept(source)
+    out: dict[str, Any] = {}
+    loaded = load_pixels(samples, reference_spec, "keras reference: loading test images", show_progress=show_progress)
+    if len(loaded.labels):
+        keras_probabilities(model.model, np.asarray(loaded.pixels[:1]), reference_spec)  # warm-up: tracing
+        t0 = time.perf_counter()
+        probs = keras_probabilities(model.model, loaded.pixels, reference_spec)
+        out["reference"] = (probs, 1000.0 * (time.perf_counter() - t0) / len(loaded.labels))
+        out["reference_digest"] = pixels_digest(loaded.pixels)
+    if heatmap_spec is not None:
+        pixels = loaded.pixels if heatmap_spec == reference_spec else load_pixels(
+            samples, heatmap_spec, "keras heatmaps: loading test images", show_progress=show_progress).pixels
+        converted = model.converted_model
+        maps = [np.asarray(converted.predict(scale(np.asarray(pixels[s:s + 16]), reference_spec), verbose=0)[1],
+                           np.float32) for s in range(0, len(pixels), 16)]
+        out["heatmaps"] = np.concatenate(maps) if maps else np.zeros((0,), np.float32)
+        out["heatmaps_digest"] = pixels_digest(pixels)
+    return out
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest() + str(tuple(pixels.shape))
+
+
 @contextlib.contextmanager
 def _made_once(path: Path):
     """An exclusive lock beside `path` for as long as the block makes (or finds) it."""
@@ -162,4 +241,5 @@ def _made_once(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-__all__ = ["ExportContext", "ExportedFile", "Pixels"]
+__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep",
+           "with_kept_model"]

@@ -18,20 +18,27 @@ from typing import Any
 
 from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.contracts.state import remember_last_bundle
-from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError
+from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
 from tumor_edge.export.config import ExportConfig
-from tumor_edge.export.context import ExportContext, ExportedFile
-from tumor_edge.export.isolate import call
+from tumor_edge.export.context import (
+    ExportContext,
+    ExportedFile,
+    keras_outputs,
+    load_and_keep,
+    pixels_digest,
+    with_kept_model,
+)
 from tumor_edge.export.model_card import write_model_card
-from tumor_edge.export.parity import ParityReport, keras_reference, run_parity
+from tumor_edge.export.parity import ParityReport, run_parity
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.provenance import provenance
 from tumor_edge.export.routes import in_table_order, is_skipped, no_route, skipped_row
 from tumor_edge.export.samples import stratified_subset
-from tumor_edge.export.source import ModelSource, SourceOptions, load_source, needs_option
-from tumor_edge.export.steps import run_steps
+from tumor_edge.export.source import ModelSource, SourceOptions, needs_option
+from tumor_edge.export.steps import Steps
+from tumor_edge.export.worker import open_worker
 
 log = logging.getLogger("tumor_edge.export")
 
@@ -55,14 +62,15 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.force:
         raise needs_option(OutputExistsError("bundle folder exists and is not empty; pass --force (force=True in "
                                              "Python) to overwrite it", out), "force")
-    with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp, open_worker(_isolated(config)) as worker:
         work = Path(tmp)
         options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
                                 resize=config.resize, output=config.output, layout=config.layout,
                                 calib_data=config.calib_data,
                                 test_data=config.test_data, seed=config.seed)
-        # In a child: loading and checking the model is this process's only use of TensorFlow otherwise.
-        source = call(load_source, (config.source, options), work, _isolated(config), "load")
+        # In the TensorFlow worker: the model stays loaded there for the converters; this process never imports
+        # TensorFlow (export/worker.py).
+        source = worker.call(load_and_keep, (config.source, options), "load", step=True)
         warnings = list(source.warnings)
         _check_images(source, config)
         if not config.parity:
@@ -72,7 +80,13 @@ def export_bundle(config: ExportConfig) -> ExportResult:
         prepare_out_dir(out, config.force)
         selected = config.selected()
         skipped = {f.key: why for f in selected if (why := no_route(source.kind, f))}  # e.g. ONNX -> TFLite
-        rows = run_steps(ExportContext(config, source, out, work), [f for f in selected if f.key not in skipped])
+        steps = Steps(ExportContext(config, source, out, work), [f for f in selected if f.key not in skipped],
+                      worker).start()
+        keras = _queue_keras_outputs(worker, source, config)  # the worker's last job, after its converters
+        steps.finish_queued()
+        keras = _keras_outputs(keras)
+        worker.close()  # TensorFlow's memory goes back before onnxruntime quantizes and parity runs
+        rows = steps.finish()
         rows = in_table_order(rows + [skipped_row(f, skipped[f.key]) for f in selected if f.key in skipped])
         failed = [r for r in rows if not r.ok and not is_skipped(r)]
         trust = source.trust
@@ -87,7 +101,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
         report = None
         if config.parity and metadata.models:
             log.info("export step parity start")
-            report = run_parity(out, lambda pixels: _keras_reference(source, pixels, work, config),
+            report = run_parity(out, lambda pixels: _keras_reference(keras, source, pixels, work, config, worker),
                                 source.reference_preprocessing, [(r.file, r.format, r.precision) for r in rows
                                                                  if r.ok],
                                 stratified_subset(source.test.samples, config.test_count, config.seed),
@@ -95,15 +109,20 @@ def export_bundle(config: ExportConfig) -> ExportResult:
                                 config.show_progress)
             log.info("export step parity done")
             metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
+        if report is not None and "heatmap" in metadata.extra_outputs:
+            heatmaps = _heatmap_parity(out, source, rows, config, keras, worker)
+        else:
+            heatmaps = None
     verdicts = {f.file: f.verdict for f in report.files} if report else None
     metadata.models = model_entries(out, rows, verdicts)
     metadata.metrics = {"parity": report.summary() if report else
                         {"passed": None, "proven": False, "reason": "exported without parity"},
                         **private_reports(rows)}
-    if report is not None and "heatmap" in metadata.extra_outputs:
-        metadata.metrics["heatmap_parity"] = _heatmap_parity(out, source, rows, config)
+    if heatmaps is not None:
+        metadata.metrics["heatmap_parity"] = heatmaps
     metadata.provenance["export_seconds"] = round(time.perf_counter() - started, 1)
-    metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 1) for r in rows}
+    # Where each row ran (the worker or its child): a small model converts in milliseconds once it is loaded.
+    metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 3) for r in rows}
     metadata.write(out)
     if metadata.models:
         # Reference outputs on generated images, for `tumor-edge verify` on any device. Last: it checks the final
@@ -145,18 +164,52 @@ def _isolated(config: ExportConfig) -> bool:
     return config.isolate and not config.debug
 
 
-def _keras_reference(source: ModelSource, pixels, work: Path, config: ExportConfig):
-    """The Keras model's probabilities on the test pixels, computed in a child process (TensorFlow's memory
-    goes with it), temperature-scaled as the bundle's runtime scales them."""
+def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
+    """Queue the Keras model's parity outputs (probabilities and, with a heatmap output, heatmaps on the test
+    images) as the worker's job after its converters: the model is loaded there already, and the parent does its
+    own work meanwhile. None when parity is off."""
+    if not config.parity or source.test is None or not source.test.samples:
+        return None
+    heatmap_spec = source.preprocessing if source.trust and "heatmap" in source.trust.extra_outputs else None
+    samples = stratified_subset(source.test.samples, config.test_count, config.seed)
+    return worker.submit(keras_outputs, (source, samples, source.reference_preprocessing, heatmap_spec), "keras",
+                         step=True)
+
+
+def _keras_outputs(job) -> dict[str, Any] | None:
+    """The queued Keras job's outputs; None (computed again when needed) if it failed."""
+    if job is None:
+        return None
+    try:
+        return job.wait()
+    except Exception as err:  # noqa: BLE001 - computed again later, where an error is reported properly
+        log.info("the queued Keras reference failed (%s); it is computed again for parity", first_line(err))
+        return None
+
+
+def _keras_output(keras: dict[str, Any] | None, name: str, pixels) -> Any:
+    """The Keras job's `name` output when it was computed on exactly these pixels, else None."""
+    if keras is not None and name in keras and keras.get(f"{name}_digest") == pixels_digest(pixels):
+        return keras[name]
+    return None
+
+
+def _keras_reference(keras, source: ModelSource, pixels, work: Path, config: ExportConfig, worker):
+    """The Keras model's probabilities on the test pixels, computed in the worker (TensorFlow's memory stays
+    there), temperature-scaled as the bundle's runtime scales them."""
     import numpy as np
 
-    npy = work / "test_pixels.npy"
-    np.save(npy, pixels)
-    try:
-        probs, ms = call(keras_reference, (source, npy, source.reference_preprocessing), work, _isolated(config),
-                         "keras-reference")
-    finally:
-        npy.unlink(missing_ok=True)
+    found = _keras_output(keras, "reference", pixels)
+    if found is not None:
+        probs, ms = found
+    else:
+        npy = work / "test_pixels.npy"
+        np.save(npy, pixels)
+        try:
+            probs, ms = worker.call(with_kept_model, ("tumor_edge.export.parity:keras_reference", source, npy,
+                                                      source.reference_preprocessing), "keras-reference")
+        finally:
+            npy.unlink(missing_ok=True)
     calibration = source.trust.calibration if source.trust else None
     if calibration:  # the runtime scales by the run's temperature: so is the reference it is compared with
         from tumor_edge.calibration import apply_temperature
@@ -165,21 +218,24 @@ def _keras_reference(source: ModelSource, pixels, work: Path, config: ExportConf
     return probs, ms
 
 
-def _heatmap_parity(out: Path, source: ModelSource, rows, config: ExportConfig) -> dict[str, float]:
+def _heatmap_parity(out: Path, source: ModelSource, rows, config: ExportConfig, keras, worker
+                    ) -> dict[str, float]:
     """Per file, the mean correlation of its heatmaps with the Keras model's on the parity test images."""
     import numpy as np
 
     from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.export.trust_outputs import heatmap_parity, keras_heatmaps
+    from tumor_edge.export.trust_outputs import heatmap_parity
 
     samples = stratified_subset(source.test.samples, config.test_count, config.seed)
     pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
                          show_progress=config.show_progress).pixels
-    with tempfile.TemporaryDirectory(prefix="tumor-edge-heatmaps-") as tmp:
-        npy = Path(tmp) / "pixels.npy"
-        np.save(npy, pixels)
-        reference = call(keras_heatmaps, (source, npy, source.reference_preprocessing), Path(tmp),
-                         _isolated(config), "keras-heatmaps")
+    reference = _keras_output(keras, "heatmaps", pixels)
+    if reference is None:
+        with tempfile.TemporaryDirectory(prefix="tumor-edge-heatmaps-") as tmp:
+            npy = Path(tmp) / "pixels.npy"
+            np.save(npy, pixels)
+            reference = worker.call(with_kept_model, ("tumor_edge.export.trust_outputs:keras_heatmaps", source, npy,
+                                                      source.reference_preprocessing), "keras-heatmaps")
     return heatmap_parity(out, [r.file for r in rows if r.ok], reference, pixels, config.batch_size)
 
 

@@ -1,11 +1,10 @@
-"""Run one job (a converter, loading the model, the Keras reference) in a process of its own, so everything it
-allocated goes back to the system when it ends.
+"""Run one job in a process of its own, so everything it allocated goes back to the system when it ends.
 
-Why: TensorFlow keeps what tf2onnx's graph tracing, the SavedModel export and each TFLiteConverter allocate
-(graphs, MLIR modules, grappler copies of the weights) until the process exits, and onnxruntime's calibration
-holds big activation batches; run one after another in one process they add up (0.1.0: 7.9 GB for a 96 px
-model, 8.7 GB at 299 px). With each job in a child and the parent free of TensorFlow, the export's peak is the
-largest job's (measured by benchmarks/export_memory.py).
+Export runs its TensorFlow jobs (loading the model, tf2onnx, the TFLite converters, the Keras reference) in one
+long-lived worker (export/worker.py, built on `_outcome`/`_unwrap` here) and each TensorFlow-free row made from
+another row's file (ONNX fp16 and int8, onnxruntime's calibration holding big activation batches) in a
+`ChildJob`: run one after another in one process they add up (0.1.0: 7.9 GB for a 96 px model, 8.7 GB at
+299 px), and the parent stays free of TensorFlow (measured by benchmarks/export_memory.py).
 
 Children are spawned, not forked (forking after TensorFlow has started its threads is unsafe). Arguments and
 results travel pickled through files in the work folder. A child's exception comes back as itself when it
@@ -18,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,10 @@ def resolve(target: str | Callable) -> Callable:
     return getattr(importlib.import_module(module_name), attr or "convert")
 
 
-def _child(target: str | Callable, args_file: str, result_file: str) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _outcome(target: str | Callable, args: tuple) -> dict[str, Any]:
+    """Run `target(*args)`; its value, or its error in a form that survives pickling."""
     try:
-        with open(args_file, "rb") as fh:
-            args = pickle.load(fh)
-        outcome: dict[str, Any] = {"ok": True, "value": resolve(target)(*args)}
+        return {"ok": True, "value": resolve(target)(*args)}
     except BaseException as err:  # noqa: BLE001 - everything is reported to the parent
         outcome = {"ok": False, "error": first_line(err), "type": type(err).__name__}
         if isinstance(err, TumorEdgeError):
@@ -53,6 +51,28 @@ def _child(target: str | Callable, args_file: str, result_file: str) -> None:
                 outcome["exception"] = err
             except Exception:  # noqa: BLE001 - an unpicklable attribute: the line is enough
                 pass
+        return outcome
+
+
+def _unwrap(outcome: dict[str, Any]) -> Any:
+    if outcome["ok"]:
+        return outcome["value"]
+    if outcome.get("exception") is not None:
+        raise outcome["exception"]
+    raise ChildFailed(outcome["error"])
+
+
+def _child(target: str | Callable, args_file: str, result_file: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with open(args_file, "rb") as fh:
+            args = pickle.load(fh)
+    except BaseException as err:  # noqa: BLE001
+        outcome = {"ok": False, "error": first_line(err), "type": type(err).__name__}
+    else:
+        started = time.perf_counter()
+        outcome = _outcome(target, args)
+        outcome["seconds"] = time.perf_counter() - started
     with open(result_file, "wb") as fh:
         pickle.dump(outcome, fh)
 
@@ -68,6 +88,7 @@ class ChildJob:
             pickle.dump(args, fh)
         self._result_file = self._args_file.replace("args-", "result-")
         context = multiprocessing.get_context("spawn")
+        self.seconds: float | None = None
         self.process = context.Process(target=_child, args=(target, self._args_file, self._result_file),
                                        name=f"tumor-edge-export {name}", daemon=True)
         self.process.start()
@@ -83,11 +104,8 @@ class ChildJob:
             outcome = {"ok": False, "error": f"process died with exit code {code}{why}"}
         finally:
             self._cleanup()
-        if outcome["ok"]:
-            return outcome["value"]
-        if outcome.get("exception") is not None:
-            raise outcome["exception"]
-        raise ChildFailed(outcome["error"])
+        self.seconds = outcome.get("seconds")  # the time it ran, not the time until someone waited for it
+        return _unwrap(outcome)
 
     def cancel(self) -> None:
         if self.process.is_alive():

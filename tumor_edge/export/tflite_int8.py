@@ -4,8 +4,8 @@ SavedModel.
 
 The converter allows less than onnxruntime: one calibration (its own min/max), int8 activations, and two knobs
 that matter, per-channel weights (`_experimental_disable_per_channel`) and op/node denylists. Both are applied
-by TensorFlow's `QuantizationDebugger`, which calibrates once and re-quantizes the calibrated model for each
-option set (seconds, not the minutes a calibration takes at 299 px), so trying options is affordable.
+the way TensorFlow's `QuantizationDebugger` applies them: calibrate once, re-quantize the calibrated model for
+each option set (seconds, not the minutes a calibration takes at 299 px), so trying options is affordable.
 
 The sensitivity unit is an op together with the op producing its activation input: TFLite quantizes a tensor
 where it is produced, so an op denylisted alone still reads an int8 tensor (the outlier-dominated range that
@@ -108,38 +108,41 @@ def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, 
 
 
 class _Quantizer:
-    """One calibration, many quantizations: TensorFlow's QuantizationDebugger around the converter."""
+    """One calibration, many quantizations: the converter calibrates once, `mlir_quantize` re-quantizes the
+    calibrated model for each option set (seconds, not the minutes a calibration takes at 299 px).
+
+    These are the calls TensorFlow's `QuantizationDebugger` makes (tensorflow/lite/tools/optimize/debugging/
+    python/debugger.py: calibrate-only conversion, then `convert.mlir_quantize` with the denylists), without
+    what it adds for its own statistics and this search never used: a second quantization with numeric-verify
+    ops and an interpreter over that model (measured at 299 px: seconds of CPU per export)."""
 
     def __init__(self, saved_model: Path, representative):
         import tensorflow as tf
+        from tensorflow.lite.python import convert
 
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        self.tf = tf
+        converter.experimental_mlir_quantizer = True
+        converter._experimental_calibrate_only = True  # the float model with the calibrated ranges
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its internal tf.lite.Interpreter warns it is deprecated
-            self.debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=representative,
-                debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS)))
+            warnings.simplefilter("ignore")
+            self.calibrated_model = converter.convert()
+        self._mlir_quantize = convert.mlir_quantize
 
     def quantize(self, per_channel: bool, denylisted_nodes: list[str] | None = None) -> bytes:
-        self.debugger.converter._experimental_disable_per_channel = not per_channel
-        # get_nondebug_quantized_model() re-quantizes the calibrated model with the debugger's current options.
-        # Assigned to the attribute, not through the `options` setter: the setter also rebuilds the debug model,
-        # which costs a quantization more and refuses a model with every verifiable op denylisted.
-        self.debugger._debug_options = self.tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_ops=list(FLOAT_OPS), denylisted_nodes=list(denylisted_nodes or []))
-        return self.debugger.get_nondebug_quantized_model()
+        return self._mlir_quantize(self.calibrated_model, disable_per_channel=not per_channel, fully_quantize=False,
+                                   enable_numeric_verify=False, denylisted_ops=list(FLOAT_OPS),
+                                   denylisted_nodes=list(denylisted_nodes or []))
 
     def units(self) -> list[tuple[str, list[str]]]:
         """(label, output tensor names to denylist) per weighted op: the op and its activation's producer."""
         from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(model_content=self.debugger.calibrated_model)
+        interp = Interpreter(model_content=self.calibrated_model)
         names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
-        ops = interp._get_ops_details()  # the public API has no op list; the debugger uses the same call
+        ops = interp._get_ops_details()  # the public API has no op list; TensorFlow's debugger uses the same call
         producer = {out: op for op in ops for out in op["outputs"]}
         units = []
         for op in ops:
@@ -156,9 +159,12 @@ class _Quantizer:
 def tflite_int8_accuracy_aware(saved_model: Path, dst: Path, calib_pixels: np.ndarray,
                                val_pixels: np.ndarray | None, val_labels: np.ndarray | None, n_classes: int,
                                spec: Preprocessing, config: TfliteInt8Config | None = None,
-                               work_dir: Path | None = None) -> TfliteInt8Report:
+                               work_dir: Path | None = None, reference: np.ndarray | None = None
+                               ) -> TfliteInt8Report:
     """Write the int8 TFLite file at `dst` (float32 I/O, SOFTMAX float) and say which options and which float
-    fallbacks made it, scored against the SavedModel's float outputs on the validation images."""
+    fallbacks made it, scored against the float model's outputs on the validation images: `reference` when the
+    caller has them (the Keras model the SavedModel was exported from, already loaded), else the SavedModel's
+    own (loading it costs seconds at 299 px)."""
     config = config or TfliteInt8Config()
     work_dir = work_dir or dst.parent
     timings: dict[str, float] = {}
@@ -174,7 +180,8 @@ def tflite_int8_accuracy_aware(saved_model: Path, dst: Path, calib_pixels: np.nd
         report.chosen, report.why = label[per_channel], "no validation images to compare options on"
         return _finish(report, timings)
     t0 = time.perf_counter()
-    reference = float_reference(saved_model, val_pixels, spec, config.batch_size)
+    if reference is None or len(reference) != len(val_pixels):
+        reference = float_reference(saved_model, val_pixels, spec, config.batch_size)
     ref = score("float", reference, reference, val_labels, n_classes)
     report.reference = asdict(ref)
     scored: dict[bool, tuple[CandidateScore, bytes, np.ndarray]] = {}

@@ -22,9 +22,14 @@ def convert(ctx, dst: Path) -> dict[str, Any]:
     from tumor_edge.export.tflite_int8 import tflite_int8_accuracy_aware
 
     calib, val = ctx.calibration(), ctx.validation()
+    reference = None
+    if val is not None and len(val):  # the float reference from the loaded Keras model, not a SavedModel reload
+        from tumor_edge.export.parity import keras_probabilities
+
+        reference = keras_probabilities(ctx.keras_model, val.pixels, ctx.spec)
     report = tflite_int8_accuracy_aware(ctx.saved_model(), dst, calib.pixels, val.pixels if val else None,
                                         val.labels if val else None, len(ctx.classes), ctx.spec,
-                                        work_dir=ctx.work)
+                                        work_dir=ctx.work, reference=reference)
     data = report.to_dict()
     float_nodes = [n for f in data.get("float_nodes", []) for n in f.get("denylisted_nodes", [])]
     return {"io": "float32", "quantization": "int8 ops; softmax and the most sensitive ops in float "
