@@ -115,7 +115,8 @@ def test_a_new_format_is_one_module_and_one_row(pooling_model, toy_dataset, tmp_
 
 @pytest.mark.slow
 def test_converters_run_in_their_own_processes(pooling_model, tmp_path, monkeypatch):
-    """Each converter runs in a child process (its memory goes back to the system when it ends)."""
+    """By default a converter runs outside the exporting process (the TensorFlow worker, or a TensorFlow-free
+    child for rows made from another file), so its memory goes back to the system; isolate=False runs it here."""
     from tumor_edge.export.exporter import export_bundle
 
     probe = ModelFormat("onnx-probe", "onnx", "fp32", "model_probe.onnx", "onnxruntime",
