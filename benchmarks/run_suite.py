@@ -68,7 +68,18 @@ Compare any run with a saved one: `tumor-edge bench --baseline benchmarks/result
 
 The machine these figures come from may be shared (the load average at start and end is recorded): figures
 taken under load are slower and noisier, 2-thread ones most, so compare runs with similar load, or rerun
-(`--quiet-load 1.0` waits for a quiet machine)."""
+(`--quiet-load 1.0` waits for a quiet machine).
+
+Other scripts here, each writing its figures (with the CPU and the load average) to `results/`:
+- `export_memory.py`: `tumor-edge export` at 299 px, whole process tree sampled (peak per step, CPU, wall).
+- `demo_memory.py`: `tumor-edge demo` end to end, per-stage peaks of the process tree, held-out accuracy.
+- `coldstart_cache.py`: `classify` of one image in fresh processes (first, second, no cache), wall, CPU, peak,
+  with the engine's own floor beside it; `--compare TREE` runs another checkout in the same rounds.
+- `runtime_memory.py`: `classify` memory over thousands of files, with and without hostile ones.
+- `training_memory.py`, `training_precision.py`: training memory against dataset size; float32 vs mixed precision.
+- `quant_build.py`, `quant_speed.py`, `quant_accuracy.py`: int8 variants built, timed and scored.
+- `ood_rates.py`, `heatmap_parity.py`: out-of-distribution warning rates; class-activation-map parity at 299 px.
+- `serve_load.py`: 500 requests from 16 concurrent clients against `tumor-edge serve` on loopback."""
 
 
 def git_commit(repo: Path) -> tuple[str | None, bool]:
