@@ -92,14 +92,13 @@ def test_a_graph_that_bakes_in_its_batch_keeps_it(tmp_path):
 
 def test_the_runtime_feeds_a_fixed_batch_file_in_its_own_batch_size(tmp_path):
     from tumor_edge.runtime.backends import BackendOptions, open_backend
-    from tumor_edge.runtime.batch import model_batch, run_in_model_batches
 
     src = _model(tmp_path / "m.onnx", hard_batch=True)
     to_bundle_model(src, tmp_path / "out.onnx", inspect_onnx(src, 4, None), append_softmax=True)
     backend = open_backend(tmp_path / "out.onnx", BackendOptions(use_optimized=False))
-    assert model_batch(backend) == 1
+    assert backend.fixed_batch == 1
     nhwc = RNG.uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
-    together = run_in_model_batches(backend, nhwc)[0]
+    together = backend.run(nhwc)[0]
     np.testing.assert_allclose(together, np.concatenate([backend.run(nhwc[i:i + 1])[0] for i in range(3)]))
 
 

@@ -159,35 +159,3 @@ def iter_predictions(classifier: Classifier, paths: Iterable[str | Path], batch_
             if images >= batch_size:
                 yield from flush()
     yield from flush()
-
-
-
-def model_batch(backend) -> int | None:
-    """The batch size a model file fixes, None when it takes any batch.
-
-    Only onnxruntime holds a model to its declared batch: LiteRT resizes its input tensor per call (its files
-    all declare batch 1), and every tumor-edge-made ONNX file has a dynamic batch. A foreign ONNX file whose
-    graph hard-codes its batch (export/foreign_onnx.py keeps it and records why) is fed that many at a time."""
-    if getattr(backend, "name", None) != "onnxruntime":
-        return None
-    shape = list(getattr(backend, "input_shape", None) or [])
-    first = shape[0] if shape else None
-    return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else None
-
-
-def run_in_model_batches(backend, batch: np.ndarray) -> list[np.ndarray]:
-    """`backend.run(batch)` for any number of images, in the model's own batch size where it fixes one (the
-    last chunk padded with zeros, the padding's outputs dropped)."""
-    fixed = model_batch(backend)
-    if fixed is None or len(batch) == fixed:
-        return backend.run(batch)
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, len(batch), fixed):
-        chunk = batch[start:start + fixed]
-        n = len(chunk)
-        if n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        parts.append([out[:n] for out in backend.run(chunk)])
-    if not parts:
-        return backend.run(batch)
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

@@ -203,9 +203,7 @@ class Classifier:
 
     def infer_outputs(self, batch_pixels: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) -> every output by role: "scores" as probabilities (N, classes), the others raw."""
-        from tumor_edge.runtime.batch import run_in_model_batches  # a file may fix its batch (foreign ONNX)
-
-        raw = run_in_model_batches(self.backend, scale(batch_pixels, self.preprocessing))
+        raw = self.backend.run(scale(batch_pixels, self.preprocessing))
         n = len(batch_pixels)
         out: dict[str, np.ndarray] = {}
         for role, spec in self.output_specs.items():

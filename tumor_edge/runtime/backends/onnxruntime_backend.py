@@ -79,6 +79,11 @@ class OnnxBackend:
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
         self.output_names = [o.name for o in session.get_outputs()]
+        # The batch size the graph fixes, None when it takes any. Every tumor-edge-made ONNX file has a dynamic
+        # batch; a foreign file whose graph hard-codes its batch (export/foreign_onnx.py keeps it and records why)
+        # is fed that many images at a time by `run`.
+        first = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch = first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else None
 
     def _create(self, ort, path: Path, so):
         try:
@@ -170,6 +175,21 @@ class OnnxBackend:
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        fixed = self.fixed_batch
+        if fixed is None or len(batch) == fixed or not len(batch):
+            return self._run(batch)
+        # A graph that fixes its batch: feed it `fixed` images at a time, the last chunk padded with zeros and the
+        # padding's outputs dropped.
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(batch), fixed):
+            chunk = batch[start:start + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+            parts.append([out[:n] for out in self._run(chunk)])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(out, dtype=np.float32) for out in outputs]
 
