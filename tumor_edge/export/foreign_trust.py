@@ -81,7 +81,7 @@ def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -
     generated sets (synthetic) beside the input checks' rates, as train measures its Mahalanobis score."""
     from tumor_edge.calibration.ood_sets import generated_sets
     from tumor_edge.calibration.output_scores import fit_output_threshold, output_score
-    from tumor_edge.runtime.ood_checks import input_warnings
+    from tumor_edge.runtime.ood_checks import flag_rates
 
     kind = "logit_energy" if source.source_output == "logits" else "max_probability"
     try:
@@ -93,10 +93,7 @@ def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -
     evaluation = {}
     for name, images in generated_sets(OOD_SET_SIZE, (spec.height, spec.width), seed, scans=pixels).items():
         flagged = output_score(_predict(source.raw_model, images, spec), kind) > record["threshold"]
-        checks = np.array([bool(input_warnings(p)) for p in images])
-        evaluation[name] = {"count": int(len(images)), "flagged": float(np.mean(flagged)),
-                            "input_checks_flagged": float(np.mean(checks)),
-                            "either_flagged": float(np.mean(flagged | checks))}
+        evaluation[name] = flag_rates(flagged, images)
     record["evaluation"] = evaluation
     return record
 

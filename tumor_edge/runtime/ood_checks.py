@@ -78,3 +78,12 @@ def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -
         return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
                 f"slice shows the head surrounded by air"]
     return []
+
+
+def flag_rates(score_flags: np.ndarray, images: np.ndarray) -> dict[str, float | int]:
+    """How a fitted score (`score_flags`, one bool per image) and the input checks flag a set of uint8 images:
+    the shares flagged by each and by either. One row shape for train's and export's OOD evaluations."""
+    flagged = np.asarray(score_flags, dtype=bool)
+    checks = np.array([bool(input_warnings(p)) for p in images], dtype=bool)
+    return {"count": int(len(images)), "flagged": float(np.mean(flagged)),
+            "input_checks_flagged": float(np.mean(checks)), "either_flagged": float(np.mean(flagged | checks))}

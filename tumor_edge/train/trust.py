@@ -20,7 +20,7 @@ from tumor_edge.calibration.ood_sets import generated_sets
 from tumor_edge.calibration.plots import reliability_diagram
 from tumor_edge.calibration.temperature import out_of_fold_gain
 from tumor_edge.errors import ConfigError
-from tumor_edge.runtime.ood_checks import input_warnings
+from tumor_edge.runtime.ood_checks import flag_rates
 from tumor_edge.train.cam import NoCamHeadError, features_model
 from tumor_edge.train.pipeline import predict_probabilities
 
@@ -75,11 +75,7 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
     sets.update(generated_sets(OOD_SET_SIZE, size, seed, scans=test_pixels))
     evaluation = {}
     for name, pixels in sets.items():
-        flagged = fit.flags(predict_probabilities(features, pixels, batch_size))
-        checks = np.array([bool(input_warnings(p)) for p in pixels])
-        evaluation[name] = {"count": int(len(pixels)), "flagged": float(np.mean(flagged)),
-                            "input_checks_flagged": float(np.mean(checks)),
-                            "either_flagged": float(np.mean(flagged | checks))}
+        evaluation[name] = flag_rates(fit.flags(predict_probabilities(features, pixels, batch_size)), pixels)
     record["evaluation"] = evaluation
     return record
 
