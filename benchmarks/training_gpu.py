@@ -68,7 +68,7 @@ def child(config: str, args: argparse.Namespace) -> dict:
     backend, mode, policy = config.split(":")
     keras.mixed_precision.set_global_policy(policy)
     classifier = build_classifier(4, args.image_size, weights=None)
-    model = training_model(classifier, build_augmenter(AugmentConfig(), seed=0))
+    model = training_model(classifier, build_augmenter(AugmentConfig(enabled=args.augment), seed=0))
     if backend != "tensorflow":  # TrainingModel's overrides are TensorFlow's multi-worker work-arounds
         model = keras.Model(model.input, model.output, name="training")
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", metrics=["accuracy"],
@@ -103,7 +103,7 @@ def _markdown(record: dict) -> str:
     lines = [f"# Training throughput on a GPU ({record['date']})", "",
              f"{record['gpu']}; host CPU {record['host_cpu']}; {record['image_size']} px, batch {record['batch']}, "
              f"{record['steps']} steps per timed epoch, best of {record['rounds']}; all layers trainable, augmentation "
-             "in the graph, uint8 input", "",
+             f"{'in the graph' if record.get('augment', True) else 'off (--no-augment)'}, uint8 input", "",
              "| backend | XLA | policy | images/s | ms/step | vs float32 (same backend) | first epoch s (compile) "
              "| peak GPU GiB | loss finite |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=420)
     parser.add_argument("--per-config-s", type=float, default=240)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training-gpu"))
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="augmentation layers in the graph (as train runs); --no-augment shows their cost")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -149,7 +151,8 @@ def main() -> None:
     start = time.monotonic()
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": _gpu_name(),
               "host_cpu": f"{machine_info().get('cpu_model')} ({os.cpu_count()} CPUs)",
-              "image_size": args.image_size, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
+              "augment": args.augment, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
+              "rounds": args.rounds,
               "note": "A row's ratio is against float32 on the same backend (XLA on where both ran). TensorFlow rows "
                       "appear where the machine has TensorFlow with a GPU; see the script's docstring.",
               "results": []}
@@ -162,7 +165,8 @@ def main() -> None:
         env = {**os.environ, "KERAS_BACKEND": config.split(":")[0], "TF_CPP_MIN_LOG_LEVEL": "2",
                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         cmd = [sys.executable, __file__, "--child", config, "--image-size", str(args.image_size),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds)]
+               "--batch", str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds),
+               "--augment" if args.augment else "--no-augment"]
         t0 = time.monotonic()
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=min(left, args.per_config_s))
@@ -172,9 +176,10 @@ def main() -> None:
             else:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 row = {"config": config, "backend": config.split(":")[0], "error": tail[:200]}
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as err:  # keep the child's last words: compiling, or stuck where?
+            said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
             row = {"config": config, "backend": config.split(":")[0],
-                   "error": f"timed out after {time.monotonic() - t0:.0f} s"}
+                   "error": f"timed out after {time.monotonic() - t0:.0f} s", "stderr_tail": said[-600:]}
         row["wall_s"] = round(time.monotonic() - t0, 1)
         record["results"].append(row)
         print(json.dumps(row), flush=True)
