@@ -69,3 +69,30 @@ def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
     assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.995
     assert report["float_ops"] == ["SOFTMAX"]
     assert sorted(p.name for p in folder.iterdir()) == ["model_int8.tflite", "saved_model"]  # nothing left over
+
+
+@pytest.mark.parametrize("cap, stall, steps_run, why", [
+    (1.0, 2, 3, "brought the goal no closer"),  # step 1 comes nearest, steps 2 and 3 do not: stop there
+    (0.5, 5, 2, "of the weighted ops in float"),  # the float cap (2 of 4 units) stops it first
+])
+def test_tflite_search_that_misses_its_goal_ships_the_nearest_candidate(saved_outlier, cap, stall, steps_run, why):
+    """An unreachable goal (agreement above 100 %): more float units that bring it no closer are not shipped
+    (they cost size and speed for nothing), and a stall ends the search before the cap."""
+    from tumor_edge.export.quantize.config import ParityGoal
+    from tumor_edge.export.tflite_int8 import TfliteInt8Config, tflite_int8_accuracy_aware
+
+    saved, folder = saved_outlier
+    spec = Preprocessing(SIZE, SIZE, scaling="unit")
+    val = _pixels(120, 2)
+    out = folder / "search"
+    out.mkdir(exist_ok=True)
+    config = TfliteInt8Config(goal=ParityGoal(min_agreement=1.01), max_float_fraction=cap, stall_steps=stall)
+    report = tflite_int8_accuracy_aware(saved, out / "model_int8.tflite", _pixels(48, 1), val, None, 4, spec,
+                                        config=config, work_dir=out).to_dict()
+
+    assert report["holds"] is False
+    assert [s["float_units"] for s in report["steps"]] == list(range(1, steps_run + 1)), report["steps"]
+    shortfalls = [s["shortfall"] for s in report["steps"]]
+    assert shortfalls[0] == min(shortfalls) and shortfalls[0] < 0.1, report["steps"]  # conv2 float repairs it
+    assert why in report["stopped"] and "shipping the nearest candidate, 1 unit(s) float" in report["stopped"]
+    assert len(report["float_nodes"]) == 1 and "conv2" in report["float_nodes"][0]["unit"], report["float_nodes"]
