@@ -160,6 +160,27 @@ def test_fallback_stops_where_int8_would_lose_its_speed(outlier):
     assert np.mean(_run(dst, val, spec).argmax(1) == reference.argmax(1)) < 0.9
 
 
+def test_a_search_that_cannot_meet_its_goal_ships_the_candidate_nearest_it(outlier):
+    """An unreachable goal (agreement above 100 %): conv2 float comes nearest; more float nodes that bring the
+    goal no closer are not shipped (they cost int8 speed for nothing), and the search stops after stall_steps of
+    them instead of running on to the MAC cap."""
+    from tumor_edge.export.quantize import ParityGoal, QuantizationConfig, quantize_onnx_int8, quantized_nodes
+
+    folder, spec, fp32, calib, val, labels, reference = outlier
+    work = folder / "work_unreachable"
+    work.mkdir()
+    dst = folder / "unreachable_int8.onnx"
+    config = QuantizationConfig(methods=("minmax",), goal=ParityGoal(min_agreement=1.01), max_float_mac_fraction=1.0,
+                                stall_steps=2)
+    aware = quantize_onnx_int8(fp32, dst, calib, val, labels, 4, spec, config, work, False).accuracy_aware
+    assert aware["holds"] is False and "NOT met" in aware["outcome"]
+    assert [s["float_nodes"] for s in aware["steps"]] == [1, 2, 3], aware["steps"]
+    assert "2 steps in a row brought the goal no closer" in aware["stopped"], aware["stopped"]
+    assert [f["node"] for f in aware["float_nodes"]] == ["conv2"], aware["float_nodes"]
+    assert "conv2" not in quantized_nodes(__import__("onnx").load(str(dst)))
+    assert np.mean(_run(dst, val, spec).argmax(1) == reference.argmax(1)) >= 0.995
+
+
 def test_keep_float_gives_the_node_float_inputs_which_nodes_to_exclude_cannot(outlier, tmp_path):
     """Why the search rewrites the QDQ graph instead of passing nodes_to_exclude to quantize_static: excluding
     conv2 (even with the ReLU quantize_static folds in front of it) leaves the Q/DQ pair on conv1's output, the

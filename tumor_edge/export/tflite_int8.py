@@ -210,13 +210,6 @@ def tflite_int8_accuracy_aware(saved_model: Path, dst: Path, calib_pixels: np.nd
     return _finish(report, timings)
 
 
-def shortfall(candidate: CandidateScore, ref: CandidateScore, goal: ParityGoal) -> float:
-    """How far a candidate is from the goal: the sum of what each criterion misses by (0 when it holds)."""
-    acc_drop, auc_drop = candidate.drops(ref)
-    return round(max(0.0, goal.min_agreement - (candidate.agreement or 0.0))
-                 + max(0.0, acc_drop - goal.max_accuracy_drop) + max(0.0, auc_drop - goal.max_auc_drop), 9)
-
-
 def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool, naive: np.ndarray,
               naive_score: CandidateScore, reference: np.ndarray, ref: CandidateScore, pixels: np.ndarray,
               labels: np.ndarray | None, n_classes: int, spec: Preprocessing, config: TfliteInt8Config,
@@ -240,7 +233,7 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
     ranked += [u for u, _ in units[config.max_probes:]]
     nodes_of = dict(units)
     model, chosen = None, []
-    nearest, stalled = shortfall(naive_score, ref, config.goal), 0
+    nearest, stalled = naive_score.shortfall(ref, config.goal), 0
     for k in fallback_schedule(len(ranked)):
         if k > config.max_float_fraction * len(ranked):
             report.stopped = (f"the goal needs more than {config.max_float_fraction:.0%} of the weighted ops in "
@@ -252,7 +245,7 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
         current = score(f"{k} float", tflite_probabilities(candidate, pixels, spec, work_dir), reference, labels,
                         n_classes)
         fails = current.failures(ref, config.goal)
-        missing = shortfall(current, ref, config.goal)
+        missing = current.shortfall(ref, config.goal)
         report.steps.append({"float_units": k, "agreement": current.agreement, "accuracy": current.accuracy,
                              "macro_auc": current.macro_auc, "max_abs_diff": current.max_abs_diff,
                              "shortfall": missing, "goal_missed": fails})

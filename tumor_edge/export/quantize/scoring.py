@@ -37,6 +37,14 @@ class CandidateScore:
     def failures(self, reference: CandidateScore, goal: ParityGoal) -> list[str]:
         return goal.failures(self.agreement, *self.drops(reference))
 
+    def shortfall(self, reference: CandidateScore, goal: ParityGoal) -> float:
+        """How far from the goal: the sum of what each criterion misses by (0 when it holds). A fallback search
+        that does not shrink it is not getting nearer, whatever the finer differences between candidates."""
+        acc_drop, auc_drop = self.drops(reference)
+        agreement_gap = goal.min_agreement - self.agreement if self.agreement is not None else 0.0
+        return round(max(0.0, agreement_gap) + max(0.0, acc_drop - goal.max_accuracy_drop)
+                     + max(0.0, auc_drop - goal.max_auc_drop), 9)
+
     def loss_key(self, reference: CandidateScore) -> tuple[float, ...]:
         """Lexicographic: disagreement with fp32, accuracy lost, AUC lost, mean probability shift.
 

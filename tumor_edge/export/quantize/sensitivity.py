@@ -175,23 +175,31 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
         return not fails
 
     previous, found = 0, None
+    nearest, nearest_k, stalled = naive.shortfall(ref_score, config.goal), 0, 0
     for k in fallback_schedule(len(order)):
         if not affordable(k):
             result.stopped = (f"the goal needs more than {config.max_float_mac_fraction:.0%} of the int8 MACs in "
-                              f"float (int8 would lose its speed); shipping the {previous} most sensitive nodes "
-                              f"float, the goal NOT met")
+                              f"float (int8 would lose its speed); {_shipping(nearest_k)}, the goal NOT met")
             break
         if holds(k):
             found = k
             break
         previous = k
+        if scores[k].shortfall(ref_score, config.goal) < nearest:
+            nearest, nearest_k, stalled = scores[k].shortfall(ref_score, config.goal), k, 0
+            continue
+        stalled += 1
+        if stalled >= config.stall_steps:
+            result.stopped = (f"{stalled} steps in a row brought the goal no closer (up to {k} float nodes); "
+                              f"{_shipping(nearest_k)}, the goal NOT met")
+            break
     if found is not None:  # bisect between the last failing and the first passing step: fewest nodes float
         low, high = previous, found
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (low, middle) if holds(middle) else (middle, high)
         found = high
-    k = found if found is not None else previous
+    k = found if found is not None else nearest_k  # none met the goal: the nearest, fewest float
     chosen, final = order[:k], scores[k]
     result.final, result.holds = asdict(final), found is not None
     result.model = keep_float(qdq, fp32, chosen) if chosen else None
@@ -215,6 +223,11 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
                                   "why": "its output now feeds only float nodes, so onnxruntime cannot fuse it "
                                          "into an int8 kernel (it runs in float on dequantized inputs)"})
     return result
+
+
+def _shipping(k: int) -> str:
+    return (f"shipping the {k} most sensitive nodes float (the candidate nearest the goal)" if k
+            else "shipping naive int8 (no step came nearer the goal)")
 
 
 def _focus_agreement(probs: np.ndarray, reference: np.ndarray, focus: np.ndarray) -> float:
