@@ -134,3 +134,30 @@ def test_fine_tune_unfreezes_the_top_but_never_batchnorm():
     assert not any(layer.trainable for layer in layers[:249])
     assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))
     assert any(isinstance(layer, keras.layers.Conv2D) and layer.trainable for layer in layers[249:])
+
+
+def test_cosine_schedule_ends_each_phase_at_one_percent_and_replaces_plateau_cuts(tmp_path):
+    """`--lr-schedule cosine`: the rate falls from the phase's rate to 1 % of it by its last step, and Keras'
+    ReduceLROnPlateau (which cannot set a rate a schedule owns) is left out; `plateau` keeps a constant rate
+    and the callback. An unknown name is a one-line config error."""
+    import keras
+
+    from tumor_edge.train.config import TrainConfig
+    from tumor_edge.train.lr_schedule import check_lr_schedule, learning_rate_for
+    from tumor_edge.train.schedule import _callbacks
+
+    cosine = learning_rate_for("cosine", 1e-3, epochs=10, steps_per_epoch=72)
+    assert float(cosine(0)) == pytest.approx(1e-3)
+    assert float(cosine(360)) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5), rel=1e-4)
+    assert float(cosine(720)) == pytest.approx(1e-5, rel=1e-4)
+    assert learning_rate_for("plateau", 1e-3, 10, 72) == 1e-3
+
+    def kinds(schedule: str) -> set[str]:
+        config = TrainConfig(data=tmp_path, lr_schedule=schedule, patience=4)
+        return {type(c).__name__ for c in _callbacks(config, "val_loss", None)}
+
+    assert kinds("cosine") == {"EarlyStopping"}
+    assert kinds("plateau") == {"EarlyStopping", "ReduceLROnPlateau"}
+    assert isinstance(cosine, keras.optimizers.schedules.CosineDecay)
+    with pytest.raises(ConfigError, match="unknown --lr-schedule 'step'; choose plateau, cosine"):
+        check_lr_schedule("step")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tumor_edge.train.distribute import STRATEGIES
+from tumor_edge.train.lr_schedule import LR_SCHEDULES
 from tumor_edge.train.precision import CHOICES as PRECISIONS
 
 
@@ -25,6 +26,9 @@ from tumor_edge.train.precision import CHOICES as PRECISIONS
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--fine-tune-learning-rate", type=float, default=1e-5, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default="plateau", show_default=True,
+              help="Within each phase: plateau (cut 0.3x when the monitor stalls) or cosine (decay to 1 % by the "
+                   "phase's last step; suits short runs).")
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=0.3, show_default=True)
 @click.option("--bn-momentum", type=click.FloatRange(0, 1), default=None,
               help="BatchNorm momentum (short from-scratch runs want ~0.9) [Keras' 0.99].")
@@ -57,8 +61,8 @@ from tumor_edge.train.precision import CHOICES as PRECISIONS
 @click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
 def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: int, fine_tune_epochs: int,
           fine_tune_from: int, batch_size: int, learning_rate: float, fine_tune_learning_rate: float,
-          dropout: float, bn_momentum: float | None, val_split: float, seed: int, monitor: str, patience: int,
-          dedup: bool, no_augment: bool, rotation: float, shift: float, zoom: float, contrast: float,
+          lr_schedule: str, dropout: float, bn_momentum: float | None, val_split: float, seed: int, monitor: str,
+          patience: int, dedup: bool, no_augment: bool, rotation: float, shift: float, zoom: float, contrast: float,
           no_flip: bool, strategy: str, worker_hosts: str | None, task_index: int | None, mixed_precision: str,
           cache_dir: Path | None, deterministic: bool, force: bool) -> None:
     """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
@@ -75,7 +79,8 @@ def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: i
     run_training(TrainConfig(
         data=data, out=out, image_size=image_size, weights=weights, epochs=epochs,
         fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, batch_size=batch_size,
-        learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout,
+        learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, lr_schedule=lr_schedule,
+        dropout=dropout,
         bn_momentum=bn_momentum, val_split=val_split, seed=seed, monitor=monitor, patience=patience,
         dedup=dedup, augment=augment, strategy=strategy, mixed_precision=mixed_precision, worker_hosts=hosts,
         task_index=task_index, cache_dir=cache_dir, deterministic=deterministic, force=force))

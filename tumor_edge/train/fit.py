@@ -38,11 +38,13 @@ def run_training(config: TrainConfig) -> Path | None:
     from tumor_edge.data.cache import build_pixel_cache
     from tumor_edge.data.leaks import find_split_leaks, without
     from tumor_edge.train.distribute import choose_strategy
+    from tumor_edge.train.lr_schedule import check_lr_schedule
     from tumor_edge.train.model import resolve_weights
     from tumor_edge.train.precision import choose_precision
     from tumor_edge.train.schedule import fit_phases
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    check_lr_schedule(config.lr_schedule)
     # A bad weights path or an offline ImageNet download fails before anything is written.
     if resolve_weights(config.weights) == "imagenet":
         from tumor_edge.train.model import ensure_imagenet_weights

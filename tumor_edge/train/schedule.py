@@ -9,6 +9,7 @@ from typing import Any
 
 from tumor_edge.train.callbacks import BestWeights, StepCounter, monitor_mode, save_model
 from tumor_edge.train.config import TrainConfig
+from tumor_edge.train.lr_schedule import learning_rate_for
 from tumor_edge.train.pipeline import distributed_dataset, steps_for
 from tumor_edge.train.precision import applied_updates
 
@@ -21,7 +22,7 @@ class FitResult:
     monitor: str = "val_loss"
 
 
-def compile_model(model, learning_rate: float, num_classes: int) -> None:
+def compile_model(model, learning_rate, num_classes: int) -> None:
     import keras
 
     model.compile(
@@ -37,9 +38,10 @@ def _callbacks(config: TrainConfig, monitor: str, history_csv: Path | None) -> l
     mode = monitor_mode(monitor)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor, mode=mode, patience=config.patience, restore_best_weights=False),
-        keras.callbacks.ReduceLROnPlateau(monitor, mode=mode, factor=0.3, patience=max(1, config.patience // 2),
-                                          min_lr=1e-7),
     ]
+    if config.lr_schedule == "plateau":  # a schedule object owns the rate otherwise (Keras refuses to set it)
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor, mode=mode, factor=0.3,
+                                                           patience=max(1, config.patience // 2), min_lr=1e-7))
     if history_csv is not None:  # the chief's
         callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
     return callbacks
@@ -73,7 +75,8 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
         if pretrained:
             set_fine_tune(classifier, None)
         model = training_model(classifier, build_augmenter(config.augment, config.seed), many_workers)
-        compile_model(model, config.learning_rate, num_classes)
+        compile_model(model, learning_rate_for(config.lr_schedule, config.learning_rate, config.epochs, steps),
+                      num_classes)
     best = BestWeights(classifier, monitor, save_model(checkpoint) if checkpoint is not None else None)
     counter = StepCounter()
     result = FitResult(classifier, monitor=monitor)
@@ -102,7 +105,8 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
             print(f"phase 2 starts from phase 1's best epoch ({best.best_epoch + 1}, {monitor} {best.best:.4f})")
         with strategy.scope():
             trainable = set_fine_tune(classifier, config.fine_tune_from)
-            compile_model(model, config.fine_tune_learning_rate, num_classes)
+            compile_model(model, learning_rate_for(config.lr_schedule, config.fine_tune_learning_rate,
+                                                   config.fine_tune_epochs, steps), num_classes)
         print(f"phase 2: fine-tuning {trainable} base layers from index {config.fine_tune_from} "
               f"(BatchNorm frozen, in inference mode), {config.fine_tune_epochs} epoch(s)")
         run_phase("fine-tune", config.fine_tune_epochs, done, config.fine_tune_learning_rate)
