@@ -77,6 +77,8 @@ Other scripts here, each writing its figures (with the CPU and the load average)
   with the engine's own floor beside it; `--compare TREE` runs another checkout in the same rounds.
 - `runtime_memory.py`: `classify` memory over thousands of files, with and without hostile ones.
 - `training_memory.py`, `training_precision.py`: training memory against dataset size; float32 vs mixed precision.
+- `training_gpu.py`: on a GPU machine, training throughput of `train`'s own model per precision policy and
+  XLA on/off, one process per configuration (first figures, a lent H200: `results/training-gpu-2026-11-27.md`).
 - `quant_build.py`, `quant_speed.py`, `quant_accuracy.py`: int8 variants built, timed and scored.
 - `ood_rates.py`, `heatmap_parity.py`: out-of-distribution warning rates; class-activation-map parity at 299 px.
 - `serve_load.py`: 500 requests from 16 concurrent clients against `tumor-edge serve` on loopback."""
