@@ -30,7 +30,7 @@ import numpy as np
 
 from tumor_edge.export.quantize.config import ParityGoal
 from tumor_edge.export.quantize.scoring import CandidateScore, score
-from tumor_edge.export.quantize.sensitivity import fallback_schedule, focus_indices
+from tumor_edge.export.quantize.sensitivity import NearestStep, fallback_schedule, focus_indices
 from tumor_edge.runtime.preprocess import Preprocessing, scale
 
 FLOAT_OPS = ("SOFTMAX",)  # a full-integer softmax rounds probabilities to multiples of 1/256
@@ -233,7 +233,7 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
     ranked += [u for u, _ in units[config.max_probes:]]
     nodes_of = dict(units)
     model, chosen = None, []
-    nearest, stalled = naive_score.shortfall(ref, config.goal), 0
+    nearest = NearestStep(naive_score.shortfall(ref, config.goal))
     for k in fallback_schedule(len(ranked)):
         if k > config.max_float_fraction * len(ranked):
             report.stopped = (f"the goal needs more than {config.max_float_fraction:.0%} of the weighted ops in "
@@ -252,13 +252,11 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
         if not fails:
             model, chosen, report.holds = candidate, ranked[:k], True
             break
-        if missing < nearest:
-            model, chosen, nearest, stalled = candidate, ranked[:k], missing, 0
-            continue
-        stalled += 1
-        if stalled >= config.stall_steps:
-            report.stopped = (f"{stalled} steps in a row brought the goal no closer (up to {k} float units): the "
-                              f"goal is NOT met; shipping {_shipped(chosen)}")
+        if nearest.offer(k, missing):
+            model, chosen = candidate, ranked[:k]
+        elif nearest.stalled >= config.stall_steps:
+            report.stopped = (f"{nearest.stalled} steps in a row brought the goal no closer (up to {k} float units): "
+                              f"the goal is NOT met; shipping {_shipped(chosen)}")
             break
     by_unit = {p["unit"]: p for p in probes}
     for rank, unit in enumerate(chosen):

@@ -87,6 +87,25 @@ def fallback_schedule(n: int) -> list[int]:
     return sorted({s for s in sizes if s < n} | {n})
 
 
+@dataclass
+class NearestStep:
+    """The fallback step nearest the goal so far (the first of equals: fewest float ops; 0 is the naive model)
+    and how many steps in a row since came no nearer: a search that misses its goal ships `k` and stops after
+    its `stall_steps` of those. Shared by the ONNX and the TFLite search."""
+
+    shortfall: float
+    k: int = 0
+    stalled: int = 0
+
+    def offer(self, k: int, shortfall: float) -> bool:
+        """Record step k's shortfall; True when it came nearer than every step before it."""
+        if shortfall < self.shortfall:
+            self.shortfall, self.k, self.stalled = shortfall, k, 0
+            return True
+        self.stalled += 1
+        return False
+
+
 class _Search:
     def __init__(self, qdq, fp32, pixels: np.ndarray, labels: np.ndarray | None, reference: np.ndarray,
                  ref_score: CandidateScore, spec: Preprocessing, n_classes: int, config: QuantizationConfig):
@@ -175,23 +194,19 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
         return not fails
 
     previous, found = 0, None
-    nearest, nearest_k, stalled = naive.shortfall(ref_score, config.goal), 0, 0
+    nearest = NearestStep(naive.shortfall(ref_score, config.goal))
     for k in fallback_schedule(len(order)):
         if not affordable(k):
             result.stopped = (f"the goal needs more than {config.max_float_mac_fraction:.0%} of the int8 MACs in "
-                              f"float (int8 would lose its speed); {_shipping(nearest_k)}, the goal NOT met")
+                              f"float (int8 would lose its speed); {_shipping(nearest.k)}, the goal NOT met")
             break
         if holds(k):
             found = k
             break
         previous = k
-        if scores[k].shortfall(ref_score, config.goal) < nearest:
-            nearest, nearest_k, stalled = scores[k].shortfall(ref_score, config.goal), k, 0
-            continue
-        stalled += 1
-        if stalled >= config.stall_steps:
-            result.stopped = (f"{stalled} steps in a row brought the goal no closer (up to {k} float nodes); "
-                              f"{_shipping(nearest_k)}, the goal NOT met")
+        if not nearest.offer(k, scores[k].shortfall(ref_score, config.goal)) and nearest.stalled >= config.stall_steps:
+            result.stopped = (f"{nearest.stalled} steps in a row brought the goal no closer (up to {k} float nodes); "
+                              f"{_shipping(nearest.k)}, the goal NOT met")
             break
     if found is not None:  # bisect between the last failing and the first passing step: fewest nodes float
         low, high = previous, found
@@ -199,7 +214,7 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
             middle = (low + high) // 2
             low, high = (low, middle) if holds(middle) else (middle, high)
         found = high
-    k = found if found is not None else nearest_k  # none met the goal: the nearest, fewest float
+    k = found if found is not None else nearest.k  # none met the goal: the nearest, fewest float
     chosen, final = order[:k], scores[k]
     result.final, result.holds = asdict(final), found is not None
     result.model = keep_float(qdq, fp32, chosen) if chosen else None
