@@ -176,7 +176,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     width = min(max(len(one_line(str(f))) for f in files), 60)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a class name the terminal cannot show: escaped
-    writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width, RESEARCH_NOTICE)
+    produced_by = (classifier.backend.path.name, classifier.backend.name)
+    click.echo(f"note: running {produced_by[0]} ({produced_by[1]})", err=True)
+    writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width, RESEARCH_NOTICE, model=produced_by)
     try:
         with _input_warnings():
             writer.header()
