@@ -1,6 +1,22 @@
-"""The server's one error type: an HTTP status and the reason a client reads in the JSON body."""
+"""The server's one error type, the JSON every error answer carries, and the rule that an answer never shows
+where files live on the server (a client reads file names, the operator's log keeps the folders)."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from starlette.responses import JSONResponse
+
+from tumor_edge import RESEARCH_NOTICE
+
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Research-Notice": RESEARCH_NOTICE,
+                  "Cache-Control": "no-store"}
+
+# The folders of an absolute path (POSIX `/a/b/`, `~/a/`, Windows `C:\a\` or `\\host\share\`), not preceded by a
+# word character (so `input/output` or `1/2` stay): removing them leaves the file's own name.
+_FOLDERS = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:|\\\\[^\s\\/]+)?[\\/](?:[^\s\\/'\"<>|]*[\\/])+")
 
 
 class HttpError(Exception):
@@ -9,3 +25,16 @@ class HttpError(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers={**COMMON_HEADERS, **(headers or {})})
+
+
+def without_folders(text: str, known: Iterable[Path] = ()) -> str:
+    """`text` with every absolute path cut to its last component: the `known` folders first (whatever characters
+    their names hold), then anything else shaped like an absolute path (an engine's own message may name one)."""
+    for folder in sorted({str(p) for p in known if str(p) not in ("", ".", "/")}, key=len, reverse=True):
+        text = text.replace(folder.rstrip("/\\") + "/", "").replace(folder.rstrip("/\\") + "\\", "")
+        text = text.replace(folder, Path(folder).name)
+    return _FOLDERS.sub("", text)
