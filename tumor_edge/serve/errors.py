@@ -34,7 +34,7 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
 def without_folders(text: str, known: Iterable[Path] = ()) -> str:
     """`text` with every absolute path cut to its last component: the `known` folders first (whatever characters
     their names hold), then anything else shaped like an absolute path (an engine's own message may name one)."""
-    for folder in sorted({str(p) for p in known if str(p) not in ("", ".", "/")}, key=len, reverse=True):
-        text = text.replace(folder.rstrip("/\\") + "/", "").replace(folder.rstrip("/\\") + "\\", "")
-        text = text.replace(folder, Path(folder).name)
+    for folder in sorted({str(p).rstrip("/\\") for p in known} - {"", "."}, key=len, reverse=True):
+        text = re.sub(re.escape(folder) + r"[\\/]", "", text)  # a path inside it: its name there
+        text = re.sub(re.escape(folder) + r"(?![\w.-])", lambda _, name=Path(folder).name: name, text)
     return _FOLDERS.sub("", text)

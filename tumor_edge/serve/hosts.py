@@ -82,7 +82,7 @@ class HostRule:
         if (name in self.own or (self.any_ip and _ip(name) is not None)) and port in (None, self.port):
             return None
         names = ", ".join(shown(n) for n in sorted(self.own)) + (", any IP address" if self.any_ip else "")
-        extra = f"; or any port as {', '.join(sorted(self.allowed))}" if self.allowed else ""
+        extra = f" (and to {', '.join(sorted(self.allowed))} on any port)" if self.allowed else ""
         return 421, (f"Host {value[:100]!r} is not this server, which answers to {names} on port {self.port}"
                      f"{extra}. Refused, as a page reaching it through another name may be a DNS-rebinding attack; "
                      f"start the server with --allow-host NAME to accept a name")
@@ -96,7 +96,7 @@ class HostCheck:
         self.rule = rule
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "http":  # no websocket routes exist; lifespan has no Host
             hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
             refused = (400, "more than one Host header") if len(hosts) > 1 else self.rule.refusal(
                 hosts[0] if hosts else None)
