@@ -124,17 +124,19 @@ def test_many_slow_senders_from_one_address_starve_only_that_address(serve_bundl
 def test_connections_that_never_finish_their_headers_are_closed(serve_bundle, tmp_path):
     """Silent, half-sent and byte-by-byte headers (a first request, and a second one on a kept-alive connection)
     are all closed within the default header timeout, measured from the connection (or the next request's first
-    byte): none can hold a connection open."""
+    byte); so is a body still trickling in after its request was answered unread (a 404): none can hold a
+    connection open."""
     with running_server(tmp_path, "--model", str(serve_bundle)) as s:
         host, port = _address(s.url)
         partial = f"POST /v1/classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Le".encode()
-        silent, half, dribble, second = (_connect(s.url) for _ in range(4))
+        silent, half, dribble, second, unread = (_connect(s.url) for _ in range(5))
         second.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
         assert second.recv(65536).startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         half.sendall(partial)
         second.sendall(partial)
-        pending = {silent: "silent", half: "half", dribble: "dribble", second: "second"}
+        unread.sendall(f"POST /nope HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 100000\r\n\r\n".encode())
+        pending = {silent: "silent", half: "half", dribble: "dribble", second: "second", unread: "unread"}
         closed_after: dict[str, float] = {}
         replies: dict[str, bytes] = {name: b"" for name in pending.values()}
         deadline = started + DEFAULT_HEADER_TIMEOUT_S + CLOSE_MARGIN_S
@@ -143,6 +145,8 @@ def test_connections_that_never_finish_their_headers_are_closed(serve_bundle, tm
             if sent < len(partial) and time.monotonic() > started + sent * TRICKLE_S:
                 with suppress(OSError):
                     dribble.sendall(partial[sent:sent + 1])
+                with suppress(OSError):
+                    unread.sendall(b"\x00")
                 sent += 1
             ready, _, _ = select.select(list(pending), [], [], 0.05)
             for sock in ready:
@@ -153,12 +157,12 @@ def test_connections_that_never_finish_their_headers_are_closed(serve_bundle, tm
                 replies[pending[sock]] += data
                 if not data:
                     closed_after[pending.pop(sock)] = time.monotonic() - started
-        for sock in (silent, half, dribble, second):
+        for sock in (silent, half, dribble, second, unread):
             sock.close()
     assert not pending, f"still open after {deadline - started:.1f} s: {sorted(pending.values())}"
     assert all(t <= DEFAULT_HEADER_TIMEOUT_S + CLOSE_MARGIN_S for t in closed_after.values()), closed_after
     assert replies["half"].startswith(b"HTTP/1.1 408") and b"headers" in replies["half"]
-    assert replies["silent"] == b""
+    assert replies["silent"] == b"" and replies["unread"].startswith(b"HTTP/1.1 404")
 
 
 # ---- 3. the Host header -------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ sends nothing, or a request whose headers stop half-way (or arrive a byte at a t
 hundred such sockets exhaust the process's file descriptors. Here a timer runs from the connection's start, and
 on a kept-alive connection from the first byte of each next request, until h11 has the complete request line
 and headers; when it fires the connection is closed (after a JSON 408 when part of a request had arrived).
+The same clock runs once an answer has gone out before the request's body was read (a 404, 405, 413...): such a
+body is only thrown away, and a client trickling it would otherwise hold the connection for good.
 h11 is named explicitly (not "auto") so the guard does not depend on httptools being installed or not.
 """
 
@@ -44,14 +46,16 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
                 if self._header_timer is None:  # the next request on a kept-alive connection begins
                     self._arm()
             super().data_received(data)
-            if not self._awaiting_head():
+            if not self._awaiting_head() and not self._discarding_body():
                 self._disarm()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.transport.is_closing():
+                return
             # A pipelined request's partial head, already buffered: its clock starts now.
             self._head_started = bool(self.conn.trailing_data[0])
-            if self._awaiting_head() and self._head_started and not self.transport.is_closing():
+            if (self._awaiting_head() and self._head_started) or self._discarding_body():
                 self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -60,6 +64,10 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
 
         def _awaiting_head(self) -> bool:
             return self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
+
+        def _discarding_body(self) -> bool:
+            """The answer is out but the client is still sending a body nobody will read."""
+            return self.conn.our_state in (h11.DONE, h11.MUST_CLOSE) and self.conn.their_state is h11.SEND_BODY
 
         def _arm(self) -> None:
             self._disarm()
@@ -72,9 +80,9 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
 
         def _on_header_timeout(self) -> None:
             self._header_timer = None
-            if self.transport.is_closing() or not self._awaiting_head():
+            if self.transport.is_closing() or not (self._awaiting_head() or self._discarding_body()):
                 return
-            if self._head_started:
+            if self._awaiting_head() and self._head_started:
                 self.transport.write(timeout_reply(self.header_timeout_s))
             self.transport.close()
 
