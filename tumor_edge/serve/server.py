@@ -37,6 +37,7 @@ def serve(config: ServeConfig) -> None:
     from tumor_edge.runtime import BackendOptions, Classifier
     from tumor_edge.serve.app import create_app
     from tumor_edge.serve.bundle_files import check_bundle_files
+    from tumor_edge.serve.inference import model_source
     from tumor_edge.serve.model_check import check_runs
     from tumor_edge.serve.protocol import header_timeout_protocol
 
@@ -52,9 +53,10 @@ def serve(config: ServeConfig) -> None:
     app = create_app(classifier, model_path, config, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"note: {RESEARCH_NOTICE}", file=sys.stderr)
-    print(f"serving {classifier.model_path.name} ({', '.join(classifier.classes)}) on http://{shown}:{port}/ "
-          f"(page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops", file=sys.stderr,
-          flush=True)
+    source = model_source(classifier)
+    print(f"serving {source['file']} with {source['engine']} ({', '.join(classifier.classes)}) on "
+          f"http://{shown}:{port}/ (page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops",
+          file=sys.stderr, flush=True)
     uv_config = uvicorn.Config(app, http=header_timeout_protocol(config.header_timeout_s),
                                log_level="debug" if config.debug else "warning", access_log=config.debug,
                                server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5)
