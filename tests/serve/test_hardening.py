@@ -283,3 +283,23 @@ def test_responses_name_the_model_file_and_engine(server, tmp_path):
     assert reply.status == 200 and reply.json()["label"] == CLASSES[0]
     assert reply.json()["model"] == expected
     assert request(server.url + "/v1/model").json()["model"] == expected
+
+
+def test_model_description_shows_no_folder_of_any_machine(serve_bundle, tmp_path):
+    """A bundle's provenance records where it was exported from (source model, run folder, data root): the
+    server hands out their names, not the exporting machine's folders."""
+    from tumor_edge.contracts.bundle import BundleMetadata
+
+    bundle = _bundle_copy(serve_bundle, tmp_path / "bundle")
+    metadata = BundleMetadata.read(bundle)
+    metadata.provenance = {"source": {"kind": "keras", "path": "/home/alice/runs/r1/model.keras"},
+                           "run_dir": str(tmp_path / "runs" / "r1"), "data_root": "C:\\scans\\brain",
+                           "parity": "proven"}
+    metadata.write(bundle)
+    with running_server(tmp_path / "run", "--model", str(bundle)) as s:
+        reply = request(s.url + "/v1/model")
+    text = reply.body.decode()
+    assert reply.status == 200 and "/home/alice" not in text and str(tmp_path) not in text and "scans" not in text
+    provenance = reply.json()["metadata"]["provenance"]
+    assert provenance["source"] == {"kind": "keras", "path": "model.keras"} and provenance["run_dir"] == "r1"
+    assert provenance["data_root"] == "brain" and provenance["parity"] == "proven"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from starlette.responses import JSONResponse
 
@@ -38,3 +39,14 @@ def without_folders(text: str, known: Iterable[Path] = ()) -> str:
         text = re.sub(re.escape(folder) + r"[\\/]", "", text)  # a path inside it: its name there
         text = re.sub(re.escape(folder) + r"(?![\w.-])", lambda _, name=Path(folder).name: name, text)
     return _FOLDERS.sub("", text)
+
+
+def without_folders_in(value: Any, known: Iterable[Path] = ()) -> Any:
+    """A copy of JSON-like `value` with `without_folders` applied to every string in it (keys stay)."""
+    if isinstance(value, str):
+        return without_folders(value, known)
+    if isinstance(value, dict):
+        return {key: without_folders_in(item, known) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_folders_in(item, known) for item in value]
+    return value

@@ -21,7 +21,7 @@ from tumor_edge.contracts.bundle import MODEL_CARD, BundleMetadata
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime.heatmap_overlay import class_map
 from tumor_edge.serve.bundle_files import bundle_of, confined_file
-from tumor_edge.serve.errors import without_folders
+from tumor_edge.serve.errors import without_folders, without_folders_in
 from tumor_edge.serve.model_check import probability_problem
 
 # Suffixes worth keeping on the temporary file (DICOM is also recognised by its magic; Pillow by content).
@@ -104,11 +104,12 @@ def model_card(model_path: Path) -> tuple[str | None, str | None]:
 
 
 def model_description(classifier: Any, metadata: BundleMetadata, model_path: Path) -> dict[str, Any]:
-    """`GET /v1/model`: the bundle's metadata, which file runs on which engine and providers, and its card."""
+    """`GET /v1/model`: the bundle's metadata, which file runs on which engine and providers, and its card.
+    Paths in the metadata (provenance records the exporting machine's folders) are cut to their names."""
     card, card_error = model_card(model_path)
     backend = classifier.backend
     described = {
-        "metadata": metadata.to_dict(),
+        "metadata": without_folders_in(metadata.to_dict(), [model_path]),
         "model_file": Path(getattr(backend, "path", model_path)).name,
         "model": model_source(classifier),
         "providers": list(getattr(backend, "providers", []) or []),
