@@ -147,3 +147,33 @@ def test_classify_names_the_file_and_engine_it_ran(two_speeds, cache, tmp_path):
     header, first = csv.stdout.splitlines()[:2]
     assert "model_file" in header.split(",") and "engine" in header.split(",")
     assert "model_fp32.onnx" in first and "onnxruntime" in first
+
+
+def test_verify_measures_records_and_prints_the_choice(two_speeds, cache):
+    from click.testing import CliRunner
+
+    from tumor_edge.cli import main
+    from tumor_edge.runtime.verify import record_reference
+
+    record_reference(two_speeds)
+    result = CliRunner().invoke(main, ["verify", "--threads", "1", str(two_speeds)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("device choice:"))
+    assert line.startswith("device choice: model_fp32.onnx (onnxruntime, 1 threads;") and "model_int8.onnx" in line
+    meta = BundleMetadata.read(two_speeds)
+    assert recorded_choice(two_speeds, meta, BackendOptions(threads=1)).file == "model_fp32.onnx"
+
+
+def test_env_prints_the_recorded_choice(two_speeds, cache):
+    from click.testing import CliRunner
+
+    from tumor_edge.cli import main
+
+    before = CliRunner().invoke(main, ["env", "--model", str(two_speeds)])
+    assert before.exit_code == 0 and "nothing measured yet" in before.stdout
+    measure_choice(two_speeds, BundleMetadata.read(two_speeds), BackendOptions(threads=1), budget_s=0.2)
+    after = CliRunner().invoke(main, ["env", "--json", "--model", str(two_speeds)])
+    (recorded,) = json.loads(after.stdout)["engine_choice"]["recorded"]
+    assert recorded["file"] == "model_fp32.onnx" and recorded["threads"] == 1
+    text = CliRunner().invoke(main, ["env", "--model", str(two_speeds)]).stdout
+    assert "engine choice   model_fp32.onnx (onnxruntime) at 1 threads" in text

@@ -143,11 +143,25 @@ def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineChoice]:
+    """Every intact choice recorded on this machine for this bundle, one per thread count (for `env`)."""
+    folder = record_path(metadata).parent
+    found = []
+    for path in sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []:
+        choice = _read(path, bundle_dir, metadata)
+        if choice is not None:
+            found.append(choice)
+    return found
+
+
 def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptions | None = None
                     ) -> EngineChoice | None:
     """The choice recorded on this device for this bundle, machine and thread count, if it is intact and its
     file may still run; None otherwise (then measure again)."""
-    path = record_path(metadata, options)
+    return _read(record_path(metadata, options), bundle_dir, metadata)
+
+
+def _read(path: Path, bundle_dir: Path, metadata: BundleMetadata) -> EngineChoice | None:
     try:
         data = json.loads(path.read_text())
         body, digest = data["choice"], data["sha256"]
@@ -244,4 +258,4 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, options: Backen
 
 
 __all__ = ["EngineChoice", "allowed_by_parity", "bundle_key", "candidates", "measure_choice", "pick_model",
-           "recorded_choice", "record_path"]
+           "record_path", "recorded_choice", "recorded_choices"]

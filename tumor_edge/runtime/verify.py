@@ -12,6 +12,9 @@
 4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
    labelled scans, which must stay within the export's parity tolerance of what export measured.
 
+Once every check has passed, verify times the files this device may run and records the fastest (see
+tumor_edge.runtime.choice), which classify, serve and bench then use.
+
 verify proves what this device can run. A listed file that is absent (a device sent only the ONNX files) or whose
 engine is not installed here (TFLite files on the runtime-only install) is listed once under "not checked here",
 with the reason and the extra that would check it, and does not fail the run; a present file is still hashed
@@ -59,6 +62,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
     not_checked: dict[str, str] = field(default_factory=dict)  # listed file -> why this device could not check it
+    choice: object | None = None  # the measured fastest file (runtime.choice.EngineChoice), once all checks passed
 
     @property
     def ok(self) -> bool:
@@ -66,7 +70,8 @@ class VerifyReport:
 
 
 def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolerance: float | None = None,
-                  batch_size: int = 16, strict: bool = False) -> VerifyReport:
+                  batch_size: int = 16, strict: bool = False, choose: bool = True,
+                  threads: int | None = None) -> VerifyReport:
     """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.errors import TumorEdgeError
@@ -98,7 +103,23 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     reproduced = [name for name, figures in report.files.items() if figures.get("reproduced")]
     if listed_models(metadata) and not reproduced and not report.problems:
         report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
+    if choose and reproduced and not report.problems:
+        _choose(bundle_dir, metadata, threads, report)
     return report
+
+
+def _choose(bundle_dir: Path, metadata, threads: int | None, report: VerifyReport) -> None:
+    """Time the files this device may run and record the fastest for classify/serve/bench (runtime.choice)."""
+    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.runtime.backends import BackendOptions
+    from tumor_edge.runtime.choice import measure_choice
+
+    try:
+        report.choice = measure_choice(bundle_dir, metadata, BackendOptions(threads=threads))
+    except TumorEdgeError as err:
+        report.lines.append(f"device choice: not measured ({err.reason})")
+        return
+    report.lines.append(f"device choice: {report.choice.describe()}")
 
 
 def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport) -> bool:
@@ -316,7 +337,10 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
 @click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
               "default a file not copied to this device, or whose engine is not installed, is listed as not "
               "checked and does not fail).")
-def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, strict: bool) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
+def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, strict: bool,
+           threads: int | None) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
     (and, with --data, the accuracy on local labelled scans). Files this device cannot run are listed as not
     checked here, with the extra that would check them.
@@ -327,7 +351,8 @@ def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size:
     from tumor_edge import RESEARCH_NOTICE
 
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict)
+    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict,
+                           threads=threads)
     for line in report.lines:
         click.echo(line)
     for problem in report.problems:
