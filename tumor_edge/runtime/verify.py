@@ -274,13 +274,20 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
                    + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + "). Other outputs (heatmap, "
                    "OOD features) keep their own tolerance, relative to the recorded values' range.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
-def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int) -> None:
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=Path),
+              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
+                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
+def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, trust: Path | None) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
     (and, with --data, the accuracy on local labelled scans).
 
     Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
     diagnostic device.
     """
+    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(bundle, trust, err=False)
     from tumor_edge import RESEARCH_NOTICE
 
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)

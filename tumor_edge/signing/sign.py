@@ -30,6 +30,12 @@ class SignResult:
     files: list[str] = field(default_factory=list)  # what the signature covers, relative to the bundle
 
 
+def check_signing_key(private_key: str | Path, password: str | None = None) -> None:
+    """The library is installed and the key can sign: what `export --sign-key` checks before it converts."""
+    model_signing()
+    load_private_key(private_key, password if password is not None else os.environ.get(KEY_PASSWORD_ENV) or None)
+
+
 def check_bundle(bundle: Path) -> None:
     """The bundle reads and every model it lists is the file its metadata describes (one-line error if not)."""
     from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
