@@ -124,3 +124,28 @@ def test_export_checks_its_signing_key_before_converting(tmp_path):
     run = tumor_edge("export", tmp_path / "no-model.onnx", "--out", tmp_path / "out", "--sign-key", junk)
     assert error_line(run) == f"error: {junk}: not a PEM private key; signing needs an EC key on P-256, P-384 or " \
                               "P-521, e.g. `openssl ecparam -name prime256v1 -genkey -noout`"
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("tensorflow", "tf2onnx", "onnx")),
+                    reason="export needs the `train` extra")
+def test_export_sign_key_signs_the_finished_bundle(tmp_path, keys, scan):
+    """A real export (the quadrant ONNX model as a model made elsewhere, no parity: ~10 s) signs last: the
+    signature covers the model card and metadata written after the models, and the bundle passes verify --trust."""
+    import onnx
+
+    from tests.runtime.models import quadrant_model
+
+    onnx.save(quadrant_model(32), tmp_path / "quadrant.onnx")
+    out = tmp_path / "bundle"
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    run = tumor_edge("export", tmp_path / "quadrant.onnx", "--out", out, "--classes",
+                     "glioma,meningioma,notumor,pituitary", "--formats", "onnx", "--no-parity", "--preprocess", "none",
+                     "--quiet", "--sign-key", keys[0], env=state, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == f"signed: {out / SIGNATURE_FILE}"
+    verify = tumor_edge("verify", out, "--trust", keys[1], env=state)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stdout.startswith("signature: ok  3 files")  # metadata.json, MODEL_CARD.md, model_fp32.onnx
+    (out / "MODEL_CARD.md").write_text("a card rewritten after signing")
+    assert error_line(tumor_edge("classify", scan, "-m", out, "--trust", keys[1], env=state)).startswith(
+        f"error: {out / 'MODEL_CARD.md'}: signature check failed: changed since the bundle was signed")
