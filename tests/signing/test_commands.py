@@ -101,6 +101,18 @@ def test_classify_trust_refuses_another_signer(signed_bundle, other_keys, scan):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, reason="the serve extra is not installed")
+def test_serve_trust_starts_with_a_signed_bundle(signed_bundle, keys, tmp_path):
+    import urllib.request
+
+    from tests.serve.process import running_server
+
+    with running_server(tmp_path / "serve", "-m", str(signed_bundle), env={TRUST_ENV: str(keys[1])}) as server:
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=30) as response:
+            assert response.status == 200
+        assert "signature: ok  2 files" in server.stderr()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, reason="the serve extra is not installed")
 def test_serve_trust_refuses_before_the_port_opens(signed_bundle, keys):
     flip(signed_bundle / "model_fp32.onnx", 500)
     run = tumor_edge("serve", "-m", signed_bundle, "--port", "0", "--trust", keys[1], timeout=60)
