@@ -66,7 +66,10 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
     except Exception as err:  # noqa: BLE001 - each of model-signing's failures becomes one line
         raise _explain(err, bundle, signature, public_key, key, files) from err
     seconds = time.perf_counter() - started
-    statement = signed_statement(signature)
+    try:
+        statement = signed_statement(signature)
+    except (ValueError, KeyError, TypeError) as err:  # model-signing accepted it: only an edit gets here
+        raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature) from err
     problem = _not_ours(statement)
     if problem:
         raise SignatureError(problem, signature)
@@ -83,8 +86,18 @@ def signed_statement(signature: Path) -> dict[str, Any]:
         return dict(pairs)
 
     outer = json.loads(signature.read_text(encoding="utf-8"), object_pairs_hook=unique)
-    payload = base64.b64decode(outer["dsseEnvelope"]["payload"], validate=True)
-    return json.loads(payload, object_pairs_hook=unique)
+    envelope = outer["dsseEnvelope"]
+    for text in [envelope["payload"], *(entry["sig"] for entry in envelope["signatures"])]:
+        _canonical_base64(text)
+    return json.loads(base64.b64decode(envelope["payload"], validate=True), object_pairs_hook=unique)
+
+
+def _canonical_base64(text: str) -> None:
+    """Base64 as every encoder writes it. A decoder ignores the unused low bits of the last character before the
+    padding, so one of those could be edited and the signature would still verify: an edited model.sig would pass
+    as the same signature. Refused, so that editing any byte of a signed bundle's files fails."""
+    if base64.b64encode(base64.b64decode(text, validate=True)).decode("ascii") != text:
+        raise ValueError("base64 not in canonical form (edited)")
 
 
 def _not_ours(statement: dict[str, Any]) -> str | None:
