@@ -57,8 +57,8 @@ def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
         save_quadrant(scans / f"{i:03d}.png", i % 4, size=96)
     out = tmp_path / "maps"
     env = {**os.environ, "TUMOR_EDGE_NO_MEASURE": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from tumor_edge.cli import main; main()", "classify", "--no-progress", "--model",
-                             str(heatmap_bundle), "--heatmap", str(out), str(scans)],
+    command = [sys.executable, "-c", "from tumor_edge.cli import main; main()", "classify", "--no-progress"]
+    proc = subprocess.Popen([*command, "--model", str(heatmap_bundle), "--heatmap", str(out), str(scans)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.is_dir() or len(list(out.iterdir())) < 20):

@@ -339,8 +339,11 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
               "checked and does not fail).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=Path),
+              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
+                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
 def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, strict: bool,
-           threads: int | None) -> None:
+           threads: int | None, trust: Path | None) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
     (and, with --data, the accuracy on local labelled scans). Files this device cannot run are listed as not
     checked here, with the extra that would check them.
@@ -348,6 +351,10 @@ def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size:
     Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
     diagnostic device.
     """
+    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(bundle, trust, err=False)
     from tumor_edge import RESEARCH_NOTICE
 
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)

@@ -42,11 +42,14 @@ D = {f.name: f.default for f in fields(ServeConfig)}
               help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU), or 'auto'. Default: CPU.")
 @click.option("--frames", type=click.Choice(["middle", "all"]), default=D["frames"], show_default=True,
               help="Multi-frame DICOM default (a request may say ?frames=).")
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=str),
+              help="Refuse to start unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this "
+                   "EC public key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, model_file: str | None, host: str, port: int, token: str | None,
           insecure: bool, max_body_mb: float, concurrency: int, queue: int, read_timeout: float,
           header_timeout: float, allow_hosts: tuple[str, ...], threads: int | None, providers: str | None,
-          frames: str) -> None:
+          frames: str, trust: str | None) -> None:
     """Serve the classifier over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
 
     Listens on loopback by default. Needs the `serve` extra (pip install 'tumor-edge[serve]'). Research tool,
@@ -54,6 +57,10 @@ def serve(ctx: click.Context, model: str | None, model_file: str | None, host: s
     """
     from tumor_edge.serve.server import serve as run
 
+    if trust:  # before the port opens; model-signing loads only here
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(model, trust)
     provider_list = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     run(ServeConfig(model=model, model_file=model_file, host=host, port=port, token=token or None,
                     insecure=insecure, max_body_mb=max_body_mb, concurrency=concurrency, queue=queue,
