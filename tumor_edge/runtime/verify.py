@@ -366,7 +366,7 @@ def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size:
         click.echo(f"error: {problem}", err=True)
     if report.ok:
         checked = sum(1 for figures in report.files.values() if figures.get("reproduced"))
-        unchecked = f"; {len(report.not_checked)} not checked here (listed above)" if report.not_checked else ""
+        unchecked = f"; {len(report.not_checked)} not checked here, listed above" if report.not_checked else ""
         click.echo(f"verify: {bundle}: all checks passed on this device ({checked} model file"
                    f"{'s' if checked != 1 else ''} checked{unchecked})")
         return
