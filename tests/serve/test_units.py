@@ -77,6 +77,14 @@ def test_bind_rule():
         ServeConfig(concurrency=0).validate()
 
 
+@pytest.mark.parametrize("token", ["pässwort", "tab\there", "", " lead"])
+def test_a_token_no_client_can_send_is_refused_at_start(token):
+    """Issue 22: a non-ASCII token never matched (headers arrive as latin-1, the token was compared as UTF-8): the
+    server started and refused everyone. A bearer token is visible ASCII (RFC 6750's b64token): said at start."""
+    with pytest.raises(ConfigError, match="token"):
+        ServeConfig(token=token).validate()
+
+
 def test_admission_refuses_beyond_capacity_and_frees_places():
     async def scenario():
         gate = Admission(concurrency=1, queue=1)

@@ -59,7 +59,17 @@ class ServeConfig:
             raise ConfigError("the upload stage needs at least one place and one body's worth of memory")
         for name in self.allow_hosts:
             check_host_name(name)
+        if self.token is not None:
+            check_token(self.token)
         check_bind(self.host, self.token, self.insecure)
+
+
+def check_token(token: str) -> None:
+    """A bearer token a client can send: visible ASCII, no spaces (RFC 6750's b64token is a subset). HTTP headers
+    arrive as latin-1, so any other character could never match and would lock every client out."""
+    if not token or not all("!" <= c <= "~" for c in token):
+        raise ConfigError("the --token must be visible ASCII characters without spaces (a bearer token as RFC 6750 "
+                          "defines it); other characters cannot be sent in an HTTP header")
 
 
 def check_host_name(name: str) -> None:
