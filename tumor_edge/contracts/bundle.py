@@ -181,15 +181,20 @@ class BundleMetadata:
 
     @classmethod
     def read(cls, bundle_dir: Path) -> BundleMetadata:
+        """Read and validate a bundle's metadata.json: confined to the folder like every member (a link to a file
+        elsewhere is refused), with duplicate keys refused (JSON would silently keep the last `classes`)."""
         path = Path(bundle_dir) / METADATA_FILE
         if not path.is_file():
             raise ModelError(f"not a tumor-edge bundle: no {METADATA_FILE}", bundle_dir)
+        member_path(bundle_dir, METADATA_FILE)
         try:
             if path.stat().st_size > MAX_METADATA_BYTES:
                 raise ModelError(f"metadata is larger than {MAX_METADATA_BYTES >> 20} MB", path)
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_strict(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
+        except ConfigError as err:
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", path) from err
         return cls.from_dict(data, path)
 
     def default_model(self) -> str:
@@ -200,6 +205,20 @@ class BundleMetadata:
         if not plain:
             raise ModelError("bundle lists no models")
         return plain[0]
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads, refusing an object that names a key twice (a ConfigError naming the key): metadata whose
+    meaning depends on which of two `classes` lists a parser keeps is not metadata."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                raise ConfigError(f"duplicate key {printable(key)[:80]!r} in a JSON object")
+            obj[key] = value
+        return obj
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def printable(text: str) -> str:
@@ -260,6 +279,47 @@ def check_model_file(bundle_dir: Path, name: str, metadata: BundleMetadata, chec
             raise BundleIntegrityError(f"sha256 {digest[:12]}… differs from the {entry.sha256[:12]}… in "
                                        f"{METADATA_FILE} (tampered or damaged); refusing to run it", path)
     return path, entry.sha256
+
+
+def check_binding(metadata: BundleMetadata, props: dict[str, str], path: Path) -> None:
+    """Refuse a bundle whose metadata.json says something about a model file that the file itself contradicts.
+
+    Export stamps every .onnx with the bundle's classes, preprocessing and output roles (its metadata_props);
+    metadata.json is a separate, unhashed file, so reversing its `classes` relabelled every scan while the
+    checked model ran unchanged. Each field the file carries is compared; a file that carries none (LiteRT
+    files, foreign models) has nothing to contradict. Raises a one-line ModelError naming the file and field."""
+    if ONNX_META_KEY in props:
+        try:
+            carried = BundleMetadata.from_dict(loads_strict(props[ONNX_META_KEY]), path)
+        except (ValueError, RecursionError, ConfigError) as err:  # JSONDecodeError is a ValueError
+            raise ModelError(f"the tumor-edge metadata it carries is invalid ({first_line(err)})", path) from err
+        if carried.classes != metadata.classes:
+            _unbound(path, "classes", metadata.classes, carried.classes)
+        if carried.preprocessing != metadata.preprocessing:
+            for key, ours in metadata.preprocessing.to_dict().items():
+                theirs = carried.preprocessing.to_dict()[key]
+                if ours != theirs and key != "description":
+                    _unbound(path, f"preprocessing.{key}", ours, theirs)
+        if carried.output != metadata.output:
+            _unbound(path, "output", metadata.output, carried.output)
+        if carried.extra_outputs:  # files exported before roles were stamped carry the scores only
+            ours_roles = {r: (o.index, o.type) for r, o in metadata.extra_outputs.items()}
+            theirs_roles = {r: (o.index, o.type) for r, o in carried.extra_outputs.items()}
+            if ours_roles != theirs_roles:
+                _unbound(path, "outputs", ours_roles, theirs_roles)
+    if "classes" in props and props["classes"] != ",".join(metadata.classes):
+        _unbound(path, "classes", ",".join(metadata.classes), props["classes"])
+    if "output" in props and props["output"] != metadata.output:
+        _unbound(path, "output", metadata.output, props["output"])
+
+
+def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
+    def show(value: Any) -> str:
+        text = printable(repr(value))
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    raise ModelError(f"{METADATA_FILE} gives {field_name} {show(ours)} but the model file carries {show(theirs)} "
+                     f"(metadata edited, or from another model); refusing to run it", path)
 
 
 # ---------------------------------------------------------------------------------------------- file facts
