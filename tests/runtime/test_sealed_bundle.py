@@ -228,3 +228,149 @@ def test_a_plain_load_checks_the_same(fresh_bundle):
     clf = Classifier.from_bundle(fresh_bundle, options=BackendOptions(use_optimized=False))
     assert _labels(clf) == CLASSES and clf.model_path == fresh_bundle / MODEL
     assert not os.path.exists(fresh_bundle / optimized_model_name(MODEL))
+
+
+# ------------------------------------------------------------------ 3. a model's external data is listed and hashed
+
+DATA = "weights.data"
+
+
+def _external_model(weights: np.ndarray | None = None, in_attribute: bool = False) -> onnx.ModelProto:
+    """The quadrant model with its weights W as raw data (so `onnx` can move them to an external file), or W as
+    a Constant node's attribute (external data may hide in attributes too)."""
+    model = quadrant_model(metadata=quadrant_metadata())
+    graph = model.graph
+    for i, tensor in enumerate(graph.initializer):
+        value = onnx.numpy_helper.to_array(tensor)
+        if tensor.name == "W" and weights is not None:
+            value = weights.astype(np.float32)
+        graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(value, tensor.name))
+    if in_attribute:
+        w = next(t for t in graph.initializer if t.name == "W")
+        graph.node.insert(0, helper.make_node("Constant", [], ["W"], value=w))
+        graph.initializer.remove(w)
+    return model
+
+
+def _pituitary_weights() -> np.ndarray:
+    from tests.runtime.models import quadrant_weights
+
+    weights = quadrant_weights(32)
+    weights[:, 3] += 1.0  # every pixel votes pituitary
+    return weights
+
+
+def _save_external(model: onnx.ModelProto, path, convert_attribute: bool = False) -> None:
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA,
+                    size_threshold=1024, convert_attribute=convert_attribute)
+
+
+def _external_bundle(folder, listed: bool = True):
+    folder.mkdir(parents=True)
+    meta = quadrant_metadata()
+    _save_external(_external_model(), folder / MODEL)
+    assert (folder / DATA).stat().st_size == 32 * 32 * 3 * 4 * 4  # W, and nothing else, lives outside
+    meta.models = {MODEL: describe_file(folder / MODEL, "onnx", "fp32", files=(DATA,) if listed else ())}
+    meta.write(folder)
+    return folder
+
+
+def _replace_data(bundle, weights: np.ndarray) -> None:
+    (bundle / DATA).write_bytes(weights.astype(np.float32).tobytes())
+
+
+def test_external_data_the_metadata_does_not_list_is_refused(tmp_path):
+    """Finding (low): a model's external-data file was never hashed; replaced, it changed every answer."""
+    bundle = _external_bundle(tmp_path / "b", listed=False)
+    _replace_data(bundle, _pituitary_weights())
+    with pytest.raises(BundleIntegrityError) as caught:
+        Classifier.from_bundle(bundle)
+    message = str(caught.value)
+    assert "\n" not in message and DATA in message and MODEL in message and "not listed" in message
+
+
+def test_listed_external_data_is_hashed(tmp_path):
+    bundle = _external_bundle(tmp_path / "b")
+    assert list(json.loads((bundle / METADATA_FILE).read_text())["models"][MODEL]["files"]) == [DATA]
+    assert _labels(Classifier.from_bundle(bundle)) == CLASSES
+    _replace_data(bundle, _pituitary_weights())  # same size, other weights
+    for options in (BackendOptions(), BackendOptions(use_optimized=False)):
+        with pytest.raises(BundleIntegrityError, match=f"{DATA}: sha256 .* differs"):
+            Classifier.from_bundle(bundle, options=options)
+    from tumor_edge.contracts.bundle import check_model_file
+
+    with pytest.raises(BundleIntegrityError, match=DATA):  # what `verify`'s integrity line runs
+        check_model_file(bundle, MODEL, BundleMetadata.read(bundle))
+
+
+def test_external_data_linked_from_outside_the_bundle_is_refused(tmp_path):
+    bundle = _external_bundle(tmp_path / "b")
+    outside = tmp_path / "outside.data"
+    (bundle / DATA).rename(outside)
+    (bundle / DATA).symlink_to(outside)
+    with pytest.raises(BundleIntegrityError, match="outside the bundle"):
+        Classifier.from_bundle(bundle)
+
+
+def test_new_external_data_never_loads_a_stale_cache_entry(tmp_path):
+    """The device cache keyed optimised copies by the model file's sha256 alone, which new weights in its data
+    file do not change: the old weights' copy would have run."""
+    bundle = _external_bundle(tmp_path / "b")
+    assert Classifier.from_bundle(bundle).backend.source_kind == "cache-built"
+    assert Classifier.from_bundle(bundle).backend.source_kind == "cache-hit"
+    _replace_data(bundle, _pituitary_weights())
+    meta = BundleMetadata.read(bundle)
+    meta.models[MODEL] = describe_file(bundle / MODEL, "onnx", "fp32", files=(DATA,))  # a legitimate update
+    meta.write(bundle)
+    clf = Classifier.from_bundle(bundle)
+    assert clf.backend.source_kind == "cache-built"
+    assert _labels(clf) == ["pituitary"] * 4
+
+
+def test_external_data_in_a_node_attribute_is_found(tmp_path):
+    from tumor_edge.runtime.backends.external_data import external_data_locations
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    _save_external(_external_model(in_attribute=True), bundle / MODEL, convert_attribute=True)
+    assert external_data_locations(bundle / MODEL) == [DATA]
+    meta = quadrant_metadata()
+    meta.models = {MODEL: describe_file(bundle / MODEL, "onnx", "fp32")}
+    meta.write(bundle)
+    with pytest.raises(BundleIntegrityError, match="not listed"):
+        Classifier.from_bundle(bundle)
+
+
+def test_a_damaged_model_is_a_one_line_error_not_a_walk_into_the_void(tmp_path):
+    from tumor_edge.runtime.backends.external_data import external_data_locations
+
+    path = tmp_path / "m.onnx"
+    _save_external(_external_model(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        external_data_locations(path)
+    path.write_bytes(b"")
+    assert external_data_locations(path) == []
+
+
+def test_a_lone_model_with_external_data_runs_uncached(tmp_path):
+    lone = tmp_path / "lone.onnx"
+    _save_external(_external_model(), lone)
+    clf = Classifier.from_bundle(lone)
+    assert clf.backend.source_kind == "plain" and _labels(clf) == CLASSES
+
+
+def test_export_records_every_external_data_file(tmp_path):
+    from tumor_edge.export.bundle_writer import model_entries
+    from tumor_edge.export.context import ExportedFile
+
+    _save_external(_external_model(), tmp_path / MODEL)
+    onnx.save(quadrant_model(metadata=quadrant_metadata()), tmp_path / "model_fp16.onnx")
+    rows = [ExportedFile("onnx-fp32", MODEL, "onnx", "fp32", "onnxruntime"),
+            ExportedFile("onnx-fp16", "model_fp16.onnx", "onnx", "fp16", "onnxruntime")]
+    entries = model_entries(tmp_path, rows, None)
+    assert list(entries[MODEL].files) == [DATA]
+    assert entries[MODEL].files[DATA].sha256 == digest_file(tmp_path / DATA)
+    assert entries[MODEL].to_dict()["files"][DATA]["size_bytes"] == (tmp_path / DATA).stat().st_size
+    assert "files" not in entries["model_fp16.onnx"].to_dict()  # none: the entry reads as it always did

@@ -7,7 +7,13 @@ or a silently wrong label.
 
 Schema versions: 1 (tumor-edge 0.1) and 2 (0.2: adds `outputs`, the role of each model output, and
 `reference`, the outputs every model gave on a small generated input set, which `tumor-edge verify` reproduces on
-a device). A version-1 bundle reads as a version-2 bundle whose only output is the class scores.
+a device). A version-1 bundle reads as a version-2 bundle whose only output is the class scores. Within version
+2, a model entry may list `files` (name -> size and sha256 of each external data file the model reads): optional
+and ignored by readers that predate it, so the version stays 2 (the schema has no minor version).
+
+Integrity: no file of a bundle is read unless metadata.json lists it with its sha256 (models, their external
+data), no listed file may resolve outside the bundle folder (metadata.json included), and what a model file
+carries about itself must agree with metadata.json (`check_binding`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Bounds that catch absurd metadata before it costs memory.
 MAX_CLASSES = 1000
 MAX_MODEL_BYTES = 8 << 30
+MAX_MEMBER_FILES = 64  # external data files of one model
 MAX_METADATA_BYTES = 16 << 20
 MAX_REFERENCE_IMAGES = 256
 MAX_REFERENCE_VALUES = 1 << 16  # per file and role: a reference heatmap is a sample, not a dump
@@ -94,9 +101,22 @@ class OutputSpec:
         return data
 
 
+@dataclass(frozen=True)
+class MemberFile:
+    """A file a model needs besides itself (an ONNX model's external data), hashed like the model."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size_bytes": self.size_bytes, "sha256": self.sha256}
+
+
 @dataclass
 class ModelEntry:
-    """One exported file of a bundle."""
+    """One exported file of a bundle, and (`files`, optional) every other file it reads: without them listed and
+    hashed, a model's external data could be replaced under a model whose own hash still matched."""
 
     file: str
     format: str  # "onnx" | "tflite"
@@ -104,10 +124,25 @@ class ModelEntry:
     size_bytes: int = 0
     sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, MemberFile] = field(default_factory=dict)  # name -> the file, for external data
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
+        data = {"format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
                 "sha256": self.sha256, **self.extra}
+        if self.files:  # absent when there are none: metadata stays what older readers wrote and read
+            data["files"] = {name: member.to_dict() for name, member in self.files.items()}
+        return data
+
+    def identity(self) -> str:
+        """What the model's behaviour depends on, as one hex digest: its sha256, or with external data files a
+        sha256 over it and theirs (the device cache keys optimised copies by this, so new weights under an
+        unchanged model file never load a stale entry)."""
+        if not self.files:
+            return self.sha256
+        import hashlib
+
+        text = json.dumps([self.sha256, sorted((n, m.sha256) for n, m in self.files.items())])
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -278,7 +313,39 @@ def check_model_file(bundle_dir: Path, name: str, metadata: BundleMetadata, chec
         if digest != entry.sha256:
             raise BundleIntegrityError(f"sha256 {digest[:12]}… differs from the {entry.sha256[:12]}… in "
                                        f"{METADATA_FILE} (tampered or damaged); refusing to run it", path)
+    check_member_files(bundle_dir, entry, check_hash)
     return path, entry.sha256
+
+
+def check_member_files(bundle_dir: Path, entry: ModelEntry, check_hash: bool = True) -> None:
+    """Each file a model entry lists besides the model (its external data): confined to the bundle folder,
+    present, of the recorded size and (unless `check_hash` is off) the recorded sha256; else a one-line
+    BundleIntegrityError naming that file."""
+    for name, member in entry.files.items():
+        path = member_path(bundle_dir, name)
+        if not path.is_file():
+            raise BundleIntegrityError(f"missing: {entry.file} needs it ({METADATA_FILE} lists it)", path)
+        size = path.stat().st_size
+        if size != member.size_bytes:
+            raise BundleIntegrityError(f"is {size} bytes but {METADATA_FILE} records {member.size_bytes} for "
+                                       f"{entry.file}'s data (truncated or replaced?); refusing to run it", path)
+        if check_hash:
+            digest = sha256_file(path)
+            if digest != member.sha256:
+                raise BundleIntegrityError(f"sha256 {digest[:12]}… differs from the {member.sha256[:12]}… in "
+                                           f"{METADATA_FILE} for {entry.file}'s data (tampered or damaged); "
+                                           f"refusing to run it", path)
+
+
+def check_external_locations(bundle_dir: Path, entry: ModelEntry, locations: list[str]) -> None:
+    """Every external data location a model names must be a file its entry lists (so hashed): onnxruntime
+    opens whatever a location names, relative to the model's folder. Anything else is refused before it is read,
+    as a one-line BundleIntegrityError naming the model and the location."""
+    for location in locations:
+        if location not in entry.files:
+            raise BundleIntegrityError(f"its external data {printable(location)[:120]!r} is not listed in "
+                                       f"{METADATA_FILE} with a sha256 (models.{entry.file}.files); refusing to run "
+                                       f"it", Path(bundle_dir) / entry.file)
 
 
 def check_binding(metadata: BundleMetadata, props: dict[str, str], path: Path) -> None:
@@ -346,6 +413,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_file(path: Path, fmt: str, precision: str, **extra: Any) -> ModelEntry:
+def describe_file(path: Path, fmt: str, precision: str, files: tuple[str, ...] = (), **extra: Any) -> ModelEntry:
+    """The `models` entry of the file at `path`, hashed; `files` names the other files (in its folder) it reads."""
     path = Path(path)
-    return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra))
+    members = {name: describe_member(path.parent / name) for name in files}
+    return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra), members)
+
+
+def describe_member(path: Path) -> MemberFile:
+    path = Path(path)
+    return MemberFile(path.name, path.stat().st_size, sha256_file(path))

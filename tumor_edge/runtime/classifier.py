@@ -22,11 +22,14 @@ from tumor_edge.contracts.bundle import (
     ONNX_META_KEY,
     BundleMetadata,
     check_binding,
+    check_external_locations,
+    check_member_files,
     check_model_file,
     loads_strict,
 )
 from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
+from tumor_edge.runtime.backends.external_data import external_data_locations
 from tumor_edge.runtime.image import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import resize_rgb, scale
 from tumor_edge.runtime.trust import TrustSettings, calibrate, ood_scores, warnings_for
@@ -164,25 +167,32 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
     optimised form of the recorded hash (never the unchecked file: see `open_backend`'s `source_check`), and the
     backend is returned only once the hash has matched."""
     options = options or BackendOptions()
-    engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first, before hashing
+    engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
     path, digest = check_model_file(bundle_dir, name, metadata, check_hash=False)
+    entry = metadata.models[name]
     if not options.verify_hashes:
-        backend = open_backend(path, options, sha256=digest or None)
+        if engine == "onnxruntime":
+            check_external_locations(bundle_dir, entry, external_data_locations(path))
+        backend = open_backend(path, options, sha256=entry.identity() or None)
     else:
         from tumor_edge.runtime.background import Background
 
-        hashing = Background(_check_sha256, bundle_dir, name, metadata, path, digest)
-        backend = open_backend(path, options, sha256=digest, source_check=hashing.result)
+        hashing = Background(_check_sha256, bundle_dir, name, metadata, path, digest, engine)
+        backend = open_backend(path, options, sha256=entry.identity(), source_check=hashing.result)
     check_binding(metadata, backend.metadata_props(), path)
     return backend
 
 
-def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: Path, recorded: str) -> None:
+def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: Path, recorded: str,
+                  engine: str = "onnxruntime") -> None:
     """The sha256 half of `check_model_file`, streamed through one reused buffer (it runs on a second thread, see
-    `digest_file`). A mismatch is reported by `check_model_file` itself, which hashes again and raises its
-    one-line BundleIntegrityError: the message has one home, and the rare failure may cost a second read."""
+    `digest_file`), then the model's external data: every location the (now verified) model names must be listed,
+    and each listed file must match its sha256. A mismatch is reported by `check_model_file` itself, which hashes
+    again and raises its one-line BundleIntegrityError: the message has one home, and the rare failure may cost a
+    second read."""
     from tumor_edge.runtime.backends.optimized import digest_file
 
+    entry = metadata.models[name]
     try:
         actual = digest_file(path)
     except OSError as err:
@@ -190,6 +200,17 @@ def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: P
     if actual != recorded:
         check_model_file(bundle_dir, name, metadata, check_hash=True)
         raise BundleIntegrityError("changed while it was checked; refusing to run it", path)
+    if engine == "onnxruntime":
+        check_external_locations(bundle_dir, entry, external_data_locations(path))
+    for member in entry.files.values():
+        member_file = Path(bundle_dir) / member.name
+        try:
+            intact = digest_file(member_file) == member.sha256
+        except OSError as err:
+            raise ModelError(f"cannot read {entry.file}'s data ({first_line(err)})", member_file) from err
+        if not intact:
+            check_member_files(bundle_dir, entry, check_hash=True)
+            raise BundleIntegrityError("changed while it was checked; refusing to run it", member_file)
 
 
 class Classifier:

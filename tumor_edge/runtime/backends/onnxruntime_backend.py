@@ -29,6 +29,7 @@ import numpy as np
 from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import cache
+from tumor_edge.runtime.backends.external_data import external_data_locations
 from tumor_edge.runtime.backends.optimized import (
     body_problem,
     build_optimized,
@@ -117,7 +118,12 @@ class OnnxBackend:
             return None
         try:
             digest = sha256 or digest_file(self.path)
-        except OSError:
+            if sha256 is None and external_data_locations(self.path):
+                # A file opened on its own names data nothing lists or hashes: its sha256 is not what it runs,
+                # so no cache entry can be keyed by it (a bundle's caller passes an identity covering the data).
+                _log("not caching %s: it reads external data", self.path)
+                return None
+        except (OSError, ModelError):
             return None  # the plain load reports the unreadable file
         if not cache.cache_enabled(options):
             return None
