@@ -8,9 +8,9 @@ is refused before onnxruntime reads anything.
 
 The walk reads protobuf's wire format directly (ModelProto -> graphs, functions, training info -> nodes ->
 attributes -> tensors, sparse tensors and subgraphs), skipping every payload by its length, so it touches only
-the headers of a memory-mapped file: measured 9-12 ms for InceptionV3 int8 (602 nodes, 624 initializers) and
-2-7 ms for fp32 on a 2-core Zen 5, nothing read of its weights. (Searching the 23 MB for the bytes "location"
-first, which would settle most models, took longer: 13-30 ms.)
+the headers of a memory-mapped file: measured 2.8-3.3 ms CPU for InceptionV3 int8 (602 nodes, 624 initializers,
+about 21,000 fields) and 1.4-1.8 ms for fp32 on a 2-core Zen 5, nothing read of its weights. (Searching the 23 MB
+for the bytes "location" first, which would settle most models, took longer: 13-30 ms.)
 """
 
 from __future__ import annotations
@@ -74,23 +74,30 @@ def _walk(data) -> list[str]:
             continue
         children = _CHILDREN[kind]
         while pos < end:
-            tag, pos = _varint(data, pos, end)
-            field, wire = tag >> 3, tag & 7
-            if wire == 0:
+            tag = data[pos]  # one-byte numbers inline: most tags and lengths are (half the walk's time)
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = _varint(data, pos, end)
+            wire = tag & 7
+            if wire == 2:
+                length = data[pos] if pos < end else 0x80
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = _varint(data, pos, end)
+                child = children.get(tag >> 3)
+                if child is not None:
+                    stack.append((pos, pos + length, child, depth + 1))
+                pos += length
+            elif wire == 0:
                 _, pos = _varint(data, pos, end)
             elif wire == 1:
                 pos += 8
             elif wire == 5:
                 pos += 4
-            elif wire in (3, 4):  # a group's start or end: its fields are walked as if they were this message's
-                pass  # (over-reporting a location only refuses a model; protobuf itself accepts groups)
-            elif wire == 2:
-                length, pos = _varint(data, pos, end)
-                if field in children:
-                    stack.append((pos, pos + length, children[field], depth + 1))
-                pos += length
-            else:
-                raise _Malformed(f"wire type {wire}")
+            elif wire not in (3, 4):  # 3, 4: a group's start or end; its fields are walked as this message's
+                raise _Malformed(f"wire type {wire}")  # (over-reporting only refuses; protobuf accepts groups)
             if pos > end:
                 raise _Malformed("a field runs past its message")
     return list(found)
