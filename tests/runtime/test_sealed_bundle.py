@@ -376,3 +376,21 @@ def test_export_records_every_external_data_file(tmp_path):
     assert entries[MODEL].files[DATA].sha256 == digest_file(tmp_path / DATA)
     assert entries[MODEL].to_dict()["files"][DATA]["size_bytes"] == (tmp_path / DATA).stat().st_size
     assert "files" not in entries["model_fp16.onnx"].to_dict()  # none: the entry reads as it always did
+
+
+def test_hostile_nesting_is_a_one_line_error(tmp_path):
+    """Subgraphs nest (an If inside an If's branch); a file nesting deeper than any model is refused, not walked
+    until Python's stack or the machine's memory gives out."""
+    from tumor_edge.runtime.backends.external_data import MAX_DEPTH, external_data_locations
+    from tumor_edge.runtime.backends.onnx_props import _field
+
+    graph = b""
+    for _ in range(MAX_DEPTH):  # graph -> node (1) -> attribute (5) -> g (6) -> graph ...
+        graph = _field(1, _field(5, _field(6, graph)))
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(_field(7, graph))
+    with pytest.raises(ModelError, match="nested too deeply"):
+        external_data_locations(path)
+    entry = _field(13, _field(1, b"location") + _field(2, b"w.bin"))  # a tensor (5) naming external data
+    path.write_bytes(_field(7, _field(1, _field(5, _field(6, _field(5, entry))))))
+    assert external_data_locations(path) == ["w.bin"]
