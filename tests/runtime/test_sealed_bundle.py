@@ -32,7 +32,10 @@ MODEL = "model_fp32.onnx"
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
+    """A cache and a state folder of the test's own (`classify` remembers the last bundle there)."""
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("TUMOR_EDGE_MODEL", raising=False)
 
 
 def _pixels() -> np.ndarray:
@@ -394,3 +397,24 @@ def test_hostile_nesting_is_a_one_line_error(tmp_path):
     entry = _field(13, _field(1, b"location") + _field(2, b"w.bin"))  # a tensor (5) naming external data
     path.write_bytes(_field(7, _field(1, _field(5, _field(6, _field(5, entry))))))
     assert external_data_locations(path) == ["w.bin"]
+
+
+def test_cli_runs_the_listed_model_and_refuses_relabelled_metadata(fresh_bundle, tmp_path):
+    """Through the commands users run: `verify` reproduces the export's outputs with a forged twin present (it
+    said "integrity: ok" and then blamed the CPU), and `classify` refuses relabelled metadata in one line."""
+    from tests.runtime.models import save_quadrant
+    from tumor_edge.runtime.verify import record_reference
+
+    record_reference(fresh_bundle)
+    _forged_twin(fresh_bundle, fresh_bundle / optimized_model_name(MODEL))
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(fresh_bundle)])
+    assert result.exit_code == 0 and f"reproduce: ok  {MODEL}" in result.stdout, result.output
+    scan = save_quadrant(tmp_path / "glioma.png", 0)
+    result = runner.invoke(main, ["classify", "--model", str(fresh_bundle), str(scan)])
+    assert result.exit_code == 0 and "glioma" in result.stdout.splitlines()[1], result.output
+    _rewrite_metadata(fresh_bundle, lambda d: d.update(classes=list(reversed(d["classes"]))))
+    result = runner.invoke(main, ["classify", "--model", str(fresh_bundle), str(scan)])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code != 0 and "Traceback" not in result.output and "pituitary" not in result.stdout
+    assert len(errors) == 1 and "classes" in errors[0] and MODEL in errors[0]
