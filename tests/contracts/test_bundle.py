@@ -178,3 +178,51 @@ def test_reference_round_trips(tmp_path):
                                   {"isa": "avx2"})
     meta.write(tmp_path)
     assert BundleMetadata.read(tmp_path).reference == meta.reference
+
+
+def test_model_entries_list_their_external_data_files(tmp_path):
+    """Issue 22: a model's external data is listed with a sha256 per file; entries without any read and write
+    exactly as before, so older bundles and older readers are unaffected."""
+    from tumor_edge.contracts.bundle import MemberFile
+
+    meta = _metadata()
+    plain = meta.to_dict()["models"]["model_fp32.onnx"]
+    assert "files" not in plain
+    entry = meta.models["model_fp32.onnx"]
+    identity = entry.identity()
+    assert identity == "a" * 64  # no data files: the model's own sha256, as the device cache always keyed it
+    entry.files = {"weights.data": MemberFile("weights.data", 5, "b" * 64)}
+    meta.write(tmp_path)
+    back = BundleMetadata.read(tmp_path).models["model_fp32.onnx"]
+    assert back.files == entry.files and back.extra == {}
+    assert back.identity() not in (identity, "b" * 64) and len(back.identity()) == 64
+    back.files = {"weights.data": MemberFile("weights.data", 5, "c" * 64)}
+    assert back.identity() != BundleMetadata.read(tmp_path).models["model_fp32.onnx"].identity()
+
+
+@pytest.mark.parametrize(("files", "needle"), [
+    ([], "must be an object"),
+    ({"../w.data": {"size_bytes": 1, "sha256": "b" * 64}}, "plain file name"),
+    ({"sub/w.data": {"size_bytes": 1, "sha256": "b" * 64}}, "plain file name"),
+    ({"metadata.json": {"size_bytes": 1, "sha256": "b" * 64}}, "not a data file"),
+    ({"model_fp32.onnx": {"size_bytes": 1, "sha256": "b" * 64}}, "not a data file"),
+    ({"w.data": {"size_bytes": 1}}, "w.data.sha256"),
+    ({"w.data": {"size_bytes": -1, "sha256": "b" * 64}}, "w.data.size_bytes"),
+    ({"w.data": "b" * 64}, "w.data.size_bytes"),
+])
+def test_bad_data_file_lists_are_one_line(files, needle):
+    data = _metadata().to_dict()
+    data["models"]["model_fp32.onnx"]["files"] = files
+    with pytest.raises(ModelError) as caught:
+        BundleMetadata.from_dict(data)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", [
+    '{"classes": ["a"], "classes": ["b"]}',
+    '{"preprocessing": {"height": 32, "height": 64}}',
+])
+def test_duplicate_json_keys_are_refused(tmp_path, text):
+    (tmp_path / "metadata.json").write_text(text)
+    with pytest.raises(ModelError, match="duplicate key"):
+        BundleMetadata.read(tmp_path)

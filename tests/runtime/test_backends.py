@@ -1,5 +1,6 @@
-"""Backends: the complete protocol, the engine registry, and optimised twins bound to the exact file they were
-made from (0.1.0 trusted a twin whose size matched, so a stale or foreign twin ran instead of the listed model)."""
+"""Backends: the complete protocol, the engine registry, and optimised twins: never loaded in place of a bundle's
+model (0.1.0 trusted a twin whose size matched, then one whose own record vouched for it, so a stale, foreign or
+forged twin ran instead of the listed model), still usable when named directly and listed."""
 
 from __future__ import annotations
 
@@ -101,17 +102,19 @@ def test_save_and_use_optimized_twin(fresh_bundle):
     assert json.loads(_props(twin)[OPTIMIZED_META_KEY]) == record
     assert ONNX_META_KEY in _props(twin)  # tumor-edge metadata kept: a lone twin still classifies
 
-    clf = Classifier.from_bundle(fresh_bundle)
-    assert clf.model_path == twin and clf.backend.source_kind == "twin"
-    plain = Classifier.from_bundle(fresh_bundle, options=BackendOptions(use_optimized=False))
-    assert plain.model_path == src
-    assert np.allclose(clf.infer(_pixels()), plain.infer(_pixels()), atol=1e-6)
+    clf = Classifier.from_bundle(fresh_bundle)  # a twin beside the model is not loaded in its place (issue 22)
+    assert clf.model_path != twin and clf.backend.source_kind == "cache-built"
     with pytest.raises(ModelError, match="not listed"):  # an unlisted file has no hash to check
         Classifier.from_bundle(twin)
     meta = BundleMetadata.read(fresh_bundle)
     meta.models[twin.name] = describe_file(twin, "onnx", "fp32", ort_optimized_from=src.name)
     meta.write(fresh_bundle)
-    assert Classifier.from_bundle(twin).predict(_pixels()[1]).label == "meningioma"
+    named = Classifier.from_bundle(twin)  # named and listed with its sha256: runs as the optimised graph it is
+    assert named.model_path == twin and named.backend.source_kind == "twin"
+    plain = Classifier.from_bundle(fresh_bundle, options=BackendOptions(use_optimized=False))
+    assert plain.model_path == src
+    assert np.allclose(named.infer(_pixels()), plain.infer(_pixels()), atol=1e-6)
+    assert named.predict(_pixels()[1]).label == "meningioma"
 
 
 def test_twin_from_another_machine_is_ignored(fresh_bundle):
@@ -175,7 +178,8 @@ def test_portable_extended_twin(fresh_bundle):
     src = fresh_bundle / "model_fp32.onnx"
     twin = save_optimized_model(src, fresh_bundle / optimized_model_name(src.name), level="extended")
     assert read_optimized_record(twin)["level"] == "extended"
-    assert open_backend(src).loaded_path == twin
+    assert open_backend(src).loaded_path != twin  # portable or not, a sibling is never loaded in src's place
+    assert open_backend(twin).loaded_path == twin
     with pytest.raises(ConfigError):
         save_optimized_model(src, fresh_bundle / "x.ort.onnx", level="basic")
 

@@ -202,7 +202,8 @@ def test_output_count_disagrees_with_classes(tmp_path, scans):
 def test_corrupt_and_unsupported_model_files(tmp_path):
     folder = make_bundle(tmp_path / "corrupt")
     _replace_model(folder, b"\x08\x07garbage" * 10)
-    assert "onnxruntime cannot load" in _model_error(folder)
+    message = _model_error(folder)  # the external data walk (issue 22) may see it before onnxruntime does
+    assert "onnxruntime cannot load" in message or "not a valid ONNX model" in message
     other = tmp_path / "model.pt"
     other.write_bytes(b"x")
     BundleMetadata(list(CLASSES), quadrant_metadata().preprocessing).write(tmp_path)

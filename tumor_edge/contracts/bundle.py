@@ -7,7 +7,13 @@ or a silently wrong label.
 
 Schema versions: 1 (tumor-edge 0.1) and 2 (0.2: adds `outputs`, the role of each model output, and
 `reference`, the outputs every model gave on a small generated input set, which `tumor-edge verify` reproduces on
-a device). A version-1 bundle reads as a version-2 bundle whose only output is the class scores.
+a device). A version-1 bundle reads as a version-2 bundle whose only output is the class scores. Within version
+2, a model entry may list `files` (name -> size and sha256 of each external data file the model reads): optional
+and ignored by readers that predate it, so the version stays 2 (the schema has no minor version).
+
+Integrity: no file of a bundle is read unless metadata.json lists it with its sha256 (models, their external
+data), no listed file may resolve outside the bundle folder (metadata.json included), and what a model file
+carries about itself must agree with metadata.json (`check_binding`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Bounds that catch absurd metadata before it costs memory.
 MAX_CLASSES = 1000
 MAX_MODEL_BYTES = 8 << 30
+MAX_MEMBER_FILES = 64  # external data files of one model
 MAX_METADATA_BYTES = 16 << 20
 MAX_REFERENCE_IMAGES = 256
 MAX_REFERENCE_VALUES = 1 << 16  # per file and role: a reference heatmap is a sample, not a dump
@@ -94,9 +101,22 @@ class OutputSpec:
         return data
 
 
+@dataclass(frozen=True)
+class MemberFile:
+    """A file a model needs besides itself (an ONNX model's external data), hashed like the model."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size_bytes": self.size_bytes, "sha256": self.sha256}
+
+
 @dataclass
 class ModelEntry:
-    """One exported file of a bundle."""
+    """One exported file of a bundle, and (`files`, optional) every other file it reads: without them listed and
+    hashed, a model's external data could be replaced under a model whose own hash still matched."""
 
     file: str
     format: str  # "onnx" | "tflite"
@@ -104,10 +124,25 @@ class ModelEntry:
     size_bytes: int = 0
     sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, MemberFile] = field(default_factory=dict)  # name -> the file, for external data
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
+        data = {"format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
                 "sha256": self.sha256, **self.extra}
+        if self.files:  # absent when there are none: metadata stays what older readers wrote and read
+            data["files"] = {name: member.to_dict() for name, member in self.files.items()}
+        return data
+
+    def identity(self) -> str:
+        """What the model's behaviour depends on, as one hex digest: its sha256, or with external data files a
+        sha256 over it and theirs (the device cache keys optimised copies by this, so new weights under an
+        unchanged model file never load a stale entry)."""
+        if not self.files:
+            return self.sha256
+        import hashlib
+
+        text = json.dumps([self.sha256, sorted((n, m.sha256) for n, m in self.files.items())])
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -181,15 +216,20 @@ class BundleMetadata:
 
     @classmethod
     def read(cls, bundle_dir: Path) -> BundleMetadata:
+        """Read and validate a bundle's metadata.json: confined to the folder like every member (a link to a file
+        elsewhere is refused), with duplicate keys refused (JSON would silently keep the last `classes`)."""
         path = Path(bundle_dir) / METADATA_FILE
         if not path.is_file():
             raise ModelError(f"not a tumor-edge bundle: no {METADATA_FILE}", bundle_dir)
+        member_path(bundle_dir, METADATA_FILE)
         try:
             if path.stat().st_size > MAX_METADATA_BYTES:
                 raise ModelError(f"metadata is larger than {MAX_METADATA_BYTES >> 20} MB", path)
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_strict(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
+        except ConfigError as err:
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", path) from err
         return cls.from_dict(data, path)
 
     def default_model(self) -> str:
@@ -200,6 +240,20 @@ class BundleMetadata:
         if not plain:
             raise ModelError("bundle lists no models")
         return plain[0]
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads, refusing an object that names a key twice (a ConfigError naming the key): metadata whose
+    meaning depends on which of two `classes` lists a parser keeps is not metadata."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                raise ConfigError(f"duplicate key {printable(key)[:80]!r} in a JSON object")
+            obj[key] = value
+        return obj
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def printable(text: str) -> str:
@@ -259,7 +313,80 @@ def check_model_file(bundle_dir: Path, name: str, metadata: BundleMetadata, chec
         if digest != entry.sha256:
             raise BundleIntegrityError(f"sha256 {digest[:12]}… differs from the {entry.sha256[:12]}… in "
                                        f"{METADATA_FILE} (tampered or damaged); refusing to run it", path)
+    check_member_files(bundle_dir, entry, check_hash)
     return path, entry.sha256
+
+
+def check_member_files(bundle_dir: Path, entry: ModelEntry, check_hash: bool = True) -> None:
+    """Each file a model entry lists besides the model (its external data): confined to the bundle folder,
+    present, of the recorded size and (unless `check_hash` is off) the recorded sha256; else a one-line
+    BundleIntegrityError naming that file."""
+    for name, member in entry.files.items():
+        path = member_path(bundle_dir, name)
+        if not path.is_file():
+            raise BundleIntegrityError(f"missing: {entry.file} needs it ({METADATA_FILE} lists it)", path)
+        size = path.stat().st_size
+        if size != member.size_bytes:
+            raise BundleIntegrityError(f"is {size} bytes but {METADATA_FILE} records {member.size_bytes} for "
+                                       f"{entry.file}'s data (truncated or replaced?); refusing to run it", path)
+        if check_hash:
+            digest = sha256_file(path)
+            if digest != member.sha256:
+                raise BundleIntegrityError(f"sha256 {digest[:12]}… differs from the {member.sha256[:12]}… in "
+                                           f"{METADATA_FILE} for {entry.file}'s data (tampered or damaged); "
+                                           f"refusing to run it", path)
+
+
+def check_external_locations(bundle_dir: Path, entry: ModelEntry, locations: list[str]) -> None:
+    """Every external data location a model names must be a file its entry lists (so hashed): onnxruntime
+    opens whatever a location names, relative to the model's folder. Anything else is refused before it is read,
+    as a one-line BundleIntegrityError naming the model and the location."""
+    for location in locations:
+        if location not in entry.files:
+            raise BundleIntegrityError(f"its external data {printable(location)[:120]!r} is not listed in "
+                                       f"{METADATA_FILE} with a sha256 (models.{entry.file}.files); refusing to run "
+                                       f"it", Path(bundle_dir) / entry.file)
+
+
+def check_binding(metadata: BundleMetadata, props: dict[str, str], path: Path) -> None:
+    """Refuse a bundle whose metadata.json says something about a model file that the file itself contradicts.
+
+    Export stamps every .onnx with the bundle's classes, preprocessing and output roles (its metadata_props);
+    metadata.json is a separate, unhashed file, so reversing its `classes` relabelled every scan while the
+    checked model ran unchanged. Each field the file carries is compared; a file that carries none (LiteRT
+    files, foreign models) has nothing to contradict. Raises a one-line ModelError naming the file and field."""
+    if ONNX_META_KEY in props:
+        try:
+            carried = BundleMetadata.from_dict(loads_strict(props[ONNX_META_KEY]), path)
+        except (ValueError, RecursionError, ConfigError) as err:  # JSONDecodeError is a ValueError
+            raise ModelError(f"the tumor-edge metadata it carries is invalid ({first_line(err)})", path) from err
+        if carried.classes != metadata.classes:
+            _unbound(path, "classes", metadata.classes, carried.classes)
+        if carried.preprocessing != metadata.preprocessing:
+            for key, ours in metadata.preprocessing.to_dict().items():
+                theirs = carried.preprocessing.to_dict()[key]
+                if ours != theirs and key != "description":
+                    _unbound(path, f"preprocessing.{key}", ours, theirs)
+        if carried.output != metadata.output:
+            _unbound(path, "output", metadata.output, carried.output)
+        if carried.extra_outputs:  # files exported before roles were stamped carry the scores only
+            ours_roles = {r: (o.index, o.type) for r, o in metadata.extra_outputs.items()}
+            theirs_roles = {r: (o.index, o.type) for r, o in carried.extra_outputs.items()}
+            if ours_roles != theirs_roles:
+                _unbound(path, "outputs", ours_roles, theirs_roles)
+    if "classes" in props and props["classes"] != ",".join(metadata.classes):
+        _unbound(path, "classes", ",".join(metadata.classes), props["classes"])
+    if "output" in props and props["output"] != metadata.output:
+        _unbound(path, "output", metadata.output, props["output"])
+
+
+def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
+    def show(value: Any) -> str:
+        text = printable(repr(value))
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    raise ModelError(f"{METADATA_FILE} gives {field_name} {show(ours)} but the model file carries {show(theirs)} "
+                     f"(metadata edited, or from another model); refusing to run it", path)
 
 
 # ---------------------------------------------------------------------------------------------- file facts
@@ -286,6 +413,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_file(path: Path, fmt: str, precision: str, **extra: Any) -> ModelEntry:
+def describe_file(path: Path, fmt: str, precision: str, files: tuple[str, ...] = (), **extra: Any) -> ModelEntry:
+    """The `models` entry of the file at `path`, hashed; `files` names the other files (in its folder) it reads."""
     path = Path(path)
-    return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra))
+    members = {name: describe_member(path.parent / name) for name in files}
+    return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra), members)
+
+
+def describe_member(path: Path) -> MemberFile:
+    path = Path(path)
+    return MemberFile(path.name, path.stat().st_size, sha256_file(path))

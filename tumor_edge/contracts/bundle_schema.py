@@ -10,14 +10,17 @@ from typing import Any
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import (
     MAX_CLASSES,
+    MAX_MEMBER_FILES,
     MAX_MODEL_BYTES,
     MAX_OUTPUT_INDEX,
     MAX_REFERENCE_IMAGES,
     MAX_REFERENCE_VALUES,
+    METADATA_FILE,
     OUTPUT_TYPES,
     PRECISIONS,
     READABLE_SCHEMA_VERSIONS,
     BundleMetadata,
+    MemberFile,
     ModelEntry,
     OutputSpec,
     ReferenceSet,
@@ -227,6 +230,33 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     for key in ("ort_optimized_from",):
         if key in entry and not isinstance(entry[key], str):
             raise ConfigError(f"field '{where}{key}' must be a string")
-    return ModelEntry(name, fmt, precision, size, digest.lower(), entry)
+    files = _parse_files(name, entry.pop("files", None))
+    return ModelEntry(name, fmt, precision, size, digest.lower(), entry, files)
+
+
+def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
+    """`models.<file>.files` (optional): name -> {size_bytes, sha256} for each other file the model reads."""
+    where = f"models.{model}.files"
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_MEMBER_FILES:
+        raise ConfigError(f"field '{where}' must be an object of at most {MAX_MEMBER_FILES} files")
+    files: dict[str, MemberFile] = {}
+    for name, spec in raw.items():
+        try:
+            check_member_name(name)
+        except BundleIntegrityError as err:
+            raise ConfigError(f"field '{where}': {err.reason}") from err
+        if name in (model, METADATA_FILE):
+            raise ConfigError(f"field '{where}' names {name!r}, which is not a data file of the model")
+        size = spec.get("size_bytes") if isinstance(spec, dict) else None
+        digest = spec.get("sha256") if isinstance(spec, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
+            raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
+                              f"{MAX_MODEL_BYTES}")
+        if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+            raise ConfigError(f"field '{where}.{name}.sha256' must be 64 hexadecimal digits")
+        files[name] = MemberFile(name, size, digest.lower())
+    return files
 
 

@@ -16,9 +16,11 @@ from tumor_edge.contracts.bundle import (
     ModelEntry,
     describe_file,
     is_optimized_name,
+    member_path,
     optimized_model_name,
 )
 from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES, FORMATS
+from tumor_edge.errors import ModelError
 from tumor_edge.export.context import ExportedFile
 from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
 from tumor_edge.signing import SIGNATURE_FILE
@@ -51,15 +53,31 @@ def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMe
 
 
 def model_entries(out: Path, rows: Sequence[ExportedFile], verdicts: dict[str, str] | None) -> dict[str, ModelEntry]:
-    """metadata.json's `models`: each file written, with the converter's facts and its parity verdict."""
+    """metadata.json's `models`: each file written, hashed, with every external data file it reads (hashed too:
+    the runtime refuses a model naming data its entry does not list), the converter's facts and its verdict."""
     entries = {}
     for row in rows:
         if not row.ok:
             continue
         extra = {k: v for k, v in row.extra.items() if not k.startswith("_")}
         extra["parity"] = (verdicts or {}).get(row.file, "not checked")
-        entries[row.file] = describe_file(out / row.file, row.format, row.precision, **extra)
+        files = tuple(external_files(out, row.file)) if row.engine == "onnxruntime" else ()
+        entries[row.file] = describe_file(out / row.file, row.format, row.precision, files=files, **extra)
     return entries
+
+
+def external_files(out: Path, file: str) -> list[str]:
+    """The external data files the ONNX model `file` in `out` reads. Each must be a plain name in the bundle
+    folder, the only place the runtime accepts one from; anything else is an error here, not a bundle that
+    no device will run."""
+    from tumor_edge.runtime.backends.external_data import external_data_locations
+
+    names = external_data_locations(out / file)
+    for name in names:
+        member_path(out, name)  # a plain name, inside the folder (BundleIntegrityError otherwise)
+        if not (out / name).is_file():
+            raise ModelError(f"its external data {name!r} was not written beside it", out / file)
+    return names
 
 
 def private_reports(rows: Sequence[ExportedFile]) -> dict[str, Any]:
@@ -72,4 +90,5 @@ def private_reports(rows: Sequence[ExportedFile]) -> dict[str, Any]:
     return reports
 
 
-__all__ = ["is_bundle_file", "model_entries", "prepare_out_dir", "private_reports", "stamp_onnx_files"]
+__all__ = ["external_files", "is_bundle_file", "model_entries", "prepare_out_dir", "private_reports",
+           "stamp_onnx_files"]

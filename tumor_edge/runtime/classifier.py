@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image
 
-from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata, check_model_file
+from tumor_edge.contracts.bundle import (
+    METADATA_FILE,
+    ONNX_META_KEY,
+    BundleMetadata,
+    check_binding,
+    check_external_locations,
+    check_member_files,
+    check_model_file,
+    loads_strict,
+)
 from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
+from tumor_edge.runtime.backends.external_data import external_data_locations
 from tumor_edge.runtime.image import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import resize_rgb, scale
 from tumor_edge.runtime.trust import TrustSettings, calibrate, ood_scores, warnings_for
@@ -80,15 +90,41 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+# How far a model's "probabilities" may stray from a distribution and still be one, per class: half a step of an
+# 8-bit output quantized over [-1, 1] (1/254: a symmetric int8 scale is the widest an int8 model's softmax output
+# gets) plus float16's rounding of a value below 1 (2**-11). A row's sum may be off by that many times its class
+# count (4 classes: 0.018); raw logits, a 1.39e10, or a halved softmax are far outside.
+PROBABILITY_SLACK_PER_CLASS = 1 / 254 + 2 ** -11
+PROBABILITY_RANGE_SLACK = 1e-6  # a value just above 1 or below 0 is float rounding; more is not a probability
+
+
+def check_probabilities(probs: np.ndarray, path: Path) -> None:
+    """Refuse class scores declared "probabilities" that are not: each value in [0, 1], each row summing to 1
+    within PROBABILITY_SLACK_PER_CLASS per class. Rows that are not finite are left to `predictions`, which gives
+    those images no label. Raises a one-line ModelError naming the model file, so nothing is shown."""
+    finite = probs[np.all(np.isfinite(probs), axis=-1)]
+    if not finite.size:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    sums = finite.sum(axis=-1, dtype=np.float64)
+    worst = float(sums[np.argmax(np.abs(sums - 1.0))])
+    slack = PROBABILITY_SLACK_PER_CLASS * probs.shape[-1]
+    if low < -PROBABILITY_RANGE_SLACK or high > 1 + PROBABILITY_RANGE_SLACK or abs(worst - 1.0) > slack:
+        raise ModelError(f"its class scores are declared probabilities in {METADATA_FILE} but are not (values "
+                         f"{low:.3g} to {high:.3g}, a row summing to {worst:.3g}); no result shown", path)
+
+
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
     """The tumor-edge metadata an exported .onnx carries in its metadata_props."""
     raw = props.get(ONNX_META_KEY)
     if not raw:
         raise ModelError("this .onnx file carries no tumor-edge metadata; pass its bundle folder instead", path)
     try:
-        data = json.loads(raw)
+        data = loads_strict(raw)
     except json.JSONDecodeError as err:
         raise ModelError(f"its tumor-edge metadata is not valid JSON ({err})", path) from err
+    except ConfigError as err:
+        raise ModelError(f"invalid tumor-edge metadata: {err.reason}", path) from err
     return BundleMetadata.from_dict(data, path)
 
 
@@ -124,28 +160,39 @@ def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
 def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
                       options: BackendOptions | None = None) -> Backend:
     """Load a model listed in a bundle, checked to be the file the metadata describes (confined to the folder,
-    same size, same sha256): a tampered or truncated model never produces a result.
+    same size, same sha256) and to agree with what the file carries about itself (classes, preprocessing, output
+    roles: `check_binding`): a tampered or truncated model, or relabelling metadata, never produces a result.
 
     The cheap checks come first; the sha256 runs on a second thread while the engine loads this device's cached
     optimised form of the recorded hash (never the unchecked file: see `open_backend`'s `source_check`), and the
     backend is returned only once the hash has matched."""
     options = options or BackendOptions()
-    engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first, before hashing
+    engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
     path, digest = check_model_file(bundle_dir, name, metadata, check_hash=False)
+    entry = metadata.models[name]
     if not options.verify_hashes:
-        return open_backend(path, options, sha256=digest or None)
-    from tumor_edge.runtime.background import Background
+        if engine == "onnxruntime":
+            check_external_locations(bundle_dir, entry, external_data_locations(path))
+        backend = open_backend(path, options, sha256=entry.identity() or None)
+    else:
+        from tumor_edge.runtime.background import Background
 
-    hashing = Background(_check_sha256, bundle_dir, name, metadata, path, digest)
-    return open_backend(path, options, sha256=digest, source_check=hashing.result)
+        hashing = Background(_check_sha256, bundle_dir, name, metadata, path, digest, engine)
+        backend = open_backend(path, options, sha256=entry.identity(), source_check=hashing.result)
+    check_binding(metadata, backend.metadata_props(), path)
+    return backend
 
 
-def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: Path, recorded: str) -> None:
+def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: Path, recorded: str,
+                  engine: str = "onnxruntime") -> None:
     """The sha256 half of `check_model_file`, streamed through one reused buffer (it runs on a second thread, see
-    `digest_file`). A mismatch is reported by `check_model_file` itself, which hashes again and raises its
-    one-line BundleIntegrityError: the message has one home, and the rare failure may cost a second read."""
+    `digest_file`), then the model's external data: every location the (now verified) model names must be listed,
+    and each listed file must match its sha256. A mismatch is reported by `check_model_file` itself, which hashes
+    again and raises its one-line BundleIntegrityError: the message has one home, and the rare failure may cost a
+    second read."""
     from tumor_edge.runtime.backends.optimized import digest_file
 
+    entry = metadata.models[name]
     try:
         actual = digest_file(path)
     except OSError as err:
@@ -153,6 +200,17 @@ def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: P
     if actual != recorded:
         check_model_file(bundle_dir, name, metadata, check_hash=True)
         raise BundleIntegrityError("changed while it was checked; refusing to run it", path)
+    if engine == "onnxruntime":
+        check_external_locations(bundle_dir, entry, external_data_locations(path))
+    for member in entry.files.values():
+        member_file = Path(bundle_dir) / member.name
+        try:
+            intact = digest_file(member_file) == member.sha256
+        except OSError as err:
+            raise ModelError(f"cannot read {entry.file}'s data ({first_line(err)})", member_file) from err
+        if not intact:
+            check_member_files(bundle_dir, entry, check_hash=True)
+            raise BundleIntegrityError("changed while it was checked; refusing to run it", member_file)
 
 
 class Classifier:
@@ -215,7 +273,11 @@ class Classifier:
                 if value.ndim != 2 or value.shape != (n, len(self.classes)):
                     raise ModelError(f"model gives output of shape {value.shape} but its metadata names "
                                      f"{len(self.classes)} classes", self.backend.path)
-                value = calibrate(softmax(value) if spec.type == "logits" else value, self.trust)
+                if spec.type == "logits":
+                    value = softmax(value)
+                else:
+                    check_probabilities(value, self.backend.path)
+                value = calibrate(value, self.trust)
             elif value.ndim == 0 or value.shape[0] != n:
                 raise ModelError(f"model output '{role}' has shape {value.shape}, not one row per image",
                                  self.backend.path)

@@ -2,11 +2,15 @@
 
 Which file a session is made from, in order (CPU provider and optimisation "all" only; any problem falls through
 to the next, logged, never an error):
-1. a twin inside an old bundle (`model_int8.ort.onnx` beside `model_int8.onnx`) bound by its record to this
-   file's sha256 and made for this machine;
-2. this device's cache entry for the model's sha256 (tumor_edge.runtime.cache);
-3. the model itself, optimising at load and saving the result as the cache entry for the next run;
-4. the model itself, plain (cache off, unwritable, or the save failed).
+1. this device's cache entry for the model's identity (its sha256, tumor_edge.runtime.cache), which lives in the
+   per-user cache folder outside any bundle and was written, with its hashes, by this runtime;
+2. the model itself, optimising at load and saving the result as the cache entry for the next run;
+3. the model itself, plain (cache off, unwritable, inside the model's bundle, or the save failed).
+
+A file lying beside the model is never loaded in its place: 0.1 bundles carried an optimised twin
+(`model_int8.ort.onnx`) whose own record said which model it was made from, so whoever could write into a bundle
+could put any model there with a record vouching for itself, and it ran instead of the sha256-checked file
+(issue 22). Only a twin that a caller names itself, and that its bundle lists with a sha256, is still loaded.
 
 The integrity checks overlap the load: a caller still hashing the model file passes that check as
 `source_check`, and a cache entry's CRC32 runs beside its session load (tumor_edge.runtime.background). Nothing
@@ -25,6 +29,7 @@ import numpy as np
 from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import cache
+from tumor_edge.runtime.backends.external_data import external_data_locations
 from tumor_edge.runtime.backends.optimized import (
     body_problem,
     build_optimized,
@@ -46,7 +51,7 @@ def _log(message: str, *args: object) -> None:
 
 
 def optimized_sibling(path: Path) -> Path:
-    """Where a 0.1-style bundle keeps the pre-optimised copy of an .onnx file."""
+    """Where a 0.1-style bundle kept the pre-optimised copy of an .onnx file (never loaded from there now)."""
     return path.with_name(optimized_model_name(path.name))
 
 
@@ -100,8 +105,8 @@ class OnnxBackend:
             return None
 
     def _optimized_session(self, ort, options: BackendOptions, sha256: str | None, check: _Once):
-        """A session from an optimised form of the model (twin, cache hit, or built now); None: load plainly.
-        `check` is called before the model file itself is read (a twin or cache entry is not that file)."""
+        """A session from an optimised form of the model (a twin named directly, a cache hit, or built now); None:
+        load plainly. `check` is called before the model file itself is read (a cache entry is not that file)."""
         twin_check = "sha256" if options.verify_hashes else "size"
         if is_optimized_name(self.path.name):  # a twin named directly: use it where it was made, else plainly
             check()
@@ -113,22 +118,19 @@ class OnnxBackend:
             return None
         try:
             digest = sha256 or digest_file(self.path)
-        except OSError:
+            if sha256 is None and external_data_locations(self.path):
+                # A file opened on its own names data nothing lists or hashes: its sha256 is not what it runs,
+                # so no cache entry can be keyed by it (a bundle's caller passes an identity covering the data).
+                _log("not caching %s: it reads external data", self.path)
+                return None
+        except (OSError, ModelError):
             return None  # the plain load reports the unreadable file
-        twin = optimized_sibling(self.path)
-        if twin.is_file():
-            record, why = usable_optimized(twin, digest, twin_check)
-            session = None
-            if record is None:
-                _log("ignoring %s: %s", twin, why)
-            else:
-                session = self._try_load(ort, twin, options, "none" if record["level"] == "all" else "all")
-            if session is not None:
-                self.loaded_path, self.source_kind = twin, "twin"
-                return session
         if not cache.cache_enabled(options):
             return None
         entry = cache.entry_path(digest, options)
+        if cache.inside_bundle(entry, self.path):  # a cache pointed into the model's bundle is no cache
+            _log("not using the cache for %s: %s is inside its bundle", self.path, entry.parent.parent)
+            return None
         try:  # a cache this user cannot enter (made by another user, 0700) is no cache, never an error
             exists = entry.is_file()
         except OSError as err:

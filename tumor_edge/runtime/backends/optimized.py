@@ -10,10 +10,13 @@ for this onnxruntime version and CPU, so each one carries a record, appended as 
 
 `source_sha256` binds it to one model file (0.1.0 compared sizes only, so a stale or foreign twin of the same
 size was loaded); `body_sha256` / `body_crc32` cover the file's bytes before the record, so a damaged or altered
-optimised file is detected, not run. A twin found inside a bundle (untrusted, like the bundle) is checked with
-sha256; an entry of the device's own cache (private to the user, written by this runtime) with CRC32, which
-catches damage (a torn copy, a bad disk) at half sha256's cost on the cold-start path: whoever can forge an entry
-there can already replace tumor-edge itself.
+optimised file is detected, not run. The record proves nothing on its own: whoever writes the file writes its
+record too, so a file found in a bundle is never loaded in its model's place because of one (issue 22: a forged
+twin with a record naming the listed model's sha256 ran instead of it). Records are trusted only in the device's
+own cache (private to the user, written by this runtime), where CRC32 catches damage (a torn copy, a bad disk) at
+half sha256's cost on the cold-start path: whoever can forge an entry there can already replace tumor-edge itself.
+A twin a caller names itself (and its bundle lists with a sha256) is checked with sha256 before its record picks
+how it loads.
 """
 
 from __future__ import annotations
