@@ -84,7 +84,10 @@ def onnx_metadata(metadata: BundleMetadata, file: str, precision: str) -> dict[s
     """
     own = BundleMetadata(classes=metadata.classes, preprocessing=metadata.preprocessing, output=metadata.output,
                          models={file: ModelEntry(file, "onnx", precision)}, provenance=metadata.provenance,
-                         metrics={}, name=metadata.name, intended_use=metadata.intended_use)
+                         metrics={}, name=metadata.name, intended_use=metadata.intended_use,
+                         # every output role (the runtime binds them to metadata.json) and the calibration, so a
+                         # lone file gives the bundle's probabilities and outputs
+                         extra_outputs=dict(metadata.extra_outputs), calibration=metadata.calibration)
     data = own.to_dict()
     return {
         ONNX_META_KEY: json.dumps(data, sort_keys=True),
