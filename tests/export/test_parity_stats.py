@@ -125,3 +125,88 @@ def test_evidence_of_a_breach_fails():
     assert stats.mcnemar_p < 1e-10
     agreement = judge(labels, reference, probs, 4, max_accuracy_drop=1.0, max_auc_drop=1.0, min_agreement=0.99)
     assert agreement.verdict == FAIL and "agreement" in agreement.reasons[0]
+
+
+def _paired(n: int, b: int, c: int, d: int, seed: int = 0):
+    """labels, reference and file probabilities with exactly b images the reference gets right and the file
+    wrong, c the reverse, d both wrong (the rest both right); confident, distinct scores."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    wrong = (labels + 1 + rng.integers(0, 3, n)) % 4
+    kind = np.zeros(n, int)
+    kind[:b], kind[b:b + c], kind[b + c:b + c + d] = 1, 2, 3
+    kind = rng.permutation(kind)
+
+    def scores(right: np.ndarray) -> np.ndarray:
+        top = np.where(right, labels, wrong)
+        p = rng.dirichlet(np.ones(4), n) * 0.3
+        p[np.arange(n), top] += 0.7
+        return p / p.sum(1, keepdims=True)
+
+    reference = scores((kind == 0) | (kind == 1))
+    probs = reference.copy()  # the file: the reference's scores, except on the images it flips
+    flipped = (kind == 1) | (kind == 2)
+    probs[flipped] = scores(kind == 2)[flipped]
+    return labels, reference, probs
+
+
+@pytest.mark.parametrize(("n", "b", "c", "verdict"), [
+    (16_000, 240, 240, PASS),  # as many flipped right as wrong: the paired drop is bounded to ~0.27 points
+    (16_000, 400, 80, FAIL),  # 2 points lost: the lower bound is beyond the 1-point tolerance
+    (381, 0, 0, PASS),  # no disagreement: z^2 / (n + z^2) = 0.998 points
+])
+def test_the_paired_verdict_on_issue_19s_cases(n, b, c, verdict):
+    """Issue 19: bounding b/n alone made b = c = 240 of 16,000 "not proven" and said no test size would prove it."""
+    labels, reference, probs = _paired(n, b, c, d=n // 20)
+    stats = judge(labels, reference, probs, 4, max_accuracy_drop=0.01, max_auc_drop=0.01, min_agreement=None,
+                  resamples=200)
+    assert (stats.ref_right_file_wrong, stats.ref_wrong_file_right) == (b, c)
+    assert stats.verdict == verdict, stats.reasons
+    low, high = stats.accuracy_drop_ci
+    assert low <= (b - c) / n <= high and stats.accuracy_drop_upper == high
+
+
+def test_tango_interval_at_no_disagreement_is_the_wilson_bound():
+    from tumor_edge.export.parity_stats import paired_difference_interval
+
+    z = z_value(0.95)
+    for n in (17, 381, 1311):
+        low, high = paired_difference_interval(0, 0, n)
+        assert high == pytest.approx(z * z / (n + z * z), rel=1e-9) == pytest.approx(wilson_interval(0, n)[1])
+        assert low == pytest.approx(-high, rel=1e-9)
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(3, 9, 40), (240, 240, 16_000), (400, 80, 16_000), (1, 0, 17)])
+def test_tango_bounds_solve_the_score_equation_and_the_score_falls(b, c, n):
+    from tumor_edge.export.parity_stats import paired_difference_interval, tango_score
+
+    z = z_value(0.95)
+    low, high = paired_difference_interval(b, c, n)
+    for end in (low, high):
+        if -1.0 < end < 1.0:
+            assert abs(tango_score(b, c, n, end)) == pytest.approx(z, rel=1e-6)
+    grid = np.linspace(low, high, 50)
+    scores = [tango_score(b, c, n, d) for d in grid]
+    assert all(x >= y - 1e-12 for x, y in zip(scores, scores[1:])), "the score falls as delta rises"
+
+
+def test_tango_interval_is_as_wide_as_the_paired_bootstrap():
+    """Two routes to the same quantity: the score interval and the paired bootstrap's percentile interval of the
+    accuracy change agree in width within 15 % on a large sample (both estimate the same standard error)."""
+    from tumor_edge.export.parity_stats import paired_difference_interval
+
+    labels, reference, probs = _paired(4000, 120, 90, 200, seed=3)
+    boot = paired_bootstrap(labels, reference, probs, 4, resamples=2000, seed=1)["accuracy_diff"]
+    low, high = paired_difference_interval(120, 90, 4000)
+    assert (high - low) == pytest.approx(boot[1] - boot[0], rel=0.15)
+    assert -boot[1] == pytest.approx(low, abs=0.003) and -boot[0] == pytest.approx(high, abs=0.003)
+
+
+def test_images_needed_follows_the_paired_rates():
+    from tumor_edge.export.parity_stats import images_to_bound_paired, paired_difference_interval
+
+    needed = images_to_bound_paired(0.015, 0.015, 0.01, 0.95)
+    assert needed is not None
+    assert paired_difference_interval(round(0.015 * needed), round(0.015 * needed), needed)[1] <= 0.01
+    assert paired_difference_interval(round(0.015 * (needed - 1)), round(0.015 * (needed - 1)), needed - 1)[1] > 0.01
+    assert images_to_bound_paired(0.03, 0.01, 0.01, 0.95) is None  # an observed 2-point drop: no number proves 1

@@ -170,13 +170,14 @@ def stage_export(ctx: DemoContext) -> dict[str, Any]:
     try:
         result = export_bundle(config)
         verdict = result.parity.verdict if result.parity is not None else "not checked"
+        verdicts = {f.file: f.verdict for f in result.parity.files} if result.parity is not None else {}
         table, passed, failure = result.table, True, None
     except ParityError as err:  # the files are kept; the demo reports the failure and goes on
-        table, passed, failure, verdict = getattr(err, "table", ""), False, str(err), "fail"
+        table, passed, failure, verdict, verdicts = getattr(err, "table", ""), False, str(err), "fail", {}
     click.echo(table)
     files = sorted(p.name for p in ctx.bundle.iterdir() if p.suffix in (".onnx", ".tflite"))
     return {"path": str(ctx.bundle), "table": table, "parity_passed": passed, "parity_verdict": verdict,
-            "parity_failure": failure, "files": files}
+            "parity_failure": failure, "parity_files": verdicts, "files": files}
 
 
 def _held_out_examples(ctx: DemoContext, per_class: int = 2) -> list[tuple[Path, str]]:

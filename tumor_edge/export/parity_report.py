@@ -72,8 +72,9 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
         f"{t.max_auc_drop:g}, top-1 agreement at least {100 * t.min_agreement:g}% for "
         f"{'/'.join(t.agreement_precisions)} files.",
         "",
-        f"Verdicts at {100 * t.confidence:g}% confidence (Wilson intervals, paired bootstrap of "
-        f"{t.resamples} resamples, exact McNemar): pass = every tolerance proven; fail = evidence of a breach "
+        f"Verdicts at {100 * t.confidence:g}% confidence (the accuracy drop (b - c)/n by Tango's paired score "
+        f"interval; Wilson intervals, paired bootstrap of {t.resamples} resamples for the AUC, exact McNemar): "
+        "pass = every tolerance proven; fail = evidence of a breach "
         "(or agreement under the minimum); not proven = the test set is too small to tell.",
         "",
         f"**Result: {report.verdict.upper()}**",
@@ -117,16 +118,17 @@ def _interval(pair, scale: float = 1.0, spec: str = ".3f") -> str:
 def _statistics_table(report: ParityReport) -> list[str]:
     pct = f"{100 * report.thresholds.confidence:g}%"
     lines = ["", "## Intervals and tests", "",
-             f"| file | verdict | accuracy {pct} (Wilson) | Δ accuracy pts {pct} (bootstrap) | "
-             f"Δ macro AUC {pct} (bootstrap) | agreement {pct} (Wilson) | McNemar b/c | McNemar p | "
-             "images needed |", "|" + "---|" * 9]
+             f"| file | verdict | accuracy {pct} (Wilson) | drop pts {pct} (Tango, paired) | "
+             f"Δ accuracy pts {pct} (bootstrap) | Δ macro AUC {pct} (bootstrap) | agreement {pct} (Wilson) | "
+             "McNemar b/c | McNemar p | images needed |", "|" + "---|" * 10]
     for f in report.files:
         s = f.statistics
         if not s:
-            lines.append(f"| {f.file} | {f.verdict} | - | - | - | - | - | - | - |")
+            lines.append(f"| {f.file} | {f.verdict} | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
             f"| {f.file} | {f.verdict} | {_interval(s['accuracy_ci'])} | "
+            f"{_interval(s.get('accuracy_drop_ci', (float('nan'),) * 2), 100.0, '+.2f')} | "
             f"{_interval(s['accuracy_diff_ci'], 100.0, '+.2f')} | {_interval(s['macro_auc_diff_ci'], 1.0, '+.4f')} | "
             f"{_interval(s['agreement_ci'])} | {s['ref_right_file_wrong']}/{s['ref_wrong_file_right']} | "
             f"{s['mcnemar_p']:.3g} | {f.images_needed if f.images_needed else '-'} |")
