@@ -100,10 +100,10 @@ def map_statistics(run_dir: Path, bundle: Path) -> dict:
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.data.dataset import load_pixels, read_split
     from tumor_edge.export.trust_outputs import map_correlation
+    from tumor_edge.modelside.cam import trust_model
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.preprocess import scale
     from tumor_edge.runtime.reference import listed_models
-    from tumor_edge.train.cam import trust_model
 
     meta = BundleMetadata.read(bundle)
     _, test = read_split(Path(run_dir) / "split.json", "test")

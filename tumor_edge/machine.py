@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.contracts.formats import ENGINES
+
 # Instruction-set flags that decide how fast fp32, fp16 and int8 kernels can be, as /proc/cpuinfo names them.
 # x86: AVX2/FMA (the fp32 baseline), AVX-512, VNNI (int8 dot products: avx512_vnni, avx_vnni), AMX (tile
 # matrix units). ARM: asimddp (SDOT/UDOT, int8 dot product), i8mm (int8 matrix multiply), fphp/asimdhp (fp16).
@@ -35,11 +37,10 @@ INT8_ACCELERATION: tuple[tuple[str, str], ...] = (
     ("asimddp", "ARM dot product (SDOT/UDOT)"),
 )
 
-# Distribution names to report; the first that is installed wins for each label.
+# Distribution names to report; the first that is installed wins for each label. The engines' own come from
+# their rows in the format table (`packages()`), so an engine added there is reported without an edit here.
 PACKAGES: dict[str, tuple[str, ...]] = {
     "numpy": ("numpy",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-    "litert": ("ai-edge-litert", "ai-edge-litert-nightly", "tflite-runtime"),
     "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-aarch64"),
     "keras": ("keras",),
     "onnx": ("onnx",),
@@ -110,13 +111,19 @@ def physical_cores(blocks: list[dict[str, str]]) -> int | None:
     return len(pairs) or None
 
 
+def packages() -> dict[str, tuple[str, ...]]:
+    """label -> distribution names: numpy, then every engine of the format table, then the rest of PACKAGES."""
+    engines = {name: engine.packages for name, engine in ENGINES.items() if engine.packages}
+    return {"numpy": PACKAGES["numpy"], **engines, **{k: v for k, v in PACKAGES.items() if k != "numpy"}}
+
+
 def package_versions() -> dict[str, str | None]:
     # importlib.metadata brings zipfile, email, csv, socket: ~2 MB and ~10 ms that classify's cache lookup
     # (cpu_isa) must not pay
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for label, names in PACKAGES.items():
+    for label, names in packages().items():
         out[label] = None
         for name in names:
             try:
@@ -187,7 +194,9 @@ def machine_summary(info: dict[str, Any]) -> str:
     interesting = [f for f in present if f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
                                                "asimddp", "i8mm", "sve")]
     pk = info.get("packages", {})
+    versions = [f"{engine.title} {pk.get(name)}" for name, engine in ENGINES.items() if engine.packages]
+    versions.append(f"TensorFlow {pk.get('tensorflow')}")
     return (f"{info.get('cpu_model')} ({info.get('usable_cpus')} usable CPUs"
             f"{', VM' if info.get('virtualized') else ''}; {' '.join(interesting) or 'no AVX2'}); "
             f"int8: {', '.join(info.get('int8_acceleration', []))}; {info.get('os')}; Python {info.get('python')}; "
-            f"onnxruntime {pk.get('onnxruntime')}, LiteRT {pk.get('litert')}, TensorFlow {pk.get('tensorflow')}")
+            f"{', '.join(versions)}")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tumor_edge.calibration import apply_temperature, expected_calibration_error
-from tumor_edge.calibration.ece import ece_before_after, undo_temperature
 from tumor_edge.calibration.plots import reliability_grid
+from tumor_edge.calibration.temperature import ece_before_after, undo_temperature
 
 
 def test_ece_on_known_numbers():

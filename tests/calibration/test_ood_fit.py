@@ -41,7 +41,7 @@ def blob_ood():
     """The blob CNN's pooled features on validation, held-out, and never-seen inputs (noise, inverted scans,
     smooth random fields, a constant grey), with the Mahalanobis fit on validation at tpr 0.95."""
     from tests.trust_models import blob_cnn, blob_images
-    from tumor_edge.train.cam import features_model, trust_model
+    from tumor_edge.modelside.cam import features_model, trust_model
 
     cnn = blob_cnn()[0]
     features = features_model(cnn)
@@ -84,7 +84,7 @@ def test_energy_of_logits_is_measured_not_assumed(blob_ood):
     """Why Mahalanobis is the default: this records the energy score's behaviour on the same model. If a
     future model made energy separate these sets, this test says so (and the default can be revisited)."""
     from tests.trust_models import blob_cnn
-    from tumor_edge.train.cam import logits_model
+    from tumor_edge.modelside.cam import logits_model
 
     fit, f, test, _ = blob_ood
     logits = logits_model(blob_cnn()[0])

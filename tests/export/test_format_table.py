@@ -1,6 +1,7 @@
-"""The format table drives export: the CLI's choices come from it, and a new format is one converter module plus
-one table row (exported, stamped, listed in metadata and parity-checked with no other change); a converter that
-fails becomes a failed row, not a crash, and its half-written file is removed."""
+"""The format table drives export: the CLI's choices come from it, and a new format is one converter (registered
+by its key in tumor_edge.export.formats) plus one table row (exported, stamped, listed in metadata and
+parity-checked with no other change); a converter that fails becomes a failed row, not a crash, and its
+half-written file is removed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tumor_edge.contracts.bundle import METADATA_FILE, PARITY_JSON
 from tumor_edge.contracts.formats import CONTAINERS, ENABLING_OPTIONS, FORMATS, ModelFormat
 from tumor_edge.errors import ConfigError, ModelError
 from tumor_edge.export.config import ExportConfig
+from tumor_edge.export.formats import CONVERTERS
 
 SIZE = 32
 
@@ -83,14 +85,15 @@ def pooling_model(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_a_new_format_is_one_module_and_one_row(pooling_model, toy_dataset, tmp_path, monkeypatch):
+    from tests.export import hand_format
     from tumor_edge.export.exporter import export_bundle
     from tumor_edge.runtime.classifier import read_onnx_metadata
 
-    hand = ModelFormat("onnx-hand", "onnx", "fp32", "model_hand.onnx", "onnxruntime",
-                       "tests.export.hand_format:convert")
-    broken = ModelFormat("onnx-broken", "onnx", "fp32", "model_broken.onnx", "onnxruntime",
-                         "tests.export.hand_format:broken")
+    hand = ModelFormat("onnx-hand", "onnx", "fp32", "model_hand.onnx", "onnxruntime")
+    broken = ModelFormat("onnx-broken", "onnx", "fp32", "model_broken.onnx", "onnxruntime")
     monkeypatch.setattr(formats, "FORMATS", FORMATS + (hand, broken))
+    monkeypatch.setitem(CONVERTERS, hand.key, hand_format.convert)
+    monkeypatch.setitem(CONVERTERS, broken.key, hand_format.broken)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     out = tmp_path / "bundle"
     config = ExportConfig(source=pooling_model, out=out, formats=("onnx",), classes=list(CLASSES),
@@ -119,9 +122,9 @@ def test_converters_run_in_their_own_processes(pooling_model, tmp_path, monkeypa
     child for rows made from another file), so its memory goes back to the system; isolate=False runs it here."""
     from tumor_edge.export.exporter import export_bundle
 
-    probe = ModelFormat("onnx-probe", "onnx", "fp32", "model_probe.onnx", "onnxruntime",
-                        "tests.export.test_format_table:_pid_probe")
+    probe = ModelFormat("onnx-probe", "onnx", "fp32", "model_probe.onnx", "onnxruntime")
     monkeypatch.setattr(formats, "FORMATS", (probe,))
+    monkeypatch.setitem(CONVERTERS, probe.key, _pid_probe)
     out = tmp_path / "bundle"
     result = export_bundle(ExportConfig(source=pooling_model, out=out, classes=list(CLASSES), preprocess="unit",
                                         parity=False, show_progress=False))

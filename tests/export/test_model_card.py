@@ -70,7 +70,7 @@ def test_card_has_every_section_and_the_metadata_numbers(quadrant_bundle_with_fi
 def test_card_shows_each_files_calibration(quadrant_bundle_with_figures):
     """Parity's per-file ECE (before/after the bundle's temperature) is copied into the card's calibration
     section, beside the run's figures; a parity record without it adds no table."""
-    from tumor_edge.calibration.ece import ece_before_after
+    from tumor_edge.calibration.temperature import ece_before_after
 
     _, meta = quadrant_bundle_with_figures
     parity = meta["metrics"]["parity"]

@@ -24,7 +24,7 @@ pytest.importorskip("tf2onnx")
 def converted(tmp_path_factory):
     from tumor_edge.export.onnx_export import export_onnx_fp32
     from tumor_edge.export.tflite_export import export_saved_model, export_tflite_fp32, export_tflite_int8
-    from tumor_edge.train.cam import features_model
+    from tumor_edge.modelside.cam import features_model
 
     cnn, train = blob_cnn()
     val = blob_images(200, seed=21)

@@ -124,16 +124,18 @@ def test_export_loads_tensorflow_once_and_keeps_it_out_of_derived_rows(tmp_path,
     from tumor_edge.contracts.formats import ModelFormat
     from tumor_edge.export.config import ExportConfig
     from tumor_edge.export.exporter import export_bundle
+    from tumor_edge.export.formats import CONVERTERS
 
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(4, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(inputs))
     model = keras.Model(inputs, outputs)
     model.get_layer("head").set_weights([np.random.default_rng(0).normal(0, 8, (3, 4)), np.zeros(4)])
     model.save(tmp_path / "m.keras")
-    rows = (ModelFormat("onnx-a", "onnx", "fp32", "model_a.onnx", "onnxruntime", f"{__name__}:pid_probe"),
-            ModelFormat("onnx-b", "onnx", "fp16", "model_b.onnx", "onnxruntime", f"{__name__}:pid_probe"),
-            ModelFormat("onnx-c", "onnx", "int8", "model_c.onnx", "onnxruntime", f"{__name__}:derived_probe",
-                        needs="onnx-a"))
+    rows = (ModelFormat("onnx-a", "onnx", "fp32", "model_a.onnx", "onnxruntime"),
+            ModelFormat("onnx-b", "onnx", "fp16", "model_b.onnx", "onnxruntime"),
+            ModelFormat("onnx-c", "onnx", "int8", "model_c.onnx", "onnxruntime", needs="onnx-a"))
+    for key, function in (("onnx-a", pid_probe), ("onnx-b", pid_probe), ("onnx-c", derived_probe)):
+        monkeypatch.setitem(CONVERTERS, key, function)
     monkeypatch.setattr(formats, "FORMATS", rows)
     result = export_bundle(ExportConfig(source=tmp_path / "m.keras", out=tmp_path / "bundle", classes=list("abcd"),
                                         preprocess="unit", parity=False, show_progress=False))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.trust_models import BLOB_SIZE, blob_cnn, blob_images
-from tumor_edge.train.cam import HEATMAP_ROLE, NoCamHeadError, find_cam_head, heatmap_model, logits_model
+from tumor_edge.modelside.cam import HEATMAP_ROLE, NoCamHeadError, find_cam_head, heatmap_model, logits_model
 
 keras = pytest.importorskip("keras")
 

@@ -77,7 +77,7 @@ def _image_pool(config: BenchConfig, subject: Subject) -> ImagePool:
 def _macs(subject: Subject) -> int | None:
     """MACs per image from the bundle's fp32 ONNX (else any ONNX file it lists); all formats share the
     architecture."""
-    suffix = ENGINES["onnxruntime"]
+    suffix = ENGINES["onnxruntime"].suffix
     candidates = sorted((t for t in subject.targets if t.path.suffix.lower() == suffix),
                         key=lambda t: t.precision != "fp32")
     paths = [t.path for t in candidates]

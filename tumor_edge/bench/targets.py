@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +28,7 @@ KERAS_SUFFIX = ".keras"
 class Target:
     key: str  # "onnx-fp32", "tflite-int8", "keras", ...
     path: Path
-    engine: str  # "onnxruntime" | "litert" | "keras"
+    engine: str  # a format-table engine ("onnxruntime", "litert", ...) or "keras"
     precision: str
 
 
@@ -105,18 +104,9 @@ class KerasReferenceSession:
         self.worker.close()
 
 
-# Engine -> how a target of it is opened. Every engine of the format table runs through the device runtime in
-# this process; "keras" (the reference, not a bundle format) in a TensorFlow worker process.
-SESSIONS: dict[str, Callable[..., Session]] = {
-    **dict.fromkeys(ENGINES, RuntimeSession),
-    KERAS_KEY: KerasReferenceSession,
-}
-
-# Python packages an engine needs beyond the runtime's own (absent here: always installed with tumor-edge).
-ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
-    "litert": ("ai_edge_litert", "pip install 'tumor-edge[tflite]'"),
-    KERAS_KEY: ("tensorflow", "pip install 'tumor-edge[train]'"),
-}
+# The Keras reference is not an engine of the format table (no bundle holds it): bench's own row, opened in a
+# TensorFlow worker process. Every engine of the table runs through the device runtime in this process.
+KERAS_PACKAGE = ("tensorflow", "pip install 'tumor-edge[train]'")
 
 
 def engine_of(path: Path) -> str | None:
@@ -126,19 +116,29 @@ def engine_of(path: Path) -> str | None:
     return engine_for_suffix(path.suffix)
 
 
+def _required_module(engine: str) -> tuple[str | None, str]:
+    """The module an engine needs beyond the runtime's own, and how to install it (the format table's row)."""
+    if engine == KERAS_KEY:
+        return KERAS_PACKAGE
+    row = ENGINES[engine]
+    return row.module, row.install_hint()
+
+
 def engine_missing(path: Path) -> str | None:
     """Why this file cannot be timed here (no engine runs it, or its engine is not installed), or None."""
     engine = engine_of(path)
     if engine is None:
         return f"no engine for {path.suffix!r} files"
-    module, hint = ENGINE_PACKAGES.get(engine, (None, ""))
+    module, hint = _required_module(engine)
     if module and importlib.util.find_spec(module) is None:
         return f"{module} is not installed ({hint})"
     return None
 
 
 def open_session(target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path) -> Session:
-    return SESSIONS[target.engine](target, threads, inputs, classes, workdir)
+    """The Keras reference in its worker, any engine of the format table through the runtime, here."""
+    kind = KerasReferenceSession if target.engine == KERAS_KEY else RuntimeSession
+    return kind(target, threads, inputs, classes, workdir)
 
 
 def target_for(key: str, path: Path, precision: str) -> Target:

@@ -187,3 +187,24 @@ def calibration_summary(scores: np.ndarray, labels: np.ndarray, fit: Temperature
             "ece_after": expected_calibration_error(calibrated, labels, bins),
             "nll_before": negative_log_likelihood(z, labels), "nll_after": negative_log_likelihood(z, labels,
                                                                                                    fit.temperature)}
+
+
+def undo_temperature(calibrated: np.ndarray, temperature: float | None) -> np.ndarray:
+    """The probabilities before scaling, from ones scaled by `temperature` (the runtime's output).
+
+    Exact up to float rounding: scaling is p_k^(1/T) renormalised, so scaling again by 1/T gives p back. Parity
+    uses it to score a file's own (raw) calibration from the very probabilities the device returned, rather than
+    running the file a second time with the scaling switched off."""
+    if temperature is None or temperature == 1.0:
+        return np.asarray(calibrated)
+    return apply_temperature(np.asarray(calibrated, np.float64), 1.0 / float(temperature))
+
+
+def ece_before_after(raw: np.ndarray, labels: np.ndarray, temperature: float | None,
+                     bins: int = DEFAULT_BINS) -> dict[str, float | int | None]:
+    """ECE of raw probabilities and of the same probabilities scaled by `temperature` (None: no scaling
+    recorded, so both are the raw figure): the per-file calibration a parity report carries."""
+    t = 1.0 if temperature is None else float(temperature)
+    return {"temperature": temperature, "bins": bins, "images": int(len(np.asarray(labels).reshape(-1))),
+            "ece_before": expected_calibration_error(raw, labels, bins),
+            "ece_after": expected_calibration_error(apply_temperature(np.asarray(raw, np.float64), t), labels, bins)}

@@ -27,7 +27,7 @@ from tumor_edge.contracts.bundle import (
     _is_hex,
     check_member_name,
 )
-from tumor_edge.contracts.formats import ENGINES
+from tumor_edge.contracts.formats import format_names
 from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.errors import BundleIntegrityError, ConfigError, first_line
 
@@ -213,7 +213,7 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
         raise ConfigError(f"field 'models.{name}' must be an object")
     entry = dict(entry)
     fmt = _require(entry, "format", str, where)
-    if fmt not in {s.lstrip(".") for s in ENGINES.values()}:
+    if fmt not in format_names():
         raise ConfigError(f"field '{where}format' names an unknown format {fmt[:40]!r}")
     if not name.lower().endswith("." + fmt):
         raise ConfigError(f"field '{where}format' is {fmt!r} but the file name does not end in .{fmt}")

@@ -1,32 +1,101 @@
-"""The format table: every file a bundle can hold, and what makes, runs and benchmarks it.
+"""The format table: every engine a device can run, every file a bundle can hold, and what makes each one.
 
-One row per exported file (Ultralytics-style). The export CLI's choices, the order in which a device picks a
-bundle's default model, the benchmark's engines and the list of files a bundle may hold are all derived from
-this table, so adding a format is one row here plus one converter module (named by `converter`) and, for a new
-engine, one backend in `tumor_edge.runtime.backends`.
+Two tables of plain data, read by every part that needs an engine's or a format's facts instead of repeating them:
 
-Converters are named as "module:function" strings and resolved only when that format is exported: the table is
-importable on a device without TensorFlow.
+- `ENGINES`, one `Engine` per inference engine: the file suffixes it runs, the extra that installs it, the module
+  probed to tell whether it is installed, the distributions to report, and the runtime module that opens its
+  files. The runtime's backend registry, bench's targets, `tumor-edge env`, the machine description and the demo
+  read it.
+- `FORMATS`, one `ModelFormat` per exported file (Ultralytics-style): the export CLI's choices, the order in which
+  a device picks a bundle's default model, the benchmark's rows and the list of files a bundle may hold are all
+  derived from it.
+
+Adding an engine is a backend module (tumor_edge/runtime/backends/, named by its row's `backend`) plus its row
+here plus its test; adding a format is a converter module in tumor_edge/export/formats/ (registered there by key)
+plus its row here plus its test.
+
+Why the rows hold only data: contracts are the vocabulary every part shares, and a device without TensorFlow
+imports this module, so it imports no engine, no numpy and no converter (pyproject's import contracts say so).
+An engine's backend is therefore named by its module path (`Engine.backend`), which the runtime's registry
+imports only when a file of that engine is opened; a format's converter is found by its key in the export side's
+registry (tumor_edge.export.formats), which this module never sees.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Engine -> the file suffix its files carry. The runtime's backend registry is keyed by the same names.
-ENGINES: dict[str, str] = {"onnxruntime": ".onnx", "litert": ".tflite"}
+
+@dataclass(frozen=True)
+class Engine:
+    """One inference engine and every fact about it that more than one part needs."""
+
+    name: str  # "onnxruntime": the key formats, bundles' backends and benchmark records use
+    suffixes: tuple[str, ...]  # its model's files: the first names the model, the others travel beside it
+    backend: str  # the module under tumor_edge.runtime.backends whose BACKEND opens its files
+    label: str = ""  # how people write it ("LiteRT"); the name when empty
+    extra: str | None = None  # the pip extra that installs it; None: every install has it
+    module: str | None = None  # the top-level module probed (found, never imported) to tell whether it is here
+    packages: tuple[str, ...] = ()  # distribution names that provide it, reported by env and bench (first wins)
+
+    def __post_init__(self) -> None:
+        if not self.suffixes or any(not s.startswith(".") or s != s.lower() for s in self.suffixes):
+            raise ValueError(f"engine {self.name!r}: suffixes must be lower-case and start with '.'")
+
+    @property
+    def suffix(self) -> str:
+        """The suffix of the file a model is named by (".onnx"; ".xml" for an .xml + .bin pair)."""
+        return self.suffixes[0]
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    def install_hint(self) -> str:
+        return f"pip install 'tumor-edge[{self.extra}]'" if self.extra else "pip install tumor-edge"
+
+    def companions(self, file_name: str) -> tuple[str, ...]:
+        """The other files that travel with a model file of this engine ("m.xml" -> ("m.bin",))."""
+        stem = file_name[: -len(self.suffix)] if file_name.lower().endswith(self.suffix) else file_name
+        return tuple(stem + s for s in self.suffixes[1:])
+
+
+ENGINES: dict[str, Engine] = {}
+
+
+def register_engine(engine: Engine) -> Engine:
+    """Add an engine to the table (the built-in rows below, or a test's). A suffix already claimed by another
+    engine is refused: one file must never be opened by two engines."""
+    for other in ENGINES.values():
+        if other.name != engine.name and set(other.suffixes) & set(engine.suffixes):
+            raise ValueError(f"engine {engine.name!r} claims {sorted(set(other.suffixes) & set(engine.suffixes))}, "
+                             f"which {other.name!r} runs")
+    ENGINES[engine.name] = engine
+    return engine
+
+
+def unregister_engine(name: str) -> None:
+    """Remove an engine (a test's, when the test ends)."""
+    ENGINES.pop(name, None)
+
+
+register_engine(Engine("onnxruntime", (".onnx",), "tumor_edge.runtime.backends.onnxruntime_backend",
+                       label="onnxruntime",
+                       packages=("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")))
+register_engine(Engine("litert", (".tflite",), "tumor_edge.runtime.backends.litert_backend", label="LiteRT",
+                       extra="tflite", module="ai_edge_litert",
+                       packages=("ai-edge-litert", "ai-edge-litert-nightly", "tflite-runtime")))
 
 
 @dataclass(frozen=True)
 class ModelFormat:
-    """One kind of exported file."""
+    """One kind of exported file. Its converter is registered under `key` in tumor_edge.export.formats."""
 
-    key: str  # "onnx-int8": the name users and benchmark records use
+    key: str  # "onnx-int8": the name users, benchmark records and the converter registry use
     format: str  # container: "onnx" | "tflite" (the --formats choices)
     precision: str  # "fp32" | "fp16" | "int8"
-    file: str  # its file name inside a bundle
+    file: str  # its (first) file name inside a bundle; an engine with several suffixes adds the others
     engine: str  # a key of ENGINES: what runs it on the device
-    converter: str  # "module:function" that writes it: fn(ctx, dst) -> dict of facts for metadata
     enabled_by: str | None = None  # the export option that adds it ("int8", "fp16"); None: always made
     needs: str | None = None  # the key of a format this one is converted from (exported first)
     default_rank: int | None = None  # device preference when a bundle is named without a file (lower first)
@@ -34,24 +103,25 @@ class ModelFormat:
 
     @property
     def suffix(self) -> str:
-        return ENGINES[self.engine]
+        return ENGINES[self.engine].suffix
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file this format writes into a bundle: the model file, then its engine's companions."""
+        return (self.file, *ENGINES[self.engine].companions(self.file))
 
 
 FORMATS: tuple[ModelFormat, ...] = (
-    ModelFormat("onnx-fp32", "onnx", "fp32", "model_fp32.onnx", "onnxruntime",
-                "tumor_edge.export.formats.onnx_fp32:convert", default_rank=1),
-    ModelFormat("onnx-fp16", "onnx", "fp16", "model_fp16.onnx", "onnxruntime",
-                "tumor_edge.export.formats.onnx_fp16:convert", enabled_by="fp16", needs="onnx-fp32"),
-    ModelFormat("onnx-int8", "onnx", "int8", "model_int8.onnx", "onnxruntime",
-                "tumor_edge.export.formats.onnx_int8:convert", enabled_by="int8", needs="onnx-fp32",
-                default_rank=0),
-    ModelFormat("tflite-fp32", "tflite", "fp32", "model_fp32.tflite", "litert",
-                "tumor_edge.export.formats.tflite_fp32:convert", default_rank=4),
-    ModelFormat("tflite-fp16", "tflite", "fp16", "model_fp16.tflite", "litert",
-                "tumor_edge.export.formats.tflite_fp16:convert", enabled_by="fp16", default_rank=3),
-    ModelFormat("tflite-int8", "tflite", "int8", "model_int8.tflite", "litert",
-                "tumor_edge.export.formats.tflite_int8:convert", enabled_by="int8", default_rank=2,
-                background=True),
+    ModelFormat("onnx-fp32", "onnx", "fp32", "model_fp32.onnx", "onnxruntime", default_rank=1),
+    ModelFormat("onnx-fp16", "onnx", "fp16", "model_fp16.onnx", "onnxruntime", enabled_by="fp16",
+                needs="onnx-fp32"),
+    ModelFormat("onnx-int8", "onnx", "int8", "model_int8.onnx", "onnxruntime", enabled_by="int8",
+                needs="onnx-fp32", default_rank=0),
+    ModelFormat("tflite-fp32", "tflite", "fp32", "model_fp32.tflite", "litert", default_rank=4),
+    ModelFormat("tflite-fp16", "tflite", "fp16", "model_fp16.tflite", "litert", enabled_by="fp16",
+                default_rank=3),
+    ModelFormat("tflite-int8", "tflite", "int8", "model_int8.tflite", "litert", enabled_by="int8",
+                default_rank=2, background=True),
 )
 
 BY_KEY: dict[str, ModelFormat] = {f.key: f for f in FORMATS}
@@ -64,8 +134,8 @@ ENABLING_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(f.enabled_by for f in FO
 # Bundle file names a device tries, in order, when told only the bundle.
 DEFAULT_MODEL_PREFERENCE: tuple[str, ...] = tuple(
     f.file for f in sorted((f for f in FORMATS if f.default_rank is not None), key=lambda f: f.default_rank))
-# Every model file name a bundle may hold.
-BUNDLE_MODEL_FILES: tuple[str, ...] = tuple(f.file for f in FORMATS)
+# Every model file name a bundle may hold (companion files included).
+BUNDLE_MODEL_FILES: tuple[str, ...] = tuple(name for f in FORMATS for name in f.files)
 
 
 def format_of(file_name: str) -> ModelFormat | None:
@@ -74,9 +144,20 @@ def format_of(file_name: str) -> ModelFormat | None:
 
 
 def engine_for_suffix(suffix: str) -> str | None:
-    """The engine that runs files with this suffix (".onnx" -> "onnxruntime"), None if none does."""
+    """The engine whose model files carry this suffix (".onnx" -> "onnxruntime"), None if none does. A companion
+    suffix (an engine's second file) names no engine: that file is not a model by itself."""
     suffix = suffix.lower()
-    return next((engine for engine, s in ENGINES.items() if s == suffix), None)
+    return next((e.name for e in ENGINES.values() if e.suffix == suffix), None)
+
+
+def model_suffixes() -> tuple[str, ...]:
+    """The suffixes of every engine's model files (".onnx", ".tflite", ...), in table order."""
+    return tuple(e.suffix for e in ENGINES.values())
+
+
+def format_names() -> frozenset[str]:
+    """The `format` a bundle's model entry may declare: an engine's model suffix without its dot."""
+    return frozenset(s.lstrip(".") for s in model_suffixes())
 
 
 def select(containers: tuple[str, ...] | list[str], options: set[str] | frozenset[str]) -> list[ModelFormat]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tumor_edge.demo.pipeline import DemoContext
+    from tumor_edge.demo.context import DemoContext
 
 
 def _pct(value: float | None) -> str:

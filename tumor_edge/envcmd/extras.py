@@ -1,20 +1,40 @@
 """The optional extras and the modules each brings: one table for `tumor-edge env`, the CLI's missing-extra
-message and the test that declared dependencies match imports. Imports nothing heavy."""
+message and the test that declared dependencies match imports. Imports nothing heavy.
+
+An engine's extra is not written here: it comes from the engine's row in the format table
+(tumor_edge.contracts.formats.ENGINES), read when asked, so an engine added there is reported by `env` as is.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 
-# extra -> the top-level modules it provides (import names, not distribution names)
-EXTRAS: dict[str, tuple[str, ...]] = {
+from tumor_edge.contracts.formats import ENGINES
+
+# extra -> the top-level modules it provides (import names, not distribution names); engines' extras are added
+# from the format table by `all_extras`
+OWN_EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib", "nibabel", "nilearn", "scipy",
               "sympy"),
-    "tflite": ("ai_edge_litert",),
     "dicom": ("pydicom",),
     "serve": ("starlette", "uvicorn", "python_multipart"),
     "nifti": ("nibabel",),
     "sign": ("model_signing", "OpenSSL", "cryptography"),  # model-signing imports pyOpenSSL without declaring it
 }
+
+
+def all_extras() -> dict[str, tuple[str, ...]]:
+    """extra -> its modules: the table above plus each engine's extra and probed module, as the format table
+    has them now."""
+    out = dict(OWN_EXTRAS)
+    for engine in ENGINES.values():
+        if engine.extra and engine.module:
+            out[engine.extra] = tuple(dict.fromkeys(out.get(engine.extra, ()) + (engine.module,)))
+    return out
+
+
+# The extras of this install's tables, as imported (the install test compares them with pyproject's extras).
+EXTRAS: dict[str, tuple[str, ...]] = all_extras()
 
 # command -> (the extra it needs beyond the runtime install, the modules checked before it starts); commands not
 # listed need none. The check runs before the command's own work, so `train` on the runtime install says which
@@ -34,9 +54,10 @@ def extra_for(module: str | None, command: str | None = None) -> str | None:
     """The extra that provides top-level `module` (the command's own extra first), None if no extra does."""
     top = (module or "").split(".")[0]
     own = COMMAND_NEEDS.get(command or "", (None, ()))[0]
-    if own and top in EXTRAS[own]:
+    extras = all_extras()
+    if own and top in extras[own]:
         return own
-    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+    return next((extra for extra, modules in extras.items() if top in modules), None)
 
 
 def installed(module: str) -> bool:
@@ -56,4 +77,4 @@ def missing_for(command: str) -> tuple[str, list[str]] | None:
 
 def extras_present() -> dict[str, dict[str, bool]]:
     """extra -> {module: installed}."""
-    return {extra: {m: installed(m) for m in modules} for extra, modules in EXTRAS.items()}
+    return {extra: {m: installed(m) for m in modules} for extra, modules in all_extras().items()}

@@ -30,7 +30,8 @@ class ChildFailed(RuntimeError):
 
 
 def resolve(target: str | Callable) -> Callable:
-    """The function a format table's "module:function" string names, imported now (not when the table is)."""
+    """The function a "module:function" string names, imported now, in the process that runs it (the export's jobs
+    name the TensorFlow-side functions this way so the parent never imports their modules); a callable as is."""
     if callable(target):
         return target
     import importlib

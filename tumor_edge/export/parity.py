@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.ece import ece_before_after, undo_temperature
+from tumor_edge.calibration.temperature import ece_before_after, undo_temperature
 from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata
 from tumor_edge.export.config import ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge

@@ -9,8 +9,7 @@ from pathlib import Path
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES, Preprocessing
 from tumor_edge.errors import ModelError
-from tumor_edge.export.outputs import probe_outputs, rows_are_probabilities, settle_output
-from tumor_edge.export.source import (
+from tumor_edge.export.model_source import (
     ModelSource,
     SourceOptions,
     calibration_from_folder,
@@ -19,6 +18,7 @@ from tumor_edge.export.source import (
     require_foreign_options,
     test_from_folder,
 )
+from tumor_edge.export.outputs import probe_outputs, rows_are_probabilities, settle_output
 
 NO_HEATMAP = "no heatmaps: an ONNX model made elsewhere has no class-activation head tumor-edge can read"
 

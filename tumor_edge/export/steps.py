@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from tumor_edge.contracts.formats import ModelFormat
 from tumor_edge.errors import first_line
 from tumor_edge.export.context import ExportContext, ExportedFile
+from tumor_edge.export.formats import converter_for
 from tumor_edge.export.isolate import ChildJob, InlineJob
 from tumor_edge.progress import progress
 
@@ -36,12 +37,13 @@ class _Step:
         self.on_worker = worker is not None
         self.job = None
         try:
+            convert = converter_for(fmt.key)  # the function itself: it travels to the worker or child by reference
             if worker is not None:  # the worker logs the step's start and end when they happen
-                self.job = worker.submit(fmt.converter, (ctx, self.dst), fmt.key, step=True)
+                self.job = worker.submit(convert, (ctx, self.dst), fmt.key, step=True)
             else:
                 log.info("export step %s start", fmt.key)
                 kind = InlineJob if (ctx.config.debug or not ctx.config.isolate) else ChildJob
-                self.job = kind(fmt.converter, (ctx, self.dst), ctx.work, fmt.key)
+                self.job = kind(convert, (ctx, self.dst), ctx.work, fmt.key)
         except Exception as err:  # an inline converter fails while starting; a child reports in wait()
             if ctx.config.debug:
                 raise

@@ -33,7 +33,7 @@ class TrustExport:
 def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Path | None = None,
                  heatmaps: bool = True) -> TrustExport:
     """The model to convert and the trust metadata, from the Keras model and what train recorded."""
-    from tumor_edge.train.cam import NoCamHeadError, find_cam_head, heatmap_output_spec, trust_model
+    from tumor_edge.modelside.cam import NoCamHeadError, find_cam_head, heatmap_output_spec, trust_model
 
     run_extra = run_extra or {}
     calibration = run_extra.get("calibration") or {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
-from tumor_edge.runtime.image import FRAME_CHOICES, release_frames, select_frames
+from tumor_edge.runtime.frames import FRAME_CHOICES, release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
 __all__ = ["FRAME_CHOICES", "DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom", "read_dicom_frames",

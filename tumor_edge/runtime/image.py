@@ -10,7 +10,6 @@ non-finite pixels) are reported on the `tumor_edge.input` logger as warnings; th
 from __future__ import annotations
 
 import logging
-import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import (
     BLOCK_PIXELS,
     MAX_DECODED_BYTES,
-    MAX_FRAMES,
     MAX_PIXELS,
     Decoded,
     check_decoded,
     check_file_size,
     check_total,
 )
+from tumor_edge.runtime.frames import FRAME_CHOICES, release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular, read_head, stat_regular
 
 # Pillow's own decompression-bomb guard raises above twice its limit and only warns between one and two times;
@@ -41,8 +40,6 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-# Which frames of a multi-frame file (a DICOM series, a multi-page TIFF, an animated GIF) to classify.
-FRAME_CHOICES = ("middle", "all")
 HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 log = logging.getLogger("tumor_edge.input")
@@ -165,22 +162,6 @@ class Frame:
         return f"frame {self.index} of {self.count}" if self.count > 1 else None
 
 
-def select_frames(frames: str | int, count: int, path: str | Path) -> list[int]:
-    """The frame indices `frames` ("middle", "all" or an index) picks from a file of `count` frames."""
-    if frames == "all":
-        if count > MAX_FRAMES:
-            raise InputImageError(f"the file holds {count} frames; classifying all of them is limited to "
-                                  f"{MAX_FRAMES} frames a file", path)
-        return list(range(count))
-    if frames == "middle":
-        return [count // 2]
-    if isinstance(frames, int) and not isinstance(frames, bool):
-        if not 0 <= frames < count:
-            raise InputImageError(f"no frame {frames}: the file holds {count}", path)
-        return [frames]
-    raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
-
-
 def _pil_size(image: Image.Image, frames: int = 1) -> Decoded:
     """What Pillow will allocate for `frames` frames of this image (taken from the header, nothing decoded)."""
     try:
@@ -190,20 +171,6 @@ def _pil_size(image: Image.Image, frames: int = 1) -> Decoded:
         channels, sample = 4, 1
     width, height = image.size
     return Decoded(width, height, channels, sample, frames)
-
-
-def release_frames(err: BaseException) -> None:
-    """Drop the local variables of the finished frames in an exception's traceback (and its causes').
-
-    A decoder that fails half-way leaves its partly decoded image referenced from its frame (Pillow's decoder
-    holds the image core): while a batch keeps the error to report it, that memory would stay alive, 36 MB for a
-    truncated 9-megapixel JPEG. Cleared frames keep their file and line, so --debug still shows the traceback.
-    """
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        traceback.clear_frames(err.__traceback__)
-        err = err.__cause__ or err.__context__
 
 
 def _decode_error(err: Exception, path: Path) -> InputImageError:
@@ -255,7 +222,7 @@ def _pil_frames(path: Path, frames: str | int) -> list[Frame]:
 
 
 def _dicom_frames(path: Path, frames: str | int) -> list[Frame]:
-    from tumor_edge.runtime.dicom import read_dicom_frames
+    from tumor_edge.runtime.dicom import read_dicom_frames  # here: a JPEG run never loads the DICOM reader
 
     out = []
     for f in read_dicom_frames(path, frames):

@@ -10,7 +10,7 @@ intensity rules are `volume_slices`', the ones the demo's training scans were ma
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from PIL import Image
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
 from tumor_edge.runtime.ood_checks import content_warnings
+from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import (
     AXES,
     MAX_CANVAS_PIXELS,
@@ -33,30 +34,6 @@ from tumor_edge.runtime.volume_slices import (
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_CHOICES = ("middle", "all")  # or a whole number N
-
-
-@dataclass
-class Volume:
-    """A volume ready to slice: stored values in RAS voxel order, `values = stored * slope + intercept` (slope
-    and intercept broadcast against `stored`: per file for a DICOM series), voxel sizes in mm (RAS order)."""
-
-    source: str
-    stored: np.ndarray  # (X, Y, Z) in RAS order; a view of what was read
-    spacing: tuple[float, float, float]
-    slope: np.ndarray | float = 1.0
-    intercept: np.ndarray | float = 0.0
-    notes: list[str] = field(default_factory=list)  # warnings found while reading (logged once per volume)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.stored.shape[0], self.stored.shape[1], self.stored.shape[2]
-
-    def values(self, index: tuple) -> np.ndarray:
-        """Modality values (float32) of `stored[index]`."""
-        part = self.stored[index].astype(np.float32)
-        slope, intercept = (np.broadcast_to(np.asarray(v, dtype=np.float32), self.stored.shape)[index]
-                            for v in (self.slope, self.intercept))
-        return part * slope + intercept
 
 
 def is_nifti(path: str | Path) -> bool:

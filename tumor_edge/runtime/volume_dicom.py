@@ -27,7 +27,7 @@ import numpy as np
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import check_volume_size
 from tumor_edge.runtime.image import is_dicom_file
-from tumor_edge.runtime.volume import Volume
+from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 
 MAX_LISTED_SERIES = 4

@@ -20,8 +20,8 @@ from tumor_edge.calibration.ood_sets import generated_sets
 from tumor_edge.calibration.plots import reliability_diagram
 from tumor_edge.calibration.temperature import choose_temperature
 from tumor_edge.errors import ConfigError
+from tumor_edge.modelside.cam import NoCamHeadError, features_model
 from tumor_edge.runtime.ood_checks import flag_rates
-from tumor_edge.train.cam import NoCamHeadError, features_model
 from tumor_edge.train.pipeline import predict_probabilities
 
 OOD_SET_SIZE = 50

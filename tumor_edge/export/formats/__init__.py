@@ -1,8 +1,75 @@
-"""One converter module per row of the format table (`tumor_edge.contracts.formats.FORMATS`).
+"""One converter module per row of the format table (`tumor_edge.contracts.formats.FORMATS`), registered here
+by the row's key.
 
-Each module has `convert(ctx, dst) -> dict`: write the file at `dst` from what the `ExportContext` offers (the
-Keras model, the SavedModel, a file made by an earlier row, calibration pixels) and return the facts about how it
-was made, which the bundle's metadata records for that file. Keys starting with "_" are kept out of the file's
-metadata entry (bulky reports the exporter files elsewhere). A converter raises on failure; the exporter turns
-that into a failed row, never a crash.
+Each module registers its function with `@converter("onnx-int8")`: `convert(ctx, dst) -> dict` writes the file
+at `dst` from what the `ExportContext` offers (the Keras model, the SavedModel, a file made by an earlier row,
+calibration pixels) and returns the facts about how it was made, which the bundle's metadata records for that
+file. Keys starting with "_" are kept out of the file's metadata entry (bulky reports the exporter files
+elsewhere). A converter raises on failure; the exporter turns that into a failed row, never a crash.
+
+Every module of this package is a converter module, imported by `converter_for` the first time export asks for a
+converter: adding a format is its converter module here, its row in the table and its test, with no import list
+to extend. The modules import their heavy libraries inside the function, so importing them is cheap, and the
+rows made without TensorFlow (ONNX fp16 and int8) run in TensorFlow-free child processes: the function travels
+there by reference (module and name) and its module is imported there as here.
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Converter = Callable[[Any, Path], dict[str, Any]]  # (ExportContext, destination) -> facts for metadata
+
+CONVERTERS: dict[str, Converter] = {}
+_loaded = False
+
+
+def register_converter(key: str, function: Converter) -> Converter:
+    """Make `function` write the files of the format table row `key` (a test's row, or one outside tumor-edge).
+    A key registered twice by two different functions is a mistake, and an error."""
+    existing = CONVERTERS.get(key)
+    if existing is not None and existing is not function:
+        raise ValueError(f"format {key!r} already has a converter ({existing.__module__}.{existing.__qualname__})")
+    CONVERTERS[key] = function
+    return function
+
+
+def unregister_converter(key: str) -> None:
+    CONVERTERS.pop(key, None)
+
+
+def converter(*keys: str) -> Callable[[Converter], Converter]:
+    """Decorator: register the function as the converter of these format keys."""
+
+    def register(function: Converter) -> Converter:
+        for key in keys:
+            register_converter(key, function)
+        return function
+
+    return register
+
+
+def load_converters() -> dict[str, Converter]:
+    """Import every converter module of this package once (each registers itself); the registry."""
+    global _loaded
+    if not _loaded:
+        for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+            importlib.import_module(f"{__name__}.{module}")
+        _loaded = True
+    return CONVERTERS
+
+
+def converter_for(key: str) -> Converter:
+    """The function that writes the format `key`; a one-line error when nothing registered one."""
+    function = load_converters().get(key)
+    if function is None:
+        raise LookupError(f"no converter is registered for format {key!r} (tumor_edge.export.formats)")
+    return function
+
+
+__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "load_converters", "register_converter",
+           "unregister_converter"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.export.formats import converter
 
+
+@converter("onnx-fp16")
 def convert(ctx, dst: Path) -> dict[str, Any]:
     from tumor_edge.export.onnx_export import export_onnx_fp16
 

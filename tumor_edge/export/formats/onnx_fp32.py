@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.export.formats import converter
 
+
+@converter("onnx-fp32")
 def convert(ctx, dst: Path) -> dict[str, Any]:
     if ctx.source.kind == "onnx":
         from tumor_edge.export.foreign_onnx import to_bundle_model

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge.errors import ModelError
+from tumor_edge.export.formats import converter
 
 
+@converter("onnx-int8")
 def convert(ctx, dst: Path) -> dict[str, Any]:
     from tumor_edge.export.quantize import quantize_onnx_int8
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.export.formats import converter
 
+
+@converter("tflite-int8")
 def convert(ctx, dst: Path) -> dict[str, Any]:
     if ctx.config.tflite_full_integer:
         from tumor_edge.export.tflite_export import export_tflite_int8, representative_from_npy

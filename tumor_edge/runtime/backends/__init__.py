@@ -2,7 +2,7 @@
 
 One job per module: `protocol` (what a backend offers), `options` (BackendOptions, providers, machine target),
 `onnxruntime_backend` and `litert_backend` (the engines), `optimized` and `onnx_props` (onnxruntime's optimised
-graph and the record binding it to its source), `registry` (engine name -> backend, `open_backend`). Every
+graph and the record binding it to its source), `registry` (engine name -> backend factory, `open_backend`). Every
 backend takes float32 NHWC batches in the model's input scale and returns every model output, in model order.
 """
 
@@ -22,9 +22,15 @@ from tumor_edge.runtime.backends.options import (
     resolve_providers,
 )
 from tumor_edge.runtime.backends.protocol import Backend
-from tumor_edge.runtime.backends.registry import BACKENDS, ENGINE_BACKENDS, engine_of, open_backend
+from tumor_edge.runtime.backends.registry import (
+    backend_factory,
+    engine_of,
+    open_backend,
+    register_backend,
+    unregister_backend,
+)
 
-__all__ = ["BACKENDS", "ENGINE_BACKENDS", "OPTIMIZATION_LEVELS", "OPTIMIZED_META_KEY", "Backend", "BackendOptions",
-           "LiteRTBackend", "OnnxBackend", "append_metadata_prop", "engine_of", "machine_target", "open_backend",
-           "optimized_sibling", "read_optimized_record", "resolve_providers", "save_optimized_model",
-           "usable_optimized"]
+__all__ = ["OPTIMIZATION_LEVELS", "OPTIMIZED_META_KEY", "Backend", "BackendOptions", "LiteRTBackend", "OnnxBackend",
+           "append_metadata_prop", "backend_factory", "engine_of", "machine_target", "open_backend",
+           "optimized_sibling", "read_optimized_record", "register_backend", "resolve_providers",
+           "save_optimized_model", "unregister_backend", "usable_optimized"]

@@ -102,3 +102,8 @@ def model_order(interpreter) -> list[dict]:
     if all(suffixes) and len({m.group(1) for m in suffixes}) == 1:
         return [d for _, d in sorted(zip((int(m.group(2)) for m in suffixes), details), key=lambda t: t[0])]
     return details
+
+
+# What the backend registry (registry.py) opens this engine's files with: the module named by its row in the
+# format table (tumor_edge.contracts.formats.ENGINES).
+BACKEND = LiteRTBackend

@@ -207,3 +207,8 @@ class _Once:
         check, self._check = self._check, None
         if check is not None:
             check()
+
+
+# What the backend registry (registry.py) opens this engine's files with: the module named by its row in the
+# format table (tumor_edge.contracts.formats.ENGINES).
+BACKEND = OnnxBackend

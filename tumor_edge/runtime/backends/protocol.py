@@ -1,7 +1,8 @@
 """What every inference engine offers the rest of tumor-edge: the complete backend protocol.
 
 The Classifier, export's parity, bench and verify use only these members, so a new engine is one module that
-implements them plus one registry entry, and no caller needs `getattr` to find out what a backend can do.
+implements them (its class named `BACKEND` there) plus its row in the format table (contracts/formats.py), and
+no caller needs `getattr` to find out what a backend can do.
 """
 
 from __future__ import annotations

@@ -1,49 +1,70 @@
-"""The backend registry, keyed by the engine names of the format table (tumor_edge.contracts.formats.ENGINES).
+"""The backend registry: engine name -> the factory that opens its files, for the engines of the format table
+(tumor_edge.contracts.formats.ENGINES).
 
-A new engine is one module implementing the Backend protocol plus one entry here; which files it runs follows
-from the engine's suffix in the format table.
+The engine's row names its backend module (`Engine.backend`); that module's `BACKEND` is the factory. The module
+is imported the first time a file of that engine is opened, not before: a device that only runs .onnx files
+never imports the LiteRT backend. Why a module path in the row rather than the class itself: the row lives in
+contracts, which import no engine (pyproject's import contracts), and this registry is the one place that turns
+the name into code. `register_backend` puts a factory in directly (a test's engine, or an engine outside
+tumor-edge); a registered factory wins over the row's module.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
+from tumor_edge.contracts.formats import ENGINES, Engine, engine_for_suffix
 from tumor_edge.errors import MissingExtraError, ModelError
-from tumor_edge.runtime.backends.litert_backend import LiteRTBackend
-from tumor_edge.runtime.backends.onnxruntime_backend import OnnxBackend
 from tumor_edge.runtime.backends.options import BackendOptions
 from tumor_edge.runtime.backends.protocol import Backend
 
 BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, source_check=None) -> Backend
 
-ENGINE_BACKENDS: dict[str, BackendFactory] = {
-    "onnxruntime": OnnxBackend,
-    "litert": LiteRTBackend,
-}
-
-# The same registry keyed by file suffix (".onnx" -> OnnxBackend), derived from the format table.
-BACKENDS: dict[str, BackendFactory] = {ENGINES[engine]: factory for engine, factory in ENGINE_BACKENDS.items()}
+# engine name -> factory, filled by `backend_factory` as engines are first used and by `register_backend`
+_FACTORIES: dict[str, BackendFactory] = {}
 
 
-# Engines that need an optional package, and the install hint: checked without importing the package.
-ENGINE_EXTRAS: dict[str, tuple[str, str]] = {"litert": ("ai_edge_litert", "tflite")}
+def register_backend(engine: str, factory: BackendFactory) -> None:
+    """Make `factory` open the files of `engine` (a name in the format table's ENGINES)."""
+    if engine not in ENGINES:
+        raise ValueError(f"no engine {engine!r} in the format table; register its Engine row first")
+    _FACTORIES[engine] = factory
+
+
+def unregister_backend(engine: str) -> None:
+    _FACTORIES.pop(engine, None)
+
+
+def backend_factory(engine: str) -> BackendFactory:
+    """The factory for `engine`, importing its backend module on first use."""
+    factory = _FACTORIES.get(engine)
+    if factory is None:
+        factory = importlib.import_module(ENGINES[engine].backend).BACKEND
+        _FACTORIES[engine] = factory
+    return factory
+
+
+def engine_row(path: Path) -> Engine:
+    """The format table's row for the engine that runs this file, or a one-line error: an unknown suffix
+    (ModelError) or a missing optional package (MissingExtraError). Cheap (no engine import), so callers can say
+    so before hashing a model."""
+    path = Path(path)
+    name = engine_for_suffix(path.suffix)
+    if name is None:
+        known = sorted(e.suffix for e in ENGINES.values())
+        raise ModelError(f"unsupported model format {path.suffix!r}; expected one of {known}", path)
+    engine = ENGINES[name]
+    if engine.module and importlib.util.find_spec(engine.module) is None:
+        raise MissingExtraError(f"running {engine.suffix} files needs {engine.title}: {engine.install_hint()}", path)
+    return engine
 
 
 def engine_of(path: Path) -> str:
-    """The engine that runs this file, or a one-line error: an unknown suffix (ModelError) or a missing optional
-    package (MissingExtraError). Cheap (no engine import), so callers can say so before hashing a model."""
-    import importlib.util
-
-    engine = engine_for_suffix(Path(path).suffix)
-    if engine is None or engine not in ENGINE_BACKENDS:
-        raise ModelError(f"unsupported model format {Path(path).suffix!r}; expected one of {sorted(BACKENDS)}", path)
-    module, extra = ENGINE_EXTRAS.get(engine, (None, None))
-    if module and importlib.util.find_spec(module) is None:
-        raise MissingExtraError(f"running {ENGINES[engine]} files needs LiteRT: pip install 'tumor-edge[{extra}]'",
-                                path)
-    return engine
+    """The name of the engine that runs this file (see `engine_row` for the errors)."""
+    return engine_row(path).name
 
 
 def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None,
@@ -56,5 +77,8 @@ def open_backend(path: str | Path, options: BackendOptions | None = None, sha256
     path = Path(path)
     if not path.is_file():
         raise ModelError("model file not found", path)
-    return ENGINE_BACKENDS[engine_of(path)](path, options or BackendOptions(), sha256=sha256,
-                                            source_check=source_check)
+    engine = engine_row(path)
+    for companion in engine.companions(path.name):
+        if not (path.parent / companion).is_file():
+            raise ModelError(f"{engine.title} needs {companion} beside this file, and it is missing", path)
+    return backend_factory(engine.name)(path, options or BackendOptions(), sha256=sha256, source_check=source_check)

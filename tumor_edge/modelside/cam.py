@@ -10,8 +10,8 @@ TFLite converter convert like any other layer, and a device gets maps (and logit
 without TensorFlow or gradients.
 
 A model whose head is anything else (a second dense layer, attention, max pooling) has no exact map; it gets
-`NoCamHeadError`, never an approximate picture. Lives on the training side (export imports it; train uses the
-logits for the OOD threshold).
+`NoCamHeadError`, never an approximate picture. Shared model-side code (tumor_edge.modelside): export builds the
+bundle's heatmap and OOD outputs with it, train uses the features and logits for the OOD fit.
 """
 
 from __future__ import annotations
