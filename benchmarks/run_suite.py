@@ -49,12 +49,15 @@ std (sample) and images/s per configuration. Cold start is a fresh process from 
 one image file, with that process's peak RSS from the kernel's accounting of the reaped child (3 processes per
 file, 1 for Keras). Two matmul ceilings, each measured in a fresh process per thread count before and after
 the formats (the best is kept: load only slows it), each 1024^3 (short runs, so that on a shared machine the best
-of many finds the moments the cores were free): float32, a numpy/BLAS matmul, and int8, a uint8 x int8
-`MatMulInteger` through onnxruntime itself (MLAS's integer GEMM, the kernels a QDQ model's
-QLinearConv runs on). Each format's achieved GMAC/s (MACs counted from the ONNX graph: 5.71 GMAC per 299x299
-image) is shown as a fraction of the ceiling of its own arithmetic: fp32 and fp16 files against the float32
-one, int8 files against the int8 one; each goal says what fraction of that ceiling meeting it would take.
-The int8 table sets onnxruntime's int8 against LiteRT's at every thread count and batch.
+of many finds the moments the cores were free), both through onnxruntime itself so that no BLAS setting moves
+them: float32, a `MatMul` (MLAS's sgemm; until issue 20 numpy's BLAS, which `OPENBLAS_CORETYPE=Haswell` held to
+AVX2 kernels that ONNX fp32 beat), and int8, a uint8 x int8 `MatMulInteger` (MLAS's integer GEMM, the kernels a
+QDQ model's QLinearConv runs on). Beside them the ISA's theoretical peak (FMA units x vector lanes x the reported
+clock, assumptions printed; a ceiling above it is flagged with the clock it implies), and a format above its own
+ceiling is flagged as a measurement error. Each format's achieved GMAC/s (MACs counted from the ONNX graph:
+5.71 GMAC per 299x299 image) is shown as a fraction of the ceiling of its own arithmetic: fp32 and fp16 files
+against the float32 one, int8 files against the int8 one; each goal says what fraction of that ceiling meeting
+it would take. The int8 table sets onnxruntime's int8 against LiteRT's at every thread count and batch.
 
 Goals (batch 1, 299x299, 2 threads): ONNX fp32 p50 <= 0.45x Keras and <= 0.8x LiteRT fp32; ONNX int8 no slower
 than ONNX fp32, nor than LiteRT int8.
@@ -73,6 +76,8 @@ taken under load are slower and noisier, 2-thread ones most, so compare runs wit
 Other scripts here, each writing its figures (with the CPU and the load average) to `results/`:
 - `export_memory.py`: `tumor-edge export` at 299 px, whole process tree sampled (peak per step, CPU, wall).
 - `demo_memory.py`: `tumor-edge demo` end to end, per-stage peaks of the process tree, held-out accuracy.
+- `folder_throughput.py`: `classify` of a folder of 1,000 scans (and the in-process stream) against the engine's own
+  images/s at the same batch size and threads (issue 20; `results/engine-speed-2026-12-03.md`).
 - `coldstart_cache.py`: `classify` of one image in fresh processes (first, second, no cache), wall, CPU, peak,
   with the engine's own floor beside it; `--compare TREE` runs another checkout in the same rounds.
 - `runtime_memory.py`: `classify` memory over thousands of files, with and without hostile ones.

@@ -22,7 +22,9 @@ def test_reports_show_each_ceiling_and_each_fraction_of_it(record):
 
     text, md = render_text(record), render_markdown(record)
     for out in (text, md):
-        assert "fp32 matmul ceiling (numpy BLAS" in out and "int8 matmul ceiling (onnxruntime MatMulInteger" in out
+        assert "fp32 matmul ceiling (onnxruntime MatMul float32" in out
+        assert "int8 matmul ceiling (onnxruntime MatMulInteger" in out
+        assert ("ISA theoretical peak (" in out) == bool(record.get("isa_peak"))
         assert "int8 engines" in out and "of its ceiling" in out
     int8_rows = [line for line in md.splitlines() if line.startswith("| onnx-int8 |")]
     fp32_rows = [line for line in md.splitlines() if line.startswith("| onnx-fp32 |")]

@@ -277,3 +277,103 @@ def test_fallback_schedule_and_focus_images():
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.25, 0.75], [0.5, 0.5], [0.1, 0.9]])
     # flipped ones first (1 and 4), then the largest shift (2): returned in image order
     assert focus_indices(probs, reference, 3).tolist() == [1, 2, 4]
+
+
+def _conv_model(hw: tuple[int, int], kernel: tuple[int, int], pads: list[int], strides: list[int], seed: int = 0):
+    """x [1, 3, H, W] -> Conv (random weights and bias) -> Relu, shape-inferred."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 1, (5, 3, *kernel)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 1, 5).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=list(kernel), pads=pads,
+                              strides=strides),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("hw, kernel, pads, strides, cropped_kernel", [
+    ((1, 1), (3, 3), [1, 1, 1, 1], [1, 1], [1, 1]),  # a 1x1 map: only the centre tap reads an input
+    ((1, 1), (1, 3), [0, 1, 0, 1], [1, 1], [1, 1]),
+    ((1, 4), (3, 3), [1, 1, 1, 1], [1, 1], [1, 3]),  # rows cropped, columns all used
+    ((2, 2), (3, 3), [1, 1, 1, 1], [2, 2], [2, 2]),  # stride 2 over 2x2: the last row/column reads padding only
+    ((4, 4), (1, 7), [0, 3, 0, 3], [1, 1], None),  # every tap reads an input somewhere: unchanged
+    ((5, 5), (3, 3), [0, 0, 0, 0], [1, 1], None),
+])
+def test_crop_padding_taps_keeps_outputs(hw, kernel, pads, strides, cropped_kernel):
+    """Kernels shrink to the taps that ever read a real input; the outputs stay the same (up to float32
+    summation order), and kernels whose every tap is used stay as they are."""
+    from onnx import helper
+
+    from tumor_edge.export.quantize.graph import crop_padding_taps
+    from tumor_edge.export.quantize.scoring import session
+
+    model = _conv_model(hw, kernel, pads, strides)
+    x = np.random.default_rng(1).normal(0, 1, (1, 3, *hw)).astype(np.float32)
+    before = session(model).run(None, {"x": x})[0]
+    changed = crop_padding_taps(model)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    shape = list(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "kernel_shape")))
+    if cropped_kernel is None:
+        assert changed == [] and shape == list(kernel)
+    else:
+        assert changed == ["conv"] and shape == cropped_kernel
+        assert list(next(i for i in model.graph.initializer if i.name == "w").dims[2:]) == cropped_kernel
+    after = session(model).run(None, {"x": x})[0]
+    assert after.shape == before.shape
+    # float32 sums of 3 x 9 products of N(0, 1) values: a few ulps of the largest partial sum
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * max(1.0, np.abs(before).max()))
+
+
+def test_crop_padding_taps_in_a_qdq_model_gives_the_same_int8_outputs(tmp_path):
+    """On a QDQ model (weight = DequantizeLinear of int8), cropping leaves every output bit the same: padding
+    is the zero point, whose products are 0 in any order."""
+    import onnx
+    from onnx import TensorProto
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+    from tumor_edge.export.quantize import QuantizationConfig, quantize_with_ranges
+    from tumor_edge.export.quantize.graph import crop_padding_taps
+    from tumor_edge.export.quantize.scoring import session
+
+    model = _conv_model((1, 1), (3, 3), [1, 1, 1, 1], [1, 1])
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    ranges = TensorsData(CalibrationMethod.MinMax, {n: (np.float32(-4), np.float32(4)) for n in ("x", "c", "y")})
+    q = quantize_with_ranges(tmp_path / "f.onnx", tmp_path / "q.onnx", "minmax", ranges,
+                             QuantizationConfig(methods=("minmax",)), [], tmp_path)
+    qdq = onnx.shape_inference.infer_shapes(onnx.load(str(q)))
+    x = np.random.default_rng(2).normal(0, 1, (1, 3, 1, 1)).astype(np.float32)
+    before = session(qdq).run(None, {"x": x})[0]
+    assert crop_padding_taps(qdq) == ["conv"]
+    np.testing.assert_array_equal(session(qdq).run(None, {"x": x})[0], before)
+    assert TensorProto.INT8 in {i.data_type for i in qdq.graph.initializer}  # the weight really was int8
+
+
+def test_drop_identity_reshapes_removes_only_reshapes_that_change_nothing():
+    """Reshape [N, C, 1, 1] -> [-1, C, 1, 1] goes; one that moves dimensions or writes a graph output stays."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tumor_edge.export.quantize.graph import drop_identity_reshapes
+    from tumor_edge.export.quantize.scoring import session
+
+    same = numpy_helper.from_array(np.array([-1, 6, 1, 1], np.int64), "same")
+    moved = numpy_helper.from_array(np.array([-1, 1, 1, 6], np.int64), "moved")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "same"], ["r2"], name="identity"),
+             helper.make_node("Relu", ["r2"], ["r3"], name="relu2"),
+             helper.make_node("Reshape", ["r3", "moved"], ["y"], name="moves"),
+             helper.make_node("Reshape", ["r3", "same"], ["z"], name="writes_output")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [same, moved])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.random.default_rng(3).normal(0, 1, (2, 6, 1, 1)).astype(np.float32)
+    before = session(model).run(None, {"x": x})
+    assert drop_identity_reshapes(model) == ["identity"]
+    assert [n.name for n in model.graph.node] == ["relu", "relu2", "moves", "writes_output"]
+    for got, want in zip(session(model).run(None, {"x": x}), before):
+        np.testing.assert_array_equal(got, want)

@@ -228,3 +228,20 @@ def test_litert_returns_every_output_in_model_order(two_output_tflite):
     prediction = Classifier.from_bundle(two_output_tflite).predict(quadrant_image(0, 16))
     assert prediction.outputs["heatmap"].shape == (16, 16)
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("spin, within, threads, allow, stop", [
+    (False, False, 2, "0", None), (True, False, 2, "1", None), (False, True, 2, "1", "1"),
+    (False, True, 1, "0", None),  # one thread: no pool to wake
+    (True, True, 2, "1", None),  # spinning always wins over spinning within a run
+])
+def test_spinning_within_a_run_stops_when_the_run_ends(spin, within, threads, allow, stop):
+    from tumor_edge.runtime.backends.options import BackendOptions, session_options
+
+    so = session_options(ort, BackendOptions(threads=threads, spin=spin, spin_within_run=within), "all")
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == allow
+    if stop is None:
+        with pytest.raises(RuntimeError):  # onnxruntime raises for an entry never set
+            so.get_session_config_entry("session.force_spinning_stop")
+    else:
+        assert so.get_session_config_entry("session.force_spinning_stop") == stop

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tumor_edge.bench.ceiling import ceiling_precision
+from tumor_edge.bench.ceiling import ceiling_precision, flag_over_ceiling
 
 Row = dict[str, Any]
 # precision -> threads -> GMAC/s (see ceiling.ceiling_table)
@@ -36,7 +36,7 @@ def achieved_gmacs(macs_per_image: int, batch: int, p50_ms: float) -> float:
 def add_rates(rows: list[Row], macs_per_image: int | None, ceilings: Ceilings) -> None:
     """Achieved GMAC/s at the p50 and its fraction of the ceiling of the row's arithmetic at the same thread
     count: `ceiling_precision` names that ceiling ("fp32" or "int8"), `ceiling_fraction` is the fraction (None
-    where either is unknown)."""
+    where either is unknown); a row above its ceiling gets a `measurement_error` (ceiling.flag_over_ceiling)."""
     for row in rows:
         kind = ceiling_precision(row.get("precision", "fp32"))
         row["ceiling_precision"] = kind
@@ -47,6 +47,7 @@ def add_rates(rows: list[Row], macs_per_image: int | None, ceilings: Ceilings) -
         ceiling = ceilings.get(kind, {}).get(row["threads"])
         row["gmacs"] = gmacs
         row["ceiling_fraction"] = gmacs / ceiling if ceiling else None
+    flag_over_ceiling(rows)
 
 
 def head_to_head(rows: list[Row], left: str, right: str) -> list[Row]:

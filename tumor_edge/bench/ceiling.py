@@ -1,14 +1,23 @@
 """The machine's matrix-multiply ceilings (GMAC/s): what each format's achieved rate is set against.
 
-Two ceilings, one per kind of arithmetic a bundle's files run:
-- fp32: a large square float32 numpy matmul through the BLAS numpy was built with (sgemm).
+Two ceilings, one per kind of arithmetic a bundle's files run, both measured through onnxruntime itself (the
+engine that runs the .onnx files), so that no BLAS setting moves them:
+- fp32: a large square float32 `MatMul` through onnxruntime (MLAS's sgemm, the kernel family behind the
+  Conv/Gemm of a float model). numpy's BLAS is not used: which kernels it runs is a deployment setting
+  (`OPENBLAS_CORETYPE=Haswell` makes an AVX-512 CPU run AVX2 kernels at half the rate), and a "ceiling" that
+  onnxruntime's own convolutions beat is no ceiling.
 - int8: a large square `MatMulInteger` (uint8 x int8 -> int32) through onnxruntime itself, i.e. MLAS's u8s8
   GEMM, the kernel family behind the QLinearConv/QLinearMatMul that a QDQ int8 model becomes on the CPU (VNNI
   dot products where the CPU has them, AMX tiles where onnxruntime uses them). An int8 file's rate set against
   the float32 rate says little (it can exceed 1); against the int8 ceiling it says how much of the machine's
   integer arithmetic the engine reaches.
 
-BLAS and onnxruntime fix their thread pools when they start, so each thread count is measured in a fresh
+Beside them, the ISA's theoretical peak (`isa_peak`): FMA units x vector lanes x clock, from the CPU's flags and
+reported clock, with every assumption stated. A measured ceiling above that peak means the clock assumption is
+wrong (a boost clock above the reported one); a format above its measured ceiling is a measurement error and is
+flagged as one (`flag_over_ceiling`).
+
+onnxruntime fixes its thread pool when they start, so each thread count is measured in a fresh
 process with the thread variables set (`python -m tumor_edge.bench.ceiling --threads N`), which also keeps the
 harness's own process clean.
 """
@@ -16,6 +25,7 @@ harness's own process clean.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,15 +54,21 @@ class Ceiling:
     median_gmacs: float  # n^3 multiply-accumulates per matmul / median time
     best_gmacs: float
     precision: str = "fp32"  # "fp32" | "int8": which files it is the ceiling of
-    engine: str = "numpy BLAS float32 matmul"
+    engine: str = "onnxruntime MatMul float32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ceiling:
-        """Records from before the int8 ceiling carry no precision: they are the float32 one."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """Records from before the int8 ceiling carry no precision: they are the float32 one; records from before
+        the onnxruntime float32 ceiling carry no engine: they are numpy's BLAS."""
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        fields.setdefault("engine", LEGACY_FP32_ENGINE)
+        return cls(**fields)
+
+
+LEGACY_FP32_ENGINE = "numpy BLAS float32 matmul"
 
 
 def _time_rate(call: Callable[[], object], macs: float, min_seconds: float, min_runs: int
@@ -69,18 +85,41 @@ def _time_rate(call: Callable[[], object], macs: float, min_seconds: float, min_
     return statistics.median(rates), max(rates), len(rates)
 
 
+def float_matmul_model(size: int) -> bytes:
+    """A one-node ONNX model: MatMul(a: float32 [n, n], b: float32 [n, n]) -> float32 [n, n]."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "fp32_ceiling",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7  # readable by every onnxruntime this project supports
+    return model.SerializeToString()
+
+
+def _session(model: bytes, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
                 threads: int | None = None) -> tuple[float, float, int]:
-    """(median, best) GMAC/s of a float32 n x n matmul in this process, and the number of timed runs.
-
-    BLAS threads come from the environment this process started with (`threads` is not used)."""
+    """(median, best) GMAC/s of onnxruntime's float32 n x n MatMul with `threads` intra-op threads, and the
+    number of timed runs. Random normal operands (no denormals, no zeros)."""
     import numpy as np
 
+    session = _session(float_matmul_model(size), threads)
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    out = np.empty((size, size), dtype=np.float32)
-    return _time_rate(lambda: np.matmul(a, b, out=out), float(size) ** 3, min_seconds, min_runs)
+    feeds = {"a": rng.standard_normal((size, size), dtype=np.float32),
+             "b": rng.standard_normal((size, size), dtype=np.float32)}
+    return _time_rate(lambda: session.run(None, feeds), float(size) ** 3, min_seconds, min_runs)
 
 
 def int8_matmul_model(size: int) -> bytes:
@@ -103,13 +142,8 @@ def int8_matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_run
     (as the runtime's BackendOptions set them), and the number of timed runs. Full-range random operands: the
     rate must not depend on zeros."""
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(int8_matmul_model(size), options, providers=["CPUExecutionProvider"])
+    session = _session(int8_matmul_model(size), threads)
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8),
              "b": rng.integers(-128, 128, (size, size), dtype=np.int8)}
@@ -118,7 +152,7 @@ def int8_matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_run
 
 # precision -> (what measures it, its rate function, the Python module it needs)
 KINDS: dict[str, tuple[str, Callable[..., tuple[float, float, int]], str]] = {
-    "fp32": ("numpy BLAS float32 matmul", matmul_rate, "numpy"),
+    "fp32": ("onnxruntime MatMul float32", matmul_rate, "onnx"),
     "int8": ("onnxruntime MatMulInteger uint8 x int8", int8_matmul_rate, "onnx"),
 }
 PRECISIONS: tuple[str, ...] = tuple(KINDS)
@@ -128,6 +162,150 @@ def ceiling_precision(file_precision: str) -> str:
     """Which ceiling a file of this precision is set against: int8 files the int8 one; fp32 and fp16 files the
     float32 one (CPUs without fp16 arithmetic widen fp16 weights and compute in float32)."""
     return file_precision if file_precision in KINDS else "fp32"
+
+
+# ---- the ISA's theoretical peak ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IsaPeak:
+    """FMA units x vector lanes x clock, per core and precision, with the assumptions that give it.
+
+    Every assumption errs high, so the figure is an upper bound: the most FMA units any core of this ISA family
+    has (2 on x86: one-unit AVX-512 Xeons exist), one multiply-accumulate per fp32 lane per unit per cycle, and
+    bits/8 uint8 x int8 products per unit per cycle (VNNI's vpdpbusd, or pmaddubsw without VNNI, which then needs
+    further instructions to accumulate). The clock is the highest the OS reports (cpufreq's maximum, else
+    /proc/cpuinfo's "cpu MHz", which in a VM is often the base clock): a core boosting above it can exceed this
+    "peak", and a measured ceiling above it is flagged (see `peak_problems`)."""
+
+    isa: str  # the vector extension the peak assumes, e.g. "avx512f"
+    vector_bits: int  # the width of one FMA unit's datapath
+    fma_units: int  # per core
+    clock_ghz: float
+    clock_source: str
+    assumptions: str = ""
+
+    def macs_per_cycle(self, precision: str) -> int:
+        """Multiply-accumulates per cycle per core: fp32 (and fp16 widened to fp32) lanes, or int8 products."""
+        per_unit = self.vector_bits // 8 if ceiling_precision(precision) == "int8" else self.vector_bits // 32
+        return self.fma_units * per_unit
+
+    def gmacs(self, precision: str, threads: int) -> float:
+        """Peak GMAC/s of `threads` cores (one thread per core) at `precision`."""
+        return self.macs_per_cycle(precision) * self.clock_ghz * threads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cpuinfo_fields(text: str) -> tuple[set[str], float | None, str, int | None]:
+    """(flags, highest "cpu MHz", vendor, family) from /proc/cpuinfo text (x86; ARM lists "Features")."""
+    flags: set[str] = set()
+    mhz: list[float] = []
+    vendor, family = "", None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key == "cpu mhz":
+            with contextlib.suppress(ValueError):
+                mhz.append(float(value))
+        elif key == "vendor_id" and not vendor:
+            vendor = value
+        elif key == "cpu family" and family is None and value.isdigit():
+            family = int(value)
+    return flags, max(mhz) if mhz else None, vendor, family
+
+
+def vector_datapath(flags: set[str], vendor: str = "", family: int | None = None, machine: str = "x86_64"
+                    ) -> tuple[str, int, int, str]:
+    """(ISA name, datapath bits per FMA unit, FMA units per core, why) from the CPU flags."""
+    if machine in ("aarch64", "arm64"):  # Neoverse V1/V2: 4 x 128-bit (NEON/SVE) pipes, the most of any core
+        return ("asimd", 128, 4, "ARM: assumed 4 x 128-bit FMA pipes per core (Neoverse V-class, the widest)")
+    if "avx512f" in flags:
+        if vendor == "AuthenticAMD" and family == 0x19:  # Zen 4 splits each 512-bit op into two 256-bit halves
+            return ("avx512f", 256, 2, "Zen 4 (family 0x19): AVX-512 on 2 x 256-bit FMA units")
+        return ("avx512f", 512, 2, "AVX-512: assumed 2 x 512-bit FMA units per core (Zen 5, Xeon Gold/Platinum)")
+    if "avx2" in flags and "fma" in flags:
+        return ("avx2+fma", 256, 2, "AVX2+FMA: assumed 2 x 256-bit FMA units per core")
+    return ("sse", 128, 2, "no FMA extension found: assumed 2 x 128-bit multiply-add units per core")
+
+
+def read_clock_ghz(cpuinfo_mhz: float | None,
+                   cpufreq_max: str = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"
+                   ) -> tuple[float | None, str]:
+    """(GHz, where it came from): cpufreq's maximum (kHz) when the OS exposes it, else /proc/cpuinfo's MHz."""
+    try:
+        with open(cpufreq_max) as fh:
+            return int(fh.read().strip()) / 1e6, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    if cpuinfo_mhz:
+        return cpuinfo_mhz / 1e3, "/proc/cpuinfo cpu MHz (in a VM often the base clock, not the boost clock)"
+    return None, "unknown"
+
+
+def isa_peak(cpuinfo_text: str | None = None, machine: str | None = None, clock_ghz: float | None = None
+             ) -> IsaPeak | None:
+    """This CPU's theoretical peak (None where its clock cannot be read). `clock_ghz` overrides the OS's."""
+    import platform
+
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo_text = fh.read()
+        except OSError:
+            cpuinfo_text = ""
+    flags, mhz, vendor, family = _cpuinfo_fields(cpuinfo_text)
+    isa, bits, units, why = vector_datapath(flags, vendor, family, (machine or platform.machine()).lower())
+    source = "given"
+    if clock_ghz is None:
+        clock_ghz, source = read_clock_ghz(mhz)
+    if not clock_ghz:
+        return None
+    return IsaPeak(isa, bits, units, round(clock_ghz, 3), source,
+                   f"{why}; 1 fp32 MAC per lane per unit per cycle; {bits // 8} uint8 x int8 products per unit "
+                   f"per cycle; one thread per core")
+
+
+# ---- figures against their ceilings ---------------------------------------------------------------------------
+
+# A figure may exceed its measured ceiling by this much before it is called a measurement error: the ceiling is
+# the best of short runs on a shared machine, and the figure's p50 another moment's; 5 % is the run-to-run spread
+# of the ceiling seen under load (see benchmarks/results).
+OVER_CEILING_TOLERANCE = 0.05
+
+
+def flag_over_ceiling(rows: list[dict[str, Any]], tolerance: float = OVER_CEILING_TOLERANCE) -> list[dict[str, Any]]:
+    """Mark each row whose achieved GMAC/s exceeds its own ceiling (`ceiling_fraction` > 1 + tolerance) with a
+    `measurement_error` saying so, and return those rows. A model cannot do its multiply-accumulates faster than
+    the engine multiplies large matrices: above it, the MAC count, the timing or the ceiling is wrong."""
+    flagged = []
+    for row in rows:
+        fraction = row.get("ceiling_fraction")
+        row.pop("measurement_error", None)
+        if fraction is not None and fraction > 1.0 + tolerance:
+            row["measurement_error"] = (f"{fraction:.0%} of its {row.get('ceiling_precision', 'fp32')} ceiling: "
+                                        f"a measurement error (MAC count, timing or ceiling)")
+            flagged.append(row)
+    return flagged
+
+
+def peak_problems(ceilings: list[Ceiling], peak: IsaPeak | None) -> list[str]:
+    """One line per measured ceiling above the ISA's theoretical peak at the same threads: the clock (or an
+    assumption of `peak`) is wrong, and the line gives the clock the measurement implies."""
+    if peak is None:
+        return []
+    out = []
+    for c in ceilings:
+        limit = peak.gmacs(c.precision, c.threads)
+        if c.best_gmacs > limit:
+            implied = c.best_gmacs / (peak.macs_per_cycle(c.precision) * c.threads)
+            out.append(f"{c.precision} ceiling at {c.threads} thread(s), {c.best_gmacs:.1f} GMAC/s, exceeds the "
+                       f"ISA peak {limit:.1f} at {peak.clock_ghz:.2f} GHz: the cores run at >= {implied:.2f} GHz "
+                       f"or an assumption ({peak.assumptions}) is wrong")
+    return out
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from tumor_edge import __version__
 from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, head_to_head
-from tumor_edge.bench.ceiling import Ceiling, ceiling_table, measure_ceilings, merge_ceilings
+from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
 from tumor_edge.bench.macs import count_macs
@@ -168,6 +168,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         passes += _ceiling_pass(config.threads, unavailable)
     ceilings = merge_ceilings(passes)
     table = ceiling_table(ceilings)
+    peak = isa_peak()
     add_ratios(rows)
     add_rates(rows, macs, table)
     goal_threads = max(config.threads)
@@ -197,6 +198,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "ceiling": [c.to_dict() for c in ceilings],
         "ceiling_passes": [c.to_dict() for c in passes],
         "ceiling_unavailable": unavailable,
+        "isa_peak": peak.to_dict() if peak else None,
+        "ceiling_problems": peak_problems(ceilings, peak),
         "results": rows,
         "int8_engines": head_to_head(rows, *INT8_PAIR),
         "cold_start": cold,

@@ -50,7 +50,8 @@ RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("vs Keras", lambda r: _ratio(r.get("vs_keras"))),
     ("vs ONNX fp32", lambda r: _ratio(r.get("vs_onnx_fp32"))),
     ("GMAC/s", lambda r: _num(r.get("gmacs"))),
-    ("of its ceiling", lambda r: _of_ceiling(r.get("ceiling_fraction"), r.get("ceiling_precision"))),
+    ("of its ceiling", lambda r: _of_ceiling(r.get("ceiling_fraction"), r.get("ceiling_precision"))
+     + (" MEASUREMENT ERROR" if r.get("measurement_error") else "")),
 ]
 
 INT8_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
@@ -135,7 +136,23 @@ def _ceiling_lines(record: Record) -> list[str]:
              f"best GMAC/s of {rounds} passes): "
              + ", ".join(f"{c['threads']} thr {c['best_gmacs']:.1f}" for c in cs) for kind, cs in by_kind.items()]
     lines += [f"{kind} ceiling not measured: {why}" for kind, why in record.get("ceiling_unavailable", {}).items()]
+    peak = record.get("isa_peak")
+    if peak and by_kind:
+        lines.append(f"ISA theoretical peak ({peak['fma_units']} x {peak['vector_bits']}-bit FMA units x "
+                     f"{peak['clock_ghz']:.2f} GHz, {peak['clock_source']}): "
+                     + "; ".join(f"{kind} " + ", ".join(f"{c['threads']} thr {_peak(peak, kind, c['threads']):.1f}"
+                                                       for c in cs) for kind, cs in by_kind.items()))
+    lines += [f"WARNING: {line}" for line in record.get("ceiling_problems", [])]
+    lines += [f"MEASUREMENT ERROR: {r['format']} at {r['threads']} thr, batch {r['batch']}: {r['measurement_error']}"
+              for r in record.get("results", []) if r.get("measurement_error")]
     return lines or ["matmul ceilings not measured"]
+
+
+def _peak(peak: dict, kind: str, threads: int) -> float:
+    """The recorded ISA peak (GMAC/s) of `kind` arithmetic at `threads`."""
+    from tumor_edge.bench.ceiling import IsaPeak
+
+    return IsaPeak(**{k: peak[k] for k in IsaPeak.__dataclass_fields__ if k in peak}).gmacs(kind, threads)
 
 
 def render_text(record: Record) -> str:

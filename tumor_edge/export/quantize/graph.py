@@ -140,6 +140,150 @@ def depthwise_average_pools(model) -> int:
     return rewritten
 
 
+def _static_shapes(model) -> dict[str, list[int | str]]:
+    """Tensor name -> shape (ints where known, the symbol's name or "" where not) of a shape-inferred model."""
+    out: dict[str, list[int | str]] = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+    return out
+
+
+def drop_identity_reshapes(model) -> list[str]:
+    """Remove the Reshape nodes that do not change their input's shape; return their names.
+
+    A Keras model converted to ONNX at a small input size has feature maps of 1x1 in its last blocks, where the
+    converter writes each NHWC <-> NCHW Transpose as a Reshape to [-1, C, 1, 1] of a tensor already [N, C, 1, 1]
+    (21 of them in InceptionV3 at 96 px). They compute nothing, but onnxruntime's int8 layout pass cannot see
+    through a Reshape: each one became a Transpose + Reshape (+ Q/DQ) around the NHWC int8 convolutions, 37
+    Transposes and 54 nodes more a run. Only a Reshape whose target is a constant equal to the input's static
+    shape (the batch dimension may be symbolic and the target's -1 or 0 there) is removed, and never one that
+    writes a graph output.
+    """
+    from onnx import numpy_helper
+
+    shapes = _static_shapes(model)
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    dropped: list[str] = []
+    kept = []
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        if node.op_type == "Reshape" and _is_identity_reshape(node, shapes, constants) \
+                and node.output[0] not in outputs:
+            rename[node.output[0]] = node.input[0]
+            dropped.append(node.name)
+            continue
+        kept.append(node)
+    if dropped:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        gone = set(rename)
+        kept_info = [vi for vi in model.graph.value_info if vi.name not in gone]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept_info)
+        prune_dead_qdq(model)
+    return dropped
+
+
+def _is_identity_reshape(node, shapes: dict[str, list[int | str]], constants: dict[str, np.ndarray]) -> bool:
+    if len(node.input) < 2 or node.input[1] not in constants:
+        return False
+    attrs = {a.name: a.i for a in node.attribute}
+    if attrs.get("allowzero", 0):
+        return False
+    source = shapes.get(node.input[0])
+    target = [int(v) for v in constants[node.input[1]].reshape(-1)]
+    if not source or len(source) != len(target) or not all(isinstance(d, int) and d > 0 for d in source[1:]):
+        return False
+    if list(source[1:]) != target[1:]:
+        return False
+    first = source[0]
+    return target[0] in (-1, 0) or (isinstance(first, int) and first == target[0])
+
+
+def _used_taps(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int) -> tuple[int, int, int] | None:
+    """(first, last, output size) of the kernel taps along one axis that ever read a real input (not padding);
+    None where the taps used are not a contiguous run."""
+    out = (size + pad_begin + pad_end - kernel) // stride + 1
+    used = [r for r in range(kernel) if any(0 <= i * stride - pad_begin + r < size for i in range(out))]
+    if not used or used != list(range(used[0], used[-1] + 1)):
+        return None
+    return used[0], used[-1], out
+
+
+def crop_padding_taps(model) -> list[str]:
+    """Shrink each convolution's kernel to the taps that ever read a real input; return the nodes changed.
+
+    At a small input size InceptionV3's last blocks run 3x3, 1x3 and 3x1 convolutions with "same" padding over
+    1x1 feature maps (96 px input): every tap but the centre only ever multiplies padding, i.e. zeros, so the
+    same outputs come from the centre tap alone, a 1x1 convolution with 1/9 or 1/3 of the weights and MACs
+    (96 px InceptionV3: 12 convolutions, ~5 MB of its ~22 MB int8 weights). Exact in float and in int8 (a
+    padded uint8 input is its zero point, i.e. 0). Needs static spatial input shapes (a shape-inferred model);
+    a weight may be an initializer or the DequantizeLinear of one (a QDQ model: per-output-channel scales stay
+    valid). Convolutions with dilations or auto_pad are left alone.
+    """
+    from onnx import helper, numpy_helper
+
+    shapes = _static_shapes(model)
+    inits = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    changed: list[str] = []
+    stale: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0])
+        weight_name = node.input[1]
+        dq = producers.get(weight_name)
+        if dq is not None:
+            if dq.op_type != "DequantizeLinear" or readers.get(weight_name, 0) != 1:
+                continue
+            weight_name = dq.input[0]
+        weight = inits.get(weight_name)
+        if (weight is None or readers.get(weight_name, 0) != 1 or shape is None or len(shape) != 4
+                or not all(isinstance(d, int) and d > 0 for d in shape[2:]) or len(weight.dims) != 4
+                or any(d != 1 for d in attrs.get("dilations", [1, 1]))
+                or attrs.get("auto_pad", b"NOTSET") not in ("NOTSET", b"NOTSET")):
+            continue
+        kh, kw = weight.dims[2], weight.dims[3]
+        sh, sw = attrs.get("strides", [1, 1])
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        rows = _used_taps(shape[2], kh, sh, pads[0], pads[2])
+        cols = _used_taps(shape[3], kw, sw, pads[1], pads[3])
+        if rows is None or cols is None or (rows[1] - rows[0] + 1, cols[1] - cols[0] + 1) == (kh, kw):
+            continue
+        new_pads = []
+        for (first, last, out), size, stride, begin in ((rows, shape[2], sh, pads[0]), (cols, shape[3], sw, pads[1])):
+            new_begin = begin - first
+            new_end = (out - 1) * stride + (last - first + 1) - size - new_begin
+            new_pads.append((new_begin, new_end))
+        if any(p < 0 for pair in new_pads for p in pair):
+            continue
+        array = numpy_helper.to_array(weight)[:, :, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1]
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weight.name))
+        stale.add(node.input[1])  # a DequantizeLinear's output shape, recorded before the crop
+        for attr in [a for a in node.attribute if a.name in ("pads", "kernel_shape")]:
+            node.attribute.remove(attr)
+        node.attribute.extend([helper.make_attribute("kernel_shape", list(array.shape[2:])),
+                               helper.make_attribute("pads", [new_pads[0][0], new_pads[1][0],
+                                                              new_pads[0][1], new_pads[1][1]])])
+        changed.append(node.name)
+    if stale:
+        kept = [vi for vi in model.graph.value_info if vi.name not in stale]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept)
+    return changed
+
+
 def preprocess_for_quantization(src: Path, dst: Path) -> Path:
     """onnxruntime's `quant_pre_process`: symbolic shape inference and graph clean-up (needs sympy)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -20,7 +20,9 @@ import numpy as np
 from tumor_edge.export.quantize.calibration import collect_ranges, quiet_stdout
 from tumor_edge.export.quantize.config import QuantizationConfig
 from tumor_edge.export.quantize.graph import (
+    crop_padding_taps,
     depthwise_average_pools,
+    drop_identity_reshapes,
     float_average_pools,
     head_nodes,
     preprocess_for_quantization,
@@ -41,6 +43,7 @@ class QuantizationReport:
     float_nodes: list[str] = field(default_factory=list)  # every node left in float, whatever the reason
     float_reasons: dict[str, str] = field(default_factory=dict)  # reason -> which float_nodes it covers
     accuracy_aware: dict[str, Any] | None = None  # sensitivity.FallbackResult.to_dict(), when it ran
+    rewrites: dict[str, int] = field(default_factory=dict)  # exact graph rewrites before quantization: how many
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,7 +87,10 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
     head = head_nodes(model) if config.keep_head_float else []
     pools = float_average_pools(model) if config.average_pools == "float" else []
     depthwise = depthwise_average_pools(model) if config.average_pools == "depthwise" else 0
-    if pools or depthwise:
+    # Exact rewrites that only shorten the int8 graph (small inputs: 1x1 feature maps), see graph.py.
+    reshapes = drop_identity_reshapes(model)
+    cropped = crop_padding_taps(model)
+    if pools or depthwise or reshapes or cropped:
         onnx.save(model, str(prepared))
     exclude = head + pools
     timings["pre_process"] = time.perf_counter() - t0
@@ -95,7 +101,9 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
                                  "reduce_range_source": "cpu" if config.reduce_range is None else "config"}
     report = QuantizationReport(chosen="", why="", config=settings, calibration_images=len(calib_pixels),
                                 validation_images=0 if val_pixels is None else len(val_pixels),
-                                float_nodes=list(exclude), seconds=timings)
+                                float_nodes=list(exclude), seconds=timings,
+                                rewrites={"identity_reshapes_dropped": len(reshapes),
+                                          "convolutions_cropped_to_used_taps": len(cropped)})
     if head:
         report.float_reasons["classifier head (a few thousand MACs; int8 would round probabilities)"] = \
             ", ".join(head)
