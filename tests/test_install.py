@@ -169,6 +169,7 @@ def test_wheel_in_a_fresh_venv_without_tensorflow(wheel, scan_and_bundle, export
     assert json.loads(env.stdout)["extras"]["train"] is False
     if versions == "latest":
         _verify_on_the_device_install(cli, exported_bundle, tmp_path)
+        _signed_bundle_on_the_device_install(py, cli, wheel, exported_bundle, tmp_path)
 
 
 def _verify_on_the_device_install(cli: Path, exported_bundle: Path, tmp_path: Path) -> None:
@@ -220,3 +221,41 @@ def test_wheel_carries_the_license(wheel):
     text = zipfile.ZipFile(wheel).read(license_files[0]).decode()
     assert "Apache License" in text and "Version 2.0" in text
     assert PYPROJECT["project"]["license"] == "Apache-2.0"
+
+
+def _signed_bundle_on_the_device_install(py: Path, cli: Path, wheel: Path, exported_bundle: Path,
+                                         tmp_path: Path) -> None:
+    """Issue 22: a signed export bundle verifies on the device install (runtime + the `sign` extra) under
+    --trust; a changed byte in any signed file fails verify --trust and classify --trust with one line naming it."""
+    import shutil
+
+    pytest.importorskip("model_signing", reason="model-signing (the `sign` extra) signs the bundle here")
+    from tests.signing.conftest import write_key_pair
+    from tumor_edge.signing.sign import sign_bundle
+
+    install = _run([str(py), "-m", "pip", "install", "-q", "--only-binary", ":all:", f"{wheel}[sign]"])
+    assert install.returncode == 0, install.stderr[-3000:]
+    private, public = write_key_pair(tmp_path / "keys", "signer")
+    signed = tmp_path / "signed"
+    shutil.copytree(exported_bundle, signed)
+    sign_bundle(signed, private)
+    result = _run([str(cli), "verify", "--trust", str(public), str(signed)], cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+
+    scan = next(Path(json.loads((signed / "metadata.json").read_text())["provenance"]["data_root"])
+                .glob("Testing/*/*.jpg"))
+    ok = _run([str(cli), "classify", "--json", "--trust", str(public), "--model", str(signed), str(scan)],
+              cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    for name in ("metadata.json", "model_int8.onnx", "parity.md"):
+        changed = tmp_path / f"changed-{name}"
+        shutil.copytree(signed, changed)
+        data = bytearray((changed / name).read_bytes())
+        data[len(data) // 3] ^= 0x01
+        (changed / name).write_bytes(bytes(data))
+        for command in (["verify", "--trust", str(public), str(changed)],
+                        ["classify", "--trust", str(public), "--model", str(changed), str(scan)]):
+            refused = _run([str(cli), *command], cwd=tmp_path)
+            errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+            assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+            assert len(errors) == 1 and name in errors[0], (command[0], name, refused.stderr)
