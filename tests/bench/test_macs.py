@@ -21,12 +21,15 @@ def test_count_macs_matches_the_hand_count(tiny_onnx, exported_bundle):
     assert count_macs(tiny_onnx / METADATA_FILE) is None  # not a model: no count, no crash
     # The session's InceptionV3 as export converts it (with its heatmap and OOD-feature heads), counted
     # independently from its Keras layers. Its int8 file does the same work plus the depthwise convolutions that
-    # stand in for its average pools (export/quantize/graph.py).
-    assert count_macs(exported_bundle / FP32) == _keras_macs(_converted_model(exported_bundle))
+    # stand in for its average pools, minus the kernel taps the int8 recipe crops because they only ever read
+    # padding (3x3, 1x3 and 3x1 convolutions on the last blocks' 1x1 maps at 75 px; export/quantize/graph.py).
+    fp32 = count_macs(exported_bundle / FP32)
+    assert fp32 == _keras_macs(_converted_model(exported_bundle))
     int8 = macs_by_node(exported_bundle / INT8)
     pools = {name: macs for name, macs in int8.items() if name.endswith("__depthwise")}
     assert pools and all(macs > 0 for macs in pools.values())
-    assert sum(int8.values()) - sum(pools.values()) == count_macs(exported_bundle / FP32)
+    cropped = fp32 - (sum(int8.values()) - sum(pools.values()))
+    assert 0 <= cropped < 0.15 * fp32, (cropped, fp32)
 
 
 def _converted_model(bundle: Path):

@@ -36,8 +36,8 @@ def test_classify_multipart_matches_classify_json(server, serve_bundle, tmp_path
     expected = json.loads(cli.stdout.strip())
     expected["file"] = "q1.png"
     served = reply.json()
-    assert served.pop("model") == {"file": "model_fp32.onnx", "engine": "onnxruntime"}
-    expected.pop("model", None)
+    assert served.pop("model") == {"file": expected.pop("model_file"), "engine": expected.pop("engine")} == {
+        "file": "model_fp32.onnx", "engine": "onnxruntime"}
     assert served == expected
     assert expected["label"] == CLASSES[1]
 
