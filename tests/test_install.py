@@ -141,7 +141,7 @@ def scan_and_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("versions", ["latest", "lowest"])
-def test_wheel_in_a_fresh_venv_without_tensorflow(wheel, scan_and_bundle, tmp_path, versions):
+def test_wheel_in_a_fresh_venv_without_tensorflow(wheel, scan_and_bundle, exported_bundle, tmp_path, versions):
     scan, bundle, dataset = scan_and_bundle
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
@@ -167,6 +167,47 @@ def test_wheel_in_a_fresh_venv_without_tensorflow(wheel, scan_and_bundle, tmp_pa
     env = _run([str(cli), "env", "--json"], cwd=tmp_path)
     assert env.returncode == 0, env.stderr
     assert json.loads(env.stdout)["extras"]["train"] is False
+    if versions == "latest":
+        _verify_on_the_device_install(cli, exported_bundle, tmp_path)
+
+
+def _verify_on_the_device_install(cli: Path, exported_bundle: Path, tmp_path: Path) -> None:
+    """Issue 19: README step 4 (`pip install tumor-edge`, then `tumor-edge verify BUNDLE`) failed an intact export
+    bundle (its TFLite files: 4 problems, each printed twice) and a copy sent without the TFLite files. On the
+    runtime-only install: both pass, the TFLite files listed once as not checked here; a tampered one fails."""
+    import shutil
+
+    def verify(bundle: Path, *args: str) -> subprocess.CompletedProcess:
+        result = _run([str(cli), "verify", str(bundle), *args], cwd=tmp_path)
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        lines = result.stdout.splitlines() + result.stderr.splitlines()
+        assert len(lines) == len(set(lines)), f"a line printed twice:\n{result.stdout}{result.stderr}"
+        return result
+
+    assert _run([str(cli.parent / "python"), "-c", "import ai_edge_litert"]).returncode != 0
+    whole = verify(exported_bundle)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    tflite = sorted(p.name for p in exported_bundle.glob("*.tflite"))
+    for name in tflite:
+        assert f"integrity: ok  {name}" in whole.stdout, "a file is hashed whatever its engine"
+        (line,) = [line for line in whole.stdout.splitlines() if line.startswith(f"not checked here: {name}:")]
+        assert "tumor-edge[tflite]" in line, line
+    assert all(f"reproduce: ok  {p.name}" in whole.stdout for p in exported_bundle.glob("*.onnx"))
+    assert verify(exported_bundle, "--strict").returncode == 1
+
+    onnx_only = tmp_path / "onnx-only"
+    shutil.copytree(exported_bundle, onnx_only, ignore=shutil.ignore_patterns("*.tflite"))
+    sent = verify(onnx_only)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert all(f"not checked here: {name}: not in this copy of the bundle" in sent.stdout for name in tflite)
+
+    model = onnx_only / "model_int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    tampered = verify(onnx_only)
+    errors = [line for line in tampered.stderr.splitlines() if line.startswith("error:")]
+    assert tampered.returncode == 1 and len(errors) == 1 and str(model) in errors[0] and "sha256" in errors[0]
 
 
 @pytest.mark.slow

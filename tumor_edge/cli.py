@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "demo-data": "tumor_edge.demo.commands:demo_data",
     "demo": "tumor_edge.demo.commands:demo",
     "serve": "tumor_edge.serve.commands:serve",
+    "sign": "tumor_edge.signing.commands:sign",
     "env": "tumor_edge.envcmd.commands:env",
 }
 

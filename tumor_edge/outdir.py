@@ -17,6 +17,9 @@ def prepare_out_dir(out: Path, force: bool, owned: Collection[str] | Callable[[s
     names (a collection of file names, or a predicate on a name) and keep everything else."""
     out = Path(out)
     is_owned = owned if callable(owned) else (lambda name, names=frozenset(owned): name in names)
+    if out.is_symlink() and not out.exists():
+        raise OutputExistsError("is a symbolic link to a folder that does not exist; remove it or name another "
+                                "folder", out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError("exists and is not a folder", out)
     if out.is_dir() and any(out.iterdir()):
@@ -26,5 +29,9 @@ def prepare_out_dir(out: Path, force: bool, owned: Collection[str] | Callable[[s
         for path in out.iterdir():
             if (path.is_file() or path.is_symlink()) and is_owned(path.name):
                 path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputExistsError(f"cannot create the {what} folder ({(err.strerror or str(err)).lower()})",
+                                out) from err
     return out

@@ -79,3 +79,81 @@ def test_mismatched_labels_are_a_config_error():
         expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 2]))
     with pytest.raises(ConfigError, match="N labels"):
         fit_temperature(np.full((2, 2), 0.5), np.array([0]))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _separated(n: int, seed: int, margin: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Scores a model gives a validation split it separates perfectly: every top-1 right, moderate confidence."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    z = rng.normal(0, 0.5, (n, 4))
+    z[np.arange(n), labels] += margin
+    return _softmax(z), labels
+
+
+def test_perfectly_separated_validation_keeps_t1():
+    """Issue 19: 28 validation images, all right: the NLL falls monotonically as T -> 0, so the fit ran to the
+    range's edge (T = 0.05) and test probabilities became 1.0 / 1e-44. No errors: nothing to fit, T = 1."""
+    from tumor_edge.calibration.temperature import choose_temperature
+
+    probs, labels = _separated(28, seed=0)
+    assert (probs.argmax(1) == labels).all()
+    raw = fit_temperature(probs, labels)
+    assert raw.temperature < 0.2, "the unguarded fit runs towards the lower bound (what the rule must refuse)"
+    choice = choose_temperature(probs, labels)
+    assert choice.temperature == 1.0
+    assert "no misclassified" in choice.kept_t1_because
+
+
+def test_one_error_is_not_enough_to_sharpen():
+    """With one mistake the out-of-fold check can never hold a mistake out while fitting on another: sharpening
+    cannot be judged, so T = 1 stays (and a test mistake would have been punished by a tiny T)."""
+    from tumor_edge.calibration.temperature import MIN_ERRORS, choose_temperature
+
+    probs, labels = _separated(40, seed=1)
+    labels = labels.copy()
+    labels[0] = (probs[0].argmax() + 1) % 4  # one confident mistake
+    assert int((probs.argmax(1) != labels).sum()) == 1 < MIN_ERRORS
+    choice = choose_temperature(probs, labels)
+    assert choice.temperature == 1.0 and "misclassified" in choice.kept_t1_because
+
+
+def test_a_fit_at_the_range_edge_is_refused():
+    """Scores already far too soft: the NLL optimum lies below the range's lower bound. A temperature pinned
+    to a bound is not an estimate: T = 1 is kept and the reason says so."""
+    from tumor_edge.calibration.temperature import T_BOUNDS, choose_temperature
+
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 2.0, (400, 4))
+    labels = np.array([rng.choice(4, p=row) for row in _softmax(z)])
+    soft = _softmax(z * T_BOUNDS[0] / 2)  # true T is half the lower bound
+    assert fit_temperature(soft, labels).temperature == pytest.approx(T_BOUNDS[0], rel=0.05)
+    choice = choose_temperature(soft, labels)
+    assert choice.temperature == 1.0 and "edge" in choice.kept_t1_because
+
+
+def test_overconfident_scores_still_get_t_above_1():
+    """The rule refuses only what it cannot trust: scores sharpened 3x with plenty of errors keep T ~ 3."""
+    from tumor_edge.calibration.temperature import choose_temperature
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.5, (600, 4))
+    labels = np.array([rng.choice(4, p=row) for row in _softmax(z)])
+    choice = choose_temperature(_softmax(3 * z), labels)
+    assert choice.temperature == pytest.approx(3.0, rel=0.15) and choice.kept_t1_because is None
+    assert choice.out_of_fold_gain > 0
+
+
+def test_out_of_fold_check_spreads_mistakes_over_the_folds():
+    """Each held-out fold holds mistakes whenever there are at least as many as folds, so the check always
+    measures what the fitted T does to a mistake it was not fitted on."""
+    from tumor_edge.calibration.temperature import out_of_fold_parts
+
+    labels_right = np.array([True] * 45 + [False] * 5)
+    parts = out_of_fold_parts(labels_right, folds=5, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(50))
+    assert all((~labels_right[p]).sum() == 1 for p in parts)

@@ -78,7 +78,8 @@ def test_json_lines_and_top_k(bundle, scans, state):
 def test_csv(bundle, scans, state):
     result = run(scans, "--model", bundle, "--csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["file", "frame", "label", "confidence", *CLASSES, "warnings", "error"]
+    assert list(rows[0]) == ["file", "frame", "label", "confidence", *CLASSES, "warnings", "error", "model_file",
+                            "engine"]
     assert len(rows) == 5 and rows[3]["label"] == "notumor" and not any(r["error"] for r in rows)
     assert abs(sum(float(rows[0][c]) for c in CLASSES) - 1) < 1e-4
 

@@ -177,3 +177,53 @@ def test_bad_role_references_are_one_line_errors(heatmap_recorded, change, messa
     (heatmap_recorded / "metadata.json").write_text(json.dumps(data))
     result = _verify(heatmap_recorded)
     assert result.exit_code == 1 and message in result.stderr, result.stderr
+
+
+@pytest.fixture()
+def two_files(tmp_path):
+    """A recorded bundle listing two model files (the quadrant model as fp32, and a copy as a second file)."""
+    import shutil
+
+    from tests.runtime.models import describe_file
+
+    bundle = make_bundle(tmp_path / "two")
+    shutil.copy(bundle / "model_fp32.onnx", bundle / "model_fp16.onnx")
+    meta = BundleMetadata.read(bundle)
+    meta.models["model_fp16.onnx"] = describe_file(bundle / "model_fp16.onnx", "onnx", "fp16")
+    meta.write(bundle)
+    record_reference(bundle)
+    return bundle
+
+
+def test_a_file_not_copied_to_this_device_is_listed_once_and_does_not_fail(two_files):
+    """Issue 19: a device sent only some of the bundle's files got "no model file ... (metadata lists it)" and
+    exit 1. What it holds is proven; the rest is listed once as not checked, with the reason; --strict fails."""
+    (two_files / "model_fp16.onnx").unlink()
+    result = _verify(two_files)
+    assert result.exit_code == 0, result.output
+    assert "reproduce: ok  model_fp32.onnx" in result.stdout
+    assert result.stdout.count("model_fp16.onnx") == 1
+    assert "not checked here: model_fp16.onnx: not in this copy of the bundle" in result.stdout
+    assert "1 model file checked; 1 not checked here" in result.stdout
+    strict = _verify(two_files, "--strict")
+    errors = [line for line in strict.stderr.splitlines() if line.startswith("error:")]
+    assert strict.exit_code == 1 and len(errors) == 1 and "model_fp16.onnx: not checked here" in errors[0]
+
+
+def test_a_present_file_that_fails_its_hash_still_fails(two_files):
+    path = two_files / "model_fp16.onnx"
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = _verify(two_files)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "sha256" in errors[0] and str(path) in errors[0]
+    assert len(set(result.output.splitlines())) == len(result.output.splitlines()), "a line printed twice"
+
+
+def test_at_least_one_model_must_verify(two_files):
+    (two_files / "model_fp16.onnx").unlink()
+    (two_files / "model_fp32.onnx").unlink()
+    result = _verify(two_files)
+    assert result.exit_code == 1
+    assert "no model of this bundle could be checked on this device" in result.stderr

@@ -127,7 +127,7 @@ def test_table_and_csv_rows_and_summary(bundle, volumes, state, tmp_path):
     Image.new("RGB", (40, 40), (90, 90, 90)).save(constant)
     result = run(constant, volumes["ras"], "-m", bundle, "--slices", "3", "--csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0])[-2:] == ["warnings", "error"]
+    assert list(rows[0])[-4:] == ["warnings", "error", "model_file", "engine"]
     assert "blank or constant image" in rows[0]["warnings"]
     assert [r["frame"] for r in rows[1:4]] == ["axial 4/32", "axial 16/32", "axial 27/32"]
     assert rows[4]["frame"].startswith("volume: axial, 3 slices; ") and rows[4]["warnings"] == RESEARCH_NOTICE

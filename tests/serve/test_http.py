@@ -35,7 +35,10 @@ def test_classify_multipart_matches_classify_json(server, serve_bundle, tmp_path
     assert cli.returncode == 0, cli.stderr
     expected = json.loads(cli.stdout.strip())
     expected["file"] = "q1.png"
-    assert reply.json() == expected
+    served = reply.json()
+    assert served.pop("model") == {"file": "model_fp32.onnx", "engine": "onnxruntime"}
+    expected.pop("model", None)
+    assert served == expected
     assert expected["label"] == CLASSES[1]
 
 
@@ -93,7 +96,7 @@ def _exchange(url: str, head: str, chunks=()) -> tuple[int, dict]:
     is complete, as it should for a body over the limit), then read the reply."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=15) as sock:
-        sock.sendall(head.encode())
+        sock.sendall(head.replace("Host: x", f"Host: {host}:{port}").encode())
         try:
             for chunk in chunks:
                 sock.sendall(chunk)
@@ -183,29 +186,37 @@ def test_token_required_on_the_api_not_on_health(serve_bundle, tmp_path):
 
 
 def _hold_a_place(url: str, declared: int = 10_000) -> socket.socket:
-    """A client that sends headers and part of its body, then waits: it holds an admission place."""
+    """A client that sends headers and part of its body, then waits: it holds an upload place."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n"
+    sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {declared}\r\n"
                  "Content-Type: application/octet-stream\r\n\r\n".encode() + b"\x00" * 100)
     return sock
 
 
-def test_full_queue_is_503_with_retry_after_then_recovers(serve_bundle, tmp_path):
-    with running_server(tmp_path, "--model", str(serve_bundle), "--concurrency", "1", "--queue", "0") as s:
-        holder = _hold_a_place(s.url)
+def _wait_uploading(url: str, done, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done(request(url + "/healthz").json()["uploading"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_full_upload_places_are_503_with_retry_after_then_recover(serve_bundle, tmp_path):
+    """A client address holding every upload place it may (UPLOAD_PLACES_PER_CLIENT) gets 503 with Retry-After
+    for its next upload; once its bodies are gone it gets in again."""
+    from tumor_edge.serve.config import ServeConfig
+
+    per_client = ServeConfig().upload_places_per_client
+    with running_server(tmp_path, "--model", str(serve_bundle)) as s:
+        holders = [_hold_a_place(s.url) for _ in range(per_client)]
         try:
-            deadline = time.monotonic() + 10
-            while request(s.url + "/healthz").json()["busy"] < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait_uploading(s.url, lambda n: n >= per_client)
             busy = request(s.url + "/v1/classify", "POST", _scan(tmp_path).read_bytes())
             assert busy.status == 503
             assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
         finally:
-            holder.close()
-        deadline = time.monotonic() + 10
-        while request(s.url + "/healthz").json()["busy"] > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            for holder in holders:
+                holder.close()
+        _wait_uploading(s.url, lambda n: n == 0)
         assert request(s.url + "/v1/classify", "POST", _scan(tmp_path).read_bytes()).status == 200
 
 

@@ -77,6 +77,14 @@ def test_bind_rule():
         ServeConfig(concurrency=0).validate()
 
 
+@pytest.mark.parametrize("token", ["pässwort", "tab\there", "", " lead"])
+def test_a_token_no_client_can_send_is_refused_at_start(token):
+    """Issue 22: a non-ASCII token never matched (headers arrive as latin-1, the token was compared as UTF-8): the
+    server started and refused everyone. A bearer token is visible ASCII (RFC 6750's b64token): said at start."""
+    with pytest.raises(ConfigError, match="token"):
+        ServeConfig(token=token).validate()
+
+
 def test_admission_refuses_beyond_capacity_and_frees_places():
     async def scenario():
         gate = Admission(concurrency=1, queue=1)
@@ -101,3 +109,111 @@ def test_the_server_never_imports_tensorflow():
             "sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the hardening parts (issue 22) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("127.0.0.1:8000", ("127.0.0.1", 8000)), ("LocalHost.", ("localhost", None)), ("[::1]:80", ("::1", 80)),
+    ("[::1]", ("::1", None)), ("scans.lab", ("scans.lab", None)),
+    ("::1", None), ("[::1", None), ("[nothost]:1", None), ("a b", None), ("x:99999", None), ("x:8o", None),
+    ("", None), (":80", None), ("exa\u00efmple.org", None),
+])
+def test_split_host(value, parsed):
+    from tumor_edge.serve.hosts import split_host
+
+    assert split_host(value) == parsed
+
+
+def test_host_rule_own_names_on_the_bound_port_and_allowed_names_on_any():
+    from tumor_edge.serve.hosts import HostRule
+
+    rule = HostRule.for_bind("127.0.0.1", 8000, ["Scans.Lab"])
+    for ok in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost", "scans.lab:443", "SCANS.LAB"):
+        assert rule.refusal(ok) is None, ok
+    for bad in ("attacker.example:8000", "127.0.0.1:8001", "10.0.0.1:8000", "localhost.attacker.example"):
+        status, reason = rule.refusal(bad)
+        assert status == 421 and "--allow-host" in reason, bad
+    assert rule.refusal(None)[0] == 400 and rule.refusal("x y")[0] == 400
+    wildcard = HostRule.for_bind("0.0.0.0", 9000)
+    assert wildcard.refusal("192.168.1.4:9000") is None and wildcard.refusal("[fe80::1]:9000") is None
+    assert wildcard.refusal("myhost.lan:9000")[0] == 421  # a name needs --allow-host: it could be rebound
+    assert HostRule.for_bind("192.168.1.4", 80).refusal("192.168.1.4") is None
+
+
+@pytest.mark.parametrize("name", ["scans.lab", "10.0.0.7", "[fe80::1]", "ward-7_a"])
+def test_allow_host_values(name):
+    ServeConfig(allow_hosts=(name,)).validate()
+
+
+@pytest.mark.parametrize("name", ["http://scans.lab", "scans.lab:8000", "", "a/b", "sc ans"])
+def test_allow_host_values_refused(name):
+    with pytest.raises(ConfigError, match="--allow-host"):
+        ServeConfig(allow_hosts=(name,)).validate()
+
+
+@pytest.mark.parametrize("text, folders, clean", [
+    ("/srv/b un/model.onnx: bad", ["/srv/b un"], "model.onnx: bad"),
+    ("/srv/bundle: model.onnx is a link", ["/srv/bundle"], "bundle: model.onnx is a link"),
+    ("cannot open /home/u/.cache/te/abc.ort (x)", [], "cannot open abc.ort (x)"),
+    ("C:\\Users\\u\\m.onnx: bad", [], "m.onnx: bad"),
+    ("~/bundles/m.onnx failed", [], "m.onnx failed"),
+    ("input/output 1/2 and N/A stay", [], "input/output 1/2 and N/A stay"),
+])
+def test_without_folders(text, folders, clean):
+    from pathlib import Path
+
+    from tumor_edge.serve.errors import without_folders
+
+    assert without_folders(text, [Path(f) for f in folders]) == clean
+
+
+def test_upload_stage_bounds_places_per_client_and_bytes():
+    from tumor_edge.serve.admission import UploadStage
+
+    async def scenario():
+        stage = UploadStage(places=3, per_client=2, budget_bytes=100)
+        async with stage.enter("a") as first, stage.enter("a"):
+            with pytest.raises(Busy, match="your address"):
+                async with stage.enter("a"):
+                    pass
+            async with stage.enter("b") as other:
+                with pytest.raises(Busy, match="3 uploads"):
+                    async with stage.enter("c"):
+                        pass
+                first.take(60)
+                with pytest.raises(Busy, match="MiB"):
+                    other.take(41)
+                other.take(40)
+                assert stage.bytes_held == 100 and stage.receiving == 3
+        assert stage.bytes_held == 0 and stage.receiving == 0 and not stage.by_client
+
+    asyncio.run(scenario())
+
+
+def test_probabilities_float32_and_8_bit_pass_raw_values_do_not():
+    import numpy as np
+
+    from tumor_edge.serve.model_check import probability_problem
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 4, 10):
+        logits = rng.normal(0, 4, (200, classes)).astype(np.float32)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)  # float32 softmax
+        eight_bit = np.round(probs * 256) / 256  # an int8 softmax's output grid (scale 1/256)
+        for row in (*probs, *eight_bit):
+            assert probability_problem(row.tolist()) is None, row
+    assert "outside [0, 1]" in probability_problem([1.39e10] * 4)
+    assert "not finite" in probability_problem([float("nan"), 0.5, 0.5])
+    assert "outside [0, 1]" in probability_problem([-0.2, 0.6, 0.6])
+    assert "summing to 0.5" in probability_problem([0.25, 0.25, 0.0, 0.0])
+
+
+def test_without_folders_leaves_a_longer_sibling_name_whole():
+    from pathlib import Path
+
+    from tumor_edge.serve.errors import without_folders
+
+    assert without_folders("/tmp/x and /tmp/xyz/f.png", [Path("/tmp/x")]) == "x and f.png"

@@ -68,3 +68,22 @@ def test_fit_trust_for_run_and_its_printout(tmp_path):
     small = fit_trust_for_run(cnn, val.pixels[:5], val.labels[:5], test.pixels, test.labels, tmp_path / "r2.png",
                               tmp_path / "o2.npz")
     assert "at least 20" in small["ood"]["skipped"] and "not fitted" in describe_trust(small)
+
+
+def test_fit_calibration_keeps_t1_on_a_perfectly_separated_validation_split():
+    """Issue 19: the suite's trained fixture separated its 28 validation images perfectly, the fit ran to
+    T = 0.05, the out-of-fold guard accepted it and the bundle shipped it (test NLL 14x worse)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 28)
+    z = rng.normal(0, 0.5, (28, 4))
+    z[np.arange(28), labels] += 3.0
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    test_labels = rng.integers(0, 4, 40)
+    zt = rng.normal(0, 0.5, (40, 4))
+    zt[np.arange(40), test_labels] += 3.0
+    zt[:4] = zt[:4, ::-1]  # a few test mistakes, as any real test split has
+    test = np.exp(zt) / np.exp(zt).sum(1, keepdims=True)
+    record = fit_calibration(probs, labels, test, test_labels, None)
+    assert record["temperature"] == 1.0
+    assert "no misclassified" in record["kept_t1_because"]
+    assert record["test"]["nll_after"] == record["test"]["nll_before"]

@@ -4,6 +4,19 @@ minimising the negative log-likelihood on held-out (validation) data. It changes
 It also works on probabilities: log p = z - logsumexp(z) differs from the logits z by a per-row constant,
 which the softmax ignores, so softmax(log p / T) == softmax(z / T). A model that outputs probabilities (as
 tumor-edge's Keras models and bundles do) is therefore scaled exactly, with no access to its logits.
+
+When a temperature is used (`choose_temperature`, the rule train and export apply): T = 1 is kept, with the
+reason recorded, unless all three hold:
+1. The validation split holds at least MIN_ERRORS misclassified images. With none, the NLL falls monotonically
+   as T -> 0 and has no interior minimum: the fit runs to the range's edge (measured: 28 perfectly separated
+   validation images fitted T = 0.05, which made the test NLL 14x worse, probabilities of 1.0 and 1e-44). With
+   one, the out-of-fold check (3) can never hold a mistake out while fitting on another, so it cannot see what
+   sharpening costs a mistake.
+2. The fitted optimum lies inside T_BOUNDS, not within EDGE_FACTOR of a bound: a temperature pinned to a bound
+   is a property of the search range, not an estimate.
+3. On data the fit never saw it helps: the split in folds (each fold holding its share of the mistakes), each
+   fold scored at the T fitted on the others by rules 1-2 (T = 1 where they refuse), and the mean held-out NLL
+   must be lower than at T = 1. The check only keeps or rejects; it never changes T.
 """
 
 from __future__ import annotations
@@ -19,6 +32,9 @@ from tumor_edge.errors import ConfigError
 SCORE_KINDS = ("probabilities", "logits")
 T_BOUNDS = (0.05, 20.0)  # beyond these a model is broken, not miscalibrated
 _FLOOR = 1e-12  # float32 probabilities underflow to 0; log(0) would make T meaningless
+MIN_ERRORS = 2  # misclassified validation images needed before a temperature is fitted at all (rule 1)
+EDGE_FACTOR = 1.05  # an optimum within this factor of a bound is "at the edge" (rule 2)
+FOLDS = 5
 
 
 def log_scores(scores: np.ndarray, kind: str = "probabilities") -> np.ndarray:
@@ -74,23 +90,89 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "probabi
     return TemperatureFit(round(best, 6), before, after, int(len(labels)))
 
 
-def out_of_fold_gain(scores: np.ndarray, labels: np.ndarray, kind: str = "probabilities", folds: int = 5,
+def at_edge(temperature: float) -> bool:
+    """True when a fitted T sits at (within EDGE_FACTOR of) a bound of T_BOUNDS: the range, not the data, set it."""
+    return temperature <= T_BOUNDS[0] * EDGE_FACTOR or temperature >= T_BOUNDS[1] / EDGE_FACTOR
+
+
+def _refusal(z: np.ndarray, labels: np.ndarray, fit: TemperatureFit) -> str | None:
+    """Rules 1 and 2 for one fit: why it cannot be trusted, or None."""
+    errors = int(np.sum(z.argmax(1) != labels))
+    if errors < MIN_ERRORS:
+        what = "no misclassified images" if errors == 0 else f"{errors} misclassified image"
+        return (f"the validation split has {what} (at least {MIN_ERRORS} needed): its NLL has no interior "
+                "minimum to fit, or none a held-out check can test")
+    if at_edge(fit.temperature):
+        return (f"the fitted T = {fit.temperature:.3g} sits at the edge of the search range {T_BOUNDS}: the range "
+                "set it, not the data")
+    return None
+
+
+def out_of_fold_parts(right: np.ndarray, folds: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
+    """Indices of `folds` parts, the mistakes (right == False) and the right images each dealt round-robin after a
+    seeded shuffle, so every part holds its share of the mistakes (rule 3 must hold mistakes out)."""
+    right = np.asarray(right, bool)
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    dealt = 0
+    for group in (np.flatnonzero(~right), np.flatnonzero(right)):
+        for i in rng.permutation(group):
+            parts[dealt % folds].append(int(i))
+            dealt += 1
+    return [np.array(sorted(p), dtype=np.int64) for p in parts if p]
+
+
+def _guarded_t(z_probs: np.ndarray, labels: np.ndarray, kind: str) -> float:
+    fit = fit_temperature(z_probs, labels, kind)
+    return 1.0 if _refusal(log_scores(z_probs, kind), labels, fit) else fit.temperature
+
+
+def out_of_fold_gain(scores: np.ndarray, labels: np.ndarray, kind: str = "probabilities", folds: int = FOLDS,
                      seed: int = 0) -> float:
-    """Mean NLL per image at T = 1 minus at a T fitted without that image (5-fold): > 0 when scaling helps
-    images it was not fitted on. On a few dozen validation images a fitted T can hurt new images (measured: a
-    run with 28 validation images fitted T = 2.5 and its test ECE rose from 6.9 % to 17.5 %)."""
+    """Mean NLL per image at T = 1 minus at a T fitted without that image (rules 1-2 applied to each fold's fit):
+    > 0 when scaling helps images it was not fitted on. On a few dozen validation images a fitted T can hurt new
+    images (measured: a run with 28 validation images fitted T = 2.5 and its test ECE rose from 6.9 % to 17.5 %)."""
     probs_like, labels = _check(scores, labels)
     z = log_scores(probs_like, kind)
-    order = np.random.default_rng(seed).permutation(len(labels))
     gain = 0.0
-    for part in np.array_split(order, folds):
-        rest = np.setdiff1d(order, part)
-        if len(part) == 0 or len(rest) == 0:
+    for part in out_of_fold_parts(z.argmax(1) == labels, folds, seed):
+        rest = np.setdiff1d(np.arange(len(labels)), part)
+        if len(rest) == 0:
             continue
-        t = fit_temperature(probs_like[rest], labels[rest], kind).temperature
+        t = _guarded_t(probs_like[rest], labels[rest], kind)
         gain += len(part) * (negative_log_likelihood(z[part], labels[part])
                              - negative_log_likelihood(z[part], labels[part], t))
     return gain / len(labels)
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The temperature a model ships with, the raw fit it came from, and why T = 1 was kept if it was."""
+
+    fit: TemperatureFit  # the unguarded fit on the whole validation split
+    temperature: float  # what ships: fit.temperature, or 1.0
+    out_of_fold_gain: float | None  # rule 3's figure; None when rules 1-2 refused before it ran
+    kept_t1_because: str | None = None
+
+    def applied_fit(self) -> TemperatureFit:
+        """The fit as shipped (T = 1 and no NLL change when kept)."""
+        if self.kept_t1_because is None:
+            return self.fit
+        return TemperatureFit(1.0, self.fit.nll_before, self.fit.nll_before, self.fit.count)
+
+
+def choose_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "probabilities") -> TemperatureChoice:
+    """The module docstring's rule: a fitted T, or T = 1 with the reason. Never a T the data cannot support."""
+    probs_like, labels = _check(scores, labels)
+    fit = fit_temperature(probs_like, labels, kind)
+    refused = _refusal(log_scores(probs_like, kind), labels, fit)
+    if refused:
+        return TemperatureChoice(fit, 1.0, None, refused)
+    gain = out_of_fold_gain(probs_like, labels, kind)
+    if gain <= 0:
+        return TemperatureChoice(fit, 1.0, gain, "a temperature fitted on part of the validation split did not "
+                                                 "lower the NLL of the rest")
+    return TemperatureChoice(fit, fit.temperature, gain)
 
 
 def calibration_summary(scores: np.ndarray, labels: np.ndarray, fit: TemperatureFit,

@@ -45,7 +45,7 @@ def _owned(name: str) -> bool:
 
 def _model_name(classifier) -> str:
     """The bundle file running (not the cached optimised form the runtime may have loaded in its place)."""
-    return classifier.metadata.default_model()
+    return classifier.backend.path.name
 
 
 def _pct(value: Any) -> str:

@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dicom": ("pydicom",),
     "serve": ("starlette", "uvicorn", "python_multipart"),
     "nifti": ("nibabel",),
+    "sign": ("model_signing", "OpenSSL", "cryptography"),  # model-signing imports pyOpenSSL without declaring it
 }
 
 # command -> (the extra it needs beyond the runtime install, the modules checked before it starts); commands not
@@ -25,6 +26,7 @@ COMMAND_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "demo": ("train", ("tensorflow", "keras", "nibabel", "scipy", "sklearn")),
     "demo-data": ("train", ("nibabel", "scipy")),
     "serve": ("serve", ("starlette", "uvicorn", "python_multipart")),
+    "sign": ("sign", ("model_signing", "OpenSSL")),
 }
 
 

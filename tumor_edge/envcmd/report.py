@@ -34,11 +34,46 @@ def onnxruntime_info() -> dict[str, Any]:
     }
 
 
-def environment() -> dict[str, Any]:
+def environment(model: str | None = None) -> dict[str, Any]:
     info = machine_info()
     return {"tumor_edge": __version__, "machine": info, "onnxruntime": onnxruntime_info(),
             "extras": {extra: all(mods.values()) for extra, mods in extras_present().items()},
-            "extra_modules": extras_present()}
+            "extra_modules": extras_present(), "engine_choice": engine_choice(model)}
+
+
+def engine_choice(model: str | None) -> dict[str, Any]:
+    """The file this device runs for the bundle (`model`, else $TUMOR_EDGE_MODEL or the last export): the choices
+    recorded by measurement (tumor_edge.runtime.choice), one per thread count."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.errors import TumorEdgeError
+
+    try:
+        bundle = resolve_model_path(model)
+        bundle = bundle if bundle.is_dir() else bundle.parent
+        metadata = BundleMetadata.read(bundle)
+        from tumor_edge.runtime.choice import recorded_choices
+
+        choices = recorded_choices(Path(bundle), metadata)
+    except (TumorEdgeError, OSError) as err:
+        return {"bundle": None, "note": str(err)}
+    return {"bundle": str(bundle), "recorded": [asdict(c) for c in choices],
+            "note": None if choices else "nothing measured yet: `tumor-edge verify BUNDLE` (or the first classify) "
+                                         "times the bundle's files and records the fastest"}
+
+
+def describe_choice(record: dict[str, Any]) -> list[str]:
+    if not record.get("bundle"):
+        return [f"engine choice   no bundle ({record.get('note')})"]
+    lines = [f"engine choice   {record['bundle']}: {record['note']}"] if record.get("note") else []
+    for c in record.get("recorded", []):
+        threads = c["threads"] if c["threads"] is not None else "default"
+        timed = ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(c["p50_ms"].items(), key=lambda kv: kv[1]))
+        lines.append(f"engine choice   {c['file']} ({c['engine']}) at {threads} threads; p50 batch 1: {timed}")
+    return lines
 
 
 def format_text(env: dict[str, Any]) -> str:
@@ -65,6 +100,7 @@ def format_text(env: dict[str, Any]) -> str:
             lines.append(f"gpu             {ort['gpu_hint']}")
     else:
         lines.append(f"onnxruntime     NOT INSTALLED ({ort['error']})")
+    lines += describe_choice(env.get("engine_choice") or {})
     for extra, mods in env["extra_modules"].items():
         missing = [name for name, ok in mods.items() if not ok]
         state = "present" if not missing else f"missing {', '.join(missing)} (pip install 'tumor-edge[{extra}]')"

@@ -103,6 +103,9 @@ def _flag_for(err) -> str | None:
 @click.option("--opset", type=click.IntRange(min=13), default=_DEFAULT("opset"), show_default=True)
 @click.option("--seed", type=int, default=_DEFAULT("seed"), show_default=True, help="Seed of the stratified subsets.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--sign-key", metavar="PRIVATE.pem", type=click.Path(path_type=Path), default=None,
+              help="Sign the finished bundle with this EC private key (model.sig; as `tumor-edge sign`). Needs the "
+                   "`sign` extra.")
 @click.pass_context
 def export(ctx: click.Context, source: Path, out: Path, formats: str, force: bool, classes: str | None,
            image_size: int | None, preprocess: str | None, resize: str | None, output_type: str, layout: str,
@@ -111,7 +114,7 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
            no_parity: bool,
            max_accuracy_drop: float, max_auc_drop: float, min_agreement: float, allow_unproven: bool,
            confidence: float, tflite_full_integer: bool, no_optimize: bool, in_process: bool, overlap: bool,
-           opset: int, seed: int, quiet: bool, **enabling: bool) -> None:
+           opset: int, seed: int, quiet: bool, sign_key: Path | None, **enabling: bool) -> None:
     """Export SOURCE (a training run folder, or a .keras/.h5/.onnx file or SavedModel made elsewhere) to a model
     bundle: ONNX and TFLite files (fp32, plus int8/fp16 on request), metadata.json, and a parity report proving
     that every file, run by the runtime from the test images, agrees with the Keras model.
@@ -144,7 +147,8 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
                                         min_agreement=min_agreement, confidence=confidence),
             allow_unproven=allow_unproven,
             quantization=quantization, tflite_full_integer=tflite_full_integer, opset=opset, seed=seed,
-            isolate=not in_process, overlap=overlap, show_progress=not quiet, debug=debug, **enabling)
+            isolate=not in_process, overlap=overlap, show_progress=not quiet, debug=debug, sign_key=sign_key,
+            **enabling)
         result = export_bundle(config)
     except TumorEdgeError as err:
         table = getattr(err, "table", None)
@@ -160,6 +164,8 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
     state = ("parity NOT proven (--no-parity)" if result.parity is None else "parity proven"
              if result.parity.passed else "parity NOT proven (--allow-unproven)")
     click.echo(f"bundle: {result.out} ({state}; {result.seconds:.0f} s)")
+    if result.signature is not None:
+        click.echo(f"signed: {result.signature}")
 
 
 class _ClickEcho(logging.Handler):

@@ -74,6 +74,9 @@ class ExportConfig:
     overlap: bool = False
     show_progress: bool = True
     debug: bool = False  # let a converter's exception propagate with its traceback
+    # Sign the finished bundle with this EC private key (PEM; the `sign` extra): model.sig, after every file is
+    # written and only when the export succeeded (tumor_edge.signing).
+    sign_key: Path | None = None
 
     def __post_init__(self) -> None:
         self.source, self.out = Path(self.source), Path(self.out)

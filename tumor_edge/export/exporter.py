@@ -52,6 +52,7 @@ class ExportResult:
     table: str
     seconds: float
     warnings: list[str]
+    signature: Path | None = None  # model.sig, when the export signed the bundle (config.sign_key)
 
 
 def export_bundle(config: ExportConfig) -> ExportResult:
@@ -62,6 +63,10 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.force:
         raise needs_option(OutputExistsError("bundle folder exists and is not empty; pass --force (force=True in "
                                              "Python) to overwrite it", out), "force")
+    if config.sign_key is not None:  # a key that cannot sign is found now, not after the conversions
+        from tumor_edge.signing.sign import check_signing_key
+
+        check_signing_key(config.sign_key)
     with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp, open_worker(_isolated(config)) as worker:
         work = Path(tmp)
         options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
@@ -156,8 +161,20 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     if error is not None:
         error.table = table  # the CLI prints it before the error line: the numbers behind the failure
         raise error
+    result.signature = sign_export(out, config.sign_key)
     remember_last_bundle(out)
     return result
+
+
+def sign_export(out: Path, sign_key: Path | None) -> Path | None:
+    """Sign the finished bundle (every file written, parity accepted): model.sig, or None without a key. A
+    failed or unproven export is not signed: a signature vouches for a bundle export accepted."""
+    if sign_key is None:
+        return None
+    from tumor_edge.signing.sign import sign_bundle
+
+    # force: the folder is this export's own (prepare_out_dir removed an older signature with the other files)
+    return sign_bundle(out, sign_key, force=True).signature
 
 
 def _isolated(config: ExportConfig) -> bool:

@@ -180,8 +180,11 @@ class Classifier:
             raise ModelError("no such bundle or model file", path)
         if path.is_dir():
             metadata = BundleMetadata.read(path)
-            name = model_file or metadata.default_model()
-            return cls(open_bundle_model(path, name, metadata, options), metadata)
+            if model_file is None:  # the device's measured choice (tumor_edge.runtime.choice)
+                from tumor_edge.runtime.choice import pick_model
+
+                model_file = pick_model(path, metadata, options)
+            return cls(open_bundle_model(path, model_file, metadata, options), metadata)
         if model_file:
             raise ModelError("a model file name picks a file inside a bundle folder, and this is a file already",
                              path)

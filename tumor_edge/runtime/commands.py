@@ -111,11 +111,14 @@ def _detach_stdout() -> None:
               "or unlike the training scans); its probabilities and warnings are still shown.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=str),
+              help="Refuse the bundle unless its signature (model.sig, `tumor-edge sign`) verifies with this EC "
+                   "public key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, model_file: str | None,
              as_json: bool, as_csv: bool, top_k: int | None, threads: int | None, batch_size: int, frames: str,
              axis: str, slice_choice: str | int, providers: str | None, workers: int, heatmap_dir: str | None,
-             force: bool, abstain: bool, show_progress: bool | None) -> None:
+             force: bool, abstain: bool, show_progress: bool | None, trust: str | None) -> None:
     """Classify brain-MRI scans: image files, volumes, or folders (recursed).
 
     JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF and DICOM (.dcm or suffix-less; needs the
@@ -154,6 +157,10 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
                              # one image: no arena (3 MB lower peak); more: the arena keeps memory flat (40 JPEGs
                              # at batch 4: 128 MB with it, 145 MB without)
                              memory_arena=not one_batch)
+    if trust:  # before the bundle is opened; model-signing loads only here
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(model, trust)
     classifier = Classifier.from_bundle(resolve_model_path(model), model_file=model_file, options=options)
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
     missing = classifier.backend.missing_providers
@@ -176,7 +183,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     width = min(max(len(one_line(str(f))) for f in files), 60)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # a class name the terminal cannot show: escaped
-    writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width, RESEARCH_NOTICE)
+    produced_by = (classifier.backend.path.name, classifier.backend.name)
+    click.echo(f"note: running {produced_by[0]} ({produced_by[1]})", err=True)
+    writer = WRITERS[fmt](sys.stdout, classifier.classes, top_k, width, RESEARCH_NOTICE, model=produced_by)
     try:
         with _input_warnings():
             writer.header()

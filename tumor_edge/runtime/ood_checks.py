@@ -80,6 +80,18 @@ def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -
     return []
 
 
+def content_warnings(grey: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -> list[str]:
+    """The checks that hold for a volume slice's own voxels (before it is framed on a black canvas, which would
+    give any constant or noise volume the dark surround of a head): blank or constant, and noise."""
+    s = pixel_stats(np.asarray(grey))
+    if s.contrast < limits.min_contrast:
+        return [f"blank or constant slice (contrast {s.contrast:.1f} grey levels): not a scan"]
+    if s.neighbour_correlation < limits.min_neighbour_correlation:
+        return [f"slice looks like noise (neighbouring voxels correlate {s.neighbour_correlation:.2f}; real "
+                f"scans > {limits.min_neighbour_correlation})"]
+    return []
+
+
 def flag_rates(score_flags: np.ndarray, images: np.ndarray) -> dict[str, float | int]:
     """How a fitted score (`score_flags`, one bool per image) and the input checks flag a set of uint8 images:
     the shares flagged by each and by either. One row shape for train's and export's OOD evaluations."""

@@ -8,6 +8,8 @@ spreadsheet formula, JSON never holds a bare NaN. A failed write (disk full) bec
 Volumes (a NIfTI file, a DICOM series folder) give a row per classified slice, shaped like an image row and named
 `brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slice_count` instead of `frame`), then a volume summary row
 (JSON: an object with `"summary": "volume"`) carrying the slices that support its class and the research notice.
+Every JSON and CSV result row names the model file and engine that produced it (`model_file`, `engine`): the
+device picks the file by measurement, so a row must say which one it was.
 """
 
 from __future__ import annotations
@@ -101,12 +103,14 @@ def _slice_dict(result: Prediction, axis: str) -> dict:
 class Writer:
     """Streams results to `out`. `failure` returns True when it wrote the failure to `out` itself."""
 
-    def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int, notice: str = ""):
+    def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int, notice: str = "",
+                 model: tuple[str, str] = ("", "")):
         self.out = out
         self.classes = list(classes)
         self.top_k = top_k
         self.file_width = file_width
         self.notice = notice  # the research-use notice each volume summary carries
+        self.model_file, self.engine = model  # what produced every row: named in each machine-readable row
 
     def header(self) -> None:
         pass
@@ -166,8 +170,10 @@ class JsonLinesWriter(Writer):
     """One JSON object a line; failures too ({"file", "error"}), so a script sees every input accounted for.
     NaN or infinity is refused (strict JSON parsers reject them): the caller turns such results into failures."""
 
-    def _json(self, data: dict) -> None:
+    def _json(self, data: dict, produced: bool = True) -> None:
         data["file"] = display_name(data.get("file"))
+        if produced:
+            data.update(model_file=display_name(self.model_file), engine=self.engine)
         self._line(json.dumps(data, allow_nan=False))
 
     def prediction(self, result: Prediction, axis: str | None = None) -> None:
@@ -180,7 +186,7 @@ class JsonLinesWriter(Writer):
         self._json(summary.to_dict(self.notice))
 
     def failure(self, result: Failure) -> bool:
-        self._json(result.to_dict())
+        self._json(result.to_dict(), produced=False)
         return True
 
 
@@ -199,7 +205,7 @@ class CsvWriter(Writer):
 
     def header(self) -> None:
         self._row(["file", "frame", "label", "confidence", *(csv_cell(c) for c in self.classes), "warnings",
-                   "error"])
+                   "error", "model_file", "engine"])
 
     def prediction(self, result: Prediction, axis: str | None = None) -> None:
         frame = "" if result.frame is None else result.frame
@@ -208,18 +214,21 @@ class CsvWriter(Writer):
         label, confidence = ("", "") if result.abstained else (csv_cell(result.label), f"{result.confidence:.6f}")
         self._row([csv_cell(result.source), frame, label, confidence,
                    *(f"{result.probabilities[c]:.6f}" for c in self.classes),
-                   csv_cell("; ".join(result.warnings)), ""])
+                   csv_cell("; ".join(result.warnings)), "", *self._produced()])
+
+    def _produced(self) -> list[str]:
+        return [csv_cell(self.model_file), csv_cell(self.engine)]
 
     def volume_summary(self, summary: VolumeSummary) -> None:
         label = "" if summary.label is None else csv_cell(summary.label)
         confidence = "" if summary.confidence is None else f"{summary.confidence:.6f}"
         self._row([csv_cell(summary.source), csv_cell(f"{summary_label(summary)}; {summary.support_text()}"),
                    label, confidence, *(f"{summary.probabilities[c]:.6f}" for c in self.classes),
-                   csv_cell("; ".join([*summary.warnings, self.notice])), ""])
+                   csv_cell("; ".join([*summary.warnings, self.notice])), "", *self._produced()])
 
     def failure(self, result: Failure) -> bool:
         self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)), "",
-                   csv_cell(failure_reason(result))])
+                   csv_cell(failure_reason(result)), "", ""])
         return True
 
 

@@ -12,6 +12,15 @@
 4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
    labelled scans, which must stay within the export's parity tolerance of what export measured.
 
+Once every check has passed, verify times the files this device may run and records the fastest (see
+tumor_edge.runtime.choice), which classify, serve and bench then use.
+
+verify proves what this device can run. A listed file that is absent (a device sent only the ONNX files) or whose
+engine is not installed here (TFLite files on the runtime-only install) is listed once under "not checked here",
+with the reason and the extra that would check it, and does not fail the run; a present file is still hashed
+whatever its engine. A present file that fails its hash or reproduces wrong fails, and at least one model must
+verify. `--strict` requires every listed file to be present and checked.
+
 Exit status: 0 all checks passed; 1 any problem (each is one `error:` line naming the file); 2 usage errors.
 """
 
@@ -52,6 +61,8 @@ class VerifyReport:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
+    not_checked: dict[str, str] = field(default_factory=dict)  # listed file -> why this device could not check it
+    choice: object | None = None  # the measured fastest file (runtime.choice.EngineChoice), once all checks passed
 
     @property
     def ok(self) -> bool:
@@ -59,9 +70,10 @@ class VerifyReport:
 
 
 def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolerance: float | None = None,
-                  batch_size: int = 16) -> VerifyReport:
-    """Run every check; never raises for a bad bundle (each problem is a line of the report)."""
-    from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
+                  batch_size: int = 16, strict: bool = False, choose: bool = True,
+                  threads: int | None = None) -> VerifyReport:
+    """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
+    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.reference import listed_models
 
@@ -73,22 +85,69 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
         report.problems.append(str(err))
         return report
     report.lines.append(f"schema: ok ({len(metadata.classes)} classes, {len(metadata.models)} files)")
-    intact = []
+    runnable = []
     for name in metadata.models:  # every listed file, 0.1 twins included: a bound twin may run in its place
-        try:
-            check_model_file(bundle_dir, name, metadata)
-        except TumorEdgeError as err:
-            report.problems.append(str(err))
-            continue
-        intact.append(name)
-        report.lines.append(f"integrity: ok  {name} (sha256 {metadata.models[name].sha256[:12]}…)")
-    intact = [name for name in listed_models(metadata) if name in intact]
+        if _check_integrity(bundle_dir, name, metadata, report):
+            runnable.append(name)
+    runnable = [name for name in listed_models(metadata) if name in runnable]
     if not listed_models(metadata):
         report.problems.append(f"{bundle_dir}: the bundle lists no models")
-    _check_reference(bundle_dir, metadata, intact, tolerance, report)
+    _check_reference(bundle_dir, metadata, runnable, tolerance, report)
     if data is not None:
-        _check_data(bundle_dir, metadata, intact, Path(data), batch_size, report)
+        _check_data(bundle_dir, metadata, runnable, Path(data), batch_size, report)
+    for name, why in report.not_checked.items():
+        if strict:
+            report.problems.append(f"{bundle_dir / name}: not checked here: {why} (--strict requires every file)")
+        else:
+            report.lines.append(f"not checked here: {name}: {why}")
+    reproduced = [name for name, figures in report.files.items() if figures.get("reproduced")]
+    if listed_models(metadata) and not reproduced and not report.problems:
+        report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
+    if choose and reproduced and not report.problems:
+        _choose(bundle_dir, metadata, threads, report)
     return report
+
+
+def _choose(bundle_dir: Path, metadata, threads: int | None, report: VerifyReport) -> None:
+    """Time the files this device may run and record the fastest for classify/serve/bench (runtime.choice)."""
+    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.runtime.backends import BackendOptions
+    from tumor_edge.runtime.choice import measure_choice
+
+    try:
+        report.choice = measure_choice(bundle_dir, metadata, BackendOptions(threads=threads))
+    except TumorEdgeError as err:
+        report.lines.append(f"device choice: not measured ({err.reason})")
+        return
+    report.lines.append(f"device choice: {report.choice.describe()}")
+
+
+def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport) -> bool:
+    """Hash one listed file if it is here; True when this device can also run it. An absent file or a missing
+    engine is recorded in report.not_checked (once), a failed check in report.problems."""
+    from tumor_edge.contracts.bundle import check_model_file, member_path
+    from tumor_edge.errors import MissingExtraError, TumorEdgeError
+    from tumor_edge.runtime.backends import engine_of
+
+    try:
+        path = member_path(bundle_dir, name)  # a name that leaves the folder is a problem, present or not
+        if not os.path.lexists(path):
+            report.not_checked[name] = "not in this copy of the bundle"
+            return False
+        check_model_file(bundle_dir, name, metadata)
+    except TumorEdgeError as err:
+        report.problems.append(str(err))
+        return False
+    report.lines.append(f"integrity: ok  {name} (sha256 {metadata.models[name].sha256[:12]}…)")
+    try:
+        engine_of(path)
+    except MissingExtraError as err:
+        report.not_checked[name] = f"{err.reason} (its sha256 was checked)"
+        return False
+    except TumorEdgeError as err:
+        report.problems.append(str(err))
+        return False
+    return True
 
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
@@ -136,6 +195,7 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
         report.files.setdefault(name, {}).update(agreement=agree / reference.count, max_abs_diff=diff, limit=limit)
         line = (f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})")
         if good:
+            report.files[name]["reproduced"] = True
             report.lines.append(f"reproduce: ok  {line}")
         else:
             report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: {line}")
@@ -274,23 +334,41 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
                    + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + "). Other outputs (heatmap, "
                    "OOD features) keep their own tolerance, relative to the recorded values' range.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
-def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int) -> None:
+@click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
+              "default a file not copied to this device, or whose engine is not installed, is listed as not "
+              "checked and does not fail).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=Path),
+              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
+                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
+def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, strict: bool,
+           threads: int | None, trust: Path | None) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
-    (and, with --data, the accuracy on local labelled scans).
+    (and, with --data, the accuracy on local labelled scans). Files this device cannot run are listed as not
+    checked here, with the extra that would check them.
 
     Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
     diagnostic device.
     """
+    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(bundle, trust, err=False)
     from tumor_edge import RESEARCH_NOTICE
 
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size)
+    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict,
+                           threads=threads)
     for line in report.lines:
         click.echo(line)
     for problem in report.problems:
         click.echo(f"error: {problem}", err=True)
     if report.ok:
-        click.echo(f"verify: {bundle}: all checks passed on this device")
+        checked = sum(1 for figures in report.files.values() if figures.get("reproduced"))
+        unchecked = f"; {len(report.not_checked)} not checked here, listed above" if report.not_checked else ""
+        click.echo(f"verify: {bundle}: all checks passed on this device ({checked} model file"
+                   f"{'s' if checked != 1 else ''} checked{unchecked})")
         return
     click.echo(f"verify: {bundle}: {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}",
                err=True)

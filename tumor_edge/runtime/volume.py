@@ -18,6 +18,7 @@ from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
+from tumor_edge.runtime.ood_checks import content_warnings
 from tumor_edge.runtime.volume_slices import (
     AXES,
     MAX_CANVAS_PIXELS,
@@ -110,6 +111,7 @@ class VolumeSlice:
     axis: str
     index: int  # along the normal, RAS voxel index (0 = right, posterior or inferior end)
     count: int  # slices along the normal
+    warnings: tuple[str, ...] = ()  # input checks on the slice's own voxels (runtime.ood_checks.content_warnings)
 
 
 @dataclass
@@ -188,9 +190,11 @@ def iter_slices(plan: SlicePlan, size: tuple[int, int], resize: Callable[[Image.
         canvas = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)  # rows along row_axis, columns col_axis
         rows = slice(max(r0, 0), min(r1, n_rows))
         cols = slice(max(c0, 0), min(c1, n_cols))
+        warnings: list[str] = []
         if rows.start < rows.stop and cols.start < cols.stop:
             part = axes.plane(volume.values(axes.index(position, rows, cols)))
             canvas[rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0] = part
+            warnings = content_warnings(display_uint8(part, plan.box.scale))
         grey = display_uint8(axes.display(canvas), plan.box.scale)
         image = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB")
-        yield VolumeSlice(resize(image), plan.axis, position, plan.count)
+        yield VolumeSlice(resize(image), plan.axis, position, plan.count, tuple(warnings))

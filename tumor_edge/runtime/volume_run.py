@@ -39,6 +39,11 @@ def _failure(source: str, err: BaseException) -> Failure:
                    detached(err))
 
 
+def settings_check_inputs(classifier: Classifier) -> bool:
+    """Whether this classifier runs the input checks (a bundle may turn them off)."""
+    return bool(getattr(classifier.trust, "input_checks", True))
+
+
 def classify_volume(classifier: Classifier, path: str | Path, axis: str = "axial", slices: str | int = "middle",
                     batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None
                     ) -> Iterator[VolumeResult]:
@@ -64,8 +69,11 @@ def classify_volume(classifier: Classifier, path: str | Path, axis: str = "axial
                 break
             results = classifier.predictions(np.stack([s.pixels for s in batch]),
                                              [(source, s.index, s.count) for s in batch])
+            own = [s.warnings for s in batch]
             del batch
-            for result in results:
+            for result, slice_warnings in zip(results, own):
+                if result.ok and slice_warnings and settings_check_inputs(classifier):
+                    result = dataclasses.replace(result, warnings=(*slice_warnings, *result.warnings))
                 if result.ok:
                     if abstain and result.warnings:
                         result = dataclasses.replace(result, abstained=True)

@@ -1,17 +1,24 @@
-"""Bounded concurrency: a few inferences at once, a short queue, and an immediate 503 beyond it.
+"""Bounded concurrency in two stages: receiving uploads, then a few inferences at once with a short queue; an
+immediate 503 beyond either.
 
 An overloaded server that accepts everything answers nobody in time and grows without bound; one that says
 "busy, retry in N s" at once keeps its latency and memory flat and lets clients back off.
+
+The stages are separate so that a slow client cannot starve the others: a body that trickles in holds an upload
+place, never an inference place (admission is taken once the whole body has arrived). The upload stage is bounded
+three ways: places in all, places per client address (one client cannot take them all), and the bytes held in
+memory by bodies still arriving.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from contextlib import asynccontextmanager
 
 
 class Busy(Exception):
-    """Every inference slot and queue place is taken."""
+    """Every place is taken. The message is the reason a client reads."""
 
 
 class Admission:
@@ -27,7 +34,7 @@ class Admission:
     @asynccontextmanager
     async def enter(self):
         if self.admitted >= self.capacity:
-            raise Busy
+            raise Busy(f"{self.capacity} requests already in progress or queued")
         self.admitted += 1
         try:
             yield
@@ -40,3 +47,50 @@ class Admission:
             self._slots = asyncio.Semaphore(self.concurrency)
         async with self._slots:
             yield
+
+
+class Receipt:
+    """One upload's hold on the stage: `take(n)` books `n` more received bytes (Busy when the budget is spent)."""
+
+    def __init__(self, stage: UploadStage):
+        self.stage = stage
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        stage = self.stage
+        if stage.bytes_held + n > stage.budget_bytes:
+            raise Busy(f"uploads in progress hold {stage.budget_bytes >> 20} MiB, all this server receives at once")
+        stage.bytes_held += n
+        self.held += n
+
+
+class UploadStage:
+    """Bodies being received: at most `places` at once, `per_client` from one client address, `budget_bytes`
+    held in memory by them together. Used from one event loop only, so the counters need no lock."""
+
+    def __init__(self, places: int, per_client: int, budget_bytes: int):
+        self.places = places
+        self.per_client = per_client
+        self.budget_bytes = budget_bytes
+        self.by_client: Counter[str] = Counter()
+        self.bytes_held = 0
+
+    @property
+    def receiving(self) -> int:
+        return sum(self.by_client.values())
+
+    @asynccontextmanager
+    async def enter(self, client: str):
+        if self.by_client[client] >= self.per_client:
+            raise Busy(f"{self.per_client} uploads from your address are already arriving")
+        if self.receiving >= self.places:
+            raise Busy(f"{self.places} uploads already arriving")
+        self.by_client[client] += 1
+        receipt = Receipt(self)
+        try:
+            yield receipt
+        finally:
+            self.bytes_held -= receipt.held
+            self.by_client[client] -= 1
+            if not self.by_client[client]:
+                del self.by_client[client]

@@ -1,8 +1,12 @@
-"""The ASGI application: routes, bearer-token check, admission, and JSON for every error.
+"""The ASGI application: Host check, routes, bearer-token check, the upload stage and admission, and JSON for
+every error.
 
 Every response a client can get from this app is JSON with an `error` reason when it is not a success (404,
-405, 413, 503, a crash included); a traceback never leaves the process (it goes to the server's stderr with
---debug).
+405, 413, 421, 503, a crash included); a traceback never leaves the process (it goes to the server's stderr with
+--debug), and no answer shows a folder of the server (file names only; the log keeps the full paths).
+
+An upload is received first (an upload place: bounded in all, per client address and in bytes held), and only
+then admitted to an inference place: a client whose body trickles in holds no inference place.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tumor_edge import RESEARCH_NOTICE, __version__
+from tumor_edge import __version__
 from tumor_edge.errors import first_line
-from tumor_edge.serve.admission import Admission, Busy
+from tumor_edge.serve.admission import Admission, Busy, UploadStage
+from tumor_edge.serve.bundle_files import bundle_of
 from tumor_edge.serve.config import ServeConfig
-from tumor_edge.serve.errors import HttpError
+from tumor_edge.serve.errors import COMMON_HEADERS, HttpError, error_response, without_folders
+from tumor_edge.serve.hosts import HostCheck, HostRule
 from tumor_edge.serve.inference import classify_bytes, model_description
 from tumor_edge.serve.openapi import openapi_document
 from tumor_edge.serve.page import PAGE_CSP, render_page
@@ -34,18 +40,17 @@ from tumor_edge.serve.upload import parse_upload, read_body
 log = logging.getLogger("tumor_edge.serve")
 RETRY_AFTER_S = 1
 FRAME_CHOICES = ("middle", "all")
-COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Research-Notice": RESEARCH_NOTICE,
-                  "Cache-Control": "no-store"}
 
 
-def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status, headers={**COMMON_HEADERS, **(headers or {})})
-
-
-def create_app(classifier: Any, model_path: Path, config: ServeConfig) -> Starlette:
-    """An app serving `classifier` (already loaded: a broken bundle fails before the port opens)."""
+def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int | None = None) -> HostCheck:
+    """An app serving `classifier` (already loaded and run once: a broken bundle fails before the port opens),
+    answering requests addressed to `config.host` on `port` (the bound one; default `config.port`)."""
     admission = Admission(config.concurrency, config.queue)
+    uploads = UploadStage(config.upload_places, config.upload_places_per_client, config.upload_budget_bytes)
     model_info = model_description(classifier, classifier.metadata, model_path)
+    server_folders = [p for p in (model_path, bundle_of(model_path), classifier.backend.path,
+                                  classifier.model_path) if p is not None]
+    server_folders += [Path(p).resolve().parent for p in server_folders]
     expected = f"Bearer {config.token}".encode() if config.token else None
 
     def authorize(request: Request) -> None:
@@ -61,8 +66,8 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig) -> Starle
         return HTMLResponse(render_page(classifier.classes, bool(expected)), headers=headers)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__, "busy": admission.admitted},
-                            headers=COMMON_HEADERS)
+        return JSONResponse({"status": "ok", "version": __version__, "busy": admission.admitted,
+                             "uploading": uploads.receiving}, headers=COMMON_HEADERS)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(config), headers=COMMON_HEADERS)
@@ -76,19 +81,20 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig) -> Starle
         frames = request.query_params.get("frames", config.frames)
         if frames not in FRAME_CHOICES:
             raise HttpError(400, f"frames must be one of {', '.join(FRAME_CHOICES)}, not {frames!r}")
+        client = request.client.host if request.client else "unknown"
         try:
-            async with admission.enter():
-                body = await read_body(request, config.max_body_bytes, config.read_timeout_s)
-                upload = parse_upload(body, request.headers.get("content-type", ""),
-                                      request.query_params.get("filename"),
-                                      request.headers.get("content-disposition"))
-                del body
-                async with admission.slot():
-                    outcome = await anyio.to_thread.run_sync(classify_bytes, classifier, upload.data,
-                                                             upload.filename, frames)
-        except Busy:
-            raise HttpError(503, f"busy: {admission.capacity} requests already in progress or queued; "
-                                 f"retry in {RETRY_AFTER_S} s", {"Retry-After": str(RETRY_AFTER_S)}) from None
+            async with uploads.enter(client) as receipt:
+                body = await read_body(request, config.max_body_bytes, config.read_timeout_s, receipt.take)
+            upload = parse_upload(body, request.headers.get("content-type", ""),
+                                  request.query_params.get("filename"),
+                                  request.headers.get("content-disposition"))
+            del body
+            async with admission.enter(), admission.slot():
+                outcome = await anyio.to_thread.run_sync(classify_bytes, classifier, upload.data,
+                                                         upload.filename, frames)
+        except Busy as busy:
+            raise HttpError(503, f"busy: {busy}; retry in {RETRY_AFTER_S} s",
+                            {"Retry-After": str(RETRY_AFTER_S)}) from None
         except HttpError:
             raise
         except Exception as err:  # a model error: answered here, so the server logs one line, not a traceback
@@ -110,10 +116,10 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig) -> Starle
 
     async def on_crash(request: Request, err: Exception) -> Response:
         # The client gets one line; the server's operator gets the traceback with --debug.
-        log.error("%s %s failed: %s", request.method, request.url.path, first_line(err))
+        log.error("%s %s failed: %s", request.method, request.url.path, first_line(err, 1000))
         if config.debug:
             traceback.print_exception(err, file=sys.stderr)
-        return error_response(500, f"internal error: {first_line(err)}")
+        return error_response(500, f"internal error: {without_folders(first_line(err), server_folders)}")
 
     routes = [
         Route("/", page, methods=["GET"]),
@@ -123,4 +129,5 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig) -> Starle
         Route("/v1/classify", classify, methods=["POST"]),
     ]
     handlers = {HttpError: on_http_error, HTTPException: on_starlette_error, Exception: on_crash}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    return HostCheck(app, HostRule.for_bind(config.host, config.port if port is None else port, config.allow_hosts))

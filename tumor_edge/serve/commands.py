@@ -32,15 +32,24 @@ D = {f.name: f.default for f in fields(ServeConfig)}
               help="Requests allowed to wait for an inference; more get 503 with Retry-After.")
 @click.option("--read-timeout", type=click.FloatRange(min=0.1), default=D["read_timeout_s"], show_default=True,
               help="Seconds a client may take to send its upload (408 beyond).")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=D["header_timeout_s"], show_default=True,
+              help="Seconds a connection may take to send a request's headers (closed beyond).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests whose Host header is NAME (any port), e.g. behind a proxy; repeatable. "
+                   "Others than this server's own addresses get 421 (DNS rebinding).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: all cores).")
 @click.option("--providers", metavar="LIST", default=None,
               help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU), or 'auto'. Default: CPU.")
 @click.option("--frames", type=click.Choice(["middle", "all"]), default=D["frames"], show_default=True,
               help="Multi-frame DICOM default (a request may say ?frames=).")
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=str),
+              help="Refuse to start unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this "
+                   "EC public key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, model_file: str | None, host: str, port: int, token: str | None,
-          insecure: bool, max_body_mb: float, concurrency: int, queue: int, read_timeout: float, threads: int | None,
-          providers: str | None, frames: str) -> None:
+          insecure: bool, max_body_mb: float, concurrency: int, queue: int, read_timeout: float,
+          header_timeout: float, allow_hosts: tuple[str, ...], threads: int | None, providers: str | None,
+          frames: str, trust: str | None) -> None:
     """Serve the classifier over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
 
     Listens on loopback by default. Needs the `serve` extra (pip install 'tumor-edge[serve]'). Research tool,
@@ -48,9 +57,13 @@ def serve(ctx: click.Context, model: str | None, model_file: str | None, host: s
     """
     from tumor_edge.serve.server import serve as run
 
+    if trust:  # before the port opens; model-signing loads only here
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(model, trust)
     provider_list = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     run(ServeConfig(model=model, model_file=model_file, host=host, port=port, token=token or None,
                     insecure=insecure, max_body_mb=max_body_mb, concurrency=concurrency, queue=queue,
-                    read_timeout_s=read_timeout,
+                    read_timeout_s=read_timeout, header_timeout_s=header_timeout, allow_hosts=tuple(allow_hosts),
                     threads=threads, providers=provider_list, frames=frames,
                     debug=bool(ctx.obj and ctx.obj.get("debug"))))

@@ -28,6 +28,11 @@ class ServeConfig:
     concurrency: int = 1  # inferences at once
     queue: int = 16  # requests waiting for an inference slot before 503
     read_timeout_s: float = 30.0  # a client slower than this to send its body gets 408
+    header_timeout_s: float = 5.0  # a connection whose request headers are not complete by then is closed
+    allow_hosts: tuple[str, ...] = ()  # Host header names accepted besides this server's own addresses
+    upload_places: int = 64  # bodies being received at once (before admission), 503 beyond
+    upload_places_per_client: int = 16  # of which from one client address
+    upload_budget_bodies: int = 4  # bytes held by arriving bodies together: this many full-size bodies
     threads: int | None = None
     providers: tuple[str, ...] | None = None
     frames: str = "middle"
@@ -37,6 +42,10 @@ class ServeConfig:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def upload_budget_bytes(self) -> int:
+        return self.upload_budget_bodies * self.max_body_bytes
+
     def validate(self) -> None:
         if self.concurrency < 1 or self.queue < 0:
             raise ConfigError("concurrency must be at least 1 and the queue at least 0")
@@ -44,7 +53,38 @@ class ServeConfig:
             raise ConfigError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not between 0 and 65535")
+        if not self.header_timeout_s > 0:
+            raise ConfigError("the header timeout must be more than 0 s")
+        if min(self.upload_places, self.upload_places_per_client, self.upload_budget_bodies) < 1:
+            raise ConfigError("the upload stage needs at least one place and one body's worth of memory")
+        for name in self.allow_hosts:
+            check_host_name(name)
+        if self.token is not None:
+            check_token(self.token)
         check_bind(self.host, self.token, self.insecure)
+
+
+def check_token(token: str) -> None:
+    """A bearer token a client can send: visible ASCII, no spaces (RFC 6750's b64token is a subset). HTTP headers
+    arrive as latin-1, so any other character could never match and would lock every client out."""
+    if not token or not all("!" <= c <= "~" for c in token):
+        raise ConfigError("the --token must be visible ASCII characters without spaces (a bearer token as RFC 6750 "
+                          "defines it); other characters cannot be sent in an HTTP header")
+
+
+def check_host_name(name: str) -> None:
+    """An --allow-host value: a host name or address as a Host header carries it, without a port."""
+    plain = name.strip("[]")
+    if not plain or not all(c.isalnum() or c in ".-_:" for c in plain) or (":" in plain and not _is_ip(plain)):
+        raise ConfigError(f"--allow-host {name!r} is not a host name or address (give it without a port or scheme)")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def is_loopback(host: str) -> bool:

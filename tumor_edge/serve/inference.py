@@ -3,6 +3,8 @@
 The runtime decodes from paths (its caps, DICOM detection and frame handling live there), so the bytes go to a
 private temporary folder (0700, created per request) for the time of one inference and are deleted in
 `finally`, whatever happens. File names in results and errors are the client's, never the temporary path.
+Every answer names the model file and engine that produced it, and its class scores are checked to be
+probabilities before they are reported as such.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata
-from tumor_edge.errors import first_line
+from tumor_edge.contracts.bundle import MODEL_CARD, BundleMetadata
+from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime.heatmap_overlay import class_map
+from tumor_edge.serve.bundle_files import bundle_of, confined_file
+from tumor_edge.serve.errors import without_folders, without_folders_in
+from tumor_edge.serve.model_check import probability_problem
 
 # Suffixes worth keeping on the temporary file (DICOM is also recognised by its magic; Pillow by content).
 KEEP_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
@@ -32,8 +37,21 @@ class Outcome:
     failed: bool = False
 
 
+class NotProbabilities(ModelError):
+    """The model ran but its class scores are no probability distribution: no label is given."""
+
+
+def model_source(classifier: Any) -> dict[str, str]:
+    """The model file (as the bundle names it, not the engine's cached form) and the engine that ran it."""
+    backend = classifier.backend
+    return {"file": Path(getattr(backend, "path", classifier.model_path)).name,
+            "engine": str(getattr(backend, "name", "unknown"))}
+
+
 def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "middle") -> Outcome:
-    """Classify one uploaded scan. Model errors (not file errors) raise, as in `iter_predictions`."""
+    """Classify one uploaded scan. Model errors (not file errors) raise, as in `iter_predictions`, and so do
+    class scores that are not probabilities (NotProbabilities)."""
+    source = model_source(classifier)
     suffix = Path(filename).suffix.lower()
     folder = Path(tempfile.mkdtemp(prefix="tumor-edge-serve-"))  # mode 0700: private to this user
     try:
@@ -45,14 +63,19 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
         stream = classifier.iter_predictions([path], batch_size=4, frames=frames, workers=0)
         try:
             for result in stream:
+                if result.ok and (problem := probability_problem(list(result.probabilities.values()))):
+                    where = filename if result.frame is None else f"{filename} [frame {result.frame}]"
+                    raise NotProbabilities(f"the model's class scores for {where} are not probabilities ({problem}); "
+                                           "no label given", classifier.backend.path)
                 item = result.to_dict()
                 item["file"] = filename
+                item["model"] = source
                 if result.ok and "heatmap" in result.outputs:  # the page draws the predicted class's map
                     item["heatmap"] = class_map(result.outputs["heatmap"], result.index).round(4).tolist()
                 if not result.ok:
                     outcome.failed = True
                     reason = getattr(result.error, "reason", None) or result.message.replace(str(path), filename)
-                    item["error"] = f"{filename}: {reason}"
+                    item["error"] = without_folders(f"{filename}: {reason}", [folder])
                 outcome.results.append(item)
         finally:
             stream.close()
@@ -61,29 +84,38 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def bundle_folder(model_path: Path) -> Path | None:
-    """The bundle folder of a model path (the folder itself, or the folder holding the file's metadata)."""
-    if model_path.is_dir():
-        return model_path
-    return model_path.parent if (model_path.parent / METADATA_FILE).is_file() else None
+def model_card(model_path: Path) -> tuple[str | None, str | None]:
+    """(the bundle's model card, None) or (None, why it is not shown): a card that is a symbolic link or resolves
+    outside the bundle is never read (it could be any file of the server's user)."""
+    folder = bundle_of(model_path)
+    if folder is None:
+        return None, None
+    try:
+        path = confined_file(folder, MODEL_CARD)
+        if not path.is_file():
+            return None, None
+        if path.stat().st_size > MAX_CARD_BYTES:
+            return None, f"{MODEL_CARD} is over {MAX_CARD_BYTES >> 20} MiB; not shown"
+        return path.read_text(encoding="utf-8", errors="replace"), None
+    except ModelError as err:
+        return None, err.reason
+    except OSError as err:
+        return None, f"{MODEL_CARD} unreadable: {without_folders(first_line(err), [folder])}"
 
 
 def model_description(classifier: Any, metadata: BundleMetadata, model_path: Path) -> dict[str, Any]:
-    """`GET /v1/model`: the bundle's metadata, which file runs on which providers, and its model card."""
-    card = None
-    folder = bundle_folder(model_path)
-    if folder is not None:
-        card_path = folder / MODEL_CARD
-        try:
-            if card_path.is_file() and card_path.stat().st_size <= MAX_CARD_BYTES:
-                card = card_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as err:
-            card = f"(model card unreadable: {first_line(err)})"
+    """`GET /v1/model`: the bundle's metadata, which file runs on which engine and providers, and its card.
+    Paths in the metadata (provenance records the exporting machine's folders) are cut to their names."""
+    card, card_error = model_card(model_path)
     backend = classifier.backend
-    return {
-        "metadata": metadata.to_dict(),
+    described = {
+        "metadata": without_folders_in(metadata.to_dict(), [model_path]),
         "model_file": Path(getattr(backend, "path", model_path)).name,
+        "model": model_source(classifier),
         "providers": list(getattr(backend, "providers", []) or []),
         "model_card": card,
         "notice": RESEARCH_NOTICE,
     }
+    if card_error is not None:
+        described["model_card_error"] = card_error
+    return described

@@ -23,6 +23,7 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
             "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
             "frame": {"type": "integer", "description": "0-based frame of a multi-frame DICOM"},
             "frames": {"type": "integer"},
+            "model": {"$ref": "#/components/schemas/ModelSource"},
         },
     }
     return {
@@ -32,7 +33,8 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
             "/v1/classify": {"post": {
                 "summary": "Classify one scan (JPEG, PNG, BMP, TIFF, DICOM)",
                 "description": f"The scan as the raw body or as the `file` field of a multipart form; at most "
-                               f"{config.max_body_mb:g} MiB. 503 with Retry-After when the queue is full.",
+                               f"{config.max_body_mb:g} MiB. 503 with Retry-After when the queue or the upload places "
+                               f"are full; 500 when the model fails or its scores are not probabilities.",
                 "security": secured,
                 "parameters": [
                     {"name": "frames", "in": "query", "schema": {"enum": ["middle", "all"]},
@@ -49,7 +51,7 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                     "200": {"description": "the prediction", "content": {"application/json": {"schema": {
                         "oneOf": [{"$ref": "#/components/schemas/Prediction"},
                                   {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}]}}}},
-                    **{code: _ERROR for code in ("400", "401", "408", "413", "422", "500", "503")},
+                    **{code: _ERROR for code in ("400", "401", "408", "413", "421", "422", "500", "503")},
                 },
             }},
             "/v1/model": {"get": {
@@ -57,7 +59,7 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                 "security": secured,
                 "responses": {"200": {"description": "model description",
                                       "content": {"application/json": {"schema": {"type": "object"}}}},
-                              "401": _ERROR},
+                              "401": _ERROR, "421": _ERROR},
             }},
             "/healthz": {"get": {"summary": "Liveness", "security": [],
                                  "responses": {"200": {"description": "ok"}}}},
@@ -65,7 +67,9 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                           "responses": {"200": {"description": "HTML"}}}},
         },
         "components": {
-            "schemas": {"Prediction": prediction, "Error": {
+            "schemas": {"Prediction": prediction, "ModelSource": {
+                "type": "object", "description": "the model file (as the bundle names it) and engine that answered",
+                "properties": {"file": {"type": "string"}, "engine": {"type": "string"}}}, "Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {"type": "string"}, "file": {"type": "string"}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

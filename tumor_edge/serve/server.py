@@ -1,6 +1,7 @@
-"""Load the model, open the socket, run uvicorn: the model is loaded (and a broken bundle refused) before the
-port opens, so a client never reaches a half-started server; the URL is printed once the socket is bound (with
---port 0 that is how a caller learns the port)."""
+"""Check the bundle, load the model, run it once, open the socket, run uvicorn: a bundle whose files leave it, or
+whose model cannot run, is refused with one line before the port opens, so a client never reaches a half-started
+or broken server; the URL is printed once the socket is bound (with --port 0 that is how a caller learns the
+port). uvicorn runs its h11 protocol with a header timeout (see `protocol`)."""
 
 from __future__ import annotations
 
@@ -35,20 +36,28 @@ def serve(config: ServeConfig) -> None:
     from tumor_edge.contracts.state import resolve_model_path
     from tumor_edge.runtime import BackendOptions, Classifier
     from tumor_edge.serve.app import create_app
+    from tumor_edge.serve.bundle_files import check_bundle_files
+    from tumor_edge.serve.inference import model_source
+    from tumor_edge.serve.model_check import check_runs
+    from tumor_edge.serve.protocol import header_timeout_protocol
 
     config.validate()
     model_path = resolve_model_path(config.model)
+    check_bundle_files(model_path, config.model_file)
     options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None,
                              memory_arena=True)  # a server runs many batches: the arena keeps memory flat
     classifier = Classifier.from_bundle(model_path, model_file=config.model_file, options=options)
-    app = create_app(classifier, model_path, config)
-    sock = open_socket(config.host, config.port)
+    check_runs(classifier)
+    sock = open_socket(config.host, config.port)  # bound, not yet listening: uvicorn listens when it starts
     host, port = sock.getsockname()[:2]
+    app = create_app(classifier, model_path, config, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"note: {RESEARCH_NOTICE}", file=sys.stderr)
-    print(f"serving {classifier.model_path.name} ({', '.join(classifier.classes)}) on http://{shown}:{port}/ "
-          f"(page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops", file=sys.stderr,
-          flush=True)
-    uv_config = uvicorn.Config(app, log_level="debug" if config.debug else "warning", access_log=config.debug,
+    source = model_source(classifier)
+    print(f"serving {source['file']} with {source['engine']} ({', '.join(classifier.classes)}) on "
+          f"http://{shown}:{port}/ (page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    uv_config = uvicorn.Config(app, http=header_timeout_protocol(config.header_timeout_s),
+                               log_level="debug" if config.debug else "warning", access_log=config.debug,
                                server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5)
     uvicorn.Server(uv_config).run(sockets=[sock])

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration import TemperatureFit, calibration_summary, fit_temperature
+from tumor_edge.calibration import calibration_summary
 from tumor_edge.calibration.mahalanobis import fit_mahalanobis
 from tumor_edge.calibration.ood_fit import DEFAULT_TPR
 from tumor_edge.calibration.ood_sets import generated_sets
 from tumor_edge.calibration.plots import reliability_diagram
-from tumor_edge.calibration.temperature import out_of_fold_gain
+from tumor_edge.calibration.temperature import choose_temperature
 from tumor_edge.errors import ConfigError
 from tumor_edge.runtime.ood_checks import flag_rates
 from tumor_edge.train.cam import NoCamHeadError, features_model
@@ -29,16 +29,17 @@ OOD_SET_SIZE = 50
 
 def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray | None,
                     test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
-    """Temperature on validation; ECE/NLL before and after on validation and (the honest figure) on test."""
-    fit = fit_temperature(val_probs, val_labels)
-    gain = out_of_fold_gain(val_probs, val_labels)
-    record: dict[str, Any] = {"method": "temperature scaling", "fitted_on": fit.count,
-                              "out_of_fold_nll_gain": round(gain, 6)}
-    if gain <= 0:  # scaling did not help validation images it was not fitted on: keep the model's own
-        record["fitted_temperature"] = fit.temperature
-        record["kept_t1_because"] = "a temperature fitted on part of the validation split did not lower the NLL " \
-                                    "of the rest"
-        fit = TemperatureFit(1.0, fit.nll_before, fit.nll_before, fit.count)
+    """Temperature on validation by the calibration rule (tumor_edge.calibration.temperature: no fit without
+    mistakes to fit, none at the range's edge, kept only if it helps held-out images); ECE/NLL before and after
+    on validation and (the honest figure) on test."""
+    choice = choose_temperature(val_probs, val_labels)
+    record: dict[str, Any] = {"method": "temperature scaling", "fitted_on": choice.fit.count}
+    if choice.out_of_fold_gain is not None:
+        record["out_of_fold_nll_gain"] = round(choice.out_of_fold_gain, 6)
+    if choice.kept_t1_because:  # keep the model's own confidence, and say why
+        record["fitted_temperature"] = choice.fit.temperature
+        record["kept_t1_because"] = choice.kept_t1_because
+    fit = choice.applied_fit()
     record["temperature"] = fit.temperature
     record["validation"] = calibration_summary(val_probs, val_labels, fit)
     if test_probs is not None and test_labels is not None and len(test_labels):
@@ -100,9 +101,8 @@ def describe_trust(record: dict[str, Any]) -> str:
     cal, ood = record.get("calibration") or {}, record.get("ood") or {}
     lines = []
     if cal.get("kept_t1_because"):
-        lines.append(f"calibration: T = 1 kept (the fitted T = {cal['fitted_temperature']:.3g} did not lower the "
-                     f"NLL of validation images it was not fitted on); ECE on {cal['ece_measured_on']} "
-                     f"{100 * cal['ece_before']:.1f} %")
+        lines.append(f"calibration: T = 1 kept (fitted T = {cal['fitted_temperature']:.3g}: "
+                     f"{cal['kept_t1_because']}); ECE on {cal['ece_measured_on']} {100 * cal['ece_before']:.1f} %")
     elif cal.get("temperature") is not None:
         lines.append(f"calibration: T = {cal['temperature']:.3g}; ECE on {cal['ece_measured_on']} "
                      f"{100 * cal['ece_before']:.1f} % -> {100 * cal['ece_after']:.1f} %")

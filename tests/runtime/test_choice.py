@@ -1,0 +1,179 @@
+"""The device picks the file it runs by measurement: candidates, the recorded choice, its key, the override."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+from onnx import helper
+
+from tests.runtime.models import make_bundle, quadrant_model, save_quadrant
+from tumor_edge.contracts.bundle import BundleMetadata, describe_file
+from tumor_edge.runtime.backends.options import BackendOptions
+from tumor_edge.runtime.choice import candidates, measure_choice, pick_model, record_path, recorded_choice
+
+SLOW_NODES = 400  # a chain of elementwise nodes on the flattened image: ~50x the quadrant model's time anywhere
+
+
+def slow_quadrant_model(metadata: BundleMetadata) -> onnx.ModelProto:
+    """The quadrant model (same outputs) plus a long chain of Tanh nodes whose result is multiplied by zero and
+    added to the logits: the same answers, many times the work. The chain depends on the input, so no
+    optimiser folds it away."""
+    model = quadrant_model(metadata=metadata)
+    graph = model.graph
+    previous = "flat"
+    for i in range(SLOW_NODES):
+        graph.node.append(helper.make_node("Tanh", [previous], [f"t{i}"]))
+        previous = f"t{i}"
+    graph.node.append(helper.make_node("ReduceSum", [previous], ["chain_sum"], keepdims=1))
+    graph.initializer.append(helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0]))
+    graph.node.append(helper.make_node("Mul", ["chain_sum", "zero"], ["nothing"]))
+    add = next(n for n in graph.node if n.op_type == "Add")
+    add.output[0] = "logits_plain"
+    graph.node.append(helper.make_node("Add", ["logits_plain", "nothing"], ["logits"]))
+    # keep the node list topologically sorted: the Softmax reading "logits" goes last
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    graph.node.remove(softmax)
+    graph.node.append(softmax)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUMOR_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TUMOR_EDGE_NO_MEASURE", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture()
+def two_speeds(tmp_path):
+    """The file the static order prefers (model_int8.onnx) is the slow one; model_fp32.onnx is fast."""
+    bundle = make_bundle(tmp_path / "b")
+    meta = BundleMetadata.read(bundle)
+    onnx.save(slow_quadrant_model(meta), bundle / "model_int8.onnx")
+    meta.models["model_int8.onnx"] = describe_file(bundle / "model_int8.onnx", "onnx", "int8")
+    meta.write(bundle)
+    return bundle
+
+
+def test_the_measured_fastest_file_runs_not_the_static_first(two_speeds, cache):
+    meta = BundleMetadata.read(two_speeds)
+    assert meta.default_model() == "model_int8.onnx"  # what 0.2 always ran
+    choice = measure_choice(two_speeds, meta, BackendOptions(threads=1), budget_s=0.5)
+    assert choice.file == "model_fp32.onnx" and choice.engine == "onnxruntime" and choice.threads == 1
+    assert set(choice.p50_ms) == {"model_fp32.onnx", "model_int8.onnx"}
+    assert choice.p50_ms["model_int8.onnx"] > 5 * choice.p50_ms["model_fp32.onnx"]
+    recorded = recorded_choice(two_speeds, meta, BackendOptions(threads=1))
+    assert recorded == choice
+    assert pick_model(two_speeds, meta, BackendOptions(threads=1)) == "model_fp32.onnx"
+
+
+def test_the_first_use_measures_and_records(two_speeds, cache):
+    from tumor_edge.runtime.classifier import Classifier
+
+    meta = BundleMetadata.read(two_speeds)
+    options = BackendOptions(threads=1)
+    assert recorded_choice(two_speeds, meta, options) is None
+    clf = Classifier.from_bundle(two_speeds, options=options)
+    assert clf.backend.path.name == "model_fp32.onnx"
+    assert record_path(meta, options).is_file()
+    assert str(record_path(meta, options)).startswith(str(cache)), "device-made records live outside the bundle"
+    assert not any(p.name.endswith(".json") and p.name != "metadata.json" for p in two_speeds.iterdir())
+    override = Classifier.from_bundle(two_speeds, model_file="model_int8.onnx", options=options)
+    assert override.backend.path.name == "model_int8.onnx"
+
+
+def test_the_key_follows_the_bundle_hashes_and_the_threads(two_speeds, cache, tmp_path):
+    meta = BundleMetadata.read(two_speeds)
+    one, two = record_path(meta, BackendOptions(threads=1)), record_path(meta, BackendOptions(threads=2))
+    assert one != two and one.parent == two.parent
+    measure_choice(two_speeds, meta, BackendOptions(threads=1), budget_s=0.2)
+    assert recorded_choice(two_speeds, meta, BackendOptions(threads=2)) is None
+    other = tmp_path / "other"
+    shutil.copytree(two_speeds, other)
+    other_meta = BundleMetadata.read(other)
+    other_meta.models["model_fp32.onnx"].sha256 = "0" * 64  # another model under the same name: another key
+    assert record_path(other_meta, BackendOptions(threads=1)) != one
+
+
+def test_a_damaged_or_edited_record_is_ignored(two_speeds, cache):
+    meta = BundleMetadata.read(two_speeds)
+    options = BackendOptions(threads=1)
+    measure_choice(two_speeds, meta, options, budget_s=0.2)
+    path = record_path(meta, options)
+    data = json.loads(path.read_text())
+    data["choice"]["file"] = "model_int8.onnx"  # someone prefers the slow file, without the record's hash
+    path.write_text(json.dumps(data))
+    assert recorded_choice(two_speeds, meta, options) is None
+    path.write_text("{not json")
+    assert recorded_choice(two_speeds, meta, options) is None
+    assert pick_model(two_speeds, meta, options) == "model_fp32.onnx"  # measured again
+
+
+def test_candidates_leave_out_absent_and_parity_failed_files(two_speeds, cache):
+    meta = BundleMetadata.read(two_speeds)
+    meta.models["model_int8.onnx"].extra["parity"] = "fail"
+    ok, skipped = candidates(two_speeds, meta)
+    assert ok == ["model_fp32.onnx"] and "parity verdict 'fail'" in skipped["model_int8.onnx"]
+    meta.models["model_int8.onnx"].extra["parity"] = "not proven"
+    meta.metrics = {"parity": {"thresholds": {"min_agreement": 0.99},
+                               "files": {"model_int8.onnx": {"agreement": 0.995}}}}
+    assert candidates(two_speeds, meta)[0] == ["model_int8.onnx", "model_fp32.onnx"]
+    meta.metrics["parity"]["files"]["model_int8.onnx"]["agreement"] = 0.9
+    assert candidates(two_speeds, meta)[0] == ["model_fp32.onnx"]
+    (two_speeds / "model_int8.onnx").unlink()
+    meta = BundleMetadata.read(two_speeds)
+    ok, skipped = candidates(two_speeds, meta)
+    assert ok == ["model_fp32.onnx"] and skipped["model_int8.onnx"] == "not in this copy of the bundle"
+    assert pick_model(two_speeds, meta) == "model_fp32.onnx"
+
+
+def test_classify_names_the_file_and_engine_it_ran(two_speeds, cache, tmp_path):
+    from click.testing import CliRunner
+
+    from tumor_edge.cli import main
+
+    scan = save_quadrant(tmp_path / "scan.png", 3)
+    result = CliRunner().invoke(main, ["classify", "--json", "--threads", "1", "--model", str(two_speeds),
+                                       str(scan)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["label"] == "pituitary"
+    assert row["model_file"] == "model_fp32.onnx" and row["engine"] == "onnxruntime"
+    csv = CliRunner().invoke(main, ["classify", "--csv", "--threads", "1", "--model", str(two_speeds), str(scan)])
+    header, first = csv.stdout.splitlines()[:2]
+    assert "model_file" in header.split(",") and "engine" in header.split(",")
+    assert "model_fp32.onnx" in first and "onnxruntime" in first
+
+
+def test_verify_measures_records_and_prints_the_choice(two_speeds, cache):
+    from click.testing import CliRunner
+
+    from tumor_edge.cli import main
+    from tumor_edge.runtime.verify import record_reference
+
+    record_reference(two_speeds)
+    result = CliRunner().invoke(main, ["verify", "--threads", "1", str(two_speeds)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("device choice:"))
+    assert line.startswith("device choice: model_fp32.onnx (onnxruntime, 1 threads;") and "model_int8.onnx" in line
+    meta = BundleMetadata.read(two_speeds)
+    assert recorded_choice(two_speeds, meta, BackendOptions(threads=1)).file == "model_fp32.onnx"
+
+
+def test_env_prints_the_recorded_choice(two_speeds, cache):
+    from click.testing import CliRunner
+
+    from tumor_edge.cli import main
+
+    before = CliRunner().invoke(main, ["env", "--model", str(two_speeds)])
+    assert before.exit_code == 0 and "nothing measured yet" in before.stdout
+    measure_choice(two_speeds, BundleMetadata.read(two_speeds), BackendOptions(threads=1), budget_s=0.2)
+    after = CliRunner().invoke(main, ["env", "--json", "--model", str(two_speeds)])
+    (recorded,) = json.loads(after.stdout)["engine_choice"]["recorded"]
+    assert recorded["file"] == "model_fp32.onnx" and recorded["threads"] == 1
+    text = CliRunner().invoke(main, ["env", "--model", str(two_speeds)]).stdout
+    assert "engine choice   model_fp32.onnx (onnxruntime) at 1 threads" in text

@@ -1,0 +1,73 @@
+"""`classify --heatmap DIR` files: names that two runs cannot share, whole files or none, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.runtime.heatmap_models import make_heatmap_bundle
+from tests.runtime.models import save_quadrant
+from tumor_edge.cli import main
+from tumor_edge.runtime.classifier import Classifier
+from tumor_edge.runtime.heatmap_files import HeatmapWriter
+
+
+@pytest.fixture()
+def heatmap_bundle(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUMOR_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    return make_heatmap_bundle(tmp_path / "hm")
+
+
+def test_two_runs_writing_one_folder_never_share_a_png(heatmap_bundle, tmp_path):
+    """Issue 22: two runs started on one empty --heatmap folder both numbered from 0, so the second run's
+    overlay replaced the first's and two result rows named the same PNG."""
+    clf = Classifier.from_bundle(heatmap_bundle)
+    scans = [save_quadrant(tmp_path / f"run{q}" / "scan.png", q) for q in range(2)]  # one name, two scans
+    out = tmp_path / "maps"
+    first, second = HeatmapWriter(out, clf.preprocessing), HeatmapWriter(out, clf.preprocessing)
+    a = first.write(clf.predict(scans[0]))
+    b = second.write(clf.predict(scans[1]))
+    assert a != b and a.is_file() and b.is_file()
+    assert Image.open(a).tobytes() != Image.open(b).tobytes(), "each row's PNG is its own scan's overlay"
+    assert sorted(p.name for p in out.iterdir()) == sorted([a.name, b.name]), "no temporary file left behind"
+
+
+def test_a_dangling_symlink_heatmap_folder_is_a_one_line_error(heatmap_bundle, tmp_path):
+    scan = save_quadrant(tmp_path / "s.png", 1)
+    link = tmp_path / "maps"
+    link.symlink_to(tmp_path / "gone")
+    result = CliRunner().invoke(main, ["classify", "--model", str(heatmap_bundle), "--heatmap", str(link),
+                                       str(scan)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(link) in errors[0] and "symbolic link" in errors[0]
+
+
+def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
+    """Issue 22: Ctrl-C in a --heatmap run left truncated PNGs. Every PNG left in the folder must decode."""
+    scans = tmp_path / "scans"
+    for i in range(400):
+        save_quadrant(scans / f"{i:03d}.png", i % 4, size=96)
+    out = tmp_path / "maps"
+    env = {**os.environ, "TUMOR_EDGE_NO_MEASURE": "1"}
+    command = [sys.executable, "-c", "from tumor_edge.cli import main; main()", "classify", "--no-progress"]
+    proc = subprocess.Popen([*command, "--model", str(heatmap_bundle), "--heatmap", str(out), str(scans)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.is_dir() or len(list(out.iterdir())) < 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    names = [p.name for p in out.iterdir()]
+    assert names, "the run wrote nothing before the interrupt"
+    assert all(name.endswith("_heatmap.png") for name in names), names  # no temporary file left behind
+    for name in names:
+        with Image.open(out / name) as image:
+            image.load()  # a truncated PNG raises here

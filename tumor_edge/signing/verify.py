@@ -1,0 +1,169 @@
+"""`verify_bundle_signature`: does BUNDLE/model.sig, checked with a trusted public key, cover exactly the files
+the bundle holds, each unchanged?
+
+model-signing decides (it checks the signature over the signed statement, then hashes the folder and compares).
+When it refuses, this module says why in one line naming the file: for a changed, added or missing file it
+compares the signed statement (authentic at that point: model-signing reports a hash mismatch only after the
+signature itself verified) with the folder's own sha256s. After model-signing accepts, the statement is checked
+to be one tumor-edge would have made: file-by-file sha256 with nothing left out but model.sig, so a bundle signed
+by other tools with `--ignore-paths metadata.json` is not taken as fully signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tumor_edge.errors import ModelError, first_line
+from tumor_edge.signing import SIGNATURE_FILE, SignatureError
+from tumor_edge.signing.files import bundle_files
+from tumor_edge.signing.keys import fingerprint, load_public_key
+from tumor_edge.signing.library import hashing_config, model_signing
+
+MAX_SIGNATURE_BYTES = 16 << 20  # a signature lists one digest per file: kilobytes, never megabytes
+MAX_LISTED = 3  # files named in one error line beyond the first
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    bundle: Path
+    key_sha256: str  # the trusted public key that verified it
+    seconds: float  # model-signing's verification: the signature plus hashing every file
+    files: list[str] = field(default_factory=list)
+
+
+def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> SignatureCheck:
+    """Check `bundle`'s signature with the EC public key at `public_key` (PEM); SignatureError (one line naming
+    the file at fault) when it is missing, unreadable, made with another key, or any file was changed, added or
+    removed since signing."""
+    library = model_signing()
+    bundle, public_key = Path(bundle), Path(public_key)
+    key = load_public_key(public_key)
+    if not bundle.is_dir():
+        raise ModelError("not a bundle folder" if bundle.exists() else "bundle folder not found", bundle)
+    signature = bundle / SIGNATURE_FILE
+    if not signature.exists() and not signature.is_symlink():
+        raise SignatureError(f"not signed: the bundle has no {SIGNATURE_FILE} (sign it with `tumor-edge sign "
+                             "BUNDLE --key PRIVATE.pem`)", bundle)
+    if signature.is_symlink() or not signature.is_file():
+        raise SignatureError("not a regular file: a signed bundle holds plain files only", signature)
+    if signature.stat().st_size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"larger than {MAX_SIGNATURE_BYTES >> 20} MB: not a model-signing signature", signature)
+    files = bundle_files(bundle)
+    started = time.perf_counter()
+    config = library.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+    try:
+        # model-signing prints a warning on stdout for old-format signatures: stdout is classify's results
+        with contextlib.redirect_stdout(sys.stderr):
+            config.set_hashing_config(hashing_config()).verify(bundle, signature)
+    except Exception as err:  # noqa: BLE001 - each of model-signing's failures becomes one line
+        raise _explain(err, bundle, signature, public_key, key, files) from err
+    seconds = time.perf_counter() - started
+    try:
+        statement = signed_statement(signature)
+    except (ValueError, KeyError, TypeError) as err:  # model-signing accepted it: only an edit gets here
+        raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature) from err
+    problem = _not_ours(statement)
+    if problem:
+        raise SignatureError(problem, signature)
+    return SignatureCheck(bundle, fingerprint(key), seconds, files)
+
+
+def signed_statement(signature: Path) -> dict[str, Any]:
+    """The in-toto statement inside a model-signing signature (the DSSE envelope's payload). Authentic only once
+    model-signing has verified the signature over it."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
+    outer = json.loads(signature.read_text(encoding="utf-8"), object_pairs_hook=unique)
+    envelope = outer["dsseEnvelope"]
+    for text in [envelope["payload"], *(entry["sig"] for entry in envelope["signatures"])]:
+        _canonical_base64(text)
+    return json.loads(base64.b64decode(envelope["payload"], validate=True), object_pairs_hook=unique)
+
+
+def _canonical_base64(text: str) -> None:
+    """Base64 as every encoder writes it. A decoder ignores the unused low bits of the last character before the
+    padding, so one of those could be edited and the signature would still verify: an edited model.sig would pass
+    as the same signature. Refused, so that editing any byte of a signed bundle's files fails."""
+    if base64.b64encode(base64.b64decode(text, validate=True)).decode("ascii") != text:
+        raise ValueError("base64 not in canonical form (edited)")
+
+
+def _not_ours(statement: dict[str, Any]) -> str | None:
+    """Why a signed statement does not cover the bundle as tumor-edge signs it (None when it does)."""
+    serialization = statement.get("predicate", {}).get("serialization", {})
+    method, hash_type = serialization.get("method"), serialization.get("hash_type")
+    if method != "files" or hash_type != "sha256":
+        return (f"signed file by file with sha256 is what tumor-edge checks; this signature uses method {method!r}, "
+                f"hash {hash_type!r}: sign the bundle with `tumor-edge sign`")
+    left_out = sorted(set(serialization.get("ignore_paths") or []) - {SIGNATURE_FILE})
+    if left_out:
+        return (f"the signature leaves files out ({', '.join(left_out)}): a trusted bundle is signed whole; sign it "
+                f"with `tumor-edge sign`")
+    return None
+
+
+def _explain(err: Exception, bundle: Path, signature: Path, public_key: Path, key, files: list[str]
+             ) -> SignatureError:
+    """model-signing's failure as one line naming the file at fault."""
+    from cryptography.exceptions import InvalidSignature
+
+    text = str(err)
+    if isinstance(err, InvalidSignature):
+        return SignatureError(f"does not verify with {public_key}: the signature or the statement it signs was "
+                              "altered", signature)
+    if isinstance(err, ValueError) and text.startswith("Key mismatch"):
+        return SignatureError(f"signed with another key than the trusted {public_key} (sha256 "
+                              f"{fingerprint(key)[:16]}…)", signature)
+    if isinstance(err, ValueError) and text.startswith("Signature mismatch"):
+        try:
+            statement = signed_statement(signature)
+        except (OSError, ValueError, KeyError, TypeError) as parse_err:
+            return SignatureError(f"signature check failed ({first_line(err)}; {first_line(parse_err)})", bundle)
+        problem = _not_ours(statement)
+        if problem:
+            return SignatureError(problem, signature)
+        return _changed_files(bundle, statement, files) or SignatureError(
+            f"signature check failed ({first_line(err)})", bundle)
+    return SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature)
+
+
+def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) -> SignatureError | None:
+    """The files whose content differs from the signed statement, that it does not list, or that it lists and the
+    bundle lacks, as one line naming the first (None if the statement cannot be read that way)."""
+    try:
+        signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+    except (KeyError, TypeError):
+        return None
+    problems: list[tuple[str, str]] = []
+    for name in files:
+        if name not in signed:
+            problems.append((name, "not part of the signed bundle (added after signing)"))
+        elif _sha256(bundle / name) != signed[name]:
+            problems.append((name, "changed since the bundle was signed (its sha256 is not the signed one)"))
+    problems += [(name, "signed, but missing from the bundle") for name in sorted(set(signed) - set(files))]
+    if not problems:
+        return None
+    (first, why), rest = problems[0], [name for name, _ in problems[1:]]
+    more = f" (and {len(rest)} more: {', '.join(rest[:MAX_LISTED])}{', …' if len(rest) > MAX_LISTED else ''})" \
+        if rest else ""
+    return SignatureError(f"signature check failed: {why}{more}", bundle / first)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
