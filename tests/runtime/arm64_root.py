@@ -186,7 +186,7 @@ def run_in_root(root: Path, argv: list[str], timeout: float = INSTALL_TIMEOUT_S,
     return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, timeout=timeout, env=clean)
 
 
-def interpreter(root: Path) -> tuple[str, tuple[int, int]]:
+def root_interpreter(root: Path) -> tuple[str, tuple[int, int]]:
     """('311', (2, 36)) for the root's python3 and glibc: what the downloaded wheels must match."""
     code = "import platform, sys; print(f'{sys.version_info[0]}{sys.version_info[1]}', platform.libc_ver()[1])"
     done = run_in_root(root, ["python3", "-c", code])
@@ -217,7 +217,8 @@ def prepare_root(requirements: list[str], wheel_dir: Path, timings: Timings) -> 
     check_host()
     enable_binfmt()
     root = ensure_root(timings=timings)
-    wheels = timings.run("download aarch64 wheels", download_wheels, requirements, wheel_dir, *interpreter(root))
+    wheels = timings.run("download aarch64 wheels", download_wheels, requirements, wheel_dir,
+                         *root_interpreter(root))
     return root, wheels
 
 
@@ -236,6 +237,10 @@ class Device:
     @property
     def venv(self) -> str:
         return f"{self.dir}/venv"
+
+    @property
+    def interpreter(self) -> tuple[str, tuple[int, int]]:
+        return root_interpreter(self.root)
 
     def inside(self, host_path: Path) -> str:
         """The device's name for a host path under host_dir."""

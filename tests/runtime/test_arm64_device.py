@@ -2,10 +2,11 @@
 root under qemu-user (tests/runtime/arm64_root.py), verifies the bundle the suite exported and classifies scans as
 x86 does, within verify's per-precision tolerances.
 
-Only the ONNX files run there: they are what the runtime-only install (`pip install tumor-edge`) checks, and the
-emulator runs them about 30x slower than this CPU would. LiteRT's aarch64 wheel is tried on its own test, which
-skips when it does not install. Every step's seconds and the observed x86/ARM64 differences are printed
-(pytest -rP or -s shows them).
+The device flow is the README's: `pip install tumor-edge` (no extras), then `tumor-edge verify BUNDLE` on the whole
+export bundle, whose TFLite files that install cannot run (listed as not checked here). LiteRT's aarch64 wheel is
+tried last, in its own test, which skips when it does not install. The emulator runs the models about 30x slower
+than this CPU would, so the checks run each file once. Every step's seconds and the observed x86/ARM64 differences
+are printed (pytest -rP or -s shows them).
 
 Skips (with the reason) where the emulator cannot be set up: not root, no qemu-user-static/debootstrap, no
 binfmt_misc, Debian mirror or package registry unreachable. A wheel that does not install in the root, a verify
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.runtime.arm64_root import Device, Timings, Unavailable, new_device, prepare_root
+from tests.runtime.arm64_root import Device, Timings, Unavailable, download_wheels, new_device, prepare_root
 from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.runtime.verify import DEFAULT_TOLERANCE
 
@@ -38,13 +38,9 @@ except ModuleNotFoundError:  # Python 3.10
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 IMAGES_PER_CLASS = 2  # 8 scans: enough to compare labels and probabilities, cheap under the emulator
 CLI_TIMEOUT_S = 900
-
-
-def runtime_requirements() -> list[str]:
-    """pyproject's runtime dependencies, as declared: the device gets what `pip install tumor-edge` resolves."""
-    return list(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
 
 
 def build_wheel(out: Path) -> Path:
@@ -65,9 +61,11 @@ def timings() -> Iterator[Timings]:
 
 @pytest.fixture(scope="module")
 def arm64(tmp_path_factory, timings) -> Iterator[Device]:
-    """The emulated device with the freshly built wheel installed; removed afterwards (the root stays cached)."""
+    """The emulated device with the freshly built wheel installed as `pip install tumor-edge` would (pyproject's
+    runtime dependencies, no extras); removed afterwards (the root stays cached)."""
     try:
-        root, wheels = prepare_root(runtime_requirements(), tmp_path_factory.mktemp("aarch64-wheels"), timings)
+        root, wheels = prepare_root(PYPROJECT["project"]["dependencies"], tmp_path_factory.mktemp("aarch64"),
+                                    timings)
     except Unavailable as err:
         pytest.skip(f"ARM64 emulation unavailable here: {err}")
     wheel = timings.run("build wheel", build_wheel, tmp_path_factory.mktemp("wheel"))
@@ -78,88 +76,125 @@ def arm64(tmp_path_factory, timings) -> Iterator[Device]:
         device.remove()
 
 
-def onnx_files(metadata: BundleMetadata) -> list[str]:
-    return [name for name in metadata.models if name.endswith(".onnx")]
-
-
-@pytest.fixture(scope="module")
-def device_bundle(exported_bundle, arm64) -> Path:
-    """The export bundle as a device that was sent only its ONNX files holds it."""
-    dest = arm64.host_dir / "bundle"
-    dest.mkdir()
-    for path in exported_bundle.iterdir():
-        if path.is_file() and not path.name.endswith(".tflite"):
+def copy_bundle(bundle: Path, dest: Path, keep) -> Path:
+    dest.mkdir(parents=True)
+    for path in bundle.iterdir():
+        if path.is_file() and keep(path.name):
             shutil.copy2(path, dest / path.name)
     return dest
 
 
 @pytest.fixture(scope="module")
+def device_bundle(exported_bundle, arm64) -> Path:
+    """The whole export bundle, copied onto the device."""
+    return copy_bundle(exported_bundle, arm64.host_dir / "bundle", lambda name: True)
+
+
+@pytest.fixture(scope="module")
 def scans(train_dataset, arm64) -> list[Path]:
     """A few of the suite's test scans per class, copied where the device can read them."""
-    dest = arm64.host_dir / "scans"
     picked = []
     for folder in sorted(p for p in (train_dataset / "Testing").iterdir() if p.is_dir()):
         for path in sorted(folder.iterdir())[:IMAGES_PER_CLASS]:
-            target = dest / folder.name / path.name
+            target = arm64.host_dir / "scans" / folder.name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             picked.append(target)
     return picked
 
 
+def files_of(bundle: Path, suffix: str) -> list[str]:
+    return [name for name in BundleMetadata.read(bundle).models if name.endswith(suffix)]
+
+
+def device_verify(arm64: Device, bundle: Path, timings: Timings, step: str) -> subprocess.CompletedProcess:
+    done = timings.run(step, arm64.cli, "verify", arm64.inside(bundle), timeout=CLI_TIMEOUT_S)
+    print(f"\n{step} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
+
+
 def test_verify_passes_on_arm64(arm64, device_bundle, timings):
-    """`tumor-edge verify` on the device: every ONNX file intact and reproducing the export machine's reference
-    outputs within the per-precision tolerance."""
-    metadata = BundleMetadata.read(device_bundle)
-    done = timings.run("verify on arm64", arm64.cli, "verify", arm64.inside(device_bundle), timeout=CLI_TIMEOUT_S)
-    print(f"\nverify on arm64 (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    """README step 4 on ARM64: `tumor-edge verify` on the whole export bundle passes; every ONNX file is intact and
+    reproduces the export machine's reference outputs within the per-precision tolerance; every TFLite file is
+    hashed and listed once as not checked here (this install has no LiteRT)."""
+    done = device_verify(arm64, device_bundle, timings, "verify on arm64")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    for name in onnx_files(metadata):
-        line = re.search(rf"reproduce: ok  {re.escape(name)}: top-1 agreement (\d+)/(\d+)", done.stdout)
-        assert line, f"verify did not check {name} on arm64:\n{done.stdout}"
+    for name in files_of(device_bundle, ".onnx"):
+        assert f"reproduce: ok  {name}: top-1 agreement" in done.stdout, f"{name} not reproduced:\n{done.stdout}"
+    for name in files_of(device_bundle, ".tflite"):
+        assert f"integrity: ok  {name}" in done.stdout
+        lines = [line for line in done.stdout.splitlines() if line.startswith(f"not checked here: {name}:")]
+        assert len(lines) == 1 and "tumor-edge[tflite]" in lines[0], done.stdout
 
 
-def _classify(argv_prefix: list[str], bundle: str, name: str, scans: list[str], run) -> dict[str, dict]:
-    done = run([*argv_prefix, "classify", "--json", "--model", bundle, "--model-file", name, *scans])
+def classify(argv: list[str], bundle: str, name: str, scans: list[str], run) -> dict[str, dict]:
+    """`classify --json` of one model file: class/file -> its JSON row."""
+    done = run([*argv, "classify", "--json", "--model", bundle, "--model-file", name, *scans])
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return {"/".join(Path(row["file"]).parts[-2:]): row for row in rows if "label" in row}  # class/file
+    return {"/".join(Path(row["file"]).parts[-2:]): row for row in rows if "label" in row}
+
+
+def compare(metadata: BundleMetadata, name: str, x86: dict[str, dict], arm: dict[str, dict]) -> str:
+    """Asserts per scan that ARM64 agrees with x86 within the file's tolerance; returns the observed figures.
+    A label is compared where x86's top-2 margin exceeds twice the tolerance: if no probability moves by more
+    than the tolerance, such a label cannot flip, while a nearer tie may legitimately go either way."""
+    limit = DEFAULT_TOLERANCE[metadata.models[name].precision]
+    assert sorted(arm) == sorted(x86), (sorted(arm), sorted(x86))
+    diffs, flips, ties = [], [], []
+    for scan, want in x86.items():
+        p_x86 = np.array([want["probabilities"][c] for c in metadata.classes], dtype=np.float64)
+        p_arm = np.array([arm[scan]["probabilities"][c] for c in metadata.classes], dtype=np.float64)
+        diffs.append(float(np.max(np.abs(p_arm - p_x86))))
+        top2 = np.sort(p_x86)[-2:]
+        if top2[1] - top2[0] <= 2 * limit:
+            ties.append(scan)
+        elif arm[scan]["label"] != want["label"]:
+            flips.append(f"{scan}: x86 {want['label']}, arm64 {arm[scan]['label']}")
+    same = sum(arm[s]["label"] == x86[s]["label"] for s in x86)
+    assert not flips, f"{name}: arm64 labels differ from x86 beyond a near tie: {flips}"
+    assert max(diffs) <= limit, f"{name}: max |Δp| {max(diffs):.3g} between x86 and arm64 > {limit:g}"
+    return (f"{name}: labels {same}/{len(x86)} equal, max |Δp| {max(diffs):.2g} (limit {limit:g})"
+            + (f"; near ties (labels not compared): {ties}" if ties else ""))
 
 
 def test_classify_on_arm64_matches_x86(arm64, device_bundle, scans, timings):
-    """Per ONNX file: the same label for every scan whose x86 margin leaves room (if every probability moves by at
-    most the tolerance, a top-1 with a margin over twice it cannot flip), and max |Δp| within the tolerance."""
+    """Per ONNX file, `classify --json` on the suite's test scans: ARM64's labels and probabilities are x86's
+    (this process's machine) within verify's tolerance for the file's precision."""
     metadata = BundleMetadata.read(device_bundle)
-
-    def host(argv):
-        return subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
-
-    def device(argv):
-        return arm64.run(argv, timeout=CLI_TIMEOUT_S)
-
     report = []
-    for name in onnx_files(metadata):
-        limit = DEFAULT_TOLERANCE[metadata.models[name].precision]
-        x86 = timings.run(f"classify x86 {name}", _classify, [sys.executable, "-m", "tumor_edge.cli"],
-                          str(device_bundle), name, [str(p) for p in scans], host)
-        arm = timings.run(f"classify arm64 {name}", _classify, [f"{arm64.venv}/bin/tumor-edge"],
-                          arm64.inside(device_bundle), name, [arm64.inside(p) for p in scans], device)
-        assert sorted(arm) == sorted(x86) and len(x86) == len(scans), (sorted(arm), sorted(x86))
-        classes = metadata.classes
-        diffs, flips, near_ties = [], [], []
-        for scan, want in x86.items():
-            p_x86 = np.array([want["probabilities"][c] for c in classes], dtype=np.float64)
-            p_arm = np.array([arm[scan]["probabilities"][c] for c in classes], dtype=np.float64)
-            diffs.append(float(np.max(np.abs(p_arm - p_x86))))
-            top2 = np.sort(p_x86)[-2:]
-            if top2[1] - top2[0] <= 2 * limit:
-                near_ties.append(scan)
-            elif arm[scan]["label"] != want["label"]:
-                flips.append(f"{scan}: x86 {want['label']}, arm64 {arm[scan]['label']}")
-        same = sum(arm[s]["label"] == x86[s]["label"] for s in x86)
-        report.append(f"{name}: labels {same}/{len(x86)} equal, max |Δp| {max(diffs):.2g} (limit {limit:g})"
-                      + (f", near ties {near_ties}" if near_ties else ""))
-        assert not flips, f"{name}: arm64 labels differ from x86 beyond a near tie: {flips}"
-        assert max(diffs) <= limit, f"{name}: max |Δp| {max(diffs):.3g} between x86 and arm64 > {limit:g}"
-    print("\nclassify, x86 vs arm64:\n" + "\n".join(report))
+    for name in files_of(device_bundle, ".onnx"):
+        x86 = timings.run(f"classify x86 {name}", classify, [sys.executable, "-m", "tumor_edge.cli"],
+                          str(device_bundle), name, [str(p) for p in scans],
+                          lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT_S))
+        arm = timings.run(f"classify arm64 {name}", classify, [f"{arm64.venv}/bin/tumor-edge"],
+                          arm64.inside(device_bundle), name, [arm64.inside(p) for p in scans],
+                          lambda argv: arm64.run(argv, timeout=CLI_TIMEOUT_S))
+        assert len(x86) == len(scans), x86
+        report.append(compare(metadata, name, x86, arm))
+    print(f"\nclassify, x86 vs arm64 ({len(scans)} scans):\n" + "\n".join(report))
+
+
+def test_litert_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
+    """Optional: the `tflite` extra's aarch64 wheel (ai-edge-litert) in the device's venv, then verify on a copy
+    that holds the TFLite files only (the ONNX ones are checked above). Skips when no aarch64 wheel installs."""
+    extra = list(PYPROJECT["project"]["optional-dependencies"]["tflite"])
+    try:
+        wheels = timings.run("download LiteRT", download_wheels, extra, tmp_path_factory.mktemp("litert"),
+                             *arm64.interpreter)
+    except Unavailable as err:
+        pytest.skip(f"no aarch64 LiteRT wheel: {err}")
+    for path in wheels:
+        shutil.copy2(path, arm64.host_dir / "wheels" / path.name)
+    installed = timings.run("install LiteRT on arm64", arm64.pip_install, *extra)
+    if installed.returncode != 0:
+        pytest.skip(f"LiteRT's aarch64 wheel does not install: {installed.stderr.strip()[-500:]}")
+    version = arm64.run([f"{arm64.venv}/bin/python", "-c", "from importlib.metadata import version; "
+                         "print(version('ai-edge-litert'))"]).stdout.strip()
+    print(f"\nai-edge-litert {version} installed on arm64")
+    tflite_only = copy_bundle(exported_bundle, arm64.host_dir / "bundle-tflite", lambda n: not n.endswith(".onnx"))
+    done = device_verify(arm64, tflite_only, timings, "verify TFLite on arm64")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in files_of(tflite_only, ".tflite"):
+        assert f"reproduce: ok  {name}: top-1 agreement" in done.stdout, f"{name} not reproduced:\n{done.stdout}"
