@@ -35,6 +35,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CACHE_ENV = "TUMOR_EDGE_ARM64_CACHE"
+# The emulated core: a named one, not qemu's `max` (whose features change between qemu versions). Neoverse N1 is
+# AWS Graviton2 / Ampere Altra, ARMv8.2 with half-precision arithmetic and dot products, as in a Raspberry Pi 5's
+# Cortex-A76; onnxruntime then runs fp16 models in half precision, where x86 computes them in float32.
+# `TUMOR_EDGE_ARM64_CPU=cortex-a72` checks a Raspberry Pi 4's core instead (no fp16 arithmetic, no dot products).
+CPU_ENV = "TUMOR_EDGE_ARM64_CPU"
+DEFAULT_CPU = "neoverse-n1"
 DEFAULT_CACHE = Path("/var/cache/tumor-edge-arm64")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 QEMU = "qemu-aarch64-static"
@@ -229,6 +235,7 @@ class Device:
 
     root: Path
     dir: str  # inside the root, e.g. /tmp/tumor-edge-<id>
+    cpu: str = field(default_factory=lambda: os.environ.get(CPU_ENV) or DEFAULT_CPU)  # qemu's -cpu
 
     @property
     def host_dir(self) -> Path:
@@ -247,8 +254,9 @@ class Device:
         return "/" + str(Path(host_path).resolve().relative_to(self.root.resolve()))
 
     def run(self, argv: list[str], timeout: float = INSTALL_TIMEOUT_S) -> subprocess.CompletedProcess:
-        return run_in_root(self.root, argv, timeout=timeout,
-                           env={"TUMOR_EDGE_CACHE_DIR": f"{self.dir}/cache", "XDG_STATE_HOME": f"{self.dir}/state"})
+        return run_in_root(self.root, argv, timeout=timeout, env={
+            "QEMU_CPU": self.cpu,  # read by qemu-user itself, whichever binary the kernel hands it
+            "TUMOR_EDGE_CACHE_DIR": f"{self.dir}/cache", "XDG_STATE_HOME": f"{self.dir}/state"})
 
     def cli(self, *args: str, timeout: float = INSTALL_TIMEOUT_S) -> subprocess.CompletedProcess:
         return self.run([f"{self.venv}/bin/tumor-edge", *args], timeout=timeout)
