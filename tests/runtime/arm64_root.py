@@ -109,7 +109,7 @@ def _tail(text: str, lines: int = 6) -> str:
 
 
 def check_host() -> None:
-    """The tools and rights the emulation needs; the .ci/run script installs the two packages as root."""
+    """The tools and rights the emulation needs; .ci/run installs the packages as root."""
     if sys.platform != "linux" or platform.machine() != "x86_64":
         raise Unavailable(f"the ARM64 emulation is set up for Linux x86_64 hosts, this is {sys.platform} "
                           f"{platform.machine()}")
@@ -118,7 +118,7 @@ def check_host() -> None:
     missing = [tool for tool in (QEMU, "debootstrap", "chroot") if shutil.which(tool) is None]
     if missing:
         raise Unavailable(f"{', '.join(missing)} not installed (Debian: apt-get install qemu-user-static "
-                          "debootstrap; .ci/run does this as root)")
+                          "debootstrap binfmt-support; .ci/run does this as root)")
 
 
 def enable_binfmt() -> None:
@@ -277,9 +277,9 @@ def new_device(root: Path, wheel: Path, wheels: list[Path]) -> Device:
     """A venv in the root with the tumor-edge wheel and the runtime's aarch64 dependencies installed, offline.
     A failure here is the product's (the wheel does not install on ARM64), so it raises AssertionError.
 
-    The venv is made --without-pip: ensurepip under the emulator costs more CPU than the whole install (27 s vs
-    37 s measured), and Debian would need python3-venv and its ca-certificates (minutes of emulated openssl
-    runs in debootstrap); pip runs from the wheel downloaded with the others instead."""
+    The venv is made --without-pip: ensurepip alone costs 27 CPU seconds under the emulator, nearly as much as
+    the whole install (31 s), and Debian would need python3-venv and with it ca-certificates, whose emulated
+    openssl runs add minutes to debootstrap; pip runs from the wheel downloaded with the others instead."""
     device = Device(root, f"/tmp/tumor-edge-{uuid.uuid4().hex[:8]}")
     (device.host_dir / "wheels").mkdir(parents=True)
     for path in [wheel, *wheels]:
