@@ -111,7 +111,7 @@ def files_of(bundle: Path, suffix: str) -> list[str]:
 
 def device_verify(arm64: Device, bundle: Path, timings: Timings, step: str) -> subprocess.CompletedProcess:
     done = timings.run(step, arm64.cli, "verify", arm64.inside(bundle), timeout=CLI_TIMEOUT_S)
-    print(f"\n{step} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    print(f"\n{step}, emulated {arm64.cpu} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     return done
 
@@ -180,7 +180,7 @@ def test_classify_on_arm64_matches_x86(arm64, device_bundle, scans, timings):
         report.append(line)
         problems += found
     print(f"\nclassify, x86 vs arm64 ({len(scans)} scans):\n" + "\n".join(report))
-    assert not problems, "\n".join(problems + ["observed:"] + report)
+    assert not problems, "\n".join(problems + [f"observed (emulated {arm64.cpu}):"] + report)
 
 
 def test_litert_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
