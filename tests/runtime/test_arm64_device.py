@@ -29,7 +29,7 @@ import pytest
 
 from tests.runtime.arm64_root import Device, Timings, Unavailable, download_wheels, new_device, prepare_root
 from tumor_edge.contracts.bundle import BundleMetadata
-from tumor_edge.runtime.verify import DEFAULT_TOLERANCE
+from tumor_edge.runtime.verify import tolerance_for
 
 try:
     import tomllib
@@ -142,7 +142,7 @@ def compare(metadata: BundleMetadata, name: str, x86: dict[str, dict], arm: dict
     """ARM64 against x86 per scan, within the file's tolerance: (the observed figures, the problems found).
     A label is compared where x86's top-2 margin exceeds twice the tolerance: if no probability moves by more
     than the tolerance, such a label cannot flip, while a nearer tie may legitimately go either way."""
-    limit = DEFAULT_TOLERANCE[metadata.models[name].precision]
+    limit = tolerance_for(name, metadata)
     assert sorted(arm) == sorted(x86), (sorted(arm), sorted(x86))
     diffs, problems, ties = [], [], []
     for scan, want in x86.items():

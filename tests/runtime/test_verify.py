@@ -227,3 +227,19 @@ def test_at_least_one_model_must_verify(two_files):
     result = _verify(two_files)
     assert result.exit_code == 1
     assert "no model of this bundle could be checked on this device" in result.stderr
+
+
+def test_a_reduced_precision_file_is_allowed_twice_its_recorded_effect(two_files):
+    """Issue 19 (ARM64): a device may compute an fp16 or int8 file in its own reduced-precision kernels. Export
+    recorded the file's and the fp32 file's outputs on the same images; the device may differ by twice that
+    recorded effect (triangle inequality), never by less than the per-precision floor."""
+    from tumor_edge.runtime.verify import DEFAULT_TOLERANCE, tolerance_for
+
+    meta = BundleMetadata.read(two_files)
+    assert tolerance_for("model_fp32.onnx", meta) == DEFAULT_TOLERANCE["fp32"]
+    assert tolerance_for("model_fp16.onnx", meta) == DEFAULT_TOLERANCE["fp16"]  # same outputs: the floor
+    rows = [list(r) for r in meta.reference.outputs["model_fp16.onnx"]]
+    rows[2][0] += 0.04  # as if fp16 rounding had moved one probability by 0.04 on the export machine
+    rows[2][1] -= 0.04
+    meta.reference.outputs["model_fp16.onnx"] = rows
+    assert tolerance_for("model_fp16.onnx", meta) == pytest.approx(0.08)

@@ -35,12 +35,17 @@ import click
 
 from tumor_edge.runtime.reference import record_reference
 
-__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "record_reference", "verify", "verify_bundle"]
+__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "record_reference", "tolerance_for", "verify",
+           "verify_bundle"]
 
-# Largest probability difference accepted between the export machine and this device, per precision. fp32 and
-# fp16 differ only by summation order between kernels; int8 kernels differ between ISAs (e.g. AVX2's 16-bit
-# intermediate saturation vs VNNI) and deserve a looser, still meaningful bound.
-DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 5e-3, "int8": 0.05}
+# Largest probability difference accepted between the export machine and this device, per precision (the floor
+# of `tolerance_for`). fp32 files differ only by summation order between kernels. A reduced-precision file may be
+# computed in that precision on the device and not on the export machine: onnxruntime runs fp16 models in half-
+# precision arithmetic on cores that have it (ARMv8.2-A FP16: Neoverse N1, Cortex-A76 / Raspberry Pi 5) and in
+# float32 on x86; int8 kernels round differently between ISAs (AVX2's 16-bit intermediate saturation, VNNI, ARM's
+# dot-product kernels). Measured on the suite's 75 px InceptionV3, ARM64 (emulated Neoverse N1) against x86:
+# fp32 3e-6, fp16 0.015, int8 0.076 (ONNX) / 0.055 (TFLite), top-1 equal on every image.
+DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 0.02, "int8": 0.05}
 # Other output roles: largest |difference| divided by the recorded values' range (max - min), per precision. A
 # heatmap is the class logits spread over the grid and the OOD features a whitened projection: neither is a
 # probability, so an absolute bound would mean something different for every model. One int8 rounding step of
@@ -52,6 +57,31 @@ ROLE_TOLERANCE: dict[str, dict[str, float]] = {
 }
 OTHER_ROLE_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1}  # roles not named above
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points, when the bundle's parity record names none
+
+
+def tolerance_for(name: str, metadata) -> float:
+    """The largest probability difference accepted for one file between the export machine and this device.
+
+    For a reduced-precision file, beyond the per-precision floor: twice its own recorded effect. Export recorded,
+    for the same reference images, both this file's outputs and the fp32 file's; their largest difference E is
+    what this precision's rounding does to this model. If this device's kernels round as accurately as the export
+    machine's, each device's output lies within E of the fp32 output, so the two lie within 2E of each other
+    (triangle inequality). A device further off than that computes something the export never measured."""
+    import numpy as np
+
+    precision = metadata.models[name].precision
+    floor = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"])
+    reference = metadata.reference
+    if precision == "fp32" or reference is None:
+        return floor
+    fp32 = next((reference.outputs[n] for n, e in metadata.models.items()
+                 if e.precision == "fp32" and e.format == metadata.models[name].format and n in reference.outputs),
+                None)
+    own = reference.outputs.get(name)
+    if fp32 is None or own is None or np.shape(fp32) != np.shape(own):
+        return floor
+    effect = float(np.max(np.abs(np.asarray(own, np.float64) - np.asarray(fp32, np.float64))))
+    return max(floor, 2.0 * effect) if np.isfinite(effect) else floor
 
 
 @dataclass
@@ -190,7 +220,7 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
         want = np.asarray(expected, dtype=np.float64)
         diff = float(np.max(np.abs(got.astype(np.float64) - want)))
         agree = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1)))
-        limit = tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(metadata.models[name].precision, 1e-3)
+        limit = tolerance if tolerance is not None else tolerance_for(name, metadata)
         good = bool(np.isfinite(diff)) and diff <= limit
         report.files.setdefault(name, {}).update(agreement=agree / reference.count, max_abs_diff=diff, limit=limit)
         line = (f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})")
@@ -331,7 +361,8 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
               help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
 @click.option("--tolerance", type=click.FloatRange(0, 1), default=None,
               help="Largest accepted probability difference from the recorded class scores (default per precision: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + "). Other outputs (heatmap, "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ", or twice the file's own "
+                   "recorded difference from the fp32 file, if larger). Other outputs (heatmap, "
                    "OOD features) keep their own tolerance, relative to the recorded values' range.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
