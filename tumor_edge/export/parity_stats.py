@@ -154,10 +154,13 @@ def images_to_bound_paired(b_rate: float, c_rate: float, tolerance: float, confi
     within `tolerance`; None when the observed drop itself reaches it (no number would)."""
     if b_rate - c_rate >= tolerance:
         return None
+    return smallest_count(lambda n: paired_difference_interval(round(b_rate * n), round(c_rate * n), n,
+                                                               confidence)[1] <= tolerance)
 
-    def ok(n: int) -> bool:
-        return paired_difference_interval(round(b_rate * n), round(c_rate * n), n, confidence)[1] <= tolerance
 
+def smallest_count(ok) -> int | None:
+    """The smallest n >= 1 with ok(n), for an `ok` that stays true once true: doubling, then bisection; None
+    beyond MAX_IMAGES_NEEDED."""
     high = 1
     while not ok(high):
         high *= 2
@@ -174,20 +177,7 @@ def images_to_bound_rate(rate: float, tolerance: float, confidence: float) -> in
     """The fewest images whose Wilson upper bound of `rate` stays within `tolerance`; None if none would."""
     if rate >= tolerance:
         return None
-
-    def ok(n: int) -> bool:
-        return wilson_interval(round(rate * n), n, confidence)[1] <= tolerance
-
-    high = 1
-    while not ok(high):
-        high *= 2
-        if high > MAX_IMAGES_NEEDED:
-            return None
-    low = high // 2
-    while low + 1 < high:
-        mid = (low + high) // 2
-        low, high = (low, mid) if ok(mid) else (mid, high)
-    return high
+    return smallest_count(lambda n: wilson_interval(round(rate * n), n, confidence)[1] <= tolerance)
 
 
 def images_to_bound_mean(observed: float, half_width: float, n: int, tolerance: float) -> int | None:
