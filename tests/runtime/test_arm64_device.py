@@ -205,3 +205,39 @@ def test_litert_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
     assert done.returncode == 0, done.stdout + done.stderr
     for name in files_of(tflite_only, ".tflite"):
         assert f"reproduce: ok  {name}: top-1 agreement" in done.stdout, f"{name} not reproduced:\n{done.stdout}"
+
+
+def test_signed_bundle_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
+    """Issue 22: a signed export bundle verifies under --trust on the device (the `sign` extra's aarch64 wheels),
+    and a changed byte in a signed file fails with one line naming it. Skips when the extra does not install."""
+    pytest.importorskip("model_signing", reason="model-signing (the `sign` extra) signs the bundle on the host")
+    from tests.signing.conftest import write_key_pair
+    from tumor_edge.signing.sign import sign_bundle
+
+    extra = list(PYPROJECT["project"]["optional-dependencies"]["sign"])
+    try:
+        wheels = timings.run("download sign extra", download_wheels, extra, tmp_path_factory.mktemp("sign"),
+                             *arm64.interpreter)
+    except Unavailable as err:
+        pytest.skip(f"no aarch64 wheels for the sign extra: {err}")
+    for path in wheels:
+        shutil.copy2(path, arm64.host_dir / "wheels" / path.name)
+    installed = timings.run("install sign extra on arm64", arm64.pip_install, *extra)
+    if installed.returncode != 0:
+        pytest.skip(f"the sign extra does not install on arm64: {installed.stderr.strip()[-500:]}")
+    private, public = write_key_pair(arm64.host_dir / "keys", "signer")
+    signed = copy_bundle(exported_bundle, arm64.host_dir / "bundle-signed", lambda name: name.endswith(".onnx")
+                         or not name.startswith("model_"))  # what a device is sent: the ONNX files and documents
+    sign_bundle(signed, private)
+    done = timings.run("verify --trust on arm64", arm64.cli, "verify", "--trust", arm64.inside(public),
+                       arm64.inside(signed), timeout=CLI_TIMEOUT_S)
+    print(f"\nverify --trust on arm64 (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    data = bytearray((signed / "metadata.json").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (signed / "metadata.json").write_bytes(bytes(data))
+    refused = timings.run("verify --trust, changed, on arm64", arm64.cli, "verify", "--trust",
+                          arm64.inside(public), arm64.inside(signed), timeout=CLI_TIMEOUT_S)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+    assert len(errors) == 1 and "metadata.json" in errors[0], refused.stderr
