@@ -207,9 +207,11 @@ def test_litert_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
         assert f"reproduce: ok  {name}: top-1 agreement" in done.stdout, f"{name} not reproduced:\n{done.stdout}"
 
 
-def test_signed_bundle_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
-    """Issue 22: a signed export bundle verifies under --trust on the device (the `sign` extra's aarch64 wheels),
-    and a changed byte in a signed file fails with one line naming it. Skips when the extra does not install."""
+def test_signed_bundle_on_arm64(arm64, exported_bundle, scans, tmp_path_factory, timings):
+    """Issue 22: a signed export bundle passes the signature check under --trust on the device (the `sign` extra's
+    aarch64 wheels): `classify --trust` of its int8 file labels a scan (test_verify_passes_on_arm64 has already
+    reproduced every file; the signature check is the same code in verify and classify), and a changed byte in a
+    signed file fails `verify --trust` with one line naming it. Skips when the extra does not install."""
     pytest.importorskip("model_signing", reason="model-signing (the `sign` extra) signs the bundle on the host")
     from tests.signing.conftest import write_key_pair
     from tumor_edge.signing.sign import sign_bundle
@@ -226,13 +228,16 @@ def test_signed_bundle_on_arm64(arm64, exported_bundle, tmp_path_factory, timing
     if installed.returncode != 0:
         pytest.skip(f"the sign extra does not install on arm64: {installed.stderr.strip()[-500:]}")
     private, public = write_key_pair(arm64.host_dir / "keys", "signer")
-    signed = copy_bundle(exported_bundle, arm64.host_dir / "bundle-signed", lambda name: name.endswith(".onnx")
-                         or not name.startswith("model_"))  # what a device is sent: the ONNX files and documents
+    # The whole bundle: a signature covers every file, so a device is sent all of them (it checks the hashes of
+    # the TFLite files it cannot run)
+    signed = copy_bundle(exported_bundle, arm64.host_dir / "bundle-signed", lambda name: True)
     sign_bundle(signed, private)
-    done = timings.run("verify --trust on arm64", arm64.cli, "verify", "--trust", arm64.inside(public),
-                       arm64.inside(signed), timeout=CLI_TIMEOUT_S)
-    print(f"\nverify --trust on arm64 (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    done = timings.run("classify --trust on arm64", arm64.cli, "classify", "--json", "--trust",
+                       arm64.inside(public), "--model", arm64.inside(signed), "--model-file", "model_int8.onnx",
+                       arm64.inside(scans[0]), timeout=CLI_TIMEOUT_S)
+    print(f"\nclassify --trust on arm64 (exit {done.returncode}):\n{done.stdout[:300]}\n{done.stderr}")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["model_file"] == "model_int8.onnx"
     data = bytearray((signed / "metadata.json").read_bytes())
     data[len(data) // 2] ^= 0x01
     (signed / "metadata.json").write_bytes(bytes(data))
