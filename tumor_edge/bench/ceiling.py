@@ -85,18 +85,24 @@ def _time_rate(call: Callable[[], object], macs: float, min_seconds: float, min_
     return statistics.median(rates), max(rates), len(rates)
 
 
-def float_matmul_model(size: int) -> bytes:
-    """A one-node ONNX model: MatMul(a: float32 [n, n], b: float32 [n, n]) -> float32 [n, n]."""
-    from onnx import TensorProto, helper
+def one_node_model(op: str, a: int, b: int, y: int, size: int) -> bytes:
+    """A one-node ONNX model: op(a [n, n], b [n, n]) -> y [n, n], element types as onnx.TensorProto codes."""
+    from onnx import helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["y"])], "fp32_ceiling",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])])
+        [helper.make_node(op, ["a", "b"], ["y"])], f"{op}_ceiling",
+        [helper.make_tensor_value_info("a", a, [size, size]), helper.make_tensor_value_info("b", b, [size, size])],
+        [helper.make_tensor_value_info("y", y, [size, size])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 7  # readable by every onnxruntime this project supports
     return model.SerializeToString()
+
+
+def float_matmul_model(size: int) -> bytes:
+    """MatMul(a: float32 [n, n], b: float32 [n, n]) -> float32 [n, n]."""
+    from onnx import TensorProto
+
+    return one_node_model("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, size)
 
 
 def _session(model: bytes, threads: int | None):
@@ -123,17 +129,10 @@ def matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: in
 
 
 def int8_matmul_model(size: int) -> bytes:
-    """A one-node ONNX model: MatMulInteger(a: uint8 [n, n], b: int8 [n, n]) -> int32 [n, n]."""
-    from onnx import TensorProto, helper
+    """MatMulInteger(a: uint8 [n, n], b: int8 [n, n]) -> int32 [n, n]."""
+    from onnx import TensorProto
 
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_ceiling",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7  # readable by every onnxruntime this project supports
-    return model.SerializeToString()
+    return one_node_model("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, size)
 
 
 def int8_matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
