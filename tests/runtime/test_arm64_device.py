@@ -183,20 +183,26 @@ def test_classify_on_arm64_matches_x86(arm64, device_bundle, scans, timings):
     assert not problems, "\n".join(problems + [f"observed (emulated {arm64.cpu}):"] + report)
 
 
+def install_extra(arm64: Device, extra: str, tmp_path_factory, timings: Timings) -> None:
+    """An extra's aarch64 wheels, downloaded on the host and installed in the device's venv; skips the calling
+    test (with the reason) when they cannot be had or do not install."""
+    requirements = list(PYPROJECT["project"]["optional-dependencies"][extra])
+    try:
+        wheels = timings.run(f"download {extra} extra", download_wheels, requirements,
+                             tmp_path_factory.mktemp(extra), *arm64.interpreter)
+    except Unavailable as err:
+        pytest.skip(f"no aarch64 wheels for the {extra} extra: {err}")
+    for path in wheels:
+        shutil.copy2(path, arm64.host_dir / "wheels" / path.name)
+    installed = timings.run(f"install {extra} extra on arm64", arm64.pip_install, *requirements)
+    if installed.returncode != 0:
+        pytest.skip(f"the {extra} extra does not install on arm64: {installed.stderr.strip()[-500:]}")
+
+
 def test_litert_on_arm64(arm64, exported_bundle, tmp_path_factory, timings):
     """Optional: the `tflite` extra's aarch64 wheel (ai-edge-litert) in the device's venv, then verify on a copy
     that holds the TFLite files only (the ONNX ones are checked above). Skips when no aarch64 wheel installs."""
-    extra = list(PYPROJECT["project"]["optional-dependencies"]["tflite"])
-    try:
-        wheels = timings.run("download LiteRT", download_wheels, extra, tmp_path_factory.mktemp("litert"),
-                             *arm64.interpreter)
-    except Unavailable as err:
-        pytest.skip(f"no aarch64 LiteRT wheel: {err}")
-    for path in wheels:
-        shutil.copy2(path, arm64.host_dir / "wheels" / path.name)
-    installed = timings.run("install LiteRT on arm64", arm64.pip_install, *extra)
-    if installed.returncode != 0:
-        pytest.skip(f"LiteRT's aarch64 wheel does not install: {installed.stderr.strip()[-500:]}")
+    install_extra(arm64, "tflite", tmp_path_factory, timings)
     version = arm64.run([f"{arm64.venv}/bin/python", "-c", "from importlib.metadata import version; "
                          "print(version('ai-edge-litert'))"]).stdout.strip()
     print(f"\nai-edge-litert {version} installed on arm64")
@@ -216,17 +222,7 @@ def test_signed_bundle_on_arm64(arm64, exported_bundle, scans, tmp_path_factory,
     from tests.signing.conftest import write_key_pair
     from tumor_edge.signing.sign import sign_bundle
 
-    extra = list(PYPROJECT["project"]["optional-dependencies"]["sign"])
-    try:
-        wheels = timings.run("download sign extra", download_wheels, extra, tmp_path_factory.mktemp("sign"),
-                             *arm64.interpreter)
-    except Unavailable as err:
-        pytest.skip(f"no aarch64 wheels for the sign extra: {err}")
-    for path in wheels:
-        shutil.copy2(path, arm64.host_dir / "wheels" / path.name)
-    installed = timings.run("install sign extra on arm64", arm64.pip_install, *extra)
-    if installed.returncode != 0:
-        pytest.skip(f"the sign extra does not install on arm64: {installed.stderr.strip()[-500:]}")
+    install_extra(arm64, "sign", tmp_path_factory, timings)
     private, public = write_key_pair(arm64.host_dir / "keys", "signer")
     # The whole bundle: a signature covers every file, so a device is sent all of them (it checks the hashes of
     # the TFLite files it cannot run)
