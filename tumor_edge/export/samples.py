@@ -1,7 +1,7 @@
 """Which image files export calibrates on, chooses the calibration method on, and proves parity on.
 
 Calibration images come from the training split, the choice of calibration method from the validation split,
-and parity from the test split: never the test split for anything but the final check, as DESIGN.md asks.
+and parity from the test split: never the test split for anything but the final check.
 """
 
 from __future__ import annotations
