@@ -16,7 +16,8 @@ LAYOUT_CHOICES = ("auto", "nchw", "nhwc")  # a foreign ONNX model's input layout
 
 @dataclass
 class ParityThresholds:
-    """The tolerances a file must be proven within (defaults: the project's parity contract in the README), and how sure the proof must be."""
+    """The tolerances a file must be proven within (defaults: the parity contract in the README), and how sure
+    the proof must be."""
 
     max_accuracy_drop: float = 1.0  # percentage points below Keras
     max_auc_drop: float = 0.01  # macro one-vs-rest AUC below Keras

@@ -1,7 +1,7 @@
 """ONNX files: fp32 through tf2onnx, fp16 through onnxruntime's converter, and the metadata each one carries.
 
-tf2onnx's `from_keras` converts Keras 3 models directly (verified with Keras 3.15 and tf2onnx 1.17); the input is named "image" with
-a dynamic batch dimension so one file serves batch 1 on a device and batch 32 in evaluation.
+tf2onnx's `from_keras` converts Keras 3 models directly (verified with Keras 3.15 and tf2onnx 1.17); the input
+is named "image" with a dynamic batch dimension so one file serves batch 1 on a device and batch 32 in evaluation.
 """
 
 from __future__ import annotations
