@@ -58,8 +58,8 @@ def exported_bundle(trained_run, tmp_path_factory) -> Path:
 
     The parity contract's thresholds for fp32/fp16 agreement; looser accuracy/AUC drops for int8, since the toy
     test split has 40 images (one image is 2.5 points) and a tiny 4-epoch model has near-ties that int8 may flip.
-    40 images cannot prove a 1-point tolerance, so verdicts "not proven" are accepted (allow_unproven). The failing side of
-    parity is tested on its own (a planted mismatch). The last-bundle marker goes to a temporary state folder,
+    40 images cannot prove a 1-point tolerance, so verdicts "not proven" are accepted (allow_unproven). The failing
+    side of parity is tested on its own (a planted mismatch). The last-bundle marker goes to a temporary state folder,
     not the user's home. Converters run in this process (isolate=False): the default's TensorFlow worker and
     TensorFlow-free children cost process starts and buy memory this 75 px model does not need;
     tests/export/test_worker.py, test_foreign.py and test_format_table.py cover the default, isolated path.
