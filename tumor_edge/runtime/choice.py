@@ -21,11 +21,13 @@ static order (no timing), e.g. for a one-shot run where loading every file would
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,19 +75,30 @@ def bundle_key(metadata: BundleMetadata) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def machine_key() -> dict[str, str]:
-    """What the fastest file depends on besides the bundle: the CPU model and ISA, the engines' versions."""
-    from importlib import metadata as importlib_metadata
+    """What the fastest file depends on besides the bundle: the CPU model and ISA, the engines' versions.
 
+    Read on every use of a bundle without --model-file, so kept off the cold-start bill: the versions come from the
+    installed distributions' folder names (importlib.metadata alone costs ~18 ms CPU to import), once a process."""
     from tumor_edge.machine import _cpuinfo, cpu_isa, cpu_model
 
     key = {"machine": platform.machine().lower(), "cpu": cpu_model(_cpuinfo()), "isa": cpu_isa()}
-    for package in ("onnxruntime", "ai-edge-litert"):
-        try:
-            key[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            key[package] = "absent"
+    for package in ("onnxruntime", "ai_edge_litert"):
+        key[package] = installed_version(package)
     return key
+
+
+def installed_version(distribution: str) -> str:
+    """The version in the first `<distribution>-<version>.dist-info` folder on sys.path, else "absent"."""
+    for entry in sys.path:
+        try:
+            found = sorted(Path(entry or ".").glob(f"{distribution}-*.dist-info"))
+        except OSError:
+            continue
+        if found:
+            return found[0].name[len(distribution) + 1:-len(".dist-info")]
+    return "absent"
 
 
 def record_path(metadata: BundleMetadata, options: BackendOptions | None = None) -> Path:
@@ -154,14 +167,17 @@ def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineC
     return found
 
 
-def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptions | None = None
-                    ) -> EngineChoice | None:
+def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptions | None = None,
+                    allowed: list[str] | None = None) -> EngineChoice | None:
     """The choice recorded on this device for this bundle, machine and thread count, if it is intact and its
     file may still run; None otherwise (then measure again)."""
-    return _read(record_path(metadata, options), bundle_dir, metadata)
+    return _read(record_path(metadata, options), bundle_dir, metadata, allowed)
 
 
-def _read(path: Path, bundle_dir: Path, metadata: BundleMetadata) -> EngineChoice | None:
+def _read(path: Path, bundle_dir: Path, metadata: BundleMetadata, allowed: list[str] | None = None
+          ) -> EngineChoice | None:
+    """A recorded choice, checked: its own sha256, this bundle's key, a file that may still run here (`allowed`:
+    the candidates, when the caller has them already)."""
     try:
         data = json.loads(path.read_text())
         body, digest = data["choice"], data["sha256"]
@@ -174,7 +190,8 @@ def _read(path: Path, bundle_dir: Path, metadata: BundleMetadata) -> EngineChoic
         choice = EngineChoice(**body)
     except TypeError:
         return None
-    allowed, _ = candidates(Path(bundle_dir), metadata)
+    if allowed is None:
+        allowed, _ = candidates(Path(bundle_dir), metadata)
     return choice if choice.file in allowed else None
 
 
@@ -247,7 +264,7 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, options: Backen
     allowed, _ = candidates(bundle_dir, metadata)
     if len(allowed) <= 1 or os.environ.get(NO_MEASURE_ENV, "") not in ("", "0") or not cache_enabled(options):
         return allowed[0] if allowed else metadata.default_model()
-    choice = recorded_choice(bundle_dir, metadata, options)
+    choice = recorded_choice(bundle_dir, metadata, options, allowed)
     if choice is None:
         try:
             choice = measure_choice(bundle_dir, metadata, options)
