@@ -229,25 +229,30 @@ def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
     _decode_or_clean_error(bytes(sample[:cut]), suffix)
 
 
-def test_an_input_type_is_one_decoder_entry(tmp_path, monkeypatch, bundle):
-    """A new input type is one entry in image.DECODERS: walking, decoding and classifying all pick it up."""
+def test_an_input_type_is_one_registered_reader(tmp_path, bundle):
+    """A new 2-D input type is one `Reader` in the registry: walking, decoding and classifying all pick it up."""
     from tumor_edge.runtime import Classifier, image
     from tumor_edge.runtime.inputs import expand_inputs
+    from tumor_edge.runtime.readers import Picture, Reader, Scan, register_reader, unregister_reader
 
-    def raw_frames(path, frames):  # a made-up format: 2 bytes of side length, then grey pixels
+    def read_raw(path, options):  # a made-up format: 2 bytes of side length, then grey pixels
         data = path.read_bytes()
         side = int.from_bytes(data[:2], "little")
         grey = np.frombuffer(data[2:2 + side * side], np.uint8).reshape(side, side)
-        return [image.Frame(Image.fromarray(grey).convert("RGB"), 0, 1)]
+        return Scan(str(path), "raw", "image", [Picture(Image.fromarray(grey).convert("RGB"))])
 
-    raw = image.Decoder("raw", frozenset({".raw"}), raw_frames)
-    monkeypatch.setattr(image, "DECODERS", (raw, *image.DECODERS))
-    monkeypatch.setattr(image, "SCAN_SUFFIXES", image.SCAN_SUFFIXES | raw.suffixes)
     scan = quadrant_image(3)[..., 0]
     path = tmp_path / "scans" / "a.raw"
     path.parent.mkdir()
     path.write_bytes(len(scan).to_bytes(2, "little") + scan.tobytes())
-    assert image.is_scan_file(path) and expand_inputs([path.parent]) == [path]
-    assert np.array_equal(np.asarray(load_rgb(path))[..., 0], scan)
-    [result] = Classifier.from_bundle(bundle).iter_predictions([path])
-    assert result.ok and result.label == "pituitary"
+    assert not image.is_scan_file(path)
+    register_reader(Reader("raw", (".raw",), read_raw))
+    try:
+        assert image.is_scan_file(path) and expand_inputs([path.parent]) == [path]
+        assert ".raw" in image.SCAN_SUFFIXES
+        assert np.array_equal(np.asarray(load_rgb(path))[..., 0], scan)
+        [result] = Classifier.from_bundle(bundle).iter_predictions([path])
+        assert result.ok and result.label == "pituitary"
+    finally:
+        unregister_reader("raw")
+    assert not image.is_scan_file(path)

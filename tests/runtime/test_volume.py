@@ -197,12 +197,12 @@ def test_hostile_volume_is_one_line_and_the_batch_goes_on(bundle, volumes, state
 
 def test_huge_header_is_refused_before_reading_voxels(hostile):
     from tumor_edge.errors import InputImageError
-    from tumor_edge.runtime.volume import read_volume
+    from tumor_edge.runtime.readers import read_scan
 
     path, _ = hostile["huge"]
     assert path.stat().st_size < 1024  # 256 GB claimed, a few hundred bytes present: refused from the header
     with pytest.raises(InputImageError, match="decodes to 256000000000 bytes"):
-        read_volume(path)
+        read_scan(path)
 
 
 def test_some_nan_voxels_warn_and_classify(bundle, state, tmp_path):

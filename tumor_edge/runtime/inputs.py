@@ -4,9 +4,10 @@ Nothing the user named may vanish without a word: a folder that cannot be entere
 scans, a folder named like an image, a folder with no scans at all each become a problem the batch reports next
 to the files that failed to decode. Special files are recognised by `stat` and never opened.
 
-Volumes: NIfTI files (`.nii`, `.nii.gz`) are listed like scans, and a folder that is one DICOM series (every
-visible entry in it a DICOM file, two or more of them sharing a SeriesInstanceUID; see `volume_dicom`) is listed
-as one item, the folder itself, instead of its files. A folder mixing several multi-file series is a problem.
+What is a scan is the readers' registry's to say (`runtime/readers/`): a file some reader claims by suffix or,
+suffix-less, by content; a folder a folder reader claims (a DICOM series: every visible entry in it a DICOM file,
+two or more of them sharing a SeriesInstanceUID) is listed as one item, the folder itself, instead of its files.
+A folder mixing several multi-file series is a problem.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tumor_edge.runtime.image import SCAN_SUFFIXES, is_dicom_file, is_scan_file
+from tumor_edge.runtime.readers.base import FOLDER_REFUSED, FOLDER_SCAN
+from tumor_edge.runtime.readers.registry import claimed_suffix, folder_role, is_scan_file, is_volume
 from tumor_edge.runtime.special_files import file_kind, reason
-from tumor_edge.runtime.volume import is_nifti
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class ScannedInputs:
     series: set[Path] = field(default_factory=set)  # items of `files` that are DICOM series folders
 
     def is_volume(self, path: Path) -> bool:
-        """Whether `path` (an item of `files`) is classified as a volume: a NIfTI file or a series folder."""
-        return path in self.series or is_nifti(path)
+        """Whether `path` (an item of `files`) is classified as a volume (its reader says so: NIfTI, a series)."""
+        return path in self.series or is_volume(path)
 
 
 def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
@@ -75,18 +76,6 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return scan_inputs(paths).files
 
 
-def _series_role(folder: Path, names: list[str]) -> tuple[str, str | None]:
-    """Whether `folder` (its visible entry `names`) is a DICOM series: only when every entry is a DICOM file."""
-    if len(names) < 2:
-        return "images", None
-    paths = [folder / name for name in names]
-    if not all(_kind(p) == "file" and is_dicom_file(p) for p in paths):
-        return "images", None
-    from tumor_edge.runtime.volume_dicom import series_role
-
-    return series_role(folder, paths)
-
-
 def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = None) -> list[Path]:
     """Scan files (and series folders) under `top`, sorted; problems appended. An explicit stack, so no depth is
     too deep."""
@@ -108,12 +97,12 @@ def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = No
                                                       "the scans in it were skipped"))
             continue
         before, subfolders = len(found), 0
-        role, why = _series_role(folder, [n for n in names if not n.startswith(".")])
-        if role == "series":
+        _, role, why = folder_role(folder)  # a DICOM series folder is one scan (the registry's folder readers)
+        if role == FOLDER_SCAN:
             found.append(folder)
             series.add(folder)
             continue
-        if role == "refused":
+        if role == FOLDER_REFUSED:
             problems.append(InputProblem(str(folder), f"{why}; its files were skipped"))
             continue
         for name in names:
@@ -125,14 +114,14 @@ def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = No
                 stack.append(path)
                 subfolders += 1
             elif kind == "file":
-                if is_scan_file(path) or is_nifti(path):
+                if is_scan_file(path):
                     found.append(path)
             elif kind == "missing":
-                if path.suffix.lower() in SCAN_SUFFIXES or is_nifti(path):
+                if claimed_suffix(path) is not None:
                     found.append(path)  # a dangling link named like a scan: decoding reports it
             else:
                 problems.append(InputProblem(str(path), f"is {kind}, not a regular file: skipped, not opened"))
-        if folder != top and folder.suffix.lower() in SCAN_SUFFIXES and len(found) == before and not subfolders:
+        if folder != top and claimed_suffix(folder) is not None and len(found) == before and not subfolders:
             problems.append(InputProblem(str(folder), "is a folder named like a scan, and holds no scans"))
     return sorted(found)
 

@@ -1,17 +1,16 @@
 """Volumes in `classify`: a NIfTI file or a DICOM series folder, cut into slices the model can classify.
 
-A reader (NIfTI or DICOM series, a registry) checks the size its header promises against the caps before it
-reads a voxel, and gives a `Volume`: the stored values in RAS voxel order (a view, no copy) with the modality
-scaling beside them. Slices are made one at a time when the classifier asks for them (`iter_slices`), so a run
-holds the volume plus one batch of model-sized slices, never every slice decoded. The orientation, framing and
-intensity rules are `volume_slices`', the ones the demo's training scans were made with.
+A volume reader (`runtime/readers/`: NIfTI, DICOM series) checks the size its header promises against the caps
+before it reads a voxel, and hands a `Volume` (the stored values in RAS voxel order, a view, with the modality
+scaling beside them) to `volume_scan`. Slices are made one at a time when the classifier asks for them
+(`iter_slices`), so a run holds the volume plus one batch of model-sized slices, never every slice decoded. The
+orientation, framing and intensity rules are `volume_slices`', the ones the demo's training scans were made with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -19,6 +18,7 @@ from PIL import Image
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
 from tumor_edge.runtime.ood_checks import content_warnings
+from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import (
     AXES,
@@ -32,12 +32,7 @@ from tumor_edge.runtime.volume_slices import (
     sample_stride,
 )
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_CHOICES = ("middle", "all")  # or a whole number N
-
-
-def is_nifti(path: str | Path) -> bool:
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def parse_slices(value: str | int) -> str | int:
@@ -54,41 +49,6 @@ def parse_slices(value: str | int) -> str | int:
     if not 1 <= number <= MAX_FRAMES:
         raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
     return number
-
-
-# reader name -> function(path) -> Volume; `reader_for` picks one by the path's form.
-def _read_nifti(path: Path) -> Volume:
-    from tumor_edge.runtime.volume_nifti import read_nifti
-
-    return read_nifti(path)
-
-
-def _read_series(path: Path) -> Volume:
-    from tumor_edge.runtime.volume_dicom import read_series
-
-    return read_series(path)
-
-
-READERS: dict[str, Callable[[Path], Volume]] = {"nifti": _read_nifti, "dicom series": _read_series}
-
-
-def reader_for(path: str | Path) -> str:
-    return "nifti" if is_nifti(path) else "dicom series"
-
-
-def read_volume(path: str | Path) -> Volume:
-    return READERS[reader_for(path)](Path(path))
-
-
-@dataclass(frozen=True)
-class VolumeSlice:
-    """One slice to classify: model-sized uint8 RGB pixels and where it is in the volume."""
-
-    pixels: np.ndarray
-    axis: str
-    index: int  # along the normal, RAS voxel index (0 = right, posterior or inferior end)
-    count: int  # slices along the normal
-    warnings: tuple[str, ...] = ()  # input checks on the slice's own voxels (runtime.ood_checks.content_warnings)
 
 
 @dataclass
@@ -156,10 +116,9 @@ def _check_finite(volume: Volume, sample: np.ndarray, stride: int) -> None:
         volume.notes.append(f"{bad} of {total} voxels are NaN or infinite; they are shown black")
 
 
-def iter_slices(plan: SlicePlan, size: tuple[int, int], resize: Callable[[Image.Image], np.ndarray]
-                ) -> Iterator[VolumeSlice]:
-    """The planned slices, one at a time: cropped to the brain's framing, scaled for display, resized by
-    `resize` to the model's (height, width)."""
+def iter_slices(plan: SlicePlan) -> Iterator[Picture]:
+    """The planned slices, one at a time: cropped to the brain's framing, scaled for display, as 8-bit RGB at the
+    framing's size (the classifier resizes them to the model's, as it does any picture)."""
     volume, axes = plan.volume, PlaneAxes.of(plan.axis)
     (r0, r1), (c0, c1) = frame_window(plan.box, axes, volume.spacing, volume.shape)
     n_rows, n_cols = volume.shape[axes.row_axis], volume.shape[axes.col_axis]
@@ -174,4 +133,11 @@ def iter_slices(plan: SlicePlan, size: tuple[int, int], resize: Callable[[Image.
             warnings = content_warnings(display_uint8(part, plan.box.scale))
         grey = display_uint8(axes.display(canvas), plan.box.scale)
         image = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB")
-        yield VolumeSlice(resize(image), plan.axis, position, plan.count, tuple(warnings))
+        yield Picture(image, position, plan.count, plan.axis, tuple(warnings))
+
+
+def volume_scan(volume: Volume, options: ReadOptions, reader: str) -> Scan:
+    """A volume reader's `Scan`: the slices `options` asks for, planned now (a volume that cannot be sliced fails
+    here, before any slice is cut) and cut one at a time as they are taken."""
+    plan = plan_slices(volume, options.axis, options.slices)
+    return Scan(volume.source, reader, VOLUME, iter_slices(plan), plan.count, plan.axis, volume.notes)

@@ -26,7 +26,6 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import check_volume_size
-from tumor_edge.runtime.image import is_dicom_file
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 
@@ -176,13 +175,12 @@ def _stack_geometry(headers: list[SliceHeader], folder: Path, notes: list[str]
     return headers, direction, (abs(step), spacing[0], spacing[1])
 
 
-def read_series(folder: str | Path) -> Volume:
-    """A DICOM series folder as a `Volume`; one-line errors for a folder that is not one readable stack."""
+def read_series(folder: str | Path, files: list[Path]) -> Volume:
+    """A DICOM series folder as a `Volume` from its DICOM `files` (the registry's `dicom series` reader picks them:
+    the suffixes live there); one-line errors for a folder that is not one readable stack."""
     from tumor_edge.runtime.dicom import is_monochrome1, modality_scaling, read_stored
 
     folder = Path(folder)
-    files, _ = folder_dicom_files(folder)
-    files = [f for f in files if is_dicom_file(f)]
     if len(files) < 2:
         raise InputImageError("a DICOM series folder needs at least two slice files", folder)
     headers = [header(path) for path in files]  # an unreadable file: its own one-line error

@@ -19,7 +19,8 @@ import numpy as np
 from tumor_edge.errors import ModelError, TumorEdgeError
 from tumor_edge.runtime.batch import Failure, detached
 from tumor_edge.runtime.preprocess import resize_rgb
-from tumor_edge.runtime.volume import iter_slices, plan_slices, read_volume
+from tumor_edge.runtime.readers.base import ReadOptions
+from tumor_edge.runtime.readers.registry import read_scan
 from tumor_edge.runtime.volume_summary import VolumeSummary, VolumeVote, summarise
 
 if TYPE_CHECKING:
@@ -52,22 +53,21 @@ def classify_volume(classifier: Classifier, path: str | Path, axis: str = "axial
     source = str(path)
     rows: list[tuple[int, dict[str, float], str | None]] = []
     try:
-        volume = read_volume(path)
-        plan = plan_slices(volume, axis, slices)
+        scan = read_scan(path, ReadOptions(axis=axis, slices=slices))
     except Exception as err:  # TumorEdgeError, MemoryError, a reader bug on a hostile file: one line
         yield _failure(source, err)
         return
-    for note in volume.notes:
+    for note in scan.notes:
         log.warning("%s: %s", source, note)
     spec = classifier.preprocessing
-    stream = iter_slices(plan, (spec.height, spec.width), lambda image: resize_rgb(image, spec))
+    stream = iter(scan.pictures)
     warned = 0
     try:
         while True:
             batch = [s for _, s in zip(range(batch_size), stream)]
             if not batch:
                 break
-            results = classifier.predictions(np.stack([s.pixels for s in batch]),
+            results = classifier.predictions(np.stack([resize_rgb(s.image, spec) for s in batch]),
                                              [(source, s.index, s.count) for s in batch])
             own = [s.warnings for s in batch]
             del batch
@@ -86,8 +86,8 @@ def classify_volume(classifier: Classifier, path: str | Path, axis: str = "axial
         yield _failure(source, err)
         return
     finally:
-        stream.close()
-    notes = list(volume.notes)
+        scan.close()
+    notes = list(scan.notes)
     if warned:
         notes.append(f"{warned} of {len(rows)} slices have warnings")
-    yield summarise(source, axis, classifier.classes, rows, plan.count, notes, vote)
+    yield summarise(source, scan.axis or axis, classifier.classes, rows, scan.count, notes, vote)

@@ -1,0 +1,133 @@
+"""The reader interface: what every input type (a 2-D image, a DICOM file, a DICOM series, a NIfTI volume) gives.
+
+A `Reader` is one record: its name, the file suffixes it claims (they live only in the registry's rows,
+`readers/registry.py`), how to recognise its files by content when the suffix says nothing (DICOM files often
+have none), whether it reads folders (a DICOM series), the extra and packages it needs, whether a file is one
+image (its frames) or a volume (cut into slices), and `read(path, options)`. Every consumer (`classify`,
+`Classifier`, `serve`, `verify --data`, training, export parity) reads through the registry, so a new reader
+reaches all of them.
+
+`read` gives a `Scan`: the pictures to classify (8-bit RGB at their own size, numpy through `Picture.pixels`)
+with their provenance (which frame or slice, out of how many, along which axis, what the checks noticed). A
+volume's pictures come one at a time, so memory holds the volume and one slice, never every slice decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tumor_edge.errors import ConfigError
+
+IMAGE = "image"  # a file is one picture, or a few frames (multi-page TIFF, multi-frame DICOM)
+VOLUME = "volume"  # a 3-D scan: slices are cut from it along an axis, and a volume summary follows them
+KINDS = (IMAGE, VOLUME)
+
+# A folder reader's answer about one folder: it is a scan of this reader, it is not (walk its files), or it looks
+# like one but cannot be read as one (the reason is a one-line problem naming the folder).
+FOLDER_SCAN, FOLDER_FILES, FOLDER_REFUSED = "scan", "files", "refused"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What to take from a file: `frames` of a multi-frame 2-D file ('middle', 'all' or an index); `axis` and
+    `slices` ('middle', 'all' or a number N) of a volume. Size limits are the caps (`runtime/caps.py`)."""
+
+    frames: str | int = "middle"
+    axis: str = "axial"
+    slices: str | int = "middle"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One decoded picture of a scan: 8-bit RGB at its own size, and where it is in its file.
+
+    A frame of a 2-D file has `index` and `count` (1 for ordinary images); a volume's slice also has its `axis`
+    (its `index` is the RAS voxel index along the axis' normal, `count` the slices along it) and the warnings the
+    input checks gave on its own voxels."""
+
+    image: Image.Image
+    index: int = 0
+    count: int = 1
+    axis: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8 (H, W, 3)."""
+        return np.asarray(self.image, dtype=np.uint8)
+
+    @property
+    def label(self) -> str | None:
+        """'frame 12 of 25' (0-based index) for multi-frame files, None otherwise."""
+        if self.axis is not None:
+            return f"{self.axis} slice {self.index} of {self.count}"
+        return f"frame {self.index} of {self.count}" if self.count > 1 else None
+
+
+@dataclass
+class Scan:
+    """What a reader read: the pictures to classify, in order, and what holds for the whole scan.
+
+    `pictures` is a list for a 2-D file and a generator for a volume (call `close` when stopping early);
+    `count` is the frames in the file or the slices along `axis`; `notes` are warnings about the whole scan
+    (logged once)."""
+
+    source: str
+    reader: str
+    kind: str
+    pictures: Iterable[Picture]
+    count: int = 1
+    axis: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        close = getattr(self.pictures, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One input type. `suffixes`: lower-case, with their dot, possibly several parts ('.nii.gz').
+    `sniff(path)`: whether a regular file is of this type by its content (never blocks: special files are not
+    opened). `folder(path)`: for readers of folders, FOLDER_SCAN / FOLDER_FILES / FOLDER_REFUSED and a reason.
+    `extra` / `packages`: the pip extra that installs what `read` needs, and the packages to report."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, ReadOptions], Scan]
+    kind: str = IMAGE
+    sniff: Callable[[Path], bool] | None = None
+    folder: Callable[[Path], tuple[str, str | None]] | None = None
+    extra: str | None = None
+    packages: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"reader {self.name!r}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        for suffix in self.suffixes:
+            if not suffix.startswith(".") or suffix != suffix.lower() or len(suffix) < 2:
+                raise ConfigError(f"reader {self.name!r}: suffix {suffix!r} must be lower-case and start with '.'")
+
+    def suffix_of(self, path: str | Path) -> str | None:
+        """The longest of this reader's suffixes that `path`'s name ends with (case-insensitive), if any."""
+        name = Path(path).name.lower()
+        matches = [s for s in self.suffixes if name.endswith(s) and len(name) > len(s)]
+        return max(matches, key=len) if matches else None
+
+    def claims(self, path: str | Path) -> bool:
+        """Whether this reader reads `path`: by suffix, by content (`sniff`), or as one of its folders."""
+        path = Path(path)
+        if self.folder is not None and path.is_dir():
+            return self.folder(path)[0] == FOLDER_SCAN
+        return self.suffix_of(path) is not None or (self.sniff is not None and self.sniff(path))
+
+
+__all__ = ["FOLDER_FILES", "FOLDER_REFUSED", "FOLDER_SCAN", "IMAGE", "KINDS", "VOLUME", "Picture", "ReadOptions",
+           "Reader", "Scan"]
