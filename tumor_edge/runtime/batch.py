@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tumor_edge.errors import ConfigError, InputImageError, TumorEdgeError
+from tumor_edge.errors import ConfigError, TumorEdgeError
+from tumor_edge.runtime.failure import Failure, detached
 from tumor_edge.runtime.image import load_rgb_frames
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
 
@@ -27,41 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULT_WORKERS = 2
 
-
-@dataclass(frozen=True)
-class Failure:
-    """A file that could not be classified: `message` is the one line to show (it names the file)."""
-
-    source: str
-    message: str
-    error: BaseException | None = field(default=None, compare=False, repr=False)
-
-    ok = False
-
-    def to_dict(self) -> dict:
-        return {"file": self.source, "error": self.message}
-
-    def exception(self) -> TumorEdgeError:
-        """The error to raise for callers that stop at the first bad file (an InputImageError unless the
-        decoder raised another tumor-edge error)."""
-        if isinstance(self.error, TumorEdgeError):
-            return self.error
-        return InputImageError(self.message.removeprefix(f"{self.source}: "), self.source)
-
-
-def detached(err: BaseException) -> BaseException:
-    """`err` with the frames of every traceback in its cause/context chain cleared of their local variables
-    (`traceback.clear_frames`), so keeping the exception keeps no half-decoded image alive; the tracebacks still
-    print (file, line, function) for `--debug`."""
-    import traceback
-
-    seen: set[int] = set()
-    node: BaseException | None = err
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        traceback.clear_frames(node.__traceback__)
-        node = node.__cause__ or node.__context__
-    return err
+__all__ = ["DEFAULT_WORKERS", "Failure", "decode_file", "detached", "iter_predictions"]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`.
+"""The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`, `.classify("head.nii.gz")`.
 
-One prediction path: files are decoded by `batch.decode_file` (the runtime's `load_rgb_frames` -> resize) and
-classified batch by batch in `batch.iter_predictions`; `predict`, `predict_batch` and export's parity
-(`probabilities_for_files`) all go through it, so a DICOM series or a multi-frame file is read the same way
-everywhere. A bundle's model file is checked against the sha256 its metadata records before it is loaded.
+Files are read by the readers' registry (`runtime/readers/`): `classify` and `iter_results` take anything a reader
+claims, volumes included (`scans`). One prediction path for images: files are decoded by `batch.decode_file`
+(the runtime's `load_rgb_frames` -> resize) and classified batch by batch in `batch.iter_predictions`;
+`predict`, `predict_batch` and export's parity (`probabilities_for_files`) all go through it, so a multi-frame
+file is read the same way everywhere. A bundle's model file is checked against the sha256 its metadata records
+before it is loaded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -30,12 +32,11 @@ from tumor_edge.contracts.bundle import (
 from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
 from tumor_edge.runtime.backends.external_data import external_data_locations
-from tumor_edge.runtime.image import pil_to_rgb, to_uint8
+from tumor_edge.runtime.failure import Failure
+from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import resize_rgb, scale
+from tumor_edge.runtime.scans import ScanItem, ScanOptions, ScanResult, classify_scan, iter_scan_results
 from tumor_edge.runtime.trust import TrustSettings, calibrate, ood_scores, warnings_for
-
-if TYPE_CHECKING:
-    from tumor_edge.runtime.batch import Failure
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
@@ -301,8 +302,6 @@ class Classifier:
                     ) -> list[Prediction | Failure]:
         """Classify a batch of model-sized pixels; `items` gives each image's (source, frame, frame_count). An
         image whose class scores are not finite becomes a Failure: no label is better than a wrong one."""
-        from tumor_edge.runtime.batch import Failure
-
         outputs = self.infer_outputs(batch_pixels)
         extra = {role: value for role, value in outputs.items() if role != SCORES}
         distances = ood_scores(extra, self.trust)
@@ -395,3 +394,17 @@ class Classifier:
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(self.classes))
 
     predict_proba_files = probabilities_for_files  # older name, kept for callers
+
+    def classify(self, path: str | Path, frames: str | int = "middle", axis: str = "axial",
+                 slices: str | int = "middle", batch_size: int = 16, abstain: bool = False) -> ScanResult:
+        """Any scan a reader claims (`runtime/readers/`): an image file, a multi-frame file, a NIfTI volume or a
+        DICOM series folder. Gives its predictions (per image, frame or slice), a volume's summary, and its
+        failures instead of raising for a bad file (`ScanResult.exception()` to raise one). Model errors raise."""
+        return classify_scan(self, path, ScanOptions(frames, axis, slices, batch_size, 0, abstain))
+
+    def iter_results(self, paths: Iterable[str | Path] | str | Path, frames: str | int = "middle",
+                     axis: str = "axial", slices: str | int = "middle", batch_size: int = 16,
+                     workers: int | None = None, abstain: bool = False) -> Iterator[ScanItem]:
+        """Stream results for images and volumes alike, in input order: a Prediction per image (frame, slice),
+        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints)."""
+        return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain))

@@ -12,23 +12,21 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Any, Union
 
 import numpy as np
 
 from tumor_edge.errors import ModelError, TumorEdgeError
-from tumor_edge.runtime.batch import Failure, detached
+from tumor_edge.runtime.failure import Failure, detached
 from tumor_edge.runtime.preprocess import resize_rgb
 from tumor_edge.runtime.readers.base import ReadOptions
 from tumor_edge.runtime.readers.registry import read_scan
 from tumor_edge.runtime.volume_summary import VolumeSummary, VolumeVote, summarise
 
-if TYPE_CHECKING:
-    from tumor_edge.runtime.classifier import Classifier, Prediction
-
 log = logging.getLogger("tumor_edge.input")
 
-VolumeResult = Union["Prediction", Failure, VolumeSummary]
+# A Prediction (runtime.classifier, which imports this module: named here only in words), a Failure or the summary.
+VolumeResult = Union[Any, Failure, VolumeSummary]
 
 
 def _failure(source: str, err: BaseException) -> Failure:
@@ -40,12 +38,12 @@ def _failure(source: str, err: BaseException) -> Failure:
                    detached(err))
 
 
-def settings_check_inputs(classifier: Classifier) -> bool:
+def settings_check_inputs(classifier: Any) -> bool:
     """Whether this classifier runs the input checks (a bundle may turn them off)."""
     return bool(getattr(classifier.trust, "input_checks", True))
 
 
-def classify_volume(classifier: Classifier, path: str | Path, axis: str = "axial", slices: str | int = "middle",
+def classify_volume(classifier: Any, path: str | Path, axis: str = "axial", slices: str | int = "middle",
                     batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None
                     ) -> Iterator[VolumeResult]:
     """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
