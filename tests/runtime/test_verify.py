@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from tests.runtime.models import CLASSES, make_bundle, save_quadrant
 from tumor_edge.cli import main
 from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.runtime.classifier import Classifier
 from tumor_edge.runtime.reference import DEFAULT_COUNT, ROLE_VALUES_PER_FILE, brain_blobs
 from tumor_edge.runtime.verify import record_reference, verify_bundle
 
@@ -110,6 +111,29 @@ def test_data_reproves_accuracy(recorded, tmp_path):
     (data / "Testing" / "other").mkdir()
     assert any("not classes of this bundle" in p for p in verify_bundle(recorded, data=data).problems)
     assert any("no labelled scans" in p for p in verify_bundle(recorded, data=tmp_path / "b").problems)
+
+
+def test_data_counts_a_volume_as_one_scan_labelled_by_its_summary(recorded, tmp_path):
+    """`verify --data` reads through the readers' registry: a NIfTI file and a DICOM series folder among the
+    labelled scans are one scan each, scored by their volume summary's label."""
+    pytest.importorskip("nibabel", reason="the `nifti` extra is not installed")
+    pytest.importorskip("pydicom", reason="the `dicom` extra is not installed")
+    from tests.runtime.volume_files import head, write_nifti, write_series
+
+    data = tmp_path / "data"
+    for q, name in enumerate(CLASSES):
+        save_quadrant(data / name / "a.png", q)
+    volumes = [write_nifti(data / "pituitary" / "head.nii.gz", head()), write_series(data / "pituitary" / "s", head())]
+    clf = Classifier.from_bundle(recorded)
+    assert [clf.classify(v).label for v in volumes] == ["pituitary", "pituitary"]  # the middle axial slice's
+    report = verify_bundle(recorded, data=data)
+    assert report.ok, report.problems
+    assert report.files["model_fp32.onnx"]["n_images"] == 6 and report.files["model_fp32.onnx"]["accuracy"] == 1.0
+    (data / "pituitary").rename(data / "tmp")  # the volumes now sit under glioma: both count as wrong
+    (data / "glioma").rename(data / "pituitary")
+    (data / "tmp").rename(data / "glioma")
+    report = verify_bundle(recorded, data=data)
+    assert report.files["model_fp32.onnx"]["accuracy"] == pytest.approx(2 / 6)
 
 
 @pytest.fixture()

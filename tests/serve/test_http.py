@@ -65,6 +65,27 @@ def test_dicom_upload_middle_frame_and_all_frames(server, tmp_path):
     assert [r["label"] for r in every.json()] == [CLASSES[0], CLASSES[2], CLASSES[3]]
 
 
+def test_nifti_upload_is_one_volume_summary_with_its_slices(server, serve_bundle, tmp_path):
+    """A volume upload goes through the runtime's readers (its `.nii.gz` suffix is the registry's): the answer is
+    the volume summary `classify --json` prints, with the slice rows inside it."""
+    pytest.importorskip("nibabel", reason="the `nifti` extra is not installed")
+    from tests.runtime.volume_files import head, write_nifti
+
+    path = write_nifti(tmp_path / "head.nii.gz", head())
+    body, headers = multipart("head.nii.gz", path.read_bytes())
+    reply = request(server.url + "/v1/classify", "POST", body, headers)
+    assert reply.status == 200, reply.body
+    served = reply.json()
+    cli = subprocess.run([sys.executable, "-m", "tumor_edge.cli", "classify", "--json", "--model",
+                          str(serve_bundle), str(path)], capture_output=True, text=True, timeout=120,
+                         env=server_env(tmp_path), cwd=REPO)
+    assert cli.returncode == 0, cli.stderr
+    *rows, summary = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert served["summary"] == "volume" and served["file"] == "head.nii.gz"
+    assert served["label"] == summary["label"] and served["slices"] == summary["slices"]
+    assert [(r["slice"], r["label"]) for r in served["slice_results"]] == [(r["slice"], r["label"]) for r in rows]
+
+
 @pytest.mark.parametrize("make, reason", [
     (lambda d: (d / "junk.png").write_bytes(b"this is not an image") and d / "junk.png", "not an image"),
     (lambda d: png_bomb(d / "bomb.png"), "too large"),

@@ -275,9 +275,11 @@ def _check_roles(path: Path, precision: str, recorded: dict, outputs: dict, decl
 
 
 def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, problems) of a labelled folder: ROOT/Testing/<class>/... or ROOT/<class>/..., regular
-    files only (a FIFO or device is never opened), hidden names skipped, sorted."""
-    from tumor_edge.runtime.image import SCAN_SUFFIXES
+    """(scans, labels, problems) of a labelled folder: ROOT/Testing/<class>/... or ROOT/<class>/..., sorted.
+    A scan is what the readers' registry claims: a regular file (a FIFO or device is never opened; hidden names
+    skipped) or a folder a folder reader reads as one scan (a DICOM series), which is then not walked."""
+    from tumor_edge.runtime.readers.base import FOLDER_SCAN
+    from tumor_edge.runtime.readers.registry import folder_role, is_scan_file
 
     base = root / "Testing" if (root / "Testing").is_dir() else root
     problems: list[str] = []
@@ -297,18 +299,40 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
         if folder.name not in classes:
             continue
         for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
+            if folder_role(Path(dirpath))[1] == FOLDER_SCAN:  # a series folder: one labelled volume
+                dirs[:] = []
+                files.append(Path(dirpath))
+                labels.append(classes.index(folder.name))
+                continue
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(names):
                 path = Path(dirpath) / name
-                suffix = path.suffix.lower()
-                if name.startswith(".") or suffix not in SCAN_SUFFIXES:
-                    continue
-                if path.is_file():  # follows links; False for FIFOs, sockets and devices
+                if path.is_file() and is_scan_file(path):  # follows links; False for FIFOs, sockets, devices
                     files.append(path)
                     labels.append(classes.index(folder.name))
     if not files:
         problems.append(f"{base}: no labelled scans (expected <class>/ folders named {', '.join(classes)})")
     return files, labels, problems
+
+
+def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list[str]]:
+    """(a class index per scan, -1 when it could not be classified; the failures' messages): an image's own
+    prediction, a volume's summary label (its slice rows are not scans of their own)."""
+    from tumor_edge.runtime.readers.registry import is_volume
+    from tumor_edge.runtime.volume_summary import VolumeSummary
+
+    volumes = {str(f) for f in files if is_volume(f)}
+    predicted: list[int] = []
+    unreadable: list[str] = []
+    for result in clf.iter_results(files, batch_size=batch_size):
+        if isinstance(result, VolumeSummary):
+            predicted.append(clf.classes.index(result.label) if result.label is not None else -1)
+        elif not result.ok:
+            predicted.append(-1)
+            unreadable.append(result.message)
+        elif result.source not in volumes:
+            predicted.append(result.index)
+    return predicted, unreadable
 
 
 def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_size: int,
@@ -332,13 +356,7 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue
-        predicted, unreadable = [], []
-        for result in clf.iter_predictions(files, batch_size=batch_size):
-            if result.ok:
-                predicted.append(result.index)
-            else:
-                predicted.append(-1)
-                unreadable.append(result.message)
+        predicted, unreadable = _predicted(clf, files, batch_size)
         accuracy = float(np.mean(np.asarray(predicted) == truth))
         report.files.setdefault(name, {}).update(accuracy=accuracy, n_images=len(files))
         line = f"{name}: accuracy {100 * accuracy:.1f}% on {len(files)} local scans"

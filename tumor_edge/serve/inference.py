@@ -1,10 +1,10 @@
 """Uploaded bytes -> the JSON `classify --json` prints, through the runtime's own decoding and its caps.
 
-The runtime decodes from paths (its caps, DICOM detection and frame handling live there), so the bytes go to a
-private temporary folder (0700, created per request) for the time of one inference and are deleted in
-`finally`, whatever happens. File names in results and errors are the client's, never the temporary path.
-Every answer names the model file and engine that produced it, and its class scores are checked to be
-probabilities before they are reported as such.
+The runtime's readers decode from paths (their caps, DICOM detection, frame and slice handling live there, and
+the suffixes they claim in their registry), so the bytes go to a private temporary folder (0700, created per
+request) for the time of one inference and are deleted in `finally`, whatever happens. File names in results and
+errors are the client's, never the temporary path. Every answer names the model file and engine that produced
+it, and its class scores are checked to be probabilities before they are reported as such.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import MODEL_CARD, BundleMetadata
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime.heatmap_overlay import class_map
+from tumor_edge.runtime.readers.registry import claimed_suffix, is_volume
+from tumor_edge.runtime.volume_summary import VolumeSummary
 from tumor_edge.serve.bundle_files import bundle_of, confined_file
 from tumor_edge.serve.errors import without_folders, without_folders_in
 from tumor_edge.serve.model_check import probability_problem
 
-# Suffixes worth keeping on the temporary file (DICOM is also recognised by its magic; Pillow by content).
-KEEP_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 MAX_CARD_BYTES = 1 << 20
 
 
@@ -49,20 +49,29 @@ def model_source(classifier: Any) -> dict[str, str]:
 
 
 def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "middle") -> Outcome:
-    """Classify one uploaded scan. Model errors (not file errors) raise, as in `iter_predictions`, and so do
-    class scores that are not probabilities (NotProbabilities)."""
+    """Classify one uploaded scan: whatever the runtime's readers claim (by the client's suffix, which the
+    temporary file keeps when a reader claims it, or by content: DICOM's marker, Pillow's formats). A volume (a
+    NIfTI upload) is answered as one item, its volume summary, with its slices' rows under `slice_results`.
+    Model errors (not file errors) raise, as in `iter_predictions`, and so do class scores that are not
+    probabilities (NotProbabilities)."""
     source = model_source(classifier)
-    suffix = Path(filename).suffix.lower()
+    suffix = claimed_suffix(filename) or ""
     folder = Path(tempfile.mkdtemp(prefix="tumor-edge-serve-"))  # mode 0700: private to this user
     try:
-        path = folder / ("scan" + (suffix if suffix in KEEP_SUFFIXES else ""))
+        path = folder / ("scan" + suffix)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         outcome = Outcome()
-        stream = classifier.iter_predictions([path], batch_size=4, frames=frames, workers=0)
+        volume, slices = is_volume(path), []  # a volume's slice rows go inside its summary
+        stream = classifier.iter_results([path], batch_size=4, frames=frames, workers=0)
         try:
             for result in stream:
+                if isinstance(result, VolumeSummary):
+                    summary = result.to_dict(RESEARCH_NOTICE)
+                    summary.update(file=filename, model=source, slice_results=slices)
+                    outcome.results.append(summary)
+                    continue
                 if result.ok and (problem := probability_problem(list(result.probabilities.values()))):
                     where = filename if result.frame is None else f"{filename} [frame {result.frame}]"
                     raise NotProbabilities(f"the model's class scores for {where} are not probabilities ({problem}); "
@@ -76,7 +85,11 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
                     outcome.failed = True
                     reason = getattr(result.error, "reason", None) or result.message.replace(str(path), filename)
                     item["error"] = without_folders(f"{filename}: {reason}", [folder])
-                outcome.results.append(item)
+                if volume and result.ok:  # a slice: named as `classify --json` names it; the axis is the summary's
+                    item["slice"], item["slice_count"] = item.pop("frame", None), item.pop("frames", None)
+                    slices.append(item)
+                else:
+                    outcome.results.append(item)
         finally:
             stream.close()
         return outcome
