@@ -141,7 +141,12 @@ def is_scan_file(path: str | Path, kinds: tuple[str, ...] = KINDS) -> bool:
 
 
 def is_volume(path: str | Path) -> bool:
-    """Whether `path` is read as a volume (sliced, then summarised)."""
+    """Whether `path` is read as a volume (sliced, then summarised). A file no volume reader could claim (by
+    suffix, or by content where one sniffs) is answered without opening it."""
+    path = Path(path)
+    if not _is_folder(path) and not any(r.suffix_of(path) is not None or r.sniff is not None
+                                        for r in READERS if r.kind == VOLUME):
+        return False
     reader = reader_for(path)
     return reader is not None and reader.kind == VOLUME
 
