@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
@@ -35,8 +35,10 @@ from tumor_edge.runtime.backends.external_data import external_data_locations
 from tumor_edge.runtime.failure import Failure
 from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8
 from tumor_edge.runtime.preprocess import resize_rgb, scale
-from tumor_edge.runtime.scans import ScanItem, ScanOptions, ScanResult, classify_scan, iter_scan_results
 from tumor_edge.runtime.trust import TrustSettings, calibrate, ood_scores, warnings_for
+
+if TYPE_CHECKING:
+    from tumor_edge.runtime.scans import ScanItem, ScanResult
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
@@ -400,6 +402,8 @@ class Classifier:
         """Any scan a reader claims (`runtime/readers/`): an image file, a multi-frame file, a NIfTI volume or a
         DICOM series folder. Gives its predictions (per image, frame or slice), a volume's summary, and its
         failures instead of raising for a bad file (`ScanResult.exception()` to raise one). Model errors raise."""
+        from tumor_edge.runtime.scans import ScanOptions, classify_scan  # here: an image-only run never loads it
+
         return classify_scan(self, path, ScanOptions(frames, axis, slices, batch_size, 0, abstain))
 
     def iter_results(self, paths: Iterable[str | Path] | str | Path, frames: str | int = "middle",
@@ -407,4 +411,6 @@ class Classifier:
                      workers: int | None = None, abstain: bool = False) -> Iterator[ScanItem]:
         """Stream results for images and volumes alike, in input order: a Prediction per image (frame, slice),
         a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints)."""
+        from tumor_edge.runtime.scans import ScanOptions, iter_scan_results
+
         return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain))
