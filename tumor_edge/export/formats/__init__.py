@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.contracts import formats
+
 Converter = Callable[[Any, Path], dict[str, Any]]  # (ExportContext, destination) -> facts for metadata
 
 CONVERTERS: dict[str, Converter] = {}
@@ -54,13 +56,32 @@ def converter(*keys: str) -> Callable[[Converter], Converter]:
 
 
 def load_converters() -> dict[str, Converter]:
-    """Import every converter module of this package once (each registers itself); the registry."""
+    """Import every converter module of this package once (each registers itself), then, for a table row that
+    still has none, its engine's backend module (`engine_converters`); the registry."""
     global _loaded
     if not _loaded:
         for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
             importlib.import_module(f"{__name__}.{module}")
         _loaded = True
+    for row in formats.FORMATS:  # read at call time: a row registered later (a plug-in's, a test's) counts
+        if row.key not in CONVERTERS and row.engine in formats.ENGINES:
+            engine_converters(formats.ENGINES[row.engine])
     return CONVERTERS
+
+
+def engine_converters(engine: formats.Engine) -> dict[str, Converter]:
+    """The converters an engine's backend module offers as `CONVERTERS = {"<format key>": convert}`, registered.
+
+    Where an engine's converter needs nothing beyond the engine's own package (OpenVINO's `convert_model` from the
+    fp32 ONNX file), it may live beside the backend, so adding the engine end to end is one module, its rows and
+    its test. It is a plain dict, so that module imports nothing of export (the runtime never does); the module
+    is the one the engine's public row names (`Engine.backend`), imported the way the runtime's registry imports
+    it. A converter that needs TensorFlow or onnx belongs in this package instead: the runtime never imports them.
+    """
+    found = getattr(importlib.import_module(engine.backend), "CONVERTERS", {})
+    for key, function in found.items():
+        register_converter(key, function)
+    return dict(found)
 
 
 def converter_for(key: str) -> Converter:
@@ -71,5 +92,5 @@ def converter_for(key: str) -> Converter:
     return function
 
 
-__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "load_converters", "register_converter",
-           "unregister_converter"]
+__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "engine_converters", "load_converters",
+           "register_converter", "unregister_converter"]
