@@ -56,16 +56,13 @@ def converter(*keys: str) -> Callable[[Converter], Converter]:
 
 
 def load_converters() -> dict[str, Converter]:
-    """Import every converter module of this package once (each registers itself), then, for a table row that
-    still has none, its engine's backend module (`engine_converters`); the registry."""
+    """Import every converter module of this package once (each registers itself); the registry. Converters kept
+    in an engine's backend module join it when `converter_for` first asks for their key (`engine_converters`)."""
     global _loaded
     if not _loaded:
         for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
             importlib.import_module(f"{__name__}.{module}")
         _loaded = True
-    for row in formats.FORMATS:  # read at call time: a row registered later (a plug-in's, a test's) counts
-        if row.key not in CONVERTERS and row.engine in formats.ENGINES:
-            engine_converters(formats.ENGINES[row.engine])
     return CONVERTERS
 
 
@@ -87,6 +84,10 @@ def engine_converters(engine: formats.Engine) -> dict[str, Converter]:
 def converter_for(key: str) -> Converter:
     """The function that writes the format `key`; a one-line error when nothing registered one."""
     function = load_converters().get(key)
+    if function is None:  # a row whose converter lives in its engine's backend module
+        row = next((f for f in formats.FORMATS if f.key == key), None)  # read now: a row added later counts
+        if row is not None and row.engine in formats.ENGINES:
+            function = engine_converters(formats.ENGINES[row.engine]).get(key)
     if function is None:
         raise LookupError(f"no converter is registered for format {key!r} (tumor_edge.export.formats)")
     return function
