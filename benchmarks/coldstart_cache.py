@@ -2,9 +2,9 @@
 """Cold start of `tumor-edge classify` with the device's optimised-model cache (issue 13): a fresh process from
 spawn to exit for one image, its peak RSS and its CPU time.
 
-    python benchmarks/coldstart_cache.py                          # the stand-in bundle, built once, then measured
-    python benchmarks/coldstart_cache.py --compare /tmp/base-tree  # also another source tree, in the same rounds
-    python benchmarks/coldstart_cache.py --importtime              # plus the slowest imports of one classify
+    python -m benchmarks.coldstart_cache                          # the stand-in bundle, built once, then measured
+    python -m benchmarks.coldstart_cache --compare /tmp/base-tree  # also another source tree, in the same rounds
+    python -m benchmarks.coldstart_cache --importtime              # plus the slowest imports of one classify
 
 The model is the standard suite's stand-in (benchmarks/standin.py: the project's own 299 px classifier with random
 weights, exported by `tumor-edge export --int8 --fp16`), run as users run it: `classify --model BUNDLE scan.jpg`
@@ -38,14 +38,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
 
 SIZE = 299
 
 API_CHILD = """
 import sys
-from tumor_edge.runtime.backends import BackendOptions
-from tumor_edge.runtime.classifier import Classifier
+from tumor_edge.runtime import BackendOptions, Classifier
 clf = Classifier.from_bundle(sys.argv[1], options=BackendOptions(verify_hashes=sys.argv[3] == "1"))
 print(clf.predict(sys.argv[2]).label, clf.backend.source_kind, flush=True)
 """
@@ -80,11 +78,11 @@ FLOOR = ("imports", "ort")  # measured for the first tree only: no tumor-edge co
 
 def build_bundle(workdir: Path) -> Path:
     """The stand-in bundle (benchmarks/standin.py), built in a child so TensorFlow's memory stays there."""
-    from standin import bundle_complete
+    from benchmarks.standin import bundle_complete
 
     bundle = workdir / "standin" / "bundle"
     if not bundle_complete(bundle, SIZE):
-        subprocess.run([sys.executable, __file__, "--build-only", str(workdir)], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.coldstart_cache", "--build-only", str(workdir)], check=True)
     return bundle
 
 
@@ -93,7 +91,7 @@ def scan_image(workdir: Path) -> Path:
     path = workdir / "scan.jpg"
     if not path.is_file():
         subprocess.run([sys.executable, "-c", "import sys; from PIL import Image; "
-                        "from tumor_edge.runtime.reference import brain_blobs; "
+                        "from tumor_edge.runtime import brain_blobs; "
                         "Image.fromarray(brain_blobs(7, 1, 512, 512)[0]).save(sys.argv[1], quality=92)", str(path)],
                        check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=path.parent)
     return path
@@ -234,10 +232,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--build-only":
-        sys.path.insert(0, str(HERE))
-        from standin import stand_in_bundle
+        from benchmarks.standin import stand_in_bundle
 
         print(stand_in_bundle(Path(sys.argv[2]) / "standin", SIZE, print)[0])
     else:
-        sys.path.insert(0, str(HERE))
         main()

@@ -1,7 +1,7 @@
 """Peak resident memory and wall time of `tumor-edge demo`, the whole process tree (the demo runs its heavy
 stages in child processes), sampled from /proc every 0.2 s.
 
-    python benchmarks/demo_memory.py [--workdir DIR] [--profile cpu] [--out benchmarks/results/demo-memory]
+    python -m benchmarks.demo_memory [--workdir DIR] [--profile cpu] [--out benchmarks/results/demo-memory]
 
 Writes <out>.json and <out>.md: wall time, peak RSS of the tree and of the demo's own process, the stage times
 the demo reported, its accuracy, the machine's load average before and after (the machine is shared: give the
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from proctree import tree_rss  # benchmarks/proctree.py: run as `python benchmarks/demo_memory.py`
+from benchmarks.proctree import tree_rss
 
 
 class PeakSampler(threading.Thread):

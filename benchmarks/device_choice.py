@@ -10,7 +10,7 @@ choice against a longer, independent measurement, as a user would meet it:
 
 Writes a Markdown table (and the raw bench record) under benchmarks/results/, naming the CPU and load average.
 
-    python benchmarks/device_choice.py BUNDLE [--threads 2] [--seconds 10] [--out benchmarks/results/NAME.md]
+    python -m benchmarks.device_choice BUNDLE [--threads 2] [--seconds 10] [--out benchmarks/results/NAME.md]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.contracts.formats import BY_FILE
     from tumor_edge.machine import load_average, machine_info, machine_summary
-    from tumor_edge.runtime.reference import brain_blobs
+    from tumor_edge.runtime import brain_blobs
 
     cli = str(Path(sys.executable).parent / "tumor-edge")
     metadata = BundleMetadata.read(args.bundle)

@@ -10,8 +10,8 @@ sample is charged to the step running at the time and to the process it was take
 Random weights make parity meaningless (int8 of an untrained network may well "fail" it): the export's exit
 status 3 (parity failed) still counts as a finished run here, since the memory and time are what is measured.
 
-    python benchmarks/export_memory.py --work /tmp/export-mem                    # default options
-    python benchmarks/export_memory.py --work /tmp/export-mem -- --int8 --fp16   # every format
+    python -m benchmarks.export_memory --work /tmp/export-mem                    # default options
+    python -m benchmarks.export_memory --work /tmp/export-mem -- --int8 --fp16   # every format
 
 Prints one JSON object (peaks in MB, wall seconds, and the CPU seconds of the whole process tree, which a loaded
 machine does not inflate) and, with --json, also writes it to a file.
@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from proctree import rss, tree_pids  # benchmarks/proctree.py: run as `python benchmarks/export_memory.py`
+from benchmarks.proctree import rss, tree_pids
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 STEP_LINE = re.compile(r"export step (?P<step>\S+) (?P<what>start|done|failed)")
@@ -213,7 +213,8 @@ def main() -> int:
         print(make_run(args.work, args.image_size, args.per_class, args.test_per_class))
         return 0
     # The run is made in a child so that this process (the sampler) stays free of TensorFlow.
-    made = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--image-size", str(args.image_size),
+    made = subprocess.run([sys.executable, "-m", "benchmarks.export_memory", "--work", str(args.work),
+                           "--image-size", str(args.image_size),
                            "--per-class", str(args.per_class), "--test-per-class", str(args.test_per_class),
                            "--make-run-only"], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

@@ -2,7 +2,7 @@
 """Folders at engine speed (issue 20): `tumor-edge classify FOLDER` of 1,000 scans against the engine's own
 images/s at the same batch size and threads.
 
-    python benchmarks/folder_throughput.py --bundle BUNDLE [--count 1000] [--batch-size 4] [--threads 2]
+    python -m benchmarks.folder_throughput --bundle BUNDLE [--count 1000] [--batch-size 4] [--threads 2]
 
 Three figures per repeat, each at the same batch size and thread count, in one process per figure:
   engine       onnxruntime alone (the runtime's backend, the file classify picks) over batches of already decoded,
@@ -36,10 +36,7 @@ ENGINE_CHILD = """
 import sys, time, json
 import numpy as np
 from pathlib import Path
-from tumor_edge.runtime.backends import BackendOptions
-from tumor_edge.runtime.batch import decode_file
-from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.preprocess import scale
+from tumor_edge.runtime import BackendOptions, Classifier, decode_file, scale
 bundle, folder = sys.argv[1], Path(sys.argv[2])
 count, batch, threads = (int(v) for v in sys.argv[3:6])
 clf = Classifier.from_bundle(bundle, options=BackendOptions(threads=threads, memory_arena=True))
@@ -60,8 +57,7 @@ print(json.dumps({"images": done, "seconds": time.perf_counter() - start, "file"
 STREAM_CHILD = """
 import sys, time, json
 from pathlib import Path
-from tumor_edge.runtime.backends import BackendOptions
-from tumor_edge.runtime.classifier import Classifier
+from tumor_edge.runtime import BackendOptions, Classifier
 bundle, folder, count, batch, threads, workers = (sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]),
                                                   int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
 clf = Classifier.from_bundle(bundle, options=BackendOptions(threads=threads, memory_arena=True))
@@ -82,7 +78,7 @@ def make_scans(folder: Path, count: int, size: int) -> Path:
         return folder
     from PIL import Image
 
-    from tumor_edge.runtime.reference import brain_blobs
+    from tumor_edge.runtime import brain_blobs
 
     for start in range(have, count, 64):
         n = min(64, count - start)

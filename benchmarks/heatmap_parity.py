@@ -1,7 +1,7 @@
 """Heatmap parity at 299 px: per exported file, the correlation of its class activation maps with the Keras
 model's (issue 12's goal: >= 0.95 for int8 files).
 
-    python benchmarks/heatmap_parity.py [--workdir /tmp/tumor-edge-heatmap-parity] [--train-seconds 600]
+    python -m benchmarks.heatmap_parity [--workdir /tmp/tumor-edge-heatmap-parity] [--train-seconds 600]
 
 An untrained network's maps are a poor proxy (random features, no structure a quantiser must keep), so this
 trains the project's InceptionV3 classifier (`tumor_edge.train.model.build_classifier`, from scratch) briefly on
@@ -23,8 +23,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/standin.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 299
@@ -97,23 +95,21 @@ def map_statistics(run_dir: Path, bundle: Path) -> dict:
     import keras
     import numpy as np
 
-    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.data.dataset import load_pixels, read_split
     from tumor_edge.export.trust_outputs import map_correlation
     from tumor_edge.modelside.cam import trust_model
-    from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.preprocess import scale
-    from tumor_edge.runtime.reference import listed_models
+    from tumor_edge.runtime import Bundle, scale
 
-    meta = BundleMetadata.read(bundle)
+    opened = Bundle.open(bundle)
+    meta = opened.metadata
     _, test = read_split(Path(run_dir) / "split.json", "test")
     pixels = load_pixels(test, meta.preprocessing, "test pixels", show_progress=False).pixels
     model = trust_model(keras.models.load_model(Path(run_dir) / "model.keras", compile=False))
     scores, ref = (np.asarray(v) for v in model.predict(scale(pixels, meta.preprocessing), batch_size=8, verbose=0)[:2])
     shown = scores.argmax(1)
     result = {}
-    for name in listed_models(meta):
-        clf = Classifier.from_bundle(bundle, model_file=name)
+    for name in opened.models:
+        clf = opened.classifier(name)
         maps = np.concatenate([clf.infer_outputs(pixels[i:i + 8])["heatmap"] for i in range(0, len(pixels), 8)])
         per_image = [map_correlation(ref[i:i + 1], maps[i:i + 1]) for i in range(len(pixels))]
         per_image = np.array([np.nan if v is None else v for v in per_image])
@@ -181,8 +177,7 @@ def main() -> None:
     parser.add_argument("--reuse-bundle", action="store_true", help="measure an existing bundle of the workdir")
     args = parser.parse_args()
 
-    from standin import QUICK_EXPORT_ARGS, make_images
-
+    from benchmarks.standin import QUICK_EXPORT_ARGS, make_images
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.machine import host, load_average
 
@@ -192,7 +187,8 @@ def main() -> None:
     run_dir, bundle = work / "run", work / "bundle"
     if not (run_dir / "model.keras").is_file():
         data = make_images(work / "data", SIZE, args.per_class, print)
-        subprocess.run([sys.executable, __file__, "--train-only", str(data), str(run_dir), str(args.train_seconds),
+        subprocess.run([sys.executable, "-m", "benchmarks.heatmap_parity", "--train-only", str(data), str(run_dir),
+                        str(args.train_seconds),
                         str(args.batch)], check=True)
     facts = json.loads((run_dir / "config.json").read_text())["train_config"]
     started = time.perf_counter()
@@ -207,8 +203,9 @@ def main() -> None:
     export_seconds = time.perf_counter() - started
     if export_seconds < 60:  # reused: the export's own record of its time
         export_seconds = float(_metadata(bundle).get("provenance", {}).get("export_seconds", export_seconds))
-    stats = subprocess.run([sys.executable, __file__, "--stats-only", str(run_dir), str(bundle)], env=env,
-                           capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    stats = subprocess.run([sys.executable, "-m", "benchmarks.heatmap_parity", "--stats-only", str(run_dir),
+                            str(bundle)], env=env, capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
     meta = BundleMetadata.read(bundle)
     parity = meta.metrics.get("parity") or {}
     grid = meta.extra_outputs["heatmap"].description if "heatmap" in meta.extra_outputs else "none"

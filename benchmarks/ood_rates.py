@@ -1,7 +1,7 @@
 """Out-of-distribution warning rates of a bundle: detection on generated non-MRI sets, false alarms on held-out
 scans, through the runtime's own prediction path (tumor_edge.runtime.ood_rates).
 
-    python benchmarks/ood_rates.py BUNDLE DATA [--count 100] [--seed 0] [--name LABEL]
+    python -m benchmarks.ood_rates BUNDLE DATA [--count 100] [--seed 0] [--name LABEL]
 
 DATA is a dataset root (Testing/<class>/...) or a folder of <class>/ folders: its scans are the in-distribution
 set (false alarms) and the source of the inverted-scans set. The generated sets (uniform noise, constant grey,
@@ -50,9 +50,7 @@ def main() -> None:
     import time
 
     from tumor_edge.machine import host, load_average
-    from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.ood_rates import measure_ood_rates
-    from tumor_edge.runtime.verify import labelled_files
+    from tumor_edge.runtime import Classifier, labelled_files, measure_ood_rates
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)

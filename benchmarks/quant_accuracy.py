@@ -2,7 +2,7 @@
 """The accuracy-aware ONNX int8 search on the 299 px InceptionV3 stand-in: what it costs, what stays float, and
 how much int8 speed the fallback keeps (latency of naive int8, the shipped int8 and fp32, interleaved).
 
-    python benchmarks/quant_accuracy.py [--work /tmp/quantbench/299] [--val 48] [--min-agreement 0.995]
+    python -m benchmarks.quant_accuracy [--work /tmp/quantbench/299] [--val 48] [--min-agreement 0.995]
 
 The stand-in has random weights, and a random InceptionV3 gives every image the same prediction, which int8 cannot
 flip. So the head is re-fitted first: the pooled features are standardised on the images (a float Mul/Add in
@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from benchmarks.quant_build import calibration_pixels
+from tumor_edge.contracts.preprocessing import Preprocessing
+from tumor_edge.export.quantize import ParityGoal, QuantizationConfig, quantize_onnx_int8
+from tumor_edge.export.quantize.scoring import probabilities
+from tumor_edge.machine import load_average, machine_info, machine_summary
 
-from benchmarks.quant_build import calibration_pixels  # noqa: E402
-from tumor_edge.contracts.preprocessing import Preprocessing  # noqa: E402
-from tumor_edge.export.quantize import ParityGoal, QuantizationConfig, quantize_onnx_int8  # noqa: E402
-from tumor_edge.export.quantize.scoring import probabilities  # noqa: E402
-from tumor_edge.machine import load_average, machine_info, machine_summary  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def _latency(paths: dict[str, Path], x: np.ndarray, rounds: int = 15) -> dict[str, float]:
-    from tumor_edge.runtime.backends import BackendOptions, open_backend
+    from tumor_edge.runtime import BackendOptions, open_backend
 
     runs = {k: open_backend(p, BackendOptions(threads=1, use_optimized=False)).run for k, p in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -79,7 +77,7 @@ def spread_head(src: Path, dst: Path, pixels: np.ndarray, spec: Preprocessing, s
 
 def probabilities_of(model, pixels: np.ndarray, spec: Preprocessing, output: int = 0) -> np.ndarray:
     from tumor_edge.export.quantize.scoring import session
-    from tumor_edge.runtime.preprocess import scale
+    from tumor_edge.runtime import scale
 
     sess = session(model)
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: scale(pixels, spec)})[output], dtype=np.float32)

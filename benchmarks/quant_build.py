@@ -4,19 +4,17 @@ LiteRT int8 (the project's TFLite converter route), with random weights (latency
 
 Run in its own process (quant_speed.py starts it) so TensorFlow's threads never share a process with timings.
 
-    python benchmarks/quant_build.py --work DIR [--image-size 299]
+    python -m benchmarks.quant_build --work DIR [--image-size 299]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

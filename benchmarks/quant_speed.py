@@ -2,7 +2,7 @@
 """int8 speed on this CPU: onnxruntime int8 recipes against LiteRT int8 and onnxruntime fp32, the CPU's integer
 and float matmul ceilings, and what onnxruntime actually runs (optimised graph, per-op profile).
 
-    python benchmarks/quant_speed.py [--work /tmp/quantbench/299] [--rounds 20] [--out benchmarks/results]
+    python -m benchmarks.quant_speed [--work /tmp/quantbench/299] [--rounds 20] [--out benchmarks/results]
 
 The model is the 299 px InceptionV3 stand-in of benchmarks/quant_build.py (random weights: latency does not
 depend on them), built once in a separate process. int8 variants come from the project's own quantization code
@@ -23,20 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from tumor_edge.contracts.preprocessing import Preprocessing  # noqa: E402
-from tumor_edge.export.quantize import QuantizationConfig, collect_ranges  # noqa: E402
-from tumor_edge.export.quantize.graph import (  # noqa: E402
+from tumor_edge.contracts.preprocessing import Preprocessing
+from tumor_edge.export.quantize import QuantizationConfig, collect_ranges
+from tumor_edge.export.quantize.graph import (
     depthwise_average_pools,
     float_average_pools,
     head_nodes,
     int8_nodes,
     preprocess_for_quantization,
 )
-from tumor_edge.export.quantize.onnx_int8 import quantize_with_ranges  # noqa: E402
-from tumor_edge.machine import load_average, machine_info, machine_summary  # noqa: E402
+from tumor_edge.export.quantize.onnx_int8 import quantize_with_ranges
+from tumor_edge.machine import load_average, machine_info, machine_summary
+
+HERE = Path(__file__).resolve().parent
 
 # name -> config changes; the first is the project default on this CPU.
 VARIANTS: dict[str, dict] = {
@@ -82,7 +81,7 @@ def build_variants(work: Path, calib: np.ndarray, spec: Preprocessing) -> dict[s
 
 
 def _runner(path: Path, threads: int, spin: bool = False):
-    from tumor_edge.runtime.backends import BackendOptions, open_backend
+    from tumor_edge.runtime import BackendOptions, open_backend
 
     backend = open_backend(path, BackendOptions(threads=threads, spin=spin, use_optimized=False))
     return backend.run
@@ -211,7 +210,7 @@ def main() -> None:
     parser.add_argument("--no-inspect", action="store_true", help="skip the optimised-graph / profile section")
     args = parser.parse_args()
     if not (args.work / "model_int8.tflite").is_file():
-        subprocess.run([sys.executable, str(HERE / "quant_build.py"), "--work", str(args.work),
+        subprocess.run([sys.executable, "-m", "benchmarks.quant_build", "--work", str(args.work),
                         "--image-size", str(args.image_size)], check=True)
     load_start = load_average()
     pixels = np.load(args.work / "calibration_pixels.npy")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The standard latency suite: 299x299 InceptionV3, every format, threads 1 and 2, batch 1 and 8.
 
-    python benchmarks/run_suite.py                   # random-weight stand-in, exported here (latency only)
-    python benchmarks/run_suite.py --bundle BUNDLE   # a trained bundle (its run folder gives the Keras reference)
+    python -m benchmarks.run_suite                   # random-weight stand-in, exported here (latency only)
+    python -m benchmarks.run_suite --bundle BUNDLE   # a trained bundle (its run folder gives the Keras reference)
 
 Latency does not depend on the weights' values, so without a bundle the script builds the project's classifier
 with random weights, saves it as a run folder and exports it with `tumor-edge export` itself (benchmarks/
@@ -21,17 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+from benchmarks.standin import QUICK_EXPORT_ARGS, stand_in_bundle
+from tumor_edge.bench.chart import render_chart
+from tumor_edge.bench.compare import compare_records, render_comparison
+from tumor_edge.bench.harness import BenchConfig, run_bench
+from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path
+from tumor_edge.bench.report import render_text
+from tumor_edge.bench.timing import RunPlan
+from tumor_edge.machine import load_average
 
-from benchmarks.standin import QUICK_EXPORT_ARGS, stand_in_bundle  # noqa: E402
-from tumor_edge.bench.chart import render_chart  # noqa: E402
-from tumor_edge.bench.compare import compare_records, render_comparison  # noqa: E402
-from tumor_edge.bench.harness import BenchConfig, run_bench  # noqa: E402
-from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path  # noqa: E402
-from tumor_edge.bench.report import render_text  # noqa: E402
-from tumor_edge.bench.timing import RunPlan  # noqa: E402
-from tumor_edge.machine import load_average  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 STANDARD = {"image_size": 299, "threads": [1, 2], "batches": [1, 8], "warmup": 2, "min_runs": 10,
             "min_seconds": 2.0, "cold_runs": 3, "image_count": 16}
@@ -62,16 +61,24 @@ it would take. The int8 table sets onnxruntime's int8 against LiteRT's at every 
 Goals (batch 1, 299x299, 2 threads): ONNX fp32 p50 <= 0.45x Keras and <= 0.8x LiteRT fp32; ONNX int8 no slower
 than ONNX fp32, nor than LiteRT int8.
 
-Run it: `python benchmarks/run_suite.py` (a random-weight stand-in of the real architecture exported by
+Run it: `python -m benchmarks.run_suite` (a random-weight stand-in of the real architecture exported by
 `tumor-edge export --int8 --fp16 --no-parity` itself, calibrated on demo images, so it is exactly what users get;
 latency does not depend on the weights; built once, then reused: `--rebuild-stand-in` after export changes) or
-`python benchmarks/run_suite.py --bundle BUNDLE --run RUN` for a trained model. Each run adds a record
+`python -m benchmarks.run_suite --bundle BUNDLE --run RUN` for a trained model. Each run adds a record
 `results/<date>-<commit>.json` (every timing, the machine, the load average) and regenerates this file.
 Compare any run with a saved one: `tumor-edge bench --baseline benchmarks/results/<file>.json`.
 
 The machine these figures come from may be shared (the load average at start and end is recorded): figures
 taken under load are slower and noisier, 2-thread ones most, so compare runs with similar load, or rerun
 (`--quiet-load 1.0` waits for a quiet machine).
+
+How to run any script here: from the repository root, as a module of the `benchmarks` package, with tumor-edge
+installed (`pip install -e '.[all]'`; the TensorFlow scripts need `[train]`, the runtime ones only the base
+install): `python -m benchmarks.<name> --help` says what each takes, e.g. `python -m benchmarks.run_suite`,
+`python -m benchmarks.coldstart_cache --runs 5`. The scripts share helpers (`standin.py`, `proctree.py`) by plain
+imports and reach the runtime only through its public names (`from tumor_edge.runtime import ...`; the import
+contracts check it); `tests/bench/test_benchmark_scripts.py` runs every script's `--help` (a new script is
+found by its `__main__` block) and checks that none imports TensorFlow to print it.
 
 Other scripts here, each writing its figures (with the CPU and the load average) to `results/`:
 - `export_memory.py`: `tumor-edge export` at 299 px, whole process tree sampled (peak per step, CPU, wall).

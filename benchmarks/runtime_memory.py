@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Peak memory of `tumor-edge classify` when many files fail: is it bounded, whatever the number of failures?
 
-    python benchmarks/runtime_memory.py                       # 2,000 good files vs 2,000 with 20 % bad
-    python benchmarks/runtime_memory.py --files 400 --megapixels 3
-    python benchmarks/runtime_memory.py --pythonpath OLD_TREE  # the same runs on another checkout (e.g. 0.1.0)
+    python -m benchmarks.runtime_memory                       # 2,000 good files vs 2,000 with 20 % bad
+    python -m benchmarks.runtime_memory --files 400 --megapixels 3
+    python -m benchmarks.runtime_memory --pythonpath OLD_TREE  # the same runs on another checkout (e.g. 0.1.0)
 
 Two runs of the real command in child processes, on a tiny quadrant bundle (the model is not what is measured):
 every file a good `--megapixels` JPEG, then the same count with `--bad` of them hostile (truncated JPEGs of the
@@ -26,15 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from tests.runtime.hostile import deflated_dicom_bomb
+from tests.runtime.models import make_bundle, png_bomb, write_dicom
+from tumor_edge.machine import host, load_average
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from tests.runtime.hostile import deflated_dicom_bomb  # noqa: E402
-from tests.runtime.models import make_bundle, png_bomb, write_dicom  # noqa: E402
-from tumor_edge.machine import host, load_average  # noqa: E402
 
 
 def _jpeg(megapixels: float, seed: int) -> bytes:

@@ -11,8 +11,8 @@ Pass: no status other than 200 (and 503 in `overload`), no client error, and mem
 last tenth of the run within 10 % + 16 MiB of the first tenth after warm-up). Writes
 benchmarks/results/serve-<date>-<model>.json and .md. Example:
 
-    python benchmarks/serve_load.py                     # the tests' tiny quadrant model: server overhead
-    python benchmarks/serve_load.py --model BUNDLE      # a real bundle: end-to-end latency
+    python -m benchmarks.serve_load                     # the tests' tiny quadrant model: server overhead
+    python -m benchmarks.serve_load --model BUNDLE      # a real bundle: end-to-end latency
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tumor_edge.machine import load_average, machine_info, machine_summary
 
-from tumor_edge.machine import load_average, machine_info, machine_summary  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 URL_LINE = re.compile(r"on http://127\.0\.0\.1:(\d+)/")
 RSS_GROWTH_LIMIT = (0.10, 16 << 20)  # relative, absolute bytes

@@ -1,6 +1,6 @@
 """Training throughput (images/s) of tumor-edge's own training model on a GPU, per precision policy and XLA on/off.
 
-    python benchmarks/training_gpu.py [--image-size 299] [--batch 64] [--steps 16] [--rounds 2]
+    python -m benchmarks.training_gpu [--image-size 299] [--batch 64] [--steps 16] [--rounds 2]
         [--configs jax:xla:float32,...] [--deadline-s 420] [--out benchmarks/results/training-gpu]
 
 What is timed is `tumor_edge.train.trainer.training_model`: the augmentation layers feeding the InceptionV3
@@ -164,7 +164,7 @@ def main() -> None:
             continue
         env = {**os.environ, "KERAS_BACKEND": config.split(":")[0], "TF_CPP_MIN_LOG_LEVEL": "2",
                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-        cmd = [sys.executable, __file__, "--child", config, "--image-size", str(args.image_size),
+        cmd = [sys.executable, "-m", "benchmarks.training_gpu", "--child", config, "--image-size", str(args.image_size),
                "--batch", str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds),
                "--augment" if args.augment else "--no-augment"]
         t0 = time.monotonic()

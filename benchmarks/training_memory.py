@@ -1,6 +1,6 @@
 """Does training memory grow with the dataset? Peak RSS of `tumor-edge train` on N and 10*N images.
 
-    python benchmarks/training_memory.py [--images 1800] [--factor 10] [--image-size 96] [--seconds 300]
+    python -m benchmarks.training_memory [--images 1800] [--factor 10] [--image-size 96] [--seconds 300]
         [--tree /work/main] [--out benchmarks/results/training-memory]
 
 Generates two toy datasets (tests/toydata.py: N and factor*N images, 80 % Training) once, then runs
@@ -21,14 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_memory import PeakSampler, gib  # noqa: E402
+from benchmarks.demo_memory import PeakSampler, gib
 
 
 def make_data(root: Path, images: int) -> Path:
     if (root / "Testing").is_dir():
         return root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.toydata import make_toy_dataset
 
     per_class = images // 4

@@ -1,6 +1,6 @@
 """Training step time of InceptionV3 under each Keras precision policy, on this machine, in one process.
 
-    python benchmarks/training_precision.py [--image-size 96] [--batch 16] [--steps 6] [--rounds 3]
+    python -m benchmarks.training_precision [--image-size 96] [--batch 16] [--steps 6] [--rounds 3]
         [--policies float32,mixed_bfloat16] [--out benchmarks/results/training-precision]
 
 One model per policy is built and traced first; then timed rounds alternate between the policies, so a

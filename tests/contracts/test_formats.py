@@ -41,8 +41,9 @@ def test_select(containers, options, expected):
 def test_every_row_has_a_registered_converter_and_every_converter_a_row():
     from tumor_edge.export.formats import converter_for, load_converters
 
-    for f in FORMATS:
-        assert converter_for(f.key).__module__.startswith("tumor_edge.export.formats."), f
+    for f in FORMATS:  # a converter module of export/formats/, or the engine's own backend module
+        module = converter_for(f.key).__module__
+        assert module.startswith("tumor_edge.export.formats.") or module == formats.ENGINES[f.engine].backend, f
     assert set(load_converters()) == {f.key for f in FORMATS}
 
 
@@ -89,3 +90,55 @@ def test_lookup_helpers():
     assert formats.format_of("other.onnx") is None
     assert formats.engine_for_suffix(".ONNX") == "onnxruntime"
     assert isinstance(FORMATS[0], ModelFormat)
+
+
+# A made-up two-file engine whose converter lives in its backend module (this module), as an engine whose converter
+# needs only the engine's own package may: `CONVERTERS` there, a plain dict, so the module imports nothing of export.
+PAIR = formats.Engine("pair", (".pairx", ".pairb"), "tests.contracts.test_formats", label="Pair")
+PAIR_ROW = ModelFormat("pairir-fp32", "pairir", "fp32", "model_fp32.pairx", "pair", needs="onnx-fp32")
+
+
+def _convert_pair(ctx, dst):
+    dst.write_text("<net/>")
+    dst.with_suffix(".pairb").write_bytes(ctx.needs_ok("onnx-fp32").read_bytes())
+    return {}
+
+
+CONVERTERS = {"pairir-fp32": _convert_pair}
+
+
+@pytest.fixture
+def pair_row(monkeypatch):
+    """The engine registered, its format row added to the table, for this test only."""
+    from tumor_edge.export.formats import unregister_converter
+
+    formats.register_engine(PAIR)
+    monkeypatch.setattr(formats, "FORMATS", (*FORMATS, PAIR_ROW))
+    yield PAIR_ROW
+    unregister_converter(PAIR_ROW.key)
+    formats.unregister_engine(PAIR.name)
+
+
+def test_a_converter_can_live_in_its_engines_backend_module(pair_row):
+    from tumor_edge.export.formats import converter_for, load_converters
+
+    assert converter_for("pairir-fp32") is _convert_pair
+    assert set(load_converters()) == {f.key for f in formats.FORMATS}
+
+
+def test_the_schema_knows_a_format_by_its_row_not_by_its_suffix(pair_row):
+    """A row's container names the format ("pairir"), and its file ends in the engine's suffix (".pairx")."""
+    from tests.runtime.models import quadrant_metadata
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.errors import ModelError
+
+    data = quadrant_metadata().to_dict()
+    entry = {"format": "pairir", "precision": "fp32", "size_bytes": 6, "sha256": "0" * 64,
+             "files": {"model_fp32.pairb": {"size_bytes": 1, "sha256": "1" * 64}}}
+    meta = BundleMetadata.from_dict({**data, "models": {"model_fp32.pairx": entry}})
+    assert meta.models["model_fp32.pairx"].format == "pairir"
+    with pytest.raises(ModelError, match=r"'pairir' but the file name does not end in \.pairx"):
+        BundleMetadata.from_dict({**data, "models": {"model_fp32.onnx": entry}})
+    with pytest.raises(ModelError, match="unknown format 'pairy'"):
+        BundleMetadata.from_dict({**data, "models": {"model_fp32.pairx": {**entry, "format": "pairy"}}})
+    assert formats.format_suffixes("pairir") == (".pairx",) and formats.format_suffixes("onnx") == (".onnx",)

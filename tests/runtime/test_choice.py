@@ -153,7 +153,7 @@ def test_verify_measures_records_and_prints_the_choice(two_speeds, cache):
     from click.testing import CliRunner
 
     from tumor_edge.cli import main
-    from tumor_edge.runtime.verify import record_reference
+    from tumor_edge.export.reference import record_reference
 
     record_reference(two_speeds)
     result = CliRunner().invoke(main, ["verify", "--threads", "1", str(two_speeds)])

@@ -169,3 +169,62 @@ def test_registration_ends_with_the_test(tmp_path):
     from tumor_edge.envcmd.extras import all_extras
 
     assert "linear" not in ENGINES and engine_for_suffix(".lin") is None and "absentx" not in all_extras()
+
+
+def test_the_entry_hashes_every_file_of_the_engine(lin_bundle):
+    """The bundle schema and sha256 per file: a model entry of a two-file engine lists its companion with its own
+    size and sha256 (describe_file adds the engine's companions), and metadata.json round-trips through the
+    schema with the engine's format name."""
+    from tumor_edge.contracts.bundle import BundleMetadata, sha256_file
+
+    entry = BundleMetadata.read(lin_bundle).models["model_fp32.lin"]
+    assert entry.format == "lin" and set(entry.files) == {"model_fp32.linw"}
+    member = entry.files["model_fp32.linw"]
+    assert member.sha256 == sha256_file(lin_bundle / "model_fp32.linw")
+    assert member.size_bytes == (lin_bundle / "model_fp32.linw").stat().st_size
+
+
+def test_a_changed_companion_file_is_refused(lin_bundle, tmp_path):
+    """The .linw (OpenVINO's .bin) is checked like the model file: one changed byte and nothing runs."""
+    from tumor_edge.cli import main
+    from tumor_edge.errors import BundleIntegrityError
+    from tumor_edge.runtime import Bundle, Classifier
+
+    weights = lin_bundle / "model_fp32.linw"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match=r"model_fp32\.linw: sha256"):
+        Classifier.from_bundle(lin_bundle, "model_fp32.lin")
+    with pytest.raises(BundleIntegrityError, match="model_fp32.linw"):
+        Bundle.open(lin_bundle).check("model_fp32.lin")
+    image = save_quadrant(tmp_path / "q0.png", 0)
+    result = CliRunner().invoke(main, ["classify", str(image), "-m", str(lin_bundle / "model_fp32.lin")])
+    assert result.exit_code != 0 and "model_fp32.linw" in result.output and "Traceback" not in result.output
+
+
+def test_an_entry_that_does_not_list_the_companion_is_refused(lin_bundle):
+    """A bundle whose entry omits the companion (so its bytes are unchecked) is refused before anything runs."""
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.errors import BundleIntegrityError
+    from tumor_edge.runtime import Classifier
+
+    metadata = BundleMetadata.read(lin_bundle)
+    metadata.models["model_fp32.lin"].files.clear()
+    metadata.write(lin_bundle)
+    with pytest.raises(BundleIntegrityError, match=r"model_fp32\.linw.*not listed"):
+        Classifier.from_bundle(lin_bundle, "model_fp32.lin")
+
+
+def test_verify_reproduces_the_new_engine(lin_bundle, monkeypatch, tmp_path):
+    """The verify path: export's reference record, then verify on the device reproduces the two-file engine's
+    outputs (and names the file whose engine is missing as not checked here)."""
+    from tumor_edge.export.reference import record_reference
+    from tumor_edge.runtime import verify_bundle
+
+    monkeypatch.setenv("TUMOR_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    record_reference(lin_bundle)
+    report = verify_bundle(lin_bundle, choose=False)
+    assert report.ok, report.problems
+    assert report.files["model_fp32.lin"]["reproduced"]
+    assert "model_fp32.absent" in report.not_checked

@@ -173,7 +173,7 @@ def test_duplicate_keys_in_metadata_are_refused(fresh_bundle):
 
 def test_verify_fails_a_relabelled_bundle(fresh_bundle):
     """Finding (high): `verify` said "all checks passed" for a bundle whose classes were reversed."""
-    from tumor_edge.runtime.verify import record_reference
+    from tumor_edge.export.reference import record_reference
 
     record_reference(fresh_bundle)
     runner = CliRunner()
@@ -403,7 +403,7 @@ def test_cli_runs_the_listed_model_and_refuses_relabelled_metadata(fresh_bundle,
     """Through the commands users run: `verify` reproduces the export's outputs with a forged twin present (it
     said "integrity: ok" and then blamed the CPU), and `classify` refuses relabelled metadata in one line."""
     from tests.runtime.models import save_quadrant
-    from tumor_edge.runtime.verify import record_reference
+    from tumor_edge.export.reference import record_reference
 
     record_reference(fresh_bundle)
     _forged_twin(fresh_bundle, fresh_bundle / optimized_model_name(MODEL))

@@ -46,7 +46,7 @@ def other_keys(tmp_path_factory) -> tuple[Path, Path]:
 def signed_master(tmp_path_factory, keys) -> Path:
     """One signed quadrant bundle with reference outputs (so `verify` passes whole), made once; tests copy it
     (signed_bundle) before changing anything."""
-    from tumor_edge.runtime.reference import record_reference
+    from tumor_edge.export.reference import record_reference
     from tumor_edge.signing.sign import sign_bundle
 
     bundle = make_bundle(tmp_path_factory.mktemp("signed") / "bundle")

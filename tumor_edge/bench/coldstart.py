@@ -143,7 +143,7 @@ def _classify_runtime(model: Path, image: Path, threads: int | None) -> tuple[st
 
 def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path | None) -> tuple[str, dict]:
     from tumor_edge.contracts.bundle import BundleMetadata
-    from tumor_edge.runtime.preprocess import preprocess_image
+    from tumor_edge.runtime import preprocess_image
 
     if bundle is None:
         raise SystemExit("a .keras model needs --bundle for its preprocessing and classes")

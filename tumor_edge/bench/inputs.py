@@ -16,8 +16,7 @@ from PIL import Image
 
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.errors import ConfigError, DatasetError, TumorEdgeError
-from tumor_edge.runtime.image import is_scan_file
-from tumor_edge.runtime.preprocess import Preprocessing, scale
+from tumor_edge.runtime import Preprocessing, is_scan_file, scale
 
 
 @dataclass

@@ -79,7 +79,7 @@ def _bundle_files(path: Path) -> tuple[Path | None, BundleMetadata, list[tuple[s
     if (path.parent / METADATA_FILE).is_file():
         bundle_dir, metadata = path.parent, BundleMetadata.read(path.parent)
     elif engine_of(path) == ONNX_ENGINE:  # a lone .onnx carries its metadata inside
-        from tumor_edge.runtime.classifier import read_onnx_metadata
+        from tumor_edge.runtime import read_onnx_metadata
 
         bundle_dir, metadata = None, read_onnx_metadata(path)
     else:

@@ -18,7 +18,7 @@ import numpy as np
 from tumor_edge.bench.inputs import make_batches
 from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
 from tumor_edge.errors import ModelError
-from tumor_edge.runtime.backends import BackendOptions, open_backend
+from tumor_edge.runtime import BackendOptions, open_backend
 
 KERAS_KEY = "keras"
 KERAS_SUFFIX = ".keras"

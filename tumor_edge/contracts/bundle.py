@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE
+from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, ENGINES, engine_for_suffix
 from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
 from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 
@@ -304,6 +304,11 @@ def check_model_file(bundle_dir: Path, name: str, metadata: BundleMetadata, chec
     if not entry.sha256:
         raise BundleIntegrityError(f"{METADATA_FILE} records no sha256 for it; refusing to run an unverifiable "
                                    f"model", path)
+    for companion in companion_files(name):
+        if companion not in entry.files:
+            raise BundleIntegrityError(f"{companion} (its engine reads it beside this file) is not listed with it "
+                                       f"in {METADATA_FILE}, so its integrity cannot be checked; refusing to run it",
+                                       path)
     size = path.stat().st_size
     if entry.size_bytes and size != entry.size_bytes:
         raise BundleIntegrityError(f"is {size} bytes but {METADATA_FILE} records {entry.size_bytes} (truncated or "
@@ -413,10 +418,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def companion_files(name: str) -> tuple[str, ...]:
+    """The files the engine of a model file reads beside it ("m.xml" -> ("m.bin",) for an .xml + .bin engine):
+    every one must be listed, with its sha256, in the model's entry."""
+    engine = engine_for_suffix(Path(name).suffix)
+    return ENGINES[engine].companions(name) if engine else ()
+
+
 def describe_file(path: Path, fmt: str, precision: str, files: tuple[str, ...] = (), **extra: Any) -> ModelEntry:
-    """The `models` entry of the file at `path`, hashed; `files` names the other files (in its folder) it reads."""
+    """The `models` entry of the file at `path`, hashed; `files` names the other files (in its folder) it reads,
+    besides its engine's companion files, which are always listed."""
     path = Path(path)
-    members = {name: describe_member(path.parent / name) for name in files}
+    names = dict.fromkeys((*companion_files(path.name), *files))
+    members = {name: describe_member(path.parent / name) for name in names}
     return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra), members)
 
 

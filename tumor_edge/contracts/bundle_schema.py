@@ -27,7 +27,7 @@ from tumor_edge.contracts.bundle import (
     _is_hex,
     check_member_name,
 )
-from tumor_edge.contracts.formats import format_names
+from tumor_edge.contracts.formats import format_names, format_suffixes
 from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.errors import BundleIntegrityError, ConfigError, first_line
 
@@ -215,8 +215,10 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     fmt = _require(entry, "format", str, where)
     if fmt not in format_names():
         raise ConfigError(f"field '{where}format' names an unknown format {fmt[:40]!r}")
-    if not name.lower().endswith("." + fmt):
-        raise ConfigError(f"field '{where}format' is {fmt!r} but the file name does not end in .{fmt}")
+    suffixes = format_suffixes(fmt)
+    if not name.lower().endswith(suffixes):
+        raise ConfigError(f"field '{where}format' is {fmt!r} but the file name does not end in "
+                          f"{' or '.join(suffixes)}")
     precision = _require(entry, "precision", str, where)
     if precision not in PRECISIONS:
         raise ConfigError(f"field '{where}precision' must be one of {', '.join(PRECISIONS)}")

@@ -156,8 +156,16 @@ def model_suffixes() -> tuple[str, ...]:
 
 
 def format_names() -> frozenset[str]:
-    """The `format` a bundle's model entry may declare: an engine's model suffix without its dot."""
-    return frozenset(s.lstrip(".") for s in model_suffixes())
+    """The `format` a bundle's model entry may declare: a container of the table's rows ("onnx", "tflite", an
+    "openvino" row's), or an engine's model suffix without its dot (an engine registered without a row)."""
+    return frozenset(f.format for f in FORMATS) | frozenset(s.lstrip(".") for s in model_suffixes())
+
+
+def format_suffixes(fmt: str) -> tuple[str, ...]:
+    """The suffixes a model file of this format may end in: the model suffix of each engine its rows run on, and
+    of the engine whose suffix is the format's name ("pairir" -> (".xml",); "onnx" -> (".onnx",))."""
+    engines = [f.engine for f in FORMATS if f.format == fmt] + [engine_for_suffix("." + fmt)]
+    return tuple(dict.fromkeys(ENGINES[e].suffix for e in engines if e in ENGINES))
 
 
 def select(containers: tuple[str, ...] | list[str], options: set[str] | frozenset[str]) -> list[ModelFormat]:

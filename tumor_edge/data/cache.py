@@ -21,7 +21,7 @@ import numpy as np
 from tumor_edge.data.dataset import Sample
 from tumor_edge.errors import InputImageError
 from tumor_edge.progress import progress
-from tumor_edge.runtime.preprocess import Preprocessing, load_resized
+from tumor_edge.runtime import Preprocessing, load_resized
 
 
 @dataclass

@@ -18,8 +18,7 @@ import numpy as np
 
 from tumor_edge.errors import DatasetError, InputImageError
 from tumor_edge.progress import progress
-from tumor_edge.runtime.image import is_scan_file
-from tumor_edge.runtime.preprocess import Preprocessing, load_resized
+from tumor_edge.runtime import Preprocessing, is_scan_file, load_resized
 
 TRAIN_DIR = "Training"
 TEST_DIR = "Testing"

@@ -21,7 +21,7 @@ from PIL import Image
 from tumor_edge.data.dataset import Sample
 from tumor_edge.errors import InputImageError
 from tumor_edge.progress import progress
-from tumor_edge.runtime.image import load_rgb
+from tumor_edge.runtime import load_rgb
 
 HASH_SIZE = 16
 THUMB = 64

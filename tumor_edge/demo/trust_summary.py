@@ -53,12 +53,12 @@ def _pct(value: Any) -> str:
 
 
 def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
-    from tumor_edge.runtime.image import SCAN_SUFFIXES
+    from tumor_edge.runtime import is_scan_file
 
     found = {}
     for name in classes:
         folder = Path(test_dir) / name
-        found[name] = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES
+        found[name] = sorted(p for p in folder.iterdir() if is_scan_file(p)
                              and not p.name.startswith(".")) if folder.is_dir() else []
     return found
 

@@ -55,7 +55,7 @@ def engine_choice(model: str | None) -> dict[str, Any]:
         bundle = resolve_model_path(model)
         bundle = bundle if bundle.is_dir() else bundle.parent
         metadata = BundleMetadata.read(bundle)
-        from tumor_edge.runtime.choice import recorded_choices
+        from tumor_edge.runtime import recorded_choices
 
         choices = recorded_choices(Path(bundle), metadata)
     except (TumorEdgeError, OSError) as err:

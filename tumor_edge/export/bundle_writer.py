@@ -70,7 +70,7 @@ def external_files(out: Path, file: str) -> list[str]:
     """The external data files the ONNX model `file` in `out` reads. Each must be a plain name in the bundle
     folder, the only place the runtime accepts one from; anything else is an error here, not a bundle that
     no device will run."""
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime import external_data_locations
 
     names = external_data_locations(out / file)
     for name in names:

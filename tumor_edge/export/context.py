@@ -196,7 +196,7 @@ def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, sh
     comparing the same images it decoded itself."""
     from tumor_edge.data.dataset import load_pixels
     from tumor_edge.export.parity import keras_probabilities
-    from tumor_edge.runtime.preprocess import scale
+    from tumor_edge.runtime import scale
 
     model = kept(source)
     out: dict[str, Any] = {}

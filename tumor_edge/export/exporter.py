@@ -132,7 +132,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     if metadata.models:
         # Reference outputs on generated images, for `tumor-edge verify` on any device. Last: it checks the final
         # model files against the final metadata.json, then adds `reference` to it.
-        from tumor_edge.runtime.verify import record_reference
+        from tumor_edge.export.reference import record_reference
 
         record_reference(out)
         metadata = BundleMetadata.read(out)

@@ -48,7 +48,7 @@ def _held_back(source, seed: int):
 
 
 def _predict(model, pixels: np.ndarray, spec) -> np.ndarray:
-    from tumor_edge.runtime.preprocess import scale
+    from tumor_edge.runtime import scale
 
     return np.concatenate([np.asarray(model.predict(scale(pixels[s:s + 32], spec), verbose=0), np.float64)
                            for s in range(0, len(pixels), 32)])
@@ -57,7 +57,7 @@ def _predict(model, pixels: np.ndarray, spec) -> np.ndarray:
 def fit_foreign_trust(source, seed: int = 0) -> dict[str, Any]:
     """{"calibration": ..., "ood": ...} as train records them, from the held-back calibration images; "ood" is
     the bundle's record for an ONNX model, else {"skipped": why}."""
-    from tumor_edge.runtime.classifier import softmax
+    from tumor_edge.runtime import softmax
     from tumor_edge.train.trust import fit_calibration
 
     held = _held_back(source, seed)
@@ -81,7 +81,7 @@ def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -
     generated sets (synthetic) beside the input checks' rates, as train measures its Mahalanobis score."""
     from tumor_edge.calibration.ood_sets import generated_sets
     from tumor_edge.calibration.output_scores import fit_output_threshold, output_score
-    from tumor_edge.runtime.ood_checks import flag_rates
+    from tumor_edge.runtime import flag_rates
 
     kind = "logit_energy" if source.source_output == "logits" else "max_probability"
     try:

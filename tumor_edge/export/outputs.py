@@ -33,7 +33,7 @@ def detect_output(model, source) -> tuple[str, str]:
 def probe_outputs(model, source) -> np.ndarray:
     """The model's outputs on a few of the source's images (random pixels when it has none)."""
     from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.runtime.preprocess import scale
+    from tumor_edge.runtime import scale
 
     spec = source.reference_preprocessing
     samples = []

@@ -26,7 +26,7 @@ from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata
 from tumor_edge.export.config import ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.metrics import classification_metrics
-from tumor_edge.runtime.preprocess import Preprocessing, scale
+from tumor_edge.runtime import Preprocessing, scale
 
 
 @dataclass
@@ -146,7 +146,7 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
                   thresholds: ParityThresholds, batch_size: int) -> FileParity:
     """Classify the test files with one bundle file through the runtime and compare with Keras."""
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.classifier import Classifier
+    from tumor_edge.runtime import Classifier
 
     path = bundle / name
     row = FileParity(name, fmt, precision, path.stat().st_size if path.exists() else 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, discover
 from tumor_edge.errors import DatasetError
-from tumor_edge.runtime.image import is_scan_file
+from tumor_edge.runtime import is_scan_file
 
 
 @dataclass

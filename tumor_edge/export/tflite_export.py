@@ -85,7 +85,7 @@ def export_tflite_int8(saved_model: Path, dst: Path,
 def representative_from_npy(pixels_npy: Path, spec) -> tuple[Callable[[], Iterator[list[np.ndarray]]], int]:
     """A representative dataset over uint8 pixels saved as .npy, read through a memory map one image at a time
     and scaled as the model expects, so calibration never holds a float copy of every image."""
-    from tumor_edge.runtime.preprocess import scale
+    from tumor_edge.runtime import scale
 
     pixels = np.load(pixels_npy, mmap_mode="r")
 

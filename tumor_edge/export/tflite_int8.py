@@ -31,7 +31,7 @@ import numpy as np
 from tumor_edge.export.quantize.config import ParityGoal
 from tumor_edge.export.quantize.scoring import CandidateScore, score
 from tumor_edge.export.quantize.sensitivity import NearestStep, fallback_schedule, focus_indices
-from tumor_edge.runtime.preprocess import Preprocessing, scale
+from tumor_edge.runtime import Preprocessing, scale
 
 FLOAT_OPS = ("SOFTMAX",)  # a full-integer softmax rounds probabilities to multiples of 1/256
 # Ops whose weights make them the int8 work of a CNN: the candidates for a float fallback.
@@ -100,7 +100,7 @@ def float_reference(saved_model: Path, pixels: np.ndarray, spec: Preprocessing, 
 def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, work_dir: Path,
                          batch_size: int = 16) -> np.ndarray:
     """Through the runtime's own LiteRT backend (int8 I/O handled as on a device)."""
-    from tumor_edge.runtime.backends import BackendOptions, open_backend
+    from tumor_edge.runtime import BackendOptions, open_backend
 
     path = work_dir / "tflite_int8_candidate.tflite"
     path.write_bytes(model)

@@ -89,7 +89,7 @@ def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float | None:
 def keras_heatmaps(model_of, pixels_npy: Path, spec) -> np.ndarray:
     """The Keras trust model's heatmaps (N, h, w, classes) for uint8 pixels saved as .npy; `model_of` has a
     `.converted_model` (a ModelSource). Module-level, so export can run it in a child process of its own."""
-    from tumor_edge.runtime.preprocess import scale
+    from tumor_edge.runtime import scale
 
     model = model_of.converted_model
     pixels = np.load(pixels_npy, mmap_mode="r")
@@ -102,7 +102,7 @@ def heatmap_parity(bundle: Path, files: list[str], reference: np.ndarray, pixels
                    batch_size: int = 16) -> dict[str, float | None]:
     """Per exported file: the mean correlation of its heatmaps (through the runtime's Classifier, as a device
     computes them) with the Keras model's `reference` maps on the same pixels."""
-    from tumor_edge.runtime.classifier import Classifier
+    from tumor_edge.runtime import Classifier
 
     result = {}
     for name in files:

@@ -1,7 +1,30 @@
-"""Device side: decode, preprocess and classify with onnxruntime (or LiteRT). Never imports TensorFlow.
+"""The device runtime's public API: decode, preprocess and classify with onnxruntime (or LiteRT), never TensorFlow.
 
-Names load on first use (PEP 562), so `import tumor_edge.runtime.commands` (what the CLI does to list
-commands) costs nothing until a command actually runs.
+Every other part of tumor-edge (export, bench, serve, envcmd, data, demo, train) and the benchmark scripts reach the
+runtime through the names below only; pyproject's import contracts refuse an import of a module under
+`tumor_edge.runtime.` from outside it, so the runtime's files can move without breaking its users.
+
+The four nouns:
+- `Bundle`: a bundle folder, opened and validated (`Bundle.open(path)`; `.check()` proves each listed file's size
+  and sha256, `.classifier()`, `.verify()`). Export writes bundles; the runtime only reads them.
+- `Engine`: one inference engine's facts (file suffixes, extra, backend), the rows of the format table.
+- `Classifier`: a model of a bundle (or a lone .onnx) that predicts images, batches and files.
+- `Reader` (and the `readers` module): the one interface that turns an input file (2-D image, DICOM, DICOM
+  series, NIfTI) into frames (`read_scan`, `Scan`, `Picture`, `ReadOptions`; `register_reader` adds a type).
+
+What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `Prediction`, `Failure`,
+`VerifyReport`; and the operations `open_backend`, `save_optimized_model`, `verify_bundle`.
+
+Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
+demo): preprocessing (`scale`, `load_resized`, `preprocess_image`), inputs (`is_scan_file`,
+`load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `read_onnx_metadata`, `class_map`, `write_overlay`),
+trust (`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
+`reference_role_outputs`, `machine_target`), files (`external_data_locations`, `labelled_files`,
+`recorded_choices`).
+
+Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,
+Pillow or onnxruntime (cold start, and the CLI's listing of commands). The TYPE_CHECKING block mirrors `_EXPORTS`
+so type checkers and the import graph (grimp, import-linter) see the real edges; a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -9,41 +32,128 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+_READERS = "tumor_edge.runtime.readers"
+
 # public name -> defining module
-_EXPORTS = {
+_EXPORTS: dict[str, str] = {
+    # the four nouns
+    "Bundle": "tumor_edge.runtime.bundle",
+    "Engine": "tumor_edge.contracts.formats",
+    "Classifier": "tumor_edge.runtime.classifier",
+    "Reader": _READERS,
+    "ReadOptions": _READERS,
+    "Scan": _READERS,
+    "Picture": _READERS,
+    "read_scan": _READERS,
+    "register_reader": _READERS,
+    "claimed_suffix": _READERS,
+    "is_volume": _READERS,
+    # what they take and give
+    "BundleMetadata": "tumor_edge.contracts.bundle",
+    "Preprocessing": "tumor_edge.runtime.preprocess",
     "BackendOptions": "tumor_edge.runtime.backends",
+    "Prediction": "tumor_edge.runtime.classifier",
+    "Failure": "tumor_edge.runtime.failure",
+    "ScanResult": "tumor_edge.runtime.scans",
+    "VolumeSummary": "tumor_edge.runtime.volume_summary",
+    "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
     "save_optimized_model": "tumor_edge.runtime.backends",
-    "BundleMetadata": "tumor_edge.contracts.bundle",
-    "Classifier": "tumor_edge.runtime.classifier",
-    "Prediction": "tumor_edge.runtime.classifier",
-    "Failure": "tumor_edge.runtime.batch",
-    "Preprocessing": "tumor_edge.runtime.preprocess",
     "verify_bundle": "tumor_edge.runtime.verify",
-    "record_reference": "tumor_edge.runtime.reference",
+    # building blocks: preprocessing
+    "scale": "tumor_edge.runtime.preprocess",
+    "load_resized": "tumor_edge.runtime.preprocess",
+    "preprocess_image": "tumor_edge.runtime.preprocess",
+    # inputs
+    "is_scan_file": "tumor_edge.runtime.image",
+    "load_rgb": "tumor_edge.runtime.image",
+    "decode_file": "tumor_edge.runtime.batch",
+    # outputs
+    "SCORES": "tumor_edge.runtime.classifier",
+    "softmax": "tumor_edge.runtime.classifier",
+    "read_onnx_metadata": "tumor_edge.runtime.classifier",
+    "class_map": "tumor_edge.runtime.heatmap_overlay",
+    "write_overlay": "tumor_edge.runtime.heatmap_overlay",
+    # trust
+    "flag_rates": "tumor_edge.runtime.ood_checks",
+    "measure_ood_rates": "tumor_edge.runtime.ood_rates",
+    # reference inputs (verify regenerates them; export records the outputs on them)
+    "brain_blobs": "tumor_edge.runtime.reference",
+    "reference_images": "tumor_edge.runtime.reference",
+    "reference_role_outputs": "tumor_edge.runtime.reference",
+    "machine_target": "tumor_edge.runtime.backends",
+    # files
+    "external_data_locations": "tumor_edge.runtime.backends.external_data",
+    "labelled_files": "tumor_edge.runtime.verify",
+    "recorded_choices": "tumor_edge.runtime.choice",
 }
 
-__all__ = ["BackendOptions", "BundleMetadata", "Classifier", "Failure", "Prediction", "Preprocessing",
-           "open_backend", "record_reference", "save_optimized_model", "verify_bundle"]
+# public submodules: name -> module
+_MODULES: dict[str, str] = {"readers": _READERS}
+
+# literal, so linters see it; a test keeps it equal to _EXPORTS | _MODULES
+__all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "Failure", "Picture", "Prediction",
+           "Preprocessing", "ReadOptions", "Reader", "SCORES", "Scan", "ScanResult", "VerifyReport", "VolumeSummary",
+           "brain_blobs", "claimed_suffix", "class_map", "decode_file", "external_data_locations", "flag_rates",
+           "is_scan_file", "is_volume", "labelled_files", "load_resized", "load_rgb", "machine_target",
+           "measure_ood_rates", "open_backend", "preprocess_image", "read_onnx_metadata", "read_scan", "readers",
+           "recorded_choices", "reference_images", "reference_role_outputs", "register_reader", "save_optimized_model",
+           "scale", "softmax", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
-    from tumor_edge.runtime.backends import BackendOptions, open_backend, save_optimized_model
-    from tumor_edge.runtime.batch import Failure
-    from tumor_edge.runtime.classifier import Classifier, Prediction
-    from tumor_edge.runtime.preprocess import Preprocessing
-    from tumor_edge.runtime.reference import record_reference
-    from tumor_edge.runtime.verify import verify_bundle
+    from tumor_edge.contracts.formats import Engine
+    from tumor_edge.runtime import readers
+    from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend, save_optimized_model
+    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.batch import decode_file
+    from tumor_edge.runtime.bundle import Bundle
+    from tumor_edge.runtime.choice import recorded_choices
+    from tumor_edge.runtime.classifier import SCORES, Classifier, Prediction, read_onnx_metadata, softmax
+    from tumor_edge.runtime.failure import Failure
+    from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
+    from tumor_edge.runtime.image import is_scan_file, load_rgb
+    from tumor_edge.runtime.ood_checks import flag_rates
+    from tumor_edge.runtime.ood_rates import measure_ood_rates
+    from tumor_edge.runtime.preprocess import Preprocessing, load_resized, preprocess_image, scale
+    from tumor_edge.runtime.readers import (
+        Picture,
+        Reader,
+        ReadOptions,
+        Scan,
+        claimed_suffix,
+        is_volume,
+        read_scan,
+        register_reader,
+    )
+    from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
+    from tumor_edge.runtime.scans import ScanResult
+    from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
+    from tumor_edge.runtime.volume_summary import VolumeSummary
+
+
+def _import(module: str, name: str) -> Any:
+    """The module, or an ImportError that says which public name needs what (the readers module is new: a tree
+    without it says so instead of a bare ModuleNotFoundError)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        raise ImportError(f"tumor_edge.runtime.{name} needs {module}, which this tumor-edge does not have "
+                          f"(an older or partial install?)", name=module) from err
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name in _MODULES:
+        value = _import(_MODULES[name], name)
+    elif name in _EXPORTS:
+        value = getattr(_import(_EXPORTS[name], name), name)
+    else:
         raise AttributeError(f"module 'tumor_edge.runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))

@@ -1,10 +1,10 @@
 """Reference inputs any machine regenerates bit for bit, and the outputs a bundle's models give on them.
 
-Export records, per model, the class probabilities for a few generated images (no patient data in a bundle),
-and every other output the bundle declares (the heatmap, the OOD features) for as many of those images as fit
-ROLE_VALUES_PER_FILE; `tumor-edge verify` regenerates the same images on a device and compares, so a user
-learns whether this device's kernels (AVX2, VNNI, ARM, another onnxruntime) reproduce the export machine's
-results.
+Export records (tumor_edge.export.reference: the runtime never writes a bundle), per model, the class
+probabilities for a few generated images (no patient data in a bundle), and every other output the bundle
+declares (the heatmap, the OOD features) for some of those images; `tumor-edge verify` regenerates the same
+images on a device and compares, so a user learns whether this device's kernels (AVX2, VNNI, ARM, another
+onnxruntime) reproduce the export machine's results.
 
 Bit-exact everywhere: the only randomness is PCG64's raw 64-bit stream (`random_raw`, fixed by the algorithm,
 unlike numpy's distribution methods, which may change between numpy versions), turned into floats by integer
@@ -15,21 +15,13 @@ or sqrt, whose last bit varies between math libraries) and rounded to uint8 with
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import MAX_REFERENCE_VALUES, BundleMetadata, ReferenceSet, is_optimized_name
-from tumor_edge.errors import ConfigError, MissingExtraError
+from tumor_edge.contracts.bundle import BundleMetadata, ReferenceSet, is_optimized_name
+from tumor_edge.errors import ConfigError
 
-DEFAULT_SEED = 20261127
-DEFAULT_COUNT = 16
 SCORES = "scores"
-# Values kept per file and non-score role: InceptionV3's 299 px heatmap (8 x 8 x 4) keeps its first 4 images; a
-# larger map keeps fewer (at least one). metadata.json is parsed at every model load (cold start): with all 16
-# images and 7 digits, a 6-file 299 px bundle's metadata.json measured 586 KB.
-ROLE_VALUES_PER_FILE = 1024
-SIGNIFICANT_DIGITS = 6  # relative rounding 5e-7, far below the tightest role tolerance (1e-3 of the range)
 
 
 class _Uniform:
@@ -80,7 +72,6 @@ def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
 # Generator name -> function(seed, count, height, width). Names are stored in bundles: never change what a
 # name produces; add a new name instead.
 GENERATORS: dict[str, Callable[[int, int, int, int], np.ndarray]] = {"tumor-edge-brain-blobs-v1": brain_blobs}
-DEFAULT_GENERATOR = "tumor-edge-brain-blobs-v1"
 
 
 def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.ndarray:
@@ -106,47 +97,6 @@ def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) 
     return {role: np.concatenate(values) for role, values in parts.items()}
 
 
-def role_entry(values: np.ndarray) -> dict[str, list] | None:
-    """{"shape", "values"} of one role's outputs, as many leading images as ROLE_VALUES_PER_FILE allows; None
-    when one image's output alone is too large to record (verify then says the role has no reference)."""
-    values = np.asarray(values, np.float64)
-    per_image = max(1, int(np.prod(values.shape[1:])))
-    keep = max(1, min(len(values), ROLE_VALUES_PER_FILE // per_image))
-    if values.ndim < 1 or not len(values) or keep * per_image > MAX_REFERENCE_VALUES:
-        return None
-    kept = values[:keep]
-    return {"shape": list(kept.shape), "values": [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in kept.ravel()]}
-
-
 def listed_models(metadata: BundleMetadata) -> list[str]:
     """The bundle's models, without the optimised twins 0.1 bundles listed."""
     return [name for name in metadata.models if not is_optimized_name(name)]
-
-
-def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> None:
-    """Run every listed model of a bundle on the generated reference images and store the probabilities in its
-    metadata.json (`reference`). Export calls this once its models and metadata.json are final; each model is
-    checked against its sha256 first, like any use."""
-    from tumor_edge.machine import host, int8_acceleration
-    from tumor_edge.runtime.backends import machine_target
-    from tumor_edge.runtime.classifier import Classifier
-
-    bundle_dir = Path(bundle_dir)
-    metadata = BundleMetadata.read(bundle_dir)
-    reference = ReferenceSet(DEFAULT_GENERATOR, seed, count)
-    images = reference_images(reference, metadata)
-    for name in listed_models(metadata):
-        try:
-            classifier = Classifier.from_bundle(bundle_dir, model_file=name)
-        except MissingExtraError:  # an engine this machine lacks (LiteRT): verify says that file has no reference
-            continue
-        outputs = reference_role_outputs(classifier, images)
-        reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(outputs[SCORES], np.float64)]
-        roles = {role: role_entry(value) for role, value in outputs.items()
-                 if role != SCORES and np.all(np.isfinite(value))}
-        roles = {role: entry for role, entry in roles.items() if entry is not None}
-        if roles:
-            reference.roles[name] = roles
-    reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
-    metadata.reference = reference
-    metadata.write(bundle_dir)

@@ -33,10 +33,7 @@ from pathlib import Path
 
 import click
 
-from tumor_edge.runtime.reference import record_reference
-
-__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "record_reference", "tolerance_for", "verify",
-           "verify_bundle"]
+__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "tolerance_for", "verify", "verify_bundle"]
 
 # Largest probability difference accepted between the export machine and this device, per precision (the floor
 # of `tolerance_for`). fp32 files differ only by summation order between kernels. A reduced-precision file may be

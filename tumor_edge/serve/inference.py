@@ -19,9 +19,7 @@ from typing import Any
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import MODEL_CARD, BundleMetadata
 from tumor_edge.errors import ModelError, first_line
-from tumor_edge.runtime.heatmap_overlay import class_map
-from tumor_edge.runtime.readers.registry import claimed_suffix, is_volume
-from tumor_edge.runtime.volume_summary import VolumeSummary
+from tumor_edge.runtime import VolumeSummary, claimed_suffix, class_map, is_volume
 from tumor_edge.serve.bundle_files import bundle_of, confined_file
 from tumor_edge.serve.errors import without_folders, without_folders_in
 from tumor_edge.serve.model_check import probability_problem

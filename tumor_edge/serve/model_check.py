@@ -47,7 +47,7 @@ def probability_problem(values: Sequence[float]) -> str | None:
 def check_runs(classifier) -> None:
     """Run the model once on a blank image at its input size; a one-line ModelError naming the model when it
     fails or gives no probabilities. Also warms the engine, so the first client is not the one who waits."""
-    from tumor_edge.runtime.classifier import SCORES
+    from tumor_edge.runtime import SCORES
 
     spec = classifier.preprocessing
     blank = np.zeros((1, spec.height, spec.width, 3), np.uint8)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.contracts import formats
+
 Converter = Callable[[Any, Path], dict[str, Any]]  # (ExportContext, destination) -> facts for metadata
 
 CONVERTERS: dict[str, Converter] = {}
@@ -54,7 +56,8 @@ def converter(*keys: str) -> Callable[[Converter], Converter]:
 
 
 def load_converters() -> dict[str, Converter]:
-    """Import every converter module of this package once (each registers itself); the registry."""
+    """Import every converter module of this package once (each registers itself); the registry. Converters kept
+    in an engine's backend module join it when `converter_for` first asks for their key (`engine_converters`)."""
     global _loaded
     if not _loaded:
         for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
@@ -63,13 +66,32 @@ def load_converters() -> dict[str, Converter]:
     return CONVERTERS
 
 
+def engine_converters(engine: formats.Engine) -> dict[str, Converter]:
+    """The converters an engine's backend module offers as `CONVERTERS = {"<format key>": convert}`, registered.
+
+    Where an engine's converter needs nothing beyond the engine's own package (OpenVINO's `convert_model` from the
+    fp32 ONNX file), it may live beside the backend, so adding the engine end to end is one module, its rows and
+    its test. It is a plain dict, so that module imports nothing of export (the runtime never does); the module
+    is the one the engine's public row names (`Engine.backend`), imported the way the runtime's registry imports
+    it. A converter that needs TensorFlow or onnx belongs in this package instead: the runtime never imports them.
+    """
+    found = getattr(importlib.import_module(engine.backend), "CONVERTERS", {})
+    for key, function in found.items():
+        register_converter(key, function)
+    return dict(found)
+
+
 def converter_for(key: str) -> Converter:
     """The function that writes the format `key`; a one-line error when nothing registered one."""
     function = load_converters().get(key)
+    if function is None:  # a row whose converter lives in its engine's backend module
+        row = next((f for f in formats.FORMATS if f.key == key), None)  # read now: a row added later counts
+        if row is not None and row.engine in formats.ENGINES:
+            function = engine_converters(formats.ENGINES[row.engine]).get(key)
     if function is None:
         raise LookupError(f"no converter is registered for format {key!r} (tumor_edge.export.formats)")
     return function
 
 
-__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "load_converters", "register_converter",
-           "unregister_converter"]
+__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "engine_converters", "load_converters",
+           "register_converter", "unregister_converter"]

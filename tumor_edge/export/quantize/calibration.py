@@ -16,7 +16,7 @@ import numpy as np
 
 from tumor_edge.export.quantize.config import QuantizationConfig
 from tumor_edge.progress import progress
-from tumor_edge.runtime.preprocess import Preprocessing, scale
+from tumor_edge.runtime import Preprocessing, scale
 
 SAMPLES_PER_BATCH = 8192  # values kept per tensor and calibration batch for the histograms
 # onnxruntime's Entropy default is 128 bins, widened as data arrives; TensorRT uses 2048. 512 bins over the exact

@@ -28,7 +28,7 @@ from tumor_edge.export.quantize.graph import (
     preprocess_for_quantization,
 )
 from tumor_edge.export.quantize.scoring import CandidateScore, probabilities, score
-from tumor_edge.runtime.preprocess import Preprocessing
+from tumor_edge.runtime import Preprocessing
 
 
 @dataclass

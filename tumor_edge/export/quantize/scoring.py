@@ -11,7 +11,7 @@ import numpy as np
 
 from tumor_edge.export.quantize.calibration import scaled_batches
 from tumor_edge.export.quantize.config import ParityGoal
-from tumor_edge.runtime.preprocess import Preprocessing
+from tumor_edge.runtime import Preprocessing
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 from tumor_edge.export.quantize.config import QuantizationConfig
 from tumor_edge.export.quantize.graph import int8_nodes, keep_float, node_macs, quantized_nodes
 from tumor_edge.export.quantize.scoring import CandidateScore, probabilities, score
-from tumor_edge.runtime.preprocess import Preprocessing
+from tumor_edge.runtime import Preprocessing
 
 EVAL_BATCH = 16
 

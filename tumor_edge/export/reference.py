@@ -1,0 +1,67 @@
+"""Writing a bundle's reference record: export runs every listed model on generated images and stores the outputs
+in metadata.json (`reference`), so `tumor-edge verify` on a device can regenerate the same images and compare.
+
+The writer lives in export because only export writes bundles; the runtime keeps the reading side (the
+generators, `reference_images`, `reference_role_outputs` and verify's comparison), so a device can check a record
+but never makes one. Everything here goes through the runtime's public API: the record is made by the very code
+path a device runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tumor_edge.contracts.bundle import MAX_REFERENCE_VALUES, ReferenceSet
+from tumor_edge.errors import MissingExtraError
+from tumor_edge.runtime import SCORES, Bundle, machine_target, reference_images, reference_role_outputs
+
+DEFAULT_SEED = 20261127
+DEFAULT_COUNT = 16
+# Names are stored in bundles, and the runtime's generators give each name fixed images: this one is brain_blobs.
+DEFAULT_GENERATOR = "tumor-edge-brain-blobs-v1"
+# Values kept per file and non-score role: InceptionV3's 299 px heatmap (8 x 8 x 4) keeps its first 4 images; a
+# larger map keeps fewer (at least one). metadata.json is parsed at every model load (cold start): with all 16
+# images and 7 digits, a 6-file 299 px bundle's metadata.json measured 586 KB.
+ROLE_VALUES_PER_FILE = 1024
+SIGNIFICANT_DIGITS = 6  # relative rounding 5e-7, far below the tightest role tolerance (1e-3 of the range)
+
+
+def role_entry(values: np.ndarray) -> dict[str, list] | None:
+    """{"shape", "values"} of one role's outputs, as many leading images as ROLE_VALUES_PER_FILE allows; None
+    when one image's output alone is too large to record (verify then says the role has no reference)."""
+    values = np.asarray(values, np.float64)
+    per_image = max(1, int(np.prod(values.shape[1:])))
+    keep = max(1, min(len(values), ROLE_VALUES_PER_FILE // per_image))
+    if values.ndim < 1 or not len(values) or keep * per_image > MAX_REFERENCE_VALUES:
+        return None
+    kept = values[:keep]
+    return {"shape": list(kept.shape), "values": [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in kept.ravel()]}
+
+
+def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> None:
+    """Run every listed model of a bundle on the generated reference images and store the probabilities in its
+    metadata.json (`reference`). Export calls this once its models and metadata.json are final; each model is
+    checked against its sha256 first, like any use."""
+    from tumor_edge.machine import host, int8_acceleration
+
+    bundle = Bundle.open(bundle_dir)
+    metadata = bundle.metadata
+    reference = ReferenceSet(DEFAULT_GENERATOR, seed, count)
+    images = reference_images(reference, metadata)
+    for name in bundle.models:
+        try:
+            classifier = bundle.classifier(name)
+        except MissingExtraError:  # an engine this machine lacks (LiteRT): verify says that file has no reference
+            continue
+        outputs = reference_role_outputs(classifier, images)
+        reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(outputs[SCORES], np.float64)]
+        roles = {role: role_entry(value) for role, value in outputs.items()
+                 if role != SCORES and np.all(np.isfinite(value))}
+        roles = {role: entry for role, entry in roles.items() if entry is not None}
+        if roles:
+            reference.roles[name] = roles
+    reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
+    metadata.reference = reference
+    metadata.write(bundle.path)
