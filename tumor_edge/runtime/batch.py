@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from tumor_edge.errors import ConfigError, InputImageError, TumorEdgeError
 from tumor_edge.runtime.image import load_rgb_frames
-from tumor_edge.runtime.prechecks import with_input_checks
+from tumor_edge.runtime.prechecks import input_findings
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
 
 if TYPE_CHECKING:
@@ -137,7 +137,10 @@ def iter_predictions(classifier: Classifier, paths: Iterable[str | Path], batch_
     check = classifier.trust.input_checks and workers > 0
 
     def decode(path: str | Path) -> _Decoded:
-        return with_input_checks(decode_file(path, spec, frames)) if check else decode_file(path, spec, frames)
+        decoded = decode_file(path, spec, frames)
+        if check and decoded.failure is None:
+            return replace(decoded, checked=input_findings(decoded.pixels))
+        return decoded
 
     queue: list[tuple[str, np.ndarray | Failure, int | None, int | None, list[str] | None]] = []
     images = 0

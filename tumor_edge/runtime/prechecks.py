@@ -2,23 +2,19 @@
 
 The checks (`ood_checks.input_warnings`: blank, noise, colour, no dark surround) cost 2.8 ms CPU an image at 299 px
 (0.2 ms at 96 px; AMD Zen 5). Made after inference, on the thread that runs the model, they stalled the engine
-for that long every image; made here, beside decoding, they run while the engine works on the batch before. Same
+for that long every image; made in the decode workers, they run while the engine works on the batch before. Same
 function, same model-sized pixels: the same findings as before, only earlier.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+
+import numpy as np
 
 from tumor_edge.runtime.ood_checks import input_warnings
 
-if TYPE_CHECKING:
-    from tumor_edge.runtime.batch import _Decoded
 
-
-def with_input_checks(decoded: _Decoded) -> _Decoded:
-    """`decoded` with each frame's input-check findings (a failed decode is returned as it is)."""
-    if decoded.failure is not None:
-        return decoded
-    return replace(decoded, checked=[input_warnings(pixels) for pixels, _, _ in decoded.pixels])
+def input_findings(frames: Sequence[tuple[np.ndarray, int | None, int | None]]) -> list[list[str]]:
+    """Each decoded frame's input-check findings (empty: nothing found), from its model-sized uint8 pixels."""
+    return [input_warnings(pixels) for pixels, _, _ in frames]
