@@ -19,6 +19,9 @@ alike; each run gets a cache in the state the case names):
   cli/first         an empty cache: optimise, write the entry, classify
   api/second        `Classifier.from_bundle(...).predict(...)` in `python -c`, cache warm
   api/second-nohash the same without the sha256 check of the model file (what the check costs)
+  floor/onnxruntime onnxruntime alone loading this tree's cache entry and running once on zeros (issue 20's floor)
+  floor/ort+decode+hash  that, plus what any classify of a JPEG must add: Pillow decoding and resizing the scan
+                    and hashlib's sha256 of the model file (no tumor-edge code)
 Wall is spawn to exit; CPU is the child's user+sys time (getrusage via wait4), which a loaded machine inflates far
 less than wall; peak RSS is the reaped child's ru_maxrss. Each row gives the 1-minute load average (median over
 its runs) beside its figures: a wall goal is for an idle machine, so compare rows of one run, not runs.
@@ -63,6 +66,28 @@ out = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 299, 299, 3)
 print("scores", out[0].shape, flush=True)
 """
 
+# The floor of what `classify scan.jpg` must do beyond that: decode and resize the scan with Pillow (the floor above
+# feeds zeros) and check the bundle's model file against its sha256 (hashlib, i.e. OpenSSL), nothing of tumor-edge.
+ORT_DECODE_HASH_CHILD = """
+import sys, hashlib
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+from PIL import Image
+digest = hashlib.sha256()
+with open(sys.argv[2], "rb") as fh:
+    for block in iter(lambda: fh.read(1 << 18), b""):
+        digest.update(block)
+entry = next(Path(sys.argv[1]).rglob("model.onnx"))
+so = ort.SessionOptions()
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+so.enable_cpu_mem_arena = False
+so.enable_mem_pattern = False
+session = ort.InferenceSession(str(entry), so, providers=["CPUExecutionProvider"])
+pixels = np.asarray(Image.open(sys.argv[3]).convert("RGB").resize((299, 299), Image.Resampling.BILINEAR))
+out = session.run(None, {session.get_inputs()[0].name: pixels[None].astype(np.float32)})
+print("scores", out[0].shape, digest.hexdigest()[:8], flush=True)
+"""
+
 # case -> (how the child runs, cache state before each run, hash check on)
 CASES: dict[str, tuple[str, str, bool]] = {
     "cli/second": ("cli", "warm", True),
@@ -72,8 +97,9 @@ CASES: dict[str, tuple[str, str, bool]] = {
     "api/second-nohash": ("api", "warm", False),
     "floor/imports": ("imports", "warm", False),
     "floor/onnxruntime": ("ort", "warm", False),
+    "floor/ort+decode+hash": ("ort+decode+hash", "warm", False),
 }
-FLOOR = ("imports", "ort")  # measured for the first tree only: no tumor-edge code runs
+FLOOR = ("imports", "ort", "ort+decode+hash")  # measured for the first tree only: no tumor-edge code runs
 
 
 def build_bundle(workdir: Path) -> Path:
@@ -102,6 +128,11 @@ def child_command(how: str, bundle: Path, image: Path, check_hash: bool, cache: 
         return [sys.executable, "-c", "import numpy, onnxruntime"]
     if how == "ort":
         return [sys.executable, "-c", ORT_CHILD, str(cache)]
+    if how == "ort+decode+hash":
+        from tumor_edge.contracts.bundle import BundleMetadata
+
+        model = bundle / next(n for n in BundleMetadata.read(bundle).models if n.endswith("int8.onnx"))
+        return [sys.executable, "-c", ORT_DECODE_HASH_CHILD, str(cache), str(model), str(image)]
     if how == "cli":
         return [sys.executable, "-m", "tumor_edge.cli", "classify", "--model", str(bundle), str(image)]
     return [sys.executable, "-c", API_CHILD, str(bundle), str(image), "1" if check_hash else "0"]

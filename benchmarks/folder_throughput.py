@@ -11,10 +11,13 @@ Three figures per repeat, each at the same batch size and thread count, in one p
                out-of-distribution checks, results in order), timed from the first file to the last result.
   cli          `python -m tumor_edge.cli classify --json --model BUNDLE FOLDER` as users run it, spawn to exit,
                stdout to a file (start-up, decoding, inference, output all in).
+  cli-net      the cli figure less the fixed start-up: count / (cli wall - wall of the same classify of one file,
+               measured in the same round).
 The ratio goal: cli (and stream) images/s >= 90 % of engine images/s. The scans are 512x512 JPEGs of the
 runtime's synthetic brain-like generator (no patient data), written once under --workdir. Each figure is the
 median of --repeats; the machine's load average is recorded beside them: on a shared machine compare the ratios of
-one run, not runs.
+one run, not runs. `--compare TREE` measures another source tree (e.g. `git archive BASE | tar -x -C TREE`) in the
+same rounds, figure by figure interleaved with this one, so a burst of load hits both alike.
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ def make_scans(folder: Path, count: int, size: int) -> Path:
 def rusage_run(cmd: list[str], env: dict[str, str], stdout) -> tuple[float, float, int]:
     """(wall s, child CPU s, exit code) of one fresh process (CPU from wait4)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    # cwd outside any source tree: `-m` and `-c` put the working folder first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, cwd=env["TMPDIR"])
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -125,48 +129,64 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="classify's default is 2")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another source tree measured in the same rounds (e.g. the baseline's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
     folder = make_scans(args.workdir / f"scans{args.scan_size}", args.count, args.scan_size)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               TMPDIR=str(args.workdir), TUMOR_EDGE_CACHE_DIR=str(args.workdir / "cache"))
+    trees = {"this": ROOT, **{f"cmp{i}": Path(p).resolve() for i, p in enumerate(args.compare, 1)}}
+    envs = {name: dict(os.environ, PYTHONPATH=str(tree), TMPDIR=str(args.workdir),
+                       TUMOR_EDGE_CACHE_DIR=str(args.workdir / f"cache-{name}")) for name, tree in trees.items()}
     common = [str(args.bundle), str(folder), str(args.count), str(args.batch_size), str(args.threads)]
-    # one classify first: builds the device's optimised-model cache entry, which every figure then uses
-    subprocess.run([sys.executable, "-m", "tumor_edge.cli", "classify", "--model", str(args.bundle),
-                    str(next(folder.iterdir()))], env=env, check=True, capture_output=True)
-    rows: dict[str, list[dict]] = {"engine": [], "stream": [], "cli": []}
+    one_file = str(next(folder.iterdir()))
+    cli = [sys.executable, "-m", "tumor_edge.cli", "classify", "--json", "--no-progress", "--model", str(args.bundle),
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--workers", str(args.workers)]
+    for env in envs.values():  # one classify first: the device's optimised-model cache entry every figure uses
+        subprocess.run([*cli, one_file], env=env, check=True, capture_output=True, cwd=args.workdir)
+    rows: dict[str, list[dict]] = {"engine": []}
+    for name in trees:
+        rows.update({f"{name}:stream": [], f"{name}:cli": [], f"{name}:cli-net": []})
     loads = [load_average()]
     for _ in range(args.repeats):  # round robin: a burst of load hits every figure alike
-        data, cpu = child_json(ENGINE_CHILD, common, env)
+        data, cpu = child_json(ENGINE_CHILD, common, envs["this"])
         rows["engine"].append({"images_per_s": data["images"] / data["seconds"], "cpu_s": cpu, "file": data["file"]})
-        data, cpu = child_json(STREAM_CHILD, [*common, str(args.workers)], env)
-        rows["stream"].append({"images_per_s": data["images"] / data["seconds"], "cpu_s": cpu})
-        with open(args.workdir / "classify.jsonl", "w") as out:
-            wall, cpu, _ = rusage_run([sys.executable, "-m", "tumor_edge.cli", "classify", "--json", "--no-progress",
-                                       "--model", str(args.bundle), "--batch-size", str(args.batch_size),
-                                       "--threads", str(args.threads), "--workers", str(args.workers), str(folder)],
-                                      env, out)
-        lines = len((args.workdir / "classify.jsonl").read_text().splitlines())
-        rows["cli"].append({"images_per_s": args.count / wall, "wall_s": wall, "cpu_s": cpu, "lines": lines})
+        for name, env in envs.items():
+            data, cpu = child_json(STREAM_CHILD, [*common, str(args.workers)], env)
+            rows[f"{name}:stream"].append({"images_per_s": data["images"] / data["seconds"], "cpu_s": cpu})
+        for name, env in envs.items():
+            with open(args.workdir / "classify1.jsonl", "w") as out:
+                wall1, _, _ = rusage_run([*cli, one_file], env, out)
+            with open(args.workdir / "classify.jsonl", "w") as out:
+                wall, cpu, _ = rusage_run([*cli, str(folder)], env, out)
+            lines = len((args.workdir / "classify.jsonl").read_text().splitlines())
+            rows[f"{name}:cli"].append({"images_per_s": args.count / wall, "wall_s": wall, "cpu_s": cpu,
+                                        "lines": lines})
+            rows[f"{name}:cli-net"].append({"images_per_s": args.count / max(wall - wall1, 1e-9),
+                                            "one_file_wall_s": wall1})
         loads.append(load_average())
     summary = {k: round(statistics.median(r["images_per_s"] for r in v), 1) for k, v in rows.items()}
+    cpu_per_image = {k: round(statistics.median(r["cpu_s"] for r in v) / args.count * 1e3, 2)
+                     for k, v in rows.items() if v and "cpu_s" in v[0]}
     engine = summary["engine"]
+    from tumor_edge.machine import host
+
     result = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": host(),
+        "trees": {k: str(v) for k, v in trees.items()},
         "bundle": str(args.bundle), "file": rows["engine"][0]["file"], "count": args.count,
         "scan": f"{args.scan_size}x{args.scan_size} JPEG q92", "batch_size": args.batch_size,
         "threads": args.threads, "workers": args.workers, "repeats": args.repeats, "load_average": loads,
         "images_per_s": summary,
+        "cpu_ms_per_image": cpu_per_image,
         "of_engine": {k: round(v / engine, 3) for k, v in summary.items() if k != "engine"},
         "goal": "cli images/s >= 0.90 x engine images/s",
-        "met": summary["cli"] >= 0.9 * engine,
+        "met": summary["this:cli"] >= 0.9 * engine,
         "runs": rows,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `P
 `VerifyReport`; and the operations `open_backend`, `save_optimized_model`, `verify_bundle`.
 
 Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
-demo): preprocessing (`scale`, `load_resized`, `preprocess_image`), inputs (`is_scan_file`,
+demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
 `load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `read_onnx_metadata`, `class_map`, `write_overlay`),
 trust (`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
 `reference_role_outputs`, `machine_target`), files (`external_data_locations`, `labelled_files`,
@@ -62,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "verify_bundle": "tumor_edge.runtime.verify",
     # building blocks: preprocessing
     "scale": "tumor_edge.runtime.preprocess",
+    "RESIZE_METHODS": "tumor_edge.runtime.preprocess",
     "load_resized": "tumor_edge.runtime.preprocess",
     "preprocess_image": "tumor_edge.runtime.preprocess",
     # inputs
@@ -93,9 +94,9 @@ _MODULES: dict[str, str] = {"readers": _READERS}
 
 # literal, so linters see it; a test keeps it equal to _EXPORTS | _MODULES
 __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "Failure", "Picture", "Prediction",
-           "Preprocessing", "ReadOptions", "Reader", "SCORES", "Scan", "ScanResult", "VerifyReport", "VolumeSummary",
-           "brain_blobs", "claimed_suffix", "class_map", "decode_file", "external_data_locations", "flag_rates",
-           "is_scan_file", "is_volume", "labelled_files", "load_resized", "load_rgb", "machine_target",
+           "Preprocessing", "RESIZE_METHODS", "ReadOptions", "Reader", "SCORES", "Scan", "ScanResult", "VerifyReport",
+           "VolumeSummary", "brain_blobs", "claimed_suffix", "class_map", "decode_file", "external_data_locations",
+           "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized", "load_rgb", "machine_target",
            "measure_ood_rates", "open_backend", "preprocess_image", "read_onnx_metadata", "read_scan", "readers",
            "recorded_choices", "reference_images", "reference_role_outputs", "register_reader", "save_optimized_model",
            "scale", "softmax", "verify_bundle", "write_overlay"]
@@ -115,7 +116,7 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.image import is_scan_file, load_rgb
     from tumor_edge.runtime.ood_checks import flag_rates
     from tumor_edge.runtime.ood_rates import measure_ood_rates
-    from tumor_edge.runtime.preprocess import Preprocessing, load_resized, preprocess_image, scale
+    from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
         Picture,
         Reader,

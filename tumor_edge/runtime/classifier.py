@@ -300,10 +300,11 @@ class Classifier:
 
     _to_prediction = to_prediction  # older name, kept for callers
 
-    def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]]
-                    ) -> list[Prediction | Failure]:
+    def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]],
+                    checked: Sequence[list[str] | None] | None = None) -> list[Prediction | Failure]:
         """Classify a batch of model-sized pixels; `items` gives each image's (source, frame, frame_count). An
-        image whose class scores are not finite becomes a Failure: no label is better than a wrong one."""
+        image whose class scores are not finite becomes a Failure: no label is better than a wrong one.
+        `checked`: each image's input-check findings when a decode worker already made them (None: made here)."""
         outputs = self.infer_outputs(batch_pixels)
         extra = {role: value for role, value in outputs.items() if role != SCORES}
         distances = ood_scores(extra, self.trust)
@@ -318,7 +319,8 @@ class Classifier:
                                        ModelError("the model's output is not a number (NaN or infinite) for "
                                                   f"{where}; no label given", self.backend.path)))
                 continue
-            warnings = warnings_for(batch_pixels[i], None if distances is None else float(distances[i]), self.trust)
+            warnings = warnings_for(batch_pixels[i], None if distances is None else float(distances[i]), self.trust,
+                                    None if checked is None else checked[i])
             results.append(self.to_prediction(row, source, frame, count,
                                               {role: value[i] for role, value in extra.items()}, warnings))
         return results

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_PIXELS
+from tumor_edge.runtime.uniform import band_values_if_constant
 
 # Pillow's own decompression-bomb guard raises above twice its limit and only warns between one and two times;
 # `caps.check_decoded` checks the header itself before decoding, so the warning (which would print on every such
@@ -104,10 +105,9 @@ def pil_to_rgb(image: Image.Image, path: str | Path | None = None, owned: bool =
 
 def warn_if_constant(image: Image.Image, path: str | Path, label: str | None = None) -> None:
     """A picture whose every pixel is equal still gets a label from a model; say that the label means nothing."""
-    extrema = image.getextrema()
-    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    if all(lo == hi for lo, hi in bands):
-        values = sorted({lo for lo, _ in bands})
+    bands = band_values_if_constant(image)
+    if bands is not None:
+        values = sorted(set(bands))
         where = f" [{label}]" if label else ""
         log.warning("%s%s: constant image (every pixel is %s): its label means nothing", path, where,
-                    values[0] if len(values) == 1 else tuple(lo for lo, _ in bands))
+                    values[0] if len(values) == 1 else bands)

@@ -104,9 +104,11 @@ def ood_scores(outputs: Mapping[str, np.ndarray], settings: TrustSettings) -> np
     return score_projected(np.asarray(z).reshape(len(z), -1), settings.ood_centres)
 
 
-def warnings_for(pixels: np.ndarray, score: float | None, settings: TrustSettings) -> list[str]:
-    """One image's warnings: the input checks on its (model-sized, uint8 RGB) pixels, then the feature check."""
-    found = input_warnings(pixels) if settings.input_checks else []
+def warnings_for(pixels: np.ndarray, score: float | None, settings: TrustSettings,
+                 checked: list[str] | None = None) -> list[str]:
+    """One image's warnings: the input checks on its (model-sized, uint8 RGB) pixels, then the feature check.
+    `checked`: the input checks' findings already made on these pixels (by a decode worker), not made again."""
+    found = list(checked) if checked is not None else input_warnings(pixels) if settings.input_checks else []
     if score is not None and settings.ood_threshold is not None and score > settings.ood_threshold:
         what = "feature distance" if settings.ood_score == "mahalanobis" else settings.ood_score.replace("_", " ")
         found.append(f"unlike the training scans ({what} {score:.3g} above the threshold "
