@@ -15,6 +15,7 @@ next free number instead of replacing each other's files), and the temporary fil
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from tumor_edge.contracts.preprocessing import Preprocessing
@@ -50,7 +51,8 @@ class HeatmapWriter:
             return None
         if pixels is None:
             pixels = self._pixels(prediction)
-        explanation = explain(self.classifier, pixels, prediction.index, prediction.outputs, self.settings)
+        settings = self.settings if self.classifier is not None else replace(self.settings, method="cam")
+        explanation = explain(self.classifier, pixels, prediction.index, prediction.outputs, settings)
         caption = (f"{prediction.label} {prediction.confidence:.2f}: evidence for {prediction.label} "
                    f"({explanation.label})")
         tmp = self.out_dir / f".{os.getpid()}-{self.count}.png.tmp"
