@@ -100,14 +100,12 @@ def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
     from tumor_edge.runtime.heatmap_overlay import write_overlay
 
     lines = ["### Heatmaps: one held-out scan per class", ""]
-    cam = classifier.output_specs.get("heatmap")
-    why = ("its class-activation map is one cell (a 96 px InceptionV3's last grid), which cannot point anywhere"
-           if cam is not None else "it has no class-activation head")
     lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow), each drawn by the method "
-              f"its caption names: the exact class activation map when it has at least {MIN_CAM_CELLS}x"
-              f"{MIN_CAM_CELLS} cells, else occlusion through the model ({why} otherwise). Red is where hiding the "
-              "scan lowered the class's score most (occlusion) or the model found most evidence (CAM). Each scan "
-              "is the first held-out scan of its class that the model classified correctly.", "",
+              f"its row names: the exact class activation map when the model has one of at least {MIN_CAM_CELLS}x"
+              f"{MIN_CAM_CELLS} cells, else occlusion through the model (a 96 px InceptionV3's map is one cell, "
+              "which cannot point anywhere, and is never shown). Red is where hiding that part of the scan lowered "
+              "the class's score most (occlusion) or where the model found most evidence (CAM). Each scan is the "
+              "first held-out scan of its class that the model classified correctly.", "",
               "| class | scan | predicted | map | heatmap |", "|---|---|---|---|---|"]
     figures, written = {}, []
     for index, name in enumerate(classifier.classes):
