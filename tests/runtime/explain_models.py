@@ -69,3 +69,39 @@ def one_quadrant_bundle(folder: Path, quadrant: int, size: int = 32, int8: bool 
         metadata.models["model_int8.onnx"] = describe_file(folder / "model_int8.onnx", "onnx", "int8")
     metadata.write(folder)
     return folder
+
+
+def vgg_like_foreign_bundle(folder: Path, size: int = 16, quadrant: int = 3) -> Path:
+    """A VGG-like foreign model in the form export gives a foreign ONNX file: NCHW, batch fixed at 1, Conv -> Relu
+    -> MaxPool -> Flatten -> MatMul (no global pooling, so no class-activation head), wrapped to NHWC with a softmax
+    appended by export's own `to_bundle_model`. Class `quadrant` reads only that quadrant of the pooled map."""
+    from tumor_edge.export.foreign_onnx import inspect_onnx, to_bundle_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    half, pooled = size // 2, size // 4
+    kernel = np.full((2, 3, 3, 3), 1.0 / 27, np.float32)
+    weights = np.zeros((2, half, half, len(CLASSES)), np.float32)
+    rows, cols = quadrant_rows(quadrant, half)
+    weights[:, rows, cols, quadrant] = 0.01 / (2 * pooled * pooled)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["p", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    inits = [helper.make_tensor("k", TensorProto.FLOAT, list(kernel.shape), kernel.ravel().tolist()),
+             helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1]),
+             helper.make_tensor("w", TensorProto.FLOAT, [2 * half * half, len(CLASSES)],
+                                weights.reshape(-1, len(CLASSES)).ravel().tolist())]
+    graph = helper.make_graph(nodes, "vgg_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, len(CLASSES)])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "source.onnx")
+    to_bundle_model(folder / "source.onnx", folder / "model_fp32.onnx",
+                    inspect_onnx(folder / "source.onnx", len(CLASSES), size), append_softmax=True)
+    (folder / "source.onnx").unlink()
+    metadata = quadrant_metadata(size)
+    metadata.models = {"model_fp32.onnx": describe_file(folder / "model_fp32.onnx", "onnx", "fp32")}
+    metadata.write(folder)
+    return folder

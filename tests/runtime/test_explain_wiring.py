@@ -79,3 +79,20 @@ def test_serve_gives_the_page_a_map_and_its_method_for_any_model(bundle):
     cells = np.asarray(item["heatmap"])
     row, col = np.unravel_index(np.argmax(cells), cells.shape)
     assert cells.shape == (8, 8) and row >= 4 and col >= 4  # bottom-right: pituitary's quadrant
+
+
+def test_a_vgg_like_foreign_onnx_model_gets_a_map_per_scan(tmp_path, state):
+    """Issue 21's done-when: a foreign ONNX file (NCHW, batch fixed at 1, flatten + dense head, no CAM) gets an
+    overlay per scan, pointing at the quadrant its class reads."""
+    from tests.runtime.explain_models import vgg_like_foreign_bundle
+
+    bundle = vgg_like_foreign_bundle(tmp_path / "vgg", size=16, quadrant=3)
+    scans = [save_quadrant(tmp_path / "scans" / f"s{i}.png", 3) for i in range(3)]
+    result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--json", "--heatmap", str(tmp_path / "maps"),
+                                       "--heatmap-grid", "4", *map(str, scans)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 3 and all(row["label"] == "pituitary" for row in rows)
+    for row in rows:
+        assert row["heatmap_method"] == "occlusion 4x4"
+        assert _hottest_quadrant(row["heatmap_png"], size=16) == 3
