@@ -108,3 +108,19 @@ def test_summary_carries_the_trust_section_with_a_heatmap_per_class(tiny_demo):
     drawn = [v for v in heatmaps.values() if v]
     for entry in drawn:  # every map drawn is a PNG linked from the summary
         assert (workdir / "trust" / entry["png"]).is_file() and entry["png"] in text
+
+
+def test_summary_says_where_the_maps_point_per_file_and_never_shows_a_one_cell_map(tiny_demo):
+    """Issue 21: pointing game and energy in the lesion per file and class; overlays drawn by a method that points."""
+    workdir, ctx = tiny_demo
+    text = (workdir / "SUMMARY.md").read_text()
+    assert "## Do the maps point at the lesion?" in text and "brightest pixel" in text
+    result = json.loads((workdir / "localisation.json").read_text())
+    rows = {row["file"] for row in result["files"].values() if row.get("file")}
+    assert {"keras", "onnx fp32", "onnx int8"} <= rows
+    for row in result["files"].values():
+        if "figures" in row:
+            assert row["figures"]["all"]["n"] == result["scans"] > 0
+    for entry in ctx.results["trust"]["figures"]["heatmaps"].values():
+        if entry:  # the 75 px model's CAM is one cell: the overlay is drawn by occlusion and says so
+            assert entry["method"] == "occlusion 8x8" and entry["method"] in text

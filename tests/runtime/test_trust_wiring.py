@@ -53,7 +53,7 @@ def test_scans_that_are_not_mri_slices_get_warnings(bundle):
     assert flat.to_dict()["warnings"] == list(flat.warnings)
 
 
-def test_table_prints_warnings_and_heatmap_needs_a_heatmap_output(bundle, tmp_path, monkeypatch):
+def test_table_prints_warnings_and_the_cam_method_needs_a_heatmap_output(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     blank = save_quadrant(tmp_path / "scans" / "a.png", 0)
     from PIL import Image
@@ -64,9 +64,9 @@ def test_table_prints_warnings_and_heatmap_needs_a_heatmap_output(bundle, tmp_pa
     row = next(line for line in result.stdout.splitlines() if "blank.png" in line)
     assert row.endswith("]") and "  [warning: blank or constant image" in row
     result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--heatmap", str(tmp_path / "maps"),
-                                       str(blank)])
-    assert result.exit_code != 0 and "this model has no heatmap output" in result.output
-    assert not (tmp_path / "maps").exists()
+                                       "--heatmap-method", "cam", str(blank)])
+    assert result.exit_code != 0 and "has no class-activation map output" in result.output
+    assert not (tmp_path / "maps").exists()  # (without --heatmap-method cam it draws an occlusion map)
 
 
 def test_old_bundles_without_trust_fields_still_load(tmp_path):

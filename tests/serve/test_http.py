@@ -36,6 +36,8 @@ def test_classify_multipart_matches_classify_json(server, serve_bundle, tmp_path
     expected = json.loads(cli.stdout.strip())
     expected["file"] = "q1.png"
     served = reply.json()
+    # The page's map (occlusion: this model has no class-activation head) is serve's only addition.
+    assert served.pop("heatmap_method") == "occlusion 8x8" and len(served.pop("heatmap")) == 8
     assert served.pop("model") == {"file": expected.pop("model_file"), "engine": expected.pop("engine")} == {
         "file": "model_fp32.onnx", "engine": "onnxruntime"}
     assert served == expected

@@ -25,6 +25,9 @@ from tumor_edge.progress import progress
 
 DATASET_CARD = "DATASET.md"
 MANIFEST = "manifest.csv"
+# Lesion masks live beside the class folders, never inside them, so training and `data check` never see them:
+# masks/<split>/<class>/<image stem>.png, 255 on the lesion, same size as the image, same orientation.
+MASK_DIR = "masks"
 MARKER = "tumor-edge synthetic demo data"  # first line of DATASET.md; identifies a folder this tool made
 SPLIT_IDS = {TRAIN_DIR: 0, TEST_DIR: 1}
 
@@ -189,8 +192,37 @@ def _render(plan: Plan, config: DemoDataConfig, root: Path) -> list[dict]:
         (folder / job.filename).write_bytes(scan.realism.encode(scan.grey))
         rows.append({"split": job.split, "class": job.class_name,
                      "file": f"{job.split}/{job.class_name}/{job.filename}", "volume": job.volume.name,
-                     **scan.describe(anat)})
+                     **scan.describe(anat), **_write_mask(root, job, scan.lesion_mask)})
     return rows
+
+
+def _write_mask(root: Path, job: Job, mask: np.ndarray | None) -> dict[str, object]:
+    """Write the lesion mask PNG of one image (none for an image without a lesion); its manifest fields."""
+    from PIL import Image
+
+    if mask is None:
+        return {"lesion_mask": "", "lesion_pixels": 0}
+    relative = f"{MASK_DIR}/{job.split}/{job.class_name}/{Path(job.filename).stem}.png"
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path, format="PNG")
+    return {"lesion_mask": relative, "lesion_pixels": int(mask.sum())}
+
+
+def lesion_mask(root: Path, image: str | Path) -> np.ndarray | None:
+    """The recorded lesion of a demo image (its path, or its path relative to `root`): bool (H, W) in the image's
+    own pixels, or None for an image without a lesion (notumor) or without a recorded mask."""
+    from PIL import Image
+
+    image = Path(image)
+    relative = image.relative_to(root) if image.is_absolute() else image
+    if len(relative.parts) != 3:
+        return None
+    path = Path(root) / MASK_DIR / relative.parts[0] / relative.parts[1] / f"{relative.stem}.png"
+    if not path.is_file():
+        return None
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L")) > 127
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
@@ -240,7 +272,9 @@ pipeline; train on real scans with `tumor-edge train PATH`.
 {', '.join(config.classes)}: {n_train} Training and {n_test} Testing images per class, JPEG, grey in three
 channels, about {config.size} px (width and height vary). Layout as the public Brain Tumor MRI Dataset:
 `Training/<class>/Tr-xx_NNNN.jpg`, `Testing/<class>/Te-xx_NNNN.jpg`. `{MANIFEST}` records, per image, the
-volume, plane, slice position and the lesion's centre (MNI-like mm) and radius.
+volume, plane, slice position and the lesion's centre (MNI-like mm) and radius. `{MASK_DIR}/<split>/<class>/
+<image stem>.png` is each tumour image's lesion in that image's own pixels (255 where drawing the lesion changed
+the pixel: tumour, necrosis, oedema, dural tail), flipped as the image was: the ground truth for explanations.
 
 ## Anatomy
 {volumes}

@@ -99,7 +99,12 @@ class Realism:
             img = ndi.gaussian_filter(img, self.blur * max(h, w) / 256)
         img = img * self.contrast + self.brightness
         out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return out[:, ::-1] if self.flip_lr else out
+        return self.place(out)
+
+    def place(self, pixels: np.ndarray) -> np.ndarray:
+        """The geometric changes `finish` makes (the left-right flip), alone: what puts a lesion mask drawn on the
+        slice onto the finished image's pixels. The one place the flip happens, so the two cannot disagree."""
+        return np.ascontiguousarray(pixels[:, ::-1]) if self.flip_lr else pixels
 
     def encode(self, grey: np.ndarray) -> bytes:
         """JPEG bytes, three identical channels like the public dataset's files."""

@@ -4,6 +4,11 @@ Three random streams per image keep what may depend on the class apart from what
 (plane, framing, intensity, noise, file encoding) is drawn the same way for every class; `lesion` places the
 would-be pituitary mass that fixes the slice position (drawn for every class) and then the class's lesion;
 `texture` is the lesion's own texture noise.
+
+Ground truth: each scan records its lesion as a mask in its own final pixels (`Scan.lesion_mask`): the pixels the
+lesion's painting changed (tumour, necrosis, oedema, cleft, dural tail: the "whole tumour" an annotator outlines;
+not the normal tissue its mass effect pushed aside), then put through every geometric change the finishing step
+makes (the left-right flip), so it lies on the lesion in the file that is written.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from tumor_edge.demo.realism import Realism
 from tumor_edge.demo.slicing import PLANES, Plane, cut
 
 PLANE_NAMES = tuple(PLANES)
+# A pixel belongs to the lesion when painting it changed its intensity by more than this (the slice's intensities
+# run 0..~1.5; 0.02 is under one grey level of 255 at the darkest display window, and far above float rounding).
+LESION_CHANGE = 0.02
 # Slices are cut through the middle of the pituitary mass's extent along the normal, so it shows when present.
 _SLICE_BAND = (0.15, 0.85)
 
@@ -33,6 +41,7 @@ class Scan:
     plane: Plane
     position: float  # slice offset from the sella along the plane normal, mm
     lesion: Lesion | None
+    lesion_mask: np.ndarray | None = None  # bool (H, W) in the final image's pixels; None without a lesion
 
     def describe(self, anat: Anatomy) -> dict[str, Any]:
         """Manifest fields: where the slice and the lesion are, in the reference (MNI) frame."""
@@ -77,8 +86,10 @@ def choose_plane(anat: Anatomy, plane_name: str, tilt: np.ndarray, rng: np.rando
 
 
 def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSequence,
-              slab: SlabFilter | None = None) -> Scan:
-    """Render one scan of `class_name` from `anat`; the same seed gives the same pixels."""
+              slab: SlabFilter | None = None, paint_lesion: bool = True) -> Scan:
+    """Render one scan of `class_name` from `anat`; the same seed gives the same pixels. `paint_lesion=False`
+    renders the same scan with everything but the lesion's own pixels (its mass effect stays): the lesion-free
+    image the recorded mask is checked against."""
     realism_seed, lesion_seed, texture_seed = seed.spawn(3)
     real_rng = np.random.default_rng(realism_seed)
     lesion_rng = np.random.default_rng(lesion_seed)
@@ -90,10 +101,13 @@ def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSeq
     framing = realism.framing(anat, plane)
     sample = cut(anat, plane, framing, real_rng, lesion.mass_effect if lesion is not None else None,
                  realism.anatomy)
-    if lesion is not None:
+    mask = None
+    if lesion is not None and paint_lesion:
+        before = sample.image.copy()
         lesion.paint(sample, texture_rng)
+        mask = realism.place(np.abs(sample.image - before) > LESION_CHANGE)
     grey = realism.finish(sample.image, real_rng)
-    return Scan(grey=grey, realism=realism, plane=plane, position=position, lesion=lesion)
+    return Scan(grey=grey, realism=realism, plane=plane, position=position, lesion=lesion, lesion_mask=mask)
 
 
 def slab_thresholds(anat: Anatomy, test_fraction: float, seed: int = 0, draws: int = 3000) -> dict[str, float]:

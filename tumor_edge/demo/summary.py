@@ -74,6 +74,9 @@ def render_summary(ctx: DemoContext) -> str:
     trust = r.get("trust", {}).get("markdown")
     if trust:
         lines += ["", trust.rstrip()]
+    where = r.get("explain", {}).get("markdown")
+    if where:
+        lines += ["", where.rstrip()]
     lines += ["", "## Stage times", *[f"- {k}: {_minutes(v)}" for k, v in ctx.timings.items()], "",
               "Next: `tumor-edge classify SCAN.jpg` uses this bundle; `tumor-edge bench --model "
               f"{export.get('path')}` times it fully; `tumor-edge train PATH` trains on real data.", ""]

@@ -4,8 +4,9 @@ Called by the demo after export with the run folder, the bundle and the demo's h
 shown is measured, not asserted: calibration comes from the run's metrics (temperature fitted on the validation
 split, ECE on the test split) with the reliability diagram redrawn from the run's test predictions; each
 heatmap is a correctly classified held-out scan of that class, through the runtime `Classifier` (the bundle's
-default file, as `classify --heatmap` runs it); the OOD rates are the runtime's warnings on generated sets that
-are not brain MRI slices and on the held-out scans (false alarms). Every PNG and the Markdown carry the
+default file, as `classify --heatmap` runs it, drawn by the method it would choose: never a one-cell CAM); the OOD
+rates are the runtime's warnings on generated sets that are not brain MRI slices and on the held-out scans (false
+alarms). Every PNG and the Markdown carry the
 research-use notice.
 """
 
@@ -94,39 +95,42 @@ def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], d
 
 def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
               ) -> tuple[list[str], dict[str, Any], list[Path]]:
+    from tumor_edge.runtime import MIN_CAM_CELLS
+    from tumor_edge.runtime import explain_prediction as explain
     from tumor_edge.runtime.batch import decode_file
     from tumor_edge.runtime.heatmap_overlay import write_overlay
 
     lines = ["### Heatmaps: one held-out scan per class", ""]
-    if "heatmap" not in classifier.output_specs:
-        return lines + [f"`{_model_name(classifier)}` gives no heatmap output (its head is not global "
-                        "average pooling + dense), so no map is drawn: never an approximate picture.", ""], {}, []
-    lines += [f"Class activation maps computed on the device by `{_model_name(classifier)}` (no TensorFlow): "
-              "red is where the model found the most evidence for the class. Each scan is the first held-out scan "
-              "of its class that the model classified correctly.", "",
-              "| class | scan | predicted | heatmap |", "|---|---|---|---|"]
+    lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow), each drawn by the method "
+              f"its row names: the exact class activation map when the model has one of at least {MIN_CAM_CELLS}x"
+              f"{MIN_CAM_CELLS} cells, else occlusion through the model (a 96 px InceptionV3's map is one cell, "
+              "which cannot point anywhere, and is never shown). Red is where hiding that part of the scan lowered "
+              "the class's score most (occlusion) or where the model found most evidence (CAM). Each scan is the "
+              "first held-out scan of its class that the model classified correctly.", "",
+              "| class | scan | predicted | map | heatmap |", "|---|---|---|---|---|"]
     figures, written = {}, []
     for index, name in enumerate(classifier.classes):
         tried = files.get(name, [])[:TRIES_PER_CLASS]
         hit = next((r for r in classifier.iter_predictions(tried, batch_size=8) if r.ok and r.index == index), None)
         if hit is None:
-            lines.append(f"| {name} | - | none of {len(tried)} held-out scans classified correctly | - |")
+            lines.append(f"| {name} | - | none of {len(tried)} held-out scans classified correctly | - | - |")
             figures[name] = None
             continue
         decoded = decode_file(hit.source, classifier.preprocessing, "middle")
         if decoded.failure is not None:
             continue
+        pixels = decoded.pixels[0][0]
+        explanation = explain(classifier, pixels, index, hit.outputs)
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60]
-        path = write_overlay(out_dir / f"{HEATMAP_PREFIX}{safe}.png", decoded.pixels[0][0], hit.outputs["heatmap"],
-                             index, f"{name} {hit.confidence:.2f}: evidence for {name} (synthetic demo scan)",
-                             force=True)
+        path = write_overlay(out_dir / f"{HEATMAP_PREFIX}{safe}.png", pixels, explanation.map, index,
+                             f"{name} {hit.confidence:.2f}: evidence for {name} ({explanation.label}; synthetic "
+                             "demo scan)", force=True, method=explanation.label)
         written.append(path)
-        figures[name] = {"scan": Path(hit.source).name, "confidence": round(hit.confidence, 4), "png": path.name}
-        lines.append(f"| {name} | `{Path(hit.source).name}` | {name} ({hit.confidence:.2f}) | "
+        figures[name] = {"scan": Path(hit.source).name, "confidence": round(hit.confidence, 4), "png": path.name,
+                         "method": explanation.label}
+        lines.append(f"| {name} | `{Path(hit.source).name}` | {name} ({hit.confidence:.2f}) | {explanation.label} | "
                      f"![{name}]({link}/{path.name}) |")
-    grid = classifier.output_specs["heatmap"]
-    lines += ["", f"Map resolution: {grid.description or 'the last convolution grid'}.", ""]
-    return lines, figures, written
+    return lines + [""], figures, written
 
 
 def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Path) -> Path:

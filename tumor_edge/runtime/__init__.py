@@ -18,7 +18,9 @@ What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `P
 Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
 demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
 `load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `read_onnx_metadata`, `class_map`, `write_overlay`),
-trust (`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
+explanations (`explain_prediction`, `ExplainSettings`, `Explanation`, `MIN_CAM_CELLS`) and their
+localisation scores (`Tally`, `map_correlation`, `resize_mask`, `tolerance_px`, `TOLERANCE_FRACTION`), trust
+(`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
 `reference_role_outputs`, `machine_target`), files (`external_data_locations`, `labelled_files`,
 `recorded_choices`).
 
@@ -75,6 +77,16 @@ _EXPORTS: dict[str, str] = {
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
     "class_map": "tumor_edge.runtime.heatmap_overlay",
     "write_overlay": "tumor_edge.runtime.heatmap_overlay",
+    # explanations (the CAM where it has >= 4x4 cells, else occlusion/RISE through the model) and their scoring
+    "explain_prediction": "tumor_edge.runtime.explain",
+    "ExplainSettings": "tumor_edge.runtime.explain",
+    "Explanation": "tumor_edge.runtime.explain",
+    "MIN_CAM_CELLS": "tumor_edge.runtime.explain",
+    "TOLERANCE_FRACTION": "tumor_edge.runtime.explain.localisation",
+    "Tally": "tumor_edge.runtime.explain.localisation",
+    "map_correlation": "tumor_edge.runtime.explain.localisation",
+    "resize_mask": "tumor_edge.runtime.explain.localisation",
+    "tolerance_px": "tumor_edge.runtime.explain.localisation",
     # trust
     "flag_rates": "tumor_edge.runtime.ood_checks",
     "measure_ood_rates": "tumor_edge.runtime.ood_rates",
@@ -93,13 +105,15 @@ _EXPORTS: dict[str, str] = {
 _MODULES: dict[str, str] = {"readers": _READERS}
 
 # literal, so linters see it; a test keeps it equal to _EXPORTS | _MODULES
-__all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "Failure", "Picture", "Prediction",
-           "Preprocessing", "RESIZE_METHODS", "ReadOptions", "Reader", "SCORES", "Scan", "ScanResult", "VerifyReport",
-           "VolumeSummary", "brain_blobs", "claimed_suffix", "class_map", "decode_file", "external_data_locations",
-           "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized", "load_rgb", "machine_target",
-           "measure_ood_rates", "open_backend", "preprocess_image", "read_onnx_metadata", "read_scan", "readers",
-           "recorded_choices", "reference_images", "reference_role_outputs", "register_reader", "save_optimized_model",
-           "scale", "softmax", "verify_bundle", "write_overlay"]
+__all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "ExplainSettings", "Explanation",
+           "Failure", "MIN_CAM_CELLS", "Picture", "Prediction", "Preprocessing", "RESIZE_METHODS", "ReadOptions",
+           "Reader", "SCORES", "Scan", "ScanResult", "TOLERANCE_FRACTION", "Tally", "VerifyReport", "VolumeSummary",
+           "brain_blobs", "claimed_suffix", "class_map", "decode_file", "explain_prediction",
+           "external_data_locations", "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized",
+           "load_rgb", "machine_target", "map_correlation", "measure_ood_rates", "open_backend", "preprocess_image",
+           "read_onnx_metadata", "read_scan", "readers", "recorded_choices", "reference_images",
+           "reference_role_outputs", "register_reader", "resize_mask", "save_optimized_model", "scale", "softmax",
+           "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
@@ -111,6 +125,14 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.choice import recorded_choices
     from tumor_edge.runtime.classifier import SCORES, Classifier, Prediction, read_onnx_metadata, softmax
+    from tumor_edge.runtime.explain import MIN_CAM_CELLS, ExplainSettings, Explanation, explain_prediction
+    from tumor_edge.runtime.explain.localisation import (
+        TOLERANCE_FRACTION,
+        Tally,
+        map_correlation,
+        resize_mask,
+        tolerance_px,
+    )
     from tumor_edge.runtime.failure import Failure
     from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
     from tumor_edge.runtime.image import is_scan_file, load_rgb

@@ -59,6 +59,7 @@ class Prediction:
     # Why this image may not be what the model knows (input checks, feature distance); empty when none.
     warnings: tuple[str, ...] = ()
     heatmap_png: str | None = None  # where `classify --heatmap DIR` wrote its overlay
+    heatmap_method: str | None = None  # what drew that overlay's map (e.g. "occlusion 8x8", "exact CAM 8x8")
     abstained: bool = False  # `classify --abstain`: a warned image is given no label (probabilities kept)
 
     ok = True  # Failure.ok is False: lets stream consumers branch without isinstance
@@ -82,6 +83,7 @@ class Prediction:
             data["warnings"] = list(self.warnings)
         if self.heatmap_png is not None:
             data["heatmap_png"] = self.heatmap_png
+            data["heatmap_method"] = self.heatmap_method
         if self.outputs:
             data["outputs"] = {role: np.asarray(value).tolist() for role, value in self.outputs.items()}
         return data

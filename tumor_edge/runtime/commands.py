@@ -104,8 +104,14 @@ def _detach_stdout() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Threads decoding images ahead of inference (0: decode inline).")
 @click.option("--heatmap", "heatmap_dir", metavar="DIR", type=click.Path(path_type=str), default=None,
-              help="Write an overlay PNG per scan (where the model saw evidence for its class) into DIR; JSON "
-                   "gives each PNG's path. Needs a bundle exported with heatmaps.")
+              help="Write an overlay PNG per scan or volume slice (where the model saw evidence for its class) into "
+                   "DIR; JSON gives each PNG's path and the method that drew its map. Any model: its exact class "
+                   "activation map when it has one of 4x4 cells or more, else occlusion through the model.")
+@click.option("--heatmap-method", type=click.Choice(["auto", "cam", "occlusion", "rise"]), default="auto",
+              show_default=True, help="With --heatmap: what draws the map (occlusion: grid*grid+1 inferences a "
+              "scan; rise: 256 random masks; cam: the model's own map).")
+@click.option("--heatmap-grid", type=click.IntRange(2, 64), default=8, show_default=True,
+              help="With --heatmap: cells per side of occlusion and RISE maps.")
 @click.option("--force", is_flag=True, help="With --heatmap: replace the overlay PNGs already in DIR.")
 @click.option("--abstain", is_flag=True, help="Give no label for a scan with a warning (not a brain MRI slice, "
               "or unlike the training scans); its probabilities and warnings are still shown.")
@@ -118,7 +124,8 @@ def _detach_stdout() -> None:
 def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, model_file: str | None,
              as_json: bool, as_csv: bool, top_k: int | None, threads: int | None, batch_size: int, frames: str,
              axis: str, slice_choice: str | int, providers: str | None, workers: int, heatmap_dir: str | None,
-             force: bool, abstain: bool, show_progress: bool | None, trust: str | None) -> None:
+             heatmap_method: str, heatmap_grid: int, force: bool, abstain: bool, show_progress: bool | None,
+             trust: str | None) -> None:
     """Classify brain-MRI scans: image files, volumes, or folders (recursed).
 
     JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF and DICOM (.dcm or suffix-less; needs the
@@ -171,13 +178,14 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     heatmaps = None
     if heatmap_dir is not None:
         from tumor_edge.errors import ConfigError
+        from tumor_edge.runtime.explain import ExplainSettings
         from tumor_edge.runtime.heatmap_files import HEATMAP_ROLE, HeatmapWriter
 
-        if HEATMAP_ROLE not in classifier.output_specs:
-            raise ConfigError("--heatmap: this model has no heatmap output: it has no class-activation head (its "
-                              "head is not global average pooling + dense, it was exported without one, or it was "
-                              "made elsewhere)", classifier.backend.path)
-        heatmaps = HeatmapWriter(heatmap_dir, classifier.preprocessing, force)
+        if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
+            raise ConfigError("--heatmap-method cam: this model has no class-activation map output (use auto, "
+                              "occlusion or rise)", classifier.backend.path)
+        heatmaps = HeatmapWriter(heatmap_dir, classifier.preprocessing, force, classifier,
+                                 ExplainSettings(method=heatmap_method, grid=heatmap_grid))
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     width = min(max(len(one_line(str(f))) for f in files), 60)
@@ -196,7 +204,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
                 for group, is_volume in _groups(files, scanned.is_volume):
                     if is_volume:
                         failures += _run_volume(classifier, group[0], writer, bar, debug, axis, slice_choice,
-                                                batch_size, abstain, heatmaps is not None)
+                                                batch_size, abstain, heatmaps)
                         continue
                     stream = classifier.iter_predictions(group, batch_size=batch_size, frames=frames,
                                                          workers=workers)
@@ -269,16 +277,14 @@ class _Ticks:
 
 
 def _run_volume(classifier, path, writer, bar: _Ticks, debug: bool, axis: str, slices: str | int, batch_size: int,
-                abstain: bool, heatmaps: bool) -> list:
+                abstain: bool, heatmaps=None) -> list:
     """A volume's slice rows and summary; its failure (unreadable, too large...) reported like a file's."""
     from tumor_edge.runtime.volume_run import classify_volume
     from tumor_edge.runtime.volume_summary import VolumeSummary
 
-    if heatmaps:
-        click.echo(f"warning: {path}: --heatmap makes overlays for image files only; none for this volume's "
-                   "slices", err=True)
+    on_slice = None if heatmaps is None else (lambda result, pixels: _with_heatmap(heatmaps, result, pixels))
     failures = []
-    stream = classify_volume(classifier, path, axis, slices, batch_size, abstain)
+    stream = classify_volume(classifier, path, axis, slices, batch_size, abstain, on_slice=on_slice)
     try:
         for result in stream:
             bar.before_row()
@@ -346,18 +352,21 @@ def _run(stream, writer, bar: _Ticks, debug: bool, heatmaps=None, abstain: bool 
     return failures
 
 
-def _with_heatmap(heatmaps, result):
-    """The prediction with its overlay PNG's path (a scan that cannot be re-read keeps its label, gets no PNG)."""
+def _with_heatmap(heatmaps, result, pixels=None):
+    """The prediction with its overlay PNG's path and map method (a scan that cannot be re-read keeps its label,
+    gets no PNG)."""
     import dataclasses
 
     from tumor_edge.errors import TumorEdgeError
 
     try:
-        path = heatmaps.write(result)
+        path = heatmaps.write(result, pixels)
     except TumorEdgeError as err:
         click.echo(f"warning: {err}", err=True)
         return result
-    return dataclasses.replace(result, heatmap_png=str(path)) if path is not None else result
+    if path is None:
+        return result
+    return dataclasses.replace(result, heatmap_png=str(path), heatmap_method=heatmaps.last.label)
 
 
 def _summary(failures: list, n_files: int) -> None:

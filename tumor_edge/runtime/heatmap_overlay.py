@@ -1,10 +1,11 @@
-"""Heatmap overlay PNGs on the device: a class activation map coloured over the scan it explains.
+"""Heatmap overlay PNGs on the device: a map of evidence coloured over the scan it explains.
 
-The model's "heatmap" output (see the bundle's `outputs`) is (h, w, classes) at the last conv map's
-resolution (8 x 8 for a 299 px InceptionV3): each cell's contribution to each class's logit. Here it is
-upsampled to the scan, stretched to its own range, coloured blue (little evidence) to red (most) and blended
-over the grey scan, with the class and the research-only notice written under the picture. Pillow and numpy
-only; no TensorFlow, no matplotlib.
+The map is the model's "heatmap" output (see the bundle's `outputs`: (h, w, classes) at the last conv map's
+resolution, 8 x 8 for a 299 px InceptionV3, each cell's contribution to each class's logit) or a model-agnostic
+map from `tumor_edge.runtime.explain` (occlusion, RISE); the method that drew it is written in the caption and
+in the PNG's "Method" text. It is upsampled to the scan, stretched to its own range, coloured blue (little
+evidence) to red (most) and blended over the grey scan, with the class and the research-only notice written under
+the picture. Pillow and numpy only; no TensorFlow, no matplotlib.
 """
 
 from __future__ import annotations
@@ -92,19 +93,22 @@ def overlay_name(source: str | None, index: int, frame: int | None = None) -> st
 
 
 def write_overlay(path: Path, scan_rgb: np.ndarray, heatmap: np.ndarray, class_index: int, caption: str,
-                  force: bool = False) -> Path:
-    """Write one overlay PNG (refusing to replace an existing file unless `force`). Returns its path."""
+                  force: bool = False, method: str | None = None) -> Path:
+    """Write one overlay PNG (refusing to replace an existing file unless `force`). Returns its path. `method`:
+    what drew the map (e.g. "occlusion 8x8"), kept as the PNG's "Method" text."""
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError("exists; pass force to replace it", path)
     image = with_caption(overlay(scan_rgb, class_map(heatmap, class_index)), caption)
-    image.save(path, format="PNG", pnginfo=_notice())
+    image.save(path, format="PNG", pnginfo=_notice(method))
     return path
 
 
-def _notice():
+def _notice(method: str | None = None):
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("Disclaimer", RESEARCH_NOTICE)
+    if method:
+        info.add_text("Method", method)
     return info

@@ -44,10 +44,11 @@ def settings_check_inputs(classifier: Any) -> bool:
 
 
 def classify_volume(classifier: Any, path: str | Path, axis: str = "axial", slices: str | int = "middle",
-                    batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None
-                    ) -> Iterator[VolumeResult]:
+                    batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None,
+                    on_slice=None) -> Iterator[VolumeResult]:
     """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
-    count in the summary."""
+    count in the summary. `on_slice(prediction, pixels)`: called with each classified slice and the pixels the
+    model saw, returns the prediction to give (`classify --heatmap` draws its overlay there)."""
     source = str(path)
     rows: list[tuple[int, dict[str, float], str | None]] = []
     try:
@@ -65,11 +66,12 @@ def classify_volume(classifier: Any, path: str | Path, axis: str = "axial", slic
             batch = [s for _, s in zip(range(batch_size), stream)]
             if not batch:
                 break
-            results = classifier.predictions(np.stack([resize_rgb(s.image, spec) for s in batch]),
-                                             [(source, s.index, s.count) for s in batch])
+            pixels_seen = np.stack([resize_rgb(s.image, spec) for s in batch])
+            results = classifier.predictions(pixels_seen, [(source, s.index, s.count) for s in batch])
             own = [s.warnings for s in batch]
+            seen = list(pixels_seen) if on_slice is not None else [None] * len(batch)
             del batch
-            for result, slice_warnings in zip(results, own):
+            for result, slice_warnings, pixels in zip(results, own, seen):
                 if result.ok and slice_warnings and settings_check_inputs(classifier):
                     result = dataclasses.replace(result, warnings=(*slice_warnings, *result.warnings))
                 if result.ok:
@@ -77,6 +79,8 @@ def classify_volume(classifier: Any, path: str | Path, axis: str = "axial", slic
                         result = dataclasses.replace(result, abstained=True)
                     warned += bool(result.warnings)
                     rows.append((result.frame, result.probabilities, None if result.abstained else result.label))
+                    if on_slice is not None:
+                        result = on_slice(result, pixels)
                 yield result
     except ModelError:
         raise  # the model, not this file, is at fault: the run stops as it does for images

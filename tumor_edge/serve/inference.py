@@ -19,7 +19,7 @@ from typing import Any
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import MODEL_CARD, BundleMetadata
 from tumor_edge.errors import ModelError, first_line
-from tumor_edge.runtime import VolumeSummary, claimed_suffix, class_map, is_volume
+from tumor_edge.runtime import VolumeSummary, claimed_suffix, is_volume
 from tumor_edge.serve.bundle_files import bundle_of, confined_file
 from tumor_edge.serve.errors import without_folders, without_folders_in
 from tumor_edge.serve.model_check import probability_problem
@@ -77,8 +77,8 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
                 item = result.to_dict()
                 item["file"] = filename
                 item["model"] = source
-                if result.ok and "heatmap" in result.outputs:  # the page draws the predicted class's map
-                    item["heatmap"] = class_map(result.outputs["heatmap"], result.index).round(4).tolist()
+                if result.ok:  # the page draws the predicted class's map, and says which method drew it
+                    item.update(page_heatmap(classifier, path, result))
                 if not result.ok:
                     outcome.failed = True
                     reason = getattr(result.error, "reason", None) or result.message.replace(str(path), filename)
@@ -93,6 +93,21 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
         return outcome
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def page_heatmap(classifier: Any, path: Path, result: Any) -> dict[str, Any]:
+    """{"heatmap": the predicted class's map, "heatmap_method": what drew it}: the exact CAM when the model has
+    one of 4x4 cells or more, else occlusion through the model (`tumor_edge.runtime.explain`); {} when the scan
+    cannot be decoded again."""
+    from tumor_edge.runtime import decode_file
+    from tumor_edge.runtime import explain_prediction as explain
+
+    decoded = decode_file(path, classifier.preprocessing, "all" if result.frame is not None else "middle")
+    if decoded.failure is not None or not decoded.pixels:
+        return {}
+    frames = {frame: pixels for pixels, frame, _ in decoded.pixels}
+    explanation = explain(classifier, frames.get(result.frame, decoded.pixels[0][0]), result.index, result.outputs)
+    return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}
 
 
 def model_card(model_path: Path) -> tuple[str | None, str | None]:

@@ -43,7 +43,7 @@ if (cfg.token_required) $('tokenbox').hidden = false;
 
 function clearResult() {
   $('error').textContent = ''; $('result').hidden = true; $('probs').replaceChildren();
-  $('warnings').replaceChildren(); $('figure').hidden = true;
+  $('warnings').replaceChildren(); $('figure').hidden = true; $('heatmapnote').textContent = '';
   const hm = $('heatmap'); hm.getContext('2d').clearRect(0, 0, hm.width, hm.height); hm.hidden = true;
 }
 function showError(text) { $('status').textContent = ''; $('error').textContent = text; }
@@ -108,7 +108,11 @@ function render(r) {
   for (const w of warningsOf(r)) {
     const li = document.createElement('li'); li.textContent = w; $('warnings').append(li);
   }
-  if (r.heatmap) drawHeatmap(r.heatmap);
+  if (r.heatmap) {
+    drawHeatmap(r.heatmap);
+    $('heatmapnote').textContent = 'Map: ' + (r.heatmap_method || 'class activation map') + '; red: most evidence '
+      + 'for ' + r.label + '. Research tool, not a diagnostic device.';
+  }
   $('result').hidden = false;
 }
 
@@ -160,6 +164,7 @@ The scan is classified on this server and not kept.</p>
 <ul id="warnings"></ul>
 </section>
 <div id="figure" hidden><img id="preview" alt="the uploaded scan"><canvas id="heatmap" hidden></canvas></div>
+<p id="heatmapnote"></p>
 </main>
 <footer><p class="notice">{notice}</p></footer>
 <script type="application/json" id="config">{config}</script>
