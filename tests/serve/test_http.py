@@ -36,12 +36,28 @@ def test_classify_multipart_matches_classify_json(server, serve_bundle, tmp_path
     expected = json.loads(cli.stdout.strip())
     expected["file"] = "q1.png"
     served = reply.json()
-    # The page's map (occlusion: this model has no class-activation head) is serve's only addition.
-    assert served.pop("heatmap_method") == "occlusion 8x8" and len(served.pop("heatmap")) == 8
+    # This model has no class-activation head: a map through the model costs ~65 inferences, so only on request.
+    assert "heatmap" not in served and "heatmap_method" not in served
     assert served.pop("model") == {"file": expected.pop("model_file"), "engine": expected.pop("engine")} == {
         "file": "model_fp32.onnx", "engine": "onnxruntime"}
     assert served == expected
     assert expected["label"] == CLASSES[1]
+
+
+def test_a_map_through_the_model_only_when_asked(server, tmp_path):
+    """`?heatmap=1` (the page asks for it) draws the predicted class's map by occlusion for a model without a
+    class-activation head, and says which method drew it."""
+    scan = _scan(tmp_path, 2)
+    body, headers = multipart("q2.png", scan.read_bytes())
+    reply = request(server.url + "/v1/classify?heatmap=1", "POST", body, headers)
+    assert reply.status == 200, reply.body
+    served = reply.json()
+    assert served["heatmap_method"] == "occlusion 8x8" and len(served["heatmap"]) == 8
+    grid = np.asarray(served["heatmap"])
+    row, col = np.unravel_index(np.argmax(grid), grid.shape)
+    assert (row >= 4, col >= 4) == (True, False)  # quadrant 2 is the bottom left one (see quadrant_image)
+    bad = request(server.url + "/v1/classify?heatmap=maybe", "POST", body, headers)
+    assert bad.status == 400 and "heatmap" in bad.json()["error"]
 
 
 def test_raw_body_reports_the_given_name_without_folders(server, tmp_path):

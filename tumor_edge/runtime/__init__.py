@@ -18,7 +18,7 @@ What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `P
 Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
 demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
 `load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `read_onnx_metadata`, `class_map`, `write_overlay`),
-explanations (`explain_prediction`, `ExplainSettings`, `Explanation`, `MIN_CAM_CELLS`) and their
+explanations (`explain_prediction`, `ExplainSettings`, `Explanation`, `MIN_CAM_CELLS`, `cam_cells`) and their
 localisation scores (`Tally`, `map_correlation`, `resize_mask`, `tolerance_px`, `TOLERANCE_FRACTION`), trust
 (`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
 `reference_role_outputs`, `machine_target`), files (`external_data_locations`, `labelled_files`,
@@ -82,6 +82,7 @@ _EXPORTS: dict[str, str] = {
     "ExplainSettings": "tumor_edge.runtime.explain",
     "Explanation": "tumor_edge.runtime.explain",
     "MIN_CAM_CELLS": "tumor_edge.runtime.explain",
+    "cam_cells": "tumor_edge.runtime.explain",
     "TOLERANCE_FRACTION": "tumor_edge.runtime.explain.localisation",
     "Tally": "tumor_edge.runtime.explain.localisation",
     "map_correlation": "tumor_edge.runtime.explain.localisation",
@@ -108,7 +109,7 @@ _MODULES: dict[str, str] = {"readers": _READERS}
 __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "ExplainSettings", "Explanation",
            "Failure", "MIN_CAM_CELLS", "Picture", "Prediction", "Preprocessing", "RESIZE_METHODS", "ReadOptions",
            "Reader", "SCORES", "Scan", "ScanResult", "TOLERANCE_FRACTION", "Tally", "VerifyReport", "VolumeSummary",
-           "brain_blobs", "claimed_suffix", "class_map", "decode_file", "explain_prediction",
+           "brain_blobs", "cam_cells", "claimed_suffix", "class_map", "decode_file", "explain_prediction",
            "external_data_locations", "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized",
            "load_rgb", "machine_target", "map_correlation", "measure_ood_rates", "open_backend", "preprocess_image",
            "read_onnx_metadata", "read_scan", "readers", "recorded_choices", "reference_images",
@@ -125,7 +126,13 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.choice import recorded_choices
     from tumor_edge.runtime.classifier import SCORES, Classifier, Prediction, read_onnx_metadata, softmax
-    from tumor_edge.runtime.explain import MIN_CAM_CELLS, ExplainSettings, Explanation, explain_prediction
+    from tumor_edge.runtime.explain import (
+        MIN_CAM_CELLS,
+        ExplainSettings,
+        Explanation,
+        cam_cells,
+        explain_prediction,
+    )
     from tumor_edge.runtime.explain.localisation import (
         TOLERANCE_FRACTION,
         Tally,

@@ -81,6 +81,9 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
         frames = request.query_params.get("frames", config.frames)
         if frames not in FRAME_CHOICES:
             raise HttpError(400, f"frames must be one of {', '.join(FRAME_CHOICES)}, not {frames!r}")
+        heatmap = request.query_params.get("heatmap", "0")
+        if heatmap not in ("0", "1"):
+            raise HttpError(400, f"heatmap must be 0 or 1, not {heatmap!r}")
         client = request.client.host if request.client else "unknown"
         try:
             async with uploads.enter(client) as receipt:
@@ -91,7 +94,7 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
             del body
             async with admission.enter(), admission.slot():
                 outcome = await anyio.to_thread.run_sync(classify_bytes, classifier, upload.data,
-                                                         upload.filename, frames)
+                                                         upload.filename, frames, heatmap == "1")
         except Busy as busy:
             raise HttpError(503, f"busy: {busy}; retry in {RETRY_AFTER_S} s",
                             {"Retry-After": str(RETRY_AFTER_S)}) from None

@@ -46,7 +46,8 @@ def model_source(classifier: Any) -> dict[str, str]:
             "engine": str(getattr(backend, "name", "unknown"))}
 
 
-def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "middle") -> Outcome:
+def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "middle",
+                   heatmap: bool = False) -> Outcome:
     """Classify one uploaded scan: whatever the runtime's readers claim (by the client's suffix, which the
     temporary file keeps when a reader claims it, or by content: DICOM's marker, Pillow's formats). A volume (a
     NIfTI upload) is answered as one item, its volume summary, with its slices' rows under `slice_results`.
@@ -77,8 +78,8 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
                 item = result.to_dict()
                 item["file"] = filename
                 item["model"] = source
-                if result.ok:  # the page draws the predicted class's map, and says which method drew it
-                    item.update(page_heatmap(classifier, path, result))
+                if result.ok and not volume:  # the page draws the predicted class's map and says what drew it
+                    item.update(page_heatmap(classifier, path, result, through_model=heatmap))
                 if not result.ok:
                     outcome.failed = True
                     reason = getattr(result.error, "reason", None) or result.message.replace(str(path), filename)
@@ -95,12 +96,18 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def page_heatmap(classifier: Any, path: Path, result: Any) -> dict[str, Any]:
+def page_heatmap(classifier: Any, path: Path, result: Any, through_model: bool = False) -> dict[str, Any]:
     """{"heatmap": the predicted class's map, "heatmap_method": what drew it}: the exact CAM when the model has
-    one of 4x4 cells or more, else occlusion through the model (`tumor_edge.runtime.explain`); {} when the scan
-    cannot be decoded again."""
-    from tumor_edge.runtime import decode_file
+    one of 4x4 cells or more (free: it came with the prediction); else, only when `through_model` (the request's
+    `?heatmap=1`, which the page sends), occlusion through the model: ~65 inferences, so an API client that did
+    not ask never pays for it and one upload never costs the server more than the client chose. {} otherwise, or
+    when the scan cannot be decoded again."""
+    from tumor_edge.runtime import MIN_CAM_CELLS, cam_cells, decode_file
     from tumor_edge.runtime import explain_prediction as explain
+
+    cells = cam_cells(result.outputs)
+    if not through_model and (cells is None or min(cells) < MIN_CAM_CELLS):
+        return {}
 
     decoded = decode_file(path, classifier.preprocessing, "all" if result.frame is not None else "middle")
     if decoded.failure is not None or not decoded.pixels:

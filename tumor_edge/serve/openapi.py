@@ -24,6 +24,11 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
             "frame": {"type": "integer", "description": "0-based frame of a multi-frame DICOM"},
             "frames": {"type": "integer"},
             "model": {"$ref": "#/components/schemas/ModelSource"},
+            "heatmap": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                        "description": "the predicted class's map of evidence (rows of cells, 0-1); research "
+                                       "aid, not a lesion outline"},
+            "heatmap_method": {"type": "string", "description": "what drew the map, e.g. 'exact CAM 8x8' or "
+                                                                "'occlusion 8x8'"},
         },
     }
     return {
@@ -41,6 +46,10 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                      "description": "multi-frame DICOM: the middle frame (one object) or all (an array)"},
                     {"name": "filename", "in": "query", "schema": {"type": "string"},
                      "description": "the name to report for a raw body"},
+                    {"name": "heatmap", "in": "query", "schema": {"enum": ["0", "1"], "default": "0"},
+                     "description": "1: a map of evidence even when the model has no class activation map of "
+                                    "4x4 cells or more (occlusion through the model: ~65 inferences); the exact "
+                                    "map, when the model has one, always comes"},
                 ],
                 "requestBody": {"required": True, "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
