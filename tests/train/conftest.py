@@ -55,3 +55,48 @@ def pretrained_run(train_dataset, notop_weights, tmp_path_factory) -> tuple[Path
         "--fine-tune-learning-rate", "1e-4", "--val-split", "0", "--mixed-precision", "off", "--seed", "3"])
     assert result.exit_code == 0, result.output
     return out, result.output
+
+
+TF_BLOCKER = '''
+import importlib.abc
+import sys
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """As on a machine without TensorFlow: importing it fails as an absent package does."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTensorFlow())
+'''
+
+
+@pytest.fixture(scope="session")
+def jax_run(train_dataset, notop_weights, tmp_path_factory) -> tuple[Path, str]:
+    """`tumor-edge train --backend jax`: the pretrained two-phase path of `pretrained_run`, in a process where
+    TensorFlow cannot be imported (a `sitecustomize` blocks it), as on a GPU machine with JAX and no TensorFlow.
+    Rotation, shift and zoom are off: on JAX their affine resampling multiplies the CPU compile time of the step;
+    flip and contrast keep augmentation layers in the training graph. (run folder, CLI output)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax", reason="the jax extra is not installed")
+    blocker = tmp_path_factory.mktemp("no-tensorflow")
+    (blocker / "sitecustomize.py").write_text(TF_BLOCKER)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(root), os.environ.get("PYTHONPATH", "")]),
+           "KERAS_BACKEND": "tensorflow"}  # --backend must win over the environment
+    out = tmp_path_factory.mktemp("jax") / "run"
+    proc = subprocess.run([
+        sys.executable, "-m", "tumor_edge.cli", "train", str(train_dataset), "--backend", "jax", "--out", str(out),
+        "--image-size", str(PRETRAINED_SIZE), "--weights", str(notop_weights), "--epochs", "1",
+        "--fine-tune-epochs", "1", "--batch-size", "16", "--fine-tune-learning-rate", "1e-4", "--val-split", "0",
+        "--mixed-precision", "off", "--seed", "3", "--rotation", "0", "--shift", "0", "--zoom", "0"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout

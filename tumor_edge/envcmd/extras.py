@@ -40,7 +40,7 @@ EXTRAS: dict[str, tuple[str, ...]] = all_extras()
 # listed need none. The check runs before the command's own work, so `train` on the runtime install says which
 # extra to install at once instead of after reading a dataset.
 COMMAND_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "train": ("train", ("tensorflow", "keras")),
+    "train": ("train", ("keras",)),  # the backend (tensorflow, jax, torch) is checked by `train` itself
     "evaluate": ("train", ("tensorflow", "keras", "sklearn")),
     "export": ("train", ("tensorflow", "tf2onnx", "onnx")),
     "demo": ("train", ("tensorflow", "keras", "nibabel", "scipy", "sklearn")),
