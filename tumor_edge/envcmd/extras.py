@@ -16,6 +16,7 @@ from tumor_edge.contracts.formats import ENGINES
 OWN_EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib", "nibabel", "nilearn", "scipy",
               "sympy"),
+    "jax": ("jax",),  # train --backend jax
     "dicom": ("pydicom",),
     "serve": ("starlette", "uvicorn", "python_multipart"),
     "nifti": ("nibabel",),
