@@ -41,7 +41,7 @@ EXTRAS: dict[str, tuple[str, ...]] = all_extras()
 # listed need none. The check runs before the command's own work, so `train` on the runtime install says which
 # extra to install at once instead of after reading a dataset.
 COMMAND_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "train": ("train", ("keras",)),  # the backend (tensorflow, jax, torch) is checked by `train` itself
+    "train": ("train", ("tensorflow", "keras")),
     "evaluate": ("train", ("tensorflow", "keras", "sklearn")),
     "export": ("train", ("tensorflow", "tf2onnx", "onnx")),
     "demo": ("train", ("tensorflow", "keras", "nibabel", "scipy", "sklearn")),
@@ -69,10 +69,17 @@ def installed(module: str) -> bool:
         return False
 
 
+# Modules of COMMAND_NEEDS a command can run without: `train --backend jax|torch` needs no TensorFlow. They are
+# named when missing only if a module the command cannot do without is missing too.
+CAN_RUN_WITHOUT: dict[str, tuple[str, ...]] = {"train": ("tensorflow",)}
+
+
 def missing_for(command: str) -> tuple[str, list[str]] | None:
     """(extra, missing modules) when `command` cannot run on this install, else None."""
     extra, modules = COMMAND_NEEDS.get(command, (None, ()))
     missing = [m for m in modules if not installed(m)]
+    if all(m in CAN_RUN_WITHOUT.get(command, ()) for m in missing):
+        return None
     return (extra, missing) if extra and missing else None
 
 
