@@ -25,7 +25,14 @@ compiled programs in a persistent cache (tumor_edge.train.backends.configure_jax
 the first JAX configuration: its second first-step time is a warm cache's. Training batches always have one
 shape (tumor_edge.train.loader tops the last batch up), so a run compiles its step once per phase.
 
-Results are appended to <out>.json / <out>.md as each configuration ends.
+Results are appended to <out>.json / <out>.md as each configuration ends. The prepared call for a lent GPU machine
+(10 minutes a command; the working tree is ~2.5 MB):
+
+    PYTHONPATH=$PWD timeout 590 python benchmarks/training_gpu.py --deadline-s 560 --work /tmp/bench \
+        --out $OUT/training-gpu-$(date +%F)
+
+On a CPU, `--smoke` runs two configurations at 75 px (measured: 2-5 minutes on a loaded 2-core machine, mostly
+JAX's compile), and `--plan` generates the data and prints the commands in seconds (the CI test).
 """
 
 from __future__ import annotations
