@@ -116,3 +116,20 @@ def test_torch_backend_trains_a_complete_run(toy_dataset, tmp_path):
     assert config["backend"]["name"] == "torch" and config["train_config"]["backend"] == "torch"
     assert json.loads((out / "metrics.json").read_text())["n"] == 32
     assert (out / "model.keras").is_file() and (out / "history.csv").is_file()
+
+
+def test_another_backend_trains_in_a_child_process_whose_errors_come_back(tmp_path, capsys):
+    """Keras is loaded on TensorFlow here, so `run_training(backend="jax")` runs in a child process; its
+    one-line error comes back as the same error class, and its output is relayed."""
+    pytest.importorskip("jax", reason="the jax extra is not installed")
+    import keras  # noqa: F401  (the session's backend is fixed before the call)
+
+    from tumor_edge.errors import DatasetError
+    from tumor_edge.train.fit import run_training
+
+    missing = tmp_path / "no-such-data"
+    with pytest.raises(DatasetError, match="no-such-data"):
+        run_training(TrainConfig(data=missing, out=tmp_path / "run", backend="jax", weights="none",
+                                 show_progress=False))
+    assert not (tmp_path / "run").exists()
+    assert "training on the jax backend in a child process (Keras runs tensorflow here)" in capsys.readouterr().out

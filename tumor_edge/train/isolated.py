@@ -38,6 +38,10 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 def train_in_child(config: TrainConfig) -> Path | None:
     """`run_training(config)` in a fresh process on `config.backend`; the run folder, as run_training returns."""
+    from tumor_edge.train.backends import current_backend
+
+    print(f"training on the {config.backend} backend in a child process (Keras runs {current_backend()} here)",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="tumor-edge-train-") as tmp:
         request, result = Path(tmp) / "config.json", Path(tmp) / "result.json"
         request.write_text(json.dumps(config.to_dict()))
