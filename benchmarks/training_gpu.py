@@ -23,7 +23,7 @@ gathers over the image) sit in the same XLA program as InceptionV3. On a CPU (75
 loaded 2-core AMD Zen 5), the first step took 24 s and later steps 0.29 s with flip and contrast only, against 60 s
 and 1.48 s with rotation alone; all five layers: 72 s wall to compile. The `noaug` rows measure that on a GPU.
 `train` keeps XLA's compiled programs in a persistent cache (tumor_edge.train.backends.configure_jax), so the
-default list repeats the first JAX configuration: its second first-step time is a warm cache's. Training
+default list runs jax:on:bfloat16 twice: the second first-step time is a warm cache's. Training
 batches always have one shape (tumor_edge.train.loader tops the last batch up), so a run compiles its step once
 per phase.
 
