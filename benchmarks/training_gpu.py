@@ -1,192 +1,267 @@
-"""Training throughput (images/s) of tumor-edge's own training model on a GPU, per precision policy and XLA on/off.
+"""Training throughput of `tumor-edge train` itself on a GPU, per Keras backend, precision and jit on/off.
 
-    python -m benchmarks.training_gpu [--image-size 299] [--batch 64] [--steps 16] [--rounds 2]
-        [--configs jax:xla:float32,...] [--deadline-s 420] [--out benchmarks/results/training-gpu]
+    python -m benchmarks.training_gpu [--configs jax:on:bfloat16,...] [--images-per-class 256]
+        [--image-size 299] [--batch 64] [--epochs 2] [--deadline-s 540] [--per-config-s 170]
+        [--out benchmarks/results/training-gpu-DATE] [--complete first|all|none] [--plan] [--smoke]
 
-What is timed is `tumor_edge.train.trainer.training_model`: the augmentation layers feeding the InceptionV3
-classifier from `build_classifier`, every layer trainable (the `--weights none` path and a fine-tune from layer 0,
-the heaviest step `train` runs), uint8 batches cast inside the graph, Adam, categorical cross-entropy, through
-Keras' own `fit`. Each configuration runs in its own process (a Keras precision policy is process-global, and an
-out-of-memory or compiler failure stays one row); the first epoch (tracing and compiling) is reported apart from
-the timed epochs. A configuration is `backend:xla|eager:policy`:
+What runs is the CLI, `python -m tumor_edge.cli train DATA --backend B --jit-compile J --mixed-precision P`, on a
+demo set generated here first (`tumor-edge demo-data` when its templates are installed, else the script's own
+synthetic heads with lesions: numpy and Pillow only), from scratch (`--weights none`: every layer trains, the
+heaviest step `train` runs), no validation part, one process per configuration with its own deadline. `train`
+times every step itself (tumor_edge.train.callbacks.StepTimer: step end to step end, the loss read back so
+asynchronous backends have finished) and prints the figures as a JSON line when fitting ends; the script reads
+that line, so a run cut short after fitting still counts. Recorded per configuration: images/s and the median
+step time, the first step (tracing + compiling, reported apart), peak GPU memory (JAX's allocator peak with
+preallocation off; PyTorch's max_memory_allocated; TensorFlow's peak), and the whole run's wall time.
 
-- `tensorflow:xla|eager:*` is what `tumor-edge train` runs (Keras' default `jit_compile="auto"` is XLA on);
-- `jax:xla:*` is the same Keras model compiled by XLA through JAX, and `torch:eager:*` the same model run eagerly on
-  cuDNN through PyTorch. They stand in for TensorFlow on a GPU machine whose image has JAX and PyTorch but no
-  TensorFlow, and where a TensorFlow GPU wheel (hundreds of MB plus CUDA 12 libraries) cannot be carried: the
-  policies' ratios and XLA's effect carry over, the absolute figures are those backends'.
+A configuration is `backend:jit:precision[:noaug]`: backend tensorflow|jax|torch; jit on|off|auto (XLA on
+TensorFlow/JAX, torch.compile on torch); precision off|float16|bfloat16; `noaug` adds --no-augment (the cost of
+the augmentation layers). A configuration whose backend is not installed is skipped with the reason.
 
-Configurations run in the order given until --deadline-s; each result is appended to <out>.json / <out>.md as it
-lands, so a run cut short still leaves what it measured.
+JAX's compile time: Keras' augmentation layers that resample (rotation, shift, zoom: an affine transform each,
+gathers over the image) sit in the same XLA program as InceptionV3. On a CPU (75 px, batch 8, process CPU time on a
+loaded 2-core AMD Zen 5), the first step took 24 s and later steps 0.29 s with flip and contrast only, against 60 s
+and 1.48 s with rotation alone; all five layers: 72 s wall to compile. The `noaug` rows measure that on a GPU.
+`train` keeps XLA's compiled programs in a persistent cache (tumor_edge.train.backends.configure_jax), so the
+default list runs jax:on:bfloat16 twice: the second first-step time is a warm cache's. Training
+batches always have one shape (tumor_edge.train.loader tops the last batch up), so a run compiles its step once
+per phase.
+
+Results are appended to <out>.json / <out>.md as each configuration ends. The prepared call for a lent GPU machine
+(10 minutes a command; the working tree is ~2.5 MB):
+
+    timeout 590 python -m benchmarks.training_gpu --deadline-s 560 --work /tmp/bench \
+        --out $OUT/training-gpu-$(date +%F)
+
+On a CPU, `--smoke` runs two configurations at 75 px (measured: 2-5 minutes on a loaded 2-core machine, mostly
+JAX's compile), and `--plan` generates the data and prints the commands in seconds (the CI test).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-DEFAULT_CONFIGS = ("jax:xla:float32,jax:xla:mixed_float16,jax:xla:mixed_bfloat16,"
-                   "torch:eager:float32,torch:eager:mixed_float16,torch:eager:mixed_bfloat16,jax:eager:float32")
+DEFAULT_CONFIGS = ("jax:on:bfloat16:noaug,jax:on:bfloat16,jax:on:bfloat16,torch:off:bfloat16,jax:on:float16,"
+                   "jax:on:off,torch:off:off,torch:on:bfloat16,tensorflow:on:float16,tensorflow:on:bfloat16")
+SMOKE_CONFIGS = "jax:on:off:noaug,torch:off:off:noaug"
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+THROUGHPUT_PREFIX = "fit throughput (json): "
+NOTE = ("Research benchmark of a research tool (not a diagnostic device). Images/s = global batch / median step "
+        "time, step end to step end (loading, augmentation and the step); the first step of each phase holds the "
+        "tracing and compiling and is reported apart.")
 
 
-def _device(backend: str) -> dict:
-    if backend == "jax":
-        import jax
-
-        dev = jax.devices()[0]
-        stats = dev.memory_stats() or {}
-        return {"device": f"{dev.platform}:{dev.device_kind}", "peak_gpu_bytes": stats.get("peak_bytes_in_use"),
-                "framework": f"jax {jax.__version__}"}
-    if backend == "torch":
-        import torch
-
-        if not torch.cuda.is_available():
-            return {"device": "cpu", "peak_gpu_bytes": None, "framework": f"torch {torch.__version__}"}
-        return {"device": f"cuda:{torch.cuda.get_device_name(0)}", "framework": f"torch {torch.__version__}",
-                "peak_gpu_bytes": torch.cuda.max_memory_allocated()}
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return {"device": gpus[0].name if gpus else "cpu", "peak_gpu_bytes": None,
-            "framework": f"tensorflow {tf.__version__}"}
+def parse_config(text: str) -> dict:
+    parts = text.strip().split(":")
+    if len(parts) not in (3, 4) or parts[0] not in ("tensorflow", "jax", "torch") \
+            or parts[1] not in ("on", "off", "auto") or parts[2] not in ("off", "float16", "bfloat16") \
+            or (len(parts) == 4 and parts[3] != "noaug"):
+        raise SystemExit(f"error: bad configuration {text!r}: backend:jit:precision[:noaug], e.g. jax:on:bfloat16")
+    return {"config": text.strip(), "backend": parts[0], "jit": parts[1], "precision": parts[2],
+            "augment": len(parts) == 3}
 
 
-def child(config: str, args: argparse.Namespace) -> dict:
-    """One configuration, in this process: build, first epoch, timed epochs. KERAS_BACKEND is set by the parent."""
-    import keras
+def _toy_image(label: int, size: int, rng):
+    """A grey head-like ellipse whose lesion position and shape carry the class. Synthetic."""
     import numpy as np
 
-    from tumor_edge.train.augment import AugmentConfig, build_augmenter
-    from tumor_edge.train.model import build_classifier
-    from tumor_edge.train.trainer import training_model
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    cx, cy = 0.5 + rng.normal(0, 0.02), 0.5 + rng.normal(0, 0.02)
+    head = (((xx - cx) / 0.42) ** 2 + ((yy - cy) / 0.46) ** 2) < 1.0
+    img = np.where(head, 90 + 25 * np.sin(xx * 25 + rng.uniform(0, 6)) * np.cos(yy * 19), 5.0)
+    r = rng.uniform(0.07, 0.10)
+    if label == 0:
+        d = np.hypot(xx - cx - rng.choice([-1, 1]) * rng.uniform(0.15, 0.22), yy - cy - rng.uniform(-0.15, 0.1))
+        img = np.where(d < r, 210.0, np.where(d < r * 0.5, 60.0, img))
+    elif label == 1:
+        d = np.hypot(xx - cx - rng.uniform(-0.15, 0.15), (yy - cy + 0.38) * 1.6)
+        img = np.where((d < r * 1.3) & head, 235.0, img)
+    elif label == 3:
+        img = np.where(np.hypot(xx - cx, yy - cy - 0.18) < r * 0.7, 230.0, img)
+    img = img * rng.uniform(0.8, 1.15) + rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
-    backend, mode, policy = config.split(":")
-    keras.mixed_precision.set_global_policy(policy)
-    classifier = build_classifier(4, args.image_size, weights=None)
-    model = training_model(classifier, build_augmenter(AugmentConfig(enabled=args.augment), seed=0))
-    if backend != "tensorflow":  # TrainingModel's overrides are TensorFlow's multi-worker work-arounds
-        model = keras.Model(model.input, model.output, name="training")
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=(mode == "xla"))
+
+def make_dataset(root: Path, per_class: int, size: int, test_per_class: int) -> str:
+    """The demo set train reads: `tumor-edge demo-data` when it can run here, else synthetic heads. Says which."""
+    import numpy as np
+    from PIL import Image
+
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tumor_edge.cli", "demo-data", str(root), "--size", str(size),
+                               "--per-class", str(per_class + test_per_class), "--force"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        if proc.returncode == 0:
+            return f"tumor-edge demo-data ({per_class + test_per_class} per class, {size} px)"
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:160]
+    except subprocess.TimeoutExpired:
+        why = "demo-data took over 120 s"
+    shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(0)
-    n = args.batch * args.steps
-    x = rng.integers(0, 256, (n, args.image_size, args.image_size, 3), dtype=np.uint8)
-    y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)]
-    t0 = time.perf_counter()
-    model.fit(x[: args.batch * 2], y[: args.batch * 2], batch_size=args.batch, epochs=1, verbose=0)
-    first_s = time.perf_counter() - t0
-    rounds = []
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        history = model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)  # logs -> floats: synchronous
-        rounds.append(time.perf_counter() - t0)
-    loss = float(history.history["loss"][-1])
-    best = min(rounds)
-    return {"config": config, "backend": backend, "mode": mode, "policy": policy, "keras": keras.__version__,
-            "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
-            "images_per_s": round(n / best, 1), "ms_per_step": round(1000 * best / args.steps, 2),
-            "all_rounds_s": [round(r, 3) for r in rounds], "first_epoch_s": round(first_s, 1),
-            "final_loss_finite": bool(np.isfinite(loss)), **_device(backend)}
+    for split, count in (("Training", per_class), ("Testing", test_per_class)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(_toy_image(label, size, rng)).convert("RGB").save(folder / f"{i:05d}.jpg", quality=92)
+    return f"synthetic heads ({per_class} + {test_per_class} per class, {size} px; demo-data unavailable: {why})"
 
 
-def _markdown(record: dict) -> str:
-    rows = record["results"]
-    ref: dict[str, float] = {}  # float32 per backend, XLA on where both ran
-    for r in sorted(rows, key=lambda r: r.get("mode") != "xla"):
-        if r.get("policy") == "float32" and "images_per_s" in r:
-            ref.setdefault(r["backend"], r["images_per_s"])
-    lines = [f"# Training throughput on a GPU ({record['date']})", "",
-             f"{record['gpu']}; host CPU {record['host_cpu']}; {record['image_size']} px, batch {record['batch']}, "
-             f"{record['steps']} steps per timed epoch, best of {record['rounds']}; all layers trainable, augmentation "
-             f"{'in the graph' if record.get('augment', True) else 'off (--no-augment)'}, uint8 input", "",
-             "| backend | XLA | policy | images/s | ms/step | vs float32 (same backend) | first epoch s (compile) "
-             "| peak GPU GiB | loss finite |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "images_per_s" not in r:
-            lines.append(f"| {r['config']} | | | failed: {r.get('error', '?')} | | | | | |")
-            continue
-        peak = f"{r['peak_gpu_bytes'] / 2**30:.1f}" if r.get("peak_gpu_bytes") else ""
-        rel = f"{r['images_per_s'] / ref[r['backend']]:.2f}x" if r["backend"] in ref else ""
-        lines.append(f"| {r['framework']} | {'on' if r['mode'] == 'xla' else 'off'} | {r['policy']} | "
-                     f"{r['images_per_s']} | {r['ms_per_step']} | {rel} | {r['first_epoch_s']} | {peak} | "
-                     f"{r['final_loss_finite']} |")
-    lines += ["", record["note"]]
-    return "\n".join(lines) + "\n"
+def _pythonpath() -> str:
+    repo = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def train_command(cfg: dict, data: Path, run: Path, cache: Path, args) -> list[str]:
+    cmd = [sys.executable, "-m", "tumor_edge.cli", "train", str(data), "--out", str(run), "--force",
+           "--backend", cfg["backend"], "--jit-compile", cfg["jit"], "--mixed-precision", cfg["precision"],
+           "--weights", "none", "--image-size", str(args.image_size), "--batch-size", str(args.batch),
+           "--epochs", str(args.epochs), "--fine-tune-epochs", "0", "--val-split", "0", "--cache-dir", str(cache)]
+    return cmd + ([] if cfg["augment"] else ["--no-augment"])
+
+
+def run_one(cfg: dict, data: Path, work: Path, timeout: float, args, complete: bool) -> dict:
+    """One `tumor-edge train` process: its throughput line, wall time, and its output's tail on failure.
+
+    Unless `complete`, the process is stopped once fitting has printed its figures (the test-split evaluation
+    and plots after it cost device time and measure nothing here)."""
+    row = dict(cfg)
+    if importlib.util.find_spec(cfg["backend"]) is None:
+        return {**row, "skipped": f"{cfg['backend']} is not installed here"}
+    run = work / f"run-{len(list(work.glob('run-*')))}"
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TUMOR_EDGE_JAX_CACHE_DIR": str(work / "jax-cache")}
+    t0 = time.monotonic()
+    lines: list[str] = []
+    state = {"deadline": False, "stopped": False}
+
+    with subprocess.Popen(train_command(cfg, data, run, work, args), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        def kill() -> None:
+            state["deadline"] = True
+            proc.kill()
+
+        watchdog = threading.Timer(timeout, kill)
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith(THROUGHPUT_PREFIX) and not complete:
+                    state["stopped"] = True
+                    proc.terminate()
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+    row["wall_s"] = round(time.monotonic() - t0, 1)
+    out = "".join(lines)
+    found = [ln[len(THROUGHPUT_PREFIX):] for ln in out.splitlines() if ln.startswith(THROUGHPUT_PREFIX)]
+    if found:
+        row.update(json.loads(found[-1]))
+    banner = [ln for ln in out.splitlines() if ln.startswith("Keras ")]
+    if banner:
+        row["banner"] = banner[-1][:300]
+    if state["deadline"]:
+        row["error"] = f"deadline: stopped after {timeout:.0f} s"
+    elif code != 0 and not state["stopped"]:
+        row["error"] = f"exit {code}"
+    if "error" in row:
+        row["output_tail"] = out[-2000:].strip()
+    row["stopped_after_fit"] = state["stopped"]
+    row["run_folder_complete"] = (run / "metrics.json").is_file()
+    return row
+
+
+def markdown(record: dict) -> str:
+    lines = [f"# `tumor-edge train` throughput ({record['date']})", "",
+             f"GPU: {record['gpu']}; host {record['host_cpu']}; data: {record['data']}; {record['image_size']} px, "
+             f"batch {record['batch']}, {record['epochs']} epoch(s) from scratch, no validation part.", "",
+             "| configuration | backend | images/s | ms/step | first step s (compile) | peak GPU GiB | wall s "
+             "| run folder | note |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in record["results"]:
+        peak = f"{r['peak_device_bytes'] / 2**30:.1f}" if r.get("peak_device_bytes") else ""
+        step = f"{1000 * r['median_step_s']:.1f}" if r.get("median_step_s") else ""
+        note = r.get("skipped") or r.get("error") or ""
+        lines.append(f"| {r['config']} | {(r.get('banner') or r['backend'])[:60]} | {r.get('images_per_s') or ''} | "
+                     f"{step} | {r.get('first_step_s', '')} | {peak} | {r.get('wall_s', '')} | "
+                     f"{'yes' if r.get('run_folder_complete') else 'no'} | {note} |")
+    return "\n".join(lines + ["", record["note"]]) + "\n"
 
 
 def _gpu_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30)
-        return "; ".join(out.stdout.strip().splitlines()) or "no GPU (nvidia-smi printed nothing)"
+        return "; ".join(out.stdout.strip().splitlines()) or "none (nvidia-smi printed nothing)"
     except (OSError, subprocess.TimeoutExpired):
-        return "no GPU (no nvidia-smi)"
+        return "none (no nvidia-smi)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--images-per-class", type=int, default=256, help="Training images per class")
+    parser.add_argument("--test-per-class", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=299)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
-    parser.add_argument("--deadline-s", type=float, default=420)
-    parser.add_argument("--per-config-s", type=float, default=240)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training-gpu"))
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                        help="augmentation layers in the graph (as train runs); --no-augment shows their cost")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(child(args.child, args)), flush=True)
-        return
-    from tumor_edge.machine import machine_info
-
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--deadline-s", type=float, default=540, help="for everything, data generation included")
+    parser.add_argument("--per-config-s", type=float, default=170)
+    parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/training-gpu-{time.strftime('%F')}"))
+    parser.add_argument("--work", type=Path, default=None, help="data, runs and caches [a temporary folder]")
+    parser.add_argument("--complete", choices=("first", "all", "none"), default="first",
+                        help="which runs go on past fitting to a full run folder: the first of each backend")
+    parser.add_argument("--plan", action="store_true", help="generate the data, print the commands, run nothing")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"CPU check of the script: {SMOKE_CONFIGS} at 75 px, 8 images per class, batch 8")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.configs = SMOKE_CONFIGS if args.configs == DEFAULT_CONFIGS else args.configs
+        args.images_per_class, args.test_per_class, args.image_size, args.batch, args.epochs = 8, 2, 75, 8, 1
+    configs = [parse_config(c) for c in args.configs.split(",") if c.strip()]
     start = time.monotonic()
-    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": _gpu_name(),
-              "host_cpu": f"{machine_info().get('cpu_model')} ({os.cpu_count()} CPUs)",
-              "augment": args.augment, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
-              "rounds": args.rounds,
-              "note": "A row's ratio is against float32 on the same backend (XLA on where both ran). TensorFlow rows "
-                      "appear where the machine has TensorFlow with a GPU; see the script's docstring.",
-              "results": []}
+    work = args.work or Path(tempfile.mkdtemp(prefix="tumor-edge-gpu-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    made = make_dataset(data, args.images_per_class, args.image_size, args.test_per_class)
+    print(f"data: {made} in {time.monotonic() - start:.0f} s", flush=True)
+    if args.plan:
+        for cfg in configs:
+            print(" ".join(train_command(cfg, data, work / "run", work, args)))
+        return 0
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": _gpu_name(), "host_cpu": f"{os.cpu_count()} CPUs",
+              "data": made, "image_size": args.image_size, "batch": args.batch, "epochs": args.epochs,
+              "note": NOTE, "results": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for config in args.configs.split(","):
+    completed: set[str] = set()
+    for cfg in configs:
         left = args.deadline_s - (time.monotonic() - start)
-        if left < 30:
-            record["results"].append({"config": config, "backend": config.split(":")[0], "error": "skipped: deadline"})
-            continue
-        env = {**os.environ, "KERAS_BACKEND": config.split(":")[0], "TF_CPP_MIN_LOG_LEVEL": "2",
-               "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-        cmd = [sys.executable, "-m", "benchmarks.training_gpu", "--child", config, "--image-size", str(args.image_size),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds),
-               "--augment" if args.augment else "--no-augment"]
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=min(left, args.per_config_s))
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if lines:
-                row = json.loads(lines[-1][len("RESULT "):])
-            else:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                row = {"config": config, "backend": config.split(":")[0], "error": tail[:200]}
-        except subprocess.TimeoutExpired as err:  # keep the child's last words: compiling, or stuck where?
-            said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
-            row = {"config": config, "backend": config.split(":")[0],
-                   "error": f"timed out after {time.monotonic() - t0:.0f} s", "stderr_tail": said[-600:]}
-        row["wall_s"] = round(time.monotonic() - t0, 1)
+        if left < 20:
+            row = {**cfg, "skipped": "overall deadline"}
+        else:
+            complete = args.complete == "all" or (args.complete == "first" and cfg["backend"] not in completed)
+            row = run_one(cfg, data, work, min(left, args.per_config_s), args, complete)
+            if row.get("run_folder_complete"):
+                completed.add(cfg["backend"])
         record["results"].append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "output_tail"}), flush=True)
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(_markdown(record))
-    print(_markdown(record))
+        args.out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,6 +16,7 @@ from tumor_edge.contracts.formats import ENGINES
 OWN_EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib", "nibabel", "nilearn", "scipy",
               "sympy"),
+    "jax": ("jax",),  # train --backend jax
     "dicom": ("pydicom",),
     "serve": ("starlette", "uvicorn", "python_multipart"),
     "nifti": ("nibabel",),
@@ -68,10 +69,17 @@ def installed(module: str) -> bool:
         return False
 
 
+# Modules of COMMAND_NEEDS a command can run without: `train --backend jax|torch` needs no TensorFlow. They are
+# named when missing only if a module the command cannot do without is missing too.
+CAN_RUN_WITHOUT: dict[str, tuple[str, ...]] = {"train": ("tensorflow",)}
+
+
 def missing_for(command: str) -> tuple[str, list[str]] | None:
     """(extra, missing modules) when `command` cannot run on this install, else None."""
     extra, modules = COMMAND_NEEDS.get(command, (None, ()))
     missing = [m for m in modules if not installed(m)]
+    if all(m in CAN_RUN_WITHOUT.get(command, ()) for m in missing):
+        return None
     return (extra, missing) if extra and missing else None
 
 

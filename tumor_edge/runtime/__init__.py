@@ -22,7 +22,7 @@ explanations (`explain_prediction`, `ExplainSettings`, `Explanation`, `MIN_CAM_C
 localisation scores (`Tally`, `map_correlation`, `resize_mask`, `tolerance_px`, `TOLERANCE_FRACTION`), trust
 (`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
 `reference_role_outputs`, `machine_target`), files (`external_data_locations`, `labelled_files`,
-`recorded_choices`).
+`recorded_choices`, `cache_root`).
 
 Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,
 Pillow or onnxruntime (cold start, and the CLI's listing of commands). The TYPE_CHECKING block mirrors `_EXPORTS`
@@ -100,6 +100,7 @@ _EXPORTS: dict[str, str] = {
     "external_data_locations": "tumor_edge.runtime.backends.external_data",
     "labelled_files": "tumor_edge.runtime.verify",
     "recorded_choices": "tumor_edge.runtime.choice",
+    "cache_root": "tumor_edge.runtime.cache",
 }
 
 # public submodules: name -> module
@@ -109,12 +110,12 @@ _MODULES: dict[str, str] = {"readers": _READERS}
 __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "ExplainSettings", "Explanation",
            "Failure", "MIN_CAM_CELLS", "Picture", "Prediction", "Preprocessing", "RESIZE_METHODS", "ReadOptions",
            "Reader", "SCORES", "Scan", "ScanResult", "TOLERANCE_FRACTION", "Tally", "VerifyReport", "VolumeSummary",
-           "brain_blobs", "cam_cells", "claimed_suffix", "class_map", "decode_file", "explain_prediction",
-           "external_data_locations", "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized",
-           "load_rgb", "machine_target", "map_correlation", "measure_ood_rates", "open_backend", "preprocess_image",
-           "read_onnx_metadata", "read_scan", "readers", "recorded_choices", "reference_images",
-           "reference_role_outputs", "register_reader", "resize_mask", "save_optimized_model", "scale", "softmax",
-           "tolerance_px", "verify_bundle", "write_overlay"]
+           "brain_blobs", "cache_root", "cam_cells", "claimed_suffix", "class_map", "decode_file",
+           "explain_prediction", "external_data_locations", "flag_rates", "is_scan_file", "is_volume",
+           "labelled_files", "load_resized", "load_rgb", "machine_target", "map_correlation", "measure_ood_rates",
+           "open_backend", "preprocess_image", "read_onnx_metadata", "read_scan", "readers", "recorded_choices",
+           "reference_images", "reference_role_outputs", "register_reader", "resize_mask", "save_optimized_model",
+           "scale", "softmax", "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
@@ -124,6 +125,7 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.backends.external_data import external_data_locations
     from tumor_edge.runtime.batch import decode_file
     from tumor_edge.runtime.bundle import Bundle
+    from tumor_edge.runtime.cache import cache_root
     from tumor_edge.runtime.choice import recorded_choices
     from tumor_edge.runtime.classifier import SCORES, Classifier, Prediction, read_onnx_metadata, softmax
     from tumor_edge.runtime.explain import (

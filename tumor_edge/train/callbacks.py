@@ -9,6 +9,8 @@ every worker, says which epoch and phase won, and lets only the chief write the 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +73,52 @@ class StepCounter(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of each training step, from one step's end to the next (loading, augmentation, the step, all
+    of it), the loss read back so that an asynchronous backend has finished the step. The first step of each
+    `fit` holds the tracing and compiling (JAX/XLA, TensorFlow's graph) and is reported apart."""
+
+    def __init__(self, global_batch: int, backend: str):
+        super().__init__()
+        self.global_batch = global_batch
+        self.backend = backend
+        self.first_steps: list[float] = []
+        self.steps: list[float] = []
+        self._last: float | None = None
+        self._first = True
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last = None  # validation and callbacks between epochs are not a step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            keras.ops.convert_to_numpy(loss)  # wait for the step itself
+        now = time.perf_counter()
+        took, self._last = now - (self._last or now), now
+        if self._first:
+            self.first_steps.append(took)
+            self._first = False
+        else:
+            self.steps.append(took)
+
+    def summary(self) -> dict:
+        from tumor_edge.train.backends import peak_device_bytes
+
+        median = statistics.median(self.steps) if self.steps else None
+        return {"global_batch": self.global_batch, "first_step_s": [round(t, 3) for t in self.first_steps],
+                "steps_timed": len(self.steps), "median_step_s": None if median is None else round(median, 5),
+                "images_per_s": None if not median else round(self.global_batch / median, 1),
+                "peak_device_bytes": peak_device_bytes(self.backend)}
 
 
 def save_model(path: Path) -> Callable[[object], None]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, JIT_CHOICES
 from tumor_edge.train.distribute import STRATEGIES
 from tumor_edge.train.lr_schedule import LR_SCHEDULES
 from tumor_edge.train.precision import CHOICES as PRECISIONS
@@ -46,9 +47,14 @@ from tumor_edge.train.precision import CHOICES as PRECISIONS
 @click.option("--zoom", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
 @click.option("--contrast", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, show_default=True,
+              help="The Keras 3 backend that trains (jax: pip install 'tumor-edge[jax]'; torch: pip install torch). "
+                   "The saved model is the same model.keras; export reads it with TensorFlow.")
+@click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True,
+              help="Compile the training step (XLA on TensorFlow/JAX, torch.compile on torch); auto: Keras' choice.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
               help="auto: multi-worker when TF_CONFIG (or --worker-hosts) names several workers, mirrored over "
-                   "several GPUs, else one device.")
+                   "several GPUs (JAX: data parallel), else one device.")
 @click.option("--worker-hosts", default=None,
               help="Multi-worker: host:port of every worker, comma-separated, the same on each (sets TF_CONFIG).")
 @click.option("--task-index", type=click.IntRange(min=0), default=None,
@@ -57,13 +63,14 @@ from tumor_edge.train.precision import CHOICES as PRECISIONS
               help="auto: float16 on NVIDIA GPUs, bfloat16 on CPUs with AVX512_BF16/AMX, off otherwise.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where decoded images are cached during the run [system temp folder].")
-@click.option("--deterministic", is_flag=True, help="Deterministic TensorFlow ops (slower).")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels of the backend (slower).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
 def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: int, fine_tune_epochs: int,
           fine_tune_from: int, batch_size: int, learning_rate: float, fine_tune_learning_rate: float,
           lr_schedule: str, dropout: float, bn_momentum: float | None, val_split: float, seed: int, monitor: str,
           patience: int, dedup: bool, no_augment: bool, rotation: float, shift: float, zoom: float, contrast: float,
-          no_flip: bool, strategy: str, worker_hosts: str | None, task_index: int | None, mixed_precision: str,
+          no_flip: bool, backend: str, jit_compile: str, strategy: str, worker_hosts: str | None,
+          task_index: int | None, mixed_precision: str,
           cache_dir: Path | None, deterministic: bool, force: bool) -> None:
     """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
     from tumor_edge.errors import ConfigError
@@ -82,7 +89,8 @@ def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: i
         learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, lr_schedule=lr_schedule,
         dropout=dropout,
         bn_momentum=bn_momentum, val_split=val_split, seed=seed, monitor=monitor, patience=patience,
-        dedup=dedup, augment=augment, strategy=strategy, mixed_precision=mixed_precision, worker_hosts=hosts,
+        dedup=dedup, augment=augment, backend=backend, jit_compile=jit_compile, strategy=strategy,
+        mixed_precision=mixed_precision, worker_hosts=hosts,
         task_index=task_index, cache_dir=cache_dir, deterministic=deterministic, force=force))
 
 

@@ -14,6 +14,7 @@ from tumor_edge.data.dataset import DatasetIndex
 from tumor_edge.machine import package_versions
 from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.train.augment import AugmentConfig
+from tumor_edge.train.backends import DEFAULT_BACKEND
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainConfig:
     patience: int = 5
     dedup: bool = False  # drop validation and test images that duplicate training images
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    backend: str = DEFAULT_BACKEND  # the Keras 3 backend that trains: tumor_edge.train.backends.BACKENDS
+    jit_compile: str = "auto"  # auto | on | off: Keras' compile(jit_compile=...) (XLA; torch.compile on torch)
     strategy: str = "auto"  # tumor_edge.train.distribute.STRATEGIES
     mixed_precision: str = "auto"  # tumor_edge.train.precision.CHOICES
     worker_hosts: tuple[str, ...] = ()  # host:port of every worker; with task_index, sets TF_CONFIG

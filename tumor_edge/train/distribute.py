@@ -1,6 +1,8 @@
 """Where training runs: one device, several devices of one machine, or several machines.
 
-TensorFlow's own engine does the work: `MirroredStrategy` over the GPUs of a machine (or its logical CPU
+On JAX, several devices of one machine train with `keras.distribution.DataParallel` (each batch split across
+them, the weights replicated); PyTorch trains on one device. On TensorFlow, TensorFlow's own engine does the
+work: `MirroredStrategy` over the GPUs of a machine (or its logical CPU
 devices), `MultiWorkerMirroredStrategy` over machines described by `TF_CONFIG` (set here from
 `--worker-hosts`/`--task-index` when given). Every worker runs the same program and reads its shard of the
 images; only the chief (worker 0, or the task of type "chief") writes the run folder.
@@ -64,7 +66,7 @@ class Distribution:
     """The strategy chosen and what it spans, for the banner and config.json."""
 
     strategy: Any
-    kind: str  # default | mirrored | multi-worker
+    kind: str  # default | mirrored | multi-worker | data-parallel (JAX)
     devices: list[str] = field(default_factory=list)
     gpus: int = 0
     workers: int = 1
@@ -77,7 +79,8 @@ class Distribution:
 
     @property
     def distributed(self) -> bool:
-        return self.kind != "default"
+        """A tf.distribute strategy over several replicas (its datasets are distributed by TensorFlow)."""
+        return self.kind in ("mirrored", "multi-worker")
 
     def describe(self) -> str:
         where = f"{self.workers} worker(s), this is {self.task}{' (chief)' if self.chief else ''}; " \
@@ -120,16 +123,65 @@ BUILDERS: dict[str, Callable[[Any, list], Distribution]] = {
     "default": _default, "mirrored": _mirrored, "multi-worker": _multi_worker}
 
 
-def choose_strategy(name: str) -> Distribution:
+class OneDevice:
+    """The strategy of a JAX or PyTorch run on one device: nothing to distribute."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class DataParallel(OneDevice):
+    """JAX over several devices: `keras.distribution.DataParallel`, set globally so that `fit` splits batches."""
+
+    def __init__(self, devices: list[str]):
+        import keras
+
+        self.devices = devices
+        self.num_replicas_in_sync = len(devices)
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+
+    @staticmethod
+    def release() -> None:
+        import keras
+
+        keras.distribution.set_distribution(None)
+
+
+def _keras_strategy(name: str, backend: str) -> Distribution:
+    """JAX/PyTorch: one device, or (JAX, `auto`/`mirrored` over several GPUs) data parallel."""
+    from tumor_edge.train.backends import gpu_count
+
+    if name == "multi-worker" or read_cluster() is not None:
+        raise ConfigError(f"multi-worker training runs on the tensorflow backend only, not {backend}")
+    gpus = gpu_count(backend)
+    if backend == "jax":
+        import keras
+
+        devices = keras.distribution.list_devices()
+        if len(devices) > 1 and (name == "mirrored" or (name == "auto" and gpus > 1)):
+            return Distribution(DataParallel(devices), "data-parallel", devices, gpus)
+        return Distribution(OneDevice(), "default", devices[:1], gpus)
+    if name == "mirrored":
+        raise ConfigError("--strategy mirrored needs the tensorflow or jax backend")
+    return Distribution(OneDevice(), "default", ["cuda:0" if gpus else "cpu"], gpus)
+
+
+def choose_strategy(name: str, backend: str = "tensorflow") -> Distribution:
     """`auto`: multi-worker when TF_CONFIG names several workers, mirrored over several GPUs, else the default.
 
     Must run before TensorFlow executes anything: MultiWorkerMirroredStrategy configures the runtime's
     collectives, which cannot change once it has started.
     """
-    import tensorflow as tf
-
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if backend != "tensorflow":
+        return _keras_strategy(name, backend)
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
         cluster = read_cluster()

@@ -29,14 +29,24 @@ def _setup_cluster(config: TrainConfig) -> None:
 def run_training(config: TrainConfig) -> Path | None:
     """Train, checkpoint and evaluate; returns the run folder (None on a worker that is not the chief).
 
-    Printing goes to stdout, as Keras' does.
+    Printing goes to stdout, as Keras' does. Keras is imported here, after `config.backend` is chosen; when
+    this process already runs Keras on another backend, the training runs in a child process instead.
     """
     import warnings
+
+    from tumor_edge.train.backends import configure_jax, select_backend
+
+    if not select_backend(config.backend):
+        from tumor_edge.train.isolated import train_in_child
+
+        return train_in_child(config)
+    jax_cache = configure_jax(config.deterministic) if config.backend == "jax" else None
 
     import keras
 
     from tumor_edge.data.cache import build_pixel_cache
     from tumor_edge.data.leaks import find_split_leaks, without
+    from tumor_edge.train.backends import backend_version, configure_deterministic
     from tumor_edge.train.distribute import choose_strategy
     from tumor_edge.train.lr_schedule import check_lr_schedule
     from tumor_edge.train.model import resolve_weights
@@ -52,7 +62,9 @@ def run_training(config: TrainConfig) -> Path | None:
         ensure_imagenet_weights()
     _setup_cluster(config)
     index = discover(config.data)
-    dist = choose_strategy(config.strategy)  # before TensorFlow runs anything (multi-worker needs that)
+    if config.deterministic and config.backend == "torch":
+        configure_deterministic("torch")  # before any kernel runs
+    dist = choose_strategy(config.strategy, config.backend)  # before TensorFlow runs anything (multi-worker needs that)
     out = prepare_run_dir(config.out, config.force) if dist.chief else None
     run = RunFolder(out) if out is not None else None
     started = time.time()
@@ -65,10 +77,8 @@ def run_training(config: TrainConfig) -> Path | None:
         raise DatasetError("Testing/ holds no images; the final evaluation needs some", index.root)
 
     keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+    if config.deterministic and config.backend == "tensorflow":
+        configure_deterministic("tensorflow")
     train, val = stratified_split(index.train, config.val_split, config.seed)
     leaks = find_split_leaks(train, val, index.test, config.show_progress)
     test = index.test
@@ -82,7 +92,10 @@ def run_training(config: TrainConfig) -> Path | None:
     spec = Preprocessing(config.image_size, config.image_size, "bilinear", "none")
     precision = choose_precision(config.mixed_precision, dist.gpus)
     keras.mixed_precision.set_global_policy(precision.policy)
-    print(f"training on {dist.describe()}; precision policy {precision.policy} ({precision.reason})")
+    backend = {"name": config.backend, "version": backend_version(config.backend), "keras": keras.__version__,
+               "jit_compile": config.jit_compile, "compilation_cache": str(jax_cache) if jax_cache else None}
+    print(f"Keras {keras.__version__} on {config.backend} {backend['version'] or ''}".rstrip()
+          + f"; training on {dist.describe()}; precision policy {precision.policy} ({precision.reason})")
 
     with tempfile.TemporaryDirectory(prefix="tumor-edge-pixels-", dir=config.cache_dir) as tmp:
         train_cache = build_pixel_cache(train, spec, Path(tmp) / "train.u8", "decoding training images",
@@ -96,9 +109,10 @@ def run_training(config: TrainConfig) -> Path | None:
         fitted = fit_phases(config, dist, train_cache, val_cache, len(index.classes),
                             run.model if run else None, run.history if run else None)
     fit_seconds = time.time() - started
+    print(f"fit throughput (json): {json.dumps(fitted.throughput)}")  # read by benchmarks/training_gpu.py
     path = None
     if run is not None:
-        path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds)
+        path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds, backend)
     if dist.kind == "multi-worker":
         from tumor_edge.train.trainer import barrier
 
@@ -119,7 +133,7 @@ def _fit_trust(model, val, test, spec, run: RunFolder, config: TrainConfig) -> d
 
 
 def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted, dist, precision, leaks,
-            fit_seconds: float) -> Path:
+            fit_seconds: float, backend: dict[str, Any]) -> Path:
     """Chief only: save the best weights as a float32 model, evaluate on the test split, write config.json."""
     import keras
 
@@ -131,6 +145,10 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
     # A fresh float32 model outside any strategy: no float16/bfloat16 casts reach the exported CPU/edge models,
     # no optimizer state triples the file, and prediction here runs no collective ops with other workers.
     keras.mixed_precision.set_global_policy("float32")
+    if dist.kind == "data-parallel":
+        from tumor_edge.train.distribute import DataParallel
+
+        DataParallel.release()
     best = build_classifier(len(index.classes), config.image_size, None, config.dropout)
     best.set_weights(fitted.classifier.get_weights())
     best.save(run.model)
@@ -156,7 +174,7 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
         fit_seconds=round(fit_seconds, 1),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=versions(),
-        extra={"distribution": dist.to_dict(),
+        extra={"backend": backend, "throughput": fitted.throughput, "distribution": dist.to_dict(),
                "precision": {"requested": precision.requested, "policy": precision.policy,
                              "reason": precision.reason,
                              "steps_skipped": sum(p["steps_skipped"] for p in fitted.phases)},
@@ -167,5 +185,9 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
     print(describe_trust(trust))
     print(f"best checkpoint: epoch {fitted.best.get('best_epoch')} ({fitted.best.get('best_phase')}), "
           f"{fitted.monitor} {fitted.best.get('best_value')}")
+    speed = fitted.throughput
+    if speed.get("images_per_s"):
+        print(f"throughput: {speed['images_per_s']} images/s ({1000 * speed['median_step_s']:.1f} ms per step of "
+              f"{speed['global_batch']}); first step(s) incl. compiling {speed['first_step_s']} s")
     print(f"run folder: {run.path}")
     return run.path

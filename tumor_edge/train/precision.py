@@ -58,4 +58,6 @@ def choose_precision(requested: str, gpus: int, cpu_flags: Collection[str] | Non
 
 def applied_updates(optimizer) -> int:
     """Updates the optimizer applied so far (a LossScaleOptimizer's `iterations` skips non-finite steps)."""
-    return int(optimizer.iterations.numpy())
+    import keras
+
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))

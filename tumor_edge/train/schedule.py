@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.train.callbacks import BestWeights, StepCounter, monitor_mode, save_model
+from tumor_edge.train.callbacks import BestWeights, StepCounter, StepTimer, monitor_mode, save_model
 from tumor_edge.train.config import TrainConfig
 from tumor_edge.train.lr_schedule import learning_rate_for
 from tumor_edge.train.pipeline import distributed_dataset, steps_for
@@ -20,16 +20,46 @@ class FitResult:
     phases: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     monitor: str = "val_loss"
+    throughput: dict[str, Any] = field(default_factory=dict)
 
 
-def compile_model(model, learning_rate, num_classes: int) -> None:
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit-compile -> Keras' compile(jit_compile=...)
+
+
+def compile_model(model, learning_rate, num_classes: int, jit_compile: str = "auto") -> None:
     import keras
 
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy", keras.metrics.AUC(name="auc", multi_label=True, num_labels=num_classes)],
+        jit_compile=JIT_COMPILE[jit_compile],
     )
+
+
+def _datasets(config: TrainConfig, dist, train_cache, val_cache, num_classes: int):
+    """(train, steps per epoch, steps given to fit, validation, validation steps): tf.data on TensorFlow (per
+    worker shards under a strategy), a PyDataset over the same cache on JAX and PyTorch."""
+    global_batch = config.batch_size * dist.replicas
+    steps = steps_for(train_cache.count, global_batch)
+    if config.backend != "tensorflow":
+        from tumor_edge.train.loader import CacheBatches
+
+        train_ds = CacheBatches(train_cache, num_classes, global_batch, shuffle=True, seed=config.seed)
+        val_ds = CacheBatches(val_cache, num_classes, global_batch, multiple=dist.replicas) \
+            if val_cache.count >= dist.replicas else None
+        return train_ds, steps, None, val_ds, None
+    strategy = dist.strategy
+    many_workers = dist.kind == "multi-worker"
+    train_ds = distributed_dataset(strategy, train_cache, num_classes, global_batch, shuffle=True,
+                                   seed=config.seed, repeat=True, distributed=dist.distributed)
+    val_ds = val_steps = None
+    if val_cache.count:
+        # Every worker must run as many validation steps as the others: their shards repeat to a fixed count.
+        val_ds = distributed_dataset(strategy, val_cache, num_classes, global_batch, repeat=many_workers,
+                                     distributed=dist.distributed)
+        val_steps = steps_for(val_cache.count, global_batch) if many_workers else None
+    return train_ds, steps, steps, val_ds, val_steps
 
 
 def _callbacks(config: TrainConfig, monitor: str, history_csv: Path | None) -> list:
@@ -57,15 +87,7 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
     strategy = dist.strategy
     global_batch = config.batch_size * dist.replicas
     many_workers = dist.kind == "multi-worker"
-    train_ds = distributed_dataset(strategy, train_cache, num_classes, global_batch, shuffle=True,
-                                   seed=config.seed, repeat=True, distributed=dist.distributed)
-    steps = steps_for(train_cache.count, global_batch)
-    val_ds = val_steps = None
-    if val_cache.count:
-        # Every worker must run as many validation steps as the others: their shards repeat to a fixed count.
-        val_ds = distributed_dataset(strategy, val_cache, num_classes, global_batch, repeat=many_workers,
-                                     distributed=dist.distributed)
-        val_steps = steps_for(val_cache.count, global_batch) if many_workers else None
+    train_ds, steps, fit_steps, val_ds, val_steps = _datasets(config, dist, train_cache, val_cache, num_classes)
     monitor = config.monitor if val_ds is not None else config.monitor.removeprefix("val_")
 
     with strategy.scope():
@@ -76,17 +98,18 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
             set_fine_tune(classifier, None)
         model = training_model(classifier, build_augmenter(config.augment, config.seed), many_workers)
         compile_model(model, learning_rate_for(config.lr_schedule, config.learning_rate, config.epochs, steps),
-                      num_classes)
+                      num_classes, config.jit_compile)
     best = BestWeights(classifier, monitor, save_model(checkpoint) if checkpoint is not None else None)
     counter = StepCounter()
+    timer = StepTimer(global_batch, config.backend)
     result = FitResult(classifier, monitor=monitor)
 
     def run_phase(name: str, epochs: int, initial_epoch: int, learning_rate: float) -> int:
         best.phase = name
         steps_before = counter.steps
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
-                            epochs=initial_epoch + epochs, steps_per_epoch=steps, validation_steps=val_steps,
-                            callbacks=[*_callbacks(config, monitor, history_csv), best, counter],
+                            epochs=initial_epoch + epochs, steps_per_epoch=fit_steps, validation_steps=val_steps,
+                            callbacks=[*_callbacks(config, monitor, history_csv), best, counter, timer],
                             verbose=config.verbose)
         ran = counter.steps - steps_before
         applied = applied_updates(model.optimizer)  # a fresh optimizer per phase: its own count
@@ -106,11 +129,12 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
         with strategy.scope():
             trainable = set_fine_tune(classifier, config.fine_tune_from)
             compile_model(model, learning_rate_for(config.lr_schedule, config.fine_tune_learning_rate,
-                                                   config.fine_tune_epochs, steps), num_classes)
+                                                   config.fine_tune_epochs, steps), num_classes, config.jit_compile)
         print(f"phase 2: fine-tuning {trainable} base layers from index {config.fine_tune_from} "
               f"(BatchNorm frozen, in inference mode), {config.fine_tune_epochs} epoch(s)")
         run_phase("fine-tune", config.fine_tune_epochs, done, config.fine_tune_learning_rate)
     if not best.restore():
         print(f"warning: no epoch gave a finite {monitor}; keeping the last weights")
     result.best = best.summary()
+    result.throughput = timer.summary()
     return result

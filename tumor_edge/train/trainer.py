@@ -40,11 +40,13 @@ class TrainingModel(keras.Model):
         return self._vectors(super().test_step(data))
 
 
-def training_model(classifier, augmenter, multi_worker: bool = False) -> TrainingModel:
+def training_model(classifier, augmenter, multi_worker: bool = False) -> keras.Model:
     """image (0..255) -> augmentation (training only) -> classifier. Build inside the strategy's scope."""
     shape = classifier.input_shape[1:]
     inputs = keras.Input(shape, dtype="float32", name="image")
     outputs = classifier(augmenter(inputs) if augmenter is not None else inputs)
+    if not multi_worker:  # a plain Model: JAX's and PyTorch's trainers have their own train_step signatures
+        return keras.Model(inputs, outputs, name="training")
     model = TrainingModel(inputs, outputs, name="training")
     model.multi_worker = multi_worker
     num_classes = classifier.output_shape[-1]

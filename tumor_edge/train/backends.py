@@ -1,0 +1,128 @@
+"""Which Keras 3 backend trains: TensorFlow, JAX or PyTorch run the same model, layers and `fit`.
+
+Keras reads `KERAS_BACKEND` once, when it is first imported, so the choice must be made before anything imports
+Keras: `select_backend` sets it, and says when it cannot (Keras already imported with another backend in this
+process), in which case the caller trains in a child process (tumor_edge.train.isolated). Only the standard
+library at import time: the CLI reads `BACKENDS` without loading any framework.
+
+JAX compiles each new step shape with XLA; a 299 px InceptionV3 training step takes minutes to compile on a
+GPU. The compiled programs are kept in a persistent cache (`jax_compilation_cache_dir`, under tumor-edge's
+cache folder), so a second run with the same shapes loads them instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tumor_edge.errors import ConfigError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_BACKEND = "tensorflow"  # TrainConfig.backend's default, and the CLI's
+JIT_CHOICES = ("auto", "on", "off")
+JAX_CACHE_ENV = "TUMOR_EDGE_JAX_CACHE_DIR"  # "" or "0" turns the persistent compilation cache off
+
+
+def current_backend() -> str | None:
+    """The backend of an already imported Keras, else None (nothing decided yet)."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return None
+    return keras.backend.backend()
+
+
+def select_backend(name: str) -> bool:
+    """Make `name` the backend Keras will load; False when Keras is already loaded with another one."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    loaded = current_backend()
+    if loaded is not None:
+        return loaded == name
+    os.environ["KERAS_BACKEND"] = name
+    if name == "tensorflow":
+        return True
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        extra = "pip install 'tumor-edge[jax]'" if name == "jax" else "pip install torch"
+        raise ConfigError(f"--backend {name} needs {name} installed ({extra})")
+    return True
+
+
+def gpu_count(backend: str) -> int:
+    """GPUs the backend sees (Keras already imported with `backend`)."""
+    if backend == "torch":
+        torch = sys.modules["torch"]  # loaded by Keras' torch backend
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    if backend == "jax":
+        import jax
+
+        return len([d for d in jax.devices() if d.platform == "gpu"])
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def backend_version(backend: str) -> str | None:
+    module = sys.modules.get(backend)
+    return getattr(module, "__version__", None) if module is not None else None
+
+
+def jax_cache_dir() -> Path | None:
+    raw = os.environ.get(JAX_CACHE_ENV)
+    if raw is not None:
+        return None if raw in ("", "0") else Path(raw)
+    from tumor_edge.runtime import cache_root
+
+    return cache_root() / "jax-compilation"
+
+
+def configure_jax(deterministic: bool) -> Path | None:
+    """Before Keras builds anything: the persistent XLA compilation cache (every program, however quick to
+    compile), and deterministic GPU reductions when asked. Returns the cache folder (None: off)."""
+    if deterministic:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+    import jax
+
+    folder = jax_cache_dir()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+def configure_deterministic(backend: str) -> None:
+    """--deterministic: the backend's deterministic kernels (slower). JAX's is an XLA flag (configure_jax)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        sys.modules["torch"].use_deterministic_algorithms(True)
+
+
+def peak_device_bytes(backend: str) -> int | None:
+    """Peak memory the backend allocated on its first GPU so far; None on a CPU (or when it cannot say)."""
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            stats = device.memory_stats() if device.platform == "gpu" else None
+            return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+        if backend == "torch":
+            torch = sys.modules["torch"]
+            return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+        import tensorflow as tf
+
+        if not tf.config.list_logical_devices("GPU"):
+            return None
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    except (RuntimeError, ValueError, KeyError, AttributeError):
+        return None
