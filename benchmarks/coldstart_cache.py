@@ -52,16 +52,21 @@ print(clf.predict(sys.argv[2]).label, clf.backend.source_kind, flush=True)
 """
 
 # The floor under any tumor-edge code: onnxruntime alone loading this tree's cache entry and running one image.
-ORT_CHILD = """
-import sys
-from pathlib import Path
-import numpy as np, onnxruntime as ort
+# onnxruntime loading the cached optimised model (argv[1]: the cache folder) as the runtime does
+ORT_SESSION = """
 entry = next(Path(sys.argv[1]).rglob("model.onnx"))
 so = ort.SessionOptions()
 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 so.enable_cpu_mem_arena = False
 so.enable_mem_pattern = False
 session = ort.InferenceSession(str(entry), so, providers=["CPUExecutionProvider"])
+"""
+
+ORT_CHILD = """
+import sys
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+""" + ORT_SESSION + """
 out = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 299, 299, 3), np.float32)})
 print("scores", out[0].shape, flush=True)
 """
@@ -77,12 +82,7 @@ digest = hashlib.sha256()
 with open(sys.argv[2], "rb") as fh:
     for block in iter(lambda: fh.read(1 << 18), b""):
         digest.update(block)
-entry = next(Path(sys.argv[1]).rglob("model.onnx"))
-so = ort.SessionOptions()
-so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-so.enable_cpu_mem_arena = False
-so.enable_mem_pattern = False
-session = ort.InferenceSession(str(entry), so, providers=["CPUExecutionProvider"])
+""" + ORT_SESSION + """
 pixels = np.asarray(Image.open(sys.argv[3]).convert("RGB").resize((299, 299), Image.Resampling.BILINEAR))
 out = session.run(None, {session.get_inputs()[0].name: pixels[None].astype(np.float32)})
 print("scores", out[0].shape, digest.hexdigest()[:8], flush=True)

@@ -17,11 +17,16 @@ def _base_layers(model):
     return model.get_layer("inception_v3").layers
 
 
-@pytest.fixture(scope="module")
-def reference_and_trained(pretrained_run, notop_weights):
+# The same two-phase checks on every Keras backend train runs on: TensorFlow in this process, JAX in its own
+# (tests/train/conftest.py: jax_run, with TensorFlow unimportable there). TensorFlow reads both model.keras files.
+RUNS = {"tensorflow": "pretrained_run", "jax": "jax_run"}
+
+
+@pytest.fixture(scope="module", params=sorted(RUNS))
+def reference_and_trained(request, notop_weights):
     import keras
 
-    run, _ = pretrained_run
+    run, _ = request.getfixturevalue(RUNS[request.param])
     reference = keras.applications.InceptionV3(include_top=False, weights=str(notop_weights),
                                                input_shape=(PRETRAINED_SIZE, PRETRAINED_SIZE, 3))
     trained = keras.models.load_model(run / "model.keras", compile=False)
