@@ -117,14 +117,18 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(data, tmp
     fp32 = Classifier.from_bundle(out, model_file="model_fp32.onnx").infer_outputs(pixels)["ood_score"]
     np.testing.assert_allclose(fp32, expected, atol=1e-4)
     assert np.corrcoef(energies, expected)[0, 1] > 0.9  # int8 shifts the energies (clipped activations)
-    # classify uses the bundle; --heatmap says why there is no picture.
+    # classify uses the bundle; --heatmap draws each scan's map through the model (it has no class-activation
+    # head), and the exact-CAM method alone is refused with the reason.
     scans = sorted((data / "Testing" / "glioma").iterdir())[:3]
-    classified = _cli("classify", "--model", out, "--json", *scans)
+    classified = _cli("classify", "--model", out, "--json", "--heatmap", tmp_path / "maps", *scans)
     rows = [json.loads(line) for line in classified.stdout.splitlines() if line.startswith("{")] or \
         json.loads(classified.stdout)
     assert len(rows) == 3 and all(r["label"] in CLASSES for r in rows)
-    refused = _cli("classify", "--model", out, "--heatmap", tmp_path / "maps", scans[0], check=False)
-    assert refused.returncode != 0 and "no class-activation head" in refused.stderr
+    assert all(r["heatmap_method"].startswith("occlusion") and Path(r["heatmap_png"]).is_file() for r in rows)
+    assert len(set(r["heatmap_png"] for r in rows)) == 3
+    refused = _cli("classify", "--model", out, "--heatmap", tmp_path / "cams", "--heatmap-method", "cam", scans[0],
+                   check=False)
+    assert refused.returncode != 0 and "no class-activation map output" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
