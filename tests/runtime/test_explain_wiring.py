@@ -70,11 +70,16 @@ def test_volume_slices_get_maps_too(bundle, tmp_path, state):
 
 
 def test_serve_gives_the_page_a_map_and_its_method_for_any_model(bundle):
+    """The page asks for a map (`?heatmap=1`); an API client that does not ask gets none from a model without a
+    class-activation map (occlusion costs ~65 inferences)."""
     from tumor_edge.serve.inference import classify_bytes
 
     buffer = io.BytesIO()
     Image.fromarray(quadrant_image(3)).save(buffer, format="PNG")
-    item = classify_bytes(Classifier.from_bundle(bundle), buffer.getvalue(), "q3.png").results[0]
+    classifier = Classifier.from_bundle(bundle)
+    unasked = classify_bytes(classifier, buffer.getvalue(), "q3.png").results[0]
+    assert "heatmap" not in unasked and "heatmap_method" not in unasked
+    item = classify_bytes(classifier, buffer.getvalue(), "q3.png", heatmap=True).results[0]
     assert item["heatmap_method"] == "occlusion 8x8"
     cells = np.asarray(item["heatmap"])
     row, col = np.unravel_index(np.argmax(cells), cells.shape)
