@@ -55,6 +55,32 @@ def test_the_cam_is_kept_where_it_has_cells_and_the_method_is_said(tmp_path, sta
     assert row["heatmap_method"] == "exact CAM 32x32"
 
 
+def test_serve_gives_the_exact_cam_unasked_without_decoding_again(tmp_path, monkeypatch):
+    """The CAM comes with the prediction: serve includes it whether or not the request asked for a map, and reads
+    it from the outputs (the upload is not decoded a second time)."""
+    import tumor_edge.runtime as runtime
+    from tumor_edge.serve.inference import classify_bytes
+
+    buffer = io.BytesIO()
+    Image.fromarray(quadrant_image(2, 32)).save(buffer, format="PNG")
+    classifier = Classifier.from_bundle(make_heatmap_bundle(tmp_path / "hb"))
+    decodes = []
+    real = runtime.decode_file  # what serve's map code decodes an upload again with (the stream has its own)
+    monkeypatch.setattr(runtime, "decode_file", lambda *a, **k: decodes.append(a) or real(*a, **k))
+    for asked in (False, True):
+        item = classify_bytes(classifier, buffer.getvalue(), "q2.png", heatmap=asked).results[0]
+        assert item["heatmap_method"] == "exact CAM 32x32" and np.shape(item["heatmap"]) == (32, 32)
+    assert decodes == []
+
+
+def test_explain_without_pixels_is_only_for_the_exact_cam(bundle):
+    from tumor_edge.errors import ConfigError
+    from tumor_edge.runtime.explain import explain
+
+    with pytest.raises(ConfigError, match="needs the scan's pixels"):
+        explain(Classifier.from_bundle(bundle), None, 0)
+
+
 def test_volume_slices_get_maps_too(bundle, tmp_path, state):
     pytest.importorskip("nibabel")
     from tests.runtime.volume_files import head, write_nifti

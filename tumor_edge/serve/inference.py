@@ -106,7 +106,10 @@ def page_heatmap(classifier: Any, path: Path, result: Any, through_model: bool =
     from tumor_edge.runtime import explain_prediction as explain
 
     cells = cam_cells(result.outputs)
-    if not through_model and (cells is None or min(cells) < MIN_CAM_CELLS):
+    if cells is not None and min(cells) >= MIN_CAM_CELLS:  # in the outputs already: no second decode
+        explanation = explain(classifier, None, result.index, result.outputs)
+        return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}
+    if not through_model:
         return {}
 
     decoded = decode_file(path, classifier.preprocessing, "all" if result.frame is not None else "middle")

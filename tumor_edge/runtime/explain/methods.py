@@ -120,13 +120,16 @@ def choose_method(requested: str, outputs: dict[str, np.ndarray]) -> str:
     return "cam" if cells is not None and min(cells) >= MIN_CAM_CELLS else DEFAULT_AGNOSTIC
 
 
-def explain(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict[str, np.ndarray] | None = None,
-            settings: ExplainSettings | None = None) -> Explanation:
+def explain(classifier: Any, pixels: np.ndarray | None, class_index: int,
+            outputs: dict[str, np.ndarray] | None = None, settings: ExplainSettings | None = None) -> Explanation:
     """The map of evidence for `class_index` on one scan (uint8 (H, W, 3) at the model's size), drawn by the
-    method `settings.method` names or "auto" picks."""
+    method `settings.method` names or "auto" picks. `pixels` may be None when that method is the exact CAM, which
+    reads the prediction's outputs only (serve then need not decode the upload again)."""
     settings = settings or ExplainSettings()
     settings.check()
     outputs = outputs or {}
     method = choose_method(settings.method, outputs)
+    if pixels is None and method != "cam":
+        raise ConfigError(f"the {METHOD_TITLES.get(method, method)} map needs the scan's pixels")
     request = ExplainRequest(classifier, np.asarray(pixels), class_index, outputs, settings)
     return Explanation(method, np.asarray(METHODS[method](request), np.float32), class_index)
