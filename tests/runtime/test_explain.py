@@ -39,11 +39,16 @@ def test_occlusion_points_at_the_only_quadrant_the_model_reads(bundles, quadrant
     assert result.method == "occlusion" and result.map.shape == (8, 8)
     assert result.label == "occlusion 8x8"
     assert pointing_hit(result.map, _quadrant_mask(quadrant), tolerance=0)
-    # Cells outside the quadrant change no input the model reads: exactly no evidence there.
+    # Cells outside the quadrant change no input the model reads: no evidence there beyond rounding. The scan's own
+    # score is computed in a batch of 1 and the occluded copies in batches of 16; an engine may sum the quadrant's
+    # 768 products in another order for another batch size (float32: at most 768 * 2**-24 * |logit| with the logit
+    # ~2.2, i.e. 1.0e-4 in log-odds; int8 accumulates exactly), while hiding one cell of the bright quadrant lowers
+    # the logit by 0.01 * (220 - ~74) / 16 ~ 0.09.
+    rounding = 768 * 2.0 ** -24 * 2.5 + 1e-6
     outside = np.ones((8, 8), bool)
     outside[quadrant_rows(quadrant, 8)] = False
-    assert np.all(result.map[outside] == 0.0) and np.all(result.map[~outside] > 0)
-    assert energy_in_lesion(result.map, _quadrant_mask(quadrant)) == 1.0
+    assert np.all(np.abs(result.map[outside]) <= rounding) and np.all(result.map[~outside] > 100 * rounding)
+    assert energy_in_lesion(result.map, _quadrant_mask(quadrant)) >= 1 - 48 * rounding / (16 * 100 * rounding)
 
 
 @pytest.mark.parametrize("quadrant", range(4))
