@@ -14,7 +14,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from tests.runtime.models import SIZE, quadrant_metadata, quadrant_model
-from tumor_edge.contracts.bundle import describe_file
+from tumor_edge.contracts.bundle import BundleMetadata, describe_file
+from tumor_edge.contracts.preprocessing import Preprocessing
 
 RAW_VALUE = 1.39e10  # the raw output the issue saw printed as a probability
 
@@ -70,14 +71,21 @@ def five_class_model() -> onnx.ModelProto:
     return quadrant_model(SIZE, quadrant_metadata(SIZE), classes=5)
 
 
-def bundle_with(folder: Path, model: onnx.ModelProto, name: str = "model_fp32.onnx") -> Path:
-    """A bundle folder holding `model` (listed with its sha256) and the quadrant metadata."""
+def bundle_with(folder: Path, model: onnx.ModelProto, name: str = "model_fp32.onnx",
+                metadata: BundleMetadata | None = None) -> Path:
+    """A bundle folder holding `model` (listed with its sha256) and `metadata` (default: the quadrant's)."""
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = quadrant_metadata(SIZE)
+    metadata = metadata or quadrant_metadata(SIZE)
     onnx.save(model, folder / name)
     metadata.models = {name: describe_file(folder / name, "onnx", "fp32")}
     metadata.write(folder)
     return folder
+
+
+def named_classes_bundle(folder: Path, classes: list[str]) -> Path:
+    """The quadrant model under other class names (metadata.json and the names the model carries agree)."""
+    metadata = BundleMetadata(list(classes), Preprocessing(SIZE, SIZE))
+    return bundle_with(folder, quadrant_model(SIZE, metadata), metadata=metadata)
 
 
 def blank_and_lit() -> tuple[np.ndarray, np.ndarray]:

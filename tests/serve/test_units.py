@@ -15,7 +15,8 @@ from tumor_edge.serve.upload import clean_filename, parse_upload
 
 @pytest.mark.parametrize("raw, clean", [
     ("scan.png", "scan.png"), ("../../etc/passwd", "passwd"), ("C:\\scans\\a.dcm", "a.dcm"),
-    ("a\x00b\nc.png", "abc.png"), ("", "upload"), (None, "upload"), ("x" * 500, "x" * 200), (b"\xff.png", "\ufffd.png"),
+    ("a\x00b\nc\u202e.png", "a\\x00b\\nc\\u202e.png"),
+    ("", "upload"), (None, "upload"), ("x" * 500, "x" * 200), (b"\xff.png", "\ufffd.png"),
 ])
 def test_clean_filename(raw, clean):
     assert clean_filename(raw) == clean

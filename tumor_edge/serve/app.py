@@ -36,6 +36,7 @@ from tumor_edge.serve.inference import classify_bytes, model_description
 from tumor_edge.serve.openapi import openapi_document
 from tumor_edge.serve.page import PAGE_CSP, render_page
 from tumor_edge.serve.upload import parse_upload, read_body
+from tumor_edge.text import one_line
 
 log = logging.getLogger("tumor_edge.serve")
 RETRY_AFTER_S = 1
@@ -119,7 +120,7 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
 
     async def on_crash(request: Request, err: Exception) -> Response:
         # The client gets one line; the server's operator gets the traceback with --debug.
-        log.error("%s %s failed: %s", request.method, request.url.path, first_line(err, 1000))
+        log.error("%s %s failed: %s", request.method, one_line(request.url.path), one_line(first_line(err, 1000)))
         if config.debug:
             traceback.print_exception(err, file=sys.stderr)
         return error_response(500, f"internal error: {without_folders(first_line(err), server_folders)}")

@@ -12,6 +12,7 @@ import sys
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.errors import TumorEdgeError, first_line
 from tumor_edge.serve.config import ServeConfig
+from tumor_edge.text import one_line
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -54,7 +55,8 @@ def serve(config: ServeConfig) -> None:
     shown = f"[{host}]" if ":" in host else host
     print(f"note: {RESEARCH_NOTICE}", file=sys.stderr)
     source = model_source(classifier)
-    print(f"serving {source['file']} with {source['engine']} ({', '.join(classifier.classes)}) on "
+    classes = ", ".join(map(one_line, classifier.classes))
+    print(f"serving {one_line(source['file'])} with {source['engine']} ({classes}) on "
           f"http://{shown}:{port}/ (page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops",
           file=sys.stderr, flush=True)
     uv_config = uvicorn.Config(app, http=header_timeout_protocol(config.header_timeout_s),
