@@ -71,3 +71,25 @@ def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
     for name in names:
         with Image.open(out / name) as image:
             image.load()  # a truncated PNG raises here
+
+
+def test_the_temporary_png_is_never_written_through_a_planted_symlink(heatmap_bundle, tmp_path, monkeypatch):
+    """Someone who can write the --heatmap folder plants symbolic links where the temporary file will be created
+    (the name a predictable scheme gives it, and the first name the random scheme will try): the overlay is still
+    written, and the files the links point to are untouched."""
+    import tempfile
+
+    clf = Classifier.from_bundle(heatmap_bundle)
+    out = tmp_path / "maps"
+    writer = HeatmapWriter(out, clf.preprocessing)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / f".{os.getpid()}-0.png.tmp").symlink_to(victim)
+    names = iter(["planted", "fresh"])
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+    for prefix, suffix in ((".", ".png.tmp"), ("", ""), (".", ""), ("", ".png"), ("", ".tmp")):
+        (out / f"{prefix}planted{suffix}").symlink_to(victim)
+    written = writer.write(clf.predict(save_quadrant(tmp_path / "scan.png", 2)))
+    assert victim.read_bytes() == b"precious"
+    assert written.is_file() and not written.is_symlink() and Image.open(written).format == "PNG"
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [written.name], "no temporary file left"
