@@ -195,6 +195,42 @@ def test_allow_host_accepts_a_named_host(serve_bundle, tmp_path):
         assert _get(s.url, "attacker.example")[0] == 421
 
 
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    {"Origin": "null"},  # a sandboxed frame, a file:// page
+    {"Sec-Fetch-Site": "same-site"},  # another port or subdomain of the same site: another origin all the same
+    {"Origin": "http://127.0.0.1:1"},  # this host, another port: another origin
+    {"Origin": "http://localhost.evil.example:{port}"},
+])
+def test_a_cross_site_post_is_refused_without_a_token(server, tmp_path, headers):
+    """Any web page the user opens can send a form POST to a tokenless loopback server; the browser marks it with
+    Origin and Sec-Fetch-Site, and such a request is refused before its body is read."""
+    _, port = _address(server.url)
+    body, form = multipart("scan.png", _scan(tmp_path))
+    sent = {k: v.format(port=port) for k, v in headers.items()}
+    reply = request(server.url + "/v1/classify", "POST", body, {**form, **sent})
+    assert reply.status == 403, (headers, reply.status, reply.body)
+    assert "cross-site" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("headers", [
+    {},  # a script or curl: no browser, no page to borrow the user's access
+    {"Sec-Fetch-Site": "same-origin"},
+    {"Sec-Fetch-Site": "none"},  # typed by the user
+    {"Origin": "{url}", "Sec-Fetch-Site": "same-origin"},  # the server's own page
+    {"Origin": "http://localhost:{port}"},
+])
+def test_the_servers_own_page_and_plain_clients_may_post(server, tmp_path, headers):
+    _, port = _address(server.url)
+    body, form = multipart("scan.png", _scan(tmp_path))
+    sent = {k: v.format(url=server.url, port=port) for k, v in headers.items()}
+    sent.update({"Host": f"localhost:{port}"} if "localhost" in sent.get("Origin", "") else {})
+    reply = request(server.url + "/v1/classify", "POST", body, {**form, **sent})
+    assert reply.status == 200, (headers, reply.status, reply.body)
+
+
 # ---- 4. no absolute path in any response; a model that cannot run never listens ----------------------------------
 
 

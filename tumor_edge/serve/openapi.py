@@ -39,7 +39,8 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                 "summary": "Classify one scan (JPEG, PNG, BMP, TIFF, DICOM)",
                 "description": f"The scan as the raw body or as the `file` field of a multipart form; at most "
                                f"{config.max_body_mb:g} MiB. 503 with Retry-After when the queue or the upload places "
-                               f"are full; 500 when the model fails or its scores are not probabilities.",
+                               f"are full; 403 when a browser marks it as sent by another site's page; 500 when the "
+                               f"model fails or its scores are not probabilities.",
                 "security": secured,
                 "parameters": [
                     {"name": "frames", "in": "query", "schema": {"enum": ["middle", "all"]},
@@ -60,7 +61,7 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                     "200": {"description": "the prediction", "content": {"application/json": {"schema": {
                         "oneOf": [{"$ref": "#/components/schemas/Prediction"},
                                   {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}]}}}},
-                    **{code: _ERROR for code in ("400", "401", "408", "413", "421", "422", "500", "503")},
+                    **{code: _ERROR for code in ("400", "401", "403", "408", "413", "421", "422", "500", "503")},
                 },
             }},
             "/v1/model": {"get": {
