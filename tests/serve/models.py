@@ -66,6 +66,24 @@ def extra_class_model() -> onnx.ModelProto:
     return _graft(nodes, inits, "out")
 
 
+def slow_model(products: int) -> onnx.ModelProto:
+    """The quadrant model's answers at a cost: a chain of `products` (rows, 512) x (512, 512) matrix products on
+    the image, whose sum times 0 joins the probabilities (an orthogonal matrix keeps the values finite). The
+    engine cannot fold the chain away (it depends on the input), so each image costs about `products` x 3 MFLOP."""
+    rng = np.random.default_rng(0)
+    weights, _ = np.linalg.qr(rng.standard_normal((512, 512)))
+    nodes = [helper.make_node("Reshape", ["image", "rows_shape"], ["h0"])]
+    for i in range(products):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes += [helper.make_node("ReduceSum", [f"h{products}"], ["total"], keepdims=0),
+              helper.make_node("Mul", ["total", "zero_f"], ["nothing"]),
+              helper.make_node("Add", ["probs", "nothing"], ["out"])]
+    inits = [helper.make_tensor("rows_shape", TensorProto.INT64, [2], [-1, 512]),
+             helper.make_tensor("w", TensorProto.FLOAT, [512, 512], weights.astype(np.float32).ravel().tolist()),
+             helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0])]
+    return _graft(nodes, inits, "out")
+
+
 def five_class_model() -> onnx.ModelProto:
     """Five outputs for a bundle whose metadata names four classes: it cannot run on any image."""
     return quadrant_model(SIZE, quadrant_metadata(SIZE), classes=5)

@@ -36,6 +36,7 @@ class ServeConfig:
     threads: int | None = None
     providers: tuple[str, ...] | None = None
     frames: str = "middle"
+    max_inferences: int = 256  # images through the model for one request (frames, map cells): 413 beyond
     debug: bool = False
 
     @property
@@ -47,8 +48,8 @@ class ServeConfig:
         return self.upload_budget_bodies * self.max_body_bytes
 
     def validate(self) -> None:
-        if self.concurrency < 1 or self.queue < 0:
-            raise ConfigError("concurrency must be at least 1 and the queue at least 0")
+        if self.concurrency < 1 or self.queue < 0 or self.max_inferences < 1:
+            raise ConfigError("concurrency and the inferences per request must be at least 1, the queue at least 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port <= 65535:
