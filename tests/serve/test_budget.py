@@ -124,3 +124,18 @@ def test_sigterm_during_a_long_request_exits_within_the_grace_period(slow_server
     assert took < GRACE_S, f"exited {took:.1f} s after SIGTERM"
     assert "graceful shutdown exceeded" not in slow_server.stderr() and "Traceback" not in slow_server.stderr()
     assert answer.startswith("HTTP/1.1 503") and "shutting down" in answer
+
+
+def test_a_plain_request_is_answered_while_a_long_one_runs(slow_server, tmp_path):
+    """A long request (many frames, within the cap) takes turns with others a batch at a time: a plain request
+    sent meanwhile waits for a batch, not for the whole long request."""
+    scan = save_quadrant(tmp_path / "scan.png", 2).read_bytes()
+    sock = send_raw(slow_server, "/v1/classify?frames=all&filename=long.gif", gif(LONG_FRAMES))
+    assert until(lambda: busy(slow_server) == 1, 20) is not None
+    time.sleep(0.5)  # inference under way
+    start = time.monotonic()
+    plain = request(slow_server.url + "/v1/classify?filename=scan.png", "POST", scan, OCTETS, timeout=60)
+    took = time.monotonic() - start
+    sock.close()
+    assert plain.status == 200 and plain.json()["label"] == "notumor"
+    assert took < STOP_WITHIN_S, f"answered after {took:.1f} s"

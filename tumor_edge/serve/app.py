@@ -52,8 +52,8 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
     metered (`budget`): each request's work stops at its inference cap, when its client goes, or once `stopping`
     is set (the server's shutdown)."""
     stopping = stopping or threading.Event()
-    meter_engine(classifier)
-    admission = Admission(config.concurrency, config.queue)
+    meter_engine(classifier, config.concurrency)
+    admission = Admission(config.concurrency + 1, config.queue)  # one more in progress than the engine runs
     uploads = UploadStage(config.upload_places, config.upload_places_per_client, config.upload_budget_bytes)
     model_info = model_description(classifier, classifier.metadata, model_path)
     server_folders = [p for p in (model_path, bundle_of(model_path), classifier.backend.path,

@@ -7,6 +7,10 @@ budget of the request running on that thread. The charge refuses the batch when 
 inference cap, when its client has gone, or when the server is shutting down; the request's work then stops
 between two batches, so a disconnect or SIGTERM ends it within one batch, and no request runs more than the cap.
 
+The engine runs batches in turns, first come first served (`Turns`): one more request is in progress than the
+engine has places, so a short request takes its turn between two batches of a long one instead of waiting for
+all of them.
+
 The refusal is a BaseException, as a task cancellation is: the runtime turns an Exception on one file into a
 failed row of that file, and a stop is not that.
 """
@@ -14,7 +18,9 @@ failed row of that file, and a stop is not that.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -53,11 +59,39 @@ class Budget:
         self.used += images
 
 
-class MeteredBackend:
-    """An engine whose `run` first charges its batch to the running request's budget (no budget: not charged)."""
+class Turns:
+    """At most `places` batches at the engine at once; the others wait in the order they came."""
 
-    def __init__(self, backend: Any):
+    def __init__(self, places: int):
+        self.places = places
+        self._running = 0
+        self._waiting: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        me = object()
+        with self._changed:
+            self._waiting.append(me)
+            self._changed.wait_for(lambda: self._waiting[0] is me and self._running < self.places)
+            self._waiting.popleft()
+            self._running += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+class MeteredBackend:
+    """An engine whose `run` first charges its batch to the running request's budget (no budget: not charged),
+    then waits for its turn."""
+
+    def __init__(self, backend: Any, turns: Turns):
         self._backend = backend
+        self._turns = turns
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
@@ -66,13 +100,14 @@ class MeteredBackend:
         budget = getattr(_running, "budget", None)
         if budget is not None:
             budget.charge(len(batch))
-        return self._backend.run(batch)
+        with self._turns.turn():
+            return self._backend.run(batch)
 
 
-def meter_engine(classifier: Any) -> None:
-    """Make every inference of `classifier` pass the meter."""
+def meter_engine(classifier: Any, places: int) -> None:
+    """Make every inference of `classifier` pass the meter, `places` batches at once."""
     if not isinstance(classifier.backend, MeteredBackend):
-        classifier.backend = MeteredBackend(classifier.backend)
+        classifier.backend = MeteredBackend(classifier.backend, Turns(places))
 
 
 def _charged(budget: Budget, work: Callable[[], T]) -> T:
