@@ -1,4 +1,4 @@
-"""The server against hostile clients and broken bundles (issue 22), each over real loopback sockets against a
+"""The server against hostile clients and broken bundles, each over real loopback sockets against a
 real `tumor-edge serve` process: slow senders, half-sent headers, a foreign Host header (DNS rebinding), absolute
 paths in errors, a model that cannot run, symlinks leaving the bundle, raw values shown as probabilities."""
 
@@ -21,7 +21,7 @@ from tests.runtime.models import CLASSES, save_quadrant
 from tests.serve.models import bundle_with, extra_class_model, five_class_model, raw_output_model
 from tests.serve.process import REPO, multipart, request, running_server, serve_command, server_env
 
-TRICKLE_S = 0.5  # one byte per half second: the issue's slow sender
+TRICKLE_S = 0.5  # one byte per half second: a slow sender
 DEFAULT_HEADER_TIMEOUT_S = 5.0  # ServeConfig.header_timeout_s
 CLOSE_MARGIN_S = 2.5  # scheduling slack on a loaded 2-core machine, on top of the timeout
 
@@ -96,8 +96,8 @@ def _slow_senders(url: str, count: int, source: str = "127.0.0.1", declared: int
 
 
 def test_three_slow_senders_do_not_starve_other_uploads(serve_bundle, tmp_path):
-    """Issue 22: with 3 admission places (1 inference + 2 queued), 3 trickling bodies answered every other upload
-    503. Admission is now taken once a body has arrived: a slow body holds no inference place."""
+    """With one inference place and a queue of 2, 3 trickling bodies leave every other upload served: admission
+    is taken once a body has arrived, so a slow body holds no inference place."""
     scan = _scan(tmp_path)
     args = ("--model", str(serve_bundle), "--concurrency", "1", "--queue", "2")
     with running_server(tmp_path, *args) as s, _slow_senders(s.url, 3):
@@ -108,8 +108,8 @@ def test_three_slow_senders_do_not_starve_other_uploads(serve_bundle, tmp_path):
 
 
 def test_many_slow_senders_from_one_address_starve_only_that_address(serve_bundle, tmp_path):
-    """At the defaults 17 trickling connections took every place. Now one client address holds at most
-    `upload_places_per_client` uploads: its next one is 503 (with Retry-After), every other client still gets in."""
+    """At the defaults, 17 trickling connections from one client address: that address holds at most
+    `upload_places_per_client` uploads, its next one is 503 (with Retry-After), every other client still gets in."""
     scan = _scan(tmp_path, 2)
     with running_server(tmp_path, "--model", str(serve_bundle)) as s, _slow_senders(s.url, 17, source="127.0.0.2"):
         others = [_upload(s.url, scan)[0] for _ in range(3)]
@@ -298,8 +298,8 @@ def test_a_symlinked_model_card_is_not_served(serve_bundle, tmp_path, target):
 
 @pytest.mark.parametrize("name", ["metadata.json", "model_fp32.onnx"])
 def test_bundle_files_through_symlinks_are_refused_at_start(serve_bundle, tmp_path, name):
-    """The same bytes (so the sha256 matches) through a link to a file outside the bundle: refused, one line.
-    (The runtime already refused the model's link as leaving the folder; the metadata's was followed.)"""
+    """The same bytes (so the sha256 matches) through a link to a file outside the bundle: refused, one line,
+    metadata.json as much as the model."""
     bundle = _bundle_copy(serve_bundle, tmp_path / "bundle")
     outside = tmp_path / ("outside-" + name)
     os.replace(bundle / name, outside)

@@ -76,26 +76,23 @@ def check_token(token: str) -> None:
 def check_host_name(name: str) -> None:
     """An --allow-host value: a host name or address as a Host header carries it, without a port."""
     plain = name.strip("[]")
-    if not plain or not all(c.isalnum() or c in ".-_:" for c in plain) or (":" in plain and not _is_ip(plain)):
+    if not plain or not all(c.isalnum() or c in ".-_:" for c in plain) or (":" in plain and ip_of(plain) is None):
         raise ConfigError(f"--allow-host {name!r} is not a host name or address (give it without a port or scheme)")
 
 
-def _is_ip(text: str) -> bool:
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `text` writes (without brackets), or None when it is a name."""
     try:
-        ipaddress.ip_address(text)
-        return True
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
+        return None
 
 
 def is_loopback(host: str) -> bool:
     """Whether `host` only reaches this machine (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
+    address = ip_of(host.strip("[]"))
+    # a host name other than localhost may resolve to anything
+    return host.lower() == "localhost" or (address is not None and address.is_loopback)
 
 
 def check_bind(host: str, token: str | None, insecure: bool) -> None:

@@ -18,11 +18,11 @@ the server's own page sends both, same-origin.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tumor_edge.serve.config import ip_of
 from tumor_edge.serve.errors import error_response
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -31,19 +31,12 @@ OWN_SITE = ("same-origin", "none")  # Sec-Fetch-Site values of the server's own 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
-
-
 def split_host(value: str) -> tuple[str, int | None] | None:
     """A Host header's (name, port): lower case, IPv6 without brackets, no trailing dot; None when malformed."""
     value = value.strip().lower()
     if value.startswith("["):
         name, bracket, rest = value[1:].partition("]")
-        if not bracket or _ip(name) is None or (rest and not rest.startswith(":")):
+        if not bracket or ip_of(name) is None or (rest and not rest.startswith(":")):
             return None
         port_text = rest[1:] if rest else None
     else:
@@ -75,7 +68,7 @@ class HostRule:
     @classmethod
     def for_bind(cls, host: str, port: int, allow: Iterable[str] = ()) -> HostRule:
         bound = host.strip("[]").lower()
-        address = _ip(bound)
+        address = ip_of(bound)
         wildcard = address is not None and address.is_unspecified
         own = set(LOOPBACK_NAMES) | ({str(address) if address else bound} if not wildcard else set())
         return cls(frozenset(own), frozenset(n.strip("[]").lower().rstrip(".") for n in allow), port, wildcard)
@@ -90,7 +83,7 @@ class HostRule:
         name, port = parsed
         if name in self.allowed:
             return None
-        if (name in self.own or (self.any_ip and _ip(name) is not None)) and port in (None, self.port):
+        if (name in self.own or (self.any_ip and ip_of(name) is not None)) and port in (None, self.port):
             return None
         names = ", ".join(shown(n) for n in sorted(self.own)) + (", any IP address" if self.any_ip else "")
         extra = f" (and to {', '.join(sorted(self.allowed))} on any port)" if self.allowed else ""
