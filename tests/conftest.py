@@ -1,15 +1,68 @@
-"""Shared, expensive fixtures: generate data once, train once, export once per test session."""
+"""Shared, expensive fixtures (generate data once, train once, export once per test session) and the test tiers.
+
+The tiers are structural: a test whose fixtures reach one that trains or exports (`SLOW_FIXTURES`, through any
+chain of fixtures) is marked slow here, so `pytest -m "not slow"` never trains or exports. A run that selected no
+slow test is guarded besides (`tests/tier_guard.py`): training or export entered in it, in this process or a
+child, fails the run and names where.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tests import tier_guard  # noqa: E402
 from tests.toydata import make_toy_dataset  # noqa: E402
+
+# Fixtures that train or export a model, wherever they are defined: a test reaching one is slow.
+SLOW_FIXTURES = frozenset({
+    "trained_run", "exported_bundle",  # below
+    "pretrained_run", "jax_run", "notop_weights",  # tests/train/conftest.py
+    "tiny_onnx",  # tests/bench/conftest.py: `tumor-edge export` of a tiny model
+    "logits_model",  # tests/export/test_foreign.py: fits a small CNN
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Guard a run of fast tests only: children find the guard as their `sitecustomize`."""
+    if not session.items or any(item.get_closest_marker("slow") for item in session.items):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tumor-edge-tier-"))
+    shutil.copyfile(tier_guard.__file__, folder / "sitecustomize.py")
+    (folder / "entered.txt").touch()
+    session.config.stash[_GUARD_FOLDER] = folder
+    os.environ[tier_guard.RECORD] = str(folder / "entered.txt")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    tier_guard.install()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    folder = session.config.stash.get(_GUARD_FOLDER, None)
+    if folder is None:
+        return
+    entered = (folder / "entered.txt").read_text(encoding="utf-8").splitlines()
+    shutil.rmtree(folder, ignore_errors=True)
+    if entered:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("fast tier trained or exported: " + "; ".join(sorted(set(entered))), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_GUARD_FOLDER = pytest.StashKey[Path]()
 
 
 @pytest.fixture(scope="session", autouse=True)
