@@ -87,7 +87,7 @@ def train_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(train_dataset, tmp_path_factory) -> Path:
-    """One tiny InceptionV3 (75 px, from scratch) trained once per session; ~90 % test accuracy on toy data."""
+    """One tiny InceptionV3 (75 px, from scratch, 4 epochs) trained once per session on the toy data."""
     from tumor_edge.train.fit import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("run") / "run"
