@@ -2,8 +2,10 @@
 
 The tiers are structural: a test whose fixtures reach one that trains or exports (`SLOW_FIXTURES`, through any
 chain of fixtures) is marked slow here, so `pytest -m "not slow"` never trains or exports. A run that selected no
-slow test is guarded besides (`tests/tier_guard.py`): training or export entered in it, in this process or a
-child, fails the run and names where.
+slow test is guarded besides, two ways: training or export entered in this process or a child that keeps
+PYTHONPATH fails the run and names the function (`tests/tier_guard.py`); and what only training and export write
+(a run's `history.csv`, a bundle's `metadata.json` with `export_seconds`) found under the session's temporary
+folder at its end fails the run and names the folder, which is named after its test.
 """
 
 from __future__ import annotations
@@ -49,27 +51,44 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     tier_guard.install()
 
 
+def _trained_or_exported(root: Path) -> list[str]:
+    """The folders under `root` holding what only training (Keras' history.csv) or export (a metadata.json that
+    records its export time) writes."""
+    found = []
+    for folder, _, files in os.walk(root):
+        if "history.csv" in files:
+            found.append(f"trained into {folder}")
+        if "metadata.json" in files and '"export_seconds"' in Path(folder, "metadata.json").read_text(errors="replace"):
+            found.append(f"exported into {folder}")
+    return found
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     folder = session.config.stash.get(_GUARD_FOLDER, None)
     if folder is None:
         return
     entered = (folder / "entered.txt").read_text(encoding="utf-8").splitlines()
     shutil.rmtree(folder, ignore_errors=True)
+    basetemp = session.config.stash.get(_BASETEMP, None)
+    entered += _trained_or_exported(basetemp) if basetemp is not None else []
     if entered:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line("fast tier trained or exported: " + "; ".join(sorted(set(entered))), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 _GUARD_FOLDER = pytest.StashKey[Path]()
+_BASETEMP = pytest.StashKey[Path]()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_model_cache(tmp_path_factory):
+def _private_model_cache(tmp_path_factory, request):
     """The runtime caches optimised models under ~/.cache/tumor-edge; the tests (and the processes they start,
     which inherit the variable) use a folder of their own."""
     os.environ["TUMOR_EDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    request.config.stash[_BASETEMP] = tmp_path_factory.getbasetemp()
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,16 @@ def test_no_fast_test_reaches_a_training_or_export_fixture(tmp_path):
     assert items  # the bench has fast tests
     assert {node: sorted(SLOW_FIXTURES & set(names)) for node, names in items.items()
             if SLOW_FIXTURES & set(names)} == {}
+
+
+def test_the_session_check_finds_what_only_training_and_export_write(tmp_path):
+    from tests.conftest import _trained_or_exported
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "history.csv").write_text("epoch,loss\n")
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "metadata.json").write_text('{"provenance": {"export_seconds": 1.0}}')
+    (tmp_path / "made_by_hand").mkdir()
+    (tmp_path / "made_by_hand" / "metadata.json").write_text('{"provenance": {}}')
+    assert sorted(_trained_or_exported(tmp_path)) == [f"exported into {tmp_path / 'exported'}",
+                                                      f"trained into {tmp_path / 'run'}"]
