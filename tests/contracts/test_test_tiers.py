@@ -80,14 +80,18 @@ def test_no_fast_test_reaches_a_training_or_export_fixture(tmp_path):
             if SLOW_FIXTURES & set(names)} == {}
 
 
-def test_the_session_check_finds_what_only_training_and_export_write(tmp_path):
+def test_the_session_check_finds_what_only_training_and_export_write():
+    """In a folder of its own: under the session's temporary folder these files would fail the run they are in."""
+    import tempfile
+
     from tests.conftest import _trained_or_exported
 
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "history.csv").write_text("epoch,loss\n")
-    (tmp_path / "exported").mkdir()
-    (tmp_path / "exported" / "metadata.json").write_text('{"provenance": {"export_seconds": 1.0}}')
-    (tmp_path / "made_by_hand").mkdir()
-    (tmp_path / "made_by_hand" / "metadata.json").write_text('{"provenance": {}}')
-    assert sorted(_trained_or_exported(tmp_path)) == [f"exported into {tmp_path / 'exported'}",
-                                                      f"trained into {tmp_path / 'run'}"]
+    with tempfile.TemporaryDirectory() as name:
+        root = Path(name)
+        for folder, file, text in (("run", "history.csv", "epoch,loss\n"),
+                                   ("exported", "metadata.json", '{"provenance": {"export_seconds": 1.0}}'),
+                                   ("made_by_hand", "metadata.json", '{"provenance": {}}')):
+            (root / folder).mkdir()
+            (root / folder / file).write_text(text)
+        assert sorted(_trained_or_exported(root)) == [f"exported into {root / 'exported'}",
+                                                      f"trained into {root / 'run'}"]
