@@ -1,22 +1,94 @@
-"""Shared, expensive fixtures: generate data once, train once, export once per test session."""
+"""Shared, expensive fixtures (generate data once, train once, export once per test session) and the test tiers.
+
+The tiers are structural: a test whose fixtures reach one that trains or exports (`SLOW_FIXTURES`, through any
+chain of fixtures) is marked slow here, so `pytest -m "not slow"` never trains or exports. A run that selected no
+slow test is guarded besides, two ways: training or export entered in this process or a child that keeps
+PYTHONPATH fails the run and names the function (`tests/tier_guard.py`); and what only training and export write
+(a run's `history.csv`, a bundle's `metadata.json` with `export_seconds`) found under the session's temporary
+folder at its end fails the run and names the folder, which is named after its test.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tests import tier_guard  # noqa: E402
 from tests.toydata import make_toy_dataset  # noqa: E402
+
+# Fixtures that train or export a model, wherever they are defined: a test reaching one is slow.
+SLOW_FIXTURES = frozenset({
+    "trained_run", "exported_bundle",  # below
+    "pretrained_run", "jax_run", "notop_weights",  # tests/train/conftest.py
+    "tiny_onnx",  # tests/bench/conftest.py: `tumor-edge export` of a tiny model
+    "logits_model",  # tests/export/test_foreign.py: fits a small CNN
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Guard a run of fast tests only: children find the guard as their `sitecustomize`."""
+    if not session.items or any(item.get_closest_marker("slow") for item in session.items):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tumor-edge-tier-"))
+    shutil.copyfile(tier_guard.__file__, folder / "sitecustomize.py")
+    (folder / "entered.txt").touch()
+    session.config.stash[_GUARD_FOLDER] = folder
+    os.environ[tier_guard.RECORD] = str(folder / "entered.txt")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    tier_guard.install()
+
+
+def _trained_or_exported(root: Path) -> list[str]:
+    """The folders under `root` holding what only training (Keras' history.csv) or export (a metadata.json that
+    records its export time) writes."""
+    found = []
+    for folder, _, files in os.walk(root):
+        if "history.csv" in files:
+            found.append(f"trained into {folder}")
+        if "metadata.json" in files and '"export_seconds"' in Path(folder, "metadata.json").read_text(errors="replace"):
+            found.append(f"exported into {folder}")
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    folder = session.config.stash.get(_GUARD_FOLDER, None)
+    if folder is None:
+        return
+    entered = (folder / "entered.txt").read_text(encoding="utf-8").splitlines()
+    shutil.rmtree(folder, ignore_errors=True)
+    basetemp = session.config.stash.get(_BASETEMP, None)
+    entered += _trained_or_exported(basetemp) if basetemp is not None else []
+    if entered:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line("fast tier trained or exported: " + "; ".join(sorted(set(entered))), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_GUARD_FOLDER = pytest.StashKey[Path]()
+_BASETEMP = pytest.StashKey[Path]()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_model_cache(tmp_path_factory):
+def _private_model_cache(tmp_path_factory, request):
     """The runtime caches optimised models under ~/.cache/tumor-edge; the tests (and the processes they start,
     which inherit the variable) use a folder of their own."""
     os.environ["TUMOR_EDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    request.config.stash[_BASETEMP] = tmp_path_factory.getbasetemp()
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +106,7 @@ def train_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(train_dataset, tmp_path_factory) -> Path:
-    """One tiny InceptionV3 (75 px, from scratch) trained once per session; ~90 % test accuracy on toy data."""
+    """One tiny InceptionV3 (75 px, from scratch, 4 epochs) trained once per session on the toy data."""
     from tumor_edge.train.fit import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("run") / "run"

@@ -63,7 +63,7 @@ def test_optimised_twins_are_not_timed_as_formats(tiny_onnx, tmp_path):
 def test_a_new_row_in_the_format_table_is_a_new_benchmark_row(tiny_onnx, tmp_path, monkeypatch):
     """Adding a format is a row in the table (plus its converter): bench needs no change to time it."""
     row = ModelFormat("onnx-int8w", "onnx", "int8", "model_int8w.onnx", "onnxruntime")
-    monkeypatch.setitem(formats.BY_FILE, row.file, row)
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, row))
     bundle = _copy_bundle(tiny_onnx, tmp_path / "bundle")
     _add_file(bundle, row.file, "onnx-int8")
     subject = resolve_subject(bundle, keras=False)

@@ -83,11 +83,14 @@ def test_in_graph_projection_gives_the_same_scores_as_numpy(blob_ood, tmp_path):
 def test_energy_of_logits_is_measured_not_assumed(blob_ood):
     """Why Mahalanobis is the default: this records the energy score's behaviour on the same model. If a
     future model made energy separate these sets, this test says so (and the default can be revisited)."""
+    import keras
+
     from tests.trust_models import blob_cnn
-    from tumor_edge.modelside.cam import logits_model
+    from tumor_edge.modelside.cam import trust_model
 
     fit, f, test, _ = blob_ood
-    logits = logits_model(blob_cnn()[0])
+    with_maps = trust_model(blob_cnn()[0])  # each map's spatial mean is its class logit
+    logits = keras.Model(with_maps.inputs, keras.layers.GlobalAveragePooling2D()(with_maps.outputs[1]))
     noise = np.random.default_rng(3).integers(0, 256, (100, *test.pixels.shape[1:]), dtype=np.uint8)
     energy_fit = fit_energy_threshold(logits.predict(test.pixels.astype(np.float32), verbose=0), tpr=0.95)
     noise_flagged = float(np.mean(energy_fit.flags(logits.predict(noise.astype(np.float32), verbose=0))))

@@ -25,8 +25,23 @@ def test_dependencies_come_earlier_in_the_table():
 
 def test_default_preference_is_derived_from_ranks():
     ranked = sorted((f for f in FORMATS if f.default_rank is not None), key=lambda f: f.default_rank)
-    assert tuple(f.file for f in ranked) == formats.DEFAULT_MODEL_PREFERENCE
-    assert formats.DEFAULT_MODEL_PREFERENCE[0] == "model_int8.onnx"
+    assert tuple(f.file for f in ranked) == formats.default_model_preference()
+    assert formats.default_model_preference()[0] == "model_int8.onnx"
+
+
+def test_every_lookup_reads_the_tables_when_called(monkeypatch):
+    """A row added to the table (a new format, a test's) is seen by every lookup derived from it, through the
+    functions and through the module's names alike: none keeps a copy taken at import."""
+    row = ModelFormat("onnx-int4", "onnxq", "int4", "model_int4.onnx", "onnxruntime", enabled_by="int4",
+                      default_rank=-1)
+    monkeypatch.setattr(formats, "FORMATS", (*FORMATS, row))
+    assert formats.format_of("model_int4.onnx") is row and formats.by_key()["onnx-int4"] is row
+    assert formats.BY_KEY["onnx-int4"] is row and formats.BY_FILE["model_int4.onnx"] is row
+    assert formats.containers()[-1] == "onnxq" == formats.CONTAINERS[-1]
+    assert formats.enabling_options()[-1] == "int4" == formats.ENABLING_OPTIONS[-1]
+    assert formats.default_model_preference()[0] == "model_int4.onnx" == formats.DEFAULT_MODEL_PREFERENCE[0]
+    assert "model_int4.onnx" in formats.bundle_model_files() and "model_int4.onnx" in formats.BUNDLE_MODEL_FILES
+    assert formats.format_suffixes("onnxq") == (".onnx",) and "onnxq" in formats.format_names()
 
 
 @pytest.mark.parametrize("containers,options,expected", [
@@ -71,12 +86,38 @@ def test_every_engine_has_a_runtime_backend_named_by_its_row():
         assert all(callable(getattr(factory, m, None)) for m in ("input_hw", "run", "metadata_props")), factory
 
 
+def suffix_clashes(engines) -> dict[str, list[str]]:
+    """suffix -> the engines claiming it, where more than one does: one file must never be opened by two."""
+    claims: dict[str, list[str]] = {}
+    for engine in engines.values():
+        for suffix in engine.suffixes:
+            claims.setdefault(suffix, []).append(engine.name)
+    return {suffix: names for suffix, names in claims.items() if len(names) > 1}
+
+
 def test_an_engine_suffix_is_claimed_once():
-    with pytest.raises(ValueError, match="which 'onnxruntime' runs"):
-        formats.register_engine(formats.Engine("other", (".onnx",), "tumor_edge.runtime.backends.x"))
+    assert suffix_clashes(formats.ENGINES) == {}
+    other = formats.Engine("other", (".onnx",), "tumor_edge.runtime.backends.x")
+    assert suffix_clashes({**formats.ENGINES, "other": other}) == {".onnx": ["onnxruntime", "other"]}
     with pytest.raises(ValueError, match="lower-case"):
         formats.Engine("other", (".ONNX",), "tumor_edge.runtime.backends.x")
-    assert "other" not in formats.ENGINES
+
+
+def test_engine_versions_name_each_engine_by_its_first_installed_distribution(tmp_path, monkeypatch):
+    """The device's choice of file is keyed by these: a distribution found under any of an engine's names (a
+    dist-info folder spells it with '_'), the first on sys.path winning, and "absent" for none."""
+    from importlib import metadata
+
+    versions = formats.engine_versions()
+    assert versions["onnxruntime"] == metadata.version("onnxruntime") and set(versions) == set(formats.ENGINES)
+    site = tmp_path / "site"
+    (site / "Pair_Runtime-2.5.1.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(formats.ENGINES, "pair", formats.Engine("pair", (".pairx",), "x",
+                                                                packages=("no-such-dist", "pair.runtime")))
+    monkeypatch.setitem(formats.ENGINES, "gone", formats.Engine("gone", (".gone",), "x", packages=("no-such-dist",)))
+    versions = formats.engine_versions()
+    assert versions["pair"] == "2.5.1" and versions["gone"] == "absent"
 
 
 def test_a_two_file_engine_lists_its_companions():
@@ -86,7 +127,7 @@ def test_a_two_file_engine_lists_its_companions():
 
 
 def test_lookup_helpers():
-    assert formats.format_of("model_int8.tflite") == formats.BY_KEY["tflite-int8"]
+    assert formats.format_of("model_int8.tflite") == formats.by_key()["tflite-int8"]
     assert formats.format_of("other.onnx") is None
     assert formats.engine_for_suffix(".ONNX") == "onnxruntime"
     assert isinstance(FORMATS[0], ModelFormat)
@@ -109,14 +150,13 @@ CONVERTERS = {"pairir-fp32": _convert_pair}
 
 @pytest.fixture
 def pair_row(monkeypatch):
-    """The engine registered, its format row added to the table, for this test only."""
+    """The engine's row and its format row in the tables, for this test only."""
     from tumor_edge.export.formats import unregister_converter
 
-    formats.register_engine(PAIR)
+    monkeypatch.setitem(formats.ENGINES, PAIR.name, PAIR)
     monkeypatch.setattr(formats, "FORMATS", (*FORMATS, PAIR_ROW))
     yield PAIR_ROW
     unregister_converter(PAIR_ROW.key)
-    formats.unregister_engine(PAIR.name)
 
 
 def test_a_converter_can_live_in_its_engines_backend_module(pair_row):

@@ -59,6 +59,7 @@ def _export(model: Path, out: Path, data: Path, *extra, check: bool = True) -> s
                 "--quiet", *extra, check=check)
 
 
+@pytest.mark.slow  # exports
 def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(data, tmp_path):
     """The issue's case: NCHW, logits, fixed batch 1 as torch exports it by default."""
     import onnx
@@ -132,6 +133,7 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(data, tmp
     assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow  # exports
 def test_dynamic_batch_nhwc_probabilities_and_hard_coded_batch(data, tmp_path):
     """A torch model exported with a dynamic batch; an NHWC model giving probabilities; a graph that bakes in
     its batch of 1, which keeps it, and the runtime feeds it one image at a time."""

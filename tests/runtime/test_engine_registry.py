@@ -1,17 +1,23 @@
-"""The recipe "adding an engine is its backend module + its table row + its test", shown at test time.
+"""The recipe for a new engine (README, "Where to add things"), followed by this file alone.
 
 A two-file engine made up here (a ".lin" header naming the input size and a ".linw" weight matrix beside it, the
-way OpenVINO keeps an .xml and a .bin) is registered through the public functions only: its row with
-`register_engine`, its backend with `register_backend`. No module of tumor-edge is edited, and classify, the
-Classifier, bench and env all see it: classify and bench run it, env reports its extra and package, and a second
-engine whose package is not installed is skipped by bench and named with its extra by classify and env.
-The backend is real arithmetic (the quadrant model of tests/runtime/models.py as a matrix product), so the labels
-it gives are the ones the quadrant images were drawn to have.
+way OpenVINO keeps an .xml and a .bin), run by its own package (`linrt`, distribution `lin-runtime`, installed by
+the test into a folder on sys.path) and installed by its own extra (`linear`). The recipe's files are:
+- its rows in `tumor_edge/contracts/formats.py` (`LIN`, `LIN_ROW` below, put in the tables for each test),
+- its backend module (this module: the rows' `backend` names it, and its `BACKEND` is `LinearBackend`),
+- its extra in pyproject.toml (`RECIPE_EXTRA`, added to a parsed copy of the repository's pyproject),
+- its test (this file).
+No other module of tumor-edge changes, and classify, the Classifier, bench, verify, env, the extras table and
+the engine versions that key the device's choice of file all see it; a second engine whose package is not
+installed is skipped by bench and named with its extra by classify and env. The backend is real arithmetic (the
+quadrant model of tests/runtime/models.py as a matrix product), so the labels it gives are the ones the quadrant
+images were drawn to have.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +25,45 @@ import pytest
 from click.testing import CliRunner
 
 from tests.runtime.models import CLASSES, SIZE, quadrant_metadata, quadrant_weights, save_quadrant
+from tumor_edge.contracts import formats
 from tumor_edge.contracts.bundle import describe_file
-from tumor_edge.contracts.formats import Engine, register_engine, unregister_engine
+from tumor_edge.contracts.formats import Engine, ModelFormat
 from tumor_edge.errors import MissingExtraError
-from tumor_edge.runtime.backends import Backend, BackendOptions, register_backend, unregister_backend
+from tumor_edge.runtime.backends import Backend, BackendOptions
 
-LIN = Engine("linear", (".lin", ".linw"), "tests.runtime.test_engine_registry", label="Linear",
-             packages=("numpy",))
+# ---- the rows (tumor_edge/contracts/formats.py) ----------------------------------------------------------------
+LIN = Engine("linear", (".lin", ".linw"), "tests.runtime.test_engine_registry", label="Linear", extra="linear",
+             module="linrt", packages=("lin-runtime",))
+LIN_ROW = ModelFormat("lin-fp32", "lin", "fp32", "model_fp32.lin", "linear", default_rank=9)
 # The same kind of files under another suffix, whose engine needs a package no install has.
 ABSENT = Engine("absent", (".absent",), "tests.runtime.test_engine_registry", label="Absent", extra="absentx",
                 module="tumor_edge_no_such_engine_module", packages=("tumor-edge-no-such-distribution",))
 
+# ---- the extra (pyproject.toml, under [project.optional-dependencies]) ------------------------------------------
+RECIPE_EXTRA = 'linear = ["lin-runtime>=0.7"]'
 
+# ---- the engine's package, as pip would install it ---------------------------------------------------------------
+LINRT = '''
+import numpy as np
+
+
+def probabilities(batch, weights):
+    logits = batch.reshape(len(batch), -1).astype(np.float32) @ weights
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+'''
+
+
+def install_linrt(site: Path) -> None:
+    (site / "linrt").mkdir(parents=True)
+    (site / "linrt" / "__init__.py").write_text(LINRT)
+    info = site / "lin_runtime-0.7.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lin-runtime\nVersion: 0.7.0\n")
+    (info / "top_level.txt").write_text("linrt\n")
+
+
+# ---- the backend module (tumor_edge/runtime/backends/linear_backend.py) -----------------------------------------
 class LinearBackend:
     """A .lin header (JSON: the input size) and its .linw weights: softmax(flatten(x) @ W), float32."""
 
@@ -52,9 +85,9 @@ class LinearBackend:
         return self.input_shape[1], self.input_shape[2]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        logits = batch.reshape(len(batch), -1).astype(np.float32) @ self.weights
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return [(e / e.sum(axis=1, keepdims=True)).astype(np.float32)]
+        import linrt
+
+        return [linrt.probabilities(batch, self.weights)]
 
     def metadata_props(self) -> dict[str, str]:
         return {}
@@ -63,16 +96,19 @@ class LinearBackend:
 BACKEND = LinearBackend  # what the registry would import from this module by the rows' `backend`
 
 
+# ---- its test ---------------------------------------------------------------------------------------------------
+
 @pytest.fixture
-def engines():
-    """The two engines, registered through the public functions for this test only."""
+def engines(tmp_path_factory, monkeypatch):
+    """The rows in the tables and the engine's package installed, for this test only."""
+    site = tmp_path_factory.mktemp("site")
+    install_linrt(site)
+    monkeypatch.syspath_prepend(str(site))
     for row in (LIN, ABSENT):
-        register_engine(row)
-        register_backend(row.name, LinearBackend)
+        monkeypatch.setitem(formats.ENGINES, row.name, row)
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, LIN_ROW))
     yield
-    for row in (LIN, ABSENT):
-        unregister_backend(row.name)
-        unregister_engine(row.name)
+    sys.modules.pop("linrt", None)
 
 
 def _write_model(folder: Path, name: str) -> Path:
@@ -146,29 +182,52 @@ def test_bench_times_the_new_engine_and_skips_the_absent_one(lin_bundle):
         skipped["absent-fp32"]
 
 
-def test_env_reports_the_new_engines(engines):
-    from importlib import metadata
-
+def test_env_and_the_extras_table_report_the_new_engines(engines):
     from tumor_edge.envcmd.extras import extra_for, extras_present
     from tumor_edge.envcmd.report import environment, format_text
     from tumor_edge.machine import machine_summary
 
+    assert extras_present()["linear"] == {"linrt": True}
     assert extras_present()["absentx"] == {"tumor_edge_no_such_engine_module": False}
-    assert extra_for("tumor_edge_no_such_engine_module") == "absentx"
+    assert extra_for("linrt") == "linear" and extra_for("tumor_edge_no_such_engine_module") == "absentx"
     env = environment()
-    assert env["machine"]["packages"]["linear"] == metadata.version("numpy")
-    assert env["machine"]["packages"]["absent"] is None
+    assert env["machine"]["packages"]["linear"] == "0.7.0" and env["machine"]["packages"]["absent"] is None
     text = format_text(env)
+    assert "extra linear    present" in text
     assert "extra absentx   missing tumor_edge_no_such_engine_module (pip install 'tumor-edge[absentx]')" in text
-    assert f"Linear {metadata.version('numpy')}" in machine_summary(env["machine"])
+    assert "Linear 0.7.0" in machine_summary(env["machine"])
 
 
-def test_registration_ends_with_the_test(tmp_path):
-    """What the fixture registered is gone again: the tables hold only the shipped engines."""
+def test_the_extra_is_declared_by_the_recipes_line_in_pyproject(engines):
+    """The install test's rule (every extra the tables name is declared, by a distribution providing its
+    modules) holds with the recipe's one line in pyproject.toml, and fails without it."""
+    from tests.test_install import REPO, extras_not_declared, tomllib
+
+    text = (REPO / "pyproject.toml").read_text()
+    assert "extra linear is not in pyproject" in extras_not_declared(tomllib.loads(text))
+    section = "[project.optional-dependencies]\n"
+    with_recipe = tomllib.loads(text.replace(section, section + RECIPE_EXTRA + "\n"))
+    assert extras_not_declared(with_recipe) == ["extra absentx is not in pyproject"]
+
+
+def test_the_device_choice_key_and_the_format_lookups_follow_the_rows(engines):
+    """The engines' versions key the device's choice of file, so installing another lin-runtime makes the
+    choice be measured again; the format lookups (export's and bench's choices and help, the bundle's file list,
+    the default-model order) are the table's rows as they are now."""
+    assert formats.engine_versions()["linear"] == "0.7.0"
+    assert formats.engine_versions()["absent"] == "absent"
+    assert "lin" in formats.containers() and formats.by_key()["lin-fp32"] is LIN_ROW
+    assert {"model_fp32.lin", "model_fp32.linw"} <= set(formats.bundle_model_files())
+    assert formats.default_model_preference()[-1] == "model_fp32.lin"
+
+
+def test_the_rows_end_with_the_test():
+    """What the fixture put in is gone again: the tables hold only the shipped engines."""
     from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
     from tumor_edge.envcmd.extras import all_extras
 
     assert "linear" not in ENGINES and engine_for_suffix(".lin") is None and "absentx" not in all_extras()
+    assert "linear" not in formats.engine_versions() and "lin" not in formats.containers()
 
 
 def test_the_entry_hashes_every_file_of_the_engine(lin_bundle):

@@ -229,11 +229,11 @@ def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
     _decode_or_clean_error(bytes(sample[:cut]), suffix)
 
 
-def test_an_input_type_is_one_registered_reader(tmp_path, bundle):
+def test_an_input_type_is_one_registered_reader(tmp_path, bundle, monkeypatch):
     """A new 2-D input type is one `Reader` in the registry: walking, decoding and classifying all pick it up."""
     from tumor_edge.runtime import Classifier, image
     from tumor_edge.runtime.inputs import expand_inputs
-    from tumor_edge.runtime.readers import Picture, Reader, Scan, register_reader, unregister_reader
+    from tumor_edge.runtime.readers import Picture, Reader, Scan, registry
 
     def read_raw(path, options):  # a made-up format: 2 bytes of side length, then grey pixels
         data = path.read_bytes()
@@ -246,13 +246,11 @@ def test_an_input_type_is_one_registered_reader(tmp_path, bundle):
     path.parent.mkdir()
     path.write_bytes(len(scan).to_bytes(2, "little") + scan.tobytes())
     assert not image.is_scan_file(path)
-    register_reader(Reader("raw", (".raw",), read_raw))
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "READERS", [*registry.READERS, Reader("raw", (".raw",), read_raw)])
         assert image.is_scan_file(path) and expand_inputs([path.parent]) == [path]
         assert ".raw" in image.SCAN_SUFFIXES
         assert np.array_equal(np.asarray(load_rgb(path))[..., 0], scan)
         [result] = Classifier.from_bundle(bundle).iter_predictions([path])
         assert result.ok and result.label == "pituitary"
-    finally:
-        unregister_reader("raw")
     assert not image.is_scan_file(path)

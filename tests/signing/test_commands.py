@@ -138,6 +138,7 @@ def test_export_checks_its_signing_key_before_converting(tmp_path):
                               "P-521, e.g. `openssl ecparam -name prime256v1 -genkey -noout`"
 
 
+@pytest.mark.slow  # exports
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("tensorflow", "tf2onnx", "onnx")),
                     reason="export needs the `train` extra")
 def test_export_sign_key_signs_the_finished_bundle(tmp_path, keys, scan):

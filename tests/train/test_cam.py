@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.trust_models import BLOB_SIZE, blob_cnn, blob_images
-from tumor_edge.modelside.cam import HEATMAP_ROLE, NoCamHeadError, find_cam_head, heatmap_model, logits_model
+from tumor_edge.modelside.cam import HEATMAP_ROLE, NoCamHeadError, find_cam_head, trust_model
 
 keras = pytest.importorskip("keras")
 
@@ -24,7 +24,7 @@ def fresh():
 
 def test_heatmap_matches_numpy_from_conv_features_and_dense_weights(cnn, fresh):
     x = fresh.pixels.astype(np.float32)
-    probs, cam = heatmap_model(cnn).predict(x, verbose=0)
+    probs, cam = trust_model(cnn).predict(x, verbose=0)
     features = keras.Model(cnn.inputs, find_cam_head(cnn).features).predict(x, verbose=0)
     kernel, bias = cnn.get_layer("probabilities").get_weights()
     h, w = features.shape[1:3]
@@ -35,11 +35,10 @@ def test_heatmap_matches_numpy_from_conv_features_and_dense_weights(cnn, fresh):
     logits = cam.mean(axis=(1, 2))
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs, atol=1e-5)
     np.testing.assert_allclose(probs, cnn.predict(x, verbose=0), atol=1e-6)  # scores unchanged
-    np.testing.assert_allclose(logits_model(cnn).predict(x, verbose=0), logits, rtol=1e-4, atol=1e-5)
 
 
 def test_planted_lesion_lies_in_the_hottest_region_of_its_map(cnn, fresh):
-    _, cam = heatmap_model(cnn).predict(fresh.pixels.astype(np.float32), verbose=0)
+    _, cam = trust_model(cnn).predict(fresh.pixels.astype(np.float32), verbose=0)
     hits, lesions = 0, np.flatnonzero(fresh.labels == 1)
     for i in lesions:
         lesion_map = cam[i, ..., 1]
@@ -56,7 +55,7 @@ def test_head_with_softmax_layer_after_linear_dense_is_accepted(cnn):
     logits = keras.layers.Dense(2, name="linear_scores")(pooling.output)
     model = keras.Model(cnn.inputs, keras.layers.Softmax()(logits))
     assert find_cam_head(model).activation == "softmax"
-    assert heatmap_model(model).outputs[1].shape[1:] == (BLOB_SIZE // 2, BLOB_SIZE // 2, 2)
+    assert trust_model(model).outputs[1].shape[1:] == (BLOB_SIZE // 2, BLOB_SIZE // 2, 2)
 
 
 @pytest.mark.parametrize("head", ["flatten", "two_dense", "max_pool", "sigmoid"])
@@ -73,8 +72,8 @@ def test_foreign_head_gets_a_clear_message(head):
         x = keras.layers.Dense(8, activation="relu")(x)
     outputs = keras.layers.Dense(3, activation="sigmoid" if head == "sigmoid" else "softmax")(x)
     with pytest.raises(NoCamHeadError, match="not global average pooling followed by one dense layer"):
-        heatmap_model(keras.Model(inputs, outputs))
+        trust_model(keras.Model(inputs, outputs))
 
 
 def test_output_named_for_its_role(cnn):
-    assert heatmap_model(cnn).layers[-1].name == HEATMAP_ROLE
+    assert trust_model(cnn).layers[-1].name == HEATMAP_ROLE

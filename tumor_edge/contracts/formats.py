@@ -3,16 +3,16 @@
 Two tables of plain data, read by every part that needs an engine's or a format's facts instead of repeating them:
 
 - `ENGINES`, one `Engine` per inference engine: the file suffixes it runs, the extra that installs it, the module
-  probed to tell whether it is installed, the distributions to report, and the runtime module that opens its
-  files. The runtime's backend registry, bench's targets, `tumor-edge env`, the machine description and the demo
-  read it.
+  probed to tell whether it is installed, the distributions whose versions are reported and key the device's
+  choice of file (`engine_versions`), and the runtime module that opens its files. The runtime's backend
+  registry, bench's targets, `tumor-edge env` and its extras, the machine description and the demo read it.
 - `FORMATS`, one `ModelFormat` per exported file (Ultralytics-style): the export CLI's choices, the order in which
   a device picks a bundle's default model, the benchmark's rows and the list of files a bundle may hold are all
-  derived from it.
+  derived from it, by functions that read the table when called.
 
-Adding an engine is a backend module (tumor_edge/runtime/backends/, named by its row's `backend`) plus its row
-here plus its test; adding a format is a converter module in tumor_edge/export/formats/ (registered there by key)
-plus its row here plus its test.
+Adding an engine: its `Engine` row and `ModelFormat` rows here, its backend module in tumor_edge/runtime/backends/
+(named by the row's `backend`), its extra in pyproject.toml, its test (the README's "Where to add things").
+Adding a format: its row here, a converter module in tumor_edge/export/formats/ (registered there by key), its test.
 
 Why the rows hold only data: contracts are the vocabulary every part shares, and a device without TensorFlow
 imports this module, so it imports no engine, no numpy and no converter (pyproject's import contracts say so).
@@ -23,6 +23,9 @@ registry (tumor_edge.export.formats), which this module never sees.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from dataclasses import dataclass
 
 
@@ -60,31 +63,38 @@ class Engine:
         return tuple(stem + s for s in self.suffixes[1:])
 
 
-ENGINES: dict[str, Engine] = {}
+# The engines, by name. A suffix belongs to one engine: one file is never opened by two.
+ENGINES: dict[str, Engine] = {e.name: e for e in (
+    Engine("onnxruntime", (".onnx",), "tumor_edge.runtime.backends.onnxruntime_backend", label="onnxruntime",
+           packages=("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")),
+    Engine("litert", (".tflite",), "tumor_edge.runtime.backends.litert_backend", label="LiteRT", extra="tflite",
+           module="ai_edge_litert", packages=("ai-edge-litert", "ai-edge-litert-nightly", "tflite-runtime")),
+)}
 
 
-def register_engine(engine: Engine) -> Engine:
-    """Add an engine to the table (the built-in rows below, or a test's). A suffix already claimed by another
-    engine is refused: one file must never be opened by two engines."""
-    for other in ENGINES.values():
-        if other.name != engine.name and set(other.suffixes) & set(engine.suffixes):
-            raise ValueError(f"engine {engine.name!r} claims {sorted(set(other.suffixes) & set(engine.suffixes))}, "
-                             f"which {other.name!r} runs")
-    ENGINES[engine.name] = engine
-    return engine
+def engine_versions() -> dict[str, str]:
+    """engine name -> the version of the first of its `packages` installed, "absent" where none is: what a
+    choice of the fastest file on this machine depends on, so a new engine's upgrade invalidates it too.
+
+    Read from the `<distribution>-<version>.dist-info` folder names on sys.path (one listing a folder), not with
+    importlib.metadata, whose import costs more than a cold start can spend on a cache key."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and "-" in name:
+                dist, _, version = name[: -len(".dist-info")].partition("-")
+                found.setdefault(_normalised(dist), version)
+    return {engine.name: next((found[p] for p in map(_normalised, engine.packages) if p in found), "absent")
+            for engine in ENGINES.values()}
 
 
-def unregister_engine(name: str) -> None:
-    """Remove an engine (a test's, when the test ends)."""
-    ENGINES.pop(name, None)
-
-
-register_engine(Engine("onnxruntime", (".onnx",), "tumor_edge.runtime.backends.onnxruntime_backend",
-                       label="onnxruntime",
-                       packages=("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")))
-register_engine(Engine("litert", (".tflite",), "tumor_edge.runtime.backends.litert_backend", label="LiteRT",
-                       extra="tflite", module="ai_edge_litert",
-                       packages=("ai-edge-litert", "ai-edge-litert-nightly", "tflite-runtime")))
+def _normalised(distribution: str) -> str:
+    """A distribution's name as its dist-info folder spells it (PEP 503 normalisation, then '_')."""
+    return re.sub(r"[-_.]+", "_", distribution).lower()
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,6 @@ class ModelFormat:
     enabled_by: str | None = None  # the export option that adds it ("int8", "fp16"); None: always made
     needs: str | None = None  # the key of a format this one is converted from (exported first)
     default_rank: int | None = None  # device preference when a bundle is named without a file (lower first)
-    background: bool = False  # its converter starts a background job that export joins at the end
 
     @property
     def suffix(self) -> str:
@@ -121,26 +130,42 @@ FORMATS: tuple[ModelFormat, ...] = (
     ModelFormat("tflite-fp16", "tflite", "fp16", "model_fp16.tflite", "litert", enabled_by="fp16",
                 default_rank=3),
     ModelFormat("tflite-int8", "tflite", "int8", "model_int8.tflite", "litert", enabled_by="int8",
-                default_rank=2, background=True),
+                default_rank=2),
 )
 
-BY_KEY: dict[str, ModelFormat] = {f.key: f for f in FORMATS}
-BY_FILE: dict[str, ModelFormat] = {f.file: f for f in FORMATS}
 
-# The --formats choices, in table order.
-CONTAINERS: tuple[str, ...] = tuple(dict.fromkeys(f.format for f in FORMATS))
-# The export options that add formats.
-ENABLING_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(f.enabled_by for f in FORMATS if f.enabled_by))
-# Bundle file names a device tries, in order, when told only the bundle.
-DEFAULT_MODEL_PREFERENCE: tuple[str, ...] = tuple(
-    f.file for f in sorted((f for f in FORMATS if f.default_rank is not None), key=lambda f: f.default_rank))
-# Every model file name a bundle may hold (companion files included).
-BUNDLE_MODEL_FILES: tuple[str, ...] = tuple(name for f in FORMATS for name in f.files)
+
+# Everything below reads the tables when called, never a copy taken at import: a row added to ENGINES or FORMATS
+# (a new engine, a test's) is seen by every lookup at once.
+
+def by_key() -> dict[str, ModelFormat]:
+    return {f.key: f for f in FORMATS}
+
+
+def containers() -> tuple[str, ...]:
+    """The --formats choices, in table order."""
+    return tuple(dict.fromkeys(f.format for f in FORMATS))
+
+
+def enabling_options() -> tuple[str, ...]:
+    """The export options that add formats ("fp16", "int8")."""
+    return tuple(dict.fromkeys(f.enabled_by for f in FORMATS if f.enabled_by))
+
+
+def default_model_preference() -> tuple[str, ...]:
+    """Bundle file names a device tries, in order, when told only the bundle."""
+    ranked = sorted((f for f in FORMATS if f.default_rank is not None), key=lambda f: f.default_rank)
+    return tuple(f.file for f in ranked)
+
+
+def bundle_model_files() -> tuple[str, ...]:
+    """Every model file name a bundle may hold (companion files included)."""
+    return tuple(name for f in FORMATS for name in f.files)
 
 
 def format_of(file_name: str) -> ModelFormat | None:
     """The table row of a bundle file name, None for a file the table does not know."""
-    return BY_FILE.get(file_name)
+    return next((f for f in FORMATS if f.file == file_name), None)
 
 
 def engine_for_suffix(suffix: str) -> str | None:
@@ -171,3 +196,16 @@ def format_suffixes(fmt: str) -> tuple[str, ...]:
 def select(containers: tuple[str, ...] | list[str], options: set[str] | frozenset[str]) -> list[ModelFormat]:
     """The rows an export makes for the chosen containers and enabling options, in dependency order."""
     return [f for f in FORMATS if f.format in containers and (f.enabled_by is None or f.enabled_by in options)]
+
+
+# The names callers imported before the lookups became functions, answered from the tables at each access. A
+# `from ... import NAME` still keeps what it got at its own import: call the function instead.
+_DERIVED = {"BY_KEY": by_key, "BY_FILE": lambda: {f.file: f for f in FORMATS}, "CONTAINERS": containers,
+            "ENABLING_OPTIONS": enabling_options, "DEFAULT_MODEL_PREFERENCE": default_model_preference,
+            "BUNDLE_MODEL_FILES": bundle_model_files}
+
+
+def __getattr__(name: str):
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """The optional extras and the modules each brings: one table for `tumor-edge env`, the CLI's missing-extra
 message and the test that declared dependencies match imports. Imports nothing heavy.
 
-An engine's extra is not written here: it comes from the engine's row in the format table
-(tumor_edge.contracts.formats.ENGINES), read when asked, so an engine added there is reported by `env` as is.
+The extras of engines and input types are not written here: they come from their rows (the format table's
+`ENGINES`, the readers' `READERS`), read when asked, so an engine or a reader added there is reported as is.
 """
 
 from __future__ import annotations
@@ -11,31 +11,30 @@ import importlib.util
 
 from tumor_edge.contracts.formats import ENGINES
 
-# extra -> the top-level modules it provides (import names, not distribution names); engines' extras are added
-# from the format table by `all_extras`
+# extra -> the top-level modules it provides (import names, not distribution names), for the extras no row names
 OWN_EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib", "nibabel", "nilearn", "scipy",
               "sympy"),
     "jax": ("jax",),  # train --backend jax
-    "dicom": ("pydicom",),
     "serve": ("starlette", "uvicorn", "python_multipart"),
-    "nifti": ("nibabel",),
     "sign": ("model_signing", "OpenSSL", "cryptography"),  # model-signing imports pyOpenSSL without declaring it
 }
 
 
 def all_extras() -> dict[str, tuple[str, ...]]:
-    """extra -> its modules: the table above plus each engine's extra and probed module, as the format table
-    has them now."""
+    """extra -> its modules: the table above, each engine's extra and probed module, each reader's extra and
+    modules, as the rows are now. The readers' registry is imported here, not with this module: the CLI reads
+    this module on every start."""
+    from tumor_edge import runtime  # its public `readers` module
+
     out = dict(OWN_EXTRAS)
-    for engine in ENGINES.values():
-        if engine.extra and engine.module:
-            out[engine.extra] = tuple(dict.fromkeys(out.get(engine.extra, ()) + (engine.module,)))
+    rows = [(e.extra, (e.module,) if e.module else ()) for e in ENGINES.values()]
+    rows += [(r.extra, r.modules) for r in runtime.readers.readers()]
+    for extra, modules in rows:
+        if extra and modules:
+            out[extra] = tuple(dict.fromkeys(out.get(extra, ()) + modules))
     return out
 
-
-# The extras of this install's tables, as imported (the install test compares them with pyproject's extras).
-EXTRAS: dict[str, tuple[str, ...]] = all_extras()
 
 # command -> (the extra it needs beyond the runtime install, the modules checked before it starts); commands not
 # listed need none. The check runs before the command's own work, so `train` on the runtime install says which

@@ -6,12 +6,12 @@ CAM_k(y, x) = F(y, x) . W_k + b_k is each location's evidence for class k, and i
 (the bias only shifts a map, so the picture is Zhou et al.'s).
 So a 1x1 convolution holding the dense weights turns the classifier into a
 two-output model (probabilities, maps of every class at the last conv map's resolution) that tf2onnx and the
-TFLite converter convert like any other layer, and a device gets maps (and logits, for the OOD energy score)
-without TensorFlow or gradients.
+TFLite converter convert like any other layer, and a device gets maps without TensorFlow or gradients.
 
 A model whose head is anything else (a second dense layer, attention, max pooling) has no exact map; it gets
 `NoCamHeadError`, never an approximate picture. Shared model-side code (tumor_edge.modelside): export builds the
-bundle's heatmap and OOD outputs with it, train uses the features and logits for the OOD fit.
+bundle's heatmap and OOD outputs with it (`trust_model`), train fits the OOD score on its pooled features
+(`features_model`).
 """
 
 from __future__ import annotations
@@ -113,16 +113,6 @@ def _cam_layer(head: CamHead):
     return conv
 
 
-def heatmap_model(model):
-    """Two outputs: the model's own scores (unchanged) and "heatmap" (N, h, w, classes), whose spatial mean is
-    each class's logit. Raises NoCamHeadError for a model without a GAP + dense head."""
-    import keras
-
-    head = find_cam_head(model)
-    cam = _cam_layer(head)(head.features)
-    return keras.Model(model.inputs, [model.outputs[0], cam], name=f"{model.name}_with_heatmap")
-
-
 def features_model(model):
     """The pooled features (N, C) the dense head reads: what the Mahalanobis OOD score is fitted on."""
     import keras
@@ -153,16 +143,6 @@ def trust_model(model, ood=None):
         dense.set_weights([projection, (-ood.mean @ ood.projection).astype(np.float32)])
         outputs.append(dense(head.pooled))
     return keras.Model(model.inputs, outputs, name=f"{model.name}_trust")
-
-
-def logits_model(model):
-    """The class logits (before softmax) of a GAP + dense model: what the OOD energy score needs."""
-    import keras
-
-    head = find_cam_head(model)
-    cam = _cam_layer(head)(head.features)
-    logits = keras.layers.GlobalAveragePooling2D(name="logits", dtype="float32")(cam)
-    return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
 
 
 def heatmap_output_spec(index: int = 1, grid: tuple[int, int] | None = None) -> OutputSpec:

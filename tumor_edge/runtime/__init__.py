@@ -10,7 +10,7 @@ The four nouns:
 - `Engine`: one inference engine's facts (file suffixes, extra, backend), the rows of the format table.
 - `Classifier`: a model of a bundle (or a lone .onnx) that predicts images, batches and files.
 - `Reader` (and the `readers` module): the one interface that turns an input file (2-D image, DICOM, DICOM
-  series, NIfTI) into frames (`read_scan`, `Scan`, `Picture`, `ReadOptions`; `register_reader` adds a type).
+  series, NIfTI) into frames (`read_scan`, `Scan`, `Picture`, `ReadOptions`; a new type is a registry row).
 
 What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `Prediction`, `Failure`,
 `VerifyReport`; and the operations `open_backend`, `save_optimized_model`, `verify_bundle`.
@@ -47,7 +47,6 @@ _EXPORTS: dict[str, str] = {
     "Scan": _READERS,
     "Picture": _READERS,
     "read_scan": _READERS,
-    "register_reader": _READERS,
     "claimed_suffix": _READERS,
     "is_volume": _READERS,
     # what they take and give
@@ -114,7 +113,7 @@ __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine",
            "explain_prediction", "external_data_locations", "flag_rates", "is_scan_file", "is_volume",
            "labelled_files", "load_resized", "load_rgb", "machine_target", "map_correlation", "measure_ood_rates",
            "open_backend", "preprocess_image", "read_onnx_metadata", "read_scan", "readers", "recorded_choices",
-           "reference_images", "reference_role_outputs", "register_reader", "resize_mask", "save_optimized_model",
+           "reference_images", "reference_role_outputs", "resize_mask", "save_optimized_model",
            "scale", "softmax", "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
@@ -156,7 +155,6 @@ if TYPE_CHECKING:
         claimed_suffix,
         is_volume,
         read_scan,
-        register_reader,
     )
     from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
     from tumor_edge.runtime.scans import ScanResult

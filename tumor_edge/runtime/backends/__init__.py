@@ -26,11 +26,9 @@ from tumor_edge.runtime.backends.registry import (
     backend_factory,
     engine_of,
     open_backend,
-    register_backend,
-    unregister_backend,
 )
 
 __all__ = ["OPTIMIZATION_LEVELS", "OPTIMIZED_META_KEY", "Backend", "BackendOptions", "LiteRTBackend", "OnnxBackend",
            "append_metadata_prop", "backend_factory", "engine_of", "machine_target", "open_backend",
-           "optimized_sibling", "read_optimized_record", "register_backend", "resolve_providers",
-           "save_optimized_model", "unregister_backend", "usable_optimized"]
+           "optimized_sibling", "read_optimized_record", "resolve_providers",
+           "save_optimized_model", "usable_optimized"]

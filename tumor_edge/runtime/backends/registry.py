@@ -5,8 +5,7 @@ The engine's row names its backend module (`Engine.backend`); that module's `BAC
 is imported the first time a file of that engine is opened, not before: a device that only runs .onnx files
 never imports the LiteRT backend. Why a module path in the row rather than the class itself: the row lives in
 contracts, which import no engine (pyproject's import contracts), and this registry is the one place that turns
-the name into code. `register_backend` puts a factory in directly (a test's engine, or an engine outside
-tumor-edge); a registered factory wins over the row's module.
+the name into code. An engine outside tumor-edge (or a test's) is a row whose `backend` names its own module.
 """
 
 from __future__ import annotations
@@ -23,28 +22,10 @@ from tumor_edge.runtime.backends.protocol import Backend
 
 BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, source_check=None) -> Backend
 
-# engine name -> factory, filled by `backend_factory` as engines are first used and by `register_backend`
-_FACTORIES: dict[str, BackendFactory] = {}
-
-
-def register_backend(engine: str, factory: BackendFactory) -> None:
-    """Make `factory` open the files of `engine` (a name in the format table's ENGINES)."""
-    if engine not in ENGINES:
-        raise ValueError(f"no engine {engine!r} in the format table; register its Engine row first")
-    _FACTORIES[engine] = factory
-
-
-def unregister_backend(engine: str) -> None:
-    _FACTORIES.pop(engine, None)
-
-
 def backend_factory(engine: str) -> BackendFactory:
-    """The factory for `engine`, importing its backend module on first use."""
-    factory = _FACTORIES.get(engine)
-    if factory is None:
-        factory = importlib.import_module(ENGINES[engine].backend).BACKEND
-        _FACTORIES[engine] = factory
-    return factory
+    """The factory for `engine`: its row's backend module's BACKEND, the module imported on first use (Python
+    keeps it in sys.modules, so a row changed at run time is followed)."""
+    return importlib.import_module(ENGINES[engine].backend).BACKEND
 
 
 def engine_row(path: Path) -> Engine:

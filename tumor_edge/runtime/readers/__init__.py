@@ -1,5 +1,5 @@
 """Input types as readers: one `Reader` record per type, one registry (`registry.py`), the only place suffixes
-live. `read_scan(path)` reads anything a reader claims; `register_reader` adds a type at run time.
+live. `read_scan(path)` reads anything a reader claims; a new type is a row in `registry.READERS`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from tumor_edge.runtime.readers.registry import (
     reader_by_suffix,
     reader_for,
     readers,
-    register_reader,
+    readers_help,
     scan_suffixes,
-    unregister_reader,
 )
 
 __all__ = ["IMAGE", "VOLUME", "Picture", "ReadOptions", "Reader", "Scan", "claimed_suffix", "is_dicom_file",
-           "is_scan_file", "is_volume", "read_scan", "reader_by_suffix", "reader_for", "readers", "register_reader",
-           "scan_suffixes", "unregister_reader"]
+           "is_scan_file", "is_volume", "read_scan", "reader_by_suffix", "reader_for", "readers", "readers_help",
+           "scan_suffixes"]

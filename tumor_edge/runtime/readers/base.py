@@ -2,10 +2,11 @@
 
 A `Reader` is one record: its name, the file suffixes it claims (they live only in the registry's rows,
 `readers/registry.py`), how to recognise its files by content when the suffix says nothing (DICOM files often
-have none), whether it reads folders (a DICOM series), the extra and packages it needs, whether a file is one
-image (its frames) or a volume (cut into slices), and `read(path, options)`. Every consumer (`classify`,
-`Classifier`, `serve`, `verify --data`, training, export parity) reads through the registry, so a new reader
-reaches all of them.
+have none), whether it reads folders (a DICOM series), the extra that installs what it needs and the modules that
+extra brings (`tumor-edge env` and the missing-extra message read them), whether a file is one image (its frames)
+or a volume (cut into slices), what it reads in a few words (`readers_help`, for classify's help), and `read`.
+Every consumer (`classify`, `Classifier`, `serve`, `verify --data`, training, export parity) reads through the
+registry, so a new reader reaches all of them.
 
 `read` gives a `Scan`: the pictures to classify (8-bit RGB at their own size, numpy through `Picture.pixels`)
 with their provenance (which frame or slice, out of how many, along which axis, what the checks noticed). A
@@ -96,7 +97,8 @@ class Reader:
     """One input type. `suffixes`: lower-case, with their dot, possibly several parts ('.nii.gz').
     `sniff(path)`: whether a regular file is of this type by its content (never blocks: special files are not
     opened). `folder(path)`: for readers of folders, FOLDER_SCAN / FOLDER_FILES / FOLDER_REFUSED and a reason.
-    `extra` / `packages`: the pip extra that installs what `read` needs, and the packages to report."""
+    `extra` / `modules`: the pip extra that installs what `read` needs, and the top-level modules it brings (import
+    names, probed by `tumor-edge env`). `description`: what it reads, for help texts."""
 
     name: str
     suffixes: tuple[str, ...]
@@ -105,7 +107,7 @@ class Reader:
     sniff: Callable[[Path], bool] | None = None
     folder: Callable[[Path], tuple[str, str | None]] | None = None
     extra: str | None = None
-    packages: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:

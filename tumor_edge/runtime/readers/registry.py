@@ -2,8 +2,9 @@
 
 Every consumer finds its reader here: the folder walk (`inputs.scan_inputs`, `verify --data`), decoding
 (`read_scan`: `classify`, `Classifier`, `serve`, training and export parity through `image.load_rgb_frames`),
-and serve's upload check. Adding an input type is a reader module, its row in READERS below (or
-`register_reader` at run time) and its test.
+and serve's upload check, and the tables built from the rows: the extras `tumor-edge env` reports, classify's
+help (`readers_help`). Adding an input type is a reader module, its row in READERS below, its extra in
+pyproject.toml when it needs a package, and its test. Every function here reads READERS when called.
 
 Lookup for a file goes through the rows in order: the first whose suffix matches or whose `sniff` recognises the
 content reads it (DICOM first: a DICOM file may have any name). A file nobody claims is given to Pillow, which
@@ -47,14 +48,14 @@ def _series_folder(folder: Path) -> tuple[str, str | None]:
 
 # The rows, in lookup order.
 READERS: list[Reader] = [
-    Reader("dicom", (".dcm", ".dicom"), read_dicom, sniff=has_dicom_magic, extra="dicom",
-           packages=("pydicom",), description="DICOM image (.dcm or suffix-less; multi-frame files give frames)"),
+    Reader("dicom", (".dcm", ".dicom"), read_dicom, sniff=has_dicom_magic, extra="dicom", modules=("pydicom",),
+           description="DICOM (.dcm or suffix-less)"),
     Reader("image", (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"), read_pillow,
-           packages=("pillow",), description="JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF, WebP"),
-    Reader("nifti", (".nii", ".nii.gz"), read_nifti, kind=VOLUME, extra="nifti", packages=("nibabel",),
-           description="NIfTI-1/2 volume"),
+           description="JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF, WebP"),
+    Reader("nifti", (".nii", ".nii.gz"), read_nifti, kind=VOLUME, extra="nifti", modules=("nibabel",),
+           description="NIfTI (.nii, .nii.gz)"),
     Reader("dicom series", (), _read_series, kind=VOLUME, folder=_series_folder, extra="dicom",
-           packages=("pydicom",), description="a folder holding one DICOM series"),
+           modules=("pydicom",), description="a folder that is one DICOM series"),
 ]
 
 
@@ -65,25 +66,19 @@ def _row(name: str) -> Reader:
     raise KeyError(name)
 
 
-def register_reader(reader: Reader) -> None:
-    """Add an input type at run time (a plugin, a test). Its name and suffixes must be new: one suffix, one
-    reader. Rows added later are tried after the built-in ones."""
-    for row in READERS:
-        if row.name == reader.name:
-            raise ConfigError(f"a reader named {reader.name!r} is already registered")
-        taken = set(row.suffixes) & set(reader.suffixes)
-        if taken:
-            raise ConfigError(f"suffix {', '.join(sorted(taken))} is already read by the {row.name!r} reader")
-    READERS.append(reader)
-
-
-def unregister_reader(name: str) -> None:
-    """Remove a reader added by `register_reader` (tests clean up with this)."""
-    READERS.remove(_row(name))
-
-
 def readers() -> tuple[Reader, ...]:
     return tuple(READERS)
+
+
+def readers_help() -> str:
+    """The input types, from the rows, for classify's help: "Images: DICOM (.dcm or suffix-less) [`dicom` extra];
+    JPEG, ... Volumes: ...: a row per slice, then a volume summary." """
+    def entry(reader: Reader) -> str:
+        return reader.description + (f" [`{reader.extra}` extra]" if reader.extra else "")
+
+    images = "; ".join(entry(r) for r in READERS if r.kind != VOLUME)
+    volumes = "; ".join(entry(r) for r in READERS if r.kind == VOLUME)
+    return f"Images: {images}. Volumes: {volumes}: a row per slice, then a volume summary."
 
 
 def scan_suffixes() -> frozenset[str]:
@@ -181,5 +176,4 @@ def _is_folder(path: Path) -> bool:
 
 
 __all__ = ["FALLBACK", "READERS", "claimed_suffix", "folder_role", "is_dicom_file", "is_scan_file", "is_volume",
-           "read_scan", "reader_by_suffix", "reader_for", "readers", "register_reader", "scan_suffixes",
-           "unregister_reader"]
+           "read_scan", "reader_by_suffix", "reader_for", "readers", "readers_help", "scan_suffixes"]
