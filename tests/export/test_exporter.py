@@ -234,7 +234,7 @@ def test_lone_onnx_file_carries_its_metadata(exported_bundle, tmp_path):
     image = next(Path(json.loads((exported_bundle / METADATA_FILE).read_text())["provenance"]["data_root"])
                  .glob("Testing/*/*.jpg"))
     # The lone file carries the bundle's calibration and output roles too: the same probabilities and outputs.
-    assert clf.trust.temperature == bundled.trust.temperature
+    assert clf.postprocessing.temperature == bundled.postprocessing.temperature
     assert set(clf.output_specs) == set(bundled.output_specs)
     a, b = clf.predict(image), bundled.predict(image)
     assert a.label == b.label and set(a.outputs) == set(b.outputs)

@@ -66,7 +66,7 @@ def test_predict_batch_matches_predict(clf, scans):
         single = clf.predict(path).probabilities
         assert all(abs(single[c] - result.probabilities[c]) < 1e-6 for c in CLASSES)
     assert clf.predict_batch([]) == []
-    probs = clf.predict_proba_files(scans, batch_size=3)
+    probs = clf.probabilities_for_files(scans, batch_size=3)
     assert probs.shape == (4, 4) and list(probs.argmax(1)) == [0, 1, 2, 3]
 
 
@@ -322,7 +322,7 @@ def test_every_call_decodes_a_series_the_same_way(clf, tmp_path, scans):
     assert streamed.label == single.label == batch.label == "meningioma"  # the middle frame, everywhere
     assert single.probabilities == streamed.probabilities == batch.probabilities
     assert np.array_equal(probs[1], np.array([streamed.probabilities[c] for c in CLASSES], np.float32))
-    assert np.array_equal(clf.predict_proba_files([series]), probs[1:])
+    assert np.array_equal(clf.probabilities_for_files([series]), probs[1:])
 
 
 def test_probabilities_for_files_stops_at_the_first_bad_file(clf, scans, tmp_path):
@@ -358,7 +358,7 @@ def test_failures_keep_no_decoded_image_alive(tmp_path, monkeypatch):
     import traceback
     import weakref
 
-    from tumor_edge.runtime.batch import decode_file
+    from tumor_edge.runtime.pipeline import decode_file
 
     buffer = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)

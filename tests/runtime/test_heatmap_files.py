@@ -15,6 +15,7 @@ from PIL import Image
 from tests.runtime.heatmap_models import make_heatmap_bundle
 from tests.runtime.models import save_quadrant
 from tumor_edge.cli import main
+from tumor_edge.runtime import decode_file
 from tumor_edge.runtime.classifier import Classifier
 from tumor_edge.runtime.heatmap_files import HeatmapWriter
 
@@ -26,14 +27,15 @@ def heatmap_bundle(tmp_path, monkeypatch):
 
 
 def test_two_runs_writing_one_folder_never_share_a_png(heatmap_bundle, tmp_path):
-    """Issue 22: two runs started on one empty --heatmap folder both numbered from 0, so the second run's
-    overlay replaced the first's and two result rows named the same PNG."""
+    """Two runs started on one empty --heatmap folder both number from 0: neither may replace the other's
+    overlay, and no two result rows may name the same PNG."""
     clf = Classifier.from_bundle(heatmap_bundle)
     scans = [save_quadrant(tmp_path / f"run{q}" / "scan.png", q) for q in range(2)]  # one name, two scans
     out = tmp_path / "maps"
-    first, second = HeatmapWriter(out, clf.preprocessing), HeatmapWriter(out, clf.preprocessing)
-    a = first.write(clf.predict(scans[0]))
-    b = second.write(clf.predict(scans[1]))
+    first, second = HeatmapWriter(out), HeatmapWriter(out)
+    seen = [decode_file(scan, clf.preprocessing).pixels[0][0] for scan in scans]
+    a = first.write(clf.predict(scans[0]), seen[0])
+    b = second.write(clf.predict(scans[1]), seen[1])
     assert a != b and a.is_file() and b.is_file()
     assert Image.open(a).tobytes() != Image.open(b).tobytes(), "each row's PNG is its own scan's overlay"
     assert sorted(p.name for p in out.iterdir()) == sorted([a.name, b.name]), "no temporary file left behind"

@@ -5,8 +5,8 @@ the inputs that are plainly not a greyscale scan of a head: colour (an MRI slice
 channels agree), noise (neighbouring pixels of any real image are strongly correlated; sensor noise or a
 corrupted file are not), blank or constant images, and images with no dark background around the anatomy
 (an MRI slice is surrounded by air, which images black; a photograph or chest film fills the frame). Each
-check returns a reason a person understands; the model's own feature-space check (energy, see
-`tumor_edge.calibration.ood_fit`) catches subtler departures. Numpy only, on uint8 RGB (H, W, 3).
+check returns a reason a person understands; the model's own feature-space check (`postprocess.warnings_for`)
+catches subtler departures. Numpy only, on uint8 RGB (H, W, 3).
 """
 
 from __future__ import annotations
@@ -63,11 +63,17 @@ def pixel_stats(rgb: np.ndarray) -> PixelStats:
     return PixelStats(colour, contrast, min(horizontal, vertical), dark)
 
 
+def blank_image(contrast: float) -> str:
+    """The one wording of the blank-or-constant finding, wherever it is made (a reader that sees a constant
+    picture before resizing says the same as the checks on the model's pixels)."""
+    return f"blank or constant image (contrast {contrast:.1f} grey levels): not a scan"
+
+
 def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -> list[str]:
     """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice."""
     s = pixel_stats(rgb)
     if s.contrast < limits.min_contrast:
-        return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
+        return [blank_image(s.contrast)]
     if s.neighbour_correlation < limits.min_neighbour_correlation:
         return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
                 f"> {limits.min_neighbour_correlation})"]

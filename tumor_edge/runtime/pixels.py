@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_PIXELS
+from tumor_edge.runtime.ood_checks import blank_image
 from tumor_edge.runtime.uniform import band_values_if_constant
 
 # Pillow's own decompression-bomb guard raises above twice its limit and only warns between one and two times;
@@ -104,10 +105,7 @@ def pil_to_rgb(image: Image.Image, path: str | Path | None = None, owned: bool =
 
 
 def warn_if_constant(image: Image.Image, path: str | Path, label: str | None = None) -> None:
-    """A picture whose every pixel is equal still gets a label from a model; say that the label means nothing."""
-    bands = band_values_if_constant(image)
-    if bands is not None:
-        values = sorted(set(bands))
+    """A picture whose every pixel is equal still gets a label from a model; say so in the input checks' words."""
+    if band_values_if_constant(image) is not None:
         where = f" [{label}]" if label else ""
-        log.warning("%s%s: constant image (every pixel is %s): its label means nothing", path, where,
-                    values[0] if len(values) == 1 else bands)
+        log.warning("%s%s: %s", path, where, blank_image(0.0))

@@ -17,6 +17,7 @@ from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
+from tumor_edge.runtime.frames import parse_slices
 from tumor_edge.runtime.ood_checks import content_warnings
 from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan
 from tumor_edge.runtime.volume_data import Volume
@@ -31,24 +32,6 @@ from tumor_edge.runtime.volume_slices import (
     pick_slices,
     sample_stride,
 )
-
-SLICE_CHOICES = ("middle", "all")  # or a whole number N
-
-
-def parse_slices(value: str | int) -> str | int:
-    """`--slices`: 'middle', 'all' or a whole number N >= 1."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
-        return value.lower()
-    else:
-        try:
-            number = int(str(value))
-        except ValueError:
-            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
-    if not 1 <= number <= MAX_FRAMES:
-        raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
-    return number
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The runtime applies a bundle's trust fields: temperature-scaled probabilities, warnings for scans that are
-not what the model knows, and a clear refusal of --heatmap for a model without a heatmap output."""
+"""The runtime applies a bundle's calibration and OOD fields: temperature-scaled probabilities, warnings for scans
+that are not what the model knows, and a clear refusal of --heatmap for a model without a heatmap output."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_table_prints_warnings_and_the_cam_method_needs_a_heatmap_output(bundle,
 
 def test_old_bundles_without_trust_fields_still_load(tmp_path):
     clf = Classifier.from_bundle(make_bundle(tmp_path / "old"))
-    assert clf.trust.temperature is None and not clf.trust.has_ood
+    assert clf.postprocessing.temperature is None and not clf.postprocessing.has_ood
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
