@@ -4,6 +4,7 @@ whichever surface (classify's stderr, its JSON, serve, the Python API) reports i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,3 +54,74 @@ def test_a_flat_png_gets_one_constant_image_message_on_stderr_and_in_json(bundle
     on_stderr = [line.removeprefix(f"warning: {flat}: ") for line in result.stderr.splitlines()
                  if line.startswith("warning:") and "constant" in line]
     assert set(on_stderr) <= set(said), (on_stderr, said)
+
+
+# A profiler over one `classify scan.jpg --json` call: which of our files run a function (module bodies, which
+# only define names, are not counted) and which of our modules are loaded at all.
+_PROFILED_CLASSIFY = """
+import json, sys, threading
+from pathlib import Path
+root = str(Path(sys.argv[3]).resolve()) + "/"
+ran = set()
+def profile(frame, event, arg):
+    name = frame.f_code.co_filename
+    if event == "call" and name.startswith(root) and frame.f_code.co_name != "<module>":
+        ran.add(name[len(root):])
+sys.setprofile(profile)
+threading.setprofile(profile)
+from tumor_edge.cli import main
+try:
+    main(["classify", sys.argv[1], "--model", sys.argv[2], "--json"])
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+sys.setprofile(None)
+print(json.dumps({"ran": sorted(ran), "loaded": sorted(m for m in sys.modules if m.startswith("tumor_edge"))}))
+"""
+
+# Whole families a one-JPEG run has no use for: volumes, their readers, the LiteRT engine, fitting OOD scores.
+NOT_FOR_ONE_JPEG = ("tumor_edge.runtime.volume", "tumor_edge.calibration", "tumor_edge.runtime.heatmap",
+                    "tumor_edge.runtime.explain")
+NOT_FOR_ONE_JPEG_ELSEWHERE = ("tumor_edge.runtime.readers.nifti", "tumor_edge.runtime.readers.dicom_series",
+                              "tumor_edge.runtime.backends.litert_backend")
+MAX_FILES_RUN = 25
+
+
+@pytest.fixture(scope="module")
+def one_jpeg_run(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+
+    import tumor_edge
+    from tests.runtime.models import make_bundle, save_quadrant
+
+    root = tmp_path_factory.mktemp("one_jpeg")
+    bundle = make_bundle(root / "bundle")
+    scan = save_quadrant(root / "scan.jpg", 3, quality=95)
+    env = dict(os.environ, TUMOR_EDGE_CACHE_DIR=str(root / "cache"))
+    env.pop("TUMOR_EDGE_MODEL", None)
+    package = Path(tumor_edge.__file__).parent
+    runs = [subprocess.run([sys.executable, "-c", _PROFILED_CLASSIFY, str(scan), str(bundle), str(package)],
+                           capture_output=True, text=True, env=env, timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    label = json.loads(runs[1].stdout.splitlines()[0])["label"]
+    return label, json.loads(runs[1].stdout.splitlines()[-1])  # the second run: the model cache is warm
+
+
+def _in(module: str, families: tuple[str, ...]) -> bool:
+    return any(module == f or module.startswith(f) for f in families)
+
+
+def test_one_jpeg_loads_no_volume_explanation_or_calibration_module(one_jpeg_run):
+    label, seen = one_jpeg_run
+    assert label == "pituitary"
+    assert [m for m in seen["loaded"] if _in(m, NOT_FOR_ONE_JPEG)] == []
+
+
+@pytest.mark.xfail(strict=True, reason="the readers' and engines' registries import every reader and backend "
+                                       "module up front (runtime/readers/registry.py, runtime/backends/registry.py)")
+def test_one_jpeg_runs_few_of_our_files_and_no_other_reader_or_engine(one_jpeg_run):
+    _, seen = one_jpeg_run
+    assert [m for m in seen["loaded"] if _in(m, NOT_FOR_ONE_JPEG_ELSEWHERE)] == []
+    assert len(seen["ran"]) <= MAX_FILES_RUN, seen["ran"]

@@ -230,17 +230,20 @@ def _slices_option(value: str) -> str | int:
 @contextmanager
 def _progress_bar(n_files: int, show_progress: bool | None):
     """One tick per input (an image file, a multi-frame file or a volume)."""
-    from tumor_edge.progress import progress
-
     enabled = show_progress if show_progress is not None else (n_files > 1 and sys.stderr.isatty())
-    bar = _Ticks(progress(range(n_files), "classifying", length=n_files, enabled=enabled),
-                 enabled and sys.stdout.isatty() and sys.stderr.isatty())
+    if enabled:
+        from tumor_edge.progress import progress
+
+        ticks = progress(range(n_files), "classifying", length=n_files)
+    else:
+        ticks = iter(range(n_files))
+    bar = _Ticks(ticks, enabled and sys.stdout.isatty() and sys.stderr.isatty())
     try:
         yield bar
         for _ in bar.bar:
             pass
     finally:
-        bar.bar.close()
+        getattr(bar.bar, "close", lambda: None)()
 
 
 class _Ticks:
