@@ -40,8 +40,8 @@ def release_frames(err: BaseException) -> None:
     """Drop the local variables of the finished frames in an exception's traceback (and its causes').
 
     A decoder that fails half-way leaves its partly decoded image referenced from its frame (Pillow's decoder
-    holds the image core): while a batch keeps the error to report it, that memory would stay alive, 36 MB for a
-    truncated 9-megapixel JPEG. Cleared frames keep their file and line, so --debug still shows the traceback.
+    holds the image core): while a batch keeps the error to report it, that memory would stay alive. Cleared
+    frames keep their file and line, so --debug still shows the traceback.
     """
     seen: set[int] = set()
     while err is not None and id(err) not in seen:

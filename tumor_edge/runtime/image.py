@@ -16,18 +16,13 @@ from typing import Any
 from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
-from tumor_edge.runtime.caps import MAX_DECODED_BYTES, MAX_PIXELS
-from tumor_edge.runtime.frames import FRAME_CHOICES, select_frames
-from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8, warn_if_constant
+from tumor_edge.runtime.frames import FRAME_CHOICES
+from tumor_edge.runtime.pixels import to_uint8
 from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions
 from tumor_edge.runtime.readers.registry import is_dicom_file, read_scan, readers
 from tumor_edge.runtime.readers.registry import is_scan_file as _is_scan
 
-Frame = Picture  # one decoded picture of a file (the older name)
-
-__all__ = ["FRAME_CHOICES", "MAX_DECODED_BYTES", "MAX_PIXELS", "Frame", "is_dicom_file",
-           "is_scan_file", "load_rgb", "load_rgb_frames", "pil_to_rgb", "select_frames", "to_uint8",
-           "warn_if_constant"]
+__all__ = ["is_dicom_file", "is_scan_file", "load_rgb", "load_rgb_frames", "to_uint8"]
 
 
 def is_scan_file(path: Path) -> bool:
