@@ -125,3 +125,32 @@ def test_one_jpeg_runs_few_of_our_files_and_no_other_reader_or_engine(one_jpeg_r
     _, seen = one_jpeg_run
     assert [m for m in seen["loaded"] if _in(m, NOT_FOR_ONE_JPEG_ELSEWHERE)] == []
     assert len(seen["ran"]) <= MAX_FILES_RUN, seen["ran"]
+
+
+def test_heatmap_overlays_are_drawn_on_the_pixels_the_model_saw_without_a_second_decode(bundle, tmp_path,
+                                                                                         monkeypatch):
+    """`classify --heatmap` over a folder of images and a multi-frame file: each file is read once."""
+    from click.testing import CliRunner
+
+    import tumor_edge.runtime.image as decoding
+    from tests.runtime.hostile import animated_gif
+    from tests.runtime.models import quadrant_image, save_quadrant
+    from tumor_edge.cli import main
+
+    scans = [save_quadrant(tmp_path / "scans" / f"q{q}.png", q) for q in range(3)]
+    scans.append(animated_gif(tmp_path / "scans" / "frames.gif", [quadrant_image(q) for q in (1, 2, 3)]))
+    reads: list[str] = []
+    real = decoding.read_scan
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "read_scan", counting)
+    monkeypatch.setenv("TUMOR_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--json", "--frames", "all", "--heatmap-grid",
+                                       "2", "--heatmap", str(tmp_path / "maps"), str(tmp_path / "scans")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 6 and all(Path(row["heatmap_png"]).is_file() for row in rows)
+    assert sorted(reads) == sorted(map(str, scans))
