@@ -45,7 +45,7 @@ def unscaled(clf):
     """The classifier with its calibration temperature off: the model's own probabilities, as Keras gives them."""
     import dataclasses
 
-    clf.trust = dataclasses.replace(clf.trust, temperature=None)
+    clf.postprocessing = dataclasses.replace(clf.postprocessing, temperature=None)
     return clf
 
 
