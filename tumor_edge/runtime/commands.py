@@ -21,9 +21,8 @@ from contextlib import contextmanager
 
 import click
 
-FORMATS = ("table", "json", "csv")
 MAX_LISTED_FAILURES = 20
-EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 2
+EXIT_FATAL, EXIT_SOME_FAILED = 1, 2
 
 
 class ClassifyCommand(click.Command):

@@ -23,10 +23,10 @@ import numpy as np
 from tumor_edge.errors import OutputExistsError
 from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime.explain import ExplainSettings, Explanation, explain
+from tumor_edge.runtime.explain.methods import HEATMAP_ROLE
 from tumor_edge.runtime.heatmap_overlay import overlay_name, write_overlay
 from tumor_edge.runtime.results import Prediction
 
-HEATMAP_ROLE = "heatmap"
 OVERLAY_SUFFIX = "_heatmap.png"
 
 
