@@ -120,7 +120,9 @@ def test_one_jpeg_loads_no_volume_explanation_or_calibration_module(one_jpeg_run
 
 
 @pytest.mark.xfail(strict=True, reason="the readers' and engines' registries import every reader and backend "
-                                       "module up front (runtime/readers/registry.py, runtime/backends/registry.py)")
+                                       "module up front (runtime/readers/registry.py, runtime/backends/registry.py), "
+                                       "and opening a bundle runs code in 26 files outside the prediction path "
+                                       "(contracts, backends, readers, choice, cache, caps, machine, envcmd)")
 def test_one_jpeg_runs_few_of_our_files_and_no_other_reader_or_engine(one_jpeg_run):
     _, seen = one_jpeg_run
     assert [m for m in seen["loaded"] if _in(m, NOT_FOR_ONE_JPEG_ELSEWHERE)] == []

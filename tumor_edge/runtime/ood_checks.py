@@ -69,32 +69,25 @@ def blank_image(contrast: float) -> str:
     return f"blank or constant image (contrast {contrast:.1f} grey levels): not a scan"
 
 
-def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -> list[str]:
-    """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice."""
+def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
+                   content_only: bool = False) -> list[str]:
+    """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice. `content_only`: only the
+    checks that hold for a volume slice's own voxels before it is framed on a black canvas (which would give any
+    constant or noise volume the dark surround of a head): blank or constant, and noise."""
     s = pixel_stats(rgb)
     if s.contrast < limits.min_contrast:
         return [blank_image(s.contrast)]
     if s.neighbour_correlation < limits.min_neighbour_correlation:
         return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
                 f"> {limits.min_neighbour_correlation})"]
+    if content_only:
+        return []
     if s.colour > limits.max_colour:
         return [f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are grey; "
                 f"is this a photograph?"]
     if s.dark_fraction < limits.min_dark_fraction:
         return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
                 f"slice shows the head surrounded by air"]
-    return []
-
-
-def content_warnings(grey: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -> list[str]:
-    """The checks that hold for a volume slice's own voxels (before it is framed on a black canvas, which would
-    give any constant or noise volume the dark surround of a head): blank or constant, and noise."""
-    s = pixel_stats(np.asarray(grey))
-    if s.contrast < limits.min_contrast:
-        return [f"blank or constant slice (contrast {s.contrast:.1f} grey levels): not a scan"]
-    if s.neighbour_correlation < limits.min_neighbour_correlation:
-        return [f"slice looks like noise (neighbouring voxels correlate {s.neighbour_correlation:.2f}; real "
-                f"scans > {limits.min_neighbour_correlation})"]
     return []
 
 
