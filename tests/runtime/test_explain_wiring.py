@@ -75,7 +75,7 @@ def test_serve_gives_the_exact_cam_unasked_without_decoding_again(tmp_path, monk
 
 def test_explain_without_pixels_is_only_for_the_exact_cam(bundle):
     from tumor_edge.errors import ConfigError
-    from tumor_edge.runtime.explain import explain
+    from tumor_edge.runtime.explain import explain_prediction as explain
 
     with pytest.raises(ConfigError, match="needs the scan's pixels"):
         explain(Classifier.from_bundle(bundle), None, 0)

@@ -22,7 +22,7 @@ import numpy as np
 
 from tumor_edge.errors import OutputExistsError
 from tumor_edge.outdir import prepare_out_dir
-from tumor_edge.runtime.explain import ExplainSettings, Explanation, explain
+from tumor_edge.runtime.explain import ExplainSettings, Explanation, explain_prediction
 from tumor_edge.runtime.explain.methods import HEATMAP_ROLE
 from tumor_edge.runtime.heatmap_overlay import overlay_name, write_overlay
 from tumor_edge.runtime.results import Prediction
@@ -46,7 +46,7 @@ class HeatmapWriter:
         if prediction.source is None or (self.classifier is None and HEATMAP_ROLE not in prediction.outputs):
             return None
         settings = self.settings if self.classifier is not None else replace(self.settings, method="cam")
-        explanation = explain(self.classifier, pixels, prediction.index, prediction.outputs, settings)
+        explanation = explain_prediction(self.classifier, pixels, prediction.index, prediction.outputs, settings)
         caption = (f"{prediction.label} {prediction.confidence:.2f}: evidence for {prediction.label} "
                    f"({explanation.label})")
         tmp = self.out_dir / f".{os.getpid()}-{self.count}.png.tmp"

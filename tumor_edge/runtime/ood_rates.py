@@ -3,7 +3,7 @@
 
 Measured through the runtime's own prediction path (`Classifier.predictions`: input checks on the pixels, then
 the feature-space distance when the bundle has the fit), so the figures are what a device user gets. The sets
-come from `tumor_edge.calibration.ood_sets` (synthetic, seeded). Used by the demo's trust summary and by
+come from `tumor_edge.calibration.ood_sets` (synthetic, seeded). Used by the demo's summary and by
 benchmarks/ood_rates.py; a measurement, never a fit.
 """
 
