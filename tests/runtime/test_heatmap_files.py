@@ -53,7 +53,7 @@ def test_a_dangling_symlink_heatmap_folder_is_a_one_line_error(heatmap_bundle, t
 
 
 def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
-    """Issue 22: Ctrl-C in a --heatmap run left truncated PNGs. Every PNG left in the folder must decode."""
+    """Ctrl-C in a --heatmap run leaves no truncated PNG: every PNG left in the folder decodes."""
     scans = tmp_path / "scans"
     for i in range(400):
         save_quadrant(scans / f"{i:03d}.png", i % 4, size=96)

@@ -1,6 +1,6 @@
-"""Hostile input to `classify` and the decoders (issue 11): special files, bombs, permissions, names that break
-CSV, terminals and encodings, write errors, degenerate images and models. Each finding is one test that failed on
-0.1.0; files are generated here (tests/runtime/hostile.py), never committed.
+"""Hostile input to `classify` and the decoders: special files, bombs, permissions, names that break CSV,
+terminals and encodings, write errors, degenerate images and models. Each finding is one test; files are
+generated here (tests/runtime/hostile.py), never committed.
 
 Hangs are caught by running the command in a real process with a timeout, so a regression fails instead of
 hanging the suite.
@@ -63,7 +63,7 @@ def errors(stderr: str) -> list[str]:
 def test_special_files_in_a_scanned_folder_never_hang_the_batch(bundle, tmp_path):
     folder = tmp_path / "scans"
     save_quadrant(folder / "a.png", 0)
-    make_fifo(folder / "IM0002")  # suffix-less: 0.1.0 opened it to look for the DICOM marker, and blocked
+    make_fifo(folder / "IM0002")  # suffix-less: opening it to look for the DICOM marker would block
     make_fifo(folder / "pipe.jpg")
     make_socket(folder / "sock")
     make_device_link(folder / "IM0003")  # -> /dev/zero: reading never ends
@@ -82,7 +82,7 @@ def test_special_files_in_a_scanned_folder_never_hang_the_batch(bundle, tmp_path
 def test_special_files_named_directly_are_named_for_what_they_are(tmp_path):
     fifo = make_fifo(tmp_path / "scan.png")
     device = make_device_link(tmp_path / "scan.dcm")
-    with pytest.raises(InputImageError, match="named pipe"):  # 0.1.0: "empty file (0 bytes)"
+    with pytest.raises(InputImageError, match="named pipe"):  # said for what it is, not as an empty file
         within(10, load_rgb, fifo)
     with pytest.raises(InputImageError, match="character device"):
         within(10, load_rgb, device)
@@ -102,7 +102,7 @@ def test_deflated_dicom_bomb_is_refused_before_it_inflates(dicom_bomb):
     tracemalloc.start()
     try:
         with pytest.raises(InputImageError, match="too large to be a scan|decompression bomb"):
-            load_rgb(dicom_bomb)  # 0.1.0: decoded it, peaking at 5.4 GB
+            load_rgb(dicom_bomb)  # refused from its header, before a pixel is decoded
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -132,11 +132,11 @@ def _numpy_peak(fn, *args) -> int:
 
 
 def test_high_bit_depth_scaling_never_holds_full_float_copies(tmp_path):
-    """A 16-bit PNG just under the caps needed 1.5 GB in 0.1.0: float64 copies of the whole image. Scaling now
+    """A 16-bit PNG just under the caps must not need float64 copies of the whole image. Scaling
     works in blocks (numpy's allocations are traced by tracemalloc)."""
     values = np.random.default_rng(0).integers(0, 4096, (3000, 3000), dtype=np.uint16)
     peak = _numpy_peak(to_uint8, values)
-    assert peak < 20 * 2**20, peak  # 9 MB out + a 2 MB block; 0.1.0: three 72 MB float64 copies
+    assert peak < 20 * 2**20, peak  # 9 MB out + a 2 MB block, never a whole-image float64 copy (72 MB)
     blocks = to_uint8(values)
     lo, hi = float(values.min()), float(values.max())
     whole = np.clip((values.astype(np.float64) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
@@ -149,7 +149,7 @@ def test_dicom_display_pipeline_works_in_blocks(tmp_path):
     from tumor_edge.runtime.dicom import read_dicom
 
     peak = _numpy_peak(read_dicom, path)
-    stored = frame.nbytes  # 12.5 MB; 0.1.0 held three float64 copies (150 MB)
+    stored = frame.nbytes
     assert peak < 5 * stored, (peak, stored)
 
 
@@ -159,7 +159,7 @@ def test_animated_gif_follows_the_frames_option(bundle, tmp_path):
     every = cli(gif, "-m", bundle, "--json", "--frames", "all")
     rows = [json.loads(line) for line in every.stdout.splitlines()]
     assert [(r["frame"], r["frames"], r["label"]) for r in rows] == [
-        (0, 3, "glioma"), (1, 3, "meningioma"), (2, 3, "pituitary")]  # 0.1.0: frame 0 only, silently
+        (0, 3, "glioma"), (1, 3, "meningioma"), (2, 3, "pituitary")]  # every frame, none dropped silently
     middle = cli(gif, "-m", bundle)
     assert "[frame 1 of 3]" in middle.stdout and "meningioma" in middle.stdout
     assert "warning:" in middle.stderr and "3 frames" in middle.stderr
@@ -200,7 +200,7 @@ def test_unreadable_file_named_on_the_command_line_is_one_failure(shared):
     secret = save_quadrant(shared / "scans" / "secret.png", 1)
     secret.chmod(0o000)
     result = _run_unprivileged(shared, shared / "scans" / "a.png", secret, shared / "scans" / "b.png")
-    assert result.returncode == 2, result.stderr  # 0.1.0: click refused the whole batch ("not readable")
+    assert result.returncode == 2, result.stderr  # the batch runs; only the unreadable file fails
     assert len(result.stdout.splitlines()) == 3  # header + the two readable scans
     assert errors(result.stderr) == [f"error: {secret}: permission denied"]
 
@@ -210,7 +210,7 @@ def test_path_under_a_folder_that_cannot_be_entered(shared):
     save_quadrant(locked / "c.png", 2)
     locked.chmod(0o000)
     result = _run_unprivileged(shared, locked / "c.png", shared / "scans" / "a.png")
-    assert result.returncode == 2 and "Traceback" not in result.stderr  # 0.1.0: a PermissionError traceback
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # one line, not a traceback
     assert errors(result.stderr) == [f"error: {locked / 'c.png'}: permission denied"]
     assert "glioma" in result.stdout
 
@@ -220,7 +220,7 @@ def test_unreadable_subfolder_is_reported(shared):
     save_quadrant(hidden / "d.png", 2)
     hidden.chmod(0o000)
     result = _run_unprivileged(shared, shared / "scans")
-    assert result.returncode == 2, result.stderr  # 0.1.0: skipped silently, exit 0
+    assert result.returncode == 2, result.stderr  # reported, never skipped silently
     (line,) = errors(result.stderr)
     assert str(hidden) in line and "cannot read this folder" in line and "permission denied" in line
     alone = _run_unprivileged(shared, hidden, shared / "scans" / "a.png")  # named directly: one line too
@@ -247,7 +247,7 @@ def test_csv_quotes_names_guards_formulas_and_lists_failures(bundle, hostile_nam
     result = cli(*paths, folder / "broken.png", "-m", bundle, "--csv")
     assert result.exit_code == 2
     rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
-    assert len(rows) == len(paths) + 1  # 0.1.0: names with CR/LF split rows, failures were missing
+    assert len(rows) == len(paths) + 1  # names with CR/LF split no row, every failure has one
     for row, path in zip(rows, paths):
         name = str(path)
         assert row["file"] == name and row["label"] and not row["error"]  # absolute paths start with "/"
@@ -291,7 +291,7 @@ def undecodable_name(tmp_path):
 def test_non_utf8_file_names_do_not_end_the_batch(bundle, undecodable_name, fmt):
     args = [] if fmt == "table" else [fmt]
     result = run_classify(undecodable_name, "-m", bundle, *args, env={"LC_ALL": "C.UTF-8"}, timeout=60)
-    assert result.returncode == 0, result.stderr  # 0.1.0: UnicodeEncodeError, the rest of the batch lost
+    assert result.returncode == 0, result.stderr  # an unencodable name loses nothing of the batch
     text = result.stdout.decode("utf-8")  # still valid UTF-8
     if fmt == "--json":
         rows = [json.loads(line) for line in text.splitlines()]
@@ -354,7 +354,7 @@ def test_a_model_emitting_nan_gives_no_label_and_json_stays_strict(tmp_path):
     scan = save_quadrant(tmp_path / "a.png", 0)
     result = cli(scan, scan, "-m", bundle, "--json")
     assert result.exit_code == 2
-    assert ": NaN" not in result.stdout  # 0.1.0: {"label": "glioma", "confidence": NaN, ...}
+    assert ": NaN" not in result.stdout  # never {"label": "glioma", "confidence": NaN, ...}
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) for line in
             result.stdout.splitlines()]
     assert all("label" not in r and "not a number" in r["error"] for r in rows) and len(rows) == 2
@@ -386,7 +386,7 @@ def test_folders_that_yield_nothing_are_reported(bundle, tmp_path):
     (tmp_path / "series" / "IM1.dcm").mkdir(parents=True)  # inside a walked folder
     save_quadrant(tmp_path / "series" / "b.png", 1)
     result = cli(good, tmp_path / "scan.jpg", tmp_path / "empty", tmp_path / "series", "-m", bundle, "--json")
-    assert result.exit_code == 2  # 0.1.0: exit 0, the three vanished without a word
+    assert result.exit_code == 2  # none of the three vanishes without a word
     lines = errors(result.stderr)
     assert f"error: {tmp_path / 'scan.jpg'}: no scan files in this folder" in lines
     assert f"error: {tmp_path / 'empty'}: no scan files in this folder" in lines
@@ -424,8 +424,8 @@ def test_frames_all_is_capped(tmp_path):
 
 
 def test_a_failed_decode_keeps_no_pixels_alive(tmp_path):
-    """A batch keeps each failure's error to report it; 0.1.0's errors kept Pillow's frames, whose decoder held
-    the partly decoded image (36 MB for a truncated 9-MP JPEG: 60 of them reached ~2 GB)."""
+    """A batch keeps each failure's error to report it, but not Pillow's frames, whose decoder holds the partly
+    decoded image."""
     buffer = io.BytesIO()
     Image.fromarray(quadrant_image(0, 256)).save(buffer, "JPEG")
     path = tmp_path / "cut.jpg"
