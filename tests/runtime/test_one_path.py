@@ -156,3 +156,15 @@ def test_heatmap_overlays_are_drawn_on_the_pixels_the_model_saw_without_a_second
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 6 and all(Path(row["heatmap_png"]).is_file() for row in rows)
     assert sorted(reads) == sorted(map(str, scans))
+
+
+@pytest.mark.parametrize("frames", ["first", -1, True, 1.5])
+def test_a_frames_choice_is_checked_once_before_any_file_is_read(bundle, tmp_path, frames):
+    from tests.runtime.models import save_quadrant
+    from tumor_edge.errors import ConfigError
+    from tumor_edge.runtime import Classifier
+
+    scan = save_quadrant(tmp_path / "q.png", 1)
+    classifier = Classifier.from_bundle(bundle)
+    with pytest.raises(ConfigError, match="frames must be one of"):
+        next(classifier.iter_predictions([scan, tmp_path / "missing.png"], frames=frames))

@@ -17,7 +17,14 @@ FRAME_CHOICES = ("middle", "all")
 
 SLICE_CHOICES = ("middle", "all")  # or a whole number N
 
-__all__ = ["FRAME_CHOICES", "SLICE_CHOICES", "parse_slices", "release_frames", "select_frames"]
+__all__ = ["FRAME_CHOICES", "SLICE_CHOICES", "check_frames", "parse_slices", "release_frames", "select_frames"]
+
+
+def check_frames(frames: object) -> None:
+    """Refuse a `frames` choice that is neither one of FRAME_CHOICES nor a frame index (a ConfigError: the
+    caller's mistake, said once before any file is read)."""
+    if not (frames in FRAME_CHOICES or isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
+        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
 
 
 def select_frames(frames: str | int, count: int, path: str | Path) -> list[int]:

@@ -15,8 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from tumor_edge.errors import ConfigError, InputImageError
-from tumor_edge.runtime.frames import FRAME_CHOICES
+from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.pixels import to_uint8
 from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions
 from tumor_edge.runtime.readers.registry import is_dicom_file, read_scan, readers
@@ -42,8 +41,6 @@ def load_rgb_frames(path: str | Path, frames: str | int = "middle") -> list[Pict
     """The frames of a 2-D scan file to classify: one for ordinary images; the middle or all frames of a
     multi-frame DICOM file, a multi-page TIFF or an animated GIF (the same choice for every multi-frame kind)."""
     path = Path(path)
-    if not (frames in FRAME_CHOICES or (isinstance(frames, int) and not isinstance(frames, bool))):
-        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
     scan = read_scan(path, ReadOptions(frames=frames))
     if scan.kind != IMAGE:
         scan.close()

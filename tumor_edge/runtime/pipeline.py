@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
+from tumor_edge.runtime.frames import check_frames
 from tumor_edge.runtime.image import load_rgb_frames
 from tumor_edge.runtime.ood_checks import input_warnings
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
@@ -130,8 +131,7 @@ def iter_predictions(model: Model, paths: Iterable[str | Path] | str | Path, bat
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
-    if not (frames in ("middle", "all") or isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
-        raise ConfigError(f"frames must be 'middle', 'all' or a frame index, not {frames!r}")
+    check_frames(frames)
     if isinstance(paths, (str, Path)):
         paths = [paths]  # one file, not its name's characters
     if workers is None:
