@@ -15,7 +15,6 @@ from PIL import Image
 from tests.runtime.heatmap_models import make_heatmap_bundle
 from tests.runtime.models import save_quadrant
 from tumor_edge.cli import main
-from tumor_edge.runtime import decode_file
 from tumor_edge.runtime.classifier import Classifier
 from tumor_edge.runtime.heatmap_files import HeatmapWriter
 
@@ -27,15 +26,14 @@ def heatmap_bundle(tmp_path, monkeypatch):
 
 
 def test_two_runs_writing_one_folder_never_share_a_png(heatmap_bundle, tmp_path):
-    """Two runs started on one empty --heatmap folder both number from 0: neither may replace the other's
-    overlay, and no two result rows may name the same PNG."""
+    """Two runs started on one empty --heatmap folder both number from 0: neither run's overlay replaces the
+    other's, and no two result rows name the same PNG."""
     clf = Classifier.from_bundle(heatmap_bundle)
     scans = [save_quadrant(tmp_path / f"run{q}" / "scan.png", q) for q in range(2)]  # one name, two scans
     out = tmp_path / "maps"
-    first, second = HeatmapWriter(out), HeatmapWriter(out)
-    seen = [decode_file(scan, clf.preprocessing).pixels[0][0] for scan in scans]
-    a = first.write(clf.predict(scans[0]), seen[0])
-    b = second.write(clf.predict(scans[1]), seen[1])
+    first, second = HeatmapWriter(out, clf.preprocessing), HeatmapWriter(out, clf.preprocessing)
+    a = first.write(clf.predict(scans[0]))
+    b = second.write(clf.predict(scans[1]))
     assert a != b and a.is_file() and b.is_file()
     assert Image.open(a).tobytes() != Image.open(b).tobytes(), "each row's PNG is its own scan's overlay"
     assert sorted(p.name for p in out.iterdir()) == sorted([a.name, b.name]), "no temporary file left behind"
@@ -73,3 +71,25 @@ def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
     for name in names:
         with Image.open(out / name) as image:
             image.load()  # a truncated PNG raises here
+
+
+def test_the_temporary_png_is_never_written_through_a_planted_symlink(heatmap_bundle, tmp_path, monkeypatch):
+    """Someone who can write the --heatmap folder plants symbolic links where the temporary file will be created
+    (the name a predictable scheme gives it, and the first name the random scheme will try): the overlay is still
+    written, and the files the links point to are untouched."""
+    import tempfile
+
+    clf = Classifier.from_bundle(heatmap_bundle)
+    out = tmp_path / "maps"
+    writer = HeatmapWriter(out, clf.preprocessing)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / f".{os.getpid()}-0.png.tmp").symlink_to(victim)
+    names = iter(["planted", "fresh"])
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+    for prefix, suffix in ((".", ".png.tmp"), ("", ""), (".", ""), ("", ".png"), ("", ".tmp")):
+        (out / f"{prefix}planted{suffix}").symlink_to(victim)
+    written = writer.write(clf.predict(save_quadrant(tmp_path / "scan.png", 2)))
+    assert victim.read_bytes() == b"precious"
+    assert written.is_file() and not written.is_symlink() and Image.open(written).format == "PNG"
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [written.name], "no temporary file left"

@@ -1,6 +1,6 @@
 """Hostile input to `classify` and the decoders: special files, bombs, permissions, names that break CSV,
-terminals and encodings, write errors, degenerate images and models. Each finding is one test; files are
-generated here (tests/runtime/hostile.py), never committed.
+terminals and encodings, write errors, degenerate images and models. Files are generated here
+(tests/runtime/hostile.py), never committed.
 
 Hangs are caught by running the command in a real process with a timeout, so a regression fails instead of
 hanging the suite.
@@ -41,6 +41,7 @@ from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import MAX_DECODED_BYTES
 from tumor_edge.runtime.image import is_scan_file, load_rgb, load_rgb_frames, to_uint8
 from tumor_edge.runtime.inputs import scan_inputs
+from tumor_edge.text import one_line
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +83,7 @@ def test_special_files_in_a_scanned_folder_never_hang_the_batch(bundle, tmp_path
 def test_special_files_named_directly_are_named_for_what_they_are(tmp_path):
     fifo = make_fifo(tmp_path / "scan.png")
     device = make_device_link(tmp_path / "scan.dcm")
-    with pytest.raises(InputImageError, match="named pipe"):  # said for what it is, not as an empty file
+    with pytest.raises(InputImageError, match="named pipe"):  # named as what it is, not "empty file"
         within(10, load_rgb, fifo)
     with pytest.raises(InputImageError, match="character device"):
         within(10, load_rgb, device)
@@ -132,11 +133,11 @@ def _numpy_peak(fn, *args) -> int:
 
 
 def test_high_bit_depth_scaling_never_holds_full_float_copies(tmp_path):
-    """A 16-bit PNG just under the caps must not need float64 copies of the whole image. Scaling
-    works in blocks (numpy's allocations are traced by tracemalloc)."""
+    """A 16-bit PNG just under the caps: scaling works in blocks, never on float64 copies of the whole image
+    (numpy's allocations are traced by tracemalloc)."""
     values = np.random.default_rng(0).integers(0, 4096, (3000, 3000), dtype=np.uint16)
     peak = _numpy_peak(to_uint8, values)
-    assert peak < 20 * 2**20, peak  # 9 MB out + a 2 MB block, never a whole-image float64 copy (72 MB)
+    assert peak < 20 * 2**20, peak  # the 9 MB output + a 2 MB block; a float64 copy alone is 72 MB
     blocks = to_uint8(values)
     lo, hi = float(values.min()), float(values.max())
     whole = np.clip((values.astype(np.float64) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
@@ -149,7 +150,7 @@ def test_dicom_display_pipeline_works_in_blocks(tmp_path):
     from tumor_edge.runtime.dicom import read_dicom
 
     peak = _numpy_peak(read_dicom, path)
-    stored = frame.nbytes
+    stored = frame.nbytes  # a float64 copy is 4 times this
     assert peak < 5 * stored, (peak, stored)
 
 
@@ -159,7 +160,7 @@ def test_animated_gif_follows_the_frames_option(bundle, tmp_path):
     every = cli(gif, "-m", bundle, "--json", "--frames", "all")
     rows = [json.loads(line) for line in every.stdout.splitlines()]
     assert [(r["frame"], r["frames"], r["label"]) for r in rows] == [
-        (0, 3, "glioma"), (1, 3, "meningioma"), (2, 3, "pituitary")]  # every frame, none dropped silently
+        (0, 3, "glioma"), (1, 3, "meningioma"), (2, 3, "pituitary")]  # every frame, not the first only
     middle = cli(gif, "-m", bundle)
     assert "[frame 1 of 3]" in middle.stdout and "meningioma" in middle.stdout
     assert "warning:" in middle.stderr and "3 frames" in middle.stderr
@@ -200,7 +201,7 @@ def test_unreadable_file_named_on_the_command_line_is_one_failure(shared):
     secret = save_quadrant(shared / "scans" / "secret.png", 1)
     secret.chmod(0o000)
     result = _run_unprivileged(shared, shared / "scans" / "a.png", secret, shared / "scans" / "b.png")
-    assert result.returncode == 2, result.stderr  # the batch runs; only the unreadable file fails
+    assert result.returncode == 2, result.stderr  # one failure, not the whole batch refused
     assert len(result.stdout.splitlines()) == 3  # header + the two readable scans
     assert errors(result.stderr) == [f"error: {secret}: permission denied"]
 
@@ -210,7 +211,7 @@ def test_path_under_a_folder_that_cannot_be_entered(shared):
     save_quadrant(locked / "c.png", 2)
     locked.chmod(0o000)
     result = _run_unprivileged(shared, locked / "c.png", shared / "scans" / "a.png")
-    assert result.returncode == 2 and "Traceback" not in result.stderr  # one line, not a traceback
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert errors(result.stderr) == [f"error: {locked / 'c.png'}: permission denied"]
     assert "glioma" in result.stdout
 
@@ -220,7 +221,7 @@ def test_unreadable_subfolder_is_reported(shared):
     save_quadrant(hidden / "d.png", 2)
     hidden.chmod(0o000)
     result = _run_unprivileged(shared, shared / "scans")
-    assert result.returncode == 2, result.stderr  # reported, never skipped silently
+    assert result.returncode == 2, result.stderr  # reported, not skipped silently
     (line,) = errors(result.stderr)
     assert str(hidden) in line and "cannot read this folder" in line and "permission denied" in line
     alone = _run_unprivileged(shared, hidden, shared / "scans" / "a.png")  # named directly: one line too
@@ -247,9 +248,9 @@ def test_csv_quotes_names_guards_formulas_and_lists_failures(bundle, hostile_nam
     result = cli(*paths, folder / "broken.png", "-m", bundle, "--csv")
     assert result.exit_code == 2
     rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
-    assert len(rows) == len(paths) + 1  # names with CR/LF split no row, every failure has one
+    assert len(rows) == len(paths) + 1  # a name with CR/LF is one cell, failures are listed
     for row, path in zip(rows, paths):
-        name = str(path)
+        name = one_line(str(path))  # control characters escaped: the cell is one line too
         assert row["file"] == name and row["label"] and not row["error"]  # absolute paths start with "/"
     assert rows[-1]["file"] == str(folder / "broken.png") and "not an image file" in rows[-1]["error"]
     assert rows[-1]["label"] == "" and rows[-1]["confidence"] == ""
@@ -262,8 +263,8 @@ def test_csv_cells_never_start_a_formula(bundle, hostile_names, monkeypatch):
     result = cli("-m", bundle, "--csv", "--", *names)
     cells = [row["file"] for row in csv.DictReader(io.StringIO(result.stdout, newline=""))]
     assert len(cells) == len(names)
-    for cell, name in zip(cells, names):
-        if name.startswith(("=", "+", "-", "@", "\t", "\r")):
+    for cell, name in zip(cells, map(one_line, names)):  # a leading tab is escaped, so no longer a formula start
+        if name.startswith(("=", "+", "-", "@")):
             assert cell == "'" + name  # OWASP: a leading single quote makes it text
         else:
             assert cell == name
@@ -291,7 +292,7 @@ def undecodable_name(tmp_path):
 def test_non_utf8_file_names_do_not_end_the_batch(bundle, undecodable_name, fmt):
     args = [] if fmt == "table" else [fmt]
     result = run_classify(undecodable_name, "-m", bundle, *args, env={"LC_ALL": "C.UTF-8"}, timeout=60)
-    assert result.returncode == 0, result.stderr  # an unencodable name loses nothing of the batch
+    assert result.returncode == 0, result.stderr  # no UnicodeEncodeError ending the batch
     text = result.stdout.decode("utf-8")  # still valid UTF-8
     if fmt == "--json":
         rows = [json.loads(line) for line in text.splitlines()]
@@ -333,7 +334,7 @@ def test_constant_image_classifies_with_a_warning(bundle, tmp_path):
     assert result.exit_code == 0
     assert len(result.stdout.strip().splitlines()) == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == [
-        f"warning: {flat}: blank or constant image (contrast 0.0 grey levels): not a scan"]
+        f"warning: {flat}: constant image (every pixel is 77): its label means nothing"]
 
 
 def test_all_nan_image_is_an_error(bundle, tmp_path):
@@ -386,7 +387,7 @@ def test_folders_that_yield_nothing_are_reported(bundle, tmp_path):
     (tmp_path / "series" / "IM1.dcm").mkdir(parents=True)  # inside a walked folder
     save_quadrant(tmp_path / "series" / "b.png", 1)
     result = cli(good, tmp_path / "scan.jpg", tmp_path / "empty", tmp_path / "series", "-m", bundle, "--json")
-    assert result.exit_code == 2  # none of the three vanishes without a word
+    assert result.exit_code == 2  # the three are reported, none vanishes without a word
     lines = errors(result.stderr)
     assert f"error: {tmp_path / 'scan.jpg'}: no scan files in this folder" in lines
     assert f"error: {tmp_path / 'empty'}: no scan files in this folder" in lines
@@ -424,8 +425,8 @@ def test_frames_all_is_capped(tmp_path):
 
 
 def test_a_failed_decode_keeps_no_pixels_alive(tmp_path):
-    """A batch keeps each failure's error to report it, but not Pillow's frames, whose decoder holds the partly
-    decoded image."""
+    """A batch keeps each failure's error to report it; an error that kept Pillow's frames would keep the partly
+    decoded image its decoder holds alive, for every failed file of the batch."""
     buffer = io.BytesIO()
     Image.fromarray(quadrant_image(0, 256)).save(buffer, "JPEG")
     path = tmp_path / "cut.jpg"
