@@ -17,9 +17,8 @@ import pytest
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
     # contracts: the bundle record parses itself through bundle_schema, which builds bundle's types
     frozenset({"tumor_edge.contracts.bundle", "tumor_edge.contracts.bundle_schema"}),
-    # runtime: Classifier.iter_predictions goes through batch, which calls back into the classifier; the device's
-    # choice of file (choice) loads candidates through the classifier, which asks it for the file
-    frozenset({"tumor_edge.runtime.batch", "tumor_edge.runtime.choice", "tumor_edge.runtime.classifier"}),
+    # runtime: the device's choice of file (choice) loads candidates through the classifier, which asks it for the file
+    frozenset({"tumor_edge.runtime.choice", "tumor_edge.runtime.classifier"}),
 })
 
 

@@ -45,7 +45,7 @@ def unscaled(clf):
     """The classifier with its calibration temperature off: the model's own probabilities, as Keras gives them."""
     import dataclasses
 
-    clf.trust = dataclasses.replace(clf.trust, temperature=None)
+    clf.postprocessing = dataclasses.replace(clf.postprocessing, temperature=None)
     return clf
 
 
@@ -234,7 +234,7 @@ def test_lone_onnx_file_carries_its_metadata(exported_bundle, tmp_path):
     image = next(Path(json.loads((exported_bundle / METADATA_FILE).read_text())["provenance"]["data_root"])
                  .glob("Testing/*/*.jpg"))
     # The lone file carries the bundle's calibration and output roles too: the same probabilities and outputs.
-    assert clf.trust.temperature == bundled.trust.temperature
+    assert clf.postprocessing.temperature == bundled.postprocessing.temperature
     assert set(clf.output_specs) == set(bundled.output_specs)
     a, b = clf.predict(image), bundled.predict(image)
     assert a.label == b.label and set(a.outputs) == set(b.outputs)

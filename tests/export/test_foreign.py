@@ -102,11 +102,11 @@ def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dat
         assert "held-out" in calibration["fitted_on_data"]
         expected = apply_temperature(expected, calibration["temperature"])
     for name in ("model_fp32.onnx", "model_fp32.tflite"):
-        probs = Classifier.from_bundle(out, model_file=name).predict_proba_files(paths)
+        probs = Classifier.from_bundle(out, model_file=name).probabilities_for_files(paths)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(probs, expected, atol=1e-4, err_msg=name)
     for name in ("model_int8.onnx", "model_int8.tflite"):
-        probs = Classifier.from_bundle(out, model_file=name).predict_proba_files(paths)
+        probs = Classifier.from_bundle(out, model_file=name).probabilities_for_files(paths)
         assert np.mean(probs.argmax(1) == expected.argmax(1)) >= 0.9, name
         assert np.abs(probs - expected).max() < 0.2, name
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tumor_edge.calibration.output_scores import OUTPUT_SCORES, fit_output_threshold, output_score
 from tumor_edge.errors import ConfigError, ModelError
 from tumor_edge.export.foreign_onnx import OnnxModel, inspect_onnx, to_bundle_model
-from tumor_edge.runtime.trust import TrustSettings, ood_scores, warnings_for
+from tumor_edge.runtime.postprocess import PostProcessing, ood_scores, warnings_for
 
 RNG = np.random.default_rng(0)
 W = RNG.normal(0, 1, (3, 4)).astype(np.float32)  # pooled RGB -> 4 classes
@@ -138,16 +138,16 @@ def test_output_scores_threshold_and_runtime_reading():
     values = np.linspace(-10, -1, 100)
     record = fit_output_threshold(values, "logit_energy", 0.95)
     assert record["measured_tpr"] == pytest.approx(0.95, abs=0.011) and record["output_role"] == "ood_score"
-    settings = TrustSettings.from_fields(None, record)
+    settings = PostProcessing.from_fields(None, record)
     assert settings.has_ood and settings.ood_score == "logit_energy"
     scores = ood_scores({"ood_score": np.array([-5.0, 0.0], np.float32)}, settings)
     np.testing.assert_allclose(scores, [-5.0, 0.0])
     grey = np.full((8, 8, 3), 0, np.uint8)
     grey[2:6, 2:6] = 120
-    assert any("logit energy" in w for w in warnings_for(grey, 0.0, TrustSettings.from_fields(None, record)))
+    assert any("logit energy" in w for w in warnings_for(grey, 0.0, PostProcessing.from_fields(None, record)))
     for kind in OUTPUT_SCORES:
         with pytest.raises(ConfigError, match="ood.threshold"):
-            TrustSettings.from_fields(None, {**record, "score": kind, "threshold": "high"})
+            PostProcessing.from_fields(None, {**record, "score": kind, "threshold": "high"})
 
 
 def test_a_nearly_constant_tensor_does_not_break_int8_calibration(tmp_path):

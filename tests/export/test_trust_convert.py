@@ -132,9 +132,9 @@ def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
         paths.append(tmp_path / "scans" / f"scan {i}.png")
         paths[-1].parent.mkdir(exist_ok=True)
         Image.fromarray(pixels).save(paths[-1])
-    writer = HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32))
+    writer = HeatmapWriter(tmp_path / "maps")
     predictions = Classifier.from_bundle(bundle).predict_batch(paths)
-    written = [writer.write(p) for p in predictions]
+    written = [writer.write(p, pixels) for p, pixels in zip(predictions, scans.pixels)]
     assert all(p.outputs["heatmap"].shape == (16, 16, 2) for p in predictions)
     assert [w.name for w in written][:2] == ["00000_scan_0_heatmap.png", "00001_scan_1_heatmap.png"]
     for i in np.flatnonzero(scans.labels == 1):
@@ -146,8 +146,8 @@ def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
         r, c = np.unravel_index(np.argmax(redness), redness.shape)
         assert np.hypot(r - scans.centres[i][0], c - scans.centres[i][1]) <= 4, (i, (r, c), scans.centres[i])
     with pytest.raises(OutputExistsError):
-        HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32))
-    HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32), force=True)
+        HeatmapWriter(tmp_path / "maps")
+    HeatmapWriter(tmp_path / "maps", force=True)
     # heatmap parity as export records it: the file's maps through the runtime against Keras' (fp32: ~1)
     from types import SimpleNamespace
 

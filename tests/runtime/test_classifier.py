@@ -66,7 +66,7 @@ def test_predict_batch_matches_predict(clf, scans):
         single = clf.predict(path).probabilities
         assert all(abs(single[c] - result.probabilities[c]) < 1e-6 for c in CLASSES)
     assert clf.predict_batch([]) == []
-    probs = clf.predict_proba_files(scans, batch_size=3)
+    probs = clf.probabilities_for_files(scans, batch_size=3)
     assert probs.shape == (4, 4) and list(probs.argmax(1)) == [0, 1, 2, 3]
 
 
@@ -202,7 +202,7 @@ def test_output_count_disagrees_with_classes(tmp_path, scans):
 def test_corrupt_and_unsupported_model_files(tmp_path):
     folder = make_bundle(tmp_path / "corrupt")
     _replace_model(folder, b"\x08\x07garbage" * 10)
-    message = _model_error(folder)  # the external data walk (issue 22) may see it before onnxruntime does
+    message = _model_error(folder)  # the external data walk may see it before onnxruntime does
     assert "onnxruntime cannot load" in message or "not a valid ONNX model" in message
     other = tmp_path / "model.pt"
     other.write_bytes(b"x")
@@ -247,7 +247,7 @@ def test_second_output_arrives_on_the_prediction(tmp_path, scans):
         assert result.to_dict()["outputs"]["heatmap"] == heat.tolist()
     single = clf.predict(scans[2])
     assert np.array_equal(single.outputs["heatmap"], results[2].outputs["heatmap"])
-    # A one-output bundle keeps the 0.1 JSON exactly.
+    # A one-output bundle's JSON has no outputs key.
     plain = Classifier.from_bundle(make_bundle(tmp_path / "one")).predict(scans[0]).to_dict()
     assert set(plain) == {"file", "label", "confidence", "probabilities"}
 
@@ -322,7 +322,7 @@ def test_every_call_decodes_a_series_the_same_way(clf, tmp_path, scans):
     assert streamed.label == single.label == batch.label == "meningioma"  # the middle frame, everywhere
     assert single.probabilities == streamed.probabilities == batch.probabilities
     assert np.array_equal(probs[1], np.array([streamed.probabilities[c] for c in CLASSES], np.float32))
-    assert np.array_equal(clf.predict_proba_files([series]), probs[1:])
+    assert np.array_equal(clf.probabilities_for_files([series]), probs[1:])
 
 
 def test_probabilities_for_files_stops_at_the_first_bad_file(clf, scans, tmp_path):
@@ -351,14 +351,14 @@ def test_iter_predictions_takes_one_path_as_one_file(clf, scans):
 
 
 def test_failures_keep_no_decoded_image_alive(tmp_path, monkeypatch):
-    """Finding: each failure kept its partly decoded image alive through the exception's traceback frames
-    (60 truncated 9-megapixel JPEGs held ~2 GB). The failure keeps its message and a printable traceback only."""
+    """A failure must not keep its partly decoded image alive through the exception's traceback frames: it keeps
+    its message and a printable traceback only."""
     import gc
     import io
     import traceback
     import weakref
 
-    from tumor_edge.runtime.batch import decode_file
+    from tumor_edge.runtime.pipeline import decode_file
 
     buffer = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)

@@ -75,7 +75,7 @@ def test_serve_gives_the_exact_cam_unasked_without_decoding_again(tmp_path, monk
 
 def test_explain_without_pixels_is_only_for_the_exact_cam(bundle):
     from tumor_edge.errors import ConfigError
-    from tumor_edge.runtime.explain import explain
+    from tumor_edge.runtime.explain import explain_prediction as explain
 
     with pytest.raises(ConfigError, match="needs the scan's pixels"):
         explain(Classifier.from_bundle(bundle), None, 0)
@@ -113,7 +113,7 @@ def test_serve_gives_the_page_a_map_and_its_method_for_any_model(bundle):
 
 
 def test_a_vgg_like_foreign_onnx_model_gets_a_map_per_scan(tmp_path, state):
-    """Issue 21's done-when: a foreign ONNX file (NCHW, batch fixed at 1, flatten + dense head, no CAM) gets an
+    """A foreign ONNX file (NCHW, batch fixed at 1, flatten + dense head, no CAM) gets an
     overlay per scan, pointing at the quadrant its class reads."""
     from tests.runtime.explain_models import vgg_like_foreign_bundle
 

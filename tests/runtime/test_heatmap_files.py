@@ -15,6 +15,7 @@ from PIL import Image
 from tests.runtime.heatmap_models import make_heatmap_bundle
 from tests.runtime.models import save_quadrant
 from tumor_edge.cli import main
+from tumor_edge.runtime import decode_file
 from tumor_edge.runtime.classifier import Classifier
 from tumor_edge.runtime.heatmap_files import HeatmapWriter
 
@@ -31,9 +32,10 @@ def test_two_runs_writing_one_folder_never_share_a_png(heatmap_bundle, tmp_path)
     clf = Classifier.from_bundle(heatmap_bundle)
     scans = [save_quadrant(tmp_path / f"run{q}" / "scan.png", q) for q in range(2)]  # one name, two scans
     out = tmp_path / "maps"
-    first, second = HeatmapWriter(out, clf.preprocessing), HeatmapWriter(out, clf.preprocessing)
-    a = first.write(clf.predict(scans[0]))
-    b = second.write(clf.predict(scans[1]))
+    first, second = HeatmapWriter(out), HeatmapWriter(out)
+    seen = [decode_file(scan, clf.preprocessing).pixels[0][0] for scan in scans]
+    a = first.write(clf.predict(scans[0]), seen[0])
+    b = second.write(clf.predict(scans[1]), seen[1])
     assert a != b and a.is_file() and b.is_file()
     assert Image.open(a).tobytes() != Image.open(b).tobytes(), "each row's PNG is its own scan's overlay"
     assert sorted(p.name for p in out.iterdir()) == sorted([a.name, b.name]), "no temporary file left behind"
@@ -81,7 +83,7 @@ def test_the_temporary_png_is_never_written_through_a_planted_symlink(heatmap_bu
 
     clf = Classifier.from_bundle(heatmap_bundle)
     out = tmp_path / "maps"
-    writer = HeatmapWriter(out, clf.preprocessing)
+    writer = HeatmapWriter(out)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     (out / f".{os.getpid()}-0.png.tmp").symlink_to(victim)
@@ -89,7 +91,8 @@ def test_the_temporary_png_is_never_written_through_a_planted_symlink(heatmap_bu
     monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
     for prefix, suffix in ((".", ".png.tmp"), ("", ""), (".", ""), ("", ".png"), ("", ".tmp")):
         (out / f"{prefix}planted{suffix}").symlink_to(victim)
-    written = writer.write(clf.predict(save_quadrant(tmp_path / "scan.png", 2)))
+    scan = save_quadrant(tmp_path / "scan.png", 2)
+    written = writer.write(clf.predict(scan), decode_file(scan, clf.preprocessing).pixels[0][0])
     assert victim.read_bytes() == b"precious"
     assert written.is_file() and not written.is_symlink() and Image.open(written).format == "PNG"
     assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [written.name], "no temporary file left"

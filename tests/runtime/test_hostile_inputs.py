@@ -334,7 +334,7 @@ def test_constant_image_classifies_with_a_warning(bundle, tmp_path):
     assert result.exit_code == 0
     assert len(result.stdout.strip().splitlines()) == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == [
-        f"warning: {flat}: constant image (every pixel is 77): its label means nothing"]
+        f"warning: {flat}: blank or constant image (contrast 0.0 grey levels): not a scan"]
 
 
 def test_all_nan_image_is_an_error(bundle, tmp_path):

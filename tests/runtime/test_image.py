@@ -14,7 +14,7 @@ from PIL import Image
 from tests.runtime.models import png_bomb, quadrant_image, write_dicom
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.image import is_dicom_file, is_scan_file, load_rgb, load_rgb_frames
-from tumor_edge.runtime.inputs import expand_inputs
+from tumor_edge.runtime.inputs import scan_inputs
 from tumor_edge.runtime.preprocess import Preprocessing, load_resized
 
 
@@ -160,9 +160,9 @@ def test_suffixless_dicom_is_detected_and_walked(tmp_path):
     Image.fromarray(quadrant_image(0, 16)).save(tmp_path / "series" / "b.png")
     assert is_dicom_file(tmp_path / "series" / "IM0001")
     assert not is_scan_file(tmp_path / "series" / "README")
-    found = expand_inputs([tmp_path])
+    found = scan_inputs([tmp_path]).files
     assert [p.name for p in found] == ["IM0001", "b.png"]
-    assert expand_inputs([tmp_path / "missing.jpg"]) == [tmp_path / "missing.jpg"]  # kept, reported later
+    assert scan_inputs([tmp_path / "missing.jpg"]).files == [tmp_path / "missing.jpg"]  # kept, reported later
 
 
 def test_single_image_has_one_frame(tmp_path):
@@ -232,7 +232,7 @@ def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
 def test_an_input_type_is_one_registered_reader(tmp_path, bundle, monkeypatch):
     """A new 2-D input type is one `Reader` in the registry: walking, decoding and classifying all pick it up."""
     from tumor_edge.runtime import Classifier, image
-    from tumor_edge.runtime.inputs import expand_inputs
+    from tumor_edge.runtime.inputs import scan_inputs
     from tumor_edge.runtime.readers import Picture, Reader, Scan, registry
 
     def read_raw(path, options):  # a made-up format: 2 bytes of side length, then grey pixels
@@ -248,7 +248,7 @@ def test_an_input_type_is_one_registered_reader(tmp_path, bundle, monkeypatch):
     assert not image.is_scan_file(path)
     with monkeypatch.context() as patch:
         patch.setattr(registry, "READERS", [*registry.READERS, Reader("raw", (".raw",), read_raw)])
-        assert image.is_scan_file(path) and expand_inputs([path.parent]) == [path]
+        assert image.is_scan_file(path) and scan_inputs([path.parent]).files == [path]
         assert ".raw" in image.SCAN_SUFFIXES
         assert np.array_equal(np.asarray(load_rgb(path))[..., 0], scan)
         [result] = Classifier.from_bundle(bundle).iter_predictions([path])

@@ -8,11 +8,11 @@ import threading
 import numpy as np
 from PIL import Image
 
-import tumor_edge.runtime.prechecks as prechecks
-import tumor_edge.runtime.trust as trust
+import tumor_edge.runtime.pipeline as pipeline
+import tumor_edge.runtime.postprocess as postprocess
 from tests.runtime.models import quadrant_image
-from tumor_edge.runtime.batch import decode_file
 from tumor_edge.runtime.classifier import Classifier
+from tumor_edge.runtime.pipeline import decode_file
 
 
 def _files(tmp_path):
@@ -42,7 +42,7 @@ def _spy(module, monkeypatch):
 
 def test_the_checks_run_in_the_decode_workers(bundle, tmp_path, monkeypatch):
     clf = Classifier.from_bundle(bundle)
-    in_workers, after_inference = _spy(prechecks, monkeypatch), _spy(trust, monkeypatch)
+    in_workers, after_inference = _spy(pipeline, monkeypatch), _spy(postprocess, monkeypatch)
     results = list(clf.iter_predictions(_files(tmp_path), batch_size=2, workers=2))
     assert [r.ok for r in results] == [True, True, False, True, True]
     assert len(in_workers) == 4 and all(name.startswith("tumor-edge-decode") for name in in_workers)

@@ -95,9 +95,8 @@ def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], d
 
 def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
               ) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.runtime import MIN_CAM_CELLS
+    from tumor_edge.runtime import MIN_CAM_CELLS, decode_file
     from tumor_edge.runtime import explain_prediction as explain
-    from tumor_edge.runtime.batch import decode_file
     from tumor_edge.runtime.heatmap_overlay import write_overlay
 
     lines = ["### Heatmaps: one held-out scan per class", ""]
@@ -176,7 +175,7 @@ def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, cou
     rates = measure_ood_rates(classifier, test_paths, count=count, seed=seed)
     scans = []
     if test_paths:
-        from tumor_edge.runtime.batch import decode_file
+        from tumor_edge.runtime import decode_file
 
         decoded = decode_file(test_paths[0], classifier.preprocessing, "middle")
         scans = [decoded.pixels[0][0]] if decoded.failure is None else []

@@ -168,8 +168,8 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row.agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
     diff = np.abs(probs - reference)
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
-    row.raw_probabilities = undo_temperature(probs, clf.trust.temperature)
-    row.calibration = ece_before_after(row.raw_probabilities, labels, clf.trust.temperature)
+    row.raw_probabilities = undo_temperature(probs, clf.postprocessing.temperature)
+    row.calibration = ece_before_after(row.raw_probabilities, labels, clf.postprocessing.temperature)
     _judge(row, labels, reference, probs, len(classes), thresholds)
     return row
 

@@ -17,12 +17,12 @@ What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `P
 
 Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
 demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
-`load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `read_onnx_metadata`, `class_map`, `write_overlay`),
-explanations (`explain_prediction`, `ExplainSettings`, `Explanation`, `MIN_CAM_CELLS`, `cam_cells`) and their
-localisation scores (`Tally`, `map_correlation`, `resize_mask`, `tolerance_px`, `TOLERANCE_FRACTION`), trust
-(`flag_rates`, `measure_ood_rates`), reference inputs for verify (`brain_blobs`, `reference_images`,
-`reference_role_outputs`, `machine_target`), files (`external_data_locations`, `labelled_files`,
-`recorded_choices`, `cache_root`).
+`load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `probability_problem`, `read_onnx_metadata`,
+`class_map`, `write_overlay`), explanations (`explain_prediction`, `ExplainSettings`, `Explanation`,
+`MIN_CAM_CELLS`, `cam_cells`) and their localisation scores (`Tally`, `map_correlation`, `resize_mask`,
+`tolerance_px`, `TOLERANCE_FRACTION`), out-of-distribution rates (`flag_rates`, `measure_ood_rates`), reference
+inputs for verify (`brain_blobs`, `reference_images`, `reference_role_outputs`, `machine_target`), files
+(`external_data_locations`, `labelled_files`, `recorded_choices`, `cache_root`).
 
 Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,
 Pillow or onnxruntime (cold start, and the CLI's listing of commands). The TYPE_CHECKING block mirrors `_EXPORTS`
@@ -53,9 +53,9 @@ _EXPORTS: dict[str, str] = {
     "BundleMetadata": "tumor_edge.contracts.bundle",
     "Preprocessing": "tumor_edge.runtime.preprocess",
     "BackendOptions": "tumor_edge.runtime.backends",
-    "Prediction": "tumor_edge.runtime.classifier",
-    "Failure": "tumor_edge.runtime.failure",
-    "ScanResult": "tumor_edge.runtime.scans",
+    "Prediction": "tumor_edge.runtime.results",
+    "Failure": "tumor_edge.runtime.results",
+    "ScanResult": "tumor_edge.runtime.pipeline",
     "VolumeSummary": "tumor_edge.runtime.volume_summary",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
@@ -69,10 +69,11 @@ _EXPORTS: dict[str, str] = {
     # inputs
     "is_scan_file": "tumor_edge.runtime.image",
     "load_rgb": "tumor_edge.runtime.image",
-    "decode_file": "tumor_edge.runtime.batch",
+    "decode_file": "tumor_edge.runtime.pipeline",
     # outputs
     "SCORES": "tumor_edge.runtime.classifier",
-    "softmax": "tumor_edge.runtime.classifier",
+    "softmax": "tumor_edge.runtime.postprocess",
+    "probability_problem": "tumor_edge.runtime.postprocess",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
     "class_map": "tumor_edge.runtime.heatmap_overlay",
     "write_overlay": "tumor_edge.runtime.heatmap_overlay",
@@ -87,7 +88,7 @@ _EXPORTS: dict[str, str] = {
     "map_correlation": "tumor_edge.runtime.explain.localisation",
     "resize_mask": "tumor_edge.runtime.explain.localisation",
     "tolerance_px": "tumor_edge.runtime.explain.localisation",
-    # trust
+    # out-of-distribution rates
     "flag_rates": "tumor_edge.runtime.ood_checks",
     "measure_ood_rates": "tumor_edge.runtime.ood_rates",
     # reference inputs (verify regenerates them; export records the outputs on them)
@@ -109,12 +110,12 @@ _MODULES: dict[str, str] = {"readers": _READERS}
 __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "ExplainSettings", "Explanation",
            "Failure", "MIN_CAM_CELLS", "Picture", "Prediction", "Preprocessing", "RESIZE_METHODS", "ReadOptions",
            "Reader", "SCORES", "Scan", "ScanResult", "TOLERANCE_FRACTION", "Tally", "VerifyReport", "VolumeSummary",
-           "brain_blobs", "cache_root", "cam_cells", "claimed_suffix", "class_map", "decode_file",
-           "explain_prediction", "external_data_locations", "flag_rates", "is_scan_file", "is_volume",
-           "labelled_files", "load_resized", "load_rgb", "machine_target", "map_correlation", "measure_ood_rates",
-           "open_backend", "preprocess_image", "read_onnx_metadata", "read_scan", "readers", "recorded_choices",
-           "reference_images", "reference_role_outputs", "resize_mask", "save_optimized_model",
-           "scale", "softmax", "tolerance_px", "verify_bundle", "write_overlay"]
+           "brain_blobs", "cache_root", "cam_cells", "claimed_suffix", "class_map", "decode_file", "explain_prediction",
+           "external_data_locations", "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized",
+           "load_rgb", "machine_target", "map_correlation", "measure_ood_rates", "open_backend", "preprocess_image",
+           "probability_problem", "read_onnx_metadata", "read_scan", "readers", "recorded_choices", "reference_images",
+           "reference_role_outputs", "resize_mask", "save_optimized_model", "scale", "softmax",
+           "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
@@ -122,11 +123,10 @@ if TYPE_CHECKING:
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend, save_optimized_model
     from tumor_edge.runtime.backends.external_data import external_data_locations
-    from tumor_edge.runtime.batch import decode_file
     from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.cache import cache_root
     from tumor_edge.runtime.choice import recorded_choices
-    from tumor_edge.runtime.classifier import SCORES, Classifier, Prediction, read_onnx_metadata, softmax
+    from tumor_edge.runtime.classifier import SCORES, Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
         ExplainSettings,
@@ -141,11 +141,12 @@ if TYPE_CHECKING:
         resize_mask,
         tolerance_px,
     )
-    from tumor_edge.runtime.failure import Failure
     from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
     from tumor_edge.runtime.image import is_scan_file, load_rgb
     from tumor_edge.runtime.ood_checks import flag_rates
     from tumor_edge.runtime.ood_rates import measure_ood_rates
+    from tumor_edge.runtime.pipeline import ScanResult, decode_file
+    from tumor_edge.runtime.postprocess import probability_problem, softmax
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
         Picture,
@@ -157,7 +158,7 @@ if TYPE_CHECKING:
         read_scan,
     )
     from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
-    from tumor_edge.runtime.scans import ScanResult
+    from tumor_edge.runtime.results import Failure, Prediction
     from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
     from tumor_edge.runtime.volume_summary import VolumeSummary
 

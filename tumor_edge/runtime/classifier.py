@@ -1,20 +1,18 @@
 """The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`, `.classify("head.nii.gz")`.
 
-Files are read by the readers' registry (`runtime/readers/`): `classify` and `iter_results` take anything a reader
-claims, volumes included (`scans`). One prediction path for images: files are decoded by `batch.decode_file`
-(the runtime's `load_rgb_frames` -> resize) and classified batch by batch in `batch.iter_predictions`;
-`predict`, `predict_batch` and export's parity (`probabilities_for_files`) all go through it, so a multi-frame
-file is read the same way everywhere. A bundle's model file is checked against the sha256 its metadata records
-before it is loaded.
+A Classifier is a model file plus the metadata that says how to feed it and read its outputs: it runs the
+inference and post-processing stages (`postprocess.py`) of the one prediction path. Every call that takes files
+(`predict`, `predict_batch`, `iter_predictions`, `iter_results`, `classify`, `probabilities_for_files`) is a thin
+caller of that path (`pipeline.py`), so a file is decoded, checked and labelled the same way everywhere. A bundle's
+model file is checked against the sha256 its metadata records before it is loaded.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -32,91 +30,32 @@ from tumor_edge.contracts.bundle import (
 from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
 from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
 from tumor_edge.runtime.backends.external_data import external_data_locations
-from tumor_edge.runtime.failure import Failure
+from tumor_edge.runtime.pipeline import (
+    ScanItem,
+    ScanOptions,
+    ScanResult,
+    classify_scan,
+    decode_file,
+    iter_scan_results,
+)
+from tumor_edge.runtime.pipeline import iter_predictions as _iter_predictions
 from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8
+from tumor_edge.runtime.postprocess import (
+    PostProcessing,
+    calibrate,
+    not_a_number,
+    ood_scores,
+    probability_problem,
+    softmax,
+    warnings_for,
+)
 from tumor_edge.runtime.preprocess import resize_rgb, scale
-from tumor_edge.runtime.trust import TrustSettings, calibrate, ood_scores, warnings_for
-
-if TYPE_CHECKING:
-    from tumor_edge.runtime.scans import ScanItem, ScanResult
+from tumor_edge.runtime.results import Failure, OnPixels, Prediction
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """One classified image: the winning label, every class's probability, and any further model outputs."""
-
-    label: str
-    index: int
-    probabilities: dict[str, float]
-    source: str | None = None
-    frame: int | None = None  # 0-based frame of a multi-frame file (DICOM series), None for single images
-    frame_count: int | None = None
-    # Outputs beyond the class scores, by the role metadata gives them (e.g. "heatmap"): this image's slice.
-    outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
-    # Why this image may not be what the model knows (input checks, feature distance); empty when none.
-    warnings: tuple[str, ...] = ()
-    heatmap_png: str | None = None  # where `classify --heatmap DIR` wrote its overlay
-    heatmap_method: str | None = None  # what drew that overlay's map (e.g. "occlusion 8x8", "exact CAM 8x8")
-    abstained: bool = False  # `classify --abstain`: a warned image is given no label (probabilities kept)
-
-    ok = True  # Failure.ok is False: lets stream consumers branch without isinstance
-
-    @property
-    def confidence(self) -> float:
-        return self.probabilities[self.label]
-
-    def top_k(self, k: int) -> list[tuple[str, float]]:
-        return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
-
-    def to_dict(self) -> dict:
-        data = {"file": self.source, "label": self.label, "confidence": self.confidence,
-                "probabilities": self.probabilities}
-        if self.frame is not None:
-            data["frame"] = self.frame
-            data["frames"] = self.frame_count
-        if self.abstained:
-            data.update(label=None, confidence=None, abstained=True)
-        if self.warnings:
-            data["warnings"] = list(self.warnings)
-        if self.heatmap_png is not None:
-            data["heatmap_png"] = self.heatmap_png
-            data["heatmap_method"] = self.heatmap_method
-        if self.outputs:
-            data["outputs"] = {role: np.asarray(value).tolist() for role, value in self.outputs.items()}
-        return data
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-# How far a model's "probabilities" may stray from a distribution and still be one, per class: half a step of an
-# 8-bit output quantized over [-1, 1] (1/254: a symmetric int8 scale is the widest an int8 model's softmax output
-# gets) plus float16's rounding of a value below 1 (2**-11). A row's sum may be off by that many times its class
-# count (4 classes: 0.018); raw logits, a 1.39e10, or a halved softmax are far outside.
-PROBABILITY_SLACK_PER_CLASS = 1 / 254 + 2 ** -11
-PROBABILITY_RANGE_SLACK = 1e-6  # a value just above 1 or below 0 is float rounding; more is not a probability
-
-
-def check_probabilities(probs: np.ndarray, path: Path) -> None:
-    """Refuse class scores declared "probabilities" that are not: each value in [0, 1], each row summing to 1
-    within PROBABILITY_SLACK_PER_CLASS per class. Rows that are not finite are left to `predictions`, which gives
-    those images no label. Raises a one-line ModelError naming the model file, so nothing is shown."""
-    finite = probs[np.all(np.isfinite(probs), axis=-1)]
-    if not finite.size:
-        return
-    low, high = float(finite.min()), float(finite.max())
-    sums = finite.sum(axis=-1, dtype=np.float64)
-    worst = float(sums[np.argmax(np.abs(sums - 1.0))])
-    slack = PROBABILITY_SLACK_PER_CLASS * probs.shape[-1]
-    if low < -PROBABILITY_RANGE_SLACK or high > 1 + PROBABILITY_RANGE_SLACK or abs(worst - 1.0) > slack:
-        raise ModelError(f"its class scores are declared probabilities in {METADATA_FILE} but are not (values "
-                         f"{low:.3g} to {high:.3g}, a row summing to {worst:.3g}); no result shown", path)
+__all__ = ["SCORES", "Classifier", "Prediction", "read_onnx_metadata", "softmax"]
 
 
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
@@ -229,8 +168,8 @@ class Classifier:
         self.output_specs = metadata.outputs  # role -> OutputSpec, "scores" first
         check_input_shape(backend, metadata)
         check_outputs(backend, metadata)
-        try:  # calibration temperature and OOD fit from the bundle (none in older bundles)
-            self.trust = TrustSettings.from_fields(metadata.calibration, metadata.ood)
+        try:
+            self.postprocessing = PostProcessing.from_fields(metadata.calibration, metadata.ood)
         except ConfigError as err:
             raise ModelError(f"invalid tumor-edge metadata: {err.reason}", backend.path) from err
 
@@ -265,7 +204,7 @@ class Classifier:
         """The file actually running (the cached optimised form of the requested one, when there is one)."""
         return self.backend.loaded_path
 
-    # ---- pixels in, outputs out ------------------------------------------------------------------------
+    # ---- inference and post-processing: pixels in, rows out ------------------------------------------------
 
     def infer_outputs(self, batch_pixels: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) -> every output by role: "scores" as probabilities (N, classes), the others raw."""
@@ -280,9 +219,10 @@ class Classifier:
                                      f"{len(self.classes)} classes", self.backend.path)
                 if spec.type == "logits":
                     value = softmax(value)
-                else:
-                    check_probabilities(value, self.backend.path)
-                value = calibrate(value, self.trust)
+                elif problem := probability_problem(value):
+                    raise ModelError(f"its class scores are declared probabilities in {METADATA_FILE} but are "
+                                     f"not ({problem}); no result shown", self.backend.path)
+                value = calibrate(value, self.postprocessing)
             elif value.ndim == 0 or value.shape[0] != n:
                 raise ModelError(f"model output '{role}' has shape {value.shape}, not one row per image",
                                  self.backend.path)
@@ -293,38 +233,30 @@ class Classifier:
         """uint8 (N, H, W, 3) -> probabilities (N, classes)."""
         return self.infer_outputs(batch_pixels)[SCORES]
 
-    def to_prediction(self, probs: np.ndarray, source: str | None, frame: int | None = None,
-                      frame_count: int | None = None, outputs: dict[str, np.ndarray] | None = None,
-                      warnings: Sequence[str] = ()) -> Prediction:
-        index = int(np.argmax(probs))
-        return Prediction(self.classes[index], index, {c: float(p) for c, p in zip(self.classes, probs)},
-                          source, frame, frame_count, dict(outputs or {}), tuple(warnings))
-
-    _to_prediction = to_prediction  # older name, kept for callers
-
     def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]],
-                    checked: Sequence[list[str] | None] | None = None) -> list[Prediction | Failure]:
-        """Classify a batch of model-sized pixels; `items` gives each image's (source, frame, frame_count). An
-        image whose class scores are not finite becomes a Failure: no label is better than a wrong one.
-        `checked`: each image's input-check findings when a decode worker already made them (None: made here)."""
+                    checked: Sequence[list[str] | None] | None = None, abstain: bool = False,
+                    notes: Sequence[Sequence[str]] | None = None) -> list[Prediction | Failure]:
+        """A row per model-sized picture; `items` gives each one's (source, frame, frame_count). A picture whose
+        class scores are not finite becomes a Failure; with `abstain`, a warned one gets no label.
+        `checked`: each picture's input-check findings when a decode worker already made them (None: made here).
+        `notes`: warnings each picture's reader gave (a volume slice's), shown before the checks' findings."""
         outputs = self.infer_outputs(batch_pixels)
         extra = {role: value for role, value in outputs.items() if role != SCORES}
-        distances = ood_scores(extra, self.trust)
+        distances = ood_scores(extra, self.postprocessing)
         results: list[Prediction | Failure] = []
         for i, (source, frame, count) in enumerate(items):
             row = outputs[SCORES][i]
-            if not np.all(np.isfinite(row)):  # a broken model must give no label (nor a bare NaN in JSON)
-                where = source or "image"
-                where = where if frame is None else f"{where} [frame {frame}]"
-                results.append(Failure(source or "image", f"{where}: the model's output is not a number (NaN or "
-                                                          "infinite) for this image; no label given",
-                                       ModelError("the model's output is not a number (NaN or infinite) for "
-                                                  f"{where}; no label given", self.backend.path)))
+            if not np.all(np.isfinite(row)):
+                results.append(not_a_number(source, frame, self.backend.path))
                 continue
-            warnings = warnings_for(batch_pixels[i], None if distances is None else float(distances[i]), self.trust,
-                                    None if checked is None else checked[i])
-            results.append(self.to_prediction(row, source, frame, count,
-                                              {role: value[i] for role, value in extra.items()}, warnings))
+            warnings = warnings_for(batch_pixels[i], None if distances is None else float(distances[i]),
+                                    self.postprocessing, None if checked is None else checked[i])
+            if notes is not None and self.postprocessing.input_checks:
+                warnings = [*notes[i], *warnings]
+            index = int(np.argmax(row))
+            results.append(Prediction(self.classes[index], index, {c: float(p) for c, p in zip(self.classes, row)},
+                                      source, frame, count, {role: value[i] for role, value in extra.items()},
+                                      tuple(warnings), abstained=abstain and bool(warnings)))
         return results
 
     def _array_pixels(self, item: Image.Image | np.ndarray) -> np.ndarray:
@@ -345,7 +277,7 @@ class Classifier:
             return resize_rgb(Image.fromarray(np.ascontiguousarray(array[..., :3])), spec)
         return array[..., :3]
 
-    # ---- the public calls -------------------------------------------------------------------------------
+    # ---- the public calls: thin callers of the pipeline ------------------------------------------------------
 
     def predict(self, item: ImageInput) -> Prediction:
         """One image (path, Pillow image or array); a multi-frame file gives its middle frame."""
@@ -354,8 +286,6 @@ class Classifier:
     def predict_batch(self, items: Sequence[ImageInput]) -> list[Prediction]:
         """All items must be readable (the first bad file raises InputImageError); `iter_predictions` is the
         fault-tolerant streaming variant. Files go through the same decoding as `iter_predictions`."""
-        from tumor_edge.runtime.batch import decode_file
-
         if isinstance(items, (str, Path, Image.Image, np.ndarray)):
             items = [items]
         if not items:
@@ -379,14 +309,12 @@ class Classifier:
 
     def iter_predictions(self, paths: Iterable[str | Path] | str | Path, batch_size: int = 16,
                          frames: str = "middle", workers: int | None = None) -> Iterator[Prediction | Failure]:
-        """Stream a Prediction or a Failure per image, in input order, batch by batch; bad files never stop it.
+        """Stream a Prediction or a Failure per 2-D image, in input order, batch by batch; bad files never stop it.
 
-        `frames`: "middle" or "all" frames of multi-frame DICOM files. `workers`: decoding threads (default 2;
-        0 decodes inline). Model errors (not file errors) still raise.
+        `frames`: "middle" or "all" frames of multi-frame files. `workers`: decoding threads (default 2; 0 decodes
+        inline). Model errors (not file errors) still raise.
         """
-        from tumor_edge.runtime.batch import iter_predictions
-
-        return iter_predictions(self, paths, batch_size=batch_size, frames=frames, workers=workers)
+        return _iter_predictions(self, paths, batch_size=batch_size, frames=frames, workers=workers)
 
     def probabilities_for_files(self, paths: Iterable[str | Path], batch_size: int = 16) -> np.ndarray:
         """Probabilities (N, classes) for image files, in order, through `iter_predictions` exactly as
@@ -399,22 +327,20 @@ class Classifier:
             rows.append([result.probabilities[c] for c in self.classes])
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(self.classes))
 
-    predict_proba_files = probabilities_for_files  # older name, kept for callers
-
     def classify(self, path: str | Path, frames: str | int = "middle", axis: str = "axial",
                  slices: str | int = "middle", batch_size: int = 16, abstain: bool = False) -> ScanResult:
         """Any scan a reader claims (`runtime/readers/`): an image file, a multi-frame file, a NIfTI volume or a
         DICOM series folder. Gives its predictions (per image, frame or slice), a volume's summary, and its
         failures instead of raising for a bad file (`ScanResult.exception()` to raise one). Model errors raise."""
-        from tumor_edge.runtime.scans import ScanOptions, classify_scan  # here: an image-only run never loads it
-
         return classify_scan(self, path, ScanOptions(frames, axis, slices, batch_size, 0, abstain))
 
     def iter_results(self, paths: Iterable[str | Path] | str | Path, frames: str | int = "middle",
                      axis: str = "axial", slices: str | int = "middle", batch_size: int = 16,
-                     workers: int | None = None, abstain: bool = False) -> Iterator[ScanItem]:
+                     workers: int | None = None, abstain: bool = False,
+                     on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
         """Stream results for images and volumes alike, in input order: a Prediction per image (frame, slice),
-        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints)."""
-        from tumor_edge.runtime.scans import ScanOptions, iter_scan_results
-
-        return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain))
+        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints).
+        `on_pixels(prediction, pixels)`: called with each prediction and the pixels the model saw; what it
+        returns is yielded (`classify --heatmap` draws its overlay there, without decoding the file again)."""
+        return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain),
+                                 on_pixels)

@@ -21,9 +21,8 @@ from contextlib import contextmanager
 
 import click
 
-FORMATS = ("table", "json", "csv")
 MAX_LISTED_FAILURES = 20
-EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 2
+EXIT_FATAL, EXIT_SOME_FAILED = 1, 2
 
 
 class ClassifyCommand(click.Command):
@@ -143,10 +142,10 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     from tumor_edge.contracts.state import resolve_model_path
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
-    from tumor_edge.runtime.batch import Failure
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.inputs import scan_inputs
     from tumor_edge.runtime.output import WRITERS, OutputError, one_line
+    from tumor_edge.runtime.results import Failure
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 
@@ -157,13 +156,12 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
             click.echo(f"error: {one_line(problem.message)}", err=True)
         raise TumorEdgeError(f"no scan files found in {', '.join(one_line(p) for p in paths)}")
     files = scanned.files
-    one_batch = len(files) == 1 and frames == "middle" and not scanned.is_volume(files[0])
+    one_image = len(files) == 1 and frames == "middle" and not scanned.is_volume(files[0])
     options = BackendOptions(threads=threads,
                              providers=[p.strip() for p in providers.split(",") if p.strip()] if providers
                              else None,
-                             # one image: no arena (3 MB lower peak); more: the arena keeps memory flat (40 JPEGs
-                             # at batch 4: 128 MB with it, 145 MB without)
-                             memory_arena=not one_batch)
+                             # one image: no arena (a lower peak); more: the arena keeps memory flat
+                             memory_arena=not one_image)
     if trust:  # before the bundle is opened; model-signing loads only here
         from tumor_edge.signing.trust import enforce_trust
 
@@ -175,7 +173,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         click.echo(f"note: this onnxruntime has no {', '.join(missing)}; running on "
                    f"{', '.join(classifier.backend.providers)}", err=True)
 
-    heatmaps = None
+    on_pixels = None
     if heatmap_dir is not None:
         from tumor_edge.errors import ConfigError
         from tumor_edge.runtime.explain import ExplainSettings
@@ -184,8 +182,11 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
             raise ConfigError("--heatmap-method cam: this model has no class-activation map output (use auto, "
                               "occlusion or rise)", classifier.backend.path)
-        heatmaps = HeatmapWriter(heatmap_dir, classifier.preprocessing, force, classifier,
+        heatmaps = HeatmapWriter(heatmap_dir, force, classifier,
                                  ExplainSettings(method=heatmap_method, grid=heatmap_grid))
+
+        def on_pixels(result, pixels):
+            return _with_heatmap(heatmaps, result, pixels)
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     width = min(max(len(one_line(str(f))) for f in files), 60)
@@ -199,16 +200,11 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
             writer.header()
             for problem in problems:
                 _report(problem, writer, debug)
-            failures = list(problems)
+            stream = classifier.iter_results(files, frames=frames, axis=axis, slices=slice_choice,
+                                             batch_size=batch_size, workers=workers, abstain=abstain,
+                                             on_pixels=on_pixels)
             with _progress_bar(len(files), show_progress) as bar:
-                for group, is_volume in _groups(files, scanned.is_volume):
-                    if is_volume:
-                        failures += _run_volume(classifier, group[0], writer, bar, debug, axis, slice_choice,
-                                                batch_size, abstain, heatmaps)
-                        continue
-                    stream = classifier.iter_predictions(group, batch_size=batch_size, frames=frames,
-                                                         workers=workers)
-                    failures += _run(stream, writer, bar, debug, heatmaps, abstain)
+                failures = problems + _run(stream, writer, bar, debug)
     except BrokenPipeError:
         _detach_stdout()  # the reader has all it wanted (`| head`): stop quietly
         sys.exit(EXIT_FATAL)
@@ -222,7 +218,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
 def _slices_option(value: str) -> str | int:
     from tumor_edge.errors import ConfigError
-    from tumor_edge.runtime.volume import parse_slices
+    from tumor_edge.runtime.frames import parse_slices
 
     try:
         return parse_slices(value)
@@ -230,35 +226,23 @@ def _slices_option(value: str) -> str | int:
         raise click.BadParameter(err.reason) from None
 
 
-def _groups(files: list, is_volume) -> Iterator[tuple[list, bool]]:
-    """The inputs in order as runs of images (one streaming batch each) and single volumes."""
-    run: list = []
-    for path in files:
-        if is_volume(path):
-            if run:
-                yield run, False
-                run = []
-            yield [path], True
-        else:
-            run.append(path)
-    if run:
-        yield run, False
-
-
 @contextmanager
 def _progress_bar(n_files: int, show_progress: bool | None):
-    """One tick per input (an image file, a multi-frame file or a volume), over all groups."""
-    from tumor_edge.progress import progress
-
+    """One tick per input (an image file, a multi-frame file or a volume)."""
     enabled = show_progress if show_progress is not None else (n_files > 1 and sys.stderr.isatty())
-    bar = _Ticks(progress(range(n_files), "classifying", length=n_files, enabled=enabled),
-                 enabled and sys.stdout.isatty() and sys.stderr.isatty())
+    if enabled:
+        from tumor_edge.progress import progress
+
+        ticks = progress(range(n_files), "classifying", length=n_files)
+    else:
+        ticks = iter(range(n_files))
+    bar = _Ticks(ticks, enabled and sys.stdout.isatty() and sys.stderr.isatty())
     try:
         yield bar
         for _ in bar.bar:
             pass
     finally:
-        bar.bar.close()
+        getattr(bar.bar, "close", lambda: None)()
 
 
 class _Ticks:
@@ -276,31 +260,6 @@ class _Ticks:
         next(self.bar, None)
 
 
-def _run_volume(classifier, path, writer, bar: _Ticks, debug: bool, axis: str, slices: str | int, batch_size: int,
-                abstain: bool, heatmaps=None) -> list:
-    """A volume's slice rows and summary; its failure (unreadable, too large...) reported like a file's."""
-    from tumor_edge.runtime.volume_run import classify_volume
-    from tumor_edge.runtime.volume_summary import VolumeSummary
-
-    on_slice = None if heatmaps is None else (lambda result, pixels: _with_heatmap(heatmaps, result, pixels))
-    failures = []
-    stream = classify_volume(classifier, path, axis, slices, batch_size, abstain, on_slice=on_slice)
-    try:
-        for result in stream:
-            bar.before_row()
-            if isinstance(result, VolumeSummary):
-                writer.volume_summary(result)
-            elif result.ok:
-                writer.prediction(result, axis)
-            else:
-                failures.append(result)
-                _report(result, writer, debug)
-    finally:
-        stream.close()
-        bar.tick()
-    return failures
-
-
 def _report(failure, writer, debug: bool) -> None:
     """A failure on stdout (JSON, CSV rows) and as one `error:` line on stderr (traceback with --debug)."""
     from tumor_edge.runtime.output import one_line
@@ -313,38 +272,24 @@ def _report(failure, writer, debug: bool) -> None:
         traceback.print_exception(failure.error, file=sys.stderr)
 
 
-def _refuse_non_finite(result):
-    """A prediction whose probabilities are NaN or infinite becomes a failure: no label from garbage."""
-    from tumor_edge.runtime.batch import Failure
-    from tumor_edge.runtime.output import is_finite
+def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
+    """Write every result as it comes (a picture's row, a failure, a volume's summary); return the failures.
+    Failures also go to stderr at once."""
+    from tumor_edge.runtime.results import Failure, Prediction
 
-    if not result.ok or is_finite(result):
-        return result
-    where = result.source if result.frame is None else f"{result.source} [frame {result.frame}]"
-    return Failure(result.source, f"{where}: the model's output is not a number (NaN or infinite) for this "
-                                  "image; no label given")
-
-
-def _run(stream, writer, bar: _Ticks, debug: bool, heatmaps=None, abstain: bool = False) -> list:
-    """Write every result as it comes; return the failures. Failures also go to stderr at once."""
     failures = []
     previous = None
     try:
         for result in stream:
             bar.before_row()
-            result = _refuse_non_finite(result)
-            if result.ok:
-                if heatmaps is not None:
-                    result = _with_heatmap(heatmaps, result)
-                if abstain and result.warnings:
-                    import dataclasses
-
-                    result = dataclasses.replace(result, abstained=True)
+            if isinstance(result, Prediction):
                 writer.prediction(result)
-            else:
+            elif isinstance(result, Failure):
                 failures.append(result)
                 _report(result, writer, debug)
-            if result.source != previous:  # one tick per file, whatever its number of frames
+            else:
+                writer.volume_summary(result)
+            if result.source != previous:  # one tick per input, whatever its number of frames or slices
                 previous = result.source
                 bar.tick()
     finally:
@@ -352,9 +297,9 @@ def _run(stream, writer, bar: _Ticks, debug: bool, heatmaps=None, abstain: bool 
     return failures
 
 
-def _with_heatmap(heatmaps, result, pixels=None):
-    """The prediction with its overlay PNG's path and map method (a scan that cannot be re-read keeps its label,
-    gets no PNG)."""
+def _with_heatmap(heatmaps, result, pixels):
+    """The prediction with its overlay PNG's path and map method (an overlay that cannot be written is a warning:
+    the scan keeps its label)."""
     import dataclasses
 
     from tumor_edge.errors import TumorEdgeError

@@ -25,14 +25,6 @@ _RAMP = np.array([[0.0, 0, 0, 143], [0.125, 0, 0, 255], [0.375, 0, 255, 255], [0
 _CAPTION_PX = 28
 
 
-def logits_from_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """(N, h, w, classes) maps -> (N, classes) logits: the spatial mean of a class map is its logit."""
-    heatmap = np.asarray(heatmap, dtype=np.float64)
-    if heatmap.ndim != 4:
-        raise ConfigError(f"heatmaps must be (N, h, w, classes), not {heatmap.shape}")
-    return heatmap.mean(axis=(1, 2))
-
-
 def class_map(heatmap: np.ndarray, class_index: int) -> np.ndarray:
     """One class's (h, w) map from an image's (h, w, classes) heatmap (a (h, w) map passes through)."""
     heatmap = np.asarray(heatmap, dtype=np.float32)

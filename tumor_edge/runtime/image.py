@@ -15,19 +15,13 @@ from typing import Any
 
 from PIL import Image
 
-from tumor_edge.errors import ConfigError, InputImageError
-from tumor_edge.runtime.caps import MAX_DECODED_BYTES, MAX_PIXELS
-from tumor_edge.runtime.frames import FRAME_CHOICES, select_frames
-from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8, warn_if_constant
+from tumor_edge.errors import InputImageError
+from tumor_edge.runtime.pixels import to_uint8
 from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions
 from tumor_edge.runtime.readers.registry import is_dicom_file, read_scan, readers
 from tumor_edge.runtime.readers.registry import is_scan_file as _is_scan
 
-Frame = Picture  # one decoded picture of a file (the older name)
-
-__all__ = ["FRAME_CHOICES", "MAX_DECODED_BYTES", "MAX_PIXELS", "Frame", "is_dicom_file",
-           "is_scan_file", "load_rgb", "load_rgb_frames", "pil_to_rgb", "select_frames", "to_uint8",
-           "warn_if_constant"]
+__all__ = ["is_dicom_file", "is_scan_file", "load_rgb", "load_rgb_frames", "to_uint8"]
 
 
 def is_scan_file(path: Path) -> bool:
@@ -47,8 +41,6 @@ def load_rgb_frames(path: str | Path, frames: str | int = "middle") -> list[Pict
     """The frames of a 2-D scan file to classify: one for ordinary images; the middle or all frames of a
     multi-frame DICOM file, a multi-page TIFF or an animated GIF (the same choice for every multi-frame kind)."""
     path = Path(path)
-    if not (frames in FRAME_CHOICES or (isinstance(frames, int) and not isinstance(frames, bool))):
-        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
     scan = read_scan(path, ReadOptions(frames=frames))
     if scan.kind != IMAGE:
         scan.close()

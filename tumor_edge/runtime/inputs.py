@@ -71,11 +71,6 @@ def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
     return out
 
 
-def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Only the files of `scan_inputs` (callers that report problems use `scan_inputs` itself)."""
-    return scan_inputs(paths).files
-
-
 def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = None) -> list[Path]:
     """Scan files (and series folders) under `top`, sorted; problems appended. An explicit stack, so no depth is
     too deep."""

@@ -5,8 +5,8 @@ the inputs that are plainly not a greyscale scan of a head: colour (an MRI slice
 channels agree), noise (neighbouring pixels of any real image are strongly correlated; sensor noise or a
 corrupted file are not), blank or constant images, and images with no dark background around the anatomy
 (an MRI slice is surrounded by air, which images black; a photograph or chest film fills the frame). Each
-check returns a reason a person understands; the model's own feature-space check (energy, see
-`tumor_edge.calibration.ood_fit`) catches subtler departures. Numpy only, on uint8 RGB (H, W, 3).
+check returns a reason a person understands; the model's own feature-space check (`postprocess.warnings_for`)
+catches subtler departures. Numpy only, on uint8 RGB (H, W, 3).
 """
 
 from __future__ import annotations
@@ -63,32 +63,31 @@ def pixel_stats(rgb: np.ndarray) -> PixelStats:
     return PixelStats(colour, contrast, min(horizontal, vertical), dark)
 
 
-def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -> list[str]:
-    """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice."""
+def blank_image(contrast: float) -> str:
+    """The one wording of the blank-or-constant finding, wherever it is made (a reader that sees a constant
+    picture before resizing says the same as the checks on the model's pixels)."""
+    return f"blank or constant image (contrast {contrast:.1f} grey levels): not a scan"
+
+
+def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
+                   content_only: bool = False) -> list[str]:
+    """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice. `content_only`: only the
+    checks that hold for a volume slice's own voxels before it is framed on a black canvas (which would give any
+    constant or noise volume the dark surround of a head): blank or constant, and noise."""
     s = pixel_stats(rgb)
     if s.contrast < limits.min_contrast:
-        return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
+        return [blank_image(s.contrast)]
     if s.neighbour_correlation < limits.min_neighbour_correlation:
         return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
                 f"> {limits.min_neighbour_correlation})"]
+    if content_only:
+        return []
     if s.colour > limits.max_colour:
         return [f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are grey; "
                 f"is this a photograph?"]
     if s.dark_fraction < limits.min_dark_fraction:
         return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
                 f"slice shows the head surrounded by air"]
-    return []
-
-
-def content_warnings(grey: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS) -> list[str]:
-    """The checks that hold for a volume slice's own voxels (before it is framed on a black canvas, which would
-    give any constant or noise volume the dark surround of a head): blank or constant, and noise."""
-    s = pixel_stats(np.asarray(grey))
-    if s.contrast < limits.min_contrast:
-        return [f"blank or constant slice (contrast {s.contrast:.1f} grey levels): not a scan"]
-    if s.neighbour_correlation < limits.min_neighbour_correlation:
-        return [f"slice looks like noise (neighbouring voxels correlate {s.neighbour_correlation:.2f}; real "
-                f"scans > {limits.min_neighbour_correlation})"]
     return []
 
 

@@ -3,7 +3,7 @@
 
 Measured through the runtime's own prediction path (`Classifier.predictions`: input checks on the pixels, then
 the feature-space distance when the bundle has the fit), so the figures are what a device user gets. The sets
-come from `tumor_edge.calibration.ood_sets` (synthetic, seeded). Used by the demo's trust summary and by
+come from `tumor_edge.calibration.ood_sets` (synthetic, seeded). Used by the demo's summary and by
 benchmarks/ood_rates.py; a measurement, never a fit.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from tumor_edge.calibration.ood_sets import generated_sets
 
-FEATURE_WARNING = "unlike the training scans"  # how runtime.trust.warnings_for words the feature check
+FEATURE_WARNING = "unlike the training scans"  # how postprocess.warnings_for words the feature check
 
 
 def _tally(warnings: Sequence[Sequence[str]]) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
 
     `count` images per generated set at the model's input size; the inverted-scans set is made from held-out
     scans, so it needs `test_paths`."""
-    from tumor_edge.runtime.batch import decode_file
+    from tumor_edge.runtime.pipeline import decode_file
 
     spec = classifier.preprocessing
     test_warnings, unreadable = file_warnings(classifier, test_paths, batch_size)
@@ -69,7 +69,7 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
     sets = generated_sets(count, spec.size, seed, scans=np.stack(scans) if scans else None)
     result = {"sets": {name: _tally(pixel_warnings(classifier, pixels, batch_size)) for name, pixels in sets.items()},
               "test": {**_tally(test_warnings), "unreadable": unreadable},
-              "feature_check": bool(classifier.trust.has_ood), "seed": seed, "per_set": count}
-    if not classifier.trust.has_ood:
+              "feature_check": bool(classifier.postprocessing.has_ood), "seed": seed, "per_set": count}
+    if not classifier.postprocessing.has_ood:
         result["notes"] = ["this bundle has no feature-space fit: input checks only"]
     return result

@@ -18,15 +18,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tumor_edge.errors import TumorEdgeError
-from tumor_edge.runtime.batch import Failure
-from tumor_edge.runtime.classifier import Prediction
-from tumor_edge.runtime.volume_summary import VolumeSummary
+from tumor_edge.runtime.results import Failure, Prediction
 from tumor_edge.text import one_line, valid_unicode
+
+if TYPE_CHECKING:
+    from tumor_edge.runtime.volume_summary import VolumeSummary
 
 # OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets (OWASP's
 # other two, tab and carriage return, never start a cell: `one_line` escapes them).
@@ -42,11 +42,6 @@ def csv_cell(value: object) -> str:
     OWASP's leading single quote before a formula start."""
     text = one_line(value)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def is_finite(result: Prediction) -> bool:
-    """Whether every probability is a number: a model that emits NaN must not produce a label."""
-    return all(math.isfinite(p) for p in result.probabilities.values())
 
 
 def failure_reason(result: Failure) -> str:
@@ -65,21 +60,13 @@ def summary_label(summary: VolumeSummary) -> str:
     return f"volume: {summary.axis}, {n} slice{'s' if n != 1 else ''}"
 
 
-def _where(result: Prediction, axis: str | None = None) -> str:
+def _where(result: Prediction) -> str:
     source = one_line(result.source)
-    if axis is not None:
-        return f"{source} [{slice_label(axis, result.frame, result.frame_count)}]"
+    if result.axis is not None:
+        return f"{source} [{slice_label(result.axis, result.frame, result.frame_count)}]"
     if result.frame is not None:
         return f"{source} [frame {result.frame} of {result.frame_count}]"
     return source
-
-
-def _slice_dict(result: Prediction, axis: str) -> dict:
-    data = result.to_dict()
-    data.pop("frame", None)
-    data.pop("frames", None)
-    data.update(axis=axis, slice=result.frame, slice_count=result.frame_count)
-    return data
 
 
 class Writer:
@@ -97,8 +84,8 @@ class Writer:
     def header(self) -> None:
         pass
 
-    def prediction(self, result: Prediction, axis: str | None = None) -> None:
-        """One image's row; with `axis`, the row of a volume's slice (`result.frame` is the slice index)."""
+    def prediction(self, result: Prediction) -> None:
+        """One picture's row (a volume's slice: `result.axis` is set, `result.frame` is the slice index)."""
         raise NotImplementedError
 
     def volume_summary(self, summary: VolumeSummary) -> None:
@@ -125,13 +112,13 @@ class TableWriter(Writer):
         self.label_width = max(label_width, 5)
         self._line(f"{'file':<{self.file_width}}  {'class':<{self.label_width}}  {'prob':>6}  others")
 
-    def prediction(self, result: Prediction, axis: str | None = None) -> None:
+    def prediction(self, result: Prediction) -> None:
         k = self.top_k or len(self.classes)
         others = ", ".join(f"{one_line(label)} {p:.3f}" for label, p in result.top_k(k)[1:])
         label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
         # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
         warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
-        self._line(f"{_where(result, axis):<{self.file_width}}  {label:<{self.label_width}}  {prob}  "
+        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  "
                    f"{others}".rstrip() + warned)
 
     def volume_summary(self, summary: VolumeSummary) -> None:
@@ -150,7 +137,7 @@ class TableWriter(Writer):
 
 class JsonLinesWriter(Writer):
     """One JSON object a line; failures too ({"file", "error"}), so a script sees every input accounted for.
-    NaN or infinity is refused (strict JSON parsers reject them): the caller turns such results into failures."""
+    NaN or infinity is refused (strict JSON parsers reject them): such a picture's row is a failure."""
 
     def _json(self, data: dict, produced: bool = True) -> None:
         data["file"] = valid_unicode(data.get("file"))
@@ -158,8 +145,8 @@ class JsonLinesWriter(Writer):
             data.update(model_file=valid_unicode(self.model_file), engine=self.engine)
         self._line(json.dumps(data, allow_nan=False))
 
-    def prediction(self, result: Prediction, axis: str | None = None) -> None:
-        data = result.to_dict() if axis is None else _slice_dict(result, axis)
+    def prediction(self, result: Prediction) -> None:
+        data = result.to_dict()
         if self.top_k:
             data["top_k"] = [[label, p] for label, p in result.top_k(self.top_k)]
         self._json(data)
@@ -189,10 +176,10 @@ class CsvWriter(Writer):
         self._row(["file", "frame", "label", "confidence", *(csv_cell(c) for c in self.classes), "warnings",
                    "error", "model_file", "engine"])
 
-    def prediction(self, result: Prediction, axis: str | None = None) -> None:
+    def prediction(self, result: Prediction) -> None:
         frame = "" if result.frame is None else result.frame
-        if axis is not None:
-            frame = slice_label(axis, result.frame, result.frame_count)
+        if result.axis is not None:
+            frame = slice_label(result.axis, result.frame, result.frame_count)
         label, confidence = ("", "") if result.abstained else (csv_cell(result.label), f"{result.confidence:.6f}")
         self._row([csv_cell(result.source), frame, label, confidence,
                    *(f"{result.probabilities[c]:.6f}" for c in self.classes),

@@ -17,7 +17,8 @@ from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
-from tumor_edge.runtime.ood_checks import content_warnings
+from tumor_edge.runtime.frames import parse_slices
+from tumor_edge.runtime.ood_checks import input_warnings
 from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import (
@@ -31,24 +32,6 @@ from tumor_edge.runtime.volume_slices import (
     pick_slices,
     sample_stride,
 )
-
-SLICE_CHOICES = ("middle", "all")  # or a whole number N
-
-
-def parse_slices(value: str | int) -> str | int:
-    """`--slices`: 'middle', 'all' or a whole number N >= 1."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
-        return value.lower()
-    else:
-        try:
-            number = int(str(value))
-        except ValueError:
-            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
-    if not 1 <= number <= MAX_FRAMES:
-        raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
-    return number
 
 
 @dataclass
@@ -130,7 +113,7 @@ def iter_slices(plan: SlicePlan) -> Iterator[Picture]:
         if rows.start < rows.stop and cols.start < cols.stop:
             part = axes.plane(volume.values(axes.index(position, rows, cols)))
             canvas[rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0] = part
-            warnings = content_warnings(display_uint8(part, plan.box.scale))
+            warnings = input_warnings(display_uint8(part, plan.box.scale), content_only=True)
         grey = display_uint8(axes.display(canvas), plan.box.scale)
         image = Image.fromarray(np.ascontiguousarray(grey)).convert("RGB")
         yield Picture(image, position, plan.count, plan.axis, tuple(warnings))

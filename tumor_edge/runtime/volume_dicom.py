@@ -3,7 +3,7 @@
 When a folder is a series: every visible file directly in it is DICOM (by suffix or the DICM marker), it has no
 subfolders, its files are single-frame images, and they all share one SeriesInstanceUID (two files at least). A
 folder whose DICOM files are each a series of their own (or carry no SeriesInstanceUID) is a folder of separate
-images (classified one by one, as before); a folder where several files share a series but not all of them
+images (classified one by one); a folder where several files share a series but not all of them
 (two series, or a series and a stray localizer) is refused with a line listing them: one series a folder.
 
 Reading a series: headers first (no pixels), then one stack checked (same size, orientation and pixel spacing in

@@ -4,7 +4,8 @@ The runtime's readers decode from paths (their caps, DICOM detection, frame and 
 the suffixes they claim in their registry), so the bytes go to a private temporary folder (0700, created per
 request) for the time of one inference and are deleted in `finally`, whatever happens. File names in results and
 errors are the client's, never the temporary path. Every answer names the model file and engine that produced
-it, and its class scores are checked to be probabilities before they are reported as such.
+it. Decoding, checks, inference, the probability rule and the page's map are the runtime's one prediction path
+(`Classifier.iter_results`); the map is drawn on the pixels the model saw, never from a second decode.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import VolumeSummary, claimed_suffix, is_volume
 from tumor_edge.serve.bundle_files import bundle_of, confined_file
 from tumor_edge.serve.errors import without_folders, without_folders_in
-from tumor_edge.serve.model_check import probability_problem
 
 MAX_CARD_BYTES = 1 << 20
 
@@ -33,10 +33,6 @@ class Outcome:
 
     results: list[dict[str, Any]] = field(default_factory=list)
     failed: bool = False
-
-
-class NotProbabilities(ModelError):
-    """The model ran but its class scores are no probability distribution: no label is given."""
 
 
 def model_source(classifier: Any) -> dict[str, str]:
@@ -51,8 +47,8 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
     """Classify one uploaded scan: whatever the runtime's readers claim (by the client's suffix, which the
     temporary file keeps when a reader claims it, or by content: DICOM's marker, Pillow's formats). A volume (a
     NIfTI upload) is answered as one item, its volume summary, with its slices' rows under `slice_results`.
-    Model errors (not file errors) raise, as in `iter_predictions`, and so do class scores that are not
-    probabilities (NotProbabilities)."""
+    Model errors (not file errors) raise, as in `iter_predictions`, class scores that are no probabilities
+    included."""
     source = model_source(classifier)
     suffix = claimed_suffix(filename) or ""
     folder = Path(tempfile.mkdtemp(prefix="tumor-edge-serve-"))  # mode 0700: private to this user
@@ -63,7 +59,14 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
             fh.write(data)
         outcome = Outcome()
         volume, slices = is_volume(path), []  # a volume's slice rows go inside its summary
-        stream = classifier.iter_results([path], batch_size=4, frames=frames, workers=0)
+        maps: dict[int | None, dict[str, Any]] = {}  # the page's map of each image (frame), drawn as it is seen
+
+        def draw(result: Any, pixels: Any) -> Any:
+            if not volume:
+                maps[result.frame] = page_heatmap(classifier, pixels, result, through_model=heatmap)
+            return result
+
+        stream = classifier.iter_results([path], batch_size=4, frames=frames, workers=0, on_pixels=draw)
         try:
             for result in stream:
                 if isinstance(result, VolumeSummary):
@@ -71,21 +74,17 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
                     summary.update(file=filename, model=source, slice_results=slices)
                     outcome.results.append(summary)
                     continue
-                if result.ok and (problem := probability_problem(list(result.probabilities.values()))):
-                    where = filename if result.frame is None else f"{filename} [frame {result.frame}]"
-                    raise NotProbabilities(f"the model's class scores for {where} are not probabilities ({problem}); "
-                                           "no label given", classifier.backend.path)
                 item = result.to_dict()
                 item["file"] = filename
                 item["model"] = source
                 if result.ok and not volume:  # the page draws the predicted class's map and says what drew it
-                    item.update(page_heatmap(classifier, path, result, through_model=heatmap))
+                    item.update(maps.pop(result.frame, {}))
                 if not result.ok:
                     outcome.failed = True
                     reason = getattr(result.error, "reason", None) or result.message.replace(str(path), filename)
                     item["error"] = without_folders(f"{filename}: {reason}", [folder])
                 if volume and result.ok:  # a slice: named as `classify --json` names it; the axis is the summary's
-                    item["slice"], item["slice_count"] = item.pop("frame", None), item.pop("frames", None)
+                    item.pop("axis", None)
                     slices.append(item)
                 else:
                     outcome.results.append(item)
@@ -96,27 +95,22 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def page_heatmap(classifier: Any, path: Path, result: Any, through_model: bool = False) -> dict[str, Any]:
+def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool = False) -> dict[str, Any]:
     """{"heatmap": the predicted class's map, "heatmap_method": what drew it}: the exact CAM when the model has
     one of 4x4 cells or more (free: it came with the prediction); else, only when `through_model` (the request's
-    `?heatmap=1`, which the page sends), occlusion through the model: ~65 inferences, so an API client that did
-    not ask never pays for it and one upload never costs the server more than the client chose. {} otherwise, or
-    when the scan cannot be decoded again."""
-    from tumor_edge.runtime import MIN_CAM_CELLS, cam_cells, decode_file
+    `?heatmap=1`, which the page sends), occlusion through the model on `pixels`, the image as the model saw it:
+    ~65 inferences, so an API client that did not ask never pays for it and one upload never costs the server
+    more than the client chose. {} otherwise."""
+    from tumor_edge.runtime import MIN_CAM_CELLS, cam_cells
     from tumor_edge.runtime import explain_prediction as explain
 
     cells = cam_cells(result.outputs)
-    if cells is not None and min(cells) >= MIN_CAM_CELLS:  # in the outputs already: no second decode
+    if cells is not None and min(cells) >= MIN_CAM_CELLS:  # in the outputs already
         explanation = explain(classifier, None, result.index, result.outputs)
-        return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}
-    if not through_model:
+    elif through_model:
+        explanation = explain(classifier, pixels, result.index, result.outputs)
+    else:
         return {}
-
-    decoded = decode_file(path, classifier.preprocessing, "all" if result.frame is not None else "middle")
-    if decoded.failure is not None or not decoded.pixels:
-        return {}
-    frames = {frame: pixels for pixels, frame, _ in decoded.pixels}
-    explanation = explain(classifier, frames.get(result.frame, decoded.pixels[0][0]), result.index, result.outputs)
     return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}
 
 

@@ -13,11 +13,8 @@ from tumor_edge.runtime.explain.methods import (
     Explanation,
     cam_cells,
     choose_method,
-    explain,
+    explain_prediction,
 )
 
-# the runtime's public API names it so (`tumor_edge.runtime.explain` is this package)
-explain_prediction = explain
-
 __all__ = ["AUTO", "METHODS", "MIN_CAM_CELLS", "ExplainRequest", "ExplainSettings", "Explanation", "cam_cells",
-           "choose_method", "explain", "explain_prediction"]
+           "choose_method", "explain_prediction"]

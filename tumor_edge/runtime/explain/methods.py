@@ -120,7 +120,7 @@ def choose_method(requested: str, outputs: dict[str, np.ndarray]) -> str:
     return "cam" if cells is not None and min(cells) >= MIN_CAM_CELLS else DEFAULT_AGNOSTIC
 
 
-def explain(classifier: Any, pixels: np.ndarray | None, class_index: int,
+def explain_prediction(classifier: Any, pixels: np.ndarray | None, class_index: int,
             outputs: dict[str, np.ndarray] | None = None, settings: ExplainSettings | None = None) -> Explanation:
     """The map of evidence for `class_index` on one scan (uint8 (H, W, 3) at the model's size), drawn by the
     method `settings.method` names or "auto" picks. `pixels` may be None when that method is the exact CAM, which

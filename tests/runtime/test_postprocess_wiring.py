@@ -1,5 +1,5 @@
-"""The runtime applies a bundle's trust fields: temperature-scaled probabilities, warnings for scans that are
-not what the model knows, and a clear refusal of --heatmap for a model without a heatmap output."""
+"""The runtime applies a bundle's calibration and OOD fields: temperature-scaled probabilities, warnings for scans
+that are not what the model knows, and a clear refusal of --heatmap for a model without a heatmap output."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_temperature_from_the_bundle_scales_probabilities(fresh_bundle, tmp_path
                                            ({"ood": {"score": "mahalanobis", "centres": "x", "threshold": 1}},
                                             "ood.centres"),
                                            ({"calibration": [1]}, "'calibration' must be an object")])
-def test_malformed_trust_fields_are_one_line_model_errors(fresh_bundle, fields, match):
+def test_malformed_calibration_or_ood_fields_are_one_line_model_errors(fresh_bundle, fields, match):
     with pytest.raises(ModelError, match=match):
         Classifier.from_bundle(_with_fields(fresh_bundle, **fields))
 
@@ -69,9 +69,9 @@ def test_table_prints_warnings_and_the_cam_method_needs_a_heatmap_output(bundle,
     assert not (tmp_path / "maps").exists()  # (without --heatmap-method cam it draws an occlusion map)
 
 
-def test_old_bundles_without_trust_fields_still_load(tmp_path):
+def test_bundles_without_calibration_or_ood_fields_load(tmp_path):
     clf = Classifier.from_bundle(make_bundle(tmp_path / "old"))
-    assert clf.trust.temperature is None and not clf.trust.has_ood
+    assert clf.postprocessing.temperature is None and not clf.postprocessing.has_ood
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])

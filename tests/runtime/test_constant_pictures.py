@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tumor_edge.runtime.uniform import band_values_if_constant
+from tumor_edge.runtime.pixels import band_values_if_constant
 
 
 def _full_scan(image: Image.Image) -> tuple | None:
