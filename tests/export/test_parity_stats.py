@@ -210,3 +210,28 @@ def test_images_needed_follows_the_paired_rates():
     assert paired_difference_interval(round(0.015 * needed), round(0.015 * needed), needed)[1] <= 0.01
     assert paired_difference_interval(round(0.015 * (needed - 1)), round(0.015 * (needed - 1)), needed - 1)[1] > 0.01
     assert images_to_bound_paired(0.03, 0.01, 0.01, 0.95) is None  # an observed 2-point drop: no number proves 1
+
+
+@pytest.mark.parametrize("b_rate, c_rate, proving_early", [
+    (2 / 300, 1 / 300, 1087),  # proves at 1,087, fails again later: the answer is past the last failure
+    (0.005, 0.0, 1441),  # 0.5 % lost, none gained: proves at 1,441, fails again at 1,701-1,705
+])
+def test_images_needed_is_where_every_larger_test_size_proves(b_rate, c_rate, proving_early):
+    """Counts rounded from rates make "proves at n" non-monotone in n: the figure is the smallest n from which
+    every larger n proves, not a point a bisection happened to land on."""
+    from tumor_edge.export.parity_stats import images_to_bound_paired, paired_difference_interval
+
+    def proves(n: int) -> bool:
+        return paired_difference_interval(round(b_rate * n), round(c_rate * n), n)[1] <= 0.01
+
+    needed = images_to_bound_paired(b_rate, c_rate, 0.01, 0.95)
+    assert proves(proving_early) and needed > proving_early  # an early proving n is not enough
+    assert not proves(needed - 1)
+    assert all(proves(n) for n in range(needed, 2 * needed))
+
+
+def test_images_needed_for_a_rate_is_where_every_larger_test_size_proves():
+    for rate in (0.001, 0.002, 0.004):
+        n = images_to_bound_rate(rate, 0.01, 0.95)
+        assert wilson_interval(round(rate * (n - 1)), n - 1)[1] > 0.01
+        assert all(wilson_interval(round(rate * m), m)[1] <= 0.01 for m in range(n, 2 * n))
