@@ -1,8 +1,8 @@
 """The demo's ground truth: each tumour image's recorded lesion mask lies where the lesion's pixels are.
 
 Checked against the same scan rendered without its lesion (same seeds, same mass effect, `paint_lesion=False`):
-the pixels that differ by 3 grey levels or more are the lesion's, and the recorded mask must cover them (IoU >= 0.8;
-measured 0.85-0.99) in the finished image's orientation: for a flipped scan, the mask before the flip must match
+the pixels that differ by 3 grey levels or more are the lesion's, and the recorded mask must cover them (IoU >= 0.8)
+in the finished image's orientation: for a flipped scan, the mask before the flip must match
 far worse, so a mask that missed the flip would fail.
 """
 

@@ -1,5 +1,5 @@
 """Parity statistics against direct computations (scipy, scikit-learn, the defining equations), and the three
-verdicts on the cases issue 12 names: one flipped image of 17 is not a failure but not a proof either."""
+verdicts: one flipped image of 17 is not a failure but not a proof either."""
 
 from __future__ import annotations
 
@@ -155,8 +155,8 @@ def _paired(n: int, b: int, c: int, d: int, seed: int = 0):
     (16_000, 400, 80, FAIL),  # 2 points lost: the lower bound is beyond the 1-point tolerance
     (381, 0, 0, PASS),  # no disagreement: z^2 / (n + z^2) = 0.998 points
 ])
-def test_the_paired_verdict_on_issue_19s_cases(n, b, c, verdict):
-    """Issue 19: bounding b/n alone made b = c = 240 of 16,000 "not proven" and said no test size would prove it."""
+def test_the_paired_verdict_counts_images_flipped_both_ways(n, b, c, verdict):
+    """Bounding b/n alone would make b = c = 240 of 16,000 "not proven" and say no test size would prove it."""
     labels, reference, probs = _paired(n, b, c, d=n // 20)
     stats = judge(labels, reference, probs, 4, max_accuracy_drop=0.01, max_auc_drop=0.01, min_agreement=None,
                   resamples=200)

@@ -289,8 +289,8 @@ def isa_peak(cpuinfo_text: str | None = None, machine: str | None = None, clock_
 # ---- figures against their ceilings ---------------------------------------------------------------------------
 
 # A figure may exceed its measured ceiling by this much before it is called a measurement error: the ceiling is
-# the best of short runs on a shared machine, and the figure's p50 another moment's; 5 % is the run-to-run spread
-# of the ceiling seen under load (see benchmarks/results).
+# the best of short runs on a shared machine, and the figure's p50 another moment's: the tolerance covers the
+# ceiling's run-to-run spread under load (benchmarks/results records it).
 OVER_CEILING_TOLERANCE = 0.05
 
 

@@ -106,7 +106,7 @@ def resolve_volumes(config: DemoDataConfig) -> list[VolumeSource]:
 
 def make_plan(config: DemoDataConfig, sources: list[VolumeSource]) -> Plan:
     n_train, n_test = config.counts
-    # Checked whatever the number of volumes: with one volume a misspelt name was silently ignored.
+    # Checked whatever the number of volumes: a misspelt name must fail with one volume as with several.
     matches = [s for s in sources if config.test_volume in (s.name, str(s.path))]
     if config.test_volume is not None and not matches:
         raise DatasetError(f"--test-volume {config.test_volume!r} is none of the volumes: "
