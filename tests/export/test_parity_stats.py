@@ -12,7 +12,7 @@ from tumor_edge.export.parity_stats import (
     FAIL,
     NOT_PROVEN,
     PASS,
-    images_to_bound_rate,
+    images_to_bound_paired,
     judge,
     macro_auc_batch,
     mcnemar_exact,
@@ -78,10 +78,11 @@ def test_paired_bootstrap_matches_a_direct_loop():
 
 
 def test_images_needed_is_the_smallest_count_that_proves():
-    n = images_to_bound_rate(0.0, 0.01, 0.95)
+    """No disagreement: Tango's bound is the Wilson bound of 0 / n, z^2 / (n + z^2), within t from
+    n = z^2 (1 - t) / t."""
+    n = images_to_bound_paired(0.0, 0.0, 0.01, 0.95)
     assert wilson_interval(0, n)[1] <= 0.01 < wilson_interval(0, n - 1)[1]
-    assert n == math.ceil(z_value(0.95) ** 2 * 0.99 / 0.01)  # closed form for zero errors: z^2 (1 - t) / t
-    assert images_to_bound_rate(0.02, 0.01, 0.95) is None  # the observed rate itself breaks the tolerance
+    assert n == math.ceil(z_value(0.95) ** 2 * 0.99 / 0.01)
 
 
 def _one_flipped(n: int):
@@ -113,7 +114,7 @@ def test_identical_outputs_pass_once_the_test_set_is_large_enough():
     assert stats.verdict == PASS and stats.accuracy_drop_upper <= 0.01
     small = judge(labels[:40], reference[:40], reference[:40].copy(), 4, max_accuracy_drop=0.01,
                   max_auc_drop=0.01, min_agreement=0.99)
-    assert small.verdict == NOT_PROVEN and small.images_needed == images_to_bound_rate(0.0, 0.01, 0.95)
+    assert small.verdict == NOT_PROVEN and small.images_needed == images_to_bound_paired(0.0, 0.0, 0.01, 0.95)
 
 
 def test_evidence_of_a_breach_fails():
@@ -228,10 +229,3 @@ def test_images_needed_is_where_every_larger_test_size_proves(b_rate, c_rate, pr
     assert proves(proving_early) and needed > proving_early  # an early proving n is not enough
     assert not proves(needed - 1)
     assert all(proves(n) for n in range(needed, 2 * needed))
-
-
-def test_images_needed_for_a_rate_is_where_every_larger_test_size_proves():
-    for rate in (0.001, 0.002, 0.004):
-        n = images_to_bound_rate(rate, 0.01, 0.95)
-        assert wilson_interval(round(rate * (n - 1)), n - 1)[1] > 0.01
-        assert all(wilson_interval(round(rate * m), m)[1] <= 0.01 for m in range(n, 2 * n))

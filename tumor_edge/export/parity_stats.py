@@ -186,18 +186,6 @@ def smallest_count(ok: Callable[[int], bool], worst: Callable[[int], bool]) -> i
     return high
 
 
-def images_to_bound_rate(rate: float, tolerance: float, confidence: float) -> int | None:
-    """The smallest n from which every larger test size has its Wilson upper bound of `rate` within
-    `tolerance`; None if none would."""
-    if rate >= tolerance:
-        return None
-
-    def proves(successes: float, n: int) -> bool:
-        return wilson_interval(successes, n, confidence)[1] <= tolerance
-
-    return smallest_count(lambda n: proves(round(rate * n), n), lambda n: proves(rate * n + 0.5, n))
-
-
 def images_to_bound_mean(observed: float, half_width: float, n: int, tolerance: float) -> int | None:
     """Images needed for a bootstrap bound `observed + half_width` (at n images) to fall within tolerance,
     the interval shrinking as 1/sqrt(n); None if the observed value itself breaks the tolerance."""
@@ -284,5 +272,5 @@ def judge(labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classe
 
 
 __all__ = ["FAIL", "NOT_PROVEN", "PASS", "ParityStatistics", "images_to_bound_mean", "images_to_bound_paired",
-           "images_to_bound_rate", "judge", "macro_auc_batch", "mcnemar_exact", "paired_bootstrap",
+           "judge", "macro_auc_batch", "mcnemar_exact", "paired_bootstrap",
            "paired_difference_interval", "tango_score", "wilson_interval", "z_value"]
