@@ -17,19 +17,53 @@ from tumor_edge.bench.ceiling import (
 )
 
 
+def saturating_pair_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b as x86 without VNNI computes uint8 x int8 (vpmaddubsw): each pair of neighbouring products along k,
+    a[i, 2m] b[2m, j] + a[i, 2m+1] b[2m+1, j], is clipped to int16 before the int32 accumulation."""
+    products = a.astype(np.int32)[:, :, None] * b.astype(np.int32)[None, :, :]  # [i, k, j]
+    pairs = products[:, 0::2, :] + products[:, 1::2, :]
+    return np.clip(pairs, -32768, 32767).sum(axis=1, dtype=np.int32)
+
+
+def test_full_range_int8_operands_saturate_without_vnni():
+    """Why the operands are limited: full-range uint8 x int8 pairs reach 2 * 255 * -128 = -65280, far outside
+    int16, so a CPU without VNNI returns clipped sums where numpy's exact product differs."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    b = rng.integers(-128, 128, (64, 64), dtype=np.int8)
+    exact = a.astype(np.int32) @ b.astype(np.int32)
+    assert np.count_nonzero(saturating_pair_matmul(a, b) != exact) > 64 * 64 // 4
+
+
+def test_int8_operands_cannot_saturate_on_any_cpu():
+    """The ceiling's operands: |a0*b0 + a1*b1| <= 2 * 255 * 64 = 32640 <= 32767, so vpmaddubsw's int16 pair sums
+    never clip; VNNI (int32 sums of four) and ARM64 (sdot or widening multiplies) are exact. Checked on the
+    extreme values of each range and on random operands."""
+    from tumor_edge.bench.ceiling import INT8_A_RANGE, INT8_B_RANGE, int8_operands
+
+    assert max(abs(a * b) for a in INT8_A_RANGE for b in INT8_B_RANGE) * 2 <= 32767
+    a, b = int8_operands(np.random.default_rng(1), 64)
+    assert (a.min(), a.max(), b.min(), b.max()) == (*INT8_A_RANGE, *INT8_B_RANGE)
+    extreme_a = np.full((4, 64), INT8_A_RANGE[1], np.uint8)
+    extreme_b = np.stack([np.full(64, v, np.int8) for v in INT8_B_RANGE], axis=1)
+    for x, y in ((a, b), (extreme_a, extreme_b)):
+        np.testing.assert_array_equal(saturating_pair_matmul(x, y), x.astype(np.int32) @ y.astype(np.int32))
+
+
 def test_int8_ceiling_model_is_onnxruntimes_integer_matmul():
-    """What is timed computes uint8 x int8 -> int32 exactly as numpy does: no shortcut, no float path."""
+    """What is timed computes uint8 x int8 -> int32 exactly as numpy does: no shortcut, no float path. Exact on
+    every CPU because the operands cannot saturate a pair sum (see the test above)."""
     import onnx
     import onnxruntime as ort
+
+    from tumor_edge.bench.ceiling import int8_operands
 
     raw = int8_matmul_model(64)
     model = onnx.load_from_string(raw)
     onnx.checker.check_model(model)
     assert [n.op_type for n in model.graph.node] == ["MatMulInteger"]
     session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(1)
-    a = rng.integers(0, 256, (64, 64), dtype=np.uint8)
-    b = rng.integers(-128, 128, (64, 64), dtype=np.int8)
+    a, b = int8_operands(np.random.default_rng(1), 64)
     (y,) = session.run(None, {"a": a, "b": b})
     assert y.dtype == np.int32
     np.testing.assert_array_equal(y, a.astype(np.int32) @ b.astype(np.int32))
@@ -158,7 +192,7 @@ def test_isa_peak_without_a_clock_is_none():
 
 
 def test_rows_above_their_own_ceiling_are_flagged_as_measurement_errors():
-    """Issue 20's case: ONNX fp32 at 89.5 GMAC/s against a 54 GMAC/s BLAS "ceiling" (166 %) is an error; 100 %
+    """ONNX fp32 at 89.5 GMAC/s against a 54 GMAC/s BLAS "ceiling" (166 %) is an error; 100 %
     and up to the tolerance are not; a row without a ceiling is never flagged; rerunning clears old flags."""
     from tumor_edge.bench.ceiling import OVER_CEILING_TOLERANCE, flag_over_ceiling
 

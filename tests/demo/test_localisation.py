@@ -33,6 +33,9 @@ def test_every_held_out_tumour_scan_is_scored_per_file_method_and_class(tmp_path
     text = localisation_markdown(result)
     assert "| onnx fp32 | occlusion 4x4 |" in text and "| onnx fp32 | RISE 32x32 |" in text
     assert "brightest pixel" in text and "within 1.6 px" in text
+    assert result["excluded"] == 0 and "excluded" not in text
+    tiny = {**result, "excluded": 2, "scans": 5}
+    assert "2 lesion(s) with no pixel left at 32 px are excluded" in localisation_markdown(tiny)
 
 
 def test_data_without_masks_is_said_not_measured(tmp_path):
@@ -43,3 +46,18 @@ def test_data_without_masks_is_said_not_measured(tmp_path):
     shutil.rmtree(data / "masks")
     result = measure_localisation(tmp_path / "no-run", make_bundle(tmp_path / "bundle"), data)
     assert "skipped" in result and "Not measured" in localisation_markdown(result)
+
+
+def test_a_relative_data_root_is_measured(tmp_path, monkeypatch):
+    """The README's demo runs in a relative work dir: its held-out tumour scans are found with their masks and
+    measured, not reported as data without masks."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    data = generate_demo_dataset(Path("demo-workdir") / "demo-data", per_class=4, size=48, seed=2,
+                                 volumes=[mni.path], builtin=False, show_progress=False)
+    assert not data.is_absolute()
+    result = measure_localisation(Path("demo-workdir") / "run", make_bundle(Path("bundle")), data,
+                                  LocalisationConfig(per_class=1, grid=4, masks=8, methods=("auto",)))
+    assert "skipped" not in result and result["scans"] == 3
+    assert "Not measured" not in localisation_markdown(result)

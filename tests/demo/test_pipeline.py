@@ -96,7 +96,7 @@ def test_workdir_default_is_relative(tmp_path):
 
 
 def test_summary_carries_the_trust_section_with_a_heatmap_per_class(tiny_demo):
-    """Issue 12: the demo summary shows calibration, one heatmap per class (PNG) and the OOD figures."""
+    """The demo summary shows calibration, one heatmap per class (PNG) and the OOD figures."""
     workdir, ctx = tiny_demo
     text = (workdir / "SUMMARY.md").read_text()
     assert "## Trust: how far to believe each prediction" in text
@@ -111,7 +111,7 @@ def test_summary_carries_the_trust_section_with_a_heatmap_per_class(tiny_demo):
 
 
 def test_summary_says_where_the_maps_point_per_file_and_never_shows_a_one_cell_map(tiny_demo):
-    """Issue 21: pointing game and energy in the lesion per file and class; overlays drawn by a method that points."""
+    """Pointing game and energy in the lesion per file and class; overlays drawn by a method that points."""
     workdir, ctx = tiny_demo
     text = (workdir / "SUMMARY.md").read_text()
     assert "## Do the maps point at the lesion?" in text and "brightest pixel" in text

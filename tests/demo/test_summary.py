@@ -6,7 +6,7 @@ from tumor_edge.demo.summary import parity_headline
 
 
 def test_not_proven_files_are_named_not_hidden_under_passed():
-    """Issue 19: the demo printed "passed" above two int8 rows that read "not proven"."""
+    """A summary must not print "passed" above int8 rows that read "not proven"."""
     export = {"parity_passed": True, "parity_verdict": "not proven",
               "parity_files": {"model_fp32.onnx": "pass", "model_int8.onnx": "not proven",
                                "model_fp32.tflite": "pass", "model_int8.tflite": "not proven"}}

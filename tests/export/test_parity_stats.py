@@ -1,5 +1,5 @@
 """Parity statistics against direct computations (scipy, scikit-learn, the defining equations), and the three
-verdicts on the cases issue 12 names: one flipped image of 17 is not a failure but not a proof either."""
+verdicts: one flipped image of 17 is not a failure but not a proof either."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tumor_edge.export.parity_stats import (
     FAIL,
     NOT_PROVEN,
     PASS,
-    images_to_bound_rate,
+    images_to_bound_paired,
     judge,
     macro_auc_batch,
     mcnemar_exact,
@@ -78,10 +78,11 @@ def test_paired_bootstrap_matches_a_direct_loop():
 
 
 def test_images_needed_is_the_smallest_count_that_proves():
-    n = images_to_bound_rate(0.0, 0.01, 0.95)
+    """No disagreement: Tango's bound is the Wilson bound of 0 / n, z^2 / (n + z^2), within t from
+    n = z^2 (1 - t) / t."""
+    n = images_to_bound_paired(0.0, 0.0, 0.01, 0.95)
     assert wilson_interval(0, n)[1] <= 0.01 < wilson_interval(0, n - 1)[1]
-    assert n == math.ceil(z_value(0.95) ** 2 * 0.99 / 0.01)  # closed form for zero errors: z^2 (1 - t) / t
-    assert images_to_bound_rate(0.02, 0.01, 0.95) is None  # the observed rate itself breaks the tolerance
+    assert n == math.ceil(z_value(0.95) ** 2 * 0.99 / 0.01)
 
 
 def _one_flipped(n: int):
@@ -113,7 +114,7 @@ def test_identical_outputs_pass_once_the_test_set_is_large_enough():
     assert stats.verdict == PASS and stats.accuracy_drop_upper <= 0.01
     small = judge(labels[:40], reference[:40], reference[:40].copy(), 4, max_accuracy_drop=0.01,
                   max_auc_drop=0.01, min_agreement=0.99)
-    assert small.verdict == NOT_PROVEN and small.images_needed == images_to_bound_rate(0.0, 0.01, 0.95)
+    assert small.verdict == NOT_PROVEN and small.images_needed == images_to_bound_paired(0.0, 0.0, 0.01, 0.95)
 
 
 def test_evidence_of_a_breach_fails():
@@ -155,8 +156,8 @@ def _paired(n: int, b: int, c: int, d: int, seed: int = 0):
     (16_000, 400, 80, FAIL),  # 2 points lost: the lower bound is beyond the 1-point tolerance
     (381, 0, 0, PASS),  # no disagreement: z^2 / (n + z^2) = 0.998 points
 ])
-def test_the_paired_verdict_on_issue_19s_cases(n, b, c, verdict):
-    """Issue 19: bounding b/n alone made b = c = 240 of 16,000 "not proven" and said no test size would prove it."""
+def test_the_paired_verdict_counts_images_flipped_both_ways(n, b, c, verdict):
+    """Bounding b/n alone would make b = c = 240 of 16,000 "not proven" and say no test size would prove it."""
     labels, reference, probs = _paired(n, b, c, d=n // 20)
     stats = judge(labels, reference, probs, 4, max_accuracy_drop=0.01, max_auc_drop=0.01, min_agreement=None,
                   resamples=200)
@@ -210,3 +211,21 @@ def test_images_needed_follows_the_paired_rates():
     assert paired_difference_interval(round(0.015 * needed), round(0.015 * needed), needed)[1] <= 0.01
     assert paired_difference_interval(round(0.015 * (needed - 1)), round(0.015 * (needed - 1)), needed - 1)[1] > 0.01
     assert images_to_bound_paired(0.03, 0.01, 0.01, 0.95) is None  # an observed 2-point drop: no number proves 1
+
+
+@pytest.mark.parametrize("b_rate, c_rate, proving_early", [
+    (2 / 300, 1 / 300, 1087),  # proves at 1,087, fails again later: the answer is past the last failure
+    (0.005, 0.0, 1441),  # 0.5 % lost, none gained: proves at 1,441, fails again at 1,701-1,705
+])
+def test_images_needed_is_where_every_larger_test_size_proves(b_rate, c_rate, proving_early):
+    """Counts rounded from rates make "proves at n" non-monotone in n: the figure is the smallest n from which
+    every larger n proves, not a point a bisection happened to land on."""
+    from tumor_edge.export.parity_stats import images_to_bound_paired, paired_difference_interval
+
+    def proves(n: int) -> bool:
+        return paired_difference_interval(round(b_rate * n), round(c_rate * n), n)[1] <= 0.01
+
+    needed = images_to_bound_paired(b_rate, c_rate, 0.01, 0.95)
+    assert proves(proving_early) and needed > proving_early  # an early proving n is not enough
+    assert not proves(needed - 1)
+    assert all(proves(n) for n in range(needed, 2 * needed))

@@ -39,10 +39,9 @@ from typing import Any
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-# n of the n x n x n matmuls: 1 GMAC, operands of 1-4 MB (beyond L2), a few ms to ~15 ms a run. Short runs
+# n of the n x n x n matmuls: 1 GMAC, operands of 1-4 MB (beyond L2), a few milliseconds a run. Short runs
 # matter on a shared machine: the best of many short runs finds the moments the cores were free, while every
-# run of a 2048^3 float32 matmul (~0.1-0.3 s) is cut into by other processes' time slices. (Earlier records
-# used 2048^3 for the float32 ceiling.)
+# run of a larger matmul is cut into by other processes' time slices.
 DEFAULT_SIZE = 1024
 
 
@@ -61,8 +60,8 @@ class Ceiling:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ceiling:
-        """Records from before the int8 ceiling carry no precision: they are the float32 one; records from before
-        the onnxruntime float32 ceiling carry no engine: they are numpy's BLAS."""
+        """A record without a precision is a float32 ceiling; one without an engine was measured with numpy's
+        BLAS."""
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         fields.setdefault("engine", LEGACY_FP32_ENGINE)
         return cls(**fields)
@@ -138,15 +137,34 @@ def int8_matmul_model(size: int) -> bytes:
 def int8_matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
                      threads: int | None = None) -> tuple[float, float, int]:
     """(median, best) GMAC/s of onnxruntime's uint8 x int8 n x n MatMulInteger with `threads` intra-op threads
-    (as the runtime's BackendOptions set them), and the number of timed runs. Full-range random operands: the
-    rate must not depend on zeros."""
+    (as the runtime's BackendOptions set them), and the number of timed runs. Random operands that no CPU's
+    kernel saturates (`int8_operands`); the rate must not depend on zeros."""
     import numpy as np
 
     session = _session(int8_matmul_model(size), threads)
-    rng = np.random.default_rng(0)
-    feeds = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8),
-             "b": rng.integers(-128, 128, (size, size), dtype=np.int8)}
-    return _time_rate(lambda: session.run(None, feeds), float(size) ** 3, min_seconds, min_runs)
+    a, b = int8_operands(np.random.default_rng(0), size)
+    return _time_rate(lambda: session.run(None, {"a": a, "b": b}), float(size) ** 3, min_seconds, min_runs)
+
+
+# The int8 operands' ranges: uint8 activations over their full range, int8 weights over 7 bits.
+INT8_A_RANGE = (0, 255)
+INT8_B_RANGE = (-64, 63)
+
+
+def int8_operands(rng, size: int):
+    """uint8 a [n, n] over 0..255 and int8 b [n, n] over -64..63: operands whose products every CPU sums exactly.
+
+    x86 without VNNI multiplies u8 x s8 with vpmaddubsw, which adds each pair of neighbouring products into a
+    saturating int16: a0*b0 + a1*b1 is clipped to [-32768, 32767]. With a in 0..255 and b in -64..63 each
+    product lies in [-16320, 16065], so a pair lies in [-32640, 32130] and never reaches the int16 limits;
+    VNNI (vpdpbusd, int32 sums of four) and ARM64 (sdot/udot, or widening multiplies) are exact anyway. So the
+    timed matmul computes the same int32 result on every CPU, and the rate measures real integer arithmetic,
+    not clipped sums. The ranges are onnxruntime's advice for int8 on CPUs without VNNI (7-bit weights)."""
+    import numpy as np
+
+    a = rng.integers(INT8_A_RANGE[0], INT8_A_RANGE[1] + 1, (size, size), dtype=np.uint8)
+    b = rng.integers(INT8_B_RANGE[0], INT8_B_RANGE[1] + 1, (size, size), dtype=np.int8)
+    return a, b
 
 
 # precision -> (what measures it, its rate function, the Python module it needs)
@@ -271,8 +289,8 @@ def isa_peak(cpuinfo_text: str | None = None, machine: str | None = None, clock_
 # ---- figures against their ceilings ---------------------------------------------------------------------------
 
 # A figure may exceed its measured ceiling by this much before it is called a measurement error: the ceiling is
-# the best of short runs on a shared machine, and the figure's p50 another moment's; 5 % is the run-to-run spread
-# of the ceiling seen under load (see benchmarks/results).
+# the best of short runs on a shared machine, and the figure's p50 another moment's: the tolerance covers the
+# ceiling's run-to-run spread under load (benchmarks/results records it).
 OVER_CEILING_TOLERANCE = 0.05
 
 

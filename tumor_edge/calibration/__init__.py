@@ -6,7 +6,6 @@ applies them with numpy alone.
 """
 
 from tumor_edge.calibration.ece import expected_calibration_error, reliability_bins
-from tumor_edge.calibration.ood_fit import EnergyThreshold, energy, fit_energy_threshold
 from tumor_edge.calibration.temperature import (
     TemperatureFit,
     apply_temperature,
@@ -15,6 +14,5 @@ from tumor_edge.calibration.temperature import (
     log_scores,
 )
 
-__all__ = ["EnergyThreshold", "TemperatureFit", "apply_temperature", "calibration_summary", "energy",
-           "expected_calibration_error", "fit_energy_threshold", "fit_temperature", "log_scores",
-           "reliability_bins"]
+__all__ = ["TemperatureFit", "apply_temperature", "calibration_summary", "expected_calibration_error",
+           "fit_temperature", "log_scores", "reliability_bins"]

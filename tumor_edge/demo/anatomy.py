@@ -147,10 +147,6 @@ class Anatomy:
     def sella(self) -> np.ndarray:
         return self.from_ref(REF_SELLA)
 
-    @property
-    def midline_x(self) -> float:
-        return float(self.from_ref(np.zeros(3))[0])
-
 
 def _otsu(values: np.ndarray) -> float:
     hist, edges = np.histogram(values, 256)

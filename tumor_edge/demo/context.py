@@ -33,15 +33,9 @@ class DemoProfile:
                 f"{self.image_size} px, {self.epochs} epochs, batch {self.batch_size}")
 
 
-# name -> profile. `auto` picks "gpu" when the NVIDIA driver lists a GPU. Measured (cpu, 2-core shared Xeon,
-# benchmarks/demo_memory.py, benchmarks/results/demo-memory-2026-11-27*.md): training is deterministic here (two
-# runs, different loads, identical figures). With patience 3 the learning rate fell after every noisy validation
-# epoch (1e-3 -> 2.7e-5 by epoch 8) and the held-out MNI152 accuracy was 75.7 % (macro AUC 0.930); with patience
-# 6 it stays at 1e-3 until epoch 10: 84.8 % (AUC 0.965), same training time. (An earlier session measured 85.5 %
-# with patience 3; not reproduced.) Tried at 450 images/class, all worse on the held-out volume: an 11th epoch
-# 83.9 %, BatchNorm momentum 0.8 82.4 %, `--lr-schedule cosine` 80.8 % (82.1 % with augmentation): a steady
-# 1e-3 with one late cut generalises to the unseen anatomy best. 500 images/class (+11 % training time):
-# 87.2 %, AUC 0.977 on 500 held-out images (benchmarks/results/demo-memory-2026-11-27-500.md).
+# name -> profile. `auto` picks "gpu" when the NVIDIA driver lists a GPU. The cpu profile's settings are the ones
+# that generalised best to the held-out anatomy (benchmarks/results has the runs): patience 6 keeps the learning
+# rate at 1e-3 until the last epochs, where a shorter patience cut it after every noisy validation epoch.
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile("cpu", per_class=500, data_size=128, image_size=96, epochs=10, batch_size=16,
                        bn_momentum=0.9, learning_rate=1e-3, bench_seconds=1.0, patience=6),

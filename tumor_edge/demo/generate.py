@@ -106,7 +106,7 @@ def resolve_volumes(config: DemoDataConfig) -> list[VolumeSource]:
 
 def make_plan(config: DemoDataConfig, sources: list[VolumeSource]) -> Plan:
     n_train, n_test = config.counts
-    # Checked whatever the number of volumes: with one volume a misspelt name was silently ignored.
+    # Checked whatever the number of volumes: a misspelt name must fail with one volume as with several.
     matches = [s for s in sources if config.test_volume in (s.name, str(s.path))]
     if config.test_volume is not None and not matches:
         raise DatasetError(f"--test-volume {config.test_volume!r} is none of the volumes: "
@@ -210,12 +210,19 @@ def _write_mask(root: Path, job: Job, mask: np.ndarray | None) -> dict[str, obje
 
 
 def lesion_mask(root: Path, image: str | Path) -> np.ndarray | None:
-    """The recorded lesion of a demo image (its path, or its path relative to `root`): bool (H, W) in the image's
-    own pixels, or None for an image without a lesion (notumor) or without a recorded mask."""
+    """The recorded lesion of a demo image: bool (H, W) in the image's own pixels, or None for an image without a
+    lesion (notumor) or without a recorded mask. `image` is a path (absolute, or relative to the working
+    directory, as `discover` gives them for a relative root) or a path relative to `root` (as the manifest
+    records them); both are compared resolved, so a relative root works as an absolute one."""
     from PIL import Image
 
     image = Path(image)
-    relative = image.relative_to(root) if image.is_absolute() else image
+    try:
+        relative = image.resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        if image.is_absolute():
+            return None
+        relative = image
     if len(relative.parts) != 3:
         return None
     path = Path(root) / MASK_DIR / relative.parts[0] / relative.parts[1] / f"{relative.stem}.png"

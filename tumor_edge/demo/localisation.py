@@ -100,7 +100,7 @@ def measure_localisation(run_dir: Path, bundle: Path, data_root: Path,
     spec = BundleMetadata.read(bundle).preprocessing
     scans = tumour_scans(Path(data_root), config.per_class)
     if not scans:
-        return {"skipped": "the demo data has no lesion masks (made by an older tumor-edge): rerun with --force"}
+        return {"skipped": "the demo data has no lesion masks: regenerate it with --force"}
     pixels = []
     masks = []
     for path, _, _, mask in scans:
@@ -135,7 +135,8 @@ def measure_localisation(run_dir: Path, bundle: Path, data_root: Path,
             found = [v for v in (map_correlation(a, b) for a, b in zip(values, reference)) if v is not None]
             correlations[keys[name, method]] = {"mean": float(np.mean(found)) if found else None,
                                                  "min": float(np.min(found)) if found else None, "n": len(found)}
-    return {"scans": len(scans), "per_class": config.per_class, "grid": config.grid, "masks": config.masks,
+    return {"scans": len(scans), "excluded": int(sum(not mask.any() for mask in masks)),
+            "per_class": config.per_class, "grid": config.grid, "masks": config.masks,
             "tolerance_px": round(tolerance_px((spec.height, spec.width)), 2),
             "tolerance_fraction": TOLERANCE_FRACTION, "size": spec.height, "files": files,
             "correlation_with_fp32": correlations}
@@ -177,7 +178,9 @@ def localisation_markdown(result: dict[str, Any]) -> str:
               "of the map's positive evidence on lesion pixels; chance is what a random point (pointing) or a "
               "uniform map (energy, about the lesion's area share) would score. The brightest-pixel row needs no "
               "model: these synthetic lesions enhance, so it scores high too, and a map's pointing figure shows it "
-              "found the lesion, not that it beats so simple a rule. Goal: pointing >= 80 %.", "",
+              "found the lesion, not that it beats so simple a rule. Goal: pointing >= 80 %."
+              + (f" {result['excluded']} lesion(s) with no pixel left at {result['size']} px are excluded from "
+                 "every row (nothing to point at), not counted as misses." if result.get("excluded") else ""), "",
               "| file | method | ms/scan | " + " | ".join(f"{c} pointing / energy" for c in classes)
               + " | all: pointing / energy | chance: pointing |",
               "|---|---|---:|" + "---|" * len(classes) + "---|---|"]

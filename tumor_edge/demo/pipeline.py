@@ -92,8 +92,8 @@ def stage_export(ctx: DemoContext) -> dict[str, Any]:
 
     # A demo's held-out split may be too small to *prove* a 1-point tolerance: "not proven" is reported as such,
     # not as a failure (a real export without --allow-unproven stops there).
-    # Default scheduling, not `overlap`: with ONNX int8 beside the worker's TFLite rows the demo's process tree
-    # peaked at 3.31 GiB (benchmarks/demo_memory.py, 2026-11-27), over the 3 GB budget.
+    # Default scheduling, not `overlap`: ONNX int8 beside the worker's TFLite rows takes the demo's process tree
+    # over its memory budget (benchmarks/demo_memory.py).
     config = ExportConfig(source=ctx.run, out=ctx.bundle, int8=True, force=True, allow_unproven=True,
                           show_progress=ctx.config.show_progress)
     try:
@@ -189,8 +189,7 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    # In a child too: the volumes it decodes stayed in this process (0.22 GiB) under the export's peak (2.81 GiB
-    # for the tree, benchmarks/results/demo-2026-11-27.md).
+    # In a child too: the volumes it decodes would otherwise stay in this process under the export's peak.
     Stage("data", "generating synthetic demo data", stage_data, lambda c: [c.data / "DATASET.md"], isolated=True),
     Stage("train", "training InceptionV3 from scratch", stage_train,
           lambda c: [RunFolder(c.run).model, RunFolder(c.run).metrics], isolated=True),

@@ -17,14 +17,15 @@ and one verdict:
 
 The accuracy drop is the paired difference (b - c) / n, bounded by Tango's score interval for a difference of
 paired proportions (Tango 1998; recommended by Fagerland, Lydersen & Laake 2013 for its coverage at small counts).
-Bounding b / n alone (as 0.2 did) ignores the images the file gets right that the reference gets wrong, so an int8
+Bounding b / n alone would ignore the images the file gets right that the reference gets wrong, so an int8
 file that flips as many images right as wrong could never be proven at any test size. At b = c = 0 Tango's upper
-bound is z^2 / (n + z^2), the Wilson bound of 0 / n: 381 test images prove a 1-point tolerance.
+bound is z^2 / (n + z^2), the Wilson bound of 0 / n.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ def z_value(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (Wilson 1927); (0, 1) for n = 0."""
     if n <= 0:
         return 0.0, 1.0
@@ -112,7 +113,7 @@ def paired_bootstrap(labels: np.ndarray, reference: np.ndarray, probs: np.ndarra
     return {"accuracy_diff": interval(acc), "macro_auc_diff": interval(auc)}
 
 
-def tango_score(b: int, c: int, n: int, delta: float) -> float:
+def tango_score(b: float, c: float, n: int, delta: float) -> float:
     """Tango's score statistic for H0: (p12 - p21) = delta, with p12 = P(reference right, file wrong) (count b) and
     p21 the reverse (count c): (b - c - n delta) / sqrt(n (2 p21~ + delta (1 - delta))), p21~ the constrained
     maximum-likelihood estimate of p21 under H0 (the positive root of a quadratic)."""
@@ -126,7 +127,7 @@ def tango_score(b: int, c: int, n: int, delta: float) -> float:
     return numerator / math.sqrt(variance)
 
 
-def paired_difference_interval(b: int, c: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def paired_difference_interval(b: float, c: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Tango's score interval for (b - c) / n, the accuracy lost by the file (reference right and file wrong,
     minus the reverse, over n paired images): {delta : |score(delta)| <= z}, each end found by bisection (the
     score falls monotonically in delta). (-1, 1) for n = 0."""
@@ -150,34 +151,39 @@ def paired_difference_interval(b: int, c: int, n: int, confidence: float = 0.95)
 
 
 def images_to_bound_paired(b_rate: float, c_rate: float, tolerance: float, confidence: float) -> int | None:
-    """The fewest images at which Tango's upper bound of the drop, at the observed rates (counts rounded), stays
-    within `tolerance`; None when the observed drop itself reaches it (no number would)."""
+    """The smallest n from which every larger test size proves the drop within `tolerance`: Tango's upper bound
+    at the observed rates (counts rounded) stays within it for n and every count above; None when the observed
+    drop itself reaches the tolerance (no number would)."""
     if b_rate - c_rate >= tolerance:
         return None
-    return smallest_count(lambda n: paired_difference_interval(round(b_rate * n), round(c_rate * n), n,
-                                                               confidence)[1] <= tolerance)
+
+    def proves(b: float, c: float, n: int) -> bool:
+        return paired_difference_interval(b, c, n, confidence)[1] <= tolerance
+
+    return smallest_count(lambda n: proves(round(b_rate * n), round(c_rate * n), n),
+                          lambda n: proves(b_rate * n + 0.5, max(c_rate * n - 0.5, 0.0), n))
 
 
-def smallest_count(ok) -> int | None:
-    """The smallest n >= 1 with ok(n), for an `ok` that stays true once true: doubling, then bisection; None
-    beyond MAX_IMAGES_NEEDED."""
+def smallest_count(ok: Callable[[int], bool], worst: Callable[[int], bool]) -> int | None:
+    """The smallest n >= 1 from which ok(m) holds for every m >= n; None beyond MAX_IMAGES_NEEDED.
+
+    Counts rounded from rates make ok non-monotone (one more image can round a count up and widen the bound).
+    `worst` is ok at the least favourable counts the rounding allows (each off by half a count, against the
+    tolerance): it implies ok, and its slack shrinks as 1/n while the interval narrows, so once true it stays
+    true. Its first n (doubling, then bisection) is therefore a point past which ok always holds; from there
+    the answer walks down while ok still holds."""
     high = 1
-    while not ok(high):
+    while not worst(high):
         high *= 2
         if high > MAX_IMAGES_NEEDED:
             return None
     low = high // 2
     while low + 1 < high:
         mid = (low + high) // 2
-        low, high = (low, mid) if ok(mid) else (mid, high)
+        low, high = (low, mid) if worst(mid) else (mid, high)
+    while high > 1 and ok(high - 1):
+        high -= 1
     return high
-
-
-def images_to_bound_rate(rate: float, tolerance: float, confidence: float) -> int | None:
-    """The fewest images whose Wilson upper bound of `rate` stays within `tolerance`; None if none would."""
-    if rate >= tolerance:
-        return None
-    return smallest_count(lambda n: wilson_interval(round(rate * n), n, confidence)[1] <= tolerance)
 
 
 def images_to_bound_mean(observed: float, half_width: float, n: int, tolerance: float) -> int | None:
@@ -266,5 +272,5 @@ def judge(labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classe
 
 
 __all__ = ["FAIL", "NOT_PROVEN", "PASS", "ParityStatistics", "images_to_bound_mean", "images_to_bound_paired",
-           "images_to_bound_rate", "judge", "macro_auc_batch", "mcnemar_exact", "paired_bootstrap",
+           "judge", "macro_auc_batch", "mcnemar_exact", "paired_bootstrap",
            "paired_difference_interval", "tango_score", "wilson_interval", "z_value"]
