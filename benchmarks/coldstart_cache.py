@@ -18,7 +18,6 @@ alike; each run gets a cache in the state the case names):
   cli/no-cache      the same with TUMOR_EDGE_NO_CACHE=1: onnxruntime optimises the graph at every load
   cli/first         an empty cache: optimise, write the entry, classify
   api/second        `Classifier.from_bundle(...).predict(...)` in `python -c`, cache warm
-  api/second-nohash the same without the sha256 check of the model file (what the check costs)
   floor/onnxruntime onnxruntime alone loading this tree's cache entry and running once on zeros (issue 20's floor)
   floor/ort+decode+hash  that, plus what any classify of a JPEG must add: Pillow decoding and resizing the scan
                     and hashlib's sha256 of the model file (no tumor-edge code)
@@ -47,7 +46,7 @@ SIZE = 299
 API_CHILD = """
 import sys
 from tumor_edge.runtime import BackendOptions, Classifier
-clf = Classifier.from_bundle(sys.argv[1], options=BackendOptions(verify_hashes=sys.argv[3] == "1"))
+clf = Classifier.from_bundle(sys.argv[1], options=BackendOptions())
 print(clf.predict(sys.argv[2]).label, clf.backend.source_kind, flush=True)
 """
 
@@ -94,7 +93,6 @@ CASES: dict[str, tuple[str, str, bool]] = {
     "cli/no-cache": ("cli", "off", True),
     "cli/first": ("cli", "empty", True),
     "api/second": ("api", "warm", True),
-    "api/second-nohash": ("api", "warm", False),
     "floor/imports": ("imports", "warm", False),
     "floor/onnxruntime": ("ort", "warm", False),
     "floor/ort+decode+hash": ("ort+decode+hash", "warm", False),

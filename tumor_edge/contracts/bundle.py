@@ -208,7 +208,7 @@ def optimized_model_name(name: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    # hashlib loads OpenSSL (+3.6 MB resident): imported where a hash is needed, not on every import.
+    # hashlib loads OpenSSL, which costs resident memory: imported where a hash is needed, not on every import.
     import hashlib
 
     digest = hashlib.sha256()

@@ -55,8 +55,8 @@ class ReferenceSet:
     """The outputs each model of a bundle gave, on the export machine, for `count` images that any machine can
     regenerate bit for bit from (`generator`, `seed`) at the model's input size: so a device can prove its own
     kernels (AVX2, VNNI, ARM) reproduce the export machine's results without any patient image in the bundle.
-    `outputs` maps a model file name to its class probabilities, one row per image. `roles` (0.2, optional: older
-    bundles have scores only) maps a file name to its other outputs by role (a heatmap, OOD features), each
+    `outputs` maps a model file name to its class probabilities, one row per image. `roles` (optional: a bundle
+    may have scores only) maps a file name to its other outputs by role (a heatmap, OOD features), each
     {"shape": [images, ...], "values": [...]} flattened in C order, for the first `shape[0]` images."""
 
     generator: str
