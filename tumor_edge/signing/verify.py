@@ -84,7 +84,7 @@ def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str
     The folder's names must be the signed ones (nothing added, nothing missing); the trust setting's pins must hold.
     What the folder holds at another moment does not matter: these bytes are what runs."""
     from tumor_edge.contracts.bundle import METADATA_FILE, read_confined
-    from tumor_edge.signing.trust import check_pins, parse_trust
+    from tumor_edge.signing.policy import check_pins, parse_trust
 
     policy = parse_trust(trust)
     bundle = Path(bundle)
