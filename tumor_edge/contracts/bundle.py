@@ -76,11 +76,6 @@ class ModelFiles:
     members: dict[str, bytes]  # external data and companion files by name
     digests: dict[str, str]  # file name -> sha256 of the bytes read (the model and each member)
 
-    def identity(self) -> str:
-        """These bytes' identity as `ModelEntry.identity` computes it from recorded digests."""
-        members = {name: MemberFile(name, len(blob), self.digests[name]) for name, blob in self.members.items()}
-        return ModelEntry(self.path.name, "", "", sha256=self.digests[self.path.name], files=members).identity()
-
 
 def read_model_files(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
     """A model listed in the bundle and its member files, read once each (`read_confined`) and proved to be the

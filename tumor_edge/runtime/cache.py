@@ -1,13 +1,12 @@
-"""This device's private folder of records: optimised models (tumor_edge.runtime.backends.optimized) and the
-device's engine choice, each carrying a keyed MAC, so a file is used only if this user's runtime wrote it.
+"""This device's private folder of records (the device's engine choice), each carrying a keyed MAC, so a record
+is used only if this user's runtime wrote it.
 
 Where: `$TUMOR_EDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/tumor-edge`, else `~/.cache/tumor-edge`. Off with
 `TUMOR_EDGE_NO_CACHE=1` or `BackendOptions(cache=False)`. The folder must belong to this user and be writable by
 no one else (it is created 0700); otherwise it is refused, never used: a folder others can write is one where
-they could plant an entry. Its MAC key is a per-user secret in it (`secret.key`, created 0600 with O_EXCL); a
-record is JSON with an HMAC-SHA256 over its content, so an entry copied from elsewhere, edited, or planted with a
-recomputed plain hash fails its check and is ignored. Every problem only costs the speed-up: it is logged and the
-plain path runs.
+they could plant a record. Its MAC key is a per-user secret in it (`secret.key`, created 0600 with O_EXCL); a
+record is JSON with an HMAC-SHA256 over its content, so a record copied from elsewhere, edited, or planted with a
+recomputed plain hash fails its check and is ignored (then measured and written again).
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import METADATA_FILE
-from tumor_edge.runtime.backends.options import BackendOptions, machine_target
+from tumor_edge.runtime.backends.options import BackendOptions
 
 CACHE_DIR_ENV = "TUMOR_EDGE_CACHE_DIR"
 NO_CACHE_ENV = "TUMOR_EDGE_NO_CACHE"
@@ -134,40 +132,3 @@ def read_record(path: Path, options: BackendOptions | None = None) -> dict[str, 
     except (OSError, ValueError, AttributeError):
         pass
     return None
-
-
-def target_folder_name(target: dict[str, str] | None = None) -> str:
-    """One folder per machine target: 'onnxruntime-1.32.0-x86_64-avx512_vnni'."""
-    t = target or machine_target()
-    safe = "-".join(str(t.get(k, "unknown")) for k in ("onnxruntime", "machine", "isa"))
-    return "onnxruntime-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in safe)
-
-
-def entry_folder(identity: str, options: BackendOptions | None = None) -> Path:
-    """Where the optimised form of the model whose identity (`ModelFiles.identity`) is `identity` lives on this
-    machine (not created)."""
-    return cache_root(options) / target_folder_name() / identity
-
-
-def remove_entry(identity: str, options: BackendOptions | None = None) -> bool:
-    """Delete the optimised form of a model (`verify` calls this for a model that did not reproduce here, so the
-    next load builds it again from the checked bytes). True when there was one."""
-    import shutil
-
-    folder = entry_folder(identity, options)
-    if not folder.is_dir() or folder.is_symlink():
-        return False
-    shutil.rmtree(folder, ignore_errors=True)
-    return not folder.exists()
-
-
-def inside_bundle(path: Path, model: Path) -> bool:
-    """Whether `path` lies in the bundle folder holding `model` (a folder with a metadata.json; both resolved, so a
-    link cannot hide it). The cache is refused there: what lies in a bundle is only what its metadata lists."""
-    folder = Path(model).parent
-    if not (folder / METADATA_FILE).exists():
-        return False
-    try:
-        return Path(path).resolve().is_relative_to(folder.resolve())
-    except (OSError, RuntimeError):  # a link loop: treat as inside, the plain model runs
-        return True

@@ -3,9 +3,8 @@
 A session is made from the model's bytes (`InferenceSession(bytes)`), with its external data handed over as bytes
 too (`SessionOptions.add_external_initializers_from_files_in_memory`), never from a path onnxruntime would open
 itself: the bytes were read once and checked (a bundle's against its metadata, see
-tumor_edge.runtime.open_model), so a file changed after the check cannot be what runs. On the CPU at optimisation
-"all", the optimised graph comes from this device's cache when it holds one for these bytes, and is saved there
-when it does not (tumor_edge.runtime.backends.optimized); any cache problem only means optimising at load.
+tumor_edge.runtime.open_model), so a file changed after the check cannot be what runs. onnxruntime optimises
+the graph for this CPU at each load (`BackendOptions.optimization`).
 """
 
 from __future__ import annotations
@@ -18,10 +17,8 @@ import numpy as np
 from tumor_edge.contracts.bundle import ModelFiles
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime.backends.external_data import lone_model_files
-from tumor_edge.runtime.backends.optimized import add_members, cached_session, log
 from tumor_edge.runtime.backends.options import BackendOptions, resolve_providers, session_options
 from tumor_edge.runtime.backends.protocol import hw_of
-from tumor_edge.runtime.cache import cache_enabled
 
 
 class OnnxBackend:
@@ -41,24 +38,15 @@ class OnnxBackend:
         self.path = self.loaded_path = Path(path)
         self.providers, self.missing_providers = resolve_providers(options.providers)
         files = files or lone_model_files(self.path)
-        # How the session was made: "plain", "cache-hit", "cache-built" (for logs, bench and tests).
-        self.source_kind = "plain"
-        made = None
-        if (options.use_optimized and self.providers == ["CPUExecutionProvider"] and options.optimization == "all"
-                and cache_enabled(options)):
-            try:
-                made = cached_session(ort, files, options, self.providers)
-            except Exception as err:  # the model itself cannot load: the plain load below says so in one line
-                log("cannot optimise %s: %s", self.path, first_line(err))
-        if made is not None:
-            session, self.source_kind = made
-        else:
-            so = session_options(ort, options, options.optimization)
-            add_members(so, files.members)
-            try:
-                session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
-            except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", self.path) from err
+        so = session_options(ort, options, options.optimization)
+        if files.members:
+            names = list(files.members)
+            blobs = [files.members[n] for n in names]
+            so.add_external_initializers_from_files_in_memory(names, blobs, [len(b) for b in blobs])
+        try:
+            session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", self.path) from err
         self.session = session
         inputs = session.get_inputs()
         if len(inputs) != 1:

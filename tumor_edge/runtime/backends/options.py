@@ -29,9 +29,6 @@ class BackendOptions:
     # they only raise the peak, so they are off unless asked for; for many batches they keep memory flat, so a
     # caller that knows it runs many batches (a folder, a server) should turn this on.
     memory_arena: bool = False
-    # Use this device's cached optimised form of an .onnx model (tumor_edge.runtime.backends.optimized), made at
-    # its first load from the checked bytes: it skips the graph optimisation at load.
-    use_optimized: bool = True
     # Whether idle intra-op threads busy-wait for the next run. Spinning shaves microseconds off back-to-back
     # runs on an otherwise idle CPU but burns a core that decoding (or a neighbour) could use; off by default.
     spin: bool = False
