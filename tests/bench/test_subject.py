@@ -4,7 +4,6 @@ found through the run-folder contract."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from tumor_edge.bench.subject import resolve_subject
 from tumor_edge.bench.timing import RunPlan
 from tumor_edge.contracts import formats
 from tumor_edge.contracts.bundle import (
-    METADATA_FILE,
     BundleMetadata,
     describe_file,
     is_optimized_name,
