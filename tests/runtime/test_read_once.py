@@ -10,6 +10,8 @@ sha256 was) keeps running it after the file is restored.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -27,6 +29,14 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(NO_CACHE_ENV, raising=False)
     monkeypatch.delenv("TUMOR_EDGE_TRUST", raising=False)
+
+
+def _replace(path, data: bytes) -> None:
+    """Put a new file with `data` in place of `path` (a rename: the old file lives on for whoever has it open or
+    mapped), as an attacker who can write the folder would."""
+    spare = path.with_name(path.name + ".new")
+    spare.write_bytes(data)
+    os.replace(spare, path)
 
 
 def _labels(clf: Classifier) -> list[str]:
@@ -50,11 +60,11 @@ def swap_at_load(fresh_bundle, monkeypatch):
 
     class Swapping(onnxruntime.InferenceSession):
         def __init__(self, *args, **kwargs):
-            model.write_bytes(other)
+            _replace(model, other)
             try:
                 super().__init__(*args, **kwargs)
             finally:
-                model.write_bytes(signed)
+                _replace(model, signed)
             made.append(self)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", Swapping)
@@ -90,12 +100,65 @@ def test_a_lone_model_is_read_once_too(tmp_path, monkeypatch):
 
     class Swapping(onnxruntime.InferenceSession):
         def __init__(self, *args, **kwargs):
-            lone.write_bytes(other)
+            _replace(lone, other)
             try:
                 super().__init__(*args, **kwargs)
             finally:
-                lone.write_bytes(signed)
+                _replace(lone, signed)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", Swapping)
     assert _labels(Classifier.from_bundle(lone)) == CLASSES
     assert np.array_equal(np.frombuffer(lone.read_bytes(), np.uint8), np.frombuffer(signed, np.uint8))
+
+
+def _tflite_always(tf, keras, index: int) -> bytes:
+    """A tiny .tflite classifier (16 px) whose bias makes every answer class `index`."""
+    image = keras.Input((16, 16, 3), name="image")
+    dense = keras.layers.Dense(4, activation="softmax", name="scores")
+    model = keras.Model(image, dense(keras.layers.Flatten()(image)))
+    bias = np.zeros(4, np.float32)
+    bias[index] = 100.0
+    dense.set_weights([np.zeros((16 * 16 * 3, 4), np.float32), bias])
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+@pytest.fixture(scope="module")
+def litert_models():
+    """(signed, other): two .tflite files answering 'pituitary' and 'glioma' to everything."""
+    pytest.importorskip("ai_edge_litert")
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    return _tflite_always(tf, keras, 3), _tflite_always(tf, keras, 0)
+
+
+def test_a_litert_model_exchanged_between_check_and_load_never_runs(tmp_path, monkeypatch, litert_models):
+    """The same race through LiteRT: the interpreter is given the checked bytes (`model_content`)."""
+    import ai_edge_litert.interpreter as litert
+
+    from tumor_edge.contracts.bundle import BundleMetadata, describe_file
+    from tumor_edge.contracts.preprocessing import Preprocessing
+
+    signed, other = litert_models
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    model = bundle / "model_fp32.tflite"
+    model.write_bytes(signed)
+    meta = BundleMetadata(list(CLASSES), Preprocessing(16, 16))
+    meta.models = {model.name: describe_file(model, "tflite", "fp32")}
+    meta.write(bundle)
+    made = []
+
+    class Swapping(litert.Interpreter):
+        def __init__(self, *args, **kwargs):
+            _replace(model, other)
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                _replace(model, signed)
+            made.append(self)
+
+    monkeypatch.setattr(litert, "Interpreter", Swapping)
+    clf = Classifier.from_bundle(bundle)
+    assert made, "the hook did not run: the test proves nothing"
+    assert [p.label for p in clf.predict_batch([quadrant_image(q, 16) for q in range(4)])] == ["pituitary"] * 4
