@@ -67,6 +67,39 @@ def quadrant_model(size: int = SIZE, metadata: BundleMetadata | None = None, out
     return model
 
 
+def broken_quadrant_model(kind: str, metadata: BundleMetadata, size: int = SIZE) -> onnx.ModelProto:
+    """The quadrant model broken as a bad int8 conversion breaks a file: "collapsed" (logits shrunk a hundredfold
+    and rounding noise of the same size added: near-uniform outputs whose label follows the noise), "permuted"
+    (each class reads the next class's quadrant), "constant" (no weights, a bias that always names the first
+    class)."""
+    model = quadrant_model(size, metadata)
+    weights = quadrant_weights(size)
+    bias = np.zeros(4, np.float32)
+    if kind == "collapsed":
+        noise = np.random.default_rng(0).standard_normal(weights.shape).astype(np.float32)
+        weights = (weights + 3 * weights.max() * noise) / 100
+    elif kind == "permuted":
+        weights = np.roll(weights, 1, axis=1)
+    elif kind == "constant":
+        weights, bias = np.zeros_like(weights), np.array([3, 0, 0, 0], np.float32)
+    else:
+        raise ValueError(kind)
+    for init in model.graph.initializer:
+        if init.name in ("W", "B"):
+            init.CopyFrom(helper.make_tensor(init.name, TensorProto.FLOAT, list(init.dims),
+                                             (weights if init.name == "W" else bias).flatten().tolist()))
+    return model
+
+
+def add_file(bundle: Path, model: onnx.ModelProto, name: str = "model_int8.onnx", precision: str = "int8") -> Path:
+    """List one more ONNX file in a bundle's metadata.json."""
+    onnx.save(model, bundle / name)
+    metadata = BundleMetadata.read(bundle)
+    metadata.models[name] = describe_file(bundle / name, "onnx", precision)
+    metadata.write(bundle)
+    return bundle / name
+
+
 def quadrant_metadata(size: int = SIZE, output: str = "probabilities") -> BundleMetadata:
     return BundleMetadata(list(CLASSES), Preprocessing(size, size), output=output)
 

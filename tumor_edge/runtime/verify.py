@@ -2,10 +2,12 @@
 
 1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
 2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
-3. Reproduction: the reference images export recorded outputs for are regenerated here (tumor_edge.runtime.
-   reference: bit-exact on any machine, no patient data) and each model's probabilities are compared: per file,
-   top-1 agreement and the largest probability difference, against a tolerance per precision. Different CPUs
-   (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this shows whether they do here.
+3. Soundness and reproduction (tumor_edge.runtime.reference): each file's recorded outputs must agree with the
+   fp32 file's recorded labels at the rate its parity record promises (a file whose parity failed never passes);
+   then the reference images are regenerated here (bit-exact on any machine, no patient data) and each file's
+   probabilities must lie within its tolerance (a floor per precision, its own recorded error, a cap) of the
+   recorded ones. Different CPUs (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this
+   shows whether they do here.
    Every other output role recorded (the heatmap, the OOD features) is compared too, with a tolerance per role
    and precision on the largest difference relative to the recorded values' range (their units are the
    model's, not probabilities). Bundles recorded with class scores only still verify on those.
@@ -33,16 +35,10 @@ from pathlib import Path
 
 import click
 
-__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "tolerance_for", "verify", "verify_bundle"]
+from tumor_edge.runtime.reference import CAP, EFFECT_FACTOR, FLOORS
 
-# Largest probability difference accepted between the export machine and this device, per precision (the floor
-# of `tolerance_for`). fp32 files differ only by summation order between kernels. A reduced-precision file may be
-# computed in that precision on the device and not on the export machine: onnxruntime runs fp16 models in half-
-# precision arithmetic on cores that have it (ARMv8.2-A FP16: Neoverse N1, Cortex-A76 / Raspberry Pi 5) and in
-# float32 on x86; int8 kernels round differently between ISAs (AVX2's 16-bit intermediate saturation, VNNI, ARM's
-# dot-product kernels). Measured on the suite's 75 px InceptionV3, ARM64 (emulated Neoverse N1) against x86:
-# fp32 3e-6, fp16 0.015, int8 0.076 (ONNX) / 0.055 (TFLite), top-1 equal on every image.
-DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 0.02, "int8": 0.05}
+__all__ = ["ROLE_TOLERANCE", "VerifyReport", "verify", "verify_bundle"]
+
 # Other output roles: largest |difference| divided by the recorded values' range (max - min), per precision. A
 # heatmap is the class logits spread over the grid and the OOD features a whitened projection: neither is a
 # probability, so an absolute bound would mean something different for every model. One int8 rounding step of
@@ -54,31 +50,6 @@ ROLE_TOLERANCE: dict[str, dict[str, float]] = {
 }
 OTHER_ROLE_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1}  # roles not named above
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points, when the bundle's parity record names none
-
-
-def tolerance_for(name: str, metadata) -> float:
-    """The largest probability difference accepted for one file between the export machine and this device.
-
-    For a reduced-precision file, beyond the per-precision floor: twice its own recorded effect. Export recorded,
-    for the same reference images, both this file's outputs and the fp32 file's; their largest difference E is
-    what this precision's rounding does to this model. If this device's kernels round as accurately as the export
-    machine's, each device's output lies within E of the fp32 output, so the two lie within 2E of each other
-    (triangle inequality). A device further off than that computes something the export never measured."""
-    import numpy as np
-
-    precision = metadata.models[name].precision
-    floor = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"])
-    reference = metadata.reference
-    if precision == "fp32" or reference is None:
-        return floor
-    fp32 = next((reference.outputs[n] for n, e in metadata.models.items()
-                 if e.precision == "fp32" and e.format == metadata.models[name].format and n in reference.outputs),
-                None)
-    own = reference.outputs.get(name)
-    if fp32 is None or own is None or np.shape(fp32) != np.shape(own):
-        return floor
-    effect = float(np.max(np.abs(np.asarray(own, np.float64) - np.asarray(fp32, np.float64))))
-    return max(floor, 2.0 * effect) if np.isfinite(effect) else floor
 
 
 @dataclass
@@ -102,7 +73,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.reference import listed_models
 
     bundle_dir = Path(bundle_dir)
     report = VerifyReport()
@@ -112,12 +82,8 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
         report.problems.append(str(err))
         return report
     report.lines.append(f"schema: ok ({len(metadata.classes)} classes, {len(metadata.models)} files)")
-    runnable = []
-    for name in metadata.models:  # every listed file, 0.1 twins included: a bound twin may run in its place
-        if _check_integrity(bundle_dir, name, metadata, report):
-            runnable.append(name)
-    runnable = [name for name in listed_models(metadata) if name in runnable]
-    if not listed_models(metadata):
+    runnable = [name for name in metadata.models if _check_integrity(bundle_dir, name, metadata, report)]
+    if not metadata.models:
         report.problems.append(f"{bundle_dir}: the bundle lists no models")
     _check_reference(bundle_dir, metadata, runnable, tolerance, report)
     if data is not None:
@@ -128,7 +94,7 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
         else:
             report.lines.append(f"not checked here: {name}: {why}")
     reproduced = [name for name, figures in report.files.items() if figures.get("reproduced")]
-    if listed_models(metadata) and not reproduced and not report.problems:
+    if metadata.models and not reproduced and not report.problems:
         report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
     if choose and reproduced and not report.problems:
         _choose(bundle_dir, metadata, threads, report)
@@ -179,11 +145,9 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport) -> None:
-    import numpy as np
-
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
+    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs, reproduce, soundness
 
     reference = metadata.reference
     if reference is None:
@@ -203,29 +167,29 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
         report.lines.append(f"reference: class scores only (outputs {', '.join(declared)} were not recorded by the "
                             "tumor-edge that exported this bundle)")
     for name in names:
-        expected = reference.outputs.get(name)
         path = bundle_dir / name
-        if expected is None:
+        if reference.outputs.get(name) is None:
             report.problems.append(f"{path}: no reference outputs recorded for this file")
             continue
+        sound = soundness(name, metadata)
+        report.files.setdefault(name, {})["soundness"] = sound.figures
+        if not sound.ok:
+            report.problems.append(f"{path}: not sound: {sound.line}")
+            continue
+        report.lines.append(f"sound: ok  {sound.line}")
         try:
             outputs = reference_role_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue
-        got = outputs[SCORES]
-        want = np.asarray(expected, dtype=np.float64)
-        diff = float(np.max(np.abs(got.astype(np.float64) - want)))
-        agree = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1)))
-        limit = tolerance if tolerance is not None else tolerance_for(name, metadata)
-        good = bool(np.isfinite(diff)) and diff <= limit
-        report.files.setdefault(name, {}).update(agreement=agree / reference.count, max_abs_diff=diff, limit=limit)
-        line = (f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})")
-        if good:
+        check = reproduce(name, outputs[SCORES], metadata, tolerance)
+        report.files[name].update(check.figures)
+        if check.ok:
             report.files[name]["reproduced"] = True
-            report.lines.append(f"reproduce: ok  {line}")
+            report.lines.append(f"reproduce: ok  {check.line}")
         else:
-            report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: {line}")
+            report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: "
+                                   f"{check.line}")
         if reference.roles:
             _check_roles(path, metadata.models[name].precision, reference.roles.get(name, {}), outputs, declared,
                          report)
@@ -374,11 +338,11 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
-@click.option("--tolerance", type=click.FloatRange(0, 1), default=None,
+@click.option("--tolerance", type=click.FloatRange(0, CAP), default=None,
               help="Largest accepted probability difference from the recorded class scores (default per precision: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ", or twice the file's own "
-                   "recorded difference from the fp32 file, if larger). Other outputs (heatmap, "
-                   "OOD features) keep their own tolerance, relative to the recorded values' range.")
+                   + ", ".join(f"{k} {v.value:g}" for k, v in FLOORS.items()) + f", or {EFFECT_FACTOR:g} times the "
+                   f"file's own recorded difference from the fp32 file, if larger; never above {CAP:g}). Other "
+                   "outputs (heatmap, OOD features) keep their own tolerance, relative to the recorded values' range.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
               "default a file not copied to this device, or whose engine is not installed, is listed as not "
