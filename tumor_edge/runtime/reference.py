@@ -204,9 +204,20 @@ def parity_row(name: str, metadata: BundleMetadata) -> tuple[dict, dict]:
     return parity, row if isinstance(row, dict) else {}
 
 
-def parity_verdict(name: str, metadata: BundleMetadata) -> str | None:
+def parity_refusal(name: str, metadata: BundleMetadata) -> str | None:
+    """Why export's parity verdict rules this file out (failed; or not proven with a top-1 agreement under the
+    required one), or None when it may run."""
     parity, row = parity_row(name, metadata)
-    return metadata.models[name].extra.get("parity", row.get("verdict"))
+    verdict = metadata.models[name].extra.get("parity", row.get("verdict"))
+    if verdict in (None, "pass"):
+        return None
+    if verdict == "not proven":
+        minimum = (parity.get("thresholds") or {}).get("min_agreement", DEFAULT_MIN_AGREEMENT)
+        agreement = row.get("agreement")
+        if isinstance(agreement, (int, float)) and agreement >= minimum - 1e-12:
+            return None
+        return f"export's parity was not proven and its top-1 agreement {agreement} is under {minimum}"
+    return f"export's parity verdict is {verdict!r}: never run"
 
 
 def promised_disagreement(name: str, metadata: BundleMetadata) -> float:
@@ -231,18 +242,20 @@ def binomial_tail(k: int, n: int, q: float) -> float:
 
 
 def soundness(name: str, metadata: BundleMetadata) -> Check:
-    """Is the file itself sound, judged from the bundle's record alone? A file whose parity failed never is. A
+    """Is the file itself sound, judged from the bundle's record alone? A file parity ruled out never is. A
     reduced-precision file's recorded labels must agree with the fp32 file's on the reference images where the
     fp32 file is decisive (its top-1 leads by more than twice the precision's floor, so rounding of that size
     cannot flip it) as often as its parity record promises: more disagreements than that rate explains (binomial
     tail under SOUNDNESS_ALPHA) fail."""
-    verdict = parity_verdict(name, metadata)
-    if verdict not in (None, "pass", "not proven"):
-        return Check(False, f"{name}: export's parity verdict is {verdict!r}: never run", {})
+    refusal = parity_refusal(name, metadata)
+    if refusal:
+        return Check(False, f"{name}: {refusal}", {})
     entry = metadata.models[name]
     if entry.precision == "fp32":
         return Check(True, f"{name}: the fp32 file is the reference", {})
     reference = metadata.reference
+    if reference is None:
+        return Check(True, f"{name}: no reference outputs recorded: parity's verdict only", {})
     own, fp32 = reference.outputs.get(name), _fp32_outputs(name, metadata)
     if own is None or fp32 is None or np.shape(own) != fp32.shape:
         return Check(False, f"{name}: no fp32 outputs recorded beside this {entry.precision} file's to prove it "

@@ -14,8 +14,9 @@
 4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
    labelled scans, which must stay within the export's parity tolerance of what export measured.
 
-Once every check has passed, verify times the files this device may run and records the fastest (see
-tumor_edge.runtime.choice), which classify, serve and bench then use.
+verify records each file's reproduce result on this device, passed or failed (a failed file is never chosen here
+again, see tumor_edge.runtime.choice); once every check has passed, it times the files this device may run and
+records the choice, which classify, serve and bench then use.
 
 verify proves what this device can run. A listed file that is absent (a device sent only the ONNX files) or whose
 engine is not installed here (TFLite files on the runtime-only install) is listed once under "not checked here",
@@ -61,6 +62,7 @@ class VerifyReport:
     files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
     not_checked: dict[str, str] = field(default_factory=dict)  # listed file -> why this device could not check it
     choice: object | None = None  # the measured fastest file (runtime.choice.EngineChoice), once all checks passed
+    checks: dict = field(default_factory=dict)  # file -> its reproduce result here (runtime.reference.Check)
 
     @property
     def ok(self) -> bool:
@@ -96,19 +98,28 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     reproduced = [name for name, figures in report.files.items() if figures.get("reproduced")]
     if metadata.models and not reproduced and not report.problems:
         report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
-    if choose and reproduced and not report.problems:
+    if choose:
         _choose(bundle_dir, metadata, threads, report)
     return report
 
 
 def _choose(bundle_dir: Path, metadata, threads: int | None, report: VerifyReport) -> None:
-    """Time the files this device may run and record the fastest for classify/serve/bench (runtime.choice)."""
+    """Record this device's reproduce results (passed or failed: a failed file never runs here again), then, when
+    every check passed, time the files this device may run and record the choice (runtime.choice)."""
+    import functools
+
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
-    from tumor_edge.runtime.choice import measure_choice
+    from tumor_edge.runtime.choice import measure_choice, record_checks
+    from tumor_edge.runtime.classifier import Classifier
 
+    options = BackendOptions(threads=threads)
+    record_checks(metadata, report.checks, options)
+    if report.problems or not report.checks:
+        return
     try:
-        report.choice = measure_choice(bundle_dir, metadata, BackendOptions(threads=threads))
+        report.choice = measure_choice(bundle_dir, functools.partial(Classifier.from_bundle, bundle_dir,
+                                                                     options=options), metadata, options)
     except TumorEdgeError as err:
         report.lines.append(f"device choice: not measured ({err.reason})")
         return
@@ -183,6 +194,8 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
             report.problems.append(str(err))
             continue
         check = reproduce(name, outputs[SCORES], metadata, tolerance)
+        if tolerance is None:  # an explicit tolerance is the user's question, not the device's record
+            report.checks[name] = check
         report.files[name].update(check.figures)
         if check.ok:
             report.files[name]["reproduced"] = True
