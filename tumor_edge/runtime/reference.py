@@ -209,7 +209,7 @@ def parity_refusal(name: str, metadata: BundleMetadata) -> str | None:
     required one), or None when it may run."""
     parity, row = parity_row(name, metadata)
     verdict = metadata.models[name].extra.get("parity", row.get("verdict"))
-    if verdict in (None, "pass"):
+    if verdict in (None, "pass", "not checked"):  # not checked: export skipped parity, the soundness test stays
         return None
     if verdict == "not proven":
         minimum = (parity.get("thresholds") or {}).get("min_agreement", DEFAULT_MIN_AGREEMENT)

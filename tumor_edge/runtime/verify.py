@@ -1,4 +1,4 @@
-"""`tumor-edge verify BUNDLE [--data DIR]`: is this bundle intact, and does this device reproduce it?
+"""What `tumor-edge verify BUNDLE [--data DIR]` checks: is this bundle intact, and does this device reproduce it?
 
 1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
 2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
@@ -30,15 +30,10 @@ Exit status: 0 all checks passed; 1 any problem (each is one `error:` line namin
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
-from tumor_edge.runtime.reference import CAP, EFFECT_FACTOR, FLOORS
-
-__all__ = ["ROLE_TOLERANCE", "VerifyReport", "verify", "verify_bundle"]
+__all__ = ["ROLE_TOLERANCE", "VerifyReport", "labelled_files", "verify_bundle"]
 
 # Other output roles: largest |difference| divided by the recorded values' range (max - min), per precision. A
 # heatmap is the class logits spread over the grid and the OOD features a whitened projection: neither is a
@@ -345,54 +340,3 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
                 report.problems.append(f"{bundle_dir / name}: {line}")
                 continue
         report.lines.append(f"data: ok  {line}")
-
-
-@click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
-@click.option("--tolerance", type=click.FloatRange(0, CAP), default=None,
-              help="Largest accepted probability difference from the recorded class scores (default per precision: "
-                   + ", ".join(f"{k} {v.value:g}" for k, v in FLOORS.items()) + f", or {EFFECT_FACTOR:g} times the "
-                   f"file's own recorded difference from the fp32 file, if larger; never above {CAP:g}). Other "
-                   "outputs (heatmap, OOD features) keep their own tolerance, relative to the recorded values' range.")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
-@click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
-              "default a file not copied to this device, or whose engine is not installed, is listed as not "
-              "checked and does not fail).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
-@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=Path),
-              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
-                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
-def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, strict: bool,
-           threads: int | None, trust: Path | None) -> None:
-    """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
-    (and, with --data, the accuracy on local labelled scans). Files this device cannot run are listed as not
-    checked here, with the extra that would check them.
-
-    Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
-    diagnostic device.
-    """
-    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
-        from tumor_edge.signing.trust import enforce_trust
-
-        enforce_trust(bundle, trust, err=False)
-    from tumor_edge import RESEARCH_NOTICE
-
-    click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict,
-                           threads=threads)
-    for line in report.lines:
-        click.echo(line)
-    for problem in report.problems:
-        click.echo(f"error: {problem}", err=True)
-    if report.ok:
-        checked = sum(1 for figures in report.files.values() if figures.get("reproduced"))
-        unchecked = f"; {len(report.not_checked)} not checked here, listed above" if report.not_checked else ""
-        click.echo(f"verify: {bundle}: all checks passed on this device ({checked} model file"
-                   f"{'s' if checked != 1 else ''} checked{unchecked})")
-        return
-    click.echo(f"verify: {bundle}: {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}",
-               err=True)
-    sys.exit(1)
