@@ -157,8 +157,8 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
 
     reference = metadata.reference
     if reference is None:
-        report.problems.append(f"{bundle_dir}: no reference outputs recorded (exported before tumor-edge 0.2?): "
-                               f"this device's results cannot be compared with the export machine's")
+        report.problems.append(f"{bundle_dir}: no reference outputs recorded: this device's results cannot be "
+                               "compared with the export machine's")
         return
     try:
         images = reference_images(reference, metadata)

@@ -79,7 +79,7 @@ class QuantizationConfig:
     # How average pools run: "depthwise" (int8 depthwise conv, graph.depthwise_average_pools: fastest),
     # "float" (graph.float_average_pools), "int8" (onnxruntime's QLinearAveragePool: slowest).
     average_pools: str = "depthwise"
-    batch_size: int = 4  # calibration batch: every tensor is a graph output, ~270 MB an image at 299 px
+    batch_size: int = 4  # calibration batch: every tensor is a graph output, so memory grows fast with it
     percentile: float = 99.999
     seed: int = 0
     # Accuracy-aware fallback: keep the most sensitive nodes in float until `goal` holds on validation.
@@ -87,7 +87,7 @@ class QuantizationConfig:
     goal: ParityGoal = ParityGoal()
     max_probes: int = 24  # sensitivity measurements (one int8 model each) per stage: blocks, then nodes
     probe_images: int = 48  # validation images a probe runs on: the flipped and most shifted first
-    max_float_mac_fraction: float = 0.3  # float fallback stops here: int8 must stay >= ~1.8x faster than fp32
+    max_float_mac_fraction: float = 0.3  # float fallback stops here: int8 must stay clearly faster than fp32
     # Schedule steps in a row that may leave the goal's shortfall where it was before the search gives up and
     # ships the candidate nearest the goal (fewest float nodes): float nodes that bring the goal no closer only
     # cost int8 speed.

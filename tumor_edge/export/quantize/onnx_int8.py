@@ -111,7 +111,7 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
         report.float_reasons["classifier head (a few thousand MACs; int8 would round probabilities)"] = \
             ", ".join(head)
     if pools:
-        report.float_reasons["padded average pools (onnxruntime's QLinearAveragePool is ~10x the float pool)"] = \
+        report.float_reasons["padded average pools (onnxruntime's QLinearAveragePool is slower than a float pool)"] = \
             ", ".join(pools)
     weight_ranges = config.range_candidates()
     has_validation = val_pixels is not None and len(val_pixels) > 0
