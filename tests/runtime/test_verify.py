@@ -329,3 +329,11 @@ def test_the_int8_floor_is_above_the_measured_cross_cpu_difference(tmp_path):
     from tumor_edge.runtime.reference import FLOORS, floors_record
 
     assert "ARM64" in FLOORS["int8"].source and floors_record()["int8"]["value"] == FLOORS["int8"].value
+
+
+def test_verify_says_where_each_floor_comes_from(recorded):
+    from tumor_edge.runtime.reference import CAP, FLOORS
+
+    result = _verify(recorded)
+    assert f"reference: fp32 tolerance floor {FLOORS['fp32'].value:g} ({FLOORS['fp32'].source}), cap {CAP:g}" \
+        in result.stdout

@@ -153,7 +153,15 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
                      report: VerifyReport) -> None:
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs, reproduce, soundness
+    from tumor_edge.runtime.reference import (
+        CAP,
+        FLOORS,
+        SCORES,
+        reference_images,
+        reference_role_outputs,
+        reproduce,
+        soundness,
+    )
 
     reference = metadata.reference
     if reference is None:
@@ -168,6 +176,9 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
     made_on = reference.machine.get("cpu") or reference.machine.get("isa") or "the export machine"
     report.lines.append(f"reference: {reference.count} generated images ({reference.generator}, seed "
                         f"{reference.seed}); recorded on {made_on}")
+    for precision in sorted({metadata.models[name].precision for name in names}):
+        floor = FLOORS.get(precision, FLOORS["fp32"])
+        report.lines.append(f"reference: {precision} tolerance floor {floor.value:g} ({floor.source}), cap {CAP:g}")
     declared = [role for role in metadata.outputs if role != SCORES]
     if declared and not reference.roles:
         report.lines.append(f"reference: class scores only (outputs {', '.join(declared)} were not recorded by the "
