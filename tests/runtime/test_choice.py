@@ -299,3 +299,17 @@ def test_the_preferred_order_holds_within_the_noise_margin():
     assert preferred(near, order) == "model_int8.onnx"
     far = {"model_int8.onnx": 10.0 * (1 + NOISE_MARGIN) * 1.01, "model_fp32.onnx": 10.0}
     assert preferred(far, order) == "model_fp32.onnx"
+
+
+def test_without_timing_only_the_file_that_runs_is_checked(two_speeds, cache, monkeypatch):
+    """TUMOR_EDGE_NO_MEASURE=1 keeps the format table's order: the first candidate that reproduces runs, and
+    nothing else is run on the reference images."""
+    from tumor_edge.export.reference import record_reference
+    from tumor_edge.runtime.choice import recorded_checks
+
+    record_reference(two_speeds)
+    monkeypatch.setenv("TUMOR_EDGE_NO_MEASURE", "1")
+    meta = BundleMetadata.read(two_speeds)
+    options = BackendOptions(threads=1)
+    assert pick_model(two_speeds, meta, opener(two_speeds, options), options) == "model_int8.onnx"
+    assert set(recorded_checks(meta, options)) == {"model_int8.onnx"}
