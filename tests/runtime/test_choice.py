@@ -313,3 +313,22 @@ def test_without_timing_only_the_file_that_runs_is_checked(two_speeds, cache, mo
     options = BackendOptions(threads=1)
     assert pick_model(two_speeds, meta, opener(two_speeds, options), options) == "model_int8.onnx"
     assert set(recorded_checks(meta, options)) == {"model_int8.onnx"}
+
+
+def test_the_machine_key_names_every_engine_of_the_engine_table():
+    """A choice measured under one engine version is not reused under another: the key holds the installed
+    version of every engine the table lists, a test's engine included."""
+    import pytest as installed
+
+    from tumor_edge.contracts.formats import Engine, register_engine, unregister_engine
+    from tumor_edge.runtime.choice import machine_key
+
+    register_engine(Engine("test-engine", (".test-engine",), "tumor_edge.runtime.backends.onnxruntime_backend",
+                           packages=("no-such-distribution", "pytest")))
+    machine_key.cache_clear()
+    try:
+        key = machine_key()
+        assert key["test-engine"] == installed.__version__ and key["onnxruntime"] != "absent"
+    finally:
+        unregister_engine("test-engine")
+        machine_key.cache_clear()
