@@ -4,9 +4,9 @@ Which engine and precision is fastest depends on the CPU and on the model's size
 bundle is made. So a device:
 
 - keeps as candidates the bundle's listed files that are present here, whose engine is installed and that are
-  sound (tumor_edge.runtime.reference.soundness: parity not failed, recorded labels agree with fp32's);
+  sound (tumor_edge.runtime.checks.soundness: parity not failed, recorded labels agree with fp32's);
 - runs each candidate once on the bundle's reference images and keeps it only if this device reproduces its
-  recorded outputs (tumor_edge.runtime.reference.reproduce, the check `verify` makes). Every result, passed or
+  recorded outputs (tumor_edge.runtime.checks.reproduce, the check `verify` makes). Every result, passed or
   failed, is recorded in the device's cache for this bundle and machine, and `verify` records its own there too:
   a file that failed here is never a candidate again until the bundle (its files or its reference record) changes;
 - times the reproduced files in interleaved rounds (A B A B ...: a load change between two timing windows
@@ -39,14 +39,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tumor_edge.contracts.bundle import BundleMetadata, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, ENGINES
 from tumor_edge.errors import TumorEdgeError
 from tumor_edge.runtime.backends.options import BackendOptions
 from tumor_edge.runtime.cache import cache_enabled, cache_root
-from tumor_edge.runtime.reference import Check, soundness
+
+if TYPE_CHECKING:
+    from tumor_edge.runtime.checks import Check
 
 log = logging.getLogger("tumor_edge.runtime")
 
@@ -205,6 +207,8 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
                ) -> tuple[list[str], dict[str, str]]:
     """(files this device may run, in the format table's order; {file: why not} for the rest). A file that
     failed its reproduce check on this device is out; one not yet checked is in (`checked_candidates` checks)."""
+    from tumor_edge.runtime.checks import soundness
+
     order = {name: i for i, name in enumerate(DEFAULT_MODEL_PREFERENCE)}
     failed = {name: entry["line"] for name, entry in recorded_checks(metadata, options).items() if not entry["ok"]}
     ok, skipped = [], {}
@@ -224,7 +228,8 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
 
 def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
     """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs, reproduce
+    from tumor_edge.runtime.checks import Check, reproduce
+    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
 
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
