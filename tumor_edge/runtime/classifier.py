@@ -9,6 +9,7 @@ model file is checked against the sha256 its metadata records before it is loade
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -117,10 +118,11 @@ class Classifier:
             raise ModelError("no such bundle or model file", path)
         if path.is_dir():
             metadata = BundleMetadata.read(path)
-            if model_file is None:  # the device's measured choice (tumor_edge.runtime.choice)
+            if model_file is None:  # the device's checked and measured choice (tumor_edge.runtime.choice)
                 from tumor_edge.runtime.choice import pick_model
 
-                model_file = pick_model(path, metadata, options)
+                model_file = pick_model(path, metadata, functools.partial(cls.from_bundle, path, options=options),
+                                        options)
             return cls(open_bundle_model(path, model_file, metadata, options), metadata)
         if model_file:
             raise ModelError("a model file name picks a file inside a bundle folder, and this is a file already",
