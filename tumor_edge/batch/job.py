@@ -52,8 +52,10 @@ class RayWorker:
     def __init__(self, settings: ScoreSettings, filesystem=None):
         import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        context = ray.get_runtime_context()
+        cpus = context.get_assigned_resources().get("CPU", 1.0)
         self.scorer = Scorer(replace(settings, threads=max(1, math.floor(cpus))))
+        self.scorer.worker = f"node {context.get_node_id()[:8]} pid {os.getpid()}"  # as `ray status` names nodes
         self.fetch = fetch_from(filesystem) if filesystem is not None else None
 
     def __call__(self, batch):
