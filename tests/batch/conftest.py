@@ -42,7 +42,10 @@ def ray_processes(marker: str) -> list[int]:
 @pytest.fixture(scope="session")
 def ray_sandbox():
     """The environment every Ray process of these tests runs in; at the end, none of them may be left."""
-    pytest.importorskip("ray", reason="the `ray` extra is not installed")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:  # found, not imported: Ray reads its mode when imported
+        pytest.skip("the `ray` extra is not installed")
     folder = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     saved = {k: os.environ.get(k) for k in (*SANDBOX_ENV, "RAY_TMPDIR", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
     os.environ.update(SANDBOX_ENV, RAY_TMPDIR=folder, RAY_AUTH_TOKEN=secrets.token_hex(16))

@@ -73,7 +73,7 @@ class Scorer:
                                 model=(backend.path.name, backend.name))
         writer.header()
         columns = _cells(buffer)
-        out: list[dict] = []
+        out: dict[str, list[dict]] = {record["input_path"]: [] for record in inputs}  # rows in input order
 
         def emit(record: dict, result, axis: str | None = None) -> None:
             if isinstance(result, VolumeSummary):
@@ -85,15 +85,15 @@ class Scorer:
             row = dict(zip(columns, _cells(buffer)))
             if record.get("fetched"):
                 row["file"] = csv_cell(record["input_path"])
-            out.append({**row, **{k: record[k] for k in IDENTITY}})
+            out[record["input_path"]].append({**row, **{k: record[k] for k in IDENTITY}})
 
         with tempfile.TemporaryDirectory(prefix="tumor-edge-batch-") as scratch:
             local: dict[str, dict] = {}
             for record in inputs:
-                if record.get("problem"):
-                    emit(record, Failure(record["input_path"], f"{record['input_path']}: {record['problem']}"))
-                    continue
                 path = record["input_path"]
+                if record.get("problem"):
+                    emit(record, Failure(path, f"{path}: {record['problem']}"))
+                    continue
                 if fetch is not None:
                     try:
                         path = fetch(record.get("fs_path") or path, scratch)
@@ -103,8 +103,9 @@ class Scorer:
                         continue
                 local[str(path)] = record
             self._score(list(local), local, emit)
-        share = (time.perf_counter() - start) / max(1, len(out))
-        return [{**row, "worker": self.worker, "seconds": share} for row in out]
+        rows = [row for group in out.values() for row in group]
+        share = (time.perf_counter() - start) / max(1, len(rows))
+        return [{**row, "worker": self.worker, "seconds": share} for row in rows]
 
     def _score(self, paths: list[str], records: dict[str, dict], emit) -> None:
         from tumor_edge.runtime import is_volume
