@@ -71,3 +71,20 @@ def test_driver_killed_mid_run_finishes_on_rerun_exactly_once(ray_sandbox, bundl
     rows = read_rows(results)
     assert sorted(r["input_path"] for r in rows) == sorted(expected)  # every input, once
     assert {r["input_path"]: r["label"] for r in rows} == expected
+
+
+def test_a_damaged_bundle_is_one_line_before_ray_starts(ray_sandbox, bundle, tmp_path):
+    damaged = tmp_path / "bundle"
+    damaged.mkdir()
+    for path in bundle.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    model = damaged / "model_fp32.onnx"
+    data = bytearray(model.read_bytes())
+    data[-10] ^= 1
+    model.write_bytes(bytes(data))
+
+    result = cli("batch", str(tmp_path), "--model", str(damaged), "--out", str(tmp_path / "results"))
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {model}: sha256")
+    assert "Traceback" not in result.stderr and not (tmp_path / "results").exists()

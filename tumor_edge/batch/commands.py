@@ -36,7 +36,8 @@ import click
 @click.option("--csv", "as_csv", is_flag=True, help="Also write RESULTS/results.csv, classify --csv's rows.")
 @click.option("--force", is_flag=True, help="Replace results in RESULTS made by another job (model, options).")
 @click.option("--progress/--no-progress", "show_progress", default=None,
-              help="Progress bar on stderr (default: when stderr is a terminal; else a line every few seconds).")
+              help="Progress bar on stderr (default: when stderr is a terminal, else a line every few seconds; "
+                   "--no-progress: neither).")
 @click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=str),
               help="Each worker refuses the bundle unless its signature verifies with this EC public key (at this "
                    "path on every node). Default: $TUMOR_EDGE_TRUST.")

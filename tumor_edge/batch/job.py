@@ -115,8 +115,9 @@ def run(config: JobConfig) -> int:
     from tumor_edge.batch.sources import list_inputs
 
     tally_start = time.perf_counter()
-    store = Store.open(config.out)
     s = config.settings
+    _preflight(s)
+    store = Store.open(config.out)
     store.claim({"source": config.source, "model": s.model, "model_file": s.model_file, "frames": s.frames,
                  "axis": s.axis, "slices": s.slices, "abstain": s.abstain}, config.force)
     records, filesystem = list_inputs(config.source)
@@ -128,6 +129,14 @@ def run(config: JobConfig) -> int:
     if todo:
         _score(config, todo, filesystem, store, tally)
     return _finish(config, store, tally, len(records))
+
+
+def _preflight(settings: ScoreSettings) -> None:
+    """Open the bundle here once, as an actor will (sha256s, shapes, outputs; the device's file choice measured
+    and cached for the actors of this machine): a bad bundle is one line now, not an actor Ray restarts."""
+    from tumor_edge.runtime import BackendOptions, Classifier
+
+    Classifier.from_bundle(settings.model, model_file=settings.model_file, options=BackendOptions(threads=1))
 
 
 def _score(config: JobConfig, todo: list[dict], filesystem, store: Store, tally: Tally) -> None:
@@ -167,11 +176,17 @@ def _connect(config: JobConfig):
     import ray
 
     options = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
-    if address:
-        ray.init(address=address, **options)
-    else:
-        cpus = max(os.cpu_count() or 1, math.ceil(config.workers * config.cpus))
-        ray.init(num_cpus=cpus, include_dashboard=False, **options)
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            cpus = max(os.cpu_count() or 1, math.ceil(config.workers * config.cpus))
+            ray.init(num_cpus=cpus, include_dashboard=False, **options)
+    except Exception as err:  # an unreachable cluster, a refused token: one line
+        from tumor_edge.errors import first_line
+
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise TumorEdgeError(f"cannot start or reach {where} ({type(err).__name__}: {first_line(err)})") from err
     return ray
 
 
@@ -197,7 +212,8 @@ class _Progress:
     def __init__(self, tally: Tally, enabled: bool | None):
         self.tally = tally
         self.bar = None
-        self.terminal = sys.stderr.isatty() if enabled is None else enabled
+        self.terminal = bool(enabled) or (enabled is None and sys.stderr.isatty())
+        self.lines = enabled is None and not self.terminal  # --no-progress: neither
         self.said = time.perf_counter()
 
     def __enter__(self) -> _Progress:
@@ -210,7 +226,7 @@ class _Progress:
     def update(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
-        elif time.perf_counter() - self.said >= self.EVERY_S:
+        elif self.lines and time.perf_counter() - self.said >= self.EVERY_S:
             self.said = time.perf_counter()
             click.echo(f"batch: {self.tally.inputs}/{self.tally.total} scored, {self.tally.failed} failed", err=True)
 
