@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -19,7 +20,7 @@ pytestmark = [
 ]
 
 
-def test_spark_udf_scores_like_classify(bundle, tmp_path):
+def test_spark_udf_scores_like_classify(bundle, tmp_path, monkeypatch):
     from pyspark.sql import SparkSession
 
     from tumor_edge.batch.spark import rows_udf
@@ -27,7 +28,10 @@ def test_spark_udf_scores_like_classify(bundle, tmp_path):
     paths = [str(save_quadrant(tmp_path / "scans" / f"{i}.png", i)) for i in range(4)]
     (tmp_path / "scans" / "broken.png").write_bytes(b"not a png")
     paths.append(str(tmp_path / "scans" / "broken.png"))
-    spark = SparkSession.builder.master("local[1]").appName("tumor-edge-batch-test").getOrCreate()
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # the executors' Python: this one, with tumor-edge
+    spark = (SparkSession.builder.master("local[1]").appName("tumor-edge-batch-test")
+             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+             .config("spark.ui.enabled", "false").getOrCreate())
     try:
         frame = spark.createDataFrame([(p,) for p in paths], ["path"])
         score = rows_udf(ScoreSettings(str(bundle)), batch_size=2)
