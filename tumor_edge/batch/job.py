@@ -128,7 +128,7 @@ def run(config: JobConfig) -> int:
     tally = Tally(len(todo), started=tally_start)
     if todo:
         _score(config, todo, filesystem, store, tally)
-    return _finish(config, store, tally, len(records))
+    return _finish(config, store, tally, [r["input_path"] for r in records])
 
 
 def _preflight(settings: ScoreSettings) -> None:
@@ -235,10 +235,17 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
-def _finish(config: JobConfig, store: Store, tally: Tally, n_inputs: int) -> int:
+def _finish(config: JobConfig, store: Store, tally: Tally, current: list[str]) -> int:
+    """The summary (stderr, RESULTS/_summary.json) and the CSV, of the inputs SOURCE has now."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from tumor_edge import RESEARCH_NOTICE
 
+    n_inputs = len(current)
     table = store.read()
+    if table is not None:  # rows of files since removed from SOURCE stay in the parts, not in the figures
+        table = table.filter(pc.is_in(table.column("input_path"), value_set=pa.array(current, pa.string())))
     inputs = set() if table is None else set(table.column("input_path").to_pylist())
     failed = set() if table is None else {p for p, e in zip(table.column("input_path").to_pylist(),
                                                             table.column("error").to_pylist()) if e}
