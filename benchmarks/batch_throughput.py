@@ -9,8 +9,9 @@ Figures, each a fresh process (`python -m tumor_edge.cli ...`), spawn to exit, i
   batch-wN        `batch FOLDER --out FRESH --workers N` (a new local Ray each time, 1 CPU per actor).
 For each: images/s with start-up (count / wall) and without it (results after the first one / the time from
 the first result to the last: classify's rows as they reach stdout, batch's Parquet blocks as the driver receives
-them), CPU seconds, and the peak resident memory of the whole process tree (Ray's raylet, GCS and actors are the
-driver's descendants). Ratios to classify within one run are the figures to compare; the load average is
+them), and the peak resident memory of the whole process tree (Ray's raylet, GCS and actors are the driver's
+descendants). No CPU seconds: wait4 counts only the descendants a process reaps, and Ray's actors are not reaped
+by the driver. Ratios to classify within one run are the figures to compare; the load average is
 recorded beside them. The projection to N nodes multiplies the measured 2-worker rate after start-up by N; it
 is labelled a projection (storage and network are assumed not to limit), not a measurement.
 """
@@ -54,7 +55,7 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     threads = [threading.Thread(target=read), threading.Thread(target=sample)]
     for t in threads:
         t.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     for t in threads:
@@ -62,8 +63,8 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     err = proc.stderr.read()
     if proc.returncode not in (0, 2):
         raise RuntimeError(f"{' '.join(cmd[3:5])} failed ({proc.returncode}): {err.strip().splitlines()[-3:]}")
-    return {"wall_s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mib": round(peak[0] / 2**20, 1), "line_times": lines, "stderr_tail": err[-600:]}
+    return {"wall_s": round(wall, 3), "peak_rss_mib": round(peak[0] / 2**20, 1), "line_times": lines,
+            "stderr_tail": err[-600:]}
 
 
 def main() -> None:
@@ -136,7 +137,7 @@ def report(runs: dict[str, list[dict]], args, bundle: Path, loads: list) -> dict
     def median(name: str, key: str) -> float:
         return round(statistics.median(r[key] for r in runs[name]), 1)
 
-    keys = ("images_per_s", "images_per_s_after_first_result", "peak_rss_mib", "cpu_s", "first_result_s")
+    keys = ("images_per_s", "images_per_s_after_first_result", "peak_rss_mib", "first_result_s")
     figures = {name: {k: median(name, k) for k in keys} for name in runs}
     base = figures["classify"]
     ratios = {name: {"with_start_up": round(f["images_per_s"] / base["images_per_s"], 3),

@@ -47,6 +47,7 @@ def test_mixed_folder_gives_classify_rows_one_per_input(ray_sandbox, bundle, tmp
     assert rows["head.dcm"]["label"] == "notumor" and rows["head.dcm"]["error"] == ""
     assert rows["broken.jpg"]["label"] == "" and "corrupt or truncated" in rows["broken.jpg"]["error"]
     assert "not a regular file" in rows["pipe.png"]["error"]
+    assert {r["worker"].split(" threads ")[1] for r in rows.values()} == {"1"}  # 1 CPU a worker: 1 engine thread
     assert "2 failed" in batch.stderr and "research tool" in batch.stderr
 
 

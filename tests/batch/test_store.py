@@ -70,3 +70,11 @@ def test_a_file_uri_source_is_walked_as_a_local_folder(tmp_path):
     records, filesystem = list_inputs((tmp_path / "scans").as_uri())
 
     assert filesystem is None and [r["input_path"] for r in records] == [str(tmp_path / "scans" / "a.png")]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_engine_runs_the_threads_it_is_given(bundle, threads):
+    """onnxruntime ignores OMP_NUM_THREADS (which Ray sets per actor): the session's own intra-op count is set."""
+    scorer = Scorer(ScoreSettings(str(bundle), threads=threads))
+
+    assert scorer.classifier.backend.session.get_session_options().intra_op_num_threads == threads

@@ -53,9 +53,10 @@ class RayWorker:
         import ray
 
         context = ray.get_runtime_context()
-        cpus = context.get_assigned_resources().get("CPU", 1.0)
-        self.scorer = Scorer(replace(settings, threads=max(1, math.floor(cpus))))
-        self.scorer.worker = f"node {context.get_node_id()[:8]} pid {os.getpid()}"  # as `ray status` names nodes
+        threads = max(1, math.floor(context.get_assigned_resources().get("CPU", 1.0)))
+        self.scorer = Scorer(replace(settings, threads=threads))
+        # the node as `ray status` names it, and the threads its engine runs (per-worker figures group by this)
+        self.scorer.worker = f"node {context.get_node_id()[:8]} pid {os.getpid()} threads {threads}"
         self.fetch = fetch_from(filesystem) if filesystem is not None else None
 
     def __call__(self, batch):
