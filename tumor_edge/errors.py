@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tumor_edge.text import one_line
+
 
 class TumorEdgeError(Exception):
-    """A problem the user can fix. ``str(err)`` is the one line shown, naming the file when there is one."""
+    """A problem the user can fix. ``str(err)`` is the one line shown, naming the file when there is one; it passes
+    the one escaping rule, so a path or name holding a newline or a terminal control cannot split or drive it
+    (`reason` keeps the message as given)."""
 
     exit_code = 1
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
         self.reason = message
-        super().__init__(f"{path}: {message}" if path is not None else message)
+        super().__init__(one_line(f"{path}: {message}" if path is not None else message))
 
 
 class ConfigError(TumorEdgeError, ValueError):

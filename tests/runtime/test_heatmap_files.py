@@ -26,8 +26,8 @@ def heatmap_bundle(tmp_path, monkeypatch):
 
 
 def test_two_runs_writing_one_folder_never_share_a_png(heatmap_bundle, tmp_path):
-    """Issue 22: two runs started on one empty --heatmap folder both numbered from 0, so the second run's
-    overlay replaced the first's and two result rows named the same PNG."""
+    """Two runs started on one empty --heatmap folder both number from 0: neither run's overlay replaces the
+    other's, and no two result rows name the same PNG."""
     clf = Classifier.from_bundle(heatmap_bundle)
     scans = [save_quadrant(tmp_path / f"run{q}" / "scan.png", q) for q in range(2)]  # one name, two scans
     out = tmp_path / "maps"
@@ -51,7 +51,7 @@ def test_a_dangling_symlink_heatmap_folder_is_a_one_line_error(heatmap_bundle, t
 
 
 def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
-    """Issue 22: Ctrl-C in a --heatmap run left truncated PNGs. Every PNG left in the folder must decode."""
+    """Ctrl-C in a --heatmap run leaves no truncated PNG: every PNG left in the folder decodes."""
     scans = tmp_path / "scans"
     for i in range(400):
         save_quadrant(scans / f"{i:03d}.png", i % 4, size=96)
@@ -71,3 +71,25 @@ def test_interrupted_run_leaves_only_whole_pngs(heatmap_bundle, tmp_path):
     for name in names:
         with Image.open(out / name) as image:
             image.load()  # a truncated PNG raises here
+
+
+def test_the_temporary_png_is_never_written_through_a_planted_symlink(heatmap_bundle, tmp_path, monkeypatch):
+    """Someone who can write the --heatmap folder plants symbolic links where the temporary file will be created
+    (the name a predictable scheme gives it, and the first name the random scheme will try): the overlay is still
+    written, and the files the links point to are untouched."""
+    import tempfile
+
+    clf = Classifier.from_bundle(heatmap_bundle)
+    out = tmp_path / "maps"
+    writer = HeatmapWriter(out, clf.preprocessing)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / f".{os.getpid()}-0.png.tmp").symlink_to(victim)
+    names = iter(["planted", "fresh"])
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+    for prefix, suffix in ((".", ".png.tmp"), ("", ""), (".", ""), ("", ".png"), ("", ".tmp")):
+        (out / f"{prefix}planted{suffix}").symlink_to(victim)
+    written = writer.write(clf.predict(save_quadrant(tmp_path / "scan.png", 2)))
+    assert victim.read_bytes() == b"precious"
+    assert written.is_file() and not written.is_symlink() and Image.open(written).format == "PNG"
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [written.name], "no temporary file left"

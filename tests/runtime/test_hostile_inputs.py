@@ -1,6 +1,6 @@
-"""Hostile input to `classify` and the decoders (issue 11): special files, bombs, permissions, names that break
-CSV, terminals and encodings, write errors, degenerate images and models. Each finding is one test that failed on
-0.1.0; files are generated here (tests/runtime/hostile.py), never committed.
+"""Hostile input to `classify` and the decoders: special files, bombs, permissions, names that break CSV,
+terminals and encodings, write errors, degenerate images and models. Files are generated here
+(tests/runtime/hostile.py), never committed.
 
 Hangs are caught by running the command in a real process with a timeout, so a regression fails instead of
 hanging the suite.
@@ -41,6 +41,7 @@ from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import MAX_DECODED_BYTES
 from tumor_edge.runtime.image import is_scan_file, load_rgb, load_rgb_frames, to_uint8
 from tumor_edge.runtime.inputs import scan_inputs
+from tumor_edge.text import one_line
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +64,7 @@ def errors(stderr: str) -> list[str]:
 def test_special_files_in_a_scanned_folder_never_hang_the_batch(bundle, tmp_path):
     folder = tmp_path / "scans"
     save_quadrant(folder / "a.png", 0)
-    make_fifo(folder / "IM0002")  # suffix-less: 0.1.0 opened it to look for the DICOM marker, and blocked
+    make_fifo(folder / "IM0002")  # suffix-less: opening it to look for the DICOM marker would block
     make_fifo(folder / "pipe.jpg")
     make_socket(folder / "sock")
     make_device_link(folder / "IM0003")  # -> /dev/zero: reading never ends
@@ -82,7 +83,7 @@ def test_special_files_in_a_scanned_folder_never_hang_the_batch(bundle, tmp_path
 def test_special_files_named_directly_are_named_for_what_they_are(tmp_path):
     fifo = make_fifo(tmp_path / "scan.png")
     device = make_device_link(tmp_path / "scan.dcm")
-    with pytest.raises(InputImageError, match="named pipe"):  # 0.1.0: "empty file (0 bytes)"
+    with pytest.raises(InputImageError, match="named pipe"):  # named as what it is, not "empty file"
         within(10, load_rgb, fifo)
     with pytest.raises(InputImageError, match="character device"):
         within(10, load_rgb, device)
@@ -102,7 +103,7 @@ def test_deflated_dicom_bomb_is_refused_before_it_inflates(dicom_bomb):
     tracemalloc.start()
     try:
         with pytest.raises(InputImageError, match="too large to be a scan|decompression bomb"):
-            load_rgb(dicom_bomb)  # 0.1.0: decoded it, peaking at 5.4 GB
+            load_rgb(dicom_bomb)  # refused from its header, before a pixel is decoded
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -132,11 +133,11 @@ def _numpy_peak(fn, *args) -> int:
 
 
 def test_high_bit_depth_scaling_never_holds_full_float_copies(tmp_path):
-    """A 16-bit PNG just under the caps needed 1.5 GB in 0.1.0: float64 copies of the whole image. Scaling now
-    works in blocks (numpy's allocations are traced by tracemalloc)."""
+    """A 16-bit PNG just under the caps: scaling works in blocks, never on float64 copies of the whole image
+    (numpy's allocations are traced by tracemalloc)."""
     values = np.random.default_rng(0).integers(0, 4096, (3000, 3000), dtype=np.uint16)
     peak = _numpy_peak(to_uint8, values)
-    assert peak < 20 * 2**20, peak  # 9 MB out + a 2 MB block; 0.1.0: three 72 MB float64 copies
+    assert peak < 20 * 2**20, peak  # the 9 MB output + a 2 MB block; a float64 copy alone is 72 MB
     blocks = to_uint8(values)
     lo, hi = float(values.min()), float(values.max())
     whole = np.clip((values.astype(np.float64) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
@@ -149,7 +150,7 @@ def test_dicom_display_pipeline_works_in_blocks(tmp_path):
     from tumor_edge.runtime.dicom import read_dicom
 
     peak = _numpy_peak(read_dicom, path)
-    stored = frame.nbytes  # 12.5 MB; 0.1.0 held three float64 copies (150 MB)
+    stored = frame.nbytes  # a float64 copy is 4 times this
     assert peak < 5 * stored, (peak, stored)
 
 
@@ -159,7 +160,7 @@ def test_animated_gif_follows_the_frames_option(bundle, tmp_path):
     every = cli(gif, "-m", bundle, "--json", "--frames", "all")
     rows = [json.loads(line) for line in every.stdout.splitlines()]
     assert [(r["frame"], r["frames"], r["label"]) for r in rows] == [
-        (0, 3, "glioma"), (1, 3, "meningioma"), (2, 3, "pituitary")]  # 0.1.0: frame 0 only, silently
+        (0, 3, "glioma"), (1, 3, "meningioma"), (2, 3, "pituitary")]  # every frame, not the first only
     middle = cli(gif, "-m", bundle)
     assert "[frame 1 of 3]" in middle.stdout and "meningioma" in middle.stdout
     assert "warning:" in middle.stderr and "3 frames" in middle.stderr
@@ -200,7 +201,7 @@ def test_unreadable_file_named_on_the_command_line_is_one_failure(shared):
     secret = save_quadrant(shared / "scans" / "secret.png", 1)
     secret.chmod(0o000)
     result = _run_unprivileged(shared, shared / "scans" / "a.png", secret, shared / "scans" / "b.png")
-    assert result.returncode == 2, result.stderr  # 0.1.0: click refused the whole batch ("not readable")
+    assert result.returncode == 2, result.stderr  # one failure, not the whole batch refused
     assert len(result.stdout.splitlines()) == 3  # header + the two readable scans
     assert errors(result.stderr) == [f"error: {secret}: permission denied"]
 
@@ -210,7 +211,7 @@ def test_path_under_a_folder_that_cannot_be_entered(shared):
     save_quadrant(locked / "c.png", 2)
     locked.chmod(0o000)
     result = _run_unprivileged(shared, locked / "c.png", shared / "scans" / "a.png")
-    assert result.returncode == 2 and "Traceback" not in result.stderr  # 0.1.0: a PermissionError traceback
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert errors(result.stderr) == [f"error: {locked / 'c.png'}: permission denied"]
     assert "glioma" in result.stdout
 
@@ -220,7 +221,7 @@ def test_unreadable_subfolder_is_reported(shared):
     save_quadrant(hidden / "d.png", 2)
     hidden.chmod(0o000)
     result = _run_unprivileged(shared, shared / "scans")
-    assert result.returncode == 2, result.stderr  # 0.1.0: skipped silently, exit 0
+    assert result.returncode == 2, result.stderr  # reported, not skipped silently
     (line,) = errors(result.stderr)
     assert str(hidden) in line and "cannot read this folder" in line and "permission denied" in line
     alone = _run_unprivileged(shared, hidden, shared / "scans" / "a.png")  # named directly: one line too
@@ -247,9 +248,9 @@ def test_csv_quotes_names_guards_formulas_and_lists_failures(bundle, hostile_nam
     result = cli(*paths, folder / "broken.png", "-m", bundle, "--csv")
     assert result.exit_code == 2
     rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
-    assert len(rows) == len(paths) + 1  # 0.1.0: names with CR/LF split rows, failures were missing
+    assert len(rows) == len(paths) + 1  # a name with CR/LF is one cell, failures are listed
     for row, path in zip(rows, paths):
-        name = str(path)
+        name = one_line(str(path))  # control characters escaped: the cell is one line too
         assert row["file"] == name and row["label"] and not row["error"]  # absolute paths start with "/"
     assert rows[-1]["file"] == str(folder / "broken.png") and "not an image file" in rows[-1]["error"]
     assert rows[-1]["label"] == "" and rows[-1]["confidence"] == ""
@@ -262,8 +263,8 @@ def test_csv_cells_never_start_a_formula(bundle, hostile_names, monkeypatch):
     result = cli("-m", bundle, "--csv", "--", *names)
     cells = [row["file"] for row in csv.DictReader(io.StringIO(result.stdout, newline=""))]
     assert len(cells) == len(names)
-    for cell, name in zip(cells, names):
-        if name.startswith(("=", "+", "-", "@", "\t", "\r")):
+    for cell, name in zip(cells, map(one_line, names)):  # a leading tab is escaped, so no longer a formula start
+        if name.startswith(("=", "+", "-", "@")):
             assert cell == "'" + name  # OWASP: a leading single quote makes it text
         else:
             assert cell == name
@@ -291,7 +292,7 @@ def undecodable_name(tmp_path):
 def test_non_utf8_file_names_do_not_end_the_batch(bundle, undecodable_name, fmt):
     args = [] if fmt == "table" else [fmt]
     result = run_classify(undecodable_name, "-m", bundle, *args, env={"LC_ALL": "C.UTF-8"}, timeout=60)
-    assert result.returncode == 0, result.stderr  # 0.1.0: UnicodeEncodeError, the rest of the batch lost
+    assert result.returncode == 0, result.stderr  # no UnicodeEncodeError ending the batch
     text = result.stdout.decode("utf-8")  # still valid UTF-8
     if fmt == "--json":
         rows = [json.loads(line) for line in text.splitlines()]
@@ -354,7 +355,7 @@ def test_a_model_emitting_nan_gives_no_label_and_json_stays_strict(tmp_path):
     scan = save_quadrant(tmp_path / "a.png", 0)
     result = cli(scan, scan, "-m", bundle, "--json")
     assert result.exit_code == 2
-    assert ": NaN" not in result.stdout  # 0.1.0: {"label": "glioma", "confidence": NaN, ...}
+    assert ": NaN" not in result.stdout  # never {"label": "glioma", "confidence": NaN, ...}
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) for line in
             result.stdout.splitlines()]
     assert all("label" not in r and "not a number" in r["error"] for r in rows) and len(rows) == 2
@@ -386,7 +387,7 @@ def test_folders_that_yield_nothing_are_reported(bundle, tmp_path):
     (tmp_path / "series" / "IM1.dcm").mkdir(parents=True)  # inside a walked folder
     save_quadrant(tmp_path / "series" / "b.png", 1)
     result = cli(good, tmp_path / "scan.jpg", tmp_path / "empty", tmp_path / "series", "-m", bundle, "--json")
-    assert result.exit_code == 2  # 0.1.0: exit 0, the three vanished without a word
+    assert result.exit_code == 2  # the three are reported, none vanishes without a word
     lines = errors(result.stderr)
     assert f"error: {tmp_path / 'scan.jpg'}: no scan files in this folder" in lines
     assert f"error: {tmp_path / 'empty'}: no scan files in this folder" in lines
@@ -424,8 +425,8 @@ def test_frames_all_is_capped(tmp_path):
 
 
 def test_a_failed_decode_keeps_no_pixels_alive(tmp_path):
-    """A batch keeps each failure's error to report it; 0.1.0's errors kept Pillow's frames, whose decoder held
-    the partly decoded image (36 MB for a truncated 9-MP JPEG: 60 of them reached ~2 GB)."""
+    """A batch keeps each failure's error to report it; an error that kept Pillow's frames would keep the partly
+    decoded image its decoder holds alive, for every failed file of the batch."""
     buffer = io.BytesIO()
     Image.fromarray(quadrant_image(0, 256)).save(buffer, "JPEG")
     path = tmp_path / "cut.jpg"

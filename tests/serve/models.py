@@ -14,9 +14,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from tests.runtime.models import SIZE, quadrant_metadata, quadrant_model
-from tumor_edge.contracts.bundle import describe_file
+from tumor_edge.contracts.bundle import BundleMetadata, describe_file
+from tumor_edge.contracts.preprocessing import Preprocessing
 
-RAW_VALUE = 1.39e10  # the raw output the issue saw printed as a probability
+RAW_VALUE = 1.39e10  # a raw output, nowhere near a probability
 
 
 def _graft(extra_nodes: list, extra_inits: list, output: str) -> onnx.ModelProto:
@@ -65,19 +66,44 @@ def extra_class_model() -> onnx.ModelProto:
     return _graft(nodes, inits, "out")
 
 
+def slow_model(products: int) -> onnx.ModelProto:
+    """The quadrant model's answers at a cost: a chain of `products` (rows, 512) x (512, 512) matrix products on
+    the image, whose sum times 0 joins the probabilities (an orthogonal matrix keeps the values finite). The
+    engine cannot fold the chain away (it depends on the input), so each image costs about `products` x 3 MFLOP."""
+    rng = np.random.default_rng(0)
+    weights, _ = np.linalg.qr(rng.standard_normal((512, 512)))
+    nodes = [helper.make_node("Reshape", ["image", "rows_shape"], ["h0"])]
+    for i in range(products):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes += [helper.make_node("ReduceSum", [f"h{products}"], ["total"], keepdims=0),
+              helper.make_node("Mul", ["total", "zero_f"], ["nothing"]),
+              helper.make_node("Add", ["probs", "nothing"], ["out"])]
+    inits = [helper.make_tensor("rows_shape", TensorProto.INT64, [2], [-1, 512]),
+             helper.make_tensor("w", TensorProto.FLOAT, [512, 512], weights.astype(np.float32).ravel().tolist()),
+             helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0])]
+    return _graft(nodes, inits, "out")
+
+
 def five_class_model() -> onnx.ModelProto:
     """Five outputs for a bundle whose metadata names four classes: it cannot run on any image."""
     return quadrant_model(SIZE, quadrant_metadata(SIZE), classes=5)
 
 
-def bundle_with(folder: Path, model: onnx.ModelProto, name: str = "model_fp32.onnx") -> Path:
-    """A bundle folder holding `model` (listed with its sha256) and the quadrant metadata."""
+def bundle_with(folder: Path, model: onnx.ModelProto, name: str = "model_fp32.onnx",
+                metadata: BundleMetadata | None = None) -> Path:
+    """A bundle folder holding `model` (listed with its sha256) and `metadata` (default: the quadrant's)."""
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = quadrant_metadata(SIZE)
+    metadata = metadata or quadrant_metadata(SIZE)
     onnx.save(model, folder / name)
     metadata.models = {name: describe_file(folder / name, "onnx", "fp32")}
     metadata.write(folder)
     return folder
+
+
+def named_classes_bundle(folder: Path, classes: list[str]) -> Path:
+    """The quadrant model under other class names (metadata.json and the names the model carries agree)."""
+    metadata = BundleMetadata(list(classes), Preprocessing(SIZE, SIZE))
+    return bundle_with(folder, quadrant_model(SIZE, metadata), metadata=metadata)
 
 
 def blank_and_lit() -> tuple[np.ndarray, np.ndarray]:

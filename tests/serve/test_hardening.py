@@ -1,4 +1,4 @@
-"""The server against hostile clients and broken bundles (issue 22), each over real loopback sockets against a
+"""The server against hostile clients and broken bundles, each over real loopback sockets against a
 real `tumor-edge serve` process: slow senders, half-sent headers, a foreign Host header (DNS rebinding), absolute
 paths in errors, a model that cannot run, symlinks leaving the bundle, raw values shown as probabilities."""
 
@@ -21,7 +21,7 @@ from tests.runtime.models import CLASSES, save_quadrant
 from tests.serve.models import bundle_with, extra_class_model, five_class_model, raw_output_model
 from tests.serve.process import REPO, multipart, request, running_server, serve_command, server_env
 
-TRICKLE_S = 0.5  # one byte per half second: the issue's slow sender
+TRICKLE_S = 0.5  # one byte per half second: a slow sender
 DEFAULT_HEADER_TIMEOUT_S = 5.0  # ServeConfig.header_timeout_s
 CLOSE_MARGIN_S = 2.5  # scheduling slack on a loaded 2-core machine, on top of the timeout
 
@@ -96,8 +96,8 @@ def _slow_senders(url: str, count: int, source: str = "127.0.0.1", declared: int
 
 
 def test_three_slow_senders_do_not_starve_other_uploads(serve_bundle, tmp_path):
-    """Issue 22: with 3 admission places (1 inference + 2 queued), 3 trickling bodies answered every other upload
-    503. Admission is now taken once a body has arrived: a slow body holds no inference place."""
+    """With one inference place and a queue of 2, 3 trickling bodies leave every other upload served: admission
+    is taken once a body has arrived, so a slow body holds no inference place."""
     scan = _scan(tmp_path)
     args = ("--model", str(serve_bundle), "--concurrency", "1", "--queue", "2")
     with running_server(tmp_path, *args) as s, _slow_senders(s.url, 3):
@@ -108,8 +108,8 @@ def test_three_slow_senders_do_not_starve_other_uploads(serve_bundle, tmp_path):
 
 
 def test_many_slow_senders_from_one_address_starve_only_that_address(serve_bundle, tmp_path):
-    """At the defaults 17 trickling connections took every place. Now one client address holds at most
-    `upload_places_per_client` uploads: its next one is 503 (with Retry-After), every other client still gets in."""
+    """At the defaults, 17 trickling connections from one client address: that address holds at most
+    `upload_places_per_client` uploads, its next one is 503 (with Retry-After), every other client still gets in."""
     scan = _scan(tmp_path, 2)
     with running_server(tmp_path, "--model", str(serve_bundle)) as s, _slow_senders(s.url, 17, source="127.0.0.2"):
         others = [_upload(s.url, scan)[0] for _ in range(3)]
@@ -195,6 +195,42 @@ def test_allow_host_accepts_a_named_host(serve_bundle, tmp_path):
         assert _get(s.url, "attacker.example")[0] == 421
 
 
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    {"Origin": "null"},  # a sandboxed frame, a file:// page
+    {"Sec-Fetch-Site": "same-site"},  # another port or subdomain of the same site: another origin all the same
+    {"Origin": "http://127.0.0.1:1"},  # this host, another port: another origin
+    {"Origin": "http://localhost.evil.example:{port}"},
+])
+def test_a_cross_site_post_is_refused_without_a_token(server, tmp_path, headers):
+    """Any web page the user opens can send a form POST to a tokenless loopback server; the browser marks it with
+    Origin and Sec-Fetch-Site, and such a request is refused before its body is read."""
+    _, port = _address(server.url)
+    body, form = multipart("scan.png", _scan(tmp_path))
+    sent = {k: v.format(port=port) for k, v in headers.items()}
+    reply = request(server.url + "/v1/classify", "POST", body, {**form, **sent})
+    assert reply.status == 403, (headers, reply.status, reply.body)
+    assert "cross-site" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("headers", [
+    {},  # a script or curl: no browser, no page to borrow the user's access
+    {"Sec-Fetch-Site": "same-origin"},
+    {"Sec-Fetch-Site": "none"},  # typed by the user
+    {"Origin": "{url}", "Sec-Fetch-Site": "same-origin"},  # the server's own page
+    {"Origin": "http://localhost:{port}"},
+])
+def test_the_servers_own_page_and_plain_clients_may_post(server, tmp_path, headers):
+    _, port = _address(server.url)
+    body, form = multipart("scan.png", _scan(tmp_path))
+    sent = {k: v.format(url=server.url, port=port) for k, v in headers.items()}
+    sent.update({"Host": f"localhost:{port}"} if "localhost" in sent.get("Origin", "") else {})
+    reply = request(server.url + "/v1/classify", "POST", body, {**form, **sent})
+    assert reply.status == 200, (headers, reply.status, reply.body)
+
+
 # ---- 4. no absolute path in any response; a model that cannot run never listens ----------------------------------
 
 
@@ -262,8 +298,8 @@ def test_a_symlinked_model_card_is_not_served(serve_bundle, tmp_path, target):
 
 @pytest.mark.parametrize("name", ["metadata.json", "model_fp32.onnx"])
 def test_bundle_files_through_symlinks_are_refused_at_start(serve_bundle, tmp_path, name):
-    """The same bytes (so the sha256 matches) through a link to a file outside the bundle: refused, one line.
-    (The runtime already refused the model's link as leaving the folder; the metadata's was followed.)"""
+    """The same bytes (so the sha256 matches) through a link to a file outside the bundle: refused, one line,
+    metadata.json as much as the model."""
     bundle = _bundle_copy(serve_bundle, tmp_path / "bundle")
     outside = tmp_path / ("outside-" + name)
     os.replace(bundle / name, outside)

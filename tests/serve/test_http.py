@@ -66,7 +66,7 @@ def test_raw_body_reports_the_given_name_without_folders(server, tmp_path):
                     {"Content-Type": "application/octet-stream"})
     assert reply.status == 200, reply.body
     assert reply.json()["label"] == CLASSES[3]
-    assert reply.json()["file"] == "xy.png"
+    assert reply.json()["file"] == "x\\ny.png"  # no folders; the newline escaped
 
 
 def test_dicom_upload_middle_frame_and_all_frames(server, tmp_path):

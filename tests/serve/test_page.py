@@ -97,10 +97,40 @@ def test_drop_a_scan_on_the_box(page, tmp_path):
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==",
 ])
 def test_a_heatmap_in_the_response_is_drawn_over_the_scan(page, heatmap):
-    """No bundle gives heatmaps yet (the trust issue adds them): the page's renderer is fed a response that has
-    one, in either form it accepts, and must show the overlay."""
+    """The page's renderer is fed a response that carries a map, in either form it accepts, and must show the
+    overlay."""
     page.evaluate("(h) => render({file: 'x.png', label: 'glioma', confidence: 0.9, heatmap: h, warnings: ['ood'],"
                   " probabilities: {glioma: 0.9, meningioma: 0.05, notumor: 0.03, pituitary: 0.02}})", heatmap)
     page.wait_for_selector("#heatmap:not([hidden])")
     assert page.evaluate("document.getElementById('heatmap').width") > 0
     assert page.locator("#warnings li").first.inner_text() == "ood"
+
+
+def test_a_form_on_another_sites_page_cannot_post_to_the_server(browser, server, tmp_path):
+    """A page served from another origin (this host, another port) posts a scan as a multipart form to the
+    tokenless server, as any page the user opens could (no CORS preflight for a form; the page cannot read the
+    answer, but the server would do the work): the browser's own Origin and Sec-Fetch-Site headers get it refused
+    (403) before any inference."""
+    import base64
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    scan = base64.b64encode(save_quadrant(tmp_path / "scan.png", 1).read_bytes()).decode()
+    (tmp_path / "evil.html").write_text(
+        f'<script>const bytes = Uint8Array.from(atob("{scan}"), c => c.charCodeAt(0));'
+        'const form = new FormData(); form.append("file", new Blob([bytes]), "scan.png");'
+        f'fetch("{server.url}/v1/classify", {{method: "POST", body: form, mode: "no-cors"}});</script>')
+    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        with page.expect_response(lambda r: r.url.endswith("/v1/classify"), timeout=TIMEOUT_MS) as answer:
+            page.goto(f"http://127.0.0.1:{other.server_address[1]}/evil.html")
+        assert answer.value.status == 403  # the body is opaque to a no-cors page (and to its driver)
+    finally:
+        context.close()
+        other.shutdown()
+        other.server_close()

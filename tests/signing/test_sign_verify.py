@@ -116,6 +116,15 @@ def test_several_problems_in_one_line_first_named(signed_bundle, keys):
     assert message.endswith("(and 2 more: b.txt, metadata.json)")
 
 
+def test_added_files_are_named_without_their_control_characters(signed_bundle, keys):
+    (signed_bundle / "a\x1b]0;signed\x07\u202etxt.exe").write_text("a")
+    (signed_bundle / "b\x9b2J\nc.txt").write_text("b")
+    message = refused(signed_bundle, keys[1])
+    assert message.startswith(f"{signed_bundle}/a\\x1b]0;signed\\x07\\u202etxt.exe: signature check failed: "
+                              "not part of the signed bundle")
+    assert message.endswith("(and 1 more: b\\x9b2J\\nc.txt)")
+
+
 def test_an_unsigned_bundle_is_refused(unsigned_bundle, keys):
     assert refused(unsigned_bundle, keys[1]) == (f"{unsigned_bundle}: not signed: the bundle has no model.sig (sign "
                                                  "it with `tumor-edge sign BUNDLE --key PRIVATE.pem`)")

@@ -7,14 +7,17 @@ when the model gives one of at least 4x4 cells, else occlusion sensitivity throu
 without a class-activation head (a foreign ONNX model, a 96 px InceptionV3 whose map is one cell) gets a map
 too. The caption and the PNG's "Method" text say which method drew it.
 
-Each PNG is written whole or not at all, and never onto another's name: it is drawn into a hidden temporary file
-in the folder, then hard-linked to its name, which fails if the name exists (two runs writing one folder take the
-next free number instead of replacing each other's files), and the temporary file is removed even on Ctrl-C.
+Each PNG is written whole or not at all, never onto another's name and never through a link someone planted in
+the folder: it is drawn into a hidden temporary file that `mkstemp` creates under a random name (O_CREAT|O_EXCL,
+mode 0600: an existing name, a symbolic link included, is never opened), then hard-linked to its name, which fails
+if the name exists (two runs writing one folder take the next free number instead of replacing each other's
+files), and the temporary file is removed even on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,8 +58,10 @@ class HeatmapWriter:
         explanation = explain(self.classifier, pixels, prediction.index, prediction.outputs, settings)
         caption = (f"{prediction.label} {prediction.confidence:.2f}: evidence for {prediction.label} "
                    f"({explanation.label})")
-        tmp = self.out_dir / f".{os.getpid()}-{self.count}.png.tmp"
+        fd, name = tempfile.mkstemp(suffix=".png.tmp", prefix=".", dir=self.out_dir)
+        tmp = Path(name)
         try:
+            os.close(fd)
             write_overlay(tmp, pixels, explanation.map, prediction.index, caption, force=True,
                           method=explanation.label)
             path = self._claim(tmp, lambda index: overlay_name(prediction.source, index, prediction.frame))

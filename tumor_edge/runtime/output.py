@@ -1,9 +1,10 @@
 """How `classify` prints results: a table for people, JSON lines or CSV for scripts. One writer per format in a
 registry; each streams a row per result to stdout as it comes, so a pipe sees results before the batch ends.
 
-Machine-readable output stays well-formed whatever the file names: names that are not valid UTF-8 are written
-with backslash escapes (never a crash half-way through a batch), CSV cells are quoted and never start a
-spreadsheet formula, JSON never holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
+Output stays well-formed whatever the names: every file or class name on a table row or in a CSV cell passes the
+one escaping rule (`tumor_edge.text`: control characters and undecodable bytes as backslash escapes, so a row is
+one line and never drives the terminal), CSV cells are quoted and never start a spreadsheet formula, JSON never
+holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
 
 Volumes (a NIfTI file, a DICOM series folder) give a row per classified slice, shaped like an image row and named
 `brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slice_count` instead of `frame`), then a volume summary row
@@ -18,7 +19,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -26,39 +26,21 @@ from tumor_edge.errors import TumorEdgeError
 from tumor_edge.runtime.batch import Failure
 from tumor_edge.runtime.classifier import Prediction
 from tumor_edge.runtime.volume_summary import VolumeSummary
+from tumor_edge.text import one_line, valid_unicode
 
-# OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets (OWASP's
+# other two, tab and carriage return, never start a cell: `one_line` escapes them).
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 class OutputError(TumorEdgeError):
     """Results could not be written (disk full, a closed file); the batch cannot usefully go on."""
 
 
-def display_name(text: str | None) -> str:
-    """A file name as valid Unicode text: undecodable bytes (kept by Python as lone surrogates) become \\xNN."""
-    if text is None:
-        return "<array>"
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
-# C0 control characters (newline, carriage return, escape sequences...) as visible escapes, so that a file name
-# can never split a table row or an error line, nor drive the terminal.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
-
-
-def one_line(text: str | None) -> str:
-    """Text for a terminal line: valid Unicode (see `display_name`) with control characters escaped."""
-    return display_name(text).translate(_CONTROL)
-
-
 def csv_cell(value: object) -> str:
-    """A text cell that a spreadsheet shows as text: OWASP's leading single quote before a formula start."""
-    text = display_name(str(value))
+    """A text cell that a spreadsheet shows as text, on one line: names escaped by the one rule (`one_line`), then
+    OWASP's leading single quote before a formula start."""
+    text = one_line(value)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
@@ -145,7 +127,7 @@ class TableWriter(Writer):
 
     def prediction(self, result: Prediction, axis: str | None = None) -> None:
         k = self.top_k or len(self.classes)
-        others = ", ".join(f"{label} {p:.3f}" for label, p in result.top_k(k)[1:])
+        others = ", ".join(f"{one_line(label)} {p:.3f}" for label, p in result.top_k(k)[1:])
         label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
         # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
         warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
@@ -159,7 +141,7 @@ class TableWriter(Writer):
             label, prob, others = "-", "     -", ""
         else:
             label, prob = one_line(summary.label), f"{summary.confidence:6.3f}"
-            others = ", ".join([f"{c} {p:.3f}" for c, p in ranked if c != summary.label][:k - 1])
+            others = ", ".join([f"{one_line(c)} {p:.3f}" for c, p in ranked if c != summary.label][:k - 1])
         notes = "; ".join([summary.support_text(), *summary.warnings, self.notice])
         where = f"{one_line(summary.source)} [{summary_label(summary)}]"
         self._line(f"{where:<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip()
@@ -171,9 +153,9 @@ class JsonLinesWriter(Writer):
     NaN or infinity is refused (strict JSON parsers reject them): the caller turns such results into failures."""
 
     def _json(self, data: dict, produced: bool = True) -> None:
-        data["file"] = display_name(data.get("file"))
+        data["file"] = valid_unicode(data.get("file"))
         if produced:
-            data.update(model_file=display_name(self.model_file), engine=self.engine)
+            data.update(model_file=valid_unicode(self.model_file), engine=self.engine)
         self._line(json.dumps(data, allow_nan=False))
 
     def prediction(self, result: Prediction, axis: str | None = None) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
+import threading
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from starlette.routing import Route
 from tumor_edge import __version__
 from tumor_edge.errors import first_line
 from tumor_edge.serve.admission import Admission, Busy, UploadStage
+from tumor_edge.serve.budget import Budget, Stopped, meter_engine, run_charged
 from tumor_edge.serve.bundle_files import bundle_of
 from tumor_edge.serve.config import ServeConfig
 from tumor_edge.serve.errors import COMMON_HEADERS, HttpError, error_response, without_folders
@@ -36,16 +38,22 @@ from tumor_edge.serve.inference import classify_bytes, model_description
 from tumor_edge.serve.openapi import openapi_document
 from tumor_edge.serve.page import PAGE_CSP, render_page
 from tumor_edge.serve.upload import parse_upload, read_body
+from tumor_edge.text import one_line
 
 log = logging.getLogger("tumor_edge.serve")
 RETRY_AFTER_S = 1
 FRAME_CHOICES = ("middle", "all")
 
 
-def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int | None = None) -> HostCheck:
+def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int | None = None,
+               stopping: threading.Event | None = None) -> HostCheck:
     """An app serving `classifier` (already loaded and run once: a broken bundle fails before the port opens),
-    answering requests addressed to `config.host` on `port` (the bound one; default `config.port`)."""
-    admission = Admission(config.concurrency, config.queue)
+    answering requests addressed to `config.host` on `port` (the bound one; default `config.port`). Its engine is
+    metered (`budget`): each request's work stops at its inference cap, when its client goes, or once `stopping`
+    is set (the server's shutdown)."""
+    stopping = stopping or threading.Event()
+    meter_engine(classifier, config.concurrency)
+    admission = Admission(config.concurrency + 1, config.queue)  # one more in progress than the engine runs
     uploads = UploadStage(config.upload_places, config.upload_places_per_client, config.upload_budget_bytes)
     model_info = model_description(classifier, classifier.metadata, model_path)
     server_folders = [p for p in (model_path, bundle_of(model_path), classifier.backend.path,
@@ -84,6 +92,9 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
         heatmap = request.query_params.get("heatmap", "0")
         if heatmap not in ("0", "1"):
             raise HttpError(400, f"heatmap must be 0 or 1, not {heatmap!r}")
+        if heatmap == "1" and frames == "all":
+            raise HttpError(400, "heatmap=1 draws a map through the model for one frame (tens of inferences each): "
+                                 "send it with frames=middle, or frames=all without it")
         client = request.client.host if request.client else "unknown"
         try:
             async with uploads.enter(client) as receipt:
@@ -92,9 +103,11 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
                                   request.query_params.get("filename"),
                                   request.headers.get("content-disposition"))
             del body
+            work = partial(classify_bytes, classifier, upload.data, upload.filename, frames, heatmap == "1")
             async with admission.enter(), admission.slot():
-                outcome = await anyio.to_thread.run_sync(classify_bytes, classifier, upload.data,
-                                                         upload.filename, frames, heatmap == "1")
+                outcome = await run_charged(Budget(config.max_inferences, stopping), work, request.receive)
+        except Stopped as stop:
+            raise HttpError(stop.status, stop.reason, {"Connection": "close"} if stop.status == 503 else None) from None
         except Busy as busy:
             raise HttpError(503, f"busy: {busy}; retry in {RETRY_AFTER_S} s",
                             {"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -119,7 +132,7 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
 
     async def on_crash(request: Request, err: Exception) -> Response:
         # The client gets one line; the server's operator gets the traceback with --debug.
-        log.error("%s %s failed: %s", request.method, request.url.path, first_line(err, 1000))
+        log.error("%s %s failed: %s", request.method, one_line(request.url.path), one_line(first_line(err, 1000)))
         if config.debug:
             traceback.print_exception(err, file=sys.stderr)
         return error_response(500, f"internal error: {without_folders(first_line(err), server_folders)}")

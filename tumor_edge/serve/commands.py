@@ -30,6 +30,8 @@ D = {f.name: f.default for f in fields(ServeConfig)}
               help="Inferences at once (each already uses --threads cores).")
 @click.option("--queue", type=click.IntRange(min=0), default=D["queue"], show_default=True,
               help="Requests allowed to wait for an inference; more get 503 with Retry-After.")
+@click.option("--max-inferences", type=click.IntRange(min=1), default=D["max_inferences"], show_default=True,
+              help="Images through the model for one request (each frame, each cell of a map); 413 beyond.")
 @click.option("--read-timeout", type=click.FloatRange(min=0.1), default=D["read_timeout_s"], show_default=True,
               help="Seconds a client may take to send its upload (408 beyond).")
 @click.option("--header-timeout", type=click.FloatRange(min=0.1), default=D["header_timeout_s"], show_default=True,
@@ -47,7 +49,7 @@ D = {f.name: f.default for f in fields(ServeConfig)}
                    "EC public key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, model_file: str | None, host: str, port: int, token: str | None,
-          insecure: bool, max_body_mb: float, concurrency: int, queue: int, read_timeout: float,
+          insecure: bool, max_body_mb: float, concurrency: int, queue: int, max_inferences: int, read_timeout: float,
           header_timeout: float, allow_hosts: tuple[str, ...], threads: int | None, providers: str | None,
           frames: str, trust: str | None) -> None:
     """Serve the classifier over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
@@ -64,6 +66,7 @@ def serve(ctx: click.Context, model: str | None, model_file: str | None, host: s
     provider_list = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     run(ServeConfig(model=model, model_file=model_file, host=host, port=port, token=token or None,
                     insecure=insecure, max_body_mb=max_body_mb, concurrency=concurrency, queue=queue,
+                    max_inferences=max_inferences,
                     read_timeout_s=read_timeout, header_timeout_s=header_timeout, allow_hosts=tuple(allow_hosts),
                     threads=threads, providers=provider_list, frames=frames,
                     debug=bool(ctx.obj and ctx.obj.get("debug"))))

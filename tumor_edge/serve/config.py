@@ -36,6 +36,7 @@ class ServeConfig:
     threads: int | None = None
     providers: tuple[str, ...] | None = None
     frames: str = "middle"
+    max_inferences: int = 256  # images through the model for one request (frames, map cells): 413 beyond
     debug: bool = False
 
     @property
@@ -47,8 +48,8 @@ class ServeConfig:
         return self.upload_budget_bodies * self.max_body_bytes
 
     def validate(self) -> None:
-        if self.concurrency < 1 or self.queue < 0:
-            raise ConfigError("concurrency must be at least 1 and the queue at least 0")
+        if self.concurrency < 1 or self.queue < 0 or self.max_inferences < 1:
+            raise ConfigError("concurrency and the inferences per request must be at least 1, the queue at least 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("the body size limit must be at least 1 KiB")
         if not 0 <= self.port <= 65535:
@@ -75,26 +76,23 @@ def check_token(token: str) -> None:
 def check_host_name(name: str) -> None:
     """An --allow-host value: a host name or address as a Host header carries it, without a port."""
     plain = name.strip("[]")
-    if not plain or not all(c.isalnum() or c in ".-_:" for c in plain) or (":" in plain and not _is_ip(plain)):
+    if not plain or not all(c.isalnum() or c in ".-_:" for c in plain) or (":" in plain and ip_of(plain) is None):
         raise ConfigError(f"--allow-host {name!r} is not a host name or address (give it without a port or scheme)")
 
 
-def _is_ip(text: str) -> bool:
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `text` writes (without brackets), or None when it is a name."""
     try:
-        ipaddress.ip_address(text)
-        return True
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
+        return None
 
 
 def is_loopback(host: str) -> bool:
     """Whether `host` only reaches this machine (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
+    address = ip_of(host.strip("[]"))
+    # a host name other than localhost may resolve to anything
+    return host.lower() == "localhost" or (address is not None and address.is_loopback)
 
 
 def check_bind(host: str, token: str | None, insecure: bool) -> None:

@@ -7,24 +7,28 @@ Refusing every Host that is not one of this server's names (421, JSON) closes th
 address (0.0.0.0, ::), any IP address too (a page reached by an IP address cannot be rebound: its origin is that
 address); plus each `--allow-host NAME`, on any port (a proxy in front may use its own). Starlette's
 TrustedHostMiddleware is not used: it answers in plain text, not JSON, and ignores the port.
+
+Cross-site requests: any page the user opens can make the browser send a form POST to a tokenless loopback
+server (no CORS preflight for a form); it cannot read the answer but it can spend the server's work. A browser
+marks such a request: `Sec-Fetch-Site` other than same-origin (or none: typed by the user), or an `Origin` that is
+not the scheme, host and port the request is addressed to. An unsafe method (POST) so marked is refused (403,
+JSON) before its body is read. A request with neither header comes from no browser (a script, curl) and passes;
+the server's own page sends both, same-origin.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from tumor_edge.serve.config import ip_of
 from tumor_edge.serve.errors import error_response
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OWN_SITE = ("same-origin", "none")  # Sec-Fetch-Site values of the server's own page, or of a URL the user typed
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -32,7 +36,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     value = value.strip().lower()
     if value.startswith("["):
         name, bracket, rest = value[1:].partition("]")
-        if not bracket or _ip(name) is None or (rest and not rest.startswith(":")):
+        if not bracket or ip_of(name) is None or (rest and not rest.startswith(":")):
             return None
         port_text = rest[1:] if rest else None
     else:
@@ -64,7 +68,7 @@ class HostRule:
     @classmethod
     def for_bind(cls, host: str, port: int, allow: Iterable[str] = ()) -> HostRule:
         bound = host.strip("[]").lower()
-        address = _ip(bound)
+        address = ip_of(bound)
         wildcard = address is not None and address.is_unspecified
         own = set(LOOPBACK_NAMES) | ({str(address) if address else bound} if not wildcard else set())
         return cls(frozenset(own), frozenset(n.strip("[]").lower().rstrip(".") for n in allow), port, wildcard)
@@ -79,7 +83,7 @@ class HostRule:
         name, port = parsed
         if name in self.allowed:
             return None
-        if (name in self.own or (self.any_ip and _ip(name) is not None)) and port in (None, self.port):
+        if (name in self.own or (self.any_ip and ip_of(name) is not None)) and port in (None, self.port):
             return None
         names = ", ".join(shown(n) for n in sorted(self.own)) + (", any IP address" if self.any_ip else "")
         extra = f" (and to {', '.join(sorted(self.allowed))} on any port)" if self.allowed else ""
@@ -88,8 +92,34 @@ class HostRule:
                      f"start the server with --allow-host NAME to accept a name")
 
 
+def same_origin(origin: str, host: str) -> bool:
+    """Whether an Origin header names the scheme's host and port that the Host header addresses."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    ours, theirs = split_host(host), split_host(parts.netloc)
+    default = DEFAULT_PORTS.get(parts.scheme)
+    if default is None or ours is None or theirs is None or origin != f"{parts.scheme}://{parts.netloc}":
+        return False
+    return (ours[0], ours[1] or default) == (theirs[0], theirs[1] or default)
+
+
+def cross_site_refusal(method: str, host: str, origins: list[str], fetch_sites: list[str]) -> str | None:
+    """Why an unsafe request that a browser marks as sent by another site's page is refused; None otherwise."""
+    if method in SAFE_METHODS:
+        return None
+    foreign = [f"Sec-Fetch-Site: {v}" for v in fetch_sites if v not in OWN_SITE]
+    foreign += [f"Origin: {v}" for v in origins if not same_origin(v, host)]
+    if not foreign:
+        return None
+    return (f"cross-site {method} refused ({foreign[0][:120]!r}): a page of another site may not use this "
+            f"server on its user's behalf; use the server's own page, or a client that is not a browser")
+
+
 class HostCheck:
-    """ASGI middleware: every HTTP request passes `rule` before it reaches the app."""
+    """ASGI middleware: every HTTP request passes `rule` (the Host header), and an unsafe one the cross-site
+    check, before it reaches the app."""
 
     def __init__(self, app, rule: HostRule):
         self.app = app
@@ -97,9 +127,14 @@ class HostCheck:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":  # no websocket routes exist; lifespan has no Host
-            hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+            headers = {name: [v.decode("latin-1") for k, v in scope["headers"] if k == name]
+                       for name in (b"host", b"origin", b"sec-fetch-site")}
+            hosts = headers[b"host"]
             refused = (400, "more than one Host header") if len(hosts) > 1 else self.rule.refusal(
                 hosts[0] if hosts else None)
+            if refused is None:
+                reason = cross_site_refusal(scope["method"], hosts[0], headers[b"origin"], headers[b"sec-fetch-site"])
+                refused = (403, reason) if reason else None
             if refused is not None:
                 await error_response(*refused)(scope, receive, send)
                 return

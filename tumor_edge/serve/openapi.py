@@ -38,18 +38,21 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
             "/v1/classify": {"post": {
                 "summary": "Classify one scan (JPEG, PNG, BMP, TIFF, DICOM)",
                 "description": f"The scan as the raw body or as the `file` field of a multipart form; at most "
-                               f"{config.max_body_mb:g} MiB. 503 with Retry-After when the queue or the upload places "
-                               f"are full; 500 when the model fails or its scores are not probabilities.",
+                               f"{config.max_body_mb:g} MiB and {config.max_inferences} inferences (413 beyond). "
+                               f"503 with Retry-After when the queue or the upload places are full, without when "
+                               f"the server is shutting down; 403 when a browser marks it as sent by another site's "
+                               f"page; 500 when the model fails or its scores are not probabilities.",
                 "security": secured,
                 "parameters": [
                     {"name": "frames", "in": "query", "schema": {"enum": ["middle", "all"]},
-                     "description": "multi-frame DICOM: the middle frame (one object) or all (an array)"},
+                     "description": "multi-frame files: the middle frame (one object) or all (an array)"},
                     {"name": "filename", "in": "query", "schema": {"type": "string"},
                      "description": "the name to report for a raw body"},
                     {"name": "heatmap", "in": "query", "schema": {"enum": ["0", "1"], "default": "0"},
                      "description": "1: a map of evidence even when the model has no class activation map of "
-                                    "4x4 cells or more (occlusion through the model: ~65 inferences); the exact "
-                                    "map, when the model has one, always comes"},
+                                    "4x4 cells or more (occlusion through the model: tens of inferences), for "
+                                    "one frame only (400 with frames=all); the exact map, when the model has "
+                                    "one, always comes"},
                 ],
                 "requestBody": {"required": True, "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -60,7 +63,7 @@ def openapi_document(config: ServeConfig) -> dict[str, Any]:
                     "200": {"description": "the prediction", "content": {"application/json": {"schema": {
                         "oneOf": [{"$ref": "#/components/schemas/Prediction"},
                                   {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}]}}}},
-                    **{code: _ERROR for code in ("400", "401", "408", "413", "421", "422", "500", "503")},
+                    **{code: _ERROR for code in ("400", "401", "403", "408", "413", "421", "422", "500", "503")},
                 },
             }},
             "/v1/model": {"get": {

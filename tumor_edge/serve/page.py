@@ -125,7 +125,7 @@ async function send(file) {
   const token = $('token').value.trim();
   if (token) headers['Authorization'] = 'Bearer ' + token;
   let resp, data;
-  try { resp = await fetch('v1/classify?heatmap=1', {method: 'POST', body: form, headers}); }
+  try { resp = await fetch('v1/classify?heatmap=1&frames=middle', {method: 'POST', body: form, headers}); }
   catch (e) { showError('cannot reach the server: ' + e); return; }
   try { data = await resp.json(); } catch (e) { showError('the server answered ' + resp.status); return; }
   if (!resp.ok) { showError(data.error || ('the server answered ' + resp.status)); return; }

@@ -8,10 +8,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
+import threading
 
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.errors import TumorEdgeError, first_line
 from tumor_edge.serve.config import ServeConfig
+from tumor_edge.text import one_line
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -33,6 +35,18 @@ def open_socket(host: str, port: int) -> socket.socket:
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
+    class StoppingServer(uvicorn.Server):
+        """uvicorn's server, which on SIGTERM or Ctrl-C also stops the work of running requests (`stopping`), so
+        they answer 503 within a batch and the shutdown finishes inside its grace period."""
+
+        def __init__(self, uv_config: uvicorn.Config, stopping: threading.Event):
+            super().__init__(uv_config)
+            self.stopping = stopping
+
+        def handle_exit(self, sig, frame) -> None:
+            self.stopping.set()
+            super().handle_exit(sig, frame)
+
     from tumor_edge.contracts.state import resolve_model_path
     from tumor_edge.runtime import BackendOptions, Classifier
     from tumor_edge.serve.app import create_app
@@ -50,14 +64,16 @@ def serve(config: ServeConfig) -> None:
     check_runs(classifier)
     sock = open_socket(config.host, config.port)  # bound, not yet listening: uvicorn listens when it starts
     host, port = sock.getsockname()[:2]
-    app = create_app(classifier, model_path, config, port)
+    stopping = threading.Event()  # set on SIGTERM/Ctrl-C: running requests stop at their next batch
+    app = create_app(classifier, model_path, config, port, stopping)
     shown = f"[{host}]" if ":" in host else host
     print(f"note: {RESEARCH_NOTICE}", file=sys.stderr)
     source = model_source(classifier)
-    print(f"serving {source['file']} with {source['engine']} ({', '.join(classifier.classes)}) on "
+    classes = ", ".join(map(one_line, classifier.classes))
+    print(f"serving {one_line(source['file'])} with {source['engine']} ({classes}) on "
           f"http://{shown}:{port}/ (page at /, API at /v1/classify, description at /openapi.json); Ctrl-C stops",
           file=sys.stderr, flush=True)
     uv_config = uvicorn.Config(app, http=header_timeout_protocol(config.header_timeout_s),
                                log_level="debug" if config.debug else "warning", access_log=config.debug,
                                server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=5)
-    uvicorn.Server(uv_config).run(sockets=[sock])
+    StoppingServer(uv_config, stopping).run(sockets=[sock])

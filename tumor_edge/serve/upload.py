@@ -7,7 +7,6 @@ from that memory with python-multipart's streaming parser.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -18,10 +17,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from tumor_edge.serve.errors import HttpError
+from tumor_edge.text import one_line
 
 DEFAULT_NAME = "upload"
 MAX_NAME = 200
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,11 @@ class Upload:
 
 
 def clean_filename(raw: str | bytes | None) -> str:
-    """A display name: no folders, no control characters, bounded length. Never used as a path on its own."""
+    """A display name: no folders, control characters escaped (`one_line`), bounded length. Never used as a path
+    on its own."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
-    name = _UNSAFE.sub("", (raw or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    name = one_line((raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip())
     return name[:MAX_NAME] or DEFAULT_NAME
 
 

@@ -1,0 +1,142 @@
+"""What one request may cost the server, and how its work stops: every inference passes one meter.
+
+An upload decides how much work it asks for (a multi-frame file with `frames=all`, a map through the model), and
+that work runs on a thread the event loop cannot interrupt. So the server wraps its engine once (`meter_engine`):
+every batch the engine runs, whatever asked for it (a prediction, an occlusion map), is first charged to the
+budget of the request running on that thread. The charge refuses the batch when the request would pass its
+inference cap, when its client has gone, or when the server is shutting down; the request's work then stops
+between two batches, so a disconnect or SIGTERM ends it within one batch, and no request runs more than the cap.
+
+The engine runs batches in turns, first come first served (`Turns`): one more request is in progress than the
+engine has places, so a short request takes its turn between two batches of a long one instead of waiting for
+all of them.
+
+The refusal is a BaseException, as a task cancellation is: the runtime turns an Exception on one file into a
+failed row of that file, and a stop is not that.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+_running = threading.local()  # .budget: the budget of the request whose work runs on this thread
+
+
+class Stopped(BaseException):
+    """The request's work was stopped between two batches; `status` and `reason` are its answer."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Budget:
+    """One request's inference cap, and the reasons its work may stop (the server's `stopping`, its client)."""
+
+    def __init__(self, limit: int, stopping: threading.Event):
+        self.limit = limit
+        self.used = 0
+        self.stopping = stopping
+        self.client_gone = False
+
+    def charge(self, images: int) -> None:
+        """Book `images` inferences about to run, or raise Stopped."""
+        if self.stopping.is_set():
+            raise Stopped(503, "the server is shutting down; retry once it is back")
+        if self.client_gone:
+            raise Stopped(499, "the client disconnected")
+        if self.used + images > self.limit:
+            raise Stopped(413, f"this scan needs more than {self.limit} inferences, the most this server runs for "
+                               f"one request: send fewer frames, or frames=middle")
+        self.used += images
+
+
+class Turns:
+    """At most `places` batches at the engine at once; the others wait in the order they came."""
+
+    def __init__(self, places: int):
+        self.places = places
+        self._running = 0
+        self._waiting: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        me = object()
+        with self._changed:
+            self._waiting.append(me)
+            self._changed.wait_for(lambda: self._waiting[0] is me and self._running < self.places)
+            self._waiting.popleft()
+            self._running += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+class MeteredBackend:
+    """An engine whose `run` first charges its batch to the running request's budget (no budget: not charged),
+    then waits for its turn."""
+
+    def __init__(self, backend: Any, turns: Turns):
+        self._backend = backend
+        self._turns = turns
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def run(self, batch):
+        budget = getattr(_running, "budget", None)
+        if budget is not None:
+            budget.charge(len(batch))
+        with self._turns.turn():
+            return self._backend.run(batch)
+
+
+def meter_engine(classifier: Any, places: int) -> None:
+    """Make every inference of `classifier` pass the meter, `places` batches at once."""
+    if not isinstance(classifier.backend, MeteredBackend):
+        classifier.backend = MeteredBackend(classifier.backend, Turns(places))
+
+
+def _charged(budget: Budget, work: Callable[[], T]) -> T:
+    budget.charge(0)  # stopped while it waited for its turn: it does not start
+    _running.budget = budget
+    try:
+        return work()
+    finally:
+        _running.budget = None
+
+
+async def run_charged(budget: Budget, work: Callable[[], T],
+                      receive: Callable[[], Coroutine[Any, Any, dict]]) -> T:
+    """`work()` on a worker thread, charged to `budget`; while it runs, `receive` (the request's ASGI channel, its
+    body already read) is watched for the client's disconnect, which stops the work at its next batch."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        budget.client_gone = True
+
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await anyio.to_thread.run_sync(_charged, budget, work)
+        except BaseException as err:  # raised inside the group it would come out wrapped in an exception group
+            failure = err
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
