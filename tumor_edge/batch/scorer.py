@@ -16,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 IDENTITY = ("input_path", "input_bytes", "input_mtime_ns")  # what makes a row's input the same input on a rerun
@@ -37,9 +37,6 @@ class ScoreSettings:
     batch_size: int = 16
     abstain: bool = False
     threads: int = 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Scorer:

@@ -32,23 +32,22 @@ def _local(folder: Path) -> list[dict]:
         raise ConfigError("no such file or folder", folder)
     folder = folder.resolve()  # rows name absolute paths: a worker on another node (or cwd) reads the same file
     scanned = scan_inputs([folder])
-    records = [_record(str(p.source), 0, 0, p.reason) for p in scanned.problems]
-    for path in scanned.files:
-        try:
-            size, mtime = _identity(path)
-            records.append(_record(str(path), size, mtime))
-        except OSError:  # vanished or unreadable: the reader says why when it is scored
-            records.append(_record(str(path), 0, 0))
-    return records
+    return [_record(str(p.source), 0, 0, p.reason) for p in scanned.problems] + [local_record(p) for p in scanned.files]
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """A file's size and mtime; a series folder's total size and newest mtime (a slice added or changed counts)."""
-    info = os.stat(path)
-    if not path.is_dir():
-        return info.st_size, info.st_mtime_ns
-    sizes = [os.stat(entry.path) for entry in os.scandir(path) if entry.is_file()]
-    return sum(s.st_size for s in sizes), max((s.st_mtime_ns for s in sizes), default=info.st_mtime_ns)
+def local_record(path: str | Path) -> dict:
+    """A local input's record: a file's size and mtime; a series folder's total size and newest mtime (a slice
+    added or changed counts); zeros for a path that vanished (the reader says why when it is scored)."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+        if not path.is_dir():
+            return _record(str(path), info.st_size, info.st_mtime_ns)
+        files = [os.stat(entry.path) for entry in os.scandir(path) if entry.is_file()]
+        return _record(str(path), sum(f.st_size for f in files), max((f.st_mtime_ns for f in files),
+                                                                      default=info.st_mtime_ns))
+    except OSError:
+        return _record(str(path), 0, 0)
 
 
 def _remote(filesystem, source: str, root: str) -> list[dict]:

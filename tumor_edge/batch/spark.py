@@ -17,9 +17,9 @@ be readable by every executor (a shared mount). Needs pyspark (the `spark` extra
 from __future__ import annotations
 
 import json
-import os
 
 from tumor_edge.batch.scorer import ScoreSettings
+from tumor_edge.batch.sources import local_record
 
 
 def rows_udf(settings: ScoreSettings, batch_size: int = 64):
@@ -35,7 +35,7 @@ def rows_udf(settings: ScoreSettings, batch_size: int = 64):
         scorer = Scorer(settings)  # once per Python worker: the bundle opened and verified once
 
         def predict(paths: np.ndarray) -> np.ndarray:
-            records = [_record(str(p)) for p in paths]
+            records = [local_record(str(p)) for p in paths]
             by_input: dict[str, list] = {}
             for row in scorer.rows(records):
                 by_input.setdefault(row["input_path"], []).append(row)
@@ -46,11 +46,3 @@ def rows_udf(settings: ScoreSettings, batch_size: int = 64):
 
     return predict_batch_udf(make_predict_fn, return_type=StringType(), batch_size=batch_size)
 
-
-def _record(path: str) -> dict:
-    try:
-        info = os.stat(path)
-        size, mtime = info.st_size, info.st_mtime_ns
-    except OSError:  # the reader names the problem in the row
-        size, mtime = 0, 0
-    return {"input_path": path, "input_bytes": size, "input_mtime_ns": mtime, "problem": None, "fs_path": None}
