@@ -26,7 +26,7 @@ EXTRA = ("worker", "seconds")  # who scored it and its share of its batch's wall
 @dataclass(frozen=True)
 class ScoreSettings:
     """What `classify` would be told: the bundle, its file and trust key, and how to read multi-frame files and
-    volumes. `threads`: the engine's intra-op threads (the CPUs the engine gave this worker)."""
+    volumes. `threads`: the engine's intra-op threads (the CPUs the scheduler gave this worker)."""
 
     model: str
     model_file: str | None = None

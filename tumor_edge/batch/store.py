@@ -13,7 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from tumor_edge.batch.scorer import IDENTITY
+from tumor_edge.batch.scorer import EXTRA, IDENTITY
 from tumor_edge.errors import ConfigError
 
 JOB_FILE = "_job.json"
@@ -102,7 +102,7 @@ class Store:
         import csv
         import io
 
-        columns = [c for c in table.column_names if c not in ("worker", "seconds")]
+        columns = [c for c in table.column_names if c not in EXTRA]
         lines = []
         for cells in [columns, *([row[c] for c in columns] for row in table.select(columns).to_pylist())]:
             buffer = io.StringIO()  # classify's quoting: CR or LF in a cell quotes it
