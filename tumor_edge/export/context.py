@@ -1,10 +1,10 @@
 """`ExportContext`: what the converters share (the source, the folders, the images, the rows done so far).
 
-It is plain data that pickles, so a converter runs the same in this process or in a child process of its own
-(export/isolate.py). Everything expensive that several converters use is made once, on disk, under the export's
-work folder: the SavedModel the TFLite rows convert from, the calibration and validation pixels. A lock file
-makes the first process that needs one make it while the others wait, so a background converter and a
-foreground one never build the same thing twice or read a half-written file.
+It is plain data that pickles, so a converter runs the same in this process or in another (tumor_edge.worker).
+Everything expensive that several converters use is made once, on disk, under the export's work folder: the
+SavedModel the TFLite rows convert from, the calibration and validation pixels. A lock file makes the first
+process that needs one make it while the others wait, so a background converter and a foreground one never
+build the same thing twice or read a half-written file.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def load_and_keep(path, options) -> ModelSource:
 
 def with_kept_model(target: str, source: ModelSource, *args: Any) -> Any:
     """`target(source, *args)` with this process's loaded twin of `source` (a job for the worker)."""
-    from tumor_edge.export.isolate import resolve
+    from tumor_edge.worker import resolve
 
     return resolve(target)(kept(source), *args)
 
