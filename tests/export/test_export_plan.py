@@ -103,13 +103,13 @@ def test_the_plan_loads_tensorflow_once_and_keeps_it_out_of_derived_rows(tmp_pat
     import logging
     import os
 
+    import keras
+
     from tumor_edge.contracts import formats
     from tumor_edge.contracts.formats import ModelFormat
     from tumor_edge.export.config import ExportConfig
     from tumor_edge.export.exporter import export_bundle
     from tumor_edge.export.formats import CONVERTERS
-
-    import keras
 
     inputs = keras.Input((32, 32, 3))  # pooled then dense: what tests/export/hand_format.py writes by hand
     outputs = keras.layers.Dense(4, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(inputs))
