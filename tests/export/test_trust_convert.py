@@ -149,14 +149,10 @@ def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
         HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32))
     HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32), force=True)
     # heatmap parity as export records it: the file's maps through the runtime against Keras' (fp32: ~1)
-    from types import SimpleNamespace
-
-    from tumor_edge.export.trust_outputs import heatmap_correlation, keras_heatmaps
+    from tumor_edge.export.trust_outputs import heatmap_correlation
     from tumor_edge.runtime import Classifier
 
-    np.save(tmp_path / "pixels.npy", scans.pixels)
-    reference = keras_heatmaps(SimpleNamespace(converted_model=model), tmp_path / "pixels.npy", Preprocessing(32, 32))
-    np.testing.assert_allclose(reference, model.predict(scans.pixels.astype(np.float32), verbose=0)[1], atol=1e-4)
+    reference = model.predict(scans.pixels.astype(np.float32), verbose=0)[1]
     clf = Classifier.from_bundle(bundle, model_file="model_fp32.onnx")
     assert heatmap_correlation(clf, reference, scans.pixels) > 0.999
 

@@ -181,13 +181,6 @@ def load_and_keep(path, options) -> ModelSource:
     return kept(load_source(path, options))
 
 
-def with_kept_model(target: str, source: ModelSource, *args: Any) -> Any:
-    """`target(source, *args)` with this process's loaded twin of `source` (a job for the worker)."""
-    from tumor_edge.worker import resolve
-
-    return resolve(target)(kept(source), *args)
-
-
 def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, show_progress: bool = False
                   ) -> dict[str, Any]:
     """The Keras model's test-set outputs for parity, computed where the model is loaded: probabilities (and ms
@@ -241,5 +234,4 @@ def _made_once(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep",
-           "with_kept_model"]
+__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.contracts.state import remember_last_bundle
-from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
+from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError
 from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import (
@@ -29,7 +29,6 @@ from tumor_edge.export.context import (
     keras_outputs,
     load_and_keep,
     pixels_digest,
-    with_kept_model,
 )
 from tumor_edge.export.file_checks import HeatmapInputs, check_files
 from tumor_edge.export.model_card import write_model_card
@@ -91,10 +90,10 @@ def export_bundle(config: ExportConfig) -> ExportResult:
             conversions = Conversions(ExportContext(config, source, out, work), plan, worker).start()
             keras = _queue_keras_outputs(worker, source, config)  # the worker's last job, after its converters
             conversions.finish_queued()
-            keras = _keras_outputs(keras)
+            keras = keras.wait() if keras is not None else None
             worker.close()  # TensorFlow's memory goes back before onnxruntime quantizes and parity runs
             rows = conversions.finish()
-            metadata, report = _check_and_describe(out, work, source, rows, config, keras, worker)
+            metadata, report = _check_and_describe(out, source, rows, config, keras)
         finally:
             forget_models()
     failed = [r for r in rows if not r.ok and not is_skipped(r)]
@@ -131,9 +130,8 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     return result
 
 
-def _check_and_describe(out: Path, work: Path, source: ModelSource, rows: list[ExportedFile],
-                        config: ExportConfig, keras: dict[str, Any] | None, worker
-                        ) -> tuple[BundleMetadata, ParityReport | None]:
+def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile], config: ExportConfig,
+                        keras: dict[str, Any] | None) -> tuple[BundleMetadata, ParityReport | None]:
     """The bundle's metadata, each file stamped, hashed and checked (one opening each): everything metadata.json
     records but the export's own timings."""
     trust = source.trust
@@ -148,11 +146,11 @@ def _check_and_describe(out: Path, work: Path, source: ModelSource, rows: list[E
     if config.parity and metadata.models:
         samples = stratified_subset(source.test.samples, config.test_count, config.seed)
         temperature = (metadata.calibration or {}).get("temperature")
-        inputs = parity_inputs(lambda pixels: _keras_reference(keras, source, pixels, work, temperature, worker),
+        inputs = parity_inputs(lambda pixels: _keras_output(keras, "reference", pixels),
                                source.reference_preprocessing, samples, source.test.origin, source.classes,
                                temperature, config.show_progress)
         if "heatmap" in metadata.extra_outputs:
-            heatmap_inputs = _heatmap_inputs(source, samples, config, keras, worker)
+            heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
     log.info("export step checks start")
     checks = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
@@ -184,8 +182,8 @@ def sign_export(out: Path, sign_key: Path | None) -> Path | None:
 
 def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
     """Queue the Keras model's parity outputs (probabilities and, with a heatmap output, heatmaps on the test
-    images) as the worker's job after its converters: the model is loaded there already, and the parent does its
-    own work meanwhile. None when parity is off."""
+    images) as the worker's job after its converters: the model is loaded there already, and this process does
+    its own work meanwhile. None when parity is off."""
     if not config.parity or source.test is None or not source.test.samples:
         return None
     heatmap_spec = source.preprocessing if source.trust and "heatmap" in source.trust.extra_outputs else None
@@ -194,60 +192,20 @@ def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
                          heatmap_spec, name="keras")
 
 
-def _keras_outputs(job) -> dict[str, Any] | None:
-    """The queued Keras job's outputs; None (computed again when needed) if it failed."""
-    if job is None:
-        return None
-    try:
-        return job.wait()
-    except Exception as err:  # noqa: BLE001 - computed again later, where an error is reported properly
-        log.info("the queued Keras reference failed (%s); it is computed again for parity", first_line(err))
-        return None
+def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
+    """The Keras job's `name` output, which must have been computed on exactly these pixels."""
+    if keras.get(f"{name}_digest") != pixels_digest(pixels):
+        raise ModelError(f"the Keras {name} was computed on other test images than the exported files'")
+    return keras[name]
 
 
-def _keras_output(keras: dict[str, Any] | None, name: str, pixels) -> Any:
-    """The Keras job's `name` output when it was computed on exactly these pixels, else None."""
-    if keras is not None and name in keras and keras.get(f"{name}_digest") == pixels_digest(pixels):
-        return keras[name]
-    return None
-
-
-def _keras_reference(keras, source: ModelSource, pixels, work: Path, temperature: float | None, worker):
-    """The Keras model's probabilities on the test pixels, from the queued job or computed again in the worker
-    (TensorFlow's memory stays there), temperature-scaled as the bundle's runtime scales them."""
-    import numpy as np
-
-    from tumor_edge.calibration import apply_temperature
-
-    found = _keras_output(keras, "reference", pixels)
-    if found is None:
-        npy = work / "test_pixels.npy"
-        np.save(npy, pixels)
-        try:
-            found = worker.call(with_kept_model, "tumor_edge.export.parity:keras_reference", source, npy,
-                                source.reference_preprocessing, name="keras-reference")
-        finally:
-            npy.unlink(missing_ok=True)
-    probs, ms = found
-    return (apply_temperature(probs, temperature) if temperature else probs), ms
-
-
-def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras, worker) -> HeatmapInputs:
+def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> HeatmapInputs:
     """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them."""
-    import numpy as np
-
     from tumor_edge.data.dataset import load_pixels
 
     pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
                          show_progress=config.show_progress).pixels
-    reference = _keras_output(keras, "heatmaps", pixels)
-    if reference is None:
-        with tempfile.TemporaryDirectory(prefix="tumor-edge-heatmaps-") as tmp:
-            npy = Path(tmp) / "pixels.npy"
-            np.save(npy, pixels)
-            reference = worker.call(with_kept_model, "tumor_edge.export.trust_outputs:keras_heatmaps", source, npy,
-                                    source.reference_preprocessing, name="keras-heatmaps")
-    return HeatmapInputs(pixels, reference)
+    return HeatmapInputs(pixels, _keras_output(keras, "heatmaps", pixels))
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:

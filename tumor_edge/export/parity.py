@@ -147,7 +147,8 @@ def parity_inputs(reference: Callable[[np.ndarray], tuple[np.ndarray, float]], r
                   samples, origin: str, classes: Sequence[str], temperature: float | None,
                   show_progress: bool = True) -> ParityInputs:
     """Decode the test samples and take the Keras reference on them: `reference(pixels)` gives its probabilities
-    (scaled by `temperature`, the bundle's) and its ms per image."""
+    and its ms per image; they are scaled by `temperature` (the bundle's), as the runtime scales each file's."""
+    from tumor_edge.calibration import apply_temperature
     from tumor_edge.data.dataset import load_pixels
     from tumor_edge.errors import DatasetError
 
@@ -155,10 +156,10 @@ def parity_inputs(reference: Callable[[np.ndarray], tuple[np.ndarray, float]], r
     if len(loaded.labels) == 0:
         first = loaded.failures[0] if loaded.failures else "no test images"
         raise DatasetError(f"no readable test images ({first})")
-    probs, ms_per_image = reference(loaded.pixels)
+    raw, ms_per_image = reference(loaded.pixels)
+    probs = apply_temperature(raw, temperature) if temperature else raw
     metrics = classification_metrics(loaded.labels, probs, classes)
     metrics["ms_per_image"] = ms_per_image
-    raw = undo_temperature(probs, temperature)
     metrics["calibration"] = ece_before_after(raw, loaded.labels, temperature)
     return ParityInputs(origin, [s.path for s in loaded.samples], np.asarray(loaded.labels), loaded.failures, probs,
                         metrics, raw, temperature)
@@ -214,14 +215,3 @@ def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np
     if row.verdict == FAIL and any("agreement" in r for r in row.failures):
         row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
     row.statistics = stats.to_dict()
-
-
-def keras_reference(model_of, pixels_npy: Path, spec: Preprocessing) -> tuple[np.ndarray, float]:
-    """(Keras probabilities, ms per image) for uint8 pixels saved as .npy; `model_of` has a `.model` (a
-    ModelSource). Run where the model is loaded (the export's TensorFlow worker)."""
-    model = model_of.model
-    pixels = np.load(pixels_npy, mmap_mode="r")
-    keras_probabilities(model, np.asarray(pixels[:1]), spec)  # warm-up: graph tracing is not latency
-    t0 = time.perf_counter()
-    probs = keras_probabilities(model, pixels, spec)
-    return probs, 1000.0 * (time.perf_counter() - t0) / max(1, len(pixels))

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tumor_edge.contracts.formats import ModelFormat
@@ -63,13 +62,13 @@ def plan_export(config: ExportConfig, source_kind: str) -> ExportPlan:
                       skipped, isolate, config.overlap and isolate, config.parity)
 
 
-def converted(convert: Callable, key: str, ctx: ExportContext, dst: Path) -> Any:
-    """One row's converter, logged as an export step where it runs (benchmarks/export_memory.py charges memory
-    by these lines)."""
+def converted(convert: Callable, key: str, *args: Any) -> Any:
+    """`convert(*args)` (a row's converter, loading the model, the Keras outputs), logged as an export step where
+    it runs (benchmarks/export_memory.py charges memory by these lines)."""
     log.info("export step %s start", key)
     t0 = time.perf_counter()
     try:
-        value = convert(ctx, dst)
+        value = convert(*args)
     except BaseException as err:
         log.info("export step %s failed in %.1f s: %s", key, time.perf_counter() - t0, first_line(err))
         raise

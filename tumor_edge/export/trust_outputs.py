@@ -86,18 +86,6 @@ def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float | None:
     return float(np.mean(np.where(norm[keep] > 0, (a * b).sum(1)[keep] / np.maximum(norm[keep], 1e-300), 0.0)))
 
 
-def keras_heatmaps(model_of, pixels_npy: Path, spec) -> np.ndarray:
-    """The Keras trust model's heatmaps (N, h, w, classes) for uint8 pixels saved as .npy; `model_of` has a
-    `.converted_model` (a ModelSource). Run where the model is loaded (the export's TensorFlow worker)."""
-    from tumor_edge.runtime import scale
-
-    model = model_of.converted_model
-    pixels = np.load(pixels_npy, mmap_mode="r")
-    maps = [np.asarray(model.predict(scale(np.asarray(pixels[s:s + 16]), spec), verbose=0)[1], np.float32)
-            for s in range(0, len(pixels), 16)]
-    return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
-
-
 def heatmap_correlation(clf, reference: np.ndarray, pixels: np.ndarray, batch_size: int = 16) -> float | None:
     """One opened exported file's heatmaps (through the runtime's Classifier, as a device computes them) against
     the Keras model's `reference` maps on the same pixels: `map_correlation`, rounded."""
