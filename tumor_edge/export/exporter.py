@@ -19,7 +19,7 @@ from typing import Any
 
 from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.contracts.state import remember_last_bundle
-from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError
+from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import (
@@ -90,7 +90,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
             conversions = Conversions(ExportContext(config, source, out, work), plan, worker).start()
             keras = _queue_keras_outputs(worker, source, config)  # the worker's last job, after its converters
             conversions.finish_queued()
-            keras = keras.wait() if keras is not None else None
+            keras = _keras_outputs(keras, worker, source, config)
             worker.close()  # TensorFlow's memory goes back before onnxruntime quantizes and parity runs
             rows = conversions.finish()
             metadata, report = _check_and_describe(out, source, rows, config, keras)
@@ -190,6 +190,18 @@ def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
     samples = stratified_subset(source.test.samples, config.test_count, config.seed)
     return worker.submit(converted, keras_outputs, "keras", source, samples, source.reference_preprocessing,
                          heatmap_spec, name="keras")
+
+
+def _keras_outputs(job, worker, source: ModelSource, config: ExportConfig) -> dict[str, Any] | None:
+    """The queued job's Keras outputs; once more, in a fresh worker, when the job failed (a converter before it
+    may have taken the worker down: that row fails, parity still runs)."""
+    if job is None:
+        return None
+    try:
+        return job.wait()
+    except Exception as err:  # noqa: BLE001 - computed again; a second failure is the export's error
+        log.info("the Keras outputs failed (%s); computing them again", first_line(err))
+        return _queue_keras_outputs(worker, source, config).wait()
 
 
 def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
