@@ -35,9 +35,8 @@ from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.parity import ParityReport, parity_inputs, parity_report
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
-from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, plan_export
+from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
 from tumor_edge.export.provenance import provenance
-from tumor_edge.export.routes import is_skipped
 from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource, SourceOptions, needs_option
 from tumor_edge.worker import Inline, Worker

@@ -23,18 +23,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tumor_edge.contracts import formats as format_table
 from tumor_edge.contracts.formats import ModelFormat
 from tumor_edge.errors import first_line
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import ExportContext, ExportedFile
 from tumor_edge.export.formats import converter_for
-from tumor_edge.export.routes import in_table_order, no_route, skipped_row
 from tumor_edge.progress import progress
 from tumor_edge.worker import Inline, Job, Worker
 
 log = logging.getLogger("tumor_edge.export")
 
 TENSORFLOW_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+SKIPPED = "skipped: "
+# (source kind, container) -> why there is no route. A foreign ONNX model has none to TFLite in tumor-edge's
+# dependencies (a TensorFlow re-implementation of an arbitrary graph would be a second model, not the same one):
+# its TFLite rows show as skipped in the export table and the parity report, not failed, not silently absent.
+NO_ROUTES: dict[tuple[str, str], str] = {("onnx", "tflite"): "no converter route from ONNX to TFLite"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class ExportPlan:
 
 def plan_export(config: ExportConfig, source_kind: str) -> ExportPlan:
     selected = config.selected()
-    skipped = tuple((f, why) for f in selected if (why := no_route(source_kind, f)))
+    skipped = tuple((f, SKIPPED + NO_ROUTES[source_kind, f.format]) for f in selected
+                    if (source_kind, f.format) in NO_ROUTES)
     made = [f for f in selected if f not in {s for s, _ in skipped}]
     isolate = config.isolate and not config.debug
     return ExportPlan(tuple(f for f in made if f.needs is None), tuple(f for f in made if f.needs is not None),
@@ -124,6 +130,10 @@ class _Row:
             self.runner.close(kill=True)
 
 
+def is_skipped(row: ExportedFile) -> bool:
+    return row.status.startswith(SKIPPED)
+
+
 def _mb(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "?"
 
@@ -172,11 +182,15 @@ class Conversions:
         finally:
             self.cancel()
         rows = [ctx.results[f.key] for f in self.plan.formats if f.key in ctx.results]
-        return in_table_order(rows + [skipped_row(f, why) for f, why in self.plan.skipped])
+        for fmt, why in self.plan.skipped:
+            rows.append(ExportedFile.of(fmt))
+            rows[-1].status = why
+        order = {f.key: i for i, f in enumerate(format_table.FORMATS)}
+        return sorted(rows, key=lambda r: order.get(r.key, len(order)))
 
     def cancel(self) -> None:
         for row in self._queued + self._running:
             row.cancel()
 
 
-__all__ = ["Conversions", "ExportPlan", "converted", "plan_export"]
+__all__ = ["Conversions", "ExportPlan", "converted", "is_skipped", "plan_export"]
