@@ -140,6 +140,29 @@ def test_a_dead_child_fails_its_job_and_those_queued_behind_it_and_the_next_gets
         assert pid != before and kept is None  # a fresh process: what the dead one held is gone
 
 
+def _only_in(pid: int) -> str:
+    if os.getpid() != pid:
+        raise ImportError("this result cannot be loaded outside its process")
+    return "loaded"
+
+
+class _LoadsOnlyInTheChild:
+    def __reduce__(self):
+        return _only_in, (os.getpid(),)
+
+
+def result_the_parent_cannot_load() -> _LoadsOnlyInTheChild:
+    return _LoadsOnlyInTheChild()
+
+
+def test_a_result_this_process_cannot_load_fails_its_job_in_one_line_instead_of_hanging():
+    with Worker() as worker:
+        with pytest.raises(ChildFailed, match="^result_the_parent_cannot_load failed in the worker process: this "
+                                              "result cannot be loaded outside its process$"):
+            worker.call(result_the_parent_cannot_load, deadline=60)
+        assert worker.call(sleep, 0) == "woke"
+
+
 def test_a_job_past_its_deadline_is_killed():
     with Worker() as worker:
         started = time.monotonic()

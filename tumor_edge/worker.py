@@ -285,22 +285,26 @@ class Worker:
                 conn.send_bytes(job.payload)
                 self._await(job, conn, process)
             except ChildFailed as err:
-                self._kill()
-                job.future.set_exception(err)
-                self._fail_queued(err)
+                self._fail(job, err)
             except (EOFError, OSError, AttributeError):  # AttributeError: closed (killed) under this thread
                 process = self._process
                 if process is not None:
                     process.join(timeout=1)
                 code = process.exitcode if process is not None else None
-                self._kill()
-                err = ChildFailed(f"the {self.name} process died while running {job.name} (exit code {code}"
-                                  f"{': killed, out of memory?' if code is not None and code < 0 else ''})")
-                job.future.set_exception(err)
-                self._fail_queued(err)
+                why = ": killed, out of memory?" if code is not None and code < 0 else ""
+                self._fail(job, ChildFailed(f"the {self.name} process died while running {job.name} (exit code "
+                                            f"{code}{why})"))
+            except Exception as err:  # noqa: BLE001 - a child that cannot start; a result this process cannot load
+                self._fail(job, ChildFailed(f"{job.name} failed in the {self.name} process: {first_line(err)}"))
+
+    def _fail(self, job: Job, err: ChildFailed) -> None:
+        """The child is ended; this job and those queued behind it (they relied on its state) fail with `err`."""
+        self._kill()
+        if not job.future.done():
+            job.future.set_exception(err)
+        self._fail_queued(err)
 
     def _fail_queued(self, err: ChildFailed) -> None:
-        """Jobs queued behind a dead child relied on its state: they fail with it."""
         pending: list[Job | None] = []
         while not self._jobs.empty():
             pending.append(self._jobs.get_nowait())
