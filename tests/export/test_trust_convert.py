@@ -148,7 +148,7 @@ def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
     with pytest.raises(OutputExistsError):
         HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32))
     HeatmapWriter(tmp_path / "maps", Preprocessing(32, 32), force=True)
-    # heatmap parity as export records it: the file's maps through the runtime against Keras' (fp32: ~1)
+    # heatmap parity as export records it: the file's maps through the runtime against Keras' (fp32: nearly identical)
     from tumor_edge.export.trust_outputs import heatmap_correlation
     from tumor_edge.runtime import Classifier
 

@@ -2,7 +2,7 @@
 `tf.lite.TFLiteConverter.from_saved_model` (fp32, fp16 weights, and int8).
 
 The SavedModel is written once per export and shared by the three conversions. TFLite's int8 calibrator runs the
-float model single-threaded with logging kernels (~0.6 CPU-s per 299 px image), the longest step of an export.
+float model single-threaded with logging kernels, the longest step of an export.
 """
 
 from __future__ import annotations
