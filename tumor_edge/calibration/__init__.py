@@ -1,9 +1,5 @@
 """How far to believe a prediction: temperature scaling, calibration error, out-of-distribution thresholds.
-
-TensorFlow-free (numpy; scipy only inside the fitting function; matplotlib only inside the plot writer), so
-train fits these numbers on the validation split, export copies them into the bundle, and the device runtime
-applies them with numpy alone.
-"""
+numpy only at import, so the device runtime applies what train fitted."""
 
 from tumor_edge.calibration.ece import expected_calibration_error, reliability_bins
 from tumor_edge.calibration.temperature import (

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration import calibration_summary
-from tumor_edge.calibration.mahalanobis import fit_mahalanobis
-from tumor_edge.calibration.ood_fit import DEFAULT_TPR
+from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
 from tumor_edge.calibration.ood_sets import generated_sets
 from tumor_edge.calibration.plots import reliability_diagram
 from tumor_edge.calibration.temperature import choose_temperature
