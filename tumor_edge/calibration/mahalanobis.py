@@ -39,12 +39,9 @@ class MahalanobisOod:
     def dims(self) -> int:
         return int(self.projection.shape[1])
 
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """(N, C) pooled features -> (N, dims): what the exported model's "ood_features" output gives."""
-        return (np.asarray(features, np.float64) - self.mean) @ self.projection
-
     def score(self, features: np.ndarray) -> np.ndarray:
-        return score_projected(self.project(features), self.centres)
+        """(N, C) pooled features -> (N,) scores, through the projection the exported model applies."""
+        return score_projected((np.asarray(features, np.float64) - self.mean) @ self.projection, self.centres)
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         return self.score(features) > self.threshold

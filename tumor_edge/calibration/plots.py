@@ -13,7 +13,7 @@ from tumor_edge.calibration.ece import DEFAULT_BINS, expected_calibration_error,
 from tumor_edge.calibration.temperature import apply_temperature
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +50,7 @@ def reliability_grid(rows: Sequence[tuple[str, np.ndarray, float | None]], label
                      bins: int = DEFAULT_BINS, title: str = "") -> Path:
     """One figure, one row per model (name, raw probabilities, temperature or None): before and after scaling
     side by side, so every exported file's calibration is seen on one page."""
-    plt = _pyplot()
+    plt = pyplot()
     height = 3.4 * len(rows) + 0.7  # inches; the top 0.7 hold the title and the notice
     fig, axes = plt.subplots(len(rows), 2, figsize=(9, height), sharey=True, squeeze=False)
     for (name, raw, temperature), pair in zip(rows, axes):

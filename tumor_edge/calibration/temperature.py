@@ -94,11 +94,6 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "probabi
                           int(len(labels)))
 
 
-def at_edge(temperature: float) -> bool:
-    """True when a fitted T sits at (within EDGE_FACTOR of) a bound of T_BOUNDS: the range, not the data, set it."""
-    return temperature <= T_BOUNDS[0] * EDGE_FACTOR or temperature >= T_BOUNDS[1] / EDGE_FACTOR
-
-
 def _refusal(z: np.ndarray, labels: np.ndarray, fit: TemperatureFit) -> str | None:
     """Rules 1 and 2 for one fit: why it cannot be trusted, or None."""
     errors = int(np.sum(z.argmax(1) != labels))
@@ -106,7 +101,7 @@ def _refusal(z: np.ndarray, labels: np.ndarray, fit: TemperatureFit) -> str | No
         what = "no misclassified images" if errors == 0 else f"{errors} misclassified image"
         return (f"the validation split has {what} (at least {MIN_ERRORS} needed): its NLL has no interior "
                 "minimum to fit, or none a held-out check can test")
-    if at_edge(fit.temperature):
+    if fit.temperature <= T_BOUNDS[0] * EDGE_FACTOR or fit.temperature >= T_BOUNDS[1] / EDGE_FACTOR:
         return (f"the fitted T = {fit.temperature:.3g} sits at the edge of the search range {T_BOUNDS}: the range "
                 "set it, not the data")
     return None
