@@ -2,13 +2,7 @@
 numpy only at import, so the device runtime applies what train fitted."""
 
 from tumor_edge.calibration.ece import expected_calibration_error, reliability_bins
-from tumor_edge.calibration.temperature import (
-    TemperatureFit,
-    apply_temperature,
-    calibration_summary,
-    fit_temperature,
-    log_scores,
-)
+from tumor_edge.calibration.temperature import apply_temperature, calibration_summary, fit_temperature
 
-__all__ = ["TemperatureFit", "apply_temperature", "calibration_summary", "expected_calibration_error",
-           "fit_temperature", "log_scores", "reliability_bins"]
+__all__ = ["apply_temperature", "calibration_summary", "expected_calibration_error", "fit_temperature",
+           "reliability_bins"]

@@ -13,7 +13,7 @@ log p differs from the logits by a per-row constant, which the softmax ignores.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,9 +68,6 @@ class TemperatureFit:
     nll_before: float
     nll_after: float
     count: int  # validation images it was fitted on
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _fitted_t(z: np.ndarray, labels: np.ndarray) -> float:
@@ -154,7 +151,6 @@ class TemperatureChoice:
     temperature: float  # what ships: fit.temperature, or 1.0
     out_of_fold_gain: float | None  # rule 3's mean held-out NLL gain per image; None when rules 1-2 refused
     kept_t1_because: str | None = None
-    gain_lower_bound: float | None = None  # rule 3's one-sided lower bound of that gain
 
     def applied_fit(self) -> TemperatureFit:
         """The fit as shipped (T = 1 and no NLL change when kept)."""
@@ -174,9 +170,8 @@ def choose_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "prob
     gain, bound = float(gains.mean()), lower_bound(gains)
     if bound <= 0:
         return TemperatureChoice(fit, 1.0, gain, f"the held-out NLL gain of a fitted T ({gain:+.4f} per image) is "
-                                 f"not significantly positive ({100 * CONFIDENCE:g} % lower bound {bound:+.4f})",
-                                 bound)
-    return TemperatureChoice(fit, fit.temperature, gain, None, bound)
+                                 f"not significantly positive ({100 * CONFIDENCE:g} % lower bound {bound:+.4f})")
+    return TemperatureChoice(fit, fit.temperature, gain)
 
 
 def calibration_summary(scores: np.ndarray, labels: np.ndarray, fit: TemperatureFit,
