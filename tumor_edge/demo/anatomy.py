@@ -256,32 +256,24 @@ def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
     brain_lo = idx.min(axis=0) * GRID_MM + 0.5
     brain_hi = idx.max(axis=0) * GRID_MM + 0.5
 
-    def coarse_to_vox(ijk: np.ndarray) -> np.ndarray:
-        return ijk.astype(np.float64) * GRID_MM + 0.5
-
     anat = Anatomy(name=name, image=image, depth=depth, synthetic_head=stripped, brain_lo=brain_lo,
                    brain_hi=brain_hi, glioma_sites=np.zeros((0, 3)), convexity_sites=np.zeros((0, 3)),
                    convexity_normals=np.zeros((0, 3)), falx_sites=np.zeros((0, 3)))
+    inner = np.argwhere(depth > 0)
+    pts = inner.astype(np.float64) * GRID_MM + 0.5
+    reg = _ref_regions(anat.to_ref, pts)
+    at = tuple(inner.T)
     # Glioma sites: inside the cerebral hemispheres, away from the surface, in tissue (not ventricle CSF).
-    deep = np.argwhere((depth >= 6.0) & (coarse > 0.42))
-    pts = coarse_to_vox(deep)
-    reg = _ref_regions(anat.to_ref, pts)
-    anat.glioma_sites = pts[~reg["infratentorial"] & ~reg["brainstem"] & ~reg["near_midline"]]
+    deep = (depth[at] >= 6.0) & (coarse[at] > 0.42)
+    anat.glioma_sites = pts[deep & ~reg["infratentorial"] & ~reg["brainstem"] & ~reg["near_midline"]]
     # Convexity sites: the outer brain surface, with outward normals from the depth gradient.
-    surface = np.argwhere((depth > 0) & (depth <= GRID_MM * 1.01))
-    pts = coarse_to_vox(surface)
-    reg = _ref_regions(anat.to_ref, pts)
-    keep = ~reg["brainstem"] & ~reg["low"] & ~reg["near_midline"]
-    grads = np.stack(np.gradient(depth), axis=-1)
-    normals = -grads[tuple(surface[keep].T)]
+    keep = (depth[at] <= GRID_MM * 1.01) & ~reg["brainstem"] & ~reg["low"] & ~reg["near_midline"]
+    normals = -np.stack(np.gradient(depth), axis=-1)[tuple(inner[keep].T)]
     norms = np.linalg.norm(normals, axis=1, keepdims=True)
     ok = norms[:, 0] > 1e-6
     anat.convexity_sites = pts[keep][ok]
     anat.convexity_normals = normals[ok] / norms[ok]
     # Falx sites: the midline plane where the falx cerebri runs, inside the brain's outline.
-    inner = np.argwhere(depth > 0)
-    pts = coarse_to_vox(inner)
-    reg = _ref_regions(anat.to_ref, pts)
     anat.falx_sites = pts[reg["falx"]]
     if len(anat.glioma_sites) == 0 or len(anat.convexity_sites) == 0:
         raise DatasetError("could not find cerebral hemispheres in this volume (is it a human T1 brain?)", path)
