@@ -44,10 +44,6 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     return name, int(port_text) if port_text is not None else None
 
 
-def shown(name: str) -> str:
-    return f"[{name}]" if ":" in name else name
-
-
 @dataclass(frozen=True)
 class HostRule:
     """Which Host headers are this server's (see the module's docstring)."""
@@ -77,7 +73,8 @@ class HostRule:
             return None
         if (name in self.own or (self.any_ip and ip_of(name) is not None)) and port in (None, self.port):
             return None
-        names = ", ".join(shown(n) for n in sorted(self.own)) + (", any IP address" if self.any_ip else "")
+        names = ", ".join(f"[{n}]" if ":" in n else n for n in sorted(self.own))
+        names += ", any IP address" if self.any_ip else ""
         extra = f" (and to {', '.join(sorted(self.allowed))} on any port)" if self.allowed else ""
         return 421, (f"Host {value[:100]!r} is not this server, which answers to {names} on port {self.port}"
                      f"{extra}. Refused, as a page reaching it through another name may be a DNS-rebinding attack; "
