@@ -33,8 +33,7 @@ class ColdStart:
     min_s: float
     max_s: float
     peak_rss_mb: float | None  # median over runs of the child's ru_maxrss (None where the OS has no wait4)
-    # median over runs of the child's user+sys CPU seconds (None without wait4): a loaded machine inflates wall
-    # time far more than CPU time, so this is the figure to compare across runs of a shared machine
+    # median user+sys CPU seconds: load inflates wall time far more, so compare this across a shared machine's runs
     cpu_s: float | None = None
     child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
 
@@ -59,12 +58,8 @@ def _child_command(model: Path, image: Path, threads: int | None, bundle: Path |
 def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Path | None = None,
                timeout: float = 600.0) -> tuple[float, float, dict[str, Any], float | None]:
     """(seconds from spawn to first result, peak RSS MB, the child's JSON line, its CPU seconds) of one fresh
-    process.
-
-    The child is spawned by a small launcher process, not by the caller: Linux carries the spawning process's
-    RSS high-water mark into the child's ru_maxrss across fork/vfork + exec, so a child of the (large)
-    harness would report the harness's memory. The launcher is a bare Python (~10 MB), far below any child.
-    """
+    process, spawned by a bare launcher: Linux carries the spawner's RSS high-water mark into the child's
+    ru_maxrss across fork + exec, so a child of the large harness would report the harness's memory."""
     cmd = [*_child_command(model, image, threads, bundle), "--launch"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -2,9 +2,7 @@
 table, and the training run's Keras model as the reference.
 
 The formats come from the bundle's metadata and `tumor_edge.contracts.formats`: a new row in the format table
-is a new benchmark row with no change here. Optimised forms of an .onnx file (`*.ort.onnx` twins, which 0.1
-bundles carried) are never timed separately: they are the same model, and the runtime now builds its own on
-the device.
+is a new benchmark row with no change here.
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ from tumor_edge.contracts.formats import format_of
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.errors import ModelError
 
-# Provenance keys under which export may record the training run folder (first match wins).
-RUN_KEYS = ("run_dir", "run", "source_run", "run_folder", "training_run")
+# The provenance key under which export records the training run folder.
+RUN_KEY = "run_dir"
 # The file name of a run's Keras model, as the run-folder contract defines it.
 KERAS_FILE = RunFolder(Path()).model.name
 ONNX_ENGINE = "onnxruntime"
@@ -54,11 +52,8 @@ def find_run(run: Path | None, metadata: BundleMetadata) -> tuple[Path | None, P
     candidates: list[Path] = []
     if run is not None:
         candidates.append(Path(run))
-    else:
-        for key in RUN_KEYS:
-            value = metadata.provenance.get(key)
-            if isinstance(value, str) and value:
-                candidates.append(Path(value))
+    elif isinstance(metadata.provenance.get(RUN_KEY), str) and metadata.provenance[RUN_KEY]:
+        candidates.append(Path(metadata.provenance[RUN_KEY]))
     for candidate in candidates:
         if candidate.name == KERAS_FILE and candidate.is_file():
             return candidate.parent, candidate
