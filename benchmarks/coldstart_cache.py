@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Cold start of `tumor-edge classify` with the device's optimised-model cache (issue 13): a fresh process from
+"""Cold start of `tumor-edge classify` with the device's optimised-model cache: a fresh process from
 spawn to exit for one image, its peak RSS and its CPU time.
 
     python -m benchmarks.coldstart_cache                          # the stand-in bundle, built once, then measured
@@ -19,7 +19,7 @@ alike; each run gets a cache in the state the case names):
   cli/first         an empty cache: optimise, write the entry, classify
   api/second        `Classifier.from_bundle(...).predict(...)` in `python -c`, cache warm
   api/second-nohash the same without the sha256 check of the model file (what the check costs)
-  floor/onnxruntime onnxruntime alone loading this tree's cache entry and running once on zeros (issue 20's floor)
+  floor/onnxruntime onnxruntime alone loading this tree's cache entry and running once on zeros (the floor)
   floor/ort+decode+hash  that, plus what any classify of a JPEG must add: Pillow decoding and resizing the scan
                     and hashlib's sha256 of the model file (no tumor-edge code)
 Wall is spawn to exit; CPU is the child's user+sys time (getrusage via wait4), which a loaded machine inflates far

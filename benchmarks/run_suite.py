@@ -49,8 +49,8 @@ one image file, with that process's peak RSS from the kernel's accounting of the
 file, 1 for Keras). Two matmul ceilings, each measured in a fresh process per thread count before and after
 the formats (the best is kept: load only slows it), each 1024^3 (short runs, so that on a shared machine the best
 of many finds the moments the cores were free), both through onnxruntime itself so that no BLAS setting moves
-them: float32, a `MatMul` (MLAS's sgemm; until issue 20 numpy's BLAS, which `OPENBLAS_CORETYPE=Haswell` held to
-AVX2 kernels that ONNX fp32 beat), and int8, a uint8 x int8 `MatMulInteger` (MLAS's integer GEMM, the kernels a
+them: float32, a `MatMul` (MLAS's sgemm, so that no BLAS setting holds it to
+narrower kernels than ONNX fp32 runs), and int8, a uint8 x int8 `MatMulInteger` (MLAS's integer GEMM, the kernels a
 QDQ model's QLinearConv runs on). Beside them the ISA's theoretical peak (FMA units x vector lanes x the reported
 clock, assumptions printed; a ceiling above it is flagged with the clock it implies), and a format above its own
 ceiling is flagged as a measurement error. Each format's achieved GMAC/s (MACs counted from the ONNX graph:
@@ -84,7 +84,7 @@ Other scripts here, each writing its figures (with the CPU and the load average)
 - `export_memory.py`: `tumor-edge export` at 299 px, whole process tree sampled (peak per step, CPU, wall).
 - `demo_memory.py`: `tumor-edge demo` end to end, per-stage peaks of the process tree, held-out accuracy.
 - `folder_throughput.py`: `classify` of a folder of 1,000 scans (and the in-process stream) against the engine's own
-  images/s at the same batch size and threads (issue 20; `results/engine-speed-2026-12-03.md`).
+  images/s at the same batch size and threads (`results/engine-speed-2026-12-03.md`).
 - `coldstart_cache.py`: `classify` of one image in fresh processes (first, second, no cache), wall, CPU, peak,
   with the engine's own floor beside it; `--compare TREE` runs another checkout in the same rounds.
 - `runtime_memory.py`: `classify` memory over thousands of files, with and without hostile ones.

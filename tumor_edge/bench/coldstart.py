@@ -1,10 +1,8 @@
 """Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
 
-A small launcher (`python -m tumor_edge.bench.coldstart MODEL IMAGE --launch`) spawns the probe
-`python -m tumor_edge.bench.coldstart MODEL IMAGE`, timestamps the spawn, reads the probe's first stdout line
-(the result) and takes the time then; peak RSS comes from the kernel's accounting of the reaped probe
-(`os.wait4`), so nothing in the probe has to measure itself. A `.keras` file is loaded with Keras
-in the child (the reference a device would not run) and needs `--bundle` for its preprocessing.
+A launcher (`--launch`) spawns the probe, times spawn to the probe's first stdout line and reads peak RSS from
+the kernel's accounting of the reaped probe (`os.wait4`), so the probe measures nothing itself. A `.keras`
+file needs `--bundle` for its preprocessing.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +34,6 @@ class ColdStart:
     # median user+sys CPU seconds: load inflates wall time far more, so compare this across a shared machine's runs
     cpu_s: float | None = None
     child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _maxrss_mb(rusage: Any) -> float:

@@ -1,9 +1,5 @@
-"""Multiply-accumulates per image, counted from an ONNX graph, so an achieved GMAC/s can be set against the
-machine's matmul ceiling for any model and input size.
-
-Counts the convolutions, matmuls and Gemm (nearly all of a CNN's arithmetic) after ONNX shape inference with
-the batch fixed to 1. Needs the `onnx` package; without it the count is None and the report leaves the ceiling
-fraction out.
+"""Multiply-accumulates per image of an ONNX graph's convolutions, matmuls and Gemm (nearly all of a CNN's
+arithmetic), so an achieved GMAC/s can be set against the matmul ceiling. Without `onnx` the count is None.
 """
 
 from __future__ import annotations

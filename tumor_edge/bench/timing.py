@@ -34,11 +34,8 @@ TimedCall = Callable[[int], float]
 
 
 def measure_interleaved(calls: dict[str, TimedCall], plan: RunPlan) -> dict[str, list[float]]:
-    """Per-run seconds for each call: `plan.warmup` untimed runs each, then rounds of one run each.
-
-    A call leaves the rotation once it has `min_runs` runs and `min_seconds` of timed runs; the starting
-    position rotates every round so no format always runs right after the same neighbour.
-    """
+    """Per-run seconds for each call: `plan.warmup` untimed runs each, then rounds of one run each until a call
+    has its runs and seconds; the start rotates so no format always follows the same neighbour."""
     for i in range(plan.warmup):
         for call in calls.values():
             call(i)
