@@ -1,8 +1,5 @@
-"""The Brain Tumor MRI Dataset layout: ROOT/Training/<class>/*, ROOT/Testing/<class>/*.
-
-Class names come from the folder names, sorted. Problems a user can fix are collected as one-line messages
-(`DatasetIndex.problems`); only a layout that cannot be trained on at all raises.
-"""
+"""The dataset layout ROOT/Training/<class>/*, ROOT/Testing/<class>/*: problems a user can fix are collected
+as one-line messages; only a layout that cannot be trained on raises."""
 
 from __future__ import annotations
 
