@@ -190,3 +190,14 @@ def test_a_missing_key_file_exits_1_not_2_in_classify(signed_bundle, scan, tmp_p
                                        str(tmp_path / "missing.pem")])
     assert result.exit_code == 1, result.output
     assert "public key not found" in result.output
+
+
+def test_bench_honours_the_trust_variable(unsigned_bundle, keys, tmp_path):
+    """Finding (low): `bench` ignored $TUMOR_EDGE_TRUST and timed an unsigned bundle on a device told to trust only
+    signed ones. It opens each file through the runtime's open stage, which checks the signature over the bytes it
+    loads."""
+    result = CliRunner().invoke(main, ["bench", "--model", str(unsigned_bundle), "--json", str(tmp_path / "b.json"),
+                                       "--min-runs", "1", "--min-seconds", "0"], env={TRUST_ENV: str(keys[1])})
+    assert result.exit_code != 0, result.output
+    assert "not signed" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b.json").exists()

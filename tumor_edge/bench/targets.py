@@ -1,5 +1,5 @@
-"""What gets timed: each file of a bundle through the runtime (`open_backend`, exactly what `classify` runs),
-and the Keras reference in a TensorFlow worker process, so the harness never imports TensorFlow. Both give
+"""What gets timed: each file of a bundle through the runtime's open stage (`Classifier.from_bundle`, as `classify`
+opens it), and the Keras reference in a TensorFlow worker process, so the harness never imports TensorFlow. Both give
 the same session interface, so the harness can interleave their runs.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from tumor_edge.bench.inputs import make_batches
 from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
 from tumor_edge.errors import ModelError
-from tumor_edge.runtime import BackendOptions, open_backend
+from tumor_edge.runtime import BackendOptions, Classifier
 
 KERAS_KEY = "keras"
 KERAS_SUFFIX = ".keras"
@@ -43,7 +43,8 @@ class RuntimeSession:
     def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
         self.target, self.inputs, self.classes = target, inputs, classes
         start = time.perf_counter()
-        self.backend = open_backend(target.path, BackendOptions(threads=threads))
+        # through the open stage, as classify opens it: the listed sha256 and any trust setting bind the bytes timed
+        self.backend = Classifier.from_bundle(target.path, options=BackendOptions(threads=threads)).backend
         self.load_s = time.perf_counter() - start
         self.loaded_file = self.backend.loaded_path.name
         self.feeds: list[np.ndarray] = []
