@@ -71,11 +71,11 @@ class Scorer:
         columns = _cells(buffer)
         out: dict[str, list[dict]] = {record["input_path"]: [] for record in inputs}  # rows in input order
 
-        def emit(record: dict, result, axis: str | None = None) -> None:
+        def emit(record: dict, result) -> None:
             if isinstance(result, VolumeSummary):
                 writer.volume_summary(result)
             elif result.ok:
-                writer.prediction(result, axis)
+                writer.prediction(result)
             else:
                 writer.failure(result)
             row = dict(zip(columns, _cells(buffer)))
@@ -104,15 +104,12 @@ class Scorer:
         return [{**row, "worker": self.worker, "seconds": share} for row in rows]
 
     def _score(self, paths: list[str], records: dict[str, dict], emit) -> None:
-        from tumor_edge.runtime import is_volume
-
         s = self.settings
-        axes = {path: s.axis if is_volume(path) else None for path in paths}  # a volume's slice rows name their axis
         stream = self.classifier.iter_results(paths, frames=s.frames, axis=s.axis, slices=_slices(s.slices),
                                               batch_size=s.batch_size, workers=0, abstain=s.abstain)
         try:
             for result in stream:
-                emit(records[str(result.source)], result, axes[str(result.source)])
+                emit(records[str(result.source)], result)
         finally:
             stream.close()
 
