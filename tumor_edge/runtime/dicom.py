@@ -18,10 +18,10 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
-from tumor_edge.runtime.frames import FRAME_CHOICES, release_frames, select_frames
+from tumor_edge.runtime.frames import release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
-__all__ = ["FRAME_CHOICES", "DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom", "read_dicom_frames",
+__all__ = ["DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom", "read_dicom_frames",
            "read_header", "read_stored"]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
@@ -293,8 +293,6 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     caller classify every slice and decide for itself.
     """
     path = Path(path)
-    if not (frames in FRAME_CHOICES or isinstance(frames, int)):
-        raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
     ds = _read_dataset(path)
     pixels = _pixel_array(ds, path)
     if pixels.size == 0 or pixels.ndim < 2:
