@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 def _latency(paths: dict[str, Path], x: np.ndarray, rounds: int = 15) -> dict[str, float]:
     from tumor_edge.runtime import BackendOptions, open_backend
 
-    runs = {k: open_backend(p, BackendOptions(threads=1, use_optimized=False)).run for k, p in paths.items()}
+    runs = {k: open_backend(p, BackendOptions(threads=1)).run for k, p in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for run in runs.values():
         run(x)

@@ -83,7 +83,7 @@ def build_variants(work: Path, calib: np.ndarray, spec: Preprocessing) -> dict[s
 def _runner(path: Path, threads: int, spin: bool = False):
     from tumor_edge.runtime import BackendOptions, open_backend
 
-    backend = open_backend(path, BackendOptions(threads=threads, spin=spin, use_optimized=False))
+    backend = open_backend(path, BackendOptions(threads=threads, spin=spin))
     return backend.run
 
 

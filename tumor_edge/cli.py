@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "data": "tumor_edge.data.commands:data",
     "export": "tumor_edge.export.commands:export",
     "classify": "tumor_edge.runtime.commands:classify",
-    "verify": "tumor_edge.runtime.verify:verify",
+    "verify": "tumor_edge.runtime.commands:verify",
     "bench": "tumor_edge.bench.commands:bench",
     "demo-data": "tumor_edge.demo.commands:demo_data",
     "demo": "tumor_edge.demo.commands:demo",

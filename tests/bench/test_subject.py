@@ -4,7 +4,6 @@ found through the run-folder contract."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from tumor_edge.bench.subject import resolve_subject
 from tumor_edge.bench.timing import RunPlan
 from tumor_edge.contracts import formats
 from tumor_edge.contracts.bundle import (
-    METADATA_FILE,
     BundleMetadata,
     describe_file,
     is_optimized_name,
@@ -50,14 +48,12 @@ def test_targets_are_keyed_by_the_format_table(tiny_onnx):
     assert [(t.key, t.precision) for t in one.targets] == [("onnx-int8", "int8")]
 
 
-def test_optimised_twins_are_not_timed_as_formats(tiny_onnx, tmp_path):
+def test_a_bundle_listing_an_optimised_twin_is_refused(tiny_onnx, tmp_path):
     bundle = _copy_bundle(tiny_onnx, tmp_path / "bundle")
     twin = optimized_model_name(BY_KEY["onnx-fp32"].file)
     _add_file(bundle, twin, "onnx-fp32", ort_optimized_from=BY_KEY["onnx-fp32"].file)
-    assert twin in json.loads((bundle / METADATA_FILE).read_text())["models"]
-    subject = resolve_subject(bundle, keras=False)
-    assert sorted(t.key for t in subject.targets) == ["onnx-fp32", "onnx-int8"]
-    assert all(not t.path.name.endswith(".ort.onnx") for t in subject.targets)
+    with pytest.raises(ModelError, match="re-export"):
+        resolve_subject(bundle, keras=False)
 
 
 def test_a_new_row_in_the_format_table_is_a_new_benchmark_row(tiny_onnx, tmp_path, monkeypatch):

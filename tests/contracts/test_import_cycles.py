@@ -15,8 +15,6 @@ import grimp
 import pytest
 
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # contracts: the bundle record parses itself through bundle_schema, which builds bundle's types
-    frozenset({"tumor_edge.contracts.bundle", "tumor_edge.contracts.bundle_schema"}),
     # runtime: the device's choice of file (choice) loads candidates through the classifier, which asks it for the file
     frozenset({"tumor_edge.runtime.choice", "tumor_edge.runtime.classifier"}),
 })

@@ -95,7 +95,7 @@ def test_the_runtime_feeds_a_fixed_batch_file_in_its_own_batch_size(tmp_path):
 
     src = _model(tmp_path / "m.onnx", hard_batch=True)
     to_bundle_model(src, tmp_path / "out.onnx", inspect_onnx(src, 4, None), append_softmax=True)
-    backend = open_backend(tmp_path / "out.onnx", BackendOptions(use_optimized=False))
+    backend = open_backend(tmp_path / "out.onnx", BackendOptions())
     assert backend.fixed_batch == 1
     nhwc = RNG.uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
     together = backend.run(nhwc)[0]

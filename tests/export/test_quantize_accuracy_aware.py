@@ -214,17 +214,44 @@ def test_keep_float_gives_the_node_float_inputs_which_nodes_to_exclude_cannot(ou
     assert "w2_quantized" not in {i.name for i in rewritten.graph.initializer}
 
 
-def test_reduce_range_follows_the_cpu():
-    from tumor_edge.export.quantize import QuantizationConfig, default_reduce_range
+def test_the_weight_range_is_measured_on_validation_not_read_from_the_cpu(outlier, monkeypatch):
+    """The bundle runs on other CPUs than the one that exports: the same validation images give the same weight
+    range whether the exporting CPU has VNNI or not, every candidate range is scored and recorded, and the kept one
+    is the least lossy."""
+    from tumor_edge import machine
+    from tumor_edge.export.quantize import WEIGHT_RANGES, CandidateScore, QuantizationConfig, quantize_onnx_int8
 
-    assert default_reduce_range({"sse4_2", "avx2", "fma"}) is True  # AVX2-only x86: int16 saturation
-    assert default_reduce_range({"avx2", "avx512f", "avx512_vnni"}) is False
-    assert default_reduce_range({"avx2", "avx_vnni"}) is False
-    assert default_reduce_range({"avx2", "amx_int8"}) is False
-    assert default_reduce_range({"asimd", "asimddp"}) is False  # ARM: no x86 flags
-    assert default_reduce_range(set()) is False
-    assert QuantizationConfig(reduce_range=True).resolved_reduce_range() is True
-    assert QuantizationConfig(reduce_range=False).resolved_reduce_range() is False
+    folder, spec, fp32, calib, val, labels, reference = outlier
+    chosen = {}
+    for cpu, flags in {"avx2": {"sse4_2", "avx2", "fma"}, "vnni": {"avx2", "avx512f", "avx512_vnni"}}.items():
+        monkeypatch.setattr(machine, "cpu_flag_set", lambda flags=flags: set(flags))
+        work = folder / f"work_range_{cpu}"
+        work.mkdir()
+        config = QuantizationConfig(methods=("minmax",), accuracy_aware=False)
+        report = quantize_onnx_int8(fp32, folder / f"range_{cpu}.onnx", calib, val, labels, 4, spec, config, work,
+                                    False)
+        record = report.to_dict()["weight_range"]
+        scored = {c["method"].split("/")[1]: c for c in record["candidates"]}
+        assert set(scored) | set(record.get("skipped", {})) == set(WEIGHT_RANGES) and {"s8", "s8-7bit"} <= set(scored)
+        best = min((CandidateScore(**c) for c in record["candidates"]),
+                   key=lambda c: c.loss_key(CandidateScore(**report.reference)))
+        assert record["chosen"] == best.method.split("/")[1] and "validation images" in record["why"]
+        row = WEIGHT_RANGES[record["chosen"]]
+        assert report.config["reduce_range"] is row.reduce_range and report.config["weight_type"] == row.weight_type
+        chosen[cpu] = record["chosen"]
+    assert chosen["avx2"] == chosen["vnni"]
+
+
+def test_without_validation_images_the_range_that_saturates_nowhere_ships(outlier):
+    from tumor_edge.export.quantize import QuantizationConfig, quantize_onnx_int8
+
+    folder, spec, fp32, calib, *_ = outlier
+    work = folder / "work_no_val"
+    work.mkdir()
+    report = quantize_onnx_int8(fp32, folder / "no_val.onnx", calib, None, None, 4, spec,
+                                QuantizationConfig(methods=("minmax",)), work, False)
+    assert report.weight_range["chosen"] == "s8-7bit" and report.config["reduce_range"] is True
+    assert QuantizationConfig(reduce_range=False).range_candidates() == ("s8",)
 
 
 @pytest.mark.parametrize("pads, strides, include_pad", [([1, 1, 1, 1], [1, 1], 0), ([0, 0, 0, 0], [2, 2], 0),

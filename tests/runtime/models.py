@@ -67,6 +67,75 @@ def quadrant_model(size: int = SIZE, metadata: BundleMetadata | None = None, out
     return model
 
 
+def broken_quadrant_model(kind: str, metadata: BundleMetadata, size: int = SIZE) -> onnx.ModelProto:
+    """The quadrant model broken as a bad int8 conversion breaks a file: "collapsed" (logits shrunk a hundredfold
+    and rounding noise of the same size added: near-uniform outputs whose label follows the noise), "permuted"
+    (each class reads the next class's quadrant), "constant" (no weights, a bias that always names the first
+    class)."""
+    model = quadrant_model(size, metadata)
+    weights = quadrant_weights(size)
+    bias = np.zeros(4, np.float32)
+    if kind == "collapsed":
+        noise = np.random.default_rng(0).standard_normal(weights.shape).astype(np.float32)
+        weights = (weights + 3 * weights.max() * noise) / 100
+    elif kind == "permuted":
+        weights = np.roll(weights, 1, axis=1)
+    elif kind == "constant":
+        weights, bias = np.zeros_like(weights), np.array([3, 0, 0, 0], np.float32)
+    else:
+        raise ValueError(kind)
+    for init in model.graph.initializer:
+        if init.name in ("W", "B"):
+            init.CopyFrom(helper.make_tensor(init.name, TensorProto.FLOAT, list(init.dims),
+                                             (weights if init.name == "W" else bias).flatten().tolist()))
+    return model
+
+
+def integer_quadrant_model(metadata: BundleMetadata, bits: int = 8, size: int = SIZE
+                           ) -> tuple[onnx.ModelProto, np.ndarray, float]:
+    """The quadrant model as an int8 file runs it: pixels quantized to uint8 as they are (scale 1), weights to
+    signed `bits`-bit integers, onnxruntime's MatMulInteger (u8 x s8, int32 sums), one float scale on the logits.
+    Returns (model, integer weights, weight scale)."""
+    weights = quadrant_weights(size)
+    scale = float(np.abs(weights).max()) / (2 ** (bits - 1) - 1)
+    integers = np.rint(weights / scale).astype(np.int8)
+    nodes = [
+        helper.make_node("Reshape", ["image", "flat_shape"], ["flat"]),
+        helper.make_node("QuantizeLinear", ["flat", "one", "zero_u8"], ["flat_u8"]),
+        helper.make_node("MatMulInteger", ["flat_u8", "W_s8"], ["sums"]),
+        helper.make_node("Cast", ["sums"], ["sums_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sums_f", "w_scale"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    initializers = [
+        helper.make_tensor("flat_shape", TensorProto.INT64, [2], [-1, size * size * 3]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("zero_u8", TensorProto.UINT8, [], [0]),
+        helper.make_tensor("W_s8", TensorProto.INT8, list(integers.shape), integers.flatten().tolist()),
+        helper.make_tensor("w_scale", TensorProto.FLOAT, [], [scale]),
+    ]
+    graph = helper.make_graph(nodes, "quadrant_int8",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tumor-edge-tests")
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key = ONNX_META_KEY
+    entry.value = json.dumps(metadata.to_dict())
+    onnx.checker.check_model(model)
+    return model, integers, scale
+
+
+def add_file(bundle: Path, model: onnx.ModelProto, name: str = "model_int8.onnx", precision: str = "int8") -> Path:
+    """List one more ONNX file in a bundle's metadata.json."""
+    onnx.save(model, bundle / name)
+    metadata = BundleMetadata.read(bundle)
+    metadata.models[name] = describe_file(bundle / name, "onnx", precision)
+    metadata.write(bundle)
+    return bundle / name
+
+
 def quadrant_metadata(size: int = SIZE, output: str = "probabilities") -> BundleMetadata:
     return BundleMetadata(list(CLASSES), Preprocessing(size, size), output=output)
 

@@ -1,40 +1,22 @@
-"""Backends: the complete protocol, the engine registry, and optimised twins: never loaded in place of a bundle's
-model (0.1.0 trusted a twin whose size matched, then one whose own record vouched for it, so a stale, foreign or
-forged twin ran instead of the listed model), still usable when named directly and listed."""
+"""Backends: the complete protocol, the engine registry, options, and LiteRT's output order."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
 from tests.runtime.models import quadrant_image, quadrant_model
-from tumor_edge.contracts.bundle import (
-    ONNX_META_KEY,
-    BundleMetadata,
-    describe_file,
-    is_optimized_name,
-    optimized_model_name,
-)
+from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, describe_file
 from tumor_edge.contracts.formats import ENGINES
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.runtime import BackendOptions, Classifier, open_backend, save_optimized_model
-from tumor_edge.runtime.backends import (
-    OPTIMIZED_META_KEY,
-    Backend,
-    append_metadata_prop,
-    backend_factory,
-    machine_target,
-    read_optimized_record,
-)
+from tumor_edge.errors import ConfigError
+from tumor_edge.runtime import BackendOptions, Classifier, open_backend
+from tumor_edge.runtime.backends import Backend, backend_factory
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    """Each test gets its own optimised-model cache, so twins are what is under test."""
+    """Each test gets its own device cache."""
     monkeypatch.setenv("TUMOR_EDGE_CACHE_DIR", str(tmp_path / "cache"))
 
 
@@ -74,119 +56,6 @@ def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError):
         BackendOptions(threads=0)
     assert BackendOptions(providers="CPU").providers == ["CPU"]
-
-
-def test_naming_convention():
-    assert optimized_model_name("model_int8.onnx") == "model_int8.ort.onnx"
-    assert is_optimized_name("model_int8.ort.onnx") and not is_optimized_name("model_int8.onnx")
-
-
-def test_append_metadata_prop_is_valid_onnx(fresh_bundle):
-    path = fresh_bundle / "model_fp32.onnx"
-    append_metadata_prop(path, "extra.key", "ünïcode value " * 20)
-    props = _props(path)
-    assert props["extra.key"] == "ünïcode value " * 20
-    assert ONNX_META_KEY in props  # the existing entry survives
-    assert {p.key for p in onnx.load(str(path)).metadata_props} == {ONNX_META_KEY, "extra.key"}
-
-
-def test_save_and_use_optimized_twin(fresh_bundle):
-    src = fresh_bundle / "model_fp32.onnx"
-    twin = save_optimized_model(src, fresh_bundle / optimized_model_name(src.name), threads=1)
-    record = read_optimized_record(twin)
-    assert record["level"] == "all" and record["target"] == machine_target()
-    assert record["source_sha256"] == BundleMetadata.read(fresh_bundle).models[src.name].sha256
-    assert json.loads(_props(twin)[OPTIMIZED_META_KEY]) == record
-    assert ONNX_META_KEY in _props(twin)  # tumor-edge metadata kept: a lone twin still classifies
-
-    clf = Classifier.from_bundle(fresh_bundle)  # a twin beside the model is not loaded in its place (issue 22)
-    assert clf.model_path != twin and clf.backend.source_kind == "cache-built"
-    with pytest.raises(ModelError, match="not listed"):  # an unlisted file has no hash to check
-        Classifier.from_bundle(twin)
-    meta = BundleMetadata.read(fresh_bundle)
-    meta.models[twin.name] = describe_file(twin, "onnx", "fp32", ort_optimized_from=src.name)
-    meta.write(fresh_bundle)
-    named = Classifier.from_bundle(twin)  # named and listed with its sha256: runs as the optimised graph it is
-    assert named.model_path == twin and named.backend.source_kind == "twin"
-    plain = Classifier.from_bundle(fresh_bundle, options=BackendOptions(use_optimized=False))
-    assert plain.model_path == src
-    assert np.allclose(named.infer(_pixels()), plain.infer(_pixels()), atol=1e-6)
-    assert named.predict(_pixels()[1]).label == "meningioma"
-
-
-def test_twin_from_another_machine_is_ignored(fresh_bundle):
-    src = fresh_bundle / "model_fp32.onnx"
-    twin = save_optimized_model(src, fresh_bundle / optimized_model_name(src.name))
-    record = read_optimized_record(twin)
-    other = dict(record, target=dict(record["target"], isa="asimddp", machine="aarch64"))
-    append_metadata_prop(twin, OPTIMIZED_META_KEY, json.dumps(other))  # the last record wins
-    assert read_optimized_record(twin)["target"]["machine"] == "aarch64"
-    assert open_backend(src).loaded_path != twin
-
-
-def test_stale_twin_of_the_same_size_is_never_loaded(fresh_bundle):
-    """Finding: 0.1.0 bound a twin to its source by size. A retrained model of the same architecture has the same
-    size, so the old twin (the old weights) ran and gave the old model's answers."""
-    src = fresh_bundle / "model_fp32.onnx"
-    twin = save_optimized_model(src, fresh_bundle / optimized_model_name(src.name))
-    size = src.stat().st_size
-    model = onnx.load(str(src))
-    bias = next(t for t in model.graph.initializer if t.name == "B")
-    bias.float_data[:] = [0.0, 0.0, 0.0, 100.0]  # the "retrained" model always says pituitary
-    onnx.save(model, src)
-    assert src.stat().st_size == size
-    meta = BundleMetadata.read(fresh_bundle)
-    meta.models[src.name] = describe_file(src, "onnx", "fp32")
-    meta.write(fresh_bundle)
-
-    clf = Classifier.from_bundle(fresh_bundle)
-    assert clf.model_path != twin
-    assert [p.label for p in clf.predict_batch(list(_pixels()))] == ["pituitary"] * 4
-
-
-def test_unbound_01_twin_is_ignored(fresh_bundle):
-    """A twin with a 0.1.0 record (size only, no sha256) cannot prove what it was made from."""
-    src = fresh_bundle / "model_fp32.onnx"
-    twin = fresh_bundle / optimized_model_name(src.name)
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(twin)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    append_metadata_prop(twin, OPTIMIZED_META_KEY, json.dumps(
-        {"level": "all", "source": src.name, "source_size": src.stat().st_size, "target": machine_target()}))
-    assert open_backend(src).loaded_path != twin
-
-
-def test_damaged_twin_is_ignored(fresh_bundle):
-    """Finding: a twin was trusted by size alone; one changed byte inside it now fails its own sha256."""
-    src = fresh_bundle / "model_fp32.onnx"
-    twin = save_optimized_model(src, fresh_bundle / optimized_model_name(src.name))
-    data = bytearray(twin.read_bytes())
-    at = data.find(np.float32(0.05 / (16 * 16 * 3)).tobytes())  # a weight of the quadrant model
-    assert at > 0
-    data[at + 3] ^= 0x40
-    twin.write_bytes(bytes(data))
-    assert open_backend(src).loaded_path != twin
-
-    twin.write_bytes(b"\x08\x07junk" * 50 + twin.read_bytes()[-600:])  # only the record survives
-    assert open_backend(src).loaded_path != twin
-
-
-def test_portable_extended_twin(fresh_bundle):
-    src = fresh_bundle / "model_fp32.onnx"
-    twin = save_optimized_model(src, fresh_bundle / optimized_model_name(src.name), level="extended")
-    assert read_optimized_record(twin)["level"] == "extended"
-    assert open_backend(src).loaded_path != twin  # portable or not, a sibling is never loaded in src's place
-    assert open_backend(twin).loaded_path == twin
-    with pytest.raises(ConfigError):
-        save_optimized_model(src, fresh_bundle / "x.ort.onnx", level="basic")
-
-
-def test_save_optimized_model_reports_bad_source(tmp_path):
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"nope")
-    with pytest.raises(ModelError, match="cannot optimise"):
-        save_optimized_model(bad, tmp_path / "bad.ort.onnx")
-    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_quadrant_model_helper_still_builds():
@@ -245,3 +114,14 @@ def test_spinning_within_a_run_stops_when_the_run_ends(spin, within, threads, al
             so.get_session_config_entry("session.force_spinning_stop")
     else:
         assert so.get_session_config_entry("session.force_spinning_stop") == stop
+
+
+def test_memory_pattern_follows_the_arena():
+    """One batch: neither (lower peak); many batches: both (flat memory). A pattern without the arena only grows
+    the heap run after run."""
+    from tumor_edge.runtime.backends.options import session_options
+
+    one = session_options(ort, BackendOptions(), "none")
+    assert not one.enable_cpu_mem_arena and not one.enable_mem_pattern
+    many = session_options(ort, BackendOptions(memory_arena=True), "none")
+    assert many.enable_cpu_mem_arena and many.enable_mem_pattern

@@ -16,6 +16,7 @@ images were drawn to have.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -69,13 +70,18 @@ class LinearBackend:
 
     name = "linear"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None, source_check=None):
+    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None, source_check=None,
+                 files=None):
+        """`files`: the header's and the weights' bytes as the open stage read and checked them (None: a lone
+        file, read here)."""
         if source_check is not None:
             source_check()
         self.path = self.loaded_path = Path(path)
-        header = json.loads(self.path.read_text())
-        with open(self.path.with_suffix(".linw"), "rb") as fh:
-            self.weights = np.load(fh)
+        weights = self.path.with_suffix(".linw").name
+        header = files.data if files is not None else self.path.read_bytes()
+        data = files.members[weights] if files is not None else self.path.with_name(weights).read_bytes()
+        header = json.loads(header)
+        self.weights = np.load(io.BytesIO(data))
         self.input_shape = [None, header["size"], header["size"], 3]
         self.output_names = ["probs"]
         self.providers: list[str] = []

@@ -1,15 +1,13 @@
-"""A sealed bundle (issue 22): only listed, hashed files are ever read, metadata.json cannot relabel a model, and
-a model's output is shown as probabilities only when it is one.
+"""A sealed bundle: only listed, hashed files are ever read, metadata.json cannot relabel a model, and a model's
+output is shown as probabilities only when it is one.
 
-Each test is an attack that worked before: an unlisted optimised twin (with a record vouching for itself) ran
-instead of the checked model, a reversed `classes` list relabelled every scan while `verify` passed, an external
-data file was never hashed, and a raw output of 1.39e10 was printed as a probability.
+Each test is an attack: an unlisted file beside the model, a reversed `classes` list, an external data file
+replaced under an unchanged model, a raw output of 1.39e10 declared a probability.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import onnx
@@ -19,12 +17,9 @@ from onnx import TensorProto, helper
 
 from tests.runtime.models import CLASSES, make_bundle, quadrant_image, quadrant_metadata, quadrant_model
 from tumor_edge.cli import main
-from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, optimized_model_name
+from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, optimized_model_name, sha256_file
 from tumor_edge.errors import BundleIntegrityError, ModelError
-from tumor_edge.runtime import BackendOptions, Classifier
-from tumor_edge.runtime.backends import OPTIMIZED_META_KEY, append_metadata_prop, read_optimized_record
-from tumor_edge.runtime.backends.optimized import digest_file
-from tumor_edge.runtime.backends.options import machine_target
+from tumor_edge.runtime import Classifier
 from tumor_edge.runtime.cache import CACHE_DIR_ENV
 
 MODEL = "model_fp32.onnx"
@@ -63,44 +58,28 @@ def _always_pituitary(path, metadata: BundleMetadata | None = None):
     return path
 
 
-def _forged_twin(bundle, where):
-    """An 'optimised copy' of the bundle's model that is really another model, with the record the runtime
-    writes (level, machine, body hashes) claiming it was made from the listed model's sha256."""
-    evil = _always_pituitary(where.with_suffix(".src.onnx"))
-    body = evil.read_bytes()
-    record = {"level": "all", "source": MODEL, "source_size": (bundle / MODEL).stat().st_size,
-              "source_sha256": BundleMetadata.read(bundle).models[MODEL].sha256, "target": machine_target(),
-              "body_size": len(body), "body_sha256": digest_file(evil, "sha256"),
-              "body_crc32": digest_file(evil, "crc32")}
-    where.write_bytes(body)
-    append_metadata_prop(where, OPTIMIZED_META_KEY, json.dumps(record, sort_keys=True))
-    assert read_optimized_record(where)["source_sha256"] == record["source_sha256"]
-    return where
-
-
-def test_an_unlisted_optimised_twin_in_the_bundle_is_never_run(fresh_bundle):
-    """Finding (high): `model_fp32.ort.onnx` with a self-vouching record ran instead of the sha256-checked model."""
-    twin = _forged_twin(fresh_bundle, fresh_bundle / optimized_model_name(MODEL))
+def test_an_unlisted_model_file_in_the_bundle_is_never_run(fresh_bundle):
+    """A model file the metadata does not list, under the name an optimised copy would have: never loaded."""
+    twin = _always_pituitary(fresh_bundle / optimized_model_name(MODEL))
     clf = Classifier.from_bundle(fresh_bundle)
     assert clf.model_path != twin
     assert _labels(clf) == CLASSES
 
 
-def test_a_twin_symlinked_from_outside_the_bundle_is_never_run(fresh_bundle, tmp_path):
-    outside = _forged_twin(fresh_bundle, tmp_path / "elsewhere.onnx")
-    (fresh_bundle / optimized_model_name(MODEL)).symlink_to(outside)
-    clf = Classifier.from_bundle(fresh_bundle)
-    assert clf.model_path not in (outside, fresh_bundle / optimized_model_name(MODEL))
-    assert _labels(clf) == CLASSES
-
-
-def test_optimised_copies_come_only_from_the_cache_outside_the_bundle(fresh_bundle, monkeypatch):
-    """A cache folder pointed inside the bundle is not used: what runs is never a file the bundle holds unlisted."""
-    monkeypatch.setenv(CACHE_DIR_ENV, str(fresh_bundle / "cache"))
-    before = sorted(p.name for p in fresh_bundle.iterdir())
-    clf = Classifier.from_bundle(fresh_bundle)
-    assert clf.backend.source_kind == "plain" and clf.model_path == fresh_bundle / MODEL
-    assert sorted(p.name for p in fresh_bundle.iterdir()) == before
+def test_a_bundle_listing_an_optimised_copy_is_refused_in_one_line(fresh_bundle):
+    """A bundle that lists an optimised copy made for one machine (`*.ort.onnx`, `ort_optimized_from`) is not run
+    at all: it must be exported again."""
+    twin = optimized_model_name(MODEL)
+    _always_pituitary(fresh_bundle / twin)
+    meta = BundleMetadata.read(fresh_bundle)
+    entry = describe_file(fresh_bundle / twin, "onnx", "fp32")
+    _rewrite_metadata(fresh_bundle, lambda d: d["models"].update(
+        {twin: {**entry.to_dict(), "ort_optimized_from": MODEL}}))
+    for call in (lambda: BundleMetadata.read(fresh_bundle), lambda: Classifier.from_bundle(fresh_bundle)):
+        with pytest.raises(ModelError, match="re-export") as caught:
+            call()
+        assert "\n" not in str(caught.value) and twin in str(caught.value)
+    assert meta.models[MODEL].sha256 == sha256_file(fresh_bundle / MODEL)
 
 
 def test_metadata_symlinked_from_outside_the_bundle_is_refused(fresh_bundle, tmp_path):
@@ -108,7 +87,7 @@ def test_metadata_symlinked_from_outside_the_bundle_is_refused(fresh_bundle, tmp
     outside.write_text((fresh_bundle / METADATA_FILE).read_text())
     (fresh_bundle / METADATA_FILE).unlink()
     (fresh_bundle / METADATA_FILE).symlink_to(outside)
-    with pytest.raises(BundleIntegrityError, match="outside the bundle"):
+    with pytest.raises(ModelError, match="symbolic link"):
         Classifier.from_bundle(fresh_bundle)
 
 
@@ -132,14 +111,13 @@ def test_a_model_symlinked_from_outside_the_bundle_is_refused(fresh_bundle, tmp_
 ])
 def test_metadata_that_disagrees_with_the_model_file_is_refused(fresh_bundle, field, change):
     """Finding (high): reversing `classes` in metadata.json relabelled every scan; the model file carries the
-    true order in its own metadata_props, and now they are compared before use (a warm cache changes nothing)."""
-    assert Classifier.from_bundle(fresh_bundle).backend.source_kind == "cache-built"
+    true order in its own metadata_props, and they are compared before use."""
+    assert Classifier.from_bundle(fresh_bundle).classes == CLASSES
     _rewrite_metadata(fresh_bundle, change)
-    for options in (BackendOptions(), BackendOptions(use_optimized=False)):
-        with pytest.raises(ModelError) as caught:
-            Classifier.from_bundle(fresh_bundle, options=options)
-        message = str(caught.value)
-        assert "\n" not in message and MODEL in message and field in message and METADATA_FILE in message
+    with pytest.raises(ModelError) as caught:
+        Classifier.from_bundle(fresh_bundle)
+    message = str(caught.value)
+    assert "\n" not in message and MODEL in message and field in message and METADATA_FILE in message
 
 
 def test_extra_output_roles_are_bound_when_the_model_file_declares_them(tmp_path):
@@ -229,10 +207,11 @@ def test_declared_logits_get_a_softmax(tmp_path):
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6) and list(probs.argmax(axis=1)) == [0, 1, 2, 3]
 
 
-def test_a_plain_load_checks_the_same(fresh_bundle):
-    clf = Classifier.from_bundle(fresh_bundle, options=BackendOptions(use_optimized=False))
+def test_loading_writes_nothing_into_the_bundle(fresh_bundle):
+    before = sorted(p.name for p in fresh_bundle.iterdir())
+    clf = Classifier.from_bundle(fresh_bundle)
     assert _labels(clf) == CLASSES and clf.model_path == fresh_bundle / MODEL
-    assert not os.path.exists(fresh_bundle / optimized_model_name(MODEL))
+    assert sorted(p.name for p in fresh_bundle.iterdir()) == before
 
 
 # ------------------------------------------------------------------ 3. a model's external data is listed and hashed
@@ -299,9 +278,8 @@ def test_listed_external_data_is_hashed(tmp_path):
     assert list(json.loads((bundle / METADATA_FILE).read_text())["models"][MODEL]["files"]) == [DATA]
     assert _labels(Classifier.from_bundle(bundle)) == CLASSES
     _replace_data(bundle, _pituitary_weights())  # same size, other weights
-    for options in (BackendOptions(), BackendOptions(use_optimized=False)):
-        with pytest.raises(BundleIntegrityError, match=f"{DATA}: sha256 .* differs"):
-            Classifier.from_bundle(bundle, options=options)
+    with pytest.raises(BundleIntegrityError, match=f"{DATA}: sha256 .* differs"):
+        Classifier.from_bundle(bundle)
     from tumor_edge.contracts.bundle import check_model_file
 
     with pytest.raises(BundleIntegrityError, match=DATA):  # what `verify`'s integrity line runs
@@ -317,19 +295,16 @@ def test_external_data_linked_from_outside_the_bundle_is_refused(tmp_path):
         Classifier.from_bundle(bundle)
 
 
-def test_new_external_data_never_loads_a_stale_cache_entry(tmp_path):
-    """The device cache keyed optimised copies by the model file's sha256 alone, which new weights in its data
-    file do not change: the old weights' copy would have run."""
+def test_new_external_data_runs_its_new_weights(tmp_path):
+    """New weights in the data file under an unchanged model file (a legitimate update, listed again): the new
+    weights run, from the bytes read, never an earlier load's."""
     bundle = _external_bundle(tmp_path / "b")
-    assert Classifier.from_bundle(bundle).backend.source_kind == "cache-built"
-    assert Classifier.from_bundle(bundle).backend.source_kind == "cache-hit"
+    assert _labels(Classifier.from_bundle(bundle)) == CLASSES
     _replace_data(bundle, _pituitary_weights())
     meta = BundleMetadata.read(bundle)
-    meta.models[MODEL] = describe_file(bundle / MODEL, "onnx", "fp32", files=(DATA,))  # a legitimate update
+    meta.models[MODEL] = describe_file(bundle / MODEL, "onnx", "fp32", files=(DATA,))
     meta.write(bundle)
-    clf = Classifier.from_bundle(bundle)
-    assert clf.backend.source_kind == "cache-built"
-    assert _labels(clf) == ["pituitary"] * 4
+    assert _labels(Classifier.from_bundle(bundle)) == ["pituitary"] * 4
 
 
 def test_external_data_in_a_node_attribute_is_found(tmp_path):
@@ -359,11 +334,10 @@ def test_a_damaged_model_is_a_one_line_error_not_a_walk_into_the_void(tmp_path):
     assert external_data_locations(path) == []
 
 
-def test_a_lone_model_with_external_data_runs_uncached(tmp_path):
+def test_a_lone_model_with_external_data_runs(tmp_path):
     lone = tmp_path / "lone.onnx"
     _save_external(_external_model(), lone)
-    clf = Classifier.from_bundle(lone)
-    assert clf.backend.source_kind == "plain" and _labels(clf) == CLASSES
+    assert _labels(Classifier.from_bundle(lone)) == CLASSES
 
 
 def test_export_records_every_external_data_file(tmp_path):
@@ -376,7 +350,7 @@ def test_export_records_every_external_data_file(tmp_path):
             ExportedFile("onnx-fp16", "model_fp16.onnx", "onnx", "fp16", "onnxruntime")]
     entries = model_entries(tmp_path, rows, None)
     assert list(entries[MODEL].files) == [DATA]
-    assert entries[MODEL].files[DATA].sha256 == digest_file(tmp_path / DATA)
+    assert entries[MODEL].files[DATA].sha256 == sha256_file(tmp_path / DATA)
     assert entries[MODEL].to_dict()["files"][DATA]["size_bytes"] == (tmp_path / DATA).stat().st_size
     assert "files" not in entries["model_fp16.onnx"].to_dict()  # none: the entry reads as it always did
 
@@ -385,7 +359,11 @@ def test_hostile_nesting_is_a_one_line_error(tmp_path):
     """Subgraphs nest (an If inside an If's branch); a file nesting deeper than any model is refused, not walked
     until Python's stack or the machine's memory gives out."""
     from tumor_edge.runtime.backends.external_data import MAX_DEPTH, external_data_locations
-    from tumor_edge.runtime.backends.onnx_props import _field
+
+    def _field(number: int, payload: bytes) -> bytes:  # a length-delimited protobuf field (lengths < 128 here)
+        length = len(payload)
+        varint = bytes([length]) if length < 0x80 else bytes([length & 0x7F | 0x80, length >> 7])
+        return bytes([number << 3 | 2]) + varint + payload
 
     graph = b""
     for _ in range(MAX_DEPTH):  # graph -> node (1) -> attribute (5) -> g (6) -> graph ...
@@ -400,13 +378,13 @@ def test_hostile_nesting_is_a_one_line_error(tmp_path):
 
 
 def test_cli_runs_the_listed_model_and_refuses_relabelled_metadata(fresh_bundle, tmp_path):
-    """Through the commands users run: `verify` reproduces the export's outputs with a forged twin present (it
-    said "integrity: ok" and then blamed the CPU), and `classify` refuses relabelled metadata in one line."""
+    """Through the commands users run: `verify` reproduces the export's outputs with an unlisted model file
+    present, and `classify` refuses relabelled metadata in one line."""
     from tests.runtime.models import save_quadrant
     from tumor_edge.export.reference import record_reference
 
     record_reference(fresh_bundle)
-    _forged_twin(fresh_bundle, fresh_bundle / optimized_model_name(MODEL))
+    _always_pituitary(fresh_bundle / optimized_model_name(MODEL))
     runner = CliRunner()
     result = runner.invoke(main, ["verify", str(fresh_bundle)])
     assert result.exit_code == 0 and f"reproduce: ok  {MODEL}" in result.stdout, result.output

@@ -1,35 +1,349 @@
-"""The bundle metadata's schema checks: field by field, so hostile or damaged metadata becomes one line naming
+"""The bundle's metadata schema: its types (`BundleMetadata` and the records it holds), their bounds, and the
+field-by-field checks that turn metadata.json into them, so hostile or damaged metadata becomes one line naming
 the field (a ConfigError that `BundleMetadata.from_dict` turns into a ModelError), never a traceback or a silently
-wrong label. Kept apart from `bundle.py`, which names the bundle's files and types, so each reads in one sitting.
+wrong label. Field names follow MONAI's bundle metadata where they fit. `bundle.py` names the bundle's other
+files and proves them against this record.
+
+Schema versions: 1 and 2 (2 adds `outputs`, the role of each model output, and `reference`, the outputs every model
+gave on a small generated input set, which `tumor-edge verify` reproduces on a device). A version-1 bundle reads as
+a version-2 bundle whose only output is the class scores. Optional fields within version 2: a model entry's `files`
+(name -> size and sha256 of each external data file the model reads) and `release` (the bundle's identity and
+version, inside what a signature covers, so a trusted key can be pinned to a minimum version: an older bundle
+signed with the same key is not a rollback path). A bundle that lists an optimised twin of a model (a
+`*.ort.onnx` file) is refused with a request to re-export it: a twin is a file made for one machine, and a record
+inside it was all that bound it to its model.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.bundle import (
-    MAX_CLASSES,
-    MAX_MEMBER_FILES,
-    MAX_MODEL_BYTES,
-    MAX_OUTPUT_INDEX,
-    MAX_REFERENCE_IMAGES,
-    MAX_REFERENCE_VALUES,
-    METADATA_FILE,
-    OUTPUT_TYPES,
-    PRECISIONS,
-    READABLE_SCHEMA_VERSIONS,
-    BundleMetadata,
-    MemberFile,
-    ModelEntry,
-    OutputSpec,
-    ReferenceSet,
-    _is_hex,
-    check_member_name,
-)
-from tumor_edge.contracts.formats import format_names, format_suffixes
-from tumor_edge.contracts.preprocessing import Preprocessing
-from tumor_edge.errors import BundleIntegrityError, ConfigError, first_line
+from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, format_names, format_suffixes
+from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
+from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
+
+METADATA_FILE = "metadata.json"
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+
+# The name an optimised twin of an .onnx file has ("model_int8.onnx" -> "model_int8.ort.onnx"); a bundle listing
+# one is refused (see the module's docstring).
+OPTIMIZED_SUFFIX = ".ort.onnx"
+
+OUTPUT_TYPES = ("probabilities", "logits")
+PRECISIONS = ("fp32", "fp16", "int8")
+# Bounds that catch absurd metadata before it costs memory.
+MAX_CLASSES = 1000
+MAX_MODEL_BYTES = 8 << 30
+MAX_MEMBER_FILES = 64  # external data files of one model
+MAX_METADATA_BYTES = 16 << 20
+MAX_REFERENCE_IMAGES = 256
+MAX_REFERENCE_VALUES = 1 << 16  # per file and role: a reference heatmap is a sample, not a dump
+MAX_OUTPUT_INDEX = 64
+
+
+
+@dataclass
+class ReferenceSet:
+    """The outputs each model of a bundle gave, on the export machine, for `count` images that any machine can
+    regenerate bit for bit from (`generator`, `seed`) at the model's input size: so a device can prove its own
+    kernels (AVX2, VNNI, ARM) reproduce the export machine's results without any patient image in the bundle.
+    `outputs` maps a model file name to its class probabilities, one row per image. `roles` (optional: a bundle
+    may have scores only) maps a file name to its other outputs by role (a heatmap, OOD features), each
+    {"shape": [images, ...], "values": [...]} flattened in C order, for the first `shape[0]` images."""
+
+    generator: str
+    seed: int
+    count: int
+    outputs: dict[str, list[list[float]]] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # where the outputs were computed (CPU, ISA, versions)
+    roles: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"generator": self.generator, "seed": self.seed, "count": self.count, "outputs": self.outputs,
+                "machine": self.machine}
+        if self.roles:
+            data["roles"] = self.roles
+        return data
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What one output of a model means. Role "scores" (class probabilities or logits) is always present;
+    later roles (a heatmap, pooled features) are optional and a runtime that does not know them passes them on."""
+
+    role: str
+    index: int = 0  # position among the model file's outputs
+    type: str = "probabilities"  # for "scores": "probabilities" | "logits"; free text for other roles
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"index": self.index, "type": self.type}
+        if self.description:
+            data["description"] = self.description
+        return data
+
+
+@dataclass(frozen=True)
+class MemberFile:
+    """A file a model needs besides itself (an ONNX model's external data), hashed like the model."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size_bytes": self.size_bytes, "sha256": self.sha256}
+
+
+@dataclass
+class ModelEntry:
+    """One exported file of a bundle, and (`files`, optional) every other file it reads: without them listed and
+    hashed, a model's external data could be replaced under a model whose own hash still matched."""
+
+    file: str
+    format: str  # "onnx" | "tflite"
+    precision: str  # "fp32" | "fp16" | "int8"
+    size_bytes: int = 0
+    sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, MemberFile] = field(default_factory=dict)  # name -> the file, for external data
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
+                "sha256": self.sha256, **self.extra}
+        if self.files:  # absent when there are none: metadata stays what older readers wrote and read
+            data["files"] = {name: member.to_dict() for name, member in self.files.items()}
+        return data
+
+    def identity(self) -> str:
+        """What the model's behaviour depends on, as one hex digest: its sha256, or with external data files a
+        sha256 over it and theirs (the device cache keys optimised copies by this, so new weights under an
+        unchanged model file never load a stale entry)."""
+        if not self.files:
+            return self.sha256
+        import hashlib
+
+        text = json.dumps([self.sha256, sorted((n, m.sha256) for n, m in self.files.items())])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+RELEASE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class Release:
+    """Which bundle this is and when it was made, inside what a signature covers: a trusted key pinned to a
+    minimum version refuses an older bundle signed with the same key, and an identity tells two bundles apart."""
+
+    id: str
+    version: str  # the UTC time of export, RELEASE_TIME_FORMAT: a later export sorts later, as text and as time
+
+    @classmethod
+    def new(cls) -> Release:
+        import uuid
+
+        return cls(uuid.uuid4().hex, datetime.now(timezone.utc).strftime(RELEASE_TIME_FORMAT))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version}
+
+
+def parse_release_version(text: Any, where: str = "release.version") -> datetime:
+    """A release version as a time; ConfigError naming `where` when it is not one."""
+    try:
+        return datetime.strptime(text, RELEASE_TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"field '{where}' must be a UTC time like 2026-12-07T14:00:00Z, not "
+                          f"{printable(str(text))[:40]!r}") from err
+
+
+@dataclass
+class BundleMetadata:
+    """What a device needs to classify correctly with any file of the bundle."""
+
+    classes: list[str]
+    preprocessing: Preprocessing
+    output: str = "probabilities"  # what output 0 (the class scores) is; logits get a softmax in the runtime
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = "tumor-edge brain MRI classifier"
+    intended_use: str = RESEARCH_NOTICE
+    extra_outputs: dict[str, OutputSpec] = field(default_factory=dict)  # role -> spec, beyond the scores
+    reference: ReferenceSet | None = None  # outputs on generated inputs, for `verify` (None: not recorded)
+    # Trust (schema 2, optional; the runtime validates the contents, tumor_edge.runtime.trust):
+    calibration: dict[str, Any] | None = None  # temperature scaling fitted on the validation split, its ECE
+    ood: dict[str, Any] | None = None  # out-of-distribution fit: class centres, threshold, measured rates
+    release: Release | None = field(default_factory=Release.new)  # None: a bundle exported without one
+    # sha256 of the metadata.json bytes this record was parsed from ("" when not read from a file): what a
+    # signature's digest of metadata.json is compared with, so the record in use is the one signed.
+    sha256: str = field(default="", compare=False, repr=False)
+
+    @property
+    def outputs(self) -> dict[str, OutputSpec]:
+        """Every model output by role, the class scores first."""
+        scores = OutputSpec("scores", 0, self.output, "class scores in `classes` order")
+        return {"scores": scores, **self.extra_outputs}
+
+    def input_spec(self) -> dict[str, Any]:
+        p = self.preprocessing
+        return {"name": "image", "shape": [None, p.height, p.width, 3], "layout": "NHWC", "dtype": "float32",
+                "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "task": "image classification (brain MRI slice, one label of: " + ", ".join(self.classes) + ")",
+            "classes": list(self.classes),
+            "input": self.input_spec(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "output": {"type": self.output, "shape": [None, len(self.classes)],
+                       "yields": "probabilities (softmax applied by the runtime for logits)"},
+            "outputs": {role: spec.to_dict() for role, spec in self.outputs.items()},
+            "models": {name: entry.to_dict() for name, entry in self.models.items()},
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            "intended_use": self.intended_use,
+        }
+        if self.reference is not None:
+            data["reference"] = self.reference.to_dict()
+        if self.release is not None:
+            data["release"] = self.release.to_dict()
+        for key in ("calibration", "ood"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, source: Path | None = None) -> BundleMetadata:
+        """Validate and read metadata; any problem is a ModelError naming the field."""
+        try:
+            return parse_metadata(data)
+        except RecursionError as err:  # JSON nested deeper than Python recurses
+            raise ModelError("invalid tumor-edge metadata: nested too deeply", source) from err
+        except ConfigError as err:  # field names come from the file: escape them so the error stays one line
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", source) from err
+
+    def write(self, bundle_dir: Path) -> Path:
+        path = Path(bundle_dir) / METADATA_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, bundle_dir: Path) -> BundleMetadata:
+        """Read and validate a bundle's metadata.json, read once as a plain file (a symbolic link is refused), with
+        duplicate keys refused (JSON would silently keep the last `classes`). The record keeps the sha256 of the
+        bytes it was parsed from."""
+        import hashlib
+
+        path = Path(bundle_dir) / METADATA_FILE
+        if not path.exists() and not path.is_symlink():
+            raise ModelError(f"not a tumor-edge bundle: no {METADATA_FILE}", bundle_dir)
+        try:
+            raw = read_confined(bundle_dir, METADATA_FILE, MAX_METADATA_BYTES)
+            data = loads_strict(raw.decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
+        except ConfigError as err:
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", path) from err
+        metadata = cls.from_dict(data, path)
+        metadata.sha256 = hashlib.sha256(raw).hexdigest()
+        return metadata
+
+    def default_model(self) -> str:
+        for name in DEFAULT_MODEL_PREFERENCE:
+            if name in self.models:
+                return name
+        if not self.models:
+            raise ModelError("bundle lists no models")
+        return next(iter(self.models))
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads, refusing an object that names a key twice (a ConfigError naming the key): metadata whose
+    meaning depends on which of two `classes` lists a parser keeps is not metadata."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                raise ConfigError(f"duplicate key {printable(key)[:80]!r} in a JSON object")
+            obj[key] = value
+        return obj
+
+    return json.loads(text, object_pairs_hook=pairs)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, escapes) written as Python escapes: safe on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def check_member_name(name: str) -> str:
+    """A file name listed in metadata must be a plain name inside the bundle: no folders, no '..', no
+    absolute path, no drive, nothing hidden. Anything else is refused before it is opened."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or name.startswith(".") or os.path.isabs(name) or ":" in name):
+        raise BundleIntegrityError(f"model name {name!r} is not a plain file name inside the bundle")
+    return name
+
+
+def member_path(bundle_dir: Path, name: str) -> Path:
+    """The path of a listed file, confined to the bundle folder (symbolic links that leave it are refused)."""
+    check_member_name(name)
+    root = Path(bundle_dir).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise BundleIntegrityError(f"{name} resolves outside the bundle folder", bundle_dir)
+    return root / name
+
+
+def read_confined(bundle_dir: Path, name: str, max_bytes: int = MAX_MODEL_BYTES) -> bytes:
+    """The whole content of a bundle's file, read once from a descriptor opened without following a symbolic link
+    (O_NOFOLLOW) and without blocking on a FIFO, checked to be a regular file of at most `max_bytes`. Whoever
+    hashes these bytes and hands the same bytes on has checked what runs, whatever the folder holds a moment later.
+    BundleIntegrityError for a link or a special file, ModelError for one too large; OSError when unreadable."""
+    import errno
+
+    check_member_name(name)
+    path = Path(bundle_dir) / name
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise BundleIntegrityError("a symbolic link: a bundle's files are read as plain files only", path
+                                       ) from err
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleIntegrityError("not a regular file (a FIFO, socket or device)", path)
+        if info.st_size > max_bytes:
+            raise ModelError(f"larger than the {max_bytes >> 20} MB a bundle's file may be", path)
+        data = fh.read(info.st_size)
+        if len(data) != info.st_size or fh.read(1):
+            raise BundleIntegrityError("changed size while it was read; refusing to use it", path)
+    return data
+
+
+def is_optimized_name(name: str) -> bool:
+    """Whether `name` is an optimised twin's (see OPTIMIZED_SUFFIX)."""
+    return name.lower().endswith(OPTIMIZED_SUFFIX)
+
+
 
 
 def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
@@ -82,12 +396,24 @@ def parse_metadata(data: Any) -> BundleMetadata:
             raise ConfigError(f"field '{key}' must be a string")
     reference = (_parse_reference(data["reference"], models, len(classes), set(extra_outputs))
                  if data.get("reference") else None)
+    release = _parse_release(data["release"]) if "release" in data else None
     return BundleMetadata(
         classes=list(classes), preprocessing=preprocessing, output=output, models=models,
         provenance=dict(data.get("provenance") or {}), metrics=dict(data.get("metrics") or {}),
         name=str(data.get("name", BundleMetadata.name)), intended_use=str(data.get("intended_use", RESEARCH_NOTICE)),
         extra_outputs=extra_outputs, reference=reference, calibration=data.get("calibration"),
-        ood=data.get("ood"))
+        ood=data.get("ood"), release=release)
+
+
+def _parse_release(raw: Any) -> Release:
+    if not isinstance(raw, dict):
+        raise ConfigError("field 'release' must be an object")
+    ident = _require(raw, "id", str, "release.")
+    if not 1 <= len(ident) <= 64 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in ident):
+        raise ConfigError("field 'release.id' must be 1 to 64 letters, digits, '.', '_' or '-'")
+    version = _require(raw, "version", str, "release.")
+    parse_release_version(version)
+    return Release(ident, version)
 
 
 def _preprocessing(data: dict) -> Preprocessing:
@@ -209,6 +535,9 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
         check_member_name(name)
     except BundleIntegrityError as err:
         raise ConfigError(f"field 'models': {err.reason}") from err
+    if is_optimized_name(name) or isinstance(entry, dict) and "ort_optimized_from" in entry:
+        raise ConfigError(f"field 'models' lists {name!r}, an optimised copy made for one machine, which this "
+                          "tumor-edge does not run: re-export the bundle with `tumor-edge export`")
     if not isinstance(entry, dict):
         raise ConfigError(f"field 'models.{name}' must be an object")
     entry = dict(entry)
@@ -229,9 +558,6 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     if not isinstance(digest, str) or digest and (len(digest) != 64 or not _is_hex(digest)):
         raise ConfigError(f"field '{where}sha256' must be 64 hexadecimal digits")
     entry.pop("format"), entry.pop("precision")
-    for key in ("ort_optimized_from",):
-        if key in entry and not isinstance(entry[key], str):
-            raise ConfigError(f"field '{where}{key}' must be a string")
     files = _parse_files(name, entry.pop("files", None))
     return ModelEntry(name, fmt, precision, size, digest.lower(), entry, files)
 

@@ -13,7 +13,7 @@ The four nouns:
   series, NIfTI) into frames (`read_scan`, `Scan`, `Picture`, `ReadOptions`; a new type is a registry row).
 
 What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `Prediction`, `Failure`,
-`VerifyReport`; and the operations `open_backend`, `save_optimized_model`, `verify_bundle`.
+`VerifyReport`; and the operations `open_backend`, `verify_bundle`.
 
 Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
 demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
@@ -59,7 +59,6 @@ _EXPORTS: dict[str, str] = {
     "VolumeSummary": "tumor_edge.runtime.volume_summary",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
-    "save_optimized_model": "tumor_edge.runtime.backends",
     "verify_bundle": "tumor_edge.runtime.verify",
     # building blocks: preprocessing
     "scale": "tumor_edge.runtime.preprocess",
@@ -114,14 +113,14 @@ __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine",
            "external_data_locations", "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized",
            "load_rgb", "machine_target", "map_correlation", "measure_ood_rates", "open_backend", "preprocess_image",
            "probability_problem", "read_onnx_metadata", "read_scan", "readers", "recorded_choices", "reference_images",
-           "reference_role_outputs", "resize_mask", "save_optimized_model", "scale", "softmax",
+           "reference_role_outputs", "resize_mask", "scale", "softmax",
            "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.contracts.formats import Engine
     from tumor_edge.runtime import readers
-    from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend, save_optimized_model
+    from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
     from tumor_edge.runtime.backends.external_data import external_data_locations
     from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.cache import cache_root

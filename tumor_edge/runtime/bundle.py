@@ -3,8 +3,9 @@
 A thin handle over what already exists, so callers outside the runtime need one name instead of five modules:
 `contracts.bundle.BundleMetadata.read` validates metadata.json (schema, confined names, duplicate keys),
 `contracts.bundle.check_model_file` proves a listed file is the one recorded (size and sha256, every member file
-too), `Classifier.from_bundle` opens a model, `verify.verify_bundle` runs this device's checks. Nothing here
-writes into a bundle: the runtime reads bundles; export writes them.
+too), `Classifier.from_bundle` opens a model (through the open stage, `runtime.open_model`),
+`verify.verify_bundle` runs this device's checks. Nothing here writes into a bundle: the runtime reads bundles;
+export writes them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tumor_edge.contracts.bundle import BundleMetadata, check_model_file, is_optimized_name
+from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
 
 if TYPE_CHECKING:
     from tumor_edge.runtime.backends.options import BackendOptions
@@ -41,8 +42,8 @@ class Bundle:
 
     @property
     def models(self) -> list[str]:
-        """The model files the bundle lists, without the optimised twins 0.1 bundles listed."""
-        return [name for name in self.metadata.models if not is_optimized_name(name)]
+        """The model files the bundle lists."""
+        return list(self.metadata.models)
 
     def check(self, name: str | None = None) -> list[Path]:
         """Prove the listed model files (or the one named) are the ones recorded: present, of the recorded size

@@ -1,22 +1,29 @@
-"""The device picks the file it runs, by measurement.
+"""The device picks the file it runs: only files it has checked, and among them the fastest by measurement.
 
 Which engine and precision is fastest depends on the CPU and on the model's size, and cannot be known when the
-bundle is made (measured on one AMD Zen 5: at 299 px onnxruntime int8 ran 0.80x LiteRT int8's time, at 96 px
-2.0x). So a device times every model file it could run and keeps the fastest:
+bundle is made. So a device:
 
-- candidates: the bundle's listed files that are present here, whose engine is installed, and whose parity
-  verdict allows them (pass; or "not proven" with top-1 agreement at least the export's minimum; a file
-  without a recorded verdict is allowed, a failed one never);
-- each is loaded as `classify` loads it (same options, same thread count) and run on one generated reference
-  image at batch 1: warm-up runs, then timed runs for its share of a few seconds; its median (p50) is kept;
-- the choice (file, engine, threads, every p50) is recorded in the device's cache, outside the bundle, keyed by
-  the bundle's model hashes, the machine (CPU model, ISA, engine versions) and the thread count. The record
-  carries a sha256 of its own content and is checked before use, like every cache entry: a damaged or edited
+- keeps as candidates the bundle's listed files that are present here, whose engine is installed and that are
+  sound (tumor_edge.runtime.checks.soundness: parity not failed, recorded labels agree with fp32's);
+- runs each candidate once on the bundle's reference images and keeps it only if this device reproduces its
+  recorded outputs (tumor_edge.runtime.checks.reproduce, the check `verify` makes). Every result, passed or
+  failed, is recorded in the device's cache for this bundle and machine, and `verify` records its own there too:
+  a file that failed here is never a candidate again until the bundle (its files or its reference record) changes;
+- times the reproduced files in interleaved rounds (A B A B ...: a load change between two timing windows
+  cannot favour one file) at batch 1 on one reference image, loaded as `classify` loads them (same options and
+  thread count), and keeps the format table's preferred file unless another is faster by more than NOISE_MARGIN;
+- records the choice (file, engine, threads, every p50, the reproduce results) outside the bundle, keyed by the
+  bundle's model hashes, the machine (CPU model, ISA, the version of each engine in the engine table) and the
+  thread count. Each record carries a sha256 of its content and is checked before use: a damaged or edited
   record, or one whose file is no longer a candidate, is ignored and measured again.
 
-`verify` measures and prints the choice; the first `classify`/`serve` of a bundle measures when nothing is
-recorded; `--model-file` (or `model_file=`) overrides it. `TUMOR_EDGE_NO_MEASURE=1` keeps the format table's
-static order (no timing), e.g. for a one-shot run where loading every file would cost more than it saves.
+A bundle that records no reference outputs cannot be reproduced: its files stay candidates, and the choice says
+they were not checked; in a bundle that does, a file without recorded outputs is never a candidate.
+`--model-file` (or `model_file=`) runs the named file without this choice. `TUMOR_EDGE_NO_MEASURE=1` keeps the
+format table's order among the checked files (no timing).
+
+The runtime's classifier opens the files: callers pass an `opener` (file name -> an object with
+`infer_outputs(pixels)` and `backend.name`), so this module never imports the classifier that calls it.
 """
 
 from __future__ import annotations
@@ -29,39 +36,49 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tumor_edge.contracts.bundle import BundleMetadata, is_optimized_name, member_path
-from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE
+from tumor_edge.contracts.bundle import BundleMetadata, member_path
+from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, ENGINES
 from tumor_edge.errors import TumorEdgeError
 from tumor_edge.runtime.backends.options import BackendOptions
 from tumor_edge.runtime.cache import cache_enabled, cache_root
 
+if TYPE_CHECKING:
+    from tumor_edge.runtime.checks import Check
+
 log = logging.getLogger("tumor_edge.runtime")
+
+Opener = Callable[[str], Any]
 
 NO_MEASURE_ENV = "TUMOR_EDGE_NO_MEASURE"
 CHOICES_DIR = "choices"
 BUDGET_S = 3.0  # all candidates together: "a few seconds"
 WARMUP_RUNS = 1
-MIN_RUNS = 3
-MAX_RUNS = 200
-RECORD_VERSION = 1
-DEFAULT_MIN_AGREEMENT = 0.99  # when the bundle's parity record names none
+MIN_ROUNDS = 3
+MAX_ROUNDS = 200
+# A file the format table prefers stays the choice unless another's p50 is lower by more than this fraction: two
+# medians of a few dozen batch-1 runs on a shared CPU differ by a few per cent with nothing else changed.
+NOISE_MARGIN = 0.10
+RECORD_VERSION = 2
+UNCHECKED = "not checked: the bundle records no reference outputs"
 
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """The file this device runs for a bundle, and the measurements that chose it."""
+    """The file this device runs for a bundle, and the measurements and checks that chose it."""
 
     file: str
     engine: str
     threads: int | None  # None: the engine's default
-    p50_ms: dict[str, float]  # every candidate's median latency, batch 1
+    p50_ms: dict[str, float]  # every timed candidate's median latency, batch 1
     measured_at: str = ""
     machine: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # listed files not timed, and why
+    checks: dict[str, str] = field(default_factory=dict)  # timed file -> its reproduce result on this device
 
     def describe(self) -> str:
         others = ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(self.p50_ms.items(), key=lambda kv: kv[1]))
@@ -75,17 +92,23 @@ def bundle_key(metadata: BundleMetadata) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def reference_key(name: str, metadata: BundleMetadata) -> str:
+    """What a reproduce result depends on besides the file: the outputs recorded for it."""
+    outputs = metadata.reference.outputs.get(name) if metadata.reference else None
+    return hashlib.sha256(json.dumps(outputs).encode()).hexdigest()
+
+
 @functools.lru_cache(maxsize=1)
 def machine_key() -> dict[str, str]:
-    """What the fastest file depends on besides the bundle: the CPU model and ISA, the engines' versions.
-
-    Read on every use of a bundle without --model-file, so kept off the cold-start bill: the versions come from the
-    installed distributions' folder names (importlib.metadata alone costs ~18 ms CPU to import), once a process."""
+    """What the fastest file depends on besides the bundle: the CPU model and ISA, and the version of every engine
+    in the engine table (its first installed distribution). Read on every use of a bundle without --model-file,
+    so the versions come from the installed distributions' folder names (no importlib.metadata), once a process."""
     from tumor_edge.machine import _cpuinfo, cpu_isa, cpu_model
 
     key = {"machine": platform.machine().lower(), "cpu": cpu_model(_cpuinfo()), "isa": cpu_isa()}
-    for package in ("onnxruntime", "ai_edge_litert"):
-        key[package] = installed_version(package)
+    for name, engine in sorted(ENGINES.items()):
+        versions = (installed_version(package.replace("-", "_")) for package in engine.packages)
+        key[name] = next((v for v in versions if v != "absent"), "absent")
     return key
 
 
@@ -101,67 +124,153 @@ def installed_version(distribution: str) -> str:
     return "absent"
 
 
-def record_path(metadata: BundleMetadata, options: BackendOptions | None = None) -> Path:
+def machine_folder(options: BackendOptions | None = None) -> Path:
     machine = machine_key()
     digest = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root(options) / CHOICES_DIR / f"{machine['machine']}-{machine['isa']}-{digest}"
+
+
+def record_path(metadata: BundleMetadata, options: BackendOptions | None = None) -> Path:
     threads = (options.threads if options else None) or "default"
-    return cache_root(options) / CHOICES_DIR / f"{machine['machine']}-{machine['isa']}-{digest}" / \
-        f"{bundle_key(metadata)}-t{threads}.json"
+    return machine_folder(options) / f"{bundle_key(metadata)}-t{threads}.json"
 
 
-def allowed_by_parity(name: str, metadata: BundleMetadata) -> str | None:
-    """Why the export's parity verdict rules this file out, or None when it may run."""
-    entry = metadata.models[name]
-    parity = metadata.metrics.get("parity") if isinstance(metadata.metrics.get("parity"), dict) else {}
-    row = (parity.get("files") or {}).get(name) or {}
-    verdict = entry.extra.get("parity", row.get("verdict"))
-    if verdict in (None, "pass"):
+def checks_path(metadata: BundleMetadata, options: BackendOptions | None = None) -> Path:
+    return machine_folder(options) / f"{bundle_key(metadata)}-checks.json"
+
+
+def _digest(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_body(path: Path, metadata: BundleMetadata, key: str) -> Any:
+    """The `key` part of a record, or None when it is absent, damaged, edited or another bundle's."""
+    try:
+        data = json.loads(path.read_text())
+        body, digest = data[key], data["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if verdict == "not proven":
-        minimum = (parity.get("thresholds") or {}).get("min_agreement", DEFAULT_MIN_AGREEMENT)
-        agreement = row.get("agreement")
-        if isinstance(agreement, (int, float)) and agreement >= minimum - 1e-12:
-            return None
-        return f"parity not proven and top-1 agreement {agreement} under {minimum}"
-    return f"parity verdict {verdict!r}"
+    if digest != _digest(body) or data.get("version") != RECORD_VERSION or data.get("bundle") != bundle_key(metadata):
+        log.info("ignoring a damaged or foreign record %s", path)
+        return None
+    return body
 
 
-def candidates(bundle_dir: Path, metadata: BundleMetadata) -> tuple[list[str], dict[str, str]]:
-    """(files this device may run, in the format table's static order; {file: why not} for the rest)."""
+def _write_body(path: Path, metadata: BundleMetadata, key: str, body: Any) -> None:
+    data = {"version": RECORD_VERSION, "bundle": bundle_key(metadata), key: body, "sha256": _digest(body)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only home only costs checking and measuring again next time
+        log.info("could not record in %s: %s", path, err)
+
+
+def recorded_checks(metadata: BundleMetadata, options: BackendOptions | None = None) -> dict[str, dict]:
+    """This device's reproduce results for the bundle's files: {file: {"ok", "line", "reference"}}, only those
+    made against the reference outputs the bundle records now."""
+    options = options or BackendOptions()
+    body = _read_body(checks_path(metadata, options), metadata, "checks") if cache_enabled(options) else None
+    if not isinstance(body, dict):
+        return {}
+    return {name: entry for name, entry in body.items() if name in metadata.models and isinstance(entry, dict)
+            and entry.get("reference") == reference_key(name, metadata) and isinstance(entry.get("ok"), bool)}
+
+
+def record_checks(metadata: BundleMetadata, results: Mapping[str, Check],
+                  options: BackendOptions | None = None) -> None:
+    """Add reproduce results to this device's record for the bundle (verify and the first use both call it)."""
+    options = options or BackendOptions()
+    if not cache_enabled(options) or not results:
+        return
+    body = recorded_checks(metadata, options)
+    body.update({name: {"ok": check.ok, "line": check.line, "reference": reference_key(name, metadata)}
+                 for name, check in results.items()})
+    _write_body(checks_path(metadata, options), metadata, "checks", body)
+
+
+def not_here(bundle_dir: Path, name: str) -> str | None:
+    """Why this device cannot open a listed file at all (absent, outside the folder, engine not installed)."""
     from tumor_edge.runtime.backends import engine_of
 
+    try:
+        if not member_path(bundle_dir, name).is_file():
+            return "not in this copy of the bundle"
+        engine_of(member_path(bundle_dir, name))
+    except TumorEdgeError as err:
+        return err.reason
+    return None
+
+
+def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptions | None = None
+               ) -> tuple[list[str], dict[str, str]]:
+    """(files this device may run, in the format table's order; {file: why not} for the rest). A file that
+    failed its reproduce check on this device is out; one not yet checked is in (`checked_candidates` checks)."""
+    from tumor_edge.runtime.checks import soundness
+
     order = {name: i for i, name in enumerate(DEFAULT_MODEL_PREFERENCE)}
-    listed = [name for name in metadata.models if not is_optimized_name(name)]  # no 0.1 twins
-    names = sorted(listed, key=lambda n: order.get(n, len(order)))
+    failed = {name: entry["line"] for name, entry in recorded_checks(metadata, options).items() if not entry["ok"]}
     ok, skipped = [], {}
-    for name in names:
-        try:
-            path = member_path(bundle_dir, name)
-            if not path.is_file():
-                skipped[name] = "not in this copy of the bundle"
-                continue
-            engine_of(path)
-        except TumorEdgeError as err:
-            skipped[name] = err.reason
-            continue
-        why = allowed_by_parity(name, metadata)
-        if why:
+    for name in sorted(metadata.models, key=lambda n: order.get(n, len(order))):
+        if why := not_here(bundle_dir, name):
             skipped[name] = why
+        elif name in failed:
+            skipped[name] = f"this device does not reproduce it: {failed[name]}"
+        elif metadata.reference is not None and name not in metadata.reference.outputs:
+            skipped[name] = "no reference outputs recorded for it: this device cannot check it"
+        elif not (sound := soundness(name, metadata)).ok:
+            skipped[name] = f"not sound: {sound.line}"
         else:
             ok.append(name)
     return ok, skipped
 
 
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
+    """Run one file on the bundle's reference images here and compare with its recorded outputs."""
+    from tumor_edge.runtime.checks import Check, reproduce
+    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
+
+    try:
+        outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
+    except TumorEdgeError as err:
+        return Check(False, f"{name}: {err.reason}", {})
+    return reproduce(name, outputs[SCORES], metadata)
+
+
+def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opener,
+                       options: BackendOptions | None = None, first_only: bool = False
+                       ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(candidates this device has reproduced, {file: why not}, {file: its check's line}): each candidate not yet
+    checked here is run on the reference images once, and the result recorded. `first_only`: stop at the first
+    candidate (in the format table's order) that reproduces, the one a caller without timing runs."""
+    allowed, skipped = candidates(bundle_dir, metadata, options)
+    if metadata.reference is None:
+        return allowed, skipped, dict.fromkeys(allowed, UNCHECKED)
+    done = recorded_checks(metadata, options)
+    fresh: dict[str, Check] = {}
+    for name in allowed:
+        if name not in done:
+            fresh[name] = reproduce_here(name, metadata, opener)
+        if first_only and (fresh[name].ok if name in fresh else done[name]["ok"]):
+            allowed = allowed[:allowed.index(name) + 1]
+            break
+    record_checks(metadata, fresh, options)
+    lines = {name: entry["line"] for name, entry in done.items()} | {n: c.line for n, c in fresh.items()}
+    for name, check in fresh.items():
+        if not check.ok:
+            skipped[name] = f"this device does not reproduce it: {check.line}"
+    kept = [name for name in allowed if name not in skipped]
+    return kept, skipped, {name: lines[name] for name in kept}
 
 
 def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineChoice]:
     """Every intact choice recorded on this machine for this bundle, one per thread count (for `env`)."""
-    folder = record_path(metadata).parent
+    folder = machine_folder()
+    allowed, _ = candidates(Path(bundle_dir), metadata)
     found = []
     for path in sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []:
-        choice = _read(path, bundle_dir, metadata)
+        choice = _read_choice(path, metadata, allowed)
         if choice is not None:
             found.append(choice)
     return found
@@ -171,108 +280,109 @@ def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: Backend
                     allowed: list[str] | None = None) -> EngineChoice | None:
     """The choice recorded on this device for this bundle, machine and thread count, if it is intact and its
     file may still run; None otherwise (then measure again)."""
-    return _read(record_path(metadata, options), bundle_dir, metadata, allowed)
+    if allowed is None:
+        allowed, _ = candidates(Path(bundle_dir), metadata, options)
+    return _read_choice(record_path(metadata, options), metadata, allowed)
 
 
-def _read(path: Path, bundle_dir: Path, metadata: BundleMetadata, allowed: list[str] | None = None
-          ) -> EngineChoice | None:
-    """A recorded choice, checked: its own sha256, this bundle's key, a file that may still run here (`allowed`:
-    the candidates, when the caller has them already)."""
+def _read_choice(path: Path, metadata: BundleMetadata, allowed: list[str]) -> EngineChoice | None:
+    body = _read_body(path, metadata, "choice")
     try:
-        data = json.loads(path.read_text())
-        body, digest = data["choice"], data["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if digest != _digest(body) or data.get("version") != RECORD_VERSION or data.get("bundle") != bundle_key(metadata):
-        log.info("ignoring a damaged or foreign engine-choice record %s", path)
-        return None
-    try:
-        choice = EngineChoice(**body)
+        choice = EngineChoice(**body) if isinstance(body, dict) else None
     except TypeError:
         return None
-    if allowed is None:
-        allowed, _ = candidates(Path(bundle_dir), metadata)
-    return choice if choice.file in allowed else None
+    return choice if choice is not None and choice.file in allowed else None
 
 
-def _write(path: Path, choice: EngineChoice, metadata: BundleMetadata) -> None:
-    body = asdict(choice)
-    data = {"version": RECORD_VERSION, "bundle": bundle_key(metadata), "choice": body, "sha256": _digest(body)}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as err:  # a read-only home only costs measuring again next time
-        log.info("could not record the engine choice in %s: %s", path, err)
-
-
-def time_file(bundle_dir: Path, name: str, metadata: BundleMetadata, options: BackendOptions,
-              seconds: float) -> tuple[float, str]:
-    """(p50 ms at batch 1, engine) of one file, loaded as classify loads it, on one reference image."""
+def time_candidates(runners: Mapping[str, Callable[[], object]], budget_s: float,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """p50 seconds of each runner, timed in interleaved rounds (each round runs every runner once, the order
+    reversed every other round: A B, B A, A B, ...), so a change of load during the budget falls on all alike.
+    At least MIN_ROUNDS rounds, then rounds while the budget lasts (at most MAX_ROUNDS)."""
     import numpy as np
 
-    from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import brain_blobs
-
-    clf = Classifier.from_bundle(bundle_dir, model_file=name, options=options)
-    spec = metadata.preprocessing
-    image = brain_blobs(1, 1, spec.height, spec.width)
-    for _ in range(WARMUP_RUNS):
-        clf.infer(image)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < MIN_RUNS or (time.perf_counter() < deadline and len(times) < MAX_RUNS):
-        t0 = time.perf_counter()
-        clf.infer(image)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times)), clf.backend.name
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    deadline = clock() + budget_s
+    rounds = 0
+    while rounds < MIN_ROUNDS or (clock() < deadline and rounds < MAX_ROUNDS):
+        for name in names if rounds % 2 == 0 else names[::-1]:
+            t0 = clock()
+            runners[name]()
+            times[name].append(clock() - t0)
+        rounds += 1
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def measure_choice(bundle_dir: str | Path, metadata: BundleMetadata | None = None,
+def preferred(p50: Mapping[str, float], order: list[str], margin: float = NOISE_MARGIN) -> str:
+    """The first file in `order` whose p50 is within `margin` of the fastest: a faster file displaces a preferred
+    one only by more than the timing noise."""
+    fastest = min(p50.values())
+    return next(name for name in order if name in p50 and p50[name] <= fastest * (1.0 + margin))
+
+
+def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetadata | None = None,
                    options: BackendOptions | None = None, budget_s: float = BUDGET_S,
                    record: bool = True) -> EngineChoice:
-    """Time every candidate (its share of `budget_s`) and record the fastest; a file that fails to load or run
-    is skipped with its reason. Raises TumorEdgeError when no file can run here."""
+    """Check, time and record: the choice among the candidates this device reproduced. A file that fails to
+    load or run is skipped with its reason. Raises TumorEdgeError when no file can run here."""
+    from tumor_edge.runtime.reference import brain_blobs
+
     bundle_dir = Path(bundle_dir)
     metadata = metadata or BundleMetadata.read(bundle_dir)
     options = options or BackendOptions()
-    allowed, skipped = candidates(bundle_dir, metadata)
-    p50: dict[str, float] = {}
+    allowed, skipped, checks = checked_candidates(bundle_dir, metadata, opener, options)
+    spec = metadata.preprocessing
+    image = brain_blobs(1, 1, spec.height, spec.width)
+    runners: dict[str, Callable[[], object]] = {}
     engines: dict[str, str] = {}
     for name in allowed:
         try:
-            p50[name], engines[name] = time_file(bundle_dir, name, metadata, options, budget_s / len(allowed))
+            clf = opener(name)
+            for _ in range(WARMUP_RUNS):
+                clf.infer_outputs(image)
         except TumorEdgeError as err:
             skipped[name] = err.reason
-    if not p50:
+            continue
+        runners[name] = functools.partial(clf.infer_outputs, image)
+        engines[name] = clf.backend.name
+    if not runners:
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
         raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
-    best = min(p50, key=p50.get)
-    choice = EngineChoice(best, engines[best], options.threads, {k: round(v, 4) for k, v in p50.items()},
-                          time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine_key(), skipped)
+    p50 = time_candidates(runners, budget_s)
+    best = preferred(p50, list(runners))
+    choice = EngineChoice(best, engines[best], options.threads, {k: round(1000 * v, 4) for k, v in p50.items()},
+                          time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine_key(), skipped,
+                          {name: checks[name] for name in runners})
     if record and cache_enabled(options):
-        _write(record_path(metadata, options), choice, metadata)
+        _write_body(record_path(metadata, options), metadata, "choice", asdict(choice))
     return choice
 
 
-def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, options: BackendOptions | None = None) -> str:
-    """The file `classify`/`serve`/`bench` run when told only the bundle: the recorded choice; else, with more
-    than one candidate, a measurement (recorded); else the format table's static order among the candidates."""
+def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, opener: Opener,
+               options: BackendOptions | None = None) -> str:
+    """The file `classify`/`serve`/`bench` run when told only the bundle: the recorded choice; else a check of
+    the candidates on the reference images and, with more than one left, a measurement (both recorded).
+    Raises TumorEdgeError when every file this device could open was refused (unsound, or not reproduced)."""
     bundle_dir = Path(bundle_dir)
     options = options or BackendOptions()
-    allowed, _ = candidates(bundle_dir, metadata)
-    if len(allowed) <= 1 or os.environ.get(NO_MEASURE_ENV, "") not in ("", "0") or not cache_enabled(options):
-        return allowed[0] if allowed else metadata.default_model()
-    choice = recorded_choice(bundle_dir, metadata, options, allowed)
-    if choice is None:
-        try:
-            choice = measure_choice(bundle_dir, metadata, options)
-        except TumorEdgeError as err:
-            log.info("could not measure the bundle's files (%s); using the static order", err)
-            return allowed[0]
-    return choice.file
+    allowed, _ = candidates(bundle_dir, metadata, options)
+    measure = len(allowed) > 1 and os.environ.get(NO_MEASURE_ENV, "") in ("", "0") and cache_enabled(options)
+    choice = recorded_choice(bundle_dir, metadata, options, allowed) if measure else None
+    if choice is not None and (metadata.reference is None
+                               or recorded_checks(metadata, options).get(choice.file, {}).get("ok")):
+        return choice.file
+    if measure:
+        return measure_choice(bundle_dir, opener, metadata, options).file
+    allowed, skipped, _ = checked_candidates(bundle_dir, metadata, opener, options, first_only=True)
+    if not allowed and all(not_here(bundle_dir, name) for name in metadata.models):
+        return metadata.default_model()  # opening it says why it cannot run here
+    if not allowed:
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
+        raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
+    return allowed[0]
 
 
-__all__ = ["EngineChoice", "allowed_by_parity", "bundle_key", "candidates", "measure_choice", "pick_model",
-           "record_path", "recorded_choice", "recorded_choices"]
+__all__ = ["EngineChoice", "bundle_key", "candidates", "checked_candidates", "measure_choice", "pick_model",
+           "preferred", "record_checks", "record_path", "recorded_checks", "recorded_choice", "recorded_choices",
+           "time_candidates"]

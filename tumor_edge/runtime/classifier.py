@@ -9,6 +9,7 @@ model file is checked against the sha256 its metadata records before it is loade
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -17,19 +18,10 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from tumor_edge.contracts.bundle import (
-    METADATA_FILE,
-    ONNX_META_KEY,
-    BundleMetadata,
-    check_binding,
-    check_external_locations,
-    check_member_files,
-    check_model_file,
-    loads_strict,
-)
-from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
-from tumor_edge.runtime.backends import Backend, BackendOptions, engine_of, open_backend
-from tumor_edge.runtime.backends.external_data import external_data_locations
+from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata, loads_strict
+from tumor_edge.errors import ConfigError, ModelError
+from tumor_edge.runtime.backends import Backend, BackendOptions, open_backend
+from tumor_edge.runtime.open_model import open_bundle_model
 from tumor_edge.runtime.pipeline import (
     ScanItem,
     ScanOptions,
@@ -101,62 +93,6 @@ def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
                              f"output{'s' if count != 1 else ''}", backend.path)
 
 
-def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
-                      options: BackendOptions | None = None) -> Backend:
-    """Load a model listed in a bundle, checked to be the file the metadata describes (confined to the folder,
-    same size, same sha256) and to agree with what the file carries about itself (classes, preprocessing, output
-    roles: `check_binding`): a tampered or truncated model, or relabelling metadata, never produces a result.
-
-    The cheap checks come first; the sha256 runs on a second thread while the engine loads this device's cached
-    optimised form of the recorded hash (never the unchecked file: see `open_backend`'s `source_check`), and the
-    backend is returned only once the hash has matched."""
-    options = options or BackendOptions()
-    engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
-    path, digest = check_model_file(bundle_dir, name, metadata, check_hash=False)
-    entry = metadata.models[name]
-    if not options.verify_hashes:
-        if engine == "onnxruntime":
-            check_external_locations(bundle_dir, entry, external_data_locations(path))
-        backend = open_backend(path, options, sha256=entry.identity() or None)
-    else:
-        from tumor_edge.runtime.background import Background
-
-        hashing = Background(_check_sha256, bundle_dir, name, metadata, path, digest, engine)
-        backend = open_backend(path, options, sha256=entry.identity(), source_check=hashing.result)
-    check_binding(metadata, backend.metadata_props(), path)
-    return backend
-
-
-def _check_sha256(bundle_dir: Path, name: str, metadata: BundleMetadata, path: Path, recorded: str,
-                  engine: str = "onnxruntime") -> None:
-    """The sha256 half of `check_model_file`, streamed through one reused buffer (it runs on a second thread, see
-    `digest_file`), then the model's external data: every location the (now verified) model names must be listed,
-    and each listed file must match its sha256. A mismatch is reported by `check_model_file` itself, which hashes
-    again and raises its one-line BundleIntegrityError: the message has one home, and the rare failure may cost a
-    second read."""
-    from tumor_edge.runtime.backends.optimized import digest_file
-
-    entry = metadata.models[name]
-    try:
-        actual = digest_file(path)
-    except OSError as err:
-        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
-    if actual != recorded:
-        check_model_file(bundle_dir, name, metadata, check_hash=True)
-        raise BundleIntegrityError("changed while it was checked; refusing to run it", path)
-    if engine == "onnxruntime":
-        check_external_locations(bundle_dir, entry, external_data_locations(path))
-    for member in entry.files.values():
-        member_file = Path(bundle_dir) / member.name
-        try:
-            intact = digest_file(member_file) == member.sha256
-        except OSError as err:
-            raise ModelError(f"cannot read {entry.file}'s data ({first_line(err)})", member_file) from err
-        if not intact:
-            check_member_files(bundle_dir, entry, check_hash=True)
-            raise BundleIntegrityError("changed while it was checked; refusing to run it", member_file)
-
-
 class Classifier:
     """A model file plus the metadata that says how to feed it and read its outputs."""
 
@@ -182,10 +118,11 @@ class Classifier:
             raise ModelError("no such bundle or model file", path)
         if path.is_dir():
             metadata = BundleMetadata.read(path)
-            if model_file is None:  # the device's measured choice (tumor_edge.runtime.choice)
+            if model_file is None:  # the device's checked and measured choice (tumor_edge.runtime.choice)
                 from tumor_edge.runtime.choice import pick_model
 
-                model_file = pick_model(path, metadata, options)
+                model_file = pick_model(path, metadata, functools.partial(cls.from_bundle, path, options=options),
+                                        options)
             return cls(open_bundle_model(path, model_file, metadata, options), metadata)
         if model_file:
             raise ModelError("a model file name picks a file inside a bundle folder, and this is a file already",

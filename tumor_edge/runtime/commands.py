@@ -325,3 +325,64 @@ def _summary(failures: list, n_files: int) -> None:
         click.echo(f"  {one_line(failure.message)}", err=True)
     if len(failures) > MAX_LISTED_FAILURES:
         click.echo(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more", err=True)
+
+
+def _under_the_cap(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    from tumor_edge.runtime.checks import CAP
+
+    if value is not None and value > CAP:
+        raise click.BadParameter(f"{value:g} is above the cap {CAP:g} (a device further off is not this file)")
+    return value
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--data", type=click.Path(), default=None,
+              help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=None, callback=_under_the_cap,
+              help="Largest accepted probability difference from the recorded class scores (default: a floor per "
+                   "precision, or a multiple of the file's own recorded difference from the fp32 file if larger; "
+                   "never above a fixed cap). Other outputs (heatmap, OOD features) keep their own tolerance, "
+                   "relative to the recorded values' range.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
+              "default a file not copied to this device, or whose engine is not installed, is listed as not "
+              "checked and does not fail).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
+@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(),
+              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
+                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
+def verify(bundle: str, data: str | None, tolerance: float | None, batch_size: int, strict: bool,
+           threads: int | None, trust: str | None) -> None:
+    """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
+    (and, with --data, the accuracy on local labelled scans). Files this device cannot run are listed as not
+    checked here, with the extra that would check them.
+
+    Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
+    diagnostic device.
+    """
+    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
+        from tumor_edge.signing.trust import enforce_trust
+
+        enforce_trust(bundle, trust, err=False)
+    from tumor_edge import RESEARCH_NOTICE
+
+    click.echo(f"note: {RESEARCH_NOTICE}", err=True)
+    from tumor_edge.runtime.verify import verify_bundle
+
+    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict,
+                           threads=threads)
+    for line in report.lines:
+        click.echo(line)
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    if report.ok:
+        checked = sum(1 for figures in report.files.values() if figures.get("reproduced"))
+        unchecked = f"; {len(report.not_checked)} not checked here, listed above" if report.not_checked else ""
+        click.echo(f"verify: {bundle}: all checks passed on this device ({checked} model file"
+                   f"{'s' if checked != 1 else ''} checked{unchecked})")
+        return
+    click.echo(f"verify: {bundle}: {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}",
+               err=True)
+    sys.exit(1)

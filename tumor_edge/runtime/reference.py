@@ -2,8 +2,8 @@
 
 Export records (tumor_edge.export.reference: the runtime never writes a bundle), per model, the class
 probabilities for a few generated images (no patient data in a bundle), and every other output the bundle
-declares (the heatmap, the OOD features) for some of those images; `tumor-edge verify` regenerates the same
-images on a device and compares, so a user learns whether this device's kernels (AVX2, VNNI, ARM, another
+declares (the heatmap, the OOD features) for some of those images; a device regenerates the same images and
+compares (tumor_edge.runtime.checks), so a user learns whether this device's kernels (AVX2, VNNI, ARM, another
 onnxruntime) reproduce the export machine's results.
 
 Bit-exact everywhere: the only randomness is PCG64's raw 64-bit stream (`random_raw`, fixed by the algorithm,
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import BundleMetadata, ReferenceSet, is_optimized_name
+from tumor_edge.contracts.bundle import BundleMetadata, ReferenceSet
 from tumor_edge.errors import ConfigError
 
 SCORES = "scores"
@@ -83,11 +83,6 @@ def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.nd
     return generator(reference.seed, reference.count, spec.height, spec.width)
 
 
-def reference_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    """Probabilities (count, classes) for the reference images, a few at a time (bounded memory at 299 px)."""
-    return reference_role_outputs(classifier, images, batch_size)[SCORES]
-
-
 def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
     """Every output by role ("scores": probabilities, as the runtime returns them) for the reference images."""
     parts: dict[str, list[np.ndarray]] = {}
@@ -95,8 +90,3 @@ def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) 
         for role, value in classifier.infer_outputs(images[i:i + batch_size]).items():
             parts.setdefault(role, []).append(np.asarray(value))
     return {role: np.concatenate(values) for role, values in parts.items()}
-
-
-def listed_models(metadata: BundleMetadata) -> list[str]:
-    """The bundle's models, without the optimised twins 0.1 bundles listed."""
-    return [name for name in metadata.models if not is_optimized_name(name)]

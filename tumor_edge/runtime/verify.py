@@ -1,19 +1,22 @@
-"""`tumor-edge verify BUNDLE [--data DIR]`: is this bundle intact, and does this device reproduce it?
+"""What `tumor-edge verify BUNDLE [--data DIR]` checks: is this bundle intact, and does this device reproduce it?
 
 1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
 2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
-3. Reproduction: the reference images export recorded outputs for are regenerated here (tumor_edge.runtime.
-   reference: bit-exact on any machine, no patient data) and each model's probabilities are compared: per file,
-   top-1 agreement and the largest probability difference, against a tolerance per precision. Different CPUs
-   (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this shows whether they do here.
+3. Soundness and reproduction (tumor_edge.runtime.checks): each file's recorded outputs must agree with the
+   fp32 file's recorded labels at the rate its parity record promises (a file whose parity failed never passes);
+   then the reference images are regenerated here (bit-exact on any machine, no patient data) and each file's
+   probabilities must lie within its tolerance (a floor per precision, its own recorded error, a cap) of the
+   recorded ones. Different CPUs (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this
+   shows whether they do here.
    Every other output role recorded (the heatmap, the OOD features) is compared too, with a tolerance per role
    and precision on the largest difference relative to the recorded values' range (their units are the
    model's, not probabilities). Bundles recorded with class scores only still verify on those.
 4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
    labelled scans, which must stay within the export's parity tolerance of what export measured.
 
-Once every check has passed, verify times the files this device may run and records the fastest (see
-tumor_edge.runtime.choice), which classify, serve and bench then use.
+verify records each file's reproduce result on this device, passed or failed (a failed file is never chosen here
+again, see tumor_edge.runtime.choice); once every check has passed, it times the files this device may run and
+records the choice, which classify, serve and bench then use.
 
 verify proves what this device can run. A listed file that is absent (a device sent only the ONNX files) or whose
 engine is not installed here (TFLite files on the runtime-only install) is listed once under "not checked here",
@@ -27,22 +30,11 @@ Exit status: 0 all checks passed; 1 any problem (each is one `error:` line namin
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
+__all__ = ["ROLE_TOLERANCE", "VerifyReport", "labelled_files", "verify_bundle"]
 
-__all__ = ["DEFAULT_TOLERANCE", "ROLE_TOLERANCE", "VerifyReport", "tolerance_for", "verify", "verify_bundle"]
-
-# Largest probability difference accepted between the export machine and this device, per precision (the floor
-# of `tolerance_for`). fp32 files differ only by summation order between kernels. A reduced-precision file may be
-# computed in that precision on the device and not on the export machine: onnxruntime runs fp16 models in half-
-# precision arithmetic on cores that have it (ARMv8.2-A FP16: Neoverse N1, Cortex-A76 / Raspberry Pi 5) and in
-# float32 on x86; int8 kernels round differently between ISAs (AVX2's 16-bit intermediate saturation, VNNI, ARM's
-# dot-product kernels). Measured on the suite's 75 px InceptionV3, ARM64 (emulated Neoverse N1) against x86:
-# fp32 3e-6, fp16 0.015, int8 0.076 (ONNX) / 0.055 (TFLite), top-1 equal on every image.
-DEFAULT_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 0.02, "int8": 0.05}
 # Other output roles: largest |difference| divided by the recorded values' range (max - min), per precision. A
 # heatmap is the class logits spread over the grid and the OOD features a whitened projection: neither is a
 # probability, so an absolute bound would mean something different for every model. One int8 rounding step of
@@ -56,31 +48,6 @@ OTHER_ROLE_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points, when the bundle's parity record names none
 
 
-def tolerance_for(name: str, metadata) -> float:
-    """The largest probability difference accepted for one file between the export machine and this device.
-
-    For a reduced-precision file, beyond the per-precision floor: twice its own recorded effect. Export recorded,
-    for the same reference images, both this file's outputs and the fp32 file's; their largest difference E is
-    what this precision's rounding does to this model. If this device's kernels round as accurately as the export
-    machine's, each device's output lies within E of the fp32 output, so the two lie within 2E of each other
-    (triangle inequality). A device further off than that computes something the export never measured."""
-    import numpy as np
-
-    precision = metadata.models[name].precision
-    floor = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"])
-    reference = metadata.reference
-    if precision == "fp32" or reference is None:
-        return floor
-    fp32 = next((reference.outputs[n] for n, e in metadata.models.items()
-                 if e.precision == "fp32" and e.format == metadata.models[name].format and n in reference.outputs),
-                None)
-    own = reference.outputs.get(name)
-    if fp32 is None or own is None or np.shape(fp32) != np.shape(own):
-        return floor
-    effect = float(np.max(np.abs(np.asarray(own, np.float64) - np.asarray(fp32, np.float64))))
-    return max(floor, 2.0 * effect) if np.isfinite(effect) else floor
-
-
 @dataclass
 class VerifyReport:
     """What verify found: report lines (stdout) and problems (one line each; any problem fails)."""
@@ -90,6 +57,7 @@ class VerifyReport:
     files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
     not_checked: dict[str, str] = field(default_factory=dict)  # listed file -> why this device could not check it
     choice: object | None = None  # the measured fastest file (runtime.choice.EngineChoice), once all checks passed
+    checks: dict = field(default_factory=dict)  # file -> its reproduce result here (runtime.checks.Check)
 
     @property
     def ok(self) -> bool:
@@ -102,7 +70,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.reference import listed_models
 
     bundle_dir = Path(bundle_dir)
     report = VerifyReport()
@@ -112,12 +79,8 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
         report.problems.append(str(err))
         return report
     report.lines.append(f"schema: ok ({len(metadata.classes)} classes, {len(metadata.models)} files)")
-    runnable = []
-    for name in metadata.models:  # every listed file, 0.1 twins included: a bound twin may run in its place
-        if _check_integrity(bundle_dir, name, metadata, report):
-            runnable.append(name)
-    runnable = [name for name in listed_models(metadata) if name in runnable]
-    if not listed_models(metadata):
+    runnable = [name for name in metadata.models if _check_integrity(bundle_dir, name, metadata, report)]
+    if not metadata.models:
         report.problems.append(f"{bundle_dir}: the bundle lists no models")
     _check_reference(bundle_dir, metadata, runnable, tolerance, report)
     if data is not None:
@@ -128,21 +91,30 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
         else:
             report.lines.append(f"not checked here: {name}: {why}")
     reproduced = [name for name, figures in report.files.items() if figures.get("reproduced")]
-    if listed_models(metadata) and not reproduced and not report.problems:
+    if metadata.models and not reproduced and not report.problems:
         report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
-    if choose and reproduced and not report.problems:
+    if choose:
         _choose(bundle_dir, metadata, threads, report)
     return report
 
 
 def _choose(bundle_dir: Path, metadata, threads: int | None, report: VerifyReport) -> None:
-    """Time the files this device may run and record the fastest for classify/serve/bench (runtime.choice)."""
+    """Record this device's reproduce results (passed or failed: a failed file never runs here again), then, when
+    every check passed, time the files this device may run and record the choice (runtime.choice)."""
+    import functools
+
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
-    from tumor_edge.runtime.choice import measure_choice
+    from tumor_edge.runtime.choice import measure_choice, record_checks
+    from tumor_edge.runtime.classifier import Classifier
 
+    options = BackendOptions(threads=threads)
+    record_checks(metadata, report.checks, options)
+    if report.problems or not report.checks:
+        return
     try:
-        report.choice = measure_choice(bundle_dir, metadata, BackendOptions(threads=threads))
+        report.choice = measure_choice(bundle_dir, functools.partial(Classifier.from_bundle, bundle_dir,
+                                                                     options=options), metadata, options)
     except TumorEdgeError as err:
         report.lines.append(f"device choice: not measured ({err.reason})")
         return
@@ -179,16 +151,15 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport) -> None:
-    import numpy as np
-
     from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.runtime.checks import CAP, FLOORS, reproduce, soundness
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
 
     reference = metadata.reference
     if reference is None:
-        report.problems.append(f"{bundle_dir}: no reference outputs recorded (exported before tumor-edge 0.2?): "
-                               f"this device's results cannot be compared with the export machine's")
+        report.problems.append(f"{bundle_dir}: no reference outputs recorded: this device's results cannot be "
+                               "compared with the export machine's")
         return
     try:
         images = reference_images(reference, metadata)
@@ -198,34 +169,39 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
     made_on = reference.machine.get("cpu") or reference.machine.get("isa") or "the export machine"
     report.lines.append(f"reference: {reference.count} generated images ({reference.generator}, seed "
                         f"{reference.seed}); recorded on {made_on}")
+    for precision in sorted({metadata.models[name].precision for name in names}):
+        floor = FLOORS.get(precision, FLOORS["fp32"])
+        report.lines.append(f"reference: {precision} tolerance floor {floor.value:g} ({floor.source}), cap {CAP:g}")
     declared = [role for role in metadata.outputs if role != SCORES]
     if declared and not reference.roles:
         report.lines.append(f"reference: class scores only (outputs {', '.join(declared)} were not recorded by the "
                             "tumor-edge that exported this bundle)")
     for name in names:
-        expected = reference.outputs.get(name)
         path = bundle_dir / name
-        if expected is None:
+        if reference.outputs.get(name) is None:
             report.problems.append(f"{path}: no reference outputs recorded for this file")
             continue
+        sound = soundness(name, metadata)
+        report.files.setdefault(name, {})["soundness"] = sound.figures
+        if not sound.ok:
+            report.problems.append(f"{path}: not sound: {sound.line}")
+            continue
+        report.lines.append(f"sound: ok  {sound.line}")
         try:
             outputs = reference_role_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue
-        got = outputs[SCORES]
-        want = np.asarray(expected, dtype=np.float64)
-        diff = float(np.max(np.abs(got.astype(np.float64) - want)))
-        agree = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1)))
-        limit = tolerance if tolerance is not None else tolerance_for(name, metadata)
-        good = bool(np.isfinite(diff)) and diff <= limit
-        report.files.setdefault(name, {}).update(agreement=agree / reference.count, max_abs_diff=diff, limit=limit)
-        line = (f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})")
-        if good:
+        check = reproduce(name, outputs[SCORES], metadata, tolerance)
+        if tolerance is None:  # an explicit tolerance is the user's question, not the device's record
+            report.checks[name] = check
+        report.files[name].update(check.figures)
+        if check.ok:
             report.files[name]["reproduced"] = True
-            report.lines.append(f"reproduce: ok  {line}")
+            report.lines.append(f"reproduce: ok  {check.line}")
         else:
-            report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: {line}")
+            report.problems.append(f"{path}: this device does not reproduce the export machine's outputs: "
+                                   f"{check.line}")
         if reference.roles:
             _check_roles(path, metadata.models[name].precision, reference.roles.get(name, {}), outputs, declared,
                          report)
@@ -368,54 +344,3 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
                 report.problems.append(f"{bundle_dir / name}: {line}")
                 continue
         report.lines.append(f"data: ok  {line}")
-
-
-@click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Labelled scans to re-prove accuracy on: a dataset root (Testing/<class>/) or <class>/ folders.")
-@click.option("--tolerance", type=click.FloatRange(0, 1), default=None,
-              help="Largest accepted probability difference from the recorded class scores (default per precision: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ", or twice the file's own "
-                   "recorded difference from the fp32 file, if larger). Other outputs (heatmap, "
-                   "OOD features) keep their own tolerance, relative to the recorded values' range.")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
-@click.option("--strict", is_flag=True, help="Require every listed model file to be present and checked here (by "
-              "default a file not copied to this device, or whose engine is not installed, is listed as not "
-              "checked and does not fail).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
-@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=Path),
-              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
-                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
-def verify(bundle: Path, data: Path | None, tolerance: float | None, batch_size: int, strict: bool,
-           threads: int | None, trust: Path | None) -> None:
-    """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
-    (and, with --data, the accuracy on local labelled scans). Files this device cannot run are listed as not
-    checked here, with the extra that would check them.
-
-    Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
-    diagnostic device.
-    """
-    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
-        from tumor_edge.signing.trust import enforce_trust
-
-        enforce_trust(bundle, trust, err=False)
-    from tumor_edge import RESEARCH_NOTICE
-
-    click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict,
-                           threads=threads)
-    for line in report.lines:
-        click.echo(line)
-    for problem in report.problems:
-        click.echo(f"error: {problem}", err=True)
-    if report.ok:
-        checked = sum(1 for figures in report.files.values() if figures.get("reproduced"))
-        unchecked = f"; {len(report.not_checked)} not checked here, listed above" if report.not_checked else ""
-        click.echo(f"verify: {bundle}: all checks passed on this device ({checked} model file"
-                   f"{'s' if checked != 1 else ''} checked{unchecked})")
-        return
-    click.echo(f"verify: {bundle}: {len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}",
-               err=True)
-    sys.exit(1)

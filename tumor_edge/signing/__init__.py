@@ -13,7 +13,7 @@ checked.
 
 from __future__ import annotations
 
-from tumor_edge.errors import BundleIntegrityError
+from tumor_edge.errors import BundleIntegrityError, ConfigError
 
 # The one file of a signed bundle that is not itself signed (a signature cannot cover itself) and that metadata
 # does not list; the runtime's "only listed files" rule must let it be, by this name. model-signing's own default
@@ -31,4 +31,11 @@ class SignatureError(BundleIntegrityError):
     """A bundle whose signature is missing, unreadable, made with another key, or does not match its files."""
 
 
-__all__ = ["EXTRA", "KEY_PASSWORD_ENV", "SIGNATURE_FILE", "TRUST_ENV", "SignatureError"]
+class TrustSettingError(ConfigError):
+    """A trust setting that cannot be used (a missing or unreadable public key, an empty $TUMOR_EDGE_TRUST, an
+    unknown pin): nothing runs, exit status 1 (the commands that run bundles keep 2 for "some inputs failed")."""
+
+    exit_code = 1
+
+
+__all__ = ["EXTRA", "KEY_PASSWORD_ENV", "SIGNATURE_FILE", "TRUST_ENV", "SignatureError", "TrustSettingError"]

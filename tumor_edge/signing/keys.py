@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from tumor_edge.errors import ConfigError
-from tumor_edge.signing import KEY_PASSWORD_ENV
+from tumor_edge.signing import KEY_PASSWORD_ENV, TrustSettingError
 
 SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 MAX_KEY_BYTES = 1 << 16  # a PEM key is a few hundred bytes; anything far larger is not one
@@ -64,18 +64,22 @@ def load_private_key(path: str | Path, password: str | None = None):
 
 
 def load_public_key(path: str | Path):
-    """The public key at `path` (PEM, SubjectPublicKeyInfo), checked to be one model-signing verifies with."""
+    """The public key at `path` (PEM, SubjectPublicKeyInfo), checked to be one model-signing verifies with; a
+    TrustSettingError (one line naming the key file) when it is not."""
     from cryptography.hazmat.primitives import serialization
 
     path = Path(path)
-    data = _pem_bytes(path, "public key")
     try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as err:
-        hint = " (this is a private key: give the public half, `openssl ec -in KEY -pubout`)" \
-            if b"PRIVATE KEY" in data else ""
-        raise ConfigError(f"not a PEM public key{hint}", path) from err
-    _check_curve(key, path, "public key")
+        data = _pem_bytes(path, "public key")
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as err:
+            hint = " (this is a private key: give the public half, `openssl ec -in KEY -pubout`)" \
+                if b"PRIVATE KEY" in data else ""
+            raise ConfigError(f"not a PEM public key{hint}", path) from err
+        _check_curve(key, path, "public key")
+    except ConfigError as err:
+        raise TrustSettingError(err.reason, err.path) from err
     return key
 
 

@@ -1,6 +1,9 @@
-"""`--trust PUBLIC.pem` for the commands that run a bundle (classify, serve, verify): one call before the
-bundle is used. The runtime imports this module only when a trusted key is given, so an unsigned workflow never
-loads model-signing."""
+"""`--trust` for the commands that load a bundle (the settings themselves: tumor_edge.signing.policy).
+
+`enforce_trust` is what a command calls before it loads anything: the whole folder checked at rest (every file
+signed and unchanged, none added), and one line saying so. The open stage then checks the signature again against
+the bytes it loaded (tumor_edge.signing.verify.check_loaded): that, not this, is what binds what runs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from pathlib import Path
 import click
 
 from tumor_edge.errors import ModelError
-from tumor_edge.signing.verify import SignatureCheck, verify_bundle_signature
+from tumor_edge.signing import TRUST_ENV, TrustSettingError
+from tumor_edge.signing.policy import TrustPolicy, check_pins, parse_trust, trust_from_env
 
 
 def bundle_of(model: str | Path | None) -> Path:
@@ -24,10 +28,37 @@ def bundle_of(model: str | Path | None) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def enforce_trust(model: str | Path | None, trust: str | Path, *, err: bool = True) -> SignatureCheck:
-    """Refuse (SignatureError, one line) the bundle `model` resolves to unless `trust` verifies its signature;
-    on success print one line saying what was checked (stderr by default: stdout may be classify's results)."""
-    check = verify_bundle_signature(bundle_of(model), trust)
-    click.echo(f"signature: ok  {len(check.files)} files signed by the trusted key {Path(trust).name} (sha256 "
-               f"{check.key_sha256[:16]}…), checked in {check.seconds:.2f} s", err=err)
-    return check
+def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, err: bool = True) -> TrustPolicy:
+    """Refuse (SignatureError, one line) the bundle `model` resolves to unless the policy's key verifies its
+    signature over every file, unchanged, none added, and its pins hold; on success print one line saying what was
+    checked (stderr by default: stdout may be classify's results). Returns the policy, for the open stage
+    (`BackendOptions(trust=...)`) to check the loaded bytes against."""
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.signing.verify import verify_bundle_signature
+
+    policy = parse_trust(trust)
+    bundle = bundle_of(model)
+    check = verify_bundle_signature(bundle, policy.key)
+    metadata = BundleMetadata.read(bundle)
+    check_pins(policy, metadata, check.statement_sha256, bundle)
+    release = f", release {metadata.release.version}" if metadata.release else ""
+    click.echo(f"signature: ok  {len(check.files)} files signed by the trusted key {policy.key.name} (sha256 "
+               f"{check.key_sha256[:16]}…){release}, bundle={check.statement_sha256}, checked in "
+               f"{check.seconds:.2f} s", err=err)
+    return policy
+
+
+def _option_value(ctx: click.Context, param: click.Parameter, value: str | None) -> TrustPolicy | None:
+    try:
+        return parse_trust(value) if value is not None else trust_from_env()
+    except TrustSettingError as error:
+        bad = click.BadParameter(error.reason, ctx, param)
+        bad.exit_code = error.exit_code  # not click's 2: the commands keep 2 for "some inputs failed"
+        raise bad from error
+
+
+def trust_option(help_text: str):
+    """The `--trust` option of a command that loads a bundle: a TrustPolicy (or None), from the option else
+    $TUMOR_EDGE_TRUST, an empty variable refused."""
+    return click.option("--trust", metavar="PUBLIC.pem[,PIN...]", default=None, callback=_option_value,
+                        help=help_text + f" Pins: min-version=UTC-TIME, bundle=SHA256. Default: ${TRUST_ENV}.")

@@ -37,6 +37,7 @@ class SignatureCheck:
     key_sha256: str  # the trusted public key that verified it
     seconds: float  # model-signing's verification: the signature plus hashing every file
     files: list[str] = field(default_factory=list)
+    statement_sha256: str = ""  # sha256 of the signed statement: the bundle's digest a trust setting can pin
 
 
 def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> SignatureCheck:
@@ -67,29 +68,121 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
         raise _explain(err, bundle, signature, public_key, key, files) from err
     seconds = time.perf_counter() - started
     try:
-        statement = signed_statement(signature)
+        statement, payload = _statement_and_payload(signature.read_bytes())
     except (ValueError, KeyError, TypeError) as err:  # model-signing accepted it: only an edit gets here
         raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature) from err
     problem = _not_ours(statement)
     if problem:
         raise SignatureError(problem, signature)
-    return SignatureCheck(bundle, fingerprint(key), seconds, files)
+    return SignatureCheck(bundle, fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
+
+
+def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str]) -> None:
+    """Refuse (SignatureError, one line naming the file) unless the bundle's signature, read once here and
+    checked with the trusted key, covers exactly the bytes the caller loaded: `digests` (file name -> sha256 of
+    the bytes handed to the engine) and `metadata.sha256` (of the metadata.json bytes the record was parsed from).
+    The folder's names must be the signed ones (nothing added, nothing missing); the trust setting's pins must hold.
+    What the folder holds at another moment does not matter: these bytes are what runs."""
+    from tumor_edge.contracts.bundle import METADATA_FILE, read_confined
+    from tumor_edge.signing.policy import check_pins, parse_trust
+
+    policy = parse_trust(trust)
+    bundle = Path(bundle)
+    key = load_public_key(policy.key)
+    signature = bundle / SIGNATURE_FILE
+    try:
+        raw = read_confined(bundle, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+    except FileNotFoundError as err:
+        raise SignatureError(f"not signed: the bundle has no {SIGNATURE_FILE} (sign it with `tumor-edge sign "
+                             "BUNDLE --key PRIVATE.pem`)", bundle) from err
+    except (OSError, ModelError) as err:
+        raise SignatureError(f"cannot be read ({first_line(err)})", signature) from err
+    statement, payload = authentic_statement(raw, key, policy.key, signature)
+    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+    loaded = {METADATA_FILE: metadata.sha256, **digests}
+    for name, digest in loaded.items():
+        if name not in signed:
+            raise SignatureError("not part of the signed bundle; refusing to run it", bundle / name)
+        if not digest or digest != signed[name]:
+            raise SignatureError("the bytes loaded are not the signed ones (changed since the bundle was signed, "
+                                 "or while it was read); refusing to run it", bundle / name)
+    present = set(bundle_files(bundle))
+    for name in sorted(present ^ set(signed)):
+        why = "not part of the signed bundle (added after signing)" if name in present else \
+            "signed, but missing from the bundle"
+        raise SignatureError(f"signature check failed: {why}", bundle / name)
+    check_pins(policy, metadata, hashlib.sha256(payload).hexdigest(), bundle)
+
+
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+IN_TOTO_STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+
+
+def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[dict[str, Any], bytes]:
+    """(statement, payload) of a model-signing signature file's bytes, after checking its DSSE signature with the
+    public `key` (ECDSA over the DSSE pre-authentication encoding, the hash the key's curve takes, as model-signing
+    signs) and that it names that key. SignatureError when it does not verify."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        outer = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique)
+        hint = outer["verificationMaterial"]["publicKey"]["hint"]
+        envelope = outer["dsseEnvelope"]
+        (entry,) = envelope["signatures"]
+        for text in (envelope["payload"], entry["sig"]):
+            _canonical_base64(text)
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        sig = base64.b64decode(entry["sig"], validate=True)
+        payload_type = envelope["payloadType"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", where) from err
+    if hint != fingerprint(key):
+        raise SignatureError(f"signed with another key than the trusted {key_path} (sha256 "
+                             f"{fingerprint(key)[:16]}…)", where)
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise SignatureError(f"signs a {str(payload_type)[:40]!r} payload, not an in-toto statement", where)
+    digest = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}[key.curve.key_size]()
+    pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
+    try:
+        key.verify(sig, pae, ec.ECDSA(digest))
+    except InvalidSignature as err:
+        raise SignatureError(f"does not verify with {key_path}: the signature or the statement it signs was "
+                             "altered", where) from err
+    try:
+        statement = json.loads(payload, object_pairs_hook=_unique)
+        if statement["_type"] != IN_TOTO_STATEMENT_TYPE:
+            raise ValueError(f"statement type {str(statement['_type'])[:40]!r}")
+        [(r["name"], r["digest"]) for r in statement["predicate"]["resources"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SignatureError(f"not a readable model-signing statement ({first_line(err)})", where) from err
+    problem = _not_ours(statement)
+    if problem:
+        raise SignatureError(problem, where)
+    return statement, payload
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key")
+    return dict(pairs)
+
+
+def _statement_and_payload(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    outer = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique)
+    envelope = outer["dsseEnvelope"]
+    for text in [envelope["payload"], *(entry["sig"] for entry in envelope["signatures"])]:
+        _canonical_base64(text)
+    payload = base64.b64decode(envelope["payload"], validate=True)
+    return json.loads(payload, object_pairs_hook=_unique), payload
 
 
 def signed_statement(signature: Path) -> dict[str, Any]:
     """The in-toto statement inside a model-signing signature (the DSSE envelope's payload). Authentic only once
-    model-signing has verified the signature over it."""
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(keys) != len(set(keys)):
-            raise ValueError("duplicate key")
-        return dict(pairs)
-
-    outer = json.loads(signature.read_text(encoding="utf-8"), object_pairs_hook=unique)
-    envelope = outer["dsseEnvelope"]
-    for text in [envelope["payload"], *(entry["sig"] for entry in envelope["signatures"])]:
-        _canonical_base64(text)
-    return json.loads(base64.b64decode(envelope["payload"], validate=True), object_pairs_hook=unique)
+    its signature is verified (model-signing's check, or `authentic_statement`)."""
+    return _statement_and_payload(signature.read_bytes())[0]
 
 
 def _canonical_base64(text: str) -> None:

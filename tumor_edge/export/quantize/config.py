@@ -1,15 +1,17 @@
 """How the ONNX int8 file is made (`QuantizationConfig`), the goal it must reach against fp32 (`ParityGoal`), and
-the CPU-dependent parts of the recipe.
+the weight ranges it chooses among (`WEIGHT_RANGES`).
 
 The recipe (measured in benchmarks/quant_speed.py, results in benchmarks/results/quant-*.md): QDQ format, uint8
-activations (int8 activations ran 2-3x slower: onnxruntime's x86 kernels are u8 x s8), int8 per-channel weights,
-the classifier head in float, average pools as int8 depthwise convolutions. On an AVX-512 VNNI Xeon (299 px
-InceptionV3, load ~6, quant-2026-11-27-0833.md) that runs at 0.58-0.67x LiteRT int8's latency and 0.22-0.33x
-onnxruntime fp32's, at batch 1 and 8, 1 and 2 threads; QDQ average pools were 1.0x LiteRT, float pools 0.64-0.89x.
-Per-tensor weights were as fast or faster in 3 of 4 configurations but keep less accuracy: per-channel stays.
-`reduce_range` (7-bit weights) is only for x86 CPUs without VNNI/AMX: there `vpmaddubsw` adds two u8*s8 products into a
-saturating int16, and 7-bit weights keep that sum from overflowing; with VNNI (`vpdpbusd`, 32-bit accumulate),
-AMX or ARM dot products the full 8-bit range is exact, as accurate and as fast, so it is the default there.
+activations (onnxruntime's x86 int8 kernels are u8 x s8; int8 activations run slower), int8 per-channel weights,
+the classifier head in float, average pools as int8 depthwise convolutions. Per-channel weights keep more
+accuracy than per-tensor ones at about the same speed.
+
+The weight range is chosen by measurement on the validation images, never by the CPU that exports: the bundle
+runs on other CPUs. Full 8-bit weights are the most precise and exact wherever u8 x s8 products accumulate in 32
+bits (VNNI, AMX, ARM dot products); on x86 without VNNI, `vpmaddubsw` adds two u8 x s8 products into a saturating
+int16, which 8-bit weights can overflow (2 x 255 x 127 > 32767). onnxruntime documents two alternatives for such
+CPUs: 7-bit weights (`reduce_range`: 2 x 255 x 63 fits) and u8 x u8 (uint8 weights, another kernel). A device's
+own saturation is what `tumor-edge verify` there catches on the bundle's reference images.
 """
 
 from __future__ import annotations
@@ -21,28 +23,32 @@ from tumor_edge.errors import ConfigError
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 AVERAGE_POOLS = ("depthwise", "float", "int8")
 
-# Instruction sets with int8 dot products that accumulate in 32 bits: no int16 saturation, no need for 7 bits.
-EXACT_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
 
 
-def default_reduce_range(flags: set[str] | None = None) -> bool:
-    """7-bit weights only where int8 products saturate: x86 without VNNI/AMX (AVX2 or older).
+@dataclass(frozen=True)
+class WeightRange:
+    """One way to store int8 weights, as onnxruntime's `quantize_static` makes it."""
 
-    An export machine that cannot tell (no /proc/cpuinfo: macOS, Windows) keeps the full range: its CPU is
-    almost certainly ARM with dot products or a recent x86 with VNNI.
-    """
-    from tumor_edge.machine import cpu_flag_set
+    name: str
+    weight_type: str  # "int8" | "uint8"
+    reduce_range: bool  # 7-bit weights
+    why: str
 
-    flags = cpu_flag_set() if flags is None else flags
-    if not flags:
-        return False
-    is_x86 = "sse2" in flags or "avx2" in flags or "sse4_2" in flags
-    return is_x86 and not (flags & EXACT_INT8_DOT_FLAGS)
+
+WEIGHT_RANGES: dict[str, WeightRange] = {r.name: r for r in (
+    WeightRange("s8", "int8", False, "full 8-bit int8 weights: the most precise; exact where products accumulate "
+                                     "in 32 bits, may saturate in AVX2's 16-bit pair sums"),
+    WeightRange("s8-7bit", "int8", True, "7-bit int8 weights: no pair sum reaches int16's limit on any x86, one bit "
+                                         "less precise"),
+    WeightRange("u8", "uint8", False, "uint8 weights (u8 x u8 kernels): onnxruntime's other route around AVX2's "
+                                      "16-bit pair sums"),
+)}
+NO_VALIDATION_RANGE = "s8-7bit"  # nothing to measure on: the range that saturates on no CPU
 
 
 @dataclass(frozen=True)
 class ParityGoal:
-    """What int8 must keep against the fp32 ONNX model on the validation images (issue 13's goal)."""
+    """What int8 must keep against the fp32 ONNX model on the validation images."""
 
     min_agreement: float = 0.995  # top-1 agreement with fp32
     max_accuracy_drop: float = 0.003  # 0.3 points
@@ -66,13 +72,14 @@ class QuantizationConfig:
 
     methods: tuple[str, ...] = CALIBRATION_METHODS
     per_channel: bool = True
-    reduce_range: bool | None = None  # None: decided by this CPU (default_reduce_range)
+    reduce_range: bool | None = None  # None: chosen among weight_ranges by measurement; True 7-bit, False 8-bit
+    weight_ranges: tuple[str, ...] = tuple(WEIGHT_RANGES)  # the candidates when reduce_range is None
     activations: str = "uint8"  # "uint8" (onnxruntime's x86 int8 kernels are u8 x s8) or "int8"
     keep_head_float: bool = True
     # How average pools run: "depthwise" (int8 depthwise conv, graph.depthwise_average_pools: fastest),
     # "float" (graph.float_average_pools), "int8" (onnxruntime's QLinearAveragePool: slowest).
     average_pools: str = "depthwise"
-    batch_size: int = 4  # calibration batch: every tensor is a graph output, ~270 MB an image at 299 px
+    batch_size: int = 4  # calibration batch: every tensor is a graph output, so memory grows fast with it
     percentile: float = 99.999
     seed: int = 0
     # Accuracy-aware fallback: keep the most sensitive nodes in float until `goal` holds on validation.
@@ -80,10 +87,10 @@ class QuantizationConfig:
     goal: ParityGoal = ParityGoal()
     max_probes: int = 24  # sensitivity measurements (one int8 model each) per stage: blocks, then nodes
     probe_images: int = 48  # validation images a probe runs on: the flipped and most shifted first
-    max_float_mac_fraction: float = 0.3  # float fallback stops here: int8 must stay >= ~1.8x faster than fp32
+    max_float_mac_fraction: float = 0.3  # float fallback stops here: int8 must stay clearly faster than fp32
     # Schedule steps in a row that may leave the goal's shortfall where it was before the search gives up and
-    # ships the candidate nearest the goal (fewest float nodes). On the CPU demo's 96 px model the goal was one
-    # validation image out of reach from 1 to 24 float nodes, and the search used to ship the 24.
+    # ships the candidate nearest the goal (fewest float nodes): float nodes that bring the goal no closer only
+    # cost int8 speed.
     stall_steps: int = 3
 
     def __post_init__(self) -> None:
@@ -95,8 +102,16 @@ class QuantizationConfig:
             raise ConfigError(f"average_pools must be one of {', '.join(AVERAGE_POOLS)}, not {self.average_pools!r}")
         if self.activations not in ("uint8", "int8"):
             raise ConfigError(f"activations must be uint8 or int8, not {self.activations!r}")
+        unknown = [r for r in self.weight_ranges if r not in WEIGHT_RANGES]
+        if unknown or not self.weight_ranges:
+            raise ConfigError(f"weight ranges must be among {', '.join(WEIGHT_RANGES)}, "
+                              f"not {', '.join(unknown) or 'none'}")
         if min(self.max_probes, self.probe_images, self.batch_size, self.stall_steps) < 1:
             raise ConfigError("max_probes, probe_images, batch_size and stall_steps must be at least 1")
 
-    def resolved_reduce_range(self) -> bool:
-        return default_reduce_range() if self.reduce_range is None else bool(self.reduce_range)
+    def range_candidates(self) -> tuple[str, ...]:
+        """The weight ranges export measures: the one asked for, else every candidate (the first is the
+        calibration methods' common ground)."""
+        if self.reduce_range is not None:
+            return ("s8-7bit",) if self.reduce_range else ("s8",)
+        return self.weight_ranges

@@ -41,13 +41,13 @@ def _valid_counts(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 def float_average_pools(model) -> list[str]:
     """Rewrite padded AveragePool nodes so they stay float and fast; return the node names to keep float.
 
-    Measured on InceptionV3 (299 px, onnxruntime 1.32, 1 thread): the 9 QLinearAveragePool kernels that
-    onnxruntime fuses DQ -> AveragePool -> Q into cost 25-39 ms a run, a third of the int8 model's time (the fp32
-    AveragePool: 2 ms). Merely excluding AveragePool from quantization does not help: the optimizer fuses the
-    DQ/Q pair around it anyway. So each `count_include_pad=0` pool becomes an equal `count_include_pad=1` pool
-    times a constant per-position correction (kernel area / valid inputs), both excluded from quantization:
-    no Q follows the pool, nothing fuses, the pool runs in float (NCHWc) and only the convolutions run in int8.
-    Outputs are unchanged (max |diff| 0 on InceptionV3); int8 latency fell from 36-40 to 27-32 ms.
+    The QLinearAveragePool kernels onnxruntime fuses DQ -> AveragePool -> Q into cost many times the float
+    pool (benchmarks/quant_speed.py). Merely excluding AveragePool from quantization does not help: the
+    optimizer fuses the DQ/Q pair around it anyway. So each `count_include_pad=0` pool becomes an equal
+    `count_include_pad=1` pool times a constant per-position correction (kernel area / valid inputs), both
+    excluded from quantization: no Q follows the pool, nothing fuses, the pool runs in float (NCHWc) and only the
+    convolutions run in int8.
+    Outputs are unchanged: the correction is exact.
     """
     from onnx import helper, numpy_helper
 
@@ -103,9 +103,8 @@ def _pool_geometry(node, shapes: dict[str, list[int]]):
 def depthwise_average_pools(model) -> int:
     """Rewrite AveragePool nodes as int8-friendly depthwise convolutions; return how many were rewritten.
 
-    Measured on InceptionV3 (299 px, onnxruntime 1.32, AVX-512 VNNI): onnxruntime's QLinearAveragePool costs
-    ~2 ms a pool (a third of int8 latency); a float pool inside the int8 chain costs as much again in layout
-    changes (each needs Transpose/Reorder and DQ/Q around it: ~16 ms for 9 pools at 1 thread). A depthwise
+    onnxruntime's QLinearAveragePool is slow, and a float pool inside the int8 chain costs as much again in
+    layout changes (each needs Transpose/Reorder and DQ/Q around it; benchmarks/quant_speed.py). A depthwise
     Conv with weights 1/(kh*kw) is the same sum, runs as QLinearConv in the NHWC int8 chain, and its int8
     weight is exact (1/9 is 127 steps of (1/9)/127). `count_include_pad=0` border positions divide by fewer
     inputs: y = s + s * (area / valid - 1), where the factor minus one is 0 inside (exactly 0 in uint8) and
@@ -154,9 +153,9 @@ def drop_identity_reshapes(model) -> list[str]:
 
     A Keras model converted to ONNX at a small input size has feature maps of 1x1 in its last blocks, where the
     converter writes each NHWC <-> NCHW Transpose as a Reshape to [-1, C, 1, 1] of a tensor already [N, C, 1, 1]
-    (21 of them in InceptionV3 at 96 px). They compute nothing, but onnxruntime's int8 layout pass cannot see
-    through a Reshape: each one became a Transpose + Reshape (+ Q/DQ) around the NHWC int8 convolutions, 37
-    Transposes and 54 nodes more a run. Only a Reshape whose target is a constant equal to the input's static
+    (InceptionV3's last blocks at a small input size). They compute nothing, but onnxruntime's int8 layout pass
+    cannot see through a Reshape: each one becomes a Transpose + Reshape (+ Q/DQ) around the NHWC int8
+    convolutions. Only a Reshape whose target is a constant equal to the input's static
     shape (the batch dimension may be symbolic and the target's -1 or 0 there) is removed, and never one that
     writes a graph output.
     """
@@ -220,8 +219,8 @@ def crop_padding_taps(model) -> list[str]:
 
     At a small input size InceptionV3's last blocks run 3x3, 1x3 and 3x1 convolutions with "same" padding over
     1x1 feature maps (96 px input): every tap but the centre only ever multiplies padding, i.e. zeros, so the
-    same outputs come from the centre tap alone, a 1x1 convolution with 1/9 or 1/3 of the weights and MACs
-    (96 px InceptionV3: 12 convolutions, ~5 MB of its ~22 MB int8 weights). Exact in float and in int8 (a
+    same outputs come from the centre tap alone, a 1x1 convolution with 1/9 or 1/3 of the weights and MACs.
+    Exact in float and in int8 (a
     padded uint8 input is its zero point, i.e. 0). Needs static spatial input shapes (a shape-inferred model);
     a weight may be an initializer or the DequantizeLinear of one (a QDQ model: per-output-channel scales stay
     valid). Convolutions with dilations or auto_pad are left alone.

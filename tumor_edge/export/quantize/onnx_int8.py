@@ -2,9 +2,12 @@
 whose most sensitive nodes fall back to float until it meets the parity goal against fp32.
 
 Steps: `quant_pre_process` and the float-by-construction rewrites (graph.py); one calibration pass for every
-method (calibration.py); one QDQ model per method (`quantize_static` fed the precomputed ranges); each scored
-against the fp32 ONNX model on the validation images, the least lossy kept (scoring.py); if it misses the goal,
-the accuracy-aware fallback (sensitivity.py). The report says what was tried, what stayed float and why.
+method (calibration.py); one QDQ model per method (`quantize_static` fed the precomputed ranges) in the first
+weight range; each scored against the fp32 ONNX model on the validation images, the least lossy kept
+(scoring.py); the chosen method in every other weight range (config.WEIGHT_RANGES), scored the same way, the
+least lossy kept; if it misses the goal, the accuracy-aware fallback (sensitivity.py); last, the reference seed
+whose images drive the shipped file's activations highest (coverage.py). The report says what was tried, what
+stayed float and why.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.export.quantize.calibration import collect_ranges, quiet_stdout
-from tumor_edge.export.quantize.config import QuantizationConfig
+from tumor_edge.export.quantize.config import NO_VALIDATION_RANGE, WEIGHT_RANGES, QuantizationConfig
 from tumor_edge.export.quantize.graph import (
     crop_padding_taps,
     depthwise_average_pools,
@@ -44,6 +47,8 @@ class QuantizationReport:
     float_reasons: dict[str, str] = field(default_factory=dict)  # reason -> which float_nodes it covers
     accuracy_aware: dict[str, Any] | None = None  # sensitivity.FallbackResult.to_dict(), when it ran
     rewrites: dict[str, int] = field(default_factory=dict)  # exact graph rewrites before quantization: how many
+    weight_range: dict[str, Any] = field(default_factory=dict)  # {"chosen", "why", "candidates": [scores]}
+    reference_images: dict[str, Any] = field(default_factory=dict)  # coverage.ReferenceChoice.to_dict()
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,8 +58,9 @@ class QuantizationReport:
 
 
 def quantize_with_ranges(src: Path, dst: Path, method: str, tensors_range, config: QuantizationConfig,
-                         exclude: Sequence[str], work_dir: Path) -> Path:
-    """QDQ int8 with precomputed ranges, via `quantize_static`'s calibration cache."""
+                         exclude: Sequence[str], work_dir: Path, weights: str = "s8") -> Path:
+    """QDQ int8 with precomputed ranges, via `quantize_static`'s calibration cache; `weights` names a WEIGHT_RANGES
+    row."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -64,9 +70,10 @@ def quantize_with_ranges(src: Path, dst: Path, method: str, tensors_range, confi
                    "percentile": CalibrationMethod.Percentile}[method]
     with quiet_stdout():
         quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                        reduce_range=config.resolved_reduce_range(),
+                        reduce_range=WEIGHT_RANGES[weights].reduce_range,
                         activation_type=QuantType.QUInt8 if config.activations == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=method_enum,
+                        weight_type=QuantType.QUInt8 if WEIGHT_RANGES[weights].weight_type == "uint8"
+                        else QuantType.QInt8, calibrate_method=method_enum,
                         nodes_to_exclude=list(exclude), calibration_cache_path=str(cache))
     cache.unlink(missing_ok=True)
     return dst
@@ -97,9 +104,7 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
     t0 = time.perf_counter()
     ranges = collect_ranges(prepared, calib_pixels, spec, config, work_dir, show_progress)
     timings["calibration"] = time.perf_counter() - t0
-    settings = asdict(config) | {"reduce_range": config.resolved_reduce_range(),
-                                 "reduce_range_source": "cpu" if config.reduce_range is None else "config"}
-    report = QuantizationReport(chosen="", why="", config=settings, calibration_images=len(calib_pixels),
+    report = QuantizationReport(chosen="", why="", config=asdict(config), calibration_images=len(calib_pixels),
                                 validation_images=0 if val_pixels is None else len(val_pixels),
                                 float_nodes=list(exclude), seconds=timings,
                                 rewrites={"identity_reshapes_dropped": len(reshapes),
@@ -108,20 +113,24 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
         report.float_reasons["classifier head (a few thousand MACs; int8 would round probabilities)"] = \
             ", ".join(head)
     if pools:
-        report.float_reasons["padded average pools (onnxruntime's QLinearAveragePool is ~10x the float pool)"] = \
+        report.float_reasons["padded average pools (onnxruntime's QLinearAveragePool is slower than a float pool)"] = \
             ", ".join(pools)
+    weight_ranges = config.range_candidates()
+    has_validation = val_pixels is not None and len(val_pixels) > 0
+    first = weight_ranges[0] if has_validation or len(weight_ranges) == 1 else NO_VALIDATION_RANGE
     candidates: dict[str, Path] = {}
     for method in config.methods:
         t0 = time.perf_counter()
         candidates[method] = quantize_with_ranges(prepared, work_dir / f"model_int8_{method}.onnx", method,
-                                                  ranges[method], config, exclude, work_dir)
+                                                  ranges[method], config, exclude, work_dir, first)
         timings[f"quantize_{method}"] = time.perf_counter() - t0
-    del ranges
-    has_validation = val_pixels is not None and len(val_pixels) > 0
     if not has_validation:
+        del ranges
         report.chosen = config.methods[0] if len(candidates) == 1 or "minmax" not in candidates else "minmax"
         report.why = ("only method asked for" if len(candidates) == 1
                       else "no validation images to compare methods on; MinMax is onnxruntime's default")
+        _record_range(report, first, "only range asked for" if len(weight_ranges) == 1 else
+                      "no validation images to measure the ranges on: the range that saturates on no CPU", [])
         shipped: Any = candidates[report.chosen]
     else:
         t0 = time.perf_counter()
@@ -142,18 +151,79 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
                       "then macro AUC, then mean probability shift)"
                       if len(candidates) > 1 else "only method asked for")
         timings["selection"] = time.perf_counter() - t0
-        shipped = candidates[report.chosen]
+        t0 = time.perf_counter()
+        shipped, probs = _choose_range(report, best, candidates[report.chosen], prepared, ranges[report.chosen],
+                                       weight_ranges, exclude, config, work_dir, val_pixels, val_labels, reference,
+                                       method_probs[report.chosen], spec, n_classes, batch, ref)
+        del ranges
+        timings["weight_range"] = time.perf_counter() - t0
+        candidates[f"{report.chosen}/{report.weight_range['chosen']}"] = shipped
         if config.accuracy_aware:
-            shipped = _fallback(report, shipped, prepared, val_pixels, val_labels, reference,
-                                method_probs[report.chosen], spec, n_classes, config, timings)
+            shipped = _fallback(report, shipped, prepared, val_pixels, val_labels, reference, probs, spec,
+                                n_classes, config, timings)
     if isinstance(shipped, Path):
         shipped.replace(dst)
+        candidates = {k: v for k, v in candidates.items() if v != shipped}
     else:
         onnx.save(shipped, str(dst))
     for path in candidates.values():
         path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    report.reference_images = _reference_choice(dst, spec)
+    timings["reference_images"] = time.perf_counter() - t0
     report.seconds = {k: round(v, 2) for k, v in timings.items()}
     return report
+
+
+def _reference_choice(int8_path: Path, spec: Preprocessing) -> dict[str, Any]:
+    """The reference seed the bundle should record for this int8 file (coverage.py)."""
+    from tumor_edge.export.quantize.coverage import choose_reference_seed
+    from tumor_edge.export.reference import DEFAULT_COUNT, DEFAULT_SEED
+
+    return choose_reference_seed(int8_path, spec, DEFAULT_SEED, DEFAULT_COUNT).to_dict()
+
+
+def _record_range(report: QuantizationReport, name: str, why: str, scores: list[CandidateScore]) -> None:
+    row = WEIGHT_RANGES[name]
+    report.weight_range = {"chosen": name, "why": why, "candidates": [asdict(c) for c in scores]}
+    report.config |= {"reduce_range": row.reduce_range, "weight_type": row.weight_type, "weight_range": name}
+
+
+def _choose_range(report: QuantizationReport, best: CandidateScore, chosen: Path, prepared: Path, tensors_range,
+                  weight_ranges: Sequence[str], exclude: Sequence[str], config: QuantizationConfig, work_dir: Path,
+                  val_pixels: np.ndarray, val_labels: np.ndarray | None, reference: np.ndarray,
+                  chosen_probs: np.ndarray, spec: Preprocessing, n_classes: int, batch: int,
+                  ref: CandidateScore) -> tuple[Path, np.ndarray]:
+    """The chosen method in every weight range, scored on the validation images; the least lossy is kept (ties:
+    the table's order). A range onnxruntime cannot make for this graph is skipped with its reason."""
+    first = weight_ranges[0]
+    scores = [CandidateScore(f"{best.method}/{first}", best.accuracy, best.macro_auc, best.agreement,
+                             best.max_abs_diff, best.mean_abs_diff, best.seconds)]
+    paths, probs = {first: chosen}, {first: chosen_probs}
+    skipped = {}
+    for name in weight_ranges[1:]:
+        t0 = time.perf_counter()
+        try:
+            paths[name] = quantize_with_ranges(prepared, work_dir / f"model_int8_{best.method}_{name}.onnx",
+                                               best.method, tensors_range, config, exclude, work_dir, name)
+            probs[name] = probabilities(paths[name], val_pixels, spec, batch)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; the range is only skipped
+            skipped[name] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            continue
+        scores.append(score(f"{best.method}/{name}", probs[name], reference, val_labels, n_classes))
+        scores[-1].seconds = round(time.perf_counter() - t0, 2)
+    winner = min(scores, key=lambda c: c.loss_key(ref))
+    name = winner.method.split("/", 1)[1]
+    why = (f"least loss against fp32 ONNX on {len(val_pixels)} validation images among "
+           f"{', '.join(c.method.split('/', 1)[1] for c in scores)}: {WEIGHT_RANGES[name].why}"
+           if len(scores) > 1 else "only range asked for")
+    _record_range(report, name, why, scores)
+    if skipped:
+        report.weight_range["skipped"] = skipped
+    for other, path in paths.items():
+        if other != name:
+            path.unlink(missing_ok=True)
+    return paths[name], probs[name]
 
 
 def _fallback(report: QuantizationReport, chosen: Path, prepared: Path, val_pixels: np.ndarray,

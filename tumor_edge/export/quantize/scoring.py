@@ -50,8 +50,8 @@ class CandidateScore:
 
         Disagreement first: on a validation set of a few hundred images accuracy moves by single images in
         either direction (a flipped prediction can even gain), while agreement counts every decision the
-        quantization changed, and a method cannot lose more accuracy than it flips (measured on demo data:
-        Percentile won on validation accuracy by one image yet flipped twice as many as MinMax).
+        quantization changed, and a method cannot lose more accuracy than it flips: a method that wins on
+        accuracy by one image may flip more decisions than another.
         """
         acc_drop, auc_drop = self.drops(reference)
         return (round(1.0 - (self.agreement or 0.0), 9), round(acc_drop, 9), round(auc_drop, 9),

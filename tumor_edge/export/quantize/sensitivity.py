@@ -13,10 +13,8 @@ clipped late one may flip a near-tie). So every measurement runs the real int8 m
 2. Greedy fallback: keep the 1, 2, 3, 4, 6, 8, 12, ... most sensitive nodes in float, scoring each on the whole
    validation split, until the goal holds, then bisect back to the fewest that still meet it. int8 must stay
    fast, so the search stops where the float nodes would carry more than `max_float_mac_fraction` of the int8
-   MACs (0.3: with int8 convs ~3x fp32 on VNNI, a 30 % float share keeps int8 ~1.8x faster than fp32); it then
-   ships the most sensitive nodes it could afford in float and says the goal was NOT met (the parity gate
-   decides). Measured on a random-weight InceptionV3 whose head was re-fitted to near-ties, the harshest case:
-   naive agreement 67 %, the goal needed 132 of 140 nodes float, i.e. fp32 speed.
+   MACs (a larger float share leaves int8 little faster than fp32); it then ships the most sensitive nodes it
+   could afford in float and says the goal was NOT met (the parity gate decides).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The LiteRT backend (`ai-edge-litert`, an optional extra): .tflite files, float or fully int8."""
+"""The LiteRT backend (`ai-edge-litert`, an optional extra): .tflite files, float or fully int8, loaded from the
+model's bytes as read once and checked (`Interpreter(model_content=...)`), never from a path LiteRT would open
+itself."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.errors import MissingExtraError, ModelError, first_line
+from tumor_edge.contracts.bundle import ModelFiles, read_confined
+from tumor_edge.errors import BundleIntegrityError, MissingExtraError, ModelError, first_line
 from tumor_edge.runtime.backends.options import BackendOptions
 from tumor_edge.runtime.backends.protocol import hw_of
 
@@ -20,20 +23,23 @@ class LiteRTBackend:
     name = "litert"
 
     def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 source_check: Callable[[], object] | None = None):
-        if source_check is not None:  # LiteRT has no optimised form to load meanwhile: the check comes first
+                 source_check: Callable[[], object] | None = None, files: ModelFiles | None = None):
+        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
+        `sha256` and `source_check` are what the registry's `open_backend` passes: the check runs before anything
+        is read; the digest is not needed."""
+        if source_check is not None:
             source_check()
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:
             raise MissingExtraError("running .tflite files needs LiteRT: pip install 'tumor-edge[tflite]'",
                                     path) from err
-        self.path = Path(path)
-        self.loaded_path = self.path
+        self.path = self.loaded_path = Path(path)
+        data = files.data if files is not None else _read_lone(self.path)
         self.providers: list[str] = []  # LiteRT picks its own delegates (XNNPACK on CPU)
         self.missing_providers: list[str] = []
         try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=options.threads or None)
+            self.interpreter = Interpreter(model_content=data, num_threads=options.threads or None)
             self.interpreter.allocate_tensors()
         except Exception as err:  # ValueError, RuntimeError; flatbuffer errors on a damaged file
             raise ModelError(f"LiteRT cannot load this model ({first_line(err)})", self.path) from err
@@ -79,6 +85,15 @@ class LiteRTBackend:
                 result = (result.astype(np.float32) - zero) * scale
             results.append(np.asarray(result, dtype=np.float32))
         return results
+
+
+def _read_lone(path: Path) -> bytes:
+    try:
+        return read_confined(path.parent, path.name)
+    except OSError as err:
+        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
+    except BundleIntegrityError as err:
+        raise ModelError(err.reason, path) from err
 
 
 def model_order(interpreter) -> list[dict]:

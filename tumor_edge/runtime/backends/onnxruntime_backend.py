@@ -1,22 +1,10 @@
-"""The onnxruntime backend: the runtime's own engine, with the optimised form of each model cached per device.
+"""The onnxruntime backend: the runtime's own engine.
 
-Which file a session is made from, in order (CPU provider and optimisation "all" only; any problem falls through
-to the next, logged, never an error):
-1. this device's cache entry for the model's identity (its sha256, tumor_edge.runtime.cache), which lives in the
-   per-user cache folder outside any bundle and was written, with its hashes, by this runtime;
-2. the model itself, optimising at load and saving the result as the cache entry for the next run;
-3. the model itself, plain (cache off, unwritable, inside the model's bundle, or the save failed).
-
-A file lying beside the model is never loaded in its place: 0.1 bundles carried an optimised twin
-(`model_int8.ort.onnx`) whose own record said which model it was made from, so whoever could write into a bundle
-could put any model there with a record vouching for itself, and it ran instead of the sha256-checked file
-(issue 22). Only a twin that a caller names itself, and that its bundle lists with a sha256, is still loaded.
-
-The integrity checks overlap the load: a caller still hashing the model file passes that check as
-`source_check`, and a cache entry's CRC32 runs beside its session load (tumor_edge.runtime.background). Nothing
-is read from the model file itself before its check has passed, and no backend is returned before every check
-has; a cache entry that fails its CRC is dropped and rebuilt. On a cache hit this takes the ~40 ms of digests
-off the critical path of a one-image run (2-core Xeon).
+A session is made from the model's bytes (`InferenceSession(bytes)`), with its external data handed over as bytes
+too (`SessionOptions.add_external_initializers_from_files_in_memory`), never from a path onnxruntime would open
+itself: the bytes were read once and checked (a bundle's against its metadata, see
+tumor_edge.runtime.open_model), so a file changed after the check cannot be what runs. onnxruntime optimises
+the graph for this CPU at each load (`BackendOptions.optimization`).
 """
 
 from __future__ import annotations
@@ -26,57 +14,39 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import is_optimized_name, optimized_model_name
+from tumor_edge.contracts.bundle import ModelFiles
 from tumor_edge.errors import ModelError, first_line
-from tumor_edge.runtime import cache
-from tumor_edge.runtime.backends.external_data import external_data_locations
-from tumor_edge.runtime.backends.optimized import (
-    body_problem,
-    build_optimized,
-    digest_file,
-    read_optimized_record,
-    usable_optimized,
-)
+from tumor_edge.runtime.backends.external_data import lone_model_files
 from tumor_edge.runtime.backends.options import BackendOptions, resolve_providers, session_options
 from tumor_edge.runtime.backends.protocol import hw_of
-from tumor_edge.runtime.background import Background
-
-
-def _log(message: str, *args: object) -> None:
-    """Why an optimised form was not used (INFO on the "tumor_edge.runtime" logger). `logging` is imported only
-    here: it costs start-up time and memory on every classify otherwise."""
-    import logging
-
-    logging.getLogger("tumor_edge.runtime").info(message, *args)
-
-
-def optimized_sibling(path: Path) -> Path:
-    """Where a 0.1-style bundle kept the pre-optimised copy of an .onnx file (never loaded from there now)."""
-    return path.with_name(optimized_model_name(path.name))
 
 
 class OnnxBackend:
-    """An onnxruntime InferenceSession over one .onnx file; returns every model output."""
+    """An onnxruntime InferenceSession over one .onnx model's bytes; returns every model output."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 source_check: Callable[[], object] | None = None):
+                 source_check: Callable[[], object] | None = None, files: ModelFiles | None = None):
+        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
+        `sha256` and `source_check` are what the registry's `open_backend` passes: the check runs before anything
+        is read; the digest is not needed."""
         import onnxruntime as ort
 
-        self.path = Path(path)
-        self.loaded_path = self.path
+        if source_check is not None:
+            source_check()
+        self.path = self.loaded_path = Path(path)
         self.providers, self.missing_providers = resolve_providers(options.providers)
-        # How the session was made: "plain", "twin", "cache-hit", "cache-built" (for logs, bench and tests).
-        self.source_kind = "plain"
-        check = _Once(source_check)
-        session = None
-        if options.use_optimized and self.providers == ["CPUExecutionProvider"] and options.optimization == "all":
-            session = self._optimized_session(ort, options, sha256, check)
-        if session is None:
-            check()
-            session = self._create(ort, self.path, session_options(ort, options, options.optimization))
-        check()  # no backend for a model file that failed its check, whatever was loaded meanwhile
+        files = files or lone_model_files(self.path)
+        so = session_options(ort, options, options.optimization)
+        if files.members:
+            names = list(files.members)
+            blobs = [files.members[n] for n in names]
+            so.add_external_initializers_from_files_in_memory(names, blobs, [len(b) for b in blobs])
+        try:
+            session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", self.path) from err
         self.session = session
         inputs = session.get_inputs()
         if len(inputs) != 1:
@@ -89,84 +59,6 @@ class OnnxBackend:
         # is fed that many images at a time by `run`.
         first = self.input_shape[0] if self.input_shape else None
         self.fixed_batch = first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else None
-
-    def _create(self, ort, path: Path, so):
-        try:
-            return ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", path) from err
-
-    def _try_load(self, ort, path: Path, options: BackendOptions, level: str):
-        try:
-            return ort.InferenceSession(str(path), sess_options=session_options(ort, options, level),
-                                        providers=self.providers)
-        except Exception as err:
-            _log("ignoring optimised model %s: %s", path, first_line(err))
-            return None
-
-    def _optimized_session(self, ort, options: BackendOptions, sha256: str | None, check: _Once):
-        """A session from an optimised form of the model (a twin named directly, a cache hit, or built now); None:
-        load plainly. `check` is called before the model file itself is read (a cache entry is not that file)."""
-        twin_check = "sha256" if options.verify_hashes else "size"
-        if is_optimized_name(self.path.name):  # a twin named directly: use it where it was made, else plainly
-            check()
-            record = read_optimized_record(self.path) or {}
-            ok, why = usable_optimized(self.path, record.get("source_sha256", ""), twin_check)
-            if ok and ok.get("level") == "all":
-                self.source_kind = "twin"
-                return self._try_load(ort, self.path, options, "none")
-            return None
-        try:
-            digest = sha256 or digest_file(self.path)
-            if sha256 is None and external_data_locations(self.path):
-                # A file opened on its own names data nothing lists or hashes: its sha256 is not what it runs,
-                # so no cache entry can be keyed by it (a bundle's caller passes an identity covering the data).
-                _log("not caching %s: it reads external data", self.path)
-                return None
-        except (OSError, ModelError):
-            return None  # the plain load reports the unreadable file
-        if not cache.cache_enabled(options):
-            return None
-        entry = cache.entry_path(digest, options)
-        if cache.inside_bundle(entry, self.path):  # a cache pointed into the model's bundle is no cache
-            _log("not using the cache for %s: %s is inside its bundle", self.path, entry.parent.parent)
-            return None
-        try:  # a cache this user cannot enter (made by another user, 0700) is no cache, never an error
-            exists = entry.is_file()
-        except OSError as err:
-            _log("not using the cache for %s: %s", self.path, first_line(err))
-            return None
-        if exists:
-            session, why = self._cache_hit(ort, entry, digest, options)
-            if session is not None:
-                return session
-            _log("rebuilding cache entry %s: %s", entry, why)
-        check()  # building reads the model file itself
-        try:
-            cache.prepare_folder(entry)
-            session = build_optimized(ort, self.path, entry, options, digest, self.providers, external_weights=True)
-        except OSError as err:
-            _log("not caching %s: %s", self.path, first_line(err))
-            return None
-        except Exception as err:  # the model itself cannot load: the plain load says so as a ModelError
-            _log("cannot optimise %s: %s", self.path, first_line(err))
-            return None
-        self.source_kind = "cache-built"
-        return session
-
-    def _cache_hit(self, ort, entry: Path, digest: str, options: BackendOptions):
-        """(session, "") from this device's cache entry, or (None, why not). Record and lengths are checked
-        first; the CRC32 of its bytes runs beside the session load and must pass before the session is used."""
-        record, why = usable_optimized(entry, digest, "size")
-        if record is None:
-            return None, why
-        damage = Background(body_problem, entry, record, "crc32") if options.verify_hashes else None
-        session = self._try_load(ort, entry, options, "none")
-        why = damage.result() if damage is not None else ""
-        if why or session is None:
-            return None, why or "onnxruntime cannot load it"
-        self.loaded_path, self.source_kind = entry, "cache-hit"
-        return session, ""
 
     def metadata_props(self) -> dict[str, str]:
         """The model's own metadata_props (where a lone exported .onnx carries its tumor-edge metadata)."""
@@ -194,19 +86,6 @@ class OnnxBackend:
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(out, dtype=np.float32) for out in outputs]
-
-
-class _Once:
-    """A check to run at most once (None: nothing to check); its exception is raised on the first call only,
-    which is the one that decides."""
-
-    def __init__(self, check: Callable[[], object] | None):
-        self._check = check
-
-    def __call__(self) -> None:
-        check, self._check = self._check, None
-        if check is not None:
-            check()
 
 
 # What the backend registry (registry.py) opens this engine's files with: the module named by its row in the

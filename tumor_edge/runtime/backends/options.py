@@ -1,5 +1,6 @@
 """How to run a model: the options every backend takes, onnxruntime session options and provider choice, and
-the machine target an optimised onnxruntime graph is tied to."""
+the machine target (what onnxruntime's kernel choice depends on: records such as the device's engine choice are
+kept per target)."""
 
 from __future__ import annotations
 
@@ -25,30 +26,25 @@ class BackendOptions:
     providers: Sequence[str] | None = None  # onnxruntime execution providers, in priority order; CPU by default
     optimization: str = "all"  # onnxruntime graph optimisation: "all" | "extended" | "basic" | "none"
     # onnxruntime's CPU memory arena (and its memory pattern) keep a run's blocks for the next run. For one batch
-    # they only raise the peak (one 299 px int8 image: +1.5 MB), so they are off unless asked for; for many batches
-    # they keep memory flat (10 batches of 4 at 299 px, int8: 107 MB peak with, 119-136 MB without), so a caller
-    # that knows it runs many batches (a folder, a server) should turn this on.
+    # they only raise the peak, so they are off unless asked for; for many batches they keep memory flat, so a
+    # caller that knows it runs many batches (a folder, a server) should turn this on.
     memory_arena: bool = False
-    # Use the optimised form of an .onnx model (built on this device at first use and cached, or a bound twin an
-    # older bundle carries): it skips the graph optimisation at load (-75 ms for InceptionV3 int8).
-    use_optimized: bool = True
     # Whether idle intra-op threads busy-wait for the next run. Spinning shaves microseconds off back-to-back
     # runs on an otherwise idle CPU but burns a core that decoding (or a neighbour) could use; off by default.
     spin: bool = False
     # Whether intra-op threads busy-wait between the nodes of one run and stop when it ends
-    # (`session.force_spinning_stop`): each of a small model's ~150 nodes wakes the pool, and a sleeping thread
-    # takes microseconds to wake. Measured on an AMD EPYC Zen 5, 2 threads, load ~3.5, 96 px InceptionV3 int8:
-    # one run at a time p50 3.70 -> 3.31 ms, p10 3.10 -> 2.44 ms (LiteRT int8, whose pool also spins: 4.17 /
-    # 2.74 ms); but a folder stream (decoding in 2 threads beside inference) 161 -> 106 images/s, the spinning
-    # threads taking the decoders' cores. Off by default; for one image at a time with 2+ threads.
+    # (`session.force_spinning_stop`): each of a small model's nodes wakes the pool, and a sleeping thread takes
+    # microseconds to wake, so one image at a time gets faster; a folder stream gets slower, the spinning threads
+    # taking the decoders' cores. Off by default; for one image at a time with 2+ threads.
     spin_within_run: bool = False
-    # Where optimised models are cached (None: $TUMOR_EDGE_CACHE_DIR, else $XDG_CACHE_HOME/tumor-edge, else
-    # ~/.cache/tumor-edge). The cache is also off when TUMOR_EDGE_NO_CACHE is set.
+    # This device's folder of records (tumor_edge.runtime.cache; None: $TUMOR_EDGE_CACHE_DIR, else
+    # $XDG_CACHE_HOME/tumor-edge, else ~/.cache/tumor-edge). Off with cache=False or TUMOR_EDGE_NO_CACHE=1.
     cache_dir: str | None = None
     cache: bool = True
-    # Check sha256 hashes: a bundle model against its metadata (in Classifier.from_bundle) and an optimised
-    # form against its own record. Off only to measure what the check costs.
-    verify_hashes: bool = True
+    # A signed bundle's required signer and pins (a tumor_edge.signing.trust.TrustPolicy or its text): the open
+    # stage checks the signature against the digests of the bytes it loads. None: $TUMOR_EDGE_TRUST decides;
+    # False: no signature required (export's parity of the bundle it is making).
+    trust: object | None = None
 
     def __post_init__(self) -> None:
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -78,8 +74,7 @@ def session_options(ort, options: BackendOptions, level: str):
         so.inter_op_num_threads = 1
     so.graph_optimization_level = ort_level(ort, level)
     so.enable_cpu_mem_arena = bool(options.memory_arena)
-    # Without the arena, a memory pattern only adds a planned block per input shape to the heap: measured +5 MB
-    # after 10 single-image runs and +17 MB after 10 batches of 4 (299 px int8), nothing gained on one run.
+    # Without the arena, a memory pattern only adds a planned block per input shape to the heap, nothing gained.
     so.enable_mem_pattern = bool(options.memory_arena)
     within_run = options.spin_within_run and not options.spin and options.threads != 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin or within_run else "0")
