@@ -218,7 +218,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
 def _slices_option(value: str) -> str | int:
     from tumor_edge.errors import ConfigError
-    from tumor_edge.runtime.frames import parse_slices
+    from tumor_edge.runtime.readers.base import parse_slices
 
     try:
         return parse_slices(value)

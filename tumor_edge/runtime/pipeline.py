@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
-from tumor_edge.runtime.frames import check_frames
 from tumor_edge.runtime.image import load_rgb_frames
 from tumor_edge.runtime.ood_checks import input_warnings
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
+from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.registry import is_volume
 from tumor_edge.runtime.results import Failure, Model, OnPixels, Prediction, failure_of
 

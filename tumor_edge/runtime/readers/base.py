@@ -9,6 +9,7 @@ slice decoded.
 from __future__ import annotations
 
 import importlib
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tumor_edge.errors import ConfigError
+from tumor_edge.errors import ConfigError, InputImageError
+from tumor_edge.runtime.caps import MAX_FRAMES
 from tumor_edge.runtime.special_files import read_head
 
 IMAGE = "image"  # a file is one picture, or a few frames (multi-page TIFF, multi-frame DICOM)
@@ -26,6 +28,65 @@ KINDS = (IMAGE, VOLUME)
 # A folder reader's answer about one folder: it is a scan of this reader, it is not (walk its files), or it looks
 # like one but cannot be read as one (the reason is a one-line problem naming the folder).
 FOLDER_SCAN, FOLDER_FILES, FOLDER_REFUSED = "scan", "files", "refused"
+
+
+# ---- which pictures of a file: frames of multi-frame files, slices of volumes ---------------------------------
+
+FRAME_CHOICES = ("middle", "all")  # or a frame index
+SLICE_CHOICES = ("middle", "all")  # or a whole number N
+
+
+def check_frames(frames: object) -> None:
+    """A ConfigError for a `frames` choice that is neither one of FRAME_CHOICES nor a frame index: the caller's
+    mistake, said once before any file is read."""
+    if not (frames in FRAME_CHOICES or isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
+        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+
+
+def select_frames(frames: str | int, count: int, path: str | Path) -> list[int]:
+    """The frame indices `frames` ("middle", "all" or an index) picks from a file of `count` frames."""
+    if frames == "all":
+        if count > MAX_FRAMES:
+            raise InputImageError(f"the file holds {count} frames; classifying all of them is limited to "
+                                  f"{MAX_FRAMES} frames a file", path)
+        return list(range(count))
+    if frames == "middle":
+        return [count // 2]
+    if isinstance(frames, int) and not isinstance(frames, bool):
+        if not 0 <= frames < count:
+            raise InputImageError(f"no frame {frames}: the file holds {count}", path)
+        return [frames]
+    raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+
+
+def release_frames(err: BaseException) -> None:
+    """Drop the local variables of the finished frames in an exception's traceback (and its causes').
+
+    A decoder that fails half-way leaves its partly decoded image referenced from its frame (Pillow's decoder
+    holds the image core): while a batch keeps the error to report it, that memory would stay alive. Cleared
+    frames keep their file and line, so --debug still shows the traceback.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
+def parse_slices(value: str | int) -> str | int:
+    """`--slices`: 'middle', 'all' or a whole number N >= 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
+        return value.lower()
+    else:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
+    if not 1 <= number <= MAX_FRAMES:
+        raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -148,5 +209,6 @@ class Reader:
         return self.suffix_of(path) is not None or self.sniff(path)
 
 
-__all__ = ["FOLDER_FILES", "FOLDER_REFUSED", "FOLDER_SCAN", "IMAGE", "KINDS", "VOLUME", "Picture", "ReadOptions",
-           "Reader", "Scan"]
+__all__ = ["FOLDER_FILES", "FOLDER_REFUSED", "FOLDER_SCAN", "FRAME_CHOICES", "IMAGE", "KINDS", "SLICE_CHOICES",
+           "VOLUME", "Picture", "ReadOptions", "Reader", "Scan", "check_frames", "parse_slices", "release_frames",
+           "select_frames"]

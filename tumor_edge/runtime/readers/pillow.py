@@ -14,9 +14,8 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_total
-from tumor_edge.runtime.frames import release_frames, select_frames
 from tumor_edge.runtime.pixels import log, pil_to_rgb
-from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions, Scan
+from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions, Scan, release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
 

@@ -20,8 +20,16 @@ from pathlib import Path
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import check_file_size
-from tumor_edge.runtime.frames import check_frames
-from tumor_edge.runtime.readers.base import FOLDER_FILES, FOLDER_SCAN, KINDS, VOLUME, Reader, ReadOptions, Scan
+from tumor_edge.runtime.readers.base import (
+    FOLDER_FILES,
+    FOLDER_SCAN,
+    KINDS,
+    VOLUME,
+    Reader,
+    ReadOptions,
+    Scan,
+    check_frames,
+)
 from tumor_edge.runtime.special_files import stat_regular
 
 FALLBACK = "image"  # the reader of a file nobody claims: Pillow knows formats by content
