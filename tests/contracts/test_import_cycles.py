@@ -14,10 +14,7 @@ from __future__ import annotations
 import grimp
 import pytest
 
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # runtime: the device's choice of file (choice) loads candidates through the classifier, which asks it for the file
-    frozenset({"tumor_edge.runtime.choice", "tumor_edge.runtime.classifier"}),
-})
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def import_cycles(package: str = "tumor_edge") -> set[frozenset[str]]:

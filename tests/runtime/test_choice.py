@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shutil
 
@@ -118,6 +119,14 @@ def test_a_damaged_or_edited_record_is_ignored(two_speeds, cache):
     data["choice"]["file"] = "model_int8.onnx"  # someone prefers the slow file, without the record's hash
     path.write_text(json.dumps(data))
     assert recorded_choice(two_speeds, meta, options) is None
+    # ... or with every hash an editor can recompute: a bare sha256 of the body, or of the whole record
+    body = json.dumps(data["choice"], sort_keys=True).encode()
+    data["sha256"] = hashlib.sha256(body).hexdigest()
+    for field in [f for f in data if f not in ("version", "bundle", "choice", "sha256")]:
+        data[field] = hashlib.sha256(json.dumps({k: data[k] for k in ("version", "bundle", "choice")},
+                                                sort_keys=True).encode()).hexdigest()
+    path.write_text(json.dumps(data))
+    assert recorded_choice(two_speeds, meta, options) is None, "a record is sealed by this user's secret key"
     path.write_text("{not json")
     assert recorded_choice(two_speeds, meta, options) is None
     assert pick_model(two_speeds, meta, opener(two_speeds, options), options) == "model_fp32.onnx"  # measured again
@@ -315,20 +324,20 @@ def test_without_timing_only_the_file_that_runs_is_checked(two_speeds, cache, mo
     assert set(recorded_checks(meta, options)) == {"model_int8.onnx"}
 
 
-def test_the_machine_key_names_every_engine_of_the_engine_table():
+def test_the_machine_key_names_every_engine_of_the_engine_table(monkeypatch):
     """A choice measured under one engine version is not reused under another: the key holds the installed
     version of every engine the table lists, a test's engine included."""
     import pytest as installed
 
-    from tumor_edge.contracts.formats import Engine, register_engine, unregister_engine
+    from tumor_edge.contracts import formats
     from tumor_edge.runtime.choice import machine_key
 
-    register_engine(Engine("test-engine", (".test-engine",), "tumor_edge.runtime.backends.onnxruntime_backend",
-                           packages=("no-such-distribution", "pytest")))
+    row = formats.Engine("test-engine", (".test-engine",), "tumor_edge.runtime.backends.onnxruntime_backend",
+                         packages=("no-such-distribution", "pytest"))
+    monkeypatch.setitem(formats.ENGINES, row.name, row)
     machine_key.cache_clear()
     try:
         key = machine_key()
         assert key["test-engine"] == installed.__version__ and key["onnxruntime"] != "absent"
     finally:
-        unregister_engine("test-engine")
         machine_key.cache_clear()

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -42,10 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tumor_edge.contracts.bundle import BundleMetadata, member_path
-from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, ENGINES
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
+from tumor_edge.errors import BundleIntegrityError, TumorEdgeError
 from tumor_edge.runtime.backends.options import BackendOptions
-from tumor_edge.runtime.cache import cache_enabled, cache_root
+from tumor_edge.runtime.cache import cache_enabled, cache_root, folder_for, read_record, write_record
 
 if TYPE_CHECKING:
     from tumor_edge.runtime.checks import Check
@@ -100,28 +99,12 @@ def reference_key(name: str, metadata: BundleMetadata) -> str:
 
 @functools.lru_cache(maxsize=1)
 def machine_key() -> dict[str, str]:
-    """What the fastest file depends on besides the bundle: the CPU model and ISA, and the version of every engine
-    in the engine table (its first installed distribution). Read on every use of a bundle without --model-file,
-    so the versions come from the installed distributions' folder names (no importlib.metadata), once a process."""
+    """What the fastest file depends on besides the bundle: the CPU model and ISA, and the installed version of
+    every engine in the engine table (`engine_versions`), once a process."""
     from tumor_edge.machine import _cpuinfo, cpu_isa, cpu_model
 
-    key = {"machine": platform.machine().lower(), "cpu": cpu_model(_cpuinfo()), "isa": cpu_isa()}
-    for name, engine in sorted(ENGINES.items()):
-        versions = (installed_version(package.replace("-", "_")) for package in engine.packages)
-        key[name] = next((v for v in versions if v != "absent"), "absent")
-    return key
-
-
-def installed_version(distribution: str) -> str:
-    """The version in the first `<distribution>-<version>.dist-info` folder on sys.path, else "absent"."""
-    for entry in sys.path:
-        try:
-            found = sorted(Path(entry or ".").glob(f"{distribution}-*.dist-info"))
-        except OSError:
-            continue
-        if found:
-            return found[0].name[len(distribution) + 1:-len(".dist-info")]
-    return "absent"
+    return {"machine": platform.machine().lower(), "cpu": cpu_model(_cpuinfo()), "isa": cpu_isa(),
+            **engine_versions()}
 
 
 def machine_folder(options: BackendOptions | None = None) -> Path:
@@ -139,30 +122,20 @@ def checks_path(metadata: BundleMetadata, options: BackendOptions | None = None)
     return machine_folder(options) / f"{bundle_key(metadata)}-checks.json"
 
 
-def _digest(body: Any) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _read_body(path: Path, metadata: BundleMetadata, key: str) -> Any:
-    """The `key` part of a record, or None when it is absent, damaged, edited or another bundle's."""
-    try:
-        data = json.loads(path.read_text())
-        body, digest = data[key], data["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+def _read_body(path: Path, metadata: BundleMetadata, key: str, options: BackendOptions | None = None) -> Any:
+    """The `key` part of a record, or None when it is absent, damaged, edited, planted (its keyed MAC does not
+    verify with this user's secret: runtime.cache) or another bundle's."""
+    data = read_record(path, options)
+    if data is None or data.get("version") != RECORD_VERSION or data.get("bundle") != bundle_key(metadata):
+        log.info("ignoring a missing, damaged, edited or foreign record %s", path)
         return None
-    if digest != _digest(body) or data.get("version") != RECORD_VERSION or data.get("bundle") != bundle_key(metadata):
-        log.info("ignoring a damaged or foreign record %s", path)
-        return None
-    return body
+    return data.get(key)
 
 
-def _write_body(path: Path, metadata: BundleMetadata, key: str, body: Any) -> None:
-    data = {"version": RECORD_VERSION, "bundle": bundle_key(metadata), key: body, "sha256": _digest(body)}
+def _write_body(path: Path, metadata: BundleMetadata, key: str, body: Any, options: BackendOptions | None) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        folder_for(options, CHOICES_DIR, path.parent.name)  # private to this user, else CacheRefused (an OSError)
+        write_record(path, {"version": RECORD_VERSION, "bundle": bundle_key(metadata), key: body}, options)
     except OSError as err:  # a read-only home only costs checking and measuring again next time
         log.info("could not record in %s: %s", path, err)
 
@@ -171,7 +144,7 @@ def recorded_checks(metadata: BundleMetadata, options: BackendOptions | None = N
     """This device's reproduce results for the bundle's files: {file: {"ok", "line", "reference"}}, only those
     made against the reference outputs the bundle records now."""
     options = options or BackendOptions()
-    body = _read_body(checks_path(metadata, options), metadata, "checks") if cache_enabled(options) else None
+    body = _read_body(checks_path(metadata, options), metadata, "checks", options) if cache_enabled(options) else None
     if not isinstance(body, dict):
         return {}
     return {name: entry for name, entry in body.items() if name in metadata.models and isinstance(entry, dict)
@@ -187,7 +160,7 @@ def record_checks(metadata: BundleMetadata, results: Mapping[str, Check],
     body = recorded_checks(metadata, options)
     body.update({name: {"ok": check.ok, "line": check.line, "reference": reference_key(name, metadata)}
                  for name, check in results.items()})
-    _write_body(checks_path(metadata, options), metadata, "checks", body)
+    _write_body(checks_path(metadata, options), metadata, "checks", body, options)
 
 
 def not_here(bundle_dir: Path, name: str) -> str | None:
@@ -233,6 +206,8 @@ def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check
 
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
+    except BundleIntegrityError:
+        raise  # a changed or unsigned file is the bundle's fault, said as such, and never recorded against the file
     except TumorEdgeError as err:
         return Check(False, f"{name}: {err.reason}", {})
     return reproduce(name, outputs[SCORES], metadata)
@@ -282,11 +257,12 @@ def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: Backend
     file may still run; None otherwise (then measure again)."""
     if allowed is None:
         allowed, _ = candidates(Path(bundle_dir), metadata, options)
-    return _read_choice(record_path(metadata, options), metadata, allowed)
+    return _read_choice(record_path(metadata, options), metadata, allowed, options)
 
 
-def _read_choice(path: Path, metadata: BundleMetadata, allowed: list[str]) -> EngineChoice | None:
-    body = _read_body(path, metadata, "choice")
+def _read_choice(path: Path, metadata: BundleMetadata, allowed: list[str],
+                 options: BackendOptions | None = None) -> EngineChoice | None:
+    body = _read_body(path, metadata, "choice", options)
     try:
         choice = EngineChoice(**body) if isinstance(body, dict) else None
     except TypeError:
@@ -355,7 +331,7 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
                           time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine_key(), skipped,
                           {name: checks[name] for name in runners})
     if record and cache_enabled(options):
-        _write_body(record_path(metadata, options), metadata, "choice", asdict(choice))
+        _write_body(record_path(metadata, options), metadata, "choice", asdict(choice), options)
     return choice
 
 

@@ -21,7 +21,13 @@ from contextlib import contextmanager
 
 import click
 
+from tumor_edge.signing import TRUST_ENV
+
 MAX_LISTED_FAILURES = 20
+TRUST_HELP = ("Refuse the bundle unless its signature (model.sig, `tumor-edge sign`) verifies with this EC public key, "
+              "covers every file unchanged, and binds the bytes that run. Pins: PUBLIC.pem,min-version=UTC-TIME "
+              "refuses older releases; PUBLIC.pem,bundle=SHA256 this signed bundle only. Default: $TUMOR_EDGE_TRUST "
+              "(set but empty is an error).")
 EXIT_FATAL, EXIT_SOME_FAILED = 1, 2
 
 
@@ -116,9 +122,7 @@ def _detach_stdout() -> None:
               "or unlike the training scans); its probabilities and warnings are still shown.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal and there are several files).")
-@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=str),
-              help="Refuse the bundle unless its signature (model.sig, `tumor-edge sign`) verifies with this EC "
-                   "public key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
+@click.option("--trust", metavar="PUBLIC.pem[,PIN]", default=None, help=TRUST_HELP)
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, model_file: str | None,
              as_json: bool, as_csv: bool, top_k: int | None, threads: int | None, batch_size: int, frames: str,
@@ -162,10 +166,10 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
                              else None,
                              # one image: no arena (a lower peak); more: the arena keeps memory flat
                              memory_arena=not one_image)
-    if trust:  # before the bundle is opened; model-signing loads only here
-        from tumor_edge.signing.trust import enforce_trust
+    if trust is not None or TRUST_ENV in os.environ:  # the signing code loads only when a setting is made
+        from tumor_edge.signing.trust import trust_policy
 
-        enforce_trust(model, trust)
+        options.trust = trust_policy(model, trust)
     classifier = Classifier.from_bundle(resolve_model_path(model), model_file=model_file, options=options)
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
     missing = classifier.backend.missing_providers
@@ -350,9 +354,7 @@ def _under_the_cap(ctx: click.Context, param: click.Parameter, value: float | No
               "checked and does not fail).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads the device's choice of the fastest file is timed at (default: the engine's, as classify).")
-@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(),
-              help="Fail unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this EC public "
-                   "key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
+@click.option("--trust", metavar="PUBLIC.pem[,PIN]", default=None, help=TRUST_HELP)
 def verify(bundle: str, data: str | None, tolerance: float | None, batch_size: int, strict: bool,
            threads: int | None, trust: str | None) -> None:
     """Check a model bundle: schema, model sha256s, and that this device reproduces the outputs export recorded
@@ -362,17 +364,18 @@ def verify(bundle: str, data: str | None, tolerance: float | None, batch_size: i
     Exit status 0 when every check passes, 1 on any problem (one `error:` line each). Research tool, not a
     diagnostic device.
     """
-    if trust:  # first: a bundle whose signature fails is not checked further (model-signing loads only here)
-        from tumor_edge.signing.trust import enforce_trust
+    policy = None
+    if trust is not None or TRUST_ENV in os.environ:
+        from tumor_edge.signing.trust import trust_policy
 
-        enforce_trust(bundle, trust, err=False)
+        policy = trust_policy(bundle, trust, err=False)  # first: a bundle whose signature fails is not checked further
     from tumor_edge import RESEARCH_NOTICE
 
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
     from tumor_edge.runtime.verify import verify_bundle
 
     report = verify_bundle(bundle, data=data, tolerance=tolerance, batch_size=batch_size, strict=strict,
-                           threads=threads)
+                           threads=threads, trust=policy)
     for line in report.lines:
         click.echo(line)
     for problem in report.problems:

@@ -66,7 +66,7 @@ class VerifyReport:
 
 def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolerance: float | None = None,
                   batch_size: int = 16, strict: bool = False, choose: bool = True,
-                  threads: int | None = None) -> VerifyReport:
+                  threads: int | None = None, trust: object | None = None) -> VerifyReport:
     """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.errors import TumorEdgeError
@@ -82,9 +82,12 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     runnable = [name for name in metadata.models if _check_integrity(bundle_dir, name, metadata, report)]
     if not metadata.models:
         report.problems.append(f"{bundle_dir}: the bundle lists no models")
-    _check_reference(bundle_dir, metadata, runnable, tolerance, report)
+    from tumor_edge.runtime.backends import BackendOptions
+
+    options = BackendOptions(threads=threads, trust=trust)
+    _check_reference(bundle_dir, metadata, runnable, tolerance, report, options)
     if data is not None:
-        _check_data(bundle_dir, metadata, runnable, Path(data), batch_size, report)
+        _check_data(bundle_dir, metadata, runnable, Path(data), batch_size, report, options)
     for name, why in report.not_checked.items():
         if strict:
             report.problems.append(f"{bundle_dir / name}: not checked here: {why} (--strict requires every file)")
@@ -94,21 +97,19 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     if metadata.models and not reproduced and not report.problems:
         report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
     if choose:
-        _choose(bundle_dir, metadata, threads, report)
+        _choose(bundle_dir, metadata, options, report)
     return report
 
 
-def _choose(bundle_dir: Path, metadata, threads: int | None, report: VerifyReport) -> None:
+def _choose(bundle_dir: Path, metadata, options, report: VerifyReport) -> None:
     """Record this device's reproduce results (passed or failed: a failed file never runs here again), then, when
     every check passed, time the files this device may run and record the choice (runtime.choice)."""
     import functools
 
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.choice import measure_choice, record_checks
     from tumor_edge.runtime.classifier import Classifier
 
-    options = BackendOptions(threads=threads)
     record_checks(metadata, report.checks, options)
     if report.problems or not report.checks:
         return
@@ -150,7 +151,7 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
-                     report: VerifyReport) -> None:
+                     report: VerifyReport, options) -> None:
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.checks import CAP, FLOORS, reproduce, soundness
     from tumor_edge.runtime.classifier import Classifier
@@ -188,7 +189,8 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
             continue
         report.lines.append(f"sound: ok  {sound.line}")
         try:
-            outputs = reference_role_outputs(Classifier.from_bundle(bundle_dir, model_file=name), images)
+            classifier = Classifier.from_bundle(bundle_dir, model_file=name, options=options)
+            outputs = reference_role_outputs(classifier, images)
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue
@@ -309,7 +311,7 @@ def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list
 
 
 def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_size: int,
-                report: VerifyReport) -> None:
+                report: VerifyReport, options) -> None:
     import numpy as np
 
     from tumor_edge.errors import TumorEdgeError
@@ -325,7 +327,7 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
     truth = np.asarray(labels)
     for name in names:
         try:
-            clf = Classifier.from_bundle(bundle_dir, model_file=name)
+            clf = Classifier.from_bundle(bundle_dir, model_file=name, options=options)
         except TumorEdgeError as err:
             report.problems.append(str(err))
             continue

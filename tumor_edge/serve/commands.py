@@ -44,9 +44,11 @@ D = {f.name: f.default for f in fields(ServeConfig)}
               help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU), or 'auto'. Default: CPU.")
 @click.option("--frames", type=click.Choice(["middle", "all"]), default=D["frames"], show_default=True,
               help="Multi-frame DICOM default (a request may say ?frames=).")
-@click.option("--trust", metavar="PUBLIC.pem", envvar="TUMOR_EDGE_TRUST", type=click.Path(path_type=str),
+@click.option("--trust", metavar="PUBLIC.pem[,PIN]", default=None,
               help="Refuse to start unless the bundle's signature (model.sig, `tumor-edge sign`) verifies with this "
-                   "EC public key and covers every file unchanged. Default: $TUMOR_EDGE_TRUST.")
+                   "EC public key, covers every file unchanged, and binds the bytes that run. Pins: "
+                   "PUBLIC.pem,min-version=UTC-TIME refuses older releases; PUBLIC.pem,bundle=SHA256 this signed "
+                   "bundle only. Default: $TUMOR_EDGE_TRUST (set but empty is an error).")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, model_file: str | None, host: str, port: int, token: str | None,
           insecure: bool, max_body_mb: float, concurrency: int, queue: int, max_inferences: int, read_timeout: float,
@@ -58,15 +60,13 @@ def serve(ctx: click.Context, model: str | None, model_file: str | None, host: s
     not a diagnostic device.
     """
     from tumor_edge.serve.server import serve as run
+    from tumor_edge.signing.trust import trust_policy
 
-    if trust:  # before the port opens; model-signing loads only here
-        from tumor_edge.signing.trust import enforce_trust
-
-        enforce_trust(model, trust)
+    policy = trust_policy(model, trust)  # before the port opens
     provider_list = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     run(ServeConfig(model=model, model_file=model_file, host=host, port=port, token=token or None,
                     insecure=insecure, max_body_mb=max_body_mb, concurrency=concurrency, queue=queue,
                     max_inferences=max_inferences,
                     read_timeout_s=read_timeout, header_timeout_s=header_timeout, allow_hosts=tuple(allow_hosts),
                     threads=threads, providers=provider_list, frames=frames,
-                    debug=bool(ctx.obj and ctx.obj.get("debug"))))
+                    debug=bool(ctx.obj and ctx.obj.get("debug")), trust=policy))

@@ -59,7 +59,8 @@ def serve(config: ServeConfig) -> None:
     model_path = resolve_model_path(config.model)
     check_bundle_files(model_path, config.model_file)
     options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None,
-                             memory_arena=True)  # a server runs many batches: the arena keeps memory flat
+                             memory_arena=True,  # a server runs many batches: the arena keeps memory flat
+                             trust=config.trust)
     classifier = Classifier.from_bundle(model_path, model_file=config.model_file, options=options)
     check_runs(classifier)
     sock = open_socket(config.host, config.port)  # bound, not yet listening: uvicorn listens when it starts

@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 
 from tumor_edge.errors import ModelError
-from tumor_edge.signing import TRUST_ENV, TrustSettingError
 from tumor_edge.signing.policy import TrustPolicy, check_pins, parse_trust, trust_from_env
 
 
@@ -48,17 +47,11 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
     return policy
 
 
-def _option_value(ctx: click.Context, param: click.Parameter, value: str | None) -> TrustPolicy | None:
-    try:
-        return parse_trust(value) if value is not None else trust_from_env()
-    except TrustSettingError as error:
-        bad = click.BadParameter(error.reason, ctx, param)
-        bad.exit_code = error.exit_code  # not click's 2: the commands keep 2 for "some inputs failed"
-        raise bad from error
-
-
-def trust_option(help_text: str):
-    """The `--trust` option of a command that loads a bundle: a TrustPolicy (or None), from the option else
-    $TUMOR_EDGE_TRUST, an empty variable refused."""
-    return click.option("--trust", metavar="PUBLIC.pem[,PIN...]", default=None, callback=_option_value,
-                        help=help_text + f" Pins: min-version=UTC-TIME, bundle=SHA256. Default: ${TRUST_ENV}.")
+def trust_policy(model: str | Path | None, value: str | None, *, err: bool = True) -> TrustPolicy | None:
+    """The trust setting of a command that loads a bundle: `--trust` else $TUMOR_EDGE_TRUST (set but empty is a
+    TrustSettingError), checked at rest by `enforce_trust`; None when neither is set. The command passes the policy
+    on as `BackendOptions(trust=...)` so the open stage binds it to the bytes it loads."""
+    policy = parse_trust(value) if value is not None else trust_from_env()
+    if policy is not None:
+        enforce_trust(model, policy, err=err)
+    return policy
