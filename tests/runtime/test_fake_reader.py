@@ -185,6 +185,8 @@ def test_the_extras_env_and_classify_help_name_the_new_type(fake_reader):
     assert "extra fakevol   present" in format_text(environment())
     volumes = registry.readers_help().split("Volumes: ")[1]
     assert "FAKE (.fake) [`fakevol` extra]" in volumes
+    shown = " ".join(CliRunner().invoke(main, ["classify", "--help"], terminal_width=200).output.split())
+    assert "FAKE (.fake) [`fakevol` extra]" in shown.split("Volumes: ")[1]
 
 
 def test_the_extra_is_declared_by_the_recipes_line_in_pyproject(fake_reader):

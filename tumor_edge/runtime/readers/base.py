@@ -13,13 +13,15 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import MAX_FRAMES
 from tumor_edge.runtime.special_files import read_head
+
+if TYPE_CHECKING:  # numpy and Pillow load with the first picture: classify's help lists the rows without them
+    import numpy as np
+    from PIL import Image
 
 IMAGE = "image"  # a file is one picture, or a few frames (multi-page TIFF, multi-frame DICOM)
 VOLUME = "volume"  # a 3-D scan: slices are cut from it along an axis, and a volume summary follows them
@@ -116,6 +118,8 @@ class Picture:
     @property
     def pixels(self) -> np.ndarray:
         """uint8 (H, W, 3)."""
+        import numpy as np
+
         return np.asarray(self.image, dtype=np.uint8)
 
     @property

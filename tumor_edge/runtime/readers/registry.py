@@ -1,15 +1,10 @@
 """The one registry of input types: each row a `Reader`, and the only place file suffixes are written down.
 
-Every consumer finds its reader here: the folder walk (`inputs.scan_inputs`, `verify --data`), decoding
-(`read_scan`: `classify`, `Classifier`, `serve`, training and export parity through `image.load_rgb_frames`),
-and serve's upload check, and the tables built from the rows: the extras `tumor-edge env` reports, classify's
-help (`readers_help`). Adding an input type is a reader module, its row in READERS below, its extra in
-pyproject.toml when it needs a package, and its test. Every function here reads READERS when called.
-
-Lookup for a file goes through the rows in order: the first whose suffix matches or whose `sniff` recognises the
-content reads it (DICOM first: a DICOM file may have any name). A file nobody claims is given to Pillow, which
-recognises formats by content and otherwise says in one line that the file is no image. A folder is a scan only
-when a folder reader (a DICOM series) says so.
+Every consumer finds its reader here (the folder walk, decoding, serve's upload check) and every table of input
+types is built from the rows (`env`'s extras, classify's help); every function reads READERS when called.
+Lookup goes through the rows in order: the first whose suffix or magic matches reads the file (DICOM first: a
+DICOM file may have any name). A file nobody claims goes to Pillow, which knows formats by content and otherwise
+says in one line that the file is no image. A folder is a scan only when a folder reader says so.
 """
 
 from __future__ import annotations
@@ -76,34 +71,20 @@ def readers_help() -> str:
     return f"Images: {images}. Volumes: {volumes}: a row per slice, then a volume summary."
 
 
-def scan_suffixes() -> frozenset[str]:
-    """Every suffix some reader claims (the registry now, not a snapshot)."""
-    return frozenset(s for reader in READERS for s in reader.suffixes)
-
-
 def claimed_suffix(name: str | Path) -> str | None:
     """The suffix (longest match, lower-case, e.g. '.nii.gz') by which some reader claims a file `name`."""
     matches = [s for reader in READERS if (s := reader.suffix_of(name)) is not None]
     return max(matches, key=len) if matches else None
 
 
-def reader_by_suffix(name: str | Path) -> Reader | None:
-    """The reader claiming a file name by its suffix alone (no content looked at: serve checks an upload's
-    name with this before the bytes are written anywhere)."""
-    suffix = claimed_suffix(name)
-    return next((r for r in READERS if suffix is not None and suffix in r.suffixes), None)
-
-
-def reader_for(path: str | Path, fallback: bool = True) -> Reader | None:
-    """The reader of a file (first row whose suffix or content matches; else Pillow when `fallback`) or of a
-    folder (a folder reader that claims it; else None)."""
+def reader_for(path: str | Path) -> Reader | None:
+    """The reader of a file (first row whose suffix or magic matches, else Pillow) or of a folder (a folder reader
+    that claims it, else None)."""
     path = Path(path)
     if _is_folder(path):
-        return next((r for r in READERS if r.folder is not None and r.folder_role(path)[0] == FOLDER_SCAN), None)
-    for reader in READERS:
-        if reader.suffix_of(path) is not None or reader.sniff(path):
-            return reader
-    return _row(FALLBACK) if fallback else None
+        reader, role, _ = folder_role(path)
+        return reader if role == FOLDER_SCAN else None
+    return next((r for r in READERS if r.suffix_of(path) is not None or r.sniff(path)), _row(FALLBACK))
 
 
 def folder_role(folder: Path) -> tuple[Reader | None, str, str | None]:
@@ -156,9 +137,7 @@ def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:
     if info.st_size == 0:
         raise InputImageError("empty file (0 bytes)", path)
     check_file_size(info.st_size, path)
-    reader = reader_for(path)
-    assert reader is not None  # files always have one (the fallback)
-    return reader.load(path, options)
+    return reader_for(path).load(path, options)  # type: ignore[union-attr]  # a file always has one
 
 
 def _is_folder(path: Path) -> bool:
@@ -169,4 +148,4 @@ def _is_folder(path: Path) -> bool:
 
 
 __all__ = ["FALLBACK", "READERS", "claimed_suffix", "folder_role", "is_dicom_file", "is_scan_file", "is_volume",
-           "read_scan", "reader_by_suffix", "reader_for", "readers", "readers_help", "scan_suffixes"]
+           "read_scan", "reader_for", "readers", "readers_help"]
