@@ -33,7 +33,7 @@ from benchmarks.proctree import rss, tree_pids
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 STEP_LINE = re.compile(r"export step (?P<step>\S+) (?P<what>start|done|failed)")
-# The TensorFlow worker's own account of each job (export/worker.py): wall and CPU seconds, its RSS at the end.
+# The TensorFlow worker's own account of each job (export/plan.py): wall and CPU seconds, its RSS at the end.
 JOB_LINE = re.compile(r"export job (?P<job>\S+) (?:done|failed) in (?P<s>[\d.]+) s \(CPU (?P<cpu>[\d.]+) s; "
                       r"worker RSS (?P<rss>\S+) MB at its end, (?P<after>\S+) MB released\)")
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "data": "tumor_edge.data.commands:data",
     "export": "tumor_edge.export.commands:export",
     "classify": "tumor_edge.runtime.commands:classify",
+    "batch": "tumor_edge.batch.commands:batch",
     "verify": "tumor_edge.runtime.commands:verify",
     "bench": "tumor_edge.bench.commands:bench",
     "demo-data": "tumor_edge.demo.commands:demo_data",

@@ -18,6 +18,7 @@ from tumor_edge.contracts.bundle import (
     PARITY_JSON,
     PARITY_MD,
     RELIABILITY_PNG,
+    BundleMetadata,
     sha256_file,
 )
 from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
@@ -35,9 +36,7 @@ def magnification(bundle: Path) -> float:
     changes by 1/T: a tolerance on unscaled probabilities holds for scaled ones times max(1, 1/T). The tests
     thereby hold whatever temperature training fitted on this machine (T < 1 sharpens, T > 1 only shrinks).
     """
-    from tumor_edge.export.parity import bundle_temperature
-
-    t = bundle_temperature(bundle) or 1.0
+    t = (BundleMetadata.read(bundle).calibration or {}).get("temperature") or 1.0
     return max(1.0, 1.0 / t)
 
 
@@ -76,7 +75,7 @@ def test_every_format_is_written_with_size_and_hash(exported_bundle, metadata):
 
 
 def test_bundle_holds_models_not_machine_specific_files(exported_bundle, metadata):
-    """Issue 13: no pre-optimised twins (*.ort.onnx) or anything else made for the export machine; the runtime
+    """No pre-optimised twins (*.ort.onnx) or anything else made for the export machine; the runtime
     builds and caches the optimised form on each device."""
     present = {p.name for p in exported_bundle.iterdir()}
     assert present == set(FILES) | {METADATA_FILE, PARITY_JSON, PARITY_MD, MODEL_CARD, RELIABILITY_PNG}, present
@@ -144,7 +143,7 @@ def test_parity_report_within_tolerance(exported_bundle, parity):
 
 
 def test_parity_carries_intervals_and_verdicts(parity):
-    """Issue 12: each file's Wilson interval, paired bootstrap intervals, exact McNemar, verdict and, when not
+    """Each file's Wilson interval, paired bootstrap intervals, exact McNemar, verdict and, when not
     proven, the images that would prove it; recomputed here from the file's own counts."""
     from tumor_edge.export.parity_stats import mcnemar_exact, wilson_interval
 
@@ -165,7 +164,7 @@ def test_parity_carries_intervals_and_verdicts(parity):
 
 
 def test_parity_reports_calibration_per_file(trained_run, exported_bundle, metadata, parity):
-    """Issue 12: ECE before/after the bundle's temperature for every exported file, recomputed here from the
+    """ECE before/after the bundle's temperature for every exported file, recomputed here from the
     runtime's own probabilities on the same test images; a reliability diagram and the card's table."""
     from tumor_edge.calibration import apply_temperature, expected_calibration_error
     from tumor_edge.data.dataset import read_split

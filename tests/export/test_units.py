@@ -52,11 +52,11 @@ def test_out_dir_needs_force_and_force_spares_foreign_files(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "model_fp32.onnx").write_bytes(b"old")
     (out / "metadata.json").write_text("{}")
-    (out / "model_int8.ort.onnx").write_bytes(b"0.1 twin")
+    (out / "model_int8.ort.onnx").write_bytes(b"a file export does not write")
     with pytest.raises(OutputExistsError, match="--force"):
         prepare_out_dir(out, force=False)
     prepare_out_dir(out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["model_int8.ort.onnx", "notes.txt"]
     file_path = tmp_path / "file"
     file_path.write_text("x")
     with pytest.raises(OutputExistsError, match="not a folder"):

@@ -14,10 +14,8 @@ from click.testing import CliRunner
 
 from tumor_edge.cli import main
 from tumor_edge.data.cache import PixelCache
-from tumor_edge.train.augment import AugmentConfig
 from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, select_backend
 from tumor_edge.train.config import TrainConfig
-from tumor_edge.train.isolated import config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,13 +56,6 @@ def test_validation_batches_keep_file_order_and_split_evenly_over_devices(tmp_pa
     two = CacheBatches(cache, 3, batch_size=4, multiple=2, workers=1)  # 2 devices: 10 of the 11 images
     sizes = [len(two[i][0]) for i in range(len(two))]
     assert sizes == [4, 4, 2] and all(s % 2 == 0 for s in sizes)
-
-
-def test_config_round_trips_through_its_json(tmp_path):
-    config = TrainConfig(data=tmp_path / "d", out=tmp_path / "o", backend="jax", jit_compile="off",
-                         augment=AugmentConfig(zoom=0.0), worker_hosts=("a:1", "b:2"), task_index=1)
-    again = config_from_dict(json.loads(json.dumps(config.to_dict())))
-    assert again == config
 
 
 def test_backend_cannot_change_under_a_loaded_keras():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from tests.trust_models import blob_cnn, blob_images
+from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import MahalanobisOod
-from tumor_edge.train.trust import fit_calibration, fit_ood
+from tumor_edge.train.trust import fit_ood
 
 pytest.importorskip("keras")
 
@@ -71,8 +72,8 @@ def test_fit_trust_for_run_and_its_printout(tmp_path):
 
 
 def test_fit_calibration_keeps_t1_on_a_perfectly_separated_validation_split():
-    """Issue 19: the suite's trained fixture separated its 28 validation images perfectly, the fit ran to
-    T = 0.05, the out-of-fold guard accepted it and the bundle shipped it (test NLL 14x worse)."""
+    """A validation split separated perfectly gives no mistakes to fit: the fit would run to a tiny T that makes
+    unseen images' NLL far worse, so T = 1 is kept and the record says why."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 28)
     z = rng.normal(0, 0.5, (28, 4))

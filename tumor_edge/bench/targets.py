@@ -83,22 +83,21 @@ class KerasReferenceSession:
     """The Keras model in a TensorFlow worker process with its own thread pool size."""
 
     def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
-        from tumor_edge.bench.keras_worker import KerasSession, KerasSpec
+        from tumor_edge.bench.keras_worker import KerasSession
 
         self.target, self.classes = target, classes
         inputs_path = workdir / "inputs.npy"
         if not inputs_path.is_file():
             np.save(inputs_path, inputs)
-        self.worker = KerasSession(KerasSpec(str(target.path), str(inputs_path), threads), workdir)
+        self.worker = KerasSession(target.path, inputs_path, threads)
         self.load_s = self.worker.load_s
         self.loaded_file = target.path.name
 
     def prepare(self, batch: int) -> None:
-        shape = self.worker.ask(f"prepare {batch}")["output_shape"]
-        _check_output(self.target, tuple(shape), True, batch, self.classes)
+        _check_output(self.target, self.worker.prepare(batch), True, batch, self.classes)
 
     def timed_call(self, i: int) -> float:
-        return float(self.worker.ask(f"run {i}")["seconds"])
+        return self.worker.timed_call(i)
 
     def close(self) -> None:
         self.worker.close()

@@ -22,9 +22,9 @@ from tumor_edge.contracts.bundle import METADATA_FILE
 from tumor_edge.contracts.formats import engine_for_suffix
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.demo.context import PROFILES, DemoConfig, DemoContext, DemoProfile
-from tumor_edge.demo.isolate import run_isolated
 from tumor_edge.demo.summary import render_summary
 from tumor_edge.errors import OutputExistsError
+from tumor_edge.worker import run_elsewhere
 
 STAGE_DIR = ".stages"
 # Held-out tumour scans per class whose maps are checked against their lesion: 8 x 3 classes, occlusion (grid 8)
@@ -185,7 +185,7 @@ class Stage:
     title: str
     run: Callable[[DemoContext], dict[str, Any]]
     outputs: Callable[[DemoContext], list[Path]]  # must exist for a marker to count
-    isolated: bool = False  # runs in a child process (tumor_edge.demo.isolate): what it allocates is freed
+    isolated: bool = False  # runs in a child process (tumor_edge.worker): what it allocates is freed
 
 
 STAGES: list[Stage] = [
@@ -256,7 +256,7 @@ def run_demo(config: DemoConfig) -> DemoContext:
         _marker(ctx, stage).unlink(missing_ok=True)
         _say(f"[{number}/{len(STAGES)}] {stage.title} ...")
         t0 = time.perf_counter()
-        result = run_isolated(stage.run, ctx) if stage.isolated else stage.run(ctx)
+        result = run_elsewhere(stage.run, ctx, name=f"demo stage {stage.name}") if stage.isolated else stage.run(ctx)
         ctx.timings[stage.name] = round(time.perf_counter() - t0, 1)
         ctx.results[stage.name] = result
         _marker(ctx, stage).write_text(json.dumps(

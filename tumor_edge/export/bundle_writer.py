@@ -10,30 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import (
-    BUNDLE_DOCUMENTS,
-    BundleMetadata,
-    ModelEntry,
-    describe_file,
-    is_optimized_name,
-    member_path,
-    optimized_model_name,
-)
-from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES, FORMATS
+from tumor_edge.contracts.bundle import BUNDLE_DOCUMENTS, BundleMetadata, ModelEntry, describe_file, member_path
+from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
 from tumor_edge.errors import ModelError
 from tumor_edge.export.context import ExportedFile
 from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
 from tumor_edge.signing import SIGNATURE_FILE
 
-# 0.1 bundles carried machine-specific "*.ort.onnx" twins; `--force` removes them with the rest.
-_LEGACY_TWINS = frozenset(optimized_model_name(f.file) for f in FORMATS if f.engine == "onnxruntime")
-
 
 def is_bundle_file(name: str) -> bool:
-    """A file export writes (and `force` may replace): a table model file, a bundle document, a 0.1 twin, the
-    signature (a new export's files would never match an old signature)."""
-    return (name in BUNDLE_MODEL_FILES or name in BUNDLE_DOCUMENTS or name == SIGNATURE_FILE
-            or (is_optimized_name(name) and name in _LEGACY_TWINS))
+    """A file export writes (and `force` may replace): a table model file, a bundle document, the signature (a
+    new export's files would never match an old signature)."""
+    return name in BUNDLE_MODEL_FILES or name in BUNDLE_DOCUMENTS or name == SIGNATURE_FILE
 
 
 def prepare_out_dir(out: Path, force: bool) -> Path:

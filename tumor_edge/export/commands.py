@@ -92,14 +92,12 @@ def _flag_for(err) -> str | None:
 @click.option("--tflite-full-integer", is_flag=True,
               help="int8 TFLite with int8 input/output and an int8 softmax (for accelerators that need every op "
                    "int8; probabilities then come in steps of 1/256).")
-@click.option("--no-optimize", is_flag=True, hidden=True,
-              help="Deprecated, no effect: bundles no longer hold machine-specific optimised twins.")
 @click.option("--in-process", is_flag=True,
               help="Run every step in this process instead of a TensorFlow worker and TensorFlow-free children "
                    "(more memory).")
 @click.option("--overlap", is_flag=True,
-              help="Quantize ONNX int8 beside the TFLite conversions: faster with two free cores, about 3 GB peak "
-                   "at 299 px.")
+              help="Quantize ONNX int8 beside the TFLite conversions: faster with two free cores, at a higher "
+                   "memory peak.")
 @click.option("--opset", type=click.IntRange(min=13), default=_DEFAULT("opset"), show_default=True)
 @click.option("--seed", type=int, default=_DEFAULT("seed"), show_default=True, help="Seed of the stratified subsets.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -113,7 +111,7 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
            reduce_range: bool | None, no_accuracy_aware: bool, test_data: Path | None, test_count: int | None,
            no_parity: bool,
            max_accuracy_drop: float, max_auc_drop: float, min_agreement: float, allow_unproven: bool,
-           confidence: float, tflite_full_integer: bool, no_optimize: bool, in_process: bool, overlap: bool,
+           confidence: float, tflite_full_integer: bool, in_process: bool, overlap: bool,
            opset: int, seed: int, quiet: bool, sign_key: Path | None, **enabling: bool) -> None:
     """Export SOURCE (a training run folder, or a .keras/.h5/.onnx file or SavedModel made elsewhere) to a model
     bundle: ONNX and TFLite files (fp32, plus int8/fp16 on request), metadata.json, and a parity report proving
@@ -126,9 +124,6 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
     from tumor_edge.export.quantize import QuantizationConfig
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
-    if no_optimize:
-        click.echo("warning: --no-optimize is deprecated and has no effect: bundles no longer hold optimised "
-                   "twins (the runtime builds and caches them on each device)", err=True)
     try:
         quantization = QuantizationConfig(methods=tuple(_csv(calib_methods) or ()), per_channel=per_channel,
                                           reduce_range=reduce_range, accuracy_aware=not no_accuracy_aware,

@@ -67,11 +67,11 @@ class ExportConfig:
     seed: int = 0
     batch_size: int = 16
     # How: TensorFlow jobs in one worker process that ends before the TensorFlow-free rows (each in its own child)
-    # and parity, so the export's peak is one job's (export/worker.py; benchmarks/export_memory.py). False runs
-    # everything in this process (a debugger can step into it).
+    # and parity, so the export's peak is one job's (export/plan.py). False runs everything in this process (a
+    # debugger can step into it).
     isolate: bool = True
-    # Start the TensorFlow-free rows (ONNX int8) beside the worker's TFLite rows: ~12 % faster at 299 px, peak
-    # 2.96 GB measured (benchmarks/results/export-time-2026-11-27.md).
+    # Start the TensorFlow-free rows (ONNX int8) beside the worker's TFLite rows: faster with two free cores, at a
+    # higher peak (benchmarks/export_memory.py measures both).
     overlap: bool = False
     show_progress: bool = True
     debug: bool = False  # let a converter's exception propagate with its traceback

@@ -1,10 +1,10 @@
 """`ExportContext`: what the converters share (the source, the folders, the images, the rows done so far).
 
-It is plain data that pickles, so a converter runs the same in this process or in a child process of its own
-(export/isolate.py). Everything expensive that several converters use is made once, on disk, under the export's
-work folder: the SavedModel the TFLite rows convert from, the calibration and validation pixels. A lock file
-makes the first process that needs one make it while the others wait, so a background converter and a
-foreground one never build the same thing twice or read a half-written file.
+It is plain data that pickles, so a converter runs the same in this process or in another (tumor_edge.worker).
+Everything expensive that several converters use is made once, on disk, under the export's work folder: the
+SavedModel the TFLite rows convert from, the calibration and validation pixels. A lock file makes the first
+process that needs one make it while the others wait, so a background converter and a foreground one never
+build the same thing twice or read a half-written file.
 """
 
 from __future__ import annotations
@@ -181,13 +181,6 @@ def load_and_keep(path, options) -> ModelSource:
     return kept(load_source(path, options))
 
 
-def with_kept_model(target: str, source: ModelSource, *args: Any) -> Any:
-    """`target(source, *args)` with this process's loaded twin of `source` (a job for the worker)."""
-    from tumor_edge.export.isolate import resolve
-
-    return resolve(target)(kept(source), *args)
-
-
 def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, show_progress: bool = False
                   ) -> dict[str, Any]:
     """The Keras model's test-set outputs for parity, computed where the model is loaded: probabilities (and ms
@@ -241,5 +234,4 @@ def _made_once(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep",
-           "with_kept_model"]
+__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep"]

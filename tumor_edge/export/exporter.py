@@ -1,10 +1,11 @@
 """`export_bundle(ExportConfig) -> ExportResult`: convert, prove parity, write the bundle.
 
 The order is the point: validate everything cheap first (output folder, model, classes, images) so a mistake
-costs seconds, not a conversion; then convert every row of the format table the options select (export/steps.py:
-one wrapper, each converter in a process of its own); stamp the ONNX files with their metadata; run parity
-through the runtime; write metadata.json, parity.json and parity.md. A bundle holds models only, nothing made
-for this machine: the runtime builds and caches the optimised form on each device.
+costs seconds, not a conversion; then convert every row of the format table the plan lists (export/plan.py);
+stamp the ONNX files with their metadata; open each file once through the runtime for parity, heatmap parity
+and its reference record (export/file_checks.py); write metadata.json once, then parity.json, parity.md and the
+model card. A bundle holds models only, nothing made for this machine: the runtime builds and caches the
+optimised form on each device.
 """
 
 from __future__ import annotations
@@ -24,21 +25,21 @@ from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.context import (
     ExportContext,
     ExportedFile,
+    forget_models,
     keras_outputs,
     load_and_keep,
     pixels_digest,
-    with_kept_model,
 )
+from tumor_edge.export.file_checks import HeatmapInputs, check_files
 from tumor_edge.export.model_card import write_model_card
-from tumor_edge.export.parity import ParityReport, run_parity
+from tumor_edge.export.parity import ParityReport, parity_inputs, parity_report
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
+from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
 from tumor_edge.export.provenance import provenance
-from tumor_edge.export.routes import in_table_order, is_skipped, no_route, skipped_row
 from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource, SourceOptions, needs_option
-from tumor_edge.export.steps import Steps
-from tumor_edge.export.worker import open_worker
+from tumor_edge.worker import Inline, Worker
 
 log = logging.getLogger("tumor_edge.export")
 
@@ -67,75 +68,37 @@ def export_bundle(config: ExportConfig) -> ExportResult:
         from tumor_edge.signing.sign import check_signing_key
 
         check_signing_key(config.sign_key)
-    with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp, open_worker(_isolated(config)) as worker:
+    plan_worker = Worker("tensorflow", env=TENSORFLOW_ENV) if config.isolate and not config.debug else Inline()
+    with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp, plan_worker as worker:
         work = Path(tmp)
         options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
                                 resize=config.resize, output=config.output, layout=config.layout,
-                                calib_data=config.calib_data,
-                                test_data=config.test_data, seed=config.seed)
-        # In the TensorFlow worker: the model stays loaded there for the converters; this process never imports
-        # TensorFlow (export/worker.py).
-        source = worker.call(load_and_keep, (config.source, options), "load", step=True)
-        warnings = list(source.warnings)
-        _check_images(source, config)
-        if not config.parity:
-            warnings.append("parity NOT proven: the exported files were not checked against Keras")
-        for line in warnings:
-            log.warning("warning: %s", line)
-        prepare_out_dir(out, config.force)
-        selected = config.selected()
-        skipped = {f.key: why for f in selected if (why := no_route(source.kind, f))}  # e.g. ONNX -> TFLite
-        steps = Steps(ExportContext(config, source, out, work), [f for f in selected if f.key not in skipped],
-                      worker).start()
-        keras = _queue_keras_outputs(worker, source, config)  # the worker's last job, after its converters
-        steps.finish_queued()
-        keras = _keras_outputs(keras)
-        worker.close()  # TensorFlow's memory goes back before onnxruntime quantizes and parity runs
-        rows = steps.finish()
-        rows = in_table_order(rows + [skipped_row(f, skipped[f.key]) for f in selected if f.key in skipped])
-        failed = [r for r in rows if not r.ok and not is_skipped(r)]
-        trust = source.trust
-        metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
-                                  output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
-                                  calibration=trust.calibration if trust else None, ood=trust.ood if trust else None,
-                                  provenance=provenance(source, "pending" if config.parity else
-                                                        "not proven: exported without parity"))
-        stamp_onnx_files(out, rows, metadata)
-        metadata.models = model_entries(out, rows, None)
-        metadata.write(out)  # a bundle that classifies even if parity is interrupted (it says "pending")
-        report = None
-        if config.parity and metadata.models:
-            log.info("export step parity start")
-            report = run_parity(out, lambda pixels: _keras_reference(keras, source, pixels, work, config, worker),
-                                source.reference_preprocessing, [(r.file, r.format, r.precision) for r in rows
-                                                                 if r.ok],
-                                stratified_subset(source.test.samples, config.test_count, config.seed),
-                                source.test.origin, source.classes, config.thresholds, config.batch_size,
-                                config.show_progress)
-            log.info("export step parity done")
-            metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
-        if report is not None and "heatmap" in metadata.extra_outputs:
-            heatmaps = _heatmap_parity(out, source, rows, config, keras, worker)
-        else:
-            heatmaps = None
-    verdicts = {f.file: f.verdict for f in report.files} if report else None
-    metadata.models = model_entries(out, rows, verdicts)
-    metadata.metrics = {"parity": report.summary() if report else
-                        {"passed": None, "proven": False, "reason": "exported without parity"},
-                        **private_reports(rows)}
-    if heatmaps is not None:
-        metadata.metrics["heatmap_parity"] = heatmaps
+                                calib_data=config.calib_data, test_data=config.test_data, seed=config.seed)
+        try:
+            # In the TensorFlow worker: the model stays loaded there for the converters; this process never
+            # imports TensorFlow.
+            source = worker.submit(converted, load_and_keep, "load", config.source, options, name="load").wait()
+            warnings = list(source.warnings)
+            _check_images(source, config)
+            if not config.parity:
+                warnings.append("parity NOT proven: the exported files were not checked against Keras")
+            for line in warnings:
+                log.warning("warning: %s", line)
+            prepare_out_dir(out, config.force)
+            plan = plan_export(config, source.kind)
+            conversions = Conversions(ExportContext(config, source, out, work), plan, worker).start()
+            keras = _queue_keras_outputs(worker, source, config)  # the worker's last job, after its converters
+            conversions.finish_queued()
+            keras = _keras_outputs(keras, worker, source, config)
+            worker.close()  # TensorFlow's memory goes back before onnxruntime quantizes and parity runs
+            rows = conversions.finish()
+            metadata, report = _check_and_describe(out, source, rows, config, keras)
+        finally:
+            forget_models()
+    failed = [r for r in rows if not r.ok and not is_skipped(r)]
     metadata.provenance["export_seconds"] = round(time.perf_counter() - started, 1)
-    # Where each row ran (the worker or its child): a small model converts in milliseconds once it is loaded.
-    metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 3) for r in rows}
+    metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 3) for r in rows}  # the time each job ran
     metadata.write(out)
-    if metadata.models:
-        # Reference outputs on generated images, for `tumor-edge verify` on any device. Last: it checks the final
-        # model files against the final metadata.json, then adds `reference` to it.
-        from tumor_edge.export.reference import record_reference
-
-        record_reference(out)
-        metadata = BundleMetadata.read(out)
     write_model_card(out, metadata.to_dict(), report.to_dict() if report else None)
     table = render_table(table_rows(report, _keras_row(source, report), [
         {"file": r.file, "format": r.format, "precision": r.precision,
@@ -166,6 +129,45 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     return result
 
 
+def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile], config: ExportConfig,
+                        keras: dict[str, Any] | None) -> tuple[BundleMetadata, ParityReport | None]:
+    """The bundle's metadata, each file stamped, hashed and checked (one opening each): everything metadata.json
+    records but the export's own timings."""
+    trust = source.trust
+    metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
+                              output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
+                              calibration=trust.calibration if trust else None, ood=trust.ood if trust else None,
+                              provenance=provenance(source, "pending" if config.parity else
+                                                    "not proven: exported without parity"))
+    stamp_onnx_files(out, rows, metadata)
+    metadata.models = model_entries(out, rows, None)
+    inputs = heatmap_inputs = None
+    if config.parity and metadata.models:
+        samples = stratified_subset(source.test.samples, config.test_count, config.seed)
+        temperature = (metadata.calibration or {}).get("temperature")
+        inputs = parity_inputs(lambda pixels: _keras_output(keras, "reference", pixels),
+                               source.reference_preprocessing, samples, source.test.origin, source.classes,
+                               temperature, config.show_progress)
+        if "heatmap" in metadata.extra_outputs:
+            heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
+    log.info("export step checks start")
+    checks = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
+    log.info("export step checks done")
+    report = parity_report(inputs, checks.parity, config.thresholds, source.classes, config.batch_size) \
+        if inputs is not None else None
+    if report is not None:
+        metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
+    metadata.models = model_entries(out, rows, {f.file: f.verdict for f in report.files} if report else None)
+    metadata.metrics = {"parity": report.summary() if report else
+                        {"passed": None, "proven": False, "reason": "exported without parity"},
+                        **private_reports(rows)}
+    if checks.heatmaps is not None:
+        metadata.metrics["heatmap_parity"] = checks.heatmaps
+    if metadata.models:
+        metadata.reference = checks.reference
+    return metadata, report
+
+
 def sign_export(out: Path, sign_key: Path | None) -> Path | None:
     """Sign the finished bundle (every file written, parity accepted): model.sig, or None without a key. A
     failed or unproven export is not signed: a signature vouches for a bundle export accepted."""
@@ -177,83 +179,44 @@ def sign_export(out: Path, sign_key: Path | None) -> Path | None:
     return sign_bundle(out, sign_key, force=True).signature
 
 
-def _isolated(config: ExportConfig) -> bool:
-    return config.isolate and not config.debug
-
-
 def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
     """Queue the Keras model's parity outputs (probabilities and, with a heatmap output, heatmaps on the test
-    images) as the worker's job after its converters: the model is loaded there already, and the parent does its
-    own work meanwhile. None when parity is off."""
+    images) as the worker's job after its converters: the model is loaded there already, and this process does
+    its own work meanwhile. None when parity is off."""
     if not config.parity or source.test is None or not source.test.samples:
         return None
     heatmap_spec = source.preprocessing if source.trust and "heatmap" in source.trust.extra_outputs else None
     samples = stratified_subset(source.test.samples, config.test_count, config.seed)
-    return worker.submit(keras_outputs, (source, samples, source.reference_preprocessing, heatmap_spec), "keras",
-                         step=True)
+    return worker.submit(converted, keras_outputs, "keras", source, samples, source.reference_preprocessing,
+                         heatmap_spec, name="keras")
 
 
-def _keras_outputs(job) -> dict[str, Any] | None:
-    """The queued Keras job's outputs; None (computed again when needed) if it failed."""
+def _keras_outputs(job, worker, source: ModelSource, config: ExportConfig) -> dict[str, Any] | None:
+    """The queued job's Keras outputs; once more, in a fresh worker, when the job failed (a converter before it
+    may have taken the worker down: that row fails, parity still runs)."""
     if job is None:
         return None
     try:
         return job.wait()
-    except Exception as err:  # noqa: BLE001 - computed again later, where an error is reported properly
-        log.info("the queued Keras reference failed (%s); it is computed again for parity", first_line(err))
-        return None
+    except Exception as err:  # noqa: BLE001 - computed again; a second failure is the export's error
+        log.info("the Keras outputs failed (%s); computing them again", first_line(err))
+        return _queue_keras_outputs(worker, source, config).wait()
 
 
-def _keras_output(keras: dict[str, Any] | None, name: str, pixels) -> Any:
-    """The Keras job's `name` output when it was computed on exactly these pixels, else None."""
-    if keras is not None and name in keras and keras.get(f"{name}_digest") == pixels_digest(pixels):
-        return keras[name]
-    return None
+def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
+    """The Keras job's `name` output, which must have been computed on exactly these pixels."""
+    if keras.get(f"{name}_digest") != pixels_digest(pixels):
+        raise ModelError(f"the Keras {name} was computed on other test images than the exported files'")
+    return keras[name]
 
 
-def _keras_reference(keras, source: ModelSource, pixels, work: Path, config: ExportConfig, worker):
-    """The Keras model's probabilities on the test pixels, computed in the worker (TensorFlow's memory stays
-    there), temperature-scaled as the bundle's runtime scales them."""
-    import numpy as np
-
-    found = _keras_output(keras, "reference", pixels)
-    if found is not None:
-        probs, ms = found
-    else:
-        npy = work / "test_pixels.npy"
-        np.save(npy, pixels)
-        try:
-            probs, ms = worker.call(with_kept_model, ("tumor_edge.export.parity:keras_reference", source, npy,
-                                                      source.reference_preprocessing), "keras-reference")
-        finally:
-            npy.unlink(missing_ok=True)
-    calibration = source.trust.calibration if source.trust else None
-    if calibration:  # the runtime scales by the run's temperature: so is the reference it is compared with
-        from tumor_edge.calibration import apply_temperature
-
-        probs = apply_temperature(probs, calibration["temperature"])
-    return probs, ms
-
-
-def _heatmap_parity(out: Path, source: ModelSource, rows, config: ExportConfig, keras, worker
-                    ) -> dict[str, float]:
-    """Per file, the mean correlation of its heatmaps with the Keras model's on the parity test images."""
-    import numpy as np
-
+def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> HeatmapInputs:
+    """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them."""
     from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.export.trust_outputs import heatmap_parity
 
-    samples = stratified_subset(source.test.samples, config.test_count, config.seed)
     pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
                          show_progress=config.show_progress).pixels
-    reference = _keras_output(keras, "heatmaps", pixels)
-    if reference is None:
-        with tempfile.TemporaryDirectory(prefix="tumor-edge-heatmaps-") as tmp:
-            npy = Path(tmp) / "pixels.npy"
-            np.save(npy, pixels)
-            reference = worker.call(with_kept_model, ("tumor_edge.export.trust_outputs:keras_heatmaps", source, npy,
-                                                      source.reference_preprocessing), "keras-heatmaps")
-    return heatmap_parity(out, [r.file for r in rows if r.ok], reference, pixels, config.batch_size)
+    return HeatmapInputs(pixels, _keras_output(keras, "heatmaps", pixels))
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ has no run, so export fits them on the share of the calibration images it holds 
 (`source.FOREIGN_VAL_FRACTION`, stratified): the same images choose the int8 calibration method, but never feed
 the int8 calibration ranges, which come from the other part only.
 
-- Temperature scaling: `train.trust.fit_calibration`, the very function train uses (with its out-of-fold guard
+- Temperature scaling: `calibration.fit.fit_calibration`, the very function train uses (with its out-of-fold guard
   that keeps T = 1 when a temperature would not help unseen images).
 - Out of distribution: the Mahalanobis score needs pooled features a foreign model does not expose. A foreign
   ONNX model gets a score from its own class scores instead (calibration/output_scores.py: energy of its logits,
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.errors import ConfigError
 from tumor_edge.export.samples import stratified_subset
 
@@ -58,7 +59,6 @@ def fit_foreign_trust(source, seed: int = 0) -> dict[str, Any]:
     """{"calibration": ..., "ood": ...} as train records them, from the held-back calibration images; "ood" is
     the bundle's record for an ONNX model, else {"skipped": why}."""
     from tumor_edge.runtime import softmax
-    from tumor_edge.train.trust import fit_calibration
 
     held = _held_back(source, seed)
     if isinstance(held, str):

@@ -23,9 +23,9 @@ def export_onnx_fp32(model, height: int, width: int, dst: Path, opset: int = DEF
     import tf2onnx
 
     spec = (tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_NAME),)
-    # What exists now (TensorFlow, Keras, the model: ~400k objects at 299 px) outlives the conversion: frozen, it
-    # is left out of the collections `collecting_optimizers` runs before each pass, which then only walk the
-    # conversion's own objects (a full collection here costs 0.3-0.7 s, ~30 passes).
+    # What exists now (TensorFlow, Keras, the model: many objects) outlives the conversion: frozen, it is left
+    # out of the collections `collecting_optimizers` runs before each pass, which then only walk the
+    # conversion's own objects.
     gc.collect()
     gc.freeze()
     try:
@@ -41,10 +41,10 @@ def collecting_optimizers() -> dict | None:
 
     Why: before every optimizer pass tf2onnx deep-copies the whole graph (to roll back an optimizer that
     fails), and the discarded copies are reference cycles that Python's collector does not reach on its own
-    during the conversion. At 299 px InceptionV3 each copy holds ~165 MB and there are ~30 passes: the
-    conversion grew from 2.4 to 7.7 GB resident (measured: benchmarks/export_memory.py and a per-pass trace).
-    Collecting before each pass keeps it at 2.6 GB and changes nothing in the result (same optimizers, same
-    order). None (tf2onnx's defaults, uncollected) if this tf2onnx keeps its optimizer list elsewhere.
+    during the conversion, so resident memory grows by a graph copy per pass (benchmarks/export_memory.py
+    measures it). Collecting before each pass keeps it near one copy and changes nothing in the result (same
+    optimizers, same order). None (tf2onnx's defaults, uncollected) if this tf2onnx keeps its optimizer list
+    elsewhere.
     """
     import gc
 
@@ -65,8 +65,8 @@ def collecting_optimizers() -> dict | None:
 def export_onnx_fp16(src: Path, dst: Path) -> Path:
     """Weights and activations in float16, float32 input and output (so the runtime feeds it unchanged).
 
-    Runs on onnxruntime's CPU provider (measured: outputs within 1e-6 of fp32 for InceptionV3, same latency on
-    x86 since the CPU provider computes most float16 ops through inserted casts); its gain is half the size.
+    Runs on onnxruntime's CPU provider, which computes most float16 ops through inserted casts: the gain is half
+    the size, not speed (parity measures how close its outputs stay to fp32's).
     """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -1,10 +1,10 @@
 """Parity: every exported file, run by the runtime's own code from the test image files, against Keras.
 
 The Keras reference goes through the training pipeline (the runtime's decode/resize via `load_pixels`, the
-run's preprocessing, `model.predict`); each exported file goes through `Classifier.from_bundle(...)`
-and its streaming prediction path from the file paths (`device_probabilities`), exactly what `classify` does on a
-device. A difference in decoding, resizing, colour handling
-or scaling between the two therefore shows up here as lost agreement.
+run's preprocessing, `model.predict`); each exported file, opened once by the runtime, goes through its streaming
+prediction path from the file paths (`Classifier.probabilities_for_files`), exactly what `classify` does on a
+device. A difference in decoding, resizing, colour handling or scaling between the two therefore shows up here
+as lost agreement.
 
 Calibration per file: the runtime returns temperature-scaled probabilities (the bundle's T); each file's ECE
 is measured on those and on the same probabilities with the scaling undone (calibration.undo_temperature), so
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration.temperature import ece_before_after, undo_temperature
-from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata
+from tumor_edge.contracts.bundle import PARITY_MD
 from tumor_edge.export.config import ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.metrics import classification_metrics
@@ -118,15 +118,6 @@ def _row_dict(row: FileParity) -> dict[str, Any]:
     return {k: v for k, v in asdict(row).items() if k != "raw_probabilities"}
 
 
-def device_probabilities(clf, paths: Sequence[Path], batch_size: int) -> np.ndarray:
-    """Probabilities for image files through the runtime's streaming prediction path, the one `classify` uses
-    (decode, DICOM frame choice, preprocessing, backend): the one place parity calls the runtime.
-
-    A file the runtime cannot read here was readable for the Keras reference, so it is an error, not a skip.
-    """
-    return clf.probabilities_for_files(paths, batch_size=batch_size)
-
-
 def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 32,
                         chunk: int = 256) -> np.ndarray:
     """The training pipeline's view: uint8 pixels, scaled per the run's preprocessing, `model.predict`."""
@@ -137,34 +128,68 @@ def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_si
     return np.concatenate(out)
 
 
-def _metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    return classification_metrics(labels, probs, classes)
+@dataclass
+class ParityInputs:
+    """The test images every file is compared on (decoded once, with the training pipeline's preprocessing) and
+    the Keras reference's probabilities and figures on them."""
+
+    origin: str
+    paths: list[Path]
+    labels: np.ndarray
+    skipped: list[str]  # unreadable for the reference: left out, and reported
+    probabilities: np.ndarray  # Keras', temperature-scaled as the bundle's runtime scales them
+    metrics: dict[str, Any]
+    raw: np.ndarray  # Keras' before scaling
+    temperature: float | None
 
 
-def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequence[Path], labels: np.ndarray,
-                  reference: np.ndarray, ref_metrics: dict[str, Any], classes: Sequence[str],
+def parity_inputs(reference: Callable[[np.ndarray], tuple[np.ndarray, float]], reference_spec: Preprocessing,
+                  samples, origin: str, classes: Sequence[str], temperature: float | None,
+                  show_progress: bool = True) -> ParityInputs:
+    """Decode the test samples and take the Keras reference on them: `reference(pixels)` gives its probabilities
+    and its ms per image; they are scaled by `temperature` (the bundle's), as the runtime scales each file's."""
+    from tumor_edge.calibration import apply_temperature
+    from tumor_edge.data.dataset import load_pixels
+    from tumor_edge.errors import DatasetError
+
+    loaded = load_pixels(samples, reference_spec, "parity: loading test images", show_progress=show_progress)
+    if len(loaded.labels) == 0:
+        first = loaded.failures[0] if loaded.failures else "no test images"
+        raise DatasetError(f"no readable test images ({first})")
+    raw, ms_per_image = reference(loaded.pixels)
+    probs = apply_temperature(raw, temperature) if temperature else raw
+    metrics = classification_metrics(loaded.labels, probs, classes)
+    metrics["ms_per_image"] = ms_per_image
+    metrics["calibration"] = ece_before_after(raw, loaded.labels, temperature)
+    return ParityInputs(origin, [s.path for s in loaded.samples], np.asarray(loaded.labels), loaded.failures, probs,
+                        metrics, raw, temperature)
+
+
+def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInputs, classes: Sequence[str],
                   thresholds: ParityThresholds, batch_size: int) -> FileParity:
-    """Classify the test files with one bundle file through the runtime and compare with Keras."""
+    """Classify the test files with one opened bundle file (`clf`, or the error opening it raised) through the
+    runtime's streaming path, exactly as `classify` runs them, and compare with Keras. A file the runtime cannot
+    read was readable for the reference, so it is a failure, not a skip."""
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime import Classifier
 
-    path = bundle / name
-    row = FileParity(name, fmt, precision, path.stat().st_size if path.exists() else 0)
+    row = FileParity(path.name, fmt, precision, path.stat().st_size if path.exists() else 0)
     try:
-        clf = Classifier.from_bundle(bundle, model_file=name)
+        if isinstance(clf, BaseException):
+            raise clf
         t0 = time.perf_counter()
-        probs = device_probabilities(clf, paths, batch_size)
-        row.ms_per_image = 1000.0 * (time.perf_counter() - t0) / max(1, len(paths))
+        probs = clf.probabilities_for_files(inputs.paths, batch_size=batch_size)
+        row.ms_per_image = 1000.0 * (time.perf_counter() - t0) / max(1, len(inputs.paths))
     except TumorEdgeError as err:
         row.verdict, row.error = FAIL, str(err)
         row.failures.append(f"could not run: {err}")
         return row
-    m = _metrics(labels, probs, classes)
+    labels, reference = inputs.labels, inputs.probabilities
+    m = classification_metrics(labels, probs, classes)
     row.accuracy, row.macro_auc = m["accuracy"], m["macro_auc"]
     row.per_class_recall = {c: v["recall"] for c, v in m["per_class"].items()}
-    row.delta_accuracy_points = 100.0 * (row.accuracy - ref_metrics["accuracy"])
-    if row.macro_auc is not None and ref_metrics["macro_auc"] is not None:
-        row.delta_auc = row.macro_auc - ref_metrics["macro_auc"]
+    row.delta_accuracy_points = 100.0 * (row.accuracy - inputs.metrics["accuracy"])
+    if row.macro_auc is not None and inputs.metrics["macro_auc"] is not None:
+        row.delta_auc = row.macro_auc - inputs.metrics["macro_auc"]
     row.agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
     diff = np.abs(probs - reference)
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
@@ -172,6 +197,12 @@ def evaluate_file(bundle: Path, name: str, fmt: str, precision: str, paths: Sequ
     row.calibration = ece_before_after(row.raw_probabilities, labels, clf.postprocessing.temperature)
     _judge(row, labels, reference, probs, len(classes), thresholds)
     return row
+
+
+def parity_report(inputs: ParityInputs, rows: list[FileParity], thresholds: ParityThresholds,
+                  classes: Sequence[str], batch_size: int) -> ParityReport:
+    return ParityReport(inputs.origin, len(inputs.paths), inputs.skipped, inputs.metrics, rows, thresholds,
+                        list(classes), batch_size, inputs.labels, inputs.raw, inputs.temperature)
 
 
 def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classes: int,
@@ -184,53 +215,3 @@ def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np
     if row.verdict == FAIL and any("agreement" in r for r in row.failures):
         row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
     row.statistics = stats.to_dict()
-
-
-def keras_reference(model_of, pixels_npy: Path, spec: Preprocessing) -> tuple[np.ndarray, float]:
-    """(Keras probabilities, ms per image) for uint8 pixels saved as .npy; `model_of` has a `.model` (a
-    ModelSource). A module-level function so that export can run it in a child process of its own."""
-    model = model_of.model
-    pixels = np.load(pixels_npy, mmap_mode="r")
-    keras_probabilities(model, np.asarray(pixels[:1]), spec)  # warm-up: graph tracing is not latency
-    t0 = time.perf_counter()
-    probs = keras_probabilities(model, pixels, spec)
-    return probs, 1000.0 * (time.perf_counter() - t0) / max(1, len(pixels))
-
-
-def run_parity(bundle: Path, reference: Callable[[np.ndarray], tuple[np.ndarray, float]],
-               reference_spec: Preprocessing, files: Sequence[tuple[str, str, str]], samples, test_origin: str,
-               classes: Sequence[str], thresholds: ParityThresholds, batch_size: int = 16,
-               show_progress: bool = True) -> ParityReport:
-    """Evaluate the reference and every (file, format, precision) of the bundle on the test samples.
-
-    `reference(pixels)` gives the Keras model's probabilities and its ms per image for the test pixels, decoded
-    here with the training pipeline's preprocessing (export runs it in a child process: see export/isolate.py).
-    """
-    from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.errors import DatasetError
-    from tumor_edge.progress import progress
-
-    loaded = load_pixels(samples, reference_spec, "parity: loading test images", show_progress=show_progress)
-    if len(loaded.labels) == 0:
-        first = loaded.failures[0] if loaded.failures else "no test images"
-        raise DatasetError(f"no readable test images ({first})")
-    probs, ms_per_image = reference(loaded.pixels)
-    ref_metrics = _metrics(loaded.labels, probs, classes)
-    ref_metrics["ms_per_image"] = ms_per_image
-    temperature = bundle_temperature(bundle)
-    reference_raw = undo_temperature(probs, temperature)  # export scales the reference as the runtime does
-    ref_metrics["calibration"] = ece_before_after(reference_raw, loaded.labels, temperature)
-    paths = [s.path for s in loaded.samples]
-    rows = [evaluate_file(bundle, name, fmt, precision, paths, loaded.labels, probs, ref_metrics, classes,
-                          thresholds, batch_size)
-            for name, fmt, precision in progress(files, "parity: exported files", length=len(files),
-                                                 enabled=show_progress)]
-    return ParityReport(test_origin, len(paths), loaded.failures, ref_metrics, rows, thresholds, list(classes),
-                        batch_size, np.asarray(loaded.labels), reference_raw, temperature)
-
-
-def bundle_temperature(bundle: Path) -> float | None:
-    """The calibration temperature the bundle's runtime applies (None when it records none)."""
-    calibration = BundleMetadata.read(bundle).calibration or {}
-    t = calibration.get("temperature")
-    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None

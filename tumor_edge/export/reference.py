@@ -1,5 +1,5 @@
-"""Writing a bundle's reference record: export runs every listed model on generated images and stores the outputs
-in metadata.json (`reference`), so `tumor-edge verify` on a device can regenerate the same images and compare.
+"""A bundle's reference record: every listed model's outputs on generated images, stored in metadata.json
+(`reference`), so `tumor-edge verify` on a device can regenerate the same images and compare.
 
 The writer lives in export because only export writes bundles; the runtime keeps the reading side (the
 generators, `reference_images`, `reference_role_outputs` and verify's comparison), so a device can check a record
@@ -22,8 +22,7 @@ DEFAULT_COUNT = 16
 # Names are stored in bundles, and the runtime's generators give each name fixed images: this one is brain_blobs.
 DEFAULT_GENERATOR = "tumor-edge-brain-blobs-v1"
 # Values kept per file and non-score role: InceptionV3's 299 px heatmap (8 x 8 x 4) keeps its first 4 images; a
-# larger map keeps fewer (at least one). metadata.json is parsed at every model load (cold start): with all 16
-# images and 7 digits, a 6-file 299 px bundle's metadata.json measured 586 KB.
+# larger map keeps fewer (at least one). metadata.json is parsed at every model load (cold start), so it stays small.
 ROLE_VALUES_PER_FILE = 1024
 SIGNIFICANT_DIGITS = 6  # relative rounding 5e-7, far below the tightest role tolerance (1e-3 of the range)
 
@@ -40,28 +39,39 @@ def role_entry(values: np.ndarray) -> dict[str, list] | None:
     return {"shape": list(kept.shape), "values": [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in kept.ravel()]}
 
 
-def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> None:
-    """Run every listed model of a bundle on the generated reference images and store the probabilities in its
-    metadata.json (`reference`). Export calls this once its models and metadata.json are final; each model is
-    checked against its sha256 first, like any use."""
+def new_reference(metadata, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> tuple[ReferenceSet, np.ndarray]:
+    """An empty reference record for this machine and the generated images its outputs are taken on."""
     from tumor_edge.machine import host, int8_acceleration
 
+    reference = ReferenceSet(DEFAULT_GENERATOR, seed, count)
+    reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
+    return reference, reference_images(reference, metadata)
+
+
+def add_outputs(reference: ReferenceSet, name: str, classifier, images: np.ndarray) -> None:
+    """Record what one opened model file gives on the reference images: its probabilities and, per other role,
+    as many leading images as `role_entry` keeps."""
+    outputs = reference_role_outputs(classifier, images)
+    reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(outputs[SCORES], np.float64)]
+    roles = {role: role_entry(value) for role, value in outputs.items()
+             if role != SCORES and np.all(np.isfinite(value))}
+    roles = {role: entry for role, entry in roles.items() if entry is not None}
+    if roles:
+        reference.roles[name] = roles
+
+
+def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> None:
+    """Record the reference of a finished bundle in its metadata.json (`reference`), each listed model checked
+    against its sha256 first, like any use. Export records its own while it checks each file; this is for a
+    bundle assembled otherwise."""
     bundle = Bundle.open(bundle_dir)
     metadata = bundle.metadata
-    reference = ReferenceSet(DEFAULT_GENERATOR, seed, count)
-    images = reference_images(reference, metadata)
+    reference, images = new_reference(metadata, seed, count)
     for name in bundle.models:
         try:
             classifier = bundle.classifier(name)
         except MissingExtraError:  # an engine this machine lacks (LiteRT): verify says that file has no reference
             continue
-        outputs = reference_role_outputs(classifier, images)
-        reference.outputs[name] = [[float(v) for v in row] for row in np.asarray(outputs[SCORES], np.float64)]
-        roles = {role: role_entry(value) for role, value in outputs.items()
-                 if role != SCORES and np.all(np.isfinite(value))}
-        roles = {role: entry for role, entry in roles.items() if entry is not None}
-        if roles:
-            reference.roles[name] = roles
-    reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
+        add_outputs(reference, name, classifier, images)
     metadata.reference = reference
     metadata.write(bundle.path)

@@ -2,7 +2,7 @@
 `tf.lite.TFLiteConverter.from_saved_model` (fp32, fp16 weights, and int8).
 
 The SavedModel is written once per export and shared by the three conversions. TFLite's int8 calibrator runs the
-float model single-threaded with logging kernels (~0.6 CPU-s per 299 px image), the longest step of an export.
+float model single-threaded with logging kernels, the longest step of an export.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def export_tflite_int8(saved_model: Path, dst: Path,
 
     Default: every op int8 except the final SOFTMAX, which stays float (float32 input and output tensors, a
     QUANTIZE op first). A full-integer softmax rounds probabilities to multiples of 1/256, so every confident
-    prediction ties at 0 or 0.996 and the macro AUC drops (measured on the toy run: -0.012, against -0.000 with
-    the float softmax); the softmax is 4 values, so keeping it float costs nothing. `full_integer=True` gives the
+    prediction ties at 0 or 255/256 and the macro AUC drops; the softmax is a handful of values, so keeping it
+    float costs nothing. `full_integer=True` gives the
     strict variant (int8 input and output tensors, TFLITE_BUILTINS_INT8 only) for accelerators that need it.
 
     `representative` yields [float32 (1, H, W, 3)] batches already scaled as the model expects. The runtime's

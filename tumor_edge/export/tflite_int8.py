@@ -48,9 +48,8 @@ class TfliteInt8Config:
     batch_size: int = 16
     max_float_fraction: float = 0.3  # of the weighted ops: beyond it int8 loses its speed, the search stops
     # Schedule steps in a row that may leave the goal's shortfall where it was before the search gives up. Each
-    # step is a re-quantization (~2.3 s for InceptionV3 at any input size) and a validation pass; on the CPU
-    # demo's 96 px model the shortfall stayed put from 1 to 8 float units (one image short of a goal finer than
-    # 200 validation images resolve), and the cap was reached without the goal after ~9 steps.
+    # step is a re-quantization and a validation pass; a shortfall of one image, finer than the validation set
+    # resolves, can stay put however many units go float, so the search stops rather than spend every step.
     stall_steps: int = 3
 
 
@@ -91,7 +90,7 @@ def float_reference(saved_model: Path, pixels: np.ndarray, spec: Preprocessing, 
     for start in range(0, len(pixels), batch_size):
         result = fn(tf.constant(scale(pixels[start:start + batch_size], spec)))
         # A model with a heatmap (and OOD) output has several; Keras names them output_0.. and output_0 is the
-        # class scores. The dict's own order is not the model's (it put output_1 first for a 75 px InceptionV3).
+        # class scores. The dict's own order is not the model's (output_1 may come first).
         scores = result["output_0"] if "output_0" in result else next(iter(result.values()))
         out.append(np.asarray(scores, dtype=np.float32))
     return np.concatenate(out)
@@ -114,12 +113,12 @@ def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, 
 
 class _Quantizer:
     """One calibration, many quantizations: the converter calibrates once, `mlir_quantize` re-quantizes the
-    calibrated model for each option set (seconds, not the minutes a calibration takes at 299 px).
+    calibrated model for each option set (far cheaper than calibrating again).
 
     These are the calls TensorFlow's `QuantizationDebugger` makes (tensorflow/lite/tools/optimize/debugging/
     python/debugger.py: calibrate-only conversion, then `convert.mlir_quantize` with the denylists), without
     what it adds for its own statistics and this search never used: a second quantization with numeric-verify
-    ops and an interpreter over that model (measured at 299 px: seconds of CPU per export)."""
+    ops and an interpreter over that model."""
 
     def __init__(self, saved_model: Path, representative):
         import tensorflow as tf
@@ -169,7 +168,7 @@ def tflite_int8_accuracy_aware(saved_model: Path, dst: Path, calib_pixels: np.nd
     """Write the int8 TFLite file at `dst` (float32 I/O, SOFTMAX float) and say which options and which float
     fallbacks made it, scored against the float model's outputs on the validation images: `reference` when the
     caller has them (the Keras model the SavedModel was exported from, already loaded), else the SavedModel's
-    own (loading it costs seconds at 299 px)."""
+    own (loading it again costs time)."""
     config = config or TfliteInt8Config()
     work_dir = work_dir or dst.parent
     timings: dict[str, float] = {}

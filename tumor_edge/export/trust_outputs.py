@@ -2,8 +2,8 @@
 the bundle metadata fields (outputs, calibration, ood), and heatmap parity per exported file.
 
 A run's calibration and OOD fit come from `train` (RunConfig extra keys "calibration" and "ood", OOD parameters
-in the run folder). A foreign model without a GAP + dense head is exported as before, with a note saying why it
-has no heatmap: never an approximate picture.
+in the run folder). A foreign model without a GAP + dense head is exported with its scores only, with a note
+saying why it has no heatmap: never an approximate picture.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ConfigError
 
-HEATMAP_PARITY_GOAL = 0.95  # mean per-map correlation with Keras' maps (the issue's goal for int8 files)
+HEATMAP_PARITY_GOAL = 0.95  # the mean per-map correlation with Keras' maps an int8 file should reach
 
 
 @dataclass
@@ -86,31 +86,10 @@ def map_correlation(reference: np.ndarray, maps: np.ndarray) -> float | None:
     return float(np.mean(np.where(norm[keep] > 0, (a * b).sum(1)[keep] / np.maximum(norm[keep], 1e-300), 0.0)))
 
 
-def keras_heatmaps(model_of, pixels_npy: Path, spec) -> np.ndarray:
-    """The Keras trust model's heatmaps (N, h, w, classes) for uint8 pixels saved as .npy; `model_of` has a
-    `.converted_model` (a ModelSource). Module-level, so export can run it in a child process of its own."""
-    from tumor_edge.runtime import scale
-
-    model = model_of.converted_model
-    pixels = np.load(pixels_npy, mmap_mode="r")
-    maps = [np.asarray(model.predict(scale(np.asarray(pixels[s:s + 16]), spec), verbose=0)[1], np.float32)
-            for s in range(0, len(pixels), 16)]
-    return np.concatenate(maps) if maps else np.zeros((0,), np.float32)
-
-
-def heatmap_parity(bundle: Path, files: list[str], reference: np.ndarray, pixels: np.ndarray,
-                   batch_size: int = 16) -> dict[str, float | None]:
-    """Per exported file: the mean correlation of its heatmaps (through the runtime's Classifier, as a device
-    computes them) with the Keras model's `reference` maps on the same pixels."""
-    from tumor_edge.runtime import Classifier
-
-    result = {}
-    for name in files:
-        clf = Classifier.from_bundle(bundle, model_file=name)
-        if "heatmap" not in clf.output_specs:
-            continue
-        maps = np.concatenate([clf.infer_outputs(np.asarray(pixels[s:s + batch_size]))["heatmap"]
-                               for s in range(0, len(pixels), batch_size)])
-        value = map_correlation(reference, maps)
-        result[name] = None if value is None else round(value, 4)
-    return result
+def heatmap_correlation(clf, reference: np.ndarray, pixels: np.ndarray, batch_size: int = 16) -> float | None:
+    """One opened exported file's heatmaps (through the runtime's Classifier, as a device computes them) against
+    the Keras model's `reference` maps on the same pixels: `map_correlation`, rounded."""
+    maps = np.concatenate([clf.infer_outputs(np.asarray(pixels[s:s + batch_size]))["heatmap"]
+                           for s in range(0, len(pixels), batch_size)])
+    value = map_correlation(reference, maps)
+    return None if value is None else round(value, 4)

@@ -69,10 +69,13 @@ _EXPORTS: dict[str, str] = {
     "is_scan_file": "tumor_edge.runtime.image",
     "load_rgb": "tumor_edge.runtime.image",
     "decode_file": "tumor_edge.runtime.pipeline",
+    "scan_inputs": "tumor_edge.runtime.inputs",
     # outputs
     "SCORES": "tumor_edge.runtime.classifier",
     "softmax": "tumor_edge.runtime.postprocess",
     "probability_problem": "tumor_edge.runtime.postprocess",
+    "WRITERS": "tumor_edge.runtime.output",
+    "csv_cell": "tumor_edge.runtime.output",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
     "class_map": "tumor_edge.runtime.heatmap_overlay",
     "write_overlay": "tumor_edge.runtime.heatmap_overlay",
@@ -109,12 +112,12 @@ _MODULES: dict[str, str] = {"readers": _READERS}
 __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine", "ExplainSettings", "Explanation",
            "Failure", "MIN_CAM_CELLS", "Picture", "Prediction", "Preprocessing", "RESIZE_METHODS", "ReadOptions",
            "Reader", "SCORES", "Scan", "ScanResult", "TOLERANCE_FRACTION", "Tally", "VerifyReport", "VolumeSummary",
-           "brain_blobs", "cache_root", "cam_cells", "claimed_suffix", "class_map", "decode_file", "explain_prediction",
-           "external_data_locations", "flag_rates", "is_scan_file", "is_volume", "labelled_files", "load_resized",
-           "load_rgb", "machine_target", "map_correlation", "measure_ood_rates", "open_backend", "preprocess_image",
-           "probability_problem", "read_onnx_metadata", "read_scan", "readers", "recorded_choices", "reference_images",
-           "reference_role_outputs", "resize_mask", "scale", "softmax",
-           "tolerance_px", "verify_bundle", "write_overlay"]
+           "WRITERS", "brain_blobs", "cache_root", "cam_cells", "claimed_suffix", "class_map", "csv_cell",
+           "decode_file", "explain_prediction", "external_data_locations", "flag_rates", "is_scan_file", "is_volume",
+           "labelled_files", "load_resized", "load_rgb", "machine_target", "map_correlation", "measure_ood_rates",
+           "open_backend", "preprocess_image", "probability_problem", "read_onnx_metadata", "read_scan", "readers",
+           "recorded_choices", "reference_images", "reference_role_outputs", "resize_mask", "scale", "scan_inputs",
+           "softmax", "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
     from tumor_edge.contracts.bundle import BundleMetadata
@@ -142,8 +145,10 @@ if TYPE_CHECKING:
     )
     from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
     from tumor_edge.runtime.image import is_scan_file, load_rgb
+    from tumor_edge.runtime.inputs import scan_inputs
     from tumor_edge.runtime.ood_checks import flag_rates
     from tumor_edge.runtime.ood_rates import measure_ood_rates
+    from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file
     from tumor_edge.runtime.postprocess import probability_problem, softmax
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale

@@ -2,7 +2,7 @@
 
 Keras reads `KERAS_BACKEND` once, when it is first imported, so the choice must be made before anything imports
 Keras: `select_backend` sets it, and says when it cannot (Keras already imported with another backend in this
-process), in which case the caller trains in a child process (tumor_edge.train.isolated). Only the standard
+process), in which case the caller trains in a child process (tumor_edge.worker). Only the standard
 library at import time: the CLI reads `BACKENDS` without loading any framework.
 
 JAX compiles each new step shape with XLA; a 299 px InceptionV3 training step takes minutes to compile on a

@@ -37,9 +37,13 @@ def run_training(config: TrainConfig) -> Path | None:
     from tumor_edge.train.backends import configure_jax, select_backend
 
     if not select_backend(config.backend):
-        from tumor_edge.train.isolated import train_in_child
+        from tumor_edge.train.backends import current_backend
+        from tumor_edge.worker import run_elsewhere
 
-        return train_in_child(config)
+        print(f"training on the {config.backend} backend in a child process (Keras runs {current_backend()} here)",
+              flush=True)
+        return run_elsewhere(run_training, config, name=f"{config.backend} training",
+                             env={"KERAS_BACKEND": config.backend})
     jax_cache = configure_jax(config.deterministic) if config.backend == "jax" else None
 
     import keras

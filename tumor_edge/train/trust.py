@@ -13,46 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration import calibration_summary
+from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import fit_mahalanobis
 from tumor_edge.calibration.ood_fit import DEFAULT_TPR
 from tumor_edge.calibration.ood_sets import generated_sets
-from tumor_edge.calibration.plots import reliability_diagram
-from tumor_edge.calibration.temperature import choose_temperature
 from tumor_edge.errors import ConfigError
 from tumor_edge.modelside.cam import NoCamHeadError, features_model
 from tumor_edge.runtime.ood_checks import flag_rates
 from tumor_edge.train.pipeline import predict_probabilities
 
 OOD_SET_SIZE = 50
-
-
-def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray | None,
-                    test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
-    """Temperature on validation by the calibration rule (tumor_edge.calibration.temperature: no fit without
-    mistakes to fit, none at the range's edge, kept only if it helps held-out images); ECE/NLL before and after
-    on validation and (the honest figure) on test."""
-    choice = choose_temperature(val_probs, val_labels)
-    record: dict[str, Any] = {"method": "temperature scaling", "fitted_on": choice.fit.count}
-    if choice.out_of_fold_gain is not None:
-        record["out_of_fold_nll_gain"] = round(choice.out_of_fold_gain, 6)
-    if choice.kept_t1_because:  # keep the model's own confidence, and say why
-        record["fitted_temperature"] = choice.fit.temperature
-        record["kept_t1_because"] = choice.kept_t1_because
-    fit = choice.applied_fit()
-    record["temperature"] = fit.temperature
-    record["validation"] = calibration_summary(val_probs, val_labels, fit)
-    if test_probs is not None and test_labels is not None and len(test_labels):
-        record["test"] = calibration_summary(test_probs, test_labels, fit)
-        if reliability_png is not None:
-            reliability_diagram(test_probs, test_labels, fit.temperature, reliability_png,
-                                title=f"test split, n = {len(test_labels)}")
-            record["reliability_diagram"] = Path(reliability_png).name
-    # The card and the bundle read these at the top level: the test split's when there is one.
-    shown = record.get("test", record["validation"])
-    record.update({k: shown[k] for k in ("bins", "ece_before", "ece_after", "nll_before", "nll_after")})
-    record["ece_measured_on"] = "test" if "test" in record else "validation"
-    return record
 
 
 def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray | None,

@@ -1,0 +1,143 @@
+"""The per-scan function every engine calls (a Ray actor, a Spark executor): open the bundle once, then turn a
+list of inputs into result rows identical to `classify --csv`'s.
+
+Rows come from classify's own CSV writer (a `classify --csv` row, cell for cell: probabilities, warnings,
+abstentions, errors, the model file and engine), fed by the classifier's result stream (images, multi-frame files,
+volumes: `Classifier.iter_results`), plus each input's identity (path, bytes, mtime) and the worker that scored
+it. A file that cannot be read is a row with its error, never an exception; a model error still raises.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+IDENTITY = ("input_path", "input_bytes", "input_mtime_ns")  # what makes a row's input the same input on a rerun
+EXTRA = ("worker", "seconds")  # who scored it and its share of its batch's wall time there (per-worker figures)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What `classify` would be told: the bundle, its file and trust key, and how to read multi-frame files and
+    volumes. `threads`: the engine's intra-op threads (the CPUs the scheduler gave this worker)."""
+
+    model: str
+    model_file: str | None = None
+    trust: str | None = None
+    frames: str = "middle"
+    axis: str = "axial"
+    slices: str = "middle"
+    batch_size: int = 16
+    abstain: bool = False
+    threads: int = 1
+
+
+class Scorer:
+    """One opened, verified bundle; `rows(inputs)` scores a batch of input records (dicts with IDENTITY's keys and
+    `problem`, a reason already found while listing, or None)."""
+
+    def __init__(self, settings: ScoreSettings):
+        from tumor_edge import RESEARCH_NOTICE
+        from tumor_edge.runtime import BackendOptions, Classifier
+
+        if settings.trust:  # the bytes this worker loads are the ones checked
+            from tumor_edge.signing.trust import enforce_trust
+
+            enforce_trust(settings.model, settings.trust)
+        self.settings = settings
+        options = BackendOptions(threads=max(1, settings.threads), memory_arena=True)
+        self.classifier = Classifier.from_bundle(settings.model, model_file=settings.model_file, options=options)
+        self.notice = RESEARCH_NOTICE
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def rows(self, inputs: list[dict], fetch=None) -> list[dict]:
+        """A row per result (a 2-D scan: one; a volume: its slices and summary) of every input, in order.
+        `fetch(path, folder) -> local path` copies an input that is not a local file (a bucket's object)."""
+        from tumor_edge.runtime import WRITERS, Failure, VolumeSummary, csv_cell
+
+        start = time.perf_counter()
+        buffer = io.StringIO()
+        backend = self.classifier.backend
+        writer = WRITERS["csv"](buffer, self.classifier.classes, None, 0, self.notice,
+                                model=(backend.path.name, backend.name))
+        writer.header()
+        columns = _cells(buffer)
+        out: dict[str, list[dict]] = {record["input_path"]: [] for record in inputs}  # rows in input order
+
+        def emit(record: dict, result, axis: str | None = None) -> None:
+            if isinstance(result, VolumeSummary):
+                writer.volume_summary(result)
+            elif result.ok:
+                writer.prediction(result, axis)
+            else:
+                writer.failure(result)
+            row = dict(zip(columns, _cells(buffer)))
+            if record.get("fetched"):
+                row["file"] = csv_cell(record["input_path"])
+            out[record["input_path"]].append({**row, **{k: record[k] for k in IDENTITY}})
+
+        with tempfile.TemporaryDirectory(prefix="tumor-edge-batch-") as scratch:
+            local: dict[str, dict] = {}
+            for record in inputs:
+                path = record["input_path"]
+                if record.get("problem"):
+                    emit(record, Failure(path, f"{path}: {record['problem']}"))
+                    continue
+                if fetch is not None:
+                    try:
+                        path = fetch(record.get("fs_path") or path, scratch)
+                        record = {**record, "fetched": True}
+                    except OSError as err:
+                        emit(record, Failure(path, f"{path}: cannot read it ({err})"))
+                        continue
+                local[str(path)] = record
+            self._score(list(local), local, emit)
+        rows = [row for group in out.values() for row in group]
+        share = (time.perf_counter() - start) / max(1, len(rows))
+        return [{**row, "worker": self.worker, "seconds": share} for row in rows]
+
+    def _score(self, paths: list[str], records: dict[str, dict], emit) -> None:
+        from tumor_edge.runtime import is_volume
+
+        s = self.settings
+        axes = {path: s.axis if is_volume(path) else None for path in paths}  # a volume's slice rows name their axis
+        stream = self.classifier.iter_results(paths, frames=s.frames, axis=s.axis, slices=_slices(s.slices),
+                                              batch_size=s.batch_size, workers=0, abstain=s.abstain)
+        try:
+            for result in stream:
+                emit(records[str(result.source)], result, axes[str(result.source)])
+        finally:
+            stream.close()
+
+
+def _slices(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def _cells(buffer: io.StringIO) -> list[str]:
+    """The cells of the one CSV line the writer just wrote (quoted cells may hold newlines), then clear it."""
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return next(csv.reader(io.StringIO(text)))
+
+
+def fetch_from(filesystem):
+    """A `fetch` for `Scorer.rows` that copies a file of a pyarrow filesystem into the scratch folder, keeping its
+    name (readers claim files by suffix)."""
+
+    def fetch(path: str, folder: str) -> str:
+        target = Path(folder) / f"{len(os.listdir(folder))}" / Path(path).name
+        target.parent.mkdir()
+        with filesystem.open_input_stream(path) as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        return str(target)
+
+    return fetch
