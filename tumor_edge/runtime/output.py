@@ -1,16 +1,10 @@
-"""How `classify` prints results: a table for people, JSON lines or CSV for scripts. One writer per format in a
-registry; each streams a row per result to stdout as it comes, so a pipe sees results before the batch ends.
+"""How `classify` prints results: a table for people, JSON lines or CSV for scripts, one writer per format,
+each streaming a row per result as it comes.
 
-Output stays well-formed whatever the names: every file or class name on a table row or in a CSV cell passes the
-one escaping rule (`tumor_edge.text`: control characters and undecodable bytes as backslash escapes, so a row is
-one line and never drives the terminal), CSV cells are quoted and never start a spreadsheet formula, JSON never
-holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
-
-Volumes (a NIfTI file, a DICOM series folder) give a row per classified slice, shaped like an image row and named
-`brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slice_count` instead of `frame`), then a volume summary row
-(JSON: an object with `"summary": "volume"`) carrying the slices that support its class and the research notice.
-Every JSON and CSV result row names the model file and engine that produced it (`model_file`, `engine`): the
-device picks the file by measurement, so a row must say which one it was.
+Output stays well-formed whatever the names: names pass the one escaping rule (`tumor_edge.text`), so a row is
+one line and never drives the terminal; CSV cells never start a spreadsheet formula; JSON never holds a bare NaN.
+A failed write (disk full) becomes an `OutputError`. Every JSON and CSV row names the model file and engine that
+produced it: the device picks the file by measurement, so a row must say which one it was.
 """
 
 from __future__ import annotations
