@@ -134,7 +134,7 @@ def exported_bundle(trained_run, tmp_path_factory) -> Path:
     side of parity is tested on its own (a planted mismatch). The last-bundle marker goes to a temporary state folder,
     not the user's home. Converters run in this process (isolate=False): the default's TensorFlow worker and
     TensorFlow-free children cost process starts and buy memory this 75 px model does not need;
-    tests/export/test_worker.py, test_foreign.py and test_format_table.py cover the default, isolated path.
+    tests/export/test_export_plan.py, test_foreign.py and test_format_table.py cover the default, isolated path.
     """
     from tumor_edge.export.exporter import ExportConfig, export_bundle
     from tumor_edge.export.parity import ParityThresholds
