@@ -1,14 +1,8 @@
 """`tumor-edge classify`: scans in, labels out, on a CPU with onnxruntime (or LiteRT), never TensorFlow.
 
-Only click is imported here at module level; numpy, Pillow and onnxruntime load inside the command, so
-`tumor-edge --help` stays instant and the first result of a one-image run comes as early as possible.
-
-Exit statuses (one scheme, tested in tests/runtime/test_hostile_inputs.py):
-  0  every file was classified (warnings about degenerate images may have been printed);
-  1  nothing useful could run: a usage error, a model or bundle error, no scan files found, results that
-     could not be written (disk full) or a reader that went away (`| head`, quietly);
-  2  the batch ran but some inputs failed (each reported in one `error:` line; the others were classified);
-  130 interrupted (Ctrl-C).
+Only click is imported at module level, so `tumor-edge --help` stays instant. Exit statuses: 0 every file
+classified; 1 nothing useful could run (usage, model or output error, no scans, a reader that went away);
+2 the batch ran but some inputs failed (each in one `error:` line); 130 interrupted.
 """
 
 from __future__ import annotations
