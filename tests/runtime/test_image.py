@@ -169,7 +169,7 @@ def test_suffixless_dicom_is_detected_and_walked(tmp_path):
 def test_single_image_has_one_frame(tmp_path):
     Image.fromarray(quadrant_image(0, 16)).save(tmp_path / "a.png")
     frames = load_rgb_frames(tmp_path / "a.png", "all")
-    assert len(frames) == 1 and frames[0].label is None
+    assert len(frames) == 1 and (frames[0].index, frames[0].count) == (0, 1)
 
 
 # ---- property-based: any bytes under any scan name decode or fail in one line, never otherwise -------------

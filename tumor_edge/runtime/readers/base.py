@@ -19,8 +19,7 @@ from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import MAX_FRAMES
 from tumor_edge.runtime.special_files import read_head
 
-if TYPE_CHECKING:  # numpy and Pillow load with the first picture: classify's help lists the rows without them
-    import numpy as np
+if TYPE_CHECKING:  # Pillow loads with the first picture: classify's help lists the rows without it
     from PIL import Image
 
 IMAGE = "image"  # a file is one picture, or a few frames (multi-page TIFF, multi-frame DICOM)
@@ -114,20 +113,6 @@ class Picture:
     count: int = 1
     axis: str | None = None
     warnings: tuple[str, ...] = ()
-
-    @property
-    def pixels(self) -> np.ndarray:
-        """uint8 (H, W, 3)."""
-        import numpy as np
-
-        return np.asarray(self.image, dtype=np.uint8)
-
-    @property
-    def label(self) -> str | None:
-        """'frame 12 of 25' (0-based index) for multi-frame files, None otherwise."""
-        if self.axis is not None:
-            return f"{self.axis} slice {self.index} of {self.count}"
-        return f"frame {self.index} of {self.count}" if self.count > 1 else None
 
 
 @dataclass
