@@ -1,8 +1,4 @@
-"""One error family whose message is the single line a user sees; the CLI prints it and exits non-zero.
-
-Library code raises these (never bare ValueError for a user's mistake) with messages that make sense to a
-library user; the CLI may add its own flag names around them.
-"""
+"""One error family whose message is the single line a user sees; the CLI prints it and exits non-zero."""
 
 from __future__ import annotations
 
@@ -12,9 +8,8 @@ from tumor_edge.text import one_line
 
 
 class TumorEdgeError(Exception):
-    """A problem the user can fix. ``str(err)`` is the one line shown, naming the file when there is one; it passes
-    the one escaping rule, so a path or name holding a newline or a terminal control cannot split or drive it
-    (`reason` keeps the message as given)."""
+    """A problem the user can fix. ``str(err)`` is the one line shown, naming the file, escaped so a name cannot
+    split or drive it (`reason` keeps the message as given)."""
 
     exit_code = 1
 

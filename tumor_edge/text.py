@@ -1,12 +1,8 @@
 """The one rule for showing text that others chose (file names, class names, paths) on a terminal, in a log line
 or in a CSV cell: it stays one line and shows what is really there.
 
-A name can carry characters that act instead of showing: C0 controls (a newline splits a table row or an `error:`
-line; ESC starts a sequence that recolours, moves the cursor or retitles the terminal), C1 controls (U+009B is a
-one-character CSI on many terminals; U+0085 is a newline to some readers), line and paragraph separators, and the
-bidirectional controls that reorder what a reader sees (U+202E shows `scan<U+202E>gpj.exe` as `scanexe.jpg`). Each
-becomes a visible backslash escape. Bytes of a file name that are not UTF-8 (kept by Python as lone surrogates)
-become `\\xNN`, so the text can always be written.
+C0 and C1 controls, line separators and bidirectional controls (U+202E shows `scan<U+202E>gpj.exe` as
+`scanexe.jpg`) act instead of showing: each becomes a visible backslash escape, as do undecodable file-name bytes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.demo.manifest import read_manifest
 from tumor_edge.cli import main
 from tumor_edge.data.dataset import discover
 from tumor_edge.demo.anatomy import BUILTIN_VOLUMES, builtin_volumes
@@ -20,7 +21,6 @@ from tumor_edge.demo.generate import (
     generate,
     generate_demo_dataset,
     is_demo_dataset,
-    read_manifest,
 )
 from tumor_edge.demo.scan import PLANE_NAMES, slab_thresholds
 from tumor_edge.errors import DatasetError, OutputExistsError

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.demo.manifest import read_manifest
 from tumor_edge.data.dataset import discover, load_pixels
 from tumor_edge.demo.anatomy import builtin_volumes
-from tumor_edge.demo.generate import generate_demo_dataset, read_manifest
+from tumor_edge.demo.generate import generate_demo_dataset
 from tumor_edge.runtime.preprocess import Preprocessing
 
 pytestmark = [pytest.mark.slow,

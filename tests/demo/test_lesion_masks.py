@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.demo.manifest import read_manifest
 from tumor_edge.data.dataset import discover
 from tumor_edge.demo.anatomy import builtin_volumes, load_anatomy
-from tumor_edge.demo.generate import MASK_DIR, generate_demo_dataset, lesion_mask, read_manifest
+from tumor_edge.demo.generate import MASK_DIR, generate_demo_dataset, lesion_mask
 from tumor_edge.demo.scan import make_scan
 
 mni = next((v for v in builtin_volumes() if v.name == "mni152"), None)

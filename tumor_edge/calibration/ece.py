@@ -1,6 +1,5 @@
-"""Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks"): predictions are
-grouped by their top probability into equal-width bins; ECE is the count-weighted mean gap between each bin's
-accuracy and its mean confidence. 15 bins is the paper's (and most tools') convention."""
+"""Expected calibration error (Guo et al. 2017): the count-weighted mean gap between accuracy and mean confidence
+over equal-width bins of the top probability (15 bins: the paper's convention)."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ DEFAULT_BINS = 15
 
 @dataclass(frozen=True)
 class ReliabilityBins:
-    """Per bin (equal width over [0, 1]): how many predictions, their mean confidence and their accuracy
-    (NaN for empty bins)."""
+    """Per bin: how many predictions, their mean confidence and their accuracy (NaN for empty bins)."""
 
     edges: np.ndarray  # (bins + 1,)
     counts: np.ndarray  # (bins,)

@@ -1,19 +1,10 @@
 """Out-of-distribution score on the model's pooled features: Mahalanobis distance to the nearest class
-(Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution Samples").
+(Lee et al. 2018).
 
-Fitted in numpy on the validation split: class means and a covariance shared by the classes (within-class
-scatter). InceptionV3 pools 2048 features and a validation split has a few hundred scans, so the covariance is
-rank-deficient; the score lives in the top `dims` principal directions of that scatter, whitened with a floor
-on the eigenvalues (see EIGEN_FLOOR). The whole
-fit folds into one affine map, z = (f - mean) @ projection, that export appends to the model as an extra output
-("ood_features", `dims` numbers per scan), so a device computes the score as min_k |z - centre_k|^2 with no
-big matrices in metadata. The threshold is the `tpr` quantile of the validation scans' out-of-fold scores
-(5-fold cross-fitting): in-sample distances of a covariance fitted on a few hundred scans are too small, and a
-threshold set on them flagged twice the stated share of new in-distribution scans (measured: 11 % for 5 %).
-
-Measured (tests/calibration/test_ood_fit.py): on a tiny GAP + dense CNN, the energy score of the logits rated
-noise and inverted scans as *more* in-distribution than real ones (ReLU features grow with input contrast),
-while this score flagged them all; hence it is the default.
+The covariance of a few hundred scans' 2048 features is rank-deficient, so the score lives in the top `dims`
+principal directions, whitened with an eigenvalue floor. The fit folds into one affine map,
+z = (f - mean) @ projection, that export appends to the model as an extra output, so a device needs only the
+class centres. The threshold comes from out-of-fold scores: in-sample distances are too small.
 """
 
 from __future__ import annotations
@@ -24,15 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.ood_fit import DEFAULT_TPR
 from tumor_edge.errors import ConfigError, ModelError
 
 DEFAULT_DIMS = 32
+DEFAULT_TPR = 0.95  # the share of in-distribution scans every OOD threshold lets pass
 OOD_ROLE = "ood_features"  # the model output that carries z
-# Whitening divides by sqrt(eigenvalue); directions in which validation scans barely vary (dead ReLU channels)
-# would turn an int8 file's rounding into huge distances. Flooring eigenvalues at 10 % of the largest (a
-# shrinkage) kept an int8 TFLite file's false alarms at 10 % against Keras' 6 % on the toy CNN, where a 1e-6 floor
-# flagged 100 % of in-distribution scans; noise and inverted scans stayed 100 % flagged (measured).
+# Whitening divides by sqrt(eigenvalue): without a floor (a shrinkage, relative to the largest), directions in
+# which validation scans barely vary would turn an int8 file's rounding into huge distances.
 EIGEN_FLOOR = 0.1
 
 
@@ -50,12 +39,9 @@ class MahalanobisOod:
     def dims(self) -> int:
         return int(self.projection.shape[1])
 
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """(N, C) pooled features -> (N, dims): what the exported model's "ood_features" output gives."""
-        return (np.asarray(features, np.float64) - self.mean) @ self.projection
-
     def score(self, features: np.ndarray) -> np.ndarray:
-        return score_projected(self.project(features), self.centres)
+        """(N, C) pooled features -> (N,) scores, through the projection the exported model applies."""
+        return score_projected((np.asarray(features, np.float64) - self.mean) @ self.projection, self.centres)
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         return self.score(features) > self.threshold

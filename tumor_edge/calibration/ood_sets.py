@@ -1,11 +1,5 @@
-"""Generated out-of-distribution images, to measure (never to fit) how often the checks flag what they should.
-
-Each set is uint8 RGB at the model's input size, reproducible from a seed: uniform colour noise, a constant
-grey, smooth random colour fields (photograph-like: colour and structure, no anatomy), chest-X-ray-like grey
-radiographs (a torso filling the frame, dark lung fields, ribs, spine: grey anatomy of the wrong kind), and
-in-distribution scans turned negative (anatomy present, contrast inverted). Synthetic; described by name in every
-report.
-"""
+"""Generated out-of-distribution images (seeded uint8 RGB), to measure (never to fit) how often the checks flag
+what they should: from no anatomy (noise, colour fields) to grey anatomy of the wrong kind and inverted scans."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""Out-of-distribution scores a model computes from its own class scores, for models that expose nothing else.
-
-A model made elsewhere has no pooled-feature output the Mahalanobis score needs, but its class scores still say
-something about how familiar an input is:
-- "logit_energy" (Liu et al. 2020): -logsumexp(z) of the logits z; low for inputs like the training data.
-  Needs real logits (on log-probabilities it is 0 for every input), so it is used for logit models.
-- "max_probability" (Hendrycks & Gimpel 2017): -max_c p_c; the baseline for models that output probabilities.
-Both are "higher = less familiar". Export computes the score inside the model file (an extra output, role
-OUTPUT_SCORE_ROLE) and fits the threshold on held-back in-distribution images at a stated true-positive rate;
-the runtime compares the output with the threshold, numpy only. `output_score` is the numpy twin of the graph
-nodes, for fitting and tests.
+"""Out-of-distribution scores from a model's own class scores, for models made elsewhere with no pooled-feature
+output: "logit_energy" (Liu et al. 2020; needs real logits) and "max_probability" (Hendrycks & Gimpel 2017).
+Both are "higher = less familiar". `output_score` is the numpy twin of the nodes export adds to the graph.
 """
 
 from __future__ import annotations
@@ -17,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.ood_fit import DEFAULT_TPR
+from tumor_edge.calibration.mahalanobis import DEFAULT_TPR
 from tumor_edge.errors import ConfigError
 
 OUTPUT_SCORE_ROLE = "ood_score"

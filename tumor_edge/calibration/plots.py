@@ -1,8 +1,5 @@
-"""Reliability diagram PNGs: accuracy against confidence per bin, before and after temperature scaling.
-
-matplotlib is imported inside the writers (a training-side extra); nothing else here needs it. One panel
-drawer serves both the run's diagram (one model) and the parity report's (one row per exported file).
-"""
+"""Reliability diagram PNGs: accuracy against confidence per bin, before and after temperature scaling
+(matplotlib, a training-side extra, is imported inside the writers)."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ from tumor_edge.calibration.ece import DEFAULT_BINS, expected_calibration_error,
 from tumor_edge.calibration.temperature import apply_temperature
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,41 +40,25 @@ def _panel(ax, probs: np.ndarray, labels: np.ndarray, bins: int, name: str) -> N
     ax.set_ylim(0, 1)
 
 
-def _before_after(temperature: float) -> tuple[str, str]:
-    return "before scaling", f"after temperature scaling (T = {temperature:.3g})"
-
-
 def reliability_diagram(scores: np.ndarray, labels: np.ndarray, temperature: float, path: Path,
                         kind: str = "probabilities", bins: int = DEFAULT_BINS, title: str = "") -> Path:
     """Two panels (before, after scaling by `temperature`)."""
-    plt = _pyplot()
-    before, after = _before_after(temperature)
-    panels = ((before, apply_temperature(scores, 1.0, kind)), (after, apply_temperature(scores, temperature, kind)))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
-    for ax, (name, probs) in zip(axes, panels):
-        _panel(ax, probs, labels, bins, name)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle((title + "\n" if title else "") + RESEARCH_NOTICE, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reliability_grid([("", apply_temperature(scores, 1.0, kind), temperature)], labels, path, bins, title)
 
 
 def reliability_grid(rows: Sequence[tuple[str, np.ndarray, float | None]], labels: np.ndarray, path: Path,
                      bins: int = DEFAULT_BINS, title: str = "") -> Path:
     """One figure, one row per model (name, raw probabilities, temperature or None): before and after scaling
     side by side, so every exported file's calibration is seen on one page."""
-    plt = _pyplot()
+    plt = pyplot()
     height = 3.4 * len(rows) + 0.7  # inches; the top 0.7 hold the title and the notice
     fig, axes = plt.subplots(len(rows), 2, figsize=(9, height), sharey=True, squeeze=False)
     for (name, raw, temperature), pair in zip(rows, axes):
         t = 1.0 if temperature is None else float(temperature)
-        before, after = _before_after(t)
-        _panel(pair[0], np.asarray(raw, np.float64), labels, bins, f"{name}: {before}")
-        _panel(pair[1], apply_temperature(np.asarray(raw, np.float64), t), labels, bins, f"{name}: {after}")
+        prefix = f"{name}: " if name else ""
+        _panel(pair[0], np.asarray(raw, np.float64), labels, bins, f"{prefix}before scaling")
+        _panel(pair[1], apply_temperature(np.asarray(raw, np.float64), t), labels, bins,
+               f"{prefix}after temperature scaling (T = {t:.3g})")
         pair[0].set_ylabel("accuracy")
     axes[0][0].legend(loc="upper left", fontsize=7)
     fig.suptitle((title + "\n" if title else "") + RESEARCH_NOTICE, fontsize=8)

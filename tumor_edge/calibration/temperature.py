@@ -1,30 +1,19 @@
 """Temperature scaling (Guo et al. 2017): one scalar T divides the logits before the softmax, fitted by
-minimising the negative log-likelihood on held-out (validation) data. It changes confidence, never the label.
+minimising the validation NLL. It changes confidence, never the label. On probabilities it is exact too:
+log p differs from the logits by a per-row constant, which the softmax ignores.
 
-It also works on probabilities: log p = z - logsumexp(z) differs from the logits z by a per-row constant,
-which the softmax ignores, so softmax(log p / T) == softmax(z / T). A model that outputs probabilities (as
-tumor-edge's Keras models and bundles do) is therefore scaled exactly, with no access to its logits.
-
-When a temperature is used (`choose_temperature`, the rule train and export apply): T = 1 is kept, with the
-reason recorded, unless all three hold:
-1. The validation split holds at least MIN_ERRORS misclassified images. With none, the NLL falls monotonically
-   as T -> 0 and has no interior minimum: the fit runs to the range's edge, and the probabilities it ships are
-   0 and 1. With one, no held-out estimate can fit on a mistake while scoring another.
-2. The fitted optimum lies inside T_BOUNDS, not within EDGE_FACTOR of a bound: a temperature pinned to a bound
-   is a property of the search range, not an estimate.
-3. Its gain on images the fit never saw is significantly positive. The split is cut in folds, each holding its
-   share of the mistakes; each fold's images are scored at the T fitted (the same unguarded fit that would ship)
-   on the other folds, giving every image its NLL at T = 1 minus its NLL at a T fitted without it. A fold whose
-   rest holds no mistake fits the sharpest T there is, and the mistake it holds out pays for that: the estimate
-   scores what sharpening costs a mistake. The one-sided CONFIDENCE lower bound of the mean of those per-image
-   gains (percentile of a seeded bootstrap over the images) must be above 0. With a calibrated model (true
-   T = 1) the fitted T is noise, its held-out gain is negative on average, and the bound rarely clears 0. The
-   check only keeps or rejects; it never changes T.
+`choose_temperature` keeps T = 1, with the reason, unless all three hold:
+1. The validation split holds at least MIN_ERRORS mistakes: with none the NLL has no interior minimum, and with
+   one no held-out estimate can fit on a mistake while scoring another.
+2. The optimum is not within EDGE_FACTOR of a bound of T_BOUNDS: then the range set it, not the data.
+3. Its gain on images the fit never saw is significantly positive: each fold (holding its share of the mistakes)
+   is scored at the T fitted on the others, and the one-sided CONFIDENCE bootstrap lower bound of the mean
+   per-image gain must be above 0. A calibrated model's fitted T is noise and rarely clears it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,9 +69,6 @@ class TemperatureFit:
     nll_after: float
     count: int  # validation images it was fitted on
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _fitted_t(z: np.ndarray, labels: np.ndarray) -> float:
     """T minimising the NLL of log-scores z (bounded 1-D search over log T, convex enough in practice), never
@@ -105,11 +91,6 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "probabi
                           int(len(labels)))
 
 
-def at_edge(temperature: float) -> bool:
-    """True when a fitted T sits at (within EDGE_FACTOR of) a bound of T_BOUNDS: the range, not the data, set it."""
-    return temperature <= T_BOUNDS[0] * EDGE_FACTOR or temperature >= T_BOUNDS[1] / EDGE_FACTOR
-
-
 def _refusal(z: np.ndarray, labels: np.ndarray, fit: TemperatureFit) -> str | None:
     """Rules 1 and 2 for one fit: why it cannot be trusted, or None."""
     errors = int(np.sum(z.argmax(1) != labels))
@@ -117,15 +98,15 @@ def _refusal(z: np.ndarray, labels: np.ndarray, fit: TemperatureFit) -> str | No
         what = "no misclassified images" if errors == 0 else f"{errors} misclassified image"
         return (f"the validation split has {what} (at least {MIN_ERRORS} needed): its NLL has no interior "
                 "minimum to fit, or none a held-out check can test")
-    if at_edge(fit.temperature):
+    if fit.temperature <= T_BOUNDS[0] * EDGE_FACTOR or fit.temperature >= T_BOUNDS[1] / EDGE_FACTOR:
         return (f"the fitted T = {fit.temperature:.3g} sits at the edge of the search range {T_BOUNDS}: the range "
                 "set it, not the data")
     return None
 
 
 def out_of_fold_parts(right: np.ndarray, folds: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
-    """Indices of `folds` parts, the mistakes (right == False) and the right images each dealt round-robin after a
-    seeded shuffle, so every part holds its share of the mistakes (rule 3 must hold mistakes out)."""
+    """Indices of `folds` parts, mistakes and right images each dealt round-robin after a seeded shuffle, so every
+    part holds its share of the mistakes."""
     right = np.asarray(right, bool)
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[] for _ in range(folds)]
@@ -139,8 +120,8 @@ def out_of_fold_parts(right: np.ndarray, folds: int = FOLDS, seed: int = 0) -> l
 
 def held_out_gains(scores: np.ndarray, labels: np.ndarray, kind: str = "probabilities", folds: int = FOLDS,
                    seed: int = 0) -> np.ndarray:
-    """Per image: its NLL at T = 1 minus its NLL at the T fitted on the folds that do not hold it (> 0 where
-    scaling helped an image it was not fitted on). No refusal inside: the fit that would ship is what is judged."""
+    """Per image: its NLL at T = 1 minus its NLL at the T fitted on the folds that do not hold it (no refusal
+    inside: the fit that would ship is what is judged)."""
     probs_like, labels = _check(scores, labels)
     z = log_scores(probs_like, kind)
     gains = np.zeros(len(labels))
@@ -153,8 +134,7 @@ def held_out_gains(scores: np.ndarray, labels: np.ndarray, kind: str = "probabil
 
 def lower_bound(values: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
                 seed: int = 0) -> float:
-    """One-sided `confidence` lower bound of the mean of `values`: the (1 - confidence) quantile of the means of
-    seeded bootstrap resamples (the same images, drawn with replacement)."""
+    """One-sided `confidence` lower bound of the mean of `values`, from seeded bootstrap resamples."""
     values = np.asarray(values, np.float64)
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // max(len(values), 1))  # bounded memory for large splits
@@ -171,7 +151,6 @@ class TemperatureChoice:
     temperature: float  # what ships: fit.temperature, or 1.0
     out_of_fold_gain: float | None  # rule 3's mean held-out NLL gain per image; None when rules 1-2 refused
     kept_t1_because: str | None = None
-    gain_lower_bound: float | None = None  # rule 3's one-sided lower bound of that gain
 
     def applied_fit(self) -> TemperatureFit:
         """The fit as shipped (T = 1 and no NLL change when kept)."""
@@ -191,9 +170,8 @@ def choose_temperature(scores: np.ndarray, labels: np.ndarray, kind: str = "prob
     gain, bound = float(gains.mean()), lower_bound(gains)
     if bound <= 0:
         return TemperatureChoice(fit, 1.0, gain, f"the held-out NLL gain of a fitted T ({gain:+.4f} per image) is "
-                                 f"not significantly positive ({100 * CONFIDENCE:g} % lower bound {bound:+.4f})",
-                                 bound)
-    return TemperatureChoice(fit, fit.temperature, gain, None, bound)
+                                 f"not significantly positive ({100 * CONFIDENCE:g} % lower bound {bound:+.4f})")
+    return TemperatureChoice(fit, fit.temperature, gain)
 
 
 def calibration_summary(scores: np.ndarray, labels: np.ndarray, fit: TemperatureFit,
@@ -211,11 +189,8 @@ def calibration_summary(scores: np.ndarray, labels: np.ndarray, fit: Temperature
 
 
 def undo_temperature(calibrated: np.ndarray, temperature: float | None) -> np.ndarray:
-    """The probabilities before scaling, from ones scaled by `temperature` (the runtime's output).
-
-    Exact up to float rounding: scaling is p_k^(1/T) renormalised, so scaling again by 1/T gives p back. Parity
-    uses it to score a file's own (raw) calibration from the very probabilities the device returned, rather than
-    running the file a second time with the scaling switched off."""
+    """The probabilities before scaling, from ones scaled by `temperature`: scaling is p_k^(1/T) renormalised, so
+    scaling by 1/T gives p back, and parity needs no second run with the scaling off."""
     if temperature is None or temperature == 1.0:
         return np.asarray(calibrated)
     return apply_temperature(np.asarray(calibrated, np.float64), 1.0 / float(temperature))

@@ -1,11 +1,8 @@
 """Real brain anatomy for demo data: T1 volumes, their brain masks, and where tumours grow in them.
 
-Every volume is brought to one convention (RAS voxel axes, 1 mm isotropic, white matter near 0.78: the
-runtime's `volume_slices` rule, which `classify` applies to a user's volume too) and given a
-signed distance to the brain surface (`depth`, mm, positive inside) on a 2 mm grid. Landmarks (midline, sella,
-tentorium, falx) are written once in the MNI152 reference frame and carried to each volume through its brain's
-bounding box, so a volume the user passes (a head with skull, or a skull-stripped brain) gets them too, without
-registration. Only numpy, scipy.ndimage and nibabel: no TensorFlow.
+Every volume is brought to the runtime's convention (RAS, 1 mm, white matter near 0.78) and given a signed
+distance to the brain surface on a 2 mm grid. Landmarks are written once in the MNI152 frame and carried to each
+volume through its brain's bounding box, so a user's volume gets them too, without registration.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import numpy as np
 from tumor_edge.errors import DatasetError
 from tumor_edge.runtime.volume_slices import white_matter_scale
 
-# Reference frame: the MNI152 2009c brain (mm). Its brain bounding box, measured on the template nilearn ships.
+# Reference frame: the MNI152 2009c brain's bounding box (mm), on the template nilearn ships.
 REF_BRAIN_LO = np.array([-72.0, -107.0, -72.0])
 REF_BRAIN_HI = np.array([72.0, 73.0, 82.0])
 # The pituitary fossa (sella turcica), read off the Colin27 head's mid-sagittal slice (gland at y 0..10, z -25..-35).
@@ -77,8 +74,7 @@ def builtin_volumes() -> list[VolumeSource]:
 
 
 def user_volume(path: Path, taken: set[str]) -> VolumeSource:
-    """A volume the user passed; its name is the packaged template's when it is one, else the file stem,
-    made unique among `taken`."""
+    """A volume the user passed, named as the packaged template it is, else by its file stem (unique in `taken`)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError("volume file not found", path)
@@ -119,29 +115,22 @@ class Anatomy:
         ref = REF_BRAIN_HI - REF_BRAIN_LO
         return float((ext[0] / ref[0] + ext[1] / ref[1]) / 2)
 
+    def _anchors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(reference anchor, this volume's anchor): the brain's centre line and its top."""
+        ref = (REF_BRAIN_LO + REF_BRAIN_HI) / 2
+        own = (self.brain_lo + self.brain_hi) / 2
+        ref[2], own[2] = REF_BRAIN_HI[2], self.brain_hi[2]
+        return ref, own
+
     def from_ref(self, mm: np.ndarray) -> np.ndarray:
-        """Reference-frame mm -> this volume's voxel coords (anchored at the brain's centre line and top)."""
-        mm = np.asarray(mm, dtype=np.float64)
-        s = self.scale
-        ref_mid = (REF_BRAIN_LO + REF_BRAIN_HI) / 2
-        mid = (self.brain_lo + self.brain_hi) / 2
-        out = np.empty_like(mm)
-        out[..., 0] = mid[0] + (mm[..., 0] - ref_mid[0]) * s
-        out[..., 1] = mid[1] + (mm[..., 1] - ref_mid[1]) * s
-        out[..., 2] = self.brain_hi[2] - (REF_BRAIN_HI[2] - mm[..., 2]) * s
-        return out
+        """Reference-frame mm -> this volume's voxel coords."""
+        ref, own = self._anchors()
+        return own + (np.asarray(mm, dtype=np.float64) - ref) * self.scale
 
     def to_ref(self, vox: np.ndarray) -> np.ndarray:
         """This volume's voxel coords -> reference-frame mm (inverse of `from_ref`)."""
-        vox = np.asarray(vox, dtype=np.float64)
-        s = self.scale
-        ref_mid = (REF_BRAIN_LO + REF_BRAIN_HI) / 2
-        mid = (self.brain_lo + self.brain_hi) / 2
-        out = np.empty_like(vox)
-        out[..., 0] = ref_mid[0] + (vox[..., 0] - mid[0]) / s
-        out[..., 1] = ref_mid[1] + (vox[..., 1] - mid[1]) / s
-        out[..., 2] = REF_BRAIN_HI[2] - (self.brain_hi[2] - vox[..., 2]) / s
-        return out
+        ref, own = self._anchors()
+        return ref + (np.asarray(vox, dtype=np.float64) - own) / self.scale
 
     @property
     def sella(self) -> np.ndarray:
@@ -185,11 +174,8 @@ def _downsample(image: np.ndarray, f: int) -> np.ndarray:
 
 
 def _brain_mask(coarse: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(brain mask on the 2 mm grid, whether the volume is skull-stripped).
-
-    A skull-stripped volume is everything above a low threshold. A head is split from its scalp the way simple
-    brain extraction does it: Otsu threshold, erode until the brain is its own component, dilate back.
-    """
+    """(brain mask on the 2 mm grid, whether the volume is skull-stripped). A head is split from its scalp as
+    simple brain extraction does it: Otsu threshold, erode until the brain is its own component, dilate back."""
     from scipy import ndimage as ndi
 
     top = float(np.percentile(coarse[coarse > 0], 99)) if np.any(coarse > 0) else 0.0
@@ -270,32 +256,24 @@ def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
     brain_lo = idx.min(axis=0) * GRID_MM + 0.5
     brain_hi = idx.max(axis=0) * GRID_MM + 0.5
 
-    def coarse_to_vox(ijk: np.ndarray) -> np.ndarray:
-        return ijk.astype(np.float64) * GRID_MM + 0.5
-
     anat = Anatomy(name=name, image=image, depth=depth, synthetic_head=stripped, brain_lo=brain_lo,
                    brain_hi=brain_hi, glioma_sites=np.zeros((0, 3)), convexity_sites=np.zeros((0, 3)),
                    convexity_normals=np.zeros((0, 3)), falx_sites=np.zeros((0, 3)))
+    inner = np.argwhere(depth > 0)
+    pts = inner.astype(np.float64) * GRID_MM + 0.5
+    reg = _ref_regions(anat.to_ref, pts)
+    at = tuple(inner.T)
     # Glioma sites: inside the cerebral hemispheres, away from the surface, in tissue (not ventricle CSF).
-    deep = np.argwhere((depth >= 6.0) & (coarse > 0.42))
-    pts = coarse_to_vox(deep)
-    reg = _ref_regions(anat.to_ref, pts)
-    anat.glioma_sites = pts[~reg["infratentorial"] & ~reg["brainstem"] & ~reg["near_midline"]]
+    deep = (depth[at] >= 6.0) & (coarse[at] > 0.42)
+    anat.glioma_sites = pts[deep & ~reg["infratentorial"] & ~reg["brainstem"] & ~reg["near_midline"]]
     # Convexity sites: the outer brain surface, with outward normals from the depth gradient.
-    surface = np.argwhere((depth > 0) & (depth <= GRID_MM * 1.01))
-    pts = coarse_to_vox(surface)
-    reg = _ref_regions(anat.to_ref, pts)
-    keep = ~reg["brainstem"] & ~reg["low"] & ~reg["near_midline"]
-    grads = np.stack(np.gradient(depth), axis=-1)
-    normals = -grads[tuple(surface[keep].T)]
+    keep = (depth[at] <= GRID_MM * 1.01) & ~reg["brainstem"] & ~reg["low"] & ~reg["near_midline"]
+    normals = -np.stack(np.gradient(depth), axis=-1)[tuple(inner[keep].T)]
     norms = np.linalg.norm(normals, axis=1, keepdims=True)
     ok = norms[:, 0] > 1e-6
     anat.convexity_sites = pts[keep][ok]
     anat.convexity_normals = normals[ok] / norms[ok]
     # Falx sites: the midline plane where the falx cerebri runs, inside the brain's outline.
-    inner = np.argwhere(depth > 0)
-    pts = coarse_to_vox(inner)
-    reg = _ref_regions(anat.to_ref, pts)
     anat.falx_sites = pts[reg["falx"]]
     if len(anat.glioma_sites) == 0 or len(anat.convexity_sites) == 0:
         raise DatasetError("could not find cerebral hemispheres in this volume (is it a human T1 brain?)", path)

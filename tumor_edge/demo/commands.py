@@ -1,5 +1,4 @@
-"""Click commands `demo-data` and `demo`. Only click at import time; numpy, scipy, nibabel and TensorFlow load
-inside the commands."""
+"""Click commands `demo-data` and `demo` (only click at import time)."""
 
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ def demo_data(out: Path, per_class: int, size: int, seed: int, volumes: tuple[Pa
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-workdir"), show_default=True,
               help="Where every artefact goes; rerunning reuses the stages already complete there.")
 @click.option("--profile", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="Sizes: 'cpu' finishes in about 10 minutes on 2 cores; 'gpu' trains larger; auto picks.")
+              help="Sizes: 'cpu' for a small CPU; 'gpu' trains larger; auto picks.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Redo every stage, even those already complete.")
 def demo(workdir: Path, profile: str, seed: int, force: bool) -> None:

@@ -1,7 +1,5 @@
-"""What one demo run is: the profile (sizes chosen for the hardware), the user's options, and what the stages
-have produced so far. Plain data, shared by the pipeline that runs the stages (pipeline.py) and the summary that
-reports them (summary.py), so neither imports the other for it.
-"""
+"""What one demo run is: its profile, the user's options, and what the stages have produced so far (plain data
+the pipeline and the summary share)."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from tumor_edge.errors import TumorEdgeError
 
 @dataclass(frozen=True)
 class DemoProfile:
-    """Sizes chosen for the hardware: the CPU one finishes in about ten minutes on two cores."""
+    """Sizes chosen for the hardware."""
 
     name: str
     per_class: int  # demo images per class (Training + Testing)
@@ -33,9 +31,8 @@ class DemoProfile:
                 f"{self.image_size} px, {self.epochs} epochs, batch {self.batch_size}")
 
 
-# name -> profile. `auto` picks "gpu" when the NVIDIA driver lists a GPU. The cpu profile's settings are the ones
-# that generalised best to the held-out anatomy (benchmarks/results has the runs): patience 6 keeps the learning
-# rate at 1e-3 until the last epochs, where a shorter patience cut it after every noisy validation epoch.
+# name -> profile (`auto` picks "gpu" when the NVIDIA driver lists a GPU). The cpu profile's patience keeps the
+# learning rate up until the last epochs instead of cutting it after every noisy validation epoch.
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile("cpu", per_class=500, data_size=128, image_size=96, epochs=10, batch_size=16,
                        bn_momentum=0.9, learning_rate=1e-3, bench_seconds=1.0, patience=6),

@@ -34,8 +34,7 @@ SPLIT_IDS = {TRAIN_DIR: 0, TEST_DIR: 1}
 
 @dataclass(frozen=True)
 class DemoDataConfig:
-    """What to generate. `per_class` counts Training and Testing together; `size` is the typical canvas
-    edge in pixels (each image's width and height vary around it)."""
+    """What to generate. `per_class` counts Training and Testing together; `size` is the typical canvas edge."""
 
     out: Path
     per_class: int = 200
@@ -112,8 +111,7 @@ def make_plan(config: DemoDataConfig, sources: list[VolumeSource]) -> Plan:
         raise DatasetError(f"--test-volume {config.test_volume!r} is none of the volumes: "
                            f"{', '.join(s.name for s in sources)}")
     if len(sources) >= 2:
-        # By default the first volume: with the packaged ones, Training gets the real head (Colin27, with its
-        # skull, orbits and scalp) and Testing the MNI152 average brain.
+        # By default the first: with the packaged ones, Training gets the real head and Testing the MNI152 brain.
         test_source = sources[0] if config.test_volume is None else matches[0]
         train_sources = [s for s in sources if s is not test_source]
         thresholds = None
@@ -210,10 +208,8 @@ def _write_mask(root: Path, job: Job, mask: np.ndarray | None) -> dict[str, obje
 
 
 def lesion_mask(root: Path, image: str | Path) -> np.ndarray | None:
-    """The recorded lesion of a demo image: bool (H, W) in the image's own pixels, or None for an image without a
-    lesion (notumor) or without a recorded mask. `image` is a path (absolute, or relative to the working
-    directory, as `discover` gives them for a relative root) or a path relative to `root` (as the manifest
-    records them); both are compared resolved, so a relative root works as an absolute one."""
+    """The recorded lesion of a demo image (bool (H, W) in its own pixels), or None without one. `image` is a path
+    as `discover` gives it or one relative to `root`, as the manifest records it."""
     from PIL import Image
 
     image = Path(image)
@@ -240,12 +236,6 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def read_manifest(root: Path) -> list[dict[str, str]]:
-    """The per-image record of a demo dataset (volume, plane, slice position, lesion centre and size)."""
-    with open(Path(root) / MANIFEST, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def dataset_card(config: DemoDataConfig, plan: Plan) -> str:

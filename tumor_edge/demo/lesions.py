@@ -1,20 +1,13 @@
 """Simulated lesions, placed and drawn the way each tumour type presents on contrast-enhanced T1.
 
-- glioma: intra-axial in a cerebral hemisphere; irregular, an enhancing rim around a necrotic core, with
-  hypointense oedema spreading around it.
-- meningioma: extra-axial, on the inner skull surface or the falx, a broad flat dural base, homogeneous
-  enhancement, sometimes a CSF cleft and a dural tail.
-- pituitary: a small midline mass in the sella, often with a suprasellar extension.
-- notumor: nothing.
-
-Lesions are 3-D shapes evaluated on each pixel's 3-D point, so a slice shows a true cross-section. Every class
-draws its slice position from the same distribution (a would-be pituitary mass is always drawn and the slice
-cut through it, then discarded for other classes), so where a slice was taken does not give the class away.
-A registry maps class name -> painter.
+Lesions are 3-D shapes evaluated on each pixel's 3-D point, so a slice shows a true cross-section. A would-be
+pituitary mass is drawn for every class and the slice cut through it, so where a slice was taken does not give
+the class away.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,13 +82,17 @@ def _inside(rho: np.ndarray, spacing: float, radius: float) -> np.ndarray:
     return smoothstep(1.0 + soft, 1.0 - soft, rho)
 
 
+def _near_plane(plane: Plane, sites: np.ndarray, r: float) -> np.ndarray:
+    """Indices of the sites within 0.4 r of the plane, else of the 50 nearest."""
+    dist = np.abs(plane.distance(sites))
+    near = np.flatnonzero(dist < 0.4 * r)
+    return near if len(near) else np.argsort(dist)[:50]
+
+
 class Lesion(Protocol):
     mass_effect: MassEffect | None
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None: ...
-
-
-# ----------------------------------------------------------------------------------------------- pituitary
 
 
 @dataclass
@@ -150,9 +147,6 @@ class PituitaryLesion:
         sample.image[:] = sample.image * (1 - inside) + inside * value
 
 
-# ----------------------------------------------------------------------------------------------- glioma
-
-
 @dataclass
 class GliomaLesion:
     """Enhancing irregular rim, necrotic core, hypointense oedema; confined to the brain."""
@@ -184,32 +178,23 @@ class GliomaLesion:
         sample.image[:] = img * (1 - rim) + rim * lesion_value
 
 
-class GliomaPainter:
-    def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
-              rng: np.random.Generator) -> GliomaLesion:
-        s = anat.scale
-        r = rng.uniform(14.0, 28.0) * s
-        sites = anat.glioma_sites
-        dist = np.abs(plane.distance(sites))
-        near = sites[dist < 0.4 * r]
-        if len(near) == 0:
-            near = sites[np.argsort(dist)[:50]]
-        # Deep enough that the enhancing mass stays mostly inside the brain.
-        depth = sample_depth(anat, near)
-        deep = near[depth >= min(0.6 * r, 14.0)]
-        pool = deep if len(deep) else near
-        centre = pool[rng.integers(len(pool))]
-        rim = Blob.random(centre, r, rng, irregularity=0.5, elongation=0.3, harmonics=6)
-        core = Blob.random(centre + rng.normal(0, 0.15 * r, 3), r * rng.uniform(0.4, 0.75), rng,
-                           irregularity=0.5, elongation=0.3, harmonics=6)
-        oedema = Blob.random(centre + rng.normal(0, 0.2 * r, 3), r * rng.uniform(1.5, 2.3), rng,
-                             irregularity=0.6, elongation=0.35, harmonics=7)
-        effect = MassEffect(centre, reach=1.8 * r, strength=rng.uniform(0.1, 0.3))
-        return GliomaLesion(rim, core, oedema, rim_level=rng.uniform(1.15, 1.5), core_level=rng.uniform(0.1, 0.3),
-                            oedema_drop=rng.uniform(0.25, 0.5), mass_effect=effect)
-
-
-# ----------------------------------------------------------------------------------------------- meningioma
+def place_glioma(anat: Anatomy, plane: Plane, pituitary: PituitaryLesion, rng: np.random.Generator) -> GliomaLesion:
+    s = anat.scale
+    r = rng.uniform(14.0, 28.0) * s
+    near = anat.glioma_sites[_near_plane(plane, anat.glioma_sites, r)]
+    # Deep enough that the enhancing mass stays mostly inside the brain.
+    depth = sample_depth(anat, near)
+    deep = near[depth >= min(0.6 * r, 14.0)]
+    pool = deep if len(deep) else near
+    centre = pool[rng.integers(len(pool))]
+    rim = Blob.random(centre, r, rng, irregularity=0.5, elongation=0.3, harmonics=6)
+    core = Blob.random(centre + rng.normal(0, 0.15 * r, 3), r * rng.uniform(0.4, 0.75), rng,
+                       irregularity=0.5, elongation=0.3, harmonics=6)
+    oedema = Blob.random(centre + rng.normal(0, 0.2 * r, 3), r * rng.uniform(1.5, 2.3), rng,
+                         irregularity=0.6, elongation=0.35, harmonics=7)
+    effect = MassEffect(centre, reach=1.8 * r, strength=rng.uniform(0.1, 0.3))
+    return GliomaLesion(rim, core, oedema, rim_level=rng.uniform(1.15, 1.5), core_level=rng.uniform(0.1, 0.3),
+                        oedema_drop=rng.uniform(0.25, 0.5), mass_effect=effect)
 
 
 @dataclass
@@ -250,56 +235,37 @@ class MeningiomaLesion:
         sample.image[:] = img * (1 - inside) + inside * value
 
 
-class MeningiomaPainter:
-    def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
-              rng: np.random.Generator) -> MeningiomaLesion:
-        s = anat.scale
-        r = rng.uniform(12.0, 26.0) * s
-        falx_near = anat.falx_sites[np.abs(plane.distance(anat.falx_sites)) < 0.4 * r]
-        if len(falx_near) and rng.random() < 0.3:
-            base = falx_near[rng.integers(len(falx_near))]
-            side = 1.0 if rng.random() < 0.5 else -1.0  # the hemisphere the mass grows into
-            normal = np.array([-side, 0.0, 0.0])
-        else:
-            sites, normals = anat.convexity_sites, anat.convexity_normals
-            dist = np.abs(plane.distance(sites))
-            near = np.flatnonzero(dist < 0.4 * r)
-            if len(near) == 0:
-                near = np.argsort(dist)[:50]
-            k = near[rng.integers(len(near))]
-            base, normal = sites[k], normals[k]
-        centre = base - normal * r * rng.uniform(0.2, 0.6)
-        blob = Blob.random(centre, r, rng, irregularity=0.08, elongation=0.2, harmonics=3)
-        effect = MassEffect(centre, reach=1.7 * r, strength=rng.uniform(0.15, 0.35))
-        has_tail = rng.random() < 0.6
-        return MeningiomaLesion(blob, base, normal, level=rng.uniform(1.15, 1.45),
-                                cleft=rng.uniform(0.3, 0.7) if rng.random() < 0.5 else 0.0,
-                                tail_length=r * rng.uniform(1.3, 2.0) if has_tail else 0.0,
-                                tail_level=rng.uniform(0.6, 0.9), mass_effect=effect)
+def place_meningioma(anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
+                     rng: np.random.Generator) -> MeningiomaLesion:
+    s = anat.scale
+    r = rng.uniform(12.0, 26.0) * s
+    falx_near = anat.falx_sites[np.abs(plane.distance(anat.falx_sites)) < 0.4 * r]
+    if len(falx_near) and rng.random() < 0.3:
+        base = falx_near[rng.integers(len(falx_near))]
+        side = 1.0 if rng.random() < 0.5 else -1.0  # the hemisphere the mass grows into
+        normal = np.array([-side, 0.0, 0.0])
+    else:
+        near = _near_plane(plane, anat.convexity_sites, r)
+        k = near[rng.integers(len(near))]
+        base, normal = anat.convexity_sites[k], anat.convexity_normals[k]
+    centre = base - normal * r * rng.uniform(0.2, 0.6)
+    blob = Blob.random(centre, r, rng, irregularity=0.08, elongation=0.2, harmonics=3)
+    effect = MassEffect(centre, reach=1.7 * r, strength=rng.uniform(0.15, 0.35))
+    has_tail = rng.random() < 0.6
+    return MeningiomaLesion(blob, base, normal, level=rng.uniform(1.15, 1.45),
+                            cleft=rng.uniform(0.3, 0.7) if rng.random() < 0.5 else 0.0,
+                            tail_length=r * rng.uniform(1.3, 2.0) if has_tail else 0.0,
+                            tail_level=rng.uniform(0.6, 0.9), mass_effect=effect)
 
 
-class PituitaryPainter:
-    def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
-              rng: np.random.Generator) -> PituitaryLesion:
-        return pituitary
+Placer = Callable[[Anatomy, Plane, PituitaryLesion, np.random.Generator], "Lesion | None"]
 
-
-class NoTumourPainter:
-    def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion, rng: np.random.Generator) -> None:
-        return None
-
-
-class Painter(Protocol):
-    def place(self, anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
-              rng: np.random.Generator) -> Lesion | None: ...
-
-
-# class name (the dataset's folder name) -> painter. The public dataset's four classes.
-PAINTERS: dict[str, Painter] = {
-    "glioma": GliomaPainter(),
-    "meningioma": MeningiomaPainter(),
-    "notumor": NoTumourPainter(),
-    "pituitary": PituitaryPainter(),
+# class name (the dataset's folder name) -> where its lesion goes. The public dataset's four classes.
+PAINTERS: dict[str, Placer] = {
+    "glioma": place_glioma,
+    "meningioma": place_meningioma,
+    "notumor": lambda anat, plane, pituitary, rng: None,
+    "pituitary": lambda anat, plane, pituitary, rng: pituitary,
 }
 
 CLASS_PREFIX: dict[str, str] = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary": "pi"}

@@ -1,14 +1,9 @@
 """Where do the maps point? Pointing game and energy in the lesion on held-out tumour scans, for every model file.
 
-The demo draws every lesion itself and records it (`demo-data`'s masks), so whether an explanation points at the
-tumour is measured, not assumed. For each held-out glioma, meningioma and pituitary scan (the first
-`per_class` of each class, in file order), each subject (the Keras model, the ONNX fp32 and int8 files, the TFLite
-int8 file when LiteRT is installed) explains the scan's true class with the method the runtime would choose for
-it (`tumor_edge.runtime.explain`: the demo's 96 px InceptionV3 ends in a one-cell map, so occlusion) and with RISE,
-on the scan as the runtime decodes and resizes it; the lesion mask is resized the same way. Two baselines say what
-the figures are worth: a point dropped at random, and the scan's brightest pixel (the demo's lesions enhance, so
-"brightest" is a strong guess that needs no model at all). The int8 files' maps are compared
-with the fp32 file's (Pearson correlation per scan), which says whether quantization moved the evidence.
+The demo records every lesion it draws, so whether an explanation points at the tumour is measured, not assumed.
+Each model file explains each scan's true class as the runtime would; a random point and the brightest pixel are
+the baselines, and the int8 files' maps are correlated with the fp32 file's to show whether quantization moved
+the evidence.
 """
 
 from __future__ import annotations
@@ -57,8 +52,7 @@ class KerasScores:
 
 
 def tumour_scans(data_root: Path, per_class: int) -> list[tuple[Path, str, int, np.ndarray]]:
-    """(scan, class, class index, lesion mask) for the first `per_class` held-out scans of each class that has
-    recorded lesions."""
+    """(scan, class, class index, lesion mask) for the first `per_class` held-out scans of each lesion class."""
     from tumor_edge.data.dataset import discover
     from tumor_edge.demo.generate import lesion_mask
 
@@ -170,17 +164,14 @@ def localisation_markdown(result: dict[str, Any]) -> str:
         return "\n".join(lines + [f"Not measured: {result['skipped']}.", ""])
     files = result["files"]
     classes = sorted({c for f in files.values() for c in f.get("figures", {}) if c != "all"})
-    lines += [f"{result['scans']} held-out tumour scans ({result['per_class']} per class). Each file explains "
-              "the scan's true class with the method shown (occlusion: what `classify --heatmap` draws for this "
-              f"model; RISE: {result['masks']} random masks); the pointing game counts a hit when the map's "
-              f"maximum lies on the lesion or within {result['tolerance_px']} px of it ("
-              f"{100 * result['tolerance_fraction']:.0f} % of the {result['size']} px side); energy is the share "
-              "of the map's positive evidence on lesion pixels; chance is what a random point (pointing) or a "
-              "uniform map (energy, about the lesion's area share) would score. The brightest-pixel row needs no "
-              "model: these synthetic lesions enhance, so it scores high too, and a map's pointing figure shows it "
-              "found the lesion, not that it beats so simple a rule. Goal: pointing >= 80 %."
+    lines += [f"{result['scans']} held-out tumour scans ({result['per_class']} per class), each file explaining "
+              f"the true class (RISE: {result['masks']} random masks). Pointing: the map's maximum lies on the "
+              f"lesion or within {result['tolerance_px']} px of it ({100 * result['tolerance_fraction']:.0f} % of "
+              f"the {result['size']} px side); energy: the share of positive evidence on lesion pixels; chance: a "
+              "random point or a uniform map. These synthetic lesions enhance, so the brightest pixel, which needs "
+              "no model, scores high too. Goal: pointing >= 80 %."
               + (f" {result['excluded']} lesion(s) with no pixel left at {result['size']} px are excluded from "
-                 "every row (nothing to point at), not counted as misses." if result.get("excluded") else ""), "",
+                 "every row." if result.get("excluded") else ""), "",
               "| file | method | ms/scan | " + " | ".join(f"{c} pointing / energy" for c in classes)
               + " | all: pointing / energy | chance: pointing |",
               "|---|---|---:|" + "---|" * len(classes) + "---|---|"]

@@ -1,9 +1,7 @@
 """`tumor-edge demo`: demo data -> train -> export (int8 too) -> classify held-out scans -> benchmark -> summary.
 
-Each stage writes into the work folder and leaves a marker (`.stages/<stage>.json`) with its parameters and
-results once it is complete; a rerun skips every stage whose marker matches, so an interrupted demo resumes
-where it stopped. A stage that runs again invalidates the stages after it. Stages call the other parts' Python
-APIs (`run_training`, `export_bundle`, `Classifier`, `run_bench`), the same code the CLI commands run.
+Each complete stage leaves a marker (`.stages/<stage>.json`) with its parameters and results, so a rerun resumes
+where it stopped; a stage that runs again invalidates the stages after it.
 """
 
 from __future__ import annotations
@@ -27,9 +25,7 @@ from tumor_edge.errors import OutputExistsError
 from tumor_edge.worker import run_elsewhere
 
 STAGE_DIR = ".stages"
-# Held-out tumour scans per class whose maps are checked against their lesion: 8 x 3 classes, occlusion (grid 8)
-# and RISE (64 masks) on the runtime's files, occlusion on Keras: about 1 minute on a quiet 2-core CPU.
-EXPLAIN_PER_CLASS = 8
+EXPLAIN_PER_CLASS = 8  # held-out tumour scans per class whose maps are checked against their lesion
 
 
 def _say(message: str) -> None:
@@ -37,9 +33,7 @@ def _say(message: str) -> None:
 
 
 def _gpu_count() -> int:
-    """NVIDIA GPUs the driver lists; without importing TensorFlow (a GB of resident memory) in this process."""
-    from pathlib import Path
-
+    """NVIDIA GPUs the driver lists, without importing TensorFlow in this process."""
     gpus = Path("/proc/driver/nvidia/gpus")
     return sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 0
 
@@ -48,9 +42,6 @@ def choose_profile(name: str) -> DemoProfile:
     if name != "auto":
         return PROFILES[name]
     return PROFILES["gpu" if _gpu_count() else "cpu"]
-
-
-# --------------------------------------------------------------------------------------------------- stages
 
 
 def stage_data(ctx: DemoContext) -> dict[str, Any]:
@@ -90,10 +81,7 @@ def stage_export(ctx: DemoContext) -> dict[str, Any]:
     from tumor_edge.errors import ParityError
     from tumor_edge.export.exporter import ExportConfig, export_bundle
 
-    # A demo's held-out split may be too small to *prove* a 1-point tolerance: "not proven" is reported as such,
-    # not as a failure (a real export without --allow-unproven stops there).
-    # Default scheduling, not `overlap`: ONNX int8 beside the worker's TFLite rows takes the demo's process tree
-    # over its memory budget (benchmarks/demo_memory.py).
+    # A demo's held-out split may be too small to prove the tolerances: "not proven" is reported, not a failure.
     config = ExportConfig(source=ctx.run, out=ctx.bundle, int8=True, force=True, allow_unproven=True,
                           show_progress=ctx.config.show_progress)
     try:
@@ -160,7 +148,7 @@ def stage_bench(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_trust(ctx: DemoContext) -> dict[str, Any]:
-    """Calibration, one heatmap per class and OOD figures for the summary (tumor_edge.demo.trust_summary)."""
+    """Calibration, one heatmap per class and OOD figures for the summary."""
     from tumor_edge.demo.trust_summary import trust_summary
 
     return trust_summary(ctx.run, ctx.bundle, ctx.data / "Testing", ctx.workdir / "trust",
@@ -168,7 +156,7 @@ def stage_trust(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_explain(ctx: DemoContext) -> dict[str, Any]:
-    """Pointing game and energy in the lesion per file and class (tumor_edge.demo.localisation)."""
+    """Pointing game and energy in the lesion per file and class."""
     from tumor_edge.demo.localisation import LocalisationConfig, localisation_markdown, measure_localisation
 
     result = measure_localisation(ctx.run, ctx.bundle, ctx.data,
@@ -189,7 +177,6 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    # In a child too: the volumes it decodes would otherwise stay in this process under the export's peak.
     Stage("data", "generating synthetic demo data", stage_data, lambda c: [c.data / "DATASET.md"], isolated=True),
     Stage("train", "training InceptionV3 from scratch", stage_train,
           lambda c: [RunFolder(c.run).model, RunFolder(c.run).metrics], isolated=True),
@@ -199,7 +186,6 @@ STAGES: list[Stage] = [
           lambda c: [c.workdir / "classify.json"]),
     Stage("trust", "measuring calibration, heatmaps and out-of-distribution warnings", stage_trust,
           lambda c: [c.workdir / "trust" / "ood.png"]),
-    # In a child: it loads the Keras model (TensorFlow) beside the runtime's files; all of it is freed after.
     Stage("explain", "measuring where the maps point (pointing game, energy in the lesion)", stage_explain,
           lambda c: [c.workdir / "localisation.json"], isolated=True),
     Stage("bench", "benchmarking latency", stage_bench, lambda c: [c.workdir / "bench.json"]),
@@ -267,7 +253,3 @@ def run_demo(config: DemoConfig) -> DemoContext:
     click.echo("\n" + text)
     return ctx
 
-
-# The profile and context types live in demo/context.py; imported here too, where the demo's callers find them.
-__all__ = ["PROFILES", "STAGES", "STAGE_DIR", "DemoConfig", "DemoContext", "DemoProfile", "Stage", "choose_profile",
-           "run_demo"]

@@ -1,15 +1,10 @@
-"""Per-image acquisition variety that does not depend on the class: framing, tilt, contrast, gamma, bias
-field, noise, blur, flips, canvas size and JPEG quality.
-
-Drawn from its own random stream, identically for every class, so none of these (nor the global statistics
-they drive: brightness, contrast, image and file size) can tell a classifier the answer.
-"""
+"""Per-image acquisition variety (framing, contrast, noise, flips, size, JPEG quality), drawn from its own random
+stream identically for every class, so no global image statistic can tell a classifier the answer."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -102,8 +97,8 @@ class Realism:
         return self.place(out)
 
     def place(self, pixels: np.ndarray) -> np.ndarray:
-        """The geometric changes `finish` makes (the left-right flip), alone: what puts a lesion mask drawn on the
-        slice onto the finished image's pixels. The one place the flip happens, so the two cannot disagree."""
+        """The geometric changes `finish` makes (the left-right flip), alone: the one place the flip happens, so a
+        lesion mask lands on the finished image's pixels."""
         return np.ascontiguousarray(pixels[:, ::-1]) if self.flip_lr else pixels
 
     def encode(self, grey: np.ndarray) -> bytes:
@@ -112,7 +107,3 @@ class Realism:
         Image.fromarray(np.ascontiguousarray(grey), mode="L").convert("RGB").save(
             buf, format="JPEG", quality=self.jpeg_quality)
         return buf.getvalue()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-

@@ -1,14 +1,8 @@
 """One synthetic scan: pick a plane, cut a slice through the sella band, place the class's lesion, finish it.
 
-Three random streams per image keep what may depend on the class apart from what must not: `realism`
-(plane, framing, intensity, noise, file encoding) is drawn the same way for every class; `lesion` places the
-would-be pituitary mass that fixes the slice position (drawn for every class) and then the class's lesion;
-`texture` is the lesion's own texture noise.
-
-Ground truth: each scan records its lesion as a mask in its own final pixels (`Scan.lesion_mask`): the pixels the
-lesion's painting changed (tumour, necrosis, oedema, cleft, dural tail: the "whole tumour" an annotator outlines;
-not the normal tissue its mass effect pushed aside), then put through every geometric change the finishing step
-makes (the left-right flip), so it lies on the lesion in the file that is written.
+Three random streams per image keep what may depend on the class (`lesion`, `texture`) apart from what must not
+(`realism`). The lesion mask is the pixels its painting changed (not the tissue its mass effect pushed aside),
+flipped as the finished image is.
 """
 
 from __future__ import annotations
@@ -25,8 +19,8 @@ from tumor_edge.demo.realism import Realism
 from tumor_edge.demo.slicing import PLANES, Plane, cut
 
 PLANE_NAMES = tuple(PLANES)
-# A pixel belongs to the lesion when painting it changed its intensity by more than this (the slice's intensities
-# run 0..~1.5; 0.02 is under one grey level of 255 at the darkest display window, and far above float rounding).
+# A pixel belongs to the lesion when painting it changed its intensity by more than this: under one grey level of
+# the darkest display window, far above float rounding.
 LESION_CHANGE = 0.02
 # Slices are cut through the middle of the pituitary mass's extent along the normal, so it shows when present.
 _SLICE_BAND = (0.15, 0.85)
@@ -88,8 +82,7 @@ def choose_plane(anat: Anatomy, plane_name: str, tilt: np.ndarray, rng: np.rando
 def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSequence,
               slab: SlabFilter | None = None, paint_lesion: bool = True) -> Scan:
     """Render one scan of `class_name` from `anat`; the same seed gives the same pixels. `paint_lesion=False`
-    renders the same scan with everything but the lesion's own pixels (its mass effect stays): the lesion-free
-    image the recorded mask is checked against."""
+    leaves out the lesion's own pixels (not its mass effect)."""
     realism_seed, lesion_seed, texture_seed = seed.spawn(3)
     real_rng = np.random.default_rng(realism_seed)
     lesion_rng = np.random.default_rng(lesion_seed)
@@ -97,7 +90,7 @@ def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSeq
     plane_name = PLANE_NAMES[int(real_rng.integers(len(PLANE_NAMES)))]
     realism = Realism.random(size, real_rng)
     plane, pituitary, position = choose_plane(anat, plane_name, realism.tilt(plane_name), lesion_rng, slab)
-    lesion = PAINTERS[class_name].place(anat, plane, pituitary, lesion_rng)
+    lesion = PAINTERS[class_name](anat, plane, pituitary, lesion_rng)
     framing = realism.framing(anat, plane)
     sample = cut(anat, plane, framing, real_rng, lesion.mass_effect if lesion is not None else None,
                  realism.anatomy)

@@ -1,11 +1,8 @@
 """Cutting a 2-D slice out of a prepared volume: plane, in-plane framing, mass effect, and a drawn head.
 
-A slice is a grid of 3-D points (one per output pixel) sampled with trilinear interpolation, so rotation,
-scale, shift, tilt and canvas size are all one resampling and the lesion painters can work in millimetres on
-the same points.
-
-The plane convention (`PLANES`: radiological display in RAS voxel axes) is the runtime's
-(`tumor_edge.runtime.volume_slices`), so `classify` shows a volume's slices as these training scans were cut.
+A slice is a grid of 3-D points (one per pixel) sampled trilinearly, so every geometric change is one resampling
+and the lesion painters work in millimetres on the same points. The plane convention is the runtime's, so
+`classify` shows a volume's slices as these training scans were cut.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
-from tumor_edge.runtime.volume_slices import PLANES  # also imported from here by realism and scan
+from tumor_edge.runtime.volume_slices import PLANES
 
 
 def rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
@@ -223,8 +220,7 @@ def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator)
 
 @dataclass(frozen=True)
 class AnatomyVariation:
-    """Class-independent changes to the anatomy itself, so a model learns lesions rather than one brain:
-    a smooth deformation, a remapped tissue contrast, and (for heads) sometimes a redrawn scalp and skull."""
+    """Class-independent changes to the anatomy itself, so a model learns lesions rather than one brain."""
 
     deform_mm: float  # amplitude of a smooth random displacement
     deform_scale_mm: float  # its feature size
@@ -251,8 +247,8 @@ class AnatomyVariation:
 
 def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
         mass_effect: MassEffect | None = None, variation: AnatomyVariation | None = None) -> SliceSample:
-    """Sample the slice: anatomy (deformed and remapped by `variation`), a drawn head for a skull-stripped
-    volume, and the lesion's mass effect. The lesion itself is painted afterwards, on `points`."""
+    """Sample the slice: anatomy (varied by `variation`), a drawn head for a skull-stripped volume, and the lesion's
+    mass effect; the lesion itself is painted afterwards, on `points`."""
     points = framing.points(plane)
     u, v = framing.axes(plane)
     read_at = points

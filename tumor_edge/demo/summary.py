@@ -84,8 +84,7 @@ def render_summary(ctx: DemoContext) -> str:
 
 
 def parity_headline(export: dict[str, Any]) -> str:
-    """Each file's verdict, never "passed" above rows that read "not proven": a demo's test split is often too
-    small to prove a 1-point tolerance, and the reader must see which files that leaves unproven."""
+    """Each file's verdict, never "passed" above rows that read "not proven"."""
     if not export.get("parity_passed"):
         return f"FAILED: {export.get('parity_failure')}"
     verdicts: dict[str, str] = export.get("parity_files") or {}

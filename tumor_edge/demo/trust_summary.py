@@ -1,14 +1,5 @@
-"""The demo summary's trust section: calibration, one heatmap per class, and out-of-distribution figures.
-
-Called by the demo after export with the run folder, the bundle and the demo's held-out test folder. Everything
-shown is measured, not asserted: calibration comes from the run's metrics (temperature fitted on the validation
-split, ECE on the test split) with the reliability diagram redrawn from the run's test predictions; each
-heatmap is a correctly classified held-out scan of that class, through the runtime `Classifier` (the bundle's
-default file, as `classify --heatmap` runs it, drawn by the method it would choose: never a one-cell CAM); the OOD
-rates are the runtime's warnings on generated sets that are not brain MRI slices and on the held-out scans (false
-alarms). Every PNG and the Markdown carry the
-research-use notice.
-"""
+"""The demo summary's trust section: calibration, one heatmap per class, and out-of-distribution figures, all
+measured through the runtime on held-out scans, each PNG carrying the research-use notice."""
 
 from __future__ import annotations
 
@@ -45,7 +36,7 @@ def _owned(name: str) -> bool:
 
 
 def _model_name(classifier) -> str:
-    """The bundle file running (not the cached optimised form the runtime may have loaded in its place)."""
+    """The bundle file running."""
     return classifier.backend.path.name
 
 
@@ -100,12 +91,10 @@ def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
     from tumor_edge.runtime.heatmap_overlay import write_overlay
 
     lines = ["### Heatmaps: one held-out scan per class", ""]
-    lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow), each drawn by the method "
-              f"its row names: the exact class activation map when the model has one of at least {MIN_CAM_CELLS}x"
-              f"{MIN_CAM_CELLS} cells, else occlusion through the model (a 96 px InceptionV3's map is one cell, "
-              "which cannot point anywhere, and is never shown). Red is where hiding that part of the scan lowered "
-              "the class's score most (occlusion) or where the model found most evidence (CAM). Each scan is the "
-              "first held-out scan of its class that the model classified correctly.", "",
+    lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow): the exact class "
+              f"activation map when the model has one of at least {MIN_CAM_CELLS}x{MIN_CAM_CELLS} cells, else "
+              "occlusion through the model. Red is the most evidence for the class. Each scan is the first held-out "
+              "scan of its class that the model classified correctly.", "",
               "| class | scan | predicted | map | heatmap |", "|---|---|---|---|---|"]
     figures, written = {}, []
     for index, name in enumerate(classifier.classes):
@@ -133,11 +122,9 @@ def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
 
 
 def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Path) -> Path:
-    import matplotlib
+    from tumor_edge.calibration.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(rates["sets"])
     fig = plt.figure(figsize=(max(8, 2.1 * len(names)), 6.2))
     grid = fig.add_gridspec(2, len(names), height_ratios=[1, 1.6])
@@ -188,21 +175,18 @@ def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, cou
              f"Each image gets a `warning` when {check} say it is not what the model was trained on "
              "(`classify --abstain` gives such images no label).", "",
              "| set | images | warned | by input checks | by feature distance |", "|---|---|---|---|---|"]
-    for name, r in rates["sets"].items():
-        lines.append(f"| {name} (generated) | {r['count']} | {_pct(r['flagged'])} | "
-                     f"{_pct(r['input_checks_flagged'])} | {_pct(r['feature_flagged'])} |")
-    t = rates["test"]
-    lines += [f"| held-out test scans (false alarms) | {t['count']} | {_pct(t['flagged'])} | "
-              f"{_pct(t['input_checks_flagged'])} | {_pct(t['feature_flagged'])} |", "",
-              f"![out-of-distribution warnings]({link}/{OOD_PNG})", ""]
+    rows = [(f"{name} (generated)", r) for name, r in rates["sets"].items()]
+    for name, r in rows + [("held-out test scans (false alarms)", rates["test"])]:
+        lines.append(f"| {name} | {r['count']} | {_pct(r['flagged'])} | {_pct(r['input_checks_flagged'])} | "
+                     f"{_pct(r['feature_flagged'])} |")
+    lines += ["", f"![out-of-distribution warnings]({link}/{OOD_PNG})", ""]
     return lines, rates, [path]
 
 
 def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path | None = None,
                   link_base: Path | None = None, ood_count: int = 40, seed: int = 0) -> TrustSummary:
-    """Write the trust PNGs to `out_dir` (default: a `trust` folder beside the bundle; only its own PNGs are
-    replaced) and return the Markdown section, with image links relative to `link_base` (default: the parent of
-    `out_dir`, where the demo writes SUMMARY.md)."""
+    """Write the trust PNGs to `out_dir` (default: `trust` beside the bundle; only its own PNGs are replaced) and
+    return the Markdown section, its image links relative to `link_base` (default: the parent of `out_dir`)."""
     from tumor_edge.runtime.classifier import Classifier
 
     bundle = Path(bundle)

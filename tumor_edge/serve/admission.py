@@ -1,13 +1,6 @@
-"""Bounded concurrency in two stages: receiving uploads, then a few inferences at once with a short queue; an
-immediate 503 beyond either.
-
-An overloaded server that accepts everything answers nobody in time and grows without bound; one that says
-"busy, retry in N s" at once keeps its latency and memory flat and lets clients back off.
-
-The stages are separate so that a slow client cannot starve the others: a body that trickles in holds an upload
-place, never an inference place (admission is taken once the whole body has arrived). The upload stage is bounded
-three ways: places in all, places per client address (one client cannot take them all), and the bytes held in
-memory by bodies still arriving.
+"""Bounded concurrency in two stages, receiving uploads then a few inferences with a short queue, and an
+immediate 503 beyond either: "busy, retry" at once keeps latency and memory flat. The stages are separate so a
+body that trickles in holds an upload place, never an inference place.
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""The ASGI application: Host check, routes, bearer-token check, the upload stage and admission, and JSON for
-every error.
-
-Every response a client can get from this app is JSON with an `error` reason when it is not a success (404,
-405, 413, 421, 503, a crash included); a traceback never leaves the process (it goes to the server's stderr with
---debug), and no answer shows a folder of the server (file names only; the log keeps the full paths).
-
-An upload is received first (an upload place: bounded in all, per client address and in bytes held), and only
-then admitted to an inference place: a client whose body trickles in holds no inference place.
+"""The ASGI application: Host check, routes, bearer-token check, the upload stage and admission, and JSON with an
+`error` reason for every failure (a crash included): no traceback and no server folder leaves the process.
 """
 
 from __future__ import annotations
@@ -47,10 +40,9 @@ FRAME_CHOICES = ("middle", "all")
 
 def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int | None = None,
                stopping: threading.Event | None = None) -> HostCheck:
-    """An app serving `classifier` (already loaded and run once: a broken bundle fails before the port opens),
-    answering requests addressed to `config.host` on `port` (the bound one; default `config.port`). Its engine is
-    metered (`budget`): each request's work stops at its inference cap, when its client goes, or once `stopping`
-    is set (the server's shutdown)."""
+    """An app serving `classifier` (loaded and run once) to requests addressed to `config.host` on `port` (the
+    bound one; default `config.port`); each request's work stops at its inference cap, when its client goes, or
+    once `stopping` is set."""
     stopping = stopping or threading.Event()
     meter_engine(classifier, config.concurrency)
     admission = Admission(config.concurrency + 1, config.queue)  # one more in progress than the engine runs

@@ -1,18 +1,10 @@
 """What one request may cost the server, and how its work stops: every inference passes one meter.
 
-An upload decides how much work it asks for (a multi-frame file with `frames=all`, a map through the model), and
-that work runs on a thread the event loop cannot interrupt. So the server wraps its engine once (`meter_engine`):
-every batch the engine runs, whatever asked for it (a prediction, an occlusion map), is first charged to the
-budget of the request running on that thread. The charge refuses the batch when the request would pass its
-inference cap, when its client has gone, or when the server is shutting down; the request's work then stops
-between two batches, so a disconnect or SIGTERM ends it within one batch, and no request runs more than the cap.
-
-The engine runs batches in turns, first come first served (`Turns`): one more request is in progress than the
-engine has places, so a short request takes its turn between two batches of a long one instead of waiting for
-all of them.
-
-The refusal is a BaseException, as a task cancellation is: the runtime turns an Exception on one file into a
-failed row of that file, and a stop is not that.
+The work runs on a thread the event loop cannot interrupt, so every batch the engine runs is first charged to
+the budget of the request on that thread, and refused past its cap, once its client has gone, or at shutdown:
+the work stops between two batches. Batches take turns first come first served, so a short request runs between
+two batches of a long one. The refusal is a BaseException, as a cancellation is: the runtime turns an Exception
+into a failed row, and a stop is not that.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Which bundle files the server may read: plain files inside the bundle folder, never through a symbolic link.
-
-A bundle folder may be writable by someone who should not be able to make the server read (and hand out) files
-elsewhere: a MODEL_CARD.md linked to ~/.ssh/id_rsa would be served at /v1/model. So every file the server reads
-from a bundle (metadata.json, the model it runs, the model card) must be a regular file that is not a symbolic
-link and resolves inside the bundle's folder. The folder itself may be reached through a link (bundles/latest).
+"""Which bundle files the server may read: plain files inside the bundle folder, never through a symbolic link
+(a MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model). The folder itself may be a link.
 """
 
 from __future__ import annotations
@@ -15,8 +11,8 @@ from tumor_edge.errors import BundleIntegrityError
 
 
 def confined_file(folder: Path, name: str) -> Path:
-    """The path of bundle file `name`, once it is shown to be a plain file inside `folder`; else a one-line
-    BundleIntegrityError naming it. A missing file is returned as is (its reader says it is missing)."""
+    """The path of bundle file `name` once shown to be a plain file inside `folder` (a missing one is returned as
+    is, for its reader to report), else a BundleIntegrityError."""
     root = Path(folder).resolve()
     path = root / name
     if path.is_symlink():

@@ -1,8 +1,5 @@
-"""What `tumor-edge serve` is told, and the one rule about where it may listen.
-
-The defaults are the safe ones: loopback only, a body limit that fits any single MRI slice or a modest DICOM
-series, one inference at a time (onnxruntime already uses every core for one request) and a short queue.
-"""
+"""What `tumor-edge serve` is told, and the one rule about where it may listen. The defaults are the safe ones:
+loopback only, one inference at a time (it already uses every core) and a short queue."""
 
 from __future__ import annotations
 
@@ -67,8 +64,8 @@ class ServeConfig:
 
 
 def check_token(token: str) -> None:
-    """A bearer token a client can send: visible ASCII, no spaces (RFC 6750's b64token is a subset). HTTP headers
-    arrive as latin-1, so any other character could never match and would lock every client out."""
+    """A bearer token a client can send: visible ASCII, no spaces (any other character could never match a header
+    and would lock every client out)."""
     if not token or not all("!" <= c <= "~" for c in token):
         raise ConfigError("the --token must be visible ASCII characters without spaces (a bearer token as RFC 6750 "
                           "defines it); other characters cannot be sent in an HTTP header")

@@ -1,19 +1,11 @@
-"""The Host header check: the server answers only requests addressed to it by one of its own names.
+"""The Host header and cross-site checks, before any request reaches the app.
 
-DNS rebinding: a page from attacker.example makes that name resolve to 127.0.0.1, and its script then talks to a
-tokenless loopback server as if it were its own origin; the browser still sends `Host: attacker.example`.
-Refusing every Host that is not one of this server's names (421, JSON) closes that door. The names: localhost,
-127.0.0.1 and [::1] and the bound address, with the bound port when a port is given; when bound to a wildcard
-address (0.0.0.0, ::), any IP address too (a page reached by an IP address cannot be rebound: its origin is that
-address); plus each `--allow-host NAME`, on any port (a proxy in front may use its own). Starlette's
-TrustedHostMiddleware is not used: it answers in plain text, not JSON, and ignores the port.
-
-Cross-site requests: any page the user opens can make the browser send a form POST to a tokenless loopback
-server (no CORS preflight for a form); it cannot read the answer but it can spend the server's work. A browser
-marks such a request: `Sec-Fetch-Site` other than same-origin (or none: typed by the user), or an `Origin` that is
-not the scheme, host and port the request is addressed to. An unsafe method (POST) so marked is refused (403,
-JSON) before its body is read. A request with neither header comes from no browser (a script, curl) and passes;
-the server's own page sends both, same-origin.
+DNS rebinding: a page from attacker.example makes that name resolve to 127.0.0.1 and talks to a tokenless
+loopback server, but the browser still sends `Host: attacker.example`; every Host that is not one of this
+server's names (its addresses on its port, any IP address when bound to a wildcard, each --allow-host on any
+port) gets 421. Cross-site: any page can make a browser POST a form here; a browser marks it (`Sec-Fetch-Site`,
+`Origin`), and an unsafe method so marked gets 403 before its body is read. A request with neither header comes
+from no browser and passes.
 """
 
 from __future__ import annotations
@@ -52,10 +44,6 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     return name, int(port_text) if port_text is not None else None
 
 
-def shown(name: str) -> str:
-    return f"[{name}]" if ":" in name else name
-
-
 @dataclass(frozen=True)
 class HostRule:
     """Which Host headers are this server's (see the module's docstring)."""
@@ -85,7 +73,8 @@ class HostRule:
             return None
         if (name in self.own or (self.any_ip and ip_of(name) is not None)) and port in (None, self.port):
             return None
-        names = ", ".join(shown(n) for n in sorted(self.own)) + (", any IP address" if self.any_ip else "")
+        names = ", ".join(f"[{n}]" if ":" in n else n for n in sorted(self.own))
+        names += ", any IP address" if self.any_ip else ""
         extra = f" (and to {', '.join(sorted(self.allowed))} on any port)" if self.allowed else ""
         return 421, (f"Host {value[:100]!r} is not this server, which answers to {names} on port {self.port}"
                      f"{extra}. Refused, as a page reaching it through another name may be a DNS-rebinding attack; "

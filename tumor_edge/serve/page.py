@@ -62,14 +62,6 @@ function colour(v) {  // 0..1 -> a blue-to-red ramp
 
 function drawHeatmap(h) {
   const canvas = $('heatmap'), ctx = canvas.getContext('2d');
-  if (typeof h === 'object' && h !== null && !Array.isArray(h)) h = h.png || h.data_url || h.values || h.grid;
-  if (typeof h === 'string') {
-    const src = h.startsWith('data:image/') ? h : 'data:image/png;base64,' + h;
-    const im = new Image();
-    im.onload = () => { canvas.width = im.width; canvas.height = im.height; ctx.drawImage(im, 0, 0);
-                        canvas.hidden = false; $('figure').hidden = false; };
-    im.src = src; return;
-  }
   if (!Array.isArray(h) || !h.length || !Array.isArray(h[0])) return;
   const rows = h.length, cols = h[0].length, flat = h.flat();
   const lo = Math.min(...flat), hi = Math.max(...flat), span = hi > lo ? hi - lo : 1;
@@ -83,11 +75,7 @@ function drawHeatmap(h) {
 }
 
 function warningsOf(r) {
-  const out = [];
-  const w = r.warnings;
-  if (Array.isArray(w)) w.forEach((x) => out.push(typeof x === 'string' ? x : JSON.stringify(x)));
-  else if (typeof w === 'string') out.push(w);
-  else if (w && typeof w === 'object') Object.entries(w).forEach(([k, v]) => out.push(k + ': ' + JSON.stringify(v)));
+  const out = [...(r.warnings || [])];
   if (r.frames) out.push('frame ' + r.frame + ' of ' + r.frames + ' (middle frame of a multi-frame file)');
   return out;
 }

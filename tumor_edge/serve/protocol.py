@@ -1,13 +1,8 @@
 """uvicorn's h11 protocol with a header timeout: a connection must finish each request's headers in time.
 
-uvicorn closes a kept-alive connection that stays silent (`timeout_keep_alive`), but a fresh connection that
-sends nothing, or a request whose headers stop half-way (or arrive a byte at a time), stays open for good: a few
-hundred such sockets exhaust the process's file descriptors. Here a timer runs from the connection's start, and
-on a kept-alive connection from the first byte of each next request, until h11 has the complete request line
-and headers; when it fires the connection is closed (after a JSON 408 when part of a request had arrived).
-The same clock runs once an answer has gone out before the request's body was read (a 404, 405, 413...): such a
-body is only thrown away, and a client trickling it would otherwise hold the connection for good.
-h11 is named explicitly (not "auto") so the guard does not depend on httptools being installed or not.
+uvicorn keeps a fresh connection that sends nothing, or headers that stop half-way, open for good: a few hundred
+such sockets exhaust the file descriptors. A timer runs until h11 has the complete head (and while a body nobody
+will read is still arriving); when it fires the connection is closed, after a JSON 408 if a request had begun.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Check the bundle, load the model, run it once, open the socket, run uvicorn: a bundle whose files leave it, or
-whose model cannot run, is refused with one line before the port opens, so a client never reaches a half-started
-or broken server; the URL is printed once the socket is bound (with --port 0 that is how a caller learns the
-port). uvicorn runs its h11 protocol with a header timeout (see `protocol`)."""
+"""Check the bundle, load the model, run it once, open the socket, run uvicorn: a broken bundle is refused with one
+line before the port opens; the URL is printed once the socket is bound (how a --port 0 caller learns it)."""
 
 from __future__ import annotations
 
@@ -36,8 +34,8 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     class StoppingServer(uvicorn.Server):
-        """uvicorn's server, which on SIGTERM or Ctrl-C also stops the work of running requests (`stopping`), so
-        they answer 503 within a batch and the shutdown finishes inside its grace period."""
+        """uvicorn's server, which on SIGTERM or Ctrl-C also stops running requests' work, so the shutdown finishes
+        inside its grace period."""
 
         def __init__(self, uv_config: uvicorn.Config, stopping: threading.Event):
             super().__init__(uv_config)

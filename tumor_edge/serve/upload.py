@@ -1,9 +1,5 @@
-"""Reading an upload into memory, bounded: the raw body or the file part of a multipart form.
-
-Starlette's own form parser spools large parts to temporary files on disk; a scan must leave nothing behind, so
-the body is read here into memory (at most `limit` bytes, within a time limit) and the multipart form is parsed
-from that memory with python-multipart's streaming parser.
-"""
+"""Reading an upload into memory, bounded: the raw body or the file part of a multipart form (Starlette's own
+form parser spools large parts to disk; a scan must leave nothing behind)."""
 
 from __future__ import annotations
 
@@ -32,8 +28,7 @@ class Upload:
 
 
 def clean_filename(raw: str | bytes | None) -> str:
-    """A display name: no folders, control characters escaped (`one_line`), bounded length. Never used as a path
-    on its own."""
+    """A display name, never a path: no folders, control characters escaped, bounded length."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
     name = one_line((raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip())
