@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tumor_edge.runtime.readers.base import FOLDER_FILES, FOLDER_REFUSED, FOLDER_SCAN, ReadOptions, Scan
+from tumor_edge.runtime.readers.base import FOLDER_FILES, ReadOptions, Scan
 from tumor_edge.runtime.readers.registry import is_dicom_file
 from tumor_edge.runtime.volume import volume_scan
 from tumor_edge.runtime.volume_dicom import folder_dicom_files, read_series, series_role
@@ -23,8 +23,7 @@ def folder_role(folder: Path) -> tuple[str, str | None]:
         return FOLDER_FILES, None  # walking the folder reports it
     if other or len(files) < 2 or not all(is_dicom_file(f) for f in files):
         return FOLDER_FILES, None
-    role, why = series_role(folder, files)
-    return {"series": FOLDER_SCAN, "refused": FOLDER_REFUSED}.get(role, FOLDER_FILES), why
+    return series_role(folder, files)
 
 
 def read(folder: Path, options: ReadOptions) -> Scan:
