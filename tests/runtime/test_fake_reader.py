@@ -171,6 +171,18 @@ def suffix_clashes(readers) -> dict[str, list[str]]:
     return {key: names for key, names in claims.items() if len(names) > 1}
 
 
+def test_every_row_names_functions_that_exist():
+    """The rows name their code as 'module:function', imported on first use: a typo would surface only when a
+    file of that type turns up, so it is caught here."""
+    import importlib
+
+    for reader in registry.readers():
+        for ref in (reader.read, reader.folder):
+            if isinstance(ref, str):
+                module, _, name = ref.partition(":")
+                assert callable(getattr(importlib.import_module(module), name, None)), (reader.name, ref)
+
+
 def test_a_suffix_and_a_name_have_one_reader(fake_reader):
     assert suffix_clashes(registry.readers()) == {}
     assert suffix_clashes([*registry.readers(), Reader("other", (".nii",), read_fake)]) == {".nii": ["nifti", "other"]}

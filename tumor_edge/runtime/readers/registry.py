@@ -84,6 +84,10 @@ def reader_for(path: str | Path) -> Reader | None:
     if _is_folder(path):
         reader, role, _ = folder_role(path)
         return reader if role == FOLDER_SCAN else None
+    return _file_reader(path)
+
+
+def _file_reader(path: Path) -> Reader:
     return next((r for r in READERS if r.suffix_of(path) is not None or r.sniff(path)), _row(FALLBACK))
 
 
@@ -137,7 +141,7 @@ def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:
     if info.st_size == 0:
         raise InputImageError("empty file (0 bytes)", path)
     check_file_size(info.st_size, path)
-    return reader_for(path).load(path, options)  # type: ignore[union-attr]  # a file always has one
+    return _file_reader(path).load(path, options)
 
 
 def _is_folder(path: Path) -> bool:
