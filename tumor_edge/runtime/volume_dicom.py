@@ -183,10 +183,7 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
     if len(files) < 2:
         raise InputImageError("a DICOM series folder needs at least two slice files", folder)
     headers = [header(path) for path in files]  # an unreadable file: its own one-line error
-    role, reason = series_role(folder, files)
-    if role == "refused":
-        raise InputImageError(reason, folder)
-    if len({h.series for h in headers}) > 1:
+    if len({h.series for h in headers}) > 1:  # the folder changed since `series_role` called it one series
         raise InputImageError("files of several DICOM series in one folder", folder)
     sizes = Counter((h.rows, h.columns) for h in headers)
     if len(sizes) > 1:
@@ -220,8 +217,7 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
     if invert:  # MONOCHROME1: bright must mean high signal, as for single DICOM files
         top = float(max(np.max(stored[k]) * slope[k, 0, 0] + intercept[k, 0, 0] for k in range(len(stored))))
         slope, intercept = -slope, top - intercept
-    ornt = closest_ras(direction)
-    order = ornt  # voxel axes (slice, row, column) -> RAS
+    order = closest_ras(direction)  # voxel axes (slice, row, column) -> RAS
     shape = (len(headers), first.rows, first.columns)
     return Volume(str(folder), to_ras(stored, order), ras_spacing(spacing, order),
                   to_ras(np.broadcast_to(slope, shape), order), to_ras(np.broadcast_to(intercept, shape), order),
