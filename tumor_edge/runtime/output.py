@@ -64,7 +64,7 @@ def _where(result: Prediction) -> str:
 
 
 class Writer:
-    """Streams results to `out`. `failure` returns True when it wrote the failure to `out` itself."""
+    """Streams results to `out`; a failure is a row only where the format has one (JSON, CSV)."""
 
     def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int, notice: str = "",
                  model: tuple[str, str] = ("", "")):
@@ -85,8 +85,8 @@ class Writer:
     def volume_summary(self, summary: VolumeSummary) -> None:
         raise NotImplementedError
 
-    def failure(self, result: Failure) -> bool:
-        return False
+    def failure(self, result: Failure) -> None:
+        pass
 
     def _line(self, text: str) -> None:
         try:
@@ -148,9 +148,8 @@ class JsonLinesWriter(Writer):
     def volume_summary(self, summary: VolumeSummary) -> None:
         self._json(summary.to_dict(self.notice))
 
-    def failure(self, result: Failure) -> bool:
+    def failure(self, result: Failure) -> None:
         self._json(result.to_dict(), produced=False)
-        return True
 
 
 class CsvWriter(Writer):
@@ -189,10 +188,9 @@ class CsvWriter(Writer):
                    label, confidence, *(f"{summary.probabilities[c]:.6f}" for c in self.classes),
                    csv_cell("; ".join([*summary.warnings, self.notice])), "", *self._produced()])
 
-    def failure(self, result: Failure) -> bool:
+    def failure(self, result: Failure) -> None:
         self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)), "",
                    csv_cell(failure_reason(result)), "", ""])
-        return True
 
 
 WRITERS: dict[str, Callable[..., Writer]] = {
