@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Would decoding JPEGs at reduced DCT scale (Pillow's `Image.draft`) change what a model sees? (issue 20)
+"""Would decoding JPEGs at reduced DCT scale (Pillow's `Image.draft`) change what a model sees?
 
     python benchmarks/decode_draft.py --bundle BUNDLE --data FOLDER [--json OUT]
 

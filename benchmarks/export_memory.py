@@ -1,4 +1,4 @@
-"""Peak memory and time of `tumor-edge export`, whole process tree, per step (issue 13: <= 3 GB, <= 3 min at 299 px).
+"""Peak memory and time of `tumor-edge export`, whole process tree, per step (goal: <= 3 GB, <= 3 min at 299 px).
 
 Makes (once, under --work) a run folder holding a random-weight InceptionV3 classifier at --image-size built by
 the product's own `build_classifier`, with a few synthetic images for calibration, validation and parity; then

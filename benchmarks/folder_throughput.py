@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Folders at engine speed (issue 20): `tumor-edge classify FOLDER` of 1,000 scans against the engine's own
+"""Folders at engine speed: `tumor-edge classify FOLDER` of 1,000 scans against the engine's own
 images/s at the same batch size and threads.
 
     python -m benchmarks.folder_throughput --bundle BUNDLE [--count 1000] [--batch-size 4] [--threads 2]
@@ -31,6 +31,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from tumor_edge.machine import load_average
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -110,13 +112,6 @@ def child_json(code: str, args: list[str], env: dict[str, str]) -> tuple[dict, f
     with open(out_path, "w") as out:
         _, cpu, _ = rusage_run([sys.executable, "-c", code, *args], env, out)
     return json.loads(out_path.read_text().strip().splitlines()[-1]), cpu
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def main() -> None:

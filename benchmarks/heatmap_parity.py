@@ -1,5 +1,5 @@
 """Heatmap parity at 299 px: per exported file, the correlation of its class activation maps with the Keras
-model's (issue 12's goal: >= 0.95 for int8 files).
+model's (goal: >= 0.95 for int8 files).
 
     python -m benchmarks.heatmap_parity [--workdir /tmp/tumor-edge-heatmap-parity] [--train-seconds 600]
 

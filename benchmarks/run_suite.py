@@ -49,8 +49,8 @@ one image file, with that process's peak RSS from the kernel's accounting of the
 file, 1 for Keras). Two matmul ceilings, each measured in a fresh process per thread count before and after
 the formats (the best is kept: load only slows it), each 1024^3 (short runs, so that on a shared machine the best
 of many finds the moments the cores were free), both through onnxruntime itself so that no BLAS setting moves
-them: float32, a `MatMul` (MLAS's sgemm; until issue 20 numpy's BLAS, which `OPENBLAS_CORETYPE=Haswell` held to
-AVX2 kernels that ONNX fp32 beat), and int8, a uint8 x int8 `MatMulInteger` (MLAS's integer GEMM, the kernels a
+them: float32, a `MatMul` (MLAS's sgemm, so that no BLAS setting holds it to
+narrower kernels than ONNX fp32 runs), and int8, a uint8 x int8 `MatMulInteger` (MLAS's integer GEMM, the kernels a
 QDQ model's QLinearConv runs on). Beside them the ISA's theoretical peak (FMA units x vector lanes x the reported
 clock, assumptions printed; a ceiling above it is flagged with the clock it implies), and a format above its own
 ceiling is flagged as a measurement error. Each format's achieved GMAC/s (MACs counted from the ONNX graph:
@@ -75,7 +75,7 @@ taken under load are slower and noisier, 2-thread ones most, so compare runs wit
 How to run any script here: from the repository root, as a module of the `benchmarks` package, with tumor-edge
 installed (`pip install -e '.[all]'`; the TensorFlow scripts need `[train]`, the runtime ones only the base
 install): `python -m benchmarks.<name> --help` says what each takes, e.g. `python -m benchmarks.run_suite`,
-`python -m benchmarks.coldstart_cache --runs 5`. The scripts share helpers (`standin.py`, `proctree.py`) by plain
+`python -m benchmarks.read_once --help`. The scripts share helpers (`standin.py`, `proctree.py`) by plain
 imports and reach the runtime only through its public names (`from tumor_edge.runtime import ...`; the import
 contracts check it); `tests/bench/test_benchmark_scripts.py` runs every script's `--help` (a new script is
 found by its `__main__` block) and checks that none imports TensorFlow to print it.
@@ -84,9 +84,11 @@ Other scripts here, each writing its figures (with the CPU and the load average)
 - `export_memory.py`: `tumor-edge export` at 299 px, whole process tree sampled (peak per step, CPU, wall).
 - `demo_memory.py`: `tumor-edge demo` end to end, per-stage peaks of the process tree, held-out accuracy.
 - `folder_throughput.py`: `classify` of a folder of 1,000 scans (and the in-process stream) against the engine's own
-  images/s at the same batch size and threads (issue 20; `results/engine-speed-2026-12-03.md`).
-- `coldstart_cache.py`: `classify` of one image in fresh processes (first, second, no cache), wall, CPU, peak,
-  with the engine's own floor beside it; `--compare TREE` runs another checkout in the same rounds.
+  images/s at the same batch size and threads (`results/engine-speed-2026-12-03.md`).
+- `read_once.py`: cold start of one `classify` (CPU, peak) at 96 and 299 px, int8 and fp32, reading each file once
+  against another checkout (`results/read-once-2026-12-07.md`).
+- `batch_throughput.py`: the same scans through `classify FOLDER` and `tumor-edge batch` on a local Ray at 1 and 2
+  workers, images/s with and without start-up, peak memory, and a labelled N-node projection.
 - `runtime_memory.py`: `classify` memory over thousands of files, with and without hostile ones.
 - `training_memory.py`, `training_precision.py`: training memory against dataset size; float32 vs mixed precision.
 - `training_gpu.py`: on a GPU machine, training throughput of `train`'s own model per precision policy and

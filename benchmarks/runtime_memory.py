@@ -9,7 +9,7 @@ Two runs of the real command in child processes, on a tiny quadrant bundle (the 
 every file a good `--megapixels` JPEG, then the same count with `--bad` of them hostile (truncated JPEGs of the
 same size, text named .jpg, zero-byte files, a PNG bomb, a deflated DICOM bomb, a FIFO). The files are hard links
 to a few originals, so 2,000 of them cost a few megabytes of disk. The peak resident memory of each child is read
-from `wait4`; the goal (issue 11) is the bad run within 10 % of the good one. A last run classifies the largest
+from `wait4`; the goal is the bad run within 10 % of the good one. A last run classifies the largest
 images the caps allow (a 16-bit grey PNG and an RGBA PNG just under the pixel cap) one at a time, to show what
 one file may cost.
 """

@@ -1,8 +1,5 @@
 """This machine: CPU model, cores, the instruction sets that decide int8 speed, OS, Python and library
-versions, and the load average (the machine may be shared).
-
-One module for every part that describes the machine: bench records, export provenance, training run configs,
-`tumor-edge env`, and the runtime's cache key for optimised models. TensorFlow-free.
+versions, and the load average, for bench records, provenance, run configs, `env` and the runtime's cache key.
 
 Versions come from package metadata, never from importing the package: asking for TensorFlow's version must
 not cost TensorFlow's import.
@@ -20,8 +17,6 @@ from typing import Any
 from tumor_edge.contracts.formats import ENGINES
 
 # Instruction-set flags that decide how fast fp32, fp16 and int8 kernels can be, as /proc/cpuinfo names them.
-# x86: AVX2/FMA (the fp32 baseline), AVX-512, VNNI (int8 dot products: avx512_vnni, avx_vnni), AMX (tile
-# matrix units). ARM: asimddp (SDOT/UDOT, int8 dot product), i8mm (int8 matrix multiply), fphp/asimdhp (fp16).
 SIMD_FLAGS: dict[str, tuple[str, ...]] = {
     "x86": ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"),
@@ -37,8 +32,7 @@ INT8_ACCELERATION: tuple[tuple[str, str], ...] = (
     ("asimddp", "ARM dot product (SDOT/UDOT)"),
 )
 
-# Distribution names to report; the first that is installed wins for each label. The engines' own come from
-# their rows in the format table (`packages()`), so an engine added there is reported without an edit here.
+# Distribution names to report; the first installed wins for each label. The engines' come from the format table.
 PACKAGES: dict[str, tuple[str, ...]] = {
     "numpy": ("numpy",),
     "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-aarch64"),
@@ -118,8 +112,7 @@ def packages() -> dict[str, tuple[str, ...]]:
 
 
 def package_versions() -> dict[str, str | None]:
-    # importlib.metadata brings zipfile, email, csv, socket: ~2 MB and ~10 ms that classify's cache lookup
-    # (cpu_isa) must not pay
+    # imported here: classify's cache lookup (cpu_isa) must not pay for importlib.metadata's imports
     from importlib import metadata
 
     out: dict[str, str | None] = {}

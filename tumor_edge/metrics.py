@@ -24,11 +24,8 @@ def one_vs_rest_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> tu
 
 
 def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/AUC, confusion matrix and macro one-vs-rest AUC.
-
-    `probs[i]` must belong to `y_true[i]`: the caller keeps predictions and labels in the same order (the seed
-    project's chance-level ROC curves came from breaking exactly that).
-    """
+    """Accuracy, per-class precision/recall/F1/AUC, confusion matrix and macro one-vs-rest AUC; `probs[i]` must
+    belong to `y_true[i]` (a shuffled order gives chance-level curves)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     y_true = np.asarray(y_true, dtype=int)

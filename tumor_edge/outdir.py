@@ -1,8 +1,5 @@
-"""The one rule for output folders, shared by every command that writes one (train, export, bench, demo).
-
-A folder that exists and holds anything is refused unless the caller says force; with force, only the files
-this tool writes there are removed, never anything else the user keeps beside them.
-"""
+"""The one rule for output folders: a non-empty one is refused without force; with force, only the files this
+tool writes there are removed, never anything the user keeps beside them."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_loss_scale_skipped_steps_are_counted():
     optimizer's own count (what `fit_phases` reports against the steps run) says so."""
     import keras
 
-    from tumor_edge.train.callbacks import StepCounter
+    from tumor_edge.train.callbacks import StepTimer
     from tumor_edge.train.precision import applied_updates
 
     previous = keras.mixed_precision.global_policy()
@@ -46,11 +46,11 @@ def test_loss_scale_skipped_steps_are_counted():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype="float32")])
         inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), model])
         inner.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-        counter = StepCounter()
+        timer = StepTimer(4, "tensorflow")
         x = np.full((8, 4), 3e4, np.float32)
-        inner.fit(x, np.full((8, 3), 6e4, np.float32), batch_size=4, epochs=1, verbose=0, callbacks=[counter])
-        assert counter.steps == 2
-        assert applied_updates(inner.optimizer) < counter.steps
+        inner.fit(x, np.full((8, 3), 6e4, np.float32), batch_size=4, epochs=1, verbose=0, callbacks=[timer])
+        assert timer.count == 2
+        assert applied_updates(inner.optimizer) < timer.count
     finally:
         keras.mixed_precision.set_global_policy(previous)
 

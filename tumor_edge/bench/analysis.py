@@ -1,6 +1,5 @@
-"""Derived figures over recorded results: ratios to the Keras reference and to ONNX fp32, achieved GMAC/s as a
-fraction of the ceiling of the file's own arithmetic (fp32 files the float32 matmul, int8 files onnxruntime's
-integer matmul), head-to-head tables of two engines, and the performance goals. Pure functions over the rows."""
+"""Derived figures over recorded rows: ratios to the references, achieved GMAC/s as a fraction of the ceiling of
+the file's own arithmetic, head-to-head tables of two engines, and the performance goals."""
 
 from __future__ import annotations
 
@@ -52,8 +51,7 @@ def add_rates(rows: list[Row], macs_per_image: int | None, ceilings: Ceilings) -
 
 def head_to_head(rows: list[Row], left: str, right: str) -> list[Row]:
     """Two formats side by side at every (threads, batch) where both ran: p50s, left/right, and each one's
-    fraction of its own ceiling. The int8 table of onnxruntime against LiteRT is head_to_head(rows,
-    "onnx-int8", "tflite-int8")."""
+    fraction of its own ceiling."""
     index = _index(rows)
     out = []
     for (fmt, threads, batch), a in sorted(index.items(), key=lambda kv: (kv[0][2], kv[0][1])):
@@ -77,9 +75,6 @@ class Goal:
     denominator: str
     limit: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 GOALS: tuple[Goal, ...] = (
     Goal("ONNX fp32 vs Keras (tf.function)", "onnx-fp32", "keras", 0.45),
@@ -94,13 +89,9 @@ INT8_PAIR = ("onnx-int8", "tflite-int8")
 
 def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: int | None = None,
                 ceilings: dict[str, float] | None = None) -> list[Row]:
-    """Each goal evaluated at (threads, batch) where both formats were measured.
-
-    With the MAC count and the ceilings at `threads` (precision -> GMAC/s), a goal also says what fraction of
-    its numerator's own ceiling the numerator would have to reach (`required_ceiling_fraction`, against
-    `ceiling_precision`); above 1 (`reachable` False) the goal is beyond this machine's arithmetic of that
-    kind, whatever the engine does.
-    """
+    """Each goal at (threads, batch) where both formats were measured; with the MAC count and the ceilings at
+    `threads`, also the fraction of its own ceiling the numerator would need (above 1: `reachable` False,
+    beyond this machine's arithmetic whatever the engine does)."""
     index = _index(rows)
     out = []
     for goal in GOALS:
@@ -110,7 +101,7 @@ def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: i
             continue
         ratio = num["p50_ms"] / den["p50_ms"]
         kind = ceiling_precision(num.get("precision", "fp32"))
-        entry = {**goal.to_dict(), "threads": threads, "batch": batch, "numerator_p50_ms": num["p50_ms"],
+        entry = {**asdict(goal), "threads": threads, "batch": batch, "numerator_p50_ms": num["p50_ms"],
                  "denominator_p50_ms": den["p50_ms"], "ratio": ratio, "passed": ratio <= goal.limit,
                  "ceiling_precision": kind, "required_ceiling_fraction": None, "reachable": None}
         ceiling = (ceilings or {}).get(kind)

@@ -1,6 +1,4 @@
-"""A benchmark record as a PNG: latency per image by format and threads, and each format's achieved rate as a
-fraction of the matmul ceiling of its own arithmetic (int8 files: onnxruntime's integer matmul; fp32 and
-fp16 files: the float32 matmul), one column of panels per batch size."""
+"""A benchmark record as a PNG, one column of panels per batch size."""
 
 from __future__ import annotations
 

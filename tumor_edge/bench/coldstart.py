@@ -1,10 +1,8 @@
 """Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
 
-A small launcher (`python -m tumor_edge.bench.coldstart MODEL IMAGE --launch`) spawns the probe
-`python -m tumor_edge.bench.coldstart MODEL IMAGE`, timestamps the spawn, reads the probe's first stdout line
-(the result) and takes the time then; peak RSS comes from the kernel's accounting of the reaped probe
-(`os.wait4`), so nothing in the probe has to measure itself. A `.keras` file is loaded with Keras
-in the child (the reference a device would not run) and needs `--bundle` for its preprocessing.
+A launcher (`--launch`) spawns the probe, times spawn to the probe's first stdout line and reads peak RSS from
+the kernel's accounting of the reaped probe (`os.wait4`), so the probe measures nothing itself. A `.keras`
+file needs `--bundle` for its preprocessing.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +31,9 @@ class ColdStart:
     min_s: float
     max_s: float
     peak_rss_mb: float | None  # median over runs of the child's ru_maxrss (None where the OS has no wait4)
-    # median over runs of the child's user+sys CPU seconds (None without wait4): a loaded machine inflates wall
-    # time far more than CPU time, so this is the figure to compare across runs of a shared machine
+    # median user+sys CPU seconds: load inflates wall time far more, so compare this across a shared machine's runs
     cpu_s: float | None = None
     child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _maxrss_mb(rusage: Any) -> float:
@@ -59,12 +53,8 @@ def _child_command(model: Path, image: Path, threads: int | None, bundle: Path |
 def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Path | None = None,
                timeout: float = 600.0) -> tuple[float, float, dict[str, Any], float | None]:
     """(seconds from spawn to first result, peak RSS MB, the child's JSON line, its CPU seconds) of one fresh
-    process.
-
-    The child is spawned by a small launcher process, not by the caller: Linux carries the spawning process's
-    RSS high-water mark into the child's ru_maxrss across fork/vfork + exec, so a child of the (large)
-    harness would report the harness's memory. The launcher is a bare Python (~10 MB), far below any child.
-    """
+    process, spawned by a bare launcher: Linux carries the spawner's RSS high-water mark into the child's
+    ru_maxrss across fork + exec, so a child of the large harness would report the harness's memory."""
     cmd = [*_child_command(model, image, threads, bundle), "--launch"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -1,11 +1,10 @@
 """`tumor-edge bench`: latency of every file of a bundle (and the Keras reference), cold start, the machine.
-
-Imports only click and the format table at module level; the harness loads when the command runs.
-"""
+Only click and the format table load with the CLI; the harness loads when the command runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -61,11 +60,7 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--fail-on-regression", is_flag=True, help="Exit with status 4 when a regression is flagged.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def bench(model: Path | None, formats: list[str] | None, threads: list[int], batches: list[int], warmup: int,
-          min_runs: int, min_seconds: float, images: Path | None, image_count: int, run: Path | None,
-          no_keras: bool, cold_runs: int, no_ceiling: bool, json_out: Path | None, md_out: Path | None,
-          chart_out: Path | None, baseline: Path | None, tolerance: float, fail_on_regression: bool,
-          force: bool, quiet: bool) -> None:
+def bench(**options: Any) -> None:
     """Time every file of a bundle through the runtime, with the Keras model as the reference.
 
     Warm-up, then at least --min-runs runs and --min-seconds seconds per format, thread count and batch size;
@@ -75,8 +70,4 @@ def bench(model: Path | None, formats: list[str] | None, threads: list[int], bat
     """
     from tumor_edge.bench.output import run_command
 
-    run_command(model=model, formats=formats, threads=threads, batches=batches, warmup=warmup,
-                min_runs=min_runs, min_seconds=min_seconds, images=images, image_count=image_count, run=run,
-                keras=not no_keras, cold_runs=cold_runs, ceiling=not no_ceiling, json_out=json_out,
-                md_out=md_out, chart_out=chart_out, baseline=baseline, tolerance=tolerance,
-                fail_on_regression=fail_on_regression, force=force, quiet=quiet)
+    run_command(**options)

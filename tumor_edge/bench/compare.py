@@ -1,13 +1,10 @@
-"""Comparison with a saved benchmark record: each figure's ratio to the baseline, regressions flagged.
-
-Latency and memory are lower-is-better, so a ratio above 1 + tolerance is a regression. Only figures measured in
-both records are compared (same format, threads and batch), so a baseline from a smaller run still works.
-"""
+"""Comparison with a saved benchmark record: each figure's ratio to the baseline; all figures are lower-is-better,
+so a ratio above 1 + tolerance is a regression. Only figures in both records are compared."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,6 @@ from tumor_edge.errors import ConfigError, TumorEdgeError
 
 Record = dict[str, Any]
 
-# What is compared: (section, metric) pairs; all lower-is-better.
 LATENCY_METRICS = ("p50_ms", "p90_ms")
 COLD_METRICS = ("median_s", "peak_rss_mb")
 
@@ -34,9 +30,6 @@ class Comparison:
     current: float
     ratio: float
     regressed: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def load_record(path: Path) -> Record:

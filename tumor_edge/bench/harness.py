@@ -1,10 +1,8 @@
 """`run_bench(BenchConfig) -> dict`: the whole benchmark of one bundle, as one JSON-ready record.
 
-Order of work: the machine and its matmul ceiling, the inputs (real scans, prepared once), then for each thread
-count all formats opened together and, per batch size, measured interleaved run by run (so a burst of load on
-a shared machine hits all formats alike and the ratios between them hold), then cold starts. Figures derived
-from the timings (statistics, ratios, rates, goals) are computed by pure functions in stats.py and
-analysis.py.
+The matmul ceiling, the inputs (prepared once), then per thread count every format opened together and
+measured interleaved per batch size, then cold starts, then the ceiling again; derived figures come from the
+pure functions of stats.py and analysis.py.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ class BenchConfig:
     keras: bool = True
     cold_start: bool = True
     cold_runs: int = 3
-    keras_cold_runs: int = 1  # TensorFlow's cold start takes 10-25 s; one sample says what matters
+    keras_cold_runs: int = 1  # TensorFlow's cold start is slow; one sample says what matters
     ceiling: bool = True  # the float32 and int8 matmul ceilings, before and after the formats
     show_progress: bool = True
 
@@ -160,7 +158,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                     result = measure_cold_start(target.key, target.path, probe, runs,
                                                 threads=max(config.threads),
                                                 bundle=subject.bundle_dir if target.engine == KERAS_KEY else None)
-                    cold.append(result.to_dict())
+                    cold.append(asdict(result))
                 except (RuntimeError, TumorEdgeError) as err:
                     subject.skipped.append({"format": target.key, "file": target.path.name,
                                             "reason": f"cold start: {err}"})

@@ -12,8 +12,7 @@ from tumor_edge.bench.report import _ms, _pct, _ratio, render_markdown
 
 Record = dict[str, Any]
 
-# The history table's headline figures: (column title, format, threads, batch). Batch 1 at the suite's
-# largest thread count is the single-stream latency a device user feels.
+# The history table's headline formats (column title, format), at batch 1 and the run's largest thread count.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("ONNX fp32", "onnx-fp32"),
     ("ONNX int8", "onnx-int8"),
@@ -66,8 +65,7 @@ def _p50(record: Record, fmt: str, threads: int, batch: int = 1) -> float | None
 
 
 def _fraction(record: Record, fmt: str, threads: int) -> str:
-    """The row's fraction of its own ceiling, where the record says which ceiling that is (records from before
-    the int8 ceiling set int8 rows against the float32 one: not comparable, left out)."""
+    """The row's fraction of its own ceiling, where the record says which ceiling that is (else not comparable)."""
     row = _row(record, fmt, threads)
     if not row or row.get("ceiling_fraction") is None or "ceiling_precision" not in row:
         return "-"

@@ -1,9 +1,6 @@
-"""The images a benchmark feeds: real preprocessed scans, never zeros.
-
-Latency can depend on the values (denormals, saturating int8 activations, early exits in some kernels), so the
-inputs are real scans from the run's test split or a folder the user names, decoded and resized by the runtime's
-own preprocessing; where neither is at hand, synthetic head-phantom slices (labelled synthetic). All of it is
-prepared before timing starts.
+"""The images a benchmark feeds: real preprocessed scans, never zeros, since latency can depend on the values
+(denormals, saturating int8 activations). The run's test split or a folder the user names, else synthetic
+head-phantom slices (labelled synthetic), all prepared before timing starts.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.contracts.run_folder import RunFolder
-from tumor_edge.errors import ConfigError, DatasetError, TumorEdgeError
+from tumor_edge.errors import DatasetError, TumorEdgeError
 from tumor_edge.runtime import Preprocessing, is_scan_file, scale
 
 
@@ -124,9 +121,7 @@ def write_probe_image(pool: ImagePool, folder: Path) -> Path:
 
 def make_batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
     """Contiguous float32 batches cycling through the pool, so successive runs see different images."""
-    n = len(inputs)
-    if n == 0:
-        raise ConfigError("no inputs to batch")
+    n = len(inputs)  # never 0: every pool holds at least one image
     count = max(1, -(-n // batch))
     return [np.ascontiguousarray(inputs[[(j * batch + k) % n for k in range(batch)]], dtype=np.float32)
             for j in range(count)]

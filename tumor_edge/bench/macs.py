@@ -1,9 +1,5 @@
-"""Multiply-accumulates per image, counted from an ONNX graph, so an achieved GMAC/s can be set against the
-machine's matmul ceiling for any model and input size (InceptionV3 at 299x299 is ~5.7 GMAC).
-
-Counts Conv, ConvInteger, QLinearConv, MatMul, MatMulInteger, QLinearMatMul and Gemm, the layers that carry
->99 % of a CNN's arithmetic, after ONNX shape inference with the batch fixed to 1. Needs the `onnx` package
-(the train extra); without it the count is None and the report leaves the ceiling fraction out.
+"""Multiply-accumulates per image of an ONNX graph's convolutions, matmuls and Gemm (nearly all of a CNN's
+arithmetic), so an achieved GMAC/s can be set against the matmul ceiling. Without `onnx` the count is None.
 """
 
 from __future__ import annotations
@@ -92,11 +88,7 @@ def macs_by_node(path: str | Path) -> dict[str, int] | None:
                 dims[0].dim_value = 1  # the dynamic batch: count one image
         model = shape_inference.infer_shapes(model)
         shapes = _shape_table(model)
-        out: dict[str, int] = {}
-        for i, node in enumerate(model.graph.node):
-            counter = COUNTERS.get(node.op_type)
-            if counter is not None:
-                out[node.name or f"{node.op_type}_{i}"] = counter(node, shapes)
-        return out
+        return {node.name or f"{node.op_type}_{i}": COUNTERS[node.op_type](node, shapes)
+                for i, node in enumerate(model.graph.node) if node.op_type in COUNTERS}
     except Exception:  # protobuf DecodeError, onnx InferenceError, a missing shape: all mean "cannot count"
         return None

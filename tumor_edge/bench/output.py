@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -16,36 +17,24 @@ from tumor_edge.contracts.state import resolve_model_path
 from tumor_edge.errors import OutputExistsError, TumorEdgeError
 
 
-def output_paths(json_out: Path | None, md_out: Path | None, chart_out: Path | None
-                 ) -> tuple[Path | None, Path | None, Path | None]:
-    """--json OUT also names OUT.md and OUT.png unless those are given."""
-    if json_out is not None:
-        md_out = md_out or json_out.with_suffix(".md")
-        chart_out = chart_out or json_out.with_suffix(".png")
-    return json_out, md_out, chart_out
-
-
-def refuse_overwrite(paths: list[Path | None], force: bool) -> None:
-    for path in paths:
-        if path is not None and path.exists() and not force:
-            raise OutputExistsError("already exists (pass --force to overwrite)", path)
-
-
 def run_command(*, model: Path | None, formats: list[str] | None, threads: list[int], batches: list[int],
                 warmup: int, min_runs: int, min_seconds: float, images: Path | None, image_count: int,
-                run: Path | None, keras: bool, cold_runs: int, ceiling: bool, json_out: Path | None,
+                run: Path | None, no_keras: bool, cold_runs: int, no_ceiling: bool, json_out: Path | None,
                 md_out: Path | None, chart_out: Path | None, baseline: Path | None, tolerance: float,
                 fail_on_regression: bool, force: bool, quiet: bool) -> dict:
-    json_out, md_out, chart_out = output_paths(json_out, md_out, chart_out)
-    refuse_overwrite([json_out, md_out, chart_out], force)
+    if json_out is not None:  # --json OUT also names OUT.md and OUT.png unless those are given
+        md_out, chart_out = md_out or json_out.with_suffix(".md"), chart_out or json_out.with_suffix(".png")
+    for path in (json_out, md_out, chart_out):
+        if path is not None and path.exists() and not force:
+            raise OutputExistsError("already exists (pass --force to overwrite)", path)
     base_record = load_record(baseline) if baseline is not None else None  # fail early on a bad baseline
     for path in (json_out, md_out, chart_out):
         if path is not None and not path.parent.is_dir():
             raise TumorEdgeError("output folder does not exist", path.parent)
     config = BenchConfig(model=resolve_model_path(model), formats=formats, threads=threads, batches=batches,
                          plan=RunPlan(warmup, min_runs, min_seconds), images=images, image_count=image_count,
-                         run=run, keras=keras, cold_start=cold_runs > 0, cold_runs=cold_runs, ceiling=ceiling,
-                         show_progress=not quiet)
+                         run=run, keras=not no_keras, cold_start=cold_runs > 0, cold_runs=cold_runs,
+                         ceiling=not no_ceiling, show_progress=not quiet)
     record = run_bench(config)
     click.echo(render_text(record))
     chart_written = render_chart(record, chart_out) if chart_out is not None else None
@@ -55,7 +44,7 @@ def run_command(*, model: Path | None, formats: list[str] | None, threads: list[
     if base_record is not None:
         comparisons = compare_records(record, base_record, tolerance)
         record["baseline"] = {"file": str(baseline), "tolerance": tolerance,
-                              "comparisons": [c.to_dict() for c in comparisons]}
+                              "comparisons": [asdict(c) for c in comparisons]}
         click.echo("")
         click.echo(render_comparison(comparisons, baseline, tolerance))
     if json_out is not None:

@@ -30,7 +30,7 @@ def _ratio(value: float | None) -> str:
 
 
 def _of_ceiling(fraction: float | None, precision: str | None) -> str:
-    """"82% fp32": the fraction and which ceiling (records from before the int8 ceiling: the float32 one)."""
+    """"82% fp32": the fraction and which ceiling (a record without the precision has only the float32 one)."""
     return "-" if fraction is None else f"{_pct(fraction)} {precision or 'fp32'}"
 
 
@@ -99,7 +99,7 @@ def _goal_line(g: dict) -> str:
             f"{_ms(g['numerator_p50_ms'])} / {_ms(g['denominator_p50_ms'])} ms p50, batch {g['batch']}, "
             f"{g['threads']} threads)")
     need = g.get("required_ceiling_fraction")
-    reachable = g.get("reachable", g.get("reachable_in_fp32"))  # older records: float32 numerators only
+    reachable = g.get("reachable", g.get("reachable_in_fp32"))  # a record's older key
     if need is not None and reachable is not None:
         kind = g.get("ceiling_precision", "fp32")
         line += f"; meeting it needs {need:.0%} of the {kind} matmul ceiling"
@@ -155,22 +155,28 @@ def _peak(peak: dict, kind: str, threads: int) -> float:
     return IsaPeak(**{k: peak[k] for k in IsaPeak.__dataclass_fields__ if k in peak}).gmacs(kind, threads)
 
 
+# (record key, screen title, Markdown heading, Markdown note, columns): the tables after the results.
+TABLES = (
+    ("cold_start", "cold start (fresh process to first result, one image):", "Cold start", None, COLD_COLUMNS),
+    ("int8_engines", "int8 engines (p50 per call; each as a fraction of the int8 matmul ceiling):",
+     "int8 engines: onnxruntime against LiteRT", "p50 per call; each engine's achieved GMAC/s as a fraction of "
+     "the int8 matmul ceiling at the same threads.", INT8_COLUMNS),
+)
+
+
+def _cells(columns: list[tuple[str, Callable[[dict], str]]], rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    return [h for h, _ in columns], [[cell(r) for _, cell in columns] for r in rows]
+
+
 def render_text(record: Record) -> str:
     """The screen report."""
-    rows = [[cell(r) for _, cell in RESULT_COLUMNS] for r in _sorted_rows(record)]
-    parts = [*_header_lines(record), "", _text_table([h for h, _ in RESULT_COLUMNS], rows)]
-    if record.get("cold_start"):
-        cold = [[cell(c) for _, cell in COLD_COLUMNS] for c in record["cold_start"]]
-        parts += ["", "cold start (fresh process to first result, one image):",
-                  _text_table([h for h, _ in COLD_COLUMNS], cold)]
-    if record.get("int8_engines"):
-        rows = [[cell(r) for _, cell in INT8_COLUMNS] for r in record["int8_engines"]]
-        parts += ["", "int8 engines (p50 per call; each as a fraction of the int8 matmul ceiling):",
-                  _text_table([h for h, _ in INT8_COLUMNS], rows)]
+    parts = [*_header_lines(record), "", _text_table(*_cells(RESULT_COLUMNS, _sorted_rows(record)))]
+    for key, title, _, _, columns in TABLES:
+        if record.get(key):
+            parts += ["", title, _text_table(*_cells(columns, record[key]))]
     if record.get("goals"):
         parts += ["", *_goal_lines(record)]
-    for s in record.get("skipped", []):
-        parts.append(f"skipped {s['format']} ({s['file']}): {s['reason']}")
+    parts += [f"skipped {s['format']} ({s['file']}): {s['reason']}" for s in record.get("skipped", [])]
     parts.append(f"took {record['duration_s']:.0f} s")
     return "\n".join(parts)
 
@@ -178,22 +184,16 @@ def render_text(record: Record) -> str:
 def render_markdown(record: Record, chart: str | None = None, level: int = 1, title: str | None = None) -> str:
     """The record as Markdown; `level` sets the heading depth so the history README can embed it."""
     h = "#" * level
-    rows = [[cell(r) for _, cell in RESULT_COLUMNS] for r in _sorted_rows(record)]
     parts = [f"{h} {title or 'tumor-edge benchmark, ' + record['created']}", "",
              *(f"- {line}" for line in _header_lines(record)), "",
              "Latency per call (one call = one batch); ratios are p50 over the reference's p50 at the same "
              "threads and batch; GMAC/s at the p50, as a fraction of the matmul ceiling of the file's own "
              "arithmetic (int8 files: onnxruntime's integer matmul; fp32 and fp16 files: the float32 matmul).",
-             "",
-             _md_table([h for h, _ in RESULT_COLUMNS], rows)]
-    if record.get("cold_start"):
-        cold = [[cell(c) for _, cell in COLD_COLUMNS] for c in record["cold_start"]]
-        parts += ["", f"{h}# Cold start", "", _md_table([h for h, _ in COLD_COLUMNS], cold)]
-    if record.get("int8_engines"):
-        int8 = [[cell(r) for _, cell in INT8_COLUMNS] for r in record["int8_engines"]]
-        parts += ["", f"{h}# int8 engines: onnxruntime against LiteRT", "",
-                  "p50 per call; each engine's achieved GMAC/s as a fraction of the int8 matmul ceiling at the "
-                  "same threads.", "", _md_table([h for h, _ in INT8_COLUMNS], int8)]
+             "", _md_table(*_cells(RESULT_COLUMNS, _sorted_rows(record)))]
+    for key, _, heading, note, columns in TABLES:
+        if record.get(key):
+            parts += ["", f"{h}# {heading}", "", *([note, ""] if note else []),
+                      _md_table(*_cells(columns, record[key]))]
     if record.get("goals"):
         parts += ["", f"{h}# Goals", "", *(f"- {line}" for line in _goal_lines(record))]
     if record.get("skipped"):

@@ -1,8 +1,5 @@
-"""Latency statistics as a pure function of recorded timings.
-
-Kept free of numpy and of any clock so a test can feed it a list of numbers and check every figure against a
-direct numpy computation; the harness records timings, this module only summarises them.
-"""
+"""Latency statistics as a pure function of recorded timings: no numpy, no clock, so a test can check every
+figure against numpy."""
 
 from __future__ import annotations
 
@@ -15,11 +12,8 @@ from tumor_edge.errors import ConfigError
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks.
-
-    The same definition as numpy's default (`method="linear"`), the one onnxruntime's perf test and most
-    latency tools report, so figures compare across tools.
-    """
+    """The q-th percentile (0..100) by linear interpolation between closest ranks: numpy's default, as
+    onnxruntime's perf test and most latency tools report it."""
     if not sorted_values:
         raise ConfigError("percentile of no values")
     if not 0.0 <= q <= 100.0:
@@ -46,18 +40,8 @@ class LatencyStats:
     total_s: float  # the measured runs only, warm-up excluded
     images_per_s: float  # sustained throughput: batch * runs / total time
 
-    @property
-    def p50_per_image_ms(self) -> float:
-        return self.p50_ms / self.batch
-
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["p50_per_image_ms"] = self.p50_per_image_ms
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return {**asdict(self), "p50_per_image_ms": self.p50_ms / self.batch}
 
 
 def summarize(timings_s: Sequence[float], batch: int = 1) -> LatencyStats:

@@ -1,25 +1,19 @@
-"""What one benchmark run times: the bundle's files (read through the bundle contract), keyed by the format
-table, and the training run's Keras model as the reference.
-
-The formats come from the bundle's metadata and `tumor_edge.contracts.formats`: a new row in the format table
-is a new benchmark row with no change here. Optimised forms of an .onnx file (`*.ort.onnx` twins, which 0.1
-bundles carried) are never timed separately: they are the same model, and the runtime now builds its own on
-the device.
-"""
+"""What one benchmark run times: the bundle's files keyed by the format table (a new row there is a new
+benchmark row), and the training run's Keras model as the reference."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from tumor_edge.bench.targets import KERAS_KEY, Target, engine_missing, engine_of, target_for
+from tumor_edge.bench.targets import KERAS_KEY, Target, engine_missing, engine_of
 from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, is_optimized_name, member_path
 from tumor_edge.contracts.formats import format_of
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.errors import ModelError
 
-# Provenance keys under which export may record the training run folder (first match wins).
-RUN_KEYS = ("run_dir", "run", "source_run", "run_folder", "training_run")
+# The provenance key under which export records the training run folder.
+RUN_KEY = "run_dir"
 # The file name of a run's Keras model, as the run-folder contract defines it.
 KERAS_FILE = RunFolder(Path()).model.name
 ONNX_ENGINE = "onnxruntime"
@@ -51,15 +45,9 @@ def format_key(name: str, fmt: str, precision: str, taken: set[str]) -> str:
 def find_run(run: Path | None, metadata: BundleMetadata) -> tuple[Path | None, Path | None]:
     """(run folder or None, its Keras model or None) from `run` (a run folder or its model file) or the
     bundle's provenance."""
-    candidates: list[Path] = []
-    if run is not None:
-        candidates.append(Path(run))
-    else:
-        for key in RUN_KEYS:
-            value = metadata.provenance.get(key)
-            if isinstance(value, str) and value:
-                candidates.append(Path(value))
-    for candidate in candidates:
+    recorded = metadata.provenance.get(RUN_KEY)
+    candidate = Path(run) if run is not None else Path(recorded) if isinstance(recorded, str) and recorded else None
+    if candidate is not None:
         if candidate.name == KERAS_FILE and candidate.is_file():
             return candidate.parent, candidate
         folder = RunFolder(candidate)
@@ -67,7 +55,7 @@ def find_run(run: Path | None, metadata: BundleMetadata) -> tuple[Path | None, P
             return folder.path, folder.model
     if run is not None:
         raise ModelError(f"no {KERAS_FILE} here (expected a run folder or its {KERAS_FILE})", run)
-    return (candidates[0] if candidates and candidates[0].is_dir() else None), None
+    return (candidate if candidate is not None and candidate.is_dir() else None), None
 
 
 def _bundle_files(path: Path) -> tuple[Path | None, BundleMetadata, list[tuple[str, str, str]]]:
@@ -113,7 +101,7 @@ def resolve_subject(model: Path, run: Path | None = None, keras: bool = True,
         if missing:
             skipped.append({"format": key, "file": name, "reason": missing})
             continue
-        targets.append(target_for(key, file, precision))
+        targets.append(Target(key, file, engine_of(file), precision))
     run_dir, keras_file = find_run(run, metadata)
     if keras:
         if keras_file is None:
@@ -122,7 +110,7 @@ def resolve_subject(model: Path, run: Path | None = None, keras: bool = True,
         elif engine_missing(keras_file):
             skipped.append({"format": KERAS_KEY, "file": keras_file.name, "reason": engine_missing(keras_file)})
         else:
-            targets.insert(0, target_for(KERAS_KEY, keras_file, "fp32"))
+            targets.insert(0, Target(KERAS_KEY, keras_file, KERAS_KEY, "fp32"))
     if formats is not None:
         available = {t.key for t in targets} | {s["format"] for s in skipped}
         unknown = [f for f in formats if f not in available]

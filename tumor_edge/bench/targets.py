@@ -1,8 +1,6 @@
-"""What gets timed: each file of a bundle through the runtime, and the Keras model as the reference.
-
-A registry keyed by engine: runtime files are opened in this process through `open_backend` (exactly what
-`classify` runs), the Keras reference in a TensorFlow worker process (keras_worker), so the harness itself never
-imports TensorFlow. Every engine gives the same session interface, so the harness can interleave their runs.
+"""What gets timed: each file of a bundle through the runtime (`open_backend`, exactly what `classify` runs),
+and the Keras reference in a TensorFlow worker process, so the harness never imports TensorFlow. Both give
+the same session interface, so the harness can interleave their runs.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -32,21 +29,6 @@ class Target:
     precision: str
 
 
-class Session(Protocol):
-    """One target opened at one thread count."""
-
-    load_s: float  # time to open the model (a warm process; cold start is measured separately)
-    loaded_file: str  # what actually runs (the runtime may load an optimised form it built on this device)
-
-    def prepare(self, batch: int) -> None:
-        """Build the batches of this size, run one and check the output."""
-
-    def timed_call(self, i: int) -> float:
-        """Run batch number i (rotating through the prepared batches); its duration in seconds."""
-
-    def close(self) -> None: ...
-
-
 def _check_output(target: Target, shape: tuple[int, ...], finite: bool, batch: int, classes: int) -> None:
     if tuple(shape) != (batch, classes) or not finite:
         raise ModelError(f"unexpected output {tuple(shape)} (finite: {finite}); expected ({batch}, {classes})",
@@ -54,7 +36,9 @@ def _check_output(target: Target, shape: tuple[int, ...], finite: bool, batch: i
 
 
 class RuntimeSession:
-    """A bundle file through the device runtime, in this process."""
+    """A bundle file through the device runtime, in this process. Each session gives `load_s` (opening, warm),
+    `loaded_file` (the runtime may load an optimised form it built here), `prepare(batch)` (build the batches,
+    run one, check the output), `timed_call(i)` (batch i's seconds) and `close()`."""
 
     def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
         self.target, self.inputs, self.classes = target, inputs, classes
@@ -103,8 +87,10 @@ class KerasReferenceSession:
         self.worker.close()
 
 
-# The Keras reference is not an engine of the format table (no bundle holds it): bench's own row, opened in a
-# TensorFlow worker process. Every engine of the table runs through the device runtime in this process.
+Session = RuntimeSession | KerasReferenceSession  # one target opened at one thread count
+
+
+# The Keras reference is no engine of the format table (no bundle holds it): bench's own row.
 KERAS_PACKAGE = ("tensorflow", "pip install 'tumor-edge[train]'")
 
 
@@ -138,10 +124,3 @@ def open_session(target: Target, threads: int, inputs: np.ndarray, classes: int,
     """The Keras reference in its worker, any engine of the format table through the runtime, here."""
     kind = KerasReferenceSession if target.engine == KERAS_KEY else RuntimeSession
     return kind(target, threads, inputs, classes, workdir)
-
-
-def target_for(key: str, path: Path, precision: str) -> Target:
-    engine = engine_of(path)
-    if engine is None:
-        raise ModelError(f"no engine for {path.suffix!r} files", path)
-    return Target(key, path, engine, precision)

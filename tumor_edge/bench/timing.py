@@ -1,15 +1,11 @@
 """The measuring loop: warm-up, then at least N runs and at least S seconds (LiteRT benchmark_model's rule).
 
-Formats are measured interleaved: one run of each in turn, round after round, until each has its N runs and
-S seconds. On a shared or throttling machine a burst of load then hits every format alike, so the ratios
-between formats measured in the same run stay meaningful even when the absolute figures are disturbed.
-Each timed call reports its own duration (perf_counter_ns around the inference alone; a worker process times
-itself), so nothing but the inference lands in a figure.
+Formats run interleaved, one run of each in turn, so a burst of load on a shared machine hits every format
+alike and the ratios between them hold. Each timed call reports its own duration, so only inference is timed.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,24 +33,9 @@ class RunPlan:
 TimedCall = Callable[[int], float]
 
 
-def timed(call: Callable[[int], object]) -> TimedCall:
-    """Wrap `call(i)` so it returns its own wall time in seconds."""
-    clock = time.perf_counter_ns
-
-    def run(i: int) -> float:
-        start = clock()
-        call(i)
-        return (clock() - start) / 1e9
-
-    return run
-
-
 def measure_interleaved(calls: dict[str, TimedCall], plan: RunPlan) -> dict[str, list[float]]:
-    """Per-run seconds for each call: `plan.warmup` untimed runs each, then rounds of one run each.
-
-    A call leaves the rotation once it has `min_runs` runs and `min_seconds` of timed runs; the starting
-    position rotates every round so no format always runs right after the same neighbour.
-    """
+    """Per-run seconds for each call: `plan.warmup` untimed runs each, then rounds of one run each until a call
+    has its runs and seconds; the start rotates so no format always follows the same neighbour."""
     for i in range(plan.warmup):
         for call in calls.values():
             call(i)
@@ -71,8 +52,3 @@ def measure_interleaved(calls: dict[str, TimedCall], plan: RunPlan) -> dict[str,
             timings[key].append(seconds)
             spent[key] += seconds
         round_no += 1
-
-
-def measure(call: Callable[[int], object], plan: RunPlan) -> list[float]:
-    """Per-run seconds of one call (i = the run's index, used to rotate inputs), warm-up runs discarded."""
-    return measure_interleaved({"call": timed(call)}, plan)["call"]

@@ -1,4 +1,1 @@
-"""Dataset folders: discovery, checks, splits, duplicate detection, and loading pixels for the model.
-
-No TensorFlow here: `tumor-edge data check` and export parity use it too.
-"""
+"""Dataset folders: discovery, checks, splits, duplicates, pixels for the model; no TensorFlow."""

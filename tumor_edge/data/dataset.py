@@ -1,15 +1,12 @@
-"""The Brain Tumor MRI Dataset layout: ROOT/Training/<class>/*, ROOT/Testing/<class>/*.
-
-Class names come from the folder names, sorted. Problems a user can fix are collected as one-line messages
-(`DatasetIndex.problems`); only a layout that cannot be trained on at all raises.
-"""
+"""The dataset layout ROOT/Training/<class>/*, ROOT/Testing/<class>/*: problems a user can fix are collected
+as one-line messages; only a layout that cannot be trained on raises."""
 
 from __future__ import annotations
 
 import json
 import random
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +139,10 @@ class LoadedPixels:
     failures: list[str]
 
 
-def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "loading images",
-                show_progress: bool = True, workers: int = 2) -> LoadedPixels:
-    """Decode every sample with the runtime's own preprocessing; unreadable files are reported, not fatal."""
+def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, show_progress: bool = True,
+                   workers: int = 2) -> Iterator[tuple[Sample, np.ndarray | str]]:
+    """(sample, its pixels by the runtime's own preprocessing, or why it cannot be read), in order; at most a
+    few decoded images wait at any time, whatever the dataset's size."""
 
     def load(sample: Sample) -> np.ndarray | str:
         try:
@@ -152,19 +150,34 @@ def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "lo
         except InputImageError as err:
             return str(err)
 
-    out = np.empty((len(samples), spec.height, spec.width, 3), dtype=np.uint8)
-    keep: list[int] = []
-    failures: list[str] = []
+    def ordered(pool: ThreadPoolExecutor) -> Iterator[tuple[Sample, np.ndarray | str]]:
+        pending: deque = deque()
+        for sample in samples:
+            pending.append((sample, pool.submit(load, sample)))
+            if len(pending) >= 4 * workers:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, future.result()
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(load, samples)
-        for i, result in enumerate(progress(results, label, length=len(samples), enabled=show_progress)):
-            if isinstance(result, str):
-                failures.append(result)
-            else:
-                out[len(keep)] = result
-                keep.append(i)
-    kept = [samples[i] for i in keep]
-    return LoadedPixels(out[: len(keep)], np.array([s.label for s in kept], dtype=np.int32), kept, failures)
+        yield from progress(ordered(pool), label, length=len(samples), enabled=show_progress)
+
+
+def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "loading images",
+                show_progress: bool = True, workers: int = 2) -> LoadedPixels:
+    """Decode every sample into memory; unreadable files are reported, not fatal."""
+    out = np.empty((len(samples), spec.height, spec.width, 3), dtype=np.uint8)
+    kept: list[Sample] = []
+    failures: list[str] = []
+    for sample, result in decode_samples(samples, spec, label, show_progress, workers):
+        if isinstance(result, str):
+            failures.append(result)
+        else:
+            out[len(kept)] = result
+            kept.append(sample)
+    return LoadedPixels(out[: len(kept)], np.array([s.label for s in kept], dtype=np.int32), kept, failures)
 
 
 def write_split(path: Path, root: Path, classes: Sequence[str], splits: dict[str, Sequence[Sample]],

@@ -1,10 +1,8 @@
 """Exact and near-duplicate images shared between Training and Testing.
 
-The public Brain Tumor MRI Dataset holds such pairs; each one inflates test accuracy. A 255-bit perceptual hash
-(signs of the 16x16 lowest DCT frequencies of a 64x64 grey thumbnail, as pHash but finer, since MRI slices
-are alike at 8x8) finds re-encoded, resized or slightly shifted copies; a content sha256 finds byte-identical
-ones. Measured on generated slices: copies resized and re-encoded at JPEG quality 70 land within 6 bits,
-distinct images at 36 or more.
+Each such pair inflates test accuracy. A 255-bit perceptual hash (signs of the 16x16 lowest DCT frequencies of
+a 64x64 grey thumbnail, as pHash but finer, since MRI slices are alike at 8x8) finds re-encoded, resized or
+slightly shifted copies; a content sha256 finds byte-identical ones.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Images the training part shares with a held-out part: validation (carved from Training) and Testing.
-
-A validation image that near-duplicates a training image makes checkpoint selection optimistic (the "best"
-epoch is the one that memorised best); a test image that does inflates the final accuracy. Training hashes
-every image once (`tumor_edge.data.dedup`) and reports both; `--dedup` drops the held-out copies.
-"""
+"""Images the training part shares with validation (checkpoint selection turns optimistic) or Testing (the
+final accuracy inflates); `--dedup` drops the held-out copies."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
-"""On-the-fly augmentation: Keras preprocessing layers in the training graph, active in training only.
-
-They run where the model runs (tumor_edge.train.trainer.training_model), in float32 whatever the mixed precision
-policy (image resampling in float16 loses pixel levels), and are not part of the saved classifier.
-"""
+"""On-the-fly augmentation: Keras layers in the training graph, not in the saved classifier, in float32 whatever
+the precision policy (resampling in float16 loses pixel levels)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -19,9 +16,6 @@ class AugmentConfig:
     zoom: float = 0.1
     contrast: float = 0.1
     enabled: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_augmenter(config: AugmentConfig, seed: int):

@@ -1,13 +1,11 @@
 """Which Keras 3 backend trains: TensorFlow, JAX or PyTorch run the same model, layers and `fit`.
 
-Keras reads `KERAS_BACKEND` once, when it is first imported, so the choice must be made before anything imports
-Keras: `select_backend` sets it, and says when it cannot (Keras already imported with another backend in this
-process), in which case the caller trains in a child process (tumor_edge.worker). Only the standard
-library at import time: the CLI reads `BACKENDS` without loading any framework.
+Keras reads `KERAS_BACKEND` once, on first import: `select_backend` sets it, or says it cannot (Keras already
+runs another backend here, so the caller trains in a child process: tumor_edge.worker). Only the standard
+library at import time.
 
-JAX compiles each new step shape with XLA; a 299 px InceptionV3 training step takes minutes to compile on a
-GPU. The compiled programs are kept in a persistent cache (`jax_compilation_cache_dir`, under tumor-edge's
-cache folder), so a second run with the same shapes loads them instead of compiling again.
+JAX compiles each new step shape with XLA, slowly; the programs go to a persistent cache under tumor-edge's
+cache folder, so a second run with the same shapes loads them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Keras callbacks of the fitting schedule: the best checkpoint across both phases, and a step count.
+"""Keras callbacks of the fitting schedule: the best checkpoint across both phases, and step times.
 
-Keras' ModelCheckpoint saves whatever model `fit` runs (here a training wrapper with the augmentation layers),
-keeps the best only on disk (phase 2 must start from phase 1's best, and on a multi-worker run the other workers
-cannot read the chief's disk), and every worker would write. `BestWeights` keeps the best weights in memory on
-every worker, says which epoch and phase won, and lets only the chief write the checkpoint.
+Keras' ModelCheckpoint would save the training wrapper, keep the best only on disk (which phase 2 and other
+workers cannot read) and write on every worker. `BestWeights` keeps the best weights in memory on every worker,
+says which epoch and phase won, and lets only the chief write the checkpoint.
 """
 
 from __future__ import annotations
@@ -63,18 +62,6 @@ class BestWeights(keras.callbacks.Callback):
                 "best_phase": self.best_phase}
 
 
-class StepCounter(keras.callbacks.Callback):
-    """Training steps run; the optimizer's `iterations` counts the updates applied (a loss-scale optimizer skips
-    steps whose gradients overflowed), so the difference is the steps skipped."""
-
-    def __init__(self):
-        super().__init__()
-        self.steps = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-
-
 class StepTimer(keras.callbacks.Callback):
     """Wall time of each training step, from one step's end to the next (loading, augmentation, the step, all
     of it), the loss read back so that an asynchronous backend has finished the step. The first step of each
@@ -88,6 +75,11 @@ class StepTimer(keras.callbacks.Callback):
         self.steps: list[float] = []
         self._last: float | None = None
         self._first = True
+
+    @property
+    def count(self) -> int:
+        """Training steps run; against the optimizer's `iterations` (updates applied), the steps skipped."""
+        return len(self.first_steps) + len(self.steps)
 
     def on_train_begin(self, logs=None):
         self._first = True

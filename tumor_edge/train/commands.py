@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,13 +66,8 @@ from tumor_edge.train.precision import CHOICES as PRECISIONS
               help="Where decoded images are cached during the run [system temp folder].")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels of the backend (slower).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
-def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: int, fine_tune_epochs: int,
-          fine_tune_from: int, batch_size: int, learning_rate: float, fine_tune_learning_rate: float,
-          lr_schedule: str, dropout: float, bn_momentum: float | None, val_split: float, seed: int, monitor: str,
-          patience: int, dedup: bool, no_augment: bool, rotation: float, shift: float, zoom: float, contrast: float,
-          no_flip: bool, backend: str, jit_compile: str, strategy: str, worker_hosts: str | None,
-          task_index: int | None, mixed_precision: str,
-          cache_dir: Path | None, deterministic: bool, force: bool) -> None:
+def train(worker_hosts: str | None, task_index: int | None, no_augment: bool, rotation: float, shift: float,
+          zoom: float, contrast: float, no_flip: bool, **options: Any) -> None:
     """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
     from tumor_edge.errors import ConfigError
     from tumor_edge.train.augment import AugmentConfig
@@ -80,18 +76,9 @@ def train(data: Path, out: Path | None, image_size: int, weights: str, epochs: i
     hosts = tuple(h for h in (worker_hosts or "").split(",") if h.strip())
     if bool(hosts) != (task_index is not None):
         raise ConfigError("--worker-hosts and --task-index go together")
-
     augment = AugmentConfig(rotation=rotation, shift=shift, flip=not no_flip, zoom=zoom, contrast=contrast,
                             enabled=not no_augment)
-    run_training(TrainConfig(
-        data=data, out=out, image_size=image_size, weights=weights, epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, batch_size=batch_size,
-        learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, lr_schedule=lr_schedule,
-        dropout=dropout,
-        bn_momentum=bn_momentum, val_split=val_split, seed=seed, monitor=monitor, patience=patience,
-        dedup=dedup, augment=augment, backend=backend, jit_compile=jit_compile, strategy=strategy,
-        mixed_precision=mixed_precision, worker_hosts=hosts,
-        task_index=task_index, cache_dir=cache_dir, deterministic=deterministic, force=force))
+    run_training(TrainConfig(**options, augment=augment, worker_hosts=hosts, task_index=task_index))
 
 
 @click.command()

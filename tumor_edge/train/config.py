@@ -51,12 +51,9 @@ class TrainConfig:
     show_progress: bool = True  # decoding and hashing progress
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["data"] = str(self.data)
-        data["out"] = str(self.out) if self.out else None
-        data["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
-        data["worker_hosts"] = list(self.worker_hosts)
-        return data
+        """JSON-ready: paths as text, tuples as lists."""
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(self).items()}
 
 
 def prepare_run_dir(out: Path | None, force: bool) -> Path:

@@ -1,11 +1,9 @@
 """Where training runs: one device, several devices of one machine, or several machines.
 
-On JAX, several devices of one machine train with `keras.distribution.DataParallel` (each batch split across
-them, the weights replicated); PyTorch trains on one device. On TensorFlow, TensorFlow's own engine does the
-work: `MirroredStrategy` over the GPUs of a machine (or its logical CPU
-devices), `MultiWorkerMirroredStrategy` over machines described by `TF_CONFIG` (set here from
-`--worker-hosts`/`--task-index` when given). Every worker runs the same program and reads its shard of the
-images; only the chief (worker 0, or the task of type "chief") writes the run folder.
+JAX spreads one machine's devices with `keras.distribution.DataParallel`; PyTorch trains on one device.
+TensorFlow uses `MirroredStrategy` over a machine's GPUs (or logical CPU devices) and
+`MultiWorkerMirroredStrategy` over machines described by `TF_CONFIG` (set from `--worker-hosts`/`--task-index`).
+Every worker reads its shard of the images; only the chief writes the run folder.
 """
 
 from __future__ import annotations
@@ -172,10 +170,7 @@ def _keras_strategy(name: str, backend: str) -> Distribution:
 
 def choose_strategy(name: str, backend: str = "tensorflow") -> Distribution:
     """`auto`: multi-worker when TF_CONFIG names several workers, mirrored over several GPUs, else the default.
-
-    Must run before TensorFlow executes anything: MultiWorkerMirroredStrategy configures the runtime's
-    collectives, which cannot change once it has started.
-    """
+    Call before TensorFlow executes anything: MultiWorkerMirroredStrategy configures its collectives."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if backend != "tensorflow":

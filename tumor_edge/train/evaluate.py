@@ -13,8 +13,9 @@ import numpy as np
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.cache import build_pixel_cache
 from tumor_edge.data.dataset import Sample, discover, read_split
-from tumor_edge.errors import DatasetError, ModelError, OutputExistsError
+from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.metrics import classification_metrics
+from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime.preprocess import Preprocessing
 from tumor_edge.train import plots
 from tumor_edge.train.pipeline import predict_chunks
@@ -23,10 +24,8 @@ from tumor_edge.train.pipeline import predict_chunks
 def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], spec: Preprocessing,
                      out_dir: Path, batch_size: int = 32, name: str = "test",
                      cache_dir: Path | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Predict in file order and score; write <name>-metrics to metrics.json and ROC / confusion PNGs.
-
-    Images stream through a pixel cache file, so memory does not grow with the size of the split.
-    """
+    """Predict in file order and score, through a pixel cache file (memory does not grow with the split); writes
+    the ROC and confusion PNGs and the predictions."""
     if not samples:
         raise DatasetError(f"no images to evaluate in the {name} split")
     with tempfile.TemporaryDirectory(prefix="tumor-edge-pixels-", dir=cache_dir) as tmp:
@@ -92,9 +91,7 @@ def evaluate_run(run_dir: Path, data_root: Path | None, out_dir: Path | None, fo
         samples, name = index.test, f"Testing of {Path(data_root).name}"
     out_dir = Path(out_dir) if out_dir else run.path / ("evaluation" if data_root is None else
                                                         f"evaluation-{Path(data_root).name}")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise OutputExistsError("evaluation folder exists; pass --force to overwrite or --out elsewhere", out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, force, RunFolder.FILE_NAMES, "evaluation")
     metrics = evaluate_samples(load_run_model(run.path), samples, classes, config.preprocessing, out_dir,
                                batch_size, "test")
     metrics["split"] = name

@@ -16,22 +16,10 @@ from tumor_edge.errors import DatasetError
 from tumor_edge.runtime.preprocess import Preprocessing
 from tumor_edge.train.config import TrainConfig, data_fingerprint, prepare_run_dir, versions
 
-__all__ = ["TrainConfig", "run_training"]
-
-
-def _setup_cluster(config: TrainConfig) -> None:
-    if config.worker_hosts:
-        from tumor_edge.train.distribute import cluster_from_flags
-
-        os.environ["TF_CONFIG"] = json.dumps(cluster_from_flags(config.worker_hosts, config.task_index))
-
 
 def run_training(config: TrainConfig) -> Path | None:
-    """Train, checkpoint and evaluate; returns the run folder (None on a worker that is not the chief).
-
-    Printing goes to stdout, as Keras' does. Keras is imported here, after `config.backend` is chosen; when
-    this process already runs Keras on another backend, the training runs in a child process instead.
-    """
+    """Train, checkpoint and evaluate; returns the run folder (None on a worker that is not the chief). Keras is
+    imported here, after the backend is chosen; when Keras already runs another backend, a child process trains."""
     import warnings
 
     from tumor_edge.train.backends import configure_jax, select_backend
@@ -51,7 +39,7 @@ def run_training(config: TrainConfig) -> Path | None:
     from tumor_edge.data.cache import build_pixel_cache
     from tumor_edge.data.leaks import find_split_leaks, without
     from tumor_edge.train.backends import backend_version, configure_deterministic
-    from tumor_edge.train.distribute import choose_strategy
+    from tumor_edge.train.distribute import choose_strategy, cluster_from_flags
     from tumor_edge.train.lr_schedule import check_lr_schedule
     from tumor_edge.train.model import resolve_weights
     from tumor_edge.train.precision import choose_precision
@@ -64,7 +52,8 @@ def run_training(config: TrainConfig) -> Path | None:
         from tumor_edge.train.model import ensure_imagenet_weights
 
         ensure_imagenet_weights()
-    _setup_cluster(config)
+    if config.worker_hosts:
+        os.environ["TF_CONFIG"] = json.dumps(cluster_from_flags(config.worker_hosts, config.task_index))
     index = discover(config.data)
     if config.deterministic and config.backend == "torch":
         configure_deterministic("torch")  # before any kernel runs

@@ -1,11 +1,8 @@
 """Batches of the pixel cache for the JAX and PyTorch backends: a `keras.utils.PyDataset`, no TensorFlow.
 
-The same cache as TensorFlow's tf.data pipeline (tumor_edge.train.pipeline): uint8 images read by index with
-`os.pread` in worker threads (the read releases the GIL), one-hot labels, a fresh seeded order every epoch.
-Training batches are always full: the last one of an epoch is topped up from the start of the epoch's order,
-as TensorFlow's repeated stream does, so every training step has one shape and JAX compiles it once.
-Validation batches follow the file order; on several devices each batch is cut to a multiple of the device
-count (JAX splits a batch evenly), which drops at most devices - 1 validation images from the last batch.
+Training batches are always full (the last one of an epoch is topped up from the epoch's order), so every step
+has one shape and JAX compiles it once. On several devices validation keeps a multiple of the device count
+(JAX splits a batch evenly), dropping at most devices - 1 images.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""How the learning rate moves within a training phase: a registry of schedules, read by `train --lr-schedule`.
-
-Only the standard library at import time (the CLI reads the choices without loading Keras).
-"""
+"""How the learning rate moves within a training phase (`train --lr-schedule`); Keras loads only when used."""
 
 from __future__ import annotations
 
@@ -21,10 +18,8 @@ def _cosine(learning_rate: float, total_steps: int):
     return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.01)
 
 
-# How the learning rate moves within a phase. "plateau" waits for the monitor to stall before cutting the rate,
-# which a run of a few epochs may never see: its last epochs still train at the full rate, with noisy validation
-# scores (BatchNorm statistics chasing a moving network). "cosine" lowers it smoothly to 1 % by the phase's last
-# step, so a short run ends settled (the CPU demo: see tumor_edge.demo.pipeline.PROFILES).
+# "plateau" cuts the rate when the monitor stalls, which a run of a few epochs may never see; "cosine" lowers it
+# smoothly to 1 % by the phase's last step, so a short run ends settled.
 LR_SCHEDULES: dict[str, Callable[[float, int], Any]] = {"plateau": _constant, "cosine": _cosine}
 
 

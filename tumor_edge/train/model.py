@@ -6,7 +6,6 @@ un-scaled pixels and the bundle's preprocessing is just "decode, resize": nothin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tumor_edge.errors import TumorEdgeError
@@ -14,14 +13,6 @@ from tumor_edge.errors import TumorEdgeError
 MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
 IMAGENET_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    num_classes: int
-    image_size: int = 299
-    weights: str | None = "imagenet"  # "imagenet", None, or a path to InceptionV3 (no-top) weights
-    dropout: float = 0.3
-    bn_momentum: float | None = None  # None keeps Keras' 0.99; short from-scratch runs want ~0.9
 
 
 def resolve_weights(weights: str | None) -> str | None:
@@ -43,10 +34,8 @@ IMAGENET_NOTOP_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"
 
 
 def ensure_imagenet_weights() -> Path:
-    """Fetch (or find in Keras' cache) the ImageNet no-top weights before anything is written.
-
-    The only network access tumor-edge ever makes, and only when the user asks for ImageNet weights.
-    """
+    """Fetch (or find in Keras' cache) the ImageNet no-top weights before anything is written: tumor-edge's only
+    network access, and only when asked for."""
     from keras.utils import get_file
 
     try:
@@ -60,10 +49,10 @@ def ensure_imagenet_weights() -> Path:
         ) from err
 
 
-def _base(config: ModelConfig, weights: str | None):
+def _base(image_size: int, weights: str | None):
     import keras
 
-    shape = (config.image_size, config.image_size, 3)
+    shape = (image_size, image_size, 3)
     if weights == "imagenet":
         weights = str(ensure_imagenet_weights())
     try:
@@ -77,30 +66,26 @@ def _base(config: ModelConfig, weights: str | None):
 
 def build_classifier(num_classes: int, image_size: int = 299, weights: str | None = None, dropout: float = 0.3,
                      bn_momentum: float | None = None):
-    """Rescaling -> InceptionV3 (no top) -> global average pooling -> dropout -> softmax (float32).
-
-    With pretrained weights the base's BatchNorm layers are kept non-trainable (see `set_fine_tune`), so they
-    run in inference mode and fine-tuning never disturbs the ImageNet statistics; from scratch BatchNorm must
-    learn its statistics, so it trains.
-    """
+    """Rescaling -> InceptionV3 (no top) -> global average pooling -> dropout -> softmax (float32); a pretrained
+    base runs in inference mode (`set_fine_tune`), a base from scratch trains its BatchNorm statistics."""
     import keras
 
     if image_size < MIN_IMAGE_SIZE:
         raise TumorEdgeError(f"--image-size must be at least {MIN_IMAGE_SIZE} for InceptionV3, got {image_size}")
-    config = ModelConfig(num_classes, image_size, resolve_weights(weights), dropout, bn_momentum)
-    base = _base(config, config.weights)
-    if config.bn_momentum is not None:
+    weights = resolve_weights(weights)
+    base = _base(image_size, weights)
+    if bn_momentum is not None:  # None keeps Keras' 0.99
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = config.bn_momentum
+                layer.momentum = bn_momentum
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="inception_scaling")(inputs)
-    x = base(x, training=False) if config.weights is not None else base(x)
+    x = base(x, training=False) if weights is not None else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="tumor_edge_inception_v3")
-    model.pretrained = config.weights is not None  # read by the fitting schedule
+    model.pretrained = weights is not None  # read by the fitting schedule
     return model
 
 

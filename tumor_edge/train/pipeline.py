@@ -1,10 +1,7 @@
 """tf.data pipelines over a pixel cache: uint8 batches read by index, sharded per worker, prefetched.
 
-Images are decoded and resized once (tumor_edge.data.cache, the exact code the device runs) into a file; a
-batch is read back by index in parallel map calls. Batches stay uint8 (a quarter of float32's bytes) until the
-model's graph casts them, on the accelerator when there is one; augmentation runs there too, as layers of the
-training model (tumor_edge.train.trainer.training_model). Under a distribution strategy each input pipeline
-(one per worker) reads its own shard of the images and batches by the per-replica batch size.
+Batches stay uint8 (a quarter of float32's bytes) until the model's graph casts them. Under a distribution
+strategy each worker's pipeline reads its own shard and batches by the per-replica batch size.
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
     """One-vs-rest ROC per class; each curve uses the probability column of its own class on aligned rows."""
     from sklearn.metrics import auc, roc_curve
@@ -34,10 +41,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
            title=title or "One-vs-rest ROC (test split)")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
@@ -52,10 +56,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
             ax.text(j, i, str(m[i, j]), ha="center", va="center",
                     color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (test split)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _number(text: str | None) -> float:
@@ -86,7 +87,4 @@ def plot_history(history_csv: Path, path: Path) -> Path | None:
                         label="validation" if prefix else "training")
         ax.set(title=metric, xlabel="epoch")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

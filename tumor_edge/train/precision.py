@@ -1,12 +1,8 @@
 """Mixed precision: which Keras dtype policy runs, and whether loss scaling skipped the updates.
 
 `auto` picks what the hardware runs fast: float16 on NVIDIA GPUs (tensor cores), bfloat16 where the CPU has
-AMX bfloat16 tiles and there is no GPU, float32 otherwise. AVX512_BF16 alone is not enough: on a 2-core Xeon
-with AVX512_BF16 but no AMX, an InceptionV3 training step at 96 px took a median 1.35 s under mixed_bfloat16
-against 1.37 s in float32 (rounds alternated on a shared machine; benchmarks/training_precision.py): no
-speed to trade bfloat16's 8-bit mantissa for, so auto leaves such CPUs in float32.
-Variables stay float32 in every policy; only the compute dtype changes, so the saved model is re-built in
-float32 for export.
+AMX bfloat16 tiles and there is no GPU, float32 otherwise. AVX512_BF16 alone gains no speed to trade bfloat16's
+8-bit mantissa for (benchmarks/training_precision.py). Variables stay float32 in every policy.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from tumor_edge.errors import ConfigError
 # CLI value -> Keras policy name
 POLICIES: dict[str, str] = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 CHOICES = ("auto", *POLICIES)
-BF16_CPU_FLAGS = ("amx_bf16",)  # the module docstring says why avx512_bf16 is not here
+BF16_CPU_FLAGS = ("amx_bf16",)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.train.callbacks import BestWeights, StepCounter, StepTimer, monitor_mode, save_model
+from tumor_edge.train.callbacks import BestWeights, StepTimer, monitor_mode, save_model
 from tumor_edge.train.config import TrainConfig
 from tumor_edge.train.lr_schedule import learning_rate_for
 from tumor_edge.train.pipeline import distributed_dataset, steps_for
@@ -100,18 +100,17 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
         compile_model(model, learning_rate_for(config.lr_schedule, config.learning_rate, config.epochs, steps),
                       num_classes, config.jit_compile)
     best = BestWeights(classifier, monitor, save_model(checkpoint) if checkpoint is not None else None)
-    counter = StepCounter()
     timer = StepTimer(global_batch, config.backend)
     result = FitResult(classifier, monitor=monitor)
 
     def run_phase(name: str, epochs: int, initial_epoch: int, learning_rate: float) -> int:
         best.phase = name
-        steps_before = counter.steps
+        steps_before = timer.count
         history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
                             epochs=initial_epoch + epochs, steps_per_epoch=fit_steps, validation_steps=val_steps,
-                            callbacks=[*_callbacks(config, monitor, history_csv), best, counter, timer],
+                            callbacks=[*_callbacks(config, monitor, history_csv), best, timer],
                             verbose=config.verbose)
-        ran = counter.steps - steps_before
+        ran = timer.count - steps_before
         applied = applied_updates(model.optimizer)  # a fresh optimizer per phase: its own count
         result.phases.append({"phase": name, "epochs": len(history.epoch), "learning_rate": learning_rate,
                               "steps": ran, "updates_applied": applied, "steps_skipped": ran - applied})

@@ -1,11 +1,9 @@
 """The model `fit` runs: augmentation layers feeding the classifier, with what multi-worker training needs.
 
-Augmentation runs where the model runs (on the GPU when there is one), on batches that arrive as uint8 and are
-cast inside the graph; the classifier alone is saved and exported. Two Keras 3.15 defects stop `fit` under
-`MultiWorkerMirroredStrategy` (reproduced with a two-layer model on two loopback workers): before the first
-step it reduces the nested (images, labels) batch with `strategy.reduce`, which takes no nest, and after each
-step it reduces every scalar metric along axis 0. `TrainingModel` builds from a local example batch instead
-(the shapes are known) and hands its metrics over as 1-vectors; both only in multi-worker mode.
+Two Keras defects stop `fit` under `MultiWorkerMirroredStrategy`: before the first step it reduces the nested
+(images, labels) batch with `strategy.reduce`, which takes no nest, and after each step it reduces every scalar
+metric along axis 0. `TrainingModel` builds from a local example batch instead and hands its metrics over as
+1-vectors; both only in multi-worker mode.
 """
 
 from __future__ import annotations
