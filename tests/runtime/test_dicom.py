@@ -10,10 +10,15 @@ import pytest
 
 from tests.runtime.models import write_dicom
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.dicom import read_dicom, read_dicom_frames
+from tumor_edge.runtime.dicom import read_dicom_frames
 from tumor_edge.runtime.image import load_rgb, load_rgb_frames
 
 RAMP = np.arange(0, 4000, 4000 / (32 * 32)).reshape(32, 32).astype(np.uint16)
+
+
+def read_dicom(path):
+    """The file's middle frame, as classify takes it."""
+    return read_dicom_frames(path)[0].pixels
 
 
 def test_no_window_means_min_max(tmp_path):
@@ -71,11 +76,11 @@ def test_multi_frame_middle_or_all(tmp_path):
     every = read_dicom_frames(path, "all")
     assert [f.index for f in every] == [0, 1, 2, 3, 4]
     assert [(f.pixels[0] == 255).sum() for f in every] == [3, 6, 9, 12, 15]
-    assert np.array_equal(read_dicom(path, frame=4), every[4].pixels)
+    assert np.array_equal(read_dicom_frames(path, 4)[0].pixels, every[4].pixels)
     frames = load_rgb_frames(path, "all")
-    assert frames[1].label == "frame 1 of 5" and frames[1].image.mode == "RGB"
+    assert (frames[1].index, frames[1].count) == (1, 5) and frames[1].image.mode == "RGB"
     with pytest.raises(InputImageError, match="no frame 9"):
-        read_dicom(path, frame=9)
+        read_dicom_frames(path, 9)
 
 
 def test_dicom_without_preamble(tmp_path):

@@ -171,6 +171,18 @@ def suffix_clashes(readers) -> dict[str, list[str]]:
     return {key: names for key, names in claims.items() if len(names) > 1}
 
 
+def test_every_row_names_functions_that_exist():
+    """The rows name their code as 'module:function', imported on first use: a typo would surface only when a
+    file of that type turns up, so it is caught here."""
+    import importlib
+
+    for reader in registry.readers():
+        for ref in (reader.read, reader.folder):
+            if isinstance(ref, str):
+                module, _, name = ref.partition(":")
+                assert callable(getattr(importlib.import_module(module), name, None)), (reader.name, ref)
+
+
 def test_a_suffix_and_a_name_have_one_reader(fake_reader):
     assert suffix_clashes(registry.readers()) == {}
     assert suffix_clashes([*registry.readers(), Reader("other", (".nii",), read_fake)]) == {".nii": ["nifti", "other"]}
@@ -185,6 +197,8 @@ def test_the_extras_env_and_classify_help_name_the_new_type(fake_reader):
     assert "extra fakevol   present" in format_text(environment())
     volumes = registry.readers_help().split("Volumes: ")[1]
     assert "FAKE (.fake) [`fakevol` extra]" in volumes
+    shown = " ".join(CliRunner().invoke(main, ["classify", "--help"], terminal_width=200).output.split())
+    assert "FAKE (.fake) [`fakevol` extra]" in shown.split("Volumes: ")[1]
 
 
 def test_the_extra_is_declared_by_the_recipes_line_in_pyproject(fake_reader):

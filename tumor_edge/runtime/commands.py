@@ -1,14 +1,8 @@
 """`tumor-edge classify`: scans in, labels out, on a CPU with onnxruntime (or LiteRT), never TensorFlow.
 
-Only click is imported here at module level; numpy, Pillow and onnxruntime load inside the command, so
-`tumor-edge --help` stays instant and the first result of a one-image run comes as early as possible.
-
-Exit statuses (one scheme, tested in tests/runtime/test_hostile_inputs.py):
-  0  every file was classified (warnings about degenerate images may have been printed);
-  1  nothing useful could run: a usage error, a model or bundle error, no scan files found, results that
-     could not be written (disk full) or a reader that went away (`| head`, quietly);
-  2  the batch ran but some inputs failed (each reported in one `error:` line; the others were classified);
-  130 interrupted (Ctrl-C).
+Only click is imported at module level, so `tumor-edge --help` stays instant. Exit statuses: 0 every file
+classified; 1 nothing useful could run (usage, model or output error, no scans, a reader that went away);
+2 the batch ran but some inputs failed (each in one `error:` line); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,7 +27,18 @@ EXIT_FATAL, EXIT_SOME_FAILED = 1, 2
 
 class ClassifyCommand(click.Command):
     """Usage errors exit 1 like every other error that stops the run before it starts; 2 means some inputs
-    failed and the rest were classified, and a script must be able to tell the two apart."""
+    failed and the rest were classified, and a script must be able to tell the two apart. The help lists the
+    input types from the readers' rows as they are when it is shown."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from tumor_edge.runtime.readers.registry import readers_help
+
+        template = self.help
+        self.help = (template or "").replace("INPUT_TYPES", readers_help())
+        try:
+            super().format_help_text(ctx, formatter)
+        finally:
+            self.help = template
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -131,12 +136,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
              trust: str | None) -> None:
     """Classify brain-MRI scans: image files, volumes, or folders (recursed).
 
-    JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF and DICOM (.dcm or suffix-less; needs the
-    `dicom` extra). Volumes: NIfTI (.nii, .nii.gz; the `nifti` extra) and a folder that is one DICOM series
-    (every file in it DICOM, one SeriesInstanceUID): a row per slice, then a volume summary. Unreadable,
-    special (FIFO, device) and oversized files are reported in one line each and skipped. Exit status: 0 all
-    classified, 2 some inputs failed, 1 nothing could run (usage, model, output error). Research tool, not a
-    diagnostic device.
+    INPUT_TYPES Unreadable, special (FIFO, device) and oversized files are reported in one line each and
+    skipped. Exit status: 0 all classified, 2 some inputs failed, 1 nothing could run (usage, model, output
+    error). Research tool, not a diagnostic device.
     """
     if as_json and as_csv:
         usage = click.UsageError("choose one of --json and --csv", ctx)
@@ -222,7 +224,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
 def _slices_option(value: str) -> str | int:
     from tumor_edge.errors import ConfigError
-    from tumor_edge.runtime.frames import parse_slices
+    from tumor_edge.runtime.readers.base import parse_slices
 
     try:
         return parse_slices(value)

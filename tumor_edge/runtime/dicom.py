@@ -18,11 +18,10 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
-from tumor_edge.runtime.frames import FRAME_CHOICES, release_frames, select_frames
+from tumor_edge.runtime.readers.base import release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
-__all__ = ["FRAME_CHOICES", "DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom", "read_dicom_frames",
-           "read_header", "read_stored"]
+__all__ = ["DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom_frames", "read_header", "read_stored"]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
 # Explicit-VR value representations whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
@@ -293,8 +292,6 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     caller classify every slice and decide for itself.
     """
     path = Path(path)
-    if not (frames in FRAME_CHOICES or isinstance(frames, int)):
-        raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
     ds = _read_dataset(path)
     pixels = _pixel_array(ds, path)
     if pixels.size == 0 or pixels.ndim < 2:
@@ -307,11 +304,6 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
         stored = pixels if count == 1 else pixels[i]
         out.append(DicomFrame(_to_display(ds, i, stored[..., :3] if stored.ndim == 3 else stored), i, count))
     return out
-
-
-def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
-    """One DICOM frame as uint8 (H, W): the middle frame of a multi-frame file unless `frame` says which."""
-    return read_dicom_frames(path, "middle" if frame is None else frame)[0].pixels
 
 
 def _short(err: BaseException) -> str:

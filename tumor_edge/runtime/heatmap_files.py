@@ -1,17 +1,11 @@
 """`classify --heatmap DIR`: one overlay PNG per classified scan, named so none collides, in a folder made by the
 one output-folder rule (a non-empty folder is refused unless forced; force replaces only overlay PNGs).
 
-The overlay is drawn over the pixels the model saw (the prediction path hands them over: no second decode), in
-the predicted class's map, drawn by the method `tumor_edge.runtime.explain` picks: the exact class activation map
-when the model gives one of at least 4x4 cells, else occlusion sensitivity through the model itself, so a model
-without a class-activation head (a foreign ONNX model, a 96 px InceptionV3 whose map is one cell) gets a map
-too. The caption and the PNG's "Method" text say which method drew it.
-
-Each PNG is written whole or not at all, never onto another's name and never through a link someone planted in
-the folder: it is drawn into a hidden temporary file that `mkstemp` creates under a random name (O_CREAT|O_EXCL,
-mode 0600: an existing name, a symbolic link included, is never opened), then hard-linked to its name, which fails
-if the name exists (two runs writing one folder take the next free number instead of replacing each other's
-files), and the temporary file is removed even on Ctrl-C.
+The overlay is drawn over the pixels the model saw (no second decode), in the map `tumor_edge.runtime.explain`
+picks, so a model without a fine class-activation map gets one too; the caption says which method drew it.
+Each PNG is written whole or not at all, never onto another's name and never through a planted link: it is drawn
+into a temporary file `mkstemp` creates (O_EXCL, 0600), then hard-linked to its name, which fails if the name
+exists (two runs writing one folder take the next free number), and the temporary file is removed even on Ctrl-C.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Heatmap overlay PNGs on the device: a map of evidence coloured over the scan it explains.
 
-The map is the model's "heatmap" output (see the bundle's `outputs`: (h, w, classes) at the last conv map's
-resolution, 8 x 8 for a 299 px InceptionV3, each cell's contribution to each class's logit) or a model-agnostic
-map from `tumor_edge.runtime.explain` (occlusion, RISE); the method that drew it is written in the caption and
-in the PNG's "Method" text. It is upsampled to the scan, stretched to its own range, coloured blue (little
-evidence) to red (most) and blended over the grey scan, with the class and the research-only notice written under
-the picture. Pillow and numpy only; no TensorFlow, no matplotlib.
+The map (the model's "heatmap" output or a model-agnostic one from `tumor_edge.runtime.explain`) is upsampled to
+the scan, stretched to its own range, coloured blue (little evidence) to red (most) and blended over the grey
+scan, with the class, the method that drew the map and the research-only notice written under the picture.
+Pillow and numpy only.
 """
 
 from __future__ import annotations

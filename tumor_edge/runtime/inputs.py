@@ -1,13 +1,8 @@
 """Command-line PATH arguments to the list of scan files to classify, and the problems found on the way.
 
-Nothing the user named may vanish without a word: a folder that cannot be entered, a FIFO or device among the
-scans, a folder named like an image, a folder with no scans at all each become a problem the batch reports next
-to the files that failed to decode. Special files are recognised by `stat` and never opened.
-
-What is a scan is the readers' registry's to say (`runtime/readers/`): a file some reader claims by suffix or,
-suffix-less, by content; a folder a folder reader claims (a DICOM series: every visible entry in it a DICOM file,
-two or more of them sharing a SeriesInstanceUID) is listed as one item, the folder itself, instead of its files.
-A folder mixing several multi-file series is a problem.
+Nothing the user named may vanish without a word: a folder that cannot be entered, a special file among the
+scans, a folder named like an image, a folder with no scans each become a problem the batch reports. What is a
+scan is the readers' registry's to say; a folder a folder reader claims (a DICOM series) is one item.
 """
 
 from __future__ import annotations

@@ -63,12 +63,6 @@ def pixel_stats(rgb: np.ndarray) -> PixelStats:
     return PixelStats(colour, contrast, min(horizontal, vertical), dark)
 
 
-def blank_image(contrast: float) -> str:
-    """The one wording of the blank-or-constant finding, wherever it is made (a reader that sees a constant
-    picture before resizing says the same as the checks on the model's pixels)."""
-    return f"blank or constant image (contrast {contrast:.1f} grey levels): not a scan"
-
-
 def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
                    content_only: bool = False) -> list[str]:
     """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice. `content_only`: only the
@@ -76,7 +70,7 @@ def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
     constant or noise volume the dark surround of a head): blank or constant, and noise."""
     s = pixel_stats(rgb)
     if s.contrast < limits.min_contrast:
-        return [blank_image(s.contrast)]
+        return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
     if s.neighbour_correlation < limits.min_neighbour_correlation:
         return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
                 f"> {limits.min_neighbour_correlation})"]

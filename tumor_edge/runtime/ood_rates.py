@@ -1,10 +1,6 @@
 """How often a bundle's out-of-distribution warnings fire: on generated sets that are not brain MRI slices
-(detection rate) and on held-out scans that are (false-alarm rate).
-
-Measured through the runtime's own prediction path (`Classifier.predictions`: input checks on the pixels, then
-the feature-space distance when the bundle has the fit), so the figures are what a device user gets. The sets
-come from `tumor_edge.calibration.ood_sets` (synthetic, seeded). Used by the demo's summary and by
-benchmarks/ood_rates.py; a measurement, never a fit.
+(detection rate) and on held-out scans that are (false-alarm rate). Measured through the runtime's own prediction
+path, so the figures are what a device user gets; a measurement, never a fit.
 """
 
 from __future__ import annotations

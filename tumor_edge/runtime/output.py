@@ -1,16 +1,10 @@
-"""How `classify` prints results: a table for people, JSON lines or CSV for scripts. One writer per format in a
-registry; each streams a row per result to stdout as it comes, so a pipe sees results before the batch ends.
+"""How `classify` prints results: a table for people, JSON lines or CSV for scripts, one writer per format,
+each streaming a row per result as it comes.
 
-Output stays well-formed whatever the names: every file or class name on a table row or in a CSV cell passes the
-one escaping rule (`tumor_edge.text`: control characters and undecodable bytes as backslash escapes, so a row is
-one line and never drives the terminal), CSV cells are quoted and never start a spreadsheet formula, JSON never
-holds a bare NaN. A failed write (disk full) becomes an `OutputError`.
-
-Volumes (a NIfTI file, a DICOM series folder) give a row per classified slice, shaped like an image row and named
-`brain.nii.gz [axial 45/120]` (JSON: `axis`, `slice`, `slice_count` instead of `frame`), then a volume summary row
-(JSON: an object with `"summary": "volume"`) carrying the slices that support its class and the research notice.
-Every JSON and CSV result row names the model file and engine that produced it (`model_file`, `engine`): the
-device picks the file by measurement, so a row must say which one it was.
+Output stays well-formed whatever the names: names pass the one escaping rule (`tumor_edge.text`), so a row is
+one line and never drives the terminal; CSV cells never start a spreadsheet formula; JSON never holds a bare NaN.
+A failed write (disk full) becomes an `OutputError`. Every JSON and CSV row names the model file and engine that
+produced it: the device picks the file by measurement, so a row must say which one it was.
 """
 
 from __future__ import annotations
@@ -70,7 +64,7 @@ def _where(result: Prediction) -> str:
 
 
 class Writer:
-    """Streams results to `out`. `failure` returns True when it wrote the failure to `out` itself."""
+    """Streams results to `out`; a failure is a row only where the format has one (JSON, CSV)."""
 
     def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int, notice: str = "",
                  model: tuple[str, str] = ("", "")):
@@ -91,8 +85,8 @@ class Writer:
     def volume_summary(self, summary: VolumeSummary) -> None:
         raise NotImplementedError
 
-    def failure(self, result: Failure) -> bool:
-        return False
+    def failure(self, result: Failure) -> None:
+        pass
 
     def _line(self, text: str) -> None:
         try:
@@ -154,9 +148,8 @@ class JsonLinesWriter(Writer):
     def volume_summary(self, summary: VolumeSummary) -> None:
         self._json(summary.to_dict(self.notice))
 
-    def failure(self, result: Failure) -> bool:
+    def failure(self, result: Failure) -> None:
         self._json(result.to_dict(), produced=False)
-        return True
 
 
 class CsvWriter(Writer):
@@ -195,10 +188,9 @@ class CsvWriter(Writer):
                    label, confidence, *(f"{summary.probabilities[c]:.6f}" for c in self.classes),
                    csv_cell("; ".join([*summary.warnings, self.notice])), "", *self._produced()])
 
-    def failure(self, result: Failure) -> bool:
+    def failure(self, result: Failure) -> None:
         self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)), "",
                    csv_cell(failure_reason(result)), "", ""])
-        return True
 
 
 WRITERS: dict[str, Callable[..., Writer]] = {

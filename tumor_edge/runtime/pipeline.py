@@ -1,15 +1,10 @@
-"""The one prediction path: decode (the readers' registry) -> input checks -> inference -> post-processing ->
-optional work on the pixels the model saw (an explanation) -> a row. `classify`, `serve`, the Classifier's calls
-and export's parity all run it; none re-implements a stage.
+"""The one prediction path: decode -> input checks -> inference -> post-processing -> optional work on the
+pixels the model saw -> a row. `classify`, `serve`, the Classifier and export's parity all run it.
 
-Files are decoded in a few threads (Pillow and numpy release the GIL while decoding and resizing) a bounded
-distance ahead of inference, so memory stays flat however many files there are; each result is yielded in input
-order as soon as its batch is done. An input that cannot be read becomes a `Failure` in the stream instead of an
-exception, so one corrupt scan never stops a night's batch; model errors raise. A volume (NIfTI, a DICOM series
-folder) gives a Prediction per slice and then its `VolumeSummary` (`volume_run`, loaded only when one turns up).
-
-The model is anything with the Classifier's `preprocessing`, `postprocessing` and `predictions`
-(`results.Model`): the classifier calls this module, never the other way round.
+Files are decoded in a few threads a bounded distance ahead of inference, so memory stays flat however many files
+there are; results come in input order. An unreadable input becomes a `Failure` in the stream, so one corrupt scan
+never stops a batch; model errors raise. The model is anything with the Classifier's `preprocessing`,
+`postprocessing` and `predictions` (`results.Model`): the classifier calls this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -23,10 +18,10 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
-from tumor_edge.runtime.frames import check_frames
 from tumor_edge.runtime.image import load_rgb_frames
 from tumor_edge.runtime.ood_checks import input_warnings
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
+from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.registry import is_volume
 from tumor_edge.runtime.results import Failure, Model, OnPixels, Prediction, failure_of
 

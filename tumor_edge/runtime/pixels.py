@@ -1,12 +1,9 @@
 """Decoded pixels to 8-bit RGB: the conversions every reader and the classifier's in-memory inputs share.
 
 High-bit-depth and float pictures are min-max scaled in blocks (no full-size float copy), transparency becomes the
-black background of an MRI slice, EXIF orientation is applied. Degenerate pictures that still classify (a constant
-image, some non-finite pixels) are reported on the `tumor_edge.input` logger as warnings; the CLI prints them.
-Whether a picture is constant is decided without scanning it in the common case: real scans differ between their
-first pixel and the centre or a corner, which a handful of `getpixel` calls finds; only a picture whose probes all
-agree is scanned in full (`getextrema`), so the answer is exactly the full scan's.
-Pillow's limits are set here, once, for every reader that opens a file with it.
+black background of an MRI slice, EXIF orientation is applied. Pictures that still classify with some non-finite
+pixels are reported on the `tumor_edge.input` logger as warnings; the CLI prints them. Pillow's limits are set
+here, once, for every reader that opens a file with it.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from PIL import Image, ImageOps
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_PIXELS
-from tumor_edge.runtime.ood_checks import blank_image
 
 # Pillow's own decompression-bomb guard raises above twice its limit and only warns between one and two times;
 # `caps.check_decoded` checks the header itself before decoding, so the warning (which would print on every such
@@ -33,7 +29,7 @@ HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 log = logging.getLogger("tumor_edge.input")
 
-__all__ = ["HIGH_BIT_MODES", "pil_to_rgb", "to_uint8", "warn_if_constant"]
+__all__ = ["HIGH_BIT_MODES", "pil_to_rgb", "to_uint8"]
 
 
 def _finite_range(array: np.ndarray) -> tuple[float, float, int]:
@@ -104,33 +100,3 @@ def pil_to_rgb(image: Image.Image, path: str | Path | None = None, owned: bool =
     if image.mode != "RGB":
         return image.convert("RGB")
     return image
-
-
-# Modes whose pixel values compare exactly (floats do not: NaN != NaN), so a differing probe proves non-constancy.
-_EXACT_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "La", "PA",
-                          "RGBa", "I", "I;16", "I;16L", "I;16B", "I;16N"})
-_GRID = 4  # probes on a (GRID+1) x (GRID+1) lattice over the picture, corners and centre included
-
-
-def band_values_if_constant(image: Image.Image) -> tuple[float, ...] | None:
-    """Each band's single value when every pixel of `image` is the same, else None (as `getextrema` decides)."""
-    width, height = image.size
-    if image.mode in _EXACT_MODES and width > 0 and height > 0:
-        first = image.getpixel((0, 0))
-        for j in range(_GRID + 1):
-            y = (height - 1) * j // _GRID
-            for i in range(_GRID + 1):
-                if image.getpixel(((width - 1) * i // _GRID, y)) != first:
-                    return None
-    extrema = image.getextrema()
-    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    if all(lo == hi for lo, hi in bands):
-        return tuple(lo for lo, _ in bands)
-    return None
-
-
-def warn_if_constant(image: Image.Image, path: str | Path, label: str | None = None) -> None:
-    """A picture whose every pixel is equal still gets a label from a model; say so in the input checks' words."""
-    if band_values_if_constant(image) is not None:
-        where = f" [{label}]" if label else ""
-        log.warning("%s%s: %s", path, where, blank_image(0.0))

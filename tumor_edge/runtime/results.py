@@ -15,7 +15,7 @@ import numpy as np
 
 from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.errors import InputImageError, TumorEdgeError
-from tumor_edge.runtime.frames import release_frames
+from tumor_edge.runtime.readers.base import release_frames
 
 
 @dataclass(frozen=True)

@@ -41,17 +41,15 @@ def file_kind(mode: int) -> str:
     return "a special file"
 
 
+# errno -> the few words a user needs; other errors say their own strerror.
+REASONS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOENT: "no such file",
+           errno.ELOOP: "too many levels of symbolic links",
+           errno.ENOTDIR: "no such file (a part of the path is not a folder)"}
+
+
 def reason(err: OSError) -> str:
     """An OSError as the few words a user needs ('permission denied', 'no such file')."""
-    if err.errno == errno.EACCES or isinstance(err, PermissionError):
-        return "permission denied"
-    if err.errno == errno.ENOENT:
-        return "no such file"
-    if err.errno == errno.ELOOP:
-        return "too many levels of symbolic links"
-    if err.errno == errno.ENOTDIR:
-        return "no such file (a part of the path is not a folder)"
-    return (err.strerror or type(err).__name__).lower()
+    return REASONS.get(err.errno) or (err.strerror or type(err).__name__).lower()
 
 
 def stat_regular(path: str | Path) -> os.stat_result:

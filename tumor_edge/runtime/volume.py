@@ -1,9 +1,5 @@
-"""Volumes in `classify`: a NIfTI file or a DICOM series folder, cut into slices the model can classify.
-
-A volume reader (`runtime/readers/`: NIfTI, DICOM series) checks the size its header promises against the caps
-before it reads a voxel, and hands a `Volume` (the stored values in RAS voxel order, a view, with the modality
-scaling beside them) to `volume_scan`. Slices are made one at a time when the classifier asks for them
-(`iter_slices`), so a run holds the volume plus one batch of model-sized slices, never every slice decoded. The
+"""Volumes in `classify`: a `Volume` (checked against the caps by its reader) cut into slices the model can
+classify, one at a time when the classifier asks, so a run holds the volume plus one batch of slices. The
 orientation, framing and intensity rules are `volume_slices`', the ones the demo's training scans were made with.
 """
 
@@ -17,9 +13,8 @@ from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
-from tumor_edge.runtime.frames import parse_slices
 from tumor_edge.runtime.ood_checks import input_warnings
-from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan
+from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan, parse_slices
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import (
     AXES,

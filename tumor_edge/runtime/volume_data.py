@@ -1,6 +1,5 @@
-"""The `Volume` a volume reader gives (NIfTI: volume_nifti.py, DICOM series: volume_dicom.py) and slicing takes
-(volume.py): stored values in RAS voxel order with the modality scaling beside them. Plain data, in a module of its
-own so the readers and the registry that picks them need not import each other for it.
+"""The `Volume` a volume reader gives and slicing takes: stored values in RAS voxel order with the modality
+scaling beside them. Plain data, so the readers and the slicing need not import each other for it.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import check_volume_size
+from tumor_edge.runtime.readers.base import FOLDER_FILES, FOLDER_REFUSED, FOLDER_SCAN
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 
@@ -108,15 +109,13 @@ def folder_dicom_files(folder: Path) -> tuple[list[Path], bool]:
 
 
 def series_role(folder: Path, files: list[Path]) -> tuple[str, str | None]:
-    """What a folder of `files` (all DICOM, no subfolders) is: ("series", None), ("images", None), or
-    ("refused", the one-line reason). Reads headers only; without pydicom it is a folder of images (each then
-    says which extra it needs)."""
-    if len(files) < 2:
-        return "images", None
+    """What a folder of `files` (two or more, all DICOM, no subfolders) is: FOLDER_SCAN (one series),
+    FOLDER_FILES (separate images) or FOLDER_REFUSED with the one-line reason. Reads headers only; without
+    pydicom it is a folder of images (each then says which extra it needs)."""
     try:
         import pydicom  # noqa: F401
     except ImportError:
-        return "images", None
+        return FOLDER_FILES, None
     headers = []
     for path in files:
         try:
@@ -124,18 +123,18 @@ def series_role(folder: Path, files: list[Path]) -> tuple[str, str | None]:
         except Exception:  # an unreadable file: reading the series (or the image) names it
             continue
     if any(h.frames > 1 for h in headers):
-        return "images", None  # multi-frame files are volumes of their own (`--frames`)
+        return FOLDER_FILES, None  # multi-frame files are volumes of their own (`--frames`)
     groups = Counter(h.series or f"no SeriesInstanceUID: {h.path.name}" for h in headers)  # never a series
     multi = {uid: n for uid, n in groups.items() if n >= 2 and not uid.startswith("no SeriesInstanceUID")}
     if not multi:
-        return "images", None
+        return FOLDER_FILES, None
     if len(groups) == 1:
-        return "series", None  # with unreadable files among it, reading the series names them
+        return FOLDER_SCAN, None  # with unreadable files among it, reading the series names them
     labels = {h.series or f"no SeriesInstanceUID: {h.path.name}": h.label for h in headers}
     listed = [f"{labels[uid]} ({n} file{'s' if n != 1 else ''})" for uid, n in groups.most_common()]
     more = f", and {len(listed) - MAX_LISTED_SERIES} more" if len(listed) > MAX_LISTED_SERIES else ""
-    return "refused", (f"holds {len(groups)} DICOM series ({'; '.join(listed[:MAX_LISTED_SERIES])}{more}); "
-                       "a series folder must hold one: put each series in its own folder")
+    return FOLDER_REFUSED, (f"holds {len(groups)} DICOM series ({'; '.join(listed[:MAX_LISTED_SERIES])}{more}); "
+                            "a series folder must hold one: put each series in its own folder")
 
 
 def _stack_geometry(headers: list[SliceHeader], folder: Path, notes: list[str]
@@ -184,10 +183,7 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
     if len(files) < 2:
         raise InputImageError("a DICOM series folder needs at least two slice files", folder)
     headers = [header(path) for path in files]  # an unreadable file: its own one-line error
-    role, reason = series_role(folder, files)
-    if role == "refused":
-        raise InputImageError(reason, folder)
-    if len({h.series for h in headers}) > 1:
+    if len({h.series for h in headers}) > 1:  # the folder changed since `series_role` called it one series
         raise InputImageError("files of several DICOM series in one folder", folder)
     sizes = Counter((h.rows, h.columns) for h in headers)
     if len(sizes) > 1:
@@ -221,8 +217,7 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
     if invert:  # MONOCHROME1: bright must mean high signal, as for single DICOM files
         top = float(max(np.max(stored[k]) * slope[k, 0, 0] + intercept[k, 0, 0] for k in range(len(stored))))
         slope, intercept = -slope, top - intercept
-    ornt = closest_ras(direction)
-    order = ornt  # voxel axes (slice, row, column) -> RAS
+    order = closest_ras(direction)  # voxel axes (slice, row, column) -> RAS
     shape = (len(headers), first.rows, first.columns)
     return Volume(str(folder), to_ras(stored, order), ras_spacing(spacing, order),
                   to_ras(np.broadcast_to(slope, shape), order), to_ras(np.broadcast_to(intercept, shape), order),

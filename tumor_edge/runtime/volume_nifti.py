@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from tumor_edge.errors import InputImageError, MissingExtraError
-from tumor_edge.runtime.caps import check_file_size, check_volume_size
-from tumor_edge.runtime.special_files import open_regular, stat_regular
+from tumor_edge.runtime.caps import check_volume_size
+from tumor_edge.runtime.special_files import open_regular
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 
@@ -69,13 +69,10 @@ def _image(nib, fh, path: Path):
 
 
 def read_nifti(path: str | Path) -> Volume:
-    """A NIfTI volume as a `Volume` (4-D: its first volume, with a warning); one-line errors for the rest."""
+    """A NIfTI volume as a `Volume` (4-D: its first volume, with a warning); one-line errors for the rest. The
+    registry's `read_scan` has checked the file is regular, not empty and within the file-size cap."""
     path = Path(path)
     nib = _nibabel(path)
-    info = stat_regular(path)
-    if info.st_size == 0:
-        raise InputImageError("empty file (0 bytes)", path)
-    check_file_size(info.st_size, path)
     notes = []
     with open_regular(path) as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if str(path).lower().endswith(".gz") else raw
@@ -117,8 +114,7 @@ def read_nifti(path: str | Path) -> Volume:
     zooms = tuple(z if np.isfinite(z) and z > 0 else 1.0 for z in zooms)
     if any(not np.isfinite(z) or z <= 0 for z in header.get_zooms()[:3]):
         notes.append("voxel sizes in the header are zero or not numbers; 1 mm assumed")
-    volume = Volume(str(path), to_ras(stored, ornt), ras_spacing(zooms, ornt), slope, intercept, notes)
-    return volume
+    return Volume(str(path), to_ras(stored, ornt), ras_spacing(zooms, ornt), slope, intercept, notes)
 
 
 def _scaling(header) -> tuple[float, float]:

@@ -1,9 +1,8 @@
 """Classifying one volume: read it, plan its slices, classify them a batch at a time, then summarise.
 
-A generator of results in the order a writer prints them: a Prediction per slice (its `frame` is the slice index,
-`frame_count` the slices along the axis, `axis` the plane), then the `VolumeSummary`; or a single `Failure` when
-the volume cannot be read (after rows already given, when it breaks half-way). It never raises for a bad file, so
-a batch goes on. Memory: the volume as stored, plus one batch of model-sized slices.
+Results come in the order a writer prints them: a Prediction per slice, then the `VolumeSummary`; or a `Failure`
+when the volume cannot be read (after the rows already given, when it breaks half-way), never an exception, so a
+batch goes on. Memory: the volume as stored, plus one batch of model-sized slices.
 """
 
 from __future__ import annotations

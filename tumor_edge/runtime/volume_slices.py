@@ -195,9 +195,7 @@ def pick_slices(choice: str | int, lo: int, hi: int) -> list[int]:
         return [(lo + hi - 1) // 2]
     if choice == "all":
         return list(range(lo, hi))
-    count = int(choice)
-    if count < 1:
-        raise ValueError(f"the number of slices must be at least 1, not {count}")
+    count = int(choice)  # at least 1: `parse_slices` checked it
     if count == 1:
         return [(lo + hi - 1) // 2]
     return sorted({int(round(x)) for x in np.linspace(lo, hi - 1, count)})

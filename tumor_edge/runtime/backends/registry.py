@@ -1,11 +1,9 @@
 """The backend registry: engine name -> the factory that opens its files, for the engines of the format table
 (tumor_edge.contracts.formats.ENGINES).
 
-The engine's row names its backend module (`Engine.backend`); that module's `BACKEND` is the factory. The module
-is imported the first time a file of that engine is opened, not before: a device that only runs .onnx files
-never imports the LiteRT backend. Why a module path in the row rather than the class itself: the row lives in
-contracts, which import no engine (pyproject's import contracts), and this registry is the one place that turns
-the name into code. An engine outside tumor-edge (or a test's) is a row whose `backend` names its own module.
+An engine's row names its backend module (`Engine.backend`), whose `BACKEND` is the factory, imported the first
+time a file of that engine is opened: contracts import no engine, and this is the one place that turns the name
+into code. An engine outside tumor-edge (or a test's) is a row whose `backend` names its own module.
 """
 
 from __future__ import annotations

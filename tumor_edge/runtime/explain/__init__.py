@@ -8,7 +8,6 @@ from tumor_edge.runtime.explain.methods import (
     AUTO,
     METHODS,
     MIN_CAM_CELLS,
-    ExplainRequest,
     ExplainSettings,
     Explanation,
     cam_cells,
@@ -16,5 +15,5 @@ from tumor_edge.runtime.explain.methods import (
     explain_prediction,
 )
 
-__all__ = ["AUTO", "METHODS", "MIN_CAM_CELLS", "ExplainRequest", "ExplainSettings", "Explanation", "cam_cells",
+__all__ = ["AUTO", "METHODS", "MIN_CAM_CELLS", "ExplainSettings", "Explanation", "cam_cells",
            "choose_method", "explain_prediction"]

@@ -1,6 +1,5 @@
-"""Input types as readers: one `Reader` record per type, one registry (`registry.py`), the only place suffixes
-live. `read_scan(path)` reads anything a reader claims; a new type is a row in `registry.READERS`.
-"""
+"""Input types as readers: one `Reader` row per type in `registry.READERS`, the only place suffixes live;
+`read_scan(path)` reads anything a reader claims."""
 
 from __future__ import annotations
 
@@ -11,13 +10,9 @@ from tumor_edge.runtime.readers.registry import (
     is_scan_file,
     is_volume,
     read_scan,
-    reader_by_suffix,
-    reader_for,
     readers,
     readers_help,
-    scan_suffixes,
 )
 
 __all__ = ["IMAGE", "VOLUME", "Picture", "ReadOptions", "Reader", "Scan", "claimed_suffix", "is_dicom_file",
-           "is_scan_file", "is_volume", "read_scan", "reader_by_suffix", "reader_for", "readers", "readers_help",
-           "scan_suffixes"]
+           "is_scan_file", "is_volume", "read_scan", "readers", "readers_help"]

@@ -1,28 +1,26 @@
 """The reader interface: what every input type (a 2-D image, a DICOM file, a DICOM series, a NIfTI volume) gives.
 
-A `Reader` is one record: its name, the file suffixes it claims (they live only in the registry's rows,
-`readers/registry.py`), how to recognise its files by content when the suffix says nothing (DICOM files often
-have none), whether it reads folders (a DICOM series), the extra that installs what it needs and the modules that
-extra brings (`tumor-edge env` and the missing-extra message read them), whether a file is one image (its frames)
-or a volume (cut into slices), what it reads in a few words (`readers_help`, for classify's help), and `read`.
-Every consumer (`classify`, `Classifier`, `serve`, `verify --data`, training, export parity) reads through the
-registry, so a new reader reaches all of them.
-
-`read` gives a `Scan`: the pictures to classify (8-bit RGB at their own size, numpy through `Picture.pixels`)
-with their provenance (which frame or slice, out of how many, along which axis, what the checks noticed). A
-volume's pictures come one at a time, so memory holds the volume and one slice, never every slice decoded.
+A `Reader` is one row of the registry (`readers/registry.py`); every consumer reads through the registry, so a new
+reader reaches all of them. `read` gives a `Scan`: the pictures to classify (8-bit RGB at their own size) with
+their provenance. A volume's pictures come one at a time, so memory holds the volume and one slice, never every
+slice decoded.
 """
 
 from __future__ import annotations
 
+import importlib
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
+from tumor_edge.errors import ConfigError, InputImageError
+from tumor_edge.runtime.caps import MAX_FRAMES
+from tumor_edge.runtime.special_files import read_head
 
-from tumor_edge.errors import ConfigError
+if TYPE_CHECKING:  # Pillow loads with the first picture: classify's help lists the rows without it
+    from PIL import Image
 
 IMAGE = "image"  # a file is one picture, or a few frames (multi-page TIFF, multi-frame DICOM)
 VOLUME = "volume"  # a 3-D scan: slices are cut from it along an axis, and a volume summary follows them
@@ -31,6 +29,65 @@ KINDS = (IMAGE, VOLUME)
 # A folder reader's answer about one folder: it is a scan of this reader, it is not (walk its files), or it looks
 # like one but cannot be read as one (the reason is a one-line problem naming the folder).
 FOLDER_SCAN, FOLDER_FILES, FOLDER_REFUSED = "scan", "files", "refused"
+
+
+# ---- which pictures of a file: frames of multi-frame files, slices of volumes ---------------------------------
+
+FRAME_CHOICES = ("middle", "all")  # or a frame index
+SLICE_CHOICES = ("middle", "all")  # or a whole number N
+
+
+def check_frames(frames: object) -> None:
+    """A ConfigError for a `frames` choice that is neither one of FRAME_CHOICES nor a frame index: the caller's
+    mistake, said once before any file is read."""
+    if not (frames in FRAME_CHOICES or isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
+        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+
+
+def select_frames(frames: str | int, count: int, path: str | Path) -> list[int]:
+    """The frame indices `frames` ("middle", "all" or an index) picks from a file of `count` frames."""
+    if frames == "all":
+        if count > MAX_FRAMES:
+            raise InputImageError(f"the file holds {count} frames; classifying all of them is limited to "
+                                  f"{MAX_FRAMES} frames a file", path)
+        return list(range(count))
+    if frames == "middle":
+        return [count // 2]
+    if isinstance(frames, int) and not isinstance(frames, bool):
+        if not 0 <= frames < count:
+            raise InputImageError(f"no frame {frames}: the file holds {count}", path)
+        return [frames]
+    raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+
+
+def release_frames(err: BaseException) -> None:
+    """Drop the local variables of the finished frames in an exception's traceback (and its causes').
+
+    A decoder that fails half-way leaves its partly decoded image referenced from its frame (Pillow's decoder
+    holds the image core): while a batch keeps the error to report it, that memory would stay alive. Cleared
+    frames keep their file and line, so --debug still shows the traceback.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
+def parse_slices(value: str | int) -> str | int:
+    """`--slices`: 'middle', 'all' or a whole number N >= 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
+        return value.lower()
+    else:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
+    if not 1 <= number <= MAX_FRAMES:
+        raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -57,18 +114,6 @@ class Picture:
     axis: str | None = None
     warnings: tuple[str, ...] = ()
 
-    @property
-    def pixels(self) -> np.ndarray:
-        """uint8 (H, W, 3)."""
-        return np.asarray(self.image, dtype=np.uint8)
-
-    @property
-    def label(self) -> str | None:
-        """'frame 12 of 25' (0-based index) for multi-frame files, None otherwise."""
-        if self.axis is not None:
-            return f"{self.axis} slice {self.index} of {self.count}"
-        return f"frame {self.index} of {self.count}" if self.count > 1 else None
-
 
 @dataclass
 class Scan:
@@ -92,20 +137,29 @@ class Scan:
             close()
 
 
+def _code(ref: Callable | str) -> Callable:
+    """A row's function: itself, or 'package.module:name' imported on first use (a JPEG never loads the volume
+    readers)."""
+    if isinstance(ref, str):
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return ref
+
+
 @dataclass(frozen=True)
 class Reader:
     """One input type. `suffixes`: lower-case, with their dot, possibly several parts ('.nii.gz').
-    `sniff(path)`: whether a regular file is of this type by its content (never blocks: special files are not
-    opened). `folder(path)`: for readers of folders, FOLDER_SCAN / FOLDER_FILES / FOLDER_REFUSED and a reason.
-    `extra` / `modules`: the pip extra that installs what `read` needs, and the top-level modules it brings (import
-    names, probed by `tumor-edge env`). `description`: what it reads, for help texts."""
+    `read`, `folder`: a function or 'module:function'. `magic`: (offset, bytes) that mark a file of this type
+    whatever its name. `folder(path)`: for readers of folders, FOLDER_SCAN / FOLDER_FILES / FOLDER_REFUSED and a
+    reason. `extra` / `modules`: the pip extra that installs what `read` needs, and the top-level modules it brings
+    (import names, probed by `tumor-edge env`). `description`: what it reads, for help texts."""
 
     name: str
     suffixes: tuple[str, ...]
-    read: Callable[[Path, ReadOptions], Scan]
+    read: Callable[[Path, ReadOptions], Scan] | str
     kind: str = IMAGE
-    sniff: Callable[[Path], bool] | None = None
-    folder: Callable[[Path], tuple[str, str | None]] | None = None
+    magic: tuple[int, bytes] | None = None
+    folder: Callable[[Path], tuple[str, str | None]] | str | None = None
     extra: str | None = None
     modules: tuple[str, ...] = ()
     description: str = ""
@@ -117,6 +171,19 @@ class Reader:
             if not suffix.startswith(".") or suffix != suffix.lower() or len(suffix) < 2:
                 raise ConfigError(f"reader {self.name!r}: suffix {suffix!r} must be lower-case and start with '.'")
 
+    def load(self, path: Path, options: ReadOptions) -> Scan:
+        return _code(self.read)(path, options)
+
+    def folder_role(self, folder: Path) -> tuple[str, str | None]:
+        return _code(self.folder)(folder) if self.folder is not None else (FOLDER_FILES, None)
+
+    def sniff(self, path: Path) -> bool:
+        """Whether a regular file carries this type's magic (special files are never opened)."""
+        if self.magic is None:
+            return False
+        offset, marker = self.magic
+        return read_head(path, offset + len(marker))[offset:] == marker
+
     def suffix_of(self, path: str | Path) -> str | None:
         """The longest of this reader's suffixes that `path`'s name ends with (case-insensitive), if any."""
         name = Path(path).name.lower()
@@ -124,12 +191,13 @@ class Reader:
         return max(matches, key=len) if matches else None
 
     def claims(self, path: str | Path) -> bool:
-        """Whether this reader reads `path`: by suffix, by content (`sniff`), or as one of its folders."""
+        """Whether this reader reads `path`: by suffix, by magic, or as one of its folders."""
         path = Path(path)
         if self.folder is not None and path.is_dir():
-            return self.folder(path)[0] == FOLDER_SCAN
-        return self.suffix_of(path) is not None or (self.sniff is not None and self.sniff(path))
+            return self.folder_role(path)[0] == FOLDER_SCAN
+        return self.suffix_of(path) is not None or self.sniff(path)
 
 
-__all__ = ["FOLDER_FILES", "FOLDER_REFUSED", "FOLDER_SCAN", "IMAGE", "KINDS", "VOLUME", "Picture", "ReadOptions",
-           "Reader", "Scan"]
+__all__ = ["FOLDER_FILES", "FOLDER_REFUSED", "FOLDER_SCAN", "FRAME_CHOICES", "IMAGE", "KINDS", "SLICE_CHOICES",
+           "VOLUME", "Picture", "ReadOptions", "Reader", "Scan", "check_frames", "parse_slices", "release_frames",
+           "select_frames"]

@@ -14,9 +14,8 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_total
-from tumor_edge.runtime.frames import release_frames, select_frames
-from tumor_edge.runtime.pixels import log, pil_to_rgb, warn_if_constant
-from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions, Scan
+from tumor_edge.runtime.pixels import log, pil_to_rgb
+from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions, Scan, release_frames, select_frames
 from tumor_edge.runtime.special_files import open_regular
 
 
@@ -70,10 +69,7 @@ def read_frames(path: Path, frames: str | int) -> list[Picture]:
                 total += size.nbytes
                 check_total(total, path)
                 image.load()
-                label = f"frame {index} of {count}" if count > 1 else None
-                rgb = _rgb_or_error(image, path, owned=count == 1)  # frames of one file: copies
-                warn_if_constant(rgb, path, label)
-                out.append(Picture(rgb, index, count))
+                out.append(Picture(_rgb_or_error(image, path, owned=count == 1), index, count))
             if count > 1 and frames == "middle":
                 log.warning("%s: holds %d frames; classifying the middle one, frame %d (all frames can be "
                             "asked for)", path, count, indices[0])
@@ -85,7 +81,6 @@ def read_frames(path: Path, frames: str | int) -> list[Picture]:
             if isinstance(err, InputImageError):
                 raise
             raise _decode_error(err, path) from err
-
 
 
 def _rgb_or_error(image: Image.Image, path: Path, owned: bool = False) -> Image.Image:

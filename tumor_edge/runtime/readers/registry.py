@@ -1,15 +1,10 @@
 """The one registry of input types: each row a `Reader`, and the only place file suffixes are written down.
 
-Every consumer finds its reader here: the folder walk (`inputs.scan_inputs`, `verify --data`), decoding
-(`read_scan`: `classify`, `Classifier`, `serve`, training and export parity through `image.load_rgb_frames`),
-and serve's upload check, and the tables built from the rows: the extras `tumor-edge env` reports, classify's
-help (`readers_help`). Adding an input type is a reader module, its row in READERS below, its extra in
-pyproject.toml when it needs a package, and its test. Every function here reads READERS when called.
-
-Lookup for a file goes through the rows in order: the first whose suffix matches or whose `sniff` recognises the
-content reads it (DICOM first: a DICOM file may have any name). A file nobody claims is given to Pillow, which
-recognises formats by content and otherwise says in one line that the file is no image. A folder is a scan only
-when a folder reader (a DICOM series) says so.
+Every consumer finds its reader here (the folder walk, decoding, serve's upload check) and every table of input
+types is built from the rows (`env`'s extras, classify's help); every function reads READERS when called.
+Lookup goes through the rows in order: the first whose suffix or magic matches reads the file (DICOM first: a
+DICOM file may have any name). A file nobody claims goes to Pillow, which knows formats by content and otherwise
+says in one line that the file is no image. A folder is a scan only when a folder reader says so.
 """
 
 from __future__ import annotations
@@ -18,45 +13,40 @@ import os
 import stat
 from pathlib import Path
 
-from tumor_edge.errors import ConfigError, InputImageError
+from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import check_file_size
-from tumor_edge.runtime.frames import FRAME_CHOICES
-from tumor_edge.runtime.readers.base import FOLDER_FILES, FOLDER_SCAN, KINDS, VOLUME, Reader, ReadOptions, Scan
-from tumor_edge.runtime.readers.dicom import has_dicom_magic
-from tumor_edge.runtime.readers.dicom import read as read_dicom
-from tumor_edge.runtime.readers.dicom_series import folder_role as series_folder_role
-from tumor_edge.runtime.readers.dicom_series import read as read_series
-from tumor_edge.runtime.readers.nifti import read as read_nifti
-from tumor_edge.runtime.readers.pillow import read as read_pillow
+from tumor_edge.runtime.readers.base import (
+    FOLDER_FILES,
+    FOLDER_SCAN,
+    KINDS,
+    VOLUME,
+    Reader,
+    ReadOptions,
+    Scan,
+    check_frames,
+)
 from tumor_edge.runtime.special_files import stat_regular
 
 FALLBACK = "image"  # the reader of a file nobody claims: Pillow knows formats by content
+_READERS = "tumor_edge.runtime.readers."
+
+# The rows, in lookup order. Each names its module, imported when a file of its type turns up.
+READERS: list[Reader] = [
+    Reader("dicom", (".dcm", ".dicom"), _READERS + "dicom:read", magic=(128, b"DICM"), extra="dicom",
+           modules=("pydicom",), description="DICOM (.dcm or suffix-less)"),
+    Reader("image", (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"), _READERS + "pillow:read",
+           description="JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF, WebP"),
+    Reader("nifti", (".nii", ".nii.gz"), _READERS + "nifti:read", kind=VOLUME, extra="nifti", modules=("nibabel",),
+           description="NIfTI (.nii, .nii.gz)"),
+    Reader("dicom series", (), _READERS + "dicom_series:read", kind=VOLUME,
+           folder=_READERS + "dicom_series:folder_role", extra="dicom", modules=("pydicom",),
+           description="a folder that is one DICOM series"),
+]
 
 
 def is_dicom_file(path: Path) -> bool:
     """A DICOM file by suffix or by the DICM marker (special files: never opened)."""
     return _row("dicom").claims(path)
-
-
-def _read_series(folder: Path, options: ReadOptions) -> Scan:
-    return read_series(folder, options, is_dicom_file)
-
-
-def _series_folder(folder: Path) -> tuple[str, str | None]:
-    return series_folder_role(folder, is_dicom_file)
-
-
-# The rows, in lookup order.
-READERS: list[Reader] = [
-    Reader("dicom", (".dcm", ".dicom"), read_dicom, sniff=has_dicom_magic, extra="dicom", modules=("pydicom",),
-           description="DICOM (.dcm or suffix-less)"),
-    Reader("image", (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"), read_pillow,
-           description="JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF, WebP"),
-    Reader("nifti", (".nii", ".nii.gz"), read_nifti, kind=VOLUME, extra="nifti", modules=("nibabel",),
-           description="NIfTI (.nii, .nii.gz)"),
-    Reader("dicom series", (), _read_series, kind=VOLUME, folder=_series_folder, extra="dicom",
-           modules=("pydicom",), description="a folder that is one DICOM series"),
-]
 
 
 def _row(name: str) -> Reader:
@@ -81,34 +71,24 @@ def readers_help() -> str:
     return f"Images: {images}. Volumes: {volumes}: a row per slice, then a volume summary."
 
 
-def scan_suffixes() -> frozenset[str]:
-    """Every suffix some reader claims (the registry now, not a snapshot)."""
-    return frozenset(s for reader in READERS for s in reader.suffixes)
-
-
 def claimed_suffix(name: str | Path) -> str | None:
     """The suffix (longest match, lower-case, e.g. '.nii.gz') by which some reader claims a file `name`."""
     matches = [s for reader in READERS if (s := reader.suffix_of(name)) is not None]
     return max(matches, key=len) if matches else None
 
 
-def reader_by_suffix(name: str | Path) -> Reader | None:
-    """The reader claiming a file name by its suffix alone (no content looked at: serve checks an upload's
-    name with this before the bytes are written anywhere)."""
-    suffix = claimed_suffix(name)
-    return next((r for r in READERS if suffix is not None and suffix in r.suffixes), None)
-
-
-def reader_for(path: str | Path, fallback: bool = True) -> Reader | None:
-    """The reader of a file (first row whose suffix or content matches; else Pillow when `fallback`) or of a
-    folder (a folder reader that claims it; else None)."""
+def reader_for(path: str | Path) -> Reader | None:
+    """The reader of a file (first row whose suffix or magic matches, else Pillow) or of a folder (a folder reader
+    that claims it, else None)."""
     path = Path(path)
     if _is_folder(path):
-        return next((r for r in READERS if r.folder is not None and r.folder(path)[0] == FOLDER_SCAN), None)
-    for reader in READERS:
-        if reader.suffix_of(path) is not None or (reader.sniff is not None and reader.sniff(path)):
-            return reader
-    return _row(FALLBACK) if fallback else None
+        reader, role, _ = folder_role(path)
+        return reader if role == FOLDER_SCAN else None
+    return _file_reader(path)
+
+
+def _file_reader(path: Path) -> Reader:
+    return next((r for r in READERS if r.suffix_of(path) is not None or r.sniff(path)), _row(FALLBACK))
 
 
 def folder_role(folder: Path) -> tuple[Reader | None, str, str | None]:
@@ -116,7 +96,7 @@ def folder_role(folder: Path) -> tuple[Reader | None, str, str | None]:
     `folder`; (None, FOLDER_FILES, None) when its files are to be walked."""
     for reader in READERS:
         if reader.folder is not None:
-            role, why = reader.folder(folder)
+            role, why = reader.folder_role(folder)
             if role != FOLDER_FILES:
                 return reader, role, why
     return None, FOLDER_FILES, None
@@ -132,14 +112,14 @@ def is_scan_file(path: str | Path, kinds: tuple[str, ...] = KINDS) -> bool:
     rows = [r for r in READERS if r.kind in kinds]
     if any(r.suffix_of(path) is not None for r in rows):
         return True
-    return path.suffix == "" and any(r.sniff is not None and r.sniff(path) for r in rows)
+    return path.suffix == "" and any(r.sniff(path) for r in rows)
 
 
 def is_volume(path: str | Path) -> bool:
     """Whether `path` is read as a volume (sliced, then summarised). A file no volume reader could claim (by
     suffix, or by content where one sniffs) is answered without opening it."""
     path = Path(path)
-    if not _is_folder(path) and not any(r.suffix_of(path) is not None or r.sniff is not None
+    if not _is_folder(path) and not any(r.suffix_of(path) is not None or r.magic is not None
                                         for r in READERS if r.kind == VOLUME):
         return False
     reader = reader_for(path)
@@ -150,22 +130,18 @@ def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:
     """Read any scan a reader claims: a file (regular, not empty, within the file-size cap) or a folder reader's
     folder. Errors are one-line InputImageErrors naming the path (ConfigError for bad options)."""
     options = options or ReadOptions()
-    frames = options.frames
-    if not (frames in FRAME_CHOICES or (isinstance(frames, int) and not isinstance(frames, bool))):
-        raise ConfigError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+    check_frames(options.frames)
     path = Path(path)
     if _is_folder(path):
         reader, role, why = folder_role(path)
         if role == FOLDER_SCAN and reader is not None:
-            return reader.read(path, options)
+            return reader.load(path, options)
         raise InputImageError(why or "is a folder that no reader reads as one scan (list its files instead)", path)
     info = stat_regular(path)
     if info.st_size == 0:
         raise InputImageError("empty file (0 bytes)", path)
     check_file_size(info.st_size, path)
-    reader = reader_for(path)
-    assert reader is not None  # files always have one (the fallback)
-    return reader.read(path, options)
+    return _file_reader(path).load(path, options)
 
 
 def _is_folder(path: Path) -> bool:
@@ -176,4 +152,4 @@ def _is_folder(path: Path) -> bool:
 
 
 __all__ = ["FALLBACK", "READERS", "claimed_suffix", "folder_role", "is_dicom_file", "is_scan_file", "is_volume",
-           "read_scan", "reader_by_suffix", "reader_for", "readers", "readers_help", "scan_suffixes"]
+           "read_scan", "reader_for", "readers", "readers_help"]
