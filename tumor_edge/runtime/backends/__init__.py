@@ -6,8 +6,6 @@ One job per module: `protocol` (what a backend offers), `options` (BackendOption
 float32 NHWC batches in the model's input scale and returns every model output, in model order.
 """
 
-from tumor_edge.runtime.backends.litert_backend import LiteRTBackend
-from tumor_edge.runtime.backends.onnxruntime_backend import OnnxBackend
 from tumor_edge.runtime.backends.options import (
     OPTIMIZATION_LEVELS,
     BackendOptions,
@@ -20,6 +18,19 @@ from tumor_edge.runtime.backends.registry import (
     engine_of,
     open_backend,
 )
+
+_BACKENDS = {"LiteRTBackend": "litert_backend", "OnnxBackend": "onnxruntime_backend"}
+
+
+def __getattr__(name: str):
+    """The backend classes load on first use: an engine's module is imported only when that engine runs (the
+    registry opens files through the engine table), so a process running ONNX never loads LiteRT's."""
+    if name in _BACKENDS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_BACKENDS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["OPTIMIZATION_LEVELS", "Backend", "BackendOptions", "LiteRTBackend", "OnnxBackend", "backend_factory",
            "engine_of", "machine_target", "open_backend", "resolve_providers"]
