@@ -77,6 +77,27 @@ def send_raw(server: Server, path: str, body: bytes) -> socket.socket:
     return sock
 
 
+def _whole_answer(sock: socket.socket) -> str:
+    """The server's whole answer: its head and the Content-Length bytes of body it announces (a single recv may
+    return only the first TCP segment), or what came before the server closed the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < _answer_length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("latin-1")
+
+
+def _answer_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(data)
+
+
 def test_a_map_of_every_frame_is_refused_up_front_and_others_are_answered(slow_server, tmp_path):
     """The 1,024-frame GIF with frames=all&heatmap=1 asks for an occlusion map per frame, tens of thousands of
     inferences: refused before its body is even read, and another client's plain request is answered."""
@@ -85,7 +106,7 @@ def test_a_map_of_every_frame_is_refused_up_front_and_others_are_answered(slow_s
     with socket.create_connection((host, int(port)), timeout=20) as big:
         big.sendall((f"POST /v1/classify?frames=all&heatmap=1 HTTP/1.1\r\nHost: {host}:{port}\r\n"
                      f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode())
-        answer = big.recv(65536).decode("latin-1")  # the head only: the body is never sent
+        answer = _whole_answer(big)  # to a request whose body is never sent
         scan = save_quadrant(tmp_path / "scan.png", 2).read_bytes()
         plain = request(slow_server.url + "/v1/classify?filename=scan.png", "POST", scan, OCTETS, timeout=20)
     assert answer.startswith("HTTP/1.1 400") and "frames=middle" in answer, answer
@@ -119,7 +140,7 @@ def test_sigterm_during_a_long_request_exits_within_the_grace_period(slow_server
     slow_server.process.send_signal(signal.SIGTERM)
     slow_server.process.wait(timeout=GRACE_S + 10)
     took = time.monotonic() - start
-    answer = sock.recv(4096).decode("latin-1")
+    answer = _whole_answer(sock)
     sock.close()
     assert took < GRACE_S, f"exited {took:.1f} s after SIGTERM"
     assert "graceful shutdown exceeded" not in slow_server.stderr() and "Traceback" not in slow_server.stderr()
