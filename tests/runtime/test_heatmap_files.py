@@ -96,3 +96,24 @@ def test_the_temporary_png_is_never_written_through_a_planted_symlink(heatmap_bu
     assert victim.read_bytes() == b"precious"
     assert written.is_file() and not written.is_symlink() and Image.open(written).format == "PNG"
     assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [written.name], "no temporary file left"
+
+
+def test_the_temporary_png_is_written_through_its_descriptor_not_reopened_by_name(heatmap_bundle, tmp_path,
+                                                                                   monkeypatch):
+    """Between mkstemp and the write, someone who can write the folder could swap the temporary name for a link:
+    the PNG must go through the descriptor mkstemp opened, never through a second open of the name."""
+    clf = Classifier.from_bundle(heatmap_bundle)
+    out = tmp_path / "maps"
+    writer = HeatmapWriter(out)
+    scan = save_quadrant(tmp_path / "scan.png", 2)
+    targets = []
+    save = Image.Image.save
+
+    def spy(image, fp, *args, **kwargs):
+        targets.append(fp)
+        return save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", spy)
+    written = writer.write(clf.predict(scan), decode_file(scan, clf.preprocessing).pixels[0][0])
+    assert written.is_file() and targets
+    assert not [t for t in targets if isinstance(t, (str, os.PathLike))], targets

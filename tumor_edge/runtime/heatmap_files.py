@@ -49,9 +49,8 @@ class HeatmapWriter:
         fd, name = tempfile.mkstemp(suffix=".png.tmp", prefix=".", dir=self.out_dir)
         tmp = Path(name)
         try:
-            os.close(fd)
-            write_overlay(tmp, pixels, explanation.map, prediction.index, caption, force=True,
-                          method=explanation.label)
+            with os.fdopen(fd, "wb") as out:  # through the descriptor mkstemp made: the name is never reopened
+                write_overlay(out, pixels, explanation.map, prediction.index, caption, method=explanation.label)
             path = self._claim(tmp, lambda index: overlay_name(prediction.source, index, prediction.frame))
         finally:
             tmp.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -82,13 +83,15 @@ def overlay_name(source: str | None, index: int, frame: int | None = None) -> st
     return f"{index:05d}_{stem}{suffix}_heatmap.png"
 
 
-def write_overlay(path: Path, scan_rgb: np.ndarray, heatmap: np.ndarray, class_index: int, caption: str,
-                  force: bool = False, method: str | None = None) -> Path:
-    """Write one overlay PNG (refusing to replace an existing file unless `force`). Returns its path. `method`:
-    what drew the map (e.g. "occlusion 8x8"), kept as the PNG's "Method" text."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise OutputExistsError("exists; pass force to replace it", path)
+def write_overlay(path: Path | BinaryIO, scan_rgb: np.ndarray, heatmap: np.ndarray, class_index: int, caption: str,
+                  force: bool = False, method: str | None = None) -> Path | BinaryIO:
+    """Write one overlay PNG to a path (refusing to replace an existing file unless `force`) or to an open binary
+    file (a temporary file written through the descriptor that created it, never reopened by name). Returns
+    where it wrote. `method`: what drew the map (e.g. "occlusion 8x8"), kept as the PNG's "Method" text."""
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if path.exists() and not force:
+            raise OutputExistsError("exists; pass force to replace it", path)
     image = with_caption(overlay(scan_rgb, class_map(heatmap, class_index)), caption)
     image.save(path, format="PNG", pnginfo=_notice(method))
     return path
