@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tumor_edge.bench.targets import KERAS_KEY, Target, engine_missing, engine_of
-from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, is_optimized_name, member_path
+from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, member_path
 from tumor_edge.contracts.formats import format_of
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.errors import ModelError
@@ -62,8 +62,7 @@ def _bundle_files(path: Path) -> tuple[Path | None, BundleMetadata, list[tuple[s
     """(bundle folder, metadata, [(file name, container, precision)]) for a bundle folder or one of its files."""
     if path.is_dir():
         metadata = BundleMetadata.read(path)
-        return path, metadata, [(name, e.format, e.precision) for name, e in metadata.models.items()
-                                if not is_optimized_name(name)]
+        return path, metadata, [(name, e.format, e.precision) for name, e in metadata.models.items()]
     if (path.parent / METADATA_FILE).is_file():
         bundle_dir, metadata = path.parent, BundleMetadata.read(path.parent)
     elif engine_of(path) == ONNX_ENGINE:  # a lone .onnx carries its metadata inside

@@ -37,8 +37,8 @@ def _check_output(target: Target, shape: tuple[int, ...], finite: bool, batch: i
 
 class RuntimeSession:
     """A bundle file through the device runtime, in this process. Each session gives `load_s` (opening, warm),
-    `loaded_file` (the runtime may load an optimised form it built here), `prepare(batch)` (build the batches,
-    run one, check the output), `timed_call(i)` (batch i's seconds) and `close()`."""
+    `loaded_file`, `prepare(batch)` (build the batches, run one, check the output), `timed_call(i)` (batch i's
+    seconds) and `close()`."""
 
     def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
         self.target, self.inputs, self.classes = target, inputs, classes

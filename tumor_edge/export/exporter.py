@@ -4,8 +4,7 @@ The order is the point: validate everything cheap first (output folder, model, c
 costs seconds, not a conversion; then convert every row of the format table the plan lists (export/plan.py);
 stamp the ONNX files with their metadata; open each file once through the runtime for parity, heatmap parity
 and its reference record (export/file_checks.py); write metadata.json once, then parity.json, parity.md and the
-model card. A bundle holds models only, nothing made for this machine: the runtime builds and caches the
-optimised form on each device.
+model card. A bundle holds models only, nothing made for this machine.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ class Classifier:
 
     @property
     def model_path(self) -> Path:
-        """The file actually running (the cached optimised form of the requested one, when there is one)."""
+        """The model file running."""
         return self.backend.loaded_path
 
     # ---- inference and post-processing: pixels in, rows out ------------------------------------------------

@@ -48,11 +48,9 @@ def engine_of(path: Path) -> str:
 
 def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None,
                  source_check: Callable[[], object] | None = None) -> Backend:
-    """Load a model file with the engine its suffix names. `sha256` is the file's identity for the optimised-model
-    cache (saves hashing it again): one the caller has checked, or one it is still checking, in which case
-    `source_check` waits for that check and raises if the file failed it. A backend calls `source_check` before
-    it reads the file itself and before it returns, so a file that fails never runs; until then it may load what
-    is not that file (this device's cached optimised form), which is how the check overlaps the load."""
+    """Load a model file with the engine its suffix names (a file outside a bundle, or one export has just
+    written: a bundle's listed files go through `open_model.open_bundle_model`, which reads, checks and hands
+    over the bytes). `source_check`, when given, runs before the engine sees the file."""
     path = Path(path)
     if not path.is_file():
         raise ModelError("model file not found", path)
