@@ -193,3 +193,35 @@ def test_the_environment_is_set_before_the_job_and_a_named_target_loads_only_in_
     assert "colorsys" not in sys.modules or pytest.skip("colorsys already loaded here")
     assert run_elsewhere("colorsys:rgb_to_hsv", 1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
     assert "colorsys" not in sys.modules
+
+
+def _pid_of_a_grandchild() -> tuple[int, int]:
+    return os.getpid(), run_elsewhere(os.getpid)
+
+
+def test_a_job_may_run_work_in_a_child_of_its_own():
+    """The demo runs export in a child, and export runs its converters in a TensorFlow child: a worker's child
+    must be allowed children (a daemonic process is not, and its dispatch thread died on the refusal, leaving the
+    job waiting forever)."""
+    child, grandchild = run_elsewhere(_pid_of_a_grandchild, deadline=60)
+    assert len({os.getpid(), child, grandchild}) == 3
+
+
+FORGOTTEN = """
+import os
+from tumor_edge.worker import Worker
+if __name__ == "__main__":
+    worker = Worker("forgotten")  # never closed
+    print(worker.call(os.getpid) != os.getpid())
+"""
+
+
+def test_a_worker_left_open_ends_with_the_interpreter(tmp_path):
+    """Its child is not daemonic (it may have children), so multiprocessing waits for it at exit: the worker must
+    end it first, or a program that forgot `close` would never exit."""
+    import subprocess
+
+    script = tmp_path / "forgotten.py"
+    script.write_text(FORGOTTEN)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr

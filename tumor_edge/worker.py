@@ -33,6 +33,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -257,17 +258,21 @@ class Worker:
         level = _forwarded_level()
         sys.stdout.flush()
         sys.stderr.flush()
-        self._process = context.Process(target=_child_main, args=(child_conn, self.env, level), daemon=True,
+        # Not daemonic: a job may run work in a child of its own (the demo's export stage runs export, which runs
+        # its converters in a TensorFlow worker), and a daemonic process may have none. `close` and `__exit__`
+        # end the child.
+        self._process = context.Process(target=_child_main, args=(child_conn, self.env, level), daemon=False,
                                         name=f"tumor-edge {self.name}")
         self._process.start()
         child_conn.close()
+        _end_at_exit(self)
 
     def _kill(self, wait: bool = False) -> None:
         """End the child: `wait`, let an idle one leave its loop (the pipe's close tells it); else kill it now."""
         process, conn, self._process, self._conn = self._process, self._conn, None, None
         if conn is not None:
             conn.close()
-        if process is not None:
+        if process is not None and process.pid is not None:  # a process that never started has nothing to end
             if wait and process.is_alive():
                 process.join(timeout=5)
             if process.is_alive():
@@ -365,6 +370,26 @@ class Inline:
 
     def __exit__(self, kind, value, tb) -> None:
         self.close()
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _end_at_exit(worker: Worker) -> None:
+    """A worker left open ends with the interpreter: its child is not daemonic, and multiprocessing would wait for
+    it at exit while the child waits on the pipe. Registered after multiprocessing's own exit handler, so it runs
+    first (atexit runs last-registered first)."""
+    if not _LIVE:
+        import atexit
+
+        atexit.unregister(_end_all)
+        atexit.register(_end_all)
+    _LIVE.add(worker)
+
+
+def _end_all() -> None:
+    for worker in list(_LIVE):
+        worker._kill()
 
 
 def run_elsewhere(target: Target, *args: Any, name: str | None = None, deadline: float | None = None,
