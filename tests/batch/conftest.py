@@ -32,14 +32,20 @@ def ray_processes(marker: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker.encode() in (entry / "environ").read_bytes():
+            if marker.encode() in (entry / "environ").read_bytes() and not _is_resource_tracker(entry):
                 found.append(int(entry.name))
         except OSError:
             continue
     return found
 
 
-@pytest.fixture(scope="session")
+def _is_resource_tracker(entry: Path) -> bool:
+    """multiprocessing's resource tracker: a helper of this test process that lives as long as it does (started
+    by the first spawned child, it inherits the sandbox's environment if that comes while the sandbox is set)."""
+    return b"multiprocessing.resource_tracker" in (entry / "cmdline").read_bytes()
+
+
+@pytest.fixture(scope="package")
 def ray_sandbox():
     """The environment every Ray process of these tests runs in; at the end, none of them may be left."""
     import importlib.util
