@@ -11,6 +11,7 @@ sha256 was) keeps running it after the file is restored.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -39,6 +40,25 @@ def _replace(path, data: bytes) -> None:
     os.replace(spare, path)
 
 
+def _swap_while_loading(monkeypatch, module, name: str, model: Path, other: bytes, signed: bytes) -> list:
+    """Patch the engine's loader `module.name` so that `model` holds `other` while each load runs and `signed`
+    again as soon as it returns. Returns the list of loaders made (one per load)."""
+    made = []
+    engine_class = getattr(module, name)
+
+    class Swapping(engine_class):
+        def __init__(self, *args, **kwargs):
+            _replace(model, other)
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                _replace(model, signed)
+            made.append(self)
+
+    monkeypatch.setattr(module, name, Swapping)
+    return made
+
+
 def _labels(clf: Classifier) -> list[str]:
     return [p.label for p in clf.predict_batch([quadrant_image(q, 32) for q in range(4)])]
 
@@ -56,19 +76,7 @@ def swap_at_load(fresh_bundle, monkeypatch):
     file is restored as soon as the session exists. Yields the list of sessions made (one per load)."""
     model = fresh_bundle / MODEL
     signed, other = model.read_bytes(), _always_glioma()
-    made = []
-
-    class Swapping(onnxruntime.InferenceSession):
-        def __init__(self, *args, **kwargs):
-            _replace(model, other)
-            try:
-                super().__init__(*args, **kwargs)
-            finally:
-                _replace(model, signed)
-            made.append(self)
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", Swapping)
-    return made
+    return _swap_while_loading(monkeypatch, onnxruntime, "InferenceSession", model, other, signed)
 
 
 def test_a_model_exchanged_between_check_and_load_never_runs(fresh_bundle, swap_at_load):
@@ -147,18 +155,7 @@ def test_a_litert_model_exchanged_between_check_and_load_never_runs(tmp_path, mo
     meta = BundleMetadata(list(CLASSES), Preprocessing(16, 16))
     meta.models = {model.name: describe_file(model, "tflite", "fp32")}
     meta.write(bundle)
-    made = []
-
-    class Swapping(litert.Interpreter):
-        def __init__(self, *args, **kwargs):
-            _replace(model, other)
-            try:
-                super().__init__(*args, **kwargs)
-            finally:
-                _replace(model, signed)
-            made.append(self)
-
-    monkeypatch.setattr(litert, "Interpreter", Swapping)
+    made = _swap_while_loading(monkeypatch, litert, "Interpreter", model, other, signed)
     clf = Classifier.from_bundle(bundle)
     assert made, "the hook did not run: the test proves nothing"
     assert [p.label for p in clf.predict_batch([quadrant_image(q, 16) for q in range(4)])] == ["pituitary"] * 4
