@@ -9,9 +9,8 @@ import sys
 import threading
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.errors import TumorEdgeError, first_line
+from tumor_edge.errors import TumorEdgeError, first_line, one_line
 from tumor_edge.serve.config import ServeConfig
-from tumor_edge.text import one_line
 
 
 def open_socket(host: str, port: int) -> socket.socket:
