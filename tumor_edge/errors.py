@@ -69,6 +69,17 @@ class BundleIntegrityError(ModelError):
     """A bundle whose files do not match what its metadata promises (hash, size, path outside the bundle)."""
 
 
+class SignatureError(BundleIntegrityError):
+    """A bundle whose signature is missing, unreadable, made with another key, or does not match its files."""
+
+
+class TrustSettingError(ConfigError):
+    """A trust setting that cannot be used (a missing or unreadable public key, an empty $TUMOR_EDGE_TRUST, an
+    unknown pin): nothing runs, exit status 1 (the commands that run bundles keep 2 for "some inputs failed")."""
+
+    exit_code = 1
+
+
 class MissingExtraError(TumorEdgeError):
     """A command or format needs an optional dependency that is not installed; the message names the extra."""
 
