@@ -14,7 +14,7 @@ import pytest
 
 from tests.runtime.models import add_file, integer_quadrant_model, make_bundle
 from tumor_edge.contracts.bundle import BundleMetadata
-from tumor_edge.runtime.backends.options import BackendOptions
+from tumor_edge.runtime.backends import BackendOptions
 
 INT16_MAX, INT16_MIN = 32767, -32768
 

@@ -308,7 +308,7 @@ def test_new_external_data_runs_its_new_weights(tmp_path):
 
 
 def test_external_data_in_a_node_attribute_is_found(tmp_path):
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 
     bundle = tmp_path / "b"
     bundle.mkdir()
@@ -322,7 +322,7 @@ def test_external_data_in_a_node_attribute_is_found(tmp_path):
 
 
 def test_a_damaged_model_is_a_one_line_error_not_a_walk_into_the_void(tmp_path):
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 
     path = tmp_path / "m.onnx"
     _save_external(_external_model(), path)
@@ -358,7 +358,7 @@ def test_export_records_every_external_data_file(tmp_path):
 def test_hostile_nesting_is_a_one_line_error(tmp_path):
     """Subgraphs nest (an If inside an If's branch); a file nesting deeper than any model is refused, not walked
     until Python's stack or the machine's memory gives out."""
-    from tumor_edge.runtime.backends.external_data import MAX_DEPTH, external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import MAX_DEPTH, external_data_locations
 
     def _field(number: int, payload: bytes) -> bytes:  # a length-delimited protobuf field (lengths < 128 here)
         length = len(payload)

@@ -99,7 +99,7 @@ _EXPORTS: dict[str, str] = {
     "reference_role_outputs": "tumor_edge.runtime.reference",
     "machine_target": "tumor_edge.runtime.backends",
     # files
-    "external_data_locations": "tumor_edge.runtime.backends.external_data",
+    "external_data_locations": "tumor_edge.runtime.backends.onnxruntime_backend",
     "labelled_files": "tumor_edge.runtime.verify",
     "recorded_choices": "tumor_edge.runtime.choice",
     "cache_root": "tumor_edge.runtime.cache",
@@ -124,7 +124,7 @@ if TYPE_CHECKING:
     from tumor_edge.contracts.formats import Engine
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
     from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.cache import cache_root
     from tumor_edge.runtime.choice import recorded_choices

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
 
 if TYPE_CHECKING:
-    from tumor_edge.runtime.backends.options import BackendOptions
+    from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.verify import VerifyReport
 

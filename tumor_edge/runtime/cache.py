@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.runtime.backends.options import BackendOptions
+from tumor_edge.runtime.backends import BackendOptions
 
 CACHE_DIR_ENV = "TUMOR_EDGE_CACHE_DIR"
 NO_CACHE_ENV = "TUMOR_EDGE_NO_CACHE"

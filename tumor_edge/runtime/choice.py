@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from tumor_edge.contracts.bundle import BundleMetadata, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
 from tumor_edge.errors import BundleIntegrityError, TumorEdgeError
-from tumor_edge.runtime.backends.options import BackendOptions
+from tumor_edge.runtime.backends import BackendOptions
 from tumor_edge.runtime.cache import cache_enabled, cache_root, folder_for, read_record, write_record
 
 if TYPE_CHECKING:

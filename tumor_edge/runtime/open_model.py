@@ -27,7 +27,7 @@ from tumor_edge.contracts.bundle import (
 )
 from tumor_edge.errors import ModelError
 from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_of
-from tumor_edge.runtime.backends.external_data import external_data_locations
+from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 from tumor_edge.signing import TRUST_ENV
 
 

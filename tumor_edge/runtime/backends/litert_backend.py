@@ -12,8 +12,7 @@ import numpy as np
 
 from tumor_edge.contracts.bundle import ModelFiles, read_confined
 from tumor_edge.errors import BundleIntegrityError, MissingExtraError, ModelError, first_line
-from tumor_edge.runtime.backends.options import BackendOptions
-from tumor_edge.runtime.backends.protocol import hw_of
+from tumor_edge.runtime.backends import BackendOptions, hw_of
 
 
 class LiteRTBackend:
@@ -119,6 +118,6 @@ def model_order(interpreter) -> list[dict]:
     return details
 
 
-# What the backend registry (registry.py) opens this engine's files with: the module named by its row in the
+# What the backend registry opens this engine's files with: the module named by its row in the
 # format table (tumor_edge.contracts.formats.ENGINES).
 BACKEND = LiteRTBackend
