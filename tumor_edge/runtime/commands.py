@@ -145,7 +145,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         usage.exit_code = EXIT_FATAL
         raise usage
     from tumor_edge import RESEARCH_NOTICE
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import resolve_model_path
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier

@@ -44,7 +44,7 @@ def serve(config: ServeConfig) -> None:
             self.stopping.set()
             super().handle_exit(sig, frame)
 
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import resolve_model_path
     from tumor_edge.runtime import BackendOptions, Classifier
     from tumor_edge.serve.app import create_app
     from tumor_edge.serve.bundle_files import check_bundle_files
