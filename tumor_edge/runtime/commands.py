@@ -334,7 +334,7 @@ def _summary(failures: list, n_files: int) -> None:
 
 
 def _under_the_cap(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    from tumor_edge.runtime.checks import CAP
+    from tumor_edge.runtime.choice import CAP
 
     if value is not None and value > CAP:
         raise click.BadParameter(f"{value:g} is above the cap {CAP:g} (a device further off is not this file)")

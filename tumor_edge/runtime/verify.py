@@ -2,7 +2,7 @@
 
 1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
 2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
-3. Soundness and reproduction (tumor_edge.runtime.checks): each file's recorded outputs must agree with the
+3. Soundness and reproduction (tumor_edge.runtime.choice): each file's recorded outputs must agree with the
    fp32 file's recorded labels at the rate its parity record promises (a file whose parity failed never passes);
    then the reference images are regenerated here (bit-exact on any machine, no patient data) and each file's
    probabilities must lie within its tolerance (a floor per precision, its own recorded error, a cap) of the
@@ -57,7 +57,7 @@ class VerifyReport:
     files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
     not_checked: dict[str, str] = field(default_factory=dict)  # listed file -> why this device could not check it
     choice: object | None = None  # the measured fastest file (runtime.choice.EngineChoice), once all checks passed
-    checks: dict = field(default_factory=dict)  # file -> its reproduce result here (runtime.checks.Check)
+    checks: dict = field(default_factory=dict)  # file -> its reproduce result here (runtime.choice.Check)
 
     @property
     def ok(self) -> bool:
@@ -153,7 +153,7 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport, options) -> None:
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.checks import CAP, FLOORS, reproduce, soundness
+    from tumor_edge.runtime.choice import CAP, FLOORS, reproduce, soundness
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
 
