@@ -91,7 +91,7 @@ _EXPORTS: dict[str, str] = {
     "resize_mask": "tumor_edge.runtime.explain.localisation",
     "tolerance_px": "tumor_edge.runtime.explain.localisation",
     # out-of-distribution rates
-    "flag_rates": "tumor_edge.runtime.ood_checks",
+    "flag_rates": "tumor_edge.runtime.postprocess",
     "measure_ood_rates": "tumor_edge.runtime.ood_rates",
     # reference inputs (verify regenerates them; export records the outputs on them)
     "brain_blobs": "tumor_edge.runtime.reference",
@@ -146,11 +146,10 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
     from tumor_edge.runtime.image import is_scan_file, load_rgb
     from tumor_edge.runtime.inputs import scan_inputs
-    from tumor_edge.runtime.ood_checks import flag_rates
     from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file
-    from tumor_edge.runtime.postprocess import probability_problem, softmax
+    from tumor_edge.runtime.postprocess import flag_rates, probability_problem, softmax
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
         Picture,

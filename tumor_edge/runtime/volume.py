@@ -13,7 +13,7 @@ from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
-from tumor_edge.runtime.ood_checks import input_warnings
+from tumor_edge.runtime.postprocess import input_warnings
 from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan, parse_slices
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import (
