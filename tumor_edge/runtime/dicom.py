@@ -18,8 +18,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
-from tumor_edge.runtime.readers.base import release_frames, select_frames
-from tumor_edge.runtime.special_files import open_regular
+from tumor_edge.runtime.readers.base import open_regular, release_frames, select_frames
 
 __all__ = ["DicomFrame", "is_monochrome1", "modality_scaling", "read_dicom_frames", "read_header", "read_stored"]
 

@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tumor_edge.runtime.readers.base import FOLDER_REFUSED, FOLDER_SCAN
+from tumor_edge.runtime.readers.base import FOLDER_REFUSED, FOLDER_SCAN, file_kind, reason
 from tumor_edge.runtime.readers.registry import claimed_suffix, folder_role, is_scan_file, is_volume
-from tumor_edge.runtime.special_files import file_kind, reason
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError, MissingExtraError
 from tumor_edge.runtime.caps import check_volume_size
-from tumor_edge.runtime.special_files import open_regular
+from tumor_edge.runtime.readers.base import open_regular
 from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 

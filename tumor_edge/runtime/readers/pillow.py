@@ -1,6 +1,6 @@
 """2-D images Pillow reads (JPEG, PNG 8/16-bit, BMP, TIFF, GIF, WebP) as RGB frames: the `image` reader.
 
-A file is opened only when it is a regular file (`special_files`), and each frame's decoded size, taken from the
+A file is opened only when it is a regular file (`base.open_regular`), and each frame's decoded size, taken from the
 header, is checked against the caps (`caps`) before it is decoded. Multi-frame files (multi-page TIFF, animated
 GIF) give the middle frame, every frame or one index, as multi-frame DICOM files do. Errors are one line naming
 the file.
@@ -15,8 +15,15 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_total
 from tumor_edge.runtime.pixels import log, pil_to_rgb
-from tumor_edge.runtime.readers.base import IMAGE, Picture, ReadOptions, Scan, release_frames, select_frames
-from tumor_edge.runtime.special_files import open_regular
+from tumor_edge.runtime.readers.base import (
+    IMAGE,
+    Picture,
+    ReadOptions,
+    Scan,
+    open_regular,
+    release_frames,
+    select_frames,
+)
 
 
 def read(path: Path, options: ReadOptions) -> Scan:

@@ -24,8 +24,8 @@ from tumor_edge.runtime.readers.base import (
     ReadOptions,
     Scan,
     check_frames,
+    stat_regular,
 )
-from tumor_edge.runtime.special_files import stat_regular
 
 FALLBACK = "image"  # the reader of a file nobody claims: Pillow knows formats by content
 _READERS = "tumor_edge.runtime.readers."
