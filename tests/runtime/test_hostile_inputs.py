@@ -39,8 +39,7 @@ from tests.runtime.models import make_bundle, quadrant_image, save_quadrant, wri
 from tumor_edge.cli import main
 from tumor_edge.errors import InputImageError, one_line
 from tumor_edge.runtime.caps import MAX_DECODED_BYTES
-from tumor_edge.runtime.image import is_scan_file, load_rgb, load_rgb_frames
-from tumor_edge.runtime.inputs import scan_inputs
+from tumor_edge.runtime.inputs import is_scan_file, load_rgb, load_rgb_frames, scan_inputs
 from tumor_edge.runtime.pixels import to_uint8
 
 

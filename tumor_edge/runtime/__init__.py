@@ -66,8 +66,8 @@ _EXPORTS: dict[str, str] = {
     "load_resized": "tumor_edge.runtime.preprocess",
     "preprocess_image": "tumor_edge.runtime.preprocess",
     # inputs
-    "is_scan_file": "tumor_edge.runtime.image",
-    "load_rgb": "tumor_edge.runtime.image",
+    "is_scan_file": "tumor_edge.runtime.inputs",
+    "load_rgb": "tumor_edge.runtime.inputs",
     "decode_file": "tumor_edge.runtime.pipeline",
     "scan_inputs": "tumor_edge.runtime.inputs",
     # outputs
@@ -144,8 +144,7 @@ if TYPE_CHECKING:
         tolerance_px,
     )
     from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
-    from tumor_edge.runtime.image import is_scan_file, load_rgb
-    from tumor_edge.runtime.inputs import scan_inputs
+    from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file

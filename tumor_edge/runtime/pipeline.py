@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
-from tumor_edge.runtime.image import load_rgb_frames
+from tumor_edge.runtime.inputs import load_rgb_frames
 from tumor_edge.runtime.postprocess import input_warnings
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
 from tumor_edge.runtime.readers.base import check_frames

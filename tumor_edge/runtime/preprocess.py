@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.contracts.preprocessing import SCALING_DESCRIPTIONS, Preprocessing
-from tumor_edge.runtime.image import load_rgb
+from tumor_edge.runtime.inputs import load_rgb
 
 RESIZE_METHODS: dict[str, int] = {
     "bilinear": Image.Resampling.BILINEAR,
