@@ -326,9 +326,9 @@ def test_the_int8_floor_is_above_the_measured_cross_cpu_difference(tmp_path):
     meta.write(bundle)
     report = verify_bundle(bundle, choose=False)
     assert report.ok, report.problems
-    from tumor_edge.runtime.choice import FLOORS, floors_record
+    from tumor_edge.runtime.choice import FLOORS
 
-    assert "ARM64" in FLOORS["int8"].source and floors_record()["int8"]["value"] == FLOORS["int8"].value
+    assert "ARM64" in FLOORS["int8"].source
 
 
 def test_verify_says_where_each_floor_comes_from(recorded):

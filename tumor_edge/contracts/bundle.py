@@ -135,17 +135,6 @@ class ModelEntry:
             data["files"] = {name: member.to_dict() for name, member in self.files.items()}
         return data
 
-    def identity(self) -> str:
-        """What the model's behaviour depends on, as one hex digest: its sha256, or with external data files a
-        sha256 over it and theirs (the device cache keys optimised copies by this, so new weights under an
-        unchanged model file never load a stale entry)."""
-        if not self.files:
-            return self.sha256
-        import hashlib
-
-        text = json.dumps([self.sha256, sorted((n, m.sha256) for n, m in self.files.items())])
-        return hashlib.sha256(text.encode()).hexdigest()
-
 
 RELEASE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 

@@ -70,8 +70,7 @@ UNCHECKED = "not checked: the bundle records no reference outputs"
 
 @dataclass(frozen=True)
 class Floor:
-    """The smallest tolerance of one precision, and the measurement it comes from (export writes both into the
-    bundle's reference record, so a bundle says what its devices were allowed)."""
+    """The smallest tolerance of one precision, and the measurement it comes from (verify says which)."""
 
     value: float
     source: str
@@ -102,11 +101,6 @@ EFFECT_FACTOR = 3.0
 SOUNDNESS_ALPHA = 1e-3
 CONFIDENCE_Z = 1.645  # one-sided 95 %: the upper bound of a parity record's disagreement rate
 DEFAULT_MIN_AGREEMENT = 0.99  # when the bundle's parity record names none
-
-
-def floors_record() -> dict[str, dict[str, float | str]]:
-    """FLOORS as export records them in a bundle."""
-    return {precision: {"value": floor.value, "source": floor.source} for precision, floor in FLOORS.items()}
 
 
 def floor_for(precision: str) -> float:
