@@ -146,7 +146,7 @@ def test_high_bit_depth_scaling_never_holds_full_float_copies(tmp_path):
 def test_dicom_display_pipeline_works_in_blocks(tmp_path):
     frame = np.random.default_rng(1).integers(0, 4000, (2500, 2500), dtype=np.uint16)
     path = write_dicom(tmp_path / "big.dcm", frame, rescale=(2.0, -100.0))
-    from tumor_edge.runtime.dicom import read_dicom_frames
+    from tumor_edge.runtime.readers.dicom import read_dicom_frames
 
     peak = _numpy_peak(read_dicom_frames, path)
     stored = frame.nbytes  # a float64 copy is 4 times this

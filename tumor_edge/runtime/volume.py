@@ -6,7 +6,7 @@ orientation, framing and intensity rules are `volume_slices`', the ones the demo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -15,7 +15,6 @@ from tumor_edge.errors import ConfigError, InputImageError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
 from tumor_edge.runtime.postprocess import input_warnings
 from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan, parse_slices
-from tumor_edge.runtime.volume_data import Volume
 from tumor_edge.runtime.volume_slices import (
     AXES,
     MAX_CANVAS_PIXELS,
@@ -27,6 +26,30 @@ from tumor_edge.runtime.volume_slices import (
     pick_slices,
     sample_stride,
 )
+
+
+@dataclass
+class Volume:
+    """A volume ready to slice: stored values in RAS voxel order, `values = stored * slope + intercept` (slope
+    and intercept broadcast against `stored`: per file for a DICOM series), voxel sizes in mm (RAS order)."""
+
+    source: str
+    stored: np.ndarray  # (X, Y, Z) in RAS order; a view of what was read
+    spacing: tuple[float, float, float]
+    slope: np.ndarray | float = 1.0
+    intercept: np.ndarray | float = 0.0
+    notes: list[str] = field(default_factory=list)  # warnings found while reading (logged once per volume)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.stored.shape[0], self.stored.shape[1], self.stored.shape[2]
+
+    def values(self, index: tuple) -> np.ndarray:
+        """Modality values (float32) of `stored[index]`."""
+        part = self.stored[index].astype(np.float32)
+        slope, intercept = (np.broadcast_to(np.asarray(v, dtype=np.float32), self.stored.shape)[index]
+                            for v in (self.slope, self.intercept))
+        return part * slope + intercept
 
 
 @dataclass
