@@ -30,7 +30,6 @@ from tumor_edge.runtime.readers.base import (
     select_frames,
 )
 
-
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
 # Explicit-VR value representations whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
