@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tumor_edge.errors import ConfigError
-from tumor_edge.runtime.explain.grid import cell_edges, cell_of, spread
 from tumor_edge.runtime.explain.localisation import (
     Tally,
     chance_hit,
@@ -18,6 +17,7 @@ from tumor_edge.runtime.explain.localisation import (
     resize_mask,
     tolerance_px,
 )
+from tumor_edge.runtime.explain.methods import cell_edges, cell_of, spread
 
 
 def _top_left(n: int = 4) -> np.ndarray:
