@@ -56,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "tumor_edge.runtime.results",
     "Failure": "tumor_edge.runtime.results",
     "ScanResult": "tumor_edge.runtime.pipeline",
-    "VolumeSummary": "tumor_edge.runtime.volume_summary",
+    "VolumeSummary": "tumor_edge.runtime.volume",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
     "verify_bundle": "tumor_edge.runtime.verify",
@@ -77,8 +77,8 @@ _EXPORTS: dict[str, str] = {
     "WRITERS": "tumor_edge.runtime.output",
     "csv_cell": "tumor_edge.runtime.output",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
-    "class_map": "tumor_edge.runtime.heatmap_overlay",
-    "write_overlay": "tumor_edge.runtime.heatmap_overlay",
+    "class_map": "tumor_edge.runtime.heatmap",
+    "write_overlay": "tumor_edge.runtime.heatmap",
     # explanations (the CAM where it has >= 4x4 cells, else occlusion/RISE through the model) and their scoring
     "explain_prediction": "tumor_edge.runtime.explain",
     "ExplainSettings": "tumor_edge.runtime.explain",
@@ -143,7 +143,7 @@ if TYPE_CHECKING:
         resize_mask,
         tolerance_px,
     )
-    from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
+    from tumor_edge.runtime.heatmap import class_map, write_overlay
     from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
@@ -162,7 +162,7 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
     from tumor_edge.runtime.results import Failure, Prediction
     from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
 
 
 def _import(module: str, name: str) -> Any:

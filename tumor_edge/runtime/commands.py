@@ -183,7 +183,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     if heatmap_dir is not None:
         from tumor_edge.errors import ConfigError
         from tumor_edge.runtime.explain import ExplainSettings
-        from tumor_edge.runtime.heatmap_files import HEATMAP_ROLE, HeatmapWriter
+        from tumor_edge.runtime.heatmap import HEATMAP_ROLE, HeatmapWriter
 
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
             raise ConfigError("--heatmap-method cam: this model has no class-activation map output (use auto, "

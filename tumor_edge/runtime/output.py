@@ -19,7 +19,7 @@ from tumor_edge.errors import TumorEdgeError, one_line, valid_unicode
 from tumor_edge.runtime.results import Failure, Prediction
 
 if TYPE_CHECKING:
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
 
 # OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets (OWASP's
 # other two, tab and carriage return, never start a cell: `one_line` escapes them).

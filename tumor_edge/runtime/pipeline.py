@@ -26,7 +26,7 @@ from tumor_edge.runtime.readers.registry import is_volume
 from tumor_edge.runtime.results import Failure, Model, OnPixels, Prediction, failure_of
 
 if TYPE_CHECKING:
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
 
 DEFAULT_WORKERS = 2
 
@@ -198,7 +198,7 @@ def iter_scan_results(model: Model, paths: Iterable[str | Path] | str | Path, op
             continue
         if run:
             yield from images()
-        from tumor_edge.runtime.volume_run import classify_volume
+        from tumor_edge.runtime.volume import classify_volume
 
         yield from classify_volume(model, path, options.axis, options.slices, options.batch_size, options.abstain,
                                    on_pixels=on_pixels)
