@@ -1,32 +1,16 @@
 """The device runtime's public API: decode, preprocess and classify with onnxruntime (or LiteRT), never TensorFlow.
 
-Every other part of tumor-edge (export, bench, serve, envcmd, data, demo, train) and the benchmark scripts reach the
-runtime through the names below only; pyproject's import contracts refuse an import of a module under
-`tumor_edge.runtime.` from outside it, so the runtime's files can move without breaking its users.
-
-The four nouns:
-- `Bundle`: a bundle folder, opened and validated (`Bundle.open(path)`; `.check()` proves each listed file's size
-  and sha256, `.classifier()`, `.verify()`). Export writes bundles; the runtime only reads them.
-- `Engine`: one inference engine's facts (file suffixes, extra, backend), the rows of the format table.
-- `Classifier`: a model of a bundle (or a lone .onnx) that predicts images, batches and files.
-- `Reader` (and the `readers` module): the one interface that turns an input file (2-D image, DICOM, DICOM
-  series, NIfTI) into frames (`read_scan`, `Scan`, `Picture`, `ReadOptions`; a new type is a registry row).
-
-What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `Prediction`, `Failure`,
-`VerifyReport`; and the operations `open_backend`, `verify_bundle`.
-
-Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
-demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
-`load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `probability_problem`, `read_onnx_metadata`,
-`class_map`, `write_overlay`), explanations (`explain_prediction`, `ExplainSettings`, `Explanation`,
-`MIN_CAM_CELLS`, `cam_cells`) and their localisation scores (`Tally`, `map_correlation`, `resize_mask`,
-`tolerance_px`, `TOLERANCE_FRACTION`), out-of-distribution rates (`flag_rates`, `measure_ood_rates`), reference
-inputs for verify (`brain_blobs`, `reference_images`, `reference_role_outputs`, `machine_target`), files
-(`external_data_locations`, `labelled_files`, `recorded_choices`, `cache_root`).
+Every other part of tumor-edge and the benchmark scripts reach the runtime through the names below only;
+pyproject's import contracts refuse an import of a module under `tumor_edge.runtime.` from outside it, so the
+runtime's files can move without breaking its users. The four nouns: `Bundle` (a bundle folder, opened and
+validated), `Engine` (one inference engine's row of the format table), `Classifier` (a model of a bundle, or a lone
+.onnx, that predicts images, batches and files) and `Reader` (turns an input file into frames; a new type is a
+registry row). The rest are what they take and give, and building blocks other parts reuse so that they run the
+device's own code path (parity, timing, serving, the demo).
 
 Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,
-Pillow or onnxruntime (cold start, and the CLI's listing of commands). The TYPE_CHECKING block mirrors `_EXPORTS`
-so type checkers and the import graph (grimp, import-linter) see the real edges; a test keeps the two equal.
+Pillow or onnxruntime. The TYPE_CHECKING block mirrors `_EXPORTS` so type checkers and the import graph (grimp,
+import-linter) see the real edges; a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -166,8 +150,7 @@ if TYPE_CHECKING:
 
 
 def _import(module: str, name: str) -> Any:
-    """The module, or an ImportError that says which public name needs what (the readers module is new: a tree
-    without it says so instead of a bare ModuleNotFoundError)."""
+    """The module, or an ImportError that says which public name needs what (not a bare ModuleNotFoundError)."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
