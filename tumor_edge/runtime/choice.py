@@ -525,8 +525,3 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, opener: Opener,
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
         raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
     return allowed[0]
-
-
-__all__ = ["EngineChoice", "bundle_key", "candidates", "checked_candidates", "measure_choice", "pick_model",
-           "preferred", "record_checks", "record_path", "recorded_checks", "recorded_choice", "recorded_choices",
-           "time_candidates"]

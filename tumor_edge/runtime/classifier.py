@@ -47,8 +47,6 @@ from tumor_edge.runtime.results import Failure, OnPixels, Prediction
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
 
-__all__ = ["SCORES", "Classifier", "Prediction", "read_onnx_metadata", "softmax"]
-
 
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
     """The tumor-edge metadata an exported .onnx carries in its metadata_props."""

@@ -215,7 +215,3 @@ def classify_scan(model: Model, path: str | Path, options: ScanOptions | None = 
         else:
             result.summary = item
     return result
-
-
-__all__ = ["DEFAULT_WORKERS", "Decoded", "Model", "OnPixels", "ScanItem", "ScanOptions", "ScanResult",
-           "classify_scan", "decode_file", "iter_predictions", "iter_scan_results"]

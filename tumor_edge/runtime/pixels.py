@@ -29,8 +29,6 @@ HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 log = logging.getLogger("tumor_edge.input")
 
-__all__ = ["HIGH_BIT_MODES", "pil_to_rgb", "to_uint8"]
-
 
 def _finite_range(array: np.ndarray) -> tuple[float, float, int]:
     """(min, max, how many values are finite) over finite values, in blocks (no full-size float copy)."""

@@ -57,8 +57,6 @@ SCALINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
                      ("caffe", _scale_caffe), ("torch", _scale_torch))
 }
 
-__all__ = ["RESIZE_METHODS", "SCALINGS", "Preprocessing", "load_resized", "preprocess_image", "resize_rgb", "scale"]
-
 
 def resize_rgb(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """Resize a decoded RGB image to the model's size: uint8 array (H, W, 3)."""

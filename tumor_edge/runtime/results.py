@@ -112,6 +112,3 @@ def failure_of(source: str, err: BaseException, doing: str = "decoding") -> Fail
     if isinstance(err, MemoryError):
         return Failure(source, f"{source}: out of memory while {doing}", err)
     return Failure(source, f"{source}: unexpected {type(err).__name__} while {doing} ({str(err)[:200]})", err)
-
-
-__all__ = ["Failure", "Model", "OnPixels", "Prediction", "failure_of"]

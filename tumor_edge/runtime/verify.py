@@ -24,8 +24,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ROLE_TOLERANCE", "VerifyReport", "labelled_files", "verify_bundle"]
-
 # Other output roles (the heatmap, the OOD features): largest |difference| divided by the recorded values' range
 # (max - min), per precision. Neither is a probability, so an absolute bound would mean something different for
 # every model. One int8 rounding step of an output is about 1/255 of its range; 0.1 allows kernels that round

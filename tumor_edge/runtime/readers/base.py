@@ -286,8 +286,3 @@ class Reader:
         if self.folder is not None and path.is_dir():
             return self.folder_role(path)[0] == FOLDER_SCAN
         return self.suffix_of(path) is not None or self.sniff(path)
-
-
-__all__ = ["FOLDER_FILES", "FOLDER_REFUSED", "FOLDER_SCAN", "FRAME_CHOICES", "IMAGE", "KINDS", "SLICE_CHOICES",
-           "VOLUME", "Picture", "ReadOptions", "Reader", "Scan", "check_frames", "parse_slices", "release_frames",
-           "select_frames"]
