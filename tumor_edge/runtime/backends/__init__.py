@@ -171,7 +171,8 @@ def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per proce
     return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}
 
 
-BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, source_check=None) -> Backend
+BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, files=None) -> Backend
+
 
 def backend_factory(engine: str) -> BackendFactory:
     """The factory for `engine`: its row's backend module's BACKEND, the module imported on first use (Python
@@ -199,11 +200,10 @@ def engine_of(path: Path) -> str:
     return engine_row(path).name
 
 
-def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None,
-                 source_check: Callable[[], object] | None = None) -> Backend:
+def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None) -> Backend:
     """Load a model file with the engine its suffix names (a file outside a bundle, or one export has just
     written: a bundle's listed files go through `open_model.open_bundle_model`, which reads, checks and hands
-    over the bytes). `source_check`, when given, runs before the engine sees the file."""
+    over the bytes)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError("model file not found", path)
@@ -211,7 +211,7 @@ def open_backend(path: str | Path, options: BackendOptions | None = None, sha256
     for companion in engine.companions(path.name):
         if not (path.parent / companion).is_file():
             raise ModelError(f"{engine.title} needs {companion} beside this file, and it is missing", path)
-    return backend_factory(engine.name)(path, options or BackendOptions(), sha256=sha256, source_check=source_check)
+    return backend_factory(engine.name)(path, options or BackendOptions(), sha256=sha256)
 
 
 _BACKENDS = {"LiteRTBackend": "litert_backend", "OnnxBackend": "onnxruntime_backend"}

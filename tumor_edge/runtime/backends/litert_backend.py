@@ -5,7 +5,6 @@ itself."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,9 @@ class LiteRTBackend:
     name = "litert"
 
     def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 source_check: Callable[[], object] | None = None, files: ModelFiles | None = None):
+                 files: ModelFiles | None = None):
         """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
-        `sha256` and `source_check` are what the registry's `open_backend` passes: the check runs before anything
-        is read; the digest is not needed."""
-        if source_check is not None:
-            source_check()
+        `sha256` is what the registry's `open_backend` passes; the digest is not needed."""
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:

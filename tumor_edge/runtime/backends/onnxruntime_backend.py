@@ -16,7 +16,6 @@ payload by its length, so it touches only the headers, never the weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,11 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 source_check: Callable[[], object] | None = None, files: ModelFiles | None = None):
+                 files: ModelFiles | None = None):
         """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
-        `sha256` and `source_check` are what the registry's `open_backend` passes: the check runs before anything
-        is read; the digest is not needed."""
+        `sha256` is what the registry's `open_backend` passes; the digest is not needed."""
         import onnxruntime as ort
 
-        if source_check is not None:
-            source_check()
         self.path = self.loaded_path = Path(path)
         self.providers, self.missing_providers = resolve_providers(options.providers)
         files = files or lone_model_files(self.path)
