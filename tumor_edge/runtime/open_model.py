@@ -7,10 +7,6 @@ data in memory, LiteRT's `model_content`). Nothing is opened again by path, so a
 cannot be what runs. With a trust setting (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False` opens
 unchecked, for export's own parity) the signature is checked against the digests of exactly these bytes and of
 the metadata.json bytes the record was parsed from (tumor_edge.signing.verify.check_loaded).
-
-Memory: the model is held once by Python while its engine copies it (a model is held twice during the load, then
-once). The schema bounds a model file at MAX_MODEL_BYTES; a model too large for that would have to be copied,
-hashed as it is copied, into a private file only this user can write, and loaded from there.
 """
 
 from __future__ import annotations
