@@ -202,7 +202,7 @@ def engine_of(path: Path) -> str:
 
 def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None) -> Backend:
     """Load a model file with the engine its suffix names (a file outside a bundle, or one export has just
-    written: a bundle's listed files go through `open_model.open_bundle_model`, which reads, checks and hands
+    written: a bundle's listed files go through `classifier.open_bundle_model`, which reads, checks and hands
     over the bytes)."""
     path = Path(path)
     if not path.is_file():

@@ -3,7 +3,7 @@
 A session is made from the model's bytes (`InferenceSession(bytes)`), with its external data handed over as bytes
 too (`SessionOptions.add_external_initializers_from_files_in_memory`), never from a path onnxruntime would open
 itself: the bytes were read once and checked (a bundle's against its metadata, see
-tumor_edge.runtime.open_model), so a file changed after the check cannot be what runs. onnxruntime optimises
+tumor_edge.runtime.classifier), so a file changed after the check cannot be what runs. onnxruntime optimises
 the graph for this CPU at each load (`BackendOptions.optimization`).
 
 Which external data files a model makes onnxruntime read is found here without the `onnx` package: a TensorProto
