@@ -40,7 +40,7 @@ from tumor_edge.cli import main
 from tumor_edge.errors import InputImageError, one_line
 from tumor_edge.runtime.caps import MAX_DECODED_BYTES
 from tumor_edge.runtime.inputs import is_scan_file, load_rgb, load_rgb_frames, scan_inputs
-from tumor_edge.runtime.pixels import to_uint8
+from tumor_edge.runtime.readers.pillow import to_uint8
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,6 @@ from tumor_edge.runtime.pipeline import (
     iter_scan_results,
 )
 from tumor_edge.runtime.pipeline import iter_predictions as _iter_predictions
-from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8
 from tumor_edge.runtime.postprocess import (
     PostProcessing,
     calibrate,
@@ -52,6 +51,7 @@ from tumor_edge.runtime.postprocess import (
     warnings_for,
 )
 from tumor_edge.runtime.preprocess import resize_rgb, scale
+from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
 from tumor_edge.runtime.results import Failure, OnPixels, Prediction
 from tumor_edge.signing import TRUST_ENV
 

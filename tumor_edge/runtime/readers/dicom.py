@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from tumor_edge.errors import InputImageError
+from tumor_edge.errors import InputImageError, first_line
 from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
 from tumor_edge.runtime.readers.base import (
     IMAGE,
@@ -208,8 +208,7 @@ def _check_header(ds: Any, path: Path) -> None:
         bits = int(getattr(ds, "BitsAllocated", 8) or 8)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as err:
-        raise InputImageError(f"DICOM header has no usable image size ({_short(err) or type(err).__name__})",
-                              path) from None
+        raise InputImageError(f"DICOM header has no usable image size ({first_line(err)})", path) from None
     if "FloatPixelData" in ds:
         bits = 32
     elif "DoubleFloatPixelData" in ds:
@@ -242,7 +241,7 @@ def _read_dataset(path: Path, pixels: bool = True) -> Any:
         raise
     except Exception as err:  # pydicom raises many types (EOFError, struct.error, ...) on damaged files
         release_frames(err)
-        raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {_short(err)})", path) from err
+        raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {first_line(err)})", path) from err
 
 
 def _pixel_array(ds: Any, path: Path) -> np.ndarray:
@@ -251,7 +250,7 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
         return np.asarray(ds.pixel_array)
     except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
         release_frames(err)
-        raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {_short(err)}); "
+        raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {first_line(err)}); "
                               "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
 
 
@@ -311,11 +310,6 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
         stored = pixels if count == 1 else pixels[i]
         out.append(DicomFrame(_to_display(ds, i, stored[..., :3] if stored.ndim == 3 else stored), i, count))
     return out
-
-
-def _short(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 def read(path: Path, options: ReadOptions) -> Scan:
