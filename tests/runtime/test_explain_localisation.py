@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tumor_edge.errors import ConfigError
+from tumor_edge.runtime.explain import cell_edges, cell_of, spread
 from tumor_edge.runtime.explain.localisation import (
     Tally,
     chance_hit,
@@ -17,7 +18,6 @@ from tumor_edge.runtime.explain.localisation import (
     resize_mask,
     tolerance_px,
 )
-from tumor_edge.runtime.explain.methods import cell_edges, cell_of, spread
 
 
 def _top_left(n: int = 4) -> np.ndarray:

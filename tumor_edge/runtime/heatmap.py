@@ -22,8 +22,7 @@ from PIL import Image, ImageDraw
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.errors import ConfigError, OutputExistsError
 from tumor_edge.outdir import prepare_out_dir
-from tumor_edge.runtime.explain import ExplainSettings, Explanation, explain_prediction
-from tumor_edge.runtime.explain.methods import HEATMAP_ROLE
+from tumor_edge.runtime.explain import HEATMAP_ROLE, ExplainSettings, Explanation, explain_prediction
 from tumor_edge.runtime.results import Prediction
 
 # (position, r, g, b): a jet-like ramp, so hot reads as red in print and on screen.
