@@ -20,7 +20,7 @@ from tumor_edge.cli import main
 from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, optimized_model_name, sha256_file
 from tumor_edge.errors import BundleIntegrityError, ModelError
 from tumor_edge.runtime import Classifier
-from tumor_edge.runtime.cache import CACHE_DIR_ENV
+from tumor_edge.runtime.choice import CACHE_DIR_ENV
 
 MODEL = "model_fp32.onnx"
 

@@ -86,7 +86,7 @@ _EXPORTS: dict[str, str] = {
     "external_data_locations": "tumor_edge.runtime.backends.onnxruntime_backend",
     "labelled_files": "tumor_edge.runtime.verify",
     "recorded_choices": "tumor_edge.runtime.choice",
-    "cache_root": "tumor_edge.runtime.cache",
+    "cache_root": "tumor_edge.runtime.choice",
 }
 
 # public submodules: name -> module
@@ -110,8 +110,7 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
     from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
     from tumor_edge.runtime.bundle import Bundle
-    from tumor_edge.runtime.cache import cache_root
-    from tumor_edge.runtime.choice import recorded_choices
+    from tumor_edge.runtime.choice import cache_root, recorded_choices
     from tumor_edge.runtime.classifier import SCORES, Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,

@@ -85,7 +85,7 @@ class BackendOptions:
     # microseconds to wake, so one image at a time gets faster; a folder stream gets slower, the spinning threads
     # taking the decoders' cores. Off by default; for one image at a time with 2+ threads.
     spin_within_run: bool = False
-    # This device's folder of records (tumor_edge.runtime.cache; None: $TUMOR_EDGE_CACHE_DIR, else
+    # This device's folder of records (runtime.choice.cache_root; None: $TUMOR_EDGE_CACHE_DIR, else
     # $XDG_CACHE_HOME/tumor-edge, else ~/.cache/tumor-edge). Off with cache=False or TUMOR_EDGE_NO_CACHE=1.
     cache_dir: str | None = None
     cache: bool = True
