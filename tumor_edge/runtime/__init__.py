@@ -37,8 +37,8 @@ _EXPORTS: dict[str, str] = {
     "BundleMetadata": "tumor_edge.contracts.bundle",
     "Preprocessing": "tumor_edge.runtime.preprocess",
     "BackendOptions": "tumor_edge.runtime.backends",
-    "Prediction": "tumor_edge.runtime.results",
-    "Failure": "tumor_edge.runtime.results",
+    "Prediction": "tumor_edge.runtime.pipeline",
+    "Failure": "tumor_edge.runtime.pipeline",
     "ScanResult": "tumor_edge.runtime.pipeline",
     "VolumeSummary": "tumor_edge.runtime.volume",
     "VerifyReport": "tumor_edge.runtime.verify",
@@ -130,7 +130,7 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
-    from tumor_edge.runtime.pipeline import ScanResult, decode_file
+    from tumor_edge.runtime.pipeline import Failure, Prediction, ScanResult, decode_file
     from tumor_edge.runtime.postprocess import flag_rates, probability_problem, softmax
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
@@ -143,7 +143,6 @@ if TYPE_CHECKING:
         read_scan,
     )
     from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
-    from tumor_edge.runtime.results import Failure, Prediction
     from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
     from tumor_edge.runtime.volume import VolumeSummary
 

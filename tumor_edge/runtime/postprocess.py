@@ -5,7 +5,8 @@
 - warnings: the input checks on the pixels the model saw (`input_warnings`, below), and the bundle's `ood` fit:
   class centres and a threshold for the model's "ood_features" output (tumor_edge.calibration.mahalanobis), or a
   threshold on a score the model file computes itself (tumor_edge.calibration.output_scores).
-- a picture whose scores are not finite gets no label (`not_a_number`); with `abstain`, a warned one neither.
+- a picture whose scores are not finite gets no label (`classifier.not_a_number`); with `abstain`, a warned one
+  neither.
 
 Neither `calibration` nor `ood` is required; the calibration package loads only for a bundle that has them.
 
@@ -22,13 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.runtime.results import Failure
+from tumor_edge.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def probability_problem(rows: np.ndarray | list) -> str | None:
     """Why class scores (one row per picture) are no probability distributions, or None when they are: each
     value in [0, 1], each row summing to 1 within PROBABILITY_SLACK_PER_CLASS per class. Rows that are not finite
-    are not judged here: such a picture gets no label (`not_a_number`)."""
+    are not judged here: such a picture gets no label (`classifier.not_a_number`)."""
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
     if rows.shape[-1] == 0:
         return "no class scores"
@@ -239,12 +238,3 @@ def warnings_for(pixels: np.ndarray, score: float | None, settings: PostProcessi
         found.append(f"unlike the training scans ({what} {score:.3g} above the threshold "
                      f"{settings.ood_threshold:.3g} that passes most validation scans)")
     return found
-
-
-def not_a_number(source: str | None, frame: int | None, model: Path) -> Failure:
-    """The row of a picture whose class scores are NaN or infinite: no label is better than a wrong one."""
-    where = source or "image"
-    where = where if frame is None else f"{where} [frame {frame}]"
-    reason = "the model's output is not a number (NaN or infinite)"
-    return Failure(source or "image", f"{where}: {reason} for this image; no label given",
-                   ModelError(f"{reason} for {where}; no label given", model))
