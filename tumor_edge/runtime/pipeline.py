@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 
 # The values the stream yields: a `Prediction` per classified picture, a `Failure` per input that could not be
-# classified. A failure keeps its message and its exception, but none of the local variables of the traceback's frames: they
-# hold the partly decoded image. The traceback itself (file names and lines, for `--debug`) stays.
+# classified. A failure keeps its message and its exception, but none of the local variables of the traceback's
+# frames: they hold the partly decoded image. The traceback itself (file names and lines, for `--debug`) stays.
 
 @dataclass(frozen=True)
 class Prediction:
