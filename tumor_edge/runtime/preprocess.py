@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tumor_edge.contracts.preprocessing import SCALING_DESCRIPTIONS, Preprocessing
+from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.runtime.inputs import load_rgb
 
 RESIZE_METHODS: dict[str, int] = {
@@ -49,12 +49,11 @@ def _scale_torch(x: np.ndarray) -> np.ndarray:
     return (x / np.float32(255.0) - _IMAGENET_MEAN) / _IMAGENET_STD
 
 
-# name -> (function on float32 RGB 0..255, human description). A registry, so a new convention is one line here
-# and one in the contract's SCALING_DESCRIPTIONS.
-SCALINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
-    name: (fn, SCALING_DESCRIPTIONS[name])
-    for name, fn in (("none", _scale_none), ("unit", _scale_unit), ("symmetric", _scale_symmetric),
-                     ("caffe", _scale_caffe), ("torch", _scale_torch))
+# name -> its function on float32 RGB 0..255: a new convention is one line here and one in the contract's
+# SCALING_DESCRIPTIONS.
+SCALINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": _scale_none, "unit": _scale_unit, "symmetric": _scale_symmetric, "caffe": _scale_caffe,
+    "torch": _scale_torch,
 }
 
 
@@ -72,7 +71,7 @@ def load_resized(path: str | Path, spec: Preprocessing) -> np.ndarray:
 
 def scale(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """uint8 pixels (..., H, W, 3) to the float32 values the model takes."""
-    return SCALINGS[spec.scaling][0](np.asarray(pixels, dtype=np.float32)).astype(np.float32, copy=False)
+    return SCALINGS[spec.scaling](np.asarray(pixels, dtype=np.float32)).astype(np.float32, copy=False)
 
 
 def preprocess_image(path: str | Path, spec: Preprocessing) -> np.ndarray:
