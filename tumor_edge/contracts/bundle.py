@@ -49,6 +49,7 @@ READABLE_SCHEMA_VERSIONS = (1, 2)
 # one is refused (see the module's docstring).
 OPTIMIZED_SUFFIX = ".ort.onnx"
 
+SCORES = "scores"  # the role of the class-score output, always output 0
 OUTPUT_TYPES = ("probabilities", "logits")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Bounds that catch absurd metadata before it costs memory.
@@ -191,8 +192,8 @@ class BundleMetadata:
     @property
     def outputs(self) -> dict[str, OutputSpec]:
         """Every model output by role, the class scores first."""
-        scores = OutputSpec("scores", 0, self.output, "class scores in `classes` order")
-        return {"scores": scores, **self.extra_outputs}
+        scores = OutputSpec(SCORES, 0, self.output, "class scores in `classes` order")
+        return {SCORES: scores, **self.extra_outputs}
 
     def input_spec(self) -> dict[str, Any]:
         p = self.preprocessing
@@ -439,7 +440,7 @@ def _parse_outputs(raw: Any, scores_type: str) -> dict[str, OutputSpec]:
         where = f"outputs.{str(role)[:40]}"
         if not isinstance(spec, dict):
             raise ConfigError(f"field '{where}' must be an object")
-        if role == "scores":
+        if role == SCORES:
             if spec.get("index", 0) != 0 or spec.get("type", scores_type) != scores_type:
                 raise ConfigError("field 'outputs.scores' must be output 0 of the type 'output' names")
             continue

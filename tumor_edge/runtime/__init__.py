@@ -55,7 +55,7 @@ _EXPORTS: dict[str, str] = {
     "decode_file": "tumor_edge.runtime.pipeline",
     "scan_inputs": "tumor_edge.runtime.inputs",
     # outputs
-    "SCORES": "tumor_edge.runtime.classifier",
+    "SCORES": "tumor_edge.contracts.bundle",
     "softmax": "tumor_edge.runtime.postprocess",
     "probability_problem": "tumor_edge.runtime.postprocess",
     "WRITERS": "tumor_edge.runtime.output",
@@ -104,14 +104,14 @@ __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine",
            "softmax", "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
-    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.contracts.bundle import SCORES, BundleMetadata
     from tumor_edge.contracts.formats import Engine
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
     from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
     from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.choice import cache_root, recorded_choices
-    from tumor_edge.runtime.classifier import SCORES, Classifier, read_onnx_metadata
+    from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
         ExplainSettings,

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import BundleMetadata, member_path
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
 from tumor_edge.errors import BundleIntegrityError, TumorEdgeError
 from tumor_edge.runtime.backends import BackendOptions
@@ -372,7 +372,7 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
 
 def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
     """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
+    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
 
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))

@@ -22,6 +22,7 @@ from PIL import Image
 from tumor_edge.contracts.bundle import (
     METADATA_FILE,
     ONNX_META_KEY,
+    SCORES,
     BundleMetadata,
     ModelFiles,
     check_binding,
@@ -57,7 +58,6 @@ from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
 from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
-SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
 
 
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:

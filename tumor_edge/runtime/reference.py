@@ -21,8 +21,6 @@ import numpy as np
 from tumor_edge.contracts.bundle import BundleMetadata, ReferenceSet
 from tumor_edge.errors import ConfigError
 
-SCORES = "scores"
-
 
 class _Uniform:
     """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""

@@ -136,10 +136,11 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport, options) -> None:
+    from tumor_edge.contracts.bundle import SCORES
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.choice import CAP, FLOORS, reproduce, soundness
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
+    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
 
     reference = metadata.reference
     if reference is None:

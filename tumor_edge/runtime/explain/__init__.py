@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tumor_edge.contracts.bundle import SCORES
 from tumor_edge.errors import ConfigError
 
 HEATMAP_ROLE = "heatmap"
@@ -85,7 +86,7 @@ def class_scores(classifier: Any, images: np.ndarray, class_index: int, batch_si
     model's input space too)."""
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(log_odds(classifier.infer_outputs(images[start:start + batch_size])["scores"], class_index))
+        out.append(log_odds(classifier.infer_outputs(images[start:start + batch_size])[SCORES], class_index))
     return np.concatenate(out) if out else np.zeros(0)
 
 
