@@ -113,14 +113,13 @@ def ort_level(ort, name: str):
     }[name]
 
 
-def session_options(ort, options: BackendOptions, level: str):
-    """onnxruntime SessionOptions for `options`, at optimisation `level` (which may differ from the option's:
-    an already optimised graph loads with "none")."""
+def session_options(ort, options: BackendOptions):
+    """onnxruntime SessionOptions for `options`."""
     so = ort.SessionOptions()
     if options.threads:
         so.intra_op_num_threads = int(options.threads)
         so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort_level(ort, level)
+    so.graph_optimization_level = ort_level(ort, options.optimization)
     so.enable_cpu_mem_arena = bool(options.memory_arena)
     # Without the arena, a memory pattern only adds a planned block per input shape to the heap, nothing gained.
     so.enable_mem_pattern = bool(options.memory_arena)

@@ -39,7 +39,7 @@ class OnnxBackend:
         self.path = self.loaded_path = Path(path)
         self.providers, self.missing_providers = resolve_providers(options.providers)
         files = files or lone_model_files(self.path)
-        so = session_options(ort, options, options.optimization)
+        so = session_options(ort, options)
         if files.members:
             names = list(files.members)
             blobs = [files.members[n] for n in names]
