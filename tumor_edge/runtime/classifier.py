@@ -48,6 +48,7 @@ from tumor_edge.runtime.pipeline import iter_predictions as _iter_predictions
 from tumor_edge.runtime.postprocess import (
     PostProcessing,
     calibrate,
+    not_a_number,
     ood_scores,
     probability_problem,
     softmax,
@@ -101,15 +102,6 @@ def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
         if spec.index >= count:
             raise ModelError(f"metadata puts output '{role}' at index {spec.index}, but the model has {count} "
                              f"output{'s' if count != 1 else ''}", backend.path)
-
-
-def not_a_number(source: str | None, frame: int | None, model: Path) -> Failure:
-    """The row of a picture whose class scores are NaN or infinite: no label is better than a wrong one."""
-    where = source or "image"
-    where = where if frame is None else f"{where} [frame {frame}]"
-    reason = "the model's output is not a number (NaN or infinite)"
-    return Failure(source or "image", f"{where}: {reason} for this image; no label given",
-                   ModelError(f"{reason} for {where}; no label given", model))
 
 
 class Classifier:

@@ -151,7 +151,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.inputs import scan_inputs
     from tumor_edge.runtime.output import WRITERS, OutputError, one_line
-    from tumor_edge.runtime.pipeline import Failure
+    from tumor_edge.runtime.postprocess import Failure
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 
@@ -281,7 +281,7 @@ def _report(failure, writer, debug: bool) -> None:
 def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
     """Write every result as it comes (a picture's row, a failure, a volume's summary); return the failures.
     Failures also go to stderr at once."""
-    from tumor_edge.runtime.pipeline import Failure, Prediction
+    from tumor_edge.runtime.postprocess import Failure, Prediction
 
     failures = []
     previous = None

@@ -23,7 +23,7 @@ from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.errors import ConfigError, OutputExistsError
 from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime.explain import HEATMAP_ROLE, ExplainSettings, Explanation, explain_prediction
-from tumor_edge.runtime.pipeline import Prediction
+from tumor_edge.runtime.postprocess import Prediction
 
 # (position, r, g, b): a jet-like ramp, so hot reads as red in print and on screen.
 _RAMP = np.array([[0.0, 0, 0, 143], [0.125, 0, 0, 255], [0.375, 0, 255, 255], [0.625, 255, 255, 0],

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from tumor_edge.errors import TumorEdgeError, one_line, valid_unicode
-from tumor_edge.runtime.pipeline import Failure, Prediction
+from tumor_edge.runtime.postprocess import Failure, Prediction
 
 if TYPE_CHECKING:
     from tumor_edge.runtime.volume import VolumeSummary

@@ -19,8 +19,7 @@ from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError, ModelError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
-from tumor_edge.runtime.pipeline import Failure, Model, OnPixels, Prediction, failure_of
-from tumor_edge.runtime.postprocess import input_warnings
+from tumor_edge.runtime.postprocess import Failure, Model, OnPixels, Prediction, failure_of, input_warnings
 from tumor_edge.runtime.preprocess import resize_rgb
 from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan, parse_slices
 from tumor_edge.runtime.readers.registry import read_scan
