@@ -132,9 +132,6 @@ def test_one_jpeg_loads_no_other_engine(one_jpeg_run):
     assert [m for m in seen["loaded"] if _in(m, OTHER_ENGINES)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="opening a bundle still runs code in 35 files: the device's choice "
-                                       "(choice, checks, cache, machine), five contracts modules, six backends "
-                                       "modules and signing's constants; 25 needs those merged or deferred")
 def test_one_jpeg_runs_few_of_our_files(one_jpeg_run):
     _, seen = one_jpeg_run
     assert len(seen["ran"]) <= MAX_FILES_RUN, seen["ran"]

@@ -1,31 +1,22 @@
 """The device picks the file it runs: only files it has checked, and among them the fastest by measurement.
 
 Which engine and precision is fastest depends on the CPU and on the model's size, and cannot be known when the
-bundle is made. So a device:
-
-- keeps as candidates the bundle's listed files that are present here, whose engine is installed and that are
-  sound (`soundness`: export's parity did not rule it out, and its recorded outputs on the reference images agree
-  with the fp32 file's recorded labels at the rate its parity record promises; this reads only the bundle's
-  record, so a collapsed, permuted or constant-output file fails wherever it is checked);
-- runs each candidate once on the bundle's reference images and keeps it only if this device reproduces its
-  recorded outputs (`reproduce`: within `tolerance_for`, the check `verify` makes too). Every result, passed or
-  failed, is recorded in the device's cache for this bundle and machine, and `verify` records its own there too:
-  a file that failed here is never a candidate again until the bundle (its files or its reference record) changes;
-- times the reproduced files in interleaved rounds (A B A B ...: a load change between two timing windows
-  cannot favour one file) at batch 1 on one reference image, loaded as `classify` loads them (same options and
-  thread count), and keeps the format table's preferred file unless another is faster by more than NOISE_MARGIN;
-- records the choice (file, engine, threads, every p50, the reproduce results) outside the bundle, keyed by the
-  bundle's model hashes, the machine (CPU model, ISA, the version of each engine in the engine table) and the
-  thread count. Each record carries a sha256 of its content and is checked before use: a damaged or edited
-  record, or one whose file is no longer a candidate, is ignored and measured again.
+bundle is made. So a device keeps as candidates the bundle's files that are present, whose engine is installed
+and that are sound (`soundness`, from the bundle's record alone: a collapsed, permuted or constant-output file
+fails wherever it is checked); runs each once on the bundle's reference images and keeps it only if this device
+reproduces its recorded outputs (`reproduce`, the check `verify` makes too); times the reproduced files in
+interleaved rounds (A B B A ...: a load change cannot favour one file) as `classify` loads them; and keeps the
+format table's preferred file unless another is faster by more than NOISE_MARGIN. Every reproduce result and the
+choice are recorded outside the bundle, in this user's private records folder (each record carries a keyed MAC),
+keyed by the bundle's model hashes, the machine (CPU model, ISA, every engine's version) and the thread count: a
+file that failed here is never a candidate again until the bundle changes, and a damaged, edited or stale record
+is ignored and measured again.
 
 A bundle that records no reference outputs cannot be reproduced: its files stay candidates, and the choice says
-they were not checked; in a bundle that does, a file without recorded outputs is never a candidate.
-`--model-file` (or `model_file=`) runs the named file without this choice. `TUMOR_EDGE_NO_MEASURE=1` keeps the
-format table's order among the checked files (no timing).
-
-The runtime's classifier opens the files: callers pass an `opener` (file name -> an object with
-`infer_outputs(pixels)` and `backend.name`), so this module never imports the classifier that calls it.
+they were not checked. `--model-file` (or `model_file=`) runs the named file without this choice;
+`TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order among the checked files (no timing). Callers pass an
+`opener` (file name -> an object with `infer_outputs(pixels)` and `backend.name`), so this module never imports
+the classifier that calls it.
 """
 
 from __future__ import annotations
@@ -491,8 +482,7 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
         runners[name] = functools.partial(clf.infer_outputs, image)
         engines[name] = clf.backend.name
     if not runners:
-        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
-        raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
+        raise _none_runs(bundle_dir, skipped)
     p50 = time_candidates(runners, budget_s)
     best = preferred(p50, list(runners))
     choice = EngineChoice(best, engines[best], options.threads, {k: round(1000 * v, 4) for k, v in p50.items()},
@@ -522,9 +512,13 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, opener: Opener,
     if not allowed and all(not_here(bundle_dir, name) for name in metadata.models):
         return metadata.default_model()  # opening it says why it cannot run here
     if not allowed:
-        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
-        raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
+        raise _none_runs(bundle_dir, skipped)
     return allowed[0]
+
+
+def _none_runs(bundle_dir: Path, skipped: Mapping[str, str]) -> TumorEdgeError:
+    reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
+    return TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
 
 
 # This device's private folder of records (the device's engine choice), each carrying a keyed MAC, so a record
