@@ -1,19 +1,16 @@
 """The model bundle: a folder of exported models plus metadata.json, the runtime's only input.
 
-Export writes it; the runtime, bench, verify and serve read it. This module holds the metadata's types and schema
-checks, names the bundle's files and proves them against the metadata, and records the bundle `export` wrote
-last (so `classify` works with no flags afterwards).
+Export writes it; the runtime, bench, verify and serve read it. This module holds the metadata's types and their
+field-by-field checks (hostile or damaged metadata becomes one line naming the field, never a traceback or a
+silently wrong label), names the bundle's files and proves them against the metadata, and records the bundle
+`export` wrote last (so `classify` works with no flags afterwards). Field names follow MONAI's bundle metadata
+where they fit.
 
-The schema: hostile or damaged metadata becomes one line naming the field (a ConfigError that
-`BundleMetadata.from_dict` turns into a ModelError), never a traceback or a silently wrong label. Field names
-follow MONAI's bundle metadata where they fit. Schema versions 1 and 2 (2 adds `outputs`, the role of each model
-output, and `reference`, the outputs every model gave on a small generated input set, which `tumor-edge verify`
-reproduces on a device); a version-1 bundle reads as a version-2 bundle whose only output is the class scores.
-Optional fields within version 2: a model entry's `files` (name -> size and sha256 of each external data file the
-model reads) and `release` (the bundle's identity and version, inside what a signature covers, so a trusted key
-can be pinned to a minimum version: an older bundle signed with the same key is not a rollback path). A bundle
-that lists an optimised twin of a model (a `*.ort.onnx` file) is refused with a request to re-export it: a twin is
-a file made for one machine, and a record inside it was all that bound it to its model.
+Schema versions 1 and 2 (2 adds `outputs`, the role of each model output, and `reference`, the outputs every
+model gave on generated inputs, which `verify` reproduces on a device); a version-1 bundle reads as a version-2
+bundle whose only output is the class scores. `release` (optional) is inside what a signature covers, so a
+trusted key can be pinned to a minimum version: an older bundle signed with the same key is not a rollback path.
+A bundle listing an optimised twin of a model (`*.ort.onnx`, a file made for one machine) is refused.
 
 Integrity: no file of a bundle is read unless metadata.json lists it with its sha256 (models, their external
 data), no listed file may resolve outside the bundle folder (metadata.json included), and what a model file
@@ -45,8 +42,7 @@ METADATA_FILE = "metadata.json"
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 
-# The name an optimised twin of an .onnx file has ("model_int8.onnx" -> "model_int8.ort.onnx"); a bundle listing
-# one is refused (see the module's docstring).
+# The name an optimised twin of an .onnx file has ("model_int8.onnx" -> "model_int8.ort.onnx").
 OPTIMIZED_SUFFIX = ".ort.onnx"
 
 SCORES = "scores"  # the role of the class-score output, always output 0
