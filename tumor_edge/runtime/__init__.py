@@ -130,8 +130,8 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
-    from tumor_edge.runtime.pipeline import Failure, Prediction, ScanResult, decode_file
-    from tumor_edge.runtime.postprocess import flag_rates, probability_problem, softmax
+    from tumor_edge.runtime.pipeline import ScanResult, decode_file
+    from tumor_edge.runtime.postprocess import Failure, Prediction, flag_rates, probability_problem, softmax
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
         Picture,
