@@ -203,7 +203,7 @@ def test_outputs_that_are_not_probabilities_are_never_shown_as_such(tmp_path, ki
 
 def test_declared_logits_get_a_softmax(tmp_path):
     bundle = make_bundle(tmp_path / "b", output="logits")
-    probs = Classifier.from_bundle(bundle).infer(_pixels())
+    probs = Classifier.from_bundle(bundle).infer_outputs(_pixels())["scores"]
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6) and list(probs.argmax(axis=1)) == [0, 1, 2, 3]
 
 

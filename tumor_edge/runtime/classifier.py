@@ -177,10 +177,6 @@ class Classifier:
             out[role] = value
         return out
 
-    def infer(self, batch_pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> probabilities (N, classes)."""
-        return self.infer_outputs(batch_pixels)[SCORES]
-
     def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]],
                     checked: Sequence[list[str] | None] | None = None, abstain: bool = False,
                     notes: Sequence[Sequence[str]] | None = None) -> list[Prediction | Failure]:
