@@ -47,8 +47,7 @@ def engine_choice(model: str | None) -> dict[str, Any]:
     from dataclasses import asdict
     from pathlib import Path
 
-    from tumor_edge.contracts.bundle import BundleMetadata
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import BundleMetadata, resolve_model_path
     from tumor_edge.errors import TumorEdgeError
 
     try:

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tumor_edge import __version__
-from tumor_edge.errors import first_line
+from tumor_edge.errors import first_line, one_line
 from tumor_edge.serve.admission import Admission, Busy, UploadStage
 from tumor_edge.serve.budget import Budget, Stopped, meter_engine, run_charged
 from tumor_edge.serve.bundle_files import bundle_of
@@ -31,7 +31,6 @@ from tumor_edge.serve.inference import classify_bytes, model_description
 from tumor_edge.serve.openapi import openapi_document
 from tumor_edge.serve.page import PAGE_CSP, render_page
 from tumor_edge.serve.upload import parse_upload, read_body
-from tumor_edge.text import one_line
 
 log = logging.getLogger("tumor_edge.serve")
 RETRY_AFTER_S = 1

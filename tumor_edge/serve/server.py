@@ -9,9 +9,8 @@ import sys
 import threading
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.errors import TumorEdgeError, first_line
+from tumor_edge.errors import TumorEdgeError, first_line, one_line
 from tumor_edge.serve.config import ServeConfig
-from tumor_edge.text import one_line
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -45,7 +44,7 @@ def serve(config: ServeConfig) -> None:
             self.stopping.set()
             super().handle_exit(sig, frame)
 
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import resolve_model_path
     from tumor_edge.runtime import BackendOptions, Classifier
     from tumor_edge.serve.app import create_app
     from tumor_edge.serve.bundle_files import check_bundle_files

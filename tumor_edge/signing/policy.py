@@ -25,7 +25,7 @@ class TrustPolicy:
     """The signer's public key, and the pins a signed bundle must also meet."""
 
     key: Path
-    min_version: str | None = None  # release.version at least this (a UTC time, contracts.bundle_schema)
+    min_version: str | None = None  # release.version at least this (a UTC time, contracts.bundle)
     bundle: str | None = None  # the sha256 of the signed statement, exactly
 
     def describe(self) -> str:
@@ -37,7 +37,7 @@ class TrustPolicy:
 def parse_trust(value: str | Path | TrustPolicy) -> TrustPolicy:
     """A trust setting (`PUBLIC.pem[,min-version=TIME][,bundle=SHA256]`) as a TrustPolicy; TrustSettingError
     naming what is wrong."""
-    from tumor_edge.contracts.bundle_schema import parse_release_version
+    from tumor_edge.contracts.bundle import parse_release_version
 
     if isinstance(value, TrustPolicy):
         return value
@@ -76,7 +76,7 @@ def trust_from_env() -> TrustPolicy | None:
 def check_pins(policy: TrustPolicy, metadata: Any, statement_sha256: str, where: Path) -> None:
     """Refuse (SignatureError) a signed bundle that its policy's pins exclude. `metadata` must be the record the
     signature covers."""
-    from tumor_edge.contracts.bundle_schema import parse_release_version
+    from tumor_edge.contracts.bundle import parse_release_version
 
     if policy.bundle and statement_sha256 != policy.bundle:
         raise SignatureError(f"signed, but not the pinned bundle (its statement's sha256 is {statement_sha256[:16]}…, "

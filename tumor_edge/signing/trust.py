@@ -19,7 +19,7 @@ def bundle_of(model: str | Path | None) -> Path:
     """The bundle folder a model argument stands for, resolved as classify and serve resolve it (the argument,
     else $TUMOR_EDGE_MODEL, else the last export): the folder itself, or the folder holding a model file. A lone
     .onnx outside any bundle has no signature of its own, so it is refused under --trust."""
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import resolve_model_path
 
     path = resolve_model_path(model)
     if not path.exists():

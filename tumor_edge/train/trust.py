@@ -18,7 +18,7 @@ from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
 from tumor_edge.calibration.ood_sets import generated_sets
 from tumor_edge.errors import ConfigError
 from tumor_edge.modelside.cam import NoCamHeadError, features_model
-from tumor_edge.runtime.ood_checks import flag_rates
+from tumor_edge.runtime import flag_rates
 from tumor_edge.train.pipeline import predict_probabilities
 
 OOD_SET_SIZE = 50
