@@ -69,7 +69,7 @@ def stage_train(ctx: DemoContext) -> dict[str, Any]:
     run = run_training(TrainConfig(
         data=ctx.data, out=ctx.run, image_size=p.image_size, weights="none", epochs=p.epochs,
         batch_size=p.batch_size, learning_rate=p.learning_rate, bn_momentum=p.bn_momentum,
-        monitor="val_accuracy", patience=p.patience, seed=ctx.config.seed, force=True,
+        monitor="val_accuracy", patience=p.patience, lr_schedule=p.lr_schedule, seed=ctx.config.seed, force=True,
         augment=AugmentConfig(enabled=p.augment), verbose=1 if sys.stdout.isatty() else 2,
         show_progress=ctx.config.show_progress))
     metrics = RunFolder(run).read_metrics()
