@@ -55,7 +55,7 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
     files = read_bundle_model(bundle_dir, name, metadata)
     trust = options.trust
     if trust is None and os.environ.get(TRUST_ENV) is not None:
-        from tumor_edge.signing.policy import trust_from_env
+        from tumor_edge.signing.trust import trust_from_env
 
         trust = trust_from_env()
     if trust:

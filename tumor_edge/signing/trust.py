@@ -1,4 +1,10 @@
-"""`--trust` for the commands that load a bundle (the settings themselves: tumor_edge.signing.policy).
+"""Trust settings, and `--trust` for the commands that load a bundle.
+
+A setting is `PUBLIC.pem`, optionally followed by pins: `PUBLIC.pem,min-version=2026-12-07T00:00:00Z` refuses a
+bundle exported before that time (an older bundle signed with the same key is not a way back to its flaws),
+`PUBLIC.pem,bundle=SHA256` accepts one signed bundle only (the sha256 of its signed statement, printed by every
+check). `--trust` gives one; $TUMOR_EDGE_TRUST gives it to every command that loads a bundle (the open stage reads
+it when no setting is passed), and set but empty it is an error, never "off".
 
 `enforce_trust` is what a command calls before it loads anything: the whole folder checked at rest (every file
 signed and unchanged, none added), and one line saying so. The open stage then checks the signature again against
@@ -7,12 +13,86 @@ the bytes it loaded (tumor_edge.signing.verify.check_loaded): that, not this, is
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import click
+from tumor_edge.errors import ConfigError, ModelError
+from tumor_edge.signing import TRUST_ENV, SignatureError, TrustSettingError
 
-from tumor_edge.errors import ModelError
-from tumor_edge.signing.policy import TrustPolicy, check_pins, parse_trust, trust_from_env
+PINS = ("min-version", "bundle")
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The signer's public key, and the pins a signed bundle must also meet."""
+
+    key: Path
+    min_version: str | None = None  # release.version at least this (a UTC time, contracts.bundle_schema)
+    bundle: str | None = None  # the sha256 of the signed statement, exactly
+
+    def describe(self) -> str:
+        pins = [f"{name}={value}" for name, value in (("min-version", self.min_version), ("bundle", self.bundle))
+                if value]
+        return ",".join([str(self.key), *pins])
+
+
+def parse_trust(value: str | Path | TrustPolicy) -> TrustPolicy:
+    """A trust setting (`PUBLIC.pem[,min-version=TIME][,bundle=SHA256]`) as a TrustPolicy; TrustSettingError
+    naming what is wrong."""
+    from tumor_edge.contracts.bundle_schema import parse_release_version
+
+    if isinstance(value, TrustPolicy):
+        return value
+    text = str(value)
+    if not text.strip():
+        raise TrustSettingError("the trust setting is empty: name a public key (PUBLIC.pem)")
+    key, *pins = text.split(",")
+    found: dict[str, str] = {}
+    for pin in pins:
+        name, _, pinned = pin.partition("=")
+        if name not in PINS or not pinned:
+            raise TrustSettingError(f"unknown trust pin {pin[:40]!r}: pins are {', '.join(p + '=...' for p in PINS)}")
+        found[name] = pinned.strip()
+    if "min-version" in found:
+        try:
+            parse_release_version(found["min-version"], "min-version")
+        except ConfigError as err:
+            raise TrustSettingError(f"trust pin {err.reason}") from err
+    digest = found.get("bundle")
+    if digest is not None and (len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest.lower())):
+        raise TrustSettingError("trust pin bundle= must be 64 hexadecimal digits (a signed statement's sha256)")
+    return TrustPolicy(Path(key), found.get("min-version"), digest.lower() if digest else None)
+
+
+def trust_from_env() -> TrustPolicy | None:
+    """$TUMOR_EDGE_TRUST as a policy; None when it is not set. Set but empty is a TrustSettingError: an empty
+    value must not silently turn checking off."""
+    value = os.environ.get(TRUST_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise TrustSettingError(f"${TRUST_ENV} is set but empty: name a public key, or unset it")
+    return parse_trust(value)
+
+
+def check_pins(policy: TrustPolicy, metadata: Any, statement_sha256: str, where: Path) -> None:
+    """Refuse (SignatureError) a signed bundle that its policy's pins exclude. `metadata` must be the record the
+    signature covers."""
+    from tumor_edge.contracts.bundle_schema import parse_release_version
+
+    if policy.bundle and statement_sha256 != policy.bundle:
+        raise SignatureError(f"signed, but not the pinned bundle (its statement's sha256 is {statement_sha256[:16]}…, "
+                             f"the pin {policy.bundle[:16]}…)", where)
+    if policy.min_version:
+        release = getattr(metadata, "release", None)
+        if release is None:
+            raise SignatureError("carries no release version, so it cannot be shown to be at least "
+                                 f"{policy.min_version} (re-export and sign it)", where)
+        if parse_release_version(release.version) < parse_release_version(policy.min_version, "min-version"):
+            raise SignatureError(f"release {release.version} is older than the pinned minimum {policy.min_version} "
+                                 "(a rollback to an earlier signed bundle)", where)
 
 
 def bundle_of(model: str | Path | None) -> Path:
@@ -32,6 +112,8 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
     signature over every file, unchanged, none added, and its pins hold; on success print one line saying what was
     checked (stderr by default: stdout may be classify's results). Returns the policy, for the open stage
     (`BackendOptions(trust=...)`) to check the loaded bytes against."""
+    import click
+
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.signing.verify import verify_bundle_signature
 
