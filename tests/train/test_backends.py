@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from tumor_edge.cli import main
-from tumor_edge.data.cache import PixelCache
+from tumor_edge.data.dataset import PixelCache
 from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, select_backend
 from tumor_edge.train.config import TrainConfig
 

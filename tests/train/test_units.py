@@ -100,8 +100,7 @@ def test_best_weights_keep_the_best_epoch_and_restore_it():
 
 
 def test_index_pipeline_is_uint8_and_shards_are_disjoint(tmp_path):
-    from tumor_edge.data.cache import PixelCache
-    from tumor_edge.data.dataset import Sample
+    from tumor_edge.data.dataset import PixelCache, Sample
     from tumor_edge.train.pipeline import index_dataset
 
     n, shape = 10, (3, 3, 3)

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
-from tumor_edge.data.cache import build_pixel_cache
-from tumor_edge.data.dataset import Sample, discover, read_split
+from tumor_edge.data.dataset import Sample, build_pixel_cache, discover, read_split
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.outdir import prepare_out_dir

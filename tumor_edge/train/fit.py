@@ -36,8 +36,8 @@ def run_training(config: TrainConfig) -> Path | None:
 
     import keras
 
-    from tumor_edge.data.cache import build_pixel_cache
-    from tumor_edge.data.leaks import find_split_leaks, without
+    from tumor_edge.data.dataset import build_pixel_cache
+    from tumor_edge.data.dedup import find_split_leaks, without
     from tumor_edge.train.backends import backend_version, configure_deterministic
     from tumor_edge.train.distribute import choose_strategy, cluster_from_flags
     from tumor_edge.train.lr_schedule import check_lr_schedule
