@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
 from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.temperature import fit_calibration
 from tumor_edge.errors import ConfigError
 from tumor_edge.modelside.cam import NoCamHeadError, features_model
 from tumor_edge.runtime.ood_checks import flag_rates
