@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tumor_edge.errors import ConfigError
+from tumor_edge.train.backends import choose_precision
 from tumor_edge.train.distribute import cluster_from_flags, is_chief, read_cluster
-from tumor_edge.train.precision import choose_precision
 
 
 @pytest.mark.parametrize(("requested", "gpus", "flags", "policy"), [
@@ -37,8 +37,8 @@ def test_loss_scale_skipped_steps_are_counted():
     optimizer's own count (what `fit_phases` reports against the steps run) says so."""
     import keras
 
+    from tumor_edge.train.backends import applied_updates
     from tumor_edge.train.callbacks import StepTimer
-    from tumor_edge.train.precision import applied_updates
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")

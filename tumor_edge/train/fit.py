@@ -38,11 +38,10 @@ def run_training(config: TrainConfig) -> Path | None:
 
     from tumor_edge.data.dataset import build_pixel_cache
     from tumor_edge.data.dedup import find_split_leaks, without
-    from tumor_edge.train.backends import backend_version, configure_deterministic
+    from tumor_edge.train.backends import backend_version, choose_precision, configure_deterministic
     from tumor_edge.train.distribute import choose_strategy, cluster_from_flags
     from tumor_edge.train.lr_schedule import check_lr_schedule
     from tumor_edge.train.model import resolve_weights
-    from tumor_edge.train.precision import choose_precision
     from tumor_edge.train.schedule import fit_phases
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -107,7 +106,7 @@ def run_training(config: TrainConfig) -> Path | None:
     if run is not None:
         path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds, backend)
     if dist.kind == "multi-worker":
-        from tumor_edge.train.trainer import barrier
+        from tumor_edge.train.callbacks import barrier
 
         barrier(dist.strategy)
     if run is None:

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from tumor_edge.calibration.plots import pyplot
 
 
 def _save(plt, fig, path: Path) -> Path:
@@ -29,7 +22,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
     """One-vs-rest ROC per class; each curve uses the probability column of its own class on aligned rows."""
     from sklearn.metrics import auc, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5.5))
     for k, name in enumerate(classes):
         positives = (np.asarray(y_true) == k).astype(int)
@@ -45,7 +38,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(m, cmap="Blues")
@@ -75,7 +68,7 @@ def plot_history(history_csv: Path, path: Path) -> Path | None:
         rows = list(csv.DictReader(fh))
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [int(r["epoch"]) + 1 for r in rows]
     metrics = [m for m in ("loss", "accuracy", "auc") if m in rows[0]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
