@@ -23,7 +23,7 @@ import click
 
 from tumor_edge.batch.scorer import Scorer, ScoreSettings, fetch_from
 from tumor_edge.batch.store import Store
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.errors import TumorEdgeError, first_line
 
 LOOPBACK_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 SUMMARY_FILE = "_summary.json"
@@ -184,8 +184,6 @@ def _connect(config: JobConfig):
             cpus = max(os.cpu_count() or 1, math.ceil(config.workers * config.cpus))
             ray.init(num_cpus=cpus, include_dashboard=False, **options)
     except Exception as err:  # an unreachable cluster, a refused token: one line
-        from tumor_edge.errors import first_line
-
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise TumorEdgeError(f"cannot start or reach {where} ({type(err).__name__}: {first_line(err)})") from err
     return ray
@@ -199,8 +197,6 @@ def _raise_readable(err: Exception, tally: Tally, out: str) -> None:
         if isinstance(cause, TumorEdgeError):
             raise cause from None
         cause = getattr(cause, "cause", None) or cause.__cause__
-    from tumor_edge.errors import first_line
-
     raise TumorEdgeError(f"the Ray job stopped ({type(err).__name__}: {first_line(err)}); {tally.inputs} inputs "
                          f"were saved in {out}: run the same command again to score the rest") from err
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from tumor_edge.batch.scorer import EXTRA, IDENTITY
 from tumor_edge.errors import ConfigError
@@ -29,7 +30,8 @@ class Store:
     def open(cls, out: str) -> Store:
         from pyarrow import fs
 
-        filesystem, root = fs.FileSystem.from_uri(out) if "://" in out else (fs.LocalFileSystem(), _absolute(out))
+        local = (fs.LocalFileSystem(), str(Path(out).expanduser().resolve()))
+        filesystem, root = fs.FileSystem.from_uri(out) if "://" in out else local
         filesystem.create_dir(root, recursive=True)
         return cls(filesystem, root.rstrip("/"))
 
@@ -116,9 +118,3 @@ class Store:
         with self.filesystem.open_output_stream(temporary) as stream:
             stream.write(data)
         self.filesystem.move(temporary, self._path(name))
-
-
-def _absolute(path: str) -> str:
-    from pathlib import Path
-
-    return str(Path(path).expanduser().resolve())

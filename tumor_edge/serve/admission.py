@@ -124,7 +124,6 @@ class Budget:
         self.client_gone = False
 
     def charge(self, images: int) -> None:
-        """Book `images` inferences about to run, or raise Stopped."""
         if self.stopping.is_set():
             raise Stopped(503, "the server is shutting down; retry once it is back")
         if self.client_gone:
@@ -181,7 +180,6 @@ class MeteredBackend:
 
 
 def meter_engine(classifier: Any, places: int) -> None:
-    """Make every inference of `classifier` pass the meter, `places` batches at once."""
     if not isinstance(classifier.backend, MeteredBackend):
         classifier.backend = MeteredBackend(classifier.backend, Turns(places))
 
