@@ -112,8 +112,7 @@ class Tally:
 
 def run(config: JobConfig) -> int:
     """Run the job; the exit status (0 every input scored, 2 some inputs failed)."""
-    from tumor_edge.batch.scorer import IDENTITY
-    from tumor_edge.batch.sources import list_inputs
+    from tumor_edge.batch.scorer import IDENTITY, list_inputs
 
     tally_start = time.perf_counter()
     s = config.settings

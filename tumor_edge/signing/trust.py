@@ -32,11 +32,6 @@ class TrustPolicy:
     min_version: str | None = None  # release.version at least this (a UTC time, contracts.bundle_schema)
     bundle: str | None = None  # the sha256 of the signed statement, exactly
 
-    def describe(self) -> str:
-        pins = [f"{name}={value}" for name, value in (("min-version", self.min_version), ("bundle", self.bundle))
-                if value]
-        return ",".join([str(self.key), *pins])
-
 
 def parse_trust(value: str | Path | TrustPolicy) -> TrustPolicy:
     """A trust setting (`PUBLIC.pem[,min-version=TIME][,bundle=SHA256]`) as a TrustPolicy; TrustSettingError
