@@ -168,9 +168,6 @@ class _QuietLoader:
     def __init__(self, loader) -> None:
         self.loader = loader
 
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
     def exec_module(self, module) -> None:
         import tempfile
 

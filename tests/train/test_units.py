@@ -123,12 +123,12 @@ def test_index_pipeline_is_uint8_and_shards_are_disjoint(tmp_path):
 def test_fine_tune_unfreezes_the_top_but_never_batchnorm():
     import keras
 
-    from tumor_edge.train.model import base_of, build_classifier, set_fine_tune
+    from tumor_edge.train.model import build_classifier, set_fine_tune
 
     model = build_classifier(4, 75, None)
-    assert set_fine_tune(model, None) == 0 and not base_of(model).trainable
+    assert set_fine_tune(model, None) == 0 and not model.get_layer("inception_v3").trainable
     trainable = set_fine_tune(model, 249)
-    layers = base_of(model).layers
+    layers = model.get_layer("inception_v3").layers
     assert trainable == sum(1 for layer in layers[249:] if not isinstance(layer, keras.layers.BatchNormalization))
     assert not any(layer.trainable for layer in layers[:249])
     assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))

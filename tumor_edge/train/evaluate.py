@@ -12,7 +12,7 @@ import numpy as np
 
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import Sample, build_pixel_cache, discover, read_split
-from tumor_edge.errors import DatasetError, ModelError
+from tumor_edge.errors import DatasetError, ModelError, first_line
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime.preprocess import Preprocessing
@@ -69,7 +69,7 @@ def load_run_model(run_dir: Path):
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as err:
-        raise ModelError(f"cannot load the Keras model ({str(err).splitlines()[0][:200]})", path) from err
+        raise ModelError(f"cannot load the Keras model ({first_line(err)})", path) from err
 
 
 def evaluate_run(run_dir: Path, data_root: Path | None, out_dir: Path | None, force: bool = False,
