@@ -129,9 +129,8 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
     """Chief only: save the best weights as a float32 model, evaluate on the test split, write config.json."""
     import keras
 
-    from tumor_edge.train.evaluate import evaluate_samples, format_metrics
+    from tumor_edge.train.evaluate import evaluate_samples, format_metrics, plot_history
     from tumor_edge.train.model import build_classifier
-    from tumor_edge.train.plots import plot_history
     from tumor_edge.train.trust import describe_trust
 
     # A fresh float32 model outside any strategy: no float16/bfloat16 casts reach the exported CPU/edge models,

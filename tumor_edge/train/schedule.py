@@ -43,7 +43,7 @@ def _datasets(config: TrainConfig, dist, train_cache, val_cache, num_classes: in
     global_batch = config.batch_size * dist.replicas
     steps = steps_for(train_cache.count, global_batch)
     if config.backend != "tensorflow":
-        from tumor_edge.train.loader import CacheBatches
+        from tumor_edge.train.callbacks import CacheBatches
 
         train_ds = CacheBatches(train_cache, num_classes, global_batch, shuffle=True, seed=config.seed)
         val_ds = CacheBatches(val_cache, num_classes, global_batch, multiple=dist.replicas) \
