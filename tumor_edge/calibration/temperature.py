@@ -259,9 +259,8 @@ def ece_before_after(raw: np.ndarray, labels: np.ndarray, temperature: float | N
 
 def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray | None,
                     test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
-    """Temperature on validation by the calibration rule (tumor_edge.calibration.temperature: no fit without
-    mistakes to fit, none at the range's edge, kept only if it helps held-out images); ECE/NLL before and after
-    on validation and (the honest figure) on test."""
+    """Temperature on validation by `choose_temperature`'s rule; ECE/NLL before and after on validation and (the
+    honest figure) on test."""
     from tumor_edge.calibration.plots import reliability_diagram
 
     choice = choose_temperature(val_probs, val_labels)

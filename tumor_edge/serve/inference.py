@@ -79,11 +79,9 @@ def model_source(classifier: Any) -> dict[str, str]:
 
 def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "middle",
                    heatmap: bool = False) -> Outcome:
-    """Classify one uploaded scan: whatever the runtime's readers claim (by the client's suffix, which the
-    temporary file keeps when a reader claims it, or by content: DICOM's marker, Pillow's formats). A volume (a
-    NIfTI upload) is answered as one item, its volume summary, with its slices' rows under `slice_results`.
-    Model errors (not file errors) raise, as in `iter_predictions`, class scores that are no probabilities
-    included."""
+    """Classify one uploaded scan, whatever the runtime's readers claim (by the client's suffix, which the
+    temporary file keeps, or by content). A volume is answered as one item, its summary, with its slices' rows
+    under `slice_results`. Model errors (not file errors) raise, as in `iter_predictions`."""
     source = model_source(classifier)
     suffix = claimed_suffix(filename) or ""
     folder = Path(tempfile.mkdtemp(prefix="tumor-edge-serve-"))  # mode 0700: private to this user
@@ -132,10 +130,9 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
 
 def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool = False) -> dict[str, Any]:
     """{"heatmap": the predicted class's map, "heatmap_method": what drew it}: the exact CAM when the model has
-    one of 4x4 cells or more (free: it came with the prediction); else, only when `through_model` (the request's
-    `?heatmap=1`, which the page sends), occlusion through the model on `pixels`, the image as the model saw it:
-    ~65 inferences, so an API client that did not ask never pays for it and one upload never costs the server
-    more than the client chose. {} otherwise."""
+    one of 4x4 cells or more (it came with the prediction); else, only when the request asked (`?heatmap=1`, as
+    the page does), occlusion through the model on `pixels`, tens of inferences a client who did not ask never
+    pays for. {} otherwise."""
     from tumor_edge.runtime import MIN_CAM_CELLS, cam_cells
     from tumor_edge.runtime import explain_prediction as explain
 

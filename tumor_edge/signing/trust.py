@@ -125,9 +125,8 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
 
 
 def trust_policy(model: str | Path | None, value: str | None, *, err: bool = True) -> TrustPolicy | None:
-    """The trust setting of a command that loads a bundle: `--trust` else $TUMOR_EDGE_TRUST (set but empty is a
-    TrustSettingError), checked at rest by `enforce_trust`; None when neither is set. The command passes the policy
-    on as `BackendOptions(trust=...)` so the open stage binds it to the bytes it loads."""
+    """The trust setting of a command that loads a bundle: `--trust` else $TUMOR_EDGE_TRUST, checked at rest by
+    `enforce_trust`; None when neither is set."""
     policy = parse_trust(value) if value is not None else trust_from_env()
     if policy is not None:
         enforce_trust(model, policy, err=err)

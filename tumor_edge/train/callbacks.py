@@ -181,16 +181,12 @@ def barrier(strategy) -> None:
     strategy.reduce("SUM", strategy.run(lambda: tf.ones([1])), axis=0)
 
 
-def loader_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 class CacheBatches(keras.utils.PyDataset):
     """(uint8 images, float32 one-hot labels) batches of a `PixelCache`."""
 
     def __init__(self, cache, num_classes: int, batch_size: int, shuffle: bool = False, seed: int = 0,
                  multiple: int = 1, workers: int | None = None):
-        workers = loader_workers() if workers is None else workers
+        workers = max(1, min(8, os.cpu_count() or 1)) if workers is None else workers
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
         if multiple > 1 and not shuffle and cache.count < multiple:
             raise ValueError(f"{cache.count} images cannot be split over {multiple} devices")
