@@ -141,8 +141,8 @@ def test_cosine_schedule_ends_each_phase_at_one_percent_and_replaces_plateau_cut
     and the callback. An unknown name is a one-line config error."""
     import keras
 
+    from tumor_edge.train.backends import check_lr_schedule, learning_rate_for
     from tumor_edge.train.config import TrainConfig
-    from tumor_edge.train.lr_schedule import check_lr_schedule, learning_rate_for
     from tumor_edge.train.schedule import _callbacks
 
     cosine = learning_rate_for("cosine", 1e-3, epochs=10, steps_per_epoch=72)

@@ -10,15 +10,20 @@ cache folder, so a second run with the same shapes loads them.
 Mixed precision `auto` picks what the hardware runs fast: float16 on NVIDIA GPUs (tensor cores), bfloat16 where
 the CPU has AMX bfloat16 tiles and there is no GPU, float32 otherwise. AVX512_BF16 alone gains no speed to trade
 bfloat16's 8-bit mantissa for (benchmarks/training_precision.py). Variables stay float32 in every policy.
+
+The learning rate moves within each phase by `--lr-schedule`: "plateau" cuts it when the monitor stalls, which a
+run of a few epochs may never see; "cosine" lowers it smoothly to 1 % by the phase's last step, so a short run
+ends settled.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tumor_edge.errors import ConfigError
 
@@ -175,3 +180,27 @@ def applied_updates(optimizer) -> int:
     import keras
 
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def _constant(learning_rate: float, total_steps: int):
+    return learning_rate
+
+
+def _cosine(learning_rate: float, total_steps: int):
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.01)
+
+
+LR_SCHEDULES: dict[str, Callable[[float, int], Any]] = {"plateau": _constant, "cosine": _cosine}
+
+
+def learning_rate_for(schedule: str, learning_rate: float, epochs: int, steps_per_epoch: int):
+    """The optimizer's learning rate for one phase: a float, or a Keras schedule over the phase's steps."""
+    return LR_SCHEDULES[schedule](learning_rate, epochs * steps_per_epoch)
+
+
+def check_lr_schedule(name: str) -> str:
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"unknown --lr-schedule {name!r}; choose {', '.join(LR_SCHEDULES)}")
+    return name

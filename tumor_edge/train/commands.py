@@ -7,9 +7,8 @@ from typing import Any
 
 import click
 
-from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, JIT_CHOICES, PRECISIONS
+from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, JIT_CHOICES, LR_SCHEDULES, PRECISIONS
 from tumor_edge.train.distribute import STRATEGIES
-from tumor_edge.train.lr_schedule import LR_SCHEDULES
 
 
 @click.command()

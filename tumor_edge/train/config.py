@@ -67,7 +67,7 @@ class TrainConfig:
     batch_size: int = 32  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-5
-    lr_schedule: str = "plateau"  # tumor_edge.train.schedule.LR_SCHEDULES: within each phase
+    lr_schedule: str = "plateau"  # tumor_edge.train.backends.LR_SCHEDULES: within each phase
     dropout: float = 0.3
     bn_momentum: float | None = None
     val_split: float = 0.15

@@ -38,9 +38,8 @@ def run_training(config: TrainConfig) -> Path | None:
 
     from tumor_edge.data.dataset import build_pixel_cache
     from tumor_edge.data.dedup import find_split_leaks, without
-    from tumor_edge.train.backends import backend_version, choose_precision, configure_deterministic
+    from tumor_edge.train.backends import backend_version, check_lr_schedule, choose_precision, configure_deterministic
     from tumor_edge.train.distribute import choose_strategy, cluster_from_flags
-    from tumor_edge.train.lr_schedule import check_lr_schedule
     from tumor_edge.train.model import resolve_weights
     from tumor_edge.train.schedule import fit_phases
 

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.train.backends import applied_updates
+from tumor_edge.train.backends import applied_updates, learning_rate_for
 from tumor_edge.train.callbacks import BestWeights, StepTimer, monitor_mode, save_model
 from tumor_edge.train.config import TrainConfig
-from tumor_edge.train.lr_schedule import learning_rate_for
 from tumor_edge.train.pipeline import distributed_dataset, steps_for
 
 
