@@ -114,8 +114,8 @@ def run_training(config: TrainConfig) -> Path | None:
 
 
 def _fit_trust(model, val, test, spec, run: RunFolder, config: TrainConfig) -> dict[str, Any]:
-    """Temperature and OOD fit on the validation split, measured on the test split (tumor_edge.train.trust)."""
-    from tumor_edge.train.trust import fit_trust_for_run
+    """Temperature and OOD fit on the validation split, measured on the test split (tumor_edge.train.evaluate)."""
+    from tumor_edge.train.evaluate import fit_trust_for_run
 
     val_px = load_pixels(val, spec, "decoding validation images for calibration", config.show_progress)
     test_px = load_pixels(test, spec, "decoding test images for calibration", config.show_progress)
@@ -128,9 +128,8 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
     """Chief only: save the best weights as a float32 model, evaluate on the test split, write config.json."""
     import keras
 
-    from tumor_edge.train.evaluate import evaluate_samples, format_metrics, plot_history
+    from tumor_edge.train.evaluate import describe_trust, evaluate_samples, format_metrics, plot_history
     from tumor_edge.train.model import build_classifier
-    from tumor_edge.train.trust import describe_trust
 
     # A fresh float32 model outside any strategy: no float16/bfloat16 casts reach the exported CPU/edge models,
     # no optimizer state triples the file, and prediction here runs no collective ops with other workers.
