@@ -12,6 +12,7 @@ read when Ray is imported, so it is set before the import.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import click
 
-from tumor_edge.batch.scorer import Scorer, ScoreSettings, fetch_from
+from tumor_edge.batch.scorer import IDENTITY, Scorer, ScoreSettings, fetch_from, list_inputs
 from tumor_edge.batch.store import Store
 from tumor_edge.errors import TumorEdgeError, first_line
 
@@ -112,8 +113,6 @@ class Tally:
 
 def run(config: JobConfig) -> int:
     """Run the job; the exit status (0 every input scored, 2 some inputs failed)."""
-    from tumor_edge.batch.scorer import IDENTITY, list_inputs
-
     tally_start = time.perf_counter()
     s = config.settings
     _preflight(s)
@@ -142,8 +141,6 @@ def _preflight(settings: ScoreSettings) -> None:
 def _score(config: JobConfig, todo: list[dict], filesystem, store: Store, tally: Tally) -> None:
     ray = _connect(config)
     try:
-        import logging
-
         import ray.data
         from ray.data import ActorPoolStrategy, DataContext
 
@@ -168,8 +165,6 @@ def _score(config: JobConfig, todo: list[dict], filesystem, store: Store, tally:
 
 def _connect(config: JobConfig):
     """Ray, connected: to the named cluster, else to a new local instance on 127.0.0.1."""
-    import logging
-
     address = config.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault(*LOOPBACK_ENV)

@@ -9,6 +9,8 @@ ones), so a part written twice (two drivers on one RESULTS) never doubles an inp
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 from dataclasses import dataclass
@@ -101,9 +103,6 @@ class Store:
 
     def write_csv(self, table, name: str = "results.csv") -> str:
         """The rows as `classify --csv` prints them (its columns, its cells), then the identity columns."""
-        import csv
-        import io
-
         columns = [c for c in table.column_names if c not in EXTRA]
         lines = []
         for cells in [columns, *([row[c] for c in columns] for row in table.select(columns).to_pylist())]:

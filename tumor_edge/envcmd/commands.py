@@ -4,6 +4,8 @@ and the choice made, the extras present: everything a bug report needs, gathered
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
@@ -47,9 +49,6 @@ def environment(model: str | None = None) -> dict[str, Any]:
 def engine_choice(model: str | None) -> dict[str, Any]:
     """The file this device runs for the bundle (`model`, else $TUMOR_EDGE_MODEL or the last export): the choices
     recorded by measurement (tumor_edge.runtime.choice), one per thread count."""
-    from dataclasses import asdict
-    from pathlib import Path
-
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.contracts.state import resolve_model_path
     from tumor_edge.errors import TumorEdgeError

@@ -14,6 +14,7 @@ with `openssl ecparam -name prime256v1 -genkey -noout -out private.pem` and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -137,8 +138,6 @@ def load_public_key(path: str | Path):
 def fingerprint(public_key) -> str:
     """sha256 of the PEM SubjectPublicKeyInfo: the identifier model-signing records in a signature (its "hint"),
     so the same short form names a key in our output and in the signature file."""
-    import hashlib
-
     from cryptography.hazmat.primitives import serialization
 
     pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
+
 from tumor_edge.errors import ConfigError, ModelError
 from tumor_edge.signing import TRUST_ENV, SignatureError, TrustSettingError
 
@@ -107,8 +109,6 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
     signature over every file, unchanged, none added, and its pins hold; on success print one line saying what was
     checked (stderr by default: stdout may be classify's results). Returns the policy, for the open stage
     (`BackendOptions(trust=...)`) to check the loaded bytes against."""
-    import click
-
     from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.signing.verify import verify_bundle_signature
 

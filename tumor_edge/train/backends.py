@@ -18,6 +18,7 @@ ends settled.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Collection
@@ -55,8 +56,6 @@ def select_backend(name: str) -> bool:
     os.environ["KERAS_BACKEND"] = name
     if name == "tensorflow":
         return True
-    import importlib.util
-
     if importlib.util.find_spec(name) is None:
         extra = "pip install 'tumor-edge[jax]'" if name == "jax" else "pip install torch"
         raise ConfigError(f"--backend {name} needs {name} installed ({extra})")

@@ -8,6 +8,7 @@ Every worker reads its shard of the images; only the chief writes the run folder
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -127,8 +128,6 @@ class OneDevice:
     num_replicas_in_sync = 1
 
     def scope(self):
-        import contextlib
-
         return contextlib.nullcontext()
 
 
