@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.contracts.bundle import METADATA_FILE, read_confined, sha256_file
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, SignatureError
 from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
@@ -80,7 +81,6 @@ def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str
     the bytes handed to the engine) and `metadata.sha256` (of the metadata.json bytes the record was parsed from).
     The folder's names must be the signed ones (nothing added, nothing missing); the trust setting's pins must hold.
     What the folder holds at another moment does not matter: these bytes are what runs."""
-    from tumor_edge.contracts.bundle import METADATA_FILE, read_confined
     from tumor_edge.signing.trust import check_pins, parse_trust
 
     policy = parse_trust(trust)
@@ -244,7 +244,7 @@ def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) ->
     for name in files:
         if name not in signed:
             problems.append((name, "not part of the signed bundle (added after signing)"))
-        elif _sha256(bundle / name) != signed[name]:
+        elif sha256_file(bundle / name) != signed[name]:
             problems.append((name, "changed since the bundle was signed (its sha256 is not the signed one)"))
     problems += [(name, "signed, but missing from the bundle") for name in sorted(set(signed) - set(files))]
     if not problems:
@@ -253,11 +253,3 @@ def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) ->
     more = f" (and {len(rest)} more: {', '.join(rest[:MAX_LISTED])}{', …' if len(rest) > MAX_LISTED else ''})" \
         if rest else ""
     return SignatureError(f"signature check failed: {why}{more}", bundle / first)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
