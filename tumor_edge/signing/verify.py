@@ -32,7 +32,6 @@ MAX_LISTED = 3  # files named in one error line beyond the first
 
 @dataclass(frozen=True)
 class SignatureCheck:
-    bundle: Path
     key_sha256: str  # the trusted public key that verified it
     seconds: float  # model-signing's verification: the signature plus hashing every file
     files: list[str] = field(default_factory=list)
@@ -72,7 +71,7 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
     problem = _not_ours(statement)
     if problem:
         raise SignatureError(problem, signature)
-    return SignatureCheck(bundle, fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
+    return SignatureCheck(fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
 
 
 def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str]) -> None:
