@@ -22,9 +22,11 @@ from dataclasses import dataclass, field, replace
 
 import click
 
+from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.batch.scorer import IDENTITY, Scorer, ScoreSettings, fetch_from, list_inputs
 from tumor_edge.batch.store import Store
 from tumor_edge.errors import TumorEdgeError, first_line
+from tumor_edge.runtime import BackendOptions, Classifier
 
 LOOPBACK_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 SUMMARY_FILE = "_summary.json"
@@ -133,8 +135,6 @@ def run(config: JobConfig) -> int:
 def _preflight(settings: ScoreSettings) -> None:
     """Open the bundle here once, as an actor will (sha256s, shapes, outputs; the device's file choice measured
     and cached for the actors of this machine): a bad bundle is one line now, not an actor Ray restarts."""
-    from tumor_edge.runtime import BackendOptions, Classifier
-
     Classifier.from_bundle(settings.model, model_file=settings.model_file, options=BackendOptions(threads=1))
 
 
@@ -230,8 +230,6 @@ def _finish(config: JobConfig, store: Store, tally: Tally, current: list[str]) -
     """The summary (stderr, RESULTS/_summary.json) and the CSV, of the inputs SOURCE has now."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from tumor_edge import RESEARCH_NOTICE
 
     n_inputs = len(current)
     table = store.read()

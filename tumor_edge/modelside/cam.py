@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tumor_edge.calibration.mahalanobis import OOD_ROLE
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ModelError
 
@@ -125,8 +126,6 @@ def trust_model(model, ood=None):
     matrices. Raises NoCamHeadError for a model without a GAP + dense head."""
     import keras
     import numpy as np
-
-    from tumor_edge.calibration.mahalanobis import OOD_ROLE
 
     head = find_cam_head(model)
     outputs = [model.outputs[0], _cam_layer(head)(head.features)]

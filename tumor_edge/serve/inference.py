@@ -23,7 +23,7 @@ from typing import Any
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata
 from tumor_edge.errors import BundleIntegrityError, ModelError, first_line
-from tumor_edge.runtime import VolumeSummary, claimed_suffix, is_volume
+from tumor_edge.runtime import MIN_CAM_CELLS, VolumeSummary, cam_cells, claimed_suffix, explain_prediction, is_volume
 from tumor_edge.serve.errors import without_folders, without_folders_in
 
 MAX_CARD_BYTES = 1 << 20
@@ -133,14 +133,11 @@ def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool 
     one of 4x4 cells or more (it came with the prediction); else, only when the request asked (`?heatmap=1`, as
     the page does), occlusion through the model on `pixels`, tens of inferences a client who did not ask never
     pays for. {} otherwise."""
-    from tumor_edge.runtime import MIN_CAM_CELLS, cam_cells
-    from tumor_edge.runtime import explain_prediction as explain
-
     cells = cam_cells(result.outputs)
     if cells is not None and min(cells) >= MIN_CAM_CELLS:  # in the outputs already
-        explanation = explain(classifier, None, result.index, result.outputs)
+        explanation = explain_prediction(classifier, None, result.index, result.outputs)
     elif through_model:
-        explanation = explain(classifier, pixels, result.index, result.outputs)
+        explanation = explain_prediction(classifier, pixels, result.index, result.outputs)
     else:
         return {}
     return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}

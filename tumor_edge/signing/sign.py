@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
 from tumor_edge.errors import ModelError, OutputExistsError
 from tumor_edge.signing import KEY_PASSWORD_ENV, SIGNATURE_FILE
 from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_private_key, model_signing
@@ -36,8 +37,6 @@ def check_signing_key(private_key: str | Path, password: str | None = None) -> N
 
 def check_bundle(bundle: Path) -> None:
     """The bundle reads and every model it lists is the file its metadata describes (one-line error if not)."""
-    from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
-
     metadata = BundleMetadata.read(bundle)
     if not metadata.models:
         raise ModelError("the bundle lists no models: nothing to sign", bundle)

@@ -20,6 +20,9 @@ from typing import Any
 
 import click
 
+from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.contracts.bundle_schema import parse_release_version
+from tumor_edge.contracts.state import resolve_model_path
 from tumor_edge.errors import ConfigError, ModelError
 from tumor_edge.signing import TRUST_ENV, SignatureError, TrustSettingError
 
@@ -38,8 +41,6 @@ class TrustPolicy:
 def parse_trust(value: str | Path | TrustPolicy) -> TrustPolicy:
     """A trust setting (`PUBLIC.pem[,min-version=TIME][,bundle=SHA256]`) as a TrustPolicy; TrustSettingError
     naming what is wrong."""
-    from tumor_edge.contracts.bundle_schema import parse_release_version
-
     if isinstance(value, TrustPolicy):
         return value
     text = str(value)
@@ -77,8 +78,6 @@ def trust_from_env() -> TrustPolicy | None:
 def check_pins(policy: TrustPolicy, metadata: Any, statement_sha256: str, where: Path) -> None:
     """Refuse (SignatureError) a signed bundle that its policy's pins exclude. `metadata` must be the record the
     signature covers."""
-    from tumor_edge.contracts.bundle_schema import parse_release_version
-
     if policy.bundle and statement_sha256 != policy.bundle:
         raise SignatureError(f"signed, but not the pinned bundle (its statement's sha256 is {statement_sha256[:16]}…, "
                              f"the pin {policy.bundle[:16]}…)", where)
@@ -96,8 +95,6 @@ def bundle_of(model: str | Path | None) -> Path:
     """The bundle folder a model argument stands for, resolved as classify and serve resolve it (the argument,
     else $TUMOR_EDGE_MODEL, else the last export): the folder itself, or the folder holding a model file. A lone
     .onnx outside any bundle has no signature of its own, so it is refused under --trust."""
-    from tumor_edge.contracts.state import resolve_model_path
-
     path = resolve_model_path(model)
     if not path.exists():
         raise ModelError("not found", path)
@@ -109,7 +106,6 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
     signature over every file, unchanged, none added, and its pins hold; on success print one line saying what was
     checked (stderr by default: stdout may be classify's results). Returns the policy, for the open stage
     (`BackendOptions(trust=...)`) to check the loaded bytes against."""
-    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.signing.verify import verify_bundle_signature
 
     policy = parse_trust(trust)

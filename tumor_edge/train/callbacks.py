@@ -28,6 +28,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tumor_edge.train.backends import peak_device_bytes
+
 
 def monitor_mode(monitor: str) -> str:
     return "max" if monitor.endswith(("auc", "accuracy")) else "min"
@@ -117,8 +119,6 @@ class StepTimer(keras.callbacks.Callback):
             self.steps.append(took)
 
     def summary(self) -> dict:
-        from tumor_edge.train.backends import peak_device_bytes
-
         median = statistics.median(self.steps) if self.steps else None
         return {"global_batch": self.global_batch, "first_step_s": [round(t, 3) for t in self.first_steps],
                 "steps_timed": len(self.steps), "median_step_s": None if median is None else round(median, 5),
