@@ -38,20 +38,16 @@ def build_augmenter(config: AugmentConfig, seed: int):
 
     if not config.enabled:
         return None
-    layers = []
-    if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"))
-    if config.rotation > 0:
-        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed + 1,
-                                                  dtype="float32"))
-    if config.shift > 0:
-        layers.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="constant",
-                                                     seed=seed + 2, dtype="float32"))
-    if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 3, dtype="float32"))
-    if config.contrast > 0:
-        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4,
-                                                    dtype="float32"))
+    filled = {"fill_mode": "constant", "dtype": "float32"}
+    transforms = [  # (enabled, the layer given its seed); each keeps its seed offset whichever others are off
+        (config.flip, lambda s: keras.layers.RandomFlip("horizontal", seed=s, dtype="float32")),
+        (config.rotation > 0, lambda s: keras.layers.RandomRotation(config.rotation, seed=s, **filled)),
+        (config.shift > 0, lambda s: keras.layers.RandomTranslation(config.shift, config.shift, seed=s, **filled)),
+        (config.zoom > 0, lambda s: keras.layers.RandomZoom(config.zoom, seed=s, **filled)),
+        (config.contrast > 0, lambda s: keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=s,
+                                                                    dtype="float32")),
+    ]
+    layers = [make(seed + offset) for offset, (enabled, make) in enumerate(transforms) if enabled]
     return keras.Sequential(layers, name="augmentation") if layers else None
 
 
