@@ -5,7 +5,7 @@ has no run, so export fits them on the share of the calibration images it holds 
 (`source.FOREIGN_VAL_FRACTION`, stratified): the same images choose the int8 calibration method, but never feed
 the int8 calibration ranges, which come from the other part only.
 
-- Temperature scaling: `fit_calibration`, the very function train uses (with its out-of-fold guard
+- Temperature scaling: `calibration.fit.fit_calibration`, the very function train uses (with its out-of-fold guard
   that keeps T = 1 when a temperature would not help unseen images).
 - Out of distribution: the Mahalanobis score needs pooled features a foreign model does not expose. A foreign
   ONNX model gets a score from its own class scores instead (calibration/output_scores.py: energy of its logits,
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.temperature import fit_calibration
+from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.errors import ConfigError
 from tumor_edge.export.samples import stratified_subset
 

@@ -6,7 +6,7 @@ metadata.json records; the same bytes go to the engine (onnxruntime's `Inference
 data in memory, LiteRT's `model_content`). Nothing is opened again by path, so a file exchanged after the check
 cannot be what runs. With a trust setting (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False` opens
 unchecked, for export's own parity) the signature is checked against the digests of exactly these bytes and of
-the metadata.json bytes the record was parsed from (tumor_edge.signing.verify.check_loaded).
+the metadata.json bytes the record was parsed from (tumor_edge.signing.trust.check_loaded).
 
 Memory: the model is held once by Python while its engine copies it (a model is held twice during the load, then
 once). The schema bounds a model file at MAX_MODEL_BYTES; a model too large for that would have to be copied,
@@ -59,7 +59,7 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
 
         trust = trust_from_env()
     if trust:
-        from tumor_edge.signing.verify import check_loaded
+        from tumor_edge.signing.trust import check_loaded
 
         check_loaded(Path(bundle_dir), trust, metadata, files.digests)
     backend = backend_factory(engine_of(files.path))(files.path, options, files=files)

@@ -8,11 +8,12 @@ it when no setting is passed), and set but empty it is an error, never "off".
 
 `enforce_trust` is what a command calls before it loads anything: the whole folder checked at rest (every file
 signed and unchanged, none added), and one line saying so. The open stage then checks the signature again against
-the bytes it loaded (tumor_edge.signing.verify.check_loaded): that, not this, is what binds what runs.
+the bytes it loaded (`check_loaded`): that, not this, is what binds what runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,12 @@ from typing import Any
 
 import click
 
-from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, read_confined
 from tumor_edge.contracts.bundle_schema import parse_release_version
 from tumor_edge.contracts.state import resolve_model_path
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.signing import TRUST_ENV, SignatureError, TrustSettingError
+from tumor_edge.errors import ConfigError, ModelError, first_line
+from tumor_edge.signing import SIGNATURE_FILE, TRUST_ENV, SignatureError, TrustSettingError, verify
+from tumor_edge.signing.library import bundle_files, load_public_key
 
 PINS = ("min-version", "bundle")
 
@@ -106,11 +108,9 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
     signature over every file, unchanged, none added, and its pins hold; on success print one line saying what was
     checked (stderr by default: stdout may be classify's results). Returns the policy, for the open stage
     (`BackendOptions(trust=...)`) to check the loaded bytes against."""
-    from tumor_edge.signing.verify import verify_bundle_signature
-
     policy = parse_trust(trust)
     bundle = bundle_of(model)
-    check = verify_bundle_signature(bundle, policy.key)
+    check = verify.verify_bundle_signature(bundle, policy.key)
     metadata = BundleMetadata.read(bundle)
     check_pins(policy, metadata, check.statement_sha256, bundle)
     release = f", release {metadata.release.version}" if metadata.release else ""
@@ -127,3 +127,36 @@ def trust_policy(model: str | Path | None, value: str | None, *, err: bool = Tru
     if policy is not None:
         enforce_trust(model, policy, err=err)
     return policy
+
+
+def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str]) -> None:
+    """Refuse (SignatureError, one line naming the file) unless the bundle's signature, read once here and
+    checked with the trusted key, covers exactly the bytes the caller loaded: `digests` (file name -> sha256 of
+    the bytes handed to the engine) and `metadata.sha256` (of the metadata.json bytes the record was parsed from).
+    The folder's names must be the signed ones (nothing added, nothing missing); the trust setting's pins must hold.
+    What the folder holds at another moment does not matter: these bytes are what runs."""
+    policy = parse_trust(trust)
+    bundle = Path(bundle)
+    key = load_public_key(policy.key)
+    signature = bundle / SIGNATURE_FILE
+    try:
+        raw = read_confined(bundle, SIGNATURE_FILE, verify.MAX_SIGNATURE_BYTES)
+    except FileNotFoundError as err:
+        raise verify.not_signed(bundle) from err
+    except (OSError, ModelError) as err:
+        raise SignatureError(f"cannot be read ({first_line(err)})", signature) from err
+    statement, payload = verify.authentic_statement(raw, key, policy.key, signature)
+    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+    loaded = {METADATA_FILE: metadata.sha256, **digests}
+    for name, digest in loaded.items():
+        if name not in signed:
+            raise SignatureError("not part of the signed bundle; refusing to run it", bundle / name)
+        if not digest or digest != signed[name]:
+            raise SignatureError("the bytes loaded are not the signed ones (changed since the bundle was signed, "
+                                 "or while it was read); refusing to run it", bundle / name)
+    present = set(bundle_files(bundle))
+    for name in sorted(present ^ set(signed)):
+        why = "not part of the signed bundle (added after signing)" if name in present else \
+            "signed, but missing from the bundle"
+        raise SignatureError(f"signature check failed: {why}", bundle / name)
+    check_pins(policy, metadata, hashlib.sha256(payload).hexdigest(), bundle)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import METADATA_FILE, read_confined, sha256_file
+from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, SignatureError
 from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
@@ -49,7 +49,7 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
         raise ModelError("not a bundle folder" if bundle.exists() else "bundle folder not found", bundle)
     signature = bundle / SIGNATURE_FILE
     if not signature.exists() and not signature.is_symlink():
-        raise _not_signed(bundle)
+        raise not_signed(bundle)
     if signature.is_symlink() or not signature.is_file():
         raise SignatureError("not a regular file: a signed bundle holds plain files only", signature)
     if signature.stat().st_size > MAX_SIGNATURE_BYTES:
@@ -72,41 +72,6 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
     if problem:
         raise SignatureError(problem, signature)
     return SignatureCheck(fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
-
-
-def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str]) -> None:
-    """Refuse (SignatureError, one line naming the file) unless the bundle's signature, read once here and
-    checked with the trusted key, covers exactly the bytes the caller loaded: `digests` (file name -> sha256 of
-    the bytes handed to the engine) and `metadata.sha256` (of the metadata.json bytes the record was parsed from).
-    The folder's names must be the signed ones (nothing added, nothing missing); the trust setting's pins must hold.
-    What the folder holds at another moment does not matter: these bytes are what runs."""
-    from tumor_edge.signing.trust import check_pins, parse_trust
-
-    policy = parse_trust(trust)
-    bundle = Path(bundle)
-    key = load_public_key(policy.key)
-    signature = bundle / SIGNATURE_FILE
-    try:
-        raw = read_confined(bundle, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
-    except FileNotFoundError as err:
-        raise _not_signed(bundle) from err
-    except (OSError, ModelError) as err:
-        raise SignatureError(f"cannot be read ({first_line(err)})", signature) from err
-    statement, payload = authentic_statement(raw, key, policy.key, signature)
-    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
-    loaded = {METADATA_FILE: metadata.sha256, **digests}
-    for name, digest in loaded.items():
-        if name not in signed:
-            raise SignatureError("not part of the signed bundle; refusing to run it", bundle / name)
-        if not digest or digest != signed[name]:
-            raise SignatureError("the bytes loaded are not the signed ones (changed since the bundle was signed, "
-                                 "or while it was read); refusing to run it", bundle / name)
-    present = set(bundle_files(bundle))
-    for name in sorted(present ^ set(signed)):
-        why = "not part of the signed bundle (added after signing)" if name in present else \
-            "signed, but missing from the bundle"
-        raise SignatureError(f"signature check failed: {why}", bundle / name)
-    check_pins(policy, metadata, hashlib.sha256(payload).hexdigest(), bundle)
 
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -156,7 +121,7 @@ def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[d
     return statement, payload
 
 
-def _not_signed(bundle: Path) -> SignatureError:
+def not_signed(bundle: Path) -> SignatureError:
     return SignatureError(f"not signed: the bundle has no {SIGNATURE_FILE} (sign it with `tumor-edge sign BUNDLE "
                           "--key PRIVATE.pem`)", bundle)
 
