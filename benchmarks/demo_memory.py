@@ -100,6 +100,8 @@ def main() -> None:
               "peak_rss_tree_gib": gib(sampler.peak_tree), "peak_rss_demo_process_gib": gib(sampler.peak_root),
               "load_before": [round(x, 2) for x in load_before],
               "load_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+              # oneDNN's instruction-set cap: AVX2 lets an AVX-512 machine estimate a CPU without it.
+              "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
               "timeline_s_gib": [(t, gib(r)) for t, r in sampler.timeline]}
     try:
         from tumor_edge.machine import machine_info
@@ -140,7 +142,7 @@ def main() -> None:
           f"- held-out accuracy: {record.get('accuracy')} (macro AUC {record.get('macro_auc')}); export parity: "
           f"{record.get('parity_verdict')}",
           f"- load average before/after: {record['load_before']} / {record['load_after']} on {os.cpu_count()} CPUs",
-          f"- machine: {record['machine']}"]
+          f"- machine: {record['machine']}; ONEDNN_MAX_CPU_ISA={record['onednn_max_cpu_isa'] or 'unset'}"]
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -1,4 +1,4 @@
-"""The one escaping rule (tumor_edge.text) and the surfaces that show names through it: classify's table and
+"""The one escaping rule (tumor_edge.errors.one_line) and the surfaces that show names through it: classify's table and
 `--csv` on stdout, and the `error:` line. Names carry ESC sequences, a C1 CSI (U+009B), a right-to-left override
 (U+202E) and newlines; what reaches the terminal carries none of them raw."""
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tests.runtime.models import save_quadrant
 from tests.serve.models import named_classes_bundle
 from tumor_edge.cli import main
-from tumor_edge.text import one_line
+from tumor_edge.errors import one_line
 
 # Every character a name must not carry raw onto a terminal: C0 but for none, DEL, C1, bidi controls, separators.
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")

@@ -1,10 +1,42 @@
-"""One error family whose message is the single line a user sees; the CLI prints it and exits non-zero."""
+"""One error family whose message is the single line a user sees; the CLI prints it and exits non-zero. And
+the one rule for showing text that others chose (file names, class names, paths) on a terminal, in a log line or
+in a CSV cell, which every such message follows: it stays one line and shows what is really there.
+
+C0 and C1 controls, line separators and bidirectional controls (U+202E shows `scan<U+202E>gpj.exe` as
+`scanexe.jpg`) act instead of showing: each becomes a visible backslash escape, as do undecodable file-name bytes.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from tumor_edge.text import one_line
+_BIDI = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_ESCAPES = ({c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+            | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+            | {c: f"\\u{c:04x}" for c in (*_BIDI, 0x2028, 0x2029)})
+
+
+def valid_unicode(text: str | None) -> str:
+    """Text that encodes as UTF-8: undecodable file-name bytes become `\\xNN`; None (an in-memory image) becomes
+    `<array>`."""
+    if text is None:
+        return "<array>"
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file-name decoding makes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def one_line(text: object) -> str:
+    """`text` (a str, a path, None) for a terminal, a log line or a CSV cell: valid UTF-8, every control
+    character escaped (see the module's docstring)."""
+    return valid_unicode(None if text is None else str(text)).translate(_ESCAPES)
 
 
 class TumorEdgeError(Exception):
@@ -35,6 +67,17 @@ class ModelError(TumorEdgeError):
 
 class BundleIntegrityError(ModelError):
     """A bundle whose files do not match what its metadata promises (hash, size, path outside the bundle)."""
+
+
+class SignatureError(BundleIntegrityError):
+    """A bundle whose signature is missing, unreadable, made with another key, or does not match its files."""
+
+
+class TrustSettingError(ConfigError):
+    """A trust setting that cannot be used (a missing or unreadable public key, an empty $TUMOR_EDGE_TRUST, an
+    unknown pin): nothing runs, exit status 1 (the commands that run bundles keep 2 for "some inputs failed")."""
+
+    exit_code = 1
 
 
 class MissingExtraError(TumorEdgeError):

@@ -96,3 +96,27 @@ def test_tflite_search_that_misses_its_goal_ships_the_nearest_candidate(saved_ou
     assert shortfalls[0] == min(shortfalls) and shortfalls[0] < 0.1, report["steps"]  # conv2 float repairs it
     assert why in report["stopped"] and "shipping the nearest candidate, 1 unit(s) float" in report["stopped"]
     assert len(report["float_nodes"]) == 1 and "conv2" in report["float_nodes"][0]["unit"], report["float_nodes"]
+
+
+def test_tflite_probing_stops_when_no_unit_moves_the_focus_images(saved_outlier):
+    """conv1 float alone still hands conv2 the outlier in an int8 tensor, so its probe moves nothing: with a
+    patience of one probe the search stops probing there, and the units it never probed follow in their own
+    order (conv2 next), so the goal is still met, at one more float unit than a full probe would cost (the float
+    cap lets 2 of the 4 units go float)."""
+    from tumor_edge.export.tflite_int8 import TfliteInt8Config, float_reference, tflite_int8_accuracy_aware
+
+    saved, folder = saved_outlier
+    spec = Preprocessing(SIZE, SIZE, scaling="unit")
+    val = _pixels(120, 2)
+    labels = float_reference(saved, val, spec).argmax(1)
+    out = folder / "patience"
+    out.mkdir(exist_ok=True)
+    report = tflite_int8_accuracy_aware(saved, out / "model_int8.tflite", _pixels(48, 1), val, labels, 4, spec,
+                                        config=TfliteInt8Config(probe_patience=1, max_float_fraction=0.5),
+                                        work_dir=out).to_dict()
+
+    assert [p["unit"] for p in report["probes"]] == [report["probes"][0]["unit"]]
+    assert "conv1" in report["probes"][0]["unit"], report["probes"]
+    assert report["holds"], report["steps"]
+    units = [f["unit"] for f in report["float_nodes"]]
+    assert len(units) == 2 and "conv1" in units[0] and "conv2" in units[1], units

@@ -29,7 +29,7 @@ import pytest
 
 from tests.runtime.arm64_root import Device, Timings, Unavailable, download_wheels, new_device, prepare_root
 from tumor_edge.contracts.bundle import BundleMetadata
-from tumor_edge.runtime.checks import tolerance_for
+from tumor_edge.runtime.choice import tolerance_for
 
 try:
     import tomllib

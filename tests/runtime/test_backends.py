@@ -105,9 +105,9 @@ def test_litert_returns_every_output_in_model_order(two_output_tflite):
     (True, True, 2, "1", None),  # spinning always wins over spinning within a run
 ])
 def test_spinning_within_a_run_stops_when_the_run_ends(spin, within, threads, allow, stop):
-    from tumor_edge.runtime.backends.options import BackendOptions, session_options
+    from tumor_edge.runtime.backends import BackendOptions, session_options
 
-    so = session_options(ort, BackendOptions(threads=threads, spin=spin, spin_within_run=within), "all")
+    so = session_options(ort, BackendOptions(threads=threads, spin=spin, spin_within_run=within))
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == allow
     if stop is None:
         with pytest.raises(RuntimeError):  # onnxruntime raises for an entry never set
@@ -119,9 +119,9 @@ def test_spinning_within_a_run_stops_when_the_run_ends(spin, within, threads, al
 def test_memory_pattern_follows_the_arena():
     """One batch: neither (lower peak); many batches: both (flat memory). A pattern without the arena only grows
     the heap run after run."""
-    from tumor_edge.runtime.backends.options import session_options
+    from tumor_edge.runtime.backends import session_options
 
-    one = session_options(ort, BackendOptions(), "none")
+    one = session_options(ort, BackendOptions(optimization="none"))
     assert not one.enable_cpu_mem_arena and not one.enable_mem_pattern
-    many = session_options(ort, BackendOptions(memory_arena=True), "none")
+    many = session_options(ort, BackendOptions(memory_arena=True, optimization="none"))
     assert many.enable_cpu_mem_arena and many.enable_mem_pattern

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from tumor_edge.runtime import cache as device_cache
-from tumor_edge.runtime.cache import CACHE_DIR_ENV, CacheRefused, folder_for, read_record, write_record
+from tumor_edge.runtime import choice as device_cache
+from tumor_edge.runtime.choice import CACHE_DIR_ENV, CacheRefused, folder_for, read_record, write_record
 
 
 @pytest.fixture()

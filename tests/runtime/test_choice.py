@@ -13,7 +13,7 @@ from onnx import helper
 
 from tests.runtime.models import make_bundle, quadrant_model, save_quadrant
 from tumor_edge.contracts.bundle import BundleMetadata, describe_file
-from tumor_edge.runtime.backends.options import BackendOptions
+from tumor_edge.runtime.backends import BackendOptions
 from tumor_edge.runtime.choice import candidates, measure_choice, pick_model, record_path, recorded_choice
 
 SLOW_NODES = 400  # a chain of elementwise nodes on the flattened image: ~50x the quadrant model's time anywhere

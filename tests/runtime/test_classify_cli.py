@@ -23,7 +23,7 @@ from tests.runtime.models import (
 )
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.cli import main
-from tumor_edge.contracts.state import remember_last_bundle
+from tumor_edge.contracts.bundle import remember_last_bundle
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 
 from tests.runtime.models import write_dicom
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.dicom import read_dicom_frames
-from tumor_edge.runtime.image import load_rgb, load_rgb_frames
+from tumor_edge.runtime.inputs import load_rgb, load_rgb_frames
+from tumor_edge.runtime.readers.dicom import read_dicom_frames
 
 RAMP = np.arange(0, 4000, 4000 / (32 * 32)).reshape(32, 32).astype(np.uint16)
 

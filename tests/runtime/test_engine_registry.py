@@ -70,12 +70,9 @@ class LinearBackend:
 
     name = "linear"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None, source_check=None,
-                 files=None):
+    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None, files=None):
         """`files`: the header's and the weights' bytes as the open stage read and checked them (None: a lone
         file, read here)."""
-        if source_check is not None:
-            source_check()
         self.path = self.loaded_path = Path(path)
         weights = self.path.with_suffix(".linw").name
         header = files.data if files is not None else self.path.read_bytes()

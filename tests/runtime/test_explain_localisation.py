@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tumor_edge.errors import ConfigError
-from tumor_edge.runtime.explain.grid import cell_edges, cell_of, spread
+from tumor_edge.runtime.explain import cell_edges, cell_of, spread
 from tumor_edge.runtime.explain.localisation import (
     Tally,
     chance_hit,

@@ -31,9 +31,8 @@ from tumor_edge.runtime.caps import check_volume_size
 from tumor_edge.runtime.classifier import Classifier
 from tumor_edge.runtime.inputs import scan_inputs
 from tumor_edge.runtime.readers import VOLUME, Reader, ReadOptions, Scan, read_scan, registry
-from tumor_edge.runtime.special_files import open_regular
-from tumor_edge.runtime.volume import volume_scan
-from tumor_edge.runtime.volume_data import Volume
+from tumor_edge.runtime.readers.base import open_regular
+from tumor_edge.runtime.volume import Volume, volume_scan
 
 MAGIC = b"FAKE "
 MAX_HEADER = 200

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tumor_edge.errors import ConfigError, OutputExistsError
-from tumor_edge.runtime.heatmap_overlay import (
+from tumor_edge.runtime.heatmap import (
     class_map,
     overlay,
     overlay_name,

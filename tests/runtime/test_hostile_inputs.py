@@ -37,12 +37,10 @@ from tests.runtime.hostile import (
 )
 from tests.runtime.models import make_bundle, quadrant_image, save_quadrant, write_dicom
 from tumor_edge.cli import main
-from tumor_edge.errors import InputImageError
+from tumor_edge.errors import InputImageError, one_line
 from tumor_edge.runtime.caps import MAX_DECODED_BYTES
-from tumor_edge.runtime.image import is_scan_file, load_rgb, load_rgb_frames
-from tumor_edge.runtime.inputs import scan_inputs
-from tumor_edge.runtime.pixels import to_uint8
-from tumor_edge.text import one_line
+from tumor_edge.runtime.inputs import is_scan_file, load_rgb, load_rgb_frames, scan_inputs
+from tumor_edge.runtime.readers.pillow import to_uint8
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +146,7 @@ def test_high_bit_depth_scaling_never_holds_full_float_copies(tmp_path):
 def test_dicom_display_pipeline_works_in_blocks(tmp_path):
     frame = np.random.default_rng(1).integers(0, 4000, (2500, 2500), dtype=np.uint16)
     path = write_dicom(tmp_path / "big.dcm", frame, rescale=(2.0, -100.0))
-    from tumor_edge.runtime.dicom import read_dicom_frames
+    from tumor_edge.runtime.readers.dicom import read_dicom_frames
 
     peak = _numpy_peak(read_dicom_frames, path)
     stored = frame.nbytes  # a float64 copy is 4 times this

@@ -14,7 +14,7 @@ import pytest
 
 from tests.runtime.models import add_file, integer_quadrant_model, make_bundle
 from tumor_edge.contracts.bundle import BundleMetadata
-from tumor_edge.runtime.backends.options import BackendOptions
+from tumor_edge.runtime.backends import BackendOptions
 
 INT16_MAX, INT16_MIN = 32767, -32768
 
@@ -64,8 +64,7 @@ def _int8_bundle(tmp_path, bits: int):
 
 
 def test_an_8bit_file_that_saturates_on_the_device_fails_reproduce_and_is_never_chosen(tmp_path, cache):
-    from tumor_edge.runtime.checks import reproduce, soundness
-    from tumor_edge.runtime.choice import candidates, pick_model, record_checks
+    from tumor_edge.runtime.choice import candidates, pick_model, record_checks, reproduce, soundness
     from tumor_edge.runtime.classifier import Classifier
 
     bundle, meta, images, weights, scale = _int8_bundle(tmp_path, bits=8)
@@ -87,7 +86,7 @@ def test_an_8bit_file_that_saturates_on_the_device_fails_reproduce_and_is_never_
 
 
 def test_7bit_weights_keep_every_pair_sum_inside_int16(tmp_path):
-    from tumor_edge.runtime.checks import reproduce
+    from tumor_edge.runtime.choice import reproduce
 
     _, meta, images, weights, scale = _int8_bundle(tmp_path, bits=7)
     assert np.abs(weights).max() == 63 and INT16_MAX >= 2 * 255 * 63

@@ -12,8 +12,8 @@ from PIL import Image
 
 from tests.toydata import CLASSES, toy_image
 from tumor_edge.contracts.preprocessing import Preprocessing
-from tumor_edge.runtime.ood_checks import input_warnings, pixel_stats
 from tumor_edge.runtime.pipeline import decode_file
+from tumor_edge.runtime.postprocess import input_warnings, pixel_stats
 
 SPEC = Preprocessing(96, 96)
 

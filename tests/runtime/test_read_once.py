@@ -20,7 +20,7 @@ import pytest
 
 from tests.runtime.models import CLASSES, quadrant_image, quadrant_metadata, quadrant_model
 from tumor_edge.runtime import BackendOptions, Classifier
-from tumor_edge.runtime.cache import CACHE_DIR_ENV, NO_CACHE_ENV
+from tumor_edge.runtime.choice import CACHE_DIR_ENV, NO_CACHE_ENV
 
 MODEL = "model_fp32.onnx"
 

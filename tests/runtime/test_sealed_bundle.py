@@ -20,7 +20,7 @@ from tumor_edge.cli import main
 from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, optimized_model_name, sha256_file
 from tumor_edge.errors import BundleIntegrityError, ModelError
 from tumor_edge.runtime import Classifier
-from tumor_edge.runtime.cache import CACHE_DIR_ENV
+from tumor_edge.runtime.choice import CACHE_DIR_ENV
 
 MODEL = "model_fp32.onnx"
 
@@ -203,7 +203,7 @@ def test_outputs_that_are_not_probabilities_are_never_shown_as_such(tmp_path, ki
 
 def test_declared_logits_get_a_softmax(tmp_path):
     bundle = make_bundle(tmp_path / "b", output="logits")
-    probs = Classifier.from_bundle(bundle).infer(_pixels())
+    probs = Classifier.from_bundle(bundle).infer_outputs(_pixels())["scores"]
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6) and list(probs.argmax(axis=1)) == [0, 1, 2, 3]
 
 
@@ -308,7 +308,7 @@ def test_new_external_data_runs_its_new_weights(tmp_path):
 
 
 def test_external_data_in_a_node_attribute_is_found(tmp_path):
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 
     bundle = tmp_path / "b"
     bundle.mkdir()
@@ -322,7 +322,7 @@ def test_external_data_in_a_node_attribute_is_found(tmp_path):
 
 
 def test_a_damaged_model_is_a_one_line_error_not_a_walk_into_the_void(tmp_path):
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 
     path = tmp_path / "m.onnx"
     _save_external(_external_model(), path)
@@ -358,7 +358,7 @@ def test_export_records_every_external_data_file(tmp_path):
 def test_hostile_nesting_is_a_one_line_error(tmp_path):
     """Subgraphs nest (an If inside an If's branch); a file nesting deeper than any model is refused, not walked
     until Python's stack or the machine's memory gives out."""
-    from tumor_edge.runtime.backends.external_data import MAX_DEPTH, external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import MAX_DEPTH, external_data_locations
 
     def _field(number: int, payload: bytes) -> bytes:  # a length-delimited protobuf field (lengths < 128 here)
         length = len(payload)

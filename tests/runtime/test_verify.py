@@ -258,7 +258,7 @@ def test_a_reduced_precision_file_is_allowed_its_recorded_effect_under_the_cap(t
     """A device may compute an fp16 or int8 file in its own reduced-precision kernels, rounding as much as the
     export machine did but independently: the limit is EFFECT_FACTOR times the file's recorded difference from fp32,
     never under the precision's floor, never over the cap."""
-    from tumor_edge.runtime.checks import CAP, EFFECT_FACTOR, FLOORS, tolerance_for
+    from tumor_edge.runtime.choice import CAP, EFFECT_FACTOR, FLOORS, tolerance_for
 
     meta = BundleMetadata.read(two_files)
     assert tolerance_for("model_fp32.onnx", meta) == FLOORS["fp32"].value
@@ -292,7 +292,7 @@ def test_a_broken_int8_file_fails_whatever_its_recorded_error(tmp_path, kind):
 
 def test_the_tolerance_has_a_cap_no_recorded_error_lifts(tmp_path):
     from tests.runtime.models import add_file, broken_quadrant_model
-    from tumor_edge.runtime.checks import CAP, tolerance_for
+    from tumor_edge.runtime.choice import CAP, tolerance_for
 
     bundle = make_bundle(tmp_path / "b")
     add_file(bundle, broken_quadrant_model("permuted", BundleMetadata.read(bundle)))
@@ -326,13 +326,13 @@ def test_the_int8_floor_is_above_the_measured_cross_cpu_difference(tmp_path):
     meta.write(bundle)
     report = verify_bundle(bundle, choose=False)
     assert report.ok, report.problems
-    from tumor_edge.runtime.checks import FLOORS, floors_record
+    from tumor_edge.runtime.choice import FLOORS
 
-    assert "ARM64" in FLOORS["int8"].source and floors_record()["int8"]["value"] == FLOORS["int8"].value
+    assert "ARM64" in FLOORS["int8"].source
 
 
 def test_verify_says_where_each_floor_comes_from(recorded):
-    from tumor_edge.runtime.checks import CAP, FLOORS
+    from tumor_edge.runtime.choice import CAP, FLOORS
 
     result = _verify(recorded)
     assert f"reference: fp32 tolerance floor {FLOORS['fp32'].value:g} ({FLOORS['fp32'].source}), cap {CAP:g}" \

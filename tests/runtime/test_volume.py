@@ -28,8 +28,8 @@ from tests.runtime.volume_files import (
 )
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.cli import main
+from tumor_edge.runtime.volume import summarise
 from tumor_edge.runtime.volume_slices import closest_ras, pick_slices
-from tumor_edge.runtime.volume_summary import summarise
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from tests.runtime.models import save_quadrant
 from tests.serve.models import named_classes_bundle
 from tests.serve.process import multipart, request, running_server
 from tests.test_text import HOSTILE_CLASSES, raw_controls
-from tumor_edge.text import one_line
+from tumor_edge.errors import one_line
 
 
 def test_the_banner_shows_class_names_escaped(tmp_path):

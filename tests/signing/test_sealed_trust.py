@@ -93,7 +93,7 @@ def test_a_bundle_exchanged_right_after_its_signature_check_is_refused(signed_bu
 def test_the_open_stage_binds_the_loaded_bytes_to_the_signature(signed_bundle, keys, tmp_path, monkeypatch):
     """Through the API: metadata.json read from the signed folder, the folder then exchanged before the model is
     read; the signature check at load compares what was loaded, so it refuses."""
-    import tumor_edge.contracts.bundle_schema as schema
+    import tumor_edge.contracts.bundle as schema
 
     assert Classifier.from_bundle(signed_bundle, options=BackendOptions(trust=str(keys[1]))).classes
     other = _unsigned_lookalike(signed_bundle, tmp_path / "other")

@@ -58,7 +58,7 @@ def batch(ctx: click.Context, source: str, model: str | None, out: str, model_fi
     """
     from tumor_edge.batch.job import JobConfig, run
     from tumor_edge.batch.scorer import ScoreSettings
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import resolve_model_path
     from tumor_edge.errors import ModelError
 
     bundle = resolve_model_path(model).resolve()

@@ -13,7 +13,7 @@ from tumor_edge.bench.compare import RegressionError, compare_records, load_reco
 from tumor_edge.bench.harness import BenchConfig, run_bench
 from tumor_edge.bench.report import render_markdown, render_text
 from tumor_edge.bench.timing import RunPlan
-from tumor_edge.contracts.state import resolve_model_path
+from tumor_edge.contracts.bundle import resolve_model_path
 from tumor_edge.errors import OutputExistsError, TumorEdgeError
 
 

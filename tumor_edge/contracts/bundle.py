@@ -1,8 +1,16 @@
 """The model bundle: a folder of exported models plus metadata.json, the runtime's only input.
 
-Export writes it; the runtime, bench, verify and serve read it. This module names the bundle's files and proves
-them against the metadata (`bundle_schema` holds the metadata's types and schema checks; its names are imported
-here too, so callers need one module).
+Export writes it; the runtime, bench, verify and serve read it. This module holds the metadata's types and their
+field-by-field checks (hostile or damaged metadata becomes one line naming the field, never a traceback or a
+silently wrong label), names the bundle's files and proves them against the metadata, and records the bundle
+`export` wrote last (so `classify` works with no flags afterwards). Field names follow MONAI's bundle metadata
+where they fit.
+
+Schema versions 1 and 2 (2 adds `outputs`, the role of each model output, and `reference`, the outputs every
+model gave on generated inputs, which `verify` reproduces on a device); a version-1 bundle reads as a version-2
+bundle whose only output is the class scores. `release` (optional) is inside what a signature covers, so a
+trusted key can be pinned to a minimum version: an older bundle signed with the same key is not a rollback path.
+A bundle listing an optimised twin of a model (`*.ort.onnx`, a file made for one machine) is refused.
 
 Integrity: no file of a bundle is read unless metadata.json lists it with its sha256 (models, their external
 data), no listed file may resolve outside the bundle folder (metadata.json included), and what a model file
@@ -11,39 +19,572 @@ carries about itself must agree with metadata.json (`check_binding`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle_schema import (  # the schema's names, so callers need one module
-    MAX_CLASSES,
-    MAX_MEMBER_FILES,
-    MAX_METADATA_BYTES,
-    MAX_MODEL_BYTES,
-    MAX_OUTPUT_INDEX,
-    MAX_REFERENCE_IMAGES,
-    MAX_REFERENCE_VALUES,
-    METADATA_FILE,
-    OPTIMIZED_SUFFIX,
-    OUTPUT_TYPES,
-    PRECISIONS,
-    READABLE_SCHEMA_VERSIONS,
-    SCHEMA_VERSION,
-    BundleMetadata,
-    MemberFile,
-    ModelEntry,
-    OutputSpec,
-    ReferenceSet,
-    Release,
-    check_member_name,
-    is_optimized_name,
-    loads_strict,
-    member_path,
-    printable,
-    read_confined,
+from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.contracts.formats import (
+    DEFAULT_MODEL_PREFERENCE,
+    ENGINES,
+    engine_for_suffix,
+    format_names,
+    format_suffixes,
 )
-from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
+from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
 from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
+
+METADATA_FILE = "metadata.json"
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+
+# The name an optimised twin of an .onnx file has ("model_int8.onnx" -> "model_int8.ort.onnx").
+OPTIMIZED_SUFFIX = ".ort.onnx"
+
+SCORES = "scores"  # the role of the class-score output, always output 0
+OUTPUT_TYPES = ("probabilities", "logits")
+PRECISIONS = ("fp32", "fp16", "int8")
+# Bounds that catch absurd metadata before it costs memory.
+MAX_CLASSES = 1000
+MAX_MODEL_BYTES = 8 << 30
+MAX_MEMBER_FILES = 64  # external data files of one model
+MAX_METADATA_BYTES = 16 << 20
+MAX_REFERENCE_IMAGES = 256
+MAX_REFERENCE_VALUES = 1 << 16  # per file and role: a reference heatmap is a sample, not a dump
+MAX_OUTPUT_INDEX = 64
+
+
+
+@dataclass
+class ReferenceSet:
+    """The outputs each model of a bundle gave, on the export machine, for `count` images that any machine can
+    regenerate bit for bit from (`generator`, `seed`) at the model's input size: so a device can prove its own
+    kernels (AVX2, VNNI, ARM) reproduce the export machine's results without any patient image in the bundle.
+    `outputs` maps a model file name to its class probabilities, one row per image. `roles` (optional: a bundle
+    may have scores only) maps a file name to its other outputs by role (a heatmap, OOD features), each
+    {"shape": [images, ...], "values": [...]} flattened in C order, for the first `shape[0]` images."""
+
+    generator: str
+    seed: int
+    count: int
+    outputs: dict[str, list[list[float]]] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # where the outputs were computed (CPU, ISA, versions)
+    roles: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"generator": self.generator, "seed": self.seed, "count": self.count, "outputs": self.outputs,
+                "machine": self.machine}
+        if self.roles:
+            data["roles"] = self.roles
+        return data
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What one output of a model means. Role "scores" (class probabilities or logits) is always present;
+    later roles (a heatmap, pooled features) are optional and a runtime that does not know them passes them on."""
+
+    role: str
+    index: int = 0  # position among the model file's outputs
+    type: str = "probabilities"  # for "scores": "probabilities" | "logits"; free text for other roles
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"index": self.index, "type": self.type}
+        if self.description:
+            data["description"] = self.description
+        return data
+
+
+@dataclass(frozen=True)
+class MemberFile:
+    """A file a model needs besides itself (an ONNX model's external data), hashed like the model."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size_bytes": self.size_bytes, "sha256": self.sha256}
+
+
+@dataclass
+class ModelEntry:
+    """One exported file of a bundle, and (`files`, optional) every other file it reads: without them listed and
+    hashed, a model's external data could be replaced under a model whose own hash still matched."""
+
+    file: str
+    format: str  # "onnx" | "tflite"
+    precision: str  # "fp32" | "fp16" | "int8"
+    size_bytes: int = 0
+    sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, MemberFile] = field(default_factory=dict)  # name -> the file, for external data
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
+                "sha256": self.sha256, **self.extra}
+        if self.files:  # absent when there are none: metadata stays what older readers wrote and read
+            data["files"] = {name: member.to_dict() for name, member in self.files.items()}
+        return data
+
+
+RELEASE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class Release:
+    """Which bundle this is and when it was made, inside what a signature covers: a trusted key pinned to a
+    minimum version refuses an older bundle signed with the same key, and an identity tells two bundles apart."""
+
+    id: str
+    version: str  # the UTC time of export, RELEASE_TIME_FORMAT: a later export sorts later, as text and as time
+
+    @classmethod
+    def new(cls) -> Release:
+        import uuid
+
+        return cls(uuid.uuid4().hex, datetime.now(timezone.utc).strftime(RELEASE_TIME_FORMAT))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version}
+
+
+def parse_release_version(text: Any, where: str = "release.version") -> datetime:
+    """A release version as a time; ConfigError naming `where` when it is not one."""
+    try:
+        return datetime.strptime(text, RELEASE_TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"field '{where}' must be a UTC time like 2026-12-07T14:00:00Z, not "
+                          f"{printable(str(text))[:40]!r}") from err
+
+
+@dataclass
+class BundleMetadata:
+    """What a device needs to classify correctly with any file of the bundle."""
+
+    classes: list[str]
+    preprocessing: Preprocessing
+    output: str = "probabilities"  # what output 0 (the class scores) is; logits get a softmax in the runtime
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = "tumor-edge brain MRI classifier"
+    intended_use: str = RESEARCH_NOTICE
+    extra_outputs: dict[str, OutputSpec] = field(default_factory=dict)  # role -> spec, beyond the scores
+    reference: ReferenceSet | None = None  # outputs on generated inputs, for `verify` (None: not recorded)
+    # Trust (schema 2, optional; the runtime validates the contents, tumor_edge.runtime.trust):
+    calibration: dict[str, Any] | None = None  # temperature scaling fitted on the validation split, its ECE
+    ood: dict[str, Any] | None = None  # out-of-distribution fit: class centres, threshold, measured rates
+    release: Release | None = field(default_factory=Release.new)  # None: a bundle exported without one
+    # sha256 of the metadata.json bytes this record was parsed from ("" when not read from a file): what a
+    # signature's digest of metadata.json is compared with, so the record in use is the one signed.
+    sha256: str = field(default="", compare=False, repr=False)
+
+    @property
+    def outputs(self) -> dict[str, OutputSpec]:
+        """Every model output by role, the class scores first."""
+        scores = OutputSpec(SCORES, 0, self.output, "class scores in `classes` order")
+        return {SCORES: scores, **self.extra_outputs}
+
+    def input_spec(self) -> dict[str, Any]:
+        p = self.preprocessing
+        return {"name": "image", "shape": [None, p.height, p.width, 3], "layout": "NHWC", "dtype": "float32",
+                "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "task": "image classification (brain MRI slice, one label of: " + ", ".join(self.classes) + ")",
+            "classes": list(self.classes),
+            "input": self.input_spec(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "output": {"type": self.output, "shape": [None, len(self.classes)],
+                       "yields": "probabilities (softmax applied by the runtime for logits)"},
+            "outputs": {role: spec.to_dict() for role, spec in self.outputs.items()},
+            "models": {name: entry.to_dict() for name, entry in self.models.items()},
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            "intended_use": self.intended_use,
+        }
+        if self.reference is not None:
+            data["reference"] = self.reference.to_dict()
+        if self.release is not None:
+            data["release"] = self.release.to_dict()
+        for key in ("calibration", "ood"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, source: Path | None = None) -> BundleMetadata:
+        """Validate and read metadata; any problem is a ModelError naming the field."""
+        try:
+            return parse_metadata(data)
+        except RecursionError as err:  # JSON nested deeper than Python recurses
+            raise ModelError("invalid tumor-edge metadata: nested too deeply", source) from err
+        except ConfigError as err:  # field names come from the file: escape them so the error stays one line
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", source) from err
+
+    def write(self, bundle_dir: Path) -> Path:
+        path = Path(bundle_dir) / METADATA_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, bundle_dir: Path) -> BundleMetadata:
+        """Read and validate a bundle's metadata.json, read once as a plain file (a symbolic link is refused), with
+        duplicate keys refused (JSON would silently keep the last `classes`). The record keeps the sha256 of the
+        bytes it was parsed from."""
+        import hashlib
+
+        path = Path(bundle_dir) / METADATA_FILE
+        if not path.exists() and not path.is_symlink():
+            raise ModelError(f"not a tumor-edge bundle: no {METADATA_FILE}", bundle_dir)
+        try:
+            raw = read_confined(bundle_dir, METADATA_FILE, MAX_METADATA_BYTES)
+            data = loads_strict(raw.decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
+        except ConfigError as err:
+            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", path) from err
+        metadata = cls.from_dict(data, path)
+        metadata.sha256 = hashlib.sha256(raw).hexdigest()
+        return metadata
+
+    def default_model(self) -> str:
+        for name in DEFAULT_MODEL_PREFERENCE:
+            if name in self.models:
+                return name
+        if not self.models:
+            raise ModelError("bundle lists no models")
+        return next(iter(self.models))
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads, refusing an object that names a key twice (a ConfigError naming the key): metadata whose
+    meaning depends on which of two `classes` lists a parser keeps is not metadata."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj:
+                raise ConfigError(f"duplicate key {printable(key)[:80]!r} in a JSON object")
+            obj[key] = value
+        return obj
+
+    return json.loads(text, object_pairs_hook=pairs)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, escapes) written as Python escapes: safe on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def check_member_name(name: str) -> str:
+    """A file name listed in metadata must be a plain name inside the bundle: no folders, no '..', no
+    absolute path, no drive, nothing hidden. Anything else is refused before it is opened."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or name.startswith(".") or os.path.isabs(name) or ":" in name):
+        raise BundleIntegrityError(f"model name {name!r} is not a plain file name inside the bundle")
+    return name
+
+
+def member_path(bundle_dir: Path, name: str) -> Path:
+    """The path of a listed file, confined to the bundle folder (symbolic links that leave it are refused)."""
+    check_member_name(name)
+    root = Path(bundle_dir).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise BundleIntegrityError(f"{name} resolves outside the bundle folder", bundle_dir)
+    return root / name
+
+
+def read_confined(bundle_dir: Path, name: str, max_bytes: int = MAX_MODEL_BYTES) -> bytes:
+    """The whole content of a bundle's file, read once from a descriptor opened without following a symbolic link
+    (O_NOFOLLOW) and without blocking on a FIFO, checked to be a regular file of at most `max_bytes`. Whoever
+    hashes these bytes and hands the same bytes on has checked what runs, whatever the folder holds a moment later.
+    BundleIntegrityError for a link or a special file, ModelError for one too large; OSError when unreadable."""
+    import errno
+
+    check_member_name(name)
+    path = Path(bundle_dir) / name
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise BundleIntegrityError("a symbolic link: a bundle's files are read as plain files only", path
+                                       ) from err
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleIntegrityError("not a regular file (a FIFO, socket or device)", path)
+        if info.st_size > max_bytes:
+            raise ModelError(f"larger than the {max_bytes >> 20} MB a bundle's file may be", path)
+        data = fh.read(info.st_size)
+        if len(data) != info.st_size or fh.read(1):
+            raise BundleIntegrityError("changed size while it was read; refusing to use it", path)
+    return data
+
+
+def is_optimized_name(name: str) -> bool:
+    """Whether `name` is an optimised twin's (see OPTIMIZED_SUFFIX)."""
+    return name.lower().endswith(OPTIMIZED_SUFFIX)
+
+
+
+
+def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    if key not in data:
+        raise ConfigError(f"field '{where}{key}' is missing")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"field '{where}{key}' must be {_article(names)}, not {type(value).__name__}")
+    return value
+
+
+def _article(name: str) -> str:
+    return {"dict": "an object", "list": "a list", "str": "a string", "int": "a whole number"}.get(name, name)
+
+
+def parse_metadata(data: Any) -> BundleMetadata:
+    if not isinstance(data, dict):
+        raise ConfigError(f"the metadata must be a JSON object, not {type(data).__name__}")
+    version = data.get("schema_version", 1)
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ConfigError(f"schema_version {version!r} is not one this tumor-edge reads "
+                          f"({', '.join(map(str, READABLE_SCHEMA_VERSIONS))}); upgrade tumor-edge")
+    classes = _require(data, "classes", list)
+    if not classes or len(classes) > MAX_CLASSES:
+        raise ConfigError(f"field 'classes' must list 1 to {MAX_CLASSES} names, not {len(classes)}")
+    if not all(isinstance(c, str) and c.strip() and len(c) <= 200 for c in classes):
+        raise ConfigError("field 'classes' must hold non-empty strings of at most 200 characters")
+    if len(set(classes)) != len(classes):
+        raise ConfigError("field 'classes' names a class twice")
+    preprocessing = _preprocessing(_require(data, "preprocessing", dict))
+    output = data.get("output", "probabilities")
+    if isinstance(output, dict):
+        output = output.get("type", "probabilities")
+    if not isinstance(output, str) or output not in OUTPUT_TYPES:
+        raise ConfigError(f"field 'output.type' must be one of {', '.join(OUTPUT_TYPES)}, not {output!r}"[:300])
+    extra_outputs = _parse_outputs(data.get("outputs"), output)
+    models = {}
+    raw_models = _require(data, "models", dict) if "models" in data else {}
+    for name, entry in raw_models.items():
+        models[name] = _parse_entry(name, entry)
+    for key in ("provenance", "metrics"):
+        if key in data and not isinstance(data[key], dict):
+            raise ConfigError(f"field '{key}' must be an object")
+    for key in ("calibration", "ood"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"field '{key}' must be an object")
+    for key in ("name", "intended_use"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"field '{key}' must be a string")
+    reference = (_parse_reference(data["reference"], models, len(classes), set(extra_outputs))
+                 if data.get("reference") else None)
+    release = _parse_release(data["release"]) if "release" in data else None
+    return BundleMetadata(
+        classes=list(classes), preprocessing=preprocessing, output=output, models=models,
+        provenance=dict(data.get("provenance") or {}), metrics=dict(data.get("metrics") or {}),
+        name=str(data.get("name", BundleMetadata.name)), intended_use=str(data.get("intended_use", RESEARCH_NOTICE)),
+        extra_outputs=extra_outputs, reference=reference, calibration=data.get("calibration"),
+        ood=data.get("ood"), release=release)
+
+
+def _parse_release(raw: Any) -> Release:
+    if not isinstance(raw, dict):
+        raise ConfigError("field 'release' must be an object")
+    ident = _require(raw, "id", str, "release.")
+    if not 1 <= len(ident) <= 64 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in ident):
+        raise ConfigError("field 'release.id' must be 1 to 64 letters, digits, '.', '_' or '-'")
+    version = _require(raw, "version", str, "release.")
+    parse_release_version(version)
+    return Release(ident, version)
+
+
+def _preprocessing(data: dict) -> Preprocessing:
+    try:
+        return Preprocessing.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"field 'preprocessing': {err.reason}") from err
+    except (TypeError, ValueError, OverflowError) as err:  # values the spec's own checks do not anticipate
+        raise ConfigError(f"field 'preprocessing' is invalid ({first_line(err)})") from err
+
+
+def _parse_outputs(raw: Any, scores_type: str) -> dict[str, OutputSpec]:
+    """`outputs`: role -> {index, type, description}. The scores stay at the role 'scores'; other roles are
+    free names (a heatmap, features) at distinct indices."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"field 'outputs' must be an object, not {type(raw).__name__}")
+    extra: dict[str, OutputSpec] = {}
+    used = {0}
+    for role, spec in raw.items():
+        where = f"outputs.{str(role)[:40]}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"field '{where}' must be an object")
+        if role == SCORES:
+            if spec.get("index", 0) != 0 or spec.get("type", scores_type) != scores_type:
+                raise ConfigError("field 'outputs.scores' must be output 0 of the type 'output' names")
+            continue
+        if not role or len(role) > 40 or not all(c.isalnum() or c in "_-" for c in role):
+            raise ConfigError(f"field '{where}': output roles are short names of letters, digits, '_' or '-'")
+        index = spec.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= MAX_OUTPUT_INDEX:
+            raise ConfigError(f"field '{where}' must be an object with a whole 'index' from 1 to {MAX_OUTPUT_INDEX}")
+        if index in used:
+            raise ConfigError(f"field '{where}' reuses output index {index}")
+        used.add(index)
+        for key in ("type", "description"):
+            if key in spec and not isinstance(spec[key], str):
+                raise ConfigError(f"field '{where}.{key}' must be a string")
+        extra[role] = OutputSpec(role, index, spec.get("type", ""), spec.get("description", ""))
+    return extra
+
+
+def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int, roles: set[str] = frozenset()
+                     ) -> ReferenceSet:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"field 'reference' must be an object, not {type(raw).__name__}")
+    generator = _require(raw, "generator", str, "reference.")
+    seed = _require(raw, "seed", int, "reference.")
+    count = _require(raw, "count", int, "reference.")
+    if not 0 <= seed < 2 ** 63:
+        raise ConfigError("field 'reference.seed' must be from 0 to 2**63-1")
+    if not 1 <= count <= MAX_REFERENCE_IMAGES:
+        raise ConfigError(f"field 'reference.count' must be from 1 to {MAX_REFERENCE_IMAGES}")
+    outputs = _require(raw, "outputs", dict, "reference.")
+    clean: dict[str, list[list[float]]] = {}
+    for name, rows in outputs.items():
+        if name not in models:
+            raise ConfigError(f"field 'reference.outputs' names {str(name)[:80]!r}, which 'models' does not list")
+        if (not isinstance(rows, list) or len(rows) != count
+                or not all(isinstance(r, list) and len(r) == n_classes and all(_is_probability(v) for v in r)
+                           for r in rows)):
+            raise ConfigError(f"field 'reference.outputs.{name}' must hold {count} rows of {n_classes} "
+                              f"probabilities")
+        clean[name] = [[float(v) for v in r] for r in rows]
+    machine = raw.get("machine", {})
+    if not isinstance(machine, dict):
+        raise ConfigError("field 'reference.machine' must be an object")
+    return ReferenceSet(generator, seed, count, clean, machine, _parse_reference_roles(raw.get("roles"), models,
+                                                                                        count, roles))
+
+
+def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, roles: set[str]
+                           ) -> dict[str, dict[str, dict[str, list]]]:
+    """`reference.roles`: file -> role -> {"shape", "values"}; roles must be outputs the metadata declares."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("field 'reference.roles' must be an object")
+    clean: dict[str, dict[str, dict[str, list]]] = {}
+    for name, by_role in raw.items():
+        if name not in models:
+            raise ConfigError(f"field 'reference.roles' names {str(name)[:80]!r}, which 'models' does not list")
+        if not isinstance(by_role, dict):
+            raise ConfigError(f"field 'reference.roles.{name}' must be an object")
+        clean[name] = {}
+        for role, entry in by_role.items():
+            where = f"reference.roles.{name}.{str(role)[:40]}"
+            if role not in roles:
+                raise ConfigError(f"field '{where}' is not an output role 'outputs' declares")
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            values = entry.get("values") if isinstance(entry, dict) else None
+            if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+                    or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
+                raise ConfigError(f"field '{where}' must be {{shape: [images, ...] (images <= {count}), values: "
+                                  f"at most {MAX_REFERENCE_VALUES} numbers}}")
+            size = 1
+            for d in shape:
+                size *= d
+            if size != len(values) or not all(_is_finite(v) for v in values):
+                raise ConfigError(f"field '{where}' must hold as many finite numbers as its shape says")
+            clean[name][role] = {"shape": list(shape), "values": [float(v) for v in values]}
+    return clean
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
+
+
+def _is_probability(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _parse_entry(name: str, entry: Any) -> ModelEntry:
+    where = f"models.{name}."
+    try:
+        check_member_name(name)
+    except BundleIntegrityError as err:
+        raise ConfigError(f"field 'models': {err.reason}") from err
+    if is_optimized_name(name) or isinstance(entry, dict) and "ort_optimized_from" in entry:
+        raise ConfigError(f"field 'models' lists {name!r}, an optimised copy made for one machine, which this "
+                          "tumor-edge does not run: re-export the bundle with `tumor-edge export`")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"field 'models.{name}' must be an object")
+    entry = dict(entry)
+    fmt = _require(entry, "format", str, where)
+    if fmt not in format_names():
+        raise ConfigError(f"field '{where}format' names an unknown format {fmt[:40]!r}")
+    suffixes = format_suffixes(fmt)
+    if not name.lower().endswith(suffixes):
+        raise ConfigError(f"field '{where}format' is {fmt!r} but the file name does not end in "
+                          f"{' or '.join(suffixes)}")
+    precision = _require(entry, "precision", str, where)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"field '{where}precision' must be one of {', '.join(PRECISIONS)}")
+    size = entry.pop("size_bytes", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
+        raise ConfigError(f"field '{where}size_bytes' must be a whole number of bytes up to {MAX_MODEL_BYTES}")
+    digest = entry.pop("sha256", "")
+    if not isinstance(digest, str) or digest and (len(digest) != 64 or not _is_hex(digest)):
+        raise ConfigError(f"field '{where}sha256' must be 64 hexadecimal digits")
+    entry.pop("format"), entry.pop("precision")
+    files = _parse_files(name, entry.pop("files", None))
+    return ModelEntry(name, fmt, precision, size, digest.lower(), entry, files)
+
+
+def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
+    """`models.<file>.files` (optional): name -> {size_bytes, sha256} for each other file the model reads."""
+    where = f"models.{model}.files"
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_MEMBER_FILES:
+        raise ConfigError(f"field '{where}' must be an object of at most {MAX_MEMBER_FILES} files")
+    files: dict[str, MemberFile] = {}
+    for name, spec in raw.items():
+        try:
+            check_member_name(name)
+        except BundleIntegrityError as err:
+            raise ConfigError(f"field '{where}': {err.reason}") from err
+        if name in (model, METADATA_FILE):
+            raise ConfigError(f"field '{where}' names {name!r}, which is not a data file of the model")
+        size = spec.get("size_bytes") if isinstance(spec, dict) else None
+        digest = spec.get("sha256") if isinstance(spec, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
+            raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
+                              f"{MAX_MODEL_BYTES}")
+        if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+            raise ConfigError(f"field '{where}.{name}.sha256' must be 64 hexadecimal digits")
+        files[name] = MemberFile(name, size, digest.lower())
+    return files
+
 
 PARITY_JSON = "parity.json"
 PARITY_MD = "parity.md"
@@ -55,15 +596,6 @@ BUNDLE_DOCUMENTS: tuple[str, ...] = (METADATA_FILE, PARITY_JSON, PARITY_MD, MODE
 # Key of the metadata_props entry that carries the bundle metadata inside an exported .onnx file, so a lone
 # .onnx classifies correctly on its own.
 ONNX_META_KEY = "tumor_edge"
-
-__all__ = ["BUNDLE_DOCUMENTS", "MAX_CLASSES", "MAX_MEMBER_FILES", "MAX_METADATA_BYTES", "MAX_MODEL_BYTES",
-           "MAX_OUTPUT_INDEX", "MAX_REFERENCE_IMAGES", "MAX_REFERENCE_VALUES", "METADATA_FILE", "MODEL_CARD",
-           "ONNX_META_KEY", "OPTIMIZED_SUFFIX", "OUTPUT_TYPES", "PARITY_JSON", "PARITY_MD", "PRECISIONS",
-           "READABLE_SCHEMA_VERSIONS", "RELIABILITY_PNG", "SCHEMA_VERSION", "BundleMetadata", "MemberFile",
-           "ModelEntry", "ModelFiles", "OutputSpec", "ReferenceSet", "Release",
-           "check_binding", "check_external_locations", "check_member_name", "check_model_file", "companion_files",
-           "describe_file", "describe_member", "is_optimized_name", "loads_strict", "member_path",
-           "optimized_model_name", "printable", "read_confined", "read_model_files", "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -232,3 +764,35 @@ def describe_file(path: Path, fmt: str, precision: str, files: tuple[str, ...] =
 def describe_member(path: Path) -> MemberFile:
     path = Path(path)
     return MemberFile(path.name, path.stat().st_size, sha256_file(path))
+
+
+# ---------------------------------------------------------------------------------------------- the last bundle
+# Per user and per machine ($XDG_STATE_HOME/tumor-edge/last_bundle): on a separate device there is none, and the
+# runtime says how to name a bundle instead.
+
+MODEL_ENV = "TUMOR_EDGE_MODEL"
+
+
+def state_home() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tumor-edge"
+
+
+def remember_last_bundle(bundle_dir: Path) -> None:
+    home = state_home()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "last_bundle").write_text(str(Path(bundle_dir).resolve()) + "\n")
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The model argument, else $TUMOR_EDGE_MODEL, else the bundle `export` wrote last on this machine."""
+    if model:
+        return Path(model)
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return Path(env)
+    marker = state_home() / "last_bundle"
+    if marker.is_file():
+        return Path(marker.read_text().strip())
+    raise ModelError(f"no model given: name a bundle folder (or a .onnx file), set {MODEL_ENV}, "
+                     "or run `tumor-edge export` first")

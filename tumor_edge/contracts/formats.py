@@ -10,9 +10,7 @@ Two tables of plain data, read by every part that needs an engine's or a format'
   a device picks a bundle's default model, the benchmark's rows and the list of files a bundle may hold are all
   derived from it, by functions that read the table when called.
 
-Adding an engine: its `Engine` row and `ModelFormat` rows here, its backend module in tumor_edge/runtime/backends/
-(named by the row's `backend`), its extra in pyproject.toml, its test (the README's "Where to add things").
-Adding a format: its row here, a converter module in tumor_edge/export/formats/ (registered there by key), its test.
+Adding an engine or a format: the README's "Where to add things".
 
 Why the rows hold only data: contracts are the vocabulary every part shares, and a device without TensorFlow
 imports this module, so it imports no engine, no numpy and no converter (pyproject's import contracts say so).
@@ -134,7 +132,6 @@ FORMATS: tuple[ModelFormat, ...] = (
 )
 
 
-
 # Everything below reads the tables when called, never a copy taken at import: a row added to ENGINES or FORMATS
 # (a new engine, a test's) is seen by every lookup at once.
 
@@ -198,8 +195,8 @@ def select(containers: tuple[str, ...] | list[str], options: set[str] | frozense
     return [f for f in FORMATS if f.format in containers and (f.enabled_by is None or f.enabled_by in options)]
 
 
-# The names callers imported before the lookups became functions, answered from the tables at each access. A
-# `from ... import NAME` still keeps what it got at its own import: call the function instead.
+# Table-derived names, answered from the tables at each access. A `from ... import NAME` keeps what it got at its
+# own import: call the function for the live table.
 _DERIVED = {"BY_KEY": by_key, "BY_FILE": lambda: {f.file: f for f in FORMATS}, "CONTAINERS": containers,
             "ENABLING_OPTIONS": enabling_options, "DEFAULT_MODEL_PREFERENCE": default_model_preference,
             "BUNDLE_MODEL_FILES": bundle_model_files}

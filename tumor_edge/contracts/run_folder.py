@@ -110,6 +110,3 @@ class RunConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelError(f"unreadable run config ({err})", path) from err
         return cls.from_dict(data, path)
-
-
-__all__ = ["RunConfig", "RunFolder"]

@@ -86,9 +86,8 @@ def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], d
 
 def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
               ) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.runtime import MIN_CAM_CELLS, decode_file
+    from tumor_edge.runtime import MIN_CAM_CELLS, decode_file, write_overlay
     from tumor_edge.runtime import explain_prediction as explain
-    from tumor_edge.runtime.heatmap_overlay import write_overlay
 
     lines = ["### Heatmaps: one held-out scan per class", ""]
     lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow): the exact class "

@@ -49,8 +49,7 @@ def environment(model: str | None = None) -> dict[str, Any]:
 def engine_choice(model: str | None) -> dict[str, Any]:
     """The file this device runs for the bundle (`model`, else $TUMOR_EDGE_MODEL or the last export): the choices
     recorded by measurement (tumor_edge.runtime.choice), one per thread count."""
-    from tumor_edge.contracts.bundle import BundleMetadata
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import BundleMetadata, resolve_model_path
     from tumor_edge.errors import TumorEdgeError
 
     try:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import BundleMetadata
-from tumor_edge.contracts.state import remember_last_bundle
+from tumor_edge.contracts.bundle import BundleMetadata, remember_last_bundle
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
 from tumor_edge.export.config import ExportConfig

@@ -44,6 +44,10 @@ class TfliteInt8Config:
     accuracy_aware: bool = True
     goal: ParityGoal = ParityGoal()
     max_probes: int = 24
+    # Probes in a row that bring the focus images no closer to the float model than the best probe so far (or
+    # the naive model) before probing stops: when no single unit moves them, each further probe is a
+    # re-quantization that ranks nothing. Units left unprobed keep their order after the probed ones.
+    probe_patience: int = 6
     probe_images: int = 48
     batch_size: int = 16
     max_float_fraction: float = 0.3  # of the weighted ops: beyond it int8 loses its speed, the search stops
@@ -221,15 +225,19 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
     if len(units) > config.max_probes:  # probe the units nearest the output first: the likeliest to flip
         units = units[-config.max_probes:] + units[:-config.max_probes]
     probes = []
+    best, unmoved = float(np.mean(naive[focus].argmax(1) == reference[focus].argmax(1))), 0
     for unit, nodes in units[:config.max_probes]:
         probs = tflite_probabilities(quantizer.quantize(per_channel, nodes), pixels[focus], spec, work_dir)
         agreement = float(np.mean(probs.argmax(1) == reference[focus].argmax(1)))
         diff = np.abs(probs - reference[focus])
         probes.append({"unit": unit, "nodes": nodes, "agreement": agreement, "max_abs_diff": float(diff.max()),
                        "mean_abs_diff": float(diff.mean())})
+        best, unmoved = (agreement, 0) if agreement > best else (best, unmoved + 1)
+        if unmoved >= config.probe_patience:
+            break
     report.probes = probes
     ranked = [p["unit"] for p in sorted(probes, key=lambda p: (-p["agreement"], p["mean_abs_diff"]))]
-    ranked += [u for u, _ in units[config.max_probes:]]
+    ranked += [u for u, _ in units[len(probes):]]
     nodes_of = dict(units)
     model, chosen = None, []
     nearest = NearestStep(naive_score.shortfall(ref, config.goal))

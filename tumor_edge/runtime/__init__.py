@@ -1,32 +1,16 @@
 """The device runtime's public API: decode, preprocess and classify with onnxruntime (or LiteRT), never TensorFlow.
 
-Every other part of tumor-edge (export, bench, serve, envcmd, data, demo, train) and the benchmark scripts reach the
-runtime through the names below only; pyproject's import contracts refuse an import of a module under
-`tumor_edge.runtime.` from outside it, so the runtime's files can move without breaking its users.
-
-The four nouns:
-- `Bundle`: a bundle folder, opened and validated (`Bundle.open(path)`; `.check()` proves each listed file's size
-  and sha256, `.classifier()`, `.verify()`). Export writes bundles; the runtime only reads them.
-- `Engine`: one inference engine's facts (file suffixes, extra, backend), the rows of the format table.
-- `Classifier`: a model of a bundle (or a lone .onnx) that predicts images, batches and files.
-- `Reader` (and the `readers` module): the one interface that turns an input file (2-D image, DICOM, DICOM
-  series, NIfTI) into frames (`read_scan`, `Scan`, `Picture`, `ReadOptions`; a new type is a registry row).
-
-What they take and give: `BundleMetadata`, `Preprocessing`, `BackendOptions`, `Prediction`, `Failure`,
-`VerifyReport`; and the operations `open_backend`, `verify_bundle`.
-
-Building blocks other parts reuse so that they run the device's own code path (parity, timing, serving, the
-demo): preprocessing (`scale`, `load_resized`, `preprocess_image`, `RESIZE_METHODS`), inputs (`is_scan_file`,
-`load_rgb`, `decode_file`), outputs (`SCORES`, `softmax`, `probability_problem`, `read_onnx_metadata`,
-`class_map`, `write_overlay`), explanations (`explain_prediction`, `ExplainSettings`, `Explanation`,
-`MIN_CAM_CELLS`, `cam_cells`) and their localisation scores (`Tally`, `map_correlation`, `resize_mask`,
-`tolerance_px`, `TOLERANCE_FRACTION`), out-of-distribution rates (`flag_rates`, `measure_ood_rates`), reference
-inputs for verify (`brain_blobs`, `reference_images`, `reference_role_outputs`, `machine_target`), files
-(`external_data_locations`, `labelled_files`, `recorded_choices`, `cache_root`).
+Every other part of tumor-edge and the benchmark scripts reach the runtime through the names below only;
+pyproject's import contracts refuse an import of a module under `tumor_edge.runtime.` from outside it, so the
+runtime's files can move without breaking its users. The four nouns: `Bundle` (a bundle folder, opened and
+validated), `Engine` (one inference engine's row of the format table), `Classifier` (a model of a bundle, or a lone
+.onnx, that predicts images, batches and files) and `Reader` (turns an input file into frames; a new type is a
+registry row). The rest are what they take and give, and building blocks other parts reuse so that they run the
+device's own code path (parity, timing, serving, the demo).
 
 Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,
-Pillow or onnxruntime (cold start, and the CLI's listing of commands). The TYPE_CHECKING block mirrors `_EXPORTS`
-so type checkers and the import graph (grimp, import-linter) see the real edges; a test keeps the two equal.
+Pillow or onnxruntime. The TYPE_CHECKING block mirrors `_EXPORTS` so type checkers and the import graph (grimp,
+import-linter) see the real edges; a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -53,10 +37,10 @@ _EXPORTS: dict[str, str] = {
     "BundleMetadata": "tumor_edge.contracts.bundle",
     "Preprocessing": "tumor_edge.runtime.preprocess",
     "BackendOptions": "tumor_edge.runtime.backends",
-    "Prediction": "tumor_edge.runtime.results",
-    "Failure": "tumor_edge.runtime.results",
+    "Prediction": "tumor_edge.runtime.postprocess",
+    "Failure": "tumor_edge.runtime.postprocess",
     "ScanResult": "tumor_edge.runtime.pipeline",
-    "VolumeSummary": "tumor_edge.runtime.volume_summary",
+    "VolumeSummary": "tumor_edge.runtime.volume",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
     "verify_bundle": "tumor_edge.runtime.verify",
@@ -66,19 +50,19 @@ _EXPORTS: dict[str, str] = {
     "load_resized": "tumor_edge.runtime.preprocess",
     "preprocess_image": "tumor_edge.runtime.preprocess",
     # inputs
-    "is_scan_file": "tumor_edge.runtime.image",
-    "load_rgb": "tumor_edge.runtime.image",
+    "is_scan_file": "tumor_edge.runtime.inputs",
+    "load_rgb": "tumor_edge.runtime.inputs",
     "decode_file": "tumor_edge.runtime.pipeline",
     "scan_inputs": "tumor_edge.runtime.inputs",
     # outputs
-    "SCORES": "tumor_edge.runtime.classifier",
+    "SCORES": "tumor_edge.contracts.bundle",
     "softmax": "tumor_edge.runtime.postprocess",
     "probability_problem": "tumor_edge.runtime.postprocess",
     "WRITERS": "tumor_edge.runtime.output",
     "csv_cell": "tumor_edge.runtime.output",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
-    "class_map": "tumor_edge.runtime.heatmap_overlay",
-    "write_overlay": "tumor_edge.runtime.heatmap_overlay",
+    "class_map": "tumor_edge.runtime.heatmap",
+    "write_overlay": "tumor_edge.runtime.heatmap",
     # explanations (the CAM where it has >= 4x4 cells, else occlusion/RISE through the model) and their scoring
     "explain_prediction": "tumor_edge.runtime.explain",
     "ExplainSettings": "tumor_edge.runtime.explain",
@@ -91,7 +75,7 @@ _EXPORTS: dict[str, str] = {
     "resize_mask": "tumor_edge.runtime.explain.localisation",
     "tolerance_px": "tumor_edge.runtime.explain.localisation",
     # out-of-distribution rates
-    "flag_rates": "tumor_edge.runtime.ood_checks",
+    "flag_rates": "tumor_edge.runtime.postprocess",
     "measure_ood_rates": "tumor_edge.runtime.ood_rates",
     # reference inputs (verify regenerates them; export records the outputs on them)
     "brain_blobs": "tumor_edge.runtime.reference",
@@ -99,10 +83,10 @@ _EXPORTS: dict[str, str] = {
     "reference_role_outputs": "tumor_edge.runtime.reference",
     "machine_target": "tumor_edge.runtime.backends",
     # files
-    "external_data_locations": "tumor_edge.runtime.backends.external_data",
+    "external_data_locations": "tumor_edge.runtime.backends.onnxruntime_backend",
     "labelled_files": "tumor_edge.runtime.verify",
     "recorded_choices": "tumor_edge.runtime.choice",
-    "cache_root": "tumor_edge.runtime.cache",
+    "cache_root": "tumor_edge.runtime.choice",
 }
 
 # public submodules: name -> module
@@ -120,15 +104,14 @@ __all__ = ["BackendOptions", "Bundle", "BundleMetadata", "Classifier", "Engine",
            "softmax", "tolerance_px", "verify_bundle", "write_overlay"]
 
 if TYPE_CHECKING:
-    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.contracts.bundle import SCORES, BundleMetadata
     from tumor_edge.contracts.formats import Engine
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
-    from tumor_edge.runtime.backends.external_data import external_data_locations
+    from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
     from tumor_edge.runtime.bundle import Bundle
-    from tumor_edge.runtime.cache import cache_root
-    from tumor_edge.runtime.choice import recorded_choices
-    from tumor_edge.runtime.classifier import SCORES, Classifier, read_onnx_metadata
+    from tumor_edge.runtime.choice import cache_root, recorded_choices
+    from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
         ExplainSettings,
@@ -143,14 +126,12 @@ if TYPE_CHECKING:
         resize_mask,
         tolerance_px,
     )
-    from tumor_edge.runtime.heatmap_overlay import class_map, write_overlay
-    from tumor_edge.runtime.image import is_scan_file, load_rgb
-    from tumor_edge.runtime.inputs import scan_inputs
-    from tumor_edge.runtime.ood_checks import flag_rates
+    from tumor_edge.runtime.heatmap import class_map, write_overlay
+    from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file
-    from tumor_edge.runtime.postprocess import probability_problem, softmax
+    from tumor_edge.runtime.postprocess import Failure, Prediction, flag_rates, probability_problem, softmax
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
         Picture,
@@ -162,14 +143,12 @@ if TYPE_CHECKING:
         read_scan,
     )
     from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
-    from tumor_edge.runtime.results import Failure, Prediction
     from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
 
 
 def _import(module: str, name: str) -> Any:
-    """The module, or an ImportError that says which public name needs what (the readers module is new: a tree
-    without it says so instead of a bare ModuleNotFoundError)."""
+    """The module, or an ImportError that says which public name needs what (not a bare ModuleNotFoundError)."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:

@@ -3,7 +3,7 @@
 A thin handle over what already exists, so callers outside the runtime need one name instead of five modules:
 `contracts.bundle.BundleMetadata.read` validates metadata.json (schema, confined names, duplicate keys),
 `contracts.bundle.check_model_file` proves a listed file is the one recorded (size and sha256, every member file
-too), `Classifier.from_bundle` opens a model (through the open stage, `runtime.open_model`),
+too), `Classifier.from_bundle` opens a model (through the open stage, `classifier.open_bundle_model`),
 `verify.verify_bundle` runs this device's checks. Nothing here writes into a bundle: the runtime reads bundles;
 export writes them.
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
 
 if TYPE_CHECKING:
-    from tumor_edge.runtime.backends.options import BackendOptions
+    from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.verify import VerifyReport
 

@@ -1,29 +1,22 @@
 """The device picks the file it runs: only files it has checked, and among them the fastest by measurement.
 
 Which engine and precision is fastest depends on the CPU and on the model's size, and cannot be known when the
-bundle is made. So a device:
-
-- keeps as candidates the bundle's listed files that are present here, whose engine is installed and that are
-  sound (tumor_edge.runtime.checks.soundness: parity not failed, recorded labels agree with fp32's);
-- runs each candidate once on the bundle's reference images and keeps it only if this device reproduces its
-  recorded outputs (tumor_edge.runtime.checks.reproduce, the check `verify` makes). Every result, passed or
-  failed, is recorded in the device's cache for this bundle and machine, and `verify` records its own there too:
-  a file that failed here is never a candidate again until the bundle (its files or its reference record) changes;
-- times the reproduced files in interleaved rounds (A B A B ...: a load change between two timing windows
-  cannot favour one file) at batch 1 on one reference image, loaded as `classify` loads them (same options and
-  thread count), and keeps the format table's preferred file unless another is faster by more than NOISE_MARGIN;
-- records the choice (file, engine, threads, every p50, the reproduce results) outside the bundle, keyed by the
-  bundle's model hashes, the machine (CPU model, ISA, the version of each engine in the engine table) and the
-  thread count. Each record carries a sha256 of its content and is checked before use: a damaged or edited
-  record, or one whose file is no longer a candidate, is ignored and measured again.
+bundle is made. So a device keeps as candidates the bundle's files that are present, whose engine is installed
+and that are sound (`soundness`, from the bundle's record alone: a collapsed, permuted or constant-output file
+fails wherever it is checked); runs each once on the bundle's reference images and keeps it only if this device
+reproduces its recorded outputs (`reproduce`, the check `verify` makes too); times the reproduced files in
+interleaved rounds (A B B A ...: a load change cannot favour one file) as `classify` loads them; and keeps the
+format table's preferred file unless another is faster by more than NOISE_MARGIN. Every reproduce result and the
+choice are recorded outside the bundle, in this user's private records folder (each record carries a keyed MAC),
+keyed by the bundle's model hashes, the machine (CPU model, ISA, every engine's version) and the thread count: a
+file that failed here is never a candidate again until the bundle changes, and a damaged, edited or stale record
+is ignored and measured again.
 
 A bundle that records no reference outputs cannot be reproduced: its files stay candidates, and the choice says
-they were not checked; in a bundle that does, a file without recorded outputs is never a candidate.
-`--model-file` (or `model_file=`) runs the named file without this choice. `TUMOR_EDGE_NO_MEASURE=1` keeps the
-format table's order among the checked files (no timing).
-
-The runtime's classifier opens the files: callers pass an `opener` (file name -> an object with
-`infer_outputs(pixels)` and `backend.name`), so this module never imports the classifier that calls it.
+they were not checked. `--model-file` (or `model_file=`) runs the named file without this choice;
+`TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order among the checked files (no timing). Callers pass an
+`opener` (file name -> an object with `infer_outputs(pixels)` and `backend.name`), so this module never imports
+the classifier that calls it.
 """
 
 from __future__ import annotations
@@ -32,22 +25,22 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tumor_edge.contracts.bundle import BundleMetadata, member_path
+import numpy as np
+
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
 from tumor_edge.errors import BundleIntegrityError, TumorEdgeError
-from tumor_edge.runtime.backends.options import BackendOptions
-from tumor_edge.runtime.cache import cache_enabled, cache_root, folder_for, read_record, write_record
-
-if TYPE_CHECKING:
-    from tumor_edge.runtime.checks import Check
+from tumor_edge.runtime.backends import BackendOptions
 
 log = logging.getLogger("tumor_edge.runtime")
 
@@ -64,6 +57,177 @@ MAX_ROUNDS = 200
 NOISE_MARGIN = 0.10
 RECORD_VERSION = 2
 UNCHECKED = "not checked: the bundle records no reference outputs"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The smallest tolerance of one precision, and the measurement it comes from (verify says which)."""
+
+    value: float
+    source: str
+
+
+# Largest probability difference two healthy CPUs may show on the same file, per precision: above the largest
+# difference measured between CPUs of different kinds. fp32 kernels differ only in summation order; a device may
+# compute an fp16 file in half precision (ARMv8.2-A FP16) where x86 computes it in float32; int8 kernels round
+# differently between ISAs (VNNI, ARM dot products, AVX2's 16-bit pair sums).
+FLOORS: dict[str, Floor] = {
+    "fp32": Floor(1e-3, "x86-64 AVX-512 VNNI vs ARM64 (emulated Neoverse N1), 75 px InceptionV3, ONNX fp32: "
+                        "max |dp| 3e-6"),
+    "fp16": Floor(0.02, "x86-64 AVX-512 VNNI vs ARM64 (emulated Neoverse N1), 75 px InceptionV3, ONNX fp16: "
+                        "max |dp| 0.015"),
+    "int8": Floor(0.1, "x86-64 AVX-512 VNNI vs ARM64 (emulated Neoverse N1), 75 px InceptionV3: max |dp| 0.076 "
+                       "(ONNX int8), 0.055 (TFLite int8)"),
+}
+# No tolerance exceeds this, whatever a file's recorded error: within it, every image whose recorded top-1 leads
+# the runner-up by more than half the probability scale keeps its label on the device, and a device whose kernels
+# saturate or permute moves a confident probability by more.
+CAP = 0.25
+# A device's own rounding is as large as the export machine's but independent: its largest error on the images
+# exceeds the recorded one about half the time. The device may differ from the record by its own error plus the
+# recorded one; this allows its own error twice the recorded size.
+EFFECT_FACTOR = 3.0
+# A reduced-precision file fails soundness when its disagreements with the fp32 file are this unlikely under the
+# disagreement rate its parity record promises (one-sided binomial tail).
+SOUNDNESS_ALPHA = 1e-3
+CONFIDENCE_Z = 1.645  # one-sided 95 %: the upper bound of a parity record's disagreement rate
+DEFAULT_MIN_AGREEMENT = 0.99  # when the bundle's parity record names none
+
+
+def floor_for(precision: str) -> float:
+    return FLOORS.get(precision, FLOORS["fp32"]).value
+
+
+def _fp32_outputs(name: str, metadata: BundleMetadata) -> np.ndarray | None:
+    """The recorded outputs of the bundle's fp32 file this file was made from: same format first, else any."""
+    reference = metadata.reference
+    own = metadata.models[name]
+    fp32 = sorted((n for n, e in metadata.models.items() if e.precision == "fp32" and n in reference.outputs),
+                  key=lambda n: metadata.models[n].format != own.format)
+    return np.asarray(reference.outputs[fp32[0]], np.float64) if fp32 else None
+
+
+def recorded_effect(name: str, metadata: BundleMetadata) -> float:
+    """E: the largest difference between this file's recorded outputs and the fp32 file's (0 for fp32 files)."""
+    reference = metadata.reference
+    fp32 = _fp32_outputs(name, metadata)
+    own = reference.outputs.get(name)
+    if metadata.models[name].precision == "fp32" or fp32 is None or own is None or np.shape(own) != fp32.shape:
+        return 0.0
+    effect = float(np.max(np.abs(np.asarray(own, np.float64) - fp32)))
+    return effect if math.isfinite(effect) else CAP
+
+
+def tolerance_for(name: str, metadata: BundleMetadata) -> float:
+    """The largest probability difference accepted between this file's recorded outputs and this device's:
+    min(CAP, max(floor, EFFECT_FACTOR * E)). The device's kernels may round as much as the export machine's did
+    (E, its recorded difference from fp32), independently; the floor covers kernels of another kind; the cap
+    keeps the limit below what a broken device shows, however large E is (soundness judges E)."""
+    precision = metadata.models[name].precision
+    floor = floor_for(precision)
+    if precision == "fp32" or metadata.reference is None:
+        return floor
+    return min(CAP, max(floor, EFFECT_FACTOR * recorded_effect(name, metadata)))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One file's check: passed, and the line that says why."""
+
+    ok: bool
+    line: str
+    figures: dict
+
+
+def reproduce(name: str, got: np.ndarray, metadata: BundleMetadata, tolerance: float | None = None) -> Check:
+    """Does this device's `got` (probabilities on the reference images) reproduce the file's recorded outputs?"""
+    reference = metadata.reference
+    want = np.asarray(reference.outputs[name], np.float64)
+    got = np.asarray(got, np.float64)
+    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else math.inf
+    agree = int(np.sum(got.argmax(axis=1) == want.argmax(axis=1))) if got.shape == want.shape else 0
+    limit = min(tolerance, CAP) if tolerance is not None else tolerance_for(name, metadata)
+    ok = math.isfinite(diff) and diff <= limit
+    line = f"{name}: top-1 agreement {agree}/{reference.count}, max |Δp| {diff:.2g} (limit {limit:g})"
+    return Check(ok, line, {"agreement": agree / reference.count, "max_abs_diff": diff, "limit": limit})
+
+
+def parity_row(name: str, metadata: BundleMetadata) -> tuple[dict, dict]:
+    """(the bundle's parity record, this file's row of it); empty dicts when export recorded none."""
+    parity = metadata.metrics.get("parity") if isinstance(metadata.metrics.get("parity"), dict) else {}
+    row = (parity.get("files") or {}).get(name)
+    return parity, row if isinstance(row, dict) else {}
+
+
+def parity_refusal(name: str, metadata: BundleMetadata) -> str | None:
+    """Why export's parity verdict rules this file out (failed; or not proven with a top-1 agreement under the
+    required one), or None when it may run."""
+    parity, row = parity_row(name, metadata)
+    verdict = metadata.models[name].extra.get("parity", row.get("verdict"))
+    if verdict in (None, "pass", "not checked"):  # not checked: export skipped parity, the soundness test stays
+        return None
+    if verdict == "not proven":
+        minimum = (parity.get("thresholds") or {}).get("min_agreement", DEFAULT_MIN_AGREEMENT)
+        agreement = row.get("agreement")
+        if isinstance(agreement, (int, float)) and agreement >= minimum - 1e-12:
+            return None
+        return f"export's parity was not proven and its top-1 agreement {agreement} is under {minimum}"
+    return f"export's parity verdict is {verdict!r}: never run"
+
+
+def promised_disagreement(name: str, metadata: BundleMetadata) -> float:
+    """The largest top-1 disagreement rate with fp32 the parity record vouches for: the one-sided 95 % Wilson
+    upper bound of the measured rate when the record has one, else 1 - the required agreement."""
+    parity, row = parity_row(name, metadata)
+    agreement, n = row.get("agreement"), parity.get("n_images")
+    if isinstance(agreement, (int, float)) and isinstance(n, int) and n > 0 and 0 <= agreement <= 1:
+        p, z = 1.0 - float(agreement), CONFIDENCE_Z
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return min(1.0, centre + half)
+    minimum = (parity.get("thresholds") or {}).get("min_agreement")
+    return 1.0 - (float(minimum) if isinstance(minimum, (int, float)) else DEFAULT_MIN_AGREEMENT)
+
+
+def binomial_tail(k: int, n: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q)."""
+    if k <= 0:
+        return 1.0
+    return float(sum(math.comb(n, i) * q ** i * (1 - q) ** (n - i) for i in range(k, n + 1)))
+
+
+def soundness(name: str, metadata: BundleMetadata) -> Check:
+    """Is the file itself sound, judged from the bundle's record alone? A file parity ruled out never is. A
+    reduced-precision file's recorded labels must agree with the fp32 file's on the reference images where the
+    fp32 file is decisive (its top-1 leads by more than twice the precision's floor, so rounding of that size
+    cannot flip it) as often as its parity record promises: more disagreements than that rate explains (binomial
+    tail under SOUNDNESS_ALPHA) fail."""
+    refusal = parity_refusal(name, metadata)
+    if refusal:
+        return Check(False, f"{name}: {refusal}", {})
+    entry = metadata.models[name]
+    if entry.precision == "fp32":
+        return Check(True, f"{name}: the fp32 file is the reference", {})
+    reference = metadata.reference
+    if reference is None:
+        return Check(True, f"{name}: no reference outputs recorded: parity's verdict only", {})
+    own, fp32 = reference.outputs.get(name), _fp32_outputs(name, metadata)
+    if own is None or fp32 is None or np.shape(own) != fp32.shape:
+        return Check(False, f"{name}: no fp32 outputs recorded beside this {entry.precision} file's to prove it "
+                            "sound", {})
+    top2 = np.sort(fp32, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * floor_for(entry.precision)
+    m = int(decisive.sum())
+    if not m:
+        return Check(False, f"{name}: the fp32 file is decisive on none of the {reference.count} reference images: "
+                            "this file's labels cannot be proven sound", {})
+    labels = np.asarray(own, np.float64).argmax(axis=1)
+    d = int(np.sum(labels[decisive] != fp32.argmax(axis=1)[decisive]))
+    q = promised_disagreement(name, metadata)
+    tail = binomial_tail(d, m, q)
+    line = (f"{name}: recorded labels disagree with fp32's on {d}/{m} reference images where fp32 is decisive "
+            f"(parity promises at most {q:.2%}: chance {tail:.2g})")
+    return Check(tail >= SOUNDNESS_ALPHA, line, {"disagreements": d, "decisive": m, "promised": q, "chance": tail})
 
 
 @dataclass(frozen=True)
@@ -124,7 +288,7 @@ def checks_path(metadata: BundleMetadata, options: BackendOptions | None = None)
 
 def _read_body(path: Path, metadata: BundleMetadata, key: str, options: BackendOptions | None = None) -> Any:
     """The `key` part of a record, or None when it is absent, damaged, edited, planted (its keyed MAC does not
-    verify with this user's secret: runtime.cache) or another bundle's."""
+    verify with this user's secret) or another bundle's."""
     data = read_record(path, options)
     if data is None or data.get("version") != RECORD_VERSION or data.get("bundle") != bundle_key(metadata):
         log.info("ignoring a missing, damaged, edited or foreign record %s", path)
@@ -180,8 +344,6 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
                ) -> tuple[list[str], dict[str, str]]:
     """(files this device may run, in the format table's order; {file: why not} for the rest). A file that
     failed its reproduce check on this device is out; one not yet checked is in (`checked_candidates` checks)."""
-    from tumor_edge.runtime.checks import soundness
-
     order = {name: i for i, name in enumerate(DEFAULT_MODEL_PREFERENCE)}
     failed = {name: entry["line"] for name, entry in recorded_checks(metadata, options).items() if not entry["ok"]}
     ok, skipped = [], {}
@@ -201,8 +363,7 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
 
 def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
     """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    from tumor_edge.runtime.checks import Check, reproduce
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
+    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
 
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
@@ -275,8 +436,6 @@ def time_candidates(runners: Mapping[str, Callable[[], object]], budget_s: float
     """p50 seconds of each runner, timed in interleaved rounds (each round runs every runner once, the order
     reversed every other round: A B, B A, A B, ...), so a change of load during the budget falls on all alike.
     At least MIN_ROUNDS rounds, then rounds while the budget lasts (at most MAX_ROUNDS)."""
-    import numpy as np
-
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     deadline = clock() + budget_s
@@ -323,8 +482,7 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
         runners[name] = functools.partial(clf.infer_outputs, image)
         engines[name] = clf.backend.name
     if not runners:
-        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
-        raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
+        raise _none_runs(bundle_dir, skipped)
     p50 = time_candidates(runners, budget_s)
     best = preferred(p50, list(runners))
     choice = EngineChoice(best, engines[best], options.threads, {k: round(1000 * v, 4) for k, v in p50.items()},
@@ -354,11 +512,135 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, opener: Opener,
     if not allowed and all(not_here(bundle_dir, name) for name in metadata.models):
         return metadata.default_model()  # opening it says why it cannot run here
     if not allowed:
-        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
-        raise TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
+        raise _none_runs(bundle_dir, skipped)
     return allowed[0]
 
 
-__all__ = ["EngineChoice", "bundle_key", "candidates", "checked_candidates", "measure_choice", "pick_model",
-           "preferred", "record_checks", "record_path", "recorded_checks", "recorded_choice", "recorded_choices",
-           "time_candidates"]
+def _none_runs(bundle_dir: Path, skipped: Mapping[str, str]) -> TumorEdgeError:
+    reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "it lists no models"
+    return TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
+
+
+# This device's private folder of records (the device's engine choice), each carrying a keyed MAC, so a record
+# is used only if this user's runtime wrote it.
+#
+# Where: `$TUMOR_EDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/tumor-edge`, else `~/.cache/tumor-edge`. Off with
+# `TUMOR_EDGE_NO_CACHE=1` or `BackendOptions(cache=False)`. The folder must belong to this user and be writable by
+# no one else (it is created 0700); otherwise it is refused, never used: a folder others can write is one where
+# they could plant a record. Its MAC key is a per-user secret in it (`secret.key`, created 0600 with O_EXCL); a
+# record is JSON with an HMAC-SHA256 over its content, so a record copied from elsewhere, edited, or planted with a
+# recomputed plain hash fails its check and is ignored (then measured and written again).
+
+CACHE_DIR_ENV = "TUMOR_EDGE_CACHE_DIR"
+NO_CACHE_ENV = "TUMOR_EDGE_NO_CACHE"
+APP_DIR = "tumor-edge"
+SECRET_FILE = "secret.key"
+SECRET_BYTES = 32
+MAX_RECORD_BYTES = 1 << 20
+MAC_FIELD = "hmac_sha256"
+
+
+class CacheRefused(PermissionError):
+    """The cache folder or its secret cannot be trusted (another owner, writable by others, a link)."""
+
+
+def cache_enabled(options: BackendOptions) -> bool:
+    return options.cache and os.environ.get(NO_CACHE_ENV, "") in ("", "0")
+
+
+def cache_root(options: BackendOptions | None = None) -> Path:
+    """The folder holding this user's records."""
+    if options is not None and options.cache_dir:
+        return Path(options.cache_dir)
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / APP_DIR
+
+
+def private_folder(path: Path) -> Path:
+    """`path`, created 0700 when missing, after checking it is a folder (not a link) this user owns and no one
+    else can write; CacheRefused otherwise."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheRefused(f"cache folder {path} is not a folder (a link?)")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise CacheRefused(f"cache folder {path} belongs to another user")
+    if info.st_mode & 0o022:
+        raise CacheRefused(f"cache folder {path} is writable by others")
+    return path
+
+
+def folder_for(options: BackendOptions | None, *parts: str) -> Path:
+    """A private subfolder of the cache root (each level checked by `private_folder`)."""
+    folder = private_folder(cache_root(options))
+    for part in parts:
+        folder = private_folder(folder / part)
+    return folder
+
+
+def secret(options: BackendOptions | None = None) -> bytes:
+    """This user's MAC key, created on first use (0600, O_EXCL: of two first runs, one writes it, both read it)."""
+    path = private_folder(cache_root(options)) / SECRET_FILE
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(SECRET_BYTES))
+    fd = os.open(path, os.O_RDONLY | nofollow)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if (hasattr(os, "getuid") and info.st_uid != os.getuid()) or info.st_mode & 0o077:
+            raise CacheRefused(f"cache secret {path} is not private to this user")
+        key = fh.read(SECRET_BYTES + 1)
+    if len(key) != SECRET_BYTES:
+        raise CacheRefused(f"cache secret {path} is damaged")
+    return key
+
+
+def _mac(key: bytes, body: dict[str, Any]) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def write_record(path: Path, body: dict[str, Any], options: BackendOptions | None = None) -> None:
+    """Write `body` (JSON) with its MAC to `path`, a file in a folder from `folder_for`, atomically (a temporary
+    file created O_EXCL in the same folder, then renamed). OSError (CacheRefused included) when it cannot."""
+    import tempfile
+
+    data = {**body, MAC_FIELD: _mac(secret(options), body)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path, options: BackendOptions | None = None) -> dict[str, Any] | None:
+    """The body `write_record` wrote at `path`, or None when it is missing, unreadable, a link, or its MAC does not
+    verify with this user's secret (edited, copied from another user, planted)."""
+    import hmac
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = json.loads(fh.read(MAX_RECORD_BYTES).decode("utf-8"))
+        body = {k: v for k, v in data.items() if k != MAC_FIELD}
+        if hmac.compare_digest(str(data.get(MAC_FIELD, "")), _mac(secret(options), body)):
+            return body
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None

@@ -4,13 +4,14 @@ A Classifier is a model file plus the metadata that says how to feed it and read
 inference and post-processing stages (`postprocess.py`) of the one prediction path. Every call that takes files
 (`predict`, `predict_batch`, `iter_predictions`, `iter_results`, `classify`, `probabilities_for_files`) is a thin
 caller of that path (`pipeline.py`), so a file is decoded, checked and labelled the same way everywhere. A bundle's
-model file is checked against the sha256 its metadata records before it is loaded.
+model file goes through the open stage (`open_bundle_model`, below) before it is loaded.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Union
@@ -18,11 +19,24 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from tumor_edge.contracts.bundle import METADATA_FILE, ONNX_META_KEY, BundleMetadata, loads_strict
+from tumor_edge.contracts.bundle import (
+    METADATA_FILE,
+    ONNX_META_KEY,
+    SCORES,
+    BundleMetadata,
+    ModelFiles,
+    check_binding,
+    check_external_locations,
+    loads_strict,
+    read_model_files,
+)
 from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.runtime.backends import Backend, BackendOptions, open_backend
-from tumor_edge.runtime.open_model import open_bundle_model
+from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_of, open_backend
+from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 from tumor_edge.runtime.pipeline import (
+    Failure,
+    OnPixels,
+    Prediction,
     ScanItem,
     ScanOptions,
     ScanResult,
@@ -31,7 +45,6 @@ from tumor_edge.runtime.pipeline import (
     iter_scan_results,
 )
 from tumor_edge.runtime.pipeline import iter_predictions as _iter_predictions
-from tumor_edge.runtime.pixels import pil_to_rgb, to_uint8
 from tumor_edge.runtime.postprocess import (
     PostProcessing,
     calibrate,
@@ -42,12 +55,10 @@ from tumor_edge.runtime.postprocess import (
     warnings_for,
 )
 from tumor_edge.runtime.preprocess import resize_rgb, scale
-from tumor_edge.runtime.results import Failure, OnPixels, Prediction
+from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
+from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
-SCORES = "scores"  # the role of the class-score output (tumor_edge.contracts.bundle.OutputSpec)
-
-__all__ = ["SCORES", "Classifier", "Prediction", "read_onnx_metadata", "softmax"]
 
 
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
@@ -166,10 +177,6 @@ class Classifier:
             out[role] = value
         return out
 
-    def infer(self, batch_pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> probabilities (N, classes)."""
-        return self.infer_outputs(batch_pixels)[SCORES]
-
     def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]],
                     checked: Sequence[list[str] | None] | None = None, abstain: bool = False,
                     notes: Sequence[Sequence[str]] | None = None) -> list[Prediction | Failure]:
@@ -281,3 +288,49 @@ class Classifier:
         returns is yielded (`classify --heatmap` draws its overlay there, without decoding the file again)."""
         return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain),
                                  on_pixels)
+
+
+# The open stage: a bundle's model, read once, checked, and handed to its engine as the bytes that were checked.
+#
+# Each listed file (the model, its external data or companion files) is read into memory once from a descriptor
+# opened without following a symbolic link (`read_model_files`), hashed from those bytes and compared with the sha256
+# metadata.json records; the same bytes go to the engine (onnxruntime's `InferenceSession(bytes)` with the external
+# data in memory, LiteRT's `model_content`). Nothing is opened again by path, so a file exchanged after the check
+# cannot be what runs. With a trust setting (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False` opens
+# unchecked, for export's own parity) the signature is checked against the digests of exactly these bytes and of
+# the metadata.json bytes the record was parsed from (tumor_edge.signing.trust.check_loaded).
+
+def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
+    """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model
+    may name no external data its entry does not list (onnxruntime would read it unchecked)."""
+    engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
+    files = read_model_files(bundle_dir, name, metadata)
+    if engine == "onnxruntime":
+        try:
+            locations = external_data_locations(files.data)
+        except ModelError as err:
+            raise ModelError(err.reason, files.path) from err
+        check_external_locations(bundle_dir, metadata.models[name], locations)
+    return files
+
+
+def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
+                      options: BackendOptions | None = None) -> Backend:
+    """Load a model listed in a bundle from the bytes `read_bundle_model` checked; with `options.trust`, only
+    once its signature covers those bytes and metadata.json's. What the file carries about itself must agree with
+    the metadata (classes, preprocessing, output roles: `check_binding`): relabelling metadata never produces a
+    result."""
+    options = options or BackendOptions()
+    files = read_bundle_model(bundle_dir, name, metadata)
+    trust = options.trust
+    if trust is None and os.environ.get(TRUST_ENV) is not None:
+        from tumor_edge.signing.trust import trust_from_env
+
+        trust = trust_from_env()
+    if trust:
+        from tumor_edge.signing.trust import check_loaded
+
+        check_loaded(Path(bundle_dir), trust, metadata, files.digests)
+    backend = backend_factory(engine_of(files.path))(files.path, options, files=files)
+    check_binding(metadata, backend.metadata_props(), files.path)
+    return backend

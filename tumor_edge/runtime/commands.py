@@ -145,13 +145,13 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         usage.exit_code = EXIT_FATAL
         raise usage
     from tumor_edge import RESEARCH_NOTICE
-    from tumor_edge.contracts.state import resolve_model_path
+    from tumor_edge.contracts.bundle import resolve_model_path
     from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.inputs import scan_inputs
     from tumor_edge.runtime.output import WRITERS, OutputError, one_line
-    from tumor_edge.runtime.results import Failure
+    from tumor_edge.runtime.postprocess import Failure
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 
@@ -183,7 +183,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     if heatmap_dir is not None:
         from tumor_edge.errors import ConfigError
         from tumor_edge.runtime.explain import ExplainSettings
-        from tumor_edge.runtime.heatmap_files import HEATMAP_ROLE, HeatmapWriter
+        from tumor_edge.runtime.heatmap import HEATMAP_ROLE, HeatmapWriter
 
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
             raise ConfigError("--heatmap-method cam: this model has no class-activation map output (use auto, "
@@ -281,7 +281,7 @@ def _report(failure, writer, debug: bool) -> None:
 def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
     """Write every result as it comes (a picture's row, a failure, a volume's summary); return the failures.
     Failures also go to stderr at once."""
-    from tumor_edge.runtime.results import Failure, Prediction
+    from tumor_edge.runtime.postprocess import Failure, Prediction
 
     failures = []
     previous = None
@@ -334,7 +334,7 @@ def _summary(failures: list, n_files: int) -> None:
 
 
 def _under_the_cap(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    from tumor_edge.runtime.checks import CAP
+    from tumor_edge.runtime.choice import CAP
 
     if value is not None and value > CAP:
         raise click.BadParameter(f"{value:g} is above the cap {CAP:g} (a device further off is not this file)")

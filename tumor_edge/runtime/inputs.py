@@ -1,8 +1,12 @@
-"""Command-line PATH arguments to the list of scan files to classify, and the problems found on the way.
+"""Inputs: command-line PATH arguments to the list of scan files to classify (and the problems found on the way),
+and 2-D scans decoded into 8-bit RGB frames.
 
-Nothing the user named may vanish without a word: a folder that cannot be entered, a special file among the
-scans, a folder named like an image, a folder with no scans each become a problem the batch reports. What is a
-scan is the readers' registry's to say; a folder a folder reader claims (a DICOM series) is one item.
+Decoding is the one code path training, parity and the device all use, so it cannot differ between training and
+the device; the readers' registry decodes, and volumes are refused by `load_rgb_frames` (`classify` and
+`Classifier.classify` slice them). Nothing the user named may vanish without a word: a folder that cannot be
+entered, a special file among the scans, a folder named like an image, a folder with no scans each become a
+problem the batch reports. What is a scan is the readers' registry's to say; a folder a folder reader claims (a
+DICOM series) is one item.
 """
 
 from __future__ import annotations
@@ -12,10 +16,23 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tumor_edge.runtime.readers.base import FOLDER_REFUSED, FOLDER_SCAN
-from tumor_edge.runtime.readers.registry import claimed_suffix, folder_role, is_scan_file, is_volume
-from tumor_edge.runtime.special_files import file_kind, reason
+from tumor_edge.errors import InputImageError
+from tumor_edge.runtime.readers.base import (
+    FOLDER_REFUSED,
+    FOLDER_SCAN,
+    IMAGE,
+    Picture,
+    ReadOptions,
+    file_kind,
+    reason,
+)
+from tumor_edge.runtime.readers.registry import claimed_suffix, folder_role, is_volume, read_scan
+from tumor_edge.runtime.readers.registry import is_scan_file as _is_scan
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = No
                 stack.append(path)
                 subfolders += 1
             elif kind == "file":
-                if is_scan_file(path):
+                if _is_scan(path):
                     found.append(path)
             elif kind == "missing":
                 if claimed_suffix(path) is not None:
@@ -127,3 +144,26 @@ def _kind(path: Path) -> str:
     if stat.S_ISDIR(mode):
         return "folder"
     return file_kind(mode)
+
+
+def is_scan_file(path: Path) -> bool:
+    """Whether a file found while walking a folder is a 2-D scan (training data, bench and export samples are
+    2-D images; `scan_inputs` also lists volumes)."""
+    return _is_scan(path, kinds=(IMAGE,))
+
+
+def load_rgb_frames(path: str | Path, frames: str | int = "middle") -> list[Picture]:
+    """The frames of a 2-D scan file to classify: one for ordinary images; the middle, all or one index of a
+    multi-frame file."""
+    path = Path(path)
+    scan = read_scan(path, ReadOptions(frames=frames))
+    if scan.kind != IMAGE:
+        scan.close()
+        raise InputImageError(f"is a volume ({scan.reader}), not a 2-D image: classify it with `tumor-edge "
+                              "classify` or Classifier.classify, which cut it into slices", path)
+    return list(scan.pictures)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The decoded scan as an 8-bit RGB Pillow image at its own size (the middle frame of a multi-frame file)."""
+    return load_rgb_frames(path, "middle")[0].image

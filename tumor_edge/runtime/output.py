@@ -1,8 +1,8 @@
 """How `classify` prints results: a table for people, JSON lines or CSV for scripts, one writer per format,
 each streaming a row per result as it comes.
 
-Output stays well-formed whatever the names: names pass the one escaping rule (`tumor_edge.text`), so a row is
-one line and never drives the terminal; CSV cells never start a spreadsheet formula; JSON never holds a bare NaN.
+Output stays well-formed whatever the names: names pass the one escaping rule (`errors.one_line`), so a row is one
+line and never drives the terminal; CSV cells never start a spreadsheet formula; JSON never holds a bare NaN.
 A failed write (disk full) becomes an `OutputError`. Every JSON and CSV row names the model file and engine that
 produced it: the device picks the file by measurement, so a row must say which one it was.
 """
@@ -15,12 +15,11 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from tumor_edge.errors import TumorEdgeError
-from tumor_edge.runtime.results import Failure, Prediction
-from tumor_edge.text import one_line, valid_unicode
+from tumor_edge.errors import TumorEdgeError, one_line, valid_unicode
+from tumor_edge.runtime.postprocess import Failure, Prediction
 
 if TYPE_CHECKING:
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
 
 # OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets (OWASP's
 # other two, tab and carriage return, never start a cell: `one_line` escapes them).

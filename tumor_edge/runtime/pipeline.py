@@ -4,7 +4,7 @@ pixels the model saw -> a row. `classify`, `serve`, the Classifier and export's 
 Files are decoded in a few threads a bounded distance ahead of inference, so memory stays flat however many files
 there are; results come in input order. An unreadable input becomes a `Failure` in the stream, so one corrupt scan
 never stops a batch; model errors raise. The model is anything with the Classifier's `preprocessing`,
-`postprocessing` and `predictions` (`results.Model`): the classifier calls this module, never the other way round.
+`postprocessing` and `predictions` (`postprocess.Model`): the classifier calls this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
-from tumor_edge.runtime.image import load_rgb_frames
-from tumor_edge.runtime.ood_checks import input_warnings
+from tumor_edge.runtime.inputs import load_rgb_frames
+from tumor_edge.runtime.postprocess import Failure, Model, OnPixels, Prediction, failure_of, input_warnings
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
 from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.registry import is_volume
-from tumor_edge.runtime.results import Failure, Model, OnPixels, Prediction, failure_of
 
 if TYPE_CHECKING:
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
+
 
 DEFAULT_WORKERS = 2
 
@@ -198,7 +198,7 @@ def iter_scan_results(model: Model, paths: Iterable[str | Path] | str | Path, op
             continue
         if run:
             yield from images()
-        from tumor_edge.runtime.volume_run import classify_volume
+        from tumor_edge.runtime.volume import classify_volume
 
         yield from classify_volume(model, path, options.axis, options.slices, options.batch_size, options.abstain,
                                    on_pixels=on_pixels)
@@ -215,7 +215,3 @@ def classify_scan(model: Model, path: str | Path, options: ScanOptions | None = 
         else:
             result.summary = item
     return result
-
-
-__all__ = ["DEFAULT_WORKERS", "Decoded", "Model", "OnPixels", "ScanItem", "ScanOptions", "ScanResult",
-           "classify_scan", "decode_file", "iter_predictions", "iter_scan_results"]

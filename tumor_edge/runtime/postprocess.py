@@ -1,27 +1,115 @@
-"""Post-processing: a model's class scores to the probabilities and warnings a row shows, each rule once.
+"""Post-processing: a model's class scores to the probabilities and warnings a row shows, each rule once, and the
+rows themselves (`Prediction`, `Failure`: what every stage yields, so this module imports none of them).
 
 - probabilities: logits go through softmax; scores a bundle declares probabilities are held to one probability
   rule (`probability_problem`); then the bundle's `calibration` temperature scales them.
-- warnings: the input checks on the pixels the model saw, and the bundle's `ood` fit: class centres and a
-  threshold for the model's "ood_features" output (tumor_edge.calibration.mahalanobis), or a threshold on a score
-  the model file computes itself (tumor_edge.calibration.output_scores).
+- warnings: the input checks on the pixels the model saw (`input_warnings`, below), and the bundle's `ood` fit:
+  class centres and a threshold for the model's "ood_features" output (tumor_edge.calibration.mahalanobis), or a
+  threshold on a score the model file computes itself (tumor_edge.calibration.output_scores).
 - a picture whose scores are not finite gets no label (`not_a_number`); with `abstain`, a warned one neither.
 
 Neither `calibration` nor `ood` is required; the calibration package loads only for a bundle that has them.
+
+The input checks ask whether this is a brain MRI slice at all, cheaply, on the decoded pixels. A classifier
+answers every input with a confident label, including a holiday photograph; these catch the inputs that are
+plainly not a greyscale scan of a head: colour (an MRI slice is stored grey, so its channels agree), noise
+(neighbouring pixels of any real image are strongly correlated; sensor noise or a corrupted file are not), blank
+or constant images, and images with no dark background around the anatomy (an MRI slice is surrounded by air,
+which images black; a photograph or chest film fills the frame). Each check returns a reason a person
+understands; the model's own feature-space check (`warnings_for`) catches subtler departures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.runtime.ood_checks import input_warnings
-from tumor_edge.runtime.results import Failure
+from tumor_edge.contracts.preprocessing import Preprocessing
+from tumor_edge.errors import ConfigError, InputImageError, ModelError, TumorEdgeError
+from tumor_edge.runtime.readers.base import release_frames
+
+
+@dataclass(frozen=True)
+class InputCheckLimits:
+    """Thresholds, chosen with margin from measurements on MRI slices (real and synthetic) and on colour
+    photographs, noise and blank images (tests/runtime/test_ood_checks.py holds the measured cases)."""
+
+    max_colour: float = 12.0  # mean |R-G| + |G-B| + |B-R| / 3 over pixels, in grey levels; JPEG grey ~0-2
+    min_contrast: float = 4.0  # standard deviation in grey levels; below: blank or constant
+    min_neighbour_correlation: float = 0.5  # lag-1 correlation of adjacent pixels; white noise ~0
+    min_dark_fraction: float = 0.25  # share of the image's outer ring (6 %) in the darkest 15 % of its grey range
+
+
+DEFAULT_LIMITS = InputCheckLimits()
+
+
+@dataclass(frozen=True)
+class PixelStats:
+    colour: float
+    contrast: float
+    neighbour_correlation: float
+    dark_fraction: float
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 1.0
+
+
+def pixel_stats(rgb: np.ndarray) -> PixelStats:
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = rgb[..., None].repeat(3, axis=-1)
+    channels = rgb[..., :3].astype(np.float32)
+    r, g, b = channels[..., 0], channels[..., 1], channels[..., 2]
+    colour = float((np.abs(r - g) + np.abs(g - b) + np.abs(b - r)).mean() / 3)
+    grey = channels.mean(axis=-1)
+    contrast = float(grey.std())
+    horizontal = _correlation(grey[:, :-1].ravel(), grey[:, 1:].ravel()) if grey.shape[1] > 1 else 1.0
+    vertical = _correlation(grey[:-1].ravel(), grey[1:].ravel()) if grey.shape[0] > 1 else 1.0
+    lo, hi = float(grey.min()), float(grey.max())
+    ring = max(1, round(0.06 * min(grey.shape)))
+    border = np.concatenate([grey[:ring].ravel(), grey[-ring:].ravel(), grey[:, :ring].ravel(),
+                             grey[:, -ring:].ravel()])
+    dark = float(np.mean(border <= lo + 0.15 * (hi - lo))) if hi > lo else 1.0
+    return PixelStats(colour, contrast, min(horizontal, vertical), dark)
+
+
+def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
+                   content_only: bool = False) -> list[str]:
+    """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice. `content_only`: only the
+    checks that hold for a volume slice's own voxels before it is framed on a black canvas (which would give any
+    constant or noise volume the dark surround of a head): blank or constant, and noise."""
+    s = pixel_stats(rgb)
+    if s.contrast < limits.min_contrast:
+        return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
+    if s.neighbour_correlation < limits.min_neighbour_correlation:
+        return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
+                f"> {limits.min_neighbour_correlation})"]
+    if content_only:
+        return []
+    if s.colour > limits.max_colour:
+        return [f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are grey; "
+                f"is this a photograph?"]
+    if s.dark_fraction < limits.min_dark_fraction:
+        return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
+                f"slice shows the head surrounded by air"]
+    return []
+
+
+def flag_rates(score_flags: np.ndarray, images: np.ndarray) -> dict[str, float | int]:
+    """How a fitted score (`score_flags`, one bool per image) and the input checks flag a set of uint8 images:
+    the shares flagged by each and by either. One row shape for train's and export's OOD evaluations."""
+    flagged = np.asarray(score_flags, dtype=bool)
+    checks = np.array([bool(input_warnings(p)) for p in images], dtype=bool)
+    return {"count": int(len(images)), "flagged": float(np.mean(flagged)),
+            "input_checks_flagged": float(np.mean(checks)), "either_flagged": float(np.mean(flagged | checks))}
+
 
 MAX_OOD_DIMS = 4096
 MAHALANOBIS = "mahalanobis"
@@ -153,6 +241,107 @@ def warnings_for(pixels: np.ndarray, score: float | None, settings: PostProcessi
         found.append(f"unlike the training scans ({what} {score:.3g} above the threshold "
                      f"{settings.ood_threshold:.3g} that passes most validation scans)")
     return found
+
+
+# The rows: a `Prediction` per classified picture, a `Failure` per input that could not be classified (the
+# prediction stream yields them; one corrupt scan never stops a batch). A failure keeps its message and its
+# exception, but none of the local variables of the traceback's frames: they hold the partly decoded image. The
+# traceback itself (file names and lines, for `--debug`) stays.
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified picture: the winning label, every class's probability, and any further model outputs."""
+
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    source: str | None = None
+    frame: int | None = None  # 0-based frame of a multi-frame file, or slice of a volume along `axis`
+    frame_count: int | None = None
+    # Outputs beyond the class scores, by the role metadata gives them (e.g. "heatmap"): this picture's slice.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # Why this picture may not be what the model knows (input checks, feature distance); empty when none.
+    warnings: tuple[str, ...] = ()
+    heatmap_png: str | None = None  # where `classify --heatmap DIR` wrote its overlay
+    heatmap_method: str | None = None  # what drew that overlay's map (e.g. "occlusion 8x8", "exact CAM 8x8")
+    abstained: bool = False  # with `abstain`: a warned picture is given no label (probabilities kept)
+    axis: str | None = None  # a volume's slice: the plane it was cut in (`frame` is then the slice index)
+
+    ok = True  # Failure.ok is False: lets stream consumers branch without isinstance
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+    def to_dict(self) -> dict:
+        """The row `classify --json` prints (a volume's slice names its axis, slice and slice count)."""
+        data = {"file": self.source, "label": self.label, "confidence": self.confidence,
+                "probabilities": self.probabilities}
+        if self.axis is not None:
+            data.update(axis=self.axis, slice=self.frame, slice_count=self.frame_count)
+        elif self.frame is not None:
+            data.update(frame=self.frame, frames=self.frame_count)
+        if self.abstained:
+            data.update(label=None, confidence=None, abstained=True)
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
+        if self.heatmap_png is not None:
+            data.update(heatmap_png=self.heatmap_png, heatmap_method=self.heatmap_method)
+        if self.outputs:
+            data["outputs"] = {role: np.asarray(value).tolist() for role, value in self.outputs.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be classified: `message` is the one line to show (it names the input)."""
+
+    source: str
+    message: str
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+    ok = False
+
+    def to_dict(self) -> dict:
+        return {"file": self.source, "error": self.message}
+
+    def exception(self) -> TumorEdgeError:
+        """The error to raise for callers that stop at the first bad input (an InputImageError unless the
+        decoder raised another tumor-edge error)."""
+        if isinstance(self.error, TumorEdgeError):
+            return self.error
+        return InputImageError(self.message.removeprefix(f"{self.source}: "), self.source)
+
+
+class Model(Protocol):
+    """What the prediction stages need of a model (a runtime Classifier): the pipeline and the volume run take
+    one, so the classifier calls them and they never import it."""
+
+    preprocessing: Preprocessing
+    postprocessing: Any  # a postprocess.PostProcessing
+    classes: list[str]
+
+    def predictions(self, batch_pixels: np.ndarray, items: Sequence[tuple[str | None, int | None, int | None]],
+                    checked: Sequence[list[str] | None] | None = None, abstain: bool = False,
+                    notes: Sequence[Sequence[str]] | None = None) -> list[Prediction | Failure]: ...
+
+
+# Called with each prediction and the pixels the model saw; returns the prediction to give (an explanation's).
+OnPixels = Callable[[Prediction, np.ndarray], Prediction]
+
+
+def failure_of(source: str, err: BaseException, doing: str = "decoding") -> Failure:
+    """The Failure for an exception met while reading `source`: a tumor-edge error says itself, anything else
+    (a reader's bug on a hostile file) in one line; the traceback's frames are released (`release_frames`)."""
+    release_frames(err)
+    if isinstance(err, TumorEdgeError):
+        return Failure(source, str(err), err)
+    if isinstance(err, MemoryError):
+        return Failure(source, f"{source}: out of memory while {doing}", err)
+    return Failure(source, f"{source}: unexpected {type(err).__name__} while {doing} ({str(err)[:200]})", err)
 
 
 def not_a_number(source: str | None, frame: int | None, model: Path) -> Failure:

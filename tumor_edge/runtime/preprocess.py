@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tumor_edge.contracts.preprocessing import SCALING_DESCRIPTIONS, Preprocessing
-from tumor_edge.runtime.image import load_rgb
+from tumor_edge.contracts.preprocessing import Preprocessing
+from tumor_edge.runtime.inputs import load_rgb
 
 RESIZE_METHODS: dict[str, int] = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -49,15 +49,12 @@ def _scale_torch(x: np.ndarray) -> np.ndarray:
     return (x / np.float32(255.0) - _IMAGENET_MEAN) / _IMAGENET_STD
 
 
-# name -> (function on float32 RGB 0..255, human description). A registry, so a new convention is one line here
-# and one in the contract's SCALING_DESCRIPTIONS.
-SCALINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
-    name: (fn, SCALING_DESCRIPTIONS[name])
-    for name, fn in (("none", _scale_none), ("unit", _scale_unit), ("symmetric", _scale_symmetric),
-                     ("caffe", _scale_caffe), ("torch", _scale_torch))
+# name -> its function on float32 RGB 0..255: a new convention is one line here and one in the contract's
+# SCALING_DESCRIPTIONS.
+SCALINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": _scale_none, "unit": _scale_unit, "symmetric": _scale_symmetric, "caffe": _scale_caffe,
+    "torch": _scale_torch,
 }
-
-__all__ = ["RESIZE_METHODS", "SCALINGS", "Preprocessing", "load_resized", "preprocess_image", "resize_rgb", "scale"]
 
 
 def resize_rgb(image: Image.Image, spec: Preprocessing) -> np.ndarray:
@@ -74,7 +71,7 @@ def load_resized(path: str | Path, spec: Preprocessing) -> np.ndarray:
 
 def scale(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """uint8 pixels (..., H, W, 3) to the float32 values the model takes."""
-    return SCALINGS[spec.scaling][0](np.asarray(pixels, dtype=np.float32)).astype(np.float32, copy=False)
+    return SCALINGS[spec.scaling](np.asarray(pixels, dtype=np.float32)).astype(np.float32, copy=False)
 
 
 def preprocess_image(path: str | Path, spec: Preprocessing) -> np.ndarray:

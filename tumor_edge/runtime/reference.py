@@ -3,7 +3,7 @@
 Export records (tumor_edge.export.reference: the runtime never writes a bundle), per model, the class
 probabilities for a few generated images (no patient data in a bundle), and every other output the bundle
 declares (the heatmap, the OOD features) for some of those images; a device regenerates the same images and
-compares (tumor_edge.runtime.checks), so a user learns whether this device's kernels (AVX2, VNNI, ARM, another
+compares (tumor_edge.runtime.choice), so a user learns whether this device's kernels (AVX2, VNNI, ARM, another
 onnxruntime) reproduce the export machine's results.
 
 Bit-exact everywhere: the only randomness is PCG64's raw 64-bit stream (`random_raw`, fixed by the algorithm,
@@ -20,8 +20,6 @@ import numpy as np
 
 from tumor_edge.contracts.bundle import BundleMetadata, ReferenceSet
 from tumor_edge.errors import ConfigError
-
-SCORES = "scores"
 
 
 class _Uniform:

@@ -2,29 +2,20 @@
 
 1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
 2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
-3. Soundness and reproduction (tumor_edge.runtime.checks): each file's recorded outputs must agree with the
-   fp32 file's recorded labels at the rate its parity record promises (a file whose parity failed never passes);
-   then the reference images are regenerated here (bit-exact on any machine, no patient data) and each file's
-   probabilities must lie within its tolerance (a floor per precision, its own recorded error, a cap) of the
-   recorded ones. Different CPUs (AVX2 vs VNNI vs ARM) or onnxruntime versions can change int8 results; this
-   shows whether they do here.
-   Every other output role recorded (the heatmap, the OOD features) is compared too, with a tolerance per role
-   and precision on the largest difference relative to the recorded values' range (their units are the
-   model's, not probabilities). Bundles recorded with class scores only still verify on those.
+3. Soundness and reproduction (tumor_edge.runtime.choice): each file's recorded outputs must agree with the
+   fp32 file's recorded labels at the rate its parity record promises; then the reference images are regenerated
+   here (bit-exact on any machine, no patient data) and each file's probabilities must lie within its tolerance
+   of the recorded ones: different CPUs (AVX2, VNNI, ARM) or onnxruntime versions can change int8 results. Every
+   other output role recorded (the heatmap, the OOD features) is compared too, relative to the recorded values'
+   range (their units are the model's, not probabilities).
 4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
    labelled scans, which must stay within the export's parity tolerance of what export measured.
 
 verify records each file's reproduce result on this device, passed or failed (a failed file is never chosen here
-again, see tumor_edge.runtime.choice); once every check has passed, it times the files this device may run and
-records the choice, which classify, serve and bench then use.
-
-verify proves what this device can run. A listed file that is absent (a device sent only the ONNX files) or whose
-engine is not installed here (TFLite files on the runtime-only install) is listed once under "not checked here",
-with the reason and the extra that would check it, and does not fail the run; a present file is still hashed
-whatever its engine. A present file that fails its hash or reproduces wrong fails, and at least one model must
-verify. `--strict` requires every listed file to be present and checked.
-
-Exit status: 0 all checks passed; 1 any problem (each is one `error:` line naming the file); 2 usage errors.
+again); once every check has passed, it times the files this device may run and records the choice, which
+classify, serve and bench then use. A listed file that is absent or whose engine is not installed here is listed
+once under "not checked here", with the reason and the extra that would check it, and does not fail the run
+(`--strict` makes it); a present file is still hashed whatever its engine, and at least one model must verify.
 """
 
 from __future__ import annotations
@@ -33,18 +24,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ROLE_TOLERANCE", "VerifyReport", "labelled_files", "verify_bundle"]
-
-# Other output roles: largest |difference| divided by the recorded values' range (max - min), per precision. A
-# heatmap is the class logits spread over the grid and the OOD features a whitened projection: neither is a
-# probability, so an absolute bound would mean something different for every model. One int8 rounding step of
-# an output is about 1/255 of its range; 0.1 allows kernels that round differently along the way and still
-# catches a map or feature vector that is not the recorded one.
-ROLE_TOLERANCE: dict[str, dict[str, float]] = {
-    "heatmap": {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1},
-    "ood_features": {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1},
-}
-OTHER_ROLE_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1}  # roles not named above
+# Other output roles (the heatmap, the OOD features): largest |difference| divided by the recorded values' range
+# (max - min), per precision. Neither is a probability, so an absolute bound would mean something different for
+# every model. One int8 rounding step of an output is about 1/255 of its range; 0.1 allows kernels that round
+# differently along the way and still catches a map or feature vector that is not the recorded one.
+ROLE_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.1}
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points, when the bundle's parity record names none
 
 
@@ -57,7 +41,7 @@ class VerifyReport:
     files: dict[str, dict] = field(default_factory=dict)  # per model file: agreement, max_abs_diff, accuracy
     not_checked: dict[str, str] = field(default_factory=dict)  # listed file -> why this device could not check it
     choice: object | None = None  # the measured fastest file (runtime.choice.EngineChoice), once all checks passed
-    checks: dict = field(default_factory=dict)  # file -> its reproduce result here (runtime.checks.Check)
+    checks: dict = field(default_factory=dict)  # file -> its reproduce result here (runtime.choice.Check)
 
     @property
     def ok(self) -> bool:
@@ -152,10 +136,11 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport, options) -> None:
+    from tumor_edge.contracts.bundle import SCORES
     from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.checks import CAP, FLOORS, reproduce, soundness
+    from tumor_edge.runtime.choice import CAP, FLOORS, reproduce, soundness
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import SCORES, reference_images, reference_role_outputs
+    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
 
     reference = metadata.reference
     if reference is None:
@@ -238,7 +223,7 @@ def _check_roles(path: Path, precision: str, recorded: dict, outputs: dict, decl
             report.problems.append(f"{path}: the model gives no '{role}' output, but the bundle recorded one")
             continue
         diff, relative = role_difference(entry, outputs[role])
-        limit = ROLE_TOLERANCE.get(role, OTHER_ROLE_TOLERANCE).get(precision, OTHER_ROLE_TOLERANCE["fp32"])
+        limit = ROLE_TOLERANCE.get(precision, ROLE_TOLERANCE["fp32"])
         report.files.setdefault(path.name, {}).setdefault("roles", {})[role] = {
             "max_abs_diff": diff, "relative_diff": relative, "limit": limit, "images": entry["shape"][0]}
         line = (f"{path.name} {role}: max |Δ| {diff:.2g}, {relative:.2g} of its range on {entry['shape'][0]} images "
@@ -294,7 +279,7 @@ def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list
     """(a class index per scan, -1 when it could not be classified; the failures' messages): an image's own
     prediction, a volume's summary label (its slice rows are not scans of their own)."""
     from tumor_edge.runtime.readers.registry import is_volume
-    from tumor_edge.runtime.volume_summary import VolumeSummary
+    from tumor_edge.runtime.volume import VolumeSummary
 
     volumes = {str(f) for f in files if is_volume(f)}
     predicted: list[int] = []

@@ -1,21 +1,28 @@
 """Volumes in `classify`: a `Volume` (checked against the caps by its reader) cut into slices the model can
-classify, one at a time when the classifier asks, so a run holds the volume plus one batch of slices. The
-orientation, framing and intensity rules are `volume_slices`', the ones the demo's training scans were made with.
+classify, one at a time when the classifier asks, so a run holds the volume plus one batch of slices; the slices'
+answers, then one answer for the whole volume (`VolumeSummary`). The orientation, framing and intensity rules are
+`volume_slices`', the ones the demo's training scans were made with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image
 
-from tumor_edge.errors import ConfigError, InputImageError
+from tumor_edge.errors import ConfigError, InputImageError, ModelError
 from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
-from tumor_edge.runtime.ood_checks import input_warnings
+from tumor_edge.runtime.postprocess import Failure, Model, OnPixels, Prediction, failure_of, input_warnings
+from tumor_edge.runtime.preprocess import resize_rgb
 from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan, parse_slices
-from tumor_edge.runtime.volume_data import Volume
+from tumor_edge.runtime.readers.registry import read_scan
 from tumor_edge.runtime.volume_slices import (
     AXES,
     MAX_CANVAS_PIXELS,
@@ -27,6 +34,30 @@ from tumor_edge.runtime.volume_slices import (
     pick_slices,
     sample_stride,
 )
+
+
+@dataclass
+class Volume:
+    """A volume ready to slice: stored values in RAS voxel order, `values = stored * slope + intercept` (slope
+    and intercept broadcast against `stored`: per file for a DICOM series), voxel sizes in mm (RAS order)."""
+
+    source: str
+    stored: np.ndarray  # (X, Y, Z) in RAS order; a view of what was read
+    spacing: tuple[float, float, float]
+    slope: np.ndarray | float = 1.0
+    intercept: np.ndarray | float = 0.0
+    notes: list[str] = field(default_factory=list)  # warnings found while reading (logged once per volume)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.stored.shape[0], self.stored.shape[1], self.stored.shape[2]
+
+    def values(self, index: tuple) -> np.ndarray:
+        """Modality values (float32) of `stored[index]`."""
+        part = self.stored[index].astype(np.float32)
+        slope, intercept = (np.broadcast_to(np.asarray(v, dtype=np.float32), self.stored.shape)[index]
+                            for v in (self.slope, self.intercept))
+        return part * slope + intercept
 
 
 @dataclass
@@ -119,3 +150,140 @@ def volume_scan(volume: Volume, options: ReadOptions, reader: str) -> Scan:
     here, before any slice is cut) and cut one at a time as they are taken."""
     plan = plan_slices(volume, options.axis, options.slices)
     return Scan(volume.source, reader, VOLUME, iter_slices(plan), plan.count, plan.axis, volume.notes)
+
+
+# One answer for a whole volume from its slices' answers, with the slices that support it.
+#
+# The rule (documented in the README): over the slices given a label, take each class's mean probability; the
+# volume's class is the tumour class (any class but `notumor`) with the highest mean probability, provided the
+# slices whose own label is that class make up at least `min_fraction` of the labelled slices (one slice always
+# suffices when at most 1 / min_fraction slices were classified); otherwise it is `notumor`. A tumour seen in a
+# few slices of many therefore needs a few slices' agreement, not one stray slice. Research use only.
+
+NO_TUMOUR = "notumor"
+
+
+@dataclass(frozen=True)
+class VolumeVote:
+    """How many of the labelled slices must carry the tumour class for the volume to get it."""
+
+    min_fraction: float = 0.2
+
+    def needed(self, labelled: int) -> int:
+        return max(1, math.ceil(self.min_fraction * labelled - 1e-9))
+
+
+@dataclass(frozen=True)
+class VolumeSummary:
+    """The volume's class (None when no slice got a label), its mean probabilities, which slices were classified,
+    which support the class, and what the reader noticed about the volume."""
+
+    source: str
+    axis: str
+    label: str | None
+    probabilities: dict[str, float]
+    slices: tuple[int, ...]  # indices classified (labelled or not), along the axis
+    supporting: tuple[int, ...]  # indices whose own label is `label`
+    slice_count: int  # slices along the axis in the volume
+    warnings: tuple[str, ...] = ()
+    rule: str = ""
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.label is None else self.probabilities[self.label]
+
+    def support_text(self) -> str:
+        if self.label is None:
+            return f"no slice of {len(self.slices)} was given a label"
+        listed = ", ".join(str(i) for i in self.supporting)
+        return f"{self.label} in {self.axis} slices {listed} ({len(self.supporting)} of {len(self.slices)})"
+
+    def to_dict(self, notice: str) -> dict:
+        return {"file": self.source, "summary": "volume", "axis": self.axis, "label": self.label,
+                "confidence": self.confidence, "probabilities": self.probabilities, "slices": list(self.slices),
+                "supporting_slices": list(self.supporting), "slice_count": self.slice_count,
+                "warnings": list(self.warnings), "rule": self.rule, "notice": notice}
+
+
+def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tuple[int, dict[str, float], str | None]],
+              slice_count: int, warnings: Sequence[str] = (), vote: VolumeVote | None = None) -> VolumeSummary:
+    """`rows`: (slice index, probabilities, label or None when abstained) for every slice classified."""
+    vote = vote or VolumeVote()
+    indices = tuple(index for index, _, _ in rows)
+    labelled = [(index, probs, label) for index, probs, label in rows if label is not None]
+    rule = (f"the tumour class with the highest mean probability when at least {vote.min_fraction:.0%} of the "
+            f"labelled slices carry it, else {NO_TUMOUR}")
+    if not labelled:
+        return VolumeSummary(source, axis, None, {c: 0.0 for c in classes}, indices, (), slice_count,
+                             tuple(warnings), rule)
+    mean = np.mean([[probs[c] for c in classes] for _, probs, _ in labelled], axis=0)
+    probabilities = {c: float(p) for c, p in zip(classes, mean)}
+    tumours = [c for c in classes if c != NO_TUMOUR]
+    label = NO_TUMOUR if NO_TUMOUR in classes else None
+    if tumours:
+        best = max(tumours, key=lambda c: probabilities[c])
+        support = sum(1 for _, _, lab in labelled if lab == best)
+        if support >= vote.needed(len(labelled)) or label is None:
+            label = best
+    supporting = tuple(index for index, _, lab in labelled if lab == label)
+    return VolumeSummary(source, axis, label, probabilities, indices, supporting, slice_count, tuple(warnings),
+                         rule)
+
+
+# Classifying one volume: read it, plan its slices, classify them a batch at a time, then summarise.
+#
+# Results come in the order a writer prints them: a Prediction per slice, then the `VolumeSummary`; or a `Failure`
+# when the volume cannot be read (after the rows already given, when it breaks half-way), never an exception, so a
+# batch goes on. Memory: the volume as stored, plus one batch of model-sized slices.
+
+log = logging.getLogger("tumor_edge.input")
+
+VolumeResult = Union[Prediction, Failure, VolumeSummary]
+
+
+def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices: str | int = "middle",
+                    batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None,
+                    on_pixels: OnPixels | None = None) -> Iterator[VolumeResult]:
+    """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
+    count in the summary. `on_pixels(prediction, pixels)`: as in the pipeline, for each classified slice."""
+    source = str(path)
+    rows: list[tuple[int, dict[str, float], str | None]] = []
+    try:
+        scan = read_scan(path, ReadOptions(axis=axis, slices=slices))
+    except Exception as err:  # TumorEdgeError, MemoryError, a reader bug on a hostile file: one line
+        yield failure_of(source, err, "reading the volume")
+        return
+    for note in scan.notes:
+        log.warning("%s: %s", source, note)
+    spec = model.preprocessing
+    plane = scan.axis or axis
+    stream = iter(scan.pictures)
+    warned = 0
+    try:
+        while True:
+            batch = [s for _, s in zip(range(batch_size), stream)]
+            if not batch:
+                break
+            seen = np.stack([resize_rgb(s.image, spec) for s in batch])
+            results = model.predictions(seen, [(source, s.index, s.count) for s in batch], abstain=abstain,
+                                        notes=[s.warnings for s in batch])
+            del batch
+            for result, pixels in zip(results, seen):
+                if result.ok:
+                    result = dataclasses.replace(result, axis=plane)
+                    warned += bool(result.warnings)
+                    rows.append((result.frame, result.probabilities, None if result.abstained else result.label))
+                    if on_pixels is not None:
+                        result = on_pixels(result, pixels)
+                yield result
+    except ModelError:
+        raise  # the model, not this file, is at fault: the run stops as it does for images
+    except Exception as err:
+        yield failure_of(source, err, "reading the volume")
+        return
+    finally:
+        scan.close()
+    notes = list(scan.notes)
+    if warned:
+        notes.append(f"{warned} of {len(rows)} slices have warnings")
+    yield summarise(source, plane, model.classes, rows, scan.count, notes, vote)

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tumor_edge import __version__
-from tumor_edge.errors import first_line
+from tumor_edge.errors import first_line, one_line
 from tumor_edge.serve.admission import Admission, Budget, Busy, Stopped, UploadStage, meter_engine, run_charged
 from tumor_edge.serve.config import ServeConfig
 from tumor_edge.serve.errors import COMMON_HEADERS, HttpError, error_response, without_folders
@@ -28,7 +28,6 @@ from tumor_edge.serve.hosts import HostCheck, HostRule
 from tumor_edge.serve.inference import bundle_of, classify_bytes, model_description
 from tumor_edge.serve.page import PAGE_CSP, openapi_document, render_page
 from tumor_edge.serve.upload import parse_upload, read_body
-from tumor_edge.text import one_line
 
 log = logging.getLogger("tumor_edge.serve")
 RETRY_AFTER_S = 1

@@ -25,14 +25,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.state import resolve_model_path
-from tumor_edge.errors import ModelError, TumorEdgeError, first_line
+from tumor_edge.contracts.bundle import resolve_model_path
+from tumor_edge.errors import ModelError, TumorEdgeError, first_line, one_line
 from tumor_edge.runtime import BackendOptions, Classifier
 from tumor_edge.serve.app import create_app
 from tumor_edge.serve.config import ServeConfig
 from tumor_edge.serve.errors import COMMON_HEADERS
 from tumor_edge.serve.inference import check_bundle_files, model_source
-from tumor_edge.text import one_line
 
 
 def check_runs(classifier) -> None:

@@ -12,8 +12,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from tumor_edge.errors import one_line
 from tumor_edge.serve.errors import HttpError
-from tumor_edge.text import one_line
 
 DEFAULT_NAME = "upload"
 MAX_NAME = 200

@@ -8,12 +8,12 @@ lists each file's sha256), so the OpenSSF tools can check a tumor-edge signature
 
 This module imports nothing heavy: the runtime and export read the names below without paying for the
 `model-signing` library (about 35 packages, the `sign` extra), which loads only when a signature is made or
-checked.
+checked; its two errors live in tumor_edge.errors, so importing this module runs no code.
 """
 
 from __future__ import annotations
 
-from tumor_edge.errors import BundleIntegrityError, ConfigError
+from tumor_edge.errors import SignatureError, TrustSettingError  # signing's errors, kept with the family
 
 # The one file of a signed bundle that is not itself signed (a signature cannot cover itself) and that metadata
 # does not list; the runtime's "only listed files" rule must let it be, by this name. model-signing's own default
@@ -25,17 +25,5 @@ TRUST_ENV = "TUMOR_EDGE_TRUST"
 KEY_PASSWORD_ENV = "TUMOR_EDGE_SIGN_PASSWORD"
 # The extra that brings model-signing (and pyOpenSSL, which it imports without declaring it).
 EXTRA = "sign"
-
-
-class SignatureError(BundleIntegrityError):
-    """A bundle whose signature is missing, unreadable, made with another key, or does not match its files."""
-
-
-class TrustSettingError(ConfigError):
-    """A trust setting that cannot be used (a missing or unreadable public key, an empty $TUMOR_EDGE_TRUST, an
-    unknown pin): nothing runs, exit status 1 (the commands that run bundles keep 2 for "some inputs failed")."""
-
-    exit_code = 1
-
 
 __all__ = ["EXTRA", "KEY_PASSWORD_ENV", "SIGNATURE_FILE", "TRUST_ENV", "SignatureError", "TrustSettingError"]

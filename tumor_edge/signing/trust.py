@@ -21,9 +21,13 @@ from typing import Any
 
 import click
 
-from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, read_confined
-from tumor_edge.contracts.bundle_schema import parse_release_version
-from tumor_edge.contracts.state import resolve_model_path
+from tumor_edge.contracts.bundle import (
+    METADATA_FILE,
+    BundleMetadata,
+    parse_release_version,
+    read_confined,
+    resolve_model_path,
+)
 from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, TRUST_ENV, SignatureError, TrustSettingError, verify
 from tumor_edge.signing.library import bundle_files, load_public_key
@@ -36,7 +40,7 @@ class TrustPolicy:
     """The signer's public key, and the pins a signed bundle must also meet."""
 
     key: Path
-    min_version: str | None = None  # release.version at least this (a UTC time, contracts.bundle_schema)
+    min_version: str | None = None  # release.version at least this (a UTC time, contracts.bundle)
     bundle: str | None = None  # the sha256 of the signed statement, exactly
 
 

@@ -5,15 +5,13 @@ itself."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from tumor_edge.contracts.bundle import ModelFiles, read_confined
 from tumor_edge.errors import BundleIntegrityError, MissingExtraError, ModelError, first_line
-from tumor_edge.runtime.backends.options import BackendOptions
-from tumor_edge.runtime.backends.protocol import hw_of
+from tumor_edge.runtime.backends import BackendOptions, hw_of
 
 
 class LiteRTBackend:
@@ -23,12 +21,9 @@ class LiteRTBackend:
     name = "litert"
 
     def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 source_check: Callable[[], object] | None = None, files: ModelFiles | None = None):
+                 files: ModelFiles | None = None):
         """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
-        `sha256` and `source_check` are what the registry's `open_backend` passes: the check runs before anything
-        is read; the digest is not needed."""
-        if source_check is not None:
-            source_check()
+        `sha256` is what the registry's `open_backend` passes; the digest is not needed."""
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:
@@ -119,6 +114,6 @@ def model_order(interpreter) -> list[dict]:
     return details
 
 
-# What the backend registry (registry.py) opens this engine's files with: the module named by its row in the
+# What the backend registry opens this engine's files with: the module named by its row in the
 # format table (tumor_edge.contracts.formats.ENGINES).
 BACKEND = LiteRTBackend

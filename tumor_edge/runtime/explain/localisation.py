@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.errors import ConfigError
-from tumor_edge.runtime.explain.grid import cell_edges, spread
+from tumor_edge.runtime.explain import cell_edges, spread
 
 TOLERANCE_FRACTION = 0.05
 

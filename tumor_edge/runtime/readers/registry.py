@@ -24,8 +24,8 @@ from tumor_edge.runtime.readers.base import (
     ReadOptions,
     Scan,
     check_frames,
+    stat_regular,
 )
-from tumor_edge.runtime.special_files import stat_regular
 
 FALLBACK = "image"  # the reader of a file nobody claims: Pillow knows formats by content
 _READERS = "tumor_edge.runtime.readers."
@@ -149,7 +149,3 @@ def _is_folder(path: Path) -> bool:
         return stat.S_ISDIR(os.stat(path).st_mode)
     except OSError:
         return False
-
-
-__all__ = ["FALLBACK", "READERS", "claimed_suffix", "folder_role", "is_dicom_file", "is_scan_file", "is_volume",
-           "read_scan", "reader_for", "readers", "readers_help"]
