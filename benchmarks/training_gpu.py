@@ -24,8 +24,8 @@ loaded 2-core AMD Zen 5), the first step took 24 s and later steps 0.29 s with f
 and 1.48 s with rotation alone; all five layers: 72 s wall to compile. The `noaug` rows measure that on a GPU.
 `train` keeps XLA's compiled programs in a persistent cache (tumor_edge.train.backends.configure_jax), so the
 default list runs jax:on:bfloat16 twice: the second first-step time is a warm cache's. Training
-batches always have one shape (tumor_edge.train.loader tops the last batch up), so a run compiles its step once
-per phase.
+batches always have one shape (tumor_edge.train.callbacks.CacheBatches tops the last batch up), so a run compiles
+its step once per phase.
 
 Results are appended to <out>.json / <out>.md as each configuration ends. The prepared call for a lent GPU machine
 (10 minutes a command; the working tree is ~2.5 MB):

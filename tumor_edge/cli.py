@@ -1,7 +1,7 @@
 """The `tumor-edge` command. Subcommands load lazily, so `classify` never imports the training stack.
 
-Each subpackage owns its commands in a `commands.py` that imports only click at module level; heavy libraries
-(TensorFlow, tf2onnx, matplotlib) are imported inside the command that needs them.
+Each subpackage owns its commands in a `commands.py`; heavy libraries (TensorFlow, tf2onnx, matplotlib) are
+imported inside the command that needs them.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ COMMANDS: dict[str, str] = {
 }
 
 # command -> environment defaults applied before its module loads (a value the user set wins). classify's numpy
-# work is elementwise (scaling, softmax, a small projection for the OOD score): OpenBLAS's thread pool, which
-# starts when numpy is imported, is pure start-up cost there (-40 ms CPU of a ~0.3 s one-image run, measured on
-# the 2-core Xeon); inference threads are onnxruntime's own.
+# work is elementwise: OpenBLAS's thread pool, which starts when numpy is imported, is pure start-up cost there;
+# inference threads are onnxruntime's own.
 COMMAND_ENV: dict[str, dict[str, str]] = {
     "classify": {"OPENBLAS_NUM_THREADS": "1"},
 }
@@ -168,9 +167,6 @@ class _QuietImport:
 class _QuietLoader:
     def __init__(self, loader) -> None:
         self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         import tempfile

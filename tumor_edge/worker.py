@@ -46,13 +46,11 @@ Target = str | Callable[..., Any]
 
 
 class ChildFailed(TumorEdgeError):
-    """A job that could not finish in its child: killed (deadline, memory cap, the system), or an error of a
-    class this process cannot rebuild. The message is one line."""
+    """A job that could not finish in its child (see the module's docstring)."""
 
 
 def resolve(target: Target) -> Callable[..., Any]:
-    """The function a "module:function" string names, imported now, in the process that runs it; a callable as
-    is."""
+    """The function a "module:function" string names, imported in the process that runs it; a callable as is."""
     if callable(target):
         return target
     module_name, _, attr = target.partition(":")
@@ -204,9 +202,7 @@ class Job:
 
 class Worker:
     """One spawned child running jobs in submission order (started at the first job, again after one dies).
-
-    `env` is set in the child before any job runs; `memory_mb` caps its resident memory; `poll_s` is how often
-    the deadline and the cap are checked while a job runs."""
+    `env` is set in the child before any job runs; `poll_s`: how often the deadline and the cap are checked."""
 
     def __init__(self, name: str = "worker", *, env: Mapping[str, str] | None = None,
                  memory_mb: float | None = None, poll_s: float = 0.05):
@@ -303,21 +299,17 @@ class Worker:
                 self._fail(job, ChildFailed(f"{job.name} failed in the {self.name} process: {first_line(err)}"))
 
     def _fail(self, job: Job, err: ChildFailed) -> None:
-        """The child is ended; this job and those queued behind it (they relied on its state) fail with `err`."""
         self._kill()
         if not job.future.done():
             job.future.set_exception(err)
-        self._fail_queued(err)
-
-    def _fail_queued(self, err: ChildFailed) -> None:
-        pending: list[Job | None] = []
+        pending: list[Job | None] = []  # jobs queued behind it relied on its state: they fail with it
         while not self._jobs.empty():
             pending.append(self._jobs.get_nowait())
-        for job in pending:
-            if job is None:
+        for queued in pending:
+            if queued is None:
                 self._jobs.put(None)
-            elif job.future.set_running_or_notify_cancel():
-                job.future.set_exception(ChildFailed(f"{job.name} not run: {err}"))
+            elif queued.future.set_running_or_notify_cancel():
+                queued.future.set_exception(ChildFailed(f"{queued.name} not run: {err}"))
 
     def _await(self, job: Job, conn, process) -> None:
         started = time.monotonic()
@@ -345,7 +337,7 @@ class Worker:
 
 
 class Inline:
-    """The Worker's interface, each job run here when submitted (no deadline, no cap: the traceback is kept)."""
+    """The Worker's interface, each job run here when submitted (no deadline, no cap)."""
 
     name = "inline"
 
@@ -397,6 +389,3 @@ def run_elsewhere(target: Target, *args: Any, name: str | None = None, deadline:
     """`target(*args)` in a spawned child of its own, which ends with it; its value, or its error."""
     with Worker(name or getattr(target, "__name__", str(target)), env=env, memory_mb=memory_mb) as worker:
         return worker.call(target, *args, name=name, deadline=deadline)
-
-
-__all__ = ["ChildFailed", "Inline", "Job", "Worker", "resolve", "rss_mb", "run_elsewhere"]

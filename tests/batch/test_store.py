@@ -9,8 +9,7 @@ import pytest
 from pyarrow import fs
 
 from tests.runtime.models import CLASSES, save_quadrant
-from tumor_edge.batch.scorer import Scorer, ScoreSettings, fetch_from
-from tumor_edge.batch.sources import list_inputs
+from tumor_edge.batch.scorer import Scorer, ScoreSettings, fetch_from, list_inputs
 from tumor_edge.batch.store import Store
 from tumor_edge.errors import ConfigError
 

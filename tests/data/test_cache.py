@@ -6,9 +6,8 @@ import shutil
 
 import numpy as np
 
-from tumor_edge.data.cache import build_pixel_cache
-from tumor_edge.data.dataset import discover, stratified_split
-from tumor_edge.data.leaks import find_split_leaks, without
+from tumor_edge.data.dataset import build_pixel_cache, discover, stratified_split
+from tumor_edge.data.dedup import find_split_leaks, without
 from tumor_edge.runtime.preprocess import Preprocessing, load_resized
 
 

@@ -186,8 +186,8 @@ def test_bench_times_the_new_engine_and_skips_the_absent_one(lin_bundle):
 
 
 def test_env_and_the_extras_table_report_the_new_engines(engines):
+    from tumor_edge.envcmd.commands import environment, format_text
     from tumor_edge.envcmd.extras import extra_for, extras_present
-    from tumor_edge.envcmd.report import environment, format_text
     from tumor_edge.machine import machine_summary
 
     assert extras_present()["linear"] == {"linrt": True}

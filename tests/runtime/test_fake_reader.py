@@ -188,8 +188,8 @@ def test_a_suffix_and_a_name_have_one_reader(fake_reader):
 
 
 def test_the_extras_env_and_classify_help_name_the_new_type(fake_reader):
+    from tumor_edge.envcmd.commands import environment, format_text
     from tumor_edge.envcmd.extras import all_extras, extra_for, extras_present
-    from tumor_edge.envcmd.report import environment, format_text
 
     assert all_extras()["fakevol"] == ("fakevolio",) and extra_for("fakevolio") == "fakevol"
     assert extras_present()["fakevol"] == {"fakevolio": True}

@@ -30,7 +30,7 @@ def test_serve_and_the_runtime_hold_class_scores_to_one_probability_rule(offset,
     from tests.serve.models import bundle_with
     from tumor_edge.errors import ModelError
     from tumor_edge.runtime import Classifier
-    from tumor_edge.serve.model_check import check_runs
+    from tumor_edge.serve.server import check_runs
 
     classifier = Classifier.from_bundle(bundle_with(tmp_path / "b", _offset_model(offset)))
     verdicts = []

@@ -25,8 +25,8 @@ from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_
 from tumor_edge.errors import ModelError
 from tumor_edge.runtime import BackendOptions, Classifier
 from tumor_edge.signing import SIGNATURE_FILE, TRUST_ENV, SignatureError, TrustSettingError
-from tumor_edge.signing.policy import parse_trust
 from tumor_edge.signing.sign import sign_bundle
+from tumor_edge.signing.trust import parse_trust
 
 MODEL = "model_fp32.onnx"
 

@@ -9,7 +9,7 @@ import pytest
 from tests.trust_models import blob_cnn, blob_images
 from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import MahalanobisOod
-from tumor_edge.train.trust import fit_ood
+from tumor_edge.train.evaluate import fit_ood
 
 pytest.importorskip("keras")
 
@@ -56,7 +56,7 @@ def test_fit_ood_skips_a_head_without_pooling(tmp_path):
 
 
 def test_fit_trust_for_run_and_its_printout(tmp_path):
-    from tumor_edge.train.trust import describe_trust, fit_trust_for_run
+    from tumor_edge.train.evaluate import describe_trust, fit_trust_for_run
 
     cnn = blob_cnn()[0]
     val, test = blob_images(60, seed=61), blob_images(40, seed=62)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tumor_edge.errors import ConfigError
+from tumor_edge.train.backends import choose_precision
 from tumor_edge.train.distribute import cluster_from_flags, is_chief, read_cluster
-from tumor_edge.train.precision import choose_precision
 
 
 @pytest.mark.parametrize(("requested", "gpus", "flags", "policy"), [
@@ -37,8 +37,8 @@ def test_loss_scale_skipped_steps_are_counted():
     optimizer's own count (what `fit_phases` reports against the steps run) says so."""
     import keras
 
+    from tumor_edge.train.backends import applied_updates
     from tumor_edge.train.callbacks import StepTimer
-    from tumor_edge.train.precision import applied_updates
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -100,8 +100,7 @@ def test_best_weights_keep_the_best_epoch_and_restore_it():
 
 
 def test_index_pipeline_is_uint8_and_shards_are_disjoint(tmp_path):
-    from tumor_edge.data.cache import PixelCache
-    from tumor_edge.data.dataset import Sample
+    from tumor_edge.data.dataset import PixelCache, Sample
     from tumor_edge.train.pipeline import index_dataset
 
     n, shape = 10, (3, 3, 3)
@@ -124,12 +123,12 @@ def test_index_pipeline_is_uint8_and_shards_are_disjoint(tmp_path):
 def test_fine_tune_unfreezes_the_top_but_never_batchnorm():
     import keras
 
-    from tumor_edge.train.model import base_of, build_classifier, set_fine_tune
+    from tumor_edge.train.model import build_classifier, set_fine_tune
 
     model = build_classifier(4, 75, None)
-    assert set_fine_tune(model, None) == 0 and not base_of(model).trainable
+    assert set_fine_tune(model, None) == 0 and not model.get_layer("inception_v3").trainable
     trainable = set_fine_tune(model, 249)
-    layers = base_of(model).layers
+    layers = model.get_layer("inception_v3").layers
     assert trainable == sum(1 for layer in layers[249:] if not isinstance(layer, keras.layers.BatchNormalization))
     assert not any(layer.trainable for layer in layers[:249])
     assert not any(layer.trainable for layer in layers if isinstance(layer, keras.layers.BatchNormalization))
@@ -142,8 +141,8 @@ def test_cosine_schedule_ends_each_phase_at_one_percent_and_replaces_plateau_cut
     and the callback. An unknown name is a one-line config error."""
     import keras
 
+    from tumor_edge.train.backends import check_lr_schedule, learning_rate_for
     from tumor_edge.train.config import TrainConfig
-    from tumor_edge.train.lr_schedule import check_lr_schedule, learning_rate_for
     from tumor_edge.train.schedule import _callbacks
 
     cosine = learning_rate_for("cosine", 1e-3, epochs=10, steps_per_epoch=72)

@@ -3,6 +3,8 @@ click at module level; Ray, pyarrow and the runtime load when the command runs."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -54,8 +56,6 @@ def batch(ctx: click.Context, source: str, model: str | None, out: str, model_fi
     finishes on the next run, every input once. Exit status: 0 all scored, 2 some inputs failed, 1 the job could
     not run. Research tool, not a diagnostic device.
     """
-    from pathlib import Path
-
     from tumor_edge.batch.job import JobConfig, run
     from tumor_edge.batch.scorer import ScoreSettings
     from tumor_edge.contracts.bundle import resolve_model_path

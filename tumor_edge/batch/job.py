@@ -12,6 +12,7 @@ read when Ray is imported, so it is set before the import.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -21,9 +22,11 @@ from dataclasses import dataclass, field, replace
 
 import click
 
-from tumor_edge.batch.scorer import Scorer, ScoreSettings, fetch_from
+from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.batch.scorer import IDENTITY, Scorer, ScoreSettings, fetch_from, list_inputs
 from tumor_edge.batch.store import Store
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.errors import TumorEdgeError, first_line
+from tumor_edge.runtime import BackendOptions, Classifier
 
 LOOPBACK_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 SUMMARY_FILE = "_summary.json"
@@ -112,9 +115,6 @@ class Tally:
 
 def run(config: JobConfig) -> int:
     """Run the job; the exit status (0 every input scored, 2 some inputs failed)."""
-    from tumor_edge.batch.scorer import IDENTITY
-    from tumor_edge.batch.sources import list_inputs
-
     tally_start = time.perf_counter()
     s = config.settings
     _preflight(s)
@@ -135,16 +135,12 @@ def run(config: JobConfig) -> int:
 def _preflight(settings: ScoreSettings) -> None:
     """Open the bundle here once, as an actor will (sha256s, shapes, outputs; the device's file choice measured
     and cached for the actors of this machine): a bad bundle is one line now, not an actor Ray restarts."""
-    from tumor_edge.runtime import BackendOptions, Classifier
-
     Classifier.from_bundle(settings.model, model_file=settings.model_file, options=BackendOptions(threads=1))
 
 
 def _score(config: JobConfig, todo: list[dict], filesystem, store: Store, tally: Tally) -> None:
     ray = _connect(config)
     try:
-        import logging
-
         import ray.data
         from ray.data import ActorPoolStrategy, DataContext
 
@@ -169,8 +165,6 @@ def _score(config: JobConfig, todo: list[dict], filesystem, store: Store, tally:
 
 def _connect(config: JobConfig):
     """Ray, connected: to the named cluster, else to a new local instance on 127.0.0.1."""
-    import logging
-
     address = config.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault(*LOOPBACK_ENV)
@@ -184,8 +178,6 @@ def _connect(config: JobConfig):
             cpus = max(os.cpu_count() or 1, math.ceil(config.workers * config.cpus))
             ray.init(num_cpus=cpus, include_dashboard=False, **options)
     except Exception as err:  # an unreachable cluster, a refused token: one line
-        from tumor_edge.errors import first_line
-
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise TumorEdgeError(f"cannot start or reach {where} ({type(err).__name__}: {first_line(err)})") from err
     return ray
@@ -199,8 +191,6 @@ def _raise_readable(err: Exception, tally: Tally, out: str) -> None:
         if isinstance(cause, TumorEdgeError):
             raise cause from None
         cause = getattr(cause, "cause", None) or cause.__cause__
-    from tumor_edge.errors import first_line
-
     raise TumorEdgeError(f"the Ray job stopped ({type(err).__name__}: {first_line(err)}); {tally.inputs} inputs "
                          f"were saved in {out}: run the same command again to score the rest") from err
 
@@ -240,8 +230,6 @@ def _finish(config: JobConfig, store: Store, tally: Tally, current: list[str]) -
     """The summary (stderr, RESULTS/_summary.json) and the CSV, of the inputs SOURCE has now."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from tumor_edge import RESEARCH_NOTICE
 
     n_inputs = len(current)
     table = store.read()

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 
-from tumor_edge.batch.scorer import ScoreSettings
-from tumor_edge.batch.sources import local_record
+from tumor_edge.batch.scorer import ScoreSettings, local_record
 
 
 def rows_udf(settings: ScoreSettings, batch_size: int = 64):

@@ -9,9 +9,12 @@ ones), so a part written twice (two drivers on one RESULTS) never doubles an inp
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from tumor_edge.batch.scorer import EXTRA, IDENTITY
 from tumor_edge.errors import ConfigError
@@ -29,7 +32,8 @@ class Store:
     def open(cls, out: str) -> Store:
         from pyarrow import fs
 
-        filesystem, root = fs.FileSystem.from_uri(out) if "://" in out else (fs.LocalFileSystem(), _absolute(out))
+        local = (fs.LocalFileSystem(), str(Path(out).expanduser().resolve()))
+        filesystem, root = fs.FileSystem.from_uri(out) if "://" in out else local
         filesystem.create_dir(root, recursive=True)
         return cls(filesystem, root.rstrip("/"))
 
@@ -99,9 +103,6 @@ class Store:
 
     def write_csv(self, table, name: str = "results.csv") -> str:
         """The rows as `classify --csv` prints them (its columns, its cells), then the identity columns."""
-        import csv
-        import io
-
         columns = [c for c in table.column_names if c not in EXTRA]
         lines = []
         for cells in [columns, *([row[c] for c in columns] for row in table.select(columns).to_pylist())]:
@@ -116,9 +117,3 @@ class Store:
         with self.filesystem.open_output_stream(temporary) as stream:
             stream.write(data)
         self.filesystem.move(temporary, self._path(name))
-
-
-def _absolute(path: str) -> str:
-    from pathlib import Path
-
-    return str(Path(path).expanduser().resolve())

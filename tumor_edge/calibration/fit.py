@@ -42,5 +42,3 @@ def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: n
     record["ece_measured_on"] = "test" if "test" in record else "validation"
     return record
 
-
-__all__ = ["fit_calibration"]

@@ -47,6 +47,3 @@ def fit_output_threshold(values: np.ndarray, kind: str, tpr: float = DEFAULT_TPR
     return {"score": kind, "output_role": OUTPUT_SCORE_ROLE, "description": OUTPUT_SCORES[kind],
             "threshold": threshold, "tpr": tpr, "measured_tpr": float(np.mean(values <= threshold)),
             "count": int(len(values))}
-
-
-__all__ = ["OUTPUT_SCORES", "OUTPUT_SCORE_ROLE", "fit_output_threshold", "output_score"]

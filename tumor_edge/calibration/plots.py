@@ -9,8 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.calibration.ece import DEFAULT_BINS, expected_calibration_error, reliability_bins
-from tumor_edge.calibration.temperature import apply_temperature
+from tumor_edge.calibration.temperature import (
+    DEFAULT_BINS,
+    apply_temperature,
+    expected_calibration_error,
+    reliability_bins,
+)
 
 
 def pyplot():

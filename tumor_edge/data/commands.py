@@ -20,7 +20,7 @@ def check(root: Path, no_duplicates: bool) -> None:
 
     Exits 1 when a problem needs fixing (duplicates alone are reported, not an error).
     """
-    from tumor_edge.data.checks import check_dataset
+    from tumor_edge.data.dedup import check_dataset
 
     report = check_dataset(root, find_duplicates=not no_duplicates)
     for line in report.summary_lines():

@@ -1,6 +1,7 @@
-"""Exact and near-duplicate images shared between Training and Testing.
+"""Exact and near-duplicate images shared between splits, and `tumor-edge data check`'s report.
 
-Each such pair inflates test accuracy. A 255-bit perceptual hash (signs of the 16x16 lowest DCT frequencies of
+A copy in Testing inflates the final accuracy; one in validation makes checkpoint selection optimistic
+(`train --dedup` drops the held-out copies). A 255-bit perceptual hash (signs of the 16x16 lowest DCT frequencies of
 a 64x64 grey thumbnail, as pHash but finer, since MRI slices are alike at 8x8) finds re-encoded, resized or
 slightly shifted copies; a content sha256 finds byte-identical ones.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tumor_edge.data.dataset import Sample
+from tumor_edge.data.dataset import DatasetIndex, Sample, discover
 from tumor_edge.errors import InputImageError
 from tumor_edge.progress import progress
 from tumor_edge.runtime import load_rgb
@@ -96,3 +97,83 @@ def find_cross_split_duplicates(train: Sequence[HashedImage], test: Sequence[Has
         if distances[j] <= max_distance:
             pairs.append(DuplicatePair(t.path, train[j].path, int(distances[j])))
     return pairs
+
+
+@dataclass
+class SplitLeaks:
+    """For each held-out part, the pairs (held-out image, its closest training image) found."""
+
+    val: list[DuplicatePair]
+    test: list[DuplicatePair]
+
+    def summary(self) -> dict[str, int]:
+        return {"val_near_duplicates_of_train": len(self.val), "test_near_duplicates_of_train": len(self.test)}
+
+    def lines(self, dropped: bool) -> list[str]:
+        out = []
+        for name, pairs in (("validation", self.val), ("test", self.test)):
+            if not pairs:
+                continue
+            exact = sum(1 for p in pairs if p.exact)
+            action = ("dropped (--dedup)" if dropped
+                      else "kept; they make the checkpoint choice and the test score optimistic: pass --dedup")
+            out.append(f"warning: {len(pairs)} {name} image(s) duplicate training images ({exact} byte-identical, "
+                       f"{len(pairs) - exact} near-identical), {action}; e.g. {pairs[0].test} ~ {pairs[0].train}")
+        return out
+
+
+def find_split_leaks(train: Sequence[Sample], val: Sequence[Sample], test: Sequence[Sample],
+                     show_progress: bool = True) -> SplitLeaks:
+    """Hash every image once; compare validation with the training part, Testing with all of Training."""
+    train_hashes, _ = hash_images(train, "hashing training part", show_progress)
+    val_hashes, _ = hash_images(val, "hashing validation part", show_progress)
+    test_hashes, _ = hash_images(test, "hashing Testing", show_progress)
+    # Testing is compared with all of Training, as `data check` does: the model saw one part, selection the other.
+    return SplitLeaks(find_cross_split_duplicates(train_hashes, val_hashes),
+                      find_cross_split_duplicates(train_hashes + val_hashes, test_hashes))
+
+
+def without(samples: Sequence[Sample], pairs: Sequence[DuplicatePair]) -> list[Sample]:
+    """`samples` less the held-out side of `pairs`."""
+    drop = {p.test for p in pairs}
+    return [s for s in samples if s.path not in drop]
+
+
+@dataclass
+class CheckReport:
+    index: DatasetIndex
+    unreadable: list[str] = field(default_factory=list)
+    duplicates: list[DuplicatePair] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.index.problems + self.unreadable
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"dataset: {self.index.root}", self.index.counts_table()]
+        if self.index.ignored:
+            lines.append(f"ignored {len(self.index.ignored)} non-image file(s), e.g. {self.index.ignored[0]}")
+        for problem in self.problems:
+            lines.append(f"problem: {problem}")
+        exact = sum(1 for d in self.duplicates if d.exact)
+        if self.duplicates:
+            lines.append(f"duplicates: {len(self.duplicates)} test image(s) also in Training "
+                         f"({exact} byte-identical, {len(self.duplicates) - exact} near-identical); "
+                         "they inflate test accuracy: `tumor-edge train --dedup` drops them from Testing")
+            for d in self.duplicates[:20]:
+                kind = "identical" if d.exact else f"near (distance {d.distance})"
+                lines.append(f"  {d.test} ~ {d.train}: {kind}")
+            if len(self.duplicates) > 20:
+                lines.append(f"  ... and {len(self.duplicates) - 20} more")
+        else:
+            lines.append("duplicates: none between Training and Testing")
+        return lines
+
+
+def check_dataset(root: Path, find_duplicates: bool = True, show_progress: bool = True) -> CheckReport:
+    """Decode every image (unreadable ones are listed) and look for Training/Testing duplicates."""
+    index = discover(root)
+    train_hashes, train_fail = hash_images(index.train, "checking Training", show_progress)
+    test_hashes, test_fail = hash_images(index.test, "checking Testing", show_progress)
+    duplicates = find_cross_split_duplicates(train_hashes, test_hashes) if find_duplicates else []
+    return CheckReport(index, train_fail + test_fail, duplicates)

@@ -1,6 +1,6 @@
 """Trust figures for a model made outside tumor-edge, fitted at export on the held-back part of `--calib-data`.
 
-A run brings its calibration and OOD fit from `train` (train/trust.py, on its validation split). A foreign model
+A run brings its calibration and OOD fit from `train` (train/evaluate.py, on its validation split). A foreign model
 has no run, so export fits them on the share of the calibration images it holds back
 (`source.FOREIGN_VAL_FRACTION`, stratified): the same images choose the int8 calibration method, but never feed
 the int8 calibration ranges, which come from the other part only.

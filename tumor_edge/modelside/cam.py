@@ -3,15 +3,13 @@
 InceptionV3's head is global average pooling then one dense layer, so for conv features F (h, w, C), dense
 weights W (C, K) and bias b: logit_k = mean_hw(F) . W_k + b_k = mean_hw(F . W_k + b_k). The map
 CAM_k(y, x) = F(y, x) . W_k + b_k is each location's evidence for class k, and its spatial mean IS the logit
-(the bias only shifts a map, so the picture is Zhou et al.'s).
-So a 1x1 convolution holding the dense weights turns the classifier into a
-two-output model (probabilities, maps of every class at the last conv map's resolution) that tf2onnx and the
-TFLite converter convert like any other layer, and a device gets maps without TensorFlow or gradients.
+(the bias only shifts a map, so the picture is Zhou et al.'s). So a 1x1 convolution holding the dense weights
+turns the classifier into a two-output model (probabilities, maps of every class at the last conv map's
+resolution) that tf2onnx and the TFLite converter convert like any other layer, and a device gets maps without
+TensorFlow or gradients.
 
 A model whose head is anything else (a second dense layer, attention, max pooling) has no exact map; it gets
-`NoCamHeadError`, never an approximate picture. Shared model-side code (tumor_edge.modelside): export builds the
-bundle's heatmap and OOD outputs with it (`trust_model`), train fits the OOD score on its pooled features
-(`features_model`).
+`NoCamHeadError`, never an approximate picture.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tumor_edge.calibration.mahalanobis import OOD_ROLE
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ModelError
 
@@ -127,8 +126,6 @@ def trust_model(model, ood=None):
     matrices. Raises NoCamHeadError for a model without a GAP + dense head."""
     import keras
     import numpy as np
-
-    from tumor_edge.calibration.mahalanobis import OOD_ROLE
 
     head = find_cam_head(model)
     outputs = [model.outputs[0], _cam_layer(head)(head.features)]

@@ -298,7 +298,7 @@ class Classifier:
 # data in memory, LiteRT's `model_content`). Nothing is opened again by path, so a file exchanged after the check
 # cannot be what runs. With a trust setting (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False` opens
 # unchecked, for export's own parity) the signature is checked against the digests of exactly these bytes and of
-# the metadata.json bytes the record was parsed from (tumor_edge.signing.verify.check_loaded).
+# the metadata.json bytes the record was parsed from (tumor_edge.signing.trust.check_loaded).
 
 def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
     """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model
@@ -324,11 +324,11 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
     files = read_bundle_model(bundle_dir, name, metadata)
     trust = options.trust
     if trust is None and os.environ.get(TRUST_ENV) is not None:
-        from tumor_edge.signing.policy import trust_from_env
+        from tumor_edge.signing.trust import trust_from_env
 
         trust = trust_from_env()
     if trust:
-        from tumor_edge.signing.verify import check_loaded
+        from tumor_edge.signing.trust import check_loaded
 
         check_loaded(Path(bundle_dir), trust, metadata, files.digests)
     backend = backend_factory(engine_of(files.path))(files.path, options, files=files)

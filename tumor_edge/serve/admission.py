@@ -1,13 +1,29 @@
-"""Bounded concurrency in two stages, receiving uploads then a few inferences with a short queue, and an
-immediate 503 beyond either: "busy, retry" at once keeps latency and memory flat. The stages are separate so a
-body that trickles in holds an upload place, never an inference place.
+"""What one request may cost the server, and how its work stops.
+
+Bounded concurrency in two stages, receiving uploads then a few inferences with a short queue, and an immediate
+503 beyond either: "busy, retry" at once keeps latency and memory flat. The stages are separate so a body that
+trickles in holds an upload place, never an inference place.
+
+Every inference passes one meter. The work runs on a thread the event loop cannot interrupt, so every batch the
+engine runs is first charged to the budget of the request on that thread, and refused past its cap, once its
+client has gone, or at shutdown: the work stops between two batches. Batches take turns first come first served,
+so a short request runs between two batches of a long one. The refusal is a BaseException, as a cancellation is:
+the runtime turns an Exception into a failed row, and a stop is not that.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from contextlib import asynccontextmanager
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+_running = threading.local()  # .budget: the budget of the request whose work runs on this thread
 
 
 class Busy(Exception):
@@ -87,3 +103,114 @@ class UploadStage:
             self.by_client[client] -= 1
             if not self.by_client[client]:
                 del self.by_client[client]
+
+
+class Stopped(BaseException):
+    """The request's work was stopped between two batches; `status` and `reason` are its answer."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Budget:
+    """One request's inference cap, and the reasons its work may stop (the server's `stopping`, its client)."""
+
+    def __init__(self, limit: int, stopping: threading.Event):
+        self.limit = limit
+        self.used = 0
+        self.stopping = stopping
+        self.client_gone = False
+
+    def charge(self, images: int) -> None:
+        if self.stopping.is_set():
+            raise Stopped(503, "the server is shutting down; retry once it is back")
+        if self.client_gone:
+            raise Stopped(499, "the client disconnected")
+        if self.used + images > self.limit:
+            raise Stopped(413, f"this scan needs more than {self.limit} inferences, the most this server runs for "
+                               f"one request: send fewer frames, or frames=middle")
+        self.used += images
+
+
+class Turns:
+    """At most `places` batches at the engine at once; the others wait in the order they came."""
+
+    def __init__(self, places: int):
+        self.places = places
+        self._running = 0
+        self._waiting: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        me = object()
+        with self._changed:
+            self._waiting.append(me)
+            self._changed.wait_for(lambda: self._waiting[0] is me and self._running < self.places)
+            self._waiting.popleft()
+            self._running += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+class MeteredBackend:
+    """An engine whose `run` first charges its batch to the running request's budget (no budget: not charged),
+    then waits for its turn."""
+
+    def __init__(self, backend: Any, turns: Turns):
+        self._backend = backend
+        self._turns = turns
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def run(self, batch):
+        budget = getattr(_running, "budget", None)
+        if budget is not None:
+            budget.charge(len(batch))
+        with self._turns.turn():
+            return self._backend.run(batch)
+
+
+def meter_engine(classifier: Any, places: int) -> None:
+    if not isinstance(classifier.backend, MeteredBackend):
+        classifier.backend = MeteredBackend(classifier.backend, Turns(places))
+
+
+def _charged(budget: Budget, work: Callable[[], T]) -> T:
+    budget.charge(0)  # stopped while it waited for its turn: it does not start
+    _running.budget = budget
+    try:
+        return work()
+    finally:
+        _running.budget = None
+
+
+async def run_charged(budget: Budget, work: Callable[[], T],
+                      receive: Callable[[], Coroutine[Any, Any, dict]]) -> T:
+    """`work()` on a worker thread, charged to `budget`; while it runs, `receive` (the request's ASGI channel, its
+    body already read) is watched for the client's disconnect, which stops the work at its next batch."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        budget.client_gone = True
+
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await anyio.to_thread.run_sync(_charged, budget, work)
+        except BaseException as err:  # raised inside the group it would come out wrapped in an exception group
+            failure = err
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result

@@ -21,15 +21,12 @@ from starlette.routing import Route
 
 from tumor_edge import __version__
 from tumor_edge.errors import first_line, one_line
-from tumor_edge.serve.admission import Admission, Busy, UploadStage
-from tumor_edge.serve.budget import Budget, Stopped, meter_engine, run_charged
-from tumor_edge.serve.bundle_files import bundle_of
+from tumor_edge.serve.admission import Admission, Budget, Busy, Stopped, UploadStage, meter_engine, run_charged
 from tumor_edge.serve.config import ServeConfig
 from tumor_edge.serve.errors import COMMON_HEADERS, HttpError, error_response, without_folders
 from tumor_edge.serve.hosts import HostCheck, HostRule
-from tumor_edge.serve.inference import classify_bytes, model_description
-from tumor_edge.serve.openapi import openapi_document
-from tumor_edge.serve.page import PAGE_CSP, render_page
+from tumor_edge.serve.inference import bundle_of, classify_bytes, model_description
+from tumor_edge.serve.page import PAGE_CSP, openapi_document, render_page
 from tumor_edge.serve.upload import parse_upload, read_body
 
 log = logging.getLogger("tumor_edge.serve")

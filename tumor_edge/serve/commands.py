@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
 import click
 
@@ -50,10 +51,8 @@ D = {f.name: f.default for f in fields(ServeConfig)}
                    "PUBLIC.pem,min-version=UTC-TIME refuses older releases; PUBLIC.pem,bundle=SHA256 this signed "
                    "bundle only. Default: $TUMOR_EDGE_TRUST (set but empty is an error).")
 @click.pass_context
-def serve(ctx: click.Context, model: str | None, model_file: str | None, host: str, port: int, token: str | None,
-          insecure: bool, max_body_mb: float, concurrency: int, queue: int, max_inferences: int, read_timeout: float,
-          header_timeout: float, allow_hosts: tuple[str, ...], threads: int | None, providers: str | None,
-          frames: str, trust: str | None) -> None:
+def serve(ctx: click.Context, model: str | None, token: str | None, read_timeout: float, header_timeout: float,
+          providers: str | None, trust: str | None, **options: Any) -> None:
     """Serve the classifier over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
 
     Listens on loopback by default. Needs the `serve` extra (pip install 'tumor-edge[serve]'). Research tool,
@@ -64,9 +63,5 @@ def serve(ctx: click.Context, model: str | None, model_file: str | None, host: s
 
     policy = trust_policy(model, trust)  # before the port opens
     provider_list = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
-    run(ServeConfig(model=model, model_file=model_file, host=host, port=port, token=token or None,
-                    insecure=insecure, max_body_mb=max_body_mb, concurrency=concurrency, queue=queue,
-                    max_inferences=max_inferences,
-                    read_timeout_s=read_timeout, header_timeout_s=header_timeout, allow_hosts=tuple(allow_hosts),
-                    threads=threads, providers=provider_list, frames=frames,
-                    debug=bool(ctx.obj and ctx.obj.get("debug")), trust=policy))
+    run(ServeConfig(model=model, token=token or None, read_timeout_s=read_timeout, header_timeout_s=header_timeout,
+                    providers=provider_list, debug=bool(ctx.obj and ctx.obj.get("debug")), trust=policy, **options))

@@ -35,7 +35,7 @@ class ServeConfig:
     frames: str = "middle"
     max_inferences: int = 256  # images through the model for one request (frames, map cells): 413 beyond
     debug: bool = False
-    trust: object | None = None  # the signing policy (tumor_edge.signing.policy.TrustPolicy) the open stage binds
+    trust: object | None = None  # the signing policy (tumor_edge.signing.trust.TrustPolicy) the open stage binds
 
     @property
     def max_body_bytes(self) -> int:

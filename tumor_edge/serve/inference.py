@@ -6,6 +6,9 @@ request) for the time of one inference and are deleted in `finally`, whatever ha
 errors are the client's, never the temporary path. Every answer names the model file and engine that produced
 it. Decoding, checks, inference, the probability rule and the page's map are the runtime's one prediction path
 (`Classifier.iter_results`); the map is drawn on the pixels the model saw, never from a second decode.
+
+The server reads bundle files only as plain files inside the bundle folder, never through a symbolic link (a
+MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model). The folder itself may be a link.
 """
 
 from __future__ import annotations
@@ -18,13 +21,45 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.bundle import MODEL_CARD, BundleMetadata
-from tumor_edge.errors import ModelError, first_line
-from tumor_edge.runtime import VolumeSummary, claimed_suffix, is_volume
-from tumor_edge.serve.bundle_files import bundle_of, confined_file
+from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata
+from tumor_edge.errors import BundleIntegrityError, ModelError, first_line
+from tumor_edge.runtime import MIN_CAM_CELLS, VolumeSummary, cam_cells, claimed_suffix, explain_prediction, is_volume
 from tumor_edge.serve.errors import without_folders, without_folders_in
 
 MAX_CARD_BYTES = 1 << 20
+
+
+def confined_file(folder: Path, name: str) -> Path:
+    """The path of bundle file `name` once shown to be a plain file inside `folder` (a missing one is returned as
+    is, for its reader to report), else a BundleIntegrityError."""
+    root = Path(folder).resolve()
+    path = root / name
+    if path.is_symlink():
+        raise BundleIntegrityError(f"{name} is a symbolic link; a bundle's files must be plain files inside it "
+                                   f"(refusing to read it)", root)
+    if path.exists():
+        if path.resolve().parent != root:
+            raise BundleIntegrityError(f"{name} resolves outside the bundle folder (refusing to read it)", root)
+        if not path.is_file():
+            raise BundleIntegrityError(f"{name} is not a regular file", root)
+    return path
+
+
+def bundle_of(model_path: Path) -> Path | None:
+    """The bundle folder of a model path (the folder itself, or the folder holding the file's metadata)."""
+    if model_path.is_dir():
+        return model_path
+    return model_path.parent if (model_path.parent / METADATA_FILE).exists() else None
+
+
+def check_bundle_files(model_path: Path, model_file: str | None) -> None:
+    """Before anything is loaded: metadata.json and the model file to run are plain files inside the bundle."""
+    folder = bundle_of(model_path)
+    if folder is None:
+        return  # a lone model file: the user's own file, no bundle to confine it to
+    confined_file(folder, METADATA_FILE)
+    in_folder = model_path.is_dir()
+    confined_file(folder, (model_file or BundleMetadata.read(folder).default_model()) if in_folder else model_path.name)
 
 
 @dataclass
@@ -44,11 +79,9 @@ def model_source(classifier: Any) -> dict[str, str]:
 
 def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "middle",
                    heatmap: bool = False) -> Outcome:
-    """Classify one uploaded scan: whatever the runtime's readers claim (by the client's suffix, which the
-    temporary file keeps when a reader claims it, or by content: DICOM's marker, Pillow's formats). A volume (a
-    NIfTI upload) is answered as one item, its volume summary, with its slices' rows under `slice_results`.
-    Model errors (not file errors) raise, as in `iter_predictions`, class scores that are no probabilities
-    included."""
+    """Classify one uploaded scan, whatever the runtime's readers claim (by the client's suffix, which the
+    temporary file keeps, or by content). A volume is answered as one item, its summary, with its slices' rows
+    under `slice_results`. Model errors (not file errors) raise, as in `iter_predictions`."""
     source = model_source(classifier)
     suffix = claimed_suffix(filename) or ""
     folder = Path(tempfile.mkdtemp(prefix="tumor-edge-serve-"))  # mode 0700: private to this user
@@ -97,18 +130,14 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
 
 def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool = False) -> dict[str, Any]:
     """{"heatmap": the predicted class's map, "heatmap_method": what drew it}: the exact CAM when the model has
-    one of 4x4 cells or more (free: it came with the prediction); else, only when `through_model` (the request's
-    `?heatmap=1`, which the page sends), occlusion through the model on `pixels`, the image as the model saw it:
-    ~65 inferences, so an API client that did not ask never pays for it and one upload never costs the server
-    more than the client chose. {} otherwise."""
-    from tumor_edge.runtime import MIN_CAM_CELLS, cam_cells
-    from tumor_edge.runtime import explain_prediction as explain
-
+    one of 4x4 cells or more (it came with the prediction); else, only when the request asked (`?heatmap=1`, as
+    the page does), occlusion through the model on `pixels`, tens of inferences a client who did not ask never
+    pays for. {} otherwise."""
     cells = cam_cells(result.outputs)
     if cells is not None and min(cells) >= MIN_CAM_CELLS:  # in the outputs already
-        explanation = explain(classifier, None, result.index, result.outputs)
+        explanation = explain_prediction(classifier, None, result.index, result.outputs)
     elif through_model:
-        explanation = explain(classifier, pixels, result.index, result.outputs)
+        explanation = explain_prediction(classifier, pixels, result.index, result.outputs)
     else:
         return {}
     return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}

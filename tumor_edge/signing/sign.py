@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
 from tumor_edge.errors import ModelError, OutputExistsError
 from tumor_edge.signing import KEY_PASSWORD_ENV, SIGNATURE_FILE
-from tumor_edge.signing.files import bundle_files
-from tumor_edge.signing.keys import fingerprint, load_private_key
-from tumor_edge.signing.library import hashing_config, model_signing
+from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_private_key, model_signing
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -33,13 +32,11 @@ class SignResult:
 def check_signing_key(private_key: str | Path, password: str | None = None) -> None:
     """The library is installed and the key can sign: what `export --sign-key` checks before it converts."""
     model_signing()
-    load_private_key(private_key, password if password is not None else os.environ.get(KEY_PASSWORD_ENV) or None)
+    load_private_key(private_key, password)
 
 
 def check_bundle(bundle: Path) -> None:
     """The bundle reads and every model it lists is the file its metadata describes (one-line error if not)."""
-    from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
-
     metadata = BundleMetadata.read(bundle)
     if not metadata.models:
         raise ModelError("the bundle lists no models: nothing to sign", bundle)

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, SignatureError
-from tumor_edge.signing.files import bundle_files
-from tumor_edge.signing.keys import fingerprint, load_public_key
-from tumor_edge.signing.library import hashing_config, model_signing
+from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
 
 MAX_SIGNATURE_BYTES = 16 << 20  # a signature lists one digest per file: kilobytes, never megabytes
 MAX_LISTED = 3  # files named in one error line beyond the first
@@ -33,7 +32,6 @@ MAX_LISTED = 3  # files named in one error line beyond the first
 
 @dataclass(frozen=True)
 class SignatureCheck:
-    bundle: Path
     key_sha256: str  # the trusted public key that verified it
     seconds: float  # model-signing's verification: the signature plus hashing every file
     files: list[str] = field(default_factory=list)
@@ -51,8 +49,7 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
         raise ModelError("not a bundle folder" if bundle.exists() else "bundle folder not found", bundle)
     signature = bundle / SIGNATURE_FILE
     if not signature.exists() and not signature.is_symlink():
-        raise SignatureError(f"not signed: the bundle has no {SIGNATURE_FILE} (sign it with `tumor-edge sign "
-                             "BUNDLE --key PRIVATE.pem`)", bundle)
+        raise not_signed(bundle)
     if signature.is_symlink() or not signature.is_file():
         raise SignatureError("not a regular file: a signed bundle holds plain files only", signature)
     if signature.stat().st_size > MAX_SIGNATURE_BYTES:
@@ -74,44 +71,7 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
     problem = _not_ours(statement)
     if problem:
         raise SignatureError(problem, signature)
-    return SignatureCheck(bundle, fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
-
-
-def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str]) -> None:
-    """Refuse (SignatureError, one line naming the file) unless the bundle's signature, read once here and
-    checked with the trusted key, covers exactly the bytes the caller loaded: `digests` (file name -> sha256 of
-    the bytes handed to the engine) and `metadata.sha256` (of the metadata.json bytes the record was parsed from).
-    The folder's names must be the signed ones (nothing added, nothing missing); the trust setting's pins must hold.
-    What the folder holds at another moment does not matter: these bytes are what runs."""
-    from tumor_edge.contracts.bundle import METADATA_FILE, read_confined
-    from tumor_edge.signing.policy import check_pins, parse_trust
-
-    policy = parse_trust(trust)
-    bundle = Path(bundle)
-    key = load_public_key(policy.key)
-    signature = bundle / SIGNATURE_FILE
-    try:
-        raw = read_confined(bundle, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
-    except FileNotFoundError as err:
-        raise SignatureError(f"not signed: the bundle has no {SIGNATURE_FILE} (sign it with `tumor-edge sign "
-                             "BUNDLE --key PRIVATE.pem`)", bundle) from err
-    except (OSError, ModelError) as err:
-        raise SignatureError(f"cannot be read ({first_line(err)})", signature) from err
-    statement, payload = authentic_statement(raw, key, policy.key, signature)
-    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
-    loaded = {METADATA_FILE: metadata.sha256, **digests}
-    for name, digest in loaded.items():
-        if name not in signed:
-            raise SignatureError("not part of the signed bundle; refusing to run it", bundle / name)
-        if not digest or digest != signed[name]:
-            raise SignatureError("the bytes loaded are not the signed ones (changed since the bundle was signed, "
-                                 "or while it was read); refusing to run it", bundle / name)
-    present = set(bundle_files(bundle))
-    for name in sorted(present ^ set(signed)):
-        why = "not part of the signed bundle (added after signing)" if name in present else \
-            "signed, but missing from the bundle"
-        raise SignatureError(f"signature check failed: {why}", bundle / name)
-    check_pins(policy, metadata, hashlib.sha256(payload).hexdigest(), bundle)
+    return SignatureCheck(fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
 
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -139,8 +99,7 @@ def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[d
     except (ValueError, KeyError, TypeError) as err:
         raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", where) from err
     if hint != fingerprint(key):
-        raise SignatureError(f"signed with another key than the trusted {key_path} (sha256 "
-                             f"{fingerprint(key)[:16]}…)", where)
+        raise _other_key(key_path, key, where)
     if payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise SignatureError(f"signs a {str(payload_type)[:40]!r} payload, not an in-toto statement", where)
     digest = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}[key.curve.key_size]()
@@ -148,8 +107,7 @@ def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[d
     try:
         key.verify(sig, pae, ec.ECDSA(digest))
     except InvalidSignature as err:
-        raise SignatureError(f"does not verify with {key_path}: the signature or the statement it signs was "
-                             "altered", where) from err
+        raise _altered(key_path, where) from err
     try:
         statement = json.loads(payload, object_pairs_hook=_unique)
         if statement["_type"] != IN_TOTO_STATEMENT_TYPE:
@@ -161,6 +119,21 @@ def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[d
     if problem:
         raise SignatureError(problem, where)
     return statement, payload
+
+
+def not_signed(bundle: Path) -> SignatureError:
+    return SignatureError(f"not signed: the bundle has no {SIGNATURE_FILE} (sign it with `tumor-edge sign BUNDLE "
+                          "--key PRIVATE.pem`)", bundle)
+
+
+def _altered(key_path: Path, where: Path) -> SignatureError:
+    return SignatureError(f"does not verify with {key_path}: the signature or the statement it signs was altered",
+                          where)
+
+
+def _other_key(key_path: Path, key, where: Path) -> SignatureError:
+    return SignatureError(f"signed with another key than the trusted {key_path} (sha256 {fingerprint(key)[:16]}…)",
+                          where)
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -177,12 +150,6 @@ def _statement_and_payload(raw: bytes) -> tuple[dict[str, Any], bytes]:
         _canonical_base64(text)
     payload = base64.b64decode(envelope["payload"], validate=True)
     return json.loads(payload, object_pairs_hook=_unique), payload
-
-
-def signed_statement(signature: Path) -> dict[str, Any]:
-    """The in-toto statement inside a model-signing signature (the DSSE envelope's payload). Authentic only once
-    its signature is verified (model-signing's check, or `authentic_statement`)."""
-    return _statement_and_payload(signature.read_bytes())[0]
 
 
 def _canonical_base64(text: str) -> None:
@@ -214,14 +181,12 @@ def _explain(err: Exception, bundle: Path, signature: Path, public_key: Path, ke
 
     text = str(err)
     if isinstance(err, InvalidSignature):
-        return SignatureError(f"does not verify with {public_key}: the signature or the statement it signs was "
-                              "altered", signature)
+        return _altered(public_key, signature)
     if isinstance(err, ValueError) and text.startswith("Key mismatch"):
-        return SignatureError(f"signed with another key than the trusted {public_key} (sha256 "
-                              f"{fingerprint(key)[:16]}…)", signature)
+        return _other_key(public_key, key, signature)
     if isinstance(err, ValueError) and text.startswith("Signature mismatch"):
         try:
-            statement = signed_statement(signature)
+            statement = _statement_and_payload(signature.read_bytes())[0]  # authentic: the signature verified
         except (OSError, ValueError, KeyError, TypeError) as parse_err:
             return SignatureError(f"signature check failed ({first_line(err)}; {first_line(parse_err)})", bundle)
         problem = _not_ours(statement)
@@ -243,7 +208,7 @@ def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) ->
     for name in files:
         if name not in signed:
             problems.append((name, "not part of the signed bundle (added after signing)"))
-        elif _sha256(bundle / name) != signed[name]:
+        elif sha256_file(bundle / name) != signed[name]:
             problems.append((name, "changed since the bundle was signed (its sha256 is not the signed one)"))
     problems += [(name, "signed, but missing from the bundle") for name in sorted(set(signed) - set(files))]
     if not problems:
@@ -252,11 +217,3 @@ def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) ->
     more = f" (and {len(rest)} more: {', '.join(rest[:MAX_LISTED])}{', …' if len(rest) > MAX_LISTED else ''})" \
         if rest else ""
     return SignatureError(f"signature check failed: {why}{more}", bundle / first)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -6,13 +6,25 @@ library at import time.
 
 JAX compiles each new step shape with XLA, slowly; the programs go to a persistent cache under tumor-edge's
 cache folder, so a second run with the same shapes loads them.
+
+Mixed precision `auto` picks what the hardware runs fast: float16 on NVIDIA GPUs (tensor cores), bfloat16 where
+the CPU has AMX bfloat16 tiles and there is no GPU, float32 otherwise. AVX512_BF16 alone gains no speed to trade
+bfloat16's 8-bit mantissa for (benchmarks/training_precision.py). Variables stay float32 in every policy.
+
+The learning rate moves within each phase by `--lr-schedule`: "plateau" cuts it when the monitor stalls, which a
+run of a few epochs may never see; "cosine" lowers it smoothly to 1 % by the phase's last step, so a short run
+ends settled.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tumor_edge.errors import ConfigError
 
@@ -20,6 +32,10 @@ BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"  # TrainConfig.backend's default, and the CLI's
 JIT_CHOICES = ("auto", "on", "off")
 JAX_CACHE_ENV = "TUMOR_EDGE_JAX_CACHE_DIR"  # "" or "0" turns the persistent compilation cache off
+# --mixed-precision value -> Keras policy name
+POLICIES: dict[str, str] = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+PRECISIONS = ("auto", *POLICIES)
+BF16_CPU_FLAGS = ("amx_bf16",)
 
 
 def current_backend() -> str | None:
@@ -40,8 +56,6 @@ def select_backend(name: str) -> bool:
     os.environ["KERAS_BACKEND"] = name
     if name == "tensorflow":
         return True
-    import importlib.util
-
     if importlib.util.find_spec(name) is None:
         extra = "pip install 'tumor-edge[jax]'" if name == "jax" else "pip install torch"
         raise ConfigError(f"--backend {name} needs {name} installed ({extra})")
@@ -124,3 +138,68 @@ def peak_device_bytes(backend: str) -> int | None:
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
     except (RuntimeError, ValueError, KeyError, AttributeError):
         return None
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    requested: str  # auto | off | float16 | bfloat16
+    policy: str  # the Keras policy: float32 | mixed_float16 | mixed_bfloat16
+    reason: str
+
+    @property
+    def mixed(self) -> bool:
+        return self.policy != "float32"
+
+
+def _auto(gpus: int, cpu_flags: Collection[str]) -> tuple[str, str]:
+    if gpus:
+        return "float16", "GPU present: float16 (tensor cores)"
+    have = [f for f in BF16_CPU_FLAGS if f in cpu_flags]
+    if have:
+        return "bfloat16", f"no GPU; the CPU has {', '.join(have)}"
+    return "off", "no GPU and no AMX bfloat16 on the CPU"
+
+
+def choose_precision(requested: str, gpus: int, cpu_flags: Collection[str] | None = None) -> PrecisionChoice:
+    """The policy for `requested`; `cpu_flags` defaults to this machine's (tumor_edge.machine)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown mixed precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return PrecisionChoice(requested, POLICIES[requested], "asked for")
+    if cpu_flags is None:
+        from tumor_edge.machine import cpu_flag_set
+
+        cpu_flags = cpu_flag_set()
+    name, reason = _auto(gpus, cpu_flags)
+    return PrecisionChoice(requested, POLICIES[name], reason)
+
+
+def applied_updates(optimizer) -> int:
+    """Updates the optimizer applied so far (a LossScaleOptimizer's `iterations` skips non-finite steps)."""
+    import keras
+
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def _constant(learning_rate: float, total_steps: int):
+    return learning_rate
+
+
+def _cosine(learning_rate: float, total_steps: int):
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.01)
+
+
+LR_SCHEDULES: dict[str, Callable[[float, int], Any]] = {"plateau": _constant, "cosine": _cosine}
+
+
+def learning_rate_for(schedule: str, learning_rate: float, epochs: int, steps_per_epoch: int):
+    """The optimizer's learning rate for one phase: a float, or a Keras schedule over the phase's steps."""
+    return LR_SCHEDULES[schedule](learning_rate, epochs * steps_per_epoch)
+
+
+def check_lr_schedule(name: str) -> str:
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"unknown --lr-schedule {name!r}; choose {', '.join(LR_SCHEDULES)}")
+    return name

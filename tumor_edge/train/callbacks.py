@@ -1,19 +1,34 @@
-"""Keras callbacks of the fitting schedule: the best checkpoint across both phases, and step times.
+"""The Keras pieces of the fitting schedule: the model `fit` runs, the batches it reads on JAX and PyTorch, the
+best checkpoint across both phases, and step times.
+
+Two Keras defects stop `fit` under `MultiWorkerMirroredStrategy`: before the first step it reduces the nested
+(images, labels) batch with `strategy.reduce`, which takes no nest, and after each step it reduces every scalar
+metric along axis 0. `TrainingModel` builds from a local example batch instead and hands its metrics over as
+1-vectors; both only in multi-worker mode.
 
 Keras' ModelCheckpoint would save the training wrapper, keep the best only on disk (which phase 2 and other
 workers cannot read) and write on every worker. `BestWeights` keeps the best weights in memory on every worker,
 says which epoch and phase won, and lets only the chief write the checkpoint.
+
+`CacheBatches` feeds JAX and PyTorch from the pixel cache, no TensorFlow. Training batches are always full (the
+last one of an epoch is topped up from the epoch's order), so every step has one shape and JAX compiles it once.
+On several devices validation keeps a multiple of the device count (JAX splits a batch evenly), dropping at most
+devices - 1 images.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import numpy as np
+
+from tumor_edge.train.backends import peak_device_bytes
 
 
 def monitor_mode(monitor: str) -> str:
@@ -104,8 +119,6 @@ class StepTimer(keras.callbacks.Callback):
             self.steps.append(took)
 
     def summary(self) -> dict:
-        from tumor_edge.train.backends import peak_device_bytes
-
         median = statistics.median(self.steps) if self.steps else None
         return {"global_batch": self.global_batch, "first_step_s": [round(t, 3) for t in self.first_steps],
                 "steps_timed": len(self.steps), "median_step_s": None if median is None else round(median, 5),
@@ -118,3 +131,93 @@ def save_model(path: Path) -> Callable[[object], None]:
         model.save(path)
 
     return save
+
+
+class TrainingModel(keras.Model):
+    """Functional model with the two multi-worker work-arounds; `example` is one local batch (shape, dtype)."""
+
+    multi_worker = False
+    example = None
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not self.multi_worker:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=self.example)
+
+    def _vectors(self, logs):
+        if not self.multi_worker:
+            return logs
+        import tensorflow as tf
+
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+
+    def train_step(self, data):
+        return self._vectors(super().train_step(data))
+
+    def test_step(self, data):
+        return self._vectors(super().test_step(data))
+
+
+def training_model(classifier, augmenter, multi_worker: bool = False) -> keras.Model:
+    """image (0..255) -> augmentation (training only) -> classifier. Build inside the strategy's scope."""
+    shape = classifier.input_shape[1:]
+    inputs = keras.Input(shape, dtype="float32", name="image")
+    outputs = classifier(augmenter(inputs) if augmenter is not None else inputs)
+    if not multi_worker:  # a plain Model: JAX's and PyTorch's trainers have their own train_step signatures
+        return keras.Model(inputs, outputs, name="training")
+    model = TrainingModel(inputs, outputs, name="training")
+    model.multi_worker = multi_worker
+    num_classes = classifier.output_shape[-1]
+    model.example = (np.zeros((1, *shape), np.uint8), np.zeros((1, num_classes), np.float32))
+    return model
+
+
+def barrier(strategy) -> None:
+    """Wait for every worker (one all-reduce): the others stay up while the chief writes and evaluates, so no
+    worker leaves the cluster while another still belongs to it."""
+    import tensorflow as tf
+
+    strategy.reduce("SUM", strategy.run(lambda: tf.ones([1])), axis=0)
+
+
+class CacheBatches(keras.utils.PyDataset):
+    """(uint8 images, float32 one-hot labels) batches of a `PixelCache`."""
+
+    def __init__(self, cache, num_classes: int, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 multiple: int = 1, workers: int | None = None):
+        workers = max(1, min(8, os.cpu_count() or 1)) if workers is None else workers
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
+        if multiple > 1 and not shuffle and cache.count < multiple:
+            raise ValueError(f"{cache.count} images cannot be split over {multiple} devices")
+        self.cache = cache
+        self.one_hot = np.eye(num_classes, dtype=np.float32)[cache.labels]
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.multiple = max(1, int(multiple))
+        self.rng = np.random.default_rng(seed)
+        self.order = self._new_order()
+        # validation over several devices: the images that split evenly (the batch size is a multiple too)
+        self.count = cache.count if shuffle else cache.count - cache.count % self.multiple
+
+    def _new_order(self) -> np.ndarray:
+        count = self.cache.count
+        return self.rng.permutation(count) if self.shuffle else np.arange(count)
+
+    def __len__(self) -> int:
+        return max(1, -(-self.count // self.batch_size))
+
+    def indices(self, index: int) -> np.ndarray:
+        start = index * self.batch_size
+        idx = self.order[start:min(start + self.batch_size, self.count)]
+        if self.shuffle and len(idx) < self.batch_size:  # top up: one step shape for the whole run
+            idx = np.resize(np.concatenate([idx, self.order]), self.batch_size)
+        return idx
+
+    def __getitem__(self, index: int):
+        idx = self.indices(index)
+        return self.cache.read(idx), self.one_hot[idx]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self._new_order()

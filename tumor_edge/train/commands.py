@@ -7,10 +7,8 @@ from typing import Any
 
 import click
 
-from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, JIT_CHOICES
+from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, JIT_CHOICES, LR_SCHEDULES, PRECISIONS
 from tumor_edge.train.distribute import STRATEGIES
-from tumor_edge.train.lr_schedule import LR_SCHEDULES
-from tumor_edge.train.precision import CHOICES as PRECISIONS
 
 
 @click.command()
@@ -70,7 +68,7 @@ def train(worker_hosts: str | None, task_index: int | None, no_augment: bool, ro
           zoom: float, contrast: float, no_flip: bool, **options: Any) -> None:
     """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
     from tumor_edge.errors import ConfigError
-    from tumor_edge.train.augment import AugmentConfig
+    from tumor_edge.train.config import AugmentConfig
     from tumor_edge.train.fit import TrainConfig, run_training
 
     hosts = tuple(h for h in (worker_hosts or "").split(",") if h.strip())

@@ -8,6 +8,7 @@ Every worker reads its shard of the images; only the chief writes the run folder
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tumor_edge.errors import ConfigError
+from tumor_edge.train.backends import gpu_count
 
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 
@@ -127,8 +129,6 @@ class OneDevice:
     num_replicas_in_sync = 1
 
     def scope(self):
-        import contextlib
-
         return contextlib.nullcontext()
 
 
@@ -151,8 +151,6 @@ class DataParallel(OneDevice):
 
 def _keras_strategy(name: str, backend: str) -> Distribution:
     """JAX/PyTorch: one device, or (JAX, `auto`/`mirrored` over several GPUs) data parallel."""
-    from tumor_edge.train.backends import gpu_count
-
     if name == "multi-worker" or read_cluster() is not None:
         raise ConfigError(f"multi-worker training runs on the tensorflow backend only, not {backend}")
     gpus = gpu_count(backend)

@@ -36,13 +36,11 @@ def run_training(config: TrainConfig) -> Path | None:
 
     import keras
 
-    from tumor_edge.data.cache import build_pixel_cache
-    from tumor_edge.data.leaks import find_split_leaks, without
-    from tumor_edge.train.backends import backend_version, configure_deterministic
+    from tumor_edge.data.dataset import build_pixel_cache
+    from tumor_edge.data.dedup import find_split_leaks, without
+    from tumor_edge.train.backends import backend_version, check_lr_schedule, choose_precision, configure_deterministic
     from tumor_edge.train.distribute import choose_strategy, cluster_from_flags
-    from tumor_edge.train.lr_schedule import check_lr_schedule
     from tumor_edge.train.model import resolve_weights
-    from tumor_edge.train.precision import choose_precision
     from tumor_edge.train.schedule import fit_phases
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -107,7 +105,7 @@ def run_training(config: TrainConfig) -> Path | None:
     if run is not None:
         path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds, backend)
     if dist.kind == "multi-worker":
-        from tumor_edge.train.trainer import barrier
+        from tumor_edge.train.callbacks import barrier
 
         barrier(dist.strategy)
     if run is None:
@@ -116,8 +114,8 @@ def run_training(config: TrainConfig) -> Path | None:
 
 
 def _fit_trust(model, val, test, spec, run: RunFolder, config: TrainConfig) -> dict[str, Any]:
-    """Temperature and OOD fit on the validation split, measured on the test split (tumor_edge.train.trust)."""
-    from tumor_edge.train.trust import fit_trust_for_run
+    """Temperature and OOD fit on the validation split, measured on the test split (tumor_edge.train.evaluate)."""
+    from tumor_edge.train.evaluate import fit_trust_for_run
 
     val_px = load_pixels(val, spec, "decoding validation images for calibration", config.show_progress)
     test_px = load_pixels(test, spec, "decoding test images for calibration", config.show_progress)
@@ -130,10 +128,8 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
     """Chief only: save the best weights as a float32 model, evaluate on the test split, write config.json."""
     import keras
 
-    from tumor_edge.train.evaluate import evaluate_samples, format_metrics
+    from tumor_edge.train.evaluate import describe_trust, evaluate_samples, format_metrics, plot_history
     from tumor_edge.train.model import build_classifier
-    from tumor_edge.train.plots import plot_history
-    from tumor_edge.train.trust import describe_trust
 
     # A fresh float32 model outside any strategy: no float16/bfloat16 casts reach the exported CPU/edge models,
     # no optimizer state triples the file, and prediction here runs no collective ops with other workers.

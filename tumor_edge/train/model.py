@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tumor_edge.errors import TumorEdgeError
+from tumor_edge.errors import TumorEdgeError, first_line
 
 MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
 IMAGENET_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -45,7 +45,7 @@ def ensure_imagenet_weights() -> Path:
         raise TumorEdgeError(
             "could not download the ImageNet weights for InceptionV3 (no internet?): train from scratch with "
             f"--weights none, or pass --weights PATH/{IMAGENET_NOTOP_FILE} (Keras caches it under "
-            f"~/.keras/models/ once downloaded) [{str(err).splitlines()[0][:120]}]"
+            f"~/.keras/models/ once downloaded) [{first_line(err, 120)}]"
         ) from err
 
 
@@ -59,8 +59,7 @@ def _base(image_size: int, weights: str | None):
         return keras.applications.InceptionV3(include_top=False, weights=weights, input_shape=shape)
     except Exception as err:
         if weights is not None:
-            raise TumorEdgeError(f"cannot load these weights into InceptionV3 ({str(err).splitlines()[0][:200]})",
-                                 weights) from err
+            raise TumorEdgeError(f"cannot load these weights into InceptionV3 ({first_line(err)})", weights) from err
         raise
 
 
@@ -89,11 +88,6 @@ def build_classifier(num_classes: int, image_size: int = 299, weights: str | Non
     return model
 
 
-def base_of(model):
-    """The InceptionV3 sub-model inside a classifier built by build_classifier."""
-    return model.get_layer("inception_v3")
-
-
 def set_fine_tune(model, fine_tune_from: int | None) -> int:
     """Freeze the base below layer index `fine_tune_from` (None: freeze all). Returns trainable base layers.
 
@@ -104,7 +98,7 @@ def set_fine_tune(model, fine_tune_from: int | None) -> int:
     """
     import keras
 
-    base = base_of(model)
+    base = model.get_layer("inception_v3")
     if fine_tune_from is None:
         base.trainable = False
         return 0

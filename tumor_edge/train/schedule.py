@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.train.backends import applied_updates, learning_rate_for
 from tumor_edge.train.callbacks import BestWeights, StepTimer, monitor_mode, save_model
 from tumor_edge.train.config import TrainConfig
-from tumor_edge.train.lr_schedule import learning_rate_for
 from tumor_edge.train.pipeline import distributed_dataset, steps_for
-from tumor_edge.train.precision import applied_updates
 
 
 @dataclass
@@ -43,7 +42,7 @@ def _datasets(config: TrainConfig, dist, train_cache, val_cache, num_classes: in
     global_batch = config.batch_size * dist.replicas
     steps = steps_for(train_cache.count, global_batch)
     if config.backend != "tensorflow":
-        from tumor_edge.train.loader import CacheBatches
+        from tumor_edge.train.callbacks import CacheBatches
 
         train_ds = CacheBatches(train_cache, num_classes, global_batch, shuffle=True, seed=config.seed)
         val_ds = CacheBatches(val_cache, num_classes, global_batch, multiple=dist.replicas) \
@@ -80,9 +79,9 @@ def _callbacks(config: TrainConfig, monitor: str, history_csv: Path | None) -> l
 def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: int,
                checkpoint: Path | None, history_csv: Path | None) -> FitResult:
     """Build, fit both phases, restore the best weights. `checkpoint`/`history_csv` are None off the chief."""
-    from tumor_edge.train.augment import build_augmenter
+    from tumor_edge.train.callbacks import training_model
+    from tumor_edge.train.config import build_augmenter
     from tumor_edge.train.model import build_classifier, set_fine_tune
-    from tumor_edge.train.trainer import training_model
 
     strategy = dist.strategy
     global_batch = config.batch_size * dist.replicas
