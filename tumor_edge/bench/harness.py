@@ -93,9 +93,9 @@ def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceili
     noted in `unavailable`."""
     out: list[Ceiling] = []
     for t in threads:
-        run = measure_ceilings(t)
-        out += run.ceilings
-        unavailable.update(run.unavailable)
+        ceilings, missing = measure_ceilings(t)
+        out += ceilings
+        unavailable.update(missing)
     return out
 
 
@@ -193,10 +193,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "files": {t.key: {"file": t.path.name, "engine": t.engine, "size_bytes": t.path.stat().st_size}
                       for t in subject.targets},
         },
-        "ceiling": [c.to_dict() for c in ceilings],
-        "ceiling_passes": [c.to_dict() for c in passes],
+        "ceiling": [asdict(c) for c in ceilings],
+        "ceiling_passes": [asdict(c) for c in passes],
         "ceiling_unavailable": unavailable,
-        "isa_peak": peak.to_dict() if peak else None,
+        "isa_peak": asdict(peak) if peak else None,
         "ceiling_problems": peak_problems(ceilings, peak),
         "results": rows,
         "int8_engines": head_to_head(rows, *INT8_PAIR),
