@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumor_edge.bench.stats import percentile, summarize
+from tumor_edge.bench.timing import percentile, summarize
 from tumor_edge.errors import ConfigError
 
 

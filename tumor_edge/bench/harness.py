@@ -2,7 +2,7 @@
 
 The matmul ceiling, the inputs (prepared once), then per thread count every format opened together and
 measured interleaved per batch size, then cold starts, then the ceiling again; derived figures come from the
-pure functions of stats.py and analysis.py.
+pure functions of timing.py and analysis.py.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_c
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
 from tumor_edge.bench.macs import count_macs
-from tumor_edge.bench.stats import summarize
 from tumor_edge.bench.subject import Subject, resolve_subject
 from tumor_edge.bench.targets import KERAS_KEY, Session, Target, open_session
-from tumor_edge.bench.timing import RunPlan, measure_interleaved
+from tumor_edge.bench.timing import RunPlan, measure_interleaved, summarize
 from tumor_edge.contracts.formats import ENGINES
 from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
