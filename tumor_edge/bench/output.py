@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from tumor_edge.bench.compare import RegressionError, compare_records, load_record, render_comparison
 from tumor_edge.bench.harness import BenchConfig, run_bench
+from tumor_edge.bench.history import RegressionError, compare_records, load_record, render_comparison
 from tumor_edge.bench.report import render_chart, render_markdown, render_text
 from tumor_edge.bench.timing import RunPlan
 from tumor_edge.contracts.state import resolve_model_path
