@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import __version__
-from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, head_to_head
+from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, count_macs, head_to_head
 from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
-from tumor_edge.bench.macs import count_macs
 from tumor_edge.bench.subject import Subject, resolve_subject
 from tumor_edge.bench.targets import KERAS_KEY, Session, Target, open_session
 from tumor_edge.bench.timing import RunPlan, measure_interleaved, summarize
