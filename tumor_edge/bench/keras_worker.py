@@ -1,19 +1,15 @@
-"""The Keras reference in a worker process of its own (tumor_edge.worker), one per thread count.
+"""The Keras reference's side of its worker process (bench.targets.KerasReferenceSession starts it by name, so this
+module and TensorFlow never load in the harness).
 
-TensorFlow fixes its thread pools when it starts, so each thread count needs a fresh process; that also keeps
-TensorFlow out of the harness, which times the runtime. The model runs through a `tf.function` (graph mode, what
-`predict` uses), never eagerly, on the same preprocessed batches the runtime formats get; the worker times each
-call itself (perf_counter_ns around the call and the copy of its result), so passing the job is not counted.
+The model runs through a `tf.function` (graph mode, what `predict` uses), never eagerly, on the same preprocessed
+batches the runtime formats get; the worker times each call itself (perf_counter_ns around the call and the copy
+of its result), so passing the job is not counted.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
-
-from tumor_edge.errors import first_line
-from tumor_edge.worker import Worker
 
 # In the worker: the loaded model, its traced forward pass, the inputs and the batches of the last `prepare`.
 _SESSION: dict[str, Any] = {}
@@ -50,26 +46,3 @@ def _run(i: int) -> float:
     t0 = time.perf_counter_ns()
     _SESSION["forward"](x).numpy()
     return (time.perf_counter_ns() - t0) / 1e9
-
-
-class KerasSession:
-    """The harness side: `model` (.keras) on `inputs` (.npy of float32 (N, H, W, 3) in the model's input scale)
-    with `threads` intra-op threads. A worker that fails to start or load is a RuntimeError naming the model."""
-
-    def __init__(self, model: str | Path, inputs: str | Path, threads: int):
-        self.model = str(model)
-        self.worker = Worker(f"keras reference ({threads} threads)", env={"TF_CPP_MIN_LOG_LEVEL": "2"})
-        try:
-            self.load_s = float(self.worker.call(_load, self.model, str(inputs), threads, name="load"))
-        except Exception as err:
-            self.worker.close(kill=True)
-            raise RuntimeError(f"Keras reference worker for {self.model} stopped: {first_line(err)}") from None
-
-    def prepare(self, batch: int) -> tuple[int, ...]:
-        return tuple(self.worker.call(_prepare, batch, name="prepare"))
-
-    def timed_call(self, i: int) -> float:
-        return float(self.worker.call(_run, i, name="run"))
-
-    def close(self) -> None:
-        self.worker.close()

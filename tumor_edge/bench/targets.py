@@ -14,11 +14,13 @@ import numpy as np
 
 from tumor_edge.bench.inputs import make_batches
 from tumor_edge.contracts.formats import ENGINES, engine_for_suffix
-from tumor_edge.errors import ModelError
+from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import BackendOptions, Classifier
+from tumor_edge.worker import Worker
 
 KERAS_KEY = "keras"
 KERAS_SUFFIX = ".keras"
+KERAS_WORKER = "tumor_edge.bench.keras_worker"  # the worker's side, imported only there
 
 
 @dataclass(frozen=True)
@@ -65,24 +67,30 @@ class RuntimeSession:
 
 
 class KerasReferenceSession:
-    """The Keras model in a TensorFlow worker process with its own thread pool size."""
+    """The Keras model in a worker process of its own (tumor_edge.worker), one per thread count: TensorFlow fixes
+    its thread pools when it starts, and stays out of the harness. A worker that fails to start or load is a
+    RuntimeError naming the model."""
 
     def __init__(self, target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path):
-        from tumor_edge.bench.keras_worker import KerasSession
-
         self.target, self.classes = target, classes
         inputs_path = workdir / "inputs.npy"
         if not inputs_path.is_file():
             np.save(inputs_path, inputs)
-        self.worker = KerasSession(target.path, inputs_path, threads)
-        self.load_s = self.worker.load_s
+        self.worker = Worker(f"keras reference ({threads} threads)", env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+        try:
+            self.load_s = float(self.worker.call(f"{KERAS_WORKER}:_load", str(target.path), str(inputs_path),
+                                                 threads, name="load"))
+        except Exception as err:
+            self.worker.close(kill=True)
+            raise RuntimeError(f"Keras reference worker for {target.path} stopped: {first_line(err)}") from None
         self.loaded_file = target.path.name
 
     def prepare(self, batch: int) -> None:
-        _check_output(self.target, self.worker.prepare(batch), True, batch, self.classes)
+        shape = tuple(self.worker.call(f"{KERAS_WORKER}:_prepare", batch, name="prepare"))
+        _check_output(self.target, shape, True, batch, self.classes)
 
     def timed_call(self, i: int) -> float:
-        return self.worker.timed_call(i)
+        return float(self.worker.call(f"{KERAS_WORKER}:_run", i, name="run"))
 
     def close(self) -> None:
         self.worker.close()
