@@ -131,10 +131,9 @@ class PituitaryLesion:
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
         blobs = [self.sellar] + ([self.suprasellar] if self.suprasellar is not None else [])
-        window = sample.window(*_bounding(blobs, 2.0))
-        if window is None:
+        sample = sample.around(*_bounding(blobs, 2.0))
+        if sample is None:
             return
-        sample = sample.crop(window)
         rho = self.sellar.rho(sample.points)
         if self.suprasellar is not None:
             rho = np.minimum(rho, self.suprasellar.rho(sample.points))
@@ -160,10 +159,9 @@ class GliomaLesion:
     mass_effect: MassEffect | None = None
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
-        window = sample.window(*_bounding([self.oedema, self.rim, self.core], 2.0))
-        if window is None:
+        sample = sample.around(*_bounding([self.oedema, self.rim, self.core], 2.0))
+        if sample is None:
             return
-        sample = sample.crop(window)
         pts = sample.points
         brain = smoothstep(0.0, 2.0, sample.depth)
         shape = sample.image.shape
@@ -212,10 +210,9 @@ class MeningiomaLesion:
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
         centre, reach = _bounding([self.blob], 2.0)
-        window = sample.window(centre, max(reach * 1.2, float(np.linalg.norm(self.base - centre)) + self.tail_length))
-        if window is None:
+        sample = sample.around(centre, max(reach * 1.2, float(np.linalg.norm(self.base - centre)) + self.tail_length))
+        if sample is None:
             return
-        sample = sample.crop(window)
         pts = sample.points
         height = (pts - self.base) @ self.normal  # > 0 beyond the dura
         dural_side = smoothstep(2.0 + sample.spacing, 2.0 - sample.spacing, height)

@@ -105,8 +105,11 @@ class SliceSample:
             return None
         return slice(r0, r1), slice(c0, c1)
 
-    def crop(self, window: Window) -> SliceSample:
-        """A view of the window: writing to its image writes to this sample's image."""
+    def around(self, centre: np.ndarray, reach: float) -> SliceSample | None:
+        """A view of the `window` a sphere covers (writing to its image writes to this sample's image), or None."""
+        window = self.window(centre, reach)
+        if window is None:
+            return None
         rows, cols = window
         corner = self.corner + (rows.start * self.v + cols.start * self.u) * self.spacing
         return SliceSample(self.image[window], self.depth[window], self.points[window], self.spacing, corner,
