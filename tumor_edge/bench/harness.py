@@ -19,8 +19,7 @@ from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_go
 from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
-from tumor_edge.bench.subject import Subject, resolve_subject
-from tumor_edge.bench.targets import KERAS_KEY, Session, Target, open_session
+from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, Target, open_session, resolve_subject
 from tumor_edge.bench.timing import RunPlan, measure_interleaved, summarize
 from tumor_edge.contracts.formats import ENGINES
 from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
