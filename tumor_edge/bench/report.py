@@ -35,18 +35,15 @@ def _of_ceiling(fraction: float | None, precision: str | None) -> str:
     return "-" if fraction is None else f"{_pct(fraction)} {precision or 'fp32'}"
 
 
-# (header, cell) per column of the results table; one list serves the screen and Markdown.
-RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+Columns = list[tuple[str, Callable[[dict], str]]]  # (header, cell): one list serves the screen and Markdown
+
+PLACE: Columns = [("threads", lambda r: str(r["threads"])), ("batch", lambda r: str(r["batch"]))]
+
+RESULT_COLUMNS: Columns = [
     ("format", lambda r: r["format"]),
-    ("threads", lambda r: str(r["threads"])),
-    ("batch", lambda r: str(r["batch"])),
+    *PLACE,
     ("runs", lambda r: str(r["runs"])),
-    ("min ms", lambda r: _ms(r["min_ms"])),
-    ("p50 ms", lambda r: _ms(r["p50_ms"])),
-    ("p90 ms", lambda r: _ms(r["p90_ms"])),
-    ("p99 ms", lambda r: _ms(r["p99_ms"])),
-    ("mean ms", lambda r: _ms(r["mean_ms"])),
-    ("std ms", lambda r: _ms(r["std_ms"])),
+    *((f"{stat} ms", lambda r, key=f"{stat}_ms": _ms(r[key])) for stat in ("min", "p50", "p90", "p99", "mean", "std")),
     ("img/s", lambda r: _num(r["images_per_s"])),
     ("vs Keras", lambda r: _ratio(r.get("vs_keras"))),
     ("vs ONNX fp32", lambda r: _ratio(r.get("vs_onnx_fp32"))),
@@ -55,9 +52,8 @@ RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
      + (" MEASUREMENT ERROR" if r.get("measurement_error") else "")),
 ]
 
-INT8_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
-    ("threads", lambda r: str(r["threads"])),
-    ("batch", lambda r: str(r["batch"])),
+INT8_COLUMNS: Columns = [
+    *PLACE,
     ("onnxruntime int8 p50 ms", lambda r: _ms(r["left_p50_ms"])),
     ("LiteRT int8 p50 ms", lambda r: _ms(r["right_p50_ms"])),
     ("onnxruntime / LiteRT", lambda r: _ratio(r["ratio"])),
@@ -65,7 +61,7 @@ INT8_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("LiteRT of int8 ceiling", lambda r: _pct(r["right_ceiling_fraction"])),
 ]
 
-COLD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+COLD_COLUMNS: Columns = [
     ("format", lambda c: c["format"]),
     ("file", lambda c: c["file"]),
     ("first result s (median)", lambda c: _num(c["median_s"], ".2f")),
@@ -107,10 +103,6 @@ def _goal_line(g: dict) -> str:
         if reachable is False:
             line += f": beyond this machine's {kind} arithmetic"
     return line
-
-
-def _goal_lines(record: Record) -> list[str]:
-    return [_goal_line(g) for g in record.get("goals", [])]
 
 
 def _header_lines(record: Record) -> list[str]:
@@ -165,7 +157,7 @@ TABLES = (
 )
 
 
-def _cells(columns: list[tuple[str, Callable[[dict], str]]], rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def _cells(columns: Columns, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return [h for h, _ in columns], [[cell(r) for _, cell in columns] for r in rows]
 
 
@@ -176,7 +168,7 @@ def render_text(record: Record) -> str:
         if record.get(key):
             parts += ["", title, _text_table(*_cells(columns, record[key]))]
     if record.get("goals"):
-        parts += ["", *_goal_lines(record)]
+        parts += ["", *(_goal_line(g) for g in record["goals"])]
     parts += [f"skipped {s['format']} ({s['file']}): {s['reason']}" for s in record.get("skipped", [])]
     parts.append(f"took {record['duration_s']:.0f} s")
     return "\n".join(parts)
@@ -196,7 +188,7 @@ def render_markdown(record: Record, chart: str | None = None, level: int = 1, ti
             parts += ["", f"{h}# {heading}", "", *([note, ""] if note else []),
                       _md_table(*_cells(columns, record[key]))]
     if record.get("goals"):
-        parts += ["", f"{h}# Goals", "", *(f"- {line}" for line in _goal_lines(record))]
+        parts += ["", f"{h}# Goals", "", *(f"- {_goal_line(g)}" for g in record["goals"])]
     if record.get("skipped"):
         parts += ["", f"{h}# Skipped", "", *(f"- {s['format']} ({s['file']}): {s['reason']}"
                                           for s in record["skipped"])]
