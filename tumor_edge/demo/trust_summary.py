@@ -35,11 +35,6 @@ def _owned(name: str) -> bool:
     return name in (CALIBRATION_PNG, OOD_PNG) or (name.startswith(HEATMAP_PREFIX) and name.endswith(".png"))
 
 
-def _model_name(classifier) -> str:
-    """The bundle file running."""
-    return classifier.backend.path.name
-
-
 def _pct(value: Any) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
 
@@ -91,7 +86,7 @@ def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
     from tumor_edge.runtime.heatmap_overlay import write_overlay
 
     lines = ["### Heatmaps: one held-out scan per class", ""]
-    lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow): the exact class "
+    lines += [f"Maps computed on the device by `{classifier.backend.path.name}` (no TensorFlow): the exact class "
               f"activation map when the model has one of at least {MIN_CAM_CELLS}x{MIN_CAM_CELLS} cells, else "
               "occlusion through the model. Red is the most evidence for the class. Each scan is the first held-out "
               "scan of its class that the model classified correctly.", "",
@@ -206,6 +201,6 @@ def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path | N
         lines += part
         summary.figures[key] = figures
         summary.files += written
-    summary.figures["model"] = _model_name(classifier)
+    summary.figures["model"] = classifier.backend.path.name
     summary.markdown = "\n".join(lines) + "\n"
     return summary
