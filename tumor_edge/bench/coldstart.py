@@ -50,29 +50,26 @@ def _child_command(model: Path, image: Path, threads: int | None, bundle: Path |
     return cmd
 
 
-def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Path | None = None,
-               timeout: float = 600.0) -> tuple[float, float, dict[str, Any], float | None]:
-    """(seconds from spawn to first result, peak RSS MB, the child's JSON line, its CPU seconds) of one fresh
-    process, spawned by a bare launcher: Linux carries the spawner's RSS high-water mark into the child's
-    ru_maxrss across fork + exec, so a child of the large harness would report the harness's memory."""
+def _spawn_once(model: Path, image: Path, threads: int | None, bundle: Path | None) -> dict[str, Any]:
+    """The launcher's record of one fresh process (`_launch`). A bare launcher spawns it: Linux carries the
+    spawner's RSS high-water mark into the child's ru_maxrss across fork + exec, so a child of the large harness
+    would report the harness's memory."""
     cmd = [*_child_command(model, image, threads, bundle), "--launch"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")  # the launcher's probe inherits it
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600.0, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = proc.stderr.strip().splitlines()
         raise RuntimeError(f"cold start failed on {model} (exit {proc.returncode}): "
                            f"{tail[-1] if tail else 'no output'}")
-    data = json.loads(lines[-1])
-    return data["first_result_s"], data["peak_rss_mb"], data["child"], data.get("cpu_s")
+    return json.loads(lines[-1])
 
 
 def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
     """Spawn `cmd`, time spawn -> first stdout line, reap it with wait4 for its peak RSS."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with tempfile.TemporaryFile() as err_file:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, env=env, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         first_result = time.perf_counter() - start
@@ -106,14 +103,14 @@ def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
 def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, threads: int | None = None,
                        bundle: Path | None = None) -> ColdStart:
     """Spawn `runs` fresh processes; the first also warms the file cache, as on a device after boot."""
-    samples = [spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
-    times = [s[0] for s in samples]
-    rss = sorted(s[1] for s in samples if s[1] is not None)
-    cpu = [s[3] for s in samples if s[3] is not None]
+    samples = [_spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
+    times = [s["first_result_s"] for s in samples]
+    rss = sorted(s["peak_rss_mb"] for s in samples if s["peak_rss_mb"] is not None)
+    cpu = [s["cpu_s"] for s in samples if s.get("cpu_s") is not None]
     median_index = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
     return ColdStart(key, Path(model).name, len(samples), statistics.median(times), min(times), max(times),
                      rss[len(rss) // 2] if rss else None, cpu_s=statistics.median(cpu) if cpu else None,
-                     child=samples[median_index][2].get("timing", {}))
+                     child=samples[median_index]["child"].get("timing", {}))
 
 
 # ---- the child ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from tumor_edge.contracts.formats import ENGINES
 from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
 from tumor_edge.progress import progress
+from tumor_edge.runtime import scale
 
 SCHEMA = "tumor-edge-bench/1"
 
@@ -121,7 +122,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     machine = machine_info()
     classes = len(subject.metadata.classes)
     pool = _image_pool(config, subject)
-    inputs = pool.model_inputs(subject.metadata.preprocessing)
+    inputs = scale(pool.pixels, subject.metadata.preprocessing)
     unavailable: dict[str, str] = {}
     passes = _ceiling_pass(config.threads, unavailable) if config.ceiling else []
     macs = _macs(subject)
@@ -140,7 +141,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         session.prepare(batch)
                     timings = measure_interleaved({k: s.timed_call for k, s in sessions.items()}, config.plan)
                     for key, session in sessions.items():
-                        rows.append(_row(subject.by_key[key], session, threads, batch, timings[key]))
+                        rows.append(_row(session.target, session, threads, batch, timings[key]))
             finally:
                 for session in sessions.values():
                     session.close()

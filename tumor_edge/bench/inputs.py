@@ -13,7 +13,7 @@ from PIL import Image
 
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.errors import DatasetError, TumorEdgeError
-from tumor_edge.runtime import Preprocessing, is_scan_file, scale
+from tumor_edge.runtime import Preprocessing, is_scan_file
 
 
 @dataclass
@@ -23,10 +23,6 @@ class ImagePool:
     pixels: np.ndarray
     source: str
     files: list[Path] = field(default_factory=list)
-
-    def model_inputs(self, spec: Preprocessing) -> np.ndarray:
-        """float32 (N, H, W, 3) in the model's input scale."""
-        return scale(self.pixels, spec)
 
 
 def _round_robin(samples: list, count: int) -> list:

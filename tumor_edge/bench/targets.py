@@ -113,20 +113,13 @@ def engine_of(path: Path) -> str | None:
     return engine_for_suffix(path.suffix)
 
 
-def _required_module(engine: str) -> tuple[str | None, str]:
-    """The module an engine needs beyond the runtime's own, and how to install it (the format table's row)."""
-    if engine == KERAS_KEY:
-        return KERAS_PACKAGE
-    row = ENGINES[engine]
-    return row.module, row.install_hint()
-
-
 def engine_missing(path: Path) -> str | None:
     """Why this file cannot be timed here (no engine runs it, or its engine is not installed), or None."""
     engine = engine_of(path)
     if engine is None:
         return f"no engine for {path.suffix!r} files"
-    module, hint = _required_module(engine)
+    # the module an engine needs beyond the runtime's own, and how to install it (the format table's row)
+    module, hint = KERAS_PACKAGE if engine == KERAS_KEY else (ENGINES[engine].module, ENGINES[engine].install_hint())
     if module and importlib.util.find_spec(module) is None:
         return f"{module} is not installed ({hint})"
     return None
@@ -154,10 +147,6 @@ class Subject:
     targets: list[Target]
     run_dir: Path | None
     skipped: list[dict[str, str]]
-
-    @property
-    def by_key(self) -> dict[str, Target]:
-        return {t.key: t for t in self.targets}
 
 
 def format_key(name: str, fmt: str, precision: str, taken: set[str]) -> str:
