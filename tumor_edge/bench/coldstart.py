@@ -15,25 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-
-@dataclass
-class ColdStart:
-    """Cold-start figures of one model file over `runs` fresh processes."""
-
-    format: str
-    file: str
-    runs: int
-    median_s: float
-    min_s: float
-    max_s: float
-    peak_rss_mb: float | None  # median over runs of the child's ru_maxrss (None where the OS has no wait4)
-    # median user+sys CPU seconds: load inflates wall time far more, so compare this across a shared machine's runs
-    cpu_s: float | None = None
-    child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
 
 
 def _maxrss_mb(rusage: Any) -> float:
@@ -101,16 +84,20 @@ def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
 
 
 def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, threads: int | None = None,
-                       bundle: Path | None = None) -> ColdStart:
-    """Spawn `runs` fresh processes; the first also warms the file cache, as on a device after boot."""
+                       bundle: Path | None = None) -> dict[str, Any]:
+    """Cold-start figures of one model file over `runs` fresh processes (the first also warms the file cache, as
+    on a device after boot): seconds from spawn to first result, the median of the probes' ru_maxrss (None where
+    the OS has no wait4), their median user+sys CPU seconds (load inflates wall time far more, so compare this
+    across a shared machine's runs), and the child's own split of the median run."""
     samples = [_spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
     times = [s["first_result_s"] for s in samples]
     rss = sorted(s["peak_rss_mb"] for s in samples if s["peak_rss_mb"] is not None)
     cpu = [s["cpu_s"] for s in samples if s.get("cpu_s") is not None]
     median_index = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-    return ColdStart(key, Path(model).name, len(samples), statistics.median(times), min(times), max(times),
-                     rss[len(rss) // 2] if rss else None, cpu_s=statistics.median(cpu) if cpu else None,
-                     child=samples[median_index]["child"].get("timing", {}))
+    return {"format": key, "file": Path(model).name, "runs": len(samples), "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times), "peak_rss_mb": rss[len(rss) // 2] if rss else None,
+            "cpu_s": statistics.median(cpu) if cpu else None,
+            "child": samples[median_index]["child"].get("timing", {})}
 
 
 # ---- the child ---------------------------------------------------------------------------------------------

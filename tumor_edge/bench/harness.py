@@ -153,10 +153,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 try:
                     runs = min(config.cold_runs, config.keras_cold_runs) if target.engine == KERAS_KEY \
                         else config.cold_runs
-                    result = measure_cold_start(target.key, target.path, probe, runs,
-                                                threads=max(config.threads),
-                                                bundle=subject.bundle_dir if target.engine == KERAS_KEY else None)
-                    cold.append(asdict(result))
+                    cold.append(measure_cold_start(target.key, target.path, probe, runs, threads=max(config.threads),
+                                                   bundle=subject.bundle_dir if target.engine == KERAS_KEY else None))
                 except (RuntimeError, TumorEdgeError) as err:
                     subject.skipped.append({"format": target.key, "file": target.path.name,
                                             "reason": f"cold start: {err}"})
