@@ -1,8 +1,15 @@
-"""Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
+"""The bench's processes of their own: the cold-start probe, and the Keras reference's worker. TensorFlow loads
+only inside them, never at import.
 
+Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
 A launcher (`--launch`) spawns the probe, times spawn to the probe's first stdout line and reads peak RSS from
 the kernel's accounting of the reaped probe (`os.wait4`), so the probe measures nothing itself. A `.keras`
 file needs `--bundle` for its preprocessing.
+
+The Keras reference (bench.targets.KerasReferenceSession runs `_load`, `_prepare` and `_run` in its worker) runs
+through a `tf.function` (graph mode, what `predict` uses), never eagerly, on the same preprocessed batches the
+runtime formats get; the worker times each call itself (perf_counter_ns around the call and the copy of its
+result), so passing the job is not counted.
 """
 
 from __future__ import annotations
@@ -123,13 +130,7 @@ def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path 
         raise SystemExit("a .keras model needs --bundle for its preprocessing and classes")
     meta = BundleMetadata.read(bundle)
     t0 = time.perf_counter()
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-
+    _, keras = _tensorflow(threads)
     t1 = time.perf_counter()
     net = keras.models.load_model(model, compile=False)
     t2 = time.perf_counter()
@@ -137,6 +138,53 @@ def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path 
     label = meta.classes[int(probs[0].argmax())]
     t3 = time.perf_counter()
     return label, {"import_s": t1 - t0, "load_s": t2 - t1, "first_inference_s": t3 - t2}
+
+
+def _tensorflow(threads: int | None):
+    """(tensorflow, keras), TensorFlow's pools sized first: it fixes them when it starts."""
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    return tf, keras
+
+
+# ---- the Keras reference's worker ---------------------------------------------------------------------------
+
+# In the worker: the loaded model, its traced forward pass, the inputs and the batches of the last `prepare`.
+_SESSION: dict[str, Any] = {}
+
+
+def _load(model: str, inputs: str, threads: int) -> float:
+    import numpy as np
+
+    tf, keras = _tensorflow(threads)
+    start = time.perf_counter()
+    loaded = keras.models.load_model(model, compile=False)
+    pixels = np.load(inputs)
+    _SESSION["inputs"] = pixels
+    _SESSION["forward"] = tf.function(lambda x: loaded(x, training=False),
+                                      input_signature=[tf.TensorSpec((None, *pixels.shape[1:]), tf.float32)],
+                                      reduce_retracing=True)
+    return time.perf_counter() - start
+
+
+def _prepare(batch: int) -> list[int]:
+    from tumor_edge.bench.inputs import make_batches
+
+    _SESSION["batches"] = make_batches(_SESSION["inputs"], batch)
+    return list(_SESSION["forward"](_SESSION["batches"][0]).numpy().shape)  # traces once, checks the output
+
+
+def _run(i: int) -> float:
+    batches = _SESSION["batches"]
+    x = batches[i % len(batches)]
+    t0 = time.perf_counter_ns()
+    _SESSION["forward"](x).numpy()
+    return (time.perf_counter_ns() - t0) / 1e9
 
 
 def main(argv: list[str] | None = None) -> None:

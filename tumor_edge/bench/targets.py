@@ -23,7 +23,7 @@ from tumor_edge.worker import Worker
 
 KERAS_KEY = "keras"
 KERAS_SUFFIX = ".keras"
-KERAS_WORKER = "tumor_edge.bench.keras_worker"  # the worker's side, imported only there
+KERAS_WORKER = "tumor_edge.bench.coldstart"  # the worker's side of the Keras reference
 
 
 @dataclass(frozen=True)
