@@ -35,10 +35,8 @@ class Plane:
     n: np.ndarray
 
     @classmethod
-    def make(cls, name: str, origin: np.ndarray, tilt: np.ndarray | None = None) -> Plane:
-        u, v, n = (np.asarray(a, dtype=np.float64) for a in PLANES[name])
-        if tilt is not None:
-            u, v, n = tilt @ u, tilt @ v, tilt @ n
+    def make(cls, name: str, origin: np.ndarray, tilt: np.ndarray) -> Plane:
+        u, v, n = (tilt @ np.asarray(a, dtype=np.float64) for a in PLANES[name])
         return cls(name, np.asarray(origin, dtype=np.float64), u, v, n)
 
     def distance(self, points: np.ndarray) -> np.ndarray:
@@ -248,14 +246,14 @@ class AnatomyVariation:
         return np.interp(image, self.CURVE_KNOTS, self.curve).astype(np.float32)
 
 
-def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
-        mass_effect: MassEffect | None = None, variation: AnatomyVariation | None = None) -> SliceSample:
+def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator, mass_effect: MassEffect | None,
+        variation: AnatomyVariation) -> SliceSample:
     """Sample the slice: anatomy (varied by `variation`), a drawn head for a skull-stripped volume, and the lesion's
     mass effect; the lesion itself is painted afterwards, on `points`."""
     points = framing.points(plane)
     u, v = framing.axes(plane)
     read_at = points
-    if variation is not None and variation.deform_mm > 0:
+    if variation.deform_mm > 0:
         read_at = points + variation.displacement(points.shape[:2], framing.spacing, rng)
     depth = sample_depth(anat, read_at)
     sample = SliceSample(np.zeros(points.shape[:-1], np.float32), depth, points, framing.spacing,
@@ -266,10 +264,8 @@ def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
             read_at = read_at.copy()
             read_at[window] = warp(read_at[window], depth[window], mass_effect)
             sample.depth = depth = sample_depth(anat, read_at)
-    image = _sample(anat.image, read_at, cval=0.0).astype(np.float32)
-    if variation is not None:
-        image = variation.remap(image)
-    draw_head = anat.synthetic_head or (variation is not None and variation.redraw_head)
+    image = variation.remap(_sample(anat.image, read_at, cval=0.0).astype(np.float32))
+    draw_head = anat.synthetic_head or variation.redraw_head
     if draw_head and not anat.synthetic_head:  # strip the real scalp and skull first
         image = image * np.clip((depth + 1.0) / 2.0, 0.0, 1.0)
     sample.image = image
