@@ -79,11 +79,7 @@ def _macs(subject: Subject) -> int | None:
     paths = [t.path for t in candidates]
     if not paths and subject.bundle_dir is not None:
         paths = [subject.bundle_dir / name for name in subject.metadata.models if name.lower().endswith(suffix)]
-    for path in paths:
-        macs = count_macs(path)
-        if macs:
-            return macs
-    return None
+    return next((macs for macs in map(count_macs, paths) if macs), None)
 
 
 def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceiling]:
