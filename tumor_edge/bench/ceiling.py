@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -60,8 +62,6 @@ LEGACY_FP32_ENGINE = "numpy BLAS float32 matmul"
 
 def float_operands(rng, size: int):
     """Random normal float32 a, b [n, n]: no denormals, no zeros."""
-    import numpy as np
-
     return (rng.standard_normal((size, size), dtype=np.float32),
             rng.standard_normal((size, size), dtype=np.float32))
 
@@ -78,8 +78,6 @@ def int8_operands(rng, size: int):
     saturating int16: with these ranges a pair lies in [-32640, 32130] and never clips; VNNI and ARM64 are exact
     anyway. So the timed matmul computes the same int32 result on every CPU and the rate measures real integer
     arithmetic, not clipped sums (onnxruntime's advice for int8 on CPUs without VNNI: 7-bit weights)."""
-    import numpy as np
-
     a = rng.integers(INT8_A_RANGE[0], INT8_A_RANGE[1] + 1, (size, size), dtype=np.uint8)
     b = rng.integers(INT8_B_RANGE[0], INT8_B_RANGE[1] + 1, (size, size), dtype=np.int8)
     return a, b
@@ -112,7 +110,6 @@ def matmul_rate(precision: str, size: int = DEFAULT_SIZE, min_seconds: float = 1
                 threads: int | None = None) -> tuple[float, float, int]:
     """(median, best) GMAC/s of onnxruntime's n x n matmul of this precision with `threads` intra-op threads (as
     the runtime's BackendOptions set them), and the number of timed runs."""
-    import numpy as np
     import onnxruntime as ort
 
     options = ort.SessionOptions()

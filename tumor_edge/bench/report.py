@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tumor_edge.bench.ceiling import IsaPeak
 from tumor_edge.machine import machine_summary
 
 Record = dict[str, Any]
@@ -143,8 +144,6 @@ def _ceiling_lines(record: Record) -> list[str]:
 
 def _peak(peak: dict, kind: str, threads: int) -> float:
     """The recorded ISA peak (GMAC/s) of `kind` arithmetic at `threads`."""
-    from tumor_edge.bench.ceiling import IsaPeak
-
     return IsaPeak(**{k: peak[k] for k in IsaPeak.__dataclass_fields__ if k in peak}).gmacs(kind, threads)
 
 

@@ -18,7 +18,7 @@ from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, member_pa
 from tumor_edge.contracts.formats import ENGINES, engine_for_suffix, format_of
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.errors import ModelError, first_line
-from tumor_edge.runtime import BackendOptions, Classifier
+from tumor_edge.runtime import BackendOptions, Classifier, read_onnx_metadata
 from tumor_edge.worker import Worker
 
 KERAS_KEY = "keras"
@@ -181,8 +181,6 @@ def _bundle_files(path: Path) -> tuple[Path | None, BundleMetadata, list[tuple[s
     if (path.parent / METADATA_FILE).is_file():
         bundle_dir, metadata = path.parent, BundleMetadata.read(path.parent)
     elif engine_of(path) == ONNX_ENGINE:  # a lone .onnx carries its metadata inside
-        from tumor_edge.runtime import read_onnx_metadata
-
         bundle_dir, metadata = None, read_onnx_metadata(path)
     else:
         raise ModelError(f"no {METADATA_FILE} beside this model file; pass the bundle folder", path)

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.data.dataset import discover
+from tumor_edge.demo.generate import lesion_mask
 from tumor_edge.runtime import TOLERANCE_FRACTION, ExplainSettings, Tally, map_correlation, resize_mask, tolerance_px
 from tumor_edge.runtime import explain_prediction as explain
 
@@ -47,9 +50,6 @@ class KerasScores:
 
 def tumour_scans(data_root: Path, per_class: int) -> list[tuple[Path, str, int, np.ndarray]]:
     """(scan, class, class index, lesion mask) for the first `per_class` held-out scans of each lesion class."""
-    from tumor_edge.data.dataset import discover
-    from tumor_edge.demo.generate import lesion_mask
-
     index = discover(data_root)
     picked: list[tuple[Path, str, int, np.ndarray]] = []
     for label, name in enumerate(index.classes):
@@ -76,7 +76,6 @@ def _subjects(run_dir: Path, bundle: Path) -> dict[str, Callable[[], Any]]:
 def measure_localisation(run_dir: Path, bundle: Path, data_root: Path,
                          config: LocalisationConfig = LocalisationConfig()) -> dict[str, Any]:
     """The figures per file and class (JSON-ready), with the maps' method and cost."""
-    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.runtime import RESIZE_METHODS, decode_file
 
     spec = BundleMetadata.read(bundle).preprocessing

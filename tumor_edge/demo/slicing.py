@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
 from tumor_edge.runtime.volume_slices import PLANES
@@ -210,8 +211,6 @@ def skull_base(anat: Anatomy, sample: SliceSample, read_at: np.ndarray, rng: np.
 
 def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-std noise with features about `sigma` pixels wide (coarse noise, bicubic upsampled)."""
-    from PIL import Image
-
     h, w = shape
     step = max(sigma, 1.0)
     small = rng.standard_normal((max(int(np.ceil(h / step)) + 1, 2), max(int(np.ceil(w / step)) + 1, 2)))
