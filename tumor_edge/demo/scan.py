@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage as ndi
 
 from tumor_edge.demo.anatomy import Anatomy
 from tumor_edge.demo.lesions import PAINTERS, Lesion, PituitaryLesion
@@ -92,8 +93,6 @@ class Realism:
 
     def finish(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Float slice -> displayed 8-bit grey, as a scanner, a viewer and an export would leave it."""
-        from scipy import ndimage as ndi
-
         img = np.clip(image, 0.0, None).astype(np.float32)
         h, w = img.shape
         if self.bias > 0:  # a smooth quadratic field, as receive-coil sensitivity leaves

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage as ndi
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
 from tumor_edge.runtime.volume_slices import PLANES
@@ -125,8 +126,6 @@ class MassEffect:
 
 
 def _sample(volume: np.ndarray, coords: np.ndarray, cval: float) -> np.ndarray:
-    from scipy import ndimage as ndi
-
     flat = coords.reshape(-1, 3).T
     return ndi.map_coordinates(volume, flat, order=1, mode="constant", cval=cval).reshape(coords.shape[:-1])
 
