@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.plots import pyplot, reliability_diagram
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime import MIN_CAM_CELLS, Classifier, decode_file, is_scan_file, measure_ood_rates, write_overlay
@@ -51,8 +53,6 @@ def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
 
 
 def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.calibration.plots import reliability_diagram
-
     metrics = run.read_metrics() if run.metrics.is_file() else {}
     cal = metrics.get("calibration") or {}
     lines = ["### Calibration", ""]
@@ -113,8 +113,6 @@ def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
 
 
 def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Path) -> Path:
-    from tumor_edge.calibration.plots import pyplot
-
     plt = pyplot()
     names = list(rates["sets"])
     fig = plt.figure(figsize=(max(8, 2.1 * len(names)), 6.2))
@@ -146,8 +144,6 @@ def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Pa
 
 def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, count: int, seed: int
          ) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.calibration.ood_sets import generated_sets
-
     test_paths = [p for paths in files.values() for p in paths]
     rates = measure_ood_rates(classifier, test_paths, count=count, seed=seed)
     scans = []
