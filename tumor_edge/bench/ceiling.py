@@ -297,11 +297,7 @@ def measure_ceilings(threads: int, size: int = DEFAULT_SIZE, min_seconds: float 
 
 def merge_ceilings(passes: list[Ceiling]) -> list[Ceiling]:
     """One ceiling per precision and thread count from several passes (before and after the formats): the best
-    rates seen.
-
-    Load from other processes only ever slows a matmul down, so the fastest pass is the closest to what the
-    machine can do; that is the ceiling a format's achieved rate is set against.
-    """
+    rates seen, since load from other processes only ever slows a matmul down."""
     out: dict[tuple[str, int], Ceiling] = {}
     for c in passes:
         key = (c.precision, c.threads)
