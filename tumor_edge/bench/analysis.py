@@ -121,43 +121,30 @@ def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: i
 
 Shape = list[int]
 
-# op type -> (index of the data input, index of the weight input); the rest of the node's inputs don't matter.
-_CONV_INPUTS: dict[str, tuple[int, int]] = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3)}
-_MATMUL_INPUTS: dict[str, tuple[int, int]] = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
+
+def _conv_cost(node: Any, weight: Shape) -> int:
+    """weight (C_out, C_in / group, k...): each output element costs C_in/group * prod(k) multiply-accumulates."""
+    return math.prod(weight[1:])
 
 
-def _conv_macs(node: Any, shapes: dict[str, Shape]) -> int:
-    _, w_index = _CONV_INPUTS[node.op_type]
-    weight, out = shapes.get(node.input[w_index]), shapes.get(node.output[0])
-    if not weight or not out or len(out) < 3:
-        raise ModelError(f"shape of {node.op_type} {node.name!r} unknown")
-    # weight: (C_out, C_in / group, k...), out: (N, C_out, spatial...): each output element costs
-    # C_in/group * prod(k) multiply-accumulates.
-    return math.prod(out) * math.prod(weight[1:])
+def _gemm_cost(node: Any, a: Shape) -> int:
+    return a[0] if next((attr.i for attr in node.attribute if attr.name == "transA"), 0) else a[-1]
 
 
-def _matmul_macs(node: Any, shapes: dict[str, Shape]) -> int:
-    a_index, _ = _MATMUL_INPUTS[node.op_type]
-    a, out = shapes.get(node.input[a_index]), shapes.get(node.output[0])
-    if not a or not out:
-        raise ModelError(f"shape of {node.op_type} {node.name!r} unknown")
-    return math.prod(out) * a[-1]
-
-
-def _gemm_macs(node: Any, shapes: dict[str, Shape]) -> int:
-    a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
-    if not a or not out:
-        raise ModelError(f"shape of Gemm {node.name!r} unknown")
-    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-    k = a[0] if trans_a else a[-1]
-    return math.prod(out) * k
-
-
-COUNTERS: dict[str, Callable[[Any, dict[str, Shape]], int]] = {
-    **{op: _conv_macs for op in _CONV_INPUTS},
-    **{op: _matmul_macs for op in _MATMUL_INPUTS},
-    "Gemm": _gemm_macs,
+# op type -> (the input whose shape gives what one output element costs, that cost); other inputs don't matter.
+COUNTERS: dict[str, tuple[int, Callable[[Any, Shape], int]]] = {
+    "Conv": (1, _conv_cost), "ConvInteger": (1, _conv_cost), "QLinearConv": (3, _conv_cost),
+    **dict.fromkeys(("MatMul", "MatMulInteger", "QLinearMatMul"), (0, lambda node, a: a[-1])),
+    "Gemm": (0, _gemm_cost),
 }
+
+
+def _node_macs(node: Any, shapes: dict[str, Shape]) -> int:
+    index, cost = COUNTERS[node.op_type]
+    operand, out = shapes.get(node.input[index]), shapes.get(node.output[0])
+    if not operand or not out or (cost is _conv_cost and len(out) < 3):
+        raise ModelError(f"shape of {node.op_type} {node.name!r} unknown")
+    return math.prod(out) * cost(node, operand)
 
 
 def _shape_table(model: Any) -> dict[str, Shape]:
@@ -196,7 +183,7 @@ def macs_by_node(path: str | Path) -> dict[str, int] | None:
                 dims[0].dim_value = 1  # the dynamic batch: count one image
         model = shape_inference.infer_shapes(model)
         shapes = _shape_table(model)
-        return {node.name or f"{node.op_type}_{i}": COUNTERS[node.op_type](node, shapes)
+        return {node.name or f"{node.op_type}_{i}": _node_macs(node, shapes)
                 for i, node in enumerate(model.graph.node) if node.op_type in COUNTERS}
     except Exception:  # protobuf DecodeError, onnx InferenceError, a missing shape: all mean "cannot count"
         return None
