@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge.bench.ceiling import IsaPeak
-from tumor_edge.calibration.plots import pyplot
 from tumor_edge.machine import machine_summary
 
 Record = dict[str, Any]
@@ -219,7 +218,10 @@ def render_chart(record: Record, path: Path) -> Path | None:
     """Top row: bars of p50 latency per image (whisker to the p90). Bottom row (when MACs and ceilings were
     measured): achieved GMAC/s over the format's own ceiling, with a line at 100 %. None without matplotlib."""
     try:
-        plt = pyplot()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     except ImportError:
         return None
     results = record["results"]
