@@ -114,12 +114,12 @@ def result_name(record: Record) -> str:
     return f"{date}-{commit}"
 
 
-def unique_path(folder: Path, stem: str, suffix: str = ".json") -> Path:
+def unique_path(folder: Path, stem: str) -> Path:
     """folder/stem.json, or stem-2.json, -3 ... when a run of the same commit and day is already recorded."""
-    path = folder / f"{stem}{suffix}"
+    path = folder / f"{stem}.json"
     n = 2
     while path.exists():
-        path = folder / f"{stem}-{n}{suffix}"
+        path = folder / f"{stem}-{n}.json"
         n += 1
     return path
 

@@ -69,9 +69,8 @@ COLD_COLUMNS: Columns = [
     ("min s", lambda c: _num(c["min_s"], ".2f")),
     ("peak RSS MB", lambda c: _num(c["peak_rss_mb"], ".0f")),
     ("CPU s", lambda c: _num(c.get("cpu_s"), ".2f")),
-    ("import s", lambda c: _num(c.get("child", {}).get("import_s"), ".2f")),
-    ("load s", lambda c: _num(c.get("child", {}).get("load_s"), ".2f")),
-    ("1st inference s", lambda c: _num(c.get("child", {}).get("first_inference_s"), ".2f")),
+    *((f"{label} s", lambda c, key=key: _num(c.get("child", {}).get(key), ".2f"))
+      for label, key in (("import", "import_s"), ("load", "load_s"), ("1st inference", "first_inference_s"))),
 ]
 
 
