@@ -216,7 +216,7 @@ def main() -> None:
     pixels = np.load(args.work / "calibration_pixels.npy")
     spec = Preprocessing(args.image_size, args.image_size, scaling="none")
     variants = build_variants(args.work, pixels, spec)
-    from tumor_edge.bench.macs import count_macs
+    from tumor_edge.bench.analysis import count_macs
 
     macs = count_macs(args.work / "model_fp32.onnx") or 0
     formats = {"onnx fp32": (args.work / "model_fp32.onnx", False),

@@ -22,11 +22,16 @@ import time
 from pathlib import Path
 
 from benchmarks.standin import QUICK_EXPORT_ARGS, stand_in_bundle
-from tumor_edge.bench.chart import render_chart
-from tumor_edge.bench.compare import compare_records, render_comparison
 from tumor_edge.bench.harness import BenchConfig, run_bench
-from tumor_edge.bench.history import load_history, render_readme, result_name, unique_path
-from tumor_edge.bench.report import render_text
+from tumor_edge.bench.history import (
+    compare_records,
+    load_history,
+    render_comparison,
+    render_readme,
+    result_name,
+    unique_path,
+)
+from tumor_edge.bench.report import render_chart, render_text
 from tumor_edge.bench.timing import RunPlan
 from tumor_edge.machine import load_average
 

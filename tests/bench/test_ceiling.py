@@ -3,6 +3,8 @@ merged and looked up by precision, and older records read as the float32 ceiling
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from tumor_edge.bench.ceiling import (
     Ceiling,
     ceiling_precision,
     ceiling_table,
-    int8_matmul_model,
+    matmul_model,
     measure_ceilings,
     merge_ceilings,
 )
@@ -58,7 +60,7 @@ def test_int8_ceiling_model_is_onnxruntimes_integer_matmul():
 
     from tumor_edge.bench.ceiling import int8_operands
 
-    raw = int8_matmul_model(64)
+    raw = matmul_model("int8", 64)
     model = onnx.load_from_string(raw)
     onnx.checker.check_model(model)
     assert [n.op_type for n in model.graph.node] == ["MatMulInteger"]
@@ -70,9 +72,9 @@ def test_int8_ceiling_model_is_onnxruntimes_integer_matmul():
 
 
 def test_measure_ceilings_gives_both_kinds_in_one_child_process():
-    run = measure_ceilings(1, size=128, min_seconds=0.0)
-    assert run.unavailable == {}
-    kinds = {c.precision: c for c in run.ceilings}
+    ceilings, unavailable = measure_ceilings(1, size=128, min_seconds=0.0)
+    assert unavailable == {}
+    kinds = {c.precision: c for c in ceilings}
     assert set(kinds) == set(PRECISIONS) == {"fp32", "int8"}
     for c in kinds.values():
         assert c.threads == 1 and c.size == 128 and c.runs >= 5
@@ -91,7 +93,7 @@ def test_merge_keeps_the_best_per_precision_and_threads():
     assert by[("fp32", 2)].runs == 11
     assert by[("int8", 2)].best_gmacs == 200.0 and by[("int8", 2)].engine == "ort"
     assert ceiling_table(merged) == {"fp32": {1: 30.0, 2: 50.0}, "int8": {2: 200.0}}
-    assert ceiling_table([c.to_dict() for c in merged]) == ceiling_table(merged)
+    assert ceiling_table([asdict(c) for c in merged]) == ceiling_table(merged)
 
 
 def test_records_from_before_the_int8_ceiling_read_as_float32():
@@ -111,9 +113,9 @@ def test_float32_ceiling_model_is_onnxruntimes_own_matmul():
     import onnx
     import onnxruntime as ort
 
-    from tumor_edge.bench.ceiling import KINDS, float_matmul_model
+    from tumor_edge.bench.ceiling import KINDS
 
-    raw = float_matmul_model(48)
+    raw = matmul_model("fp32", 48)
     model = onnx.load_from_string(raw)
     onnx.checker.check_model(model)
     assert [n.op_type for n in model.graph.node] == ["MatMul"]

@@ -68,7 +68,7 @@ def test_cli_errors_are_one_line(exported_bundle, args, message):
 
 
 def test_harness_and_cli_import_no_tensorflow():
-    code = ("import sys; import tumor_edge.bench.commands, tumor_edge.bench.output, tumor_edge.bench.harness; "
+    code = ("import sys; import tumor_edge.bench.commands, tumor_edge.bench.harness; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from tumor_edge.bench.compare import compare_records, load_record
+from tumor_edge.bench.history import compare_records, load_record
 from tumor_edge.errors import ConfigError, TumorEdgeError
 
 

@@ -14,7 +14,7 @@ INT8 = BY_KEY["onnx-int8"].file
 
 
 def test_count_macs_matches_the_hand_count(tiny_onnx, exported_bundle):
-    from tumor_edge.bench.macs import count_macs, macs_by_node
+    from tumor_edge.bench.analysis import count_macs, macs_by_node
 
     assert count_macs(tiny_onnx / FP32) == TINY_MACS + TINY_HEATMAP_MACS
     assert count_macs(tiny_onnx / INT8) == TINY_MACS + TINY_HEATMAP_MACS  # QDQ keeps the Conv/MatMul nodes

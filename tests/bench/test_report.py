@@ -6,8 +6,7 @@ import copy
 
 
 def test_reports_render(record, tmp_path):
-    from tumor_edge.bench.chart import render_chart
-    from tumor_edge.bench.report import render_markdown, render_text
+    from tumor_edge.bench.report import render_chart, render_markdown, render_text
 
     text = render_text(record)
     assert "onnx-int8" in text and "cold start" in text and "vs Keras" in text
@@ -35,8 +34,7 @@ def test_reports_show_each_ceiling_and_each_fraction_of_it(record):
 
 def test_older_records_still_render(record, tmp_path):
     """A record from before the int8 ceiling (history keeps them): its ceiling is the float32 one."""
-    from tumor_edge.bench.chart import render_chart
-    from tumor_edge.bench.report import render_markdown
+    from tumor_edge.bench.report import render_chart, render_markdown
 
     old = copy.deepcopy(record)
     old["ceiling"] = [{k: v for k, v in c.items() if k not in ("precision", "engine")}

@@ -1,12 +1,18 @@
 """Derived figures over recorded rows: ratios to the references, achieved GMAC/s as a fraction of the ceiling of
-the file's own arithmetic, head-to-head tables of two engines, and the performance goals."""
+the file's own arithmetic, head-to-head tables of two engines, and the performance goals; and the MACs per image
+those rates need, counted from an ONNX graph's convolutions, matmuls and Gemm (nearly all of a CNN's arithmetic).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tumor_edge.bench.ceiling import ceiling_precision, flag_over_ceiling
+from tumor_edge.errors import ModelError
 
 Row = dict[str, Any]
 # precision -> threads -> GMAC/s (see ceiling.ceiling_table)
@@ -111,3 +117,73 @@ def check_goals(rows: list[Row], threads: int, batch: int = 1, macs_per_image: i
             entry["reachable"] = needed_gmacs <= ceiling
         out.append(entry)
     return out
+
+
+Shape = list[int]
+
+
+def _conv_cost(node: Any, weight: Shape) -> int:
+    """weight (C_out, C_in / group, k...): each output element costs C_in/group * prod(k) multiply-accumulates."""
+    return math.prod(weight[1:])
+
+
+def _gemm_cost(node: Any, a: Shape) -> int:
+    return a[0] if next((attr.i for attr in node.attribute if attr.name == "transA"), 0) else a[-1]
+
+
+# op type -> (the input whose shape gives what one output element costs, that cost); other inputs don't matter.
+COUNTERS: dict[str, tuple[int, Callable[[Any, Shape], int]]] = {
+    "Conv": (1, _conv_cost), "ConvInteger": (1, _conv_cost), "QLinearConv": (3, _conv_cost),
+    **dict.fromkeys(("MatMul", "MatMulInteger", "QLinearMatMul"), (0, lambda node, a: a[-1])),
+    "Gemm": (0, _gemm_cost),
+}
+
+
+def _node_macs(node: Any, shapes: dict[str, Shape]) -> int:
+    index, cost = COUNTERS[node.op_type]
+    operand, out = shapes.get(node.input[index]), shapes.get(node.output[0])
+    if not operand or not out or (cost is _conv_cost and len(out) < 3):
+        raise ModelError(f"shape of {node.op_type} {node.name!r} unknown")
+    return math.prod(out) * cost(node, operand)
+
+
+def _shape_table(model: Any) -> dict[str, Shape]:
+    from onnx import numpy_helper
+
+    shapes: dict[str, Shape] = {}
+    graph = model.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = [int(d.dim_value) for d in dims]
+    for init in graph.initializer:
+        shapes[init.name] = list(numpy_helper.to_array(init).shape) if not init.dims else list(init.dims)
+    return shapes
+
+
+def count_macs(path: str | Path) -> int | None:
+    """Multiply-accumulates for one image through the ONNX model at `path`; None when it cannot be counted."""
+    per_node = macs_by_node(path)
+    return None if per_node is None else sum(per_node.values())
+
+
+def macs_by_node(path: str | Path) -> dict[str, int] | None:
+    """Multiply-accumulates for one image, per Conv/MatMul/Gemm node name; None when they cannot be counted.
+    Int8 files can hold more than their float twin: quantization may turn average pools into depthwise convs."""
+    try:
+        import onnx
+        from onnx import shape_inference
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path))
+        for inp in model.graph.input:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = 1  # the dynamic batch: count one image
+        model = shape_inference.infer_shapes(model)
+        shapes = _shape_table(model)
+        return {node.name or f"{node.op_type}_{i}": _node_macs(node, shapes)
+                for i, node in enumerate(model.graph.node) if node.op_type in COUNTERS}
+    except Exception:  # protobuf DecodeError, onnx InferenceError, a missing shape: all mean "cannot count"
+        return None

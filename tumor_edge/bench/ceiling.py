@@ -1,25 +1,16 @@
 """The machine's matrix-multiply ceilings (GMAC/s): what each format's achieved rate is set against.
 
-Two ceilings, one per kind of arithmetic a bundle's files run, both measured through onnxruntime itself (the
-engine that runs the .onnx files), so that no BLAS setting moves them:
-- fp32: a large square float32 `MatMul` through onnxruntime (MLAS's sgemm, the kernel family behind the
-  Conv/Gemm of a float model). numpy's BLAS is not used: which kernels it runs is a deployment setting
-  (`OPENBLAS_CORETYPE=Haswell` makes an AVX-512 CPU run AVX2 kernels at half the rate), and a "ceiling" that
-  onnxruntime's own convolutions beat is no ceiling.
-- int8: a large square `MatMulInteger` (uint8 x int8 -> int32) through onnxruntime itself, i.e. MLAS's u8s8
-  GEMM, the kernel family behind the QLinearConv/QLinearMatMul that a QDQ int8 model becomes on the CPU (VNNI
-  dot products where the CPU has them, AMX tiles where onnxruntime uses them). An int8 file's rate set against
-  the float32 rate says little (it can exceed 1); against the int8 ceiling it says how much of the machine's
-  integer arithmetic the engine reaches.
+One ceiling per kind of arithmetic a bundle's files run, both measured through onnxruntime itself, so no BLAS
+setting moves them (`OPENBLAS_CORETYPE=Haswell` halves numpy's rate on an AVX-512 CPU, and a "ceiling" that
+onnxruntime's own convolutions beat is no ceiling): fp32 is a float32 `MatMul` (MLAS's sgemm, behind a float
+model's Conv/Gemm); int8 is a uint8 x int8 `MatMulInteger` (MLAS's u8s8 GEMM, behind the QLinearConv/QLinearMatMul
+a QDQ int8 model becomes). Set against the float32 rate an int8 file's says little (it can exceed 1).
 
-Beside them, the ISA's theoretical peak (`isa_peak`): FMA units x vector lanes x clock, from the CPU's flags and
-reported clock, with every assumption stated. A measured ceiling above that peak means the clock assumption is
-wrong (a boost clock above the reported one); a format above its measured ceiling is a measurement error and is
-flagged as one (`flag_over_ceiling`).
+Beside them, the ISA's theoretical peak (`isa_peak`), with every assumption stated: a ceiling above it means the
+clock assumption is wrong; a format above its own ceiling is a measurement error (`flag_over_ceiling`).
 
-onnxruntime fixes its thread pool when they start, so each thread count is measured in a fresh
-process with the thread variables set (`python -m tumor_edge.bench.ceiling --threads N`), which also keeps the
-harness's own process clean.
+onnxruntime fixes its thread pool when it starts, so each thread count is measured in a fresh process with the
+thread variables set (`python -m tumor_edge.bench.ceiling --threads N`), which also keeps the harness clean.
 """
 
 from __future__ import annotations
@@ -32,9 +23,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -55,9 +48,6 @@ class Ceiling:
     precision: str = "fp32"  # "fp32" | "int8": which files it is the ceiling of
     engine: str = "onnxruntime MatMul float32"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ceiling:
         """A record without a precision is a float32 ceiling; one without an engine was measured with numpy's
@@ -70,80 +60,10 @@ class Ceiling:
 LEGACY_FP32_ENGINE = "numpy BLAS float32 matmul"
 
 
-def _time_rate(call: Callable[[], object], macs: float, min_seconds: float, min_runs: int
-               ) -> tuple[float, float, int]:
-    call()  # warm-up: thread pool start, page faults, kernel selection
-    rates: list[float] = []
-    spent = 0.0
-    while len(rates) < min_runs or spent < min_seconds:
-        start = time.perf_counter()
-        call()
-        elapsed = time.perf_counter() - start
-        spent += elapsed
-        rates.append(macs / elapsed / 1e9)
-    return statistics.median(rates), max(rates), len(rates)
-
-
-def one_node_model(op: str, a: int, b: int, y: int, size: int) -> bytes:
-    """A one-node ONNX model: op(a [n, n], b [n, n]) -> y [n, n], element types as onnx.TensorProto codes."""
-    from onnx import helper
-
-    graph = helper.make_graph(
-        [helper.make_node(op, ["a", "b"], ["y"])], f"{op}_ceiling",
-        [helper.make_tensor_value_info("a", a, [size, size]), helper.make_tensor_value_info("b", b, [size, size])],
-        [helper.make_tensor_value_info("y", y, [size, size])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7  # readable by every onnxruntime this project supports
-    return model.SerializeToString()
-
-
-def float_matmul_model(size: int) -> bytes:
-    """MatMul(a: float32 [n, n], b: float32 [n, n]) -> float32 [n, n]."""
-    from onnx import TensorProto
-
-    return one_node_model("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, size)
-
-
-def _session(model: bytes, threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
-                threads: int | None = None) -> tuple[float, float, int]:
-    """(median, best) GMAC/s of onnxruntime's float32 n x n MatMul with `threads` intra-op threads, and the
-    number of timed runs. Random normal operands (no denormals, no zeros)."""
-    import numpy as np
-
-    session = _session(float_matmul_model(size), threads)
-    rng = np.random.default_rng(0)
-    feeds = {"a": rng.standard_normal((size, size), dtype=np.float32),
-             "b": rng.standard_normal((size, size), dtype=np.float32)}
-    return _time_rate(lambda: session.run(None, feeds), float(size) ** 3, min_seconds, min_runs)
-
-
-def int8_matmul_model(size: int) -> bytes:
-    """MatMulInteger(a: uint8 [n, n], b: int8 [n, n]) -> int32 [n, n]."""
-    from onnx import TensorProto
-
-    return one_node_model("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, size)
-
-
-def int8_matmul_rate(size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
-                     threads: int | None = None) -> tuple[float, float, int]:
-    """(median, best) GMAC/s of onnxruntime's uint8 x int8 n x n MatMulInteger with `threads` intra-op threads
-    (as the runtime's BackendOptions set them), and the number of timed runs. Random operands that no CPU's
-    kernel saturates (`int8_operands`); the rate must not depend on zeros."""
-    import numpy as np
-
-    session = _session(int8_matmul_model(size), threads)
-    a, b = int8_operands(np.random.default_rng(0), size)
-    return _time_rate(lambda: session.run(None, {"a": a, "b": b}), float(size) ** 3, min_seconds, min_runs)
+def float_operands(rng, size: int):
+    """Random normal float32 a, b [n, n]: no denormals, no zeros."""
+    return (rng.standard_normal((size, size), dtype=np.float32),
+            rng.standard_normal((size, size), dtype=np.float32))
 
 
 # The int8 operands' ranges: uint8 activations over their full range, int8 weights over 7 bits.
@@ -155,24 +75,59 @@ def int8_operands(rng, size: int):
     """uint8 a [n, n] over 0..255 and int8 b [n, n] over -64..63: operands whose products every CPU sums exactly.
 
     x86 without VNNI multiplies u8 x s8 with vpmaddubsw, which adds each pair of neighbouring products into a
-    saturating int16: a0*b0 + a1*b1 is clipped to [-32768, 32767]. With a in 0..255 and b in -64..63 each
-    product lies in [-16320, 16065], so a pair lies in [-32640, 32130] and never reaches the int16 limits;
-    VNNI (vpdpbusd, int32 sums of four) and ARM64 (sdot/udot, or widening multiplies) are exact anyway. So the
-    timed matmul computes the same int32 result on every CPU, and the rate measures real integer arithmetic,
-    not clipped sums. The ranges are onnxruntime's advice for int8 on CPUs without VNNI (7-bit weights)."""
-    import numpy as np
-
+    saturating int16: with these ranges a pair lies in [-32640, 32130] and never clips; VNNI and ARM64 are exact
+    anyway. So the timed matmul computes the same int32 result on every CPU and the rate measures real integer
+    arithmetic, not clipped sums (onnxruntime's advice for int8 on CPUs without VNNI: 7-bit weights)."""
     a = rng.integers(INT8_A_RANGE[0], INT8_A_RANGE[1] + 1, (size, size), dtype=np.uint8)
     b = rng.integers(INT8_B_RANGE[0], INT8_B_RANGE[1] + 1, (size, size), dtype=np.int8)
     return a, b
 
 
-# precision -> (what measures it, its rate function, the Python module it needs)
-KINDS: dict[str, tuple[str, Callable[..., tuple[float, float, int]], str]] = {
-    "fp32": ("onnxruntime MatMul float32", matmul_rate, "onnx"),
-    "int8": ("onnxruntime MatMulInteger uint8 x int8", int8_matmul_rate, "onnx"),
+# precision -> (what measures it, the ONNX op, the onnx.TensorProto element types of a, b and y, its operands)
+KINDS: dict[str, tuple[str, str, tuple[str, str, str], Callable[[Any, int], tuple[Any, Any]]]] = {
+    "fp32": ("onnxruntime MatMul float32", "MatMul", ("FLOAT", "FLOAT", "FLOAT"), float_operands),
+    "int8": ("onnxruntime MatMulInteger uint8 x int8", "MatMulInteger", ("UINT8", "INT8", "INT32"), int8_operands),
 }
 PRECISIONS: tuple[str, ...] = tuple(KINDS)
+
+
+def matmul_model(precision: str, size: int) -> bytes:
+    """A one-node ONNX model: op(a [n, n], b [n, n]) -> y [n, n] with the precision's op and element types."""
+    from onnx import TensorProto, helper
+
+    _, op, types, _ = KINDS[precision]
+    a, b, y = (getattr(TensorProto, t) for t in types)
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "b"], ["y"])], f"{op}_ceiling",
+        [helper.make_tensor_value_info("a", a, [size, size]), helper.make_tensor_value_info("b", b, [size, size])],
+        [helper.make_tensor_value_info("y", y, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7  # readable by every onnxruntime this project supports
+    return model.SerializeToString()
+
+
+def matmul_rate(precision: str, size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
+                threads: int | None = None) -> tuple[float, float, int]:
+    """(median, best) GMAC/s of onnxruntime's n x n matmul of this precision with `threads` intra-op threads (as
+    the runtime's BackendOptions set them), and the number of timed runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(matmul_model(precision, size), options, providers=["CPUExecutionProvider"])
+    a, b = KINDS[precision][3](np.random.default_rng(0), size)
+    session.run(None, {"a": a, "b": b})  # warm-up: thread pool start, page faults, kernel selection
+    rates: list[float] = []
+    spent = 0.0
+    while len(rates) < min_runs or spent < min_seconds:
+        start = time.perf_counter()
+        session.run(None, {"a": a, "b": b})
+        elapsed = time.perf_counter() - start
+        spent += elapsed
+        rates.append(float(size) ** 3 / elapsed / 1e9)
+    return statistics.median(rates), max(rates), len(rates)
 
 
 def ceiling_precision(file_precision: str) -> str:
@@ -188,12 +143,10 @@ def ceiling_precision(file_precision: str) -> str:
 class IsaPeak:
     """FMA units x vector lanes x clock, per core and precision, with the assumptions that give it.
 
-    Every assumption errs high, so the figure is an upper bound: the most FMA units any core of this ISA family
-    has (2 on x86: one-unit AVX-512 Xeons exist), one multiply-accumulate per fp32 lane per unit per cycle, and
-    bits/8 uint8 x int8 products per unit per cycle (VNNI's vpdpbusd, or pmaddubsw without VNNI, which then needs
-    further instructions to accumulate). The clock is the highest the OS reports (cpufreq's maximum, else
-    /proc/cpuinfo's "cpu MHz", which in a VM is often the base clock): a core boosting above it can exceed this
-    "peak", and a measured ceiling above it is flagged (see `peak_problems`)."""
+    Every assumption errs high, so the figure is an upper bound: the most FMA units any core of the ISA family
+    has, one MAC per fp32 lane per unit per cycle, bits/8 uint8 x int8 products per unit per cycle. The clock is
+    the highest the OS reports (in a VM often the base clock): a core boosting above it can exceed this "peak",
+    and a measured ceiling above it is flagged (`peak_problems`)."""
 
     isa: str  # the vector extension the peak assumes, e.g. "avx512f"
     vector_bits: int  # the width of one FMA unit's datapath
@@ -210,9 +163,6 @@ class IsaPeak:
     def gmacs(self, precision: str, threads: int) -> float:
         """Peak GMAC/s of `threads` cores (one thread per core) at `precision`."""
         return self.macs_per_cycle(precision) * self.clock_ghz * threads
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _cpuinfo_fields(text: str) -> tuple[set[str], float | None, str, int | None]:
@@ -325,24 +275,14 @@ def peak_problems(ceilings: list[Ceiling], peak: IsaPeak | None) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class CeilingRun:
-    """One child process's ceilings, and the kinds it could not measure (with why)."""
-
-    ceilings: list[Ceiling]
-    unavailable: dict[str, str]
-
-
-def measure_ceilings(threads: int, precisions: Iterable[str] = PRECISIONS, size: int = DEFAULT_SIZE,
-                     min_seconds: float = 1.5, timeout: float = 180.0) -> CeilingRun:
-    """Every ceiling kind at `threads`, in one child process whose BLAS and onnxruntime use that many threads."""
-    precisions = list(precisions)
-    env = dict(os.environ)
-    for var in THREAD_VARIABLES:
-        env[var] = str(threads)
+def measure_ceilings(threads: int, size: int = DEFAULT_SIZE, min_seconds: float = 1.5
+                     ) -> tuple[list[Ceiling], dict[str, str]]:
+    """(every ceiling kind at `threads`, the kinds that could not be measured with why), from one child process
+    whose BLAS and onnxruntime use that many threads."""
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
     cmd = [sys.executable, "-m", "tumor_edge.bench.ceiling", "--threads", str(threads), "--size", str(size),
-           "--seconds", str(min_seconds), "--precisions", ",".join(precisions)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+           "--seconds", str(min_seconds)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180.0, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"matmul ceiling child failed: {proc.stderr.strip().splitlines()[-1:]}")
     ceilings, unavailable = [], {}
@@ -352,16 +292,12 @@ def measure_ceilings(threads: int, precisions: Iterable[str] = PRECISIONS, size:
             unavailable[data["unavailable"]] = data["reason"]
         else:
             ceilings.append(Ceiling.from_dict(data))
-    return CeilingRun(ceilings, unavailable)
+    return ceilings, unavailable
 
 
 def merge_ceilings(passes: list[Ceiling]) -> list[Ceiling]:
     """One ceiling per precision and thread count from several passes (before and after the formats): the best
-    rates seen.
-
-    Load from other processes only ever slows a matmul down, so the fastest pass is the closest to what the
-    machine can do; that is the ceiling a format's achieved rate is set against.
-    """
+    rates seen, since load from other processes only ever slows a matmul down."""
     out: dict[tuple[str, int], Ceiling] = {}
     for c in passes:
         key = (c.precision, c.threads)
@@ -390,14 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     args = parser.parse_args(argv)
     for precision in [p for p in args.precisions.split(",") if p]:
-        engine, rate, module = KINDS[precision]
         try:
-            median, best, runs = rate(args.size, args.seconds, threads=args.threads)
+            median, best, runs = matmul_rate(precision, args.size, args.seconds, threads=args.threads)
         except ImportError as err:
-            print(json.dumps({"unavailable": precision, "reason": f"{module} is not installed ({err})"}))
+            print(json.dumps({"unavailable": precision, "reason": f"onnx is not installed ({err})"}))
             continue
-        print(json.dumps(Ceiling(args.threads, args.size, runs, median, best, precision, engine).to_dict()),
-              flush=True)
+        ceiling = Ceiling(args.threads, args.size, runs, median, best, precision, KINDS[precision][0])
+        print(json.dumps(asdict(ceiling)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
+"""The bench's processes of their own: the cold-start probe, and the Keras reference's worker. TensorFlow loads
+only inside them, never at import.
 
+Cold start: a fresh process, from spawn to its first result for one image file, and that process's peak memory.
 A launcher (`--launch`) spawns the probe, times spawn to the probe's first stdout line and reads peak RSS from
 the kernel's accounting of the reaped probe (`os.wait4`), so the probe measures nothing itself. A `.keras`
 file needs `--bundle` for its preprocessing.
+
+The Keras reference (bench.targets.KerasReferenceSession runs `_load`, `_prepare` and `_run` in its worker) runs
+through a `tf.function` (graph mode, what `predict` uses), never eagerly, on the same preprocessed batches the
+runtime formats get; the worker times each call itself (perf_counter_ns around the call and the copy of its
+result), so passing the job is not counted.
 """
 
 from __future__ import annotations
@@ -15,25 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-
-@dataclass
-class ColdStart:
-    """Cold-start figures of one model file over `runs` fresh processes."""
-
-    format: str
-    file: str
-    runs: int
-    median_s: float
-    min_s: float
-    max_s: float
-    peak_rss_mb: float | None  # median over runs of the child's ru_maxrss (None where the OS has no wait4)
-    # median user+sys CPU seconds: load inflates wall time far more, so compare this across a shared machine's runs
-    cpu_s: float | None = None
-    child: dict[str, float] = field(default_factory=dict)  # the child's own split of the median run
 
 
 def _maxrss_mb(rusage: Any) -> float:
@@ -50,29 +40,26 @@ def _child_command(model: Path, image: Path, threads: int | None, bundle: Path |
     return cmd
 
 
-def spawn_once(model: Path, image: Path, threads: int | None = None, bundle: Path | None = None,
-               timeout: float = 600.0) -> tuple[float, float, dict[str, Any], float | None]:
-    """(seconds from spawn to first result, peak RSS MB, the child's JSON line, its CPU seconds) of one fresh
-    process, spawned by a bare launcher: Linux carries the spawner's RSS high-water mark into the child's
-    ru_maxrss across fork + exec, so a child of the large harness would report the harness's memory."""
+def _spawn_once(model: Path, image: Path, threads: int | None, bundle: Path | None) -> dict[str, Any]:
+    """The launcher's record of one fresh process (`_launch`). A bare launcher spawns it: Linux carries the
+    spawner's RSS high-water mark into the child's ru_maxrss across fork + exec, so a child of the large harness
+    would report the harness's memory."""
     cmd = [*_child_command(model, image, threads, bundle), "--launch"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")  # the launcher's probe inherits it
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600.0, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = proc.stderr.strip().splitlines()
         raise RuntimeError(f"cold start failed on {model} (exit {proc.returncode}): "
                            f"{tail[-1] if tail else 'no output'}")
-    data = json.loads(lines[-1])
-    return data["first_result_s"], data["peak_rss_mb"], data["child"], data.get("cpu_s")
+    return json.loads(lines[-1])
 
 
 def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
     """Spawn `cmd`, time spawn -> first stdout line, reap it with wait4 for its peak RSS."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with tempfile.TemporaryFile() as err_file:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, env=env, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         first_result = time.perf_counter() - start
@@ -104,16 +91,20 @@ def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
 
 
 def measure_cold_start(key: str, model: Path, image: Path, runs: int = 3, threads: int | None = None,
-                       bundle: Path | None = None) -> ColdStart:
-    """Spawn `runs` fresh processes; the first also warms the file cache, as on a device after boot."""
-    samples = [spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
-    times = [s[0] for s in samples]
-    rss = sorted(s[1] for s in samples if s[1] is not None)
-    cpu = [s[3] for s in samples if s[3] is not None]
+                       bundle: Path | None = None) -> dict[str, Any]:
+    """Cold-start figures of one model file over `runs` fresh processes (the first also warms the file cache, as
+    on a device after boot): seconds from spawn to first result, the median of the probes' ru_maxrss (None where
+    the OS has no wait4), their median user+sys CPU seconds (load inflates wall time far more, so compare this
+    across a shared machine's runs), and the child's own split of the median run."""
+    samples = [_spawn_once(model, image, threads, bundle) for _ in range(max(1, runs))]
+    times = [s["first_result_s"] for s in samples]
+    rss = sorted(s["peak_rss_mb"] for s in samples if s["peak_rss_mb"] is not None)
+    cpu = [s["cpu_s"] for s in samples if s.get("cpu_s") is not None]
     median_index = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-    return ColdStart(key, Path(model).name, len(samples), statistics.median(times), min(times), max(times),
-                     rss[len(rss) // 2] if rss else None, cpu_s=statistics.median(cpu) if cpu else None,
-                     child=samples[median_index][2].get("timing", {}))
+    return {"format": key, "file": Path(model).name, "runs": len(samples), "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times), "peak_rss_mb": rss[len(rss) // 2] if rss else None,
+            "cpu_s": statistics.median(cpu) if cpu else None,
+            "child": samples[median_index]["child"].get("timing", {})}
 
 
 # ---- the child ---------------------------------------------------------------------------------------------
@@ -139,13 +130,7 @@ def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path 
         raise SystemExit("a .keras model needs --bundle for its preprocessing and classes")
     meta = BundleMetadata.read(bundle)
     t0 = time.perf_counter()
-    import tensorflow as tf
-
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-
+    _, keras = _tensorflow(threads)
     t1 = time.perf_counter()
     net = keras.models.load_model(model, compile=False)
     t2 = time.perf_counter()
@@ -153,6 +138,53 @@ def _classify_keras(model: Path, image: Path, threads: int | None, bundle: Path 
     label = meta.classes[int(probs[0].argmax())]
     t3 = time.perf_counter()
     return label, {"import_s": t1 - t0, "load_s": t2 - t1, "first_inference_s": t3 - t2}
+
+
+def _tensorflow(threads: int | None):
+    """(tensorflow, keras), TensorFlow's pools sized first: it fixes them when it starts."""
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    return tf, keras
+
+
+# ---- the Keras reference's worker ---------------------------------------------------------------------------
+
+# In the worker: the loaded model, its traced forward pass, the inputs and the batches of the last `prepare`.
+_SESSION: dict[str, Any] = {}
+
+
+def _load(model: str, inputs: str, threads: int) -> float:
+    import numpy as np
+
+    tf, keras = _tensorflow(threads)
+    start = time.perf_counter()
+    loaded = keras.models.load_model(model, compile=False)
+    pixels = np.load(inputs)
+    _SESSION["inputs"] = pixels
+    _SESSION["forward"] = tf.function(lambda x: loaded(x, training=False),
+                                      input_signature=[tf.TensorSpec((None, *pixels.shape[1:]), tf.float32)],
+                                      reduce_retracing=True)
+    return time.perf_counter() - start
+
+
+def _prepare(batch: int) -> list[int]:
+    from tumor_edge.bench.inputs import make_batches
+
+    _SESSION["batches"] = make_batches(_SESSION["inputs"], batch)
+    return list(_SESSION["forward"](_SESSION["batches"][0]).numpy().shape)  # traces once, checks the output
+
+
+def _run(i: int) -> float:
+    batches = _SESSION["batches"]
+    x = batches[i % len(batches)]
+    t0 = time.perf_counter_ns()
+    _SESSION["forward"](x).numpy()
+    return (time.perf_counter_ns() - t0) / 1e9
 
 
 def main(argv: list[str] | None = None) -> None:

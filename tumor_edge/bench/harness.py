@@ -2,7 +2,7 @@
 
 The matmul ceiling, the inputs (prepared once), then per thread count every format opened together and
 measured interleaved per batch size, then cold starts, then the ceiling again; derived figures come from the
-pure functions of stats.py and analysis.py.
+pure functions of timing.py and analysis.py.
 """
 
 from __future__ import annotations
@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import __version__
-from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, head_to_head
+from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, count_macs, head_to_head
 from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
 from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
-from tumor_edge.bench.macs import count_macs
-from tumor_edge.bench.stats import summarize
-from tumor_edge.bench.subject import Subject, resolve_subject
-from tumor_edge.bench.targets import KERAS_KEY, Session, Target, open_session
-from tumor_edge.bench.timing import RunPlan, measure_interleaved
+from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, Target, open_session, resolve_subject
+from tumor_edge.bench.timing import RunPlan, measure_interleaved, summarize
 from tumor_edge.contracts.formats import ENGINES
 from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
 from tumor_edge.progress import progress
+from tumor_edge.runtime import scale
 
 SCHEMA = "tumor-edge-bench/1"
 
@@ -81,11 +79,7 @@ def _macs(subject: Subject) -> int | None:
     paths = [t.path for t in candidates]
     if not paths and subject.bundle_dir is not None:
         paths = [subject.bundle_dir / name for name in subject.metadata.models if name.lower().endswith(suffix)]
-    for path in paths:
-        macs = count_macs(path)
-        if macs:
-            return macs
-    return None
+    return next((macs for macs in map(count_macs, paths) if macs), None)
 
 
 def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceiling]:
@@ -93,9 +87,9 @@ def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceili
     noted in `unavailable`."""
     out: list[Ceiling] = []
     for t in threads:
-        run = measure_ceilings(t)
-        out += run.ceilings
-        unavailable.update(run.unavailable)
+        ceilings, missing = measure_ceilings(t)
+        out += ceilings
+        unavailable.update(missing)
     return out
 
 
@@ -124,7 +118,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     machine = machine_info()
     classes = len(subject.metadata.classes)
     pool = _image_pool(config, subject)
-    inputs = pool.model_inputs(subject.metadata.preprocessing)
+    inputs = scale(pool.pixels, subject.metadata.preprocessing)
     unavailable: dict[str, str] = {}
     passes = _ceiling_pass(config.threads, unavailable) if config.ceiling else []
     macs = _macs(subject)
@@ -143,7 +137,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         session.prepare(batch)
                     timings = measure_interleaved({k: s.timed_call for k, s in sessions.items()}, config.plan)
                     for key, session in sessions.items():
-                        rows.append(_row(subject.by_key[key], session, threads, batch, timings[key]))
+                        rows.append(_row(session.target, session, threads, batch, timings[key]))
             finally:
                 for session in sessions.values():
                     session.close()
@@ -155,10 +149,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 try:
                     runs = min(config.cold_runs, config.keras_cold_runs) if target.engine == KERAS_KEY \
                         else config.cold_runs
-                    result = measure_cold_start(target.key, target.path, probe, runs,
-                                                threads=max(config.threads),
-                                                bundle=subject.bundle_dir if target.engine == KERAS_KEY else None)
-                    cold.append(asdict(result))
+                    cold.append(measure_cold_start(target.key, target.path, probe, runs, threads=max(config.threads),
+                                                   bundle=subject.bundle_dir if target.engine == KERAS_KEY else None))
                 except (RuntimeError, TumorEdgeError) as err:
                     subject.skipped.append({"format": target.key, "file": target.path.name,
                                             "reason": f"cold start: {err}"})
@@ -193,10 +185,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "files": {t.key: {"file": t.path.name, "engine": t.engine, "size_bytes": t.path.stat().st_size}
                       for t in subject.targets},
         },
-        "ceiling": [c.to_dict() for c in ceilings],
-        "ceiling_passes": [c.to_dict() for c in passes],
+        "ceiling": [asdict(c) for c in ceilings],
+        "ceiling_passes": [asdict(c) for c in passes],
         "ceiling_unavailable": unavailable,
-        "isa_peak": peak.to_dict() if peak else None,
+        "isa_peak": asdict(peak) if peak else None,
         "ceiling_problems": peak_problems(ceilings, peak),
         "results": rows,
         "int8_engines": head_to_head(rows, *INT8_PAIR),

@@ -1,16 +1,101 @@
-"""The recorded history under benchmarks/: one JSON record per suite run, and the README that shows the latest
-figures and how they moved run after run."""
+"""Saved benchmark records: comparison with a baseline record (each figure's ratio to it; all figures are
+lower-is-better, so a ratio above 1 + tolerance is a regression, and only figures in both records are compared),
+and the recorded history under benchmarks/ (one record per suite run, and the README that shows the latest
+figures and how they moved run after run)."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.bench.report import _ms, _pct, _ratio, render_markdown
+from tumor_edge.bench.report import _md_table, _ms, _pct, _ratio, render_markdown
+from tumor_edge.errors import ConfigError, TumorEdgeError
 
 Record = dict[str, Any]
+
+LATENCY_METRICS = ("p50_ms", "p90_ms")
+COLD_METRICS = ("median_s", "peak_rss_mb")
+
+
+class RegressionError(TumorEdgeError):
+    """Figures slower than the baseline beyond the tolerance (with --fail-on-regression)."""
+
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class Comparison:
+    figure: str  # "onnx-fp32 threads=2 batch=1" or "cold start onnx-fp32"
+    metric: str
+    baseline: float
+    current: float
+    ratio: float
+    regressed: bool
+
+
+def _is_record(data: Any) -> bool:
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("tumor-edge-bench/")
+
+
+def load_record(path: Path) -> Record:
+    """A saved `tumor-edge bench --json` record; one-line errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise TumorEdgeError("baseline file not found", path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TumorEdgeError(f"unreadable baseline ({err})", path) from err
+    if not _is_record(data) or not isinstance(data.get("results"), list):
+        raise TumorEdgeError("not a tumor-edge bench record (written by `tumor-edge bench --json`)", path)
+    return data
+
+
+def _pairs(record: Record) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for row in record.get("results", []):
+        figure = f"{row['format']} threads={row['threads']} batch={row['batch']}"
+        for metric in LATENCY_METRICS:
+            if row.get(metric) is not None:
+                out[(figure, metric)] = float(row[metric])
+    for cold in record.get("cold_start", []):
+        for metric in COLD_METRICS:
+            if cold.get(metric) is not None:
+                out[(f"cold start {cold['format']}", metric)] = float(cold[metric])
+    return out
+
+
+def compare_records(current: Record, baseline: Record, tolerance: float = 0.10) -> list[Comparison]:
+    """Every figure present in both records, with its ratio current/baseline."""
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
+    now, base = _pairs(current), _pairs(baseline)
+    out = []
+    for key, value in now.items():
+        if key not in base or base[key] <= 0:
+            continue
+        ratio = value / base[key]
+        out.append(Comparison(key[0], key[1], base[key], value, ratio, ratio > 1.0 + tolerance))
+    return out
+
+
+def render_comparison(comparisons: list[Comparison], baseline: Path, tolerance: float) -> str:
+    if not comparisons:
+        return f"baseline {baseline}: no figures in common"
+    width = max(len(c.figure) for c in comparisons)
+    lines = [f"compared with {baseline} (regression: ratio above {1 + tolerance:.2f}x)",
+             f"{'figure':<{width}}  {'metric':<11}  {'baseline':>9}  {'now':>9}  {'ratio':>7}"]
+    for c in comparisons:
+        flag = "  REGRESSION" if c.regressed else ""
+        lines.append(f"{c.figure:<{width}}  {c.metric:<11}  {c.baseline:>9.2f}  {c.current:>9.2f}  "
+                     f"{c.ratio:>6.2f}x{flag}")
+    worse = sum(c.regressed for c in comparisons)
+    lines.append(f"{worse} regression(s) among {len(comparisons)} figures")
+    return "\n".join(lines)
+
 
 # The history table's headline formats (column title, format), at batch 1 and the run's largest thread count.
 HEADLINE: tuple[tuple[str, str], ...] = (
@@ -29,12 +114,12 @@ def result_name(record: Record) -> str:
     return f"{date}-{commit}"
 
 
-def unique_path(folder: Path, stem: str, suffix: str = ".json") -> Path:
+def unique_path(folder: Path, stem: str) -> Path:
     """folder/stem.json, or stem-2.json, -3 ... when a run of the same commit and day is already recorded."""
-    path = folder / f"{stem}{suffix}"
+    path = folder / f"{stem}.json"
     n = 2
     while path.exists():
-        path = folder / f"{stem}-{n}{suffix}"
+        path = folder / f"{stem}-{n}.json"
         n += 1
     return path
 
@@ -47,26 +132,18 @@ def load_history(folder: Path) -> list[tuple[Path, Record]]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and str(data.get("schema", "")).startswith("tumor-edge-bench/"):
+        if _is_record(data):
             out.append((path, data))
     return sorted(out, key=lambda item: (item[1].get("created", ""), item[0].name))
 
 
-def _row(record: Record, fmt: str, threads: int, batch: int = 1) -> dict[str, Any] | None:
-    for row in record.get("results", []):
-        if row["format"] == fmt and row["threads"] == threads and row["batch"] == batch:
-            return row
-    return None
+def _at_batch_1(record: Record | None, threads: int) -> dict[str, dict[str, Any]]:
+    """The record's batch-1 rows at `threads`, by format."""
+    return {r["format"]: r for r in (record or {}).get("results", []) if r["threads"] == threads and r["batch"] == 1}
 
 
-def _p50(record: Record, fmt: str, threads: int, batch: int = 1) -> float | None:
-    row = _row(record, fmt, threads, batch)
-    return row["p50_ms"] if row else None
-
-
-def _fraction(record: Record, fmt: str, threads: int) -> str:
+def _fraction(row: dict[str, Any] | None) -> str:
     """The row's fraction of its own ceiling, where the record says which ceiling that is (else not comparable)."""
-    row = _row(record, fmt, threads)
     if not row or row.get("ceiling_fraction") is None or "ceiling_precision" not in row:
         return "-"
     return _pct(row["ceiling_fraction"])
@@ -76,17 +153,18 @@ def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def history_table(history: list[tuple[Path, Record]], folder_link: str = "results") -> str:
+def history_table(history: list[tuple[Path, Record]]) -> str:
     headers = ["date", "commit", "CPU", "threads", "load 1/5 min", *(f"{t} p50 ms" for t, _ in HEADLINE),
                "fp32 / Keras", "fp32 / LiteRT fp32", "int8 / fp32", "ONNX int8 / LiteRT int8",
                "ONNX fp32 of fp32 ceiling", "ONNX int8 of int8 ceiling", "ONNX fp32 vs previous", "suite s",
                "record"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    table: list[list[str]] = []
     previous: Record | None = None
     for path, rec in history:
         threads = max(rec.get("settings", {}).get("threads", [1]))
-        p50 = {fmt: _p50(rec, fmt, threads) for _, fmt in HEADLINE}
-        prev_fp32 = _p50(previous, "onnx-fp32", threads) if previous else None
+        rows = _at_batch_1(rec, threads)
+        p50 = {fmt: rows[fmt]["p50_ms"] if fmt in rows else None for _, fmt in HEADLINE}
+        prev_fp32 = _at_batch_1(previous, threads).get("onnx-fp32", {}).get("p50_ms")
         load = rec.get("machine", {}).get("load_average") or []
         cells = [
             str(rec.get("created", ""))[:16].replace("T", " "),
@@ -100,15 +178,15 @@ def history_table(history: list[tuple[Path, Record]], folder_link: str = "result
             _ratio(_div(p50["onnx-fp32"], p50["tflite-fp32"])),
             _ratio(_div(p50["onnx-int8"], p50["onnx-fp32"])),
             _ratio(_div(p50["onnx-int8"], p50["tflite-int8"])),
-            _fraction(rec, "onnx-fp32", threads),
-            _fraction(rec, "onnx-int8", threads),
+            _fraction(rows.get("onnx-fp32")),
+            _fraction(rows.get("onnx-int8")),
             _ratio(_div(p50["onnx-fp32"], prev_fp32)),
             f"{rec.get('suite', {}).get('total_s', rec.get('duration_s', 0)):.0f}",
-            f"[{path.name}]({folder_link}/{path.name})",
+            f"[{path.name}](results/{path.name})",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
         previous = rec
-    return "\n".join(lines)
+    return _md_table(headers, table)
 
 
 def _short_cpu(machine: dict[str, Any]) -> str:

@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.contracts.run_folder import RunFolder
+from tumor_edge.data.dataset import Sample, load_pixels, read_split
 from tumor_edge.errors import DatasetError, TumorEdgeError
-from tumor_edge.runtime import Preprocessing, is_scan_file, scale
+from tumor_edge.runtime import Preprocessing, is_scan_file
 
 
 @dataclass
@@ -23,10 +24,6 @@ class ImagePool:
     pixels: np.ndarray
     source: str
     files: list[Path] = field(default_factory=list)
-
-    def model_inputs(self, spec: Preprocessing) -> np.ndarray:
-        """float32 (N, H, W, 3) in the model's input scale."""
-        return scale(self.pixels, spec)
 
 
 def _round_robin(samples: list, count: int) -> list:
@@ -44,8 +41,6 @@ def _round_robin(samples: list, count: int) -> list:
 
 
 def _load(samples: list, spec: Preprocessing, source: str) -> ImagePool:
-    from tumor_edge.data.dataset import load_pixels
-
     loaded = load_pixels(samples, spec, label="loading benchmark images", show_progress=False)
     if len(loaded.samples) == 0:
         raise DatasetError(f"none of the {len(samples)} images could be read ({loaded.failures[:1]})")
@@ -54,8 +49,6 @@ def _load(samples: list, spec: Preprocessing, source: str) -> ImagePool:
 
 def pool_from_run(run_dir: Path, spec: Preprocessing, count: int) -> ImagePool | None:
     """The first `count` images of the run's test split, classes in turn; None when the files are not at hand."""
-    from tumor_edge.data.dataset import read_split
-
     run = RunFolder(run_dir)
     if not run.split.is_file():
         return None
@@ -77,8 +70,6 @@ def pool_from_folder(folder: Path, spec: Preprocessing, count: int) -> ImagePool
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError("image folder not found", folder)
-    from tumor_edge.data.dataset import Sample
-
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_scan_file(p))
     if not files:
         raise DatasetError("no images in this folder", folder)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from tumor_edge.bench.ceiling import IsaPeak
 from tumor_edge.machine import machine_summary
 
 Record = dict[str, Any]
@@ -34,18 +36,15 @@ def _of_ceiling(fraction: float | None, precision: str | None) -> str:
     return "-" if fraction is None else f"{_pct(fraction)} {precision or 'fp32'}"
 
 
-# (header, cell) per column of the results table; one list serves the screen and Markdown.
-RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+Columns = list[tuple[str, Callable[[dict], str]]]  # (header, cell): one list serves the screen and Markdown
+
+PLACE: Columns = [("threads", lambda r: str(r["threads"])), ("batch", lambda r: str(r["batch"]))]
+
+RESULT_COLUMNS: Columns = [
     ("format", lambda r: r["format"]),
-    ("threads", lambda r: str(r["threads"])),
-    ("batch", lambda r: str(r["batch"])),
+    *PLACE,
     ("runs", lambda r: str(r["runs"])),
-    ("min ms", lambda r: _ms(r["min_ms"])),
-    ("p50 ms", lambda r: _ms(r["p50_ms"])),
-    ("p90 ms", lambda r: _ms(r["p90_ms"])),
-    ("p99 ms", lambda r: _ms(r["p99_ms"])),
-    ("mean ms", lambda r: _ms(r["mean_ms"])),
-    ("std ms", lambda r: _ms(r["std_ms"])),
+    *((f"{stat} ms", lambda r, key=f"{stat}_ms": _ms(r[key])) for stat in ("min", "p50", "p90", "p99", "mean", "std")),
     ("img/s", lambda r: _num(r["images_per_s"])),
     ("vs Keras", lambda r: _ratio(r.get("vs_keras"))),
     ("vs ONNX fp32", lambda r: _ratio(r.get("vs_onnx_fp32"))),
@@ -54,9 +53,8 @@ RESULT_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
      + (" MEASUREMENT ERROR" if r.get("measurement_error") else "")),
 ]
 
-INT8_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
-    ("threads", lambda r: str(r["threads"])),
-    ("batch", lambda r: str(r["batch"])),
+INT8_COLUMNS: Columns = [
+    *PLACE,
     ("onnxruntime int8 p50 ms", lambda r: _ms(r["left_p50_ms"])),
     ("LiteRT int8 p50 ms", lambda r: _ms(r["right_p50_ms"])),
     ("onnxruntime / LiteRT", lambda r: _ratio(r["ratio"])),
@@ -64,16 +62,15 @@ INT8_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("LiteRT of int8 ceiling", lambda r: _pct(r["right_ceiling_fraction"])),
 ]
 
-COLD_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+COLD_COLUMNS: Columns = [
     ("format", lambda c: c["format"]),
     ("file", lambda c: c["file"]),
     ("first result s (median)", lambda c: _num(c["median_s"], ".2f")),
     ("min s", lambda c: _num(c["min_s"], ".2f")),
     ("peak RSS MB", lambda c: _num(c["peak_rss_mb"], ".0f")),
     ("CPU s", lambda c: _num(c.get("cpu_s"), ".2f")),
-    ("import s", lambda c: _num(c.get("child", {}).get("import_s"), ".2f")),
-    ("load s", lambda c: _num(c.get("child", {}).get("load_s"), ".2f")),
-    ("1st inference s", lambda c: _num(c.get("child", {}).get("first_inference_s"), ".2f")),
+    *((f"{label} s", lambda c, key=key: _num(c.get("child", {}).get(key), ".2f"))
+      for label, key in (("import", "import_s"), ("load", "load_s"), ("1st inference", "first_inference_s"))),
 ]
 
 
@@ -106,10 +103,6 @@ def _goal_line(g: dict) -> str:
         if reachable is False:
             line += f": beyond this machine's {kind} arithmetic"
     return line
-
-
-def _goal_lines(record: Record) -> list[str]:
-    return [_goal_line(g) for g in record.get("goals", [])]
 
 
 def _header_lines(record: Record) -> list[str]:
@@ -150,8 +143,6 @@ def _ceiling_lines(record: Record) -> list[str]:
 
 def _peak(peak: dict, kind: str, threads: int) -> float:
     """The recorded ISA peak (GMAC/s) of `kind` arithmetic at `threads`."""
-    from tumor_edge.bench.ceiling import IsaPeak
-
     return IsaPeak(**{k: peak[k] for k in IsaPeak.__dataclass_fields__ if k in peak}).gmacs(kind, threads)
 
 
@@ -164,7 +155,7 @@ TABLES = (
 )
 
 
-def _cells(columns: list[tuple[str, Callable[[dict], str]]], rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def _cells(columns: Columns, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return [h for h, _ in columns], [[cell(r) for _, cell in columns] for r in rows]
 
 
@@ -175,7 +166,7 @@ def render_text(record: Record) -> str:
         if record.get(key):
             parts += ["", title, _text_table(*_cells(columns, record[key]))]
     if record.get("goals"):
-        parts += ["", *_goal_lines(record)]
+        parts += ["", *(_goal_line(g) for g in record["goals"])]
     parts += [f"skipped {s['format']} ({s['file']}): {s['reason']}" for s in record.get("skipped", [])]
     parts.append(f"took {record['duration_s']:.0f} s")
     return "\n".join(parts)
@@ -195,10 +186,69 @@ def render_markdown(record: Record, chart: str | None = None, level: int = 1, ti
             parts += ["", f"{h}# {heading}", "", *([note, ""] if note else []),
                       _md_table(*_cells(columns, record[key]))]
     if record.get("goals"):
-        parts += ["", f"{h}# Goals", "", *(f"- {line}" for line in _goal_lines(record))]
+        parts += ["", f"{h}# Goals", "", *(f"- {_goal_line(g)}" for g in record["goals"])]
     if record.get("skipped"):
         parts += ["", f"{h}# Skipped", "", *(f"- {s['format']} ({s['file']}): {s['reason']}"
                                           for s in record["skipped"])]
     if chart:
         parts += ["", f"![latency by format and threads]({chart})"]
     return "\n".join(parts) + "\n"
+
+
+def _bars(ax: Any, rows: dict, formats: list[str], threads: list[int], batch: int, value) -> None:
+    width = 0.8 / max(1, len(threads))
+    for j, t in enumerate(threads):
+        xs, heights, errs = [], [], []
+        for i, fmt in enumerate(formats):
+            row = rows.get((fmt, t, batch))
+            got = value(row) if row else None
+            if got is not None:
+                xs.append(i + (j - (len(threads) - 1) / 2) * width)
+                heights.append(got[0])
+                errs.append(got[1])
+        ax.bar(xs, heights, width, yerr=[[0] * len(errs), errs] if any(errs) else None, capsize=2,
+               label=f"{t} thread(s)")
+    ax.set_xticks(range(len(formats)))
+    ax.set_xticklabels(formats, rotation=30, ha="right", fontsize=8)
+    ax.legend(fontsize=7)
+
+
+def render_chart(record: Record, path: Path) -> Path | None:
+    """Top row: bars of p50 latency per image (whisker to the p90). Bottom row (when MACs and ceilings were
+    measured): achieved GMAC/s over the format's own ceiling, with a line at 100 %. None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    results = record["results"]
+    batches = sorted({r["batch"] for r in results})
+    threads = sorted({r["threads"] for r in results})
+    formats = list(dict.fromkeys(r["format"] for r in results))
+    rows = {(r["format"], r["threads"], r["batch"]): r for r in results}
+    fractions = any(r.get("ceiling_fraction") is not None for r in results)
+    panels = 2 if fractions else 1
+    fig, axes = plt.subplots(panels, len(batches), figsize=(5.5 * len(batches), 4.2 * panels), squeeze=False)
+    for col, batch in enumerate(batches):
+        ax = axes[0][col]
+        _bars(ax, rows, formats, threads, batch,
+              lambda r: (r["p50_ms"] / r["batch"], (r["p90_ms"] - r["p50_ms"]) / r["batch"]))
+        ax.set_ylabel("p50 ms per image (whisker: p90)")
+        ax.set_title(f"batch {batch}")
+        if fractions:
+            ax = axes[1][col]
+            _bars(ax, rows, formats, threads, batch,
+                  lambda r: None if r.get("ceiling_fraction") is None else (100 * r["ceiling_fraction"], 0.0))
+            ax.axhline(100, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_ylabel("% of own matmul ceiling (int8 files: int8)")
+            ax.set_title(f"batch {batch}: achieved GMAC/s / ceiling")
+    load = record["machine"].get("load_average")
+    fig.suptitle(f"{record['model']['input_hw'][0]} px, {record['machine'].get('cpu_model')}, "
+                 f"{record['machine'].get('usable_cpus')} CPUs; {str(record.get('created', ''))[:16]}"
+                 + (f"; load average {load[0]:.1f}" if load else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

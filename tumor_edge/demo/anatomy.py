@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from tumor_edge.errors import DatasetError
 from tumor_edge.runtime.volume_slices import white_matter_scale
@@ -149,8 +150,6 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-
     labels, n = ndi.label(mask)
     if n == 0:
         return mask
@@ -160,8 +159,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """3-D fill, then slice-wise fill along each axis (closes ventricles open to the cut brainstem)."""
-    from scipy import ndimage as ndi
-
     mask = ndi.binary_fill_holes(mask)
     for axis in range(3):
         mask = np.stack([ndi.binary_fill_holes(s) for s in np.moveaxis(mask, axis, 0)], axis=axis)
@@ -176,8 +173,6 @@ def _downsample(image: np.ndarray, f: int) -> np.ndarray:
 def _brain_mask(coarse: np.ndarray) -> tuple[np.ndarray, bool]:
     """(brain mask on the 2 mm grid, whether the volume is skull-stripped). A head is split from its scalp as
     simple brain extraction does it: Otsu threshold, erode until the brain is its own component, dilate back."""
-    from scipy import ndimage as ndi
-
     top = float(np.percentile(coarse[coarse > 0], 99)) if np.any(coarse > 0) else 0.0
     if top <= 0:
         raise ValueError("volume is empty")
@@ -213,8 +208,6 @@ def _canonical_1mm(path: Path) -> np.ndarray:
         raise DatasetError(f"expected a 3-D brain volume, got shape {data.shape}", path)
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     if np.any(np.abs(zooms - 1.0) > 0.05):
-        from scipy import ndimage as ndi
-
         data = ndi.zoom(data, zooms, order=1).astype(np.float32)
     return data
 
@@ -233,8 +226,6 @@ def _ref_regions(anat_to_ref: Callable[[np.ndarray], np.ndarray], points: np.nda
 
 @lru_cache(maxsize=8)
 def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
-    from scipy import ndimage as ndi
-
     path = Path(path_str)
     data = _canonical_1mm(path)
     coarse = _downsample(data, GRID_MM)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from tumor_edge import __version__
 from tumor_edge.contracts.bundle import sha256_file
@@ -196,8 +197,6 @@ def _render(plan: Plan, config: DemoDataConfig, root: Path) -> list[dict]:
 
 def _write_mask(root: Path, job: Job, mask: np.ndarray | None) -> dict[str, object]:
     """Write the lesion mask PNG of one image (none for an image without a lesion); its manifest fields."""
-    from PIL import Image
-
     if mask is None:
         return {"lesion_mask": "", "lesion_pixels": 0}
     relative = f"{MASK_DIR}/{job.split}/{job.class_name}/{Path(job.filename).stem}.png"
@@ -210,8 +209,6 @@ def _write_mask(root: Path, job: Job, mask: np.ndarray | None) -> dict[str, obje
 def lesion_mask(root: Path, image: str | Path) -> np.ndarray | None:
     """The recorded lesion of a demo image (bool (H, W) in its own pixels), or None without one. `image` is a path
     as `discover` gives it or one relative to `root`, as the manifest records it."""
-    from PIL import Image
-
     image = Path(image)
     try:
         relative = image.resolve().relative_to(Path(root).resolve())

@@ -64,11 +64,6 @@ class Blob:
         """Radius of a sphere about `centre` that contains the blob."""
         return self.radius * float(self.axes.max()) * (1 + float(self.amps.sum()))
 
-    def extent(self, normal: np.ndarray) -> tuple[float, float]:
-        """Conservative (lo, hi) of the blob's projection on a unit normal, relative to the origin."""
-        c = float(self.centre @ normal)
-        return c - self.bound, c + self.bound
-
 
 def _bounding(blobs: list[Blob], extra: float = 0.0) -> tuple[np.ndarray, float]:
     """A sphere (centre, radius) around several blobs, grown by `extra` mm."""
@@ -122,22 +117,21 @@ class PituitaryLesion:
         effect = MassEffect(top, reach=1.6 * r1, strength=rng.uniform(0.1, 0.3)) if supra is not None else None
         return cls(sellar, supra, rng.uniform(1.1, 1.4), cyst, effect)
 
+    @property
+    def blobs(self) -> list[Blob]:
+        return [self.sellar] + ([self.suprasellar] if self.suprasellar is not None else [])
+
     def extent(self, normal: np.ndarray) -> tuple[float, float]:
-        lo, hi = self.sellar.extent(normal)
-        if self.suprasellar is not None:
-            lo2, hi2 = self.suprasellar.extent(normal)
-            lo, hi = min(lo, lo2), max(hi, hi2)
-        return lo, hi
+        """Conservative (lo, hi) of the mass's projection on a unit normal, relative to the origin."""
+        centres = [float(b.centre @ normal) for b in self.blobs]
+        return (min(c - b.bound for c, b in zip(centres, self.blobs)),
+                max(c + b.bound for c, b in zip(centres, self.blobs)))
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
-        blobs = [self.sellar] + ([self.suprasellar] if self.suprasellar is not None else [])
-        window = sample.window(*_bounding(blobs, 2.0))
-        if window is None:
+        sample = sample.around(*_bounding(self.blobs, 2.0))
+        if sample is None:
             return
-        sample = sample.crop(window)
-        rho = self.sellar.rho(sample.points)
-        if self.suprasellar is not None:
-            rho = np.minimum(rho, self.suprasellar.rho(sample.points))
+        rho = np.minimum.reduce([b.rho(sample.points) for b in self.blobs])
         inside = _inside(rho, sample.spacing, self.sellar.radius)
         tex = smooth_noise(sample.image.shape, max(1.5 / sample.spacing, 0.6), rng)
         value = self.level * (1.0 + 0.08 * tex)
@@ -160,10 +154,9 @@ class GliomaLesion:
     mass_effect: MassEffect | None = None
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
-        window = sample.window(*_bounding([self.oedema, self.rim, self.core], 2.0))
-        if window is None:
+        sample = sample.around(*_bounding([self.oedema, self.rim, self.core], 2.0))
+        if sample is None:
             return
-        sample = sample.crop(window)
         pts = sample.points
         brain = smoothstep(0.0, 2.0, sample.depth)
         shape = sample.image.shape
@@ -212,10 +205,9 @@ class MeningiomaLesion:
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
         centre, reach = _bounding([self.blob], 2.0)
-        window = sample.window(centre, max(reach * 1.2, float(np.linalg.norm(self.base - centre)) + self.tail_length))
-        if window is None:
+        sample = sample.around(centre, max(reach * 1.2, float(np.linalg.norm(self.base - centre)) + self.tail_length))
+        if sample is None:
             return
-        sample = sample.crop(window)
         pts = sample.points
         height = (pts - self.base) @ self.normal  # > 0 beyond the dura
         dural_side = smoothstep(2.0 + sample.spacing, 2.0 - sample.spacing, height)

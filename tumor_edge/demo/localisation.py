@@ -11,19 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumor_edge.runtime import (
-    TOLERANCE_FRACTION,
-    ExplainSettings,
-    Tally,
-    map_correlation,
-    resize_mask,
-    tolerance_px,
-)
+from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.data.dataset import discover
+from tumor_edge.demo.generate import lesion_mask
+from tumor_edge.runtime import TOLERANCE_FRACTION, ExplainSettings, Tally, map_correlation, resize_mask, tolerance_px
 from tumor_edge.runtime import explain_prediction as explain
 
 FP32_REFERENCE = "onnx fp32"
@@ -53,20 +50,11 @@ class KerasScores:
 
 def tumour_scans(data_root: Path, per_class: int) -> list[tuple[Path, str, int, np.ndarray]]:
     """(scan, class, class index, lesion mask) for the first `per_class` held-out scans of each lesion class."""
-    from tumor_edge.data.dataset import discover
-    from tumor_edge.demo.generate import lesion_mask
-
     index = discover(data_root)
-    picked = []
+    picked: list[tuple[Path, str, int, np.ndarray]] = []
     for label, name in enumerate(index.classes):
-        count = 0
-        for sample in (s for s in index.test if s.label == label):
-            if count == per_class:
-                break
-            mask = lesion_mask(data_root, sample.path)
-            if mask is not None:
-                picked.append((sample.path, name, label, mask))
-                count += 1
+        found = ((s.path, name, label, lesion_mask(data_root, s.path)) for s in index.test if s.label == label)
+        picked += islice((scan for scan in found if scan[3] is not None), per_class)
     return picked
 
 
@@ -88,19 +76,14 @@ def _subjects(run_dir: Path, bundle: Path) -> dict[str, Callable[[], Any]]:
 def measure_localisation(run_dir: Path, bundle: Path, data_root: Path,
                          config: LocalisationConfig = LocalisationConfig()) -> dict[str, Any]:
     """The figures per file and class (JSON-ready), with the maps' method and cost."""
-    from tumor_edge.contracts.bundle import BundleMetadata
     from tumor_edge.runtime import RESIZE_METHODS, decode_file
 
     spec = BundleMetadata.read(bundle).preprocessing
     scans = tumour_scans(Path(data_root), config.per_class)
     if not scans:
         return {"skipped": "the demo data has no lesion masks: regenerate it with --force"}
-    pixels = []
-    masks = []
-    for path, _, _, mask in scans:
-        decoded = decode_file(path, spec, "middle")
-        pixels.append(decoded.pixels[0][0])
-        masks.append(resize_mask(mask, (spec.height, spec.width), RESIZE_METHODS[spec.resize]))
+    pixels = [decode_file(path, spec, "middle").pixels[0][0] for path, *_ in scans]
+    masks = [resize_mask(mask, (spec.height, spec.width), RESIZE_METHODS[spec.resize]) for *_, mask in scans]
     files: dict[str, Any] = {}
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
     keys: dict[tuple[str, str], str] = {}  # (file, method asked) -> its row, e.g. "onnx int8, occlusion 8x8"

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
 from tumor_edge.runtime.volume_slices import PLANES
@@ -35,10 +37,8 @@ class Plane:
     n: np.ndarray
 
     @classmethod
-    def make(cls, name: str, origin: np.ndarray, tilt: np.ndarray | None = None) -> Plane:
-        u, v, n = (np.asarray(a, dtype=np.float64) for a in PLANES[name])
-        if tilt is not None:
-            u, v, n = tilt @ u, tilt @ v, tilt @ n
+    def make(cls, name: str, origin: np.ndarray, tilt: np.ndarray) -> Plane:
+        u, v, n = (tilt @ np.asarray(a, dtype=np.float64) for a in PLANES[name])
         return cls(name, np.asarray(origin, dtype=np.float64), u, v, n)
 
     def distance(self, points: np.ndarray) -> np.ndarray:
@@ -105,8 +105,11 @@ class SliceSample:
             return None
         return slice(r0, r1), slice(c0, c1)
 
-    def crop(self, window: Window) -> SliceSample:
-        """A view of the window: writing to its image writes to this sample's image."""
+    def around(self, centre: np.ndarray, reach: float) -> SliceSample | None:
+        """A view of the `window` a sphere covers (writing to its image writes to this sample's image), or None."""
+        window = self.window(centre, reach)
+        if window is None:
+            return None
         rows, cols = window
         corner = self.corner + (rows.start * self.v + cols.start * self.u) * self.spacing
         return SliceSample(self.image[window], self.depth[window], self.points[window], self.spacing, corner,
@@ -123,8 +126,6 @@ class MassEffect:
 
 
 def _sample(volume: np.ndarray, coords: np.ndarray, cval: float) -> np.ndarray:
-    from scipy import ndimage as ndi
-
     flat = coords.reshape(-1, 3).T
     return ndi.map_coordinates(volume, flat, order=1, mode="constant", cval=cval).reshape(coords.shape[:-1])
 
@@ -209,8 +210,6 @@ def skull_base(anat: Anatomy, sample: SliceSample, read_at: np.ndarray, rng: np.
 
 def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-std noise with features about `sigma` pixels wide (coarse noise, bicubic upsampled)."""
-    from PIL import Image
-
     h, w = shape
     step = max(sigma, 1.0)
     small = rng.standard_normal((max(int(np.ceil(h / step)) + 1, 2), max(int(np.ceil(w / step)) + 1, 2)))
@@ -245,14 +244,14 @@ class AnatomyVariation:
         return np.interp(image, self.CURVE_KNOTS, self.curve).astype(np.float32)
 
 
-def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
-        mass_effect: MassEffect | None = None, variation: AnatomyVariation | None = None) -> SliceSample:
+def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator, mass_effect: MassEffect | None,
+        variation: AnatomyVariation) -> SliceSample:
     """Sample the slice: anatomy (varied by `variation`), a drawn head for a skull-stripped volume, and the lesion's
     mass effect; the lesion itself is painted afterwards, on `points`."""
     points = framing.points(plane)
     u, v = framing.axes(plane)
     read_at = points
-    if variation is not None and variation.deform_mm > 0:
+    if variation.deform_mm > 0:
         read_at = points + variation.displacement(points.shape[:2], framing.spacing, rng)
     depth = sample_depth(anat, read_at)
     sample = SliceSample(np.zeros(points.shape[:-1], np.float32), depth, points, framing.spacing,
@@ -263,10 +262,8 @@ def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
             read_at = read_at.copy()
             read_at[window] = warp(read_at[window], depth[window], mass_effect)
             sample.depth = depth = sample_depth(anat, read_at)
-    image = _sample(anat.image, read_at, cval=0.0).astype(np.float32)
-    if variation is not None:
-        image = variation.remap(image)
-    draw_head = anat.synthetic_head or (variation is not None and variation.redraw_head)
+    image = variation.remap(_sample(anat.image, read_at, cval=0.0).astype(np.float32))
+    draw_head = anat.synthetic_head or variation.redraw_head
     if draw_head and not anat.synthetic_head:  # strip the real scalp and skull first
         image = image * np.clip((depth + 1.0) / 2.0, 0.0, 1.0)
     sample.image = image

@@ -12,8 +12,12 @@ from typing import Any
 import numpy as np
 
 from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.plots import pyplot, reliability_diagram
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.outdir import prepare_out_dir
+from tumor_edge.runtime import MIN_CAM_CELLS, Classifier, decode_file, is_scan_file, measure_ood_rates, write_overlay
+from tumor_edge.runtime import explain_prediction as explain
 
 CALIBRATION_PNG = "calibration.png"
 OOD_PNG = "ood.png"
@@ -35,18 +39,11 @@ def _owned(name: str) -> bool:
     return name in (CALIBRATION_PNG, OOD_PNG) or (name.startswith(HEATMAP_PREFIX) and name.endswith(".png"))
 
 
-def _model_name(classifier) -> str:
-    """The bundle file running."""
-    return classifier.backend.path.name
-
-
 def _pct(value: Any) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
 
 
 def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
-    from tumor_edge.runtime import is_scan_file
-
     found = {}
     for name in classes:
         folder = Path(test_dir) / name
@@ -56,8 +53,6 @@ def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
 
 
 def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.calibration.plots import reliability_diagram
-
     metrics = run.read_metrics() if run.metrics.is_file() else {}
     cal = metrics.get("calibration") or {}
     lines = ["### Calibration", ""]
@@ -86,11 +81,8 @@ def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], d
 
 def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
               ) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.runtime import MIN_CAM_CELLS, decode_file, write_overlay
-    from tumor_edge.runtime import explain_prediction as explain
-
     lines = ["### Heatmaps: one held-out scan per class", ""]
-    lines += [f"Maps computed on the device by `{_model_name(classifier)}` (no TensorFlow): the exact class "
+    lines += [f"Maps computed on the device by `{classifier.backend.path.name}` (no TensorFlow): the exact class "
               f"activation map when the model has one of at least {MIN_CAM_CELLS}x{MIN_CAM_CELLS} cells, else "
               "occlusion through the model. Red is the most evidence for the class. Each scan is the first held-out "
               "scan of its class that the model classified correctly.", "",
@@ -121,8 +113,6 @@ def _heatmaps(classifier, files: dict[str, list[Path]], out_dir: Path, link: str
 
 
 def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Path) -> Path:
-    from tumor_edge.calibration.plots import pyplot
-
     plt = pyplot()
     names = list(rates["sets"])
     fig = plt.figure(figsize=(max(8, 2.1 * len(names)), 6.2))
@@ -154,15 +144,10 @@ def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Pa
 
 def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, count: int, seed: int
          ) -> tuple[list[str], dict[str, Any], list[Path]]:
-    from tumor_edge.calibration.ood_sets import generated_sets
-    from tumor_edge.runtime.ood_rates import measure_ood_rates
-
     test_paths = [p for paths in files.values() for p in paths]
     rates = measure_ood_rates(classifier, test_paths, count=count, seed=seed)
     scans = []
     if test_paths:
-        from tumor_edge.runtime import decode_file
-
         decoded = decode_file(test_paths[0], classifier.preprocessing, "middle")
         scans = [decoded.pixels[0][0]] if decoded.failure is None else []
     examples = {name: images[0] for name, images in generated_sets(
@@ -186,8 +171,6 @@ def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path | N
                   link_base: Path | None = None, ood_count: int = 40, seed: int = 0) -> TrustSummary:
     """Write the trust PNGs to `out_dir` (default: `trust` beside the bundle; only its own PNGs are replaced) and
     return the Markdown section, its image links relative to `link_base` (default: the parent of `out_dir`)."""
-    from tumor_edge.runtime.classifier import Classifier
-
     bundle = Path(bundle)
     out_dir = prepare_out_dir(Path(out_dir) if out_dir is not None else bundle.parent / "trust", True, _owned,
                               "trust summary")
@@ -205,6 +188,6 @@ def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path | N
         lines += part
         summary.figures[key] = figures
         summary.files += written
-    summary.figures["model"] = _model_name(classifier)
+    summary.figures["model"] = classifier.backend.path.name
     summary.markdown = "\n".join(lines) + "\n"
     return summary
