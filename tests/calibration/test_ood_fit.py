@@ -71,3 +71,37 @@ def test_energy_of_logits_is_measured_not_assumed(blob_ood):
     threshold = fit_output_threshold(energies["test"], "logit_energy", tpr=0.95)["threshold"]
     noise_flagged = float(np.mean(energies["noise"] > threshold))
     assert noise_flagged < 0.5, f"energy now flags {noise_flagged:.0%} of noise: revisit the default score"
+
+
+def _primal_parts(features: np.ndarray, labels: np.ndarray, dims: int):
+    """The textbook fit: eigen-decompose the C x C within-class covariance itself."""
+    from tumor_edge.calibration.mahalanobis import EIGEN_FLOOR
+
+    classes = np.unique(labels)
+    means = {c: features[labels == c].mean(axis=0) for c in classes}
+    within = features - np.stack([means[c] for c in labels])
+    eigval, eigvec = np.linalg.eigh(within.T @ within / (len(features) - len(classes)))
+    order = np.argsort(eigval)[::-1][:min(dims, len(features) - len(classes))]
+    projection = eigvec[:, order] / np.sqrt(np.maximum(eigval[order], eigval.max() * EIGEN_FLOOR))
+    centres = np.stack([(means[c] - features.mean(axis=0)) @ projection for c in classes])
+    return features.mean(axis=0), projection, centres
+
+
+@pytest.mark.parametrize("n, width", [(60, 300), (400, 50)])
+def test_the_fit_scores_as_the_covariances_own_eigenvectors_would(n, width):
+    """Fewer scans than features (a validation split's 2048 pooled features) or more: the scores, the threshold
+    and every scan's distance equal the textbook fit's. Eigenvector signs may differ; distances do not see them."""
+    from tumor_edge.calibration.mahalanobis import _fit_parts, out_of_fold_scores
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, n)
+    features = rng.normal(size=(n, width)) * rng.uniform(0.1, 3, width) + labels[:, None] * 0.5
+    probe = rng.normal(size=(50, width)) * 2
+    mean, projection, centres = _fit_parts(features, labels, 32)
+    ref_mean, ref_projection, ref_centres = _primal_parts(features, labels, 32)
+    ours = score_projected((probe - mean) @ projection, centres)
+    textbook = score_projected((probe - ref_mean) @ ref_projection, ref_centres)
+    np.testing.assert_allclose(ours, textbook, rtol=1e-9)
+    assert np.abs(projection).sum(axis=0) == pytest.approx(np.abs(ref_projection).sum(axis=0), rel=1e-9)
+    held_out = out_of_fold_scores(features, labels, 32)
+    assert np.all(np.isfinite(held_out)) and held_out.shape == (n,)

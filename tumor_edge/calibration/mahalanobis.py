@@ -84,10 +84,20 @@ def _fit_parts(features: np.ndarray, labels: np.ndarray, dims: int) -> tuple[np.
     mean = features.mean(axis=0)
     class_means = {c: features[labels == c].mean(axis=0) for c in classes}
     within = features - np.stack([class_means[c] for c in labels])
-    cov = within.T @ within / max(len(features) - len(classes), 1)
-    eigval, eigvec = np.linalg.eigh(cov)
+    scale = max(len(features) - len(classes), 1)
     keep = max(1, min(dims, len(features) - len(classes), features.shape[1]))
-    order = np.argsort(eigval)[::-1][:keep]
+    if len(features) < features.shape[1]:
+        # Fewer scans than features: the covariance's non-zero spectrum is that of the N x N Gram matrix, and
+        # each eigenvector is within.T @ u normalised (a few hundred scans against 2,048 features: an N x N
+        # decomposition instead of a 2,048 x 2,048 one, the same directions and distances).
+        eigval, u = np.linalg.eigh(within @ within.T / scale)
+        order = np.argsort(eigval)[::-1][:keep]
+        order = order[eigval[order] > max(float(eigval.max()), 0.0) * 1e-12]
+        eigvec = np.zeros((features.shape[1], len(eigval)))
+        eigvec[:, order] = within.T @ u[:, order] / np.sqrt(eigval[order] * scale)
+    else:
+        eigval, eigvec = np.linalg.eigh(within.T @ within / scale)
+        order = np.argsort(eigval)[::-1][:keep]
     floor = max(float(eigval.max()) * EIGEN_FLOOR, 1e-12)
     projection = eigvec[:, order] / np.sqrt(np.maximum(eigval[order], floor))
     centres = np.stack([(class_means[c] - mean) @ projection for c in classes])
