@@ -29,7 +29,6 @@ MIN_TRUST_IMAGES = 20  # as train: fewer gives a temperature that may hurt new i
 OOD_SET_SIZE = 50  # images per generated out-of-distribution set (as train)
 NO_FEATURE_OOD_REASON = ("a model made elsewhere brings no fit of its pooled features; only the input checks "
                          "(colour, noise, blank) apply")
-NO_FEATURE_OOD = f"no feature-space OOD check: {NO_FEATURE_OOD_REASON}"
 
 
 def _held_back(source, seed: int):
@@ -98,5 +97,5 @@ def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -
     return record
 
 
-__all__ = ["MIN_TRUST_IMAGES", "NO_FEATURE_OOD", "NO_FEATURE_OOD_REASON", "TRUST_IMAGES", "fit_foreign_trust",
+__all__ = ["MIN_TRUST_IMAGES", "NO_FEATURE_OOD_REASON", "TRUST_IMAGES", "fit_foreign_trust",
            "fit_output_ood"]

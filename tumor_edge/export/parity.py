@@ -214,4 +214,4 @@ def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np
     row.verdict, row.failures, row.images_needed = stats.verdict, list(stats.reasons), stats.images_needed
     if row.verdict == FAIL and any("agreement" in r for r in row.failures):
         row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
-    row.statistics = stats.to_dict()
+    row.statistics = asdict(stats)

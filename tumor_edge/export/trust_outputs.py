@@ -18,8 +18,6 @@ from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ConfigError
 
-HEATMAP_PARITY_GOAL = 0.95  # the mean per-map correlation with Keras' maps an int8 file should reach
-
 
 @dataclass
 class TrustExport:
