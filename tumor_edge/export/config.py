@@ -14,6 +14,12 @@ OUTPUT_CHOICES = ("auto", "probabilities", "logits")
 LAYOUT_CHOICES = ("auto", "nchw", "nhwc")  # a foreign ONNX model's input layout (export/foreign_onnx.py)
 
 
+def needs_option(error: Exception, option: str) -> Exception:
+    """Tag an error with the export option (an `ExportConfig` field) that fixes it; the CLI names its flag."""
+    error.option = option
+    return error
+
+
 @dataclass
 class ParityThresholds:
     """The tolerances a file must be proven within (defaults: the parity contract in the README), and how sure
@@ -113,4 +119,4 @@ class ExportConfig:
         raise KeyError(name)
 
 
-__all__ = ["ExportConfig", "LAYOUT_CHOICES", "OUTPUT_CHOICES", "ParityThresholds"]
+__all__ = ["ExportConfig", "LAYOUT_CHOICES", "OUTPUT_CHOICES", "ParityThresholds", "needs_option"]

@@ -20,7 +20,7 @@ from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.contracts.state import remember_last_bundle
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
-from tumor_edge.export.config import ExportConfig
+from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.context import (
     ExportContext,
     ExportedFile,
@@ -31,13 +31,12 @@ from tumor_edge.export.context import (
 )
 from tumor_edge.export.file_checks import HeatmapInputs, check_files
 from tumor_edge.export.model_card import write_model_card
+from tumor_edge.export.model_source import ModelSource, SourceOptions, stratified_subset
 from tumor_edge.export.parity import ParityReport, parity_inputs, parity_report
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
 from tumor_edge.export.provenance import provenance
-from tumor_edge.export.samples import stratified_subset
-from tumor_edge.export.source import ModelSource, SourceOptions, needs_option
 from tumor_edge.worker import Inline, Worker
 
 log = logging.getLogger("tumor_edge.export")

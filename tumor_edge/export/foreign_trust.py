@@ -22,7 +22,7 @@ import numpy as np
 
 from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.errors import ConfigError
-from tumor_edge.export.samples import stratified_subset
+from tumor_edge.export.model_source import stratified_subset
 
 TRUST_IMAGES = 500  # held-back images the temperature and the OOD threshold are fitted on (stratified subset)
 MIN_TRUST_IMAGES = 20  # as train: fewer gives a temperature that may hurt new images

@@ -1,37 +1,41 @@
-"""What is being exported, as everything downstream sees it: one `ModelSource` and the options that made it.
+"""What is being exported, as everything downstream sees it: one `ModelSource`, the options that made it, and the
+labelled image files it calibrates, selects and tests on.
 
-Everything downstream (converters, quantization, parity) works from one `ModelSource`: the model (loaded on first
-use, in whichever process needs it: the source pickles without it, so a converter's child process loads its own),
-the class names in output order, the preprocessing the bundle will declare, the preprocessing the Keras reference
-is evaluated with, and the labelled images to calibrate, select and test on. Loading one is export/source.py's
-job (run folders, Keras and SavedModel files) and export/source_onnx.py's (a foreign ONNX file); both build on the
-helpers here, so neither imports the other's module for them.
+The model is loaded on first use, in whichever process needs it: the source pickles without it, so a converter's
+child process loads its own. Calibration images come from the training split, the choice of calibration method
+from the validation split, and parity from the test split: never the test split for anything but the final check.
+Loading a source is export/source.py's job.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tumor_edge.contracts.preprocessing import SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
-from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, stratified_split
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.export.foreign import load_model_file
+from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, discover, stratified_split
+from tumor_edge.errors import ConfigError, DatasetError, ModelError
+from tumor_edge.export.config import needs_option
 from tumor_edge.export.foreign_onnx import OnnxFacts
-from tumor_edge.export.outputs import with_softmax
-from tumor_edge.export.samples import SampleSet, folder_samples, require_images
+from tumor_edge.runtime import is_scan_file
 
-OUTPUT_TYPES = ("auto", "probabilities", "logits")
 # Share of a foreign model's calibration images held out to choose the calibration method on.
 FOREIGN_VAL_FRACTION = 0.2
 
 
-def needs_option(error: Exception, option: str) -> Exception:
-    """Tag a library error with the export option that fixes it; the CLI names its flag."""
-    error.option = option
-    return error
+@dataclass
+class SampleSet:
+    """Labelled image files plus where they came from, for the report."""
+
+    samples: list[Sample]
+    origin: str
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
 
 @dataclass
@@ -42,8 +46,8 @@ class SourceOptions:
     image_size: int | None = None
     preprocess: str | None = None  # a scaling name of contracts.preprocessing
     resize: str | None = None  # a resize method of contracts.preprocessing
-    output: str = "auto"  # "auto" | "probabilities" | "logits"
-    layout: str = "auto"  # a foreign ONNX model's input: "auto" | "nchw" | "nhwc"
+    output: str = "auto"  # one of config.OUTPUT_CHOICES
+    layout: str = "auto"  # a foreign ONNX model's input: one of config.LAYOUT_CHOICES
     calib_data: Path | None = None
     test_data: Path | None = None
     seed: int = 0
@@ -91,17 +95,24 @@ class ModelSource:
 
             self._raw = OnnxModel(self.path, self.onnx)
         if self._raw is None:
+            from tumor_edge.export.source import load_model_file
+
             self._raw = load_model_file(self.model_file, "keras" if self.kind == "run" else self.kind,
                                         self.preprocessing.height)
         return self._raw
 
     @property
     def model(self):
-        """A Keras model that yields probabilities (a softmax appended to a logit model)."""
-        if self._model is None and self.kind == "onnx":
-            self._model = self.raw_model.with_softmax() if self.softmax_appended else self.raw_model
+        """A model that yields probabilities (a softmax appended to a logit model)."""
         if self._model is None:
-            self._model = with_softmax(self.raw_model) if self.softmax_appended else self.raw_model
+            self._model = self.raw_model
+            if self.softmax_appended and self.kind == "onnx":
+                self._model = self._model.with_softmax()
+            elif self.softmax_appended:
+                import keras
+
+                probabilities = keras.layers.Softmax(name="probabilities")(self._model.outputs[0])
+                self._model = keras.Model(self._model.inputs, probabilities, name=f"{self._model.name}_softmax")
         return self._model
 
     @property
@@ -130,9 +141,9 @@ class ModelSource:
 
     def settle_trust(self) -> ModelSource:
         """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent. (A
-        foreign ONNX source is settled by export/source_onnx.py's `settle_onnx_trust` instead.)"""
+        foreign ONNX source is settled by export/source.py's `settle_onnx_trust` instead.)"""
         if self.kind == "onnx":
-            raise ValueError("a foreign ONNX source is settled by source_onnx.settle_onnx_trust")
+            raise ValueError("a foreign ONNX source is settled by source.settle_onnx_trust")
         found = self._trust_export()
         self._converted, found.model = found.model, None
         self.trust = found
@@ -156,10 +167,63 @@ def require_foreign_options(path: Path, options: SourceOptions) -> None:
 # ------------------------------------------------------------------------------------------------- samples
 
 
+def stratified_subset(samples: Sequence[Sample], count: int | None, seed: int) -> list[Sample]:
+    """At most `count` samples with each class in its original proportion (at least one each); all if None.
+    Deterministic for a seed, so the same export calibrates on the same images every time."""
+    samples = list(samples)
+    if count is None or count >= len(samples):
+        return samples
+    by_label: dict[int, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        by_label.setdefault(s.label, []).append(s)
+    rng = random.Random(seed)
+    chosen: list[Sample] = []
+    total = len(samples)
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        take = max(1, round(count * len(group) / total))
+        chosen.extend(group[:take])
+    rng.shuffle(chosen)
+    return chosen[:count] if len(chosen) > count else chosen
+
+
+def folder_samples(folder: Path, classes: Sequence[str], split_dir: str) -> list[Sample]:
+    """A dataset root (ROOT/<split_dir>/<class>/*) or a folder of class sub-folders, as labelled samples. A folder
+    whose sub-folders are not class names is refused, so a typo cannot silently test nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError("folder not found", folder)
+    if (folder / split_dir).is_dir():
+        if split_dir == TRAIN_DIR:
+            index = discover(folder, require_test=False)
+            if list(index.classes) != list(classes):
+                raise DatasetError(f"classes {', '.join(index.classes)} differ from the model's "
+                                   f"({', '.join(classes)})", folder)
+            return list(index.train)
+        folder = folder / split_dir
+    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [d for d in subdirs if d not in classes]
+    if unknown:
+        raise DatasetError(f"sub-folders {', '.join(unknown)} are not classes of this model "
+                           f"({', '.join(classes)})", folder)
+    samples = []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if class_dir.is_dir():
+            samples.extend(Sample(p, label) for p in sorted(class_dir.rglob("*")) if p.is_file() and is_scan_file(p))
+    return samples
+
+
+def _require_images(samples: Sequence[Sample], what: str, folder: Path | str) -> None:
+    if not samples:
+        raise DatasetError(f"no {what} images found", folder)
+
+
 def calibration_from_folder(folder: Path, classes: list[str], seed: int,
                              keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
     samples = folder_samples(folder, classes, TRAIN_DIR)
-    require_images(samples, "calibration", folder)
+    _require_images(samples, "calibration", folder)
     origin = f"calibration images {folder}"
     if keep_validation is not None:
         return SampleSet(samples, origin), keep_validation
@@ -172,7 +236,7 @@ def calibration_from_folder(folder: Path, classes: list[str], seed: int,
 
 def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
     samples = folder_samples(folder, classes, TEST_DIR)
-    require_images(samples, "test", folder)
+    _require_images(samples, "test", folder)
     return SampleSet(samples, f"test images {folder}")
 
 
@@ -182,5 +246,5 @@ def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-__all__ = ["FOREIGN_VAL_FRACTION", "OUTPUT_TYPES", "ModelSource", "SourceOptions", "calibration_from_folder",
-           "checked_choice", "needs_option", "require_foreign_options", "test_from_folder"]
+__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SampleSet", "SourceOptions", "calibration_from_folder",
+           "checked_choice", "folder_samples", "require_foreign_options", "stratified_subset", "test_from_folder"]

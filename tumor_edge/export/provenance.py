@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tumor_edge import __version__
-from tumor_edge.export.source import ModelSource
+from tumor_edge.export.model_source import ModelSource
 from tumor_edge.machine import host, package_versions
 
 

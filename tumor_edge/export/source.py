@@ -1,7 +1,12 @@
 """Loading what is being exported: a training run folder, or a Keras/SavedModel/ONNX classifier made elsewhere,
-as the one `ModelSource` (export/model_source.py) everything downstream works from. A run folder says everything
-itself (`contracts.run_folder`); for a foreign model the user says it and we check what can be checked
-(export/foreign.py, export/outputs.py; a foreign ONNX file: export/source_onnx.py).
+as the one `ModelSource` (export/model_source.py) everything downstream works from.
+
+A run folder says everything itself (`contracts.run_folder`). For a foreign model the user says what cannot be
+read from it (class names, scaling) and what can be checked is checked: the class count against the output width,
+the image size against the input shape, one NHWC RGB input, and whether it outputs probabilities or logits. A
+logit model gets a softmax appended, so every exported file yields probabilities by itself and the int8 files
+quantize the softmax's input rather than saturating probabilities. A foreign ONNX file loads no TensorFlow: it is
+read by export/foreign_onnx.py, and the onnx-fp32 row rewrites its graph.
 """
 
 from __future__ import annotations
@@ -9,34 +14,34 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.data.dataset import read_split
-from tumor_edge.errors import ConfigError, DatasetError, ModelError
-from tumor_edge.export.foreign import KERAS_SUFFIXES, SAVED_MODEL_FILE, check_io, input_hw, load_model_file
+from tumor_edge.errors import DatasetError, ModelError, first_line
+from tumor_edge.export.config import OUTPUT_CHOICES, needs_option
 from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES
 from tumor_edge.export.model_source import (
-    FOREIGN_VAL_FRACTION,
-    OUTPUT_TYPES,
     ModelSource,
+    SampleSet,
     SourceOptions,
     calibration_from_folder,
     checked_choice,
-    needs_option,
     require_foreign_options,
     test_from_folder,
 )
-from tumor_edge.export.outputs import detect_output, settle_output
-from tumor_edge.export.samples import SampleSet
-from tumor_edge.export.source_onnx import load_onnx_source, settle_onnx_trust
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+SAVED_MODEL_FILE = "saved_model.pb"
+NO_HEATMAP = "no heatmaps: an ONNX model made elsewhere has no class-activation head tumor-edge can read"
 
 
 def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
-    """Load a run folder, a .keras/.h5 file or a SavedModel folder, with its samples; one-line errors."""
+    """Load a run folder, a .keras/.h5/.onnx file or a SavedModel folder, with its samples; one-line errors."""
     path = Path(path)
-    if options.output not in OUTPUT_TYPES:
-        raise ConfigError(f"the model output must be one of {', '.join(OUTPUT_TYPES)}, not {options.output!r}")
+    checked_choice(options.output, OUTPUT_CHOICES, "model output")
     if not path.exists():
         raise ModelError("no such run folder or model file", path)
     run = RunFolder(path)
@@ -108,6 +113,16 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
 # ------------------------------------------------------------------------------------------- foreign models
 
 
+def _foreign_samples(options: SourceOptions, classes: list[str]) -> dict[str, SampleSet | None]:
+    """A foreign model's calibration, validation and test sets, from the folders the user gave."""
+    found: dict[str, SampleSet | None] = dict.fromkeys(("calibration", "validation", "test"))
+    if options.calib_data:
+        found["calibration"], found["validation"] = calibration_from_folder(options.calib_data, classes, options.seed)
+    if options.test_data:
+        found["test"] = test_from_folder(options.test_data, classes)
+    return found
+
+
 def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     require_foreign_options(path, options)
     scaling = checked_choice(options.preprocess, SCALING_NAMES, "scaling")
@@ -125,22 +140,183 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     spec = Preprocessing(height=height, width=width, resize=resize, scaling=scaling)
     classes = [str(c) for c in options.classes]
     check_io(raw, path, classes, spec)
-    calibration = validation = test = None
-    if options.calib_data:
-        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed)
-    if options.test_data:
-        test = test_from_folder(options.test_data, classes)
     digest = sha256_file(path) if path.is_file() else sha256_file(path / SAVED_MODEL_FILE)
     source = ModelSource(
         path=path, kind=kind, classes=classes, preprocessing=spec, reference_preprocessing=spec,
-        source_output="probabilities", output_decided_by="", sha256=digest, calibration=calibration,
-        validation=validation, test=test, seed=options.seed, _raw=raw)
+        source_output="probabilities", output_decided_by="", sha256=digest, seed=options.seed, _raw=raw,
+        **_foreign_samples(options, classes))
+    return _settle_foreign_output(source, options)
+
+
+def load_onnx_source(path: Path, options: SourceOptions) -> ModelSource:
+    from tumor_edge.export.foreign_onnx import inspect_onnx
+
+    require_foreign_options(path, options)
+    classes = [str(c) for c in options.classes]
+    facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
+    spec = Preprocessing(height=facts.height or options.image_size, width=facts.width or options.image_size,
+                         resize=checked_choice(options.resize or "bilinear", RESIZE_NAMES, "resize"),
+                         scaling=checked_choice(options.preprocess, SCALING_NAMES, "scaling"))
+    source = ModelSource(
+        path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
+        source_output="probabilities", output_decided_by="", sha256=sha256_file(path), onnx=facts,
+        seed=options.seed, **_foreign_samples(options, classes))
+    probe = probe_outputs(source.raw_model, source)
+    if probe.ndim != 2 or probe.shape[1] != len(classes):  # a dynamic output width is checked on real outputs
+        raise needs_option(ModelError(f"the model gives outputs of shape {probe.shape[1:]} per image but "
+                                      f"{len(classes)} classes were given", path), "classes")
+    return _settle_foreign_output(source, options, probe)
+
+
+def settle_onnx_trust(source: ModelSource) -> ModelSource:
+    """The trust fields of a foreign ONNX model: the temperature and the output-score OOD fit from the held-back
+    images (or why not), no heatmap; the notes become export warnings."""
+    from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
+    from tumor_edge.contracts.bundle import OutputSpec
+    from tumor_edge.export.trust_outputs import TrustExport
+
+    fit = source._foreign_trust()
+    calibration, ood = fit["calibration"], fit["ood"]
+    trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None, notes=[NO_HEATMAP])
+    if calibration.get("skipped"):
+        trust.notes.append(f"no calibration: {calibration['skipped']}")
+    if ood.get("skipped"):
+        trust.notes.append(f"no output-score OOD check: {ood['skipped']} (only the input checks apply)")
+    else:
+        trust.ood = ood
+        trust.extra_outputs = {OUTPUT_SCORE_ROLE: OutputSpec(OUTPUT_SCORE_ROLE, 1, ood["score"], ood["description"])}
+    source.trust = trust
+    source.warnings.extend(trust.notes)
+    return source
+
+
+def load_model_file(path: Path, kind: str, image_size: int | None):
+    """The model as its maker saved it: kind "keras" (a file) or "savedmodel" (a folder)."""
+    import keras
+
+    if kind == "savedmodel":
+        return _load_saved_model(path, image_size)
+    if not path.is_file():
+        raise ModelError("model file not found", path)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises ValueError, OSError, zipfile/h5py errors, TypeError...
+        raise ModelError(f"Keras cannot load this model ({first_line(err, 240)})", path) from err
+
+
+def _load_saved_model(path: Path, image_size: int | None):
+    """A SavedModel's serving signature wrapped as a Keras model (Keras 3 cannot load SavedModels directly)."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+    except Exception as err:
+        raise ModelError(f"TensorFlow cannot load this SavedModel ({first_line(err, 240)})", path) from err
+    specs = list(signature.structured_input_signature[1].values())
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise ModelError("the SavedModel's serving signature must take one NHWC image tensor", path)
+    shape = list(specs[0].shape)
+    h = shape[1] if shape[1] is not None else image_size
+    w = shape[2] if shape[2] is not None else image_size
+    if h is None or w is None:
+        raise ModelError("the SavedModel's input size is not fixed: give the image size", path)
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    inputs = keras.Input((h, w, shape[3] or 3), name="image")
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ModelError(f"the SavedModel has {len(outputs)} outputs; export needs one", path)
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs)
+
+
+def input_hw(model, path: Path) -> tuple[int | None, int | None]:
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    if len(model.inputs) != 1 or len(shape) != 4:
+        raise ModelError(f"expected one image input of rank 4 (N, H, W, 3), the model takes {shape}", path)
+    if shape[3] != 3:
+        raise ModelError(f"the model takes {shape[3]}-channel input; bundles are RGB NHWC (channels last)", path)
+    return shape[1], shape[2]
+
+
+def check_io(model, path: Path, classes: list[str], spec: Preprocessing) -> None:
+    """Class count against the output width; image size against the input shape."""
+    if len(model.outputs) != 1:
+        raise ModelError(f"the model has {len(model.outputs)} outputs; export needs one", path)
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2:
+        raise ModelError(f"the model's output has shape {out_shape}; expected (batch, classes)", path)
+    if out_shape[-1] != len(classes):
+        raise ModelError(f"the model has {out_shape[-1]} outputs but {len(classes)} classes were given "
+                         f"({', '.join(classes)})", path)
+    h, w = input_hw(model, path)
+    if (h is not None and h != spec.height) or (w is not None and w != spec.width):
+        raise ModelError(f"the model takes {h}x{w} images but the preprocessing says "
+                         f"{spec.height}x{spec.width}", path)
+
+
+# ------------------------------------------------------------------------------------ probabilities or logits
+
+
+def _settle_foreign_output(source: ModelSource, options: SourceOptions, probe: np.ndarray | None = None
+                           ) -> ModelSource:
     if options.output != "auto":
         return settle_output(source, options.output, "--output", stated=True)
-    output, reason = detect_output(raw, source)
-    return settle_output(source, output, reason, stated=False)
+    return settle_output(source, *detect_output(source.raw_model, source, probe), stated=False)
 
 
-# The names export's other modules have always imported from here (a ModelSource is still what `load_source` gives).
-__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SourceOptions", "calibration_from_folder", "checked_choice",
-           "load_source", "needs_option", "require_foreign_options", "test_from_folder"]
+def detect_output(model, source: ModelSource, probe: np.ndarray | None = None) -> tuple[str, str]:
+    """("probabilities" | "logits", why): the last layer's activation where Keras tells it, else the outputs
+    (`probe`, or the model's outputs on a few images). A softmax could be hiding inside a SavedModel, so the
+    empirical test is the fallback: rows in [0, 1] summing to 1 are probabilities, anything else logits."""
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if last is not None:
+        import keras
+
+        activation = getattr(last, "activation", None)
+        if isinstance(last, keras.layers.Softmax) or activation is keras.activations.softmax:
+            return "probabilities", "last layer applies softmax"
+        if activation is keras.activations.linear:
+            return "logits", "last layer is linear"
+    if rows_are_probabilities(probe_outputs(model, source) if probe is None else probe):
+        return "probabilities", "outputs are rows in [0, 1] that sum to 1"
+    return "logits", "outputs are not rows of probabilities"
+
+
+def probe_outputs(model, source: ModelSource) -> np.ndarray:
+    """The model's outputs on a few of the source's images (random pixels when it has none)."""
+    from tumor_edge.data.dataset import load_pixels
+    from tumor_edge.runtime import scale
+
+    spec = source.reference_preprocessing
+    group = source.test or source.calibration
+    pixels = load_pixels(group.samples[:8], spec, show_progress=False).pixels if group else np.zeros((0,))
+    if len(pixels) == 0:
+        pixels = np.random.default_rng(0).integers(0, 256, (4, spec.height, spec.width, 3), dtype=np.uint8)
+    return np.asarray(model.predict(scale(pixels, spec), verbose=0), dtype=np.float64)
+
+
+def rows_are_probabilities(outputs: np.ndarray) -> bool:
+    return bool(outputs.size and np.all(outputs >= -1e-6) and np.all(outputs <= 1 + 1e-6)
+                and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def settle_output(source: ModelSource, output: str, decided_by: str, stated: bool) -> ModelSource:
+    """Record what the model outputs; a type the user stated is checked against the model's outputs."""
+    if stated and source.kind != "run":
+        probs = rows_are_probabilities(probe_outputs(source.raw_model, source))
+        if output == "probabilities" and not probs:
+            raise ModelError("the model was said to output probabilities, but its outputs are not rows of "
+                             "probabilities (say logits)", source.path)
+        if output == "logits" and probs:
+            source.warnings.append("the model was said to output logits, but its outputs look like "
+                                   "probabilities: a softmax will be applied on top of them")
+    source.source_output = output
+    source.output_decided_by = decided_by
+    return source
+
+
+__all__ = ["KERAS_SUFFIXES", "NO_HEATMAP", "SAVED_MODEL_FILE", "load_model_file", "load_onnx_source", "load_source",
+           "settle_onnx_trust"]
