@@ -70,7 +70,7 @@ class ModelSource:
     warnings: list[str] = field(default_factory=list)
     trust: Any = None  # export.trust_outputs.TrustExport without its model: outputs, calibration, OOD, notes
     onnx: OnnxFacts | None = None  # a foreign ONNX file: its layout, batch, opset (export/foreign_onnx.py)
-    foreign_fit: dict[str, Any] | None = None  # a foreign model's calibration and OOD fit (export/foreign_trust.py)
+    foreign_fit: dict[str, Any] | None = None  # a foreign model's calibration and OOD fit (export/trust_outputs.py)
     seed: int = 0
     _raw: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
@@ -134,18 +134,20 @@ class ModelSource:
         """What train would have recorded, fitted once (where the source is loaded) on the held-back calibration
         images of a foreign model; plain data, so converter processes reuse it."""
         if self.foreign_fit is None:
-            from tumor_edge.export.foreign_trust import fit_foreign_trust
+            from tumor_edge.export.trust_outputs import fit_foreign_trust
 
             self.foreign_fit = fit_foreign_trust(self, self.seed)
         return self.foreign_fit
 
     def settle_trust(self) -> ModelSource:
-        """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent. (A
-        foreign ONNX source is settled by export/source.py's `settle_onnx_trust` instead.)"""
+        """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
         if self.kind == "onnx":
-            raise ValueError("a foreign ONNX source is settled by source.settle_onnx_trust")
-        found = self._trust_export()
-        self._converted, found.model = found.model, None
+            from tumor_edge.export.trust_outputs import onnx_trust
+
+            found = onnx_trust(self._foreign_trust())
+        else:
+            found = self._trust_export()
+            self._converted, found.model = found.model, None
         self.trust = found
         self.warnings.extend(note for note in found.notes if note != "heatmaps not requested")
         return self

@@ -35,7 +35,6 @@ from tumor_edge.export.model_source import (
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAVED_MODEL_FILE = "saved_model.pb"
-NO_HEATMAP = "no heatmaps: an ONNX model made elsewhere has no class-activation head tumor-edge can read"
 
 
 def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
@@ -46,18 +45,20 @@ def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
         raise ModelError("no such run folder or model file", path)
     run = RunFolder(path)
     if path.is_dir() and run.is_run():
-        return _load_run(run, options).settle_trust()
-    if path.is_dir() and (path / SAVED_MODEL_FILE).is_file():
-        return _load_foreign(path, "savedmodel", options).settle_trust()
-    if path.is_dir():
+        source = _load_run(run, options)
+    elif path.is_dir() and (path / SAVED_MODEL_FILE).is_file():
+        source = _load_foreign(path, "savedmodel", options)
+    elif path.is_dir():
         raise ModelError(f"not a run folder (no {run.model.name} + {run.config.name}) nor a SavedModel "
                          f"(no {SAVED_MODEL_FILE})", path)
-    if path.suffix.lower() in KERAS_SUFFIXES:
-        return _load_foreign(path, "keras", options).settle_trust()
-    if path.suffix.lower() in ONNX_SUFFIXES:
-        return settle_onnx_trust(load_onnx_source(path, options))
-    raise ModelError(f"unsupported model file; expected a run folder, {', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES)} "
-                     "or a SavedModel folder", path)
+    elif path.suffix.lower() in KERAS_SUFFIXES:
+        source = _load_foreign(path, "keras", options)
+    elif path.suffix.lower() in ONNX_SUFFIXES:
+        source = load_onnx_source(path, options)
+    else:
+        raise ModelError(f"unsupported model file; expected a run folder, "
+                         f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES)} or a SavedModel folder", path)
+    return source.settle_trust()
 
 
 # ----------------------------------------------------------------------------------------------- run folders
@@ -166,28 +167,6 @@ def load_onnx_source(path: Path, options: SourceOptions) -> ModelSource:
         raise needs_option(ModelError(f"the model gives outputs of shape {probe.shape[1:]} per image but "
                                       f"{len(classes)} classes were given", path), "classes")
     return _settle_foreign_output(source, options, probe)
-
-
-def settle_onnx_trust(source: ModelSource) -> ModelSource:
-    """The trust fields of a foreign ONNX model: the temperature and the output-score OOD fit from the held-back
-    images (or why not), no heatmap; the notes become export warnings."""
-    from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
-    from tumor_edge.contracts.bundle import OutputSpec
-    from tumor_edge.export.trust_outputs import TrustExport
-
-    fit = source._foreign_trust()
-    calibration, ood = fit["calibration"], fit["ood"]
-    trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None, notes=[NO_HEATMAP])
-    if calibration.get("skipped"):
-        trust.notes.append(f"no calibration: {calibration['skipped']}")
-    if ood.get("skipped"):
-        trust.notes.append(f"no output-score OOD check: {ood['skipped']} (only the input checks apply)")
-    else:
-        trust.ood = ood
-        trust.extra_outputs = {OUTPUT_SCORE_ROLE: OutputSpec(OUTPUT_SCORE_ROLE, 1, ood["score"], ood["description"])}
-    source.trust = trust
-    source.warnings.extend(trust.notes)
-    return source
 
 
 def load_model_file(path: Path, kind: str, image_size: int | None):
@@ -318,5 +297,4 @@ def settle_output(source: ModelSource, output: str, decided_by: str, stated: boo
     return source
 
 
-__all__ = ["KERAS_SUFFIXES", "NO_HEATMAP", "SAVED_MODEL_FILE", "load_model_file", "load_onnx_source", "load_source",
-           "settle_onnx_trust"]
+__all__ = ["KERAS_SUFFIXES", "SAVED_MODEL_FILE", "load_model_file", "load_onnx_source", "load_source"]
