@@ -2,9 +2,10 @@
 
 The order is the point: validate everything cheap first (output folder, model, classes, images) so a mistake
 costs seconds, not a conversion; then convert every row of the format table the plan lists (export/plan.py);
-stamp the ONNX files with their metadata; open each file once through the runtime for parity, heatmap parity
-and its reference record (export/file_checks.py); write metadata.json once, then parity.json, parity.md and the
-model card. A bundle holds models only, nothing made for this machine.
+stamp the ONNX files with their metadata, so a lone .onnx classifies on its own; open each file once through the
+runtime for parity, heatmap parity and its reference record (parity.check_files); write metadata.json once, then
+parity.json, parity.md and the model card. A bundle holds models only, nothing made for this machine. File names
+come from the format table and `contracts.bundle`; none is spelled here.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge import __version__
+from tumor_edge.contracts.bundle import BUNDLE_DOCUMENTS, BundleMetadata, ModelEntry, describe_file, member_path
+from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
 from tumor_edge.contracts.state import remember_last_bundle
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
-from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
 from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.context import (
     ExportContext,
@@ -29,14 +33,15 @@ from tumor_edge.export.context import (
     load_and_keep,
     pixels_digest,
 )
-from tumor_edge.export.file_checks import HeatmapInputs, check_files
 from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.model_source import ModelSource, SourceOptions, stratified_subset
-from tumor_edge.export.parity import ParityReport, parity_inputs, parity_report
+from tumor_edge.export.parity import HeatmapInputs, ParityReport, check_files, parity_inputs, parity_report
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
-from tumor_edge.export.provenance import provenance
+from tumor_edge.machine import host, package_versions
+from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
+from tumor_edge.signing import SIGNATURE_FILE
 from tumor_edge.worker import Inline, Worker
 
 log = logging.getLogger("tumor_edge.export")
@@ -135,7 +140,7 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
     metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
                               output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
                               calibration=trust.calibration if trust else None, ood=trust.ood if trust else None,
-                              provenance=provenance(source, "pending" if config.parity else
+                              provenance=_provenance(source, "pending" if config.parity else
                                                     "not proven: exported without parity"))
     stamp_onnx_files(out, rows, metadata)
     metadata.models = model_entries(out, rows, None)
@@ -164,6 +169,89 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
     if metadata.models:
         metadata.reference = checks.reference
     return metadata, report
+
+
+def _provenance(source: ModelSource, parity_state: str) -> dict[str, Any]:
+    """Where the bundle came from: versions, machine, source model and hash, training run and data fingerprint,
+    and how the model's output was settled."""
+    run = source.run_config
+    versions = package_versions()
+    versions["tumor-edge"] = versions.get("tumor-edge") or __version__  # from the code when run from a checkout
+    return {
+        "tumor_edge_version": __version__,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"kind": source.kind, "path": str(source.path.resolve()), "sha256": source.sha256},
+        "run_dir": str(source.run_dir.resolve()) if source.run_dir else None,
+        "data_fingerprint": run.data_fingerprint if run else None,
+        "data_root": run.data_root if run else None,
+        "trained": run.created if run else None,
+        "training_versions": run.versions if run else None,
+        "versions": versions,
+        "host": host(),
+        "output": {"model_output": source.source_output, "decided_by": source.output_decided_by,
+                   "softmax_appended": source.softmax_appended},
+        "parity": parity_state,
+    }
+
+
+def is_bundle_file(name: str) -> bool:
+    """A file export writes (and `force` may replace): a table model file, a bundle document, the signature (a
+    new export's files would never match an old signature)."""
+    return name in BUNDLE_MODEL_FILES or name in BUNDLE_DOCUMENTS or name == SIGNATURE_FILE
+
+
+def prepare_out_dir(out: Path, force: bool) -> Path:
+    """Refuse a non-empty folder without force; with it, remove only the files a bundle consists of."""
+    return _prepare_out_dir(out, force, is_bundle_file, "bundle")
+
+
+def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata) -> None:
+    """Every ONNX file carries the bundle's essentials in its metadata_props, so it classifies on its own."""
+    from tumor_edge.export.onnx_export import onnx_metadata, stamp_onnx
+
+    doc = (f"tumor-edge {metadata.name}: classes {', '.join(metadata.classes)}; "
+           f"{metadata.preprocessing.to_dict()['description']}. {metadata.intended_use}")
+    for row in rows:
+        if row.ok and row.engine == "onnxruntime":
+            stamp_onnx(out / row.file, onnx_metadata(metadata, row.file, row.precision), doc)
+
+
+def model_entries(out: Path, rows: Sequence[ExportedFile], verdicts: dict[str, str] | None) -> dict[str, ModelEntry]:
+    """metadata.json's `models`: each file written, hashed, with every external data file it reads (hashed too:
+    the runtime refuses a model naming data its entry does not list), the converter's facts and its verdict."""
+    entries = {}
+    for row in rows:
+        if not row.ok:
+            continue
+        extra = {k: v for k, v in row.extra.items() if not k.startswith("_")}
+        extra["parity"] = (verdicts or {}).get(row.file, "not checked")
+        files = tuple(external_files(out, row.file)) if row.engine == "onnxruntime" else ()
+        entries[row.file] = describe_file(out / row.file, row.format, row.precision, files=files, **extra)
+    return entries
+
+
+def external_files(out: Path, file: str) -> list[str]:
+    """The external data files the ONNX model `file` in `out` reads. Each must be a plain name in the bundle
+    folder, the only place the runtime accepts one from; anything else is an error here, not a bundle that
+    no device will run."""
+    from tumor_edge.runtime import external_data_locations
+
+    names = external_data_locations(out / file)
+    for name in names:
+        member_path(out, name)  # a plain name, inside the folder (BundleIntegrityError otherwise)
+        if not (out / name).is_file():
+            raise ModelError(f"its external data {name!r} was not written beside it", out / file)
+    return names
+
+
+def private_reports(rows: Sequence[ExportedFile]) -> dict[str, Any]:
+    """The bulky facts converters return under "_" keys (the int8 calibration comparison), for `metrics`."""
+    reports = {}
+    for row in rows:
+        for key, value in row.extra.items():
+            if key.startswith("_") and row.ok:
+                reports[f"{row.key.replace('-', '_')}{key.replace('_report', '_calibration')}"] = value
+    return reports
 
 
 def sign_export(out: Path, sign_key: Path | None) -> Path | None:
@@ -240,4 +328,4 @@ def _check_images(source: ModelSource, config: ExportConfig) -> None:
                                         source.path), "test_data")
 
 
-__all__ = ["ExportConfig", "ExportResult", "export_bundle"]
+__all__ = ["ExportConfig", "ExportResult", "export_bundle", "model_entries", "prepare_out_dir", "sign_export"]

@@ -9,6 +9,10 @@ as lost agreement.
 Calibration per file: the runtime returns temperature-scaled probabilities (the bundle's T); each file's ECE
 is measured on those and on the same probabilities with the scaling undone (calibration.undo_temperature), so
 the report shows what scaling does for every exported file, int8 included, not only for the Keras model.
+
+`check_files` opens each file once, from its bytes with the bundle's metadata as export holds it in memory (the
+sha256 export just computed), for all its checks: parity, heatmap parity, and its reference record for
+`tumor-edge verify`; so metadata.json is written once, when everything it records is known.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration.temperature import ece_before_after, undo_temperature
-from tumor_edge.contracts.bundle import PARITY_MD
-from tumor_edge.export.config import ParityThresholds
+from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata, ReferenceSet
+from tumor_edge.errors import MissingExtraError, TumorEdgeError
+from tumor_edge.export.config import ExportConfig, ParityThresholds
+from tumor_edge.export.context import ExportedFile
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
+from tumor_edge.export.reference import add_outputs, new_reference
+from tumor_edge.export.trust_outputs import heatmap_correlation
 from tumor_edge.metrics import classification_metrics
+from tumor_edge.progress import progress
 from tumor_edge.runtime import Preprocessing, scale
 
 
@@ -170,8 +179,6 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     """Classify the test files with one opened bundle file (`clf`, or the error opening it raised) through the
     runtime's streaming path, exactly as `classify` runs them, and compare with Keras. A file the runtime cannot
     read was readable for the reference, so it is a failure, not a skip."""
-    from tumor_edge.errors import TumorEdgeError
-
     row = FileParity(path.name, fmt, precision, path.stat().st_size if path.exists() else 0)
     try:
         if isinstance(clf, BaseException):
@@ -197,6 +204,49 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     row.calibration = ece_before_after(row.raw_probabilities, labels, clf.postprocessing.temperature)
     _judge(row, labels, reference, probs, len(classes), thresholds)
     return row
+
+
+@dataclass
+class HeatmapInputs:
+    """The test pixels (at the bundle's preprocessing) and the Keras model's heatmaps on them."""
+
+    pixels: np.ndarray
+    reference: np.ndarray
+
+
+@dataclass
+class FileChecks:
+    parity: list[FileParity] = field(default_factory=list)  # empty without parity
+    heatmaps: dict[str, float | None] | None = None  # file -> mean correlation; None without heatmap parity
+    reference: ReferenceSet | None = None
+
+
+def check_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata, config: ExportConfig,
+                parity: ParityInputs | None, heatmaps: HeatmapInputs | None) -> FileChecks:
+    """Open each converted file once and run every check on it (see the module docstring)."""
+    from tumor_edge.runtime import Classifier, open_backend
+
+    done = [r for r in rows if r.ok]
+    result = FileChecks(heatmaps={} if heatmaps is not None else None)
+    result.reference, images = new_reference(metadata)
+    for row in progress(done, "checking exported files", length=len(done), enabled=config.show_progress):
+        path = out / row.file
+        try:
+            clf = Classifier(open_backend(path, sha256=metadata.models[row.file].sha256), metadata)
+        except TumorEdgeError as err:  # parity reports it; verify says the file has no reference
+            clf = err
+        if parity is not None:
+            result.parity.append(evaluate_file(clf, path, row.format, row.precision, parity, metadata.classes,
+                                               config.thresholds, config.batch_size))
+        if isinstance(clf, BaseException):
+            if not isinstance(clf, MissingExtraError) and parity is None:
+                raise clf
+            continue
+        if heatmaps is not None and "heatmap" in clf.output_specs:
+            result.heatmaps[row.file] = heatmap_correlation(clf, heatmaps.reference, heatmaps.pixels,
+                                                            config.batch_size)
+        add_outputs(result.reference, row.file, clf, images)
+    return result
 
 
 def parity_report(inputs: ParityInputs, rows: list[FileParity], thresholds: ParityThresholds,

@@ -3,7 +3,7 @@
 `plan_export` decides from the options and the source's kind alone which rows of the format table the export
 makes and where each runs; `Conversions` carries that out, each converter's exception turned into a failed row,
 so one failing format never costs the others (the final table shows why). After the conversions each file is
-opened once through the runtime for all its checks (export/file_checks.py) and metadata.json is written once.
+opened once through the runtime for all its checks (parity.check_files) and metadata.json is written once.
 
 Where a row runs:
 - converted from the Keras model (`needs` is None: tf2onnx, the TFLite converters): in the export's TensorFlow
