@@ -103,15 +103,13 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 3) for r in rows}  # the time each job ran
     metadata.write(out)
     write_model_card(out, metadata.to_dict(), report.to_dict() if report else None)
-    table = render_table(table_rows(report, _keras_row(source, report), [
-        {"file": r.file, "format": r.format, "precision": r.precision,
-         "size_bytes": (out / r.file).stat().st_size if r.ok else None,
-         "status": "not checked (no parity)" if r.ok else r.status} for r in rows]))
-    if report is not None:
-        write_reports(out, report, table_rows(report, _keras_row(source, report), [
-            {"file": r.file, "format": r.format, "precision": r.precision,
-             "size_bytes": (out / r.file).stat().st_size if r.ok else None, "status": r.status}
-            for r in rows if r.ok or is_skipped(r)]))
+    entries = [{"file": r.file, "format": r.format, "precision": r.precision,
+                "size_bytes": (out / r.file).stat().st_size if r.ok else None,
+                "status": "not checked (no parity)" if r.ok else r.status} for r in rows]
+    table = render_table(table_rows(report, _keras_row(source, report), entries))
+    if report is not None:  # the report's table leaves out failed rows (the error says why)
+        write_reports(out, report, table_rows(report, _keras_row(source, report),
+                                              [e for e, r in zip(entries, rows) if r.ok or is_skipped(r)]))
     result = ExportResult(out, metadata, rows, report, table, time.perf_counter() - started, warnings)
     error: TumorEdgeError | None = None
     if failed:
