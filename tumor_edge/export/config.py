@@ -117,6 +117,3 @@ class ExportConfig:
             if f.name == name:
                 return f.default_factory() if f.default is MISSING else f.default
         raise KeyError(name)
-
-
-__all__ = ["ExportConfig", "LAYOUT_CHOICES", "OUTPUT_CHOICES", "ParityThresholds", "needs_option"]

@@ -231,6 +231,3 @@ def _made_once(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep"]

@@ -324,6 +324,3 @@ def _check_images(source: ModelSource, config: ExportConfig) -> None:
             raise DatasetError("no test images in " + where, source.path)
         raise needs_option(DatasetError("parity needs test images (or turn parity off to skip the proof)",
                                         source.path), "test_data")
-
-
-__all__ = ["ExportConfig", "ExportResult", "export_bundle", "model_entries", "prepare_out_dir", "sign_export"]

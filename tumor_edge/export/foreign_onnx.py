@@ -305,7 +305,3 @@ def _check_dynamic(model, trial: Path) -> str | None:
     if pair.shape != alone.shape or not np.allclose(pair, alone, atol=BATCH_TOLERANCE, rtol=BATCH_TOLERANCE):
         return "a batch of 2 gives other outputs than one image at a time"
     return None
-
-
-__all__ = ["ONNX_SUFFIXES", "OnnxFacts", "OnnxModel", "default_opset", "inspect_onnx", "load_checked",
-           "to_bundle_model"]

@@ -246,7 +246,3 @@ def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ConfigError(f"the {what} must be one of {', '.join(choices)}, not {value!r}")
     return value
-
-
-__all__ = ["FOREIGN_VAL_FRACTION", "ModelSource", "SampleSet", "SourceOptions", "calibration_from_folder",
-           "checked_choice", "folder_samples", "require_foreign_options", "stratified_subset", "test_from_folder"]

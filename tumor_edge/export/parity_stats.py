@@ -262,8 +262,3 @@ def judge(labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classe
             needed.append(images_to_bound_mean(observed, auc_drop_upper - observed, n, max_auc_drop))
         stats.images_needed = None if any(x is None for x in needed) else max(max(needed), n + 1)
     return stats
-
-
-__all__ = ["FAIL", "NOT_PROVEN", "PASS", "ParityStatistics", "images_to_bound_mean", "images_to_bound_paired",
-           "judge", "macro_auc_batch", "mcnemar_exact", "paired_bootstrap",
-           "paired_difference_interval", "tango_score", "wilson_interval", "z_value"]

@@ -191,6 +191,3 @@ class Conversions:
     def cancel(self) -> None:
         for row in self._queued + self._running:
             row.cancel()
-
-
-__all__ = ["Conversions", "ExportPlan", "converted", "is_skipped", "plan_export"]

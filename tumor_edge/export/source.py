@@ -295,6 +295,3 @@ def settle_output(source: ModelSource, output: str, decided_by: str, stated: boo
     source.source_output = output
     source.output_decided_by = decided_by
     return source
-
-
-__all__ = ["KERAS_SUFFIXES", "SAVED_MODEL_FILE", "load_model_file", "load_onnx_source", "load_source"]

@@ -91,7 +91,3 @@ def converter_for(key: str) -> Converter:
     if function is None:
         raise LookupError(f"no converter is registered for format {key!r} (tumor_edge.export.formats)")
     return function
-
-
-__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "engine_converters", "load_converters",
-           "register_converter", "unregister_converter"]
