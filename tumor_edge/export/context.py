@@ -20,7 +20,7 @@ import numpy as np
 from tumor_edge.contracts.formats import BY_KEY, ModelFormat
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig
-from tumor_edge.export.model_source import ModelSource, stratified_subset
+from tumor_edge.export.model_source import ModelSource, SampleSet, stratified_subset
 from tumor_edge.export.source import SAVED_MODEL_FILE
 
 
@@ -107,7 +107,9 @@ class ExportContext:
 
     def calibration_file(self) -> Path:
         """Training-split pixels (stratified subset) as .npy, decoded by the runtime's code at the bundle's size."""
-        return self._pixels_file("calibration", self._calibration_samples)
+        if not self.source.calibration:
+            raise DatasetError("no calibration images")
+        return self._pixels_file("calibration", self.source.calibration, self.config.calib_count)
 
     def calibration(self) -> Pixels:
         return self._load(self.calibration_file())
@@ -116,29 +118,18 @@ class ExportContext:
         """Validation-split pixels the int8 calibration methods are compared on; None without a validation split."""
         if not self.source.validation:
             return None
-        return self._load(self._pixels_file("validation", self._validation_samples))
+        return self._load(self._pixels_file("validation", self.source.validation, self.config.select_count))
 
-    def _calibration_samples(self):
-        if self.source.calibration is None or not self.source.calibration.samples:
-            raise DatasetError("no calibration images")
-        return stratified_subset(self.source.calibration.samples, self.config.calib_count, self.config.seed), \
-            self.source.calibration.origin
-
-    def _validation_samples(self):
-        return stratified_subset(self.source.validation.samples, self.config.select_count, self.config.seed), \
-            self.source.validation.origin
-
-    def _pixels_file(self, name: str, samples_of) -> Path:
+    def _pixels_file(self, name: str, images: SampleSet, count: int) -> Path:
         from tumor_edge.data.dataset import load_pixels
 
         path = self.work / f"{name}_pixels.npy"
         with _made_once(path):
             if not path.is_file():
-                samples, origin = samples_of()
-                loaded = load_pixels(samples, self.spec, f"loading {name} images",
-                                     show_progress=self.config.show_progress)
+                loaded = load_pixels(stratified_subset(images.samples, count, self.config.seed), self.spec,
+                                     f"loading {name} images", show_progress=self.config.show_progress)
                 if len(loaded.labels) == 0:
-                    raise DatasetError(f"no readable {name} images ({origin})")
+                    raise DatasetError(f"no readable {name} images ({images.origin})")
                 np.save(path.with_name(f"{name}_labels.npy"), loaded.labels)
                 tmp = path.with_suffix(".tmp.npy")
                 np.save(tmp, loaded.pixels)

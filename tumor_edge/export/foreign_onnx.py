@@ -17,7 +17,7 @@ fp32 outputs, not a re-implementation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,6 @@ class OnnxFacts:
     opset: int
     outputs: int  # output width, None-free (checked against the classes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _dim(d) -> int | None:
     return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
@@ -67,10 +64,6 @@ def load_checked(path: Path):
     except Exception as err:  # DecodeError, ValidationError, OSError...
         raise ModelError(f"not a valid ONNX model ({first_line(err, 240)})", path) from err
     return model
-
-
-def default_opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str = "auto") -> OnnxFacts:
@@ -120,8 +113,8 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
     if out_dims[1] is not None and out_dims[1] != n_classes:
         raise needs_option(ModelError(f"the model has {out_dims[1]} outputs but {n_classes} classes were given", path),
                           "classes")
-    return OnnxFacts(inputs[0].name, out.name, layout, decided, height, width, dims[0], default_opset(model),
-                     n_classes)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxFacts(inputs[0].name, out.name, layout, decided, height, width, dims[0], opset, n_classes)
 
 
 def _shape(dims) -> str:
@@ -212,13 +205,13 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
     if score_output is not None:
         graph.output.append(score_output)
     onnx.checker.check_model(model)
-    _write(model, dst)
+    onnx.save(model, str(dst))
     batch = "dynamic"
     if facts.batch is not None:
         dynamic = _dynamic_batch(model)
         why = _check_dynamic(dynamic, dst.parent / (dst.stem + ".dynamic-trial.onnx"))
         if why is None:
-            _write(dynamic, dst)
+            onnx.save(dynamic, str(dst))
             batch = f"dynamic (the file fixed it at {facts.batch}; proven with a batch of 2)"
         else:
             batch = f"fixed {facts.batch} ({why}): the runtime feeds {facts.batch} image(s) at a time"
@@ -257,13 +250,6 @@ def _dim_param(value_info, facts: OnnxFacts, width: bool = False) -> str:
     index = (3 if width else 2) if facts.layout == "nchw" else (2 if width else 1)
     d = value_info.type.tensor_type.shape.dim[index]
     return d.dim_param or ("width" if width else "height")
-
-
-def _write(model, dst: Path) -> Path:
-    import onnx
-
-    onnx.save(model, str(dst))
-    return dst
 
 
 def _dynamic_batch(model):

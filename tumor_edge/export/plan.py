@@ -49,9 +49,7 @@ class ExportPlan:
     from_model: tuple[ModelFormat, ...]  # converted from the Keras model, in the TensorFlow worker, in order
     from_files: tuple[ModelFormat, ...]  # converted from another row's file, each in a TensorFlow-free child
     skipped: tuple[tuple[ModelFormat, str], ...]  # rows this source has no route to, and why
-    isolate: bool  # False: every row in this process
     overlap: bool  # from_files rows start beside the worker's rows
-    parity: bool
 
     @property
     def formats(self) -> tuple[ModelFormat, ...]:
@@ -63,9 +61,8 @@ def plan_export(config: ExportConfig, source_kind: str) -> ExportPlan:
     skipped = tuple((f, SKIPPED + NO_ROUTES[source_kind, f.format]) for f in selected
                     if (source_kind, f.format) in NO_ROUTES)
     made = [f for f in selected if f not in {s for s, _ in skipped}]
-    isolate = config.isolate and not config.debug
     return ExportPlan(tuple(f for f in made if f.needs is None), tuple(f for f in made if f.needs is not None),
-                      skipped, isolate, config.overlap and isolate, config.parity)
+                      skipped, config.overlap and config.isolate and not config.debug)
 
 
 def converted(convert: Callable, key: str, *args: Any) -> Any:
@@ -88,7 +85,8 @@ class _Row:
     def __init__(self, ctx: ExportContext, fmt: ModelFormat, runner: Worker | Inline | None = None):
         self.fmt, self.row, self.dst, self.t0 = fmt, ExportedFile.of(fmt), ctx.out / fmt.file, time.perf_counter()
         self.own = runner is None  # a child started for this row alone
-        self.runner = runner or (Worker(f"export {fmt.key}", env=TENSORFLOW_ENV) if _isolated(ctx) else Inline())
+        self.runner = runner or (Worker(f"export {fmt.key}", env=TENSORFLOW_ENV)
+                                 if ctx.config.isolate and not ctx.config.debug else Inline())
         self.job: Job | None = None
         try:
             self.job = self.runner.submit(converted, converter_for(fmt.key), fmt.key, ctx, self.dst, name=fmt.key)
@@ -136,10 +134,6 @@ def is_skipped(row: ExportedFile) -> bool:
 
 def _mb(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "?"
-
-
-def _isolated(ctx: ExportContext) -> bool:
-    return ctx.config.isolate and not ctx.config.debug
 
 
 class Conversions:
