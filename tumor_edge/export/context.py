@@ -164,11 +164,11 @@ def forget_models() -> None:
     _KEPT.clear()
 
 
-def load_and_keep(path, options) -> ModelSource:
+def load_and_keep(config: ExportConfig) -> ModelSource:
     """`load_source` in the process that will convert: the loaded model stays here for the jobs that follow."""
     from tumor_edge.export.source import load_source
 
-    return kept(load_source(path, options))
+    return kept(load_source(config))
 
 
 def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, show_progress: bool = False

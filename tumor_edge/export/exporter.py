@@ -34,7 +34,7 @@ from tumor_edge.export.context import (
     pixels_digest,
 )
 from tumor_edge.export.model_card import write_model_card
-from tumor_edge.export.model_source import ModelSource, SourceOptions, stratified_subset
+from tumor_edge.export.model_source import ModelSource, stratified_subset
 from tumor_edge.export.parity import HeatmapInputs, ParityReport, check_files, parity_inputs, parity_report
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
@@ -74,13 +74,10 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     plan_worker = Worker("tensorflow", env=TENSORFLOW_ENV) if config.isolate and not config.debug else Inline()
     with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp, plan_worker as worker:
         work = Path(tmp)
-        options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
-                                resize=config.resize, output=config.output, layout=config.layout,
-                                calib_data=config.calib_data, test_data=config.test_data, seed=config.seed)
         try:
             # In the TensorFlow worker: the model stays loaded there for the converters; this process never
             # imports TensorFlow.
-            source = worker.submit(converted, load_and_keep, "load", config.source, options, name="load").wait()
+            source = worker.submit(converted, load_and_keep, "load", config, name="load").wait()
             warnings = list(source.warnings)
             _check_images(source, config)
             if not config.parity:

@@ -1,5 +1,5 @@
-"""What is being exported, as everything downstream sees it: one `ModelSource`, the options that made it, and the
-labelled image files it calibrates, selects and tests on.
+"""What is being exported, as everything downstream sees it: one `ModelSource` and the labelled image files it
+calibrates, selects and tests on.
 
 The model is loaded on first use, in whichever process needs it: the source pickles without it, so a converter's
 child process loads its own. Calibration images come from the training split, the choice of calibration method
@@ -19,7 +19,7 @@ from tumor_edge.contracts.preprocessing import SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, discover, stratified_split
 from tumor_edge.errors import ConfigError, DatasetError, ModelError
-from tumor_edge.export.config import needs_option
+from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import OnnxFacts
 from tumor_edge.runtime import is_scan_file
 
@@ -36,21 +36,6 @@ class SampleSet:
 
     def __len__(self) -> int:
         return len(self.samples)
-
-
-@dataclass
-class SourceOptions:
-    """What the user tells export about the model (all optional for a run folder)."""
-
-    classes: list[str] | None = None  # in output order
-    image_size: int | None = None
-    preprocess: str | None = None  # a scaling name of contracts.preprocessing
-    resize: str | None = None  # a resize method of contracts.preprocessing
-    output: str = "auto"  # one of config.OUTPUT_CHOICES
-    layout: str = "auto"  # a foreign ONNX model's input: one of config.LAYOUT_CHOICES
-    calib_data: Path | None = None
-    test_data: Path | None = None
-    seed: int = 0
 
 
 @dataclass
@@ -157,7 +142,7 @@ class ModelSource:
         return self.source_output == "logits"
 
 
-def require_foreign_options(path: Path, options: SourceOptions) -> None:
+def require_foreign_options(path: Path, options: ExportConfig) -> None:
     if not options.classes:
         raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
                            "classes")

@@ -21,12 +21,11 @@ from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES, Prep
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.data.dataset import read_split
 from tumor_edge.errors import DatasetError, ModelError, first_line
-from tumor_edge.export.config import OUTPUT_CHOICES, needs_option
+from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES
 from tumor_edge.export.model_source import (
     ModelSource,
     SampleSet,
-    SourceOptions,
     calibration_from_folder,
     checked_choice,
     require_foreign_options,
@@ -37,10 +36,10 @@ KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAVED_MODEL_FILE = "saved_model.pb"
 
 
-def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
-    """Load a run folder, a .keras/.h5/.onnx file or a SavedModel folder, with its samples; one-line errors."""
-    path = Path(path)
-    checked_choice(options.output, OUTPUT_CHOICES, "model output")
+def load_source(options: ExportConfig) -> ModelSource:
+    """Load `options.source` (a run folder, a .keras/.h5/.onnx file or a SavedModel folder) with its samples, as
+    the options say; one-line errors."""
+    path = options.source
     if not path.exists():
         raise ModelError("no such run folder or model file", path)
     run = RunFolder(path)
@@ -64,7 +63,7 @@ def load_source(path: str | Path, options: SourceOptions) -> ModelSource:
 # ----------------------------------------------------------------------------------------------- run folders
 
 
-def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
+def _load_run(run: RunFolder, options: ExportConfig) -> ModelSource:
     config = run.read_config()
     classes, trained_spec = list(config.classes), config.preprocessing
     if options.classes and list(options.classes) != classes:
@@ -114,7 +113,7 @@ def _load_run(run: RunFolder, options: SourceOptions) -> ModelSource:
 # ------------------------------------------------------------------------------------------- foreign models
 
 
-def _foreign_samples(options: SourceOptions, classes: list[str]) -> dict[str, SampleSet | None]:
+def _foreign_samples(options: ExportConfig, classes: list[str]) -> dict[str, SampleSet | None]:
     """A foreign model's calibration, validation and test sets, from the folders the user gave."""
     found: dict[str, SampleSet | None] = dict.fromkeys(("calibration", "validation", "test"))
     if options.calib_data:
@@ -124,7 +123,7 @@ def _foreign_samples(options: SourceOptions, classes: list[str]) -> dict[str, Sa
     return found
 
 
-def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
+def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
     require_foreign_options(path, options)
     scaling = checked_choice(options.preprocess, SCALING_NAMES, "scaling")
     resize = checked_choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
@@ -149,7 +148,7 @@ def _load_foreign(path: Path, kind: str, options: SourceOptions) -> ModelSource:
     return _settle_foreign_output(source, options)
 
 
-def load_onnx_source(path: Path, options: SourceOptions) -> ModelSource:
+def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
     from tumor_edge.export.foreign_onnx import inspect_onnx
 
     require_foreign_options(path, options)
@@ -239,7 +238,7 @@ def check_io(model, path: Path, classes: list[str], spec: Preprocessing) -> None
 # ------------------------------------------------------------------------------------ probabilities or logits
 
 
-def _settle_foreign_output(source: ModelSource, options: SourceOptions, probe: np.ndarray | None = None
+def _settle_foreign_output(source: ModelSource, options: ExportConfig, probe: np.ndarray | None = None
                            ) -> ModelSource:
     if options.output != "auto":
         return settle_output(source, options.output, "--output", stated=True)
