@@ -35,7 +35,7 @@ from tumor_edge.export.context import (
 )
 from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.model_source import ModelSource, stratified_subset
-from tumor_edge.export.parity import HeatmapInputs, ParityReport, check_files, parity_inputs, parity_report
+from tumor_edge.export.parity import ParityReport, check_files, parity_inputs, parity_report
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
@@ -149,9 +149,9 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         if "heatmap" in metadata.extra_outputs:
             heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
     log.info("export step checks start")
-    checks = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
+    files, heatmap_parity, reference = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
-    report = parity_report(inputs, checks.parity, config.thresholds, source.classes, config.batch_size) \
+    report = parity_report(inputs, files, config.thresholds, source.classes, config.batch_size) \
         if inputs is not None else None
     if report is not None:
         metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
@@ -159,10 +159,10 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
     metadata.metrics = {"parity": report.summary() if report else
                         {"passed": None, "proven": False, "reason": "exported without parity"},
                         **private_reports(rows)}
-    if checks.heatmaps is not None:
-        metadata.metrics["heatmap_parity"] = checks.heatmaps
+    if heatmap_parity is not None:
+        metadata.metrics["heatmap_parity"] = heatmap_parity
     if metadata.models:
-        metadata.reference = checks.reference
+        metadata.reference = reference
     return metadata, report
 
 
@@ -291,13 +291,13 @@ def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
     return keras[name]
 
 
-def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> HeatmapInputs:
-    """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them."""
+def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> tuple[Any, Any]:
+    """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them (arrays)."""
     from tumor_edge.data.dataset import load_pixels
 
     pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
                          show_progress=config.show_progress).pixels
-    return HeatmapInputs(pixels, _keras_output(keras, "heatmaps", pixels))
+    return pixels, _keras_output(keras, "heatmaps", pixels)
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:

@@ -206,29 +206,18 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     return row
 
 
-@dataclass
-class HeatmapInputs:
-    """The test pixels (at the bundle's preprocessing) and the Keras model's heatmaps on them."""
-
-    pixels: np.ndarray
-    reference: np.ndarray
-
-
-@dataclass
-class FileChecks:
-    parity: list[FileParity] = field(default_factory=list)  # empty without parity
-    heatmaps: dict[str, float | None] | None = None  # file -> mean correlation; None without heatmap parity
-    reference: ReferenceSet | None = None
-
-
 def check_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata, config: ExportConfig,
-                parity: ParityInputs | None, heatmaps: HeatmapInputs | None) -> FileChecks:
-    """Open each converted file once and run every check on it (see the module docstring)."""
+                parity: ParityInputs | None, heatmaps: tuple[np.ndarray, np.ndarray] | None
+                ) -> tuple[list[FileParity], dict[str, float | None] | None, ReferenceSet]:
+    """Open each converted file once and run every check on it (see the module docstring). `heatmaps`: the test
+    pixels at the bundle's preprocessing and the Keras model's maps on them. Returns the parity rows (empty
+    without parity), each file's mean heatmap correlation (None without heatmap parity) and the reference record."""
     from tumor_edge.runtime import Classifier, open_backend
 
     done = [r for r in rows if r.ok]
-    result = FileChecks(heatmaps={} if heatmaps is not None else None)
-    result.reference, images = new_reference(metadata)
+    files: list[FileParity] = []
+    correlations: dict[str, float | None] | None = {} if heatmaps is not None else None
+    reference, images = new_reference(metadata)
     for row in progress(done, "checking exported files", length=len(done), enabled=config.show_progress):
         path = out / row.file
         try:
@@ -236,17 +225,16 @@ def check_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadat
         except TumorEdgeError as err:  # parity reports it; verify says the file has no reference
             clf = err
         if parity is not None:
-            result.parity.append(evaluate_file(clf, path, row.format, row.precision, parity, metadata.classes,
+            files.append(evaluate_file(clf, path, row.format, row.precision, parity, metadata.classes,
                                                config.thresholds, config.batch_size))
         if isinstance(clf, BaseException):
             if not isinstance(clf, MissingExtraError) and parity is None:
                 raise clf
             continue
         if heatmaps is not None and "heatmap" in clf.output_specs:
-            result.heatmaps[row.file] = heatmap_correlation(clf, heatmaps.reference, heatmaps.pixels,
-                                                            config.batch_size)
-        add_outputs(result.reference, row.file, clf, images)
-    return result
+            correlations[row.file] = heatmap_correlation(clf, heatmaps[1], heatmaps[0], config.batch_size)
+        add_outputs(reference, row.file, clf, images)
+    return files, correlations, reference
 
 
 def parity_report(inputs: ParityInputs, rows: list[FileParity], thresholds: ParityThresholds,
