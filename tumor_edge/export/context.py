@@ -1,10 +1,9 @@
 """`ExportContext`: what the converters share (the source, the folders, the images, the rows done so far).
 
 It is plain data that pickles, so a converter runs the same in this process or in another (tumor_edge.worker).
-Everything expensive that several converters use is made once, on disk, under the export's work folder: the
-SavedModel the TFLite rows convert from, the calibration and validation pixels. A lock file makes the first
-process that needs one make it while the others wait, so a background converter and a foreground one never
-build the same thing twice or read a half-written file.
+Everything expensive that several converters use (the SavedModel, the calibration and validation pixels) is made
+once, on disk, under the export's work folder, behind a lock file: two converters never build the same thing
+twice or read a half-written file.
 """
 
 from __future__ import annotations
@@ -76,14 +75,12 @@ class ExportContext:
 
     @property
     def model(self):
-        """The Keras model the converters convert (loaded once per process, see `kept`): probabilities first,
-        then the heatmap and OOD outputs where the head allows (ModelSource.converted_model)."""
+        """The Keras model the converters convert (ModelSource.converted_model, loaded once per process)."""
         return kept(self.source).converted_model
 
     @property
     def keras_model(self):
-        """The single-output Keras model (class probabilities): the float reference the int8 files are scored
-        against. Its output is the converted model's first, computed by the same layers."""
+        """The single-output Keras model: the float reference the int8 files are scored against."""
         return kept(self.source).model
 
     def needs_ok(self, key: str) -> Path:
@@ -96,7 +93,7 @@ class ExportContext:
     # ------------------------------------------------------------------- made once, shared through the disk
 
     def saved_model(self) -> Path:
-        """Keras 3's SavedModel export of the model, which every TFLite row converts from."""
+        """The SavedModel every TFLite row converts from."""
         from tumor_edge.export.tflite_export import export_saved_model
 
         path = self.work / "saved_model"
@@ -144,9 +141,8 @@ class ExportContext:
 
 # ---------------------------------------------------------------- the model, loaded once per process
 
-# The source this process has loaded the model of (at most one: a library user exporting many models in one
-# process holds one model, not all of them). A source pickles without its model, so every job reaching the
-# export's TensorFlow worker brings a model-less copy; `kept` hands it the loaded one instead of loading again.
+# The source this process has loaded the model of (at most one). A source pickles without its model, so every
+# job reaching the TensorFlow worker brings a model-less copy; `kept` hands it the loaded one instead.
 _KEPT: dict[tuple[str, str], ModelSource] = {}
 
 

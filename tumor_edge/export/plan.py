@@ -2,17 +2,10 @@
 
 `plan_export` decides from the options and the source's kind alone which rows of the format table the export
 makes and where each runs; `Conversions` carries that out, each converter's exception turned into a failed row,
-so one failing format never costs the others (the final table shows why). After the conversions each file is
-opened once through the runtime for all its checks (parity.check_files) and metadata.json is written once.
-
-Where a row runs:
-- converted from the Keras model (`needs` is None: tf2onnx, the TFLite converters): in the export's TensorFlow
-  worker, which loaded the model once, in table order;
-- converted from another row's file (`needs`: ONNX fp16 and int8, from the fp32 ONNX file, by onnxruntime): in a
-  TensorFlow-free child of its own, whose memory goes back when it ends. With `overlap` it starts as soon as the
-  file it needs is there, beside the worker's remaining rows; without, after the worker has ended, one at a
-  time, so the export's peak is one job's;
-- not isolated (or --debug): everything in this process, one row after the other.
+so one failing format never costs the others (the final table shows why). A row converted from the Keras model
+runs in the export's TensorFlow worker, which loaded the model once; a row converted from another row's file
+(`needs`) runs in a TensorFlow-free child of its own, whose memory goes back when it ends: with `overlap` as soon
+as the file it needs is there, else after the worker has ended, one at a time, so the export's peak is one job's.
 """
 
 from __future__ import annotations
