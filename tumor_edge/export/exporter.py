@@ -35,7 +35,7 @@ from tumor_edge.export.context import (
 )
 from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.model_source import ModelSource, stratified_subset
-from tumor_edge.export.parity import ParityReport, check_files, parity_inputs, parity_report
+from tumor_edge.export.parity import ParityReport, check_files, parity_inputs
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
@@ -151,8 +151,9 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
     log.info("export step checks start")
     files, heatmap_parity, reference = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
-    report = parity_report(inputs, files, config.thresholds, source.classes, config.batch_size) \
-        if inputs is not None else None
+    report = None if inputs is None else ParityReport(
+        inputs.origin, len(inputs.paths), inputs.skipped, inputs.metrics, files, config.thresholds,
+        list(source.classes), config.batch_size, inputs.labels, inputs.raw, inputs.temperature)
     if report is not None:
         metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
     metadata.models = model_entries(out, rows, {f.file: f.verdict for f in report.files} if report else None)

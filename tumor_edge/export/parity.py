@@ -110,7 +110,8 @@ class ParityReport:
                 "n_images": self.n_images,
                 "skipped_unreadable": self.skipped, "classes": self.classes, "batch_size": self.batch_size,
                 "thresholds": asdict(self.thresholds), "keras": self.reference,
-                "files": {f.file: {**_row_dict(f), "passed": f.passed} for f in self.files}}
+                "files": {f.file: {**{k: v for k, v in asdict(f).items() if k != "raw_probabilities"},
+                                   "passed": f.passed} for f in self.files}}
 
     def summary(self) -> dict[str, Any]:
         """The part metadata.json keeps (per-file numbers, no confusion matrices)."""
@@ -121,10 +122,6 @@ class ParityReport:
                 "thresholds": asdict(self.thresholds),
                 "keras": {k: self.reference[k] for k in ("accuracy", "macro_auc")},
                 "files": {f.file: {k: getattr(f, k) for k in keep} for f in self.files}}
-
-
-def _row_dict(row: FileParity) -> dict[str, Any]:
-    return {k: v for k, v in asdict(row).items() if k != "raw_probabilities"}
 
 
 def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 32,
@@ -202,7 +199,15 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
     row.raw_probabilities = undo_temperature(probs, clf.postprocessing.temperature)
     row.calibration = ece_before_after(row.raw_probabilities, labels, clf.postprocessing.temperature)
-    _judge(row, labels, reference, probs, len(classes), thresholds)
+    t = thresholds
+    stats = judge(labels, reference, probs, len(classes), max_accuracy_drop=t.max_accuracy_drop / 100.0,
+                  max_auc_drop=t.max_auc_drop,
+                  min_agreement=t.min_agreement if row.precision in t.agreement_precisions else None,
+                  confidence=t.confidence, resamples=t.resamples)
+    row.verdict, row.failures, row.images_needed = stats.verdict, list(stats.reasons), stats.images_needed
+    if row.verdict == FAIL and any("agreement" in r for r in row.failures):
+        row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
+    row.statistics = asdict(stats)
     return row
 
 
@@ -226,7 +231,7 @@ def check_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadat
             clf = err
         if parity is not None:
             files.append(evaluate_file(clf, path, row.format, row.precision, parity, metadata.classes,
-                                               config.thresholds, config.batch_size))
+                                       config.thresholds, config.batch_size))
         if isinstance(clf, BaseException):
             if not isinstance(clf, MissingExtraError) and parity is None:
                 raise clf
@@ -236,20 +241,3 @@ def check_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadat
         add_outputs(reference, row.file, clf, images)
     return files, correlations, reference
 
-
-def parity_report(inputs: ParityInputs, rows: list[FileParity], thresholds: ParityThresholds,
-                  classes: Sequence[str], batch_size: int) -> ParityReport:
-    return ParityReport(inputs.origin, len(inputs.paths), inputs.skipped, inputs.metrics, rows, thresholds,
-                        list(classes), batch_size, inputs.labels, inputs.raw, inputs.temperature)
-
-
-def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classes: int,
-           t: ParityThresholds) -> None:
-    stats = judge(labels, reference, probs, n_classes, max_accuracy_drop=t.max_accuracy_drop / 100.0,
-                  max_auc_drop=t.max_auc_drop,
-                  min_agreement=t.min_agreement if row.precision in t.agreement_precisions else None,
-                  confidence=t.confidence, resamples=t.resamples)
-    row.verdict, row.failures, row.images_needed = stats.verdict, list(stats.reasons), stats.images_needed
-    if row.verdict == FAIL and any("agreement" in r for r in row.failures):
-        row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
-    row.statistics = asdict(stats)
