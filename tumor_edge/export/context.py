@@ -102,41 +102,33 @@ class ExportContext:
                 export_saved_model(self.model, path)
         return path
 
-    def calibration_file(self) -> Path:
-        """Training-split pixels (stratified subset) as .npy, decoded by the runtime's code at the bundle's size."""
+    def calibration(self) -> Pixels:
+        """Training-split pixels (stratified subset), decoded by the runtime's code at the bundle's size."""
         if not self.source.calibration:
             raise DatasetError("no calibration images")
-        return self._pixels_file("calibration", self.source.calibration, self.config.calib_count)
-
-    def calibration(self) -> Pixels:
-        return self._load(self.calibration_file())
+        return self._pixels("calibration", self.source.calibration, self.config.calib_count)
 
     def validation(self) -> Pixels | None:
         """Validation-split pixels the int8 calibration methods are compared on; None without a validation split."""
         if not self.source.validation:
             return None
-        return self._load(self._pixels_file("validation", self.source.validation, self.config.select_count))
+        return self._pixels("validation", self.source.validation, self.config.select_count)
 
-    def _pixels_file(self, name: str, images: SampleSet, count: int) -> Path:
+    def _pixels(self, name: str, images: SampleSet, count: int) -> Pixels:
         from tumor_edge.data.dataset import load_pixels
 
-        path = self.work / f"{name}_pixels.npy"
+        path, labels = self.work / f"{name}_pixels.npy", self.work / f"{name}_labels.npy"
         with _made_once(path):
             if not path.is_file():
                 loaded = load_pixels(stratified_subset(images.samples, count, self.config.seed), self.spec,
                                      f"loading {name} images", show_progress=self.config.show_progress)
                 if len(loaded.labels) == 0:
                     raise DatasetError(f"no readable {name} images ({images.origin})")
-                np.save(path.with_name(f"{name}_labels.npy"), loaded.labels)
+                np.save(labels, loaded.labels)
                 tmp = path.with_suffix(".tmp.npy")
                 np.save(tmp, loaded.pixels)
                 tmp.replace(path)
-        return path
-
-    @staticmethod
-    def _load(path: Path) -> Pixels:
-        labels = np.load(path.with_name(path.name.replace("_pixels.npy", "_labels.npy")))
-        return Pixels(np.load(path, mmap_mode="r"), labels)
+        return Pixels(np.load(path, mmap_mode="r"), np.load(labels))
 
 
 # ---------------------------------------------------------------- the model, loaded once per process

@@ -1,25 +1,19 @@
 """Parity that means something at any test size: intervals, a paired test, and three verdicts.
 
-A point estimate cannot tell "the int8 file loses 1 point" from "17 test images cannot show anything": one
-flipped image of 17 is 5.9 points. So each file gets
-- a Wilson interval for its accuracy (and the reference's, and its top-1 agreement),
-- paired bootstrap intervals (the same resampled images for both models) for the accuracy and macro-AUC
-  differences against the reference,
-- an exact McNemar test of the disagreements (b: images the reference gets right and the file wrong; c: the
-  reverse; two-sided binomial test of b against b + c at one half),
-and one verdict:
-- pass: every tolerance is proven at the stated confidence: the upper bound of the accuracy drop and the
-  bootstrap upper bound of the AUC drop are within the tolerances, and agreement is at least the minimum;
-- fail: evidence of a breach: the lower bound of a drop is beyond its tolerance, or the agreement is under the
-  minimum required of the file's precision;
-- not proven: neither; the report says how many test images would prove the tolerances if the observed rates
-  held (or that no number would, when the observed drop itself reaches the tolerance).
+A point estimate cannot tell "the int8 file loses 1 point" from "17 test images cannot show anything". So each
+file gets Wilson intervals (accuracy, top-1 agreement), paired bootstrap intervals (the same resampled images for
+both models) for the accuracy and macro-AUC differences, an exact McNemar test of the disagreements (b: images
+the reference gets right and the file wrong; c: the reverse), and one verdict:
+- pass: every tolerance is proven at the stated confidence (upper bounds of the drops within the tolerances,
+  agreement at least the minimum);
+- fail: evidence of a breach (a drop's lower bound beyond its tolerance, or agreement under the minimum required
+  of the file's precision);
+- not proven: neither; the report says how many test images would prove it if the observed rates held.
 
 The accuracy drop is the paired difference (b - c) / n, bounded by Tango's score interval for a difference of
-paired proportions (Tango 1998; recommended by Fagerland, Lydersen & Laake 2013 for its coverage at small counts).
-Bounding b / n alone would ignore the images the file gets right that the reference gets wrong, so an int8
-file that flips as many images right as wrong could never be proven at any test size. At b = c = 0 Tango's upper
-bound is z^2 / (n + z^2), the Wilson bound of 0 / n.
+paired proportions (Tango 1998; Fagerland, Lydersen & Laake 2013 recommend it at small counts). Bounding b / n
+alone would ignore the images the file gets right that the reference gets wrong, so a file that flips as many
+images right as wrong could never be proven at any test size.
 """
 
 from __future__ import annotations

@@ -67,17 +67,3 @@ def export_tflite_int8(saved_model: Path, dst: Path,
                                                              debug_options=options)
         data = debugger.get_nondebug_quantized_model()
     return _write(data, dst)
-
-
-def representative_from_npy(pixels_npy: Path, spec) -> tuple[Callable[[], Iterator[list[np.ndarray]]], int]:
-    """A representative dataset over uint8 pixels saved as .npy, read through a memory map one image at a time
-    and scaled as the model expects, so calibration never holds a float copy of every image."""
-    from tumor_edge.runtime import scale
-
-    pixels = np.load(pixels_npy, mmap_mode="r")
-
-    def representative():
-        for i in range(len(pixels)):
-            yield [scale(np.asarray(pixels[i:i + 1]), spec)]
-
-    return representative, int(len(pixels))
