@@ -134,7 +134,7 @@ class ModelSource:
             found = self._trust_export()
             self._converted, found.model = found.model, None
         self.trust = found
-        self.warnings.extend(note for note in found.notes if note != "heatmaps not requested")
+        self.warnings.extend(found.notes)
         return self
 
     @property

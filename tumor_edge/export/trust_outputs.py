@@ -46,8 +46,7 @@ class TrustExport:
     notes: list[str] = field(default_factory=list)  # why something is absent
 
 
-def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Path | None = None,
-                 heatmaps: bool = True) -> TrustExport:
+def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Path | None = None) -> TrustExport:
     """The model to convert and the trust metadata, from the Keras model and what train recorded."""
     from tumor_edge.modelside.cam import NoCamHeadError, find_cam_head, heatmap_output_spec, trust_model
 
@@ -56,9 +55,6 @@ def trust_export(model, run_extra: dict[str, Any] | None = None, ood_params: Pat
     result = TrustExport(model, calibration=calibration if calibration.get("temperature") is not None else None)
     if calibration.get("skipped"):
         result.notes.append(f"no calibration: {calibration['skipped']}")
-    if not heatmaps:
-        result.notes.append("heatmaps not requested")
-        return result
     try:
         head = find_cam_head(model)
     except NoCamHeadError as err:

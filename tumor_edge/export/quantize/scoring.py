@@ -15,7 +15,6 @@ reach highest (median over the activations, then the lowest activation).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,15 +73,13 @@ class CandidateScore:
                 self.mean_abs_diff or 0.0)
 
 
-def session(model, threads: int | None = None):
+def session(model):
     """An onnxruntime CPU session at level 'all' for a model file, bytes or ModelProto."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
     if isinstance(model, Path):
         model = str(model)
     elif not isinstance(model, (str, bytes)):
@@ -162,14 +159,12 @@ def top_code_fractions(codes: dict[str, tuple[int, int]]) -> np.ndarray:
     return np.array([(code - zero) / (255 - zero) if zero < 255 else 1.0 for code, zero in codes.values()])
 
 
-def choose_reference_seed(int8_model, spec: Preprocessing, first_seed: int, count: int,
-                          seeds: Sequence[int] | None = None) -> ReferenceChoice:
-    """Measure each seed's reference images on the int8 file; keep the one that reaches highest (ties: the
-    earlier seed)."""
-    seeds = list(seeds) if seeds is not None else [first_seed + i for i in range(SEEDS_TRIED)]
+def choose_reference_seed(int8_model, spec: Preprocessing, first_seed: int, count: int) -> ReferenceChoice:
+    """Measure the reference images of SEEDS_TRIED seeds from `first_seed` on the int8 file; keep the one that
+    reaches highest (ties: the earlier seed)."""
     best: ReferenceChoice | None = None
     tried: dict[int, float] = {}
-    for seed in seeds:
+    for seed in range(first_seed, first_seed + SEEDS_TRIED):
         fractions = top_code_fractions(activation_codes(int8_model, brain_blobs(seed, count, spec.height,
                                                                                 spec.width), spec))
         if not fractions.size:
