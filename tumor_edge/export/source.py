@@ -76,20 +76,16 @@ def _load_run(run: RunFolder, options: ExportConfig) -> ModelSource:
     bundle_spec = trained_spec
     # An explicit scaling/resize overrides what the bundle declares; the Keras reference keeps the training
     # pipeline's, so parity shows at once whether the override was a mistake.
-    if options.preprocess and options.preprocess != trained_spec.scaling:
-        bundle_spec = replace(bundle_spec, scaling=checked_choice(options.preprocess, SCALING_NAMES, "scaling"))
-        warnings.append(f"the scaling '{options.preprocess}' overrides the run's training scaling "
-                        f"'{trained_spec.scaling}'; parity will show whether the model agrees")
-    if options.resize and options.resize != trained_spec.resize:
-        bundle_spec = replace(bundle_spec, resize=checked_choice(options.resize, RESIZE_NAMES, "resize"))
-        warnings.append(f"the resize '{options.resize}' overrides the run's training resize "
-                        f"'{trained_spec.resize}'; parity will show whether the model agrees")
+    for name, given, names in (("scaling", options.preprocess, SCALING_NAMES),
+                               ("resize", options.resize, RESIZE_NAMES)):
+        if given and given != getattr(trained_spec, name):
+            bundle_spec = replace(bundle_spec, **{name: checked_choice(given, names, name)})
+            warnings.append(f"the {name} '{given}' overrides the run's training {name} "
+                            f"'{getattr(trained_spec, name)}'; parity will show whether the model agrees")
     calibration = validation = test = None
     if run.split.is_file():
         try:
-            train = read_split(run.split, "train")[1]
-            val = read_split(run.split, "val")[1]
-            test_samples = read_split(run.split, "test")[1]
+            train, val, test_samples = (read_split(run.split, split)[1] for split in ("train", "val", "test"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DatasetError(f"unreadable split file ({err})", run.split) from err
         calibration = SampleSet(train, f"training split of {run.split}")
