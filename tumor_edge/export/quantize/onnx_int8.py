@@ -53,9 +53,7 @@ class QuantizationReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["candidates"] = [asdict(c) for c in self.candidates]
-        return data
+        return asdict(self)  # the candidates too: asdict recurses
 
 
 def quantize_with_ranges(src: Path, dst: Path, method: str, tensors_range, config: QuantizationConfig,
