@@ -202,15 +202,11 @@ def folder_samples(folder: Path, classes: Sequence[str], split_dir: str) -> list
     return samples
 
 
-def _require_images(samples: Sequence[Sample], what: str, folder: Path | str) -> None:
-    if not samples:
-        raise DatasetError(f"no {what} images found", folder)
-
-
 def calibration_from_folder(folder: Path, classes: list[str], seed: int,
                              keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
     samples = folder_samples(folder, classes, TRAIN_DIR)
-    _require_images(samples, "calibration", folder)
+    if not samples:
+        raise DatasetError("no calibration images found", folder)
     origin = f"calibration images {folder}"
     if keep_validation is not None:
         return SampleSet(samples, origin), keep_validation
@@ -223,7 +219,8 @@ def calibration_from_folder(folder: Path, classes: list[str], seed: int,
 
 def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
     samples = folder_samples(folder, classes, TEST_DIR)
-    _require_images(samples, "test", folder)
+    if not samples:
+        raise DatasetError("no test images found", folder)
     return SampleSet(samples, f"test images {folder}")
 
 
