@@ -18,14 +18,13 @@ from tumor_edge.export.formats import converter
 def convert(ctx, dst: Path) -> dict[str, Any]:
     from tumor_edge.export.tflite_int8 import representative_dataset, tflite_int8_accuracy_aware
 
+    calib = ctx.calibration()  # a memory map, read one image at a time
     if ctx.config.tflite_full_integer:
         from tumor_edge.export.tflite_export import export_tflite_int8
 
-        calib = ctx.calibration()  # a memory map, read one image at a time
         export_tflite_int8(ctx.saved_model(), dst, representative_dataset(calib.pixels, ctx.spec), True)
         return {"io": "int8", "quantization": "full integer (TFLITE_BUILTINS_INT8)", "calibration_images": len(calib)}
-
-    calib, val = ctx.calibration(), ctx.validation()
+    val = ctx.validation()
     reference = None
     if val is not None and len(val):  # the float reference from the loaded Keras model, not a SavedModel reload
         from tumor_edge.export.parity import keras_probabilities
