@@ -106,7 +106,7 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(data, tmp
     from tumor_edge.calibration.output_scores import output_score
     from tumor_edge.data.dataset import load_pixels
     from tumor_edge.export.foreign_onnx import OnnxModel, inspect_onnx
-    from tumor_edge.export.model_source import folder_samples
+    from tumor_edge.export.samples import folder_samples
     from tumor_edge.runtime import scale
 
     spec = Classifier.from_bundle(out).preprocessing

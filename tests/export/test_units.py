@@ -12,7 +12,7 @@ import pytest
 from tumor_edge.data.dataset import Sample
 from tumor_edge.errors import OutputExistsError
 from tumor_edge.export.exporter import prepare_out_dir
-from tumor_edge.export.model_source import stratified_subset
+from tumor_edge.export.samples import stratified_subset
 
 
 def test_stratified_subset_keeps_class_proportions_and_is_deterministic():

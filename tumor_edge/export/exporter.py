@@ -34,11 +34,12 @@ from tumor_edge.export.context import (
     pixels_digest,
 )
 from tumor_edge.export.model_card import write_model_card
-from tumor_edge.export.model_source import ModelSource, stratified_subset
+from tumor_edge.export.model_source import ModelSource
 from tumor_edge.export.parity import ParityReport, check_files, parity_inputs
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
+from tumor_edge.export.samples import stratified_subset
 from tumor_edge.machine import host, package_versions
 from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
 from tumor_edge.signing import SIGNATURE_FILE
@@ -149,7 +150,7 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         if "heatmap" in metadata.extra_outputs:
             heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
     log.info("export step checks start")
-    files, heatmap_parity, reference = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
+    files, heatmap_parity, reference = check_files(out, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
     report = None if inputs is None else ParityReport(
         inputs.origin, len(inputs.paths), inputs.skipped, inputs.metrics, files, config.thresholds,

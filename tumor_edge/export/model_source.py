@@ -1,41 +1,21 @@
-"""What is being exported, as everything downstream sees it: one `ModelSource` and the labelled image files it
-calibrates, selects and tests on.
+"""What is being exported, as everything downstream sees it: one `ModelSource`.
 
 The model is loaded on first use, in whichever process needs it: the source pickles without it, so a converter's
-child process loads its own. Calibration images come from the training split, the choice of calibration method
-from the validation split, and parity from the test split: never the test split for anything but the final check.
-Loading a source is export/source.py's job.
+child process loads its own. Finding and checking a source is export/source.py's job.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tumor_edge.contracts.preprocessing import SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
-from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, discover, stratified_split
-from tumor_edge.errors import ConfigError, DatasetError, ModelError
+from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import OnnxFacts
-from tumor_edge.runtime import is_scan_file
-
-# Share of a foreign model's calibration images held out to choose the calibration method on.
-FOREIGN_VAL_FRACTION = 0.2
-
-
-@dataclass
-class SampleSet:
-    """Labelled image files plus where they came from, for the report."""
-
-    samples: list[Sample]
-    origin: str
-
-    def __len__(self) -> int:
-        return len(self.samples)
+from tumor_edge.export.samples import SampleSet
 
 
 @dataclass
@@ -80,8 +60,6 @@ class ModelSource:
 
             self._raw = OnnxModel(self.path, self.onnx)
         if self._raw is None:
-            from tumor_edge.export.source import load_model_file
-
             self._raw = load_model_file(self.model_file, "keras" if self.kind == "run" else self.kind,
                                         self.preprocessing.height)
         return self._raw
@@ -151,80 +129,49 @@ def require_foreign_options(path: Path, options: ExportConfig) -> None:
                                       f"({', '.join(SCALING_NAMES)})", path), "preprocess")
 
 
-# ------------------------------------------------------------------------------------------------- samples
-
-
-def stratified_subset(samples: Sequence[Sample], count: int | None, seed: int) -> list[Sample]:
-    """At most `count` samples with each class in its original proportion (at least one each); all if None.
-    Deterministic for a seed, so the same export calibrates on the same images every time."""
-    samples = list(samples)
-    if count is None or count >= len(samples):
-        return samples
-    by_label: dict[int, list[Sample]] = {}
-    for s in sorted(samples, key=lambda s: str(s.path)):
-        by_label.setdefault(s.label, []).append(s)
-    rng = random.Random(seed)
-    chosen: list[Sample] = []
-    total = len(samples)
-    for label in sorted(by_label):
-        group = by_label[label]
-        rng.shuffle(group)
-        take = max(1, round(count * len(group) / total))
-        chosen.extend(group[:take])
-    rng.shuffle(chosen)
-    return chosen[:count] if len(chosen) > count else chosen
-
-
-def folder_samples(folder: Path, classes: Sequence[str], split_dir: str) -> list[Sample]:
-    """A dataset root (ROOT/<split_dir>/<class>/*) or a folder of class sub-folders, as labelled samples. A folder
-    whose sub-folders are not class names is refused, so a typo cannot silently test nothing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError("folder not found", folder)
-    if (folder / split_dir).is_dir():
-        if split_dir == TRAIN_DIR:
-            index = discover(folder, require_test=False)
-            if list(index.classes) != list(classes):
-                raise DatasetError(f"classes {', '.join(index.classes)} differ from the model's "
-                                   f"({', '.join(classes)})", folder)
-            return list(index.train)
-        folder = folder / split_dir
-    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [d for d in subdirs if d not in classes]
-    if unknown:
-        raise DatasetError(f"sub-folders {', '.join(unknown)} are not classes of this model "
-                           f"({', '.join(classes)})", folder)
-    samples = []
-    for label, name in enumerate(classes):
-        class_dir = folder / name
-        if class_dir.is_dir():
-            samples.extend(Sample(p, label) for p in sorted(class_dir.rglob("*")) if p.is_file() and is_scan_file(p))
-    return samples
-
-
-def calibration_from_folder(folder: Path, classes: list[str], seed: int,
-                             keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
-    samples = folder_samples(folder, classes, TRAIN_DIR)
-    if not samples:
-        raise DatasetError("no calibration images found", folder)
-    origin = f"calibration images {folder}"
-    if keep_validation is not None:
-        return SampleSet(samples, origin), keep_validation
-    kept, held = stratified_split(samples, FOREIGN_VAL_FRACTION, seed)
-    if not held or not kept:
-        return SampleSet(samples, origin), None
-    return (SampleSet(kept, f"{origin} ({100 - FOREIGN_VAL_FRACTION * 100:.0f} %)"),
-            SampleSet(held, f"{origin} (held-out {FOREIGN_VAL_FRACTION * 100:.0f} %)"))
-
-
-def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
-    samples = folder_samples(folder, classes, TEST_DIR)
-    if not samples:
-        raise DatasetError("no test images found", folder)
-    return SampleSet(samples, f"test images {folder}")
-
-
 def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ConfigError(f"the {what} must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def load_model_file(path: Path, kind: str, image_size: int | None):
+    """The model as its maker saved it: kind "keras" (a file) or "savedmodel" (a folder)."""
+    import keras
+
+    if kind == "savedmodel":
+        return _load_saved_model(path, image_size)
+    if not path.is_file():
+        raise ModelError("model file not found", path)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises ValueError, OSError, zipfile/h5py errors, TypeError...
+        raise ModelError(f"Keras cannot load this model ({first_line(err, 240)})", path) from err
+
+
+def _load_saved_model(path: Path, image_size: int | None):
+    """A SavedModel's serving signature wrapped as a Keras model (Keras 3 cannot load SavedModels directly)."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+    except Exception as err:
+        raise ModelError(f"TensorFlow cannot load this SavedModel ({first_line(err, 240)})", path) from err
+    specs = list(signature.structured_input_signature[1].values())
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise ModelError("the SavedModel's serving signature must take one NHWC image tensor", path)
+    shape = list(specs[0].shape)
+    h = shape[1] if shape[1] is not None else image_size
+    w = shape[2] if shape[2] is not None else image_size
+    if h is None or w is None:
+        raise ModelError("the SavedModel's input size is not fixed: give the image size", path)
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    inputs = keras.Input((h, w, shape[3] or 3), name="image")
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ModelError(f"the SavedModel has {len(outputs)} outputs; export needs one", path)
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs)

@@ -29,7 +29,6 @@ from tumor_edge.calibration.temperature import ece_before_after, undo_temperatur
 from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata, ReferenceSet
 from tumor_edge.errors import MissingExtraError, TumorEdgeError
 from tumor_edge.export.config import ExportConfig, ParityThresholds
-from tumor_edge.export.context import ExportedFile
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.export.reference import add_outputs, new_reference
 from tumor_edge.export.trust_outputs import heatmap_correlation
@@ -211,22 +210,23 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     return row
 
 
-def check_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata, config: ExportConfig,
-                parity: ParityInputs | None, heatmaps: tuple[np.ndarray, np.ndarray] | None
+def check_files(out: Path, metadata: BundleMetadata, config: ExportConfig, parity: ParityInputs | None,
+                heatmaps: tuple[np.ndarray, np.ndarray] | None
                 ) -> tuple[list[FileParity], dict[str, float | None] | None, ReferenceSet]:
-    """Open each converted file once and run every check on it (see the module docstring). `heatmaps`: the test
-    pixels at the bundle's preprocessing and the Keras model's maps on them. Returns the parity rows (empty
-    without parity), each file's mean heatmap correlation (None without heatmap parity) and the reference record."""
+    """Open each file `metadata.models` lists once and run every check on it (see the module docstring).
+    `heatmaps`: the test pixels at the bundle's preprocessing and the Keras model's maps on them. Returns the
+    parity rows (empty without parity), each file's mean heatmap correlation (None without heatmap parity) and the
+    reference record."""
     from tumor_edge.runtime import Classifier, open_backend
 
-    done = [r for r in rows if r.ok]
     files: list[FileParity] = []
     correlations: dict[str, float | None] | None = {} if heatmaps is not None else None
     reference, images = new_reference(metadata)
-    for row in progress(done, "checking exported files", length=len(done), enabled=config.show_progress):
+    entries = list(metadata.models.values())
+    for row in progress(entries, "checking exported files", length=len(entries), enabled=config.show_progress):
         path = out / row.file
         try:
-            clf = Classifier(open_backend(path, sha256=metadata.models[row.file].sha256), metadata)
+            clf = Classifier(open_backend(path, sha256=row.sha256), metadata)
         except TumorEdgeError as err:  # parity reports it; verify says the file has no reference
             clf = err
         if parity is not None:

@@ -20,17 +20,11 @@ from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.data.dataset import read_split
-from tumor_edge.errors import DatasetError, ModelError, first_line
+from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES
-from tumor_edge.export.model_source import (
-    ModelSource,
-    SampleSet,
-    calibration_from_folder,
-    checked_choice,
-    require_foreign_options,
-    test_from_folder,
-)
+from tumor_edge.export.model_source import ModelSource, checked_choice, load_model_file, require_foreign_options
+from tumor_edge.export.samples import SampleSet, calibration_from_folder, test_from_folder
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -162,48 +156,6 @@ def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
         raise needs_option(ModelError(f"the model gives outputs of shape {probe.shape[1:]} per image but "
                                       f"{len(classes)} classes were given", path), "classes")
     return _settle_foreign_output(source, options, probe)
-
-
-def load_model_file(path: Path, kind: str, image_size: int | None):
-    """The model as its maker saved it: kind "keras" (a file) or "savedmodel" (a folder)."""
-    import keras
-
-    if kind == "savedmodel":
-        return _load_saved_model(path, image_size)
-    if not path.is_file():
-        raise ModelError("model file not found", path)
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # Keras raises ValueError, OSError, zipfile/h5py errors, TypeError...
-        raise ModelError(f"Keras cannot load this model ({first_line(err, 240)})", path) from err
-
-
-def _load_saved_model(path: Path, image_size: int | None):
-    """A SavedModel's serving signature wrapped as a Keras model (Keras 3 cannot load SavedModels directly)."""
-    import keras
-    import tensorflow as tf
-
-    try:
-        loaded = tf.saved_model.load(str(path))
-        signature = loaded.signatures["serving_default"]
-    except Exception as err:
-        raise ModelError(f"TensorFlow cannot load this SavedModel ({first_line(err, 240)})", path) from err
-    specs = list(signature.structured_input_signature[1].values())
-    if len(specs) != 1 or len(specs[0].shape) != 4:
-        raise ModelError("the SavedModel's serving signature must take one NHWC image tensor", path)
-    shape = list(specs[0].shape)
-    h = shape[1] if shape[1] is not None else image_size
-    w = shape[2] if shape[2] is not None else image_size
-    if h is None or w is None:
-        raise ModelError("the SavedModel's input size is not fixed: give the image size", path)
-    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
-    inputs = keras.Input((h, w, shape[3] or 3), name="image")
-    outputs = layer(inputs)
-    if isinstance(outputs, dict):
-        if len(outputs) != 1:
-            raise ModelError(f"the SavedModel has {len(outputs)} outputs; export needs one", path)
-        outputs = next(iter(outputs.values()))
-    return keras.Model(inputs, outputs)
 
 
 def input_hw(model, path: Path) -> tuple[int | None, int | None]:

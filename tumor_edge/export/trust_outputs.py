@@ -3,7 +3,7 @@ the bundle metadata fields (outputs, calibration, ood), and heatmap parity per e
 
 A run's calibration and OOD fit come from `train` (RunConfig extra keys "calibration" and "ood", OOD parameters
 in the run folder). A model made elsewhere has no run, so export fits them on the share of `--calib-data` it holds
-back (model_source.FOREIGN_VAL_FRACTION, stratified), images that choose the int8 calibration method but never
+back (samples.FOREIGN_VAL_FRACTION, stratified), images that choose the int8 calibration method but never
 feed the int8 ranges:
 - the temperature with `calibration.fit.fit_calibration`, the very function train uses (its out-of-fold guard
   keeps T = 1 when a temperature would not help unseen images);
@@ -27,7 +27,7 @@ from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ConfigError
-from tumor_edge.export.model_source import stratified_subset
+from tumor_edge.export.samples import stratified_subset
 
 TRUST_IMAGES = 500  # held-back images the temperature and the OOD threshold are fitted on (stratified subset)
 MIN_TRUST_IMAGES = 20  # as train: fewer gives a temperature that may hurt new images
@@ -124,9 +124,10 @@ def _held_back(source, seed: int):
 
 
 def _predict(model, pixels: np.ndarray, spec) -> np.ndarray:
-    from tumor_edge.export.parity import keras_probabilities
+    from tumor_edge.runtime import scale
 
-    return np.asarray(keras_probabilities(model, pixels, spec), np.float64)
+    return np.concatenate([np.asarray(model.predict(scale(pixels[s:s + 32], spec), verbose=0), np.float64)
+                           for s in range(0, len(pixels), 32)])
 
 
 def fit_foreign_trust(source, seed: int = 0) -> dict[str, Any]:
