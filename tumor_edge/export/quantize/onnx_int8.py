@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.errors import first_line
 from tumor_edge.export.quantize.calibration import collect_ranges, quiet_stdout
 from tumor_edge.export.quantize.config import NO_VALIDATION_RANGE, WEIGHT_RANGES, QuantizationConfig
 from tumor_edge.export.quantize.graph import (
@@ -199,7 +200,7 @@ def _choose_range(report: QuantizationReport, best: CandidateScore, chosen: Path
                                                best.method, tensors_range, config, exclude, work_dir, name)
             probs[name] = probabilities(paths[name], val_pixels, spec, batch)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; the range is only skipped
-            skipped[name] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            skipped[name] = first_line(err)
             continue
         scores.append(score(f"{best.method}/{name}", probs[name], reference, val_labels, n_classes))
         scores[-1].seconds = round(time.perf_counter() - t0, 2)
