@@ -25,9 +25,9 @@ import numpy as np
 
 from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.export.config import LAYOUT_CHOICES, needs_option
+from tumor_edge.export.onnx_export import INPUT_NAME
 
 ONNX_SUFFIXES = (".onnx",)
-INPUT_NAME = "image"  # the bundle contract's input name (contracts.bundle.BundleMetadata.input_spec)
 PROBABILITIES = "probabilities"
 BATCH_DIM = "batch"
 BATCH_TOLERANCE = 1e-4  # batch-of-2 outputs against one-by-one outputs (float32 reordering only)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, ModelEntry
 
-INPUT_NAME = "image"
+INPUT_NAME = "image"  # the bundle contract's (contracts.bundle.BundleMetadata.input_spec)
 DEFAULT_OPSET = 17
 
 
