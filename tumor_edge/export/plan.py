@@ -44,10 +44,6 @@ class ExportPlan:
     skipped: tuple[tuple[ModelFormat, str], ...]  # rows this source has no route to, and why
     overlap: bool  # from_files rows start beside the worker's rows
 
-    @property
-    def formats(self) -> tuple[ModelFormat, ...]:
-        return self.from_model + self.from_files
-
 
 def plan_export(config: ExportConfig, source_kind: str) -> ExportPlan:
     selected = config.selected()
@@ -168,7 +164,7 @@ class Conversions:
                 _Row(ctx, fmt).finish(ctx)
         finally:
             self.cancel()
-        rows = [ctx.results[f.key] for f in self.plan.formats if f.key in ctx.results]
+        rows = [ctx.results[f.key] for f in self.plan.from_model + self.plan.from_files if f.key in ctx.results]
         for fmt, why in self.plan.skipped:
             rows.append(ExportedFile.of(fmt))
             rows[-1].status = why
