@@ -266,7 +266,7 @@ def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
     """Queue the Keras model's parity outputs (probabilities and, with a heatmap output, heatmaps on the test
     images) as the worker's job after its converters: the model is loaded there already, and this process does
     its own work meanwhile. None when parity is off."""
-    if not config.parity or source.test is None or not source.test.samples:
+    if not config.parity or not source.test:
         return None
     heatmap_spec = source.preprocessing if source.trust and "heatmap" in source.trust.extra_outputs else None
     samples = stratified_subset(source.test.samples, config.test_count, config.seed)
@@ -314,12 +314,11 @@ def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, An
 
 def _check_images(source: ModelSource, config: ExportConfig) -> None:
     """Fail before converting anything when the images a step needs are missing."""
-    if "int8" in config.options and (source.calibration is None or not source.calibration.samples):
+    if "int8" in config.options and not source.calibration:
         raise needs_option(DatasetError("int8 export needs calibration images from the training split (a dataset "
                                         "root or a folder of class folders)", source.path), "calib_data")
-    if config.parity and (source.test is None or not source.test.samples):
-        where = source.test.origin if source.test is not None else None
-        if where:
-            raise DatasetError("no test images in " + where, source.path)
+    if config.parity and not source.test:
+        if source.test is not None and source.test.origin:
+            raise DatasetError("no test images in " + source.test.origin, source.path)
         raise needs_option(DatasetError("parity needs test images (or turn parity off to skip the proof)",
                                         source.path), "test_data")

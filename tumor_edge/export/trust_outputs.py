@@ -112,8 +112,8 @@ def _held_back(source, seed: int):
     from tumor_edge.data.dataset import load_pixels
 
     held = source.validation
-    if held is None or len(held.samples) < MIN_TRUST_IMAGES:
-        count = 0 if held is None else len(held.samples)
+    count = len(held) if held is not None else 0
+    if count < MIN_TRUST_IMAGES:
         return f"{count} held-back calibration images; at least {MIN_TRUST_IMAGES} are needed (give more --calib-data)"
     samples = stratified_subset(held.samples, TRUST_IMAGES, seed)
     loaded = load_pixels(samples, source.reference_preprocessing, "calibration: held-back images",
