@@ -203,14 +203,21 @@ def prepare_out_dir(out: Path, force: bool) -> Path:
 
 
 def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata) -> None:
-    """Every ONNX file carries the bundle's essentials in its metadata_props, so it classifies on its own."""
-    from tumor_edge.export.onnx_export import onnx_metadata, stamp_onnx
+    """Every ONNX file carries the bundle's essentials in its metadata_props (a foreign file's own keys kept) and
+    its doc string, so it classifies on its own."""
+    import onnx
+
+    from tumor_edge.export.onnx_export import onnx_metadata
 
     doc = (f"tumor-edge {metadata.name}: classes {', '.join(metadata.classes)}; "
            f"{metadata.preprocessing.to_dict()['description']}. {metadata.intended_use}")
     for row in rows:
         if row.ok and row.engine == "onnxruntime":
-            stamp_onnx(out / row.file, onnx_metadata(metadata, row.file, row.precision), doc)
+            model = onnx.load(str(out / row.file))
+            ours = onnx_metadata(metadata, row.file, row.precision)
+            onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props} | ours)
+            model.doc_string = doc
+            onnx.save(model, str(out / row.file))
 
 
 def model_entries(out: Path, rows: Sequence[ExportedFile], verdicts: dict[str, str] | None) -> dict[str, ModelEntry]:

@@ -81,13 +81,3 @@ def onnx_metadata(metadata: BundleMetadata, file: str, precision: str) -> dict[s
         "output": data["output"]["type"],
         "intended_use": metadata.intended_use,
     }
-
-
-def stamp_onnx(path: Path, props: dict[str, str], doc: str) -> None:
-    """Replace the file's metadata_props (keeping foreign keys) and set its doc string."""
-    import onnx
-
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props} | props)
-    model.doc_string = doc
-    onnx.save(model, str(path))
