@@ -240,4 +240,3 @@ def check_files(out: Path, metadata: BundleMetadata, config: ExportConfig, parit
             correlations[row.file] = heatmap_correlation(clf, heatmaps[1], heatmaps[0], config.batch_size)
         add_outputs(reference, row.file, clf, images)
     return files, correlations, reference
-

@@ -244,4 +244,3 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
 def _shipping(k: int) -> str:
     return (f"shipping the {k} most sensitive nodes float (the candidate nearest the goal)" if k
             else "shipping naive int8 (no step came nearer the goal)")
-
