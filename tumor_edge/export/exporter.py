@@ -313,9 +313,9 @@ def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, An
     if report is None:
         return None
     model_file = source.model_file
-    size = model_file.stat().st_size / 1e6 if model_file.is_file() else None
     return {"label": "onnx (own)" if source.kind == "onnx" else "keras",  # a foreign ONNX file is its own reference
-            "file": model_file.name, "size_mb": size, "accuracy": report.reference["accuracy"],
+            "file": model_file.name, "size_bytes": model_file.stat().st_size if model_file.is_file() else None,
+            "accuracy": report.reference["accuracy"],
             "macro_auc": report.reference["macro_auc"], "ms_per_image": report.reference.get("ms_per_image")}
 
 
