@@ -172,15 +172,18 @@ def test_a_nearly_constant_tensor_does_not_break_int8_calibration(tmp_path):
 
 
 def test_a_dynamic_output_width_is_checked_on_real_outputs(tmp_path):
-    from tumor_edge.export.source import SourceOptions, load_source
+    from tumor_edge.export.config import ExportConfig
+    from tumor_edge.export.source import load_source
 
     model = onnx.load(str(_model(tmp_path / "m.onnx")))
     model.graph.output[0].type.tensor_type.shape.dim[1].Clear()
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
     onnx.save(model, tmp_path / "dynamic_width.onnx")
     with pytest.raises(ModelError, match="3 classes were given") as err:
-        load_source(tmp_path / "dynamic_width.onnx", SourceOptions(classes=["a", "b", "c"], preprocess="unit"))
+        load_source(ExportConfig(tmp_path / "dynamic_width.onnx", tmp_path / "out", classes=["a", "b", "c"],
+                                 preprocess="unit"))
     assert err.value.option == "classes"
-    source = load_source(tmp_path / "dynamic_width.onnx", SourceOptions(classes=list("abcd"), preprocess="unit"))
+    source = load_source(ExportConfig(tmp_path / "dynamic_width.onnx", tmp_path / "out", classes=list("abcd"),
+                                      preprocess="unit"))
     assert source.kind == "onnx" and source.source_output == "logits" and source.trust.ood is None
     assert any("only the input checks apply" in w for w in source.warnings)  # no held-back images: said, not faked

@@ -14,7 +14,7 @@ def test_the_recorded_seed_reaches_highest_and_the_codes_are_the_quantizers(tmp_
     from onnx import numpy_helper
 
     from tumor_edge.export.quantize import QuantizationConfig, quantize_onnx_int8
-    from tumor_edge.export.quantize.coverage import activation_codes, top_code_fractions
+    from tumor_edge.export.quantize.scoring import activation_codes, top_code_fractions
     from tumor_edge.runtime import brain_blobs, scale
 
     spec = Preprocessing(SIZE, SIZE, scaling="unit")

@@ -11,7 +11,7 @@ import pytest
 
 from tumor_edge.data.dataset import Sample
 from tumor_edge.errors import OutputExistsError
-from tumor_edge.export.bundle_writer import prepare_out_dir
+from tumor_edge.export.exporter import prepare_out_dir
 from tumor_edge.export.samples import stratified_subset
 
 

@@ -341,8 +341,8 @@ def test_a_lone_model_with_external_data_runs(tmp_path):
 
 
 def test_export_records_every_external_data_file(tmp_path):
-    from tumor_edge.export.bundle_writer import model_entries
     from tumor_edge.export.context import ExportedFile
+    from tumor_edge.export.exporter import model_entries
 
     _save_external(_external_model(), tmp_path / MODEL)
     onnx.save(quadrant_model(metadata=quadrant_metadata()), tmp_path / "model_fp16.onnx")

@@ -3,8 +3,7 @@ covers every file, and `export --force` removes an old signature with the files 
 
 from __future__ import annotations
 
-from tumor_edge.export.bundle_writer import prepare_out_dir
-from tumor_edge.export.exporter import sign_export
+from tumor_edge.export.exporter import prepare_out_dir, sign_export
 from tumor_edge.signing import SIGNATURE_FILE
 from tumor_edge.signing.verify import verify_bundle_signature
 

@@ -34,11 +34,6 @@ def _enabling_flags(command):
     return command
 
 
-def _flag_for(err) -> str | None:
-    option = getattr(err, "option", None)
-    return f"--{option.replace('_', '-')}" if option else None
-
-
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
@@ -130,7 +125,8 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
                                           seed=seed)
     except ValueError as err:
         raise ConfigError(f"--calib-methods: {err}") from err
-    handler = _echo_warnings()
+    handler = _ClickEcho(logging.WARNING)  # export's warnings on stderr, one line each
+    logging.getLogger("tumor_edge.export").addHandler(handler)
     try:
         config = ExportConfig(
             source=source, out=out, formats=tuple(_csv(formats) or ()), force=force, classes=_csv(classes),
@@ -149,7 +145,8 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
         table = getattr(err, "table", None)
         if table:
             click.echo(table)
-        flag = _flag_for(err)
+        option = getattr(err, "option", None)  # config.needs_option: the flag that fixes it
+        flag = f"--{option.replace('_', '-')}" if option else None
         if flag and flag not in str(err):
             raise type(err)(f"{err.reason} ({flag})", err.path) from err
         raise
@@ -166,11 +163,3 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
 class _ClickEcho(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(record.getMessage(), err=True)
-
-
-def _echo_warnings() -> logging.Handler:
-    """export's warnings (logger tumor_edge.export) on stderr, one line each."""
-    handler = _ClickEcho(logging.WARNING)
-    logger = logging.getLogger("tumor_edge.export")
-    logger.addHandler(handler)
-    return handler

@@ -14,6 +14,12 @@ OUTPUT_CHOICES = ("auto", "probabilities", "logits")
 LAYOUT_CHOICES = ("auto", "nchw", "nhwc")  # a foreign ONNX model's input layout (export/foreign_onnx.py)
 
 
+def needs_option(error: Exception, option: str) -> Exception:
+    """Tag an error with the export option (an `ExportConfig` field) that fixes it; the CLI names its flag."""
+    error.option = option
+    return error
+
+
 @dataclass
 class ParityThresholds:
     """The tolerances a file must be proven within (defaults: the parity contract in the README), and how sure
@@ -66,18 +72,11 @@ class ExportConfig:
     opset: int = 17
     seed: int = 0
     batch_size: int = 16
-    # How: TensorFlow jobs in one worker process that ends before the TensorFlow-free rows (each in its own child)
-    # and parity, so the export's peak is one job's (export/plan.py). False runs everything in this process (a
-    # debugger can step into it).
-    isolate: bool = True
-    # Start the TensorFlow-free rows (ONNX int8) beside the worker's TFLite rows: faster with two free cores, at a
-    # higher peak (benchmarks/export_memory.py measures both).
-    overlap: bool = False
+    isolate: bool = True  # False: every step in this process (a debugger can step into it); see export/plan.py
+    overlap: bool = False  # TensorFlow-free rows beside the worker's: faster with two free cores, a higher peak
     show_progress: bool = True
     debug: bool = False  # let a converter's exception propagate with its traceback
-    # Sign the finished bundle with this EC private key (PEM; the `sign` extra): model.sig, after every file is
-    # written and only when the export succeeded (tumor_edge.signing).
-    sign_key: Path | None = None
+    sign_key: Path | None = None  # EC private key (PEM) that signs a successful export (tumor_edge.signing)
 
     def __post_init__(self) -> None:
         self.source, self.out = Path(self.source), Path(self.out)
@@ -111,6 +110,3 @@ class ExportConfig:
             if f.name == name:
                 return f.default_factory() if f.default is MISSING else f.default
         raise KeyError(name)
-
-
-__all__ = ["ExportConfig", "LAYOUT_CHOICES", "OUTPUT_CHOICES", "ParityThresholds"]

@@ -1,10 +1,9 @@
 """`ExportContext`: what the converters share (the source, the folders, the images, the rows done so far).
 
 It is plain data that pickles, so a converter runs the same in this process or in another (tumor_edge.worker).
-Everything expensive that several converters use is made once, on disk, under the export's work folder: the
-SavedModel the TFLite rows convert from, the calibration and validation pixels. A lock file makes the first
-process that needs one make it while the others wait, so a background converter and a foreground one never
-build the same thing twice or read a half-written file.
+Everything expensive that several converters use (the SavedModel, the calibration and validation pixels) is made
+once, on disk, under the export's work folder, behind a lock file: two converters never build the same thing
+twice or read a half-written file.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ import numpy as np
 from tumor_edge.contracts.formats import BY_KEY, ModelFormat
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig
-from tumor_edge.export.foreign import SAVED_MODEL_FILE
-from tumor_edge.export.samples import stratified_subset
-from tumor_edge.export.source import ModelSource
+from tumor_edge.export.model_source import ModelSource
+from tumor_edge.export.samples import SampleSet, stratified_subset
+from tumor_edge.export.source import SAVED_MODEL_FILE
 
 
 @dataclass
@@ -77,14 +76,12 @@ class ExportContext:
 
     @property
     def model(self):
-        """The Keras model the converters convert (loaded once per process, see `kept`): probabilities first,
-        then the heatmap and OOD outputs where the head allows (ModelSource.converted_model)."""
+        """The Keras model the converters convert (ModelSource.converted_model, loaded once per process)."""
         return kept(self.source).converted_model
 
     @property
     def keras_model(self):
-        """The single-output Keras model (class probabilities): the float reference the int8 files are scored
-        against. Its output is the converted model's first, computed by the same layers."""
+        """The single-output Keras model: the float reference the int8 files are scored against."""
         return kept(self.source).model
 
     def needs_ok(self, key: str) -> Path:
@@ -97,7 +94,7 @@ class ExportContext:
     # ------------------------------------------------------------------- made once, shared through the disk
 
     def saved_model(self) -> Path:
-        """Keras 3's SavedModel export of the model, which every TFLite row converts from."""
+        """The SavedModel every TFLite row converts from."""
         from tumor_edge.export.tflite_export import export_saved_model
 
         path = self.work / "saved_model"
@@ -106,57 +103,39 @@ class ExportContext:
                 export_saved_model(self.model, path)
         return path
 
-    def calibration_file(self) -> Path:
-        """Training-split pixels (stratified subset) as .npy, decoded by the runtime's code at the bundle's size."""
-        return self._pixels_file("calibration", self._calibration_samples)
-
     def calibration(self) -> Pixels:
-        return self._load(self.calibration_file())
+        """Training-split pixels (stratified subset), decoded by the runtime's code at the bundle's size."""
+        if not self.source.calibration:
+            raise DatasetError("no calibration images")
+        return self._pixels("calibration", self.source.calibration, self.config.calib_count)
 
     def validation(self) -> Pixels | None:
         """Validation-split pixels the int8 calibration methods are compared on; None without a validation split."""
         if not self.source.validation:
             return None
-        return self._load(self._pixels_file("validation", self._validation_samples))
+        return self._pixels("validation", self.source.validation, self.config.select_count)
 
-    def _calibration_samples(self):
-        if self.source.calibration is None or not self.source.calibration.samples:
-            raise DatasetError("no calibration images")
-        return stratified_subset(self.source.calibration.samples, self.config.calib_count, self.config.seed), \
-            self.source.calibration.origin
-
-    def _validation_samples(self):
-        return stratified_subset(self.source.validation.samples, self.config.select_count, self.config.seed), \
-            self.source.validation.origin
-
-    def _pixels_file(self, name: str, samples_of) -> Path:
+    def _pixels(self, name: str, images: SampleSet, count: int) -> Pixels:
         from tumor_edge.data.dataset import load_pixels
 
-        path = self.work / f"{name}_pixels.npy"
+        path, labels = self.work / f"{name}_pixels.npy", self.work / f"{name}_labels.npy"
         with _made_once(path):
             if not path.is_file():
-                samples, origin = samples_of()
-                loaded = load_pixels(samples, self.spec, f"loading {name} images",
-                                     show_progress=self.config.show_progress)
+                loaded = load_pixels(stratified_subset(images.samples, count, self.config.seed), self.spec,
+                                     f"loading {name} images", show_progress=self.config.show_progress)
                 if len(loaded.labels) == 0:
-                    raise DatasetError(f"no readable {name} images ({origin})")
-                np.save(path.with_name(f"{name}_labels.npy"), loaded.labels)
+                    raise DatasetError(f"no readable {name} images ({images.origin})")
+                np.save(labels, loaded.labels)
                 tmp = path.with_suffix(".tmp.npy")
                 np.save(tmp, loaded.pixels)
                 tmp.replace(path)
-        return path
-
-    @staticmethod
-    def _load(path: Path) -> Pixels:
-        labels = np.load(path.with_name(path.name.replace("_pixels.npy", "_labels.npy")))
-        return Pixels(np.load(path, mmap_mode="r"), labels)
+        return Pixels(np.load(path, mmap_mode="r"), np.load(labels))
 
 
 # ---------------------------------------------------------------- the model, loaded once per process
 
-# The source this process has loaded the model of (at most one: a library user exporting many models in one
-# process holds one model, not all of them). A source pickles without its model, so every job reaching the
-# export's TensorFlow worker brings a model-less copy; `kept` hands it the loaded one instead of loading again.
+# The source this process has loaded the model of (at most one). A source pickles without its model, so every
+# job reaching the TensorFlow worker brings a model-less copy; `kept` hands it the loaded one instead.
 _KEPT: dict[tuple[str, str], ModelSource] = {}
 
 
@@ -174,11 +153,11 @@ def forget_models() -> None:
     _KEPT.clear()
 
 
-def load_and_keep(path, options) -> ModelSource:
+def load_and_keep(config: ExportConfig) -> ModelSource:
     """`load_source` in the process that will convert: the loaded model stays here for the jobs that follow."""
     from tumor_edge.export.source import load_source
 
-    return kept(load_source(path, options))
+    return kept(load_source(config))
 
 
 def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, show_progress: bool = False
@@ -232,6 +211,3 @@ def _made_once(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-__all__ = ["ExportContext", "ExportedFile", "Pixels", "forget_models", "kept", "keras_outputs", "load_and_keep"]

@@ -2,9 +2,10 @@
 
 The order is the point: validate everything cheap first (output folder, model, classes, images) so a mistake
 costs seconds, not a conversion; then convert every row of the format table the plan lists (export/plan.py);
-stamp the ONNX files with their metadata; open each file once through the runtime for parity, heatmap parity
-and its reference record (export/file_checks.py); write metadata.json once, then parity.json, parity.md and the
-model card. A bundle holds models only, nothing made for this machine.
+stamp the ONNX files with their metadata, so a lone .onnx classifies on its own; open each file once through the
+runtime for parity, heatmap parity and its reference record (parity.check_files); write metadata.json once, then
+parity.json, parity.md and the model card. A bundle holds models only, nothing made for this machine. File names
+come from the format table and `contracts.bundle`; none is spelled here.
 """
 
 from __future__ import annotations
@@ -12,14 +13,24 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.contracts.bundle import BundleMetadata, remember_last_bundle
+from tumor_edge import __version__
+from tumor_edge.contracts.bundle import (
+    BUNDLE_DOCUMENTS,
+    BundleMetadata,
+    ModelEntry,
+    describe_file,
+    member_path,
+    remember_last_bundle,
+)
+from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
-from tumor_edge.export.bundle_writer import model_entries, prepare_out_dir, private_reports, stamp_onnx_files
-from tumor_edge.export.config import ExportConfig
+from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.context import (
     ExportContext,
     ExportedFile,
@@ -28,15 +39,16 @@ from tumor_edge.export.context import (
     load_and_keep,
     pixels_digest,
 )
-from tumor_edge.export.file_checks import HeatmapInputs, check_files
 from tumor_edge.export.model_card import write_model_card
-from tumor_edge.export.parity import ParityReport, parity_inputs, parity_report
+from tumor_edge.export.model_source import ModelSource
+from tumor_edge.export.parity import ParityReport, check_files, parity_inputs
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
-from tumor_edge.export.provenance import provenance
 from tumor_edge.export.samples import stratified_subset
-from tumor_edge.export.source import ModelSource, SourceOptions, needs_option
+from tumor_edge.machine import host, package_versions
+from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
+from tumor_edge.signing import SIGNATURE_FILE
 from tumor_edge.worker import Inline, Worker
 
 log = logging.getLogger("tumor_edge.export")
@@ -69,13 +81,10 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     plan_worker = Worker("tensorflow", env=TENSORFLOW_ENV) if config.isolate and not config.debug else Inline()
     with tempfile.TemporaryDirectory(prefix="tumor-edge-export-") as tmp, plan_worker as worker:
         work = Path(tmp)
-        options = SourceOptions(classes=config.classes, image_size=config.image_size, preprocess=config.preprocess,
-                                resize=config.resize, output=config.output, layout=config.layout,
-                                calib_data=config.calib_data, test_data=config.test_data, seed=config.seed)
         try:
             # In the TensorFlow worker: the model stays loaded there for the converters; this process never
             # imports TensorFlow.
-            source = worker.submit(converted, load_and_keep, "load", config.source, options, name="load").wait()
+            source = worker.submit(converted, load_and_keep, "load", config, name="load").wait()
             warnings = list(source.warnings)
             _check_images(source, config)
             if not config.parity:
@@ -98,15 +107,13 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     metadata.provenance["step_seconds"] = {r.file: round(r.seconds, 3) for r in rows}  # the time each job ran
     metadata.write(out)
     write_model_card(out, metadata.to_dict(), report.to_dict() if report else None)
-    table = render_table(table_rows(report, _keras_row(source, report), [
-        {"file": r.file, "format": r.format, "precision": r.precision,
-         "size_bytes": (out / r.file).stat().st_size if r.ok else None,
-         "status": "not checked (no parity)" if r.ok else r.status} for r in rows]))
-    if report is not None:
-        write_reports(out, report, table_rows(report, _keras_row(source, report), [
-            {"file": r.file, "format": r.format, "precision": r.precision,
-             "size_bytes": (out / r.file).stat().st_size if r.ok else None, "status": r.status}
-            for r in rows if r.ok or is_skipped(r)]))
+    entries = [{"file": r.file, "format": r.format, "precision": r.precision,
+                "size_bytes": (out / r.file).stat().st_size if r.ok else None,
+                "status": "not checked (no parity)" if r.ok else r.status} for r in rows]
+    table = render_table(table_rows(report, _keras_row(source, report), entries))
+    if report is not None:  # the report's table leaves out failed rows (the error says why)
+        write_reports(out, report, table_rows(report, _keras_row(source, report),
+                                              [e for e, r in zip(entries, rows) if r.ok or is_skipped(r)]))
     result = ExportResult(out, metadata, rows, report, table, time.perf_counter() - started, warnings)
     error: TumorEdgeError | None = None
     if failed:
@@ -135,7 +142,7 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
     metadata = BundleMetadata(classes=list(source.classes), preprocessing=source.preprocessing,
                               output="probabilities", extra_outputs=dict(trust.extra_outputs) if trust else {},
                               calibration=trust.calibration if trust else None, ood=trust.ood if trust else None,
-                              provenance=provenance(source, "pending" if config.parity else
+                              provenance=_provenance(source, "pending" if config.parity else
                                                     "not proven: exported without parity"))
     stamp_onnx_files(out, rows, metadata)
     metadata.models = model_entries(out, rows, None)
@@ -149,21 +156,112 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         if "heatmap" in metadata.extra_outputs:
             heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
     log.info("export step checks start")
-    checks = check_files(out, rows, metadata, config, inputs, heatmap_inputs)
+    files, heatmap_parity, reference = check_files(out, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
-    report = parity_report(inputs, checks.parity, config.thresholds, source.classes, config.batch_size) \
-        if inputs is not None else None
+    report = None if inputs is None else ParityReport(
+        inputs.origin, len(inputs.paths), inputs.skipped, inputs.metrics, files, config.thresholds,
+        list(source.classes), config.batch_size, inputs.labels, inputs.raw, inputs.temperature)
     if report is not None:
         metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
     metadata.models = model_entries(out, rows, {f.file: f.verdict for f in report.files} if report else None)
     metadata.metrics = {"parity": report.summary() if report else
                         {"passed": None, "proven": False, "reason": "exported without parity"},
                         **private_reports(rows)}
-    if checks.heatmaps is not None:
-        metadata.metrics["heatmap_parity"] = checks.heatmaps
+    if heatmap_parity is not None:
+        metadata.metrics["heatmap_parity"] = heatmap_parity
     if metadata.models:
-        metadata.reference = checks.reference
+        metadata.reference = reference
     return metadata, report
+
+
+def _provenance(source: ModelSource, parity_state: str) -> dict[str, Any]:
+    """Where the bundle came from: versions, machine, source model and hash, training run and data fingerprint,
+    and how the model's output was settled."""
+    run = source.run_config
+    versions = package_versions()
+    versions["tumor-edge"] = versions.get("tumor-edge") or __version__  # from the code when run from a checkout
+    return {
+        "tumor_edge_version": __version__,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"kind": source.kind, "path": str(source.path.resolve()), "sha256": source.sha256},
+        "run_dir": str(source.run_dir.resolve()) if source.run_dir else None,
+        "data_fingerprint": run.data_fingerprint if run else None,
+        "data_root": run.data_root if run else None,
+        "trained": run.created if run else None,
+        "training_versions": run.versions if run else None,
+        "versions": versions,
+        "host": host(),
+        "output": {"model_output": source.source_output, "decided_by": source.output_decided_by,
+                   "softmax_appended": source.softmax_appended},
+        "parity": parity_state,
+    }
+
+
+def is_bundle_file(name: str) -> bool:
+    """A file export writes (and `force` may replace): a table model file, a bundle document, the signature (a
+    new export's files would never match an old signature)."""
+    return name in BUNDLE_MODEL_FILES or name in BUNDLE_DOCUMENTS or name == SIGNATURE_FILE
+
+
+def prepare_out_dir(out: Path, force: bool) -> Path:
+    """Refuse a non-empty folder without force; with it, remove only the files a bundle consists of."""
+    return _prepare_out_dir(out, force, is_bundle_file, "bundle")
+
+
+def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata) -> None:
+    """Every ONNX file carries the bundle's essentials in its metadata_props (a foreign file's own keys kept) and
+    its doc string, so it classifies on its own."""
+    import onnx
+
+    from tumor_edge.export.onnx_export import onnx_metadata
+
+    doc = (f"tumor-edge {metadata.name}: classes {', '.join(metadata.classes)}; "
+           f"{metadata.preprocessing.to_dict()['description']}. {metadata.intended_use}")
+    for row in rows:
+        if row.ok and row.engine == "onnxruntime":
+            model = onnx.load(str(out / row.file))
+            ours = onnx_metadata(metadata, row.file, row.precision)
+            onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props} | ours)
+            model.doc_string = doc
+            onnx.save(model, str(out / row.file))
+
+
+def model_entries(out: Path, rows: Sequence[ExportedFile], verdicts: dict[str, str] | None) -> dict[str, ModelEntry]:
+    """metadata.json's `models`: each file written, hashed, with every external data file it reads (hashed too:
+    the runtime refuses a model naming data its entry does not list), the converter's facts and its verdict."""
+    entries = {}
+    for row in rows:
+        if not row.ok:
+            continue
+        extra = {k: v for k, v in row.extra.items() if not k.startswith("_")}
+        extra["parity"] = (verdicts or {}).get(row.file, "not checked")
+        files = tuple(external_files(out, row.file)) if row.engine == "onnxruntime" else ()
+        entries[row.file] = describe_file(out / row.file, row.format, row.precision, files=files, **extra)
+    return entries
+
+
+def external_files(out: Path, file: str) -> list[str]:
+    """The external data files the ONNX model `file` in `out` reads. Each must be a plain name in the bundle
+    folder, the only place the runtime accepts one from; anything else is an error here, not a bundle that
+    no device will run."""
+    from tumor_edge.runtime import external_data_locations
+
+    names = external_data_locations(out / file)
+    for name in names:
+        member_path(out, name)  # a plain name, inside the folder (BundleIntegrityError otherwise)
+        if not (out / name).is_file():
+            raise ModelError(f"its external data {name!r} was not written beside it", out / file)
+    return names
+
+
+def private_reports(rows: Sequence[ExportedFile]) -> dict[str, Any]:
+    """The bulky facts converters return under "_" keys (the int8 calibration comparison), for `metrics`."""
+    reports = {}
+    for row in rows:
+        for key, value in row.extra.items():
+            if key.startswith("_") and row.ok:
+                reports[f"{row.key.replace('-', '_')}{key.replace('_report', '_calibration')}"] = value
+    return reports
 
 
 def sign_export(out: Path, sign_key: Path | None) -> Path | None:
@@ -181,7 +279,7 @@ def _queue_keras_outputs(worker, source: ModelSource, config: ExportConfig):
     """Queue the Keras model's parity outputs (probabilities and, with a heatmap output, heatmaps on the test
     images) as the worker's job after its converters: the model is loaded there already, and this process does
     its own work meanwhile. None when parity is off."""
-    if not config.parity or source.test is None or not source.test.samples:
+    if not config.parity or not source.test:
         return None
     heatmap_spec = source.preprocessing if source.trust and "heatmap" in source.trust.extra_outputs else None
     samples = stratified_subset(source.test.samples, config.test_count, config.seed)
@@ -208,36 +306,32 @@ def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
     return keras[name]
 
 
-def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> HeatmapInputs:
-    """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them."""
+def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> tuple[Any, Any]:
+    """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them (arrays)."""
     from tumor_edge.data.dataset import load_pixels
 
     pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
                          show_progress=config.show_progress).pixels
-    return HeatmapInputs(pixels, _keras_output(keras, "heatmaps", pixels))
+    return pixels, _keras_output(keras, "heatmaps", pixels)
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:
     if report is None:
         return None
     model_file = source.model_file
-    size = model_file.stat().st_size / 1e6 if model_file.is_file() else None
     return {"label": "onnx (own)" if source.kind == "onnx" else "keras",  # a foreign ONNX file is its own reference
-            "file": model_file.name, "size_mb": size, "accuracy": report.reference["accuracy"],
+            "file": model_file.name, "size_bytes": model_file.stat().st_size if model_file.is_file() else None,
+            "accuracy": report.reference["accuracy"],
             "macro_auc": report.reference["macro_auc"], "ms_per_image": report.reference.get("ms_per_image")}
 
 
 def _check_images(source: ModelSource, config: ExportConfig) -> None:
     """Fail before converting anything when the images a step needs are missing."""
-    if "int8" in config.options and (source.calibration is None or not source.calibration.samples):
+    if "int8" in config.options and not source.calibration:
         raise needs_option(DatasetError("int8 export needs calibration images from the training split (a dataset "
                                         "root or a folder of class folders)", source.path), "calib_data")
-    if config.parity and (source.test is None or not source.test.samples):
-        where = source.test.origin if source.test is not None else None
-        if where:
-            raise DatasetError("no test images in " + where, source.path)
+    if config.parity and not source.test:
+        if source.test is not None and source.test.origin:
+            raise DatasetError("no test images in " + source.test.origin, source.path)
         raise needs_option(DatasetError("parity needs test images (or turn parity off to skip the proof)",
                                         source.path), "test_data")
-
-
-__all__ = ["ExportConfig", "ExportResult", "export_bundle"]

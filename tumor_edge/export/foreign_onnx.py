@@ -4,7 +4,7 @@ bundle contract (float32 NHWC input, probabilities out, dynamic batch where the 
 Why a graph rewrite rather than runtime code: the runtime feeds every model the same NHWC float batch and never
 imports onnx, so layout, softmax and batch are settled here, once, with the `onnx` helper API:
 - an NCHW model gets a Transpose at its input (NHWC -> NCHW); an NHWC model is left as is;
-- a logit model gets a Softmax at its output, as a Keras logit model does (export/outputs.py), so every file
+- a logit model gets a Softmax at its output, as a Keras logit model does (export/source.py), so every file
   yields probabilities by itself and int8 quantizes the softmax's input, not saturated probabilities;
 - a fixed batch dimension is made symbolic, then proven by running two images at once against each alone;
   a graph that hard-codes its batch (a Reshape to [1, -1]) keeps it, and the runtime feeds it one image at a
@@ -17,17 +17,17 @@ fp32 outputs, not a re-implementation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tumor_edge.errors import ConfigError, ModelError, first_line
+from tumor_edge.export.config import LAYOUT_CHOICES, needs_option
+from tumor_edge.export.onnx_export import INPUT_NAME
 
 ONNX_SUFFIXES = (".onnx",)
-LAYOUTS = ("auto", "nchw", "nhwc")
-INPUT_NAME = "image"  # the bundle contract's input name (contracts.bundle.BundleMetadata.input_spec)
 PROBABILITIES = "probabilities"
 BATCH_DIM = "batch"
 BATCH_TOLERANCE = 1e-4  # batch-of-2 outputs against one-by-one outputs (float32 reordering only)
@@ -46,15 +46,6 @@ class OnnxFacts:
     batch: int | None  # None: dynamic already; else the fixed batch the file declares
     opset: int
     outputs: int  # output width, None-free (checked against the classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _for_option(error: ModelError, option: str) -> ModelError:
-    """Tag an error with the export option that fixes it (as source.needs_option does); the CLI names its flag."""
-    error.option = option
-    return error
 
 
 def _dim(d) -> int | None:
@@ -75,16 +66,12 @@ def load_checked(path: Path):
     return model
 
 
-def default_opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str = "auto") -> OnnxFacts:
     """Check one 4-D float image input, one (batch, classes) output and the image size; find the layout."""
     import onnx
 
-    if layout not in LAYOUTS:
-        raise ConfigError(f"the layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if layout not in LAYOUT_CHOICES:
+        raise ConfigError(f"the layout must be one of {', '.join(LAYOUT_CHOICES)}, not {layout!r}")
     model = load_checked(path)
     initialisers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initialisers]
@@ -101,7 +88,7 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
     if layout == "auto":
         nchw, nhwc = dims[1] == 3, dims[3] == 3
         if nchw == nhwc:
-            raise _for_option(ModelError(f"cannot tell the input layout from its shape {_shape(dims)}: say "
+            raise needs_option(ModelError(f"cannot tell the input layout from its shape {_shape(dims)}: say "
                                          "channels-first or channels-last", path), "layout")
         layout, decided = ("nchw" if nchw else "nhwc"), f"input shape {_shape(dims)}"
     else:
@@ -112,10 +99,10 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
                          "are RGB", path)
     for got in (height, width):
         if got is not None and image_size is not None and got != image_size:
-            raise _for_option(ModelError(f"the model takes {height}x{width} images but the image size given is "
+            raise needs_option(ModelError(f"the model takes {height}x{width} images but the image size given is "
                                          f"{image_size}", path), "image_size")
     if (height is None or width is None) and image_size is None:
-        raise _for_option(ModelError("the model's input size is not fixed: give the image size", path), "image_size")
+        raise needs_option(ModelError("the model's input size is not fixed: give the image size", path), "image_size")
     if len(model.graph.output) != 1:
         raise ModelError(f"the model has {len(model.graph.output)} outputs; export needs one (batch, classes)",
                          path)
@@ -124,10 +111,10 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
     if len(out_dims) != 2:
         raise ModelError(f"the model's output has shape {_shape(out_dims)}; expected (batch, classes)", path)
     if out_dims[1] is not None and out_dims[1] != n_classes:
-        raise _for_option(ModelError(f"the model has {out_dims[1]} outputs but {n_classes} classes were given", path),
+        raise needs_option(ModelError(f"the model has {out_dims[1]} outputs but {n_classes} classes were given", path),
                           "classes")
-    return OnnxFacts(inputs[0].name, out.name, layout, decided, height, width, dims[0], default_opset(model),
-                     n_classes)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxFacts(inputs[0].name, out.name, layout, decided, height, width, dims[0], opset, n_classes)
 
 
 def _shape(dims) -> str:
@@ -218,13 +205,13 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
     if score_output is not None:
         graph.output.append(score_output)
     onnx.checker.check_model(model)
-    _write(model, dst)
+    onnx.save(model, str(dst))
     batch = "dynamic"
     if facts.batch is not None:
         dynamic = _dynamic_batch(model)
         why = _check_dynamic(dynamic, dst.parent / (dst.stem + ".dynamic-trial.onnx"))
         if why is None:
-            _write(dynamic, dst)
+            onnx.save(dynamic, str(dst))
             batch = f"dynamic (the file fixed it at {facts.batch}; proven with a batch of 2)"
         else:
             batch = f"fixed {facts.batch} ({why}): the runtime feeds {facts.batch} image(s) at a time"
@@ -263,13 +250,6 @@ def _dim_param(value_info, facts: OnnxFacts, width: bool = False) -> str:
     index = (3 if width else 2) if facts.layout == "nchw" else (2 if width else 1)
     d = value_info.type.tensor_type.shape.dim[index]
     return d.dim_param or ("width" if width else "height")
-
-
-def _write(model, dst: Path) -> Path:
-    import onnx
-
-    onnx.save(model, str(dst))
-    return dst
 
 
 def _dynamic_batch(model):
@@ -311,7 +291,3 @@ def _check_dynamic(model, trial: Path) -> str | None:
     if pair.shape != alone.shape or not np.allclose(pair, alone, atol=BATCH_TOLERANCE, rtol=BATCH_TOLERANCE):
         return "a batch of 2 gives other outputs than one image at a time"
     return None
-
-
-__all__ = ["LAYOUTS", "ONNX_SUFFIXES", "OnnxFacts", "OnnxModel", "default_opset", "inspect_onnx", "load_checked",
-           "to_bundle_model"]

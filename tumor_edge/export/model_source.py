@@ -1,11 +1,7 @@
-"""What is being exported, as everything downstream sees it: one `ModelSource` and the options that made it.
+"""What is being exported, as everything downstream sees it: one `ModelSource`.
 
-Everything downstream (converters, quantization, parity) works from one `ModelSource`: the model (loaded on first
-use, in whichever process needs it: the source pickles without it, so a converter's child process loads its own),
-the class names in output order, the preprocessing the bundle will declare, the preprocessing the Keras reference
-is evaluated with, and the labelled images to calibrate, select and test on. Loading one is export/source.py's
-job (run folders, Keras and SavedModel files) and export/source_onnx.py's (a foreign ONNX file); both build on the
-helpers here, so neither imports the other's module for them.
+The model is loaded on first use, in whichever process needs it: the source pickles without it, so a converter's
+child process loads its own. Finding and checking a source is export/source.py's job.
 """
 
 from __future__ import annotations
@@ -16,37 +12,10 @@ from typing import Any
 
 from tumor_edge.contracts.preprocessing import SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
-from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, stratified_split
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.export.foreign import load_model_file
+from tumor_edge.errors import ConfigError, ModelError, first_line
+from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import OnnxFacts
-from tumor_edge.export.outputs import with_softmax
-from tumor_edge.export.samples import SampleSet, folder_samples, require_images
-
-OUTPUT_TYPES = ("auto", "probabilities", "logits")
-# Share of a foreign model's calibration images held out to choose the calibration method on.
-FOREIGN_VAL_FRACTION = 0.2
-
-
-def needs_option(error: Exception, option: str) -> Exception:
-    """Tag a library error with the export option that fixes it; the CLI names its flag."""
-    error.option = option
-    return error
-
-
-@dataclass
-class SourceOptions:
-    """What the user tells export about the model (all optional for a run folder)."""
-
-    classes: list[str] | None = None  # in output order
-    image_size: int | None = None
-    preprocess: str | None = None  # a scaling name of contracts.preprocessing
-    resize: str | None = None  # a resize method of contracts.preprocessing
-    output: str = "auto"  # "auto" | "probabilities" | "logits"
-    layout: str = "auto"  # a foreign ONNX model's input: "auto" | "nchw" | "nhwc"
-    calib_data: Path | None = None
-    test_data: Path | None = None
-    seed: int = 0
+from tumor_edge.export.samples import SampleSet
 
 
 @dataclass
@@ -66,7 +35,7 @@ class ModelSource:
     warnings: list[str] = field(default_factory=list)
     trust: Any = None  # export.trust_outputs.TrustExport without its model: outputs, calibration, OOD, notes
     onnx: OnnxFacts | None = None  # a foreign ONNX file: its layout, batch, opset (export/foreign_onnx.py)
-    foreign_fit: dict[str, Any] | None = None  # a foreign model's calibration and OOD fit (export/foreign_trust.py)
+    foreign_fit: dict[str, Any] | None = None  # a foreign model's calibration and OOD fit (export/trust_outputs.py)
     seed: int = 0
     _raw: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
@@ -97,11 +66,16 @@ class ModelSource:
 
     @property
     def model(self):
-        """A Keras model that yields probabilities (a softmax appended to a logit model)."""
-        if self._model is None and self.kind == "onnx":
-            self._model = self.raw_model.with_softmax() if self.softmax_appended else self.raw_model
+        """A model that yields probabilities (a softmax appended to a logit model)."""
         if self._model is None:
-            self._model = with_softmax(self.raw_model) if self.softmax_appended else self.raw_model
+            self._model = self.raw_model
+            if self.softmax_appended and self.kind == "onnx":
+                self._model = self._model.with_softmax()
+            elif self.softmax_appended:
+                import keras
+
+                probabilities = keras.layers.Softmax(name="probabilities")(self._model.outputs[0])
+                self._model = keras.Model(self._model.inputs, probabilities, name=f"{self._model.name}_softmax")
         return self._model
 
     @property
@@ -123,20 +97,22 @@ class ModelSource:
         """What train would have recorded, fitted once (where the source is loaded) on the held-back calibration
         images of a foreign model; plain data, so converter processes reuse it."""
         if self.foreign_fit is None:
-            from tumor_edge.export.foreign_trust import fit_foreign_trust
+            from tumor_edge.export.trust_outputs import fit_foreign_trust
 
             self.foreign_fit = fit_foreign_trust(self, self.seed)
         return self.foreign_fit
 
     def settle_trust(self) -> ModelSource:
-        """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent. (A
-        foreign ONNX source is settled by export/source_onnx.py's `settle_onnx_trust` instead.)"""
+        """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
         if self.kind == "onnx":
-            raise ValueError("a foreign ONNX source is settled by source_onnx.settle_onnx_trust")
-        found = self._trust_export()
-        self._converted, found.model = found.model, None
+            from tumor_edge.export.trust_outputs import onnx_trust
+
+            found = onnx_trust(self._foreign_trust())
+        else:
+            found = self._trust_export()
+            self._converted, found.model = found.model, None
         self.trust = found
-        self.warnings.extend(note for note in found.notes if note != "heatmaps not requested")
+        self.warnings.extend(found.notes)
         return self
 
     @property
@@ -144,7 +120,7 @@ class ModelSource:
         return self.source_output == "logits"
 
 
-def require_foreign_options(path: Path, options: SourceOptions) -> None:
+def require_foreign_options(path: Path, options: ExportConfig) -> None:
     if not options.classes:
         raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
                            "classes")
@@ -153,34 +129,49 @@ def require_foreign_options(path: Path, options: SourceOptions) -> None:
                                       f"({', '.join(SCALING_NAMES)})", path), "preprocess")
 
 
-# ------------------------------------------------------------------------------------------------- samples
-
-
-def calibration_from_folder(folder: Path, classes: list[str], seed: int,
-                             keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
-    samples = folder_samples(folder, classes, TRAIN_DIR)
-    require_images(samples, "calibration", folder)
-    origin = f"calibration images {folder}"
-    if keep_validation is not None:
-        return SampleSet(samples, origin), keep_validation
-    kept, held = stratified_split(samples, FOREIGN_VAL_FRACTION, seed)
-    if not held or not kept:
-        return SampleSet(samples, origin), None
-    return (SampleSet(kept, f"{origin} ({100 - FOREIGN_VAL_FRACTION * 100:.0f} %)"),
-            SampleSet(held, f"{origin} (held-out {FOREIGN_VAL_FRACTION * 100:.0f} %)"))
-
-
-def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
-    samples = folder_samples(folder, classes, TEST_DIR)
-    require_images(samples, "test", folder)
-    return SampleSet(samples, f"test images {folder}")
-
-
 def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ConfigError(f"the {what} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
-__all__ = ["FOREIGN_VAL_FRACTION", "OUTPUT_TYPES", "ModelSource", "SourceOptions", "calibration_from_folder",
-           "checked_choice", "needs_option", "require_foreign_options", "test_from_folder"]
+def load_model_file(path: Path, kind: str, image_size: int | None):
+    """The model as its maker saved it: kind "keras" (a file) or "savedmodel" (a folder)."""
+    import keras
+
+    if kind == "savedmodel":
+        return _load_saved_model(path, image_size)
+    if not path.is_file():
+        raise ModelError("model file not found", path)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises ValueError, OSError, zipfile/h5py errors, TypeError...
+        raise ModelError(f"Keras cannot load this model ({first_line(err, 240)})", path) from err
+
+
+def _load_saved_model(path: Path, image_size: int | None):
+    """A SavedModel's serving signature wrapped as a Keras model (Keras 3 cannot load SavedModels directly)."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+    except Exception as err:
+        raise ModelError(f"TensorFlow cannot load this SavedModel ({first_line(err, 240)})", path) from err
+    specs = list(signature.structured_input_signature[1].values())
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise ModelError("the SavedModel's serving signature must take one NHWC image tensor", path)
+    shape = list(specs[0].shape)
+    h = shape[1] if shape[1] is not None else image_size
+    w = shape[2] if shape[2] is not None else image_size
+    if h is None or w is None:
+        raise ModelError("the SavedModel's input size is not fixed: give the image size", path)
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    inputs = keras.Input((h, w, shape[3] or 3), name="image")
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ModelError(f"the SavedModel has {len(outputs)} outputs; export needs one", path)
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs)

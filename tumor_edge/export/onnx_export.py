@@ -1,8 +1,5 @@
 """ONNX files: fp32 through tf2onnx, fp16 through onnxruntime's converter, and the metadata each one carries.
-
-tf2onnx's `from_keras` converts Keras 3 models directly (verified with Keras 3.15 and tf2onnx 1.17); the input
-is named "image" with a dynamic batch dimension so one file serves batch 1 on a device and batch 32 in evaluation.
-"""
+The input is named "image" with a dynamic batch dimension, so one file serves any batch size."""
 
 from __future__ import annotations
 
@@ -11,12 +8,11 @@ from pathlib import Path
 
 from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, ModelEntry
 
-INPUT_NAME = "image"
+INPUT_NAME = "image"  # the bundle contract's (contracts.bundle.BundleMetadata.input_spec)
 DEFAULT_OPSET = 17
 
 
 def export_onnx_fp32(model, height: int, width: int, dst: Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Convert a Keras model to ONNX with a dynamic batch dimension; float32 NHWC input named 'image'."""
     import gc
 
     import tensorflow as tf
@@ -37,15 +33,10 @@ def export_onnx_fp32(model, height: int, width: int, dst: Path, opset: int = DEF
 
 
 def collecting_optimizers() -> dict | None:
-    """tf2onnx's own graph optimizers, each preceded by a garbage collection.
-
-    Why: before every optimizer pass tf2onnx deep-copies the whole graph (to roll back an optimizer that
-    fails), and the discarded copies are reference cycles that Python's collector does not reach on its own
-    during the conversion, so resident memory grows by a graph copy per pass (benchmarks/export_memory.py
-    measures it). Collecting before each pass keeps it near one copy and changes nothing in the result (same
-    optimizers, same order). None (tf2onnx's defaults, uncollected) if this tf2onnx keeps its optimizer list
-    elsewhere.
-    """
+    """tf2onnx's own graph optimizers, each preceded by a garbage collection; None (tf2onnx's defaults) if this
+    tf2onnx keeps its list elsewhere. Before every pass tf2onnx deep-copies the whole graph, and the discarded
+    copies are reference cycles the collector does not reach on its own during the conversion: memory would grow
+    by a graph copy per pass. Same optimizers, same order, same result."""
     import gc
 
     try:
@@ -63,11 +54,7 @@ def collecting_optimizers() -> dict | None:
 
 
 def export_onnx_fp16(src: Path, dst: Path) -> Path:
-    """Weights and activations in float16, float32 input and output (so the runtime feeds it unchanged).
-
-    Runs on onnxruntime's CPU provider, which computes most float16 ops through inserted casts: the gain is half
-    the size, not speed (parity measures how close its outputs stay to fp32's).
-    """
+    """Weights and activations in float16, float32 input and output (so the runtime feeds it unchanged)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -77,11 +64,9 @@ def export_onnx_fp16(src: Path, dst: Path) -> Path:
 
 
 def onnx_metadata(metadata: BundleMetadata, file: str, precision: str) -> dict[str, str]:
-    """The metadata_props a lone .onnx carries: enough for `Classifier.from_bundle(file.onnx)` to classify.
-
-    The full metadata (minus other files, sizes and hashes, which a file cannot hold about itself) as JSON under
-    ONNX_META_KEY, plus a few plain keys for tools like Netron.
-    """
+    """The metadata_props a lone .onnx carries, enough for `Classifier.from_bundle(file.onnx)` to classify: the
+    full metadata (minus what a file cannot hold about itself) as JSON under ONNX_META_KEY, plus a few plain keys
+    for tools like Netron."""
     own = BundleMetadata(classes=metadata.classes, preprocessing=metadata.preprocessing, output=metadata.output,
                          models={file: ModelEntry(file, "onnx", precision)}, provenance=metadata.provenance,
                          metrics={}, name=metadata.name, intended_use=metadata.intended_use,
@@ -96,18 +81,3 @@ def onnx_metadata(metadata: BundleMetadata, file: str, precision: str) -> dict[s
         "output": data["output"]["type"],
         "intended_use": metadata.intended_use,
     }
-
-
-def stamp_onnx(path: Path, props: dict[str, str], doc: str) -> None:
-    """Replace the file's metadata_props (keeping foreign keys) and set its doc string."""
-    import onnx
-
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.doc_string = doc
-    onnx.save(model, str(path))

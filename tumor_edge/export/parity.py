@@ -9,6 +9,10 @@ as lost agreement.
 Calibration per file: the runtime returns temperature-scaled probabilities (the bundle's T); each file's ECE
 is measured on those and on the same probabilities with the scaling undone (calibration.undo_temperature), so
 the report shows what scaling does for every exported file, int8 included, not only for the Keras model.
+
+`check_files` opens each file once, from its bytes with the bundle's metadata as export holds it in memory (the
+sha256 export just computed), for all its checks: parity, heatmap parity, and its reference record for
+`tumor-edge verify`; so metadata.json is written once, when everything it records is known.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration.temperature import ece_before_after, undo_temperature
-from tumor_edge.contracts.bundle import PARITY_MD
-from tumor_edge.export.config import ParityThresholds
+from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata, ReferenceSet
+from tumor_edge.errors import MissingExtraError, TumorEdgeError
+from tumor_edge.export.config import ExportConfig, ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
+from tumor_edge.export.reference import add_outputs, new_reference
+from tumor_edge.export.trust_outputs import heatmap_correlation
 from tumor_edge.metrics import classification_metrics
+from tumor_edge.progress import progress
 from tumor_edge.runtime import Preprocessing, scale
 
 
@@ -101,7 +109,8 @@ class ParityReport:
                 "n_images": self.n_images,
                 "skipped_unreadable": self.skipped, "classes": self.classes, "batch_size": self.batch_size,
                 "thresholds": asdict(self.thresholds), "keras": self.reference,
-                "files": {f.file: {**_row_dict(f), "passed": f.passed} for f in self.files}}
+                "files": {f.file: {**{k: v for k, v in asdict(f).items() if k != "raw_probabilities"},
+                                   "passed": f.passed} for f in self.files}}
 
     def summary(self) -> dict[str, Any]:
         """The part metadata.json keeps (per-file numbers, no confusion matrices)."""
@@ -112,10 +121,6 @@ class ParityReport:
                 "thresholds": asdict(self.thresholds),
                 "keras": {k: self.reference[k] for k in ("accuracy", "macro_auc")},
                 "files": {f.file: {k: getattr(f, k) for k in keep} for f in self.files}}
-
-
-def _row_dict(row: FileParity) -> dict[str, Any]:
-    return {k: v for k, v in asdict(row).items() if k != "raw_probabilities"}
 
 
 def keras_probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int = 32,
@@ -170,8 +175,6 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     """Classify the test files with one opened bundle file (`clf`, or the error opening it raised) through the
     runtime's streaming path, exactly as `classify` runs them, and compare with Keras. A file the runtime cannot
     read was readable for the reference, so it is a failure, not a skip."""
-    from tumor_edge.errors import TumorEdgeError
-
     row = FileParity(path.name, fmt, precision, path.stat().st_size if path.exists() else 0)
     try:
         if isinstance(clf, BaseException):
@@ -195,23 +198,45 @@ def evaluate_file(clf, path: Path, fmt: str, precision: str, inputs: ParityInput
     row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
     row.raw_probabilities = undo_temperature(probs, clf.postprocessing.temperature)
     row.calibration = ece_before_after(row.raw_probabilities, labels, clf.postprocessing.temperature)
-    _judge(row, labels, reference, probs, len(classes), thresholds)
-    return row
-
-
-def parity_report(inputs: ParityInputs, rows: list[FileParity], thresholds: ParityThresholds,
-                  classes: Sequence[str], batch_size: int) -> ParityReport:
-    return ParityReport(inputs.origin, len(inputs.paths), inputs.skipped, inputs.metrics, rows, thresholds,
-                        list(classes), batch_size, inputs.labels, inputs.raw, inputs.temperature)
-
-
-def _judge(row: FileParity, labels: np.ndarray, reference: np.ndarray, probs: np.ndarray, n_classes: int,
-           t: ParityThresholds) -> None:
-    stats = judge(labels, reference, probs, n_classes, max_accuracy_drop=t.max_accuracy_drop / 100.0,
+    t = thresholds
+    stats = judge(labels, reference, probs, len(classes), max_accuracy_drop=t.max_accuracy_drop / 100.0,
                   max_auc_drop=t.max_auc_drop,
                   min_agreement=t.min_agreement if row.precision in t.agreement_precisions else None,
                   confidence=t.confidence, resamples=t.resamples)
     row.verdict, row.failures, row.images_needed = stats.verdict, list(stats.reasons), stats.images_needed
     if row.verdict == FAIL and any("agreement" in r for r in row.failures):
         row.failures.append(f"max probability difference {row.max_abs_diff:.3f}")
-    row.statistics = stats.to_dict()
+    row.statistics = asdict(stats)
+    return row
+
+
+def check_files(out: Path, metadata: BundleMetadata, config: ExportConfig, parity: ParityInputs | None,
+                heatmaps: tuple[np.ndarray, np.ndarray] | None
+                ) -> tuple[list[FileParity], dict[str, float | None] | None, ReferenceSet]:
+    """Open each file `metadata.models` lists once and run every check on it (see the module docstring).
+    `heatmaps`: the test pixels at the bundle's preprocessing and the Keras model's maps on them. Returns the
+    parity rows (empty without parity), each file's mean heatmap correlation (None without heatmap parity) and the
+    reference record."""
+    from tumor_edge.runtime import Classifier, open_backend
+
+    files: list[FileParity] = []
+    correlations: dict[str, float | None] | None = {} if heatmaps is not None else None
+    reference, images = new_reference(metadata)
+    entries = list(metadata.models.values())
+    for row in progress(entries, "checking exported files", length=len(entries), enabled=config.show_progress):
+        path = out / row.file
+        try:
+            clf = Classifier(open_backend(path, sha256=row.sha256), metadata)
+        except TumorEdgeError as err:  # parity reports it; verify says the file has no reference
+            clf = err
+        if parity is not None:
+            files.append(evaluate_file(clf, path, row.format, row.precision, parity, metadata.classes,
+                                       config.thresholds, config.batch_size))
+        if isinstance(clf, BaseException):
+            if not isinstance(clf, MissingExtraError) and parity is None:
+                raise clf
+            continue
+        if heatmaps is not None and "heatmap" in clf.output_specs:
+            correlations[row.file] = heatmap_correlation(clf, heatmaps[1], heatmaps[0], config.batch_size)
+        add_outputs(reference, row.file, clf, images)
+    return files, correlations, reference

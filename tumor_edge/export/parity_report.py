@@ -22,11 +22,9 @@ def table_rows(report: ParityReport | None, keras_row: dict[str, Any] | None,
 
     rows = []
     if keras_row is not None:
-        size = keras_row.get("size_mb")
-        rows.append([keras_row.get("label", "keras"), keras_row.get("file", "keras"),
-                     _megabytes(None if size is None else size * 1e6),
-                     fmt(keras_row.get("accuracy"), ".4f"), fmt(keras_row.get("macro_auc"), ".4f"), "-", "-", "-",
-                     "-", fmt(keras_row.get("ms_per_image"), ".1f"), "reference"])
+        rows.append([keras_row["label"], keras_row["file"], _megabytes(keras_row["size_bytes"]),
+                     fmt(keras_row["accuracy"], ".4f"), fmt(keras_row["macro_auc"], ".4f"), "-", "-", "-",
+                     "-", fmt(keras_row["ms_per_image"], ".1f"), "reference"])
     by_file = {f.file: f for f in report.files} if report else {}
     for entry in entries:
         f = by_file.get(entry["file"])

@@ -2,17 +2,10 @@
 
 `plan_export` decides from the options and the source's kind alone which rows of the format table the export
 makes and where each runs; `Conversions` carries that out, each converter's exception turned into a failed row,
-so one failing format never costs the others (the final table shows why). After the conversions each file is
-opened once through the runtime for all its checks (export/file_checks.py) and metadata.json is written once.
-
-Where a row runs:
-- converted from the Keras model (`needs` is None: tf2onnx, the TFLite converters): in the export's TensorFlow
-  worker, which loaded the model once, in table order;
-- converted from another row's file (`needs`: ONNX fp16 and int8, from the fp32 ONNX file, by onnxruntime): in a
-  TensorFlow-free child of its own, whose memory goes back when it ends. With `overlap` it starts as soon as the
-  file it needs is there, beside the worker's remaining rows; without, after the worker has ended, one at a
-  time, so the export's peak is one job's;
-- not isolated (or --debug): everything in this process, one row after the other.
+so one failing format never costs the others (the final table shows why). A row converted from the Keras model
+runs in the export's TensorFlow worker, which loaded the model once; a row converted from another row's file
+(`needs`) runs in a TensorFlow-free child of its own, whose memory goes back when it ends: with `overlap` as soon
+as the file it needs is there, else after the worker has ended, one at a time, so the export's peak is one job's.
 """
 
 from __future__ import annotations
@@ -49,13 +42,7 @@ class ExportPlan:
     from_model: tuple[ModelFormat, ...]  # converted from the Keras model, in the TensorFlow worker, in order
     from_files: tuple[ModelFormat, ...]  # converted from another row's file, each in a TensorFlow-free child
     skipped: tuple[tuple[ModelFormat, str], ...]  # rows this source has no route to, and why
-    isolate: bool  # False: every row in this process
     overlap: bool  # from_files rows start beside the worker's rows
-    parity: bool
-
-    @property
-    def formats(self) -> tuple[ModelFormat, ...]:
-        return self.from_model + self.from_files
 
 
 def plan_export(config: ExportConfig, source_kind: str) -> ExportPlan:
@@ -63,9 +50,8 @@ def plan_export(config: ExportConfig, source_kind: str) -> ExportPlan:
     skipped = tuple((f, SKIPPED + NO_ROUTES[source_kind, f.format]) for f in selected
                     if (source_kind, f.format) in NO_ROUTES)
     made = [f for f in selected if f not in {s for s, _ in skipped}]
-    isolate = config.isolate and not config.debug
     return ExportPlan(tuple(f for f in made if f.needs is None), tuple(f for f in made if f.needs is not None),
-                      skipped, isolate, config.overlap and isolate, config.parity)
+                      skipped, config.overlap and config.isolate and not config.debug)
 
 
 def converted(convert: Callable, key: str, *args: Any) -> Any:
@@ -88,7 +74,8 @@ class _Row:
     def __init__(self, ctx: ExportContext, fmt: ModelFormat, runner: Worker | Inline | None = None):
         self.fmt, self.row, self.dst, self.t0 = fmt, ExportedFile.of(fmt), ctx.out / fmt.file, time.perf_counter()
         self.own = runner is None  # a child started for this row alone
-        self.runner = runner or (Worker(f"export {fmt.key}", env=TENSORFLOW_ENV) if _isolated(ctx) else Inline())
+        self.runner = runner or (Worker(f"export {fmt.key}", env=TENSORFLOW_ENV)
+                                 if ctx.config.isolate and not ctx.config.debug else Inline())
         self.job: Job | None = None
         try:
             self.job = self.runner.submit(converted, converter_for(fmt.key), fmt.key, ctx, self.dst, name=fmt.key)
@@ -138,10 +125,6 @@ def _mb(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "?"
 
 
-def _isolated(ctx: ExportContext) -> bool:
-    return ctx.config.isolate and not ctx.config.debug
-
-
 class Conversions:
     """The plan's rows: `start()` queues the Keras rows on the worker (the caller may queue more work behind
     them), `finish_queued()` waits for them (starting derived rows beside them with `overlap`), `finish()` runs
@@ -181,7 +164,7 @@ class Conversions:
                 _Row(ctx, fmt).finish(ctx)
         finally:
             self.cancel()
-        rows = [ctx.results[f.key] for f in self.plan.formats if f.key in ctx.results]
+        rows = [ctx.results[f.key] for f in self.plan.from_model + self.plan.from_files if f.key in ctx.results]
         for fmt, why in self.plan.skipped:
             rows.append(ExportedFile.of(fmt))
             rows[-1].status = why
@@ -191,6 +174,3 @@ class Conversions:
     def cancel(self) -> None:
         for row in self._queued + self._running:
             row.cancel()
-
-
-__all__ = ["Conversions", "ExportPlan", "converted", "is_skipped", "plan_export"]

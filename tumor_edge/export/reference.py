@@ -39,11 +39,11 @@ def role_entry(values: np.ndarray) -> dict[str, list] | None:
     return {"shape": list(kept.shape), "values": [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in kept.ravel()]}
 
 
-def new_reference(metadata, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> tuple[ReferenceSet, np.ndarray]:
+def new_reference(metadata) -> tuple[ReferenceSet, np.ndarray]:
     """An empty reference record for this machine and the generated images its outputs are taken on."""
     from tumor_edge.machine import host, int8_acceleration
 
-    reference = ReferenceSet(DEFAULT_GENERATOR, seed, count)
+    reference = ReferenceSet(DEFAULT_GENERATOR, DEFAULT_SEED, DEFAULT_COUNT)
     reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}
     return reference, reference_images(reference, metadata)
 
@@ -60,13 +60,13 @@ def add_outputs(reference: ReferenceSet, name: str, classifier, images: np.ndarr
         reference.roles[name] = roles
 
 
-def record_reference(bundle_dir: str | Path, seed: int = DEFAULT_SEED, count: int = DEFAULT_COUNT) -> None:
+def record_reference(bundle_dir: str | Path) -> None:
     """Record the reference of a finished bundle in its metadata.json (`reference`), each listed model checked
     against its sha256 first, like any use. Export records its own while it checks each file; this is for a
     bundle assembled otherwise."""
     bundle = Bundle.open(bundle_dir)
     metadata = bundle.metadata
-    reference, images = new_reference(metadata, seed, count)
+    reference, images = new_reference(metadata)
     for name in bundle.models:
         try:
             classifier = bundle.classifier(name)

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, discover
+from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR, Sample, discover, stratified_split
 from tumor_edge.errors import DatasetError
 from tumor_edge.runtime import is_scan_file
+
+# Share of a foreign model's calibration images held out to choose the calibration method on.
+FOREIGN_VAL_FRACTION = 0.2
 
 
 @dataclass
@@ -29,9 +32,7 @@ class SampleSet:
 
 def stratified_subset(samples: Sequence[Sample], count: int | None, seed: int) -> list[Sample]:
     """At most `count` samples with each class in its original proportion (at least one each); all if None.
-
-    Deterministic for a seed, so the same export calibrates on the same images every time.
-    """
+    Deterministic for a seed, so the same export calibrates on the same images every time."""
     samples = list(samples)
     if count is None or count >= len(samples):
         return samples
@@ -50,11 +51,20 @@ def stratified_subset(samples: Sequence[Sample], count: int | None, seed: int) -
     return chosen[:count] if len(chosen) > count else chosen
 
 
-def class_folder_samples(folder: Path, classes: Sequence[str]) -> list[Sample]:
-    """Images under FOLDER/<class>/ for the given class names (a subset of classes may be present).
-
-    A folder whose sub-folders are not class names is refused, so a typo cannot silently test nothing.
-    """
+def folder_samples(folder: Path, classes: Sequence[str], split_dir: str) -> list[Sample]:
+    """A dataset root (ROOT/<split_dir>/<class>/*) or a folder of class sub-folders, as labelled samples. A folder
+    whose sub-folders are not class names is refused, so a typo cannot silently test nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError("folder not found", folder)
+    if (folder / split_dir).is_dir():
+        if split_dir == TRAIN_DIR:
+            index = discover(folder, require_test=False)
+            if list(index.classes) != list(classes):
+                raise DatasetError(f"classes {', '.join(index.classes)} differ from the model's "
+                                   f"({', '.join(classes)})", folder)
+            return list(index.train)
+        folder = folder / split_dir
     subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [d for d in subdirs if d not in classes]
     if unknown:
@@ -68,26 +78,23 @@ def class_folder_samples(folder: Path, classes: Sequence[str]) -> list[Sample]:
     return samples
 
 
-def folder_samples(folder: Path, classes: Sequence[str], split_dir: str) -> list[Sample]:
-    """A dataset root (ROOT/<split_dir>/<class>/*) or a folder of class sub-folders, as labelled samples."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError("folder not found", folder)
-    if (folder / split_dir).is_dir():
-        if split_dir == TRAIN_DIR:
-            index = discover(folder, require_test=False)
-            if list(index.classes) != list(classes):
-                raise DatasetError(f"classes {', '.join(index.classes)} differ from the model's "
-                                   f"({', '.join(classes)})", folder)
-            return list(index.train)
-        folder = folder / split_dir
-    return class_folder_samples(folder, classes)
-
-
-def require_images(samples: Sequence[Sample], what: str, folder: Path | str) -> None:
+def calibration_from_folder(folder: Path, classes: list[str], seed: int,
+                             keep_validation: SampleSet | None = None) -> tuple[SampleSet, SampleSet | None]:
+    samples = folder_samples(folder, classes, TRAIN_DIR)
     if not samples:
-        raise DatasetError(f"no {what} images found", folder)
+        raise DatasetError("no calibration images found", folder)
+    origin = f"calibration images {folder}"
+    if keep_validation is not None:
+        return SampleSet(samples, origin), keep_validation
+    kept, held = stratified_split(samples, FOREIGN_VAL_FRACTION, seed)
+    if not held or not kept:
+        return SampleSet(samples, origin), None
+    return (SampleSet(kept, f"{origin} ({100 - FOREIGN_VAL_FRACTION * 100:.0f} %)"),
+            SampleSet(held, f"{origin} (held-out {FOREIGN_VAL_FRACTION * 100:.0f} %)"))
 
 
-__all__ = ["SampleSet", "TEST_DIR", "TRAIN_DIR", "class_folder_samples", "folder_samples", "require_images",
-           "stratified_subset"]
+def test_from_folder(folder: Path, classes: list[str]) -> SampleSet:
+    samples = folder_samples(folder, classes, TEST_DIR)
+    if not samples:
+        raise DatasetError("no test images found", folder)
+    return SampleSet(samples, f"test images {folder}")

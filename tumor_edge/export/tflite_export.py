@@ -1,9 +1,5 @@
-"""TFLite files through the route that works with Keras 3: `model.export()` to a SavedModel, then
-`tf.lite.TFLiteConverter.from_saved_model` (fp32, fp16 weights, and int8).
-
-The SavedModel is written once per export and shared by the three conversions. TFLite's int8 calibrator runs the
-float model single-threaded with logging kernels, the longest step of an export.
-"""
+"""TFLite files through the route that works with Keras 3: `model.export()` to a SavedModel (written once per
+export), then `tf.lite.TFLiteConverter.from_saved_model` (fp32, fp16 weights, and int8)."""
 
 from __future__ import annotations
 
@@ -13,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Op types an int8 TFLite file keeps in float by default (see export_tflite_int8).
-FLOAT_OPS = ("SOFTMAX",)
+FLOAT_OPS = ("SOFTMAX",)  # op types an int8 TFLite file keeps in float by default
 
 
 def export_saved_model(model, dst: Path) -> Path:
-    """Keras 3's own SavedModel export (serving signature with a dynamic batch)."""
     model.export(str(dst), format="tf_saved_model", verbose=False)
     return dst
 
@@ -50,17 +44,10 @@ def export_tflite_fp16(saved_model: Path, dst: Path) -> Path:
 
 def export_tflite_int8(saved_model: Path, dst: Path,
                        representative: Callable[[], Iterator[list[np.ndarray]]], full_integer: bool = False) -> Path:
-    """int8 TFLite from a representative dataset of the training split.
-
-    Default: every op int8 except the final SOFTMAX, which stays float (float32 input and output tensors, a
-    QUANTIZE op first). A full-integer softmax rounds probabilities to multiples of 1/256, so every confident
-    prediction ties at 0 or 255/256 and the macro AUC drops; the softmax is a handful of values, so keeping it
-    float costs nothing. `full_integer=True` gives the
-    strict variant (int8 input and output tensors, TFLITE_BUILTINS_INT8 only) for accelerators that need it.
-
-    `representative` yields [float32 (1, H, W, 3)] batches already scaled as the model expects. The runtime's
-    LiteRT backend quantizes float input / dequantizes int8 output with the file's own scale and zero point.
-    """
+    """int8 TFLite from `representative`, [float32 (1, H, W, 3)] batches of the training split scaled as the
+    model expects. Default: every op int8 but the final SOFTMAX, with float32 input and output: a full-integer
+    softmax rounds probabilities to multiples of 1/256, so confident predictions tie and the macro AUC drops.
+    `full_integer=True`: int8 input and output, TFLITE_BUILTINS_INT8 only, for accelerators that need it."""
     import tensorflow as tf
 
     converter = _converter(saved_model)
@@ -80,17 +67,3 @@ def export_tflite_int8(saved_model: Path, dst: Path,
                                                              debug_options=options)
         data = debugger.get_nondebug_quantized_model()
     return _write(data, dst)
-
-
-def representative_from_npy(pixels_npy: Path, spec) -> tuple[Callable[[], Iterator[list[np.ndarray]]], int]:
-    """A representative dataset over uint8 pixels saved as .npy, read through a memory map one image at a time
-    and scaled as the model expects, so calibration never holds a float copy of every image."""
-    from tumor_edge.runtime import scale
-
-    pixels = np.load(pixels_npy, mmap_mode="r")
-
-    def representative():
-        for i in range(len(pixels)):
-            yield [scale(np.asarray(pixels[i:i + 1]), spec)]
-
-    return representative, int(len(pixels))

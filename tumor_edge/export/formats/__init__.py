@@ -1,17 +1,12 @@
 """One converter module per row of the format table (`tumor_edge.contracts.formats.FORMATS`), registered here
-by the row's key.
+by the row's key with `@converter("onnx-int8")`.
 
-Each module registers its function with `@converter("onnx-int8")`: `convert(ctx, dst) -> dict` writes the file
-at `dst` from what the `ExportContext` offers (the Keras model, the SavedModel, a file made by an earlier row,
-calibration pixels) and returns the facts about how it was made, which the bundle's metadata records for that
-file. Keys starting with "_" are kept out of the file's metadata entry (bulky reports the exporter files
-elsewhere). A converter raises on failure; the exporter turns that into a failed row, never a crash.
-
-Every module of this package is a converter module, imported by `converter_for` the first time export asks for a
-converter: adding a format is its converter module here, its row in the table and its test, with no import list
-to extend. The modules import their heavy libraries inside the function, so importing them is cheap, and the
-rows made without TensorFlow (ONNX fp16 and int8) run in TensorFlow-free child processes: the function travels
-there by reference (module and name) and its module is imported there as here.
+`convert(ctx, dst) -> dict` writes the file at `dst` from what the `ExportContext` offers and returns the facts
+the bundle's metadata records for that file (keys starting with "_": bulky reports the exporter files elsewhere).
+A converter raises on failure; the exporter turns that into a failed row, never a crash. `converter_for` imports
+every module of this package on first use, so adding a format has no import list to extend. The modules import
+their heavy libraries inside the function, so the TensorFlow-free rows run in TensorFlow-free children (the
+function travels there by module and name).
 """
 
 from __future__ import annotations
@@ -56,8 +51,7 @@ def converter(*keys: str) -> Callable[[Converter], Converter]:
 
 
 def load_converters() -> dict[str, Converter]:
-    """Import every converter module of this package once (each registers itself); the registry. Converters kept
-    in an engine's backend module join it when `converter_for` first asks for their key (`engine_converters`)."""
+    """Import every converter module of this package once (each registers itself); the registry."""
     global _loaded
     if not _loaded:
         for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
@@ -67,14 +61,10 @@ def load_converters() -> dict[str, Converter]:
 
 
 def engine_converters(engine: formats.Engine) -> dict[str, Converter]:
-    """The converters an engine's backend module offers as `CONVERTERS = {"<format key>": convert}`, registered.
-
-    Where an engine's converter needs nothing beyond the engine's own package (OpenVINO's `convert_model` from the
-    fp32 ONNX file), it may live beside the backend, so adding the engine end to end is one module, its rows and
-    its test. It is a plain dict, so that module imports nothing of export (the runtime never does); the module
-    is the one the engine's public row names (`Engine.backend`), imported the way the runtime's registry imports
-    it. A converter that needs TensorFlow or onnx belongs in this package instead: the runtime never imports them.
-    """
+    """The converters an engine's backend module (`Engine.backend`) offers as `CONVERTERS = {"<format key>":
+    convert}`, registered. A converter that needs nothing beyond the engine's own package may live beside the
+    backend, so adding an engine end to end is one module; a plain dict, so that module imports nothing of export.
+    One that needs TensorFlow or onnx belongs in this package: the runtime never imports them."""
     found = getattr(importlib.import_module(engine.backend), "CONVERTERS", {})
     for key, function in found.items():
         register_converter(key, function)
@@ -91,7 +81,3 @@ def converter_for(key: str) -> Converter:
     if function is None:
         raise LookupError(f"no converter is registered for format {key!r} (tumor_edge.export.formats)")
     return function
-
-
-__all__ = ["CONVERTERS", "Converter", "converter", "converter_for", "engine_converters", "load_converters",
-           "register_converter", "unregister_converter"]

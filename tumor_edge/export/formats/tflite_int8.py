@@ -16,15 +16,15 @@ from tumor_edge.export.formats import converter
 
 @converter("tflite-int8")
 def convert(ctx, dst: Path) -> dict[str, Any]:
+    from tumor_edge.export.tflite_int8 import representative_dataset, tflite_int8_accuracy_aware
+
+    calib = ctx.calibration()  # a memory map, read one image at a time
     if ctx.config.tflite_full_integer:
-        from tumor_edge.export.tflite_export import export_tflite_int8, representative_from_npy
+        from tumor_edge.export.tflite_export import export_tflite_int8
 
-        representative, count = representative_from_npy(ctx.calibration_file(), ctx.spec)
-        export_tflite_int8(ctx.saved_model(), dst, representative, True)
-        return {"io": "int8", "quantization": "full integer (TFLITE_BUILTINS_INT8)", "calibration_images": count}
-    from tumor_edge.export.tflite_int8 import tflite_int8_accuracy_aware
-
-    calib, val = ctx.calibration(), ctx.validation()
+        export_tflite_int8(ctx.saved_model(), dst, representative_dataset(calib.pixels, ctx.spec), True)
+        return {"io": "int8", "quantization": "full integer (TFLITE_BUILTINS_INT8)", "calibration_images": len(calib)}
+    val = ctx.validation()
     reference = None
     if val is not None and len(val):  # the float reference from the loaded Keras model, not a SavedModel reload
         from tumor_edge.export.parity import keras_probabilities

@@ -2,8 +2,8 @@
 fallback for the most sensitive nodes; plus the TFLite int8 counterpart (tumor_edge.export.tflite_int8).
 
 Modules, one job each: config (recipe, goal, weight ranges), calibration (one-pass ranges for all
-methods), graph (float-by-construction rewrites, QDQ removal), scoring (int8 vs fp32 on validation),
-sensitivity (the fallback search), onnx_int8 (the entry point).
+methods), graph (float-by-construction rewrites, QDQ removal), scoring (int8 vs fp32 on validation, and the
+reference images), sensitivity (the fallback search), onnx_int8 (the entry point).
 """
 
 from tumor_edge.export.quantize.calibration import collect_ranges, entropy_threshold

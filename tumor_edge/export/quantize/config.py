@@ -1,17 +1,15 @@
 """How the ONNX int8 file is made (`QuantizationConfig`), the goal it must reach against fp32 (`ParityGoal`), and
 the weight ranges it chooses among (`WEIGHT_RANGES`).
 
-The recipe (measured in benchmarks/quant_speed.py, results in benchmarks/results/quant-*.md): QDQ format, uint8
-activations (onnxruntime's x86 int8 kernels are u8 x s8; int8 activations run slower), int8 per-channel weights,
-the classifier head in float, average pools as int8 depthwise convolutions. Per-channel weights keep more
-accuracy than per-tensor ones at about the same speed.
+The recipe: QDQ format, uint8 activations (onnxruntime's x86 int8 kernels are u8 x s8), int8 per-channel weights
+(more accurate than per-tensor at the same speed), the classifier head in float, average pools as int8 depthwise
+convolutions.
 
 The weight range is chosen by measurement on the validation images, never by the CPU that exports: the bundle
-runs on other CPUs. Full 8-bit weights are the most precise and exact wherever u8 x s8 products accumulate in 32
-bits (VNNI, AMX, ARM dot products); on x86 without VNNI, `vpmaddubsw` adds two u8 x s8 products into a saturating
-int16, which 8-bit weights can overflow (2 x 255 x 127 > 32767). onnxruntime documents two alternatives for such
-CPUs: 7-bit weights (`reduce_range`: 2 x 255 x 63 fits) and u8 x u8 (uint8 weights, another kernel). A device's
-own saturation is what `tumor-edge verify` there catches on the bundle's reference images.
+runs on other CPUs. Full 8-bit weights are the most precise, but on x86 without VNNI `vpmaddubsw` adds two u8 x s8
+products into a saturating int16, which they can overflow (2 x 255 x 127 > 32767); 7-bit weights
+(`reduce_range`) and u8 x u8 (uint8 weights) are onnxruntime's two ways around it. A device's own saturation is
+what `tumor-edge verify` there catches on the bundle's reference images.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from tumor_edge.errors import ConfigError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 AVERAGE_POOLS = ("depthwise", "float", "int8")
-
 
 
 @dataclass(frozen=True)
@@ -76,9 +73,7 @@ class QuantizationConfig:
     weight_ranges: tuple[str, ...] = tuple(WEIGHT_RANGES)  # the candidates when reduce_range is None
     activations: str = "uint8"  # "uint8" (onnxruntime's x86 int8 kernels are u8 x s8) or "int8"
     keep_head_float: bool = True
-    # How average pools run: "depthwise" (int8 depthwise conv, graph.depthwise_average_pools: fastest),
-    # "float" (graph.float_average_pools), "int8" (onnxruntime's QLinearAveragePool: slowest).
-    average_pools: str = "depthwise"
+    average_pools: str = "depthwise"  # graph.depthwise_average_pools (fastest), float_average_pools, or "int8"
     batch_size: int = 4  # calibration batch: every tensor is a graph output, so memory grows fast with it
     percentile: float = 99.999
     seed: int = 0
@@ -88,9 +83,8 @@ class QuantizationConfig:
     max_probes: int = 24  # sensitivity measurements (one int8 model each) per stage: blocks, then nodes
     probe_images: int = 48  # validation images a probe runs on: the flipped and most shifted first
     max_float_mac_fraction: float = 0.3  # float fallback stops here: int8 must stay clearly faster than fp32
-    # Schedule steps in a row that may leave the goal's shortfall where it was before the search gives up and
-    # ships the candidate nearest the goal (fewest float nodes): float nodes that bring the goal no closer only
-    # cost int8 speed.
+    # Steps in a row that may bring the goal no closer before the search ships the candidate nearest it: float
+    # nodes that do not help only cost int8 speed.
     stall_steps: int = 3
 
     def __post_init__(self) -> None:

@@ -41,13 +41,10 @@ def _valid_counts(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 def float_average_pools(model) -> list[str]:
     """Rewrite padded AveragePool nodes so they stay float and fast; return the node names to keep float.
 
-    The QLinearAveragePool kernels onnxruntime fuses DQ -> AveragePool -> Q into cost many times the float
-    pool (benchmarks/quant_speed.py). Merely excluding AveragePool from quantization does not help: the
-    optimizer fuses the DQ/Q pair around it anyway. So each `count_include_pad=0` pool becomes an equal
-    `count_include_pad=1` pool times a constant per-position correction (kernel area / valid inputs), both
-    excluded from quantization: no Q follows the pool, nothing fuses, the pool runs in float (NCHWc) and only the
-    convolutions run in int8.
-    Outputs are unchanged: the correction is exact.
+    onnxruntime's QLinearAveragePool (what DQ -> AveragePool -> Q fuses into) is many times slower than the float
+    pool, and excluding the pool from quantization does not stop that fusion. So each `count_include_pad=0` pool
+    becomes an equal `count_include_pad=1` pool times an exact per-position correction (kernel area / valid
+    inputs), both excluded: no Q follows the pool, nothing fuses, only the convolutions run in int8.
     """
     from onnx import helper, numpy_helper
 
@@ -55,19 +52,12 @@ def float_average_pools(model) -> list[str]:
               for vi in list(model.graph.value_info) + list(model.graph.input)}
     nodes, keep_float = [], []
     for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        shape = shapes.get(node.input[0]) if node.op_type == "AveragePool" else None
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        if (shape is None or len(shape) != 4 or not all(shape[2:]) or attrs.get("count_include_pad", 0)
-                or not any(pads) or len(pads) != 4 or attrs.get("ceil_mode", 0)):
+        geometry = _pool_geometry(node, shapes) if node.op_type == "AveragePool" else None
+        if geometry is None or geometry[4] is None:  # only padded pools that divide by the valid inputs
             nodes.append(node)
             continue
-        (kh, kw), (sh, sw) = attrs["kernel_shape"], attrs.get("strides", [1, 1])
-        counts = np.outer(_valid_counts(shape[2], kh, sh, pads[0], pads[2]),
-                          _valid_counts(shape[3], kw, sw, pads[1], pads[3]))
         correction = f"{node.name}__pad_correction"
-        model.graph.initializer.append(numpy_helper.from_array(
-            ((kh * kw) / counts).reshape(1, 1, *counts.shape).astype(np.float32), correction))
+        model.graph.initializer.append(numpy_helper.from_array(geometry[4], correction))
         output = node.output[0]
         node.output[0] = f"{output}__sum_over_area"
         for attr in [a for a in node.attribute if a.name == "count_include_pad"]:
@@ -104,11 +94,10 @@ def depthwise_average_pools(model) -> int:
     """Rewrite AveragePool nodes as int8-friendly depthwise convolutions; return how many were rewritten.
 
     onnxruntime's QLinearAveragePool is slow, and a float pool inside the int8 chain costs as much again in
-    layout changes (each needs Transpose/Reorder and DQ/Q around it; benchmarks/quant_speed.py). A depthwise
-    Conv with weights 1/(kh*kw) is the same sum, runs as QLinearConv in the NHWC int8 chain, and its int8
-    weight is exact (1/9 is 127 steps of (1/9)/127). `count_include_pad=0` border positions divide by fewer
-    inputs: y = s + s * (area / valid - 1), where the factor minus one is 0 inside (exactly 0 in uint8) and
-    0.5 / 1.25 at 3x3 edges / corners (exact at scale 1.25/255), so quantization leaves the interior untouched.
+    layout changes. A depthwise Conv with weights 1/(kh*kw) is the same sum, runs as QLinearConv in the NHWC int8
+    chain, and its int8 weight is exact (1/9 is 127 steps of (1/9)/127). `count_include_pad=0` border positions
+    divide by fewer inputs: y = s + s * (area / valid - 1), where the factor minus one is 0 inside (exactly 0 in
+    uint8) and 0.5 / 1.25 at 3x3 edges / corners (exact at scale 1.25/255): the interior is untouched.
     """
     from onnx import helper, numpy_helper
 
@@ -151,13 +140,11 @@ def _static_shapes(model) -> dict[str, list[int | str]]:
 def drop_identity_reshapes(model) -> list[str]:
     """Remove the Reshape nodes that do not change their input's shape; return their names.
 
-    A Keras model converted to ONNX at a small input size has feature maps of 1x1 in its last blocks, where the
-    converter writes each NHWC <-> NCHW Transpose as a Reshape to [-1, C, 1, 1] of a tensor already [N, C, 1, 1]
-    (InceptionV3's last blocks at a small input size). They compute nothing, but onnxruntime's int8 layout pass
-    cannot see through a Reshape: each one becomes a Transpose + Reshape (+ Q/DQ) around the NHWC int8
-    convolutions. Only a Reshape whose target is a constant equal to the input's static
-    shape (the batch dimension may be symbolic and the target's -1 or 0 there) is removed, and never one that
-    writes a graph output.
+    At a small input size a Keras model's last blocks have 1x1 feature maps, where the converter writes each
+    NHWC <-> NCHW Transpose as a Reshape to [-1, C, 1, 1] of a tensor already [N, C, 1, 1]. They compute nothing,
+    but onnxruntime's int8 layout pass cannot see through a Reshape: each becomes a Transpose + Reshape (+ Q/DQ)
+    around the NHWC int8 convolutions. Only a Reshape to a constant equal to the input's static shape (the batch
+    may be symbolic, the target's -1 or 0 there) is removed, never one that writes a graph output.
     """
     from onnx import numpy_helper
 
@@ -217,12 +204,10 @@ def _used_taps(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int
 def crop_padding_taps(model) -> list[str]:
     """Shrink each convolution's kernel to the taps that ever read a real input; return the nodes changed.
 
-    At a small input size InceptionV3's last blocks run 3x3, 1x3 and 3x1 convolutions with "same" padding over
-    1x1 feature maps (96 px input): every tap but the centre only ever multiplies padding, i.e. zeros, so the
-    same outputs come from the centre tap alone, a 1x1 convolution with 1/9 or 1/3 of the weights and MACs.
-    Exact in float and in int8 (a
-    padded uint8 input is its zero point, i.e. 0). Needs static spatial input shapes (a shape-inferred model);
-    a weight may be an initializer or the DequantizeLinear of one (a QDQ model: per-output-channel scales stay
+    At a small input size InceptionV3's last blocks run 3x3, 1x3 and 3x1 "same" convolutions over 1x1 feature
+    maps: every tap but the centre only ever multiplies padding, so the centre tap alone gives the same outputs
+    with 1/9 or 1/3 of the MACs, exactly in float and in int8 (padded uint8 is the zero point). Needs static
+    spatial shapes; a weight may be an initializer or the DequantizeLinear of one (per-output-channel scales stay
     valid). Convolutions with dilations or auto_pad are left alone.
     """
     from onnx import helper, numpy_helper

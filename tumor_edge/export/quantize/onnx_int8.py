@@ -6,7 +6,7 @@ method (calibration.py); one QDQ model per method (`quantize_static` fed the pre
 weight range; each scored against the fp32 ONNX model on the validation images, the least lossy kept
 (scoring.py); the chosen method in every other weight range (config.WEIGHT_RANGES), scored the same way, the
 least lossy kept; if it misses the goal, the accuracy-aware fallback (sensitivity.py); last, the reference seed
-whose images drive the shipped file's activations highest (coverage.py). The report says what was tried, what
+whose images drive the shipped file's activations highest (scoring.py). The report says what was tried, what
 stayed float and why.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.errors import first_line
 from tumor_edge.export.quantize.calibration import collect_ranges, quiet_stdout
 from tumor_edge.export.quantize.config import NO_VALIDATION_RANGE, WEIGHT_RANGES, QuantizationConfig
 from tumor_edge.export.quantize.graph import (
@@ -30,7 +31,8 @@ from tumor_edge.export.quantize.graph import (
     head_nodes,
     preprocess_for_quantization,
 )
-from tumor_edge.export.quantize.scoring import CandidateScore, probabilities, score
+from tumor_edge.export.quantize.scoring import CandidateScore, choose_reference_seed, probabilities, score
+from tumor_edge.export.reference import DEFAULT_COUNT, DEFAULT_SEED
 from tumor_edge.runtime import Preprocessing
 
 
@@ -48,13 +50,11 @@ class QuantizationReport:
     accuracy_aware: dict[str, Any] | None = None  # sensitivity.FallbackResult.to_dict(), when it ran
     rewrites: dict[str, int] = field(default_factory=dict)  # exact graph rewrites before quantization: how many
     weight_range: dict[str, Any] = field(default_factory=dict)  # {"chosen", "why", "candidates": [scores]}
-    reference_images: dict[str, Any] = field(default_factory=dict)  # coverage.ReferenceChoice.to_dict()
+    reference_images: dict[str, Any] = field(default_factory=dict)  # scoring.ReferenceChoice.to_dict()
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["candidates"] = [asdict(c) for c in self.candidates]
-        return data
+        return asdict(self)  # the candidates too: asdict recurses
 
 
 def quantize_with_ranges(src: Path, dst: Path, method: str, tensors_range, config: QuantizationConfig,
@@ -169,18 +169,10 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
     for path in candidates.values():
         path.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    report.reference_images = _reference_choice(dst, spec)
+    report.reference_images = choose_reference_seed(dst, spec, DEFAULT_SEED, DEFAULT_COUNT).to_dict()
     timings["reference_images"] = time.perf_counter() - t0
     report.seconds = {k: round(v, 2) for k, v in timings.items()}
     return report
-
-
-def _reference_choice(int8_path: Path, spec: Preprocessing) -> dict[str, Any]:
-    """The reference seed the bundle should record for this int8 file (coverage.py)."""
-    from tumor_edge.export.quantize.coverage import choose_reference_seed
-    from tumor_edge.export.reference import DEFAULT_COUNT, DEFAULT_SEED
-
-    return choose_reference_seed(int8_path, spec, DEFAULT_SEED, DEFAULT_COUNT).to_dict()
 
 
 def _record_range(report: QuantizationReport, name: str, why: str, scores: list[CandidateScore]) -> None:
@@ -208,7 +200,7 @@ def _choose_range(report: QuantizationReport, best: CandidateScore, chosen: Path
                                                best.method, tensors_range, config, exclude, work_dir, name)
             probs[name] = probabilities(paths[name], val_pixels, spec, batch)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; the range is only skipped
-            skipped[name] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            skipped[name] = first_line(err)
             continue
         scores.append(score(f"{best.method}/{name}", probs[name], reference, val_labels, n_classes))
         scores[-1].seconds = round(time.perf_counter() - t0, 2)

@@ -186,9 +186,11 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     scores: dict[int, CandidateScore] = {0: naive}
 
     def holds(k: int) -> bool:
-        scores[k] = search.full_score(order[:k])
-        fails = scores[k].failures(ref_score, config.goal)
-        result.steps.append({"float_nodes": k, **_brief(scores[k]), "goal_missed": fails})
+        s = scores[k] = search.full_score(order[:k])
+        fails = s.failures(ref_score, config.goal)
+        result.steps.append({"float_nodes": k, "agreement": s.agreement, "accuracy": s.accuracy,
+                             "macro_auc": s.macro_auc, "max_abs_diff": round(s.max_abs_diff or 0.0, 5),
+                             "mean_abs_diff": round(s.mean_abs_diff or 0.0, 6), "goal_missed": fails})
         return not fails
 
     previous, found = 0, None
@@ -221,10 +223,11 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     total = sum(macs.get(n, 0) for n in before) or 1
     result.float_mac_fraction = round(sum(macs.get(n, 0) for n in lost | set(chosen)) / total, 4)
     op_types = {n.name: n.op_type for n in fp32.graph.node}
+    naive_focus = float(np.mean(naive_probs[focus].argmax(1) == reference[focus].argmax(1)))
     for rank, node in enumerate(chosen):
         probe = by_unit.get(node) or by_unit.get(block_of.get(node, ""))
         why = (f"sensitivity rank {rank + 1} of {len(order)}: kept float alone, the focus images' agreement "
-               f"became {probe.agreement:.1%} (naive int8 {_focus_agreement(naive_probs, reference, focus):.1%}),"
+               f"became {probe.agreement:.1%} (naive int8 {naive_focus:.1%}),"
                f" mean |dp| {probe.mean_abs_diff:.4f}" if probe else f"sensitivity rank {rank + 1} of {len(order)}")
         if probe is not None and probe.unit != node:
             why += f" (measured for its {probe.unit})"
@@ -241,12 +244,3 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
 def _shipping(k: int) -> str:
     return (f"shipping the {k} most sensitive nodes float (the candidate nearest the goal)" if k
             else "shipping naive int8 (no step came nearer the goal)")
-
-
-def _focus_agreement(probs: np.ndarray, reference: np.ndarray, focus: np.ndarray) -> float:
-    return float(np.mean(probs[focus].argmax(1) == reference[focus].argmax(1)))
-
-
-def _brief(s: CandidateScore) -> dict[str, Any]:
-    return {"agreement": s.agreement, "accuracy": s.accuracy, "macro_auc": s.macro_auc,
-            "max_abs_diff": round(s.max_abs_diff or 0.0, 5), "mean_abs_diff": round(s.mean_abs_diff or 0.0, 6)}
