@@ -41,3 +41,24 @@ def test_the_recorded_seed_reaches_highest_and_the_codes_are_the_quantizers(tmp_
     codes = activation_codes(dst, images, spec)
     assert codes[first.output[0]] == (by_hand, zero)
     assert np.all((top_code_fractions(codes) >= 0) & (top_code_fractions(codes) <= 1))
+
+
+def test_the_bundle_records_its_reference_on_the_seed_the_int8_report_chose(exported_bundle):
+    """The seed the int8 quantizer measured as reaching highest is the one the bundle's reference (what verify
+    regenerates on a device) is taken on."""
+    from tumor_edge.contracts.bundle import BundleMetadata
+
+    metadata = BundleMetadata.read(exported_bundle)
+    chosen = metadata.metrics["onnx_int8_calibration"]["reference_images"]["seed"]
+    assert metadata.reference.seed == chosen
+
+
+def test_a_new_reference_takes_the_chosen_seed_from_the_metadata():
+    from tumor_edge.contracts.bundle import BundleMetadata
+    from tumor_edge.export.reference import DEFAULT_SEED, new_reference
+
+    metadata = BundleMetadata(classes=["a", "b"], preprocessing=Preprocessing(32, 32), output="probabilities")
+    assert new_reference(metadata)[0].seed == DEFAULT_SEED  # no int8 file measured one
+    metadata.metrics = {"onnx_int8_calibration": {"reference_images": {"seed": DEFAULT_SEED + 3}}}
+    reference, images = new_reference(metadata)
+    assert reference.seed == DEFAULT_SEED + 3 and len(images) == reference.count

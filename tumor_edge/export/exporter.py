@@ -156,6 +156,7 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         if "heatmap" in metadata.extra_outputs:
             heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
     log.info("export step checks start")
+    metadata.metrics = private_reports(rows)  # the int8 report's reference seed, for the reference record
     files, heatmap_parity, reference = check_files(out, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
     report = None if inputs is None else ParityReport(
