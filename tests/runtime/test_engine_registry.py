@@ -70,7 +70,7 @@ class LinearBackend:
 
     name = "linear"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None, files=None):
+    def __init__(self, path: Path, options: BackendOptions, files=None):
         """`files`: the header's and the weights' bytes as the open stage read and checked them (None: a lone
         file, read here)."""
         self.path = self.loaded_path = Path(path)

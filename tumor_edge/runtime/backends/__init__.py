@@ -170,7 +170,7 @@ def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per proce
     return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}
 
 
-BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, files=None) -> Backend
+BackendFactory = Callable[..., Backend]  # (path, options, files=None) -> Backend
 
 
 def backend_factory(engine: str) -> BackendFactory:
@@ -199,7 +199,7 @@ def engine_of(path: Path) -> str:
     return engine_row(path).name
 
 
-def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None) -> Backend:
+def open_backend(path: str | Path, options: BackendOptions | None = None) -> Backend:
     """Load a model file with the engine its suffix names (a file outside a bundle, or one export has just
     written: a bundle's listed files go through `classifier.open_bundle_model`, which reads, checks and hands
     over the bytes)."""
@@ -210,7 +210,7 @@ def open_backend(path: str | Path, options: BackendOptions | None = None, sha256
     for companion in engine.companions(path.name):
         if not (path.parent / companion).is_file():
             raise ModelError(f"{engine.title} needs {companion} beside this file, and it is missing", path)
-    return backend_factory(engine.name)(path, options or BackendOptions(), sha256=sha256)
+    return backend_factory(engine.name)(path, options or BackendOptions())
 
 
 _BACKENDS = {"LiteRTBackend": "litert_backend", "OnnxBackend": "onnxruntime_backend"}

@@ -30,10 +30,8 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 files: ModelFiles | None = None):
-        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
-        `sha256` is what the registry's `open_backend` passes; the digest is not needed."""
+    def __init__(self, path: Path, options: BackendOptions, files: ModelFiles | None = None):
+        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once)."""
         import onnxruntime as ort
 
         self.path = self.loaded_path = Path(path)
