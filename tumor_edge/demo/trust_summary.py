@@ -155,7 +155,7 @@ def _ood_figure(rates: dict[str, Any], examples: dict[str, np.ndarray], path: Pa
 def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, count: int, seed: int
          ) -> tuple[list[str], dict[str, Any], list[Path]]:
     from tumor_edge.calibration.ood_sets import generated_sets
-    from tumor_edge.runtime.ood_rates import measure_ood_rates
+    from tumor_edge.runtime import measure_ood_rates
 
     test_paths = [p for paths in files.values() for p in paths]
     rates = measure_ood_rates(classifier, test_paths, count=count, seed=seed)

@@ -23,7 +23,7 @@ _READERS = "tumor_edge.runtime.readers"
 # public name -> defining module
 _EXPORTS: dict[str, str] = {
     # the four nouns
-    "Bundle": "tumor_edge.runtime.bundle",
+    "Bundle": "tumor_edge.runtime.classifier",
     "Engine": "tumor_edge.contracts.formats",
     "Classifier": "tumor_edge.runtime.classifier",
     "Reader": _READERS,
@@ -76,11 +76,11 @@ _EXPORTS: dict[str, str] = {
     "tolerance_px": "tumor_edge.runtime.explain.localisation",
     # out-of-distribution rates
     "flag_rates": "tumor_edge.runtime.postprocess",
-    "measure_ood_rates": "tumor_edge.runtime.ood_rates",
+    "measure_ood_rates": "tumor_edge.runtime.verify",
     # reference inputs (verify regenerates them; export records the outputs on them)
-    "brain_blobs": "tumor_edge.runtime.reference",
-    "reference_images": "tumor_edge.runtime.reference",
-    "reference_role_outputs": "tumor_edge.runtime.reference",
+    "brain_blobs": "tumor_edge.runtime.verify",
+    "reference_images": "tumor_edge.runtime.verify",
+    "reference_role_outputs": "tumor_edge.runtime.verify",
     "machine_target": "tumor_edge.runtime.backends",
     # files
     "external_data_locations": "tumor_edge.runtime.backends.onnxruntime_backend",
@@ -109,9 +109,8 @@ if TYPE_CHECKING:
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
     from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
-    from tumor_edge.runtime.bundle import Bundle
     from tumor_edge.runtime.choice import cache_root, recorded_choices
-    from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
+    from tumor_edge.runtime.classifier import Bundle, Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
         ExplainSettings,
@@ -128,7 +127,6 @@ if TYPE_CHECKING:
     )
     from tumor_edge.runtime.heatmap import class_map, write_overlay
     from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
-    from tumor_edge.runtime.ood_rates import measure_ood_rates
     from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file
     from tumor_edge.runtime.postprocess import Failure, Prediction, flag_rates, probability_problem, softmax
@@ -142,8 +140,15 @@ if TYPE_CHECKING:
         is_volume,
         read_scan,
     )
-    from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
-    from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
+    from tumor_edge.runtime.verify import (
+        VerifyReport,
+        brain_blobs,
+        labelled_files,
+        measure_ood_rates,
+        reference_images,
+        reference_role_outputs,
+        verify_bundle,
+    )
     from tumor_edge.runtime.volume import VolumeSummary
 
 

@@ -363,7 +363,7 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
 
 def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
     """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
+    from tumor_edge.runtime.verify import reference_images, reference_role_outputs
 
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
@@ -461,7 +461,7 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
                    record: bool = True) -> EngineChoice:
     """Check, time and record: the choice among the candidates this device reproduced. A file that fails to
     load or run is skipped with its reason. Raises TumorEdgeError when no file can run here."""
-    from tumor_edge.runtime.reference import brain_blobs
+    from tumor_edge.runtime.verify import brain_blobs
 
     bundle_dir = Path(bundle_dir)
     metadata = metadata or BundleMetadata.read(bundle_dir)

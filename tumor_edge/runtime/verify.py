@@ -16,13 +16,34 @@ again); once every check has passed, it times the files this device may run and 
 classify, serve and bench then use. A listed file that is absent or whose engine is not installed here is listed
 once under "not checked here", with the reason and the extra that would check it, and does not fail the run
 (`--strict` makes it); a present file is still hashed whatever its engine, and at least one model must verify.
+
+The reference images are generated bit-exactly everywhere: the only randomness is PCG64's raw 64-bit stream
+(`random_raw`, fixed by the algorithm, unlike numpy's distribution methods, which may change between numpy
+versions), turned into floats by integer shifts; images are drawn with +, -, *, / only (IEEE-754 rounds those
+identically on every machine; no exp, sin or sqrt, whose last bit varies between math libraries) and rounded to
+uint8 with `np.rint`. Export records each model's outputs on them (tumor_edge.export.reference).
+
+`measure_ood_rates` measures how often a bundle's out-of-distribution warnings fire: on generated sets that are
+not brain MRI slices (detection rate) and on held-out scans that are (false-alarm rate), through the runtime's own
+prediction path, so the figures are what a device user gets.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, ReferenceSet, check_model_file, member_path
+from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
+from tumor_edge.runtime.backends import BackendOptions, engine_of
+from tumor_edge.runtime.choice import CAP, FLOORS, measure_choice, record_checks, reproduce, soundness
+from tumor_edge.runtime.classifier import Classifier
 
 # Other output roles (the heatmap, the OOD features): largest |difference| divided by the recorded values' range
 # (max - min), per precision. Neither is a probability, so an absolute bound would mean something different for
@@ -52,9 +73,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
                   batch_size: int = 16, strict: bool = False, choose: bool = True,
                   threads: int | None = None, trust: object | None = None) -> VerifyReport:
     """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
-    from tumor_edge.contracts.bundle import BundleMetadata
-    from tumor_edge.errors import TumorEdgeError
-
     bundle_dir = Path(bundle_dir)
     report = VerifyReport()
     try:
@@ -66,8 +84,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     runnable = [name for name in metadata.models if _check_integrity(bundle_dir, name, metadata, report)]
     if not metadata.models:
         report.problems.append(f"{bundle_dir}: the bundle lists no models")
-    from tumor_edge.runtime.backends import BackendOptions
-
     options = BackendOptions(threads=threads, trust=trust)
     _check_reference(bundle_dir, metadata, runnable, tolerance, report, options)
     if data is not None:
@@ -88,12 +104,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
 def _choose(bundle_dir: Path, metadata, options, report: VerifyReport) -> None:
     """Record this device's reproduce results (passed or failed: a failed file never runs here again), then, when
     every check passed, time the files this device may run and record the choice (runtime.choice)."""
-    import functools
-
-    from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.choice import measure_choice, record_checks
-    from tumor_edge.runtime.classifier import Classifier
-
     record_checks(metadata, report.checks, options)
     if report.problems or not report.checks:
         return
@@ -109,10 +119,6 @@ def _choose(bundle_dir: Path, metadata, options, report: VerifyReport) -> None:
 def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport) -> bool:
     """Hash one listed file if it is here; True when this device can also run it. An absent file or a missing
     engine is recorded in report.not_checked (once), a failed check in report.problems."""
-    from tumor_edge.contracts.bundle import check_model_file, member_path
-    from tumor_edge.errors import MissingExtraError, TumorEdgeError
-    from tumor_edge.runtime.backends import engine_of
-
     try:
         path = member_path(bundle_dir, name)  # a name that leaves the folder is a problem, present or not
         if not os.path.lexists(path):
@@ -136,12 +142,6 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport, options) -> None:
-    from tumor_edge.contracts.bundle import SCORES
-    from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.choice import CAP, FLOORS, reproduce, soundness
-    from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
-
     reference = metadata.reference
     if reference is None:
         report.problems.append(f"{bundle_dir}: no reference outputs recorded: this device's results cannot be "
@@ -196,8 +196,6 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
 
 def role_difference(recorded: dict, got) -> tuple[float, float]:
     """(largest |difference|, that divided by the recorded values' range) for one role's recorded images."""
-    import numpy as np
-
     want = np.asarray(recorded["values"], np.float64).reshape(recorded["shape"])
     have = np.asarray(got, np.float64)[:want.shape[0]]
     if have.shape != want.shape:
@@ -212,8 +210,6 @@ def role_difference(recorded: dict, got) -> tuple[float, float]:
 def _check_roles(path: Path, precision: str, recorded: dict, outputs: dict, declared: list[str],
                  report: VerifyReport) -> None:
     """Each recorded non-score role of one file against this device's outputs."""
-    import numpy as np
-
     for role in declared:
         entry = recorded.get(role)
         if entry is None:
@@ -297,11 +293,6 @@ def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list
 
 def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_size: int,
                 report: VerifyReport, options) -> None:
-    import numpy as np
-
-    from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.classifier import Classifier
-
     files, labels, problems = labelled_files(root, list(metadata.classes))
     report.problems.extend(problems)
     if not files:
@@ -331,3 +322,135 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
                 report.problems.append(f"{bundle_dir / name}: {line}")
                 continue
         report.lines.append(f"data: ok  {line}")
+
+
+# ---------------------------------------------------------------------------------------------- reference inputs
+
+
+class _Uniform:
+    """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""
+
+    def __init__(self, seed: int):
+        self._bits = np.random.PCG64(seed)
+
+    def __call__(self, n: int = 1) -> np.ndarray:
+        raw = self._bits.random_raw(n).astype(np.uint64)
+        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _bump(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    """A smooth blob: (1 - r^2)^2 inside the ellipse, 0 outside (polynomial: exact on every machine)."""
+    d = ((yy - cy) / ry) * ((yy - cy) / ry) + ((xx - cx) / rx) * ((xx - cx) / rx)
+    inside = np.maximum(1.0 - d, 0.0)
+    return inside * inside
+
+
+def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
+    """uint8 (count, height, width, 3): grey 'brain-like' slices (a bright elliptic head, darker ventricles,
+    a few tissue blobs, one lesion-like bright spot, faint noise). Synthetic; not a scan of anyone."""
+    if not (1 <= count <= 256 and 8 <= height <= 4096 and 8 <= width <= 4096):
+        raise ConfigError(f"reference images: count 1..256 and sizes 8..4096, not {count}, {height}x{width}")
+    uniform = _Uniform(seed)
+    yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
+                         indexing="ij")
+    images = np.empty((count, height, width, 3), np.uint8)
+    for i in range(count):
+        u = uniform(32)
+        head = _bump(yy, xx, 0.5 + 0.08 * (u[0] - 0.5), 0.5 + 0.08 * (u[1] - 0.5), 0.36 + 0.08 * u[2],
+                     0.30 + 0.08 * u[3])
+        value = 150.0 * np.minimum(head * 4.0, 1.0) + 40.0 * head
+        value = value - 70.0 * _bump(yy, xx, 0.5, 0.5 + 0.04 * (u[4] - 0.5), 0.10 + 0.05 * u[5], 0.05 + 0.03 * u[6])
+        for k in range(4):  # tissue texture
+            a = 7 + 4 * k
+            value = value + (30.0 * u[a] - 15.0) * _bump(yy, xx, 0.25 + 0.5 * u[a + 1], 0.25 + 0.5 * u[a + 2],
+                                                         0.05 + 0.1 * u[a + 3], 0.05 + 0.1 * u[a + 3])
+        value = value + 90.0 * _bump(yy, xx, 0.3 + 0.4 * u[23], 0.3 + 0.4 * u[24], 0.04 + 0.08 * u[25],
+                                     0.04 + 0.08 * u[26])  # a lesion
+        noise = uniform(height * width).reshape(height, width)
+        value = np.clip(value * (0.9 + 0.2 * u[27]) + 12.0 * noise, 0.0, 255.0)
+        images[i] = np.rint(value).astype(np.uint8)[..., None]
+    return images
+
+
+# Generator name -> function(seed, count, height, width). Names are stored in bundles: never change what a
+# name produces; add a new name instead.
+GENERATORS: dict[str, Callable[[int, int, int, int], np.ndarray]] = {"tumor-edge-brain-blobs-v1": brain_blobs}
+
+
+def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.ndarray:
+    generator = GENERATORS.get(reference.generator)
+    if generator is None:
+        raise ConfigError(f"reference generator {reference.generator!r} is unknown to this tumor-edge "
+                          f"(knows {', '.join(GENERATORS)}); upgrade tumor-edge")
+    spec = metadata.preprocessing
+    return generator(reference.seed, reference.count, spec.height, spec.width)
+
+
+def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
+    """Every output by role ("scores": probabilities, as the runtime returns them) for the reference images."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        for role, value in classifier.infer_outputs(images[i:i + batch_size]).items():
+            parts.setdefault(role, []).append(np.asarray(value))
+    return {role: np.concatenate(values) for role, values in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------- OOD warning rates
+
+FEATURE_WARNING = "unlike the training scans"  # how postprocess.warnings_for words the feature check
+
+
+def _tally(warnings: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Share of images with any warning, with an input-check warning, and with the feature-space warning."""
+    n = len(warnings)
+    feature = [any(w.startswith(FEATURE_WARNING) for w in ws) for ws in warnings]
+    checks = [any(not w.startswith(FEATURE_WARNING) for w in ws) for ws in warnings]
+    return {"count": n, "flagged": float(np.mean([bool(ws) for ws in warnings])) if n else None,
+            "input_checks_flagged": float(np.mean(checks)) if n else None,
+            "feature_flagged": float(np.mean(feature)) if n else None}
+
+
+def pixel_warnings(classifier, pixels: np.ndarray, batch_size: int = 16) -> list[tuple[str, ...]]:
+    """Each model-sized uint8 image's warnings, through `Classifier.predictions`."""
+    found: list[tuple[str, ...]] = []
+    for start in range(0, len(pixels), batch_size):
+        batch = np.ascontiguousarray(pixels[start:start + batch_size])
+        results = classifier.predictions(batch, [(None, None, None)] * len(batch))
+        found += [tuple(r.warnings) if r.ok else ("no label: model output not a number",) for r in results]
+    return found
+
+
+def file_warnings(classifier, paths: Sequence[Path], batch_size: int = 16) -> tuple[list[tuple[str, ...]], int]:
+    """(warnings per readable file, unreadable count) through the streaming path `classify` uses."""
+    found, unreadable = [], 0
+    for result in classifier.iter_predictions(list(paths), batch_size=batch_size):
+        if result.ok:
+            found.append(tuple(result.warnings))
+        else:
+            unreadable += 1
+    return found, unreadable
+
+
+def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, seed: int = 0,
+                      batch_size: int = 16) -> dict[str, Any]:
+    """{"sets": {name: rates}, "test": rates on the held-out scans (false alarms), "notes": [...]}.
+
+    `count` images per generated set at the model's input size; the inverted-scans set is made from held-out
+    scans, so it needs `test_paths`."""
+    from tumor_edge.calibration.ood_sets import generated_sets
+    from tumor_edge.runtime.pipeline import decode_file
+
+    spec = classifier.preprocessing
+    test_warnings, unreadable = file_warnings(classifier, test_paths, batch_size)
+    scans = []
+    for path in list(test_paths)[:count]:
+        decoded = decode_file(path, spec, "middle")
+        if decoded.failure is None:
+            scans.append(decoded.pixels[0][0])
+    sets = generated_sets(count, spec.size, seed, scans=np.stack(scans) if scans else None)
+    result = {"sets": {name: _tally(pixel_warnings(classifier, pixels, batch_size)) for name, pixels in sets.items()},
+              "test": {**_tally(test_warnings), "unreadable": unreadable},
+              "feature_check": bool(classifier.postprocessing.has_ood), "seed": seed, "per_set": count}
+    if not classifier.postprocessing.has_ood:
+        result["notes"] = ["this bundle has no feature-space fit: input checks only"]
+    return result
