@@ -1,20 +1,13 @@
 """The device picks the file it runs: only files it has checked, and among them the fastest by measurement.
 
 Which engine and precision is fastest depends on the CPU and on the model's size, and cannot be known when the
-bundle is made. So a device keeps as candidates the bundle's files that are present, whose engine is installed
-and that are sound (`soundness`, from the bundle's record alone: a collapsed, permuted or constant-output file
-fails wherever it is checked); runs each once on the bundle's reference images and keeps it only if this device
-reproduces its recorded outputs (`reproduce`, the check `verify` makes too); times the reproduced files in
-interleaved rounds (A B B A ...: a load change cannot favour one file) as `classify` loads them; and keeps the
-format table's preferred file unless another is faster by more than NOISE_MARGIN. Every reproduce result and the
-choice are recorded outside the bundle, in this user's private records folder (each record carries a keyed MAC),
-keyed by the bundle's model hashes, the machine (CPU model, ISA, every engine's version) and the thread count: a
-file that failed here is never a candidate again until the bundle changes, and a damaged, edited or stale record
-is ignored and measured again.
-
-A bundle that records no reference outputs cannot be reproduced: its files stay candidates, and the choice says
-they were not checked. `--model-file` (or `model_file=`) runs the named file without this choice;
-`TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order among the checked files (no timing). Callers pass an
+bundle is made. Candidates are the bundle's files that are present, whose engine is installed, that are sound
+(from the bundle's record alone) and that this device reproduces on the reference images; they are timed as
+`classify` loads them, and the format table's preferred file stays unless another is faster by more than
+NOISE_MARGIN. Results are recorded in this user's private records folder, keyed by the bundle's model hashes, the
+machine and the thread count: a file that failed here is never a candidate again until the bundle changes, and a
+damaged, edited or stale record is ignored and measured again. A bundle with no reference outputs keeps its files
+as unchecked candidates. `TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order (no timing). Callers pass an
 `opener` (file name -> an object with `infer_outputs(pixels)` and `backend.name`), so this module never imports
 the classifier that calls it.
 """
@@ -521,15 +514,9 @@ def _none_runs(bundle_dir: Path, skipped: Mapping[str, str]) -> TumorEdgeError:
     return TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
 
 
-# This device's private folder of records (the device's engine choice), each carrying a keyed MAC, so a record
-# is used only if this user's runtime wrote it.
-#
-# Where: `$TUMOR_EDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/tumor-edge`, else `~/.cache/tumor-edge`. Off with
-# `TUMOR_EDGE_NO_CACHE=1` or `BackendOptions(cache=False)`. The folder must belong to this user and be writable by
-# no one else (it is created 0700); otherwise it is refused, never used: a folder others can write is one where
-# they could plant a record. Its MAC key is a per-user secret in it (`secret.key`, created 0600 with O_EXCL); a
-# record is JSON with an HMAC-SHA256 over its content, so a record copied from elsewhere, edited, or planted with a
-# recomputed plain hash fails its check and is ignored (then measured and written again).
+# This device's private folder of records. A folder others can write is one where they could plant a record, so
+# it is refused; each record carries an HMAC-SHA256 keyed by a per-user secret in it, so a record copied from
+# elsewhere, edited, or planted with a recomputed plain hash fails its check and is ignored.
 
 CACHE_DIR_ENV = "TUMOR_EDGE_CACHE_DIR"
 NO_CACHE_ENV = "TUMOR_EDGE_NO_CACHE"

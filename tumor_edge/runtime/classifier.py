@@ -296,15 +296,10 @@ class Classifier:
                                  on_pixels)
 
 
-# The open stage: a bundle's model, read once, checked, and handed to its engine as the bytes that were checked.
-#
-# Each listed file (the model, its external data or companion files) is read into memory once from a descriptor
-# opened without following a symbolic link (`read_model_files`), hashed from those bytes and compared with the sha256
-# metadata.json records; the same bytes go to the engine (onnxruntime's `InferenceSession(bytes)` with the external
-# data in memory, LiteRT's `model_content`). Nothing is opened again by path, so a file exchanged after the check
-# cannot be what runs. With a trust setting (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False` opens
-# unchecked, for export's own parity) the signature is checked against the digests of exactly these bytes and of
-# the metadata.json bytes the record was parsed from (tumor_edge.signing.verify.check_loaded).
+# The open stage: each listed file is read once (`read_model_files`), checked, and the same bytes go to the engine:
+# nothing is opened again by path, so a file exchanged after the check cannot be what runs. A trust setting
+# (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False`: export's own parity) checks the signature against
+# the digests of exactly these bytes and of the metadata.json bytes the record was parsed from.
 
 def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
     """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model

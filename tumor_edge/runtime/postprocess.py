@@ -1,22 +1,12 @@
 """Post-processing: a model's class scores to the probabilities and warnings a row shows, each rule once, and the
-rows themselves (`Prediction`, `Failure`: what every stage yields, so this module imports none of them).
+rows themselves (`Prediction`, `Failure`: what every stage yields, so this module imports none of them). The
+calibration package loads only for a bundle that has `calibration` or `ood` fields.
 
-- probabilities: logits go through softmax; scores a bundle declares probabilities are held to one probability
-  rule (`probability_problem`); then the bundle's `calibration` temperature scales them.
-- warnings: the input checks on the pixels the model saw (`input_warnings`, below), and the bundle's `ood` fit:
-  class centres and a threshold for the model's "ood_features" output (tumor_edge.calibration.mahalanobis), or a
-  threshold on a score the model file computes itself (tumor_edge.calibration.output_scores).
-- a picture whose scores are not finite gets no label (`not_a_number`); with `abstain`, a warned one neither.
-
-Neither `calibration` nor `ood` is required; the calibration package loads only for a bundle that has them.
-
-The input checks ask whether this is a brain MRI slice at all, cheaply, on the decoded pixels. A classifier
-answers every input with a confident label, including a holiday photograph; these catch the inputs that are
-plainly not a greyscale scan of a head: colour (an MRI slice is stored grey, so its channels agree), noise
-(neighbouring pixels of any real image are strongly correlated; sensor noise or a corrupted file are not), blank
-or constant images, and images with no dark background around the anatomy (an MRI slice is surrounded by air,
-which images black; a photograph or chest film fills the frame). Each check returns a reason a person
-understands; the model's own feature-space check (`warnings_for`) catches subtler departures.
+The input checks ask whether this is a brain MRI slice at all, cheaply, on the decoded pixels: a classifier
+answers every input with a confident label, including a holiday photograph. An MRI slice is stored grey (its
+channels agree), its neighbouring pixels correlate strongly (noise's do not), and it is surrounded by air, which
+images black (a photograph or chest film fills the frame). The model's own feature-space check (`warnings_for`)
+catches subtler departures.
 """
 
 from __future__ import annotations

@@ -1,31 +1,20 @@
 """What `tumor-edge verify BUNDLE [--data DIR]` checks: is this bundle intact, and does this device reproduce it?
 
-1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
-2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
-3. Soundness and reproduction (tumor_edge.runtime.choice): each file's recorded outputs must agree with the
-   fp32 file's recorded labels at the rate its parity record promises; then the reference images are regenerated
-   here (bit-exact on any machine, no patient data) and each file's probabilities must lie within its tolerance
-   of the recorded ones: different CPUs (AVX2, VNNI, ARM) or onnxruntime versions can change int8 results. Every
-   other output role recorded (the heatmap, the OOD features) is compared too, relative to the recorded values'
-   range (their units are the model's, not probabilities).
-4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
-   labelled scans, which must stay within the export's parity tolerance of what export measured.
+Schema and integrity (tumor_edge.contracts.bundle); soundness and reproduction on regenerated reference images
+(tumor_edge.runtime.choice: different CPUs or onnxruntime versions can change int8 results), every other recorded
+output role relative to its recorded range (its units are the model's, not probabilities); with --data, accuracy
+on local labelled scans within export's parity tolerance. Each file's reproduce result is recorded on this device
+(a failed file is never chosen here again), and once every check passed the files are timed and the choice
+recorded for classify, serve and bench. A listed file absent here, or whose engine is not installed, is listed
+under "not checked here" and fails only with `--strict`.
 
-verify records each file's reproduce result on this device, passed or failed (a failed file is never chosen here
-again); once every check has passed, it times the files this device may run and records the choice, which
-classify, serve and bench then use. A listed file that is absent or whose engine is not installed here is listed
-once under "not checked here", with the reason and the extra that would check it, and does not fail the run
-(`--strict` makes it); a present file is still hashed whatever its engine, and at least one model must verify.
+The reference images are bit-exact on every machine: the only randomness is PCG64's raw 64-bit stream
+(`random_raw`, fixed by the algorithm, unlike numpy's distribution methods), turned into floats by integer shifts;
+images are drawn with +, -, *, / only (IEEE-754 rounds those identically everywhere; exp, sin or sqrt do not) and
+rounded with `np.rint`. Export records each model's outputs on them (tumor_edge.export.reference).
 
-The reference images are generated bit-exactly everywhere: the only randomness is PCG64's raw 64-bit stream
-(`random_raw`, fixed by the algorithm, unlike numpy's distribution methods, which may change between numpy
-versions), turned into floats by integer shifts; images are drawn with +, -, *, / only (IEEE-754 rounds those
-identically on every machine; no exp, sin or sqrt, whose last bit varies between math libraries) and rounded to
-uint8 with `np.rint`. Export records each model's outputs on them (tumor_edge.export.reference).
-
-`measure_ood_rates` measures how often a bundle's out-of-distribution warnings fire: on generated sets that are
-not brain MRI slices (detection rate) and on held-out scans that are (false-alarm rate), through the runtime's own
-prediction path, so the figures are what a device user gets.
+`measure_ood_rates`: how often a bundle's out-of-distribution warnings fire on generated sets that are not brain
+MRI slices and on held-out scans that are, through the runtime's own prediction path.
 """
 
 from __future__ import annotations

@@ -65,14 +65,6 @@ VOI_FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
 }
 
 
-def _pydicom():
-    try:
-        import pydicom
-    except ImportError:
-        return None
-    return pydicom
-
-
 def _first(value: Any) -> float | None:
     """WindowCenter and friends may be multi-valued (several presets); the first is the default view."""
     if value is None:
@@ -216,12 +208,13 @@ def _check_header(ds: Any, path: Path) -> None:
     check_decoded(Decoded(columns, rows, max(samples, 1), max(1, -(-bits // 8)), max(frames, 1)), path)
 
 
-def _read_dataset(path: Path, pixels: bool = True) -> Any:
+def read_dataset(path: Path, pixels: bool = True) -> Any:
     """The dataset of a DICOM file (`pixels=False`: the header only, for a series' first pass)."""
-    pydicom = _pydicom()
-    if pydicom is None:
-        raise InputImageError("reading DICOM needs pydicom: pip install 'tumor-edge[dicom]'", path)
-    from pydicom.errors import InvalidDicomError
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        raise InputImageError("reading DICOM needs pydicom: pip install 'tumor-edge[dicom]'", path) from None
 
     try:
         with open_regular(path) as fh:
@@ -265,16 +258,11 @@ def _frame_count(ds: Any, pixels: np.ndarray) -> int:
     return declared if declared > 1 and (grey_stack or colour_stack) else 1
 
 
-def read_header(path: str | Path) -> Any:
-    """A DICOM file's dataset without its pixel data (a series folder's first pass: sizes, positions, UIDs)."""
-    return _read_dataset(Path(path), pixels=False)
-
-
 def read_stored(path: str | Path) -> tuple[Any, np.ndarray]:
     """A single-frame DICOM file's dataset and stored pixel values, after the same header size check as every
     DICOM read (a series reads its slices one by one through this)."""
     path = Path(path)
-    ds = _read_dataset(path)
+    ds = read_dataset(path)
     return ds, _pixel_array(ds, path)
 
 
@@ -298,7 +286,7 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     caller classify every slice and decide for itself.
     """
     path = Path(path)
-    ds = _read_dataset(path)
+    ds = read_dataset(path)
     pixels = _pixel_array(ds, path)
     if pixels.size == 0 or pixels.ndim < 2:
         raise InputImageError(f"DICOM pixel data has an unusable shape {pixels.shape}", path)

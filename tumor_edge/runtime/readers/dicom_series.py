@@ -71,9 +71,9 @@ def _int(value: Any, default: int | None) -> int | None:
 
 
 def header(path: Path) -> SliceHeader:
-    from tumor_edge.runtime.readers.dicom import read_header
+    from tumor_edge.runtime.readers.dicom import read_dataset
 
-    ds = read_header(path)
+    ds = read_dataset(path, pixels=False)  # sizes, positions, UIDs: no pixel data yet
     rows, columns = _int(getattr(ds, "Rows", None), 0), _int(getattr(ds, "Columns", None), 0)
     number = getattr(ds, "SeriesNumber", None)
     description = str(getattr(ds, "SeriesDescription", "") or "").strip()[:40]
