@@ -23,7 +23,7 @@ _READERS = "tumor_edge.runtime.readers"
 # public name -> defining module
 _EXPORTS: dict[str, str] = {
     # the four nouns
-    "Bundle": "tumor_edge.runtime.classifier",
+    "Bundle": "tumor_edge.runtime.verify",
     "Engine": "tumor_edge.contracts.formats",
     "Classifier": "tumor_edge.runtime.classifier",
     "Reader": _READERS,
@@ -78,9 +78,9 @@ _EXPORTS: dict[str, str] = {
     "flag_rates": "tumor_edge.runtime.postprocess",
     "measure_ood_rates": "tumor_edge.runtime.verify",
     # reference inputs (verify regenerates them; export records the outputs on them)
-    "brain_blobs": "tumor_edge.runtime.verify",
-    "reference_images": "tumor_edge.runtime.verify",
-    "reference_role_outputs": "tumor_edge.runtime.verify",
+    "brain_blobs": "tumor_edge.runtime.choice",
+    "reference_images": "tumor_edge.runtime.choice",
+    "reference_role_outputs": "tumor_edge.runtime.choice",
     "machine_target": "tumor_edge.runtime.backends",
     # files
     "external_data_locations": "tumor_edge.runtime.backends.onnxruntime_backend",
@@ -109,8 +109,14 @@ if TYPE_CHECKING:
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
     from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
-    from tumor_edge.runtime.choice import cache_root, recorded_choices
-    from tumor_edge.runtime.classifier import Bundle, Classifier, read_onnx_metadata
+    from tumor_edge.runtime.choice import (
+        brain_blobs,
+        cache_root,
+        recorded_choices,
+        reference_images,
+        reference_role_outputs,
+    )
+    from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
         ExplainSettings,
@@ -140,15 +146,7 @@ if TYPE_CHECKING:
         is_volume,
         read_scan,
     )
-    from tumor_edge.runtime.verify import (
-        VerifyReport,
-        brain_blobs,
-        labelled_files,
-        measure_ood_rates,
-        reference_images,
-        reference_role_outputs,
-        verify_bundle,
-    )
+    from tumor_edge.runtime.verify import Bundle, VerifyReport, labelled_files, measure_ood_rates, verify_bundle
     from tumor_edge.runtime.volume import VolumeSummary
 
 

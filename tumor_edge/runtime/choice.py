@@ -10,6 +10,11 @@ damaged, edited or stale record is ignored and measured again. A bundle with no 
 as unchecked candidates. `TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order (no timing). Callers pass an
 `opener` (file name -> an object with `infer_outputs(pixels)` and `backend.name`), so this module never imports
 the classifier that calls it.
+
+The reference images are bit-exact on every machine: the only randomness is PCG64's raw 64-bit stream
+(`random_raw`, fixed by the algorithm, unlike numpy's distribution methods), turned into floats by integer shifts;
+images are drawn with +, -, *, / only (IEEE-754 rounds those identically everywhere; exp, sin or sqrt do not) and
+rounded with `np.rint`. Export records each model's outputs on them (tumor_edge.export.reference).
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import SCORES, BundleMetadata, member_path
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, ReferenceSet, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
-from tumor_edge.errors import BundleIntegrityError, TumorEdgeError
+from tumor_edge.errors import BundleIntegrityError, ConfigError, TumorEdgeError
 from tumor_edge.runtime.backends import BackendOptions
 
 log = logging.getLogger("tumor_edge.runtime")
@@ -223,6 +228,76 @@ def soundness(name: str, metadata: BundleMetadata) -> Check:
     return Check(tail >= SOUNDNESS_ALPHA, line, {"disagreements": d, "decisive": m, "promised": q, "chance": tail})
 
 
+# ---------------------------------------------------------------------------------------------- reference inputs
+
+class _Uniform:
+    """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""
+
+    def __init__(self, seed: int):
+        self._bits = np.random.PCG64(seed)
+
+    def __call__(self, n: int = 1) -> np.ndarray:
+        raw = self._bits.random_raw(n).astype(np.uint64)
+        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _bump(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    """A smooth blob: (1 - r^2)^2 inside the ellipse, 0 outside (polynomial: exact on every machine)."""
+    d = ((yy - cy) / ry) * ((yy - cy) / ry) + ((xx - cx) / rx) * ((xx - cx) / rx)
+    inside = np.maximum(1.0 - d, 0.0)
+    return inside * inside
+
+
+def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
+    """uint8 (count, height, width, 3): grey 'brain-like' slices (a bright elliptic head, darker ventricles,
+    a few tissue blobs, one lesion-like bright spot, faint noise). Synthetic; not a scan of anyone."""
+    if not (1 <= count <= 256 and 8 <= height <= 4096 and 8 <= width <= 4096):
+        raise ConfigError(f"reference images: count 1..256 and sizes 8..4096, not {count}, {height}x{width}")
+    uniform = _Uniform(seed)
+    yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
+                         indexing="ij")
+    images = np.empty((count, height, width, 3), np.uint8)
+    for i in range(count):
+        u = uniform(32)
+        head = _bump(yy, xx, 0.5 + 0.08 * (u[0] - 0.5), 0.5 + 0.08 * (u[1] - 0.5), 0.36 + 0.08 * u[2],
+                     0.30 + 0.08 * u[3])
+        value = 150.0 * np.minimum(head * 4.0, 1.0) + 40.0 * head
+        value = value - 70.0 * _bump(yy, xx, 0.5, 0.5 + 0.04 * (u[4] - 0.5), 0.10 + 0.05 * u[5], 0.05 + 0.03 * u[6])
+        for k in range(4):  # tissue texture
+            a = 7 + 4 * k
+            value = value + (30.0 * u[a] - 15.0) * _bump(yy, xx, 0.25 + 0.5 * u[a + 1], 0.25 + 0.5 * u[a + 2],
+                                                         0.05 + 0.1 * u[a + 3], 0.05 + 0.1 * u[a + 3])
+        value = value + 90.0 * _bump(yy, xx, 0.3 + 0.4 * u[23], 0.3 + 0.4 * u[24], 0.04 + 0.08 * u[25],
+                                     0.04 + 0.08 * u[26])  # a lesion
+        noise = uniform(height * width).reshape(height, width)
+        value = np.clip(value * (0.9 + 0.2 * u[27]) + 12.0 * noise, 0.0, 255.0)
+        images[i] = np.rint(value).astype(np.uint8)[..., None]
+    return images
+
+
+# Generator name -> function(seed, count, height, width). Names are stored in bundles: never change what a
+# name produces; add a new name instead.
+GENERATORS: dict[str, Callable[[int, int, int, int], np.ndarray]] = {"tumor-edge-brain-blobs-v1": brain_blobs}
+
+
+def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.ndarray:
+    generator = GENERATORS.get(reference.generator)
+    if generator is None:
+        raise ConfigError(f"reference generator {reference.generator!r} is unknown to this tumor-edge "
+                          f"(knows {', '.join(GENERATORS)}); upgrade tumor-edge")
+    spec = metadata.preprocessing
+    return generator(reference.seed, reference.count, spec.height, spec.width)
+
+
+def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
+    """Every output by role ("scores": probabilities, as the runtime returns them) for the reference images."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        for role, value in classifier.infer_outputs(images[i:i + batch_size]).items():
+            parts.setdefault(role, []).append(np.asarray(value))
+    return {role: np.concatenate(values) for role, values in parts.items()}
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """The file this device runs for a bundle, and the measurements and checks that chose it."""
@@ -356,8 +431,6 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
 
 def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
     """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    from tumor_edge.runtime.verify import reference_images, reference_role_outputs
-
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
     except BundleIntegrityError:
@@ -454,8 +527,6 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
                    record: bool = True) -> EngineChoice:
     """Check, time and record: the choice among the candidates this device reproduced. A file that fails to
     load or run is skipped with its reason. Raises TumorEdgeError when no file can run here."""
-    from tumor_edge.runtime.verify import brain_blobs
-
     bundle_dir = Path(bundle_dir)
     metadata = metadata or BundleMetadata.read(bundle_dir)
     options = options or BackendOptions()

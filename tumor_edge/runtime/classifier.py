@@ -4,8 +4,7 @@ A Classifier is a model file plus the metadata that says how to feed it and read
 inference and post-processing stages (`postprocess.py`) of the one prediction path. Every call that takes files
 (`predict`, `predict_batch`, `iter_predictions`, `iter_results`, `classify`, `probabilities_for_files`) is a thin
 caller of that path (`pipeline.py`), so a file is decoded, checked and labelled the same way everywhere. A bundle's
-model file goes through the open stage (`open_bundle_model`, below) before it is loaded. `Bundle` is the
-public handle on a bundle folder: its validated metadata, its files' checks, a Classifier on one, verify.
+model file goes through the open stage (`open_bundle_model`, below) before it is loaded.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ import functools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -29,7 +27,6 @@ from tumor_edge.contracts.bundle import (
     ModelFiles,
     check_binding,
     check_external_locations,
-    check_model_file,
     loads_strict,
     read_model_files,
 )
@@ -60,9 +57,6 @@ from tumor_edge.runtime.postprocess import (
 from tumor_edge.runtime.preprocess import resize_rgb, scale
 from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
 from tumor_edge.signing import TRUST_ENV
-
-if TYPE_CHECKING:
-    from tumor_edge.runtime.verify import VerifyReport
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -336,45 +330,3 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
     check_binding(metadata, backend.metadata_props(), files.path)
     return backend
 
-
-@dataclass(frozen=True)
-class Bundle:
-    """A bundle folder and its validated metadata.json. `Bundle.open` raises a one-line ModelError naming the
-    file for a folder that is not a valid bundle; model files are checked when asked (`check`) or opened. The
-    runtime only reads bundles; export writes them."""
-
-    path: Path
-    metadata: BundleMetadata
-
-    @classmethod
-    def open(cls, path: str | Path) -> Bundle:
-        """Read and validate `path`/metadata.json (no model file is read yet: cheap)."""
-        path = Path(path)
-        return cls(path, BundleMetadata.read(path))
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.metadata.classes)
-
-    @property
-    def models(self) -> list[str]:
-        """The model files the bundle lists."""
-        return list(self.metadata.models)
-
-    def check(self, name: str | None = None) -> list[Path]:
-        """Prove the listed model files (or the one named) are the ones recorded: present, of the recorded size
-        and sha256, every member file too. Returns their paths; a BundleIntegrityError or ModelError (one line
-        naming the file) for the first that is not."""
-        names = [name] if name is not None else self.models
-        return [check_model_file(self.path, n, self.metadata)[0] for n in names]
-
-    def classifier(self, model_file: str | None = None, options: BackendOptions | None = None) -> Classifier:
-        """A Classifier on one of the bundle's files (None: this device's measured choice)."""
-        return Classifier.from_bundle(self.path, model_file=model_file, options=options)
-
-    def verify(self, **kwargs) -> VerifyReport:
-        """This device's checks (`verify_bundle`'s keyword arguments): integrity, the recorded reference
-        outputs, optionally labelled data; never raises for a bad bundle."""
-        from tumor_edge.runtime.verify import verify_bundle
-
-        return verify_bundle(self.path, **kwargs)

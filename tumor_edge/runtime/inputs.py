@@ -116,14 +116,17 @@ def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = No
             if name.startswith("."):
                 continue
             path = folder / name
-            kind = _kind(path)
-            if kind == "folder":
+            try:
+                kind = file_kind(os.stat(path).st_mode)
+            except OSError:
+                kind = None  # a dangling link, or vanished
+            if kind == "a folder":
                 stack.append(path)
                 subfolders += 1
-            elif kind == "file":
+            elif kind == "a regular file":
                 if _is_scan(path):
                     found.append(path)
-            elif kind == "missing":
+            elif kind is None:
                 if claimed_suffix(path) is not None:
                     found.append(path)  # a dangling link named like a scan: decoding reports it
             else:
@@ -131,19 +134,6 @@ def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = No
         if folder != top and claimed_suffix(folder) is not None and len(found) == before and not subfolders:
             problems.append(InputProblem(str(folder), "is a folder named like a scan, and holds no scans"))
     return sorted(found)
-
-
-def _kind(path: Path) -> str:
-    """'file', 'folder', 'missing' (dangling link, vanished) or the words for a special file."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return "missing"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "folder"
-    return file_kind(mode)
 
 
 def is_scan_file(path: Path) -> bool:

@@ -8,10 +8,8 @@ on local labelled scans within export's parity tolerance. Each file's reproduce 
 recorded for classify, serve and bench. A listed file absent here, or whose engine is not installed, is listed
 under "not checked here" and fails only with `--strict`.
 
-The reference images are bit-exact on every machine: the only randomness is PCG64's raw 64-bit stream
-(`random_raw`, fixed by the algorithm, unlike numpy's distribution methods), turned into floats by integer shifts;
-images are drawn with +, -, *, / only (IEEE-754 rounds those identically everywhere; exp, sin or sqrt do not) and
-rounded with `np.rint`. Export records each model's outputs on them (tumor_edge.export.reference).
+`Bundle` is the runtime's public handle on a bundle folder: its validated metadata, its files' checks, a
+Classifier on one of them, and these checks.
 
 `measure_ood_rates`: how often a bundle's out-of-distribution warnings fire on generated sets that are not brain
 MRI slices and on held-out scans that are, through the runtime's own prediction path.
@@ -21,17 +19,26 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import SCORES, BundleMetadata, ReferenceSet, check_model_file, member_path
-from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, check_model_file, member_path
+from tumor_edge.errors import MissingExtraError, TumorEdgeError
 from tumor_edge.runtime.backends import BackendOptions, engine_of
-from tumor_edge.runtime.choice import CAP, FLOORS, measure_choice, record_checks, reproduce, soundness
+from tumor_edge.runtime.choice import (
+    CAP,
+    FLOORS,
+    measure_choice,
+    record_checks,
+    reference_images,
+    reference_role_outputs,
+    reproduce,
+    soundness,
+)
 from tumor_edge.runtime.classifier import Classifier
 
 # Other output roles (the heatmap, the OOD features): largest |difference| divided by the recorded values' range
@@ -313,77 +320,6 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
         report.lines.append(f"data: ok  {line}")
 
 
-# ---------------------------------------------------------------------------------------------- reference inputs
-
-
-class _Uniform:
-    """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""
-
-    def __init__(self, seed: int):
-        self._bits = np.random.PCG64(seed)
-
-    def __call__(self, n: int = 1) -> np.ndarray:
-        raw = self._bits.random_raw(n).astype(np.uint64)
-        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def _bump(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-    """A smooth blob: (1 - r^2)^2 inside the ellipse, 0 outside (polynomial: exact on every machine)."""
-    d = ((yy - cy) / ry) * ((yy - cy) / ry) + ((xx - cx) / rx) * ((xx - cx) / rx)
-    inside = np.maximum(1.0 - d, 0.0)
-    return inside * inside
-
-
-def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
-    """uint8 (count, height, width, 3): grey 'brain-like' slices (a bright elliptic head, darker ventricles,
-    a few tissue blobs, one lesion-like bright spot, faint noise). Synthetic; not a scan of anyone."""
-    if not (1 <= count <= 256 and 8 <= height <= 4096 and 8 <= width <= 4096):
-        raise ConfigError(f"reference images: count 1..256 and sizes 8..4096, not {count}, {height}x{width}")
-    uniform = _Uniform(seed)
-    yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
-                         indexing="ij")
-    images = np.empty((count, height, width, 3), np.uint8)
-    for i in range(count):
-        u = uniform(32)
-        head = _bump(yy, xx, 0.5 + 0.08 * (u[0] - 0.5), 0.5 + 0.08 * (u[1] - 0.5), 0.36 + 0.08 * u[2],
-                     0.30 + 0.08 * u[3])
-        value = 150.0 * np.minimum(head * 4.0, 1.0) + 40.0 * head
-        value = value - 70.0 * _bump(yy, xx, 0.5, 0.5 + 0.04 * (u[4] - 0.5), 0.10 + 0.05 * u[5], 0.05 + 0.03 * u[6])
-        for k in range(4):  # tissue texture
-            a = 7 + 4 * k
-            value = value + (30.0 * u[a] - 15.0) * _bump(yy, xx, 0.25 + 0.5 * u[a + 1], 0.25 + 0.5 * u[a + 2],
-                                                         0.05 + 0.1 * u[a + 3], 0.05 + 0.1 * u[a + 3])
-        value = value + 90.0 * _bump(yy, xx, 0.3 + 0.4 * u[23], 0.3 + 0.4 * u[24], 0.04 + 0.08 * u[25],
-                                     0.04 + 0.08 * u[26])  # a lesion
-        noise = uniform(height * width).reshape(height, width)
-        value = np.clip(value * (0.9 + 0.2 * u[27]) + 12.0 * noise, 0.0, 255.0)
-        images[i] = np.rint(value).astype(np.uint8)[..., None]
-    return images
-
-
-# Generator name -> function(seed, count, height, width). Names are stored in bundles: never change what a
-# name produces; add a new name instead.
-GENERATORS: dict[str, Callable[[int, int, int, int], np.ndarray]] = {"tumor-edge-brain-blobs-v1": brain_blobs}
-
-
-def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.ndarray:
-    generator = GENERATORS.get(reference.generator)
-    if generator is None:
-        raise ConfigError(f"reference generator {reference.generator!r} is unknown to this tumor-edge "
-                          f"(knows {', '.join(GENERATORS)}); upgrade tumor-edge")
-    spec = metadata.preprocessing
-    return generator(reference.seed, reference.count, spec.height, spec.width)
-
-
-def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
-    """Every output by role ("scores": probabilities, as the runtime returns them) for the reference images."""
-    parts: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(images), batch_size):
-        for role, value in classifier.infer_outputs(images[i:i + batch_size]).items():
-            parts.setdefault(role, []).append(np.asarray(value))
-    return {role: np.concatenate(values) for role, values in parts.items()}
-
-
 # ---------------------------------------------------------------------------------------------- OOD warning rates
 
 FEATURE_WARNING = "unlike the training scans"  # how postprocess.warnings_for words the feature check
@@ -443,3 +379,44 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
     if not classifier.postprocessing.has_ood:
         result["notes"] = ["this bundle has no feature-space fit: input checks only"]
     return result
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle folder and its validated metadata.json. `Bundle.open` raises a one-line ModelError naming the
+    file for a folder that is not a valid bundle; model files are checked when asked (`check`) or opened. The
+    runtime only reads bundles; export writes them."""
+
+    path: Path
+    metadata: BundleMetadata
+
+    @classmethod
+    def open(cls, path: str | Path) -> Bundle:
+        """Read and validate `path`/metadata.json (no model file is read yet: cheap)."""
+        path = Path(path)
+        return cls(path, BundleMetadata.read(path))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata.classes)
+
+    @property
+    def models(self) -> list[str]:
+        """The model files the bundle lists."""
+        return list(self.metadata.models)
+
+    def check(self, name: str | None = None) -> list[Path]:
+        """Prove the listed model files (or the one named) are the ones recorded: present, of the recorded size
+        and sha256, every member file too. Returns their paths; a BundleIntegrityError or ModelError (one line
+        naming the file) for the first that is not."""
+        names = [name] if name is not None else self.models
+        return [check_model_file(self.path, n, self.metadata)[0] for n in names]
+
+    def classifier(self, model_file: str | None = None, options: BackendOptions | None = None) -> Classifier:
+        """A Classifier on one of the bundle's files (None: this device's measured choice)."""
+        return Classifier.from_bundle(self.path, model_file=model_file, options=options)
+
+    def verify(self, **kwargs) -> VerifyReport:
+        """This device's checks (`verify_bundle`'s keyword arguments): integrity, the recorded reference
+        outputs, optionally labelled data; never raises for a bad bundle."""
+        return verify_bundle(self.path, **kwargs)

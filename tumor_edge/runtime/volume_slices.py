@@ -151,7 +151,6 @@ class BrainBox:
     lo: tuple[int, int, int]
     hi: tuple[int, int, int]
     scale: float  # multiply modality values by this for WHITE_MATTER_LEVEL at the brain's 90th percentile
-    area: tuple[np.ndarray, np.ndarray, np.ndarray]  # per axis: foreground fraction of each (strided) slice
 
 
 def sample_stride(shape: tuple[int, ...]) -> int:
@@ -173,7 +172,7 @@ def find_brain(sample: np.ndarray, stride: int, shape: tuple[int, int, int]) -> 
     if top <= 0:
         return None
     mask = finite & (sample > FOREGROUND_FRACTION * top)
-    lo, hi, area = [], [], []
+    lo, hi = [], []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
         counts = mask.sum(axis=others).astype(np.float64)
@@ -181,9 +180,7 @@ def find_brain(sample: np.ndarray, stride: int, shape: tuple[int, int, int]) -> 
         inside = np.flatnonzero(fraction >= BRAIN_AREA_FRACTION)
         lo.append(min(int(inside[0]) * stride, shape[axis] - 1))
         hi.append(min(int(inside[-1]) * stride + stride, shape[axis]))
-        area.append(fraction)
-    return BrainBox((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]), white_matter_scale(sample[mask]),
-                    (area[0], area[1], area[2]))
+    return BrainBox((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]), white_matter_scale(sample[mask]))
 
 
 def pick_slices(choice: str | int, lo: int, hi: int) -> list[int]:
@@ -191,14 +188,11 @@ def pick_slices(choice: str | int, lo: int, hi: int) -> list[int]:
     spread evenly from end to end (fewer when the extent has fewer slices)."""
     if hi <= lo:
         return []
-    if choice == "middle":
-        return [(lo + hi - 1) // 2]
     if choice == "all":
         return list(range(lo, hi))
-    count = int(choice)  # at least 1: `parse_slices` checked it
-    if count == 1:
+    if choice == "middle" or int(choice) == 1:  # a number is at least 1: `parse_slices` checked it
         return [(lo + hi - 1) // 2]
-    return sorted({int(round(x)) for x in np.linspace(lo, hi - 1, count)})
+    return sorted({int(round(x)) for x in np.linspace(lo, hi - 1, int(choice))})
 
 
 def frame_window(box: BrainBox, axes: PlaneAxes, spacing: tuple[float, float, float],

@@ -237,7 +237,8 @@ def read_dataset(path: Path, pixels: bool = True) -> Any:
         raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {first_line(err)})", path) from err
 
 
-def _pixel_array(ds: Any, path: Path) -> np.ndarray:
+def pixel_array(ds: Any, path: Path) -> np.ndarray:
+    """The stored pixel values, after the header size check every DICOM read makes (a series' slices too)."""
     _check_header(ds, path)
     try:
         return np.asarray(ds.pixel_array)
@@ -256,14 +257,6 @@ def _frame_count(ds: Any, pixels: np.ndarray) -> int:
     grey_stack = pixels.ndim == 3 and samples == 1
     colour_stack = pixels.ndim == 4
     return declared if declared > 1 and (grey_stack or colour_stack) else 1
-
-
-def read_stored(path: str | Path) -> tuple[Any, np.ndarray]:
-    """A single-frame DICOM file's dataset and stored pixel values, after the same header size check as every
-    DICOM read (a series reads its slices one by one through this)."""
-    path = Path(path)
-    ds = read_dataset(path)
-    return ds, _pixel_array(ds, path)
 
 
 def modality_scaling(ds: Any, frame: int = 0) -> tuple[float, float]:
@@ -287,7 +280,7 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     """
     path = Path(path)
     ds = read_dataset(path)
-    pixels = _pixel_array(ds, path)
+    pixels = pixel_array(ds, path)
     if pixels.size == 0 or pixels.ndim < 2:
         raise InputImageError(f"DICOM pixel data has an unusable shape {pixels.shape}", path)
     count = _frame_count(ds, pixels)

@@ -179,7 +179,7 @@ def _stack_geometry(headers: list[SliceHeader], folder: Path, notes: list[str]
 def read_series(folder: str | Path, files: list[Path]) -> Volume:
     """A DICOM series folder as a `Volume` from its DICOM `files` (the registry's `dicom series` reader picks them:
     the suffixes live there); one-line errors for a folder that is not one readable stack."""
-    from tumor_edge.runtime.readers.dicom import is_monochrome1, modality_scaling, read_stored
+    from tumor_edge.runtime.readers.dicom import is_monochrome1, modality_scaling, pixel_array, read_dataset
 
     folder = Path(folder)
     if len(files) < 2:
@@ -200,8 +200,8 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
     stored = slope = intercept = None
     invert = False
     for k, h in enumerate(headers):
-        ds, pixels = read_stored(h.path)
-        pixels = np.asarray(pixels)
+        ds = read_dataset(h.path)
+        pixels = pixel_array(ds, h.path)
         if pixels.shape != (first.rows, first.columns):
             raise InputImageError(f"DICOM slice {h.path.name} holds pixels of shape {pixels.shape}, not "
                                   f"{first.rows}x{first.columns} like the rest of its series", folder)
