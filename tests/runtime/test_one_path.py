@@ -79,8 +79,7 @@ print(json.dumps({"ran": sorted(ran), "loaded": sorted(m for m in sys.modules if
 """
 
 # Whole families a one-JPEG run has no use for: volumes, their readers, the LiteRT engine, fitting OOD scores.
-NOT_FOR_ONE_JPEG = ("tumor_edge.runtime.volume", "tumor_edge.calibration", "tumor_edge.runtime.heatmap",
-                    "tumor_edge.runtime.explain")
+NOT_FOR_ONE_JPEG = ("tumor_edge.runtime.volume", "tumor_edge.calibration", "tumor_edge.runtime.explain")
 # The other readers (and what they load) and the LiteRT engine: a JPEG needs neither.
 OTHER_READERS = ("tumor_edge.runtime.readers.nifti", "tumor_edge.runtime.readers.dicom")
 OTHER_ENGINES = ("tumor_edge.runtime.backends.litert_backend",)

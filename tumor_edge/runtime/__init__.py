@@ -61,19 +61,19 @@ _EXPORTS: dict[str, str] = {
     "WRITERS": "tumor_edge.runtime.output",
     "csv_cell": "tumor_edge.runtime.output",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
-    "class_map": "tumor_edge.runtime.heatmap",
-    "write_overlay": "tumor_edge.runtime.heatmap",
+    "class_map": "tumor_edge.runtime.explain",
+    "write_overlay": "tumor_edge.runtime.explain",
     # explanations (the CAM where it has >= 4x4 cells, else occlusion/RISE through the model) and their scoring
     "explain_prediction": "tumor_edge.runtime.explain",
     "ExplainSettings": "tumor_edge.runtime.explain",
     "Explanation": "tumor_edge.runtime.explain",
     "MIN_CAM_CELLS": "tumor_edge.runtime.explain",
     "cam_cells": "tumor_edge.runtime.explain",
-    "TOLERANCE_FRACTION": "tumor_edge.runtime.explain.localisation",
-    "Tally": "tumor_edge.runtime.explain.localisation",
-    "map_correlation": "tumor_edge.runtime.explain.localisation",
-    "resize_mask": "tumor_edge.runtime.explain.localisation",
-    "tolerance_px": "tumor_edge.runtime.explain.localisation",
+    "TOLERANCE_FRACTION": "tumor_edge.runtime.explain",
+    "Tally": "tumor_edge.runtime.explain",
+    "map_correlation": "tumor_edge.runtime.explain",
+    "resize_mask": "tumor_edge.runtime.explain",
+    "tolerance_px": "tumor_edge.runtime.explain",
     # out-of-distribution rates
     "flag_rates": "tumor_edge.runtime.postprocess",
     "measure_ood_rates": "tumor_edge.runtime.verify",
@@ -119,19 +119,18 @@ if TYPE_CHECKING:
     from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
+        TOLERANCE_FRACTION,
         ExplainSettings,
         Explanation,
-        cam_cells,
-        explain_prediction,
-    )
-    from tumor_edge.runtime.explain.localisation import (
-        TOLERANCE_FRACTION,
         Tally,
+        cam_cells,
+        class_map,
+        explain_prediction,
         map_correlation,
         resize_mask,
         tolerance_px,
+        write_overlay,
     )
-    from tumor_edge.runtime.heatmap import class_map, write_overlay
     from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file

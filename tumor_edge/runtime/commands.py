@@ -182,8 +182,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     on_pixels = None
     if heatmap_dir is not None:
         from tumor_edge.errors import ConfigError
-        from tumor_edge.runtime.explain import ExplainSettings
-        from tumor_edge.runtime.heatmap import HEATMAP_ROLE, HeatmapWriter
+        from tumor_edge.runtime.explain import HEATMAP_ROLE, ExplainSettings, HeatmapWriter
 
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
             raise ConfigError("--heatmap-method cam: this model has no class-activation map output (use auto, "

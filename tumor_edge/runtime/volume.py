@@ -18,10 +18,9 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError, ModelError
-from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_FRAMES
 from tumor_edge.runtime.postprocess import Failure, Model, OnPixels, Prediction, failure_of, input_warnings
 from tumor_edge.runtime.preprocess import resize_rgb
-from tumor_edge.runtime.readers.base import VOLUME, Picture, ReadOptions, Scan, parse_slices
+from tumor_edge.runtime.readers.base import BLOCK_PIXELS, MAX_FRAMES, VOLUME, Picture, ReadOptions, Scan, parse_slices
 from tumor_edge.runtime.readers.registry import read_scan
 from tumor_edge.runtime.volume_slices import (
     AXES,

@@ -19,14 +19,17 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.errors import InputImageError, first_line
-from tumor_edge.runtime.caps import Decoded, check_decoded, check_inflated_size, row_blocks
 from tumor_edge.runtime.readers.base import (
     IMAGE,
+    Decoded,
     Picture,
     ReadOptions,
     Scan,
+    check_decoded,
+    check_inflated_size,
     open_regular,
     release_frames,
+    row_blocks,
     select_frames,
 )
 

@@ -26,8 +26,14 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.caps import check_volume_size
-from tumor_edge.runtime.readers.base import FOLDER_FILES, FOLDER_REFUSED, FOLDER_SCAN, ReadOptions, Scan
+from tumor_edge.runtime.readers.base import (
+    FOLDER_FILES,
+    FOLDER_REFUSED,
+    FOLDER_SCAN,
+    ReadOptions,
+    Scan,
+    check_volume_size,
+)
 from tumor_edge.runtime.readers.registry import is_dicom_file
 from tumor_edge.runtime.volume import Volume, volume_scan
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras

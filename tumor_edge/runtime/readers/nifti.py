@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tumor_edge.errors import InputImageError, MissingExtraError
-from tumor_edge.runtime.caps import check_volume_size
-from tumor_edge.runtime.readers.base import ReadOptions, Scan, open_regular
+from tumor_edge.runtime.readers.base import ReadOptions, Scan, check_volume_size, open_regular
 from tumor_edge.runtime.volume import Volume, volume_scan
 from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
 

@@ -14,7 +14,6 @@ import stat
 from pathlib import Path
 
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.caps import check_file_size
 from tumor_edge.runtime.readers.base import (
     FOLDER_FILES,
     FOLDER_SCAN,
@@ -23,6 +22,7 @@ from tumor_edge.runtime.readers.base import (
     Reader,
     ReadOptions,
     Scan,
+    check_file_size,
     check_frames,
     stat_regular,
 )
