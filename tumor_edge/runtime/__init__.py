@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "tumor_edge.runtime.postprocess",
     "Failure": "tumor_edge.runtime.postprocess",
     "ScanResult": "tumor_edge.runtime.pipeline",
-    "VolumeSummary": "tumor_edge.runtime.volume",
+    "VolumeSummary": "tumor_edge.runtime.postprocess",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
     "verify_bundle": "tumor_edge.runtime.verify",
@@ -58,8 +58,8 @@ _EXPORTS: dict[str, str] = {
     "SCORES": "tumor_edge.contracts.bundle",
     "softmax": "tumor_edge.runtime.postprocess",
     "probability_problem": "tumor_edge.runtime.postprocess",
-    "WRITERS": "tumor_edge.runtime.output",
-    "csv_cell": "tumor_edge.runtime.output",
+    "WRITERS": "tumor_edge.runtime.postprocess",
+    "csv_cell": "tumor_edge.runtime.postprocess",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
     "class_map": "tumor_edge.runtime.explain",
     "write_overlay": "tumor_edge.runtime.explain",
@@ -132,9 +132,17 @@ if TYPE_CHECKING:
         write_overlay,
     )
     from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
-    from tumor_edge.runtime.output import WRITERS, csv_cell
     from tumor_edge.runtime.pipeline import ScanResult, decode_file
-    from tumor_edge.runtime.postprocess import Failure, Prediction, flag_rates, probability_problem, softmax
+    from tumor_edge.runtime.postprocess import (
+        WRITERS,
+        Failure,
+        Prediction,
+        VolumeSummary,
+        csv_cell,
+        flag_rates,
+        probability_problem,
+        softmax,
+    )
     from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
     from tumor_edge.runtime.readers import (
         Picture,
@@ -146,7 +154,6 @@ if TYPE_CHECKING:
         read_scan,
     )
     from tumor_edge.runtime.verify import Bundle, VerifyReport, labelled_files, measure_ood_rates, verify_bundle
-    from tumor_edge.runtime.volume import VolumeSummary
 
 
 def _import(module: str, name: str) -> Any:

@@ -301,11 +301,7 @@ def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> 
     engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
     files = read_model_files(bundle_dir, name, metadata)
     if engine == "onnxruntime":
-        try:
-            locations = external_data_locations(files.data)
-        except ModelError as err:
-            raise ModelError(err.reason, files.path) from err
-        check_external_locations(bundle_dir, metadata.models[name], locations)
+        check_external_locations(bundle_dir, metadata.models[name], external_data_locations(files.data, files.path))
     return files
 
 

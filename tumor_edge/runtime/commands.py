@@ -52,7 +52,7 @@ class _WarningEcho(logging.Handler):
     """Warnings about inputs (tumor_edge.input) as `warning:` lines on stderr, one line each."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tumor_edge.runtime.output import one_line
+        from tumor_edge.errors import one_line
 
         click.echo(f"warning: {one_line(record.getMessage())}", err=True)
 
@@ -146,12 +146,11 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         raise usage
     from tumor_edge import RESEARCH_NOTICE
     from tumor_edge.contracts.bundle import resolve_model_path
-    from tumor_edge.errors import TumorEdgeError
+    from tumor_edge.errors import TumorEdgeError, one_line
     from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.inputs import scan_inputs
-    from tumor_edge.runtime.output import WRITERS, OutputError, one_line
-    from tumor_edge.runtime.postprocess import Failure
+    from tumor_edge.runtime.postprocess import WRITERS, Failure, OutputError
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 
@@ -267,7 +266,7 @@ class _Ticks:
 
 def _report(failure, writer, debug: bool) -> None:
     """A failure on stdout (JSON, CSV rows) and as one `error:` line on stderr (traceback with --debug)."""
-    from tumor_edge.runtime.output import one_line
+    from tumor_edge.errors import one_line
 
     writer.failure(failure)
     click.echo(f"error: {one_line(failure.message)}", err=True)
@@ -320,7 +319,7 @@ def _with_heatmap(heatmaps, result, pixels):
 
 
 def _summary(failures: list, n_files: int) -> None:
-    from tumor_edge.runtime.output import one_line
+    from tumor_edge.errors import one_line
 
     if not failures:
         return

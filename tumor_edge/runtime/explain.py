@@ -1,15 +1,8 @@
 """Explanations on the device, for any model: the exact class activation map where a bundle has one fine enough
 to point, else a model-agnostic map (occlusion sensitivity or RISE) computed through the runtime's own
 `Classifier` (numpy and the model's engine; no TensorFlow, no gradients). Every map says which method drew it.
-Here: the methods (name -> function), the rule that picks one, and the cell grid and score the perturbing methods
-share; `localisation` measures whether a map points at a known lesion.
-
-Every method takes one `ExplainRequest` and returns a 2-D map of evidence for the requested class (higher: more).
-"cam" reads the exact class activation map a bundle exported with a class-activation head gives as its "heatmap"
-output (no extra inference); "occlusion" and "rise" perturb the scan and run the model again, so they explain any
-model that gives class scores. "auto" takes the exact map when the model has one with at least MIN_CAM_CELLS x
-MIN_CAM_CELLS cells, else occlusion: a 96 px InceptionV3 ends in a 1x1 map, one cell that cannot point anywhere,
-and is never shown as evidence.
+"auto" takes the exact map only when it has at least MIN_CAM_CELLS x MIN_CAM_CELLS cells: a 96 px InceptionV3
+ends in a 1x1 map, one cell that cannot point anywhere, and is never shown as evidence.
 
 Localisation (where the truth is known): the pointing game (Zhang et al. 2016: the map's maximum within
 `tolerance` of the lesion; the original's 15 px on ~300 px images is TOLERANCE_FRACTION, 5 %, of the longer side;
@@ -524,14 +517,10 @@ def _notice(method: str | None = None):
     return info
 
 
-# `classify --heatmap DIR`: one overlay PNG per classified scan, named so none collides, in a folder made by the
-# one output-folder rule (a non-empty folder is refused unless forced; force replaces only overlay PNGs).
-#
-# The overlay is drawn over the pixels the model saw (no second decode), in the map `tumor_edge.runtime.explain`
-# picks, so a model without a fine class-activation map gets one too; the caption says which method drew it.
-# Each PNG is written whole or not at all, never onto another's name and never through a planted link: it is drawn
-# into a temporary file `mkstemp` creates (O_EXCL, 0600), then hard-linked to its name, which fails if the name
-# exists (two runs writing one folder take the next free number), and the temporary file is removed even on Ctrl-C.
+# `classify --heatmap DIR`: one overlay PNG per classified scan, drawn over the pixels the model saw (no second
+# decode). Each PNG is written whole or not at all, never onto another's name and never through a planted link:
+# drawn into a temporary file `mkstemp` creates (O_EXCL, 0600), then hard-linked to its name, which fails if the
+# name exists (two runs writing one folder take the next free number).
 
 OVERLAY_SUFFIX = "_heatmap.png"
 

@@ -13,24 +13,28 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
 from tumor_edge.runtime.inputs import load_rgb_frames
-from tumor_edge.runtime.postprocess import Failure, Model, OnPixels, Prediction, failure_of, input_warnings
+from tumor_edge.runtime.postprocess import (
+    Failure,
+    Model,
+    OnPixels,
+    Prediction,
+    VolumeSummary,
+    failure_of,
+    input_warnings,
+)
 from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
 from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.registry import is_volume
 
-if TYPE_CHECKING:
-    from tumor_edge.runtime.volume import VolumeSummary
-
-
 DEFAULT_WORKERS = 2
 
-ScanItem = Union[Prediction, Failure, "VolumeSummary"]
+ScanItem = Union[Prediction, Failure, VolumeSummary]
 
 
 @dataclass(frozen=True)

@@ -270,8 +270,8 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
 def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list[str]]:
     """(a class index per scan, -1 when it could not be classified; the failures' messages): an image's own
     prediction, a volume's summary label (its slice rows are not scans of their own)."""
+    from tumor_edge.runtime.postprocess import VolumeSummary
     from tumor_edge.runtime.readers.registry import is_volume
-    from tumor_edge.runtime.volume import VolumeSummary
 
     volumes = {str(f) for f in files if is_volume(f)}
     predicted: list[int] = []

@@ -18,7 +18,15 @@ import numpy as np
 from PIL import Image
 
 from tumor_edge.errors import ConfigError, InputImageError, ModelError
-from tumor_edge.runtime.postprocess import Failure, Model, OnPixels, Prediction, failure_of, input_warnings
+from tumor_edge.runtime.postprocess import (
+    Failure,
+    Model,
+    OnPixels,
+    Prediction,
+    VolumeSummary,
+    failure_of,
+    input_warnings,
+)
 from tumor_edge.runtime.preprocess import resize_rgb
 from tumor_edge.runtime.readers.base import BLOCK_PIXELS, MAX_FRAMES, VOLUME, Picture, ReadOptions, Scan, parse_slices
 from tumor_edge.runtime.readers.registry import read_scan
@@ -172,38 +180,6 @@ class VolumeVote:
         return max(1, math.ceil(self.min_fraction * labelled - 1e-9))
 
 
-@dataclass(frozen=True)
-class VolumeSummary:
-    """The volume's class (None when no slice got a label), its mean probabilities, which slices were classified,
-    which support the class, and what the reader noticed about the volume."""
-
-    source: str
-    axis: str
-    label: str | None
-    probabilities: dict[str, float]
-    slices: tuple[int, ...]  # indices classified (labelled or not), along the axis
-    supporting: tuple[int, ...]  # indices whose own label is `label`
-    slice_count: int  # slices along the axis in the volume
-    warnings: tuple[str, ...] = ()
-    rule: str = ""
-
-    @property
-    def confidence(self) -> float | None:
-        return None if self.label is None else self.probabilities[self.label]
-
-    def support_text(self) -> str:
-        if self.label is None:
-            return f"no slice of {len(self.slices)} was given a label"
-        listed = ", ".join(str(i) for i in self.supporting)
-        return f"{self.label} in {self.axis} slices {listed} ({len(self.supporting)} of {len(self.slices)})"
-
-    def to_dict(self, notice: str) -> dict:
-        return {"file": self.source, "summary": "volume", "axis": self.axis, "label": self.label,
-                "confidence": self.confidence, "probabilities": self.probabilities, "slices": list(self.slices),
-                "supporting_slices": list(self.supporting), "slice_count": self.slice_count,
-                "warnings": list(self.warnings), "rule": self.rule, "notice": notice}
-
-
 def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tuple[int, dict[str, float], str | None]],
               slice_count: int, warnings: Sequence[str] = (), vote: VolumeVote | None = None) -> VolumeSummary:
     """`rows`: (slice index, probabilities, label or None when abstained) for every slice classified."""
@@ -229,11 +205,8 @@ def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tup
                          rule)
 
 
-# Classifying one volume: read it, plan its slices, classify them a batch at a time, then summarise.
-#
-# Results come in the order a writer prints them: a Prediction per slice, then the `VolumeSummary`; or a `Failure`
-# when the volume cannot be read (after the rows already given, when it breaks half-way), never an exception, so a
-# batch goes on. Memory: the volume as stored, plus one batch of model-sized slices.
+# Classifying one volume: a Failure, never an exception, when it cannot be read (after the rows already given,
+# when it breaks half-way), so a batch goes on. Memory: the volume as stored, plus one batch of model-sized slices.
 
 log = logging.getLogger("tumor_edge.input")
 

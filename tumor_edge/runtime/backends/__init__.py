@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from tumor_edge.contracts.bundle import read_confined
 from tumor_edge.contracts.formats import ENGINES, Engine, engine_for_suffix
-from tumor_edge.errors import ConfigError, MissingExtraError, ModelError
+from tumor_edge.errors import BundleIntegrityError, ConfigError, MissingExtraError, ModelError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -197,6 +198,19 @@ def engine_row(path: Path) -> Engine:
 def engine_of(path: Path) -> str:
     """The name of the engine that runs this file (see `engine_row` for the errors)."""
     return engine_row(path).name
+
+
+def read_lone(path: Path, name: str | None = None) -> bytes:
+    """A model file outside any bundle (or `name`, a file beside it), read once as a plain file of its folder
+    (`read_confined`: nothing lists its digest); a one-line ModelError when it cannot be."""
+    try:
+        return read_confined(path.parent, name or path.name)
+    except FileNotFoundError as err:
+        raise ModelError(f"model file not found ({first_line(err)})", path) from err
+    except OSError as err:
+        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
+    except BundleIntegrityError as err:
+        raise ModelError(err.reason, err.path or path) from err
 
 
 def open_backend(path: str | Path, options: BackendOptions | None = None) -> Backend:

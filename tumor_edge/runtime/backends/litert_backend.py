@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import ModelFiles, read_confined
-from tumor_edge.errors import BundleIntegrityError, MissingExtraError, ModelError, first_line
-from tumor_edge.runtime.backends import BackendOptions, hw_of
+from tumor_edge.contracts.bundle import ModelFiles
+from tumor_edge.errors import MissingExtraError, ModelError, first_line
+from tumor_edge.runtime.backends import BackendOptions, hw_of, read_lone
 
 
 class LiteRTBackend:
@@ -28,7 +28,7 @@ class LiteRTBackend:
             raise MissingExtraError("running .tflite files needs LiteRT: pip install 'tumor-edge[tflite]'",
                                     path) from err
         self.path = self.loaded_path = Path(path)
-        data = files.data if files is not None else _read_lone(self.path)
+        data = files.data if files is not None else read_lone(self.path)
         self.providers: list[str] = []  # LiteRT picks its own delegates (XNNPACK on CPU)
         self.missing_providers: list[str] = []
         try:
@@ -80,15 +80,6 @@ class LiteRTBackend:
         return results
 
 
-def _read_lone(path: Path) -> bytes:
-    try:
-        return read_confined(path.parent, path.name)
-    except OSError as err:
-        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
-    except BundleIntegrityError as err:
-        raise ModelError(err.reason, path) from err
-
-
 def model_order(interpreter) -> list[dict]:
     """The output details in the model's own output order. LiteRT lists a converted model's outputs in its
     own order (a Keras model's [scores, heatmap] came back as [heatmap, scores]), so roles taken by index from
@@ -112,6 +103,4 @@ def model_order(interpreter) -> list[dict]:
     return details
 
 
-# What the backend registry opens this engine's files with: the module named by its row in the
-# format table (tumor_edge.contracts.formats.ENGINES).
 BACKEND = LiteRTBackend

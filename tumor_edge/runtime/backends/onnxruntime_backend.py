@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import ModelFiles, read_confined
-from tumor_edge.errors import BundleIntegrityError, ModelError, first_line
-from tumor_edge.runtime.backends import BackendOptions, hw_of, resolve_providers, session_options
+from tumor_edge.contracts.bundle import ModelFiles
+from tumor_edge.errors import ModelError, first_line
+from tumor_edge.runtime.backends import BackendOptions, hw_of, read_lone, resolve_providers, session_options
 
 
 class OnnxBackend:
@@ -87,8 +87,6 @@ class OnnxBackend:
         return [np.asarray(out, dtype=np.float32) for out in outputs]
 
 
-# What the backend registry opens this engine's files with: the module named by its row in the
-# format table (tumor_edge.contracts.formats.ENGINES).
 BACKEND = OnnxBackend
 
 
@@ -112,11 +110,10 @@ class _Malformed(Exception):
     pass
 
 
-def external_data_locations(model: bytes | Path) -> list[str]:
+def external_data_locations(model: bytes | Path, path: Path | None = None) -> list[str]:
     """Every distinct external data location a serialised model (its bytes, or the path of a file to read) names,
-    in file order ([] for most models). A model too damaged to walk is a one-line ModelError (onnxruntime could not
-    load it either)."""
-    path = None
+    in file order ([] for most models). A model too damaged to walk is a one-line ModelError naming `path` (the
+    file the bytes came from) (onnxruntime could not load it either)."""
     if not isinstance(model, (bytes, bytearray, memoryview)):
         path = Path(model)
         try:
@@ -136,24 +133,10 @@ def lone_model_files(path: Path) -> ModelFiles:
     import hashlib
 
     path = Path(path)
-    try:
-        data = read_confined(path.parent, path.name)
-        members = {name: read_confined(path.parent, name) for name in _locations(data, path)}
-    except FileNotFoundError as err:
-        raise ModelError(f"model file not found ({first_line(err)})", path) from err
-    except OSError as err:
-        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
-    except BundleIntegrityError as err:
-        raise ModelError(err.reason, err.path or path) from err
+    data = read_lone(path)
+    members = {name: read_lone(path, name) for name in external_data_locations(data, path)}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in {path.name: data, **members}.items()}
     return ModelFiles(path, data, members, digests)
-
-
-def _locations(data: bytes, path: Path) -> list[str]:
-    try:
-        return external_data_locations(data)
-    except ModelError as err:
-        raise ModelError(err.reason, path) from err
 
 
 def _walk(data) -> list[str]:
