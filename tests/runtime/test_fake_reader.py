@@ -28,7 +28,7 @@ from tests.runtime.volume_files import head, write_nifti
 from tumor_edge.cli import main
 from tumor_edge.errors import InputImageError
 from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.inputs import scan_inputs
+from tumor_edge.runtime.preprocess import scan_inputs
 from tumor_edge.runtime.readers import VOLUME, Reader, ReadOptions, Scan, read_scan, registry
 from tumor_edge.runtime.readers.base import check_volume_size, open_regular
 from tumor_edge.runtime.volume import Volume, volume_scan

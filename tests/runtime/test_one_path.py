@@ -141,7 +141,7 @@ def test_heatmap_overlays_are_drawn_on_the_pixels_the_model_saw_without_a_second
     """`classify --heatmap` over a folder of images and a multi-frame file: each file is read once."""
     from click.testing import CliRunner
 
-    import tumor_edge.runtime.inputs as decoding
+    import tumor_edge.runtime.preprocess as decoding
     from tests.runtime.hostile import animated_gif
     from tests.runtime.models import quadrant_image, save_quadrant
     from tumor_edge.cli import main

@@ -330,6 +330,11 @@ def read_confined(bundle_dir: Path, name: str, max_bytes: int = MAX_MODEL_BYTES)
     return data
 
 
+def is_optimized_name(name: str) -> bool:
+    """Whether `name` is an optimised twin's (see OPTIMIZED_SUFFIX)."""
+    return name.lower().endswith(OPTIMIZED_SUFFIX)
+
+
 def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
     if key not in data:
         raise ConfigError(f"field '{where}{key}' is missing")
@@ -516,7 +521,7 @@ def _is_probability(value: Any) -> bool:
 def _parse_entry(name: str, entry: Any) -> ModelEntry:
     where = f"models.{name}."
     check_member_name(name, ConfigError, "field 'models': ")
-    if name.lower().endswith(OPTIMIZED_SUFFIX) or isinstance(entry, dict) and "ort_optimized_from" in entry:
+    if is_optimized_name(name) or isinstance(entry, dict) and "ort_optimized_from" in entry:
         raise ConfigError(f"field 'models' lists {name!r}, an optimised copy made for one machine, which this "
                           "tumor-edge does not run: re-export the bundle with `tumor-edge export`")
     if not isinstance(entry, dict):

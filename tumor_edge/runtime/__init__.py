@@ -50,10 +50,10 @@ _EXPORTS: dict[str, str] = {
     "load_resized": "tumor_edge.runtime.preprocess",
     "preprocess_image": "tumor_edge.runtime.preprocess",
     # inputs
-    "is_scan_file": "tumor_edge.runtime.inputs",
-    "load_rgb": "tumor_edge.runtime.inputs",
+    "is_scan_file": "tumor_edge.runtime.preprocess",
+    "load_rgb": "tumor_edge.runtime.preprocess",
     "decode_file": "tumor_edge.runtime.pipeline",
-    "scan_inputs": "tumor_edge.runtime.inputs",
+    "scan_inputs": "tumor_edge.runtime.preprocess",
     # outputs
     "SCORES": "tumor_edge.contracts.bundle",
     "softmax": "tumor_edge.runtime.postprocess",
@@ -131,7 +131,6 @@ if TYPE_CHECKING:
         tolerance_px,
         write_overlay,
     )
-    from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
     from tumor_edge.runtime.pipeline import ScanResult, decode_file
     from tumor_edge.runtime.postprocess import (
         WRITERS,
@@ -143,7 +142,16 @@ if TYPE_CHECKING:
         probability_problem,
         softmax,
     )
-    from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
+    from tumor_edge.runtime.preprocess import (
+        RESIZE_METHODS,
+        Preprocessing,
+        is_scan_file,
+        load_resized,
+        load_rgb,
+        preprocess_image,
+        scale,
+        scan_inputs,
+    )
     from tumor_edge.runtime.readers import (
         Picture,
         Reader,

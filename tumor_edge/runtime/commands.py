@@ -149,8 +149,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     from tumor_edge.errors import TumorEdgeError, one_line
     from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.inputs import scan_inputs
     from tumor_edge.runtime.postprocess import WRITERS, Failure, OutputError
+    from tumor_edge.runtime.preprocess import scan_inputs
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 

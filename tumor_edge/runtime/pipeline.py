@@ -18,7 +18,6 @@ from typing import Union
 import numpy as np
 
 from tumor_edge.errors import ConfigError, TumorEdgeError
-from tumor_edge.runtime.inputs import load_rgb_frames
 from tumor_edge.runtime.postprocess import (
     Failure,
     Model,
@@ -28,7 +27,7 @@ from tumor_edge.runtime.postprocess import (
     failure_of,
     input_warnings,
 )
-from tumor_edge.runtime.preprocess import Preprocessing, resize_rgb
+from tumor_edge.runtime.preprocess import Preprocessing, load_rgb_frames, resize_rgb
 from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.registry import is_volume
 
