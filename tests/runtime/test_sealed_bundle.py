@@ -17,13 +17,12 @@ from onnx import TensorProto, helper
 
 from tests.runtime.models import CLASSES, make_bundle, quadrant_image, quadrant_metadata, quadrant_model
 from tumor_edge.cli import main
-from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, sha256_file
+from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, optimized_model_name, sha256_file
 from tumor_edge.errors import BundleIntegrityError, ModelError
 from tumor_edge.runtime import Classifier
 from tumor_edge.runtime.choice import CACHE_DIR_ENV
 
 MODEL = "model_fp32.onnx"
-TWIN = "model_fp32.ort.onnx"  # an optimised twin of MODEL, made for one machine
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +60,7 @@ def _always_pituitary(path, metadata: BundleMetadata | None = None):
 
 def test_an_unlisted_model_file_in_the_bundle_is_never_run(fresh_bundle):
     """A model file the metadata does not list, under the name an optimised copy would have: never loaded."""
-    twin = _always_pituitary(fresh_bundle / TWIN)
+    twin = _always_pituitary(fresh_bundle / optimized_model_name(MODEL))
     clf = Classifier.from_bundle(fresh_bundle)
     assert clf.model_path != twin
     assert _labels(clf) == CLASSES
@@ -70,7 +69,7 @@ def test_an_unlisted_model_file_in_the_bundle_is_never_run(fresh_bundle):
 def test_a_bundle_listing_an_optimised_copy_is_refused_in_one_line(fresh_bundle):
     """A bundle that lists an optimised copy made for one machine (`*.ort.onnx`, `ort_optimized_from`) is not run
     at all: it must be exported again."""
-    twin = TWIN
+    twin = optimized_model_name(MODEL)
     _always_pituitary(fresh_bundle / twin)
     meta = BundleMetadata.read(fresh_bundle)
     entry = describe_file(fresh_bundle / twin, "onnx", "fp32")
@@ -385,7 +384,7 @@ def test_cli_runs_the_listed_model_and_refuses_relabelled_metadata(fresh_bundle,
     from tumor_edge.export.reference import record_reference
 
     record_reference(fresh_bundle)
-    _always_pituitary(fresh_bundle / TWIN)
+    _always_pituitary(fresh_bundle / optimized_model_name(MODEL))
     runner = CliRunner()
     result = runner.invoke(main, ["verify", str(fresh_bundle)])
     assert result.exit_code == 0 and f"reproduce: ok  {MODEL}" in result.stdout, result.output
