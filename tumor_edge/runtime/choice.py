@@ -38,7 +38,7 @@ import numpy as np
 from tumor_edge.contracts.bundle import SCORES, BundleMetadata, ReferenceSet, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
 from tumor_edge.errors import BundleIntegrityError, ConfigError, TumorEdgeError
-from tumor_edge.runtime.backends import BackendOptions
+from tumor_edge.runtime.backends import BackendOptions, engine_of
 
 log = logging.getLogger("tumor_edge.runtime")
 
@@ -397,8 +397,6 @@ def record_checks(metadata: BundleMetadata, results: Mapping[str, Check],
 
 def not_here(bundle_dir: Path, name: str) -> str | None:
     """Why this device cannot open a listed file at all (absent, outside the folder, engine not installed)."""
-    from tumor_edge.runtime.backends import engine_of
-
     try:
         if not member_path(bundle_dir, name).is_file():
             return "not in this copy of the bundle"
@@ -663,7 +661,6 @@ def secret(options: BackendOptions | None = None) -> bytes:
 
 
 def _mac(key: bytes, body: dict[str, Any]) -> str:
-    import hashlib
     import hmac
 
     return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
