@@ -11,7 +11,7 @@ from PIL import Image
 
 from tumor_edge.demo.anatomy import Anatomy
 from tumor_edge.demo.slicing import PLANES, AnatomyVariation, Framing, Plane, rotation
-from tumor_edge.runtime.volume_slices import DISPLAY_WHITE_RANGE, FRAME_ZOOM_RANGE
+from tumor_edge.runtime.volume import DISPLAY_WHITE_RANGE, FRAME_ZOOM_RANGE
 
 
 @dataclass(frozen=True)

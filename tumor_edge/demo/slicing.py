@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
-from tumor_edge.runtime.volume_slices import PLANES
+from tumor_edge.runtime.volume import PLANES
 
 
 def rotation(axis: np.ndarray, degrees: float) -> np.ndarray:

@@ -35,8 +35,7 @@ from tumor_edge.runtime.readers.base import (
     check_volume_size,
 )
 from tumor_edge.runtime.readers.registry import is_dicom_file
-from tumor_edge.runtime.volume import Volume, volume_scan
-from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
+from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, volume_scan
 
 MAX_LISTED_SERIES = 4
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

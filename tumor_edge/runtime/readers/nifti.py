@@ -16,8 +16,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError, MissingExtraError
 from tumor_edge.runtime.readers.base import ReadOptions, Scan, check_volume_size, open_regular
-from tumor_edge.runtime.volume import Volume, volume_scan
-from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
+from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, volume_scan
 
 NIFTI_EXTRA = "nifti"
 MAX_HEADER_BYTES = 16 << 20  # header and extensions before the voxels
