@@ -97,21 +97,6 @@ def _lookup(ds: Any, frame: int, sequence: str, name: str) -> Any:
     return value if value is not None else getattr(ds, name, None)
 
 
-def _rescale(ds: Any, frame: int) -> tuple[float | None, float | None]:
-    slope = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-    intercept = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
-    return slope, intercept
-
-
-def _modality(pixels: np.ndarray, slope: float | None, intercept: float | None) -> np.ndarray:
-    values = pixels.astype(np.float64)
-    if slope is not None and slope != 0:
-        values = values * slope
-    if intercept is not None:
-        values = values + intercept
-    return values
-
-
 def _range(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
     """Min and max over blocks; NaN anywhere propagates, as np.min over the whole frame would."""
     lows, highs = zip(*((np.min(b), np.max(b)) for b in blocks))
@@ -140,17 +125,17 @@ def _to_display(ds: Any, frame: int, stored: np.ndarray) -> np.ndarray:
         for rows in blocks:
             out[rows] = np.clip(_min_max(grey(rows), lo, hi) + 0.5, 0, 255).astype(np.uint8)
         return out
-    slope, intercept = _rescale(ds, frame)
+    slope, intercept = modality_scaling(ds, frame)
     center = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
     window_width = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     function = str(_lookup(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
     window = VOI_FUNCTIONS.get(function, _linear)
     windowed = center is not None and window_width is not None and window_width > 1.0
     if not windowed:
-        lo, hi = _range(_modality(stored[b], slope, intercept) for b in blocks)
+        lo, hi = _range(stored[b].astype(np.float64) * slope + intercept for b in blocks)
     invert = is_monochrome1(ds)
     for rows in blocks:
-        values = _modality(stored[rows], slope, intercept)
+        values = stored[rows].astype(np.float64) * slope + intercept
         display = window(values, center, window_width) if windowed else _min_max(values, lo, hi)
         if invert:
             display = 255.0 - display  # MONOCHROME1: low values are bright; the model expects bright = high
@@ -264,8 +249,9 @@ def _frame_count(ds: Any, pixels: np.ndarray) -> int:
 
 def modality_scaling(ds: Any, frame: int = 0) -> tuple[float, float]:
     """(slope, intercept) of the modality LUT (RescaleSlope/Intercept, per frame when given): 1 and 0 when absent
-    or unusable, as `_modality` applies them."""
-    slope, intercept = _rescale(ds, frame)
+    or unusable."""
+    slope = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
     return (slope if slope is not None and slope != 0 and np.isfinite(slope) else 1.0,
             intercept if intercept is not None and np.isfinite(intercept) else 0.0)
 
