@@ -84,9 +84,6 @@ class LinearBackend:
         self.providers: list[str] = []
         self.missing_providers: list[str] = []
 
-    def input_hw(self) -> tuple[int | None, int | None]:
-        return self.input_shape[1], self.input_shape[2]
-
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         import linrt
 

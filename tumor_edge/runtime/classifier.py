@@ -31,7 +31,7 @@ from tumor_edge.contracts.bundle import (
     read_model_files,
 )
 from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_of, open_backend
+from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_of, hw_of, open_backend
 from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 from tumor_edge.runtime.pipeline import (
     Failure,
@@ -89,7 +89,7 @@ def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
     if len(shape) == 4 and isinstance(shape[3], int) and shape[3] != 3:
         layout = " (channels-first? bundles are NHWC)" if shape[1] == 3 else ""
         raise ModelError(f"model input {shape} does not take 3-channel NHWC images{layout}", backend.path)
-    h, w = backend.input_hw()
+    h, w = hw_of(backend.input_shape)
     if (h is not None and h != spec.height) or (w is not None and w != spec.width):
         raise ModelError(f"model input is {h}x{w} but its metadata says {spec.height}x{spec.width}",
                          backend.path)

@@ -34,14 +34,10 @@ class Backend(Protocol):
     name: str  # the engine: a key of tumor_edge.contracts.formats.ENGINES
     path: Path  # the model file the caller asked for
     loaded_path: Path  # the file whose bytes run: `path`
-    input_shape: list  # the declared input shape; ints, or None/str where dynamic
+    input_shape: list  # the declared input shape; ints, or None/str where dynamic (`hw_of` reads its size)
     output_names: list[str]  # every model output, in model order (what `run` returns, in the same order)
     providers: list[str]  # what executes it, in priority order (onnxruntime execution providers; [] for LiteRT)
     missing_providers: list[str]  # providers the caller asked for that this installation lacks
-
-    def input_hw(self) -> tuple[int | None, int | None]:
-        """The (height, width) the model file declares, None where dynamic."""
-        ...
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """float32 (N, H, W, 3) -> every output as float32, in `output_names` order."""

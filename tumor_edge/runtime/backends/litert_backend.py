@@ -11,7 +11,7 @@ import numpy as np
 
 from tumor_edge.contracts.bundle import ModelFiles
 from tumor_edge.errors import MissingExtraError, ModelError, first_line
-from tumor_edge.runtime.backends import BackendOptions, hw_of, read_lone
+from tumor_edge.runtime.backends import BackendOptions, read_lone
 
 
 class LiteRTBackend:
@@ -44,9 +44,6 @@ class LiteRTBackend:
         self.input_shape = [int(d) for d in self._input["shape"]]
         self._outputs = model_order(self.interpreter)
         self.output_names = [o["name"] for o in self._outputs]
-
-    def input_hw(self) -> tuple[int | None, int | None]:
-        return hw_of(self.input_shape)
 
     def metadata_props(self) -> dict[str, str]:
         return {}

@@ -22,7 +22,7 @@ import numpy as np
 
 from tumor_edge.contracts.bundle import ModelFiles
 from tumor_edge.errors import ModelError, first_line
-from tumor_edge.runtime.backends import BackendOptions, hw_of, read_lone, resolve_providers, session_options
+from tumor_edge.runtime.backends import BackendOptions, read_lone, resolve_providers, session_options
 
 
 class OnnxBackend:
@@ -62,9 +62,6 @@ class OnnxBackend:
     def metadata_props(self) -> dict[str, str]:
         """The model's own metadata_props (where a lone exported .onnx carries its tumor-edge metadata)."""
         return dict(self.session.get_modelmeta().custom_metadata_map)
-
-    def input_hw(self) -> tuple[int | None, int | None]:
-        return hw_of(self.input_shape)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
