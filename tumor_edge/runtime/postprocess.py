@@ -30,19 +30,12 @@ from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.errors import ConfigError, InputImageError, ModelError, TumorEdgeError, one_line, valid_unicode
 from tumor_edge.runtime.readers.base import release_frames
 
-
-@dataclass(frozen=True)
-class InputCheckLimits:
-    """Thresholds, chosen with margin from measurements on MRI slices (real and synthetic) and on colour
-    photographs, noise and blank images (tests/runtime/test_ood_checks.py holds the measured cases)."""
-
-    max_colour: float = 12.0  # mean |R-G| + |G-B| + |B-R| / 3 over pixels, in grey levels; JPEG grey ~0-2
-    min_contrast: float = 4.0  # standard deviation in grey levels; below: blank or constant
-    min_neighbour_correlation: float = 0.5  # lag-1 correlation of adjacent pixels; white noise ~0
-    min_dark_fraction: float = 0.25  # share of the image's outer ring (6 %) in the darkest 15 % of its grey range
-
-
-DEFAULT_LIMITS = InputCheckLimits()
+# The input checks' thresholds, chosen with margin from measurements on MRI slices (real and synthetic) and on
+# colour photographs, noise and blank images (tests/runtime/test_ood_checks.py holds the measured cases).
+MAX_COLOUR = 12.0  # mean |R-G| + |G-B| + |B-R| / 3 over pixels, in grey levels; JPEG grey ~0-2
+MIN_CONTRAST = 4.0  # standard deviation in grey levels; below: blank or constant
+MIN_NEIGHBOUR_CORRELATION = 0.5  # lag-1 correlation of adjacent pixels; white noise ~0
+MIN_DARK_FRACTION = 0.25  # share of the image's outer ring (6 %) in the darkest 15 % of its grey range
 
 
 @dataclass(frozen=True)
@@ -78,23 +71,22 @@ def pixel_stats(rgb: np.ndarray) -> PixelStats:
     return PixelStats(colour, contrast, min(horizontal, vertical), dark)
 
 
-def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
-                   content_only: bool = False) -> list[str]:
+def input_warnings(rgb: np.ndarray, content_only: bool = False) -> list[str]:
     """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice. `content_only`: only the
     checks that hold for a volume slice's own voxels before it is framed on a black canvas (which would give any
     constant or noise volume the dark surround of a head): blank or constant, and noise."""
     s = pixel_stats(rgb)
-    if s.contrast < limits.min_contrast:
+    if s.contrast < MIN_CONTRAST:
         return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
-    if s.neighbour_correlation < limits.min_neighbour_correlation:
+    if s.neighbour_correlation < MIN_NEIGHBOUR_CORRELATION:
         return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
-                f"> {limits.min_neighbour_correlation})"]
+                f"> {MIN_NEIGHBOUR_CORRELATION})"]
     if content_only:
         return []
-    if s.colour > limits.max_colour:
+    if s.colour > MAX_COLOUR:
         return [f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are grey; "
                 f"is this a photograph?"]
-    if s.dark_fraction < limits.min_dark_fraction:
+    if s.dark_fraction < MIN_DARK_FRACTION:
         return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
                 f"slice shows the head surrounded by air"]
     return []
