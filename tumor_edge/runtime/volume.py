@@ -352,30 +352,20 @@ def volume_scan(volume: Volume, options: ReadOptions, reader: str) -> Scan:
 #
 # The rule (documented in the README): over the slices given a label, take each class's mean probability; the
 # volume's class is the tumour class (any class but `notumor`) with the highest mean probability, provided the
-# slices whose own label is that class make up at least `min_fraction` of the labelled slices (one slice always
-# suffices when at most 1 / min_fraction slices were classified); otherwise it is `notumor`. A tumour seen in a
+# slices whose own label is that class make up at least MIN_SUPPORT of the labelled slices (one slice always
+# suffices when at most 1 / MIN_SUPPORT slices were classified); otherwise it is `notumor`. A tumour seen in a
 # few slices of many therefore needs a few slices' agreement, not one stray slice. Research use only.
 
 NO_TUMOUR = "notumor"
-
-
-@dataclass(frozen=True)
-class VolumeVote:
-    """How many of the labelled slices must carry the tumour class for the volume to get it."""
-
-    min_fraction: float = 0.2
-
-    def needed(self, labelled: int) -> int:
-        return max(1, math.ceil(self.min_fraction * labelled - 1e-9))
+MIN_SUPPORT = 0.2
 
 
 def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tuple[int, dict[str, float], str | None]],
-              slice_count: int, warnings: Sequence[str] = (), vote: VolumeVote | None = None) -> VolumeSummary:
+              slice_count: int, warnings: Sequence[str] = ()) -> VolumeSummary:
     """`rows`: (slice index, probabilities, label or None when abstained) for every slice classified."""
-    vote = vote or VolumeVote()
     indices = tuple(index for index, _, _ in rows)
     labelled = [(index, probs, label) for index, probs, label in rows if label is not None]
-    rule = (f"the tumour class with the highest mean probability when at least {vote.min_fraction:.0%} of the "
+    rule = (f"the tumour class with the highest mean probability when at least {MIN_SUPPORT:.0%} of the "
             f"labelled slices carry it, else {NO_TUMOUR}")
     if not labelled:
         return VolumeSummary(source, axis, None, {c: 0.0 for c in classes}, indices, (), slice_count,
@@ -387,7 +377,7 @@ def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tup
     if tumours:
         best = max(tumours, key=lambda c: probabilities[c])
         support = sum(1 for _, _, lab in labelled if lab == best)
-        if support >= vote.needed(len(labelled)) or label is None:
+        if support >= max(1, math.ceil(MIN_SUPPORT * len(labelled) - 1e-9)) or label is None:
             label = best
     supporting = tuple(index for index, _, lab in labelled if lab == label)
     return VolumeSummary(source, axis, label, probabilities, indices, supporting, slice_count, tuple(warnings),
@@ -403,7 +393,7 @@ VolumeResult = Union[Prediction, Failure, VolumeSummary]
 
 
 def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices: str | int = "middle",
-                    batch_size: int = 16, abstain: bool = False, vote: VolumeVote | None = None,
+                    batch_size: int = 16, abstain: bool = False,
                     on_pixels: OnPixels | None = None) -> Iterator[VolumeResult]:
     """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
     count in the summary. `on_pixels(prediction, pixels)`: as in the pipeline, for each classified slice."""
@@ -447,4 +437,4 @@ def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices:
     notes = list(scan.notes)
     if warned:
         notes.append(f"{warned} of {len(rows)} slices have warnings")
-    yield summarise(source, plane, model.classes, rows, scan.count, notes, vote)
+    yield summarise(source, plane, model.classes, rows, scan.count, notes)
