@@ -521,8 +521,7 @@ def preferred(p50: Mapping[str, float], order: list[str], margin: float = NOISE_
 
 
 def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetadata | None = None,
-                   options: BackendOptions | None = None, budget_s: float = BUDGET_S,
-                   record: bool = True) -> EngineChoice:
+                   options: BackendOptions | None = None, budget_s: float = BUDGET_S) -> EngineChoice:
     """Check, time and record: the choice among the candidates this device reproduced. A file that fails to
     load or run is skipped with its reason. Raises TumorEdgeError when no file can run here."""
     bundle_dir = Path(bundle_dir)
@@ -550,7 +549,7 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
     choice = EngineChoice(best, engines[best], options.threads, {k: round(1000 * v, 4) for k, v in p50.items()},
                           time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine_key(), skipped,
                           {name: checks[name] for name in runners})
-    if record and cache_enabled(options):
+    if cache_enabled(options):
         _write_body(record_path(metadata, options), metadata, "choice", asdict(choice), options)
     return choice
 

@@ -84,10 +84,9 @@ def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
     return out
 
 
-def _walk(top: Path, problems: list[InputProblem], series: set[Path] | None = None) -> list[Path]:
-    """Scan files (and series folders) under `top`, sorted; problems appended. An explicit stack, so no depth is
-    too deep."""
-    series = set() if series is None else series
+def _walk(top: Path, problems: list[InputProblem], series: set[Path]) -> list[Path]:
+    """Scan files (and series folders, also added to `series`) under `top`, sorted; problems appended. An explicit
+    stack, so no depth is too deep."""
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
     stack = [top]
