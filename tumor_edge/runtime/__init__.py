@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "BackendOptions": "tumor_edge.runtime.backends",
     "Prediction": "tumor_edge.runtime.postprocess",
     "Failure": "tumor_edge.runtime.postprocess",
-    "ScanResult": "tumor_edge.runtime.pipeline",
+    "ScanResult": "tumor_edge.runtime.classifier",
     "VolumeSummary": "tumor_edge.runtime.postprocess",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
@@ -52,7 +52,7 @@ _EXPORTS: dict[str, str] = {
     # inputs
     "is_scan_file": "tumor_edge.runtime.preprocess",
     "load_rgb": "tumor_edge.runtime.preprocess",
-    "decode_file": "tumor_edge.runtime.pipeline",
+    "decode_file": "tumor_edge.runtime.classifier",
     "scan_inputs": "tumor_edge.runtime.preprocess",
     # outputs
     "SCORES": "tumor_edge.contracts.bundle",
@@ -116,7 +116,7 @@ if TYPE_CHECKING:
         reference_images,
         reference_role_outputs,
     )
-    from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
+    from tumor_edge.runtime.classifier import Classifier, ScanResult, decode_file, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
         TOLERANCE_FRACTION,
@@ -131,7 +131,6 @@ if TYPE_CHECKING:
         tolerance_px,
         write_overlay,
     )
-    from tumor_edge.runtime.pipeline import ScanResult, decode_file
     from tumor_edge.runtime.postprocess import (
         WRITERS,
         Failure,

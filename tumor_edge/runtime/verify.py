@@ -39,7 +39,7 @@ from tumor_edge.runtime.choice import (
     reproduce,
     soundness,
 )
-from tumor_edge.runtime.classifier import Classifier
+from tumor_edge.runtime.classifier import Classifier, decode_file
 
 # Other output roles (the heatmap, the OOD features): largest |difference| divided by the recorded values' range
 # (max - min), per precision. Neither is a probability, so an absolute bound would mean something different for
@@ -363,7 +363,6 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
     `count` images per generated set at the model's input size; the inverted-scans set is made from held-out
     scans, so it needs `test_paths`."""
     from tumor_edge.calibration.ood_sets import generated_sets
-    from tumor_edge.runtime.pipeline import decode_file
 
     spec = classifier.preprocessing
     test_warnings, unreadable = file_warnings(classifier, test_paths, batch_size)
