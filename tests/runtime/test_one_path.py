@@ -83,7 +83,7 @@ NOT_FOR_ONE_JPEG = ("tumor_edge.runtime.volume", "tumor_edge.calibration", "tumo
 # The other readers (and what they load) and the LiteRT engine: a JPEG needs neither.
 OTHER_READERS = ("tumor_edge.runtime.readers.nifti", "tumor_edge.runtime.readers.dicom")
 OTHER_ENGINES = ("tumor_edge.runtime.backends.litert_backend",)
-FILES_RUN_NOW = 20  # no more than today
+FILES_RUN_NOW = 16  # no more than today
 MAX_FILES_RUN = 25
 
 
