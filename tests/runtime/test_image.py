@@ -237,8 +237,9 @@ def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
 
 def test_an_input_type_is_one_registered_reader(tmp_path, bundle, monkeypatch):
     """A new 2-D input type is one `Reader` in the registry: walking, decoding and classifying all pick it up."""
+    import tumor_edge.runtime.readers as registry
     from tumor_edge.runtime import Classifier, preprocess
-    from tumor_edge.runtime.readers import Picture, Reader, Scan, registry
+    from tumor_edge.runtime.readers import Picture, Reader, Scan
 
     def read_raw(path, options):  # a made-up format: 2 bytes of side length, then grey pixels
         data = path.read_bytes()

@@ -59,9 +59,9 @@ from tumor_edge.runtime.postprocess import (
     warnings_for,
 )
 from tumor_edge.runtime.preprocess import Preprocessing, load_rgb_frames, resize_rgb, scale
+from tumor_edge.runtime.readers import is_volume
 from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
-from tumor_edge.runtime.readers.registry import is_volume
 from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]

@@ -33,7 +33,7 @@ class ClassifyCommand(click.Command):
     input types from the readers' rows as they are when it is shown."""
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from tumor_edge.runtime.readers.registry import readers_help
+        from tumor_edge.runtime.readers import readers_help
 
         template = self.help
         self.help = (template or "").replace("INPUT_TYPES", readers_help())

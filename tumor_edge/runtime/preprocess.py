@@ -23,6 +23,8 @@ from PIL import Image
 
 from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.errors import InputImageError
+from tumor_edge.runtime.readers import claimed_suffix, folder_role, is_volume, read_scan
+from tumor_edge.runtime.readers import is_scan_file as _is_scan
 from tumor_edge.runtime.readers.base import (
     FOLDER_REFUSED,
     FOLDER_SCAN,
@@ -32,8 +34,6 @@ from tumor_edge.runtime.readers.base import (
     file_kind,
     reason,
 )
-from tumor_edge.runtime.readers.registry import claimed_suffix, folder_role, is_volume, read_scan
-from tumor_edge.runtime.readers.registry import is_scan_file as _is_scan
 
 
 @dataclass(frozen=True)

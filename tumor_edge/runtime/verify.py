@@ -230,8 +230,8 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
     """(scans, labels, problems) of a labelled folder: ROOT/Testing/<class>/... or ROOT/<class>/..., sorted.
     A scan is what the readers' registry claims: a regular file (a FIFO or device is never opened; hidden names
     skipped) or a folder a folder reader reads as one scan (a DICOM series), which is then not walked."""
+    from tumor_edge.runtime.readers import folder_role, is_scan_file
     from tumor_edge.runtime.readers.base import FOLDER_SCAN
-    from tumor_edge.runtime.readers.registry import folder_role, is_scan_file
 
     base = root / "Testing" if (root / "Testing").is_dir() else root
     problems: list[str] = []
@@ -271,7 +271,7 @@ def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list
     """(a class index per scan, -1 when it could not be classified; the failures' messages): an image's own
     prediction, a volume's summary label (its slice rows are not scans of their own)."""
     from tumor_edge.runtime.postprocess import VolumeSummary
-    from tumor_edge.runtime.readers.registry import is_volume
+    from tumor_edge.runtime.readers import is_volume
 
     volumes = {str(f) for f in files if is_volume(f)}
     predicted: list[int] = []

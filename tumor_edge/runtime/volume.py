@@ -33,8 +33,8 @@ from tumor_edge.runtime.postprocess import (
     input_warnings,
 )
 from tumor_edge.runtime.preprocess import resize_rgb
+from tumor_edge.runtime.readers import read_scan
 from tumor_edge.runtime.readers.base import BLOCK_PIXELS, MAX_FRAMES, VOLUME, Picture, ReadOptions, Scan, parse_slices
-from tumor_edge.runtime.readers.registry import read_scan
 
 # plane -> (column direction u, row direction v, normal n) in RAS voxel axes, radiological display: the
 # patient's left on the image's right, anterior (axial) or superior (coronal, sagittal) at the top.

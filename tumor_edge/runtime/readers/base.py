@@ -1,6 +1,6 @@
 """The reader interface: what every input type (a 2-D image, a DICOM file, a DICOM series, a NIfTI volume) gives.
 
-A `Reader` is one row of the registry (`readers/registry.py`); every consumer reads through the registry, so a new
+A `Reader` is one row of the registry (`readers/__init__.py`); every consumer reads through the registry, so a new
 reader reaches all of them. `read` gives a `Scan`: the pictures to classify (8-bit RGB at their own size) with
 their provenance. A volume's pictures come one at a time, so memory holds the volume and one slice, never every
 slice decoded.

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.errors import InputImageError
+from tumor_edge.runtime.readers import is_dicom_file
 from tumor_edge.runtime.readers.base import (
     FOLDER_FILES,
     FOLDER_REFUSED,
@@ -34,7 +35,6 @@ from tumor_edge.runtime.readers.base import (
     Scan,
     check_volume_size,
 )
-from tumor_edge.runtime.readers.registry import is_dicom_file
 from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, volume_scan
 
 MAX_LISTED_SERIES = 4
