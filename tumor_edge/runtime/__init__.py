@@ -2,10 +2,8 @@
 
 Every other part of tumor-edge and the benchmark scripts reach the runtime through the names below only;
 pyproject's import contracts refuse an import of a module under `tumor_edge.runtime.` from outside it, so the
-runtime's files can move without breaking its users. The four nouns: `Bundle` (a bundle folder, opened and
-validated), `Engine` (one inference engine's row of the format table), `Classifier` (a model of a bundle, or a lone
-.onnx, that predicts images, batches and files) and `Reader` (turns an input file into frames; a new type is a
-registry row). The rest are what they take and give, and building blocks other parts reuse so that they run the
+runtime's files can move without breaking its users. The four nouns are `Bundle`, `Engine`, `Classifier` and
+`Reader`; the rest are what they take and give, and building blocks other parts reuse so that they run the
 device's own code path (parity, timing, serving, the demo).
 
 Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,

@@ -1,11 +1,9 @@
 """The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`, `.classify("head.nii.gz")`.
 
-A Classifier is a model file plus the metadata that says how to feed it and read its outputs: it runs the
-inference and post-processing stages (`postprocess.py`) of the one prediction path. Every call that takes files
-(`predict`, `predict_batch`, `iter_predictions`, `iter_results`, `classify`, `probabilities_for_files`) is a thin
-caller of that path (below), so a file is decoded, checked and labelled the same way everywhere: `classify`,
-`serve`, the Classifier and export's parity all run it. A bundle's model file goes through the open stage
-(`open_bundle_model`, below) before it is loaded.
+A Classifier is a model file plus the metadata that says how to feed it and read its outputs. Every call that
+takes files is a thin caller of the one prediction path (below), so a file is decoded, checked and labelled the
+same way everywhere: `classify`, `serve` and export's parity all run it. A bundle's model file goes through the
+open stage (`open_bundle_model`, below) before it is loaded.
 
 The path: decode -> input checks -> inference -> post-processing -> optional work on the pixels the model saw ->
 a row. Files are decoded in a few threads a bounded distance ahead of inference, so memory stays flat however many

@@ -1,17 +1,13 @@
 """The onnxruntime backend: the runtime's own engine.
 
-A session is made from the model's bytes (`InferenceSession(bytes)`), with its external data handed over as bytes
-too (`SessionOptions.add_external_initializers_from_files_in_memory`), never from a path onnxruntime would open
-itself: the bytes were read once and checked (a bundle's against its metadata, see
-tumor_edge.runtime.classifier), so a file changed after the check cannot be what runs. onnxruntime optimises
-the graph for this CPU at each load (`BackendOptions.optimization`).
+A session is made from the model's bytes, with its external data handed over as bytes too, never from a path
+onnxruntime would open itself: the bytes were read once and checked, so a file changed after the check cannot be
+what runs.
 
-Which external data files a model makes onnxruntime read is found here without the `onnx` package: a TensorProto
-with `external_data` entries, whose "location" names a file relative to the model's folder. A bundle lists each
-such file with its sha256 (`ModelEntry.files`); `external_data_locations` finds every location a model's bytes
-name, so a model naming an unlisted file is refused. The walk reads protobuf's wire format directly (ModelProto ->
-graphs, functions, training info -> nodes -> attributes -> tensors, sparse tensors and subgraphs), skipping every
-payload by its length, so it touches only the headers, never the weights.
+`external_data_locations` finds every external data file a model's bytes name (a TensorProto's "location",
+relative to the model's folder), so a model naming a file its bundle does not list is refused; it needs no `onnx`
+package: it walks protobuf's wire format directly, skipping every payload by its length, so it touches only the
+headers, never the weights.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """The `dicom series` reader: a folder holding one DICOM series (one file a slice) as a volume cut into slices
 (pydicom, the `dicom` extra).
 
-When a folder is a series: every visible file directly in it is DICOM (by suffix or the DICM marker), it has no
-subfolders, its files are single-frame images, and they all share one SeriesInstanceUID (two files at least). A
-folder whose DICOM files are each a series of their own (or carry no SeriesInstanceUID) is a folder of separate
-images (classified one by one); a folder where several files share a series but not all of them
-(two series, or a series and a stray localizer) is refused with a line listing them: one series a folder.
-
-Reading a series: headers first (no pixels), then one stack checked (same size, orientation and pixel spacing in
-every file, distinct positions) and files x rows x columns x bytes checked against the cap, then the slices
-are read one file at a time into one array of their stored type, ordered along the slice normal by
-ImagePositionPatient. The modality LUT (RescaleSlope/Intercept, per file) and MONOCHROME1's inversion are the
-runtime's DICOM rules (`readers/dicom.py`); the patient (LPS) axes become RAS voxel axes as for NIfTI.
+A folder is a series when every visible file directly in it is a single-frame DICOM image and all share one
+SeriesInstanceUID (two files at least); a folder where several files share a series but not all of them (two
+series, or a series and a stray localizer) is refused: one series a folder. Headers are read first (no pixels)
+and the stack checked against the cap before the slices are read one file at a time, ordered along the slice
+normal; the modality LUT and MONOCHROME1's inversion are the single-file rules (`readers/dicom.py`).
 """
 
 from __future__ import annotations
