@@ -44,8 +44,8 @@ READERS: list[Reader] = [
            description="JPEG, PNG (8/16-bit, grey, RGBA, palette), BMP, TIFF, GIF, WebP"),
     Reader("nifti", (".nii", ".nii.gz"), _READERS + "nifti:read", kind=VOLUME, extra="nifti", modules=("nibabel",),
            description="NIfTI (.nii, .nii.gz)"),
-    Reader("dicom series", (), _READERS + "dicom_series:read", kind=VOLUME,
-           folder=_READERS + "dicom_series:folder_role", extra="dicom", modules=("pydicom",),
+    Reader("dicom series", (), _READERS + "dicom:read_series_folder", kind=VOLUME,
+           folder=_READERS + "dicom:series_folder_role", extra="dicom", modules=("pydicom",),
            description="a folder that is one DICOM series"),
 ]
 
