@@ -370,10 +370,8 @@ def parse_metadata(data: Any) -> BundleMetadata:
     if not isinstance(output, str) or output not in OUTPUT_TYPES:
         raise ConfigError(f"field 'output.type' must be one of {', '.join(OUTPUT_TYPES)}, not {output!r}"[:300])
     extra_outputs = _parse_outputs(data.get("outputs"), output)
-    models = {}
     raw_models = _require(data, "models", dict) if "models" in data else {}
-    for name, entry in raw_models.items():
-        models[name] = _parse_entry(name, entry)
+    models = {name: _parse_entry(name, entry) for name, entry in raw_models.items()}
     for key in ("provenance", "metrics"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"field '{key}' must be an object")

@@ -295,6 +295,11 @@ class Failure:
 
     ok = False
 
+    @property
+    def reason(self) -> str:
+        """The message without the file name it starts with (CSV gives the file its own column)."""
+        return self.message.removeprefix(f"{self.source}: ")
+
     def to_dict(self) -> dict:
         return {"file": self.source, "error": self.message}
 
@@ -303,7 +308,7 @@ class Failure:
         decoder raised another tumor-edge error)."""
         if isinstance(self.error, TumorEdgeError):
             return self.error
-        return InputImageError(self.message.removeprefix(f"{self.source}: "), self.source)
+        return InputImageError(self.reason, self.source)
 
 
 @dataclass(frozen=True)
@@ -391,12 +396,6 @@ def csv_cell(value: object) -> str:
     OWASP's leading single quote before a formula start."""
     text = one_line(value)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def failure_reason(result: Failure) -> str:
-    """The failure's message without the file name it starts with (the file has its own column)."""
-    prefix = f"{result.source}: "
-    return result.message[len(prefix):] if result.message.startswith(prefix) else result.message
 
 
 def slice_label(axis: str, index: int | None, count: int | None) -> str:
@@ -545,7 +544,7 @@ class CsvWriter(Writer):
 
     def failure(self, result: Failure) -> None:
         self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)), "",
-                   csv_cell(failure_reason(result)), "", ""])
+                   csv_cell(result.reason), "", ""])
 
 
 WRITERS: dict[str, Callable[..., Writer]] = {
