@@ -345,17 +345,6 @@ def pixel_warnings(classifier, pixels: np.ndarray, batch_size: int = 16) -> list
     return found
 
 
-def file_warnings(classifier, paths: Sequence[Path], batch_size: int = 16) -> tuple[list[tuple[str, ...]], int]:
-    """(warnings per readable file, unreadable count) through the streaming path `classify` uses."""
-    found, unreadable = [], 0
-    for result in classifier.iter_predictions(list(paths), batch_size=batch_size):
-        if result.ok:
-            found.append(tuple(result.warnings))
-        else:
-            unreadable += 1
-    return found, unreadable
-
-
 def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, seed: int = 0,
                       batch_size: int = 16) -> dict[str, Any]:
     """{"sets": {name: rates}, "test": rates on the held-out scans (false alarms), "notes": [...]}.
@@ -365,7 +354,12 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
     from tumor_edge.calibration.ood_sets import generated_sets
 
     spec = classifier.preprocessing
-    test_warnings, unreadable = file_warnings(classifier, test_paths, batch_size)
+    test_warnings, unreadable = [], 0  # through the streaming path `classify` uses
+    for found in classifier.iter_predictions(list(test_paths), batch_size=batch_size):
+        if found.ok:
+            test_warnings.append(tuple(found.warnings))
+        else:
+            unreadable += 1
     scans = []
     for path in list(test_paths)[:count]:
         decoded = decode_file(path, spec, "middle")
