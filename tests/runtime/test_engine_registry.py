@@ -134,11 +134,11 @@ def lin_bundle(tmp_path, engines) -> Path:
 
 
 def test_the_registry_knows_the_engine_by_its_row(engines, tmp_path):
-    from tumor_edge.runtime.backends import backend_factory, engine_of
+    from tumor_edge.runtime.backends import backend_factory, engine_row
 
-    assert engine_of(tmp_path / "m.lin") == "linear" and backend_factory("linear") is LinearBackend
+    assert engine_row(tmp_path / "m.lin").name == "linear" and backend_factory("linear") is LinearBackend
     with pytest.raises(MissingExtraError, match=r"needs Absent: pip install 'tumor-edge\[absentx\]'"):
-        engine_of(tmp_path / "m.absent")
+        engine_row(tmp_path / "m.absent")
 
 
 def test_classify_runs_the_new_engine(lin_bundle, tmp_path):

@@ -38,7 +38,7 @@ import numpy as np
 from tumor_edge.contracts.bundle import SCORES, BundleMetadata, ReferenceSet, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
 from tumor_edge.errors import BundleIntegrityError, ConfigError, TumorEdgeError
-from tumor_edge.runtime.backends import BackendOptions, engine_of
+from tumor_edge.runtime.backends import BackendOptions, engine_row
 
 log = logging.getLogger("tumor_edge.runtime")
 
@@ -400,7 +400,7 @@ def not_here(bundle_dir: Path, name: str) -> str | None:
     try:
         if not member_path(bundle_dir, name).is_file():
             return "not in this copy of the bundle"
-        engine_of(member_path(bundle_dir, name))
+        engine_row(member_path(bundle_dir, name))
     except TumorEdgeError as err:
         return err.reason
     return None

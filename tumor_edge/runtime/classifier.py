@@ -38,7 +38,7 @@ from tumor_edge.contracts.bundle import (
     read_model_files,
 )
 from tumor_edge.errors import ConfigError, ModelError, TumorEdgeError
-from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_of, hw_of, open_backend
+from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_row, hw_of, open_backend
 from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
 from tumor_edge.runtime.postprocess import (
     Failure,
@@ -491,7 +491,7 @@ class Classifier:
 def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
     """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model
     may name no external data its entry does not list (onnxruntime would read it unchecked)."""
-    engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
+    engine = engine_row(Path(bundle_dir) / name).name  # an unknown format or a missing engine is said first
     files = read_model_files(bundle_dir, name, metadata)
     if engine == "onnxruntime":
         check_external_locations(bundle_dir, metadata.models[name], external_data_locations(files.data, files.path))
@@ -515,7 +515,7 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
         from tumor_edge.signing.verify import check_loaded
 
         check_loaded(Path(bundle_dir), trust, metadata, files.digests)
-    backend = backend_factory(engine_of(files.path))(files.path, options, files=files)
+    backend = backend_factory(engine_row(files.path).name)(files.path, options, files=files)
     check_binding(metadata, backend.metadata_props(), files.path)
     return backend
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from tumor_edge.contracts.bundle import SCORES, BundleMetadata, check_model_file, member_path
 from tumor_edge.errors import MissingExtraError, TumorEdgeError
-from tumor_edge.runtime.backends import BackendOptions, engine_of
+from tumor_edge.runtime.backends import BackendOptions, engine_row
 from tumor_edge.runtime.choice import (
     CAP,
     FLOORS,
@@ -126,7 +126,7 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
         return False
     report.lines.append(f"integrity: ok  {name} (sha256 {metadata.models[name].sha256[:12]}…)")
     try:
-        engine_of(path)
+        engine_row(path)
     except MissingExtraError as err:
         report.not_checked[name] = f"{err.reason} (its sha256 was checked)"
         return False

@@ -191,11 +191,6 @@ def engine_row(path: Path) -> Engine:
     return engine
 
 
-def engine_of(path: Path) -> str:
-    """The name of the engine that runs this file (see `engine_row` for the errors)."""
-    return engine_row(path).name
-
-
 def read_lone(path: Path, name: str | None = None) -> bytes:
     """A model file outside any bundle (or `name`, a file beside it), read once as a plain file of its folder
     (`read_confined`: nothing lists its digest); a one-line ModelError when it cannot be."""
