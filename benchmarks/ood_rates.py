@@ -1,5 +1,5 @@
 """Out-of-distribution warning rates of a bundle: detection on generated non-MRI sets, false alarms on held-out
-scans, through the runtime's own prediction path (tumor_edge.runtime.ood_rates).
+scans, through the runtime's own prediction path (tumor_edge.runtime.measure_ood_rates).
 
     python -m benchmarks.ood_rates BUNDLE DATA [--count 100] [--seed 0] [--name LABEL]
 

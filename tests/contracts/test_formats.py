@@ -83,7 +83,7 @@ def test_every_engine_has_a_runtime_backend_named_by_its_row():
         assert engine.backend.startswith("tumor_edge.runtime.backends."), engine
         factory = backend_factory(name)
         assert factory.name == name and factory.__module__ == engine.backend
-        assert all(callable(getattr(factory, m, None)) for m in ("input_hw", "run", "metadata_props")), factory
+        assert all(callable(getattr(factory, m, None)) for m in ("run", "metadata_props")), factory
 
 
 def suffix_clashes(engines) -> dict[str, list[str]]:

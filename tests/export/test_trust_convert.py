@@ -116,7 +116,7 @@ def test_bundle_with_heatmap_gives_overlays_at_the_lesion(converted, tmp_path):
     from tumor_edge.contracts.preprocessing import Preprocessing
     from tumor_edge.errors import OutputExistsError
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.heatmap import HeatmapWriter
+    from tumor_edge.runtime.explain import HeatmapWriter
 
     model, ood, files = converted
     bundle = tmp_path / "bundle"

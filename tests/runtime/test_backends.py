@@ -11,7 +11,7 @@ from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, describe_
 from tumor_edge.contracts.formats import ENGINES
 from tumor_edge.errors import ConfigError
 from tumor_edge.runtime import BackendOptions, Classifier, open_backend
-from tumor_edge.runtime.backends import Backend, backend_factory
+from tumor_edge.runtime.backends import Backend, backend_factory, hw_of
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def test_protocol_is_complete_without_getattr(bundle):
     backend = open_backend(bundle / "model_fp32.onnx")
     assert isinstance(backend, Backend)
     assert backend.name == "onnxruntime" and backend.path == bundle / "model_fp32.onnx"
-    assert backend.input_hw() == (32, 32) and backend.input_shape[1:] == [32, 32, 3]
+    assert hw_of(backend.input_shape) == (32, 32) and backend.input_shape[1:] == [32, 32, 3]
     assert backend.output_names == ["probs"]
     outputs = backend.run(np.zeros((2, 32, 32, 3), np.float32))
     assert isinstance(outputs, list) and len(outputs) == 1 and outputs[0].shape == (2, 4)
@@ -90,7 +90,7 @@ def test_litert_returns_every_output_in_model_order(two_output_tflite):
     order, metadata's roles would swap."""
     backend = open_backend(two_output_tflite / "model_fp32.tflite")
     assert isinstance(backend, Backend) and backend.name == "litert" and backend.metadata_props() == {}
-    assert backend.input_hw() == (16, 16) and backend.providers == []
+    assert hw_of(backend.input_shape) == (16, 16) and backend.providers == []
     outputs = backend.run(np.full((3, 16, 16, 3), 7.0, np.float32))
     assert [o.shape for o in outputs] == [(3, 4), (3, 16, 16)]
     assert np.allclose(outputs[1], 7.0)

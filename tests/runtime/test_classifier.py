@@ -358,7 +358,7 @@ def test_failures_keep_no_decoded_image_alive(tmp_path, monkeypatch):
     import traceback
     import weakref
 
-    from tumor_edge.runtime.pipeline import decode_file
+    from tumor_edge.runtime.classifier import decode_file
 
     buffer = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)

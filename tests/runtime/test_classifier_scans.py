@@ -17,7 +17,7 @@ from tests.runtime.volume_files import head, write_nifti, write_series
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.cli import main
 from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.volume import VolumeSummary
+from tumor_edge.runtime.postprocess import VolumeSummary
 
 
 @pytest.fixture(scope="module")

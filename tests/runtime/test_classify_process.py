@@ -44,8 +44,7 @@ NOT_FOR_CLASSIFY = (*HEAVY, "importlib.metadata", "email", "zipfile",
                     "ai_edge_litert", "onnxruntime.quantization", "onnxruntime.tools",
                     "tumor_edge.train", "tumor_edge.export", "tumor_edge.bench", "tumor_edge.demo", "tumor_edge.data",
                     "tumor_edge.serve", "tumor_edge.envcmd.commands", "tumor_edge.runtime.verify",
-                    "tumor_edge.runtime.reference", "tumor_edge.runtime.readers.dicom",
-                    "tumor_edge.runtime.heatmap")
+                    "tumor_edge.runtime.readers.dicom", "tumor_edge.runtime.explain")
 
 
 def test_classify_imports_only_what_it_needs(case, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.runtime.models import write_dicom
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.inputs import load_rgb, load_rgb_frames
+from tumor_edge.runtime.preprocess import load_rgb, load_rgb_frames
 from tumor_edge.runtime.readers.dicom import read_dicom_frames
 
 RAMP = np.arange(0, 4000, 4000 / (32 * 32)).reshape(32, 32).astype(np.uint16)

@@ -70,7 +70,7 @@ class LinearBackend:
 
     name = "linear"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None, files=None):
+    def __init__(self, path: Path, options: BackendOptions, files=None):
         """`files`: the header's and the weights' bytes as the open stage read and checked them (None: a lone
         file, read here)."""
         self.path = self.loaded_path = Path(path)
@@ -83,9 +83,6 @@ class LinearBackend:
         self.output_names = ["probs"]
         self.providers: list[str] = []
         self.missing_providers: list[str] = []
-
-    def input_hw(self) -> tuple[int | None, int | None]:
-        return self.input_shape[1], self.input_shape[2]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         import linrt
@@ -137,11 +134,11 @@ def lin_bundle(tmp_path, engines) -> Path:
 
 
 def test_the_registry_knows_the_engine_by_its_row(engines, tmp_path):
-    from tumor_edge.runtime.backends import backend_factory, engine_of
+    from tumor_edge.runtime.backends import backend_factory, engine_row
 
-    assert engine_of(tmp_path / "m.lin") == "linear" and backend_factory("linear") is LinearBackend
+    assert engine_row(tmp_path / "m.lin").name == "linear" and backend_factory("linear") is LinearBackend
     with pytest.raises(MissingExtraError, match=r"needs Absent: pip install 'tumor-edge\[absentx\]'"):
-        engine_of(tmp_path / "m.absent")
+        engine_row(tmp_path / "m.absent")
 
 
 def test_classify_runs_the_new_engine(lin_bundle, tmp_path):

@@ -12,9 +12,8 @@ from tests.runtime.heatmap_models import make_heatmap_bundle
 from tests.runtime.models import quadrant_image
 from tumor_edge.errors import ConfigError
 from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.explain import METHODS, ExplainSettings, choose_method
+from tumor_edge.runtime.explain import METHODS, ExplainSettings, choose_method, energy_in_lesion, pointing_hit
 from tumor_edge.runtime.explain import explain_prediction as explain
-from tumor_edge.runtime.explain.localisation import energy_in_lesion, pointing_hit
 
 SIZE = 32
 

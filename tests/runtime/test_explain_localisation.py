@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from tumor_edge.errors import ConfigError
-from tumor_edge.runtime.explain import cell_edges, cell_of, spread
-from tumor_edge.runtime.explain.localisation import (
+from tumor_edge.runtime.explain import (
     Tally,
+    cell_edges,
+    cell_of,
     chance_hit,
     energy_in_lesion,
     map_correlation,
@@ -16,6 +17,7 @@ from tumor_edge.runtime.explain.localisation import (
     peaks,
     pointing_hit,
     resize_mask,
+    spread,
     tolerance_px,
 )
 

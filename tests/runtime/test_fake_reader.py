@@ -4,7 +4,7 @@ An NRRD-like single-file volume format (`.fake`: a one-line text header `FAKE X 
 RAS order) whose header is parsed by its own package (`fakevolio`, distribution `fake-volume-io`, installed by the
 test into a folder on sys.path, brought by the extra `fakevol`). The recipe's files are:
 - its reader module (`tumor_edge/runtime/readers/fake.py`: `read_fake` below),
-- its row in `READERS` of `tumor_edge/runtime/readers/registry.py` (`FAKE` below, put in the table for each test),
+- its row in `READERS` of `tumor_edge/runtime/readers/__init__.py` (`FAKE` below, put in the table for each test),
 - its extra in pyproject.toml (`RECIPE_EXTRA`, added to a parsed copy of the repository's pyproject),
 - its test (this file).
 It is classified through `Classifier.classify` and the `classify` CLI without a change anywhere else: the folder
@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import tumor_edge.runtime.readers as registry
 from tests.runtime.volume_files import head, write_nifti
 from tumor_edge.cli import main
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.caps import check_volume_size
 from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.inputs import scan_inputs
-from tumor_edge.runtime.readers import VOLUME, Reader, ReadOptions, Scan, read_scan, registry
-from tumor_edge.runtime.readers.base import open_regular
+from tumor_edge.runtime.preprocess import scan_inputs
+from tumor_edge.runtime.readers import VOLUME, Reader, ReadOptions, Scan, read_scan
+from tumor_edge.runtime.readers.base import check_volume_size, open_regular
 from tumor_edge.runtime.volume import Volume, volume_scan
 
 MAGIC = b"FAKE "
@@ -88,7 +88,7 @@ def read_fake(path: Path, options: ReadOptions) -> Scan:
     return volume_scan(Volume(str(path), stored, spacing), options, "fake")
 
 
-# ---- its row (in READERS of `readers/registry.py`) -----------------------------------------------------------------
+# ---- its row (in READERS of `readers/__init__.py`) -----------------------------------------------------------------
 
 FAKE = Reader("fake", (".fake",), read_fake, kind=VOLUME, extra="fakevol", modules=("fakevolio",),
               description="FAKE (.fake)")

@@ -17,7 +17,7 @@ from tests.runtime.models import save_quadrant
 from tumor_edge.cli import main
 from tumor_edge.runtime import decode_file
 from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.heatmap import HeatmapWriter
+from tumor_edge.runtime.explain import HeatmapWriter
 
 
 @pytest.fixture()

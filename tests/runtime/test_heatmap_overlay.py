@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tumor_edge.errors import ConfigError, OutputExistsError
-from tumor_edge.runtime.heatmap import (
+from tumor_edge.runtime.explain import (
     class_map,
     overlay,
     overlay_name,

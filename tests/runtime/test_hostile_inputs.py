@@ -38,8 +38,8 @@ from tests.runtime.hostile import (
 from tests.runtime.models import make_bundle, quadrant_image, save_quadrant, write_dicom
 from tumor_edge.cli import main
 from tumor_edge.errors import InputImageError, one_line
-from tumor_edge.runtime.caps import MAX_DECODED_BYTES
-from tumor_edge.runtime.inputs import is_scan_file, load_rgb, load_rgb_frames, scan_inputs
+from tumor_edge.runtime.preprocess import is_scan_file, load_rgb, load_rgb_frames, scan_inputs
+from tumor_edge.runtime.readers.base import MAX_DECODED_BYTES
 from tumor_edge.runtime.readers.pillow import to_uint8
 
 

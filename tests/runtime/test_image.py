@@ -13,8 +13,14 @@ from PIL import Image
 
 from tests.runtime.models import png_bomb, quadrant_image, write_dicom
 from tumor_edge.errors import InputImageError
-from tumor_edge.runtime.inputs import is_scan_file, load_rgb, load_rgb_frames, scan_inputs
-from tumor_edge.runtime.preprocess import Preprocessing, load_resized
+from tumor_edge.runtime.preprocess import (
+    Preprocessing,
+    is_scan_file,
+    load_resized,
+    load_rgb,
+    load_rgb_frames,
+    scan_inputs,
+)
 from tumor_edge.runtime.readers import is_dicom_file
 
 
@@ -231,8 +237,9 @@ def test_mutated_images_decode_or_fail_in_one_line(suffix, data):
 
 def test_an_input_type_is_one_registered_reader(tmp_path, bundle, monkeypatch):
     """A new 2-D input type is one `Reader` in the registry: walking, decoding and classifying all pick it up."""
-    from tumor_edge.runtime import Classifier, inputs
-    from tumor_edge.runtime.readers import Picture, Reader, Scan, registry
+    import tumor_edge.runtime.readers as registry
+    from tumor_edge.runtime import Classifier, preprocess
+    from tumor_edge.runtime.readers import Picture, Reader, Scan
 
     def read_raw(path, options):  # a made-up format: 2 bytes of side length, then grey pixels
         data = path.read_bytes()
@@ -244,11 +251,11 @@ def test_an_input_type_is_one_registered_reader(tmp_path, bundle, monkeypatch):
     path = tmp_path / "scans" / "a.raw"
     path.parent.mkdir()
     path.write_bytes(len(scan).to_bytes(2, "little") + scan.tobytes())
-    assert not inputs.is_scan_file(path)
+    assert not preprocess.is_scan_file(path)
     with monkeypatch.context() as patch:
         patch.setattr(registry, "READERS", [*registry.READERS, Reader("raw", (".raw",), read_raw)])
-        assert inputs.is_scan_file(path) and inputs.scan_inputs([path.parent]).files == [path]
+        assert preprocess.is_scan_file(path) and preprocess.scan_inputs([path.parent]).files == [path]
         assert np.array_equal(np.asarray(load_rgb(path))[..., 0], scan)
         [result] = Classifier.from_bundle(bundle).iter_predictions([path])
         assert result.ok and result.label == "pituitary"
-    assert not inputs.is_scan_file(path)
+    assert not preprocess.is_scan_file(path)

@@ -50,7 +50,7 @@ def _int8_bundle(tmp_path, bits: int):
     """A recorded bundle: the fp32 quadrant model (recorded by running it) and its integer twin, whose recorded
     outputs are the exact integer arithmetic, as an export machine with 32-bit accumulation computed them."""
     from tumor_edge.export.reference import record_reference
-    from tumor_edge.runtime.reference import reference_images
+    from tumor_edge.runtime.choice import reference_images
 
     bundle = make_bundle(tmp_path / f"b{bits}")
     model, weights, scale = integer_quadrant_model(BundleMetadata.read(bundle), bits)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.toydata import CLASSES, toy_image
 from tumor_edge.contracts.preprocessing import Preprocessing
-from tumor_edge.runtime.pipeline import decode_file
+from tumor_edge.runtime.classifier import decode_file
 from tumor_edge.runtime.postprocess import input_warnings, pixel_stats
 
 SPEC = Preprocessing(96, 96)

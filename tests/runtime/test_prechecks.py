@@ -8,11 +8,10 @@ import threading
 import numpy as np
 from PIL import Image
 
-import tumor_edge.runtime.pipeline as pipeline
+import tumor_edge.runtime.classifier as pipeline
 import tumor_edge.runtime.postprocess as postprocess
 from tests.runtime.models import quadrant_image
-from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.pipeline import decode_file
+from tumor_edge.runtime.classifier import Classifier, decode_file
 
 
 def _files(tmp_path):

@@ -15,8 +15,8 @@ from tests.runtime.models import CLASSES, make_bundle, save_quadrant
 from tumor_edge.cli import main
 from tumor_edge.contracts.bundle import BundleMetadata
 from tumor_edge.export.reference import DEFAULT_COUNT, ROLE_VALUES_PER_FILE, record_reference
+from tumor_edge.runtime.choice import brain_blobs
 from tumor_edge.runtime.classifier import Classifier
-from tumor_edge.runtime.reference import brain_blobs
 from tumor_edge.runtime.verify import verify_bundle
 
 

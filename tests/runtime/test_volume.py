@@ -28,8 +28,7 @@ from tests.runtime.volume_files import (
 )
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.cli import main
-from tumor_edge.runtime.volume import summarise
-from tumor_edge.runtime.volume_slices import closest_ras, pick_slices
+from tumor_edge.runtime.volume import closest_ras, pick_slices, summarise
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +240,7 @@ def test_stored_forms_give_the_same_volume(bundle, volumes, state, tmp_path, for
 def test_axis_choices_are_the_plane_table():
     """`classify` imports only click at load time, so its --axis choices are written out: they must be PLANES'."""
     from tumor_edge.runtime.commands import classify
-    from tumor_edge.runtime.volume_slices import AXES
+    from tumor_edge.runtime.volume import AXES
 
     (axis,) = [p for p in classify.params if p.name == "axis"]
     assert tuple(axis.type.choices) == AXES

@@ -1,20 +1,13 @@
 """The model bundle: a folder of exported models plus metadata.json, the runtime's only input.
 
-Export writes it; the runtime, bench, verify and serve read it. This module holds the metadata's types and their
-field-by-field checks (hostile or damaged metadata becomes one line naming the field, never a traceback or a
-silently wrong label), names the bundle's files and proves them against the metadata, and records the bundle
-`export` wrote last (so `classify` works with no flags afterwards). Field names follow MONAI's bundle metadata
-where they fit.
-
-Schema versions 1 and 2 (2 adds `outputs`, the role of each model output, and `reference`, the outputs every
-model gave on generated inputs, which `verify` reproduces on a device); a version-1 bundle reads as a version-2
-bundle whose only output is the class scores. `release` (optional) is inside what a signature covers, so a
-trusted key can be pinned to a minimum version: an older bundle signed with the same key is not a rollback path.
-A bundle listing an optimised twin of a model (`*.ort.onnx`, a file made for one machine) is refused.
+Export writes it; the runtime, bench, verify and serve read it. Hostile or damaged metadata becomes one line
+naming the field, never a traceback or a silently wrong label. Field names follow MONAI's bundle metadata where
+they fit. A version-1 bundle reads as a version-2 bundle whose only output is the class scores. A bundle listing
+an optimised twin of a model (`*.ort.onnx`, a file made for one machine) is refused.
 
 Integrity: no file of a bundle is read unless metadata.json lists it with its sha256 (models, their external
-data), no listed file may resolve outside the bundle folder (metadata.json included), and what a model file
-carries about itself must agree with metadata.json (`check_binding`).
+data), no listed file may resolve outside the bundle folder, and what a model file carries about itself must
+agree with metadata.json (`check_binding`).
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ from tumor_edge.contracts.formats import (
     format_suffixes,
 )
 from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
-from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, first_line
+from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, TumorEdgeError, first_line
 
 METADATA_FILE = "metadata.json"
 SCHEMA_VERSION = 2
@@ -285,16 +278,16 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdefABCDEF" for c in text)
+def _is_sha256(text: Any) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
-def check_member_name(name: str) -> str:
+def check_member_name(name: str, error: type[TumorEdgeError] = BundleIntegrityError, where: str = "") -> str:
     """A file name listed in metadata must be a plain name inside the bundle: no folders, no '..', no
-    absolute path, no drive, nothing hidden. Anything else is refused before it is opened."""
+    absolute path, no drive, nothing hidden. Anything else is refused (`error`) before it is opened."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
             or "\x00" in name or name.startswith(".") or os.path.isabs(name) or ":" in name):
-        raise BundleIntegrityError(f"model name {name!r} is not a plain file name inside the bundle")
+        raise error(f"{where}model name {name!r} is not a plain file name inside the bundle")
     return name
 
 
@@ -342,8 +335,6 @@ def is_optimized_name(name: str) -> bool:
     return name.lower().endswith(OPTIMIZED_SUFFIX)
 
 
-
-
 def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
     if key not in data:
         raise ConfigError(f"field '{where}{key}' is missing")
@@ -379,10 +370,8 @@ def parse_metadata(data: Any) -> BundleMetadata:
     if not isinstance(output, str) or output not in OUTPUT_TYPES:
         raise ConfigError(f"field 'output.type' must be one of {', '.join(OUTPUT_TYPES)}, not {output!r}"[:300])
     extra_outputs = _parse_outputs(data.get("outputs"), output)
-    models = {}
     raw_models = _require(data, "models", dict) if "models" in data else {}
-    for name, entry in raw_models.items():
-        models[name] = _parse_entry(name, entry)
+    models = {name: _parse_entry(name, entry) for name, entry in raw_models.items()}
     for key in ("provenance", "metrics"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"field '{key}' must be an object")
@@ -529,10 +518,7 @@ def _is_probability(value: Any) -> bool:
 
 def _parse_entry(name: str, entry: Any) -> ModelEntry:
     where = f"models.{name}."
-    try:
-        check_member_name(name)
-    except BundleIntegrityError as err:
-        raise ConfigError(f"field 'models': {err.reason}") from err
+    check_member_name(name, ConfigError, "field 'models': ")
     if is_optimized_name(name) or isinstance(entry, dict) and "ort_optimized_from" in entry:
         raise ConfigError(f"field 'models' lists {name!r}, an optimised copy made for one machine, which this "
                           "tumor-edge does not run: re-export the bundle with `tumor-edge export`")
@@ -553,7 +539,7 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
         raise ConfigError(f"field '{where}size_bytes' must be a whole number of bytes up to {MAX_MODEL_BYTES}")
     digest = entry.pop("sha256", "")
-    if not isinstance(digest, str) or digest and (len(digest) != 64 or not _is_hex(digest)):
+    if digest != "" and not _is_sha256(digest):
         raise ConfigError(f"field '{where}sha256' must be 64 hexadecimal digits")
     entry.pop("format"), entry.pop("precision")
     files = _parse_files(name, entry.pop("files", None))
@@ -569,10 +555,7 @@ def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
         raise ConfigError(f"field '{where}' must be an object of at most {MAX_MEMBER_FILES} files")
     files: dict[str, MemberFile] = {}
     for name, spec in raw.items():
-        try:
-            check_member_name(name)
-        except BundleIntegrityError as err:
-            raise ConfigError(f"field '{where}': {err.reason}") from err
+        check_member_name(name, ConfigError, f"field '{where}': ")
         if name in (model, METADATA_FILE):
             raise ConfigError(f"field '{where}' names {name!r}, which is not a data file of the model")
         size = spec.get("size_bytes") if isinstance(spec, dict) else None
@@ -580,7 +563,7 @@ def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
             raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
                               f"{MAX_MODEL_BYTES}")
-        if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+        if not _is_sha256(digest):
             raise ConfigError(f"field '{where}.{name}.sha256' must be 64 hexadecimal digits")
         files[name] = MemberFile(name, size, digest.lower())
     return files

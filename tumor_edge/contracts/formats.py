@@ -1,16 +1,9 @@
 """The format table: every engine a device can run, every file a bundle can hold, and what makes each one.
 
 Two tables of plain data, read by every part that needs an engine's or a format's facts instead of repeating them:
-
-- `ENGINES`, one `Engine` per inference engine: the file suffixes it runs, the extra that installs it, the module
-  probed to tell whether it is installed, the distributions whose versions are reported and key the device's
-  choice of file (`engine_versions`), and the runtime module that opens its files. The runtime's backend
-  registry, bench's targets, `tumor-edge env` and its extras, the machine description and the demo read it.
-- `FORMATS`, one `ModelFormat` per exported file (Ultralytics-style): the export CLI's choices, the order in which
-  a device picks a bundle's default model, the benchmark's rows and the list of files a bundle may hold are all
-  derived from it, by functions that read the table when called.
-
-Adding an engine or a format: the README's "Where to add things".
+`ENGINES`, one `Engine` per inference engine, and `FORMATS`, one `ModelFormat` per exported file (Ultralytics-
+style), from which the export CLI's choices, a device's default model, the benchmark's rows and the files a bundle
+may hold are derived. Adding an engine or a format: the README's "Where to add things".
 
 Why the rows hold only data: contracts are the vocabulary every part shares, and a device without TensorFlow
 imports this module, so it imports no engine, no numpy and no converter (pyproject's import contracts say so).

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tumor_edge.errors import DatasetError
-from tumor_edge.runtime.volume_slices import white_matter_scale
+from tumor_edge.runtime.volume import white_matter_scale
 
 # Reference frame: the MNI152 2009c brain's bounding box (mm), on the template nilearn ships.
 REF_BRAIN_LO = np.array([-72.0, -107.0, -72.0])

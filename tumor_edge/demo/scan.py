@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from tumor_edge.demo.anatomy import Anatomy
 from tumor_edge.demo.lesions import PAINTERS, Lesion, PituitaryLesion
 from tumor_edge.demo.slicing import PLANES, AnatomyVariation, Framing, Plane, cut, rotation
-from tumor_edge.runtime.volume_slices import DISPLAY_WHITE_RANGE, FRAME_ZOOM_RANGE
+from tumor_edge.runtime.volume import DISPLAY_WHITE_RANGE, FRAME_ZOOM_RANGE
 
 PLANE_NAMES = tuple(PLANES)
 # A pixel belongs to the lesion when painting it changed its intensity by more than this: under one grey level of

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from tumor_edge.demo.anatomy import GRID_MM, REF_SELLA, Anatomy
-from tumor_edge.runtime.volume_slices import PLANES
+from tumor_edge.runtime.volume import PLANES
 
 
 def rotation(axis: np.ndarray, degrees: float) -> np.ndarray:

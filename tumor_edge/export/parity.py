@@ -226,7 +226,7 @@ def check_files(out: Path, metadata: BundleMetadata, config: ExportConfig, parit
     for row in progress(entries, "checking exported files", length=len(entries), enabled=config.show_progress):
         path = out / row.file
         try:
-            clf = Classifier(open_backend(path, sha256=row.sha256), metadata)
+            clf = Classifier(open_backend(path), metadata)
         except TumorEdgeError as err:  # parity reports it; verify says the file has no reference
             clf = err
         if parity is not None:

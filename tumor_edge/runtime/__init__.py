@@ -2,10 +2,8 @@
 
 Every other part of tumor-edge and the benchmark scripts reach the runtime through the names below only;
 pyproject's import contracts refuse an import of a module under `tumor_edge.runtime.` from outside it, so the
-runtime's files can move without breaking its users. The four nouns: `Bundle` (a bundle folder, opened and
-validated), `Engine` (one inference engine's row of the format table), `Classifier` (a model of a bundle, or a lone
-.onnx, that predicts images, batches and files) and `Reader` (turns an input file into frames; a new type is a
-registry row). The rest are what they take and give, and building blocks other parts reuse so that they run the
+runtime's files can move without breaking its users. The four nouns are `Bundle`, `Engine`, `Classifier` and
+`Reader`; the rest are what they take and give, and building blocks other parts reuse so that they run the
 device's own code path (parity, timing, serving, the demo).
 
 Cheap to import: names load on first use (PEP 562 `__getattr__`), so `import tumor_edge.runtime` imports no numpy,
@@ -23,7 +21,7 @@ _READERS = "tumor_edge.runtime.readers"
 # public name -> defining module
 _EXPORTS: dict[str, str] = {
     # the four nouns
-    "Bundle": "tumor_edge.runtime.bundle",
+    "Bundle": "tumor_edge.runtime.verify",
     "Engine": "tumor_edge.contracts.formats",
     "Classifier": "tumor_edge.runtime.classifier",
     "Reader": _READERS,
@@ -39,8 +37,8 @@ _EXPORTS: dict[str, str] = {
     "BackendOptions": "tumor_edge.runtime.backends",
     "Prediction": "tumor_edge.runtime.postprocess",
     "Failure": "tumor_edge.runtime.postprocess",
-    "ScanResult": "tumor_edge.runtime.pipeline",
-    "VolumeSummary": "tumor_edge.runtime.volume",
+    "ScanResult": "tumor_edge.runtime.classifier",
+    "VolumeSummary": "tumor_edge.runtime.postprocess",
     "VerifyReport": "tumor_edge.runtime.verify",
     "open_backend": "tumor_edge.runtime.backends",
     "verify_bundle": "tumor_edge.runtime.verify",
@@ -50,37 +48,37 @@ _EXPORTS: dict[str, str] = {
     "load_resized": "tumor_edge.runtime.preprocess",
     "preprocess_image": "tumor_edge.runtime.preprocess",
     # inputs
-    "is_scan_file": "tumor_edge.runtime.inputs",
-    "load_rgb": "tumor_edge.runtime.inputs",
-    "decode_file": "tumor_edge.runtime.pipeline",
-    "scan_inputs": "tumor_edge.runtime.inputs",
+    "is_scan_file": "tumor_edge.runtime.preprocess",
+    "load_rgb": "tumor_edge.runtime.preprocess",
+    "decode_file": "tumor_edge.runtime.classifier",
+    "scan_inputs": "tumor_edge.runtime.preprocess",
     # outputs
     "SCORES": "tumor_edge.contracts.bundle",
     "softmax": "tumor_edge.runtime.postprocess",
     "probability_problem": "tumor_edge.runtime.postprocess",
-    "WRITERS": "tumor_edge.runtime.output",
-    "csv_cell": "tumor_edge.runtime.output",
+    "WRITERS": "tumor_edge.runtime.postprocess",
+    "csv_cell": "tumor_edge.runtime.postprocess",
     "read_onnx_metadata": "tumor_edge.runtime.classifier",
-    "class_map": "tumor_edge.runtime.heatmap",
-    "write_overlay": "tumor_edge.runtime.heatmap",
+    "class_map": "tumor_edge.runtime.explain",
+    "write_overlay": "tumor_edge.runtime.explain",
     # explanations (the CAM where it has >= 4x4 cells, else occlusion/RISE through the model) and their scoring
     "explain_prediction": "tumor_edge.runtime.explain",
     "ExplainSettings": "tumor_edge.runtime.explain",
     "Explanation": "tumor_edge.runtime.explain",
     "MIN_CAM_CELLS": "tumor_edge.runtime.explain",
     "cam_cells": "tumor_edge.runtime.explain",
-    "TOLERANCE_FRACTION": "tumor_edge.runtime.explain.localisation",
-    "Tally": "tumor_edge.runtime.explain.localisation",
-    "map_correlation": "tumor_edge.runtime.explain.localisation",
-    "resize_mask": "tumor_edge.runtime.explain.localisation",
-    "tolerance_px": "tumor_edge.runtime.explain.localisation",
+    "TOLERANCE_FRACTION": "tumor_edge.runtime.explain",
+    "Tally": "tumor_edge.runtime.explain",
+    "map_correlation": "tumor_edge.runtime.explain",
+    "resize_mask": "tumor_edge.runtime.explain",
+    "tolerance_px": "tumor_edge.runtime.explain",
     # out-of-distribution rates
     "flag_rates": "tumor_edge.runtime.postprocess",
-    "measure_ood_rates": "tumor_edge.runtime.ood_rates",
+    "measure_ood_rates": "tumor_edge.runtime.verify",
     # reference inputs (verify regenerates them; export records the outputs on them)
-    "brain_blobs": "tumor_edge.runtime.reference",
-    "reference_images": "tumor_edge.runtime.reference",
-    "reference_role_outputs": "tumor_edge.runtime.reference",
+    "brain_blobs": "tumor_edge.runtime.choice",
+    "reference_images": "tumor_edge.runtime.choice",
+    "reference_role_outputs": "tumor_edge.runtime.choice",
     "machine_target": "tumor_edge.runtime.backends",
     # files
     "external_data_locations": "tumor_edge.runtime.backends.onnxruntime_backend",
@@ -109,30 +107,48 @@ if TYPE_CHECKING:
     from tumor_edge.runtime import readers
     from tumor_edge.runtime.backends import BackendOptions, machine_target, open_backend
     from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
-    from tumor_edge.runtime.bundle import Bundle
-    from tumor_edge.runtime.choice import cache_root, recorded_choices
-    from tumor_edge.runtime.classifier import Classifier, read_onnx_metadata
+    from tumor_edge.runtime.choice import (
+        brain_blobs,
+        cache_root,
+        recorded_choices,
+        reference_images,
+        reference_role_outputs,
+    )
+    from tumor_edge.runtime.classifier import Classifier, ScanResult, decode_file, read_onnx_metadata
     from tumor_edge.runtime.explain import (
         MIN_CAM_CELLS,
+        TOLERANCE_FRACTION,
         ExplainSettings,
         Explanation,
-        cam_cells,
-        explain_prediction,
-    )
-    from tumor_edge.runtime.explain.localisation import (
-        TOLERANCE_FRACTION,
         Tally,
+        cam_cells,
+        class_map,
+        explain_prediction,
         map_correlation,
         resize_mask,
         tolerance_px,
+        write_overlay,
     )
-    from tumor_edge.runtime.heatmap import class_map, write_overlay
-    from tumor_edge.runtime.inputs import is_scan_file, load_rgb, scan_inputs
-    from tumor_edge.runtime.ood_rates import measure_ood_rates
-    from tumor_edge.runtime.output import WRITERS, csv_cell
-    from tumor_edge.runtime.pipeline import ScanResult, decode_file
-    from tumor_edge.runtime.postprocess import Failure, Prediction, flag_rates, probability_problem, softmax
-    from tumor_edge.runtime.preprocess import RESIZE_METHODS, Preprocessing, load_resized, preprocess_image, scale
+    from tumor_edge.runtime.postprocess import (
+        WRITERS,
+        Failure,
+        Prediction,
+        VolumeSummary,
+        csv_cell,
+        flag_rates,
+        probability_problem,
+        softmax,
+    )
+    from tumor_edge.runtime.preprocess import (
+        RESIZE_METHODS,
+        Preprocessing,
+        is_scan_file,
+        load_resized,
+        load_rgb,
+        preprocess_image,
+        scale,
+        scan_inputs,
+    )
     from tumor_edge.runtime.readers import (
         Picture,
         Reader,
@@ -142,9 +158,7 @@ if TYPE_CHECKING:
         is_volume,
         read_scan,
     )
-    from tumor_edge.runtime.reference import brain_blobs, reference_images, reference_role_outputs
-    from tumor_edge.runtime.verify import VerifyReport, labelled_files, verify_bundle
-    from tumor_edge.runtime.volume import VolumeSummary
+    from tumor_edge.runtime.verify import Bundle, VerifyReport, labelled_files, measure_ood_rates, verify_bundle
 
 
 def _import(module: str, name: str) -> Any:

@@ -1,22 +1,20 @@
 """The device picks the file it runs: only files it has checked, and among them the fastest by measurement.
 
 Which engine and precision is fastest depends on the CPU and on the model's size, and cannot be known when the
-bundle is made. So a device keeps as candidates the bundle's files that are present, whose engine is installed
-and that are sound (`soundness`, from the bundle's record alone: a collapsed, permuted or constant-output file
-fails wherever it is checked); runs each once on the bundle's reference images and keeps it only if this device
-reproduces its recorded outputs (`reproduce`, the check `verify` makes too); times the reproduced files in
-interleaved rounds (A B B A ...: a load change cannot favour one file) as `classify` loads them; and keeps the
-format table's preferred file unless another is faster by more than NOISE_MARGIN. Every reproduce result and the
-choice are recorded outside the bundle, in this user's private records folder (each record carries a keyed MAC),
-keyed by the bundle's model hashes, the machine (CPU model, ISA, every engine's version) and the thread count: a
-file that failed here is never a candidate again until the bundle changes, and a damaged, edited or stale record
-is ignored and measured again.
-
-A bundle that records no reference outputs cannot be reproduced: its files stay candidates, and the choice says
-they were not checked. `--model-file` (or `model_file=`) runs the named file without this choice;
-`TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order among the checked files (no timing). Callers pass an
+bundle is made. Candidates are the bundle's files that are present, whose engine is installed, that are sound
+(from the bundle's record alone) and that this device reproduces on the reference images; they are timed as
+`classify` loads them, and the format table's preferred file stays unless another is faster by more than
+NOISE_MARGIN. Results are recorded in this user's private records folder, keyed by the bundle's model hashes, the
+machine and the thread count: a file that failed here is never a candidate again until the bundle changes, and a
+damaged, edited or stale record is ignored and measured again. A bundle with no reference outputs keeps its files
+as unchecked candidates. `TUMOR_EDGE_NO_MEASURE=1` keeps the format table's order (no timing). Callers pass an
 `opener` (file name -> an object with `infer_outputs(pixels)` and `backend.name`), so this module never imports
 the classifier that calls it.
+
+The reference images are bit-exact on every machine: the only randomness is PCG64's raw 64-bit stream
+(`random_raw`, fixed by the algorithm, unlike numpy's distribution methods), turned into floats by integer shifts;
+images are drawn with +, -, *, / only (IEEE-754 rounds those identically everywhere; exp, sin or sqrt do not) and
+rounded with `np.rint`. Export records each model's outputs on them (tumor_edge.export.reference).
 """
 
 from __future__ import annotations
@@ -37,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import SCORES, BundleMetadata, member_path
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, ReferenceSet, member_path
 from tumor_edge.contracts.formats import DEFAULT_MODEL_PREFERENCE, engine_versions
-from tumor_edge.errors import BundleIntegrityError, TumorEdgeError
-from tumor_edge.runtime.backends import BackendOptions
+from tumor_edge.errors import BundleIntegrityError, ConfigError, TumorEdgeError
+from tumor_edge.runtime.backends import BackendOptions, engine_row
 
 log = logging.getLogger("tumor_edge.runtime")
 
@@ -230,6 +228,76 @@ def soundness(name: str, metadata: BundleMetadata) -> Check:
     return Check(tail >= SOUNDNESS_ALPHA, line, {"disagreements": d, "decisive": m, "promised": q, "chance": tail})
 
 
+# ---------------------------------------------------------------------------------------------- reference inputs
+
+class _Uniform:
+    """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""
+
+    def __init__(self, seed: int):
+        self._bits = np.random.PCG64(seed)
+
+    def __call__(self, n: int = 1) -> np.ndarray:
+        raw = self._bits.random_raw(n).astype(np.uint64)
+        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def _bump(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    """A smooth blob: (1 - r^2)^2 inside the ellipse, 0 outside (polynomial: exact on every machine)."""
+    d = ((yy - cy) / ry) * ((yy - cy) / ry) + ((xx - cx) / rx) * ((xx - cx) / rx)
+    inside = np.maximum(1.0 - d, 0.0)
+    return inside * inside
+
+
+def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
+    """uint8 (count, height, width, 3): grey 'brain-like' slices (a bright elliptic head, darker ventricles,
+    a few tissue blobs, one lesion-like bright spot, faint noise). Synthetic; not a scan of anyone."""
+    if not (1 <= count <= 256 and 8 <= height <= 4096 and 8 <= width <= 4096):
+        raise ConfigError(f"reference images: count 1..256 and sizes 8..4096, not {count}, {height}x{width}")
+    uniform = _Uniform(seed)
+    yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
+                         indexing="ij")
+    images = np.empty((count, height, width, 3), np.uint8)
+    for i in range(count):
+        u = uniform(32)
+        head = _bump(yy, xx, 0.5 + 0.08 * (u[0] - 0.5), 0.5 + 0.08 * (u[1] - 0.5), 0.36 + 0.08 * u[2],
+                     0.30 + 0.08 * u[3])
+        value = 150.0 * np.minimum(head * 4.0, 1.0) + 40.0 * head
+        value = value - 70.0 * _bump(yy, xx, 0.5, 0.5 + 0.04 * (u[4] - 0.5), 0.10 + 0.05 * u[5], 0.05 + 0.03 * u[6])
+        for k in range(4):  # tissue texture
+            a = 7 + 4 * k
+            value = value + (30.0 * u[a] - 15.0) * _bump(yy, xx, 0.25 + 0.5 * u[a + 1], 0.25 + 0.5 * u[a + 2],
+                                                         0.05 + 0.1 * u[a + 3], 0.05 + 0.1 * u[a + 3])
+        value = value + 90.0 * _bump(yy, xx, 0.3 + 0.4 * u[23], 0.3 + 0.4 * u[24], 0.04 + 0.08 * u[25],
+                                     0.04 + 0.08 * u[26])  # a lesion
+        noise = uniform(height * width).reshape(height, width)
+        value = np.clip(value * (0.9 + 0.2 * u[27]) + 12.0 * noise, 0.0, 255.0)
+        images[i] = np.rint(value).astype(np.uint8)[..., None]
+    return images
+
+
+# Generator name -> function(seed, count, height, width). Names are stored in bundles: never change what a
+# name produces; add a new name instead.
+GENERATORS: dict[str, Callable[[int, int, int, int], np.ndarray]] = {"tumor-edge-brain-blobs-v1": brain_blobs}
+
+
+def reference_images(reference: ReferenceSet, metadata: BundleMetadata) -> np.ndarray:
+    generator = GENERATORS.get(reference.generator)
+    if generator is None:
+        raise ConfigError(f"reference generator {reference.generator!r} is unknown to this tumor-edge "
+                          f"(knows {', '.join(GENERATORS)}); upgrade tumor-edge")
+    spec = metadata.preprocessing
+    return generator(reference.seed, reference.count, spec.height, spec.width)
+
+
+def reference_role_outputs(classifier, images: np.ndarray, batch_size: int = 4) -> dict[str, np.ndarray]:
+    """Every output by role ("scores": probabilities, as the runtime returns them) for the reference images."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        for role, value in classifier.infer_outputs(images[i:i + batch_size]).items():
+            parts.setdefault(role, []).append(np.asarray(value))
+    return {role: np.concatenate(values) for role, values in parts.items()}
+
+
 @dataclass(frozen=True)
 class EngineChoice:
     """The file this device runs for a bundle, and the measurements and checks that chose it."""
@@ -329,12 +397,10 @@ def record_checks(metadata: BundleMetadata, results: Mapping[str, Check],
 
 def not_here(bundle_dir: Path, name: str) -> str | None:
     """Why this device cannot open a listed file at all (absent, outside the folder, engine not installed)."""
-    from tumor_edge.runtime.backends import engine_of
-
     try:
         if not member_path(bundle_dir, name).is_file():
             return "not in this copy of the bundle"
-        engine_of(member_path(bundle_dir, name))
+        engine_row(member_path(bundle_dir, name))
     except TumorEdgeError as err:
         return err.reason
     return None
@@ -363,8 +429,6 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
 
 def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
     """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
-
     try:
         outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
     except BundleIntegrityError:
@@ -457,12 +521,9 @@ def preferred(p50: Mapping[str, float], order: list[str], margin: float = NOISE_
 
 
 def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetadata | None = None,
-                   options: BackendOptions | None = None, budget_s: float = BUDGET_S,
-                   record: bool = True) -> EngineChoice:
+                   options: BackendOptions | None = None, budget_s: float = BUDGET_S) -> EngineChoice:
     """Check, time and record: the choice among the candidates this device reproduced. A file that fails to
     load or run is skipped with its reason. Raises TumorEdgeError when no file can run here."""
-    from tumor_edge.runtime.reference import brain_blobs
-
     bundle_dir = Path(bundle_dir)
     metadata = metadata or BundleMetadata.read(bundle_dir)
     options = options or BackendOptions()
@@ -488,7 +549,7 @@ def measure_choice(bundle_dir: str | Path, opener: Opener, metadata: BundleMetad
     choice = EngineChoice(best, engines[best], options.threads, {k: round(1000 * v, 4) for k, v in p50.items()},
                           time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine_key(), skipped,
                           {name: checks[name] for name in runners})
-    if record and cache_enabled(options):
+    if cache_enabled(options):
         _write_body(record_path(metadata, options), metadata, "choice", asdict(choice), options)
     return choice
 
@@ -521,15 +582,9 @@ def _none_runs(bundle_dir: Path, skipped: Mapping[str, str]) -> TumorEdgeError:
     return TumorEdgeError(f"no model file of this bundle can run on this device ({reasons})", bundle_dir)
 
 
-# This device's private folder of records (the device's engine choice), each carrying a keyed MAC, so a record
-# is used only if this user's runtime wrote it.
-#
-# Where: `$TUMOR_EDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/tumor-edge`, else `~/.cache/tumor-edge`. Off with
-# `TUMOR_EDGE_NO_CACHE=1` or `BackendOptions(cache=False)`. The folder must belong to this user and be writable by
-# no one else (it is created 0700); otherwise it is refused, never used: a folder others can write is one where
-# they could plant a record. Its MAC key is a per-user secret in it (`secret.key`, created 0600 with O_EXCL); a
-# record is JSON with an HMAC-SHA256 over its content, so a record copied from elsewhere, edited, or planted with a
-# recomputed plain hash fails its check and is ignored (then measured and written again).
+# This device's private folder of records. A folder others can write is one where they could plant a record, so
+# it is refused; each record carries an HMAC-SHA256 keyed by a per-user secret in it, so a record copied from
+# elsewhere, edited, or planted with a recomputed plain hash fails its check and is ignored.
 
 CACHE_DIR_ENV = "TUMOR_EDGE_CACHE_DIR"
 NO_CACHE_ENV = "TUMOR_EDGE_NO_CACHE"
@@ -605,7 +660,6 @@ def secret(options: BackendOptions | None = None) -> bytes:
 
 
 def _mac(key: bytes, body: dict[str, Any]) -> str:
-    import hashlib
     import hmac
 
     return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()

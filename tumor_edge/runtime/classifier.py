@@ -1,10 +1,15 @@
 """The device-side API: `Classifier.from_bundle(path).predict("scan.jpg")`, `.classify("head.nii.gz")`.
 
-A Classifier is a model file plus the metadata that says how to feed it and read its outputs: it runs the
-inference and post-processing stages (`postprocess.py`) of the one prediction path. Every call that takes files
-(`predict`, `predict_batch`, `iter_predictions`, `iter_results`, `classify`, `probabilities_for_files`) is a thin
-caller of that path (`pipeline.py`), so a file is decoded, checked and labelled the same way everywhere. A bundle's
-model file goes through the open stage (`open_bundle_model`, below) before it is loaded.
+A Classifier is a model file plus the metadata that says how to feed it and read its outputs. Every call that
+takes files is a thin caller of the one prediction path (below), so a file is decoded, checked and labelled the
+same way everywhere: `classify`, `serve` and export's parity all run it. A bundle's model file goes through the
+open stage (`open_bundle_model`, below) before it is loaded.
+
+The path: decode -> input checks -> inference -> post-processing -> optional work on the pixels the model saw ->
+a row. Files are decoded in a few threads a bounded distance ahead of inference, so memory stays flat however many
+files there are; results come in input order. An unreadable input becomes a `Failure` in the stream, so one
+corrupt scan never stops a batch; model errors raise. The path takes anything with the Classifier's
+`preprocessing`, `postprocessing` and `predictions` (`postprocess.Model`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
 
@@ -30,35 +37,221 @@ from tumor_edge.contracts.bundle import (
     loads_strict,
     read_model_files,
 )
-from tumor_edge.errors import ConfigError, ModelError
-from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_of, open_backend
+from tumor_edge.errors import ConfigError, ModelError, TumorEdgeError
+from tumor_edge.runtime.backends import Backend, BackendOptions, backend_factory, engine_row, hw_of, open_backend
 from tumor_edge.runtime.backends.onnxruntime_backend import external_data_locations
-from tumor_edge.runtime.pipeline import (
-    Failure,
-    OnPixels,
-    Prediction,
-    ScanItem,
-    ScanOptions,
-    ScanResult,
-    classify_scan,
-    decode_file,
-    iter_scan_results,
-)
-from tumor_edge.runtime.pipeline import iter_predictions as _iter_predictions
 from tumor_edge.runtime.postprocess import (
+    Failure,
+    Model,
+    OnPixels,
     PostProcessing,
+    Prediction,
+    VolumeSummary,
     calibrate,
+    failure_of,
+    input_warnings,
     not_a_number,
     ood_scores,
     probability_problem,
     softmax,
     warnings_for,
 )
-from tumor_edge.runtime.preprocess import resize_rgb, scale
+from tumor_edge.runtime.preprocess import Preprocessing, load_rgb_frames, resize_rgb, scale
+from tumor_edge.runtime.readers import is_volume
+from tumor_edge.runtime.readers.base import check_frames
 from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
 from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+
+DEFAULT_WORKERS = 2
+
+ScanItem = Union[Prediction, Failure, VolumeSummary]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How to classify: `frames` of multi-frame 2-D files; `axis` and `slices` of volumes; `abstain`: a warned
+    picture gets no label (and a warned slice does not count in its volume's summary)."""
+
+    frames: str | int = "middle"
+    axis: str = "axial"
+    slices: str | int = "middle"
+    batch_size: int = 16
+    workers: int | None = None
+    abstain: bool = False
+
+
+@dataclass
+class ScanResult:
+    """One path's results: its predictions (one per image, frame or slice), its volume summary (volumes only),
+    and its failures (an unreadable file: no predictions; a volume broken half-way: some, then a failure)."""
+
+    source: str
+    predictions: list[Prediction] = field(default_factory=list)
+    summary: VolumeSummary | None = None
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def label(self) -> str | None:
+        """The volume's label, else the (first) prediction's; None when nothing was labelled."""
+        if self.summary is not None:
+            return self.summary.label
+        labelled = [p for p in self.predictions if not p.abstained]
+        return labelled[0].label if labelled else None
+
+    def exception(self) -> TumorEdgeError:
+        return self.failures[0].exception()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The outcome of decoding one file: its frames' pixels, or why it failed."""
+
+    source: str
+    pixels: list[tuple[np.ndarray, int | None, int | None]]  # (uint8 HxWx3, frame, frame_count)
+    failure: Failure | None = None
+    checked: list[list[str]] | None = None  # each frame's input-check findings, when made while decoding
+
+
+def decode_file(path: str | Path, spec: Preprocessing, frames: str | int = "middle") -> Decoded:
+    """Decode and resize one 2-D file for the model, never raising for a bad file."""
+    source = str(path)
+    try:
+        decoded = load_rgb_frames(Path(path), frames)
+        pixels = [(resize_rgb(f.image, spec), f.index if f.count > 1 else None, f.count if f.count > 1 else None)
+                  for f in decoded]
+        return Decoded(source, pixels)
+    except Exception as err:  # a decoder bug on a hostile file must not end the batch either
+        return Decoded(source, [], failure_of(source, err))
+
+
+def _decoded_in_order(paths: Iterable[str | Path], decode: Callable[[str | Path], Decoded], workers: int,
+                      lookahead: int) -> Iterator[Decoded]:
+    """Decode in `workers` threads at most `lookahead` files ahead, yielding in input order."""
+    if workers <= 0:
+        for path in paths:
+            yield decode(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tumor-edge-decode") as pool:
+        pending: deque = deque()
+        try:
+            for path in paths:
+                pending.append(pool.submit(decode, path))
+                if len(pending) >= lookahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the consumer stopped early (Ctrl-C, break): drop queued work
+                future.cancel()
+
+
+def iter_predictions(model: Model, paths: Iterable[str | Path] | str | Path, batch_size: int = 16,
+                     frames: str | int = "middle", workers: int | None = None, abstain: bool = False,
+                     on_pixels: OnPixels | None = None) -> Iterator[Prediction | Failure]:
+    """A Prediction or a Failure for each 2-D image (each frame with frames="all"), in input order.
+
+    Results come a batch at a time; a failure waits for the batch its neighbours are in, so the order holds.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+    check_frames(frames)
+    if isinstance(paths, (str, Path)):
+        paths = [paths]  # one file, not its name's characters
+    if workers is None:
+        workers = DEFAULT_WORKERS
+    if isinstance(paths, Sequence) and len(paths) <= 1:
+        workers = 0  # one file: a thread pool would only add start-up time
+    spec = model.preprocessing
+    # In the workers the input checks overlap inference; inline they would only move their float temporaries
+    # ahead of the engine's run, into the process's peak.
+    check = model.postprocessing.input_checks and workers > 0
+
+    def decode(path: str | Path) -> Decoded:
+        decoded = decode_file(path, spec, frames)
+        if check and decoded.failure is None:
+            return replace(decoded, checked=[input_warnings(pixels) for pixels, _, _ in decoded.pixels])
+        return decoded
+
+    queue: list[tuple[Failure | tuple[np.ndarray, tuple[str, int | None, int | None], list[str] | None]]] = []
+
+    def flush() -> Iterator[Prediction | Failure]:
+        ready = [item for item in queue if not isinstance(item, Failure)]
+        if ready:
+            results = iter(model.predictions(np.stack([p for p, _, _ in ready]), [i for _, i, _ in ready],
+                                             [found for _, _, found in ready], abstain))
+            pixels = iter(ready)
+        for item in queue:
+            if isinstance(item, Failure):
+                yield item
+                continue
+            result, seen = next(results), next(pixels)[0]
+            yield on_pixels(result, seen) if on_pixels is not None and result.ok else result
+        queue.clear()
+
+    for decoded in _decoded_in_order(paths, decode, workers, lookahead=max(2 * batch_size, 2 * workers)):
+        if decoded.failure is not None:
+            queue.append(decoded.failure)
+            if len(queue) == 1:  # nothing waiting on inference: report it now
+                yield from flush()
+            continue
+        found = decoded.checked or [None] * len(decoded.pixels)
+        for (pixels, frame, count), checked in zip(decoded.pixels, found):
+            queue.append((pixels, (decoded.source, frame, count), checked))
+            if sum(not isinstance(item, Failure) for item in queue) >= batch_size:
+                yield from flush()
+    yield from flush()
+
+
+def iter_scan_results(model: Model, paths: Iterable[str | Path] | str | Path, options: ScanOptions | None = None,
+                      on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
+    """Predictions, Failures and VolumeSummaries for every path in order: runs of 2-D files streamed in batches,
+    each volume sliced, classified and summarised in its turn."""
+    options = options or ScanOptions()
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    run: list[str | Path] = []
+
+    def images() -> Iterator[ScanItem]:
+        stream = iter_predictions(model, list(run), options.batch_size, options.frames, options.workers,
+                                  options.abstain, on_pixels)
+        try:
+            yield from stream
+        finally:
+            stream.close()
+        run.clear()
+
+    for path in paths:
+        if not is_volume(path):
+            run.append(path)
+            continue
+        if run:
+            yield from images()
+        from tumor_edge.runtime.volume import classify_volume
+
+        yield from classify_volume(model, path, options.axis, options.slices, options.batch_size, options.abstain,
+                                   on_pixels=on_pixels)
+    if run:
+        yield from images()
+
+
+def classify_scan(model: Model, path: str | Path, options: ScanOptions | None = None) -> ScanResult:
+    """All results of one path, gathered."""
+    result = ScanResult(str(path))
+    for item in iter_scan_results(model, [path], options):
+        if isinstance(item, (Prediction, Failure)):
+            (result.predictions if item.ok else result.failures).append(item)
+        else:
+            result.summary = item
+    return result
 
 
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
@@ -89,7 +282,7 @@ def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
     if len(shape) == 4 and isinstance(shape[3], int) and shape[3] != 3:
         layout = " (channels-first? bundles are NHWC)" if shape[1] == 3 else ""
         raise ModelError(f"model input {shape} does not take 3-channel NHWC images{layout}", backend.path)
-    h, w = backend.input_hw()
+    h, w = hw_of(backend.input_shape)
     if (h is not None and h != spec.height) or (w is not None and w != spec.width):
         raise ModelError(f"model input is {h}x{w} but its metadata says {spec.height}x{spec.width}",
                          backend.path)
@@ -258,7 +451,7 @@ class Classifier:
         `frames`: "middle" or "all" frames of multi-frame files. `workers`: decoding threads (default 2; 0 decodes
         inline). Model errors (not file errors) still raise.
         """
-        return _iter_predictions(self, paths, batch_size=batch_size, frames=frames, workers=workers)
+        return iter_predictions(self, paths, batch_size=batch_size, frames=frames, workers=workers)
 
     def probabilities_for_files(self, paths: Iterable[str | Path], batch_size: int = 16) -> np.ndarray:
         """Probabilities (N, classes) for image files, in order, through `iter_predictions` exactly as
@@ -290,27 +483,18 @@ class Classifier:
                                  on_pixels)
 
 
-# The open stage: a bundle's model, read once, checked, and handed to its engine as the bytes that were checked.
-#
-# Each listed file (the model, its external data or companion files) is read into memory once from a descriptor
-# opened without following a symbolic link (`read_model_files`), hashed from those bytes and compared with the sha256
-# metadata.json records; the same bytes go to the engine (onnxruntime's `InferenceSession(bytes)` with the external
-# data in memory, LiteRT's `model_content`). Nothing is opened again by path, so a file exchanged after the check
-# cannot be what runs. With a trust setting (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False` opens
-# unchecked, for export's own parity) the signature is checked against the digests of exactly these bytes and of
-# the metadata.json bytes the record was parsed from (tumor_edge.signing.trust.check_loaded).
+# The open stage: each listed file is read once (`read_model_files`), checked, and the same bytes go to the engine:
+# nothing is opened again by path, so a file exchanged after the check cannot be what runs. A trust setting
+# (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False`: export's own parity) checks the signature against
+# the digests of exactly these bytes and of the metadata.json bytes the record was parsed from.
 
 def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
     """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model
     may name no external data its entry does not list (onnxruntime would read it unchecked)."""
-    engine = engine_of(Path(bundle_dir) / name)  # an unknown format or a missing engine is said first
+    engine = engine_row(Path(bundle_dir) / name).name  # an unknown format or a missing engine is said first
     files = read_model_files(bundle_dir, name, metadata)
     if engine == "onnxruntime":
-        try:
-            locations = external_data_locations(files.data)
-        except ModelError as err:
-            raise ModelError(err.reason, files.path) from err
-        check_external_locations(bundle_dir, metadata.models[name], locations)
+        check_external_locations(bundle_dir, metadata.models[name], external_data_locations(files.data, files.path))
     return files
 
 
@@ -331,6 +515,7 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
         from tumor_edge.signing.trust import check_loaded
 
         check_loaded(Path(bundle_dir), trust, metadata, files.digests)
-    backend = backend_factory(engine_of(files.path))(files.path, options, files=files)
+    backend = backend_factory(engine_row(files.path).name)(files.path, options, files=files)
     check_binding(metadata, backend.metadata_props(), files.path)
     return backend
+

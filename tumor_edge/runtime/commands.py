@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import click
 
+from tumor_edge import RESEARCH_NOTICE
+from tumor_edge.errors import ConfigError, TumorEdgeError, one_line
 from tumor_edge.signing import TRUST_ENV
 
 MAX_LISTED_FAILURES = 20
@@ -31,7 +33,7 @@ class ClassifyCommand(click.Command):
     input types from the readers' rows as they are when it is shown."""
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from tumor_edge.runtime.readers.registry import readers_help
+        from tumor_edge.runtime.readers import readers_help
 
         template = self.help
         self.help = (template or "").replace("INPUT_TYPES", readers_help())
@@ -52,8 +54,6 @@ class _WarningEcho(logging.Handler):
     """Warnings about inputs (tumor_edge.input) as `warning:` lines on stderr, one line each."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tumor_edge.runtime.output import one_line
-
         click.echo(f"warning: {one_line(record.getMessage())}", err=True)
 
 
@@ -144,14 +144,11 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         usage = click.UsageError("choose one of --json and --csv", ctx)
         usage.exit_code = EXIT_FATAL
         raise usage
-    from tumor_edge import RESEARCH_NOTICE
     from tumor_edge.contracts.bundle import resolve_model_path
-    from tumor_edge.errors import TumorEdgeError
     from tumor_edge.runtime.backends import BackendOptions
     from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.inputs import scan_inputs
-    from tumor_edge.runtime.output import WRITERS, OutputError, one_line
-    from tumor_edge.runtime.postprocess import Failure
+    from tumor_edge.runtime.postprocess import WRITERS, Failure, OutputError
+    from tumor_edge.runtime.preprocess import scan_inputs
 
     debug = bool(ctx.obj and ctx.obj.get("debug"))
 
@@ -181,9 +178,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
     on_pixels = None
     if heatmap_dir is not None:
-        from tumor_edge.errors import ConfigError
-        from tumor_edge.runtime.explain import ExplainSettings
-        from tumor_edge.runtime.heatmap import HEATMAP_ROLE, HeatmapWriter
+        from tumor_edge.runtime.explain import HEATMAP_ROLE, ExplainSettings, HeatmapWriter
 
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
             raise ConfigError("--heatmap-method cam: this model has no class-activation map output (use auto, "
@@ -223,7 +218,6 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
 
 def _slices_option(value: str) -> str | int:
-    from tumor_edge.errors import ConfigError
     from tumor_edge.runtime.readers.base import parse_slices
 
     try:
@@ -268,8 +262,6 @@ class _Ticks:
 
 def _report(failure, writer, debug: bool) -> None:
     """A failure on stdout (JSON, CSV rows) and as one `error:` line on stderr (traceback with --debug)."""
-    from tumor_edge.runtime.output import one_line
-
     writer.failure(failure)
     click.echo(f"error: {one_line(failure.message)}", err=True)
     if debug and failure.error is not None:
@@ -308,8 +300,6 @@ def _with_heatmap(heatmaps, result, pixels):
     the scan keeps its label)."""
     import dataclasses
 
-    from tumor_edge.errors import TumorEdgeError
-
     try:
         path = heatmaps.write(result, pixels)
     except TumorEdgeError as err:
@@ -321,8 +311,6 @@ def _with_heatmap(heatmaps, result, pixels):
 
 
 def _summary(failures: list, n_files: int) -> None:
-    from tumor_edge.runtime.output import one_line
-
     if not failures:
         return
     sources = list(dict.fromkeys(f.source for f in failures))
@@ -371,8 +359,6 @@ def verify(bundle: str, data: str | None, tolerance: float | None, batch_size: i
         from tumor_edge.signing.trust import trust_policy
 
         policy = trust_policy(bundle, trust, err=False)  # first: a bundle whose signature fails is not checked further
-    from tumor_edge import RESEARCH_NOTICE
-
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
     from tumor_edge.runtime.verify import verify_bundle
 

@@ -1,50 +1,41 @@
 """Post-processing: a model's class scores to the probabilities and warnings a row shows, each rule once, and the
-rows themselves (`Prediction`, `Failure`: what every stage yields, so this module imports none of them).
+rows themselves (`Prediction`, `Failure`: what every stage yields, so this module imports none of them). The
+calibration package loads only for a bundle that has `calibration` or `ood` fields.
 
-- probabilities: logits go through softmax; scores a bundle declares probabilities are held to one probability
-  rule (`probability_problem`); then the bundle's `calibration` temperature scales them.
-- warnings: the input checks on the pixels the model saw (`input_warnings`, below), and the bundle's `ood` fit:
-  class centres and a threshold for the model's "ood_features" output (tumor_edge.calibration.mahalanobis), or a
-  threshold on a score the model file computes itself (tumor_edge.calibration.output_scores).
-- a picture whose scores are not finite gets no label (`not_a_number`); with `abstain`, a warned one neither.
+The input checks ask whether this is a brain MRI slice at all, cheaply, on the decoded pixels: a classifier
+answers every input with a confident label, including a holiday photograph. An MRI slice is stored grey (its
+channels agree), its neighbouring pixels correlate strongly (noise's do not), and it is surrounded by air, which
+images black (a photograph or chest film fills the frame). The model's own feature-space check (`warnings_for`)
+catches subtler departures.
 
-Neither `calibration` nor `ood` is required; the calibration package loads only for a bundle that has them.
-
-The input checks ask whether this is a brain MRI slice at all, cheaply, on the decoded pixels. A classifier
-answers every input with a confident label, including a holiday photograph; these catch the inputs that are
-plainly not a greyscale scan of a head: colour (an MRI slice is stored grey, so its channels agree), noise
-(neighbouring pixels of any real image are strongly correlated; sensor noise or a corrupted file are not), blank
-or constant images, and images with no dark background around the anatomy (an MRI slice is surrounded by air,
-which images black; a photograph or chest film fills the frame). Each check returns a reason a person
-understands; the model's own feature-space check (`warnings_for`) catches subtler departures.
+The writers (`WRITERS`: a table for people, JSON lines or CSV for scripts) stream a row per result and stay
+well-formed whatever the names: names pass the one escaping rule (`errors.one_line`), so a row is one line and
+never drives the terminal; CSV cells never start a spreadsheet formula; JSON never holds a bare NaN. Every JSON and
+CSV row names the model file and engine that produced it: the device picks the file by measurement.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
 from tumor_edge.contracts.preprocessing import Preprocessing
-from tumor_edge.errors import ConfigError, InputImageError, ModelError, TumorEdgeError
+from tumor_edge.errors import ConfigError, InputImageError, ModelError, TumorEdgeError, one_line, valid_unicode
 from tumor_edge.runtime.readers.base import release_frames
 
-
-@dataclass(frozen=True)
-class InputCheckLimits:
-    """Thresholds, chosen with margin from measurements on MRI slices (real and synthetic) and on colour
-    photographs, noise and blank images (tests/runtime/test_ood_checks.py holds the measured cases)."""
-
-    max_colour: float = 12.0  # mean |R-G| + |G-B| + |B-R| / 3 over pixels, in grey levels; JPEG grey ~0-2
-    min_contrast: float = 4.0  # standard deviation in grey levels; below: blank or constant
-    min_neighbour_correlation: float = 0.5  # lag-1 correlation of adjacent pixels; white noise ~0
-    min_dark_fraction: float = 0.25  # share of the image's outer ring (6 %) in the darkest 15 % of its grey range
-
-
-DEFAULT_LIMITS = InputCheckLimits()
+# The input checks' thresholds, chosen with margin from measurements on MRI slices (real and synthetic) and on
+# colour photographs, noise and blank images (tests/runtime/test_ood_checks.py holds the measured cases).
+MAX_COLOUR = 12.0  # mean |R-G| + |G-B| + |B-R| / 3 over pixels, in grey levels; JPEG grey ~0-2
+MIN_CONTRAST = 4.0  # standard deviation in grey levels; below: blank or constant
+MIN_NEIGHBOUR_CORRELATION = 0.5  # lag-1 correlation of adjacent pixels; white noise ~0
+MIN_DARK_FRACTION = 0.25  # share of the image's outer ring (6 %) in the darkest 15 % of its grey range
 
 
 @dataclass(frozen=True)
@@ -80,23 +71,22 @@ def pixel_stats(rgb: np.ndarray) -> PixelStats:
     return PixelStats(colour, contrast, min(horizontal, vertical), dark)
 
 
-def input_warnings(rgb: np.ndarray, limits: InputCheckLimits = DEFAULT_LIMITS,
-                   content_only: bool = False) -> list[str]:
+def input_warnings(rgb: np.ndarray, content_only: bool = False) -> list[str]:
     """Reasons (empty: nothing found) why `rgb` does not look like a brain MRI slice. `content_only`: only the
     checks that hold for a volume slice's own voxels before it is framed on a black canvas (which would give any
     constant or noise volume the dark surround of a head): blank or constant, and noise."""
     s = pixel_stats(rgb)
-    if s.contrast < limits.min_contrast:
+    if s.contrast < MIN_CONTRAST:
         return [f"blank or constant image (contrast {s.contrast:.1f} grey levels): not a scan"]
-    if s.neighbour_correlation < limits.min_neighbour_correlation:
+    if s.neighbour_correlation < MIN_NEIGHBOUR_CORRELATION:
         return [f"looks like noise (neighbouring pixels correlate {s.neighbour_correlation:.2f}; real images "
-                f"> {limits.min_neighbour_correlation})"]
+                f"> {MIN_NEIGHBOUR_CORRELATION})"]
     if content_only:
         return []
-    if s.colour > limits.max_colour:
+    if s.colour > MAX_COLOUR:
         return [f"colour image (channels differ by {s.colour:.0f} grey levels on average): MRI slices are grey; "
                 f"is this a photograph?"]
-    if s.dark_fraction < limits.min_dark_fraction:
+    if s.dark_fraction < MIN_DARK_FRACTION:
         return [f"no dark background ({100 * s.dark_fraction:.0f} % of the image's edge near black): an MRI "
                 f"slice shows the head surrounded by air"]
     return []
@@ -305,6 +295,11 @@ class Failure:
 
     ok = False
 
+    @property
+    def reason(self) -> str:
+        """The message without the file name it starts with (CSV gives the file its own column)."""
+        return self.message.removeprefix(f"{self.source}: ")
+
     def to_dict(self) -> dict:
         return {"file": self.source, "error": self.message}
 
@@ -313,7 +308,39 @@ class Failure:
         decoder raised another tumor-edge error)."""
         if isinstance(self.error, TumorEdgeError):
             return self.error
-        return InputImageError(self.message.removeprefix(f"{self.source}: "), self.source)
+        return InputImageError(self.reason, self.source)
+
+
+@dataclass(frozen=True)
+class VolumeSummary:
+    """The volume's class (None when no slice got a label), its mean probabilities, which slices were classified,
+    which support the class, and what the reader noticed about the volume."""
+
+    source: str
+    axis: str
+    label: str | None
+    probabilities: dict[str, float]
+    slices: tuple[int, ...]  # indices classified (labelled or not), along the axis
+    supporting: tuple[int, ...]  # indices whose own label is `label`
+    slice_count: int  # slices along the axis in the volume
+    warnings: tuple[str, ...] = ()
+    rule: str = ""
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.label is None else self.probabilities[self.label]
+
+    def support_text(self) -> str:
+        if self.label is None:
+            return f"no slice of {len(self.slices)} was given a label"
+        listed = ", ".join(str(i) for i in self.supporting)
+        return f"{self.label} in {self.axis} slices {listed} ({len(self.supporting)} of {len(self.slices)})"
+
+    def to_dict(self, notice: str) -> dict:
+        return {"file": self.source, "summary": "volume", "axis": self.axis, "label": self.label,
+                "confidence": self.confidence, "probabilities": self.probabilities, "slices": list(self.slices),
+                "supporting_slices": list(self.supporting), "slice_count": self.slice_count,
+                "warnings": list(self.warnings), "rule": self.rule, "notice": notice}
 
 
 class Model(Protocol):
@@ -351,3 +378,177 @@ def not_a_number(source: str | None, frame: int | None, model: Path) -> Failure:
     reason = "the model's output is not a number (NaN or infinite)"
     return Failure(source or "image", f"{where}: {reason} for this image; no label given",
                    ModelError(f"{reason} for {where}; no label given", model))
+
+
+# ---- writing the rows -------------------------------------------------------------------------------------------
+
+# OWASP "CSV injection": a cell starting with one of these is a formula to Excel, LibreOffice and Sheets (OWASP's
+# other two, tab and carriage return, never start a cell: `one_line` escapes them).
+FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+class OutputError(TumorEdgeError):
+    """Results could not be written (disk full, a closed file); the batch cannot usefully go on."""
+
+
+def csv_cell(value: object) -> str:
+    """A text cell that a spreadsheet shows as text, on one line: names escaped by the one rule (`one_line`), then
+    OWASP's leading single quote before a formula start."""
+    text = one_line(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def slice_label(axis: str, index: int | None, count: int | None) -> str:
+    """'axial 45/120': slice 45 (0-based, along the axis in RAS order) of the volume's 120."""
+    return f"{axis} {index}/{count}"
+
+
+def summary_label(summary: VolumeSummary) -> str:
+    n = len(summary.slices)
+    return f"volume: {summary.axis}, {n} slice{'s' if n != 1 else ''}"
+
+
+def _where(result: Prediction) -> str:
+    source = one_line(result.source)
+    if result.axis is not None:
+        return f"{source} [{slice_label(result.axis, result.frame, result.frame_count)}]"
+    if result.frame is not None:
+        return f"{source} [frame {result.frame} of {result.frame_count}]"
+    return source
+
+
+class Writer:
+    """Streams results to `out`; a failure is a row only where the format has one (JSON, CSV)."""
+
+    def __init__(self, out: TextIO, classes: Sequence[str], top_k: int | None, file_width: int, notice: str = "",
+                 model: tuple[str, str] = ("", "")):
+        self.out = out
+        self.classes = list(classes)
+        self.top_k = top_k
+        self.file_width = file_width
+        self.notice = notice  # the research-use notice each volume summary carries
+        self.model_file, self.engine = model  # what produced every row: named in each machine-readable row
+
+    def header(self) -> None:
+        pass
+
+    def prediction(self, result: Prediction) -> None:
+        """One picture's row (a volume's slice: `result.axis` is set, `result.frame` is the slice index)."""
+        raise NotImplementedError
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        raise NotImplementedError
+
+    def failure(self, result: Failure) -> None:
+        pass
+
+    def _line(self, text: str) -> None:
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): the command exits quietly
+        except OSError as err:
+            raise OutputError(f"cannot write the results ({(err.strerror or str(err)).lower()})") from err
+
+
+class TableWriter(Writer):
+    """file, predicted class, probability, then the other classes from most to least likely."""
+
+    def header(self) -> None:
+        label_width = max(len(c) for c in self.classes)
+        self.label_width = max(label_width, 5)
+        self._line(f"{'file':<{self.file_width}}  {'class':<{self.label_width}}  {'prob':>6}  others")
+
+    def prediction(self, result: Prediction) -> None:
+        k = self.top_k or len(self.classes)
+        others = ", ".join(f"{one_line(label)} {p:.3f}" for label, p in result.top_k(k)[1:])
+        label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
+        # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
+        warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
+        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  "
+                   f"{others}".rstrip() + warned)
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        k = self.top_k or len(self.classes)
+        ranked = sorted(summary.probabilities.items(), key=lambda kv: kv[1], reverse=True)
+        if summary.label is None:
+            label, prob, others = "-", "     -", ""
+        else:
+            label, prob = one_line(summary.label), f"{summary.confidence:6.3f}"
+            others = ", ".join([f"{one_line(c)} {p:.3f}" for c, p in ranked if c != summary.label][:k - 1])
+        notes = "; ".join([summary.support_text(), *summary.warnings, self.notice])
+        where = f"{one_line(summary.source)} [{summary_label(summary)}]"
+        self._line(f"{where:<{self.file_width}}  {label:<{self.label_width}}  {prob}  {others}".rstrip()
+                   + f"  [{one_line(notes)}]")
+
+
+class JsonLinesWriter(Writer):
+    """One JSON object a line; failures too ({"file", "error"}), so a script sees every input accounted for.
+    NaN or infinity is refused (strict JSON parsers reject them): such a picture's row is a failure."""
+
+    def _json(self, data: dict, produced: bool = True) -> None:
+        data["file"] = valid_unicode(data.get("file"))
+        if produced:
+            data.update(model_file=valid_unicode(self.model_file), engine=self.engine)
+        self._line(json.dumps(data, allow_nan=False))
+
+    def prediction(self, result: Prediction) -> None:
+        data = result.to_dict()
+        if self.top_k:
+            data["top_k"] = [[label, p] for label, p in result.top_k(self.top_k)]
+        self._json(data)
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        self._json(summary.to_dict(self.notice))
+
+    def failure(self, result: Failure) -> None:
+        self._json(result.to_dict(), produced=False)
+
+
+class CsvWriter(Writer):
+    """file, frame, label, confidence, a probability column per class, warnings (joined by "; "), then error
+    (empty unless the file failed). Cells with a comma, quote, CR or LF are quoted (RFC 4180), so every name
+    stays one cell. A volume's slice rows say `axial 45/120` in `frame`; its summary row says which slices carry
+    its class there (`volume: axial, 9 slices; glioma in axial slices ...`), the notice in `warnings`."""
+
+    def _row(self, values: list) -> None:
+        buffer = io.StringIO()
+        # QUOTE_MINIMAL quotes a cell holding any character of the line terminator: with "\r\n" both CR and LF
+        # (with "" neither, and a name with a newline split the row).
+        csv.writer(buffer, lineterminator="\r\n").writerow(values)
+        self._line(buffer.getvalue()[:-2])
+
+    def header(self) -> None:
+        self._row(["file", "frame", "label", "confidence", *(csv_cell(c) for c in self.classes), "warnings",
+                   "error", "model_file", "engine"])
+
+    def prediction(self, result: Prediction) -> None:
+        frame = "" if result.frame is None else result.frame
+        if result.axis is not None:
+            frame = slice_label(result.axis, result.frame, result.frame_count)
+        label, confidence = ("", "") if result.abstained else (csv_cell(result.label), f"{result.confidence:.6f}")
+        self._row([csv_cell(result.source), frame, label, confidence,
+                   *(f"{result.probabilities[c]:.6f}" for c in self.classes),
+                   csv_cell("; ".join(result.warnings)), "", *self._produced()])
+
+    def _produced(self) -> list[str]:
+        return [csv_cell(self.model_file), csv_cell(self.engine)]
+
+    def volume_summary(self, summary: VolumeSummary) -> None:
+        label = "" if summary.label is None else csv_cell(summary.label)
+        confidence = "" if summary.confidence is None else f"{summary.confidence:.6f}"
+        self._row([csv_cell(summary.source), csv_cell(f"{summary_label(summary)}; {summary.support_text()}"),
+                   label, confidence, *(f"{summary.probabilities[c]:.6f}" for c in self.classes),
+                   csv_cell("; ".join([*summary.warnings, self.notice])), "", *self._produced()])
+
+    def failure(self, result: Failure) -> None:
+        self._row([csv_cell(result.source), "", "", "", *([""] * len(self.classes)), "",
+                   csv_cell(result.reason), "", ""])
+
+
+WRITERS: dict[str, Callable[..., Writer]] = {
+    "table": TableWriter,
+    "json": JsonLinesWriter,
+    "csv": CsvWriter,
+}

@@ -1,28 +1,45 @@
 """What `tumor-edge verify BUNDLE [--data DIR]` checks: is this bundle intact, and does this device reproduce it?
 
-1. Schema: metadata.json validates against the versioned schema (tumor_edge.contracts.bundle).
-2. Integrity: every listed model is a plain name inside the folder, of the recorded size and sha256.
-3. Soundness and reproduction (tumor_edge.runtime.choice): each file's recorded outputs must agree with the
-   fp32 file's recorded labels at the rate its parity record promises; then the reference images are regenerated
-   here (bit-exact on any machine, no patient data) and each file's probabilities must lie within its tolerance
-   of the recorded ones: different CPUs (AVX2, VNNI, ARM) or onnxruntime versions can change int8 results. Every
-   other output role recorded (the heatmap, the OOD features) is compared too, relative to the recorded values'
-   range (their units are the model's, not probabilities).
-4. With --data (a dataset root with Testing/<class>/ or a folder of <class>/ folders): accuracy on local
-   labelled scans, which must stay within the export's parity tolerance of what export measured.
+Schema and integrity (tumor_edge.contracts.bundle); soundness and reproduction on regenerated reference images
+(tumor_edge.runtime.choice: different CPUs or onnxruntime versions can change int8 results), every other recorded
+output role relative to its recorded range (its units are the model's, not probabilities); with --data, accuracy
+on local labelled scans within export's parity tolerance. Each file's reproduce result is recorded on this device
+(a failed file is never chosen here again), and once every check passed the files are timed and the choice
+recorded for classify, serve and bench. A listed file absent here, or whose engine is not installed, is listed
+under "not checked here" and fails only with `--strict`.
 
-verify records each file's reproduce result on this device, passed or failed (a failed file is never chosen here
-again); once every check has passed, it times the files this device may run and records the choice, which
-classify, serve and bench then use. A listed file that is absent or whose engine is not installed here is listed
-once under "not checked here", with the reason and the extra that would check it, and does not fail the run
-(`--strict` makes it); a present file is still hashed whatever its engine, and at least one model must verify.
+`Bundle` is the runtime's public handle on a bundle folder: its validated metadata, its files' checks, a
+Classifier on one of them, and these checks.
+
+`measure_ood_rates`: how often a bundle's out-of-distribution warnings fire on generated sets that are not brain
+MRI slices and on held-out scans that are, through the runtime's own prediction path.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, check_model_file, member_path
+from tumor_edge.errors import MissingExtraError, TumorEdgeError
+from tumor_edge.runtime.backends import BackendOptions, engine_row
+from tumor_edge.runtime.choice import (
+    CAP,
+    FLOORS,
+    measure_choice,
+    record_checks,
+    reference_images,
+    reference_role_outputs,
+    reproduce,
+    soundness,
+)
+from tumor_edge.runtime.classifier import Classifier, decode_file
 
 # Other output roles (the heatmap, the OOD features): largest |difference| divided by the recorded values' range
 # (max - min), per precision. Neither is a probability, so an absolute bound would mean something different for
@@ -52,9 +69,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
                   batch_size: int = 16, strict: bool = False, choose: bool = True,
                   threads: int | None = None, trust: object | None = None) -> VerifyReport:
     """Run every check this device can; never raises for a bad bundle (each problem is a line of the report)."""
-    from tumor_edge.contracts.bundle import BundleMetadata
-    from tumor_edge.errors import TumorEdgeError
-
     bundle_dir = Path(bundle_dir)
     report = VerifyReport()
     try:
@@ -66,8 +80,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
     runnable = [name for name in metadata.models if _check_integrity(bundle_dir, name, metadata, report)]
     if not metadata.models:
         report.problems.append(f"{bundle_dir}: the bundle lists no models")
-    from tumor_edge.runtime.backends import BackendOptions
-
     options = BackendOptions(threads=threads, trust=trust)
     _check_reference(bundle_dir, metadata, runnable, tolerance, report, options)
     if data is not None:
@@ -88,12 +100,6 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
 def _choose(bundle_dir: Path, metadata, options, report: VerifyReport) -> None:
     """Record this device's reproduce results (passed or failed: a failed file never runs here again), then, when
     every check passed, time the files this device may run and record the choice (runtime.choice)."""
-    import functools
-
-    from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.choice import measure_choice, record_checks
-    from tumor_edge.runtime.classifier import Classifier
-
     record_checks(metadata, report.checks, options)
     if report.problems or not report.checks:
         return
@@ -109,10 +115,6 @@ def _choose(bundle_dir: Path, metadata, options, report: VerifyReport) -> None:
 def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport) -> bool:
     """Hash one listed file if it is here; True when this device can also run it. An absent file or a missing
     engine is recorded in report.not_checked (once), a failed check in report.problems."""
-    from tumor_edge.contracts.bundle import check_model_file, member_path
-    from tumor_edge.errors import MissingExtraError, TumorEdgeError
-    from tumor_edge.runtime.backends import engine_of
-
     try:
         path = member_path(bundle_dir, name)  # a name that leaves the folder is a problem, present or not
         if not os.path.lexists(path):
@@ -124,7 +126,7 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
         return False
     report.lines.append(f"integrity: ok  {name} (sha256 {metadata.models[name].sha256[:12]}…)")
     try:
-        engine_of(path)
+        engine_row(path)
     except MissingExtraError as err:
         report.not_checked[name] = f"{err.reason} (its sha256 was checked)"
         return False
@@ -136,12 +138,6 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
 
 def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: float | None,
                      report: VerifyReport, options) -> None:
-    from tumor_edge.contracts.bundle import SCORES
-    from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.choice import CAP, FLOORS, reproduce, soundness
-    from tumor_edge.runtime.classifier import Classifier
-    from tumor_edge.runtime.reference import reference_images, reference_role_outputs
-
     reference = metadata.reference
     if reference is None:
         report.problems.append(f"{bundle_dir}: no reference outputs recorded: this device's results cannot be "
@@ -196,8 +192,6 @@ def _check_reference(bundle_dir: Path, metadata, names: list[str], tolerance: fl
 
 def role_difference(recorded: dict, got) -> tuple[float, float]:
     """(largest |difference|, that divided by the recorded values' range) for one role's recorded images."""
-    import numpy as np
-
     want = np.asarray(recorded["values"], np.float64).reshape(recorded["shape"])
     have = np.asarray(got, np.float64)[:want.shape[0]]
     if have.shape != want.shape:
@@ -212,8 +206,6 @@ def role_difference(recorded: dict, got) -> tuple[float, float]:
 def _check_roles(path: Path, precision: str, recorded: dict, outputs: dict, declared: list[str],
                  report: VerifyReport) -> None:
     """Each recorded non-score role of one file against this device's outputs."""
-    import numpy as np
-
     for role in declared:
         entry = recorded.get(role)
         if entry is None:
@@ -238,8 +230,8 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
     """(scans, labels, problems) of a labelled folder: ROOT/Testing/<class>/... or ROOT/<class>/..., sorted.
     A scan is what the readers' registry claims: a regular file (a FIFO or device is never opened; hidden names
     skipped) or a folder a folder reader reads as one scan (a DICOM series), which is then not walked."""
+    from tumor_edge.runtime.readers import folder_role, is_scan_file
     from tumor_edge.runtime.readers.base import FOLDER_SCAN
-    from tumor_edge.runtime.readers.registry import folder_role, is_scan_file
 
     base = root / "Testing" if (root / "Testing").is_dir() else root
     problems: list[str] = []
@@ -278,8 +270,8 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
 def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list[str]]:
     """(a class index per scan, -1 when it could not be classified; the failures' messages): an image's own
     prediction, a volume's summary label (its slice rows are not scans of their own)."""
-    from tumor_edge.runtime.readers.registry import is_volume
-    from tumor_edge.runtime.volume import VolumeSummary
+    from tumor_edge.runtime.postprocess import VolumeSummary
+    from tumor_edge.runtime.readers import is_volume
 
     volumes = {str(f) for f in files if is_volume(f)}
     predicted: list[int] = []
@@ -297,11 +289,6 @@ def _predicted(clf, files: list[Path], batch_size: int) -> tuple[list[int], list
 
 def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_size: int,
                 report: VerifyReport, options) -> None:
-    import numpy as np
-
-    from tumor_edge.errors import TumorEdgeError
-    from tumor_edge.runtime.classifier import Classifier
-
     files, labels, problems = labelled_files(root, list(metadata.classes))
     report.problems.extend(problems)
     if not files:
@@ -331,3 +318,98 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
                 report.problems.append(f"{bundle_dir / name}: {line}")
                 continue
         report.lines.append(f"data: ok  {line}")
+
+
+# ---------------------------------------------------------------------------------------------- OOD warning rates
+
+FEATURE_WARNING = "unlike the training scans"  # how postprocess.warnings_for words the feature check
+
+
+def _tally(warnings: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Share of images with any warning, with an input-check warning, and with the feature-space warning."""
+    n = len(warnings)
+    feature = [any(w.startswith(FEATURE_WARNING) for w in ws) for ws in warnings]
+    checks = [any(not w.startswith(FEATURE_WARNING) for w in ws) for ws in warnings]
+    return {"count": n, "flagged": float(np.mean([bool(ws) for ws in warnings])) if n else None,
+            "input_checks_flagged": float(np.mean(checks)) if n else None,
+            "feature_flagged": float(np.mean(feature)) if n else None}
+
+
+def pixel_warnings(classifier, pixels: np.ndarray, batch_size: int = 16) -> list[tuple[str, ...]]:
+    """Each model-sized uint8 image's warnings, through `Classifier.predictions`."""
+    found: list[tuple[str, ...]] = []
+    for start in range(0, len(pixels), batch_size):
+        batch = np.ascontiguousarray(pixels[start:start + batch_size])
+        results = classifier.predictions(batch, [(None, None, None)] * len(batch))
+        found += [tuple(r.warnings) if r.ok else ("no label: model output not a number",) for r in results]
+    return found
+
+
+def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, seed: int = 0,
+                      batch_size: int = 16) -> dict[str, Any]:
+    """{"sets": {name: rates}, "test": rates on the held-out scans (false alarms), "notes": [...]}.
+
+    `count` images per generated set at the model's input size; the inverted-scans set is made from held-out
+    scans, so it needs `test_paths`."""
+    from tumor_edge.calibration.ood_sets import generated_sets
+
+    spec = classifier.preprocessing
+    test_warnings, unreadable = [], 0  # through the streaming path `classify` uses
+    for found in classifier.iter_predictions(list(test_paths), batch_size=batch_size):
+        if found.ok:
+            test_warnings.append(tuple(found.warnings))
+        else:
+            unreadable += 1
+    scans = []
+    for path in list(test_paths)[:count]:
+        decoded = decode_file(path, spec, "middle")
+        if decoded.failure is None:
+            scans.append(decoded.pixels[0][0])
+    sets = generated_sets(count, spec.size, seed, scans=np.stack(scans) if scans else None)
+    result = {"sets": {name: _tally(pixel_warnings(classifier, pixels, batch_size)) for name, pixels in sets.items()},
+              "test": {**_tally(test_warnings), "unreadable": unreadable},
+              "feature_check": bool(classifier.postprocessing.has_ood), "seed": seed, "per_set": count}
+    if not classifier.postprocessing.has_ood:
+        result["notes"] = ["this bundle has no feature-space fit: input checks only"]
+    return result
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle folder and its validated metadata.json. `Bundle.open` raises a one-line ModelError naming the
+    file for a folder that is not a valid bundle; model files are checked when asked (`check`) or opened. The
+    runtime only reads bundles; export writes them."""
+
+    path: Path
+    metadata: BundleMetadata
+
+    @classmethod
+    def open(cls, path: str | Path) -> Bundle:
+        """Read and validate `path`/metadata.json (no model file is read yet: cheap)."""
+        path = Path(path)
+        return cls(path, BundleMetadata.read(path))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata.classes)
+
+    @property
+    def models(self) -> list[str]:
+        """The model files the bundle lists."""
+        return list(self.metadata.models)
+
+    def check(self, name: str | None = None) -> list[Path]:
+        """Prove the listed model files (or the one named) are the ones recorded: present, of the recorded size
+        and sha256, every member file too. Returns their paths; a BundleIntegrityError or ModelError (one line
+        naming the file) for the first that is not."""
+        names = [name] if name is not None else self.models
+        return [check_model_file(self.path, n, self.metadata)[0] for n in names]
+
+    def classifier(self, model_file: str | None = None, options: BackendOptions | None = None) -> Classifier:
+        """A Classifier on one of the bundle's files (None: this device's measured choice)."""
+        return Classifier.from_bundle(self.path, model_file=model_file, options=options)
+
+    def verify(self, **kwargs) -> VerifyReport:
+        """This device's checks (`verify_bundle`'s keyword arguments): integrity, the recorded reference
+        outputs, optionally labelled data; never raises for a bad bundle."""
+        return verify_bundle(self.path, **kwargs)

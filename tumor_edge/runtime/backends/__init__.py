@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from tumor_edge.contracts.bundle import read_confined
 from tumor_edge.contracts.formats import ENGINES, Engine, engine_for_suffix
-from tumor_edge.errors import ConfigError, MissingExtraError, ModelError
+from tumor_edge.errors import BundleIntegrityError, ConfigError, MissingExtraError, ModelError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,14 +34,10 @@ class Backend(Protocol):
     name: str  # the engine: a key of tumor_edge.contracts.formats.ENGINES
     path: Path  # the model file the caller asked for
     loaded_path: Path  # the file whose bytes run: `path`
-    input_shape: list  # the declared input shape; ints, or None/str where dynamic
+    input_shape: list  # the declared input shape; ints, or None/str where dynamic (`hw_of` reads its size)
     output_names: list[str]  # every model output, in model order (what `run` returns, in the same order)
     providers: list[str]  # what executes it, in priority order (onnxruntime execution providers; [] for LiteRT)
     missing_providers: list[str]  # providers the caller asked for that this installation lacks
-
-    def input_hw(self) -> tuple[int | None, int | None]:
-        """The (height, width) the model file declares, None where dynamic."""
-        ...
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """float32 (N, H, W, 3) -> every output as float32, in `output_names` order."""
@@ -170,7 +167,7 @@ def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per proce
     return {"onnxruntime": ort.__version__, "machine": platform.machine().lower(), "isa": cpu_isa()}
 
 
-BackendFactory = Callable[..., Backend]  # (path, options, sha256=None, files=None) -> Backend
+BackendFactory = Callable[..., Backend]  # (path, options, files=None) -> Backend
 
 
 def backend_factory(engine: str) -> BackendFactory:
@@ -194,12 +191,20 @@ def engine_row(path: Path) -> Engine:
     return engine
 
 
-def engine_of(path: Path) -> str:
-    """The name of the engine that runs this file (see `engine_row` for the errors)."""
-    return engine_row(path).name
+def read_lone(path: Path, name: str | None = None) -> bytes:
+    """A model file outside any bundle (or `name`, a file beside it), read once as a plain file of its folder
+    (`read_confined`: nothing lists its digest); a one-line ModelError when it cannot be."""
+    try:
+        return read_confined(path.parent, name or path.name)
+    except FileNotFoundError as err:
+        raise ModelError(f"model file not found ({first_line(err)})", path) from err
+    except OSError as err:
+        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
+    except BundleIntegrityError as err:
+        raise ModelError(err.reason, err.path or path) from err
 
 
-def open_backend(path: str | Path, options: BackendOptions | None = None, sha256: str | None = None) -> Backend:
+def open_backend(path: str | Path, options: BackendOptions | None = None) -> Backend:
     """Load a model file with the engine its suffix names (a file outside a bundle, or one export has just
     written: a bundle's listed files go through `classifier.open_bundle_model`, which reads, checks and hands
     over the bytes)."""
@@ -210,7 +215,7 @@ def open_backend(path: str | Path, options: BackendOptions | None = None, sha256
     for companion in engine.companions(path.name):
         if not (path.parent / companion).is_file():
             raise ModelError(f"{engine.title} needs {companion} beside this file, and it is missing", path)
-    return backend_factory(engine.name)(path, options or BackendOptions(), sha256=sha256)
+    return backend_factory(engine.name)(path, options or BackendOptions())
 
 
 _BACKENDS = {"LiteRTBackend": "litert_backend", "OnnxBackend": "onnxruntime_backend"}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import ModelFiles, read_confined
-from tumor_edge.errors import BundleIntegrityError, MissingExtraError, ModelError, first_line
-from tumor_edge.runtime.backends import BackendOptions, hw_of
+from tumor_edge.contracts.bundle import ModelFiles
+from tumor_edge.errors import MissingExtraError, ModelError, first_line
+from tumor_edge.runtime.backends import BackendOptions, read_lone
 
 
 class LiteRTBackend:
@@ -20,17 +20,15 @@ class LiteRTBackend:
 
     name = "litert"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 files: ModelFiles | None = None):
-        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
-        `sha256` is what the registry's `open_backend` passes; the digest is not needed."""
+    def __init__(self, path: Path, options: BackendOptions, files: ModelFiles | None = None):
+        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once)."""
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:
             raise MissingExtraError("running .tflite files needs LiteRT: pip install 'tumor-edge[tflite]'",
                                     path) from err
         self.path = self.loaded_path = Path(path)
-        data = files.data if files is not None else _read_lone(self.path)
+        data = files.data if files is not None else read_lone(self.path)
         self.providers: list[str] = []  # LiteRT picks its own delegates (XNNPACK on CPU)
         self.missing_providers: list[str] = []
         try:
@@ -46,9 +44,6 @@ class LiteRTBackend:
         self.input_shape = [int(d) for d in self._input["shape"]]
         self._outputs = model_order(self.interpreter)
         self.output_names = [o["name"] for o in self._outputs]
-
-    def input_hw(self) -> tuple[int | None, int | None]:
-        return hw_of(self.input_shape)
 
     def metadata_props(self) -> dict[str, str]:
         return {}
@@ -82,15 +77,6 @@ class LiteRTBackend:
         return results
 
 
-def _read_lone(path: Path) -> bytes:
-    try:
-        return read_confined(path.parent, path.name)
-    except OSError as err:
-        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
-    except BundleIntegrityError as err:
-        raise ModelError(err.reason, path) from err
-
-
 def model_order(interpreter) -> list[dict]:
     """The output details in the model's own output order. LiteRT lists a converted model's outputs in its
     own order (a Keras model's [scores, heatmap] came back as [heatmap, scores]), so roles taken by index from
@@ -114,6 +100,4 @@ def model_order(interpreter) -> list[dict]:
     return details
 
 
-# What the backend registry opens this engine's files with: the module named by its row in the
-# format table (tumor_edge.contracts.formats.ENGINES).
 BACKEND = LiteRTBackend

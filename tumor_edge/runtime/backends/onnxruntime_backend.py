@@ -1,17 +1,13 @@
 """The onnxruntime backend: the runtime's own engine.
 
-A session is made from the model's bytes (`InferenceSession(bytes)`), with its external data handed over as bytes
-too (`SessionOptions.add_external_initializers_from_files_in_memory`), never from a path onnxruntime would open
-itself: the bytes were read once and checked (a bundle's against its metadata, see
-tumor_edge.runtime.classifier), so a file changed after the check cannot be what runs. onnxruntime optimises
-the graph for this CPU at each load (`BackendOptions.optimization`).
+A session is made from the model's bytes, with its external data handed over as bytes too, never from a path
+onnxruntime would open itself: the bytes were read once and checked, so a file changed after the check cannot be
+what runs.
 
-Which external data files a model makes onnxruntime read is found here without the `onnx` package: a TensorProto
-with `external_data` entries, whose "location" names a file relative to the model's folder. A bundle lists each
-such file with its sha256 (`ModelEntry.files`); `external_data_locations` finds every location a model's bytes
-name, so a model naming an unlisted file is refused. The walk reads protobuf's wire format directly (ModelProto ->
-graphs, functions, training info -> nodes -> attributes -> tensors, sparse tensors and subgraphs), skipping every
-payload by its length, so it touches only the headers, never the weights.
+`external_data_locations` finds every external data file a model's bytes name (a TensorProto's "location",
+relative to the model's folder), so a model naming a file its bundle does not list is refused; it needs no `onnx`
+package: it walks protobuf's wire format directly, skipping every payload by its length, so it touches only the
+headers, never the weights.
 """
 
 from __future__ import annotations
@@ -20,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import ModelFiles, read_confined
-from tumor_edge.errors import BundleIntegrityError, ModelError, first_line
-from tumor_edge.runtime.backends import BackendOptions, hw_of, resolve_providers, session_options
+from tumor_edge.contracts.bundle import ModelFiles
+from tumor_edge.errors import ModelError, first_line
+from tumor_edge.runtime.backends import BackendOptions, read_lone, resolve_providers, session_options
 
 
 class OnnxBackend:
@@ -30,10 +26,8 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, options: BackendOptions, sha256: str | None = None,
-                 files: ModelFiles | None = None):
-        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once).
-        `sha256` is what the registry's `open_backend` passes; the digest is not needed."""
+    def __init__(self, path: Path, options: BackendOptions, files: ModelFiles | None = None):
+        """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once)."""
         import onnxruntime as ort
 
         self.path = self.loaded_path = Path(path)
@@ -65,9 +59,6 @@ class OnnxBackend:
         """The model's own metadata_props (where a lone exported .onnx carries its tumor-edge metadata)."""
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def input_hw(self) -> tuple[int | None, int | None]:
-        return hw_of(self.input_shape)
-
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         fixed = self.fixed_batch
@@ -89,8 +80,6 @@ class OnnxBackend:
         return [np.asarray(out, dtype=np.float32) for out in outputs]
 
 
-# What the backend registry opens this engine's files with: the module named by its row in the
-# format table (tumor_edge.contracts.formats.ENGINES).
 BACKEND = OnnxBackend
 
 
@@ -114,11 +103,10 @@ class _Malformed(Exception):
     pass
 
 
-def external_data_locations(model: bytes | Path) -> list[str]:
+def external_data_locations(model: bytes | Path, path: Path | None = None) -> list[str]:
     """Every distinct external data location a serialised model (its bytes, or the path of a file to read) names,
-    in file order ([] for most models). A model too damaged to walk is a one-line ModelError (onnxruntime could not
-    load it either)."""
-    path = None
+    in file order ([] for most models). A model too damaged to walk is a one-line ModelError naming `path` (the
+    file the bytes came from) (onnxruntime could not load it either)."""
     if not isinstance(model, (bytes, bytearray, memoryview)):
         path = Path(model)
         try:
@@ -138,24 +126,10 @@ def lone_model_files(path: Path) -> ModelFiles:
     import hashlib
 
     path = Path(path)
-    try:
-        data = read_confined(path.parent, path.name)
-        members = {name: read_confined(path.parent, name) for name in _locations(data, path)}
-    except FileNotFoundError as err:
-        raise ModelError(f"model file not found ({first_line(err)})", path) from err
-    except OSError as err:
-        raise ModelError(f"cannot read the model ({first_line(err)})", path) from err
-    except BundleIntegrityError as err:
-        raise ModelError(err.reason, err.path or path) from err
+    data = read_lone(path)
+    members = {name: read_lone(path, name) for name in external_data_locations(data, path)}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in {path.name: data, **members}.items()}
     return ModelFiles(path, data, members, digests)
-
-
-def _locations(data: bytes, path: Path) -> list[str]:
-    try:
-        return external_data_locations(data)
-    except ModelError as err:
-        raise ModelError(err.reason, path) from err
 
 
 def _walk(data) -> list[str]:

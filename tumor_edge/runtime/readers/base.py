@@ -1,25 +1,32 @@
 """The reader interface: what every input type (a 2-D image, a DICOM file, a DICOM series, a NIfTI volume) gives.
 
-A `Reader` is one row of the registry (`readers/registry.py`); every consumer reads through the registry, so a new
+A `Reader` is one row of the registry (`readers/__init__.py`); every consumer reads through the registry, so a new
 reader reaches all of them. `read` gives a `Scan`: the pictures to classify (8-bit RGB at their own size) with
 their provenance. A volume's pictures come one at a time, so memory holds the volume and one slice, never every
 slice decoded.
+
+Size caps: what costs memory is the decoded size, not the file size (a 281 KB deflated DICOM can claim 12000x12000
+16-bit pixels). So each decoder computes the decoded size from the header and refuses the file above the cap
+before it decodes a pixel, and the later steps (min-max scaling, the DICOM display pipeline) work in blocks of
+rows, so one file's peak memory stays a small multiple of its decoded size. A brain MRI slice is under 1 Mpx and
+a 512-slice 512x512 16-bit volume is 256 MiB: the caps leave real scans far behind.
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import math
 import os
 import stat
 import traceback
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from tumor_edge.errors import ConfigError, InputImageError
-from tumor_edge.runtime.caps import MAX_FRAMES
 
 if TYPE_CHECKING:  # Pillow loads with the first picture: classify's help lists the rows without it
     from PIL import Image
@@ -31,6 +38,110 @@ KINDS = (IMAGE, VOLUME)
 # A folder reader's answer about one folder: it is a scan of this reader, it is not (walk its files), or it looks
 # like one but cannot be read as one (the reason is a one-line problem naming the folder).
 FOLDER_SCAN, FOLDER_FILES, FOLDER_REFUSED = "scan", "files", "refused"
+
+
+# ---- size caps ------------------------------------------------------------------------------------------------
+
+MAX_PIXELS = 64_000_000  # one frame: width x height
+MAX_DECODED_BYTES = 256 * 1024 * 1024  # one file: width x height x channels x bytes/sample x frames decoded
+MAX_FRAMES = 1024  # frames of one file classified with frames="all"
+MAX_FILE_BYTES = 2 * MAX_DECODED_BYTES  # a file bigger than this cannot decode under the cap (DICOM reads it all)
+BLOCK_PIXELS = 1 << 18  # blocks of about this many pixels for float work (2 MB of float64)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a header promises: the size a decoder would allocate."""
+
+    width: int
+    height: int
+    channels: int = 1
+    bytes_per_sample: int = 1
+    frames: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels * self.channels * self.bytes_per_sample * self.frames
+
+    def describe(self) -> str:
+        frames = f" x {self.frames} frames" if self.frames > 1 else ""
+        return (f"{self.width}x{self.height}{frames}, {self.channels} channel(s) of {self.bytes_per_sample} "
+                f"byte(s)")
+
+
+def check_decoded(size: Decoded, path: str | Path) -> None:
+    """Refuse, before decoding, an image that is empty or would decode beyond the caps."""
+    if size.width <= 0 or size.height <= 0:
+        raise InputImageError(f"image has no pixels ({size.width}x{size.height})", path)
+    if size.pixels > MAX_PIXELS:
+        raise InputImageError(f"image too large to be a scan ({size.width}x{size.height} = {size.pixels} pixels, "
+                              f"limit {MAX_PIXELS}: a decompression bomb?)", path)
+    if size.nbytes > MAX_DECODED_BYTES:
+        raise InputImageError(f"image too large to be a scan (decodes to {size.nbytes} bytes: {size.describe()}; "
+                              f"limit {MAX_DECODED_BYTES}: a decompression bomb?)", path)
+
+
+def check_total(nbytes: int, path: str | Path) -> None:
+    """Refuse a file whose frames decoded so far add up to more than the cap (frames may differ in size)."""
+    if nbytes > MAX_DECODED_BYTES:
+        raise InputImageError(f"image too large to be a scan (its frames decode to over {nbytes} bytes, limit "
+                              f"{MAX_DECODED_BYTES})", path)
+
+
+def check_volume_size(shape: tuple[int, ...], bytes_per_voxel: int, path: str | Path) -> None:
+    """Refuse, before reading a voxel, a volume that is empty, not 3-D, or would decode beyond the cap."""
+    if any(int(s) <= 0 for s in shape):
+        raise InputImageError(f"volume has a zero-size dimension (shape {tuple(shape)})", path)
+    if len(shape) < 3 or any(int(s) < 2 for s in shape[:3]):
+        raise InputImageError(f"not a 3-D volume (shape {tuple(shape)}): classify a single slice as an image "
+                              "file", path)
+    nbytes = math.prod(int(s) for s in shape[:3]) * max(1, int(bytes_per_voxel))
+    if nbytes > MAX_DECODED_BYTES:
+        raise InputImageError(f"volume too large to classify (shape {tuple(shape)[:3]} of {bytes_per_voxel}-byte "
+                              f"voxels decodes to {nbytes} bytes, limit {MAX_DECODED_BYTES}: a corrupt header?)",
+                              path)
+
+
+def check_file_size(nbytes: int, path: str | Path) -> None:
+    if nbytes > MAX_FILE_BYTES:
+        raise InputImageError(f"file too large to be a scan ({nbytes} bytes, limit {MAX_FILE_BYTES})", path)
+
+
+def check_inflated_size(fh: BinaryIO, path: str | Path, limit: int = MAX_DECODED_BYTES + (1 << 20)) -> int:
+    """Inflate a raw-deflate stream from `fh` without keeping it, refusing it once it passes `limit` bytes.
+
+    Decoders that inflate a whole stream at once (pydicom for deflated DICOM) would otherwise let a few hundred
+    kilobytes claim gigabytes; this pass costs time bounded by the limit and memory bounded by one chunk.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    chunk = 1 << 20
+    while True:
+        data = fh.read(chunk)
+        if not data:
+            break
+        while data:
+            try:
+                total += len(inflater.decompress(data, chunk))
+            except zlib.error as err:
+                raise InputImageError(f"corrupt deflated data ({err})", path) from None
+            data = inflater.unconsumed_tail
+            if total > limit:
+                raise InputImageError(f"deflated data inflates to over {limit} bytes (limit {MAX_DECODED_BYTES}: "
+                                      "a decompression bomb?)", path)
+        if inflater.eof:
+            break
+    return total
+
+
+def row_blocks(height: int, width: int) -> list[slice]:
+    """Row ranges of about BLOCK_PIXELS pixels, so float intermediates never hold a whole large frame."""
+    step = max(1, BLOCK_PIXELS // max(width, 1))
+    return [slice(start, min(start + step, height)) for start in range(0, height, step)]
 
 
 # ---- opening only regular files ------------------------------------------------------------------------------
@@ -183,7 +294,7 @@ def parse_slices(value: str | int) -> str | int:
 @dataclass(frozen=True)
 class ReadOptions:
     """What to take from a file: `frames` of a multi-frame 2-D file ('middle', 'all' or an index); `axis` and
-    `slices` ('middle', 'all' or a number N) of a volume. Size limits are the caps (`runtime/caps.py`)."""
+    `slices` ('middle', 'all' or a number N) of a volume. Size limits are the caps (above)."""
 
     frames: str | int = "middle"
     axis: str = "axial"

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_edge.errors import InputImageError, MissingExtraError
-from tumor_edge.runtime.caps import check_volume_size
-from tumor_edge.runtime.readers.base import ReadOptions, Scan, open_regular
-from tumor_edge.runtime.volume import Volume, volume_scan
-from tumor_edge.runtime.volume_slices import closest_ras, ras_spacing, to_ras
+from tumor_edge.errors import InputImageError, MissingExtraError, first_line
+from tumor_edge.runtime.readers.base import ReadOptions, Scan, check_volume_size, open_regular
+from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, volume_scan
 
 NIFTI_EXTRA = "nifti"
 MAX_HEADER_BYTES = 16 << 20  # header and extensions before the voxels
@@ -31,11 +29,6 @@ def _nibabel(path: Path):
         raise MissingExtraError(f"reading NIfTI volumes needs the `{NIFTI_EXTRA}` extra (nibabel is not "
                                 f"installed): pip install 'tumor-edge[{NIFTI_EXTRA}]'", path) from None
     return nibabel
-
-
-def _short(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
 
 
 def _check_offset(fh, path: Path) -> None:
@@ -65,7 +58,8 @@ def _image(nib, fh, path: Path):
             return klass.from_stream(fh)
         except Exception as err:  # nibabel raises HeaderDataError, ImageFileError, EOFError, struct errors...
             errors.append(err)
-    raise InputImageError(f"not a readable NIfTI file ({_short(errors[0])})", path)
+    raise InputImageError(f"not a readable NIfTI file ({type(errors[0]).__name__}: {first_line(errors[0], 160)})",
+                          path)
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -104,7 +98,8 @@ def read_nifti(path: str | Path) -> Volume:
         except MemoryError:
             raise InputImageError("out of memory while reading the volume", path) from None
         except Exception as err:  # truncated gzip (EOFError), short data, zlib errors, bad headers
-            raise InputImageError(f"unreadable NIfTI volume ({_short(err)}): truncated or corrupt?", path) from None
+            raise InputImageError(f"unreadable NIfTI volume ({type(err).__name__}: {first_line(err, 160)}): "
+                                  "truncated or corrupt?", path) from None
     if stored.shape[:3] != shape[:3]:
         raise InputImageError(f"NIfTI data has shape {stored.shape}, its header says {shape}", path)
     try:

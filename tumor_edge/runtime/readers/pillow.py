@@ -17,12 +17,16 @@ import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from tumor_edge.errors import InputImageError, first_line
-from tumor_edge.runtime.caps import BLOCK_PIXELS, MAX_PIXELS, Decoded, check_decoded, check_total
 from tumor_edge.runtime.readers.base import (
+    BLOCK_PIXELS,
     IMAGE,
+    MAX_PIXELS,
+    Decoded,
     Picture,
     ReadOptions,
     Scan,
+    check_decoded,
+    check_total,
     open_regular,
     release_frames,
     select_frames,
