@@ -117,3 +117,24 @@ def test_the_temporary_png_is_written_through_its_descriptor_not_reopened_by_nam
     written = writer.write(clf.predict(scan), decode_file(scan, clf.preprocessing).pixels[0][0])
     assert written.is_file() and targets
     assert not [t for t in targets if isinstance(t, (str, os.PathLike))], targets
+
+
+def test_an_interrupt_inside_mkstemp_leaves_no_temporary_file(heatmap_bundle, tmp_path, monkeypatch):
+    """Ctrl-C lands after mkstemp made its file but before the name reached the writer (the window a loaded
+    machine hits): the folder is left as it was."""
+    import tempfile
+
+    clf = Classifier.from_bundle(heatmap_bundle)
+    writer = HeatmapWriter(tmp_path / "maps")
+    real = tempfile.mkstemp
+
+    def interrupted(*args, **kwargs):
+        fd, _ = real(*args, **kwargs)
+        os.close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "mkstemp", interrupted)
+    scan = save_quadrant(tmp_path / "scan.png", 2)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(clf.predict(scan), decode_file(scan, clf.preprocessing).pixels[0][0])
+    assert list((tmp_path / "maps").iterdir()) == []

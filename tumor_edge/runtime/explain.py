@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -544,14 +545,17 @@ class HeatmapWriter:
         explanation = explain_prediction(self.classifier, pixels, prediction.index, prediction.outputs, settings)
         caption = (f"{prediction.label} {prediction.confidence:.2f}: evidence for {prediction.label} "
                    f"({explanation.label})")
-        fd, name = tempfile.mkstemp(suffix=".png.tmp", prefix=".", dir=self.out_dir)
-        tmp = Path(name)
+        # The temporary name starts with this thread's own prefix, so an interrupt that lands inside mkstemp,
+        # after it made the file but before its name reached this frame, still leaves nothing behind.
+        prefix = f".tumor-edge-{os.getpid()}-{threading.get_ident()}-"
         try:
+            fd, name = tempfile.mkstemp(suffix=".png.tmp", prefix=prefix, dir=self.out_dir)
             with os.fdopen(fd, "wb") as out:  # through the descriptor mkstemp made: the name is never reopened
                 write_overlay(out, pixels, explanation.map, prediction.index, caption, method=explanation.label)
-            path = self._claim(tmp, lambda index: overlay_name(prediction.source, index, prediction.frame))
+            path = self._claim(Path(name), lambda index: overlay_name(prediction.source, index, prediction.frame))
         finally:
-            tmp.unlink(missing_ok=True)
+            for leftover in self.out_dir.glob(f"{prefix}*.png.tmp"):  # a planted link is unlinked, never followed
+                leftover.unlink(missing_ok=True)
         self.last = explanation
         return path
 
