@@ -1,4 +1,4 @@
-"""Accuracy-aware TFLite int8 (tumor_edge.export.tflite_int8) on a tiny Keras model whose naive int8 breaks:
+"""Accuracy-aware TFLite int8 (tumor_edge.export.tflite_export) on a tiny Keras model whose naive int8 breaks:
 the same outlier construction as test_quantize_accuracy_aware (a conv output channel offset by +200 next to
 ~0.1-sized colour channels; int8 activations are per tensor), converted through the real TFLite converter and
 run through the runtime's LiteRT backend."""
@@ -47,7 +47,7 @@ def saved_outlier(tmp_path_factory):
 
 def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
     """The function the TFLite int8 converter calls (export runs each converter in its own process)."""
-    from tumor_edge.export.tflite_int8 import float_reference, tflite_int8_accuracy_aware, tflite_probabilities
+    from tumor_edge.export.tflite_export import float_reference, tflite_int8_accuracy_aware, tflite_probabilities
 
     saved, folder = saved_outlier
     spec = Preprocessing(SIZE, SIZE, scaling="unit")
@@ -79,7 +79,7 @@ def test_tflite_search_that_misses_its_goal_ships_the_nearest_candidate(saved_ou
     """An unreachable goal (agreement above 100 %): more float units that bring it no closer are not shipped
     (they cost size and speed for nothing), and a stall ends the search before the cap."""
     from tumor_edge.export.quantize.config import ParityGoal
-    from tumor_edge.export.tflite_int8 import TfliteInt8Config, tflite_int8_accuracy_aware
+    from tumor_edge.export.tflite_export import TfliteInt8Config, tflite_int8_accuracy_aware
 
     saved, folder = saved_outlier
     spec = Preprocessing(SIZE, SIZE, scaling="unit")
@@ -103,7 +103,7 @@ def test_tflite_probing_stops_when_no_unit_moves_the_focus_images(saved_outlier)
     patience of one probe the search stops probing there, and the units it never probed follow in their own
     order (conv2 next), so the goal is still met, at one more float unit than a full probe would cost (the float
     cap lets 2 of the 4 units go float)."""
-    from tumor_edge.export.tflite_int8 import TfliteInt8Config, float_reference, tflite_int8_accuracy_aware
+    from tumor_edge.export.tflite_export import TfliteInt8Config, float_reference, tflite_int8_accuracy_aware
 
     saved, folder = saved_outlier
     spec = Preprocessing(SIZE, SIZE, scaling="unit")
@@ -120,3 +120,22 @@ def test_tflite_probing_stops_when_no_unit_moves_the_focus_images(saved_outlier)
     assert report["holds"], report["steps"]
     units = [f["unit"] for f in report["float_nodes"]]
     assert len(units) == 2 and "conv1" in units[0] and "conv2" in units[1], units
+
+
+def test_full_integer_int8_has_int8_io_and_runs_in_the_runtime(saved_outlier, tmp_path):
+    """`--tflite-full-integer`: int8 input and output and every op int8, softmax included (accelerators), so the
+    probabilities the runtime's LiteRT backend dequantizes come in steps of 1/256."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tumor_edge.export.tflite_export import export_tflite_int8, representative_dataset, tflite_probabilities
+
+    saved, _ = saved_outlier
+    spec = Preprocessing(SIZE, SIZE, scaling="unit")
+    dst = export_tflite_int8(saved, tmp_path / "model_int8.tflite", representative_dataset(_pixels(48, 1), spec),
+                             full_integer=True)
+    interp = Interpreter(model_path=str(dst))
+    assert [d["dtype"] for d in interp.get_input_details() + interp.get_output_details()] == [np.int8, np.int8]
+    probs = tflite_probabilities(dst.read_bytes(), _pixels(40, 2), spec, tmp_path)
+    assert probs.shape == (40, 4) and np.all(probs >= 0)
+    np.testing.assert_allclose(probs * 256, np.round(probs * 256), atol=1e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.tflite"]

@@ -161,8 +161,7 @@ def test_tflite_int8_float_reference_reads_the_scores_of_a_three_output_model(co
     """The accuracy-aware TFLite int8 search compares against the SavedModel's scores: with heatmap and OOD
     outputs, the signature's dict listed output_2 first (the exporter failed with a broadcast error)."""
     from tumor_edge.contracts.preprocessing import Preprocessing
-    from tumor_edge.export.tflite_export import export_saved_model
-    from tumor_edge.export.tflite_int8 import float_reference
+    from tumor_edge.export.tflite_export import export_saved_model, float_reference
 
     model, _, _ = converted
     x = blob_images(6, seed=71).pixels

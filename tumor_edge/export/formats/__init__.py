@@ -1,5 +1,5 @@
-"""One converter module per row of the format table (`tumor_edge.contracts.formats.FORMATS`), registered here
-by the row's key with `@converter("onnx-int8")`.
+"""The converters of the format table's rows (`tumor_edge.contracts.formats.FORMATS`), one module per container,
+each registered here by its row's key with `@converter("onnx-int8")`.
 
 `convert(ctx, dst) -> dict` writes the file at `dst` from what the `ExportContext` offers and returns the facts
 the bundle's metadata records for that file (keys starting with "_": bulky reports the exporter files elsewhere).

@@ -1,5 +1,5 @@
 """ONNX static int8 (QDQ) that loses nothing: calibration method chosen on validation, then accuracy-aware float
-fallback for the most sensitive nodes; plus the TFLite int8 counterpart (tumor_edge.export.tflite_int8).
+fallback for the most sensitive nodes; plus the TFLite int8 counterpart (tumor_edge.export.tflite_export).
 
 Modules, one job each: config (recipe, goal, weight ranges), calibration (one-pass ranges for all
 methods), graph (float-by-construction rewrites, QDQ removal), scoring (int8 vs fp32 on validation, and the
