@@ -348,7 +348,7 @@ def test_export_records_every_external_data_file(tmp_path):
     onnx.save(quadrant_model(metadata=quadrant_metadata()), tmp_path / "model_fp16.onnx")
     rows = [ExportedFile("onnx-fp32", MODEL, "onnx", "fp32", "onnxruntime"),
             ExportedFile("onnx-fp16", "model_fp16.onnx", "onnx", "fp16", "onnxruntime")]
-    entries = model_entries(tmp_path, rows, None)
+    entries = model_entries(tmp_path, rows)
     assert list(entries[MODEL].files) == [DATA]
     assert entries[MODEL].files[DATA].sha256 == sha256_file(tmp_path / DATA)
     assert entries[MODEL].to_dict()["files"][DATA]["size_bytes"] == (tmp_path / DATA).stat().st_size

@@ -145,7 +145,7 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
                               provenance=_provenance(source, "pending" if config.parity else
                                                     "not proven: exported without parity"))
     stamp_onnx_files(out, rows, metadata)
-    metadata.models = model_entries(out, rows, None)
+    metadata.models = model_entries(out, rows)
     inputs = heatmap_inputs = None
     if config.parity and metadata.models:
         samples = stratified_subset(source.test.samples, config.test_count, config.seed)
@@ -156,7 +156,8 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         if "heatmap" in metadata.extra_outputs:
             heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
     log.info("export step checks start")
-    metadata.metrics = private_reports(rows)  # the int8 report's reference seed, for the reference record
+    private = private_reports(rows)
+    metadata.metrics = dict(private)  # the int8 report's reference seed, for the reference record
     files, heatmap_parity, reference = check_files(out, metadata, config, inputs, heatmap_inputs)
     log.info("export step checks done")
     report = None if inputs is None else ParityReport(
@@ -164,10 +165,10 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         list(source.classes), config.batch_size, inputs.labels, inputs.raw, inputs.temperature)
     if report is not None:
         metadata.provenance["parity"] = {"pass": "proven", "fail": "failed"}.get(report.verdict, report.verdict)
-    metadata.models = model_entries(out, rows, {f.file: f.verdict for f in report.files} if report else None)
+        for checked in report.files:
+            metadata.models[checked.file].extra["parity"] = checked.verdict
     metadata.metrics = {"parity": report.summary() if report else
-                        {"passed": None, "proven": False, "reason": "exported without parity"},
-                        **private_reports(rows)}
+                        {"passed": None, "proven": False, "reason": "exported without parity"}, **private}
     if heatmap_parity is not None:
         metadata.metrics["heatmap_parity"] = heatmap_parity
     if metadata.models:
@@ -227,15 +228,16 @@ def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMe
             onnx.save(model, str(out / row.file))
 
 
-def model_entries(out: Path, rows: Sequence[ExportedFile], verdicts: dict[str, str] | None) -> dict[str, ModelEntry]:
+def model_entries(out: Path, rows: Sequence[ExportedFile]) -> dict[str, ModelEntry]:
     """metadata.json's `models`: each file written, hashed, with every external data file it reads (hashed too:
-    the runtime refuses a model naming data its entry does not list), the converter's facts and its verdict."""
+    the runtime refuses a model naming data its entry does not list), the converter's facts, "not checked" for
+    its parity verdict until parity gives it."""
     entries = {}
     for row in rows:
         if not row.ok:
             continue
         extra = {k: v for k, v in row.extra.items() if not k.startswith("_")}
-        extra["parity"] = (verdicts or {}).get(row.file, "not checked")
+        extra["parity"] = "not checked"
         files = tuple(external_files(out, row.file)) if row.engine == "onnxruntime" else ()
         entries[row.file] = describe_file(out / row.file, row.format, row.precision, files=files, **extra)
     return entries
