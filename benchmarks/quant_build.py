@@ -35,7 +35,7 @@ def build(work: Path, size: int) -> None:
     import keras
     import numpy as np
 
-    from tumor_edge.export.onnx_export import export_onnx_fp32
+    from tumor_edge.export.formats.onnx import export_onnx_fp32
     from tumor_edge.export.tflite_export import export_saved_model, export_tflite_int8
 
     work.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ pytest.importorskip("tf2onnx")
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    from tumor_edge.export.onnx_export import export_onnx_fp32
+    from tumor_edge.export.formats.onnx import export_onnx_fp32
     from tumor_edge.export.tflite_export import export_saved_model, export_tflite_fp32, export_tflite_int8
     from tumor_edge.modelside.cam import features_model
 

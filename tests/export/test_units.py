@@ -91,7 +91,7 @@ def test_collecting_optimizers_are_tf2onnx_own_in_the_same_order():
     pytest.importorskip("tf2onnx")
     from tf2onnx.optimizer import _get_optimizers
 
-    from tumor_edge.export.onnx_export import collecting_optimizers
+    from tumor_edge.export.formats.onnx import collecting_optimizers
 
     ours, theirs = collecting_optimizers(), _get_optimizers()
     assert list(ours) == list(theirs)

@@ -39,6 +39,7 @@ from tumor_edge.export.context import (
     load_and_keep,
     pixels_digest,
 )
+from tumor_edge.export.formats.onnx import onnx_metadata
 from tumor_edge.export.model_card import write_model_card
 from tumor_edge.export.model_source import ModelSource
 from tumor_edge.export.parity import ParityReport, check_files, parity_inputs
@@ -214,8 +215,6 @@ def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMe
     """Every ONNX file carries the bundle's essentials in its metadata_props (a foreign file's own keys kept) and
     its doc string, so it classifies on its own."""
     import onnx
-
-    from tumor_edge.export.onnx_export import onnx_metadata
 
     doc = (f"tumor-edge {metadata.name}: classes {', '.join(metadata.classes)}; "
            f"{metadata.preprocessing.to_dict()['description']}. {metadata.intended_use}")

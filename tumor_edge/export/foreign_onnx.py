@@ -25,7 +25,7 @@ import numpy as np
 
 from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.export.config import LAYOUT_CHOICES, needs_option
-from tumor_edge.export.onnx_export import INPUT_NAME
+from tumor_edge.export.formats.onnx import INPUT_NAME
 
 ONNX_SUFFIXES = (".onnx",)
 PROBABILITIES = "probabilities"
