@@ -19,9 +19,8 @@ import numpy as np
 from tumor_edge.contracts.formats import BY_KEY, ModelFormat
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig
-from tumor_edge.export.model_source import ModelSource
 from tumor_edge.export.samples import SampleSet, stratified_subset
-from tumor_edge.export.source import SAVED_MODEL_FILE
+from tumor_edge.export.source import SAVED_MODEL_FILE, ModelSource
 
 
 @dataclass

@@ -41,12 +41,12 @@ from tumor_edge.export.context import (
 )
 from tumor_edge.export.formats.onnx import onnx_metadata
 from tumor_edge.export.model_card import write_model_card
-from tumor_edge.export.model_source import ModelSource
 from tumor_edge.export.parity import ParityReport, check_files, parity_inputs
 from tumor_edge.export.parity_report import render_table, table_rows, write_reports
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN
 from tumor_edge.export.plan import TENSORFLOW_ENV, Conversions, converted, is_skipped, plan_export
 from tumor_edge.export.samples import stratified_subset
+from tumor_edge.export.source import ModelSource
 from tumor_edge.machine import host, package_versions
 from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
 from tumor_edge.signing import SIGNATURE_FILE
