@@ -12,6 +12,7 @@ from tumor_edge.errors import ConfigError
 
 OUTPUT_CHOICES = ("auto", "probabilities", "logits")
 LAYOUT_CHOICES = ("auto", "nchw", "nhwc")  # a foreign ONNX model's input layout (export/foreign_onnx.py)
+INPUT_NAME = "image"  # of every ONNX file export writes: the bundle contract's (BundleMetadata.input_spec)
 
 
 def needs_option(error: Exception, option: str) -> Exception:

@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.errors import ConfigError, ModelError, first_line
-from tumor_edge.export.config import LAYOUT_CHOICES, needs_option
-from tumor_edge.export.formats.onnx import INPUT_NAME
+from tumor_edge.export.config import INPUT_NAME, LAYOUT_CHOICES, needs_option
 
 ONNX_SUFFIXES = (".onnx",)
 PROBABILITIES = "probabilities"

@@ -11,9 +11,9 @@ from typing import Any
 
 from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, ModelEntry
 from tumor_edge.errors import ModelError
+from tumor_edge.export.config import INPUT_NAME
 from tumor_edge.export.formats import converter
 
-INPUT_NAME = "image"  # the bundle contract's (contracts.bundle.BundleMetadata.input_spec)
 DEFAULT_OPSET = 17
 
 
