@@ -31,6 +31,20 @@ def scaled_batches(pixels: np.ndarray, spec: Preprocessing, batch_size: int):
         yield scale(pixels[start:start + batch_size], spec)
 
 
+def session(model):
+    """An onnxruntime CPU session at level 'all' for a model file, bytes or ModelProto."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if isinstance(model, Path):
+        model = str(model)
+    elif not isinstance(model, (str, bytes)):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
 def quiet_stdout():
     """onnxruntime's calibration internals print to stdout; keep stdout clean for results."""
     return contextlib.redirect_stdout(io.StringIO())
@@ -112,7 +126,6 @@ def collect_ranges(model_path: Path, pixels: np.ndarray, spec: Preprocessing, co
     their histograms batch by batch, which makes the result depend on image order and, for Entropy, the
     threshold search cost grow quadratically with the widened bin count.
     """
-    import onnxruntime as ort
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         HistogramCalibrater,
@@ -125,12 +138,9 @@ def collect_ranges(model_path: Path, pixels: np.ndarray, spec: Preprocessing, co
     calibrater.augment_graph()  # every float tensor becomes a graph output
     tensors = set(calibrater.tensors_to_calibrate)
     del calibrater
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions keep graph outputs intact
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(augmented), so, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    names = [o.name for o in session.get_outputs()]
+    sess = session(augmented)  # level 'all': its fusions keep graph outputs intact
+    input_name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
     want_histograms = any(m in config.methods for m in ("entropy", "percentile"))
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
@@ -138,7 +148,7 @@ def collect_ranges(model_path: Path, pixels: np.ndarray, spec: Preprocessing, co
     n_batches = -(-len(pixels) // config.batch_size)
     batches = scaled_batches(pixels, spec, config.batch_size)
     for i, batch in enumerate(progress(batches, "calibrating onnx int8", length=n_batches, enabled=show_progress)):
-        for name, value in zip(names, session.run(None, {input_name: batch})):
+        for name, value in zip(names, sess.run(None, {input_name: batch})):
             if name not in tensors:
                 continue
             flat = np.asarray(value, dtype=np.float32).reshape(-1)
@@ -148,7 +158,7 @@ def collect_ranges(model_path: Path, pixels: np.ndarray, spec: Preprocessing, co
             highs[name] = max(highs.get(name, -np.inf), float(flat.max()))
             if want_histograms:
                 samples.setdefault(name, []).append(_sample(flat, i, SAMPLES_PER_BATCH))
-    del session
+    del sess
     augmented.unlink(missing_ok=True)
     ranges: dict[str, Any] = {}
     if "minmax" in config.methods:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.export.quantize.calibration import scaled_batches
+from tumor_edge.export.quantize.calibration import scaled_batches, session
 from tumor_edge.export.quantize.config import ParityGoal
 from tumor_edge.runtime import Preprocessing, brain_blobs
 
@@ -71,20 +71,6 @@ class CandidateScore:
         acc_drop, auc_drop = self.drops(reference)
         return (round(1.0 - (self.agreement or 0.0), 9), round(acc_drop, 9), round(auc_drop, 9),
                 self.mean_abs_diff or 0.0)
-
-
-def session(model):
-    """An onnxruntime CPU session at level 'all' for a model file, bytes or ModelProto."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if isinstance(model, Path):
-        model = str(model)
-    elif not isinstance(model, (str, bytes)):
-        model = model.SerializeToString()
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: int) -> np.ndarray:
