@@ -29,7 +29,7 @@ import numpy as np
 
 from tumor_edge.export.quantize.config import ParityGoal
 from tumor_edge.export.quantize.scoring import CandidateScore, score
-from tumor_edge.export.quantize.sensitivity import NearestStep, fallback_schedule, focus_indices
+from tumor_edge.export.quantize.sensitivity import NearestStep, Probe, fallback_schedule, focus_indices
 from tumor_edge.runtime import Preprocessing, scale
 
 # Op types an int8 file keeps in float: a full-integer softmax rounds probabilities to multiples of 1/256, so
@@ -280,11 +280,9 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
     best, unmoved = float(np.mean(naive[focus].argmax(1) == reference[focus].argmax(1))), 0
     for unit, nodes in units[:config.max_probes]:
         probs = tflite_probabilities(quantizer.quantize(per_channel, nodes), pixels[focus], spec, work_dir)
-        agreement = float(np.mean(probs.argmax(1) == reference[focus].argmax(1)))
-        diff = np.abs(probs - reference[focus])
-        probes.append({"unit": unit, "nodes": nodes, "agreement": agreement, "max_abs_diff": float(diff.max()),
-                       "mean_abs_diff": float(diff.mean())})
-        best, unmoved = (agreement, 0) if agreement > best else (best, unmoved + 1)
+        probe = score(unit, probs, reference[focus], None, n_classes)
+        probes.append(asdict(Probe(unit, nodes, probe.agreement, probe.max_abs_diff, probe.mean_abs_diff)))
+        best, unmoved = (probe.agreement, 0) if probe.agreement > best else (best, unmoved + 1)
         if unmoved >= config.probe_patience:
             break
     report.probes = probes

@@ -121,10 +121,8 @@ class _Search:
         return score(f"{len(nodes)} float", probs, self.reference, self.labels, self.n_classes)
 
     def probe(self, unit: str, nodes: list[str], focus: np.ndarray) -> Probe:
-        probs = self.run(nodes, focus)
-        diff = np.abs(probs - self.reference[focus])
-        agreement = float(np.mean(probs.argmax(1) == self.reference[focus].argmax(1)))
-        return Probe(unit, nodes, agreement, float(diff.max()), float(diff.mean()))
+        s = score(unit, self.run(nodes, focus), self.reference[focus], None, self.n_classes)
+        return Probe(unit, nodes, s.agreement, s.max_abs_diff, s.mean_abs_diff)
 
 
 def rank_units(search: _Search, candidates: list[str], focus: np.ndarray, max_probes: int,
