@@ -200,15 +200,10 @@ def _provenance(source: ModelSource, parity_state: str) -> dict[str, Any]:
     }
 
 
-def is_bundle_file(name: str) -> bool:
-    """A file export writes (and `force` may replace): a table model file, a bundle document, the signature (a
-    new export's files would never match an old signature)."""
-    return name in BUNDLE_MODEL_FILES or name in BUNDLE_DOCUMENTS or name == SIGNATURE_FILE
-
-
 def prepare_out_dir(out: Path, force: bool) -> Path:
-    """Refuse a non-empty folder without force; with it, remove only the files a bundle consists of."""
-    return _prepare_out_dir(out, force, is_bundle_file, "bundle")
+    """Refuse a non-empty folder without force; with it, remove only the files export writes: the table's model
+    files, the bundle documents, the signature (a new export's files would never match an old signature)."""
+    return _prepare_out_dir(out, force, {*BUNDLE_MODEL_FILES, *BUNDLE_DOCUMENTS, SIGNATURE_FILE}, "bundle")
 
 
 def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata) -> None:
