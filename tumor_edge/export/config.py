@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge.contracts.formats import CONTAINERS, ENABLING_OPTIONS, ModelFormat, select
+from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES
 from tumor_edge.errors import ConfigError
 
 OUTPUT_CHOICES = ("auto", "probabilities", "logits")
@@ -85,10 +86,11 @@ class ExportConfig:
         unknown = [f for f in self.formats if f not in CONTAINERS]
         if unknown or not self.formats:
             raise ConfigError(f"formats must be among {', '.join(CONTAINERS)}, not {', '.join(unknown) or 'none'}")
-        if self.output not in OUTPUT_CHOICES:
-            raise ConfigError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, not {self.output!r}")
-        if self.layout not in LAYOUT_CHOICES:
-            raise ConfigError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, not {self.layout!r}")
+        for name, choices in (("output", OUTPUT_CHOICES), ("layout", LAYOUT_CHOICES), ("preprocess", SCALING_NAMES),
+                              ("resize", RESIZE_NAMES)):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         for name in ("calib_count", "select_count", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")

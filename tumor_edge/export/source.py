@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.contracts.bundle import sha256_file
-from tumor_edge.contracts.preprocessing import RESIZE_NAMES, SCALING_NAMES, Preprocessing
+from tumor_edge.contracts.preprocessing import SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import read_split
-from tumor_edge.errors import ConfigError, DatasetError, ModelError, first_line
+from tumor_edge.errors import DatasetError, ModelError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts
 from tumor_edge.export.samples import SampleSet, calibration_from_folder, test_from_folder
@@ -175,10 +175,9 @@ def _load_run(run: RunFolder, options: ExportConfig) -> ModelSource:
     bundle_spec = trained_spec
     # An explicit scaling/resize overrides what the bundle declares; the Keras reference keeps the training
     # pipeline's, so parity shows at once whether the override was a mistake.
-    for name, given, names in (("scaling", options.preprocess, SCALING_NAMES),
-                               ("resize", options.resize, RESIZE_NAMES)):
+    for name, given in (("scaling", options.preprocess), ("resize", options.resize)):
         if given and given != getattr(trained_spec, name):
-            bundle_spec = replace(bundle_spec, **{name: checked_choice(given, names, name)})
+            bundle_spec = replace(bundle_spec, **{name: given})
             warnings.append(f"the {name} '{given}' overrides the run's training {name} "
                             f"'{getattr(trained_spec, name)}'; parity will show whether the model agrees")
     calibration = validation = test = None
@@ -215,12 +214,6 @@ def require_foreign_options(path: Path, options: ExportConfig) -> None:
     if not options.preprocess:
         raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
                                       f"({', '.join(SCALING_NAMES)})", path), "preprocess")
-
-
-def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"the {what} must be one of {', '.join(choices)}, not {value!r}")
-    return value
 
 
 def load_model_file(path: Path, kind: str, image_size: int | None):
@@ -277,8 +270,6 @@ def _foreign_samples(options: ExportConfig, classes: list[str]) -> dict[str, Sam
 
 def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
     require_foreign_options(path, options)
-    scaling = checked_choice(options.preprocess, SCALING_NAMES, "scaling")
-    resize = checked_choice(options.resize or "bilinear", RESIZE_NAMES, "resize")
     raw = load_model_file(path, kind, options.image_size)
     height, width = input_hw(raw, path)
     if height is None or width is None:
@@ -289,7 +280,7 @@ def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
     elif options.image_size and (options.image_size, options.image_size) != (height, width):
         raise needs_option(ModelError(f"the image size given is {options.image_size} but the model takes "
                                       f"{height}x{width} images", path), "image_size")
-    spec = Preprocessing(height=height, width=width, resize=resize, scaling=scaling)
+    spec = Preprocessing(height=height, width=width, resize=options.resize or "bilinear", scaling=options.preprocess)
     classes = [str(c) for c in options.classes]
     check_io(raw, path, classes, spec)
     digest = sha256_file(path) if path.is_file() else sha256_file(path / SAVED_MODEL_FILE)
@@ -307,8 +298,7 @@ def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
     classes = [str(c) for c in options.classes]
     facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
     spec = Preprocessing(height=facts.height or options.image_size, width=facts.width or options.image_size,
-                         resize=checked_choice(options.resize or "bilinear", RESIZE_NAMES, "resize"),
-                         scaling=checked_choice(options.preprocess, SCALING_NAMES, "scaling"))
+                         resize=options.resize or "bilinear", scaling=options.preprocess)
     source = ModelSource(
         path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=sha256_file(path), onnx=facts,
