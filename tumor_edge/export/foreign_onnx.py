@@ -96,12 +96,7 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
     if channels not in (3, None):
         raise ModelError(f"the model takes {channels}-channel input ({layout.upper()} {_shape(dims)}); bundles "
                          "are RGB", path)
-    for got in (height, width):
-        if got is not None and image_size is not None and got != image_size:
-            raise needs_option(ModelError(f"the model takes {height}x{width} images but the image size given is "
-                                         f"{image_size}", path), "image_size")
-    if (height is None or width is None) and image_size is None:
-        raise needs_option(ModelError("the model's input size is not fixed: give the image size", path), "image_size")
+    input_size(height, width, image_size, path)
     if len(model.graph.output) != 1:
         raise ModelError(f"the model has {len(model.graph.output)} outputs; export needs one (batch, classes)",
                          path)
@@ -114,6 +109,18 @@ def inspect_onnx(path: Path, n_classes: int, image_size: int | None, layout: str
                           "classes")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxFacts(inputs[0].name, out.name, layout, decided, height, width, dims[0], opset, n_classes)
+
+
+def input_size(height: int | None, width: int | None, image_size: int | None, path: Path) -> tuple[int, int]:
+    """A model's input size: its own where its input fixes it, else the image size given; a one-line error when
+    the two differ or neither says."""
+    for got in (height, width):
+        if got is not None and image_size is not None and got != image_size:
+            raise needs_option(ModelError(f"the model takes {height}x{width} images but the image size given is "
+                                         f"{image_size}", path), "image_size")
+    if (height is None or width is None) and image_size is None:
+        raise needs_option(ModelError("the model's input size is not fixed: give the image size", path), "image_size")
+    return height or image_size, width or image_size
 
 
 def _shape(dims) -> str:

@@ -23,7 +23,7 @@ from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import read_split
 from tumor_edge.errors import DatasetError, ModelError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
-from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts
+from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts, input_size
 from tumor_edge.export.samples import SampleSet, calibration_from_folder, test_from_folder
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -271,15 +271,7 @@ def _foreign_samples(options: ExportConfig, classes: list[str]) -> dict[str, Sam
 def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
     require_foreign_options(path, options)
     raw = load_model_file(path, kind, options.image_size)
-    height, width = input_hw(raw, path)
-    if height is None or width is None:
-        if not options.image_size:
-            raise needs_option(ModelError("the model's input size is not fixed: give the image size", path),
-                               "image_size")
-        height = width = options.image_size
-    elif options.image_size and (options.image_size, options.image_size) != (height, width):
-        raise needs_option(ModelError(f"the image size given is {options.image_size} but the model takes "
-                                      f"{height}x{width} images", path), "image_size")
+    height, width = input_size(*input_hw(raw, path), options.image_size, path)
     spec = Preprocessing(height=height, width=width, resize=options.resize or "bilinear", scaling=options.preprocess)
     classes = [str(c) for c in options.classes]
     check_io(raw, path, classes, spec)
@@ -297,8 +289,8 @@ def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
     require_foreign_options(path, options)
     classes = [str(c) for c in options.classes]
     facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
-    spec = Preprocessing(height=facts.height or options.image_size, width=facts.width or options.image_size,
-                         resize=options.resize or "bilinear", scaling=options.preprocess)
+    height, width = input_size(facts.height, facts.width, options.image_size, path)
+    spec = Preprocessing(height=height, width=width, resize=options.resize or "bilinear", scaling=options.preprocess)
     source = ModelSource(
         path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=sha256_file(path), onnx=facts,
