@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -47,7 +48,7 @@ def _enabling_flags(command):
               help="Foreign model: input scaling (unit = x/255, symmetric = x/127.5-1 as Inception/Xception, "
                    "caffe/torch = ImageNet mean-std, none = raw 0..255). With a run folder: an override.")
 @click.option("--resize", type=click.Choice(RESIZE_NAMES), help="Resize filter [the run's, or bilinear].")
-@click.option("--output", "output_type", type=click.Choice(OUTPUT_CHOICES), default="auto", show_default=True,
+@click.option("--output", type=click.Choice(OUTPUT_CHOICES), default="auto", show_default=True,
               help="What the model outputs; logits get a softmax appended.")
 @click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default="auto", show_default=True,
               help="Foreign ONNX model: its input layout (nchw = channels first, as PyTorch; auto: from its input "
@@ -100,14 +101,10 @@ def _enabling_flags(command):
               help="Sign the finished bundle with this EC private key (model.sig; as `tumor-edge sign`). Needs the "
                    "`sign` extra.")
 @click.pass_context
-def export(ctx: click.Context, source: Path, out: Path, formats: str, force: bool, classes: str | None,
-           image_size: int | None, preprocess: str | None, resize: str | None, output_type: str, layout: str,
-           calib_data: Path | None, calib_count: int, select_count: int, calib_methods: str, per_channel: bool,
-           reduce_range: bool | None, no_accuracy_aware: bool, test_data: Path | None, test_count: int | None,
-           no_parity: bool,
-           max_accuracy_drop: float, max_auc_drop: float, min_agreement: float, allow_unproven: bool,
-           confidence: float, tflite_full_integer: bool, in_process: bool, overlap: bool,
-           opset: int, seed: int, quiet: bool, sign_key: Path | None, **enabling: bool) -> None:
+def export(ctx: click.Context, formats: str, classes: str | None, calib_methods: str, per_channel: bool,
+           reduce_range: bool | None, no_accuracy_aware: bool, no_parity: bool, max_accuracy_drop: float,
+           max_auc_drop: float, min_agreement: float, confidence: float, in_process: bool, seed: int, quiet: bool,
+           **fields: Any) -> None:
     """Export SOURCE (a training run folder, or a .keras/.h5/.onnx file or SavedModel made elsewhere) to a model
     bundle: ONNX and TFLite files (fp32, plus int8/fp16 on request), metadata.json, and a parity report proving
     that every file, run by the runtime from the test images, agrees with the Keras model.
@@ -128,18 +125,13 @@ def export(ctx: click.Context, source: Path, out: Path, formats: str, force: boo
     handler = _ClickEcho(logging.WARNING)  # export's warnings on stderr, one line each
     logging.getLogger("tumor_edge.export").addHandler(handler)
     try:
+        # `fields`: every other option, named as its ExportConfig field (source, out, force, image_size, ...).
         config = ExportConfig(
-            source=source, out=out, formats=tuple(_csv(formats) or ()), force=force, classes=_csv(classes),
-            image_size=image_size, preprocess=preprocess, resize=resize, output=output_type, layout=layout,
-            calib_data=calib_data,
-            calib_count=calib_count, select_count=select_count, test_data=test_data, test_count=test_count,
-            parity=not no_parity,
+            formats=tuple(_csv(formats) or ()), classes=_csv(classes), parity=not no_parity,
             thresholds=ParityThresholds(max_accuracy_drop=max_accuracy_drop, max_auc_drop=max_auc_drop,
                                         min_agreement=min_agreement, confidence=confidence),
-            allow_unproven=allow_unproven,
-            quantization=quantization, tflite_full_integer=tflite_full_integer, opset=opset, seed=seed,
-            isolate=not in_process, overlap=overlap, show_progress=not quiet, debug=debug, sign_key=sign_key,
-            **enabling)
+            quantization=quantization, seed=seed, isolate=not in_process, show_progress=not quiet, debug=debug,
+            **fields)
         result = export_bundle(config)
     except TumorEdgeError as err:
         table = getattr(err, "table", None)
