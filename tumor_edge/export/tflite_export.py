@@ -5,9 +5,8 @@ Accuracy-aware int8: choose the converter's options on validation agreement, the
 float (selective quantization) until the int8 model meets the parity goal against the float SavedModel.
 
 The converter allows less than onnxruntime: one calibration (its own min/max), int8 activations, and two knobs
-that matter, per-channel weights (`_experimental_disable_per_channel`) and op/node denylists. Both are applied
-the way TensorFlow's `QuantizationDebugger` applies them: calibrate once, re-quantize the calibrated model for
-each option set (seconds, not the minutes a calibration takes at 299 px), so trying options is affordable.
+that matter, per-channel weights and op/node denylists, applied by re-quantizing one calibrated model
+(`_Quantizer`), so trying options is affordable.
 
 The sensitivity unit is an op together with the op producing its activation input: TFLite quantizes a tensor
 where it is produced, so an op denylisted alone still reads an int8 tensor (the outlier-dominated range that
@@ -171,7 +170,7 @@ def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, 
 
 class _Quantizer:
     """One calibration, many quantizations: the converter calibrates once, `mlir_quantize` re-quantizes the
-    calibrated model for each option set (far cheaper than calibrating again).
+    calibrated model for each option set (seconds, where a calibration at 299 px takes minutes).
 
     These are the calls TensorFlow's `QuantizationDebugger` makes (tensorflow/lite/tools/optimize/debugging/
     python/debugger.py: calibrate-only conversion, then `convert.mlir_quantize` with the denylists), without

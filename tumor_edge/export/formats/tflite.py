@@ -26,11 +26,9 @@ def convert_fp16(ctx, dst: Path) -> dict[str, Any]:
 
 @converter("tflite-int8")
 def convert_int8(ctx, dst: Path) -> dict[str, Any]:
-    """Calibrated on the training split. Default: accuracy-aware (`tflite_int8_accuracy_aware`): per-channel and
-    per-tensor weights compared on the validation split against the float model, then the most sensitive ops
-    (with their producers) denylisted to float until the parity goal holds; SOFTMAX stays float; float32 input
-    and output. `tflite_full_integer` gives the strict variant with int8 I/O for accelerators that need every op
-    int8."""
+    """Calibrated on the training split: accuracy-aware (`tflite_int8_accuracy_aware`) with float32 input and
+    output by default; `tflite_full_integer` gives the strict variant with int8 I/O for accelerators that need
+    every op int8."""
     from tumor_edge.export.tflite_export import (
         FLOAT_OPS,
         export_tflite_int8,
