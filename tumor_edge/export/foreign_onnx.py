@@ -4,8 +4,7 @@ bundle contract (float32 NHWC input, probabilities out, dynamic batch where the 
 Why a graph rewrite rather than runtime code: the runtime feeds every model the same NHWC float batch and never
 imports onnx, so layout, softmax and batch are settled here, once, with the `onnx` helper API:
 - an NCHW model gets a Transpose at its input (NHWC -> NCHW); an NHWC model is left as is;
-- a logit model gets a Softmax at its output, as a Keras logit model does (export/source.py), so every file
-  yields probabilities by itself and int8 quantizes the softmax's input, not saturated probabilities;
+- a logit model gets a Softmax at its output, as a Keras logit model does (export/source.py says why);
 - a fixed batch dimension is made symbolic, then proven by running two images at once against each alone;
   a graph that hard-codes its batch (a Reshape to [1, -1]) keeps it, and the runtime feeds it one image at a
   time (runtime/batch.py);
