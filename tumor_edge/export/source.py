@@ -159,6 +159,18 @@ def load_source(options: ExportConfig) -> ModelSource:
     return source.settle_trust()
 
 
+def _samples(options: ExportConfig, classes: list[str], calibration: SampleSet | None = None,
+             validation: SampleSet | None = None, test: SampleSet | None = None) -> dict[str, SampleSet | None]:
+    """The calibration, validation and test sets: from the folders the user gave, else these (a run's split; a
+    validation split given here is kept when calibration images come from a folder)."""
+    if options.calib_data:
+        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed,
+                                                           keep_validation=validation)
+    if options.test_data:
+        test = test_from_folder(options.test_data, classes)
+    return {"calibration": calibration, "validation": validation, "test": test}
+
+
 # ----------------------------------------------------------------------------------------------- run folders
 
 
@@ -189,15 +201,10 @@ def _load_run(run: RunFolder, options: ExportConfig) -> ModelSource:
         calibration = SampleSet(train, f"training split of {run.split}")
         validation = SampleSet(val, f"validation split of {run.split}") if val else None
         test = SampleSet(test_samples, f"test split of {run.split}")
-    if options.calib_data:
-        calibration, validation = calibration_from_folder(options.calib_data, classes, options.seed,
-                                                           keep_validation=validation)
-    if options.test_data:
-        test = test_from_folder(options.test_data, classes)
     source = ModelSource(
         path=run.path, kind="run", classes=classes, preprocessing=bundle_spec, reference_preprocessing=trained_spec,
         source_output="probabilities", output_decided_by="run config", sha256=sha256_file(run.model),
-        run_config=config, calibration=calibration, validation=validation, test=test, warnings=warnings)
+        run_config=config, warnings=warnings, **_samples(options, classes, calibration, validation, test))
     check_io(source.raw_model, run.model, classes, trained_spec)
     stated = options.output != "auto"
     output = options.output if stated else config.output
@@ -258,16 +265,6 @@ def _load_saved_model(path: Path, image_size: int | None):
     return keras.Model(inputs, outputs)
 
 
-def _foreign_samples(options: ExportConfig, classes: list[str]) -> dict[str, SampleSet | None]:
-    """A foreign model's calibration, validation and test sets, from the folders the user gave."""
-    found: dict[str, SampleSet | None] = dict.fromkeys(("calibration", "validation", "test"))
-    if options.calib_data:
-        found["calibration"], found["validation"] = calibration_from_folder(options.calib_data, classes, options.seed)
-    if options.test_data:
-        found["test"] = test_from_folder(options.test_data, classes)
-    return found
-
-
 def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
     require_foreign_options(path, options)
     raw = load_model_file(path, kind, options.image_size)
@@ -279,7 +276,7 @@ def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
     source = ModelSource(
         path=path, kind=kind, classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=digest, seed=options.seed, _raw=raw,
-        **_foreign_samples(options, classes))
+        **_samples(options, classes))
     return _settle_foreign_output(source, options)
 
 
@@ -294,7 +291,7 @@ def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
     source = ModelSource(
         path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
         source_output="probabilities", output_decided_by="", sha256=sha256_file(path), onnx=facts,
-        seed=options.seed, **_foreign_samples(options, classes))
+        seed=options.seed, **_samples(options, classes))
     probe = probe_outputs(source.raw_model, source)
     if probe.ndim != 2 or probe.shape[1] != len(classes):  # a dynamic output width is checked on real outputs
         raise needs_option(ModelError(f"the model gives outputs of shape {probe.shape[1:]} per image but "
