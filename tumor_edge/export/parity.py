@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.temperature import ece_before_after, undo_temperature
+from tumor_edge.calibration.temperature import apply_temperature, ece_before_after, undo_temperature
 from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata, ReferenceSet
-from tumor_edge.errors import MissingExtraError, TumorEdgeError
+from tumor_edge.errors import DatasetError, MissingExtraError, TumorEdgeError
 from tumor_edge.export.config import ExportConfig, ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
 from tumor_edge.export.reference import add_outputs, new_reference
@@ -153,9 +153,7 @@ def parity_inputs(reference: Callable[[np.ndarray], tuple[np.ndarray, float]], r
                   show_progress: bool = True) -> ParityInputs:
     """Decode the test samples and take the Keras reference on them: `reference(pixels)` gives its probabilities
     and its ms per image; they are scaled by `temperature` (the bundle's), as the runtime scales each file's."""
-    from tumor_edge.calibration import apply_temperature
     from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.errors import DatasetError
 
     loaded = load_pixels(samples, reference_spec, "parity: loading test images", show_progress=show_progress)
     if len(loaded.labels) == 0:
