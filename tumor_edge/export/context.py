@@ -20,7 +20,7 @@ from tumor_edge.contracts.formats import BY_KEY, ModelFormat
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig
 from tumor_edge.export.samples import SampleSet, stratified_subset
-from tumor_edge.export.source import SAVED_MODEL_FILE, ModelSource
+from tumor_edge.export.source import SAVED_MODEL_FILE, ModelSource, load_source
 
 
 @dataclass
@@ -154,8 +154,6 @@ def forget_models() -> None:
 
 def load_and_keep(config: ExportConfig) -> ModelSource:
     """`load_source` in the process that will convert: the loaded model stays here for the jobs that follow."""
-    from tumor_edge.export.source import load_source
-
     return kept(load_source(config))
 
 

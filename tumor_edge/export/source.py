@@ -20,11 +20,12 @@ import numpy as np
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.contracts.preprocessing import SCALING_NAMES, Preprocessing
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
-from tumor_edge.data.dataset import read_split
+from tumor_edge.data.dataset import load_pixels, read_split
 from tumor_edge.errors import DatasetError, ModelError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
-from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts, input_size
+from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts, OnnxModel, input_size, inspect_onnx
 from tumor_edge.export.samples import SampleSet, calibration_from_folder, test_from_folder
+from tumor_edge.runtime import scale
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -71,8 +72,6 @@ class ModelSource:
     def raw_model(self):
         """The model as saved."""
         if self._raw is None and self.kind == "onnx":
-            from tumor_edge.export.foreign_onnx import OnnxModel
-
             self._raw = OnnxModel(self.path, self.onnx)
         if self._raw is None:
             self._raw = load_model_file(self.model_file, "keras" if self.kind == "run" else self.kind,
@@ -281,8 +280,6 @@ def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
 
 
 def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
-    from tumor_edge.export.foreign_onnx import inspect_onnx
-
     require_foreign_options(path, options)
     classes = [str(c) for c in options.classes]
     facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
@@ -354,9 +351,6 @@ def detect_output(model, source: ModelSource, probe: np.ndarray | None = None) -
 
 def probe_outputs(model, source: ModelSource) -> np.ndarray:
     """The model's outputs on a few of the source's images (random pixels when it has none)."""
-    from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.runtime import scale
-
     spec = source.reference_preprocessing
     group = source.test or source.calibration
     pixels = load_pixels(group.samples[:8], spec, show_progress=False).pixels if group else np.zeros((0,))
