@@ -17,10 +17,14 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.contracts.formats import BY_KEY, ModelFormat
+from tumor_edge.data.dataset import load_pixels
 from tumor_edge.errors import DatasetError, ModelError
 from tumor_edge.export.config import ExportConfig
+from tumor_edge.export.parity import keras_probabilities
 from tumor_edge.export.samples import SampleSet, stratified_subset
 from tumor_edge.export.source import SAVED_MODEL_FILE, ModelSource, load_source
+from tumor_edge.export.tflite_export import export_saved_model
+from tumor_edge.runtime import scale
 
 
 @dataclass
@@ -94,8 +98,6 @@ class ExportContext:
 
     def saved_model(self) -> Path:
         """The SavedModel every TFLite row converts from."""
-        from tumor_edge.export.tflite_export import export_saved_model
-
         path = self.work / "saved_model"
         with _made_once(path):
             if not (path / SAVED_MODEL_FILE).is_file():
@@ -115,8 +117,6 @@ class ExportContext:
         return self._pixels("validation", self.source.validation, self.config.select_count)
 
     def _pixels(self, name: str, images: SampleSet, count: int) -> Pixels:
-        from tumor_edge.data.dataset import load_pixels
-
         path, labels = self.work / f"{name}_pixels.npy", self.work / f"{name}_labels.npy"
         with _made_once(path):
             if not path.is_file():
@@ -163,9 +163,6 @@ def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, sh
     per image) on the pixels parity decodes with `reference_spec`, and the heatmaps on those `heatmap_spec`
     decodes (None: no heatmap output). Each comes with a digest of its pixels, so the parent can check it is
     comparing the same images it decoded itself."""
-    from tumor_edge.data.dataset import load_pixels
-    from tumor_edge.export.parity import keras_probabilities
-    from tumor_edge.runtime import scale
 
     model = kept(source)
     out: dict[str, Any] = {}

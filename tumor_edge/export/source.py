@@ -25,6 +25,7 @@ from tumor_edge.errors import DatasetError, ModelError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.foreign_onnx import ONNX_SUFFIXES, OnnxFacts, OnnxModel, input_size, inspect_onnx
 from tumor_edge.export.samples import SampleSet, calibration_from_folder, test_from_folder
+from tumor_edge.export.trust_outputs import fit_foreign_trust, onnx_trust, trust_export
 from tumor_edge.runtime import scale
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -101,8 +102,6 @@ class ModelSource:
         return self._converted
 
     def _trust_export(self):
-        from tumor_edge.export.trust_outputs import trust_export
-
         run = RunFolder(self.run_dir) if self.run_dir else None
         return trust_export(self.model, self.run_config.extra if self.run_config else self._foreign_trust(),
                             run.ood_params if run else None)
@@ -111,16 +110,12 @@ class ModelSource:
         """What train would have recorded, fitted once (where the source is loaded) on the held-back calibration
         images of a foreign model; plain data, so converter processes reuse it."""
         if self.foreign_fit is None:
-            from tumor_edge.export.trust_outputs import fit_foreign_trust
-
             self.foreign_fit = fit_foreign_trust(self, self.seed)
         return self.foreign_fit
 
     def settle_trust(self) -> ModelSource:
         """Decide the trust outputs once, where the model is loaded; keep the plain facts for the parent."""
         if self.kind == "onnx":
-            from tumor_edge.export.trust_outputs import onnx_trust
-
             found = onnx_trust(self._foreign_trust())
         else:
             found = self._trust_export()
