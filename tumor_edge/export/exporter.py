@@ -29,6 +29,7 @@ from tumor_edge.contracts.bundle import (
     remember_last_bundle,
 )
 from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
+from tumor_edge.data.dataset import load_pixels
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
 from tumor_edge.export.context import (
@@ -49,6 +50,7 @@ from tumor_edge.export.samples import stratified_subset
 from tumor_edge.export.source import ModelSource
 from tumor_edge.machine import host, package_versions
 from tumor_edge.outdir import prepare_out_dir as _prepare_out_dir
+from tumor_edge.runtime import external_data_locations
 from tumor_edge.signing import SIGNATURE_FILE
 from tumor_edge.worker import Inline, Worker
 
@@ -241,8 +243,6 @@ def external_files(out: Path, file: str) -> list[str]:
     """The external data files the ONNX model `file` in `out` reads. Each must be a plain name in the bundle
     folder, the only place the runtime accepts one from; anything else is an error here, not a bundle that
     no device will run."""
-    from tumor_edge.runtime import external_data_locations
-
     names = external_data_locations(out / file)
     for name in names:
         member_path(out, name)  # a plain name, inside the folder (BundleIntegrityError otherwise)
@@ -305,8 +305,6 @@ def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
 
 def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> tuple[Any, Any]:
     """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them (arrays)."""
-    from tumor_edge.data.dataset import load_pixels
-
     pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
                          show_progress=config.show_progress).pixels
     return pixels, _keras_output(keras, "heatmaps", pixels)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
 from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.export.config import INPUT_NAME, LAYOUT_CHOICES, needs_option
 
@@ -230,8 +231,6 @@ def _score_output(model, scores: str, kind: str, facts: OnnxFacts):
     calibration.output_scores.output_score; returns the new graph output (one number per image)."""
     import onnx
     from onnx import helper
-
-    from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
 
     op = {"logit_energy": "ReduceLogSumExp", "max_probability": "ReduceMax"}[kind]
     reduced = "tumor_edge_ood_reduced"

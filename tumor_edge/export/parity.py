@@ -27,6 +27,7 @@ import numpy as np
 
 from tumor_edge.calibration.temperature import apply_temperature, ece_before_after, undo_temperature
 from tumor_edge.contracts.bundle import PARITY_MD, BundleMetadata, ReferenceSet
+from tumor_edge.data.dataset import load_pixels
 from tumor_edge.errors import DatasetError, MissingExtraError, TumorEdgeError
 from tumor_edge.export.config import ExportConfig, ParityThresholds
 from tumor_edge.export.parity_stats import FAIL, NOT_PROVEN, PASS, judge
@@ -34,7 +35,7 @@ from tumor_edge.export.reference import add_outputs, new_reference
 from tumor_edge.export.trust_outputs import heatmap_correlation
 from tumor_edge.metrics import classification_metrics
 from tumor_edge.progress import progress
-from tumor_edge.runtime import Preprocessing, scale
+from tumor_edge.runtime import Classifier, Preprocessing, open_backend, scale
 
 
 @dataclass
@@ -153,8 +154,6 @@ def parity_inputs(reference: Callable[[np.ndarray], tuple[np.ndarray, float]], r
                   show_progress: bool = True) -> ParityInputs:
     """Decode the test samples and take the Keras reference on them: `reference(pixels)` gives its probabilities
     and its ms per image; they are scaled by `temperature` (the bundle's), as the runtime scales each file's."""
-    from tumor_edge.data.dataset import load_pixels
-
     loaded = load_pixels(samples, reference_spec, "parity: loading test images", show_progress=show_progress)
     if len(loaded.labels) == 0:
         first = loaded.failures[0] if loaded.failures else "no test images"
@@ -215,8 +214,6 @@ def check_files(out: Path, metadata: BundleMetadata, config: ExportConfig, parit
     `heatmaps`: the test pixels at the bundle's preprocessing and the Keras model's maps on them. Returns the
     parity rows (empty without parity), each file's mean heatmap correlation (None without heatmap parity) and the
     reference record."""
-    from tumor_edge.runtime import Classifier, open_backend
-
     files: list[FileParity] = []
     correlations: dict[str, float | None] | None = {} if heatmaps is not None else None
     reference, images = new_reference(metadata)

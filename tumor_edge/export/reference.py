@@ -15,6 +15,7 @@ import numpy as np
 
 from tumor_edge.contracts.bundle import MAX_REFERENCE_VALUES, ReferenceSet
 from tumor_edge.errors import MissingExtraError
+from tumor_edge.machine import host, int8_acceleration
 from tumor_edge.runtime import SCORES, Bundle, machine_target, reference_images, reference_role_outputs
 
 DEFAULT_SEED = 20261127
@@ -42,8 +43,6 @@ def role_entry(values: np.ndarray) -> dict[str, list] | None:
 def new_reference(metadata) -> tuple[ReferenceSet, np.ndarray]:
     """An empty reference record for this machine and the generated images its outputs are taken on: the seed
     the int8 quantizer measured as driving its activations highest (`metrics`' int8 report), else the default."""
-    from tumor_edge.machine import host, int8_acceleration
-
     chosen = ((metadata.metrics or {}).get("onnx_int8_calibration") or {}).get("reference_images") or {}
     reference = ReferenceSet(DEFAULT_GENERATOR, int(chosen.get("seed", DEFAULT_SEED)), DEFAULT_COUNT)
     reference.machine = {**machine_target(), "cpu": host()["cpu"], "int8": int8_acceleration()}

@@ -29,7 +29,7 @@ import numpy as np
 from tumor_edge.export.quantize.config import ParityGoal
 from tumor_edge.export.quantize.scoring import CandidateScore, score
 from tumor_edge.export.quantize.sensitivity import NearestStep, Probe, fallback_schedule, focus_indices
-from tumor_edge.runtime import Preprocessing, scale
+from tumor_edge.runtime import BackendOptions, Preprocessing, open_backend, scale
 
 # Op types an int8 file keeps in float: a full-integer softmax rounds probabilities to multiples of 1/256, so
 # confident predictions tie and the macro AUC drops.
@@ -156,8 +156,6 @@ def float_reference(saved_model: Path, pixels: np.ndarray, spec: Preprocessing, 
 def tflite_probabilities(model: bytes, pixels: np.ndarray, spec: Preprocessing, work_dir: Path,
                          batch_size: int = 16) -> np.ndarray:
     """Through the runtime's own LiteRT backend (int8 I/O handled as on a device)."""
-    from tumor_edge.runtime import BackendOptions, open_backend
-
     path = work_dir / "tflite_int8_candidate.tflite"
     path.write_bytes(model)
     try:

@@ -25,9 +25,13 @@ import numpy as np
 
 from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
+from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE, fit_output_threshold, output_score
 from tumor_edge.contracts.bundle import OutputSpec
+from tumor_edge.data.dataset import load_pixels
 from tumor_edge.errors import ConfigError
 from tumor_edge.export.samples import stratified_subset
+from tumor_edge.runtime import flag_rates, scale, softmax
 
 TRUST_IMAGES = 500  # held-back images the temperature and the OOD threshold are fitted on (stratified subset)
 MIN_TRUST_IMAGES = 20  # as train: fewer gives a temperature that may hurt new images
@@ -109,8 +113,6 @@ def heatmap_correlation(clf, reference: np.ndarray, pixels: np.ndarray, batch_si
 
 def _held_back(source, seed: int):
     """(uint8 pixels, labels) of the held-back calibration images, or a reason string when too few."""
-    from tumor_edge.data.dataset import load_pixels
-
     held = source.validation
     count = len(held) if held is not None else 0
     if count < MIN_TRUST_IMAGES:
@@ -124,8 +126,6 @@ def _held_back(source, seed: int):
 
 
 def _predict(model, pixels: np.ndarray, spec) -> np.ndarray:
-    from tumor_edge.runtime import scale
-
     return np.concatenate([np.asarray(model.predict(scale(pixels[s:s + 32], spec), verbose=0), np.float64)
                            for s in range(0, len(pixels), 32)])
 
@@ -133,8 +133,6 @@ def _predict(model, pixels: np.ndarray, spec) -> np.ndarray:
 def fit_foreign_trust(source, seed: int = 0) -> dict[str, Any]:
     """{"calibration": ..., "ood": ...} as train records them, from the held-back calibration images; "ood" is
     the bundle's record for an ONNX model, else {"skipped": why}."""
-    from tumor_edge.runtime import softmax
-
     held = _held_back(source, seed)
     if isinstance(held, str):
         return {"calibration": {"method": None, "skipped": held}, "ood": {"skipped": held}}
@@ -151,10 +149,6 @@ def fit_foreign_trust(source, seed: int = 0) -> dict[str, Any]:
 def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """The bundle's `ood` for a score computed from the class scores, with detection and false-alarm rates on
     generated sets (synthetic) beside the input checks' rates, as train measures its Mahalanobis score."""
-    from tumor_edge.calibration.ood_sets import generated_sets
-    from tumor_edge.calibration.output_scores import fit_output_threshold, output_score
-    from tumor_edge.runtime import flag_rates
-
     kind = "logit_energy" if source.source_output == "logits" else "max_probability"
     try:
         record = fit_output_threshold(output_score(raw, kind), kind)
@@ -173,8 +167,6 @@ def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -
 def onnx_trust(fit: dict[str, Any]) -> TrustExport:
     """The trust fields of a foreign ONNX model from `fit_foreign_trust`: the temperature and the output-score OOD
     check (or why not), no heatmap."""
-    from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
-
     calibration, ood = fit["calibration"], fit["ood"]
     trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None, notes=[NO_HEATMAP])
     if calibration.get("skipped"):

@@ -23,6 +23,7 @@ import numpy as np
 
 from tumor_edge.export.quantize.calibration import scaled_batches, session
 from tumor_edge.export.quantize.config import ParityGoal
+from tumor_edge.metrics import one_vs_rest_auc
 from tumor_edge.runtime import Preprocessing, brain_blobs
 
 SEEDS_TRIED = 8
@@ -84,8 +85,6 @@ def probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: in
 
 def score(method: str, probs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
           n_classes: int) -> CandidateScore:
-    from tumor_edge.metrics import one_vs_rest_auc
-
     diff = np.abs(probs - reference)
     result = CandidateScore(method, agreement=float(np.mean(probs.argmax(1) == reference.argmax(1))),
                             max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
