@@ -32,6 +32,7 @@ from tumor_edge.export.quantize.graph import (
     preprocess_for_quantization,
 )
 from tumor_edge.export.quantize.scoring import CandidateScore, choose_reference_seed, probabilities, score
+from tumor_edge.export.quantize.sensitivity import accuracy_aware_fallback
 from tumor_edge.export.reference import DEFAULT_COUNT, DEFAULT_SEED
 from tumor_edge.runtime import Preprocessing
 
@@ -223,8 +224,6 @@ def _fallback(report: QuantizationReport, chosen: Path, prepared: Path, val_pixe
               n_classes: int, config: QuantizationConfig, timings: dict[str, float]) -> Any:
     """Run the accuracy-aware search on the chosen method's model; returns what to ship (path or ModelProto)."""
     import onnx
-
-    from tumor_edge.export.quantize.sensitivity import accuracy_aware_fallback
 
     t0 = time.perf_counter()
     result = accuracy_aware_fallback(onnx.load(str(chosen)), onnx.load(str(prepared)), val_pixels, val_labels,
