@@ -208,4 +208,3 @@ def open_backend(path: str | Path, options: BackendOptions | None = None) -> Bac
         if not (path.parent / companion).is_file():
             raise ModelError(f"{engine.title} needs {companion} beside this file, and it is missing", path)
     return backend_factory(engine.name)(path, options or BackendOptions())
-
