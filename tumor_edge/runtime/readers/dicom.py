@@ -383,10 +383,16 @@ def folder_dicom_files(folder: Path) -> tuple[list[Path], bool]:
     return files, other
 
 
-def series_role(folder: Path, files: list[Path]) -> tuple[str, str | None]:
-    """What a folder of `files` (two or more, all DICOM, no subfolders) is: FOLDER_SCAN (one series),
-    FOLDER_FILES (separate images) or FOLDER_REFUSED with the one-line reason. Reads headers only; without
-    pydicom it is a folder of images (each then says which extra it needs)."""
+def series_folder_role(folder: Path) -> tuple[str, str | None]:
+    """FOLDER_SCAN when `folder` (two or more files, all DICOM, no subfolders) is one series, FOLDER_REFUSED (and
+    why) when it mixes several multi-file series, else FOLDER_FILES (its files are classified one by one). Reads
+    headers only; without pydicom it is a folder of images (each then says which extra it needs)."""
+    try:
+        files, other = folder_dicom_files(folder)
+    except OSError:
+        return FOLDER_FILES, None  # walking the folder reports it
+    if other or len(files) < 2 or not all(is_dicom_file(f) for f in files):
+        return FOLDER_FILES, None
     try:
         import pydicom  # noqa: F401
     except ImportError:
@@ -449,14 +455,14 @@ def _stack_geometry(headers: list[SliceHeader], folder: Path, notes: list[str]
     return headers, direction, (abs(step), spacing[0], spacing[1])
 
 
-def read_series(folder: str | Path, files: list[Path]) -> Volume:
-    """A DICOM series folder as a `Volume` from its DICOM `files` (the registry's `dicom series` reader picks them:
-    the suffixes live there); one-line errors for a folder that is not one readable stack."""
-    folder = Path(folder)
+def read_series_folder(folder: Path, options: ReadOptions) -> Scan:
+    """A DICOM series folder's slices along `options.axis` (`options.slices` of them); one-line errors for a folder
+    that is not one readable stack."""
+    files = [f for f in folder_dicom_files(folder)[0] if is_dicom_file(f)]
     if len(files) < 2:
         raise InputImageError("a DICOM series folder needs at least two slice files", folder)
     headers = [header(path) for path in files]  # an unreadable file: its own one-line error
-    if len({h.series for h in headers}) > 1:  # the folder changed since `series_role` called it one series
+    if len({h.series for h in headers}) > 1:  # the folder changed since `series_folder_role` called it one series
         raise InputImageError("files of several DICOM series in one folder", folder)
     sizes = Counter((h.rows, h.columns) for h in headers)
     if len(sizes) > 1:
@@ -492,24 +498,7 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
         slope, intercept = -slope, top - intercept
     order = closest_ras(direction)  # voxel axes (slice, row, column) -> RAS
     shape = (len(headers), first.rows, first.columns)
-    return Volume(str(folder), to_ras(stored, order), ras_spacing(spacing, order),
-                  to_ras(np.broadcast_to(slope, shape), order), to_ras(np.broadcast_to(intercept, shape), order),
-                  notes)
-
-
-def series_folder_role(folder: Path) -> tuple[str, str | None]:
-    """FOLDER_SCAN when `folder` is one series, FOLDER_REFUSED (and why) when it mixes several multi-file series,
-    else FOLDER_FILES (its files are classified one by one)."""
-    try:
-        files, other = folder_dicom_files(folder)
-    except OSError:
-        return FOLDER_FILES, None  # walking the folder reports it
-    if other or len(files) < 2 or not all(is_dicom_file(f) for f in files):
-        return FOLDER_FILES, None
-    return series_role(folder, files)
-
-
-def read_series_folder(folder: Path, options: ReadOptions) -> Scan:
-    """The series' slices along `options.axis` (`options.slices` of them)."""
-    files, _ = folder_dicom_files(folder)
-    return volume_scan(read_series(folder, [f for f in files if is_dicom_file(f)]), options, "dicom series")
+    volume = Volume(str(folder), to_ras(stored, order), ras_spacing(spacing, order),
+                    to_ras(np.broadcast_to(slope, shape), order), to_ras(np.broadcast_to(intercept, shape), order),
+                    notes)
+    return volume_scan(volume, options, "dicom series")
