@@ -303,18 +303,13 @@ def _check_finite(volume: Volume, sample: np.ndarray, stride: int) -> None:
         return
     if np.all(np.isfinite(sample)) and stride == 1:
         return
-    flat = volume.stored.reshape(-1) if volume.stored.flags.c_contiguous else None
-    bad = total = 0
-    if flat is not None:
-        for start in range(0, flat.size, BLOCK_PIXELS):
-            block = flat[start:start + BLOCK_PIXELS]
-            bad += int(block.size - np.count_nonzero(np.isfinite(block)))
-        total = flat.size
+    if volume.stored.flags.c_contiguous:
+        flat = volume.stored.reshape(-1)
+        blocks = (flat[start:start + BLOCK_PIXELS] for start in range(0, flat.size, BLOCK_PIXELS))
     else:
-        for x in range(volume.shape[0]):
-            plane = volume.stored[x]
-            bad += int(plane.size - np.count_nonzero(np.isfinite(plane)))
-        total = volume.stored.size
+        blocks = (volume.stored[x] for x in range(volume.shape[0]))
+    bad = sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in blocks)
+    total = volume.stored.size
     if bad == total:
         raise InputImageError("volume holds no finite voxel values (all NaN or infinite)", volume.source)
     if bad:
