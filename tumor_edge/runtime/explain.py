@@ -215,15 +215,6 @@ class ExplainSettings:
 
 
 @dataclass(frozen=True)
-class ExplainRequest:
-    classifier: Any  # a runtime Classifier (anything with infer_outputs)
-    pixels: np.ndarray  # uint8 (H, W, 3): the scan as the model sees it (decoded, resized)
-    class_index: int
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # the prediction's extra outputs (its "heatmap")
-    settings: ExplainSettings = ExplainSettings()
-
-
-@dataclass(frozen=True)
 class Explanation:
     """A map of evidence for one class, and the method that drew it (said wherever the map is shown)."""
 
@@ -242,26 +233,27 @@ class Explanation:
                 "map": np.round(self.map.astype(np.float64), 4).tolist()}
 
 
-def _cam(request: ExplainRequest) -> np.ndarray:
-    heatmap = request.outputs.get(HEATMAP_ROLE)
+# Each method takes (classifier: anything with infer_outputs, pixels: the uint8 (H, W, 3) scan as the model sees
+# it, class_index, outputs: the prediction's extra outputs, settings).
+
+def _cam(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
+    heatmap = outputs.get(HEATMAP_ROLE)
     if heatmap is None:
         raise ConfigError("this model has no class-activation map output; use occlusion or rise")
-    return class_map(heatmap, request.class_index)
+    return class_map(heatmap, class_index)
 
 
-def _occlusion(request: ExplainRequest) -> np.ndarray:
-    s = request.settings
-    return occlusion_map(request.classifier, request.pixels, request.class_index, s.grid, s.batch_size, s.baseline)
+def _occlusion(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings
+               ) -> np.ndarray:
+    return occlusion_map(classifier, pixels, class_index, s.grid, s.batch_size, s.baseline)
 
 
-def _rise(request: ExplainRequest) -> np.ndarray:
-    s = request.settings
-    return rise_map(request.classifier, request.pixels, request.class_index, s.grid, s.masks, s.keep, s.seed,
-                    s.batch_size, s.baseline)
+def _rise(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
+    return rise_map(classifier, pixels, class_index, s.grid, s.masks, s.keep, s.seed, s.batch_size, s.baseline)
 
 
 # name -> method. A new method is one function and one line here.
-METHODS: dict[str, Callable[[ExplainRequest], np.ndarray]] = {"cam": _cam, "occlusion": _occlusion, "rise": _rise}
+METHODS: dict[str, Callable[..., np.ndarray]] = {"cam": _cam, "occlusion": _occlusion, "rise": _rise}
 METHOD_TITLES = {"cam": "exact CAM", "occlusion": "occlusion", "rise": "RISE"}
 
 
@@ -293,8 +285,8 @@ def explain_prediction(classifier: Any, pixels: np.ndarray | None, class_index: 
     method = choose_method(settings.method, outputs)
     if pixels is None and method != "cam":
         raise ConfigError(f"the {METHOD_TITLES.get(method, method)} map needs the scan's pixels")
-    request = ExplainRequest(classifier, np.asarray(pixels), class_index, outputs, settings)
-    return Explanation(method, np.asarray(METHODS[method](request), np.float32), class_index)
+    drawn = METHODS[method](classifier, np.asarray(pixels), class_index, outputs, settings)
+    return Explanation(method, np.asarray(drawn, np.float32), class_index)
 
 
 # ---- localisation ----------------------------------------------------------------------------------------------------
