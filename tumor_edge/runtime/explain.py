@@ -18,6 +18,7 @@ map and the research-only notice written under the picture.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -136,14 +137,8 @@ def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: i
     pixels = np.asarray(pixels)
     fill = baseline_value(pixels.astype(np.float32), baseline)
     base = class_scores(classifier, pixels[None].astype(np.float32), class_index, 1)[0]
-    drops = []
-    batch: list[np.ndarray] = []
-    for image in occluded(pixels, grid, fill):
-        batch.append(image)
-        if len(batch) == batch_size:
-            drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
-            batch = []
-    if batch:
+    images, drops = occluded(pixels, grid, fill), []
+    while batch := list(itertools.islice(images, batch_size)):
         drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
     return np.concatenate(drops).reshape(grid, grid).astype(np.float32)
 
