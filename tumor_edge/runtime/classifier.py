@@ -70,19 +70,6 @@ DEFAULT_WORKERS = 2
 ScanItem = Union[Prediction, Failure, VolumeSummary]
 
 
-@dataclass(frozen=True)
-class ScanOptions:
-    """How to classify: `frames` of multi-frame 2-D files; `axis` and `slices` of volumes; `abstain`: a warned
-    picture gets no label (and a warned slice does not count in its volume's summary)."""
-
-    frames: str | int = "middle"
-    axis: str = "axial"
-    slices: str | int = "middle"
-    batch_size: int = 16
-    workers: int | None = None
-    abstain: bool = False
-
-
 @dataclass
 class ScanResult:
     """One path's results: its predictions (one per image, frame or slice), its volume summary (volumes only),
@@ -209,49 +196,6 @@ def iter_predictions(model: Model, paths: Iterable[str | Path] | str | Path, bat
             if sum(not isinstance(item, Failure) for item in queue) >= batch_size:
                 yield from flush()
     yield from flush()
-
-
-def iter_scan_results(model: Model, paths: Iterable[str | Path] | str | Path, options: ScanOptions | None = None,
-                      on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
-    """Predictions, Failures and VolumeSummaries for every path in order: runs of 2-D files streamed in batches,
-    each volume sliced, classified and summarised in its turn."""
-    options = options or ScanOptions()
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    run: list[str | Path] = []
-
-    def images() -> Iterator[ScanItem]:
-        stream = iter_predictions(model, list(run), options.batch_size, options.frames, options.workers,
-                                  options.abstain, on_pixels)
-        try:
-            yield from stream
-        finally:
-            stream.close()
-        run.clear()
-
-    for path in paths:
-        if not is_volume(path):
-            run.append(path)
-            continue
-        if run:
-            yield from images()
-        from tumor_edge.runtime.volume import classify_volume
-
-        yield from classify_volume(model, path, options.axis, options.slices, options.batch_size, options.abstain,
-                                   on_pixels=on_pixels)
-    if run:
-        yield from images()
-
-
-def classify_scan(model: Model, path: str | Path, options: ScanOptions | None = None) -> ScanResult:
-    """All results of one path, gathered."""
-    result = ScanResult(str(path))
-    for item in iter_scan_results(model, [path], options):
-        if isinstance(item, (Prediction, Failure)):
-            (result.predictions if item.ok else result.failures).append(item)
-        else:
-            result.summary = item
-    return result
 
 
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
@@ -469,18 +413,47 @@ class Classifier:
         """Any scan a reader claims (`runtime/readers/`): an image file, a multi-frame file, a NIfTI volume or a
         DICOM series folder. Gives its predictions (per image, frame or slice), a volume's summary, and its
         failures instead of raising for a bad file (`ScanResult.exception()` to raise one). Model errors raise."""
-        return classify_scan(self, path, ScanOptions(frames, axis, slices, batch_size, 0, abstain))
+        result = ScanResult(str(path))
+        for item in self.iter_results([path], frames, axis, slices, batch_size, 0, abstain):
+            if isinstance(item, (Prediction, Failure)):
+                (result.predictions if item.ok else result.failures).append(item)
+            else:
+                result.summary = item
+        return result
 
     def iter_results(self, paths: Iterable[str | Path] | str | Path, frames: str | int = "middle",
                      axis: str = "axial", slices: str | int = "middle", batch_size: int = 16,
                      workers: int | None = None, abstain: bool = False,
                      on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
         """Stream results for images and volumes alike, in input order: a Prediction per image (frame, slice),
-        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints).
+        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints);
+        runs of 2-D files are streamed in batches, each volume sliced, classified and summarised in its turn.
+        `abstain`: a warned picture gets no label (and a warned slice does not count in its volume's summary).
         `on_pixels(prediction, pixels)`: called with each prediction and the pixels the model saw; what it
         returns is yielded (`classify --heatmap` draws its overlay there, without decoding the file again)."""
-        return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain),
-                                 on_pixels)
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        run: list[str | Path] = []
+
+        def images() -> Iterator[ScanItem]:
+            stream = iter_predictions(self, list(run), batch_size, frames, workers, abstain, on_pixels)
+            try:
+                yield from stream
+            finally:
+                stream.close()
+            run.clear()
+
+        for path in paths:
+            if not is_volume(path):
+                run.append(path)
+                continue
+            if run:
+                yield from images()
+            from tumor_edge.runtime.volume import classify_volume  # a JPEG never loads the volume code
+
+            yield from classify_volume(self, path, axis, slices, batch_size, abstain, on_pixels=on_pixels)
+        if run:
+            yield from images()
 
 
 # The open stage: each listed file is read once (`read_model_files`), checked, and the same bytes go to the engine:
