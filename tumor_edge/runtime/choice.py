@@ -468,26 +468,17 @@ def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineC
     """Every intact choice recorded on this machine for this bundle, one per thread count (for `env`)."""
     folder = machine_folder()
     allowed, _ = candidates(Path(bundle_dir), metadata)
-    found = []
-    for path in sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []:
-        choice = _read_choice(path, metadata, allowed)
-        if choice is not None:
-            found.append(choice)
-    return found
+    paths = sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []
+    return [choice for path in paths if (choice := recorded_choice(bundle_dir, metadata, None, allowed, path))]
 
 
 def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptions | None = None,
-                    allowed: list[str] | None = None) -> EngineChoice | None:
-    """The choice recorded on this device for this bundle, machine and thread count, if it is intact and its
-    file may still run; None otherwise (then measure again)."""
+                    allowed: list[str] | None = None, path: Path | None = None) -> EngineChoice | None:
+    """The choice recorded on this device for this bundle, machine and thread count (or in the record at `path`),
+    if it is intact and its file may still run; None otherwise (then measure again)."""
     if allowed is None:
         allowed, _ = candidates(Path(bundle_dir), metadata, options)
-    return _read_choice(record_path(metadata, options), metadata, allowed, options)
-
-
-def _read_choice(path: Path, metadata: BundleMetadata, allowed: list[str],
-                 options: BackendOptions | None = None) -> EngineChoice | None:
-    body = _read_body(path, metadata, "choice", options)
+    body = _read_body(path or record_path(metadata, options), metadata, "choice", options)
     try:
         choice = EngineChoice(**body) if isinstance(body, dict) else None
     except TypeError:
