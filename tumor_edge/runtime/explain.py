@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import SCORES
@@ -432,32 +433,19 @@ def class_map(heatmap: np.ndarray, class_index: int) -> np.ndarray:
     return heatmap[..., class_index]
 
 
-def normalise(cam: np.ndarray) -> np.ndarray:
-    """Stretch to 0..1 over the map's own range (a flat map is all 0: no place stands out)."""
-    lo, hi = float(cam.min()), float(cam.max())
-    return (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
-
-
-def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) -> (height, width) by bilinear interpolation of cell centres (Pillow, float mode)."""
-    height, width = size
-    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
-
-
-def colourise(values: np.ndarray) -> np.ndarray:
-    """0..1 -> uint8 RGB along the ramp."""
-    flat = np.clip(values, 0.0, 1.0).ravel()
-    rgb = np.stack([np.interp(flat, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=-1)
-    return rgb.reshape(*values.shape, 3).astype(np.uint8)
-
-
 def overlay(scan_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """The scan (uint8 (H, W, 3) or (H, W)) with the (h, w) map blended over it."""
+    """The scan (uint8 (H, W, 3) or (H, W)) with the (h, w) map blended over it: the map upsampled bilinearly
+    between cell centres, stretched to its own range (a flat map is all 0: no place stands out) and coloured
+    along the ramp."""
     scan = np.asarray(scan_rgb)
     if scan.ndim == 2:
         scan = np.repeat(scan[..., None], 3, axis=-1)
-    heat = colourise(normalise(upsample(np.asarray(cam, np.float32), scan.shape[:2])))
-    blended = (1 - alpha) * scan[..., :3].astype(np.float32) + alpha * heat.astype(np.float32)
+    height, width = scan.shape[:2]
+    cam = np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize((width, height), Image.BILINEAR))
+    lo, hi = float(cam.min()), float(cam.max())
+    values = ((cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)).ravel()
+    heat = np.stack([np.interp(values, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=-1).reshape(height, width, 3)
+    blended = (1 - alpha) * scan[..., :3].astype(np.float32) + alpha * heat.astype(np.uint8).astype(np.float32)
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
@@ -491,18 +479,12 @@ def write_overlay(path: Path | BinaryIO, scan_rgb: np.ndarray, heatmap: np.ndarr
         if path.exists() and not force:
             raise OutputExistsError("exists; pass force to replace it", path)
     image = with_caption(overlay(scan_rgb, class_map(heatmap, class_index)), caption)
-    image.save(path, format="PNG", pnginfo=_notice(method))
-    return path
-
-
-def _notice(method: str | None = None):
-    from PIL.PngImagePlugin import PngInfo
-
     info = PngInfo()
     info.add_text("Disclaimer", RESEARCH_NOTICE)
     if method:
         info.add_text("Method", method)
-    return info
+    image.save(path, format="PNG", pnginfo=info)
+    return path
 
 
 # `classify --heatmap DIR`: one overlay PNG per classified scan, drawn over the pixels the model saw (no second
