@@ -217,8 +217,9 @@ def read_onnx_metadata(path: Path) -> BundleMetadata:
     return metadata_from_props(open_backend(path, BackendOptions(optimization="none")).metadata_props(), Path(path))
 
 
-def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
-    """Refuse a model whose declared input disagrees with the preprocessing its metadata promises."""
+def check_model_io(backend: Backend, metadata: BundleMetadata) -> None:
+    """Refuse a model whose declared input disagrees with the preprocessing its metadata promises, or that lacks
+    an output role the metadata names."""
     spec = metadata.preprocessing
     shape = list(backend.input_shape or [])
     if shape and len(shape) != 4:
@@ -230,10 +231,6 @@ def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
     if (h is not None and h != spec.height) or (w is not None and w != spec.width):
         raise ModelError(f"model input is {h}x{w} but its metadata says {spec.height}x{spec.width}",
                          backend.path)
-
-
-def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
-    """Every output role the metadata names must exist in the model."""
     count = len(backend.output_names)
     for role, spec in metadata.outputs.items():
         if spec.index >= count:
@@ -250,8 +247,7 @@ class Classifier:
         self.classes = list(metadata.classes)
         self.preprocessing = metadata.preprocessing
         self.output_specs = metadata.outputs  # role -> OutputSpec, "scores" first
-        check_input_shape(backend, metadata)
-        check_outputs(backend, metadata)
+        check_model_io(backend, metadata)
         try:
             self.postprocessing = PostProcessing.from_fields(metadata.calibration, metadata.ood)
         except ConfigError as err:
