@@ -63,11 +63,7 @@ from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
 from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
-
-
 DEFAULT_WORKERS = 2
-
-ScanItem = Union[Prediction, Failure, VolumeSummary]
 
 
 @dataclass
@@ -420,7 +416,7 @@ class Classifier:
     def iter_results(self, paths: Iterable[str | Path] | str | Path, frames: str | int = "middle",
                      axis: str = "axial", slices: str | int = "middle", batch_size: int = 16,
                      workers: int | None = None, abstain: bool = False,
-                     on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
+                     on_pixels: OnPixels | None = None) -> Iterator[Prediction | Failure | VolumeSummary]:
         """Stream results for images and volumes alike, in input order: a Prediction per image (frame, slice),
         a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints);
         runs of 2-D files are streamed in batches, each volume sliced, classified and summarised in its turn.
@@ -431,7 +427,7 @@ class Classifier:
             paths = [paths]
         run: list[str | Path] = []
 
-        def images() -> Iterator[ScanItem]:
+        def images() -> Iterator[Prediction | Failure | VolumeSummary]:
             stream = iter_predictions(self, list(run), batch_size, frames, workers, abstain, on_pixels)
             try:
                 yield from stream

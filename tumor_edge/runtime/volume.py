@@ -17,7 +17,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -384,12 +383,10 @@ def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tup
 
 log = logging.getLogger("tumor_edge.input")
 
-VolumeResult = Union[Prediction, Failure, VolumeSummary]
-
 
 def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices: str | int = "middle",
                     batch_size: int = 16, abstain: bool = False,
-                    on_pixels: OnPixels | None = None) -> Iterator[VolumeResult]:
+                    on_pixels: OnPixels | None = None) -> Iterator[Prediction | Failure | VolumeSummary]:
     """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
     count in the summary. `on_pixels(prediction, pixels)`: as in the pipeline, for each classified slice."""
     source = str(path)
