@@ -31,7 +31,6 @@ from tumor_edge.contracts.bundle import (
     ONNX_META_KEY,
     SCORES,
     BundleMetadata,
-    ModelFiles,
     check_binding,
     check_external_locations,
     loads_strict,
@@ -453,24 +452,18 @@ class Classifier:
 # (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False`: export's own parity) checks the signature against
 # the digests of exactly these bytes and of the metadata.json bytes the record was parsed from.
 
-def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
-    """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model
-    may name no external data its entry does not list (onnxruntime would read it unchecked)."""
+def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
+                      options: BackendOptions | None = None) -> Backend:
+    """Load a model listed in a bundle from its bytes and its member files', read once and proved against
+    metadata.json; with `options.trust`, only once its signature covers those bytes and metadata.json's. An .onnx
+    model may name no external data its entry does not list (onnxruntime would read it unchecked). What the file
+    carries about itself must agree with the metadata (classes, preprocessing, output roles: `check_binding`):
+    relabelling metadata never produces a result."""
+    options = options or BackendOptions()
     engine = engine_row(Path(bundle_dir) / name).name  # an unknown format or a missing engine is said first
     files = read_model_files(bundle_dir, name, metadata)
     if engine == "onnxruntime":
         check_external_locations(bundle_dir, metadata.models[name], external_data_locations(files.data, files.path))
-    return files
-
-
-def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
-                      options: BackendOptions | None = None) -> Backend:
-    """Load a model listed in a bundle from the bytes `read_bundle_model` checked; with `options.trust`, only
-    once its signature covers those bytes and metadata.json's. What the file carries about itself must agree with
-    the metadata (classes, preprocessing, output roles: `check_binding`): relabelling metadata never produces a
-    result."""
-    options = options or BackendOptions()
-    files = read_bundle_model(bundle_dir, name, metadata)
     trust = options.trust
     if trust is None and os.environ.get(TRUST_ENV) is not None:
         from tumor_edge.signing.trust import trust_from_env
@@ -480,7 +473,6 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
         from tumor_edge.signing.trust import check_loaded
 
         check_loaded(Path(bundle_dir), trust, metadata, files.digests)
-    backend = backend_factory(engine_row(files.path).name)(files.path, options, files=files)
+    backend = backend_factory(engine)(files.path, options, files=files)
     check_binding(metadata, backend.metadata_props(), files.path)
     return backend
-
