@@ -427,17 +427,6 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
     return ok, skipped
 
 
-def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
-    """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    try:
-        outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
-    except BundleIntegrityError:
-        raise  # a changed or unsigned file is the bundle's fault, said as such, and never recorded against the file
-    except TumorEdgeError as err:
-        return Check(False, f"{name}: {err.reason}", {})
-    return reproduce(name, outputs[SCORES], metadata)
-
-
 def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opener,
                        options: BackendOptions | None = None, first_only: bool = False
                        ) -> tuple[list[str], dict[str, str], dict[str, str]]:
@@ -450,8 +439,14 @@ def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opene
     done = recorded_checks(metadata, options)
     fresh: dict[str, Check] = {}
     for name in allowed:
-        if name not in done:
-            fresh[name] = reproduce_here(name, metadata, opener)
+        if name not in done:  # run on the bundle's reference images here, compared with the recorded outputs
+            try:
+                outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
+                fresh[name] = reproduce(name, outputs[SCORES], metadata)
+            except BundleIntegrityError:
+                raise  # a changed or unsigned file is the bundle's fault, said as such, never recorded against it
+            except TumorEdgeError as err:
+                fresh[name] = Check(False, f"{name}: {err.reason}", {})
         if first_only and (fresh[name].ok if name in fresh else done[name]["ok"]):
             allowed = allowed[:allowed.index(name) + 1]
             break

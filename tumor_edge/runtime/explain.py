@@ -224,10 +224,6 @@ class Explanation:
         h, w = self.map.shape
         return f"{METHOD_TITLES.get(self.method, self.method)} {h}x{w}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "label": self.label, "class_index": self.class_index,
-                "map": np.round(self.map.astype(np.float64), 4).tolist()}
-
 
 # Each method takes (classifier: anything with infer_outputs, pixels: the uint8 (H, W, 3) scan as the model sees
 # it, class_index, outputs: the prediction's extra outputs, settings).

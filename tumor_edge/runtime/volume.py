@@ -174,12 +174,6 @@ class BrainBox:
     scale: float  # multiply modality values by this for WHITE_MATTER_LEVEL at the brain's 90th percentile
 
 
-def sample_stride(shape: tuple[int, ...]) -> int:
-    """A stride along every axis that reads at most about SAMPLE_VOXELS voxels of a volume."""
-    total = int(np.prod(shape[:3], dtype=np.float64))
-    return max(1, int(np.ceil((total / SAMPLE_VOXELS) ** (1 / 3))))
-
-
 def find_brain(sample: np.ndarray, stride: int, shape: tuple[int, int, int]) -> BrainBox | None:
     """From a strided sample of the volume's modality values (RAS): the foreground (above FOREGROUND_FRACTION
     of the 99th percentile, the demo's rule for a skull-stripped brain), its bounding box (the slices whose
@@ -274,7 +268,8 @@ def plan_slices(volume: Volume, axis: str, slices: str | int) -> SlicePlan:
     if axis not in AXES:
         raise ConfigError(f"axis must be one of {', '.join(AXES)}, not {axis!r}")
     slices = parse_slices(slices)
-    stride = sample_stride(volume.shape)
+    total = int(np.prod(volume.shape, dtype=np.float64))
+    stride = max(1, int(np.ceil((total / SAMPLE_VOXELS) ** (1 / 3))))  # reads at most about SAMPLE_VOXELS voxels
     sample = volume.values((slice(None, None, stride),) * 3)
     _check_finite(volume, sample, stride)
     box = find_brain(sample, stride, volume.shape)
