@@ -178,6 +178,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
     on_pixels = None
     if heatmap_dir is not None:
+        import dataclasses
+
         from tumor_edge.runtime.explain import HEATMAP_ROLE, ExplainSettings, HeatmapWriter
 
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
@@ -187,7 +189,16 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
                                  ExplainSettings(method=heatmap_method, grid=heatmap_grid))
 
         def on_pixels(result, pixels):
-            return _with_heatmap(heatmaps, result, pixels)
+            """The prediction with its overlay PNG's path and map method (an overlay that cannot be written is a
+            warning: the scan keeps its label)."""
+            try:
+                path = heatmaps.write(result, pixels)
+            except TumorEdgeError as err:
+                click.echo(f"warning: {err}", err=True)
+                return result
+            if path is None:
+                return result
+            return dataclasses.replace(result, heatmap_png=str(path), heatmap_method=heatmaps.last.label)
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     width = min(max(len(one_line(str(f))) for f in files), 60)
@@ -293,21 +304,6 @@ def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
     finally:
         stream.close()
     return failures
-
-
-def _with_heatmap(heatmaps, result, pixels):
-    """The prediction with its overlay PNG's path and map method (an overlay that cannot be written is a warning:
-    the scan keeps its label)."""
-    import dataclasses
-
-    try:
-        path = heatmaps.write(result, pixels)
-    except TumorEdgeError as err:
-        click.echo(f"warning: {err}", err=True)
-        return result
-    if path is None:
-        return result
-    return dataclasses.replace(result, heatmap_png=str(path), heatmap_method=heatmaps.last.label)
 
 
 def _summary(failures: list, n_files: int) -> None:

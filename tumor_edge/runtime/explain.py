@@ -445,17 +445,6 @@ def overlay(scan_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
-def with_caption(image: Image.Image, text: str) -> Image.Image:
-    """The picture with a caption strip under it: which class the map explains, and the research notice."""
-    width = max(image.width, 320)
-    canvas = Image.new("RGB", (width, image.height + 2 * _CAPTION_PX), (0, 0, 0))
-    canvas.paste(image, ((width - image.width) // 2, 0))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, image.height + 3), text[:120], fill=(255, 255, 255))
-    draw.text((4, image.height + _CAPTION_PX + 3), "research tool, not a diagnostic device", fill=(255, 200, 0))
-    return canvas
-
-
 def overlay_name(source: str | None, index: int, frame: int | None = None) -> str:
     """A safe, unique PNG name for the `index`-th result: its file's stem (characters other than letters,
     digits, '-', '_' and '.' replaced), the frame of a multi-frame file, and the index against collisions."""
@@ -474,12 +463,18 @@ def write_overlay(path: Path | BinaryIO, scan_rgb: np.ndarray, heatmap: np.ndarr
         path = Path(path)
         if path.exists() and not force:
             raise OutputExistsError("exists; pass force to replace it", path)
-    image = with_caption(overlay(scan_rgb, class_map(heatmap, class_index)), caption)
+    image = overlay(scan_rgb, class_map(heatmap, class_index))
+    width = max(image.width, 320)  # a caption strip under the picture: the class the map explains, and the notice
+    canvas = Image.new("RGB", (width, image.height + 2 * _CAPTION_PX), (0, 0, 0))
+    canvas.paste(image, ((width - image.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, image.height + 3), caption[:120], fill=(255, 255, 255))
+    draw.text((4, image.height + _CAPTION_PX + 3), "research tool, not a diagnostic device", fill=(255, 200, 0))
     info = PngInfo()
     info.add_text("Disclaimer", RESEARCH_NOTICE)
     if method:
         info.add_text("Method", method)
-    image.save(path, format="PNG", pnginfo=info)
+    canvas.save(path, format="PNG", pnginfo=info)
     return path
 
 
