@@ -63,24 +63,12 @@ class DicomFrame:
     count: int
 
 
-def _linear(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    # PS3.3 C.11.2.1.2.1: the classic window, with its half-pixel offsets.
-    return np.clip(((x - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0, 0.0, 255.0)
-
-
-def _linear_exact(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    return np.clip(((x - center) / width + 0.5) * 255.0, 0.0, 255.0)
-
-
-def _sigmoid(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    return 255.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-
-
-# VOILUTFunction (0028,1056) -> window function on modality values, giving 0..255. LINEAR is the default.
+# VOILUTFunction (0028,1056) -> window function on modality values (x, center, width), giving 0..255. LINEAR is the
+# default: PS3.3 C.11.2.1.2.1's classic window, with its half-pixel offsets.
 VOI_FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
-    "LINEAR": _linear,
-    "LINEAR_EXACT": _linear_exact,
-    "SIGMOID": _sigmoid,
+    "LINEAR": lambda x, center, width: np.clip(((x - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0, 0.0, 255.0),
+    "LINEAR_EXACT": lambda x, center, width: np.clip(((x - center) / width + 0.5) * 255.0, 0.0, 255.0),
+    "SIGMOID": lambda x, center, width: 255.0 / (1.0 + np.exp(-4.0 * (x - center) / width)),
 }
 
 
@@ -96,21 +84,17 @@ def _first(value: Any) -> float | None:
         return None
 
 
-def _frame_item(ds: Any, frame: int, sequence: str) -> Any:
-    """The functional-group item (per-frame first, then shared) of an enhanced multi-frame object, if any."""
+def _lookup(ds: Any, frame: int, sequence: str, name: str) -> Any:
+    """`name` from the functional-group item (per-frame first, then shared) of an enhanced multi-frame object, else
+    from the dataset itself."""
     for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         try:
-            item = getattr(ds, groups)[index]
-            return getattr(item, sequence)[0]
+            item = getattr(getattr(ds, groups)[index], sequence)[0]
         except (AttributeError, IndexError, TypeError, KeyError):
             continue
-    return None
-
-
-def _lookup(ds: Any, frame: int, sequence: str, name: str) -> Any:
-    item = _frame_item(ds, frame, sequence)
-    value = getattr(item, name, None) if item is not None else None
-    return value if value is not None else getattr(ds, name, None)
+        value = getattr(item, name, None)
+        return value if value is not None else getattr(ds, name, None)
+    return getattr(ds, name, None)
 
 
 def _range(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -145,7 +129,7 @@ def _to_display(ds: Any, frame: int, stored: np.ndarray) -> np.ndarray:
     center = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
     window_width = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     function = str(_lookup(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
-    window = VOI_FUNCTIONS.get(function, _linear)
+    window = VOI_FUNCTIONS.get(function, VOI_FUNCTIONS["LINEAR"])
     windowed = center is not None and window_width is not None and window_width > 1.0
     if not windowed:
         lo, hi = _range(stored[b].astype(np.float64) * slope + intercept for b in blocks)
@@ -186,14 +170,6 @@ def _transfer_syntax(fh: BinaryIO) -> tuple[str | None, int]:
         position += size + length
 
 
-def _check_deflated(fh: BinaryIO, path: Path) -> None:
-    syntax, start = _transfer_syntax(fh)
-    if syntax == DEFLATED:
-        fh.seek(start)
-        check_inflated_size(fh, path)
-    fh.seek(0)
-
-
 def _check_header(ds: Any, path: Path) -> None:
     """Refuse, from the header alone, pixel data that would decode beyond the caps (or to nothing)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -222,7 +198,11 @@ def read_dataset(path: Path, pixels: bool = True) -> Any:
 
     try:
         with open_regular(path) as fh:
-            _check_deflated(fh, path)
+            syntax, start = _transfer_syntax(fh)
+            if syntax == DEFLATED:
+                fh.seek(start)
+                check_inflated_size(fh, path)
+            fh.seek(0)
             try:
                 return pydicom.dcmread(fh, stop_before_pixels=not pixels)
             except InvalidDicomError:
