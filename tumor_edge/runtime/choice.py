@@ -230,17 +230,6 @@ def soundness(name: str, metadata: BundleMetadata) -> Check:
 
 # ---------------------------------------------------------------------------------------------- reference inputs
 
-class _Uniform:
-    """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""
-
-    def __init__(self, seed: int):
-        self._bits = np.random.PCG64(seed)
-
-    def __call__(self, n: int = 1) -> np.ndarray:
-        raw = self._bits.random_raw(n).astype(np.uint64)
-        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
 def _bump(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
     """A smooth blob: (1 - r^2)^2 inside the ellipse, 0 outside (polynomial: exact on every machine)."""
     d = ((yy - cy) / ry) * ((yy - cy) / ry) + ((xx - cx) / rx) * ((xx - cx) / rx)
@@ -253,7 +242,11 @@ def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
     a few tissue blobs, one lesion-like bright spot, faint noise). Synthetic; not a scan of anyone."""
     if not (1 <= count <= 256 and 8 <= height <= 4096 and 8 <= width <= 4096):
         raise ConfigError(f"reference images: count 1..256 and sizes 8..4096, not {count}, {height}x{width}")
-    uniform = _Uniform(seed)
+    bits = np.random.PCG64(seed)
+
+    def uniform(n: int) -> np.ndarray:  # floats in [0, 1) from PCG64's raw stream: 53 random bits each
+        raw = bits.random_raw(n).astype(np.uint64)
+        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
     yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
                          indexing="ij")
     images = np.empty((count, height, width, 3), np.uint8)

@@ -87,20 +87,15 @@ def spread(cell_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 _EPS = 1e-12  # a probability of exactly 0 (float32 underflow) is taken as 1e-12, not -inf
 
 
-def log_odds(probabilities: np.ndarray, class_index: int) -> np.ndarray:
-    """(N, classes) probabilities -> (N,) log-odds of `class_index`."""
-    probs = np.asarray(probabilities, dtype=np.float64)
-    others = np.delete(probs, class_index, axis=1).sum(axis=1)
-    return np.log(probs[:, class_index] + _EPS) - np.log(others + _EPS)
-
-
 def class_scores(classifier: Any, images: np.ndarray, class_index: int, batch_size: int) -> np.ndarray:
     """Log-odds of `class_index` for float32 (N, H, W, 3) images in pixel values (0..255), `batch_size` at a time
     through the classifier's model (its preprocessing scales them: a constant pixel value is a constant in the
     model's input space too)."""
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(log_odds(classifier.infer_outputs(images[start:start + batch_size])[SCORES], class_index))
+        probs = np.asarray(classifier.infer_outputs(images[start:start + batch_size])[SCORES], dtype=np.float64)
+        others = np.delete(probs, class_index, axis=1).sum(axis=1)
+        out.append(np.log(probs[:, class_index] + _EPS) - np.log(others + _EPS))
     return np.concatenate(out) if out else np.zeros(0)
 
 
