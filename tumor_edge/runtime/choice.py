@@ -247,6 +247,7 @@ def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
     def uniform(n: int) -> np.ndarray:  # floats in [0, 1) from PCG64's raw stream: 53 random bits each
         raw = bits.random_raw(n).astype(np.uint64)
         return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
     yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
                          indexing="ij")
     images = np.empty((count, height, width, 3), np.uint8)

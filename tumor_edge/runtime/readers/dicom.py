@@ -170,8 +170,9 @@ def _transfer_syntax(fh: BinaryIO) -> tuple[str | None, int]:
         position += size + length
 
 
-def _check_header(ds: Any, path: Path) -> None:
-    """Refuse, from the header alone, pixel data that would decode beyond the caps (or to nothing)."""
+def pixel_array(ds: Any, path: Path) -> np.ndarray:
+    """The stored pixel values, once the header alone shows they would decode within the caps (and to something):
+    the check every DICOM read makes (a series' slices too)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputImageError("DICOM file has no pixel data (a report, structured data or a header only)", path)
     try:
@@ -186,6 +187,12 @@ def _check_header(ds: Any, path: Path) -> None:
     elif "DoubleFloatPixelData" in ds:
         bits = 64
     check_decoded(Decoded(columns, rows, max(samples, 1), max(1, -(-bits // 8)), max(frames, 1)), path)
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
+        release_frames(err)
+        raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {first_line(err)}); "
+                              "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
 
 
 def read_dataset(path: Path, pixels: bool = True) -> Any:
@@ -221,28 +228,6 @@ def read_dataset(path: Path, pixels: bool = True) -> Any:
         raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {first_line(err)})", path) from err
 
 
-def pixel_array(ds: Any, path: Path) -> np.ndarray:
-    """The stored pixel values, after the header size check every DICOM read makes (a series' slices too)."""
-    _check_header(ds, path)
-    try:
-        return np.asarray(ds.pixel_array)
-    except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
-        release_frames(err)
-        raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {first_line(err)}); "
-                              "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
-
-
-def _frame_count(ds: Any, pixels: np.ndarray) -> int:
-    try:
-        declared = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        declared = 1
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    grey_stack = pixels.ndim == 3 and samples == 1
-    colour_stack = pixels.ndim == 4
-    return declared if declared > 1 and (grey_stack or colour_stack) else 1
-
-
 def modality_scaling(ds: Any, frame: int = 0) -> tuple[float, float]:
     """(slope, intercept) of the modality LUT (RescaleSlope/Intercept, per frame when given): 1 and 0 when absent
     or unusable."""
@@ -268,7 +253,9 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     pixels = pixel_array(ds, path)
     if pixels.size == 0 or pixels.ndim < 2:
         raise InputImageError(f"DICOM pixel data has an unusable shape {pixels.shape}", path)
-    count = _frame_count(ds, pixels)
+    declared = int(getattr(ds, "NumberOfFrames", 1) or 1)  # a number: pixel_array checked the header
+    stack = pixels.ndim == 4 or (pixels.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1) or 1) == 1)
+    count = declared if declared > 1 and stack else 1
     if count == 1 and not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
         pixels = pixels[0]  # a declared single frame stored with a leading axis
     out = []
