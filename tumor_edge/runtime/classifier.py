@@ -62,6 +62,7 @@ from tumor_edge.runtime.readers.pillow import pil_to_rgb, to_uint8
 from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
 DEFAULT_WORKERS = 2
 
 
