@@ -133,7 +133,8 @@ def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: i
     pixels = np.asarray(pixels)
     fill = baseline_value(pixels.astype(np.float32), baseline)
     base = class_scores(classifier, pixels[None].astype(np.float32), class_index, 1)[0]
-    images, drops = occluded(pixels, grid, fill), []
+    images = occluded(pixels, grid, fill)
+    drops = []
     while batch := list(itertools.islice(images, batch_size)):
         drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
     return np.concatenate(drops).reshape(grid, grid).astype(np.float32)
