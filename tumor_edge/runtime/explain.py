@@ -436,8 +436,9 @@ def overlay(scan_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image
     cam = np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize((width, height), Image.BILINEAR))
     lo, hi = float(cam.min()), float(cam.max())
     values = ((cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)).ravel()
-    heat = np.stack([np.interp(values, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=-1).reshape(height, width, 3)
-    blended = (1 - alpha) * scan[..., :3].astype(np.float32) + alpha * heat.astype(np.uint8).astype(np.float32)
+    ramp = [np.interp(values, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)]  # clamped to the ramp's ends
+    heat = np.stack(ramp, axis=-1).reshape(height, width, 3).astype(np.uint8)
+    blended = (1 - alpha) * scan[..., :3].astype(np.float32) + alpha * heat.astype(np.float32)
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
