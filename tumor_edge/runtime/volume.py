@@ -157,10 +157,6 @@ class PlaneAxes:
             image = image[:, ::-1]
         return image
 
-    def plane(self, values: np.ndarray) -> np.ndarray:
-        """What `volume[index(...)]` gave (2-D, axes in array order) as (rows, columns)."""
-        return values if self.row_axis < self.col_axis else values.T
-
 
 # ---- where the brain is, and which slices to classify ----------------------------------------------------------
 
@@ -322,7 +318,8 @@ def iter_slices(plan: SlicePlan) -> Iterator[Picture]:
         cols = slice(max(c0, 0), min(c1, n_cols))
         warnings: list[str] = []
         if rows.start < rows.stop and cols.start < cols.stop:
-            part = axes.plane(volume.values(axes.index(position, rows, cols)))
+            part = volume.values(axes.index(position, rows, cols))  # 2-D, its axes in array order
+            part = part if axes.row_axis < axes.col_axis else part.T  # as (rows, columns)
             canvas[rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0] = part
             warnings = input_warnings(display_uint8(part, plan.box.scale), content_only=True)
         grey = display_uint8(axes.display(canvas), plan.box.scale)
