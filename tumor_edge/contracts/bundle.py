@@ -711,12 +711,6 @@ def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
 # ---------------------------------------------------------------------------------------------- file facts
 
 
-def optimized_model_name(name: str) -> str:
-    """The name an optimised twin of an .onnx model file has (a bundle listing one is refused)."""
-    stem = name[:-len(".onnx")] if name.lower().endswith(".onnx") else name
-    return stem + OPTIMIZED_SUFFIX
-
-
 def sha256_file(path: Path) -> str:
     # hashlib loads OpenSSL, which costs resident memory: imported where a hash is needed, not on every import.
     import hashlib
