@@ -8,9 +8,9 @@ import pytest
 
 from tumor_edge.errors import ConfigError
 from tumor_edge.serve.admission import Admission, Busy
+from tumor_edge.serve.app import clean_filename, parse_upload
 from tumor_edge.serve.config import ServeConfig, check_bind, is_loopback
 from tumor_edge.serve.errors import HttpError
-from tumor_edge.serve.upload import clean_filename, parse_upload
 
 
 @pytest.mark.parametrize("raw, clean", [
