@@ -8,7 +8,8 @@ it. Decoding, checks, inference, the probability rule and the page's map are the
 (`Classifier.iter_results`); the map is drawn on the pixels the model saw, never from a second decode.
 
 The server reads bundle files only as plain files inside the bundle folder, never through a symbolic link (a
-MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model). The folder itself may be a link.
+MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model): the card as the runtime reads
+metadata.json and the models (`read_confined`). The folder itself may be a link.
 """
 
 from __future__ import annotations
@@ -21,28 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata
-from tumor_edge.errors import BundleIntegrityError, ModelError, first_line
+from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata, read_confined
+from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import MIN_CAM_CELLS, VolumeSummary, cam_cells, claimed_suffix, explain_prediction, is_volume
 from tumor_edge.serve.errors import without_folders, without_folders_in
 
 MAX_CARD_BYTES = 1 << 20
-
-
-def confined_file(folder: Path, name: str) -> Path:
-    """The path of bundle file `name` once shown to be a plain file inside `folder` (a missing one is returned as
-    is, for its reader to report), else a BundleIntegrityError."""
-    root = Path(folder).resolve()
-    path = root / name
-    if path.is_symlink():
-        raise BundleIntegrityError(f"{name} is a symbolic link; a bundle's files must be plain files inside it "
-                                   f"(refusing to read it)", root)
-    if path.exists():
-        if path.resolve().parent != root:
-            raise BundleIntegrityError(f"{name} resolves outside the bundle folder (refusing to read it)", root)
-        if not path.is_file():
-            raise BundleIntegrityError(f"{name} is not a regular file", root)
-    return path
 
 
 def bundle_of(model_path: Path) -> Path | None:
@@ -50,16 +35,6 @@ def bundle_of(model_path: Path) -> Path | None:
     if model_path.is_dir():
         return model_path
     return model_path.parent if (model_path.parent / METADATA_FILE).exists() else None
-
-
-def check_bundle_files(model_path: Path, model_file: str | None) -> None:
-    """Before anything is loaded: metadata.json and the model file to run are plain files inside the bundle."""
-    folder = bundle_of(model_path)
-    if folder is None:
-        return  # a lone model file: the user's own file, no bundle to confine it to
-    confined_file(folder, METADATA_FILE)
-    in_folder = model_path.is_dir()
-    confined_file(folder, (model_file or BundleMetadata.read(folder).default_model()) if in_folder else model_path.name)
 
 
 @dataclass
@@ -144,20 +119,17 @@ def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool 
 
 
 def model_card(model_path: Path) -> tuple[str | None, str | None]:
-    """(the bundle's model card, None) or (None, why it is not shown): a card that is a symbolic link or resolves
-    outside the bundle is never read (it could be any file of the server's user)."""
+    """(the bundle's model card, None) or (None, why it is not shown): a card that is a symbolic link or not a
+    regular file is never read (it could be any file of the server's user)."""
     folder = bundle_of(model_path)
     if folder is None:
         return None, None
     try:
-        path = confined_file(folder, MODEL_CARD)
-        if not path.is_file():
-            return None, None
-        if path.stat().st_size > MAX_CARD_BYTES:
-            return None, f"{MODEL_CARD} is over {MAX_CARD_BYTES >> 20} MiB; not shown"
-        return path.read_text(encoding="utf-8", errors="replace"), None
+        return read_confined(folder, MODEL_CARD, MAX_CARD_BYTES).decode("utf-8", errors="replace"), None
+    except FileNotFoundError:
+        return None, None
     except ModelError as err:
-        return None, err.reason
+        return None, f"{MODEL_CARD}: {err.reason}; not shown"
     except OSError as err:
         return None, f"{MODEL_CARD} unreadable: {without_folders(first_line(err), [folder])}"
 

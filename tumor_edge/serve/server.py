@@ -31,7 +31,7 @@ from tumor_edge.runtime import BackendOptions, Classifier
 from tumor_edge.serve.app import create_app
 from tumor_edge.serve.config import ServeConfig
 from tumor_edge.serve.errors import COMMON_HEADERS
-from tumor_edge.serve.inference import check_bundle_files, model_source
+from tumor_edge.serve.inference import model_source
 
 
 def check_runs(classifier) -> None:
@@ -150,7 +150,6 @@ class StoppingServer(uvicorn.Server):
 def serve(config: ServeConfig) -> None:
     config.validate()
     model_path = resolve_model_path(config.model)
-    check_bundle_files(model_path, config.model_file)
     options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None,
                              memory_arena=True,  # a server runs many batches: the arena keeps memory flat
                              trust=config.trust)
