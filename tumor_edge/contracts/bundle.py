@@ -29,7 +29,7 @@ from tumor_edge.contracts.formats import (
     format_suffixes,
 )
 from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
-from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, TumorEdgeError, first_line
+from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, TumorEdgeError, first_line, one_line
 
 METADATA_FILE = "metadata.json"
 SCHEMA_VERSION = 2
@@ -153,7 +153,7 @@ def parse_release_version(text: Any, where: str = "release.version") -> datetime
         return datetime.strptime(text, RELEASE_TIME_FORMAT).replace(tzinfo=timezone.utc)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"field '{where}' must be a UTC time like 2026-12-07T14:00:00Z, not "
-                          f"{printable(str(text))[:40]!r}") from err
+                          f"{str(text)[:40]!r}") from err
 
 
 @dataclass
@@ -222,7 +222,7 @@ class BundleMetadata:
         except RecursionError as err:  # JSON nested deeper than Python recurses
             raise ModelError("invalid tumor-edge metadata: nested too deeply", source) from err
         except ConfigError as err:  # field names come from the file: escape them so the error stays one line
-            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", source) from err
+            raise ModelError(f"invalid tumor-edge metadata: {one_line(err.reason)}", source) from err
 
     def write(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / METADATA_FILE
@@ -245,7 +245,7 @@ class BundleMetadata:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
         except ConfigError as err:
-            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", path) from err
+            raise ModelError(f"invalid tumor-edge metadata: {one_line(err.reason)}", path) from err
         metadata = cls.from_dict(data, path)
         metadata.sha256 = hashlib.sha256(raw).hexdigest()
         return metadata
@@ -266,16 +266,11 @@ def loads_strict(text: str) -> Any:
         obj: dict[str, Any] = {}
         for key, value in items:
             if key in obj:
-                raise ConfigError(f"duplicate key {printable(key)[:80]!r} in a JSON object")
+                raise ConfigError(f"duplicate key {key[:80]!r} in a JSON object")
             obj[key] = value
         return obj
 
     return json.loads(text, object_pairs_hook=pairs)
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (newlines, escapes) written as Python escapes: safe on one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _is_sha256(text: Any) -> bool:
@@ -662,7 +657,7 @@ def check_external_locations(bundle_dir: Path, entry: ModelEntry, locations: lis
     as a one-line BundleIntegrityError naming the model and the location."""
     for location in locations:
         if location not in entry.files:
-            raise BundleIntegrityError(f"its external data {printable(location)[:120]!r} is not listed in "
+            raise BundleIntegrityError(f"its external data {location[:120]!r} is not listed in "
                                        f"{METADATA_FILE} with a sha256 (models.{entry.file}.files); refusing to run "
                                        f"it", Path(bundle_dir) / entry.file)
 
@@ -701,7 +696,7 @@ def check_binding(metadata: BundleMetadata, props: dict[str, str], path: Path) -
 
 def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
     def show(value: Any) -> str:
-        text = printable(repr(value))
+        text = repr(value)  # repr escapes what does not print
         return text if len(text) <= 120 else text[:117] + "..."
 
     raise ModelError(f"{METADATA_FILE} gives {field_name} {show(ours)} but the model file carries {show(theirs)} "
