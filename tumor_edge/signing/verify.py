@@ -24,7 +24,7 @@ from typing import Any
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, SignatureError
-from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
+from tumor_edge.signing.sign import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
 
 MAX_SIGNATURE_BYTES = 16 << 20  # a signature lists one digest per file: kilobytes, never megabytes
 MAX_LISTED = 3  # files named in one error line beyond the first
