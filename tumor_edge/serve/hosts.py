@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tumor_edge.serve.config import ip_of
+from tumor_edge.serve.commands import ip_of
 from tumor_edge.serve.errors import error_response
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
