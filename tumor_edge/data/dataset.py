@@ -85,8 +85,6 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
     train_classes = _class_dirs(train_dir)
     if not train_classes:
         raise DatasetError("no class folders", train_dir)
-    problems: list[str] = []
-    classes = train_classes
     if test_dir.is_dir():
         test_classes = _class_dirs(test_dir)
         if test_classes != train_classes:
@@ -98,9 +96,10 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
                 + (f"; only in Testing: {', '.join(only_test)}" if only_test else ""),
                 root,
             )
+    classes = train_classes
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 classes, found {len(classes)}", train_dir)
-    index = DatasetIndex(root, classes, [], [], problems)
+    index = DatasetIndex(root, classes, [], [])
     for split_dir, bucket in ((train_dir, index.train), (test_dir, index.test)):
         if not split_dir.is_dir():
             continue
@@ -108,7 +107,7 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
             scans, ignored = _files(split_dir / name)
             index.ignored.extend(ignored)
             if not scans:
-                problems.append(f"{split_dir / name}: empty class folder (no images)")
+                index.problems.append(f"{split_dir / name}: empty class folder (no images)")
             bucket.extend(Sample(p, label) for p in scans)
     empty_train = [c for i, c in enumerate(classes) if not any(s.label == i for s in index.train)]
     if empty_train:
