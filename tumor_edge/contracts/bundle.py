@@ -13,6 +13,7 @@ agree with metadata.json (`check_binding`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -493,10 +494,7 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
                     or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
                 raise ConfigError(f"field '{where}' must be {{shape: [images, ...] (images <= {count}), values: "
                                   f"at most {MAX_REFERENCE_VALUES} numbers}}")
-            size = 1
-            for d in shape:
-                size *= d
-            if size != len(values) or not all(_is_finite(v) for v in values):
+            if math.prod(shape) != len(values) or not all(_is_finite(v) for v in values):
                 raise ConfigError(f"field '{where}' must hold as many finite numbers as its shape says")
             clean[name][role] = {"shape": list(shape), "values": [float(v) for v in values]}
     return clean
