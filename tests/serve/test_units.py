@@ -10,7 +10,7 @@ from tumor_edge.errors import ConfigError
 from tumor_edge.serve.admission import Admission, Busy
 from tumor_edge.serve.app import clean_filename, parse_upload
 from tumor_edge.serve.commands import ServeConfig, check_bind, is_loopback
-from tumor_edge.serve.errors import HttpError
+from tumor_edge.serve.hosts import HttpError
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -165,7 +165,7 @@ def test_allow_host_values_refused(name):
 def test_without_folders(text, folders, clean):
     from pathlib import Path
 
-    from tumor_edge.serve.errors import without_folders
+    from tumor_edge.serve.inference import without_folders
 
     assert without_folders(text, [Path(f) for f in folders]) == clean
 
@@ -196,6 +196,6 @@ def test_upload_stage_bounds_places_per_client_and_bytes():
 def test_without_folders_leaves_a_longer_sibling_name_whole():
     from pathlib import Path
 
-    from tumor_edge.serve.errors import without_folders
+    from tumor_edge.serve.inference import without_folders
 
     assert without_folders("/tmp/x and /tmp/xyz/f.png", [Path("/tmp/x")]) == "x and f.png"

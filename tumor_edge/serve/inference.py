@@ -3,9 +3,11 @@
 The runtime's readers decode from paths (their caps, DICOM detection, frame and slice handling live there, and
 the suffixes they claim in their registry), so the bytes go to a private temporary folder (0700, created per
 request) for the time of one inference and are deleted in `finally`, whatever happens. File names in results and
-errors are the client's, never the temporary path. Every answer names the model file and engine that produced
-it. Decoding, checks, inference, the probability rule and the page's map are the runtime's one prediction path
-(`Classifier.iter_results`); the map is drawn on the pixels the model saw, never from a second decode.
+errors are the client's, never the temporary path, and no answer shows where files live on the server
+(`without_folders`: a client reads file names, the operator's log keeps the folders). Every answer names the model
+file and engine that produced it. Decoding, checks, inference, the probability rule and the page's map are the
+runtime's one prediction path (`Classifier.iter_results`); the map is drawn on the pixels the model saw, never
+from a second decode.
 
 The server reads bundle files only as plain files inside the bundle folder, never through a symbolic link (a
 MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model): the card as the runtime reads
@@ -15,8 +17,10 @@ metadata.json and the models (`read_confined`). The folder itself may be a link.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +29,11 @@ from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata, read_confined
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import MIN_CAM_CELLS, VolumeSummary, cam_cells, claimed_suffix, explain_prediction, is_volume
-from tumor_edge.serve.errors import without_folders, without_folders_in
 
 MAX_CARD_BYTES = 1 << 20
+# The folders of an absolute path (POSIX `/a/b/`, `~/a/`, Windows `C:\a\` or `\\host\share\`), not preceded by a
+# word character (so `input/output` or `1/2` stay): removing them leaves the file's own name.
+_FOLDERS = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:|\\\\[^\s\\/]+)?[\\/](?:[^\s\\/'\"<>|]*[\\/])+")
 
 
 def bundle_of(model_path: Path) -> Path | None:
@@ -150,3 +156,23 @@ def model_description(classifier: Any, metadata: BundleMetadata, model_path: Pat
     if card_error is not None:
         described["model_card_error"] = card_error
     return described
+
+
+def without_folders(text: str, known: Iterable[Path] = ()) -> str:
+    """`text` with every absolute path cut to its last component: the `known` folders first (whatever characters
+    their names hold), then anything else shaped like an absolute path (an engine's own message may name one)."""
+    for folder in sorted({str(p).rstrip("/\\") for p in known} - {"", "."}, key=len, reverse=True):
+        text = re.sub(re.escape(folder) + r"[\\/]", "", text)  # a path inside it: its name there
+        text = re.sub(re.escape(folder) + r"(?![\w.-])", lambda _, name=Path(folder).name: name, text)
+    return _FOLDERS.sub("", text)
+
+
+def without_folders_in(value: Any, known: Iterable[Path] = ()) -> Any:
+    """A copy of JSON-like `value` with `without_folders` applied to every string in it (keys stay)."""
+    if isinstance(value, str):
+        return without_folders(value, known)
+    if isinstance(value, dict):
+        return {key: without_folders_in(item, known) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_folders_in(item, known) for item in value]
+    return value

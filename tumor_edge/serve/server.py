@@ -29,7 +29,7 @@ from tumor_edge.errors import ModelError, TumorEdgeError, first_line, one_line
 from tumor_edge.runtime import BackendOptions, Classifier
 from tumor_edge.serve.app import create_app
 from tumor_edge.serve.commands import ServeConfig, ip_of
-from tumor_edge.serve.errors import COMMON_HEADERS
+from tumor_edge.serve.hosts import COMMON_HEADERS
 from tumor_edge.serve.inference import model_source
 
 
