@@ -686,10 +686,9 @@ def check_binding(metadata: BundleMetadata, props: dict[str, str], path: Path) -
             theirs_roles = {r: (o.index, o.type) for r, o in carried.extra_outputs.items()}
             if ours_roles != theirs_roles:
                 _unbound(path, "outputs", ours_roles, theirs_roles)
-    if "classes" in props and props["classes"] != ",".join(metadata.classes):
-        _unbound(path, "classes", ",".join(metadata.classes), props["classes"])
-    if "output" in props and props["output"] != metadata.output:
-        _unbound(path, "output", metadata.output, props["output"])
+    for key, ours in (("classes", ",".join(metadata.classes)), ("output", metadata.output)):
+        if key in props and props[key] != ours:
+            _unbound(path, key, ours, props[key])
 
 
 def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
