@@ -252,12 +252,9 @@ class BundleMetadata:
         return metadata
 
     def default_model(self) -> str:
-        for name in DEFAULT_MODEL_PREFERENCE:
-            if name in self.models:
-                return name
         if not self.models:
             raise ModelError("bundle lists no models")
-        return next(iter(self.models))
+        return next((name for name in DEFAULT_MODEL_PREFERENCE if name in self.models), next(iter(self.models)))
 
 
 def loads_strict(text: str) -> Any:
