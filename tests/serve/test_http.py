@@ -242,7 +242,7 @@ def _wait_uploading(url: str, done, timeout_s: float = 10) -> None:
 def test_full_upload_places_are_503_with_retry_after_then_recover(serve_bundle, tmp_path):
     """A client address holding every upload place it may (UPLOAD_PLACES_PER_CLIENT) gets 503 with Retry-After
     for its next upload; once its bodies are gone it gets in again."""
-    from tumor_edge.serve.commands import ServeConfig
+    from tumor_edge.serve.config import ServeConfig
 
     per_client = ServeConfig().upload_places_per_client
     with running_server(tmp_path, "--model", str(serve_bundle)) as s:

@@ -9,7 +9,7 @@ import pytest
 from tumor_edge.errors import ConfigError
 from tumor_edge.serve.admission import Admission, Busy
 from tumor_edge.serve.app import clean_filename, parse_upload
-from tumor_edge.serve.commands import ServeConfig, check_bind, is_loopback
+from tumor_edge.serve.config import ServeConfig, check_bind, is_loopback
 from tumor_edge.serve.hosts import HttpError
 
 

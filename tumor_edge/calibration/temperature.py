@@ -17,7 +17,6 @@ accuracy and mean confidence over equal-width bins of the top probability (15 bi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -253,35 +252,3 @@ def ece_before_after(raw: np.ndarray, labels: np.ndarray, temperature: float | N
     return {"temperature": temperature, "bins": bins, "images": int(len(np.asarray(labels).reshape(-1))),
             "ece_before": expected_calibration_error(raw, labels, bins),
             "ece_after": expected_calibration_error(apply_temperature(np.asarray(raw, np.float64), t), labels, bins)}
-
-
-def fit_calibration(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray | None,
-                    test_labels: np.ndarray | None, reliability_png: Path | None) -> dict[str, Any]:
-    """Temperature on validation by the module docstring's rule (no fit without mistakes to fit, none at the
-    range's edge, kept only if it helps held-out images); ECE/NLL before and after
-    on validation and (the honest figure) on test. Train fits it on a run's validation split, export on the
-    held-back calibration images of a model made elsewhere: one rule for both."""
-    choice = choose_temperature(val_probs, val_labels)
-    record: dict[str, Any] = {"method": "temperature scaling", "fitted_on": choice.fit.count}
-    if choice.out_of_fold_gain is not None:
-        record["out_of_fold_nll_gain"] = round(choice.out_of_fold_gain, 6)
-    if choice.kept_t1_because:  # keep the model's own confidence, and say why
-        record["fitted_temperature"] = choice.fit.temperature
-        record["kept_t1_because"] = choice.kept_t1_because
-    fit = choice.applied_fit()
-    record["temperature"] = fit.temperature
-    record["validation"] = calibration_summary(val_probs, val_labels, fit)
-    if test_probs is not None and test_labels is not None and len(test_labels):
-        record["test"] = calibration_summary(test_probs, test_labels, fit)
-        if reliability_png is not None:
-            from tumor_edge.calibration.plots import reliability_diagram
-
-            reliability_diagram(test_probs, test_labels, fit.temperature, reliability_png,
-                                title=f"test split, n = {len(test_labels)}")
-            record["reliability_diagram"] = Path(reliability_png).name
-    # The card and the bundle read these at the top level: the test split's when there is one.
-    shown = record.get("test", record["validation"])
-    record.update({k: shown[k] for k in ("bins", "ece_before", "ece_after", "nll_before", "nll_after")})
-    record["ece_measured_on"] = "test" if "test" in record else "validation"
-    return record
-

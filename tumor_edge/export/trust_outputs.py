@@ -5,7 +5,7 @@ A run's calibration and OOD fit come from `train` (RunConfig extra keys "calibra
 in the run folder). A model made elsewhere has no run, so export fits them on the share of `--calib-data` it holds
 back (samples.FOREIGN_VAL_FRACTION, stratified), images that choose the int8 calibration method but never
 feed the int8 ranges:
-- the temperature with `calibration.temperature.fit_calibration`, the very function train uses (its out-of-fold guard
+- the temperature with `calibration.plots.fit_calibration`, the very function train uses (its out-of-fold guard
   keeps T = 1 when a temperature would not help unseen images);
 - the Mahalanobis OOD score needs pooled features a foreign model does not expose. A foreign ONNX model gets a
   score from its own class scores instead (calibration/mahalanobis.py), computed inside the exported file,
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
-from tumor_edge.calibration.temperature import fit_calibration
+from tumor_edge.calibration.plots import fit_calibration
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ConfigError
 from tumor_edge.export.samples import stratified_subset

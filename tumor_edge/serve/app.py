@@ -31,7 +31,7 @@ from starlette.routing import Route
 from tumor_edge import __version__
 from tumor_edge.errors import first_line, one_line
 from tumor_edge.serve.admission import Admission, Budget, Busy, Stopped, UploadStage, meter_engine, run_charged
-from tumor_edge.serve.commands import ServeConfig
+from tumor_edge.serve.config import ServeConfig
 from tumor_edge.serve.hosts import COMMON_HEADERS, HostCheck, HostRule, HttpError, error_response
 from tumor_edge.serve.inference import bundle_of, classify_bytes, model_description, without_folders
 from tumor_edge.serve.page import PAGE_CSP, openapi_document, render_page

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from starlette.responses import JSONResponse
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.serve.commands import ip_of
+from tumor_edge.serve.config import ip_of
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE, __version__
-from tumor_edge.serve.commands import ServeConfig
+from tumor_edge.serve.config import ServeConfig
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d232b}

@@ -28,7 +28,7 @@ from tumor_edge.contracts.bundle import resolve_model_path
 from tumor_edge.errors import ModelError, TumorEdgeError, first_line, one_line
 from tumor_edge.runtime import BackendOptions, Classifier
 from tumor_edge.serve.app import create_app
-from tumor_edge.serve.commands import ServeConfig, ip_of
+from tumor_edge.serve.config import ServeConfig, ip_of
 from tumor_edge.serve.hosts import COMMON_HEADERS
 from tumor_edge.serve.inference import model_source
 
