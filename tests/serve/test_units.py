@@ -175,18 +175,18 @@ def test_upload_stage_bounds_places_per_client_and_bytes():
 
     async def scenario():
         stage = UploadStage(places=3, per_client=2, budget_bytes=100)
-        async with stage.enter("a") as first, stage.enter("a"):
+        async with stage.enter("a") as take_a, stage.enter("a"):
             with pytest.raises(Busy, match="your address"):
                 async with stage.enter("a"):
                     pass
-            async with stage.enter("b") as other:
+            async with stage.enter("b") as take_b:
                 with pytest.raises(Busy, match="3 uploads"):
                     async with stage.enter("c"):
                         pass
-                first.take(60)
+                take_a(60)
                 with pytest.raises(Busy, match="MiB"):
-                    other.take(41)
-                other.take(40)
+                    take_b(41)
+                take_b(40)
                 assert stage.bytes_held == 100 and stage.receiving == 3
         assert stage.bytes_held == 0 and stage.receiving == 0 and not stage.by_client
 

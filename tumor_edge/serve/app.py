@@ -199,8 +199,8 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
                                  "send it with frames=middle, or frames=all without it")
         client = request.client.host if request.client else "unknown"
         try:
-            async with uploads.enter(client) as receipt:
-                body = await read_body(request, config.max_body_bytes, config.read_timeout_s, receipt.take)
+            async with uploads.enter(client) as take:
+                body = await read_body(request, config.max_body_bytes, config.read_timeout_s, take)
             upload = parse_upload(body, request.headers.get("content-type", ""),
                                   request.query_params.get("filename"),
                                   request.headers.get("content-disposition"))
