@@ -5,10 +5,10 @@ A run's calibration and OOD fit come from `train` (RunConfig extra keys "calibra
 in the run folder). A model made elsewhere has no run, so export fits them on the share of `--calib-data` it holds
 back (samples.FOREIGN_VAL_FRACTION, stratified), images that choose the int8 calibration method but never
 feed the int8 ranges:
-- the temperature with `calibration.fit.fit_calibration`, the very function train uses (its out-of-fold guard
+- the temperature with `calibration.plots.fit_calibration`, the very function train uses (its out-of-fold guard
   keeps T = 1 when a temperature would not help unseen images);
 - the Mahalanobis OOD score needs pooled features a foreign model does not expose. A foreign ONNX model gets a
-  score from its own class scores instead (calibration/output_scores.py), computed inside the exported file,
+  score from its own class scores instead (calibration/mahalanobis.py), computed inside the exported file,
   thresholded on the held-back images and measured on generated out-of-distribution sets; a foreign Keras model
   keeps the input checks only.
 A model without a GAP + dense head is exported with its scores only, with a note saying why it has no heatmap:
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
+from tumor_edge.calibration.plots import fit_calibration
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.errors import ConfigError
 from tumor_edge.export.samples import stratified_subset
@@ -151,8 +151,8 @@ def fit_foreign_trust(source, seed: int = 0) -> dict[str, Any]:
 def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """The bundle's `ood` for a score computed from the class scores, with detection and false-alarm rates on
     generated sets (synthetic) beside the input checks' rates, as train measures its Mahalanobis score."""
+    from tumor_edge.calibration.mahalanobis import fit_output_threshold, output_score
     from tumor_edge.calibration.ood_sets import generated_sets
-    from tumor_edge.calibration.output_scores import fit_output_threshold, output_score
     from tumor_edge.runtime import flag_rates
 
     kind = "logit_energy" if source.source_output == "logits" else "max_probability"
@@ -173,7 +173,7 @@ def fit_output_ood(source, raw: np.ndarray, pixels: np.ndarray, seed: int = 0) -
 def onnx_trust(fit: dict[str, Any]) -> TrustExport:
     """The trust fields of a foreign ONNX model from `fit_foreign_trust`: the temperature and the output-score OOD
     check (or why not), no heatmap."""
-    from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
+    from tumor_edge.calibration.mahalanobis import OUTPUT_SCORE_ROLE
 
     calibration, ood = fit["calibration"], fit["ood"]
     trust = TrustExport(None, calibration=calibration if calibration.get("temperature") else None, notes=[NO_HEATMAP])

@@ -138,8 +138,7 @@ class PostProcessing:
             temperature = float(t)
         if ood is None:
             return cls(temperature, input_checks=input_checks)
-        from tumor_edge.calibration.mahalanobis import OOD_ROLE
-        from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE, OUTPUT_SCORES
+        from tumor_edge.calibration.mahalanobis import OOD_ROLE, OUTPUT_SCORE_ROLE, OUTPUT_SCORES
 
         if not isinstance(ood, Mapping):
             raise ConfigError("field 'ood' must be an object")
