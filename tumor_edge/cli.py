@@ -97,10 +97,7 @@ def _checking_extra(command: click.Command, name: str) -> click.Command:
     def checked(*args, **kwargs):
         lacking = missing_for(name)
         if lacking:
-            extra, modules = lacking
-            raise MissingExtraError(f"`tumor-edge {name}` needs the `{extra}` extra ({', '.join(modules)} "
-                                    f"{'is' if len(modules) == 1 else 'are'} not installed): "
-                                    f"pip install 'tumor-edge[{extra}]'")
+            raise _needs_extra(name, *lacking)
         return callback(*args, **kwargs)
 
     wrapped = copy.copy(command)
@@ -112,10 +109,13 @@ def _missing_extra(err: ModuleNotFoundError, command: str | None) -> Exception:
     """A missing optional dependency becomes one line naming the extra to install; any other missing module
     (a bug) stays the original error."""
     extra = extra_for(err.name, command)
-    if extra is None:
-        return err
+    return err if extra is None else _needs_extra(command, extra, [err.name])
+
+
+def _needs_extra(command: str | None, extra: str, modules: list[str]) -> MissingExtraError:
     what = f"`tumor-edge {command}`" if command else "this command"
-    return MissingExtraError(f"{what} needs the `{extra}` extra ({err.name} is not installed): "
+    verb = "is" if len(modules) == 1 else "are"
+    return MissingExtraError(f"{what} needs the `{extra}` extra ({', '.join(modules)} {verb} not installed): "
                              f"pip install 'tumor-edge[{extra}]'")
 
 

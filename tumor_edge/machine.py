@@ -133,11 +133,6 @@ def host() -> dict[str, str]:
             "isa": cpu_isa()}
 
 
-def _isa_family() -> str:
-    machine = platform.machine().lower()
-    return "arm" if machine.startswith(("arm", "aarch64")) else "x86"
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -154,6 +149,7 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     int8 = int8_acceleration(flags)
+    family = "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "x86"
     mem_total = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -170,7 +166,7 @@ def machine_info() -> dict[str, Any]:
         "usable_cpus": usable,
         "physical_cores": physical_cores(blocks),
         "virtualized": "hypervisor" in flags,
-        "simd": {flag: flag in flags for flag in SIMD_FLAGS[_isa_family()]},
+        "simd": {flag: flag in flags for flag in SIMD_FLAGS[family]},
         "int8_acceleration": int8 or ["none (no VNNI/AMX/dot-product instructions: int8 saves size, "
                                       "not necessarily time)"],
         "memory_gib": mem_total,

@@ -23,7 +23,7 @@ pytestmark = [
 def test_spark_udf_scores_like_classify(bundle, tmp_path, monkeypatch):
     from pyspark.sql import SparkSession
 
-    from tumor_edge.batch.spark import rows_udf
+    from tumor_edge.batch.scorer import rows_udf
 
     paths = [str(save_quadrant(tmp_path / "scans" / f"{i}.png", i)) for i in range(4)]
     (tmp_path / "scans" / "broken.png").write_bytes(b"not a png")

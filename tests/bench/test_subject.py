@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.runtime.models import optimized_model_name
 from tumor_edge.bench.harness import BenchConfig, run_bench
 from tumor_edge.bench.targets import resolve_subject
 from tumor_edge.bench.timing import RunPlan
@@ -17,7 +18,6 @@ from tumor_edge.contracts.bundle import (
     BundleMetadata,
     describe_file,
     is_optimized_name,
-    optimized_model_name,
 )
 from tumor_edge.contracts.formats import BY_KEY, ModelFormat
 from tumor_edge.contracts.run_folder import RunFolder

@@ -6,8 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumor_edge.calibration.mahalanobis import MahalanobisOod, fit_mahalanobis, score_projected
-from tumor_edge.calibration.output_scores import fit_output_threshold, output_score
+from tumor_edge.calibration.mahalanobis import (
+    MahalanobisOod,
+    fit_mahalanobis,
+    fit_output_threshold,
+    output_score,
+    score_projected,
+)
 
 
 @pytest.fixture(scope="module")

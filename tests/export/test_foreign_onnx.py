@@ -103,7 +103,7 @@ def test_pytorch_nchw_logits_model_exports_with_int8_and_passes_parity(data, tmp
     lone = Classifier.from_bundle(out / "model_fp32.onnx")
     assert lone.classes == list(CLASSES)
     # The energy output of each bundle file is the numpy energy of the original model's logits.
-    from tumor_edge.calibration.output_scores import output_score
+    from tumor_edge.calibration.mahalanobis import output_score
     from tumor_edge.data.dataset import load_pixels
     from tumor_edge.export.foreign_onnx import OnnxModel, inspect_onnx
     from tumor_edge.export.samples import folder_samples

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tumor_edge.calibration.output_scores import OUTPUT_SCORES, fit_output_threshold, output_score
+from tumor_edge.calibration.mahalanobis import OUTPUT_SCORES, fit_output_threshold, output_score
 from tumor_edge.errors import ConfigError, ModelError
 from tumor_edge.export.foreign_onnx import OnnxModel, inspect_onnx, to_bundle_model
 from tumor_edge.runtime.postprocess import PostProcessing, ood_scores, warnings_for

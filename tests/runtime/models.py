@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 from PIL import Image
 
-from tumor_edge.contracts.bundle import ONNX_META_KEY, BundleMetadata, describe_file
+from tumor_edge.contracts.bundle import ONNX_META_KEY, OPTIMIZED_SUFFIX, BundleMetadata, describe_file
 from tumor_edge.runtime.preprocess import Preprocessing
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -125,6 +125,11 @@ def integer_quadrant_model(metadata: BundleMetadata, bits: int = 8, size: int = 
     entry.value = json.dumps(metadata.to_dict())
     onnx.checker.check_model(model)
     return model, integers, scale
+
+
+def optimized_model_name(name: str) -> str:
+    """The name an optimised twin of an .onnx model file has (a bundle listing one is refused)."""
+    return name.removesuffix(".onnx") + OPTIMIZED_SUFFIX
 
 
 def add_file(bundle: Path, model: onnx.ModelProto, name: str = "model_int8.onnx", precision: str = "int8") -> Path:

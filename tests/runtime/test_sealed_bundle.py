@@ -15,9 +15,16 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from tests.runtime.models import CLASSES, make_bundle, quadrant_image, quadrant_metadata, quadrant_model
+from tests.runtime.models import (
+    CLASSES,
+    make_bundle,
+    optimized_model_name,
+    quadrant_image,
+    quadrant_metadata,
+    quadrant_model,
+)
 from tumor_edge.cli import main
-from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, optimized_model_name, sha256_file
+from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, describe_file, sha256_file
 from tumor_edge.errors import BundleIntegrityError, ModelError
 from tumor_edge.runtime import Classifier
 from tumor_edge.runtime.choice import CACHE_DIR_ENV

@@ -8,9 +8,9 @@ import pytest
 
 from tumor_edge.errors import ConfigError
 from tumor_edge.serve.admission import Admission, Busy
+from tumor_edge.serve.app import clean_filename, parse_upload
 from tumor_edge.serve.config import ServeConfig, check_bind, is_loopback
-from tumor_edge.serve.errors import HttpError
-from tumor_edge.serve.upload import clean_filename, parse_upload
+from tumor_edge.serve.hosts import HttpError
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -165,7 +165,7 @@ def test_allow_host_values_refused(name):
 def test_without_folders(text, folders, clean):
     from pathlib import Path
 
-    from tumor_edge.serve.errors import without_folders
+    from tumor_edge.serve.inference import without_folders
 
     assert without_folders(text, [Path(f) for f in folders]) == clean
 
@@ -175,18 +175,18 @@ def test_upload_stage_bounds_places_per_client_and_bytes():
 
     async def scenario():
         stage = UploadStage(places=3, per_client=2, budget_bytes=100)
-        async with stage.enter("a") as first, stage.enter("a"):
+        async with stage.enter("a") as take_a, stage.enter("a"):
             with pytest.raises(Busy, match="your address"):
                 async with stage.enter("a"):
                     pass
-            async with stage.enter("b") as other:
+            async with stage.enter("b") as take_b:
                 with pytest.raises(Busy, match="3 uploads"):
                     async with stage.enter("c"):
                         pass
-                first.take(60)
+                take_a(60)
                 with pytest.raises(Busy, match="MiB"):
-                    other.take(41)
-                other.take(40)
+                    take_b(41)
+                take_b(40)
                 assert stage.bytes_held == 100 and stage.receiving == 3
         assert stage.bytes_held == 0 and stage.receiving == 0 and not stage.by_client
 
@@ -196,6 +196,6 @@ def test_upload_stage_bounds_places_per_client_and_bytes():
 def test_without_folders_leaves_a_longer_sibling_name_whole():
     from pathlib import Path
 
-    from tumor_edge.serve.errors import without_folders
+    from tumor_edge.serve.inference import without_folders
 
     assert without_folders("/tmp/x and /tmp/xyz/f.png", [Path("/tmp/x")]) == "x and f.png"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.trust_models import blob_cnn, blob_images
-from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import MahalanobisOod
+from tumor_edge.calibration.plots import fit_calibration
 from tumor_edge.train.evaluate import fit_ood
 
 pytest.importorskip("keras")

@@ -117,7 +117,9 @@ def run(config: JobConfig) -> int:
     """Run the job; the exit status (0 every input scored, 2 some inputs failed)."""
     tally_start = time.perf_counter()
     s = config.settings
-    _preflight(s)
+    # The bundle opened here once, as an actor will (sha256s, shapes, outputs; the device's file choice measured and
+    # cached for the actors of this machine): a bad bundle is one line now, not an actor Ray restarts.
+    Classifier.from_bundle(s.model, model_file=s.model_file, options=BackendOptions(threads=1))
     store = Store.open(config.out)
     store.claim({"source": config.source, "model": s.model, "model_file": s.model_file, "frames": s.frames,
                  "axis": s.axis, "slices": s.slices, "abstain": s.abstain}, config.force)
@@ -130,12 +132,6 @@ def run(config: JobConfig) -> int:
     if todo:
         _score(config, todo, filesystem, store, tally)
     return _finish(config, store, tally, [r["input_path"] for r in records])
-
-
-def _preflight(settings: ScoreSettings) -> None:
-    """Open the bundle here once, as an actor will (sha256s, shapes, outputs; the device's file choice measured
-    and cached for the actors of this machine): a bad bundle is one line now, not an actor Ray restarts."""
-    Classifier.from_bundle(settings.model, model_file=settings.model_file, options=BackendOptions(threads=1))
 
 
 def _score(config: JobConfig, todo: list[dict], filesystem, store: Store, tally: Tally) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import socket
@@ -208,3 +209,38 @@ def _remote(filesystem, source: str, root: str) -> list[dict]:
 
 def _record(path: str, size: int, mtime_ns: int, problem: str | None = None) -> dict:
     return {"input_path": path, "input_bytes": size, "input_mtime_ns": mtime_ns, "problem": problem, "fs_path": None}
+
+
+def rows_udf(settings: ScoreSettings, batch_size: int = 64):
+    """For sites that run Spark: `Scorer` as a Spark pandas UDF (`predict_batch_udf`), a column of local paths ->
+    a column of JSON arrays of each input's `classify --csv` rows (a 2-D scan: one row; a volume: its slices and
+    summary), scored by the same opened-once, verified bundle:
+
+        from pyspark.sql import functions as F
+        from tumor_edge.batch.scorer import ScoreSettings, rows_udf
+
+        score = rows_udf(ScoreSettings("/shared/bundles/inception299", threads=1))
+        files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load("/shared/scans")
+        rows = F.from_json(score(F.regexp_replace("path", "^file:", "")), "array<map<string,string>>")
+        out = files.select(F.explode(rows).alias("row"))  # the content column is never read
+
+    Paths must be readable by every executor (a shared mount). Needs pyspark (the `spark` extra) and Java 17+."""
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import StringType
+
+    def make_predict_fn():
+        import numpy as np
+
+        scorer = Scorer(settings)  # once per Python worker: the bundle opened and verified once
+
+        def predict(paths: np.ndarray) -> np.ndarray:
+            records = [local_record(str(p)) for p in paths]
+            by_input: dict[str, list] = {}
+            for row in scorer.rows(records):
+                by_input.setdefault(row["input_path"], []).append(row)
+            return np.array([json.dumps(by_input.get(r["input_path"], []), default=str) for r in records],
+                            dtype=object)
+
+        return predict
+
+    return predict_batch_udf(make_predict_fn, return_type=StringType(), batch_size=batch_size)

@@ -1,5 +1,7 @@
-"""Out-of-distribution score on the model's pooled features: Mahalanobis distance to the nearest class
-(Lee et al. 2018).
+"""Out-of-distribution scores, all "higher = less familiar". On the model's pooled features: Mahalanobis distance
+to the nearest class (Lee et al. 2018). For models made elsewhere with no pooled-feature output, from the model's
+own class scores: "logit_energy" (Liu et al. 2020; needs real logits) and "max_probability" (Hendrycks & Gimpel
+2017); `output_score` is the numpy twin of the nodes export adds to the graph.
 
 The covariance of a few hundred scans' 2048 features is rank-deficient, so the score lives in the top `dims`
 principal directions, whitened with an eigenvalue floor. The fit folds into one affine map,
@@ -23,6 +25,12 @@ OOD_ROLE = "ood_features"  # the model output that carries z
 # Whitening divides by sqrt(eigenvalue): without a floor (a shrinkage, relative to the largest), directions in
 # which validation scans barely vary would turn an int8 file's rounding into huge distances.
 EIGEN_FLOOR = 0.1
+OUTPUT_SCORE_ROLE = "ood_score"
+OUTPUT_SCORES: dict[str, str] = {
+    "logit_energy": "energy of the logits, -logsumexp(z) (higher: less like the training scans)",
+    "max_probability": "negative largest class probability, -max p (higher: less like the training scans)",
+}
+MIN_FIT_IMAGES = 10
 
 
 @dataclass
@@ -126,10 +134,45 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, tpr: float = DEFAU
         raise ConfigError(f"OOD fitting needs features (N, C) and N labels, not {features.shape}, {labels.shape}")
     if len(features) < 20:
         raise ConfigError(f"fitting an OOD threshold needs at least 20 validation scans, not {len(features)}")
+    _check_tpr(tpr)
+    threshold, measured = _threshold(out_of_fold_scores(features, labels, dims), tpr)
+    mean, projection, centres = _fit_parts(features, labels, dims)
+    return MahalanobisOod(mean, projection, centres, threshold, tpr, measured, int(len(features)))
+
+
+def _check_tpr(tpr: float) -> None:
     if not 0.5 <= tpr < 1.0:
         raise ConfigError(f"the true-positive rate must be from 0.5 to below 1, not {tpr}")
-    held_out = out_of_fold_scores(features, labels, dims)
-    threshold = float(np.quantile(held_out, tpr, method="higher"))
-    mean, projection, centres = _fit_parts(features, labels, dims)
-    return MahalanobisOod(mean, projection, centres, threshold, tpr, float(np.mean(held_out <= threshold)),
-                          int(len(features)))
+
+
+def _threshold(values: np.ndarray, tpr: float) -> tuple[float, float]:
+    """The score that lets `tpr` of these in-distribution scores pass, and the share that does."""
+    threshold = float(np.quantile(values, tpr, method="higher"))
+    return threshold, float(np.mean(values <= threshold))
+
+
+def output_score(scores: np.ndarray, kind: str) -> np.ndarray:
+    """(N, classes) logits (logit_energy) or probabilities (max_probability) -> (N,) scores."""
+    if kind not in OUTPUT_SCORES:
+        raise ConfigError(f"unknown output score {kind!r} (this tumor-edge knows {', '.join(OUTPUT_SCORES)})")
+    z = np.asarray(scores, dtype=np.float64)
+    if z.ndim != 2:
+        raise ConfigError(f"an output score needs class scores of shape (N, classes), not {z.shape}")
+    if kind == "max_probability":
+        return -z.max(axis=1)
+    m = z.max(axis=1)
+    return -(m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
+
+
+def fit_output_threshold(values: np.ndarray, kind: str, tpr: float = DEFAULT_TPR) -> dict[str, Any]:
+    """The bundle's `ood` record: the threshold that lets `tpr` of these in-distribution scores pass."""
+    if kind not in OUTPUT_SCORES:
+        raise ConfigError(f"unknown output score {kind!r}")
+    _check_tpr(tpr)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) < MIN_FIT_IMAGES or not np.all(np.isfinite(values)):
+        raise ConfigError(f"fitting an OOD threshold needs at least {MIN_FIT_IMAGES} finite scores, not "
+                          f"{len(values)}")
+    threshold, measured = _threshold(values, tpr)
+    return {"score": kind, "output_role": OUTPUT_SCORE_ROLE, "description": OUTPUT_SCORES[kind],
+            "threshold": threshold, "tpr": tpr, "measured_tpr": measured, "count": int(len(values))}

@@ -252,4 +252,3 @@ def ece_before_after(raw: np.ndarray, labels: np.ndarray, temperature: float | N
     return {"temperature": temperature, "bins": bins, "images": int(len(np.asarray(labels).reshape(-1))),
             "ece_before": expected_calibration_error(raw, labels, bins),
             "ece_after": expected_calibration_error(apply_temperature(np.asarray(raw, np.float64), t), labels, bins)}
-

@@ -13,6 +13,7 @@ agree with metadata.json (`check_binding`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from tumor_edge.contracts.formats import (
     format_suffixes,
 )
 from tumor_edge.contracts.preprocessing import SCALING_RANGES, Preprocessing
-from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, TumorEdgeError, first_line
+from tumor_edge.errors import BundleIntegrityError, ConfigError, ModelError, TumorEdgeError, first_line, one_line
 
 METADATA_FILE = "metadata.json"
 SCHEMA_VERSION = 2
@@ -153,7 +154,7 @@ def parse_release_version(text: Any, where: str = "release.version") -> datetime
         return datetime.strptime(text, RELEASE_TIME_FORMAT).replace(tzinfo=timezone.utc)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"field '{where}' must be a UTC time like 2026-12-07T14:00:00Z, not "
-                          f"{printable(str(text))[:40]!r}") from err
+                          f"{str(text)[:40]!r}") from err
 
 
 @dataclass
@@ -222,7 +223,7 @@ class BundleMetadata:
         except RecursionError as err:  # JSON nested deeper than Python recurses
             raise ModelError("invalid tumor-edge metadata: nested too deeply", source) from err
         except ConfigError as err:  # field names come from the file: escape them so the error stays one line
-            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", source) from err
+            raise ModelError(f"invalid tumor-edge metadata: {one_line(err.reason)}", source) from err
 
     def write(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / METADATA_FILE
@@ -245,18 +246,15 @@ class BundleMetadata:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ModelError(f"unreadable metadata ({first_line(err)})", path) from err
         except ConfigError as err:
-            raise ModelError(f"invalid tumor-edge metadata: {printable(err.reason)}", path) from err
+            raise ModelError(f"invalid tumor-edge metadata: {one_line(err.reason)}", path) from err
         metadata = cls.from_dict(data, path)
         metadata.sha256 = hashlib.sha256(raw).hexdigest()
         return metadata
 
     def default_model(self) -> str:
-        for name in DEFAULT_MODEL_PREFERENCE:
-            if name in self.models:
-                return name
         if not self.models:
             raise ModelError("bundle lists no models")
-        return next(iter(self.models))
+        return next((name for name in DEFAULT_MODEL_PREFERENCE if name in self.models), next(iter(self.models)))
 
 
 def loads_strict(text: str) -> Any:
@@ -266,16 +264,11 @@ def loads_strict(text: str) -> Any:
         obj: dict[str, Any] = {}
         for key, value in items:
             if key in obj:
-                raise ConfigError(f"duplicate key {printable(key)[:80]!r} in a JSON object")
+                raise ConfigError(f"duplicate key {key[:80]!r} in a JSON object")
             obj[key] = value
         return obj
 
     return json.loads(text, object_pairs_hook=pairs)
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (newlines, escapes) written as Python escapes: safe on one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _is_sha256(text: Any) -> bool:
@@ -498,10 +491,7 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
                     or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
                 raise ConfigError(f"field '{where}' must be {{shape: [images, ...] (images <= {count}), values: "
                                   f"at most {MAX_REFERENCE_VALUES} numbers}}")
-            size = 1
-            for d in shape:
-                size *= d
-            if size != len(values) or not all(_is_finite(v) for v in values):
+            if math.prod(shape) != len(values) or not all(_is_finite(v) for v in values):
                 raise ConfigError(f"field '{where}' must hold as many finite numbers as its shape says")
             clean[name][role] = {"shape": list(shape), "values": [float(v) for v in values]}
     return clean
@@ -662,7 +652,7 @@ def check_external_locations(bundle_dir: Path, entry: ModelEntry, locations: lis
     as a one-line BundleIntegrityError naming the model and the location."""
     for location in locations:
         if location not in entry.files:
-            raise BundleIntegrityError(f"its external data {printable(location)[:120]!r} is not listed in "
+            raise BundleIntegrityError(f"its external data {location[:120]!r} is not listed in "
                                        f"{METADATA_FILE} with a sha256 (models.{entry.file}.files); refusing to run "
                                        f"it", Path(bundle_dir) / entry.file)
 
@@ -693,15 +683,14 @@ def check_binding(metadata: BundleMetadata, props: dict[str, str], path: Path) -
             theirs_roles = {r: (o.index, o.type) for r, o in carried.extra_outputs.items()}
             if ours_roles != theirs_roles:
                 _unbound(path, "outputs", ours_roles, theirs_roles)
-    if "classes" in props and props["classes"] != ",".join(metadata.classes):
-        _unbound(path, "classes", ",".join(metadata.classes), props["classes"])
-    if "output" in props and props["output"] != metadata.output:
-        _unbound(path, "output", metadata.output, props["output"])
+    for key, ours in (("classes", ",".join(metadata.classes)), ("output", metadata.output)):
+        if key in props and props[key] != ours:
+            _unbound(path, key, ours, props[key])
 
 
 def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
     def show(value: Any) -> str:
-        text = printable(repr(value))
+        text = repr(value)  # repr escapes what does not print
         return text if len(text) <= 120 else text[:117] + "..."
 
     raise ModelError(f"{METADATA_FILE} gives {field_name} {show(ours)} but the model file carries {show(theirs)} "
@@ -709,12 +698,6 @@ def _unbound(path: Path, field_name: str, ours: Any, theirs: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- file facts
-
-
-def optimized_model_name(name: str) -> str:
-    """The name an optimised twin of an .onnx model file has (a bundle listing one is refused)."""
-    stem = name[:-len(".onnx")] if name.lower().endswith(".onnx") else name
-    return stem + OPTIMIZED_SUFFIX
 
 
 def sha256_file(path: Path) -> str:

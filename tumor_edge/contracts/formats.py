@@ -165,15 +165,10 @@ def engine_for_suffix(suffix: str) -> str | None:
     return next((e.name for e in ENGINES.values() if e.suffix == suffix), None)
 
 
-def model_suffixes() -> tuple[str, ...]:
-    """The suffixes of every engine's model files (".onnx", ".tflite", ...), in table order."""
-    return tuple(e.suffix for e in ENGINES.values())
-
-
 def format_names() -> frozenset[str]:
     """The `format` a bundle's model entry may declare: a container of the table's rows ("onnx", "tflite", an
     "openvino" row's), or an engine's model suffix without its dot (an engine registered without a row)."""
-    return frozenset(f.format for f in FORMATS) | frozenset(s.lstrip(".") for s in model_suffixes())
+    return frozenset(f.format for f in FORMATS) | frozenset(e.suffix.lstrip(".") for e in ENGINES.values())
 
 
 def format_suffixes(fmt: str) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tumor_edge.contracts.preprocessing import Preprocessing
 from tumor_edge.errors import ConfigError, ModelError
@@ -35,11 +35,7 @@ class RunFolder:
     curves_png = property(lambda self: self.path / "training_curves.png")
     reliability_png = property(lambda self: self.path / "reliability.png")  # calibration, before/after (test)
     ood_params = property(lambda self: self.path / "ood.npz")  # OOD fit (tumor_edge.calibration.mahalanobis)
-
-    # Everything train writes; `train --force` replaces these and nothing else.
-    FILE_NAMES = ("model.keras", "config.json", "split.json", "history.csv", "metrics.json",
-                  "test_predictions.npz", "roc.png", "confusion_matrix.png", "training_curves.png",
-                  "reliability.png", "ood.npz")
+    FILE_NAMES: ClassVar[tuple[str, ...]]  # every file named above: `train --force` replaces these and nothing else
 
     def is_run(self) -> bool:
         return self.model.is_file() and self.config.is_file()
@@ -52,6 +48,10 @@ class RunFolder:
             return json.loads(self.metrics.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelError(f"unreadable run metrics ({err})", self.metrics) from err
+
+
+RunFolder.FILE_NAMES = tuple(prop.fget(RunFolder(Path())).name for prop in vars(RunFolder).values()
+                             if isinstance(prop, property))
 
 
 @dataclass

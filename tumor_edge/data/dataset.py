@@ -85,8 +85,6 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
     train_classes = _class_dirs(train_dir)
     if not train_classes:
         raise DatasetError("no class folders", train_dir)
-    problems: list[str] = []
-    classes = train_classes
     if test_dir.is_dir():
         test_classes = _class_dirs(test_dir)
         if test_classes != train_classes:
@@ -98,9 +96,10 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
                 + (f"; only in Testing: {', '.join(only_test)}" if only_test else ""),
                 root,
             )
+    classes = train_classes
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 classes, found {len(classes)}", train_dir)
-    index = DatasetIndex(root, classes, [], [], problems)
+    index = DatasetIndex(root, classes, [], [])
     for split_dir, bucket in ((train_dir, index.train), (test_dir, index.test)):
         if not split_dir.is_dir():
             continue
@@ -108,7 +107,7 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
             scans, ignored = _files(split_dir / name)
             index.ignored.extend(ignored)
             if not scans:
-                problems.append(f"{split_dir / name}: empty class folder (no images)")
+                index.problems.append(f"{split_dir / name}: empty class folder (no images)")
             bucket.extend(Sample(p, label) for p in scans)
     empty_train = [c for i, c in enumerate(classes) if not any(s.label == i for s in index.train)]
     if empty_train:
@@ -146,10 +145,10 @@ class LoadedPixels:
     failures: list[str]
 
 
-def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, show_progress: bool = True,
-                   workers: int = 2) -> Iterator[tuple[Sample, np.ndarray | str]]:
-    """(sample, its pixels by the runtime's own preprocessing, or why it cannot be read), in order; at most a
-    few decoded images wait at any time, whatever the dataset's size."""
+def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, failures: list[str],
+                   show_progress: bool = True, workers: int = 2) -> Iterator[tuple[Sample, np.ndarray]]:
+    """(sample, its pixels by the runtime's own preprocessing) in order, for each that can be read; why each other
+    cannot is appended to `failures`. At most a few decoded images wait at any time, whatever the dataset's size."""
 
     def load(sample: Sample) -> np.ndarray | str:
         try:
@@ -169,7 +168,11 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, s
             yield head, future.result()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from progress(ordered(pool), label, length=len(samples), enabled=show_progress)
+        for sample, result in progress(ordered(pool), label, length=len(samples), enabled=show_progress):
+            if isinstance(result, str):
+                failures.append(result)
+            else:
+                yield sample, result
 
 
 def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "loading images",
@@ -178,12 +181,9 @@ def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "lo
     out = np.empty((len(samples), spec.height, spec.width, 3), dtype=np.uint8)
     kept: list[Sample] = []
     failures: list[str] = []
-    for sample, result in decode_samples(samples, spec, label, show_progress, workers):
-        if isinstance(result, str):
-            failures.append(result)
-        else:
-            out[len(kept)] = result
-            kept.append(sample)
+    for sample, pixels in decode_samples(samples, spec, label, failures, show_progress, workers):
+        out[len(kept)] = pixels
+        kept.append(sample)
     return LoadedPixels(out[: len(kept)], np.array([s.label for s in kept], dtype=np.int32), kept, failures)
 
 
@@ -257,11 +257,8 @@ def build_pixel_cache(samples: Sequence[Sample], spec: Preprocessing, path: Path
     kept: list[Sample] = []
     failures: list[str] = []
     with open(path, "wb") as fh:
-        for sample, result in decode_samples(samples, spec, label, show_progress, workers):
-            if isinstance(result, str):
-                failures.append(result)
-                continue
-            fh.write(np.ascontiguousarray(result, dtype=np.uint8).tobytes())
+        for sample, pixels in decode_samples(samples, spec, label, failures, show_progress, workers):
+            fh.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
             kept.append(sample)
     labels = np.array([s.label for s in kept], dtype=np.int32)
     return PixelCache(path, (spec.height, spec.width, 3), labels, kept, failures)

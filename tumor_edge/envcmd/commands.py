@@ -40,10 +40,10 @@ def onnxruntime_info() -> dict[str, Any]:
 
 
 def environment(model: str | None = None) -> dict[str, Any]:
-    info = machine_info()
-    return {"tumor_edge": __version__, "machine": info, "onnxruntime": onnxruntime_info(),
-            "extras": {extra: all(mods.values()) for extra, mods in extras_present().items()},
-            "extra_modules": extras_present(), "engine_choice": engine_choice(model)}
+    present = extras_present()
+    return {"tumor_edge": __version__, "machine": machine_info(), "onnxruntime": onnxruntime_info(),
+            "extras": {extra: all(mods.values()) for extra, mods in present.items()},
+            "extra_modules": present, "engine_choice": engine_choice(model)}
 
 
 def engine_choice(model: str | None) -> dict[str, Any]:

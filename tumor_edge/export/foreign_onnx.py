@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE
+from tumor_edge.calibration.mahalanobis import OUTPUT_SCORE_ROLE
 from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.export.config import INPUT_NAME, LAYOUT_CHOICES, needs_option
 
@@ -179,7 +179,7 @@ class OnnxModel:
 def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool, ood_score: str | None = None
                     ) -> dict[str, Any]:
     """Write the bundle-contract form of `src` at `dst`; return the facts metadata records for the file.
-    `ood_score` (a key of calibration.output_scores.OUTPUT_SCORES) adds that score as output 1."""
+    `ood_score` (a key of calibration.mahalanobis.OUTPUT_SCORES) adds that score as output 1."""
     import onnx
     from onnx import helper
 
@@ -228,7 +228,7 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
 
 def _score_output(model, scores: str, kind: str, facts: OnnxFacts):
     """Nodes computing the OOD score from the class scores (logits or probabilities), numpy twin in
-    calibration.output_scores.output_score; returns the new graph output (one number per image)."""
+    calibration.mahalanobis.output_score; returns the new graph output (one number per image)."""
     import onnx
     from onnx import helper
 

@@ -5,10 +5,10 @@ A run's calibration and OOD fit come from `train` (RunConfig extra keys "calibra
 in the run folder). A model made elsewhere has no run, so export fits them on the share of `--calib-data` it holds
 back (samples.FOREIGN_VAL_FRACTION, stratified), images that choose the int8 calibration method but never
 feed the int8 ranges:
-- the temperature with `calibration.fit.fit_calibration`, the very function train uses (its out-of-fold guard
+- the temperature with `calibration.plots.fit_calibration`, the very function train uses (its out-of-fold guard
   keeps T = 1 when a temperature would not help unseen images);
 - the Mahalanobis OOD score needs pooled features a foreign model does not expose. A foreign ONNX model gets a
-  score from its own class scores instead (calibration/output_scores.py), computed inside the exported file,
+  score from its own class scores instead (calibration/mahalanobis.py), computed inside the exported file,
   thresholded on the held-back images and measured on generated out-of-distribution sets; a foreign Keras model
   keeps the input checks only.
 A model without a GAP + dense head is exported with its scores only, with a note saying why it has no heatmap:
@@ -23,10 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.fit import fit_calibration
-from tumor_edge.calibration.mahalanobis import OOD_ROLE, MahalanobisOod
+from tumor_edge.calibration.mahalanobis import (
+    OOD_ROLE,
+    OUTPUT_SCORE_ROLE,
+    MahalanobisOod,
+    fit_output_threshold,
+    output_score,
+)
 from tumor_edge.calibration.ood_sets import generated_sets
-from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE, fit_output_threshold, output_score
+from tumor_edge.calibration.plots import fit_calibration
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.data.dataset import load_pixels
 from tumor_edge.errors import ConfigError

@@ -230,17 +230,6 @@ def soundness(name: str, metadata: BundleMetadata) -> Check:
 
 # ---------------------------------------------------------------------------------------------- reference inputs
 
-class _Uniform:
-    """Uniform floats in [0, 1) from PCG64's raw stream: 53 random bits each, identical on every platform."""
-
-    def __init__(self, seed: int):
-        self._bits = np.random.PCG64(seed)
-
-    def __call__(self, n: int = 1) -> np.ndarray:
-        raw = self._bits.random_raw(n).astype(np.uint64)
-        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
 def _bump(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
     """A smooth blob: (1 - r^2)^2 inside the ellipse, 0 outside (polynomial: exact on every machine)."""
     d = ((yy - cy) / ry) * ((yy - cy) / ry) + ((xx - cx) / rx) * ((xx - cx) / rx)
@@ -253,7 +242,12 @@ def brain_blobs(seed: int, count: int, height: int, width: int) -> np.ndarray:
     a few tissue blobs, one lesion-like bright spot, faint noise). Synthetic; not a scan of anyone."""
     if not (1 <= count <= 256 and 8 <= height <= 4096 and 8 <= width <= 4096):
         raise ConfigError(f"reference images: count 1..256 and sizes 8..4096, not {count}, {height}x{width}")
-    uniform = _Uniform(seed)
+    bits = np.random.PCG64(seed)
+
+    def uniform(n: int) -> np.ndarray:  # floats in [0, 1) from PCG64's raw stream: 53 random bits each
+        raw = bits.random_raw(n).astype(np.uint64)
+        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
     yy, xx = np.meshgrid(np.arange(height, dtype=np.float64) / height, np.arange(width, dtype=np.float64) / width,
                          indexing="ij")
     images = np.empty((count, height, width, 3), np.uint8)
@@ -427,17 +421,6 @@ def candidates(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptio
     return ok, skipped
 
 
-def reproduce_here(name: str, metadata: BundleMetadata, opener: Opener) -> Check:
-    """Run one file on the bundle's reference images here and compare with its recorded outputs."""
-    try:
-        outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
-    except BundleIntegrityError:
-        raise  # a changed or unsigned file is the bundle's fault, said as such, and never recorded against the file
-    except TumorEdgeError as err:
-        return Check(False, f"{name}: {err.reason}", {})
-    return reproduce(name, outputs[SCORES], metadata)
-
-
 def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opener,
                        options: BackendOptions | None = None, first_only: bool = False
                        ) -> tuple[list[str], dict[str, str], dict[str, str]]:
@@ -450,8 +433,14 @@ def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opene
     done = recorded_checks(metadata, options)
     fresh: dict[str, Check] = {}
     for name in allowed:
-        if name not in done:
-            fresh[name] = reproduce_here(name, metadata, opener)
+        if name not in done:  # run on the bundle's reference images here, compared with the recorded outputs
+            try:
+                outputs = reference_role_outputs(opener(name), reference_images(metadata.reference, metadata))
+                fresh[name] = reproduce(name, outputs[SCORES], metadata)
+            except BundleIntegrityError:
+                raise  # a changed or unsigned file is the bundle's fault, said as such, never recorded against it
+            except TumorEdgeError as err:
+                fresh[name] = Check(False, f"{name}: {err.reason}", {})
         if first_only and (fresh[name].ok if name in fresh else done[name]["ok"]):
             allowed = allowed[:allowed.index(name) + 1]
             break
@@ -468,26 +457,17 @@ def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineC
     """Every intact choice recorded on this machine for this bundle, one per thread count (for `env`)."""
     folder = machine_folder()
     allowed, _ = candidates(Path(bundle_dir), metadata)
-    found = []
-    for path in sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []:
-        choice = _read_choice(path, metadata, allowed)
-        if choice is not None:
-            found.append(choice)
-    return found
+    paths = sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []
+    return [choice for path in paths if (choice := recorded_choice(bundle_dir, metadata, None, allowed, path))]
 
 
 def recorded_choice(bundle_dir: Path, metadata: BundleMetadata, options: BackendOptions | None = None,
-                    allowed: list[str] | None = None) -> EngineChoice | None:
-    """The choice recorded on this device for this bundle, machine and thread count, if it is intact and its
-    file may still run; None otherwise (then measure again)."""
+                    allowed: list[str] | None = None, path: Path | None = None) -> EngineChoice | None:
+    """The choice recorded on this device for this bundle, machine and thread count (or in the record at `path`),
+    if it is intact and its file may still run; None otherwise (then measure again)."""
     if allowed is None:
         allowed, _ = candidates(Path(bundle_dir), metadata, options)
-    return _read_choice(record_path(metadata, options), metadata, allowed, options)
-
-
-def _read_choice(path: Path, metadata: BundleMetadata, allowed: list[str],
-                 options: BackendOptions | None = None) -> EngineChoice | None:
-    body = _read_body(path, metadata, "choice", options)
+    body = _read_body(path or record_path(metadata, options), metadata, "choice", options)
     try:
         choice = EngineChoice(**body) if isinstance(body, dict) else None
     except TypeError:

@@ -31,7 +31,6 @@ from tumor_edge.contracts.bundle import (
     ONNX_META_KEY,
     SCORES,
     BundleMetadata,
-    ModelFiles,
     check_binding,
     check_external_locations,
     loads_strict,
@@ -64,23 +63,7 @@ from tumor_edge.signing import TRUST_ENV
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
-
 DEFAULT_WORKERS = 2
-
-ScanItem = Union[Prediction, Failure, VolumeSummary]
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """How to classify: `frames` of multi-frame 2-D files; `axis` and `slices` of volumes; `abstain`: a warned
-    picture gets no label (and a warned slice does not count in its volume's summary)."""
-
-    frames: str | int = "middle"
-    axis: str = "axial"
-    slices: str | int = "middle"
-    batch_size: int = 16
-    workers: int | None = None
-    abstain: bool = False
 
 
 @dataclass
@@ -211,49 +194,6 @@ def iter_predictions(model: Model, paths: Iterable[str | Path] | str | Path, bat
     yield from flush()
 
 
-def iter_scan_results(model: Model, paths: Iterable[str | Path] | str | Path, options: ScanOptions | None = None,
-                      on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
-    """Predictions, Failures and VolumeSummaries for every path in order: runs of 2-D files streamed in batches,
-    each volume sliced, classified and summarised in its turn."""
-    options = options or ScanOptions()
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    run: list[str | Path] = []
-
-    def images() -> Iterator[ScanItem]:
-        stream = iter_predictions(model, list(run), options.batch_size, options.frames, options.workers,
-                                  options.abstain, on_pixels)
-        try:
-            yield from stream
-        finally:
-            stream.close()
-        run.clear()
-
-    for path in paths:
-        if not is_volume(path):
-            run.append(path)
-            continue
-        if run:
-            yield from images()
-        from tumor_edge.runtime.volume import classify_volume
-
-        yield from classify_volume(model, path, options.axis, options.slices, options.batch_size, options.abstain,
-                                   on_pixels=on_pixels)
-    if run:
-        yield from images()
-
-
-def classify_scan(model: Model, path: str | Path, options: ScanOptions | None = None) -> ScanResult:
-    """All results of one path, gathered."""
-    result = ScanResult(str(path))
-    for item in iter_scan_results(model, [path], options):
-        if isinstance(item, (Prediction, Failure)):
-            (result.predictions if item.ok else result.failures).append(item)
-        else:
-            result.summary = item
-    return result
-
-
 def metadata_from_props(props: dict[str, str], path: Path) -> BundleMetadata:
     """The tumor-edge metadata an exported .onnx carries in its metadata_props."""
     raw = props.get(ONNX_META_KEY)
@@ -273,8 +213,9 @@ def read_onnx_metadata(path: Path) -> BundleMetadata:
     return metadata_from_props(open_backend(path, BackendOptions(optimization="none")).metadata_props(), Path(path))
 
 
-def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
-    """Refuse a model whose declared input disagrees with the preprocessing its metadata promises."""
+def check_model_io(backend: Backend, metadata: BundleMetadata) -> None:
+    """Refuse a model whose declared input disagrees with the preprocessing its metadata promises, or that lacks
+    an output role the metadata names."""
     spec = metadata.preprocessing
     shape = list(backend.input_shape or [])
     if shape and len(shape) != 4:
@@ -286,10 +227,6 @@ def check_input_shape(backend: Backend, metadata: BundleMetadata) -> None:
     if (h is not None and h != spec.height) or (w is not None and w != spec.width):
         raise ModelError(f"model input is {h}x{w} but its metadata says {spec.height}x{spec.width}",
                          backend.path)
-
-
-def check_outputs(backend: Backend, metadata: BundleMetadata) -> None:
-    """Every output role the metadata names must exist in the model."""
     count = len(backend.output_names)
     for role, spec in metadata.outputs.items():
         if spec.index >= count:
@@ -306,8 +243,7 @@ class Classifier:
         self.classes = list(metadata.classes)
         self.preprocessing = metadata.preprocessing
         self.output_specs = metadata.outputs  # role -> OutputSpec, "scores" first
-        check_input_shape(backend, metadata)
-        check_outputs(backend, metadata)
+        check_model_io(backend, metadata)
         try:
             self.postprocessing = PostProcessing.from_fields(metadata.calibration, metadata.ood)
         except ConfigError as err:
@@ -469,18 +405,47 @@ class Classifier:
         """Any scan a reader claims (`runtime/readers/`): an image file, a multi-frame file, a NIfTI volume or a
         DICOM series folder. Gives its predictions (per image, frame or slice), a volume's summary, and its
         failures instead of raising for a bad file (`ScanResult.exception()` to raise one). Model errors raise."""
-        return classify_scan(self, path, ScanOptions(frames, axis, slices, batch_size, 0, abstain))
+        result = ScanResult(str(path))
+        for item in self.iter_results([path], frames, axis, slices, batch_size, 0, abstain):
+            if isinstance(item, (Prediction, Failure)):
+                (result.predictions if item.ok else result.failures).append(item)
+            else:
+                result.summary = item
+        return result
 
     def iter_results(self, paths: Iterable[str | Path] | str | Path, frames: str | int = "middle",
                      axis: str = "axial", slices: str | int = "middle", batch_size: int = 16,
                      workers: int | None = None, abstain: bool = False,
-                     on_pixels: OnPixels | None = None) -> Iterator[ScanItem]:
+                     on_pixels: OnPixels | None = None) -> Iterator[Prediction | Failure | VolumeSummary]:
         """Stream results for images and volumes alike, in input order: a Prediction per image (frame, slice),
-        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints).
+        a Failure per unreadable input, and after a volume's slices its VolumeSummary (as `classify` prints);
+        runs of 2-D files are streamed in batches, each volume sliced, classified and summarised in its turn.
+        `abstain`: a warned picture gets no label (and a warned slice does not count in its volume's summary).
         `on_pixels(prediction, pixels)`: called with each prediction and the pixels the model saw; what it
         returns is yielded (`classify --heatmap` draws its overlay there, without decoding the file again)."""
-        return iter_scan_results(self, paths, ScanOptions(frames, axis, slices, batch_size, workers, abstain),
-                                 on_pixels)
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        run: list[str | Path] = []
+
+        def images() -> Iterator[Prediction | Failure | VolumeSummary]:
+            stream = iter_predictions(self, list(run), batch_size, frames, workers, abstain, on_pixels)
+            try:
+                yield from stream
+            finally:
+                stream.close()
+            run.clear()
+
+        for path in paths:
+            if not is_volume(path):
+                run.append(path)
+                continue
+            if run:
+                yield from images()
+            from tumor_edge.runtime.volume import classify_volume  # a JPEG never loads the volume code
+
+            yield from classify_volume(self, path, axis, slices, batch_size, abstain, on_pixels=on_pixels)
+        if run:
+            yield from images()
 
 
 # The open stage: each listed file is read once (`read_model_files`), checked, and the same bytes go to the engine:
@@ -488,24 +453,18 @@ class Classifier:
 # (`BackendOptions.trust`, else $TUMOR_EDGE_TRUST; `trust=False`: export's own parity) checks the signature against
 # the digests of exactly these bytes and of the metadata.json bytes the record was parsed from.
 
-def read_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata) -> ModelFiles:
-    """The listed model `name` and its member files, read once and proved against metadata.json; an .onnx model
-    may name no external data its entry does not list (onnxruntime would read it unchecked)."""
+def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
+                      options: BackendOptions | None = None) -> Backend:
+    """Load a model listed in a bundle from its bytes and its member files', read once and proved against
+    metadata.json; with `options.trust`, only once its signature covers those bytes and metadata.json's. An .onnx
+    model may name no external data its entry does not list (onnxruntime would read it unchecked). What the file
+    carries about itself must agree with the metadata (classes, preprocessing, output roles: `check_binding`):
+    relabelling metadata never produces a result."""
+    options = options or BackendOptions()
     engine = engine_row(Path(bundle_dir) / name).name  # an unknown format or a missing engine is said first
     files = read_model_files(bundle_dir, name, metadata)
     if engine == "onnxruntime":
         check_external_locations(bundle_dir, metadata.models[name], external_data_locations(files.data, files.path))
-    return files
-
-
-def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
-                      options: BackendOptions | None = None) -> Backend:
-    """Load a model listed in a bundle from the bytes `read_bundle_model` checked; with `options.trust`, only
-    once its signature covers those bytes and metadata.json's. What the file carries about itself must agree with
-    the metadata (classes, preprocessing, output roles: `check_binding`): relabelling metadata never produces a
-    result."""
-    options = options or BackendOptions()
-    files = read_bundle_model(bundle_dir, name, metadata)
     trust = options.trust
     if trust is None and os.environ.get(TRUST_ENV) is not None:
         from tumor_edge.signing.trust import trust_from_env
@@ -515,7 +474,6 @@ def open_bundle_model(bundle_dir: Path, name: str, metadata: BundleMetadata,
         from tumor_edge.signing.trust import check_loaded
 
         check_loaded(Path(bundle_dir), trust, metadata, files.digests)
-    backend = backend_factory(engine_row(files.path).name)(files.path, options, files=files)
+    backend = backend_factory(engine)(files.path, options, files=files)
     check_binding(metadata, backend.metadata_props(), files.path)
     return backend
-

@@ -178,6 +178,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
 
     on_pixels = None
     if heatmap_dir is not None:
+        import dataclasses
+
         from tumor_edge.runtime.explain import HEATMAP_ROLE, ExplainSettings, HeatmapWriter
 
         if heatmap_method == "cam" and HEATMAP_ROLE not in classifier.output_specs:
@@ -187,7 +189,16 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
                                  ExplainSettings(method=heatmap_method, grid=heatmap_grid))
 
         def on_pixels(result, pixels):
-            return _with_heatmap(heatmaps, result, pixels)
+            """The prediction with its overlay PNG's path and map method (an overlay that cannot be written is a
+            warning: the scan keeps its label)."""
+            try:
+                path = heatmaps.write(result, pixels)
+            except TumorEdgeError as err:
+                click.echo(f"warning: {err}", err=True)
+                return result
+            if path is None:
+                return result
+            return dataclasses.replace(result, heatmap_png=str(path), heatmap_method=heatmaps.last.label)
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     width = min(max(len(one_line(str(f))) for f in files), 60)
@@ -204,8 +215,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
             stream = classifier.iter_results(files, frames=frames, axis=axis, slices=slice_choice,
                                              batch_size=batch_size, workers=workers, abstain=abstain,
                                              on_pixels=on_pixels)
-            with _progress_bar(len(files), show_progress) as bar:
-                failures = problems + _run(stream, writer, bar, debug)
+            with _progress_bar(len(files), show_progress) as (ticks, clear):
+                failures = problems + _run(stream, writer, ticks, clear, debug)
     except BrokenPipeError:
         _detach_stdout()  # the reader has all it wanted (`| head`): stop quietly
         sys.exit(EXIT_FATAL)
@@ -228,7 +239,8 @@ def _slices_option(value: str) -> str | int:
 
 @contextmanager
 def _progress_bar(n_files: int, show_progress: bool | None):
-    """One tick per input (an image file, a multi-frame file or a volume)."""
+    """(the bar's ticks, one per input: an image file, a multi-frame file or a volume; whether result rows must
+    first clear its line, rows and bar sharing the terminal)."""
     enabled = show_progress if show_progress is not None else (n_files > 1 and sys.stderr.isatty())
     if enabled:
         from tumor_edge.progress import progress
@@ -236,28 +248,12 @@ def _progress_bar(n_files: int, show_progress: bool | None):
         ticks = progress(range(n_files), "classifying", length=n_files)
     else:
         ticks = iter(range(n_files))
-    bar = _Ticks(ticks, enabled and sys.stdout.isatty() and sys.stderr.isatty())
     try:
-        yield bar
-        for _ in bar.bar:
+        yield ticks, enabled and sys.stdout.isatty() and sys.stderr.isatty()
+        for _ in ticks:
             pass
     finally:
-        getattr(bar.bar, "close", lambda: None)()
-
-
-class _Ticks:
-    """The progress bar and whether result rows must first clear its line (rows and bar share the terminal)."""
-
-    def __init__(self, bar, clear: bool):
-        self.bar = bar
-        self.clear = clear
-
-    def before_row(self) -> None:
-        if self.clear:
-            sys.stderr.write("\r\033[K")
-
-    def tick(self) -> None:
-        next(self.bar, None)
+        getattr(ticks, "close", lambda: None)()
 
 
 def _report(failure, writer, debug: bool) -> None:
@@ -270,7 +266,7 @@ def _report(failure, writer, debug: bool) -> None:
         traceback.print_exception(failure.error, file=sys.stderr)
 
 
-def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
+def _run(stream, writer, ticks: Iterator, clear: bool, debug: bool) -> list:
     """Write every result as it comes (a picture's row, a failure, a volume's summary); return the failures.
     Failures also go to stderr at once."""
     from tumor_edge.runtime.postprocess import Failure, Prediction
@@ -279,7 +275,8 @@ def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
     previous = None
     try:
         for result in stream:
-            bar.before_row()
+            if clear:
+                sys.stderr.write("\r\033[K")
             if isinstance(result, Prediction):
                 writer.prediction(result)
             elif isinstance(result, Failure):
@@ -289,25 +286,10 @@ def _run(stream, writer, bar: _Ticks, debug: bool) -> list:
                 writer.volume_summary(result)
             if result.source != previous:  # one tick per input, whatever its number of frames or slices
                 previous = result.source
-                bar.tick()
+                next(ticks, None)
     finally:
         stream.close()
     return failures
-
-
-def _with_heatmap(heatmaps, result, pixels):
-    """The prediction with its overlay PNG's path and map method (an overlay that cannot be written is a warning:
-    the scan keeps its label)."""
-    import dataclasses
-
-    try:
-        path = heatmaps.write(result, pixels)
-    except TumorEdgeError as err:
-        click.echo(f"warning: {err}", err=True)
-        return result
-    if path is None:
-        return result
-    return dataclasses.replace(result, heatmap_png=str(path), heatmap_method=heatmaps.last.label)
 
 
 def _summary(failures: list, n_files: int) -> None:

@@ -18,6 +18,7 @@ map and the research-only notice written under the picture.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.contracts.bundle import SCORES
@@ -85,20 +87,15 @@ def spread(cell_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 _EPS = 1e-12  # a probability of exactly 0 (float32 underflow) is taken as 1e-12, not -inf
 
 
-def log_odds(probabilities: np.ndarray, class_index: int) -> np.ndarray:
-    """(N, classes) probabilities -> (N,) log-odds of `class_index`."""
-    probs = np.asarray(probabilities, dtype=np.float64)
-    others = np.delete(probs, class_index, axis=1).sum(axis=1)
-    return np.log(probs[:, class_index] + _EPS) - np.log(others + _EPS)
-
-
 def class_scores(classifier: Any, images: np.ndarray, class_index: int, batch_size: int) -> np.ndarray:
     """Log-odds of `class_index` for float32 (N, H, W, 3) images in pixel values (0..255), `batch_size` at a time
     through the classifier's model (its preprocessing scales them: a constant pixel value is a constant in the
     model's input space too)."""
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(log_odds(classifier.infer_outputs(images[start:start + batch_size])[SCORES], class_index))
+        probs = np.asarray(classifier.infer_outputs(images[start:start + batch_size])[SCORES], dtype=np.float64)
+        others = np.delete(probs, class_index, axis=1).sum(axis=1)
+        out.append(np.log(probs[:, class_index] + _EPS) - np.log(others + _EPS))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -136,14 +133,9 @@ def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: i
     pixels = np.asarray(pixels)
     fill = baseline_value(pixels.astype(np.float32), baseline)
     base = class_scores(classifier, pixels[None].astype(np.float32), class_index, 1)[0]
+    images = occluded(pixels, grid, fill)
     drops = []
-    batch: list[np.ndarray] = []
-    for image in occluded(pixels, grid, fill):
-        batch.append(image)
-        if len(batch) == batch_size:
-            drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
-            batch = []
-    if batch:
+    while batch := list(itertools.islice(images, batch_size)):
         drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
     return np.concatenate(drops).reshape(grid, grid).astype(np.float32)
 
@@ -215,15 +207,6 @@ class ExplainSettings:
 
 
 @dataclass(frozen=True)
-class ExplainRequest:
-    classifier: Any  # a runtime Classifier (anything with infer_outputs)
-    pixels: np.ndarray  # uint8 (H, W, 3): the scan as the model sees it (decoded, resized)
-    class_index: int
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # the prediction's extra outputs (its "heatmap")
-    settings: ExplainSettings = ExplainSettings()
-
-
-@dataclass(frozen=True)
 class Explanation:
     """A map of evidence for one class, and the method that drew it (said wherever the map is shown)."""
 
@@ -237,31 +220,28 @@ class Explanation:
         h, w = self.map.shape
         return f"{METHOD_TITLES.get(self.method, self.method)} {h}x{w}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "label": self.label, "class_index": self.class_index,
-                "map": np.round(self.map.astype(np.float64), 4).tolist()}
 
+# Each method takes (classifier: anything with infer_outputs, pixels: the uint8 (H, W, 3) scan as the model sees
+# it, class_index, outputs: the prediction's extra outputs, settings).
 
-def _cam(request: ExplainRequest) -> np.ndarray:
-    heatmap = request.outputs.get(HEATMAP_ROLE)
+def _cam(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
+    heatmap = outputs.get(HEATMAP_ROLE)
     if heatmap is None:
         raise ConfigError("this model has no class-activation map output; use occlusion or rise")
-    return class_map(heatmap, request.class_index)
+    return class_map(heatmap, class_index)
 
 
-def _occlusion(request: ExplainRequest) -> np.ndarray:
-    s = request.settings
-    return occlusion_map(request.classifier, request.pixels, request.class_index, s.grid, s.batch_size, s.baseline)
+def _occlusion(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings
+               ) -> np.ndarray:
+    return occlusion_map(classifier, pixels, class_index, s.grid, s.batch_size, s.baseline)
 
 
-def _rise(request: ExplainRequest) -> np.ndarray:
-    s = request.settings
-    return rise_map(request.classifier, request.pixels, request.class_index, s.grid, s.masks, s.keep, s.seed,
-                    s.batch_size, s.baseline)
+def _rise(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
+    return rise_map(classifier, pixels, class_index, s.grid, s.masks, s.keep, s.seed, s.batch_size, s.baseline)
 
 
 # name -> method. A new method is one function and one line here.
-METHODS: dict[str, Callable[[ExplainRequest], np.ndarray]] = {"cam": _cam, "occlusion": _occlusion, "rise": _rise}
+METHODS: dict[str, Callable[..., np.ndarray]] = {"cam": _cam, "occlusion": _occlusion, "rise": _rise}
 METHOD_TITLES = {"cam": "exact CAM", "occlusion": "occlusion", "rise": "RISE"}
 
 
@@ -293,8 +273,8 @@ def explain_prediction(classifier: Any, pixels: np.ndarray | None, class_index: 
     method = choose_method(settings.method, outputs)
     if pixels is None and method != "cam":
         raise ConfigError(f"the {METHOD_TITLES.get(method, method)} map needs the scan's pixels")
-    request = ExplainRequest(classifier, np.asarray(pixels), class_index, outputs, settings)
-    return Explanation(method, np.asarray(METHODS[method](request), np.float32), class_index)
+    drawn = METHODS[method](classifier, np.asarray(pixels), class_index, outputs, settings)
+    return Explanation(method, np.asarray(drawn, np.float32), class_index)
 
 
 # ---- localisation ----------------------------------------------------------------------------------------------------
@@ -445,44 +425,21 @@ def class_map(heatmap: np.ndarray, class_index: int) -> np.ndarray:
     return heatmap[..., class_index]
 
 
-def normalise(cam: np.ndarray) -> np.ndarray:
-    """Stretch to 0..1 over the map's own range (a flat map is all 0: no place stands out)."""
-    lo, hi = float(cam.min()), float(cam.max())
-    return (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
-
-
-def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) -> (height, width) by bilinear interpolation of cell centres (Pillow, float mode)."""
-    height, width = size
-    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
-
-
-def colourise(values: np.ndarray) -> np.ndarray:
-    """0..1 -> uint8 RGB along the ramp."""
-    flat = np.clip(values, 0.0, 1.0).ravel()
-    rgb = np.stack([np.interp(flat, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=-1)
-    return rgb.reshape(*values.shape, 3).astype(np.uint8)
-
-
 def overlay(scan_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """The scan (uint8 (H, W, 3) or (H, W)) with the (h, w) map blended over it."""
+    """The scan (uint8 (H, W, 3) or (H, W)) with the (h, w) map blended over it: the map upsampled bilinearly
+    between cell centres, stretched to its own range (a flat map is all 0: no place stands out) and coloured
+    along the ramp."""
     scan = np.asarray(scan_rgb)
     if scan.ndim == 2:
         scan = np.repeat(scan[..., None], 3, axis=-1)
-    heat = colourise(normalise(upsample(np.asarray(cam, np.float32), scan.shape[:2])))
+    height, width = scan.shape[:2]
+    cam = np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize((width, height), Image.BILINEAR))
+    lo, hi = float(cam.min()), float(cam.max())
+    values = ((cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)).ravel()
+    ramp = [np.interp(values, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)]  # clamped to the ramp's ends
+    heat = np.stack(ramp, axis=-1).reshape(height, width, 3).astype(np.uint8)
     blended = (1 - alpha) * scan[..., :3].astype(np.float32) + alpha * heat.astype(np.float32)
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
-
-
-def with_caption(image: Image.Image, text: str) -> Image.Image:
-    """The picture with a caption strip under it: which class the map explains, and the research notice."""
-    width = max(image.width, 320)
-    canvas = Image.new("RGB", (width, image.height + 2 * _CAPTION_PX), (0, 0, 0))
-    canvas.paste(image, ((width - image.width) // 2, 0))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, image.height + 3), text[:120], fill=(255, 255, 255))
-    draw.text((4, image.height + _CAPTION_PX + 3), "research tool, not a diagnostic device", fill=(255, 200, 0))
-    return canvas
 
 
 def overlay_name(source: str | None, index: int, frame: int | None = None) -> str:
@@ -503,19 +460,19 @@ def write_overlay(path: Path | BinaryIO, scan_rgb: np.ndarray, heatmap: np.ndarr
         path = Path(path)
         if path.exists() and not force:
             raise OutputExistsError("exists; pass force to replace it", path)
-    image = with_caption(overlay(scan_rgb, class_map(heatmap, class_index)), caption)
-    image.save(path, format="PNG", pnginfo=_notice(method))
-    return path
-
-
-def _notice(method: str | None = None):
-    from PIL.PngImagePlugin import PngInfo
-
+    image = overlay(scan_rgb, class_map(heatmap, class_index))
+    width = max(image.width, 320)  # a caption strip under the picture: the class the map explains, and the notice
+    canvas = Image.new("RGB", (width, image.height + 2 * _CAPTION_PX), (0, 0, 0))
+    canvas.paste(image, ((width - image.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, image.height + 3), caption[:120], fill=(255, 255, 255))
+    draw.text((4, image.height + _CAPTION_PX + 3), "research tool, not a diagnostic device", fill=(255, 200, 0))
     info = PngInfo()
     info.add_text("Disclaimer", RESEARCH_NOTICE)
     if method:
         info.add_text("Method", method)
-    return info
+    canvas.save(path, format="PNG", pnginfo=info)
+    return path
 
 
 # `classify --heatmap DIR`: one overlay PNG per classified scan, drawn over the pixels the model saw (no second

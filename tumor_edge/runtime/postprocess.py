@@ -138,8 +138,7 @@ class PostProcessing:
             temperature = float(t)
         if ood is None:
             return cls(temperature, input_checks=input_checks)
-        from tumor_edge.calibration.mahalanobis import OOD_ROLE
-        from tumor_edge.calibration.output_scores import OUTPUT_SCORE_ROLE, OUTPUT_SCORES
+        from tumor_edge.calibration.mahalanobis import OOD_ROLE, OUTPUT_SCORE_ROLE, OUTPUT_SCORES
 
         if not isinstance(ood, Mapping):
             raise ConfigError("field 'ood' must be an object")
@@ -408,15 +407,6 @@ def summary_label(summary: VolumeSummary) -> str:
     return f"volume: {summary.axis}, {n} slice{'s' if n != 1 else ''}"
 
 
-def _where(result: Prediction) -> str:
-    source = one_line(result.source)
-    if result.axis is not None:
-        return f"{source} [{slice_label(result.axis, result.frame, result.frame_count)}]"
-    if result.frame is not None:
-        return f"{source} [frame {result.frame} of {result.frame_count}]"
-    return source
-
-
 class Writer:
     """Streams results to `out`; a failure is a row only where the format has one (JSON, CSV)."""
 
@@ -466,7 +456,12 @@ class TableWriter(Writer):
         label, prob = ("-", "     -") if result.abstained else (one_line(result.label), f"{result.confidence:6.3f}")
         # Warnings stay on the result's own row: one line per result, whatever a pipe or a reader counts.
         warned = f"  [warning: {one_line('; '.join(result.warnings))}]" if result.warnings else ""
-        self._line(f"{_where(result):<{self.file_width}}  {label:<{self.label_width}}  {prob}  "
+        where = one_line(result.source)
+        if result.axis is not None:
+            where += f" [{slice_label(result.axis, result.frame, result.frame_count)}]"
+        elif result.frame is not None:
+            where += f" [frame {result.frame} of {result.frame_count}]"
+        self._line(f"{where:<{self.file_width}}  {label:<{self.label_width}}  {prob}  "
                    f"{others}".rstrip() + warned)
 
     def volume_summary(self, summary: VolumeSummary) -> None:

@@ -172,32 +172,14 @@ _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
-
-def _scale_none(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-def _scale_unit(x: np.ndarray) -> np.ndarray:
-    return x / np.float32(255.0)
-
-
-def _scale_symmetric(x: np.ndarray) -> np.ndarray:
-    return x / np.float32(127.5) - np.float32(1.0)
-
-
-def _scale_caffe(x: np.ndarray) -> np.ndarray:
-    return x[..., ::-1] - _CAFFE_MEAN_BGR
-
-
-def _scale_torch(x: np.ndarray) -> np.ndarray:
-    return (x / np.float32(255.0) - _IMAGENET_MEAN) / _IMAGENET_STD
-
-
 # name -> its function on float32 RGB 0..255: a new convention is one line here and one in the contract's
 # SCALING_DESCRIPTIONS.
 SCALINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "none": _scale_none, "unit": _scale_unit, "symmetric": _scale_symmetric, "caffe": _scale_caffe,
-    "torch": _scale_torch,
+    "none": lambda x: x,
+    "unit": lambda x: x / np.float32(255.0),
+    "symmetric": lambda x: x / np.float32(127.5) - np.float32(1.0),
+    "caffe": lambda x: x[..., ::-1] - _CAFFE_MEAN_BGR,
+    "torch": lambda x: (x / np.float32(255.0) - _IMAGENET_MEAN) / _IMAGENET_STD,
 }
 
 

@@ -33,6 +33,7 @@ from tumor_edge.runtime.choice import (
     CAP,
     FLOORS,
     measure_choice,
+    parity_row,
     record_checks,
     reference_images,
     reference_role_outputs,
@@ -293,9 +294,6 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
     report.problems.extend(problems)
     if not files:
         return
-    parity = metadata.metrics.get("parity") if isinstance(metadata.metrics.get("parity"), dict) else {}
-    drop = (parity.get("thresholds") or {}).get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP)
-    recorded = parity.get("files") or {}
     truth = np.asarray(labels)
     for name in names:
         try:
@@ -311,7 +309,9 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
             report.problems.append(f"unreadable scan: {message}")
         if len(unreadable) > 5:
             report.problems.append(f"{root}: {len(unreadable) - 5} more unreadable scans")
-        before = (recorded.get(name) or {}).get("accuracy")
+        parity, row = parity_row(name, metadata)
+        drop = (parity.get("thresholds") or {}).get("max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP)
+        before = row.get("accuracy")
         if isinstance(before, (int, float)):
             line += f" (export measured {100 * before:.1f}%, tolerance {drop:g} points)"
             if 100 * (before - accuracy) > drop + 1e-9:

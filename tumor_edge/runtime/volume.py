@@ -17,7 +17,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -158,10 +157,6 @@ class PlaneAxes:
             image = image[:, ::-1]
         return image
 
-    def plane(self, values: np.ndarray) -> np.ndarray:
-        """What `volume[index(...)]` gave (2-D, axes in array order) as (rows, columns)."""
-        return values if self.row_axis < self.col_axis else values.T
-
 
 # ---- where the brain is, and which slices to classify ----------------------------------------------------------
 
@@ -173,12 +168,6 @@ class BrainBox:
     lo: tuple[int, int, int]
     hi: tuple[int, int, int]
     scale: float  # multiply modality values by this for WHITE_MATTER_LEVEL at the brain's 90th percentile
-
-
-def sample_stride(shape: tuple[int, ...]) -> int:
-    """A stride along every axis that reads at most about SAMPLE_VOXELS voxels of a volume."""
-    total = int(np.prod(shape[:3], dtype=np.float64))
-    return max(1, int(np.ceil((total / SAMPLE_VOXELS) ** (1 / 3))))
 
 
 def find_brain(sample: np.ndarray, stride: int, shape: tuple[int, int, int]) -> BrainBox | None:
@@ -275,7 +264,8 @@ def plan_slices(volume: Volume, axis: str, slices: str | int) -> SlicePlan:
     if axis not in AXES:
         raise ConfigError(f"axis must be one of {', '.join(AXES)}, not {axis!r}")
     slices = parse_slices(slices)
-    stride = sample_stride(volume.shape)
+    total = int(np.prod(volume.shape, dtype=np.float64))
+    stride = max(1, int(np.ceil((total / SAMPLE_VOXELS) ** (1 / 3))))  # reads at most about SAMPLE_VOXELS voxels
     sample = volume.values((slice(None, None, stride),) * 3)
     _check_finite(volume, sample, stride)
     box = find_brain(sample, stride, volume.shape)
@@ -303,18 +293,13 @@ def _check_finite(volume: Volume, sample: np.ndarray, stride: int) -> None:
         return
     if np.all(np.isfinite(sample)) and stride == 1:
         return
-    flat = volume.stored.reshape(-1) if volume.stored.flags.c_contiguous else None
-    bad = total = 0
-    if flat is not None:
-        for start in range(0, flat.size, BLOCK_PIXELS):
-            block = flat[start:start + BLOCK_PIXELS]
-            bad += int(block.size - np.count_nonzero(np.isfinite(block)))
-        total = flat.size
+    if volume.stored.flags.c_contiguous:
+        flat = volume.stored.reshape(-1)
+        blocks = (flat[start:start + BLOCK_PIXELS] for start in range(0, flat.size, BLOCK_PIXELS))
     else:
-        for x in range(volume.shape[0]):
-            plane = volume.stored[x]
-            bad += int(plane.size - np.count_nonzero(np.isfinite(plane)))
-        total = volume.stored.size
+        blocks = (volume.stored[x] for x in range(volume.shape[0]))
+    bad = sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in blocks)
+    total = volume.stored.size
     if bad == total:
         raise InputImageError("volume holds no finite voxel values (all NaN or infinite)", volume.source)
     if bad:
@@ -333,7 +318,8 @@ def iter_slices(plan: SlicePlan) -> Iterator[Picture]:
         cols = slice(max(c0, 0), min(c1, n_cols))
         warnings: list[str] = []
         if rows.start < rows.stop and cols.start < cols.stop:
-            part = axes.plane(volume.values(axes.index(position, rows, cols)))
+            part = volume.values(axes.index(position, rows, cols))  # 2-D, its axes in array order
+            part = part if axes.row_axis < axes.col_axis else part.T  # as (rows, columns)
             canvas[rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0] = part
             warnings = input_warnings(display_uint8(part, plan.box.scale), content_only=True)
         grey = display_uint8(axes.display(canvas), plan.box.scale)
@@ -389,12 +375,10 @@ def summarise(source: str, axis: str, classes: Sequence[str], rows: Sequence[tup
 
 log = logging.getLogger("tumor_edge.input")
 
-VolumeResult = Union[Prediction, Failure, VolumeSummary]
-
 
 def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices: str | int = "middle",
                     batch_size: int = 16, abstain: bool = False,
-                    on_pixels: OnPixels | None = None) -> Iterator[VolumeResult]:
+                    on_pixels: OnPixels | None = None) -> Iterator[Prediction | Failure | VolumeSummary]:
     """Slice rows, then the summary (or a Failure). `abstain`: slices with warnings get no label and do not
     count in the summary. `on_pixels(prediction, pixels)`: as in the pipeline, for each classified slice."""
     source = str(path)

@@ -58,21 +58,6 @@ class Admission:
             yield
 
 
-class Receipt:
-    """One upload's hold on the stage: `take(n)` books `n` more received bytes (Busy when the budget is spent)."""
-
-    def __init__(self, stage: UploadStage):
-        self.stage = stage
-        self.held = 0
-
-    def take(self, n: int) -> None:
-        stage = self.stage
-        if stage.bytes_held + n > stage.budget_bytes:
-            raise Busy(f"uploads in progress hold {stage.budget_bytes >> 20} MiB, all this server receives at once")
-        stage.bytes_held += n
-        self.held += n
-
-
 class UploadStage:
     """Bodies being received: at most `places` at once, `per_client` from one client address, `budget_bytes`
     held in memory by them together. Used from one event loop only, so the counters need no lock."""
@@ -90,16 +75,26 @@ class UploadStage:
 
     @asynccontextmanager
     async def enter(self, client: str):
+        """One upload's place; yields `take(n)`, which books `n` more received bytes (Busy when the budget is
+        spent). What it booked is given back when the upload leaves."""
         if self.by_client[client] >= self.per_client:
             raise Busy(f"{self.per_client} uploads from your address are already arriving")
         if self.receiving >= self.places:
             raise Busy(f"{self.places} uploads already arriving")
         self.by_client[client] += 1
-        receipt = Receipt(self)
+        held = 0
+
+        def take(n: int) -> None:
+            nonlocal held
+            if self.bytes_held + n > self.budget_bytes:
+                raise Busy(f"uploads in progress hold {self.budget_bytes >> 20} MiB, all this server receives at once")
+            self.bytes_held += n
+            held += n
+
         try:
-            yield receipt
+            yield take
         finally:
-            self.bytes_held -= receipt.held
+            self.bytes_held -= held
             self.by_client[client] -= 1
             if not self.by_client[client]:
                 del self.by_client[client]

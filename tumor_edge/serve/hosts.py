@@ -6,6 +6,8 @@ server's names (its addresses on its port, any IP address when bound to a wildca
 port) gets 421. Cross-site: any page can make a browser POST a form here; a browser marks it (`Sec-Fetch-Site`,
 `Origin`), and an unsafe method so marked gets 403 before its body is read. A request with neither header comes
 from no browser and passes.
+
+And the JSON error answer every refusal carries, here and in the app (`HttpError`, `error_response`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from starlette.responses import JSONResponse
+
+from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.serve.config import ip_of
-from tumor_edge.serve.errors import error_response
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OWN_SITE = ("same-origin", "none")  # Sec-Fetch-Site values of the server's own page, or of a URL the user typed
 DEFAULT_PORTS = {"http": 80, "https": 443}
+COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Research-Notice": RESEARCH_NOTICE,
+                  "Cache-Control": "no-store"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers={**COMMON_HEADERS, **(headers or {})})
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:

@@ -3,46 +3,37 @@
 The runtime's readers decode from paths (their caps, DICOM detection, frame and slice handling live there, and
 the suffixes they claim in their registry), so the bytes go to a private temporary folder (0700, created per
 request) for the time of one inference and are deleted in `finally`, whatever happens. File names in results and
-errors are the client's, never the temporary path. Every answer names the model file and engine that produced
-it. Decoding, checks, inference, the probability rule and the page's map are the runtime's one prediction path
-(`Classifier.iter_results`); the map is drawn on the pixels the model saw, never from a second decode.
+errors are the client's, never the temporary path, and no answer shows where files live on the server
+(`without_folders`: a client reads file names, the operator's log keeps the folders). Every answer names the model
+file and engine that produced it. Decoding, checks, inference, the probability rule and the page's map are the
+runtime's one prediction path (`Classifier.iter_results`); the map is drawn on the pixels the model saw, never
+from a second decode.
 
 The server reads bundle files only as plain files inside the bundle folder, never through a symbolic link (a
-MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model). The folder itself may be a link.
+MODEL_CARD.md linked to ~/.ssh/id_rsa would otherwise be served at /v1/model): the card as the runtime reads
+metadata.json and the models (`read_confined`). The folder itself may be a link.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tumor_edge import RESEARCH_NOTICE
-from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata
-from tumor_edge.errors import BundleIntegrityError, ModelError, first_line
+from tumor_edge.contracts.bundle import METADATA_FILE, MODEL_CARD, BundleMetadata, read_confined
+from tumor_edge.errors import ModelError, first_line
 from tumor_edge.runtime import MIN_CAM_CELLS, VolumeSummary, cam_cells, claimed_suffix, explain_prediction, is_volume
-from tumor_edge.serve.errors import without_folders, without_folders_in
 
 MAX_CARD_BYTES = 1 << 20
-
-
-def confined_file(folder: Path, name: str) -> Path:
-    """The path of bundle file `name` once shown to be a plain file inside `folder` (a missing one is returned as
-    is, for its reader to report), else a BundleIntegrityError."""
-    root = Path(folder).resolve()
-    path = root / name
-    if path.is_symlink():
-        raise BundleIntegrityError(f"{name} is a symbolic link; a bundle's files must be plain files inside it "
-                                   f"(refusing to read it)", root)
-    if path.exists():
-        if path.resolve().parent != root:
-            raise BundleIntegrityError(f"{name} resolves outside the bundle folder (refusing to read it)", root)
-        if not path.is_file():
-            raise BundleIntegrityError(f"{name} is not a regular file", root)
-    return path
+# The folders of an absolute path (POSIX `/a/b/`, `~/a/`, Windows `C:\a\` or `\\host\share\`), not preceded by a
+# word character (so `input/output` or `1/2` stay): removing them leaves the file's own name.
+_FOLDERS = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:|\\\\[^\s\\/]+)?[\\/](?:[^\s\\/'\"<>|]*[\\/])+")
 
 
 def bundle_of(model_path: Path) -> Path | None:
@@ -50,16 +41,6 @@ def bundle_of(model_path: Path) -> Path | None:
     if model_path.is_dir():
         return model_path
     return model_path.parent if (model_path.parent / METADATA_FILE).exists() else None
-
-
-def check_bundle_files(model_path: Path, model_file: str | None) -> None:
-    """Before anything is loaded: metadata.json and the model file to run are plain files inside the bundle."""
-    folder = bundle_of(model_path)
-    if folder is None:
-        return  # a lone model file: the user's own file, no bundle to confine it to
-    confined_file(folder, METADATA_FILE)
-    in_folder = model_path.is_dir()
-    confined_file(folder, (model_file or BundleMetadata.read(folder).default_model()) if in_folder else model_path.name)
 
 
 @dataclass
@@ -144,20 +125,17 @@ def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool 
 
 
 def model_card(model_path: Path) -> tuple[str | None, str | None]:
-    """(the bundle's model card, None) or (None, why it is not shown): a card that is a symbolic link or resolves
-    outside the bundle is never read (it could be any file of the server's user)."""
+    """(the bundle's model card, None) or (None, why it is not shown): a card that is a symbolic link or not a
+    regular file is never read (it could be any file of the server's user)."""
     folder = bundle_of(model_path)
     if folder is None:
         return None, None
     try:
-        path = confined_file(folder, MODEL_CARD)
-        if not path.is_file():
-            return None, None
-        if path.stat().st_size > MAX_CARD_BYTES:
-            return None, f"{MODEL_CARD} is over {MAX_CARD_BYTES >> 20} MiB; not shown"
-        return path.read_text(encoding="utf-8", errors="replace"), None
+        return read_confined(folder, MODEL_CARD, MAX_CARD_BYTES).decode("utf-8", errors="replace"), None
+    except FileNotFoundError:
+        return None, None
     except ModelError as err:
-        return None, err.reason
+        return None, f"{MODEL_CARD}: {err.reason}; not shown"
     except OSError as err:
         return None, f"{MODEL_CARD} unreadable: {without_folders(first_line(err), [folder])}"
 
@@ -178,3 +156,23 @@ def model_description(classifier: Any, metadata: BundleMetadata, model_path: Pat
     if card_error is not None:
         described["model_card_error"] = card_error
     return described
+
+
+def without_folders(text: str, known: Iterable[Path] = ()) -> str:
+    """`text` with every absolute path cut to its last component: the `known` folders first (whatever characters
+    their names hold), then anything else shaped like an absolute path (an engine's own message may name one)."""
+    for folder in sorted({str(p).rstrip("/\\") for p in known} - {"", "."}, key=len, reverse=True):
+        text = re.sub(re.escape(folder) + r"[\\/]", "", text)  # a path inside it: its name there
+        text = re.sub(re.escape(folder) + r"(?![\w.-])", lambda _, name=Path(folder).name: name, text)
+    return _FOLDERS.sub("", text)
+
+
+def without_folders_in(value: Any, known: Iterable[Path] = ()) -> Any:
+    """A copy of JSON-like `value` with `without_folders` applied to every string in it (keys stay)."""
+    if isinstance(value, str):
+        return without_folders(value, known)
+    if isinstance(value, dict):
+        return {key: without_folders_in(item, known) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_folders_in(item, known) for item in value]
+    return value

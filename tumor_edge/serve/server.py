@@ -13,7 +13,6 @@ a request had begun.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import socket
 import sys
@@ -29,9 +28,9 @@ from tumor_edge.contracts.bundle import resolve_model_path
 from tumor_edge.errors import ModelError, TumorEdgeError, first_line, one_line
 from tumor_edge.runtime import BackendOptions, Classifier
 from tumor_edge.serve.app import create_app
-from tumor_edge.serve.config import ServeConfig
-from tumor_edge.serve.errors import COMMON_HEADERS
-from tumor_edge.serve.inference import check_bundle_files, model_source
+from tumor_edge.serve.config import ServeConfig, ip_of
+from tumor_edge.serve.hosts import COMMON_HEADERS
+from tumor_edge.serve.inference import model_source
 
 
 def check_runs(classifier) -> None:
@@ -119,10 +118,8 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
 
 
 def open_socket(host: str, port: int) -> socket.socket:
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host.strip("[]")).version == 6 else socket.AF_INET
-    except ValueError:
-        family = socket.AF_INET
+    address = ip_of(host.strip("[]"))
+    family = socket.AF_INET6 if address is not None and address.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -150,7 +147,6 @@ class StoppingServer(uvicorn.Server):
 def serve(config: ServeConfig) -> None:
     config.validate()
     model_path = resolve_model_path(config.model)
-    check_bundle_files(model_path, config.model_file)
     options = BackendOptions(threads=config.threads, providers=list(config.providers) if config.providers else None,
                              memory_arena=True,  # a server runs many batches: the arena keeps memory flat
                              trust=config.trust)

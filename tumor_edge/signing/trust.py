@@ -30,7 +30,7 @@ from tumor_edge.contracts.bundle import (
 )
 from tumor_edge.errors import ConfigError, ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, TRUST_ENV, SignatureError, TrustSettingError, verify
-from tumor_edge.signing.library import bundle_files, load_public_key
+from tumor_edge.signing.sign import bundle_files, load_public_key
 
 PINS = ("min-version", "bundle")
 

@@ -24,7 +24,7 @@ from typing import Any
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.errors import ModelError, first_line
 from tumor_edge.signing import SIGNATURE_FILE, SignatureError
-from tumor_edge.signing.library import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
+from tumor_edge.signing.sign import bundle_files, fingerprint, hashing_config, load_public_key, model_signing
 
 MAX_SIGNATURE_BYTES = 16 << 20  # a signature lists one digest per file: kilobytes, never megabytes
 MAX_LISTED = 3  # files named in one error line beyond the first
@@ -64,13 +64,7 @@ def verify_bundle_signature(bundle: str | Path, public_key: str | Path) -> Signa
     except Exception as err:  # noqa: BLE001 - each of model-signing's failures becomes one line
         raise _explain(err, bundle, signature, public_key, key, files) from err
     seconds = time.perf_counter() - started
-    try:
-        statement, payload = _statement_and_payload(signature.read_bytes())
-    except (ValueError, KeyError, TypeError) as err:  # model-signing accepted it: only an edit gets here
-        raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature) from err
-    problem = _not_ours(statement)
-    if problem:
-        raise SignatureError(problem, signature)
+    _, payload = authentic_statement(signature.read_bytes(), key, public_key, signature)
     return SignatureCheck(fingerprint(key), seconds, files, hashlib.sha256(payload).hexdigest())
 
 
@@ -143,15 +137,6 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _statement_and_payload(raw: bytes) -> tuple[dict[str, Any], bytes]:
-    outer = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique)
-    envelope = outer["dsseEnvelope"]
-    for text in [envelope["payload"], *(entry["sig"] for entry in envelope["signatures"])]:
-        _canonical_base64(text)
-    payload = base64.b64decode(envelope["payload"], validate=True)
-    return json.loads(payload, object_pairs_hook=_unique), payload
-
-
 def _canonical_base64(text: str) -> None:
     """Base64 as every encoder writes it. A decoder ignores the unused low bits of the last character before the
     padding, so one of those could be edited and the signature would still verify: an edited model.sig would pass
@@ -186,24 +171,20 @@ def _explain(err: Exception, bundle: Path, signature: Path, public_key: Path, ke
         return _other_key(public_key, key, signature)
     if isinstance(err, ValueError) and text.startswith("Signature mismatch"):
         try:
-            statement = _statement_and_payload(signature.read_bytes())[0]  # authentic: the signature verified
-        except (OSError, ValueError, KeyError, TypeError) as parse_err:
-            return SignatureError(f"signature check failed ({first_line(err)}; {first_line(parse_err)})", bundle)
-        problem = _not_ours(statement)
-        if problem:
-            return SignatureError(problem, signature)
+            statement = authentic_statement(signature.read_bytes(), key, public_key, signature)[0]
+        except OSError as read_err:
+            return SignatureError(f"signature check failed ({first_line(err)}; {first_line(read_err)})", bundle)
+        except SignatureError as refusal:  # not a statement tumor-edge makes, or not readable as one
+            return refusal
         return _changed_files(bundle, statement, files) or SignatureError(
             f"signature check failed ({first_line(err)})", bundle)
     return SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature)
 
 
 def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) -> SignatureError | None:
-    """The files whose content differs from the signed statement, that it does not list, or that it lists and the
-    bundle lacks, as one line naming the first (None if the statement cannot be read that way)."""
-    try:
-        signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
-    except (KeyError, TypeError):
-        return None
+    """The files whose content differs from the authentic `statement`, that it does not list, or that it lists
+    and the bundle lacks, as one line naming the first (None when there are none)."""
+    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
     problems: list[tuple[str, str]] = []
     for name in files:
         if name not in signed:

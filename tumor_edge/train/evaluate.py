@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.fit import fit_calibration
 from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
 from tumor_edge.calibration.ood_sets import generated_sets
-from tumor_edge.calibration.plots import pyplot
+from tumor_edge.calibration.plots import fit_calibration, pyplot
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import Sample, build_pixel_cache, discover, read_split
 from tumor_edge.errors import ConfigError, DatasetError, ModelError, first_line

@@ -56,8 +56,9 @@ def hw_of(shape: list) -> tuple[int | None, int | None]:
     return (h if isinstance(h, int) and h > 0 else None, w if isinstance(w, int) and w > 0 else None)
 
 
-# onnxruntime graph optimisation levels by the names users pass.
-OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
+# onnxruntime graph optimisation levels by the names users pass -> onnxruntime's GraphOptimizationLevel member.
+OPTIMIZATION_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+                       "none": "ORT_DISABLE_ALL"}
 
 # Providers "auto" leaves out: they are not local compute devices (Azure sends requests to a remote endpoint).
 NOT_AUTO_PROVIDERS = frozenset({"AzureExecutionProvider"})
@@ -101,22 +102,13 @@ class BackendOptions:
             self.providers = [self.providers]  # "CPU" is one provider, not three letters
 
 
-def ort_level(ort, name: str):
-    return {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[name]
-
-
 def session_options(ort, options: BackendOptions):
     """onnxruntime SessionOptions for `options`."""
     so = ort.SessionOptions()
     if options.threads:
         so.intra_op_num_threads = int(options.threads)
         so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort_level(ort, options.optimization)
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[options.optimization])
     so.enable_cpu_mem_arena = bool(options.memory_arena)
     # Without the arena, a memory pattern only adds a planned block per input shape to the heap, nothing gained.
     so.enable_mem_pattern = bool(options.memory_arena)
@@ -216,14 +208,3 @@ def open_backend(path: str | Path, options: BackendOptions | None = None) -> Bac
         if not (path.parent / companion).is_file():
             raise ModelError(f"{engine.title} needs {companion} beside this file, and it is missing", path)
     return backend_factory(engine.name)(path, options or BackendOptions())
-
-
-_BACKENDS = {"LiteRTBackend": "litert_backend", "OnnxBackend": "onnxruntime_backend"}
-
-
-def __getattr__(name: str):
-    """The backend classes load on first use: an engine's module is imported only when that engine runs, so a
-    process running ONNX never loads LiteRT's."""
-    if name in _BACKENDS:
-        return getattr(importlib.import_module(f"{__name__}.{_BACKENDS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

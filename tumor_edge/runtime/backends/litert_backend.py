@@ -48,18 +48,15 @@ class LiteRTBackend:
     def metadata_props(self) -> dict[str, str]:
         return {}
 
-    def _ensure_batch(self, n: int) -> None:
-        if n != self._batch:
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.shape[0] != self._batch:  # the interpreter's tensors are sized for one batch: resize to this one
             shape = list(self._input["shape"])
-            shape[0] = n
+            shape[0] = batch.shape[0]
             self.interpreter.resize_tensor_input(self._input["index"], shape, strict=False)
             self.interpreter.allocate_tensors()
             self._input = self.interpreter.get_input_details()[0]
-            self._batch = n
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.asarray(batch, dtype=np.float32)
-        self._ensure_batch(batch.shape[0])
+            self._batch = batch.shape[0]
         inp = self._input
         if inp["dtype"] in (np.int8, np.uint8):
             scale, zero = inp["quantization"]

@@ -83,16 +83,6 @@ def claimed_suffix(name: str | Path) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def reader_for(path: str | Path) -> Reader | None:
-    """The reader of a file (first row whose suffix or magic matches, else Pillow) or of a folder (a folder reader
-    that claims it, else None)."""
-    path = Path(path)
-    if _is_folder(path):
-        reader, role, _ = folder_role(path)
-        return reader if role == FOLDER_SCAN else None
-    return _file_reader(path)
-
-
 def _file_reader(path: Path) -> Reader:
     return next((r for r in READERS if r.suffix_of(path) is not None or r.sniff(path)), _row(FALLBACK))
 
@@ -122,14 +112,16 @@ def is_scan_file(path: str | Path, kinds: tuple[str, ...] = KINDS) -> bool:
 
 
 def is_volume(path: str | Path) -> bool:
-    """Whether `path` is read as a volume (sliced, then summarised). A file no volume reader could claim (by
+    """Whether `path` is read as a volume (sliced, then summarised): a folder a volume reader claims, or a file
+    whose reader (first row whose suffix or magic matches) reads volumes. A file no volume reader could claim (by
     suffix, or by content where one sniffs) is answered without opening it."""
     path = Path(path)
-    if not _is_folder(path) and not any(r.suffix_of(path) is not None or r.magic is not None
-                                        for r in READERS if r.kind == VOLUME):
+    if _is_folder(path):
+        reader, role, _ = folder_role(path)
+        return reader is not None and role == FOLDER_SCAN and reader.kind == VOLUME
+    if not any(r.suffix_of(path) is not None or r.magic is not None for r in READERS if r.kind == VOLUME):
         return False
-    reader = reader_for(path)
-    return reader is not None and reader.kind == VOLUME
+    return _file_reader(path).kind == VOLUME
 
 
 def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:

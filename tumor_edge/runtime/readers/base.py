@@ -223,15 +223,6 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
-def read_head(path: str | Path, size: int) -> bytes:
-    """The first `size` bytes of a regular file, b'' for anything that is not one or cannot be read."""
-    try:
-        with open_regular(path) as fh:
-            return fh.read(size)
-    except (InputImageError, OSError):
-        return b""
-
-
 # ---- which pictures of a file: frames of multi-frame files, slices of volumes ---------------------------------
 
 FRAME_CHOICES = ("middle", "all")  # or a frame index
@@ -383,7 +374,11 @@ class Reader:
         if self.magic is None:
             return False
         offset, marker = self.magic
-        return read_head(path, offset + len(marker))[offset:] == marker
+        try:
+            with open_regular(path) as fh:
+                return fh.read(offset + len(marker))[offset:] == marker
+        except (InputImageError, OSError):
+            return False
 
     def suffix_of(self, path: str | Path) -> str | None:
         """The longest of this reader's suffixes that `path`'s name ends with (case-insensitive), if any."""

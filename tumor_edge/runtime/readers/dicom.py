@@ -63,24 +63,12 @@ class DicomFrame:
     count: int
 
 
-def _linear(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    # PS3.3 C.11.2.1.2.1: the classic window, with its half-pixel offsets.
-    return np.clip(((x - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0, 0.0, 255.0)
-
-
-def _linear_exact(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    return np.clip(((x - center) / width + 0.5) * 255.0, 0.0, 255.0)
-
-
-def _sigmoid(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    return 255.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-
-
-# VOILUTFunction (0028,1056) -> window function on modality values, giving 0..255. LINEAR is the default.
+# VOILUTFunction (0028,1056) -> window function on modality values (x, center, width), giving 0..255. LINEAR is the
+# default: PS3.3 C.11.2.1.2.1's classic window, with its half-pixel offsets.
 VOI_FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
-    "LINEAR": _linear,
-    "LINEAR_EXACT": _linear_exact,
-    "SIGMOID": _sigmoid,
+    "LINEAR": lambda x, center, width: np.clip(((x - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0, 0.0, 255.0),
+    "LINEAR_EXACT": lambda x, center, width: np.clip(((x - center) / width + 0.5) * 255.0, 0.0, 255.0),
+    "SIGMOID": lambda x, center, width: 255.0 / (1.0 + np.exp(-4.0 * (x - center) / width)),
 }
 
 
@@ -96,21 +84,17 @@ def _first(value: Any) -> float | None:
         return None
 
 
-def _frame_item(ds: Any, frame: int, sequence: str) -> Any:
-    """The functional-group item (per-frame first, then shared) of an enhanced multi-frame object, if any."""
+def _lookup(ds: Any, frame: int, sequence: str, name: str) -> Any:
+    """`name` from the functional-group item (per-frame first, then shared) of an enhanced multi-frame object, else
+    from the dataset itself."""
     for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         try:
-            item = getattr(ds, groups)[index]
-            return getattr(item, sequence)[0]
+            item = getattr(getattr(ds, groups)[index], sequence)[0]
         except (AttributeError, IndexError, TypeError, KeyError):
             continue
-    return None
-
-
-def _lookup(ds: Any, frame: int, sequence: str, name: str) -> Any:
-    item = _frame_item(ds, frame, sequence)
-    value = getattr(item, name, None) if item is not None else None
-    return value if value is not None else getattr(ds, name, None)
+        value = getattr(item, name, None)
+        return value if value is not None else getattr(ds, name, None)
+    return getattr(ds, name, None)
 
 
 def _range(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -145,7 +129,7 @@ def _to_display(ds: Any, frame: int, stored: np.ndarray) -> np.ndarray:
     center = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
     window_width = _first(_lookup(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
     function = str(_lookup(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
-    window = VOI_FUNCTIONS.get(function, _linear)
+    window = VOI_FUNCTIONS.get(function, VOI_FUNCTIONS["LINEAR"])
     windowed = center is not None and window_width is not None and window_width > 1.0
     if not windowed:
         lo, hi = _range(stored[b].astype(np.float64) * slope + intercept for b in blocks)
@@ -186,16 +170,9 @@ def _transfer_syntax(fh: BinaryIO) -> tuple[str | None, int]:
         position += size + length
 
 
-def _check_deflated(fh: BinaryIO, path: Path) -> None:
-    syntax, start = _transfer_syntax(fh)
-    if syntax == DEFLATED:
-        fh.seek(start)
-        check_inflated_size(fh, path)
-    fh.seek(0)
-
-
-def _check_header(ds: Any, path: Path) -> None:
-    """Refuse, from the header alone, pixel data that would decode beyond the caps (or to nothing)."""
+def pixel_array(ds: Any, path: Path) -> np.ndarray:
+    """The stored pixel values, once the header alone shows they would decode within the caps (and to something):
+    the check every DICOM read makes (a series' slices too)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputImageError("DICOM file has no pixel data (a report, structured data or a header only)", path)
     try:
@@ -210,6 +187,12 @@ def _check_header(ds: Any, path: Path) -> None:
     elif "DoubleFloatPixelData" in ds:
         bits = 64
     check_decoded(Decoded(columns, rows, max(samples, 1), max(1, -(-bits // 8)), max(frames, 1)), path)
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
+        release_frames(err)
+        raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {first_line(err)}); "
+                              "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
 
 
 def read_dataset(path: Path, pixels: bool = True) -> Any:
@@ -222,7 +205,11 @@ def read_dataset(path: Path, pixels: bool = True) -> Any:
 
     try:
         with open_regular(path) as fh:
-            _check_deflated(fh, path)
+            syntax, start = _transfer_syntax(fh)
+            if syntax == DEFLATED:
+                fh.seek(start)
+                check_inflated_size(fh, path)
+            fh.seek(0)
             try:
                 return pydicom.dcmread(fh, stop_before_pixels=not pixels)
             except InvalidDicomError:
@@ -239,28 +226,6 @@ def read_dataset(path: Path, pixels: bool = True) -> Any:
     except Exception as err:  # pydicom raises many types (EOFError, struct.error, ...) on damaged files
         release_frames(err)
         raise InputImageError(f"unreadable DICOM file ({type(err).__name__}: {first_line(err)})", path) from err
-
-
-def pixel_array(ds: Any, path: Path) -> np.ndarray:
-    """The stored pixel values, after the header size check every DICOM read makes (a series' slices too)."""
-    _check_header(ds, path)
-    try:
-        return np.asarray(ds.pixel_array)
-    except Exception as err:  # missing decoder plugin (JPEG 2000, JPEG-LS), truncated data, bad attributes
-        release_frames(err)
-        raise InputImageError(f"cannot decode the DICOM pixel data ({type(err).__name__}: {first_line(err)}); "
-                              "compressed transfer syntaxes may need pylibjpeg or gdcm", path) from err
-
-
-def _frame_count(ds: Any, pixels: np.ndarray) -> int:
-    try:
-        declared = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        declared = 1
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    grey_stack = pixels.ndim == 3 and samples == 1
-    colour_stack = pixels.ndim == 4
-    return declared if declared > 1 and (grey_stack or colour_stack) else 1
 
 
 def modality_scaling(ds: Any, frame: int = 0) -> tuple[float, float]:
@@ -288,7 +253,9 @@ def read_dicom_frames(path: str | Path, frames: str | int = "middle") -> list[Di
     pixels = pixel_array(ds, path)
     if pixels.size == 0 or pixels.ndim < 2:
         raise InputImageError(f"DICOM pixel data has an unusable shape {pixels.shape}", path)
-    count = _frame_count(ds, pixels)
+    declared = int(getattr(ds, "NumberOfFrames", 1) or 1)  # a number: pixel_array checked the header
+    stack = pixels.ndim == 4 or (pixels.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1) or 1) == 1)
+    count = declared if declared > 1 and stack else 1
     if count == 1 and not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
         pixels = pixels[0]  # a declared single frame stored with a leading axis
     out = []
@@ -383,10 +350,16 @@ def folder_dicom_files(folder: Path) -> tuple[list[Path], bool]:
     return files, other
 
 
-def series_role(folder: Path, files: list[Path]) -> tuple[str, str | None]:
-    """What a folder of `files` (two or more, all DICOM, no subfolders) is: FOLDER_SCAN (one series),
-    FOLDER_FILES (separate images) or FOLDER_REFUSED with the one-line reason. Reads headers only; without
-    pydicom it is a folder of images (each then says which extra it needs)."""
+def series_folder_role(folder: Path) -> tuple[str, str | None]:
+    """FOLDER_SCAN when `folder` (two or more files, all DICOM, no subfolders) is one series, FOLDER_REFUSED (and
+    why) when it mixes several multi-file series, else FOLDER_FILES (its files are classified one by one). Reads
+    headers only; without pydicom it is a folder of images (each then says which extra it needs)."""
+    try:
+        files, other = folder_dicom_files(folder)
+    except OSError:
+        return FOLDER_FILES, None  # walking the folder reports it
+    if other or len(files) < 2 or not all(is_dicom_file(f) for f in files):
+        return FOLDER_FILES, None
     try:
         import pydicom  # noqa: F401
     except ImportError:
@@ -449,14 +422,14 @@ def _stack_geometry(headers: list[SliceHeader], folder: Path, notes: list[str]
     return headers, direction, (abs(step), spacing[0], spacing[1])
 
 
-def read_series(folder: str | Path, files: list[Path]) -> Volume:
-    """A DICOM series folder as a `Volume` from its DICOM `files` (the registry's `dicom series` reader picks them:
-    the suffixes live there); one-line errors for a folder that is not one readable stack."""
-    folder = Path(folder)
+def read_series_folder(folder: Path, options: ReadOptions) -> Scan:
+    """A DICOM series folder's slices along `options.axis` (`options.slices` of them); one-line errors for a folder
+    that is not one readable stack."""
+    files = [f for f in folder_dicom_files(folder)[0] if is_dicom_file(f)]
     if len(files) < 2:
         raise InputImageError("a DICOM series folder needs at least two slice files", folder)
     headers = [header(path) for path in files]  # an unreadable file: its own one-line error
-    if len({h.series for h in headers}) > 1:  # the folder changed since `series_role` called it one series
+    if len({h.series for h in headers}) > 1:  # the folder changed since `series_folder_role` called it one series
         raise InputImageError("files of several DICOM series in one folder", folder)
     sizes = Counter((h.rows, h.columns) for h in headers)
     if len(sizes) > 1:
@@ -492,24 +465,7 @@ def read_series(folder: str | Path, files: list[Path]) -> Volume:
         slope, intercept = -slope, top - intercept
     order = closest_ras(direction)  # voxel axes (slice, row, column) -> RAS
     shape = (len(headers), first.rows, first.columns)
-    return Volume(str(folder), to_ras(stored, order), ras_spacing(spacing, order),
-                  to_ras(np.broadcast_to(slope, shape), order), to_ras(np.broadcast_to(intercept, shape), order),
-                  notes)
-
-
-def series_folder_role(folder: Path) -> tuple[str, str | None]:
-    """FOLDER_SCAN when `folder` is one series, FOLDER_REFUSED (and why) when it mixes several multi-file series,
-    else FOLDER_FILES (its files are classified one by one)."""
-    try:
-        files, other = folder_dicom_files(folder)
-    except OSError:
-        return FOLDER_FILES, None  # walking the folder reports it
-    if other or len(files) < 2 or not all(is_dicom_file(f) for f in files):
-        return FOLDER_FILES, None
-    return series_role(folder, files)
-
-
-def read_series_folder(folder: Path, options: ReadOptions) -> Scan:
-    """The series' slices along `options.axis` (`options.slices` of them)."""
-    files, _ = folder_dicom_files(folder)
-    return volume_scan(read_series(folder, [f for f in files if is_dicom_file(f)]), options, "dicom series")
+    volume = Volume(str(folder), to_ras(stored, order), ras_spacing(spacing, order),
+                    to_ras(np.broadcast_to(slope, shape), order), to_ras(np.broadcast_to(intercept, shape), order),
+                    notes)
+    return volume_scan(volume, options, "dicom series")

@@ -22,15 +22,6 @@ NIFTI_EXTRA = "nifti"
 MAX_HEADER_BYTES = 16 << 20  # header and extensions before the voxels
 
 
-def _nibabel(path: Path):
-    try:
-        import nibabel
-    except ImportError:
-        raise MissingExtraError(f"reading NIfTI volumes needs the `{NIFTI_EXTRA}` extra (nibabel is not "
-                                f"installed): pip install 'tumor-edge[{NIFTI_EXTRA}]'", path) from None
-    return nibabel
-
-
 def _check_offset(fh, path: Path) -> None:
     """Refuse a header whose voxel offset puts megabytes of "extensions" before the voxels: nibabel reads the
     extensions whole, and in a .nii.gz a few bytes can inflate to them (the caps count voxels, not extensions)."""
@@ -62,11 +53,15 @@ def _image(nib, fh, path: Path):
                           path)
 
 
-def read_nifti(path: str | Path) -> Volume:
-    """A NIfTI volume as a `Volume` (4-D: its first volume, with a warning); one-line errors for the rest. The
-    registry's `read_scan` has checked the file is regular, not empty and within the file-size cap."""
-    path = Path(path)
-    nib = _nibabel(path)
+def read(path: Path, options: ReadOptions) -> Scan:
+    """The volume's slices along `options.axis` (`options.slices` of them), planned before any is cut (4-D: its
+    first volume, with a warning); one-line errors for the rest. The registry's `read_scan` has checked the file
+    is regular, not empty and within the file-size cap."""
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise MissingExtraError(f"reading NIfTI volumes needs the `{NIFTI_EXTRA}` extra (nibabel is not "
+                                f"installed): pip install 'tumor-edge[{NIFTI_EXTRA}]'", path) from None
     notes = []
     with open_regular(path) as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if str(path).lower().endswith(".gz") else raw
@@ -109,7 +104,8 @@ def read_nifti(path: str | Path) -> Volume:
     zooms = tuple(z if np.isfinite(z) and z > 0 else 1.0 for z in zooms)
     if any(not np.isfinite(z) or z <= 0 for z in header.get_zooms()[:3]):
         notes.append("voxel sizes in the header are zero or not numbers; 1 mm assumed")
-    return Volume(str(path), to_ras(stored, ornt), ras_spacing(zooms, ornt), slope, intercept, notes)
+    return volume_scan(Volume(str(path), to_ras(stored, ornt), ras_spacing(zooms, ornt), slope, intercept, notes),
+                       options, "nifti")
 
 
 def _scaling(header) -> tuple[float, float]:
@@ -118,8 +114,3 @@ def _scaling(header) -> tuple[float, float]:
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     intercept = 0.0 if intercept is None or not np.isfinite(intercept) else float(intercept)
     return slope, intercept
-
-
-def read(path: Path, options: ReadOptions) -> Scan:
-    """The volume's slices along `options.axis` (`options.slices` of them), planned before any is cut."""
-    return volume_scan(read_nifti(path), options, "nifti")

@@ -33,12 +33,6 @@ from tumor_edge.runtime.readers.base import (
 )
 
 
-def read(path: Path, options: ReadOptions) -> Scan:
-    """The `image` reader's `read`: the frames `options.frames` asks for."""
-    pictures = read_frames(path, options.frames)
-    return Scan(str(path), "image", IMAGE, pictures, pictures[0].count if pictures else 1)
-
-
 def _pil_size(image: Image.Image, frames: int = 1) -> Decoded:
     """What Pillow will allocate for `frames` frames of this image (taken from the header, nothing decoded)."""
     try:
@@ -64,9 +58,10 @@ def _decode_error(err: Exception, path: Path) -> InputImageError:
     return InputImageError(f"corrupt or truncated image ({type(err).__name__}: {first_line(err)})", path)
 
 
-def read_frames(path: Path, frames: str | int) -> list[Picture]:
-    """The frames of a Pillow-readable file (`frames`: middle, all or an index), each checked against the caps
-    from the header before it is decoded."""
+def read(path: Path, options: ReadOptions) -> Scan:
+    """The `image` reader's `read`: the frames of a Pillow-readable file `options.frames` asks for (middle, all or
+    an index), each checked against the caps from the header before it is decoded."""
+    frames = options.frames
     with open_regular(path) as fh:
         image = None
         try:
@@ -87,7 +82,7 @@ def read_frames(path: Path, frames: str | int) -> list[Picture]:
             if count > 1 and frames == "middle":
                 log.warning("%s: holds %d frames; classifying the middle one, frame %d (all frames can be "
                             "asked for)", path, count, indices[0])
-            return out
+            return Scan(str(path), "image", IMAGE, out, count)
         except Exception as err:
             if image is not None:
                 image.close()
