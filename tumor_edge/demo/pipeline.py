@@ -45,15 +45,14 @@ def choose_profile(name: str) -> DemoProfile:
 
 
 def stage_data(ctx: DemoContext) -> dict[str, Any]:
-    from tumor_edge.demo.generate import DemoDataConfig, generate, is_demo_dataset, make_plan, resolve_volumes
+    from tumor_edge.demo.generate import DemoDataConfig, generate, is_demo_dataset
 
     if ctx.data.exists() and any(ctx.data.iterdir()) and not is_demo_dataset(ctx.data):
         raise OutputExistsError("holds something other than demo data; choose another --workdir", ctx.data)
     p = ctx.profile
     config = DemoDataConfig(out=ctx.data, per_class=p.per_class, size=p.data_size, seed=ctx.config.seed,
                             force=True, show_progress=ctx.config.show_progress)
-    generate(config)
-    plan = make_plan(config, resolve_volumes(config))
+    plan = generate(config)
     n_train, n_test = config.counts
     held = (f"a volume Training never saw ({plan.test_source.name})" if plan.test_source is not None
             else "a slab of slice positions Training never saw (only one volume installed)")
