@@ -153,7 +153,7 @@ def stage_trust(ctx: DemoContext) -> dict[str, Any]:
     from tumor_edge.demo.trust_summary import trust_summary
 
     return trust_summary(ctx.run, ctx.bundle, ctx.data / "Testing", ctx.workdir / "trust",
-                         link_base=ctx.workdir, seed=ctx.config.seed).to_dict()
+                         link_base=ctx.workdir, seed=ctx.config.seed)
 
 
 def stage_explain(ctx: DemoContext) -> dict[str, Any]:
