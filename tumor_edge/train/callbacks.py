@@ -23,7 +23,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -126,13 +125,6 @@ class StepTimer(keras.callbacks.Callback):
                 "peak_device_bytes": peak_device_bytes(self.backend)}
 
 
-def save_model(path: Path) -> Callable[[object], None]:
-    def save(model) -> None:
-        model.save(path)
-
-    return save
-
-
 class TrainingModel(keras.Model):
     """Functional model with the two multi-worker work-arounds; `example` is one local batch (shape, dtype)."""
 
@@ -207,15 +199,11 @@ class CacheBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return max(1, -(-self.count // self.batch_size))
 
-    def indices(self, index: int) -> np.ndarray:
+    def __getitem__(self, index: int):
         start = index * self.batch_size
         idx = self.order[start:min(start + self.batch_size, self.count)]
         if self.shuffle and len(idx) < self.batch_size:  # top up: one step shape for the whole run
             idx = np.resize(np.concatenate([idx, self.order]), self.batch_size)
-        return idx
-
-    def __getitem__(self, index: int):
-        idx = self.indices(index)
         return self.cache.read(idx), self.one_hot[idx]
 
     def on_epoch_end(self) -> None:

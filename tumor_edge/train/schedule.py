@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tumor_edge.train.backends import applied_updates, learning_rate_for
-from tumor_edge.train.callbacks import BestWeights, StepTimer, monitor_mode, save_model
+from tumor_edge.train.callbacks import BestWeights, StepTimer, monitor_mode
 from tumor_edge.train.config import TrainConfig
 from tumor_edge.train.pipeline import distributed_dataset, steps_for
 
@@ -98,7 +98,7 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
         model = training_model(classifier, build_augmenter(config.augment, config.seed), many_workers)
         compile_model(model, learning_rate_for(config.lr_schedule, config.learning_rate, config.epochs, steps),
                       num_classes, config.jit_compile)
-    best = BestWeights(classifier, monitor, save_model(checkpoint) if checkpoint is not None else None)
+    best = BestWeights(classifier, monitor, (lambda m: m.save(checkpoint)) if checkpoint is not None else None)
     timer = StepTimer(global_batch, config.backend)
     result = FitResult(classifier, monitor=monitor)
 
