@@ -199,9 +199,8 @@ def stage_classify(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_bench(ctx: DemoContext) -> dict[str, Any]:
-    from tumor_edge.bench.harness import BenchConfig, run_bench
+    from tumor_edge.bench.harness import BenchConfig, RunPlan, run_bench
     from tumor_edge.bench.report import render_markdown, render_text
-    from tumor_edge.bench.timing import RunPlan
 
     record = run_bench(BenchConfig(
         model=ctx.bundle, threads=[2], batches=[1], plan=RunPlan(2, 10, ctx.profile.bench_seconds),
