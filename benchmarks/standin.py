@@ -61,7 +61,7 @@ def make_images(folder: Path, image_size: int, per_class: int, log: Log) -> Path
     import numpy as np
     from PIL import Image
 
-    from tumor_edge.bench.inputs import phantom_slice
+    from tumor_edge.bench.targets import phantom_slice
 
     rng = np.random.default_rng(0)
     for split, count in (("Training", per_class), ("Testing", max(2, per_class // 4))):

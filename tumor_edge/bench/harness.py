@@ -25,8 +25,7 @@ from tumor_edge import __version__
 from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, count_macs, head_to_head
 from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
-from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
-from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, Target, open_session, resolve_subject
+from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, image_pool, open_session, resolve_subject
 from tumor_edge.contracts.formats import ENGINES
 from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
@@ -166,17 +165,6 @@ class BenchConfig:
             raise ConfigError(f"image count must be at least 1, got {self.image_count}")
 
 
-def _image_pool(config: BenchConfig, subject: Subject) -> ImagePool:
-    spec = subject.metadata.preprocessing
-    if config.images is not None:
-        return pool_from_folder(config.images, spec, config.image_count)
-    if subject.run_dir is not None:
-        pool = pool_from_run(subject.run_dir, spec, config.image_count)
-        if pool is not None:
-            return pool
-    return synthetic_pool(spec, config.image_count)
-
-
 def _macs(subject: Subject) -> int | None:
     """MACs per image from the bundle's fp32 ONNX (else any ONNX file it lists); all formats share the
     architecture."""
@@ -211,8 +199,8 @@ def _open_sessions(subject: Subject, threads: int, inputs, classes: int, workdir
     return sessions
 
 
-def _row(target: Target, session: Session, threads: int, batch: int, timings: list[float]) -> dict[str, Any]:
-    stats = summarize(timings, batch)
+def _row(session: Session, threads: int, batch: int, timings: list[float]) -> dict[str, Any]:
+    target, stats = session.target, summarize(timings, batch)
     return {"format": target.key, "file": target.path.name, "loaded_file": session.loaded_file,
             "engine": target.engine, "precision": target.precision, "threads": threads, "batch": batch,
             "load_s": session.load_s, **stats.to_dict(), "timings_ms": [t * 1e3 for t in timings]}
@@ -224,7 +212,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     subject = resolve_subject(config.model, config.run, config.keras, config.formats)
     machine = machine_info()
     classes = len(subject.metadata.classes)
-    pool = _image_pool(config, subject)
+    pool = image_pool(subject, config.images, config.image_count)
     inputs = scale(pool.pixels, subject.metadata.preprocessing)
     unavailable: dict[str, str] = {}
     passes = _ceiling_pass(config.threads, unavailable) if config.ceiling else []
@@ -244,13 +232,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         session.prepare(batch)
                     timings = measure_interleaved({k: s.timed_call for k, s in sessions.items()}, config.plan)
                     for key, session in sessions.items():
-                        rows.append(_row(session.target, session, threads, batch, timings[key]))
+                        rows.append(_row(session, threads, batch, timings[key]))
             finally:
                 for session in sessions.values():
                     session.close()
         next(bar, None)
         if config.cold_start:
-            probe = write_probe_image(pool, workdir)
+            probe = pool.probe_image(workdir)
             cold_targets = [t for t in subject.targets if t.key not in {s["format"] for s in subject.skipped}]
             for target in progress(cold_targets, "cold starts", enabled=config.show_progress):
                 try:
