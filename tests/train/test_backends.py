@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tumor_edge.cli import main
 from tumor_edge.data.dataset import PixelCache
 from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, select_backend
-from tumor_edge.train.config import TrainConfig
+from tumor_edge.train.fit import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

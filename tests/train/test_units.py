@@ -142,8 +142,7 @@ def test_cosine_schedule_ends_each_phase_at_one_percent_and_replaces_plateau_cut
     import keras
 
     from tumor_edge.train.backends import check_lr_schedule, learning_rate_for
-    from tumor_edge.train.config import TrainConfig
-    from tumor_edge.train.fit import _callbacks
+    from tumor_edge.train.fit import TrainConfig, _callbacks
 
     cosine = learning_rate_for("cosine", 1e-3, epochs=10, steps_per_epoch=72)
     assert float(cosine(0)) == pytest.approx(1e-3)

@@ -133,8 +133,7 @@ def stage_data(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_train(ctx: DemoContext) -> dict[str, Any]:
-    from tumor_edge.train.config import AugmentConfig
-    from tumor_edge.train.fit import TrainConfig, run_training
+    from tumor_edge.train.fit import AugmentConfig, TrainConfig, run_training
 
     p = ctx.profile
     run = run_training(TrainConfig(
