@@ -25,9 +25,9 @@ from tumor_edge import __version__
 from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, count_macs, head_to_head
 from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
-from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, image_pool, open_session, resolve_subject
+from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, image_pool, resolve_subject
 from tumor_edge.contracts.formats import ENGINES
-from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
+from tumor_edge.errors import ConfigError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
 from tumor_edge.progress import progress
 from tumor_edge.runtime import scale
@@ -188,17 +188,6 @@ def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceili
     return out
 
 
-def _open_sessions(subject: Subject, threads: int, inputs, classes: int, workdir: Path) -> dict[str, Session]:
-    """Every target opened at this thread count; one that fails to open is reported and left out."""
-    sessions: dict[str, Session] = {}
-    for target in subject.targets:
-        try:
-            sessions[target.key] = open_session(target, threads, inputs, classes, workdir)
-        except (RuntimeError, MissingExtraError) as err:  # a worker failed; an engine's package is missing
-            subject.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
-    return sessions
-
-
 def _row(session: Session, threads: int, batch: int, timings: list[float]) -> dict[str, Any]:
     target, stats = session.target, summarize(timings, batch)
     return {"format": target.key, "file": target.path.name, "loaded_file": session.loaded_file,
@@ -224,7 +213,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         steps = [(threads, batch) for threads in config.threads for batch in config.batches]
         bar = iter(progress(steps, "benchmarking", enabled=config.show_progress))
         for threads in config.threads:
-            sessions = _open_sessions(subject, threads, inputs, classes, workdir)
+            sessions = subject.open_sessions(threads, inputs, classes, workdir)
             try:
                 for batch in config.batches:
                     next(bar, None)

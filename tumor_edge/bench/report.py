@@ -216,11 +216,10 @@ def _bars(ax: Any, rows: dict, formats: list[str], threads: list[int], batch: in
 def render_chart(record: Record, path: Path) -> Path | None:
     """Top row: bars of p50 latency per image (whisker to the p90). Bottom row (when MACs and ceilings were
     measured): achieved GMAC/s over the format's own ceiling, with a line at 100 %. None without matplotlib."""
-    try:
-        import matplotlib
+    from tumor_edge.calibration.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        plt = pyplot()
     except ImportError:
         return None
     results = record["results"]

@@ -22,7 +22,7 @@ from tumor_edge.contracts.bundle import METADATA_FILE, BundleMetadata, member_pa
 from tumor_edge.contracts.formats import ENGINES, engine_for_suffix, format_of
 from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.data.dataset import Sample, load_pixels, read_split
-from tumor_edge.errors import DatasetError, ModelError, TumorEdgeError, first_line
+from tumor_edge.errors import DatasetError, MissingExtraError, ModelError, TumorEdgeError, first_line
 from tumor_edge.runtime import BackendOptions, Classifier, Preprocessing, is_scan_file, read_onnx_metadata
 from tumor_edge.worker import Worker
 
@@ -130,12 +130,6 @@ def engine_missing(path: Path) -> str | None:
     return None
 
 
-def open_session(target: Target, threads: int, inputs: np.ndarray, classes: int, workdir: Path) -> Session:
-    """The Keras reference in its worker, any engine of the format table through the runtime, here."""
-    kind = KerasReferenceSession if target.engine == KERAS_KEY else RuntimeSession
-    return kind(target, threads, inputs, classes, workdir)
-
-
 # The provenance key under which export records the training run folder.
 RUN_KEY = "run_dir"
 # The file name of a run's Keras model, as the run-folder contract defines it.
@@ -152,6 +146,18 @@ class Subject:
     targets: list[Target]
     run_dir: Path | None
     skipped: list[dict[str, str]]
+
+    def open_sessions(self, threads: int, inputs: np.ndarray, classes: int, workdir: Path) -> dict[str, Session]:
+        """Every target opened at this thread count (the Keras reference in its worker, the rest through the
+        runtime, here); one that fails to open is reported in `skipped` and left out."""
+        sessions: dict[str, Session] = {}
+        for target in self.targets:
+            kind = KerasReferenceSession if target.engine == KERAS_KEY else RuntimeSession
+            try:
+                sessions[target.key] = kind(target, threads, inputs, classes, workdir)
+            except (RuntimeError, MissingExtraError) as err:  # a worker failed; an engine's package is missing
+                self.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
+        return sessions
 
 
 def format_key(name: str, fmt: str, precision: str, taken: set[str]) -> str:

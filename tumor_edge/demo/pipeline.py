@@ -110,12 +110,6 @@ def _gpu_count() -> int:
     return sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 0
 
 
-def choose_profile(name: str) -> DemoProfile:
-    if name != "auto":
-        return PROFILES[name]
-    return PROFILES["gpu" if _gpu_count() else "cpu"]
-
-
 def stage_data(ctx: DemoContext) -> dict[str, Any]:
     from tumor_edge.demo.generate import DemoDataConfig, generate, is_demo_dataset
 
@@ -296,7 +290,7 @@ def run_demo(config: DemoConfig) -> DemoContext:
     """Run (or resume) every stage, then write and print the summary."""
     started = time.perf_counter()
     _check_workdir(config.workdir)
-    profile = choose_profile(config.profile)
+    profile = PROFILES[config.profile if config.profile != "auto" else "gpu" if _gpu_count() else "cpu"]
     ctx = DemoContext(config, profile)
     (ctx.workdir / STAGE_DIR).mkdir(parents=True, exist_ok=True)
     _say(f"tumor-edge demo in {ctx.workdir} ({profile.describe()}). SYNTHETIC data: a pipeline demo, not a "
