@@ -216,10 +216,11 @@ def _bars(ax: Any, rows: dict, formats: list[str], threads: list[int], batch: in
 def render_chart(record: Record, path: Path) -> Path | None:
     """Top row: bars of p50 latency per image (whisker to the p90). Bottom row (when MACs and ceilings were
     measured): achieved GMAC/s over the format's own ceiling, with a line at 100 %. None without matplotlib."""
-    from tumor_edge.calibration.plots import pyplot
-
     try:
-        plt = pyplot()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     except ImportError:
         return None
     results = record["results"]
