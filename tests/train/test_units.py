@@ -38,7 +38,7 @@ def test_loss_scale_skipped_steps_are_counted():
     import keras
 
     from tumor_edge.train.backends import applied_updates
-    from tumor_edge.train.callbacks import StepTimer
+    from tumor_edge.train.model import StepTimer
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -84,7 +84,7 @@ def test_worker_flags_are_checked_in_one_line(tmp_path):
 def test_best_weights_keep_the_best_epoch_and_restore_it():
     import keras
 
-    from tumor_edge.train.callbacks import BestWeights
+    from tumor_edge.train.model import BestWeights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     saved = []

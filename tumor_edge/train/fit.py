@@ -210,7 +210,7 @@ def run_training(config: TrainConfig) -> Path | None:
     if run is not None:
         path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds, backend)
     if dist.kind == "multi-worker":
-        from tumor_edge.train.callbacks import barrier
+        from tumor_edge.train.model import barrier
 
         barrier(dist.strategy)
     if run is None:
@@ -313,7 +313,7 @@ def _datasets(config: TrainConfig, dist, train_cache, val_cache, num_classes: in
     global_batch = config.batch_size * dist.replicas
     steps = steps_for(train_cache.count, global_batch)
     if config.backend != "tensorflow":
-        from tumor_edge.train.callbacks import CacheBatches
+        from tumor_edge.train.model import CacheBatches
 
         train_ds = CacheBatches(train_cache, num_classes, global_batch, shuffle=True, seed=config.seed)
         val_ds = CacheBatches(val_cache, num_classes, global_batch, multiple=dist.replicas) \
@@ -335,7 +335,7 @@ def _datasets(config: TrainConfig, dist, train_cache, val_cache, num_classes: in
 def _callbacks(config: TrainConfig, monitor: str, history_csv: Path | None) -> list:
     import keras
 
-    from tumor_edge.train.callbacks import monitor_mode
+    from tumor_edge.train.model import monitor_mode
 
     mode = monitor_mode(monitor)
     callbacks = [
@@ -352,8 +352,7 @@ def _callbacks(config: TrainConfig, monitor: str, history_csv: Path | None) -> l
 def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: int,
                checkpoint: Path | None, history_csv: Path | None) -> FitResult:
     """Build, fit both phases, restore the best weights. `checkpoint`/`history_csv` are None off the chief."""
-    from tumor_edge.train.callbacks import BestWeights, StepTimer, training_model
-    from tumor_edge.train.model import build_classifier, set_fine_tune
+    from tumor_edge.train.model import BestWeights, StepTimer, build_classifier, set_fine_tune, training_model
 
     strategy = dist.strategy
     global_batch = config.batch_size * dist.replicas
