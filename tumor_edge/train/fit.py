@@ -457,17 +457,3 @@ def distributed_dataset(strategy, cache, num_classes: int, global_batch: int, sh
                              shard=(context.num_input_pipelines, context.input_pipeline_id), repeat=repeat)
 
     return strategy.distribute_datasets_from_function(per_worker)
-
-
-def predict_probabilities(model, pixels: np.ndarray, batch_size: int = 32, chunk: int = 256) -> np.ndarray:
-    """Keras probabilities for uint8 pixels, in order (no shuffling: rows stay aligned with their labels)."""
-    return predict_chunks(model, ((s, pixels[s:s + chunk]) for s in range(0, len(pixels), chunk)), batch_size)
-
-
-def predict_chunks(model, chunks, batch_size: int = 32) -> np.ndarray:
-    """Probabilities for (start, uint8 images) chunks in order, e.g. `PixelCache.chunks()`: bounded memory."""
-    out = [np.zeros((0, model.output_shape[-1]), dtype=np.float32)]
-    for _, batch in chunks:
-        out.append(np.asarray(model.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0),
-                              dtype=np.float32))
-    return np.concatenate(out)
