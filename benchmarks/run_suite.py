@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.standin import QUICK_EXPORT_ARGS, stand_in_bundle
-from tumor_edge.bench.harness import BenchConfig, run_bench
+from tumor_edge.bench.harness import BenchConfig, RunPlan, run_bench
 from tumor_edge.bench.history import (
     compare_records,
     load_history,
@@ -32,7 +32,6 @@ from tumor_edge.bench.history import (
     unique_path,
 )
 from tumor_edge.bench.report import render_chart, render_text
-from tumor_edge.bench.timing import RunPlan
 from tumor_edge.machine import load_average
 
 HERE = Path(__file__).resolve().parent

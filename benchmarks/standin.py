@@ -51,16 +51,17 @@ def make_images(folder: Path, image_size: int, per_class: int, log: Log) -> Path
     """A dataset folder (Training/ and Testing/ per class) of generated demo scans (synthetic lesions on real
     MRI templates), else synthetic head phantoms when the demo's template data is not installed."""
     try:
-        from tumor_edge.demo.generate import generate_demo_dataset
+        from tumor_edge.demo.generate import DemoDataConfig, generate
 
-        return generate_demo_dataset(folder, per_class=per_class, size=image_size, seed=0, force=True,
-                                     show_progress=False)
+        generate(DemoDataConfig(folder, per_class=per_class, size=image_size, seed=0, force=True,
+                                show_progress=False))
+        return folder
     except (ImportError, OSError, TumorEdgeError) as err:
         log(f"no demo images ({err}); synthetic head phantoms instead")
     import numpy as np
     from PIL import Image
 
-    from tumor_edge.bench.inputs import phantom_slice
+    from tumor_edge.bench.targets import phantom_slice
 
     rng = np.random.default_rng(0)
     for split, count in (("Training", per_class), ("Testing", max(2, per_class // 4))):

@@ -8,7 +8,7 @@ What runs is the CLI, `python -m tumor_edge.cli train DATA --backend B --jit-com
 demo set generated here first (`tumor-edge demo-data` when its templates are installed, else the script's own
 synthetic heads with lesions: numpy and Pillow only), from scratch (`--weights none`: every layer trains, the
 heaviest step `train` runs), no validation part, one process per configuration with its own deadline. `train`
-times every step itself (tumor_edge.train.callbacks.StepTimer: step end to step end, the loss read back so
+times every step itself (tumor_edge.train.model.StepTimer: step end to step end, the loss read back so
 asynchronous backends have finished) and prints the figures as a JSON line when fitting ends; the script reads
 that line, so a run cut short after fitting still counts. Recorded per configuration: images/s and the median
 step time, the first step (tracing + compiling, reported apart), peak GPU memory (JAX's allocator peak with
@@ -24,7 +24,7 @@ loaded 2-core AMD Zen 5), the first step took 24 s and later steps 0.29 s with f
 and 1.48 s with rotation alone; all five layers: 72 s wall to compile. The `noaug` rows measure that on a GPU.
 `train` keeps XLA's compiled programs in a persistent cache (tumor_edge.train.backends.configure_jax), so the
 default list runs jax:on:bfloat16 twice: the second first-step time is a warm cache's. Training
-batches always have one shape (tumor_edge.train.callbacks.CacheBatches tops the last batch up), so a run compiles
+batches always have one shape (tumor_edge.train.model.CacheBatches tops the last batch up), so a run compiles
 its step once per phase.
 
 Results are appended to <out>.json / <out>.md as each configuration ends. The prepared call for a lent GPU machine

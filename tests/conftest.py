@@ -119,9 +119,11 @@ def trained_run(train_dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory) -> Path:
     """Small realistic data: real MRI template slices with simulated lesions (synthetic), tiny size and count."""
-    from tumor_edge.demo.generate import generate_demo_dataset
+    from tumor_edge.demo.generate import DemoDataConfig, generate
 
-    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", per_class=8, size=96, seed=0)
+    root = tmp_path_factory.mktemp("demo") / "data"
+    generate(DemoDataConfig(root, per_class=8, size=96, seed=0))
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import os
 import sys
 
 # module -> the attribute (a function, or Class.method) where training or export does its work
-TARGETS = {"tumor_edge.train.schedule": "fit_phases", "tumor_edge.export.plan": "plan_export"}
+TARGETS = {"tumor_edge.train.fit": "fit_phases", "tumor_edge.export.plan": "plan_export"}
 RECORD = "TUMOR_EDGE_TEST_TIER_RECORD"
 
 

@@ -58,8 +58,7 @@ def tiny_onnx(toy_dataset, tmp_path_factory) -> Path:
 def record(exported_bundle) -> dict:
     """One harness run over every file of the session's bundle and the Keras reference: 1 and 2 threads, batch 1
     and 3, short plans, one cold start each."""
-    from tumor_edge.bench.harness import BenchConfig, run_bench
-    from tumor_edge.bench.timing import RunPlan
+    from tumor_edge.bench.harness import BenchConfig, RunPlan, run_bench
 
     config = BenchConfig(model=exported_bundle, threads=[1, 2], batches=[1, 3], plan=RunPlan(1, 5, 0.0),
                          image_count=6, cold_runs=1, show_progress=False)

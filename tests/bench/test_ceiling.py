@@ -156,9 +156,11 @@ def test_isa_peak_is_units_times_lanes_times_clock(tmp_path):
     clock (2.6 GHz): 83.2 / 332.8 GMAC/s a core, twice that on two."""
     from tumor_edge.bench.ceiling import isa_peak, read_clock_ghz
 
-    peak = isa_peak(ZEN5_CPUINFO, machine="x86_64")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN5_CPUINFO)
+    peak = isa_peak(cpuinfo, machine="x86_64")
     if peak.clock_source.startswith("cpufreq"):  # this machine exposes cpufreq: the test's text cannot win
-        peak = isa_peak(ZEN5_CPUINFO, machine="x86_64", clock_ghz=2.6)
+        peak = isa_peak(cpuinfo, machine="x86_64", clock_ghz=2.6)
     assert (peak.isa, peak.vector_bits, peak.fma_units) == ("avx512f", 512, 2)
     assert peak.macs_per_cycle("fp32") == 32 and peak.macs_per_cycle("fp16") == 32
     assert peak.macs_per_cycle("int8") == 128
@@ -185,11 +187,12 @@ def test_vector_datapath_per_isa(flags, vendor, family, machine, expect):
     assert vector_datapath(flags, vendor, family, machine)[:3] == expect
 
 
-def test_isa_peak_without_a_clock_is_none():
+def test_isa_peak_without_a_clock_is_none(tmp_path):
     from tumor_edge.bench.ceiling import isa_peak
 
-    text = "flags : avx2 fma\n"
-    peak = isa_peak(text, machine="x86_64")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags : avx2 fma\n")
+    peak = isa_peak(cpuinfo, machine="x86_64")
     assert peak is None or peak.clock_source.startswith("cpufreq")  # a machine with cpufreq still has a clock
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.runtime.models import optimized_model_name
-from tumor_edge.bench.harness import BenchConfig, run_bench
+from tumor_edge.bench.harness import BenchConfig, RunPlan, run_bench
 from tumor_edge.bench.targets import resolve_subject
-from tumor_edge.bench.timing import RunPlan
 from tumor_edge.contracts import formats
 from tumor_edge.contracts.bundle import (
     BundleMetadata,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumor_edge.bench.timing import RunPlan, measure_interleaved, percentile, summarize
+from tumor_edge.bench.harness import RunPlan, measure_interleaved, percentile, summarize
 from tumor_edge.errors import ConfigError
 
 

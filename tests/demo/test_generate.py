@@ -19,7 +19,6 @@ from tumor_edge.demo.generate import (
     DATASET_CARD,
     DemoDataConfig,
     generate,
-    generate_demo_dataset,
     is_demo_dataset,
 )
 from tumor_edge.demo.scan import PLANE_NAMES, slab_thresholds
@@ -48,8 +47,10 @@ def second_volume(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_volume_set(tmp_path_factory, second_volume) -> Path:
-    return generate_demo_dataset(tmp_path_factory.mktemp("two") / "demo", per_class=8, size=64, seed=3,
-                                 volumes=[mni.path, second_volume], builtin=False, show_progress=False)
+    root = tmp_path_factory.mktemp("two") / "demo"
+    generate(DemoDataConfig(root, per_class=8, size=64, seed=3, volumes=(mni.path, second_volume), builtin=False,
+                            show_progress=False))
+    return root
 
 
 def _images(root: Path) -> dict[str, bytes]:
@@ -78,8 +79,9 @@ def test_testing_comes_from_a_volume_training_never_saw(two_volume_set, second_v
     rows = read_manifest(two_volume_set)  # default: the first volume is held out
     assert {r["volume"] for r in rows if r["split"] == "Testing"} == {"mni152"}
     assert {r["volume"] for r in rows if r["split"] == "Training"} == {"subject2"}
-    other = generate_demo_dataset(tmp_path / "other", per_class=2, size=48, seed=0, builtin=False,
-                                  volumes=[mni.path, second_volume], test_volume="subject2", show_progress=False)
+    other = tmp_path / "other"
+    generate(DemoDataConfig(other, per_class=2, size=48, seed=0, builtin=False, volumes=(mni.path, second_volume),
+                            test_volume="subject2", show_progress=False))
     rows = read_manifest(other)
     assert {r["volume"] for r in rows if r["split"] == "Testing"} == {"subject2"}
     assert {r["volume"] for r in rows if r["split"] == "Training"} == {"mni152"}
@@ -101,10 +103,10 @@ def test_lesions_sit_where_each_tumour_type_grows(two_volume_set):
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path, second_volume):
-    kwargs = dict(per_class=3, size=48, volumes=[mni.path, second_volume], builtin=False, show_progress=False)
-    a = _images(generate_demo_dataset(tmp_path / "a", seed=11, **kwargs))
-    b = _images(generate_demo_dataset(tmp_path / "b", seed=11, **kwargs))
-    c = _images(generate_demo_dataset(tmp_path / "c", seed=12, **kwargs))
+    kwargs = dict(per_class=3, size=48, volumes=(mni.path, second_volume), builtin=False, show_progress=False)
+    for name, seed in (("a", 11), ("b", 11), ("c", 12)):
+        generate(DemoDataConfig(tmp_path / name, seed=seed, **kwargs))
+    a, b, c = (_images(tmp_path / name) for name in "abc")
     assert a == b
     assert a.keys() == c.keys() and all(a[k] != c[k] for k in a)
 
@@ -112,7 +114,8 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path, second_volume):
 def test_one_volume_holds_out_a_slab_of_slice_positions(tmp_path):
     config = DemoDataConfig(out=tmp_path / "one", per_class=8, size=48, seed=5, volumes=(mni.path,),
                             builtin=False, show_progress=False)
-    root = generate(config)
+    generate(config)
+    root = config.out
     from tumor_edge.demo.anatomy import load_anatomy
 
     limits = slab_thresholds(load_anatomy(mni), config.test_fraction, seed=config.seed)
@@ -147,7 +150,8 @@ def _cv_accuracy(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_global_image_statistics_do_not_give_the_class_away(tmp_path):
-    root = generate_demo_dataset(tmp_path / "stats", per_class=50, size=64, seed=21, show_progress=False)
+    root = tmp_path / "stats"
+    generate(DemoDataConfig(root, per_class=50, size=64, seed=21, show_progress=False))
     x, y = _global_stats(root)
     accuracy = _cv_accuracy(x, y)
     assert accuracy < 0.40, f"mean/std/size/file size predict the class: {accuracy:.2f} (chance 0.25)"
@@ -161,10 +165,10 @@ def test_refuses_to_overwrite_without_force(tmp_path, second_volume):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
-    kwargs = dict(per_class=2, size=48, seed=0, volumes=[second_volume], builtin=False, show_progress=False)
+    kwargs = dict(per_class=2, size=48, seed=0, volumes=(second_volume,), builtin=False, show_progress=False)
     with pytest.raises(OutputExistsError, match="--force"):
-        generate_demo_dataset(out, **kwargs)
-    generate_demo_dataset(out, force=True, **kwargs)
+        generate(DemoDataConfig(out, **kwargs))
+    generate(DemoDataConfig(out, force=True, **kwargs))
     assert (out / "mine.txt").read_text() == "user data" and is_demo_dataset(out)
     assert not (tmp_path / ".out.partial").exists()
 
@@ -190,14 +194,14 @@ def test_cli_writes_data_and_reports_bad_input_in_one_line(tmp_path, second_volu
 
 def test_bad_options_are_one_line_errors(tmp_path):
     with pytest.raises(DatasetError, match="test-volume"):
-        generate_demo_dataset(tmp_path / "x", per_class=2, size=48, seed=0, volumes=[mni.path],
-                              test_volume="nope", show_progress=False)
+        generate(DemoDataConfig(tmp_path / "x", per_class=2, size=48, seed=0, volumes=(mni.path,),
+                                test_volume="nope", show_progress=False))
 
 
 def test_generation_never_imports_tensorflow(tmp_path):
-    code = ("import sys; from pathlib import Path; from tumor_edge.demo.generate import generate_demo_dataset;"
-            f"generate_demo_dataset(Path({str(tmp_path / 'g')!r}), per_class=2, size=48, seed=0, "
-            "show_progress=False); bad = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules];"
+    code = ("import sys; from pathlib import Path; from tumor_edge.demo.generate import DemoDataConfig, generate;"
+            f"generate(DemoDataConfig(Path({str(tmp_path / 'g')!r}), per_class=2, size=48, seed=0, "
+            "show_progress=False)); bad = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

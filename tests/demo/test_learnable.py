@@ -9,7 +9,7 @@ import pytest
 from tests.demo.manifest import read_manifest
 from tumor_edge.data.dataset import discover, load_pixels
 from tumor_edge.demo.anatomy import builtin_volumes
-from tumor_edge.demo.generate import generate_demo_dataset
+from tumor_edge.demo.generate import DemoDataConfig, generate
 from tumor_edge.runtime.preprocess import Preprocessing
 
 pytestmark = [pytest.mark.slow,
@@ -40,7 +40,8 @@ def _small_cnn(size: int, classes: int):
 def test_a_small_cnn_learns_the_classes_across_volumes(tmp_path):
     import keras
 
-    root = generate_demo_dataset(tmp_path / "learn", per_class=160, size=96, seed=4, show_progress=False)
+    root = tmp_path / "learn"
+    generate(DemoDataConfig(root, per_class=160, size=96, seed=4, show_progress=False))
     rows = read_manifest(root)
     assert {r["volume"] for r in rows if r["split"] == "Testing"}.isdisjoint(
         {r["volume"] for r in rows if r["split"] == "Training"})

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.demo.manifest import read_manifest
 from tumor_edge.data.dataset import discover
 from tumor_edge.demo.anatomy import builtin_volumes, load_anatomy
-from tumor_edge.demo.generate import MASK_DIR, generate_demo_dataset, lesion_mask
+from tumor_edge.demo.generate import MASK_DIR, DemoDataConfig, generate, lesion_mask
 from tumor_edge.demo.scan import make_scan
 
 mni = next((v for v in builtin_volumes() if v.name == "mni152"), None)
@@ -52,8 +52,9 @@ def test_no_lesion_no_mask():
 
 
 def test_dataset_writes_a_mask_per_tumour_image_outside_the_class_folders(tmp_path):
-    root = generate_demo_dataset(tmp_path / "demo", per_class=2, size=48, seed=1, volumes=[mni.path],
-                                 builtin=False, show_progress=False)
+    root = tmp_path / "demo"
+    generate(DemoDataConfig(root, per_class=2, size=48, seed=1, volumes=(mni.path,), builtin=False,
+                            show_progress=False))
     index = discover(root)
     assert len(index.train) + len(index.test) == 8  # the masks are no images of any class
     assert not list((root / "Training").rglob("*.png")) and not list((root / "Testing").rglob("*.png"))
@@ -79,8 +80,8 @@ def test_masks_are_found_from_a_relative_work_dir(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     root = Path("demo-workdir") / "demo-data"
-    generate_demo_dataset(root, per_class=4, size=48, seed=1, volumes=[mni.path], builtin=False,
-                          show_progress=False)
+    generate(DemoDataConfig(root, per_class=4, size=48, seed=1, volumes=(mni.path,), builtin=False,
+                            show_progress=False))
     index = discover(root)
     tumour = [s for s in index.train + index.test if index.classes[s.label] != "notumor"]
     assert tumour and not any(Path(s.path).is_absolute() for s in tumour)

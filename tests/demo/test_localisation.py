@@ -8,7 +8,7 @@ import pytest
 
 from tests.runtime.models import make_bundle
 from tumor_edge.demo.anatomy import builtin_volumes
-from tumor_edge.demo.generate import generate_demo_dataset
+from tumor_edge.demo.generate import DemoDataConfig, generate
 from tumor_edge.demo.localisation import LocalisationConfig, localisation_markdown, measure_localisation
 
 mni = next((v for v in builtin_volumes() if v.name == "mni152"), None)
@@ -16,8 +16,9 @@ pytestmark = pytest.mark.skipif(mni is None, reason="nilearn's MNI152 template i
 
 
 def test_every_held_out_tumour_scan_is_scored_per_file_method_and_class(tmp_path):
-    data = generate_demo_dataset(tmp_path / "data", per_class=4, size=48, seed=2, volumes=[mni.path],
-                                 builtin=False, show_progress=False)
+    data = tmp_path / "data"
+    generate(DemoDataConfig(data, per_class=4, size=48, seed=2, volumes=(mni.path,), builtin=False,
+                            show_progress=False))
     bundle = make_bundle(tmp_path / "bundle")
     result = measure_localisation(tmp_path / "no-run", bundle, data, LocalisationConfig(per_class=2, grid=4,
                                                                                        masks=16))
@@ -39,8 +40,9 @@ def test_every_held_out_tumour_scan_is_scored_per_file_method_and_class(tmp_path
 
 
 def test_data_without_masks_is_said_not_measured(tmp_path):
-    data = generate_demo_dataset(tmp_path / "data", per_class=2, size=48, seed=2, volumes=[mni.path],
-                                 builtin=False, show_progress=False)
+    data = tmp_path / "data"
+    generate(DemoDataConfig(data, per_class=2, size=48, seed=2, volumes=(mni.path,), builtin=False,
+                            show_progress=False))
     import shutil
 
     shutil.rmtree(data / "masks")
@@ -54,8 +56,9 @@ def test_a_relative_data_root_is_measured(tmp_path, monkeypatch):
     from pathlib import Path
 
     monkeypatch.chdir(tmp_path)
-    data = generate_demo_dataset(Path("demo-workdir") / "demo-data", per_class=4, size=48, seed=2,
-                                 volumes=[mni.path], builtin=False, show_progress=False)
+    data = Path("demo-workdir") / "demo-data"
+    generate(DemoDataConfig(data, per_class=4, size=48, seed=2, volumes=(mni.path,), builtin=False,
+                            show_progress=False))
     assert not data.is_absolute()
     result = measure_localisation(Path("demo-workdir") / "run", make_bundle(Path("bundle")), data,
                                   LocalisationConfig(per_class=1, grid=4, masks=8, methods=("auto",)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tumor_edge.demo.summary import parity_headline
+from tumor_edge.demo.pipeline import parity_headline
 
 
 def test_not_proven_files_are_named_not_hidden_under_passed():

@@ -201,7 +201,7 @@ def test_runtime_reproduces_keras_from_image_files(trained_run, exported_bundle)
     from tumor_edge.data.dataset import load_pixels, read_split
     from tumor_edge.runtime.classifier import Classifier
     from tumor_edge.runtime.preprocess import Preprocessing
-    from tumor_edge.train.pipeline import predict_probabilities
+    from tumor_edge.train.evaluate import predict_probabilities
 
     config = json.loads((trained_run / "config.json").read_text())
     spec = Preprocessing.from_dict(config["preprocessing"])

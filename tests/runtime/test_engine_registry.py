@@ -169,8 +169,7 @@ def test_a_missing_companion_file_is_one_line(lin_bundle):
 
 
 def test_bench_times_the_new_engine_and_skips_the_absent_one(lin_bundle):
-    from tumor_edge.bench.harness import BenchConfig, run_bench
-    from tumor_edge.bench.timing import RunPlan
+    from tumor_edge.bench.harness import BenchConfig, RunPlan, run_bench
 
     record = run_bench(BenchConfig(model=lin_bundle, threads=[1], batches=[1], plan=RunPlan(0, 2, 0.0),
                                    image_count=2, keras=False, cold_start=False, ceiling=False, show_progress=False))

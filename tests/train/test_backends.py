@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tumor_edge.cli import main
 from tumor_edge.data.dataset import PixelCache
 from tumor_edge.train.backends import BACKENDS, DEFAULT_BACKEND, select_backend
-from tumor_edge.train.config import TrainConfig
+from tumor_edge.train.fit import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def _cache(tmp_path: Path, count: int) -> PixelCache:
 
 
 def test_training_batches_are_full_and_cover_every_image_each_epoch(tmp_path):
-    from tumor_edge.train.callbacks import CacheBatches
+    from tumor_edge.train.model import CacheBatches
 
     cache = _cache(tmp_path, 10)
     data = CacheBatches(cache, 3, batch_size=4, shuffle=True, seed=1, workers=1)
@@ -48,7 +48,7 @@ def test_training_batches_are_full_and_cover_every_image_each_epoch(tmp_path):
 
 
 def test_validation_batches_keep_file_order_and_split_evenly_over_devices(tmp_path):
-    from tumor_edge.train.callbacks import CacheBatches
+    from tumor_edge.train.model import CacheBatches
 
     cache = _cache(tmp_path, 11)
     one = CacheBatches(cache, 3, batch_size=4, workers=1)

@@ -38,7 +38,7 @@ def test_loss_scale_skipped_steps_are_counted():
     import keras
 
     from tumor_edge.train.backends import applied_updates
-    from tumor_edge.train.callbacks import StepTimer
+    from tumor_edge.train.model import StepTimer
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -84,7 +84,7 @@ def test_worker_flags_are_checked_in_one_line(tmp_path):
 def test_best_weights_keep_the_best_epoch_and_restore_it():
     import keras
 
-    from tumor_edge.train.callbacks import BestWeights
+    from tumor_edge.train.model import BestWeights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     saved = []
@@ -101,7 +101,7 @@ def test_best_weights_keep_the_best_epoch_and_restore_it():
 
 def test_index_pipeline_is_uint8_and_shards_are_disjoint(tmp_path):
     from tumor_edge.data.dataset import PixelCache, Sample
-    from tumor_edge.train.pipeline import index_dataset
+    from tumor_edge.train.fit import index_dataset
 
     n, shape = 10, (3, 3, 3)
     pixels = (np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(shape, np.uint8))
@@ -142,8 +142,7 @@ def test_cosine_schedule_ends_each_phase_at_one_percent_and_replaces_plateau_cut
     import keras
 
     from tumor_edge.train.backends import check_lr_schedule, learning_rate_for
-    from tumor_edge.train.config import TrainConfig
-    from tumor_edge.train.schedule import _callbacks
+    from tumor_edge.train.fit import TrainConfig, _callbacks
 
     cosine = learning_rate_for("cosine", 1e-3, epochs=10, steps_per_epoch=72)
     assert float(cosine(0)) == pytest.approx(1e-3)

@@ -16,7 +16,6 @@ thread variables set (`python -m tumor_edge.bench.ceiling --threads N`), which a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -25,9 +24,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tumor_edge.machine import _cpuinfo, cpu_flags
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -165,26 +167,6 @@ class IsaPeak:
         return self.macs_per_cycle(precision) * self.clock_ghz * threads
 
 
-def _cpuinfo_fields(text: str) -> tuple[set[str], float | None, str, int | None]:
-    """(flags, highest "cpu MHz", vendor, family) from /proc/cpuinfo text (x86; ARM lists "Features")."""
-    flags: set[str] = set()
-    mhz: list[float] = []
-    vendor, family = "", None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if key in ("flags", "features") and not flags:
-            flags = set(value.split())
-        elif key == "cpu mhz":
-            with contextlib.suppress(ValueError):
-                mhz.append(float(value))
-        elif key == "vendor_id" and not vendor:
-            vendor = value
-        elif key == "cpu family" and family is None and value.isdigit():
-            family = int(value)
-    return flags, max(mhz) if mhz else None, vendor, family
-
-
 def vector_datapath(flags: set[str], vendor: str = "", family: int | None = None, machine: str = "x86_64"
                     ) -> tuple[str, int, int, str]:
     """(ISA name, datapath bits per FMA unit, FMA units per core, why) from the CPU flags."""
@@ -213,22 +195,21 @@ def read_clock_ghz(cpuinfo_mhz: float | None,
     return None, "unknown"
 
 
-def isa_peak(cpuinfo_text: str | None = None, machine: str | None = None, clock_ghz: float | None = None
+def isa_peak(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None, clock_ghz: float | None = None
              ) -> IsaPeak | None:
     """This CPU's theoretical peak (None where its clock cannot be read). `clock_ghz` overrides the OS's."""
     import platform
 
-    if cpuinfo_text is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo_text = fh.read()
-        except OSError:
-            cpuinfo_text = ""
-    flags, mhz, vendor, family = _cpuinfo_fields(cpuinfo_text)
-    isa, bits, units, why = vector_datapath(flags, vendor, family, (machine or platform.machine()).lower())
+    blocks = _cpuinfo(cpuinfo)
+    first = blocks[0] if blocks else {}
+    family = first.get("cpu family", "")
+    mhz = [float(b["cpu mhz"]) for b in blocks if b.get("cpu mhz", "").replace(".", "", 1).isdigit()]
+    isa, bits, units, why = vector_datapath(cpu_flags(blocks), first.get("vendor_id", ""),
+                                            int(family) if family.isdigit() else None,
+                                            (machine or platform.machine()).lower())
     source = "given"
     if clock_ghz is None:
-        clock_ghz, source = read_clock_ghz(mhz)
+        clock_ghz, source = read_clock_ghz(max(mhz, default=None))
     if not clock_ghz:
         return None
     return IsaPeak(isa, bits, units, round(clock_ghz, 3), source,

@@ -173,7 +173,7 @@ def _load(model: str, inputs: str, threads: int) -> float:
 
 
 def _prepare(batch: int) -> list[int]:
-    from tumor_edge.bench.inputs import make_batches
+    from tumor_edge.bench.targets import make_batches
 
     _SESSION["batches"] = make_batches(_SESSION["inputs"], batch)
     return list(_SESSION["forward"](_SESSION["batches"][0]).numpy().shape)  # traces once, checks the output

@@ -73,10 +73,9 @@ def bench(*, model: Path | None, formats: list[str] | None, threads: list[int], 
     import json
     from dataclasses import asdict
 
-    from tumor_edge.bench.harness import BenchConfig, run_bench
+    from tumor_edge.bench.harness import BenchConfig, RunPlan, run_bench
     from tumor_edge.bench.history import RegressionError, compare_records, load_record, render_comparison
     from tumor_edge.bench.report import render_chart, render_markdown, render_text
-    from tumor_edge.bench.timing import RunPlan
     from tumor_edge.contracts.bundle import resolve_model_path
     from tumor_edge.errors import OutputExistsError, TumorEdgeError
 

@@ -1,14 +1,21 @@
 """`run_bench(BenchConfig) -> dict`: the whole benchmark of one bundle, as one JSON-ready record.
 
 The matmul ceiling, the inputs (prepared once), then per thread count every format opened together and
-measured interleaved per batch size, then cold starts, then the ceiling again; derived figures come from the
-pure functions of timing.py and analysis.py.
+measured interleaved per batch size, then cold starts, then the ceiling again; derived figures come from pure
+functions (here and in analysis.py).
+
+The measuring loop: warm-up, then at least N runs and at least S seconds (LiteRT benchmark_model's rule). Formats
+run interleaved, one run of each in turn, so a burst of load on a shared machine hits every format alike and the
+ratios between them hold. Each timed call reports its own duration, so only inference is timed. The latency
+statistics are pure functions (no numpy, no clock), so a test can check every figure against numpy.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,16 +25,115 @@ from tumor_edge import __version__
 from tumor_edge.bench.analysis import INT8_PAIR, add_rates, add_ratios, check_goals, count_macs, head_to_head
 from tumor_edge.bench.ceiling import Ceiling, ceiling_table, isa_peak, measure_ceilings, merge_ceilings, peak_problems
 from tumor_edge.bench.coldstart import measure_cold_start
-from tumor_edge.bench.inputs import ImagePool, pool_from_folder, pool_from_run, synthetic_pool, write_probe_image
-from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, Target, open_session, resolve_subject
-from tumor_edge.bench.timing import RunPlan, measure_interleaved, summarize
+from tumor_edge.bench.targets import KERAS_KEY, Session, Subject, image_pool, resolve_subject
 from tumor_edge.contracts.formats import ENGINES
-from tumor_edge.errors import ConfigError, MissingExtraError, TumorEdgeError
+from tumor_edge.errors import ConfigError, TumorEdgeError
 from tumor_edge.machine import load_average, machine_info
 from tumor_edge.progress import progress
 from tumor_edge.runtime import scale
 
 SCHEMA = "tumor-edge-bench/1"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How long to measure one configuration."""
+
+    warmup: int = 3
+    min_runs: int = 20
+    min_seconds: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise ConfigError(f"warm-up runs must be 0 or more, got {self.warmup}")
+        if self.min_runs < 1:
+            raise ConfigError(f"minimum runs must be at least 1, got {self.min_runs}")
+        if self.min_seconds < 0:
+            raise ConfigError(f"minimum seconds must be 0 or more, got {self.min_seconds}")
+
+
+# A timed call: run number in, that run's duration in seconds out.
+TimedCall = Callable[[int], float]
+
+
+def measure_interleaved(calls: dict[str, TimedCall], plan: RunPlan) -> dict[str, list[float]]:
+    """Per-run seconds for each call: `plan.warmup` untimed runs each, then rounds of one run each until a call
+    has its runs and seconds; the start rotates so no format always follows the same neighbour."""
+    for i in range(plan.warmup):
+        for call in calls.values():
+            call(i)
+    timings: dict[str, list[float]] = {key: [] for key in calls}
+    spent: dict[str, float] = dict.fromkeys(calls, 0.0)
+    round_no = 0
+    while True:
+        pending = [k for k in calls if len(timings[k]) < plan.min_runs or spent[k] < plan.min_seconds]
+        if not pending:
+            return timings
+        shift = round_no % len(pending)
+        for key in pending[shift:] + pending[:shift]:
+            seconds = calls[key](plan.warmup + len(timings[key]))
+            timings[key].append(seconds)
+            spent[key] += seconds
+        round_no += 1
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation between closest ranks: numpy's default, as
+    onnxruntime's perf test and most latency tools report it."""
+    if not sorted_values:
+        raise ConfigError("percentile of no values")
+    if not 0.0 <= q <= 100.0:
+        raise ConfigError(f"percentile must be in [0, 100], got {q}")
+    h = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(h)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One configuration's latency, in milliseconds per call (one call = one batch)."""
+
+    runs: int
+    batch: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float  # sample standard deviation (ddof=1); 0 for a single run
+    max_ms: float
+    total_s: float  # the measured runs only, warm-up excluded
+    images_per_s: float  # sustained throughput: batch * runs / total time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "p50_per_image_ms": self.p50_ms / self.batch}
+
+
+def summarize(timings_s: Sequence[float], batch: int = 1) -> LatencyStats:
+    """Summarise per-call wall times (seconds) of calls that each processed `batch` images."""
+    if not timings_s:
+        raise ConfigError("no timings to summarise")
+    if batch < 1:
+        raise ConfigError(f"batch must be at least 1, got {batch}")
+    values = sorted(float(t) * 1000.0 for t in timings_s)
+    n = len(values)
+    total_ms = math.fsum(values)
+    mean = total_ms / n
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return LatencyStats(
+        runs=n,
+        batch=batch,
+        min_ms=values[0],
+        p50_ms=percentile(values, 50),
+        p90_ms=percentile(values, 90),
+        p99_ms=percentile(values, 99),
+        mean_ms=mean,
+        std_ms=math.sqrt(var),
+        max_ms=values[-1],
+        total_s=total_ms / 1000.0,
+        images_per_s=batch * n / (total_ms / 1000.0) if total_ms > 0 else math.inf,
+    )
 
 
 @dataclass
@@ -59,17 +165,6 @@ class BenchConfig:
             raise ConfigError(f"image count must be at least 1, got {self.image_count}")
 
 
-def _image_pool(config: BenchConfig, subject: Subject) -> ImagePool:
-    spec = subject.metadata.preprocessing
-    if config.images is not None:
-        return pool_from_folder(config.images, spec, config.image_count)
-    if subject.run_dir is not None:
-        pool = pool_from_run(subject.run_dir, spec, config.image_count)
-        if pool is not None:
-            return pool
-    return synthetic_pool(spec, config.image_count)
-
-
 def _macs(subject: Subject) -> int | None:
     """MACs per image from the bundle's fp32 ONNX (else any ONNX file it lists); all formats share the
     architecture."""
@@ -93,19 +188,8 @@ def _ceiling_pass(threads: list[int], unavailable: dict[str, str]) -> list[Ceili
     return out
 
 
-def _open_sessions(subject: Subject, threads: int, inputs, classes: int, workdir: Path) -> dict[str, Session]:
-    """Every target opened at this thread count; one that fails to open is reported and left out."""
-    sessions: dict[str, Session] = {}
-    for target in subject.targets:
-        try:
-            sessions[target.key] = open_session(target, threads, inputs, classes, workdir)
-        except (RuntimeError, MissingExtraError) as err:  # a worker failed; an engine's package is missing
-            subject.skipped.append({"format": target.key, "file": target.path.name, "reason": str(err)})
-    return sessions
-
-
-def _row(target: Target, session: Session, threads: int, batch: int, timings: list[float]) -> dict[str, Any]:
-    stats = summarize(timings, batch)
+def _row(session: Session, threads: int, batch: int, timings: list[float]) -> dict[str, Any]:
+    target, stats = session.target, summarize(timings, batch)
     return {"format": target.key, "file": target.path.name, "loaded_file": session.loaded_file,
             "engine": target.engine, "precision": target.precision, "threads": threads, "batch": batch,
             "load_s": session.load_s, **stats.to_dict(), "timings_ms": [t * 1e3 for t in timings]}
@@ -117,7 +201,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     subject = resolve_subject(config.model, config.run, config.keras, config.formats)
     machine = machine_info()
     classes = len(subject.metadata.classes)
-    pool = _image_pool(config, subject)
+    pool = image_pool(subject, config.images, config.image_count)
     inputs = scale(pool.pixels, subject.metadata.preprocessing)
     unavailable: dict[str, str] = {}
     passes = _ceiling_pass(config.threads, unavailable) if config.ceiling else []
@@ -129,7 +213,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         steps = [(threads, batch) for threads in config.threads for batch in config.batches]
         bar = iter(progress(steps, "benchmarking", enabled=config.show_progress))
         for threads in config.threads:
-            sessions = _open_sessions(subject, threads, inputs, classes, workdir)
+            sessions = subject.open_sessions(threads, inputs, classes, workdir)
             try:
                 for batch in config.batches:
                     next(bar, None)
@@ -137,13 +221,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         session.prepare(batch)
                     timings = measure_interleaved({k: s.timed_call for k, s in sessions.items()}, config.plan)
                     for key, session in sessions.items():
-                        rows.append(_row(session.target, session, threads, batch, timings[key]))
+                        rows.append(_row(session, threads, batch, timings[key]))
             finally:
                 for session in sessions.values():
                     session.close()
         next(bar, None)
         if config.cold_start:
-            probe = write_probe_image(pool, workdir)
+            probe = pool.probe_image(workdir)
             cold_targets = [t for t in subject.targets if t.key not in {s["format"] for s in subject.skipped}]
             for target in progress(cold_targets, "cold starts", enabled=config.show_progress):
                 try:

@@ -29,18 +29,17 @@ def demo_data(out: Path, per_class: int, size: int, seed: int, volumes: tuple[Pa
     three planes, with gliomas, meningiomas and pituitary masses drawn where each grows. Testing comes from
     anatomy Training never saw. Synthetic: for trying the pipeline, not for judging a model.
     """
-    from tumor_edge.demo.generate import DemoDataConfig, generate, make_plan, resolve_volumes
+    from tumor_edge.demo.generate import DemoDataConfig, generate
 
     config = DemoDataConfig(out=out, per_class=per_class, size=size, seed=seed, volumes=volumes,
                             test_fraction=test_fraction, test_volume=test_volume, builtin=not no_builtin,
                             force=force)
-    root = generate(config)
-    plan = make_plan(config, resolve_volumes(config))
+    plan = generate(config)
     n_train, n_test = config.counts
     held = (f"Testing from volume '{plan.test_source.name}'" if plan.test_source is not None
             else "Testing from a held-out slab of slice positions")
-    click.echo(f"wrote {len(config.classes) * (n_train + n_test)} synthetic scans to {root} "
-               f"({n_train} Training + {n_test} Testing per class; {held}); see {root / 'DATASET.md'}")
+    click.echo(f"wrote {len(config.classes) * (n_train + n_test)} synthetic scans to {out} "
+               f"({n_train} Training + {n_test} Testing per class; {held}); see {out / 'DATASET.md'}")
 
 
 @click.command()

@@ -155,8 +155,8 @@ def _publish(staging: Path, out: Path) -> None:
     staging.rmdir()
 
 
-def generate(config: DemoDataConfig) -> Path:
-    """Generate the dataset described by `config`; returns the output folder."""
+def generate(config: DemoDataConfig) -> Plan:
+    """Generate the dataset described by `config` into `config.out`; returns the plan it followed."""
     config.check()
     out = Path(config.out)
     sources = resolve_volumes(config)
@@ -172,7 +172,7 @@ def generate(config: DemoDataConfig) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out
+    return plan
 
 
 def _render(plan: Plan, config: DemoDataConfig, root: Path) -> list[dict]:
@@ -301,14 +301,6 @@ contrast, size, file size) carry no class signal.
 `tumor-edge demo-data OUT {args}` regenerates these files exactly (seed {config.seed}) with the same volumes
 and library versions.
 """
-
-
-def generate_demo_dataset(out: Path, per_class: int, size: int, seed: int, volumes: list[Path] | None = None,
-                          test_fraction: float = 0.25, **options) -> Path:
-    """Generate demo data; see `DemoDataConfig` for `options` (test_volume, builtin, force, show_progress)."""
-    config = DemoDataConfig(out=Path(out), per_class=per_class, size=size, seed=seed,
-                            volumes=tuple(Path(v) for v in volumes or ()), test_fraction=test_fraction, **options)
-    return generate(config)
 
 
 def is_demo_dataset(root: Path) -> bool:

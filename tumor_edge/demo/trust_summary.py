@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ CALIBRATION_PNG = "calibration.png"
 OOD_PNG = "ood.png"
 HEATMAP_PREFIX = "heatmap_"
 TRIES_PER_CLASS = 16  # held-out scans tried per class to find a correctly classified one
-
-
-@dataclass
-class TrustSummary:
-    markdown: str
-    files: list[Path] = field(default_factory=list)  # the PNGs written
-    figures: dict[str, Any] = field(default_factory=dict)  # the numbers shown (JSON-ready)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"markdown": self.markdown, "files": [str(p) for p in self.files], "figures": self.figures}
 
 
 def _owned(name: str) -> bool:
@@ -167,27 +156,26 @@ def _ood(classifier, files: dict[str, list[Path]], out_dir: Path, link: str, cou
     return lines, rates, [path]
 
 
-def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path | None = None,
-                  link_base: Path | None = None, ood_count: int = 40, seed: int = 0) -> TrustSummary:
-    """Write the trust PNGs to `out_dir` (default: `trust` beside the bundle; only its own PNGs are replaced) and
-    return the Markdown section, its image links relative to `link_base` (default: the parent of `out_dir`)."""
-    bundle = Path(bundle)
-    out_dir = prepare_out_dir(Path(out_dir) if out_dir is not None else bundle.parent / "trust", True, _owned,
-                              "trust summary")
+def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path, link_base: Path | None = None,
+                  ood_count: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Write the trust PNGs to `out_dir` (only its own PNGs are replaced) and return the Markdown section (its
+    image links relative to `link_base`, default the parent of `out_dir`), the PNGs written and the figures
+    shown, JSON-ready."""
+    out_dir = prepare_out_dir(Path(out_dir), True, _owned, "trust summary")
     link = Path(os.path.relpath(out_dir, Path(link_base) if link_base is not None else out_dir.parent)).as_posix()
-    classifier = Classifier.from_bundle(bundle)
+    classifier = Classifier.from_bundle(Path(bundle))
     files = _test_files(Path(test_dir), classifier.classes)
     lines = ["## Trust: how far to believe each prediction", "", f"> **{RESEARCH_NOTICE}** The scans are "
              "synthetic (real MRI templates with simulated lesions); these figures describe the pipeline, not "
              "clinical performance.", ""]
-    summary = TrustSummary("")
-    for key, (part, figures, written) in {
+    figures: dict[str, Any] = {}
+    pngs: list[Path] = []
+    for key, (part, shown, written) in {
             "calibration": _calibration(RunFolder(run_dir), out_dir, link),
             "heatmaps": _heatmaps(classifier, files, out_dir, link),
             "ood": _ood(classifier, files, out_dir, link, ood_count, seed)}.items():
         lines += part
-        summary.figures[key] = figures
-        summary.files += written
-    summary.figures["model"] = classifier.backend.path.name
-    summary.markdown = "\n".join(lines) + "\n"
-    return summary
+        figures[key] = shown
+        pngs += written
+    figures["model"] = classifier.backend.path.name
+    return {"markdown": "\n".join(lines) + "\n", "files": [str(p) for p in pngs], "figures": figures}

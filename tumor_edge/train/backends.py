@@ -30,7 +30,8 @@ from tumor_edge.errors import ConfigError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"  # TrainConfig.backend's default, and the CLI's
-JIT_CHOICES = ("auto", "on", "off")
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit-compile -> Keras' compile(jit_compile=...)
+JIT_CHOICES = tuple(JIT_COMPILE)
 JAX_CACHE_ENV = "TUMOR_EDGE_JAX_CACHE_DIR"  # "" or "0" turns the persistent compilation cache off
 # --mixed-precision value -> Keras policy name
 POLICIES: dict[str, str] = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}

@@ -68,8 +68,7 @@ def train(worker_hosts: str | None, task_index: int | None, no_augment: bool, ro
           zoom: float, contrast: float, no_flip: bool, **options: Any) -> None:
     """Fine-tune an augmented InceptionV3 on DATA (DATA/Training/<class>/*, DATA/Testing/<class>/*)."""
     from tumor_edge.errors import ConfigError
-    from tumor_edge.train.config import AugmentConfig
-    from tumor_edge.train.fit import TrainConfig, run_training
+    from tumor_edge.train.fit import AugmentConfig, TrainConfig, run_training
 
     hosts = tuple(h for h in (worker_hosts or "").split(",") if h.strip())
     if bool(hosts) != (task_index is not None):

@@ -29,7 +29,6 @@ from tumor_edge.metrics import classification_metrics
 from tumor_edge.modelside.cam import NoCamHeadError, features_model
 from tumor_edge.outdir import prepare_out_dir
 from tumor_edge.runtime import Preprocessing, flag_rates
-from tumor_edge.train.pipeline import predict_chunks, predict_probabilities
 
 
 def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], spec: Preprocessing,
@@ -58,6 +57,20 @@ def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], s
     np.savez_compressed(run.predictions, labels=labels, probabilities=probs,
                         files=np.array([str(s.path) for s in cache.samples]))
     return metrics
+
+
+def predict_probabilities(model, pixels: np.ndarray, batch_size: int = 32, chunk: int = 256) -> np.ndarray:
+    """Keras probabilities for uint8 pixels, in order (no shuffling: rows stay aligned with their labels)."""
+    return predict_chunks(model, ((s, pixels[s:s + chunk]) for s in range(0, len(pixels), chunk)), batch_size)
+
+
+def predict_chunks(model, chunks, batch_size: int = 32) -> np.ndarray:
+    """Probabilities for (start, uint8 images) chunks in order, e.g. `PixelCache.chunks()`: bounded memory."""
+    out = [np.zeros((0, model.output_shape[-1]), dtype=np.float32)]
+    for _, batch in chunks:
+        out.append(np.asarray(model.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0),
+                              dtype=np.float32))
+    return np.concatenate(out)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
