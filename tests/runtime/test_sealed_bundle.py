@@ -287,10 +287,10 @@ def test_listed_external_data_is_hashed(tmp_path):
     _replace_data(bundle, _pituitary_weights())  # same size, other weights
     with pytest.raises(BundleIntegrityError, match=f"{DATA}: sha256 .* differs"):
         Classifier.from_bundle(bundle)
-    from tumor_edge.contracts.bundle import check_model_file
+    from tumor_edge.contracts.bundle import read_model_files
 
     with pytest.raises(BundleIntegrityError, match=DATA):  # what `verify`'s integrity line runs
-        check_model_file(bundle, MODEL, BundleMetadata.read(bundle))
+        read_model_files(bundle, MODEL, BundleMetadata.read(bundle))
 
 
 def test_external_data_linked_from_outside_the_bundle_is_refused(tmp_path):

@@ -615,13 +615,6 @@ def read_model_files(bundle_dir: Path, name: str, metadata: BundleMetadata) -> M
     return ModelFiles(path, data, members, digests)
 
 
-def check_model_file(bundle_dir: Path, name: str, metadata: BundleMetadata) -> tuple[Path, str]:
-    """(path, sha256) of a model listed in the bundle, after `read_model_files` proved it and its member files
-    are the ones the metadata describes."""
-    files = read_model_files(bundle_dir, name, metadata)
-    return files.path, files.digests[name]
-
-
 def _read_listed(bundle_dir: Path, name: str, missing: str, where: Path) -> bytes:
     try:
         return read_confined(bundle_dir, name, MAX_MODEL_BYTES)

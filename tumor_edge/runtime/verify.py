@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.contracts.bundle import SCORES, BundleMetadata, check_model_file, member_path
+from tumor_edge.contracts.bundle import SCORES, BundleMetadata, member_path, read_model_files
 from tumor_edge.errors import MissingExtraError, TumorEdgeError
 from tumor_edge.runtime.backends import BackendOptions, engine_row
 from tumor_edge.runtime.choice import (
@@ -121,7 +121,7 @@ def _check_integrity(bundle_dir: Path, name: str, metadata, report: VerifyReport
         if not os.path.lexists(path):
             report.not_checked[name] = "not in this copy of the bundle"
             return False
-        check_model_file(bundle_dir, name, metadata)
+        read_model_files(bundle_dir, name, metadata)
     except TumorEdgeError as err:
         report.problems.append(str(err))
         return False
@@ -403,7 +403,7 @@ class Bundle:
         and sha256, every member file too. Returns their paths; a BundleIntegrityError or ModelError (one line
         naming the file) for the first that is not."""
         names = [name] if name is not None else self.models
-        return [check_model_file(self.path, n, self.metadata)[0] for n in names]
+        return [read_model_files(self.path, n, self.metadata).path for n in names]
 
     def classifier(self, model_file: str | None = None, options: BackendOptions | None = None) -> Classifier:
         """A Classifier on one of the bundle's files (None: this device's measured choice)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from tumor_edge.contracts.bundle import BundleMetadata, check_model_file
+from tumor_edge.contracts.bundle import BundleMetadata, read_model_files
 from tumor_edge.errors import ConfigError, MissingExtraError, ModelError, OutputExistsError
 from tumor_edge.signing import EXTRA, KEY_PASSWORD_ENV, SIGNATURE_FILE, SignatureError, TrustSettingError
 
@@ -192,7 +192,7 @@ def sign_bundle(bundle: str | Path, private_key: str | Path, *, force: bool = Fa
     if not metadata.models:
         raise ModelError("the bundle lists no models: nothing to sign", bundle)
     for name in metadata.models:
-        check_model_file(bundle, name, metadata)
+        read_model_files(bundle, name, metadata)
     files = bundle_files(bundle)
     started = time.perf_counter()
     config = library.signing.Config().use_elliptic_key_signer(

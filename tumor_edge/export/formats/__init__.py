@@ -35,10 +35,6 @@ def register_converter(key: str, function: Converter) -> Converter:
     return function
 
 
-def unregister_converter(key: str) -> None:
-    CONVERTERS.pop(key, None)
-
-
 def converter(*keys: str) -> Callable[[Converter], Converter]:
     """Decorator: register the function as the converter of these format keys."""
 
