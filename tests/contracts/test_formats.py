@@ -151,12 +151,12 @@ CONVERTERS = {"pairir-fp32": _convert_pair}
 @pytest.fixture
 def pair_row(monkeypatch):
     """The engine's row and its format row in the tables, for this test only."""
-    from tumor_edge.export.formats import unregister_converter
+    from tumor_edge.export.formats import CONVERTERS as registered
 
     monkeypatch.setitem(formats.ENGINES, PAIR.name, PAIR)
     monkeypatch.setattr(formats, "FORMATS", (*FORMATS, PAIR_ROW))
     yield PAIR_ROW
-    unregister_converter(PAIR_ROW.key)
+    registered.pop(PAIR_ROW.key, None)
 
 
 def test_a_converter_can_live_in_its_engines_backend_module(pair_row):
