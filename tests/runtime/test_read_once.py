@@ -104,17 +104,8 @@ def test_the_engine_gets_the_checked_bytes_not_a_path(fresh_bundle, swap_at_load
 def test_a_lone_model_is_read_once_too(tmp_path, monkeypatch):
     lone = tmp_path / "lone.onnx"
     onnx.save(quadrant_model(metadata=quadrant_metadata()), lone)
-    signed, other = lone.read_bytes(), _always_glioma()
-
-    class Swapping(onnxruntime.InferenceSession):
-        def __init__(self, *args, **kwargs):
-            _replace(lone, other)
-            try:
-                super().__init__(*args, **kwargs)
-            finally:
-                _replace(lone, signed)
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", Swapping)
+    signed = lone.read_bytes()
+    _swap_while_loading(monkeypatch, onnxruntime, "InferenceSession", lone, _always_glioma(), signed)
     assert _labels(Classifier.from_bundle(lone)) == CLASSES
     assert np.array_equal(np.frombuffer(lone.read_bytes(), np.uint8), np.frombuffer(signed, np.uint8))
 
