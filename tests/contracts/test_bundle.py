@@ -163,6 +163,10 @@ def test_deeply_nested_metadata_is_one_line(tmp_path):
     (lambda d: {**d, "reference": {"generator": "g", "seed": 1, "count": 1, "outputs": {"x.onnx": [[0.25] * 4]}}},
      "does not list"),
     (lambda d: {**d, "reference": {"generator": "g", "seed": -1, "count": 1, "outputs": {}}}, "seed"),
+    (lambda d: {**d, "outputs": {"heatmap": {"index": 1}},  # an integer past float's range: no OverflowError
+                "reference": {"generator": "g", "seed": 1, "count": 1, "outputs": {"model_fp32.onnx": [[0.25] * 4]},
+                              "roles": {"model_fp32.onnx": {"heatmap": {"shape": [1], "values": [10 ** 400]}}}}},
+     "finite numbers"),
 ])
 def test_new_schema_checks(change, needle):
     with pytest.raises(ModelError) as err:

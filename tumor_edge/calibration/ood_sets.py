@@ -61,6 +61,8 @@ GENERATORS: dict[str, Callable[[int, tuple[int, int], np.random.Generator], np.n
     "chest X-ray-like": _chest_xray_like,
 }
 
+OOD_SET_SIZE = 50  # images per generated set, in training's evaluation and in export's trust outputs alike
+
 
 def generated_sets(n: int, size: tuple[int, int], seed: int = 0, scans: np.ndarray | None = None
                    ) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -498,8 +499,8 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
 
 
 def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
+    """A JSON number a float can hold: an integer past float's range is refused here, not at `float(v)`."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 def _is_probability(value: Any) -> bool:

@@ -30,7 +30,7 @@ from tumor_edge.calibration.mahalanobis import (
     fit_output_threshold,
     output_score,
 )
-from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.ood_sets import OOD_SET_SIZE, generated_sets
 from tumor_edge.calibration.plots import fit_calibration
 from tumor_edge.contracts.bundle import OutputSpec
 from tumor_edge.data.dataset import load_pixels
@@ -40,7 +40,6 @@ from tumor_edge.runtime import flag_rates, scale, softmax
 
 TRUST_IMAGES = 500  # held-back images the temperature and the OOD threshold are fitted on (stratified subset)
 MIN_TRUST_IMAGES = 20  # as train: fewer gives a temperature that may hurt new images
-OOD_SET_SIZE = 50  # images per generated out-of-distribution set (as train)
 NO_FEATURE_OOD_REASON = ("a model made elsewhere brings no fit of its pooled features; only the input checks "
                          "(colour, noise, blank) apply")
 NO_HEATMAP = "no heatmaps: an ONNX model made elsewhere has no class-activation head tumor-edge can read"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
-from tumor_edge.calibration.ood_sets import generated_sets
+from tumor_edge.calibration.ood_sets import OOD_SET_SIZE, generated_sets
 from tumor_edge.calibration.plots import fit_calibration, pyplot
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
 from tumor_edge.data.dataset import Sample, build_pixel_cache, discover, read_split
@@ -193,8 +193,6 @@ def plot_history(history_csv: Path, path: Path) -> Path | None:
         ax.set(title=metric, xlabel="epoch")
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
-
-OOD_SET_SIZE = 50
 
 
 def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray | None,
