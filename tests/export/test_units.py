@@ -63,6 +63,19 @@ def test_out_dir_needs_force_and_force_spares_foreign_files(tmp_path):
         prepare_out_dir(file_path, force=True)
 
 
+def test_force_clears_the_files_of_a_format_row_added_later(tmp_path, monkeypatch):
+    """The files --force clears are the format table's at call time, not at import."""
+    from tumor_edge.contracts import formats
+
+    row = formats.ModelFormat("onnx-late", "onnx", "fp32", "model_late.onnx", "onnxruntime")
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, row))
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "model_late.onnx").write_bytes(b"old")
+    prepare_out_dir(out, force=True)
+    assert not (out / "model_late.onnx").exists()
+
+
 def test_float_average_pools_rewrite_keeps_outputs():
     """count_include_pad=0 pools become count_include_pad=1 pools times a border correction: same numbers."""
     import onnx
@@ -97,3 +110,30 @@ def test_collecting_optimizers_are_tf2onnx_own_in_the_same_order():
     assert list(ours) == list(theirs)
     for name in theirs:
         assert type(ours[name]()) is type(theirs[name]()), name
+
+
+@pytest.mark.parametrize("accuracy_aware", [True, False])
+def test_tflite_int8_follows_the_accuracy_aware_option(accuracy_aware, tmp_path, monkeypatch):
+    """--no-accuracy-aware turns the float fallback off for the TFLite int8 file as for the ONNX one."""
+    from types import SimpleNamespace
+
+    from tumor_edge.export import tflite_export
+    from tumor_edge.export.formats.tflite import convert_int8
+    from tumor_edge.export.quantize import QuantizationConfig
+
+    seen = {}
+
+    def fake(*args, config=None, **kwargs):
+        seen["config"] = config
+        return tflite_export.TfliteInt8Report(chosen="per-channel", why="", calibration_images=2,
+                                              validation_images=0)
+
+    monkeypatch.setattr(tflite_export, "tflite_int8_accuracy_aware", fake)
+    pixels = np.zeros((2, 8, 8, 3), np.uint8)
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(tflite_full_integer=False,
+                               quantization=QuantizationConfig(accuracy_aware=accuracy_aware)),
+        calibration=lambda: SimpleNamespace(pixels=pixels, labels=np.zeros(2)), validation=lambda: None,
+        saved_model=lambda: tmp_path / "saved_model", classes=["a", "b"], spec=None, work=tmp_path)
+    convert_int8(ctx, tmp_path / "model_int8.tflite")
+    assert seen["config"] is not None and seen["config"].accuracy_aware is accuracy_aware

@@ -28,7 +28,7 @@ from tumor_edge.contracts.bundle import (
     member_path,
     remember_last_bundle,
 )
-from tumor_edge.contracts.formats import BUNDLE_MODEL_FILES
+from tumor_edge.contracts.formats import bundle_model_files
 from tumor_edge.data.dataset import load_pixels
 from tumor_edge.errors import DatasetError, ModelError, OutputExistsError, ParityError, TumorEdgeError, first_line
 from tumor_edge.export.config import ExportConfig, needs_option
@@ -205,7 +205,7 @@ def _provenance(source: ModelSource, parity_state: str) -> dict[str, Any]:
 def prepare_out_dir(out: Path, force: bool) -> Path:
     """Refuse a non-empty folder without force; with it, remove only the files export writes: the table's model
     files, the bundle documents, the signature (a new export's files would never match an old signature)."""
-    return _prepare_out_dir(out, force, {*BUNDLE_MODEL_FILES, *BUNDLE_DOCUMENTS, SIGNATURE_FILE}, "bundle")
+    return _prepare_out_dir(out, force, {*bundle_model_files(), *BUNDLE_DOCUMENTS, SIGNATURE_FILE}, "bundle")
 
 
 def stamp_onnx_files(out: Path, rows: Sequence[ExportedFile], metadata: BundleMetadata) -> None:
@@ -253,12 +253,8 @@ def external_files(out: Path, file: str) -> list[str]:
 
 def private_reports(rows: Sequence[ExportedFile]) -> dict[str, Any]:
     """The bulky facts converters return under "_" keys (the int8 calibration comparison), for `metrics`."""
-    reports = {}
-    for row in rows:
-        for key, value in row.extra.items():
-            if key.startswith("_") and row.ok:
-                reports[f"{row.key.replace('-', '_')}{key.replace('_report', '_calibration')}"] = value
-    return reports
+    return {f"{row.key.replace('-', '_')}{key.replace('_report', '_calibration')}": value
+            for row in rows if row.ok for key, value in row.extra.items() if key.startswith("_")}
 
 
 def sign_export(out: Path, sign_key: Path | None) -> Path | None:

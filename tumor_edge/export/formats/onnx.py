@@ -30,8 +30,11 @@ def convert_fp32(ctx, dst: Path) -> dict[str, Any]:
 
 @converter("onnx-fp16")
 def convert_fp16(ctx, dst: Path) -> dict[str, Any]:
-    """float32 input and output kept, so the runtime feeds it unchanged."""
-    export_onnx_fp16(ctx.needs_ok("onnx-fp32"), dst)
+    """Weights and activations in float16, float32 input and output kept, so the runtime feeds it unchanged."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(ctx.needs_ok("onnx-fp32"))), keep_io_types=True), str(dst))
     return {"io": "float32", "note": "runs on onnxruntime's CPU provider; half the size, not faster on x86"}
 
 
@@ -98,16 +101,6 @@ def collecting_optimizers() -> dict | None:
         return make
 
     return {name: collected(factory) for name, factory in _get_optimizers().items()}
-
-
-def export_onnx_fp16(src: Path, dst: Path) -> Path:
-    """Weights and activations in float16, float32 input and output (so the runtime feeds it unchanged)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
-    return dst
 
 
 def onnx_metadata(metadata: BundleMetadata, file: str, precision: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ def convert_int8(ctx, dst: Path) -> dict[str, Any]:
     every op int8."""
     from tumor_edge.export.tflite_export import (
         FLOAT_OPS,
+        TfliteInt8Config,
         export_tflite_int8,
         representative_dataset,
         tflite_int8_accuracy_aware,
@@ -48,6 +49,7 @@ def convert_int8(ctx, dst: Path) -> dict[str, Any]:
         reference = keras_probabilities(ctx.keras_model, val.pixels, ctx.spec)
     report = tflite_int8_accuracy_aware(ctx.saved_model(), dst, calib.pixels, val.pixels if val else None,
                                         val.labels if val else None, len(ctx.classes), ctx.spec,
+                                        config=TfliteInt8Config(accuracy_aware=ctx.config.quantization.accuracy_aware),
                                         work_dir=ctx.work, reference=reference)
     data = report.to_dict()
     float_nodes = [n for f in data.get("float_nodes", []) for n in f.get("denylisted_nodes", [])]
