@@ -20,10 +20,7 @@ _PRECISION_WORDS = {"int8": "int8 (needs calibration images from the training sp
 
 
 def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    return items or None
+    return [v.strip() for v in (value or "").split(",") if v.strip()] or None
 
 
 def _enabling_flags(command):

@@ -156,8 +156,10 @@ def _check_and_describe(out: Path, source: ModelSource, rows: list[ExportedFile]
         inputs = parity_inputs(lambda pixels: _keras_output(keras, "reference", pixels),
                                source.reference_preprocessing, samples, source.test.origin, source.classes,
                                temperature, config.show_progress)
-        if "heatmap" in metadata.extra_outputs:
-            heatmap_inputs = _heatmap_inputs(source, samples, config, keras)
+        if "heatmap" in metadata.extra_outputs:  # the test images at the bundle's preprocessing, Keras' maps on them
+            pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
+                                 show_progress=config.show_progress).pixels
+            heatmap_inputs = pixels, _keras_output(keras, "heatmaps", pixels)
     log.info("export step checks start")
     private = private_reports(rows)
     metadata.metrics = dict(private)  # the int8 report's reference seed, for the reference record
@@ -297,13 +299,6 @@ def _keras_output(keras: dict[str, Any], name: str, pixels) -> Any:
     if keras.get(f"{name}_digest") != pixels_digest(pixels):
         raise ModelError(f"the Keras {name} was computed on other test images than the exported files'")
     return keras[name]
-
-
-def _heatmap_inputs(source: ModelSource, samples, config: ExportConfig, keras: dict[str, Any]) -> tuple[Any, Any]:
-    """The parity test images at the bundle's preprocessing and the Keras model's heatmaps on them (arrays)."""
-    pixels = load_pixels(samples, source.preprocessing, "loading test images for heatmap parity",
-                         show_progress=config.show_progress).pixels
-    return pixels, _keras_output(keras, "heatmaps", pixels)
 
 
 def _keras_row(source: ModelSource, report: ParityReport | None) -> dict[str, Any] | None:

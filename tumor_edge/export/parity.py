@@ -94,11 +94,10 @@ class ParityReport:
         return self.verdict == PASS
 
     def failure_line(self, bundle: Path) -> str:
+        parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == self.verdict]
         if self.verdict == FAIL:
-            parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == FAIL]
             head = "parity failed"
         else:
-            parts = [f"{f.file} {'; '.join(f.failures)}" for f in self.files if f.verdict == NOT_PROVEN]
             needed = [f.images_needed for f in self.files if f.verdict == NOT_PROVEN]
             head = (f"parity not proven on {self.n_images} test images ("
                     + ("no test size would prove it at the observed rates" if None in needed

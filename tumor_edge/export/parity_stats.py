@@ -52,10 +52,7 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: the binomial test of b successes in b + c trials at p = 1/2."""
     n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0 ** n  # 1 when n = 0: p = 1
     return min(1.0, 2.0 * tail)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tumor_edge.contracts import formats as format_table
@@ -165,9 +165,7 @@ class Conversions:
         finally:
             self.cancel()
         rows = [ctx.results[f.key] for f in self.plan.from_model + self.plan.from_files if f.key in ctx.results]
-        for fmt, why in self.plan.skipped:
-            rows.append(ExportedFile.of(fmt))
-            rows[-1].status = why
+        rows += [replace(ExportedFile.of(fmt), status=why) for fmt, why in self.plan.skipped]
         order = {f.key: i for i, f in enumerate(format_table.FORMATS)}
         return sorted(rows, key=lambda r: order.get(r.key, len(order)))
 

@@ -233,33 +233,34 @@ def tflite_int8_accuracy_aware(saved_model: Path, dst: Path, calib_pixels: np.nd
     label = {True: "per-channel", False: "per-tensor"}
     if val_pixels is None or len(val_pixels) == 0:
         per_channel = config.per_channel_options[0]
-        dst.write_bytes(quantizer.quantize(per_channel))
-        report.chosen, report.why = label[per_channel], "no validation images to compare options on"
-        return _finish(report, timings)
-    t0 = time.perf_counter()
-    if reference is None or len(reference) != len(val_pixels):
-        reference = float_reference(saved_model, val_pixels, spec, config.batch_size)
-    ref = score("float", reference, reference, val_labels, n_classes)
-    report.reference = asdict(ref)
-    scored: dict[bool, tuple[CandidateScore, bytes, np.ndarray]] = {}
-    for per_channel in config.per_channel_options:
         model = quantizer.quantize(per_channel)
-        probs = tflite_probabilities(model, val_pixels, spec, work_dir, config.batch_size)
-        scored[per_channel] = (score(label[per_channel], probs, reference, val_labels, n_classes), model, probs)
-        report.candidates.append(asdict(scored[per_channel][0]))
-    per_channel = min(scored, key=lambda k: scored[k][0].loss_key(ref))
-    best, model, probs = scored[per_channel]
-    report.chosen = label[per_channel]
-    report.why = "least loss against the float SavedModel on the validation images (agreement first)"
-    timings["selection"] = time.perf_counter() - t0
-    report.holds = not best.failures(ref, config.goal)
-    if config.accuracy_aware and not report.holds:
+        report.chosen, report.why = label[per_channel], "no validation images to compare options on"
+    else:
         t0 = time.perf_counter()
-        model = _fallback(report, quantizer, per_channel, probs, best, reference, ref, val_pixels, val_labels,
-                          n_classes, spec, config, work_dir) or model
-        timings["accuracy_aware"] = time.perf_counter() - t0
+        if reference is None or len(reference) != len(val_pixels):
+            reference = float_reference(saved_model, val_pixels, spec, config.batch_size)
+        ref = score("float", reference, reference, val_labels, n_classes)
+        report.reference = asdict(ref)
+        scored: dict[bool, tuple[CandidateScore, bytes, np.ndarray]] = {}
+        for per_channel in config.per_channel_options:
+            model = quantizer.quantize(per_channel)
+            probs = tflite_probabilities(model, val_pixels, spec, work_dir, config.batch_size)
+            scored[per_channel] = (score(label[per_channel], probs, reference, val_labels, n_classes), model, probs)
+            report.candidates.append(asdict(scored[per_channel][0]))
+        per_channel = min(scored, key=lambda k: scored[k][0].loss_key(ref))
+        best, model, probs = scored[per_channel]
+        report.chosen = label[per_channel]
+        report.why = "least loss against the float SavedModel on the validation images (agreement first)"
+        timings["selection"] = time.perf_counter() - t0
+        report.holds = not best.failures(ref, config.goal)
+        if config.accuracy_aware and not report.holds:
+            t0 = time.perf_counter()
+            model = _fallback(report, quantizer, per_channel, probs, best, reference, ref, val_pixels, val_labels,
+                              n_classes, spec, config, work_dir) or model
+            timings["accuracy_aware"] = time.perf_counter() - t0
     dst.write_bytes(model)
-    return _finish(report, timings)
+    report.seconds = {k: round(v, 2) for k, v in timings.items()}
+    return report
 
 
 def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool, naive: np.ndarray,
@@ -326,8 +327,3 @@ def _fallback(report: TfliteInt8Report, quantizer: _Quantizer, per_channel: bool
 def _shipped(chosen: list[str]) -> str:
     return (f"the nearest candidate, {len(chosen)} unit(s) float" if chosen
             else "the int8 model without float fallbacks (no step came nearer the goal)")
-
-
-def _finish(report: TfliteInt8Report, timings: dict[str, float]) -> TfliteInt8Report:
-    report.seconds = {k: round(v, 2) for k, v in timings.items()}
-    return report

@@ -106,14 +106,8 @@ def entropy_threshold(histogram: tuple, num_quantized_bins: int = 128) -> tuple[
         div = np.inf if ps is None or qs is None else float(entropy(ps, qs))
         if best_index is None or div < best_div:  # first minimum, as np.argmin in onnxruntime
             best_index, best_div = len(candidates) - 1, div
-    low, high = candidates[best_index]
-    dtype = edges.dtype
-    low, high = np.array(low, dtype=dtype), np.array(high, dtype=dtype)
-    if low < min_value:
-        low = min_value
-    if high > max_value:
-        high = max_value
-    return low, high
+    low, high = (np.array(v, dtype=edges.dtype) for v in candidates[best_index])
+    return (min_value if low < min_value else low), (max_value if high > max_value else high)
 
 
 def collect_ranges(model_path: Path, pixels: np.ndarray, spec: Preprocessing, config: QuantizationConfig,

@@ -5,6 +5,7 @@ sensitivity search tries hundreds of variants cheaply).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -215,10 +216,7 @@ def crop_padding_taps(model) -> list[str]:
     shapes = _static_shapes(model)
     inits = {init.name: init for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(name for node in model.graph.node for name in node.input)
     changed: list[str] = []
     stale: set[str] = set()
     for node in model.graph.node:

@@ -44,10 +44,8 @@ class CandidateScore:
 
     def drops(self, reference: CandidateScore) -> tuple[float, float]:
         """(accuracy lost, macro AUC lost) against the fp32 reference; gains count as 0."""
-        acc_drop = max(0.0, (reference.accuracy or 0.0) - (self.accuracy or 0.0)) \
-            if reference.accuracy is not None else 0.0
-        auc_drop = max(0.0, (reference.macro_auc or 0.0) - (self.macro_auc or 0.0)) \
-            if reference.macro_auc is not None else 0.0
+        acc_drop = max(0.0, reference.accuracy - (self.accuracy or 0.0)) if reference.accuracy is not None else 0.0
+        auc_drop = max(0.0, reference.macro_auc - (self.macro_auc or 0.0)) if reference.macro_auc is not None else 0.0
         return acc_drop, auc_drop
 
     def failures(self, reference: CandidateScore, goal: ParityGoal) -> list[str]:

@@ -106,10 +106,9 @@ class NearestStep:
 
 class _Search:
     def __init__(self, qdq, fp32, pixels: np.ndarray, labels: np.ndarray | None, reference: np.ndarray,
-                 ref_score: CandidateScore, spec: Preprocessing, n_classes: int, config: QuantizationConfig):
+                 spec: Preprocessing, n_classes: int):
         self.qdq, self.fp32, self.pixels, self.labels = qdq, fp32, pixels, labels
-        self.reference, self.ref_score, self.spec = reference, ref_score, spec
-        self.n_classes, self.config = n_classes, config
+        self.reference, self.spec, self.n_classes = reference, spec, n_classes
 
     def run(self, nodes: list[str], index: np.ndarray | None = None) -> np.ndarray:
         model = keep_float(self.qdq, self.fp32, nodes) if nodes else self.qdq
@@ -167,7 +166,7 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     if not naive.failures(ref_score, config.goal):
         result.holds, result.final = True, asdict(naive)
         return result
-    search = _Search(qdq, fp32, pixels, labels, reference, ref_score, spec, n_classes, config)
+    search = _Search(qdq, fp32, pixels, labels, reference, spec, n_classes)
     focus = focus_indices(naive_probs, reference, config.probe_images)
     result.focus_images = int(len(focus))
     candidates = quantized_nodes(qdq)
@@ -176,10 +175,11 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     by_unit = {p.unit: p for p in probes}
 
     macs = node_macs(fp32)
-    total_int8 = sum(macs.get(n, 0) for n in int8_nodes(qdq)) or 1
+    before = int8_nodes(qdq)
+    total = sum(macs.get(n, 0) for n in before) or 1
 
     def affordable(k: int) -> bool:  # int8 must stay fast: cap the share of its MACs handed back to float
-        return sum(macs.get(n, 0) for n in order[:k]) / total_int8 <= config.max_float_mac_fraction
+        return sum(macs.get(n, 0) for n in order[:k]) / total <= config.max_float_mac_fraction
 
     scores: dict[int, CandidateScore] = {0: naive}
 
@@ -216,9 +216,7 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     chosen, final = order[:k], scores[k]
     result.final, result.holds = asdict(final), found is not None
     result.model = keep_float(qdq, fp32, chosen) if chosen else None
-    before = int8_nodes(qdq)
     lost = before - int8_nodes(result.model) if chosen else set()
-    total = sum(macs.get(n, 0) for n in before) or 1
     result.float_mac_fraction = round(sum(macs.get(n, 0) for n in lost | set(chosen)) / total, 4)
     op_types = {n.name: n.op_type for n in fp32.graph.node}
     naive_focus = float(np.mean(naive_probs[focus].argmax(1) == reference[focus].argmax(1)))
