@@ -157,13 +157,8 @@ def out_of_fold_parts(right: np.ndarray, folds: int = FOLDS, seed: int = 0) -> l
     part holds its share of the mistakes."""
     right = np.asarray(right, bool)
     rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    dealt = 0
-    for group in (np.flatnonzero(~right), np.flatnonzero(right)):
-        for i in rng.permutation(group):
-            parts[dealt % folds].append(int(i))
-            dealt += 1
-    return [np.array(sorted(p), dtype=np.int64) for p in parts if p]
+    dealt = np.concatenate([rng.permutation(np.flatnonzero(~right)), rng.permutation(np.flatnonzero(right))])
+    return [np.sort(dealt[k::folds]).astype(np.int64) for k in range(min(folds, len(dealt)))]
 
 
 def held_out_gains(scores: np.ndarray, labels: np.ndarray, kind: str = "probabilities", folds: int = FOLDS,

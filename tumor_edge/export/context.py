@@ -157,8 +157,7 @@ def load_and_keep(config: ExportConfig) -> ModelSource:
     return kept(load_source(config))
 
 
-def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, show_progress: bool = False
-                  ) -> dict[str, Any]:
+def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec) -> dict[str, Any]:
     """The Keras model's test-set outputs for parity, computed where the model is loaded: probabilities (and ms
     per image) on the pixels parity decodes with `reference_spec`, and the heatmaps on those `heatmap_spec`
     decodes (None: no heatmap output). Each comes with a digest of its pixels, so the parent can check it is
@@ -166,7 +165,7 @@ def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, sh
 
     model = kept(source)
     out: dict[str, Any] = {}
-    loaded = load_pixels(samples, reference_spec, "keras reference: loading test images", show_progress=show_progress)
+    loaded = load_pixels(samples, reference_spec, "keras reference: loading test images", show_progress=False)
     if len(loaded.labels):
         keras_probabilities(model.model, np.asarray(loaded.pixels[:1]), reference_spec)  # warm-up: tracing
         t0 = time.perf_counter()
@@ -175,7 +174,7 @@ def keras_outputs(source: ModelSource, samples, reference_spec, heatmap_spec, sh
         out["reference_digest"] = pixels_digest(loaded.pixels)
     if heatmap_spec is not None:
         pixels = loaded.pixels if heatmap_spec == reference_spec else load_pixels(
-            samples, heatmap_spec, "keras heatmaps: loading test images", show_progress=show_progress).pixels
+            samples, heatmap_spec, "keras heatmaps: loading test images", show_progress=False).pixels
         converted = model.converted_model
         maps = [np.asarray(converted.predict(scale(np.asarray(pixels[s:s + 16]), reference_spec), verbose=0)[1],
                            np.float32) for s in range(0, len(pixels), 16)]

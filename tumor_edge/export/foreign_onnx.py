@@ -130,12 +130,12 @@ def _shape(dims) -> str:
 class OnnxModel:
     """The original file through onnxruntime, fed NHWC float batches in the model's input scale (as the
     Keras reference is fed): the parity reference and the output probe. `predict` mirrors the part of Keras'
-    `Model.predict` the reference code uses; `softmax=True` gives probabilities for a logit model."""
+    `Model.predict` the reference code uses; `with_softmax()` gives probabilities for a logit model."""
 
-    def __init__(self, path: Path, facts: OnnxFacts, softmax: bool = False):
+    def __init__(self, path: Path, facts: OnnxFacts):
         import onnxruntime as ort
 
-        self.path, self.facts, self.softmax = Path(path), facts, softmax
+        self.path, self.facts, self.softmax = Path(path), facts, False
         so = ort.SessionOptions()
         so.log_severity_level = 3
         try:

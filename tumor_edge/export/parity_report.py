@@ -85,10 +85,8 @@ def render_markdown(report: ParityReport, rows: Sequence[Sequence[str]]) -> str:
               "|" + "---|" * (len(report.classes) + 1)]
     ref = report.reference["per_class"]
     lines.append("| keras | " + " | ".join(f"{ref[c]['recall']:.3f}" for c in report.classes) + " |")
-    for f in report.files:
-        if f.per_class_recall:
-            lines.append(f"| {f.file} | " + " | ".join(f"{f.per_class_recall[c]:.3f}" for c in report.classes)
-                         + " |")
+    lines += [f"| {f.file} | " + " | ".join(f"{f.per_class_recall[c]:.3f}" for c in report.classes) + " |"
+              for f in report.files if f.per_class_recall]
     lines += _statistics_table(report)
     lines += _calibration_table(report)
     failures = [f for f in report.files if not f.passed]
