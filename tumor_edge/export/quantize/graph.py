@@ -131,11 +131,8 @@ def depthwise_average_pools(model) -> int:
 
 def _static_shapes(model) -> dict[str, list[int | str]]:
     """Tensor name -> shape (ints where known, the symbol's name or "" where not) of a shape-inferred model."""
-    out: dict[str, list[int | str]] = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        out[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-    return out
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+            for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)}
 
 
 def drop_identity_reshapes(model) -> list[str]:

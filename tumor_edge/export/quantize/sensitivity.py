@@ -127,32 +127,24 @@ class _Search:
 def rank_units(search: _Search, candidates: list[str], focus: np.ndarray, max_probes: int,
                ) -> tuple[list[str], list[Probe], dict[str, str]]:
     """Nodes ordered most sensitive first, the probes that ordered them, and each node's block label."""
-    probes: list[Probe] = []
     block_of: dict[str, str] = {}
     if len(candidates) <= max_probes:
         probes = [search.probe(n, [n], focus) for n in candidates]
-        ranked = sorted(probes, key=Probe.key)
-        return [p.nodes[0] for p in ranked], probes, block_of
+        return [p.nodes[0] for p in sorted(probes, key=Probe.key)], probes, block_of
     blocks = [list(b) for b in np.array_split(np.array(candidates, dtype=object), max_probes) if len(b)]
     block_probes = []
     for i, block in enumerate(blocks):
         label = f"block {i + 1}/{len(blocks)} ({block[0]} .. {block[-1]}, {len(block)} nodes)"
         block_probes.append(search.probe(label, block, focus))
         block_of.update({n: label for n in block})
-    probes += block_probes
     ranked_blocks = sorted(block_probes, key=Probe.key)
-    node_probes: list[Probe] = []
-    for block in ranked_blocks:
-        for n in block.nodes:
-            if len(node_probes) >= max_probes:
-                break
-            node_probes.append(search.probe(n, [n], focus))
-    probes += node_probes
+    most_sensitive = [n for block in ranked_blocks for n in block.nodes][:max_probes]  # then these one by one
+    node_probes = [search.probe(n, [n], focus) for n in most_sensitive]
     order = [p.nodes[0] for p in sorted(node_probes, key=Probe.key)]
     seen = set(order)
     for block in ranked_blocks:  # the rest: by block sensitivity, graph order inside a block
         order += [n for n in block.nodes if n not in seen]
-    return order, probes, block_of
+    return order, block_probes + node_probes, block_of
 
 
 def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | None, reference: np.ndarray,
