@@ -91,11 +91,10 @@ class ExportConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-        for name in ("calib_count", "select_count", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")
-        if self.test_count is not None and self.test_count < 1:
-            raise ConfigError(f"test count must be at least 1, not {self.test_count}")
+        for name in ("calib_count", "select_count", "batch_size", "test_count"):  # test_count None: every image
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, not {value}")
 
     @property
     def options(self) -> frozenset[str]:

@@ -88,18 +88,15 @@ class QuantizationConfig:
     stall_steps: int = 3
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in CALIBRATION_METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"calibration methods must be among {', '.join(CALIBRATION_METHODS)}, "
-                              f"not {', '.join(unknown) or 'none'}")
+        for what, given, allowed in (("calibration methods", self.methods, CALIBRATION_METHODS),
+                                     ("weight ranges", self.weight_ranges, tuple(WEIGHT_RANGES))):
+            unknown = [v for v in given if v not in allowed]
+            if unknown or not given:
+                raise ConfigError(f"{what} must be among {', '.join(allowed)}, not {', '.join(unknown) or 'none'}")
         if self.average_pools not in AVERAGE_POOLS:
             raise ConfigError(f"average_pools must be one of {', '.join(AVERAGE_POOLS)}, not {self.average_pools!r}")
         if self.activations not in ("uint8", "int8"):
             raise ConfigError(f"activations must be uint8 or int8, not {self.activations!r}")
-        unknown = [r for r in self.weight_ranges if r not in WEIGHT_RANGES]
-        if unknown or not self.weight_ranges:
-            raise ConfigError(f"weight ranges must be among {', '.join(WEIGHT_RANGES)}, "
-                              f"not {', '.join(unknown) or 'none'}")
         if min(self.max_probes, self.probe_images, self.batch_size, self.stall_steps) < 1:
             raise ConfigError("max_probes, probe_images, batch_size and stall_steps must be at least 1")
 

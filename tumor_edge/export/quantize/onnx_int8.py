@@ -110,12 +110,9 @@ def quantize_onnx_int8(fp32_path: Path, dst: Path, calib_pixels: np.ndarray, val
                                 float_nodes=list(exclude), seconds=timings,
                                 rewrites={"identity_reshapes_dropped": len(reshapes),
                                           "convolutions_cropped_to_used_taps": len(cropped)})
-    if head:
-        report.float_reasons["classifier head (a few thousand MACs; int8 would round probabilities)"] = \
-            ", ".join(head)
-    if pools:
-        report.float_reasons["padded average pools (onnxruntime's QLinearAveragePool is slower than a float pool)"] = \
-            ", ".join(pools)
+    report.float_reasons |= {why: ", ".join(names) for why, names in (
+        ("classifier head (a few thousand MACs; int8 would round probabilities)", head),
+        ("padded average pools (onnxruntime's QLinearAveragePool is slower than a float pool)", pools)) if names}
     weight_ranges = config.range_candidates()
     has_validation = val_pixels is not None and len(val_pixels) > 0
     first = weight_ranges[0] if has_validation or len(weight_ranges) == 1 else NO_VALIDATION_RANGE
