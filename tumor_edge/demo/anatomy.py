@@ -66,12 +66,8 @@ BUILTIN_VOLUMES: dict[str, tuple[Callable[[], Path | None], str]] = {
 
 def builtin_volumes() -> list[VolumeSource]:
     """The packaged volumes found on this machine, in registry order."""
-    found = []
-    for name, (finder, description) in BUILTIN_VOLUMES.items():
-        path = finder()
-        if path is not None:
-            found.append(VolumeSource(name, path, description))
-    return found
+    return [VolumeSource(name, path, description) for name, (finder, description) in BUILTIN_VOLUMES.items()
+            if (path := finder()) is not None]
 
 
 def user_volume(path: Path, taken: set[str]) -> VolumeSource:

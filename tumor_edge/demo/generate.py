@@ -19,7 +19,7 @@ from tumor_edge import __version__
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR
 from tumor_edge.demo.anatomy import VolumeSource, builtin_volumes, load_anatomy, user_volume
-from tumor_edge.demo.lesions import CLASS_PREFIX, PAINTERS
+from tumor_edge.demo.lesions import PAINTERS
 from tumor_edge.demo.scan import make_scan, slab_filter, slab_thresholds
 from tumor_edge.errors import DatasetError, OutputExistsError
 from tumor_edge.progress import progress
@@ -77,8 +77,8 @@ class Job:
 
     @property
     def filename(self) -> str:
-        prefix = "Tr" if self.split == TRAIN_DIR else "Te"
-        return f"{prefix}-{CLASS_PREFIX.get(self.class_name, self.class_name[:2])}_{self.index:04d}.jpg"
+        prefix = "Tr" if self.split == TRAIN_DIR else "Te"  # as the public dataset names them: Tr-gl_0001.jpg
+        return f"{prefix}-{self.class_name[:2]}_{self.index:04d}.jpg"
 
 
 @dataclass
