@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
+from tumor_edge.calibration.mahalanobis import fit_mahalanobis
 from tumor_edge.calibration.ood_sets import OOD_SET_SIZE, generated_sets
 from tumor_edge.calibration.plots import fit_calibration, pyplot
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
@@ -196,7 +196,7 @@ def plot_history(history_csv: Path, path: Path) -> Path | None:
 
 
 def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray | None,
-            params_path: Path, batch_size: int = 32, tpr: float = DEFAULT_TPR, seed: int = 0) -> dict[str, Any]:
+            params_path: Path, batch_size: int = 32) -> dict[str, Any]:
     """Mahalanobis on pooled features (fitted on validation, saved to `params_path`), measured on the test
     split (false alarms) and on generated sets (detection), beside the input checks' rates on the same sets."""
     try:
@@ -204,7 +204,7 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
     except NoCamHeadError as err:
         return {"score": None, "skipped": err.reason}
     try:
-        fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels, tpr=tpr)
+        fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels)
     except ConfigError as err:
         return {"score": None, "skipped": err.reason}
     fit.save(params_path)
@@ -213,11 +213,9 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
     record["parameters"] = Path(params_path).name
     size = tuple(val_pixels.shape[1:3])
     sets = {"test split (in distribution)": test_pixels} if test_pixels is not None and len(test_pixels) else {}
-    sets.update(generated_sets(OOD_SET_SIZE, size, seed, scans=test_pixels))
-    evaluation = {}
-    for name, pixels in sets.items():
-        evaluation[name] = flag_rates(fit.flags(predict_probabilities(features, pixels, batch_size)), pixels)
-    record["evaluation"] = evaluation
+    sets.update(generated_sets(OOD_SET_SIZE, size, scans=test_pixels))
+    record["evaluation"] = {name: flag_rates(fit.flags(predict_probabilities(features, pixels, batch_size)), pixels)
+                            for name, pixels in sets.items()}
     return record
 
 
