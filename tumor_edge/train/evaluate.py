@@ -156,10 +156,8 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")
+    for (i, j), count in np.ndenumerate(m):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > m.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (test split)")
     return _save(plt, fig, path)
 

@@ -413,11 +413,8 @@ def index_dataset(cache, num_classes: int, batch_size: int, shuffle: bool = Fals
     height, width, _ = cache.shape
     one_hot = np.eye(num_classes, dtype=np.float32)[cache.labels]
 
-    def gather(idx: np.ndarray):
-        return cache.read(idx), one_hot[idx]
-
     def load(idx):
-        x, y = tf.numpy_function(gather, [idx], [tf.uint8, tf.float32], stateful=False)
+        x, y = tf.numpy_function(lambda i: (cache.read(i), one_hot[i]), [idx], [tf.uint8, tf.float32], stateful=False)
         x.set_shape([None, height, width, 3])
         y.set_shape([None, num_classes])
         return x, y

@@ -146,9 +146,7 @@ class BestWeights(keras.callbacks.Callback):
         self.weights: list | None = None
 
     def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
+        return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -207,11 +205,8 @@ class StepTimer(keras.callbacks.Callback):
             keras.ops.convert_to_numpy(loss)  # wait for the step itself
         now = time.perf_counter()
         took, self._last = now - (self._last or now), now
-        if self._first:
-            self.first_steps.append(took)
-            self._first = False
-        else:
-            self.steps.append(took)
+        (self.first_steps if self._first else self.steps).append(took)
+        self._first = False
 
     def summary(self) -> dict:
         median = statistics.median(self.steps) if self.steps else None
