@@ -114,9 +114,7 @@ KERAS_PACKAGE = ("tensorflow", "pip install 'tumor-edge[train]'")
 
 def engine_of(path: Path) -> str | None:
     """The engine that runs this file: the format table's, by suffix, or the Keras reference for .keras."""
-    if path.suffix.lower() == KERAS_SUFFIX:
-        return KERAS_KEY
-    return engine_for_suffix(path.suffix)
+    return KERAS_KEY if path.suffix.lower() == KERAS_SUFFIX else engine_for_suffix(path.suffix)
 
 
 def engine_missing(path: Path) -> str | None:
@@ -299,9 +297,7 @@ def pool_from_run(run_dir: Path, spec: Preprocessing, count: int) -> ImagePool |
     except (OSError, KeyError, ValueError, TypeError, TumorEdgeError):
         return None
     samples = [s for s in _round_robin(samples, count) if s.path.is_file()]
-    if not samples:
-        return None
-    return _load(samples, spec, f"test split of {run_dir}")
+    return _load(samples, spec, f"test split of {run_dir}") if samples else None
 
 
 def pool_from_folder(folder: Path, spec: Preprocessing, count: int) -> ImagePool:

@@ -166,10 +166,8 @@ def _held_out_examples(ctx: DemoContext, per_class: int = 2) -> list[tuple[Path,
     from tumor_edge.data.dataset import discover
 
     index = discover(ctx.data)
-    picks: list[tuple[Path, str]] = []
-    for label, name in enumerate(index.classes):
-        picks.extend((s.path, name) for s in [s for s in index.test if s.label == label][:per_class])
-    return picks
+    return [(s.path, name) for label, name in enumerate(index.classes)
+            for s in [s for s in index.test if s.label == label][:per_class]]
 
 
 def stage_classify(ctx: DemoContext) -> dict[str, Any]:

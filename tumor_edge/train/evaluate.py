@@ -47,9 +47,7 @@ def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], s
             raise DatasetError(f"no readable images in the {name} split")
         probs = predict_chunks(model, cache.chunks(), batch_size)
     labels = cache.labels
-    metrics = classification_metrics(labels, probs, classes)
-    metrics["split"] = name
-    metrics["skipped_files"] = cache.failures
+    metrics = {**classification_metrics(labels, probs, classes), "split": name, "skipped_files": cache.failures}
     run = RunFolder(out_dir)
     plot_roc(labels, probs, classes, run.roc_png, f"One-vs-rest ROC ({name}, n={len(labels)})")
     plot_confusion(metrics["confusion_matrix"], classes, run.confusion_png,
