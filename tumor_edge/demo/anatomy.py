@@ -75,10 +75,9 @@ def user_volume(path: Path, taken: set[str]) -> VolumeSource:
     path = Path(path)
     if not path.is_file():
         raise DatasetError("volume file not found", path)
-    for name, (finder, description) in BUILTIN_VOLUMES.items():
-        found = finder()
-        if found is not None and found.resolve() == path.resolve() and name not in taken:
-            return VolumeSource(name, path, description)
+    for builtin in builtin_volumes():
+        if builtin.path.resolve() == path.resolve() and builtin.name not in taken:
+            return VolumeSource(builtin.name, path, builtin.description)
     stem = path.name.split(".")[0] or "volume"
     name, k = stem, 2
     while name in taken:
