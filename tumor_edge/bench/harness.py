@@ -206,6 +206,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     unavailable: dict[str, str] = {}
     passes = _ceiling_pass(config.threads, unavailable) if config.ceiling else []
     macs = _macs(subject)
+    keras_cold_runs = min(config.cold_runs, config.keras_cold_runs)
     rows: list[dict[str, Any]] = []
     cold: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tumor-edge-bench-") as tmp:
@@ -231,8 +232,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             cold_targets = [t for t in subject.targets if t.key not in {s["format"] for s in subject.skipped}]
             for target in progress(cold_targets, "cold starts", enabled=config.show_progress):
                 try:
-                    runs = min(config.cold_runs, config.keras_cold_runs) if target.engine == KERAS_KEY \
-                        else config.cold_runs
+                    runs = keras_cold_runs if target.engine == KERAS_KEY else config.cold_runs
                     cold.append(measure_cold_start(target.key, target.path, probe, runs, threads=max(config.threads),
                                                    bundle=subject.bundle_dir if target.engine == KERAS_KEY else None))
                 except (RuntimeError, TumorEdgeError) as err:
@@ -254,7 +254,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "load_average_end": load_average(),
         "settings": {"threads": config.threads, "batches": config.batches, **asdict(config.plan),
                      "image_count": config.image_count, "cold_runs": config.cold_runs,
-                     "keras_cold_runs": min(config.cold_runs, config.keras_cold_runs),
+                     "keras_cold_runs": keras_cold_runs,
                      "timer": "perf_counter_ns around each call; inputs prepared before timing",
                      "schedule": "interleaved: one run of each format in turn until each has its runs and seconds"},
         "model": {

@@ -73,13 +73,8 @@ def compare_records(current: Record, baseline: Record, tolerance: float = 0.10) 
     if tolerance < 0:
         raise ConfigError(f"tolerance must be 0 or more, got {tolerance}")
     now, base = _pairs(current), _pairs(baseline)
-    out = []
-    for key, value in now.items():
-        if key not in base or base[key] <= 0:
-            continue
-        ratio = value / base[key]
-        out.append(Comparison(key[0], key[1], base[key], value, ratio, ratio > 1.0 + tolerance))
-    return out
+    ratios = {key: value / base[key] for key, value in now.items() if base.get(key, 0.0) > 0}
+    return [Comparison(*key, base[key], now[key], ratio, ratio > 1.0 + tolerance) for key, ratio in ratios.items()]
 
 
 def render_comparison(comparisons: list[Comparison], baseline: Path, tolerance: float) -> str:

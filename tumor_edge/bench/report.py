@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tumor_edge.bench.ceiling import IsaPeak
+from tumor_edge.bench.ceiling import LEGACY_FP32_ENGINE, IsaPeak
 from tumor_edge.machine import machine_summary
 
 Record = dict[str, Any]
@@ -125,7 +125,7 @@ def _ceiling_lines(record: Record) -> list[str]:
         by_kind.setdefault(c.get("precision", "fp32"), []).append(c)
     passes = len({c["threads"] for c in record.get("ceiling_passes", [])}) or 1
     rounds = len(record.get("ceiling_passes", [])) // max(1, len(by_kind)) // passes
-    lines = [f"{kind} matmul ceiling ({cs[0].get('engine', 'numpy BLAS float32 matmul')}, {cs[0]['size']}^3, "
+    lines = [f"{kind} matmul ceiling ({cs[0].get('engine', LEGACY_FP32_ENGINE)}, {cs[0]['size']}^3, "
              f"best GMAC/s of {rounds} passes): "
              + ", ".join(f"{c['threads']} thr {c['best_gmacs']:.1f}" for c in cs) for kind, cs in by_kind.items()]
     lines += [f"{kind} ceiling not measured: {why}" for kind, why in record.get("ceiling_unavailable", {}).items()]

@@ -11,6 +11,7 @@ head-phantom slices (labelled synthetic), all prepared before timing starts.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,9 +114,7 @@ KERAS_PACKAGE = ("tensorflow", "pip install 'tumor-edge[train]'")
 
 def engine_of(path: Path) -> str | None:
     """The engine that runs this file: the format table's, by suffix, or the Keras reference for .keras."""
-    if path.suffix.lower() == KERAS_SUFFIX:
-        return KERAS_KEY
-    return engine_for_suffix(path.suffix)
+    return KERAS_KEY if path.suffix.lower() == KERAS_SUFFIX else engine_for_suffix(path.suffix)
 
 
 def engine_missing(path: Path) -> str | None:
@@ -230,8 +229,8 @@ def resolve_subject(model: Path, run: Path | None = None, keras: bool = True,
         if keras_file is None:
             skipped.append({"format": KERAS_KEY, "file": KERAS_FILE,
                             "reason": "the training run is not at hand (pass --run RUN)"})
-        elif engine_missing(keras_file):
-            skipped.append({"format": KERAS_KEY, "file": keras_file.name, "reason": engine_missing(keras_file)})
+        elif missing := engine_missing(keras_file):
+            skipped.append({"format": KERAS_KEY, "file": keras_file.name, "reason": missing})
         else:
             targets.insert(0, Target(KERAS_KEY, keras_file, KERAS_KEY, "fp32"))
     if formats is not None:
@@ -274,13 +273,8 @@ def _round_robin(samples: list, count: int) -> list:
     by_label: dict[int, list] = {}
     for s in samples:
         by_label.setdefault(s.label, []).append(s)
-    queues = [by_label[k] for k in sorted(by_label)]
-    out: list = []
-    i = 0
-    while len(out) < count and any(i < len(q) for q in queues):
-        out.extend(q[i] for q in queues if i < len(q))
-        i += 1
-    return out[:count]
+    rounds = itertools.zip_longest(*(by_label[k] for k in sorted(by_label)))
+    return [s for one_round in rounds for s in one_round if s is not None][:count]
 
 
 def _load(samples: list, spec: Preprocessing, source: str) -> ImagePool:
@@ -303,9 +297,7 @@ def pool_from_run(run_dir: Path, spec: Preprocessing, count: int) -> ImagePool |
     except (OSError, KeyError, ValueError, TypeError, TumorEdgeError):
         return None
     samples = [s for s in _round_robin(samples, count) if s.path.is_file()]
-    if not samples:
-        return None
-    return _load(samples, spec, f"test split of {run_dir}")
+    return _load(samples, spec, f"test split of {run_dir}") if samples else None
 
 
 def pool_from_folder(folder: Path, spec: Preprocessing, count: int) -> ImagePool:

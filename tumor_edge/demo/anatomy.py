@@ -66,12 +66,8 @@ BUILTIN_VOLUMES: dict[str, tuple[Callable[[], Path | None], str]] = {
 
 def builtin_volumes() -> list[VolumeSource]:
     """The packaged volumes found on this machine, in registry order."""
-    found = []
-    for name, (finder, description) in BUILTIN_VOLUMES.items():
-        path = finder()
-        if path is not None:
-            found.append(VolumeSource(name, path, description))
-    return found
+    return [VolumeSource(name, path, description) for name, (finder, description) in BUILTIN_VOLUMES.items()
+            if (path := finder()) is not None]
 
 
 def user_volume(path: Path, taken: set[str]) -> VolumeSource:
@@ -79,10 +75,9 @@ def user_volume(path: Path, taken: set[str]) -> VolumeSource:
     path = Path(path)
     if not path.is_file():
         raise DatasetError("volume file not found", path)
-    for name, (finder, description) in BUILTIN_VOLUMES.items():
-        found = finder()
-        if found is not None and found.resolve() == path.resolve() and name not in taken:
-            return VolumeSource(name, path, description)
+    for builtin in builtin_volumes():
+        if builtin.path.resolve() == path.resolve() and builtin.name not in taken:
+            return VolumeSource(builtin.name, path, builtin.description)
     stem = path.name.split(".")[0] or "volume"
     name, k = stem, 2
     while name in taken:

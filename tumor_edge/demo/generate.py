@@ -19,7 +19,7 @@ from tumor_edge import __version__
 from tumor_edge.contracts.bundle import sha256_file
 from tumor_edge.data.dataset import TEST_DIR, TRAIN_DIR
 from tumor_edge.demo.anatomy import VolumeSource, builtin_volumes, load_anatomy, user_volume
-from tumor_edge.demo.lesions import CLASS_PREFIX, PAINTERS
+from tumor_edge.demo.lesions import PAINTERS
 from tumor_edge.demo.scan import make_scan, slab_filter, slab_thresholds
 from tumor_edge.errors import DatasetError, OutputExistsError
 from tumor_edge.progress import progress
@@ -77,8 +77,8 @@ class Job:
 
     @property
     def filename(self) -> str:
-        prefix = "Tr" if self.split == TRAIN_DIR else "Te"
-        return f"{prefix}-{CLASS_PREFIX.get(self.class_name, self.class_name[:2])}_{self.index:04d}.jpg"
+        prefix = "Tr" if self.split == TRAIN_DIR else "Te"  # as the public dataset names them: Tr-gl_0001.jpg
+        return f"{prefix}-{self.class_name[:2]}_{self.index:04d}.jpg"
 
 
 @dataclass
@@ -178,14 +178,13 @@ def generate(config: DemoDataConfig) -> Plan:
 def _render(plan: Plan, config: DemoDataConfig, root: Path) -> list[dict]:
     class_ids = {c: i for i, c in enumerate(config.classes)}
     rows = []
-    filters = {}
-    if plan.thresholds is not None:
-        filters = {name: slab_filter(plan.thresholds, name) for name in ("train", "test")}
+    thresholds = plan.thresholds
+    filters = {name: slab_filter(thresholds, name) for name in ("train", "test")} if thresholds is not None else {}
     for job in progress(plan.jobs, "generating demo scans", length=len(plan.jobs), enabled=config.show_progress):
         anat = load_anatomy(job.volume)
         seed = np.random.SeedSequence(config.seed, spawn_key=(SPLIT_IDS[job.split], class_ids[job.class_name],
                                                                job.index))
-        scan = make_scan(anat, job.class_name, config.size, seed, filters.get(job.slab) if job.slab else None)
+        scan = make_scan(anat, job.class_name, config.size, seed, filters.get(job.slab))
         folder = root / job.split / job.class_name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / job.filename).write_bytes(scan.realism.encode(scan.grey))
@@ -226,11 +225,8 @@ def lesion_mask(root: Path, image: str | Path) -> np.ndarray | None:
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+    with open(path, "w", newline="") as fh:  # every row's columns, in order of first appearance
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
 

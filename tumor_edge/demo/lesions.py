@@ -259,6 +259,3 @@ PAINTERS: dict[str, Placer] = {
     "notumor": lambda anat, plane, pituitary, rng: None,
     "pituitary": lambda anat, plane, pituitary, rng: pituitary,
 }
-
-CLASS_PREFIX: dict[str, str] = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary": "pi"}
-

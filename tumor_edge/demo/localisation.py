@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tumor_edge.contracts.bundle import BundleMetadata
+from tumor_edge.contracts.run_folder import RunFolder
 from tumor_edge.data.dataset import discover
 from tumor_edge.demo.generate import lesion_mask
 from tumor_edge.runtime import TOLERANCE_FRACTION, ExplainSettings, Tally, map_correlation, resize_mask, tolerance_px
@@ -63,7 +64,7 @@ def _subjects(run_dir: Path, bundle: Path) -> dict[str, Callable[[], Any]]:
     from tumor_edge.runtime import Classifier
 
     subjects: dict[str, Callable[[], Any]] = {}
-    keras_file = Path(run_dir) / "model.keras"
+    keras_file = RunFolder(run_dir).model
     if keras_file.is_file():
         subjects["keras"] = lambda: KerasScores(keras_file)
     for name, file in ((FP32_REFERENCE, "model_fp32.onnx"), ("onnx int8", "model_int8.onnx"),

@@ -47,8 +47,7 @@ class DemoProfile:
 
 
 # name -> profile (`auto` picks "gpu" when the NVIDIA driver lists a GPU). The cpu profile fits in a few minutes on
-# two cores without AVX-512: batch 32 (fewer, fuller steps), six epochs and a cosine rate that ends settled, which
-# is held-out accuracy a plateau schedule needed ten epochs for (benchmarks/results/demo-profile-*.md).
+# two cores without AVX-512: batch 32 (fewer, fuller steps), six epochs and a cosine rate that ends settled.
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile("cpu", per_class=500, data_size=128, image_size=96, epochs=6, batch_size=32,
                        bn_momentum=0.9, learning_rate=2e-3, bench_seconds=1.0, patience=6, lr_schedule="cosine"),
@@ -167,10 +166,8 @@ def _held_out_examples(ctx: DemoContext, per_class: int = 2) -> list[tuple[Path,
     from tumor_edge.data.dataset import discover
 
     index = discover(ctx.data)
-    picks: list[tuple[Path, str]] = []
-    for label, name in enumerate(index.classes):
-        picks.extend((s.path, name) for s in [s for s in index.test if s.label == label][:per_class])
-    return picks
+    return [(s.path, name) for label, name in enumerate(index.classes)
+            for s in [s for s in index.test if s.label == label][:per_class]]
 
 
 def stage_classify(ctx: DemoContext) -> dict[str, Any]:
@@ -202,12 +199,7 @@ def stage_bench(ctx: DemoContext) -> dict[str, Any]:
     click.echo(render_text(record))
     (ctx.workdir / "bench.json").write_text(json.dumps(record, indent=1) + "\n")
     (ctx.workdir / "bench.md").write_text(render_markdown(record, None))
-    latency = {}
-    for row in record["results"]:
-        key = row.get("format") or row.get("key")
-        p50 = row.get("p50_ms")
-        if key is not None and p50 is not None:
-            latency[key] = {"p50_ms": p50, "p90_ms": row.get("p90_ms"), "size_bytes": row.get("size_bytes")}
+    latency = {row["format"]: {"p50_ms": row["p50_ms"], "p90_ms": row["p90_ms"]} for row in record["results"]}
     return {"path": str(ctx.workdir / "bench.json"), "latency": latency,
             "cpu": record.get("machine", {}).get("cpu_model")}
 
@@ -374,8 +366,7 @@ def render_summary(ctx: DemoContext) -> str:
     latency = bench.get("latency", {})
     if latency:
         lines += ["| format | p50 ms | p90 ms |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} |" if v.get("p90_ms") is not None
-                  else f"| {k} | {v['p50_ms']:.2f} | |" for k, v in latency.items()]
+        lines += [f"| {k} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} |" for k, v in latency.items()]
         if bench.get("cpu"):
             lines.append(f"\non {bench['cpu']}")
     else:
@@ -385,12 +376,10 @@ def render_summary(ctx: DemoContext) -> str:
                   f"({classify.get('correct', 0)}/{len(rows)} correct)"]
     lines += [f"- `{row['file']}`: true {row['true']}, predicted {row['predicted']} ({row['confidence']:.2f})"
               for row in rows]
-    trust = r.get("trust", {}).get("markdown")
-    if trust:
-        lines += ["", trust.rstrip()]
-    where = r.get("explain", {}).get("markdown")
-    if where:
-        lines += ["", where.rstrip()]
+    for section in ("trust", "explain"):
+        markdown = r.get(section, {}).get("markdown")
+        if markdown:
+            lines += ["", markdown.rstrip()]
     lines += ["", "## Stage times", *[f"- {k}: {_minutes(v)}" for k, v in ctx.timings.items()], "",
               "Next: `tumor-edge classify SCAN.jpg` uses this bundle; `tumor-edge bench --model "
               f"{export.get('path')}` times it fully; `tumor-edge train PATH` trains on real data.", ""]
@@ -407,7 +396,7 @@ def parity_headline(export: dict[str, Any]) -> str:
     groups: dict[str, list[str]] = {}
     for name, verdict in verdicts.items():
         groups.setdefault(verdict, []).append(name)
-    parts = [f"{len(names)} {'pass' if v == 'pass' else v} ({', '.join(f'`{n}`' for n in sorted(names))})"
+    parts = [f"{len(names)} {v} ({', '.join(f'`{n}`' for n in sorted(names))})"
              for v, names in sorted(groups.items(), key=lambda kv: ("pass", "not proven", "fail").index(kv[0])
                                     if kv[0] in ("pass", "not proven", "fail") else 3)]
     line = "Per file: " + "; ".join(parts) + "."

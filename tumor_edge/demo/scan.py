@@ -9,6 +9,7 @@ tissue its mass effect pushed aside), flipped as the finished image is.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,9 +78,7 @@ class Realism:
 
     def framing(self, anat: Anatomy, plane: Plane) -> Framing:
         """Centre the brain, scale its in-plane extent to the canvas times `zoom`, then shift."""
-        corners = np.array([[x, y, z] for x in (anat.brain_lo[0], anat.brain_hi[0])
-                            for y in (anat.brain_lo[1], anat.brain_hi[1])
-                            for z in (anat.brain_lo[2], anat.brain_hi[2])])
+        corners = np.array(list(itertools.product(*zip(anat.brain_lo, anat.brain_hi))))
         rot = rotation(plane.n, self.angle)
         u, v = rot @ plane.u, rot @ plane.v
         extent = max(np.ptp(corners @ u), np.ptp(corners @ v))
@@ -149,8 +148,6 @@ class Scan:
 
 
 def _lesion_centre(lesion: Lesion | None) -> tuple[np.ndarray | None, float]:
-    if lesion is None:
-        return None, 0.0
     for attr in ("rim", "blob", "sellar"):
         blob = getattr(lesion, attr, None)
         if blob is not None:
@@ -161,10 +158,9 @@ def _lesion_centre(lesion: Lesion | None) -> tuple[np.ndarray | None, float]:
 def choose_plane(anat: Anatomy, plane_name: str, tilt: np.ndarray, rng: np.random.Generator,
                  slab: SlabFilter | None = None, tries: int = 500) -> tuple[Plane, PituitaryLesion, float]:
     """Draw the would-be pituitary mass and a slice through it (within `slab` when given)."""
-    plane = pituitary = position = None
+    n = tilt @ np.asarray(PLANES[plane_name][2], dtype=np.float64)
     for _ in range(tries):
         pituitary = PituitaryLesion.random(anat, rng)
-        n = tilt @ np.asarray(PLANES[plane_name][2], dtype=np.float64)
         lo, hi = pituitary.extent(n)
         t = rng.uniform(lo + _SLICE_BAND[0] * (hi - lo), lo + _SLICE_BAND[1] * (hi - lo))
         centre = pituitary.sellar.centre
@@ -180,10 +176,7 @@ def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSeq
               slab: SlabFilter | None = None, paint_lesion: bool = True) -> Scan:
     """Render one scan of `class_name` from `anat`; the same seed gives the same pixels. `paint_lesion=False`
     leaves out the lesion's own pixels (not its mass effect)."""
-    realism_seed, lesion_seed, texture_seed = seed.spawn(3)
-    real_rng = np.random.default_rng(realism_seed)
-    lesion_rng = np.random.default_rng(lesion_seed)
-    texture_rng = np.random.default_rng(texture_seed)
+    real_rng, lesion_rng, texture_rng = (np.random.default_rng(s) for s in seed.spawn(3))
     plane_name = PLANE_NAMES[int(real_rng.integers(len(PLANE_NAMES)))]
     realism = Realism.random(size, real_rng)
     plane, pituitary, position = choose_plane(anat, plane_name, realism.tilt(plane_name), lesion_rng, slab)
@@ -200,17 +193,18 @@ def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSeq
     return Scan(grey=grey, realism=realism, plane=plane, position=position, lesion=lesion, lesion_mask=mask)
 
 
+def _slab_position(plane_name: str, position: float) -> float:
+    """What the slab split compares: |position| for sagittal slices (a symmetric template mirrors left and right)."""
+    return abs(position) if plane_name == "sagittal" else position
+
+
 def slab_thresholds(anat: Anatomy, test_fraction: float, seed: int = 0, draws: int = 3000) -> dict[str, float]:
-    """Per plane, the slice position beyond which the top `test_fraction` of slices lie (|position| for
-    sagittal slices: a symmetric template mirrors left and right)."""
+    """Per plane, the slab position (`_slab_position`) beyond which the top `test_fraction` of slices lie."""
     rng = np.random.default_rng(seed)
     out = {}
     for name in PLANE_NAMES:
-        positions = []
-        for _ in range(draws // len(PLANE_NAMES)):
-            realism = Realism.random(32, rng)
-            _, _, pos = choose_plane(anat, name, realism.tilt(name), rng)
-            positions.append(abs(pos) if name == "sagittal" else pos)
+        positions = [_slab_position(name, choose_plane(anat, name, Realism.random(32, rng).tilt(name), rng)[2])
+                     for _ in range(draws // len(PLANE_NAMES))]
         out[name] = float(np.quantile(positions, 1.0 - test_fraction))
     return out
 
@@ -219,8 +213,7 @@ def slab_filter(thresholds: dict[str, float], split: str) -> SlabFilter:
     """Accept slices of the training side (below the threshold) or the held-out slab (at or above it)."""
 
     def accept(plane_name: str, position: float) -> bool:
-        pos = abs(position) if plane_name == "sagittal" else position
-        above = pos >= thresholds[plane_name]
+        above = _slab_position(plane_name, position) >= thresholds[plane_name]
         return above if split == "test" else not above
 
     return accept

@@ -268,7 +268,6 @@ def cut(anat: Anatomy, plane: Plane, framing: Framing, rng: np.random.Generator,
         image = image * np.clip((depth + 1.0) / 2.0, 0.0, 1.0)
     sample.image = image
     if draw_head:
-        shell = HeadShell.random(rng)
-        sample.image = np.maximum(sample.image, shell.render(-depth, rng))
+        sample.image = np.maximum(sample.image, HeadShell.random(rng).render(-depth, rng))
         skull_base(anat, sample, read_at, rng)
     return sample

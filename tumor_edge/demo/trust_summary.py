@@ -33,12 +33,8 @@ def _pct(value: Any) -> str:
 
 
 def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
-    found = {}
-    for name in classes:
-        folder = Path(test_dir) / name
-        found[name] = sorted(p for p in folder.iterdir() if is_scan_file(p)
-                             and not p.name.startswith(".")) if folder.is_dir() else []
-    return found
+    """Each class's held-out scans, sorted (none for a class without a folder)."""
+    return {name: sorted(p for p in (Path(test_dir) / name).glob("*") if is_scan_file(p)) for name in classes}
 
 
 def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], dict[str, Any], list[Path]]:

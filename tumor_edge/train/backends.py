@@ -42,9 +42,7 @@ BF16_CPU_FLAGS = ("amx_bf16",)
 def current_backend() -> str | None:
     """The backend of an already imported Keras, else None (nothing decided yet)."""
     keras = sys.modules.get("keras")
-    if keras is None:
-        return None
-    return keras.backend.backend()
+    return keras.backend.backend() if keras is not None else None
 
 
 def select_backend(name: str) -> bool:
@@ -55,9 +53,7 @@ def select_backend(name: str) -> bool:
     if loaded is not None:
         return loaded == name
     os.environ["KERAS_BACKEND"] = name
-    if name == "tensorflow":
-        return True
-    if importlib.util.find_spec(name) is None:
+    if name != "tensorflow" and importlib.util.find_spec(name) is None:
         extra = "pip install 'tumor-edge[jax]'" if name == "jax" else "pip install torch"
         raise ConfigError(f"--backend {name} needs {name} installed ({extra})")
     return True
@@ -78,8 +74,7 @@ def gpu_count(backend: str) -> int:
 
 
 def backend_version(backend: str) -> str | None:
-    module = sys.modules.get(backend)
-    return getattr(module, "__version__", None) if module is not None else None
+    return getattr(sys.modules.get(backend), "__version__", None)
 
 
 def jax_cache_dir() -> Path | None:
@@ -200,7 +195,6 @@ def learning_rate_for(schedule: str, learning_rate: float, epochs: int, steps_pe
     return LR_SCHEDULES[schedule](learning_rate, epochs * steps_per_epoch)
 
 
-def check_lr_schedule(name: str) -> str:
+def check_lr_schedule(name: str) -> None:
     if name not in LR_SCHEDULES:
         raise ConfigError(f"unknown --lr-schedule {name!r}; choose {', '.join(LR_SCHEDULES)}")
-    return name

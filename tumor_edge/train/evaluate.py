@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tumor_edge.calibration.mahalanobis import DEFAULT_TPR, fit_mahalanobis
+from tumor_edge.calibration.mahalanobis import fit_mahalanobis
 from tumor_edge.calibration.ood_sets import OOD_SET_SIZE, generated_sets
 from tumor_edge.calibration.plots import fit_calibration, pyplot
 from tumor_edge.contracts.run_folder import RunConfig, RunFolder
@@ -47,9 +47,7 @@ def evaluate_samples(model, samples: Sequence[Sample], classes: Sequence[str], s
             raise DatasetError(f"no readable images in the {name} split")
         probs = predict_chunks(model, cache.chunks(), batch_size)
     labels = cache.labels
-    metrics = classification_metrics(labels, probs, classes)
-    metrics["split"] = name
-    metrics["skipped_files"] = cache.failures
+    metrics = {**classification_metrics(labels, probs, classes), "split": name, "skipped_files": cache.failures}
     run = RunFolder(out_dir)
     plot_roc(labels, probs, classes, run.roc_png, f"One-vs-rest ROC ({name}, n={len(labels)})")
     plot_confusion(metrics["confusion_matrix"], classes, run.confusion_png,
@@ -156,10 +154,8 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")
+    for (i, j), count in np.ndenumerate(m):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > m.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (test split)")
     return _save(plt, fig, path)
 
@@ -196,7 +192,7 @@ def plot_history(history_csv: Path, path: Path) -> Path | None:
 
 
 def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: np.ndarray | None,
-            params_path: Path, batch_size: int = 32, tpr: float = DEFAULT_TPR, seed: int = 0) -> dict[str, Any]:
+            params_path: Path, batch_size: int = 32) -> dict[str, Any]:
     """Mahalanobis on pooled features (fitted on validation, saved to `params_path`), measured on the test
     split (false alarms) and on generated sets (detection), beside the input checks' rates on the same sets."""
     try:
@@ -204,7 +200,7 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
     except NoCamHeadError as err:
         return {"score": None, "skipped": err.reason}
     try:
-        fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels, tpr=tpr)
+        fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels)
     except ConfigError as err:
         return {"score": None, "skipped": err.reason}
     fit.save(params_path)
@@ -213,11 +209,9 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
     record["parameters"] = Path(params_path).name
     size = tuple(val_pixels.shape[1:3])
     sets = {"test split (in distribution)": test_pixels} if test_pixels is not None and len(test_pixels) else {}
-    sets.update(generated_sets(OOD_SET_SIZE, size, seed, scans=test_pixels))
-    evaluation = {}
-    for name, pixels in sets.items():
-        evaluation[name] = flag_rates(fit.flags(predict_probabilities(features, pixels, batch_size)), pixels)
-    record["evaluation"] = evaluation
+    sets.update(generated_sets(OOD_SET_SIZE, size, scans=test_pixels))
+    record["evaluation"] = {name: flag_rates(fit.flags(predict_probabilities(features, pixels, batch_size)), pixels)
+                            for name, pixels in sets.items()}
     return record
 
 

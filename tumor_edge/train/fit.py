@@ -119,10 +119,6 @@ def data_fingerprint(index: DatasetIndex) -> str:
     return digest.hexdigest()
 
 
-def versions() -> dict[str, str | None]:
-    return {**package_versions(), "python": platform.python_version(), "platform": platform.platform()}
-
-
 def run_training(config: TrainConfig) -> Path | None:
     """Train, checkpoint and evaluate; returns the run folder (None on a worker that is not the chief). Keras is
     imported here, after the backend is chosen; when Keras already runs another backend, a child process trains."""
@@ -267,7 +263,7 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
         mixed_precision=precision.policy if precision.mixed else False,
         fit_seconds=round(fit_seconds, 1),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        versions=versions(),
+        versions={**package_versions(), "python": platform.python_version(), "platform": platform.platform()},
         extra={"backend": backend, "throughput": fitted.throughput, "distribution": dist.to_dict(),
                "precision": {"requested": precision.requested, "policy": precision.policy,
                              "reason": precision.reason,
@@ -296,7 +292,7 @@ class FitResult:
     throughput: dict[str, Any] = field(default_factory=dict)
 
 
-def compile_model(model, learning_rate, num_classes: int, jit_compile: str = "auto") -> None:
+def compile_model(model, learning_rate, num_classes: int, jit_compile: str) -> None:
     import keras
 
     model.compile(
@@ -417,11 +413,8 @@ def index_dataset(cache, num_classes: int, batch_size: int, shuffle: bool = Fals
     height, width, _ = cache.shape
     one_hot = np.eye(num_classes, dtype=np.float32)[cache.labels]
 
-    def gather(idx: np.ndarray):
-        return cache.read(idx), one_hot[idx]
-
     def load(idx):
-        x, y = tf.numpy_function(gather, [idx], [tf.uint8, tf.float32], stateful=False)
+        x, y = tf.numpy_function(lambda i: (cache.read(i), one_hot[i]), [idx], [tf.uint8, tf.float32], stateful=False)
         x.set_shape([None, height, width, 3])
         y.set_shape([None, num_classes])
         return x, y

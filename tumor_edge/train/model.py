@@ -112,9 +112,9 @@ def set_fine_tune(model, fine_tune_from: int | None) -> int:
     """Freeze the base below layer index `fine_tune_from` (None: freeze all). Returns trainable base layers.
 
     BatchNormalization layers stay frozen above the cut too. Keras 3 overrides the `training=False` stored in
-    the functional graph with fit()'s `training=True` (keras-team/keras#20285), so a trainable BatchNorm would
-    normalise with batch statistics and move its moving averages, whereas a non-trainable one runs in inference
-    mode: the pretrained statistics are kept, and training and inference see the same network.
+    the functional graph with fit()'s `training=True`, so a trainable BatchNorm would normalise with batch
+    statistics and move its moving averages, whereas a non-trainable one runs in inference mode: the pretrained
+    statistics are kept, and training and inference see the same network.
     """
     base = model.get_layer("inception_v3")
     if fine_tune_from is None:
@@ -146,9 +146,7 @@ class BestWeights(keras.callbacks.Callback):
         self.weights: list | None = None
 
     def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
+        return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -207,11 +205,8 @@ class StepTimer(keras.callbacks.Callback):
             keras.ops.convert_to_numpy(loss)  # wait for the step itself
         now = time.perf_counter()
         took, self._last = now - (self._last or now), now
-        if self._first:
-            self.first_steps.append(took)
-            self._first = False
-        else:
-            self.steps.append(took)
+        (self.first_steps if self._first else self.steps).append(took)
+        self._first = False
 
     def summary(self) -> dict:
         median = statistics.median(self.steps) if self.steps else None
@@ -255,7 +250,7 @@ def training_model(classifier, augmenter, multi_worker: bool = False) -> keras.M
     if not multi_worker:  # a plain Model: JAX's and PyTorch's trainers have their own train_step signatures
         return keras.Model(inputs, outputs, name="training")
     model = TrainingModel(inputs, outputs, name="training")
-    model.multi_worker = multi_worker
+    model.multi_worker = True
     num_classes = classifier.output_shape[-1]
     model.example = (np.zeros((1, *shape), np.uint8), np.zeros((1, num_classes), np.float32))
     return model
