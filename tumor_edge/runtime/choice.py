@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -369,7 +370,6 @@ def _write_body(path: Path, metadata: BundleMetadata, key: str, body: Any, optio
 def recorded_checks(metadata: BundleMetadata, options: BackendOptions | None = None) -> dict[str, dict]:
     """This device's reproduce results for the bundle's files: {file: {"ok", "line", "reference"}}, only those
     made against the reference outputs the bundle records now."""
-    options = options or BackendOptions()
     body = _read_body(checks_path(metadata, options), metadata, "checks", options) if cache_enabled(options) else None
     if not isinstance(body, dict):
         return {}
@@ -380,7 +380,6 @@ def recorded_checks(metadata: BundleMetadata, options: BackendOptions | None = N
 def record_checks(metadata: BundleMetadata, results: Mapping[str, Check],
                   options: BackendOptions | None = None) -> None:
     """Add reproduce results to this device's record for the bundle (verify and the first use both call it)."""
-    options = options or BackendOptions()
     if not cache_enabled(options) or not results:
         return
     body = recorded_checks(metadata, options)
@@ -446,9 +445,7 @@ def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opene
             break
     record_checks(metadata, fresh, options)
     lines = {name: entry["line"] for name, entry in done.items()} | {n: c.line for n, c in fresh.items()}
-    for name, check in fresh.items():
-        if not check.ok:
-            skipped[name] = f"this device does not reproduce it: {check.line}"
+    skipped.update({name: f"this device does not reproduce it: {c.line}" for name, c in fresh.items() if not c.ok})
     kept = [name for name in allowed if name not in skipped]
     return kept, skipped, {name: lines[name] for name in kept}
 
@@ -540,7 +537,6 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, opener: Opener,
     the candidates on the reference images and, with more than one left, a measurement (both recorded).
     Raises TumorEdgeError when every file this device could open was refused (unsound, or not reproduced)."""
     bundle_dir = Path(bundle_dir)
-    options = options or BackendOptions()
     allowed, _ = candidates(bundle_dir, metadata, options)
     measure = len(allowed) > 1 and os.environ.get(NO_MEASURE_ENV, "") in ("", "0") and cache_enabled(options)
     choice = recorded_choice(bundle_dir, metadata, options, allowed) if measure else None
@@ -579,8 +575,8 @@ class CacheRefused(PermissionError):
     """The cache folder or its secret cannot be trusted (another owner, writable by others, a link)."""
 
 
-def cache_enabled(options: BackendOptions) -> bool:
-    return options.cache and os.environ.get(NO_CACHE_ENV, "") in ("", "0")
+def cache_enabled(options: BackendOptions | None) -> bool:
+    return (options is None or options.cache) and os.environ.get(NO_CACHE_ENV, "") in ("", "0")
 
 
 def cache_root(options: BackendOptions | None = None) -> Path:
@@ -640,8 +636,6 @@ def secret(options: BackendOptions | None = None) -> bytes:
 
 
 def _mac(key: bytes, body: dict[str, Any]) -> str:
-    import hmac
-
     return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
@@ -664,8 +658,6 @@ def write_record(path: Path, body: dict[str, Any], options: BackendOptions | Non
 def read_record(path: Path, options: BackendOptions | None = None) -> dict[str, Any] | None:
     """The body `write_record` wrote at `path`, or None when it is missing, unreadable, a link, or its MAC does not
     verify with this user's secret (edited, copied from another user, planted)."""
-    import hmac
-
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as fh:

@@ -305,8 +305,7 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
         accuracy = float(np.mean(np.asarray(predicted) == truth))
         report.files.setdefault(name, {}).update(accuracy=accuracy, n_images=len(files))
         line = f"{name}: accuracy {100 * accuracy:.1f}% on {len(files)} local scans"
-        for message in unreadable[:5]:
-            report.problems.append(f"unreadable scan: {message}")
+        report.problems.extend(f"unreadable scan: {message}" for message in unreadable[:5])
         if len(unreadable) > 5:
             report.problems.append(f"{root}: {len(unreadable) - 5} more unreadable scans")
         parity, row = parity_row(name, metadata)
@@ -360,11 +359,8 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
             test_warnings.append(tuple(found.warnings))
         else:
             unreadable += 1
-    scans = []
-    for path in list(test_paths)[:count]:
-        decoded = decode_file(path, spec, "middle")
-        if decoded.failure is None:
-            scans.append(decoded.pixels[0][0])
+    decoded = [decode_file(path, spec, "middle") for path in list(test_paths)[:count]]
+    scans = [d.pixels[0][0] for d in decoded if d.failure is None]
     sets = generated_sets(count, spec.size, seed, scans=np.stack(scans) if scans else None)
     result = {"sets": {name: _tally(pixel_warnings(classifier, pixels, batch_size)) for name, pixels in sets.items()},
               "test": {**_tally(test_warnings), "unreadable": unreadable},

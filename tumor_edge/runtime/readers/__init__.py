@@ -56,10 +56,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def _row(name: str) -> Reader:
-    for reader in READERS:
-        if reader.name == name:
-            return reader
-    raise KeyError(name)
+    return next(reader for reader in READERS if reader.name == name)
 
 
 def readers() -> tuple[Reader, ...]:
