@@ -107,11 +107,11 @@ def _fp32_outputs(name: str, metadata: BundleMetadata) -> np.ndarray | None:
 
 
 def recorded_effect(name: str, metadata: BundleMetadata) -> float:
-    """E: the largest difference between this file's recorded outputs and the fp32 file's (0 for fp32 files)."""
-    reference = metadata.reference
-    fp32 = _fp32_outputs(name, metadata)
-    own = reference.outputs.get(name)
-    if metadata.models[name].precision == "fp32" or fp32 is None or own is None or np.shape(own) != fp32.shape:
+    """E: the largest difference between this file's recorded outputs and the fp32 file's (0 for fp32 files, and
+    where either is not recorded)."""
+    own = metadata.reference.outputs.get(name) if metadata.reference is not None else None
+    fp32 = _fp32_outputs(name, metadata) if own is not None else None
+    if metadata.models[name].precision == "fp32" or fp32 is None or np.shape(own) != fp32.shape:
         return 0.0
     effect = float(np.max(np.abs(np.asarray(own, np.float64) - fp32)))
     return effect if math.isfinite(effect) else CAP
@@ -122,10 +122,7 @@ def tolerance_for(name: str, metadata: BundleMetadata) -> float:
     min(CAP, max(floor, EFFECT_FACTOR * E)). The device's kernels may round as much as the export machine's did
     (E, its recorded difference from fp32), independently; the floor covers kernels of another kind; the cap
     keeps the limit below what a broken device shows, however large E is (soundness judges E)."""
-    precision = metadata.models[name].precision
-    floor = floor_for(precision)
-    if precision == "fp32" or metadata.reference is None:
-        return floor
+    floor = floor_for(metadata.models[name].precision)  # every floor is under CAP: an fp32 file's limit is its floor
     return min(CAP, max(floor, EFFECT_FACTOR * recorded_effect(name, metadata)))
 
 

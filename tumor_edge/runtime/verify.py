@@ -353,17 +353,15 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
     from tumor_edge.calibration.ood_sets import generated_sets
 
     spec = classifier.preprocessing
-    test_warnings, unreadable = [], 0  # through the streaming path `classify` uses
-    for found in classifier.iter_predictions(list(test_paths), batch_size=batch_size):
-        if found.ok:
-            test_warnings.append(tuple(found.warnings))
-        else:
-            unreadable += 1
+    # through the streaming path `classify` uses: each scan's warnings, None for one that could not be read
+    found = [tuple(r.warnings) if r.ok else None
+             for r in classifier.iter_predictions(list(test_paths), batch_size=batch_size)]
+    test_warnings = [w for w in found if w is not None]
     decoded = [decode_file(path, spec, "middle") for path in list(test_paths)[:count]]
     scans = [d.pixels[0][0] for d in decoded if d.failure is None]
     sets = generated_sets(count, spec.size, seed, scans=np.stack(scans) if scans else None)
     result = {"sets": {name: _tally(pixel_warnings(classifier, pixels, batch_size)) for name, pixels in sets.items()},
-              "test": {**_tally(test_warnings), "unreadable": unreadable},
+              "test": {**_tally(test_warnings), "unreadable": len(found) - len(test_warnings)},
               "feature_check": bool(classifier.postprocessing.has_ood), "seed": seed, "per_set": count}
     if not classifier.postprocessing.has_ood:
         result["notes"] = ["this bundle has no feature-space fit: input checks only"]

@@ -39,16 +39,15 @@ class OnnxBackend:
             blobs = [files.members[n] for n in names]
             so.add_external_initializers_from_files_in_memory(names, blobs, [len(b) for b in blobs])
         try:
-            session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
+            self.session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", self.path) from err
-        self.session = session
-        inputs = session.get_inputs()
+        inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"expected one image input, the model has {len(inputs)}", self.path)
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
-        self.output_names = [o.name for o in session.get_outputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         # The batch size the graph fixes, None when it takes any. Every tumor-edge-made ONNX file has a dynamic
         # batch; a foreign file whose graph hard-codes its batch (export/foreign_onnx.py keeps it and records why)
         # is fed that many images at a time by `run`.

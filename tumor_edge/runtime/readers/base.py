@@ -267,15 +267,12 @@ def release_frames(err: BaseException) -> None:
 
 def parse_slices(value: str | int) -> str | int:
     """`--slices`: 'middle', 'all' or a whole number N >= 1."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
+    if isinstance(value, str) and value.lower() in SLICE_CHOICES:
         return value.lower()
-    else:
-        try:
-            number = int(str(value))
-        except ValueError:
-            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
     if not 1 <= number <= MAX_FRAMES:
         raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
     return number

@@ -182,6 +182,4 @@ def pil_to_rgb(image: Image.Image, path: str | Path | None = None, owned: bool =
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode != "RGB":
-        return image.convert("RGB")
-    return image
+    return image if image.mode == "RGB" else image.convert("RGB")
