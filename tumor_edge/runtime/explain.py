@@ -447,7 +447,7 @@ def overlay_name(source: str | None, index: int, frame: int | None = None) -> st
     stem = Path(source).stem if source else "image"
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:80] or "image"
     suffix = f"_f{frame}" if frame is not None else ""
-    return f"{index:05d}_{stem}{suffix}_heatmap.png"
+    return f"{index:05d}_{stem}{suffix}{OVERLAY_SUFFIX}"
 
 
 def write_overlay(path: Path | BinaryIO, scan_rgb: np.ndarray, heatmap: np.ndarray, class_index: int, caption: str,

@@ -248,9 +248,7 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
     def unreadable(err: OSError) -> None:  # an unreadable subfolder is a problem, never skipped silently
         problems.append(f"{err.filename}: cannot read ({err.strerror})")
 
-    for folder in folders:
-        if folder.name not in classes:
-            continue
+    for folder in [f for f in folders if f.name in classes]:
         for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
             if folder_role(Path(dirpath))[1] == FOLDER_SCAN:  # a series folder: one labelled volume
                 dirs[:] = []
