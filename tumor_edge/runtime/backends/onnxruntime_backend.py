@@ -12,6 +12,7 @@ headers, never the weights.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +64,12 @@ class OnnxBackend:
         fixed = self.fixed_batch
         if fixed is None or len(batch) == fixed or not len(batch):
             return self._run(batch)
-        # A graph that fixes its batch: feed it `fixed` images at a time, the last chunk padded with zeros and the
-        # padding's outputs dropped.
-        parts: list[list[np.ndarray]] = []
-        for start in range(0, len(batch), fixed):
-            chunk = batch[start:start + fixed]
-            n = len(chunk)
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-            parts.append([out[:n] for out in self._run(chunk)])
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        # A graph that fixes its batch: feed it `fixed` images at a time, the batch padded with zeros to a whole
+        # number of those and the padding's outputs dropped.
+        n = len(batch)
+        padded = np.concatenate([batch, np.zeros((-n % fixed, *batch.shape[1:]), batch.dtype)])
+        parts = [self._run(padded[start:start + fixed]) for start in range(0, len(padded), fixed)]
+        return [np.concatenate([part[i] for part in parts])[:n] for i in range(len(parts[0]))]
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         outputs = self.session.run(self.output_names, {self.input_name: batch})
@@ -122,8 +119,6 @@ def external_data_locations(model: bytes | Path, path: Path | None = None) -> li
 def lone_model_files(path: Path) -> ModelFiles:
     """An .onnx file outside any bundle and the external data files it names, each read once (`read_confined`):
     nothing lists their digests, so they are only read as plain files of the model's own folder."""
-    import hashlib
-
     path = Path(path)
     data = read_lone(path)
     members = {name: read_lone(path, name) for name in external_data_locations(data, path)}
