@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -106,11 +107,11 @@ def _fp32_outputs(name: str, metadata: BundleMetadata) -> np.ndarray | None:
 
 
 def recorded_effect(name: str, metadata: BundleMetadata) -> float:
-    """E: the largest difference between this file's recorded outputs and the fp32 file's (0 for fp32 files)."""
-    reference = metadata.reference
-    fp32 = _fp32_outputs(name, metadata)
-    own = reference.outputs.get(name)
-    if metadata.models[name].precision == "fp32" or fp32 is None or own is None or np.shape(own) != fp32.shape:
+    """E: the largest difference between this file's recorded outputs and the fp32 file's (0 for fp32 files, and
+    where either is not recorded)."""
+    own = metadata.reference.outputs.get(name) if metadata.reference is not None else None
+    fp32 = _fp32_outputs(name, metadata) if own is not None else None
+    if metadata.models[name].precision == "fp32" or fp32 is None or np.shape(own) != fp32.shape:
         return 0.0
     effect = float(np.max(np.abs(np.asarray(own, np.float64) - fp32)))
     return effect if math.isfinite(effect) else CAP
@@ -121,10 +122,7 @@ def tolerance_for(name: str, metadata: BundleMetadata) -> float:
     min(CAP, max(floor, EFFECT_FACTOR * E)). The device's kernels may round as much as the export machine's did
     (E, its recorded difference from fp32), independently; the floor covers kernels of another kind; the cap
     keeps the limit below what a broken device shows, however large E is (soundness judges E)."""
-    precision = metadata.models[name].precision
-    floor = floor_for(precision)
-    if precision == "fp32" or metadata.reference is None:
-        return floor
+    floor = floor_for(metadata.models[name].precision)  # every floor is under CAP: an fp32 file's limit is its floor
     return min(CAP, max(floor, EFFECT_FACTOR * recorded_effect(name, metadata)))
 
 
@@ -369,7 +367,6 @@ def _write_body(path: Path, metadata: BundleMetadata, key: str, body: Any, optio
 def recorded_checks(metadata: BundleMetadata, options: BackendOptions | None = None) -> dict[str, dict]:
     """This device's reproduce results for the bundle's files: {file: {"ok", "line", "reference"}}, only those
     made against the reference outputs the bundle records now."""
-    options = options or BackendOptions()
     body = _read_body(checks_path(metadata, options), metadata, "checks", options) if cache_enabled(options) else None
     if not isinstance(body, dict):
         return {}
@@ -380,7 +377,6 @@ def recorded_checks(metadata: BundleMetadata, options: BackendOptions | None = N
 def record_checks(metadata: BundleMetadata, results: Mapping[str, Check],
                   options: BackendOptions | None = None) -> None:
     """Add reproduce results to this device's record for the bundle (verify and the first use both call it)."""
-    options = options or BackendOptions()
     if not cache_enabled(options) or not results:
         return
     body = recorded_checks(metadata, options)
@@ -446,9 +442,7 @@ def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opene
             break
     record_checks(metadata, fresh, options)
     lines = {name: entry["line"] for name, entry in done.items()} | {n: c.line for n, c in fresh.items()}
-    for name, check in fresh.items():
-        if not check.ok:
-            skipped[name] = f"this device does not reproduce it: {check.line}"
+    skipped.update({name: f"this device does not reproduce it: {c.line}" for name, c in fresh.items() if not c.ok})
     kept = [name for name in allowed if name not in skipped]
     return kept, skipped, {name: lines[name] for name in kept}
 
@@ -540,7 +534,6 @@ def pick_model(bundle_dir: str | Path, metadata: BundleMetadata, opener: Opener,
     the candidates on the reference images and, with more than one left, a measurement (both recorded).
     Raises TumorEdgeError when every file this device could open was refused (unsound, or not reproduced)."""
     bundle_dir = Path(bundle_dir)
-    options = options or BackendOptions()
     allowed, _ = candidates(bundle_dir, metadata, options)
     measure = len(allowed) > 1 and os.environ.get(NO_MEASURE_ENV, "") in ("", "0") and cache_enabled(options)
     choice = recorded_choice(bundle_dir, metadata, options, allowed) if measure else None
@@ -579,8 +572,8 @@ class CacheRefused(PermissionError):
     """The cache folder or its secret cannot be trusted (another owner, writable by others, a link)."""
 
 
-def cache_enabled(options: BackendOptions) -> bool:
-    return options.cache and os.environ.get(NO_CACHE_ENV, "") in ("", "0")
+def cache_enabled(options: BackendOptions | None) -> bool:
+    return (options is None or options.cache) and os.environ.get(NO_CACHE_ENV, "") in ("", "0")
 
 
 def cache_root(options: BackendOptions | None = None) -> Path:
@@ -640,8 +633,6 @@ def secret(options: BackendOptions | None = None) -> bytes:
 
 
 def _mac(key: bytes, body: dict[str, Any]) -> str:
-    import hmac
-
     return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
@@ -664,8 +655,6 @@ def write_record(path: Path, body: dict[str, Any], options: BackendOptions | Non
 def read_record(path: Path, options: BackendOptions | None = None) -> dict[str, Any] | None:
     """The body `write_record` wrote at `path`, or None when it is missing, unreadable, a link, or its MAC does not
     verify with this user's secret (edited, copied from another user, planted)."""
-    import hmac
-
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as fh:

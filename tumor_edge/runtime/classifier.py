@@ -149,8 +149,7 @@ def iter_predictions(model: Model, paths: Iterable[str | Path] | str | Path, bat
     check_frames(frames)
     if isinstance(paths, (str, Path)):
         paths = [paths]  # one file, not its name's characters
-    if workers is None:
-        workers = DEFAULT_WORKERS
+    workers = DEFAULT_WORKERS if workers is None else workers
     if isinstance(paths, Sequence) and len(paths) <= 1:
         workers = 0  # one file: a thread pool would only add start-up time
     spec = model.preprocessing
@@ -428,11 +427,7 @@ class Classifier:
         run: list[str | Path] = []
 
         def images() -> Iterator[Prediction | Failure | VolumeSummary]:
-            stream = iter_predictions(self, list(run), batch_size, frames, workers, abstain, on_pixels)
-            try:
-                yield from stream
-            finally:
-                stream.close()
+            yield from iter_predictions(self, list(run), batch_size, frames, workers, abstain, on_pixels)
             run.clear()
 
         for path in paths:

@@ -223,8 +223,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
     except OutputError:
         _detach_stdout()
         raise
-    _summary(failures, len(files) + len(problems))
     if failures:
+        _summary(failures, len(files) + len(problems))
         ctx.exit(EXIT_SOME_FAILED)
 
 
@@ -293,8 +293,6 @@ def _run(stream, writer, ticks: Iterator, clear: bool, debug: bool) -> list:
 
 
 def _summary(failures: list, n_files: int) -> None:
-    if not failures:
-        return
     sources = list(dict.fromkeys(f.source for f in failures))
     click.echo(f"{len(sources)} of {n_files} files failed and were skipped:", err=True)
     for failure in failures[:MAX_LISTED_FAILURES]:

@@ -297,10 +297,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int], resample: int = Image.R
     return np.asarray(image) >= 0.5
 
 
-def near(mask: np.ndarray, tolerance: float) -> np.ndarray:
-    """The pixels within `tolerance` pixels (Euclidean, centre to centre) of a lesion pixel. Offsets reach at most
-    a side less one: a tolerance larger than the map reaches every pixel it can."""
+def near(mask: np.ndarray, tolerance: float | None = None) -> np.ndarray:
+    """The pixels within `tolerance` pixels (Euclidean, centre to centre; default 5 % of the longer side) of a
+    lesion pixel. Offsets reach at most a side less one: a tolerance larger than the map reaches every pixel it can."""
     mask = np.asarray(mask, dtype=bool)
+    tolerance = tolerance_px(mask.shape) if tolerance is None else tolerance
     out = mask.copy()
     h, w = mask.shape
     reach = int(np.floor(max(tolerance, 0.0)))
@@ -331,7 +332,7 @@ def pointing_hit(cell_map: np.ndarray, mask: np.ndarray, tolerance: float | None
     points = peaks(cell_map, mask.shape)
     if not points:
         return False
-    hit = near(mask, tolerance_px(mask.shape) if tolerance is None else tolerance)
+    hit = near(mask, tolerance)
     return any(bool(hit[point]) for point in points)
 
 
@@ -353,8 +354,6 @@ def energy_in_lesion(cell_map: np.ndarray, mask: np.ndarray) -> float:
 
 def chance_hit(mask: np.ndarray, tolerance: float | None = None) -> float:
     """The pointing game a point dropped uniformly at random would score on this mask."""
-    mask = np.asarray(mask, dtype=bool)
-    tolerance = tolerance_px(mask.shape) if tolerance is None else tolerance
     return float(near(mask, tolerance).mean())
 
 
@@ -448,7 +447,7 @@ def overlay_name(source: str | None, index: int, frame: int | None = None) -> st
     stem = Path(source).stem if source else "image"
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:80] or "image"
     suffix = f"_f{frame}" if frame is not None else ""
-    return f"{index:05d}_{stem}{suffix}_heatmap.png"
+    return f"{index:05d}_{stem}{suffix}{OVERLAY_SUFFIX}"
 
 
 def write_overlay(path: Path | BinaryIO, scan_rgb: np.ndarray, heatmap: np.ndarray, class_index: int, caption: str,

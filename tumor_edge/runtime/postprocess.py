@@ -446,8 +446,7 @@ class TableWriter(Writer):
     """file, predicted class, probability, then the other classes from most to least likely."""
 
     def header(self) -> None:
-        label_width = max(len(c) for c in self.classes)
-        self.label_width = max(label_width, 5)
+        self.label_width = max(5, *(len(c) for c in self.classes))
         self._line(f"{'file':<{self.file_width}}  {'class':<{self.label_width}}  {'prob':>6}  others")
 
     def prediction(self, result: Prediction) -> None:

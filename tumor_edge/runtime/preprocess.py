@@ -13,7 +13,6 @@ contract (`tumor_edge.contracts.preprocessing`); this module maps each name to t
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,11 +68,7 @@ def scan_inputs(paths: Iterable[str | Path]) -> ScannedInputs:
     out = ScannedInputs()
     for raw in paths:
         path = Path(raw)
-        try:
-            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-        except OSError:
-            is_dir = False  # missing, or under a folder that cannot be entered: decoding says which
-        if not is_dir:
+        if not os.path.isdir(path):  # missing, or under a folder that cannot be entered: decoding says which
             out.files.append(path)
             continue
         reported = len(out.problems)

@@ -248,9 +248,7 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int
     def unreadable(err: OSError) -> None:  # an unreadable subfolder is a problem, never skipped silently
         problems.append(f"{err.filename}: cannot read ({err.strerror})")
 
-    for folder in folders:
-        if folder.name not in classes:
-            continue
+    for folder in [f for f in folders if f.name in classes]:
         for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
             if folder_role(Path(dirpath))[1] == FOLDER_SCAN:  # a series folder: one labelled volume
                 dirs[:] = []
@@ -305,8 +303,7 @@ def _check_data(bundle_dir: Path, metadata, names: list[str], root: Path, batch_
         accuracy = float(np.mean(np.asarray(predicted) == truth))
         report.files.setdefault(name, {}).update(accuracy=accuracy, n_images=len(files))
         line = f"{name}: accuracy {100 * accuracy:.1f}% on {len(files)} local scans"
-        for message in unreadable[:5]:
-            report.problems.append(f"unreadable scan: {message}")
+        report.problems.extend(f"unreadable scan: {message}" for message in unreadable[:5])
         if len(unreadable) > 5:
             report.problems.append(f"{root}: {len(unreadable) - 5} more unreadable scans")
         parity, row = parity_row(name, metadata)
@@ -354,20 +351,15 @@ def measure_ood_rates(classifier, test_paths: Sequence[Path], count: int = 50, s
     from tumor_edge.calibration.ood_sets import generated_sets
 
     spec = classifier.preprocessing
-    test_warnings, unreadable = [], 0  # through the streaming path `classify` uses
-    for found in classifier.iter_predictions(list(test_paths), batch_size=batch_size):
-        if found.ok:
-            test_warnings.append(tuple(found.warnings))
-        else:
-            unreadable += 1
-    scans = []
-    for path in list(test_paths)[:count]:
-        decoded = decode_file(path, spec, "middle")
-        if decoded.failure is None:
-            scans.append(decoded.pixels[0][0])
+    # through the streaming path `classify` uses: each scan's warnings, None for one that could not be read
+    found = [tuple(r.warnings) if r.ok else None
+             for r in classifier.iter_predictions(list(test_paths), batch_size=batch_size)]
+    test_warnings = [w for w in found if w is not None]
+    decoded = [decode_file(path, spec, "middle") for path in list(test_paths)[:count]]
+    scans = [d.pixels[0][0] for d in decoded if d.failure is None]
     sets = generated_sets(count, spec.size, seed, scans=np.stack(scans) if scans else None)
     result = {"sets": {name: _tally(pixel_warnings(classifier, pixels, batch_size)) for name, pixels in sets.items()},
-              "test": {**_tally(test_warnings), "unreadable": unreadable},
+              "test": {**_tally(test_warnings), "unreadable": len(found) - len(test_warnings)},
               "feature_check": bool(classifier.postprocessing.has_ood), "seed": seed, "per_set": count}
     if not classifier.postprocessing.has_ood:
         result["notes"] = ["this bundle has no feature-space fit: input checks only"]

@@ -12,6 +12,7 @@ same grey.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -117,10 +118,8 @@ def to_ras(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
 
 def ras_spacing(spacing: tuple[float, float, float], ornt: np.ndarray) -> tuple[float, float, float]:
     """Voxel sizes (mm) in RAS order."""
-    out = [0.0, 0.0, 0.0]
-    for voxel, (world, _) in enumerate(ornt):
-        out[int(world)] = float(spacing[voxel])
-    return out[0], out[1], out[2]
+    x, y, z = (float(spacing[voxel]) for voxel in np.argsort(ornt[:, 0]))  # the voxel axis along each RAS axis
+    return x, y, z
 
 
 @dataclass(frozen=True)
@@ -395,10 +394,7 @@ def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices:
     stream = iter(scan.pictures)
     warned = 0
     try:
-        while True:
-            batch = [s for _, s in zip(range(batch_size), stream)]
-            if not batch:
-                break
+        while batch := list(itertools.islice(stream, batch_size)):
             seen = np.stack([resize_rgb(s.image, spec) for s in batch])
             results = model.predictions(seen, [(source, s.index, s.count) for s in batch], abstain=abstain,
                                         notes=[s.warnings for s in batch])

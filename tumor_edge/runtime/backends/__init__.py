@@ -143,14 +143,11 @@ def resolve_providers(requested: Sequence[str] | None) -> tuple[list[str], list[
     return use, missing
 
 
+@functools.lru_cache(maxsize=1)
 def machine_target() -> dict[str, str]:
     """What a fully optimised onnxruntime graph depends on: the onnxruntime version, the CPU architecture and
-    its widest vector extension (the NCHWc block size and the int8 kernels follow it)."""
-    return dict(_machine_target())
-
-
-@functools.lru_cache(maxsize=1)
-def _machine_target() -> dict[str, str]:  # /proc/cpuinfo is read once per process
+    its widest vector extension (the NCHWc block size and the int8 kernels follow it). Read once per process
+    (/proc/cpuinfo): the same dict each call, not to be changed."""
     import onnxruntime as ort
 
     # tumor_edge.machine pulls in importlib.metadata (+ zipfile, email): imported only when a target is needed.

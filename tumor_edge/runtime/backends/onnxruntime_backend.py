@@ -12,6 +12,7 @@ headers, never the weights.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,15 @@ class OnnxBackend:
             blobs = [files.members[n] for n in names]
             so.add_external_initializers_from_files_in_memory(names, blobs, [len(b) for b in blobs])
         try:
-            session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
+            self.session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"onnxruntime cannot load this model ({first_line(err)})", self.path) from err
-        self.session = session
-        inputs = session.get_inputs()
+        inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"expected one image input, the model has {len(inputs)}", self.path)
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
-        self.output_names = [o.name for o in session.get_outputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         # The batch size the graph fixes, None when it takes any. Every tumor-edge-made ONNX file has a dynamic
         # batch; a foreign file whose graph hard-codes its batch (export/foreign_onnx.py keeps it and records why)
         # is fed that many images at a time by `run`.
@@ -64,16 +64,12 @@ class OnnxBackend:
         fixed = self.fixed_batch
         if fixed is None or len(batch) == fixed or not len(batch):
             return self._run(batch)
-        # A graph that fixes its batch: feed it `fixed` images at a time, the last chunk padded with zeros and the
-        # padding's outputs dropped.
-        parts: list[list[np.ndarray]] = []
-        for start in range(0, len(batch), fixed):
-            chunk = batch[start:start + fixed]
-            n = len(chunk)
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-            parts.append([out[:n] for out in self._run(chunk)])
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        # A graph that fixes its batch: feed it `fixed` images at a time, the batch padded with zeros to a whole
+        # number of those and the padding's outputs dropped.
+        n = len(batch)
+        padded = np.concatenate([batch, np.zeros((-n % fixed, *batch.shape[1:]), batch.dtype)])
+        parts = [self._run(padded[start:start + fixed]) for start in range(0, len(padded), fixed)]
+        return [np.concatenate([part[i] for part in parts])[:n] for i in range(len(parts[0]))]
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         outputs = self.session.run(self.output_names, {self.input_name: batch})
@@ -123,8 +119,6 @@ def external_data_locations(model: bytes | Path, path: Path | None = None) -> li
 def lone_model_files(path: Path) -> ModelFiles:
     """An .onnx file outside any bundle and the external data files it names, each read once (`read_confined`):
     nothing lists their digests, so they are only read as plain files of the model's own folder."""
-    import hashlib
-
     path = Path(path)
     data = read_lone(path)
     members = {name: read_lone(path, name) for name in external_data_locations(data, path)}

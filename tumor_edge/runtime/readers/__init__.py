@@ -11,7 +11,6 @@ says in one line that the file is no image. A folder is a scan only when a folde
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from tumor_edge.errors import InputImageError
@@ -56,10 +55,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def _row(name: str) -> Reader:
-    for reader in READERS:
-        if reader.name == name:
-            return reader
-    raise KeyError(name)
+    return next(reader for reader in READERS if reader.name == name)
 
 
 def readers() -> tuple[Reader, ...]:
@@ -116,7 +112,7 @@ def is_volume(path: str | Path) -> bool:
     whose reader (first row whose suffix or magic matches) reads volumes. A file no volume reader could claim (by
     suffix, or by content where one sniffs) is answered without opening it."""
     path = Path(path)
-    if _is_folder(path):
+    if os.path.isdir(path):
         reader, role, _ = folder_role(path)
         return reader is not None and role == FOLDER_SCAN and reader.kind == VOLUME
     if not any(r.suffix_of(path) is not None or r.magic is not None for r in READERS if r.kind == VOLUME):
@@ -130,7 +126,7 @@ def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:
     options = options or ReadOptions()
     check_frames(options.frames)
     path = Path(path)
-    if _is_folder(path):
+    if os.path.isdir(path):
         reader, role, why = folder_role(path)
         if role == FOLDER_SCAN and reader is not None:
             return reader.load(path, options)
@@ -140,10 +136,3 @@ def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:
         raise InputImageError("empty file (0 bytes)", path)
     check_file_size(info.st_size, path)
     return _file_reader(path).load(path, options)
-
-
-def _is_folder(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except OSError:
-        return False

@@ -238,6 +238,7 @@ def check_frames(frames: object) -> None:
 
 def select_frames(frames: str | int, count: int, path: str | Path) -> list[int]:
     """The frame indices `frames` ("middle", "all" or an index) picks from a file of `count` frames."""
+    check_frames(frames)
     if frames == "all":
         if count > MAX_FRAMES:
             raise InputImageError(f"the file holds {count} frames; classifying all of them is limited to "
@@ -245,11 +246,9 @@ def select_frames(frames: str | int, count: int, path: str | Path) -> list[int]:
         return list(range(count))
     if frames == "middle":
         return [count // 2]
-    if isinstance(frames, int) and not isinstance(frames, bool):
-        if not 0 <= frames < count:
-            raise InputImageError(f"no frame {frames}: the file holds {count}", path)
-        return [frames]
-    raise ValueError(f"frames must be one of {FRAME_CHOICES} or a frame index, not {frames!r}")
+    if not 0 <= frames < count:
+        raise InputImageError(f"no frame {frames}: the file holds {count}", path)
+    return [frames]
 
 
 def release_frames(err: BaseException) -> None:
@@ -268,15 +267,12 @@ def release_frames(err: BaseException) -> None:
 
 def parse_slices(value: str | int) -> str | int:
     """`--slices`: 'middle', 'all' or a whole number N >= 1."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.lower() in SLICE_CHOICES:
+    if isinstance(value, str) and value.lower() in SLICE_CHOICES:
         return value.lower()
-    else:
-        try:
-            number = int(str(value))
-        except ValueError:
-            raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(f"slices must be 'middle', 'all' or a whole number, not {value!r}") from None
     if not 1 <= number <= MAX_FRAMES:
         raise ConfigError(f"the number of slices must be from 1 to {MAX_FRAMES}, not {number}")
     return number
@@ -324,9 +320,7 @@ class Scan:
     notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
-        close = getattr(self.pictures, "close", None)
-        if close is not None:
-            close()
+        getattr(self.pictures, "close", lambda: None)()
 
 
 def _code(ref: Callable | str) -> Callable:

@@ -74,8 +74,6 @@ VOI_FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
 
 def _first(value: Any) -> float | None:
     """WindowCenter and friends may be multi-valued (several presets); the first is the default view."""
-    if value is None:
-        return None
     try:
         if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
             value = value[0] if len(value) else None

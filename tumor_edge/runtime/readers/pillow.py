@@ -178,10 +178,7 @@ def pil_to_rgb(image: Image.Image, path: str | Path | None = None, owned: bool =
                         array.size - finite, array.size)
         return Image.fromarray(_scale_uint8(array, lo, hi)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent regions become black, the background of an MRI slice.
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode != "RGB":
-        return image.convert("RGB")
-    return image
+    return image if image.mode == "RGB" else image.convert("RGB")
