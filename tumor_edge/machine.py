@@ -7,6 +7,7 @@ not cost TensorFlow's import.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -83,10 +84,8 @@ def cpu_isa() -> str:
     """The widest instruction-set extension that decides which onnxruntime kernels run here (NCHWc block size,
     int8 kernels): what an optimised model graph depends on besides the onnxruntime version."""
     flags = cpu_flag_set()
-    for isa in ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "asimddp", "asimd", "sse4_2"):
-        if isa in flags:
-            return isa
-    return "baseline" if flags else "unknown"
+    widest = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "asimddp", "asimd", "sse4_2")
+    return next((isa for isa in widest if isa in flags), "baseline" if flags else "unknown")
 
 
 def int8_acceleration(flags: set[str] | None = None) -> list[str]:
@@ -151,12 +150,10 @@ def machine_info() -> dict[str, Any]:
     int8 = int8_acceleration(flags)
     family = "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "x86"
     mem_total = None
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_total = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
     return {
         "cpu_model": cpu_model(blocks),
         "cpu_id": " ".join(f"{k}={blocks[0][k]}" for k in ("vendor_id", "cpu family", "model", "stepping")
