@@ -52,14 +52,9 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> list[dict[str, str]]:
         return []
     blocks = []
     for block in text.strip().split("\n\n"):
-        entry = {}
-        for line in block.splitlines():
-            if ":" in line:
-                key, _, value = line.partition(":")
-                entry[key.strip().lower()] = value.strip()
-        if entry:
-            blocks.append(entry)
-    return blocks
+        pairs = (line.partition(":") for line in block.splitlines() if ":" in line)
+        blocks.append({key.strip().lower(): value.strip() for key, _, value in pairs})
+    return [entry for entry in blocks if entry]
 
 
 def cpu_model(blocks: list[dict[str, str]]) -> str:
@@ -114,16 +109,13 @@ def package_versions() -> dict[str, str | None]:
     # imported here: classify's cache lookup (cpu_isa) must not pay for importlib.metadata's imports
     from importlib import metadata
 
-    out: dict[str, str | None] = {}
-    for label, names in packages().items():
-        out[label] = None
+    def version(names: tuple[str, ...]) -> str | None:  # the first installed
         for name in names:
-            try:
-                out[label] = metadata.version(name)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                return metadata.version(name)
+        return None
+
+    return {label: version(names) for label, names in packages().items()}
 
 
 def host() -> dict[str, str]:

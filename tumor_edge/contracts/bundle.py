@@ -272,7 +272,7 @@ def loads_strict(text: str) -> Any:
     return json.loads(text, object_pairs_hook=pairs)
 
 
-def _is_sha256(text: Any) -> bool:
+def is_sha256(text: Any) -> bool:
     return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
@@ -329,18 +329,17 @@ def is_optimized_name(name: str) -> bool:
     return name.lower().endswith(OPTIMIZED_SUFFIX)
 
 
+_ARTICLES = {"dict": "an object", "list": "a list", "str": "a string", "int": "a whole number"}
+
+
 def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
     if key not in data:
         raise ConfigError(f"field '{where}{key}' is missing")
     value = data[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ConfigError(f"field '{where}{key}' must be {_article(names)}, not {type(value).__name__}")
+        raise ConfigError(f"field '{where}{key}' must be {_ARTICLES.get(names, names)}, not {type(value).__name__}")
     return value
-
-
-def _article(name: str) -> str:
-    return {"dict": "an object", "list": "a list", "str": "a string", "int": "a whole number"}.get(name, name)
 
 
 def parse_metadata(data: Any) -> BundleMetadata:
@@ -455,7 +454,7 @@ def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int, ro
         if name not in models:
             raise ConfigError(f"field 'reference.outputs' names {str(name)[:80]!r}, which 'models' does not list")
         if (not isinstance(rows, list) or len(rows) != count
-                or not all(isinstance(r, list) and len(r) == n_classes and all(_is_probability(v) for v in r)
+                or not all(isinstance(r, list) and len(r) == n_classes and all(_is_number(v, 0.0, 1.0) for v in r)
                            for r in rows)):
             raise ConfigError(f"field 'reference.outputs.{name}' must hold {count} rows of {n_classes} "
                               f"probabilities")
@@ -492,19 +491,16 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
                     or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
                 raise ConfigError(f"field '{where}' must be {{shape: [images, ...] (images <= {count}), values: "
                                   f"at most {MAX_REFERENCE_VALUES} numbers}}")
-            if math.prod(shape) != len(values) or not all(_is_finite(v) for v in values):
+            if math.prod(shape) != len(values) or not all(_is_number(v) for v in values):
                 raise ConfigError(f"field '{where}' must hold as many finite numbers as its shape says")
             clean[name][role] = {"shape": list(shape), "values": [float(v) for v in values]}
     return clean
 
 
-def _is_finite(value: Any) -> bool:
-    """A JSON number a float can hold: an integer past float's range is refused here, not at `float(v)`."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
-
-
-def _is_probability(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+def _is_number(value: Any, low: float = -sys.float_info.max, high: float = sys.float_info.max) -> bool:
+    """A JSON number from `low` to `high`; by default one a float can hold: an integer past float's range is
+    refused here, not at `float(v)`."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _parse_entry(name: str, entry: Any) -> ModelEntry:
@@ -530,7 +526,7 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
         raise ConfigError(f"field '{where}size_bytes' must be a whole number of bytes up to {MAX_MODEL_BYTES}")
     digest = entry.pop("sha256", "")
-    if digest != "" and not _is_sha256(digest):
+    if digest != "" and not is_sha256(digest):
         raise ConfigError(f"field '{where}sha256' must be 64 hexadecimal digits")
     entry.pop("format"), entry.pop("precision")
     files = _parse_files(name, entry.pop("files", None))
@@ -554,7 +550,7 @@ def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
             raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
                               f"{MAX_MODEL_BYTES}")
-        if not _is_sha256(digest):
+        if not is_sha256(digest):
             raise ConfigError(f"field '{where}.{name}.sha256' must be 64 hexadecimal digits")
         files[name] = MemberFile(name, size, digest.lower())
     return files

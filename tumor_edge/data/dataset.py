@@ -82,21 +82,20 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
         raise DatasetError(f"missing split folder '{TRAIN_DIR}/' (expected {TRAIN_DIR}/<class>/*.jpg)", root)
     if require_test and not test_dir.is_dir():
         raise DatasetError(f"missing split folder '{TEST_DIR}/' (expected {TEST_DIR}/<class>/*.jpg)", root)
-    train_classes = _class_dirs(train_dir)
-    if not train_classes:
+    classes = _class_dirs(train_dir)
+    if not classes:
         raise DatasetError("no class folders", train_dir)
     if test_dir.is_dir():
         test_classes = _class_dirs(test_dir)
-        if test_classes != train_classes:
-            only_train = sorted(set(train_classes) - set(test_classes))
-            only_test = sorted(set(test_classes) - set(train_classes))
+        if test_classes != classes:
+            only_train = sorted(set(classes) - set(test_classes))
+            only_test = sorted(set(test_classes) - set(classes))
             raise DatasetError(
                 "class folders differ between Training and Testing"
                 + (f"; only in Training: {', '.join(only_train)}" if only_train else "")
                 + (f"; only in Testing: {', '.join(only_test)}" if only_test else ""),
                 root,
             )
-    classes = train_classes
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 classes, found {len(classes)}", train_dir)
     index = DatasetIndex(root, classes, [], [])
