@@ -186,19 +186,16 @@ class BundleMetadata:
         scores = OutputSpec(SCORES, 0, self.output, "class scores in `classes` order")
         return {SCORES: scores, **self.extra_outputs}
 
-    def input_spec(self) -> dict[str, Any]:
-        p = self.preprocessing
-        return {"name": "image", "shape": [None, p.height, p.width, 3], "layout": "NHWC", "dtype": "float32",
-                "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode}
-
     def to_dict(self) -> dict[str, Any]:
+        p = self.preprocessing
         data = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "task": "image classification (brain MRI slice, one label of: " + ", ".join(self.classes) + ")",
             "classes": list(self.classes),
-            "input": self.input_spec(),
-            "preprocessing": self.preprocessing.to_dict(),
+            "input": {"name": "image", "shape": [None, p.height, p.width, 3], "layout": "NHWC", "dtype": "float32",
+                      "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode},
+            "preprocessing": p.to_dict(),
             "output": {"type": self.output, "shape": [None, len(self.classes)],
                        "yields": "probabilities (softmax applied by the runtime for logits)"},
             "outputs": {role: spec.to_dict() for role, spec in self.outputs.items()},
