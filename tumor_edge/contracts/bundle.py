@@ -709,14 +709,11 @@ def describe_file(path: Path, fmt: str, precision: str, files: tuple[str, ...] =
     """The `models` entry of the file at `path`, hashed; `files` names the other files (in its folder) it reads,
     besides its engine's companion files, which are always listed."""
     path = Path(path)
-    names = dict.fromkeys((*companion_files(path.name), *files))
-    members = {name: describe_member(path.parent / name) for name in names}
+    members: dict[str, MemberFile] = {}
+    for name in dict.fromkeys((*companion_files(path.name), *files)):
+        member = path.parent / name
+        members[name] = MemberFile(member.name, member.stat().st_size, sha256_file(member))
     return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra), members)
-
-
-def describe_member(path: Path) -> MemberFile:
-    path = Path(path)
-    return MemberFile(path.name, path.stat().st_size, sha256_file(path))
 
 
 # ---------------------------------------------------------------------------------------------- the last bundle

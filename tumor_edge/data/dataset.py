@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -156,15 +157,12 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, f
             return str(err)
 
     def ordered(pool: ThreadPoolExecutor) -> Iterator[tuple[Sample, np.ndarray | str]]:
-        pending: deque = deque()
-        for sample in samples:
-            pending.append((sample, pool.submit(load, sample)))
-            if len(pending) >= 4 * workers:
-                head, future = pending.popleft()
-                yield head, future.result()
-        while pending:
-            head, future = pending.popleft()
-            yield head, future.result()
+        submitted = ((sample, pool.submit(load, sample)) for sample in samples)
+        window = deque(islice(submitted, 4 * workers))  # a sliding window: one submitted as one is taken
+        while window:
+            sample, future = window.popleft()
+            window.extend(islice(submitted, 1))
+            yield sample, future.result()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for sample, result in progress(ordered(pool), label, length=len(samples), enabled=show_progress):
