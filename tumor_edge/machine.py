@@ -135,10 +135,7 @@ def machine_info() -> dict[str, Any]:
     """A JSON-ready description of this machine for a benchmark record."""
     blocks = _cpuinfo()
     flags = cpu_flags(blocks)
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS
     int8 = int8_acceleration(flags)
     family = "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "x86"
     mem_total = None
