@@ -59,8 +59,7 @@ def clean_filename(raw: str | bytes | None) -> str:
     return name[:MAX_NAME] or DEFAULT_NAME
 
 
-async def read_body(request: Request, limit: int, timeout_s: float,
-                    book: Callable[[int], None] | None = None) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float, book: Callable[[int], None]) -> bytes:
     """The whole body, refusing more than `limit` bytes (413) or a sender slower than `timeout_s` (408).
     `book(n)` is told of every `n` bytes received before they are kept (it may refuse them by raising)."""
     declared = request.headers.get("content-length")
@@ -77,8 +76,7 @@ async def read_body(request: Request, limit: int, timeout_s: float,
             async for chunk in request.stream():
                 if len(body) + len(chunk) > limit:
                     raise HttpError(413, f"body is over the limit of {limit} bytes")
-                if book is not None:
-                    book(len(chunk))
+                book(len(chunk))
                 body += chunk
     except TimeoutError as err:
         raise HttpError(408, f"the body did not arrive within {timeout_s:g} s") from err
