@@ -8,6 +8,7 @@ C0 and C1 controls, line separators and bidirectional controls (U+202E shows `sc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,11 +23,9 @@ def valid_unicode(text: str | None) -> str:
     `<array>`."""
     if text is None:
         return "<array>"
-    try:
+    with contextlib.suppress(UnicodeEncodeError):
         text.encode("utf-8")
         return text
-    except UnicodeEncodeError:
-        pass
     try:
         return os.fsencode(text).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no file-name decoding makes

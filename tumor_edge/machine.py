@@ -7,6 +7,7 @@ not cost TensorFlow's import.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -51,14 +52,9 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> list[dict[str, str]]:
         return []
     blocks = []
     for block in text.strip().split("\n\n"):
-        entry = {}
-        for line in block.splitlines():
-            if ":" in line:
-                key, _, value = line.partition(":")
-                entry[key.strip().lower()] = value.strip()
-        if entry:
-            blocks.append(entry)
-    return blocks
+        pairs = (line.partition(":") for line in block.splitlines() if ":" in line)
+        blocks.append({key.strip().lower(): value.strip() for key, _, value in pairs})
+    return [entry for entry in blocks if entry]
 
 
 def cpu_model(blocks: list[dict[str, str]]) -> str:
@@ -83,10 +79,8 @@ def cpu_isa() -> str:
     """The widest instruction-set extension that decides which onnxruntime kernels run here (NCHWc block size,
     int8 kernels): what an optimised model graph depends on besides the onnxruntime version."""
     flags = cpu_flag_set()
-    for isa in ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "asimddp", "asimd", "sse4_2"):
-        if isa in flags:
-            return isa
-    return "baseline" if flags else "unknown"
+    widest = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "asimddp", "asimd", "sse4_2")
+    return next((isa for isa in widest if isa in flags), "baseline" if flags else "unknown")
 
 
 def int8_acceleration(flags: set[str] | None = None) -> list[str]:
@@ -115,16 +109,13 @@ def package_versions() -> dict[str, str | None]:
     # imported here: classify's cache lookup (cpu_isa) must not pay for importlib.metadata's imports
     from importlib import metadata
 
-    out: dict[str, str | None] = {}
-    for label, names in packages().items():
-        out[label] = None
+    def version(names: tuple[str, ...]) -> str | None:  # the first installed
         for name in names:
-            try:
-                out[label] = metadata.version(name)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                return metadata.version(name)
+        return None
+
+    return {label: version(names) for label, names in packages().items()}
 
 
 def host() -> dict[str, str]:
@@ -144,19 +135,14 @@ def machine_info() -> dict[str, Any]:
     """A JSON-ready description of this machine for a benchmark record."""
     blocks = _cpuinfo()
     flags = cpu_flags(blocks)
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS
     int8 = int8_acceleration(flags)
     family = "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "x86"
     mem_total = None
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_total = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
     return {
         "cpu_model": cpu_model(blocks),
         "cpu_id": " ".join(f"{k}={blocks[0][k]}" for k in ("vendor_id", "cpu family", "model", "stepping")

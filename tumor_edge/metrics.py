@@ -15,10 +15,8 @@ def one_vs_rest_auc(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> tu
     per_class: list[float | None] = []
     for k in range(n_classes):
         positives = y_true == k
-        if positives.all() or not positives.any():
-            per_class.append(None)
-        else:
-            per_class.append(float(roc_auc_score(positives.astype(int), probs[:, k])))
+        defined = positives.any() and not positives.all()  # both positives and negatives
+        per_class.append(float(roc_auc_score(positives.astype(int), probs[:, k])) if defined else None)
     valid = [a for a in per_class if a is not None]
     return per_class, (float(np.mean(valid)) if valid else None)
 

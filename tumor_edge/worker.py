@@ -59,13 +59,10 @@ def resolve(target: Target) -> Callable[..., Any]:
 
 def rss_mb(pid: int | None = None) -> float | None:
     """Resident memory of a process in MiB (this one by default); None where /proc is not there."""
-    try:
-        with open(f"/proc/{pid or 'self'}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid or 'self'}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return None
 
 
@@ -78,12 +75,10 @@ def _release() -> None:
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the collection is what can be done
         import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the collection is what can be done
-        pass
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:
@@ -160,17 +155,13 @@ def _child_main(conn, env: Mapping[str, str], level: int) -> None:
 def _rebuild(outcome: dict[str, Any]) -> BaseException:
     """The child's exception as its own class here, with its one line."""
     if "exception" in outcome:
-        try:
+        with contextlib.suppress(Exception):  # the class below still carries the line
             return pickle.loads(outcome["exception"])
-        except Exception:  # noqa: BLE001 - the class below still carries the line
-            pass
     module = sys.modules.get(outcome["module"])  # never import a module (TensorFlow's) only to raise its error
     cls = getattr(module, outcome["qualname"], None) if module is not None and "." not in outcome["qualname"] else None
     if outcome["plain"] and isinstance(cls, type) and issubclass(cls, Exception):
-        try:
+        with contextlib.suppress(Exception):  # a constructor that wants more than a message
             return cls(outcome["line"])
-        except Exception:  # noqa: BLE001 - a constructor that wants more than a message
-            pass
     return ChildFailed(f"{outcome['qualname']}: {outcome['line']}")
 
 

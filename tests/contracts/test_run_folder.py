@@ -18,7 +18,7 @@ def test_round_trip_keeps_unknown_keys(tmp_path):
     data["from_the_future"] = {"x": 1}
     run.config.write_text(json.dumps(data))
     back = run.read_config()
-    assert back.classes == ["a", "b"] and back.image_size == 75 and back.data_fingerprint == "f" * 64
+    assert back.classes == ["a", "b"] and back.preprocessing.height == 75 and back.data_fingerprint == "f" * 64
     assert back.to_dict()["from_the_future"] == {"x": 1}
 
 

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tumor_edge import RESEARCH_NOTICE
 from tumor_edge.errors import ConfigError
 
 IDENTITY = ("input_path", "input_bytes", "input_mtime_ns")  # what makes a row's input the same input on a rerun
@@ -51,7 +52,6 @@ class Scorer:
     `problem`, a reason already found while listing, or None)."""
 
     def __init__(self, settings: ScoreSettings):
-        from tumor_edge import RESEARCH_NOTICE
         from tumor_edge.runtime import BackendOptions, Classifier
 
         if settings.trust:  # the bytes this worker loads are the ones checked
@@ -61,7 +61,6 @@ class Scorer:
         self.settings = settings
         options = BackendOptions(threads=max(1, settings.threads), memory_arena=True)
         self.classifier = Classifier.from_bundle(settings.model, model_file=settings.model_file, options=options)
-        self.notice = RESEARCH_NOTICE
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def rows(self, inputs: list[dict], fetch=None) -> list[dict]:
@@ -72,7 +71,7 @@ class Scorer:
         start = time.perf_counter()
         buffer = io.StringIO()
         backend = self.classifier.backend
-        writer = WRITERS["csv"](buffer, self.classifier.classes, None, 0, self.notice,
+        writer = WRITERS["csv"](buffer, self.classifier.classes, None, 0, RESEARCH_NOTICE,
                                 model=(backend.path.name, backend.name))
         writer.header()
         columns = _cells(buffer)
@@ -105,24 +104,18 @@ class Scorer:
                         emit(record, Failure(path, f"{path}: cannot read it ({err})"))
                         continue
                 local[str(path)] = record
-            self._score(list(local), local, emit)
+            s = self.settings
+            stream = self.classifier.iter_results(list(local), frames=s.frames, axis=s.axis, batch_size=s.batch_size,
+                                                  slices=int(s.slices) if s.slices.isdigit() else s.slices,
+                                                  workers=0, abstain=s.abstain)
+            try:
+                for result in stream:
+                    emit(local[str(result.source)], result)
+            finally:
+                stream.close()
         rows = [row for group in out.values() for row in group]
         share = (time.perf_counter() - start) / max(1, len(rows))
         return [{**row, "worker": self.worker, "seconds": share} for row in rows]
-
-    def _score(self, paths: list[str], records: dict[str, dict], emit) -> None:
-        s = self.settings
-        stream = self.classifier.iter_results(paths, frames=s.frames, axis=s.axis, slices=_slices(s.slices),
-                                              batch_size=s.batch_size, workers=0, abstain=s.abstain)
-        try:
-            for result in stream:
-                emit(records[str(result.source)], result)
-        finally:
-            stream.close()
-
-
-def _slices(value: str) -> str | int:
-    return int(value) if value.isdigit() else value
 
 
 def _cells(buffer: io.StringIO) -> list[str]:

@@ -71,7 +71,7 @@ class Store:
             found.update(zip(*(table.column(c).to_pylist() for c in IDENTITY)))
         return found
 
-    def write(self, table) -> str:
+    def write(self, table) -> None:
         """One part, atomically: written under a dot name (ignored by readers), then renamed."""
         import pyarrow.parquet as pq
 
@@ -79,7 +79,6 @@ class Store:
         temporary = self._path(f".{name}.tmp")
         pq.write_table(table, temporary, filesystem=self.filesystem)
         self.filesystem.move(temporary, self._path(name))
-        return name
 
     def read(self):
         """Every input's rows once (see the module's docstring), in input path order."""

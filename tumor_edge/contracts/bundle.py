@@ -186,19 +186,16 @@ class BundleMetadata:
         scores = OutputSpec(SCORES, 0, self.output, "class scores in `classes` order")
         return {SCORES: scores, **self.extra_outputs}
 
-    def input_spec(self) -> dict[str, Any]:
-        p = self.preprocessing
-        return {"name": "image", "shape": [None, p.height, p.width, 3], "layout": "NHWC", "dtype": "float32",
-                "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode}
-
     def to_dict(self) -> dict[str, Any]:
+        p = self.preprocessing
         data = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "task": "image classification (brain MRI slice, one label of: " + ", ".join(self.classes) + ")",
             "classes": list(self.classes),
-            "input": self.input_spec(),
-            "preprocessing": self.preprocessing.to_dict(),
+            "input": {"name": "image", "shape": [None, p.height, p.width, 3], "layout": "NHWC", "dtype": "float32",
+                      "value_range": SCALING_RANGES.get(p.scaling), "color_mode": p.color_mode},
+            "preprocessing": p.to_dict(),
             "output": {"type": self.output, "shape": [None, len(self.classes)],
                        "yields": "probabilities (softmax applied by the runtime for logits)"},
             "outputs": {role: spec.to_dict() for role, spec in self.outputs.items()},
@@ -272,7 +269,7 @@ def loads_strict(text: str) -> Any:
     return json.loads(text, object_pairs_hook=pairs)
 
 
-def _is_sha256(text: Any) -> bool:
+def is_sha256(text: Any) -> bool:
     return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
@@ -329,18 +326,17 @@ def is_optimized_name(name: str) -> bool:
     return name.lower().endswith(OPTIMIZED_SUFFIX)
 
 
+_ARTICLES = {"dict": "an object", "list": "a list", "str": "a string", "int": "a whole number"}
+
+
 def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
     if key not in data:
         raise ConfigError(f"field '{where}{key}' is missing")
     value = data[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ConfigError(f"field '{where}{key}' must be {_article(names)}, not {type(value).__name__}")
+        raise ConfigError(f"field '{where}{key}' must be {_ARTICLES.get(names, names)}, not {type(value).__name__}")
     return value
-
-
-def _article(name: str) -> str:
-    return {"dict": "an object", "list": "a list", "str": "a string", "int": "a whole number"}.get(name, name)
 
 
 def parse_metadata(data: Any) -> BundleMetadata:
@@ -455,7 +451,7 @@ def _parse_reference(raw: Any, models: dict[str, ModelEntry], n_classes: int, ro
         if name not in models:
             raise ConfigError(f"field 'reference.outputs' names {str(name)[:80]!r}, which 'models' does not list")
         if (not isinstance(rows, list) or len(rows) != count
-                or not all(isinstance(r, list) and len(r) == n_classes and all(_is_probability(v) for v in r)
+                or not all(isinstance(r, list) and len(r) == n_classes and all(_is_number(v, 0.0, 1.0) for v in r)
                            for r in rows)):
             raise ConfigError(f"field 'reference.outputs.{name}' must hold {count} rows of {n_classes} "
                               f"probabilities")
@@ -492,19 +488,16 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
                     or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
                 raise ConfigError(f"field '{where}' must be {{shape: [images, ...] (images <= {count}), values: "
                                   f"at most {MAX_REFERENCE_VALUES} numbers}}")
-            if math.prod(shape) != len(values) or not all(_is_finite(v) for v in values):
+            if math.prod(shape) != len(values) or not all(_is_number(v) for v in values):
                 raise ConfigError(f"field '{where}' must hold as many finite numbers as its shape says")
             clean[name][role] = {"shape": list(shape), "values": [float(v) for v in values]}
     return clean
 
 
-def _is_finite(value: Any) -> bool:
-    """A JSON number a float can hold: an integer past float's range is refused here, not at `float(v)`."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
-
-
-def _is_probability(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+def _is_number(value: Any, low: float = -sys.float_info.max, high: float = sys.float_info.max) -> bool:
+    """A JSON number from `low` to `high`; by default one a float can hold: an integer past float's range is
+    refused here, not at `float(v)`."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _parse_entry(name: str, entry: Any) -> ModelEntry:
@@ -530,7 +523,7 @@ def _parse_entry(name: str, entry: Any) -> ModelEntry:
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
         raise ConfigError(f"field '{where}size_bytes' must be a whole number of bytes up to {MAX_MODEL_BYTES}")
     digest = entry.pop("sha256", "")
-    if digest != "" and not _is_sha256(digest):
+    if digest != "" and not is_sha256(digest):
         raise ConfigError(f"field '{where}sha256' must be 64 hexadecimal digits")
     entry.pop("format"), entry.pop("precision")
     files = _parse_files(name, entry.pop("files", None))
@@ -554,7 +547,7 @@ def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
             raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
                               f"{MAX_MODEL_BYTES}")
-        if not _is_sha256(digest):
+        if not is_sha256(digest):
             raise ConfigError(f"field '{where}.{name}.sha256' must be 64 hexadecimal digits")
         files[name] = MemberFile(name, size, digest.lower())
     return files
@@ -716,14 +709,11 @@ def describe_file(path: Path, fmt: str, precision: str, files: tuple[str, ...] =
     """The `models` entry of the file at `path`, hashed; `files` names the other files (in its folder) it reads,
     besides its engine's companion files, which are always listed."""
     path = Path(path)
-    names = dict.fromkeys((*companion_files(path.name), *files))
-    members = {name: describe_member(path.parent / name) for name in names}
+    members: dict[str, MemberFile] = {}
+    for name in dict.fromkeys((*companion_files(path.name), *files)):
+        member = path.parent / name
+        members[name] = MemberFile(member.name, member.stat().st_size, sha256_file(member))
     return ModelEntry(path.name, fmt, precision, path.stat().st_size, sha256_file(path), dict(extra), members)
-
-
-def describe_member(path: Path) -> MemberFile:
-    path = Path(path)
-    return MemberFile(path.name, path.stat().st_size, sha256_file(path))
 
 
 # ---------------------------------------------------------------------------------------------- the last bundle

@@ -73,10 +73,6 @@ class RunConfig:
     versions: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
 
-    @property
-    def image_size(self) -> int:
-        return self.preprocessing.height
-
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "preprocessing")}
         data["preprocessing"] = self.preprocessing.to_dict()

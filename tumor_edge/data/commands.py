@@ -23,7 +23,6 @@ def check(root: Path, no_duplicates: bool) -> None:
     from tumor_edge.data.dedup import check_dataset
 
     report = check_dataset(root, find_duplicates=not no_duplicates)
-    for line in report.summary_lines():
-        click.echo(line)
+    click.echo("\n".join(report.summary_lines()))
     if report.problems:
         raise SystemExit(1)

@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -82,21 +83,20 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
         raise DatasetError(f"missing split folder '{TRAIN_DIR}/' (expected {TRAIN_DIR}/<class>/*.jpg)", root)
     if require_test and not test_dir.is_dir():
         raise DatasetError(f"missing split folder '{TEST_DIR}/' (expected {TEST_DIR}/<class>/*.jpg)", root)
-    train_classes = _class_dirs(train_dir)
-    if not train_classes:
+    classes = _class_dirs(train_dir)
+    if not classes:
         raise DatasetError("no class folders", train_dir)
     if test_dir.is_dir():
         test_classes = _class_dirs(test_dir)
-        if test_classes != train_classes:
-            only_train = sorted(set(train_classes) - set(test_classes))
-            only_test = sorted(set(test_classes) - set(train_classes))
+        if test_classes != classes:
+            only_train = sorted(set(classes) - set(test_classes))
+            only_test = sorted(set(test_classes) - set(classes))
             raise DatasetError(
                 "class folders differ between Training and Testing"
                 + (f"; only in Training: {', '.join(only_train)}" if only_train else "")
                 + (f"; only in Testing: {', '.join(only_test)}" if only_test else ""),
                 root,
             )
-    classes = train_classes
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 classes, found {len(classes)}", train_dir)
     index = DatasetIndex(root, classes, [], [])
@@ -157,15 +157,12 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, f
             return str(err)
 
     def ordered(pool: ThreadPoolExecutor) -> Iterator[tuple[Sample, np.ndarray | str]]:
-        pending: deque = deque()
-        for sample in samples:
-            pending.append((sample, pool.submit(load, sample)))
-            if len(pending) >= 4 * workers:
-                head, future = pending.popleft()
-                yield head, future.result()
-        while pending:
-            head, future = pending.popleft()
-            yield head, future.result()
+        submitted = ((sample, pool.submit(load, sample)) for sample in samples)
+        window = deque(islice(submitted, 4 * workers))  # a sliding window: one submitted as one is taken
+        while window:
+            sample, future = window.popleft()
+            window.extend(islice(submitted, 1))
+            yield sample, future.result()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for sample, result in progress(ordered(pool), label, length=len(samples), enabled=show_progress):

@@ -24,7 +24,7 @@ from tumor_edge.runtime import load_rgb
 
 HASH_SIZE = 16
 THUMB = 64
-DEFAULT_MAX_DISTANCE = 12  # of 255 bits
+MAX_DISTANCE = 12  # of 255 bits
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -80,9 +80,8 @@ def hash_images(samples: Sequence[Sample], label: str = "hashing", show_progress
     return hashed, failures
 
 
-def find_cross_split_duplicates(train: Sequence[HashedImage], test: Sequence[HashedImage],
-                                max_distance: int = DEFAULT_MAX_DISTANCE) -> list[DuplicatePair]:
-    """For each test image, its closest training image when within `max_distance` bits (exact: distance -1)."""
+def find_cross_split_duplicates(train: Sequence[HashedImage], test: Sequence[HashedImage]) -> list[DuplicatePair]:
+    """For each test image, its closest training image when within MAX_DISTANCE bits (exact: distance -1)."""
     if not train or not test:
         return []
     by_sha = {h.sha256: h.path for h in train}
@@ -94,7 +93,7 @@ def find_cross_split_duplicates(train: Sequence[HashedImage], test: Sequence[Has
             continue
         distances = np.bitwise_count(train_hashes ^ t.phash).sum(axis=1)
         j = int(np.argmin(distances))
-        if distances[j] <= max_distance:
+        if distances[j] <= MAX_DISTANCE:
             pairs.append(DuplicatePair(t.path, train[j].path, int(distances[j])))
     return pairs
 
@@ -153,8 +152,7 @@ class CheckReport:
         lines = [f"dataset: {self.index.root}", self.index.counts_table()]
         if self.index.ignored:
             lines.append(f"ignored {len(self.index.ignored)} non-image file(s), e.g. {self.index.ignored[0]}")
-        for problem in self.problems:
-            lines.append(f"problem: {problem}")
+        lines += [f"problem: {problem}" for problem in self.problems]
         exact = sum(1 for d in self.duplicates if d.exact)
         if self.duplicates:
             lines.append(f"duplicates: {len(self.duplicates)} test image(s) also in Training "

@@ -77,9 +77,8 @@ def missing_for(command: str) -> tuple[str, list[str]] | None:
     """(extra, missing modules) when `command` cannot run on this install, else None."""
     extra, modules = COMMAND_NEEDS.get(command, (None, ()))
     missing = [m for m in modules if not installed(m)]
-    if all(m in CAN_RUN_WITHOUT.get(command, ()) for m in missing):
-        return None
-    return (extra, missing) if extra and missing else None
+    # nothing missing (an unlisted command lists nothing) or only what the command can do without: it runs
+    return None if all(m in CAN_RUN_WITHOUT.get(command, ()) for m in missing) else (extra, missing)
 
 
 def extras_present() -> dict[str, dict[str, bool]]:

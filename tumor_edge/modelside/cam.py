@@ -136,8 +136,7 @@ def trust_model(model, ood=None):
                                  f"model pools {channels}")
         dense = keras.layers.Dense(ood.dims, dtype="float32", name=OOD_ROLE)
         dense.build((None, channels))
-        projection = ood.projection.astype(np.float32)
-        dense.set_weights([projection, (-ood.mean @ ood.projection).astype(np.float32)])
+        dense.set_weights([ood.projection.astype(np.float32), (-ood.mean @ ood.projection).astype(np.float32)])
         outputs.append(dense(head.pooled))
     return keras.Model(model.inputs, outputs, name=f"{model.name}_trust")
 

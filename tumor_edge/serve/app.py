@@ -59,8 +59,7 @@ def clean_filename(raw: str | bytes | None) -> str:
     return name[:MAX_NAME] or DEFAULT_NAME
 
 
-async def read_body(request: Request, limit: int, timeout_s: float,
-                    book: Callable[[int], None] | None = None) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float, book: Callable[[int], None]) -> bytes:
     """The whole body, refusing more than `limit` bytes (413) or a sender slower than `timeout_s` (408).
     `book(n)` is told of every `n` bytes received before they are kept (it may refuse them by raising)."""
     declared = request.headers.get("content-length")
@@ -77,8 +76,7 @@ async def read_body(request: Request, limit: int, timeout_s: float,
             async for chunk in request.stream():
                 if len(body) + len(chunk) > limit:
                     raise HttpError(413, f"body is over the limit of {limit} bytes")
-                if book is not None:
-                    book(len(chunk))
+                book(len(chunk))
                 body += chunk
     except TimeoutError as err:
         raise HttpError(408, f"the body did not arrive within {timeout_s:g} s") from err
@@ -148,12 +146,10 @@ def _from_multipart(body: bytes, boundary: bytes | None) -> Upload:
     return Upload(data, clean_filename(filename))
 
 
-def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int | None = None,
-               stopping: threading.Event | None = None) -> HostCheck:
+def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int, stopping: threading.Event
+               ) -> HostCheck:
     """An app serving `classifier` (loaded and run once) to requests addressed to `config.host` on `port` (the
-    bound one; default `config.port`); each request's work stops at its inference cap, when its client goes, or
-    once `stopping` is set."""
-    stopping = stopping or threading.Event()
+    bound one); each request's work stops at its inference cap, when its client goes, or once `stopping` is set."""
     meter_engine(classifier, config.concurrency)
     admission = Admission(config.concurrency + 1, config.queue)  # one more in progress than the engine runs
     uploads = UploadStage(config.upload_places, config.upload_places_per_client, config.upload_budget_bytes)
@@ -248,4 +244,4 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
     ]
     handlers = {HttpError: on_http_error, HTTPException: on_starlette_error, Exception: on_crash}
     app = Starlette(routes=routes, exception_handlers=handlers)
-    return HostCheck(app, HostRule.for_bind(config.host, config.port if port is None else port, config.allow_hosts))
+    return HostCheck(app, HostRule.for_bind(config.host, port, config.allow_hosts))

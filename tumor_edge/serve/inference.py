@@ -88,9 +88,7 @@ def classify_bytes(classifier: Any, data: bytes, filename: str, frames: str = "m
                     summary.update(file=filename, model=source, slice_results=slices)
                     outcome.results.append(summary)
                     continue
-                item = result.to_dict()
-                item["file"] = filename
-                item["model"] = source
+                item = {**result.to_dict(), "file": filename, "model": source}
                 if result.ok and not volume:  # the page draws the predicted class's map and says what drew it
                     item.update(maps.pop(result.frame, {}))
                 if not result.ok:

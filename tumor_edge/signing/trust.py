@@ -24,6 +24,7 @@ import click
 from tumor_edge.contracts.bundle import (
     METADATA_FILE,
     BundleMetadata,
+    is_sha256,
     parse_release_version,
     read_confined,
     resolve_model_path,
@@ -65,7 +66,7 @@ def parse_trust(value: str | Path | TrustPolicy) -> TrustPolicy:
         except ConfigError as err:
             raise TrustSettingError(f"trust pin {err.reason}") from err
     digest = found.get("bundle")
-    if digest is not None and (len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest.lower())):
+    if digest is not None and not is_sha256(digest):
         raise TrustSettingError("trust pin bundle= must be 64 hexadecimal digits (a signed statement's sha256)")
     return TrustPolicy(Path(key), found.get("min-version"), digest.lower() if digest else None)
 

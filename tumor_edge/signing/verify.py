@@ -85,10 +85,7 @@ def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[d
         hint = outer["verificationMaterial"]["publicKey"]["hint"]
         envelope = outer["dsseEnvelope"]
         (entry,) = envelope["signatures"]
-        for text in (envelope["payload"], entry["sig"]):
-            _canonical_base64(text)
-        payload = base64.b64decode(envelope["payload"], validate=True)
-        sig = base64.b64decode(entry["sig"], validate=True)
+        payload, sig = _canonical_base64(envelope["payload"]), _canonical_base64(entry["sig"])
         payload_type = envelope["payloadType"]
     except (ValueError, KeyError, TypeError) as err:
         raise SignatureError(f"not a readable model-signing signature ({first_line(err)})", where) from err
@@ -137,12 +134,14 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _canonical_base64(text: str) -> None:
-    """Base64 as every encoder writes it. A decoder ignores the unused low bits of the last character before the
-    padding, so one of those could be edited and the signature would still verify: an edited model.sig would pass
-    as the same signature. Refused, so that editing any byte of a signed bundle's files fails."""
-    if base64.b64encode(base64.b64decode(text, validate=True)).decode("ascii") != text:
+def _canonical_base64(text: str) -> bytes:
+    """The bytes of base64 as every encoder writes it. A decoder ignores the unused low bits of the last character
+    before the padding, so one of those could be edited and the signature would still verify: an edited model.sig
+    would pass as the same signature. Refused, so that editing any byte of a signed bundle's files fails."""
+    data = base64.b64decode(text, validate=True)
+    if base64.b64encode(data).decode("ascii") != text:
         raise ValueError("base64 not in canonical form (edited)")
+    return data
 
 
 def _not_ours(statement: dict[str, Any]) -> str | None:
