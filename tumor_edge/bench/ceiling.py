@@ -108,10 +108,9 @@ def matmul_model(precision: str, size: int) -> bytes:
     return model.SerializeToString()
 
 
-def matmul_rate(precision: str, size: int = DEFAULT_SIZE, min_seconds: float = 1.5, min_runs: int = 5,
-                threads: int | None = None) -> tuple[float, float, int]:
+def matmul_rate(precision: str, size: int, min_seconds: float, threads: int) -> tuple[float, float, int]:
     """(median, best) GMAC/s of onnxruntime's n x n matmul of this precision with `threads` intra-op threads (as
-    the runtime's BackendOptions set them), and the number of timed runs."""
+    the runtime's BackendOptions set them) over at least 5 runs and `min_seconds`, and the number of timed runs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -123,7 +122,7 @@ def matmul_rate(precision: str, size: int = DEFAULT_SIZE, min_seconds: float = 1
     session.run(None, {"a": a, "b": b})  # warm-up: thread pool start, page faults, kernel selection
     rates: list[float] = []
     spent = 0.0
-    while len(rates) < min_runs or spent < min_seconds:
+    while len(rates) < 5 or spent < min_seconds:
         start = time.perf_counter()
         session.run(None, {"a": a, "b": b})
         elapsed = time.perf_counter() - start
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for precision in [p for p in args.precisions.split(",") if p]:
         try:
-            median, best, runs = matmul_rate(precision, args.size, args.seconds, threads=args.threads)
+            median, best, runs = matmul_rate(precision, args.size, args.seconds, args.threads)
         except ImportError as err:
             print(json.dumps({"unavailable": precision, "reason": f"onnx is not installed ({err})"}))
             continue

@@ -55,7 +55,7 @@ def _spawn_once(model: Path, image: Path, threads: int | None, bundle: Path | No
     return json.loads(lines[-1])
 
 
-def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
+def _launch(cmd: list[str]) -> dict[str, Any]:
     """Spawn `cmd`, time spawn -> first stdout line, reap it with wait4 for its peak RSS."""
     with tempfile.TemporaryFile() as err_file:
         start = time.perf_counter()
@@ -66,10 +66,10 @@ def _launch(cmd: list[str], timeout: float = 600.0) -> dict[str, Any]:
         proc.stdout.read()
         proc.stdout.close()
         if not hasattr(os, "wait4"):  # Windows: no kernel accounting of the child to read
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=600.0)
             status, rusage = None, None
         else:
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + 600.0
             while True:
                 pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:

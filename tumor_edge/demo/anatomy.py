@@ -93,7 +93,6 @@ class Anatomy:
     block of `image` voxels 2i..2i+1, centred at 2i + 0.5.
     """
 
-    name: str
     image: np.ndarray  # float32 (X, Y, Z), white matter ~0.78
     depth: np.ndarray  # float32 2 mm grid, signed distance to the brain surface in mm, positive inside
     synthetic_head: bool  # skull-stripped volume: slices get a drawn scalp and skull
@@ -220,7 +219,7 @@ def _ref_regions(anat_to_ref: Callable[[np.ndarray], np.ndarray], points: np.nda
 
 
 @lru_cache(maxsize=8)
-def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
+def _load_cached(path_str: str, mtime: float) -> Anatomy:
     path = Path(path_str)
     data = _canonical_1mm(path)
     coarse = _downsample(data, GRID_MM)
@@ -242,7 +241,7 @@ def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
     brain_lo = idx.min(axis=0) * GRID_MM + 0.5
     brain_hi = idx.max(axis=0) * GRID_MM + 0.5
 
-    anat = Anatomy(name=name, image=image, depth=depth, synthetic_head=stripped, brain_lo=brain_lo,
+    anat = Anatomy(image=image, depth=depth, synthetic_head=stripped, brain_lo=brain_lo,
                    brain_hi=brain_hi, glioma_sites=np.zeros((0, 3)), convexity_sites=np.zeros((0, 3)),
                    convexity_normals=np.zeros((0, 3)), falx_sites=np.zeros((0, 3)))
     inner = np.argwhere(depth > 0)
@@ -269,4 +268,4 @@ def _load_cached(path_str: str, name: str, mtime: float) -> Anatomy:
 def load_anatomy(source: VolumeSource) -> Anatomy:
     """Prepare a volume once per process (a few seconds); later calls reuse it."""
     path = Path(source.path).resolve()
-    return _load_cached(str(path), source.name, path.stat().st_mtime)
+    return _load_cached(str(path), path.stat().st_mtime)

@@ -65,10 +65,10 @@ class Blob:
         return self.radius * float(self.axes.max()) * (1 + float(self.amps.sum()))
 
 
-def _bounding(blobs: list[Blob], extra: float = 0.0) -> tuple[np.ndarray, float]:
-    """A sphere (centre, radius) around several blobs, grown by `extra` mm."""
+def _bounding(blobs: list[Blob]) -> tuple[np.ndarray, float]:
+    """A sphere (centre, radius) around several blobs, with a 2 mm margin."""
     centre = blobs[0].centre
-    return centre, max(float(np.linalg.norm(b.centre - centre)) + b.bound for b in blobs) + extra
+    return centre, max(float(np.linalg.norm(b.centre - centre)) + b.bound for b in blobs) + 2.0
 
 
 def _inside(rho: np.ndarray, spacing: float, radius: float) -> np.ndarray:
@@ -128,7 +128,7 @@ class PituitaryLesion:
                 max(c + b.bound for c, b in zip(centres, self.blobs)))
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
-        sample = sample.around(*_bounding(self.blobs, 2.0))
+        sample = sample.around(*_bounding(self.blobs))
         if sample is None:
             return
         rho = np.minimum.reduce([b.rho(sample.points) for b in self.blobs])
@@ -154,7 +154,7 @@ class GliomaLesion:
     mass_effect: MassEffect | None = None
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
-        sample = sample.around(*_bounding([self.oedema, self.rim, self.core], 2.0))
+        sample = sample.around(*_bounding([self.oedema, self.rim, self.core]))
         if sample is None:
             return
         pts = sample.points
@@ -172,8 +172,7 @@ class GliomaLesion:
 
 
 def place_glioma(anat: Anatomy, plane: Plane, pituitary: PituitaryLesion, rng: np.random.Generator) -> GliomaLesion:
-    s = anat.scale
-    r = rng.uniform(14.0, 28.0) * s
+    r = rng.uniform(14.0, 28.0) * anat.scale
     near = anat.glioma_sites[_near_plane(plane, anat.glioma_sites, r)]
     # Deep enough that the enhancing mass stays mostly inside the brain.
     depth = sample_depth(anat, near)
@@ -204,7 +203,7 @@ class MeningiomaLesion:
     mass_effect: MassEffect | None = None
 
     def paint(self, sample: SliceSample, rng: np.random.Generator) -> None:
-        centre, reach = _bounding([self.blob], 2.0)
+        centre, reach = _bounding([self.blob])
         sample = sample.around(centre, max(reach * 1.2, float(np.linalg.norm(self.base - centre)) + self.tail_length))
         if sample is None:
             return
@@ -229,8 +228,7 @@ class MeningiomaLesion:
 
 def place_meningioma(anat: Anatomy, plane: Plane, pituitary: PituitaryLesion,
                      rng: np.random.Generator) -> MeningiomaLesion:
-    s = anat.scale
-    r = rng.uniform(12.0, 26.0) * s
+    r = rng.uniform(12.0, 26.0) * anat.scale
     falx_near = anat.falx_sites[np.abs(plane.distance(anat.falx_sites)) < 0.4 * r]
     if len(falx_near) and rng.random() < 0.3:
         base = falx_near[rng.integers(len(falx_near))]

@@ -162,12 +162,12 @@ def stage_export(ctx: DemoContext) -> dict[str, Any]:
             "parity_failure": failure, "parity_files": verdicts, "files": files}
 
 
-def _held_out_examples(ctx: DemoContext, per_class: int = 2) -> list[tuple[Path, str]]:
+def _held_out_examples(ctx: DemoContext) -> list[tuple[Path, str]]:
     from tumor_edge.data.dataset import discover
 
     index = discover(ctx.data)
     return [(s.path, name) for label, name in enumerate(index.classes)
-            for s in [s for s in index.test if s.label == label][:per_class]]
+            for s in [s for s in index.test if s.label == label][:2]]
 
 
 def stage_classify(ctx: DemoContext) -> dict[str, Any]:

@@ -156,10 +156,10 @@ def _lesion_centre(lesion: Lesion | None) -> tuple[np.ndarray | None, float]:
 
 
 def choose_plane(anat: Anatomy, plane_name: str, tilt: np.ndarray, rng: np.random.Generator,
-                 slab: SlabFilter | None = None, tries: int = 500) -> tuple[Plane, PituitaryLesion, float]:
+                 slab: SlabFilter | None = None) -> tuple[Plane, PituitaryLesion, float]:
     """Draw the would-be pituitary mass and a slice through it (within `slab` when given)."""
     n = tilt @ np.asarray(PLANES[plane_name][2], dtype=np.float64)
-    for _ in range(tries):
+    for _ in range(500):
         pituitary = PituitaryLesion.random(anat, rng)
         lo, hi = pituitary.extent(n)
         t = rng.uniform(lo + _SLICE_BAND[0] * (hi - lo), lo + _SLICE_BAND[1] * (hi - lo))
@@ -169,7 +169,7 @@ def choose_plane(anat: Anatomy, plane_name: str, tilt: np.ndarray, rng: np.rando
         position = float((origin - anat.sella) @ n)
         if slab is None or slab(plane_name, position):
             return plane, pituitary, position
-    raise RuntimeError(f"no {plane_name} slice found in the requested slab after {tries} tries")
+    raise RuntimeError(f"no {plane_name} slice found in the requested slab after 500 tries")
 
 
 def make_scan(anat: Anatomy, class_name: str, size: int, seed: np.random.SeedSequence,

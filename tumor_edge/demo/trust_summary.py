@@ -32,11 +32,6 @@ def _pct(value: Any) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
 
 
-def _test_files(test_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
-    """Each class's held-out scans, sorted (none for a class without a folder)."""
-    return {name: sorted(p for p in (Path(test_dir) / name).glob("*") if is_scan_file(p)) for name in classes}
-
-
 def _calibration(run: RunFolder, out_dir: Path, link: str) -> tuple[list[str], dict[str, Any], list[Path]]:
     metrics = run.read_metrics() if run.metrics.is_file() else {}
     cal = metrics.get("calibration") or {}
@@ -160,7 +155,8 @@ def trust_summary(run_dir: Path, bundle: Path, test_dir: Path, out_dir: Path, li
     out_dir = prepare_out_dir(Path(out_dir), True, _owned, "trust summary")
     link = Path(os.path.relpath(out_dir, Path(link_base) if link_base is not None else out_dir.parent)).as_posix()
     classifier = Classifier.from_bundle(Path(bundle))
-    files = _test_files(Path(test_dir), classifier.classes)
+    files = {name: sorted(p for p in (Path(test_dir) / name).glob("*") if is_scan_file(p))
+             for name in classifier.classes}  # each class's held-out scans (none for a class without a folder)
     lines = ["## Trust: how far to believe each prediction", "", f"> **{RESEARCH_NOTICE}** The scans are "
              "synthetic (real MRI templates with simulated lesions); these figures describe the pipeline, not "
              "clinical performance.", ""]

@@ -147,27 +147,22 @@ class PrecisionChoice:
         return self.policy != "float32"
 
 
-def _auto(gpus: int, cpu_flags: Collection[str]) -> tuple[str, str]:
-    if gpus:
-        return "float16", "GPU present: float16 (tensor cores)"
-    have = [f for f in BF16_CPU_FLAGS if f in cpu_flags]
-    if have:
-        return "bfloat16", f"no GPU; the CPU has {', '.join(have)}"
-    return "off", "no GPU and no AMX bfloat16 on the CPU"
-
-
 def choose_precision(requested: str, gpus: int, cpu_flags: Collection[str] | None = None) -> PrecisionChoice:
     """The policy for `requested`; `cpu_flags` defaults to this machine's (tumor_edge.machine)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"unknown mixed precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return PrecisionChoice(requested, POLICIES[requested], "asked for")
+    if gpus:
+        return PrecisionChoice(requested, POLICIES["float16"], "GPU present: float16 (tensor cores)")
     if cpu_flags is None:
         from tumor_edge.machine import cpu_flag_set
 
         cpu_flags = cpu_flag_set()
-    name, reason = _auto(gpus, cpu_flags)
-    return PrecisionChoice(requested, POLICIES[name], reason)
+    have = [f for f in BF16_CPU_FLAGS if f in cpu_flags]
+    if have:
+        return PrecisionChoice(requested, POLICIES["bfloat16"], f"no GPU; the CPU has {', '.join(have)}")
+    return PrecisionChoice(requested, POLICIES["off"], "no GPU and no AMX bfloat16 on the CPU")
 
 
 def applied_updates(optimizer) -> int:

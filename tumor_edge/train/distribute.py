@@ -138,7 +138,6 @@ class DataParallel(OneDevice):
     def __init__(self, devices: list[str]):
         import keras
 
-        self.devices = devices
         self.num_replicas_in_sync = len(devices)
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
 
@@ -166,7 +165,7 @@ def _keras_strategy(name: str, backend: str) -> Distribution:
     return Distribution(OneDevice(), "default", ["cuda:0" if gpus else "cpu"], gpus)
 
 
-def choose_strategy(name: str, backend: str = "tensorflow") -> Distribution:
+def choose_strategy(name: str, backend: str) -> Distribution:
     """`auto`: multi-worker when TF_CONFIG names several workers, mirrored over several GPUs, else the default.
     Call before TensorFlow executes anything: MultiWorkerMirroredStrategy configures its collectives."""
     if name not in STRATEGIES:

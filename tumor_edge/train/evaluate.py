@@ -62,13 +62,11 @@ def predict_probabilities(model, pixels: np.ndarray, batch_size: int = 32, chunk
     return predict_chunks(model, ((s, pixels[s:s + chunk]) for s in range(0, len(pixels), chunk)), batch_size)
 
 
-def predict_chunks(model, chunks, batch_size: int = 32) -> np.ndarray:
+def predict_chunks(model, chunks, batch_size: int) -> np.ndarray:
     """Probabilities for (start, uint8 images) chunks in order, e.g. `PixelCache.chunks()`: bounded memory."""
-    out = [np.zeros((0, model.output_shape[-1]), dtype=np.float32)]
-    for _, batch in chunks:
-        out.append(np.asarray(model.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0),
-                              dtype=np.float32))
-    return np.concatenate(out)
+    out = [np.asarray(model.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0), dtype=np.float32)
+           for _, batch in chunks]
+    return np.concatenate([np.zeros((0, model.output_shape[-1]), dtype=np.float32), *out])
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -286,10 +286,10 @@ def _finish(config: TrainConfig, run: RunFolder, index, val, test, spec, fitted,
 @dataclass
 class FitResult:
     classifier: Any  # best weights restored
-    phases: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)
-    monitor: str = "val_loss"
-    throughput: dict[str, Any] = field(default_factory=dict)
+    phases: list[dict[str, Any]]
+    best: dict[str, Any]
+    monitor: str
+    throughput: dict[str, Any]
 
 
 def compile_model(model, learning_rate, num_classes: int, jit_compile: str) -> None:
@@ -367,7 +367,7 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
                       num_classes, config.jit_compile)
     best = BestWeights(classifier, monitor, (lambda m: m.save(checkpoint)) if checkpoint is not None else None)
     timer = StepTimer(global_batch, config.backend)
-    result = FitResult(classifier, monitor=monitor)
+    phases: list[dict[str, Any]] = []
 
     def run_phase(name: str, epochs: int, initial_epoch: int, learning_rate: float) -> int:
         best.phase = name
@@ -378,7 +378,7 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
                             verbose=config.verbose)
         ran = timer.count - steps_before
         applied = applied_updates(model.optimizer)  # a fresh optimizer per phase: its own count
-        result.phases.append({"phase": name, "epochs": len(history.epoch), "learning_rate": learning_rate,
+        phases.append({"phase": name, "epochs": len(history.epoch), "learning_rate": learning_rate,
                               "steps": ran, "updates_applied": applied, "steps_skipped": ran - applied})
         if ran - applied:
             print(f"warning: phase {name}: loss scaling skipped {ran - applied} of {ran} step(s) (overflowing "
@@ -400,9 +400,7 @@ def fit_phases(config: TrainConfig, dist, train_cache, val_cache, num_classes: i
         run_phase("fine-tune", config.fine_tune_epochs, done, config.fine_tune_learning_rate)
     if not best.restore():
         print(f"warning: no epoch gave a finite {monitor}; keeping the last weights")
-    result.best = best.summary()
-    result.throughput = timer.summary()
-    return result
+    return FitResult(classifier, phases, best.summary(), monitor, timer.summary())
 
 
 def index_dataset(cache, num_classes: int, batch_size: int, shuffle: bool = False, seed: int = 0,
