@@ -224,15 +224,15 @@ def isa_peak(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None, 
 OVER_CEILING_TOLERANCE = 0.05
 
 
-def flag_over_ceiling(rows: list[dict[str, Any]], tolerance: float = OVER_CEILING_TOLERANCE) -> list[dict[str, Any]]:
-    """Mark each row whose achieved GMAC/s exceeds its own ceiling (`ceiling_fraction` > 1 + tolerance) with a
-    `measurement_error` saying so, and return those rows. A model cannot do its multiply-accumulates faster than
+def flag_over_ceiling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each row whose achieved GMAC/s exceeds its own ceiling (`ceiling_fraction` > 1 + the tolerance) with
+    a `measurement_error` saying so, and return those rows. A model cannot do its multiply-accumulates faster than
     the engine multiplies large matrices: above it, the MAC count, the timing or the ceiling is wrong."""
     flagged = []
     for row in rows:
         fraction = row.get("ceiling_fraction")
         row.pop("measurement_error", None)
-        if fraction is not None and fraction > 1.0 + tolerance:
+        if fraction is not None and fraction > 1.0 + OVER_CEILING_TOLERANCE:
             row["measurement_error"] = (f"{fraction:.0%} of its {row.get('ceiling_precision', 'fp32')} ceiling: "
                                         f"a measurement error (MAC count, timing or ceiling)")
             flagged.append(row)

@@ -26,11 +26,6 @@ from pathlib import Path
 from typing import Any
 
 
-def _maxrss_mb(rusage: Any) -> float:
-    # Linux reports kilobytes, macOS bytes.
-    return rusage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def _child_command(model: Path, image: Path, threads: int | None, bundle: Path | None) -> list[str]:
     cmd = [sys.executable, "-m", "tumor_edge.bench.coldstart", str(model), str(image)]
     if threads:
@@ -86,7 +81,8 @@ def _launch(cmd: list[str]) -> dict[str, Any]:
             tail = err_file.read().decode(errors="replace").strip().splitlines()
             sys.stderr.write((tail[-1] if tail else f"exit {proc.returncode}, no output") + "\n")
             raise SystemExit(1)
-    return {"first_result_s": first_result, "peak_rss_mb": _maxrss_mb(rusage) if rusage else None,
+    rss_unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return {"first_result_s": first_result, "peak_rss_mb": rusage.ru_maxrss / rss_unit if rusage else None,
             "cpu_s": rusage.ru_utime + rusage.ru_stime if rusage else None, "child": json.loads(line)}
 
 

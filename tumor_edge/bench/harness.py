@@ -169,9 +169,8 @@ def _macs(subject: Subject) -> int | None:
     """MACs per image from the bundle's fp32 ONNX (else any ONNX file it lists); all formats share the
     architecture."""
     suffix = ENGINES["onnxruntime"].suffix
-    candidates = sorted((t for t in subject.targets if t.path.suffix.lower() == suffix),
-                        key=lambda t: t.precision != "fp32")
-    paths = [t.path for t in candidates]
+    paths = [t.path for t in sorted((t for t in subject.targets if t.path.suffix.lower() == suffix),
+                                    key=lambda t: t.precision != "fp32")]
     if not paths and subject.bundle_dir is not None:
         paths = [subject.bundle_dir / name for name in subject.metadata.models if name.lower().endswith(suffix)]
     return next((macs for macs in map(count_macs, paths) if macs), None)
@@ -200,7 +199,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     started = time.perf_counter()
     subject = resolve_subject(config.model, config.run, config.keras, config.formats)
     machine = machine_info()
-    classes = len(subject.metadata.classes)
     pool = image_pool(subject, config.images, config.image_count)
     inputs = scale(pool.pixels, subject.metadata.preprocessing)
     unavailable: dict[str, str] = {}
@@ -214,7 +212,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         steps = [(threads, batch) for threads in config.threads for batch in config.batches]
         bar = iter(progress(steps, "benchmarking", enabled=config.show_progress))
         for threads in config.threads:
-            sessions = subject.open_sessions(threads, inputs, classes, workdir)
+            sessions = subject.open_sessions(threads, inputs, len(subject.metadata.classes), workdir)
             try:
                 for batch in config.batches:
                     next(bar, None)

@@ -107,14 +107,12 @@ def _goal_line(g: dict) -> str:
 
 def _header_lines(record: Record) -> list[str]:
     model = record["model"]
-    gmac = model.get("gmac_per_image")
-    load = record["machine"].get("load_average")
     return [
         f"machine: {machine_summary(record['machine'])}",
         f"model: {model['source']} ({model['input_hw'][0]}x{model['input_hw'][1]}, "
-        f"{_num(gmac, '.2f')} GMAC/image); inputs: {model['inputs']}",
+        f"{_num(model.get('gmac_per_image'), '.2f')} GMAC/image); inputs: {model['inputs']}",
         *_ceiling_lines(record),
-        f"load average at start {load}, at end {record.get('load_average_end')}",
+        f"load average at start {record['machine'].get('load_average')}, at end {record.get('load_average_end')}",
     ]
 
 
@@ -198,14 +196,10 @@ def render_markdown(record: Record, chart: str | None = None, level: int = 1, ti
 def _bars(ax: Any, rows: dict, formats: list[str], threads: list[int], batch: int, value) -> None:
     width = 0.8 / max(1, len(threads))
     for j, t in enumerate(threads):
-        xs, heights, errs = [], [], []
-        for i, fmt in enumerate(formats):
-            row = rows.get((fmt, t, batch))
-            got = value(row) if row else None
-            if got is not None:
-                xs.append(i + (j - (len(threads) - 1) / 2) * width)
-                heights.append(got[0])
-                errs.append(got[1])
+        got = [(i, v) for i, fmt in enumerate(formats)
+               if (fmt, t, batch) in rows and (v := value(rows[fmt, t, batch])) is not None]  # (height, error)
+        xs = [i + (j - (len(threads) - 1) / 2) * width for i, _ in got]
+        heights, errs = [v[0] for _, v in got], [v[1] for _, v in got]
         ax.bar(xs, heights, width, yerr=[[0] * len(errs), errs] if any(errs) else None, capsize=2,
                label=f"{t} thread(s)")
     ax.set_xticks(range(len(formats)))

@@ -309,8 +309,7 @@ def pool_from_folder(folder: Path, spec: Preprocessing, count: int) -> ImagePool
     if not files:
         raise DatasetError("no images in this folder", folder)
     step = max(1, len(files) // count)
-    chosen = files[::step][:count]
-    return _load([Sample(p, 0) for p in chosen], spec, f"images from {folder}")
+    return _load([Sample(p, 0) for p in files[::step][:count]], spec, f"images from {folder}")
 
 
 def phantom_slice(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -234,9 +234,7 @@ def _load_cached(path_str: str, mtime: float) -> Anatomy:
         raise DatasetError("brain intensities are not positive", path)
     image = np.clip(data * scale, 0, 3).astype(np.float32)
     coarse = coarse * scale
-    inside = ndi.distance_transform_edt(brain)
-    outside = ndi.distance_transform_edt(~brain)
-    depth = ((inside - outside) * GRID_MM).astype(np.float32)
+    depth = ((ndi.distance_transform_edt(brain) - ndi.distance_transform_edt(~brain)) * GRID_MM).astype(np.float32)
     idx = np.argwhere(brain)
     brain_lo = idx.min(axis=0) * GRID_MM + 0.5
     brain_hi = idx.max(axis=0) * GRID_MM + 0.5

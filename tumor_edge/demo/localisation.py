@@ -132,9 +132,8 @@ def _measure(model, scans, pixels, masks, settings: ExplainSettings) -> tuple[di
         methods.add(explanation.label)
         maps.append(explanation.map)
         tally.add(class_name, explanation.map, mask)
-    seconds = time.perf_counter() - started
     return {"figures": tally.summary(), "methods": sorted(methods), "correct": correct,
-            "ms_per_scan": round(1000 * seconds / len(scans), 1)}, maps
+            "ms_per_scan": round(1000 * (time.perf_counter() - started) / len(scans), 1)}, maps
 
 
 def _pct(value: Any) -> str:

@@ -101,10 +101,8 @@ class Realism:
             field = a[0] * x + a[1] * y + 0.5 * (a[2] * x * x + a[3] * y * y + a[4] * x * y)
             img = img * np.exp(self.bias * field / (np.abs(field).max() + 1e-6))
         img = np.clip(img / self.white, 0.0, 1.0) ** self.gamma
-        if self.noise > 0:
-            n1 = rng.normal(0, self.noise, img.shape)
-            n2 = rng.normal(0, self.noise, img.shape)
-            img = np.sqrt((img + n1) ** 2 + n2**2)
+        if self.noise > 0:  # Rician: the magnitude of the signal plus complex Gaussian noise
+            img = np.sqrt((img + rng.normal(0, self.noise, img.shape)) ** 2 + rng.normal(0, self.noise, img.shape) ** 2)
         if self.blur > 0:
             img = ndi.gaussian_filter(img, self.blur * max(h, w) / 256)
         img = img * self.contrast + self.brightness

@@ -19,8 +19,7 @@ from tumor_edge.runtime.volume import PLANES
 
 def rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
     """Rodrigues rotation matrix about a unit axis."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
+    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
     a = np.radians(degrees)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)

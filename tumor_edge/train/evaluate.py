@@ -126,7 +126,7 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
     """One-vs-rest ROC per class; each curve uses the probability column of its own class on aligned rows."""
     from sklearn.metrics import auc, roc_curve
 
@@ -140,12 +140,12 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], path
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
-           title=title or "One-vs-rest ROC (test split)")
+           title=title)
     ax.legend(loc="lower right", fontsize=8)
     return _save(plt, fig, path)
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str) -> Path:
     plt = pyplot()
     m = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -154,7 +154,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.set_yticks(range(len(classes)), classes)
     for (i, j), count in np.ndenumerate(m):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > m.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (test split)")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(plt, fig, path)
 
 
@@ -195,11 +195,8 @@ def fit_ood(model, val_pixels: np.ndarray, val_labels: np.ndarray, test_pixels: 
     split (false alarms) and on generated sets (detection), beside the input checks' rates on the same sets."""
     try:
         features = features_model(model)
-    except NoCamHeadError as err:
-        return {"score": None, "skipped": err.reason}
-    try:
         fit = fit_mahalanobis(predict_probabilities(features, val_pixels, batch_size), val_labels)
-    except ConfigError as err:
+    except (NoCamHeadError, ConfigError) as err:  # no pooled features to fit on; too few images to fit
         return {"score": None, "skipped": err.reason}
     fit.save(params_path)
     record = fit.summary()

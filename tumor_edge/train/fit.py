@@ -202,9 +202,8 @@ def run_training(config: TrainConfig) -> Path | None:
                             run.model if run else None, run.history if run else None)
     fit_seconds = time.time() - started
     print(f"fit throughput (json): {json.dumps(fitted.throughput)}")  # read by benchmarks/training_gpu.py
-    path = None
-    if run is not None:
-        path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds, backend)
+    path = _finish(config, run, index, val, test, spec, fitted, dist, precision, leaks, fit_seconds,
+                   backend) if run is not None else None
     if dist.kind == "multi-worker":
         from tumor_edge.train.model import barrier
 
