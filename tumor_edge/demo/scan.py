@@ -196,13 +196,13 @@ def _slab_position(plane_name: str, position: float) -> float:
     return abs(position) if plane_name == "sagittal" else position
 
 
-def slab_thresholds(anat: Anatomy, test_fraction: float, seed: int = 0, draws: int = 3000) -> dict[str, float]:
-    """Per plane, the slab position (`_slab_position`) beyond which the top `test_fraction` of slices lie."""
+def slab_thresholds(anat: Anatomy, test_fraction: float, seed: int) -> dict[str, float]:
+    """Per plane, the slab position (`_slab_position`) beyond which the top `test_fraction` of 1000 slices lie."""
     rng = np.random.default_rng(seed)
     out = {}
     for name in PLANE_NAMES:
         positions = [_slab_position(name, choose_plane(anat, name, Realism.random(32, rng).tilt(name), rng)[2])
-                     for _ in range(draws // len(PLANE_NAMES))]
+                     for _ in range(1000)]
         out[name] = float(np.quantile(positions, 1.0 - test_fraction))
     return out
 
