@@ -80,9 +80,8 @@ def int8_operands(rng, size: int):
     saturating int16: with these ranges a pair lies in [-32640, 32130] and never clips; VNNI and ARM64 are exact
     anyway. So the timed matmul computes the same int32 result on every CPU and the rate measures real integer
     arithmetic, not clipped sums (onnxruntime's advice for int8 on CPUs without VNNI: 7-bit weights)."""
-    a = rng.integers(INT8_A_RANGE[0], INT8_A_RANGE[1] + 1, (size, size), dtype=np.uint8)
-    b = rng.integers(INT8_B_RANGE[0], INT8_B_RANGE[1] + 1, (size, size), dtype=np.int8)
-    return a, b
+    return (rng.integers(INT8_A_RANGE[0], INT8_A_RANGE[1] + 1, (size, size), dtype=np.uint8),
+            rng.integers(INT8_B_RANGE[0], INT8_B_RANGE[1] + 1, (size, size), dtype=np.int8))
 
 
 # precision -> (what measures it, the ONNX op, the onnx.TensorProto element types of a, b and y, its operands)
