@@ -127,17 +127,17 @@ def occluded(pixels: np.ndarray, grid: int, fill: np.ndarray) -> Iterator[np.nda
             yield image
 
 
-def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: int = 8, batch_size: int = 16,
-                  baseline: str | float = "mean") -> np.ndarray:
-    """(grid, grid) float32: how much hiding each cell lowers `class_index`'s log-odds."""
+def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings
+                  ) -> np.ndarray:
+    """(s.grid, s.grid) float32: how much hiding each cell lowers `class_index`'s log-odds."""
     pixels = np.asarray(pixels)
-    fill = baseline_value(pixels.astype(np.float32), baseline)
+    fill = baseline_value(pixels.astype(np.float32), s.baseline)
     base = class_scores(classifier, pixels[None].astype(np.float32), class_index, 1)[0]
-    images = occluded(pixels, grid, fill)
+    images = occluded(pixels, s.grid, fill)
     drops = []
-    while batch := list(itertools.islice(images, batch_size)):
-        drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
-    return np.concatenate(drops).reshape(grid, grid).astype(np.float32)
+    while batch := list(itertools.islice(images, s.batch_size)):
+        drops.append(base - class_scores(classifier, np.stack(batch), class_index, s.batch_size))
+    return np.concatenate(drops).reshape(s.grid, s.grid).astype(np.float32)
 
 
 # ---- RISE ------------------------------------------------------------------------------------------------------------
@@ -164,21 +164,19 @@ def rise_masks(count: int, grid: int, shape: tuple[int, int], keep: float, seed:
     return masks
 
 
-def rise_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: int = 8, masks: int = 256,
-             keep: float = 0.5, seed: int = 0, batch_size: int = 16, baseline: str | float = "mean") -> np.ndarray:
+def rise_map(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
     """(H, W) float32 saliency of `class_index` at the scan's resolution."""
     image = np.asarray(pixels, dtype=np.float32)
-    fill = baseline_value(image, baseline)
-    shape = image.shape[:2]
-    drawn = rise_masks(masks, grid, shape, keep, seed)
+    fill = baseline_value(image, s.baseline)
+    drawn = rise_masks(s.masks, s.grid, image.shape[:2], s.keep, s.seed)
     scores = []
-    for start in range(0, masks, batch_size):
-        chunk = drawn[start:start + batch_size, ..., None]
-        scores.append(class_scores(classifier, image * chunk + fill * (1 - chunk), class_index, batch_size))
+    for start in range(0, s.masks, s.batch_size):
+        chunk = drawn[start:start + s.batch_size, ..., None]
+        scores.append(class_scores(classifier, image * chunk + fill * (1 - chunk), class_index, s.batch_size))
     values = np.concatenate(scores)
     centred = values - values.mean()
     total = np.tensordot(centred, drawn, axes=1)
-    return (total / (masks * keep)).astype(np.float32)
+    return (total / (s.masks * s.keep)).astype(np.float32)
 
 
 # ---- the registry ----------------------------------------------------------------------------------------------------
@@ -212,7 +210,6 @@ class Explanation:
 
     method: str
     map: np.ndarray  # float32 (h, w)
-    class_index: int
 
     @property
     def label(self) -> str:
@@ -231,17 +228,8 @@ def _cam(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s
     return class_map(heatmap, class_index)
 
 
-def _occlusion(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings
-               ) -> np.ndarray:
-    return occlusion_map(classifier, pixels, class_index, s.grid, s.batch_size, s.baseline)
-
-
-def _rise(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
-    return rise_map(classifier, pixels, class_index, s.grid, s.masks, s.keep, s.seed, s.batch_size, s.baseline)
-
-
 # name -> method. A new method is one function and one line here.
-METHODS: dict[str, Callable[..., np.ndarray]] = {"cam": _cam, "occlusion": _occlusion, "rise": _rise}
+METHODS: dict[str, Callable[..., np.ndarray]] = {"cam": _cam, "occlusion": occlusion_map, "rise": rise_map}
 METHOD_TITLES = {"cam": "exact CAM", "occlusion": "occlusion", "rise": "RISE"}
 
 
@@ -274,7 +262,7 @@ def explain_prediction(classifier: Any, pixels: np.ndarray | None, class_index: 
     if pixels is None and method != "cam":
         raise ConfigError(f"the {METHOD_TITLES.get(method, method)} map needs the scan's pixels")
     drawn = METHODS[method](classifier, np.asarray(pixels), class_index, outputs, settings)
-    return Explanation(method, np.asarray(drawn, np.float32), class_index)
+    return Explanation(method, np.asarray(drawn, np.float32))
 
 
 # ---- localisation ----------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def claimed_suffix(name: str | Path) -> str | None:
 
 
 def _file_reader(path: Path) -> Reader:
-    return next((r for r in READERS if r.suffix_of(path) is not None or r.sniff(path)), _row(FALLBACK))
+    return next((r for r in READERS if r.claims(path)), _row(FALLBACK))
 
 
 def folder_role(folder: Path) -> tuple[Reader | None, str, str | None]:
