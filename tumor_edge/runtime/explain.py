@@ -360,37 +360,28 @@ class Tally:
     """Pointing-game hits, energies and chance, kept per class, and the lesions excluded because none of their
     pixels is left at the map's resolution; `summary` gives the figures per class and all."""
 
-    hits: dict[str, list[bool]] = field(default_factory=dict)
-    energies: dict[str, list[float]] = field(default_factory=dict)
-    chances: dict[str, list[float]] = field(default_factory=dict)
+    scores: dict[str, list[tuple[bool, float, float]]] = field(default_factory=dict)  # (hit, energy, chance) a map
     excluded: dict[str, int] = field(default_factory=dict)
 
     def add(self, class_name: str, cell_map: np.ndarray, mask: np.ndarray, tolerance: float | None = None) -> bool:
         """Score one map against its lesion mask (at the map's resolution); False when the lesion has no pixel
         there and was excluded."""
-        for kept in (self.hits, self.energies, self.chances):
-            kept.setdefault(class_name, [])
+        scores = self.scores.setdefault(class_name, [])
         if not np.asarray(mask, dtype=bool).any():
             self.excluded[class_name] = self.excluded.get(class_name, 0) + 1
             return False
-        self.hits[class_name].append(pointing_hit(cell_map, mask, tolerance))
-        self.energies[class_name].append(energy_in_lesion(cell_map, mask))
-        self.chances[class_name].append(chance_hit(mask, tolerance))
+        scores.append((pointing_hit(cell_map, mask, tolerance), energy_in_lesion(cell_map, mask),
+                       chance_hit(mask, tolerance)))
         return True
 
     @staticmethod
-    def _figures(hits: list[bool], energies: list[float], chances: list[float], excluded: int) -> dict[str, Any]:
-        n = len(hits)
-        return {"n": n, "excluded": excluded, "pointing": sum(hits) / n if n else None,
-                "energy": float(np.mean(energies)) if n else None,
-                "chance": float(np.mean(chances)) if n else None}
+    def _figures(scores: list[tuple[bool, float, float]], excluded: int) -> dict[str, Any]:
+        pointing, energy, chance = (float(np.mean(c)) for c in zip(*scores)) if scores else (None, None, None)
+        return {"n": len(scores), "excluded": excluded, "pointing": pointing, "energy": energy, "chance": chance}
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        out = {name: self._figures(self.hits[name], self.energies[name], self.chances[name],
-                                   self.excluded.get(name, 0)) for name in self.hits}
-        out["all"] = self._figures([h for v in self.hits.values() for h in v],
-                                   [e for v in self.energies.values() for e in v],
-                                   [c for v in self.chances.values() for c in v], sum(self.excluded.values()))
+        out = {name: self._figures(scores, self.excluded.get(name, 0)) for name, scores in self.scores.items()}
+        out["all"] = self._figures([s for v in self.scores.values() for s in v], sum(self.excluded.values()))
         return out
 
 
