@@ -449,9 +449,8 @@ def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opene
 
 def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineChoice]:
     """Every intact choice recorded on this machine for this bundle, one per thread count (for `env`)."""
-    folder = machine_folder()
     allowed, _ = candidates(Path(bundle_dir), metadata)
-    paths = sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []
+    paths = sorted(machine_folder().glob(f"{bundle_key(metadata)}-t*.json"))  # none where the folder is missing
     return [choice for path in paths if (choice := recorded_choice(bundle_dir, metadata, None, allowed, path))]
 
 

@@ -487,22 +487,22 @@ class HeatmapWriter:
             fd, name = tempfile.mkstemp(suffix=".png.tmp", prefix=prefix, dir=self.out_dir)
             with os.fdopen(fd, "wb") as out:  # through the descriptor mkstemp made: the name is never reopened
                 write_overlay(out, pixels, explanation.map, prediction.index, caption, method=explanation.label)
-            path = self._claim(Path(name), lambda index: overlay_name(prediction.source, index, prediction.frame))
+            path = self._claim(Path(name), prediction)
         finally:
             for leftover in self.out_dir.glob(f"{prefix}*.png.tmp"):  # a planted link is unlinked, never followed
                 leftover.unlink(missing_ok=True)
         self.last = explanation
         return path
 
-    def _claim(self, tmp: Path, name_of) -> Path:
+    def _claim(self, tmp: Path, prediction: Prediction) -> Path:
         """Link the finished file to the first free name from this writer's count on (atomic, never replaces)."""
         while True:
-            path = self.out_dir / name_of(self.count)
+            path = self.out_dir / overlay_name(prediction.source, self.count, prediction.frame)
             self.count += 1
             try:
                 os.link(tmp, path)
+                return path
             except FileExistsError:
                 continue
             except OSError as err:
                 raise OutputExistsError(f"cannot write it ({(err.strerror or str(err)).lower()})", path) from err
-            return path
