@@ -396,13 +396,12 @@ def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices:
         return
     for note in scan.notes:
         log.warning("%s: %s", source, note)
-    spec = model.preprocessing
     plane = scan.axis or axis
     stream = iter(scan.pictures)
     warned = 0
     try:
         while batch := list(itertools.islice(stream, batch_size)):
-            seen = np.stack([resize_rgb(s.image, spec) for s in batch])
+            seen = np.stack([resize_rgb(s.image, model.preprocessing) for s in batch])
             results = model.predictions(seen, [(source, s.index, s.count) for s in batch], abstain=abstain,
                                         notes=[s.warnings for s in batch])
             del batch

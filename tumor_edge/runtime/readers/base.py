@@ -67,11 +67,6 @@ class Decoded:
     def nbytes(self) -> int:
         return self.pixels * self.channels * self.bytes_per_sample * self.frames
 
-    def describe(self) -> str:
-        frames = f" x {self.frames} frames" if self.frames > 1 else ""
-        return (f"{self.width}x{self.height}{frames}, {self.channels} channel(s) of {self.bytes_per_sample} "
-                f"byte(s)")
-
 
 def check_decoded(size: Decoded, path: str | Path) -> None:
     """Refuse, before decoding, an image that is empty or would decode beyond the caps."""
@@ -81,8 +76,10 @@ def check_decoded(size: Decoded, path: str | Path) -> None:
         raise InputImageError(f"image too large to be a scan ({size.width}x{size.height} = {size.pixels} pixels, "
                               f"limit {MAX_PIXELS}: a decompression bomb?)", path)
     if size.nbytes > MAX_DECODED_BYTES:
-        raise InputImageError(f"image too large to be a scan (decodes to {size.nbytes} bytes: {size.describe()}; "
-                              f"limit {MAX_DECODED_BYTES}: a decompression bomb?)", path)
+        frames = f" x {size.frames} frames" if size.frames > 1 else ""
+        raise InputImageError(f"image too large to be a scan (decodes to {size.nbytes} bytes: {size.width}x"
+                              f"{size.height}{frames}, {size.channels} channel(s) of {size.bytes_per_sample} "
+                              f"byte(s); limit {MAX_DECODED_BYTES}: a decompression bomb?)", path)
 
 
 def check_total(nbytes: int, path: str | Path) -> None:
