@@ -589,7 +589,6 @@ def cache_root(options: BackendOptions | None = None) -> Path:
 def private_folder(path: Path) -> Path:
     """`path`, created 0700 when missing, after checking it is a folder (not a link) this user owns and no one
     else can write; CacheRefused otherwise."""
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
