@@ -295,10 +295,8 @@ def plan_slices(volume: Volume, axis: str, slices: str | int) -> SlicePlan:
 def _check_finite(volume: Volume, sample: np.ndarray, stride: int) -> None:
     """All-NaN volumes are refused; some non-finite voxels are shown black with a warning (counted over the
     whole volume in blocks when the sample finds any)."""
-    if np.issubdtype(volume.stored.dtype, np.integer):
-        return
-    if np.all(np.isfinite(sample)) and stride == 1:
-        return
+    if np.issubdtype(volume.stored.dtype, np.integer) or (stride == 1 and np.all(np.isfinite(sample))):
+        return  # integers are finite; an unstrided sample is the whole volume
     if volume.stored.flags.c_contiguous:
         flat = volume.stored.reshape(-1)
         blocks = (flat[start:start + BLOCK_PIXELS] for start in range(0, flat.size, BLOCK_PIXELS))
