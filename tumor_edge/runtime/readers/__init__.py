@@ -87,10 +87,9 @@ def folder_role(folder: Path) -> tuple[Reader | None, str, str | None]:
     """(the folder reader, FOLDER_SCAN or FOLDER_REFUSED, why) for the first folder reader with an opinion on
     `folder`; (None, FOLDER_FILES, None) when its files are to be walked."""
     for reader in READERS:
-        if reader.folder is not None:
-            role, why = reader.folder_role(folder)
-            if role != FOLDER_FILES:
-                return reader, role, why
+        role, why = reader.folder_role(folder)  # FOLDER_FILES from a reader of files
+        if role != FOLDER_FILES:
+            return reader, role, why
     return None, FOLDER_FILES, None
 
 
