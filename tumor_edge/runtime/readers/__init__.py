@@ -114,9 +114,8 @@ def is_volume(path: str | Path) -> bool:
     if os.path.isdir(path):
         reader, role, _ = folder_role(path)
         return reader is not None and role == FOLDER_SCAN and reader.kind == VOLUME
-    if not any(r.suffix_of(path) is not None or r.magic is not None for r in READERS if r.kind == VOLUME):
-        return False
-    return _file_reader(path).kind == VOLUME
+    return (any(r.suffix_of(path) is not None or r.magic is not None for r in READERS if r.kind == VOLUME)
+            and _file_reader(path).kind == VOLUME)
 
 
 def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:
