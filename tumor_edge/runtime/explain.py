@@ -360,7 +360,7 @@ class Tally:
     """Pointing-game hits, energies and chance, kept per class, and the lesions excluded because none of their
     pixels is left at the map's resolution; `summary` gives the figures per class and all."""
 
-    scores: dict[str, list[tuple[bool, float, float]]] = field(default_factory=dict)  # (hit, energy, chance) a map
+    scores: dict[str, list[tuple[bool, float, float]]] = field(default_factory=dict)  # per map: hit, energy, chance
     excluded: dict[str, int] = field(default_factory=dict)
 
     def add(self, class_name: str, cell_map: np.ndarray, mask: np.ndarray, tolerance: float | None = None) -> bool:

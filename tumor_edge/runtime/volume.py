@@ -246,7 +246,7 @@ class Volume:
 
 def usable_scaling(slope: float | None, intercept: float | None) -> tuple[float, float]:
     """A header's (slope, intercept) from stored to modality values, as DICOM and NIfTI define them: a slope that
-    is absent, 0 or not a number means no scaling (1), an absent or non-finite intercept none (0)."""
+    is absent, 0 or not finite means no scaling (1), an absent or non-finite intercept none (0)."""
     return (float(slope) if slope is not None and slope != 0 and np.isfinite(slope) else 1.0,
             float(intercept) if intercept is not None and np.isfinite(intercept) else 0.0)
 
