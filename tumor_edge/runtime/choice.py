@@ -449,9 +449,8 @@ def checked_candidates(bundle_dir: Path, metadata: BundleMetadata, opener: Opene
 
 def recorded_choices(bundle_dir: Path, metadata: BundleMetadata) -> list[EngineChoice]:
     """Every intact choice recorded on this machine for this bundle, one per thread count (for `env`)."""
-    folder = machine_folder()
     allowed, _ = candidates(Path(bundle_dir), metadata)
-    paths = sorted(folder.glob(f"{bundle_key(metadata)}-t*.json")) if folder.is_dir() else []
+    paths = sorted(machine_folder().glob(f"{bundle_key(metadata)}-t*.json"))  # none where the folder is missing
     return [choice for path in paths if (choice := recorded_choice(bundle_dir, metadata, None, allowed, path))]
 
 
@@ -590,7 +589,6 @@ def cache_root(options: BackendOptions | None = None) -> Path:
 def private_folder(path: Path) -> Path:
     """`path`, created 0700 when missing, after checking it is a folder (not a link) this user owns and no one
     else can write; CacheRefused otherwise."""
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):

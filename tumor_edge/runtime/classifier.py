@@ -118,8 +118,7 @@ def _decoded_in_order(paths: Iterable[str | Path], decode: Callable[[str | Path]
                       lookahead: int) -> Iterator[Decoded]:
     """Decode in `workers` threads at most `lookahead` files ahead, yielding in input order."""
     if workers <= 0:
-        for path in paths:
-            yield decode(path)
+        yield from map(decode, paths)
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -168,14 +167,13 @@ def iter_predictions(model: Model, paths: Iterable[str | Path] | str | Path, bat
     def flush() -> Iterator[Prediction | Failure]:
         ready = [item for item in queue if not isinstance(item, Failure)]
         if ready:
-            results = iter(model.predictions(np.stack([p for p, _, _ in ready]), [i for _, i, _ in ready],
-                                             [found for _, _, found in ready], abstain))
-            pixels = iter(ready)
+            results = zip(model.predictions(np.stack([p for p, _, _ in ready]), [i for _, i, _ in ready],
+                                            [found for _, _, found in ready], abstain), ready)
         for item in queue:
             if isinstance(item, Failure):
                 yield item
                 continue
-            result, seen = next(results), next(pixels)[0]
+            result, (seen, _, _) = next(results)
             yield on_pixels(result, seen) if on_pixels is not None and result.ok else result
         queue.clear()
 

@@ -171,8 +171,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], model: str | None, mode
         options.trust = trust_policy(model, trust)
     classifier = Classifier.from_bundle(resolve_model_path(model), model_file=model_file, options=options)
     click.echo(f"note: {RESEARCH_NOTICE}", err=True)
-    missing = classifier.backend.missing_providers
-    if missing:
+    if missing := classifier.backend.missing_providers:
         click.echo(f"note: this onnxruntime has no {', '.join(missing)}; running on "
                    f"{', '.join(classifier.backend.providers)}", err=True)
 

@@ -127,17 +127,17 @@ def occluded(pixels: np.ndarray, grid: int, fill: np.ndarray) -> Iterator[np.nda
             yield image
 
 
-def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: int = 8, batch_size: int = 16,
-                  baseline: str | float = "mean") -> np.ndarray:
-    """(grid, grid) float32: how much hiding each cell lowers `class_index`'s log-odds."""
+def occlusion_map(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings
+                  ) -> np.ndarray:
+    """(s.grid, s.grid) float32: how much hiding each cell lowers `class_index`'s log-odds."""
     pixels = np.asarray(pixels)
-    fill = baseline_value(pixels.astype(np.float32), baseline)
+    fill = baseline_value(pixels.astype(np.float32), s.baseline)
     base = class_scores(classifier, pixels[None].astype(np.float32), class_index, 1)[0]
-    images = occluded(pixels, grid, fill)
+    images = occluded(pixels, s.grid, fill)
     drops = []
-    while batch := list(itertools.islice(images, batch_size)):
-        drops.append(base - class_scores(classifier, np.stack(batch), class_index, batch_size))
-    return np.concatenate(drops).reshape(grid, grid).astype(np.float32)
+    while batch := list(itertools.islice(images, s.batch_size)):
+        drops.append(base - class_scores(classifier, np.stack(batch), class_index, s.batch_size))
+    return np.concatenate(drops).reshape(s.grid, s.grid).astype(np.float32)
 
 
 # ---- RISE ------------------------------------------------------------------------------------------------------------
@@ -164,21 +164,19 @@ def rise_masks(count: int, grid: int, shape: tuple[int, int], keep: float, seed:
     return masks
 
 
-def rise_map(classifier: Any, pixels: np.ndarray, class_index: int, grid: int = 8, masks: int = 256,
-             keep: float = 0.5, seed: int = 0, batch_size: int = 16, baseline: str | float = "mean") -> np.ndarray:
+def rise_map(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
     """(H, W) float32 saliency of `class_index` at the scan's resolution."""
     image = np.asarray(pixels, dtype=np.float32)
-    fill = baseline_value(image, baseline)
-    shape = image.shape[:2]
-    drawn = rise_masks(masks, grid, shape, keep, seed)
+    fill = baseline_value(image, s.baseline)
+    drawn = rise_masks(s.masks, s.grid, image.shape[:2], s.keep, s.seed)
     scores = []
-    for start in range(0, masks, batch_size):
-        chunk = drawn[start:start + batch_size, ..., None]
-        scores.append(class_scores(classifier, image * chunk + fill * (1 - chunk), class_index, batch_size))
+    for start in range(0, s.masks, s.batch_size):
+        chunk = drawn[start:start + s.batch_size, ..., None]
+        scores.append(class_scores(classifier, image * chunk + fill * (1 - chunk), class_index, s.batch_size))
     values = np.concatenate(scores)
     centred = values - values.mean()
     total = np.tensordot(centred, drawn, axes=1)
-    return (total / (masks * keep)).astype(np.float32)
+    return (total / (s.masks * s.keep)).astype(np.float32)
 
 
 # ---- the registry ----------------------------------------------------------------------------------------------------
@@ -212,7 +210,6 @@ class Explanation:
 
     method: str
     map: np.ndarray  # float32 (h, w)
-    class_index: int
 
     @property
     def label(self) -> str:
@@ -231,17 +228,8 @@ def _cam(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s
     return class_map(heatmap, class_index)
 
 
-def _occlusion(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings
-               ) -> np.ndarray:
-    return occlusion_map(classifier, pixels, class_index, s.grid, s.batch_size, s.baseline)
-
-
-def _rise(classifier: Any, pixels: np.ndarray, class_index: int, outputs: dict, s: ExplainSettings) -> np.ndarray:
-    return rise_map(classifier, pixels, class_index, s.grid, s.masks, s.keep, s.seed, s.batch_size, s.baseline)
-
-
 # name -> method. A new method is one function and one line here.
-METHODS: dict[str, Callable[..., np.ndarray]] = {"cam": _cam, "occlusion": _occlusion, "rise": _rise}
+METHODS: dict[str, Callable[..., np.ndarray]] = {"cam": _cam, "occlusion": occlusion_map, "rise": rise_map}
 METHOD_TITLES = {"cam": "exact CAM", "occlusion": "occlusion", "rise": "RISE"}
 
 
@@ -274,7 +262,7 @@ def explain_prediction(classifier: Any, pixels: np.ndarray | None, class_index: 
     if pixels is None and method != "cam":
         raise ConfigError(f"the {METHOD_TITLES.get(method, method)} map needs the scan's pixels")
     drawn = METHODS[method](classifier, np.asarray(pixels), class_index, outputs, settings)
-    return Explanation(method, np.asarray(drawn, np.float32), class_index)
+    return Explanation(method, np.asarray(drawn, np.float32))
 
 
 # ---- localisation ----------------------------------------------------------------------------------------------------
@@ -372,37 +360,28 @@ class Tally:
     """Pointing-game hits, energies and chance, kept per class, and the lesions excluded because none of their
     pixels is left at the map's resolution; `summary` gives the figures per class and all."""
 
-    hits: dict[str, list[bool]] = field(default_factory=dict)
-    energies: dict[str, list[float]] = field(default_factory=dict)
-    chances: dict[str, list[float]] = field(default_factory=dict)
+    scores: dict[str, list[tuple[bool, float, float]]] = field(default_factory=dict)  # per map: hit, energy, chance
     excluded: dict[str, int] = field(default_factory=dict)
 
     def add(self, class_name: str, cell_map: np.ndarray, mask: np.ndarray, tolerance: float | None = None) -> bool:
         """Score one map against its lesion mask (at the map's resolution); False when the lesion has no pixel
         there and was excluded."""
-        for kept in (self.hits, self.energies, self.chances):
-            kept.setdefault(class_name, [])
+        scores = self.scores.setdefault(class_name, [])
         if not np.asarray(mask, dtype=bool).any():
             self.excluded[class_name] = self.excluded.get(class_name, 0) + 1
             return False
-        self.hits[class_name].append(pointing_hit(cell_map, mask, tolerance))
-        self.energies[class_name].append(energy_in_lesion(cell_map, mask))
-        self.chances[class_name].append(chance_hit(mask, tolerance))
+        scores.append((pointing_hit(cell_map, mask, tolerance), energy_in_lesion(cell_map, mask),
+                       chance_hit(mask, tolerance)))
         return True
 
     @staticmethod
-    def _figures(hits: list[bool], energies: list[float], chances: list[float], excluded: int) -> dict[str, Any]:
-        n = len(hits)
-        return {"n": n, "excluded": excluded, "pointing": sum(hits) / n if n else None,
-                "energy": float(np.mean(energies)) if n else None,
-                "chance": float(np.mean(chances)) if n else None}
+    def _figures(scores: list[tuple[bool, float, float]], excluded: int) -> dict[str, Any]:
+        pointing, energy, chance = (float(np.mean(c)) for c in zip(*scores)) if scores else (None, None, None)
+        return {"n": len(scores), "excluded": excluded, "pointing": pointing, "energy": energy, "chance": chance}
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        out = {name: self._figures(self.hits[name], self.energies[name], self.chances[name],
-                                   self.excluded.get(name, 0)) for name in self.hits}
-        out["all"] = self._figures([h for v in self.hits.values() for h in v],
-                                   [e for v in self.energies.values() for e in v],
-                                   [c for v in self.chances.values() for c in v], sum(self.excluded.values()))
+        out = {name: self._figures(scores, self.excluded.get(name, 0)) for name, scores in self.scores.items()}
+        out["all"] = self._figures([s for v in self.scores.values() for s in v], sum(self.excluded.values()))
         return out
 
 
@@ -508,22 +487,22 @@ class HeatmapWriter:
             fd, name = tempfile.mkstemp(suffix=".png.tmp", prefix=prefix, dir=self.out_dir)
             with os.fdopen(fd, "wb") as out:  # through the descriptor mkstemp made: the name is never reopened
                 write_overlay(out, pixels, explanation.map, prediction.index, caption, method=explanation.label)
-            path = self._claim(Path(name), lambda index: overlay_name(prediction.source, index, prediction.frame))
+            path = self._claim(Path(name), prediction)
         finally:
             for leftover in self.out_dir.glob(f"{prefix}*.png.tmp"):  # a planted link is unlinked, never followed
                 leftover.unlink(missing_ok=True)
         self.last = explanation
         return path
 
-    def _claim(self, tmp: Path, name_of) -> Path:
+    def _claim(self, tmp: Path, prediction: Prediction) -> Path:
         """Link the finished file to the first free name from this writer's count on (atomic, never replaces)."""
         while True:
-            path = self.out_dir / name_of(self.count)
+            path = self.out_dir / overlay_name(prediction.source, self.count, prediction.frame)
             self.count += 1
             try:
                 os.link(tmp, path)
+                return path
             except FileExistsError:
                 continue
             except OSError as err:
                 raise OutputExistsError(f"cannot write it ({(err.strerror or str(err)).lower()})", path) from err
-            return path

@@ -123,7 +123,7 @@ class PostProcessing:
     ood_score: str | None = None  # MAHALANOBIS, or a key of OUTPUT_SCORES (the output is the score); None: no fit
 
     @classmethod
-    def from_fields(cls, calibration: Any = None, ood: Any = None, input_checks: bool = True) -> PostProcessing:
+    def from_fields(cls, calibration: Any = None, ood: Any = None) -> PostProcessing:
         """From metadata's `calibration` and `ood` objects; anything malformed is a ConfigError naming it."""
         temperature = None
         if calibration is not None:
@@ -137,7 +137,7 @@ class PostProcessing:
                                   f"{T_BOUNDS[1]}")
             temperature = float(t)
         if ood is None:
-            return cls(temperature, input_checks=input_checks)
+            return cls(temperature)
         from tumor_edge.calibration.mahalanobis import OOD_ROLE, OUTPUT_SCORE_ROLE, OUTPUT_SCORES
 
         if not isinstance(ood, Mapping):
@@ -162,7 +162,7 @@ class PostProcessing:
         role = ood.get("output_role", OOD_ROLE if score == MAHALANOBIS else OUTPUT_SCORE_ROLE)
         if not isinstance(role, str):
             raise ConfigError("field 'ood.output_role' must be a string")
-        return cls(temperature, centres, float(threshold), role, input_checks, str(score))
+        return cls(temperature, centres, float(threshold), role, ood_score=str(score))
 
     @property
     def has_ood(self) -> bool:

@@ -90,8 +90,7 @@ def verify_bundle(bundle_dir: str | Path, data: str | Path | None = None, tolera
             report.problems.append(f"{bundle_dir / name}: not checked here: {why} (--strict requires every file)")
         else:
             report.lines.append(f"not checked here: {name}: {why}")
-    reproduced = [name for name, figures in report.files.items() if figures.get("reproduced")]
-    if metadata.models and not reproduced and not report.problems:
+    if metadata.models and not report.problems and not any(f.get("reproduced") for f in report.files.values()):
         report.problems.append(f"{bundle_dir}: no model of this bundle could be checked on this device")
     if choose:
         _choose(bundle_dir, metadata, options, report)

@@ -244,6 +244,13 @@ class Volume:
         return part * slope + intercept
 
 
+def usable_scaling(slope: float | None, intercept: float | None) -> tuple[float, float]:
+    """A header's (slope, intercept) from stored to modality values, as DICOM and NIfTI define them: a slope that
+    is absent, 0 or not finite means no scaling (1), an absent or non-finite intercept none (0)."""
+    return (float(slope) if slope is not None and slope != 0 and np.isfinite(slope) else 1.0,
+            float(intercept) if intercept is not None and np.isfinite(intercept) else 0.0)
+
+
 @dataclass
 class SlicePlan:
     """Which slices of a volume `iter_slices` will make, decided from the volume before any slice is cut."""
@@ -288,10 +295,8 @@ def plan_slices(volume: Volume, axis: str, slices: str | int) -> SlicePlan:
 def _check_finite(volume: Volume, sample: np.ndarray, stride: int) -> None:
     """All-NaN volumes are refused; some non-finite voxels are shown black with a warning (counted over the
     whole volume in blocks when the sample finds any)."""
-    if np.issubdtype(volume.stored.dtype, np.integer):
-        return
-    if np.all(np.isfinite(sample)) and stride == 1:
-        return
+    if np.issubdtype(volume.stored.dtype, np.integer) or (stride == 1 and np.all(np.isfinite(sample))):
+        return  # integers are finite; an unstrided sample is the whole volume
     if volume.stored.flags.c_contiguous:
         flat = volume.stored.reshape(-1)
         blocks = (flat[start:start + BLOCK_PIXELS] for start in range(0, flat.size, BLOCK_PIXELS))
@@ -389,13 +394,12 @@ def classify_volume(model: Model, path: str | Path, axis: str = "axial", slices:
         return
     for note in scan.notes:
         log.warning("%s: %s", source, note)
-    spec = model.preprocessing
     plane = scan.axis or axis
     stream = iter(scan.pictures)
     warned = 0
     try:
         while batch := list(itertools.islice(stream, batch_size)):
-            seen = np.stack([resize_rgb(s.image, spec) for s in batch])
+            seen = np.stack([resize_rgb(s.image, model.preprocessing) for s in batch])
             results = model.predictions(seen, [(source, s.index, s.count) for s in batch], abstain=abstain,
                                         notes=[s.warnings for s in batch])
             del batch

@@ -36,8 +36,7 @@ class OnnxBackend:
         files = files or lone_model_files(self.path)
         so = session_options(ort, options)
         if files.members:
-            names = list(files.members)
-            blobs = [files.members[n] for n in names]
+            names, blobs = list(files.members), list(files.members.values())
             so.add_external_initializers_from_files_in_memory(names, blobs, [len(b) for b in blobs])
         try:
             self.session = ort.InferenceSession(files.data, sess_options=so, providers=self.providers)

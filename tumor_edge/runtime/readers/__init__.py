@@ -80,17 +80,16 @@ def claimed_suffix(name: str | Path) -> str | None:
 
 
 def _file_reader(path: Path) -> Reader:
-    return next((r for r in READERS if r.suffix_of(path) is not None or r.sniff(path)), _row(FALLBACK))
+    return next((r for r in READERS if r.claims(path)), _row(FALLBACK))
 
 
 def folder_role(folder: Path) -> tuple[Reader | None, str, str | None]:
     """(the folder reader, FOLDER_SCAN or FOLDER_REFUSED, why) for the first folder reader with an opinion on
     `folder`; (None, FOLDER_FILES, None) when its files are to be walked."""
     for reader in READERS:
-        if reader.folder is not None:
-            role, why = reader.folder_role(folder)
-            if role != FOLDER_FILES:
-                return reader, role, why
+        role, why = reader.folder_role(folder)  # FOLDER_FILES from a reader of files
+        if role != FOLDER_FILES:
+            return reader, role, why
     return None, FOLDER_FILES, None
 
 
@@ -115,9 +114,8 @@ def is_volume(path: str | Path) -> bool:
     if os.path.isdir(path):
         reader, role, _ = folder_role(path)
         return reader is not None and role == FOLDER_SCAN and reader.kind == VOLUME
-    if not any(r.suffix_of(path) is not None or r.magic is not None for r in READERS if r.kind == VOLUME):
-        return False
-    return _file_reader(path).kind == VOLUME
+    return (any(r.suffix_of(path) is not None or r.magic is not None for r in READERS if r.kind == VOLUME)
+            and _file_reader(path).kind == VOLUME)
 
 
 def read_scan(path: str | Path, options: ReadOptions | None = None) -> Scan:

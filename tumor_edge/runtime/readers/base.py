@@ -67,11 +67,6 @@ class Decoded:
     def nbytes(self) -> int:
         return self.pixels * self.channels * self.bytes_per_sample * self.frames
 
-    def describe(self) -> str:
-        frames = f" x {self.frames} frames" if self.frames > 1 else ""
-        return (f"{self.width}x{self.height}{frames}, {self.channels} channel(s) of {self.bytes_per_sample} "
-                f"byte(s)")
-
 
 def check_decoded(size: Decoded, path: str | Path) -> None:
     """Refuse, before decoding, an image that is empty or would decode beyond the caps."""
@@ -81,8 +76,10 @@ def check_decoded(size: Decoded, path: str | Path) -> None:
         raise InputImageError(f"image too large to be a scan ({size.width}x{size.height} = {size.pixels} pixels, "
                               f"limit {MAX_PIXELS}: a decompression bomb?)", path)
     if size.nbytes > MAX_DECODED_BYTES:
-        raise InputImageError(f"image too large to be a scan (decodes to {size.nbytes} bytes: {size.describe()}; "
-                              f"limit {MAX_DECODED_BYTES}: a decompression bomb?)", path)
+        frames = f" x {size.frames} frames" if size.frames > 1 else ""
+        raise InputImageError(f"image too large to be a scan (decodes to {size.nbytes} bytes: {size.width}x"
+                              f"{size.height}{frames}, {size.channels} channel(s) of {size.bytes_per_sample} "
+                              f"byte(s); limit {MAX_DECODED_BYTES}: a decompression bomb?)", path)
 
 
 def check_total(nbytes: int, path: str | Path) -> None:
@@ -111,15 +108,15 @@ def check_file_size(nbytes: int, path: str | Path) -> None:
         raise InputImageError(f"file too large to be a scan ({nbytes} bytes, limit {MAX_FILE_BYTES})", path)
 
 
-def check_inflated_size(fh: BinaryIO, path: str | Path, limit: int = MAX_DECODED_BYTES + (1 << 20)) -> int:
-    """Inflate a raw-deflate stream from `fh` without keeping it, refusing it once it passes `limit` bytes.
+def check_inflated_size(fh: BinaryIO, path: str | Path) -> int:
+    """Inflate a raw-deflate stream from `fh` without keeping it, refusing it once it passes the cap (and a MiB).
 
     Decoders that inflate a whole stream at once (pydicom for deflated DICOM) would otherwise let a few hundred
     kilobytes claim gigabytes; this pass costs time bounded by the limit and memory bounded by one chunk.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total = 0
-    chunk = 1 << 20
+    total, chunk = 0, 1 << 20
+    limit = MAX_DECODED_BYTES + chunk
     while True:
         data = fh.read(chunk)
         if not data:
@@ -381,8 +378,5 @@ class Reader:
         return max(matches, key=len) if matches else None
 
     def claims(self, path: str | Path) -> bool:
-        """Whether this reader reads `path`: by suffix, by magic, or as one of its folders."""
-        path = Path(path)
-        if self.folder is not None and path.is_dir():
-            return self.folder_role(path)[0] == FOLDER_SCAN
-        return self.suffix_of(path) is not None or self.sniff(path)
+        """Whether this reader reads the file `path`: by suffix or by magic (folders: `folder_role`)."""
+        return self.suffix_of(path) is not None or self.sniff(Path(path))

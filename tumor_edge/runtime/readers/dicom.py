@@ -47,7 +47,7 @@ from tumor_edge.runtime.readers.base import (
     row_blocks,
     select_frames,
 )
-from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, volume_scan
+from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, usable_scaling, volume_scan
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
 # Explicit-VR value representations whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
@@ -229,10 +229,8 @@ def read_dataset(path: Path, pixels: bool = True) -> Any:
 def modality_scaling(ds: Any, frame: int = 0) -> tuple[float, float]:
     """(slope, intercept) of the modality LUT (RescaleSlope/Intercept, per frame when given): 1 and 0 when absent
     or unusable."""
-    slope = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-    intercept = _first(_lookup(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
-    return (slope if slope is not None and slope != 0 and np.isfinite(slope) else 1.0,
-            intercept if intercept is not None and np.isfinite(intercept) else 0.0)
+    return usable_scaling(*(_first(_lookup(ds, frame, "PixelValueTransformationSequence", name))
+                            for name in ("RescaleSlope", "RescaleIntercept")))
 
 
 def is_monochrome1(ds: Any) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 
 from tumor_edge.errors import InputImageError, MissingExtraError, first_line
 from tumor_edge.runtime.readers.base import ReadOptions, Scan, check_volume_size, open_regular
-from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, volume_scan
+from tumor_edge.runtime.volume import Volume, closest_ras, ras_spacing, to_ras, usable_scaling, volume_scan
 
 NIFTI_EXTRA = "nifti"
 MAX_HEADER_BYTES = 16 << 20  # header and extensions before the voxels
@@ -87,7 +87,7 @@ def read(path: Path, options: ReadOptions) -> Scan:
                                     else proxy[..., 0])
             else:
                 stored = np.asarray(proxy.get_unscaled())
-            slope, intercept = _scaling(header)
+            slope, intercept = usable_scaling(*header.get_slope_inter())  # scl_slope, scl_inter
         except InputImageError:
             raise
         except MemoryError:
@@ -106,11 +106,3 @@ def read(path: Path, options: ReadOptions) -> Scan:
         notes.append("voxel sizes in the header are zero or not numbers; 1 mm assumed")
     return volume_scan(Volume(str(path), to_ras(stored, ornt), ras_spacing(zooms, ornt), slope, intercept, notes),
                        options, "nifti")
-
-
-def _scaling(header) -> tuple[float, float]:
-    """scl_slope and scl_inter as NIfTI defines them (a slope of 0 or NaN means no scaling)."""
-    slope, intercept = header.get_slope_inter()
-    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
-    intercept = 0.0 if intercept is None or not np.isfinite(intercept) else float(intercept)
-    return slope, intercept

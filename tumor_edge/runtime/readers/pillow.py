@@ -78,7 +78,11 @@ def read(path: Path, options: ReadOptions) -> Scan:
                 total += size.nbytes
                 check_total(total, path)
                 image.load()
-                out.append(Picture(_rgb_or_error(image, path, owned=count == 1), index, count))
+                try:
+                    rgb = pil_to_rgb(image, path, owned=count == 1)
+                except (OSError, ValueError, SyntaxError) as err:  # e.g. a LAB TIFF, a broken EXIF block
+                    raise InputImageError(f"cannot convert this image to RGB ({first_line(err)})", path) from err
+                out.append(Picture(rgb, index, count))
             if count > 1 and frames == "middle":
                 log.warning("%s: holds %d frames; classifying the middle one, frame %d (all frames can be "
                             "asked for)", path, count, indices[0])
@@ -90,15 +94,6 @@ def read(path: Path, options: ReadOptions) -> Scan:
             if isinstance(err, InputImageError):
                 raise
             raise _decode_error(err, path) from err
-
-
-def _rgb_or_error(image: Image.Image, path: Path, owned: bool = False) -> Image.Image:
-    try:
-        return pil_to_rgb(image, path, owned)
-    except InputImageError:
-        raise
-    except (OSError, ValueError, SyntaxError) as err:  # e.g. a LAB TIFF, a broken EXIF block
-        raise InputImageError(f"cannot convert this image to RGB ({first_line(err)})", path) from err
 
 
 # Decoded pixels to 8-bit RGB: high-bit-depth and float pictures are min-max scaled in blocks (no full-size float
