@@ -157,16 +157,12 @@ class OnnxModel:
         batch = np.asarray(batch, dtype=np.float32)
         if self.facts.layout == "nchw":
             batch = batch.transpose(0, 3, 1, 2)
-        step = self.facts.batch or batch_size  # a fixed-batch file is fed as it declares
-        rows = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            n = len(chunk)
-            if self.facts.batch and n < step:  # the last images of a fixed-batch file: pad, then drop the padding
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
-            out = self.session.run([self.facts.output_name], {self.facts.input_name: np.ascontiguousarray(chunk)})
-            rows.append(out[0][:n])
-        out = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.facts.outputs), np.float32)
+        n, step = len(batch), self.facts.batch or batch_size  # a fixed-batch file is fed as it declares
+        if self.facts.batch and n % step:  # its last images padded once, the padding's outputs dropped
+            batch = np.concatenate([batch, np.zeros((step - n % step, *batch.shape[1:]), np.float32)])
+        rows = [self.session.run([self.facts.output_name], {self.facts.input_name: np.ascontiguousarray(
+            batch[start:start + step])})[0] for start in range(0, len(batch), step)]
+        out = np.concatenate(rows)[:n].astype(np.float32) if rows else np.zeros((0, self.facts.outputs), np.float32)
         if self.softmax:
             z = out - out.max(axis=1, keepdims=True)
             out = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
