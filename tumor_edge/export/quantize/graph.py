@@ -66,9 +66,8 @@ def float_average_pools(model) -> list[str]:
         model.graph.initializer.append(numpy_helper.from_array(geometry[4], correction))
         output = node.output[0]
         node.output[0] = f"{output}__sum_over_area"
-        for attr in [a for a in node.attribute if a.name == "count_include_pad"]:
-            node.attribute.remove(attr)
-        node.attribute.append(helper.make_attribute("count_include_pad", 1))
+        _replace(node.attribute, [a for a in node.attribute if a.name != "count_include_pad"]
+                 + [helper.make_attribute("count_include_pad", 1)])
         mul = helper.make_node("Mul", [node.output[0], correction], [output], name=f"{node.name}__pad_correct")
         nodes += [node, mul]
         keep_float += [node.name, mul.name]
@@ -183,10 +182,7 @@ def _is_identity_reshape(node, shapes: dict[str, list[int | str]], constants: di
     target = [int(v) for v in constants[node.input[1]].reshape(-1)]
     if not source or len(source) != len(target) or not all(isinstance(d, int) and d > 0 for d in source[1:]):
         return False
-    if list(source[1:]) != target[1:]:
-        return False
-    first = source[0]
-    return target[0] in (-1, 0) or (isinstance(first, int) and first == target[0])
+    return source[1:] == target[1:] and (target[0] in (-1, 0) or source[0] == target[0])
 
 
 def _used_taps(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int) -> tuple[int, int, int] | None:
@@ -250,11 +246,9 @@ def crop_padding_taps(model) -> list[str]:
         array = numpy_helper.to_array(weight)[:, :, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1]
         weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weight.name))
         stale.add(node.input[1])  # a DequantizeLinear's output shape, recorded before the crop
-        for attr in [a for a in node.attribute if a.name in ("pads", "kernel_shape")]:
-            node.attribute.remove(attr)
-        node.attribute.extend([helper.make_attribute("kernel_shape", list(array.shape[2:])),
-                               helper.make_attribute("pads", [new_pads[0][0], new_pads[1][0],
-                                                              new_pads[0][1], new_pads[1][1]])])
+        _replace(node.attribute, [a for a in node.attribute if a.name not in ("pads", "kernel_shape")] + [
+            helper.make_attribute("kernel_shape", list(array.shape[2:])),
+            helper.make_attribute("pads", [new_pads[0][0], new_pads[1][0], new_pads[0][1], new_pads[1][1]])])
         changed.append(node.name)
     _replace(model.graph.value_info, [vi for vi in model.graph.value_info if vi.name not in stale])
     return changed
@@ -368,7 +362,6 @@ def prune_dead_qdq(model) -> None:
             break
         for node in dead:
             model.graph.node.remove(node)
-    used = {i for node in model.graph.node for i in node.input} | graph_outputs
     _replace(model.graph.initializer, [init for init in model.graph.initializer if init.name in used])
 
 
