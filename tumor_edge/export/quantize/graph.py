@@ -236,11 +236,9 @@ def crop_padding_taps(model) -> list[str]:
         cols = _used_taps(shape[3], kw, sw, pads[1], pads[3])
         if rows is None or cols is None or (rows[1] - rows[0] + 1, cols[1] - cols[0] + 1) == (kh, kw):
             continue
-        new_pads = []
-        for (first, last, out), size, stride, begin in ((rows, shape[2], sh, pads[0]), (cols, shape[3], sw, pads[1])):
-            new_begin = begin - first
-            new_end = (out - 1) * stride + (last - first + 1) - size - new_begin
-            new_pads.append((new_begin, new_end))
+        new_pads = [(begin - first, (out - 1) * stride + last + 1 - size - begin)  # (before, after) per axis
+                    for (first, last, out), size, stride, begin in ((rows, shape[2], sh, pads[0]),
+                                                                    (cols, shape[3], sw, pads[1]))]
         if any(p < 0 for pair in new_pads for p in pair):
             continue
         array = numpy_helper.to_array(weight)[:, :, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1]
