@@ -156,8 +156,7 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     search = _Search(qdq, fp32, pixels, reference, spec, n_classes)
     focus = focus_indices(naive_probs, reference, config.probe_images)
     result.focus_images = int(len(focus))
-    candidates = quantized_nodes(qdq)
-    order, probes, block_of = rank_units(search, candidates, focus, config.max_probes)
+    order, probes, block_of = rank_units(search, quantized_nodes(qdq), focus, config.max_probes)
     result.probes = [asdict(p) | {"nodes": len(p.nodes)} for p in probes]
     by_unit = {p.unit: p for p in probes}
 
