@@ -231,11 +231,8 @@ def model_entries(out: Path, rows: Sequence[ExportedFile]) -> dict[str, ModelEnt
     the runtime refuses a model naming data its entry does not list), the converter's facts, "not checked" for
     its parity verdict until parity gives it."""
     entries = {}
-    for row in rows:
-        if not row.ok:
-            continue
-        extra = {k: v for k, v in row.extra.items() if not k.startswith("_")}
-        extra["parity"] = "not checked"
+    for row in [r for r in rows if r.ok]:
+        extra = {k: v for k, v in row.extra.items() if not k.startswith("_")} | {"parity": "not checked"}
         files = tuple(external_files(out, row.file)) if row.engine == "onnxruntime" else ()
         entries[row.file] = describe_file(out / row.file, row.format, row.precision, files=files, **extra)
     return entries

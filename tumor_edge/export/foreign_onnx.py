@@ -157,16 +157,12 @@ class OnnxModel:
         batch = np.asarray(batch, dtype=np.float32)
         if self.facts.layout == "nchw":
             batch = batch.transpose(0, 3, 1, 2)
-        step = self.facts.batch or batch_size  # a fixed-batch file is fed as it declares
-        rows = []
-        for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
-            n = len(chunk)
-            if self.facts.batch and n < step:  # the last images of a fixed-batch file: pad, then drop the padding
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
-            out = self.session.run([self.facts.output_name], {self.facts.input_name: np.ascontiguousarray(chunk)})
-            rows.append(out[0][:n])
-        out = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.facts.outputs), np.float32)
+        n, step = len(batch), self.facts.batch or batch_size  # a fixed-batch file is fed as it declares
+        if self.facts.batch and n % step:  # its last images padded once, the padding's outputs dropped
+            batch = np.concatenate([batch, np.zeros((step - n % step, *batch.shape[1:]), np.float32)])
+        rows = [self.session.run([self.facts.output_name], {self.facts.input_name: np.ascontiguousarray(
+            batch[start:start + step])})[0] for start in range(0, len(batch), step)]
+        out = np.concatenate(rows)[:n].astype(np.float32) if rows else np.zeros((0, self.facts.outputs), np.float32)
         if self.softmax:
             z = out - out.max(axis=1, keepdims=True)
             out = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -187,8 +183,9 @@ def to_bundle_model(src: Path, dst: Path, facts: OnnxFacts, append_softmax: bool
     graph = model.graph
     initialisers = {i.name for i in graph.initializer}
     original_input = next(i for i in graph.input if i.name not in initialisers)
-    h = facts.height if facts.height is not None else _dim_param(original_input, facts)
-    w = facts.width if facts.width is not None else _dim_param(original_input, facts, width=True)
+    dims, first = original_input.type.tensor_type.shape.dim, 2 if facts.layout == "nchw" else 1  # height, then width
+    h = facts.height if facts.height is not None else dims[first].dim_param or "height"
+    w = facts.width if facts.width is not None else dims[first + 1].dim_param or "width"
     if facts.layout == "nchw":
         image = helper.make_tensor_value_info(INPUT_NAME if INPUT_NAME not in _names(graph) else "image_nhwc",
                                               onnx.TensorProto.FLOAT, [facts.batch or BATCH_DIM, h, w, 3])
@@ -248,12 +245,6 @@ def _score_output(model, scores: str, kind: str, facts: OnnxFacts):
 def _names(graph) -> set[str]:
     return {v.name for v in [*graph.input, *graph.output, *graph.value_info]} | {
         o for n in graph.node for o in n.output}
-
-
-def _dim_param(value_info, facts: OnnxFacts, width: bool = False) -> str:
-    index = (3 if width else 2) if facts.layout == "nchw" else (2 if width else 1)
-    d = value_info.type.tensor_type.shape.dim[index]
-    return d.dim_param or ("width" if width else "height")
 
 
 def _dynamic_batch(model):

@@ -146,7 +146,7 @@ def load_source(options: ExportConfig) -> ModelSource:
     elif path.suffix.lower() in KERAS_SUFFIXES:
         source = _load_foreign(path, "keras", options)
     elif path.suffix.lower() in ONNX_SUFFIXES:
-        source = load_onnx_source(path, options)
+        source = _load_foreign(path, "onnx", options)
     else:
         raise ModelError(f"unsupported model file; expected a run folder, "
                          f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES)} or a SavedModel folder", path)
@@ -208,15 +208,6 @@ def _load_run(run: RunFolder, options: ExportConfig) -> ModelSource:
 # ------------------------------------------------------------------------------------------- foreign models
 
 
-def require_foreign_options(path: Path, options: ExportConfig) -> None:
-    if not options.classes:
-        raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
-                           "classes")
-    if not options.preprocess:
-        raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
-                                      f"({', '.join(SCALING_NAMES)})", path), "preprocess")
-
-
 def load_model_file(path: Path, kind: str, image_size: int | None):
     """The model as its maker saved it: kind "keras" (a file) or "savedmodel" (a folder)."""
     import keras
@@ -260,35 +251,35 @@ def _load_saved_model(path: Path, image_size: int | None):
 
 
 def _load_foreign(path: Path, kind: str, options: ExportConfig) -> ModelSource:
-    require_foreign_options(path, options)
-    raw = load_model_file(path, kind, options.image_size)
-    height, width = input_size(*input_hw(raw, path), options.image_size, path)
-    spec = Preprocessing(height=height, width=width, resize=options.resize or "bilinear", scaling=options.preprocess)
+    """A model made elsewhere ("keras", "savedmodel" or "onnx"): what the user says of it, checked against it."""
+    if not options.classes:
+        raise needs_option(ModelError("a model from outside a run needs its class names, in output order", path),
+                           "classes")
+    if not options.preprocess:
+        raise needs_option(ModelError(f"a model from outside a run needs its input scaling "
+                                      f"({', '.join(SCALING_NAMES)})", path), "preprocess")
     classes = [str(c) for c in options.classes]
-    check_io(raw, path, classes, spec)
-    digest = sha256_file(path) if path.is_file() else sha256_file(path / SAVED_MODEL_FILE)
+    raw = facts = None
+    if kind == "onnx":
+        facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
+        height, width = input_size(facts.height, facts.width, options.image_size, path)
+    else:
+        raw = load_model_file(path, kind, options.image_size)
+        height, width = input_size(*input_hw(raw, path), options.image_size, path)
+    spec = Preprocessing(height=height, width=width, resize=options.resize or "bilinear", scaling=options.preprocess)
+    if raw is not None:
+        check_io(raw, path, classes, spec)
     source = ModelSource(
         path=path, kind=kind, classes=classes, preprocessing=spec, reference_preprocessing=spec,
-        source_output="probabilities", output_decided_by="", sha256=digest, seed=options.seed, _raw=raw,
-        **_samples(options, classes))
-    return _settle_foreign_output(source, options)
-
-
-def load_onnx_source(path: Path, options: ExportConfig) -> ModelSource:
-    require_foreign_options(path, options)
-    classes = [str(c) for c in options.classes]
-    facts = inspect_onnx(path, len(classes), options.image_size, options.layout)
-    height, width = input_size(facts.height, facts.width, options.image_size, path)
-    spec = Preprocessing(height=height, width=width, resize=options.resize or "bilinear", scaling=options.preprocess)
-    source = ModelSource(
-        path=path, kind="onnx", classes=classes, preprocessing=spec, reference_preprocessing=spec,
-        source_output="probabilities", output_decided_by="", sha256=sha256_file(path), onnx=facts,
-        seed=options.seed, **_samples(options, classes))
-    probe = probe_outputs(source.raw_model, source)
-    if probe.ndim != 2 or probe.shape[1] != len(classes):  # a dynamic output width is checked on real outputs
+        source_output="probabilities", output_decided_by="", onnx=facts, seed=options.seed, _raw=raw,
+        sha256=sha256_file(path / SAVED_MODEL_FILE if kind == "savedmodel" else path), **_samples(options, classes))
+    probe = probe_outputs(source.raw_model, source) if kind == "onnx" else None
+    if probe is not None and (probe.ndim != 2 or probe.shape[1] != len(classes)):  # a dynamic width, on real outputs
         raise needs_option(ModelError(f"the model gives outputs of shape {probe.shape[1:]} per image but "
                                       f"{len(classes)} classes were given", path), "classes")
-    return _settle_foreign_output(source, options, probe)
+    if options.output != "auto":
+        return settle_output(source, options.output, "--output", stated=True)
+    return settle_output(source, *detect_output(source.raw_model, source, probe), stated=False)
 
 
 def input_hw(model, path: Path) -> tuple[int | None, int | None]:
@@ -317,13 +308,6 @@ def check_io(model, path: Path, classes: list[str], spec: Preprocessing) -> None
 
 
 # ------------------------------------------------------------------------------------ probabilities or logits
-
-
-def _settle_foreign_output(source: ModelSource, options: ExportConfig, probe: np.ndarray | None = None
-                           ) -> ModelSource:
-    if options.output != "auto":
-        return settle_output(source, options.output, "--output", stated=True)
-    return settle_output(source, *detect_output(source.raw_model, source, probe), stated=False)
 
 
 def detect_output(model, source: ModelSource, probe: np.ndarray | None = None) -> tuple[str, str]:

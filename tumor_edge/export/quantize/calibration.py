@@ -75,8 +75,7 @@ def entropy_threshold(histogram: tuple, num_quantized_bins: int = 128) -> tuple[
     from onnxruntime.quantization.calibrate import entropy
     from onnxruntime.quantization.quant_utils import smooth_distribution
 
-    hist, edges, min_value, max_value = histogram[0], histogram[1], histogram[2], histogram[3]
-    hist = np.asarray(hist, dtype=np.int64)
+    hist, edges, min_value, max_value = np.asarray(histogram[0], dtype=np.int64), *histogram[1:4]
     num_bins = hist.size
     zero = num_bins // 2
     half = num_quantized_bins // 2

@@ -17,6 +17,12 @@ HEAD_OPS = frozenset({"Softmax", "MatMul", "Gemm", "Add", "Reshape", "Flatten", 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
+def _replace(field, items) -> None:
+    """Make the repeated protobuf `field` hold `items` (a list made before the field is cleared)."""
+    del field[:]
+    field.extend(items)
+
+
 def head_nodes(model) -> list[str]:
     """Names of the nodes between the last feature op (pooling) and the graph output: the classifier head."""
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -49,8 +55,7 @@ def float_average_pools(model) -> list[str]:
     """
     from onnx import helper, numpy_helper
 
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(model.graph.value_info) + list(model.graph.input)}
+    shapes = _static_shapes(model, known_only=True)
     nodes, keep_float = [], []
     for node in model.graph.node:
         geometry = _pool_geometry(node, shapes) if node.op_type == "AveragePool" else None
@@ -61,14 +66,12 @@ def float_average_pools(model) -> list[str]:
         model.graph.initializer.append(numpy_helper.from_array(geometry[4], correction))
         output = node.output[0]
         node.output[0] = f"{output}__sum_over_area"
-        for attr in [a for a in node.attribute if a.name == "count_include_pad"]:
-            node.attribute.remove(attr)
-        node.attribute.append(helper.make_attribute("count_include_pad", 1))
+        _replace(node.attribute, [a for a in node.attribute if a.name != "count_include_pad"]
+                 + [helper.make_attribute("count_include_pad", 1)])
         mul = helper.make_node("Mul", [node.output[0], correction], [output], name=f"{node.name}__pad_correct")
         nodes += [node, mul]
         keep_float += [node.name, mul.name]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _replace(model.graph.node, nodes)
     return keep_float
 
 
@@ -102,8 +105,7 @@ def depthwise_average_pools(model) -> int:
     """
     from onnx import helper, numpy_helper
 
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(model.graph.value_info) + list(model.graph.input)}
+    shapes = _static_shapes(model, known_only=True)
     nodes, rewritten = [], 0
     for node in model.graph.node:
         geometry = _pool_geometry(node, shapes) if node.op_type == "AveragePool" else None
@@ -124,14 +126,15 @@ def depthwise_average_pools(model) -> int:
             nodes += [helper.make_node("Mul", [summed, factor], [f"{out}__border"], name=f"{node.name}__border"),
                       helper.make_node("Add", [summed, f"{out}__border"], [out], name=f"{node.name}__corrected")]
         rewritten += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _replace(model.graph.node, nodes)
     return rewritten
 
 
-def _static_shapes(model) -> dict[str, list[int | str]]:
-    """Tensor name -> shape (ints where known, the symbol's name or "" where not) of a shape-inferred model."""
-    return {vi.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+def _static_shapes(model, known_only: bool = False) -> dict[str, list[int | str]]:
+    """Tensor name -> shape (ints where known, the symbol's name or "" where not; 0 instead with `known_only`) of a
+    shape-inferred model."""
+    return {vi.name: [d.dim_value if known_only or d.HasField("dim_value") else d.dim_param
+                      for d in vi.type.tensor_type.shape.dim]
             for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)}
 
 
@@ -163,12 +166,8 @@ def drop_identity_reshapes(model) -> list[str]:
             continue
         kept.append(node)
     if dropped:
-        del model.graph.node[:]
-        model.graph.node.extend(kept)
-        gone = set(rename)
-        kept_info = [vi for vi in model.graph.value_info if vi.name not in gone]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(kept_info)
+        _replace(model.graph.node, kept)
+        _replace(model.graph.value_info, [vi for vi in model.graph.value_info if vi.name not in rename])
         prune_dead_qdq(model)
     return dropped
 
@@ -183,10 +182,7 @@ def _is_identity_reshape(node, shapes: dict[str, list[int | str]], constants: di
     target = [int(v) for v in constants[node.input[1]].reshape(-1)]
     if not source or len(source) != len(target) or not all(isinstance(d, int) and d > 0 for d in source[1:]):
         return False
-    if list(source[1:]) != target[1:]:
-        return False
-    first = source[0]
-    return target[0] in (-1, 0) or (isinstance(first, int) and first == target[0])
+    return source[1:] == target[1:] and (target[0] in (-1, 0) or source[0] == target[0])
 
 
 def _used_taps(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int) -> tuple[int, int, int] | None:
@@ -240,26 +236,19 @@ def crop_padding_taps(model) -> list[str]:
         cols = _used_taps(shape[3], kw, sw, pads[1], pads[3])
         if rows is None or cols is None or (rows[1] - rows[0] + 1, cols[1] - cols[0] + 1) == (kh, kw):
             continue
-        new_pads = []
-        for (first, last, out), size, stride, begin in ((rows, shape[2], sh, pads[0]), (cols, shape[3], sw, pads[1])):
-            new_begin = begin - first
-            new_end = (out - 1) * stride + (last - first + 1) - size - new_begin
-            new_pads.append((new_begin, new_end))
+        new_pads = [(begin - first, (out - 1) * stride + last + 1 - size - begin)  # (before, after) per axis
+                    for (first, last, out), size, stride, begin in ((rows, shape[2], sh, pads[0]),
+                                                                    (cols, shape[3], sw, pads[1]))]
         if any(p < 0 for pair in new_pads for p in pair):
             continue
         array = numpy_helper.to_array(weight)[:, :, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1]
         weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weight.name))
         stale.add(node.input[1])  # a DequantizeLinear's output shape, recorded before the crop
-        for attr in [a for a in node.attribute if a.name in ("pads", "kernel_shape")]:
-            node.attribute.remove(attr)
-        node.attribute.extend([helper.make_attribute("kernel_shape", list(array.shape[2:])),
-                               helper.make_attribute("pads", [new_pads[0][0], new_pads[1][0],
-                                                              new_pads[0][1], new_pads[1][1]])])
+        _replace(node.attribute, [a for a in node.attribute if a.name not in ("pads", "kernel_shape")] + [
+            helper.make_attribute("kernel_shape", list(array.shape[2:])),
+            helper.make_attribute("pads", [new_pads[0][0], new_pads[1][0], new_pads[0][1], new_pads[1][1]])])
         changed.append(node.name)
-    if stale:
-        kept = [vi for vi in model.graph.value_info if vi.name not in stale]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(kept)
+    _replace(model.graph.value_info, [vi for vi in model.graph.value_info if vi.name not in stale])
     return changed
 
 
@@ -332,24 +321,20 @@ def keep_float(qdq_model, fp32_model, names: Iterable[str]):
             for i in range(1, len(copy.input)):
                 if copy.input[i] in fp32_inits:
                     copy.input[i] = float_init(copy.input[i])
-            del copy.output[:]
-            copy.output.append(restored)
+            _replace(copy.output, [restored])
             added.append(copy)
             produced.add(restored)
         return restored
 
     for node in model.graph.node:
         if node.name in originals:
-            inputs = [float_input(i) if i else i for i in originals[node.name].input]
-            del node.input[:]
-            node.input.extend(inputs)
+            _replace(node.input, [float_input(i) if i else i for i in originals[node.name].input])
     if added:  # keep the graph topologically sorted: each copy right after its input's producer
         nodes = list(model.graph.node)
         for copy in added:
             at = next((i for i, n in enumerate(nodes) if copy.input[0] in n.output), -1)
             nodes.insert(at + 1, copy)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+        _replace(model.graph.node, nodes)
     prune_dead_qdq(model)
     return model
 
@@ -375,17 +360,13 @@ def prune_dead_qdq(model) -> None:
             break
         for node in dead:
             model.graph.node.remove(node)
-    used = {i for node in model.graph.node for i in node.input} | graph_outputs
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    _replace(model.graph.initializer, [init for init in model.graph.initializer if init.name in used])
 
 
 def node_macs(model) -> dict[str, int]:
     """Multiply-accumulates per Conv/MatMul/Gemm node of a shape-inferred float model (0 where shapes are
     unknown): what keeping a node in float costs, as a share of the model's int8 work."""
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(model.graph.value_info) + list(model.graph.output)}
+    shapes = _static_shapes(model, known_only=True)
     shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
     macs: dict[str, int] = {}
     for node in model.graph.node:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +187,7 @@ def _choose_range(report: QuantizationReport, best: CandidateScore, chosen: Path
     """The chosen method in every weight range, scored on the validation images; the least lossy is kept (ties:
     the table's order). A range onnxruntime cannot make for this graph is skipped with its reason."""
     first = weight_ranges[0]
-    scores = [CandidateScore(f"{best.method}/{first}", best.accuracy, best.macro_auc, best.agreement,
-                             best.max_abs_diff, best.mean_abs_diff, best.seconds)]
+    scores = [replace(best, method=f"{best.method}/{first}")]
     paths, probs = {first: chosen}, {first: chosen_probs}
     skipped = {}
     for name in weight_ranges[1:]:

@@ -76,9 +76,8 @@ def probabilities(model, pixels: np.ndarray, spec: Preprocessing, batch_size: in
     """The model's first output over uint8 pixels scaled as `spec` says, batch by batch."""
     sess = session(model)
     name = sess.get_inputs()[0].name
-    out = [np.asarray(sess.run(None, {name: batch})[0], dtype=np.float32)
-           for batch in scaled_batches(pixels, spec, batch_size)]
-    return np.concatenate(out)
+    return np.concatenate([np.asarray(sess.run(None, {name: batch})[0], dtype=np.float32)
+                           for batch in scaled_batches(pixels, spec, batch_size)])
 
 
 def score(method: str, probs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
@@ -124,9 +123,8 @@ def activation_codes(model, pixels: np.ndarray, spec: Preprocessing) -> dict[str
     zero_points = {n.output[0]: int(np.asarray(constants.get(n.input[2], 0) if len(n.input) > 2 else 0).ravel()[0])
                    for n in quantizers}
     outputs = {o.name for o in model.graph.output}
-    for n in quantizers:
-        if n.output[0] not in outputs:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.output[0]))
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n.output[0]) for n in quantizers
+                              if n.output[0] not in outputs)
     sess = session(model)
     names = [n.output[0] for n in quantizers]
     top = dict.fromkeys(names, 0)

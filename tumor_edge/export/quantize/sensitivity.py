@@ -105,19 +105,14 @@ class NearestStep:
 
 
 class _Search:
-    def __init__(self, qdq, fp32, pixels: np.ndarray, labels: np.ndarray | None, reference: np.ndarray,
-                 spec: Preprocessing, n_classes: int):
-        self.qdq, self.fp32, self.pixels, self.labels = qdq, fp32, pixels, labels
+    def __init__(self, qdq, fp32, pixels: np.ndarray, reference: np.ndarray, spec: Preprocessing, n_classes: int):
+        self.qdq, self.fp32, self.pixels = qdq, fp32, pixels
         self.reference, self.spec, self.n_classes = reference, spec, n_classes
 
     def run(self, nodes: list[str], index: np.ndarray | None = None) -> np.ndarray:
         model = keep_float(self.qdq, self.fp32, nodes) if nodes else self.qdq
         pixels = self.pixels if index is None else self.pixels[index]
         return probabilities(model, pixels, self.spec, EVAL_BATCH)
-
-    def full_score(self, nodes: list[str]) -> CandidateScore:
-        probs = self.run(nodes)
-        return score(f"{len(nodes)} float", probs, self.reference, self.labels, self.n_classes)
 
     def probe(self, unit: str, nodes: list[str], focus: np.ndarray) -> Probe:
         s = score(unit, self.run(nodes, focus), self.reference[focus], None, self.n_classes)
@@ -158,11 +153,10 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     if not naive.failures(ref_score, config.goal):
         result.holds, result.final = True, asdict(naive)
         return result
-    search = _Search(qdq, fp32, pixels, labels, reference, spec, n_classes)
+    search = _Search(qdq, fp32, pixels, reference, spec, n_classes)
     focus = focus_indices(naive_probs, reference, config.probe_images)
     result.focus_images = int(len(focus))
-    candidates = quantized_nodes(qdq)
-    order, probes, block_of = rank_units(search, candidates, focus, config.max_probes)
+    order, probes, block_of = rank_units(search, quantized_nodes(qdq), focus, config.max_probes)
     result.probes = [asdict(p) | {"nodes": len(p.nodes)} for p in probes]
     by_unit = {p.unit: p for p in probes}
 
@@ -176,7 +170,7 @@ def accuracy_aware_fallback(qdq, fp32, pixels: np.ndarray, labels: np.ndarray | 
     scores: dict[int, CandidateScore] = {0: naive}
 
     def holds(k: int) -> bool:
-        s = scores[k] = search.full_score(order[:k])
+        s = scores[k] = score(f"{k} float", search.run(order[:k]), reference, labels, n_classes)
         fails = s.failures(ref_score, config.goal)
         result.steps.append({"float_nodes": k, "agreement": s.agreement, "accuracy": s.accuracy,
                              "macro_auc": s.macro_auc, "max_abs_diff": round(s.max_abs_diff or 0.0, 5),
