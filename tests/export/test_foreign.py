@@ -112,6 +112,41 @@ def test_foreign_logits_model_yields_correct_probabilities(logits_model, toy_dat
 
 
 @pytest.mark.slow
+def test_savedmodel_folder_exports_with_its_probabilities(logits_model, toy_dataset, tmp_path):
+    """A SavedModel folder (the same logits CNN, exported by Keras): its serving signature is converted, the
+    source is recorded by the digest of saved_model.pb, and the runtime gives softmax(logits) from the files."""
+    import keras
+
+    from tumor_edge.contracts.bundle import sha256_file
+    from tumor_edge.data.dataset import discover, load_pixels
+    from tumor_edge.runtime.classifier import Classifier, softmax
+    from tumor_edge.runtime.preprocess import Preprocessing, scale
+
+    model = keras.models.load_model(logits_model)
+    saved = tmp_path / "saved"
+    model.export(saved, verbose=False)
+    out = tmp_path / "bundle"
+    result = _invoke(["export", saved, "--out", out, "--classes", ",".join(CLASSES), "--preprocess", "symmetric",
+                      "--output", "logits", "--test-data", toy_dataset / "Testing", "--allow-unproven", "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["provenance"]["source"]["kind"] == "savedmodel"
+    assert meta["provenance"]["source"]["sha256"] == sha256_file(saved / "saved_model.pb")
+    index = discover(toy_dataset)
+    spec = Preprocessing(SIZE, SIZE, scaling="symmetric")
+    logits = model.predict(scale(load_pixels(index.test, spec, show_progress=False).pixels, spec), verbose=0)
+    expected = softmax(logits.astype(np.float64))
+    temperature = (meta.get("calibration") or {}).get("temperature")
+    if temperature:
+        from tumor_edge.calibration import apply_temperature
+
+        expected = apply_temperature(expected, temperature)
+    probs = Classifier.from_bundle(out, model_file="model_fp32.onnx").probabilities_for_files(
+        [s.path for s in index.test])
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_planted_preprocessing_mismatch_fails_parity(logits_model, toy_dataset, tmp_path, state_home):
     """A run whose bundle declares other scaling than training used: parity fails, exit 3, files kept."""
     run = tmp_path / "run"
