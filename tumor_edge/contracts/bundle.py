@@ -353,7 +353,13 @@ def parse_metadata(data: Any) -> BundleMetadata:
         raise ConfigError("field 'classes' must hold non-empty strings of at most 200 characters")
     if len(set(classes)) != len(classes):
         raise ConfigError("field 'classes' names a class twice")
-    preprocessing = _preprocessing(_require(data, "preprocessing", dict))
+    raw_preprocessing = _require(data, "preprocessing", dict)
+    try:
+        preprocessing = Preprocessing.from_dict(raw_preprocessing)
+    except ConfigError as err:
+        raise ConfigError(f"field 'preprocessing': {err.reason}") from err
+    except (TypeError, ValueError, OverflowError) as err:  # values the spec's own checks do not anticipate
+        raise ConfigError(f"field 'preprocessing' is invalid ({first_line(err)})") from err
     output = data.get("output", "probabilities")
     if isinstance(output, dict):
         output = output.get("type", "probabilities")
@@ -391,15 +397,6 @@ def _parse_release(raw: Any) -> Release:
     version = _require(raw, "version", str, "release.")
     parse_release_version(version)
     return Release(ident, version)
-
-
-def _preprocessing(data: dict) -> Preprocessing:
-    try:
-        return Preprocessing.from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"field 'preprocessing': {err.reason}") from err
-    except (TypeError, ValueError, OverflowError) as err:  # values the spec's own checks do not anticipate
-        raise ConfigError(f"field 'preprocessing' is invalid ({first_line(err)})") from err
 
 
 def _parse_outputs(raw: Any, scores_type: str) -> dict[str, OutputSpec]:

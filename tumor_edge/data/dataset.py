@@ -27,6 +27,7 @@ from tumor_edge.runtime import Preprocessing, is_scan_file, load_resized
 
 TRAIN_DIR = "Training"
 TEST_DIR = "Testing"
+DECODE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -45,20 +46,15 @@ class DatasetIndex:
     ignored: list[Path] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for split, samples in (("Training", self.train), ("Testing", self.test)):
-            c = Counter(s.label for s in samples)
-            out[split] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
-        return out
+        by_split = {"Training": Counter(s.label for s in self.train), "Testing": Counter(s.label for s in self.test)}
+        return {split: {name: c[i] for i, name in enumerate(self.classes)} for split, c in by_split.items()}
 
     def counts_table(self) -> str:
         counts = self.counts()
         width = max(len(c) for c in self.classes) + 2
-        lines = [f"{'class':<{width}}{'Training':>10}{'Testing':>10}"]
-        for name in self.classes:
-            lines.append(f"{name:<{width}}{counts['Training'][name]:>10}{counts['Testing'][name]:>10}")
-        lines.append(f"{'total':<{width}}{len(self.train):>10}{len(self.test):>10}")
-        return "\n".join(lines)
+        rows = [(name, counts["Training"][name], counts["Testing"][name]) for name in self.classes]
+        table = [("class", "Training", "Testing"), *rows, ("total", len(self.train), len(self.test))]
+        return "\n".join(f"{name:<{width}}{train:>10}{test:>10}" for name, train, test in table)
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -146,7 +142,7 @@ class LoadedPixels:
 
 
 def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, failures: list[str],
-                   show_progress: bool = True, workers: int = 2) -> Iterator[tuple[Sample, np.ndarray]]:
+                   show_progress: bool = True) -> Iterator[tuple[Sample, np.ndarray]]:
     """(sample, its pixels by the runtime's own preprocessing) in order, for each that can be read; why each other
     cannot is appended to `failures`. At most a few decoded images wait at any time, whatever the dataset's size."""
 
@@ -158,13 +154,13 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, f
 
     def ordered(pool: ThreadPoolExecutor) -> Iterator[tuple[Sample, np.ndarray | str]]:
         submitted = ((sample, pool.submit(load, sample)) for sample in samples)
-        window = deque(islice(submitted, 4 * workers))  # a sliding window: one submitted as one is taken
+        window = deque(islice(submitted, 4 * DECODE_THREADS))  # a sliding window: one submitted as one is taken
         while window:
             sample, future = window.popleft()
             window.extend(islice(submitted, 1))
             yield sample, future.result()
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         for sample, result in progress(ordered(pool), label, length=len(samples), enabled=show_progress):
             if isinstance(result, str):
                 failures.append(result)
@@ -173,12 +169,12 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, f
 
 
 def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "loading images",
-                show_progress: bool = True, workers: int = 2) -> LoadedPixels:
+                show_progress: bool = True) -> LoadedPixels:
     """Decode every sample into memory; unreadable files are reported, not fatal."""
     out = np.empty((len(samples), spec.height, spec.width, 3), dtype=np.uint8)
     kept: list[Sample] = []
     failures: list[str] = []
-    for sample, pixels in decode_samples(samples, spec, label, failures, show_progress, workers):
+    for sample, pixels in decode_samples(samples, spec, label, failures, show_progress):
         out[len(kept)] = pixels
         kept.append(sample)
     return LoadedPixels(out[: len(kept)], np.array([s.label for s in kept], dtype=np.int32), kept, failures)
@@ -247,14 +243,14 @@ class PixelCache:
 
 
 def build_pixel_cache(samples: Sequence[Sample], spec: Preprocessing, path: Path, label: str = "decoding images",
-                      show_progress: bool = True, workers: int = 2) -> PixelCache:
+                      show_progress: bool = True) -> PixelCache:
     """Decode every sample with the runtime's own preprocessing into `path`; unreadable files are reported."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kept: list[Sample] = []
     failures: list[str] = []
     with open(path, "wb") as fh:
-        for sample, pixels in decode_samples(samples, spec, label, failures, show_progress, workers):
+        for sample, pixels in decode_samples(samples, spec, label, failures, show_progress):
             fh.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
             kept.append(sample)
     labels = np.array([s.label for s in kept], dtype=np.int32)

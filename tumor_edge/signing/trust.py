@@ -150,8 +150,7 @@ def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str
         raise verify.not_signed(bundle) from err
     except (OSError, ModelError) as err:
         raise SignatureError(f"cannot be read ({first_line(err)})", signature) from err
-    statement, payload = verify.authentic_statement(raw, key, policy.key, signature)
-    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+    signed, payload = verify.authentic_statement(raw, key, policy.key, signature)
     loaded = {METADATA_FILE: metadata.sha256, **digests}
     for name, digest in loaded.items():
         if name not in signed:
