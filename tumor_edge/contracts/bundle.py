@@ -368,15 +368,12 @@ def parse_metadata(data: Any) -> BundleMetadata:
     extra_outputs = _parse_outputs(data.get("outputs"), output)
     raw_models = _require(data, "models", dict) if "models" in data else {}
     models = {name: _parse_entry(name, entry) for name, entry in raw_models.items()}
-    for key in ("provenance", "metrics"):
-        if key in data and not isinstance(data[key], dict):
-            raise ConfigError(f"field '{key}' must be an object")
+    for key, kind in (("provenance", dict), ("metrics", dict), ("name", str), ("intended_use", str)):
+        if key in data and not isinstance(data[key], kind):
+            raise ConfigError(f"field '{key}' must be {_ARTICLES[kind.__name__]}")
     for key in ("calibration", "ood"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"field '{key}' must be an object")
-    for key in ("name", "intended_use"):
-        if key in data and not isinstance(data[key], str):
-            raise ConfigError(f"field '{key}' must be a string")
     reference = (_parse_reference(data["reference"], models, len(classes), set(extra_outputs))
                  if data.get("reference") else None)
     release = _parse_release(data["release"]) if "release" in data else None
@@ -478,8 +475,7 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
             where = f"reference.roles.{name}.{str(role)[:40]}"
             if role not in roles:
                 raise ConfigError(f"field '{where}' is not an output role 'outputs' declares")
-            shape = entry.get("shape") if isinstance(entry, dict) else None
-            values = entry.get("values") if isinstance(entry, dict) else None
+            shape, values = (entry.get("shape"), entry.get("values")) if isinstance(entry, dict) else (None, None)
             if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
                     or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
                     or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
@@ -539,8 +535,7 @@ def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
         check_member_name(name, ConfigError, f"field '{where}': ")
         if name in (model, METADATA_FILE):
             raise ConfigError(f"field '{where}' names {name!r}, which is not a data file of the model")
-        size = spec.get("size_bytes") if isinstance(spec, dict) else None
-        digest = spec.get("sha256") if isinstance(spec, dict) else None
+        size, digest = (spec.get("size_bytes"), spec.get("sha256")) if isinstance(spec, dict) else (None, None)
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
             raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
                               f"{MAX_MODEL_BYTES}")

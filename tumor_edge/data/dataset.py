@@ -117,11 +117,8 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> t
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     rng = random.Random(seed)
     kept, held = [], []
-    by_label: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_label.setdefault(s.label, []).append(s)
-    for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda s: str(s.path))
+    for label in sorted({s.label for s in samples}):
+        group = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
         rng.shuffle(group)
         n_held = int(round(len(group) * fraction))
         if fraction > 0 and n_held == 0 and len(group) >= 2:
