@@ -247,14 +247,13 @@ class Worker(_Runner):
 
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        level = _forwarded_level()
         sys.stdout.flush()
         sys.stderr.flush()
         # Not daemonic: a job may run work in a child of its own (the demo's export stage runs export, which runs
         # its converters in a TensorFlow worker), and a daemonic process may have none. `close` and `__exit__`
         # end the child.
-        self._process = context.Process(target=_child_main, args=(child_conn, self.env, level), daemon=False,
-                                        name=f"tumor-edge {self.name}")
+        self._process = context.Process(target=_child_main, args=(child_conn, self.env, _forwarded_level()),
+                                        daemon=False, name=f"tumor-edge {self.name}")
         self._process.start()
         child_conn.close()
         _end_at_exit(self)
