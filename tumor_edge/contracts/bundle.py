@@ -728,11 +728,9 @@ def remember_last_bundle(bundle_dir: Path) -> None:
 
 def resolve_model_path(model: str | Path | None) -> Path:
     """The model argument, else $TUMOR_EDGE_MODEL, else the bundle `export` wrote last on this machine."""
+    model = model or os.environ.get(MODEL_ENV)
     if model:
         return Path(model)
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
     marker = state_home() / "last_bundle"
     if marker.is_file():
         return Path(marker.read_text().strip())

@@ -196,8 +196,7 @@ def read_split(path: Path, name: str, root: Path | None = None) -> tuple[list[st
     """(classes, samples) of one split ("train", "val" or "test") of a run's split.json."""
     data = json.loads(Path(path).read_text())
     base = Path(root) if root else Path(data["root"])
-    samples = [Sample((base / rel) if not Path(rel).is_absolute() else Path(rel), int(label))
-               for rel, label in data.get(name, [])]
+    samples = [Sample(base / rel, int(label)) for rel, label in data.get(name, [])]  # an absolute `rel` stays
     return list(data["classes"]), samples
 
 
