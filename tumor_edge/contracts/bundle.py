@@ -223,10 +223,8 @@ class BundleMetadata:
         except ConfigError as err:  # field names come from the file: escape them so the error stays one line
             raise ModelError(f"invalid tumor-edge metadata: {one_line(err.reason)}", source) from err
 
-    def write(self, bundle_dir: Path) -> Path:
-        path = Path(bundle_dir) / METADATA_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+    def write(self, bundle_dir: Path) -> None:
+        (Path(bundle_dir) / METADATA_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, bundle_dir: Path) -> BundleMetadata:
@@ -273,13 +271,12 @@ def is_sha256(text: Any) -> bool:
     return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
-def check_member_name(name: str, error: type[TumorEdgeError] = BundleIntegrityError, where: str = "") -> str:
+def check_member_name(name: str, error: type[TumorEdgeError] = BundleIntegrityError, where: str = "") -> None:
     """A file name listed in metadata must be a plain name inside the bundle: no folders, no '..', no
     absolute path, no drive, nothing hidden. Anything else is refused (`error`) before it is opened."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
             or "\x00" in name or name.startswith(".") or os.path.isabs(name) or ":" in name):
         raise error(f"{where}model name {name!r} is not a plain file name inside the bundle")
-    return name
 
 
 def member_path(bundle_dir: Path, name: str) -> Path:

@@ -61,14 +61,6 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files(class_dir: Path) -> tuple[list[Path], list[Path]]:
-    scans, ignored = [], []
-    for p in sorted(class_dir.rglob("*")):
-        if p.is_file():
-            (scans if is_scan_file(p) else ignored).append(p)
-    return scans, ignored
-
-
 def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
     """Index a dataset folder; raise only when there is nothing to train on."""
     root = Path(root)
@@ -100,8 +92,10 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
         if not split_dir.is_dir():
             continue
         for label, name in enumerate(classes):
-            scans, ignored = _files(split_dir / name)
-            index.ignored.extend(ignored)
+            scans: list[Path] = []
+            for p in sorted((split_dir / name).rglob("*")):
+                if p.is_file():
+                    (scans if is_scan_file(p) else index.ignored).append(p)
             if not scans:
                 index.problems.append(f"{split_dir / name}: empty class folder (no images)")
             bucket.extend(Sample(p, label) for p in scans)
