@@ -147,8 +147,7 @@ class _QuietImport:
     A meta path finder by protocol (find_spec), not by subclassing importlib.abc, and everything else this needs
     (tempfile, logging) is imported when TensorFlow is: commands that never import it (classify) pay nothing."""
 
-    def __init__(self) -> None:
-        self._finding = False
+    _finding = False  # set while it asks the other finders, so it does not find itself
 
     def find_spec(self, name, path=None, target=None):
         if name != "tensorflow" or self._finding:

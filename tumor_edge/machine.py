@@ -99,13 +99,8 @@ def physical_cores(blocks: list[dict[str, str]]) -> int | None:
     return len(pairs) or None
 
 
-def packages() -> dict[str, tuple[str, ...]]:
-    """label -> distribution names: numpy, then every engine of the format table, then the rest of PACKAGES."""
-    engines = {name: engine.packages for name, engine in ENGINES.items() if engine.packages}
-    return {"numpy": PACKAGES["numpy"], **engines, **{k: v for k, v in PACKAGES.items() if k != "numpy"}}
-
-
 def package_versions() -> dict[str, str | None]:
+    """label -> the version installed: numpy, then every engine of the format table, then the rest of PACKAGES."""
     # imported here: classify's cache lookup (cpu_isa) must not pay for importlib.metadata's imports
     from importlib import metadata
 
@@ -115,7 +110,8 @@ def package_versions() -> dict[str, str | None]:
                 return metadata.version(name)
         return None
 
-    return {label: version(names) for label, names in packages().items()}
+    engines = {name: engine.packages for name, engine in ENGINES.items() if engine.packages}
+    return {label: version(names) for label, names in {"numpy": PACKAGES["numpy"], **engines, **PACKAGES}.items()}
 
 
 def host() -> dict[str, str]:
@@ -136,7 +132,6 @@ def machine_info() -> dict[str, Any]:
     blocks = _cpuinfo()
     flags = cpu_flags(blocks)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS
-    int8 = int8_acceleration(flags)
     family = "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "x86"
     mem_total = None
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -153,8 +148,8 @@ def machine_info() -> dict[str, Any]:
         "physical_cores": physical_cores(blocks),
         "virtualized": "hypervisor" in flags,
         "simd": {flag: flag in flags for flag in SIMD_FLAGS[family]},
-        "int8_acceleration": int8 or ["none (no VNNI/AMX/dot-product instructions: int8 saves size, "
-                                      "not necessarily time)"],
+        "int8_acceleration": int8_acceleration(flags) or ["none (no VNNI/AMX/dot-product instructions: int8 saves "
+                                                          "size, not necessarily time)"],
         "memory_gib": mem_total,
         "os": platform.platform(),
         "python": sys.version.split()[0],

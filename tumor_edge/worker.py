@@ -41,6 +41,7 @@ from typing import Any
 from tumor_edge.errors import TumorEdgeError, first_line
 
 log = logging.getLogger("tumor_edge.worker")
+POLL_S = 0.05  # how often a running job's deadline and its worker's memory cap are checked
 
 Target = str | Callable[..., Any]
 
@@ -191,13 +192,26 @@ class Job:
         self.future.cancel()
 
 
-class Worker:
-    """One spawned child running jobs in submission order (started at the first job, again after one dies).
-    `env` is set in the child before any job runs; `poll_s`: how often the deadline and the cap are checked."""
+class _Runner:
+    """What Worker and Inline share: `call` waits for the job `submit` queued; as a context manager, `close` at the
+    end (`kill` when an exception leaves the block)."""
 
-    def __init__(self, name: str = "worker", *, env: Mapping[str, str] | None = None,
-                 memory_mb: float | None = None, poll_s: float = 0.05):
-        self.name, self.env, self.memory_mb, self.poll_s = name, dict(env or {}), memory_mb, poll_s
+    def call(self, target: Target, *args: Any, name: str | None = None, deadline: float | None = None) -> Any:
+        return self.submit(target, *args, name=name, deadline=deadline).wait()
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(kill=kind is not None)
+
+
+class Worker(_Runner):
+    """One spawned child running jobs in submission order (started at the first job, again after one dies).
+    `env` is set in the child before any job runs."""
+
+    def __init__(self, name: str = "worker", *, env: Mapping[str, str] | None = None, memory_mb: float | None = None):
+        self.name, self.env, self.memory_mb = name, dict(env or {}), memory_mb
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._process = self._conn = None
         self._thread: threading.Thread | None = None
@@ -217,9 +231,6 @@ class Worker:
             self._jobs.put(job)
         return job
 
-    def call(self, target: Target, *args: Any, name: str | None = None, deadline: float | None = None) -> Any:
-        return self.submit(target, *args, name=name, deadline=deadline).wait()
-
     def close(self, kill: bool = False) -> None:
         """End the child after the jobs queued (`kill`: now, failing them). Idempotent."""
         if kill:
@@ -229,12 +240,6 @@ class Worker:
             self._thread.join()
         self._kill(wait=True)
 
-    def __enter__(self) -> Worker:
-        return self
-
-    def __exit__(self, kind, value, tb) -> None:
-        self.close(kill=kind is not None)
-
     # -------------------------------------------------------------------------------- the dispatch thread
 
     def _start(self) -> None:
@@ -242,14 +247,13 @@ class Worker:
 
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        level = _forwarded_level()
         sys.stdout.flush()
         sys.stderr.flush()
         # Not daemonic: a job may run work in a child of its own (the demo's export stage runs export, which runs
         # its converters in a TensorFlow worker), and a daemonic process may have none. `close` and `__exit__`
         # end the child.
-        self._process = context.Process(target=_child_main, args=(child_conn, self.env, level), daemon=False,
-                                        name=f"tumor-edge {self.name}")
+        self._process = context.Process(target=_child_main, args=(child_conn, self.env, _forwarded_level()),
+                                        daemon=False, name=f"tumor-edge {self.name}")
         self._process.start()
         child_conn.close()
         _end_at_exit(self)
@@ -305,7 +309,7 @@ class Worker:
     def _await(self, job: Job, conn, process) -> None:
         started = time.monotonic()
         while True:
-            if conn.poll(self.poll_s):
+            if conn.poll(POLL_S):
                 message = conn.recv()
                 if message[0] == "log":
                     logging.getLogger(message[1].name).handle(message[1])
@@ -327,7 +331,7 @@ class Worker:
                                   f"({rss:.0f} MiB resident) and was stopped")
 
 
-class Inline:
+class Inline(_Runner):
     """The Worker's interface, each job run here when submitted (no deadline, no cap)."""
 
     name = "inline"
@@ -342,17 +346,8 @@ class Inline:
         job.seconds, job.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         return job
 
-    def call(self, target: Target, *args: Any, name: str | None = None, deadline: float | None = None) -> Any:
-        return resolve(target)(*args)
-
     def close(self, kill: bool = False) -> None:
         pass
-
-    def __enter__(self) -> Inline:
-        return self
-
-    def __exit__(self, kind, value, tb) -> None:
-        self.close()
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()

@@ -100,7 +100,7 @@ class Store:
         order = sorted(range(kept.num_rows), key=kept.column("input_path").to_pylist().__getitem__)
         return kept.take(pa.array(order, type=pa.int64()))
 
-    def write_csv(self, table, name: str = "results.csv") -> str:
+    def write_csv(self, table) -> str:
         """The rows as `classify --csv` prints them (its columns, its cells), then the identity columns."""
         columns = [c for c in table.column_names if c not in EXTRA]
         lines = []
@@ -108,8 +108,8 @@ class Store:
             buffer = io.StringIO()  # classify's quoting: CR or LF in a cell quotes it
             csv.writer(buffer, lineterminator="\r\n").writerow(cells)
             lines.append(buffer.getvalue()[:-2] + "\n")
-        self.write_bytes(name, "".join(lines).encode())
-        return self._path(name)
+        self.write_bytes("results.csv", "".join(lines).encode())
+        return self._path("results.csv")
 
     def write_bytes(self, name: str, data: bytes) -> None:
         temporary = self._path(f".{name}.tmp")

@@ -223,10 +223,8 @@ class BundleMetadata:
         except ConfigError as err:  # field names come from the file: escape them so the error stays one line
             raise ModelError(f"invalid tumor-edge metadata: {one_line(err.reason)}", source) from err
 
-    def write(self, bundle_dir: Path) -> Path:
-        path = Path(bundle_dir) / METADATA_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+    def write(self, bundle_dir: Path) -> None:
+        (Path(bundle_dir) / METADATA_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, bundle_dir: Path) -> BundleMetadata:
@@ -273,13 +271,12 @@ def is_sha256(text: Any) -> bool:
     return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
-def check_member_name(name: str, error: type[TumorEdgeError] = BundleIntegrityError, where: str = "") -> str:
+def check_member_name(name: str, error: type[TumorEdgeError] = BundleIntegrityError, where: str = "") -> None:
     """A file name listed in metadata must be a plain name inside the bundle: no folders, no '..', no
     absolute path, no drive, nothing hidden. Anything else is refused (`error`) before it is opened."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
             or "\x00" in name or name.startswith(".") or os.path.isabs(name) or ":" in name):
         raise error(f"{where}model name {name!r} is not a plain file name inside the bundle")
-    return name
 
 
 def member_path(bundle_dir: Path, name: str) -> Path:
@@ -353,7 +350,13 @@ def parse_metadata(data: Any) -> BundleMetadata:
         raise ConfigError("field 'classes' must hold non-empty strings of at most 200 characters")
     if len(set(classes)) != len(classes):
         raise ConfigError("field 'classes' names a class twice")
-    preprocessing = _preprocessing(_require(data, "preprocessing", dict))
+    raw_preprocessing = _require(data, "preprocessing", dict)
+    try:
+        preprocessing = Preprocessing.from_dict(raw_preprocessing)
+    except ConfigError as err:
+        raise ConfigError(f"field 'preprocessing': {err.reason}") from err
+    except (TypeError, ValueError, OverflowError) as err:  # values the spec's own checks do not anticipate
+        raise ConfigError(f"field 'preprocessing' is invalid ({first_line(err)})") from err
     output = data.get("output", "probabilities")
     if isinstance(output, dict):
         output = output.get("type", "probabilities")
@@ -362,15 +365,12 @@ def parse_metadata(data: Any) -> BundleMetadata:
     extra_outputs = _parse_outputs(data.get("outputs"), output)
     raw_models = _require(data, "models", dict) if "models" in data else {}
     models = {name: _parse_entry(name, entry) for name, entry in raw_models.items()}
-    for key in ("provenance", "metrics"):
-        if key in data and not isinstance(data[key], dict):
-            raise ConfigError(f"field '{key}' must be an object")
+    for key, kind in (("provenance", dict), ("metrics", dict), ("name", str), ("intended_use", str)):
+        if key in data and not isinstance(data[key], kind):
+            raise ConfigError(f"field '{key}' must be {_ARTICLES[kind.__name__]}")
     for key in ("calibration", "ood"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ConfigError(f"field '{key}' must be an object")
-    for key in ("name", "intended_use"):
-        if key in data and not isinstance(data[key], str):
-            raise ConfigError(f"field '{key}' must be a string")
     reference = (_parse_reference(data["reference"], models, len(classes), set(extra_outputs))
                  if data.get("reference") else None)
     release = _parse_release(data["release"]) if "release" in data else None
@@ -391,15 +391,6 @@ def _parse_release(raw: Any) -> Release:
     version = _require(raw, "version", str, "release.")
     parse_release_version(version)
     return Release(ident, version)
-
-
-def _preprocessing(data: dict) -> Preprocessing:
-    try:
-        return Preprocessing.from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"field 'preprocessing': {err.reason}") from err
-    except (TypeError, ValueError, OverflowError) as err:  # values the spec's own checks do not anticipate
-        raise ConfigError(f"field 'preprocessing' is invalid ({first_line(err)})") from err
 
 
 def _parse_outputs(raw: Any, scores_type: str) -> dict[str, OutputSpec]:
@@ -481,8 +472,7 @@ def _parse_reference_roles(raw: Any, models: dict[str, ModelEntry], count: int, 
             where = f"reference.roles.{name}.{str(role)[:40]}"
             if role not in roles:
                 raise ConfigError(f"field '{where}' is not an output role 'outputs' declares")
-            shape = entry.get("shape") if isinstance(entry, dict) else None
-            values = entry.get("values") if isinstance(entry, dict) else None
+            shape, values = (entry.get("shape"), entry.get("values")) if isinstance(entry, dict) else (None, None)
             if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
                     or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
                     or not shape[0] <= count or not isinstance(values, list) or len(values) > MAX_REFERENCE_VALUES):
@@ -542,8 +532,7 @@ def _parse_files(model: str, raw: Any) -> dict[str, MemberFile]:
         check_member_name(name, ConfigError, f"field '{where}': ")
         if name in (model, METADATA_FILE):
             raise ConfigError(f"field '{where}' names {name!r}, which is not a data file of the model")
-        size = spec.get("size_bytes") if isinstance(spec, dict) else None
-        digest = spec.get("sha256") if isinstance(spec, dict) else None
+        size, digest = (spec.get("size_bytes"), spec.get("sha256")) if isinstance(spec, dict) else (None, None)
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MODEL_BYTES:
             raise ConfigError(f"field '{where}.{name}.size_bytes' must be a whole number of bytes up to "
                               f"{MAX_MODEL_BYTES}")
@@ -736,11 +725,9 @@ def remember_last_bundle(bundle_dir: Path) -> None:
 
 def resolve_model_path(model: str | Path | None) -> Path:
     """The model argument, else $TUMOR_EDGE_MODEL, else the bundle `export` wrote last on this machine."""
+    model = model or os.environ.get(MODEL_ENV)
     if model:
         return Path(model)
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
     marker = state_home() / "last_bundle"
     if marker.is_file():
         return Path(marker.read_text().strip())

@@ -71,14 +71,10 @@ class Preprocessing:
         if not isinstance(data, dict):
             raise ConfigError(f"'preprocessing' must be an object, not {type(data).__name__}")
         height, width = data.get("height"), data.get("width")
-        if not (_is_int(height) and _is_int(width)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (height, width)):
             raise ConfigError(f"'preprocessing' height and width must be whole numbers, not {height!r}, {width!r}")
         for key in ("resize", "scaling", "color_mode"):
             if key in data and not isinstance(data[key], str):
                 raise ConfigError(f"'preprocessing.{key}' must be a string")
         return cls(height=int(height), width=int(width), resize=data.get("resize", "bilinear"),
                    scaling=data.get("scaling", "none"), color_mode=data.get("color_mode", "RGB"))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

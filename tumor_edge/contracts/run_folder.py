@@ -79,9 +79,8 @@ class RunConfig:
         data["image_size"] = self.preprocessing.height
         return {**self.extra, **data}
 
-    def write(self, path: Path) -> Path:
+    def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return Path(path)
 
     @classmethod
     def from_dict(cls, data: Any, source: Path | None = None) -> RunConfig:

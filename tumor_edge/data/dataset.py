@@ -27,6 +27,7 @@ from tumor_edge.runtime import Preprocessing, is_scan_file, load_resized
 
 TRAIN_DIR = "Training"
 TEST_DIR = "Testing"
+DECODE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -45,32 +46,19 @@ class DatasetIndex:
     ignored: list[Path] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for split, samples in (("Training", self.train), ("Testing", self.test)):
-            c = Counter(s.label for s in samples)
-            out[split] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
-        return out
+        by_split = {"Training": Counter(s.label for s in self.train), "Testing": Counter(s.label for s in self.test)}
+        return {split: {name: c[i] for i, name in enumerate(self.classes)} for split, c in by_split.items()}
 
     def counts_table(self) -> str:
         counts = self.counts()
         width = max(len(c) for c in self.classes) + 2
-        lines = [f"{'class':<{width}}{'Training':>10}{'Testing':>10}"]
-        for name in self.classes:
-            lines.append(f"{name:<{width}}{counts['Training'][name]:>10}{counts['Testing'][name]:>10}")
-        lines.append(f"{'total':<{width}}{len(self.train):>10}{len(self.test):>10}")
-        return "\n".join(lines)
+        rows = [(name, counts["Training"][name], counts["Testing"][name]) for name in self.classes]
+        table = [("class", "Training", "Testing"), *rows, ("total", len(self.train), len(self.test))]
+        return "\n".join(f"{name:<{width}}{train:>10}{test:>10}" for name, train, test in table)
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _files(class_dir: Path) -> tuple[list[Path], list[Path]]:
-    scans, ignored = [], []
-    for p in sorted(class_dir.rglob("*")):
-        if p.is_file():
-            (scans if is_scan_file(p) else ignored).append(p)
-    return scans, ignored
 
 
 def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
@@ -104,8 +92,10 @@ def discover(root: str | Path, require_test: bool = True) -> DatasetIndex:
         if not split_dir.is_dir():
             continue
         for label, name in enumerate(classes):
-            scans, ignored = _files(split_dir / name)
-            index.ignored.extend(ignored)
+            scans: list[Path] = []
+            for p in sorted((split_dir / name).rglob("*")):
+                if p.is_file():
+                    (scans if is_scan_file(p) else index.ignored).append(p)
             if not scans:
                 index.problems.append(f"{split_dir / name}: empty class folder (no images)")
             bucket.extend(Sample(p, label) for p in scans)
@@ -121,11 +111,8 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> t
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     rng = random.Random(seed)
     kept, held = [], []
-    by_label: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_label.setdefault(s.label, []).append(s)
-    for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda s: str(s.path))
+    for label in sorted({s.label for s in samples}):
+        group = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
         rng.shuffle(group)
         n_held = int(round(len(group) * fraction))
         if fraction > 0 and n_held == 0 and len(group) >= 2:
@@ -146,7 +133,7 @@ class LoadedPixels:
 
 
 def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, failures: list[str],
-                   show_progress: bool = True, workers: int = 2) -> Iterator[tuple[Sample, np.ndarray]]:
+                   show_progress: bool = True) -> Iterator[tuple[Sample, np.ndarray]]:
     """(sample, its pixels by the runtime's own preprocessing) in order, for each that can be read; why each other
     cannot is appended to `failures`. At most a few decoded images wait at any time, whatever the dataset's size."""
 
@@ -158,13 +145,13 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, f
 
     def ordered(pool: ThreadPoolExecutor) -> Iterator[tuple[Sample, np.ndarray | str]]:
         submitted = ((sample, pool.submit(load, sample)) for sample in samples)
-        window = deque(islice(submitted, 4 * workers))  # a sliding window: one submitted as one is taken
+        window = deque(islice(submitted, 4 * DECODE_THREADS))  # a sliding window: one submitted as one is taken
         while window:
             sample, future = window.popleft()
             window.extend(islice(submitted, 1))
             yield sample, future.result()
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         for sample, result in progress(ordered(pool), label, length=len(samples), enabled=show_progress):
             if isinstance(result, str):
                 failures.append(result)
@@ -173,12 +160,12 @@ def decode_samples(samples: Sequence[Sample], spec: Preprocessing, label: str, f
 
 
 def load_pixels(samples: Sequence[Sample], spec: Preprocessing, label: str = "loading images",
-                show_progress: bool = True, workers: int = 2) -> LoadedPixels:
+                show_progress: bool = True) -> LoadedPixels:
     """Decode every sample into memory; unreadable files are reported, not fatal."""
     out = np.empty((len(samples), spec.height, spec.width, 3), dtype=np.uint8)
     kept: list[Sample] = []
     failures: list[str] = []
-    for sample, pixels in decode_samples(samples, spec, label, failures, show_progress, workers):
+    for sample, pixels in decode_samples(samples, spec, label, failures, show_progress):
         out[len(kept)] = pixels
         kept.append(sample)
     return LoadedPixels(out[: len(kept)], np.array([s.label for s in kept], dtype=np.int32), kept, failures)
@@ -203,8 +190,7 @@ def read_split(path: Path, name: str, root: Path | None = None) -> tuple[list[st
     """(classes, samples) of one split ("train", "val" or "test") of a run's split.json."""
     data = json.loads(Path(path).read_text())
     base = Path(root) if root else Path(data["root"])
-    samples = [Sample((base / rel) if not Path(rel).is_absolute() else Path(rel), int(label))
-               for rel, label in data.get(name, [])]
+    samples = [Sample(base / rel, int(label)) for rel, label in data.get(name, [])]  # an absolute `rel` stays
     return list(data["classes"]), samples
 
 
@@ -247,14 +233,14 @@ class PixelCache:
 
 
 def build_pixel_cache(samples: Sequence[Sample], spec: Preprocessing, path: Path, label: str = "decoding images",
-                      show_progress: bool = True, workers: int = 2) -> PixelCache:
+                      show_progress: bool = True) -> PixelCache:
     """Decode every sample with the runtime's own preprocessing into `path`; unreadable files are reported."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kept: list[Sample] = []
     failures: list[str] = []
     with open(path, "wb") as fh:
-        for sample, pixels in decode_samples(samples, spec, label, failures, show_progress, workers):
+        for sample, pixels in decode_samples(samples, spec, label, failures, show_progress):
             fh.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
             kept.append(sample)
     labels = np.array([s.label for s in kept], dtype=np.int32)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tumor_edge.data.dataset import DatasetIndex, Sample, discover
+from tumor_edge.data.dataset import DECODE_THREADS, DatasetIndex, Sample, discover
 from tumor_edge.errors import InputImageError
 from tumor_edge.progress import progress
 from tumor_edge.runtime import load_rgb
@@ -28,8 +28,7 @@ MAX_DISTANCE = 12  # of 255 bits
 
 
 def _dct_matrix(n: int) -> np.ndarray:
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
+    k, i = np.ogrid[:n, :n]  # frequency down, sample across
     m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
     m[0] /= np.sqrt(2.0)
     return m
@@ -74,7 +73,7 @@ def hash_images(samples: Sequence[Sample], label: str = "hashing", show_progress
             return str(err)
 
     hashed, failures = [], []
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         for result in progress(pool.map(one, samples), label, length=len(samples), enabled=show_progress):
             (failures if isinstance(result, str) else hashed).append(result)
     return hashed, failures
@@ -168,10 +167,10 @@ class CheckReport:
         return lines
 
 
-def check_dataset(root: Path, find_duplicates: bool = True, show_progress: bool = True) -> CheckReport:
+def check_dataset(root: Path, find_duplicates: bool = True) -> CheckReport:
     """Decode every image (unreadable ones are listed) and look for Training/Testing duplicates."""
     index = discover(root)
-    train_hashes, train_fail = hash_images(index.train, "checking Training", show_progress)
-    test_hashes, test_fail = hash_images(index.test, "checking Testing", show_progress)
+    train_hashes, train_fail = hash_images(index.train, "checking Training")
+    test_hashes, test_fail = hash_images(index.test, "checking Testing")
     duplicates = find_cross_split_duplicates(train_hashes, test_hashes) if find_duplicates else []
     return CheckReport(index, train_fail + test_fail, duplicates)

@@ -141,9 +141,8 @@ def trust_model(model, ood=None):
     return keras.Model(model.inputs, outputs, name=f"{model.name}_trust")
 
 
-def heatmap_output_spec(index: int = 1, grid: tuple[int, int] | None = None) -> OutputSpec:
+def heatmap_output_spec(index: int, grid: tuple[int, int]) -> OutputSpec:
     """How a bundle's metadata describes the heatmap output."""
-    where = f" ({grid[0]}x{grid[1]} cells)" if grid else ""
     return OutputSpec(HEATMAP_ROLE, index, HEATMAP_TYPE,
-                      f"class activation map of every class{where}, layout (N, h, w, classes): each cell's "
-                      f"contribution to the class logit; its spatial mean is the logit")
+                      f"class activation map of every class ({grid[0]}x{grid[1]} cells), layout (N, h, w, classes): "
+                      f"each cell's contribution to the class logit; its spatial mean is the logit")

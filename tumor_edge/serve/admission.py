@@ -18,6 +18,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -36,9 +37,8 @@ class Admission:
 
     def __init__(self, concurrency: int, queue: int):
         self.capacity = concurrency + queue
-        self.concurrency = concurrency
         self.admitted = 0
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = asyncio.Semaphore(concurrency)  # bound to the event loop that first waits on it
 
     @asynccontextmanager
     async def enter(self):
@@ -52,22 +52,20 @@ class Admission:
 
     @asynccontextmanager
     async def slot(self):
-        if self._slots is None:  # created inside the running loop
-            self._slots = asyncio.Semaphore(self.concurrency)
         async with self._slots:
             yield
 
 
+@dataclass
 class UploadStage:
     """Bodies being received: at most `places` at once, `per_client` from one client address, `budget_bytes`
     held in memory by them together. Used from one event loop only, so the counters need no lock."""
 
-    def __init__(self, places: int, per_client: int, budget_bytes: int):
-        self.places = places
-        self.per_client = per_client
-        self.budget_bytes = budget_bytes
-        self.by_client: Counter[str] = Counter()
-        self.bytes_held = 0
+    places: int
+    per_client: int
+    budget_bytes: int
+    by_client: Counter[str] = field(default_factory=Counter)
+    bytes_held: int = 0
 
     @property
     def receiving(self) -> int:
@@ -109,14 +107,14 @@ class Stopped(BaseException):
         self.reason = reason
 
 
+@dataclass
 class Budget:
     """One request's inference cap, and the reasons its work may stop (the server's `stopping`, its client)."""
 
-    def __init__(self, limit: int, stopping: threading.Event):
-        self.limit = limit
-        self.used = 0
-        self.stopping = stopping
-        self.client_gone = False
+    limit: int
+    stopping: threading.Event
+    used: int = 0
+    client_gone: bool = False
 
     def charge(self, images: int) -> None:
         if self.stopping.is_set():

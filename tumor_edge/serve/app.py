@@ -152,7 +152,8 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
     bound one); each request's work stops at its inference cap, when its client goes, or once `stopping` is set."""
     meter_engine(classifier, config.concurrency)
     admission = Admission(config.concurrency + 1, config.queue)  # one more in progress than the engine runs
-    uploads = UploadStage(config.upload_places, config.upload_places_per_client, config.upload_budget_bytes)
+    uploads = UploadStage(config.upload_places, config.upload_places_per_client,
+                          config.upload_budget_bodies * config.max_body_bytes)
     model_info = model_description(classifier, classifier.metadata, model_path)
     server_folders = [p for p in (model_path, bundle_of(model_path), classifier.backend.path,
                                   classifier.model_path) if p is not None]
@@ -216,8 +217,7 @@ def create_app(classifier: Any, model_path: Path, config: ServeConfig, port: int
         if outcome.failed:
             failure = next(r for r in outcome.results if "error" in r)
             return JSONResponse(failure, status_code=422, headers=COMMON_HEADERS)
-        body_out: Any = outcome.results if frames == "all" else outcome.results[0]
-        return JSONResponse(body_out, headers=COMMON_HEADERS)
+        return JSONResponse(outcome.results if frames == "all" else outcome.results[0], headers=COMMON_HEADERS)
 
     async def on_http_error(request: Request, err: HttpError) -> Response:
         return error_response(err.status, err.reason, err.headers)

@@ -41,10 +41,6 @@ class ServeConfig:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
-    @property
-    def upload_budget_bytes(self) -> int:
-        return self.upload_budget_bodies * self.max_body_bytes
-
     def validate(self) -> None:
         if self.concurrency < 1 or self.queue < 0 or self.max_inferences < 1:
             raise ConfigError("concurrency and the inferences per request must be at least 1, the queue at least 0")

@@ -113,12 +113,10 @@ def page_heatmap(classifier: Any, pixels: Any, result: Any, through_model: bool 
     the page does), occlusion through the model on `pixels`, tens of inferences a client who did not ask never
     pays for. {} otherwise."""
     cells = cam_cells(result.outputs)
-    if cells is not None and min(cells) >= MIN_CAM_CELLS:  # in the outputs already
-        explanation = explain_prediction(classifier, None, result.index, result.outputs)
-    elif through_model:
-        explanation = explain_prediction(classifier, pixels, result.index, result.outputs)
-    else:
+    exact = cells is not None and min(cells) >= MIN_CAM_CELLS  # in the outputs already
+    if not exact and not through_model:
         return {}
+    explanation = explain_prediction(classifier, None if exact else pixels, result.index, result.outputs)
     return {"heatmap": explanation.map.round(4).tolist(), "heatmap_method": explanation.label}
 
 

@@ -81,12 +81,6 @@ function drawHeatmap(h) {
   ctx.putImageData(img, 0, 0); canvas.hidden = false; $('figure').hidden = false;
 }
 
-function warningsOf(r) {
-  const out = [...(r.warnings || [])];
-  if (r.frames) out.push('frame ' + r.frame + ' of ' + r.frames + ' (middle frame of a multi-frame file)');
-  return out;
-}
-
 function render(r) {
   $('label').textContent = r.label;
   $('confidence').textContent = (100 * r.confidence).toFixed(1) + ' %';
@@ -100,7 +94,9 @@ function render(r) {
     const num = document.createElement('td'); num.className = 'num'; num.textContent = p.toFixed(3);
     tr.append(c, bar, num); $('probs').append(tr);
   }
-  for (const w of warningsOf(r)) {
+  const warnings = [...(r.warnings || [])];
+  if (r.frames) warnings.push('frame ' + r.frame + ' of ' + r.frames + ' (middle frame of a multi-frame file)');
+  for (const w of warnings) {
     const li = document.createElement('li'); li.textContent = w; $('warnings').append(li);
   }
   if (r.heatmap) {

@@ -108,11 +108,10 @@ def bundle_of(model: str | Path | None) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, err: bool = True) -> TrustPolicy:
+def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, err: bool = True) -> None:
     """Refuse (SignatureError, one line) the bundle `model` resolves to unless the policy's key verifies its
     signature over every file, unchanged, none added, and its pins hold; on success print one line saying what was
-    checked (stderr by default: stdout may be classify's results). Returns the policy, for the open stage
-    (`BackendOptions(trust=...)`) to check the loaded bytes against."""
+    checked (stderr by default: stdout may be classify's results)."""
     policy = parse_trust(trust)
     bundle = bundle_of(model)
     check = verify.verify_bundle_signature(bundle, policy.key)
@@ -122,7 +121,6 @@ def enforce_trust(model: str | Path | None, trust: str | Path | TrustPolicy, *, 
     click.echo(f"signature: ok  {len(check.files)} files signed by the trusted key {policy.key.name} (sha256 "
                f"{check.key_sha256[:16]}…){release}, bundle={check.statement_sha256}, checked in "
                f"{check.seconds:.2f} s", err=err)
-    return policy
 
 
 def trust_policy(model: str | Path | None, value: str | None, *, err: bool = True) -> TrustPolicy | None:
@@ -150,8 +148,7 @@ def check_loaded(bundle: Path, trust: Any, metadata: Any, digests: dict[str, str
         raise verify.not_signed(bundle) from err
     except (OSError, ModelError) as err:
         raise SignatureError(f"cannot be read ({first_line(err)})", signature) from err
-    statement, payload = verify.authentic_statement(raw, key, policy.key, signature)
-    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+    signed, payload = verify.authentic_statement(raw, key, policy.key, signature)
     loaded = {METADATA_FILE: metadata.sha256, **digests}
     for name, digest in loaded.items():
         if name not in signed:

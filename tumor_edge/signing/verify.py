@@ -72,10 +72,11 @@ IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 IN_TOTO_STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
 
-def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[dict[str, Any], bytes]:
-    """(statement, payload) of a model-signing signature file's bytes, after checking its DSSE signature with the
-    public `key` (ECDSA over the DSSE pre-authentication encoding, the hash the key's curve takes, as model-signing
-    signs) and that it names that key. SignatureError when it does not verify."""
+def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[dict[str, str], bytes]:
+    """(file name -> its signed sha256, the signed statement's payload) of a model-signing signature file's bytes,
+    after checking its DSSE signature with the public `key` (ECDSA over the DSSE pre-authentication encoding, the
+    hash the key's curve takes, as model-signing signs) and that it names that key. SignatureError when it does
+    not verify."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -103,13 +104,13 @@ def authentic_statement(raw: bytes, key, key_path: Path, where: Path) -> tuple[d
         statement = json.loads(payload, object_pairs_hook=_unique)
         if statement["_type"] != IN_TOTO_STATEMENT_TYPE:
             raise ValueError(f"statement type {str(statement['_type'])[:40]!r}")
-        [(r["name"], r["digest"]) for r in statement["predicate"]["resources"]]
+        signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
     except (ValueError, KeyError, TypeError) as err:
         raise SignatureError(f"not a readable model-signing statement ({first_line(err)})", where) from err
     problem = _not_ours(statement)
     if problem:
         raise SignatureError(problem, where)
-    return statement, payload
+    return signed, payload
 
 
 def not_signed(bundle: Path) -> SignatureError:
@@ -170,20 +171,19 @@ def _explain(err: Exception, bundle: Path, signature: Path, public_key: Path, ke
         return _other_key(public_key, key, signature)
     if isinstance(err, ValueError) and text.startswith("Signature mismatch"):
         try:
-            statement = authentic_statement(signature.read_bytes(), key, public_key, signature)[0]
+            signed = authentic_statement(signature.read_bytes(), key, public_key, signature)[0]
         except OSError as read_err:
             return SignatureError(f"signature check failed ({first_line(err)}; {first_line(read_err)})", bundle)
         except SignatureError as refusal:  # not a statement tumor-edge makes, or not readable as one
             return refusal
-        return _changed_files(bundle, statement, files) or SignatureError(
+        return _changed_files(bundle, signed, files) or SignatureError(
             f"signature check failed ({first_line(err)})", bundle)
     return SignatureError(f"not a readable model-signing signature ({first_line(err)})", signature)
 
 
-def _changed_files(bundle: Path, statement: dict[str, Any], files: list[str]) -> SignatureError | None:
-    """The files whose content differs from the authentic `statement`, that it does not list, or that it lists
-    and the bundle lacks, as one line naming the first (None when there are none)."""
-    signed = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
+def _changed_files(bundle: Path, signed: dict[str, str], files: list[str]) -> SignatureError | None:
+    """The files whose content differs from their authentic `signed` sha256, that it does not list, or that it
+    lists and the bundle lacks, as one line naming the first (None when there are none)."""
     problems: list[tuple[str, str]] = []
     for name in files:
         if name not in signed:
