@@ -73,7 +73,7 @@ class LinearBackend:
     def __init__(self, path: Path, options: BackendOptions, files=None):
         """`files`: the header's and the weights' bytes as the open stage read and checked them (None: a lone
         file, read here)."""
-        self.path = self.loaded_path = Path(path)
+        self.path = Path(path)
         weights = self.path.with_suffix(".linw").name
         header = files.data if files is not None else self.path.read_bytes()
         data = files.members[weights] if files is not None else self.path.with_name(weights).read_bytes()

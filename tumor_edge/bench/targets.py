@@ -57,7 +57,7 @@ class RuntimeSession:
         # through the open stage, as classify opens it: the listed sha256 and any trust setting bind the bytes timed
         self.backend = Classifier.from_bundle(target.path, options=BackendOptions(threads=threads)).backend
         self.load_s = time.perf_counter() - start
-        self.loaded_file = self.backend.loaded_path.name
+        self.loaded_file = self.backend.path.name
         self.feeds: list[np.ndarray] = []
 
     def prepare(self, batch: int) -> None:

@@ -276,7 +276,7 @@ class Classifier:
     @property
     def model_path(self) -> Path:
         """The model file running."""
-        return self.backend.loaded_path
+        return self.backend.path
 
     # ---- inference and post-processing: pixels in, rows out ------------------------------------------------
 

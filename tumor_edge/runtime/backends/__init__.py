@@ -33,7 +33,6 @@ class Backend(Protocol):
 
     name: str  # the engine: a key of tumor_edge.contracts.formats.ENGINES
     path: Path  # the model file the caller asked for
-    loaded_path: Path  # the file whose bytes run: `path`
     input_shape: list  # the declared input shape; ints, or None/str where dynamic (`hw_of` reads its size)
     output_names: list[str]  # every model output, in model order (what `run` returns, in the same order)
     providers: list[str]  # what executes it, in priority order (onnxruntime execution providers; [] for LiteRT)

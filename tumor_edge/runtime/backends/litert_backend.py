@@ -27,7 +27,7 @@ class LiteRTBackend:
         except ImportError as err:
             raise MissingExtraError("running .tflite files needs LiteRT: pip install 'tumor-edge[tflite]'",
                                     path) from err
-        self.path = self.loaded_path = Path(path)
+        self.path = Path(path)
         data = files.data if files is not None else read_lone(self.path)
         self.providers: list[str] = []  # LiteRT picks its own delegates (XNNPACK on CPU)
         self.missing_providers: list[str] = []

@@ -31,7 +31,7 @@ class OnnxBackend:
         """`files`: the model's bytes as the caller read and checked them (None: read `path` here, once)."""
         import onnxruntime as ort
 
-        self.path = self.loaded_path = Path(path)
+        self.path = Path(path)
         self.providers, self.missing_providers = resolve_providers(options.providers)
         files = files or lone_model_files(self.path)
         so = session_options(ort, options)
