@@ -71,6 +71,34 @@ def test_tflite_accuracy_aware_repairs_what_naive_int8_breaks(saved_outlier):
     assert sorted(p.name for p in folder.iterdir()) == ["model_int8.tflite", "saved_model"]  # nothing left over
 
 
+@pytest.mark.parametrize("accuracy_aware", [True, False])
+def test_tflite_int8_converter_follows_the_accuracy_aware_option(saved_outlier, accuracy_aware, tmp_path):
+    """The export's TFLite int8 converter, run for real on the model whose naive int8 breaks: with the option on,
+    the float fallback repairs it; `--no-accuracy-aware` ships naive int8, as it does for the ONNX file."""
+    from types import SimpleNamespace
+
+    from tumor_edge.export.context import Pixels
+    from tumor_edge.export.formats.tflite import convert_int8
+    from tumor_edge.export.quantize import QuantizationConfig
+    from tumor_edge.export.tflite_export import float_reference
+
+    saved, _ = saved_outlier
+    spec = Preprocessing(SIZE, SIZE, scaling="unit")
+    val, calib = _pixels(120, 2), _pixels(48, 1)
+    keras_model = _keras_outlier_model()  # the same weights the SavedModel was exported from
+    ctx = SimpleNamespace(  # the fields of the export context the converter reads, holding real data
+        config=SimpleNamespace(tflite_full_integer=False,
+                               quantization=QuantizationConfig(accuracy_aware=accuracy_aware)),
+        calibration=lambda: Pixels(calib, np.zeros(len(calib), np.int32)), saved_model=lambda: saved,
+        validation=lambda: Pixels(val, float_reference(saved, val, spec).argmax(1)), keras_model=keras_model,
+        classes=["a", "b", "c", "d"], spec=spec, work=tmp_path)
+    report = convert_int8(ctx, tmp_path / "model_int8.tflite")["_report"]
+
+    assert all(c["agreement"] < 0.9 for c in report["candidates"]), report["candidates"]  # naive int8 breaks
+    assert report["holds"] is accuracy_aware
+    assert bool(report["float_nodes"]) is accuracy_aware, report["float_nodes"]
+
+
 @pytest.mark.parametrize("cap, stall, steps_run, why", [
     (1.0, 2, 3, "brought the goal no closer"),  # step 1 comes nearest, steps 2 and 3 do not: stop there
     (0.5, 5, 2, "of the weighted ops in float"),  # the float cap (2 of 4 units) stops it first

@@ -110,30 +110,3 @@ def test_collecting_optimizers_are_tf2onnx_own_in_the_same_order():
     assert list(ours) == list(theirs)
     for name in theirs:
         assert type(ours[name]()) is type(theirs[name]()), name
-
-
-@pytest.mark.parametrize("accuracy_aware", [True, False])
-def test_tflite_int8_follows_the_accuracy_aware_option(accuracy_aware, tmp_path, monkeypatch):
-    """--no-accuracy-aware turns the float fallback off for the TFLite int8 file as for the ONNX one."""
-    from types import SimpleNamespace
-
-    from tumor_edge.export import tflite_export
-    from tumor_edge.export.formats.tflite import convert_int8
-    from tumor_edge.export.quantize import QuantizationConfig
-
-    seen = {}
-
-    def fake(*args, config=None, **kwargs):
-        seen["config"] = config
-        return tflite_export.TfliteInt8Report(chosen="per-channel", why="", calibration_images=2,
-                                              validation_images=0)
-
-    monkeypatch.setattr(tflite_export, "tflite_int8_accuracy_aware", fake)
-    pixels = np.zeros((2, 8, 8, 3), np.uint8)
-    ctx = SimpleNamespace(
-        config=SimpleNamespace(tflite_full_integer=False,
-                               quantization=QuantizationConfig(accuracy_aware=accuracy_aware)),
-        calibration=lambda: SimpleNamespace(pixels=pixels, labels=np.zeros(2)), validation=lambda: None,
-        saved_model=lambda: tmp_path / "saved_model", classes=["a", "b"], spec=None, work=tmp_path)
-    convert_int8(ctx, tmp_path / "model_int8.tflite")
-    assert seen["config"] is not None and seen["config"].accuracy_aware is accuracy_aware
